@@ -1,0 +1,158 @@
+/*
+ * The few Linux calls that Node's fs module does not offer and a block store needs:
+ * fallocate (punch holes for TRIM, zero ranges for WRITE_ZEROES), lseek with
+ * SEEK_DATA/SEEK_HOLE (allocation status for BLOCK_STATUS), and the block-device ioctls
+ * BLKGETSIZE64, BLKDISCARD and BLKZEROOUT. Each slow call runs on libuv's thread pool
+ * (napi_async_work), like Node's own fs calls, and answers callback(errno, result).
+ */
+#define _GNU_SOURCE
+#define NAPI_VERSION 8
+#include <node_api.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+enum op_kind { OP_FALLOCATE, OP_LSEEK, OP_DISCARD, OP_ZEROOUT };
+
+struct op {
+  enum op_kind kind;
+  int fd;
+  int mode;       /* fallocate mode, or lseek whence */
+  int64_t offset;
+  int64_t length;
+  int64_t result;
+  int error;      /* errno, 0 on success */
+  napi_ref callback;
+  napi_async_work work;
+};
+
+static void execute(napi_env env, void *data) {
+  struct op *op = data;
+  (void)env;
+  op->error = 0;
+  op->result = 0;
+  switch (op->kind) {
+  case OP_FALLOCATE:
+    if (fallocate(op->fd, op->mode, op->offset, op->length) != 0) op->error = errno;
+    break;
+  case OP_LSEEK: {
+    off_t r = lseek(op->fd, op->offset, op->mode);
+    if (r < 0) op->error = errno;
+    else op->result = r;
+    break;
+  }
+  case OP_DISCARD:
+  case OP_ZEROOUT: {
+    uint64_t range[2] = { (uint64_t)op->offset, (uint64_t)op->length };
+    if (ioctl(op->fd, op->kind == OP_DISCARD ? BLKDISCARD : BLKZEROOUT, range) != 0) op->error = errno;
+    break;
+  }
+  }
+}
+
+static void complete(napi_env env, napi_status status, void *data) {
+  struct op *op = data;
+  napi_value callback, global, argv[2];
+  napi_get_reference_value(env, op->callback, &callback);
+  napi_get_global(env, &global);
+  napi_create_int32(env, status == napi_ok ? op->error : ECANCELED, &argv[0]);
+  napi_create_int64(env, op->result, &argv[1]);
+  napi_delete_reference(env, op->callback);
+  napi_delete_async_work(env, op->work);
+  free(op);
+  napi_call_function(env, global, callback, 2, argv, NULL);
+}
+
+/* Arguments: (fd, mode, offset, length, callback); unused ones are passed as 0. */
+static napi_value start(napi_env env, napi_callback_info info, enum op_kind kind) {
+  size_t argc = 5;
+  napi_value argv[5], name;
+  int32_t fd, mode;
+  int64_t offset, length;
+  napi_valuetype type;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 5 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &mode) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &offset) != napi_ok ||
+      napi_get_value_int64(env, argv[3], &length) != napi_ok ||
+      napi_typeof(env, argv[4], &type) != napi_ok || type != napi_function) {
+    napi_throw_type_error(env, NULL, "expected (fd, mode, offset, length, callback)");
+    return NULL;
+  }
+  struct op *op = calloc(1, sizeof *op);
+  if (op == NULL) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  op->kind = kind;
+  op->fd = fd;
+  op->mode = mode;
+  op->offset = offset;
+  op->length = length;
+  napi_create_reference(env, argv[4], 1, &op->callback);
+  napi_create_string_utf8(env, "meshblock:native", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, execute, complete, op, &op->work);
+  napi_queue_async_work(env, op->work);
+  return NULL;
+}
+
+static napi_value js_fallocate(napi_env env, napi_callback_info info) { return start(env, info, OP_FALLOCATE); }
+static napi_value js_lseek(napi_env env, napi_callback_info info) { return start(env, info, OP_LSEEK); }
+static napi_value js_discard(napi_env env, napi_callback_info info) { return start(env, info, OP_DISCARD); }
+static napi_value js_zeroout(napi_env env, napi_callback_info info) { return start(env, info, OP_ZEROOUT); }
+
+/* blockDeviceSize(fd) -> bytes; throws with .errno on failure. Fast: no thread needed. */
+static napi_value js_block_device_size(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  int32_t fd;
+  uint64_t bytes = 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected (fd)");
+    return NULL;
+  }
+  if (ioctl(fd, BLKGETSIZE64, &bytes) != 0) {
+    napi_value error, message, code;
+    napi_create_string_utf8(env, "BLKGETSIZE64 failed", NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, NULL, message, &error);
+    napi_create_int32(env, errno, &code);
+    napi_set_named_property(env, error, "errno", code);
+    napi_throw(env, error);
+    return NULL;
+  }
+  napi_create_double(env, (double)bytes, &result);
+  return result;
+}
+
+static void set_int(napi_env env, napi_value target, const char *name, int value) {
+  napi_value v;
+  napi_create_int32(env, value, &v);
+  napi_set_named_property(env, target, name, v);
+}
+
+static void set_fn(napi_env env, napi_value target, const char *name, napi_callback fn) {
+  napi_value v;
+  napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, NULL, &v);
+  napi_set_named_property(env, target, name, v);
+}
+
+NAPI_MODULE_INIT() {
+  set_fn(env, exports, "fallocate", js_fallocate);
+  set_fn(env, exports, "lseek", js_lseek);
+  set_fn(env, exports, "discard", js_discard);
+  set_fn(env, exports, "zeroout", js_zeroout);
+  set_fn(env, exports, "blockDeviceSize", js_block_device_size);
+  set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);
+  set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);
+  set_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE);
+  set_int(env, exports, "SEEK_DATA", SEEK_DATA);
+  set_int(env, exports, "SEEK_HOLE", SEEK_HOLE);
+  return exports;
+}

@@ -1,0 +1,56 @@
+// The meshblock command line: the only place that wires components together.
+
+import yargs from 'yargs';
+import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
+import { nbdServe, nbdServeOptions, type NbdServeArgs } from './nbd-serve.js';
+
+export class UsageError extends MeshblockError {
+  constructor(message: string) {
+    super('MB_ERR_USAGE', message);
+  }
+}
+
+/** Exit codes: 0 done, 1 failed at run time, 2 bad usage (flags, values). */
+export const exitRuntimeError = 1;
+export const exitUsageError = 2;
+
+export async function main(argv: string[]): Promise<void> {
+  const cli = yargs(argv)
+    .scriptName('meshblock')
+    .usage('$0 <command>\n\nSoftware-defined block storage: pooled disks, two-copy volumes, served over NBD.')
+    .command('nbd', 'NBD tools', (nbd) =>
+      nbd
+        .command(
+          'serve',
+          'export a file or block device over NBD',
+          (y) => nbdServeOptions(y),
+          async (args) => nbdServe(args as unknown as NbdServeArgs),
+        )
+        .demandCommand(1, 'nbd: name a subcommand (serve)')
+        .strict(),
+    )
+    .demandCommand(1, 'name a command (see meshblock --help)')
+    .strict()
+    .help()
+    .alias('h', 'help')
+    .version()
+    .wrap(Math.min(110, process.stdout.columns || 110))
+    .fail((message, err) => {
+      // One clear line and a non-zero exit; the details are in --help.
+      if (err instanceof MeshblockError) throw err;
+      throw new UsageError(message ?? (err?.message || 'invalid usage'));
+    });
+
+  try {
+    await cli.parseAsync();
+  } catch (err) {
+    if (err instanceof MeshblockError) {
+      const usage = err instanceof UsageError || err instanceof InvalidArgumentError || err instanceof OutOfRangeError;
+      process.stderr.write(`meshblock: ${err.message}\n`);
+      process.exitCode = usage ? exitUsageError : exitRuntimeError;
+      return;
+    }
+    process.stderr.write(`meshblock: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = exitRuntimeError;
+  }
+}

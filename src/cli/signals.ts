@@ -1,0 +1,42 @@
+import type { Logger } from 'pino';
+
+/** How long a daemon drains on SIGTERM/SIGINT before it aborts what is left. */
+export const shutdownDrainMs = 10_000;
+
+/**
+ * Waits for SIGTERM or SIGINT, then drains (`close`) within shutdownDrainMs, else aborts
+ * (`destroy`). A second signal aborts at once.
+ */
+export function runUntilSignal(log: Logger, close: () => Promise<void>, destroy: () => void): Promise<void> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal: aborting');
+        destroy();
+        return;
+      }
+      stopping = true;
+      log.info({ signal }, 'shutting down');
+      const timer = setTimeout(() => {
+        log.warn({ drainMs: shutdownDrainMs }, 'drain took too long: aborting');
+        destroy();
+        resolve();
+      }, shutdownDrainMs);
+      close().then(
+        () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        (err: unknown) => {
+          log.error({ err }, 'error while shutting down');
+          clearTimeout(timer);
+          destroy();
+          resolve();
+        },
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}

@@ -1,0 +1,82 @@
+// Typed, promise-returning access to native/meshblock_native.c (built by node-gyp when the
+// package is installed). Failures become BackendErrors named after their errno.
+
+import { createRequire } from 'node:module';
+import { constants } from 'node:os';
+import { BackendError } from './backend.js';
+
+type NativeCallback = (errno: number, result: number) => void;
+type NativeOp = (fd: number, mode: number, offsetBytes: number, lengthBytes: number, callback: NativeCallback) => void;
+
+interface NativeBinding {
+  fallocate: NativeOp;
+  lseek: NativeOp;
+  discard: NativeOp;
+  zeroout: NativeOp;
+  blockDeviceSize(fd: number): number;
+  FALLOC_FL_KEEP_SIZE: number;
+  FALLOC_FL_PUNCH_HOLE: number;
+  FALLOC_FL_ZERO_RANGE: number;
+  SEEK_DATA: number;
+  SEEK_HOLE: number;
+}
+
+const require = createRequire(import.meta.url);
+// dist/nbd/native.js -> <package>/build/Release
+const binding = require('../../build/Release/meshblock_native.node') as NativeBinding;
+
+const errnoNames = new Map<number, string>();
+for (const [name, value] of Object.entries(constants.errno)) {
+  if (!errnoNames.has(value)) errnoNames.set(value, name);
+}
+// Linux gives EOPNOTSUPP and ENOTSUP the same number; the NBD mapping knows both names.
+
+export function errnoName(errno: number): string {
+  return errnoNames.get(errno) ?? `E#${errno}`;
+}
+
+function call(op: NativeOp, what: string, fd: number, mode: number, offsetBytes: number, lengthBytes: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    op(fd, mode, offsetBytes, lengthBytes, (errno, result) => {
+      if (errno === 0) resolve(result);
+      else reject(new BackendError(errnoName(errno), `${what} failed: ${errnoName(errno)}`));
+    });
+  });
+}
+
+export const FALLOC_FL_KEEP_SIZE = binding.FALLOC_FL_KEEP_SIZE;
+export const FALLOC_FL_PUNCH_HOLE = binding.FALLOC_FL_PUNCH_HOLE;
+export const FALLOC_FL_ZERO_RANGE = binding.FALLOC_FL_ZERO_RANGE;
+
+export function fallocate(fd: number, mode: number, offsetBytes: number, lengthBytes: number): Promise<void> {
+  return call(binding.fallocate, 'fallocate', fd, mode, offsetBytes, lengthBytes).then(() => undefined);
+}
+
+/** lseek(SEEK_DATA); resolves null past the last data (ENXIO). */
+export function seekData(fd: number, offsetBytes: number): Promise<number | null> {
+  return seekOrNull(binding.SEEK_DATA, 'lseek(SEEK_DATA)', fd, offsetBytes);
+}
+
+/** lseek(SEEK_HOLE); resolves null when the offset is at or past the end (ENXIO). */
+export function seekHole(fd: number, offsetBytes: number): Promise<number | null> {
+  return seekOrNull(binding.SEEK_HOLE, 'lseek(SEEK_HOLE)', fd, offsetBytes);
+}
+
+function seekOrNull(whence: number, what: string, fd: number, offsetBytes: number): Promise<number | null> {
+  return call(binding.lseek, what, fd, whence, offsetBytes, 0).catch((err: unknown) => {
+    if (err instanceof BackendError && err.code === 'ENXIO') return null;
+    throw err;
+  });
+}
+
+export function discard(fd: number, offsetBytes: number, lengthBytes: number): Promise<void> {
+  return call(binding.discard, 'BLKDISCARD', fd, 0, offsetBytes, lengthBytes).then(() => undefined);
+}
+
+export function zeroout(fd: number, offsetBytes: number, lengthBytes: number): Promise<void> {
+  return call(binding.zeroout, 'BLKZEROOUT', fd, 0, offsetBytes, lengthBytes).then(() => undefined);
+}
+
+export function blockDeviceSizeBytes(fd: number): number {
+  return binding.blockDeviceSize(fd);
+}
