@@ -46,11 +46,16 @@ export async function main(argv: string[]): Promise<void> {
   } catch (err) {
     if (err instanceof MeshblockError) {
       const usage = err instanceof UsageError || err instanceof InvalidArgumentError || err instanceof OutOfRangeError;
-      process.stderr.write(`meshblock: ${err.message}\n`);
+      process.stderr.write(`meshblock: ${oneLine(err.message)}\n`);
       process.exitCode = usage ? exitUsageError : exitRuntimeError;
       return;
     }
-    process.stderr.write(`meshblock: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`meshblock: ${oneLine(err instanceof Error ? err.message : String(err))}\n`);
     process.exitCode = exitRuntimeError;
   }
+}
+
+/** yargs writes some messages over several lines; the contract is one line. */
+function oneLine(text: string): string {
+  return text.replace(/\s*\n\s*/g, ' ').trim();
 }

@@ -1,0 +1,96 @@
+// Starting the real meshblock command and the real client programs, for tests.
+// Every process started here is killed in the test's teardown.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const meshblockBin = path.join(repoRoot, 'bin/meshblock.js');
+
+/** The part of tap's Test that these helpers use. */
+export interface TeardownHost {
+  teardown(fn: () => unknown): void;
+}
+
+export interface ServeHandle {
+  process: ChildProcess;
+  /** The NBD URI printed by the server, e.g. nbd://127.0.0.1:41234/ */
+  uri: string;
+  host: string;
+  port: number;
+  /** Everything the server logged to stderr so far (pino JSON lines). */
+  stderr(): string;
+  /** SIGTERM and wait for the exit code. */
+  stop(): Promise<number | null>;
+}
+
+/**
+ * Runs `meshblock nbd serve` with `args` (on 127.0.0.1, port 0 unless --listen/--socket is
+ * given) and resolves once it prints its URI.
+ */
+export async function startNbdServe(t: TeardownHost, args: string[]): Promise<ServeHandle> {
+  const fullArgs = ['nbd', 'serve', ...args];
+  if (!args.includes('--listen') && !args.includes('--socket')) fullArgs.push('--listen', '127.0.0.1:0');
+  const child = spawn(process.execPath, [meshblockBin, ...fullArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+  let exited = false;
+  const exit = once(child, 'exit').then(([code]) => {
+    exited = true;
+    return code as number | null;
+  });
+  t.teardown(async () => {
+    if (!exited) {
+      child.kill('SIGKILL');
+      await exit;
+    }
+  });
+  const uri = await new Promise<string>((resolve, reject) => {
+    child.stdout.setEncoding('utf8').on('data', (text: string) => {
+      stdout += text;
+      const match = /(nbd(?:\+unix)?:\/\/\S+)/.exec(stdout);
+      if (match !== null) resolve(match[1] as string);
+    });
+    void exit.then((code) => reject(new Error(`meshblock nbd serve exited ${code} before it was ready:\n${stderr}`)));
+  });
+  const tcp = /^nbd:\/\/([^/]+):(\d+)\//.exec(uri);
+  return {
+    process: child,
+    uri,
+    host: tcp?.[1] ?? '',
+    port: Number(tcp?.[2] ?? 0),
+    stderr: () => stderr,
+    stop: async () => {
+      if (!exited) child.kill('SIGTERM');
+      return exit;
+    },
+  };
+}
+
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program to completion (with a time bound) and collects its output. */
+export async function run(command: string, args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> {
+  const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
+  child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+  child.stdin.end(options.input ?? '');
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 120_000);
+  const [code] = await once(child, 'exit');
+  clearTimeout(timer);
+  return { code: code as number | null, stdout, stderr };
+}
+
+/** Runs the meshblock command itself. */
+export function runMeshblock(args: string[], options: { timeoutMs?: number } = {}): Promise<RunResult> {
+  return run(process.execPath, [meshblockBin, ...args], options);
+}
