@@ -95,11 +95,13 @@ export async function nbdServe(args: NbdServeArgs): Promise<void> {
   try {
     if (args.socket !== undefined) {
       await server.listenUnix(args.socket);
-      uri = `nbd+unix:///${encodeURIComponent(args.name)}?socket=${args.socket}`;
+      const scheme = tls.mode === 'require' ? 'nbds+unix' : 'nbd+unix';
+      uri = `${scheme}:///${encodeURIComponent(args.name)}?socket=${args.socket}`;
     } else {
       const wanted = parseHostPort('--listen', args.listen ?? `127.0.0.1:${defaultNbdPort}`);
       const bound = await server.listenTcp(wanted.host, wanted.port);
-      uri = `nbd://${formatHostPort({ host: bound.address, port: bound.port })}/${encodeURIComponent(args.name)}`;
+      const scheme = tls.mode === 'require' ? 'nbds' : 'nbd';
+      uri = `${scheme}://${formatHostPort({ host: bound.address, port: bound.port })}/${encodeURIComponent(args.name)}`;
     }
   } catch (err) {
     await backend.close();

@@ -30,10 +30,20 @@ export interface ServeHandle {
  * Runs `meshblock nbd serve` with `args` (on 127.0.0.1, port 0 unless --listen/--socket is
  * given) and resolves once it prints its URI.
  */
-export async function startNbdServe(t: TeardownHost, args: string[]): Promise<ServeHandle> {
+export async function startNbdServe(t: TeardownHost, args: string[], options: { prefix?: string[] } = {}): Promise<ServeHandle> {
   const fullArgs = ['nbd', 'serve', ...args];
   if (!args.includes('--listen') && !args.includes('--socket')) fullArgs.push('--listen', '127.0.0.1:0');
-  const child = spawn(process.execPath, [meshblockBin, ...fullArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // `prefix` runs the server under another program, e.g. strace.
+  const [command, ...commandArgs] = [...(options.prefix ?? []), process.execPath, meshblockBin, ...fullArgs] as [string, ...string[]];
+  // Its own process group, so that teardown reaches everything under a prefix too.
+  const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const signalGroup = (signal: NodeJS.Signals): void => {
+    try {
+      process.kill(-(child.pid as number), signal);
+    } catch {
+      // Already gone.
+    }
+  };
   let stdout = '';
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
@@ -43,20 +53,20 @@ export async function startNbdServe(t: TeardownHost, args: string[]): Promise<Se
     return code as number | null;
   });
   t.teardown(async () => {
-    if (!exited) {
-      child.kill('SIGKILL');
-      await exit;
-    }
+    signalGroup('SIGKILL');
+    if (!exited) await exit;
+    child.stdout.destroy();
+    child.stderr.destroy();
   });
   const uri = await new Promise<string>((resolve, reject) => {
     child.stdout.setEncoding('utf8').on('data', (text: string) => {
       stdout += text;
-      const match = /(nbd(?:\+unix)?:\/\/\S+)/.exec(stdout);
+      const match = /(nbds?(?:\+unix)?:\/\/\S+)/.exec(stdout);
       if (match !== null) resolve(match[1] as string);
     });
     void exit.then((code) => reject(new Error(`meshblock nbd serve exited ${code} before it was ready:\n${stderr}`)));
   });
-  const tcp = /^nbd:\/\/([^/]+):(\d+)\//.exec(uri);
+  const tcp = /^nbds?:\/\/([^/]+):(\d+)\//.exec(uri);
   return {
     process: child,
     uri,
@@ -67,6 +77,7 @@ export async function startNbdServe(t: TeardownHost, args: string[]): Promise<Se
       if (!exited) child.kill('SIGTERM');
       return exit;
     },
+
   };
 }
 
