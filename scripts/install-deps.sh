@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian packages meshblock's build and tests use, only those missing.
+# Debian 12, run as root (CI and the development machines are both). Nothing is
+# downloaded from anywhere but Debian's archive.
+set -euo pipefail
+
+packages=(
+  make g++             # node-gyp builds native/meshblock_native.c at npm install
+  nbdkit               # the reference NBD server (benchmarks, comparisons)
+  libnbd-bin           # nbdinfo, nbdcopy
+  qemu-utils           # qemu-img, qemu-io, qemu-nbd
+  fio                  # load with verification (nbd engine)
+  nbd-client           # the kernel client's userspace half
+  strace               # watching fdatasync in the multi-connection flush test
+  openssl              # certificates for the TLS tests
+  util-linux procps    # losetup, pgrep
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$package")
+  fi
+done
+
+if ((${#missing[@]} > 0)); then
+  echo "install-deps: installing ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: need root to apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
