@@ -1,0 +1,63 @@
+// Proves the import rule of DESIGN.md: common ← wire ← {nbd, sds, mdm, hostsetup} ← cli.
+// Every relative import under src/ is read and checked against the layer it may reach; a
+// forbidden edge (say, src/nbd importing src/cli, or src/nbd importing src/sds) fails.
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import t from 'tap';
+import { repoRoot } from '../helpers/processes.js';
+
+const allowed: Record<string, readonly string[]> = {
+  common: ['common'],
+  wire: ['common', 'wire'],
+  nbd: ['common', 'wire', 'nbd'],
+  sds: ['common', 'wire', 'sds'],
+  mdm: ['common', 'wire', 'mdm'],
+  hostsetup: ['common', 'wire', 'hostsetup'],
+  cli: ['common', 'wire', 'nbd', 'sds', 'mdm', 'hostsetup', 'cli'],
+};
+
+function sourceFiles(dir: string): string[] {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) return sourceFiles(full);
+    return entry.name.endsWith('.ts') ? [full] : [];
+  });
+}
+
+export function importViolations(srcDir: string): string[] {
+  const violations: string[] = [];
+  for (const file of sourceFiles(srcDir)) {
+    const layer = path.relative(srcDir, file).split(path.sep)[0] as string;
+    const reachable = allowed[layer];
+    if (reachable === undefined) {
+      violations.push(`${file}: src/${layer} is not a layer of DESIGN.md`);
+      continue;
+    }
+    const text = fs.readFileSync(file, 'utf8');
+    for (const match of text.matchAll(/^\s*(?:import|export)\b[^'"]*?from\s+['"](\.[^'"]+)['"]/gm)) {
+      const target = path.resolve(path.dirname(file), match[1] as string);
+      const targetLayer = path.relative(srcDir, target).split(path.sep)[0] as string;
+      if (!reachable.includes(targetLayer)) {
+        violations.push(`${path.relative(srcDir, file)} imports ${match[1]} (src/${layer} may not reach src/${targetLayer})`);
+      }
+    }
+  }
+  return violations;
+}
+
+t.test('src/ imports flow one way', async (t) => {
+  t.same(importViolations(path.join(repoRoot, 'src')), []);
+});
+
+t.test('the check catches a forbidden import', async (t) => {
+  const dir = t.testdir({
+    common: { 'a.ts': "import { x } from '../nbd/b.js';\n" },
+    nbd: { 'b.ts': "export const x = 1;\nimport { y } from '../cli/c.js';\n" },
+    cli: { 'c.ts': "export { x } from '../nbd/b.js';\nexport const y = 2;\n" },
+  });
+  const violations = importViolations(dir);
+  t.equal(violations.length, 2);
+  t.match(violations.join('\n'), /common\/a.ts imports \.\.\/nbd\/b.js/);
+  t.match(violations.join('\n'), /nbd\/b.ts imports \.\.\/cli\/c.js/);
+});
