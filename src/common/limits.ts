@@ -20,6 +20,11 @@ export const nbdStringBytesMax = 4096;
 export const nbdOptionCountMax = 4096;
 /** A client has this long to finish the handshake. */
 export const nbdHandshakeTimeoutMs = 60_000;
+/**
+ * After DISC, ABORT or a drain, our EOF is sent and the client has this long to hang up
+ * before we close the connection ourselves.
+ */
+export const nbdLingerMs = 5_000;
 /** Block size constraints advertised with NBD_INFO_BLOCK_SIZE. */
 export const nbdBlockSizePreferredBytes = 4 * KiB;
 /** BLOCK_STATUS answers with at most this many extents. */
@@ -32,3 +37,4 @@ export const ioThreadsDefault = 16;
 assert(nbdInflightBytesMax >= 2 * nbdRequestBytesMax, 'a full-size request must fit in flight with another');
 assert(nbdOptionBytesMax >= 2 * nbdStringBytesMax + 16, 'a GO option with the longest name must fit');
 assert(nbdRequestBytesMax <= 0xffffffff - 8, 'a read reply chunk length must fit in u32');
+assert(nbdLingerMs < nbdHandshakeTimeoutMs, 'an ABORTed session must not outlive the handshake timeout');

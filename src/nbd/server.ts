@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { MeshblockError } from '../common/errors.js';
-import { nbdHandshakeTimeoutMs } from '../common/limits.js';
+import { nbdHandshakeTimeoutMs, nbdLingerMs } from '../common/limits.js';
 import type { ExportRegistry } from './exports.js';
 import { HandshakeError, negotiate, type TlsPolicy } from './handshake-newstyle.js';
 import { StreamEndedError } from './byte-queue.js';
@@ -110,7 +110,15 @@ export class NbdServer {
     negotiate(socket, { exports: this.options.exports, tls: this.options.tls, log }).then(
       (negotiated) => {
         clearTimeout(timer);
-        if (negotiated === null) return; // ABORT: the session ended politely.
+        if (negotiated === null) {
+          // ABORT: the ACK and our EOF are sent and the client is to hang up. One that does
+          // not is cut off, or it would hold a connection that never chose an export (nor
+          // passed TLS) past the handshake timeout.
+          const linger = setTimeout(() => socket.destroy(), nbdLingerMs);
+          linger.unref();
+          socket.once('close', () => clearTimeout(linger));
+          return;
+        }
         if (this.closing) {
           negotiated.stream.destroy();
           return;

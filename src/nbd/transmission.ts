@@ -20,6 +20,7 @@ import {
   nbdExtentsQueryBytesMax,
   nbdInflightBytesMax,
   nbdInflightRequestsMax,
+  nbdLingerMs,
   nbdRequestBytesMax,
   nbdWritableBytesMax,
 } from '../common/limits.js';
@@ -73,6 +74,10 @@ export class Transmission {
   private disconnecting = false;
   private closed = false;
   private corked = false;
+  /** Our EOF is sent (end() called). */
+  private ended = false;
+  /** Closes the connection if the client has not hung up nbdLingerMs after our EOF. */
+  private lingerTimer: NodeJS.Timeout | null = null;
 
   /** Resolves once the connection is closed and every request has finished. */
   readonly done: Promise<void>;
@@ -103,6 +108,7 @@ export class Transmission {
       this.maybeFinish();
     });
     this.stream.on('close', () => {
+      if (this.lingerTimer !== null) clearTimeout(this.lingerTimer);
       this.dropPartialWrite();
       this.closed = true;
       this.maybeSettle();
@@ -113,6 +119,8 @@ export class Transmission {
 
   /** Stops taking requests, lets in-flight ones finish, then closes (server shutdown). */
   shutdown(): void {
+    // A WRITE whose payload is still arriving will not be read to its end: forget it.
+    this.dropPartialWrite();
     this.disconnecting = true;
     this.stream.pause();
     this.maybeFinish();
@@ -572,7 +580,18 @@ export class Transmission {
   private maybeFinish(): void {
     if (this.inflightCount > 0 || this.closed) return;
     if (this.corked) this.uncork();
-    this.stream.end();
+    if (!this.ended) {
+      this.ended = true;
+      // The spec has the server close the TCP session after DISC; a client that keeps its
+      // side open must not hold the connection for ever. It gets nbdLingerMs from when our
+      // last reply reached the kernel to hang up first: closing at once, with its bytes
+      // unread, would reset the connection and could lose those replies on its side.
+      this.stream.end(() => {
+        if (this.closed) return;
+        this.lingerTimer = setTimeout(() => this.stream.destroy(), nbdLingerMs);
+        this.lingerTimer.unref();
+      });
+    }
     this.maybeSettle();
   }
 

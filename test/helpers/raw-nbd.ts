@@ -11,6 +11,8 @@ export class RawNbd {
   private waiter: (() => void) | null = null;
   private ended = false;
   readonly closed: Promise<void>;
+  /** The server's EOF arrived (it may still read, unless it closed the connection fully). */
+  readonly serverEnded: Promise<void>;
 
   private constructor(readonly socket: net.Socket) {
     socket.on('data', (chunk: Buffer) => {
@@ -25,12 +27,18 @@ export class RawNbd {
         resolve();
       });
     });
+    this.serverEnded = new Promise((resolve) => socket.once('end', () => resolve()));
     socket.on('error', () => undefined);
   }
 
-  static connect(target: { port: number; host?: string } | { path: string }): Promise<RawNbd> {
+  /** `allowHalfOpen`: keep our side open after the server's EOF, as a client that will not hang up does. */
+  static connect(target: { port: number; host?: string } | { path: string }, options: { allowHalfOpen?: boolean } = {}): Promise<RawNbd> {
     return new Promise((resolve, reject) => {
-      const socket = 'path' in target ? net.connect({ path: target.path }) : net.connect({ port: target.port, host: target.host ?? '127.0.0.1' });
+      const allowHalfOpen = options.allowHalfOpen ?? false;
+      const socket =
+        'path' in target
+          ? net.connect({ path: target.path, allowHalfOpen })
+          : net.connect({ port: target.port, host: target.host ?? '127.0.0.1', allowHalfOpen });
       socket.setNoDelay(true);
       socket.once('connect', () => resolve(new RawNbd(socket)));
       socket.once('error', reject);
@@ -123,15 +131,8 @@ export class RawNbd {
     return { sizeBytes: Number(exportInfo.data.readBigUInt64BE(2)), flags: exportInfo.data.readUInt16BE(10) };
   }
 
-  request(type: number, options: { flags?: number; cookie?: bigint; offset?: bigint | number; length?: number; payload?: Buffer; magic?: number } = {}): void {
-    const header = Buffer.alloc(28);
-    header.writeUInt32BE(options.magic ?? P.NBD_REQUEST_MAGIC, 0);
-    header.writeUInt16BE(options.flags ?? 0, 4);
-    header.writeUInt16BE(type, 6);
-    header.writeBigUInt64BE(options.cookie ?? 1n, 8);
-    header.writeBigUInt64BE(BigInt(options.offset ?? 0), 16);
-    header.writeUInt32BE(options.length ?? options.payload?.length ?? 0, 24);
-    this.write(options.payload === undefined ? header : Buffer.concat([header, options.payload]));
+  request(type: number, options: RequestOptions = {}): void {
+    this.write(requestBytes(type, options));
   }
 
   /** A simple reply; `dataBytes` is how much READ data to expect after a successful one. */
@@ -156,6 +157,27 @@ export class RawNbd {
   destroy(): void {
     this.socket.destroy();
   }
+}
+
+export interface RequestOptions {
+  flags?: number;
+  cookie?: bigint;
+  offset?: bigint | number;
+  length?: number;
+  payload?: Buffer;
+  magic?: number;
+}
+
+/** One request (header and WRITE payload) as bytes, so several can go out in one write. */
+export function requestBytes(type: number, options: RequestOptions = {}): Buffer {
+  const header = Buffer.alloc(28);
+  header.writeUInt32BE(options.magic ?? P.NBD_REQUEST_MAGIC, 0);
+  header.writeUInt16BE(options.flags ?? 0, 4);
+  header.writeUInt16BE(type, 6);
+  header.writeBigUInt64BE(options.cookie ?? 1n, 8);
+  header.writeBigUInt64BE(BigInt(options.offset ?? 0), 16);
+  header.writeUInt32BE(options.length ?? options.payload?.length ?? 0, 24);
+  return options.payload === undefined ? header : Buffer.concat([header, options.payload]);
 }
 
 export function u32(value: number): Buffer {
