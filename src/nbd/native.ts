@@ -14,6 +14,10 @@ interface NativeBinding {
   discard: NativeOp;
   zeroout: NativeOp;
   blockDeviceSize(fd: number): number;
+  preadNowait(fd: number, target: Buffer, offsetBytes: number): number;
+  pwriteNowait(fd: number, source: Buffer, offsetBytes: number): number;
+  EAGAIN: number;
+  EOPNOTSUPP: number;
   FALLOC_FL_KEEP_SIZE: number;
   FALLOC_FL_PUNCH_HOLE: number;
   FALLOC_FL_ZERO_RANGE: number;
@@ -80,3 +84,13 @@ export function zeroout(fd: number, offsetBytes: number, lengthBytes: number): P
 export function blockDeviceSizeBytes(fd: number): number {
   return binding.blockDeviceSize(fd);
 }
+
+/**
+ * preadv2(RWF_NOWAIT) on the calling thread: bytes read (short or 0 at end of file), or a
+ * negative errno (-EAGAIN when the pages are not cached). See meshblock_native.c.
+ */
+export const preadNowait: (fd: number, target: Buffer, offsetBytes: number) => number = binding.preadNowait;
+/** pwritev2(RWF_NOWAIT) on the calling thread: bytes written, or a negative errno. */
+export const pwriteNowait: (fd: number, source: Buffer, offsetBytes: number) => number = binding.pwriteNowait;
+export const EAGAIN = binding.EAGAIN;
+export const EOPNOTSUPP = binding.EOPNOTSUPP;

@@ -26,6 +26,7 @@ import {
 } from '../common/limits.js';
 import { assert } from '../common/assert.js';
 import type { BlockBackend, Extent } from './backend.js';
+import { BufferPool } from './buffer-pool.js';
 import { nbdErrnoOf } from './errno.js';
 import type { Negotiated } from './handshake-newstyle.js';
 import * as P from './protocol.js';
@@ -43,6 +44,9 @@ const enum ParseState {
   /** Reading and dropping the payload of a rejected WRITE. */
   Discard,
 }
+
+/** Large payload and reply buffers, shared by every connection of the process. */
+const pool = new BufferPool();
 
 /** Offsets above this cannot be represented exactly; no export is that large. */
 const offsetHighMax = Math.floor(Number.MAX_SAFE_INTEGER / 0x1_0000_0000);
@@ -243,7 +247,7 @@ export class Transmission {
         }
       } else {
         this.inflightBytes += lengthBytes;
-        write.payload = Buffer.allocUnsafe(lengthBytes);
+        write.payload = BufferPool.pooled(lengthBytes) ? pool.acquire(lengthBytes) : Buffer.allocUnsafe(lengthBytes);
         if (lengthBytes === 0) {
           this.runWrite(write);
         } else {
@@ -387,7 +391,8 @@ export class Transmission {
     // Header and data share one buffer: the backend reads straight behind the header and
     // the reply goes out in one write, with no copy (as Vitastor does).
     const headerBytes = this.structured ? P.STRUCTURED_REPLY_HEADER_BYTES + 8 : P.SIMPLE_REPLY_HEADER_BYTES;
-    const reply = Buffer.allocUnsafe(headerBytes + lengthBytes);
+    const pooled = BufferPool.pooled(headerBytes + lengthBytes);
+    const reply = pooled ? pool.acquire(headerBytes + lengthBytes) : Buffer.allocUnsafe(headerBytes + lengthBytes);
     this.backend.read(offsetBytes, reply.subarray(headerBytes)).then(
       () => {
         if (this.structured) {
@@ -396,16 +401,24 @@ export class Transmission {
         } else {
           writeSimpleHeader(reply, 0, cookieHigh, cookieLow);
         }
-        this.finish(reply, lengthBytes);
+        this.finish(reply, lengthBytes, pooled);
       },
-      (err: unknown) => this.fail(err, P.NBD_CMD_READ, cookieHigh, cookieLow, offsetBytes, lengthBytes),
+      (err: unknown) => {
+        if (pooled) pool.release(reply);
+        this.fail(err, P.NBD_CMD_READ, cookieHigh, cookieLow, offsetBytes, lengthBytes);
+      },
     );
   }
 
   private runWrite(write: PendingWrite): void {
     const fua = (write.commandFlags & P.NBD_CMD_FLAG_FUA) !== 0;
+    const payload = write.payload as Buffer;
+    let operation = this.backend.write(write.offsetBytes, payload, { fua });
+    if (BufferPool.pooled(payload.length)) {
+      operation = operation.finally(() => pool.release(payload));
+    }
     this.settle(
-      this.backend.write(write.offsetBytes, write.payload as Buffer, { fua }),
+      operation,
       P.NBD_CMD_WRITE,
       write.cookieHigh,
       write.cookieLow,
@@ -517,8 +530,8 @@ export class Transmission {
     return reply;
   }
 
-  /** Sends one complete reply and retires its request. */
-  private finish(reply: Buffer, inflightBytes: number): void {
+  /** Sends one complete reply and retires its request; a pooled reply goes back once sent. */
+  private finish(reply: Buffer, inflightBytes: number, pooled = false): void {
     this.inflightCount -= 1;
     this.inflightBytes -= inflightBytes;
     assert(this.inflightCount >= 0 && this.inflightBytes >= 0, 'in-flight accounting went negative');
@@ -529,7 +542,10 @@ export class Transmission {
         this.stream.cork();
         setImmediate(this.uncork);
       }
-      this.stream.write(reply);
+      if (pooled) this.stream.write(reply, () => pool.release(reply));
+      else this.stream.write(reply);
+    } else if (pooled) {
+      pool.release(reply);
     }
     if (this.disconnecting) this.maybeFinish();
     else this.maybeResume();
@@ -574,6 +590,7 @@ export class Transmission {
     this.state = ParseState.Header;
     this.inflightCount -= 1;
     if (write.rejection === null) this.inflightBytes -= write.lengthBytes;
+    if (write.payload !== null && BufferPool.pooled(write.payload.length)) pool.release(write.payload);
     this.log.debug({ offsetBytes: write.offsetBytes, lengthBytes: write.lengthBytes }, 'nbd WRITE cut off by disconnect');
   }
 
