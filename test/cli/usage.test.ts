@@ -48,3 +48,19 @@ t.test('run-time failures: one line, exit 1', async (t) => {
   t.equal(directory.code, 1);
   t.match(directory.stderr, /is a directory/);
 });
+
+t.test('the I/O thread pool gets its size before it starts', async (t) => {
+  // bin/meshblock.cjs must set UV_THREADPOOL_SIZE before libuv's pool starts; a process
+  // with the default pool of 4 would have far fewer threads than the size we ask for.
+  const { ioThreadsDefault } = await import('../../src/common/limits.js');
+  const { readFileSync } = await import('node:fs');
+  const { meshblockBin, startNbdServe } = await import('../helpers/processes.js');
+  t.match(readFileSync(meshblockBin, 'utf8'), new RegExp(`const ioThreadsDefault = ${ioThreadsDefault};`), 'bin and limits agree');
+  const dir = t.testdir({ 'disk.img': Buffer.alloc(65536) });
+  // Through env(1) and without NODE_OPTIONS, so that tap's process tracking preloads no
+  // ES module into the server: that would start the pool before bin/meshblock.cjs runs.
+  const server = await startNbdServe(t, ['--file', `${dir}/disk.img`], { prefix: ['env', '-u', 'NODE_OPTIONS', '-u', 'UV_THREADPOOL_SIZE'] });
+  const status = readFileSync(`/proc/${server.process.pid}/status`, 'utf8');
+  const threads = Number(/^Threads:\s+(\d+)/m.exec(status)?.[1]);
+  t.ok(threads >= ioThreadsDefault, `${threads} threads, at least the ${ioThreadsDefault} of the pool`);
+});

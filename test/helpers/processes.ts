@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const meshblockBin = path.join(repoRoot, 'bin/meshblock.js');
+export const meshblockBin = path.join(repoRoot, 'bin/meshblock.cjs');
 
 /** The part of tap's Test that these helpers use. */
 export interface TeardownHost {
@@ -30,7 +30,11 @@ export interface ServeHandle {
  * Runs `meshblock nbd serve` with `args` (on 127.0.0.1, port 0 unless --listen/--socket is
  * given) and resolves once it prints its URI.
  */
-export async function startNbdServe(t: TeardownHost, args: string[], options: { prefix?: string[] } = {}): Promise<ServeHandle> {
+export async function startNbdServe(
+  t: TeardownHost,
+  args: string[],
+  options: { prefix?: string[] } = {},
+): Promise<ServeHandle> {
   const fullArgs = ['nbd', 'serve', ...args];
   if (!args.includes('--listen') && !args.includes('--socket')) fullArgs.push('--listen', '127.0.0.1:0');
   // `prefix` runs the server under another program, e.g. strace.

@@ -199,7 +199,7 @@ t.test('Unix socket export', async (t) => {
   t.equal(info.stdout.trim(), String(8 * MiB));
 
   // A second server must not steal a live socket; after the first stops, the stale file is reused.
-  const rival = await run(process.execPath, ['bin/meshblock.js', 'nbd', 'serve', '--file', file, '--socket', socket]);
+  const rival = await run(process.execPath, ['bin/meshblock.cjs', 'nbd', 'serve', '--file', file, '--socket', socket]);
   t.equal(rival.code, 1);
   t.match(rival.stderr, /another server is listening on it/);
   t.equal(await server.stop(), 0, 'SIGTERM stops the server cleanly');
