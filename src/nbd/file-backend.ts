@@ -22,6 +22,12 @@ export interface FileBackendOptions {
  */
 const nowaitReadBytesMax = 128 * 1024;
 const resolved = Promise.resolve();
+/** Writes up to this size are tried on the event loop (see write()). */
+const inlineWriteBytesMax = 64 * 1024;
+/** An inline write that took longer than this was blocked, not copying... */
+const inlineWriteStallMs = 2;
+/** ...and writes go to the thread pool for this long. */
+const inlineWriteBackoffMs = 5_000;
 
 /** Zeroes are written in pieces of this size when the filesystem cannot punch or zero ranges. */
 const zeroWriteBytes = 1 * MiB;
@@ -44,6 +50,8 @@ export class FileBackend implements BlockBackend {
   /** Cleared the first time the filesystem says it cannot fallocate that way. */
   private punchSupported = true;
   private zeroRangeSupported = true;
+  /** Small writes run inline on the event loop from this time on (see write()). */
+  private inlineWritesFromMs = 0;
   /** Cleared if the kernel or filesystem has no RWF_NOWAIT reads. */
   private nowaitReads = true;
   private closed = false;
@@ -116,16 +124,31 @@ export class FileBackend implements BlockBackend {
   }
 
   write(offsetBytes: number, source: Buffer, options: WriteOptions): Promise<void> {
+    let done = 0;
+    if (this.inlineWritesFromMs <= Date.now() && source.length <= inlineWriteBytesMax && !this.isBlockDevice) {
+      // A small buffered write is a copy into the page cache, a few microseconds, and the
+      // thread pool's round trip costs more than that. But it can block (dirty-page
+      // throttling): one that took long sends writes back to the pool for a while.
+      const startedMs = performance.now();
+      try {
+        done = fs.writeSync(this.fd, source, 0, source.length, offsetBytes);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      const tookMs = performance.now() - startedMs;
+      if (tookMs > inlineWriteStallMs) this.inlineWritesFromMs = Date.now() + inlineWriteBackoffMs;
+      if (done === source.length) return options.fua ? this.flush() : resolved;
+    }
     const written = new Promise<void>((resolve, reject) => {
-      const step = (done: number): void => {
-        fs.write(this.fd, source, done, source.length - done, offsetBytes + done, (err, bytesWritten) => {
+      const step = (written: number): void => {
+        fs.write(this.fd, source, written, source.length - written, offsetBytes + written, (err, bytesWritten) => {
           if (err) return reject(err);
-          const next = done + bytesWritten;
+          const next = written + bytesWritten;
           if (next === source.length) resolve();
           else step(next);
         });
       };
-      step(0);
+      step(done);
     });
     return options.fua ? written.then(() => this.flush()) : written;
   }
