@@ -835,8 +835,9 @@ ${servers.map((server) => server.command.join(' ')).join('\n')}
 \`\`\`
 
 Both run with their defaults. meshblock does all protocol work on its one JavaScript (main)
-thread; its file backend copies small cached reads there too (\`preadv2(RWF_NOWAIT)\`) and sends
-every other read, and every write, to libuv's thread pool. nbdkit runs its default 16 worker
+thread; its file backend copies small cached reads there too (\`preadv2(RWF_NOWAIT)\`), writes
+small writes there (\`pwrite\`, falling back to the pool for 5 s after one that blocked), and
+sends everything else to libuv's thread pool (16 threads). nbdkit runs its default 16 worker
 threads per connection (\`--threads\`), with the file plugin's defaults \`cache=default\`,
 \`fadvise=normal\`. Threads counted during the runs: meshblock ${threadCounts(summaries, 'meshblock')}, nbdkit ${threadCounts(summaries, 'nbdkit')}.
 
