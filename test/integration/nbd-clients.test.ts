@@ -8,16 +8,10 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
+import { sparseFile } from '../helpers/files.js';
 import { run, startNbdServe } from '../helpers/processes.js';
 
 const MiB = 1024 * 1024;
-
-function sparseFile(dir: string, name: string, sizeBytes: number): string {
-  const file = path.join(dir, name);
-  fs.writeFileSync(file, '');
-  fs.truncateSync(file, sizeBytes);
-  return file;
-}
 
 /** A file of random bytes with a hole in the middle, so copies must handle both. */
 function patternedFile(dir: string, name: string, sizeBytes: number, seed: string): string {

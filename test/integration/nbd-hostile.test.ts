@@ -26,6 +26,7 @@ import * as path from 'node:path';
 import t, { type Test } from 'tap';
 import { nbdLingerMs, nbdOptionBytesMax, nbdRequestBytesMax, nbdStringBytesMax } from '../../src/common/limits.js';
 import * as P from '../../src/nbd/protocol.js';
+import { sparseFile } from '../helpers/files.js';
 import { run, startNbdServe, type ServeHandle } from '../helpers/processes.js';
 import { goData, metaContextData, RawNbd, requestBytes, u32 } from '../helpers/raw-nbd.js';
 
@@ -53,9 +54,7 @@ function pattern(seed: number, offsetBytes: number, lengthBytes: number): Buffer
 }
 
 const dir = t.testdir();
-const file = path.join(dir, 'hostile.img');
-fs.writeFileSync(file, '');
-fs.truncateSync(file, exportBytes);
+const file = sparseFile(dir, 'hostile.img', exportBytes);
 {
   const fd = fs.openSync(file, 'r+');
   fs.writeSync(fd, pattern(1, referenceOffsetBytes, referenceBytes), 0, referenceBytes, referenceOffsetBytes);
@@ -124,6 +123,16 @@ async function expectOptionError(t: Test, raw: RawNbd, option: number, replyType
   const reply = await raw.readOptionReply();
   t.equal(reply.option, option, `${what}: the reply names the option`);
   t.equal(reply.type >>> 0, replyType, what);
+}
+
+/** One option on a fresh connection is refused with `replyType`, and a GO after it works. */
+async function refusedThenGo(t: Test, option: number, data: Buffer, replyType: number, what: string, goWhat: string): Promise<void> {
+  const raw = await connect(t);
+  await raw.greet();
+  raw.sendOption(option, data);
+  await expectOptionError(t, raw, option, replyType, what);
+  await expectGo(t, raw, goWhat);
+  await disconnect(t, raw);
 }
 
 interface SimpleReply {
@@ -204,21 +213,11 @@ t.test('handshake: LIST with data → NBD_REP_ERR_INVALID, and LIST without work
 });
 
 t.test('handshake: STARTTLS without TLS configured → NBD_REP_ERR_POLICY, and the session goes on', async (t) => {
-  const raw = await connect(t);
-  await raw.greet();
-  raw.sendOption(P.NBD_OPT_STARTTLS);
-  await expectOptionError(t, raw, P.NBD_OPT_STARTTLS, P.NBD_REP_ERR_POLICY, 'STARTTLS refused by policy');
-  await expectGo(t, raw, 'GO in plain text after the refused STARTTLS succeeds');
-  await disconnect(t, raw);
+  await refusedThenGo(t, P.NBD_OPT_STARTTLS, Buffer.alloc(0), P.NBD_REP_ERR_POLICY, 'STARTTLS refused by policy', 'GO in plain text after the refused STARTTLS succeeds');
 });
 
 t.test('handshake: GO for an unknown export → NBD_REP_ERR_UNKNOWN', async (t) => {
-  const raw = await connect(t);
-  await raw.greet();
-  raw.sendOption(P.NBD_OPT_GO, goData('no-such-export', [P.NBD_INFO_NAME]));
-  await expectOptionError(t, raw, P.NBD_OPT_GO, P.NBD_REP_ERR_UNKNOWN, 'unknown export');
-  await expectGo(t, raw, 'GO for the real export afterwards succeeds');
-  await disconnect(t, raw);
+  await refusedThenGo(t, P.NBD_OPT_GO, goData('no-such-export', [P.NBD_INFO_NAME]), P.NBD_REP_ERR_UNKNOWN, 'unknown export', 'GO for the real export afterwards succeeds');
 });
 
 t.test('handshake: GO whose length does not match its info count → NBD_REP_ERR_INVALID', async (t) => {
@@ -260,12 +259,7 @@ t.test('handshake: EXPORT_NAME with an unknown name → closed (it cannot carry 
 });
 
 t.test('handshake: SET_META_CONTEXT before STRUCTURED_REPLY → NBD_REP_ERR_INVALID', async (t) => {
-  const raw = await connect(t);
-  await raw.greet();
-  raw.sendOption(P.NBD_OPT_SET_META_CONTEXT, metaContextData('', [P.META_CONTEXT_BASE_ALLOCATION]));
-  await expectOptionError(t, raw, P.NBD_OPT_SET_META_CONTEXT, P.NBD_REP_ERR_INVALID, 'meta context needs structured replies');
-  await expectGo(t, raw, 'GO afterwards succeeds');
-  await disconnect(t, raw);
+  await refusedThenGo(t, P.NBD_OPT_SET_META_CONTEXT, metaContextData('', [P.META_CONTEXT_BASE_ALLOCATION]), P.NBD_REP_ERR_INVALID, 'meta context needs structured replies', 'GO afterwards succeeds');
 });
 
 t.test('handshake: option data one byte over the limit → NBD_REP_ERR_TOO_BIG, and the session goes on', async (t) => {

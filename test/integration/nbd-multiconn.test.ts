@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 import * as P from '../../src/nbd/protocol.js';
+import { sparseFile } from '../helpers/files.js';
 import { run, startNbdServe } from '../helpers/processes.js';
 import { RawNbd } from '../helpers/raw-nbd.js';
 
@@ -26,9 +27,7 @@ t.test('FLUSH on one connection covers writes from four others', async (t) => {
     return;
   }
   const dir = t.testdir();
-  const file = path.join(dir, 'multi.img');
-  fs.writeFileSync(file, '');
-  fs.truncateSync(file, 16 * MiB);
+  const file = sparseFile(dir, 'multi.img', 16 * MiB);
   const traceLog = path.join(dir, 'strace.log');
   const server = await startNbdServe(t, ['--file', file], { prefix: ['strace', '-f', '-qq', '-e', 'trace=fdatasync', '-o', traceLog] });
 

@@ -7,6 +7,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
+import { sparseFile } from '../helpers/files.js';
 import { run, runMeshblock, startNbdServe } from '../helpers/processes.js';
 
 const MiB = 1024 * 1024;
@@ -28,9 +29,7 @@ async function makeCertificate(dir: string): Promise<{ cert: string; key: string
 t.test('--tls require: TLS clients work, plain clients are refused', async (t) => {
   const dir = t.testdir();
   const { cert, key } = await makeCertificate(dir);
-  const file = path.join(dir, 'tls.img');
-  fs.writeFileSync(file, '');
-  fs.truncateSync(file, 8 * MiB);
+  const file = sparseFile(dir, 'tls.img', 8 * MiB);
   const server = await startNbdServe(t, ['--file', file, '--tls-cert', cert, '--tls-key', key, '--tls', 'require']);
   t.match(server.uri, /^nbds:\/\//, 'the printed URI says TLS');
   const tlsUri = `${server.uri}?tls-certificates=${dir}`;
@@ -57,9 +56,7 @@ t.test('--tls require: TLS clients work, plain clients are refused', async (t) =
 t.test('--tls on: TLS is optional', async (t) => {
   const dir = t.testdir();
   const { cert, key } = await makeCertificate(dir);
-  const file = path.join(dir, 'tls.img');
-  fs.writeFileSync(file, '');
-  fs.truncateSync(file, 8 * MiB);
+  const file = sparseFile(dir, 'tls.img', 8 * MiB);
   const server = await startNbdServe(t, ['--file', file, '--tls-cert', cert, '--tls-key', key]);
   const withTls = await run('nbdinfo', [`${server.uri.replace(/^nbd:/, 'nbds:')}?tls-certificates=${dir}`]);
   t.match(withTls.stdout, /with TLS/);
