@@ -1,0 +1,425 @@
+// One authenticated wire connection between two meshblock processes (SDC↔SDS, SDS↔SDS,
+// SDS/SDC↔MDM). Either side may send requests; replies come back in any order, matched
+// by request id. Frames are header.ts's 64-byte header plus payload.
+//
+// Connection setup proves that both ends know the cluster secret without sending it
+// (mutual challenge-response, HMAC-SHA256 over both nonces):
+//
+//   connector                                   acceptor
+//   HELLO  { role, name, nonceC }        --->
+//                                        <---   HELLO { role, name, nonceS, proofS }
+//   PROOF  { proofC }                    --->                 proofS = HMAC(secret, "acceptor" | nonceC | nonceS)
+//                                        <---   READY {}      proofC = HMAC(secret, "connector" | nonceS | nonceC)
+//
+// Each side checks the other's proof with a constant-time compare; a peer that fails is
+// told (status AUTH_FAILED) and dropped, and the failure is logged on both sides. Frames
+// for another cluster id, of another protocol version, or with a bad checksum drop the
+// connection: past a bad frame nothing on the stream can be trusted.
+//
+// Bounds: requests we send hold at most `inflightBytesMax` bytes of payload in flight
+// (further request() calls wait for room); requests we serve hold at most as many bytes,
+// past which we stop reading the socket.
+
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { assert } from '../common/assert.js';
+import { crc32c } from '../common/crc32c.js';
+import { MeshblockError } from '../common/errors.js';
+import { MiB } from '../common/units.js';
+import { decodeHeader, encodeHeader, verifyPayload, wireHeaderBytes, WireFrameError, type WireHeader } from './header.js';
+
+/** Operations below 16 belong to connection setup; the rest are defined by their users. */
+export const WireOp = {
+  Hello: 1,
+  Proof: 2,
+  Ready: 3,
+} as const;
+
+export const WireStatus = {
+  Ok: 0,
+  AuthFailed: 1,
+  UnknownOp: 2,
+  Failed: 3,
+  StaleEpoch: 4,
+} as const;
+
+export const wireSetupTimeoutMs = 10_000;
+export const wireRequestTimeoutMsDefault = 30_000;
+export const wireInflightBytesMaxDefault = 64 * MiB;
+const nonceBytes = 32;
+
+export class WireError extends MeshblockError {}
+
+export type PeerRole = 'sdc' | 'sds' | 'mdm' | 'test';
+
+export interface WirePeerOptions {
+  clusterId: string;
+  /** The shared cluster secret; never sent. */
+  secret: Buffer;
+  role: PeerRole;
+  name: string;
+  log: Logger;
+  /** Checksum payloads we send (CRC-32C); received checksums are always checked. */
+  payloadChecksums?: boolean;
+  inflightBytesMax?: number;
+  /** Serves a request from the other side; resolve with the reply, or throw to fail it. */
+  onRequest?: (request: WireRequest) => Promise<WireReply>;
+}
+
+export interface WireRequest {
+  op: number;
+  epoch: number;
+  payload: Buffer;
+}
+
+export interface WireReply {
+  status: number;
+  payload?: Buffer;
+}
+
+export interface WireResponse {
+  status: number;
+  payload: Buffer;
+}
+
+interface Pending {
+  resolve: (response: WireResponse) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout;
+  payloadBytes: number;
+}
+
+export interface PeerIdentity {
+  role: PeerRole;
+  name: string;
+}
+
+export class WirePeer {
+  private readonly pending = new Map<number, Pending>();
+  private nextRequestId = 1;
+  private sentInflightBytes = 0;
+  private servedInflightBytes = 0;
+  private readonly roomWaiters: Array<() => void> = [];
+  private readonly inflightBytesMax: number;
+  private closing = false;
+  private failure: Error | null = null;
+  private received: Buffer[] = [];
+  private receivedBytes = 0;
+  private header: WireHeader | null = null;
+  private onFrame: ((header: WireHeader, payload: Buffer) => void) | null = null;
+  /** Who is at the other end, once setup has proven it. */
+  remote: PeerIdentity | null = null;
+  readonly closed: Promise<void>;
+
+  private constructor(
+    private readonly socket: Socket,
+    private readonly options: WirePeerOptions,
+  ) {
+    this.inflightBytesMax = options.inflightBytesMax ?? wireInflightBytesMaxDefault;
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => this.fail(new WireError('MB_ERR_WIRE_SOCKET', `wire connection error: ${err.message}`, { cause: err })));
+    this.closed = new Promise((resolve) => {
+      socket.on('close', () => {
+        this.fail(new WireError('MB_ERR_WIRE_CLOSED', 'wire connection closed'));
+        resolve();
+      });
+    });
+  }
+
+  /** Runs setup as the side that connected. */
+  static async connect(socket: Socket, options: WirePeerOptions): Promise<WirePeer> {
+    const peer = new WirePeer(socket, options);
+    await peer.setup('connector');
+    return peer;
+  }
+
+  /** Runs setup as the side that accepted. */
+  static async accept(socket: Socket, options: WirePeerOptions): Promise<WirePeer> {
+    const peer = new WirePeer(socket, options);
+    await peer.setup('acceptor');
+    return peer;
+  }
+
+  // --- setup -------------------------------------------------------------------------
+
+  private async setup(side: 'connector' | 'acceptor'): Promise<void> {
+    const timer = setTimeout(
+      () => this.destroy(new WireError('MB_ERR_WIRE_SETUP_TIMEOUT', `wire setup took over ${wireSetupTimeoutMs} ms`)),
+      wireSetupTimeoutMs,
+    );
+    try {
+      const ownNonce = randomBytes(nonceBytes);
+      if (side === 'connector') {
+        this.sendFrame(WireOp.Hello, false, WireStatus.Ok, 0, 0, helloPayload(ownNonce, this.options, null));
+        const reply = await this.nextFrame(WireOp.Hello);
+        const { nonce: remoteNonce, identity, proof } = parseHello(reply.payload, true);
+        this.checkProof(proof, 'acceptor', ownNonce, remoteNonce, identity);
+        this.sendFrame(WireOp.Proof, false, WireStatus.Ok, 0, 0, this.proof('connector', remoteNonce, ownNonce));
+        await this.nextFrame(WireOp.Ready);
+        this.remote = identity;
+      } else {
+        const request = await this.nextFrame(WireOp.Hello);
+        const { nonce: remoteNonce, identity } = parseHello(request.payload, false);
+        this.sendFrame(WireOp.Hello, true, WireStatus.Ok, 0, 0, helloPayload(ownNonce, this.options, this.proof('acceptor', remoteNonce, ownNonce)));
+        const proof = await this.nextFrame(WireOp.Proof);
+        this.checkProof(proof.payload, 'connector', ownNonce, remoteNonce, identity);
+        this.sendFrame(WireOp.Ready, true, WireStatus.Ok, 0, 0, Buffer.alloc(0));
+        this.remote = identity;
+      }
+    } catch (err) {
+      const error = err instanceof Error ? err : new Error(String(err));
+      this.destroy(error);
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+    this.setFrameHandler((header, payload) => this.onEstablishedFrame(header, payload));
+  }
+
+  /** Frames wait in the receive buffer while no handler is set, and are read when one is. */
+  private setFrameHandler(handler: ((header: WireHeader, payload: Buffer) => void) | null): void {
+    this.onFrame = handler;
+    if (handler !== null) queueMicrotask(() => this.processReceived());
+  }
+
+  private proof(side: 'connector' | 'acceptor', first: Buffer, second: Buffer): Buffer {
+    return createHmac('sha256', this.options.secret)
+      .update(`meshblock-wire/${side}/${this.options.clusterId}/`)
+      .update(first)
+      .update(second)
+      .digest();
+  }
+
+  private checkProof(proof: Buffer, side: 'connector' | 'acceptor', ownNonce: Buffer, remoteNonce: Buffer, identity: PeerIdentity): void {
+    const expected = side === 'acceptor' ? this.proof('acceptor', ownNonce, remoteNonce) : this.proof('connector', ownNonce, remoteNonce);
+    if (proof.length !== expected.length || !timingSafeEqual(proof, expected)) {
+      this.options.log.warn({ remote: identity, peer: this.socket.remoteAddress }, 'wire peer failed the cluster secret challenge');
+      this.sendFrame(WireOp.Ready, true, WireStatus.AuthFailed, 0, 0, Buffer.from('cluster secret challenge failed'));
+      throw new WireError('MB_ERR_WIRE_AUTH', `peer ${identity.role} '${identity.name}' does not know the cluster secret`);
+    }
+  }
+
+  /** The next frame during setup; it must be `op`, and a failure status ends setup. */
+  private nextFrame(op: number): Promise<{ header: WireHeader; payload: Buffer }> {
+    return new Promise((resolve, reject) => {
+      if (this.failure !== null) return reject(this.failure);
+      this.setupReject = reject;
+      this.setFrameHandler((header, payload) => {
+        this.onFrame = null;
+        if (header.status === WireStatus.AuthFailed) {
+          reject(new WireError('MB_ERR_WIRE_AUTH', `the peer refused us: ${payload.toString()}`));
+        } else if (header.op !== op) {
+          reject(new WireError('MB_ERR_WIRE_SETUP', `expected setup op ${op}, got ${header.op}`));
+        } else {
+          resolve({ header, payload });
+        }
+      });
+    });
+  }
+
+  private setupReject: ((err: Error) => void) | null = null;
+
+  // --- requests ------------------------------------------------------------------------
+
+  /** Sends a request and resolves with the reply; rejects on timeout, failure or close. */
+  async request(op: number, payload: Buffer, options: { epoch?: number; timeoutMs?: number } = {}): Promise<WireResponse> {
+    assert(op >= 16, 'ops below 16 are reserved for connection setup');
+    while (this.sentInflightBytes > 0 && this.sentInflightBytes + payload.length > this.inflightBytesMax && this.failure === null) {
+      await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+    }
+    if (this.failure !== null) throw this.failure;
+    if (this.closing) throw new WireError('MB_ERR_WIRE_CLOSING', 'wire connection is closing');
+    const requestId = this.nextRequestId++;
+    const timeoutMs = options.timeoutMs ?? wireRequestTimeoutMsDefault;
+    return new Promise<WireResponse>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.retire(requestId);
+        reject(new WireError('MB_ERR_WIRE_TIMEOUT', `request ${requestId} (op ${op}) got no reply in ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(requestId, { resolve, reject, timer, payloadBytes: payload.length });
+      this.sentInflightBytes += payload.length;
+      this.sendFrame(op, false, WireStatus.Ok, requestId, options.epoch ?? 0, payload);
+    });
+  }
+
+  /** Stops sending requests, waits for those in flight, then closes. */
+  async close(): Promise<void> {
+    this.closing = true;
+    await Promise.allSettled(
+      [...this.pending.values()].map(
+        (entry) =>
+          new Promise<void>((resolve) => {
+            const { resolve: done, reject } = entry;
+            entry.resolve = (response) => {
+              done(response);
+              resolve();
+            };
+            entry.reject = (err) => {
+              reject(err);
+              resolve();
+            };
+          }),
+      ),
+    );
+    this.socket.end();
+    await this.closed;
+  }
+
+  /** Aborts: every pending request fails with `err`. */
+  destroy(err: Error = new WireError('MB_ERR_WIRE_DESTROYED', 'wire connection destroyed')): void {
+    this.fail(err);
+    this.socket.destroy();
+  }
+
+  private retire(requestId: number): Pending | undefined {
+    const entry = this.pending.get(requestId);
+    if (entry === undefined) return undefined;
+    this.pending.delete(requestId);
+    clearTimeout(entry.timer);
+    this.sentInflightBytes -= entry.payloadBytes;
+    const waiters = this.roomWaiters.splice(0);
+    for (const wake of waiters) wake();
+    return entry;
+  }
+
+  private fail(err: Error): void {
+    if (this.failure !== null) return;
+    this.failure = err;
+    this.setupReject?.(err);
+    this.setupReject = null;
+    for (const requestId of [...this.pending.keys()]) this.retire(requestId)?.reject(err);
+    const waiters = this.roomWaiters.splice(0);
+    for (const wake of waiters) wake();
+  }
+
+  // --- frames --------------------------------------------------------------------------
+
+  private sendFrame(op: number, reply: boolean, status: number, requestId: number, epoch: number, payload: Buffer): void {
+    if (this.socket.destroyed) return;
+    const header = encodeHeader({
+      op,
+      reply,
+      status,
+      clusterId: this.options.clusterId,
+      requestId,
+      epoch,
+      payloadBytes: payload.length,
+      payloadCrc32c: this.options.payloadChecksums === true ? crc32c(payload) : null,
+    });
+    this.socket.cork();
+    this.socket.write(header);
+    if (payload.length > 0) this.socket.write(payload);
+    this.socket.uncork();
+  }
+
+  private onData(chunk: Buffer): void {
+    this.received.push(chunk);
+    this.receivedBytes += chunk.length;
+    this.processReceived();
+  }
+
+  private processReceived(): void {
+    try {
+      while (this.onFrame !== null && this.failure === null) {
+        if (this.header === null) {
+          if (this.receivedBytes < wireHeaderBytes) return;
+          const header = decodeHeader(this.take(wireHeaderBytes));
+          if (header.clusterId !== this.options.clusterId) {
+            throw new WireFrameError('MB_ERR_WIRE_CLUSTER', `frame for cluster ${header.clusterId}, this is cluster ${this.options.clusterId}`);
+          }
+          this.header = header;
+        }
+        if (this.receivedBytes < this.header.payloadBytes) return;
+        const header = this.header;
+        this.header = null;
+        const payload = this.take(header.payloadBytes);
+        verifyPayload(header, payload);
+        this.onFrame(header, payload);
+      }
+    } catch (err) {
+      this.options.log.warn({ err, peer: this.socket.remoteAddress }, 'dropping wire connection: bad frame');
+      this.destroy(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  private take(byteCount: number): Buffer {
+    const first = this.received[0];
+    if (first !== undefined && first.length >= byteCount) {
+      if (first.length === byteCount) this.received.shift();
+      else this.received[0] = first.subarray(byteCount);
+      this.receivedBytes -= byteCount;
+      return first.subarray(0, byteCount);
+    }
+    const all = Buffer.concat(this.received);
+    this.received = all.length > byteCount ? [all.subarray(byteCount)] : [];
+    this.receivedBytes -= byteCount;
+    return all.subarray(0, byteCount);
+  }
+
+  private onEstablishedFrame(header: WireHeader, payload: Buffer): void {
+    if (header.reply) {
+      const entry = this.retire(header.requestId);
+      if (entry === undefined) {
+        this.options.log.debug({ requestId: header.requestId }, 'late or unknown wire reply dropped');
+        return;
+      }
+      entry.resolve({ status: header.status, payload });
+      return;
+    }
+    const handler = this.options.onRequest;
+    if (handler === undefined || header.op < 16) {
+      this.sendFrame(header.op, true, WireStatus.UnknownOp, header.requestId, header.epoch, Buffer.alloc(0));
+      return;
+    }
+    this.servedInflightBytes += payload.length;
+    if (this.servedInflightBytes > this.inflightBytesMax) this.socket.pause();
+    handler({ op: header.op, epoch: header.epoch, payload }).then(
+      (reply) => this.sendFrame(header.op, true, reply.status, header.requestId, header.epoch, reply.payload ?? Buffer.alloc(0)),
+      (err: unknown) => {
+        this.options.log.warn({ err, op: header.op }, 'wire request failed');
+        this.sendFrame(header.op, true, WireStatus.Failed, header.requestId, header.epoch, Buffer.from(String(err instanceof Error ? err.message : err)));
+      },
+    ).finally(() => {
+      this.servedInflightBytes -= payload.length;
+      if (this.servedInflightBytes <= this.inflightBytesMax && this.socket.isPaused()) this.socket.resume();
+    });
+  }
+}
+
+function helloPayload(nonce: Buffer, options: WirePeerOptions, proof: Buffer | null): Buffer {
+  // nonce (32) | proof length (u16) | proof | identity JSON
+  const identity = Buffer.from(JSON.stringify({ role: options.role, name: options.name }));
+  const proofBytes = proof ?? Buffer.alloc(0);
+  const length = Buffer.alloc(2);
+  length.writeUInt16BE(proofBytes.length, 0);
+  return Buffer.concat([nonce, length, proofBytes, identity]);
+}
+
+function parseHello(payload: Buffer, withProof: boolean): { nonce: Buffer; identity: PeerIdentity; proof: Buffer } {
+  if (payload.length < nonceBytes + 2) throw new WireError('MB_ERR_WIRE_SETUP', 'HELLO too short');
+  const nonce = payload.subarray(0, nonceBytes);
+  const proofBytes = payload.readUInt16BE(nonceBytes);
+  if (withProof !== proofBytes > 0 || nonceBytes + 2 + proofBytes > payload.length) {
+    throw new WireError('MB_ERR_WIRE_SETUP', 'HELLO proof is missing or malformed');
+  }
+  const proof = payload.subarray(nonceBytes + 2, nonceBytes + 2 + proofBytes);
+  let identity: unknown;
+  try {
+    identity = JSON.parse(payload.subarray(nonceBytes + 2 + proofBytes).toString('utf8'));
+  } catch {
+    throw new WireError('MB_ERR_WIRE_SETUP', 'HELLO identity is not JSON');
+  }
+  if (
+    typeof identity !== 'object' ||
+    identity === null ||
+    !('role' in identity) ||
+    !('name' in identity) ||
+    typeof identity.name !== 'string' ||
+    !['sdc', 'sds', 'mdm', 'test'].includes(String(identity.role))
+  ) {
+    throw new WireError('MB_ERR_WIRE_SETUP', 'HELLO identity lacks a role or name');
+  }
+  return { nonce, identity: { role: identity.role as PeerRole, name: identity.name }, proof };
+}

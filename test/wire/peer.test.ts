@@ -1,0 +1,180 @@
+// Proves the wire connection on real loopback sockets: mutual challenge-response setup,
+// pipelined requests answered out of order, timeouts, close() draining and destroy()
+// aborting, and refusal of peers that do not belong: wrong secret, wrong cluster, another
+// protocol version, a corrupted frame. (The SDS processes that use it come next; here
+// both ends run in the test process, over real TCP.)
+
+import * as net from 'node:net';
+import { pino } from 'pino';
+import t, { type Test } from 'tap';
+import { crc32c } from '../../src/common/crc32c.js';
+import { encodeHeader } from '../../src/wire/header.js';
+import { WirePeer, WireStatus, type WirePeerOptions } from '../../src/wire/peer.js';
+
+const log = pino({ level: 'silent' });
+const clusterId = 'a1b2c3d4e5f60718';
+const secret = Buffer.from('correct horse battery staple');
+const opEcho = 100;
+
+interface Pair {
+  client: WirePeer;
+  server: WirePeer;
+}
+
+/** A listening socket whose accepted connections run `accept`; closed at teardown. */
+async function listen(t: Test, accept: (socket: net.Socket) => void): Promise<number> {
+  const server = net.createServer(accept);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  return (server.address() as net.AddressInfo).port;
+}
+
+function connectSocket(port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host: '127.0.0.1' }, () => resolve(socket));
+    socket.once('error', reject);
+  });
+}
+
+async function pair(t: Test, serverOptions: Partial<WirePeerOptions> = {}, clientOptions: Partial<WirePeerOptions> = {}): Promise<Pair> {
+  let accepted!: Promise<WirePeer>;
+  const port = await listen(t, (socket) => {
+    accepted = WirePeer.accept(socket, { clusterId, secret, role: 'sds', name: 'sds1', log, ...serverOptions });
+    accepted.catch(() => undefined);
+  });
+  const client = await WirePeer.connect(await connectSocket(port), { clusterId, secret, role: 'sdc', name: 'sdc1', log, ...clientOptions });
+  const server = await accepted;
+  t.teardown(() => {
+    client.destroy();
+    server.destroy();
+  });
+  return { client, server };
+}
+
+t.test('setup proves both sides; requests are pipelined and answered out of order', async (t) => {
+  const { client, server } = await pair(
+    t,
+    {
+      onRequest: async (request) => {
+        // Later requests finish first: replies come back out of order.
+        await new Promise((resolve) => setTimeout(resolve, 50 - (request.payload.readUInt32BE(0) % 50)));
+        return { status: WireStatus.Ok, payload: Buffer.from(request.payload).reverse() };
+      },
+      payloadChecksums: true,
+    },
+    { payloadChecksums: true },
+  );
+  t.same(client.remote, { role: 'sds', name: 'sds1' });
+  t.same(server.remote, { role: 'sdc', name: 'sdc1' });
+  const order: number[] = [];
+  const replies = await Promise.all(
+    Array.from({ length: 200 }, async (_, index) => {
+      const payload = Buffer.alloc(4 + (index % 7) * 1000, index);
+      payload.writeUInt32BE(index, 0);
+      const reply = await client.request(opEcho, payload, { epoch: 5 });
+      order.push(index);
+      t.equal(reply.status, WireStatus.Ok);
+      return reply.payload.equals(Buffer.from(payload).reverse());
+    }),
+  );
+  t.ok(replies.every(Boolean), 'every reply carries its own request’s payload');
+  t.not(order.join(','), [...order].sort((a, b) => a - b).join(','), 'replies arrived out of order');
+});
+
+t.test('a request the other side does not serve gets UnknownOp', async (t) => {
+  const { client } = await pair(t);
+  const reply = await client.request(opEcho, Buffer.from('x'));
+  t.equal(reply.status, WireStatus.UnknownOp);
+});
+
+t.test('handler failures become Failed replies; timeouts reject', async (t) => {
+  const { client } = await pair(t, {
+    onRequest: async (request) => {
+      if (request.payload.toString() === 'fail') throw new Error('disk on fire');
+      return new Promise(() => undefined); // never answers
+    },
+  });
+  const failed = await client.request(opEcho, Buffer.from('fail'));
+  t.equal(failed.status, WireStatus.Failed);
+  t.match(failed.payload.toString(), /disk on fire/);
+  await t.rejects(client.request(opEcho, Buffer.from('hang'), { timeoutMs: 200 }), { code: 'MB_ERR_WIRE_TIMEOUT' });
+});
+
+t.test('close() drains, destroy() aborts', async (t) => {
+  const { client } = await pair(t, {
+    onRequest: async () => {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      return { status: WireStatus.Ok };
+    },
+  });
+  const inFlight = client.request(opEcho, Buffer.from('a'));
+  await client.close();
+  t.equal((await inFlight).status, WireStatus.Ok, 'the request in flight finished before close() resolved');
+  await t.rejects(client.request(opEcho, Buffer.from('b')), { code: 'MB_ERR_WIRE_CLOSED' });
+
+  const second = await pair(t, { onRequest: () => new Promise(() => undefined) });
+  const stuck = second.client.request(opEcho, Buffer.from('c'));
+  second.client.destroy();
+  await t.rejects(stuck, { code: 'MB_ERR_WIRE_DESTROYED' });
+});
+
+t.test('a peer with the wrong secret is refused on both sides', async (t) => {
+  let serverSide!: Promise<WirePeer>;
+  const port = await listen(t, (socket) => {
+    serverSide = WirePeer.accept(socket, { clusterId, secret, role: 'sds', name: 'sds1', log });
+    serverSide.catch(() => undefined);
+  });
+  const wrong = { clusterId, secret: Buffer.from('guess'), role: 'sdc' as const, name: 'intruder', log };
+  await t.rejects(WirePeer.connect(await connectSocket(port), wrong), { code: 'MB_ERR_WIRE_AUTH' }, 'the connector sees the acceptor’s proof fail');
+  await t.rejects(serverSide, { code: /MB_ERR_WIRE_(AUTH|CLOSED)/ }, 'the acceptor drops it');
+});
+
+t.test('a peer of another cluster is refused', async (t) => {
+  let serverSide!: Promise<WirePeer>;
+  const port = await listen(t, (socket) => {
+    serverSide = WirePeer.accept(socket, { clusterId, secret, role: 'sds', name: 'sds1', log });
+    serverSide.catch(() => undefined);
+  });
+  const other = WirePeer.connect(await connectSocket(port), { clusterId: 'ffffffffffffffff', secret, role: 'sdc', name: 'x', log });
+  other.catch(() => undefined);
+  await t.rejects(serverSide, { code: 'MB_ERR_WIRE_CLUSTER' });
+  await t.rejects(other, { code: /MB_ERR_WIRE_(CLOSED|SOCKET)/ });
+});
+
+t.test('hostile frames: another version, a corrupted header', async (t) => {
+  for (const [label, frame, code] of [
+    ['version 2', versioned(2), 'MB_ERR_WIRE_VERSION'],
+    ['flipped bit', corrupted(), 'MB_ERR_WIRE_HEADER_CHECKSUM'],
+    ['not ours', Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.padEnd(64, ' ')), 'MB_ERR_WIRE_MAGIC'],
+  ] as const) {
+    let serverSide!: Promise<WirePeer>;
+    const port = await listen(t, (socket) => {
+      serverSide = WirePeer.accept(socket, { clusterId, secret, role: 'sds', name: 'sds1', log });
+      serverSide.catch(() => undefined);
+    });
+    const raw = await connectSocket(port);
+    const closed = new Promise<void>((resolve) => raw.on('close', () => resolve()));
+    raw.on('error', () => undefined);
+    raw.write(frame);
+    await t.rejects(serverSide, { code }, label);
+    await closed;
+    t.pass(`${label}: the connection was dropped`);
+  }
+});
+
+function hello(): Buffer {
+  return encodeHeader({ op: 1, reply: false, status: 0, clusterId, requestId: 0, epoch: 0, payloadBytes: 0, payloadCrc32c: null });
+}
+
+function versioned(version: number): Buffer {
+  const bytes = hello();
+  bytes.writeUInt16BE(version, 4);
+  bytes.writeUInt32BE(crc32c(bytes.subarray(0, 60)), 60);
+  return bytes;
+}
+
+function corrupted(): Buffer {
+  const bytes = hello();
+  bytes[30] = (bytes[30] as number) ^ 0x10;
+  return bytes;
+}
