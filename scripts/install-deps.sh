@@ -14,6 +14,7 @@ packages=(
   strace               # watching fdatasync in the multi-connection flush test
   openssl              # certificates for the TLS tests
   util-linux procps    # losetup, pgrep
+  lvm2 gdisk xfsprogs fdisk  # real formats (PV, GPT, XFS, MBR) for the SDS formatted-device refusal tests
 )
 
 missing=()

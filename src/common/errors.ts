@@ -37,3 +37,9 @@ export class AssertionError extends MeshblockError {
     super('MB_ERR_ASSERTION', message);
   }
 }
+
+/**
+ * A system call failed; `code` is the errno name (`EIO`, `ENOSPC`, `EOPNOTSUPP`, ...), so
+ * the NBD and wire layers can map it to what their protocols can carry.
+ */
+export class SystemCallError extends MeshblockError {}

@@ -6,11 +6,11 @@
 // ranges (BLKZEROOUT on devices), and allocation status comes from SEEK_DATA/SEEK_HOLE.
 
 import * as fs from 'node:fs';
-import { MeshblockError } from '../common/errors.js';
+import { MeshblockError, SystemCallError } from '../common/errors.js';
 import { nbdBlockSizePreferredBytes, nbdRequestBytesMax } from '../common/limits.js';
 import { MiB } from '../common/units.js';
 import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSizeLimits, type Extent, type WriteOptions, type ZeroOptions } from './backend.js';
-import * as native from './native.js';
+import * as native from '../common/native.js';
 
 export interface FileBackendOptions {
   readOnly: boolean;
@@ -239,7 +239,7 @@ export class FileBackend implements BlockBackend {
       }
     } catch (err) {
       // A filesystem without SEEK_DATA: everything is data, which is always a true answer.
-      if (!(err instanceof BackendError) || err.code !== 'EINVAL' || extents.length > 0) throw err;
+      if (!(err instanceof SystemCallError) || err.code !== 'EINVAL' || extents.length > 0) throw err;
       return [{ lengthBytes, hole: false, zero: false }];
     }
     return extents;
@@ -253,7 +253,7 @@ export class FileBackend implements BlockBackend {
 }
 
 function isUnsupported(err: unknown): boolean {
-  return err instanceof BackendError && (err.code === 'EOPNOTSUPP' || err.code === 'ENOTSUP' || err.code === 'ENOSYS');
+  return err instanceof SystemCallError && (err.code === 'EOPNOTSUPP' || err.code === 'ENOTSUP' || err.code === 'ENOSYS');
 }
 
 function ignoreUnsupported(err: unknown): void {

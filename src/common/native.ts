@@ -1,9 +1,11 @@
 // Typed, promise-returning access to native/meshblock_native.c (built by node-gyp when the
-// package is installed). Failures become BackendErrors named after their errno.
+// package is installed). Failures become SystemCallErrors named after their errno. The one
+// module under src/common that touches the system: the binding itself holds no state and
+// opens nothing, and both the NBD file backend and the SDS device layer need it.
 
 import { createRequire } from 'node:module';
 import { constants } from 'node:os';
-import { BackendError } from './backend.js';
+import { SystemCallError } from './errors.js';
 
 type NativeCallback = (errno: number, result: number) => void;
 type NativeOp = (fd: number, mode: number, offsetBytes: number, lengthBytes: number, callback: NativeCallback) => void;
@@ -26,7 +28,7 @@ interface NativeBinding {
 }
 
 const require = createRequire(import.meta.url);
-// dist/nbd/native.js -> <package>/build/Release
+// dist/common/native.js -> <package>/build/Release
 const binding = require('../../build/Release/meshblock_native.node') as NativeBinding;
 
 const errnoNames = new Map<number, string>();
@@ -43,7 +45,7 @@ function call(op: NativeOp, what: string, fd: number, mode: number, offsetBytes:
   return new Promise((resolve, reject) => {
     op(fd, mode, offsetBytes, lengthBytes, (errno, result) => {
       if (errno === 0) resolve(result);
-      else reject(new BackendError(errnoName(errno), `${what} failed: ${errnoName(errno)}`));
+      else reject(new SystemCallError(errnoName(errno), `${what} failed: ${errnoName(errno)}`));
     });
   });
 }
@@ -68,7 +70,7 @@ export function seekHole(fd: number, offsetBytes: number): Promise<number | null
 
 function seekOrNull(whence: number, what: string, fd: number, offsetBytes: number): Promise<number | null> {
   return call(binding.lseek, what, fd, whence, offsetBytes, 0).catch((err: unknown) => {
-    if (err instanceof BackendError && err.code === 'ENXIO') return null;
+    if (err instanceof SystemCallError && err.code === 'ENXIO') return null;
     throw err;
   });
 }

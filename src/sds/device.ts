@@ -1,0 +1,108 @@
+// Opening a device for an SDS: a raw block device or a regular file standing in for one.
+// A device is recognised by its superblock; a blank device is formatted; anything else on
+// it (a partition table, a filesystem, an LVM label, another cluster's superblock, ...) is
+// refused with what was found, unless forced: "previous formatting must be removed first".
+
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import { MeshblockError } from '../common/errors.js';
+import * as native from '../common/native.js';
+import { MiB } from '../common/units.js';
+import { probeFormats, probeHeadBytes, type Found } from './device-probe.js';
+import { encodeSuperblock, superblockBytes, type Superblock } from './superblock.js';
+
+/** Smaller devices are refused: the metadata area alone takes a few MiB. */
+export const deviceBytesMin = 16 * MiB;
+/** Where chunk data starts unless the caller (the chunk store) asks for more room. */
+export const deviceMetadataBytesDefault = 1 * MiB;
+/** Forced formatting zeroes this much at both ends (signatures, GPT and its backup copy). */
+const wipeBytes = 1 * MiB;
+
+export interface DeviceOwner {
+  clusterId: string;
+  sdsId: string;
+  sdsName: string;
+}
+
+export interface OpenedDevice {
+  fd: number;
+  path: string;
+  sizeBytes: number;
+  isBlockDevice: boolean;
+  superblock: Superblock;
+  /** True when this open formatted the device; false when it recognised its superblock. */
+  formatted: boolean;
+}
+
+export class DeviceError extends MeshblockError {}
+
+export class DeviceFormattedError extends DeviceError {
+  constructor(
+    readonly path: string,
+    readonly found: readonly Found[],
+  ) {
+    super(
+      'MB_ERR_DEVICE_FORMATTED',
+      `${path}: refusing to add a device that holds ${found.map((entry) => entry.description).join(' and ')}; ` +
+        'previous formatting must be removed first (wipefs --all), or add it with --force to destroy it',
+    );
+  }
+}
+
+export async function openDevice(
+  path: string,
+  owner: DeviceOwner,
+  options: { force: boolean; metadataBytes?: number },
+): Promise<OpenedDevice> {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, fs.constants.O_RDWR);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const reason = code === 'ENOENT' ? 'no such file or device' : code === 'EACCES' ? 'permission denied' : code === 'EBUSY' ? 'device is busy (mounted or in use)' : (err as Error).message;
+    throw new DeviceError('MB_ERR_DEVICE_OPEN', `${path}: ${reason}`, { cause: err });
+  }
+  try {
+    const stat = fs.fstatSync(fd);
+    const isBlockDevice = stat.isBlockDevice();
+    if (!isBlockDevice && !stat.isFile()) throw new DeviceError('MB_ERR_DEVICE_OPEN', `${path}: not a block device or a regular file`);
+    const sizeBytes = isBlockDevice ? native.blockDeviceSizeBytes(fd) : stat.size;
+    if (sizeBytes < deviceBytesMin) {
+      throw new DeviceError('MB_ERR_DEVICE_TOO_SMALL', `${path}: ${sizeBytes} bytes is below the ${deviceBytesMin}-byte minimum`);
+    }
+    const head = Buffer.alloc(Math.min(probeHeadBytes, sizeBytes));
+    fs.readSync(fd, head, 0, head.length, 0);
+    const found = probeFormats(head);
+
+    const ours = found.find((entry) => entry.superblock !== undefined);
+    if (ours?.superblock !== undefined && found.length === 1) {
+      const superblock = ours.superblock;
+      if (superblock.clusterId === owner.clusterId && superblock.sdsId === owner.sdsId) {
+        if (sizeBytes < superblock.deviceSizeBytes) {
+          throw new DeviceError('MB_ERR_DEVICE_SHRUNK', `${path}: the device shrank from ${superblock.deviceSizeBytes} to ${sizeBytes} bytes since it was formatted`);
+        }
+        return { fd, path, sizeBytes, isBlockDevice, superblock, formatted: false };
+      }
+    }
+    if (found.length > 0 && !options.force) throw new DeviceFormattedError(path, found);
+
+    const superblock: Superblock = {
+      clusterId: owner.clusterId,
+      sdsId: owner.sdsId,
+      deviceId: randomBytes(8).toString('hex'),
+      deviceSizeBytes: sizeBytes,
+      dataOffsetBytes: options.metadataBytes ?? deviceMetadataBytesDefault,
+      formattedAtMs: Date.now(),
+      sdsName: owner.sdsName,
+    };
+    const zeroes = Buffer.alloc(wipeBytes);
+    fs.writeSync(fd, zeroes, 0, Math.min(wipeBytes, sizeBytes), 0);
+    fs.writeSync(fd, zeroes, 0, Math.min(wipeBytes, sizeBytes), Math.max(0, sizeBytes - wipeBytes));
+    fs.writeSync(fd, encodeSuperblock(superblock), 0, superblockBytes, 0);
+    fs.fdatasyncSync(fd);
+    return { fd, path, sizeBytes, isBlockDevice, superblock, formatted: true };
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+}

@@ -1,0 +1,116 @@
+// Proves that an SDS device is self-describing and that previous formatting is refused:
+// real partition tables, filesystems, swap and an LVM physical volume are made with
+// Debian's own tools (sgdisk, sfdisk, mkfs.ext4, mkfs.xfs, mkswap, pvcreate on a loop
+// device), and adding each is refused with what was found and without touching a byte,
+// until --force; a formatted device is recognised when opened again, and afterwards
+// blkid finds none of the old signatures.
+
+import * as fs from 'node:fs';
+import t from 'tap';
+import { openDevice, type DeviceOwner } from '../../src/sds/device.js';
+import { probeFormats } from '../../src/sds/device-probe.js';
+import { decodeSuperblock, encodeSuperblock } from '../../src/sds/superblock.js';
+import { sparseFile } from '../helpers/files.js';
+import { run } from '../helpers/processes.js';
+
+const MiB = 1024 * 1024;
+const owner: DeviceOwner = { clusterId: '00112233445566aa', sdsId: '0a0b0c0d0e0f1011', sdsName: 'sds-1' };
+
+function head(file: string): Buffer {
+  const fd = fs.openSync(file, 'r');
+  const bytes = Buffer.alloc(256 * 1024);
+  fs.readSync(fd, bytes, 0, bytes.length, 0);
+  fs.closeSync(fd);
+  return bytes;
+}
+
+t.test('superblock round trip and damage', async (t) => {
+  const superblock = { ...owner, deviceId: 'ffeeddccbbaa9988', deviceSizeBytes: 64 * MiB, dataOffsetBytes: MiB, formattedAtMs: 1_700_000_000_000 };
+  const bytes = encodeSuperblock(superblock);
+  t.same(decodeSuperblock(bytes), superblock);
+  bytes[100] = 1;
+  t.throws(() => decodeSuperblock(bytes), { code: 'MB_ERR_SUPERBLOCK_CHECKSUM' });
+  t.same(probeFormats(Buffer.alloc(128 * 1024)), [], 'a blank device holds nothing');
+});
+
+t.test('a blank device is formatted, then recognised', async (t) => {
+  const file = sparseFile(t.testdir(), 'blank.img', 64 * MiB);
+  const first = await openDevice(file, owner, { force: false });
+  t.equal(first.formatted, true);
+  t.equal(first.sizeBytes, 64 * MiB);
+  fs.closeSync(first.fd);
+  const again = await openDevice(file, owner, { force: false });
+  t.equal(again.formatted, false, 'recognised by its superblock');
+  t.equal(again.superblock.deviceId, first.superblock.deviceId);
+  fs.closeSync(again.fd);
+
+  const otherCluster = { ...owner, clusterId: '99999999999999ff' };
+  await t.rejects(openDevice(file, otherCluster, { force: false }), {
+    code: 'MB_ERR_DEVICE_FORMATTED',
+    message: /a meshblock device of cluster 00112233445566aa \(SDS 'sds-1'/,
+  });
+  const taken = await openDevice(file, otherCluster, { force: true });
+  t.equal(taken.superblock.clusterId, '99999999999999ff', '--force takes it over');
+  fs.closeSync(taken.fd);
+});
+
+t.test('bad devices: missing, too small, a directory', async (t) => {
+  const dir = t.testdir();
+  await t.rejects(openDevice(`${dir}/nope.img`, owner, { force: false }), { code: 'MB_ERR_DEVICE_OPEN', message: /no such file/ });
+  await t.rejects(openDevice(sparseFile(dir, 'tiny.img', MiB), owner, { force: false }), { code: 'MB_ERR_DEVICE_TOO_SMALL' });
+  await t.rejects(openDevice(dir, owner, { force: true }), { code: 'MB_ERR_DEVICE_OPEN' });
+});
+
+const formats: Array<{ label: string; sizeBytes: number; make: (file: string) => Promise<number | null>; expect: RegExp }> = [
+  { label: 'ext4', sizeBytes: 64 * MiB, make: async (f) => (await run('mkfs.ext4', ['-q', '-F', '-L', 'olddata', f])).code, expect: /an ext4 filesystem \(UUID [0-9a-f-]{36}, label 'olddata'\)/ },
+  { label: 'GPT', sizeBytes: 64 * MiB, make: async (f) => (await run('sgdisk', ['-n', '1:2048:+8M', f])).code, expect: /a GPT partition table/ },
+  { label: 'MBR', sizeBytes: 64 * MiB, make: async (f) => (await run('sfdisk', ['--quiet', f], { input: 'label: dos\n,16M,83\n' })).code, expect: /a DOS\/MBR partition table/ },
+  { label: 'XFS', sizeBytes: 512 * MiB, make: async (f) => (await run('mkfs.xfs', ['-q', '-f', f])).code, expect: /an XFS filesystem/ },
+  { label: 'swap', sizeBytes: 64 * MiB, make: async (f) => (await run('mkswap', [f])).code, expect: /Linux swap space/ },
+];
+
+for (const format of formats) {
+  t.test(`a device holding ${format.label} is refused until --force`, async (t) => {
+    const file = sparseFile(t.testdir(), 'used.img', format.sizeBytes);
+    const made = await format.make(file);
+    if (made === null || made === 127) {
+      t.skip(`the tool for ${format.label} is not installed`, () => undefined);
+      return;
+    }
+    t.equal(made, 0, `${format.label} made`);
+    const before = head(file);
+    await t.rejects(openDevice(file, owner, { force: false }), { code: 'MB_ERR_DEVICE_FORMATTED', message: format.expect });
+    await t.rejects(openDevice(file, owner, { force: false }), { message: /previous formatting must be removed first/ });
+    t.ok(head(file).equals(before), 'refusing changed nothing');
+    const forced = await openDevice(file, owner, { force: true });
+    t.equal(forced.formatted, true);
+    fs.closeSync(forced.fd);
+    const blkid = await run('blkid', ['-p', file]);
+    t.equal(blkid.code, 2, `blkid finds no old signature after --force (${blkid.stdout.trim()})`);
+  });
+}
+
+t.test('an LVM physical volume on a loop (block) device is refused until --force', async (t) => {
+  const file = sparseFile(t.testdir(), 'pv.img', 64 * MiB);
+  const attach = await run('losetup', ['--find', '--show', file]);
+  if (attach.code !== 0) {
+    t.skip(`no loop device here: ${attach.stderr.trim()}`, () => undefined);
+    return;
+  }
+  const device = attach.stdout.trim();
+  t.teardown(() => run('losetup', ['-d', device]));
+  const pv = await run('pvcreate', ['-y', device]);
+  if (pv.code === 127) {
+    t.skip('pvcreate is not installed', () => undefined);
+    return;
+  }
+  t.equal(pv.code, 0, pv.stderr);
+  await t.rejects(openDevice(device, owner, { force: false }), { code: 'MB_ERR_DEVICE_FORMATTED', message: /an LVM2 physical volume \(PV UUID \w+\)/ });
+  const forced = await openDevice(device, owner, { force: true });
+  t.equal(forced.isBlockDevice, true);
+  t.equal(forced.sizeBytes, 64 * MiB, 'size from BLKGETSIZE64');
+  fs.closeSync(forced.fd);
+  const recognised = await openDevice(device, owner, { force: false });
+  t.equal(recognised.formatted, false);
+  fs.closeSync(recognised.fd);
+});
