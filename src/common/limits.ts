@@ -12,6 +12,12 @@ export const nbdInflightBytesMax = 64 * MiB;
 export const nbdInflightRequestsMax = 1024;
 /** Reply bytes queued in the socket (a client that stops reading) before we stop reading. */
 export const nbdWritableBytesMax = 8 * MiB;
+/**
+ * Replies queued behind a socket that stopped draining, before we stop reading. Counted
+ * as well as bytes: each queued write costs Node a few hundred bytes of bookkeeping, so a
+ * flood of 16-byte error replies would pass the byte bound with ~100 MiB of overhead.
+ */
+export const nbdBlockedRepliesMax = 4096;
 /** Option data we buffer; longer options are skipped unread and answered NBD_REP_ERR_TOO_BIG. */
 export const nbdOptionBytesMax = 64 * KiB;
 /** Longest string (export name, query) the spec allows. */

@@ -16,6 +16,7 @@
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import {
+  nbdBlockedRepliesMax,
   nbdExtentsPerReplyMax,
   nbdExtentsQueryBytesMax,
   nbdInflightBytesMax,
@@ -78,6 +79,8 @@ export class Transmission {
   private disconnecting = false;
   private closed = false;
   private corked = false;
+  /** Replies written while the socket was not draining (reset by 'drain'). */
+  private blockedReplies = 0;
   /** Our EOF is sent (end() called). */
   private ended = false;
   /** Closes the connection if the client has not hung up nbdLingerMs after our EOF. */
@@ -101,7 +104,10 @@ export class Transmission {
     });
 
     this.stream.on('data', (chunk: Buffer) => this.onData(chunk));
-    this.stream.on('drain', () => this.maybeResume());
+    this.stream.on('drain', () => {
+      this.blockedReplies = 0;
+      this.maybeResume();
+    });
     this.stream.on('error', (err: Error) => {
       this.log.debug({ err }, 'nbd connection error');
     });
@@ -542,6 +548,7 @@ export class Transmission {
         this.stream.cork();
         setImmediate(this.uncork);
       }
+      if (this.stream.writableNeedDrain) this.blockedReplies += 1;
       if (pooled) this.stream.write(reply, () => pool.release(reply));
       else this.stream.write(reply);
     } else if (pooled) {
@@ -562,7 +569,8 @@ export class Transmission {
     return (
       this.inflightCount >= nbdInflightRequestsMax ||
       this.inflightBytes >= nbdInflightBytesMax ||
-      this.stream.writableLength >= nbdWritableBytesMax
+      this.stream.writableLength >= nbdWritableBytesMax ||
+      this.blockedReplies >= nbdBlockedRepliesMax
     );
   }
 
