@@ -140,10 +140,10 @@ export class FileBackend implements BlockBackend {
       if (done === source.length) return options.fua ? this.flush() : resolved;
     }
     const written = new Promise<void>((resolve, reject) => {
-      const step = (written: number): void => {
-        fs.write(this.fd, source, written, source.length - written, offsetBytes + written, (err, bytesWritten) => {
+      const step = (doneBytes: number): void => {
+        fs.write(this.fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes, (err, bytesWritten) => {
           if (err) return reject(err);
-          const next = written + bytesWritten;
+          const next = doneBytes + bytesWritten;
           if (next === source.length) resolve();
           else step(next);
         });
