@@ -18,6 +18,7 @@ interface NativeBinding {
   blockDeviceSize(fd: number): number;
   preadNowait(fd: number, target: Buffer, offsetBytes: number): number;
   pwriteNowait(fd: number, source: Buffer, offsetBytes: number): number;
+  crc32c(bytes: Buffer, previous: number): number;
   EAGAIN: number;
   EOPNOTSUPP: number;
   FALLOC_FL_KEEP_SIZE: number;
@@ -96,3 +97,6 @@ export const preadNowait: (fd: number, target: Buffer, offsetBytes: number) => n
 export const pwriteNowait: (fd: number, source: Buffer, offsetBytes: number) => number = binding.pwriteNowait;
 export const EAGAIN = binding.EAGAIN;
 export const EOPNOTSUPP = binding.EOPNOTSUPP;
+
+/** CRC-32C in the addon (SSE4.2 where available); use common/crc32c.ts's crc32c(). */
+export const nativeCrc32c: (bytes: Buffer, previous: number) => number = binding.crc32c;
