@@ -98,6 +98,8 @@ export async function run(command: string, args: string[], options: { timeoutMs?
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
   child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+  // A program that exits without reading its input closes the pipe first: not an error.
+  child.stdin.on('error', () => undefined);
   child.stdin.end(options.input ?? '');
   const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 120_000);
   const [code] = await once(child, 'exit');

@@ -8,7 +8,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
-import { sparseFile } from '../helpers/files.js';
+import { loopDevice, sparseFile } from '../helpers/files.js';
 import { run, startNbdServe } from '../helpers/processes.js';
 
 const MiB = 1024 * 1024;
@@ -217,13 +217,12 @@ t.test('read-only export refuses writes with EPERM', async (t) => {
 t.test('block device export (loop device)', async (t) => {
   const dir = t.testdir();
   const file = sparseFile(dir, 'loop.img', 16 * MiB);
-  const attach = await run('losetup', ['--find', '--show', file]);
-  if (attach.code !== 0) {
-    t.skip(`no loop device here: ${attach.stderr.trim()}`, () => undefined);
+  const loop = await loopDevice(t, file);
+  if ('unavailable' in loop) {
+    t.skip(loop.unavailable, () => undefined);
     return;
   }
-  const device = attach.stdout.trim();
-  t.teardown(() => run('losetup', ['-d', device]));
+  const device = loop.device;
   const server = await startNbdServe(t, ['--file', device]);
   const size = await run('nbdinfo', ['--size', server.uri]);
   t.equal(size.stdout.trim(), String(16 * MiB), 'size comes from BLKGETSIZE64');

@@ -10,7 +10,7 @@ import t from 'tap';
 import { openDevice, type DeviceOwner } from '../../src/sds/device.js';
 import { probeFormats } from '../../src/sds/device-probe.js';
 import { decodeSuperblock, encodeSuperblock } from '../../src/sds/superblock.js';
-import { sparseFile } from '../helpers/files.js';
+import { loopDevice, sparseFile } from '../helpers/files.js';
 import { run } from '../helpers/processes.js';
 
 const MiB = 1024 * 1024;
@@ -92,13 +92,12 @@ for (const format of formats) {
 
 t.test('an LVM physical volume on a loop (block) device is refused until --force', async (t) => {
   const file = sparseFile(t.testdir(), 'pv.img', 64 * MiB);
-  const attach = await run('losetup', ['--find', '--show', file]);
-  if (attach.code !== 0) {
-    t.skip(`no loop device here: ${attach.stderr.trim()}`, () => undefined);
+  const loop = await loopDevice(t, file);
+  if ('unavailable' in loop) {
+    t.skip(loop.unavailable, () => undefined);
     return;
   }
-  const device = attach.stdout.trim();
-  t.teardown(() => run('losetup', ['-d', device]));
+  const device = loop.device;
   const pv = await run('pvcreate', ['-y', device]);
   if (pv.code === 127) {
     t.skip('pvcreate is not installed', () => undefined);
