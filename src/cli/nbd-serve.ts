@@ -84,7 +84,7 @@ function loadTlsPolicy(args: NbdServeArgs): TlsPolicy {
 export async function nbdServe(args: NbdServeArgs): Promise<void> {
   const log = createRootLogger(args['log-level'], 'nbd-serve');
   const tls = loadTlsPolicy(args);
-  const backend = await FileBackend.open(args.file, { readOnly: args['read-only'] });
+  const backend = await FileBackend.open(args.file, { readOnly: args['read-only'], log: log.child({ component: 'file-backend' }) });
   const description = args.description ?? `${path.basename(args.file)} (${formatBytes(backend.sizeBytes)})`;
   const server = new NbdServer({
     exports: new StaticExports([{ name: args.name, description, backend }]),

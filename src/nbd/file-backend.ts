@@ -6,6 +6,7 @@
 // ranges (BLKZEROOUT on devices), and allocation status comes from SEEK_DATA/SEEK_HOLE.
 
 import * as fs from 'node:fs';
+import type { Logger } from 'pino';
 import { MeshblockError, SystemCallError } from '../common/errors.js';
 import { nbdBlockSizePreferredBytes, nbdRequestBytesMax } from '../common/limits.js';
 import { MiB } from '../common/units.js';
@@ -14,6 +15,8 @@ import * as native from '../common/native.js';
 
 export interface FileBackendOptions {
   readOnly: boolean;
+  /** Where the backend reports what an administrator should know (a write that stalled). */
+  log?: Logger;
 }
 
 /**
@@ -62,6 +65,7 @@ export class FileBackend implements BlockBackend {
     readonly sizeBytes: number,
     private readonly isBlockDevice: boolean,
     readOnly: boolean,
+    private readonly log: Logger | undefined,
   ) {
     this.capabilities = {
       readOnly,
@@ -88,8 +92,8 @@ export class FileBackend implements BlockBackend {
     }
     try {
       const stat = fs.fstatSync(fd);
-      if (stat.isFile()) return new FileBackend(fd, path, stat.size, false, options.readOnly);
-      if (stat.isBlockDevice()) return new FileBackend(fd, path, native.blockDeviceSizeBytes(fd), true, options.readOnly);
+      if (stat.isFile()) return new FileBackend(fd, path, stat.size, false, options.readOnly, options.log);
+      if (stat.isBlockDevice()) return new FileBackend(fd, path, native.blockDeviceSizeBytes(fd), true, options.readOnly, options.log);
       throw new FileOpenError(path, 'not a regular file or a block device');
     } catch (err) {
       fs.closeSync(fd);
@@ -136,7 +140,13 @@ export class FileBackend implements BlockBackend {
         return Promise.reject(err);
       }
       const tookMs = performance.now() - startedMs;
-      if (tookMs > inlineWriteStallMs) this.inlineWritesFromMs = Date.now() + inlineWriteBackoffMs;
+      if (tookMs > inlineWriteStallMs) {
+        this.inlineWritesFromMs = Date.now() + inlineWriteBackoffMs;
+        this.log?.warn(
+          { path: this.path, durationMs: Math.round(tookMs), backoffMs: inlineWriteBackoffMs },
+          'a small write blocked the event loop (dirty-page throttling?): writes go to the thread pool for a while',
+        );
+      }
       if (done === source.length) return options.fua ? this.flush() : resolved;
     }
     const written = new Promise<void>((resolve, reject) => {
