@@ -5,12 +5,12 @@
  * BLKGETSIZE64, BLKDISCARD and BLKZEROOUT. Each slow call runs on libuv's thread pool
  * (napi_async_work), like Node's own fs calls, and answers callback(errno, result).
  *
- * preadNowait/pwriteNowait are the exception, and the point: preadv2/pwritev2 with
- * RWF_NOWAIT copy to or from the page cache on the calling thread, and fail with EAGAIN
- * instead of waiting for a disk. Small requests whose pages are cached then cost one
- * system call on the event loop instead of a round trip through the thread pool (two
- * context switches and two wake-ups), which is most of their latency. Anything that would
- * block still goes to the pool.
+ * preadNowait is the exception, and the point: preadv2 with RWF_NOWAIT copies from the
+ * page cache on the calling thread, and fails with EAGAIN instead of waiting for a disk.
+ * Small reads whose pages are cached then cost one system call on the event loop instead
+ * of a round trip through the thread pool (two context switches and two wake-ups), which
+ * is most of their latency. Anything that would block still goes to the pool. (There is
+ * no write twin: ext4 refuses buffered pwritev2 with RWF_NOWAIT, EOPNOTSUPP.)
  */
 #define _GNU_SOURCE
 #define NAPI_VERSION 8
@@ -141,12 +141,12 @@ static napi_value js_block_device_size(napi_env env, napi_callback_info info) {
 }
 
 /*
- * preadNowait(fd, buffer, offset) / pwriteNowait(fd, buffer, offset) -> bytes done (may be
- * short, 0 at end of file for reads) or -errno (EAGAIN: would block; EOPNOTSUPP: the
- * file or kernel has no RWF_NOWAIT for this). Never throws for I/O errors: this is the hot
- * path and the caller falls back to the thread pool on any negative answer.
+ * preadNowait(fd, buffer, offset) -> bytes read (may be short, 0 at end of file) or -errno
+ * (EAGAIN: would block; EOPNOTSUPP: the file or kernel has no RWF_NOWAIT reads). Never
+ * throws for I/O errors: this is the hot path and the caller falls back to the thread pool
+ * on any negative answer.
  */
-static napi_value nowait_io(napi_env env, napi_callback_info info, int write) {
+static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3], result;
   int32_t fd;
@@ -161,13 +161,11 @@ static napi_value nowait_io(napi_env env, napi_callback_info info, int write) {
     return NULL;
   }
   struct iovec iov = { .iov_base = data, .iov_len = length };
-  ssize_t done = write ? pwritev2(fd, &iov, 1, offset, RWF_NOWAIT) : preadv2(fd, &iov, 1, offset, RWF_NOWAIT);
+  ssize_t done = preadv2(fd, &iov, 1, offset, RWF_NOWAIT);
   napi_create_int64(env, done < 0 ? -(int64_t)errno : (int64_t)done, &result);
   return result;
 }
 
-static napi_value js_pread_nowait(napi_env env, napi_callback_info info) { return nowait_io(env, info, 0); }
-static napi_value js_pwrite_nowait(napi_env env, napi_callback_info info) { return nowait_io(env, info, 1); }
 
 /*
  * CRC-32C (Castagnoli) for payload checksums at line rate: the SSE4.2 crc32 instruction,
@@ -253,8 +251,6 @@ NAPI_MODULE_INIT() {
   set_fn(env, exports, "zeroout", js_zeroout);
   set_fn(env, exports, "blockDeviceSize", js_block_device_size);
   set_fn(env, exports, "preadNowait", js_pread_nowait);
-  set_fn(env, exports, "pwriteNowait", js_pwrite_nowait);
-  set_int(env, exports, "EAGAIN", EAGAIN);
   set_int(env, exports, "EOPNOTSUPP", EOPNOTSUPP);
   set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);
   set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);

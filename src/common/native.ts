@@ -17,9 +17,7 @@ interface NativeBinding {
   zeroout: NativeOp;
   blockDeviceSize(fd: number): number;
   preadNowait(fd: number, target: Buffer, offsetBytes: number): number;
-  pwriteNowait(fd: number, source: Buffer, offsetBytes: number): number;
   crc32c(bytes: Buffer, previous: number): number;
-  EAGAIN: number;
   EOPNOTSUPP: number;
   FALLOC_FL_KEEP_SIZE: number;
   FALLOC_FL_PUNCH_HOLE: number;
@@ -38,7 +36,7 @@ for (const [name, value] of Object.entries(constants.errno)) {
 }
 // Linux gives EOPNOTSUPP and ENOTSUP the same number; the NBD mapping knows both names.
 
-export function errnoName(errno: number): string {
+function errnoName(errno: number): string {
   return errnoNames.get(errno) ?? `E#${errno}`;
 }
 
@@ -93,9 +91,6 @@ export function blockDeviceSizeBytes(fd: number): number {
  * negative errno (-EAGAIN when the pages are not cached). See meshblock_native.c.
  */
 export const preadNowait: (fd: number, target: Buffer, offsetBytes: number) => number = binding.preadNowait;
-/** pwritev2(RWF_NOWAIT) on the calling thread: bytes written, or a negative errno. */
-export const pwriteNowait: (fd: number, source: Buffer, offsetBytes: number) => number = binding.pwriteNowait;
-export const EAGAIN = binding.EAGAIN;
 export const EOPNOTSUPP = binding.EOPNOTSUPP;
 
 /** CRC-32C in the addon (SSE4.2 where available); use common/crc32c.ts's crc32c(). */

@@ -49,6 +49,16 @@ const enum ParseState {
 /** Large payload and reply buffers, shared by every connection of the process. */
 const pool = new BufferPool();
 
+/** A payload or reply buffer: from the pool when large enough to be worth it. */
+function allocate(bytes: number): Buffer {
+  return BufferPool.pooled(bytes) ? pool.acquire(bytes) : Buffer.allocUnsafe(bytes);
+}
+
+/** Gives back a buffer from allocate(); small ones are left to the garbage collector. */
+function recycle(buffer: Buffer): void {
+  if (BufferPool.pooled(buffer.length)) pool.release(buffer);
+}
+
 /** Offsets above this cannot be represented exactly; no export is that large. */
 const offsetHighMax = Math.floor(Number.MAX_SAFE_INTEGER / 0x1_0000_0000);
 
@@ -253,7 +263,7 @@ export class Transmission {
         }
       } else {
         this.inflightBytes += lengthBytes;
-        write.payload = BufferPool.pooled(lengthBytes) ? pool.acquire(lengthBytes) : Buffer.allocUnsafe(lengthBytes);
+        write.payload = allocate(lengthBytes);
         if (lengthBytes === 0) {
           this.runWrite(write);
         } else {
@@ -397,8 +407,7 @@ export class Transmission {
     // Header and data share one buffer: the backend reads straight behind the header and
     // the reply goes out in one write, with no copy (as Vitastor does).
     const headerBytes = this.structured ? P.STRUCTURED_REPLY_HEADER_BYTES + 8 : P.SIMPLE_REPLY_HEADER_BYTES;
-    const pooled = BufferPool.pooled(headerBytes + lengthBytes);
-    const reply = pooled ? pool.acquire(headerBytes + lengthBytes) : Buffer.allocUnsafe(headerBytes + lengthBytes);
+    const reply = allocate(headerBytes + lengthBytes);
     this.backend.read(offsetBytes, reply.subarray(headerBytes)).then(
       () => {
         if (this.structured) {
@@ -407,10 +416,10 @@ export class Transmission {
         } else {
           writeSimpleHeader(reply, 0, cookieHigh, cookieLow);
         }
-        this.finish(reply, lengthBytes, pooled);
+        this.finish(reply, lengthBytes, true);
       },
       (err: unknown) => {
-        if (pooled) pool.release(reply);
+        recycle(reply);
         this.fail(err, P.NBD_CMD_READ, cookieHigh, cookieLow, offsetBytes, lengthBytes);
       },
     );
@@ -419,12 +428,10 @@ export class Transmission {
   private runWrite(write: PendingWrite): void {
     const fua = (write.commandFlags & P.NBD_CMD_FLAG_FUA) !== 0;
     const payload = write.payload as Buffer;
-    let operation = this.backend.write(write.offsetBytes, payload, { fua });
-    if (BufferPool.pooled(payload.length)) {
-      operation = operation.finally(() => pool.release(payload));
-    }
+    const written = this.backend.write(write.offsetBytes, payload, { fua });
     this.settle(
-      operation,
+      // Only pooled payloads need the extra promise; small writes are the hot path.
+      BufferPool.pooled(payload.length) ? written.finally(() => recycle(payload)) : written,
       P.NBD_CMD_WRITE,
       write.cookieHigh,
       write.cookieLow,
@@ -536,8 +543,8 @@ export class Transmission {
     return reply;
   }
 
-  /** Sends one complete reply and retires its request; a pooled reply goes back once sent. */
-  private finish(reply: Buffer, inflightBytes: number, pooled = false): void {
+  /** Sends one complete reply and retires its request; an allocate()d one is recycled once sent. */
+  private finish(reply: Buffer, inflightBytes: number, allocated = false): void {
     this.inflightCount -= 1;
     this.inflightBytes -= inflightBytes;
     assert(this.inflightCount >= 0 && this.inflightBytes >= 0, 'in-flight accounting went negative');
@@ -549,10 +556,10 @@ export class Transmission {
         setImmediate(this.uncork);
       }
       if (this.stream.writableNeedDrain) this.blockedReplies += 1;
-      if (pooled) this.stream.write(reply, () => pool.release(reply));
+      if (allocated) this.stream.write(reply, () => recycle(reply));
       else this.stream.write(reply);
-    } else if (pooled) {
-      pool.release(reply);
+    } else if (allocated) {
+      recycle(reply);
     }
     if (this.disconnecting) this.maybeFinish();
     else this.maybeResume();
@@ -598,7 +605,7 @@ export class Transmission {
     this.state = ParseState.Header;
     this.inflightCount -= 1;
     if (write.rejection === null) this.inflightBytes -= write.lengthBytes;
-    if (write.payload !== null && BufferPool.pooled(write.payload.length)) pool.release(write.payload);
+    if (write.payload !== null) recycle(write.payload);
     this.log.debug({ offsetBytes: write.offsetBytes, lengthBytes: write.lengthBytes }, 'nbd WRITE cut off by disconnect');
   }
 

@@ -100,7 +100,10 @@ export class WirePeer {
   private nextRequestId = 1;
   private sentInflightBytes = 0;
   private servedInflightBytes = 0;
-  private readonly roomWaiters: Array<() => void> = [];
+  /** Woken whenever a request we sent retires, or the connection fails. */
+  private readonly retireWaiters: Array<() => void> = [];
+  /** Rejects the setup step waiting for a frame, if the connection fails first. */
+  private setupReject: ((err: Error) => void) | null = null;
   private readonly inflightBytesMax: number;
   private closing = false;
   private failure: Error | null = null;
@@ -219,15 +222,13 @@ export class WirePeer {
     });
   }
 
-  private setupReject: ((err: Error) => void) | null = null;
-
   // --- requests ------------------------------------------------------------------------
 
   /** Sends a request and resolves with the reply; rejects on timeout, failure or close. */
   async request(op: number, payload: Buffer, options: { epoch?: number; timeoutMs?: number } = {}): Promise<WireResponse> {
     assert(op >= 16, 'ops below 16 are reserved for connection setup');
     while (this.sentInflightBytes > 0 && this.sentInflightBytes + payload.length > this.inflightBytesMax && this.failure === null) {
-      await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+      await this.nextRetire();
     }
     if (this.failure !== null) throw this.failure;
     if (this.closing) throw new WireError('MB_ERR_WIRE_CLOSING', 'wire connection is closing');
@@ -247,22 +248,7 @@ export class WirePeer {
   /** Stops sending requests, waits for those in flight, then closes. */
   async close(): Promise<void> {
     this.closing = true;
-    await Promise.allSettled(
-      [...this.pending.values()].map(
-        (entry) =>
-          new Promise<void>((resolve) => {
-            const { resolve: done, reject } = entry;
-            entry.resolve = (response) => {
-              done(response);
-              resolve();
-            };
-            entry.reject = (err) => {
-              reject(err);
-              resolve();
-            };
-          }),
-      ),
-    );
+    while (this.pending.size > 0 && this.failure === null) await this.nextRetire();
     this.socket.end();
     await this.closed;
   }
@@ -279,9 +265,16 @@ export class WirePeer {
     this.pending.delete(requestId);
     clearTimeout(entry.timer);
     this.sentInflightBytes -= entry.payloadBytes;
-    const waiters = this.roomWaiters.splice(0);
-    for (const wake of waiters) wake();
+    this.wakeRetireWaiters();
     return entry;
+  }
+
+  private nextRetire(): Promise<void> {
+    return new Promise((resolve) => this.retireWaiters.push(resolve));
+  }
+
+  private wakeRetireWaiters(): void {
+    for (const wake of this.retireWaiters.splice(0)) wake();
   }
 
   private fail(err: Error): void {
@@ -290,8 +283,7 @@ export class WirePeer {
     this.setupReject?.(err);
     this.setupReject = null;
     for (const requestId of [...this.pending.keys()]) this.retire(requestId)?.reject(err);
-    const waiters = this.roomWaiters.splice(0);
-    for (const wake of waiters) wake();
+    this.wakeRetireWaiters();
   }
 
   // --- frames --------------------------------------------------------------------------
