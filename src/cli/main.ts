@@ -3,6 +3,7 @@
 import yargs from 'yargs';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
 import { nbdServe, nbdServeOptions, type NbdServeArgs } from './nbd-serve.js';
+import { sdsStart, sdsStartOptions, type SdsStartArgs } from './sds-start.js';
 
 export class UsageError extends MeshblockError {
   constructor(message: string) {
@@ -27,6 +28,17 @@ export async function main(argv: string[]): Promise<void> {
           async (args) => nbdServe(args as unknown as NbdServeArgs),
         )
         .demandCommand(1, 'nbd: name a subcommand (serve)')
+        .strict(),
+    )
+    .command('sds', 'SDS: the data server on this host\'s devices', (sds) =>
+      sds
+        .command(
+          'start',
+          'serve chunk IO from devices (raw block devices or files)',
+          (y) => sdsStartOptions(y),
+          async (args) => sdsStart(args as unknown as SdsStartArgs),
+        )
+        .demandCommand(1, 'sds: name a subcommand (start)')
         .strict(),
     )
     .demandCommand(1, 'name a command (see meshblock --help)')

@@ -13,8 +13,12 @@ import { encodeSuperblock, superblockBytes, type Superblock } from './superblock
 
 /** Smaller devices are refused: the metadata area alone takes a few MiB. */
 export const deviceBytesMin = 16 * MiB;
-/** Where chunk data starts unless the caller (the chunk store) asks for more room. */
-export const deviceMetadataBytesDefault = 1 * MiB;
+export const chunkBytesDefault = 1 * MiB;
+/** Bytes per slot-table entry (chunk-store.ts draws it). */
+export const slotEntryBytes = 64;
+/** The slot table starts after the superblock; the data area at a MiB boundary after it. */
+const slotTableOffsetBytes = superblockBytes;
+const dataAlignBytes = 1 * MiB;
 /** Forced formatting zeroes this much at both ends (signatures, GPT and its backup copy). */
 const wipeBytes = 1 * MiB;
 
@@ -52,7 +56,7 @@ export class DeviceFormattedError extends DeviceError {
 export async function openDevice(
   path: string,
   owner: DeviceOwner,
-  options: { force: boolean; metadataBytes?: number },
+  options: { force: boolean; chunkBytes?: number },
 ): Promise<OpenedDevice> {
   let fd: number;
   try {
@@ -78,6 +82,9 @@ export async function openDevice(
     if (ours?.superblock !== undefined && found.length === 1) {
       const superblock = ours.superblock;
       if (superblock.clusterId === owner.clusterId && superblock.sdsId === owner.sdsId) {
+        if (options.chunkBytes !== undefined && superblock.chunkBytes !== options.chunkBytes) {
+          throw new DeviceError('MB_ERR_DEVICE_CHUNK_SIZE', `${path}: formatted for ${superblock.chunkBytes}-byte chunks, this SDS uses ${options.chunkBytes}`);
+        }
         if (sizeBytes < superblock.deviceSizeBytes) {
           throw new DeviceError('MB_ERR_DEVICE_SHRUNK', `${path}: the device shrank from ${superblock.deviceSizeBytes} to ${sizeBytes} bytes since it was formatted`);
         }
@@ -86,18 +93,26 @@ export async function openDevice(
     }
     if (found.length > 0 && !options.force) throw new DeviceFormattedError(path, found);
 
+    const chunkBytes = options.chunkBytes ?? chunkBytesDefault;
+    const layout = slotLayout(sizeBytes, chunkBytes);
+    if (layout.slotCount < 1) throw new DeviceError('MB_ERR_DEVICE_TOO_SMALL', `${path}: no room for one ${chunkBytes}-byte chunk`);
     const superblock: Superblock = {
       clusterId: owner.clusterId,
       sdsId: owner.sdsId,
       deviceId: randomBytes(8).toString('hex'),
       deviceSizeBytes: sizeBytes,
-      dataOffsetBytes: options.metadataBytes ?? deviceMetadataBytesDefault,
+      dataOffsetBytes: layout.dataOffsetBytes,
       formattedAtMs: Date.now(),
       sdsName: owner.sdsName,
+      chunkBytes,
+      slotCount: layout.slotCount,
+      slotTableOffsetBytes,
     };
     const zeroes = Buffer.alloc(wipeBytes);
-    fs.writeSync(fd, zeroes, 0, Math.min(wipeBytes, sizeBytes), 0);
     fs.writeSync(fd, zeroes, 0, Math.min(wipeBytes, sizeBytes), Math.max(0, sizeBytes - wipeBytes));
+    // The whole metadata area reads as zeros afterwards: an all-zero slot entry is a free slot.
+    if (isBlockDevice) await native.zeroout(fd, 0, layout.dataOffsetBytes);
+    else await native.fallocate(fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, 0, layout.dataOffsetBytes);
     fs.writeSync(fd, encodeSuperblock(superblock), 0, superblockBytes, 0);
     fs.fdatasyncSync(fd);
     return { fd, path, sizeBytes, isBlockDevice, superblock, formatted: true };
@@ -105,4 +120,19 @@ export async function openDevice(
     fs.closeSync(fd);
     throw err;
   }
+}
+
+/** Where the data area starts and how many chunk slots fit, for a device of `sizeBytes`. */
+export function slotLayout(sizeBytes: number, chunkBytes: number): { slotCount: number; dataOffsetBytes: number } {
+  let slotCount = Math.max(0, Math.floor((sizeBytes - dataAlignBytes) / chunkBytes));
+  for (;;) {
+    const dataOffsetBytes = alignUp(slotTableOffsetBytes + slotCount * slotEntryBytes, dataAlignBytes);
+    if (slotCount === 0 || dataOffsetBytes + slotCount * chunkBytes <= sizeBytes) return { slotCount, dataOffsetBytes };
+    slotCount = Math.min(slotCount - 1, Math.floor((sizeBytes - dataOffsetBytes) / chunkBytes));
+    if (slotCount < 0) slotCount = 0;
+  }
+}
+
+function alignUp(value: number, alignment: number): number {
+  return Math.ceil(value / alignment) * alignment;
 }

@@ -14,7 +14,11 @@
 //       48     8  dataOffsetBytes     where chunk data starts (after the metadata area)
 //       56     8  formattedAtMs       Unix time of formatting (for the administrator)
 //       64    32  sdsName             UTF-8, NUL-padded (ScaleIO names: at most 31 bytes)
-//       96  3996  reserved            0
+//       96     4  chunkBytes          size of one chunk slot (the SDS's chunk size)
+//      100     4  reserved            0
+//      104     8  slotCount           chunk slots in the data area
+//      112     8  slotTableOffsetBytes where the slot table starts (chunk-store.ts)
+//      120  3972  reserved            0
 //     4092     4  crc32c              CRC-32C of bytes 0..4091
 
 import { assert } from '../common/assert.js';
@@ -36,6 +40,9 @@ export interface Superblock {
   dataOffsetBytes: number;
   formattedAtMs: number;
   sdsName: string;
+  chunkBytes: number;
+  slotCount: number;
+  slotTableOffsetBytes: number;
 }
 
 export class SuperblockError extends MeshblockError {}
@@ -58,6 +65,9 @@ export function encodeSuperblock(superblock: Superblock): Buffer {
   bytes.writeBigUInt64BE(BigInt(superblock.dataOffsetBytes), 48);
   bytes.writeBigUInt64BE(BigInt(superblock.formattedAtMs), 56);
   name.copy(bytes, 64);
+  bytes.writeUInt32BE(superblock.chunkBytes, 96);
+  bytes.writeBigUInt64BE(BigInt(superblock.slotCount), 104);
+  bytes.writeBigUInt64BE(BigInt(superblock.slotTableOffsetBytes), 112);
   bytes.writeUInt32BE(crc32c(bytes.subarray(0, crcOffset)), crcOffset);
   return bytes;
 }
@@ -86,5 +96,8 @@ export function decodeSuperblock(head: Buffer): Superblock {
     dataOffsetBytes: Number(head.readBigUInt64BE(48)),
     formattedAtMs: Number(head.readBigUInt64BE(56)),
     sdsName: head.toString('utf8', 64, nameEnd === -1 || nameEnd > 96 ? 96 : nameEnd),
+    chunkBytes: head.readUInt32BE(96),
+    slotCount: Number(head.readBigUInt64BE(104)),
+    slotTableOffsetBytes: Number(head.readBigUInt64BE(112)),
   };
 }

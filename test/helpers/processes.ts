@@ -14,16 +14,83 @@ export interface TeardownHost {
   teardown(fn: () => unknown): void;
 }
 
-export interface ServeHandle {
+export interface DaemonHandle {
   process: ChildProcess;
+  /** The ready line's match of the `ready` pattern. */
+  ready: RegExpExecArray;
+  /** Everything the daemon logged to stderr so far (pino JSON lines). */
+  stderr(): string;
+  /** SIGTERM and wait for the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL (a crash) and wait for the exit. */
+  kill(): Promise<void>;
+  /** Resolves with the exit code whenever the daemon exits. */
+  exited: Promise<number | null>;
+}
+
+/**
+ * Runs the meshblock command `args` as a daemon and resolves once its stdout matches
+ * `ready`. It is killed in the test's teardown if still running.
+ */
+export async function startMeshblock(
+  t: TeardownHost,
+  args: string[],
+  options: { ready: RegExp; prefix?: string[] },
+): Promise<DaemonHandle> {
+  // `prefix` runs the daemon under another program, e.g. strace.
+  const [command, ...commandArgs] = [...(options.prefix ?? []), process.execPath, meshblockBin, ...args] as [string, ...string[]];
+  // Its own process group, so that teardown reaches everything under a prefix too.
+  const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const signalGroup = (signal: NodeJS.Signals): void => {
+    try {
+      process.kill(-(child.pid as number), signal);
+    } catch {
+      // Already gone.
+    }
+  };
+  let stdout = '';
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+  let exitedAlready = false;
+  const exited = once(child, 'exit').then(([code]) => {
+    exitedAlready = true;
+    return code as number | null;
+  });
+  t.teardown(async () => {
+    signalGroup('SIGKILL');
+    if (!exitedAlready) await exited;
+    child.stdout.destroy();
+    child.stderr.destroy();
+  });
+  const ready = await new Promise<RegExpExecArray>((resolve, reject) => {
+    child.stdout.setEncoding('utf8').on('data', (text: string) => {
+      stdout += text;
+      const match = options.ready.exec(stdout);
+      if (match !== null) resolve(match);
+    });
+    void exited.then((code) => reject(new Error(`meshblock ${args.slice(0, 2).join(' ')} exited ${code} before it was ready:\n${stderr}`)));
+  });
+  return {
+    process: child,
+    ready,
+    stderr: () => stderr,
+    stop: async () => {
+      if (!exitedAlready) child.kill('SIGTERM');
+      return exited;
+    },
+    kill: async () => {
+      signalGroup('SIGKILL');
+      await exited;
+    },
+    exited,
+  };
+}
+
+export interface ServeHandle extends DaemonHandle {
   /** The NBD URI printed by the server, e.g. nbd://127.0.0.1:41234/ */
   uri: string;
   host: string;
   port: number;
-  /** Everything the server logged to stderr so far (pino JSON lines). */
-  stderr(): string;
-  /** SIGTERM and wait for the exit code. */
-  stop(): Promise<number | null>;
 }
 
 /**
@@ -37,52 +104,10 @@ export async function startNbdServe(
 ): Promise<ServeHandle> {
   const fullArgs = ['nbd', 'serve', ...args];
   if (!args.includes('--listen') && !args.includes('--socket')) fullArgs.push('--listen', '127.0.0.1:0');
-  // `prefix` runs the server under another program, e.g. strace.
-  const [command, ...commandArgs] = [...(options.prefix ?? []), process.execPath, meshblockBin, ...fullArgs] as [string, ...string[]];
-  // Its own process group, so that teardown reaches everything under a prefix too.
-  const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  const signalGroup = (signal: NodeJS.Signals): void => {
-    try {
-      process.kill(-(child.pid as number), signal);
-    } catch {
-      // Already gone.
-    }
-  };
-  let stdout = '';
-  let stderr = '';
-  child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
-  let exited = false;
-  const exit = once(child, 'exit').then(([code]) => {
-    exited = true;
-    return code as number | null;
-  });
-  t.teardown(async () => {
-    signalGroup('SIGKILL');
-    if (!exited) await exit;
-    child.stdout.destroy();
-    child.stderr.destroy();
-  });
-  const uri = await new Promise<string>((resolve, reject) => {
-    child.stdout.setEncoding('utf8').on('data', (text: string) => {
-      stdout += text;
-      const match = /(nbds?(?:\+unix)?:\/\/\S+)/.exec(stdout);
-      if (match !== null) resolve(match[1] as string);
-    });
-    void exit.then((code) => reject(new Error(`meshblock nbd serve exited ${code} before it was ready:\n${stderr}`)));
-  });
+  const daemon = await startMeshblock(t, fullArgs, { ready: /(nbds?(?:\+unix)?:\/\/\S+)/, ...(options.prefix ? { prefix: options.prefix } : {}) });
+  const uri = daemon.ready[1] as string;
   const tcp = /^nbds?:\/\/([^/]+):(\d+)\//.exec(uri);
-  return {
-    process: child,
-    uri,
-    host: tcp?.[1] ?? '',
-    port: Number(tcp?.[2] ?? 0),
-    stderr: () => stderr,
-    stop: async () => {
-      if (!exited) child.kill('SIGTERM');
-      return exit;
-    },
-
-  };
+  return { ...daemon, uri, host: tcp?.[1] ?? '', port: Number(tcp?.[2] ?? 0) };
 }
 
 export interface RunResult {

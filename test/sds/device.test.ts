@@ -7,7 +7,7 @@
 
 import * as fs from 'node:fs';
 import t from 'tap';
-import { openDevice, type DeviceOwner } from '../../src/sds/device.js';
+import { openDevice, slotLayout, type DeviceOwner } from '../../src/sds/device.js';
 import { probeFormats } from '../../src/sds/device-probe.js';
 import { decodeSuperblock, encodeSuperblock } from '../../src/sds/superblock.js';
 import { loopDevice, sparseFile } from '../helpers/files.js';
@@ -25,7 +25,7 @@ function head(file: string): Buffer {
 }
 
 t.test('superblock round trip and damage', async (t) => {
-  const superblock = { ...owner, deviceId: 'ffeeddccbbaa9988', deviceSizeBytes: 64 * MiB, dataOffsetBytes: MiB, formattedAtMs: 1_700_000_000_000 };
+  const superblock = { ...owner, deviceId: 'ffeeddccbbaa9988', deviceSizeBytes: 64 * MiB, dataOffsetBytes: MiB, formattedAtMs: 1_700_000_000_000, chunkBytes: MiB, slotCount: 63, slotTableOffsetBytes: 4096 };
   const bytes = encodeSuperblock(superblock);
   t.same(decodeSuperblock(bytes), superblock);
   bytes[100] = 1;
@@ -38,7 +38,11 @@ t.test('a blank device is formatted, then recognised', async (t) => {
   const first = await openDevice(file, owner, { force: false });
   t.equal(first.formatted, true);
   t.equal(first.sizeBytes, 64 * MiB);
+  t.equal(first.superblock.chunkBytes, MiB, 'default 1 MiB chunks');
+  t.equal(first.superblock.dataOffsetBytes, MiB, 'a 64 MiB device keeps its slot table in the first MiB');
+  t.equal(first.superblock.slotCount, 63, 'and fits 63 chunk slots after it');
   fs.closeSync(first.fd);
+  await t.rejects(openDevice(file, owner, { force: false, chunkBytes: 4 * MiB }), { code: 'MB_ERR_DEVICE_CHUNK_SIZE' });
   const again = await openDevice(file, owner, { force: false });
   t.equal(again.formatted, false, 'recognised by its superblock');
   t.equal(again.superblock.deviceId, first.superblock.deviceId);
@@ -52,6 +56,15 @@ t.test('a blank device is formatted, then recognised', async (t) => {
   const taken = await openDevice(file, otherCluster, { force: true });
   t.equal(taken.superblock.clusterId, '99999999999999ff', '--force takes it over');
   fs.closeSync(taken.fd);
+});
+
+t.test('slot layout: the table and the data area never overlap and never pass the end', async (t) => {
+  for (const [sizeBytes, chunkBytes] of [[16 * MiB, MiB], [10 * 1024 * MiB + 12345, MiB], [64 * 1024 * 1024 * MiB, MiB], [100 * MiB, 64 * 1024]] as const) {
+    const layout = slotLayout(sizeBytes, chunkBytes);
+    t.ok(4096 + layout.slotCount * 64 <= layout.dataOffsetBytes, `${sizeBytes}: table ends before data`);
+    t.ok(layout.dataOffsetBytes + layout.slotCount * chunkBytes <= sizeBytes, `${sizeBytes}: data ends before the end`);
+    t.ok(layout.dataOffsetBytes + (layout.slotCount + 2) * chunkBytes > sizeBytes, `${sizeBytes}: at most one slot lost to the table's rounding`);
+  }
 });
 
 t.test('bad devices: missing, too small, a directory', async (t) => {

@@ -1,0 +1,136 @@
+// meshblock sds start: one SDS process over its devices. Until the MDM exists the
+// placement map is given over the wire (SdsOp.SetMap) by whoever holds the cluster secret
+// with role 'mdm' or 'test', and kept in the data directory across restarts.
+
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Level } from 'pino';
+import type { Argv } from 'yargs';
+import { formatHostPort, parseHostPort } from '../common/address.js';
+import { InvalidArgumentError } from '../common/errors.js';
+import { parseSizeBytes } from '../common/units.js';
+import { ChunkStore } from '../sds/chunk-store.js';
+import { SdsService } from '../sds/service.js';
+import { loadState, saveState, type SdsState } from '../sds/state.js';
+import { idPattern } from '../wire/placement.js';
+import { createRootLogger, logLevels } from './log.js';
+import { runUntilSignal } from './signals.js';
+
+export interface SdsStartArgs {
+  name: string;
+  device: string[];
+  listen: string;
+  'data-dir': string | undefined;
+  mdm: string | undefined;
+  'cluster-id': string | undefined;
+  'secret-file': string | undefined;
+  'chunk-size': string;
+  force: boolean;
+  'payload-checksums': boolean;
+  'log-level': Level;
+}
+
+/** ScaleIO's SDS port. */
+export const defaultSdsPort = 7072;
+const nameBytesMax = 31;
+const secretBytesMin = 16;
+
+export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
+  return yargs
+    .option('name', { type: 'string', demandOption: true, describe: `SDS name (up to ${nameBytesMax} characters)`, requiresArg: true })
+    .option('device', { type: 'string', array: true, demandOption: true, describe: 'block device or file: PATH[,PATH...] (repeatable)', requiresArg: true })
+    .option('listen', { type: 'string', default: `127.0.0.1:${defaultSdsPort}`, describe: 'HOST:PORT for SDC, SDS and MDM connections', requiresArg: true })
+    .option('data-dir', { type: 'string', describe: 'identity, placement map and rebuild state [default: /var/lib/meshblock/sds-NAME]', requiresArg: true })
+    .option('mdm', { type: 'string', describe: 'MDM address to register with (not yet available: see below)', requiresArg: true })
+    .option('cluster-id', { type: 'string', describe: 'cluster id (16 hex digits); needed at first start, remembered after', requiresArg: true })
+    .option('secret-file', { type: 'string', describe: 'file holding the cluster secret [default: DATA-DIR/cluster.secret]', requiresArg: true })
+    .option('chunk-size', { type: 'string', default: '1MiB', describe: 'chunk size of the pool this SDS serves (a power of two, 64KiB..64MiB)' })
+    .option('force', { type: 'boolean', default: false, describe: 'format devices even if they hold a filesystem, partition table, LVM label or another cluster' })
+    .option('payload-checksums', { type: 'boolean', default: false, describe: 'CRC-32C every payload this SDS sends (received ones are always checked)' })
+    .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
+    .check((argv) => {
+      if (Buffer.byteLength(argv.name) > nameBytesMax || !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(argv.name)) {
+        throw new InvalidArgumentError('--name', `must be 1 to ${nameBytesMax} letters, digits, '.', '_' or '-'`);
+      }
+      parseHostPort('--listen', argv.listen);
+      const chunkBytes = parseSizeBytes('--chunk-size', argv['chunk-size']);
+      if (chunkBytes < 65536 || chunkBytes > 64 * 1024 * 1024 || (chunkBytes & (chunkBytes - 1)) !== 0) {
+        throw new InvalidArgumentError('--chunk-size', 'must be a power of two from 64KiB to 64MiB');
+      }
+      if (argv['cluster-id'] !== undefined && !idPattern.test(argv['cluster-id'])) throw new InvalidArgumentError('--cluster-id', 'must be 16 lowercase hex digits');
+      if (argv.mdm !== undefined) {
+        throw new InvalidArgumentError('--mdm', 'registration with an MDM is not available yet; give the placement map over the wire (SdsOp.SetMap)');
+      }
+      if (devicePaths(argv.device).length === 0) throw new InvalidArgumentError('--device', 'name at least one device');
+      return true;
+    }) as unknown as Argv<SdsStartArgs>;
+}
+
+function devicePaths(values: readonly (string | number)[]): string[] {
+  return values.flatMap((value) => String(value).split(',')).map((entry) => entry.trim()).filter((entry) => entry !== '');
+}
+
+function readSecret(file: string): Buffer {
+  let secret: Buffer;
+  try {
+    secret = Buffer.from(fs.readFileSync(file, 'utf8').trim());
+  } catch (err) {
+    throw new InvalidArgumentError('--secret-file', `cannot read ${file}: ${(err as Error).message}`);
+  }
+  if (secret.length < secretBytesMin) throw new InvalidArgumentError('--secret-file', `the secret in ${file} is shorter than ${secretBytesMin} bytes`);
+  return secret;
+}
+
+export async function sdsStart(args: SdsStartArgs): Promise<void> {
+  const log = createRootLogger(args['log-level'], 'sds');
+  const dataDir = path.resolve(args['data-dir'] ?? `/var/lib/meshblock/sds-${args.name}`);
+  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const secret = readSecret(args['secret-file'] ?? path.join(dataDir, 'cluster.secret'));
+  const chunkBytes = parseSizeBytes('--chunk-size', args['chunk-size']);
+  const devices = [...new Set(devicePaths(args.device).map((device) => path.resolve(device)))];
+
+  let state = loadState(dataDir);
+  if (state === null) {
+    const clusterId = args['cluster-id'];
+    if (clusterId === undefined) throw new InvalidArgumentError('--cluster-id', `needed at the first start (no state in ${dataDir})`);
+    state = { clusterId, sdsId: randomBytes(8).toString('hex'), name: args.name, chunkBytes, map: null, reservations: {}, rebuildCursors: {} } satisfies SdsState;
+  } else {
+    if (args['cluster-id'] !== undefined && args['cluster-id'] !== state.clusterId) {
+      throw new InvalidArgumentError('--cluster-id', `${dataDir} belongs to cluster ${state.clusterId}, not ${args['cluster-id']}`);
+    }
+    if (state.name !== args.name) throw new InvalidArgumentError('--name', `${dataDir} belongs to SDS '${state.name}'`);
+    if (state.chunkBytes !== chunkBytes) throw new InvalidArgumentError('--chunk-size', `this SDS was created with ${state.chunkBytes}-byte chunks`);
+  }
+  const identity = { clusterId: state.clusterId, sdsId: state.sdsId, name: state.name };
+
+  const store = await ChunkStore.open(devices, {
+    owner: { clusterId: identity.clusterId, sdsId: identity.sdsId, sdsName: identity.name },
+    chunkBytes,
+    force: args.force,
+    log: log.child({ component: 'chunk-store' }),
+    reservations: new Map(Object.entries(state.reservations)),
+  });
+  saveState(dataDir, state);
+  const service = new SdsService({ identity, secret, store, state, dataDir, log: log.child({ component: 'sds-service' }), payloadChecksums: args['payload-checksums'] });
+  const wanted = parseHostPort('--listen', args.listen);
+  let address: string;
+  try {
+    const bound = await service.listen(wanted.host, wanted.port);
+    address = formatHostPort({ host: bound.address, port: bound.port });
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+  log.info({ sdsId: identity.sdsId, address, devices, epoch: service.epoch }, 'sds ready');
+  process.stdout.write(`sds ${identity.name} (${identity.sdsId}) of cluster ${identity.clusterId} listening on ${address} with ${devices.length} device(s)\n`);
+
+  await runUntilSignal(
+    log,
+    async () => {
+      await service.close();
+      await store.close();
+    },
+    () => service.destroy(),
+  );
+}

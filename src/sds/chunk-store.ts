@@ -1,0 +1,526 @@
+// The chunk store: an SDS's devices cut into fixed chunk slots, and the index from chunk
+// keys to slots. Space is taken on first write (thin); a chunk that was never written, or
+// was trimmed whole, reads as zeros without touching a device.
+//
+// On-device layout (device.ts writes the superblock and sizes the table):
+//
+//   0                 4 KiB              dataOffsetBytes (MiB-aligned)
+//   +-----------------+------------------+---------+---------+-----+---------------+
+//   | superblock      | slot table       | slot 0  | slot 1  | ... | slot N-1      |
+//   +-----------------+------------------+---------+---------+-----+---------------+
+//                      N entries x 64 B    chunkBytes each
+//
+// A slot-table entry describes its slot (64 bytes, big-endian):
+//
+//   offset  size  field        notes
+//   ------  ----  -----------  -------------------------------------------------------------
+//        0     4  crc32c       CRC-32C of bytes 4..63
+//        4     1  state        1 = holds a chunk; an all-zero entry is a free slot
+//        5     3  reserved     0
+//        8     8  sequence     store-wide, increasing: if two slots claim one key after a
+//                              crash, the higher sequence wins and the other is freed
+//       16     8  poolId       the key: pool, volume tree, chunk index and generation
+//       24     8  vtreeId
+//       32     4  chunkIndex
+//       36     4  generation
+//       40    24  reserved     0 (room for snapshot bookkeeping)
+//
+// Crash safety without a journal: every change of the index is one entry write of 64
+// bytes, inside one 512-byte sector, so it lands whole or not at all, and the entry is the
+// index — there is nothing else to keep consistent with it. Ordering makes every crash
+// point safe:
+//   allocate: zero the slot, then write its entry, then the data. A crash between leaves a
+//             chunk that reads as zeros where the unacknowledged write did not land.
+//   free:     drop the key from memory, zero the entry, then punch or discard the slot, and
+//             only then give the slot back to the free list.
+// A flush (or FUA) fdatasyncs the devices written since the last one, entries and data
+// alike, so everything acknowledged after it survives a crash of the process or the host.
+// A damaged entry (bad checksum) is reported and its slot is never reused; the chunk it
+// held is lost on this copy and has to come back from the mirror (rebuild).
+//
+// Snapshots (later): a key has a generation. A volume tree bumps its generation when a
+// snapshot is taken; a write to a chunk whose newest version is older than the volume's
+// generation copies it into a new slot under the new generation (copy on write), and a
+// volume or snapshot reads the newest version no newer than its own generation. Chunks
+// are shared between a volume and its snapshots by this lookup rule, so an entry never
+// needs a reference count.
+
+import * as fs from 'node:fs';
+import type { Logger } from 'pino';
+import { assert } from '../common/assert.js';
+import { crc32c } from '../common/crc32c.js';
+import { MeshblockError, SystemCallError } from '../common/errors.js';
+import * as native from '../common/native.js';
+import { openDevice, slotEntryBytes, type DeviceOwner, type OpenedDevice } from './device.js';
+
+export interface ChunkKey {
+  poolId: string;
+  vtreeId: string;
+  chunkIndex: number;
+  generation: number;
+}
+
+export class StoreError extends MeshblockError {}
+
+/** errno names that mean the device itself cannot be trusted any more. */
+const deviceFailureCodes = new Set(['EIO', 'ENOSPC', 'EROFS', 'ENXIO', 'ENODEV', 'EDQUOT', 'EBADF']);
+const slotTableReadBytes = 1024 * 1024;
+const rateWindowMs = 1000;
+
+interface Location {
+  device: StoreDevice;
+  slot: number;
+  sequence: number;
+  key: ChunkKey;
+}
+
+export interface DeviceCounters {
+  reads: number;
+  writes: number;
+  readBytes: number;
+  writeBytes: number;
+}
+
+function zeroCounters(): DeviceCounters {
+  return { reads: 0, writes: 0, readBytes: 0, writeBytes: 0 };
+}
+
+export class StoreDevice {
+  state: 'normal' | 'failed' = 'normal';
+  error: string | null = null;
+  /** Written since the last fdatasync. */
+  dirty = false;
+  readonly freeSlots: number[] = [];
+  usedSlotCount = 0;
+  damagedSlotCount = 0;
+  readonly counters = zeroCounters();
+  /** Rates over the last completed window. */
+  rates = zeroCounters();
+  private windowStart = zeroCounters();
+
+  constructor(readonly opened: OpenedDevice) {}
+
+  get deviceId(): string {
+    return this.opened.superblock.deviceId;
+  }
+
+  get path(): string {
+    return this.opened.path;
+  }
+
+  get slotCount(): number {
+    return this.opened.superblock.slotCount;
+  }
+
+  slotOffsetBytes(slot: number): number {
+    return this.opened.superblock.dataOffsetBytes + slot * this.opened.superblock.chunkBytes;
+  }
+
+  entryOffsetBytes(slot: number): number {
+    return this.opened.superblock.slotTableOffsetBytes + slot * slotEntryBytes;
+  }
+
+  sampleRates(windowMs: number): void {
+    const scale = 1000 / windowMs;
+    this.rates = {
+      reads: (this.counters.reads - this.windowStart.reads) * scale,
+      writes: (this.counters.writes - this.windowStart.writes) * scale,
+      readBytes: (this.counters.readBytes - this.windowStart.readBytes) * scale,
+      writeBytes: (this.counters.writeBytes - this.windowStart.writeBytes) * scale,
+    };
+    this.windowStart = { ...this.counters };
+  }
+}
+
+export interface ChunkStoreOptions {
+  owner: DeviceOwner;
+  chunkBytes: number;
+  force: boolean;
+  log: Logger;
+  /** Thick reservations by volume tree: chunk slots held back for its first writes. */
+  reservations?: Map<string, number>;
+}
+
+export class ChunkStore {
+  private readonly index = new Map<string, Location>();
+  /** Allocations in progress, so that concurrent first writes to a chunk share one slot. */
+  private readonly allocating = new Map<string, Promise<Location>>();
+  private readonly allocatedByVtree = new Map<string, number>();
+  private readonly reservations: Map<string, number>;
+  private nextSequence = 1;
+  private readonly rateTimer: NodeJS.Timeout;
+
+  private constructor(
+    readonly devices: StoreDevice[],
+    readonly chunkBytes: number,
+    private readonly log: Logger,
+    reservations: Map<string, number>,
+  ) {
+    this.reservations = reservations;
+    this.rateTimer = setInterval(() => {
+      for (const device of this.devices) device.sampleRates(rateWindowMs);
+    }, rateWindowMs).unref();
+  }
+
+  /** Opens (formatting blank ones) every device and reads the slot tables into the index. */
+  static async open(paths: string[], options: ChunkStoreOptions): Promise<ChunkStore> {
+    const devices: StoreDevice[] = [];
+    try {
+      for (const path of paths) {
+        const opened = await openDevice(path, options.owner, { force: options.force, chunkBytes: options.chunkBytes });
+        devices.push(new StoreDevice(opened));
+      }
+    } catch (err) {
+      for (const device of devices) fs.closeSync(device.opened.fd);
+      throw err;
+    }
+    const store = new ChunkStore(devices, options.chunkBytes, options.log, options.reservations ?? new Map());
+    try {
+      for (const device of devices) await store.loadSlotTable(device);
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
+    return store;
+  }
+
+  private async loadSlotTable(device: StoreDevice): Promise<void> {
+    const entriesPerRead = slotTableReadBytes / slotEntryBytes;
+    const buffer = Buffer.allocUnsafe(slotTableReadBytes);
+    const duplicates: Location[] = [];
+    for (let first = 0; first < device.slotCount; first += entriesPerRead) {
+      const count = Math.min(entriesPerRead, device.slotCount - first);
+      await this.readFully(device, buffer.subarray(0, count * slotEntryBytes), device.entryOffsetBytes(first));
+      // Free slots are pushed in reverse so that allocation pops them in ascending order.
+      for (let entryIndex = count - 1; entryIndex >= 0; entryIndex--) {
+        const slot = first + entryIndex;
+        const entry = buffer.subarray(entryIndex * slotEntryBytes, (entryIndex + 1) * slotEntryBytes);
+        const decoded = decodeEntry(entry);
+        if (decoded === 'free') {
+          device.freeSlots.push(slot);
+          continue;
+        }
+        if (decoded === 'damaged') {
+          device.damagedSlotCount += 1;
+          this.log.error({ deviceId: device.deviceId, path: device.path, slot }, 'damaged slot-table entry: the chunk it held is lost on this copy; the slot is not reused');
+          continue;
+        }
+        device.usedSlotCount += 1;
+        this.nextSequence = Math.max(this.nextSequence, decoded.sequence + 1);
+        const location: Location = { device, slot, sequence: decoded.sequence, key: decoded.key };
+        const name = keyName(decoded.key);
+        const existing = this.index.get(name);
+        if (existing === undefined) {
+          this.index.set(name, location);
+          this.countAllocated(decoded.key.vtreeId, 1);
+        } else if (existing.sequence < location.sequence) {
+          this.index.set(name, location);
+          duplicates.push(existing);
+        } else {
+          duplicates.push(location);
+        }
+      }
+    }
+    // The free list was built from the highest slot down; reverse once so pop() gives the lowest.
+    device.freeSlots.reverse();
+    for (const stale of duplicates) {
+      this.log.warn({ deviceId: stale.device.deviceId, slot: stale.slot, key: stale.key }, 'two slots held one chunk (a crash during a move); freeing the older');
+      await this.releaseSlot(stale);
+    }
+  }
+
+  // --- IO ------------------------------------------------------------------------------
+
+  /** Reads `target.length` bytes at `offsetBytes` of the chunk; unwritten chunks read as zeros. */
+  async read(key: ChunkKey, offsetBytes: number, target: Buffer): Promise<void> {
+    this.checkRange(offsetBytes, target.length);
+    const location = this.index.get(keyName(key)) ?? (await this.allocating.get(keyName(key)));
+    if (location === undefined) {
+      target.fill(0);
+      return;
+    }
+    await this.readFully(location.device, target, location.device.slotOffsetBytes(location.slot) + offsetBytes);
+    location.device.counters.reads += 1;
+    location.device.counters.readBytes += target.length;
+  }
+
+  async write(key: ChunkKey, offsetBytes: number, data: Buffer, options: { fua: boolean; preferDeviceId?: string | undefined }): Promise<void> {
+    this.checkRange(offsetBytes, data.length);
+    const whole = offsetBytes === 0 && data.length === this.chunkBytes;
+    const location = await this.locate(key, { create: true, zero: !whole, preferDeviceId: options.preferDeviceId });
+    assert(location !== null, 'locate with create returns a slot');
+    await this.writeFully(location.device, data, location.device.slotOffsetBytes(location.slot) + offsetBytes);
+    location.device.counters.writes += 1;
+    location.device.counters.writeBytes += data.length;
+    if (options.fua) await this.syncDevice(location.device);
+  }
+
+  /**
+   * Zeroes a range of the chunk: a whole chunk gives its slot back; a part is punched
+   * (files) or zeroed (block devices). A chunk that holds nothing is left alone.
+   */
+  async trim(key: ChunkKey, offsetBytes: number, lengthBytes: number, options: { fua: boolean }): Promise<void> {
+    this.checkRange(offsetBytes, lengthBytes);
+    const location = await this.locate(key, { create: false, zero: false });
+    if (location === null) return;
+    if (offsetBytes === 0 && lengthBytes === this.chunkBytes) {
+      this.index.delete(keyName(key));
+      this.countAllocated(key.vtreeId, -1);
+      await this.releaseSlot(location);
+    } else {
+      await this.zeroRange(location.device, location.device.slotOffsetBytes(location.slot) + offsetBytes, lengthBytes);
+    }
+    if (options.fua) await this.syncDevice(location.device);
+  }
+
+  /** fdatasync of every device written since the last flush. */
+  async flush(): Promise<void> {
+    await Promise.all(this.devices.filter((device) => device.dirty).map((device) => this.syncDevice(device)));
+  }
+
+  has(key: ChunkKey): boolean {
+    return this.index.has(keyName(key));
+  }
+
+  /** Every chunk held, optionally filtered, in key order (stable, so a walk can resume). */
+  keys(filter: (key: ChunkKey) => boolean = () => true): ChunkKey[] {
+    const keys: ChunkKey[] = [];
+    for (const location of this.index.values()) if (filter(location.key)) keys.push(location.key);
+    return keys.sort(compareKeys);
+  }
+
+  // --- space ---------------------------------------------------------------------------
+
+  setReservation(vtreeId: string, chunkCount: number): void {
+    if (chunkCount === 0) {
+      this.reservations.delete(vtreeId);
+      return;
+    }
+    const previous = this.reservations.get(vtreeId) ?? 0;
+    const extra = Math.max(0, chunkCount - Math.max(previous, this.allocatedByVtree.get(vtreeId) ?? 0));
+    if (extra > this.unreservedFreeSlots()) {
+      throw new StoreError('MB_ERR_NO_SPACE', `cannot reserve ${chunkCount} chunks for volume tree ${vtreeId}: only ${this.unreservedFreeSlots()} unreserved free slots`);
+    }
+    this.reservations.set(vtreeId, chunkCount);
+  }
+
+  reservationsSnapshot(): Record<string, number> {
+    return Object.fromEntries(this.reservations);
+  }
+
+  /** Slots reserved for thick volume trees and not yet written. */
+  reservedUnusedSlots(): number {
+    let total = 0;
+    for (const [vtreeId, chunkCount] of this.reservations) total += Math.max(0, chunkCount - (this.allocatedByVtree.get(vtreeId) ?? 0));
+    return total;
+  }
+
+  private freeSlotCount(): number {
+    return this.devices.reduce((sum, device) => sum + (device.state === 'normal' ? device.freeSlots.length : 0), 0);
+  }
+
+  private unreservedFreeSlots(): number {
+    return this.freeSlotCount() - this.reservedUnusedSlots();
+  }
+
+  private countAllocated(vtreeId: string, delta: number): void {
+    const count = (this.allocatedByVtree.get(vtreeId) ?? 0) + delta;
+    if (count === 0) this.allocatedByVtree.delete(vtreeId);
+    else this.allocatedByVtree.set(vtreeId, count);
+  }
+
+  // --- slots ---------------------------------------------------------------------------
+
+  private async locate(key: ChunkKey, options: { create: boolean; zero: boolean; preferDeviceId?: string | undefined }): Promise<Location | null> {
+    const name = keyName(key);
+    const found = this.index.get(name) ?? (await this.allocating.get(name));
+    if (found !== undefined) {
+      if (found.device.state === 'failed') throw this.failedError(found.device);
+      return found;
+    }
+    if (!options.create) return null;
+    const again = this.index.get(name) ?? this.allocating.get(name);
+    if (again !== undefined) return again;
+    const allocation = this.allocate(key, options.zero, options.preferDeviceId);
+    this.allocating.set(name, allocation);
+    try {
+      return await allocation;
+    } finally {
+      this.allocating.delete(name);
+    }
+  }
+
+  private async allocate(key: ChunkKey, zero: boolean, preferDeviceId: string | undefined): Promise<Location> {
+    const reserved = Math.max(0, (this.reservations.get(key.vtreeId) ?? 0) - (this.allocatedByVtree.get(key.vtreeId) ?? 0));
+    if (reserved === 0 && this.unreservedFreeSlots() <= 0) {
+      throw new StoreError('MB_ERR_NO_SPACE', `no free chunk slot on this SDS (${this.reservedUnusedSlots()} slots are reserved for thick volumes)`);
+    }
+    const healthy = this.devices.filter((device) => device.state === 'normal' && device.freeSlots.length > 0);
+    const preferred = healthy.find((device) => device.deviceId === preferDeviceId);
+    const device = preferred ?? healthy.reduce<StoreDevice | undefined>((best, device) => (best === undefined || device.freeSlots.length > best.freeSlots.length ? device : best), undefined);
+    if (device === undefined) throw new StoreError('MB_ERR_NO_SPACE', 'no healthy device with a free chunk slot');
+    const slot = device.freeSlots.pop();
+    assert(slot !== undefined, 'the chosen device has a free slot');
+    this.countAllocated(key.vtreeId, 1);
+    const location: Location = { device, slot, sequence: this.nextSequence++, key };
+    try {
+      if (zero) await this.zeroRange(device, device.slotOffsetBytes(slot), this.chunkBytes);
+      await this.writeFully(device, encodeEntry(location), device.entryOffsetBytes(slot));
+    } catch (err) {
+      this.countAllocated(key.vtreeId, -1);
+      // The slot's state is unknown after a failed entry write; a failed device is not reused anyway.
+      if (device.state === 'normal') device.freeSlots.push(slot);
+      throw err;
+    }
+    device.usedSlotCount += 1;
+    this.index.set(keyName(key), location);
+    return location;
+  }
+
+  private async releaseSlot(location: Location): Promise<void> {
+    const { device, slot } = location;
+    await this.writeFully(device, Buffer.alloc(slotEntryBytes), device.entryOffsetBytes(slot));
+    await this.discardRange(device, device.slotOffsetBytes(slot), this.chunkBytes);
+    device.usedSlotCount -= 1;
+    device.freeSlots.push(slot);
+  }
+
+  // --- device calls: every failure that means the device is bad marks it failed ----------
+
+  private async readFully(device: StoreDevice, target: Buffer, positionBytes: number): Promise<void> {
+    if (device.state === 'failed') throw this.failedError(device);
+    let doneBytes = 0;
+    while (doneBytes < target.length) {
+      const bytesRead = await this.deviceCall(device, 'read', () => readAt(device.opened.fd, target, doneBytes, positionBytes + doneBytes));
+      if (bytesRead === 0) throw this.markFailed(device, new StoreError('MB_ERR_DEVICE_SHORT', `read past the end of ${device.path} at ${positionBytes + doneBytes}`));
+      doneBytes += bytesRead;
+    }
+  }
+
+  private async writeFully(device: StoreDevice, data: Buffer, positionBytes: number): Promise<void> {
+    if (device.state === 'failed') throw this.failedError(device);
+    device.dirty = true;
+    let doneBytes = 0;
+    while (doneBytes < data.length) {
+      doneBytes += await this.deviceCall(device, 'write', () => writeAt(device.opened.fd, data, doneBytes, positionBytes + doneBytes));
+    }
+  }
+
+  private async zeroRange(device: StoreDevice, positionBytes: number, lengthBytes: number): Promise<void> {
+    if (device.state === 'failed') throw this.failedError(device);
+    device.dirty = true;
+    const fd = device.opened.fd;
+    if (device.opened.isBlockDevice) await this.deviceCall(device, 'zero', () => native.zeroout(fd, positionBytes, lengthBytes));
+    else await this.deviceCall(device, 'punch', () => native.fallocate(fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, positionBytes, lengthBytes));
+  }
+
+  /** Gives a freed slot's space back: punch on files; discard on devices, ignored if unsupported. */
+  private async discardRange(device: StoreDevice, positionBytes: number, lengthBytes: number): Promise<void> {
+    if (!device.opened.isBlockDevice) return this.zeroRange(device, positionBytes, lengthBytes);
+    await native.discard(device.opened.fd, positionBytes, lengthBytes).catch((err: unknown) => {
+      this.log.debug({ err, deviceId: device.deviceId }, 'discard not supported; the slot keeps its old bytes until reused (it is zeroed then)');
+    });
+  }
+
+  private async syncDevice(device: StoreDevice): Promise<void> {
+    if (device.state === 'failed') throw this.failedError(device);
+    device.dirty = false;
+    await this.deviceCall(device, 'fdatasync', () => fdatasync(device.opened.fd));
+  }
+
+  private async deviceCall<T>(device: StoreDevice, what: string, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== undefined && deviceFailureCodes.has(code)) {
+        throw this.markFailed(device, new StoreError('MB_ERR_DEVICE_FAILED', `${device.path}: ${what} failed with ${code}; the device is marked failed`, { cause: err }));
+      }
+      throw err;
+    }
+  }
+
+  private markFailed(device: StoreDevice, err: StoreError): StoreError {
+    if (device.state !== 'failed') {
+      device.state = 'failed';
+      device.error = err.message;
+      this.log.error({ err, deviceId: device.deviceId, path: device.path }, 'device failed: its chunks are no longer served from this SDS');
+    }
+    return err;
+  }
+
+  private failedError(device: StoreDevice): StoreError {
+    return new StoreError('MB_ERR_DEVICE_FAILED', `${device.path} has failed (${device.error ?? 'unknown error'})`);
+  }
+
+  private checkRange(offsetBytes: number, lengthBytes: number): void {
+    assert(offsetBytes >= 0 && lengthBytes >= 0 && offsetBytes + lengthBytes <= this.chunkBytes, `range ${offsetBytes}+${lengthBytes} is outside the chunk`);
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.rateTimer);
+    await Promise.allSettled([...this.allocating.values()]);
+    for (const device of this.devices) {
+      try {
+        if (device.dirty && device.state === 'normal') fs.fdatasyncSync(device.opened.fd);
+      } catch (err) {
+        this.log.error({ err, deviceId: device.deviceId }, 'fdatasync at close failed');
+      }
+      fs.closeSync(device.opened.fd);
+    }
+  }
+}
+
+export function keyName(key: ChunkKey): string {
+  return `${key.poolId}${key.vtreeId}:${key.chunkIndex}:${key.generation}`;
+}
+
+export function compareKeys(a: ChunkKey, b: ChunkKey): number {
+  if (a.poolId !== b.poolId) return a.poolId < b.poolId ? -1 : 1;
+  if (a.vtreeId !== b.vtreeId) return a.vtreeId < b.vtreeId ? -1 : 1;
+  if (a.chunkIndex !== b.chunkIndex) return a.chunkIndex - b.chunkIndex;
+  return a.generation - b.generation;
+}
+
+function encodeEntry(location: Location): Buffer {
+  const entry = Buffer.alloc(slotEntryBytes);
+  entry.writeUInt8(1, 4);
+  entry.writeBigUInt64BE(BigInt(location.sequence), 8);
+  entry.write(location.key.poolId, 16, 8, 'hex');
+  entry.write(location.key.vtreeId, 24, 8, 'hex');
+  entry.writeUInt32BE(location.key.chunkIndex, 32);
+  entry.writeUInt32BE(location.key.generation, 36);
+  entry.writeUInt32BE(crc32c(entry.subarray(4)), 0);
+  return entry;
+}
+
+function decodeEntry(entry: Buffer): 'free' | 'damaged' | { sequence: number; key: ChunkKey } {
+  if (entry.every((byte) => byte === 0)) return 'free';
+  if (crc32c(entry.subarray(4)) !== entry.readUInt32BE(0) || entry.readUInt8(4) !== 1) return 'damaged';
+  return {
+    sequence: Number(entry.readBigUInt64BE(8)),
+    key: {
+      poolId: entry.toString('hex', 16, 24),
+      vtreeId: entry.toString('hex', 24, 32),
+      chunkIndex: entry.readUInt32BE(32),
+      generation: entry.readUInt32BE(36),
+    },
+  };
+}
+
+function readAt(fd: number, target: Buffer, offset: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, target, offset, target.length - offset, position, (err, bytesRead) => (err ? reject(err) : resolve(bytesRead))));
+}
+
+function writeAt(fd: number, data: Buffer, offset: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.write(fd, data, offset, data.length - offset, position, (err, written) => (err ? reject(err) : resolve(written))));
+}
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+/** SystemCallErrors from the addon carry the errno name as `code`, like Node's own. */
+export function isDeviceFailure(err: unknown): boolean {
+  return (err instanceof StoreError && err.code === 'MB_ERR_DEVICE_FAILED') || (err instanceof SystemCallError && deviceFailureCodes.has(err.code));
+}

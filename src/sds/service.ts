@@ -1,0 +1,633 @@
+// The SDS data service: serves chunk IO over the wire (wire/sds-ops.ts), mirrors writes to
+// the secondary of each placement group, and copies placement groups to other SDSs for
+// rebuild. The placement map comes from the MDM (or, until one runs, from whoever holds
+// the cluster secret with role 'mdm' or 'test'); IO stamped with any other epoch is refused.
+//
+//   SDC ──Write──▶ primary ──Write|Replica──▶ secondary
+//                   │ apply locally, in parallel with the forward
+//   SDC ◀──Ok───── primary ◀──────Ok──────────┘   (Ok only when both copies are written)
+//
+// The primary holds a byte-range lock on the chunk from before it applies a write until
+// both copies have it, so overlapping writes reach both copies in the same order.
+
+import * as net from 'node:net';
+import type { Logger } from 'pino';
+import { assert } from '../common/assert.js';
+import { parseHostPort } from '../common/address.js';
+import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
+import { idPattern, parsePlacementMap, placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
+import {
+  SdsOp,
+  SdsStatus,
+  IoFlag,
+  decodeIo,
+  decodeAllocation,
+  decodeReserve,
+  decodeListGroup,
+  encodeIo,
+  encodeListGroup,
+  encodeListedChunks,
+  decodeListedChunks,
+  encodeEpoch,
+  type IoArgs,
+  type RebuildArgs,
+  type RebuildProgress,
+  type SdsStats,
+} from '../wire/sds-ops.js';
+import { ChunkStore, StoreError, keyName, compareKeys, type ChunkKey } from './chunk-store.js';
+import { RangeLocks } from './range-locks.js';
+import { saveState, type SdsState } from './state.js';
+
+/** How long a primary waits for its mirror before failing the client's write. */
+export const mirrorTimeoutMs = 10_000;
+/** Rebuild cursors are saved after this many chunks (and when a rebuild ends). */
+const rebuildCursorSaveChunks = 64;
+const rebuildChunksInflightMax = 64;
+
+export interface SdsIdentity {
+  clusterId: string;
+  sdsId: string;
+  name: string;
+}
+
+export interface SdsServiceOptions {
+  identity: SdsIdentity;
+  secret: Buffer;
+  store: ChunkStore;
+  state: SdsState;
+  dataDir: string;
+  log: Logger;
+  payloadChecksums: boolean;
+}
+
+interface Served {
+  role: PeerRole;
+  name: string;
+}
+
+/** Failures inside a handler that become a specific status instead of `Failed`. */
+class ReplyError extends MeshblockError {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly payload: Buffer = Buffer.from(message),
+  ) {
+    super('MB_ERR_SDS_REPLY', message);
+  }
+}
+
+export class SdsService {
+  private map: PlacementMap | null;
+  private readonly server: net.Server;
+  private readonly accepted = new Set<WirePeer>();
+  private readonly sockets = new Set<net.Socket>();
+  /** Outgoing connections to other SDSs (mirrors, rebuild targets), by SDS id. */
+  private readonly peers = new Map<string, { address: string; peer: Promise<WirePeer> }>();
+  /** Mirrors written to since the last client flush: a flush must reach them too. */
+  private readonly mirrorsWritten = new Set<string>();
+  private readonly locks = new RangeLocks();
+  private readonly rebuilds = new Map<string, RebuildProgress>();
+  private readonly handlers = new Set<Promise<unknown>>();
+  private closing = false;
+
+  constructor(private readonly options: SdsServiceOptions) {
+    this.map = options.state.map;
+    this.server = net.createServer((socket) => this.onConnection(socket));
+  }
+
+  get epoch(): number {
+    return this.map?.epoch ?? 0;
+  }
+
+  async listen(host: string, port: number): Promise<net.AddressInfo> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ host, port }, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    return this.server.address() as net.AddressInfo;
+  }
+
+  private onConnection(socket: net.Socket): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    this.sockets.add(socket);
+    socket.on('close', () => this.sockets.delete(socket));
+    const served: Served = { role: 'test', name: '?' };
+    WirePeer.accept(socket, {
+      clusterId: this.options.identity.clusterId,
+      secret: this.options.secret,
+      role: 'sds',
+      name: this.options.identity.name,
+      log: this.options.log,
+      payloadChecksums: this.options.payloadChecksums,
+      onRequest: (request) => this.track(this.onRequest(served, request)),
+    }).then(
+      (peer) => {
+        assert(peer.remote !== null, 'an accepted peer has proven who it is');
+        served.role = peer.remote.role;
+        served.name = peer.remote.name;
+        this.accepted.add(peer);
+        void peer.closed.then(() => this.accepted.delete(peer));
+        this.options.log.debug({ remote: peer.remote, address: socket.remoteAddress }, 'wire peer connected');
+      },
+      (err: unknown) => this.options.log.warn({ err, address: socket.remoteAddress }, 'wire peer refused'),
+    );
+  }
+
+  private track<T>(work: Promise<T>): Promise<T> {
+    this.handlers.add(work);
+    void work.finally(() => this.handlers.delete(work)).catch(() => undefined);
+    return work;
+  }
+
+  // --- dispatch --------------------------------------------------------------------------
+
+  private async onRequest(from: Served, request: WireRequest): Promise<WireReply> {
+    try {
+      switch (request.op) {
+        case SdsOp.Read:
+          return await this.onRead(request);
+        case SdsOp.Write:
+          return await this.onWrite(from, request);
+        case SdsOp.Trim:
+          return await this.onTrim(from, request);
+        case SdsOp.Flush:
+          return await this.onFlush(from);
+        case SdsOp.Put:
+          return await this.onPut(from, request);
+        case SdsOp.Allocation:
+          return this.onAllocation(request);
+        case SdsOp.ListGroup:
+          return this.onListGroup(request);
+        case SdsOp.SetMap:
+          return this.onSetMap(from, request);
+        case SdsOp.Stats:
+          return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(this.stats())) };
+        case SdsOp.Reserve:
+          return this.onReserve(from, request);
+        case SdsOp.Rebuild:
+          return this.onRebuild(from, request);
+        default:
+          return { status: SdsStatus.UnknownOp, payload: Buffer.from(`op ${request.op} is not an SDS operation`) };
+      }
+    } catch (err) {
+      return this.failureReply(err, request.op);
+    }
+  }
+
+  private failureReply(err: unknown, op: number): WireReply {
+    if (err instanceof ReplyError) return { status: err.status, payload: err.payload };
+    if (err instanceof InvalidArgumentError) return { status: SdsStatus.InvalidArgument, payload: Buffer.from(err.message) };
+    if (err instanceof StoreError && err.code === 'MB_ERR_DEVICE_FAILED') return { status: SdsStatus.IoError, payload: Buffer.from(err.message) };
+    if (err instanceof StoreError && err.code === 'MB_ERR_NO_SPACE') return { status: SdsStatus.NoSpace, payload: Buffer.from(err.message) };
+    this.options.log.error({ err, op }, 'SDS request failed');
+    return { status: SdsStatus.Failed, payload: Buffer.from(err instanceof Error ? err.message : String(err)) };
+  }
+
+  // --- IO --------------------------------------------------------------------------------
+
+  /** Checks epoch, group and role; returns the group. Throws ReplyError(StaleEpoch) otherwise. */
+  private admit(args: IoArgs, epoch: number, role: 'primary' | 'secondary'): PlacementGroup {
+    const map = this.map;
+    if (map === null || epoch !== map.epoch) {
+      throw new ReplyError(SdsStatus.StaleEpoch, `request epoch ${epoch}, SDS epoch ${this.epoch}`, encodeEpoch(this.epoch));
+    }
+    const pool = map.pools[args.poolId];
+    if (pool === undefined) throw new InvalidArgumentError('io.poolId', `pool ${args.poolId} is not in map epoch ${map.epoch}`);
+    const group = pool.groups[args.pgIndex];
+    if (group === undefined || placementGroupOf(args.vtreeId, args.chunkIndex, pool.groups.length) !== args.pgIndex) {
+      throw new InvalidArgumentError('io.pgIndex', `chunk ${args.vtreeId}:${args.chunkIndex} is not in placement group ${args.pgIndex}`);
+    }
+    if (args.offsetBytes + args.lengthBytes > this.options.store.chunkBytes) {
+      throw new InvalidArgumentError('io', `range ${args.offsetBytes}+${args.lengthBytes} passes the ${this.options.store.chunkBytes}-byte chunk`);
+    }
+    const holder = role === 'primary' ? group.primary : group.secondary;
+    if (holder !== this.options.identity.sdsId) {
+      // Same epoch, different opinion: the sender misrouted. Tell it to look again.
+      this.options.log.warn({ args, role, epoch }, 'IO for a placement group this SDS does not hold in that role');
+      throw new ReplyError(SdsStatus.StaleEpoch, `this SDS is not the ${role} of group ${args.pgIndex} at epoch ${epoch}`, encodeEpoch(this.epoch));
+    }
+    return group;
+  }
+
+  private async onRead(request: WireRequest): Promise<WireReply> {
+    const { args } = decodeIo(request.payload);
+    this.admit(args, request.epoch, 'primary');
+    const key = chunkKey(args);
+    const release = await this.locks.acquire(keyName(key), args.offsetBytes, args.offsetBytes + args.lengthBytes, false);
+    try {
+      const data = Buffer.allocUnsafe(args.lengthBytes);
+      await this.options.store.read(key, args.offsetBytes, data);
+      return { status: SdsStatus.Ok, payload: data };
+    } finally {
+      release();
+    }
+  }
+
+  private async onWrite(from: Served, request: WireRequest): Promise<WireReply> {
+    const { args, data } = decodeIo(request.payload);
+    if (data.length !== args.lengthBytes) throw new InvalidArgumentError('io', `write of ${args.lengthBytes} bytes carries ${data.length}`);
+    const fua = (args.flags & IoFlag.Fua) !== 0;
+    if ((args.flags & IoFlag.Replica) !== 0) {
+      this.requireRole(from, ['sds', 'test'], 'a replica write');
+      const group = this.admit(args, request.epoch, 'secondary');
+      await this.options.store.write(chunkKey(args), args.offsetBytes, data, { fua, preferDeviceId: group.secondaryDevice });
+      return { status: SdsStatus.Ok };
+    }
+    const group = this.admit(args, request.epoch, 'primary');
+    return this.mirrored(args, request, group, () => this.options.store.write(chunkKey(args), args.offsetBytes, data, { fua, preferDeviceId: group.primaryDevice }));
+  }
+
+  private async onTrim(from: Served, request: WireRequest): Promise<WireReply> {
+    const { args } = decodeIo(request.payload);
+    const fua = (args.flags & IoFlag.Fua) !== 0;
+    if ((args.flags & IoFlag.Replica) !== 0) {
+      this.requireRole(from, ['sds', 'test'], 'a replica trim');
+      this.admit(args, request.epoch, 'secondary');
+      await this.options.store.trim(chunkKey(args), args.offsetBytes, args.lengthBytes, { fua });
+      return { status: SdsStatus.Ok };
+    }
+    const group = this.admit(args, request.epoch, 'primary');
+    return this.mirrored(args, request, group, () => this.options.store.trim(chunkKey(args), args.offsetBytes, args.lengthBytes, { fua }));
+  }
+
+  /** Applies `local` and forwards the request to the secondary, under the range lock. */
+  private async mirrored(args: IoArgs, request: WireRequest, group: PlacementGroup, local: () => Promise<void>): Promise<WireReply> {
+    const release = await this.locks.acquire(keyName(chunkKey(args)), args.offsetBytes, args.offsetBytes + args.lengthBytes, true);
+    try {
+      const secondary = group.secondary;
+      if (secondary === null) {
+        await local();
+        return { status: SdsStatus.Ok };
+      }
+      // The request's own payload goes on to the secondary, with the Replica flag set.
+      request.payload.writeUInt32BE(args.flags | IoFlag.Replica, 36);
+      this.mirrorsWritten.add(secondary);
+      const [localResult, mirrorResult] = await Promise.allSettled([local(), this.forward(secondary, request.op, request.payload, request.epoch)]);
+      if (localResult.status === 'rejected') throw localResult.reason;
+      if (mirrorResult.status === 'rejected') throw mirrorResult.reason;
+      return { status: SdsStatus.Ok };
+    } finally {
+      release();
+    }
+  }
+
+  /** Sends to another SDS; a failure or refusal there becomes MirrorFailed (or StaleEpoch). */
+  private async forward(sdsId: string, op: number, payload: Buffer, epoch: number): Promise<void> {
+    let response;
+    try {
+      const peer = await this.peerFor(sdsId);
+      response = await peer.request(op, payload, { epoch, timeoutMs: mirrorTimeoutMs });
+    } catch (err) {
+      throw new ReplyError(SdsStatus.MirrorFailed, `mirror SDS ${sdsId} unreachable: ${(err as Error).message}`);
+    }
+    if (response.status === SdsStatus.Ok) return;
+    if (response.status === SdsStatus.StaleEpoch) {
+      throw new ReplyError(SdsStatus.StaleEpoch, `mirror SDS ${sdsId} refused epoch ${epoch}`, encodeEpoch(this.epoch));
+    }
+    throw new ReplyError(SdsStatus.MirrorFailed, `mirror SDS ${sdsId} failed (status ${response.status}): ${response.payload.toString()}`);
+  }
+
+  private async onFlush(from: Served): Promise<WireReply> {
+    const local = this.options.store.flush();
+    // A client's flush covers the mirror copies of what it wrote; a primary's flush
+    // (from role 'sds') is this copy's share only.
+    const mirrors = from.role === 'sds' ? [] : [...this.mirrorsWritten];
+    this.mirrorsWritten.clear();
+    const results = await Promise.allSettled([local, ...mirrors.map((sdsId) => this.forward(sdsId, SdsOp.Flush, Buffer.alloc(0), this.epoch))]);
+    const failed = results.find((result) => result.status === 'rejected');
+    if (failed !== undefined) {
+      for (const sdsId of mirrors) this.mirrorsWritten.add(sdsId);
+      throw (failed as PromiseRejectedResult).reason;
+    }
+    return { status: SdsStatus.Ok };
+  }
+
+  private async onPut(from: Served, request: WireRequest): Promise<WireReply> {
+    this.requireRole(from, ['sds', 'test'], 'a rebuild copy');
+    const { args, data } = decodeIo(request.payload);
+    if (args.offsetBytes !== 0 || args.lengthBytes !== this.options.store.chunkBytes || data.length !== args.lengthBytes) {
+      throw new InvalidArgumentError('put', `a rebuild copy is one whole ${this.options.store.chunkBytes}-byte chunk`);
+    }
+    const group = this.admit(args, request.epoch, 'secondary');
+    await this.options.store.write(chunkKey(args), 0, data, { fua: false, preferDeviceId: group.secondaryDevice });
+    return { status: SdsStatus.Ok };
+  }
+
+  private onAllocation(request: WireRequest): WireReply {
+    const args = decodeAllocation(request.payload);
+    const held = Buffer.alloc(args.chunkCount);
+    for (let index = 0; index < args.chunkCount; index++) {
+      if (this.options.store.has({ poolId: args.poolId, vtreeId: args.vtreeId, chunkIndex: args.chunkIndexFirst + index, generation: 0 })) held[index] = 1;
+    }
+    return { status: SdsStatus.Ok, payload: held };
+  }
+
+  private onListGroup(request: WireRequest): WireReply {
+    const args = decodeListGroup(request.payload);
+    return { status: SdsStatus.Ok, payload: encodeListedChunks(this.groupKeys(args.poolId, args.pgIndex)) };
+  }
+
+  private groupKeys(poolId: string, pgIndex: number): ChunkKey[] {
+    const pool = this.map?.pools[poolId];
+    if (pool === undefined) return [];
+    const pgCount = pool.groups.length;
+    return this.options.store.keys((key) => key.poolId === poolId && placementGroupOf(key.vtreeId, key.chunkIndex, pgCount) === pgIndex);
+  }
+
+  // --- control ---------------------------------------------------------------------------
+
+  private requireRole(from: Served, roles: PeerRole[], what: string): void {
+    if (!roles.includes(from.role)) throw new InvalidArgumentError('role', `${what} is not accepted from a peer of role '${from.role}'`);
+  }
+
+  private onSetMap(from: Served, request: WireRequest): WireReply {
+    this.requireRole(from, ['mdm', 'test'], 'a placement map');
+    let json: unknown;
+    try {
+      json = JSON.parse(request.payload.toString('utf8'));
+    } catch {
+      throw new InvalidArgumentError('map', 'is not JSON');
+    }
+    const map = parsePlacementMap(json);
+    if (map.epoch < this.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `map epoch ${map.epoch} is older than this SDS's ${this.epoch}`, encodeEpoch(this.epoch));
+    for (const [poolId, pool] of Object.entries(map.pools)) {
+      const holds = pool.groups.some((group) => group.primary === this.options.identity.sdsId || group.secondary === this.options.identity.sdsId);
+      if (holds && pool.chunkBytes !== this.options.store.chunkBytes) {
+        throw new InvalidArgumentError(`map.pools.${poolId}.chunkBytes`, `${pool.chunkBytes} differs from this SDS's ${this.options.store.chunkBytes}-byte chunks`);
+      }
+    }
+    for (const [sdsId, entry] of this.peers) {
+      if (map.sds[sdsId]?.address !== entry.address) this.dropPeer(sdsId);
+    }
+    this.map = map;
+    this.options.state.map = map;
+    this.persist();
+    this.options.log.info({ epoch: map.epoch, pools: Object.keys(map.pools).length }, 'placement map installed');
+    return { status: SdsStatus.Ok };
+  }
+
+  private onReserve(from: Served, request: WireRequest): WireReply {
+    this.requireRole(from, ['mdm', 'test'], 'a reservation');
+    const args = decodeReserve(request.payload);
+    this.options.store.setReservation(args.vtreeId, args.chunkCount);
+    this.options.state.reservations = this.options.store.reservationsSnapshot();
+    this.persist();
+    return { status: SdsStatus.Ok };
+  }
+
+  private persist(): void {
+    saveState(this.options.dataDir, this.options.state);
+  }
+
+  stats(): SdsStats {
+    const store = this.options.store;
+    return {
+      sdsId: this.options.identity.sdsId,
+      name: this.options.identity.name,
+      epoch: this.epoch,
+      chunkBytes: store.chunkBytes,
+      devices: store.devices.map((device) => ({
+        deviceId: device.deviceId,
+        path: device.path,
+        state: device.state,
+        error: device.error,
+        totalBytes: device.slotCount * store.chunkBytes,
+        usedBytes: device.usedSlotCount * store.chunkBytes,
+        freeBytes: device.state === 'normal' ? device.freeSlots.length * store.chunkBytes : 0,
+        reads: device.counters.reads,
+        writes: device.counters.writes,
+        readBytes: device.counters.readBytes,
+        writeBytes: device.counters.writeBytes,
+        readIops: device.rates.reads,
+        writeIops: device.rates.writes,
+        readBytesPerSecond: device.rates.readBytes,
+        writeBytesPerSecond: device.rates.writeBytes,
+      })),
+      reservedBytes: store.reservedUnusedSlots() * store.chunkBytes,
+      rebuilds: [...this.rebuilds.values()],
+    };
+  }
+
+  // --- rebuild (source side; the target side is Put and replica Trim) ---------------------
+
+  private onRebuild(from: Served, request: WireRequest): WireReply {
+    this.requireRole(from, ['mdm', 'test'], 'a rebuild order');
+    const args = parseRebuildArgs(request.payload);
+    const jobKey = `${args.poolId}/${args.pgIndex}/${args.targetSdsId}`;
+    if (this.rebuilds.get(jobKey)?.state === 'running') return { status: SdsStatus.Ok };
+    const group = this.map?.pools[args.poolId]?.groups[args.pgIndex];
+    if (group === undefined || group.primary !== this.options.identity.sdsId || group.secondary !== args.targetSdsId) {
+      throw new InvalidArgumentError('rebuild', `at epoch ${this.epoch} this SDS is not the primary of group ${args.pgIndex} with secondary ${args.targetSdsId}`);
+    }
+    const progress: RebuildProgress = { ...args, state: 'running', chunksDone: 0, chunksTotal: 0, bytesDone: 0, error: null };
+    this.rebuilds.set(jobKey, progress);
+    void this.track(this.runRebuild(args, jobKey, progress)).catch((err: unknown) => {
+      progress.state = 'failed';
+      progress.error = err instanceof Error ? err.message : String(err);
+      this.options.log.error({ err, jobKey }, 'rebuild failed');
+    });
+    return { status: SdsStatus.Ok };
+  }
+
+  private async runRebuild(args: RebuildArgs, jobKey: string, progress: RebuildProgress): Promise<void> {
+    const log = this.options.log.child({ rebuild: jobKey });
+    const epoch = this.epoch;
+    const store = this.options.store;
+    const keys = this.groupKeys(args.poolId, args.pgIndex);
+    const cursor = this.options.state.rebuildCursors[jobKey];
+    const remaining = cursor === undefined ? keys : keys.filter((key) => compareKeys(key, parseKeyName(cursor)) > 0);
+    progress.chunksTotal = keys.length;
+    progress.chunksDone = keys.length - remaining.length;
+    log.info({ chunks: keys.length, resumedAfter: progress.chunksDone }, 'rebuild started');
+
+    // The target may hold copies from an earlier life that are gone here: trim them.
+    const targetPeer = await this.peerFor(args.targetSdsId);
+    const listed = await targetPeer.request(SdsOp.ListGroup, encodeListGroup({ poolId: args.poolId, pgIndex: args.pgIndex }), { timeoutMs: mirrorTimeoutMs });
+    if (listed.status !== SdsStatus.Ok) throw new Error(`target refused to list its chunks: ${listed.payload.toString()}`);
+    for (const chunk of decodeListedChunks(listed.payload)) {
+      const key: ChunkKey = { poolId: args.poolId, ...chunk };
+      await this.copyChunk(key, args, epoch, true);
+    }
+
+    let pacedUntilMs = Date.now();
+    let nextIndex = 0;
+    const completed = new Set<number>();
+    let contiguousDone = 0;
+    const inflightMax = Math.max(1, Math.min(args.chunksInflightMax, rebuildChunksInflightMax));
+    const worker = async (): Promise<void> => {
+      while (nextIndex < remaining.length) {
+        if (this.closing) throw new Error('SDS is shutting down; the rebuild resumes from its cursor');
+        if (this.epoch !== epoch) throw new Error(`placement map changed (epoch ${epoch} → ${this.epoch}); the MDM re-plans`);
+        const index = nextIndex++;
+        if (args.bytesPerSecondMax > 0) {
+          pacedUntilMs = Math.max(pacedUntilMs, Date.now()) + (store.chunkBytes * 1000) / args.bytesPerSecondMax;
+          const waitMs = pacedUntilMs - Date.now();
+          if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
+        }
+        const key = remaining[index] as ChunkKey;
+        progress.bytesDone += await this.copyChunk(key, args, epoch, false);
+        progress.chunksDone += 1;
+        completed.add(index);
+        // The cursor only moves over a prefix that is entirely done.
+        while (completed.has(contiguousDone)) completed.delete(contiguousDone++);
+        if (contiguousDone > 0 && contiguousDone % rebuildCursorSaveChunks === 0) this.saveCursor(jobKey, remaining[contiguousDone - 1] as ChunkKey);
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: inflightMax }, () => worker()));
+    } finally {
+      if (contiguousDone > 0 && contiguousDone < remaining.length) this.saveCursor(jobKey, remaining[contiguousDone - 1] as ChunkKey);
+    }
+    delete this.options.state.rebuildCursors[jobKey];
+    this.persist();
+    progress.state = 'done';
+    log.info({ chunks: progress.chunksDone, bytes: progress.bytesDone }, 'rebuild done');
+  }
+
+  /**
+   * Copies one chunk to the rebuild target under the chunk's lock, so no client write slips
+   * between the read here and the copy there. A chunk no longer held here is trimmed there.
+   */
+  private async copyChunk(key: ChunkKey, args: RebuildArgs, epoch: number, onlyIfAbsent: boolean): Promise<number> {
+    const chunkBytes = this.options.store.chunkBytes;
+    const release = await this.locks.acquire(keyName(key), 0, chunkBytes, true);
+    try {
+      const held = this.options.store.has(key);
+      if (onlyIfAbsent && held) return 0;
+      const ioArgs: IoArgs = {
+        poolId: key.poolId,
+        vtreeId: key.vtreeId,
+        pgIndex: args.pgIndex,
+        chunkIndex: key.chunkIndex,
+        generation: key.generation,
+        offsetBytes: 0,
+        lengthBytes: chunkBytes,
+        flags: IoFlag.Replica,
+      };
+      if (!held) {
+        await this.forward(args.targetSdsId, SdsOp.Trim, encodeIo(ioArgs), epoch);
+        return 0;
+      }
+      const payload = encodeIo(ioArgs, Buffer.alloc(0));
+      const withData = Buffer.allocUnsafe(payload.length + chunkBytes);
+      payload.copy(withData);
+      await this.options.store.read(key, 0, withData.subarray(payload.length));
+      await this.forward(args.targetSdsId, SdsOp.Put, withData, epoch);
+      return chunkBytes;
+    } finally {
+      release();
+    }
+  }
+
+  private saveCursor(jobKey: string, key: ChunkKey): void {
+    this.options.state.rebuildCursors[jobKey] = keyName(key);
+    this.persist();
+  }
+
+  // --- peers -----------------------------------------------------------------------------
+
+  private peerFor(sdsId: string): Promise<WirePeer> {
+    const address = this.map?.sds[sdsId]?.address;
+    if (address === undefined) return Promise.reject(new WireError('MB_ERR_SDS_UNKNOWN', `SDS ${sdsId} is not in the placement map`));
+    const existing = this.peers.get(sdsId);
+    if (existing !== undefined && existing.address === address) return existing.peer;
+    const peer = this.connectPeer(address);
+    this.peers.set(sdsId, { address, peer });
+    peer.then(
+      (connected) => void connected.closed.then(() => this.forgetPeer(sdsId, peer)),
+      () => this.forgetPeer(sdsId, peer),
+    );
+    return peer;
+  }
+
+  private forgetPeer(sdsId: string, peer: Promise<WirePeer>): void {
+    if (this.peers.get(sdsId)?.peer === peer) this.peers.delete(sdsId);
+  }
+
+  private dropPeer(sdsId: string): void {
+    const entry = this.peers.get(sdsId);
+    if (entry === undefined) return;
+    this.peers.delete(sdsId);
+    entry.peer.then((peer) => peer.destroy(), () => undefined);
+  }
+
+  private async connectPeer(address: string): Promise<WirePeer> {
+    const { host, port } = parseHostPort('address', address);
+    const socket = net.connect({ host, port });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new WireError('MB_ERR_WIRE_CONNECT_TIMEOUT', `connect to ${address} timed out`));
+      }, mirrorTimeoutMs);
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      socket.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
+    return WirePeer.connect(socket, {
+      clusterId: this.options.identity.clusterId,
+      secret: this.options.secret,
+      role: 'sds',
+      name: this.options.identity.name,
+      log: this.options.log,
+      payloadChecksums: this.options.payloadChecksums,
+    });
+  }
+
+  // --- stopping --------------------------------------------------------------------------
+
+  /** Stops accepting, lets requests in flight finish, then closes every connection. */
+  async close(): Promise<void> {
+    this.closing = true;
+    const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    while (this.handlers.size > 0) await Promise.allSettled([...this.handlers]);
+    for (const peer of this.accepted) peer.destroy();
+    for (const sdsId of [...this.peers.keys()]) this.dropPeer(sdsId);
+    for (const socket of this.sockets) socket.destroy();
+    await stopped;
+  }
+
+  destroy(): void {
+    this.closing = true;
+    this.server.close();
+    for (const socket of this.sockets) socket.destroy();
+    for (const sdsId of [...this.peers.keys()]) this.dropPeer(sdsId);
+  }
+}
+
+function chunkKey(args: IoArgs): ChunkKey {
+  return { poolId: args.poolId, vtreeId: args.vtreeId, chunkIndex: args.chunkIndex, generation: args.generation };
+}
+
+function parseKeyName(name: string): ChunkKey {
+  const [ids = '', chunkIndex = '0', generation = '0'] = name.split(':');
+  return { poolId: ids.slice(0, 16), vtreeId: ids.slice(16, 32), chunkIndex: Number(chunkIndex), generation: Number(generation) };
+}
+
+function parseRebuildArgs(payload: Buffer): RebuildArgs {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw new InvalidArgumentError('rebuild', 'is not JSON');
+  }
+  const args = value as Partial<RebuildArgs> | null;
+  if (args === null || typeof args !== 'object') throw new InvalidArgumentError('rebuild', 'must be an object');
+  if (typeof args.poolId !== 'string' || !idPattern.test(args.poolId)) throw new InvalidArgumentError('rebuild.poolId', 'must be 16 hex digits');
+  if (typeof args.targetSdsId !== 'string' || !idPattern.test(args.targetSdsId)) throw new InvalidArgumentError('rebuild.targetSdsId', 'must be 16 hex digits');
+  for (const field of ['pgIndex', 'bytesPerSecondMax', 'chunksInflightMax'] as const) {
+    if (!Number.isSafeInteger(args[field]) || (args[field] as number) < 0) throw new InvalidArgumentError(`rebuild.${field}`, 'must be a non-negative integer');
+  }
+  return args as RebuildArgs;
+}

@@ -1,0 +1,61 @@
+// What an SDS keeps in its data directory besides the devices: its identity, the last
+// placement map it was given (so it serves from it after a restart, before the MDM is back),
+// thick reservations and the cursors of rebuilds in progress. One JSON file, replaced
+// atomically (write a temporary file, fsync, rename, fsync the directory), so a crash leaves
+// either the old state or the new one.
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { MeshblockError } from '../common/errors.js';
+import { parsePlacementMap, type PlacementMap } from '../wire/placement.js';
+
+export interface SdsState {
+  clusterId: string;
+  sdsId: string;
+  name: string;
+  chunkBytes: number;
+  map: PlacementMap | null;
+  reservations: Record<string, number>;
+  /** Rebuild cursors by `${poolId}/${pgIndex}/${targetSdsId}`: the last chunk copied. */
+  rebuildCursors: Record<string, string>;
+}
+
+export class StateError extends MeshblockError {}
+
+const stateFileName = 'sds-state.json';
+
+export function loadState(dataDir: string): SdsState | null {
+  const file = path.join(dataDir, stateFileName);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new StateError('MB_ERR_STATE_READ', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    const parsed = JSON.parse(text) as SdsState;
+    return { ...parsed, map: parsed.map === null ? null : parsePlacementMap(parsed.map), rebuildCursors: parsed.rebuildCursors ?? {} };
+  } catch (err) {
+    throw new StateError('MB_ERR_STATE_DAMAGED', `${file} is damaged: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+export function saveState(dataDir: string, state: SdsState): void {
+  const file = path.join(dataDir, stateFileName);
+  const temporary = `${file}.tmp`;
+  const fd = fs.openSync(temporary, 'w', 0o600);
+  try {
+    fs.writeSync(fd, JSON.stringify(state, null, 1));
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(temporary, file);
+  const directory = fs.openSync(dataDir, 'r');
+  try {
+    fs.fsyncSync(directory);
+  } finally {
+    fs.closeSync(directory);
+  }
+}

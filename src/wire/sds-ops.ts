@@ -1,0 +1,274 @@
+// The operations an SDS serves, shared by everything that talks to one (SDC, peer SDS, MDM,
+// tests, the benchmark). Each is a request frame (header.ts) whose payload starts with the
+// arguments below; replies carry a WireStatus and the payload named here.
+//
+// Chunk IO (Read, Write, Trim, Put) — a 40-byte argument block, then data for Write/Put:
+//
+//   offset  size  field         purpose and limits
+//   ------  ----  ------------  ---------------------------------------------------------------
+//        0     8  poolId        the storage pool (16 hex digits); chooses the group table
+//        8     8  vtreeId       the volume tree the chunk belongs to (volume and its snapshots)
+//       16     4  pgIndex       placement group; must equal placementGroupOf(vtreeId, chunkIndex)
+//       20     4  chunkIndex    the chunk's index in its volume (offset / chunkBytes)
+//       24     4  generation    the chunk version (0 until snapshots exist; see chunk-store.ts)
+//       28     4  offsetBytes   byte offset inside the chunk, a multiple of 512
+//       32     4  lengthBytes   bytes to read/write/trim, a multiple of 512, within the chunk
+//       36     4  flags         IoFlag bits; unknown bits are refused
+//
+//   op               request payload            reply payload (status Ok)
+//   ---------------  -------------------------  -------------------------------------------
+//   Read        16   args                       lengthBytes of data
+//   Write       17   args | data                empty
+//   Trim        18   args                       empty (whole chunks are freed, parts zeroed)
+//   Flush       19   empty                      empty (every device written since the last
+//                                               flush, and every mirror written to, is synced)
+//   Allocation  20   AllocationArgs (20 bytes)  one byte per chunk: 1 = held here
+//   SetMap      21   PlacementMap JSON          empty; a map older than the current is refused
+//   Stats       22   empty                      SdsStats JSON
+//   Reserve     23   ReserveArgs (16 bytes)     empty; thick reservation of chunk slots
+//   Rebuild     24   RebuildArgs JSON           empty once the copy is complete
+//   Put         25   args | whole chunk         empty; a rebuilt chunk replaces what was there
+//   ListGroup   26   ListGroupArgs (12 bytes)   16 bytes per chunk held: vtreeId (8),
+//                                               chunkIndex (4), generation (4)
+//
+// Errors: StaleEpoch replies carry the SDS's epoch as 8 bytes; other failures a UTF-8 message.
+
+import { assert } from '../common/assert.js';
+import { InvalidArgumentError } from '../common/errors.js';
+import { WireStatus } from './peer.js';
+import { idPattern } from './placement.js';
+
+export const SdsOp = {
+  Read: 16,
+  Write: 17,
+  Trim: 18,
+  Flush: 19,
+  Allocation: 20,
+  SetMap: 21,
+  Stats: 22,
+  Reserve: 23,
+  Rebuild: 24,
+  Put: 25,
+  ListGroup: 26,
+} as const;
+
+export const IoFlag = {
+  /** Durable before the reply (NBD FUA): the write is synced on both copies. */
+  Fua: 1 << 0,
+  /** Sent by a primary to its secondary: apply here, do not forward. */
+  Replica: 1 << 1,
+} as const;
+const ioFlagsKnown = IoFlag.Fua | IoFlag.Replica;
+
+/** Statuses an SDS adds to the wire's own (peer.ts). */
+export const SdsStatus = {
+  ...WireStatus,
+  /** The device failed (EIO) or the data there cannot be trusted; nothing was returned. */
+  IoError: 5,
+  /** No free chunk slot (or the rest is reserved for thick volumes). */
+  NoSpace: 6,
+  /** Arguments out of range: a bug in the sender, never retried. */
+  InvalidArgument: 7,
+  /** The primary applied the write but its mirror could not; the MDM decides what next. */
+  MirrorFailed: 8,
+} as const;
+
+export const ioArgsBytes = 40;
+export const sectorBytes = 512;
+
+export interface IoArgs {
+  poolId: string;
+  vtreeId: string;
+  pgIndex: number;
+  chunkIndex: number;
+  generation: number;
+  offsetBytes: number;
+  lengthBytes: number;
+  flags: number;
+}
+
+/** Args followed by `data` in one buffer, ready to be a request payload. */
+export function encodeIo(args: IoArgs, data?: Buffer): Buffer {
+  assert(idPattern.test(args.poolId) && idPattern.test(args.vtreeId), 'pool and vtree ids are 16 hex digits');
+  const payload = Buffer.allocUnsafe(ioArgsBytes + (data?.length ?? 0));
+  payload.write(args.poolId, 0, 8, 'hex');
+  payload.write(args.vtreeId, 8, 8, 'hex');
+  payload.writeUInt32BE(args.pgIndex, 16);
+  payload.writeUInt32BE(args.chunkIndex, 20);
+  payload.writeUInt32BE(args.generation, 24);
+  payload.writeUInt32BE(args.offsetBytes, 28);
+  payload.writeUInt32BE(args.lengthBytes, 32);
+  payload.writeUInt32BE(args.flags, 36);
+  data?.copy(payload, ioArgsBytes);
+  return payload;
+}
+
+/** Decodes and checks the shape of IO args (ranges against the chunk are the SDS's job). */
+export function decodeIo(payload: Buffer): { args: IoArgs; data: Buffer } {
+  if (payload.length < ioArgsBytes) throw new InvalidArgumentError('io', `arguments are ${payload.length} bytes, expected ${ioArgsBytes}`);
+  const args: IoArgs = {
+    poolId: payload.toString('hex', 0, 8),
+    vtreeId: payload.toString('hex', 8, 16),
+    pgIndex: payload.readUInt32BE(16),
+    chunkIndex: payload.readUInt32BE(20),
+    generation: payload.readUInt32BE(24),
+    offsetBytes: payload.readUInt32BE(28),
+    lengthBytes: payload.readUInt32BE(32),
+    flags: payload.readUInt32BE(36),
+  };
+  if ((args.flags & ~ioFlagsKnown) !== 0) throw new InvalidArgumentError('io.flags', `unknown flags 0x${args.flags.toString(16)}`);
+  if (args.offsetBytes % sectorBytes !== 0 || args.lengthBytes % sectorBytes !== 0) {
+    throw new InvalidArgumentError('io', `offset ${args.offsetBytes} and length ${args.lengthBytes} must be multiples of ${sectorBytes}`);
+  }
+  return { args, data: payload.subarray(ioArgsBytes) };
+}
+
+export interface AllocationArgs {
+  poolId: string;
+  vtreeId: string;
+  chunkIndexFirst: number;
+  chunkCount: number;
+}
+
+export function encodeAllocation(args: AllocationArgs): Buffer {
+  const payload = Buffer.alloc(24);
+  payload.write(args.poolId, 0, 8, 'hex');
+  payload.write(args.vtreeId, 8, 8, 'hex');
+  payload.writeUInt32BE(args.chunkIndexFirst, 16);
+  payload.writeUInt32BE(args.chunkCount, 20);
+  return payload;
+}
+
+export const allocationChunkCountMax = 1 << 20;
+
+export function decodeAllocation(payload: Buffer): AllocationArgs {
+  if (payload.length !== 24) throw new InvalidArgumentError('allocation', `arguments are ${payload.length} bytes, expected 24`);
+  const chunkCount = payload.readUInt32BE(20);
+  if (chunkCount > allocationChunkCountMax) throw new InvalidArgumentError('allocation.chunkCount', `at most ${allocationChunkCountMax}`);
+  return { poolId: payload.toString('hex', 0, 8), vtreeId: payload.toString('hex', 8, 16), chunkIndexFirst: payload.readUInt32BE(16), chunkCount };
+}
+
+export interface ReserveArgs {
+  vtreeId: string;
+  /** Chunk slots held for this volume tree's first writes; 0 releases the reservation. */
+  chunkCount: number;
+}
+
+export function encodeReserve(args: ReserveArgs): Buffer {
+  const payload = Buffer.alloc(16);
+  payload.write(args.vtreeId, 0, 8, 'hex');
+  payload.writeBigUInt64BE(BigInt(args.chunkCount), 8);
+  return payload;
+}
+
+export function decodeReserve(payload: Buffer): ReserveArgs {
+  if (payload.length !== 16) throw new InvalidArgumentError('reserve', `arguments are ${payload.length} bytes, expected 16`);
+  const chunkCount = payload.readBigUInt64BE(8);
+  if (chunkCount > BigInt(Number.MAX_SAFE_INTEGER)) throw new InvalidArgumentError('reserve.chunkCount', 'beyond 2^53');
+  return { vtreeId: payload.toString('hex', 0, 8), chunkCount: Number(chunkCount) };
+}
+
+/** Copy every chunk of one placement group from this SDS (its primary) to `targetSdsId`. */
+export interface RebuildArgs {
+  poolId: string;
+  pgIndex: number;
+  targetSdsId: string;
+  /** Throttle: bytes per second (0 = unlimited) and chunks in flight. */
+  bytesPerSecondMax: number;
+  chunksInflightMax: number;
+}
+
+export interface DeviceStats {
+  deviceId: string;
+  path: string;
+  state: 'normal' | 'failed';
+  error: string | null;
+  totalBytes: number;
+  usedBytes: number;
+  freeBytes: number;
+  reads: number;
+  writes: number;
+  readBytes: number;
+  writeBytes: number;
+  readIops: number;
+  writeIops: number;
+  readBytesPerSecond: number;
+  writeBytesPerSecond: number;
+}
+
+export interface RebuildProgress {
+  poolId: string;
+  pgIndex: number;
+  targetSdsId: string;
+  state: 'running' | 'done' | 'failed';
+  chunksDone: number;
+  chunksTotal: number;
+  bytesDone: number;
+  error: string | null;
+}
+
+export interface SdsStats {
+  sdsId: string;
+  name: string;
+  epoch: number;
+  chunkBytes: number;
+  devices: DeviceStats[];
+  reservedBytes: number;
+  rebuilds: RebuildProgress[];
+}
+
+export interface ListGroupArgs {
+  poolId: string;
+  pgIndex: number;
+}
+
+export function encodeListGroup(args: ListGroupArgs): Buffer {
+  const payload = Buffer.alloc(12);
+  payload.write(args.poolId, 0, 8, 'hex');
+  payload.writeUInt32BE(args.pgIndex, 8);
+  return payload;
+}
+
+export function decodeListGroup(payload: Buffer): ListGroupArgs {
+  if (payload.length !== 12) throw new InvalidArgumentError('listGroup', `arguments are ${payload.length} bytes, expected 12`);
+  return { poolId: payload.toString('hex', 0, 8), pgIndex: payload.readUInt32BE(8) };
+}
+
+export interface ListedChunk {
+  vtreeId: string;
+  chunkIndex: number;
+  generation: number;
+}
+
+export const listedChunkBytes = 16;
+
+export function encodeListedChunks(chunks: readonly ListedChunk[]): Buffer {
+  const payload = Buffer.alloc(chunks.length * listedChunkBytes);
+  chunks.forEach((chunk, index) => {
+    const at = index * listedChunkBytes;
+    payload.write(chunk.vtreeId, at, 8, 'hex');
+    payload.writeUInt32BE(chunk.chunkIndex, at + 8);
+    payload.writeUInt32BE(chunk.generation, at + 12);
+  });
+  return payload;
+}
+
+export function decodeListedChunks(payload: Buffer): ListedChunk[] {
+  if (payload.length % listedChunkBytes !== 0) throw new InvalidArgumentError('listGroup', 'reply is not a whole number of entries');
+  const chunks: ListedChunk[] = [];
+  for (let at = 0; at < payload.length; at += listedChunkBytes) {
+    chunks.push({ vtreeId: payload.toString('hex', at, at + 8), chunkIndex: payload.readUInt32BE(at + 8), generation: payload.readUInt32BE(at + 12) });
+  }
+  return chunks;
+}
+
+/** A StaleEpoch reply's payload: the epoch of the SDS that refused. */
+export function encodeEpoch(epoch: number): Buffer {
+  const payload = Buffer.alloc(8);
+  payload.writeBigUInt64BE(BigInt(epoch));
+  return payload;
+}
+
+export function decodeEpoch(payload: Buffer): number {
+  return payload.length === 8 ? Number(payload.readBigUInt64BE(0)) : 0;
+}
