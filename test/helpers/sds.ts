@@ -50,18 +50,25 @@ export async function startSds(
 
 const quietLog = pino({ level: 'silent' });
 
-/** An authenticated wire connection to `address`, closed in teardown. */
-export async function connectWire(
-  t: TeardownHost,
-  address: string,
-  options: { role?: PeerRole; secret?: string; clusterId?: string } = {},
-): Promise<WirePeer> {
+/** A plain TCP connection to `address` (HOST:PORT), destroyed in teardown. */
+export async function connectSocket(t: TeardownHost, address: string): Promise<net.Socket> {
   const [host, port] = address.split(/:(?=\d+$)/) as [string, string];
   const socket = net.connect({ host, port: Number(port) });
+  t.teardown(() => socket.destroy());
   await new Promise<void>((resolve, reject) => {
     socket.once('connect', resolve);
     socket.once('error', reject);
   });
+  return socket;
+}
+
+/** An authenticated wire connection to `address`, closed in teardown. */
+export async function connectWire(
+  t: TeardownHost,
+  address: string,
+  options: { role?: PeerRole; secret?: string; clusterId?: string; socket?: net.Socket } = {},
+): Promise<WirePeer> {
+  const socket = options.socket ?? (await connectSocket(t, address));
   const peer = await WirePeer.connect(socket, {
     clusterId: options.clusterId ?? testClusterId,
     secret: Buffer.from(options.secret ?? testSecret),
