@@ -5,7 +5,7 @@ import t from 'tap';
 import { runMeshblock } from '../helpers/processes.js';
 
 t.test('--help on every command', async (t) => {
-  for (const args of [['--help'], ['nbd', '--help'], ['nbd', 'serve', '--help']]) {
+  for (const args of [['--help'], ['nbd', '--help'], ['nbd', 'serve', '--help'], ['sds', '--help'], ['sds', 'start', '--help']]) {
     const result = await runMeshblock(args);
     t.equal(result.code, 0, `${args.join(' ')} exits 0`);
     t.match(result.stdout, /meshblock/, `${args.join(' ')} prints usage`);
@@ -14,6 +14,10 @@ t.test('--help on every command', async (t) => {
   for (const flag of ['--file', '--name', '--listen', '--socket', '--read-only', '--tls-cert']) {
     t.match(serveHelp.stdout, flag, `nbd serve --help mentions ${flag}`);
   }
+  const sdsHelp = await runMeshblock(['sds', 'start', '--help']);
+  for (const flag of ['--name', '--device', '--listen', '--data-dir', '--mdm', '--cluster-id', '--secret-file', '--chunk-size', '--force']) {
+    t.match(sdsHelp.stdout, flag, `sds start --help mentions ${flag}`);
+  }
 });
 
 t.test('bad usage: one line, exit 2', async (t) => {
@@ -21,6 +25,9 @@ t.test('bad usage: one line, exit 2', async (t) => {
     [[], /name a command/],
     [['bogus'], /Unknown argument|bogus/],
     [['nbd'], /nbd: name a subcommand/],
+    [['sds'], /sds: name a subcommand/],
+    [['sds', 'start', '--name', 'a'], /Missing required argument: device/],
+    [['sds', 'start', '--name', 'a', '--device', 'x', '--cluster-id', 'XYZ'], /--cluster-id: must be 16 lowercase hex digits/],
     [['nbd', 'serve'], /Missing required argument: file/],
     [['nbd', 'serve', '--file', 'x', '--bogus'], /Unknown argument/],
     [['nbd', 'serve', '--file', 'x', '--listen', 'nonsense'], /--listen: expected HOST:PORT/],

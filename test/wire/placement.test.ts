@@ -1,0 +1,62 @@
+// Proves the placement map contract shared by MDM, SDC and SDS: maps are validated at the
+// edge with the wrong field named, and placementGroupOf spreads a volume's consecutive
+// chunks evenly over the groups (the parallelism the design promises), identically in
+// every process (pinned values).
+
+import t from 'tap';
+import { parsePlacementMap, placementGroupOf, type PlacementMap } from '../../src/wire/placement.js';
+
+const a = 'aaaaaaaaaaaaaaaa';
+const b = 'bbbbbbbbbbbbbbbb';
+const pool = '000000000000000f';
+
+function good(): PlacementMap {
+  return {
+    epoch: 3,
+    sds: { [a]: { address: '127.0.0.1:7072' }, [b]: { address: '[::1]:7073' } },
+    pools: { [pool]: { chunkBytes: 1048576, groups: [{ primary: a, secondary: b }, { primary: b, secondary: null, primaryDevice: '0123456789abcdef' }] } },
+  };
+}
+
+t.test('a good map parses to itself', async (t) => {
+  t.same(parsePlacementMap(JSON.parse(JSON.stringify(good()))), good());
+});
+
+t.test('bad maps name the field', async (t) => {
+  const cases: Array<[string, (map: Record<string, any>) => void, RegExp]> = [
+    ['epoch zero', (map) => (map['epoch'] = 0), /map\.epoch/],
+    ['epoch a string', (map) => (map['epoch'] = '3'), /map\.epoch/],
+    ['an SDS id that is not hex', (map) => (map['sds'] = { xyz: { address: '1.2.3.4:5' } }), /map\.sds\.xyz/],
+    ['an address without a port', (map) => (map['sds'][a].address = 'localhost'), /address/],
+    ['chunkBytes not a power of two', (map) => (map['pools'][pool].chunkBytes = 3 * 1048576), /chunkBytes/],
+    ['no groups', (map) => (map['pools'][pool].groups = []), /groups/],
+    ['a primary not in map.sds', (map) => (map['pools'][pool].groups[0].primary = 'cccccccccccccccc'), /groups\[0\]\.primary/],
+    ['both copies on one SDS', (map) => (map['pools'][pool].groups[0].secondary = a), /different SDSs/],
+    ['a device id that is not hex', (map) => (map['pools'][pool].groups[1].primaryDevice = 'nope'), /groups\[1\]\.primaryDevice/],
+    ['pools an array', (map) => (map['pools'] = []), /map\.pools/],
+  ];
+  for (const [what, spoil, field] of cases) {
+    const map = JSON.parse(JSON.stringify(good())) as Record<string, any>;
+    spoil(map);
+    t.throws(() => parsePlacementMap(map), { code: 'MB_ERR_INVALID_ARGUMENT', message: field }, what);
+  }
+});
+
+t.test('placementGroupOf: pinned, in range, and even', async (t) => {
+  // Pinned: every process (and every version) must agree, or data is looked for elsewhere.
+  t.same([0, 1, 2, 3].map((chunk) => placementGroupOf('0123456789abcdef', chunk, 4096)), [1214, 1945, 837, 3426]);
+  const pgCount = 256;
+  const counts = new Array<number>(pgCount).fill(0);
+  const chunkCount = 256 * 400;
+  for (let chunk = 0; chunk < chunkCount; chunk++) {
+    const group = placementGroupOf('00000000deadbeef', chunk, pgCount);
+    if (Number.isInteger(group) && group >= 0 && group < pgCount) counts[group] = (counts[group] as number) + 1;
+  }
+  t.equal(counts.reduce((sum, count) => sum + count, 0), chunkCount, 'every group index is in range');
+  const min = Math.min(...counts);
+  const max = Math.max(...counts);
+  t.comment(`400 chunks per group expected: min ${min}, max ${max}`);
+  t.ok(min > 300 && max < 500, 'no group gets far more or fewer chunks than its share');
+  const firstGroups = new Set(Array.from({ length: 64 }, (_, chunk) => placementGroupOf('00000000deadbeef', chunk, pgCount)));
+  t.ok(firstGroups.size > 50, `64 consecutive chunks land on ${firstGroups.size} different groups`);
+});
