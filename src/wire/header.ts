@@ -1,3 +1,4 @@
+// The whole protocol (setup, ops, statuses, semantics) is described in docs/wire-protocol.md.
 // The frame header of meshblock's wire protocol, spoken between SDC, SDS and MDM. Every
 // message is one 64-byte header followed by `payloadBytes` of payload. All integers are
 // big-endian.
