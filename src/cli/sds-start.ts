@@ -1,6 +1,7 @@
-// meshblock sds start: one SDS process over its devices. Until the MDM exists the
-// placement map is given over the wire (SdsOp.SetMap) by whoever holds the cluster secret
-// with role 'mdm' or 'test', and kept in the data directory across restarts.
+// meshblock sds start: one SDS process over its devices. With --mdm it registers with the
+// MDM, which sends it placement maps and more devices; without, the placement map is
+// given over the wire (SdsOp.SetMap) by whoever holds the cluster secret with role 'mdm'
+// or 'test'. Either way the map is kept in the data directory across restarts.
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -11,6 +12,7 @@ import { formatHostPort, parseHostPort } from '../common/address.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import { parseSizeBytes } from '../common/units.js';
 import { ChunkStore } from '../sds/chunk-store.js';
+import { MdmLink } from '../sds/mdm-link.js';
 import { SdsService } from '../sds/service.js';
 import { loadState, saveState, type SdsState } from '../sds/state.js';
 import { idPattern } from '../wire/placement.js';
@@ -19,7 +21,7 @@ import { runUntilSignal } from './signals.js';
 
 export interface SdsStartArgs {
   name: string;
-  device: string[];
+  device: string[] | undefined;
   listen: string;
   'data-dir': string | undefined;
   mdm: string | undefined;
@@ -39,10 +41,10 @@ const secretBytesMin = 16;
 export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
   return yargs
     .option('name', { type: 'string', demandOption: true, describe: `SDS name (up to ${nameBytesMax} characters)`, requiresArg: true })
-    .option('device', { type: 'string', array: true, demandOption: true, describe: 'block device or file: PATH[,PATH...] (repeatable)', requiresArg: true })
+    .option('device', { type: 'string', array: true, describe: 'block device or file: PATH[,PATH...] (repeatable; optional with --mdm, which can add devices)', requiresArg: true })
     .option('listen', { type: 'string', default: `127.0.0.1:${defaultSdsPort}`, describe: 'HOST:PORT for SDC, SDS and MDM connections', requiresArg: true })
     .option('data-dir', { type: 'string', describe: 'identity, placement map and rebuild state [default: /var/lib/meshblock/sds-NAME]', requiresArg: true })
-    .option('mdm', { type: 'string', describe: 'MDM address to register with (not yet available: see below)', requiresArg: true })
+    .option('mdm', { type: 'string', describe: 'MDM HOST:PORT to register with (it sends maps and devices)', requiresArg: true })
     .option('cluster-id', { type: 'string', describe: 'cluster id (16 hex digits); needed at first start, remembered after', requiresArg: true })
     .option('secret-file', { type: 'string', describe: 'file holding the cluster secret [default: DATA-DIR/cluster.secret]', requiresArg: true })
     .option('chunk-size', { type: 'string', default: '1MiB', describe: 'chunk size of the pool this SDS serves (a power of two, 64KiB..64MiB)' })
@@ -59,10 +61,8 @@ export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
         throw new InvalidArgumentError('--chunk-size', 'must be a power of two from 64KiB to 64MiB');
       }
       if (argv['cluster-id'] !== undefined && !idPattern.test(argv['cluster-id'])) throw new InvalidArgumentError('--cluster-id', 'must be 16 lowercase hex digits');
-      if (argv.mdm !== undefined) {
-        throw new InvalidArgumentError('--mdm', 'registration with an MDM is not available yet; give the placement map over the wire (SdsOp.SetMap)');
-      }
-      if (devicePaths(argv.device).length === 0) throw new InvalidArgumentError('--device', 'name at least one device');
+      if (argv.mdm !== undefined) parseHostPort('--mdm', argv.mdm);
+      else if (devicePaths(argv.device ?? []).length === 0) throw new InvalidArgumentError('--device', 'name at least one device (or register with an MDM: --mdm)');
       return true;
     }) as unknown as Argv<SdsStartArgs>;
 }
@@ -88,14 +88,14 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const secret = readSecret(args['secret-file'] ?? path.join(dataDir, 'cluster.secret'));
   const chunkBytes = parseSizeBytes('--chunk-size', args['chunk-size']);
-  const devices = [...new Set(devicePaths(args.device).map((device) => path.resolve(device)))];
-
-  let state = loadState(dataDir);
-  if (state === null) {
+  const loaded = loadState(dataDir);
+  let state: SdsState;
+  if (loaded === null) {
     const clusterId = args['cluster-id'];
     if (clusterId === undefined) throw new InvalidArgumentError('--cluster-id', `needed at the first start (no state in ${dataDir})`);
-    state = { clusterId, sdsId: randomBytes(8).toString('hex'), name: args.name, chunkBytes, map: null, reservations: {}, rebuildCursors: {} } satisfies SdsState;
+    state = { clusterId, sdsId: randomBytes(8).toString('hex'), name: args.name, chunkBytes, map: null, reservations: {}, rebuildCursors: {}, devicePaths: [] };
   } else {
+    state = loaded;
     if (args['cluster-id'] !== undefined && args['cluster-id'] !== state.clusterId) {
       throw new InvalidArgumentError('--cluster-id', `${dataDir} belongs to cluster ${state.clusterId}, not ${args['cluster-id']}`);
     }
@@ -103,6 +103,8 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
     if (state.chunkBytes !== chunkBytes) throw new InvalidArgumentError('--chunk-size', `this SDS was created with ${state.chunkBytes}-byte chunks`);
   }
   const identity = { clusterId: state.clusterId, sdsId: state.sdsId, name: state.name };
+  // Devices named here and devices the MDM added earlier.
+  const devices = [...new Set([...devicePaths(args.device ?? []).map((device) => path.resolve(device)), ...state.devicePaths])];
 
   const store = await ChunkStore.open(devices, {
     owner: { clusterId: identity.clusterId, sdsId: identity.sdsId, sdsName: identity.name },
@@ -122,15 +124,24 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
     await store.close();
     throw err;
   }
-  log.info({ sdsId: identity.sdsId, address, devices, epoch: service.epoch }, 'sds ready');
+  let link: MdmLink | null = null;
+  if (args.mdm !== undefined) {
+    link = new MdmLink({ mdmAddress: args.mdm, identity, secret, service, address, log: log.child({ component: 'mdm-link' }) });
+    link.start();
+  }
+  log.info({ sdsId: identity.sdsId, address, devices, epoch: service.epoch, mdm: args.mdm }, 'sds ready');
   process.stdout.write(`sds ${identity.name} (${identity.sdsId}) of cluster ${identity.clusterId} listening on ${address} with ${devices.length} device(s)\n`);
 
   await runUntilSignal(
     log,
     async () => {
+      link?.close();
       await service.close();
       await store.close();
     },
-    () => service.destroy(),
+    () => {
+      link?.close();
+      service.destroy();
+    },
   );
 }

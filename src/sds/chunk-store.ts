@@ -155,6 +155,7 @@ export class ChunkStore {
     readonly chunkBytes: number,
     private readonly log: Logger,
     reservations: Map<string, number>,
+    private readonly options: ChunkStoreOptions,
   ) {
     this.reservations = reservations;
     this.rateTimer = setInterval(() => {
@@ -164,24 +165,37 @@ export class ChunkStore {
 
   /** Opens (formatting blank ones) every device and reads the slot tables into the index. */
   static async open(paths: string[], options: ChunkStoreOptions): Promise<ChunkStore> {
-    const devices: StoreDevice[] = [];
+    const store = new ChunkStore([], options.chunkBytes, options.log, options.reservations ?? new Map(), options);
     try {
-      for (const path of paths) {
-        const opened = await openDevice(path, options.owner, { force: options.force, chunkBytes: options.chunkBytes });
-        devices.push(new StoreDevice(opened));
-      }
-    } catch (err) {
-      for (const device of devices) fs.closeSync(device.opened.fd);
-      throw err;
-    }
-    const store = new ChunkStore(devices, options.chunkBytes, options.log, options.reservations ?? new Map());
-    try {
-      for (const device of devices) await store.loadSlotTable(device);
+      for (const path of paths) await store.addDevice(path, { force: options.force });
     } catch (err) {
       await store.close();
       throw err;
     }
     return store;
+  }
+
+  /**
+   * Opens one more device (formatting a blank one; refusing one that holds anything unless
+   * forced) and adds its chunks to the index. A device already open is returned as it is.
+   */
+  async addDevice(path: string, options: { force: boolean }): Promise<StoreDevice> {
+    const existing = this.devices.find((device) => device.path === path);
+    if (existing !== undefined) return existing;
+    const opened = await openDevice(path, this.options.owner, { force: options.force, chunkBytes: this.chunkBytes });
+    if (this.devices.some((device) => device.deviceId === opened.superblock.deviceId)) {
+      fs.closeSync(opened.fd);
+      throw new StoreError('MB_ERR_DEVICE_DUPLICATE', `${path} is device ${opened.superblock.deviceId}, which is already open under another path`);
+    }
+    const device = new StoreDevice(opened);
+    try {
+      await this.loadSlotTable(device);
+    } catch (err) {
+      fs.closeSync(opened.fd);
+      throw err;
+    }
+    this.devices.push(device);
+    return device;
   }
 
   private async loadSlotTable(device: StoreDevice): Promise<void> {

@@ -14,7 +14,8 @@ import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { parseHostPort } from '../common/address.js';
-import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import type { AddDeviceOrder, DeviceRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
 import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
 import { idPattern, parsePlacementMap, placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
 import {
@@ -61,7 +62,7 @@ export interface SdsServiceOptions {
   payloadChecksums: boolean;
 }
 
-interface Served {
+export interface Served {
   role: PeerRole;
   name: string;
 }
@@ -126,7 +127,7 @@ export class SdsService {
       name: this.options.identity.name,
       log: this.options.log,
       payloadChecksums: this.options.payloadChecksums,
-      onRequest: (request) => this.track(this.onRequest(served, request)),
+      onRequest: (request) => this.handle(served, request),
     }).then(
       (peer) => {
         assert(peer.remote !== null, 'an accepted peer has proven who it is');
@@ -138,6 +139,11 @@ export class SdsService {
       },
       (err: unknown) => this.options.log.warn({ err, address: socket.remoteAddress }, 'wire peer refused'),
     );
+  }
+
+  /** Serves one request from a peer of `from`'s role (also used by the MDM link). */
+  handle(from: Served, request: WireRequest): Promise<WireReply> {
+    return this.track(this.onRequest(from, request));
   }
 
   private track<T>(work: Promise<T>): Promise<T> {
@@ -173,6 +179,8 @@ export class SdsService {
           return this.onReserve(from, request);
         case SdsOp.Rebuild:
           return this.onRebuild(from, request);
+        case SdsOp.AddDevice:
+          return await this.onAddDevice(from, request);
         default:
           return { status: SdsStatus.UnknownOp, payload: Buffer.from(`op ${request.op} is not an SDS operation`) };
       }
@@ -380,6 +388,32 @@ export class SdsService {
     this.options.state.reservations = this.options.store.reservationsSnapshot();
     this.persist();
     return { status: SdsStatus.Ok };
+  }
+
+  private async onAddDevice(from: Served, request: WireRequest): Promise<WireReply> {
+    this.requireRole(from, ['mdm', 'test'], 'a device order');
+    const order = parseAddDeviceOrder(request.payload);
+    let device;
+    try {
+      device = await this.options.store.addDevice(order.path, { force: order.force });
+    } catch (err) {
+      if (!(err instanceof MeshblockError) || err instanceof AssertionError) throw err;
+      this.options.log.warn({ err, path: order.path }, 'device refused');
+      const refusal: DeviceRefusal = { code: err.code, message: err.message };
+      return { status: SdsStatus.DeviceRefused, payload: Buffer.from(JSON.stringify(refusal)) };
+    }
+    if (!this.options.state.devicePaths.includes(device.path)) {
+      this.options.state.devicePaths.push(device.path);
+      this.persist();
+    }
+    this.options.log.info({ deviceId: device.deviceId, path: device.path, slots: device.slotCount }, 'device added');
+    const registered: RegisteredDevice = { deviceId: device.deviceId, path: device.path, capacityBytes: device.slotCount * this.options.store.chunkBytes };
+    return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(registered)) };
+  }
+
+  /** The devices this SDS serves, as it registers them with the MDM. */
+  registeredDevices(): RegisteredDevice[] {
+    return this.options.store.devices.map((device) => ({ deviceId: device.deviceId, path: device.path, capacityBytes: device.slotCount * this.options.store.chunkBytes }));
   }
 
   private persist(): void {
@@ -630,4 +664,18 @@ function parseRebuildArgs(payload: Buffer): RebuildArgs {
     if (!Number.isSafeInteger(args[field]) || (args[field] as number) < 0) throw new InvalidArgumentError(`rebuild.${field}`, 'must be a non-negative integer');
   }
   return args as RebuildArgs;
+}
+
+function parseAddDeviceOrder(payload: Buffer): AddDeviceOrder {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw new InvalidArgumentError('addDevice', 'is not JSON');
+  }
+  const order = value as Partial<AddDeviceOrder> | null;
+  if (order === null || typeof order !== 'object') throw new InvalidArgumentError('addDevice', 'must be an object');
+  if (typeof order.path !== 'string' || !order.path.startsWith('/')) throw new InvalidArgumentError('addDevice.path', 'must be an absolute path');
+  if (typeof order.force !== 'boolean') throw new InvalidArgumentError('addDevice.force', 'must be true or false');
+  return { path: order.path, force: order.force };
 }

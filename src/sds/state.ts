@@ -18,6 +18,8 @@ export interface SdsState {
   reservations: Record<string, number>;
   /** Rebuild cursors by `${poolId}/${pgIndex}/${targetSdsId}`: the last chunk copied. */
   rebuildCursors: Record<string, string>;
+  /** Devices added by the MDM at run time, opened again at every start. */
+  devicePaths: string[];
 }
 
 export class StateError extends MeshblockError {}
@@ -35,7 +37,7 @@ export function loadState(dataDir: string): SdsState | null {
   }
   try {
     const parsed = JSON.parse(text) as SdsState;
-    return { ...parsed, map: parsed.map === null ? null : parsePlacementMap(parsed.map), rebuildCursors: parsed.rebuildCursors ?? {} };
+    return { ...parsed, map: parsed.map === null ? null : parsePlacementMap(parsed.map), rebuildCursors: parsed.rebuildCursors ?? {}, devicePaths: parsed.devicePaths ?? [] };
   } catch (err) {
     throw new StateError('MB_ERR_STATE_DAMAGED', `${file} is damaged: ${(err as Error).message}`, { cause: err });
   }

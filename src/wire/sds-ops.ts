@@ -30,6 +30,8 @@
 //   Put         25   args | whole chunk         empty; a rebuilt chunk replaces what was there
 //   ListGroup   26   ListGroupArgs (12 bytes)   16 bytes per chunk held: vtreeId (8),
 //                                               chunkIndex (4), generation (4)
+//   AddDevice   27   AddDeviceOrder JSON        RegisteredDevice JSON (mdm-ops.ts); a device
+//                                               that holds anything: DeviceRefused
 //
 // Errors: StaleEpoch replies carry the SDS's epoch as 8 bytes; other failures a UTF-8 message.
 
@@ -50,6 +52,7 @@ export const SdsOp = {
   Rebuild: 24,
   Put: 25,
   ListGroup: 26,
+  AddDevice: 27,
 } as const;
 
 export const IoFlag = {
@@ -71,6 +74,8 @@ export const SdsStatus = {
   InvalidArgument: 7,
   /** The primary applied the write but its mirror could not; the MDM decides what next. */
   MirrorFailed: 8,
+  /** The SDS will not take a device; the payload is DeviceRefusal JSON (mdm-ops.ts). */
+  DeviceRefused: 9,
 } as const;
 
 export const ioArgsBytes = 40;

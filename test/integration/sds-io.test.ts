@@ -12,6 +12,7 @@ import t from 'tap';
 import { SdsOp, SdsStatus, encodeIo, encodeReserve, type IoArgs } from '../../src/wire/sds-ops.js';
 import { placementGroupOf } from '../../src/wire/placement.js';
 import { loopDevice, sparseFile } from '../helpers/files.js';
+import { run } from '../helpers/processes.js';
 import { MiB, SdsReplyError, TestVolumeClient, connectWire, getStats, makeMap, setMap, startSds, testPoolId, type SdsHandle } from '../helpers/sds.js';
 
 const vtreeId = '1111222233334444';
@@ -170,6 +171,39 @@ t.test('two SDSs mirror every write; a lost secondary fails the write', async (t
   t.match(a.stderr(), /mirror|wire/i, 'and the primary logged why');
 });
 
+t.test('devices added at run time (the MDM\'s AddDevice order) are refused when formatted, kept across restarts', async (t) => {
+  const dir = t.testdir();
+  const sds = await startSds(t, { dir, name: 'sds-add', devices: [sparseFile(dir, 'first.img', 64 * MiB)] });
+  const peer = await connectWire(t, sds.address);
+  const formatted = sparseFile(dir, 'ext4.img', 64 * MiB);
+  t.equal((await run('mkfs.ext4', ['-q', '-F', formatted])).code, 0, 'mkfs.ext4 made a filesystem');
+  const order = (path: string, force: boolean): Buffer => Buffer.from(JSON.stringify({ path, force }));
+  const refused = await peer.request(SdsOp.AddDevice, order(formatted, false));
+  t.equal(refused.status, SdsStatus.DeviceRefused, 'a device holding ext4 is refused');
+  const refusal = JSON.parse(refused.payload.toString()) as { code: string; message: string };
+  t.equal(refusal.code, 'MB_ERR_DEVICE_FORMATTED', 'with the stable code');
+  t.match(refusal.message, /an ext4 filesystem.*previous formatting must be removed first/, 'and what was found');
+  const missing = await peer.request(SdsOp.AddDevice, order(`${dir}/nope.img`, false));
+  t.equal(missing.status, SdsStatus.DeviceRefused, 'a missing device is refused too');
+  t.match(JSON.parse(missing.payload.toString()).message, /no such file/);
+  const bad = await peer.request(SdsOp.AddDevice, Buffer.from('{"path": "relative.img", "force": false}'));
+  t.equal(bad.status, SdsStatus.InvalidArgument, 'a relative path is a bad argument');
+  const fromSdc = await (await connectWire(t, sds.address, { role: 'sdc' })).request(SdsOp.AddDevice, order(formatted, true));
+  t.equal(fromSdc.status, SdsStatus.InvalidArgument, 'an SDC may not add devices');
+
+  const added = await peer.request(SdsOp.AddDevice, order(formatted, true));
+  t.equal(added.status, SdsStatus.Ok, 'forced, it is taken');
+  const device = JSON.parse(added.payload.toString()) as { deviceId: string; path: string; capacityBytes: number };
+  t.equal(device.capacityBytes, 63 * MiB, 'and reported with its capacity');
+  t.equal((await peer.request(SdsOp.AddDevice, order(formatted, false))).status, SdsStatus.Ok, 'adding it again is a no-op (it is ours now)');
+  t.equal((await getStats(peer)).devices.length, 2);
+
+  t.equal(await sds.stop(), 0);
+  const again = await startSds(t, { dir, name: 'sds-add', devices: [`${dir}/first.img`] });
+  const stats = await getStats(await connectWire(t, again.address));
+  t.same(stats.devices.map((entry) => entry.deviceId).sort(), [stats.devices.find((entry) => entry.path.endsWith('first.img'))?.deviceId, device.deviceId].sort(), 'the added device is opened again at restart');
+});
+
 t.test('usage errors give one line and exit 2', async (t) => {
   const { runMeshblock } = await import('../helpers/processes.js');
   const dir = t.testdir();
@@ -177,7 +211,8 @@ t.test('usage errors give one line and exit 2', async (t) => {
     [['sds', 'start', '--device', 'x'], /name/],
     [['sds', 'start', '--name', 'bad name!', '--device', 'x'], /--name/],
     [['sds', 'start', '--name', 'a', '--device', 'x', '--chunk-size', '3MiB'], /--chunk-size/],
-    [['sds', 'start', '--name', 'a', '--device', 'x', '--mdm', '127.0.0.1:1'], /--mdm: registration with an MDM is not available yet/],
+    [['sds', 'start', '--name', 'a', '--device', 'x', '--mdm', 'nowhere'], /--mdm: expected HOST:PORT/],
+    [['sds', 'start', '--name', 'a'], /--device: name at least one device \(or register with an MDM: --mdm\)/],
     [['sds', 'start', '--name', 'a', '--device', 'x', '--listen', 'nope'], /--listen/],
   ];
   for (const [args, message] of cases) {
