@@ -17,6 +17,7 @@ import { SdsService } from '../sds/service.js';
 import { loadState, saveState, type SdsState } from '../sds/state.js';
 import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';
+import { lockDataDir } from './pid-lock.js';
 import { runUntilSignal } from './signals.js';
 
 export interface SdsStartArgs {
@@ -86,6 +87,7 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   const log = createRootLogger(args['log-level'], 'sds');
   const dataDir = path.resolve(args['data-dir'] ?? `/var/lib/meshblock/sds-${args.name}`);
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  lockDataDir(dataDir, 'sds');
   const secret = readSecret(args['secret-file'] ?? path.join(dataDir, 'cluster.secret'));
   const chunkBytes = parseSizeBytes('--chunk-size', args['chunk-size']);
   const loaded = loadState(dataDir);

@@ -12,7 +12,7 @@ import t from 'tap';
 import { SdsOp, SdsStatus, encodeIo, encodeReserve, type IoArgs } from '../../src/wire/sds-ops.js';
 import { placementGroupOf } from '../../src/wire/placement.js';
 import { loopDevice, sparseFile } from '../helpers/files.js';
-import { run } from '../helpers/processes.js';
+import { run, runMeshblock } from '../helpers/processes.js';
 import { MiB, SdsReplyError, TestVolumeClient, connectWire, getStats, makeMap, setMap, startSds, testPoolId, type SdsHandle } from '../helpers/sds.js';
 
 const vtreeId = '1111222233334444';
@@ -97,6 +97,10 @@ t.test('one SDS on a file: write, read, zeros, trim, refusals, restart', async (
   const thick = new TestVolumeClient(map, new Map([[sds.sdsId, peer]]), 'ffff000000000000');
   await thick.write(0, randomBytes(4096));
   t.pass('the thick volume tree still writes into its reservation');
+
+  const duplicate = await runMeshblock(['sds', 'start', '--name', 'sds-a', '--device', device, '--data-dir', sds.dataDir, '--secret-file', `${dir}/cluster.secret`, '--listen', '127.0.0.1:0']);
+  t.equal(duplicate.code, 1, 'a second SDS on the same data directory is refused');
+  t.match(duplicate.stderr, /is in use by process \d+/);
 
   // A restart (SIGTERM) keeps data, map and reservations.
   t.equal(await sds.stop(), 0, 'SIGTERM exits cleanly');
@@ -205,7 +209,6 @@ t.test('devices added at run time (the MDM\'s AddDevice order) are refused when 
 });
 
 t.test('usage errors give one line and exit 2', async (t) => {
-  const { runMeshblock } = await import('../helpers/processes.js');
   const dir = t.testdir();
   const cases: Array<[string[], RegExp]> = [
     [['sds', 'start', '--device', 'x'], /name/],
