@@ -3,6 +3,8 @@
 import yargs from 'yargs';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
 import { nbdServe, nbdServeOptions, type NbdServeArgs } from './nbd-serve.js';
+import { registerManagementCommands, registerSdsManagementCommands } from './manage.js';
+import { mdmStart, mdmStartOptions, type MdmStartArgs } from './mdm-start.js';
 import { sdsStart, sdsStartOptions, type SdsStartArgs } from './sds-start.js';
 
 export class UsageError extends MeshblockError {
@@ -31,16 +33,29 @@ export async function main(argv: string[]): Promise<void> {
         .strict(),
     )
     .command('sds', 'SDS: the data server on this host\'s devices', (sds) =>
-      sds
+      registerSdsManagementCommands(sds)
         .command(
           'start',
           'serve chunk IO from devices (raw block devices or files)',
           (y) => sdsStartOptions(y),
           async (args) => sdsStart(args as unknown as SdsStartArgs),
         )
-        .demandCommand(1, 'sds: name a subcommand (start)')
+        .demandCommand(1, 'sds: name a subcommand (start, add, list, remove, rename)')
         .strict(),
     )
+    .command('mdm', 'MDM: the metadata manager (control plane and REST API)', (mdm) =>
+      mdm
+        .command(
+          'start',
+          'run the MDM over its data directory (creating the cluster at the first start)',
+          (y) => mdmStartOptions(y),
+          async (args) => mdmStart(args as unknown as MdmStartArgs),
+        )
+        .demandCommand(1, 'mdm: name a subcommand (start)')
+        .strict(),
+    );
+  registerManagementCommands(cli);
+  cli
     .demandCommand(1, 'name a command (see meshblock --help)')
     .strict()
     .help()

@@ -117,8 +117,8 @@ export interface RunResult {
 }
 
 /** Runs a program to completion (with a time bound) and collects its output. */
-export async function run(command: string, args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> {
-  const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+export async function run(command: string, args: string[], options: { timeoutMs?: number; input?: string; env?: Record<string, string> } = {}): Promise<RunResult> {
+  const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], ...(options.env !== undefined ? { env: { ...process.env, ...options.env } } : {}) });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
@@ -133,6 +133,6 @@ export async function run(command: string, args: string[], options: { timeoutMs?
 }
 
 /** Runs the meshblock command itself. */
-export function runMeshblock(args: string[], options: { timeoutMs?: number } = {}): Promise<RunResult> {
+export function runMeshblock(args: string[], options: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<RunResult> {
   return run(process.execPath, [meshblockBin, ...args], options);
 }

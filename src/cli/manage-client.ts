@@ -1,0 +1,230 @@
+// The management commands' connection to the MDM's REST API: flags, login, calls, logout.
+// One session per invocation, as scli does: log in with the password, call with the token,
+// log out. node:https with a private agent, so that --ca-cert and --insecure apply to this
+// connection only.
+
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import type { Argv } from 'yargs';
+import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import type { RestErrorBody } from '../mdm/rest-errors.js';
+
+export const apiUrlDefault = 'https://127.0.0.1:8443';
+/** A call gets this long; adding a device waits for the SDS to format it. */
+export const apiRequestTimeoutMs = 120_000;
+/** Replies larger than this are refused (a listing of 100k volumes is ~100 MiB). */
+export const apiReplyBytesMax = 512 * 1024 * 1024;
+
+export interface ConnectionArgs {
+  api: string;
+  username: string;
+  'password-file': string | undefined;
+  'ca-cert': string | undefined;
+  insecure: boolean;
+}
+
+/** The API answered with an error: its message, status and codes. */
+export class ApiError extends MeshblockError {
+  constructor(
+    readonly httpStatus: number,
+    readonly errorCode: number,
+    code: string,
+    message: string,
+  ) {
+    super(code, message);
+  }
+}
+
+/** The API could not be reached, or answered something that is not the API. */
+export class ApiConnectionError extends MeshblockError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('MB_ERR_API_UNREACHABLE', message, options);
+  }
+}
+
+/** Where the commands write; process streams unless a test captures them. */
+export interface ManageIo {
+  stdout: { write(text: string): unknown };
+  stderr: { write(text: string): unknown };
+  env: NodeJS.ProcessEnv;
+}
+
+export const processIo: ManageIo = { stdout: process.stdout, stderr: process.stderr, env: process.env };
+
+export function connectionOptions<T>(yargs: Argv<T>, io: ManageIo): Argv<T & ConnectionArgs> {
+  return yargs
+    .option('api', { type: 'string', default: io.env['MESHBLOCK_API'] ?? apiUrlDefault, describe: 'the MDM REST API (env MESHBLOCK_API)', requiresArg: true, group: 'Connection:' })
+    .option('username', { type: 'string', default: 'admin', describe: 'API user', requiresArg: true, group: 'Connection:' })
+    .option('password-file', { type: 'string', describe: 'file holding the API password (or env MESHBLOCK_PASSWORD)', requiresArg: true, group: 'Connection:' })
+    .option('ca-cert', { type: 'string', describe: "trust this certificate, e.g. the MDM's DATA-DIR/api.crt (env MESHBLOCK_CA_CERT)", requiresArg: true, group: 'Connection:' })
+    .option('insecure', { type: 'boolean', default: false, describe: "do not verify the MDM's certificate", group: 'Connection:' }) as unknown as Argv<T & ConnectionArgs>;
+}
+
+export class ApiClient {
+  private token: string | null = null;
+
+  private constructor(
+    private readonly base: URL,
+    private readonly agent: http.Agent,
+    private readonly username: string,
+  ) {}
+
+  /** Checks the connection flags, logs in and returns a client holding the session. */
+  static async connect(args: ConnectionArgs, io: ManageIo): Promise<ApiClient> {
+    let base: URL;
+    try {
+      base = new URL(args.api);
+    } catch {
+      throw new InvalidArgumentError('--api', `not a URL: '${args.api}' (example: ${apiUrlDefault})`);
+    }
+    if ((base.protocol !== 'https:' && base.protocol !== 'http:') || base.pathname !== '/' || base.search !== '' || base.username !== '') {
+      throw new InvalidArgumentError('--api', `must be https://HOST:PORT or http://HOST:PORT, got '${args.api}'`);
+    }
+    const password = readPassword(args, io);
+    let agent: http.Agent;
+    if (base.protocol === 'https:') {
+      if (args.insecure && args['ca-cert'] !== undefined) throw new InvalidArgumentError('--insecure', 'and --ca-cert contradict each other; give one');
+      // The flags say what this invocation wants; MESHBLOCK_CA_CERT is only the default.
+      const caFile = args['ca-cert'] ?? (args.insecure ? undefined : io.env['MESHBLOCK_CA_CERT'] || undefined);
+      let ca: Buffer | undefined;
+      if (caFile !== undefined) {
+        try {
+          ca = fs.readFileSync(caFile);
+        } catch (err) {
+          throw new InvalidArgumentError('--ca-cert', `cannot read ${caFile}: ${(err as Error).message}`);
+        }
+      }
+      if (args.insecure) io.stderr.write(`meshblock: warning: --insecure: the MDM's certificate is not verified\n`);
+      agent = new https.Agent({ keepAlive: true, maxSockets: 1, rejectUnauthorized: !args.insecure, ...(ca !== undefined ? { ca } : {}) });
+    } else {
+      if (args.insecure || args['ca-cert'] !== undefined) throw new InvalidArgumentError(args.insecure ? '--insecure' : '--ca-cert', `has no meaning for ${args.api} (plain HTTP)`);
+      agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    }
+    const client = new ApiClient(base, agent, args.username);
+    try {
+      const token = await client.request('GET', '/api/login', undefined, basic(args.username, password));
+      if (typeof token !== 'string' || token === '') throw new ApiConnectionError(`${args.api} answered the login without a token: is it a meshblock MDM?`);
+      client.token = token;
+    } catch (err) {
+      agent.destroy();
+      throw err;
+    }
+    return client;
+  }
+
+  get<T>(path: string): Promise<T> {
+    return this.request('GET', path, undefined, this.authorization()) as Promise<T>;
+  }
+
+  post<T>(path: string, body: unknown): Promise<T> {
+    return this.request('POST', path, body, this.authorization()) as Promise<T>;
+  }
+
+  /** Logs out (best effort: the session expires anyway) and closes the connection. */
+  async close(): Promise<void> {
+    try {
+      if (this.token !== null) await this.request('GET', '/api/logout', undefined, this.authorization());
+    } catch {
+      // Logging out is a courtesy; the command's own result stands.
+    } finally {
+      this.token = null;
+      this.agent.destroy();
+    }
+  }
+
+  private authorization(): string {
+    if (this.token === null) throw new ApiConnectionError('not logged in');
+    // ScaleIO's way: the token in place of the password.
+    return basic(this.username, this.token);
+  }
+
+  private request(method: 'GET' | 'POST', path: string, body: unknown, authorization: string): Promise<unknown> {
+    const url = new URL(path, this.base);
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const transport = url.protocol === 'https:' ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = transport.request(
+        url,
+        {
+          method,
+          agent: this.agent,
+          timeout: apiRequestTimeoutMs,
+          headers: {
+            authorization,
+            accept: 'application/json',
+            ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': payload.length } : {}),
+          },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          let receivedBytes = 0;
+          res.on('data', (chunk: Buffer) => {
+            receivedBytes += chunk.length;
+            if (receivedBytes > apiReplyBytesMax) {
+              req.destroy(new ApiConnectionError(`${method} ${path}: reply larger than ${apiReplyBytesMax} bytes`));
+              return;
+            }
+            chunks.push(chunk);
+          });
+          res.on('error', reject);
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            let parsed: unknown;
+            try {
+              parsed = text === '' ? undefined : JSON.parse(text);
+            } catch {
+              reject(new ApiConnectionError(`${method} ${path}: HTTP ${res.statusCode} with a body that is not JSON: is ${this.base.origin} a meshblock MDM?`));
+              return;
+            }
+            const status = res.statusCode ?? 0;
+            if (status >= 200 && status < 300) {
+              resolve(parsed);
+              return;
+            }
+            const error = parsed as Partial<RestErrorBody> | undefined;
+            if (error !== undefined && typeof error.message === 'string') {
+              reject(new ApiError(status, error.errorCode ?? 0, error.code ?? 'MB_ERR_API', error.message));
+            } else {
+              reject(new ApiError(status, 0, 'MB_ERR_API', `${method} ${path}: HTTP ${status}`));
+            }
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(new ApiConnectionError(`${method} ${path}: no answer from ${this.base.origin} within ${apiRequestTimeoutMs / 1000} s`)));
+      req.on('error', (err: NodeJS.ErrnoException) => reject(err instanceof MeshblockError ? err : connectionError(this.base, err)));
+      req.end(payload);
+    });
+  }
+}
+
+function basic(username: string, secret: string): string {
+  return `Basic ${Buffer.from(`${username}:${secret}`).toString('base64')}`;
+}
+
+function readPassword(args: ConnectionArgs, io: ManageIo): string {
+  const file = args['password-file'];
+  if (file !== undefined) {
+    try {
+      // One line: a trailing newline is not part of the password.
+      return fs.readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+    } catch (err) {
+      throw new InvalidArgumentError('--password-file', `cannot read ${file}: ${(err as Error).message}`);
+    }
+  }
+  const fromEnv = io.env['MESHBLOCK_PASSWORD'];
+  if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
+  throw new InvalidArgumentError('--password-file', 'give the API password in a file (--password-file) or in MESHBLOCK_PASSWORD');
+}
+
+function connectionError(base: URL, err: NodeJS.ErrnoException): ApiConnectionError {
+  const code = err.code ?? '';
+  const hint = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)
+    ? " (pass the MDM's certificate with --ca-cert DATA-DIR/api.crt, or --insecure)"
+    : code === 'ECONNREFUSED'
+      ? ' (is the MDM running? see --api)'
+      : code === 'EPROTO' || /wrong version number|packet length too long/i.test(err.message)
+        ? ' (is the API plain HTTP? see --api)'
+        : '';
+  return new ApiConnectionError(`cannot reach the MDM at ${base.origin}: ${err.message}${hint}`, { cause: err });
+}

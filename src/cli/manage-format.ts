@@ -1,0 +1,101 @@
+// Text output of the management commands: aligned tables and the dashboard. Plain text, no
+// colours, so that it reads the same in a terminal, a log and a ticket.
+
+import { formatBytes } from '../common/units.js';
+import type { RestCapacity, RestDashboard } from '../mdm/rest-objects.js';
+
+export type Alignment = 'left' | 'right';
+
+export interface Column<T> {
+  header: string;
+  value: (row: T) => string;
+  align?: Alignment;
+}
+
+/** Columns padded to their widest cell, two spaces apart; numbers right-aligned. */
+export function renderTable<T>(columns: ReadonlyArray<Column<T>>, rows: readonly T[]): string {
+  const cells = rows.map((row) => columns.map((column) => column.value(row)));
+  const widths = columns.map((column, index) => Math.max(column.header.length, ...cells.map((row) => (row[index] as string).length)));
+  const line = (values: readonly string[]): string =>
+    values
+      .map((value, index) => {
+        const width = widths[index] as number;
+        return columns[index]?.align === 'right' ? value.padStart(width) : value.padEnd(width);
+      })
+      .join('  ')
+      .trimEnd();
+  return `${[line(columns.map((column) => column.header)), ...cells.map(line)].join('\n')}\n`;
+}
+
+export function kbToText(sizeInKb: number): string {
+  return formatBytes(sizeInKb * 1024);
+}
+
+const capacityColumns: ReadonlyArray<[string, keyof RestCapacity]> = [
+  ['RAW', 'maxCapacityInKb'],
+  ['SPARE', 'spareCapacityInKb'],
+  ['USABLE', 'usableCapacityInKb'],
+  ['THICK', 'thickCapacityInUseInKb'],
+  ['THIN', 'thinCapacityProvisionedInKb'],
+  ['IN USE', 'capacityInUseInKb'],
+  ['PROTECTED', 'protectedCapacityInKb'],
+  ['DEGRADED', 'degradedCapacityInKb'],
+  ['FAILED', 'failedCapacityInKb'],
+  ['UNUSED', 'unusedCapacityInKb'],
+  ['AVAILABLE', 'capacityAvailableForVolumeAllocationInKb'],
+];
+
+function plural(count: number, word: string, many = `${word}s`): string {
+  return `${count} ${count === 1 ? word : many}`;
+}
+
+/**
+ * The dashboard: one screen with the system, object counts, health and capacity per pool.
+ *
+ *   System lab (id 0123456789abcdef), map epoch 7, meshblock 0.1.0
+ *   Objects   1 protection domain, 1 storage pool, 0 fault sets, 3 SDSs, 3 devices, ...
+ *   Health    OK | DEGRADED | ATTENTION, with what is wrong
+ *   SDS       3 connected, 0 disconnected, 0 down, 0 not in a protection domain
+ *   ...
+ *   Capacity (raw counts both copies; USABLE, THICK, THIN and AVAILABLE are volume sizes)
+ *   POOL       RAW  SPARE  USABLE  ...
+ */
+export function renderDashboard(view: RestDashboard): string {
+  const { system, capacity, health } = view;
+  const problems: string[] = [];
+  if (health.sdsDisconnected + health.sdsDown > 0) problems.push(`${plural(health.sdsDisconnected + health.sdsDown, 'SDS', 'SDSs')} not connected`);
+  if (health.devicesFailed > 0) problems.push(`${plural(health.devicesFailed, 'device')} failed`);
+  if (health.degradedCapacityInKb > 0) problems.push(`${kbToText(health.degradedCapacityInKb)} degraded (one copy)`);
+  if (health.failedCapacityInKb > 0) problems.push(`${kbToText(health.failedCapacityInKb)} on failed devices`);
+  if (health.rebuildsRunning > 0) problems.push(`${plural(health.rebuildsRunning, 'rebuild')} running`);
+  const status = problems.length === 0 ? 'OK' : health.degradedCapacityInKb > 0 || health.failedCapacityInKb > 0 ? 'DEGRADED' : 'ATTENTION';
+  const lines = [
+    `System    ${system.name} (id ${system.id}), map epoch ${system.mapEpoch}, ${system.systemVersionName}`,
+    `Objects   ${[
+      plural(capacity.numOfProtectionDomains, 'protection domain'),
+      plural(capacity.numOfStoragePools, 'storage pool'),
+      plural(capacity.numOfFaultSets, 'fault set'),
+      plural(capacity.numOfSds, 'SDS', 'SDSs'),
+      plural(capacity.numOfDevices, 'device'),
+      plural(capacity.numOfSdc, 'SDC', 'SDCs'),
+      `${plural(capacity.numOfVolumes, 'volume')} (${capacity.numOfMappedVolumes} mapped)`,
+    ].join(', ')}`,
+    `Health    ${status}${problems.length > 0 ? `: ${problems.join('; ')}` : ''}`,
+    `SDS       ${health.sdsConnected} connected, ${health.sdsDisconnected} disconnected, ${health.sdsDown} down, ${health.sdsUnassigned} not in a protection domain`,
+    `Devices   ${health.devicesNormal} normal, ${health.devicesFailed} failed, ${health.devicesRemoving} being removed`,
+    `SDC       ${health.sdcConnected} connected, ${health.sdcDisconnected} disconnected`,
+    '',
+    'Capacity (RAW, SPARE, IN USE, PROTECTED, DEGRADED, FAILED, UNUSED count both copies;',
+    '          USABLE, THICK, THIN, AVAILABLE are what volumes see)',
+  ];
+  type Row = { label: string; capacity: RestCapacity };
+  const rows: Row[] = [
+    ...view.storagePools.map((pool) => ({ label: `${pool.protectionDomainName}/${pool.name}`, capacity: pool as RestCapacity })),
+    ...(view.storagePools.length !== 1 ? [{ label: 'TOTAL', capacity: capacity as RestCapacity }] : []),
+  ];
+  const columns: Array<Column<Row>> = [
+    { header: 'POOL', value: (row) => row.label },
+    ...capacityColumns.map(([header, field]): Column<Row> => ({ header, value: (row) => kbToText(row.capacity[field]), align: 'right' })),
+  ];
+  return `${lines.join('\n')}\n${renderTable(columns, rows)}`;
+}

@@ -1,0 +1,796 @@
+// Management commands over the MDM's REST API, in meshblock's `<noun> <verb>` form (ScaleIO's
+// scli, reorganised): pd, pool, fault-set, sds, device, sdc, volume, dashboard.
+//
+//   meshblock pd add --name pd1
+//   meshblock pool add --pd pd1 --name pool1 --volume-granularity 1GiB
+//   meshblock sds add --sds sds1 --pd pd1
+//   meshblock device add --sds sds1 --pool pool1 --path /dev/sdb
+//   meshblock volume add --pool pool1 --name vol1 --size 16GiB
+//   meshblock volume map --volume vol1 --sdc host1
+//   meshblock dashboard
+//
+// Objects are named by id or by name (resolved through the listings; an ambiguous name is an
+// error that says how to disambiguate). Flags are checked before connecting: a bad flag is a
+// usage error (exit 2) whether or not an MDM is running; the API's refusals exit 1 with its
+// message. Listings take --json (the API's objects, unchanged).
+//
+// `sds start` lives in sds-start.ts; the sds management verbs are registered separately
+// (registerSdsManagementCommands) so that main.ts can put both under one `sds` command.
+
+import yargs, { type Argv } from 'yargs';
+import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
+import { GiB, KiB, MiB, parseSizeBytes } from '../common/units.js';
+import type {
+  RestDashboard,
+  RestDevice,
+  RestFaultSet,
+  RestProtectionDomain,
+  RestSdc,
+  RestSds,
+  RestStoragePool,
+  RestType,
+  RestVolume,
+} from '../mdm/rest-objects.js';
+import { ApiClient, connectionOptions, processIo, type ConnectionArgs, type ManageIo } from './manage-client.js';
+import { kbToText, renderDashboard, renderTable } from './manage-format.js';
+
+/** Exit codes, as main.ts: 1 failed at run time (the API refused), 2 bad usage. */
+const exitRuntimeError = 1;
+const exitUsageError = 2;
+
+class ManageUsageError extends MeshblockError {
+  constructor(message: string) {
+    super('MB_ERR_USAGE', message);
+  }
+}
+
+type Named = { id: string; name: string };
+
+const typeWords: Record<Exclude<RestType, 'System'>, string> = {
+  ProtectionDomain: 'protection domain',
+  StoragePool: 'storage pool',
+  FaultSet: 'fault set',
+  Sds: 'SDS',
+  Device: 'device',
+  Sdc: 'SDC',
+  Volume: 'volume',
+};
+
+/** One invocation's view of the API: listings fetched once, names resolved against them. */
+class Session {
+  private readonly cache = new Map<RestType, Promise<unknown[]>>();
+
+  constructor(
+    readonly client: ApiClient,
+    readonly io: ManageIo,
+  ) {}
+
+  list<T>(type: RestType): Promise<T[]> {
+    let listing = this.cache.get(type);
+    if (listing === undefined) {
+      listing = this.client.get<unknown[]>(`/api/types/${type}/instances`);
+      this.cache.set(type, listing);
+    }
+    return listing as Promise<T[]>;
+  }
+
+  /** Forgets listings after a change. */
+  changed(): void {
+    this.cache.clear();
+  }
+
+  /**
+   * The object of `type` whose id or name is `value`; `scope` narrows the candidates (a
+   * storage pool name is unique only within its protection domain).
+   */
+  async resolve<T extends Named>(type: Exclude<RestType, 'System'>, flag: string, value: string, scope?: { field: keyof T; id: string; what: string }): Promise<T> {
+    const all = await this.list<T>(type);
+    const byId = all.find((entry) => entry.id === value);
+    if (byId !== undefined) return byId;
+    const named = all.filter((entry) => entry.name === value && (scope === undefined || entry[scope.field] === scope.id));
+    const what = typeWords[type];
+    if (named.length === 1) return named[0] as T;
+    if (named.length === 0) throw new MeshblockError('MB_ERR_NOT_FOUND', `${flag}: no ${what} with id or name '${value}'${scope !== undefined ? ` in ${scope.what}` : ''}`);
+    throw new MeshblockError('MB_ERR_AMBIGUOUS', `${flag}: ${named.length} ${what}s are named '${value}' (ids ${named.map((entry) => entry.id).join(', ')}); give the id${type === 'StoragePool' || type === 'FaultSet' ? ' or --pd' : ''}`);
+  }
+
+  print(text: string): void {
+    this.io.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+  }
+
+  printJson(value: unknown): void {
+    this.io.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  }
+}
+
+async function withSession(args: ConnectionArgs, io: ManageIo, work: (session: Session) => Promise<void>): Promise<void> {
+  const client = await ApiClient.connect(args, io);
+  try {
+    await work(new Session(client, io));
+  } finally {
+    await client.close();
+  }
+}
+
+// --- flag parsing (before connecting: a bad flag is a usage error) ---------------------------
+
+function integerFlag(flag: string, value: unknown, min: number, max: number): number {
+  const text = String(value);
+  const number = /^\d+$/.test(text) ? Number(text) : Number.NaN;
+  if (!Number.isSafeInteger(number) || number < min || number > max) throw new OutOfRangeError(flag, `a whole number from ${min} to ${max}`, text);
+  return number;
+}
+
+function sizeFlag(flag: string, value: string, unitBytes: number, unitName: string): number {
+  const bytes = parseSizeBytes(flag, value);
+  if (bytes % unitBytes !== 0) throw new InvalidArgumentError(flag, `must be a whole number of ${unitName}, got '${value}'`);
+  return bytes;
+}
+
+function nonEmpty(flag: string, value: unknown): string {
+  const text = typeof value === 'string' ? value : String(value ?? '');
+  if (text === '') throw new InvalidArgumentError(flag, 'must not be empty');
+  return text;
+}
+
+// --- building blocks ------------------------------------------------------------------------
+
+type Builder = (y: Argv) => Argv;
+type Handler = (args: Record<string, unknown>, session: Session) => Promise<void>;
+/** Checks flags before connecting; returns the work to do once connected. */
+type Command = { name: string; describe: string; builder: Builder; check?: (args: Record<string, unknown>) => void; run: Handler };
+
+function register(yargs: Argv, io: ManageIo, commands: readonly Command[]): Argv {
+  for (const command of commands) {
+    yargs.command(
+      command.name,
+      command.describe,
+      (y) => connectionOptions(command.builder(y), io).strict(),
+      async (args) => {
+        const record = args as unknown as Record<string, unknown>;
+        command.check?.(record);
+        await withSession(args as unknown as ConnectionArgs, io, (session) => command.run(record, session));
+      },
+    );
+  }
+  return yargs;
+}
+
+function noun(yargs: Argv, io: ManageIo, name: string, describe: string, commands: readonly Command[]): Argv {
+  // The connection flags are declared on the noun too, so that a mistyped verb followed by
+  // them is reported as the one unknown word it is.
+  return yargs.command(name, describe, (y) =>
+    register(connectionOptions(y, io), io, commands)
+      .demandCommand(1, `${name}: name a subcommand (${commands.map((command) => command.name.split(' ')[0]).join(', ')})`)
+      .strict(),
+  );
+}
+
+const jsonOption: Builder = (y) => y.option('json', { type: 'boolean', default: false, describe: 'print the API objects as JSON' });
+const str = (describe: string, demandOption = true) => ({ type: 'string' as const, describe, demandOption, requiresArg: true });
+
+async function created(session: Session, what: string, type: RestType, body: unknown): Promise<string> {
+  const { id } = await session.client.post<{ id: string }>(`/api/types/${type}/instances`, body);
+  session.changed();
+  session.print(`${what} created: id ${id}`);
+  return id;
+}
+
+async function action(session: Session, type: RestType, id: string, name: string, body: unknown, done: string): Promise<void> {
+  await session.client.post(`/api/instances/${type}::${id}/action/${name}`, body);
+  session.changed();
+  session.print(done);
+}
+
+async function pdScope(session: Session, args: Record<string, unknown>): Promise<{ field: 'protectionDomainId'; id: string; what: string } | undefined> {
+  if (args['pd'] === undefined) return undefined;
+  const domain = await session.resolve<RestProtectionDomain>('ProtectionDomain', '--pd', String(args['pd']));
+  return { field: 'protectionDomainId', id: domain.id, what: `protection domain '${domain.name}'` };
+}
+
+async function resolvePool(session: Session, args: Record<string, unknown>): Promise<RestStoragePool> {
+  return session.resolve<RestStoragePool>('StoragePool', '--pool', String(args['pool']), await pdScope(session, args));
+}
+
+const pdFilter: Builder = (y) => y.option('pd', str('protection domain (id or name) the pool belongs to, when names repeat', false));
+
+// --- protection domains ---------------------------------------------------------------------
+
+const pdCommands: Command[] = [
+  {
+    name: 'add',
+    describe: 'create a protection domain',
+    builder: (y) => y.option('name', str('name of the new protection domain')),
+    run: async (args, session) => {
+      await created(session, `protection domain '${String(args['name'])}'`, 'ProtectionDomain', { name: String(args['name']) });
+    },
+  },
+  {
+    name: 'list',
+    describe: 'list protection domains',
+    builder: jsonOption,
+    run: async (args, session) => {
+      const domains = await session.list<RestProtectionDomain>('ProtectionDomain');
+      if (args['json'] === true) return session.printJson(domains);
+      const [pools, sdss, sets] = await Promise.all([session.list<RestStoragePool>('StoragePool'), session.list<RestSds>('Sds'), session.list<RestFaultSet>('FaultSet')]);
+      const count = (rows: ReadonlyArray<{ protectionDomainId: string | null }>, id: string): string => String(rows.filter((row) => row.protectionDomainId === id).length);
+      session.print(
+        renderTable<RestProtectionDomain>(
+          [
+            { header: 'NAME', value: (pd) => pd.name },
+            { header: 'ID', value: (pd) => pd.id },
+            { header: 'POOLS', value: (pd) => count(pools, pd.id), align: 'right' },
+            { header: 'SDSS', value: (pd) => count(sdss, pd.id), align: 'right' },
+            { header: 'FAULT SETS', value: (pd) => count(sets, pd.id), align: 'right' },
+          ],
+          domains,
+        ),
+      );
+    },
+  },
+  {
+    name: 'remove',
+    describe: 'remove an empty protection domain',
+    builder: (y) => y.option('pd', str('protection domain (id or name)')),
+    run: async (args, session) => {
+      const domain = await session.resolve<RestProtectionDomain>('ProtectionDomain', '--pd', String(args['pd']));
+      await action(session, 'ProtectionDomain', domain.id, 'removeProtectionDomain', {}, `protection domain '${domain.name}' removed`);
+    },
+  },
+  {
+    name: 'rename',
+    describe: 'rename a protection domain',
+    builder: (y) => y.option('pd', str('protection domain (id or name)')).option('new-name', str('its new name')),
+    run: async (args, session) => {
+      const domain = await session.resolve<RestProtectionDomain>('ProtectionDomain', '--pd', String(args['pd']));
+      const name = String(args['new-name']);
+      await action(session, 'ProtectionDomain', domain.id, 'setProtectionDomainName', { name }, `protection domain '${domain.name}' renamed to '${name}'`);
+    },
+  },
+];
+
+// --- storage pools --------------------------------------------------------------------------
+
+const poolCommands: Command[] = [
+  {
+    name: 'add',
+    describe: 'create a storage pool in a protection domain',
+    builder: (y) =>
+      y
+        .option('pd', str('protection domain (id or name)'))
+        .option('name', str('name of the new pool'))
+        .option('spare-percent', { type: 'string', describe: 'capacity held back for rebuilds, percent of raw [default: 10]', requiresArg: true })
+        .option('chunk-size', { type: 'string', describe: 'chunk size, a power of two from 64KiB to 64MiB [default: 1MiB]', requiresArg: true })
+        .option('volume-granularity', { type: 'string', describe: 'volume sizes round up to this, whole MiB (e.g. 1GiB, 64MiB) [default: 8GiB]', requiresArg: true })
+        .option('pg-count', { type: 'string', describe: 'placement groups, a power of two [default: 4096]', requiresArg: true })
+        .option('zero-padding', { type: 'boolean', describe: 'guarantee zeros for never-written ranges [default: true]' }),
+    check: (args) => {
+      if (args['spare-percent'] !== undefined) integerFlag('--spare-percent', args['spare-percent'], 0, 100);
+      if (args['chunk-size'] !== undefined) sizeFlag('--chunk-size', String(args['chunk-size']), KiB, 'KiB');
+      if (args['volume-granularity'] !== undefined) sizeFlag('--volume-granularity', String(args['volume-granularity']), MiB, 'MiB');
+      if (args['pg-count'] !== undefined) integerFlag('--pg-count', args['pg-count'], 1, 2 ** 31);
+    },
+    run: async (args, session) => {
+      const domain = await session.resolve<RestProtectionDomain>('ProtectionDomain', '--pd', String(args['pd']));
+      const granularityBytes = args['volume-granularity'] === undefined ? undefined : sizeFlag('--volume-granularity', String(args['volume-granularity']), MiB, 'MiB');
+      const body = {
+        protectionDomainId: domain.id,
+        name: String(args['name']),
+        ...(args['spare-percent'] !== undefined ? { sparePercentage: integerFlag('--spare-percent', args['spare-percent'], 0, 100) } : {}),
+        ...(args['chunk-size'] !== undefined ? { chunkSizeInKb: sizeFlag('--chunk-size', String(args['chunk-size']), KiB, 'KiB') / KiB } : {}),
+        ...(granularityBytes === undefined ? {} : granularityBytes % GiB === 0 ? { volumeGranularityInGb: granularityBytes / GiB } : { volumeGranularityInMb: granularityBytes / MiB }),
+        ...(args['pg-count'] !== undefined ? { pgCount: integerFlag('--pg-count', args['pg-count'], 1, 2 ** 31) } : {}),
+        ...(typeof args['zero-padding'] === 'boolean' ? { zeroPaddingEnabled: args['zero-padding'] } : {}),
+      };
+      await created(session, `storage pool '${body.name}' in protection domain '${domain.name}'`, 'StoragePool', body);
+    },
+  },
+  {
+    name: 'list',
+    describe: 'list storage pools with their capacity',
+    builder: (y) => jsonOption(y).option('pd', str('only this protection domain (id or name)', false)),
+    run: async (args, session) => {
+      const scope = await pdScope(session, args);
+      const pools = (await session.list<RestStoragePool>('StoragePool')).filter((pool) => scope === undefined || pool.protectionDomainId === scope.id);
+      if (args['json'] === true) return session.printJson(pools);
+      const view = await session.client.get<RestDashboard>('/api/dashboard');
+      const stats = new Map(view.storagePools.map((pool) => [pool.id, pool]));
+      const domains = await session.list<RestProtectionDomain>('ProtectionDomain');
+      const pdName = (id: string): string => domains.find((domain) => domain.id === id)?.name ?? id;
+      const stat = (pool: RestStoragePool, field: 'maxCapacityInKb' | 'usableCapacityInKb' | 'capacityAvailableForVolumeAllocationInKb'): string => kbToText(stats.get(pool.id)?.[field] ?? 0);
+      session.print(
+        renderTable<RestStoragePool>(
+          [
+            { header: 'NAME', value: (pool) => pool.name },
+            { header: 'ID', value: (pool) => pool.id },
+            { header: 'PD', value: (pool) => pdName(pool.protectionDomainId) },
+            { header: 'SPARE', value: (pool) => `${pool.sparePercentage}%`, align: 'right' },
+            { header: 'CHUNK', value: (pool) => kbToText(pool.chunkSizeInKb), align: 'right' },
+            { header: 'GRANULARITY', value: (pool) => kbToText(pool.volumeGranularityInKb), align: 'right' },
+            { header: 'DEVICES', value: (pool) => String(stats.get(pool.id)?.numOfDevices ?? 0), align: 'right' },
+            { header: 'VOLUMES', value: (pool) => String(stats.get(pool.id)?.numOfVolumes ?? 0), align: 'right' },
+            { header: 'RAW', value: (pool) => stat(pool, 'maxCapacityInKb'), align: 'right' },
+            { header: 'USABLE', value: (pool) => stat(pool, 'usableCapacityInKb'), align: 'right' },
+            { header: 'AVAILABLE', value: (pool) => stat(pool, 'capacityAvailableForVolumeAllocationInKb'), align: 'right' },
+          ],
+          pools,
+        ),
+      );
+    },
+  },
+  {
+    name: 'remove',
+    describe: 'remove a storage pool without devices or volumes',
+    builder: (y) => pdFilter(y.option('pool', str('storage pool (id or name)'))),
+    run: async (args, session) => {
+      const pool = await resolvePool(session, args);
+      await action(session, 'StoragePool', pool.id, 'removeStoragePool', {}, `storage pool '${pool.name}' removed`);
+    },
+  },
+  {
+    name: 'rename',
+    describe: 'rename a storage pool',
+    builder: (y) => pdFilter(y.option('pool', str('storage pool (id or name)')).option('new-name', str('its new name'))),
+    run: async (args, session) => {
+      const pool = await resolvePool(session, args);
+      const name = String(args['new-name']);
+      await action(session, 'StoragePool', pool.id, 'setStoragePoolName', { name }, `storage pool '${pool.name}' renamed to '${name}'`);
+    },
+  },
+  {
+    name: 'set-spare',
+    describe: 'change the capacity a storage pool holds back for rebuilds',
+    builder: (y) => pdFilter(y.option('pool', str('storage pool (id or name)')).option('spare-percent', str('percent of raw capacity'))),
+    check: (args) => void integerFlag('--spare-percent', args['spare-percent'], 0, 100),
+    run: async (args, session) => {
+      const pool = await resolvePool(session, args);
+      const sparePercentage = integerFlag('--spare-percent', args['spare-percent'], 0, 100);
+      await action(session, 'StoragePool', pool.id, 'setSparePercentage', { sparePercentage }, `storage pool '${pool.name}' spare set to ${sparePercentage}%`);
+    },
+  },
+];
+
+// --- fault sets -----------------------------------------------------------------------------
+
+const faultSetCommands: Command[] = [
+  {
+    name: 'add',
+    describe: 'create a fault set (SDSs that may fail together: a rack, a power feed)',
+    builder: (y) => y.option('pd', str('protection domain (id or name)')).option('name', str('name of the new fault set')),
+    run: async (args, session) => {
+      const domain = await session.resolve<RestProtectionDomain>('ProtectionDomain', '--pd', String(args['pd']));
+      await created(session, `fault set '${String(args['name'])}' in protection domain '${domain.name}'`, 'FaultSet', { protectionDomainId: domain.id, name: String(args['name']) });
+    },
+  },
+  {
+    name: 'list',
+    describe: 'list fault sets',
+    builder: (y) => jsonOption(y).option('pd', str('only this protection domain (id or name)', false)),
+    run: async (args, session) => {
+      const scope = await pdScope(session, args);
+      const sets = (await session.list<RestFaultSet>('FaultSet')).filter((set) => scope === undefined || set.protectionDomainId === scope.id);
+      if (args['json'] === true) return session.printJson(sets);
+      const sdss = await session.list<RestSds>('Sds');
+      const domains = await session.list<RestProtectionDomain>('ProtectionDomain');
+      session.print(
+        renderTable<RestFaultSet>(
+          [
+            { header: 'NAME', value: (set) => set.name },
+            { header: 'ID', value: (set) => set.id },
+            { header: 'PD', value: (set) => domains.find((domain) => domain.id === set.protectionDomainId)?.name ?? set.protectionDomainId },
+            { header: 'SDSS', value: (set) => sdss.filter((sds) => sds.faultSetId === set.id).map((sds) => sds.name).join(',') || '-' },
+          ],
+          sets,
+        ),
+      );
+    },
+  },
+  {
+    name: 'remove',
+    describe: 'remove an empty fault set',
+    builder: (y) => pdFilter(y.option('fault-set', str('fault set (id or name)'))),
+    run: async (args, session) => {
+      const set = await session.resolve<RestFaultSet>('FaultSet', '--fault-set', String(args['fault-set']), await pdScope(session, args));
+      await action(session, 'FaultSet', set.id, 'removeFaultSet', {}, `fault set '${set.name}' removed`);
+    },
+  },
+];
+
+// --- SDSs -----------------------------------------------------------------------------------
+
+const sdsCommands: Command[] = [
+  {
+    name: 'add',
+    describe: 'add a registered SDS (one started with sds start) to a protection domain',
+    builder: (y) => y.option('sds', str('SDS (id or name)')).option('pd', str('protection domain (id or name)')).option('fault-set', str('fault set (id or name) in that protection domain', false)),
+    run: async (args, session) => {
+      const sds = await session.resolve<RestSds>('Sds', '--sds', String(args['sds']));
+      const domain = await session.resolve<RestProtectionDomain>('ProtectionDomain', '--pd', String(args['pd']));
+      const set = args['fault-set'] === undefined ? null : await session.resolve<RestFaultSet>('FaultSet', '--fault-set', String(args['fault-set']), { field: 'protectionDomainId', id: domain.id, what: `protection domain '${domain.name}'` });
+      await session.client.post('/api/types/Sds/instances', { sdsId: sds.id, protectionDomainId: domain.id, faultSetId: set?.id ?? null });
+      session.changed();
+      session.print(`SDS '${sds.name}' added to protection domain '${domain.name}'${set !== null ? ` in fault set '${set.name}'` : ''}`);
+    },
+  },
+  {
+    name: 'list',
+    describe: 'list SDSs',
+    builder: jsonOption,
+    run: async (args, session) => {
+      const sdss = await session.list<RestSds>('Sds');
+      if (args['json'] === true) return session.printJson(sdss);
+      const devices = await session.list<RestDevice>('Device');
+      const domains = await session.list<RestProtectionDomain>('ProtectionDomain');
+      const sets = await session.list<RestFaultSet>('FaultSet');
+      session.print(
+        renderTable<RestSds>(
+          [
+            { header: 'NAME', value: (sds) => sds.name },
+            { header: 'ID', value: (sds) => sds.id },
+            { header: 'ADDRESS', value: (sds) => sds.address },
+            { header: 'STATE', value: (sds) => sds.sdsState },
+            { header: 'PD', value: (sds) => (sds.protectionDomainId === null ? '(not added)' : (domains.find((domain) => domain.id === sds.protectionDomainId)?.name ?? sds.protectionDomainId)) },
+            { header: 'FAULT SET', value: (sds) => (sds.faultSetId === null ? '-' : (sets.find((set) => set.id === sds.faultSetId)?.name ?? sds.faultSetId)) },
+            { header: 'DEVICES', value: (sds) => String(devices.filter((device) => device.sdsId === sds.id).length), align: 'right' },
+          ],
+          sdss,
+        ),
+      );
+    },
+  },
+  {
+    name: 'remove',
+    describe: 'remove an SDS that has no devices',
+    builder: (y) => y.option('sds', str('SDS (id or name)')),
+    run: async (args, session) => {
+      const sds = await session.resolve<RestSds>('Sds', '--sds', String(args['sds']));
+      await action(session, 'Sds', sds.id, 'removeSds', {}, `SDS '${sds.name}' removed`);
+    },
+  },
+  {
+    name: 'rename',
+    describe: 'rename an SDS',
+    builder: (y) => y.option('sds', str('SDS (id or name)')).option('new-name', str('its new name')),
+    run: async (args, session) => {
+      const sds = await session.resolve<RestSds>('Sds', '--sds', String(args['sds']));
+      const name = String(args['new-name']);
+      await action(session, 'Sds', sds.id, 'setSdsName', { name }, `SDS '${sds.name}' renamed to '${name}'`);
+    },
+  },
+];
+
+// --- devices --------------------------------------------------------------------------------
+
+const deviceCommands: Command[] = [
+  {
+    name: 'add',
+    describe: "add a device of an SDS to a storage pool (the SDS formats it; one that holds data is refused unless --force)",
+    builder: (y) =>
+      y
+        .option('sds', str('SDS (id or name)'))
+        .option('pool', str("storage pool (id or name), in the SDS's protection domain"))
+        .option('path', str('device path on the SDS host, e.g. /dev/sdb, or a file'))
+        .option('name', str('device name [default: SDS:PATH]', false))
+        .option('force', { type: 'boolean', default: false, describe: 'take the device even if it holds a filesystem, partition table, LVM label or another cluster' }),
+    check: (args) => {
+      if (!String(args['path']).startsWith('/')) throw new InvalidArgumentError('--path', `must be an absolute path, got '${String(args['path'])}'`);
+    },
+    run: async (args, session) => {
+      const sds = await session.resolve<RestSds>('Sds', '--sds', String(args['sds']));
+      // A pool name repeats across protection domains; the SDS's own domain settles it.
+      const scope = sds.protectionDomainId === null ? undefined : { field: 'protectionDomainId' as const, id: sds.protectionDomainId, what: "the SDS's protection domain" };
+      const pool = await session.resolve<RestStoragePool>('StoragePool', '--pool', String(args['pool']), scope);
+      const body = {
+        sdsId: sds.id,
+        storagePoolId: pool.id,
+        deviceCurrentPathName: String(args['path']),
+        ...(args['name'] !== undefined ? { name: nonEmpty('--name', args['name']) } : {}),
+        ...(args['force'] === true ? { forceDeviceTakeover: true } : {}),
+      };
+      await created(session, `device ${body.deviceCurrentPathName} of SDS '${sds.name}' in storage pool '${pool.name}'`, 'Device', body);
+    },
+  },
+  {
+    name: 'list',
+    describe: 'list devices',
+    builder: (y) => jsonOption(y).option('sds', str('only this SDS (id or name)', false)).option('pool', str('only this storage pool (id or name)', false)),
+    run: async (args, session) => {
+      const sds = args['sds'] === undefined ? undefined : await session.resolve<RestSds>('Sds', '--sds', String(args['sds']));
+      const pool = args['pool'] === undefined ? undefined : await session.resolve<RestStoragePool>('StoragePool', '--pool', String(args['pool']));
+      const devices = (await session.list<RestDevice>('Device')).filter((device) => (sds === undefined || device.sdsId === sds.id) && (pool === undefined || device.storagePoolId === pool.id));
+      if (args['json'] === true) return session.printJson(devices);
+      const sdss = await session.list<RestSds>('Sds');
+      const pools = await session.list<RestStoragePool>('StoragePool');
+      session.print(
+        renderTable<RestDevice>(
+          [
+            { header: 'NAME', value: (device) => device.name },
+            { header: 'ID', value: (device) => device.id },
+            { header: 'SDS', value: (device) => sdss.find((entry) => entry.id === device.sdsId)?.name ?? device.sdsId },
+            { header: 'POOL', value: (device) => pools.find((entry) => entry.id === device.storagePoolId)?.name ?? device.storagePoolId },
+            { header: 'PATH', value: (device) => device.deviceCurrentPathName },
+            { header: 'CAPACITY', value: (device) => kbToText(device.maxCapacityInKb), align: 'right' },
+            { header: 'IN USE', value: (device) => kbToText(device.capacityInUseInKb), align: 'right' },
+            { header: 'STATE', value: (device) => device.deviceState },
+          ],
+          devices,
+        ),
+      );
+    },
+  },
+  {
+    name: 'remove',
+    describe: 'remove a device that holds no data',
+    builder: (y) => y.option('device', str('device (id or name)')),
+    run: async (args, session) => {
+      const device = await session.resolve<RestDevice>('Device', '--device', String(args['device']));
+      await action(session, 'Device', device.id, 'removeDevice', {}, `device '${device.name}' removed`);
+    },
+  },
+];
+
+// --- SDCs -----------------------------------------------------------------------------------
+
+const sdcCommands: Command[] = [
+  {
+    name: 'list',
+    describe: 'list SDCs (they register when sdc start runs)',
+    builder: jsonOption,
+    run: async (args, session) => {
+      const sdcs = await session.list<RestSdc>('Sdc');
+      if (args['json'] === true) return session.printJson(sdcs);
+      const volumes = await session.list<RestVolume>('Volume');
+      session.print(
+        renderTable<RestSdc>(
+          [
+            { header: 'NAME', value: (sdc) => sdc.name },
+            { header: 'ID', value: (sdc) => sdc.id },
+            { header: 'GUID', value: (sdc) => sdc.sdcGuid },
+            { header: 'STATE', value: (sdc) => sdc.mdmConnectionState },
+            { header: 'VOLUMES', value: (sdc) => volumes.filter((volume) => volume.mappedSdcInfo.some((info) => info.sdcId === sdc.id)).map((volume) => volume.name).join(',') || '-' },
+          ],
+          sdcs,
+        ),
+      );
+    },
+  },
+  {
+    name: 'remove',
+    describe: 'remove an SDC that has no volumes mapped',
+    builder: (y) => y.option('sdc', str('SDC (id or name)')),
+    run: async (args, session) => {
+      const sdc = await session.resolve<RestSdc>('Sdc', '--sdc', String(args['sdc']));
+      await action(session, 'Sdc', sdc.id, 'removeSdc', {}, `SDC '${sdc.name}' removed`);
+    },
+  },
+  {
+    name: 'rename',
+    describe: 'rename an SDC',
+    builder: (y) => y.option('sdc', str('SDC (id or name)')).option('new-name', str('its new name')),
+    run: async (args, session) => {
+      const sdc = await session.resolve<RestSdc>('Sdc', '--sdc', String(args['sdc']));
+      const name = String(args['new-name']);
+      await action(session, 'Sdc', sdc.id, 'setSdcName', { sdcName: name }, `SDC '${sdc.name}' renamed to '${name}'`);
+    },
+  },
+];
+
+// --- volumes --------------------------------------------------------------------------------
+
+const volumeFlag: Builder = (y) => y.option('volume', str('volume (id or name)'));
+const volumeSdcFlags: Builder = (y) => volumeFlag(y).option('sdc', str('SDC (id or name)'));
+
+function describeMapping(volume: RestVolume): string {
+  if (volume.mappedSdcInfo.length === 0) return '-';
+  return volume.mappedSdcInfo
+    .map((info) => {
+      const limits = [info.accessMode === 'ReadOnly' ? 'ro' : '', info.limitIops > 0 ? `${info.limitIops} IOPS` : '', info.limitBwInKbps > 0 ? `${kbToText(info.limitBwInKbps)}/s` : ''].filter((part) => part !== '');
+      return limits.length > 0 ? `${info.sdcName || info.sdcId}(${limits.join(' ')})` : info.sdcName || info.sdcId;
+    })
+    .join(',');
+}
+
+const volumeCommands: Command[] = [
+  {
+    name: 'add',
+    describe: "create a volume (thin unless --thick; the size rounds up to the pool's granularity)",
+    builder: (y) =>
+      pdFilter(
+        y
+          .option('pool', str('storage pool (id or name)'))
+          .option('name', str('name of the new volume'))
+          .option('size', str('size, e.g. 16GiB, 512MiB'))
+          .option('thick', { type: 'boolean', default: false, describe: 'reserve the whole size now (thick provisioning)' }),
+      ),
+    check: (args) => void sizeFlag('--size', String(args['size']), KiB, 'KiB'),
+    run: async (args, session) => {
+      const pool = await resolvePool(session, args);
+      const sizeBytes = sizeFlag('--size', String(args['size']), KiB, 'KiB');
+      const name = String(args['name']);
+      const volumeType = args['thick'] === true ? 'ThickProvisioned' : 'ThinProvisioned';
+      const { id } = await session.client.post<{ id: string }>('/api/types/Volume/instances', { storagePoolId: pool.id, name, volumeSizeInKb: String(sizeBytes / KiB), volumeType });
+      session.changed();
+      const volume = await session.client.get<RestVolume>(`/api/instances/Volume::${id}`);
+      session.print(`volume '${name}' created: id ${id}, ${kbToText(volume.sizeInKb)} ${volumeType === 'ThickProvisioned' ? 'thick' : 'thin'} in storage pool '${pool.name}'`);
+    },
+  },
+  {
+    name: 'list',
+    describe: 'list volumes',
+    builder: (y) => pdFilter(jsonOption(y).option('pool', str('only this storage pool (id or name)', false))),
+    run: async (args, session) => {
+      const pool = args['pool'] === undefined ? undefined : await resolvePool(session, args);
+      const volumes = (await session.list<RestVolume>('Volume')).filter((volume) => pool === undefined || volume.storagePoolId === pool.id);
+      if (args['json'] === true) return session.printJson(volumes);
+      const pools = await session.list<RestStoragePool>('StoragePool');
+      session.print(
+        renderTable<RestVolume>(
+          [
+            { header: 'NAME', value: (volume) => volume.name },
+            { header: 'ID', value: (volume) => volume.id },
+            { header: 'POOL', value: (volume) => pools.find((entry) => entry.id === volume.storagePoolId)?.name ?? volume.storagePoolId },
+            { header: 'SIZE', value: (volume) => kbToText(volume.sizeInKb), align: 'right' },
+            { header: 'TYPE', value: (volume) => (volume.volumeType === 'ThickProvisioned' ? 'thick' : 'thin') },
+            { header: 'MAPPED TO', value: describeMapping },
+          ],
+          volumes,
+        ),
+      );
+    },
+  },
+  {
+    name: 'remove',
+    describe: 'remove a volume that is mapped to no SDC (its data is gone)',
+    builder: volumeFlag,
+    run: async (args, session) => {
+      const volume = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
+      await action(session, 'Volume', volume.id, 'removeVolume', { removeMode: 'ONLY_ME' }, `volume '${volume.name}' removed`);
+    },
+  },
+  {
+    name: 'resize',
+    describe: "grow a volume (it never shrinks; the size rounds up to the pool's granularity)",
+    builder: (y) => volumeFlag(y).option('size', str('new size, e.g. 32GiB')),
+    check: (args) => void sizeFlag('--size', String(args['size']), KiB, 'KiB'),
+    run: async (args, session) => {
+      const volume = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
+      const sizeBytes = sizeFlag('--size', String(args['size']), KiB, 'KiB');
+      const body = sizeBytes % GiB === 0 ? { sizeInGB: sizeBytes / GiB } : { sizeInKb: sizeBytes / KiB };
+      await session.client.post(`/api/instances/Volume::${volume.id}/action/setVolumeSize`, body);
+      session.changed();
+      const resized = await session.client.get<RestVolume>(`/api/instances/Volume::${volume.id}`);
+      session.print(`volume '${volume.name}' resized to ${kbToText(resized.sizeInKb)}`);
+    },
+  },
+  {
+    name: 'rename',
+    describe: 'rename a volume',
+    builder: (y) => volumeFlag(y).option('new-name', str('its new name')),
+    run: async (args, session) => {
+      const volume = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
+      const newName = String(args['new-name']);
+      await action(session, 'Volume', volume.id, 'setVolumeName', { newName }, `volume '${volume.name}' renamed to '${newName}'`);
+    },
+  },
+  {
+    name: 'map',
+    describe: 'map a volume to an SDC (it appears there as an NBD export named after the volume)',
+    builder: (y) =>
+      volumeSdcFlags(y)
+        .option('read-only', { type: 'boolean', default: false, describe: 'the SDC may only read' })
+        .option('allow-multiple', { type: 'boolean', default: false, describe: 'allow mapping to more than one SDC (shared volume: the users must coordinate)' }),
+    run: async (args, session) => {
+      const volume = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
+      const sdc = await session.resolve<RestSdc>('Sdc', '--sdc', String(args['sdc']));
+      const body = { sdcId: sdc.id, accessMode: args['read-only'] === true ? 'ReadOnly' : 'ReadWrite', allowMultipleMappings: args['allow-multiple'] === true };
+      await action(session, 'Volume', volume.id, 'addMappedSdc', body, `volume '${volume.name}' mapped to SDC '${sdc.name}'${args['read-only'] === true ? ' read-only' : ''}`);
+    },
+  },
+  {
+    name: 'unmap',
+    describe: 'unmap a volume from an SDC',
+    builder: volumeSdcFlags,
+    run: async (args, session) => {
+      const volume = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
+      const sdc = await session.resolve<RestSdc>('Sdc', '--sdc', String(args['sdc']));
+      await action(session, 'Volume', volume.id, 'removeMappedSdc', { sdcId: sdc.id }, `volume '${volume.name}' unmapped from SDC '${sdc.name}'`);
+    },
+  },
+  {
+    name: 'set-limits',
+    describe: 'set QoS limits of a volume on one SDC (0 = unlimited)',
+    builder: (y) =>
+      volumeSdcFlags(y)
+        .option('iops', { type: 'string', describe: 'IO operations per second (0, or at least 11)', requiresArg: true })
+        .option('bandwidth', { type: 'string', describe: 'bytes per second, whole KiB, e.g. 100MiB (0 = unlimited)', requiresArg: true }),
+    check: (args) => {
+      if (args['iops'] === undefined && args['bandwidth'] === undefined) throw new InvalidArgumentError('--iops', 'give --iops, --bandwidth or both');
+      if (args['iops'] !== undefined) integerFlag('--iops', args['iops'], 0, Number.MAX_SAFE_INTEGER);
+      if (args['bandwidth'] !== undefined) sizeFlag('--bandwidth', String(args['bandwidth']), KiB, 'KiB per second');
+    },
+    run: async (args, session) => {
+      const volume = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
+      const sdc = await session.resolve<RestSdc>('Sdc', '--sdc', String(args['sdc']));
+      const body = {
+        sdcId: sdc.id,
+        ...(args['iops'] !== undefined ? { iopsLimit: String(integerFlag('--iops', args['iops'], 0, Number.MAX_SAFE_INTEGER)) } : {}),
+        ...(args['bandwidth'] !== undefined ? { bandwidthLimitInKbps: String(sizeFlag('--bandwidth', String(args['bandwidth']), KiB, 'KiB per second') / KiB) } : {}),
+      };
+      await session.client.post(`/api/instances/Volume::${volume.id}/action/setMappedSdcLimits`, body);
+      session.changed();
+      const updated = await session.client.get<RestVolume>(`/api/instances/Volume::${volume.id}`);
+      const info = updated.mappedSdcInfo.find((entry) => entry.sdcId === sdc.id);
+      const iops = info === undefined || info.limitIops === 0 ? 'unlimited' : `${info.limitIops}`;
+      const bandwidth = info === undefined || info.limitBwInKbps === 0 ? 'unlimited' : `${kbToText(info.limitBwInKbps)}/s`;
+      session.print(`volume '${volume.name}' on SDC '${sdc.name}': IOPS ${iops}, bandwidth ${bandwidth}`);
+    },
+  },
+];
+
+// --- registration ---------------------------------------------------------------------------
+
+/**
+ * Adds pd, pool, fault-set, device, sdc, volume and dashboard. `io` is where output goes
+ * (the process's streams unless a test captures them).
+ */
+export function registerManagementCommands(yargs: Argv, io: ManageIo = processIo): Argv {
+  noun(yargs, io, 'pd', 'protection domains: groups of SDSs that hold each other\'s copies', pdCommands);
+  noun(yargs, io, 'pool', 'storage pools: devices of a protection domain that volumes are carved from', poolCommands);
+  noun(yargs, io, 'fault-set', 'fault sets: SDSs that may fail together, never holding both copies', faultSetCommands);
+  noun(yargs, io, 'device', 'devices of SDSs in storage pools', deviceCommands);
+  noun(yargs, io, 'sdc', 'SDCs: the hosts volumes are mapped to', sdcCommands);
+  noun(yargs, io, 'volume', 'volumes: create, resize, map to SDCs, QoS limits', volumeCommands);
+  register(yargs, io, [
+    {
+      name: 'dashboard',
+      describe: 'capacity and health at a glance',
+      builder: jsonOption,
+      run: async (args, session) => {
+        const view = await session.client.get<RestDashboard>('/api/dashboard');
+        if (args['json'] === true) session.printJson(view);
+        else session.print(renderDashboard(view));
+      },
+    },
+  ]);
+  return yargs;
+}
+
+/** Adds add, list, remove and rename under an existing `sds` command (next to `sds start`). */
+export function registerSdsManagementCommands(sdsYargs: Argv, io: ManageIo = processIo): Argv {
+  return register(sdsYargs, io, sdsCommands);
+}
+
+/**
+ * Runs the management commands alone (for tests, in-process): the exit code, with output
+ * and one-line errors written to `io`.
+ */
+export async function manageMain(argv: string[], io: ManageIo = processIo): Promise<number> {
+  const cli = yargs()
+    .scriptName('meshblock')
+    .usage('$0 <command>')
+    .exitProcess(false)
+    .command('sds', 'SDS management', (sds) => registerSdsManagementCommands(sds, io).demandCommand(1, 'sds: name a subcommand (add, list, remove, rename)').strict());
+  registerManagementCommands(cli, io)
+    .demandCommand(1, 'name a command (see meshblock --help)')
+    .strict()
+    .help()
+    .alias('h', 'help')
+    .wrap(110)
+    .fail((message, err) => {
+      if (err instanceof MeshblockError) throw err;
+      throw new ManageUsageError(message ?? (err?.message || 'invalid usage'));
+    });
+  try {
+    let helpText = '';
+    await cli.parseAsync(argv, {}, (_err, _args, output) => {
+      helpText = output;
+    });
+    if (helpText !== '') io.stdout.write(helpText.endsWith('\n') ? helpText : `${helpText}\n`);
+    return 0;
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    io.stderr.write(`meshblock: ${message.replace(/\s*\n\s*/g, ' ').trim()}\n`);
+    const usage = err instanceof ManageUsageError || err instanceof InvalidArgumentError || err instanceof OutOfRangeError;
+    return usage ? exitUsageError : exitRuntimeError;
+  }
+}

@@ -1,0 +1,159 @@
+// meshblock mdm start: the metadata manager. At its first start in a data directory it
+// creates the cluster (id, secret) and the REST API's admin password and certificate;
+// afterwards it restores everything from its journal.
+//
+// Files in the data directory:
+//   cluster.json     { clusterId, name }          who this cluster is
+//   cluster.secret   the cluster secret (0600)     SDSs and SDCs prove they know it
+//   admin-password.json  the REST admin's scrypt hash (src/mdm/auth.ts)
+//   admin.password   the first admin password (0600), only when meshblock generated it
+//   journal-*, snapshot-*                          the state (src/mdm/journal.ts)
+//   api.crt, api.key                               the REST API's self-signed certificate
+
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Level } from 'pino';
+import type { Argv } from 'yargs';
+import { formatHostPort, parseHostPort } from '../common/address.js';
+import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import { AdminAuth } from '../mdm/auth.js';
+import { RestApi } from '../mdm/rest-api.js';
+import { MdmService } from '../mdm/service.js';
+import { ensureSelfSignedCertificate, loadCertificate } from '../mdm/tls.js';
+import { idPattern } from '../wire/placement.js';
+import { createRootLogger, logLevels } from './log.js';
+import { lockDataDir } from './pid-lock.js';
+import { runUntilSignal } from './signals.js';
+
+export interface MdmStartArgs {
+  'data-dir': string;
+  listen: string;
+  api: string;
+  name: string | undefined;
+  'admin-password-file': string | undefined;
+  'tls-cert': string | undefined;
+  'tls-key': string | undefined;
+  'log-level': Level;
+}
+
+/** ScaleIO's MDM port. */
+export const defaultMdmPort = 6611;
+export const defaultApiPort = 8443;
+
+export function mdmStartOptions(yargs: Argv): Argv<MdmStartArgs> {
+  return yargs
+    .option('data-dir', { type: 'string', demandOption: true, describe: 'where the cluster identity, journal and certificate live', requiresArg: true })
+    .option('listen', { type: 'string', default: `127.0.0.1:${defaultMdmPort}`, describe: 'HOST:PORT for SDS and SDC connections', requiresArg: true })
+    .option('api', { type: 'string', default: `127.0.0.1:${defaultApiPort}`, describe: 'HOST:PORT of the REST API (HTTPS)', requiresArg: true })
+    .option('name', { type: 'string', describe: 'system name, at the first start [default: meshblock]', requiresArg: true })
+    .option('admin-password-file', { type: 'string', describe: 'the REST admin password, at the first start [default: $MESHBLOCK_ADMIN_PASSWORD, else generated into DATA-DIR/admin.password]', requiresArg: true })
+    .option('tls-cert', { type: 'string', describe: 'PEM certificate for the REST API [default: self-signed, made at the first start]', requiresArg: true })
+    .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert', requiresArg: true })
+    .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
+    .check((argv) => {
+      parseHostPort('--listen', argv.listen);
+      parseHostPort('--api', argv.api);
+      if ((argv['tls-cert'] === undefined) !== (argv['tls-key'] === undefined)) throw new InvalidArgumentError('--tls-cert/--tls-key', 'give both or neither');
+      if (argv.name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$/.test(argv.name)) throw new InvalidArgumentError('--name', 'must be 1 to 31 letters, digits, _ . -');
+      return true;
+    }) as unknown as Argv<MdmStartArgs>;
+}
+
+export interface ClusterIdentity {
+  clusterId: string;
+  name: string;
+}
+
+/** Reads the cluster identity, creating it (and the secret) at the first start. */
+export function ensureCluster(dataDir: string, name: string | undefined): { identity: ClusterIdentity; secret: Buffer; created: boolean } {
+  const identityFile = path.join(dataDir, 'cluster.json');
+  const secretFile = path.join(dataDir, 'cluster.secret');
+  if (!fs.existsSync(identityFile)) {
+    const identity: ClusterIdentity = { clusterId: randomBytes(8).toString('hex'), name: name ?? 'meshblock' };
+    fs.writeFileSync(secretFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    fs.writeFileSync(identityFile, `${JSON.stringify(identity, null, 1)}\n`);
+    return { identity, secret: readSecret(secretFile), created: true };
+  }
+  let identity: ClusterIdentity;
+  try {
+    identity = JSON.parse(fs.readFileSync(identityFile, 'utf8')) as ClusterIdentity;
+  } catch (err) {
+    throw new MeshblockError('MB_ERR_MDM_IDENTITY', `${identityFile} is damaged: ${(err as Error).message}`);
+  }
+  if (typeof identity.clusterId !== 'string' || !idPattern.test(identity.clusterId)) throw new MeshblockError('MB_ERR_MDM_IDENTITY', `${identityFile} holds no valid clusterId`);
+  if (name !== undefined && name !== identity.name) throw new InvalidArgumentError('--name', `this cluster is named '${identity.name}' (renaming is not supported)`);
+  return { identity, secret: readSecret(secretFile), created: false };
+}
+
+function readSecret(file: string): Buffer {
+  try {
+    return Buffer.from(fs.readFileSync(file, 'utf8').trim());
+  } catch (err) {
+    throw new MeshblockError('MB_ERR_MDM_IDENTITY', `cannot read the cluster secret ${file}: ${(err as Error).message}`);
+  }
+}
+
+/** The admin password's hash, set at the first start from a file, the environment or a generated one. */
+async function ensureAdmin(dataDir: string, args: MdmStartArgs): Promise<{ auth: AdminAuth; generatedFile: string | null }> {
+  if (AdminAuth.isInitialized(dataDir)) {
+    if (args['admin-password-file'] !== undefined) throw new InvalidArgumentError('--admin-password-file', 'the admin password was set at the first start; it is not changed here');
+    return { auth: AdminAuth.loadFromDataDir(dataDir), generatedFile: null };
+  }
+  let password: string;
+  let generatedFile: string | null = null;
+  if (args['admin-password-file'] !== undefined) {
+    try {
+      password = fs.readFileSync(args['admin-password-file'], 'utf8').trim();
+    } catch (err) {
+      throw new InvalidArgumentError('--admin-password-file', `cannot read it: ${(err as Error).message}`);
+    }
+  } else if (process.env['MESHBLOCK_ADMIN_PASSWORD'] !== undefined) {
+    password = process.env['MESHBLOCK_ADMIN_PASSWORD'];
+  } else {
+    password = randomBytes(18).toString('base64url');
+    generatedFile = path.join(dataDir, 'admin.password');
+    fs.writeFileSync(generatedFile, `${password}\n`, { mode: 0o600 });
+  }
+  return { auth: await AdminAuth.initialize(dataDir, password), generatedFile };
+}
+
+export async function mdmStart(args: MdmStartArgs): Promise<void> {
+  const log = createRootLogger(args['log-level'], 'mdm');
+  const dataDir = path.resolve(args['data-dir']);
+  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  lockDataDir(dataDir, 'mdm');
+  const { identity, secret, created } = ensureCluster(dataDir, args.name);
+  const { auth, generatedFile } = await ensureAdmin(dataDir, args);
+  const certificate = args['tls-cert'] !== undefined && args['tls-key'] !== undefined ? loadCertificate(args['tls-cert'], args['tls-key']) : ensureSelfSignedCertificate(dataDir);
+  const service = await MdmService.open({ dataDir, clusterId: identity.clusterId, systemName: identity.name, secret, log: log.child({ component: 'mdm-service' }) });
+  const wanted = parseHostPort('--listen', args.listen);
+  const api = new RestApi({ controller: service, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key } });
+  let address: string;
+  let apiUrl: string;
+  try {
+    const bound = await service.listen(wanted.host, wanted.port);
+    address = formatHostPort({ host: bound.address, port: bound.port });
+    const apiWanted = parseHostPort('--api', args.api);
+    const apiBound = await api.listen(apiWanted.host, apiWanted.port);
+    apiUrl = `https://${formatHostPort({ host: apiBound.address, port: apiBound.port })}`;
+  } catch (err) {
+    await api.close().catch(() => undefined);
+    await service.close();
+    throw err;
+  }
+  log.info({ clusterId: identity.clusterId, address, api: apiUrl, created }, 'mdm ready');
+  if (generatedFile !== null) process.stdout.write(`generated the admin password: ${generatedFile}\n`);
+  process.stdout.write(`mdm of cluster ${identity.clusterId} (${identity.name}) listening on ${address}, REST API at ${apiUrl} (certificate ${certificate.certPath}); cluster secret in ${path.join(dataDir, 'cluster.secret')}\n`);
+  await runUntilSignal(
+    log,
+    async () => {
+      await api.close();
+      await service.close();
+    },
+    () => {
+      api.destroy();
+      service.destroy();
+    },
+  );
+}

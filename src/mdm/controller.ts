@@ -1,0 +1,36 @@
+// The seam between the MDM's front ends (the REST API) and its core (state machine,
+// journal, SDS and SDC connections). The REST layer validates and translates requests
+// into commands and calls these; it never touches the model directly except to read.
+
+import type { SdsStats } from '../wire/sds-ops.js';
+import type { Id } from './model.js';
+import type { Applied, Command, StateMachine } from './state-machine.js';
+
+export interface AddDeviceRequest {
+  sdsId: Id;
+  storagePoolId: Id;
+  /** The device path on the SDS's host, e.g. /dev/sdb or a file. */
+  path: string;
+  name: string | null;
+  /** Format the device even if it holds a filesystem, partition table or LVM label. */
+  force: boolean;
+}
+
+export interface MdmController {
+  /** Read-only use: queries (find, poolCapacity, placementMap) and the model. */
+  readonly state: StateMachine;
+  /**
+   * Applies a command: validated by the state machine (MdmError on refusal, nothing
+   * changed), written to the journal and synced, and the new map pushed when the epoch
+   * moved. Resolves once the change is durable.
+   */
+  execute(command: Command): Promise<Applied>;
+  /**
+   * Asks the SDS to take the device (it formats a blank one, and refuses one that holds
+   * anything unless forced: MdmError 'MB_ERR_DEVICE_FORMATTED' with the SDS's message),
+   * then records it in the pool.
+   */
+  addDevice(request: AddDeviceRequest): Promise<Applied>;
+  /** The last statistics an SDS reported, or null if it never did. */
+  sdsStats(sdsId: Id): SdsStats | null;
+}

@@ -1,0 +1,132 @@
+// The MDM's model: every object the control plane knows, as plain JSON-able data, so the
+// whole state can be snapshotted into the journal and compared in tests. Names follow
+// ScaleIO's (protection domain, storage pool, fault set, SDS, device, SDC, volume, V-Tree).
+// Ids are 16 lowercase hex digits, as ScaleIO writes them.
+
+export type Id = string;
+
+export interface ProtectionDomain {
+  id: Id;
+  name: string;
+}
+
+export interface StoragePool {
+  id: Id;
+  name: string;
+  protectionDomainId: Id;
+  chunkBytes: number;
+  /** Held back for rebuilds, as a percentage of the pool's raw capacity. */
+  sparePercent: number;
+  /** ScaleIO's zero-padding policy: reads of never-written ranges are guaranteed zeros. */
+  zeroPadding: boolean;
+  /** Volume sizes are rounded up to this (ScaleIO: 8 GiB). */
+  volumeGranularityBytes: number;
+  /** Placement groups of this pool (fixed when the pool gets its first devices). */
+  pgCount: number;
+  groups: PoolGroup[];
+}
+
+export interface PoolGroup {
+  primaryDevice: Id;
+  secondaryDevice: Id | null;
+}
+
+export interface FaultSet {
+  id: Id;
+  name: string;
+  protectionDomainId: Id;
+}
+
+export type SdsState = 'connected' | 'disconnected' | 'down';
+
+export interface Sds {
+  id: Id;
+  name: string;
+  /** Null until an administrator adds the registered SDS to a protection domain. */
+  protectionDomainId: Id | null;
+  faultSetId: Id | null;
+  /** HOST:PORT of its data listener. */
+  address: string;
+  state: SdsState;
+  lastHeartbeatMs: number;
+}
+
+export type DeviceState = 'normal' | 'failed' | 'removing';
+
+export interface Device {
+  id: Id;
+  name: string;
+  sdsId: Id;
+  storagePoolId: Id;
+  path: string;
+  capacityBytes: number;
+  state: DeviceState;
+  /** Bytes of chunk slots in use, as last reported by the SDS. */
+  usedBytes: number;
+}
+
+export type SdcState = 'connected' | 'disconnected';
+
+export interface Sdc {
+  id: Id;
+  /** Chosen by the SDC and kept across its restarts. */
+  guid: string;
+  name: string;
+  state: SdcState;
+  lastSeenMs: number;
+}
+
+export type AccessMode = 'ReadWrite' | 'ReadOnly';
+
+export interface Mapping {
+  sdcId: Id;
+  accessMode: AccessMode;
+  /** QoS limits (0 = unlimited); recorded now, enforced by the SDC later. */
+  iopsLimit: number;
+  bandwidthLimitKbps: number;
+}
+
+export type VolumeType = 'ThinProvisioned' | 'ThickProvisioned';
+
+export interface Volume {
+  id: Id;
+  name: string;
+  storagePoolId: Id;
+  vtreeId: Id;
+  sizeBytes: number;
+  volumeType: VolumeType;
+  mappings: Mapping[];
+  creationTimeMs: number;
+}
+
+export interface SystemModel {
+  clusterId: Id;
+  name: string;
+  /** Every placement change bumps it; SDSs refuse IO stamped with another. */
+  epoch: number;
+  /** Ids are derived from the cluster id and this counter: deterministic on replay. */
+  idCounter: number;
+  protectionDomains: Record<Id, ProtectionDomain>;
+  storagePools: Record<Id, StoragePool>;
+  faultSets: Record<Id, FaultSet>;
+  sdss: Record<Id, Sds>;
+  devices: Record<Id, Device>;
+  sdcs: Record<Id, Sdc>;
+  volumes: Record<Id, Volume>;
+}
+
+export function emptyModel(clusterId: Id, name: string): SystemModel {
+  return {
+    clusterId,
+    name,
+    epoch: 1,
+    idCounter: 0,
+    protectionDomains: {},
+    storagePools: {},
+    faultSets: {},
+    sdss: {},
+    devices: {},
+    sdcs: {},
+    volumes: {},
+  };
+}

@@ -1,0 +1,412 @@
+// The MDM's REST API: HTTPS (or plain HTTP when the MDM is told so) with JSON bodies, shaped
+// after the ScaleIO REST API so that ScaleIO clients can be pointed at it:
+//
+//   GET  /api/login                                       Basic admin:PASSWORD → "TOKEN"
+//   GET  /api/logout                                      ends the session of the token used
+//   GET  /api/version                                     "3.6": the ScaleIO API version we follow
+//   GET  /api/types/{Type}/instances                      every instance, ScaleIO's fields
+//   POST /api/types/{Type}/instances                      creates one → {"id": "..."}
+//   POST /api/types/{Type}/instances/action/queryIdByKey  {"name"} → "id"
+//   GET  /api/instances/{Type}::{id}                      one instance
+//   POST /api/instances/{Type}::{id}/action/{action}      → {}
+//   GET  /api/instances/{Type}::{id}/relationships/{Other}       children (e.g. StoragePool → Volume)
+//   GET  /api/instances/{Type}::{id}/relationships/Statistics    System, StoragePool, Sds, Device
+//   GET  /api/dashboard                                   meshblock: capacity and health at a glance
+//
+// Types: System, ProtectionDomain, StoragePool, FaultSet, Sds, Device, Sdc, Volume.
+// Every call but login authenticates with the token, as ScaleIO clients do: HTTP Basic with
+// the token as the password (any user name), or `Authorization: Bearer TOKEN`.
+//
+// This layer only validates and translates (rest-commands.ts) and renders (rest-objects.ts);
+// changes go through MdmController.execute, which the state machine validates again.
+// Errors have one shape: rest-errors.ts.
+
+import { once } from 'node:events';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import { assert } from '../common/assert.js';
+import { MiB } from '../common/units.js';
+import type { AdminAuth } from './auth.js';
+import type { MdmController } from './controller.js';
+import type { Device, Sds } from './model.js';
+import { createInstance, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
+import { RestError, errorBody, httpStatusOf } from './rest-errors.js';
+import {
+  dashboard,
+  deviceStatistics,
+  getInstance,
+  listInstances,
+  relatedInstances,
+  restRelationships,
+  restStatisticsTypes,
+  restTypes,
+  sdsStatistics,
+  storagePoolStatistics,
+  systemStatistics,
+  type RestType,
+} from './rest-objects.js';
+
+/** Largest request body accepted; larger ones get 413. */
+export const restBodyBytesMax = 1 * MiB;
+/**
+ * A body over the limit is still read (and dropped) up to this many bytes, so that the
+ * client, still sending, gets to read the 413 instead of a reset connection; beyond it the
+ * connection is cut.
+ */
+export const restDiscardBytesMax = 16 * MiB;
+/** A wrong password is answered this long after the request came in, whatever scrypt took. */
+export const loginFailureDelayMs = 1000;
+/**
+ * Logins being checked (or delayed) at once; more get 429. Bounds both the guesses per
+ * second and scrypt's memory (32 MiB each).
+ */
+export const loginsInflightMax = 8;
+/** A request must arrive in full within this. */
+export const restRequestTimeoutMs = 60_000;
+export const restHeadersTimeoutMs = 20_000;
+/** The ScaleIO REST API version whose shapes this API follows. */
+export const scaleIoApiVersion = '3.6';
+
+assert(restDiscardBytesMax >= restBodyBytesMax, 'the discard bound is above the body bound');
+assert(restHeadersTimeoutMs <= restRequestTimeoutMs, 'headers arrive within the request timeout');
+
+export interface RestApiOptions {
+  controller: MdmController;
+  /** A child logger naming the component, e.g. root.child({ component: 'rest-api' }). */
+  log: Logger;
+  auth: AdminAuth;
+  /** Null: plain HTTP (only sensible on loopback, or behind a TLS proxy). */
+  tls: { cert: Buffer; key: Buffer } | null;
+  /** The clock for creation times; Date.now unless a test drives time. */
+  nowMs?: () => number;
+}
+
+interface Reply {
+  status: number;
+  body: unknown;
+}
+
+interface RequestContext {
+  req: http.IncomingMessage;
+  log: Logger;
+  /** The token the request authenticated with (for logout). */
+  token: string;
+  params: string[];
+  body: unknown;
+}
+
+interface Route {
+  pattern: RegExp;
+  methods: Partial<Record<'GET' | 'POST', (context: RequestContext) => Promise<Reply> | Reply>>;
+}
+
+type Credentials = { scheme: 'basic'; username: string; password: string } | { scheme: 'bearer'; token: string };
+
+export class RestApi {
+  private readonly controller: MdmController;
+  private readonly log: Logger;
+  private readonly auth: AdminAuth;
+  private readonly server: http.Server;
+  private readonly commandContext: CommandContext;
+  private readonly routes: Route[];
+  /** Aborts failed-login delays when the API is destroyed. */
+  private readonly lifetime = new AbortController();
+  private loginsInflight = 0;
+  private requestCount = 0;
+  private closing = false;
+
+  constructor(options: RestApiOptions) {
+    this.controller = options.controller;
+    // Credentials are never logged on purpose; the redaction is a second line of defence
+    // for an `err` or object that happens to carry one.
+    this.log = options.log.child({}, { redact: ['password', 'token', 'authorization', '*.password', '*.token', '*.authorization', '*.headers.authorization'] });
+    this.auth = options.auth;
+    this.commandContext = { controller: options.controller, nowMs: options.nowMs ?? Date.now };
+    const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => this.onRequest(req, res);
+    const serverOptions = { requestTimeout: restRequestTimeoutMs, headersTimeout: restHeadersTimeoutMs };
+    this.server = options.tls === null ? http.createServer(serverOptions, onRequest) : https.createServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key }, onRequest);
+    this.server.on('tlsClientError', (err: Error) => this.log.debug({ err }, 'TLS handshake failed'));
+    this.server.on('clientError', (err: Error, socket) => {
+      this.log.debug({ err }, 'malformed HTTP request');
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+      else socket.destroy();
+    });
+    this.routes = this.makeRoutes();
+  }
+
+  /** Listens; resolves with the bound address (port 0 picks a free one). */
+  async listen(host: string, port: number): Promise<AddressInfo> {
+    const listening = once(this.server, 'listening');
+    this.server.listen(port, host);
+    await listening;
+    const address = this.server.address() as AddressInfo;
+    this.log.info({ address: address.address, port: address.port, tls: this.server instanceof https.Server }, 'REST API listening');
+    return address;
+  }
+
+  /** Stops accepting, lets requests in progress finish, then closes every connection. */
+  async close(): Promise<void> {
+    if (!this.server.listening) return;
+    this.closing = true;
+    const closed = new Promise<void>((resolve, reject) => this.server.close((err) => (err === undefined ? resolve() : reject(err))));
+    this.server.closeIdleConnections();
+    await closed;
+  }
+
+  /** Cuts every connection now. */
+  destroy(): void {
+    this.closing = true;
+    this.lifetime.abort();
+    this.server.close();
+    this.server.closeAllConnections();
+  }
+
+  private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const startMs = performance.now();
+    this.requestCount += 1;
+    const path = (req.url ?? '/').split('?', 1)[0] as string;
+    const log = this.log.child({ requestId: this.requestCount, method: req.method, path });
+    res.on('finish', () => {
+      if (log.isLevelEnabled('debug')) log.debug({ statusCode: res.statusCode, durationMs: Math.round(performance.now() - startMs) }, 'request');
+      // Connections kept alive after a response are closed once the API is closing.
+      if (this.closing) this.server.closeIdleConnections();
+    });
+    this.handle(req, path, log, startMs)
+      .then(
+        (reply) => this.send(res, reply.status, reply.body),
+        (err: unknown) => {
+          const status = httpStatusOf(err);
+          if (status >= 500) log.error({ err }, 'request failed');
+          else log.warn({ err, statusCode: status }, 'request refused');
+          const headers = err instanceof RestError ? err.headers : {};
+          this.send(res, status, errorBody(err), headers);
+        },
+      )
+      .catch((err: unknown) => {
+        // Only a bug gets here (send() itself threw): this connection goes, the API stays.
+        log.error({ err }, 'could not send a reply');
+        res.destroy();
+      });
+  }
+
+  private send(res: http.ServerResponse, status: number, body: unknown, headers: Readonly<Record<string, string>> = {}): void {
+    if (res.headersSent || res.destroyed) return;
+    const text = JSON.stringify(body ?? {});
+    res.writeHead(status, {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': Buffer.byteLength(text),
+      'cache-control': 'no-store',
+      ...(this.closing ? { connection: 'close' } : {}),
+      ...headers,
+    });
+    res.end(text);
+  }
+
+  private async handle(req: http.IncomingMessage, path: string, log: Logger, startMs: number): Promise<Reply> {
+    if (this.closing) throw new RestError('MB_ERR_SHUTTING_DOWN', 'the MDM is shutting down', 503, { connection: 'close' });
+    const credentials = parseAuthorization(req.headers.authorization);
+    if (path === '/api/login') {
+      // Before reading any body: nothing is read from a client that has not logged in.
+      if (req.method !== 'GET') throw new RestError('MB_ERR_METHOD_NOT_ALLOWED', `${req.method} is not allowed on /api/login (use GET)`, 405, { allow: 'GET' });
+      return this.onLogin(req, credentials, log, startMs);
+    }
+    const token = credentials === null ? null : credentials.scheme === 'bearer' ? credentials.token : credentials.password;
+    if (token === null || !this.auth.checkToken(token)) {
+      throw new RestError('MB_ERR_UNAUTHORIZED', token === null ? 'log in first: GET /api/login with Basic credentials, then send the token' : 'the token is not valid (expired, logged out, or from before an MDM restart); log in again', 401, {
+        'www-authenticate': 'Basic realm="meshblock"',
+      });
+    }
+    const { route, params } = this.match(path);
+    const handler = route.methods[req.method as 'GET' | 'POST'];
+    if (handler === undefined) {
+      const allow = Object.keys(route.methods).join(', ');
+      throw new RestError('MB_ERR_METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${path} (allowed: ${allow})`, 405, { allow });
+    }
+    const body = await readJsonBody(req);
+    return handler({ req, log, token, params, body });
+  }
+
+  private match(path: string): { route: Route; params: string[] } {
+    for (const route of this.routes) {
+      const match = route.pattern.exec(path);
+      if (match === null) continue;
+      try {
+        return { route, params: match.slice(1).map((param) => decodeURIComponent(param)) };
+      } catch {
+        throw new RestError('MB_ERR_NO_ROUTE', `no such resource: ${path} (bad percent-encoding)`, 404);
+      }
+    }
+    throw new RestError('MB_ERR_NO_ROUTE', `no such resource: ${path}`, 404);
+  }
+
+  private async onLogin(req: http.IncomingMessage, credentials: Credentials | null, log: Logger, startMs: number): Promise<Reply> {
+    if (credentials === null || credentials.scheme !== 'basic') {
+      throw new RestError('MB_ERR_UNAUTHORIZED', 'log in with HTTP Basic credentials (user name and password)', 401, { 'www-authenticate': 'Basic realm="meshblock"' });
+    }
+    if (this.loginsInflight >= loginsInflightMax) {
+      throw new RestError('MB_ERR_TOO_MANY_LOGINS', `${loginsInflightMax} logins are already in progress; try again`, 429, { 'retry-after': '1' });
+    }
+    this.loginsInflight += 1;
+    try {
+      if (await this.auth.verifyPassword(credentials.username, credentials.password)) {
+        log.info({ username: credentials.username, remoteAddress: req.socket.remoteAddress }, 'login');
+        return { status: 200, body: this.auth.issueToken() };
+      }
+      // Never the password: only who tried, from where.
+      log.warn({ username: credentials.username, remoteAddress: req.socket.remoteAddress }, 'login refused: wrong user name or password');
+      const remainingMs = loginFailureDelayMs - (performance.now() - startMs);
+      if (remainingMs > 0) {
+        try {
+          await sleep(remainingMs, undefined, { signal: this.lifetime.signal });
+        } catch {
+          // Destroyed while waiting: the connection is gone anyway.
+        }
+      }
+      throw new RestError('MB_ERR_UNAUTHORIZED', 'wrong user name or password', 401, { 'www-authenticate': 'Basic realm="meshblock"' });
+    } finally {
+      this.loginsInflight -= 1;
+    }
+  }
+
+  private makeRoutes(): Route[] {
+    const state = (): MdmController['state'] => this.controller.state;
+    const type = (name: string): RestType => {
+      if (!(restTypes as readonly string[]).includes(name)) throw new RestError('MB_ERR_NO_ROUTE', `no type '${name}' (types: ${restTypes.join(', ')})`, 404);
+      return name as RestType;
+    };
+    const existing = (typeName: string, id: string): RestType => {
+      const found = type(typeName);
+      if (getInstance(state(), found, id) === null) throw new RestError('MB_ERR_NOT_FOUND', `no ${found} with id ${id}`, 404);
+      return found;
+    };
+    const ok = (body: unknown): Reply => ({ status: 200, body });
+    const instance = '/api/instances/([A-Za-z]+)::([^/]+)';
+    return [
+      {
+        pattern: /^\/api\/logout$/,
+        methods: {
+          GET: ({ token }) => {
+            this.auth.revokeToken(token);
+            return ok({});
+          },
+        },
+      },
+      { pattern: /^\/api\/version$/, methods: { GET: () => ok(scaleIoApiVersion) } },
+      { pattern: /^\/api\/dashboard$/, methods: { GET: () => ok(dashboard(state(), (sdsId) => this.controller.sdsStats(sdsId))) } },
+      {
+        pattern: /^\/api\/types\/([A-Za-z]+)\/instances$/,
+        methods: {
+          GET: ({ params }) => ok(listInstances(state(), type(params[0] as string))),
+          POST: async ({ params, body }) => ok(await createInstance(this.commandContext, type(params[0] as string), body ?? {})),
+        },
+      },
+      {
+        pattern: /^\/api\/types\/([A-Za-z]+)\/instances\/action\/queryIdByKey$/,
+        methods: { POST: ({ params, body }) => ok(queryIdByKey(this.commandContext, type(params[0] as string), body ?? {})) },
+      },
+      {
+        pattern: new RegExp(`^${instance}$`),
+        methods: {
+          GET: ({ params }) => ok(getInstance(state(), existing(params[0] as string, params[1] as string), params[1] as string)),
+        },
+      },
+      {
+        pattern: new RegExp(`^${instance}/action/([A-Za-z]+)$`),
+        methods: {
+          POST: async ({ params, body }) => {
+            const [typeName, id, action] = params as [string, string, string];
+            await performAction(this.commandContext, existing(typeName, id), id, action, body ?? {});
+            return ok({});
+          },
+        },
+      },
+      {
+        pattern: new RegExp(`^${instance}/relationships/([A-Za-z]+)$`),
+        methods: {
+          GET: ({ params }) => {
+            const [typeName, id, other] = params as [string, string, string];
+            const found = existing(typeName, id);
+            if (other === 'Statistics') return ok(this.statistics(found, id));
+            const children = restRelationships[found];
+            if (children === undefined || !Object.hasOwn(children, other)) {
+              const known = [...Object.keys(children ?? {}), ...(restStatisticsTypes.includes(found) ? ['Statistics'] : [])];
+              throw new RestError('MB_ERR_NO_ROUTE', `${found} has no relationship '${other}'${known.length > 0 ? ` (relationships: ${known.join(', ')})` : ''}`, 404);
+            }
+            return ok(relatedInstances(state(), found, id, other as RestType));
+          },
+        },
+      },
+    ];
+  }
+
+  private statistics(type: RestType, id: string): unknown {
+    const state = this.controller.state;
+    switch (type) {
+      case 'System':
+        return systemStatistics(state);
+      case 'StoragePool':
+        return storagePoolStatistics(state, id);
+      case 'Sds':
+        return sdsStatistics(state, state.model.sdss[id] as Sds, this.controller.sdsStats(id));
+      case 'Device': {
+        const device = state.model.devices[id] as Device;
+        return deviceStatistics(device, this.controller.sdsStats(device.sdsId));
+      }
+      default:
+        throw new RestError('MB_ERR_NO_ROUTE', `${type} has no Statistics (types with statistics: ${restStatisticsTypes.join(', ')})`, 404);
+    }
+  }
+}
+
+/** Basic USER:PASSWORD or Bearer TOKEN; null when absent or unreadable. */
+function parseAuthorization(header: string | undefined): Credentials | null {
+  if (header === undefined) return null;
+  const match = /^(\S+)\s+(\S+)$/.exec(header.trim());
+  if (match === null) return null;
+  const scheme = (match[1] as string).toLowerCase();
+  const value = match[2] as string;
+  if (scheme === 'bearer') return { scheme: 'bearer', token: value };
+  if (scheme !== 'basic') return null;
+  const decoded = Buffer.from(value, 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon === -1) return null;
+  return { scheme: 'basic', username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
+}
+
+/**
+ * Reads the body within restBodyBytesMax and parses it as JSON; undefined when empty. A body
+ * over the limit is dropped as it arrives (up to restDiscardBytesMax) and answered 413.
+ */
+async function readJsonBody(req: http.IncomingMessage): Promise<unknown> {
+  const declared = req.headers['content-length'];
+  const tooLarge = (): RestError => new RestError('MB_ERR_BODY_TOO_LARGE', `body: larger than ${restBodyBytesMax} bytes`, 413, { connection: 'close' });
+  if (declared !== undefined && Number(declared) > restDiscardBytesMax) {
+    req.pause();
+    throw tooLarge();
+  }
+  const chunks: Buffer[] = [];
+  let receivedBytes = 0;
+  try {
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      receivedBytes += chunk.length;
+      if (receivedBytes > restDiscardBytesMax) throw tooLarge();
+      if (receivedBytes <= restBodyBytesMax) chunks.push(chunk);
+    }
+  } catch (err) {
+    if (err instanceof RestError) throw err;
+    // The client went away mid-body: nobody will read the reply, but say what happened.
+    throw new RestError('MB_ERR_BODY_INCOMPLETE', `body: the connection ended after ${receivedBytes} bytes (${(err as Error).message})`, 400);
+  }
+  if (receivedBytes > restBodyBytesMax) throw tooLarge();
+  if (receivedBytes === 0) return undefined;
+  const text = Buffer.concat(chunks, receivedBytes).toString('utf8');
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new RestError('MB_ERR_MALFORMED_JSON', `body: malformed JSON (${(err as Error).message})`, 400);
+  }
+}

@@ -1,0 +1,644 @@
+// What the REST API returns: the model's objects in ScaleIO's shape and vocabulary (field
+// names of the ScaleIO REST API where it has them, `links` with rel/href), capacity
+// statistics, and meshblock's dashboard. Pure functions of the state machine's model and
+// queries; the CLI imports these types to read the replies.
+//
+// Sizes are in KiB ("InKb", as ScaleIO counts them), rounded down. Capacity statistics of
+// a storage pool (and, summed, of the system), from StateMachine.poolCapacity():
+//
+//   field                                    copies  meaning
+//   maxCapacityInKb                          raw     capacity of the pool's healthy devices
+//   spareCapacityInKb                        raw     held back for rebuilds (sparePercentage of raw)
+//   usableCapacityInKb                       net     (raw - spare) / 2: room for volume data, two copies
+//   thickCapacityInUseInKb                   net     sizes of thick volumes (reserved at creation)
+//   thinCapacityProvisionedInKb              net     sizes of thin volumes (promised, not reserved)
+//   capacityInUseInKb                        raw     chunk bytes written, both copies, as the SDSs report
+//   netCapacityInUseInKb                     net     half of capacityInUseInKb
+//   protectedCapacityInKb                    raw     in use, in placement groups with both copies
+//   degradedCapacityInKb                     raw     in use, in groups running on one copy
+//   failedCapacityInKb                       raw     in use on failed devices (not readable there)
+//   unusedCapacityInKb                       raw     neither spare, in use, nor reserved for thick volumes
+//   capacityAvailableForVolumeAllocationInKb net     the largest thick volume that fits now (before
+//                                                    rounding to the pool's volume granularity)
+//
+// "raw" counts both copies of the data; "net" counts what volumes see.
+
+import type { SdsStats } from '../wire/sds-ops.js';
+import type { Device, FaultSet, Id, ProtectionDomain, Sdc, Sds, StoragePool, SystemModel, Volume } from './model.js';
+import type { PoolCapacity, StateMachine } from './state-machine.js';
+
+/** The REST types, ScaleIO's names, and the model table each one lists. */
+export const restTypes = ['System', 'ProtectionDomain', 'StoragePool', 'FaultSet', 'Sds', 'Device', 'Sdc', 'Volume'] as const;
+export type RestType = (typeof restTypes)[number];
+
+export const meshblockVersionName = 'meshblock 0.1.0';
+
+export interface RestLink {
+  rel: string;
+  href: string;
+}
+
+interface RestObject {
+  id: Id;
+  name: string;
+  links: RestLink[];
+}
+
+export interface RestSystem extends RestObject {
+  systemVersionName: string;
+  /** meshblock: the placement epoch SDSs and SDCs work from. */
+  mapEpoch: number;
+}
+
+export interface RestProtectionDomain extends RestObject {
+  systemId: Id;
+  protectionDomainState: 'Active';
+}
+
+export interface RestStoragePool extends RestObject {
+  protectionDomainId: Id;
+  sparePercentage: number;
+  zeroPaddingEnabled: boolean;
+  /** meshblock: chunk size (ScaleIO's is fixed at 1 MiB). */
+  chunkSizeInKb: number;
+  /** meshblock: volume sizes are rounded up to this (ScaleIO: 8 GiB). */
+  volumeGranularityInKb: number;
+  /** meshblock: placement groups of the pool. */
+  pgCount: number;
+}
+
+export interface RestFaultSet extends RestObject {
+  protectionDomainId: Id;
+}
+
+export interface RestSds extends RestObject {
+  /** Null while the SDS is registered but not yet added to a protection domain. */
+  protectionDomainId: Id | null;
+  faultSetId: Id | null;
+  /** 'Normal' when connected, 'Disconnected' while heartbeats are missing, 'Down' once declared dead. */
+  sdsState: 'Normal' | 'Disconnected' | 'Down';
+  mdmConnectionState: 'Connected' | 'Disconnected';
+  /** meshblock: 'Joined' once in a protection domain, 'Registered' before. */
+  membershipState: 'Joined' | 'Registered';
+  ipList: Array<{ ip: string; role: 'all' }>;
+  port: number;
+  /** meshblock: HOST:PORT of the data listener. */
+  address: string;
+  /** meshblock: last heartbeat, milliseconds since the Unix epoch. */
+  lastHeartbeatTimeMs: number;
+}
+
+export interface RestDevice extends RestObject {
+  sdsId: Id;
+  storagePoolId: Id;
+  deviceCurrentPathName: string;
+  deviceOriginalPathName: string;
+  capacityInKb: number;
+  maxCapacityInKb: number;
+  /** meshblock: chunk bytes in use, as the SDS last reported. */
+  capacityInUseInKb: number;
+  deviceState: 'Normal' | 'Failed' | 'RemovePending';
+  errorState: 'None' | 'Error';
+}
+
+export interface RestSdc extends RestObject {
+  sdcGuid: string;
+  mdmConnectionState: 'Connected' | 'Disconnected';
+  sdcApproved: true;
+  /** meshblock: last contact, milliseconds since the Unix epoch. */
+  lastSeenTimeMs: number;
+}
+
+export interface RestMappedSdcInfo {
+  sdcId: Id;
+  sdcName: string;
+  accessMode: 'ReadWrite' | 'ReadOnly';
+  /** 0 = unlimited. */
+  limitIops: number;
+  /** ScaleIO's name: MiB per second, rounded down; 0 = unlimited. */
+  limitBwInMbps: number;
+  /** meshblock: the exact bandwidth limit in KiB/s (0 = unlimited). */
+  limitBwInKbps: number;
+}
+
+export interface RestVolume extends RestObject {
+  sizeInKb: number;
+  volumeType: 'ThinProvisioned' | 'ThickProvisioned';
+  storagePoolId: Id;
+  vtreeId: Id;
+  ancestorVolumeId: Id | null;
+  mappedSdcInfo: RestMappedSdcInfo[];
+  mappingToAllSdcsEnabled: false;
+  /** Seconds since the Unix epoch, as ScaleIO. */
+  creationTime: number;
+}
+
+export type RestInstance = RestSystem | RestProtectionDomain | RestStoragePool | RestFaultSet | RestSds | RestDevice | RestSdc | RestVolume;
+
+export interface RestCapacity {
+  maxCapacityInKb: number;
+  spareCapacityInKb: number;
+  usableCapacityInKb: number;
+  thickCapacityInUseInKb: number;
+  thinCapacityProvisionedInKb: number;
+  capacityInUseInKb: number;
+  netCapacityInUseInKb: number;
+  protectedCapacityInKb: number;
+  degradedCapacityInKb: number;
+  failedCapacityInKb: number;
+  unusedCapacityInKb: number;
+  capacityAvailableForVolumeAllocationInKb: number;
+}
+
+export const restCapacityFields: ReadonlyArray<keyof RestCapacity> = [
+  'maxCapacityInKb',
+  'spareCapacityInKb',
+  'usableCapacityInKb',
+  'thickCapacityInUseInKb',
+  'thinCapacityProvisionedInKb',
+  'capacityInUseInKb',
+  'netCapacityInUseInKb',
+  'protectedCapacityInKb',
+  'degradedCapacityInKb',
+  'failedCapacityInKb',
+  'unusedCapacityInKb',
+  'capacityAvailableForVolumeAllocationInKb',
+];
+
+export interface RestStoragePoolStatistics extends RestCapacity {
+  numOfDevices: number;
+  numOfFailedDevices: number;
+  numOfVolumes: number;
+  numOfThickBaseVolumes: number;
+  numOfThinBaseVolumes: number;
+  numOfMappedToAllVolumes: 0;
+}
+
+export interface RestSystemStatistics extends RestCapacity {
+  numOfProtectionDomains: number;
+  numOfStoragePools: number;
+  numOfFaultSets: number;
+  numOfSds: number;
+  numOfDevices: number;
+  numOfSdc: number;
+  numOfVolumes: number;
+  numOfMappedVolumes: number;
+}
+
+export interface RestDeviceStatistics {
+  deviceId: Id;
+  /** False until the device's SDS reported statistics; the counters are then 0. */
+  statisticsAvailable: boolean;
+  maxCapacityInKb: number;
+  capacityInUseInKb: number;
+  /** Per second, over the SDS's last reporting interval. */
+  readIops: number;
+  writeIops: number;
+  readBwInKbps: number;
+  writeBwInKbps: number;
+  /** Since the SDS started. */
+  totalReadIos: number;
+  totalWriteIos: number;
+  totalReadInKb: number;
+  totalWriteInKb: number;
+  /** The SDS's last error on this device, if it failed. */
+  errorMessage: string | null;
+}
+
+export interface RestRebuildProgress {
+  storagePoolId: Id;
+  pgIndex: number;
+  targetSdsId: Id;
+  state: 'running' | 'done' | 'failed';
+  chunksDone: number;
+  chunksTotal: number;
+  doneInKb: number;
+  errorMessage: string | null;
+}
+
+export interface RestSdsStatistics {
+  sdsId: Id;
+  statisticsAvailable: boolean;
+  /** The placement epoch the SDS reported working from (0 if it never reported). */
+  mapEpoch: number;
+  numOfDevices: number;
+  maxCapacityInKb: number;
+  capacityInUseInKb: number;
+  thickCapacityReservedInKb: number;
+  readIops: number;
+  writeIops: number;
+  readBwInKbps: number;
+  writeBwInKbps: number;
+  rebuilds: RestRebuildProgress[];
+  devices: RestDeviceStatistics[];
+}
+
+export interface RestDashboardPool extends RestStoragePoolStatistics {
+  id: Id;
+  name: string;
+  protectionDomainId: Id;
+  protectionDomainName: string;
+}
+
+/** meshblock's GET /api/dashboard: everything `meshblock dashboard` shows, in one reply. */
+export interface RestDashboard {
+  system: { id: Id; name: string; mapEpoch: number; systemVersionName: string };
+  capacity: RestSystemStatistics;
+  storagePools: RestDashboardPool[];
+  health: {
+    sdsConnected: number;
+    sdsDisconnected: number;
+    sdsDown: number;
+    /** Registered SDSs not yet added to a protection domain. */
+    sdsUnassigned: number;
+    devicesNormal: number;
+    devicesFailed: number;
+    devicesRemoving: number;
+    sdcConnected: number;
+    sdcDisconnected: number;
+    degradedCapacityInKb: number;
+    failedCapacityInKb: number;
+    rebuildsRunning: number;
+  };
+}
+
+const kb = (bytes: number): number => Math.floor(bytes / 1024);
+
+export function instanceHref(type: RestType, id: Id): string {
+  return `/api/instances/${type}::${id}`;
+}
+
+function links(type: RestType, id: Id, parents: Array<[string, RestType, Id | null]>, related: readonly string[]): RestLink[] {
+  const self = instanceHref(type, id);
+  return [
+    { rel: 'self', href: self },
+    ...related.map((other) => ({ rel: `/api/${type}/relationship/${other}`, href: `${self}/relationships/${other}` })),
+    ...parents.filter((parent): parent is [string, RestType, Id] => parent[2] !== null).map(([field, parentType, parentId]) => ({ rel: `/api/parent/relationship/${field}`, href: instanceHref(parentType, parentId) })),
+  ];
+}
+
+/**
+ * The children each type lists under /relationships/{Type}, with the field of the child
+ * that points at the parent; Statistics is served separately.
+ */
+export const restRelationships: Readonly<Partial<Record<RestType, Partial<Record<RestType, string>>>>> = {
+  System: { ProtectionDomain: '', Sdc: '' },
+  ProtectionDomain: { StoragePool: 'protectionDomainId', FaultSet: 'protectionDomainId', Sds: 'protectionDomainId' },
+  StoragePool: { Device: 'storagePoolId', Volume: 'storagePoolId' },
+  FaultSet: { Sds: 'faultSetId' },
+  Sds: { Device: 'sdsId' },
+  Sdc: { Volume: '' },
+};
+
+/** Types that have /relationships/Statistics. */
+export const restStatisticsTypes: readonly RestType[] = ['System', 'StoragePool', 'Sds', 'Device'];
+
+function related(type: RestType): string[] {
+  return Object.keys(restRelationships[type] ?? {});
+}
+
+function withStatistics(type: RestType, others: string[]): string[] {
+  return restStatisticsTypes.includes(type) ? [...others, 'Statistics'] : others;
+}
+
+export function renderSystem(model: SystemModel): RestSystem {
+  return {
+    id: model.clusterId,
+    name: model.name,
+    systemVersionName: meshblockVersionName,
+    mapEpoch: model.epoch,
+    links: links('System', model.clusterId, [], withStatistics('System', related('System'))),
+  };
+}
+
+export function renderProtectionDomain(model: SystemModel, domain: ProtectionDomain): RestProtectionDomain {
+  return {
+    id: domain.id,
+    name: domain.name,
+    systemId: model.clusterId,
+    protectionDomainState: 'Active',
+    links: links('ProtectionDomain', domain.id, [['systemId', 'System', model.clusterId]], related('ProtectionDomain')),
+  };
+}
+
+export function renderStoragePool(pool: StoragePool): RestStoragePool {
+  return {
+    id: pool.id,
+    name: pool.name,
+    protectionDomainId: pool.protectionDomainId,
+    sparePercentage: pool.sparePercent,
+    zeroPaddingEnabled: pool.zeroPadding,
+    chunkSizeInKb: kb(pool.chunkBytes),
+    volumeGranularityInKb: kb(pool.volumeGranularityBytes),
+    pgCount: pool.pgCount,
+    links: links('StoragePool', pool.id, [['protectionDomainId', 'ProtectionDomain', pool.protectionDomainId]], withStatistics('StoragePool', related('StoragePool'))),
+  };
+}
+
+export function renderFaultSet(set: FaultSet): RestFaultSet {
+  return {
+    id: set.id,
+    name: set.name,
+    protectionDomainId: set.protectionDomainId,
+    links: links('FaultSet', set.id, [['protectionDomainId', 'ProtectionDomain', set.protectionDomainId]], related('FaultSet')),
+  };
+}
+
+export function renderSds(sds: Sds): RestSds {
+  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(sds.address);
+  const ip = match?.[1] ?? match?.[2] ?? sds.address;
+  return {
+    id: sds.id,
+    name: sds.name,
+    protectionDomainId: sds.protectionDomainId,
+    faultSetId: sds.faultSetId,
+    sdsState: sds.state === 'connected' ? 'Normal' : sds.state === 'disconnected' ? 'Disconnected' : 'Down',
+    mdmConnectionState: sds.state === 'connected' ? 'Connected' : 'Disconnected',
+    membershipState: sds.protectionDomainId === null ? 'Registered' : 'Joined',
+    ipList: [{ ip, role: 'all' }],
+    port: Number(match?.[3] ?? 0),
+    address: sds.address,
+    lastHeartbeatTimeMs: sds.lastHeartbeatMs,
+    links: links(
+      'Sds',
+      sds.id,
+      [
+        ['protectionDomainId', 'ProtectionDomain', sds.protectionDomainId],
+        ['faultSetId', 'FaultSet', sds.faultSetId],
+      ],
+      withStatistics('Sds', related('Sds')),
+    ),
+  };
+}
+
+export function renderDevice(device: Device): RestDevice {
+  return {
+    id: device.id,
+    name: device.name,
+    sdsId: device.sdsId,
+    storagePoolId: device.storagePoolId,
+    deviceCurrentPathName: device.path,
+    deviceOriginalPathName: device.path,
+    capacityInKb: kb(device.capacityBytes),
+    maxCapacityInKb: kb(device.capacityBytes),
+    capacityInUseInKb: kb(device.usedBytes),
+    deviceState: device.state === 'normal' ? 'Normal' : device.state === 'failed' ? 'Failed' : 'RemovePending',
+    errorState: device.state === 'failed' ? 'Error' : 'None',
+    links: links(
+      'Device',
+      device.id,
+      [
+        ['sdsId', 'Sds', device.sdsId],
+        ['storagePoolId', 'StoragePool', device.storagePoolId],
+      ],
+      withStatistics('Device', related('Device')),
+    ),
+  };
+}
+
+export function renderSdc(sdc: Sdc): RestSdc {
+  return {
+    id: sdc.id,
+    name: sdc.name,
+    sdcGuid: sdc.guid,
+    mdmConnectionState: sdc.state === 'connected' ? 'Connected' : 'Disconnected',
+    sdcApproved: true,
+    lastSeenTimeMs: sdc.lastSeenMs,
+    links: links('Sdc', sdc.id, [], related('Sdc')),
+  };
+}
+
+export function renderVolume(model: SystemModel, volume: Volume): RestVolume {
+  return {
+    id: volume.id,
+    name: volume.name,
+    sizeInKb: kb(volume.sizeBytes),
+    volumeType: volume.volumeType,
+    storagePoolId: volume.storagePoolId,
+    vtreeId: volume.vtreeId,
+    ancestorVolumeId: null,
+    mappedSdcInfo: volume.mappings.map((mapping) => ({
+      sdcId: mapping.sdcId,
+      sdcName: model.sdcs[mapping.sdcId]?.name ?? '',
+      accessMode: mapping.accessMode,
+      limitIops: mapping.iopsLimit,
+      limitBwInMbps: Math.floor(mapping.bandwidthLimitKbps / 1024),
+      limitBwInKbps: mapping.bandwidthLimitKbps,
+    })),
+    mappingToAllSdcsEnabled: false,
+    creationTime: Math.floor(volume.creationTimeMs / 1000),
+    links: links('Volume', volume.id, [['storagePoolId', 'StoragePool', volume.storagePoolId]], related('Volume')),
+  };
+}
+
+/** Every instance of a type, in a stable order (by name, then id). */
+export function listInstances(state: StateMachine, type: RestType): RestInstance[] {
+  const model = state.model;
+  const sorted = <T extends { id: Id; name: string }>(table: Record<Id, T>): T[] =>
+    Object.values(table).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  switch (type) {
+    case 'System':
+      return [renderSystem(model)];
+    case 'ProtectionDomain':
+      return sorted(model.protectionDomains).map((domain) => renderProtectionDomain(model, domain));
+    case 'StoragePool':
+      return sorted(model.storagePools).map(renderStoragePool);
+    case 'FaultSet':
+      return sorted(model.faultSets).map(renderFaultSet);
+    case 'Sds':
+      return sorted(model.sdss).map(renderSds);
+    case 'Device':
+      return sorted(model.devices).map(renderDevice);
+    case 'Sdc':
+      return sorted(model.sdcs).map(renderSdc);
+    case 'Volume':
+      return sorted(model.volumes).map((volume) => renderVolume(model, volume));
+  }
+}
+
+/** One instance, or null if there is none with that id. */
+export function getInstance(state: StateMachine, type: RestType, id: string): RestInstance | null {
+  const model = state.model;
+  const lookup = <T>(table: Record<Id, T>): T | undefined => (Object.hasOwn(table, id) ? table[id] : undefined);
+  switch (type) {
+    case 'System':
+      return id === model.clusterId ? renderSystem(model) : null;
+    case 'ProtectionDomain': {
+      const domain = lookup(model.protectionDomains);
+      return domain === undefined ? null : renderProtectionDomain(model, domain);
+    }
+    case 'StoragePool': {
+      const pool = lookup(model.storagePools);
+      return pool === undefined ? null : renderStoragePool(pool);
+    }
+    case 'FaultSet': {
+      const set = lookup(model.faultSets);
+      return set === undefined ? null : renderFaultSet(set);
+    }
+    case 'Sds': {
+      const sds = lookup(model.sdss);
+      return sds === undefined ? null : renderSds(sds);
+    }
+    case 'Device': {
+      const device = lookup(model.devices);
+      return device === undefined ? null : renderDevice(device);
+    }
+    case 'Sdc': {
+      const sdc = lookup(model.sdcs);
+      return sdc === undefined ? null : renderSdc(sdc);
+    }
+    case 'Volume': {
+      const volume = lookup(model.volumes);
+      return volume === undefined ? null : renderVolume(model, volume);
+    }
+  }
+}
+
+/** The children of one instance (GET /api/instances/{Type}::{id}/relationships/{Other}). */
+export function relatedInstances(state: StateMachine, type: RestType, id: Id, other: RestType): RestInstance[] {
+  const children = listInstances(state, other);
+  if (type === 'System') return children;
+  if (type === 'Sdc' && other === 'Volume') {
+    return children.filter((volume) => (volume as RestVolume).mappedSdcInfo.some((info) => info.sdcId === id));
+  }
+  const field = restRelationships[type]?.[other] as string;
+  return children.filter((child) => (child as unknown as Record<string, unknown>)[field] === id);
+}
+
+export function renderCapacity(capacity: PoolCapacity): RestCapacity {
+  const usedRawBytes = capacity.protectedBytes + capacity.degradedBytes;
+  // The same sum StateMachine.checkFits() refuses a thick volume with.
+  const committedBytes = capacity.thickReservedBytes + Math.max(0, capacity.inUseBytes - capacity.thickReservedBytes);
+  return {
+    maxCapacityInKb: kb(capacity.rawBytes),
+    spareCapacityInKb: kb(capacity.spareBytes),
+    usableCapacityInKb: kb(capacity.usableBytes),
+    thickCapacityInUseInKb: kb(capacity.thickReservedBytes),
+    thinCapacityProvisionedInKb: kb(capacity.thinProvisionedBytes),
+    capacityInUseInKb: kb(usedRawBytes),
+    netCapacityInUseInKb: kb(capacity.inUseBytes),
+    protectedCapacityInKb: kb(capacity.protectedBytes),
+    degradedCapacityInKb: kb(capacity.degradedBytes),
+    failedCapacityInKb: kb(capacity.failedBytes),
+    unusedCapacityInKb: kb(capacity.unusedBytes),
+    capacityAvailableForVolumeAllocationInKb: kb(Math.max(0, capacity.usableBytes - committedBytes)),
+  };
+}
+
+export function storagePoolStatistics(state: StateMachine, poolId: Id): RestStoragePoolStatistics {
+  const devices = state.poolDevices(poolId);
+  const volumes = Object.values(state.model.volumes).filter((volume) => volume.storagePoolId === poolId);
+  return {
+    ...renderCapacity(state.poolCapacity(poolId)),
+    numOfDevices: devices.length,
+    numOfFailedDevices: devices.filter((device) => device.state === 'failed').length,
+    numOfVolumes: volumes.length,
+    numOfThickBaseVolumes: volumes.filter((volume) => volume.volumeType === 'ThickProvisioned').length,
+    numOfThinBaseVolumes: volumes.filter((volume) => volume.volumeType === 'ThinProvisioned').length,
+    numOfMappedToAllVolumes: 0,
+  };
+}
+
+export function systemStatistics(state: StateMachine): RestSystemStatistics {
+  const model = state.model;
+  const total = Object.fromEntries(restCapacityFields.map((field) => [field, 0])) as unknown as RestCapacity;
+  for (const poolId of Object.keys(model.storagePools)) {
+    const pool = renderCapacity(state.poolCapacity(poolId));
+    for (const field of restCapacityFields) total[field] += pool[field];
+  }
+  return {
+    ...total,
+    numOfProtectionDomains: Object.keys(model.protectionDomains).length,
+    numOfStoragePools: Object.keys(model.storagePools).length,
+    numOfFaultSets: Object.keys(model.faultSets).length,
+    numOfSds: Object.keys(model.sdss).length,
+    numOfDevices: Object.keys(model.devices).length,
+    numOfSdc: Object.keys(model.sdcs).length,
+    numOfVolumes: Object.keys(model.volumes).length,
+    numOfMappedVolumes: Object.values(model.volumes).filter((volume) => volume.mappings.length > 0).length,
+  };
+}
+
+export function deviceStatistics(device: Device, stats: SdsStats | null): RestDeviceStatistics {
+  const reported = stats?.devices.find((entry) => entry.deviceId === device.id);
+  return {
+    deviceId: device.id,
+    statisticsAvailable: reported !== undefined,
+    maxCapacityInKb: kb(device.capacityBytes),
+    capacityInUseInKb: kb(reported?.usedBytes ?? device.usedBytes),
+    readIops: Math.round(reported?.readIops ?? 0),
+    writeIops: Math.round(reported?.writeIops ?? 0),
+    readBwInKbps: kb(reported?.readBytesPerSecond ?? 0),
+    writeBwInKbps: kb(reported?.writeBytesPerSecond ?? 0),
+    totalReadIos: reported?.reads ?? 0,
+    totalWriteIos: reported?.writes ?? 0,
+    totalReadInKb: kb(reported?.readBytes ?? 0),
+    totalWriteInKb: kb(reported?.writeBytes ?? 0),
+    errorMessage: reported?.error ?? null,
+  };
+}
+
+export function sdsStatistics(state: StateMachine, sds: Sds, stats: SdsStats | null): RestSdsStatistics {
+  const devices = state.sdsDevices(sds.id).map((device) => deviceStatistics(device, stats));
+  const sum = (field: 'readIops' | 'writeIops' | 'readBwInKbps' | 'writeBwInKbps' | 'capacityInUseInKb' | 'maxCapacityInKb'): number =>
+    devices.reduce((total, device) => total + device[field], 0);
+  return {
+    sdsId: sds.id,
+    statisticsAvailable: stats !== null,
+    mapEpoch: stats?.epoch ?? 0,
+    numOfDevices: devices.length,
+    maxCapacityInKb: sum('maxCapacityInKb'),
+    capacityInUseInKb: sum('capacityInUseInKb'),
+    thickCapacityReservedInKb: kb(stats?.reservedBytes ?? 0),
+    readIops: sum('readIops'),
+    writeIops: sum('writeIops'),
+    readBwInKbps: sum('readBwInKbps'),
+    writeBwInKbps: sum('writeBwInKbps'),
+    rebuilds: (stats?.rebuilds ?? []).map((rebuild) => ({
+      storagePoolId: rebuild.poolId,
+      pgIndex: rebuild.pgIndex,
+      targetSdsId: rebuild.targetSdsId,
+      state: rebuild.state,
+      chunksDone: rebuild.chunksDone,
+      chunksTotal: rebuild.chunksTotal,
+      doneInKb: kb(rebuild.bytesDone),
+      errorMessage: rebuild.error,
+    })),
+    devices,
+  };
+}
+
+export function dashboard(state: StateMachine, sdsStats: (sdsId: Id) => SdsStats | null): RestDashboard {
+  const model = state.model;
+  const capacity = systemStatistics(state);
+  const sdss = Object.values(model.sdss);
+  const devices = Object.values(model.devices);
+  const sdcs = Object.values(model.sdcs);
+  const storagePools = (listInstances(state, 'StoragePool') as RestStoragePool[]).map((pool) => ({
+    id: pool.id,
+    name: pool.name,
+    protectionDomainId: pool.protectionDomainId,
+    protectionDomainName: model.protectionDomains[pool.protectionDomainId]?.name ?? '',
+    ...storagePoolStatistics(state, pool.id),
+  }));
+  const rebuildsRunning = sdss.reduce((total, sds) => total + (sdsStats(sds.id)?.rebuilds.filter((rebuild) => rebuild.state === 'running').length ?? 0), 0);
+  return {
+    system: { id: model.clusterId, name: model.name, mapEpoch: model.epoch, systemVersionName: meshblockVersionName },
+    capacity,
+    storagePools,
+    health: {
+      sdsConnected: sdss.filter((sds) => sds.state === 'connected').length,
+      sdsDisconnected: sdss.filter((sds) => sds.state === 'disconnected').length,
+      sdsDown: sdss.filter((sds) => sds.state === 'down').length,
+      sdsUnassigned: sdss.filter((sds) => sds.protectionDomainId === null).length,
+      devicesNormal: devices.filter((device) => device.state === 'normal').length,
+      devicesFailed: devices.filter((device) => device.state === 'failed').length,
+      devicesRemoving: devices.filter((device) => device.state === 'removing').length,
+      sdcConnected: sdcs.filter((sdc) => sdc.state === 'connected').length,
+      sdcDisconnected: sdcs.filter((sdc) => sdc.state === 'disconnected').length,
+      degradedCapacityInKb: capacity.degradedCapacityInKb,
+      failedCapacityInKb: capacity.failedCapacityInKb,
+      rebuildsRunning,
+    },
+  };
+}

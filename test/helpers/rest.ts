@@ -1,0 +1,167 @@
+// The REST API in-process for tests: a real StateMachine behind a small MdmController (no
+// journal, no SDS connections), a real AdminAuth password file, a real self-signed
+// certificate made by openssl, and a real HTTPS server on 127.0.0.1. What stands in for the
+// SDSs: addDevice takes any device at a fixed capacity, except `formattedDevicePath`, which
+// it refuses the way an SDS refuses a device holding a filesystem; `sdsStats` returns what
+// the test put in `stats`.
+
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as https from 'node:https';
+import * as path from 'node:path';
+import { pino, type Logger } from 'pino';
+import { AdminAuth } from '../../src/mdm/auth.js';
+import type { AddDeviceRequest, MdmController } from '../../src/mdm/controller.js';
+import type { Id } from '../../src/mdm/model.js';
+import { RestApi } from '../../src/mdm/rest-api.js';
+import { ensureSelfSignedCertificate } from '../../src/mdm/tls.js';
+import { MdmError, StateMachine, type Applied, type Command } from '../../src/mdm/state-machine.js';
+import type { SdsStats } from '../../src/wire/sds-ops.js';
+import type { TeardownHost } from './processes.js';
+
+export const testClusterId = '0123456789abcdef';
+export const testPassword = 'correct horse battery staple';
+export const formattedDevicePath = '/dev/formatted';
+export const GiB = 1024 * 1024 * 1024;
+export const MiB = 1024 * 1024;
+/** What the stand-in SDS reports for every device it takes. */
+export const testDeviceCapacityBytes = GiB;
+
+export class TestController implements MdmController {
+  readonly state = StateMachine.create(testClusterId, 'testsys');
+  readonly stats = new Map<Id, SdsStats>();
+  /** Every addDevice request, in order, as the SDS would have seen it. */
+  readonly deviceRequests: AddDeviceRequest[] = [];
+  nowMs = 1_700_000_000_000;
+
+  async execute(command: Command): Promise<Applied> {
+    return this.state.apply(command);
+  }
+
+  async addDevice(request: AddDeviceRequest): Promise<Applied> {
+    this.deviceRequests.push(request);
+    if (request.path === formattedDevicePath && !request.force) {
+      throw new MdmError('MB_ERR_DEVICE_FORMATTED', `${request.path} holds an ext4 filesystem; add it with forceDeviceTakeover to format it anyway`, 409);
+    }
+    return this.state.apply({
+      type: 'addDevice',
+      deviceId: randomBytes(8).toString('hex'),
+      sdsId: request.sdsId,
+      storagePoolId: request.storagePoolId,
+      path: request.path,
+      name: request.name,
+      capacityBytes: testDeviceCapacityBytes,
+    });
+  }
+
+  sdsStats(sdsId: Id): SdsStats | null {
+    return this.stats.get(sdsId) ?? null;
+  }
+
+  /** An SDS that started and registered itself, as `sds start --mdm` will do. */
+  registerSds(name: string, port: number): Id {
+    const sdsId = randomBytes(8).toString('hex');
+    this.state.apply({ type: 'registerSds', sdsId, name, address: `127.0.0.1:${port}`, nowMs: this.nowMs });
+    return sdsId;
+  }
+
+  registerSdc(guid: string, name: string): Id {
+    return this.state.apply({ type: 'registerSdc', guid, name, nowMs: this.nowMs }).id as Id;
+  }
+}
+
+export interface TestApi {
+  api: RestApi;
+  controller: TestController;
+  auth: AdminAuth;
+  port: number;
+  url: string;
+  ca: Buffer;
+  certPath: string;
+  dir: string;
+  passwordFile: string;
+}
+
+/** Starts the API over HTTPS on 127.0.0.1 with a fresh model; closed at teardown. */
+export async function startTestApi(t: TeardownHost & { testdir(): string }, options: { controller?: TestController; log?: Logger } = {}): Promise<TestApi> {
+  const controller = options.controller ?? new TestController();
+  const dir = t.testdir();
+  // scrypt's cost is lowered only to keep the suite quick; the format is the same.
+  const auth = await AdminAuth.initialize(dir, testPassword, { scryptCost: 1024 });
+  const certificate = ensureSelfSignedCertificate(dir);
+  const log = options.log ?? pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' });
+  const api = new RestApi({ controller, log, auth, tls: { cert: certificate.cert, key: certificate.key }, nowMs: () => controller.nowMs });
+  const address = await api.listen('127.0.0.1', 0);
+  t.teardown(() => api.close());
+  const passwordFile = path.join(dir, 'password.txt');
+  fs.writeFileSync(passwordFile, `${testPassword}\n`, { mode: 0o600 });
+  return { api, controller, auth, port: address.port, url: `https://127.0.0.1:${address.port}`, ca: certificate.cert, certPath: certificate.certPath, dir, passwordFile };
+}
+
+export interface Response {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+  /** The parsed JSON body (undefined if the body is empty or not JSON). */
+  body: unknown;
+}
+
+export interface CallOptions {
+  /** JSON-encoded unless `raw` is given. */
+  body?: unknown;
+  raw?: string | Buffer;
+  /** Authorization: a token (sent as Basic admin:TOKEN), or a full header value. */
+  token?: string;
+  authorization?: string;
+  headers?: Record<string, string>;
+}
+
+/** One HTTPS request, trusting only the test's certificate. */
+export function call(api: Pick<TestApi, 'url' | 'ca'>, method: string, urlPath: string, options: CallOptions = {}): Promise<Response> {
+  const payload = options.raw !== undefined ? Buffer.from(options.raw) : options.body !== undefined ? Buffer.from(JSON.stringify(options.body)) : undefined;
+  const authorization = options.authorization ?? (options.token !== undefined ? basic('admin', options.token) : undefined);
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      `${api.url}${urlPath}`,
+      {
+        method,
+        ca: api.ca,
+        // A connection per request: Node's global agent keeps connections alive, and a test
+        // that closes the API would otherwise see a reused socket reset instead of a refusal.
+        agent: false,
+        headers: {
+          ...(authorization !== undefined ? { authorization } : {}),
+          ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': String(payload.length) } : {}),
+          ...options.headers,
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let body: unknown;
+          try {
+            body = text === '' ? undefined : JSON.parse(text);
+          } catch {
+            body = undefined;
+          }
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, text, body });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+export function basic(username: string, password: string): string {
+  return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
+}
+
+export async function login(api: TestApi, password = testPassword): Promise<string> {
+  const reply = await call(api, 'GET', '/api/login', { authorization: basic('admin', password) });
+  if (reply.status !== 200 || typeof reply.body !== 'string') throw new Error(`login failed: ${reply.status} ${reply.text}`);
+  return reply.body;
+}
