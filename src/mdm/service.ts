@@ -12,17 +12,20 @@ import { assert } from '../common/assert.js';
 import { MeshblockError } from '../common/errors.js';
 import { MdmOp, heartbeatIntervalMs, parseSdsRegistration, type DeviceRefusal, type RegisteredDevice } from '../wire/mdm-ops.js';
 import { WirePeer, type WireReply, type WireRequest } from '../wire/peer.js';
-import { SdsOp, SdsStatus, type SdsStats } from '../wire/sds-ops.js';
+import { SdsOp, SdsStatus, type RebuildArgs, type SdsStats } from '../wire/sds-ops.js';
 import type { AddDeviceRequest, MdmController } from './controller.js';
 import { Journal } from './journal.js';
 import { emptyModel, type Id, type SystemModel } from './model.js';
-import { MdmError, StateMachine, type Applied, type Command } from './state-machine.js';
+import { MdmError, StateMachine, type Applied, type Command, type CopyMove } from './state-machine.js';
 
 /** An SDS is called disconnected after this long without a heartbeat. */
 export const heartbeatTimeoutMs = 5 * heartbeatIntervalMs;
 /** The journal is compacted into a snapshot after this many records. */
 const compactAfterRecords = 1000;
 const sdsOrderTimeoutMs = 30_000;
+/** Throttle for copies onto new devices, per group: client IO keeps priority. */
+const rebalanceBytesPerSecondMax = 64 * 1024 * 1024;
+const rebalanceChunksInflightMax = 2;
 
 export interface JournalRecord {
   command: Command;
@@ -110,7 +113,11 @@ export class MdmService implements MdmController {
       setImmediate(() => process.exit(1));
       throw err;
     }
-    if (applied.epochChanged) this.pushMap();
+    if (applied.epochChanged) {
+      const pushed = this.pushMap();
+      const moves = applied.moves ?? [];
+      if (moves.length > 0) void pushed.then(() => this.orderCopies(moves));
+    }
     if (this.journal.recordCount >= compactAfterRecords) {
       await this.journal.compact(this.state.model).catch((err: unknown) => this.options.log.error({ err }, 'journal compaction failed; will retry'));
     }
@@ -187,7 +194,7 @@ export class MdmService implements MdmController {
           if (previous !== undefined && previous !== peer) previous.destroy();
           this.sdsPeers.set(registration.sdsId, peer);
           // After this reply, so that the SDS hears of its registration first.
-          setImmediate(() => this.pushMapTo(registration.sdsId, peer));
+          setImmediate(() => void this.pushMapTo(registration.sdsId, peer));
           this.options.log.info({ sdsId: registration.sdsId, name: registration.name, address: registration.address, devices: registration.devices.length }, 'SDS registered');
           return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify({ epoch: this.state.model.epoch })) };
         }
@@ -229,13 +236,39 @@ export class MdmService implements MdmController {
     }
   }
 
-  private pushMap(): void {
-    for (const [sdsId, peer] of this.sdsPeers) this.pushMapTo(sdsId, peer);
+  /** Resolves when every connected SDS has answered (or failed to take) the current map. */
+  private pushMap(): Promise<void> {
+    return Promise.all([...this.sdsPeers].map(([sdsId, peer]) => this.pushMapTo(sdsId, peer))).then(() => undefined);
   }
 
-  private pushMapTo(sdsId: Id, peer: WirePeer): void {
+  /**
+   * Copies placed on new devices start empty: each group's primary streams its chunks to
+   * the new secondary (SdsOp.Rebuild; until it is done the secondary takes the mirrored
+   * writes but serves no reads, since a new copy is never made primary). Progress and
+   * retries are the rebalance work of the failure-handling issue; here a failed order is
+   * logged loudly.
+   */
+  private orderCopies(moves: CopyMove[]): void {
+    this.options.log.info({ groups: moves.length }, 'copying placement groups onto their new devices');
+    for (const move of moves) {
+      const peer = this.sdsPeers.get(move.sourceSdsId);
+      if (peer === undefined) {
+        this.options.log.error({ move }, 'cannot order a copy: its primary SDS is not connected');
+        continue;
+      }
+      const order: RebuildArgs = { poolId: move.poolId, pgIndex: move.pgIndex, targetSdsId: move.targetSdsId, bytesPerSecondMax: rebalanceBytesPerSecondMax, chunksInflightMax: rebalanceChunksInflightMax };
+      peer.request(SdsOp.Rebuild, Buffer.from(JSON.stringify(order)), { timeoutMs: sdsOrderTimeoutMs }).then(
+        (response) => {
+          if (response.status !== SdsStatus.Ok) this.options.log.error({ move, status: response.status, reason: response.payload.toString() }, 'copy order refused');
+        },
+        (err: unknown) => this.options.log.error({ err, move }, 'copy order failed'),
+      );
+    }
+  }
+
+  private pushMapTo(sdsId: Id, peer: WirePeer): Promise<void> {
     const map = this.state.placementMap();
-    peer.request(SdsOp.SetMap, Buffer.from(JSON.stringify(map)), { timeoutMs: sdsOrderTimeoutMs }).then(
+    return peer.request(SdsOp.SetMap, Buffer.from(JSON.stringify(map)), { timeoutMs: sdsOrderTimeoutMs }).then(
       (response) => {
         if (response.status !== SdsStatus.Ok) this.options.log.warn({ sdsId, epoch: map.epoch, status: response.status, reason: response.payload.toString() }, 'SDS refused the map');
       },

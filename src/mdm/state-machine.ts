@@ -62,6 +62,16 @@ export type Command =
 export interface Applied {
   id?: Id;
   epochChanged: boolean;
+  /** Copies placed on a device that did not hold them: the primary must copy them there. */
+  moves?: CopyMove[];
+}
+
+export interface CopyMove {
+  poolId: Id;
+  pgIndex: number;
+  /** The SDS holding the group's data (its primary), and the one receiving a copy. */
+  sourceSdsId: Id;
+  targetSdsId: Id;
 }
 
 export interface PoolCapacity {
@@ -249,9 +259,9 @@ export class StateMachine {
           if (taken.has(name)) throw conflict('MB_ERR_NAME_TAKEN', `SDS '${sds.name}' already has a device named '${name}'`);
         }
         const device: Device = { id: command.deviceId, name, sdsId: sds.id, storagePoolId: pool.id, path: command.path, capacityBytes: command.capacityBytes, state: 'normal', usedBytes: 0 };
-        this.replan(pool, [...this.poolDevices(pool.id), device]);
+        const moves = this.replan(pool, [...this.poolDevices(pool.id), device], device);
         model.devices[device.id] = device;
-        return { id: device.id, epochChanged: true };
+        return { id: device.id, epochChanged: true, moves };
       }
       case 'removeDevice': {
         const device = this.get(model.devices, command.id, 'device');
@@ -265,9 +275,9 @@ export class StateMachine {
         if (remaining.length === 0 && Object.values(model.volumes).some((volume) => volume.storagePoolId === pool.id)) {
           throw conflict('MB_ERR_POOL_IN_USE', `device '${device.name}' is the last one of a pool that has volumes`);
         }
-        this.replan(pool, remaining);
+        const moves = this.replan(pool, remaining, null);
         delete model.devices[device.id];
-        return { epochChanged: true };
+        return { epochChanged: true, moves };
       }
       case 'registerSdc': {
         if (typeof command.guid !== 'string' || command.guid.length < 8 || command.guid.length > 64) throw invalid('guid', 'must be 8 to 64 characters');
@@ -454,7 +464,8 @@ export class StateMachine {
 
   // --- helpers -------------------------------------------------------------------------
 
-  private replan(pool: StoragePool, devices: Device[]): void {
+  /** Plans the pool again; returns the copies that must be filled from their primaries. */
+  private replan(pool: StoragePool, devices: Device[], added: Device | null): CopyMove[] {
     const plannerDevices: PlannerDevice[] = devices.map((device) => {
       const sds = this.model.sdss[device.sdsId];
       return { deviceId: device.id, sdsId: device.sdsId, faultSetId: sds?.faultSetId ?? null, capacityBytes: device.capacityBytes, state: device.state };
@@ -468,7 +479,7 @@ export class StateMachine {
       }
       pool.groups = [];
       this.model.epoch += 1;
-      return;
+      return [];
     }
     let planned;
     try {
@@ -476,8 +487,22 @@ export class StateMachine {
     } catch (err) {
       throw conflict('MB_ERR_PLACEMENT', `cannot place storage pool '${pool.name}': ${(err as Error).message}`);
     }
+    const previous = pool.groups;
     pool.groups = planned.groups.map((group) => ({ primaryDevice: group.primaryDevice, secondaryDevice: group.secondaryDevice }));
     this.model.epoch += 1;
+    // A copy new to its device starts empty; where the pool has volumes, it must be filled.
+    const sdsOf = (deviceId: Id): Id | undefined => (deviceId === added?.id ? added.sdsId : this.model.devices[deviceId]?.sdsId);
+    const moves: CopyMove[] = [];
+    if (previous.length === 0 || !Object.values(this.model.volumes).some((volume) => volume.storagePoolId === pool.id)) return moves;
+    pool.groups.forEach((group, pgIndex) => {
+      const before = previous[pgIndex];
+      if (before === undefined || group.secondaryDevice === null) return;
+      if (group.secondaryDevice === before.primaryDevice || group.secondaryDevice === before.secondaryDevice) return;
+      const sourceSdsId = sdsOf(group.primaryDevice);
+      const targetSdsId = sdsOf(group.secondaryDevice);
+      if (sourceSdsId !== undefined && targetSdsId !== undefined) moves.push({ poolId: pool.id, pgIndex, sourceSdsId, targetSdsId });
+    });
+    return moves;
   }
 
   private roundVolumeSize(pool: StoragePool, sizeBytes: number): number {

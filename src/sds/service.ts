@@ -45,6 +45,8 @@ export const mirrorTimeoutMs = 10_000;
 /** Rebuild cursors are saved after this many chunks (and when a rebuild ends). */
 const rebuildCursorSaveChunks = 64;
 const rebuildChunksInflightMax = 64;
+/** Rebuild jobs listed in Stats, finished ones included. */
+const rebuildsKeptMax = 1024;
 
 export interface SdsIdentity {
   clusterId: string;
@@ -461,7 +463,13 @@ export class SdsService {
       throw new InvalidArgumentError('rebuild', `at epoch ${this.epoch} this SDS is not the primary of group ${args.pgIndex} with secondary ${args.targetSdsId}`);
     }
     const progress: RebuildProgress = { ...args, state: 'running', chunksDone: 0, chunksTotal: 0, bytesDone: 0, error: null };
+    this.rebuilds.delete(jobKey);
     this.rebuilds.set(jobKey, progress);
+    // Finished jobs stay visible in Stats for a while; the oldest go first.
+    for (const [key, entry] of this.rebuilds) {
+      if (this.rebuilds.size <= rebuildsKeptMax) break;
+      if (entry.state !== 'running') this.rebuilds.delete(key);
+    }
     void this.track(this.runRebuild(args, jobKey, progress)).catch((err: unknown) => {
       progress.state = 'failed';
       progress.error = err instanceof Error ? err.message : String(err);

@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import t from 'tap';
 import type { PlacementMap } from '../../src/wire/placement.js';
 import { MdmOp } from '../../src/wire/mdm-ops.js';
+import { SdsOp, encodeListGroup } from '../../src/wire/sds-ops.js';
 import { sparseFile } from '../helpers/files.js';
 import { run, runMeshblock, startMeshblock, type DaemonHandle, type TeardownHost } from '../helpers/processes.js';
 import { basic, call } from '../helpers/rest.js';
@@ -123,6 +124,33 @@ t.test('an MDM and three SDSs, set up and changed from the CLI', async (t) => {
   await volume.flush();
   t.ok((await volume.read(3 * MiB + 4096, data.length)).equals(data), 'IO placed by the MDM\'s map reads back');
 
+  // A fourth SDS joins: groups re-placed onto it are filled from their primaries.
+  const sds4 = await startSds(t, { dir, name: 'sds4', devices: [sparseFile(dir, 'sds4.img', 2 * GiB)], clusterId: mdm.clusterId, secretFile: mdm.secretFile, extraArgs: ['--mdm', mdm.address] });
+  await until('sds4 to register', async () => ((await meshblock(['sds', 'list', '--json'])).stdout.includes('"sds4"') ? true : undefined));
+  await ok(['sds', 'add', '--sds', 'sds4', '--pd', 'pd1']);
+  await ok(['device', 'add', '--sds', 'sds4', '--pool', 'sp1', '--path', path.join(dir, 'sds4.img')]);
+  const grown = JSON.parse((await wire.request(MdmOp.GetMap, Buffer.alloc(0))).payload.toString()) as PlacementMap;
+  const movedGroups = (grown.pools[poolId as string]?.groups ?? []).map((group, pgIndex) => ({ group, pgIndex })).filter(({ group }) => group.secondary === sds4.sdsId);
+  t.ok(movedGroups.length > 0, `${movedGroups.length} groups got their second copy on sds4`);
+  const peer4 = await connectWire(t, sds4.address, { clusterId: mdm.clusterId, secret: fs.readFileSync(mdm.secretFile, 'utf8').trim() });
+  const listed = async (peer: Awaited<ReturnType<typeof connectWire>>, pgIndex: number): Promise<string> =>
+    (await peer.request(SdsOp.ListGroup, encodeListGroup({ poolId: poolId as string, pgIndex }))).payload.toString('hex');
+  let copiedChunks = 0;
+  for (const { group, pgIndex } of movedGroups) {
+    const primary = peers.get(group.primary);
+    if (primary === undefined) continue;
+    const expected = await listed(primary, pgIndex);
+    await until(`group ${pgIndex} copied to sds4`, async () => ((await listed(peer4, pgIndex)) === expected ? true : undefined), 60_000).catch((err: Error) => {
+      const failures = [mdm, ...sds, sds4].flatMap((daemon) => daemon.stderr().split('\n').filter((line) => /"level":(40|50|60)/.test(line)).slice(0, 3));
+      throw new Error(`${err.message}; warnings and errors logged:\n${failures.join('\n')}`);
+    });
+    copiedChunks += expected.length / 32;
+  }
+  t.ok(copiedChunks > 0, `sds4 holds the same chunks as the primaries of its new groups (${copiedChunks} chunks copied)`);
+  peers.set(sds4.sdsId, peer4);
+  const volumeNow = new TestVolumeClient(grown, peers, vol1?.vtreeId as string, poolId as string);
+  t.ok((await volumeNow.read(3 * MiB + 4096, data.length)).equals(data), 'the data reads back at the new epoch');
+
   const dashboard = JSON.parse(await until('in-use bytes in the dashboard', async () => {
     const text = (await meshblock(['dashboard', '--json'])).stdout;
     return JSON.stringify(JSON.parse(text)).includes('"capacityInUseInKb":0') ? undefined : text;
@@ -147,7 +175,7 @@ t.test('an MDM and three SDSs, set up and changed from the CLI', async (t) => {
     return list.every((entry) => JSON.stringify(entry).includes('"Connected"') || JSON.stringify(entry).includes('"connected"')) ? true : undefined;
   });
   t.pass('the SDSs reconnected after the restart');
-  t.ok((await volume.read(3 * MiB + 4096, data.length)).equals(data), 'data IO never depended on the MDM');
+  t.ok((await volumeNow.read(3 * MiB + 4096, data.length)).equals(data), 'data IO never depended on the MDM');
 
   // kill -9 during a burst of changes through the REST API.
   const api = { url: mdm.apiUrl, ca: fs.readFileSync(mdm.certPath) };
