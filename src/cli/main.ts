@@ -3,7 +3,8 @@
 import yargs from 'yargs';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
 import { nbdServe, nbdServeOptions, type NbdServeArgs } from './nbd-serve.js';
-import { registerManagementCommands, registerSdsManagementCommands } from './manage.js';
+import { registerManagementCommands, registerSdcManagementCommands, registerSdsManagementCommands } from './manage.js';
+import { sdcStart, sdcStartOptions, type SdcStartArgs } from './sdc-start.js';
 import { mdmStart, mdmStartOptions, type MdmStartArgs } from './mdm-start.js';
 import { sdsStart, sdsStartOptions, type SdsStartArgs } from './sds-start.js';
 
@@ -41,6 +42,17 @@ export async function main(argv: string[]): Promise<void> {
           async (args) => sdsStart(args as unknown as SdsStartArgs),
         )
         .demandCommand(1, 'sds: name a subcommand (start, add, list, remove, rename)')
+        .strict(),
+    )
+    .command('sdc', 'SDC: serves mapped volumes over NBD on this host', (sdc) =>
+      registerSdcManagementCommands(sdc)
+        .command(
+          'start',
+          'register with the MDM and export every volume mapped to this SDC over NBD',
+          (y) => sdcStartOptions(y),
+          async (args) => sdcStart(args as unknown as SdcStartArgs),
+        )
+        .demandCommand(1, 'sdc: name a subcommand (start, list, remove, rename)')
         .strict(),
     )
     .command('mdm', 'MDM: the metadata manager (control plane and REST API)', (mdm) =>

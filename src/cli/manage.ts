@@ -738,7 +738,6 @@ export function registerManagementCommands(yargs: Argv, io: ManageIo = processIo
   noun(yargs, io, 'pool', 'storage pools: devices of a protection domain that volumes are carved from', poolCommands);
   noun(yargs, io, 'fault-set', 'fault sets: SDSs that may fail together, never holding both copies', faultSetCommands);
   noun(yargs, io, 'device', 'devices of SDSs in storage pools', deviceCommands);
-  noun(yargs, io, 'sdc', 'SDCs: the hosts volumes are mapped to', sdcCommands);
   noun(yargs, io, 'volume', 'volumes: create, resize, map to SDCs, QoS limits', volumeCommands);
   register(yargs, io, [
     {
@@ -755,6 +754,11 @@ export function registerManagementCommands(yargs: Argv, io: ManageIo = processIo
   return yargs;
 }
 
+/** Adds list, remove and rename under an existing `sdc` command (next to `sdc start`). */
+export function registerSdcManagementCommands(sdcYargs: Argv, io: ManageIo = processIo): Argv {
+  return register(sdcYargs, io, sdcCommands);
+}
+
 /** Adds add, list, remove and rename under an existing `sds` command (next to `sds start`). */
 export function registerSdsManagementCommands(sdsYargs: Argv, io: ManageIo = processIo): Argv {
   return register(sdsYargs, io, sdsCommands);
@@ -769,7 +773,8 @@ export async function manageMain(argv: string[], io: ManageIo = processIo): Prom
     .scriptName('meshblock')
     .usage('$0 <command>')
     .exitProcess(false)
-    .command('sds', 'SDS management', (sds) => registerSdsManagementCommands(sds, io).demandCommand(1, 'sds: name a subcommand (add, list, remove, rename)').strict());
+    .command('sds', 'SDS management', (sds) => registerSdsManagementCommands(sds, io).demandCommand(1, 'sds: name a subcommand (add, list, remove, rename)').strict())
+    .command('sdc', 'SDC management', (sdc) => registerSdcManagementCommands(sdc, io).demandCommand(1, 'sdc: name a subcommand (list, remove, rename)').strict());
   registerManagementCommands(cli, io)
     .demandCommand(1, 'name a command (see meshblock --help)')
     .strict()

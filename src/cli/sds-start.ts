@@ -18,6 +18,7 @@ import { loadState, saveState, type SdsState } from '../sds/state.js';
 import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';
 import { lockDataDir } from './pid-lock.js';
+import { readSecretFile } from './secret.js';
 import { runUntilSignal } from './signals.js';
 
 export interface SdsStartArgs {
@@ -37,7 +38,6 @@ export interface SdsStartArgs {
 /** ScaleIO's SDS port. */
 export const defaultSdsPort = 7072;
 const nameBytesMax = 31;
-const secretBytesMin = 16;
 
 export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
   return yargs
@@ -72,23 +72,12 @@ function devicePaths(values: readonly (string | number)[]): string[] {
   return values.flatMap((value) => String(value).split(',')).map((entry) => entry.trim()).filter((entry) => entry !== '');
 }
 
-function readSecret(file: string): Buffer {
-  let secret: Buffer;
-  try {
-    secret = Buffer.from(fs.readFileSync(file, 'utf8').trim());
-  } catch (err) {
-    throw new InvalidArgumentError('--secret-file', `cannot read ${file}: ${(err as Error).message}`);
-  }
-  if (secret.length < secretBytesMin) throw new InvalidArgumentError('--secret-file', `the secret in ${file} is shorter than ${secretBytesMin} bytes`);
-  return secret;
-}
-
 export async function sdsStart(args: SdsStartArgs): Promise<void> {
   const log = createRootLogger(args['log-level'], 'sds');
   const dataDir = path.resolve(args['data-dir'] ?? `/var/lib/meshblock/sds-${args.name}`);
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   lockDataDir(dataDir, 'sds');
-  const secret = readSecret(args['secret-file'] ?? path.join(dataDir, 'cluster.secret'));
+  const secret = readSecretFile('--secret-file', args['secret-file'] ?? path.join(dataDir, 'cluster.secret'));
   const chunkBytes = parseSizeBytes('--chunk-size', args['chunk-size']);
   const loaded = loadState(dataDir);
   let state: SdsState;

@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { MeshblockError } from '../common/errors.js';
-import { MdmOp, heartbeatIntervalMs, parseSdsRegistration, type DeviceRefusal, type RegisteredDevice } from '../wire/mdm-ops.js';
+import { MdmOp, SdcOp, heartbeatIntervalMs, parseSdcRegistration, parseSdsRegistration, type DeviceRefusal, type RegisteredDevice, type SdcHeartbeat, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
 import { WirePeer, type WireReply, type WireRequest } from '../wire/peer.js';
 import { SdsOp, SdsStatus, type RebuildArgs, type SdsStats } from '../wire/sds-ops.js';
 import type { AddDeviceRequest, MdmController } from './controller.js';
@@ -31,6 +31,12 @@ export interface JournalRecord {
   command: Command;
 }
 
+interface Session {
+  sdsId: Id | null;
+  sdcId: Id | null;
+  peer: WirePeer | null;
+}
+
 export interface MdmServiceOptions {
   dataDir: string;
   clusterId: Id;
@@ -44,6 +50,9 @@ export class MdmService implements MdmController {
   private readonly sockets = new Set<net.Socket>();
   /** Connected SDSs by id: registration proved who they are. */
   private readonly sdsPeers = new Map<Id, WirePeer>();
+  /** Connected SDCs by id, and the view each was last sent. */
+  private readonly sdcPeers = new Map<Id, { peer: WirePeer; sentView: string }>();
+  private readonly sdcOpenVolumes = new Map<Id, string[]>();
   private readonly lastStats = new Map<Id, SdsStats>();
   private healthTimer: NodeJS.Timeout | null = null;
   /** Commands are applied and journaled one at a time, so the journal's order is the order applied. */
@@ -118,6 +127,7 @@ export class MdmService implements MdmController {
       const moves = applied.moves ?? [];
       if (moves.length > 0) void pushed.then(() => this.orderCopies(moves));
     }
+    this.pushViews();
     if (this.journal.recordCount >= compactAfterRecords) {
       await this.journal.compact(this.state.model).catch((err: unknown) => this.options.log.error({ err }, 'journal compaction failed; will retry'));
     }
@@ -156,7 +166,7 @@ export class MdmService implements MdmController {
   private onConnection(socket: net.Socket): void {
     this.sockets.add(socket);
     socket.on('close', () => this.sockets.delete(socket));
-    const session: { sdsId: Id | null; peer: WirePeer | null } = { sdsId: null, peer: null };
+    const session: Session = { sdsId: null, sdcId: null, peer: null };
     WirePeer.accept(socket, {
       clusterId: this.options.clusterId,
       secret: this.options.secret,
@@ -168,6 +178,13 @@ export class MdmService implements MdmController {
       (peer) => {
         session.peer = peer;
         void peer.closed.then(() => {
+          if (session.sdcId !== null && this.sdcPeers.get(session.sdcId)?.peer === peer) {
+            this.sdcPeers.delete(session.sdcId);
+            this.sdcOpenVolumes.delete(session.sdcId);
+            const sdc = this.state.model.sdcs[session.sdcId];
+            if (sdc !== undefined) sdc.state = 'disconnected';
+            this.options.log.warn({ sdcId: session.sdcId }, 'SDC disconnected');
+          }
           if (session.sdsId !== null && this.sdsPeers.get(session.sdsId) === peer) {
             this.sdsPeers.delete(session.sdsId);
             const sds = this.state.model.sdss[session.sdsId];
@@ -180,7 +197,7 @@ export class MdmService implements MdmController {
     );
   }
 
-  private async onRequest(session: { sdsId: Id | null; peer: WirePeer | null }, request: WireRequest): Promise<WireReply> {
+  private async onRequest(session: Session, request: WireRequest): Promise<WireReply> {
     try {
       switch (request.op) {
         case MdmOp.RegisterSds: {
@@ -198,7 +215,30 @@ export class MdmService implements MdmController {
           this.options.log.info({ sdsId: registration.sdsId, name: registration.name, address: registration.address, devices: registration.devices.length }, 'SDS registered');
           return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify({ epoch: this.state.model.epoch })) };
         }
+        case MdmOp.RegisterSdc: {
+          const registration = parseSdcRegistration(request.payload);
+          const applied = await this.execute({ type: 'registerSdc', guid: registration.guid, name: registration.name, nowMs: Date.now() });
+          const peer = session.peer;
+          assert(peer !== null && applied.id !== undefined, 'a registration arrives on an established connection and names the SDC');
+          session.sdcId = applied.id;
+          const previous = this.sdcPeers.get(applied.id);
+          if (previous !== undefined && previous.peer !== peer) previous.peer.destroy();
+          const view = JSON.stringify(this.sdcView(applied.id));
+          this.sdcPeers.set(applied.id, { peer, sentView: view });
+          this.options.log.info({ sdcId: applied.id, guid: registration.guid }, 'SDC registered');
+          return { status: SdsStatus.Ok, payload: Buffer.from(view) };
+        }
         case MdmOp.Heartbeat: {
+          if (session.sdcId !== null) {
+            const sdc = this.state.model.sdcs[session.sdcId];
+            if (sdc !== undefined) {
+              sdc.lastSeenMs = Date.now();
+              sdc.state = 'connected';
+            }
+            const beat = JSON.parse(request.payload.toString()) as Partial<SdcHeartbeat>;
+            this.sdcOpenVolumes.set(session.sdcId, Array.isArray(beat.openVolumes) ? beat.openVolumes.filter((entry) => typeof entry === 'string') : []);
+            return { status: SdsStatus.Ok };
+          }
           if (session.sdsId === null) return { status: SdsStatus.InvalidArgument, payload: Buffer.from('heartbeat before registration') };
           this.onHeartbeat(session.sdsId, JSON.parse(request.payload.toString()) as SdsStats);
           return { status: SdsStatus.Ok };
@@ -228,11 +268,62 @@ export class MdmService implements MdmController {
   }
 
   private checkHealth(nowMs: number): void {
+    for (const sdc of Object.values(this.state.model.sdcs)) {
+      if (sdc.state === 'connected' && nowMs - sdc.lastSeenMs > heartbeatTimeoutMs) {
+        sdc.state = 'disconnected';
+        this.options.log.warn({ sdcId: sdc.id, name: sdc.name, silentMs: nowMs - sdc.lastSeenMs }, 'SDC missed its heartbeats');
+      }
+    }
     for (const sds of Object.values(this.state.model.sdss)) {
       if (sds.state === 'connected' && nowMs - sds.lastHeartbeatMs > heartbeatTimeoutMs) {
         sds.state = 'disconnected';
         this.options.log.warn({ sdsId: sds.id, name: sds.name, silentMs: nowMs - sds.lastHeartbeatMs }, 'SDS missed its heartbeats');
       }
+    }
+  }
+
+  /** What an SDC should know: the map and the volumes mapped to it. */
+  sdcView(sdcId: Id): SdcView {
+    const model = this.state.model;
+    const sdc = model.sdcs[sdcId];
+    const volumes: SdcVolume[] = [];
+    for (const volume of Object.values(model.volumes)) {
+      const mapping = volume.mappings.find((entry) => entry.sdcId === sdcId);
+      const pool = model.storagePools[volume.storagePoolId];
+      if (mapping === undefined || pool === undefined) continue;
+      volumes.push({
+        id: volume.id,
+        name: volume.name,
+        vtreeId: volume.vtreeId,
+        poolId: pool.id,
+        sizeBytes: volume.sizeBytes,
+        chunkBytes: pool.chunkBytes,
+        accessMode: mapping.accessMode,
+        exclusive: volume.mappings.length === 1,
+        iopsLimit: mapping.iopsLimit,
+        bandwidthLimitKbps: mapping.bandwidthLimitKbps,
+      });
+    }
+    return { sdcId, name: sdc?.name ?? '', map: this.state.placementMap(), volumes };
+  }
+
+  /** Volumes an SDC reported as open (NBD clients connected), from its last heartbeat. */
+  openVolumes(sdcId: Id): readonly string[] {
+    return this.sdcOpenVolumes.get(sdcId) ?? [];
+  }
+
+  /** Sends every connected SDC its view if it changed since it was last sent. */
+  private pushViews(): void {
+    for (const [sdcId, entry] of this.sdcPeers) {
+      const view = JSON.stringify(this.sdcView(sdcId));
+      if (view === entry.sentView) continue;
+      entry.sentView = view;
+      entry.peer.request(SdcOp.Update, Buffer.from(view), { timeoutMs: sdsOrderTimeoutMs }).then(
+        (response) => {
+          if (response.status !== SdsStatus.Ok) this.options.log.warn({ sdcId, status: response.status }, 'SDC refused its update');
+        },
+        (err: unknown) => this.options.log.warn({ err, sdcId }, 'SDC update failed'),
+      );
     }
   }
 
@@ -283,6 +374,7 @@ export class MdmService implements MdmController {
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
     await this.executing;
     for (const peer of this.sdsPeers.values()) peer.destroy();
+    for (const entry of this.sdcPeers.values()) entry.peer.destroy();
     for (const socket of this.sockets) socket.destroy();
     await stopped;
     await this.journal.close();

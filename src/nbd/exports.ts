@@ -14,6 +14,10 @@ export interface ExportRegistry {
   list(): readonly NbdExport[];
   /** The export a client asked for; the empty name means the default export. */
   find(name: string): NbdExport | undefined;
+  /** A client started transmission on `entry` (the SDC counts open volumes). */
+  attached?(entry: NbdExport): void;
+  /** That client's connection ended. */
+  detached?(entry: NbdExport): void;
 }
 
 export class StaticExports implements ExportRegistry {

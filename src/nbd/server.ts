@@ -129,7 +129,12 @@ export class NbdServer {
         );
         const transmission = new Transmission(negotiated, log);
         connection.transmission = transmission;
-        transmission.done.then(() => log.info('nbd client detached'), () => undefined);
+        const exports = this.options.exports;
+        exports.attached?.(negotiated.export);
+        transmission.done.then(
+          () => log.info('nbd client detached'),
+          () => undefined,
+        ).finally(() => exports.detached?.(negotiated.export));
       },
       (err: unknown) => {
         clearTimeout(timer);

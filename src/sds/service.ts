@@ -13,10 +13,10 @@
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
-import { parseHostPort } from '../common/address.js';
 import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import type { AddDeviceOrder, DeviceRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
 import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
+import { PeerPool } from '../wire/peer-pool.js';
 import { idPattern, parsePlacementMap, placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
 import {
   SdsOp,
@@ -86,7 +86,7 @@ export class SdsService {
   private readonly accepted = new Set<WirePeer>();
   private readonly sockets = new Set<net.Socket>();
   /** Outgoing connections to other SDSs (mirrors, rebuild targets), by SDS id. */
-  private readonly peers = new Map<string, { address: string; peer: Promise<WirePeer> }>();
+  private readonly peers: PeerPool;
   /** Mirrors written to since the last client flush: a flush must reach them too. */
   private readonly mirrorsWritten = new Set<string>();
   private readonly locks = new RangeLocks();
@@ -97,6 +97,14 @@ export class SdsService {
   constructor(private readonly options: SdsServiceOptions) {
     this.map = options.state.map;
     this.server = net.createServer((socket) => this.onConnection(socket));
+    this.peers = new PeerPool({
+      clusterId: options.identity.clusterId,
+      secret: options.secret,
+      role: 'sds',
+      name: options.identity.name,
+      log: options.log,
+      payloadChecksums: options.payloadChecksums,
+    });
   }
 
   get epoch(): number {
@@ -373,9 +381,7 @@ export class SdsService {
         throw new InvalidArgumentError(`map.pools.${poolId}.chunkBytes`, `${pool.chunkBytes} differs from this SDS's ${this.options.store.chunkBytes}-byte chunks`);
       }
     }
-    for (const [sdsId, entry] of this.peers) {
-      if (map.sds[sdsId]?.address !== entry.address) this.dropPeer(sdsId);
-    }
+    this.peers.retain((sdsId) => map.sds[sdsId]?.address);
     this.map = map;
     this.options.state.map = map;
     this.persist();
@@ -578,53 +584,7 @@ export class SdsService {
   private peerFor(sdsId: string): Promise<WirePeer> {
     const address = this.map?.sds[sdsId]?.address;
     if (address === undefined) return Promise.reject(new WireError('MB_ERR_SDS_UNKNOWN', `SDS ${sdsId} is not in the placement map`));
-    const existing = this.peers.get(sdsId);
-    if (existing !== undefined && existing.address === address) return existing.peer;
-    const peer = this.connectPeer(address);
-    this.peers.set(sdsId, { address, peer });
-    peer.then(
-      (connected) => void connected.closed.then(() => this.forgetPeer(sdsId, peer)),
-      () => this.forgetPeer(sdsId, peer),
-    );
-    return peer;
-  }
-
-  private forgetPeer(sdsId: string, peer: Promise<WirePeer>): void {
-    if (this.peers.get(sdsId)?.peer === peer) this.peers.delete(sdsId);
-  }
-
-  private dropPeer(sdsId: string): void {
-    const entry = this.peers.get(sdsId);
-    if (entry === undefined) return;
-    this.peers.delete(sdsId);
-    entry.peer.then((peer) => peer.destroy(), () => undefined);
-  }
-
-  private async connectPeer(address: string): Promise<WirePeer> {
-    const { host, port } = parseHostPort('address', address);
-    const socket = net.connect({ host, port });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new WireError('MB_ERR_WIRE_CONNECT_TIMEOUT', `connect to ${address} timed out`));
-      }, mirrorTimeoutMs);
-      socket.once('connect', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      socket.once('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-    });
-    return WirePeer.connect(socket, {
-      clusterId: this.options.identity.clusterId,
-      secret: this.options.secret,
-      role: 'sds',
-      name: this.options.identity.name,
-      log: this.options.log,
-      payloadChecksums: this.options.payloadChecksums,
-    });
+    return this.peers.get(sdsId, address);
   }
 
   // --- stopping --------------------------------------------------------------------------
@@ -635,7 +595,7 @@ export class SdsService {
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
     while (this.handlers.size > 0) await Promise.allSettled([...this.handlers]);
     for (const peer of this.accepted) peer.destroy();
-    for (const sdsId of [...this.peers.keys()]) this.dropPeer(sdsId);
+    this.peers.dropAll();
     for (const socket of this.sockets) socket.destroy();
     await stopped;
   }
@@ -644,7 +604,7 @@ export class SdsService {
     this.closing = true;
     this.server.close();
     for (const socket of this.sockets) socket.destroy();
-    for (const sdsId of [...this.peers.keys()]) this.dropPeer(sdsId);
+    this.peers.dropAll();
   }
 }
 

@@ -10,17 +10,28 @@
 //                                                    map follows as SetMap if it holds any
 //   Heartbeat    41  SDS    SdsStats (sds-ops.ts)    empty
 //   GetMap       42  any    empty                    the current PlacementMap
+//   RegisterSdc  43  SDC    SdcRegistration          SdcView: its id, the map, its volumes
+//   Heartbeat    41  SDC    SdcHeartbeat             empty
+//
+// and one the SDC serves, sent by the MDM whenever what the SDC should know changed:
+//
+//   SdcUpdate    50  MDM    SdcView                  empty
 //
 // The MDM answers RegisterSds from an SDS whose name is taken by another SDS id with
 // Failed and a message naming the clash.
 
 import { InvalidArgumentError } from '../common/errors.js';
-import { idPattern } from './placement.js';
+import { idPattern, type PlacementMap } from './placement.js';
 
 export const MdmOp = {
   RegisterSds: 40,
   Heartbeat: 41,
   GetMap: 42,
+  RegisterSdc: 43,
+} as const;
+
+export const SdcOp = {
+  Update: 50,
 } as const;
 
 /** How often an SDS reports; the MDM calls it disconnected after a few missed reports. */
@@ -73,4 +84,51 @@ export interface AddDeviceOrder {
 export interface DeviceRefusal {
   code: string;
   message: string;
+}
+
+export interface SdcRegistration {
+  /** Chosen by the SDC at its first start and kept: the MDM knows it by this. */
+  guid: string;
+  name: string | null;
+}
+
+/** A volume mapped to an SDC, with what the SDC needs to route its IO. */
+export interface SdcVolume {
+  id: string;
+  name: string;
+  vtreeId: string;
+  poolId: string;
+  sizeBytes: number;
+  chunkBytes: number;
+  accessMode: 'ReadWrite' | 'ReadOnly';
+  /** No other SDC has it mapped: this SDC's record of which chunks hold data is the truth. */
+  exclusive: boolean;
+  iopsLimit: number;
+  bandwidthLimitKbps: number;
+}
+
+export interface SdcView {
+  sdcId: string;
+  name: string;
+  map: PlacementMap;
+  volumes: SdcVolume[];
+}
+
+export interface SdcHeartbeat {
+  /** Volumes with NBD connections open on this SDC. */
+  openVolumes: string[];
+}
+
+export function parseSdcRegistration(payload: Buffer): SdcRegistration {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw new InvalidArgumentError('registration', 'is not JSON');
+  }
+  const entry = value as Partial<SdcRegistration> | null;
+  if (entry === null || typeof entry !== 'object') throw new InvalidArgumentError('registration', 'must be an object');
+  if (typeof entry.guid !== 'string' || !/^[0-9a-f-]{8,64}$/.test(entry.guid)) throw new InvalidArgumentError('registration.guid', 'must be 8 to 64 hex digits or dashes');
+  if (entry.name !== null && entry.name !== undefined && typeof entry.name !== 'string') throw new InvalidArgumentError('registration.name', 'must be a string or null');
+  return { guid: entry.guid, name: entry.name ?? null };
 }

@@ -1,0 +1,277 @@
+// The SDC's volume backend: a BlockBackend that cuts each NBD request at chunk boundaries
+// and sends every piece to the primary SDS of the chunk's placement group, all pieces at
+// once, so one request spreads over many SDSs and every SDS serves every volume.
+//
+//   NBD WRITE 0..3 MiB  ──▶  chunk 0 → pg 1214 → primary sds-b
+//                            chunk 1 → pg 1945 → primary sds-a     (in parallel)
+//                            chunk 2 → pg  837 → primary sds-c
+//
+// Retries: a piece refused with StaleEpoch, or whose SDS cannot be reached, makes the SDC
+// fetch the current map from the MDM and send it again (bounded), so clients see no error
+// while the MDM moves the group to a surviving copy. Writes are idempotent, so a piece
+// sent twice does no harm.
+//
+// Holes: the backend knows which chunks hold data (asked from the SDSs when the volume is
+// opened, then kept up to date by its own writes and trims) when it is the only SDC the
+// volume is mapped to; reads of chunks known empty then cost no round trip, and
+// BLOCK_STATUS reports them as holes. A shared volume trusts nothing and asks.
+
+import type { Logger } from 'pino';
+import { nbdRequestBytesMax } from '../common/limits.js';
+import type { SdcVolume } from '../wire/mdm-ops.js';
+import type { WirePeer, WireResponse } from '../wire/peer.js';
+import { placementGroupOf, type PlacementMap } from '../wire/placement.js';
+import { SdsOp, SdsStatus, allocationChunkCountMax, encodeAllocation, encodeIo, IoFlag, type IoArgs } from '../wire/sds-ops.js';
+import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSizeLimits, type Extent, type WriteOptions, type ZeroOptions } from './backend.js';
+
+export interface VolumeRouter {
+  /** The current placement map. */
+  map(): PlacementMap;
+  /** Asks the MDM for a newer map; resolves when it came, or when the MDM could not be asked. */
+  refreshMap(): Promise<void>;
+  /** The connection to an SDS of the current map. */
+  peer(sdsId: string): Promise<WirePeer>;
+}
+
+/** Attempts per piece before the client gets EIO: with the backoff, about 15 s. */
+const pieceAttemptsMax = 12;
+const retryDelayMsMax = 2000;
+const pieceTimeoutMs = 10_000;
+
+/** What the backend knows about a chunk. */
+const enum ChunkState {
+  Unknown = 0,
+  Empty = 1,
+  Data = 2,
+}
+
+interface Piece {
+  args: IoArgs;
+  /** Offset of the piece in the request. */
+  atBytes: number;
+}
+
+export class VolumeBackend implements BlockBackend {
+  readonly sizeBytes: number;
+  readonly capabilities: Readonly<BackendCapabilities>;
+  readonly blockSize: Readonly<BlockSizeLimits> = { minimumBytes: 512, preferredBytes: 4096, maximumBytes: nbdRequestBytesMax };
+  readonly description: string;
+  private readonly chunkStates: Uint8Array;
+  /** SDSs written since the last flush: a flush must reach each of them. */
+  private readonly written = new Set<string>();
+
+  private constructor(
+    readonly volume: SdcVolume,
+    private readonly router: VolumeRouter,
+    private readonly log: Logger,
+  ) {
+    this.sizeBytes = volume.sizeBytes;
+    this.description = `meshblock volume ${volume.name} (${volume.id})`;
+    this.capabilities = {
+      readOnly: volume.accessMode === 'ReadOnly',
+      flush: true,
+      fua: true,
+      trim: true,
+      zero: true,
+      fastZero: true,
+      cache: false,
+      extents: true,
+      multiConn: true,
+      rotational: false,
+    };
+    this.chunkStates = new Uint8Array(Math.ceil(volume.sizeBytes / volume.chunkBytes));
+  }
+
+  /** Opens a volume: learns which of its chunks hold data when it is mapped here alone. */
+  static async open(volume: SdcVolume, router: VolumeRouter, log: Logger): Promise<VolumeBackend> {
+    const backend = new VolumeBackend(volume, router, log);
+    if (volume.exclusive) await backend.loadAllocation();
+    return backend;
+  }
+
+  private async loadAllocation(): Promise<void> {
+    const map = this.router.map();
+    const chunkCount = this.chunkStates.length;
+    const held = new Uint8Array(chunkCount);
+    for (const sdsId of Object.keys(map.sds)) {
+      const peer = await this.router.peer(sdsId);
+      for (let first = 0; first < chunkCount; first += allocationChunkCountMax) {
+        const count = Math.min(allocationChunkCountMax, chunkCount - first);
+        const response = await peer.request(SdsOp.Allocation, encodeAllocation({ poolId: this.volume.poolId, vtreeId: this.volume.vtreeId, chunkIndexFirst: first, chunkCount: count }), { timeoutMs: pieceTimeoutMs });
+        if (response.status !== SdsStatus.Ok) throw new BackendError('EIO', `SDS ${sdsId} did not say which chunks it holds (status ${response.status})`);
+        for (let index = 0; index < count; index++) if (response.payload[index] === 1) held[first + index] = 1;
+      }
+    }
+    for (let index = 0; index < chunkCount; index++) this.chunkStates[index] = held[index] === 1 ? ChunkState.Data : ChunkState.Empty;
+  }
+
+  // --- IO ------------------------------------------------------------------------------
+
+  async read(offsetBytes: number, target: Buffer): Promise<void> {
+    await Promise.all(
+      this.pieces(offsetBytes, target.length).map(async (piece) => {
+        const part = target.subarray(piece.atBytes, piece.atBytes + piece.args.lengthBytes);
+        if (this.chunkStates[piece.args.chunkIndex] === ChunkState.Empty) {
+          part.fill(0);
+          return;
+        }
+        const response = await this.send(SdsOp.Read, piece.args, () => encodeIo(piece.args));
+        response.payload.copy(part);
+      }),
+    );
+  }
+
+  async write(offsetBytes: number, source: Buffer, options: WriteOptions): Promise<void> {
+    const flags = options.fua ? IoFlag.Fua : 0;
+    await Promise.all(
+      this.pieces(offsetBytes, source.length).map(async (piece) => {
+        const args = { ...piece.args, flags };
+        const payload = encodeIo(args, source.subarray(piece.atBytes, piece.atBytes + args.lengthBytes));
+        // Marked before the write is sent: a read racing it must ask the SDS.
+        this.chunkStates[args.chunkIndex] = ChunkState.Data;
+        await this.send(SdsOp.Write, args, () => payload);
+      }),
+    );
+  }
+
+  async flush(): Promise<void> {
+    const targets = [...this.written];
+    this.written.clear();
+    try {
+      await Promise.all(
+        targets.map(async (sdsId) => {
+          const peer = await this.router.peer(sdsId);
+          const response = await peer.request(SdsOp.Flush, Buffer.alloc(0), { timeoutMs: pieceTimeoutMs });
+          if (response.status !== SdsStatus.Ok) throw this.errorOf(response, 'flush');
+        }),
+      );
+    } catch (err) {
+      for (const sdsId of targets) this.written.add(sdsId);
+      throw err instanceof BackendError ? err : new BackendError('EIO', `flush failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
+    const flags = options.fua ? IoFlag.Fua : 0;
+    await Promise.all(
+      this.pieces(offsetBytes, lengthBytes).map(async (piece) => {
+        const args = { ...piece.args, flags };
+        if (this.chunkStates[args.chunkIndex] === ChunkState.Empty) return;
+        await this.send(SdsOp.Trim, args, () => encodeIo(args));
+        if (args.offsetBytes === 0 && args.lengthBytes === this.volume.chunkBytes && this.volume.exclusive) this.chunkStates[args.chunkIndex] = ChunkState.Empty;
+      }),
+    );
+  }
+
+  /** Zeroing is trimming here: a trimmed range reads as zeros, thin or thick. */
+  zero(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
+    return this.trim(offsetBytes, lengthBytes, options);
+  }
+
+  async cache(): Promise<void> {
+    // Nothing to prefetch: SDSs serve from their own page cache.
+  }
+
+  async extents(offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<Extent[]> {
+    const chunkBytes = this.volume.chunkBytes;
+    const endBytes = Math.min(this.sizeBytes, offsetBytes + lengthBytes);
+    if (!this.volume.exclusive) return [{ lengthBytes: endBytes - offsetBytes, hole: false, zero: false }];
+    const extents: Extent[] = [];
+    let at = offsetBytes;
+    while (at < endBytes && extents.length < extentCountMax) {
+      const chunkIndex = Math.floor(at / chunkBytes);
+      const hole = this.chunkStates[chunkIndex] === ChunkState.Empty;
+      const runEnd = Math.min(endBytes, (chunkIndex + 1) * chunkBytes);
+      const last = extents[extents.length - 1];
+      if (last !== undefined && last.hole === hole) last.lengthBytes += runEnd - at;
+      else extents.push({ lengthBytes: runEnd - at, hole, zero: hole });
+      at = runEnd;
+    }
+    return extents;
+  }
+
+  async close(): Promise<void> {
+    // Connections belong to the SDC, shared by every volume.
+  }
+
+  // --- routing -------------------------------------------------------------------------
+
+  private pieces(offsetBytes: number, lengthBytes: number): Piece[] {
+    const chunkBytes = this.volume.chunkBytes;
+    const pieces: Piece[] = [];
+    for (let atBytes = 0; atBytes < lengthBytes; ) {
+      const volumeOffset = offsetBytes + atBytes;
+      const chunkIndex = Math.floor(volumeOffset / chunkBytes);
+      const inChunk = volumeOffset - chunkIndex * chunkBytes;
+      const length = Math.min(chunkBytes - inChunk, lengthBytes - atBytes);
+      pieces.push({
+        args: { poolId: this.volume.poolId, vtreeId: this.volume.vtreeId, pgIndex: 0, chunkIndex, generation: 0, offsetBytes: inChunk, lengthBytes: length, flags: 0 },
+        atBytes,
+      });
+      atBytes += length;
+    }
+    return pieces;
+  }
+
+  /**
+   * Sends one piece to the primary of its group at the current epoch, refreshing the map
+   * and trying again while the cluster is changing under it.
+   */
+  private async send(op: number, args: IoArgs, payloadOf: () => Buffer): Promise<WireResponse> {
+    let lastProblem = '';
+    for (let attempt = 0; attempt < pieceAttemptsMax; attempt++) {
+      if (attempt > 0) {
+        await this.router.refreshMap();
+        if (attempt > 1) await new Promise((resolve) => setTimeout(resolve, Math.min(retryDelayMsMax, 50 * 2 ** attempt)));
+      }
+      const map = this.router.map();
+      const pool = map.pools[args.poolId];
+      if (pool === undefined) {
+        lastProblem = `pool ${args.poolId} is not in map epoch ${map.epoch}`;
+        continue;
+      }
+      const pgIndex = placementGroupOf(args.vtreeId, args.chunkIndex, pool.groups.length);
+      const group = pool.groups[pgIndex];
+      if (group === undefined) {
+        lastProblem = `group ${pgIndex} is missing`;
+        continue;
+      }
+      args.pgIndex = pgIndex;
+      const payload = payloadOf();
+      payload.writeUInt32BE(pgIndex, 16);
+      let response: WireResponse;
+      try {
+        const peer = await this.router.peer(group.primary);
+        response = await peer.request(op, payload, { epoch: map.epoch, timeoutMs: pieceTimeoutMs });
+      } catch (err) {
+        lastProblem = `SDS ${group.primary}: ${(err as Error).message}`;
+        this.log.debug({ err, attempt, sdsId: group.primary }, 'SDS unreachable; refreshing the map');
+        continue;
+      }
+      if (response.status === SdsStatus.Ok) {
+        if (op === SdsOp.Write || op === SdsOp.Trim) this.written.add(group.primary);
+        return response;
+      }
+      if (response.status === SdsStatus.StaleEpoch || response.status === SdsStatus.MirrorFailed) {
+        lastProblem = `SDS ${group.primary}: ${response.payload.length === 8 ? `epoch ${response.payload.readBigUInt64BE(0)} vs ${map.epoch}` : response.payload.toString()}`;
+        continue;
+      }
+      throw this.errorOf(response, op === SdsOp.Read ? 'read' : op === SdsOp.Write ? 'write' : 'trim');
+    }
+    this.log.error({ volume: this.volume.name, chunkIndex: args.chunkIndex, lastProblem }, 'IO failed after every retry');
+    throw new BackendError('EIO', `chunk ${args.chunkIndex} of ${this.volume.name}: ${lastProblem}`);
+  }
+
+  private errorOf(response: WireResponse, what: string): BackendError {
+    const reason = response.payload.toString();
+    this.log.warn({ volume: this.volume.name, status: response.status, reason }, `SDS ${what} failed`);
+    switch (response.status) {
+      case SdsStatus.NoSpace:
+        return new BackendError('ENOSPC', `${what}: ${reason}`);
+      case SdsStatus.InvalidArgument:
+        return new BackendError('EINVAL', `${what}: ${reason}`);
+      default:
+        return new BackendError('EIO', `${what}: ${reason}`);
+    }
+  }
+}

@@ -1,0 +1,89 @@
+// Outgoing wire connections by the id of the process at the other end (an SDS, for the
+// SDC and for mirroring SDSs). A connection is made on first use, shared by every request
+// to that process, forgotten when it closes, and replaced when the process's address
+// changes in the placement map.
+
+import * as net from 'node:net';
+import type { Logger } from 'pino';
+import { parseHostPort } from '../common/address.js';
+import { WireError, WirePeer, type PeerRole } from './peer.js';
+
+export const connectTimeoutMs = 10_000;
+
+export interface PeerPoolOptions {
+  clusterId: string;
+  secret: Buffer;
+  role: PeerRole;
+  name: string;
+  log: Logger;
+  payloadChecksums?: boolean;
+}
+
+export class PeerPool {
+  private readonly peers = new Map<string, { address: string; peer: Promise<WirePeer> }>();
+
+  constructor(private readonly options: PeerPoolOptions) {}
+
+  /** The connection to `id` at `address`, made (and authenticated) if there is none. */
+  get(id: string, address: string): Promise<WirePeer> {
+    const existing = this.peers.get(id);
+    if (existing !== undefined && existing.address === address) return existing.peer;
+    if (existing !== undefined) this.drop(id);
+    const peer = this.connect(address);
+    this.peers.set(id, { address, peer });
+    peer.then(
+      (connected) => void connected.closed.then(() => this.forget(id, peer)),
+      () => this.forget(id, peer),
+    );
+    return peer;
+  }
+
+  /** Drops connections to processes no longer at the address `addressOf` gives (or gone). */
+  retain(addressOf: (id: string) => string | undefined): void {
+    for (const [id, entry] of this.peers) {
+      if (addressOf(id) !== entry.address) this.drop(id);
+    }
+  }
+
+  drop(id: string): void {
+    const entry = this.peers.get(id);
+    if (entry === undefined) return;
+    this.peers.delete(id);
+    entry.peer.then((peer) => peer.destroy(), () => undefined);
+  }
+
+  dropAll(): void {
+    for (const id of [...this.peers.keys()]) this.drop(id);
+  }
+
+  private forget(id: string, peer: Promise<WirePeer>): void {
+    if (this.peers.get(id)?.peer === peer) this.peers.delete(id);
+  }
+
+  private async connect(address: string): Promise<WirePeer> {
+    const { host, port } = parseHostPort('address', address);
+    const socket = net.connect({ host, port });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new WireError('MB_ERR_WIRE_CONNECT_TIMEOUT', `connect to ${address} timed out`));
+      }, connectTimeoutMs);
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      socket.once('error', (err) => {
+        clearTimeout(timer);
+        reject(new WireError('MB_ERR_WIRE_CONNECT', `cannot connect to ${address}: ${err.message}`, { cause: err }));
+      });
+    });
+    return WirePeer.connect(socket, {
+      clusterId: this.options.clusterId,
+      secret: this.options.secret,
+      role: this.options.role,
+      name: this.options.name,
+      log: this.options.log,
+      ...(this.options.payloadChecksums !== undefined ? { payloadChecksums: this.options.payloadChecksums } : {}),
+    });
+  }
+}
