@@ -17,45 +17,12 @@ import type { PlacementMap } from '../../src/wire/placement.js';
 import { MdmOp } from '../../src/wire/mdm-ops.js';
 import { SdsOp, encodeListGroup } from '../../src/wire/sds-ops.js';
 import { sparseFile } from '../helpers/files.js';
-import { run, runMeshblock, startMeshblock, type DaemonHandle, type TeardownHost } from '../helpers/processes.js';
+import { startMdm, cli, until, adminPassword as password } from '../helpers/cluster.js';
+import { run, runMeshblock } from '../helpers/processes.js';
 import { basic, call } from '../helpers/rest.js';
 import { MiB, TestVolumeClient, connectWire, getStats, startSds, type SdsHandle } from '../helpers/sds.js';
 
 const GiB = 1024 * MiB;
-const password = 'the lab admin password';
-
-interface Mdm extends DaemonHandle {
-  clusterId: string;
-  address: string;
-  apiUrl: string;
-  certPath: string;
-  secretFile: string;
-}
-
-async function startMdm(t: TeardownHost, dir: string, ports?: { listen: string; api: string }): Promise<Mdm> {
-  const passwordFile = path.join(dir, 'admin-password.txt');
-  fs.writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
-  const dataDir = path.join(dir, 'mdm');
-  const args = ['mdm', 'start', '--data-dir', dataDir, '--listen', ports?.listen ?? '127.0.0.1:0', '--api', ports?.api ?? '127.0.0.1:0'];
-  if (!fs.existsSync(path.join(dataDir, 'admin-password.json'))) args.push('--admin-password-file', passwordFile);
-  const daemon = await startMeshblock(t, args, { ready: /^mdm of cluster ([0-9a-f]{16}) \(\S+\) listening on (\S+), REST API at (\S+) \(certificate (\S+)\); cluster secret in (\S+)$/m });
-  return { ...daemon, clusterId: daemon.ready[1] as string, address: daemon.ready[2] as string, apiUrl: daemon.ready[3] as string, certPath: daemon.ready[4] as string, secretFile: daemon.ready[5] as string };
-}
-
-function cli(mdm: Pick<Mdm, 'apiUrl' | 'certPath'>, dir: string) {
-  const passwordFile = path.join(dir, 'admin-password.txt');
-  return (args: string[]) => runMeshblock([...args, '--api', mdm.apiUrl, '--ca-cert', mdm.certPath, '--password-file', passwordFile]);
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 t.test('an MDM and three SDSs, set up and changed from the CLI', async (t) => {
   const dir = t.testdir();

@@ -1,0 +1,112 @@
+// A whole cluster of real processes for tests: an MDM, SDSs registering with it, an SDC,
+// configured through the real management CLI over the REST API.
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { sparseFile } from './files.js';
+import { run, runMeshblock, startMeshblock, type DaemonHandle, type RunResult, type TeardownHost } from './processes.js';
+import { MiB, startSds, type SdsHandle } from './sds.js';
+
+export const adminPassword = 'the lab admin password';
+
+export interface Mdm extends DaemonHandle {
+  clusterId: string;
+  address: string;
+  apiUrl: string;
+  certPath: string;
+  secretFile: string;
+}
+
+export async function startMdm(t: TeardownHost, dir: string, ports?: { listen: string; api: string }): Promise<Mdm> {
+  const passwordFile = path.join(dir, 'admin-password.txt');
+  fs.writeFileSync(passwordFile, `${adminPassword}\n`, { mode: 0o600 });
+  const dataDir = path.join(dir, 'mdm');
+  const args = ['mdm', 'start', '--data-dir', dataDir, '--listen', ports?.listen ?? '127.0.0.1:0', '--api', ports?.api ?? '127.0.0.1:0'];
+  if (!fs.existsSync(path.join(dataDir, 'admin-password.json'))) args.push('--admin-password-file', passwordFile);
+  const daemon = await startMeshblock(t, args, { ready: /^mdm of cluster ([0-9a-f]{16}) \(\S+\) listening on (\S+), REST API at (\S+) \(certificate (\S+)\); cluster secret in (\S+)$/m });
+  return { ...daemon, clusterId: daemon.ready[1] as string, address: daemon.ready[2] as string, apiUrl: daemon.ready[3] as string, certPath: daemon.ready[4] as string, secretFile: daemon.ready[5] as string };
+}
+
+export function cli(mdm: Pick<Mdm, 'apiUrl' | 'certPath'>, dir: string) {
+  const passwordFile = path.join(dir, 'admin-password.txt');
+  return (args: string[]) => runMeshblock([...args, '--api', mdm.apiUrl, '--ca-cert', mdm.certPath, '--password-file', passwordFile]);
+}
+
+export async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+
+export interface SdcHandle extends DaemonHandle {
+  name: string;
+  nbdAddress: string;
+  nbdPort: number;
+}
+
+export async function startSdc(t: TeardownHost, dir: string, mdm: Mdm, name = 'sdc1'): Promise<SdcHandle> {
+  const daemon = await startMeshblock(
+    t,
+    ['sdc', 'start', '--mdm', mdm.address, '--name', name, '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, `${name}-data`), '--cluster-id', mdm.clusterId, '--secret-file', mdm.secretFile],
+    { ready: /^sdc \S+ \(\S+\) of cluster [0-9a-f]{16} serving NBD on (\S+)$/m },
+  );
+  const nbdAddress = daemon.ready[1] as string;
+  return { ...daemon, name, nbdAddress, nbdPort: Number(nbdAddress.split(':').pop()) };
+}
+
+export interface Cluster {
+  mdm: Mdm;
+  sds: SdsHandle[];
+  sdc: SdcHandle;
+  meshblock: (args: string[]) => Promise<RunResult>;
+  /** nbd://127.0.0.1:PORT/NAME */
+  uri(volume: string): string;
+}
+
+/**
+ * An MDM, `sdsCount` SDSs with one sparse device each, one SDC, a protection domain pd1
+ * and a pool sp1 (1 GiB granularity) holding every device, and the volumes, mapped.
+ */
+export async function startCluster(
+  t: TeardownHost,
+  dir: string,
+  options: { sdsCount?: number; deviceBytes?: number; volumes: Array<{ name: string; sizeBytes: number }> },
+): Promise<Cluster> {
+  const mdm = await startMdm(t, dir);
+  const meshblock = cli(mdm, dir);
+  const must = async (args: string[]): Promise<void> => {
+    const result = await meshblock(args);
+    if (result.code !== 0) throw new Error(`meshblock ${args.join(' ')} failed: ${result.stderr}`);
+  };
+  const sds: SdsHandle[] = [];
+  for (let index = 1; index <= (options.sdsCount ?? 3); index++) {
+    const device = sparseFile(dir, `sds${index}.img`, options.deviceBytes ?? 4096 * MiB);
+    sds.push(await startSds(t, { dir, name: `sds${index}`, devices: [device], clusterId: mdm.clusterId, secretFile: mdm.secretFile, extraArgs: ['--mdm', mdm.address] }));
+  }
+  const sdc = await startSdc(t, dir, mdm);
+  await must(['pd', 'add', '--name', 'pd1']);
+  await must(['pool', 'add', '--pd', 'pd1', '--name', 'sp1', '--volume-granularity', '1GiB']);
+  await until('the SDSs to register', async () => {
+    const list = JSON.parse((await meshblock(['sds', 'list', '--json'])).stdout) as unknown[];
+    return list.length === sds.length ? true : undefined;
+  });
+  for (const entry of sds) {
+    await must(['sds', 'add', '--sds', entry.name, '--pd', 'pd1']);
+    await must(['device', 'add', '--sds', entry.name, '--pool', 'sp1', '--path', path.join(dir, `${entry.name}.img`)]);
+  }
+  for (const volume of options.volumes) {
+    await must(['volume', 'add', '--pool', 'sp1', '--name', volume.name, '--size', String(volume.sizeBytes)]);
+    await must(['volume', 'map', '--volume', volume.name, '--sdc', sdc.name]);
+  }
+  const uri = (volume: string): string => `nbd://${sdc.nbdAddress}/${volume}`;
+  await until('the SDC to export every volume', async () => {
+    const listed = await run('nbdinfo', ['--list', '--json', `nbd://${sdc.nbdAddress}`]);
+    return options.volumes.every((volume) => listed.stdout.includes(`"${volume.name}"`)) ? true : undefined;
+  });
+  return { mdm, sds, sdc, meshblock, uri };
+}
