@@ -12,6 +12,7 @@ import { nbdBlockSizePreferredBytes, nbdRequestBytesMax } from '../common/limits
 import { MiB } from '../common/units.js';
 import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSizeLimits, type Extent, type WriteOptions, type ZeroOptions } from './backend.js';
 import * as native from '../common/native.js';
+import { PositionalIo, ShortReadError } from '../common/positional-io.js';
 
 export interface FileBackendOptions {
   readOnly: boolean;
@@ -19,18 +20,6 @@ export interface FileBackendOptions {
   log?: Logger;
 }
 
-/**
- * Reads up to this size try preadv2(RWF_NOWAIT) on the event loop first. Larger copies are
- * left to the pool, where they run beside the event loop instead of stalling it.
- */
-const nowaitReadBytesMax = 128 * 1024;
-const resolved = Promise.resolve();
-/** Writes up to this size are tried on the event loop (see write()). */
-const inlineWriteBytesMax = 64 * 1024;
-/** An inline write that took longer than this was blocked, not copying... */
-const inlineWriteStallMs = 2;
-/** ...and writes go to the thread pool for this long. */
-const inlineWriteBackoffMs = 5_000;
 
 /** Zeroes are written in pieces of this size when the filesystem cannot punch or zero ranges. */
 const zeroWriteBytes = 1 * MiB;
@@ -53,10 +42,8 @@ export class FileBackend implements BlockBackend {
   /** Cleared the first time the filesystem says it cannot fallocate that way. */
   private punchSupported = true;
   private zeroRangeSupported = true;
-  /** Small writes run inline on the event loop from this time on (see write()). */
-  private inlineWritesFromMs = 0;
-  /** Cleared if the kernel or filesystem has no RWF_NOWAIT reads. */
-  private nowaitReads = true;
+  /** Reads and writes, with the fast paths for small cached IO (common/positional-io.ts). */
+  private readonly io: PositionalIo;
   private closed = false;
 
   private constructor(
@@ -65,8 +52,9 @@ export class FileBackend implements BlockBackend {
     readonly sizeBytes: number,
     private readonly isBlockDevice: boolean,
     readOnly: boolean,
-    private readonly log: Logger | undefined,
+    log: Logger | undefined,
   ) {
+    this.io = new PositionalIo(fd, { path, isBlockDevice, log });
     this.capabilities = {
       readOnly,
       flush: true,
@@ -102,64 +90,13 @@ export class FileBackend implements BlockBackend {
   }
 
   read(offsetBytes: number, target: Buffer): Promise<void> {
-    // Cached pages are copied right here, without a trip through the thread pool; what
-    // would wait for the disk (EAGAIN), or what is left of a partly cached range, goes
-    // to the pool.
-    let filled = 0;
-    if (this.nowaitReads && target.length <= nowaitReadBytesMax) {
-      const result = native.preadNowait(this.fd, target, offsetBytes);
-      if (result === target.length) return resolved;
-      if (result > 0) filled = result;
-      else if (result === -native.EOPNOTSUPP) this.nowaitReads = false;
-    }
-    return new Promise((resolve, reject) => {
-      const step = (done: number): void => {
-        fs.read(this.fd, target, done, target.length - done, offsetBytes + done, (err, bytesRead) => {
-          if (err) return reject(err);
-          // The file shrank under us: never hand out bytes we did not read.
-          if (bytesRead === 0) return reject(new BackendError('EIO', `short read at ${offsetBytes + done}: end of file`));
-          const next = done + bytesRead;
-          if (next === target.length) resolve();
-          else step(next);
-        });
-      };
-      step(filled);
+    return this.io.read(target, offsetBytes).catch((err: unknown) => {
+      throw err instanceof ShortReadError ? new BackendError('EIO', err.message) : err;
     });
   }
 
   write(offsetBytes: number, source: Buffer, options: WriteOptions): Promise<void> {
-    let done = 0;
-    if (this.inlineWritesFromMs <= Date.now() && source.length <= inlineWriteBytesMax && !this.isBlockDevice) {
-      // A small buffered write is a copy into the page cache, a few microseconds, and the
-      // thread pool's round trip costs more than that. But it can block (dirty-page
-      // throttling): one that took long sends writes back to the pool for a while.
-      const startedMs = performance.now();
-      try {
-        done = fs.writeSync(this.fd, source, 0, source.length, offsetBytes);
-      } catch (err) {
-        return Promise.reject(err);
-      }
-      const tookMs = performance.now() - startedMs;
-      if (tookMs > inlineWriteStallMs) {
-        this.inlineWritesFromMs = Date.now() + inlineWriteBackoffMs;
-        this.log?.warn(
-          { path: this.path, durationMs: Math.round(tookMs), backoffMs: inlineWriteBackoffMs },
-          'a small write blocked the event loop (dirty-page throttling?): writes go to the thread pool for a while',
-        );
-      }
-      if (done === source.length) return options.fua ? this.flush() : resolved;
-    }
-    const written = new Promise<void>((resolve, reject) => {
-      const step = (doneBytes: number): void => {
-        fs.write(this.fd, source, doneBytes, source.length - doneBytes, offsetBytes + doneBytes, (err, bytesWritten) => {
-          if (err) return reject(err);
-          const next = doneBytes + bytesWritten;
-          if (next === source.length) resolve();
-          else step(next);
-        });
-      };
-      step(done);
-    });
+    const written = this.io.write(source, offsetBytes);
     return options.fua ? written.then(() => this.flush()) : written;
   }
 

@@ -51,6 +51,7 @@ import { assert } from '../common/assert.js';
 import { crc32c } from '../common/crc32c.js';
 import { MeshblockError, SystemCallError } from '../common/errors.js';
 import * as native from '../common/native.js';
+import { PositionalIo, ShortReadError } from '../common/positional-io.js';
 import { openDevice, slotEntryBytes, type DeviceOwner, type OpenedDevice } from './device.js';
 
 export interface ChunkKey {
@@ -98,7 +99,14 @@ export class StoreDevice {
   rates = zeroCounters();
   private windowStart = zeroCounters();
 
-  constructor(readonly opened: OpenedDevice) {}
+  readonly io: PositionalIo;
+
+  constructor(
+    readonly opened: OpenedDevice,
+    log: Logger,
+  ) {
+    this.io = new PositionalIo(opened.fd, { path: opened.path, isBlockDevice: opened.isBlockDevice, log });
+  }
 
   get deviceId(): string {
     return this.opened.superblock.deviceId;
@@ -187,7 +195,7 @@ export class ChunkStore {
       fs.closeSync(opened.fd);
       throw new StoreError('MB_ERR_DEVICE_DUPLICATE', `${path} is device ${opened.superblock.deviceId}, which is already open under another path`);
     }
-    const device = new StoreDevice(opened);
+    const device = new StoreDevice(opened, this.log);
     try {
       await this.loadSlotTable(device);
     } catch (err) {
@@ -403,21 +411,18 @@ export class ChunkStore {
 
   private async readFully(device: StoreDevice, target: Buffer, positionBytes: number): Promise<void> {
     if (device.state === 'failed') throw this.failedError(device);
-    let doneBytes = 0;
-    while (doneBytes < target.length) {
-      const bytesRead = await this.deviceCall(device, 'read', () => readAt(device.opened.fd, target, doneBytes, positionBytes + doneBytes));
-      if (bytesRead === 0) throw this.markFailed(device, new StoreError('MB_ERR_DEVICE_SHORT', `read past the end of ${device.path} at ${positionBytes + doneBytes}`));
-      doneBytes += bytesRead;
+    try {
+      await this.deviceCall(device, 'read', () => device.io.read(target, positionBytes));
+    } catch (err) {
+      if (err instanceof ShortReadError) throw this.markFailed(device, new StoreError('MB_ERR_DEVICE_SHORT', err.message));
+      throw err;
     }
   }
 
   private async writeFully(device: StoreDevice, data: Buffer, positionBytes: number): Promise<void> {
     if (device.state === 'failed') throw this.failedError(device);
     device.dirty = true;
-    let doneBytes = 0;
-    while (doneBytes < data.length) {
-      doneBytes += await this.deviceCall(device, 'write', () => writeAt(device.opened.fd, data, doneBytes, positionBytes + doneBytes));
-    }
+    await this.deviceCall(device, 'write', () => device.io.write(data, positionBytes));
   }
 
   private async zeroRange(device: StoreDevice, positionBytes: number, lengthBytes: number): Promise<void> {
@@ -520,14 +525,6 @@ function decodeEntry(entry: Buffer): 'free' | 'damaged' | { sequence: number; ke
       generation: entry.readUInt32BE(36),
     },
   };
-}
-
-function readAt(fd: number, target: Buffer, offset: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.read(fd, target, offset, target.length - offset, position, (err, bytesRead) => (err ? reject(err) : resolve(bytesRead))));
-}
-
-function writeAt(fd: number, data: Buffer, offset: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.write(fd, data, offset, data.length - offset, position, (err, written) => (err ? reject(err) : resolve(written))));
 }
 
 function fdatasync(fd: number): Promise<void> {
