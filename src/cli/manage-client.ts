@@ -9,6 +9,7 @@ import * as https from 'node:https';
 import type { Argv } from 'yargs';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import type { RestErrorBody } from '../mdm/rest-errors.js';
+import { applyLabConnectionDefaults } from './lab-state.js';
 
 export const apiUrlDefault = 'https://127.0.0.1:8443';
 /** A call gets this long; adding a device waits for the SDS to format it. */
@@ -17,7 +18,8 @@ export const apiRequestTimeoutMs = 120_000;
 export const apiReplyBytesMax = 512 * 1024 * 1024;
 
 export interface ConnectionArgs {
-  api: string;
+  api: string | undefined;
+  dir: string | undefined;
   username: string;
   'password-file': string | undefined;
   'ca-cert': string | undefined;
@@ -52,9 +54,10 @@ export interface ManageIo {
 
 export const processIo: ManageIo = { stdout: process.stdout, stderr: process.stderr, env: process.env };
 
-export function connectionOptions<T>(yargs: Argv<T>, io: ManageIo): Argv<T & ConnectionArgs> {
+export function connectionOptions<T>(yargs: Argv<T>, _io: ManageIo): Argv<T & ConnectionArgs> {
   return yargs
-    .option('api', { type: 'string', default: io.env['MESHBLOCK_API'] ?? apiUrlDefault, describe: 'the MDM REST API (env MESHBLOCK_API)', requiresArg: true, group: 'Connection:' })
+    .option('api', { type: 'string', describe: `the MDM REST API [default: $MESHBLOCK_API, else the lab's (see --dir), else ${apiUrlDefault}]`, requiresArg: true, group: 'Connection:' })
+    .option('dir', { type: 'string', describe: "a lab directory (meshblock lab up): use its API, certificate and password [default: $MESHBLOCK_LAB_DIR, else the current directory or ./meshblock-lab when they hold a lab]", requiresArg: true, group: 'Connection:' })
     .option('username', { type: 'string', default: 'admin', describe: 'API user', requiresArg: true, group: 'Connection:' })
     .option('password-file', { type: 'string', describe: 'file holding the API password (or env MESHBLOCK_PASSWORD)', requiresArg: true, group: 'Connection:' })
     .option('ca-cert', { type: 'string', describe: "trust this certificate, e.g. the MDM's DATA-DIR/api.crt (env MESHBLOCK_CA_CERT)", requiresArg: true, group: 'Connection:' })
@@ -71,15 +74,17 @@ export class ApiClient {
   ) {}
 
   /** Checks the connection flags, logs in and returns a client holding the session. */
-  static async connect(args: ConnectionArgs, io: ManageIo): Promise<ApiClient> {
+  static async connect(given: ConnectionArgs, io: ManageIo): Promise<ApiClient> {
+    const args = applyLabConnectionDefaults(given, io.env, process.cwd());
+    const api = args.api ?? (io.env['MESHBLOCK_API'] || apiUrlDefault);
     let base: URL;
     try {
-      base = new URL(args.api);
+      base = new URL(api);
     } catch {
-      throw new InvalidArgumentError('--api', `not a URL: '${args.api}' (example: ${apiUrlDefault})`);
+      throw new InvalidArgumentError('--api', `not a URL: '${api}' (example: ${apiUrlDefault})`);
     }
     if ((base.protocol !== 'https:' && base.protocol !== 'http:') || base.pathname !== '/' || base.search !== '' || base.username !== '') {
-      throw new InvalidArgumentError('--api', `must be https://HOST:PORT or http://HOST:PORT, got '${args.api}'`);
+      throw new InvalidArgumentError('--api', `must be https://HOST:PORT or http://HOST:PORT, got '${api}'`);
     }
     const password = readPassword(args, io);
     let agent: http.Agent;
@@ -98,13 +103,13 @@ export class ApiClient {
       if (args.insecure) io.stderr.write(`meshblock: warning: --insecure: the MDM's certificate is not verified\n`);
       agent = new https.Agent({ keepAlive: true, maxSockets: 1, rejectUnauthorized: !args.insecure, ...(ca !== undefined ? { ca } : {}) });
     } else {
-      if (args.insecure || args['ca-cert'] !== undefined) throw new InvalidArgumentError(args.insecure ? '--insecure' : '--ca-cert', `has no meaning for ${args.api} (plain HTTP)`);
+      if (args.insecure || args['ca-cert'] !== undefined) throw new InvalidArgumentError(args.insecure ? '--insecure' : '--ca-cert', `has no meaning for ${api} (plain HTTP)`);
       agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     }
     const client = new ApiClient(base, agent, args.username);
     try {
       const token = await client.request('GET', '/api/login', undefined, basic(args.username, password));
-      if (typeof token !== 'string' || token === '') throw new ApiConnectionError(`${args.api} answered the login without a token: is it a meshblock MDM?`);
+      if (typeof token !== 'string' || token === '') throw new ApiConnectionError(`${api} answered the login without a token: is it a meshblock MDM?`);
       client.token = token;
     } catch (err) {
       agent.destroy();

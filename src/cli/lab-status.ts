@@ -1,0 +1,203 @@
+// What `lab status` reports, and the foreground dashboard of `lab up`: the lab's processes
+// (from lab.json and /proc), and, when the MDM answers, its volumes, capacity and health.
+//
+// `lab status --json` is a stable contract (LabStatus): fields are added, never renamed or
+// removed. Sizes are bytes. When the MDM cannot be asked (stopped, or not answering),
+// `volumes` is empty, `capacity` and `health` are null, and `lab.mdmError` says why.
+
+import { KiB, formatBytes } from '../common/units.js';
+import type { RestDashboard, RestSds, RestSdsStatistics, RestVolume } from '../mdm/rest-objects.js';
+import type { ApiClient } from './manage-client.js';
+import { renderTable } from './manage-format.js';
+import { isDaemonRunning } from './lab-processes.js';
+import { labSdcName, nbdUri } from './lab-sdc.js';
+import type { LabFile, LabRole } from './lab-state.js';
+
+export interface LabStatusProcess {
+  role: LabRole;
+  name: string;
+  /** Null when it is not running. */
+  pid: number | null;
+  /** HOST:PORT: the wire listener of the MDM and the SDSs, the SDC's NBD server. */
+  address: string;
+  state: 'running' | 'stopped';
+}
+
+export interface LabStatusVolume {
+  name: string;
+  sizeBytes: number;
+  /** nbd://HOST:PORT/NAME when the volume is mapped to the lab's SDC, else null. */
+  nbdUri: string | null;
+  /** Names of the SDCs it is mapped to. */
+  mappedSdcs: string[];
+}
+
+/** The MDM's capacity figures (see src/mdm/rest-objects.ts), in bytes. */
+export interface LabStatusCapacity {
+  rawBytes: number;
+  spareBytes: number;
+  usableBytes: number;
+  thickInUseBytes: number;
+  thinProvisionedBytes: number;
+  inUseBytes: number;
+  netInUseBytes: number;
+  protectedBytes: number;
+  degradedBytes: number;
+  failedBytes: number;
+  unusedBytes: number;
+  availableForVolumeAllocationBytes: number;
+}
+
+export interface LabStatusHealth {
+  /** Raw bytes in placement groups running on one copy. */
+  degradedBytes: number;
+  /** Raw bytes on failed devices. */
+  failedBytes: number;
+  /** percent: of the chunks of the running rebuilds, copied; 100 when idle. */
+  rebuild: { state: 'idle' | 'running'; percent: number };
+  sdsConnected: number;
+  sdsDisconnected: number;
+  sdsDown: number;
+  devicesNormal: number;
+  devicesFailed: number;
+  sdcConnected: number;
+  sdcDisconnected: number;
+}
+
+export interface LabStatus {
+  lab: { dir: string; clusterId: string | null; apiUrl: string; mdmReachable: boolean; mdmError: string | null };
+  processes: LabStatusProcess[];
+  volumes: LabStatusVolume[];
+  capacity: LabStatusCapacity | null;
+  health: LabStatusHealth | null;
+}
+
+export function processStatus(lab: LabFile): LabStatusProcess[] {
+  return lab.processes.map((record) => {
+    const running = isDaemonRunning(record);
+    return { role: record.role, name: record.name, pid: running ? record.pid : null, address: record.address, state: running ? 'running' : 'stopped' };
+  });
+}
+
+/** Everything `lab status` shows. `client` is null when the MDM could not be reached (`mdmError`). */
+export async function collectStatus(dir: string, lab: LabFile, client: ApiClient | null, mdmError: string | null): Promise<LabStatus> {
+  const status: LabStatus = {
+    lab: { dir, clusterId: lab.clusterId, apiUrl: lab.apiUrl, mdmReachable: false, mdmError },
+    processes: processStatus(lab),
+    volumes: [],
+    capacity: null,
+    health: null,
+  };
+  if (client === null) return status;
+  try {
+    const [view, volumes] = await Promise.all([client.get<RestDashboard>('/api/dashboard'), client.get<RestVolume[]>('/api/types/Volume/instances')]);
+    const sdc = lab.processes.find((record) => record.role === 'sdc');
+    status.volumes = volumes.map((volume) => ({
+      name: volume.name,
+      sizeBytes: volume.sizeInKb * KiB,
+      nbdUri: sdc !== undefined && volume.mappedSdcInfo.some((info) => info.sdcName === labSdcName) ? nbdUri(sdc.address, volume.name) : null,
+      mappedSdcs: volume.mappedSdcInfo.map((info) => info.sdcName || info.sdcId),
+    }));
+    status.capacity = capacityOf(view);
+    status.health = {
+      degradedBytes: view.health.degradedCapacityInKb * KiB,
+      failedBytes: view.health.failedCapacityInKb * KiB,
+      rebuild: view.health.rebuildsRunning > 0 ? { state: 'running', percent: await rebuildPercent(client) } : { state: 'idle', percent: 100 },
+      sdsConnected: view.health.sdsConnected,
+      sdsDisconnected: view.health.sdsDisconnected,
+      sdsDown: view.health.sdsDown,
+      devicesNormal: view.health.devicesNormal,
+      devicesFailed: view.health.devicesFailed,
+      sdcConnected: view.health.sdcConnected,
+      sdcDisconnected: view.health.sdcDisconnected,
+    };
+    status.lab.mdmReachable = true;
+  } catch (err) {
+    status.lab.mdmError = (err as Error).message;
+  }
+  return status;
+}
+
+function capacityOf(view: RestDashboard): LabStatusCapacity {
+  const c = view.capacity;
+  return {
+    rawBytes: c.maxCapacityInKb * KiB,
+    spareBytes: c.spareCapacityInKb * KiB,
+    usableBytes: c.usableCapacityInKb * KiB,
+    thickInUseBytes: c.thickCapacityInUseInKb * KiB,
+    thinProvisionedBytes: c.thinCapacityProvisionedInKb * KiB,
+    inUseBytes: c.capacityInUseInKb * KiB,
+    netInUseBytes: c.netCapacityInUseInKb * KiB,
+    protectedBytes: c.protectedCapacityInKb * KiB,
+    degradedBytes: c.degradedCapacityInKb * KiB,
+    failedBytes: c.failedCapacityInKb * KiB,
+    unusedBytes: c.unusedCapacityInKb * KiB,
+    availableForVolumeAllocationBytes: c.capacityAvailableForVolumeAllocationInKb * KiB,
+  };
+}
+
+/** Chunks copied of the running rebuilds, over every SDS, in whole percent (rounded down). */
+async function rebuildPercent(client: ApiClient): Promise<number> {
+  const sdss = await client.get<RestSds[]>('/api/types/Sds/instances');
+  const statistics = await Promise.all(sdss.map((sds) => client.get<RestSdsStatistics>(`/api/instances/Sds::${sds.id}/relationships/Statistics`)));
+  let doneCount = 0;
+  let totalCount = 0;
+  for (const rebuild of statistics.flatMap((entry) => entry.rebuilds).filter((entry) => entry.state === 'running')) {
+    doneCount += rebuild.chunksDone;
+    totalCount += rebuild.chunksTotal;
+  }
+  return totalCount === 0 ? 0 : Math.floor((100 * doneCount) / totalCount);
+}
+
+/** The text form of `lab status`, also the foreground dashboard. */
+export function renderStatus(status: LabStatus): string {
+  const lines: string[] = [];
+  lines.push(`lab ${status.lab.dir}: cluster ${status.lab.clusterId ?? '(not created yet)'}, REST API ${status.lab.apiUrl}`);
+  lines.push('');
+  lines.push(
+    renderTable<LabStatusProcess>(
+      [
+        { header: 'ROLE', value: (entry) => entry.role },
+        { header: 'NAME', value: (entry) => entry.name },
+        { header: 'PID', value: (entry) => (entry.pid === null ? '-' : String(entry.pid)), align: 'right' },
+        { header: 'ADDRESS', value: (entry) => entry.address },
+        { header: 'STATE', value: (entry) => entry.state },
+      ],
+      status.processes,
+    ).trimEnd(),
+  );
+  lines.push('');
+  if (!status.lab.mdmReachable) {
+    lines.push(`MDM not reachable: ${status.lab.mdmError ?? 'unknown'}`);
+    return `${lines.join('\n')}\n`;
+  }
+  if (status.volumes.length === 0) {
+    lines.push('no volumes');
+  } else {
+    lines.push(
+      renderTable<LabStatusVolume>(
+        [
+          { header: 'VOLUME', value: (entry) => entry.name },
+          { header: 'SIZE', value: (entry) => formatBytes(entry.sizeBytes), align: 'right' },
+          { header: 'NBD URI', value: (entry) => entry.nbdUri ?? '-' },
+          { header: 'MAPPED TO', value: (entry) => entry.mappedSdcs.join(',') || '-' },
+        ],
+        status.volumes,
+      ).trimEnd(),
+    );
+  }
+  lines.push('');
+  const c = status.capacity as LabStatusCapacity;
+  lines.push(
+    `capacity: raw ${formatBytes(c.rawBytes)}, spare ${formatBytes(c.spareBytes)}, usable ${formatBytes(c.usableBytes)}, ` +
+      `thin provisioned ${formatBytes(c.thinProvisionedBytes)}, thick ${formatBytes(c.thickInUseBytes)}, in use ${formatBytes(c.inUseBytes)} raw`,
+  );
+  const h = status.health as LabStatusHealth;
+  const sdsTotal = h.sdsConnected + h.sdsDisconnected + h.sdsDown;
+  const rebuild = h.rebuild.state === 'idle' ? 'idle' : `running, ${h.rebuild.percent}%`;
+  lines.push(
+    `health: SDSs ${h.sdsConnected}/${sdsTotal} connected${h.sdsDown > 0 ? `, ${h.sdsDown} down` : ''}, devices ${h.devicesFailed} failed, ` +
+      `SDCs ${h.sdcConnected}/${h.sdcConnected + h.sdcDisconnected} connected, degraded ${formatBytes(h.degradedBytes)}, failed ${formatBytes(h.failedBytes)}, rebuild ${rebuild}`,
+  );
+  return `${lines.join('\n')}\n`;
+}
