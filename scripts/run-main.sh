@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job, for now: install, build, and serve a 4 GiB sparse disk image over NBD on
-# 127.0.0.1:10809 with meshblock's protocol core. (It becomes `meshblock lab up`, the
-# all-in-one cluster, when the SDS, MDM and SDC land.) Ctrl-C stops it.
+# The main job: install, build, and run the lab — an all-in-one meshblock cluster on this
+# machine (an MDM, three SDSs on sparse-file devices, one SDC), with a mirrored 8 GiB thin
+# volume vol1 served over NBD on nbd://127.0.0.1:10809/vol1. It stays in the foreground with
+# a dashboard; Ctrl-C stops it, and running this again resumes the same cluster and data.
+# Extra arguments go to `meshblock lab up` (e.g. --sds 4 --volume vol2:4GiB --detach).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,9 +11,4 @@ bash scripts/install-deps.sh
 npm ci --no-audit --no-fund
 npm run build
 
-dir=${MESHBLOCK_DIR:-./lab-data}
-mkdir -p "$dir"
-image="$dir/disk0.img"
-[[ -e $image ]] || truncate -s "${MESHBLOCK_SIZE:-4G}" "$image"
-echo "attach with: nbdinfo nbd://127.0.0.1:10809/   or   nbd-client 127.0.0.1 10809 /dev/nbd0 -N disk0"
-exec node bin/meshblock.cjs nbd serve --file "$image" --name disk0 --listen "${MESHBLOCK_LISTEN:-127.0.0.1:10809}"
+exec node bin/meshblock.cjs lab up --dir "${MESHBLOCK_LAB_DIR:-./meshblock-lab}" "$@"
