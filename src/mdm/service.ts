@@ -112,6 +112,13 @@ export class MdmService implements MdmController {
   }
 
   private async executeNow(command: Command): Promise<Applied> {
+    // ScaleIO's rule: a volume an SDC has open (NBD clients attached, as its heartbeats say)
+    // is not taken away from it. Checked here: it depends on live state, not on the model.
+    if (command.type === 'removeMappedSdc' && this.openVolumes(command.sdcId).includes(command.volumeId)) {
+      const volume = this.state.model.volumes[command.volumeId];
+      const sdc = this.state.model.sdcs[command.sdcId];
+      throw new MdmError('MB_ERR_VOLUME_OPEN', `volume '${volume?.name ?? command.volumeId}' is open on SDC '${sdc?.name ?? command.sdcId}' (NBD clients attached); detach them first`, 409);
+    }
     const applied = this.state.apply(command);
     try {
       await this.journal.append({ command });

@@ -13,6 +13,7 @@ import t from 'tap';
 import { SdsOp, SdsStatus, encodeAllocation } from '../../src/wire/sds-ops.js';
 import { startCluster, until, type Cluster } from '../helpers/cluster.js';
 import { run } from '../helpers/processes.js';
+import { RawNbd } from '../helpers/raw-nbd.js';
 import { MiB, connectWire } from '../helpers/sds.js';
 
 const GiB = 1024 * MiB;
@@ -140,9 +141,23 @@ t.test('two mirrored volumes through the SDC, with the real clients', async (t) 
   t.match(zeros.stdout, /read 33554432\/33554432 bytes/, 'the trimmed range reads as zeros');
   t.notMatch(zeros.stdout, /Pattern verification failed/);
 
-  // Unmapped: gone from the list, new connections refused.
-  const unmap = await cluster.meshblock(['volume', 'unmap', '--volume', 'vol2', '--sdc', 'sdc1']);
-  t.equal(unmap.code, 0, unmap.stderr);
+  // A volume with an NBD client attached is not unmapped; once the client leaves, it is.
+  const attached = await RawNbd.connect({ port: cluster.sdc.nbdPort });
+  await attached.go('vol2');
+  // The SDC reports open volumes in its heartbeat, every second: give it two.
+  await new Promise((resolve) => setTimeout(resolve, 2500));
+  await until('the SDC to report vol2 open', async () => {
+    const tried = await cluster.meshblock(['volume', 'unmap', '--volume', 'vol2', '--sdc', 'sdc1']);
+    if (tried.code === 0) throw new Error('vol2 was unmapped while a client had it open');
+    return /is open on SDC 'sdc1'/.test(tried.stderr) ? tried : undefined;
+  }).then((tried) => t.match(tried.stderr, /detach them first/, 'unmapping a volume a client has open is refused'));
+  attached.socket.destroy();
+  await attached.closed;
+  const unmap = await until('the unmap to succeed once the client left', async () => {
+    const tried = await cluster.meshblock(['volume', 'unmap', '--volume', 'vol2', '--sdc', 'sdc1']);
+    return tried.code === 0 ? tried : undefined;
+  });
+  t.equal(unmap.code, 0, 'unmapped after the client detached');
   await until('vol2 to disappear from the SDC', async () => (!(await run('nbdinfo', ['--list', `nbd://${cluster.sdc.nbdAddress}`])).stdout.includes('vol2') ? true : undefined));
   const refused = await run('nbdinfo', [vol2]);
   t.not(refused.code, 0, 'a connection to the unmapped volume is refused');
