@@ -6,6 +6,7 @@ import { nbdServe, nbdServeOptions, type NbdServeArgs } from './nbd-serve.js';
 import { registerManagementCommands, registerSdcManagementCommands, registerSdsManagementCommands } from './manage.js';
 import { sdcStart, sdcStartOptions, type SdcStartArgs } from './sdc-start.js';
 import { registerLabCommands } from './lab.js';
+import { loadtest, loadtestCommand, loadtestDescription, loadtestOptions, type LoadtestArgs } from './loadtest.js';
 import { mdmStart, mdmStartOptions, type MdmStartArgs } from './mdm-start.js';
 import { sdsStart, sdsStartOptions, type SdsStartArgs } from './sds-start.js';
 
@@ -69,6 +70,7 @@ export async function main(argv: string[]): Promise<void> {
     );
   registerManagementCommands(cli);
   registerLabCommands(cli);
+  cli.command(loadtestCommand, loadtestDescription, (y) => loadtestOptions(y), async (args) => loadtest(args as unknown as LoadtestArgs));
   cli
     .demandCommand(1, 'name a command (see meshblock --help)')
     .strict()

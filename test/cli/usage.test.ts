@@ -5,7 +5,7 @@ import t from 'tap';
 import { runMeshblock } from '../helpers/processes.js';
 
 t.test('--help on every command', async (t) => {
-  for (const args of [['--help'], ['nbd', '--help'], ['nbd', 'serve', '--help'], ['sds', '--help'], ['sds', 'start', '--help']]) {
+  for (const args of [['--help'], ['nbd', '--help'], ['nbd', 'serve', '--help'], ['sds', '--help'], ['sds', 'start', '--help'], ['sdc', 'start', '--help'], ['mdm', 'start', '--help'], ['lab', '--help'], ['lab', 'up', '--help'], ['loadtest', '--help'], ['volume', '--help'], ['dashboard', '--help']]) {
     const result = await runMeshblock(args);
     t.equal(result.code, 0, `${args.join(' ')} exits 0`);
     t.match(result.stdout, /meshblock/, `${args.join(' ')} prints usage`);
