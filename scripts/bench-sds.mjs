@@ -54,6 +54,7 @@ import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { InvalidArgumentError, OutOfRangeError } from '../dist/common/errors.js';
 import { MiB, formatBytes, parseSizeBytes } from '../dist/common/units.js';
+import { mulberry32 } from '../dist/common/seeded-random.js';
 import { WirePeer } from '../dist/wire/peer.js';
 import { placementGroupOf } from '../dist/wire/placement.js';
 import { SdsOp, SdsStatus, ioArgsBytes, encodeIo } from '../dist/wire/sds-ops.js';
@@ -586,17 +587,8 @@ class LatencyHistogram {
   }
 }
 
-/** mulberry32: a small, fast, seedable PRNG; uniform 32-bit outputs. */
-function prng(seed) {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let value = state;
-    value = Math.imul(value ^ (value >>> 15), value | 1);
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
-    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32 (src/common/seeded-random.ts): a small, fast, seedable PRNG in [0, 1). */
+const prng = mulberry32;
 
 /**
  * One request buffer per slot in flight, reused: a slot sends its next request only after

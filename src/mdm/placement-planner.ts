@@ -44,6 +44,7 @@
 // removal in a degraded pool).
 
 import { AssertionError, InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
+import { mulberry32Uint32 as mulberry32 } from '../common/seeded-random.js';
 import { pgCountMax, type PlacementGroup } from '../wire/placement.js';
 
 /**
@@ -698,17 +699,6 @@ class DomainHeap {
   }
 }
 
-/** A small seeded generator (mulberry32): uint32 values, the same on every run. */
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let value = state;
-    value = Math.imul(value ^ (value >>> 15), value | 1);
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
-    return (value ^ (value >>> 14)) >>> 0;
-  };
-}
 
 // ---------------------------------------------------------------------------------------------
 // Roles. A group with one kept and one new copy is fixed: the kept copy is primary. A group

@@ -8,12 +8,10 @@
 //
 // When the MDM is away, IO goes on from the cached map; the link reconnects with backoff.
 
-import * as net from 'node:net';
 import type { Logger } from 'pino';
-import { parseHostPort } from '../common/address.js';
 import { MdmOp, SdcOp, heartbeatIntervalMs, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
 import { WirePeer, type WireReply, type WireRequest } from '../wire/peer.js';
-import { PeerPool } from '../wire/peer-pool.js';
+import { PeerPool, connectTcp } from '../wire/peer-pool.js';
 import { parsePlacementMap, type PlacementMap } from '../wire/placement.js';
 import { SdsStatus } from '../wire/sds-ops.js';
 import type { ExportRegistry, NbdExport } from './exports.js';
@@ -145,22 +143,7 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   }
 
   private async connectOnce(): Promise<void> {
-    const { host, port } = parseHostPort('--mdm', this.options.mdmAddress);
-    const socket = net.connect({ host, port });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new Error(`connect to ${this.options.mdmAddress} timed out`));
-      }, connectTimeoutMs);
-      socket.once('connect', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      socket.once('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-    });
+    const socket = await connectTcp(this.options.mdmAddress, connectTimeoutMs);
     const peer = await WirePeer.connect(socket, {
       clusterId: this.options.clusterId,
       secret: this.options.secret,

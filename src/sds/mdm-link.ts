@@ -4,10 +4,9 @@
 // drops, the SDS keeps serving IO from its cached map and reconnects with backoff: data
 // never waits for the control plane.
 
-import * as net from 'node:net';
 import type { Logger } from 'pino';
-import { parseHostPort } from '../common/address.js';
 import { WirePeer } from '../wire/peer.js';
+import { connectTcp } from '../wire/peer-pool.js';
 import { MdmOp, heartbeatIntervalMs, type SdsRegistration } from '../wire/mdm-ops.js';
 import { SdsStatus } from '../wire/sds-ops.js';
 import type { SdsIdentity, SdsService } from './service.js';
@@ -62,22 +61,7 @@ export class MdmLink {
   }
 
   private async connectOnce(): Promise<void> {
-    const { host, port } = parseHostPort('--mdm', this.options.mdmAddress);
-    const socket = net.connect({ host, port });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new Error(`connect to ${this.options.mdmAddress} timed out`));
-      }, connectTimeoutMs);
-      socket.once('connect', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      socket.once('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-    });
+    const socket = await connectTcp(this.options.mdmAddress, connectTimeoutMs);
     const served = { role: 'mdm' as const, name: 'mdm' };
     const peer = await WirePeer.connect(socket, {
       clusterId: this.options.identity.clusterId,

@@ -61,22 +61,7 @@ export class PeerPool {
   }
 
   private async connect(address: string): Promise<WirePeer> {
-    const { host, port } = parseHostPort('address', address);
-    const socket = net.connect({ host, port });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new WireError('MB_ERR_WIRE_CONNECT_TIMEOUT', `connect to ${address} timed out`));
-      }, connectTimeoutMs);
-      socket.once('connect', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      socket.once('error', (err) => {
-        clearTimeout(timer);
-        reject(new WireError('MB_ERR_WIRE_CONNECT', `cannot connect to ${address}: ${err.message}`, { cause: err }));
-      });
-    });
+    const socket = await connectTcp(address, connectTimeoutMs);
     return WirePeer.connect(socket, {
       clusterId: this.options.clusterId,
       secret: this.options.secret,
@@ -86,4 +71,25 @@ export class PeerPool {
       ...(this.options.payloadChecksums !== undefined ? { payloadChecksums: this.options.payloadChecksums } : {}),
     });
   }
+}
+
+/** A TCP connection to HOST:PORT, or a WireError naming the address (refused, timed out). */
+export async function connectTcp(address: string, timeoutMs: number): Promise<net.Socket> {
+  const { host, port } = parseHostPort('address', address);
+  const socket = net.connect({ host, port });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new WireError('MB_ERR_WIRE_CONNECT_TIMEOUT', `connect to ${address} timed out`));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    socket.once('error', (err) => {
+      clearTimeout(timer);
+      reject(new WireError('MB_ERR_WIRE_CONNECT', `cannot connect to ${address}: ${err.message}`, { cause: err }));
+    });
+  });
+  return socket;
 }

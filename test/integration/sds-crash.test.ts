@@ -10,6 +10,7 @@
 // on one device, each with its own seed (printed; SEED=n replays the first round).
 
 import t from 'tap';
+import { mulberry32 } from '../../src/common/seeded-random.js';
 import { sparseFile } from '../helpers/files.js';
 import { MiB, TestVolumeClient, connectWire, makeMap, setMap, startSds } from '../helpers/sds.js';
 
@@ -22,16 +23,6 @@ const vtreeId = '00000000c0a5c0a5';
 /** A block's value: 0 never written, -1 trimmed, else the version that wrote it. */
 type Value = number;
 
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let value = state;
-    value = Math.imul(value ^ (value >>> 15), value | 1);
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
-    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function blockContent(block: number, version: number): Buffer {
   const content = Buffer.alloc(blockBytes, (block * 7 + version * 13) & 0xff);

@@ -33,6 +33,7 @@ import { Writable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { pino, type Logger } from 'pino';
 import t, { type Test } from 'tap';
+import { mulberry32 } from '../../src/common/seeded-random.js';
 import { Journal, journalRecordBytesMax, type JournalCorruptError } from '../../src/mdm/journal.js';
 import { repoRoot } from '../helpers/processes.js';
 
@@ -408,16 +409,6 @@ t.test('concurrent appends share fdatasyncs (group commit)', async (t) => {
   await reopened.journal.close();
 });
 
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let value = state;
-    value = Math.imul(value ^ (value >>> 15), value | 1);
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
-    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Writer {
   readyCount: number;

@@ -20,6 +20,7 @@
 //   - determinism, degraded pools, capped domains, and refusals by stable code.
 
 import t, { type Test } from 'tap';
+import { mulberry32 } from '../../src/common/seeded-random.js';
 import {
   pgCountFor,
   pgCountMin,
@@ -35,16 +36,6 @@ import { pgCountMax, placementGroupOf } from '../../src/wire/placement.js';
 const gib = 2 ** 30;
 const tib = 2 ** 40;
 
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let value = state;
-    value = Math.imul(value ^ (value >>> 15), value | 1);
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
-    return ((value ^ (value >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 function hexId(random: () => number): string {
   return Array.from({ length: 2 }, () => Math.floor(random() * 2 ** 32).toString(16).padStart(8, '0')).join('');

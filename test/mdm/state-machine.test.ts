@@ -7,22 +7,13 @@
 // that do not fit. SEED=n replays a simulation.
 
 import t, { type Test } from 'tap';
+import { mulberry32 } from '../../src/common/seeded-random.js';
 import { GiB, MiB } from '../../src/common/units.js';
 import type { Id } from '../../src/mdm/model.js';
 import { MdmError, StateMachine, type Command } from '../../src/mdm/state-machine.js';
 
 const clusterId = '0123456789abcdef';
 
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let value = state;
-    value = Math.imul(value ^ (value >>> 15), value | 1);
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61);
-    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function sdsId(index: number): Id {
   return (0x5d5000000000 + index).toString(16).padStart(16, '0');
