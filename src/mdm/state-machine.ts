@@ -483,7 +483,10 @@ export class StateMachine {
     }
     let planned;
     try {
-      planned = planPlacement({ pgCount: pool.pgCount, devices: plannerDevices, previous: pool.groups.length > 0 ? pool.groups : null });
+      // A pool without volumes holds no data, so nothing is worth keeping in place: plan it
+      // afresh, which also spreads primaries (reads) over every device, new ones included.
+      const holdsData = Object.values(this.model.volumes).some((volume) => volume.storagePoolId === pool.id);
+      planned = planPlacement({ pgCount: pool.pgCount, devices: plannerDevices, previous: pool.groups.length > 0 && holdsData ? pool.groups : null });
     } catch (err) {
       throw conflict('MB_ERR_PLACEMENT', `cannot place storage pool '${pool.name}': ${(err as Error).message}`);
     }

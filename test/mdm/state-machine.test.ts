@@ -86,6 +86,8 @@ t.test('placement: every group on two SDSs, the epoch moves with it', async (t) 
     const secondary = group.secondaryDevice === null ? undefined : machine.model.devices[group.secondaryDevice];
     if (primary === undefined || secondary === undefined || primary.sdsId === secondary.sdsId) t.fail('a group without two copies on two SDSs');
   }
+  const primaries = new Set(groups.map((group) => machine.model.devices[group.primaryDevice]?.sdsId));
+  t.equal(primaries.size, 3, 'devices added one by one to an empty pool: every SDS is primary of some groups (reads spread)');
   const epoch = machine.model.epoch;
   machine.apply({ type: 'registerSds', sdsId: sdsId(9), name: 'sds9', address: '127.0.0.1:7009', nowMs: 1 });
   t.equal(machine.model.epoch, epoch, 'registering an SDS that holds nothing does not move the epoch');

@@ -1,0 +1,973 @@
+#!/usr/bin/env node
+// Benchmark: the lab volume (MDM, 3 SDSs, two copies, one SDC serving NBD, all on this
+// machine) against nbdkit's file plugin serving one plain file, driven by the same fio
+// nbd-engine jobs as scripts/bench-nbd.mjs. nbdkit is the floor of what any NBD server can
+// do here; the lab adds a second hop (SDC -> SDS over TCP) and a second copy of every write.
+//
+// How it keeps the comparison fair:
+// - both sides serve a region of the same size (--size), written in full before the first
+//   run, so reads hit data (nbdkit: a file written with pseudorandom bytes; lab: every chunk
+//   of the region allocated by a sequential fio write through the SDC);
+// - both are started once and kept; for every pattern the runs alternate nbdkit, lab, and
+//   the alternation is repeated --rounds times; each side's result is the median;
+// - before every run the bench waits (a bounded time) for the rest of the machine to be
+//   quiet, and flags runs during which other processes used more than a fifth of a core.
+//
+// Where the time goes: during the (first) lab run of 4k randrw QD32 the CPU time of every
+// lab process (SDC, each SDS, MDM) and of fio is sampled from /proc; then one extra,
+// unmeasured run of the same pattern is made while the SDC and sds1 run V8's CPU profiler.
+// `lab up` offers no way to pass node flags and node refuses --cpu-prof in NODE_OPTIONS, so
+// `lab up` gets NODE_OPTIONS=--require=PRELOAD: a few lines, written into the temp dir, that
+// start the in-process profiler (node:inspector) on the first SIGUSR2 and write a
+// .cpuprofile on the second. It costs nothing until signalled.
+//
+// Exit codes: 0 done, 1 a server failed to start or died, or fio reported an error,
+// 2 bad usage, 128+N interrupted by signal N. nbdkit is killed, the lab is stopped and
+// purged (`lab down --purge`) and the temp dir removed on every path out.
+//
+// Usage: node scripts/bench-lab.mjs [--size 1G] [--runtime 10] [--ramp-time 2] [--rounds 1]
+//          [--out docs/benchmarks.md] [--dir /tmp] [--no-profile] [--quick]
+
+import { spawn, execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { randomFillSync } from 'node:crypto';
+import { InvalidArgumentError, OutOfRangeError } from '../dist/common/errors.js';
+import { GiB, MiB, formatBytes, parseSizeBytes } from '../dist/common/units.js';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const meshblockBin = path.join(repoRoot, 'bin/meshblock.cjs');
+const host = '127.0.0.1';
+const volumeName = 'vol1';
+
+const exitRuntimeError = 1;
+const exitUsageError = 2;
+
+const serverStartMs = 20_000;
+const labUpMs = 120_000;
+const labDownMs = 60_000;
+const fioSlackMs = 60_000;
+/** The nbdkit test file is written in pieces of this size. */
+const fileChunkBytes = 8 * MiB;
+const sizeBytesMin = 64 * MiB;
+/** The lab's devices and volume are at least this big (the lab's own default device size). */
+const labDeviceBytesMin = 2 * GiB;
+/**
+ * Before each run we wait up to quietWaitMsMax for the rest of the machine to use less than
+ * quietBusyPercentMax of a core. Kept short: other engineers share this 2-core machine, and
+ * a bench that waits two minutes per run never finishes; disturbed runs are flagged instead.
+ */
+const quietBusyPercentMax = 15;
+const quietSampleMs = 500;
+const quietWaitMsMax = 15_000;
+const disturbedPercentMin = 20;
+const sampleMarginMs = 500;
+/** Functions listed per profiled process. */
+const profileTopCount = 8;
+const profileWaitMs = 15_000;
+
+/** Ceph RBD, two copies on three OSDs, on the same kind of machine (from the issue). */
+const cephReference = '1,200 IOPS at 4k random 70% write QD32; about 300 IOPS (3 ms) at 4k QD1';
+
+const usage = `Usage: node scripts/bench-lab.mjs [options]
+
+Runs fio (nbd engine) against a local meshblock lab volume (3 SDSs, two copies) and
+against nbdkit file on a plain file, alternating, and profiles the lab under load.
+
+  --size SIZE          region both sides serve and fio uses (binary units) [default: 1G; --quick: 256M]
+  --runtime SECONDS    measured time per fio run [default: 10; --quick: 3]
+  --ramp-time SECONDS  unmeasured warm-up per fio run [default: 2; --quick: 1]
+  --rounds N           alternations per pattern; results are medians [default: 1]
+  --out FILE           also write the report as a Markdown section '## Lab benchmark' at the
+                       end of FILE, keeping the rest (and a hand-written analysis between the
+                       section's analysis markers)
+  --dir DIR            where the temp dir (test file, lab) goes [default: ${os.tmpdir()}]
+  --no-profile         skip the CPU-profiled extra run
+  --quick              smoke test: --size 256M --runtime 3 --ramp-time 1 unless given
+  -h, --help           this text
+`;
+
+/** Same patterns as bench-nbd; `latency` is the direction whose clat percentiles are shown. */
+const patterns = [
+  { id: 'randrw70-4k-qd32', title: '4k random R/W 70% write, QD32', fio: ['--rw=randrw', '--rwmixwrite=70', '--bs=4k', '--iodepth=32'], metric: 'iops', latency: 'write', goal: 0.5 },
+  { id: 'randread-4k-qd32', title: '4k random read, QD32', fio: ['--rw=randread', '--bs=4k', '--iodepth=32'], metric: 'iops', latency: 'read', goal: 0.5 },
+  { id: 'randwrite-4k-qd1', title: '4k random write, QD1', fio: ['--rw=randwrite', '--bs=4k', '--iodepth=1'], metric: 'iops', latency: 'write', goal: 0.5 },
+  { id: 'read-1m-qd8', title: '1M sequential read, QD8', fio: ['--rw=read', '--bs=1M', '--iodepth=8'], metric: 'mbps', latency: 'read', goal: 1 },
+  { id: 'write-1m-qd8', title: '1M sequential write, QD8', fio: ['--rw=write', '--bs=1M', '--iodepth=8'], metric: 'mbps', latency: 'write', goal: null },
+];
+/** CPU per process is reported for the first; CPU profiles are taken for both. */
+const profiledPattern = patterns[0];
+const profiledPatterns = [patterns[0], patterns[3]];
+const sideNames = ['nbdkit', 'lab'];
+
+const sectionHeading = '## Lab benchmark';
+const analysisStart = '<!-- lab-analysis:start -->';
+const analysisEnd = '<!-- lab-analysis:end -->';
+
+class BenchError extends Error {
+  constructor(code, message, options) {
+    super(message, options);
+    this.name = 'BenchError';
+    this.code = code;
+  }
+}
+
+// --- arguments -------------------------------------------------------------------------
+
+function parseOptions(argv) {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      size: { type: 'string' },
+      runtime: { type: 'string' },
+      'ramp-time': { type: 'string' },
+      rounds: { type: 'string' },
+      out: { type: 'string' },
+      dir: { type: 'string' },
+      'no-profile': { type: 'boolean', default: false },
+      quick: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) return null;
+  const quick = values.quick;
+  const sizeText = values.size ?? (quick ? '256M' : '1G');
+  const sizeBytes = parseSizeBytes('--size', sizeText);
+  if (sizeBytes < sizeBytesMin || sizeBytes % MiB !== 0) {
+    throw new OutOfRangeError('--size', `a whole number of MiB, at least ${formatBytes(sizeBytesMin)}`, sizeText);
+  }
+  const options = {
+    sizeBytes,
+    runtimeSeconds: parseInteger('--runtime', values.runtime ?? (quick ? '3' : '10'), 1, 3600),
+    rampSeconds: parseInteger('--ramp-time', values['ramp-time'] ?? (quick ? '1' : '2'), 0, 600),
+    roundCount: parseInteger('--rounds', values.rounds ?? '1', 1, 100),
+    outPath: values.out === undefined ? null : path.resolve(values.out),
+    parentDir: path.resolve(values.dir ?? os.tmpdir()),
+    profile: !values['no-profile'],
+  };
+  if (values.out !== undefined && values.out.trim() === '') throw new InvalidArgumentError('--out', 'must not be empty');
+  if (!isDirectory(options.parentDir)) throw new InvalidArgumentError('--dir', `${options.parentDir} is not a directory`);
+  if (options.outPath !== null && !isDirectory(path.dirname(options.outPath))) {
+    throw new InvalidArgumentError('--out', `directory ${path.dirname(options.outPath)} does not exist`);
+  }
+  return options;
+}
+
+function parseInteger(field, text, min, max) {
+  if (!/^\d+$/.test(text)) throw new InvalidArgumentError(field, `not a whole number: '${text}'`);
+  const value = Number(text);
+  if (value < min || value > max) throw new OutOfRangeError(field, `>= ${min} and <= ${max}`, text);
+  return value;
+}
+
+function isDirectory(dir) {
+  try {
+    return fs.statSync(dir).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+// --- interruption ----------------------------------------------------------------------
+
+let interruptedBy = null;
+const running = new Set();
+/** The lab dir while a lab may be up: a second signal still stops it before leaving. */
+let labDirUp = null;
+
+function onSignal(signal) {
+  if (interruptedBy !== null) {
+    for (const entry of running) entry.process.kill('SIGKILL');
+    if (labDirUp !== null) labDownSync(labDirUp);
+    process.exit(128 + os.constants.signals[signal]);
+  }
+  interruptedBy = signal;
+  process.stderr.write(`\n${signal}: stopping\n`);
+  for (const entry of running) if (entry.fio) entry.process.kill('SIGTERM');
+}
+
+function throwIfInterrupted() {
+  if (interruptedBy !== null) throw new BenchError('INTERRUPTED', `interrupted by ${interruptedBy}`);
+}
+
+function delay(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// --- processes -------------------------------------------------------------------------
+
+function spawnTracked(command, args, { fio = false, env = process.env } = {}) {
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  const entry = { process: child, fio };
+  running.add(entry);
+  const state = { exited: false, code: null, signal: null, stdout: '', stderr: '', spawnError: null };
+  state.exit = new Promise((resolve) => {
+    child.on('error', (err) => {
+      state.spawnError = err;
+      state.exited = true;
+      running.delete(entry);
+      resolve();
+    });
+    child.on('exit', (code, signal) => {
+      state.exited = true;
+      state.code = code;
+      state.signal = signal;
+      running.delete(entry);
+      resolve();
+    });
+  });
+  child.stdout.setEncoding('utf8').on('data', (text) => (state.stdout += text));
+  child.stderr.setEncoding('utf8').on('data', (text) => (state.stderr += text));
+  return { child, state };
+}
+
+function run(command, args, timeoutMs = 30_000, env = process.env) {
+  const { child, state } = spawnTracked(command, args, { env });
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  return state.exit.then(() => {
+    clearTimeout(timer);
+    if (state.spawnError !== null) throw new BenchError('SPAWN', `cannot run ${command}: ${state.spawnError.message}`);
+    return state;
+  });
+}
+
+async function freeLoopbackPort() {
+  const probe = net.createServer();
+  await new Promise((resolve, reject) => {
+    probe.once('error', reject);
+    probe.listen({ host, port: 0 }, resolve);
+  });
+  const { port } = probe.address();
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+/** utime + stime of one process, in seconds; null once it is gone. */
+function processCpuSeconds(pid, clockTicksPerSecond) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
+  } catch {
+    return null;
+  }
+}
+
+/** pid and its descendants (fio forks one process per job). */
+function processTree(rootPid) {
+  const parentOf = new Map();
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      parentOf.set(Number(name), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // Gone between readdir and read.
+    }
+  }
+  const tree = [rootPid];
+  for (let index = 0; index < tree.length; index++) {
+    for (const [pid, parent] of parentOf) if (parent === tree[index]) tree.push(pid);
+  }
+  return tree;
+}
+
+function machineTicks() {
+  const line = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0];
+  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  const totalTicks = ticks.slice(0, 7).reduce((sum, value) => sum + value, 0);
+  return { busyTicks: ticks[0] + ticks[1] + ticks[2], totalTicks };
+}
+
+function machineBusyPercent(before, after, cpuCount) {
+  const totalTicks = after.totalTicks - before.totalTicks;
+  return totalTicks === 0 ? 0 : (100 * cpuCount * (after.busyTicks - before.busyTicks)) / totalTicks;
+}
+
+async function waitForQuiet(cpuCount) {
+  const deadline = Date.now() + quietWaitMsMax;
+  for (;;) {
+    const before = machineTicks();
+    await delay(quietSampleMs);
+    throwIfInterrupted();
+    const busyPercent = machineBusyPercent(before, machineTicks(), cpuCount);
+    if (busyPercent < quietBusyPercentMax) return true;
+    if (Date.now() > deadline) {
+      process.stderr.write(`the machine stayed busy (${busyPercent.toFixed(0)}% of a core) for ${quietWaitMsMax / 1000} s: running anyway\n`);
+      return false;
+    }
+  }
+}
+
+function failure(name, state) {
+  const how = state.spawnError !== null ? state.spawnError.message : `exited with ${state.signal ?? state.code}`;
+  const tail = `${state.stdout}\n${state.stderr}`.trim().split('\n').slice(-15).join('\n');
+  return new BenchError('SERVER', `${name} ${how}${tail ? `:\n${tail}` : ''}`);
+}
+
+// --- nbdkit ----------------------------------------------------------------------------
+
+async function createTestFile(file, sizeBytes) {
+  const handle = await fs.promises.open(file, 'wx');
+  try {
+    await handle.truncate(sizeBytes);
+    const chunk = randomFillSync(Buffer.allocUnsafe(fileChunkBytes));
+    for (let offsetBytes = 0; offsetBytes < sizeBytes; offsetBytes += chunk.length) {
+      throwIfInterrupted();
+      const pieceBytes = Math.min(chunk.length, sizeBytes - offsetBytes);
+      chunk.writeDoubleLE(offsetBytes, 0);
+      let writtenBytes = 0;
+      while (writtenBytes < pieceBytes) {
+        const { bytesWritten } = await handle.write(chunk, writtenBytes, pieceBytes - writtenBytes, offsetBytes + writtenBytes);
+        writtenBytes += bytesWritten;
+      }
+    }
+    await handle.datasync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function startNbdkit(file, workDir) {
+  const port = await freeLoopbackPort();
+  const pidFile = path.join(workDir, 'nbdkit.pid');
+  const args = ['--foreground', '--exit-with-parent', '--ipaddr', host, '--port', String(port), '--pidfile', pidFile, 'file', `file=${file}`];
+  const { child, state } = spawnTracked('nbdkit', args);
+  const server = { name: 'nbdkit', child, state, uri: `nbd://${host}:${port}/`, command: ['nbdkit', ...args], pids: () => ({ nbdkit: [child.pid] }) };
+  const deadline = Date.now() + serverStartMs;
+  for (;;) {
+    if (fs.existsSync(pidFile) && fs.readFileSync(pidFile, 'utf8').trim() !== '') return server;
+    throwIfInterrupted();
+    if (state.exited) throw failure('nbdkit', state);
+    if (Date.now() > deadline) throw new BenchError('SERVER', `nbdkit did not write ${pidFile} within ${serverStartMs} ms`);
+    await delay(20);
+  }
+}
+
+async function stopNbdkit(server) {
+  if (server.state.exited) return;
+  server.child.kill('SIGTERM');
+  const timer = setTimeout(() => server.child.kill('SIGKILL'), serverStartMs);
+  await server.state.exit;
+  clearTimeout(timer);
+}
+
+// --- the lab ---------------------------------------------------------------------------
+
+/**
+ * Loaded into every lab daemon through NODE_OPTIONS=--require. SIGUSR2 starts V8's CPU
+ * profiler in-process; the next SIGUSR2 stops it and writes PID.cpuprofile (renamed into
+ * place, so a reader never sees half a file). Nothing runs until the first signal.
+ */
+const profilerPreload = `'use strict';
+const dir = process.env.MESHBLOCK_BENCH_PROFILE_DIR;
+if (dir) {
+  const inspector = require('node:inspector');
+  const fs = require('node:fs');
+  const path = require('node:path');
+  let session = null;
+  process.on('SIGUSR2', () => {
+    if (session === null) {
+      session = new inspector.Session();
+      session.connect();
+      session.post('Profiler.enable', () => session.post('Profiler.start'));
+      return;
+    }
+    const current = session;
+    session = null;
+    current.post('Profiler.stop', (err, result) => {
+      if (!err) {
+        const file = path.join(dir, process.pid + '.cpuprofile');
+        fs.writeFileSync(file + '.tmp', JSON.stringify(result.profile));
+        fs.renameSync(file + '.tmp', file);
+      }
+      current.disconnect();
+    });
+  });
+}
+`;
+
+function labArgs(command, labDir, extra = []) {
+  return [meshblockBin, 'lab', command, '--dir', labDir, ...extra];
+}
+
+async function startLab(labDir, sizeBytes, profileDir, preloadFile) {
+  const port = await freeLoopbackPort();
+  const deviceBytes = Math.max(labDeviceBytesMin, sizeBytes);
+  const sizeText = `${deviceBytes / MiB}MiB`;
+  const extra = ['--detach', '--nbd-port', String(port), '--device-size', sizeText, '--volume', `${volumeName}:${sizeText}`];
+  const env = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require=${preloadFile}`.trim(), MESHBLOCK_BENCH_PROFILE_DIR: profileDir };
+  labDirUp = labDir;
+  const state = await run(process.execPath, labArgs('up', labDir, extra), labUpMs, env);
+  throwIfInterrupted();
+  if (state.code !== 0) throw failure('meshblock lab up', state);
+  const match = new RegExp(`(nbd://127\\.0\\.0\\.1:\\d+/${volumeName})\\b`).exec(state.stdout);
+  if (match === null) throw new BenchError('SERVER', `meshblock lab up printed no URI for ${volumeName}:\n${state.stdout}`);
+  const status = await labStatus(labDir);
+  const command = ['node', 'bin/meshblock.cjs', 'lab', 'up', '--dir', '$DIR', ...extra];
+  return { name: 'lab', uri: match[1], command, status, pids: () => labPids(status) };
+}
+
+async function labStatus(labDir) {
+  const state = await run(process.execPath, labArgs('status', labDir, ['--json']));
+  if (state.code !== 0) throw failure('meshblock lab status', state);
+  return JSON.parse(state.stdout);
+}
+
+/** Lab process pids by name (mdm, sds1.., sdc1). */
+function labPids(status) {
+  const pids = {};
+  for (const entry of status.processes) pids[entry.role === 'sdc' ? 'sdc' : entry.name] = [entry.pid];
+  return pids;
+}
+
+function labAlive(lab) {
+  return lab.status.processes.every((entry) => processCpuSeconds(entry.pid, 100) !== null);
+}
+
+function labDownSync(labDir) {
+  try {
+    execFileSync(process.execPath, labArgs('down', labDir, ['--purge']), { stdio: 'ignore', timeout: labDownMs });
+  } catch {
+    // Reported by the caller's cleanup if it matters; nothing more to do on the way out.
+  }
+}
+
+async function stopLab(labDir) {
+  if (!fs.existsSync(labDir)) return;
+  const state = await run(process.execPath, labArgs('down', labDir, ['--purge']), labDownMs);
+  if (state.code !== 0) process.stderr.write(`meshblock lab down --purge failed (${state.code}):\n${state.stderr.trim()}\n`);
+  labDirUp = null;
+}
+
+// --- fio -------------------------------------------------------------------------------
+
+function fioArgs(pattern, uri, options) {
+  return [
+    `--name=${pattern.id}`,
+    '--ioengine=nbd',
+    `--uri=${uri}`,
+    ...pattern.fio,
+    `--size=${options.sizeBytes}`,
+    '--numjobs=1',
+    '--time_based',
+    `--runtime=${options.runtimeSeconds}`,
+    `--ramp_time=${options.rampSeconds}`,
+    '--output-format=json',
+  ];
+}
+
+function prewriteArgs(uri, sizeBytes) {
+  return ['--name=prewrite', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1M', '--iodepth=8', `--size=${sizeBytes}`, '--output-format=json'];
+}
+
+/** Writes the whole region once through the SDC, so every chunk is allocated on two SDSs. */
+async function prewriteLab(lab, sizeBytes) {
+  const args = prewriteArgs(lab.uri, sizeBytes);
+  const startedMs = performance.now();
+  const state = await run('fio', args, 600_000);
+  throwIfInterrupted();
+  if (state.code !== 0) throw new BenchError('FIO', `fio could not pre-write the lab volume: fio ${args.join(' ')}\n${state.stderr.trim()}`);
+  return (performance.now() - startedMs) / 1000;
+}
+
+function sampleRoles(pidsByRole, fioPid, machine) {
+  const cpuSeconds = {};
+  for (const [role, pids] of Object.entries(pidsByRole)) {
+    cpuSeconds[role] = pids.reduce((sum, pid) => sum + (processCpuSeconds(pid, machine.clockTicksPerSecond) ?? 0), 0);
+  }
+  cpuSeconds.fio = processTree(fioPid).reduce((sum, pid) => sum + (processCpuSeconds(pid, machine.clockTicksPerSecond) ?? 0), 0);
+  return { atMs: performance.now(), machine: machineTicks(), cpuSeconds };
+}
+
+/**
+ * One fio run. `hooks.atWindowStart/atWindowEnd` run inside fio's measured window (used to
+ * start and stop the profiler). CPU per role is sampled at the same two moments.
+ */
+async function runFio(pattern, side, options, machine, hooks = {}) {
+  throwIfInterrupted();
+  const args = fioArgs(pattern, side.uri, options);
+  const quiet = await waitForQuiet(machine.cpuCount);
+  const { child, state } = spawnTracked('fio', args, { fio: true });
+  const timeoutMs = (options.runtimeSeconds + options.rampSeconds) * 1000 + fioSlackMs;
+  const killTimer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const samples = [];
+  const startMs = options.rampSeconds * 1000 + sampleMarginMs;
+  const endMs = (options.rampSeconds + options.runtimeSeconds) * 1000 - sampleMarginMs / 2;
+  const timers = [
+    setTimeout(() => {
+      samples.push(sampleRoles(side.pids(), child.pid, machine));
+      hooks.atWindowStart?.();
+    }, startMs),
+    setTimeout(() => {
+      hooks.atWindowEnd?.();
+      samples.push(sampleRoles(side.pids(), child.pid, machine));
+    }, endMs),
+  ];
+  await state.exit;
+  clearTimeout(killTimer);
+  for (const timer of timers) clearTimeout(timer);
+  throwIfInterrupted();
+  const commandLine = ['fio', ...args].join(' ');
+  if (state.spawnError !== null) throw new BenchError('FIO', `cannot run fio: ${state.spawnError.message}`);
+  if (state.code !== 0) throw new BenchError('FIO', `fio exited with ${state.signal ?? state.code} against ${side.name}: ${commandLine}\n${state.stderr.trim()}`);
+  const jsonAt = state.stdout.search(/^\{/m);
+  let report;
+  try {
+    report = JSON.parse(state.stdout.slice(jsonAt));
+  } catch (err) {
+    throw new BenchError('FIO', `fio printed no JSON report against ${side.name}: ${commandLine}\n${state.stdout.slice(0, 2000)}`, { cause: err });
+  }
+  const job = report.jobs?.[0];
+  if (job === undefined || job.error !== 0) throw new BenchError('FIO', `fio job error against ${side.name}: ${commandLine}\n${state.stderr.trim()}`);
+  const iops = job.read.iops + job.write.iops;
+  if (iops === 0) throw new BenchError('FIO', `fio completed no I/O against ${side.name}: ${commandLine}`);
+  if (samples.length !== 2) throw new BenchError('SAMPLE', `could not sample ${side.name} during the run`);
+  const [first, last] = samples;
+  const windowSeconds = (last.atMs - first.atMs) / 1000;
+  const roles = {};
+  let ownPercent = 0;
+  for (const role of Object.keys(last.cpuSeconds)) {
+    const percent = (100 * (last.cpuSeconds[role] - first.cpuSeconds[role])) / windowSeconds;
+    roles[role] = { percent, usPerIo: (percent * 1e4) / iops };
+    ownPercent += percent;
+  }
+  const machinePercent = machineBusyPercent(first.machine, last.machine, machine.cpuCount);
+  const restPercent = Math.max(0, machinePercent - ownPercent);
+  roles['rest of machine'] = { percent: restPercent, usPerIo: (restPercent * 1e4) / iops };
+  const percentiles = job[pattern.latency].clat_ns.percentile;
+  return {
+    iops,
+    mbps: (job.read.bw_bytes + job.write.bw_bytes) / 1e6,
+    p50Us: percentiles['50.000000'] / 1000,
+    p99Us: percentiles['99.000000'] / 1000,
+    roles,
+    restPercent,
+    disturbed: !quiet || restPercent > disturbedPercentMin,
+  };
+}
+
+// --- CPU profiles ----------------------------------------------------------------------
+
+/** Signals a profiled daemon; a daemon that is gone makes the profile missing, not the bench fail. */
+function signalProfiler(pid) {
+  try {
+    process.kill(pid, 'SIGUSR2');
+  } catch (err) {
+    process.stderr.write(`cannot signal pid ${pid} for profiling: ${err.message}\n`);
+  }
+}
+
+async function waitForProfile(file) {
+  const deadline = Date.now() + profileWaitMs;
+  while (!fs.existsSync(file)) {
+    if (Date.now() > deadline) return null;
+    await delay(100);
+  }
+  return JSON.parse(fs.readFileSync(file, 'utf8'));
+}
+
+/**
+ * Self samples per function: a node's hitCount is the samples whose top frame was that node.
+ * Functions are keyed by name and file:line, so one function reached by many call paths
+ * counts once. Shares are of all samples, and of the busy (non-idle) ones.
+ */
+function summarizeProfile(profile) {
+  const byFunction = new Map();
+  let totalSamples = 0;
+  let idleSamples = 0;
+  for (const node of profile.nodes) {
+    const hits = node.hitCount ?? 0;
+    if (hits === 0) continue;
+    totalSamples += hits;
+    const { functionName, url, lineNumber } = node.callFrame;
+    if (functionName === '(idle)') {
+      idleSamples += hits;
+      continue;
+    }
+    const where = url === '' ? '' : `${shortUrl(url)}:${lineNumber + 1}`;
+    const key = `${functionName || '(anonymous)'} ${where}`.trim();
+    byFunction.set(key, (byFunction.get(key) ?? 0) + hits);
+  }
+  const busySamples = totalSamples - idleSamples;
+  const top = [...byFunction.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, profileTopCount)
+    .map(([name, hits]) => ({ name, busyPercent: (100 * hits) / busySamples }));
+  return { totalSamples, busyPercent: (100 * busySamples) / totalSamples, top, durationSeconds: (profile.endTime - profile.startTime) / 1e6 };
+}
+
+function shortUrl(url) {
+  const file = url.replace(/^file:\/\//, '');
+  if (file.startsWith(repoRoot)) return path.relative(repoRoot, file);
+  const nodeModules = file.lastIndexOf('node_modules/');
+  return nodeModules === -1 ? file : file.slice(nodeModules);
+}
+
+async function profileLab(lab, pattern, options, machine, profileDir) {
+  const targets = lab.status.processes.filter((entry) => entry.role === 'sdc' || entry.name === 'sds1');
+  const result = await runFio(pattern, lab, options, machine, {
+    atWindowStart: () => targets.forEach((entry) => signalProfiler(entry.pid)),
+    atWindowEnd: () => targets.forEach((entry) => signalProfiler(entry.pid)),
+  });
+  const profiles = [];
+  for (const entry of targets) {
+    const file = path.join(profileDir, `${entry.pid}.cpuprofile`);
+    const profile = await waitForProfile(file);
+    // The next profiled run of this daemon writes the same name.
+    fs.rmSync(file, { force: true });
+    if (profile === null) {
+      process.stderr.write(`no CPU profile from ${entry.name} (pid ${entry.pid}) within ${profileWaitMs / 1000} s\n`);
+      continue;
+    }
+    profiles.push({ name: entry.name, pattern, result, ...summarizeProfile(profile) });
+  }
+  return profiles;
+}
+
+// --- results ---------------------------------------------------------------------------
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+function summarize(pattern, runs) {
+  const perSide = {};
+  for (const name of sideNames) {
+    const mine = runs.filter((entry) => entry.side === name).map((entry) => entry.result);
+    perSide[name] = {
+      value: median(mine.map((result) => result[pattern.metric])),
+      p50Us: median(mine.map((result) => result.p50Us)),
+      p99Us: median(mine.map((result) => result.p99Us)),
+      disturbedCount: mine.filter((result) => result.disturbed).length,
+      runCount: mine.length,
+    };
+  }
+  return { pattern, perSide, ratio: perSide.lab.value / perSide.nbdkit.value };
+}
+
+function formatValue(metric, value) {
+  return metric === 'iops' ? Math.round(value).toLocaleString('en-US') : value.toFixed(0);
+}
+
+function formatUs(value) {
+  return value >= 1000 ? value.toFixed(0) : value.toFixed(1);
+}
+
+function goalText(pattern, ratio) {
+  if (pattern.goal === null) return '';
+  return `${ratio >= pattern.goal ? 'met' : 'MISSED'} (>= ${pattern.goal.toFixed(1)})`;
+}
+
+function resultRows(summaries) {
+  const header = ['Pattern', 'Unit', 'nbdkit', 'lab', 'lab/nbdkit', 'goal', 'latency of', 'p50 µs nbdkit', 'p50 µs lab', 'p99 µs nbdkit', 'p99 µs lab'];
+  const rows = summaries.map(({ pattern, perSide, ratio }) => [
+    pattern.title,
+    pattern.metric === 'iops' ? 'IOPS' : 'MB/s',
+    formatValue(pattern.metric, perSide.nbdkit.value),
+    formatValue(pattern.metric, perSide.lab.value),
+    ratio.toFixed(2),
+    goalText(pattern, ratio),
+    pattern.latency === 'write' ? 'writes' : 'reads',
+    formatUs(perSide.nbdkit.p50Us),
+    formatUs(perSide.lab.p50Us),
+    formatUs(perSide.nbdkit.p99Us),
+    formatUs(perSide.lab.p99Us),
+  ]);
+  return { header, rows };
+}
+
+function cpuRows(labResult, nbdkitResult) {
+  const header = ['Process', 'CPU, % of a core', 'CPU µs per I/O'];
+  const rows = [];
+  for (const [label, result] of [['lab', labResult], ['nbdkit', nbdkitResult]]) {
+    let ownPercent = 0;
+    for (const [role, { percent, usPerIo }] of Object.entries(result.roles)) {
+      if (role !== 'rest of machine') ownPercent += percent;
+      rows.push([`${label}: ${role}`, percent.toFixed(0), usPerIo.toFixed(1)]);
+    }
+    rows.push([`${label}: total (without rest)`, ownPercent.toFixed(0), ((ownPercent * 1e4) / result.iops).toFixed(1)]);
+  }
+  return { header, rows };
+}
+
+function profileRows(profile) {
+  return {
+    header: ['Function (self time)', '% of busy samples'],
+    rows: profile.top.map(({ name, busyPercent }) => [name.replace(/\|/g, '\\|'), busyPercent.toFixed(1)]),
+  };
+}
+
+function textTable({ header, rows }) {
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column].length)));
+  const line = (cells) => cells.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  ');
+  return [line(header), widths.map((width) => '-'.repeat(width)).join('  '), ...rows.map(line)].join('\n');
+}
+
+function markdownTable({ header, rows }) {
+  const line = (cells) => `| ${cells.join(' | ')} |`;
+  return [line(header), line(header.map((_, column) => (column === 0 ? '---' : '---:'))), ...rows.map(line)].join('\n');
+}
+
+// --- the machine -----------------------------------------------------------------------
+
+function firstLine(command, args) {
+  try {
+    return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n')[0];
+  } catch {
+    return 'unknown';
+  }
+}
+
+function describeMachine() {
+  let cpuModel = 'unknown';
+  try {
+    const match = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+    if (match !== null) cpuModel = match[1].trim();
+  } catch {
+    // Not Linux: say unknown rather than guess.
+  }
+  const commit = firstLine('git', ['-C', repoRoot, 'rev-parse', '--short', 'HEAD']);
+  const dirty = firstLine('git', ['-C', repoRoot, 'status', '--porcelain', '--', 'src', 'bin']) !== '';
+  return {
+    cpuModel,
+    cpuCount: os.cpus().length,
+    clockTicksPerSecond: Number(firstLine('getconf', ['CLK_TCK'])) || 100,
+    kernel: `${os.type()} ${os.release()}`,
+    node: process.version,
+    fio: firstLine('fio', ['--version']),
+    nbdkit: firstLine('nbdkit', ['--version']),
+    meshblock: commit === 'unknown' ? 'unknown commit' : `commit ${commit}${dirty ? ' with uncommitted changes' : ''}`,
+  };
+}
+
+function loadAverage() {
+  return os.loadavg().map((load) => load.toFixed(2)).join(' ');
+}
+
+// --- report ----------------------------------------------------------------------------
+
+function findSection(text) {
+  const match = new RegExp(`^${sectionHeading}[ \\t]*$`, 'm').exec(text);
+  if (match === null) return null;
+  const rest = text.slice(match.index + match[0].length);
+  const next = /^#{1,2} /m.exec(rest);
+  return { start: match.index, end: next === null ? text.length : match.index + match[0].length + next.index };
+}
+
+function readKeptAnalysis(existing) {
+  const section = findSection(existing);
+  if (section === null) return null;
+  const text = existing.slice(section.start, section.end);
+  const start = text.indexOf(analysisStart);
+  const end = text.indexOf(analysisEnd);
+  if (start === -1 || end === -1 || end < start) return null;
+  return text.slice(start + analysisStart.length, end).trim();
+}
+
+/** Replaces the section, moving it to the end of the file (or appends it), keeping the rest. */
+function writeSection(outPath, makeSection) {
+  let existing = '';
+  try {
+    existing = fs.readFileSync(outPath, 'utf8');
+  } catch (err) {
+    if (err.code !== 'ENOENT') throw err;
+  }
+  const section = makeSection(readKeptAnalysis(existing));
+  const found = findSection(existing);
+  const rest = found === null ? existing : `${existing.slice(0, found.start)}${existing.slice(found.end)}`;
+  const head = rest.replace(/\s*$/, '');
+  const text = head === '' ? section : `${head}\n\n${section}`;
+  const temporary = `${outPath}.${process.pid}.tmp`;
+  fs.writeFileSync(temporary, text);
+  fs.renameSync(temporary, outPath);
+}
+
+function markdownSection({ options, machine, summaries, cpu, profiles, prewriteSeconds, startedAt, loads, nbdkitCommand, labCommand, analysis }) {
+  const argv = process.argv.slice(2).join(' ');
+  const fioLines = patterns.map((pattern) => `fio ${fioArgs(pattern, 'nbd://127.0.0.1:PORT/[vol1]', options).join(' ')}`);
+  let disturbed = 0;
+  let runs = 0;
+  for (const { perSide } of summaries) for (const name of sideNames) (disturbed += perSide[name].disturbedCount), (runs += perSide[name].runCount);
+  const profileText =
+    profiles.length === 0
+      ? '_No CPU profile was taken (--no-profile, or the daemons wrote none)._'
+      : profiles
+          .map(
+            (profile) => `**${profile.name}, ${profile.pattern.title}** (${formatValue(profile.pattern.metric, profile.result[profile.pattern.metric])} ${profile.pattern.metric === 'iops' ? 'IOPS' : 'MB/s'} with the profiler on; ${profile.totalSamples.toLocaleString('en-US')} samples over ${profile.durationSeconds.toFixed(1)} s, the main thread was busy in ${profile.busyPercent.toFixed(0)}% of them):
+
+${markdownTable(profileRows(profile))}`,
+          )
+          .join('\n\n');
+  return `${sectionHeading}
+
+Generated by \`npm run build && node scripts/bench-lab.mjs${argv ? ` ${argv}` : ''}\` (started ${startedAt}).
+
+fio's nbd engine (one connection, one job) against two servers on this machine: **nbdkit**
+serving one plain ${formatBytes(options.sizeBytes)} file, and the **lab**: \`meshblock lab up\` with an MDM, 3 SDSs
+(sparse-file devices) and an SDC serving the volume over NBD; every write goes SDC -> primary
+SDS -> secondary SDS (two copies) over loopback TCP. Both regions were written in full first
+(nbdkit's file with pseudorandom bytes; the lab's volume by one sequential 1M fio write through the SDC,
+${prewriteSeconds.toFixed(1)} s), and all data fits in the page cache, so this measures software, not disks.
+Runs alternate nbdkit, lab; median of ${options.roundCount} round(s); ${options.runtimeSeconds} s measured after ${options.rampSeconds} s ramp.
+1M patterns in MB/s (10^6 bytes/s), the rest in IOPS (reads + writes); latency is fio's
+completion latency (clat) of the direction named. Goals from the issue: at least half of nbdkit's
+4k IOPS, at least nbdkit's 1M read throughput.
+
+${markdownTable(resultRows(summaries))}
+
+For scale: Ceph RBD with two copies on three OSDs on this kind of machine does about ${cephReference}.
+
+Machine: ${machine.cpuModel}, ${machine.cpuCount} logical CPUs, ${machine.kernel}, Node.js ${machine.node}, ${machine.fio},
+${machine.nbdkit}, meshblock ${machine.meshblock}. Load average (1/5/15 min) at start ${loads.start}, at the end ${loads.end}:
+other engineers share this machine; ${disturbed === 0 ? `no run saw more than ${disturbedPercentMin}% of a core of other load` : `**${disturbed} of ${runs} runs saw other load** (more than ${disturbedPercentMin}% of a core, or no quiet start within ${quietWaitMsMax / 1000} s)`}.
+
+### Where the CPU goes
+
+CPU time per process (utime + stime from /proc/PID/stat, fio including its job process),
+sampled twice inside fio's measured window of the ${profiledPattern.title} run, against the lab
+(${formatValue('iops', cpu.lab.iops)} IOPS) and against nbdkit (${formatValue('iops', cpu.nbdkit.iops)} IOPS). "Rest of machine" is everything else
+(other users' processes and kernel threads; loopback TCP's receive work mostly runs in the
+sender's system call and is charged to the sending process).
+
+${markdownTable(cpuRows(cpu.lab, cpu.nbdkit))}
+
+CPU profiles (V8 sampling profiler, main thread only: work on libuv's thread pool and in the
+kernel does not appear, except as the native call that does it) of the SDC and of sds1, each
+during one extra, unmeasured run of ${profiledPatterns.map((pattern) => pattern.title).join(' and of ')}. Top ${profileTopCount} functions by
+self time, in % of the samples in which the main thread was busy. Native functions without a file
+are calls into C++: \`writev\`/\`writeBuffer\` are socket writes (a single-buffer \`fs.writeSync\` is also
+\`writeBuffer\`: on an SDS that is the 4k write into the device file), \`read\` is \`fs.read\`,
+\`preadNowait\` meshblock's cached-read addon; "(program)" is V8/native time not attributed to a
+JavaScript function, "(garbage collector)" is GC.
+
+${profileText}
+
+How it was run:
+
+\`\`\`
+${nbdkitCommand}
+${labCommand}
+fio ${prewriteArgs('nbd://127.0.0.1:PORT/vol1', options.sizeBytes).join(' ')}
+${fioLines.join('\n')}
+\`\`\`
+
+The profiles come from a preload (\`NODE_OPTIONS=--require=PRELOAD\` in \`lab up\`'s environment, which
+the daemons inherit) that runs \`node:inspector\`'s Profiler between two SIGUSR2s; see the script's header.
+
+### Analysis
+
+${analysisStart}
+${analysis ?? '_Not written yet. Kept across re-runs of the script (between the lab-analysis markers); check it still matches the numbers above._'}
+${analysisEnd}
+`;
+}
+
+// --- main ------------------------------------------------------------------------------
+
+async function main() {
+  let options;
+  try {
+    options = parseOptions(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`bench-lab: ${err.message} (see --help)\n`);
+    return exitUsageError;
+  }
+  if (options === null) {
+    process.stdout.write(usage);
+    return 0;
+  }
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  const startedAt = new Date().toISOString();
+  const loads = { start: loadAverage(), end: '' };
+  const machine = describeMachine();
+  const workDir = fs.mkdtempSync(path.join(options.parentDir, 'meshblock-bench-lab-'));
+  const file = path.join(workDir, 'nbdkit.img');
+  const labDir = path.join(workDir, 'lab');
+  const profileDir = path.join(workDir, 'profiles');
+  const preloadFile = path.join(workDir, 'profiler-preload.cjs');
+  let nbdkit = null;
+  try {
+    fs.mkdirSync(profileDir);
+    fs.writeFileSync(preloadFile, profilerPreload);
+    process.stderr.write(`writing ${formatBytes(options.sizeBytes)} test file ${file}\n`);
+    await createTestFile(file, options.sizeBytes);
+    nbdkit = await startNbdkit(file, workDir);
+    process.stderr.write(`nbdkit ready at ${nbdkit.uri}; starting the lab in ${labDir}\n`);
+    const lab = await startLab(labDir, options.sizeBytes, profileDir, preloadFile);
+    process.stderr.write(`lab ready at ${lab.uri}; pre-writing ${formatBytes(options.sizeBytes)} of it\n`);
+    const prewriteSeconds = await prewriteLab(lab, options.sizeBytes);
+    const sides = [nbdkit, lab];
+
+    const runs = patterns.map(() => []);
+    const cpu = { lab: null, nbdkit: null };
+    for (let round = 1; round <= options.roundCount; round++) {
+      for (const [patternIndex, pattern] of patterns.entries()) {
+        for (const side of sides) {
+          if (side === nbdkit && nbdkit.state.exited) throw failure('nbdkit', nbdkit.state);
+          if (side === lab && !labAlive(lab)) throw new BenchError('SERVER', `a lab process died; logs in ${labDir}/logs`);
+          const result = await runFio(pattern, side, options, machine);
+          runs[patternIndex].push({ side: side.name, round, result });
+          if (pattern === profiledPattern && cpu[side.name] === null) cpu[side.name] = result;
+          const roles = Object.entries(result.roles).map(([role, { percent }]) => `${role} ${percent.toFixed(0)}%`).join(', ');
+          process.stderr.write(
+            `round ${round}/${options.roundCount} ${pattern.id.padEnd(17)} ${side.name.padEnd(6)} ` +
+              `${formatValue(pattern.metric, result[pattern.metric])} ${pattern.metric === 'iops' ? 'IOPS' : 'MB/s'}, ` +
+              `${pattern.latency} clat p50 ${formatUs(result.p50Us)} µs p99 ${formatUs(result.p99Us)} µs; CPU: ${roles}` +
+              `${result.disturbed ? ' (DISTURBED: other load on the machine)' : ''}\n`,
+          );
+        }
+      }
+    }
+
+    const profiles = [];
+    if (options.profile) {
+      for (const pattern of profiledPatterns) {
+        process.stderr.write(`profiling the SDC and sds1 during one more ${pattern.id} run\n`);
+        profiles.push(...(await profileLab(lab, pattern, options, machine, profileDir)));
+      }
+    }
+    loads.end = loadAverage();
+
+    const summaries = patterns.map((pattern, index) => summarize(pattern, runs[index]));
+    const tables = [resultRows(summaries), cpuRows(cpu.lab, cpu.nbdkit), ...profiles.map(profileRows)].map(textTable);
+    const profileTitles = profiles.map(
+      (profile) => `CPU profile of ${profile.name}, ${profile.pattern.title} (main thread busy ${profile.busyPercent.toFixed(0)}% of ${profile.totalSamples} samples)`,
+    );
+    const titled = [`Results (load average ${loads.start} -> ${loads.end})`, `CPU per process during ${profiledPattern.title}`, ...profileTitles].map(
+      (title, index) => `${title}\n${tables[index]}`,
+    );
+    process.stdout.write(`\n${titled.join('\n\n')}\n\nFor scale, Ceph RBD (2 copies, 3 OSDs, same kind of machine): ${cephReference}.\n`);
+    if (options.outPath !== null) {
+      const nbdkitCommand = nbdkit.command.join(' ').split(workDir).join('$DIR');
+      const labCommand = lab.command.join(' ');
+      writeSection(options.outPath, (analysis) =>
+        markdownSection({ options, machine, summaries, cpu, profiles, prewriteSeconds, startedAt, loads, nbdkitCommand, labCommand, analysis }),
+      );
+      process.stdout.write(`\nwrote the '${sectionHeading.slice(3)}' section of ${options.outPath}\n`);
+    }
+    return 0;
+  } catch (err) {
+    if (err instanceof BenchError && err.code === 'INTERRUPTED') return 128 + os.constants.signals[interruptedBy];
+    process.stderr.write(`bench-lab: ${err instanceof BenchError ? err.message : (err?.stack ?? String(err))}\n`);
+    return exitRuntimeError;
+  } finally {
+    for (const entry of running) if (entry.fio) entry.process.kill('SIGKILL');
+    await stopLab(labDir).catch((err) => process.stderr.write(`bench-lab: stopping the lab: ${err.message}\n`));
+    if (nbdkit !== null) await stopNbdkit(nbdkit);
+    for (const entry of running) entry.process.kill('SIGKILL');
+    fs.rmSync(workDir, { recursive: true, force: true });
+  }
+}
+
+process.exitCode = await main();
