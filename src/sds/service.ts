@@ -45,6 +45,10 @@ export const mirrorTimeoutMs = 10_000;
 /** Rebuild cursors are saved after this many chunks (and when a rebuild ends). */
 const rebuildCursorSaveChunks = 64;
 const rebuildChunksInflightMax = 64;
+/** Rebuild jobs copying at once; the others wait their turn (still listed as running). */
+const rebuildsRunningMax = 8;
+/** A target lists a group's chunks within this (it may be busy with other rebuilds). */
+const listGroupTimeoutMs = 30_000;
 /** Rebuild jobs listed in Stats, finished ones included. */
 const rebuildsKeptMax = 1024;
 
@@ -91,6 +95,8 @@ export class SdsService {
   private readonly mirrorsWritten = new Set<string>();
   private readonly locks = new RangeLocks();
   private readonly rebuilds = new Map<string, RebuildProgress>();
+  private rebuildsRunning = 0;
+  private readonly rebuildWaiters: Array<() => void> = [];
   private readonly handlers = new Set<Promise<unknown>>();
   private closing = false;
 
@@ -485,6 +491,19 @@ export class SdsService {
   }
 
   private async runRebuild(args: RebuildArgs, jobKey: string, progress: RebuildProgress): Promise<void> {
+    // Adding a device re-places thousands of groups at once: run a few at a time, or the
+    // targets drown in listings and every job times out.
+    while (this.rebuildsRunning >= rebuildsRunningMax) await new Promise<void>((resolve) => this.rebuildWaiters.push(resolve));
+    this.rebuildsRunning += 1;
+    try {
+      await this.runRebuildNow(args, jobKey, progress);
+    } finally {
+      this.rebuildsRunning -= 1;
+      this.rebuildWaiters.shift()?.();
+    }
+  }
+
+  private async runRebuildNow(args: RebuildArgs, jobKey: string, progress: RebuildProgress): Promise<void> {
     const log = this.options.log.child({ rebuild: jobKey });
     const epoch = this.epoch;
     const store = this.options.store;
@@ -497,7 +516,7 @@ export class SdsService {
 
     // The target may hold copies from an earlier life that are gone here: trim them.
     const targetPeer = await this.peerFor(args.targetSdsId);
-    const listed = await targetPeer.request(SdsOp.ListGroup, encodeListGroup({ poolId: args.poolId, pgIndex: args.pgIndex }), { timeoutMs: mirrorTimeoutMs });
+    const listed = await targetPeer.request(SdsOp.ListGroup, encodeListGroup({ poolId: args.poolId, pgIndex: args.pgIndex }), { timeoutMs: listGroupTimeoutMs });
     if (listed.status !== SdsStatus.Ok) throw new Error(`target refused to list its chunks: ${listed.payload.toString()}`);
     for (const chunk of decodeListedChunks(listed.payload)) {
       const key: ChunkKey = { poolId: args.poolId, ...chunk };
