@@ -12,6 +12,7 @@ import { assert } from '../common/assert.js';
 import { MeshblockError } from '../common/errors.js';
 import { MdmOp, SdcOp, heartbeatIntervalMs, parseSdcRegistration, parseSdsRegistration, type DeviceRefusal, type RegisteredDevice, type SdcHeartbeat, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
 import { WirePeer, type WireReply, type WireRequest } from '../wire/peer.js';
+import { listenTcp } from '../wire/peer-pool.js';
 import { SdsOp, SdsStatus, type RebuildArgs, type SdsStats } from '../wire/sds-ops.js';
 import type { AddDeviceRequest, MdmController } from './controller.js';
 import { Journal } from './journal.js';
@@ -92,15 +93,9 @@ export class MdmService implements MdmController {
   }
 
   async listen(host: string, port: number): Promise<net.AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen({ host, port }, () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
+    const bound = await listenTcp(this.server, host, port);
     this.healthTimer = setInterval(() => this.checkHealth(Date.now()), heartbeatIntervalMs).unref();
-    return this.server.address() as net.AddressInfo;
+    return bound;
   }
 
   // --- MdmController ---------------------------------------------------------------------

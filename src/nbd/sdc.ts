@@ -9,17 +9,15 @@
 // When the MDM is away, IO goes on from the cached map; the link reconnects with backoff.
 
 import type { Logger } from 'pino';
-import { MdmOp, SdcOp, heartbeatIntervalMs, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
-import { WirePeer, type WireReply, type WireRequest } from '../wire/peer.js';
-import { PeerPool, connectTcp } from '../wire/peer-pool.js';
+import { MdmOp, SdcOp, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
+import { MdmSession } from '../wire/mdm-session.js';
+import type { WirePeer, WireReply, WireRequest } from '../wire/peer.js';
+import { PeerPool } from '../wire/peer-pool.js';
 import { parsePlacementMap, type PlacementMap } from '../wire/placement.js';
 import { SdsStatus } from '../wire/sds-ops.js';
 import type { ExportRegistry, NbdExport } from './exports.js';
 import { VolumeBackend, type VolumeRouter } from './volume-backend.js';
 
-const reconnectDelayMsMin = 200;
-const reconnectDelayMsMax = 5000;
-const connectTimeoutMs = 5000;
 const mapRequestTimeoutMs = 5000;
 
 export interface SdcOptions {
@@ -40,11 +38,7 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   private currentMap: PlacementMap = { epoch: 0, sds: {}, pools: {} };
   private readonly exports = new Map<string, VolumeExport>();
   private readonly sdsPeers: PeerPool;
-  private mdm: WirePeer | null = null;
-  private stopped = false;
-  private delayMs = reconnectDelayMsMin;
-  private heartbeatTimer: NodeJS.Timeout | null = null;
-  private retryTimer: NodeJS.Timeout | null = null;
+  private readonly mdm: MdmSession;
   private refreshing: Promise<void> | null = null;
   /** Applying views one at a time keeps the export list consistent. */
   private applying: Promise<void> = Promise.resolve();
@@ -58,10 +52,26 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   constructor(private readonly options: SdcOptions) {
     this.sdsPeers = new PeerPool({ clusterId: options.clusterId, secret: options.secret, role: 'sdc', name: options.name ?? options.guid, log: options.log });
     this.ready = new Promise((resolve) => (this.onFirstView = resolve));
+    this.mdm = new MdmSession({
+      mdmAddress: options.mdmAddress,
+      clusterId: options.clusterId,
+      secret: options.secret,
+      role: 'sdc',
+      name: options.name ?? options.guid,
+      log: options.log,
+      onRequest: (request) => this.onMdmRequest(request),
+      heartbeat: () => Buffer.from(JSON.stringify({ openVolumes: [...this.openCounts.keys()] })),
+      register: async (peer) => {
+        const reply = await peer.request(MdmOp.RegisterSdc, Buffer.from(JSON.stringify({ guid: options.guid, name: options.name })));
+        if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration: ${reply.payload.toString()}`);
+        await this.applyView(JSON.parse(reply.payload.toString()) as SdcView);
+        options.log.info({ mdm: options.mdmAddress, sdcId: this.sdcId, volumes: this.exports.size }, 'registered with the MDM');
+      },
+    });
   }
 
   start(): void {
-    void this.connectLoop();
+    this.mdm.start();
   }
 
   // --- ExportRegistry ------------------------------------------------------------------
@@ -106,7 +116,7 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   }
 
   private async fetchMap(): Promise<void> {
-    const mdm = this.mdm;
+    const mdm = this.mdm.peer;
     if (mdm === null) return;
     try {
       const response = await mdm.request(MdmOp.GetMap, Buffer.alloc(0), { timeoutMs: mapRequestTimeoutMs });
@@ -123,54 +133,6 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     this.sdsPeers.retain((sdsId) => map.sds[sdsId]?.address);
   }
 
-  // --- the MDM link --------------------------------------------------------------------
-
-  private async connectLoop(): Promise<void> {
-    if (this.stopped) return;
-    try {
-      await this.connectOnce();
-      this.delayMs = reconnectDelayMsMin;
-    } catch (err) {
-      this.options.log.warn({ err, mdm: this.options.mdmAddress, retryMs: this.delayMs }, 'MDM unreachable; serving from the cached map');
-      this.scheduleRetry();
-    }
-  }
-
-  private scheduleRetry(): void {
-    if (this.stopped) return;
-    this.retryTimer = setTimeout(() => void this.connectLoop(), this.delayMs);
-    this.delayMs = Math.min(this.delayMs * 2, reconnectDelayMsMax);
-  }
-
-  private async connectOnce(): Promise<void> {
-    const socket = await connectTcp(this.options.mdmAddress, connectTimeoutMs);
-    const peer = await WirePeer.connect(socket, {
-      clusterId: this.options.clusterId,
-      secret: this.options.secret,
-      role: 'sdc',
-      name: this.options.name ?? this.options.guid,
-      log: this.options.log,
-      onRequest: (request) => this.onMdmRequest(request),
-    });
-    if (this.stopped) {
-      peer.destroy();
-      return;
-    }
-    this.mdm = peer;
-    void peer.closed.then(() => this.onMdmClosed(peer));
-    const reply = await peer.request(MdmOp.RegisterSdc, Buffer.from(JSON.stringify({ guid: this.options.guid, name: this.options.name })));
-    if (reply.status !== SdsStatus.Ok) {
-      peer.destroy();
-      throw new Error(`the MDM refused the registration: ${reply.payload.toString()}`);
-    }
-    await this.applyView(JSON.parse(reply.payload.toString()) as SdcView);
-    this.options.log.info({ mdm: this.options.mdmAddress, sdcId: this.sdcId, volumes: this.exports.size }, 'registered with the MDM');
-    this.heartbeatTimer = setInterval(() => {
-      const beat = Buffer.from(JSON.stringify({ openVolumes: [...this.openCounts.keys()] }));
-      peer.request(MdmOp.Heartbeat, beat, { timeoutMs: heartbeatIntervalMs * 5 }).catch((err: unknown) => this.options.log.debug({ err }, 'heartbeat not acknowledged'));
-    }, heartbeatIntervalMs);
-  }
-
   private async onMdmRequest(request: WireRequest): Promise<WireReply> {
     if (request.op !== SdcOp.Update) return { status: SdsStatus.UnknownOp, payload: Buffer.from(`op ${request.op} is not an SDC operation`) };
     try {
@@ -180,16 +142,6 @@ export class Sdc implements ExportRegistry, VolumeRouter {
       this.options.log.error({ err }, 'could not apply the view the MDM sent');
       return { status: SdsStatus.Failed, payload: Buffer.from((err as Error).message) };
     }
-  }
-
-  private onMdmClosed(peer: WirePeer): void {
-    if (this.mdm !== peer) return;
-    this.mdm = null;
-    if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
-    this.heartbeatTimer = null;
-    if (this.stopped) return;
-    this.options.log.warn({ mdm: this.options.mdmAddress }, 'lost the MDM connection; serving from the cached map and reconnecting');
-    this.scheduleRetry();
   }
 
   private applyView(view: SdcView): Promise<void> {
@@ -223,11 +175,7 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   }
 
   close(): void {
-    this.stopped = true;
-    if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
-    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
-    this.mdm?.destroy();
-    this.mdm = null;
+    this.mdm.close();
     this.sdsPeers.dropAll();
   }
 }

@@ -49,7 +49,7 @@ import * as fs from 'node:fs';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { crc32c } from '../common/crc32c.js';
-import { MeshblockError, SystemCallError } from '../common/errors.js';
+import { MeshblockError } from '../common/errors.js';
 import * as native from '../common/native.js';
 import { PositionalIo, ShortReadError } from '../common/positional-io.js';
 import { openDevice, slotEntryBytes, type DeviceOwner, type OpenedDevice } from './device.js';
@@ -529,9 +529,4 @@ function decodeEntry(entry: Buffer): 'free' | 'damaged' | { sequence: number; ke
 
 function fdatasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
-}
-
-/** SystemCallErrors from the addon carry the errno name as `code`, like Node's own. */
-export function isDeviceFailure(err: unknown): boolean {
-  return (err instanceof StoreError && err.code === 'MB_ERR_DEVICE_FAILED') || (err instanceof SystemCallError && deviceFailureCodes.has(err.code));
 }

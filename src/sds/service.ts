@@ -16,7 +16,7 @@ import { assert } from '../common/assert.js';
 import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import type { AddDeviceOrder, DeviceRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
 import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
-import { PeerPool } from '../wire/peer-pool.js';
+import { PeerPool, listenTcp } from '../wire/peer-pool.js';
 import { idPattern, parsePlacementMap, placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
 import {
   SdsOp,
@@ -118,14 +118,7 @@ export class SdsService {
   }
 
   async listen(host: string, port: number): Promise<net.AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen({ host, port }, () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
-    return this.server.address() as net.AddressInfo;
+    return listenTcp(this.server, host, port);
   }
 
   private onConnection(socket: net.Socket): void {

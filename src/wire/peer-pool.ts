@@ -93,3 +93,15 @@ export async function connectTcp(address: string, timeoutMs: number): Promise<ne
   });
   return socket;
 }
+
+/** Listens on HOST:PORT; resolves with the address bound (port 0 picks one). */
+export async function listenTcp(server: net.Server, host: string, port: number): Promise<net.AddressInfo> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return server.address() as net.AddressInfo;
+}
