@@ -4,20 +4,13 @@
 // changes in the placement map.
 
 import * as net from 'node:net';
-import type { Logger } from 'pino';
 import { parseHostPort } from '../common/address.js';
-import { WireError, WirePeer, type PeerRole } from './peer.js';
+import { WireError, WirePeer, type WirePeerOptions } from './peer.js';
 
 export const connectTimeoutMs = 10_000;
 
-export interface PeerPoolOptions {
-  clusterId: string;
-  secret: Buffer;
-  role: PeerRole;
-  name: string;
-  log: Logger;
-  payloadChecksums?: boolean;
-}
+/** Who we are on every connection the pool makes; these serve no requests. */
+export type PeerPoolOptions = Omit<WirePeerOptions, 'onRequest' | 'inflightBytesMax'>;
 
 export class PeerPool {
   private readonly peers = new Map<string, { address: string; peer: Promise<WirePeer> }>();
@@ -62,14 +55,7 @@ export class PeerPool {
 
   private async connect(address: string): Promise<WirePeer> {
     const socket = await connectTcp(address, connectTimeoutMs);
-    return WirePeer.connect(socket, {
-      clusterId: this.options.clusterId,
-      secret: this.options.secret,
-      role: this.options.role,
-      name: this.options.name,
-      log: this.options.log,
-      ...(this.options.payloadChecksums !== undefined ? { payloadChecksums: this.options.payloadChecksums } : {}),
-    });
+    return WirePeer.connect(socket, this.options);
   }
 }
 
