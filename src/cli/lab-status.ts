@@ -6,7 +6,9 @@
 // `volumes` is empty, `capacity` and `health` are null, and `lab.mdmError` says why.
 
 import { KiB, formatBytes } from '../common/units.js';
-import type { RestDashboard, RestSds, RestSdsStatistics, RestVolume } from '../mdm/rest-objects.js';
+import type { RebuildStatus } from '../mdm/controller.js';
+import type { RestDashboard, RestSds, RestVolume } from '../mdm/rest-objects.js';
+import { describeRebuild } from './manage-format.js';
 import type { ApiClient } from './manage-client.js';
 import { renderTable } from './manage-format.js';
 import { isDaemonRunning } from './lab-processes.js';
@@ -21,6 +23,8 @@ export interface LabStatusProcess {
   /** HOST:PORT: the wire listener of the MDM and the SDSs, the SDC's NBD server. */
   address: string;
   state: 'running' | 'stopped';
+  /** How the MDM sees it: 'connected', 'disconnected' or 'down' (null: the MDM itself, or unknown). */
+  clusterState: string | null;
 }
 
 export interface LabStatusVolume {
@@ -49,12 +53,18 @@ export interface LabStatusCapacity {
 }
 
 export interface LabStatusHealth {
-  /** Raw bytes in placement groups running on one copy. */
+  /** Bytes of data with one copy in sync (degraded, or its second copy still filling). */
   degradedBytes: number;
-  /** Raw bytes on failed devices. */
+  /** Bytes of data with no readable copy: IO to them fails until an SDS returns. */
   failedBytes: number;
-  /** percent: of the chunks of the running rebuilds, copied; 100 when idle. */
-  rebuild: { state: 'idle' | 'running'; percent: number };
+  volumesDegraded: string[];
+  volumesFailed: string[];
+  /**
+   * Rebuild and rebalance: `running` while second copies are filling, `waiting` while a
+   * down SDS may still return (before its copies are rebuilt elsewhere), else `idle`.
+   * percent: of the groups to fill since the last idle, filled; 100 when idle.
+   */
+  rebuild: RebuildStatus;
   sdsConnected: number;
   sdsDisconnected: number;
   sdsDown: number;
@@ -75,7 +85,7 @@ export interface LabStatus {
 export function processStatus(lab: LabFile): LabStatusProcess[] {
   return lab.processes.map((record) => {
     const running = isDaemonRunning(record);
-    return { role: record.role, name: record.name, pid: running ? record.pid : null, address: record.address, state: running ? 'running' : 'stopped' };
+    return { role: record.role, name: record.name, pid: running ? record.pid : null, address: record.address, state: running ? 'running' : 'stopped', clusterState: null };
   });
 }
 
@@ -99,10 +109,18 @@ export async function collectStatus(dir: string, lab: LabFile, client: ApiClient
       mappedSdcs: volume.mappedSdcInfo.map((info) => info.sdcName || info.sdcId),
     }));
     status.capacity = capacityOf(view);
+    const [sdss, sdcs] = await Promise.all([client.get<RestSds[]>('/api/types/Sds/instances'), client.get<Array<{ name: string; mdmConnectionState: string }>>('/api/types/Sdc/instances')]);
+    for (const entry of status.processes) {
+      if (entry.role === 'sds') entry.clusterState = sdss.find((sds) => sds.name === entry.name)?.sdsState ?? null;
+      if (entry.role === 'sdc') entry.clusterState = sdcs.find((sdc) => sdc.name === entry.name)?.mdmConnectionState ?? null;
+    }
+    const rebuild = view.health.rebuild;
     status.health = {
-      degradedBytes: view.health.degradedCapacityInKb * KiB,
-      failedBytes: view.health.failedCapacityInKb * KiB,
-      rebuild: view.health.rebuildsRunning > 0 ? { state: 'running', percent: await rebuildPercent(client) } : { state: 'idle', percent: 100 },
+      degradedBytes: view.health.degradedBytes,
+      failedBytes: view.health.failedBytes,
+      volumesDegraded: view.health.volumesDegraded,
+      volumesFailed: view.health.volumesFailed,
+      rebuild,
       sdsConnected: view.health.sdsConnected,
       sdsDisconnected: view.health.sdsDisconnected,
       sdsDown: view.health.sdsDown,
@@ -136,19 +154,6 @@ function capacityOf(view: RestDashboard): LabStatusCapacity {
   };
 }
 
-/** Chunks copied of the running rebuilds, over every SDS, in whole percent (rounded down). */
-async function rebuildPercent(client: ApiClient): Promise<number> {
-  const sdss = await client.get<RestSds[]>('/api/types/Sds/instances');
-  const statistics = await Promise.all(sdss.map((sds) => client.get<RestSdsStatistics>(`/api/instances/Sds::${sds.id}/relationships/Statistics`)));
-  let doneCount = 0;
-  let totalCount = 0;
-  for (const rebuild of statistics.flatMap((entry) => entry.rebuilds).filter((entry) => entry.state === 'running')) {
-    doneCount += rebuild.chunksDone;
-    totalCount += rebuild.chunksTotal;
-  }
-  return totalCount === 0 ? 0 : Math.floor((100 * doneCount) / totalCount);
-}
-
 /** The text form of `lab status`, also the foreground dashboard. */
 export function renderStatus(status: LabStatus): string {
   const lines: string[] = [];
@@ -161,7 +166,7 @@ export function renderStatus(status: LabStatus): string {
         { header: 'NAME', value: (entry) => entry.name },
         { header: 'PID', value: (entry) => (entry.pid === null ? '-' : String(entry.pid)), align: 'right' },
         { header: 'ADDRESS', value: (entry) => entry.address },
-        { header: 'STATE', value: (entry) => entry.state },
+        { header: 'STATE', value: (entry) => (entry.clusterState === null ? entry.state : `${entry.state}, ${entry.clusterState.toLowerCase()}`) },
       ],
       status.processes,
     ).trimEnd(),
@@ -194,10 +199,12 @@ export function renderStatus(status: LabStatus): string {
   );
   const h = status.health as LabStatusHealth;
   const sdsTotal = h.sdsConnected + h.sdsDisconnected + h.sdsDown;
-  const rebuild = h.rebuild.state === 'idle' ? 'idle' : `running, ${h.rebuild.percent}%`;
+  const rebuild = describeRebuild(h.rebuild);
   lines.push(
     `health: SDSs ${h.sdsConnected}/${sdsTotal} connected${h.sdsDown > 0 ? `, ${h.sdsDown} down` : ''}, devices ${h.devicesFailed} failed, ` +
       `SDCs ${h.sdcConnected}/${h.sdcConnected + h.sdcDisconnected} connected, degraded ${formatBytes(h.degradedBytes)}, failed ${formatBytes(h.failedBytes)}, rebuild ${rebuild}`,
   );
+  if (h.volumesFailed.length > 0) lines.push(`FAILED: IO to volume(s) ${h.volumesFailed.join(', ')} fails where no copy is readable`);
+  if (h.volumesDegraded.length > 0) lines.push(`degraded (one copy): ${h.volumesDegraded.join(', ')}`);
   return `${lines.join('\n')}\n`;
 }

@@ -78,6 +78,8 @@ export interface LabUpArgs {
   'nbd-port': string | undefined;
   detach: boolean;
   'log-level': Level;
+  'rebuild-after': string | undefined;
+  'rebuild-rate': string | undefined;
 }
 
 export interface LabDownArgs {
@@ -98,6 +100,10 @@ export interface LabUpRequest {
   nbdPort: number | undefined;
   detach: boolean;
   logLevel: Level;
+  /** Seconds a down SDS may stay away before its copies are rebuilt elsewhere (the MDM's --rebuild-after). */
+  rebuildAfterSeconds: number | undefined;
+  /** Rebuild bandwidth per source SDS (the MDM's --rebuild-rate), e.g. '32MiB'. */
+  rebuildRate: string | undefined;
 }
 
 function wholeNumber(flag: string, value: string, min: number, max: number): number {
@@ -140,6 +146,8 @@ export function parseLabUpArgs(args: LabUpArgs): LabUpRequest {
     nbdPort: args['nbd-port'] === undefined ? undefined : wholeNumber('--nbd-port', String(args['nbd-port']), 1, 65535),
     detach: args.detach,
     logLevel: args['log-level'],
+    rebuildAfterSeconds: args['rebuild-after'] === undefined ? undefined : wholeNumber('--rebuild-after', String(args['rebuild-after']), 1, 86_400),
+    rebuildRate: args['rebuild-rate'] === undefined ? undefined : `${parseSizeBytes('--rebuild-rate', String(args['rebuild-rate']))}`,
   };
 }
 
@@ -255,12 +263,15 @@ const mdmReadyPattern = /^mdm of cluster ([0-9a-f]{16}) \(.*?\) listening on (\S
 const sdsReadyPattern = /^sds (\S+) \(([0-9a-f]{16})\) of cluster ([0-9a-f]{16}) listening on (\S+) with/m;
 
 /** Starts the MDM and the SDSs that are not running; `startedNow` collects them. */
-async function startCore(dir: string, lab: LabFile, logLevel: Level, startedNow: LabProcess[], report: (line: string) => void): Promise<void> {
+async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 'logLevel' | 'rebuildAfterSeconds' | 'rebuildRate'>, startedNow: LabProcess[], report: (line: string) => void): Promise<void> {
+  const logLevel = request.logLevel;
   const mdm = lab.processes.find((record) => record.role === 'mdm') as LabProcess;
   if (isDaemonRunning(mdm)) {
     report(`mdm is running (pid ${mdm.pid})`);
   } else {
     const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.address, '--api', new URL(lab.apiUrl).host, '--log-level', logLevel];
+    if (request.rebuildAfterSeconds !== undefined) args.push('--rebuild-after', String(request.rebuildAfterSeconds));
+    if (request.rebuildRate !== undefined) args.push('--rebuild-rate', request.rebuildRate);
     if (!AdminAuth.isInitialized(mdm.dataDir)) args.push('--admin-password-file', lab.passwordFile);
     const started = await startDaemon({ name: 'mdm', args, logFile: mdm.logFile, cwd: dir, ready: mdmReadyPattern });
     mdm.pid = started.pid;
@@ -375,7 +386,7 @@ export async function labUp(args: LabUpArgs, io: ManageIo = processIo): Promise<
   const startedNow: LabProcess[] = [];
   let exported: string[] | null = null;
   try {
-    await startCore(dir, lab, request.logLevel, startedNow, report);
+    await startCore(dir, lab, request, startedNow, report);
     const client = await connectLab(lab);
     try {
       const poolId = await ensureLayout(client, lab, report);
@@ -523,6 +534,8 @@ function labUpOptions(yargs: Argv): Argv<LabUpArgs> {
     .option('volume', { type: 'string', array: true, describe: `a thin volume to create and export, NAME:SIZE (repeatable) [default at the first up: ${labVolumesDefault.map((volume) => `${volume.name}:${formatBytes(volume.sizeBytes).replace(' ', '')}`).join(' ')}]`, requiresArg: true })
     .option('nbd-port', { type: 'string', describe: `the SDC's NBD port on ${loopback} [default: ${nbdPortDefault} at the first up, then the lab's]`, requiresArg: true })
     .option('detach', { type: 'boolean', default: false, describe: 'return once the NBD exports are ready, leaving the lab running' })
+    .option('rebuild-after', { type: 'string', describe: 'seconds a down SDS may stay away before its copies are rebuilt on the others (back sooner, it gets only what changed) [default: 60; applies when the MDM starts]', requiresArg: true })
+    .option('rebuild-rate', { type: 'string', describe: 'rebuild bandwidth per source SDS, bytes per second, e.g. 32MiB [default: 64MiB; applies when the MDM starts]', requiresArg: true })
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level of the daemons (logs in DIR/logs)' }) as unknown as Argv<LabUpArgs>;
 }
 

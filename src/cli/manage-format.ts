@@ -60,15 +60,27 @@ function plural(count: number, word: string, many = `${word}s`): string {
  *   Capacity (raw counts both copies; USABLE, THICK, THIN and AVAILABLE are volume sizes)
  *   POOL       RAW  SPARE  USABLE  ...
  */
+/** Rebuild and rebalance progress in one line. */
+export function describeRebuild(rebuild: RestDashboard['health']['rebuild'], nowMs = Date.now()): string {
+  if (rebuild.state === 'idle') return 'idle: every copy in sync';
+  if (rebuild.state === 'waiting') {
+    const next = rebuild.pendingOut.map((entry) => `${entry.name} in ${Math.max(0, Math.ceil((entry.outAtMs - nowMs) / 1000))} s`).join(', ');
+    return `waiting: down SDSs may return (delta rebuild) before their copies are re-created elsewhere (${next})`;
+  }
+  const eta = rebuild.etaSeconds === null ? '' : `, ETA ${rebuild.etaSeconds} s`;
+  return `running: ${rebuild.percent}% (${rebuild.groupsSyncing} of ${rebuild.groupsTotal} groups filling), ${formatBytes(rebuild.bytesDone)} copied, ${formatBytes(rebuild.bytesPerSecond)}/s${eta}`;
+}
+
 export function renderDashboard(view: RestDashboard): string {
   const { system, capacity, health } = view;
   const problems: string[] = [];
   if (health.sdsDisconnected + health.sdsDown > 0) problems.push(`${plural(health.sdsDisconnected + health.sdsDown, 'SDS', 'SDSs')} not connected`);
   if (health.devicesFailed > 0) problems.push(`${plural(health.devicesFailed, 'device')} failed`);
-  if (health.degradedCapacityInKb > 0) problems.push(`${kbToText(health.degradedCapacityInKb)} degraded (one copy)`);
-  if (health.failedCapacityInKb > 0) problems.push(`${kbToText(health.failedCapacityInKb)} on failed devices`);
-  if (health.rebuildsRunning > 0) problems.push(`${plural(health.rebuildsRunning, 'rebuild')} running`);
-  const status = problems.length === 0 ? 'OK' : health.degradedCapacityInKb > 0 || health.failedCapacityInKb > 0 ? 'DEGRADED' : 'ATTENTION';
+  if (health.degradedCapacityInKb > 0) problems.push(`${kbToText(health.degradedCapacityInKb)} degraded (one copy in sync)`);
+  if (health.failedCapacityInKb > 0) problems.push(`${kbToText(health.failedCapacityInKb)} failed (no readable copy: IO to it fails)`);
+  if (health.volumesFailed.length > 0) problems.push(`volumes with failed data: ${health.volumesFailed.join(', ')}`);
+  const rebuild = health.rebuild;
+  const status = health.failedCapacityInKb > 0 ? 'FAILED' : problems.length === 0 ? 'OK' : health.degradedCapacityInKb > 0 ? 'DEGRADED' : 'ATTENTION';
   const lines = [
     `System    ${system.name} (id ${system.id}), map epoch ${system.mapEpoch}, ${system.systemVersionName}`,
     `Objects   ${[
@@ -84,6 +96,7 @@ export function renderDashboard(view: RestDashboard): string {
     `SDS       ${health.sdsConnected} connected, ${health.sdsDisconnected} disconnected, ${health.sdsDown} down, ${health.sdsUnassigned} not in a protection domain`,
     `Devices   ${health.devicesNormal} normal, ${health.devicesFailed} failed, ${health.devicesRemoving} being removed`,
     `SDC       ${health.sdcConnected} connected, ${health.sdcDisconnected} disconnected`,
+    `Rebuild   ${describeRebuild(rebuild)}`,
     '',
     'Capacity (RAW, SPARE, IN USE, PROTECTED, DEGRADED, FAILED, UNUSED count both copies;',
     '          USABLE, THICK, THIN, AVAILABLE are what volumes see)',

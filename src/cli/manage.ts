@@ -440,11 +440,14 @@ const sdsCommands: Command[] = [
   },
   {
     name: 'remove',
-    describe: 'remove an SDS that has no devices',
+    describe: 'remove an SDS: its data moves to the other SDSs first (online), then it goes',
     builder: (y) => y.option('sds', str('SDS (id or name)')),
     run: async (args, session) => {
       const sds = await session.resolve<RestSds>('Sds', '--sds', String(args['sds']));
-      await action(session, 'Sds', sds.id, 'removeSds', {}, `SDS '${sds.name}' removed`);
+      await session.client.post(`/api/instances/Sds::${sds.id}/action/removeSds`, {});
+      session.changed();
+      const left = (await session.list<RestSds>('Sds')).some((entry) => entry.id === sds.id);
+      session.print(left ? `SDS '${sds.name}' is being removed: its data moves to the other SDSs first (see the dashboard), then it goes` : `SDS '${sds.name}' removed`);
     },
   },
   {
@@ -520,11 +523,14 @@ const deviceCommands: Command[] = [
   },
   {
     name: 'remove',
-    describe: 'remove a device that holds no data',
+    describe: 'remove a device: its data moves to the other devices first (online), then it goes',
     builder: (y) => y.option('device', str('device (id or name)')),
     run: async (args, session) => {
       const device = await session.resolve<RestDevice>('Device', '--device', String(args['device']));
-      await action(session, 'Device', device.id, 'removeDevice', {}, `device '${device.name}' removed`);
+      await session.client.post(`/api/instances/Device::${device.id}/action/removeDevice`, {});
+      session.changed();
+      const left = (await session.list<RestDevice>('Device')).some((entry) => entry.id === device.id);
+      session.print(left ? `device '${device.name}' is being removed: its data moves to the other devices first (see the dashboard), then it goes` : `device '${device.name}' removed`);
     },
   },
 ];

@@ -17,9 +17,10 @@ import type { Level } from 'pino';
 import type { Argv } from 'yargs';
 import { formatHostPort, parseHostPort } from '../common/address.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import { parseSizeBytes } from '../common/units.js';
 import { AdminAuth } from '../mdm/auth.js';
 import { RestApi } from '../mdm/rest-api.js';
-import { MdmService } from '../mdm/service.js';
+import { MdmService, rebuildAfterMsDefault, rebuildChunksInflightMaxDefault, sdsDownAfterMsDefault } from '../mdm/service.js';
 import { ensureSelfSignedCertificate, loadCertificate } from '../mdm/tls.js';
 import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';
@@ -35,6 +36,11 @@ export interface MdmStartArgs {
   'tls-cert': string | undefined;
   'tls-key': string | undefined;
   'log-level': Level;
+  'sds-down-after': number;
+  'rebuild-after': number;
+  'rebuild-rate': string;
+  'rebuild-rate-under-load': string;
+  'rebuild-inflight': number;
 }
 
 /** ScaleIO's MDM port. */
@@ -50,11 +56,23 @@ export function mdmStartOptions(yargs: Argv): Argv<MdmStartArgs> {
     .option('admin-password-file', { type: 'string', describe: 'the REST admin password, at the first start [default: $MESHBLOCK_ADMIN_PASSWORD, else generated into DATA-DIR/admin.password]', requiresArg: true })
     .option('tls-cert', { type: 'string', describe: 'PEM certificate for the REST API [default: self-signed, made at the first start]', requiresArg: true })
     .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert', requiresArg: true })
+    .option('sds-down-after', { type: 'number', default: sdsDownAfterMsDefault / 1000, describe: 'seconds without a heartbeat before an SDS is declared down and its groups fail over', requiresArg: true })
+    .option('rebuild-after', { type: 'number', default: rebuildAfterMsDefault / 1000, describe: 'seconds a down SDS may stay away before its copies are rebuilt elsewhere (back sooner, it gets only what changed)', requiresArg: true })
+    .option('rebuild-rate', { type: 'string', default: '64MiB', describe: 'rebuild bandwidth per source SDS, bytes per second (e.g. 32MiB; 0 = unlimited)', requiresArg: true })
+    .option('rebuild-rate-under-load', { type: 'string', default: '16MiB', describe: 'the rebuild bandwidth of a source SDS while clients do IO on it (favor application IO; 0 = no difference)', requiresArg: true })
+    .option('rebuild-inflight', { type: 'number', default: rebuildChunksInflightMaxDefault, describe: 'chunk copies each source SDS has in flight for rebuilds', requiresArg: true })
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
     .check((argv) => {
       parseHostPort('--listen', argv.listen);
       parseHostPort('--api', argv.api);
       if ((argv['tls-cert'] === undefined) !== (argv['tls-key'] === undefined)) throw new InvalidArgumentError('--tls-cert/--tls-key', 'give both or neither');
+      for (const field of ['sds-down-after', 'rebuild-after'] as const) {
+        const value = argv[field];
+        if (!Number.isFinite(value) || value <= 0 || value > 86_400) throw new InvalidArgumentError(`--${field}`, 'must be a number of seconds above 0 (at most a day)');
+      }
+      parseSizeBytes('--rebuild-rate', argv['rebuild-rate']);
+      parseSizeBytes('--rebuild-rate-under-load', argv['rebuild-rate-under-load']);
+      if (!Number.isInteger(argv['rebuild-inflight']) || argv['rebuild-inflight'] < 1 || argv['rebuild-inflight'] > 64) throw new InvalidArgumentError('--rebuild-inflight', 'must be an integer from 1 to 64');
       if (argv.name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$/.test(argv.name)) throw new InvalidArgumentError('--name', 'must be 1 to 31 letters, digits, _ . -');
       return true;
     }) as unknown as Argv<MdmStartArgs>;
@@ -126,7 +144,18 @@ export async function mdmStart(args: MdmStartArgs): Promise<void> {
   const { identity, secret, created } = ensureCluster(dataDir, args.name);
   const { auth, generatedFile } = await ensureAdmin(dataDir, args);
   const certificate = args['tls-cert'] !== undefined && args['tls-key'] !== undefined ? loadCertificate(args['tls-cert'], args['tls-key']) : ensureSelfSignedCertificate(dataDir);
-  const service = await MdmService.open({ dataDir, clusterId: identity.clusterId, systemName: identity.name, secret, log: log.child({ component: 'mdm-service' }) });
+  const service = await MdmService.open({
+    dataDir,
+    clusterId: identity.clusterId,
+    systemName: identity.name,
+    secret,
+    log: log.child({ component: 'mdm-service' }),
+    sdsDownAfterMs: Math.round(args['sds-down-after'] * 1000),
+    rebuildAfterMs: Math.round(args['rebuild-after'] * 1000),
+    rebuildBytesPerSecondMax: parseSizeBytes('--rebuild-rate', args['rebuild-rate']),
+    rebuildBytesPerSecondUnderLoad: parseSizeBytes('--rebuild-rate-under-load', args['rebuild-rate-under-load']),
+    rebuildChunksInflightMax: args['rebuild-inflight'],
+  });
   const wanted = parseHostPort('--listen', args.listen);
   const api = new RestApi({ controller: service, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key } });
   let address: string;

@@ -105,7 +105,17 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
     reservations: new Map(Object.entries(state.reservations)),
   });
   saveState(dataDir, state);
-  const service = new SdsService({ identity, secret, store, state, dataDir, log: log.child({ component: 'sds-service' }), payloadChecksums: args['payload-checksums'] });
+  let link: MdmLink | null = null;
+  const service = new SdsService({
+    identity,
+    secret,
+    store,
+    state,
+    dataDir,
+    log: log.child({ component: 'sds-service' }),
+    payloadChecksums: args['payload-checksums'],
+    onRebuildDone: (done) => link?.reportRebuildDone(done),
+  });
   const wanted = parseHostPort('--listen', args.listen);
   let address: string;
   try {
@@ -115,7 +125,6 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
     await store.close();
     throw err;
   }
-  let link: MdmLink | null = null;
   if (args.mdm !== undefined) {
     link = new MdmLink({ mdmAddress: args.mdm, identity, secret, service, address, log: log.child({ component: 'mdm-link' }) });
     link.start();

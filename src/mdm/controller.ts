@@ -16,6 +16,21 @@ export interface AddDeviceRequest {
   force: boolean;
 }
 
+/** Rebuild and rebalance progress, as the dashboard and the REST API show it. */
+export interface RebuildStatus {
+  state: 'idle' | 'running' | 'waiting';
+  /** Groups whose second copy is filling, and the most there were since the last idle. */
+  groupsSyncing: number;
+  groupsTotal: number;
+  percent: number;
+  bytesDone: number;
+  bytesPerSecond: number;
+  /** Estimated from the groups left and the bytes a group holds; null while unknown. */
+  etaSeconds: number | null;
+  /** Down SDSs not yet out: their copies are re-created elsewhere at `outAtMs`. */
+  pendingOut: Array<{ sdsId: Id; name: string; outAtMs: number }>;
+}
+
 export interface MdmController {
   /** Read-only use: queries (find, poolCapacity, placementMap) and the model. */
   readonly state: StateMachine;
@@ -33,4 +48,11 @@ export interface MdmController {
   addDevice(request: AddDeviceRequest): Promise<Applied>;
   /** The last statistics an SDS reported, or null if it never did. */
   sdsStats(sdsId: Id): SdsStats | null;
+  /** Rebuild and rebalance progress over every pool. */
+  rebuildStatus(): RebuildStatus;
+}
+
+/** What a controller reports when nothing is rebuilding. */
+export function idleRebuildStatus(groupsTotal: number): RebuildStatus {
+  return { state: 'idle', groupsSyncing: 0, groupsTotal, percent: 100, bytesDone: 0, bytesPerSecond: 0, etaSeconds: 0, pendingOut: [] };
 }

@@ -29,6 +29,24 @@ export interface StoragePool {
 export interface PoolGroup {
   primaryDevice: Id;
   secondaryDevice: Id | null;
+  /**
+   * The secondary is still being filled from the primary (rebuild or rebalance): it takes
+   * the mirrored writes but is not yet a copy to count on, so it is never promoted.
+   */
+  syncing?: boolean;
+  /** The epoch the fill began at: only an order given at or after it completes it. */
+  syncEpoch?: number;
+  /** The fill may copy only the chunks the primary changed while this copy was away. */
+  delta?: boolean;
+  /**
+   * A copy on a device of an SDS that is down but not yet out: it comes back as the
+   * secondary (filled by a delta rebuild) if its SDS returns in time.
+   */
+  absentDevice?: Id;
+  /** The absent copy was still filling when its SDS went down: it returns for a full fill. */
+  absentFull?: boolean;
+  /** Both copies are gone: IO to the group fails instead of reading zeros. */
+  lost?: boolean;
 }
 
 export interface FaultSet {
@@ -49,6 +67,16 @@ export interface Sds {
   address: string;
   state: SdsState;
   lastHeartbeatMs: number;
+  /**
+   * Set when the MDM declared the SDS down (missed heartbeats, lost connection): its copies
+   * are not used. Down, it may still return with its data (a delta rebuild copies back what
+   * changed); once `out`, its copies are re-created elsewhere and what it holds is stale.
+   * Absent (journals from before failure handling) means up.
+   */
+  downSinceMs?: number | null;
+  out?: boolean;
+  /** Being removed: its devices' data moves away, then it is deleted. */
+  removing?: boolean;
 }
 
 export type DeviceState = 'normal' | 'failed' | 'removing';

@@ -296,7 +296,7 @@ export class RestApi {
         },
       },
       { pattern: /^\/api\/version$/, methods: { GET: () => ok(scaleIoApiVersion) } },
-      { pattern: /^\/api\/dashboard$/, methods: { GET: () => ok(dashboard(state(), (sdsId) => this.controller.sdsStats(sdsId))) } },
+      { pattern: /^\/api\/dashboard$/, methods: { GET: () => ok(dashboard(state(), (sdsId) => this.controller.sdsStats(sdsId), this.controller.rebuildStatus())) } },
       {
         pattern: /^\/api\/types\/([A-Za-z]+)\/instances$/,
         methods: {

@@ -15,8 +15,8 @@
 //   capacityInUseInKb                        raw     chunk bytes written, both copies, as the SDSs report
 //   netCapacityInUseInKb                     net     half of capacityInUseInKb
 //   protectedCapacityInKb                    raw     in use, in placement groups with both copies
-//   degradedCapacityInKb                     raw     in use, in groups running on one copy
-//   failedCapacityInKb                       raw     in use on failed devices (not readable there)
+//   degradedCapacityInKb                     net     data with one readable copy in sync (estimated)
+//   failedCapacityInKb                       net     data with no readable copy: IO to it fails (estimated)
 //   unusedCapacityInKb                       raw     neither spare, in use, nor reserved for thick volumes
 //   capacityAvailableForVolumeAllocationInKb net     the largest thick volume that fits now (before
 //                                                    rounding to the pool's volume granularity)
@@ -26,6 +26,7 @@
 import type { SdsStats } from '../wire/sds-ops.js';
 import type { Device, FaultSet, Id, ProtectionDomain, Sdc, Sds, StoragePool, SystemModel, Volume } from './model.js';
 import type { PoolCapacity, StateMachine } from './state-machine.js';
+import type { RebuildStatus } from './controller.js';
 
 /** The REST types, ScaleIO's names, and the model table each one lists. */
 export const restTypes = ['System', 'ProtectionDomain', 'StoragePool', 'FaultSet', 'Sds', 'Device', 'Sdc', 'Volume'] as const;
@@ -209,7 +210,7 @@ export interface RestRebuildProgress {
   storagePoolId: Id;
   pgIndex: number;
   targetSdsId: Id;
-  state: 'running' | 'done' | 'failed';
+  state: 'waiting' | 'running' | 'done' | 'failed';
   chunksDone: number;
   chunksTotal: number;
   doneInKb: number;
@@ -259,6 +260,13 @@ export interface RestDashboard {
     degradedCapacityInKb: number;
     failedCapacityInKb: number;
     rebuildsRunning: number;
+    /** Bytes of data with one copy in sync, and with none (IO to them fails). */
+    degradedBytes: number;
+    failedBytes: number;
+    /** Volumes with chunks in degraded groups, and in groups with no readable copy. */
+    volumesDegraded: string[];
+    volumesFailed: string[];
+    rebuild: RebuildStatus;
   };
 }
 
@@ -608,7 +616,7 @@ export function sdsStatistics(state: StateMachine, sds: Sds, stats: SdsStats | n
   };
 }
 
-export function dashboard(state: StateMachine, sdsStats: (sdsId: Id) => SdsStats | null): RestDashboard {
+export function dashboard(state: StateMachine, sdsStats: (sdsId: Id) => SdsStats | null, rebuild: RebuildStatus): RestDashboard {
   const model = state.model;
   const capacity = systemStatistics(state);
   const sdss = Object.values(model.sdss);
@@ -639,6 +647,11 @@ export function dashboard(state: StateMachine, sdsStats: (sdsId: Id) => SdsStats
       degradedCapacityInKb: capacity.degradedCapacityInKb,
       failedCapacityInKb: capacity.failedCapacityInKb,
       rebuildsRunning,
+      degradedBytes: capacity.degradedCapacityInKb * 1024,
+      failedBytes: capacity.failedCapacityInKb * 1024,
+      volumesDegraded: Object.values(model.volumes).filter((volume) => state.volumeHealth(volume.id).degradedChunks > 0).map((volume) => volume.name),
+      volumesFailed: Object.values(model.volumes).filter((volume) => state.volumeHealth(volume.id).failedChunks > 0).map((volume) => volume.name),
+      rebuild,
     },
   };
 }

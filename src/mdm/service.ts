@@ -10,23 +10,49 @@ import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { MeshblockError } from '../common/errors.js';
-import { MdmOp, SdcOp, heartbeatIntervalMs, parseSdcRegistration, parseSdsRegistration, type DeviceRefusal, type RegisteredDevice, type SdcHeartbeat, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
+import { MdmOp, SdcOp, heartbeatIntervalMs, parseSdcRegistration, parseSdsRegistration, type DeviceRefusal, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
 import { WirePeer, type WireReply, type WireRequest } from '../wire/peer.js';
 import { listenTcp } from '../wire/peer-pool.js';
 import { SdsOp, SdsStatus, type RebuildArgs, type SdsStats } from '../wire/sds-ops.js';
-import type { AddDeviceRequest, MdmController } from './controller.js';
+import type { AddDeviceRequest, MdmController, RebuildStatus } from './controller.js';
 import { Journal } from './journal.js';
 import { emptyModel, type Id, type SystemModel } from './model.js';
-import { MdmError, StateMachine, type Applied, type Command, type CopyMove } from './state-machine.js';
+import { MdmError, StateMachine, isDown, type Applied, type Command } from './state-machine.js';
 
-/** An SDS is called disconnected after this long without a heartbeat. */
+/** An SDC is called disconnected after this long without a heartbeat. */
 export const heartbeatTimeoutMs = 5 * heartbeatIntervalMs;
+/**
+ * Failure detection defaults. An SDS silent this long (or disconnected for a second) is
+ * declared down and its groups fail over: client IO to it stalls about this long, far
+ * inside the kernel NBD client's 30 s request timeout.
+ */
+export const sdsDownAfterMsDefault = 3000;
+/** A connection that drops is given this long to come back before its SDS is declared down. */
+const disconnectGraceMs = 1000;
+/** After an MDM restart, SDSs get this long (plus the down deadline) to register again. */
+const restartGraceMs = 10_000;
+/**
+ * A down SDS is declared out after this long: its copies are re-created elsewhere. Back
+ * before then, it only receives what changed while it was away (a delta rebuild).
+ */
+export const rebuildAfterMsDefault = 60_000;
+/**
+ * Rebuild throttle defaults, per source SDS over all its jobs: bytes per second, and chunk
+ * copies in flight (ScaleIO's "concurrent rebuild IOs"; its default is 1 per device).
+ */
+export const rebuildBytesPerSecondMaxDefault = 64 * 1024 * 1024;
+/** While clients do IO on a source SDS, its rebuilds get this much ("favor application IO"). */
+export const rebuildBytesPerSecondUnderLoadDefault = 16 * 1024 * 1024;
+export const rebuildChunksInflightMaxDefault = 2;
 /** The journal is compacted into a snapshot after this many records. */
 const compactAfterRecords = 1000;
 const sdsOrderTimeoutMs = 30_000;
-/** Throttle for copies onto new devices, per group: client IO keeps priority. */
-const rebalanceBytesPerSecondMax = 64 * 1024 * 1024;
-const rebalanceChunksInflightMax = 2;
+/** A fill order not answered by the group being in sync is repeated after this long. */
+const orderRepeatMs = 30_000;
+/** A pool is planned again for orphaned one-copy groups at most this often. */
+const repairIntervalMs = 30_000;
+/** Rebuild completions are applied in batches, one journal record per pool. */
+const syncedBatchMs = 250;
 
 export interface JournalRecord {
   command: Command;
@@ -44,6 +70,11 @@ export interface MdmServiceOptions {
   systemName: string;
   secret: Buffer;
   log: Logger;
+  sdsDownAfterMs?: number;
+  rebuildAfterMs?: number;
+  rebuildBytesPerSecondMax?: number;
+  rebuildBytesPerSecondUnderLoad?: number;
+  rebuildChunksInflightMax?: number;
 }
 
 export class MdmService implements MdmController {
@@ -56,6 +87,18 @@ export class MdmService implements MdmController {
   private readonly sdcOpenVolumes = new Map<Id, string[]>();
   private readonly lastStats = new Map<Id, SdsStats>();
   private healthTimer: NodeJS.Timeout | null = null;
+  /** When each SDS's connection dropped (it is down once the grace has passed). */
+  private readonly disconnectedSinceMs = new Map<Id, number>();
+  /** Rebuild orders given, by pool/group/target, with the epoch they were given at. */
+  private readonly ordersGiven = new Map<string, { epoch: number; atMs: number }>();
+  private readonly syncedPending = new Map<Id, Array<{ pgIndex: number; secondaryDevice: Id; orderEpoch: number }>>();
+  private syncedTimer: NodeJS.Timeout | null = null;
+  /** Rebuild progress: bytes copied (reported with completions and stats) and a 1 s rate. */
+  private rebuildBytesDone = 0;
+  private rebuildRate = { atMs: Date.now(), bytes: 0, perSecond: 0 };
+  private syncingMax = 0;
+  private readonly repairing = new Set<Id>();
+  private readonly repairedAtMs = new Map<Id, number>();
   /** Commands are applied and journaled one at a time, so the journal's order is the order applied. */
   private executing: Promise<unknown> = Promise.resolve();
 
@@ -86,7 +129,7 @@ export class MdmService implements MdmController {
       }
     }
     // Connections did not survive the restart: everyone is disconnected until they call.
-    for (const sds of Object.values(state.model.sdss)) sds.state = 'disconnected';
+    for (const sds of Object.values(state.model.sdss)) sds.state = isDown(sds) ? 'down' : 'disconnected';
     for (const sdc of Object.values(state.model.sdcs)) sdc.state = 'disconnected';
     options.log.info({ records: records.length, epoch: state.model.epoch }, 'state restored from the journal');
     return new MdmService(state, journal, options);
@@ -94,8 +137,22 @@ export class MdmService implements MdmController {
 
   async listen(host: string, port: number): Promise<net.AddressInfo> {
     const bound = await listenTcp(this.server, host, port);
-    this.healthTimer = setInterval(() => this.checkHealth(Date.now()), heartbeatIntervalMs).unref();
+    // After a restart every SDS is disconnected: give them the time to call back (their
+    // reconnect backoff reaches 5 s while the MDM is away).
+    for (const sds of Object.values(this.state.model.sdss)) this.disconnectedSinceMs.set(sds.id, Date.now() + this.downAfterMs + restartGraceMs);
+    this.healthTimer = setInterval(() => {
+      this.checkHealth(Date.now());
+      this.orderRebuilds();
+    }, heartbeatIntervalMs).unref();
     return bound;
+  }
+
+  private get downAfterMs(): number {
+    return this.options.sdsDownAfterMs ?? sdsDownAfterMsDefault;
+  }
+
+  private get rebuildAfterMs(): number {
+    return this.options.rebuildAfterMs ?? rebuildAfterMsDefault;
   }
 
   // --- MdmController ---------------------------------------------------------------------
@@ -124,11 +181,7 @@ export class MdmService implements MdmController {
       setImmediate(() => process.exit(1));
       throw err;
     }
-    if (applied.epochChanged) {
-      const pushed = this.pushMap();
-      const moves = applied.moves ?? [];
-      if (moves.length > 0) void pushed.then(() => this.orderCopies(moves));
-    }
+    if (applied.epochChanged) void this.pushMap().then(() => this.orderRebuilds());
     this.pushViews();
     if (this.journal.recordCount >= compactAfterRecords) {
       await this.journal.compact(this.state.model).catch((err: unknown) => this.options.log.error({ err }, 'journal compaction failed; will retry'));
@@ -189,8 +242,9 @@ export class MdmService implements MdmController {
           }
           if (session.sdsId !== null && this.sdsPeers.get(session.sdsId) === peer) {
             this.sdsPeers.delete(session.sdsId);
+            this.disconnectedSinceMs.set(session.sdsId, Date.now());
             const sds = this.state.model.sdss[session.sdsId];
-            if (sds !== undefined) sds.state = 'disconnected';
+            if (sds !== undefined && !isDown(sds)) sds.state = 'disconnected';
             this.options.log.warn({ sdsId: session.sdsId }, 'SDS disconnected');
           }
         });
@@ -212,6 +266,7 @@ export class MdmService implements MdmController {
           const previous = this.sdsPeers.get(registration.sdsId);
           if (previous !== undefined && previous !== peer) previous.destroy();
           this.sdsPeers.set(registration.sdsId, peer);
+          this.disconnectedSinceMs.delete(registration.sdsId);
           // After this reply, so that the SDS hears of its registration first.
           setImmediate(() => void this.pushMapTo(registration.sdsId, peer));
           this.options.log.info({ sdsId: registration.sdsId, name: registration.name, address: registration.address, devices: registration.devices.length }, 'SDS registered');
@@ -247,6 +302,13 @@ export class MdmService implements MdmController {
         }
         case MdmOp.GetMap:
           return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(this.state.placementMap())) };
+        case MdmOp.RebuildDone: {
+          if (session.sdsId === null) return { status: SdsStatus.InvalidArgument, payload: Buffer.from('a rebuild report before registration') };
+          const done = JSON.parse(request.payload.toString()) as RebuildDone;
+          this.rebuildBytesDone += Number.isSafeInteger(done.bytesDone) ? done.bytesDone : 0;
+          this.onRebuildDone(session.sdsId, done);
+          return { status: SdsStatus.Ok };
+        }
         default:
           return { status: SdsStatus.UnknownOp, payload: Buffer.from(`op ${request.op} is not an MDM operation`) };
       }
@@ -261,12 +323,42 @@ export class MdmService implements MdmController {
     const sds = this.state.model.sdss[sdsId];
     if (sds === undefined) return;
     sds.lastHeartbeatMs = Date.now();
-    sds.state = 'connected';
+    if (!isDown(sds)) sds.state = 'connected';
     this.lastStats.set(sdsId, stats);
+    // Rebuild reports lost with a connection are found here; failed jobs are ordered again.
+    for (const job of stats.rebuilds ?? []) {
+      if (job.state === 'done') this.onRebuildDone(sdsId, job);
+      else if (job.state === 'failed' && job.epoch === this.state.model.epoch) this.ordersGiven.delete(`${job.poolId}/${job.pgIndex}/${job.targetSdsId}`);
+    }
     for (const reported of stats.devices ?? []) {
       const device = this.state.model.devices[reported.deviceId];
-      if (device !== undefined && device.sdsId === sdsId) device.usedBytes = reported.usedBytes;
+      if (device === undefined || device.sdsId !== sdsId) continue;
+      device.usedBytes = reported.usedBytes;
+      // One disk of the SDS failed: only that device's copies are rebuilt.
+      if (reported.state === 'failed' && device.state !== 'failed') {
+        this.options.log.error({ sdsId, deviceId: device.id, path: device.path, error: reported.error }, 'device failed; rebuilding its copies');
+        this.execute({ type: 'deviceFailed', deviceId: device.id, reason: reported.error ?? 'failed' }).catch((err: unknown) => this.options.log.error({ err, deviceId: device.id }, 'could not act on a device failure'));
+      }
     }
+  }
+
+  /** An SDS finished a rebuild order: its target's copy is in sync once the MDM records it. */
+  private onRebuildDone(sdsId: Id, done: RebuildDone): void {
+    const pool = this.state.model.storagePools[done.poolId];
+    const group = pool?.groups[done.pgIndex];
+    if (pool === undefined || group === undefined || group.syncing !== true || group.secondaryDevice === null) return;
+    if (done.epoch < (group.syncEpoch ?? 0) || (this.syncedPending.get(pool.id) ?? []).some((entry) => entry.pgIndex === done.pgIndex)) return;
+    if (this.state.model.devices[group.primaryDevice]?.sdsId !== sdsId || this.state.model.devices[group.secondaryDevice]?.sdsId !== done.targetSdsId) return;
+    const pending = this.syncedPending.get(pool.id) ?? [];
+    pending.push({ pgIndex: done.pgIndex, secondaryDevice: group.secondaryDevice, orderEpoch: done.epoch });
+    this.syncedPending.set(pool.id, pending);
+    this.syncedTimer ??= setTimeout(() => {
+      this.syncedTimer = null;
+      for (const [poolId, groups] of this.syncedPending) {
+        this.syncedPending.delete(poolId);
+        this.execute({ type: 'copiesSynced', poolId, groups }).catch((err: unknown) => this.options.log.error({ err, poolId }, 'could not record finished rebuilds'));
+      }
+    }, syncedBatchMs);
   }
 
   private checkHealth(nowMs: number): void {
@@ -277,11 +369,135 @@ export class MdmService implements MdmController {
       }
     }
     for (const sds of Object.values(this.state.model.sdss)) {
-      if (sds.state === 'connected' && nowMs - sds.lastHeartbeatMs > heartbeatTimeoutMs) {
-        sds.state = 'disconnected';
-        this.options.log.warn({ sdsId: sds.id, name: sds.name, silentMs: nowMs - sds.lastHeartbeatMs }, 'SDS missed its heartbeats');
+      if (isDown(sds)) {
+        if (sds.out !== true && nowMs - (sds.downSinceMs ?? nowMs) >= this.rebuildAfterMs) {
+          this.options.log.warn({ sdsId: sds.id, name: sds.name, downMs: nowMs - (sds.downSinceMs ?? nowMs) }, 'SDS down too long: declared out, its copies are rebuilt elsewhere');
+          this.execute({ type: 'sdsOut', sdsId: sds.id }).catch((err: unknown) => this.options.log.error({ err, sdsId: sds.id }, 'could not declare the SDS out'));
+        }
+        continue;
       }
+      const disconnectedSince = this.disconnectedSinceMs.get(sds.id);
+      const silentMs = nowMs - sds.lastHeartbeatMs;
+      const reason =
+        disconnectedSince !== undefined && nowMs - disconnectedSince >= disconnectGraceMs
+          ? `disconnected for ${nowMs - disconnectedSince} ms`
+          : this.sdsPeers.has(sds.id) && silentMs >= this.downAfterMs
+            ? `no heartbeat for ${silentMs} ms`
+            : null;
+      if (reason === null || this.state.sdsDevices(sds.id).length === 0) {
+        if (reason !== null && sds.state === 'connected') sds.state = 'disconnected';
+        continue;
+      }
+      this.options.log.error({ sdsId: sds.id, name: sds.name, reason }, 'SDS declared down; its groups fail over');
+      // Fenced: it must register again (and take the current map) before it serves anything.
+      this.sdsPeers.get(sds.id)?.destroy();
+      this.sdsPeers.delete(sds.id);
+      this.execute({ type: 'sdsDown', sdsId: sds.id, nowMs, reason }).catch((err: unknown) => this.options.log.error({ err, sdsId: sds.id }, 'could not declare the SDS down'));
     }
+  }
+
+  /**
+   * Orders every group whose second copy is filling to be filled by its primary, once per
+   * epoch (an SDS drops its rebuilds when the map changes, and resumes from its cursor when
+   * ordered again). Runs every second, so an order lost with a connection is given again.
+   */
+  private orderRebuilds(): void {
+    const model = this.state.model;
+    const epoch = model.epoch;
+    let syncing = 0;
+    for (const pool of Object.values(model.storagePools)) {
+      pool.groups.forEach((group, pgIndex) => {
+        if (group.syncing !== true || group.secondaryDevice === null || group.lost === true) return;
+        syncing += 1;
+        if (!this.state.readable(group.primaryDevice) || !this.state.readable(group.secondaryDevice)) return;
+        const sourceSdsId = model.devices[group.primaryDevice]?.sdsId as Id;
+        const targetSdsId = model.devices[group.secondaryDevice]?.sdsId as Id;
+        const key = `${pool.id}/${pgIndex}/${targetSdsId}`;
+        // Once per epoch; again after a while without the group being recorded in sync (a
+        // report ignored or lost, an order lost): the SDS answers a repeat of a running job
+        // with Ok, and of a finished one with its report again.
+        const given = this.ordersGiven.get(key);
+        if (given !== undefined && given.epoch === epoch && Date.now() - given.atMs < orderRepeatMs) return;
+        const peer = this.sdsPeers.get(sourceSdsId);
+        if (peer === undefined) return;
+        this.ordersGiven.set(key, { epoch, atMs: Date.now() });
+        const order: RebuildArgs = {
+          poolId: pool.id,
+          pgIndex,
+          targetSdsId,
+          bytesPerSecondMax: this.options.rebuildBytesPerSecondMax ?? rebuildBytesPerSecondMaxDefault,
+          bytesPerSecondUnderLoad: this.options.rebuildBytesPerSecondUnderLoad ?? rebuildBytesPerSecondUnderLoadDefault,
+          chunksInflightMax: this.options.rebuildChunksInflightMax ?? rebuildChunksInflightMaxDefault,
+          mode: group.delta === true ? 'delta' : 'full',
+          epoch,
+        };
+        peer.request(SdsOp.Rebuild, Buffer.from(JSON.stringify(order)), { timeoutMs: sdsOrderTimeoutMs }).then(
+          (response) => {
+            if (response.status === SdsStatus.Ok) return;
+            // Most often the SDS has not installed this epoch's map yet: order again next tick.
+            this.ordersGiven.delete(key);
+            this.options.log.debug({ key, status: response.status, reason: response.payload.toString() }, 'rebuild order refused; ordering again');
+          },
+          (err: unknown) => {
+            this.ordersGiven.delete(key);
+            this.options.log.warn({ err, key }, 'rebuild order failed; ordering again');
+          },
+        );
+      });
+    }
+    for (const pool of Object.values(model.storagePools)) {
+      if (this.repairing.has(pool.id) || Date.now() - (this.repairedAtMs.get(pool.id) ?? 0) < repairIntervalMs || !this.state.needsRepair(pool)) continue;
+      this.repairing.add(pool.id);
+      this.repairedAtMs.set(pool.id, Date.now());
+      this.options.log.warn({ poolId: pool.id }, 'groups on one copy with nothing to fill them: planning the pool again');
+      this.execute({ type: 'repairPool', poolId: pool.id })
+        .catch((err: unknown) => this.options.log.error({ err, poolId: pool.id }, 'could not repair the pool'))
+        .finally(() => this.repairing.delete(pool.id));
+    }
+    if (syncing === 0) {
+      this.syncingMax = 0;
+      this.ordersGiven.clear();
+    } else {
+      this.syncingMax = Math.max(this.syncingMax, syncing);
+    }
+  }
+
+  /** Rebuild (and rebalance) progress over every pool. */
+  rebuildStatus(nowMs = Date.now()): RebuildStatus {
+    const model = this.state.model;
+    let syncing = 0;
+    let groups = 0;
+    let bytesPerGroup = 0;
+    for (const pool of Object.values(model.storagePools)) {
+      const health = this.state.poolHealth(pool);
+      syncing += health.syncingGroups;
+      groups += health.groups;
+      const used = this.state.poolDevices(pool.id).reduce((sum, device) => sum + device.usedBytes, 0);
+      if (health.groups > 0) bytesPerGroup = Math.max(bytesPerGroup, used / (2 * health.groups));
+    }
+    // The bytes copied: finished orders, plus what running jobs report in their stats.
+    let running = 0;
+    for (const stats of this.lastStats.values()) for (const job of stats.rebuilds ?? []) if (job.state === 'running') running += job.bytesDone;
+    const bytesDone = this.rebuildBytesDone + running;
+    const elapsedMs = nowMs - this.rebuildRate.atMs;
+    if (elapsedMs >= 1000) {
+      this.rebuildRate = { atMs: nowMs, bytes: bytesDone, perSecond: Math.max(0, ((bytesDone - this.rebuildRate.bytes) * 1000) / elapsedMs) };
+    }
+    const max = Math.max(this.syncingMax, syncing);
+    const pendingOut = Object.values(model.sdss)
+      .filter((sds) => isDown(sds) && sds.out !== true && this.state.sdsDevices(sds.id).length > 0)
+      .map((sds) => ({ sdsId: sds.id, name: sds.name, outAtMs: (sds.downSinceMs ?? nowMs) + this.rebuildAfterMs }));
+    const perSecond = Math.round(this.rebuildRate.perSecond);
+    return {
+      state: syncing > 0 ? 'running' : pendingOut.length > 0 ? 'waiting' : 'idle',
+      groupsSyncing: syncing,
+      groupsTotal: groups,
+      percent: max === 0 ? 100 : Math.floor((1000 * (max - syncing)) / max) / 10,
+      bytesDone,
+      bytesPerSecond: perSecond,
+      etaSeconds: syncing === 0 ? 0 : perSecond > 0 ? Math.ceil((syncing * bytesPerGroup) / perSecond) : null,
+      pendingOut,
+    };
   }
 
   /** What an SDC should know: the map and the volumes mapped to it. */
@@ -334,31 +550,6 @@ export class MdmService implements MdmController {
     return Promise.all([...this.sdsPeers].map(([sdsId, peer]) => this.pushMapTo(sdsId, peer))).then(() => undefined);
   }
 
-  /**
-   * Copies placed on new devices start empty: each group's primary streams its chunks to
-   * the new secondary (SdsOp.Rebuild; until it is done the secondary takes the mirrored
-   * writes but serves no reads, since a new copy is never made primary). Progress and
-   * retries are the rebalance work of the failure-handling issue; here a failed order is
-   * logged loudly.
-   */
-  private orderCopies(moves: CopyMove[]): void {
-    this.options.log.info({ groups: moves.length }, 'copying placement groups onto their new devices');
-    for (const move of moves) {
-      const peer = this.sdsPeers.get(move.sourceSdsId);
-      if (peer === undefined) {
-        this.options.log.error({ move }, 'cannot order a copy: its primary SDS is not connected');
-        continue;
-      }
-      const order: RebuildArgs = { poolId: move.poolId, pgIndex: move.pgIndex, targetSdsId: move.targetSdsId, bytesPerSecondMax: rebalanceBytesPerSecondMax, chunksInflightMax: rebalanceChunksInflightMax };
-      peer.request(SdsOp.Rebuild, Buffer.from(JSON.stringify(order)), { timeoutMs: sdsOrderTimeoutMs }).then(
-        (response) => {
-          if (response.status !== SdsStatus.Ok) this.options.log.error({ move, status: response.status, reason: response.payload.toString() }, 'copy order refused');
-        },
-        (err: unknown) => this.options.log.error({ err, move }, 'copy order failed'),
-      );
-    }
-  }
-
   private pushMapTo(sdsId: Id, peer: WirePeer): Promise<void> {
     const map = this.state.placementMap();
     return peer.request(SdsOp.SetMap, Buffer.from(JSON.stringify(map)), { timeoutMs: sdsOrderTimeoutMs }).then(
@@ -373,6 +564,7 @@ export class MdmService implements MdmController {
 
   async close(): Promise<void> {
     if (this.healthTimer !== null) clearInterval(this.healthTimer);
+    if (this.syncedTimer !== null) clearTimeout(this.syncedTimer);
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
     await this.executing;
     for (const peer of this.sdsPeers.values()) peer.destroy();
@@ -384,6 +576,7 @@ export class MdmService implements MdmController {
 
   destroy(): void {
     if (this.healthTimer !== null) clearInterval(this.healthTimer);
+    if (this.syncedTimer !== null) clearTimeout(this.syncedTimer);
     this.server.close();
     for (const socket of this.sockets) socket.destroy();
   }

@@ -10,8 +10,8 @@
 import { createHash } from 'node:crypto';
 import { MeshblockError } from '../common/errors.js';
 import { GiB, MiB, formatBytes } from '../common/units.js';
-import { pgCountMax, type PlacementMap } from '../wire/placement.js';
-import { emptyModel, type AccessMode, type Device, type Id, type Mapping, type StoragePool, type SystemModel, type Volume, type VolumeType } from './model.js';
+import { pgCountMax, placementGroupOf, type PlacementMap } from '../wire/placement.js';
+import { emptyModel, type AccessMode, type Device, type Id, type Mapping, type PoolGroup, type Sds, type StoragePool, type SystemModel, type Volume, type VolumeType } from './model.js';
 import { planPlacement, type PlannerDevice } from './placement-planner.js';
 
 /** A refused command: `code` is stable, `httpStatus` is what the REST API answers. */
@@ -56,22 +56,17 @@ export type Command =
   | { type: 'removeVolume'; id: Id }
   | { type: 'addMappedSdc'; volumeId: Id; sdcId: Id; accessMode: AccessMode; allowMultipleMappings: boolean }
   | { type: 'removeMappedSdc'; volumeId: Id; sdcId: Id }
-  | { type: 'setMappedSdcLimits'; volumeId: Id; sdcId: Id; iopsLimit: number; bandwidthLimitKbps: number };
+  | { type: 'setMappedSdcLimits'; volumeId: Id; sdcId: Id; iopsLimit: number; bandwidthLimitKbps: number }
+  | { type: 'sdsDown'; sdsId: Id; nowMs: number; reason: string }
+  | { type: 'sdsOut'; sdsId: Id }
+  | { type: 'deviceFailed'; deviceId: Id; reason: string }
+  | { type: 'repairPool'; poolId: Id }
+  | { type: 'copiesSynced'; poolId: Id; groups: Array<{ pgIndex: number; secondaryDevice: Id; orderEpoch: number }> };
 
 /** What a command created, when it created something. */
 export interface Applied {
   id?: Id;
   epochChanged: boolean;
-  /** Copies placed on a device that did not hold them: the primary must copy them there. */
-  moves?: CopyMove[];
-}
-
-export interface CopyMove {
-  poolId: Id;
-  pgIndex: number;
-  /** The SDS holding the group's data (its primary), and the one receiving a copy. */
-  sourceSdsId: Id;
-  targetSdsId: Id;
 }
 
 export interface PoolCapacity {
@@ -85,12 +80,24 @@ export interface PoolCapacity {
   inUseBytes: number;
   /** Raw bytes in use in groups that have both copies. */
   protectedBytes: number;
-  /** Raw bytes in use in groups running on one copy. */
+  /** Bytes of data with one copy in sync (degraded, or its second copy still filling). */
   degradedBytes: number;
-  /** Raw bytes on failed devices (no copy readable there). */
+  /** Bytes of data with no readable copy (its SDSs down, or lost): IO to it fails. */
   failedBytes: number;
   /** Raw bytes neither spare, in use, nor reserved for thick volumes. */
   unusedBytes: number;
+}
+
+export interface PoolHealth {
+  groups: number;
+  /** Groups with one copy in sync (no secondary, or it is filling or away). */
+  degradedGroups: number;
+  /** Groups whose secondary is being filled (rebuild or rebalance). */
+  syncingGroups: number;
+  /** Groups with no readable copy: their SDSs are down, or the data is lost. */
+  failedGroups: number;
+  degradedBytes: number;
+  failedBytes: number;
 }
 
 export class StateMachine {
@@ -208,6 +215,11 @@ export class StateMachine {
         existing.address = command.address;
         existing.state = 'connected';
         existing.lastHeartbeatMs = command.nowMs;
+        // Registering is how a down SDS comes back.
+        if (isDown(existing)) {
+          this.sdsReturns(existing);
+          return { id: existing.id, epochChanged: true };
+        }
         if (moved && this.sdsInUse(existing.id)) model.epoch += 1;
         return { id: existing.id, epochChanged: moved };
       }
@@ -236,9 +248,17 @@ export class StateMachine {
       case 'removeSds': {
         const sds = this.get(model.sdss, command.id, 'SDS');
         const devices = this.sdsDevices(sds.id);
-        if (devices.length > 0) throw conflict('MB_ERR_SDS_IN_USE', `SDS '${sds.name}' still has ${devices.length} device(s); remove them first`);
-        delete model.sdss[sds.id];
-        return { epochChanged: false };
+        if (devices.length === 0) {
+          delete model.sdss[sds.id];
+          return { epochChanged: false };
+        }
+        if (sds.removing === true) return { epochChanged: false };
+        // ScaleIO's graceful removal: its data moves away first, then it goes.
+        this.beginRemoval(devices, `removing SDS '${sds.name}'`);
+        // Marked after the checks (a refusal changes nothing); goes now if its devices did.
+        sds.removing = true;
+        this.finishRemovals();
+        return { epochChanged: true };
       }
       case 'addDevice': {
         const sds = this.get(model.sdss, command.sdsId, 'SDS');
@@ -259,25 +279,16 @@ export class StateMachine {
           if (taken.has(name)) throw conflict('MB_ERR_NAME_TAKEN', `SDS '${sds.name}' already has a device named '${name}'`);
         }
         const device: Device = { id: command.deviceId, name, sdsId: sds.id, storagePoolId: pool.id, path: command.path, capacityBytes: command.capacityBytes, state: 'normal', usedBytes: 0 };
-        const moves = this.replan(pool, [...this.poolDevices(pool.id), device], device);
+        this.refuseWhileDown(pool, `adding device ${command.path}`);
+        this.replan(pool, [...this.poolDevices(pool.id), device]);
         model.devices[device.id] = device;
-        return { id: device.id, epochChanged: true, moves };
+        return { id: device.id, epochChanged: true };
       }
       case 'removeDevice': {
         const device = this.get(model.devices, command.id, 'device');
-        const pool = this.get(model.storagePools, device.storagePoolId, 'storage pool');
-        if (device.usedBytes > 0) {
-          throw conflict('MB_ERR_DEVICE_IN_USE', `device '${device.name}' holds ${formatBytes(device.usedBytes)} of data; moving it away first comes with rebalance`);
-        }
-        const remaining = this.poolDevices(pool.id).filter((entry) => entry.id !== device.id);
-        const capacity = this.poolCapacity(pool.id, { devices: remaining });
-        this.checkFits(capacity, 0, `removing device '${device.name}'`);
-        if (remaining.length === 0 && Object.values(model.volumes).some((volume) => volume.storagePoolId === pool.id)) {
-          throw conflict('MB_ERR_POOL_IN_USE', `device '${device.name}' is the last one of a pool that has volumes`);
-        }
-        const moves = this.replan(pool, remaining, null);
-        delete model.devices[device.id];
-        return { epochChanged: true, moves };
+        if (device.state === 'removing') return { epochChanged: false };
+        this.beginRemoval([device], `removing device '${device.name}'`);
+        return { epochChanged: true };
       }
       case 'registerSdc': {
         if (typeof command.guid !== 'string' || command.guid.length < 8 || command.guid.length > 64) throw invalid('guid', 'must be 8 to 64 characters');
@@ -344,6 +355,11 @@ export class StateMachine {
           throw conflict('MB_ERR_VOLUME_MAPPED', `volume '${volume.name}' is mapped to ${volume.mappings.length} SDC(s); unmap it first`);
         }
         delete model.volumes[volume.id];
+        const pool = model.storagePools[volume.storagePoolId];
+        if (pool !== undefined && this.tidyLost(pool)) {
+          model.epoch += 1;
+          return { epochChanged: true };
+        }
         return { epochChanged: false };
       }
       case 'addMappedSdc': {
@@ -376,7 +392,178 @@ export class StateMachine {
         mapping.bandwidthLimitKbps = command.bandwidthLimitKbps;
         return { epochChanged: false };
       }
+      case 'sdsDown': {
+        const sds = this.get(model.sdss, command.sdsId, 'SDS');
+        if (isDown(sds)) return { epochChanged: false };
+        sds.downSinceMs = command.nowMs;
+        sds.out = false;
+        sds.state = 'down';
+        // Its copies stop counting: a group it was primary of fails over to an in-sync
+        // secondary; a copy it held is remembered as absent, to come back if it does.
+        for (const pool of Object.values(model.storagePools)) {
+          for (const group of pool.groups) {
+            const primaryHere = this.sdsOf(group.primaryDevice) === sds.id;
+            const secondaryHere = group.secondaryDevice !== null && this.sdsOf(group.secondaryDevice) === sds.id;
+            if (secondaryHere) {
+              group.absentDevice = group.secondaryDevice as Id;
+              if (group.syncing === true) group.absentFull = true;
+              group.secondaryDevice = null;
+              delete group.syncing;
+              delete group.syncEpoch;
+              delete group.delta;
+            } else if (primaryHere && group.secondaryDevice !== null && group.syncing !== true) {
+              group.absentDevice = group.primaryDevice;
+              group.primaryDevice = group.secondaryDevice;
+              group.secondaryDevice = null;
+              delete group.delta;
+            }
+            // A group whose only in-sync copy was here is unavailable until the SDS returns.
+          }
+        }
+        model.epoch += 1;
+        return { epochChanged: true };
+      }
+      case 'sdsOut': {
+        const sds = this.get(model.sdss, command.sdsId, 'SDS');
+        if (!isDown(sds)) throw conflict('MB_ERR_SDS_UP', `SDS '${sds.name}' is not down`);
+        if (sds.out === true) return { epochChanged: false };
+        sds.out = true;
+        // Its copies are given up: the pools re-create them on the other devices.
+        const deviceIds = new Set(this.sdsDevices(sds.id).map((device) => device.id));
+        for (const pool of Object.values(model.storagePools)) {
+          if (!this.poolDevices(pool.id).some((device) => deviceIds.has(device.id))) continue;
+          for (const group of pool.groups) {
+            if (group.absentDevice === undefined || !deviceIds.has(group.absentDevice)) continue;
+            delete group.absentDevice;
+            delete group.absentFull;
+          }
+          this.replanAfterFailure(pool);
+        }
+        model.epoch += 1;
+        return { epochChanged: true };
+      }
+      case 'deviceFailed': {
+        const device = this.get(model.devices, command.deviceId, 'device');
+        if (device.state === 'failed') return { epochChanged: false };
+        device.state = 'failed';
+        const pool = this.get(model.storagePools, device.storagePoolId, 'storage pool');
+        for (const group of pool.groups) {
+          if (group.absentDevice !== device.id) continue;
+          delete group.absentDevice;
+          delete group.absentFull;
+        }
+        this.replanAfterFailure(pool);
+        model.epoch += 1;
+        return { epochChanged: true };
+      }
+      case 'repairPool': {
+        // A group on one copy that nothing will fill (no absent copy to return, no SDS of
+        // the pool down): plan the pool again, which gives it a second copy.
+        const pool = this.get(model.storagePools, command.poolId, 'storage pool');
+        if (!this.needsRepair(pool)) return { epochChanged: false };
+        this.replan(pool, this.poolDevices(pool.id));
+        return { epochChanged: true };
+      }
+      case 'copiesSynced': {
+        const pool = this.get(model.storagePools, command.poolId, 'storage pool');
+        let synced = 0;
+        for (const entry of command.groups) {
+          const group = pool.groups[entry.pgIndex];
+          if (group === undefined || group.syncing !== true || group.secondaryDevice !== entry.secondaryDevice) continue;
+          // An order from before this fill began (the copy went away and came back since) proves nothing.
+          if (entry.orderEpoch < (group.syncEpoch ?? 0)) continue;
+          delete group.syncing;
+          delete group.syncEpoch;
+          delete group.delta;
+          synced += 1;
+        }
+        if (synced === 0) return { epochChanged: false };
+        // Every copy in sync: plan once more with the same devices, which moves nothing and
+        // hands primaries (reads) to the devices that just received copies.
+        if (!pool.groups.some((group) => group.syncing === true) && !this.poolHasDownSds(pool)) {
+          this.replan(pool, this.poolDevices(pool.id));
+          this.finishRemovals();
+          return { epochChanged: true };
+        }
+        return { epochChanged: false };
+      }
     }
+  }
+
+  /**
+   * Starts removing devices: refused (nothing changed) if the pools could not hold their
+   * data without them; else they are marked removing and their pools re-planned, which moves
+   * their copies away (each kept until its replacement is in sync). A device holding no copy
+   * goes at once.
+   */
+  private beginRemoval(devices: Device[], what: string): void {
+    const model = this.model;
+    const leaving = new Set(devices.map((device) => device.id));
+    const pools = [...new Set(devices.map((device) => device.storagePoolId))].map((id) => this.get(model.storagePools, id, 'storage pool'));
+    for (const pool of pools) {
+      const remaining = this.poolDevices(pool.id).filter((entry) => !leaving.has(entry.id) && entry.state !== 'removing');
+      this.checkFits(this.poolCapacity(pool.id, { devices: remaining }), 0, what);
+      const holdsData = Object.values(model.volumes).some((volume) => volume.storagePoolId === pool.id);
+      const domains = new Set(remaining.map((device) => model.sdss[device.sdsId]?.faultSetId ?? device.sdsId));
+      if (holdsData && domains.size < 2) throw conflict('MB_ERR_POOL_IN_USE', `${what} would leave storage pool '${pool.name}', which has volumes, on fewer than two SDSs (fault sets)`);
+      this.refuseWhileDown(pool, what);
+    }
+    for (const device of devices) device.state = 'removing';
+    for (const pool of pools) this.replan(pool, this.poolDevices(pool.id));
+    this.finishRemovals();
+  }
+
+  /** Devices being removed that hold no copy any more go, and SDSs being removed with no device left. */
+  private finishRemovals(): void {
+    const model = this.model;
+    const referenced = new Set<Id>();
+    for (const pool of Object.values(model.storagePools)) {
+      for (const group of pool.groups) {
+        referenced.add(group.primaryDevice);
+        if (group.secondaryDevice !== null) referenced.add(group.secondaryDevice);
+        if (group.absentDevice !== undefined) referenced.add(group.absentDevice);
+      }
+    }
+    // A device being removed is kept (shown as removing) until no group of its pool is still
+    // filling: its copies were given up for new ones, and those must be in sync first.
+    const filling = new Set(Object.values(model.storagePools).filter((pool) => pool.groups.some((group) => group.syncing === true)).map((pool) => pool.id));
+    for (const device of Object.values(model.devices)) {
+      if (device.state === 'removing' && !referenced.has(device.id) && !filling.has(device.storagePoolId)) delete model.devices[device.id];
+    }
+    for (const sds of Object.values(model.sdss)) {
+      if (sds.removing === true && this.sdsDevices(sds.id).length === 0) delete model.sdss[sds.id];
+    }
+    for (const pool of Object.values(model.storagePools)) this.tidyLost(pool);
+  }
+
+  /** A down SDS registered again: its absent copies return as secondaries, filled by delta. */
+  private sdsReturns(sds: Sds): void {
+    const wasOut = sds.out === true;
+    sds.downSinceMs = null;
+    sds.out = false;
+    const deviceIds = new Set(this.sdsDevices(sds.id).map((device) => device.id));
+    const epoch = this.model.epoch + 1;
+    for (const pool of Object.values(this.model.storagePools)) {
+      if (!this.poolDevices(pool.id).some((device) => deviceIds.has(device.id))) continue;
+      if (wasOut) {
+        // Its copies were re-created elsewhere: it comes back empty, and the pool is
+        // rebalanced onto it (unless another SDS of the pool is still down).
+        if (!this.poolHasDownSds(pool)) this.replan(pool, this.poolDevices(pool.id));
+        continue;
+      }
+      for (const group of pool.groups) {
+        if (group.absentDevice === undefined || !deviceIds.has(group.absentDevice)) continue;
+        if (group.secondaryDevice === null && this.readable(group.primaryDevice) && group.lost !== true) {
+          group.secondaryDevice = group.absentDevice;
+          group.syncing = true;
+          group.syncEpoch = epoch;
+          if (group.absentFull !== true) group.delta = true;
+        }
+        delete group.absentDevice;
+        delete group.absentFull;
+      }
+    }
+    this.model.epoch = Math.max(this.model.epoch + 1, epoch);
   }
 
   // --- queries -------------------------------------------------------------------------
@@ -404,23 +591,7 @@ export class StateMachine {
     const thickReservedBytes = volumes.filter((volume) => volume.volumeType === 'ThickProvisioned').reduce((sum, volume) => sum + volume.sizeBytes, 0);
     const thinProvisionedBytes = volumes.filter((volume) => volume.volumeType === 'ThinProvisioned').reduce((sum, volume) => sum + volume.sizeBytes, 0);
     const usedRawBytes = healthy.reduce((sum, device) => sum + device.usedBytes, 0);
-    const degradedGroups = new Map<Id, number>();
-    for (const group of pool.groups) {
-      if (group.secondaryDevice === null) degradedGroups.set(group.primaryDevice, (degradedGroups.get(group.primaryDevice) ?? 0) + 1);
-    }
-    const copiesPerDevice = new Map<Id, number>();
-    for (const group of pool.groups) {
-      copiesPerDevice.set(group.primaryDevice, (copiesPerDevice.get(group.primaryDevice) ?? 0) + 1);
-      if (group.secondaryDevice !== null) copiesPerDevice.set(group.secondaryDevice, (copiesPerDevice.get(group.secondaryDevice) ?? 0) + 1);
-    }
-    // Per-group usage is not reported yet: a device's bytes are split evenly over its groups.
-    let degradedBytes = 0;
-    for (const device of healthy) {
-      const degraded = degradedGroups.get(device.id) ?? 0;
-      const copies = copiesPerDevice.get(device.id) ?? 0;
-      if (degraded > 0 && copies > 0) degradedBytes += Math.round((device.usedBytes * degraded) / copies);
-    }
-    const failedBytes = devices.filter((device) => device.state === 'failed').reduce((sum, device) => sum + device.usedBytes, 0);
+    const { degradedBytes, failedBytes } = this.poolHealth(pool);
     const usableBytes = Math.floor((rawBytes - spareBytes) / 2);
     return {
       rawBytes,
@@ -429,11 +600,64 @@ export class StateMachine {
       thickReservedBytes,
       thinProvisionedBytes,
       inUseBytes: Math.floor(usedRawBytes / 2),
-      protectedBytes: usedRawBytes - degradedBytes,
+      protectedBytes: Math.max(0, usedRawBytes - degradedBytes),
       degradedBytes,
       failedBytes,
       unusedBytes: Math.max(0, rawBytes - spareBytes - usedRawBytes - 2 * thickReservedBytes),
     };
+  }
+
+  /**
+   * How many of a pool's groups run on fewer than two copies in sync, and the bytes in them.
+   * Per-group usage is not reported by the SDSs: the bytes are estimated by spreading the
+   * readable devices' usage evenly over the copies they hold.
+   */
+  poolHealth(pool: StoragePool): PoolHealth {
+    let copies = 0;
+    let usedBytes = 0;
+    const counted = new Set<Id>();
+    const health: PoolHealth = { groups: pool.groups.length, degradedGroups: 0, syncingGroups: 0, failedGroups: 0, degradedBytes: 0, failedBytes: 0 };
+    for (const group of pool.groups) {
+      const primaryOk = group.lost !== true && this.readable(group.primaryDevice);
+      const secondaryOk = group.secondaryDevice !== null && group.syncing !== true && this.readable(group.secondaryDevice);
+      // A readable secondary in sync still holds the data (the group fails over to it).
+      if (!primaryOk && !secondaryOk) health.failedGroups += 1;
+      else if (!primaryOk || !secondaryOk) health.degradedGroups += 1;
+      if (group.syncing === true) health.syncingGroups += 1;
+      for (const deviceId of [group.primaryDevice, group.secondaryDevice]) {
+        if (deviceId === null || !this.readable(deviceId)) continue;
+        copies += 1;
+        if (!counted.has(deviceId)) {
+          counted.add(deviceId);
+          usedBytes += this.model.devices[deviceId]?.usedBytes ?? 0;
+        }
+      }
+    }
+    const perGroupBytes = copies > 0 ? usedBytes / copies : 0;
+    health.degradedBytes = Math.round(health.degradedGroups * perGroupBytes);
+    health.failedBytes = Math.round(health.failedGroups * perGroupBytes);
+    return health;
+  }
+
+  /** Chunks of a volume (written or not) in groups with one copy in sync, and with none. */
+  volumeHealth(volumeId: Id): { degradedChunks: number; failedChunks: number } {
+    const volume = this.get(this.model.volumes, volumeId, 'volume');
+    const pool = this.get(this.model.storagePools, volume.storagePoolId, 'storage pool');
+    const result = { degradedChunks: 0, failedChunks: 0 };
+    if (pool.groups.length === 0) return result;
+    const status = pool.groups.map((group) => {
+      const primaryOk = group.lost !== true && this.readable(group.primaryDevice);
+      const secondaryOk = group.lost !== true && group.secondaryDevice !== null && group.syncing !== true && this.readable(group.secondaryDevice);
+      return primaryOk && secondaryOk ? 0 : primaryOk || secondaryOk ? 1 : 2;
+    });
+    if (status.every((value) => value === 0)) return result;
+    const chunks = Math.ceil(volume.sizeBytes / pool.chunkBytes);
+    for (let chunk = 0; chunk < chunks; chunk++) {
+      const value = status[placementGroupOf(volume.vtreeId, chunk, pool.groups.length)];
+      if (value === 1) result.degradedChunks += 1;
+      else if (value === 2) result.failedChunks += 1;
+    }
+    return result;
   }
 
   /** The placement map every SDS and SDC works from. */
@@ -455,6 +679,7 @@ export class StateMachine {
             secondary: secondary?.sdsId ?? null,
             primaryDevice: primary.id,
             ...(secondary !== null ? { secondaryDevice: secondary.id } : {}),
+            ...(group.lost === true ? { lost: true as const } : {}),
           };
         }),
       };
@@ -464,48 +689,139 @@ export class StateMachine {
 
   // --- helpers -------------------------------------------------------------------------
 
-  /** Plans the pool again; returns the copies that must be filled from their primaries. */
-  private replan(pool: StoragePool, devices: Device[], added: Device | null): CopyMove[] {
+  /**
+   * Plans the pool again. Copies new to their devices start `syncing` (their primary fills
+   * them); a secondary still syncing is never made primary; groups left with no readable
+   * copy are marked lost rather than re-created empty.
+   */
+  private replan(pool: StoragePool, devices: Device[]): void {
     const plannerDevices: PlannerDevice[] = devices.map((device) => {
       const sds = this.model.sdss[device.sdsId];
-      return { deviceId: device.id, sdsId: device.sdsId, faultSetId: sds?.faultSetId ?? null, capacityBytes: device.capacityBytes, state: device.state };
+      const gone = device.state === 'failed' || (sds !== undefined && isDown(sds));
+      return { deviceId: device.id, sdsId: device.sdsId, faultSetId: sds?.faultSetId ?? null, capacityBytes: device.capacityBytes, state: gone ? 'failed' : device.state };
     });
     // Two copies need two SDSs (two fault sets where the pool has them): until the pool's
     // devices span two, it holds no groups and takes no volumes.
     const domains = new Set(plannerDevices.map((device) => device.faultSetId ?? device.sdsId));
+    const holdsData = Object.values(this.model.volumes).some((volume) => volume.storagePoolId === pool.id);
     if (domains.size < 2) {
-      if (pool.groups.length > 0 && Object.values(this.model.volumes).some((volume) => volume.storagePoolId === pool.id)) {
+      if (pool.groups.length > 0 && holdsData) {
         throw conflict('MB_ERR_POOL_IN_USE', `storage pool '${pool.name}' has volumes; its devices must stay on at least two SDSs (fault sets)`);
       }
       pool.groups = [];
       this.model.epoch += 1;
-      return [];
+      return;
     }
+    const previous = pool.groups;
+    // The planner takes `previous` as copies in sync: a syncing secondary is only passed
+    // where its primary is readable (so it is kept, not promoted).
+    const inSync = previous.map((group) => ({
+      primaryDevice: group.primaryDevice,
+      secondaryDevice: group.syncing === true && !this.readable(group.primaryDevice) ? null : group.secondaryDevice,
+    }));
     let planned;
     try {
       // A pool without volumes holds no data, so nothing is worth keeping in place: plan it
       // afresh, which also spreads primaries (reads) over every device, new ones included.
-      const holdsData = Object.values(this.model.volumes).some((volume) => volume.storagePoolId === pool.id);
-      planned = planPlacement({ pgCount: pool.pgCount, devices: plannerDevices, previous: pool.groups.length > 0 && holdsData ? pool.groups : null });
+      planned = planPlacement({ pgCount: pool.pgCount, devices: plannerDevices, previous: previous.length > 0 && holdsData ? inSync : null });
     } catch (err) {
       throw conflict('MB_ERR_PLACEMENT', `cannot place storage pool '${pool.name}': ${(err as Error).message}`);
     }
-    const previous = pool.groups;
-    pool.groups = planned.groups.map((group) => ({ primaryDevice: group.primaryDevice, secondaryDevice: group.secondaryDevice }));
     this.model.epoch += 1;
-    // A copy new to its device starts empty; where the pool has volumes, it must be filled.
-    const sdsOf = (deviceId: Id): Id | undefined => (deviceId === added?.id ? added.sdsId : this.model.devices[deviceId]?.sdsId);
-    const moves: CopyMove[] = [];
-    if (previous.length === 0 || !Object.values(this.model.volumes).some((volume) => volume.storagePoolId === pool.id)) return moves;
-    pool.groups.forEach((group, pgIndex) => {
-      const before = previous[pgIndex];
-      if (before === undefined || group.secondaryDevice === null) return;
-      if (group.secondaryDevice === before.primaryDevice || group.secondaryDevice === before.secondaryDevice) return;
-      const sourceSdsId = sdsOf(group.primaryDevice);
-      const targetSdsId = sdsOf(group.secondaryDevice);
-      if (sourceSdsId !== undefined && targetSdsId !== undefined) moves.push({ poolId: pool.id, pgIndex, sourceSdsId, targetSdsId });
+    if (previous.length === 0 || !holdsData) {
+      pool.groups = planned.groups.map((group) => ({ primaryDevice: group.primaryDevice, secondaryDevice: group.secondaryDevice }));
+      return;
+    }
+    pool.groups = planned.groups.map((after, pgIndex) => {
+      const before = previous[pgIndex] as PoolGroup;
+      const next: PoolGroup = { primaryDevice: after.primaryDevice, secondaryDevice: after.secondaryDevice };
+      const syncedBefore = new Set<Id>();
+      if (this.readable(before.primaryDevice)) syncedBefore.add(before.primaryDevice);
+      if (before.secondaryDevice !== null && before.syncing !== true && this.readable(before.secondaryDevice)) syncedBefore.add(before.secondaryDevice);
+      if (before.lost === true || syncedBefore.size === 0) {
+        // Nothing readable survived: keep the group where it was, failing IO, not zeros.
+        return { primaryDevice: before.primaryDevice, secondaryDevice: before.secondaryDevice, lost: true };
+      }
+      if (before.syncing === true && before.secondaryDevice !== null && after.primaryDevice === before.secondaryDevice && after.secondaryDevice === before.primaryDevice) {
+        // A role swap onto a copy still filling: undo it (roles move no data).
+        next.primaryDevice = before.primaryDevice;
+        next.secondaryDevice = before.secondaryDevice;
+      }
+      if (next.secondaryDevice !== null) {
+        const keptSyncing = before.syncing === true && next.secondaryDevice === before.secondaryDevice && next.primaryDevice === before.primaryDevice;
+        if (keptSyncing) {
+          next.syncing = true;
+          next.syncEpoch = before.syncEpoch ?? this.model.epoch;
+          if (before.delta === true) next.delta = true;
+        } else if (!syncedBefore.has(next.secondaryDevice)) {
+          next.syncing = true;
+          next.syncEpoch = this.model.epoch;
+        }
+      } else if (before.absentDevice !== undefined) {
+        next.absentDevice = before.absentDevice;
+        if (before.absentFull === true) next.absentFull = true;
+      }
+      return next;
     });
-    return moves;
+    for (const group of pool.groups) {
+      for (const key of ['syncing', 'syncEpoch', 'delta', 'absentDevice', 'absentFull', 'lost'] as const) if (group[key] === undefined) delete group[key];
+    }
+  }
+
+  /** Re-plans a pool after a device or SDS was lost for good (refused plans are logged by the caller). */
+  private replanAfterFailure(pool: StoragePool): void {
+    if (pool.groups.length === 0) return;
+    this.replan(pool, this.poolDevices(pool.id));
+  }
+
+  /** Forgets lost groups once the pool holds no volume (their data belonged to none). */
+  private tidyLost(pool: StoragePool): boolean {
+    if (Object.values(this.model.volumes).some((volume) => volume.storagePoolId === pool.id)) return false;
+    let changed = false;
+    for (const group of pool.groups) {
+      if (group.lost === true) {
+        delete group.lost;
+        changed = true;
+      }
+    }
+    return changed;
+  }
+
+  /** Groups left on one copy with nothing to fill them, in a pool that could hold two. */
+  needsRepair(pool: StoragePool): boolean {
+    if (pool.groups.length === 0 || this.poolHasDownSds(pool)) return false;
+    const orphan = pool.groups.some((group) => group.secondaryDevice === null && group.absentDevice === undefined && group.lost !== true && this.readable(group.primaryDevice));
+    if (!orphan) return false;
+    const domains = new Set(this.poolDevices(pool.id).filter((device) => device.state === 'normal' && this.readable(device.id)).map((device) => this.model.sdss[device.sdsId]?.faultSetId ?? device.sdsId));
+    return domains.size >= 2;
+  }
+
+  private refuseWhileDown(pool: StoragePool, what: string): void {
+    const down = this.poolDownSds(pool);
+    if (down.length > 0) {
+      throw conflict('MB_ERR_POOL_DEGRADED', `${what} must wait: SDS ${down.map((sds) => `'${sds.name}'`).join(', ')} of storage pool '${pool.name}' is down (it returns, or is rebuilt around once out)`);
+    }
+  }
+
+  private poolDownSds(pool: StoragePool): Sds[] {
+    const ids = new Set(this.poolDevices(pool.id).map((device) => device.sdsId));
+    return [...ids].map((id) => this.model.sdss[id]).filter((sds): sds is Sds => sds !== undefined && isDown(sds) && sds.out !== true);
+  }
+
+  private poolHasDownSds(pool: StoragePool): boolean {
+    return this.poolDownSds(pool).length > 0;
+  }
+
+  /** A copy on this device can be read: the device works and its SDS is up. */
+  readable(deviceId: Id): boolean {
+    const device = this.model.devices[deviceId];
+    if (device === undefined || device.state === 'failed') return false;
+    const sds = this.model.sdss[device.sdsId];
+    return sds !== undefined && !isDown(sds);
+  }
+
+  private sdsOf(deviceId: Id): Id | undefined {
+    return this.model.devices[deviceId]?.sdsId;
   }
 
   private roundVolumeSize(pool: StoragePool, sizeBytes: number): number {
@@ -556,6 +872,10 @@ export class StateMachine {
     if (byName.length > 1) throw conflict('MB_ERR_AMBIGUOUS', `${byName.length} ${what}s are named '${idOrName}'; use the id`);
     throw notFound(`no ${what} with id or name '${idOrName}'`);
   }
+}
+
+export function isDown(sds: Sds): boolean {
+  return sds.downSinceMs !== undefined && sds.downSinceMs !== null;
 }
 
 function isPowerOfTwo(value: number): boolean {

@@ -134,21 +134,46 @@ export class VolumeBackend implements BlockBackend {
     );
   }
 
+  /**
+   * Makes every write acknowledged so far durable on every copy the map counts: each SDS
+   * written since the last flush fsyncs and flushes the mirrors it wrote to. Where an SDS
+   * is unreachable or a mirror fails, the map is refreshed and the flush tried again; an SDS
+   * the map no longer names (down) had its groups' copies promoted elsewhere, so then every
+   * SDS of the map is flushed instead.
+   */
   async flush(): Promise<void> {
-    const targets = [...this.written];
+    const written = [...this.written];
     this.written.clear();
-    try {
-      await Promise.all(
-        targets.map(async (sdsId) => {
-          const peer = await this.router.peer(sdsId);
-          const response = await peer.request(SdsOp.Flush, Buffer.alloc(0), { timeoutMs: pieceTimeoutMs });
-          if (response.status !== SdsStatus.Ok) throw this.errorOf(response, 'flush');
-        }),
-      );
-    } catch (err) {
-      for (const sdsId of targets) this.written.add(sdsId);
-      throw err instanceof BackendError ? err : new BackendError('EIO', `flush failed: ${(err as Error).message}`, { cause: err });
+    let targets = written;
+    let lastProblem = '';
+    for (let attempt = 0; attempt < pieceAttemptsMax; attempt++) {
+      await this.beforeAttempt(attempt);
+      const map = this.router.map();
+      if (targets.some((sdsId) => map.sds[sdsId] === undefined)) targets = Object.keys(map.sds);
+      const results = await Promise.all(targets.map((sdsId) => this.flushOne(sdsId)));
+      const failed = targets.filter((_, index) => results[index] !== null);
+      if (failed.length === 0) return;
+      lastProblem = results.filter((result) => result !== null).join('; ');
+      if (results.some((result) => result?.startsWith('fatal:'))) break;
+      targets = failed;
     }
+    for (const sdsId of written) this.written.add(sdsId);
+    this.log.error({ volume: this.volume.name, lastProblem }, 'flush failed after every retry');
+    throw new BackendError('EIO', `flush of ${this.volume.name}: ${lastProblem}`);
+  }
+
+  /** Flushes one SDS: null when done, else why not (retryable unless it starts with 'fatal:'). */
+  private async flushOne(sdsId: string): Promise<string | null> {
+    let response: WireResponse;
+    try {
+      const peer = await this.router.peer(sdsId);
+      response = await peer.request(SdsOp.Flush, Buffer.alloc(0), { timeoutMs: pieceTimeoutMs });
+    } catch (err) {
+      return `SDS ${sdsId}: ${(err as Error).message}`;
+    }
+    if (response.status === SdsStatus.Ok) return null;
+    if (response.status === SdsStatus.MirrorFailed || response.status === SdsStatus.StaleEpoch || response.status === SdsStatus.IoError) return `SDS ${sdsId}: ${response.payload.toString()}`;
+    return `fatal: SDS ${sdsId} (status ${response.status}): ${response.payload.toString()}`;
   }
 
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
@@ -213,6 +238,13 @@ export class VolumeBackend implements BlockBackend {
     return pieces;
   }
 
+  /** Before a retry: a fresh map, and from the third attempt on, a growing pause. */
+  private async beforeAttempt(attempt: number): Promise<void> {
+    if (attempt === 0) return;
+    await this.router.refreshMap();
+    if (attempt > 1) await new Promise((resolve) => setTimeout(resolve, Math.min(retryDelayMsMax, 50 * 2 ** attempt)));
+  }
+
   /**
    * Sends one piece to the primary of its group at the current epoch, refreshing the map
    * and trying again while the cluster is changing under it.
@@ -220,10 +252,7 @@ export class VolumeBackend implements BlockBackend {
   private async send(op: number, args: IoArgs, payloadOf: () => Buffer): Promise<WireResponse> {
     let lastProblem = '';
     for (let attempt = 0; attempt < pieceAttemptsMax; attempt++) {
-      if (attempt > 0) {
-        await this.router.refreshMap();
-        if (attempt > 1) await new Promise((resolve) => setTimeout(resolve, Math.min(retryDelayMsMax, 50 * 2 ** attempt)));
-      }
+      await this.beforeAttempt(attempt);
       const map = this.router.map();
       const pool = map.pools[args.poolId];
       if (pool === undefined) {
@@ -235,6 +264,10 @@ export class VolumeBackend implements BlockBackend {
       if (group === undefined) {
         lastProblem = `group ${pgIndex} is missing`;
         continue;
+      }
+      if (group.lost === true) {
+        this.log.error({ volume: this.volume.name, chunkIndex: args.chunkIndex, pgIndex }, 'IO to a placement group that lost both copies');
+        throw new BackendError('EIO', `chunk ${args.chunkIndex} of ${this.volume.name}: both copies of placement group ${pgIndex} are lost`);
       }
       args.pgIndex = pgIndex;
       const payload = payloadOf();
@@ -252,7 +285,9 @@ export class VolumeBackend implements BlockBackend {
         if (op === SdsOp.Write || op === SdsOp.Trim) this.written.add(group.primary);
         return response;
       }
-      if (response.status === SdsStatus.StaleEpoch || response.status === SdsStatus.MirrorFailed) {
+      // IoError: the device under this copy failed; the MDM re-places the group (the other
+      // copy serves it) within a heartbeat, so it is worth the same retries.
+      if (response.status === SdsStatus.StaleEpoch || response.status === SdsStatus.MirrorFailed || response.status === SdsStatus.IoError) {
         lastProblem = `SDS ${group.primary}: ${response.payload.length === 8 ? `epoch ${response.payload.readBigUInt64BE(0)} vs ${map.epoch}` : response.payload.toString()}`;
         continue;
       }

@@ -151,6 +151,8 @@ export interface ChunkStoreOptions {
 
 export class ChunkStore {
   private readonly index = new Map<string, Location>();
+  /** Chunks whose copy here went with a failed device and was then only partly rewritten: never read. */
+  private readonly lostKeys = new Map<string, ChunkKey>();
   /** Allocations in progress, so that concurrent first writes to a chunk share one slot. */
   private readonly allocating = new Map<string, Promise<Location>>();
   private readonly allocatedByVtree = new Map<string, number>();
@@ -256,6 +258,9 @@ export class ChunkStore {
   /** Reads `target.length` bytes at `offsetBytes` of the chunk; unwritten chunks read as zeros. */
   async read(key: ChunkKey, offsetBytes: number, target: Buffer): Promise<void> {
     this.checkRange(offsetBytes, target.length);
+    if (this.lostKeys.has(keyName(key))) {
+      throw new StoreError('MB_ERR_DEVICE_FAILED', `this copy of chunk ${keyName(key)} was on a failed device and is incomplete until it is rewritten whole`);
+    }
     const location = this.index.get(keyName(key)) ?? (await this.allocating.get(keyName(key)));
     if (location === undefined) {
       target.fill(0);
@@ -269,9 +274,10 @@ export class ChunkStore {
   async write(key: ChunkKey, offsetBytes: number, data: Buffer, options: { fua: boolean; preferDeviceId?: string | undefined }): Promise<void> {
     this.checkRange(offsetBytes, data.length);
     const whole = offsetBytes === 0 && data.length === this.chunkBytes;
-    const location = await this.locate(key, { create: true, zero: !whole, preferDeviceId: options.preferDeviceId });
+    const location = await this.locate(key, { create: true, zero: !whole, whole, preferDeviceId: options.preferDeviceId });
     assert(location !== null, 'locate with create returns a slot');
     await this.writeFully(location.device, data, location.device.slotOffsetBytes(location.slot) + offsetBytes);
+    if (whole) this.lostKeys.delete(keyName(key));
     location.device.counters.writes += 1;
     location.device.counters.writeBytes += data.length;
     if (options.fua) await this.syncDevice(location.device);
@@ -283,7 +289,9 @@ export class ChunkStore {
    */
   async trim(key: ChunkKey, offsetBytes: number, lengthBytes: number, options: { fua: boolean }): Promise<void> {
     this.checkRange(offsetBytes, lengthBytes);
-    const location = await this.locate(key, { create: false, zero: false });
+    const whole = offsetBytes === 0 && lengthBytes === this.chunkBytes;
+    const location = await this.locate(key, { create: false, zero: false, whole });
+    if (whole) this.lostKeys.delete(keyName(key));
     if (location === null) return;
     if (offsetBytes === 0 && lengthBytes === this.chunkBytes) {
       this.index.delete(keyName(key));
@@ -297,17 +305,20 @@ export class ChunkStore {
 
   /** fdatasync of every device written since the last flush. */
   async flush(): Promise<void> {
-    await Promise.all(this.devices.filter((device) => device.dirty).map((device) => this.syncDevice(device)));
+    // A failed device holds no copy anyone counts on (the MDM re-places its groups from
+    // their other copies, which flushes reach): flushing it again would fail forever.
+    await Promise.all(this.devices.filter((device) => device.dirty && device.state !== 'failed').map((device) => this.syncDevice(device)));
   }
 
   has(key: ChunkKey): boolean {
-    return this.index.has(keyName(key));
+    return this.index.has(keyName(key)) || this.lostKeys.has(keyName(key));
   }
 
   /** Every chunk held, optionally filtered, in key order (stable, so a walk can resume). */
   keys(filter: (key: ChunkKey) => boolean = () => true): ChunkKey[] {
     const keys: ChunkKey[] = [];
     for (const location of this.index.values()) if (filter(location.key)) keys.push(location.key);
+    for (const [name, key] of this.lostKeys) if (!this.index.has(name) && filter(key)) keys.push(key);
     return keys.sort(compareKeys);
   }
 
@@ -353,12 +364,23 @@ export class ChunkStore {
 
   // --- slots ---------------------------------------------------------------------------
 
-  private async locate(key: ChunkKey, options: { create: boolean; zero: boolean; preferDeviceId?: string | undefined }): Promise<Location | null> {
+  /**
+   * Finds a chunk's slot, allocating one with `create`. A chunk whose slot is on a failed
+   * device is gone from this SDS: its entry is dropped, and a new slot is taken for a write.
+   * Rewritten whole (a rebuild's Put) or trimmed whole, it is whole again; a partial write
+   * or trim leaves it `lost` — kept, but never read — since the rest of it is not here.
+   */
+  private async locate(key: ChunkKey, options: { create: boolean; zero: boolean; whole: boolean; preferDeviceId?: string | undefined }): Promise<Location | null> {
     const name = keyName(key);
     const found = this.index.get(name) ?? (await this.allocating.get(name));
     if (found !== undefined) {
-      if (found.device.state === 'failed') throw this.failedError(found.device);
-      return found;
+      if (found.device.state !== 'failed') return found;
+      if (this.index.get(name) === found) {
+        this.index.delete(name);
+        this.countAllocated(key.vtreeId, -1);
+        if (!options.whole) this.lostKeys.set(name, key);
+      }
+      if (!options.create) return null;
     }
     if (!options.create) return null;
     const again = this.index.get(name) ?? this.allocating.get(name);

@@ -4,13 +4,14 @@
 // role 'mdm'.
 
 import type { Logger } from 'pino';
-import { MdmOp, type SdsRegistration } from '../wire/mdm-ops.js';
+import { MdmOp, type RebuildDone, type SdsRegistration } from '../wire/mdm-ops.js';
 import { MdmSession } from '../wire/mdm-session.js';
 import { SdsStatus } from '../wire/sds-ops.js';
 import type { SdsIdentity, SdsService } from './service.js';
 
 export class MdmLink {
   private readonly session: MdmSession;
+  private readonly log: Logger;
 
   constructor(options: {
     mdmAddress: string;
@@ -21,6 +22,7 @@ export class MdmLink {
     address: string;
     log: Logger;
   }) {
+    this.log = options.log;
     const served = { role: 'mdm' as const, name: 'mdm' };
     this.session = new MdmSession({
       mdmAddress: options.mdmAddress,
@@ -47,6 +49,16 @@ export class MdmLink {
 
   start(): void {
     this.session.start();
+  }
+
+  /**
+   * Tells the MDM a rebuild is complete. A report lost with the connection is not repeated:
+   * the finished job stays in the stats every heartbeat carries, where the MDM finds it too.
+   */
+  reportRebuildDone(done: RebuildDone): void {
+    const peer = this.session.peer;
+    if (peer === null) return;
+    peer.request(MdmOp.RebuildDone, Buffer.from(JSON.stringify(done))).catch((err: unknown) => this.log.debug({ err }, 'rebuild report not delivered; the next heartbeat carries it'));
   }
 
   close(): void {

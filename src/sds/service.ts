@@ -14,7 +14,7 @@ import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
-import type { AddDeviceOrder, DeviceRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
+import type { AddDeviceOrder, DeviceRefusal, RebuildDone, RegisteredDevice } from '../wire/mdm-ops.js';
 import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
 import { PeerPool, listenTcp } from '../wire/peer-pool.js';
 import { idPattern, parsePlacementMap, placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
@@ -51,6 +51,10 @@ const rebuildsRunningMax = 8;
 const listGroupTimeoutMs = 30_000;
 /** Rebuild jobs listed in Stats, finished ones included. */
 const rebuildsKeptMax = 1024;
+/** Client IO this recent makes the SDS busy: rebuilds run at their under-load rate. */
+const clientQuietMs = 200;
+/** Stale chunks are freed this long after the map that makes them stale (if still current). */
+const staleCollectDelayMs = 5000;
 
 export interface SdsIdentity {
   clusterId: string;
@@ -59,6 +63,8 @@ export interface SdsIdentity {
 }
 
 export interface SdsServiceOptions {
+  /** Tells the MDM a rebuild order is complete (the SDS's MDM link sends it). */
+  onRebuildDone?: (done: RebuildDone) => void;
   identity: SdsIdentity;
   secret: Buffer;
   store: ChunkStore;
@@ -99,9 +105,30 @@ export class SdsService {
   private readonly rebuildWaiters: Array<() => void> = [];
   private readonly handlers = new Set<Promise<unknown>>();
   private closing = false;
+  /**
+   * Chunks changed, per group this SDS is primary of, while a copy of the group did not get
+   * the change (no secondary, or the mirror failed): what a returning copy lacks, so a
+   * delta rebuild copies only these. Kept in memory: a group degraded when this process
+   * started has an unknown history (`changesUnknown`), and is rebuilt in full.
+   */
+  private readonly changes = new Map<string, Set<string>>();
+  private readonly changesUnknown = new Set<string>();
+  /** One pace for every rebuild job of this SDS: the order's bytes/s is the SDS's budget. */
+  private rebuildPacedUntilMs = 0;
+  private clientIoInflight = 0;
+  private clientIoLastMs = 0;
+  /** Chunk copies in flight over all rebuild jobs, and those waiting for a slot. */
+  private rebuildSlotsUsed = 0;
+  private readonly rebuildSlotWaiters: Array<() => void> = [];
+  private gcTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: SdsServiceOptions) {
     this.map = options.state.map;
+    for (const [poolId, pool] of Object.entries(this.map?.pools ?? {})) {
+      pool.groups.forEach((group, pgIndex) => {
+        if (group.primary === options.identity.sdsId && group.secondary === null) this.changesUnknown.add(groupKeyOf(poolId, pgIndex));
+      });
+    }
     this.server = net.createServer((socket) => this.onConnection(socket));
     this.peers = new PeerPool({
       clusterId: options.identity.clusterId,
@@ -167,11 +194,9 @@ export class SdsService {
     try {
       switch (request.op) {
         case SdsOp.Read:
-          return await this.onRead(request);
         case SdsOp.Write:
-          return await this.onWrite(from, request);
         case SdsOp.Trim:
-          return await this.onTrim(from, request);
+          return await this.clientIo(from, request);
         case SdsOp.Flush:
           return await this.onFlush(from);
         case SdsOp.Put:
@@ -195,6 +220,19 @@ export class SdsService {
       }
     } catch (err) {
       return this.failureReply(err, request.op);
+    }
+  }
+
+  /** Client IO (and its mirror writes), counted so that rebuilds can give way to it. */
+  private async clientIo(from: Served, request: WireRequest): Promise<WireReply> {
+    this.clientIoInflight += 1;
+    try {
+      if (request.op === SdsOp.Read) return await this.onRead(request);
+      if (request.op === SdsOp.Write) return await this.onWrite(from, request);
+      return await this.onTrim(from, request);
+    } finally {
+      this.clientIoInflight -= 1;
+      this.clientIoLastMs = Date.now();
     }
   }
 
@@ -224,6 +262,7 @@ export class SdsService {
     if (args.offsetBytes + args.lengthBytes > this.options.store.chunkBytes) {
       throw new InvalidArgumentError('io', `range ${args.offsetBytes}+${args.lengthBytes} passes the ${this.options.store.chunkBytes}-byte chunk`);
     }
+    if (group.lost === true) throw new ReplyError(SdsStatus.IoError, `placement group ${args.pgIndex} lost both copies: its data is gone`);
     const holder = role === 'primary' ? group.primary : group.secondary;
     if (holder !== this.options.identity.sdsId) {
       // Same epoch, different opinion: the sender misrouted. Tell it to look again.
@@ -276,10 +315,12 @@ export class SdsService {
 
   /** Applies `local` and forwards the request to the secondary, under the range lock. */
   private async mirrored(args: IoArgs, request: WireRequest, group: PlacementGroup, local: () => Promise<void>): Promise<WireReply> {
-    const release = await this.locks.acquire(keyName(chunkKey(args)), args.offsetBytes, args.offsetBytes + args.lengthBytes, true);
+    const chunkName = keyName(chunkKey(args));
+    const release = await this.locks.acquire(chunkName, args.offsetBytes, args.offsetBytes + args.lengthBytes, true);
     try {
       const secondary = group.secondary;
       if (secondary === null) {
+        this.noteChange(groupKeyOf(args.poolId, args.pgIndex), chunkName);
         await local();
         return { status: SdsStatus.Ok };
       }
@@ -287,12 +328,20 @@ export class SdsService {
       request.payload.writeUInt32BE(args.flags | IoFlag.Replica, 36);
       this.mirrorsWritten.add(secondary);
       const [localResult, mirrorResult] = await Promise.allSettled([local(), this.forward(secondary, request.op, request.payload, request.epoch)]);
+      if (mirrorResult.status === 'rejected') this.noteChange(groupKeyOf(args.poolId, args.pgIndex), chunkName);
       if (localResult.status === 'rejected') throw localResult.reason;
       if (mirrorResult.status === 'rejected') throw mirrorResult.reason;
       return { status: SdsStatus.Ok };
     } finally {
       release();
     }
+  }
+
+  /** Records a chunk changed here that the group's other copy may lack. */
+  private noteChange(groupKey: string, chunkName: string): void {
+    let changed = this.changes.get(groupKey);
+    if (changed === undefined) this.changes.set(groupKey, (changed = new Set()));
+    changed.add(chunkName);
   }
 
   /** Sends to another SDS; a failure or refusal there becomes MirrorFailed (or StaleEpoch). */
@@ -315,7 +364,9 @@ export class SdsService {
     const local = this.options.store.flush();
     // A client's flush covers the mirror copies of what it wrote; a primary's flush
     // (from role 'sds') is this copy's share only.
-    const mirrors = from.role === 'sds' ? [] : [...this.mirrorsWritten];
+    // A mirror the map no longer counts (its SDS is down or out) holds no copy to make
+    // durable: its groups' data is on the copies the map names, this one included.
+    const mirrors = from.role === 'sds' ? [] : [...this.mirrorsWritten].filter((sdsId) => this.map?.sds[sdsId] !== undefined);
     this.mirrorsWritten.clear();
     const results = await Promise.allSettled([local, ...mirrors.map((sdsId) => this.forward(sdsId, SdsOp.Flush, Buffer.alloc(0), this.epoch))]);
     const failed = results.find((result) => result.status === 'rejected');
@@ -384,8 +435,46 @@ export class SdsService {
     this.map = map;
     this.options.state.map = map;
     this.persist();
+    this.scheduleCollect();
     this.options.log.info({ epoch: map.epoch, pools: Object.keys(map.pools).length }, 'placement map installed');
     return { status: SdsStatus.Ok };
+  }
+
+  /**
+   * Chunks of groups this SDS no longer holds (it was out, or a rebalance moved the copy)
+   * are stale: freed a while after a map says so, if no newer map came meanwhile.
+   */
+  private scheduleCollect(): void {
+    if (this.gcTimer !== null) clearTimeout(this.gcTimer);
+    const epoch = this.epoch;
+    this.gcTimer = setTimeout(() => {
+      this.gcTimer = null;
+      if (this.epoch === epoch && !this.closing) void this.track(this.collectStale(epoch)).catch((err: unknown) => this.options.log.error({ err }, 'freeing stale chunks failed'));
+    }, staleCollectDelayMs);
+    this.gcTimer.unref();
+  }
+
+  private async collectStale(epoch: number): Promise<void> {
+    const map = this.map;
+    if (map === null) return;
+    const me = this.options.identity.sdsId;
+    const stale = this.options.store.keys((key) => {
+      const pool = map.pools[key.poolId];
+      if (pool === undefined) return false; // a pool not in the map is left alone
+      const group = pool.groups[placementGroupOf(key.vtreeId, key.chunkIndex, pool.groups.length)];
+      return group !== undefined && group.primary !== me && group.secondary !== me;
+    });
+    if (stale.length === 0) return;
+    this.options.log.info({ chunks: stale.length, epoch }, 'freeing chunks of groups this SDS no longer holds');
+    for (const key of stale) {
+      if (this.epoch !== epoch || this.closing) return;
+      const release = await this.locks.acquire(keyName(key), 0, this.options.store.chunkBytes, true);
+      try {
+        await this.options.store.trim(key, 0, this.options.store.chunkBytes, { fua: false });
+      } finally {
+        release();
+      }
+    }
   }
 
   private onReserve(from: Served, request: WireRequest): WireReply {
@@ -461,24 +550,33 @@ export class SdsService {
   private onRebuild(from: Served, request: WireRequest): WireReply {
     this.requireRole(from, ['mdm', 'test'], 'a rebuild order');
     const args = parseRebuildArgs(request.payload);
+    const epoch = args.epoch ?? this.epoch;
     const jobKey = `${args.poolId}/${args.pgIndex}/${args.targetSdsId}`;
-    if (this.rebuilds.get(jobKey)?.state === 'running') return { status: SdsStatus.Ok };
+    const current = this.rebuilds.get(jobKey);
+    // The same order again (the MDM repeats orders it has no answer for): nothing to do.
+    if ((current?.state === 'running' || current?.state === 'waiting') && current.epoch === epoch) return { status: SdsStatus.Ok };
+    if (current?.state === 'done' && current.epoch === epoch && epoch === this.epoch) {
+      // Done at this epoch, and mirrored to since: the copy is in sync. Say so again.
+      this.options.onRebuildDone?.({ poolId: current.poolId, pgIndex: current.pgIndex, targetSdsId: current.targetSdsId, epoch, mode: current.mode, chunksDone: current.chunksDone, bytesDone: 0 });
+      return { status: SdsStatus.Ok };
+    }
+    if (epoch !== this.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `rebuild ordered at epoch ${epoch}, SDS epoch ${this.epoch}`, encodeEpoch(this.epoch));
     const group = this.map?.pools[args.poolId]?.groups[args.pgIndex];
     if (group === undefined || group.primary !== this.options.identity.sdsId || group.secondary !== args.targetSdsId) {
       throw new InvalidArgumentError('rebuild', `at epoch ${this.epoch} this SDS is not the primary of group ${args.pgIndex} with secondary ${args.targetSdsId}`);
     }
-    const progress: RebuildProgress = { ...args, state: 'running', chunksDone: 0, chunksTotal: 0, bytesDone: 0, error: null };
+    const progress: RebuildProgress = { ...args, mode: args.mode ?? 'full', epoch, state: 'waiting', chunksDone: 0, chunksTotal: 0, bytesDone: 0, error: null };
     this.rebuilds.delete(jobKey);
     this.rebuilds.set(jobKey, progress);
     // Finished jobs stay visible in Stats for a while; the oldest go first.
     for (const [key, entry] of this.rebuilds) {
       if (this.rebuilds.size <= rebuildsKeptMax) break;
-      if (entry.state !== 'running') this.rebuilds.delete(key);
+      if (entry.state === 'done' || entry.state === 'failed') this.rebuilds.delete(key);
     }
     void this.track(this.runRebuild(args, jobKey, progress)).catch((err: unknown) => {
       progress.state = 'failed';
       progress.error = err instanceof Error ? err.message : String(err);
-      this.options.log.error({ err, jobKey }, 'rebuild failed');
+      this.options.log.warn({ err, jobKey }, 'rebuild stopped');
     });
     return { status: SdsStatus.Ok };
   }
@@ -489,7 +587,11 @@ export class SdsService {
     while (this.rebuildsRunning >= rebuildsRunningMax) await new Promise<void>((resolve) => this.rebuildWaiters.push(resolve));
     this.rebuildsRunning += 1;
     try {
+      if (this.epoch !== progress.epoch) throw new Error(`placement map changed (epoch ${progress.epoch} → ${this.epoch}) before the rebuild began`);
+      progress.state = 'running';
       await this.runRebuildNow(args, jobKey, progress);
+      const done: RebuildDone = { poolId: args.poolId, pgIndex: args.pgIndex, targetSdsId: args.targetSdsId, epoch: progress.epoch, mode: progress.mode, chunksDone: progress.chunksDone, bytesDone: progress.bytesDone };
+      this.options.onRebuildDone?.(done);
     } finally {
       this.rebuildsRunning -= 1;
       this.rebuildWaiters.shift()?.();
@@ -498,14 +600,45 @@ export class SdsService {
 
   private async runRebuildNow(args: RebuildArgs, jobKey: string, progress: RebuildProgress): Promise<void> {
     const log = this.options.log.child({ rebuild: jobKey });
-    const epoch = this.epoch;
-    const store = this.options.store;
+    const epoch = progress.epoch;
+    const groupKey = groupKeyOf(args.poolId, args.pgIndex);
+    const recorded = this.changes.get(groupKey);
+    if (progress.mode === 'delta' && (this.changesUnknown.has(groupKey) || this.closing)) {
+      log.info('no record of what changed while the copy was away: copying everything');
+      progress.mode = 'full';
+    }
+    if (progress.mode === 'delta') {
+      // Only what changed here while the target was away; anything that changes meanwhile
+      // is mirrored to it (or recorded again, and copied before the job reports done).
+      let pass = 0;
+      while ((recorded?.size ?? 0) > 0) {
+        const keys = [...(recorded as Set<string>)].map(parseKeyName).sort(compareKeys);
+        recorded?.clear();
+        progress.chunksTotal += keys.length;
+        if (pass++ === 0) log.debug({ chunks: keys.length }, 'delta rebuild started');
+        try {
+          await this.copyAll(keys, args, progress);
+        } catch (err) {
+          for (const key of keys) this.noteChange(groupKey, keyName(key));
+          throw err;
+        }
+      }
+      this.changes.delete(groupKey);
+      progress.state = 'done';
+      log.debug({ chunks: progress.chunksDone, bytes: progress.bytesDone }, 'delta rebuild done');
+      return;
+    }
+
     const keys = this.groupKeys(args.poolId, args.pgIndex);
     const cursor = this.options.state.rebuildCursors[jobKey];
     const remaining = cursor === undefined ? keys : keys.filter((key) => compareKeys(key, parseKeyName(cursor)) > 0);
     progress.chunksTotal = keys.length;
     progress.chunksDone = keys.length - remaining.length;
-    log.info({ chunks: keys.length, resumedAfter: progress.chunksDone }, 'rebuild started');
+    // Thousands of jobs start at once after a failure: only a resumed one is worth a line.
+    (progress.chunksDone > 0 ? log.info : log.debug).call(log, { chunks: keys.length, resumedAfter: progress.chunksDone }, 'rebuild started');
+    // Changes recorded from here on are covered by this copy (or mirrored to the target).
+    this.changes.delete(groupKey);
+    this.changesUnknown.delete(groupKey);
 
     // The target may hold copies from an earlier life that are gone here: trim them.
     const targetPeer = await this.peerFor(args.targetSdsId);
@@ -515,40 +648,62 @@ export class SdsService {
       const key: ChunkKey = { poolId: args.poolId, ...chunk };
       await this.copyChunk(key, args, epoch, true);
     }
+    let contiguousDone = 0;
+    try {
+      await this.copyAll(remaining, args, progress, (done) => {
+        contiguousDone = done;
+        if (done % rebuildCursorSaveChunks === 0) this.saveCursor(jobKey, remaining[done - 1] as ChunkKey);
+      });
+    } finally {
+      if (contiguousDone > 0 && contiguousDone < remaining.length) this.saveCursor(jobKey, remaining[contiguousDone - 1] as ChunkKey);
+    }
+    // The state file holds the whole map: written only when this job had saved a cursor.
+    if (this.options.state.rebuildCursors[jobKey] !== undefined) {
+      delete this.options.state.rebuildCursors[jobKey];
+      this.persist();
+    }
+    progress.state = 'done';
+    log.debug({ chunks: progress.chunksDone, bytes: progress.bytesDone }, 'rebuild done');
+  }
 
-    let pacedUntilMs = Date.now();
+  /**
+   * Copies `keys` to the target, a few chunks in flight, paced to the SDS's rebuild budget;
+   * `onPrefixDone(n)` is told whenever the first n keys are all copied (for the cursor).
+   */
+  private async copyAll(keys: ChunkKey[], args: RebuildArgs, progress: RebuildProgress, onPrefixDone?: (done: number) => void): Promise<void> {
+    const chunkBytes = this.options.store.chunkBytes;
     let nextIndex = 0;
     const completed = new Set<number>();
     let contiguousDone = 0;
     const inflightMax = Math.max(1, Math.min(args.chunksInflightMax, rebuildChunksInflightMax));
     const worker = async (): Promise<void> => {
-      while (nextIndex < remaining.length) {
+      while (nextIndex < keys.length) {
         if (this.closing) throw new Error('SDS is shutting down; the rebuild resumes from its cursor');
-        if (this.epoch !== epoch) throw new Error(`placement map changed (epoch ${epoch} → ${this.epoch}); the MDM re-plans`);
+        if (this.epoch !== progress.epoch) throw new Error(`placement map changed (epoch ${progress.epoch} → ${this.epoch}); the MDM orders again`);
         const index = nextIndex++;
-        if (args.bytesPerSecondMax > 0) {
-          pacedUntilMs = Math.max(pacedUntilMs, Date.now()) + (store.chunkBytes * 1000) / args.bytesPerSecondMax;
-          const waitMs = pacedUntilMs - Date.now();
+        const rate = this.rebuildRate(args);
+        if (rate > 0) {
+          this.rebuildPacedUntilMs = Math.max(this.rebuildPacedUntilMs, Date.now()) + (chunkBytes * 1000) / rate;
+          const waitMs = this.rebuildPacedUntilMs - Date.now();
           if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
         }
-        const key = remaining[index] as ChunkKey;
-        progress.bytesDone += await this.copyChunk(key, args, epoch, false);
+        // ScaleIO's "concurrent rebuild IOs" policy: a limit for the whole SDS, not per job.
+        await this.rebuildSlot(inflightMax);
+        try {
+          progress.bytesDone += await this.copyChunk(keys[index] as ChunkKey, args, progress.epoch, false);
+        } finally {
+          this.rebuildSlotsUsed -= 1;
+          this.rebuildSlotWaiters.shift()?.();
+        }
         progress.chunksDone += 1;
         completed.add(index);
         // The cursor only moves over a prefix that is entirely done.
+        const before = contiguousDone;
         while (completed.has(contiguousDone)) completed.delete(contiguousDone++);
-        if (contiguousDone > 0 && contiguousDone % rebuildCursorSaveChunks === 0) this.saveCursor(jobKey, remaining[contiguousDone - 1] as ChunkKey);
+        if (contiguousDone > before) onPrefixDone?.(contiguousDone);
       }
     };
-    try {
-      await Promise.all(Array.from({ length: inflightMax }, () => worker()));
-    } finally {
-      if (contiguousDone > 0 && contiguousDone < remaining.length) this.saveCursor(jobKey, remaining[contiguousDone - 1] as ChunkKey);
-    }
-    delete this.options.state.rebuildCursors[jobKey];
-    this.persist();
-    progress.state = 'done';
-    log.info({ chunks: progress.chunksDone, bytes: progress.bytesDone }, 'rebuild done');
+    await Promise.all(Array.from({ length: inflightMax }, () => worker()));
   }
 
   /**
@@ -586,6 +741,22 @@ export class SdsService {
     }
   }
 
+  /**
+   * ScaleIO's "favor application IO": while clients are doing IO here (now or in the last
+   * moment), rebuilds get the lower under-load budget; on a quiet SDS, the full one.
+   */
+  private rebuildRate(args: RebuildArgs): number {
+    const busy = this.clientIoInflight > 0 || Date.now() - this.clientIoLastMs < clientQuietMs;
+    const underLoad = args.bytesPerSecondUnderLoad ?? 0;
+    if (!busy || underLoad <= 0) return args.bytesPerSecondMax;
+    return args.bytesPerSecondMax > 0 ? Math.min(args.bytesPerSecondMax, underLoad) : underLoad;
+  }
+
+  private async rebuildSlot(limit: number): Promise<void> {
+    while (this.rebuildSlotsUsed >= limit) await new Promise<void>((resolve) => this.rebuildSlotWaiters.push(resolve));
+    this.rebuildSlotsUsed += 1;
+  }
+
   private saveCursor(jobKey: string, key: ChunkKey): void {
     this.options.state.rebuildCursors[jobKey] = keyName(key);
     this.persist();
@@ -604,6 +775,7 @@ export class SdsService {
   /** Stops accepting, lets requests in flight finish, then closes every connection. */
   async close(): Promise<void> {
     this.closing = true;
+    if (this.gcTimer !== null) clearTimeout(this.gcTimer);
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
     while (this.handlers.size > 0) await Promise.allSettled([...this.handlers]);
     for (const peer of this.accepted) peer.destroy();
@@ -614,10 +786,16 @@ export class SdsService {
 
   destroy(): void {
     this.closing = true;
+    if (this.gcTimer !== null) clearTimeout(this.gcTimer);
     this.server.close();
     for (const socket of this.sockets) socket.destroy();
     this.peers.dropAll();
   }
+}
+
+/** The key of a placement group in this SDS's change records. */
+function groupKeyOf(poolId: string, pgIndex: number): string {
+  return `${poolId}/${pgIndex}`;
 }
 
 function chunkKey(args: IoArgs): ChunkKey {
@@ -640,6 +818,11 @@ function parseRebuildArgs(payload: Buffer): RebuildArgs {
   if (args === null || typeof args !== 'object') throw new InvalidArgumentError('rebuild', 'must be an object');
   if (typeof args.poolId !== 'string' || !idPattern.test(args.poolId)) throw new InvalidArgumentError('rebuild.poolId', 'must be 16 hex digits');
   if (typeof args.targetSdsId !== 'string' || !idPattern.test(args.targetSdsId)) throw new InvalidArgumentError('rebuild.targetSdsId', 'must be 16 hex digits');
+  if (args.mode !== undefined && args.mode !== 'full' && args.mode !== 'delta') throw new InvalidArgumentError('rebuild.mode', "must be 'full' or 'delta'");
+  if (args.epoch !== undefined && (!Number.isSafeInteger(args.epoch) || args.epoch < 0)) throw new InvalidArgumentError('rebuild.epoch', 'must be a non-negative integer');
+  if (args.bytesPerSecondUnderLoad !== undefined && (!Number.isSafeInteger(args.bytesPerSecondUnderLoad) || args.bytesPerSecondUnderLoad < 0)) {
+    throw new InvalidArgumentError('rebuild.bytesPerSecondUnderLoad', 'must be a non-negative integer');
+  }
   for (const field of ['pgIndex', 'bytesPerSecondMax', 'chunksInflightMax'] as const) {
     if (!Number.isSafeInteger(args[field]) || (args[field] as number) < 0) throw new InvalidArgumentError(`rebuild.${field}`, 'must be a non-negative integer');
   }

@@ -28,7 +28,21 @@ export const MdmOp = {
   Heartbeat: 41,
   GetMap: 42,
   RegisterSdc: 43,
+  /** SDS → MDM: a rebuild order finished; the target's copy is in sync (RebuildDone JSON). */
+  RebuildDone: 44,
 } as const;
+
+/** What an SDS reports when a rebuild order is complete. */
+export interface RebuildDone {
+  poolId: string;
+  pgIndex: number;
+  targetSdsId: string;
+  /** The map epoch the order was given at. */
+  epoch: number;
+  mode: 'full' | 'delta';
+  chunksDone: number;
+  bytesDone: number;
+}
 
 export const SdcOp = {
   Update: 50,

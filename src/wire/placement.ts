@@ -17,6 +17,8 @@ export interface PlacementGroup {
   /** Device ids the copies live on, when the MDM chose them; an SDS picks otherwise. */
   primaryDevice?: string;
   secondaryDevice?: string;
+  /** No copy of the group survived: IO to it fails (never zeros for lost data). */
+  lost?: true;
 }
 
 export interface PoolPlacement {
@@ -105,6 +107,10 @@ function parseGroup(field: string, value: unknown, sds: Record<string, SdsAddres
   }
   if (secondary === primary) throw new InvalidArgumentError(`${field}.secondary`, 'the two copies must be on different SDSs');
   const parsed: PlacementGroup = { primary, secondary };
+  if (group['lost'] !== undefined) {
+    if (group['lost'] !== true) throw new InvalidArgumentError(`${field}.lost`, 'must be true when present');
+    parsed.lost = true;
+  }
   for (const key of ['primaryDevice', 'secondaryDevice'] as const) {
     const device = group[key];
     if (device === undefined) continue;

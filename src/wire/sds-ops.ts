@@ -178,9 +178,21 @@ export interface RebuildArgs {
   poolId: string;
   pgIndex: number;
   targetSdsId: string;
-  /** Throttle: bytes per second (0 = unlimited) and chunks in flight. */
+  /**
+   * Throttle, ScaleIO-style: bytes per second this SDS may spend on all its rebuilds
+   * together (0 = unlimited), and chunk copies it has in flight for all of them.
+   */
   bytesPerSecondMax: number;
   chunksInflightMax: number;
+  /** The bytes/s budget while clients are doing IO on the SDS ("favor application IO"; 0 or absent: no difference). */
+  bytesPerSecondUnderLoad?: number;
+  /**
+   * 'delta': the target held this group before and was away; copy only what this SDS
+   * changed since (if it kept that record; otherwise everything). Absent means 'full'.
+   */
+  mode?: 'full' | 'delta';
+  /** The map epoch the order was given at (absent: the SDS's epoch when it arrives). */
+  epoch?: number;
 }
 
 export interface DeviceStats {
@@ -205,7 +217,9 @@ export interface RebuildProgress {
   poolId: string;
   pgIndex: number;
   targetSdsId: string;
-  state: 'running' | 'done' | 'failed';
+  state: 'waiting' | 'running' | 'done' | 'failed';
+  mode: 'full' | 'delta';
+  epoch: number;
   chunksDone: number;
   chunksTotal: number;
   bytesDone: number;

@@ -35,6 +35,13 @@ t.test('bad usage: one line, exit 2', async (t) => {
     [['nbd', 'serve', '--file', 'x', '--tls-cert', 'c.pem'], /--tls-cert\/--tls-key: give both or neither/],
     [['nbd', 'serve', '--file', 'x', '--tls', 'require'], /--tls: 'require' needs --tls-cert/],
     [['nbd', 'serve', '--file', 'x', '--log-level', 'loud'], /Invalid values/],
+    [['mdm', 'start', '--data-dir', '/tmp/x', '--sds-down-after', '0'], /--sds-down-after: must be a number of seconds above 0/],
+    [['mdm', 'start', '--data-dir', '/tmp/x', '--rebuild-after', 'soon'], /--rebuild-after: must be a number of seconds/],
+    [['mdm', 'start', '--data-dir', '/tmp/x', '--rebuild-rate', 'fast'], /--rebuild-rate/],
+    [['mdm', 'start', '--data-dir', '/tmp/x', '--rebuild-rate-under-load', '-5'], /--rebuild-rate-under-load/],
+    [['mdm', 'start', '--data-dir', '/tmp/x', '--rebuild-inflight', '0'], /--rebuild-inflight: must be an integer from 1 to 64/],
+    [['lab', 'up', '--dir', '/tmp/x', '--rebuild-after', '0'], /--rebuild-after/],
+    [['lab', 'up', '--dir', '/tmp/x', '--rebuild-rate', 'fast'], /--rebuild-rate/],
   ];
   for (const [args, pattern] of cases) {
     const result = await runMeshblock(args);

@@ -17,11 +17,11 @@ export interface Mdm extends DaemonHandle {
   secretFile: string;
 }
 
-export async function startMdm(t: TeardownHost, dir: string, ports?: { listen: string; api: string }): Promise<Mdm> {
+export async function startMdm(t: TeardownHost, dir: string, ports?: { listen: string; api: string }, extraArgs: string[] = []): Promise<Mdm> {
   const passwordFile = path.join(dir, 'admin-password.txt');
   fs.writeFileSync(passwordFile, `${adminPassword}\n`, { mode: 0o600 });
   const dataDir = path.join(dir, 'mdm');
-  const args = ['mdm', 'start', '--data-dir', dataDir, '--listen', ports?.listen ?? '127.0.0.1:0', '--api', ports?.api ?? '127.0.0.1:0'];
+  const args = ['mdm', 'start', '--data-dir', dataDir, '--listen', ports?.listen ?? '127.0.0.1:0', '--api', ports?.api ?? '127.0.0.1:0', ...extraArgs];
   if (!fs.existsSync(path.join(dataDir, 'admin-password.json'))) args.push('--admin-password-file', passwordFile);
   const daemon = await startMeshblock(t, args, { ready: /^mdm of cluster ([0-9a-f]{16}) \(\S+\) listening on (\S+), REST API at (\S+) \(certificate (\S+)\); cluster secret in (\S+)$/m });
   return { ...daemon, clusterId: daemon.ready[1] as string, address: daemon.ready[2] as string, apiUrl: daemon.ready[3] as string, certPath: daemon.ready[4] as string, secretFile: daemon.ready[5] as string };
@@ -49,10 +49,10 @@ export interface SdcHandle extends DaemonHandle {
   nbdPort: number;
 }
 
-export async function startSdc(t: TeardownHost, dir: string, mdm: Mdm, name = 'sdc1'): Promise<SdcHandle> {
+export async function startSdc(t: TeardownHost, dir: string, mdm: Mdm, name = 'sdc1', listen = '127.0.0.1:0'): Promise<SdcHandle> {
   const daemon = await startMeshblock(
     t,
-    ['sdc', 'start', '--mdm', mdm.address, '--name', name, '--listen', '127.0.0.1:0', '--data-dir', path.join(dir, `${name}-data`), '--cluster-id', mdm.clusterId, '--secret-file', mdm.secretFile],
+    ['sdc', 'start', '--mdm', mdm.address, '--name', name, '--listen', listen, '--data-dir', path.join(dir, `${name}-data`), '--cluster-id', mdm.clusterId, '--secret-file', mdm.secretFile],
     { ready: /^sdc \S+ \(\S+\) of cluster [0-9a-f]{16} serving NBD on (\S+)$/m },
   );
   const nbdAddress = daemon.ready[1] as string;
@@ -75,9 +75,18 @@ export interface Cluster {
 export async function startCluster(
   t: TeardownHost,
   dir: string,
-  options: { sdsCount?: number; deviceBytes?: number; volumes: Array<{ name: string; sizeBytes: number }> },
+  options: {
+    sdsCount?: number;
+    deviceBytes?: number;
+    volumes: Array<{ name: string; sizeBytes: number }>;
+    mdmArgs?: string[];
+    /** Where the MDM listens for SDSs and SDCs (its REST API stays on 127.0.0.1). */
+    mdmHost?: string;
+    /** SDS k runs in this network namespace, listening on this address. */
+    sdsHosts?: Array<{ netns: string; address: string }>;
+  },
 ): Promise<Cluster> {
-  const mdm = await startMdm(t, dir);
+  const mdm = await startMdm(t, dir, { listen: `${options.mdmHost ?? '127.0.0.1'}:0`, api: '127.0.0.1:0' }, options.mdmArgs ?? []);
   const meshblock = cli(mdm, dir);
   const must = async (args: string[]): Promise<void> => {
     const result = await meshblock(args);
@@ -86,7 +95,18 @@ export async function startCluster(
   const sds: SdsHandle[] = [];
   for (let index = 1; index <= (options.sdsCount ?? 3); index++) {
     const device = sparseFile(dir, `sds${index}.img`, options.deviceBytes ?? 4096 * MiB);
-    sds.push(await startSds(t, { dir, name: `sds${index}`, devices: [device], clusterId: mdm.clusterId, secretFile: mdm.secretFile, extraArgs: ['--mdm', mdm.address] }));
+    const host = options.sdsHosts?.[index - 1];
+    sds.push(
+      await startSds(t, {
+        dir,
+        name: `sds${index}`,
+        devices: [device],
+        clusterId: mdm.clusterId,
+        secretFile: mdm.secretFile,
+        extraArgs: ['--mdm', mdm.address],
+        ...(host !== undefined ? { netns: host.netns, listen: `${host.address}:0` } : {}),
+      }),
+    );
   }
   const sdc = await startSdc(t, dir, mdm);
   await must(['pd', 'add', '--name', 'pd1']);
@@ -109,4 +129,20 @@ export async function startCluster(
     return options.volumes.every((volume) => listed.stdout.includes(`"${volume.name}"`)) ? true : undefined;
   });
   return { mdm, sds, sdc, meshblock, uri };
+}
+
+/** Restarts a killed SDS of the cluster on its old address, device and data directory. */
+export async function restartSds(t: TeardownHost, dir: string, cluster: Cluster, index: number): Promise<SdsHandle> {
+  const old = cluster.sds[index] as SdsHandle;
+  const restarted = await startSds(t, {
+    dir,
+    name: old.name,
+    devices: [path.join(dir, `${old.name}.img`)],
+    listen: old.address,
+    clusterId: cluster.mdm.clusterId,
+    secretFile: cluster.mdm.secretFile,
+    extraArgs: ['--mdm', cluster.mdm.address],
+  });
+  cluster.sds[index] = restarted;
+  return restarted;
 }

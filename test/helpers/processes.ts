@@ -35,10 +35,12 @@ export interface DaemonHandle {
 export async function startMeshblock(
   t: TeardownHost,
   args: string[],
-  options: { ready: RegExp; prefix?: string[] },
+  options: { ready: RegExp; prefix?: string[]; netns?: string },
 ): Promise<DaemonHandle> {
-  // `prefix` runs the daemon under another program, e.g. strace.
-  const [command, ...commandArgs] = [...(options.prefix ?? []), process.execPath, meshblockBin, ...args] as [string, ...string[]];
+  // `prefix` runs the daemon under another program, e.g. strace. `netns` runs it (and the
+  // prefix) in that network namespace: `ip netns exec` execs it, so the pid stays the same.
+  const netnsPrefix = options.netns !== undefined ? ['ip', 'netns', 'exec', options.netns] : [];
+  const [command, ...commandArgs] = [...netnsPrefix, ...(options.prefix ?? []), process.execPath, meshblockBin, ...args] as [string, ...string[]];
   // Its own process group, so that teardown reaches everything under a prefix too.
   const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const signalGroup = (signal: NodeJS.Signals): void => {
@@ -100,11 +102,15 @@ export interface ServeHandle extends DaemonHandle {
 export async function startNbdServe(
   t: TeardownHost,
   args: string[],
-  options: { prefix?: string[] } = {},
+  options: { prefix?: string[]; netns?: string } = {},
 ): Promise<ServeHandle> {
   const fullArgs = ['nbd', 'serve', ...args];
   if (!args.includes('--listen') && !args.includes('--socket')) fullArgs.push('--listen', '127.0.0.1:0');
-  const daemon = await startMeshblock(t, fullArgs, { ready: /(nbds?(?:\+unix)?:\/\/\S+)/, ...(options.prefix ? { prefix: options.prefix } : {}) });
+  const daemon = await startMeshblock(t, fullArgs, {
+    ready: /(nbds?(?:\+unix)?:\/\/\S+)/,
+    ...(options.prefix ? { prefix: options.prefix } : {}),
+    ...(options.netns !== undefined ? { netns: options.netns } : {}),
+  });
   const uri = daemon.ready[1] as string;
   const tcp = /^nbds?:\/\/([^/]+):(\d+)\//.exec(uri);
   return { ...daemon, uri, host: tcp?.[1] ?? '', port: Number(tcp?.[2] ?? 0) };

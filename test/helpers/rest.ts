@@ -11,7 +11,7 @@ import * as https from 'node:https';
 import * as path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { AdminAuth } from '../../src/mdm/auth.js';
-import type { AddDeviceRequest, MdmController } from '../../src/mdm/controller.js';
+import { idleRebuildStatus, type AddDeviceRequest, type MdmController, type RebuildStatus } from '../../src/mdm/controller.js';
 import type { Id } from '../../src/mdm/model.js';
 import { RestApi } from '../../src/mdm/rest-api.js';
 import { ensureSelfSignedCertificate } from '../../src/mdm/tls.js';
@@ -56,6 +56,10 @@ export class TestController implements MdmController {
 
   sdsStats(sdsId: Id): SdsStats | null {
     return this.stats.get(sdsId) ?? null;
+  }
+
+  rebuildStatus(): RebuildStatus {
+    return idleRebuildStatus(Object.values(this.state.model.storagePools).reduce((sum, pool) => sum + pool.groups.length, 0));
   }
 
   /** An SDS that started and registered itself, as `sds start --mdm` will do. */

@@ -31,7 +31,7 @@ export function writeSecret(dir: string, secret = testSecret): string {
 /** Starts `meshblock sds start` on 127.0.0.1 (port 0 unless `listen` is given). */
 export async function startSds(
   t: TeardownHost,
-  options: { dir: string; name: string; devices: string[]; listen?: string; extraArgs?: string[]; clusterId?: string; secretFile?: string },
+  options: { dir: string; name: string; devices: string[]; listen?: string; extraArgs?: string[]; clusterId?: string; secretFile?: string; netns?: string },
 ): Promise<SdsHandle> {
   const dataDir = path.join(options.dir, `${options.name}-data`);
   const args = [
@@ -44,7 +44,7 @@ export async function startSds(
     '--secret-file', options.secretFile ?? writeSecret(options.dir),
     ...(options.extraArgs ?? []),
   ];
-  const daemon = await startMeshblock(t, args, { ready: /^sds (\S+) \(([0-9a-f]{16})\) of cluster [0-9a-f]{16} listening on (\S+) with/m });
+  const daemon = await startMeshblock(t, args, { ready: /^sds (\S+) \(([0-9a-f]{16})\) of cluster [0-9a-f]{16} listening on (\S+) with/m, ...(options.netns !== undefined ? { netns: options.netns } : {}) });
   return { ...daemon, name: options.name, sdsId: daemon.ready[2] as string, address: daemon.ready[3] as string, dataDir };
 }
 

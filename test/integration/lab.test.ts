@@ -33,7 +33,7 @@ const labUpTimeoutMs = 90_000;
 
 interface StatusJson {
   lab: { dir: string; clusterId: string | null; apiUrl: string; mdmReachable: boolean; mdmError: string | null };
-  processes: Array<{ role: string; name: string; pid: number | null; address: string; state: string }>;
+  processes: Array<{ role: string; name: string; pid: number | null; address: string; state: string; clusterState: string | null }>;
   volumes: Array<{ name: string; sizeBytes: number; nbdUri: string | null; mappedSdcs: string[] }>;
   capacity: Record<string, number> | null;
   health: { degradedBytes: number; failedBytes: number; rebuild: { state: string; percent: number } } | null;
@@ -115,7 +115,8 @@ t.test('lab up, status, management, down, resume, purge', async (t) => {
   );
   for (const entry of first.processes) {
     t.match(entry, { pid: Number, address: /^127\.0\.0\.1:\d+$/, state: 'running' }, `${entry.name} is running`);
-    t.same(Object.keys(entry).sort(), ['address', 'name', 'pid', 'role', 'state'], `${entry.name} has exactly the contract's fields`);
+    t.same(Object.keys(entry).sort(), ['address', 'clusterState', 'name', 'pid', 'role', 'state'], `${entry.name} has exactly the contract's fields`);
+    t.equal(entry.clusterState, entry.role === 'mdm' ? null : entry.role === 'sds' ? 'Normal' : 'Connected', `${entry.name} as the MDM sees it`);
   }
   if (sdcBuilt) t.equal(first.processes.find((entry) => entry.role === 'sdc')?.address, `127.0.0.1:${nbdPort}`, 'the SDC serves NBD on --nbd-port');
   t.same(
