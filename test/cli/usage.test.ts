@@ -5,7 +5,7 @@ import t from 'tap';
 import { runMeshblock } from '../helpers/processes.js';
 
 t.test('--help on every command', async (t) => {
-  for (const args of [['--help'], ['nbd', '--help'], ['nbd', 'serve', '--help'], ['sds', '--help'], ['sds', 'start', '--help'], ['sdc', 'start', '--help'], ['mdm', 'start', '--help'], ['lab', '--help'], ['lab', 'up', '--help'], ['loadtest', '--help'], ['volume', '--help'], ['dashboard', '--help']]) {
+  for (const args of [['--help'], ['nbd', '--help'], ['nbd', 'serve', '--help'], ['sds', '--help'], ['sds', 'start', '--help'], ['sdc', 'start', '--help'], ['mdm', 'start', '--help'], ['lab', '--help'], ['lab', 'up', '--help'], ['loadtest', '--help'], ['volume', '--help'], ['dashboard', '--help'], ['attach', '--help'], ['detach', '--help']]) {
     const result = await runMeshblock(args);
     t.equal(result.code, 0, `${args.join(' ')} exits 0`);
     t.match(result.stdout, /meshblock/, `${args.join(' ')} prints usage`);
@@ -41,6 +41,12 @@ t.test('bad usage: one line, exit 2', async (t) => {
     [['mdm', 'start', '--data-dir', '/tmp/x', '--rebuild-rate-under-load', '-5'], /--rebuild-rate-under-load/],
     [['mdm', 'start', '--data-dir', '/tmp/x', '--rebuild-inflight', '0'], /--rebuild-inflight: must be an integer from 1 to 64/],
     [['lab', 'up', '--dir', '/tmp/x', '--rebuild-after', '0'], /--rebuild-after/],
+    [['attach'], /VOLUME: name the volume/],
+    [['attach', 'vol1', '--device', '/dev/sda'], /--device: must be an NBD device/],
+    [['attach', 'vol1', '--connections', '0'], /--connections: must be an integer from 1 to 16/],
+    [['attach', 'vol1', '--timeout', '1.5'], /--timeout/],
+    [['attach', 'vol1', '--sdc', 'nowhere'], /--sdc: expected HOST:PORT/],
+    [['detach'], /Not enough non-option arguments/],
     [['lab', 'up', '--dir', '/tmp/x', '--rebuild-rate', 'fast'], /--rebuild-rate/],
   ];
   for (const [args, pattern] of cases) {
@@ -52,6 +58,18 @@ t.test('bad usage: one line, exit 2', async (t) => {
 });
 
 t.test('run-time failures: one line, exit 1', async (t) => {
+  // This machine's kernel has no nbd module: attach must say so (the VM test attaches for real).
+  const attach = await runMeshblock(['attach', 'vol1', '--sdc', '127.0.0.1:1']);
+  t.equal(attach.code, 1);
+  t.match(attach.stderr, /modprobe is not installed|cannot load the nbd kernel module/);
+  t.equal(attach.stderr.trim().split('\n').length, 1);
+  const detach = await runMeshblock(['detach', 'no-such-volume']);
+  t.equal(detach.code, 1);
+  t.match(detach.stderr, /volume 'no-such-volume' is not attached here/);
+  const dryRun = await runMeshblock(['attach', 'vol1', '--sdc', '10.0.2.100:10809', '--connections', '2', '--dry-run']);
+  t.equal(dryRun.code, 0);
+  t.match(dryRun.stdout, /^(modprobe nbd nbds_max=16 max_part=16\n)?nbd-client 10\.0\.2\.100 10809 \/dev\/nbd\d+ -N vol1 -b 4096 -t 30 -C 2 -persist -nonetlink\n$/);
+
   const missing = await runMeshblock(['nbd', 'serve', '--file', '/nonexistent/disk.img', '--listen', '127.0.0.1:0']);
   t.equal(missing.code, 1);
   t.match(missing.stderr, /\/nonexistent\/disk.img: no such file or device/);
