@@ -15,6 +15,8 @@ packages=(
   openssl              # certificates for the TLS tests
   util-linux procps    # losetup, pgrep
   lvm2 gdisk xfsprogs fdisk  # real formats (PV, GPT, XFS, MBR) for the SDS formatted-device refusal tests
+  openssh-server openssh-client  # real sshd servers (in network namespaces) for the host-setup and installer tests
+  iproute2             # ip netns, veth: simulated hosts
 )
 
 missing=()
@@ -31,5 +33,16 @@ if ((${#missing[@]} > 0)); then
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # No service may start from a package's install script (openssh-server would start sshd on
+  # every address): the tests start their own, on addresses they make. policy-rc.d says no.
+  guard=""
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    guard=/usr/sbin/policy-rc.d
+  fi
+  status=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+  if [[ -n "$guard" ]]; then rm -f "$guard"; fi
+  if ((status != 0)); then exit "$status"; fi
 fi
