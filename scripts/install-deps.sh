@@ -17,6 +17,7 @@ packages=(
   lvm2 gdisk xfsprogs fdisk  # real formats (PV, GPT, XFS, MBR) for the SDS formatted-device refusal tests
   openssh-server openssh-client  # real sshd servers (in network namespaces) for the host-setup and installer tests
   iproute2             # ip netns, veth: simulated hosts
+  numactl libaio1      # what the packages host module requires of an SDS host (the installer test's hosts are this machine)
 )
 
 missing=()

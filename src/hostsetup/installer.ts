@@ -1,0 +1,479 @@
+// `meshblock install --csv`: a whole cluster from the ScaleIO-style CSV, over SSH, in the
+// Installation Manager's four phases. Every phase is idempotent (it looks before it acts), so
+// a failed run is resumed by running it again, or from a phase with `--phase`.
+//
+//   query      connect to every host (host keys checked), read its OS, check each SDS device
+//              exists and holds nothing (blkid), and run the host modules' checks
+//   upload     one bundle (this meshblock: bin, dist, the native addon, production
+//              node_modules; and this Node runtime) to PREFIX on each host, unless the host
+//              has the same bundle (its hash is in PREFIX/BUNDLE)
+//   install    the host modules (repositories, packages, LVM filter, nbd module, dom0 memory)
+//              applied; /usr/local/bin/meshblock; systemd units for the host's roles
+//   configure  the MDM started on the Master host; its cluster id and secret carried to the
+//              others; SDSs and SDCs started; protection domains, fault sets, pools, SDSs and
+//              devices set up through the management CLI on the MDM host (its API stays on
+//              that host's loopback); volumes from --volume created and mapped to every SDC
+//
+// Per-host progress is one line per step. The first host that fails stops the phase, with
+// the reason; nothing later runs. `--dry-run` runs query (read-only) and prints what the
+// other phases would do on each host.
+//
+// Services: with systemd running on the host (/run/systemd/system), `systemctl enable --now`;
+// without it (containers, test hosts), the daemon is started detached with a pid file in
+// /run/meshblock. Either way a daemon already running is left alone.
+
+import { createHash } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { MeshblockError } from '../common/errors.js';
+import { formatArgv, type Host, type HostOptions } from './host-module.js';
+import { selectModules } from './host-modules.js';
+import type { HostTransport } from './host-transport.js';
+import type { InstallHost, InstallPlan } from './install-csv.js';
+
+export const installPhases = ['query', 'upload', 'install', 'configure'] as const;
+export type InstallPhase = (typeof installPhases)[number];
+
+export const installPrefixDefault = '/opt/meshblock';
+export const mdmPort = 6611;
+export const sdsPort = 7072;
+export const apiAddress = '127.0.0.1:8443';
+const dataRoot = '/var/lib/meshblock';
+const configDir = '/etc/meshblock';
+const runDir = '/run/meshblock';
+const logDir = '/var/log/meshblock';
+const secretFile = `${configDir}/cluster.secret`;
+const startWaitMs = 60_000;
+/** The modules the install phase applies, in order (disks and xen-sr are the administrator's). */
+const installModules = ['yum-repos', 'packages', 'prereqs', 'lvm-filter', 'nbd-module', 'dom0-memory'];
+
+export class InstallError extends MeshblockError {}
+
+export interface InstallVolume {
+  name: string;
+  sizeBytes: number;
+}
+
+export interface InstallOptions {
+  plan: InstallPlan;
+  /** Opens the transport to a host (SSH; tests may give another). */
+  connect: (host: InstallHost) => Promise<HostTransport & { close?: () => void }>;
+  phases: readonly InstallPhase[];
+  dryRun: boolean;
+  prefix: string;
+  volumes: readonly InstallVolume[];
+  hostOptions: HostOptions;
+  /** The meshblock to install (this one's directory) and the Node runtime to ship. */
+  appRoot: string;
+  nodeBinary: string;
+  /** Where the bundle is built. */
+  workDir: string;
+  report: (line: string) => void;
+}
+
+type Role = 'mdm' | 'sds' | 'sdc';
+
+interface Session {
+  host: InstallHost;
+  label: string;
+  transport: HostTransport & { close?: () => void; upload?: (local: string, remote: string, mode?: number) => Promise<void> };
+}
+
+function quote(word: string): string {
+  return /^[A-Za-z0-9_./:=@%+,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
+}
+
+async function sh(session: Session, script: string, timeoutMs = 120_000): Promise<string> {
+  const result = await session.transport.run('sh', ['-c', script], { timeoutMs });
+  if (result.code !== 0) {
+    const said = (result.stderr.trim() || result.stdout.trim()).split('\n').slice(-3).join(' / ');
+    throw new InstallError('MB_ERR_INSTALL_STEP', `${session.label}: ${script.split('\n')[0]?.slice(0, 120)} failed (exit ${result.code}): ${said || 'no output'}`);
+  }
+  return result.stdout;
+}
+
+/** The production dependencies' directories, found from package.json files (no npm needed). */
+export function productionPackages(appRoot: string): string[] {
+  const found = new Set<string>();
+  const queue: Array<{ name: string; from: string }> = [];
+  const rootManifest = JSON.parse(fs.readFileSync(path.join(appRoot, 'package.json'), 'utf8')) as { dependencies?: Record<string, string> };
+  for (const name of Object.keys(rootManifest.dependencies ?? {})) queue.push({ name, from: appRoot });
+  while (queue.length > 0) {
+    const { name, from } = queue.shift() as { name: string; from: string };
+    // Node's resolution: the nearest node_modules up from the requiring package.
+    let dir = from;
+    let location: string | null = null;
+    for (;;) {
+      const candidate = path.join(dir, 'node_modules', name);
+      if (fs.existsSync(path.join(candidate, 'package.json'))) {
+        location = candidate;
+        break;
+      }
+      if (dir === appRoot || path.dirname(dir) === dir) break;
+      dir = path.dirname(dir);
+    }
+    if (location === null) continue; // an optional dependency not installed here
+    if (found.has(location)) continue;
+    found.add(location);
+    const manifest = JSON.parse(fs.readFileSync(path.join(location, 'package.json'), 'utf8')) as { dependencies?: Record<string, string>; optionalDependencies?: Record<string, string> };
+    for (const dependency of Object.keys({ ...manifest.dependencies, ...manifest.optionalDependencies })) queue.push({ name: dependency, from: location });
+  }
+  return [...found].map((location) => path.relative(appRoot, location)).sort();
+}
+
+function runLocal(command: string, args: string[], cwd: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new InstallError('MB_ERR_INSTALL_BUNDLE', `${command} ${args.slice(0, 3).join(' ')} failed: ${stderr.trim()}`))));
+  });
+}
+
+/** Builds the bundle tarball once; its name carries its hash. */
+export async function buildBundle(appRoot: string, nodeBinary: string, workDir: string): Promise<{ file: string; hash: string }> {
+  const staging = fs.mkdtempSync(path.join(workDir, 'bundle-'));
+  try {
+    fs.mkdirSync(path.join(staging, 'node', 'bin'), { recursive: true });
+    fs.copyFileSync(nodeBinary, path.join(staging, 'node', 'bin', 'node'));
+    fs.chmodSync(path.join(staging, 'node', 'bin', 'node'), 0o755);
+    const appEntries = ['package.json', 'bin', 'dist', 'build/Release/meshblock_native.node', ...productionPackages(appRoot)];
+    for (const entry of appEntries) {
+      if (!fs.existsSync(path.join(appRoot, entry))) throw new InstallError('MB_ERR_INSTALL_BUNDLE', `${path.join(appRoot, entry)} is missing: build meshblock first (npm ci && npm run build)`);
+      fs.cpSync(path.join(appRoot, entry), path.join(staging, 'app', entry), { recursive: true, dereference: true });
+    }
+    const hash = createHash('sha256');
+    const walk = (dir: string): void => {
+      for (const name of fs.readdirSync(dir).sort()) {
+        const full = path.join(dir, name);
+        const stat = fs.statSync(full);
+        hash.update(path.relative(staging, full));
+        if (stat.isDirectory()) walk(full);
+        else hash.update(fs.readFileSync(full));
+      }
+    };
+    walk(staging);
+    const digest = hash.digest('hex').slice(0, 16);
+    const file = path.join(workDir, `meshblock-bundle-${digest}.tar.gz`);
+    if (!fs.existsSync(file)) await runLocal('tar', ['-czf', `${file}.partial`, '-C', staging, 'node', 'app'], workDir).then(() => fs.renameSync(`${file}.partial`, file));
+    return { file, hash: digest };
+  } finally {
+    fs.rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+function rolesOf(host: InstallHost): Role[] {
+  return [...(host.mdm !== null ? (['mdm'] as const) : []), ...(host.sds !== null ? (['sds'] as const) : []), ...(host.sdc !== null ? (['sdc'] as const) : [])];
+}
+
+function daemonArgs(role: Role, host: InstallHost, plan: InstallPlan, clusterId: string): string[] {
+  const mdmAddress = `${(plan.mdmHost.mdm as { listenAddress: string }).listenAddress}:${mdmPort}`;
+  switch (role) {
+    case 'mdm':
+      return ['mdm', 'start', '--data-dir', `${dataRoot}/mdm`, '--listen', mdmAddress, '--api', apiAddress];
+    case 'sds': {
+      const sds = host.sds as NonNullable<InstallHost['sds']>;
+      return ['sds', 'start', '--name', sds.name, '--listen', `${sds.listenAddress}:${sdsPort}`, '--data-dir', `${dataRoot}/sds`, '--mdm', mdmAddress, '--cluster-id', clusterId, '--secret-file', secretFile];
+    }
+    case 'sdc':
+      return ['sdc', 'start', '--mdm', mdmAddress, '--name', (host.sdc as { name: string }).name, '--data-dir', `${dataRoot}/sdc`, '--cluster-id', clusterId, '--secret-file', secretFile];
+  }
+}
+
+function unitText(role: Role, args: string[]): string {
+  return [
+    '[Unit]',
+    `Description=meshblock ${role.toUpperCase()}`,
+    'After=network-online.target',
+    'Wants=network-online.target',
+    '',
+    '[Service]',
+    `ExecStart=/usr/local/bin/meshblock ${args.map(quote).join(' ')}`,
+    'Restart=on-failure',
+    'RestartSec=2',
+    'LimitNOFILE=65536',
+    '',
+    '[Install]',
+    'WantedBy=multi-user.target',
+    '',
+  ].join('\n');
+}
+
+export class Installer {
+  private readonly sessions = new Map<number, Session>();
+  private bundle: { file: string; hash: string } | null = null;
+
+  constructor(private readonly options: InstallOptions) {}
+
+  async run(): Promise<void> {
+    try {
+      const phases = this.options.dryRun ? (['query'] as const) : this.options.phases;
+      for (const phase of installPhases) {
+        if (!phases.includes(phase)) continue;
+        this.options.report(`== ${phase}`);
+        await this[phase]();
+      }
+      if (this.options.dryRun) await this.describe();
+    } finally {
+      for (const session of this.sessions.values()) session.transport.close?.();
+    }
+  }
+
+  private async session(host: InstallHost): Promise<Session> {
+    const known = this.sessions.get(host.row);
+    if (known !== undefined) return known;
+    const label = `${host.address} (row ${host.row})`;
+    let transport: Session['transport'];
+    try {
+      transport = await this.options.connect(host);
+    } catch (err) {
+      throw new InstallError('MB_ERR_INSTALL_CONNECT', `${label}: ${(err as Error).message}`);
+    }
+    const session: Session = { host, label, transport };
+    this.sessions.set(host.row, session);
+    return session;
+  }
+
+  private each(work: (session: Session) => Promise<void>): Promise<void> {
+    // One host after another: the first failure stops the phase with its reason.
+    return this.options.plan.hosts.reduce(async (previous, host) => {
+      await previous;
+      await work(await this.session(host));
+    }, Promise.resolve());
+  }
+
+  private hostOf(session: Session): Host {
+    return { transport: session.transport, options: this.options.hostOptions };
+  }
+
+  private async query(): Promise<void> {
+    await this.each(async (session) => {
+      const { host } = session;
+      const osRelease = (await session.transport.readFile('/etc/os-release')) ?? '';
+      const pretty = /^PRETTY_NAME="?([^"\n]*)"?/m.exec(osRelease)?.[1] ?? (await session.transport.exists('/etc/xensource-inventory') ? 'XenServer' : 'unknown OS');
+      const arch = (await sh(session, 'uname -m')).trim();
+      if (arch !== 'x86_64') throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}: ${arch} host; the Node runtime meshblock ships is x86_64`);
+      for (const device of host.sds?.devices ?? []) {
+        const result = await session.transport.run('sh', ['-c', `if [ -b ${quote(device.path)} ]; then echo block; elif [ -f ${quote(device.path)} ]; then echo file; else echo missing; fi`]);
+        const kind = result.stdout.trim();
+        if (kind === 'missing') throw new InstallError('MB_ERR_INSTALL_DEVICE', `${session.label}, column 'SDS Device List': ${device.path} does not exist on ${host.address}`);
+        const probe = await session.transport.run('blkid', ['-p', '-o', 'export', device.path]);
+        const type = /^TYPE=(.*)$/m.exec(probe.stdout)?.[1] ?? /^PTTYPE=(.*)$/m.exec(probe.stdout)?.[1];
+        if (type !== undefined && type !== '') {
+          throw new InstallError('MB_ERR_INSTALL_DEVICE', `${session.label}: ${device.path} holds ${type} (previous formatting must be removed first: wipefs --all ${device.path}, or meshblock host apply --only disks --yes-wipe ${device.path})`);
+        }
+      }
+      const findings: string[] = [];
+      for (const module of selectModules(installModules)) {
+        const finding = await module.check(this.hostOf(session)).catch((err: Error) => ({ applicable: true, ok: false, summary: `cannot check: ${err.message}` }));
+        if (finding.applicable && !finding.ok) findings.push(`${module.name}: ${finding.summary}`);
+      }
+      this.options.report(`${session.label}: ${pretty}, ${arch}; roles ${rolesOf(host).join(', ') || 'none'}; ${host.sds?.devices.length ?? 0} device(s) free; ${findings.length === 0 ? 'host modules ok' : `to fix in install: ${findings.join('; ')}`}`);
+    });
+  }
+
+  private async upload(): Promise<void> {
+    this.bundle ??= await buildBundle(this.options.appRoot, this.options.nodeBinary, this.options.workDir);
+    const { file, hash } = this.bundle;
+    const prefix = this.options.prefix;
+    await this.each(async (session) => {
+      const current = ((await session.transport.readFile(`${prefix}/BUNDLE`)) ?? '').trim();
+      if (current === hash) {
+        this.options.report(`${session.label}: bundle ${hash} already in ${prefix}`);
+        return;
+      }
+      if (session.transport.upload === undefined) throw new InstallError('MB_ERR_INSTALL_UPLOAD', `${session.label}: this transport cannot upload files`);
+      const remote = `/tmp/meshblock-bundle-${hash}.tar.gz`;
+      await session.transport.upload(file, remote, 0o600);
+      // Unpacked beside the old one, then swapped in: a host never has half a meshblock.
+      await sh(
+        session,
+        [
+          'set -e',
+          `rm -rf ${prefix}.new && mkdir -p ${prefix}.new`,
+          `tar -xzf ${remote} -C ${prefix}.new`,
+          `echo ${hash} > ${prefix}.new/BUNDLE`,
+          `rm -rf ${prefix}.old; if [ -d ${prefix} ]; then mv ${prefix} ${prefix}.old; fi`,
+          `mv ${prefix}.new ${prefix} && rm -rf ${prefix}.old ${remote}`,
+          `${prefix}/node/bin/node --version`,
+        ].join('\n'),
+        300_000,
+      );
+      this.options.report(`${session.label}: bundle ${hash} (${(fs.statSync(file).size / 1048576).toFixed(1)} MiB) unpacked in ${prefix}`);
+    });
+  }
+
+  private async install(): Promise<void> {
+    const prefix = this.options.prefix;
+    await this.each(async (session) => {
+      const host = this.hostOf(session);
+      for (const module of selectModules(installModules)) {
+        const steps = await module.plan(host);
+        if (steps.length === 0) continue;
+        const result = await module.apply(host, steps);
+        for (const line of result.done) this.options.report(`${session.label}: ${module.name}: ${line}`);
+        for (const note of result.notes) this.options.report(`${session.label}: ${module.name}: NOTE ${note}`);
+      }
+      const wrapper = `#!/bin/sh\n# meshblock, installed by meshblock install\nexec ${prefix}/node/bin/node ${prefix}/app/bin/meshblock.cjs "$@"\n`;
+      if ((await session.transport.readFile('/usr/local/bin/meshblock')) !== wrapper) await session.transport.writeFile('/usr/local/bin/meshblock', wrapper, { mode: 0o755 });
+      await sh(session, `mkdir -p ${dataRoot} ${configDir} ${runDir} ${logDir} && chmod 700 ${configDir}`);
+      this.options.report(`${session.label}: /usr/local/bin/meshblock (${(await sh(session, '/usr/local/bin/meshblock --version')).trim()}), roles ${rolesOf(session.host).join(', ') || 'none'}`);
+    });
+  }
+
+  private async startDaemon(session: Session, role: Role, args: string[]): Promise<void> {
+    const unit = `/etc/systemd/system/meshblock-${role}.service`;
+    const text = unitText(role, args);
+    if ((await session.transport.readFile(unit)) !== text) await session.transport.writeFile(unit, text);
+    const systemd = await session.transport.exists('/run/systemd/system');
+    if (systemd) {
+      await sh(session, `systemctl daemon-reload && systemctl enable --now meshblock-${role}.service`);
+      this.options.report(`${session.label}: meshblock-${role} enabled and started (systemd)`);
+      return;
+    }
+    const pidFile = `${runDir}/${role}.pid`;
+    const running = await session.transport.run('sh', ['-c', `[ -s ${pidFile} ] && kill -0 "$(cat ${pidFile})" 2>/dev/null`]);
+    if (running.code === 0) {
+      this.options.report(`${session.label}: meshblock ${role} already running`);
+      return;
+    }
+    await sh(session, `mkdir -p ${runDir} ${logDir}; setsid sh -c 'echo $$ > ${pidFile}; exec /usr/local/bin/meshblock ${args.map(quote).join(' ').replace(/'/g, "'\\''")} >>${logDir}/${role}.log 2>&1' </dev/null >/dev/null 2>&1 &`);
+    this.options.report(`${session.label}: meshblock ${role} started (no systemd on the host: detached, pid in ${pidFile}, log ${logDir}/${role}.log)`);
+  }
+
+  /** Runs the management CLI on the MDM host against its own API. */
+  private async manage(mdm: Session, args: string[]): Promise<string> {
+    const connection = ['--api', `https://${apiAddress}`, '--ca-cert', `${dataRoot}/mdm/api.crt`, '--password-file', `${dataRoot}/mdm/admin.password`];
+    return sh(mdm, `/usr/local/bin/meshblock ${[...args, ...connection].map(quote).join(' ')}`);
+  }
+
+  private async until<T>(what: string, probe: () => Promise<T | undefined>): Promise<T> {
+    const deadline = Date.now() + startWaitMs;
+    let last = '';
+    for (;;) {
+      try {
+        const value = await probe();
+        if (value !== undefined) return value;
+      } catch (err) {
+        last = (err as Error).message;
+      }
+      if (Date.now() > deadline) throw new InstallError('MB_ERR_INSTALL_TIMEOUT', `timed out after ${startWaitMs / 1000} s waiting for ${what}${last === '' ? '' : ` (${last})`}`);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  }
+
+  private async configure(): Promise<void> {
+    const { plan } = this.options;
+    const mdm = await this.session(plan.mdmHost);
+    await this.startDaemon(mdm, 'mdm', daemonArgs('mdm', plan.mdmHost, plan, ''));
+    const cluster = await this.until('the MDM to create the cluster', async () => {
+      const text = await mdm.transport.readFile(`${dataRoot}/mdm/cluster.json`);
+      const secret = await mdm.transport.readFile(`${dataRoot}/mdm/cluster.secret`);
+      if (text === null || secret === null) return undefined;
+      return { id: (JSON.parse(text) as { clusterId: string }).clusterId, secret };
+    });
+    await this.until('the MDM API', async () => (await this.manage(mdm, ['pd', 'list', '--json'])) !== '' || undefined);
+    this.options.report(`${mdm.label}: MDM up, cluster ${cluster.id}`);
+
+    await this.each(async (session) => {
+      const roles = rolesOf(session.host).filter((role) => role !== 'mdm');
+      if (roles.length === 0) return;
+      if ((await session.transport.readFile(secretFile)) !== cluster.secret) await session.transport.writeFile(secretFile, cluster.secret, { mode: 0o600 });
+      for (const role of roles) await this.startDaemon(session, role, daemonArgs(role, session.host, plan, cluster.id));
+    });
+
+    const listNames = async (type: string, args: string[] = []): Promise<Array<{ name: string; id: string } & Record<string, unknown>>> =>
+      JSON.parse(await this.manage(mdm, [type, 'list', '--json', ...args])) as Array<{ name: string; id: string } & Record<string, unknown>>;
+    const sdsHosts = plan.hosts.filter((host) => host.sds !== null);
+    await this.until(`the SDSs ${sdsHosts.map((host) => host.sds?.name).join(', ')} to register`, async () => {
+      const names = (await listNames('sds')).map((entry) => entry.name);
+      return sdsHosts.every((host) => names.includes(host.sds?.name as string)) || undefined;
+    });
+    const domains = new Set(sdsHosts.map((host) => host.sds?.protectionDomain as string));
+    for (const domain of domains) {
+      if (!(await listNames('pd')).some((entry) => entry.name === domain)) {
+        await this.manage(mdm, ['pd', 'add', '--name', domain]);
+        this.options.report(`created protection domain ${domain}`);
+      }
+      const inDomain = sdsHosts.filter((host) => host.sds?.protectionDomain === domain);
+      for (const faultSet of new Set(inDomain.map((host) => host.sds?.faultSet).filter((name): name is string => name !== null && name !== undefined))) {
+        if (!(await listNames('fault-set')).some((entry) => entry.name === faultSet)) {
+          await this.manage(mdm, ['fault-set', 'add', '--pd', domain, '--name', faultSet]);
+          this.options.report(`created fault set ${faultSet} in ${domain}`);
+        }
+      }
+      for (const pool of new Set(inDomain.flatMap((host) => host.sds?.devices.map((device) => device.pool) ?? []))) {
+        if (!(await listNames('pool')).some((entry) => entry.name === pool)) {
+          await this.manage(mdm, ['pool', 'add', '--pd', domain, '--name', pool]);
+          this.options.report(`created storage pool ${pool} in ${domain}`);
+        }
+      }
+    }
+    const sdss = await listNames('sds');
+    const devices = await listNames('device');
+    for (const host of sdsHosts) {
+      const sds = host.sds as NonNullable<InstallHost['sds']>;
+      const record = sdss.find((entry) => entry.name === sds.name);
+      if (record !== undefined && (record['protectionDomainId'] === null || record['protectionDomainId'] === undefined)) {
+        await this.manage(mdm, ['sds', 'add', '--sds', sds.name, '--pd', sds.protectionDomain, ...(sds.faultSet === null ? [] : ['--fault-set', sds.faultSet])]);
+        this.options.report(`added ${sds.name} to ${sds.protectionDomain}${sds.faultSet === null ? '' : `, fault set ${sds.faultSet}`}`);
+      }
+      for (const device of sds.devices) {
+        if (devices.some((entry) => entry['sdsId'] === record?.id && entry['deviceCurrentPathName'] === device.path)) continue;
+        await this.manage(mdm, ['device', 'add', '--sds', sds.name, '--pool', device.pool, '--path', device.path, ...(device.name === null ? [] : ['--name', device.name])]);
+        this.options.report(`added ${sds.name}:${device.path} to ${device.pool}`);
+      }
+    }
+    const sdcHosts = plan.hosts.filter((host) => host.sdc !== null);
+    await this.until(`the SDCs ${sdcHosts.map((host) => host.sdc?.name).join(', ')} to register`, async () => {
+      const names = (await listNames('sdc')).map((entry) => entry.name);
+      return sdcHosts.every((host) => names.includes(host.sdc?.name as string)) || undefined;
+    });
+    const firstPool = sdsHosts[0]?.sds?.devices[0]?.pool as string;
+    for (const volume of this.options.volumes) {
+      if (!(await listNames('volume')).some((entry) => entry.name === volume.name)) {
+        await this.manage(mdm, ['volume', 'add', '--pool', firstPool, '--name', volume.name, '--size', `${volume.sizeBytes / 1048576}MiB`]);
+        this.options.report(`created volume ${volume.name} in ${firstPool}`);
+      }
+      const record = (await listNames('volume')).find((entry) => entry.name === volume.name);
+      const mapped = JSON.stringify(record ?? {});
+      const sdcs = await listNames('sdc');
+      for (const host of sdcHosts) {
+        const sdc = sdcs.find((entry) => entry.name === host.sdc?.name);
+        if (sdc === undefined || mapped.includes(sdc.id)) continue;
+        await this.manage(mdm, ['volume', 'map', '--volume', volume.name, '--sdc', sdc.name, ...(sdcHosts.length > 1 ? ['--allow-multiple'] : [])]);
+        this.options.report(`mapped ${volume.name} to ${sdc.name}`);
+      }
+    }
+    this.options.report(`cluster ${cluster.id} configured: MDM on ${plan.mdmHost.address}, ${sdsHosts.length} SDS(s), ${sdcHosts.length} SDC(s)`);
+  }
+
+  /** --dry-run: what upload, install and configure would do, host by host. */
+  private async describe(): Promise<void> {
+    const prefix = this.options.prefix;
+    this.options.report('== would do (dry run: nothing was changed)');
+    await this.each(async (session) => {
+      this.options.report(`${session.label}: upload the meshblock bundle (this meshblock and Node ${process.version}) to ${prefix}`);
+      for (const module of selectModules(installModules)) {
+        const steps = await module.plan(this.hostOf(session)).catch((err: Error) => {
+          this.options.report(`${session.label}: ${module.name}: cannot plan: ${err.message}`);
+          return [];
+        });
+        for (const step of steps) this.options.report(`${session.label}: ${module.name}: ${step.kind === 'file' ? `edit ${step.path}: ${step.why}` : `run ${formatArgv(step.argv)}: ${step.why}`}`);
+      }
+      for (const role of rolesOf(session.host)) {
+        this.options.report(`${session.label}: start meshblock ${daemonArgs(role, session.host, this.options.plan, 'CLUSTER-ID').join(' ')}`);
+      }
+    });
+    this.options.report(`then set up protection domains, pools, SDSs and devices on the MDM (${this.options.plan.mdmHost.address}) and create ${this.options.volumes.map((volume) => volume.name).join(', ') || 'no volumes'}`);
+  }
+}
+
+export function defaultWorkDir(): string {
+  const dir = path.join(os.tmpdir(), 'meshblock-install');
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
+}
