@@ -8,8 +8,9 @@
 //                           --yes-wipe DEVICE
 //
 // --root DIR points the modules at a directory tree instead of / (a copy of a host's files;
-// commands still run on this machine, looked up under DIR first). --host USER@ADDR is the
-// SSH transport's, not built yet: refused at run time.
+// commands still run on this machine, looked up under DIR first). --host USER@HOST[:PORT]
+// works on another host over SSH (hostsetup/ssh-transport.ts): a key from --identity or the
+// password in $MESHBLOCK_SSH_PASSWORD, the host key checked against --known-hosts.
 //
 // Exit codes: 0 every module ok (check), everything plannable (plan), applied and ok (apply);
 // 1 a module found a problem, could not plan, a step failed, or apply was not confirmed;
@@ -17,13 +18,16 @@
 
 import { createInterface } from 'node:readline/promises';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Argv } from 'yargs';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
 import { dom0MemDefault, parseDom0Mem } from '../hostsetup/dom0-memory.js';
 import { checkModule, planModule, selectModules, type ModulePlan } from '../hostsetup/host-modules.js';
 import { formatArgv, HostStepError, type ApplyResult, type Finding, type Host, type HostModule, type Step } from '../hostsetup/host-module.js';
+import { lsblkInventory } from '../hostsetup/disk-inventory.js';
 import { LocalTransport } from '../hostsetup/host-transport.js';
+import { parseSshTarget, SshTransport } from '../hostsetup/ssh-transport.js';
 import { nbdsMaxDefault, validateDevice } from '../hostsetup/nbd-attach.js';
 
 const exitRuntimeError = 1;
@@ -35,6 +39,9 @@ export class HostCommandError extends MeshblockError {}
 export interface HostArgs {
   root: string;
   host: string | undefined;
+  identity: string | undefined;
+  'known-hosts': string;
+  'accept-new-host-key': boolean;
   only: string[] | undefined;
   yes: boolean;
   json: boolean;
@@ -47,7 +54,10 @@ export interface HostArgs {
 function hostOptions(yargs: Argv, verb: 'check' | 'plan' | 'apply'): Argv<HostArgs> {
   let y = yargs
     .option('root', { type: 'string', default: '/', describe: "the host's files are under DIR instead of / (commands still run on this machine; block devices are this machine's)", requiresArg: true })
-    .option('host', { type: 'string', describe: 'work on USER@ADDR over SSH (not built yet)', requiresArg: true })
+    .option('host', { type: 'string', describe: 'work on USER@HOST[:PORT] over SSH (key from --identity, or env MESHBLOCK_SSH_PASSWORD)', requiresArg: true })
+    .option('identity', { type: 'string', describe: 'SSH private key for --host [default: ~/.ssh/id_ed25519, id_ecdsa, id_rsa]', requiresArg: true })
+    .option('known-hosts', { type: 'string', default: path.join(os.homedir(), '.ssh', 'known_hosts'), describe: 'host keys to check --host against', requiresArg: true })
+    .option('accept-new-host-key', { type: 'boolean', default: false, describe: 'record the key of a host not in --known-hosts (a changed key is always refused)' })
     .option('only', { type: 'string', array: true, describe: 'only these modules (comma-separated): yum-repos, packages, prereqs, lvm-filter, nbd-module, dom0-memory, disks, xen-sr', requiresArg: true })
     .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
     .option('dom0-mem', { type: 'string', default: dom0MemDefault, describe: 'XenServer Dom0 memory to set (dom0_mem=SIZE,max:SIZE)', requiresArg: true })
@@ -73,21 +83,24 @@ function hostOptions(yargs: Argv, verb: 'check' | 'plan' | 'apply'): Argv<HostAr
   }) as unknown as Argv<HostArgs>;
 }
 
-function hostFor(args: HostArgs): { host: Host; modules: HostModule[] } {
-  if (args.host !== undefined) {
-    throw new HostCommandError('MB_ERR_SSH_NOT_BUILT', `--host ${args.host}: the SSH transport is not built yet; run meshblock host on that host itself`);
-  }
-  const host: Host = {
-    transport: new LocalTransport({ root: args.root }),
-    options: {
-      dom0Mem: args['dom0-mem'],
-      nbdsMax: nbdsMaxDefault,
-      ...(args['sr-name'] !== undefined ? { srName: args['sr-name'] } : {}),
-      ...(args['sr-device'] !== undefined ? { srDevice: args['sr-device'] } : {}),
-      ...(args['yes-wipe'] !== undefined ? { wipeDevice: args['yes-wipe'] } : {}),
-    },
+async function hostFor(args: HostArgs): Promise<{ host: Host; modules: HostModule[]; close: () => void }> {
+  const modules = selectModules(args.only);
+  const options: Host['options'] = {
+    dom0Mem: args['dom0-mem'],
+    nbdsMax: nbdsMaxDefault,
+    ...(args['sr-name'] !== undefined ? { srName: args['sr-name'] } : {}),
+    ...(args['sr-device'] !== undefined ? { srDevice: args['sr-device'] } : {}),
+    ...(args['yes-wipe'] !== undefined ? { wipeDevice: args['yes-wipe'] } : {}),
   };
-  return { host, modules: selectModules(args.only) };
+  if (args.host === undefined) return { host: { transport: new LocalTransport({ root: args.root }), options }, modules, close: () => undefined };
+  if (path.resolve(args.root) !== '/') throw new InvalidArgumentError('--root', 'a root directory is for this machine; with --host the modules work on that host\'s /');
+  const target = parseSshTarget('--host', args.host);
+  const identity = args.identity ?? ['id_ed25519', 'id_ecdsa', 'id_rsa'].map((name) => path.join(os.homedir(), '.ssh', name)).find((file) => fs.existsSync(file));
+  // A password only from the environment: never on a command line that ps shows.
+  const password = process.env['MESHBLOCK_SSH_PASSWORD'];
+  const credentials = password !== undefined && password !== '' ? { password } : identity !== undefined ? { privateKey: fs.readFileSync(identity, 'utf8') } : {};
+  const transport = await SshTransport.connect({ target, credentials, knownHostsFile: args['known-hosts'], acceptNewHostKey: args['accept-new-host-key'] });
+  return { host: { transport, options, inventory: () => lsblkInventory(transport) }, modules, close: () => transport.close() };
 }
 
 function allOk(count: number): string {
@@ -156,7 +169,15 @@ function jsonPlan(plan: ModulePlan): object {
 }
 
 export async function hostCheck(args: HostArgs): Promise<void> {
-  const { host, modules } = hostFor(args);
+  const { host, modules, close } = await hostFor(args);
+  try {
+    await hostCheckOn(args, host, modules);
+  } finally {
+    close();
+  }
+}
+
+async function hostCheckOn(args: HostArgs, host: Host, modules: HostModule[]): Promise<void> {
   const findings: Finding[] = [];
   for (const module of modules) findings.push(await checkModule(module, host));
   const failing = findings.filter((finding) => !finding.ok);
@@ -177,7 +198,15 @@ async function planAll(host: Host, modules: readonly HostModule[]): Promise<Modu
 }
 
 export async function hostPlan(args: HostArgs): Promise<void> {
-  const { host, modules } = hostFor(args);
+  const { host, modules, close } = await hostFor(args);
+  try {
+    await hostPlanOn(args, host, modules);
+  } finally {
+    close();
+  }
+}
+
+async function hostPlanOn(args: HostArgs, host: Host, modules: HostModule[]): Promise<void> {
   const plans = await planAll(host, modules);
   const stepCount = plans.reduce((sum, plan) => sum + plan.steps.length, 0);
   const manual = manualFindings(plans);
@@ -204,7 +233,15 @@ async function confirm(question: string): Promise<boolean> {
 }
 
 export async function hostApply(args: HostArgs): Promise<void> {
-  const { host, modules } = hostFor(args);
+  const { host, modules, close } = await hostFor(args);
+  try {
+    await hostApplyOn(args, host, modules);
+  } finally {
+    close();
+  }
+}
+
+async function hostApplyOn(args: HostArgs, host: Host, modules: HostModule[]): Promise<void> {
   const plans = await planAll(host, modules);
   const stepCount = plans.reduce((sum, plan) => sum + plan.steps.length, 0);
   const applied: ApplyResult[] = [];
