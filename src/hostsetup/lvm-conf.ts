@@ -98,31 +98,22 @@ function uncommented(line: string): string {
   return line;
 }
 
-function braceDelta(code: string): number {
+/** Opening minus closing characters outside strings: `{`/`}` for sections, `[`/`]` for lists. */
+function nestingDelta(code: string, open: string, close: string): number {
   let delta = 0;
   let inString = false;
   for (let index = 0; index < code.length; index += 1) {
     const char = code[index];
     if (char === '\\' && inString) index += 1;
     else if (char === '"') inString = !inString;
-    else if (!inString && char === '{') delta += 1;
-    else if (!inString && char === '}') delta -= 1;
+    else if (!inString && char === open) delta += 1;
+    else if (!inString && char === close) delta -= 1;
   }
   return delta;
 }
 
-function bracketDelta(code: string): number {
-  let delta = 0;
-  let inString = false;
-  for (let index = 0; index < code.length; index += 1) {
-    const char = code[index];
-    if (char === '\\' && inString) index += 1;
-    else if (char === '"') inString = !inString;
-    else if (!inString && char === '[') delta += 1;
-    else if (!inString && char === ']') delta -= 1;
-  }
-  return delta;
-}
+const braceDelta = (code: string): number => nestingDelta(code, '{', '}');
+const bracketDelta = (code: string): number => nestingDelta(code, '[', ']');
 
 function findDevicesSection(text: string): DevicesSection {
   const lines = text.split('\n');

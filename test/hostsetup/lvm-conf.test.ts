@@ -4,28 +4,16 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { diffLines } from 'diff';
 import t from 'tap';
 import type { Test } from 'tap';
 import { checkLvmConf, editLvmConf, filterDecision, nbdAcceptPattern, parseLvmArray } from '../../src/hostsetup/lvm-conf.js';
+import { lineChanges } from '../helpers/host-root.js';
 import { repoRoot, run } from '../helpers/processes.js';
 
 const fixtures = path.resolve(repoRoot, '../shared/fixtures');
 
 function fixture(name: string): string {
   return fs.readFileSync(path.join(fixtures, name, 'etc/lvm/lvm.conf'), 'utf8');
-}
-
-/** Lines added and removed by the edit (a real line diff, so separate hunks are all seen). */
-function lineChanges(before: string, after: string): { added: string[]; removed: string[] } {
-  const added: string[] = [];
-  const removed: string[] = [];
-  for (const part of diffLines(before, after)) {
-    const lines = part.value.replace(/\n$/, '').split('\n');
-    if (part.added) added.push(...lines);
-    else if (part.removed) removed.push(...lines);
-  }
-  return { added, removed };
 }
 
 async function lvmconfig(t: Test, text: string, key: string): Promise<string> {
