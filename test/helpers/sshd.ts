@@ -89,7 +89,7 @@ export async function startSshd(
       ? ['netns', 'exec', netns, ...sshdLine]
       : [
           'netns', 'exec', netns, 'unshare', '--mount', '--propagation', 'private', 'sh', '-c',
-          [...binds.map(([source, target]) => `mkdir -p ${quote(target)} && mount --bind ${quote(source)} ${quote(target)}`), `exec ${sshdLine.map(quote).join(' ')}`].join(' && '),
+          [...binds.map(([source, target]) => `{ [ -e ${quote(target)} ] || mkdir -p ${quote(target)}; } && mount --bind ${quote(source)} ${quote(target)}`), `exec ${sshdLine.map(quote).join(' ')}`].join(' && '),
         ];
   const child = spawn('ip', argv, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';

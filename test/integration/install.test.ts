@@ -1,0 +1,144 @@
+// `meshblock install --csv` against three real hosts: each a network namespace with its own
+// address running Debian's sshd, in a mount namespace of its own where /opt, /etc/meshblock,
+// /etc/lvm, /etc/modprobe.d, /etc/modules-load.d, /etc/systemd/system, /usr/local/bin,
+// /var/lib/meshblock, /var/log/meshblock and /run/meshblock are the host's own directories
+// (the rest of the filesystem is this machine's). The installer logs in with a key, checks
+// host keys, uploads meshblock and a Node runtime, applies the host modules, writes units,
+// starts the MDM, SDSs and SDCs, and sets up the pool; the test then reads and writes the
+// volume over NBD on one host, and runs the installer again to see it change nothing.
+//
+// Mocked, because it cannot happen here: `modprobe` (this kernel has no nbd module) is a stub
+// in each host's /usr/local/bin that records its arguments; systemd is not running in these
+// hosts, so the installer starts the daemons detached (its documented fallback).
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import t from 'tap';
+import { createSimNetwork, type SimNetwork } from '../helpers/netns.js';
+import { runMeshblock } from '../helpers/processes.js';
+import { sshKeyPair, startSshd } from '../helpers/sshd.js';
+
+const GiB = 1024 * 1024 * 1024;
+const hostDirs = ['/opt', '/etc/meshblock', '/etc/lvm', '/etc/modprobe.d', '/etc/modules-load.d', '/etc/systemd/system', '/usr/local/bin', '/var/lib/meshblock', '/var/log/meshblock', '/run/meshblock'];
+
+function killDaemons(hostRoot: string): void {
+  const runDir = path.join(hostRoot, 'run/meshblock');
+  if (!fs.existsSync(runDir)) return;
+  for (const name of fs.readdirSync(runDir).filter((entry) => entry.endsWith('.pid'))) {
+    const pid = Number(fs.readFileSync(path.join(runDir, name), 'utf8').trim());
+    try {
+      if (pid > 1) process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+}
+
+t.test('install --csv: three hosts over real SSH, a cluster serving a volume at the end', { timeout: 1_500_000 }, async (t) => {
+  const network = await createSimNetwork(t, 3, { names: ['xen1', 'xen2', 'xen3'] });
+  if ('unavailable' in network) {
+    t.fail(`no simulated network: ${network.unavailable}`);
+    return;
+  }
+  const net: SimNetwork = network;
+  const dir = t.testdir();
+  const key = await sshKeyPair(dir, 'id_installer');
+  const roots: string[] = [];
+  for (const [index, host] of net.hosts.entries()) {
+    const root = path.join(dir, `host${index + 1}`);
+    roots.push(root);
+    for (const hostDir of hostDirs) fs.mkdirSync(path.join(root, hostDir), { recursive: true });
+    fs.cpSync('/etc/lvm', path.join(root, 'etc/lvm'), { recursive: true });
+    fs.writeFileSync(path.join(root, 'usr/local/bin/modprobe'), `#!/bin/sh\necho "$*" >> ${path.join(root, 'modprobe.calls')}\n`, { mode: 0o755 });
+    // The SDS's device: a sparse file at a path of this host's own.
+    const device = path.join(root, 'disk0');
+    fs.writeFileSync(device, '');
+    fs.truncateSync(device, 4 * GiB);
+    t.teardown(() => killDaemons(root));
+    // root's shell start-up files are this machine's (sshd runs every command through bash,
+    // which reads ~/.bashrc): the hosts get empty ones, as a fresh host has.
+    fs.writeFileSync(path.join(root, 'bashrc'), '');
+    const binds: Array<[string, string]> = [...hostDirs.map((hostDir): [string, string] => [path.join(root, hostDir), hostDir]), [path.join(root, 'bashrc'), '/root/.bashrc']];
+    await startSshd(t, path.join(root, 'sshd'), host.netns, host.address, [key.publicKey], 22, binds);
+  }
+  const csv = path.join(dir, 'cluster.csv');
+  fs.writeFileSync(
+    csv,
+    [
+      'IPs,Username,Password,Operating System,Is MDM/TB,MDM IPs,Is SDS,SDS Name,SDS All IPs,Protection Domain,Fault Set,SDS Device List,StoragePool List,Is SDC,SDC Name',
+      ...net.hosts.map((host, index) => `${host.address},root,,debian,${index === 0 ? 'Master' : ''},,Yes,sds${index + 1},,pd1,,${path.join(roots[index] as string, 'disk0')},sp1,${index === 2 ? 'Yes' : 'No'},${index === 2 ? 'sdc3' : ''}`),
+      '',
+    ].join('\n'),
+  );
+  const knownHosts = path.join(dir, 'known_hosts');
+  const common = ['install', '--csv', csv, '--identity', key.privateKeyFile, '--known-hosts', knownHosts];
+
+  await t.test('unknown host keys are refused before anything is done', async (t) => {
+    const result = await runMeshblock([...common, '--dry-run'], { timeoutMs: 60_000 });
+    t.equal(result.code, 1, result.stderr);
+    t.match(result.stderr, /row 2\).*unknown host key SHA256:/);
+    t.notOk(fs.existsSync(path.join(roots[0] as string, 'opt/meshblock')));
+  });
+
+  await t.test('--dry-run queries the hosts and says what it would do', async (t) => {
+    const result = await runMeshblock([...common, '--accept-new-host-key', '--dry-run', '--volume', 'vol1:1GiB'], { timeoutMs: 300_000 });
+    t.equal(result.code, 0, result.stderr);
+    t.match(result.stdout, /== query/);
+    t.match(result.stdout, new RegExp(`${net.hosts[0]?.address} \\(row 2\\): .*roles mdm, sds`));
+    t.match(result.stdout, /would do \(dry run: nothing was changed\)/);
+    t.match(result.stdout, /lvm-filter: edit \/etc\/lvm\/lvm.conf/);
+    t.match(result.stdout, /start meshblock sds start --name sds2/);
+    t.equal(fs.readFileSync(knownHosts, 'utf8').trim().split('\n').length, 3, 'the three host keys were recorded');
+    t.notOk(fs.existsSync(path.join(roots[0] as string, 'opt/meshblock')), 'nothing uploaded');
+    t.equal(fs.readFileSync(path.join(roots[0] as string, 'etc/lvm/lvm.conf'), 'utf8'), fs.readFileSync('/etc/lvm/lvm.conf', 'utf8'), 'lvm.conf unchanged');
+  });
+
+  await t.test('the whole install, then a volume read and written over NBD on host 3', async (t) => {
+    const result = await runMeshblock([...common, '--volume', 'vol1:1GiB'], { timeoutMs: 480_000 });
+    t.equal(result.code, 0, `install exits 0: ${result.stderr}`);
+    if (result.code !== 0) t.comment(result.stdout);
+    for (const phase of ['query', 'upload', 'install', 'configure']) t.match(result.stdout, `== ${phase}`);
+    t.match(result.stdout, /cluster [0-9a-f]{16} configured: MDM on .*, 3 SDS\(s\), 1 SDC\(s\)/);
+    for (const root of roots) {
+      t.ok(fs.existsSync(path.join(root, 'opt/meshblock/node/bin/node')), `${root}: Node runtime shipped`);
+      t.match(fs.readFileSync(path.join(root, 'etc/lvm/lvm.conf'), 'utf8'), /\n\ttypes = \[ "nbd", 16 \]\n/, 'LVM accepts NBD devices');
+      t.ok(fs.readdirSync(path.join(root, 'etc/lvm')).some((name) => /^lvm\.conf\.meshblock-\d{8}T\d{6}\.bak$/.test(name)), 'lvm.conf backed up first');
+      t.match(fs.readFileSync(path.join(root, 'modprobe.calls'), 'utf8'), /nbd nbds_max=16 max_part=16/);
+      t.ok(fs.existsSync(path.join(root, 'etc/systemd/system/meshblock-sds.service')), 'a unit for the SDS');
+    }
+    t.match(fs.readFileSync(path.join(roots[0] as string, 'etc/systemd/system/meshblock-mdm.service'), 'utf8'), /ExecStart=\/usr\/local\/bin\/meshblock mdm start/);
+
+    // On host 3 (the SDC's), as a user there would: its loopback, its NBD export.
+    const uri = 'nbd://127.0.0.1:10809/vol1';
+    const info = await net.exec(2, 'nbdinfo', ['--json', uri], { timeoutMs: 30_000 });
+    t.equal(info.code, 0, info.stderr);
+    // ScaleIO's rule, kept: volume sizes round up to the pool's granularity (8 GiB).
+    t.equal((JSON.parse(info.stdout) as { exports: Array<{ 'export-size': number }> }).exports[0]?.['export-size'], 8 * GiB);
+    const pattern = path.join(dir, 'pattern.bin');
+    fs.writeFileSync(pattern, Buffer.from(Array.from({ length: 8 * 1024 * 1024 }, (_, index) => (index * 131) & 0xff)));
+    const write = await net.exec(2, 'nbdcopy', [pattern, uri], { timeoutMs: 60_000 });
+    t.equal(write.code, 0, write.stderr);
+    const readBack = path.join(dir, 'read.bin');
+    const read = await net.exec(2, 'sh', ['-c', `nbdcopy ${uri} - | head -c ${8 * 1024 * 1024} > ${readBack}`], { timeoutMs: 60_000 });
+    t.equal(read.code, 0, read.stderr);
+    t.ok(fs.readFileSync(readBack).equals(fs.readFileSync(pattern)), 'the volume reads back what was written');
+  });
+
+  await t.test('running it again changes nothing', async (t) => {
+    const lvmBefore = fs.readFileSync(path.join(roots[1] as string, 'etc/lvm/lvm.conf'), 'utf8');
+    const result = await runMeshblock([...common, '--volume', 'vol1:1GiB'], { timeoutMs: 300_000 });
+    t.equal(result.code, 0, result.stderr);
+    t.match(result.stdout, /bundle [0-9a-f]{16} already in \/opt\/meshblock/);
+    t.match(result.stdout, /meshblock sds already running/);
+    t.notMatch(result.stdout, /created |added |mapped /, 'no object created twice');
+    t.equal(fs.readFileSync(path.join(roots[1] as string, 'etc/lvm/lvm.conf'), 'utf8'), lvmBefore);
+  });
+
+  await t.test('a host nobody answers on stops the run with its row', async (t) => {
+    await net.cut(1);
+    t.teardown(() => net.heal(1));
+    const result = await runMeshblock([...common, '--phase', 'query'], { timeoutMs: 120_000 });
+    t.equal(result.code, 1);
+    t.match(result.stderr, new RegExp(`${net.hosts[1]?.address.replace(/\./g, '\\.')} \\(row 3\\): `));
+  });
+});
