@@ -7,6 +7,9 @@
 // starts the MDM, SDSs and SDCs, and sets up the pool; the test then reads and writes the
 // volume over NBD on one host, and runs the installer again to see it change nothing.
 //
+// Host 3 has no Node.js (/usr/bin/node is /dev/null there): the SDC and SDS it runs use the
+// runtime the installer ships.
+//
 // Mocked, because it cannot happen here: `modprobe` (this kernel has no nbd module) is a stub
 // in each host's /usr/local/bin that records its arguments; systemd is not running in these
 // hosts, so the installer starts the daemons detached (its documented fallback).
@@ -59,6 +62,8 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
     // which reads ~/.bashrc): the hosts get empty ones, as a fresh host has.
     fs.writeFileSync(path.join(root, 'bashrc'), '');
     const binds: Array<[string, string]> = [...hostDirs.map((hostDir): [string, string] => [path.join(root, hostDir), hostDir]), [path.join(root, 'bashrc'), '/root/.bashrc']];
+    // Host 3 has no Node.js: the installer must bring its own runtime.
+    if (index === 2) binds.push(['/dev/null', '/usr/bin/node']);
     await startSshd(t, path.join(root, 'sshd'), host.netns, host.address, [key.publicKey], 22, binds);
   }
   const csv = path.join(dir, 'cluster.csv');
@@ -88,6 +93,7 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
     t.match(result.stdout, /would do \(dry run: nothing was changed\)/);
     t.match(result.stdout, /lvm-filter: edit \/etc\/lvm\/lvm.conf/);
     t.match(result.stdout, /start meshblock sds start --name sds2/);
+    t.match(result.stdout, /\(row 4\): .*prereqs: /, 'host 3 has no Node.js, and query says its prerequisites are not met');
     t.equal(fs.readFileSync(knownHosts, 'utf8').trim().split('\n').length, 3, 'the three host keys were recorded');
     t.notOk(fs.existsSync(path.join(roots[0] as string, 'opt/meshblock')), 'nothing uploaded');
     t.equal(fs.readFileSync(path.join(roots[0] as string, 'etc/lvm/lvm.conf'), 'utf8'), fs.readFileSync('/etc/lvm/lvm.conf', 'utf8'), 'lvm.conf unchanged');
