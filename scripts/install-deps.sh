@@ -18,6 +18,7 @@ packages=(
   openssh-server openssh-client  # real sshd servers (in network namespaces) for the host-setup and installer tests
   iproute2             # ip netns, veth: simulated hosts
   numactl libaio1      # what the packages host module requires of an SDS host (the installer test's hosts are this machine)
+  qemu-system-x86 cpio kmod  # the kernel-client VM test (scripts/vm): QEMU (TCG), the guest's initramfs, depmod for its modules
 )
 
 missing=()

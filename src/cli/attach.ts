@@ -48,7 +48,7 @@ export function attachOptions(yargs: Argv): Argv<AttachArgs> {
     .option('device', { type: 'string', describe: 'the NBD device to use [default: the first free /dev/nbdN]', requiresArg: true })
     .option('connections', { type: 'number', default: 1, describe: `TCP connections (1 to ${attachConnectionsMax})`, requiresArg: true })
     .option('timeout', { type: 'number', default: attachTimeoutSDefault, describe: 'seconds before an unanswered request fails', requiresArg: true })
-    .option('persist', { type: 'boolean', default: true, describe: 'nbd-client stays resident and reconnects when the SDC connection drops (--no-persist: netlink, no resident process)' })
+    .option('persist', { type: 'boolean', default: false, describe: 'nbd-client stays resident (ioctl interface) and reconnects when the SDC connection drops [default: netlink, no resident process]' })
     .option('read-only', { type: 'boolean', default: false, describe: 'attach read-only' })
     .option('nbds-max', { type: 'number', default: nbdsMaxDefault, describe: 'devices to create when loading the nbd module', requiresArg: true })
     .option('dry-run', { type: 'boolean', default: false, describe: 'print the commands, change nothing' })

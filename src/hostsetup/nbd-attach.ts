@@ -10,11 +10,12 @@
 //                    seconds when an SDS dies, far inside this.
 //   -C N             several TCP connections (the SDC advertises CAN_MULTI_CONN); 1 unless
 //                    asked, since one connection already keeps every SDS busy
-//   -persist -nonetlink
-//                    nbd-client stays resident and reconnects the device when the SDC's
-//                    connection drops (an SDC restart); that needs the ioctl interface, so
-//                    netlink is off in that mode. --no-persist: the netlink interface, no
-//                    resident process, and a dead SDC connection fails IO.
+//   (netlink)        nbd-client configures the device through netlink and exits: the path
+//                    the VM test runs (scripts/vm/guest-init.sh uses these same options).
+//                    A dead SDC connection fails IO after -t.
+//   --persist        `-persist -nonetlink`: nbd-client stays resident and reconnects the
+//                    device when the SDC's connection drops (an SDC restart); that needs the
+//                    ioctl interface. Not yet run in the VM test, so not the default.
 // Attachments are recorded in /run/meshblock/attachments/nbdN.json so `detach VOLUME`
 // finds the device; the kernel's own /sys/block/nbdN/pid says whether a device is in use.
 
