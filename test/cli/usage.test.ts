@@ -68,7 +68,9 @@ t.test('run-time failures: one line, exit 1', async (t) => {
   t.match(detach.stderr, /volume 'no-such-volume' is not attached here/);
   const dryRun = await runMeshblock(['attach', 'vol1', '--sdc', '10.0.2.100:10809', '--connections', '2', '--dry-run']);
   t.equal(dryRun.code, 0);
-  t.match(dryRun.stdout, /^(modprobe nbd nbds_max=16 max_part=16\n)?nbd-client 10\.0\.2\.100 10809 \/dev\/nbd\d+ -N vol1 -b 4096 -t 30 -C 2 -persist -nonetlink\n$/);
+  t.match(dryRun.stdout, /^(modprobe nbd nbds_max=16 max_part=16\n)?nbd-client 10\.0\.2\.100 10809 \/dev\/nbd\d+ -N vol1 -b 4096 -t 30 -C 2\n$/);
+  const persist = await runMeshblock(['attach', 'vol1', '--persist', '--dry-run']);
+  t.match(persist.stdout, /nbd-client 127\.0\.0\.1 10809 \/dev\/nbd\d+ -N vol1 -b 4096 -t 30 -persist -nonetlink\n$/, '--persist: a resident, reconnecting nbd-client (ioctl interface)');
 
   const missing = await runMeshblock(['nbd', 'serve', '--file', '/nonexistent/disk.img', '--listen', '127.0.0.1:0']);
   t.equal(missing.code, 1);
