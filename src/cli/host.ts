@@ -27,7 +27,7 @@ import { checkModule, planModule, selectModules, type ModulePlan } from '../host
 import { formatArgv, HostStepError, type ApplyResult, type Finding, type Host, type HostModule, type Step } from '../hostsetup/host-module.js';
 import { lsblkInventory } from '../hostsetup/disk-inventory.js';
 import { LocalTransport } from '../hostsetup/host-transport.js';
-import { parseSshTarget, SshTransport } from '../hostsetup/ssh-transport.js';
+import { defaultIdentityFile, parseSshTarget, SshTransport } from '../hostsetup/ssh-transport.js';
 import { nbdsMaxDefault, validateDevice } from '../hostsetup/nbd-attach.js';
 
 const exitRuntimeError = 1;
@@ -95,12 +95,22 @@ async function hostFor(args: HostArgs): Promise<{ host: Host; modules: HostModul
   if (args.host === undefined) return { host: { transport: new LocalTransport({ root: args.root }), options }, modules, close: () => undefined };
   if (path.resolve(args.root) !== '/') throw new InvalidArgumentError('--root', 'a root directory is for this machine; with --host the modules work on that host\'s /');
   const target = parseSshTarget('--host', args.host);
-  const identity = args.identity ?? ['id_ed25519', 'id_ecdsa', 'id_rsa'].map((name) => path.join(os.homedir(), '.ssh', name)).find((file) => fs.existsSync(file));
+  const identity = args.identity ?? defaultIdentityFile();
   // A password only from the environment: never on a command line that ps shows.
   const password = process.env['MESHBLOCK_SSH_PASSWORD'];
   const credentials = password !== undefined && password !== '' ? { password } : identity !== undefined ? { privateKey: fs.readFileSync(identity, 'utf8') } : {};
   const transport = await SshTransport.connect({ target, credentials, knownHostsFile: args['known-hosts'], acceptNewHostKey: args['accept-new-host-key'] });
   return { host: { transport, options, inventory: () => lsblkInventory(transport) }, modules, close: () => transport.close() };
+}
+
+/** Runs one verb on the host the arguments name, and lets go of it (an SSH session) after. */
+async function withHost(args: HostArgs, verb: (args: HostArgs, host: Host, modules: HostModule[]) => Promise<void>): Promise<void> {
+  const { host, modules, close } = await hostFor(args);
+  try {
+    await verb(args, host, modules);
+  } finally {
+    close();
+  }
 }
 
 function allOk(count: number): string {
@@ -168,13 +178,8 @@ function jsonPlan(plan: ModulePlan): object {
   };
 }
 
-export async function hostCheck(args: HostArgs): Promise<void> {
-  const { host, modules, close } = await hostFor(args);
-  try {
-    await hostCheckOn(args, host, modules);
-  } finally {
-    close();
-  }
+export function hostCheck(args: HostArgs): Promise<void> {
+  return withHost(args, hostCheckOn);
 }
 
 async function hostCheckOn(args: HostArgs, host: Host, modules: HostModule[]): Promise<void> {
@@ -197,13 +202,8 @@ async function planAll(host: Host, modules: readonly HostModule[]): Promise<Modu
   return plans;
 }
 
-export async function hostPlan(args: HostArgs): Promise<void> {
-  const { host, modules, close } = await hostFor(args);
-  try {
-    await hostPlanOn(args, host, modules);
-  } finally {
-    close();
-  }
+export function hostPlan(args: HostArgs): Promise<void> {
+  return withHost(args, hostPlanOn);
 }
 
 async function hostPlanOn(args: HostArgs, host: Host, modules: HostModule[]): Promise<void> {
@@ -232,13 +232,8 @@ async function confirm(question: string): Promise<boolean> {
   }
 }
 
-export async function hostApply(args: HostArgs): Promise<void> {
-  const { host, modules, close } = await hostFor(args);
-  try {
-    await hostApplyOn(args, host, modules);
-  } finally {
-    close();
-  }
+export function hostApply(args: HostArgs): Promise<void> {
+  return withHost(args, hostApplyOn);
 }
 
 async function hostApplyOn(args: HostArgs, host: Host, modules: HostModule[]): Promise<void> {

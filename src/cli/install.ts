@@ -14,7 +14,7 @@ import { dom0MemDefault, parseDom0Mem } from '../hostsetup/dom0-memory.js';
 import { installCsvTemplate, parseInstallCsv, type InstallHost } from '../hostsetup/install-csv.js';
 import { defaultWorkDir, Installer, installPhases, installPrefixDefault, type InstallPhase, type InstallVolume } from '../hostsetup/installer.js';
 import { nbdsMaxDefault } from '../hostsetup/nbd-attach.js';
-import { SshTransport } from '../hostsetup/ssh-transport.js';
+import { defaultIdentityFile, SshTransport } from '../hostsetup/ssh-transport.js';
 
 export interface InstallArgs {
   csv: string | undefined;
@@ -71,10 +71,6 @@ function parseVolumes(given: string[] | undefined): InstallVolume[] {
   });
 }
 
-function defaultIdentity(): string | undefined {
-  return ['id_ed25519', 'id_ecdsa', 'id_rsa'].map((name) => path.join(os.homedir(), '.ssh', name)).find((file) => fs.existsSync(file));
-}
-
 export async function installCommand(args: InstallArgs): Promise<void> {
   if (args.template !== undefined) {
     process.stdout.write(installCsvTemplate(args.template as 3 | 5));
@@ -88,7 +84,7 @@ export async function installCommand(args: InstallArgs): Promise<void> {
     throw new InvalidArgumentError('--csv', `cannot read ${csvPath}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
   const plan = parseInstallCsv(text);
-  const identityFile = args.identity ?? defaultIdentity();
+  const identityFile = args.identity ?? defaultIdentityFile();
   let privateKey: string | undefined;
   if (identityFile !== undefined) {
     try {

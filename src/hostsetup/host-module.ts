@@ -15,7 +15,7 @@ import { createTwoFilesPatch } from 'diff';
 import { MeshblockError } from '../common/errors.js';
 import type { BlockDeviceRecord } from './disk-inventory.js';
 import type { HostTransport, RunResult } from './host-transport.js';
-import { commandNotFoundCode } from './host-transport.js';
+import { commandNotFoundCode, shellQuote } from './host-transport.js';
 
 export const moduleNames = ['yum-repos', 'packages', 'prereqs', 'lvm-filter', 'nbd-module', 'dom0-memory', 'disks', 'xen-sr'] as const;
 export type ModuleName = (typeof moduleNames)[number];
@@ -112,7 +112,7 @@ export class HostModuleError extends MeshblockError {}
 /** A command line as a shell would take it back: words quoted only where the shell needs it. */
 export function formatArgv(argv: readonly string[]): string {
   // Commas are plain in sh (dom0_mem=4096M,max:4096M needs no quotes).
-  return argv.map((word) => (/^[A-Za-z0-9_./:=@%+,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`)).join(' ');
+  return argv.map(shellQuote).join(' ');
 }
 
 export function lastLine(text: string): string {

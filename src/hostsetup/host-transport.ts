@@ -69,6 +69,11 @@ export interface HostTransport {
   firstExisting?(filePaths: readonly string[]): Promise<string | null>;
 }
 
+/** Quotes one word for a POSIX shell, only where the shell needs it (commas are plain). */
+export function shellQuote(word: string): string {
+  return /^[A-Za-z0-9_./:=@%+,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
+}
+
 /** `20250314T093000` for the backup names: sorts by time, no characters a shell minds. */
 export function backupStamp(date: Date): string {
   return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, '');

@@ -30,7 +30,7 @@ import * as path from 'node:path';
 import { MeshblockError } from '../common/errors.js';
 import { formatArgv, type Host, type HostOptions } from './host-module.js';
 import { selectModules } from './host-modules.js';
-import type { HostTransport } from './host-transport.js';
+import { shellQuote as quote, type HostTransport } from './host-transport.js';
 import type { InstallHost, InstallPlan } from './install-csv.js';
 
 export const installPhases = ['query', 'upload', 'install', 'configure'] as const;
@@ -79,10 +79,6 @@ interface Session {
   host: InstallHost;
   label: string;
   transport: HostTransport & { close?: () => void; upload?: (local: string, remote: string, mode?: number) => Promise<void> };
-}
-
-function quote(word: string): string {
-  return /^[A-Za-z0-9_./:=@%+,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
 }
 
 async function sh(session: Session, script: string, timeoutMs = 120_000): Promise<string> {

@@ -19,10 +19,11 @@
 // Attachments are recorded in /run/meshblock/attachments/nbdN.json so `detach VOLUME`
 // finds the device; the kernel's own /sys/block/nbdN/pid says whether a device is in use.
 
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import { formatArgv, lastLine } from './host-module.js';
+import { commandNotFoundCode, LocalTransport, type RunResult } from './host-transport.js';
 
 export const nbdDevicePattern = /^\/dev\/nbd([0-9]+)$/;
 export const nbdsMaxDefault = 16;
@@ -71,7 +72,7 @@ export interface CommandLine {
 }
 
 export function formatCommand(line: CommandLine): string {
-  return [line.command, ...line.args].map((word) => (/^[A-Za-z0-9_./:=@%+-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`)).join(' ');
+  return formatArgv([line.command, ...line.args]);
 }
 
 export function modprobeCommand(nbdsMax: number): CommandLine {
@@ -97,35 +98,15 @@ export function validateDevice(field: string, device: string): number {
   return Number(match[1]);
 }
 
-interface RunOutput {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+const localHost = new LocalTransport();
 
-function runCommand(line: CommandLine, timeoutMs = 60_000): Promise<RunOutput> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(line.command, line.args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (err: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      if (err.code === 'ENOENT') reject(new AttachError('MB_ERR_ATTACH_TOOL', `${line.command} is not installed (${line.command === 'nbd-client' ? 'Debian: apt-get install nbd-client; RHEL/CentOS: yum install nbd' : 'install kmod'})`));
-      else reject(err);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
-function lastLine(text: string): string {
-  const lines = text.trim().split('\n').filter((line) => line.trim() !== '');
-  return lines.length === 0 ? '' : (lines[lines.length - 1] as string).trim();
+/** Runs a command of this host; a missing tool is an AttachError that says how to install it. */
+async function runCommand(line: CommandLine): Promise<RunResult> {
+  const result = await localHost.run(line.command, line.args);
+  if (result.code === commandNotFoundCode) {
+    throw new AttachError('MB_ERR_ATTACH_TOOL', `${line.command} is not installed (${line.command === 'nbd-client' ? 'Debian: apt-get install nbd-client; RHEL/CentOS: yum install nbd' : 'install kmod'})`);
+  }
+  return result;
 }
 
 /** The device's kernel state: size in bytes (0 = not connected) and the pid serving it. */

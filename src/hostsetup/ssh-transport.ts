@@ -13,10 +13,11 @@
 
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
-import { backupStamp, runOutputBytesMax, runTimeoutMsDefault, type HostTransport, type RunOptions, type RunResult, type WriteOptions } from './host-transport.js';
+import { backupStamp, runOutputBytesMax, shellQuote, runTimeoutMsDefault, type HostTransport, type RunOptions, type RunResult, type WriteOptions } from './host-transport.js';
 
 export const sshPortDefault = 22;
 export const sshReadyTimeoutMs = 20_000;
@@ -46,6 +47,11 @@ export interface SshTransportOptions {
   /** How long the TCP connect and SSH handshake may take [sshReadyTimeoutMs]. */
   readyTimeoutMs?: number;
   now?: () => Date;
+}
+
+/** The key OpenSSH would offer first: ~/.ssh/id_ed25519, id_ecdsa, id_rsa (undefined: none). */
+export function defaultIdentityFile(home = os.homedir()): string | undefined {
+  return ['id_ed25519', 'id_ecdsa', 'id_rsa'].map((name) => path.join(home, '.ssh', name)).find((file) => fs.existsSync(file));
 }
 
 /** `user@host`, `user@host:port`, `user@[v6]:port`; the user defaults to root. */
@@ -109,10 +115,7 @@ function keyTypeOf(key: Buffer): string {
   return key.subarray(4, 4 + length).toString('ascii');
 }
 
-/** Quotes one word for a POSIX shell. */
-export function shellQuote(word: string): string {
-  return /^[A-Za-z0-9_./:=@%+,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
-}
+export { shellQuote };
 
 export class SshTransport implements HostTransport {
   readonly label: string;
