@@ -9,8 +9,9 @@
  * page cache on the calling thread, and fails with EAGAIN instead of waiting for a disk.
  * Small reads whose pages are cached then cost one system call on the event loop instead
  * of a round trip through the thread pool (two context switches and two wake-ups), which
- * is most of their latency. Anything that would block still goes to the pool. (There is
- * no write twin: ext4 refuses buffered pwritev2 with RWF_NOWAIT, EOPNOTSUPP.)
+ * is most of their latency. Anything that would block still goes to the pool. Writes have
+ * no such twin (ext4 refuses buffered pwritev2 with RWF_NOWAIT, EOPNOTSUPP), so
+ * pwriteInline writes on the calling thread and reports afterwards whether it blocked.
  */
 #define _GNU_SOURCE
 #define NAPI_VERSION 8
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -168,6 +170,50 @@ static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
 
 
 /*
+ * pwriteInline(fd, buffer, offset) -> bytes written, or -errno: a buffered write on the
+ * calling thread, which for a file is a copy into the page cache. The caller then asks
+ * inlineWriteSlept() whether that write blocked: a voluntary context switch of this thread
+ * during the call (dirty-page throttling, a journal wait, a page lock) means the event
+ * loop stood still for the disk, and small writes should go back to the thread pool for a
+ * while. Being preempted by another process is an involuntary switch and says nothing
+ * about the disk; on a machine with more busy processes than cores it happens all the
+ * time, and timing the call alone cannot tell the two apart.
+ */
+static int inline_write_slept = 0;
+
+static napi_value js_pwrite_inline(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], result;
+  int32_t fd;
+  int64_t offset;
+  void *data;
+  size_t length;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &offset) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected (fd, buffer, offset)");
+    return NULL;
+  }
+  struct rusage before, after;
+  getrusage(RUSAGE_THREAD, &before);
+  ssize_t done = pwrite(fd, data, length, offset);
+  int saved = errno;
+  getrusage(RUSAGE_THREAD, &after);
+  inline_write_slept = after.ru_nvcsw != before.ru_nvcsw;
+  napi_create_int64(env, done < 0 ? -(int64_t)saved : (int64_t)done, &result);
+  return result;
+}
+
+static napi_value js_inline_write_slept(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  napi_get_boolean(env, inline_write_slept, &result);
+  return result;
+}
+
+
+/*
  * CRC-32C (Castagnoli) for payload checksums at line rate: the SSE4.2 crc32 instruction,
  * 8 bytes a step, where the CPU has it (checked at run time); a table otherwise. The
  * result is the same as src/common/crc32c.ts, which test/common/crc32c.test.ts checks.
@@ -251,6 +297,8 @@ NAPI_MODULE_INIT() {
   set_fn(env, exports, "zeroout", js_zeroout);
   set_fn(env, exports, "blockDeviceSize", js_block_device_size);
   set_fn(env, exports, "preadNowait", js_pread_nowait);
+  set_fn(env, exports, "pwriteInline", js_pwrite_inline);
+  set_fn(env, exports, "inlineWriteSlept", js_inline_write_slept);
   set_int(env, exports, "EOPNOTSUPP", EOPNOTSUPP);
   set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);
   set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);

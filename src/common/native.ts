@@ -17,6 +17,8 @@ interface NativeBinding {
   zeroout: NativeOp;
   blockDeviceSize(fd: number): number;
   preadNowait(fd: number, target: Buffer, offsetBytes: number): number;
+  pwriteInline(fd: number, source: Buffer, offsetBytes: number): number;
+  inlineWriteSlept(): boolean;
   crc32c(bytes: Buffer, previous: number): number;
   EOPNOTSUPP: number;
   FALLOC_FL_KEEP_SIZE: number;
@@ -92,6 +94,14 @@ export function blockDeviceSizeBytes(fd: number): number {
  */
 export const preadNowait: (fd: number, target: Buffer, offsetBytes: number) => number = binding.preadNowait;
 export const EOPNOTSUPP = binding.EOPNOTSUPP;
+
+/**
+ * pwrite on the calling thread: bytes written, or a negative errno. inlineWriteSlept() then
+ * says whether that write blocked (this thread switched out voluntarily during it) rather
+ * than being preempted. See meshblock_native.c.
+ */
+export const pwriteInline: (fd: number, source: Buffer, offsetBytes: number) => number = binding.pwriteInline;
+export const inlineWriteSlept: () => boolean = binding.inlineWriteSlept;
 
 /** CRC-32C in the addon (SSE4.2 where available); use common/crc32c.ts's crc32c(). */
 export const nativeCrc32c: (bytes: Buffer, previous: number) => number = binding.crc32c;

@@ -106,6 +106,7 @@ export class WirePeer {
   private setupReject: ((err: Error) => void) | null = null;
   private readonly inflightBytesMax: number;
   private closing = false;
+  private corked = false;
   private failure: Error | null = null;
   private received: Buffer[] = [];
   private receivedBytes = 0;
@@ -300,11 +301,26 @@ export class WirePeer {
       payloadBytes: payload.length,
       payloadCrc32c: this.options.payloadChecksums === true ? crc32c(payload) : null,
     });
-    this.socket.cork();
+    // Frames sent in the same turn of the event loop leave in one writev: under load every
+    // wake-up of this process answers several requests, and each send wakes the receiver.
+    // Setup frames go at once: a refusal is followed by destroy(), which drops corked bytes.
+    if (this.remote === null) {
+      this.socket.write(payload.length > 0 ? Buffer.concat([header, payload]) : header);
+      return;
+    }
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(this.uncork);
+    }
     this.socket.write(header);
     if (payload.length > 0) this.socket.write(payload);
-    this.socket.uncork();
   }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   private onData(chunk: Buffer): void {
     this.received.push(chunk);
