@@ -18,6 +18,7 @@
 #include <node_api.h>
 
 #include <errno.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -214,6 +215,33 @@ static napi_value js_inline_write_slept(napi_env env, napi_callback_info info) {
 
 
 /*
+ * tuneMalloc(mmapThresholdBytes, trimThresholdBytes) -> true if glibc took both. Node
+ * allocates every socket read (64 KiB) and most Buffers with malloc. glibc serves blocks
+ * from 128 KiB up with a fresh mmap, and gives the top of its heap back to the kernel when
+ * over 128 KiB of it is free; both thresholds only creep up on their own. A daemon moving
+ * 1 MiB blocks then pays a page fault for every 4 KiB it receives, and the unmap after:
+ * with the thresholds set once at start, freed blocks stay mapped and are reused.
+ */
+static napi_value js_tune_malloc(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], result;
+  int64_t mmap_threshold, trim_threshold;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 2 || napi_get_value_int64(env, argv[0], &mmap_threshold) != napi_ok ||
+      napi_get_value_int64(env, argv[1], &trim_threshold) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected (mmapThresholdBytes, trimThresholdBytes)");
+    return NULL;
+  }
+  int ok = 0;
+#if defined(__GLIBC__)
+  ok = mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold) == 1 && mallopt(M_TRIM_THRESHOLD, (int)trim_threshold) == 1;
+#endif
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
+
+/*
  * CRC-32C (Castagnoli) for payload checksums at line rate: the SSE4.2 crc32 instruction,
  * 8 bytes a step, where the CPU has it (checked at run time); a table otherwise. The
  * result is the same as src/common/crc32c.ts, which test/common/crc32c.test.ts checks.
@@ -299,6 +327,7 @@ NAPI_MODULE_INIT() {
   set_fn(env, exports, "preadNowait", js_pread_nowait);
   set_fn(env, exports, "pwriteInline", js_pwrite_inline);
   set_fn(env, exports, "inlineWriteSlept", js_inline_write_slept);
+  set_fn(env, exports, "tuneMalloc", js_tune_malloc);
   set_int(env, exports, "EOPNOTSUPP", EOPNOTSUPP);
   set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);
   set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);

@@ -2,6 +2,8 @@
 
 import yargs from 'yargs';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
+import { tuneMalloc } from '../common/native.js';
+import { MiB } from '../common/units.js';
 import { nbdServe, nbdServeOptions, type NbdServeArgs } from './nbd-serve.js';
 import { registerManagementCommands, registerSdcManagementCommands, registerSdsManagementCommands } from './manage.js';
 import { sdcStart, sdcStartOptions, type SdcStartArgs } from './sdc-start.js';
@@ -12,6 +14,17 @@ import { registerHostCommands } from './host.js';
 import { loadtest, loadtestCommand, loadtestDescription, loadtestOptions, type LoadtestArgs } from './loadtest.js';
 import { mdmStart, mdmStartOptions, type MdmStartArgs } from './mdm-start.js';
 import { sdsStart, sdsStartOptions, type SdsStartArgs } from './sds-start.js';
+
+// Memory for IO, set before anything allocates (measured in docs/benchmarks.md):
+// - Buffer.allocUnsafe takes sizes below half of poolSize from a shared slab. At Node's
+//   8 KiB every 4 KiB block, with its header or IO arguments, was an ArrayBuffer of its
+//   own: a malloc, external memory that V8 answers with full mark-compact collections, and
+//   a free. With 128 KiB slabs, the daemons' per-IO buffers under 64 KiB cost none of that.
+// - glibc keeps freed blocks up to 4 MiB, and up to 128 MiB of free heap, mapped: every
+//   64 KiB socket read was otherwise a fresh mapping, faulted in page by page (see
+//   tuneMalloc in native/meshblock_native.c). 1 MiB reads through the lab: 342 -> 692 MB/s.
+Buffer.poolSize = 128 * 1024;
+tuneMalloc(4 * MiB, 128 * MiB);
 
 export class UsageError extends MeshblockError {
   constructor(message: string) {

@@ -19,6 +19,7 @@ interface NativeBinding {
   preadNowait(fd: number, target: Buffer, offsetBytes: number): number;
   pwriteInline(fd: number, source: Buffer, offsetBytes: number): number;
   inlineWriteSlept(): boolean;
+  tuneMalloc(mmapThresholdBytes: number, trimThresholdBytes: number): boolean;
   crc32c(bytes: Buffer, previous: number): number;
   EOPNOTSUPP: number;
   FALLOC_FL_KEEP_SIZE: number;
@@ -102,6 +103,12 @@ export const EOPNOTSUPP = binding.EOPNOTSUPP;
  */
 export const pwriteInline: (fd: number, source: Buffer, offsetBytes: number) => number = binding.pwriteInline;
 export const inlineWriteSlept: () => boolean = binding.inlineWriteSlept;
+
+/**
+ * Sets glibc's mmap and trim thresholds (mallopt): freed blocks below them stay mapped for
+ * reuse instead of costing page faults again. False where the C library is not glibc.
+ */
+export const tuneMalloc: (mmapThresholdBytes: number, trimThresholdBytes: number) => boolean = binding.tuneMalloc;
 
 /** CRC-32C in the addon (SSE4.2 where available); use common/crc32c.ts's crc32c(). */
 export const nativeCrc32c: (bytes: Buffer, previous: number) => number = binding.crc32c;

@@ -27,7 +27,7 @@ import {
 } from '../common/limits.js';
 import { assert } from '../common/assert.js';
 import type { BlockBackend, Extent } from './backend.js';
-import { BufferPool } from './buffer-pool.js';
+import { BufferPool, payloadPool as pool } from '../common/buffer-pool.js';
 import { nbdErrnoOf } from './errno.js';
 import type { Negotiated } from './handshake-newstyle.js';
 import * as P from './protocol.js';
@@ -45,9 +45,6 @@ const enum ParseState {
   /** Reading and dropping the payload of a rejected WRITE. */
   Discard,
 }
-
-/** Large payload and reply buffers, shared by every connection of the process. */
-const pool = new BufferPool();
 
 /** A payload or reply buffer: from the pool when large enough to be worth it. */
 function allocate(bytes: number): Buffer {

@@ -21,6 +21,7 @@ import { nbdRequestBytesMax } from '../common/limits.js';
 import type { SdcVolume } from '../wire/mdm-ops.js';
 import type { WirePeer, WireResponse } from '../wire/peer.js';
 import { placementGroupOf, type PlacementMap } from '../wire/placement.js';
+import { releasePayload } from '../common/buffer-pool.js';
 import { SdsOp, SdsStatus, allocationChunkCountMax, encodeAllocation, encodeIo, IoFlag, type IoArgs } from '../wire/sds-ops.js';
 import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSizeLimits, type Extent, type WriteOptions, type ZeroOptions } from './backend.js';
 
@@ -115,8 +116,9 @@ export class VolumeBackend implements BlockBackend {
           part.fill(0);
           return;
         }
-        const response = await this.send(SdsOp.Read, piece.args, () => encodeIo(piece.args));
+        const response = await this.send(SdsOp.Read, piece.args);
         response.payload.copy(part);
+        releasePayload(response.payload);
       }),
     );
   }
@@ -126,10 +128,9 @@ export class VolumeBackend implements BlockBackend {
     await Promise.all(
       this.pieces(offsetBytes, source.length).map(async (piece) => {
         const args = { ...piece.args, flags };
-        const payload = encodeIo(args, source.subarray(piece.atBytes, piece.atBytes + args.lengthBytes));
         // Marked before the write is sent: a read racing it must ask the SDS.
         this.chunkStates[args.chunkIndex] = ChunkState.Data;
-        await this.send(SdsOp.Write, args, () => payload);
+        await this.send(SdsOp.Write, args, source.subarray(piece.atBytes, piece.atBytes + args.lengthBytes));
       }),
     );
   }
@@ -182,7 +183,7 @@ export class VolumeBackend implements BlockBackend {
       this.pieces(offsetBytes, lengthBytes).map(async (piece) => {
         const args = { ...piece.args, flags };
         if (this.chunkStates[args.chunkIndex] === ChunkState.Empty) return;
-        await this.send(SdsOp.Trim, args, () => encodeIo(args));
+        await this.send(SdsOp.Trim, args);
         if (args.offsetBytes === 0 && args.lengthBytes === this.volume.chunkBytes && this.volume.exclusive) this.chunkStates[args.chunkIndex] = ChunkState.Empty;
       }),
     );
@@ -249,7 +250,7 @@ export class VolumeBackend implements BlockBackend {
    * Sends one piece to the primary of its group at the current epoch, refreshing the map
    * and trying again while the cluster is changing under it.
    */
-  private async send(op: number, args: IoArgs, payloadOf: () => Buffer): Promise<WireResponse> {
+  private async send(op: number, args: IoArgs, data?: Buffer): Promise<WireResponse> {
     let lastProblem = '';
     for (let attempt = 0; attempt < pieceAttemptsMax; attempt++) {
       await this.beforeAttempt(attempt);
@@ -270,8 +271,11 @@ export class VolumeBackend implements BlockBackend {
         throw new BackendError('EIO', `chunk ${args.chunkIndex} of ${this.volume.name}: both copies of placement group ${pgIndex} are lost`);
       }
       args.pgIndex = pgIndex;
-      const payload = payloadOf();
-      payload.writeUInt32BE(pgIndex, 16);
+      // Arguments are encoded per attempt (an earlier attempt's may still sit in a socket's
+      // queue, and must not change under it); the data goes out as it is, behind them,
+      // without a copy. A pooled NBD payload is held by the socket until written, so it
+      // is not reused while queued, even if this request times out first.
+      const payload = data === undefined ? encodeIo(args) : [encodeIo(args), data];
       let response: WireResponse;
       try {
         const peer = await this.router.peer(group.primary);

@@ -27,6 +27,7 @@ import { assert } from '../common/assert.js';
 import { crc32c } from '../common/crc32c.js';
 import { MeshblockError } from '../common/errors.js';
 import { MiB } from '../common/units.js';
+import { BufferPool, payloadPool } from '../common/buffer-pool.js';
 import { decodeHeader, encodeHeader, verifyPayload, wireHeaderBytes, WireFrameError, type WireHeader } from './header.js';
 
 /** Operations below 16 belong to connection setup; the rest are defined by their users. */
@@ -76,10 +77,16 @@ export interface WireRequest {
 export interface WireReply {
   status: number;
   payload?: Buffer;
+  /** The payload came from payloadPool and is the peer's to release once it is sent. */
+  releaseAfterSend?: boolean;
 }
 
 export interface WireResponse {
   status: number;
+  /**
+   * A large payload comes from payloadPool: the caller may give it back with
+   * releasePayload() after its last use, or leave it to the garbage collector.
+   */
   payload: Buffer;
 }
 
@@ -111,6 +118,9 @@ export class WirePeer {
   private received: Buffer[] = [];
   private receivedBytes = 0;
   private header: WireHeader | null = null;
+  /** A large payload being received straight into a pooled buffer, and how much is in. */
+  private assembling: Buffer | null = null;
+  private assembledBytes = 0;
   private onFrame: ((header: WireHeader, payload: Buffer) => void) | null = null;
   /** Who is at the other end, once setup has proven it. */
   remote: PeerIdentity | null = null;
@@ -226,9 +236,10 @@ export class WirePeer {
   // --- requests ------------------------------------------------------------------------
 
   /** Sends a request and resolves with the reply; rejects on timeout, failure or close. */
-  async request(op: number, payload: Buffer, options: { epoch?: number; timeoutMs?: number } = {}): Promise<WireResponse> {
+  async request(op: number, payload: Buffer | readonly Buffer[], options: { epoch?: number; timeoutMs?: number } = {}): Promise<WireResponse> {
     assert(op >= 16, 'ops below 16 are reserved for connection setup');
-    while (this.sentInflightBytes > 0 && this.sentInflightBytes + payload.length > this.inflightBytesMax && this.failure === null) {
+    const payloadBytes = Buffer.isBuffer(payload) ? payload.length : payload.reduce((sum, part) => sum + part.length, 0);
+    while (this.sentInflightBytes > 0 && this.sentInflightBytes + payloadBytes > this.inflightBytesMax && this.failure === null) {
       await this.nextRetire();
     }
     if (this.failure !== null) throw this.failure;
@@ -240,8 +251,8 @@ export class WirePeer {
         this.retire(requestId);
         reject(new WireError('MB_ERR_WIRE_TIMEOUT', `request ${requestId} (op ${op}) got no reply in ${timeoutMs} ms`));
       }, timeoutMs);
-      this.pending.set(requestId, { resolve, reject, timer, payloadBytes: payload.length });
-      this.sentInflightBytes += payload.length;
+      this.pending.set(requestId, { resolve, reject, timer, payloadBytes });
+      this.sentInflightBytes += payloadBytes;
       this.sendFrame(op, false, WireStatus.Ok, requestId, options.epoch ?? 0, payload);
     });
   }
@@ -289,32 +300,49 @@ export class WirePeer {
 
   // --- frames --------------------------------------------------------------------------
 
-  private sendFrame(op: number, reply: boolean, status: number, requestId: number, epoch: number, payload: Buffer): void {
-    if (this.socket.destroyed) return;
-    const header = encodeHeader({
-      op,
-      reply,
-      status,
-      clusterId: this.options.clusterId,
-      requestId,
-      epoch,
-      payloadBytes: payload.length,
-      payloadCrc32c: this.options.payloadChecksums === true ? crc32c(payload) : null,
-    });
-    // Frames sent in the same turn of the event loop leave in one writev: under load every
-    // wake-up of this process answers several requests, and each send wakes the receiver.
-    // Setup frames go at once: a refusal is followed by destroy(), which drops corked bytes.
-    if (this.remote === null) {
-      this.socket.write(payload.length > 0 ? Buffer.concat([header, payload]) : header);
+  /**
+   * Queues one frame. Parts of the payload from payloadPool are held until the socket is
+   * done with them; with `releaseAfterSend`, a pooled payload is also released then.
+   */
+  private sendFrame(op: number, reply: boolean, status: number, requestId: number, epoch: number, payload: Buffer | readonly Buffer[], releaseAfterSend = false): void {
+    const parts = Buffer.isBuffer(payload) ? [payload] : payload;
+    if (this.socket.destroyed) {
+      if (releaseAfterSend) for (const part of parts) payloadPool.release(part);
       return;
     }
+    let payloadBytes = 0;
+    let payloadCrc32c: number | null = this.options.payloadChecksums === true ? 0 : null;
+    for (const part of parts) {
+      payloadBytes += part.length;
+      if (payloadCrc32c !== null) payloadCrc32c = crc32c(part, payloadCrc32c);
+    }
+    const header = encodeHeader({ op, reply, status, clusterId: this.options.clusterId, requestId, epoch, payloadBytes, payloadCrc32c });
+    // Setup frames go at once: a refusal is followed by destroy(), which drops corked bytes.
+    if (this.remote === null) {
+      this.socket.write(payloadBytes > 0 ? Buffer.concat([header, ...parts]) : header);
+      return;
+    }
+    // Frames sent in the same turn of the event loop leave in one writev: under load every
+    // wake-up of this process answers several requests, and each send wakes the receiver.
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
       setImmediate(this.uncork);
     }
     this.socket.write(header);
-    if (payload.length > 0) this.socket.write(payload);
+    for (const part of parts) {
+      if (part.length === 0) continue;
+      if (!BufferPool.pooled(part.buffer.byteLength)) {
+        this.socket.write(part);
+        continue;
+      }
+      // The write callback runs when the kernel has the bytes, or the socket died.
+      payloadPool.hold(part);
+      this.socket.write(part, () => {
+        payloadPool.unhold(part);
+        if (releaseAfterSend) payloadPool.release(part);
+      });
+    }
   }
 
   private readonly uncork = (): void => {
@@ -338,11 +366,24 @@ export class WirePeer {
             throw new WireFrameError('MB_ERR_WIRE_CLUSTER', `frame for cluster ${header.clusterId}, this is cluster ${this.options.clusterId}`);
           }
           this.header = header;
+          // A large payload is copied into one pooled buffer as it arrives: no concat of
+          // the socket's chunks into a fresh allocation at the end.
+          if (BufferPool.pooled(header.payloadBytes)) {
+            this.assembling = payloadPool.acquire(header.payloadBytes);
+            this.assembledBytes = 0;
+          }
         }
-        if (this.receivedBytes < this.header.payloadBytes) return;
+        let payload: Buffer;
+        if (this.assembling !== null) {
+          if (!this.assemble(this.assembling)) return;
+          payload = this.assembling;
+          this.assembling = null;
+        } else {
+          if (this.receivedBytes < this.header.payloadBytes) return;
+          payload = this.take(this.header.payloadBytes);
+        }
         const header = this.header;
         this.header = null;
-        const payload = this.take(header.payloadBytes);
         verifyPayload(header, payload);
         this.onFrame(header, payload);
       }
@@ -350,6 +391,21 @@ export class WirePeer {
       this.options.log.warn({ err, peer: this.socket.remoteAddress }, 'dropping wire connection: bad frame');
       this.destroy(err instanceof Error ? err : new Error(String(err)));
     }
+  }
+
+  /** Moves received bytes into `target`; true once it is full. */
+  private assemble(target: Buffer): boolean {
+    while (this.assembledBytes < target.length) {
+      const chunk = this.received[0];
+      if (chunk === undefined) return false;
+      const used = Math.min(chunk.length, target.length - this.assembledBytes);
+      chunk.copy(target, this.assembledBytes, 0, used);
+      this.assembledBytes += used;
+      this.receivedBytes -= used;
+      if (used === chunk.length) this.received.shift();
+      else this.received[0] = chunk.subarray(used);
+    }
+    return true;
   }
 
   private take(byteCount: number): Buffer {
@@ -384,12 +440,15 @@ export class WirePeer {
     this.servedInflightBytes += payload.length;
     if (this.servedInflightBytes > this.inflightBytesMax) this.socket.pause();
     handler({ op: header.op, epoch: header.epoch, payload }).then(
-      (reply) => this.sendFrame(header.op, true, reply.status, header.requestId, header.epoch, reply.payload ?? Buffer.alloc(0)),
+      (reply) => this.sendFrame(header.op, true, reply.status, header.requestId, header.epoch, reply.payload ?? Buffer.alloc(0), reply.releaseAfterSend === true),
       (err: unknown) => {
         this.options.log.warn({ err, op: header.op }, 'wire request failed');
         this.sendFrame(header.op, true, WireStatus.Failed, header.requestId, header.epoch, Buffer.from(String(err instanceof Error ? err.message : err)));
       },
     ).finally(() => {
+      // The handler is done with the request: a pooled payload goes back (once any socket
+      // write forwarding it has finished).
+      if (payloadPool.owns(payload)) payloadPool.release(payload);
       this.servedInflightBytes -= payload.length;
       if (this.servedInflightBytes <= this.inflightBytesMax && this.socket.isPaused()) this.socket.resume();
     });

@@ -16,6 +16,7 @@ import t, { type Test } from 'tap';
 import { encodeHeader, wireHeaderBytes } from '../../src/wire/header.js';
 import { SdsOp, SdsStatus, encodeIo, IoFlag } from '../../src/wire/sds-ops.js';
 import { loopDevice, sparseFile } from '../helpers/files.js';
+import { until } from '../helpers/cluster.js';
 import { run } from '../helpers/processes.js';
 import { MiB, SdsReplyError, TestVolumeClient, connectSocket, connectWire, getStats, makeMap, setMap, startSds, testClusterId } from '../helpers/sds.js';
 
@@ -97,6 +98,8 @@ t.test('wrong secrets and hostile frames drop one connection, never the SDS', as
   t.equal((await patient.request(SdsOp.SetMap, Buffer.from('{"epoch": "x"'), { epoch: 1 })).status, SdsStatus.InvalidArgument, 'a map that is not JSON');
   t.equal((await patient.request(SdsOp.Rebuild, Buffer.from('{}'), { epoch: 1 })).status, SdsStatus.InvalidArgument, 'rebuild args missing');
   t.ok((await volume.read(0, data.length)).equals(data), 'the first client never noticed any of it');
+  // The SDS logs asynchronously: a line may follow the reply it explains by a moment.
+  await until('the bad peers to be logged', async () => (/dropping wire connection: bad frame/.test(sds.stderr()) && /MB_ERR_WIRE_AUTH/.test(sds.stderr()) ? true : undefined), 10_000).catch(() => undefined);
   t.match(sds.stderr(), /"code":"MB_ERR_WIRE_AUTH".*"msg":"wire peer refused"/, 'the wrong secret was logged');
   t.match(sds.stderr(), /frame for cluster 0000000000000bad/, 'so was the other cluster');
   t.match(sds.stderr(), /dropping wire connection: bad frame/, 'the bad frames were logged');
@@ -162,6 +165,7 @@ async function failingDeviceCase(t: Test, kind: 'loop' | 'file'): Promise<void> 
   t.equal(read.status, SdsStatus.IoError, 'a chunk on the failed device is not served (no zeros, no stale bytes)');
   const refused = await volume.write(200 * MiB, randomBytes(4096)).then(() => null, (err: SdsReplyError) => err.status);
   t.equal(refused, SdsStatus.NoSpace, 'new chunks find no healthy device');
+  await until('the device failure to be logged', async () => (/device failed/.test(sds.stderr()) ? true : undefined), 10_000).catch(() => undefined);
   t.match(sds.stderr(), /device failed/, 'the failure was logged');
   t.equal(sds.process.exitCode, null, 'the SDS is still running');
   t.equal(await sds.stop(), 0, 'and stops cleanly');
