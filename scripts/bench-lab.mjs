@@ -578,6 +578,9 @@ async function waitForProfile(file) {
  * Functions are keyed by name and file:line, so one function reached by many call paths
  * counts once. Shares are of all samples, and of the busy (non-idle) ones.
  */
+/** The functions of native/meshblock_native.c, as the profiler may name any of them. */
+const addonFunctionNames = new Set(['crc32c', 'fallocate', 'lseek', 'discard', 'zeroout', 'blockDeviceSize', 'preadNowait', 'pwriteInline', 'inlineWriteSlept', 'tuneMalloc']);
+
 function summarizeProfile(profile) {
   const byFunction = new Map();
   let totalSamples = 0;
@@ -592,7 +595,10 @@ function summarizeProfile(profile) {
       continue;
     }
     const where = url === '' ? '' : `${shortUrl(url)}:${lineNumber + 1}`;
-    const key = `${functionName || '(anonymous)'} ${where}`.trim();
+    // N-API functions share one C++ entry point, so V8's profiler gives every call into
+    // meshblock's addon the name of whichever addon function it saw first or last.
+    const name = url === '' && addonFunctionNames.has(functionName) ? '(meshblock addon)' : functionName || '(anonymous)';
+    const key = `${name} ${where}`.trim();
     byFunction.set(key, (byFunction.get(key) ?? 0) + hits);
   }
   const busySamples = totalSamples - idleSamples;
@@ -844,10 +850,12 @@ CPU profiles (V8 sampling profiler, main thread only: work on libuv's thread poo
 kernel does not appear, except as the native call that does it) of the SDC and of sds1, each
 during one extra, unmeasured run of ${profiledPatterns.map((pattern) => pattern.title).join(' and of ')}. Top ${profileTopCount} functions by
 self time, in % of the samples in which the main thread was busy. Native functions without a file
-are calls into C++: \`writev\`/\`writeBuffer\` are socket writes (a single-buffer \`fs.writeSync\` is also
-\`writeBuffer\`: on an SDS that is the 4k write into the device file), \`read\` is \`fs.read\`,
-\`preadNowait\` meshblock's cached-read addon; "(program)" is V8/native time not attributed to a
-JavaScript function, "(garbage collector)" is GC.
+are calls into C++: \`writev\`/\`writeBuffer\` are socket writes, \`read\` is \`fs.read\` (large device
+reads, handed to the thread pool), "(meshblock addon)" is meshblock's native addon: on an SDS chiefly
+\`pwriteInline\` (the small device writes, done on the event loop) and \`preadNowait\` (cached small
+reads); "(program)" is V8/native time not attributed to a JavaScript function, "(garbage collector)" is GC.
+Time a process spends preempted inside a system call counts for that call: on two cores shared by
+six busy processes, a socket write that wakes its receiver is often where the writer loses the CPU.
 
 ${profileText}
 

@@ -5,7 +5,7 @@
 
 import * as net from 'node:net';
 import { parseHostPort } from '../common/address.js';
-import { WireError, WirePeer, type WirePeerOptions } from './peer.js';
+import { WireError, WirePeer, borrowedDataEvent, type WirePeerOptions } from './peer.js';
 
 export const connectTimeoutMs = 10_000;
 
@@ -59,10 +59,29 @@ export class PeerPool {
   }
 }
 
-/** A TCP connection to HOST:PORT, or a WireError naming the address (refused, timed out). */
+/** Bytes of the read buffer a connectTcp socket reuses for every read. */
+const borrowedReadBytes = 256 * 1024;
+
+/**
+ * A TCP connection to HOST:PORT, or a WireError naming the address (refused, timed out).
+ * The socket reads into one buffer of its own, reused for every read, and hands each read
+ * to its WirePeer as a borrowed view (borrowedDataEvent) instead of emitting 'data': Node
+ * would otherwise allocate a new 64 KiB buffer per read, which at hundreds of MB/s of read
+ * replies drives V8 into frequent full collections.
+ */
 export async function connectTcp(address: string, timeoutMs: number): Promise<net.Socket> {
   const { host, port } = parseHostPort('address', address);
-  const socket = net.connect({ host, port });
+  const socket: net.Socket = net.connect({
+    host,
+    port,
+    onread: {
+      buffer: Buffer.allocUnsafeSlow(borrowedReadBytes),
+      callback: (bytesRead: number, buffer: Uint8Array): boolean => {
+        socket.emit(borrowedDataEvent, Buffer.from(buffer.buffer, buffer.byteOffset, bytesRead));
+        return true;
+      },
+    },
+  });
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       socket.destroy();
@@ -70,6 +89,9 @@ export async function connectTcp(address: string, timeoutMs: number): Promise<ne
     }, timeoutMs);
     socket.once('connect', () => {
       clearTimeout(timer);
+      // Nothing is read until a WirePeer takes the socket (it resumes it): a borrowed read
+      // before then would have no one to go to.
+      socket.pause();
       resolve();
     });
     socket.once('error', (err) => {

@@ -52,6 +52,12 @@ const nonceBytes = 32;
 
 export class WireError extends MeshblockError {}
 
+/**
+ * Emitted by a socket made with connectTcp's borrowed reads, for each read: the chunk is
+ * a view of the socket's one read buffer and is overwritten by the next read.
+ */
+export const borrowedDataEvent = 'meshblock:borrowed-data';
+
 export type PeerRole = 'sdc' | 'sds' | 'mdm' | 'test';
 
 export interface WirePeerOptions {
@@ -121,6 +127,8 @@ export class WirePeer {
   /** A large payload being received straight into a pooled buffer, and how much is in. */
   private assembling: Buffer | null = null;
   private assembledBytes = 0;
+  /** While onBorrowedData runs: the store of the borrowed chunk, whose bytes must be copied to be kept. */
+  private borrowedStore: ArrayBufferLike | null = null;
   private onFrame: ((header: WireHeader, payload: Buffer) => void) | null = null;
   /** Who is at the other end, once setup has proven it. */
   remote: PeerIdentity | null = null;
@@ -133,6 +141,8 @@ export class WirePeer {
     this.inflightBytesMax = options.inflightBytesMax ?? wireInflightBytesMaxDefault;
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on(borrowedDataEvent, (chunk: Buffer) => this.onBorrowedData(chunk));
+    if (socket.isPaused()) socket.resume();
     socket.on('error', (err) => this.fail(new WireError('MB_ERR_WIRE_SOCKET', `wire connection error: ${err.message}`, { cause: err })));
     this.closed = new Promise((resolve) => {
       socket.on('close', () => {
@@ -350,6 +360,21 @@ export class WirePeer {
     this.socket.uncork();
   };
 
+  /**
+   * Bytes in the socket's own read buffer (connectTcp's borrowed reads), valid only during
+   * this call: large payloads are copied into their pooled buffer as usual, and whatever
+   * else is kept past this call (small payloads, a partial frame) is copied out.
+   */
+  private onBorrowedData(chunk: Buffer): void {
+    this.borrowedStore = chunk.buffer;
+    try {
+      this.onData(chunk);
+      this.received = this.received.map((part) => (part.buffer === this.borrowedStore ? Buffer.from(part) : part));
+    } finally {
+      this.borrowedStore = null;
+    }
+  }
+
   private onData(chunk: Buffer): void {
     this.received.push(chunk);
     this.receivedBytes += chunk.length;
@@ -380,7 +405,7 @@ export class WirePeer {
           this.assembling = null;
         } else {
           if (this.receivedBytes < this.header.payloadBytes) return;
-          payload = this.take(this.header.payloadBytes);
+          payload = this.keep(this.take(this.header.payloadBytes));
         }
         const header = this.header;
         this.header = null;
@@ -406,6 +431,11 @@ export class WirePeer {
       else this.received[0] = chunk.subarray(used);
     }
     return true;
+  }
+
+  /** A copy of `bytes` if they live in a borrowed read buffer; else `bytes`. */
+  private keep(bytes: Buffer): Buffer {
+    return this.borrowedStore !== null && bytes.buffer === this.borrowedStore ? Buffer.from(bytes) : bytes;
   }
 
   private take(byteCount: number): Buffer {

@@ -12,6 +12,7 @@ import { BufferPool, payloadPool, releasePayload } from '../../src/common/buffer
 import { crc32c } from '../../src/common/crc32c.js';
 import { encodeHeader } from '../../src/wire/header.js';
 import { WirePeer, WireStatus, type WirePeerOptions } from '../../src/wire/peer.js';
+import { connectTcp } from '../../src/wire/peer-pool.js';
 
 const log = pino({ level: 'silent' });
 const clusterId = 'a1b2c3d4e5f60718';
@@ -38,13 +39,15 @@ function connectSocket(port: number): Promise<net.Socket> {
   });
 }
 
-async function pair(t: Test, serverOptions: Partial<WirePeerOptions> = {}, clientOptions: Partial<WirePeerOptions> = {}): Promise<Pair> {
+/** `borrowedReads`: the client socket comes from connectTcp, which reads into one reused buffer. */
+async function pair(t: Test, serverOptions: Partial<WirePeerOptions> = {}, clientOptions: Partial<WirePeerOptions> = {}, borrowedReads = false): Promise<Pair> {
   let accepted!: Promise<WirePeer>;
   const port = await listen(t, (socket) => {
     accepted = WirePeer.accept(socket, { clusterId, secret, role: 'sds', name: 'sds1', log, ...serverOptions });
     accepted.catch(() => undefined);
   });
-  const client = await WirePeer.connect(await connectSocket(port), { clusterId, secret, role: 'sdc', name: 'sdc1', log, ...clientOptions });
+  const socket = borrowedReads ? await connectTcp(`127.0.0.1:${port}`, 5000) : await connectSocket(port);
+  const client = await WirePeer.connect(socket, { clusterId, secret, role: 'sdc', name: 'sdc1', log, ...clientOptions });
   const server = await accepted;
   t.teardown(() => {
     client.destroy();
@@ -185,7 +188,8 @@ t.test('large payloads: received into reused buffers, sent in parts, bytes intac
   // The server echoes each request into a pooled reply (as an SDS read does) after a
   // delay, so many large frames are in flight both ways and pooled buffers are recycled
   // while others are still queued on the socket.
-  for (const payloadChecksums of [false, true]) {
+  for (const [payloadChecksums, borrowedReads] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+    const what = `checksums ${payloadChecksums}, borrowed reads ${borrowedReads}`;
     const { client } = await pair(
       t,
       {
@@ -199,8 +203,10 @@ t.test('large payloads: received into reused buffers, sent in parts, bytes intac
         },
       },
       { payloadChecksums },
+      borrowedReads,
     );
-    const sizes = [64 * 1024, 1024 * 1024 + 40, 100_000, 3 * 1024 * 1024, 65_535, 200_000];
+    // Small and large frames mixed, so that borrowed reads hold frames that span reads.
+    const sizes = [10, 4136, 64 * 1024, 1024 * 1024 + 40, 100_000, 3 * 1024 * 1024, 65_535, 200_000];
     for (let round = 0; round < 3; round++) {
       const sent = sizes.map((size) => randomBytes(size));
       const responses = await Promise.all(
@@ -209,7 +215,7 @@ t.test('large payloads: received into reused buffers, sent in parts, bytes intac
       );
       responses.forEach((response, index) => {
         t.equal(response.status, WireStatus.Ok);
-        t.ok(response.payload.equals(sent[index] as Buffer), `checksums ${payloadChecksums}, round ${round}: ${sizes[index]} bytes came back intact`);
+        t.ok(response.payload.equals(sent[index] as Buffer), `${what}, round ${round}: ${sizes[index]} bytes came back intact`);
         releasePayload(response.payload);
       });
     }
