@@ -242,6 +242,27 @@ static napi_value js_tune_malloc(napi_env env, napi_callback_info info) {
 
 
 /*
+ * adviseRandom(fd) -> 0, or an errno: posix_fadvise(POSIX_FADV_RANDOM) over the whole
+ * file, which turns readahead off for this open file. An SDS reads whole chunk ranges that
+ * the SDC asked for, so readahead only adds reads nobody wants; worse, on recent kernels
+ * readahead fills the page cache with large folios, and a 4 KiB buffered write into one
+ * costs about ten times a write into a small one (measured in docs/benchmarks.md).
+ */
+static napi_value js_advise_random(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  int32_t fd;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected (fd)");
+    return NULL;
+  }
+  napi_create_int32(env, posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM), &result);
+  return result;
+}
+
+
+/*
  * CRC-32C (Castagnoli) for payload checksums at line rate: the SSE4.2 crc32 instruction,
  * 8 bytes a step, where the CPU has it (checked at run time); a table otherwise. The
  * result is the same as src/common/crc32c.ts, which test/common/crc32c.test.ts checks.
@@ -328,6 +349,7 @@ NAPI_MODULE_INIT() {
   set_fn(env, exports, "pwriteInline", js_pwrite_inline);
   set_fn(env, exports, "inlineWriteSlept", js_inline_write_slept);
   set_fn(env, exports, "tuneMalloc", js_tune_malloc);
+  set_fn(env, exports, "adviseRandom", js_advise_random);
   set_int(env, exports, "EOPNOTSUPP", EOPNOTSUPP);
   set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);
   set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);

@@ -20,6 +20,7 @@ interface NativeBinding {
   pwriteInline(fd: number, source: Buffer, offsetBytes: number): number;
   inlineWriteSlept(): boolean;
   tuneMalloc(mmapThresholdBytes: number, trimThresholdBytes: number): boolean;
+  adviseRandom(fd: number): number;
   crc32c(bytes: Buffer, previous: number): number;
   EOPNOTSUPP: number;
   FALLOC_FL_KEEP_SIZE: number;
@@ -109,6 +110,9 @@ export const inlineWriteSlept: () => boolean = binding.inlineWriteSlept;
  * reuse instead of costing page faults again. False where the C library is not glibc.
  */
 export const tuneMalloc: (mmapThresholdBytes: number, trimThresholdBytes: number) => boolean = binding.tuneMalloc;
+
+/** posix_fadvise(POSIX_FADV_RANDOM) on the whole file: no readahead. 0, or an errno. */
+export const adviseRandom: (fd: number) => number = binding.adviseRandom;
 
 /** CRC-32C in the addon (SSE4.2 where available); use common/crc32c.ts's crc32c(). */
 export const nativeCrc32c: (bytes: Buffer, previous: number) => number = binding.crc32c;

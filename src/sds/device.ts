@@ -71,6 +71,10 @@ export async function openDevice(
     const isBlockDevice = stat.isBlockDevice();
     if (!isBlockDevice && !stat.isFile()) throw new DeviceError('MB_ERR_DEVICE_OPEN', `${path}: not a block device or a regular file`);
     const sizeBytes = isBlockDevice ? native.blockDeviceSizeBytes(fd) : stat.size;
+    // No readahead: chunk reads are exactly what the SDC asked for, and readahead's large
+    // page-cache folios make every later 4 KiB write into them ~10x dearer. Advice only: a
+    // device that refuses it works as before.
+    native.adviseRandom(fd);
     if (sizeBytes < deviceBytesMin) {
       throw new DeviceError('MB_ERR_DEVICE_TOO_SMALL', `${path}: ${sizeBytes} bytes is below the ${deviceBytesMin}-byte minimum`);
     }
