@@ -3,11 +3,20 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const meshblockBin = path.join(repoRoot, 'bin/meshblock.cjs');
+
+/**
+ * Daemons run under `setpriv --pdeathsig KILL` (util-linux; every prefix after it execs, so
+ * the pid stays the daemon's): if the test process dies without its teardown, killed by
+ * tap's timeout or by hand, the kernel kills the daemons it started instead of leaving
+ * them running.
+ */
+const orphanKill = fs.existsSync('/usr/bin/setpriv') ? ['/usr/bin/setpriv', '--pdeathsig', 'KILL'] : [];
 
 /** The part of tap's Test that these helpers use. */
 export interface TeardownHost {
@@ -40,7 +49,7 @@ export async function startMeshblock(
   // `prefix` runs the daemon under another program, e.g. strace. `netns` runs it (and the
   // prefix) in that network namespace: `ip netns exec` execs it, so the pid stays the same.
   const netnsPrefix = options.netns !== undefined ? ['ip', 'netns', 'exec', options.netns] : [];
-  const [command, ...commandArgs] = [...netnsPrefix, ...(options.prefix ?? []), process.execPath, meshblockBin, ...args] as [string, ...string[]];
+  const [command, ...commandArgs] = [...orphanKill, ...netnsPrefix, ...(options.prefix ?? []), process.execPath, meshblockBin, ...args] as [string, ...string[]];
   // Its own process group, so that teardown reaches everything under a prefix too.
   const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const signalGroup = (signal: NodeJS.Signals): void => {
