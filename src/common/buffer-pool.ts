@@ -61,11 +61,13 @@ export class BufferPool {
 
   /**
    * A reader other than the owner (a socket write) starts using a pooled buffer, or any
-   * view into one. Buffers the pool did not make are ignored.
+   * view into one: true, and unhold() must follow. False for buffers the pool did not make.
    */
-  hold(buffer: Buffer): void {
+  hold(buffer: Buffer): boolean {
     const lent = this.lent.get(buffer.buffer as ArrayBuffer);
-    if (lent !== undefined) lent.holds += 1;
+    if (lent === undefined) return false;
+    lent.holds += 1;
+    return true;
   }
 
   /** That reader is done; a release waiting for it takes effect now. */

@@ -342,12 +342,11 @@ export class WirePeer {
     this.socket.write(header);
     for (const part of parts) {
       if (part.length === 0) continue;
-      if (!BufferPool.pooled(part.buffer.byteLength)) {
+      if (!payloadPool.hold(part)) {
         this.socket.write(part);
         continue;
       }
       // The write callback runs when the kernel has the bytes, or the socket died.
-      payloadPool.hold(part);
       this.socket.write(part, () => {
         payloadPool.unhold(part);
         if (releaseAfterSend) payloadPool.release(part);
