@@ -110,6 +110,11 @@ export class BufferPool {
  */
 export const payloadPool = new BufferPool();
 
+/** A payload buffer of `bytes`: from payloadPool when large enough to be worth it. */
+export function acquirePayload(bytes: number): Buffer {
+  return BufferPool.pooled(bytes) ? payloadPool.acquire(bytes) : Buffer.allocUnsafe(bytes);
+}
+
 /** Gives a payload back to payloadPool if it came from there; anything else is left to the GC. */
 export function releasePayload(buffer: Buffer): void {
   if (payloadPool.owns(buffer)) payloadPool.release(buffer);

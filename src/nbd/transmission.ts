@@ -27,7 +27,7 @@ import {
 } from '../common/limits.js';
 import { assert } from '../common/assert.js';
 import type { BlockBackend, Extent } from './backend.js';
-import { BufferPool, payloadPool as pool } from '../common/buffer-pool.js';
+import { BufferPool, acquirePayload, payloadPool as pool } from '../common/buffer-pool.js';
 import { nbdErrnoOf } from './errno.js';
 import type { Negotiated } from './handshake-newstyle.js';
 import * as P from './protocol.js';
@@ -46,12 +46,7 @@ const enum ParseState {
   Discard,
 }
 
-/** A payload or reply buffer: from the pool when large enough to be worth it. */
-function allocate(bytes: number): Buffer {
-  return BufferPool.pooled(bytes) ? pool.acquire(bytes) : Buffer.allocUnsafe(bytes);
-}
-
-/** Gives back a buffer from allocate(); small ones are left to the garbage collector. */
+/** Gives back a buffer from acquirePayload(); small ones are left to the garbage collector. */
 function recycle(buffer: Buffer): void {
   if (BufferPool.pooled(buffer.length)) pool.release(buffer);
 }
@@ -260,7 +255,7 @@ export class Transmission {
         }
       } else {
         this.inflightBytes += lengthBytes;
-        write.payload = allocate(lengthBytes);
+        write.payload = acquirePayload(lengthBytes);
         if (lengthBytes === 0) {
           this.runWrite(write);
         } else {
@@ -404,7 +399,7 @@ export class Transmission {
     // Header and data share one buffer: the backend reads straight behind the header and
     // the reply goes out in one write, with no copy (as Vitastor does).
     const headerBytes = this.structured ? P.STRUCTURED_REPLY_HEADER_BYTES + 8 : P.SIMPLE_REPLY_HEADER_BYTES;
-    const reply = allocate(headerBytes + lengthBytes);
+    const reply = acquirePayload(headerBytes + lengthBytes);
     this.backend.read(offsetBytes, reply.subarray(headerBytes)).then(
       () => {
         if (this.structured) {
@@ -540,7 +535,7 @@ export class Transmission {
     return reply;
   }
 
-  /** Sends one complete reply and retires its request; an allocate()d one is recycled once sent. */
+  /** Sends one complete reply and retires its request; an acquirePayload() one is recycled once sent. */
   private finish(reply: Buffer, inflightBytes: number, allocated = false): void {
     this.inflightCount -= 1;
     this.inflightBytes -= inflightBytes;

@@ -13,7 +13,7 @@
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
-import { BufferPool, payloadPool } from '../common/buffer-pool.js';
+import { acquirePayload, payloadPool } from '../common/buffer-pool.js';
 import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import type { AddDeviceOrder, DeviceRefusal, RebuildDone, RegisteredDevice } from '../wire/mdm-ops.js';
 import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
@@ -280,10 +280,9 @@ export class SdsService {
     const release = await this.locks.acquire(keyName(key), args.offsetBytes, args.offsetBytes + args.lengthBytes, false);
     try {
       // A large reply buffer is reused: the peer gives it back once the socket has sent it.
-      const pooled = BufferPool.pooled(args.lengthBytes);
-      const data = pooled ? payloadPool.acquire(args.lengthBytes) : Buffer.allocUnsafe(args.lengthBytes);
+      const data = acquirePayload(args.lengthBytes);
       await this.options.store.read(key, args.offsetBytes, data);
-      return { status: SdsStatus.Ok, payload: data, releaseAfterSend: pooled };
+      return { status: SdsStatus.Ok, payload: data, releaseAfterSend: payloadPool.owns(data) };
     } finally {
       release();
     }

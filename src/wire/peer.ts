@@ -27,7 +27,7 @@ import { assert } from '../common/assert.js';
 import { crc32c } from '../common/crc32c.js';
 import { MeshblockError } from '../common/errors.js';
 import { MiB } from '../common/units.js';
-import { BufferPool, payloadPool } from '../common/buffer-pool.js';
+import { BufferPool, payloadPool, releasePayload } from '../common/buffer-pool.js';
 import { decodeHeader, encodeHeader, verifyPayload, wireHeaderBytes, WireFrameError, type WireHeader } from './header.js';
 
 /** Operations below 16 belong to connection setup; the rest are defined by their users. */
@@ -477,7 +477,7 @@ export class WirePeer {
     ).finally(() => {
       // The handler is done with the request: a pooled payload goes back (once any socket
       // write forwarding it has finished).
-      if (payloadPool.owns(payload)) payloadPool.release(payload);
+      releasePayload(payload);
       this.servedInflightBytes -= payload.length;
       if (this.servedInflightBytes <= this.inflightBytesMax && this.socket.isPaused()) this.socket.resume();
     });

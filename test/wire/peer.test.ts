@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
-import { BufferPool, payloadPool, releasePayload } from '../../src/common/buffer-pool.js';
+import { acquirePayload, payloadPool, releasePayload } from '../../src/common/buffer-pool.js';
 import { crc32c } from '../../src/common/crc32c.js';
 import { encodeHeader } from '../../src/wire/header.js';
 import { WirePeer, WireStatus, type WirePeerOptions } from '../../src/wire/peer.js';
@@ -196,10 +196,9 @@ t.test('large payloads: received into reused buffers, sent in parts, bytes intac
         payloadChecksums,
         onRequest: async (request) => {
           await new Promise((resolve) => setTimeout(resolve, request.payload[0] as number % 5));
-          const pooled = BufferPool.pooled(request.payload.length);
-          const reply = pooled ? payloadPool.acquire(request.payload.length) : Buffer.allocUnsafe(request.payload.length);
+          const reply = acquirePayload(request.payload.length);
           request.payload.copy(reply);
-          return { status: WireStatus.Ok, payload: reply, releaseAfterSend: pooled };
+          return { status: WireStatus.Ok, payload: reply, releaseAfterSend: payloadPool.owns(reply) };
         },
       },
       { payloadChecksums },
