@@ -220,3 +220,38 @@ t.test('large payloads: received into reused buffers, sent in parts, bytes intac
     }
   }
 });
+
+t.test('borrowed reads: a hostile reply, and a peer that dies in the middle of a large payload', async (t) => {
+  // Not a meshblock peer at all: it answers the client's HELLO with an HTTP line.
+  const hostilePort = await listen(t, (socket) => {
+    socket.on('error', () => undefined);
+    socket.once('data', () => socket.write(Buffer.from('HTTP/1.1 400 Bad Request\r\n'.padEnd(64, ' '))));
+  });
+  await t.rejects(
+    WirePeer.connect(await connectTcp(`127.0.0.1:${hostilePort}`, 5000), { clusterId, secret, role: 'sdc', name: 'sdc1', log }),
+    { code: 'MB_ERR_WIRE_MAGIC' },
+    'the reply is refused as not ours',
+  );
+
+  // A real peer that announces a 1 MiB reply, sends 100 KiB of it and dies.
+  let serverSocket!: net.Socket;
+  const port = await listen(t, (socket) => {
+    serverSocket = socket;
+    WirePeer.accept(socket, {
+      clusterId,
+      secret,
+      role: 'sds',
+      name: 'sds1',
+      log,
+      onRequest: () => {
+        const header = encodeHeader({ op: opEcho, reply: true, status: 0, clusterId, requestId: 1, epoch: 0, payloadBytes: 1024 * 1024, payloadCrc32c: null });
+        serverSocket.write(Buffer.concat([header, randomBytes(100 * 1024)]), () => serverSocket.destroy());
+        return new Promise(() => undefined);
+      },
+    }).catch(() => undefined);
+  });
+  const client = await WirePeer.connect(await connectTcp(`127.0.0.1:${port}`, 5000), { clusterId, secret, role: 'sdc', name: 'sdc1', log });
+  t.teardown(() => client.destroy());
+  await t.rejects(client.request(opEcho, Buffer.from('x')), { code: /MB_ERR_WIRE_(CLOSED|SOCKET)/ }, 'the request fails when the peer goes, mid-payload');
+  await t.rejects(client.request(opEcho, Buffer.from('y')), { code: /MB_ERR_WIRE_(CLOSED|SOCKET)/ }, 'and so does the next one');
+});
