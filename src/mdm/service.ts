@@ -53,6 +53,8 @@ const orderRepeatMs = 30_000;
 const repairIntervalMs = 30_000;
 /** Rebuild completions are applied in batches, one journal record per pool. */
 const syncedBatchMs = 250;
+/** Finished rebuild jobs remembered as counted (an SDS keeps at most 1,024 in its stats). */
+const countedJobsMax = 16_384;
 
 export interface JournalRecord {
   command: Command;
@@ -95,6 +97,8 @@ export class MdmService implements MdmController {
   private syncedTimer: NodeJS.Timeout | null = null;
   /** Rebuild progress: bytes copied (reported with completions and stats) and a 1 s rate. */
   private rebuildBytesDone = 0;
+  /** `sdsId/jobId` of the finished jobs already in rebuildBytesDone. */
+  private readonly countedJobs = new Set<string>();
   private rebuildRate = { atMs: Date.now(), bytes: 0, perSecond: 0 };
   private syncingMax = 0;
   private readonly repairing = new Set<Id>();
@@ -305,7 +309,7 @@ export class MdmService implements MdmController {
         case MdmOp.RebuildDone: {
           if (session.sdsId === null) return { status: SdsStatus.InvalidArgument, payload: Buffer.from('a rebuild report before registration') };
           const done = JSON.parse(request.payload.toString()) as RebuildDone;
-          this.rebuildBytesDone += Number.isSafeInteger(done.bytesDone) ? done.bytesDone : 0;
+          this.countRebuildBytes(session.sdsId, done);
           this.onRebuildDone(session.sdsId, done);
           return { status: SdsStatus.Ok };
         }
@@ -327,7 +331,10 @@ export class MdmService implements MdmController {
     this.lastStats.set(sdsId, stats);
     // Rebuild reports lost with a connection are found here; failed jobs are ordered again.
     for (const job of stats.rebuilds ?? []) {
-      if (job.state === 'done') this.onRebuildDone(sdsId, job);
+      if (job.state === 'done') {
+        this.countRebuildBytes(sdsId, job);
+        this.onRebuildDone(sdsId, job);
+      }
       else if (job.state === 'failed' && job.epoch === this.state.model.epoch) this.ordersGiven.delete(`${job.poolId}/${job.pgIndex}/${job.targetSdsId}`);
     }
     for (const reported of stats.devices ?? []) {
@@ -340,6 +347,25 @@ export class MdmService implements MdmController {
         this.execute({ type: 'deviceFailed', deviceId: device.id, reason: reported.error ?? 'failed' }).catch((err: unknown) => this.options.log.error({ err, deviceId: device.id }, 'could not act on a device failure'));
       }
     }
+  }
+
+  /**
+   * Adds a finished job's bytes to the copied total, once: its report and the stats that
+   * carry it after are the same job, and the stats may still show it running after the report.
+   */
+  private countRebuildBytes(sdsId: Id, done: RebuildDone): void {
+    if (!Number.isSafeInteger(done.bytesDone) || done.bytesDone <= 0) return;
+    if (typeof done.jobId === 'string') {
+      const key = `${sdsId}/${done.jobId}`;
+      if (this.countedJobs.has(key)) return;
+      this.countedJobs.add(key);
+      // Sets iterate in insertion order: the oldest ids go first.
+      for (const old of this.countedJobs) {
+        if (this.countedJobs.size <= countedJobsMax) break;
+        this.countedJobs.delete(old);
+      }
+    }
+    this.rebuildBytesDone += done.bytesDone;
   }
 
   /** An SDS finished a rebuild order: its target's copy is in sync once the MDM records it. */
@@ -477,7 +503,9 @@ export class MdmService implements MdmController {
     }
     // The bytes copied: finished orders, plus what running jobs report in their stats.
     let running = 0;
-    for (const stats of this.lastStats.values()) for (const job of stats.rebuilds ?? []) if (job.state === 'running') running += job.bytesDone;
+    for (const [sdsId, stats] of this.lastStats) {
+      for (const job of stats.rebuilds ?? []) if (job.state === 'running' && !this.countedJobs.has(`${sdsId}/${job.jobId}`)) running += job.bytesDone;
+    }
     const bytesDone = this.rebuildBytesDone + running;
     const elapsedMs = nowMs - this.rebuildRate.atMs;
     if (elapsedMs >= 1000) {

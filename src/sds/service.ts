@@ -10,6 +10,7 @@
 // The primary holds a byte-range lock on the chunk from before it applies a write until
 // both copies have it, so overlapping writes reach both copies in the same order.
 
+import * as crypto from 'node:crypto';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
@@ -102,6 +103,9 @@ export class SdsService {
   private readonly mirrorsWritten = new Set<string>();
   private readonly locks = new RangeLocks();
   private readonly rebuilds = new Map<string, RebuildProgress>();
+  /** Rebuild job ids: this process's life, then a count. */
+  private readonly lifeId = crypto.randomBytes(4).toString('hex');
+  private rebuildJobsStarted = 0;
   private rebuildsRunning = 0;
   private readonly rebuildWaiters: Array<() => void> = [];
   private readonly handlers = new Set<Promise<unknown>>();
@@ -559,7 +563,7 @@ export class SdsService {
     if ((current?.state === 'running' || current?.state === 'waiting') && current.epoch === epoch) return { status: SdsStatus.Ok };
     if (current?.state === 'done' && current.epoch === epoch && epoch === this.epoch) {
       // Done at this epoch, and mirrored to since: the copy is in sync. Say so again.
-      this.options.onRebuildDone?.({ poolId: current.poolId, pgIndex: current.pgIndex, targetSdsId: current.targetSdsId, epoch, mode: current.mode, chunksDone: current.chunksDone, bytesDone: 0 });
+      this.options.onRebuildDone?.({ jobId: current.jobId, poolId: current.poolId, pgIndex: current.pgIndex, targetSdsId: current.targetSdsId, epoch, mode: current.mode, chunksDone: current.chunksDone, bytesDone: 0 });
       return { status: SdsStatus.Ok };
     }
     if (epoch !== this.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `rebuild ordered at epoch ${epoch}, SDS epoch ${this.epoch}`, encodeEpoch(this.epoch));
@@ -567,7 +571,7 @@ export class SdsService {
     if (group === undefined || group.primary !== this.options.identity.sdsId || group.secondary !== args.targetSdsId) {
       throw new InvalidArgumentError('rebuild', `at epoch ${this.epoch} this SDS is not the primary of group ${args.pgIndex} with secondary ${args.targetSdsId}`);
     }
-    const progress: RebuildProgress = { ...args, mode: args.mode ?? 'full', epoch, state: 'waiting', chunksDone: 0, chunksTotal: 0, bytesDone: 0, error: null };
+    const progress: RebuildProgress = { jobId: `${this.lifeId}.${++this.rebuildJobsStarted}`, ...args, mode: args.mode ?? 'full', epoch, state: 'waiting', chunksDone: 0, chunksTotal: 0, bytesDone: 0, error: null };
     this.rebuilds.delete(jobKey);
     this.rebuilds.set(jobKey, progress);
     // Finished jobs stay visible in Stats for a while; the oldest go first.
@@ -592,7 +596,7 @@ export class SdsService {
       if (this.epoch !== progress.epoch) throw new Error(`placement map changed (epoch ${progress.epoch} → ${this.epoch}) before the rebuild began`);
       progress.state = 'running';
       await this.runRebuildNow(args, jobKey, progress);
-      const done: RebuildDone = { poolId: args.poolId, pgIndex: args.pgIndex, targetSdsId: args.targetSdsId, epoch: progress.epoch, mode: progress.mode, chunksDone: progress.chunksDone, bytesDone: progress.bytesDone };
+      const done: RebuildDone = { jobId: progress.jobId, poolId: args.poolId, pgIndex: args.pgIndex, targetSdsId: args.targetSdsId, epoch: progress.epoch, mode: progress.mode, chunksDone: progress.chunksDone, bytesDone: progress.bytesDone };
       this.options.onRebuildDone?.(done);
     } finally {
       this.rebuildsRunning -= 1;

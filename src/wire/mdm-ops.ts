@@ -34,6 +34,8 @@ export const MdmOp = {
 
 /** What an SDS reports when a rebuild order is complete. */
 export interface RebuildDone {
+  /** The job's id, as in the SDS's stats: the MDM counts a job's bytes once, however often it hears of it. */
+  jobId?: string;
   poolId: string;
   pgIndex: number;
   targetSdsId: string;

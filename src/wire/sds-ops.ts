@@ -214,6 +214,8 @@ export interface DeviceStats {
 }
 
 export interface RebuildProgress {
+  /** Unique among the jobs of this SDS process (another life of the SDS starts another series). */
+  jobId: string;
   poolId: string;
   pgIndex: number;
   targetSdsId: string;

@@ -78,7 +78,7 @@ t.test('an SDS restarted within the short-outage window gets back only what chan
     if (group?.primary === awayId || group?.secondary === awayId) expected += MiB;
   }
   t.ok(expected > 0, `${expected / MiB} of the 16 changed chunks have a copy on the SDS that was away`);
-  t.equal(copied, expected, `the delta rebuild copied exactly those (${copied / MiB} MiB; a full rebuild would copy about 70 MiB)`);
+  t.equal(copied, expected, `the delta rebuild copied exactly those (${copied / MiB} MiB, rebuilt bytes ${before.health.rebuild.bytesDone} → ${after.health.rebuild.bytesDone}; a full rebuild would copy about 70 MiB)`);
   // Its copies now serve reads again (primaries are handed back once in sync): all of it reads right.
   const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xab 512M 16M', cluster.uri('vol1')]);
   t.equal(read.code, 0, `the changed range reads back ${read.stdout}${read.stderr}`);

@@ -374,7 +374,7 @@ t.test('capacity statistics: arithmetic on a pool with devices, thick and thin v
     chunkBytes: MiB,
     reservedBytes: 256 * MiB,
     devices: [{ deviceId, path: '/dev/sdb', state: 'normal', error: null, totalBytes: GiB, usedBytes: 100 * MiB, freeBytes: GiB - 100 * MiB, reads: 10, writes: 20, readBytes: 40 * KiB, writeBytes: 80 * KiB, readIops: 5, writeIops: 7, readBytesPerSecond: 2 * MiB, writeBytesPerSecond: MiB }],
-    rebuilds: [{ poolId: pool, pgIndex: 3, targetSdsId: sdsId, state: 'running', mode: 'full', epoch: 4, chunksDone: 1, chunksTotal: 4, bytesDone: MiB, error: null }],
+    rebuilds: [{ jobId: '0a0b0c0d.1', poolId: pool, pgIndex: 3, targetSdsId: sdsId, state: 'running', mode: 'full', epoch: 4, chunksDone: 1, chunksTotal: 4, bytesDone: MiB, error: null }],
   });
   t.match(await get(api, token, `/api/instances/Sds::${sdsId}/relationships/Statistics`), {
     statisticsAvailable: true,
