@@ -18,6 +18,7 @@ import { acquirePayload, payloadPool } from '../common/buffer-pool.js';
 import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import type { AddDeviceOrder, DeviceRefusal, RebuildDone, RegisteredDevice } from '../wire/mdm-ops.js';
 import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
+import { adoptAccepted } from '../wire/borrowed-reads.js';
 import { PeerPool, listenTcp } from '../wire/peer-pool.js';
 import { idPattern, parsePlacementMap, placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
 import {
@@ -134,7 +135,8 @@ export class SdsService {
         if (group.primary === options.identity.sdsId && group.secondary === null) this.changesUnknown.add(groupKeyOf(poolId, pgIndex));
       });
     }
-    this.server = net.createServer((socket) => this.onConnection(socket));
+    // Paused on accept: the socket is adopted with borrowed reads before anything is read.
+    this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.onConnection(adoptAccepted(socket)));
     this.peers = new PeerPool({
       clusterId: options.identity.clusterId,
       secret: options.secret,

@@ -5,7 +5,8 @@
 
 import * as net from 'node:net';
 import { parseHostPort } from '../common/address.js';
-import { WireError, WirePeer, borrowedDataEvent, type WirePeerOptions } from './peer.js';
+import { connectBorrowed } from './borrowed-reads.js';
+import { WireError, WirePeer, type WirePeerOptions } from './peer.js';
 
 export const connectTimeoutMs = 10_000;
 
@@ -59,29 +60,14 @@ export class PeerPool {
   }
 }
 
-/** Bytes of the read buffer a connectTcp socket reuses for every read. */
-const borrowedReadBytes = 256 * 1024;
-
 /**
  * A TCP connection to HOST:PORT, or a WireError naming the address (refused, timed out).
- * The socket reads into one buffer of its own, reused for every read, and hands each read
- * to its WirePeer as a borrowed view (borrowedDataEvent) instead of emitting 'data': Node
- * would otherwise allocate a new 64 KiB buffer per read, which at hundreds of MB/s of read
- * replies drives V8 into frequent full collections.
+ * The socket has borrowed reads (see borrowed-reads.ts): its WirePeer gets each read as a
+ * view of the socket's own buffer, or straight in the payload buffer it is filling.
  */
 export async function connectTcp(address: string, timeoutMs: number): Promise<net.Socket> {
   const { host, port } = parseHostPort('address', address);
-  const socket: net.Socket = net.connect({
-    host,
-    port,
-    onread: {
-      buffer: Buffer.allocUnsafeSlow(borrowedReadBytes),
-      callback: (bytesRead: number, buffer: Uint8Array): boolean => {
-        socket.emit(borrowedDataEvent, Buffer.from(buffer.buffer, buffer.byteOffset, bytesRead));
-        return true;
-      },
-    },
-  });
+  const socket = connectBorrowed(host, port);
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       socket.destroy();

@@ -28,6 +28,7 @@ import { crc32c } from '../common/crc32c.js';
 import { MeshblockError } from '../common/errors.js';
 import { MiB } from '../common/units.js';
 import { BufferPool, payloadPool, releasePayload } from '../common/buffer-pool.js';
+import { BorrowedReads, borrowedDataEvent, directDataEvent } from './borrowed-reads.js';
 import { decodeHeader, encodeHeader, verifyPayload, wireHeaderBytes, WireFrameError, type WireHeader } from './header.js';
 
 /** Operations below 16 belong to connection setup; the rest are defined by their users. */
@@ -52,11 +53,6 @@ const nonceBytes = 32;
 
 export class WireError extends MeshblockError {}
 
-/**
- * Emitted by a socket made with connectTcp's borrowed reads, for each read: the chunk is
- * a view of the socket's one read buffer and is overwritten by the next read.
- */
-export const borrowedDataEvent = 'meshblock:borrowed-data';
 
 export type PeerRole = 'sdc' | 'sds' | 'mdm' | 'test';
 
@@ -129,6 +125,8 @@ export class WirePeer {
   private assembledBytes = 0;
   /** While onBorrowedData runs: the store of the borrowed chunk, whose bytes must be copied to be kept. */
   private borrowedStore: ArrayBufferLike | null = null;
+  /** The socket's borrowed reads, if it has them: a large payload's rest is read straight into its buffer. */
+  private readonly reads: BorrowedReads | undefined;
   private onFrame: ((header: WireHeader, payload: Buffer) => void) | null = null;
   /** Who is at the other end, once setup has proven it. */
   remote: PeerIdentity | null = null;
@@ -141,7 +139,9 @@ export class WirePeer {
     this.inflightBytesMax = options.inflightBytesMax ?? wireInflightBytesMaxDefault;
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.reads = BorrowedReads.of(socket);
     socket.on(borrowedDataEvent, (chunk: Buffer) => this.onBorrowedData(chunk));
+    socket.on(directDataEvent, (landed: Buffer) => this.onDirectData(landed));
     if (socket.isPaused()) socket.resume();
     socket.on('error', (err) => this.fail(new WireError('MB_ERR_WIRE_SOCKET', `wire connection error: ${err.message}`, { cause: err })));
     this.closed = new Promise((resolve) => {
@@ -372,6 +372,30 @@ export class WirePeer {
     } finally {
       this.borrowedStore = null;
     }
+    this.readNextIntoPayload();
+  }
+
+  /** Bytes the socket read straight into the rest of the payload being assembled. */
+  private onDirectData(landed: Buffer): void {
+    if (this.failure !== null) return;
+    const target = this.assembling;
+    if (target === null || landed.buffer !== target.buffer || landed.byteOffset !== target.byteOffset + this.assembledBytes || this.receivedBytes !== 0) {
+      this.destroy(new WireError('MB_ERR_WIRE_INTERNAL', 'a direct read landed outside the payload being received'));
+      return;
+    }
+    this.assembledBytes += landed.length;
+    this.processReceived();
+    this.readNextIntoPayload();
+  }
+
+  /**
+   * Points the socket's next read at the rest of the payload being assembled, when every
+   * byte received so far is in it; otherwise back at the socket's own buffer.
+   */
+  private readNextIntoPayload(): void {
+    if (this.reads === undefined) return;
+    const target = this.assembling;
+    this.reads.direct = target !== null && this.receivedBytes === 0 && this.failure === null ? target.subarray(this.assembledBytes) : null;
   }
 
   private onData(chunk: Buffer): void {

@@ -12,12 +12,14 @@ import { acquirePayload, payloadPool, releasePayload } from '../../src/common/bu
 import { crc32c } from '../../src/common/crc32c.js';
 import { encodeHeader } from '../../src/wire/header.js';
 import { WirePeer, WireStatus, type WirePeerOptions } from '../../src/wire/peer.js';
+import { adoptAccepted, directDataEvent } from '../../src/wire/borrowed-reads.js';
 import { connectTcp } from '../../src/wire/peer-pool.js';
 
 const log = pino({ level: 'silent' });
 const clusterId = 'a1b2c3d4e5f60718';
 const secret = Buffer.from('correct horse battery staple');
 const opEcho = 100;
+const MiB = 1024 * 1024;
 
 interface Pair {
   client: WirePeer;
@@ -25,8 +27,9 @@ interface Pair {
 }
 
 /** A listening socket whose accepted connections run `accept`; closed at teardown. */
-async function listen(t: Test, accept: (socket: net.Socket) => void): Promise<number> {
-  const server = net.createServer(accept);
+async function listen(t: Test, accept: (socket: net.Socket) => void, borrowedReads = false): Promise<number> {
+  // As an SDS listens: paused on accept, then adopted into a socket with borrowed reads.
+  const server = borrowedReads ? net.createServer({ pauseOnConnect: true }, (socket) => accept(adoptAccepted(socket))) : net.createServer(accept);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
   return (server.address() as net.AddressInfo).port;
@@ -39,21 +42,33 @@ function connectSocket(port: number): Promise<net.Socket> {
   });
 }
 
-/** `borrowedReads`: the client socket comes from connectTcp, which reads into one reused buffer. */
-async function pair(t: Test, serverOptions: Partial<WirePeerOptions> = {}, clientOptions: Partial<WirePeerOptions> = {}, borrowedReads = false): Promise<Pair> {
+/**
+ * `borrowedReads`: both sockets read into buffers of their own, as the daemons' do: the
+ * client's from connectTcp, the server's adopted on accept. `directBytes` counts the bytes
+ * that either read straight into a payload's buffer.
+ */
+async function pair(t: Test, serverOptions: Partial<WirePeerOptions> = {}, clientOptions: Partial<WirePeerOptions> = {}, borrowedReads = false): Promise<Pair & { directBytes: () => number }> {
   let accepted!: Promise<WirePeer>;
-  const port = await listen(t, (socket) => {
-    accepted = WirePeer.accept(socket, { clusterId, secret, role: 'sds', name: 'sds1', log, ...serverOptions });
-    accepted.catch(() => undefined);
-  });
+  let directBytes = 0;
+  const countDirect = (socket: net.Socket): void => void socket.on(directDataEvent, (landed: Buffer) => (directBytes += landed.length));
+  const port = await listen(
+    t,
+    (socket) => {
+      countDirect(socket);
+      accepted = WirePeer.accept(socket, { clusterId, secret, role: 'sds', name: 'sds1', log, ...serverOptions });
+      accepted.catch(() => undefined);
+    },
+    borrowedReads,
+  );
   const socket = borrowedReads ? await connectTcp(`127.0.0.1:${port}`, 5000) : await connectSocket(port);
+  countDirect(socket);
   const client = await WirePeer.connect(socket, { clusterId, secret, role: 'sdc', name: 'sdc1', log, ...clientOptions });
   const server = await accepted;
   t.teardown(() => {
     client.destroy();
     server.destroy();
   });
-  return { client, server };
+  return { client, server, directBytes: () => directBytes };
 }
 
 t.test('setup proves both sides; requests are pipelined and answered out of order', async (t) => {
@@ -190,7 +205,7 @@ t.test('large payloads: received into reused buffers, sent in parts, bytes intac
   // while others are still queued on the socket.
   for (const [payloadChecksums, borrowedReads] of [[false, false], [true, false], [false, true], [true, true]] as const) {
     const what = `checksums ${payloadChecksums}, borrowed reads ${borrowedReads}`;
-    const { client } = await pair(
+    const { client, directBytes } = await pair(
       t,
       {
         payloadChecksums,
@@ -218,6 +233,9 @@ t.test('large payloads: received into reused buffers, sent in parts, bytes intac
         releasePayload(response.payload);
       });
     }
+    // 3 rounds of 4.4 MiB each way; most of each large payload comes in reads of its own.
+    if (borrowedReads) t.ok(directBytes() > 3 * 2 * 2 * MiB, `${what}: ${directBytes()} bytes were read straight into payload buffers`);
+    else t.equal(directBytes(), 0, `${what}: no direct reads without borrowed reads`);
   }
 });
 
@@ -254,4 +272,31 @@ t.test('borrowed reads: a hostile reply, and a peer that dies in the middle of a
   t.teardown(() => client.destroy());
   await t.rejects(client.request(opEcho, Buffer.from('x')), { code: /MB_ERR_WIRE_(CLOSED|SOCKET)/ }, 'the request fails when the peer goes, mid-payload');
   await t.rejects(client.request(opEcho, Buffer.from('y')), { code: /MB_ERR_WIRE_(CLOSED|SOCKET)/ }, 'and so does the next one');
+});
+
+t.test('adopted sockets: a client that dies in the middle of a large request, then one that stays', async (t) => {
+  const served: WirePeer[] = [];
+  const port = await listen(
+    t,
+    (socket) =>
+      void WirePeer.accept(socket, { clusterId, secret, role: 'sds', name: 'sds1', log, onRequest: async (request) => ({ status: WireStatus.Ok, payload: Buffer.from(String(request.payload.length)) }) }).then(
+        (peer) => served.push(peer),
+        () => undefined,
+      ),
+    true,
+  );
+  // A client that announces a 4 MiB request, sends 1 MiB of it and goes.
+  const dying = await WirePeer.connect(await connectSocket(port), { clusterId, secret, role: 'sdc', name: 'sdc1', log });
+  const header = encodeHeader({ op: opEcho, reply: false, status: 0, clusterId, requestId: 1, epoch: 0, payloadBytes: 4 * MiB, payloadCrc32c: null });
+  const raw = (dying as unknown as { socket: net.Socket }).socket;
+  await new Promise<void>((resolve) => raw.write(Buffer.concat([header, randomBytes(MiB)]), () => resolve()));
+  raw.destroy();
+  await (served[0] as WirePeer).closed;
+  t.pass('the server side of the dead client closed');
+  // The listener still serves: a whole 4 MiB request is answered.
+  const client = await WirePeer.connect(await connectTcp(`127.0.0.1:${port}`, 5000), { clusterId, secret, role: 'sdc', name: 'sdc1', log });
+  t.teardown(() => client.destroy());
+  const response = await client.request(opEcho, randomBytes(4 * MiB));
+  t.equal(response.payload.toString(), String(4 * MiB), 'a later client is served');
+  served.forEach((peer) => peer.destroy());
 });
