@@ -11,6 +11,7 @@ import type { ExportRegistry } from './exports.js';
 import { HandshakeError, negotiate, type TlsPolicy } from './handshake-newstyle.js';
 import { StreamEndedError } from './byte-queue.js';
 import { Transmission } from './transmission.js';
+import { adoptReading } from '../common/borrowed-reads.js';
 
 export interface NbdServerOptions {
   exports: ExportRegistry;
@@ -127,7 +128,19 @@ export class NbdServer {
           { export: negotiated.export.name, structuredReplies: negotiated.structuredReplies, tls: negotiated.tls },
           'nbd client attached',
         );
-        const transmission = new Transmission(negotiated, log);
+        // Past the handshake, a plain connection reads into buffers of its own (write
+        // payloads straight into theirs); TLS keeps its socket.
+        let attached = negotiated;
+        if (!negotiated.tls && negotiated.stream === socket) {
+          const adopted = adoptReading(socket, true);
+          if (adopted !== null) {
+            connection.socket = adopted.socket;
+            adopted.socket.on('error', (err) => log.debug({ err }, 'nbd socket error'));
+            adopted.socket.on('close', () => this.connections.delete(connection));
+            attached = { ...negotiated, stream: adopted.socket, leftover: [...negotiated.leftover, ...adopted.buffered] };
+          }
+        }
+        const transmission = new Transmission(attached, log);
         connection.transmission = transmission;
         const exports = this.options.exports;
         exports.attached?.(negotiated.export);

@@ -26,6 +26,7 @@ import {
   nbdWritableBytesMax,
 } from '../common/limits.js';
 import { assert } from '../common/assert.js';
+import { BorrowedReads, borrowedDataEvent, directDataEvent } from '../common/borrowed-reads.js';
 import type { BlockBackend, Extent } from './backend.js';
 import { BufferPool, acquirePayload, payloadPool as pool } from '../common/buffer-pool.js';
 import { nbdErrnoOf } from './errno.js';
@@ -75,6 +76,10 @@ export class Transmission {
   private stalled: Buffer | null = null;
   private readStopped = false;
   private parsing = false;
+  /** The socket's borrowed reads, if it has them (see borrowed-reads.ts). */
+  private readonly reads: BorrowedReads | undefined;
+  /** While a borrowed chunk is parsed: whatever of it is kept must be copied. */
+  private borrowing = false;
 
   private inflightCount = 0;
   private inflightBytes = 0;
@@ -105,7 +110,10 @@ export class Transmission {
       this.resolveDone = resolve;
     });
 
+    this.reads = BorrowedReads.of(this.stream);
     this.stream.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.stream.on(borrowedDataEvent, (chunk: Buffer) => this.onBorrowedData(chunk));
+    this.stream.on(directDataEvent, (landed: Buffer) => this.onDirectData(landed));
     this.stream.on('drain', () => {
       this.blockedReplies = 0;
       this.maybeResume();
@@ -148,10 +156,55 @@ export class Transmission {
     if (this.disconnecting) return; // Nothing may follow DISC; after shutdown we ignore it.
     if (this.readStopped) {
       // Data already in flight when we paused: keep it with the stalled rest.
-      this.stalled = this.stalled === null ? chunk : Buffer.concat([this.stalled, chunk]);
+      this.stalled = this.stalled === null ? this.keep(chunk) : Buffer.concat([this.stalled, chunk]);
       return;
     }
     this.parse(chunk);
+  }
+
+  /** A read into the socket's own buffer, which the next read overwrites. */
+  private onBorrowedData(chunk: Buffer): void {
+    this.borrowing = true;
+    try {
+      this.onData(chunk);
+    } finally {
+      this.borrowing = false;
+    }
+    this.readNextIntoPayload();
+  }
+
+  /** A read that landed straight in the rest of the WRITE payload being received. */
+  private onDirectData(landed: Buffer): void {
+    if (this.disconnecting || this.closed) return;
+    const write = this.write;
+    const payload = write?.payload ?? null;
+    if (this.state !== ParseState.Payload || write === null || payload === null || landed.buffer !== payload.buffer || landed.byteOffset !== payload.byteOffset + this.payloadFilled) {
+      this.log.error({ state: this.state }, 'a direct read landed outside the WRITE payload being received; dropping the connection');
+      this.stream.destroy();
+      return;
+    }
+    this.payloadFilled += landed.length;
+    if (this.payloadFilled === payload.length) {
+      this.state = ParseState.Header;
+      this.write = null;
+      this.runWrite(write);
+    }
+    this.readNextIntoPayload();
+  }
+
+  /**
+   * Points the socket's next read at the rest of the WRITE payload being received, when
+   * nothing else is waiting to be parsed; otherwise back at the socket's own buffer.
+   */
+  private readNextIntoPayload(): void {
+    if (this.reads === undefined) return;
+    const payload = this.state === ParseState.Payload && this.stalled === null && !this.disconnecting ? (this.write?.payload ?? null) : null;
+    this.reads.direct = payload === null ? null : payload.subarray(this.payloadFilled);
+  }
+
+  /** `bytes` itself, or a copy while they live in a borrowed read buffer. */
+  private keep(bytes: Buffer): Buffer {
+    return this.borrowing ? Buffer.from(bytes) : bytes;
   }
 
   private parse(chunk: Buffer): void {
@@ -159,7 +212,7 @@ export class Transmission {
     let position = 0;
     while (position < chunk.length && !this.disconnecting && !this.closed) {
       if (this.readStopped) {
-        this.stalled = chunk.subarray(position);
+        this.stalled = this.keep(chunk.subarray(position));
         break;
       }
       const available = chunk.length - position;
@@ -597,7 +650,10 @@ export class Transmission {
     this.state = ParseState.Header;
     this.inflightCount -= 1;
     if (write.rejection === null) this.inflightBytes -= write.lengthBytes;
-    if (write.payload !== null) recycle(write.payload);
+    // A payload the socket may still be set to read into is left to the GC, never reused.
+    const readTarget = this.reads?.direct ?? null;
+    if (write.payload !== null && readTarget?.buffer !== write.payload.buffer) recycle(write.payload);
+    if (this.reads !== undefined) this.reads.direct = null;
     this.log.debug({ offsetBytes: write.offsetBytes, lengthBytes: write.lengthBytes }, 'nbd WRITE cut off by disconnect');
   }
 

@@ -18,7 +18,7 @@ import { acquirePayload, payloadPool } from '../common/buffer-pool.js';
 import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import type { AddDeviceOrder, DeviceRefusal, RebuildDone, RegisteredDevice } from '../wire/mdm-ops.js';
 import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
-import { adoptAccepted } from '../wire/borrowed-reads.js';
+import { adoptAccepted } from '../common/borrowed-reads.js';
 import { PeerPool, listenTcp } from '../wire/peer-pool.js';
 import { idPattern, parsePlacementMap, placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
 import {

@@ -5,7 +5,7 @@
 
 import * as net from 'node:net';
 import { parseHostPort } from '../common/address.js';
-import { connectBorrowed } from './borrowed-reads.js';
+import { connectBorrowed } from '../common/borrowed-reads.js';
 import { WireError, WirePeer, type WirePeerOptions } from './peer.js';
 
 export const connectTimeoutMs = 10_000;

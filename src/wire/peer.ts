@@ -28,7 +28,7 @@ import { crc32c } from '../common/crc32c.js';
 import { MeshblockError } from '../common/errors.js';
 import { MiB } from '../common/units.js';
 import { BufferPool, payloadPool, releasePayload } from '../common/buffer-pool.js';
-import { BorrowedReads, borrowedDataEvent, directDataEvent } from './borrowed-reads.js';
+import { BorrowedReads, borrowedDataEvent, directDataEvent } from '../common/borrowed-reads.js';
 import { decodeHeader, encodeHeader, verifyPayload, wireHeaderBytes, WireFrameError, type WireHeader } from './header.js';
 
 /** Operations below 16 belong to connection setup; the rest are defined by their users. */

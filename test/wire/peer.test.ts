@@ -12,7 +12,7 @@ import { acquirePayload, payloadPool, releasePayload } from '../../src/common/bu
 import { crc32c } from '../../src/common/crc32c.js';
 import { encodeHeader } from '../../src/wire/header.js';
 import { WirePeer, WireStatus, type WirePeerOptions } from '../../src/wire/peer.js';
-import { adoptAccepted, directDataEvent } from '../../src/wire/borrowed-reads.js';
+import { adoptAccepted, directDataEvent } from '../../src/common/borrowed-reads.js';
 import { connectTcp } from '../../src/wire/peer-pool.js';
 
 const log = pino({ level: 'silent' });

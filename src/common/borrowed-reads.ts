@@ -13,7 +13,10 @@
 // Node 20 takes `onread` only when it makes the socket (net.connect, new net.Socket), not
 // for the sockets a server accepts. adoptAccepted moves an accepted socket's handle into a
 // socket made with `onread`; the server must be created with `pauseOnConnect`, so that
-// nothing is read before the move.
+// nothing is read before the move. adoptReading does the same for a socket that has been
+// read through 'data' events (the NBD handshake), handing over what it had buffered. Both
+// use Node's `_handle` field and its constructor's `handle` option, which are not public
+// API: they are stable across Node's lines and tested here, and Node 20 is pinned.
 
 import * as net from 'node:net';
 
@@ -43,8 +46,8 @@ export class BorrowedReads {
   };
 
   /** The borrowed reads of `socket`, if it was made with them. */
-  static of(socket: net.Socket): BorrowedReads | undefined {
-    return readsOfSocket.get(socket);
+  static of(socket: object): BorrowedReads | undefined {
+    return readsOfSocket.get(socket as net.Socket);
   }
 
   attach(socket: net.Socket): void {
@@ -55,7 +58,8 @@ export class BorrowedReads {
 
 /** What Node keeps inside a socket and takes in its constructor, beyond its typed options. */
 interface SocketInternals {
-  _handle: object | null;
+  _handle: { readStop(): number; reading: boolean; writeQueueSize: number } | null;
+  _readableState: { ended: boolean };
 }
 
 /**
@@ -71,8 +75,34 @@ export function adoptAccepted(accepted: net.Socket): net.Socket {
   // counts it as closed); the new socket owns the connection from here.
   internals._handle = null;
   accepted.destroy();
+  return socketWithBorrowedReads(handle, false);
+}
+
+/**
+ * A socket that has been read through 'data' events (and is paused), moved into a socket
+ * with borrowed reads, with the bytes it had read but not delivered yet, in order. Null, and
+ * the socket left as it was, when the move is not safe: closed, its end already read, or
+ * writes still queued (their completions belong to the old socket).
+ */
+export function adoptReading(socket: net.Socket, allowHalfOpen: boolean): { socket: net.Socket; buffered: Buffer[] } | null {
+  const internals = socket as unknown as SocketInternals;
+  const handle = internals._handle;
+  if (handle === null || socket.destroyed || internals._readableState.ended || socket.writableLength !== 0 || handle.writeQueueSize !== 0) return null;
+  handle.readStop();
+  handle.reading = false;
+  // Without a handle, read() only hands out what the stream holds (it cannot start reading).
+  internals._handle = null;
+  const buffered: Buffer[] = [];
+  for (let chunk: unknown = socket.read(); chunk !== null; chunk = socket.read()) buffered.push(chunk as Buffer);
+  socket.removeAllListeners();
+  socket.on('error', () => undefined);
+  socket.destroy();
+  return { socket: socketWithBorrowedReads(handle, allowHalfOpen), buffered };
+}
+
+function socketWithBorrowedReads(handle: object, allowHalfOpen: boolean): net.Socket {
   const reads = new BorrowedReads();
-  const options = { handle, readable: true, writable: true, pauseOnCreate: true, onread: reads.option };
+  const options = { handle, allowHalfOpen, readable: true, writable: true, pauseOnCreate: true, onread: reads.option };
   const socket = new net.Socket(options as net.SocketConstructorOpts);
   reads.attach(socket);
   return socket;
