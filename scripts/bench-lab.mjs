@@ -33,6 +33,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { randomFillSync } from 'node:crypto';
@@ -579,7 +580,9 @@ async function waitForProfile(file) {
  * counts once. Shares are of all samples, and of the busy (non-idle) ones.
  */
 /** The functions of native/meshblock_native.c, as the profiler may name any of them. */
-const addonFunctionNames = new Set(['crc32c', 'fallocate', 'lseek', 'discard', 'zeroout', 'blockDeviceSize', 'preadNowait', 'pwriteInline', 'inlineWriteSlept', 'tuneMalloc']);
+// Every function the addon exports, read from the built addon itself (a list kept here went
+// stale: a new function took the name of all the others in one report).
+const addonFunctionNames = new Set(Object.keys(createRequire(import.meta.url)('../build/Release/meshblock_native.node')));
 
 function summarizeProfile(profile) {
   const byFunction = new Map();

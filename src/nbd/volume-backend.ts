@@ -109,23 +109,26 @@ export class VolumeBackend implements BlockBackend {
   // --- IO ------------------------------------------------------------------------------
 
   async read(offsetBytes: number, target: Buffer): Promise<void> {
-    await Promise.all(
+    await allPieces(
       this.pieces(offsetBytes, target.length).map(async (piece) => {
         const part = target.subarray(piece.atBytes, piece.atBytes + piece.args.lengthBytes);
         if (this.chunkStates[piece.args.chunkIndex] === ChunkState.Empty) {
           part.fill(0);
           return;
         }
-        const response = await this.send(SdsOp.Read, piece.args);
-        response.payload.copy(part);
-        releasePayload(response.payload);
+        // The SDS's reply is received straight into its place in the NBD reply.
+        const response = await this.send(SdsOp.Read, piece.args, undefined, part);
+        if (response.payload !== part) {
+          response.payload.copy(part);
+          releasePayload(response.payload);
+        }
       }),
     );
   }
 
   async write(offsetBytes: number, source: Buffer, options: WriteOptions): Promise<void> {
     const flags = options.fua ? IoFlag.Fua : 0;
-    await Promise.all(
+    await allPieces(
       this.pieces(offsetBytes, source.length).map(async (piece) => {
         const args = { ...piece.args, flags };
         // Marked before the write is sent: a read racing it must ask the SDS.
@@ -179,7 +182,7 @@ export class VolumeBackend implements BlockBackend {
 
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
     const flags = options.fua ? IoFlag.Fua : 0;
-    await Promise.all(
+    await allPieces(
       this.pieces(offsetBytes, lengthBytes).map(async (piece) => {
         const args = { ...piece.args, flags };
         if (this.chunkStates[args.chunkIndex] === ChunkState.Empty) return;
@@ -250,7 +253,8 @@ export class VolumeBackend implements BlockBackend {
    * Sends one piece to the primary of its group at the current epoch, refreshing the map
    * and trying again while the cluster is changing under it.
    */
-  private async send(op: number, args: IoArgs, data?: Buffer): Promise<WireResponse> {
+  /** `replyInto`: where a read's data is to land (see WirePeer.request). */
+  private async send(op: number, args: IoArgs, data?: Buffer, replyInto?: Buffer): Promise<WireResponse> {
     let lastProblem = '';
     for (let attempt = 0; attempt < pieceAttemptsMax; attempt++) {
       await this.beforeAttempt(attempt);
@@ -279,7 +283,7 @@ export class VolumeBackend implements BlockBackend {
       let response: WireResponse;
       try {
         const peer = await this.router.peer(group.primary);
-        response = await peer.request(op, payload, { epoch: map.epoch, timeoutMs: pieceTimeoutMs });
+        response = await peer.request(op, payload, { epoch: map.epoch, timeoutMs: pieceTimeoutMs, replyInto });
       } catch (err) {
         lastProblem = `SDS ${group.primary}: ${(err as Error).message}`;
         this.log.debug({ err, attempt, sdsId: group.primary }, 'SDS unreachable; refreshing the map');
@@ -313,4 +317,15 @@ export class VolumeBackend implements BlockBackend {
         return new BackendError('EIO', `${what}: ${reason}`);
     }
   }
+}
+
+/**
+ * Waits for every piece of a request, then fails with the first failure. Promise.all would
+ * fail at the first, and the NBD server would then reuse the request's buffer while other
+ * pieces still read into it or send from it (a retry of a write would send someone else's
+ * bytes).
+ */
+async function allPieces(pieces: Array<Promise<void>>): Promise<void> {
+  const settled = await Promise.allSettled(pieces);
+  for (const result of settled) if (result.status === 'rejected') throw result.reason;
 }

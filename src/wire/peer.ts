@@ -97,6 +97,19 @@ interface Pending {
   reject: (err: Error) => void;
   timer: NodeJS.Timeout;
   payloadBytes: number;
+  replyInto: Buffer | undefined;
+}
+
+export interface RequestOptions {
+  epoch?: number;
+  timeoutMs?: number;
+  /**
+   * A successful reply of exactly this many bytes is received straight into this buffer,
+   * and is the response's payload (not to be released). The caller must not give the
+   * buffer to anyone else before the request settles; if it times out while the reply is
+   * arriving into it, the connection is dropped first, so nothing is written to it after.
+   */
+  replyInto?: Buffer | undefined;
 }
 
 export interface PeerIdentity {
@@ -123,6 +136,8 @@ export class WirePeer {
   /** A large payload being received straight into a pooled buffer, and how much is in. */
   private assembling: Buffer | null = null;
   private assembledBytes = 0;
+  /** The request whose reply is being assembled in its caller's buffer (replyInto), if any. */
+  private assemblingFor: number | null = null;
   /** While onBorrowedData runs: the store of the borrowed chunk, whose bytes must be copied to be kept. */
   private borrowedStore: ArrayBufferLike | null = null;
   /** The socket's borrowed reads, if it has them: a large payload's rest is read straight into its buffer. */
@@ -246,7 +261,7 @@ export class WirePeer {
   // --- requests ------------------------------------------------------------------------
 
   /** Sends a request and resolves with the reply; rejects on timeout, failure or close. */
-  async request(op: number, payload: Buffer | readonly Buffer[], options: { epoch?: number; timeoutMs?: number } = {}): Promise<WireResponse> {
+  async request(op: number, payload: Buffer | readonly Buffer[], options: RequestOptions = {}): Promise<WireResponse> {
     assert(op >= 16, 'ops below 16 are reserved for connection setup');
     const payloadBytes = Buffer.isBuffer(payload) ? payload.length : payload.reduce((sum, part) => sum + part.length, 0);
     while (this.sentInflightBytes > 0 && this.sentInflightBytes + payloadBytes > this.inflightBytesMax && this.failure === null) {
@@ -258,10 +273,14 @@ export class WirePeer {
     const timeoutMs = options.timeoutMs ?? wireRequestTimeoutMsDefault;
     return new Promise<WireResponse>((resolve, reject) => {
       const timer = setTimeout(() => {
+        const timedOut = new WireError('MB_ERR_WIRE_TIMEOUT', `request ${requestId} (op ${op}) got no reply in ${timeoutMs} ms`);
+        // Its reply is arriving into the caller's buffer: stop the socket before the caller
+        // hears of the timeout and reuses the buffer.
+        if (this.assemblingFor === requestId) this.destroy(timedOut);
         this.retire(requestId);
-        reject(new WireError('MB_ERR_WIRE_TIMEOUT', `request ${requestId} (op ${op}) got no reply in ${timeoutMs} ms`));
+        reject(timedOut);
       }, timeoutMs);
-      this.pending.set(requestId, { resolve, reject, timer, payloadBytes });
+      this.pending.set(requestId, { resolve, reject, timer, payloadBytes, replyInto: options.replyInto });
       this.sentInflightBytes += payloadBytes;
       this.sendFrame(op, false, WireStatus.Ok, requestId, options.epoch ?? 0, payload);
     });
@@ -414,9 +433,15 @@ export class WirePeer {
             throw new WireFrameError('MB_ERR_WIRE_CLUSTER', `frame for cluster ${header.clusterId}, this is cluster ${this.options.clusterId}`);
           }
           this.header = header;
-          // A large payload is copied into one pooled buffer as it arrives: no concat of
-          // the socket's chunks into a fresh allocation at the end.
-          if (BufferPool.pooled(header.payloadBytes)) {
+          // A reply the caller asked for in its own buffer goes there; any other large
+          // payload is copied into one pooled buffer as it arrives: no concat of the
+          // socket's chunks into a fresh allocation at the end.
+          const into = header.reply && header.status === WireStatus.Ok ? this.pending.get(header.requestId)?.replyInto : undefined;
+          if (into !== undefined && into.length === header.payloadBytes && into.length > 0) {
+            this.assembling = into;
+            this.assembledBytes = 0;
+            this.assemblingFor = header.requestId;
+          } else if (BufferPool.pooled(header.payloadBytes)) {
             this.assembling = payloadPool.acquire(header.payloadBytes);
             this.assembledBytes = 0;
           }
@@ -426,6 +451,7 @@ export class WirePeer {
           if (!this.assemble(this.assembling)) return;
           payload = this.assembling;
           this.assembling = null;
+          this.assemblingFor = null;
         } else {
           if (this.receivedBytes < this.header.payloadBytes) return;
           payload = this.keep(this.take(this.header.payloadBytes));

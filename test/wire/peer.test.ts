@@ -300,3 +300,75 @@ t.test('adopted sockets: a client that dies in the middle of a large request, th
   t.equal(response.payload.toString(), String(4 * MiB), 'a later client is served');
   served.forEach((peer) => peer.destroy());
 });
+
+t.test('replyInto: a reply lands in the caller buffer; other replies do not touch it', async (t) => {
+  for (const borrowedReads of [false, true]) {
+    const { client } = await pair(
+      t,
+      {
+        onRequest: async (request) => {
+          const size = request.payload.readUInt32BE(0);
+          if (size === 0) return { status: WireStatus.Failed, payload: Buffer.from('no such thing') };
+          return { status: WireStatus.Ok, payload: Buffer.alloc(size, request.payload[4] as number) };
+        },
+      },
+      {},
+      borrowedReads,
+    );
+    const ask = (size: number, fill: number): Buffer => {
+      const args = Buffer.alloc(5);
+      args.writeUInt32BE(size, 0);
+      args[4] = fill;
+      return args;
+    };
+    for (const size of [4096, 1024 * 1024 + 8]) {
+      const into = Buffer.alloc(size);
+      const response = await client.request(opEcho, ask(size, 0x5a), { replyInto: into });
+      t.equal(response.payload, into, `borrowed reads ${borrowedReads}, ${size} bytes: the payload is the caller's buffer`);
+      t.ok(into.every((byte) => byte === 0x5a), 'holding the reply');
+    }
+    const other = Buffer.alloc(4096, 1);
+    const shorter = await client.request(opEcho, ask(100, 0x33), { replyInto: other });
+    t.not(shorter.payload, other, 'a reply of another length comes in its own buffer');
+    t.equal(shorter.payload.length, 100);
+    const failed = await client.request(opEcho, ask(0, 0), { replyInto: Buffer.alloc('no such thing'.length, 1) });
+    t.equal(failed.status, WireStatus.Failed);
+    t.equal(failed.payload.toString(), 'no such thing', 'a failure reply is not put in the buffer');
+    t.ok(other.every((byte) => byte === 1), 'the unused buffer is untouched');
+  }
+});
+
+t.test('replyInto: a reply still arriving when the request times out drops the connection, and nothing lands after', async (t) => {
+  let serverSocket!: net.Socket;
+  const port = await listen(
+    t,
+    (socket) => {
+      serverSocket = socket;
+      WirePeer.accept(socket, {
+        clusterId,
+        secret,
+        role: 'sds',
+        name: 'sds1',
+        log,
+        onRequest: () => {
+          // Half of a 1 MiB reply now; the rest after the client has given up.
+          const header = encodeHeader({ op: opEcho, reply: true, status: WireStatus.Ok, clusterId, requestId: 1, epoch: 0, payloadBytes: MiB, payloadCrc32c: null });
+          serverSocket.write(Buffer.concat([header, Buffer.alloc(MiB / 2, 0x77)]));
+          setTimeout(() => serverSocket.write(Buffer.alloc(MiB / 2, 0x77), () => undefined), 600);
+          return new Promise(() => undefined);
+        },
+      }).catch(() => undefined);
+    },
+    true,
+  );
+  const client = await WirePeer.connect(await connectTcp(`127.0.0.1:${port}`, 5000), { clusterId, secret, role: 'sdc', name: 'sdc1', log });
+  t.teardown(() => client.destroy());
+  const into = Buffer.alloc(MiB);
+  await t.rejects(client.request(opEcho, Buffer.from('x'), { timeoutMs: 300, replyInto: into }), { code: 'MB_ERR_WIRE_TIMEOUT' }, 'the request times out');
+  const atTimeout = Buffer.from(into);
+  const dropped = await Promise.race([client.closed.then(() => true), new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 5000))]);
+  t.ok(dropped, 'the connection was dropped');
+  await new Promise((resolve) => setTimeout(resolve, 700));
+  t.ok(into.equals(atTimeout), 'the buffer did not change after the caller heard of the timeout');
+  t.ok(into.subarray(MiB / 2).every((byte) => byte === 0), 'the second half never landed');
+});
