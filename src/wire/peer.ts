@@ -53,7 +53,6 @@ const nonceBytes = 32;
 
 export class WireError extends MeshblockError {}
 
-
 export type PeerRole = 'sdc' | 'sds' | 'mdm' | 'test';
 
 export interface WirePeerOptions {
