@@ -251,9 +251,9 @@ export class VolumeBackend implements BlockBackend {
 
   /**
    * Sends one piece to the primary of its group at the current epoch, refreshing the map
-   * and trying again while the cluster is changing under it.
+   * and trying again while the cluster is changing under it. `replyInto`: where a read's
+   * data is to land (see WirePeer.request).
    */
-  /** `replyInto`: where a read's data is to land (see WirePeer.request). */
   private async send(op: number, args: IoArgs, data?: Buffer, replyInto?: Buffer): Promise<WireResponse> {
     let lastProblem = '';
     for (let attempt = 0; attempt < pieceAttemptsMax; attempt++) {

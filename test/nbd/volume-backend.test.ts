@@ -1,0 +1,88 @@
+// The SDC's volume backend, in process, against one wire peer that plays the SDS: a request
+// cut into two pieces, one of which fails at once, is failed only once the other piece is
+// done. Until then the other piece still reads into, or sends from, the request's buffer,
+// which the NBD server reuses as soon as the request is answered.
+
+import { randomBytes } from 'node:crypto';
+import * as net from 'node:net';
+import { pino } from 'pino';
+import t, { type Test } from 'tap';
+import { VolumeBackend } from '../../src/nbd/volume-backend.js';
+import type { SdcVolume } from '../../src/wire/mdm-ops.js';
+import { WirePeer, type WireReply } from '../../src/wire/peer.js';
+import { SdsStatus, decodeIo, encodeEpoch } from '../../src/wire/sds-ops.js';
+import { MiB, makeMap, testClusterId, testPoolId, testSecret } from '../helpers/sds.js';
+
+const log = pino({ level: 'silent' });
+const sdsId = '5d50000000000001';
+
+/** A backend for a 4 MiB volume of 1 MiB chunks whose one SDS answers with `serve`. */
+async function backendWith(t: Test, serve: (op: number, chunkIndex: number) => Promise<WireReply>): Promise<{ backend: VolumeBackend; requestsAfter: (atMs: number) => number }> {
+  const arrivals: number[] = [];
+  const server = net.createServer((socket) => {
+    WirePeer.accept(socket, {
+      clusterId: testClusterId,
+      secret: Buffer.from(testSecret),
+      role: 'sds',
+      name: 'sds1',
+      log,
+      onRequest: (request) => {
+        arrivals.push(Date.now());
+        return serve(request.op, decodeIo(request.payload).args.chunkIndex);
+      },
+    }).catch(() => undefined);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const socket = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  await new Promise<void>((resolve) => socket.once('connect', resolve));
+  const peer = await WirePeer.connect(socket, { clusterId: testClusterId, secret: Buffer.from(testSecret), role: 'sdc', name: 'sdc1', log });
+  t.teardown(() => peer.destroy());
+  const map = makeMap(5, [{ sdsId, address: '127.0.0.1:1' }], { pgCount: 1, mirrored: false });
+  const volume: SdcVolume = { id: '00000000000000b1', name: 'vol1', vtreeId: '00000000000000c1', poolId: testPoolId, sizeBytes: 4 * MiB, chunkBytes: MiB, accessMode: 'ReadWrite', exclusive: false, iopsLimit: 0, bandwidthLimitKbps: 0 };
+  const backend = await VolumeBackend.open(volume, { map: () => map, refreshMap: async () => undefined, peer: async () => peer }, log);
+  return { backend, requestsAfter: (atMs) => arrivals.filter((at) => at > atMs).length };
+}
+
+const later = <T>(ms: number, value: T): Promise<T> => new Promise((resolve) => setTimeout(() => resolve(value), ms));
+
+t.test('a read with a failed piece fails after its other piece has landed, not before', async (t) => {
+  const { backend } = await backendWith(t, (_op, chunkIndex) =>
+    chunkIndex === 0 ? Promise.resolve({ status: SdsStatus.Failed, payload: Buffer.from('broken') }) : later(300, { status: SdsStatus.Ok, payload: Buffer.alloc(MiB, 0xbb) }),
+  );
+  const target = Buffer.alloc(2 * MiB);
+  let secondHalfAtFailure: Buffer | null = null;
+  await t.rejects(
+    backend.read(0, target).catch((err: unknown) => {
+      secondHalfAtFailure = Buffer.from(target.subarray(MiB));
+      throw err;
+    }),
+    { code: 'EIO' },
+    'the read fails',
+  );
+  t.ok((secondHalfAtFailure as Buffer | null)?.every((byte) => byte === 0xbb), 'and the other piece had landed before it said so');
+});
+
+t.test('a write with a failed piece sends nothing more once it has failed', async (t) => {
+  let staleOnce = true;
+  const { backend, requestsAfter } = await backendWith(t, (_op, chunkIndex) => {
+    if (chunkIndex === 0) return Promise.resolve({ status: SdsStatus.Failed, payload: Buffer.from('broken') });
+    // The other piece is refused once (a stale map) after a while, and sent again.
+    if (staleOnce) {
+      staleOnce = false;
+      return later(200, { status: SdsStatus.StaleEpoch, payload: encodeEpoch(6) });
+    }
+    return later(50, { status: SdsStatus.Ok });
+  });
+  let failedAtMs = 0;
+  await t.rejects(
+    backend.write(0, randomBytes(2 * MiB), { fua: false }).catch((err: unknown) => {
+      failedAtMs = Date.now();
+      throw err;
+    }),
+    { code: 'EIO' },
+    'the write fails',
+  );
+  await later(500, null);
+  t.equal(requestsAfter(failedAtMs), 0, 'no piece was sent (from a buffer the server may have reused) after the failure');
+});
