@@ -11,7 +11,7 @@ import t, { type Test } from 'tap';
 import { acquirePayload, payloadPool, releasePayload } from '../../src/common/buffer-pool.js';
 import { crc32c } from '../../src/common/crc32c.js';
 import { encodeHeader } from '../../src/wire/header.js';
-import { WirePeer, WireStatus, type WirePeerOptions } from '../../src/wire/peer.js';
+import { WirePeer, WireStatus, type WirePeerOptions, type WireReply } from '../../src/wire/peer.js';
 import { adoptAccepted, directDataEvent } from '../../src/common/borrowed-reads.js';
 import { connectTcp } from '../../src/wire/peer-pool.js';
 
@@ -33,6 +33,24 @@ async function listen(t: Test, accept: (socket: net.Socket) => void, borrowedRea
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
   return (server.address() as net.AddressInfo).port;
+}
+
+/**
+ * A peer that answers the first request by hand: `reply` gets the socket and the header of a
+ * 1 MiB reply, and writes whatever of it the test wants; the request's handler never returns.
+ */
+function partialReplier(t: Test, reply: (socket: net.Socket, header: Buffer) => void, borrowedReads = false): Promise<number> {
+  return listen(
+    t,
+    (socket) => {
+      const onRequest = (): Promise<WireReply> => {
+        reply(socket, encodeHeader({ op: opEcho, reply: true, status: WireStatus.Ok, clusterId, requestId: 1, epoch: 0, payloadBytes: MiB, payloadCrc32c: null }));
+        return new Promise(() => undefined);
+      };
+      WirePeer.accept(socket, { clusterId, secret, role: 'sds', name: 'sds1', log, onRequest }).catch(() => undefined);
+    },
+    borrowedReads,
+  );
 }
 
 function connectSocket(port: number): Promise<net.Socket> {
@@ -252,22 +270,7 @@ t.test('borrowed reads: a hostile reply, and a peer that dies in the middle of a
   );
 
   // A real peer that announces a 1 MiB reply, sends 100 KiB of it and dies.
-  let serverSocket!: net.Socket;
-  const port = await listen(t, (socket) => {
-    serverSocket = socket;
-    WirePeer.accept(socket, {
-      clusterId,
-      secret,
-      role: 'sds',
-      name: 'sds1',
-      log,
-      onRequest: () => {
-        const header = encodeHeader({ op: opEcho, reply: true, status: 0, clusterId, requestId: 1, epoch: 0, payloadBytes: 1024 * 1024, payloadCrc32c: null });
-        serverSocket.write(Buffer.concat([header, randomBytes(100 * 1024)]), () => serverSocket.destroy());
-        return new Promise(() => undefined);
-      },
-    }).catch(() => undefined);
-  });
+  const port = await partialReplier(t, (socket, header) => socket.write(Buffer.concat([header, randomBytes(100 * 1024)]), () => socket.destroy()));
   const client = await WirePeer.connect(await connectTcp(`127.0.0.1:${port}`, 5000), { clusterId, secret, role: 'sdc', name: 'sdc1', log });
   t.teardown(() => client.destroy());
   await t.rejects(client.request(opEcho, Buffer.from('x')), { code: /MB_ERR_WIRE_(CLOSED|SOCKET)/ }, 'the request fails when the peer goes, mid-payload');
@@ -339,25 +342,12 @@ t.test('replyInto: a reply lands in the caller buffer; other replies do not touc
 });
 
 t.test('replyInto: a reply still arriving when the request times out drops the connection, and nothing lands after', async (t) => {
-  let serverSocket!: net.Socket;
-  const port = await listen(
+  // Half of a 1 MiB reply now; the rest after the client has given up.
+  const port = await partialReplier(
     t,
-    (socket) => {
-      serverSocket = socket;
-      WirePeer.accept(socket, {
-        clusterId,
-        secret,
-        role: 'sds',
-        name: 'sds1',
-        log,
-        onRequest: () => {
-          // Half of a 1 MiB reply now; the rest after the client has given up.
-          const header = encodeHeader({ op: opEcho, reply: true, status: WireStatus.Ok, clusterId, requestId: 1, epoch: 0, payloadBytes: MiB, payloadCrc32c: null });
-          serverSocket.write(Buffer.concat([header, Buffer.alloc(MiB / 2, 0x77)]));
-          setTimeout(() => serverSocket.write(Buffer.alloc(MiB / 2, 0x77), () => undefined), 600);
-          return new Promise(() => undefined);
-        },
-      }).catch(() => undefined);
+    (socket, header) => {
+      socket.write(Buffer.concat([header, Buffer.alloc(MiB / 2, 0x77)]));
+      setTimeout(() => socket.write(Buffer.alloc(MiB / 2, 0x77), () => undefined), 600);
     },
     true,
   );
