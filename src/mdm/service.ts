@@ -53,8 +53,6 @@ const orderRepeatMs = 30_000;
 const repairIntervalMs = 30_000;
 /** Rebuild completions are applied in batches, one journal record per pool. */
 const syncedBatchMs = 250;
-/** Finished rebuild jobs remembered as counted (an SDS keeps at most 1,024 in its stats). */
-const countedJobsMax = 16_384;
 
 export interface JournalRecord {
   command: Command;
@@ -97,8 +95,12 @@ export class MdmService implements MdmController {
   private syncedTimer: NodeJS.Timeout | null = null;
   /** Rebuild progress: bytes copied (reported with completions and stats) and a 1 s rate. */
   private rebuildBytesDone = 0;
-  /** `sdsId/jobId` of the finished jobs already in rebuildBytesDone. */
-  private readonly countedJobs = new Set<string>();
+  /**
+   * By SDS, the ids of its finished jobs already in rebuildBytesDone. Each heartbeat trims
+   * the set to the jobs its stats still list: an SDS never lists a job again once it has
+   * dropped it, so the set stays as small as the SDS's own list and forgets nothing needed.
+   */
+  private readonly countedJobs = new Map<Id, Set<string>>();
   private rebuildRate = { atMs: Date.now(), bytes: 0, perSecond: 0 };
   private syncingMax = 0;
   private readonly repairing = new Set<Id>();
@@ -337,6 +339,11 @@ export class MdmService implements MdmController {
       }
       else if (job.state === 'failed' && job.epoch === this.state.model.epoch) this.ordersGiven.delete(`${job.poolId}/${job.pgIndex}/${job.targetSdsId}`);
     }
+    const counted = this.countedJobs.get(sdsId);
+    if (counted !== undefined) {
+      const listed = new Set((stats.rebuilds ?? []).map((job) => job.jobId));
+      for (const jobId of counted) if (!listed.has(jobId)) counted.delete(jobId);
+    }
     for (const reported of stats.devices ?? []) {
       const device = this.state.model.devices[reported.deviceId];
       if (device === undefined || device.sdsId !== sdsId) continue;
@@ -356,14 +363,10 @@ export class MdmService implements MdmController {
   private countRebuildBytes(sdsId: Id, done: RebuildDone): void {
     if (!Number.isSafeInteger(done.bytesDone) || done.bytesDone <= 0) return;
     if (typeof done.jobId === 'string') {
-      const key = `${sdsId}/${done.jobId}`;
-      if (this.countedJobs.has(key)) return;
-      this.countedJobs.add(key);
-      // Sets iterate in insertion order: the oldest ids go first.
-      for (const old of this.countedJobs) {
-        if (this.countedJobs.size <= countedJobsMax) break;
-        this.countedJobs.delete(old);
-      }
+      let counted = this.countedJobs.get(sdsId);
+      if (counted === undefined) this.countedJobs.set(sdsId, (counted = new Set()));
+      if (counted.has(done.jobId)) return;
+      counted.add(done.jobId);
     }
     this.rebuildBytesDone += done.bytesDone;
   }
@@ -504,7 +507,8 @@ export class MdmService implements MdmController {
     // The bytes copied: finished orders, plus what running jobs report in their stats.
     let running = 0;
     for (const [sdsId, stats] of this.lastStats) {
-      for (const job of stats.rebuilds ?? []) if (job.state === 'running' && !this.countedJobs.has(`${sdsId}/${job.jobId}`)) running += job.bytesDone;
+      const counted = this.countedJobs.get(sdsId);
+      for (const job of stats.rebuilds ?? []) if (job.state === 'running' && counted?.has(job.jobId) !== true) running += job.bytesDone;
     }
     const bytesDone = this.rebuildBytesDone + running;
     const elapsedMs = nowMs - this.rebuildRate.atMs;
