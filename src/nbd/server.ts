@@ -98,8 +98,12 @@ export class NbdServer {
     const connection: Connection = { socket, transmission: null };
     this.connections.add(connection);
     socket.setNoDelay(true);
-    socket.on('error', (err) => log.debug({ err }, 'nbd socket error'));
-    socket.on('close', () => this.connections.delete(connection));
+    // The connection's socket, from accept and again after adoptReading replaces it.
+    const watch = (watched: net.Socket): void => {
+      watched.on('error', (err) => log.debug({ err }, 'nbd socket error'));
+      watched.on('close', () => this.connections.delete(connection));
+    };
+    watch(socket);
     log.debug('nbd client connected');
 
     const timer = setTimeout(() => {
@@ -135,8 +139,7 @@ export class NbdServer {
           const adopted = adoptReading(socket, true);
           if (adopted !== null) {
             connection.socket = adopted.socket;
-            adopted.socket.on('error', (err) => log.debug({ err }, 'nbd socket error'));
-            adopted.socket.on('close', () => this.connections.delete(connection));
+            watch(adopted.socket);
             attached = { ...negotiated, stream: adopted.socket, leftover: [...negotiated.leftover, ...adopted.buffered] };
           }
         }

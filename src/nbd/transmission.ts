@@ -183,13 +183,17 @@ export class Transmission {
       this.stream.destroy();
       return;
     }
-    this.payloadFilled += landed.length;
-    if (this.payloadFilled === payload.length) {
-      this.state = ParseState.Header;
-      this.write = null;
-      this.runWrite(write);
-    }
+    this.payloadArrived(write, payload, landed.length);
     this.readNextIntoPayload();
+  }
+
+  /** `bytes` more of the WRITE's payload are in; a complete payload is written. */
+  private payloadArrived(write: PendingWrite, payload: Buffer, bytes: number): void {
+    this.payloadFilled += bytes;
+    if (this.payloadFilled < payload.length) return;
+    this.state = ParseState.Header;
+    this.write = null;
+    this.runWrite(write);
   }
 
   /**
@@ -235,13 +239,8 @@ export class Transmission {
         const payload = write.payload as Buffer;
         const used = Math.min(available, payload.length - this.payloadFilled);
         chunk.copy(payload, this.payloadFilled, position, position + used);
-        this.payloadFilled += used;
         position += used;
-        if (this.payloadFilled === payload.length) {
-          this.state = ParseState.Header;
-          this.write = null;
-          this.runWrite(write);
-        }
+        this.payloadArrived(write, payload, used);
       } else {
         const used = Math.min(available, this.discardRemaining);
         this.discardRemaining -= used;

@@ -565,7 +565,7 @@ export class SdsService {
     if ((current?.state === 'running' || current?.state === 'waiting') && current.epoch === epoch) return { status: SdsStatus.Ok };
     if (current?.state === 'done' && current.epoch === epoch && epoch === this.epoch) {
       // Done at this epoch, and mirrored to since: the copy is in sync. Say so again.
-      this.options.onRebuildDone?.({ jobId: current.jobId, poolId: current.poolId, pgIndex: current.pgIndex, targetSdsId: current.targetSdsId, epoch, mode: current.mode, chunksDone: current.chunksDone, bytesDone: 0 });
+      this.options.onRebuildDone?.(rebuildDone(current, 0));
       return { status: SdsStatus.Ok };
     }
     if (epoch !== this.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `rebuild ordered at epoch ${epoch}, SDS epoch ${this.epoch}`, encodeEpoch(this.epoch));
@@ -598,8 +598,7 @@ export class SdsService {
       if (this.epoch !== progress.epoch) throw new Error(`placement map changed (epoch ${progress.epoch} → ${this.epoch}) before the rebuild began`);
       progress.state = 'running';
       await this.runRebuildNow(args, jobKey, progress);
-      const done: RebuildDone = { jobId: progress.jobId, poolId: args.poolId, pgIndex: args.pgIndex, targetSdsId: args.targetSdsId, epoch: progress.epoch, mode: progress.mode, chunksDone: progress.chunksDone, bytesDone: progress.bytesDone };
-      this.options.onRebuildDone?.(done);
+      this.options.onRebuildDone?.(rebuildDone(progress, progress.bytesDone));
     } finally {
       this.rebuildsRunning -= 1;
       this.rebuildWaiters.shift()?.();
@@ -849,4 +848,9 @@ function parseAddDeviceOrder(payload: Buffer): AddDeviceOrder {
   if (typeof order.path !== 'string' || !order.path.startsWith('/')) throw new InvalidArgumentError('addDevice.path', 'must be an absolute path');
   if (typeof order.force !== 'boolean') throw new InvalidArgumentError('addDevice.force', 'must be true or false');
   return { path: order.path, force: order.force };
+}
+
+/** The report of a finished job; `bytesDone` 0 when it repeats a report already made. */
+function rebuildDone(job: RebuildProgress, bytesDone: number): RebuildDone {
+  return { jobId: job.jobId, poolId: job.poolId, pgIndex: job.pgIndex, targetSdsId: job.targetSdsId, epoch: job.epoch, mode: job.mode, chunksDone: job.chunksDone, bytesDone };
 }
