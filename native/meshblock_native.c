@@ -143,35 +143,40 @@ static napi_value js_block_device_size(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/*
- * preadNowait(fd, buffer, offset) -> bytes read (may be short, 0 at end of file) or -errno
- * (EAGAIN: would block; EOPNOTSUPP: the file or kernel has no RWF_NOWAIT reads). Never
- * throws for I/O errors: this is the hot path and the caller falls back to the thread pool
- * on any negative answer.
- */
-/* The (fd, buffer, offset) arguments of the inline calls; false (and a TypeError thrown) if they are not. */
-static int fd_buffer_offset(napi_env env, napi_callback_info info, int32_t *fd, void **data, size_t *length, int64_t *offset) {
+/* The (fd, buffer, offset) arguments of the inline calls. */
+struct fd_io {
+  int32_t fd;
+  void *data;
+  size_t length;
+  int64_t offset;
+};
+
+/* Reads the arguments into `io`; false (and a TypeError thrown) if they are not (fd, buffer, offset). */
+static int fd_buffer_offset(napi_env env, napi_callback_info info, struct fd_io *io) {
   size_t argc = 3;
   napi_value argv[3];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc != 3 || napi_get_value_int32(env, argv[0], fd) != napi_ok ||
-      napi_get_buffer_info(env, argv[1], data, length) != napi_ok ||
-      napi_get_value_int64(env, argv[2], offset) != napi_ok) {
+  if (argc != 3 || napi_get_value_int32(env, argv[0], &io->fd) != napi_ok ||
+      napi_get_buffer_info(env, argv[1], &io->data, &io->length) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &io->offset) != napi_ok) {
     napi_throw_type_error(env, NULL, "expected (fd, buffer, offset)");
     return 0;
   }
   return 1;
 }
 
+/*
+ * preadNowait(fd, buffer, offset) -> bytes read (may be short, 0 at end of file) or -errno
+ * (EAGAIN: would block; EOPNOTSUPP: the file or kernel has no RWF_NOWAIT reads). Never
+ * throws for I/O errors: this is the hot path and the caller falls back to the thread pool
+ * on any negative answer.
+ */
 static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
   napi_value result;
-  int32_t fd;
-  int64_t offset;
-  void *data;
-  size_t length;
-  if (!fd_buffer_offset(env, info, &fd, &data, &length, &offset)) return NULL;
-  struct iovec iov = { .iov_base = data, .iov_len = length };
-  ssize_t done = preadv2(fd, &iov, 1, offset, RWF_NOWAIT);
+  struct fd_io io;
+  if (!fd_buffer_offset(env, info, &io)) return NULL;
+  struct iovec iov = { .iov_base = io.data, .iov_len = io.length };
+  ssize_t done = preadv2(io.fd, &iov, 1, io.offset, RWF_NOWAIT);
   napi_create_int64(env, done < 0 ? -(int64_t)errno : (int64_t)done, &result);
   return result;
 }
@@ -191,14 +196,11 @@ static int inline_write_slept = 0;
 
 static napi_value js_pwrite_inline(napi_env env, napi_callback_info info) {
   napi_value result;
-  int32_t fd;
-  int64_t offset;
-  void *data;
-  size_t length;
-  if (!fd_buffer_offset(env, info, &fd, &data, &length, &offset)) return NULL;
+  struct fd_io io;
+  if (!fd_buffer_offset(env, info, &io)) return NULL;
   struct rusage before, after;
   getrusage(RUSAGE_THREAD, &before);
-  ssize_t done = pwrite(fd, data, length, offset);
+  ssize_t done = pwrite(io.fd, io.data, io.length, io.offset);
   int saved = errno;
   getrusage(RUSAGE_THREAD, &after);
   inline_write_slept = after.ru_nvcsw != before.ru_nvcsw;

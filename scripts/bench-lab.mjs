@@ -575,15 +575,17 @@ async function waitForProfile(file) {
 }
 
 /**
+ * The functions of native/meshblock_native.c, as the profiler may name any of them: read
+ * from the built addon itself (a list kept here went stale: a new function took the name
+ * of all the others in one report).
+ */
+const addonFunctionNames = new Set(Object.keys(createRequire(import.meta.url)('../build/Release/meshblock_native.node')));
+
+/**
  * Self samples per function: a node's hitCount is the samples whose top frame was that node.
  * Functions are keyed by name and file:line, so one function reached by many call paths
  * counts once. Shares are of all samples, and of the busy (non-idle) ones.
  */
-/** The functions of native/meshblock_native.c, as the profiler may name any of them. */
-// Every function the addon exports, read from the built addon itself (a list kept here went
-// stale: a new function took the name of all the others in one report).
-const addonFunctionNames = new Set(Object.keys(createRequire(import.meta.url)('../build/Release/meshblock_native.node')));
-
 function summarizeProfile(profile) {
   const byFunction = new Map();
   let totalSamples = 0;
