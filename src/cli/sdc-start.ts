@@ -10,7 +10,7 @@ import type { Level } from 'pino';
 import type { Argv } from 'yargs';
 import { formatHostPort, parseHostPort } from '../common/address.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
-import { Sdc } from '../nbd/sdc.js';
+import { Sdc } from '../sdc/sdc.js';
 import { NbdServer } from '../nbd/server.js';
 import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';

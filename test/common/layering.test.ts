@@ -1,6 +1,7 @@
-// Proves the import rule of DESIGN.md: common ← wire ← {nbd, sds, mdm, hostsetup} ← cli.
+// Proves the import rule of DESIGN.md: common ← wire ← {sdc, sds, mdm, hostsetup} ← cli, and
+// common ← nbd ← sdc: the NBD protocol core imports nothing of the cluster (not even src/wire).
 // Every relative import under src/ is read and checked against the layer it may reach; a
-// forbidden edge (say, src/nbd importing src/cli, or src/nbd importing src/sds) fails.
+// forbidden edge (say, src/nbd importing src/cli, or src/nbd importing src/wire) fails.
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -10,11 +11,12 @@ import { repoRoot } from '../helpers/processes.js';
 const allowed: Record<string, readonly string[]> = {
   common: ['common'],
   wire: ['common', 'wire'],
-  nbd: ['common', 'wire', 'nbd'],
+  nbd: ['common', 'nbd'],
+  sdc: ['common', 'wire', 'nbd', 'sdc'],
   sds: ['common', 'wire', 'sds'],
   mdm: ['common', 'wire', 'mdm'],
   hostsetup: ['common', 'wire', 'hostsetup'],
-  cli: ['common', 'wire', 'nbd', 'sds', 'mdm', 'hostsetup', 'cli'],
+  cli: ['common', 'wire', 'nbd', 'sdc', 'sds', 'mdm', 'hostsetup', 'cli'],
 };
 
 function sourceFiles(dir: string): string[] {
@@ -53,11 +55,13 @@ t.test('src/ imports flow one way', async (t) => {
 t.test('the check catches a forbidden import', async (t) => {
   const dir = t.testdir({
     common: { 'a.ts': "import { x } from '../nbd/b.js';\n" },
-    nbd: { 'b.ts': "export const x = 1;\nimport { y } from '../cli/c.js';\n" },
+    nbd: { 'b.ts': "export const x = 1;\nimport { y } from '../cli/c.js';\nimport { z } from '../wire/d.js';\n" },
+    wire: { 'd.ts': "export const z = 3;\n" },
     cli: { 'c.ts': "export { x } from '../nbd/b.js';\nexport const y = 2;\n" },
   });
   const violations = importViolations(dir);
-  t.equal(violations.length, 2);
+  t.equal(violations.length, 3);
   t.match(violations.join('\n'), /common\/a.ts imports \.\.\/nbd\/b.js/);
   t.match(violations.join('\n'), /nbd\/b.ts imports \.\.\/cli\/c.js/);
+  t.match(violations.join('\n'), /nbd\/b.ts imports \.\.\/wire\/d.js \(src\/nbd may not reach src\/wire\)/);
 });

@@ -6,9 +6,10 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { pino } from 'pino';
 import { WirePeer, type PeerRole, type WireResponse } from '../../src/wire/peer.js';
-import { placementGroupOf, type PlacementMap } from '../../src/wire/placement.js';
+import type { PlacementMap } from '../../src/wire/placement.js';
 import { SdsOp, SdsStatus, encodeIo, type IoArgs, type SdsStats } from '../../src/wire/sds-ops.js';
 import { startMeshblock, type DaemonHandle, type TeardownHost } from './processes.js';
+import { chunkPieces, routePiece } from '../../src/sdc/chunk-pieces.js';
 
 export const testClusterId = 'c0ffee00c0ffee00';
 export const testSecret = 'a test cluster secret, long enough';
@@ -130,22 +131,14 @@ export class TestVolumeClient {
     return pool;
   }
 
-  /** Chunk-sized pieces of a volume range, each with the args to address it. */
+  /** Chunk-sized pieces of a volume range (the SDC's own splitting), each with its primary. */
   pieces(offsetBytes: number, lengthBytes: number, flags = 0): Array<{ args: IoArgs; primary: string; at: number }> {
-    const chunkBytes = this.pool.chunkBytes;
-    const pieces = [];
-    for (let at = 0; at < lengthBytes; ) {
-      const volumeOffset = offsetBytes + at;
-      const chunkIndex = Math.floor(volumeOffset / chunkBytes);
-      const inChunk = volumeOffset - chunkIndex * chunkBytes;
-      const length = Math.min(chunkBytes - inChunk, lengthBytes - at);
-      const pgIndex = placementGroupOf(this.vtreeId, chunkIndex, this.pool.groups.length);
-      const group = this.pool.groups[pgIndex];
-      if (group === undefined) throw new Error('no group');
-      pieces.push({ args: { poolId: this.poolId, vtreeId: this.vtreeId, pgIndex, chunkIndex, generation: 0, offsetBytes: inChunk, lengthBytes: length, flags }, primary: group.primary, at });
-      at += length;
-    }
-    return pieces;
+    const volume = { poolId: this.poolId, vtreeId: this.vtreeId, chunkBytes: this.pool.chunkBytes };
+    return chunkPieces(volume, offsetBytes, lengthBytes, flags).map((piece) => {
+      const route = routePiece(this.map, piece.args);
+      if (!route.ok) throw new Error(route.problem);
+      return { args: { ...piece.args, pgIndex: route.pgIndex }, primary: route.primary, at: piece.atBytes };
+    });
   }
 
   private peer(sdsId: string): WirePeer {

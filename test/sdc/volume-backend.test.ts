@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
-import { VolumeBackend } from '../../src/nbd/volume-backend.js';
+import { VolumeBackend } from '../../src/sdc/volume-backend.js';
 import type { SdcVolume } from '../../src/wire/mdm-ops.js';
 import { WirePeer, type WireReply } from '../../src/wire/peer.js';
 import { SdsStatus, decodeIo, encodeEpoch } from '../../src/wire/sds-ops.js';

@@ -15,7 +15,7 @@ import type { WirePeer, WireReply, WireRequest } from '../wire/peer.js';
 import { PeerPool } from '../wire/peer-pool.js';
 import { parsePlacementMap, type PlacementMap } from '../wire/placement.js';
 import { SdsStatus } from '../wire/sds-ops.js';
-import type { ExportRegistry, NbdExport } from './exports.js';
+import type { ExportRegistry, NbdExport } from '../nbd/exports.js';
 import { VolumeBackend, type VolumeRouter } from './volume-backend.js';
 
 const mapRequestTimeoutMs = 5000;

@@ -20,10 +20,11 @@ import type { Logger } from 'pino';
 import { nbdRequestBytesMax } from '../common/limits.js';
 import type { SdcVolume } from '../wire/mdm-ops.js';
 import type { WirePeer, WireResponse } from '../wire/peer.js';
-import { placementGroupOf, type PlacementMap } from '../wire/placement.js';
+import type { PlacementMap } from '../wire/placement.js';
 import { releasePayload } from '../common/buffer-pool.js';
 import { SdsOp, SdsStatus, allocationChunkCountMax, encodeAllocation, encodeIo, IoFlag, type IoArgs } from '../wire/sds-ops.js';
-import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSizeLimits, type Extent, type WriteOptions, type ZeroOptions } from './backend.js';
+import { chunkPieces, routePiece, type Piece } from './chunk-pieces.js';
+import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSizeLimits, type Extent, type WriteOptions, type ZeroOptions } from '../nbd/backend.js';
 
 export interface VolumeRouter {
   /** The current placement map. */
@@ -44,12 +45,6 @@ const enum ChunkState {
   Unknown = 0,
   Empty = 1,
   Data = 2,
-}
-
-interface Piece {
-  args: IoArgs;
-  /** Offset of the piece in the request. */
-  atBytes: number;
 }
 
 export class VolumeBackend implements BlockBackend {
@@ -226,20 +221,7 @@ export class VolumeBackend implements BlockBackend {
   // --- routing -------------------------------------------------------------------------
 
   private pieces(offsetBytes: number, lengthBytes: number): Piece[] {
-    const chunkBytes = this.volume.chunkBytes;
-    const pieces: Piece[] = [];
-    for (let atBytes = 0; atBytes < lengthBytes; ) {
-      const volumeOffset = offsetBytes + atBytes;
-      const chunkIndex = Math.floor(volumeOffset / chunkBytes);
-      const inChunk = volumeOffset - chunkIndex * chunkBytes;
-      const length = Math.min(chunkBytes - inChunk, lengthBytes - atBytes);
-      pieces.push({
-        args: { poolId: this.volume.poolId, vtreeId: this.volume.vtreeId, pgIndex: 0, chunkIndex, generation: 0, offsetBytes: inChunk, lengthBytes: length, flags: 0 },
-        atBytes,
-      });
-      atBytes += length;
-    }
-    return pieces;
+    return chunkPieces(this.volume, offsetBytes, lengthBytes);
   }
 
   /** Before a retry: a fresh map, and from the third attempt on, a growing pause. */
@@ -259,17 +241,12 @@ export class VolumeBackend implements BlockBackend {
     for (let attempt = 0; attempt < pieceAttemptsMax; attempt++) {
       await this.beforeAttempt(attempt);
       const map = this.router.map();
-      const pool = map.pools[args.poolId];
-      if (pool === undefined) {
-        lastProblem = `pool ${args.poolId} is not in map epoch ${map.epoch}`;
+      const route = routePiece(map, args);
+      if (!route.ok) {
+        lastProblem = route.problem;
         continue;
       }
-      const pgIndex = placementGroupOf(args.vtreeId, args.chunkIndex, pool.groups.length);
-      const group = pool.groups[pgIndex];
-      if (group === undefined) {
-        lastProblem = `group ${pgIndex} is missing`;
-        continue;
-      }
+      const { pgIndex, group } = route;
       if (group.lost === true) {
         this.log.error({ volume: this.volume.name, chunkIndex: args.chunkIndex, pgIndex }, 'IO to a placement group that lost both copies');
         throw new BackendError('EIO', `chunk ${args.chunkIndex} of ${this.volume.name}: both copies of placement group ${pgIndex} are lost`);
