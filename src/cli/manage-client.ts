@@ -187,8 +187,8 @@ export class ApiClient {
               resolve(parsed);
               return;
             }
-            const error = parsed as Partial<Record<keyof RestErrorBody, unknown>> | undefined;
-            if (error !== undefined && typeof error.message === 'string') {
+            const error = parsed as Partial<Record<keyof RestErrorBody, unknown>> | null | undefined;
+            if (typeof error === 'object' && error !== null && typeof error.message === 'string') {
               // The code comes from another process (perhaps a newer MDM): one this CLI
               // does not know is MB_ERR_API, with the original kept in the message.
               const sent = error.code;

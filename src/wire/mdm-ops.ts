@@ -103,7 +103,7 @@ export interface DeviceRefusal {
 }
 
 /** How much of a refusal that cannot be read goes into the message that replaces it. */
-const refusalQuoteBytesMax = 200;
+const refusalQuoteCharsMax = 200;
 
 /**
  * Reads an SDS's DeviceRefusal at the MDM. The code came from another process (perhaps a
@@ -117,13 +117,13 @@ export function parseDeviceRefusal(payload: Buffer): DeviceRefusal {
   try {
     value = JSON.parse(text);
   } catch {
-    return { code: 'MB_ERR_SDS_FAILED', message: `refused, with a reply that is not JSON: ${text.slice(0, refusalQuoteBytesMax)}` };
+    return { code: 'MB_ERR_SDS_FAILED', message: `refused, with a reply that is not JSON: ${text.slice(0, refusalQuoteCharsMax)}` };
   }
   const entry = value as { code?: unknown; message?: unknown } | null;
   if (entry === null || typeof entry !== 'object' || typeof entry.message !== 'string') {
-    return { code: 'MB_ERR_SDS_FAILED', message: `refused, with a malformed refusal: ${text.slice(0, refusalQuoteBytesMax)}` };
+    return { code: 'MB_ERR_SDS_FAILED', message: `refused, with a malformed refusal: ${text.slice(0, refusalQuoteCharsMax)}` };
   }
-  if (!isMeshblockCode(entry.code)) return { code: 'MB_ERR_SDS_FAILED', message: `${entry.message} (code ${JSON.stringify(entry.code)}, unknown to this MDM)` };
+  if (!isMeshblockCode(entry.code)) return { code: 'MB_ERR_SDS_FAILED', message: `${entry.message} (code ${String(JSON.stringify(entry.code)).slice(0, refusalQuoteCharsMax)}, unknown to this MDM)` };
   return { code: entry.code, message: entry.message };
 }
 

@@ -151,4 +151,6 @@ t.test("the REST API's error code is checked by the CLI", async (t) => {
   t.match((unknown as ApiError).message, /new refusal.*MB_ERR_FROM_A_NEWER_MDM/, 'with the original in the message');
   body = { message: 'odd', code: 42, errorCode: 'x' };
   await t.rejects(connect(), { code: 'MB_ERR_API', errorCode: 0 }, 'a code that is not a string is no code');
+  body = null;
+  await t.rejects(connect(), { code: 'MB_ERR_API', message: /HTTP 409/ }, 'a null body is no error body');
 });
