@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { Argv } from 'yargs';
-import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import { InvalidArgumentError, MeshblockError, isMeshblockCode, type MeshblockCode } from '../common/errors.js';
 import type { RestErrorBody } from '../mdm/rest-errors.js';
 import { applyLabConnectionDefaults } from './lab-state.js';
 
@@ -31,7 +31,7 @@ export class ApiError extends MeshblockError {
   constructor(
     readonly httpStatus: number,
     readonly errorCode: number,
-    code: string,
+    code: MeshblockCode,
     message: string,
   ) {
     super(code, message);
@@ -187,9 +187,14 @@ export class ApiClient {
               resolve(parsed);
               return;
             }
-            const error = parsed as Partial<RestErrorBody> | undefined;
-            if (error !== undefined && typeof error.message === 'string') {
-              reject(new ApiError(status, error.errorCode ?? 0, error.code ?? 'MB_ERR_API', error.message));
+            const error = parsed as Partial<Record<keyof RestErrorBody, unknown>> | null | undefined;
+            if (typeof error === 'object' && error !== null && typeof error.message === 'string') {
+              // The code comes from another process (perhaps a newer MDM): one this CLI
+              // does not know is MB_ERR_API, with the original kept in the message.
+              const sent = error.code;
+              const code = isMeshblockCode(sent) ? sent : 'MB_ERR_API';
+              const message = code === sent || sent === undefined ? error.message : `${error.message} (code ${JSON.stringify(sent)})`;
+              reject(new ApiError(status, typeof error.errorCode === 'number' ? error.errorCode : 0, code, message));
             } else {
               reject(new ApiError(status, 0, 'MB_ERR_API', `${method} ${path}: HTTP ${status}`));
             }

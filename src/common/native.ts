@@ -5,7 +5,7 @@
 
 import { createRequire } from 'node:module';
 import { constants } from 'node:os';
-import { SystemCallError } from './errors.js';
+import { SystemCallError, type ErrnoCode } from './errors.js';
 
 type NativeCallback = (errno: number, result: number) => void;
 type NativeOp = (fd: number, mode: number, offsetBytes: number, lengthBytes: number, callback: NativeCallback) => void;
@@ -34,13 +34,15 @@ const require = createRequire(import.meta.url);
 // dist/common/native.js -> <package>/build/Release
 const binding = require('../../build/Release/meshblock_native.node') as NativeBinding;
 
-const errnoNames = new Map<number, string>();
-for (const [name, value] of Object.entries(constants.errno)) {
+const errnoNames = new Map<number, ErrnoCode>();
+// Object.keys types its result string[]; these are the keys of constants.errno itself.
+for (const name of Object.keys(constants.errno) as Array<keyof typeof constants.errno>) {
+  const value = constants.errno[name];
   if (!errnoNames.has(value)) errnoNames.set(value, name);
 }
 // Linux gives EOPNOTSUPP and ENOTSUP the same number; the NBD mapping knows both names.
 
-function errnoName(errno: number): string {
+function errnoName(errno: number): ErrnoCode {
   return errnoNames.get(errno) ?? `E#${errno}`;
 }
 

@@ -8,6 +8,7 @@
 
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
+import { MeshblockError } from './errors.js';
 import * as native from './native.js';
 
 /** Reads up to this size try RWF_NOWAIT on the event loop; larger copies go to the pool. */
@@ -20,8 +21,13 @@ const inlineWriteStallMs = 2;
 const inlineWriteBackoffMs = 5_000;
 const resolved = Promise.resolve();
 
-export class ShortReadError extends Error {
-  readonly code = 'EIO';
+/** A read found the end of the file before the end of the range: EIO to whoever asked. */
+export class ShortReadError extends MeshblockError {
+  declare readonly code: 'EIO';
+
+  constructor(message: string) {
+    super('EIO', message);
+  }
 }
 
 export class PositionalIo {

@@ -12,7 +12,7 @@
 // plan() after apply() is empty.
 
 import { createTwoFilesPatch } from 'diff';
-import { MeshblockError } from '../common/errors.js';
+import { MeshblockError, type ErrorCode } from '../common/errors.js';
 import type { BlockDeviceRecord } from './disk-inventory.js';
 import type { HostTransport, RunResult } from './host-transport.js';
 import { commandNotFoundCode, shellQuote } from './host-transport.js';
@@ -100,7 +100,7 @@ export interface HostModule {
 export class HostStepError extends MeshblockError {
   readonly result: ApplyResult;
 
-  constructor(code: string, message: string, result: ApplyResult) {
+  constructor(code: ErrorCode, message: string, result: ApplyResult) {
     super(code, message);
     this.result = result;
   }

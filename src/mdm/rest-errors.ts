@@ -8,10 +8,14 @@
 // errorCode numbers never change meaning; new codes get new numbers. 0 means a code this
 // table does not know (an error a newer core raised): clients should then read `code`.
 
-import { MeshblockError } from '../common/errors.js';
+import { MeshblockError, type ErrorCode, type MeshblockCode } from '../common/errors.js';
 import { MdmError } from './state-machine.js';
 
-/** errorCode of each stable error code; ScaleIO clients look at the number, ours at `code`. */
+/**
+ * errorCode of each stable error code; ScaleIO clients look at the number, ours at `code`.
+ * Looked up by any string (a code a newer core raised is 0); `satisfies` keeps every key a
+ * code of the list in src/common/errors.ts.
+ */
 export const restErrorCodes: Readonly<Record<string, number>> = {
   // Refusals of the state machine and the controller (MdmError codes).
   MB_ERR_INVALID_ARGUMENT: 1,
@@ -43,19 +47,21 @@ export const restErrorCodes: Readonly<Record<string, number>> = {
   MB_ERR_SHUTTING_DOWN: 107,
   MB_ERR_BODY_INCOMPLETE: 108,
   MB_ERR_INTERNAL: 199,
-};
+} satisfies Partial<Record<ErrorCode, number>>;
 
 export interface RestErrorBody {
   message: string;
   httpStatusCode: number;
   errorCode: number;
-  code: string;
+  code: MeshblockCode;
 }
 
 /** An error the HTTP layer raises itself (auth, routing, framing). */
 export class RestError extends MeshblockError {
+  declare readonly code: ErrorCode;
+
   constructor(
-    code: string,
+    code: ErrorCode,
     message: string,
     readonly httpStatus: number,
     /** Extra response headers, e.g. Allow on a 405. */

@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { MeshblockError } from '../common/errors.js';
-import { MdmOp, SdcOp, heartbeatIntervalMs, parseSdcRegistration, parseSdsRegistration, type DeviceRefusal, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
+import { MdmOp, SdcOp, heartbeatIntervalMs, parseSdcRegistration, parseSdsRegistration, parseDeviceRefusal, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
 import { WirePeer, type WireReply, type WireRequest } from '../wire/peer.js';
 import { listenTcp } from '../wire/peer-pool.js';
 import { SdsOp, SdsStatus, type RebuildArgs, type SdsStats } from '../wire/sds-ops.js';
@@ -210,7 +210,7 @@ export class MdmService implements MdmController {
       throw new MdmError('MB_ERR_SDS_UNREACHABLE', `SDS '${sds.name}' did not answer: ${(err as Error).message}`, 503);
     }
     if (response.status === SdsStatus.DeviceRefused) {
-      const refusal = JSON.parse(response.payload.toString()) as DeviceRefusal;
+      const refusal = parseDeviceRefusal(response.payload);
       throw new MdmError(refusal.code, `SDS '${sds.name}': ${refusal.message}`, 409);
     }
     if (response.status !== SdsStatus.Ok) throw new MdmError('MB_ERR_SDS_FAILED', `SDS '${sds.name}' failed to add ${request.path}: ${response.payload.toString()}`, 502);

@@ -8,7 +8,7 @@
 // throws MdmError and changes nothing: validation happens before the first mutation.
 
 import { createHash } from 'node:crypto';
-import { MeshblockError } from '../common/errors.js';
+import { MeshblockError, type ErrorCode, type MeshblockCode } from '../common/errors.js';
 import { GiB, MiB, formatBytes } from '../common/units.js';
 import { pgCountMax, placementGroupOf, type PlacementMap } from '../wire/placement.js';
 import { emptyModel, type AccessMode, type Device, type Id, type Mapping, type PoolGroup, type Sds, type StoragePool, type SystemModel, type Volume, type VolumeType } from './model.js';
@@ -17,7 +17,9 @@ import { planPlacement, type PlannerDevice } from './placement-planner.js';
 /** A refused command: `code` is stable, `httpStatus` is what the REST API answers. */
 export class MdmError extends MeshblockError {
   constructor(
-    code: string,
+    // MeshblockCode, not only MB_ERR_*: an SDS's refusal of a device is passed on with its
+    // code (parseDeviceRefusal), and that may be an errno name.
+    code: MeshblockCode,
     message: string,
     readonly httpStatus: number,
   ) {
@@ -890,7 +892,7 @@ export function notFound(message: string): MdmError {
   return new MdmError('MB_ERR_NOT_FOUND', message, 404);
 }
 
-export function conflict(code: string, message: string): MdmError {
+export function conflict(code: ErrorCode, message: string): MdmError {
   return new MdmError(code, message, 409);
 }
 

@@ -3,6 +3,8 @@
 // a backend, so a backend may assert, not check, that ranges are inside the export.
 // Wrappers (read-only, QoS, statistics) are backends that call the next one.
 
+import { MeshblockError, type ErrnoCode } from '../common/errors.js';
+
 export interface BackendCapabilities {
   readOnly: boolean;
   /** FLUSH does something (write-back cache to make durable). */
@@ -71,12 +73,10 @@ export interface BlockBackend {
  * A backend failure carrying a POSIX error name (`EIO`, `ENOSPC`, `ENOTSUP`, ...). The
  * protocol core maps it to an NBD error in one place (`nbdErrnoOf`).
  */
-export class BackendError extends Error {
-  readonly code: string;
+export class BackendError extends MeshblockError {
+  declare readonly code: ErrnoCode;
 
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'BackendError';
-    this.code = code;
+  constructor(code: ErrnoCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
   }
 }

@@ -1,8 +1,10 @@
+import type { ErrnoCode } from '../common/errors.js';
 import * as P from './protocol.js';
 
 // The one place where a failure becomes an NBD error value (after nbdkit's nbd_errno()).
-// The spec allows only a few values; everything unknown is EIO.
-const byCode: Record<string, number> = {
+// The spec allows only a few values; everything unknown is EIO, MB_ERR_* codes included.
+// Looked up by any string: Node's own fs and socket errors carry errno names too.
+const byCode: Readonly<Record<string, number>> = {
   EPERM: P.NBD_EPERM,
   EACCES: P.NBD_EPERM,
   EROFS: P.NBD_EPERM,
@@ -16,7 +18,7 @@ const byCode: Record<string, number> = {
   ENOTSUP: P.NBD_ENOTSUP,
   EOPNOTSUPP: P.NBD_ENOTSUP,
   ESHUTDOWN: P.NBD_ESHUTDOWN,
-};
+} satisfies Partial<Record<ErrnoCode, number>>;
 
 export function nbdErrnoOf(err: unknown): number {
   if (typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string') {

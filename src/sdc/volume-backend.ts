@@ -40,6 +40,18 @@ const pieceAttemptsMax = 12;
 const retryDelayMsMax = 2000;
 const pieceTimeoutMs = 10_000;
 
+/** Why one SDS's flush did not succeed, and whether trying again can help. */
+interface FlushProblem {
+  /**
+   * The SDS was unreachable, or answered a status a new map can cure (a stale epoch, a
+   * failed mirror, a failed device whose group the MDM moves): worth another attempt. Any
+   * other status will not change on retry, and fails the flush at once.
+   */
+  retryable: boolean;
+  /** What went wrong, for the log and the error's message. */
+  problem: string;
+}
+
 /** What the backend knows about a chunk. */
 const enum ChunkState {
   Unknown = 0,
@@ -152,8 +164,9 @@ export class VolumeBackend implements BlockBackend {
       const results = await Promise.all(targets.map((sdsId) => this.flushOne(sdsId)));
       const failed = targets.filter((_, index) => results[index] !== null);
       if (failed.length === 0) return;
-      lastProblem = results.filter((result) => result !== null).join('; ');
-      if (results.some((result) => result?.startsWith('fatal:'))) break;
+      const problems = results.filter((result): result is FlushProblem => result !== null);
+      lastProblem = problems.map((result) => result.problem).join('; ');
+      if (problems.some((result) => !result.retryable)) break;
       targets = failed;
     }
     for (const sdsId of written) this.written.add(sdsId);
@@ -161,18 +174,20 @@ export class VolumeBackend implements BlockBackend {
     throw new BackendError('EIO', `flush of ${this.volume.name}: ${lastProblem}`);
   }
 
-  /** Flushes one SDS: null when done, else why not (retryable unless it starts with 'fatal:'). */
-  private async flushOne(sdsId: string): Promise<string | null> {
+  /** Flushes one SDS: null when done, else why not and whether to try again. */
+  private async flushOne(sdsId: string): Promise<FlushProblem | null> {
     let response: WireResponse;
     try {
       const peer = await this.router.peer(sdsId);
       response = await peer.request(SdsOp.Flush, Buffer.alloc(0), { timeoutMs: pieceTimeoutMs });
     } catch (err) {
-      return `SDS ${sdsId}: ${(err as Error).message}`;
+      return { retryable: true, problem: `SDS ${sdsId}: ${(err as Error).message}` };
     }
     if (response.status === SdsStatus.Ok) return null;
-    if (response.status === SdsStatus.MirrorFailed || response.status === SdsStatus.StaleEpoch || response.status === SdsStatus.IoError) return `SDS ${sdsId}: ${response.payload.toString()}`;
-    return `fatal: SDS ${sdsId} (status ${response.status}): ${response.payload.toString()}`;
+    if (response.status === SdsStatus.MirrorFailed || response.status === SdsStatus.StaleEpoch || response.status === SdsStatus.IoError) {
+      return { retryable: true, problem: `SDS ${sdsId}: ${response.payload.toString()}` };
+    }
+    return { retryable: false, problem: `SDS ${sdsId} (status ${response.status}): ${response.payload.toString()}` };
   }
 
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {

@@ -20,7 +20,7 @@
 // The MDM answers RegisterSds from an SDS whose name is taken by another SDS id with
 // Failed and a message naming the clash.
 
-import { InvalidArgumentError } from '../common/errors.js';
+import { InvalidArgumentError, isMeshblockCode, type MeshblockCode } from '../common/errors.js';
 import { idPattern, type PlacementMap } from './placement.js';
 
 export const MdmOp = {
@@ -98,8 +98,33 @@ export interface AddDeviceOrder {
 
 /** A refusal that the MDM passes on to the administrator as it is. */
 export interface DeviceRefusal {
-  code: string;
+  code: MeshblockCode;
   message: string;
+}
+
+/** How much of a refusal that cannot be read goes into the message that replaces it. */
+const refusalQuoteCharsMax = 200;
+
+/**
+ * Reads an SDS's DeviceRefusal at the MDM. The code came from another process (perhaps a
+ * newer build): one this build does not know, or a payload that is no refusal, becomes
+ * MB_ERR_SDS_FAILED with the original in the message, so what the MDM passes on always
+ * carries a code of the list in src/common/errors.ts.
+ */
+export function parseDeviceRefusal(payload: Buffer): DeviceRefusal {
+  const text = payload.toString('utf8');
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { code: 'MB_ERR_SDS_FAILED', message: `refused, with a reply that is not JSON: ${text.slice(0, refusalQuoteCharsMax)}` };
+  }
+  const entry = value as { code?: unknown; message?: unknown } | null;
+  if (entry === null || typeof entry !== 'object' || typeof entry.message !== 'string') {
+    return { code: 'MB_ERR_SDS_FAILED', message: `refused, with a malformed refusal: ${text.slice(0, refusalQuoteCharsMax)}` };
+  }
+  if (!isMeshblockCode(entry.code)) return { code: 'MB_ERR_SDS_FAILED', message: `${entry.message} (code ${String(JSON.stringify(entry.code)).slice(0, refusalQuoteCharsMax)}, unknown to this MDM)` };
+  return { code: entry.code, message: entry.message };
 }
 
 export interface SdcRegistration {

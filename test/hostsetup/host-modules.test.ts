@@ -24,7 +24,7 @@ function fakeModule(testRoot: TestRoot): HostModule {
     name: 'prereqs',
     description: 'test',
     async check() {
-      throw new MeshblockError('MB_ERR_TEST', 'the tool said no');
+      throw new MeshblockError('MB_ERR_HOST_QUERY', 'the tool said no');
     },
     async plan(host) {
       const text = await host.transport.readFile('/etc/fake.conf');

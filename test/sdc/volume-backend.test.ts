@@ -2,6 +2,8 @@
 // cut into two pieces, one of which fails at once, is failed only once the other piece is
 // done. Until then the other piece still reads into, or sends from, the request's buffer,
 // which the NBD server reuses as soon as the request is answered.
+// And a flush: an SDS's answer that no new map can cure fails it at once with EIO, sent
+// once; one that a new map can cure (a failed mirror) is sent again until it succeeds.
 
 import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
@@ -10,13 +12,13 @@ import t, { type Test } from 'tap';
 import { VolumeBackend } from '../../src/sdc/volume-backend.js';
 import type { SdcVolume } from '../../src/wire/mdm-ops.js';
 import { WirePeer, type WireReply } from '../../src/wire/peer.js';
-import { SdsStatus, decodeIo, encodeEpoch } from '../../src/wire/sds-ops.js';
+import { SdsOp, SdsStatus, decodeIo, encodeEpoch } from '../../src/wire/sds-ops.js';
 import { MiB, makeMap, testClusterId, testPoolId, testSecret } from '../helpers/sds.js';
 
 const log = pino({ level: 'silent' });
 const sdsId = '5d50000000000001';
 
-/** A backend for a 4 MiB volume of 1 MiB chunks whose one SDS answers with `serve`. */
+/** A backend for a 4 MiB volume of 1 MiB chunks whose one SDS answers with `serve` (chunkIndex -1: a flush, which names no chunk). */
 async function backendWith(t: Test, serve: (op: number, chunkIndex: number) => Promise<WireReply>): Promise<{ backend: VolumeBackend; requestsAfter: (atMs: number) => number }> {
   const arrivals: number[] = [];
   const server = net.createServer((socket) => {
@@ -28,7 +30,7 @@ async function backendWith(t: Test, serve: (op: number, chunkIndex: number) => P
       log,
       onRequest: (request) => {
         arrivals.push(Date.now());
-        return serve(request.op, decodeIo(request.payload).args.chunkIndex);
+        return serve(request.op, request.op === SdsOp.Flush ? -1 : decodeIo(request.payload).args.chunkIndex);
       },
     }).catch(() => undefined);
   });
@@ -85,4 +87,31 @@ t.test('a write with a failed piece sends nothing more once it has failed', asyn
   );
   await later(500, null);
   t.equal(requestsAfter(failedAtMs), 0, 'no piece was sent (from a buffer the server may have reused) after the failure');
+});
+
+/** Writes one chunk (so the flush has an SDS to reach), then flushes; counts the flushes the SDS saw. */
+async function flushAnswered(t: Test, answers: WireReply[]): Promise<{ flushed: Promise<void>; flushCount: () => number }> {
+  let flushCount = 0;
+  const { backend } = await backendWith(t, (op) => {
+    if (op !== SdsOp.Flush) return Promise.resolve({ status: SdsStatus.Ok });
+    flushCount += 1;
+    return Promise.resolve(answers.shift() ?? { status: SdsStatus.Ok });
+  });
+  await backend.write(0, randomBytes(4096), { fua: false });
+  return { flushed: backend.flush(), flushCount: () => flushCount };
+}
+
+t.test('a flush the SDS fails for good fails at once with EIO, without a retry', async (t) => {
+  const { flushed, flushCount } = await flushAnswered(t, [{ status: SdsStatus.Failed, payload: Buffer.from('fsync: EIO') }]);
+  await t.rejects(flushed, { code: 'EIO', message: /fsync: EIO/ }, 'the flush fails, saying why');
+  t.equal(flushCount(), 1, 'the SDS was asked once');
+});
+
+t.test('a flush the SDS fails for now (a failed mirror) is sent again, and succeeds', async (t) => {
+  const { flushed, flushCount } = await flushAnswered(t, [
+    { status: SdsStatus.MirrorFailed, payload: Buffer.from('mirror sds2 unreachable') },
+    { status: SdsStatus.MirrorFailed, payload: Buffer.from('mirror sds2 unreachable') },
+  ]);
+  await t.resolves(flushed, 'the flush succeeds');
+  t.equal(flushCount(), 3, 'after two retries');
 });
