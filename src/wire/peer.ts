@@ -54,6 +54,7 @@ export interface WirePeerOptions {
   log: Logger;
   /** Checksum payloads we send (CRC-32C); received checksums are always checked. */
   payloadChecksums?: boolean;
+  /** Bytes in flight each way (see "Bounds" above); default wireInflightBytesMaxDefault. */
   inflightBytesMax?: number;
   /** Serves a request from the other side; resolve with the reply, or throw to fail it. */
   onRequest?: (request: WireRequest) => Promise<WireReply>;
