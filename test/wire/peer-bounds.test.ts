@@ -65,6 +65,21 @@ function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** Resolves once `value()` has not changed for `quietMs` (at most `timeoutMs`): the other side has settled. */
+async function settled(value: () => number, quietMs = 500, timeoutMs = 10_000): Promise<number> {
+  const deadlineMs = Date.now() + timeoutMs;
+  let last = value();
+  let quietSinceMs = Date.now();
+  while (Date.now() < deadlineMs && Date.now() - quietSinceMs < quietMs) {
+    await delay(50);
+    if (value() !== last) {
+      last = value();
+      quietSinceMs = Date.now();
+    }
+  }
+  return last;
+}
+
 /** A request asking for a reply of `replyBytes` bytes, all equal to `fill`. */
 function ask(replyBytes: number, fill: number): Buffer {
   const payload = Buffer.alloc(5);
@@ -99,8 +114,7 @@ t.test('a client that does not read its 1 MiB replies gets a bounded number serv
     // The client stops reading before it asks: the replies pile up in the kernel, then in the server.
     clientSocket.pause();
     const replies = Array.from({ length: requestCount }, (_, index) => client.request(opAsk, ask(MiB, index % 251)));
-    await delay(1500);
-    const servedWhileStuck = served;
+    const servedWhileStuck = await settled(() => served);
     const queuedBytes = serverSocket.writableLength;
     // Served at most: the in-flight bound, the socket queue bound, and what the kernel's
     // socket buffers took (up to ~36 MiB here with autotuning), in 1 MiB replies.
@@ -162,11 +176,9 @@ t.test('requests whose handlers are still running stop being read at wireRequest
     encodeHeader({ op: opAsk, reply: false, status: 0, clusterId, requestId: 1_000_000 + index, epoch: 0, payloadBytes: 0, payloadCrc32c: null }),
   );
   clientSocket.write(Buffer.concat(frames));
-  await delay(500);
-  t.equal(finishers.length, wireRequestsInflightMax, 'exactly the bound of requests reached the handler');
+  t.equal(await settled(() => finishers.length), wireRequestsInflightMax, 'exactly the bound of requests reached the handler');
   for (const finish of finishers.splice(0)) finish();
-  await delay(500);
-  t.equal(finishers.length, frameCount - wireRequestsInflightMax, 'the rest were read once those finished');
+  t.equal(await settled(() => finishers.length), frameCount - wireRequestsInflightMax, 'the rest were read once those finished');
   for (const finish of finishers.splice(0)) finish();
 });
 
@@ -186,8 +198,7 @@ t.test('against a peer that stops reading, requests stop at the socket queue bou
   );
   serverSocket.pause();
   const responses = Array.from({ length: requestCount }, (_, index) => client.request(opAsk, Buffer.alloc(MiB, index)));
-  await delay(1000);
-  const queuedBytes = clientSocket.writableLength;
+  const queuedBytes = await settled(() => clientSocket.writableLength);
   t.ok(queuedBytes > 0, `the client queued ${queuedBytes} bytes to the peer that does not read`);
   t.ok(queuedBytes < wireWritableBytesMax + MiB + 64, `at most the bound plus the request that crossed it (${wireWritableBytesMax} + 1 MiB)`);
   await t.rejects(client.request(opAsk, Buffer.alloc(10), { timeoutMs: 300 }), { code: 'MB_ERR_WIRE_SEND_TIMEOUT' }, 'a request that finds no room to be sent in its timeout fails, unsent');
