@@ -57,7 +57,7 @@ import { MiB, formatBytes, parseSizeBytes } from '../dist/common/units.js';
 import { mulberry32 } from '../dist/common/seeded-random.js';
 import { WirePeer } from '../dist/wire/peer.js';
 import { placementGroupOf } from '../dist/wire/placement.js';
-import { SdsOp, SdsStatus, ioArgsBytes, encodeIo } from '../dist/wire/sds-ops.js';
+import { SdsOp, SdsStatus, ioArgOffsets, ioArgsBytes, encodeIo } from '../dist/wire/sds-ops.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const meshblockBin = path.join(repoRoot, 'bin/meshblock.cjs');
@@ -602,9 +602,9 @@ function slotPayload(write, blockBytes, fillByte) {
 }
 
 function setIoArgs(payload, pgIndex, chunkIndex, offsetBytes) {
-  payload.writeUInt32BE(pgIndex, 16);
-  payload.writeUInt32BE(chunkIndex, 20);
-  payload.writeUInt32BE(offsetBytes, 28);
+  payload.writeUInt32BE(pgIndex, ioArgOffsets.pgIndex);
+  payload.writeUInt32BE(chunkIndex, ioArgOffsets.chunkIndex);
+  payload.writeUInt32BE(offsetBytes, ioArgOffsets.offsetBytes);
 }
 
 /**

@@ -34,6 +34,7 @@ import {
   encodeListedChunks,
   decodeListedChunks,
   encodeEpoch,
+  setIoFlags,
   type IoArgs,
   type RebuildArgs,
   type RebuildProgress,
@@ -333,7 +334,7 @@ export class SdsService {
         return { status: SdsStatus.Ok };
       }
       // The request's own payload goes on to the secondary, with the Replica flag set.
-      request.payload.writeUInt32BE(args.flags | IoFlag.Replica, 36);
+      setIoFlags(request.payload, args.flags | IoFlag.Replica);
       this.mirrorsWritten.add(secondary);
       const [localResult, mirrorResult] = await Promise.allSettled([local(), this.forward(secondary, request.op, request.payload, request.epoch)]);
       if (mirrorResult.status === 'rejected') this.noteChange(groupKeyOf(args.poolId, args.pgIndex), chunkName);

@@ -59,8 +59,23 @@ export interface WireHeader {
   payloadCrc32c: number | null;
 }
 
+/**
+ * The header's status field: 0 in requests; in replies Ok or why the request failed.
+ * Services add their own from 5 up (sds-ops.ts's SdsStatus).
+ */
+export const WireStatus = {
+  Ok: 0,
+  AuthFailed: 1,
+  UnknownOp: 2,
+  Failed: 3,
+  StaleEpoch: 4,
+} as const;
+
 /** A frame that cannot be trusted. The connection it came on is dropped. */
 export class WireFrameError extends MeshblockError {}
+
+/** A wire connection failed, or a request on it did (codes MB_ERR_WIRE_*). */
+export class WireError extends MeshblockError {}
 
 const clusterIdPattern = /^[0-9a-f]{16}$/;
 

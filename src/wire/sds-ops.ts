@@ -37,7 +37,7 @@
 
 import { assert } from '../common/assert.js';
 import { InvalidArgumentError } from '../common/errors.js';
-import { WireStatus } from './peer.js';
+import { wirePayloadBytesMax, WireStatus } from './header.js';
 import { idPattern } from './placement.js';
 
 export const SdsOp = {
@@ -63,7 +63,7 @@ export const IoFlag = {
 } as const;
 const ioFlagsKnown = IoFlag.Fua | IoFlag.Replica;
 
-/** Statuses an SDS adds to the wire's own (peer.ts). */
+/** Statuses an SDS adds to the wire's own (header.ts). */
 export const SdsStatus = {
   ...WireStatus,
   /** The device failed (EIO) or the data there cannot be trusted; nothing was returned. */
@@ -81,6 +81,23 @@ export const SdsStatus = {
 export const ioArgsBytes = 40;
 export const sectorBytes = 512;
 
+/**
+ * Where each IO argument sits in the argument block (the table at the top). The one
+ * place these offsets are written down: encodeIo, decodeIo, setIoFlags and the benchmark's
+ * in-place rewrites all use it.
+ */
+export const ioArgOffsets = {
+  poolId: 0,
+  vtreeId: 8,
+  pgIndex: 16,
+  chunkIndex: 20,
+  generation: 24,
+  offsetBytes: 28,
+  lengthBytes: 32,
+  flags: 36,
+} as const;
+assert(ioArgOffsets.flags + 4 === ioArgsBytes, 'the flags word is the argument block’s last field');
+
 export interface IoArgs {
   poolId: string;
   vtreeId: string;
@@ -96,30 +113,48 @@ export interface IoArgs {
 export function encodeIo(args: IoArgs, data?: Buffer): Buffer {
   assert(idPattern.test(args.poolId) && idPattern.test(args.vtreeId), 'pool and vtree ids are 16 hex digits');
   const payload = Buffer.allocUnsafe(ioArgsBytes + (data?.length ?? 0));
-  payload.write(args.poolId, 0, 8, 'hex');
-  payload.write(args.vtreeId, 8, 8, 'hex');
-  payload.writeUInt32BE(args.pgIndex, 16);
-  payload.writeUInt32BE(args.chunkIndex, 20);
-  payload.writeUInt32BE(args.generation, 24);
-  payload.writeUInt32BE(args.offsetBytes, 28);
-  payload.writeUInt32BE(args.lengthBytes, 32);
-  payload.writeUInt32BE(args.flags, 36);
+  payload.write(args.poolId, ioArgOffsets.poolId, 8, 'hex');
+  payload.write(args.vtreeId, ioArgOffsets.vtreeId, 8, 'hex');
+  payload.writeUInt32BE(args.pgIndex, ioArgOffsets.pgIndex);
+  payload.writeUInt32BE(args.chunkIndex, ioArgOffsets.chunkIndex);
+  payload.writeUInt32BE(args.generation, ioArgOffsets.generation);
+  payload.writeUInt32BE(args.offsetBytes, ioArgOffsets.offsetBytes);
+  payload.writeUInt32BE(args.lengthBytes, ioArgOffsets.lengthBytes);
+  payload.writeUInt32BE(args.flags, ioArgOffsets.flags);
   data?.copy(payload, ioArgsBytes);
   return payload;
+}
+
+/** Rewrites the flags word of an encoded IO request in place (a primary marking its mirror write Replica). */
+export function setIoFlags(payload: Buffer, flags: number): void {
+  assert(payload.length >= ioArgsBytes, 'not an encoded IO request');
+  assert((flags & ~ioFlagsKnown) === 0, `unknown IO flags 0x${flags.toString(16)}`);
+  payload.writeUInt32BE(flags, ioArgOffsets.flags);
+}
+
+/**
+ * The reply payload bytes a request will take to serve: a READ's lengthBytes (capped at the
+ * largest frame), nothing for any other op. The wire peer counts it against its in-flight
+ * bound from the moment it reads the request, so that a flood of 40-byte READs cannot
+ * make it prepare gigabytes of replies (peer.ts, "Bounds").
+ */
+export function ioReplyBytesOf(op: number, payload: Buffer): number {
+  if (op !== SdsOp.Read || payload.length < ioArgsBytes) return 0;
+  return Math.min(payload.readUInt32BE(ioArgOffsets.lengthBytes), wirePayloadBytesMax);
 }
 
 /** Decodes and checks the shape of IO args (ranges against the chunk are the SDS's job). */
 export function decodeIo(payload: Buffer): { args: IoArgs; data: Buffer } {
   if (payload.length < ioArgsBytes) throw new InvalidArgumentError('io', `arguments are ${payload.length} bytes, expected ${ioArgsBytes}`);
   const args: IoArgs = {
-    poolId: payload.toString('hex', 0, 8),
-    vtreeId: payload.toString('hex', 8, 16),
-    pgIndex: payload.readUInt32BE(16),
-    chunkIndex: payload.readUInt32BE(20),
-    generation: payload.readUInt32BE(24),
-    offsetBytes: payload.readUInt32BE(28),
-    lengthBytes: payload.readUInt32BE(32),
-    flags: payload.readUInt32BE(36),
+    poolId: payload.toString('hex', ioArgOffsets.poolId, ioArgOffsets.poolId + 8),
+    vtreeId: payload.toString('hex', ioArgOffsets.vtreeId, ioArgOffsets.vtreeId + 8),
+    pgIndex: payload.readUInt32BE(ioArgOffsets.pgIndex),
+    chunkIndex: payload.readUInt32BE(ioArgOffsets.chunkIndex),
+    generation: payload.readUInt32BE(ioArgOffsets.generation),
+    offsetBytes: payload.readUInt32BE(ioArgOffsets.offsetBytes),
+    lengthBytes: payload.readUInt32BE(ioArgOffsets.lengthBytes),
+    flags: payload.readUInt32BE(ioArgOffsets.flags),
   };
   if ((args.flags & ~ioFlagsKnown) !== 0) throw new InvalidArgumentError('io.flags', `unknown flags 0x${args.flags.toString(16)}`);
   if (args.offsetBytes % sectorBytes !== 0 || args.lengthBytes % sectorBytes !== 0) {
