@@ -199,6 +199,8 @@ export const errorCodes = {
   MB_ERR_WIRE_SOCKET: 'MB_ERR_WIRE_SOCKET',
   /** A request got no reply in time. */
   MB_ERR_WIRE_TIMEOUT: 'MB_ERR_WIRE_TIMEOUT',
+  /** A request found no room to be sent (requests in flight, or the socket backed up) within its timeout; it was not sent. */
+  MB_ERR_WIRE_SEND_TIMEOUT: 'MB_ERR_WIRE_SEND_TIMEOUT',
   /** Cannot connect to the peer's address. */
   MB_ERR_WIRE_CONNECT: 'MB_ERR_WIRE_CONNECT',
   /** Connecting to the peer timed out. */
