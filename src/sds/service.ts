@@ -1,6 +1,7 @@
 // The SDS data service: serves chunk IO over the wire (wire/sds-ops.ts), mirrors writes to
-// the secondary of each placement group, and copies placement groups to other SDSs for
-// rebuild. The placement map comes from the MDM (or, until one runs, from whoever holds
+// the secondary of each placement group, takes the MDM's control orders (map, reservations,
+// devices), and hands rebuild orders to rebuild.ts (the source side; the target side is
+// Put and replica Trim, here). The placement map comes from the MDM (or, until one runs, from whoever holds
 // the cluster secret with role 'mdm' or 'test'); IO stamped with any other epoch is refused.
 //
 //   SDC ──Write──▶ primary ──Write|Replica──▶ secondary
@@ -10,7 +11,6 @@
 // The primary holds a byte-range lock on the chunk from before it applies a write until
 // both copies have it, so overlapping writes reach both copies in the same order.
 
-import * as crypto from 'node:crypto';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
@@ -20,7 +20,7 @@ import type { AddDeviceOrder, DeviceRefusal, RebuildDone, RegisteredDevice } fro
 import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
 import { adoptAccepted } from '../common/borrowed-reads.js';
 import { PeerPool, listenTcp } from '../wire/peer-pool.js';
-import { idPattern, parsePlacementMap, placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
+import { parsePlacementMap, placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
 import {
   SdsOp,
   SdsStatus,
@@ -29,31 +29,20 @@ import {
   decodeAllocation,
   decodeReserve,
   decodeListGroup,
-  encodeIo,
-  encodeListGroup,
   encodeListedChunks,
-  decodeListedChunks,
   encodeEpoch,
   type IoArgs,
-  type RebuildArgs,
-  type RebuildProgress,
   type SdsStats,
 } from '../wire/sds-ops.js';
-import { ChunkStore, StoreError, keyName, compareKeys, type ChunkKey } from './chunk-store.js';
+import { ChunkStore, StoreError, keyName, type ChunkKey } from './chunk-store.js';
 import { RangeLocks } from './range-locks.js';
+import { RebuildSource, groupKeysOf } from './rebuild.js';
+import { RebuildCursors } from './rebuild-cursors.js';
+import { ReplyError } from './reply-error.js';
 import { saveState, type SdsState } from './state.js';
 
 /** How long a primary waits for its mirror before failing the client's write. */
 export const mirrorTimeoutMs = 10_000;
-/** Rebuild cursors are saved after this many chunks (and when a rebuild ends). */
-const rebuildCursorSaveChunks = 64;
-const rebuildChunksInflightMax = 64;
-/** Rebuild jobs copying at once; the others wait their turn (still listed as running). */
-const rebuildsRunningMax = 8;
-/** A target lists a group's chunks within this (it may be busy with other rebuilds). */
-const listGroupTimeoutMs = 30_000;
-/** Rebuild jobs listed in Stats, finished ones included. */
-const rebuildsKeptMax = 1024;
 /** Client IO this recent makes the SDS busy: rebuilds run at their under-load rate. */
 const clientQuietMs = 200;
 /** Stale chunks are freed this long after the map that makes them stale (if still current). */
@@ -82,17 +71,6 @@ export interface Served {
   name: string;
 }
 
-/** Failures inside a handler that become a specific status instead of `Failed`. */
-class ReplyError extends MeshblockError {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly payload: Buffer = Buffer.from(message),
-  ) {
-    super('MB_ERR_SDS_REPLY', message);
-  }
-}
-
 export class SdsService {
   private map: PlacementMap | null;
   private readonly server: net.Server;
@@ -103,38 +81,37 @@ export class SdsService {
   /** Mirrors written to since the last client flush: a flush must reach them too. */
   private readonly mirrorsWritten = new Set<string>();
   private readonly locks = new RangeLocks();
-  private readonly rebuilds = new Map<string, RebuildProgress>();
-  /** Rebuild job ids: this process's life, then a count. */
-  private readonly lifeId = crypto.randomBytes(4).toString('hex');
-  private rebuildJobsStarted = 0;
-  private rebuildsRunning = 0;
-  private readonly rebuildWaiters: Array<() => void> = [];
+  private readonly rebuilds: RebuildSource;
+  /** Opened (read) in the background at start; a rebuild order waits for it. */
+  private readonly rebuildCursors: Promise<RebuildCursors>;
   private readonly handlers = new Set<Promise<unknown>>();
   private closing = false;
-  /**
-   * Chunks changed, per group this SDS is primary of, while a copy of the group did not get
-   * the change (no secondary, or the mirror failed): what a returning copy lacks, so a
-   * delta rebuild copies only these. Kept in memory: a group degraded when this process
-   * started has an unknown history (`changesUnknown`), and is rebuilt in full.
-   */
-  private readonly changes = new Map<string, Set<string>>();
-  private readonly changesUnknown = new Set<string>();
-  /** One pace for every rebuild job of this SDS: the order's bytes/s is the SDS's budget. */
-  private rebuildPacedUntilMs = 0;
   private clientIoInflight = 0;
   private clientIoLastMs = 0;
-  /** Chunk copies in flight over all rebuild jobs, and those waiting for a slot. */
-  private rebuildSlotsUsed = 0;
-  private readonly rebuildSlotWaiters: Array<() => void> = [];
   private gcTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: SdsServiceOptions) {
     this.map = options.state.map;
-    for (const [poolId, pool] of Object.entries(this.map?.pools ?? {})) {
-      pool.groups.forEach((group, pgIndex) => {
-        if (group.primary === options.identity.sdsId && group.secondary === null) this.changesUnknown.add(groupKeyOf(poolId, pgIndex));
-      });
-    }
+    // Cursors live in their own file now; a data dir from before keeps them in the state
+    // file: read there when the cursor file is absent, and no longer written there (the
+    // next state save drops them; losing a cursor only makes a job copy from its start).
+    const legacyCursors = options.state.rebuildCursors ?? {};
+    delete options.state.rebuildCursors;
+    this.rebuildCursors = RebuildCursors.open(options.dataDir, legacyCursors, options.log);
+    this.rebuilds = new RebuildSource({
+      sdsId: options.identity.sdsId,
+      store: options.store,
+      locks: this.locks,
+      cursors: this.rebuildCursors,
+      log: options.log,
+      map: () => this.map,
+      isClosing: () => this.closing,
+      isClientBusy: () => this.clientIoInflight > 0 || Date.now() - this.clientIoLastMs < clientQuietMs,
+      forward: (sdsId, op, payload, epoch) => this.forward(sdsId, op, payload, epoch),
+      peerFor: (sdsId) => this.peerFor(sdsId),
+      track: (work) => this.track(work),
+      ...(options.onRebuildDone !== undefined ? { onRebuildDone: options.onRebuildDone } : {}),
+    });
     // Paused on accept: the socket is adopted with borrowed reads before anything is read.
     this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.onConnection(adoptAccepted(socket)));
     this.peers = new PeerPool({
@@ -219,7 +196,9 @@ export class SdsService {
         case SdsOp.Reserve:
           return this.onReserve(from, request);
         case SdsOp.Rebuild:
-          return this.onRebuild(from, request);
+          this.requireRole(from, ['mdm', 'test'], 'a rebuild order');
+          this.rebuilds.onRebuild(request.payload);
+          return { status: SdsStatus.Ok };
         case SdsOp.AddDevice:
           return await this.onAddDevice(from, request);
         default:
@@ -328,7 +307,7 @@ export class SdsService {
     try {
       const secondary = group.secondary;
       if (secondary === null) {
-        this.noteChange(groupKeyOf(args.poolId, args.pgIndex), chunkName);
+        this.rebuilds.noteChange(args.poolId, args.pgIndex, chunkName);
         await local();
         return { status: SdsStatus.Ok };
       }
@@ -336,20 +315,13 @@ export class SdsService {
       request.payload.writeUInt32BE(args.flags | IoFlag.Replica, 36);
       this.mirrorsWritten.add(secondary);
       const [localResult, mirrorResult] = await Promise.allSettled([local(), this.forward(secondary, request.op, request.payload, request.epoch)]);
-      if (mirrorResult.status === 'rejected') this.noteChange(groupKeyOf(args.poolId, args.pgIndex), chunkName);
+      if (mirrorResult.status === 'rejected') this.rebuilds.noteChange(args.poolId, args.pgIndex, chunkName);
       if (localResult.status === 'rejected') throw localResult.reason;
       if (mirrorResult.status === 'rejected') throw mirrorResult.reason;
       return { status: SdsStatus.Ok };
     } finally {
       release();
     }
-  }
-
-  /** Records a chunk changed here that the group's other copy may lack. */
-  private noteChange(groupKey: string, chunkName: string): void {
-    let changed = this.changes.get(groupKey);
-    if (changed === undefined) this.changes.set(groupKey, (changed = new Set()));
-    changed.add(chunkName);
   }
 
   /** Sends to another SDS; a failure or refusal there becomes MirrorFailed (or StaleEpoch). */
@@ -407,14 +379,7 @@ export class SdsService {
 
   private onListGroup(request: WireRequest): WireReply {
     const args = decodeListGroup(request.payload);
-    return { status: SdsStatus.Ok, payload: encodeListedChunks(this.groupKeys(args.poolId, args.pgIndex)) };
-  }
-
-  private groupKeys(poolId: string, pgIndex: number): ChunkKey[] {
-    const pool = this.map?.pools[poolId];
-    if (pool === undefined) return [];
-    const pgCount = pool.groups.length;
-    return this.options.store.keys((key) => key.poolId === poolId && placementGroupOf(key.vtreeId, key.chunkIndex, pgCount) === pgIndex);
+    return { status: SdsStatus.Ok, payload: encodeListedChunks(groupKeysOf(this.options.store, this.map, args.poolId, args.pgIndex)) };
   }
 
   // --- control ---------------------------------------------------------------------------
@@ -549,224 +514,8 @@ export class SdsService {
         writeBytesPerSecond: device.rates.writeBytes,
       })),
       reservedBytes: store.reservedUnusedSlots() * store.chunkBytes,
-      rebuilds: [...this.rebuilds.values()],
+      rebuilds: this.rebuilds.progress(),
     };
-  }
-
-  // --- rebuild (source side; the target side is Put and replica Trim) ---------------------
-
-  private onRebuild(from: Served, request: WireRequest): WireReply {
-    this.requireRole(from, ['mdm', 'test'], 'a rebuild order');
-    const args = parseRebuildArgs(request.payload);
-    const epoch = args.epoch ?? this.epoch;
-    const jobKey = `${args.poolId}/${args.pgIndex}/${args.targetSdsId}`;
-    const current = this.rebuilds.get(jobKey);
-    // The same order again (the MDM repeats orders it has no answer for): nothing to do.
-    if ((current?.state === 'running' || current?.state === 'waiting') && current.epoch === epoch) return { status: SdsStatus.Ok };
-    if (current?.state === 'done' && current.epoch === epoch && epoch === this.epoch) {
-      // Done at this epoch, and mirrored to since: the copy is in sync. Say so again.
-      this.options.onRebuildDone?.(rebuildDone(current, 0));
-      return { status: SdsStatus.Ok };
-    }
-    if (epoch !== this.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `rebuild ordered at epoch ${epoch}, SDS epoch ${this.epoch}`, encodeEpoch(this.epoch));
-    const group = this.map?.pools[args.poolId]?.groups[args.pgIndex];
-    if (group === undefined || group.primary !== this.options.identity.sdsId || group.secondary !== args.targetSdsId) {
-      throw new InvalidArgumentError('rebuild', `at epoch ${this.epoch} this SDS is not the primary of group ${args.pgIndex} with secondary ${args.targetSdsId}`);
-    }
-    const progress: RebuildProgress = { jobId: `${this.lifeId}.${++this.rebuildJobsStarted}`, ...args, mode: args.mode ?? 'full', epoch, state: 'waiting', chunksDone: 0, chunksTotal: 0, bytesDone: 0, error: null };
-    this.rebuilds.delete(jobKey);
-    this.rebuilds.set(jobKey, progress);
-    // Finished jobs stay visible in Stats for a while; the oldest go first.
-    for (const [key, entry] of this.rebuilds) {
-      if (this.rebuilds.size <= rebuildsKeptMax) break;
-      if (entry.state === 'done' || entry.state === 'failed') this.rebuilds.delete(key);
-    }
-    void this.track(this.runRebuild(args, jobKey, progress)).catch((err: unknown) => {
-      progress.state = 'failed';
-      progress.error = err instanceof Error ? err.message : String(err);
-      this.options.log.warn({ err, jobKey }, 'rebuild stopped');
-    });
-    return { status: SdsStatus.Ok };
-  }
-
-  private async runRebuild(args: RebuildArgs, jobKey: string, progress: RebuildProgress): Promise<void> {
-    // Adding a device re-places thousands of groups at once: run a few at a time, or the
-    // targets drown in listings and every job times out.
-    while (this.rebuildsRunning >= rebuildsRunningMax) await new Promise<void>((resolve) => this.rebuildWaiters.push(resolve));
-    this.rebuildsRunning += 1;
-    try {
-      if (this.epoch !== progress.epoch) throw new Error(`placement map changed (epoch ${progress.epoch} → ${this.epoch}) before the rebuild began`);
-      progress.state = 'running';
-      await this.runRebuildNow(args, jobKey, progress);
-      this.options.onRebuildDone?.(rebuildDone(progress, progress.bytesDone));
-    } finally {
-      this.rebuildsRunning -= 1;
-      this.rebuildWaiters.shift()?.();
-    }
-  }
-
-  private async runRebuildNow(args: RebuildArgs, jobKey: string, progress: RebuildProgress): Promise<void> {
-    const log = this.options.log.child({ rebuild: jobKey });
-    const epoch = progress.epoch;
-    const groupKey = groupKeyOf(args.poolId, args.pgIndex);
-    const recorded = this.changes.get(groupKey);
-    if (progress.mode === 'delta' && (this.changesUnknown.has(groupKey) || this.closing)) {
-      log.info('no record of what changed while the copy was away: copying everything');
-      progress.mode = 'full';
-    }
-    if (progress.mode === 'delta') {
-      // Only what changed here while the target was away; anything that changes meanwhile
-      // is mirrored to it (or recorded again, and copied before the job reports done).
-      let pass = 0;
-      while ((recorded?.size ?? 0) > 0) {
-        const keys = [...(recorded as Set<string>)].map(parseKeyName).sort(compareKeys);
-        recorded?.clear();
-        progress.chunksTotal += keys.length;
-        if (pass++ === 0) log.debug({ chunks: keys.length }, 'delta rebuild started');
-        try {
-          await this.copyAll(keys, args, progress);
-        } catch (err) {
-          for (const key of keys) this.noteChange(groupKey, keyName(key));
-          throw err;
-        }
-      }
-      this.changes.delete(groupKey);
-      progress.state = 'done';
-      log.debug({ chunks: progress.chunksDone, bytes: progress.bytesDone }, 'delta rebuild done');
-      return;
-    }
-
-    const keys = this.groupKeys(args.poolId, args.pgIndex);
-    const cursor = this.options.state.rebuildCursors[jobKey];
-    const remaining = cursor === undefined ? keys : keys.filter((key) => compareKeys(key, parseKeyName(cursor)) > 0);
-    progress.chunksTotal = keys.length;
-    progress.chunksDone = keys.length - remaining.length;
-    // Thousands of jobs start at once after a failure: only a resumed one is worth a line.
-    (progress.chunksDone > 0 ? log.info : log.debug).call(log, { chunks: keys.length, resumedAfter: progress.chunksDone }, 'rebuild started');
-    // Changes recorded from here on are covered by this copy (or mirrored to the target).
-    this.changes.delete(groupKey);
-    this.changesUnknown.delete(groupKey);
-
-    // The target may hold copies from an earlier life that are gone here: trim them.
-    const targetPeer = await this.peerFor(args.targetSdsId);
-    const listed = await targetPeer.request(SdsOp.ListGroup, encodeListGroup({ poolId: args.poolId, pgIndex: args.pgIndex }), { timeoutMs: listGroupTimeoutMs });
-    if (listed.status !== SdsStatus.Ok) throw new Error(`target refused to list its chunks: ${listed.payload.toString()}`);
-    for (const chunk of decodeListedChunks(listed.payload)) {
-      const key: ChunkKey = { poolId: args.poolId, ...chunk };
-      await this.copyChunk(key, args, epoch, true);
-    }
-    let contiguousDone = 0;
-    try {
-      await this.copyAll(remaining, args, progress, (done) => {
-        contiguousDone = done;
-        if (done % rebuildCursorSaveChunks === 0) this.saveCursor(jobKey, remaining[done - 1] as ChunkKey);
-      });
-    } finally {
-      if (contiguousDone > 0 && contiguousDone < remaining.length) this.saveCursor(jobKey, remaining[contiguousDone - 1] as ChunkKey);
-    }
-    // The state file holds the whole map: written only when this job had saved a cursor.
-    if (this.options.state.rebuildCursors[jobKey] !== undefined) {
-      delete this.options.state.rebuildCursors[jobKey];
-      this.persist();
-    }
-    progress.state = 'done';
-    log.debug({ chunks: progress.chunksDone, bytes: progress.bytesDone }, 'rebuild done');
-  }
-
-  /**
-   * Copies `keys` to the target, a few chunks in flight, paced to the SDS's rebuild budget;
-   * `onPrefixDone(n)` is told whenever the first n keys are all copied (for the cursor).
-   */
-  private async copyAll(keys: ChunkKey[], args: RebuildArgs, progress: RebuildProgress, onPrefixDone?: (done: number) => void): Promise<void> {
-    const chunkBytes = this.options.store.chunkBytes;
-    let nextIndex = 0;
-    const completed = new Set<number>();
-    let contiguousDone = 0;
-    const inflightMax = Math.max(1, Math.min(args.chunksInflightMax, rebuildChunksInflightMax));
-    const worker = async (): Promise<void> => {
-      while (nextIndex < keys.length) {
-        if (this.closing) throw new Error('SDS is shutting down; the rebuild resumes from its cursor');
-        if (this.epoch !== progress.epoch) throw new Error(`placement map changed (epoch ${progress.epoch} → ${this.epoch}); the MDM orders again`);
-        const index = nextIndex++;
-        const rate = this.rebuildRate(args);
-        if (rate > 0) {
-          this.rebuildPacedUntilMs = Math.max(this.rebuildPacedUntilMs, Date.now()) + (chunkBytes * 1000) / rate;
-          const waitMs = this.rebuildPacedUntilMs - Date.now();
-          if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
-        }
-        // ScaleIO's "concurrent rebuild IOs" policy: a limit for the whole SDS, not per job.
-        await this.rebuildSlot(inflightMax);
-        try {
-          progress.bytesDone += await this.copyChunk(keys[index] as ChunkKey, args, progress.epoch, false);
-        } finally {
-          this.rebuildSlotsUsed -= 1;
-          this.rebuildSlotWaiters.shift()?.();
-        }
-        progress.chunksDone += 1;
-        completed.add(index);
-        // The cursor only moves over a prefix that is entirely done.
-        const before = contiguousDone;
-        while (completed.has(contiguousDone)) completed.delete(contiguousDone++);
-        if (contiguousDone > before) onPrefixDone?.(contiguousDone);
-      }
-    };
-    await Promise.all(Array.from({ length: inflightMax }, () => worker()));
-  }
-
-  /**
-   * Copies one chunk to the rebuild target under the chunk's lock, so no client write slips
-   * between the read here and the copy there. A chunk no longer held here is trimmed there.
-   */
-  private async copyChunk(key: ChunkKey, args: RebuildArgs, epoch: number, onlyIfAbsent: boolean): Promise<number> {
-    const chunkBytes = this.options.store.chunkBytes;
-    const release = await this.locks.acquire(keyName(key), 0, chunkBytes, true);
-    try {
-      const held = this.options.store.has(key);
-      if (onlyIfAbsent && held) return 0;
-      const ioArgs: IoArgs = {
-        poolId: key.poolId,
-        vtreeId: key.vtreeId,
-        pgIndex: args.pgIndex,
-        chunkIndex: key.chunkIndex,
-        generation: key.generation,
-        offsetBytes: 0,
-        lengthBytes: chunkBytes,
-        flags: IoFlag.Replica,
-      };
-      if (!held) {
-        await this.forward(args.targetSdsId, SdsOp.Trim, encodeIo(ioArgs), epoch);
-        return 0;
-      }
-      const payload = encodeIo(ioArgs, Buffer.alloc(0));
-      const withData = Buffer.allocUnsafe(payload.length + chunkBytes);
-      payload.copy(withData);
-      await this.options.store.read(key, 0, withData.subarray(payload.length));
-      await this.forward(args.targetSdsId, SdsOp.Put, withData, epoch);
-      return chunkBytes;
-    } finally {
-      release();
-    }
-  }
-
-  /**
-   * ScaleIO's "favor application IO": while clients are doing IO here (now or in the last
-   * moment), rebuilds get the lower under-load budget; on a quiet SDS, the full one.
-   */
-  private rebuildRate(args: RebuildArgs): number {
-    const busy = this.clientIoInflight > 0 || Date.now() - this.clientIoLastMs < clientQuietMs;
-    const underLoad = args.bytesPerSecondUnderLoad ?? 0;
-    if (!busy || underLoad <= 0) return args.bytesPerSecondMax;
-    return args.bytesPerSecondMax > 0 ? Math.min(args.bytesPerSecondMax, underLoad) : underLoad;
-  }
-
-  private async rebuildSlot(limit: number): Promise<void> {
-    while (this.rebuildSlotsUsed >= limit) await new Promise<void>((resolve) => this.rebuildSlotWaiters.push(resolve));
-    this.rebuildSlotsUsed += 1;
-  }
-
-  private saveCursor(jobKey: string, key: ChunkKey): void {
-    this.options.state.rebuildCursors[jobKey] = keyName(key);
-    this.persist();
   }
 
   // --- peers -----------------------------------------------------------------------------
@@ -785,6 +534,7 @@ export class SdsService {
     if (this.gcTimer !== null) clearTimeout(this.gcTimer);
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
     while (this.handlers.size > 0) await Promise.allSettled([...this.handlers]);
+    await (await this.rebuildCursors).settled();
     for (const peer of this.accepted) peer.destroy();
     this.peers.dropAll();
     for (const socket of this.sockets) socket.destroy();
@@ -800,40 +550,8 @@ export class SdsService {
   }
 }
 
-/** The key of a placement group in this SDS's change records. */
-function groupKeyOf(poolId: string, pgIndex: number): string {
-  return `${poolId}/${pgIndex}`;
-}
-
 function chunkKey(args: IoArgs): ChunkKey {
   return { poolId: args.poolId, vtreeId: args.vtreeId, chunkIndex: args.chunkIndex, generation: args.generation };
-}
-
-function parseKeyName(name: string): ChunkKey {
-  const [ids = '', chunkIndex = '0', generation = '0'] = name.split(':');
-  return { poolId: ids.slice(0, 16), vtreeId: ids.slice(16, 32), chunkIndex: Number(chunkIndex), generation: Number(generation) };
-}
-
-function parseRebuildArgs(payload: Buffer): RebuildArgs {
-  let value: unknown;
-  try {
-    value = JSON.parse(payload.toString('utf8'));
-  } catch {
-    throw new InvalidArgumentError('rebuild', 'is not JSON');
-  }
-  const args = value as Partial<RebuildArgs> | null;
-  if (args === null || typeof args !== 'object') throw new InvalidArgumentError('rebuild', 'must be an object');
-  if (typeof args.poolId !== 'string' || !idPattern.test(args.poolId)) throw new InvalidArgumentError('rebuild.poolId', 'must be 16 hex digits');
-  if (typeof args.targetSdsId !== 'string' || !idPattern.test(args.targetSdsId)) throw new InvalidArgumentError('rebuild.targetSdsId', 'must be 16 hex digits');
-  if (args.mode !== undefined && args.mode !== 'full' && args.mode !== 'delta') throw new InvalidArgumentError('rebuild.mode', "must be 'full' or 'delta'");
-  if (args.epoch !== undefined && (!Number.isSafeInteger(args.epoch) || args.epoch < 0)) throw new InvalidArgumentError('rebuild.epoch', 'must be a non-negative integer');
-  if (args.bytesPerSecondUnderLoad !== undefined && (!Number.isSafeInteger(args.bytesPerSecondUnderLoad) || args.bytesPerSecondUnderLoad < 0)) {
-    throw new InvalidArgumentError('rebuild.bytesPerSecondUnderLoad', 'must be a non-negative integer');
-  }
-  for (const field of ['pgIndex', 'bytesPerSecondMax', 'chunksInflightMax'] as const) {
-    if (!Number.isSafeInteger(args[field]) || (args[field] as number) < 0) throw new InvalidArgumentError(`rebuild.${field}`, 'must be a non-negative integer');
-  }
-  return args as RebuildArgs;
 }
 
 function parseAddDeviceOrder(payload: Buffer): AddDeviceOrder {
@@ -848,9 +566,4 @@ function parseAddDeviceOrder(payload: Buffer): AddDeviceOrder {
   if (typeof order.path !== 'string' || !order.path.startsWith('/')) throw new InvalidArgumentError('addDevice.path', 'must be an absolute path');
   if (typeof order.force !== 'boolean') throw new InvalidArgumentError('addDevice.force', 'must be true or false');
   return { path: order.path, force: order.force };
-}
-
-/** The report of a finished job; `bytesDone` 0 when it repeats a report already made. */
-function rebuildDone(job: RebuildProgress, bytesDone: number): RebuildDone {
-  return { jobId: job.jobId, poolId: job.poolId, pgIndex: job.pgIndex, targetSdsId: job.targetSdsId, epoch: job.epoch, mode: job.mode, chunksDone: job.chunksDone, bytesDone };
 }
