@@ -299,7 +299,10 @@ export class RebuildSource {
         // ScaleIO's "concurrent rebuild IOs" policy: a limit for the whole SDS, not per job.
         await this.slot(inflightMax);
         try {
-          progress.bytesDone += await this.copyChunk(keys[index] as ChunkKey, args, progress.epoch, false);
+          // Not `bytesDone += await ...`: that reads bytesDone before the await, and the
+          // other workers' additions made meanwhile would be lost.
+          const copiedBytes = await this.copyChunk(keys[index] as ChunkKey, args, progress.epoch, false);
+          progress.bytesDone += copiedBytes;
         } finally {
           this.slotsUsed -= 1;
           this.slotWaiters.shift()?.();
