@@ -68,8 +68,8 @@ export class RebuildCursors {
   /**
    * Opens the cursors of `dataDir`. A data dir from before this file existed keeps its
    * cursors in the SDS state file: `legacy` (read from there) is used when this file is
-   * absent, and the next save moves them here. An unreadable file is logged and treated as
-   * empty: every job then copies from its start, slower but correct.
+   * absent, and written here at once, before the state file drops them. An unreadable file
+   * is logged and treated as empty: every job then copies from its start, slower but correct.
    */
   static async open(dataDir: string, legacy: Readonly<Record<string, string>>, log: Logger): Promise<RebuildCursors> {
     const file = path.join(dataDir, rebuildCursorsFileName);
@@ -77,8 +77,13 @@ export class RebuildCursors {
     try {
       text = await fsp.readFile(file, 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ err, file }, 'rebuild cursors unreadable: rebuilds copy from their start');
-      return new RebuildCursors(dataDir, new Map(Object.entries(legacy)));
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        log.warn({ err, file }, 'rebuild cursors unreadable: rebuilds copy from their start');
+        return new RebuildCursors(dataDir, new Map());
+      }
+      const cursors = new RebuildCursors(dataDir, new Map(Object.entries(legacy)));
+      if (cursors.cursors.size > 0) await cursors.save().catch((saveErr: unknown) => log.warn({ err: saveErr, file }, 'rebuild cursors of the state file not moved to their own file'));
+      return cursors;
     }
     try {
       return new RebuildCursors(dataDir, new Map(Object.entries(parseCursorsFile(text))));

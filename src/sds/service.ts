@@ -1,8 +1,9 @@
 // The SDS data service: serves chunk IO over the wire (wire/sds-ops.ts), mirrors writes to
 // the secondary of each placement group, takes the MDM's control orders (map, reservations,
 // devices), and hands rebuild orders to rebuild.ts (the source side; the target side is
-// Put and replica Trim, here). The placement map comes from the MDM (or, until one runs, from whoever holds
-// the cluster secret with role 'mdm' or 'test'); IO stamped with any other epoch is refused.
+// Put and replica Trim, served here). The placement map comes from the MDM (or, until one
+// runs, from whoever holds the cluster secret with role 'mdm' or 'test'); IO stamped with
+// any other epoch is refused.
 //
 //   SDC ──Write──▶ primary ──Write|Replica──▶ secondary
 //                   │ apply locally, in parallel with the forward
@@ -93,8 +94,9 @@ export class SdsService {
   constructor(private readonly options: SdsServiceOptions) {
     this.map = options.state.map;
     // Cursors live in their own file now; a data dir from before keeps them in the state
-    // file: read there when the cursor file is absent, and no longer written there (the
-    // next state save drops them; losing a cursor only makes a job copy from its start).
+    // file: read there when the cursor file is absent (and moved into it), and no longer
+    // written there. Should the next state save beat the move to a crash, the cursors are
+    // lost, which only makes their jobs copy from the start.
     const legacyCursors = options.state.rebuildCursors ?? {};
     delete options.state.rebuildCursors;
     this.rebuildCursors = RebuildCursors.open(options.dataDir, legacyCursors, options.log);

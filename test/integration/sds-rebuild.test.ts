@@ -1,7 +1,8 @@
 // Proves rebuild between real SDS processes: a pool runs on A (primary) and B (secondary);
 // B is lost; the map makes C the new secondary; A streams every chunk of every group to C
 // while a client keeps writing through A. The rebuild is throttled, stops with A (SIGTERM)
-// and resumes from its saved cursor when A comes back, and a chunk C held from an earlier
+// and resumes from its saved cursor when A comes back (from A's state file, as a data dir of
+// an older version kept it; the cursor file takes it over), and a chunk C held from an earlier
 // life that A no longer has is trimmed. In the end C alone serves the whole volume, equal
 // to what the client wrote.
 //
@@ -92,6 +93,13 @@ t.test('a lost secondary is rebuilt onto another SDS, throttled and resumable, u
   const before = (await getStats(peerA)).rebuilds[0];
   t.ok(before !== undefined && before.chunksDone >= 1 && before.chunksDone < before.chunksTotal, `the throttled rebuild was part way (${before?.chunksDone}/${before?.chunksTotal}) when A stopped`);
   t.equal(await a.stop(), 0, 'A stops cleanly in the middle of a rebuild');
+  // Make A's data dir look like an older version's: its cursors in the state file only.
+  const stateFile = path.join(a.dataDir, 'sds-state.json');
+  const oldState = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { rebuildCursors?: Record<string, string> };
+  oldState.rebuildCursors = savedCursors(a.dataDir);
+  t.ok(Object.keys(oldState.rebuildCursors).length >= 1, 'A saved its cursor as it stopped');
+  fs.writeFileSync(stateFile, JSON.stringify(oldState));
+  fs.rmSync(path.join(a.dataDir, rebuildCursorsFileName));
   a = await startSds(t, { dir, name: 'sds-a', devices: [`${dir}/a.img`], listen: a.address });
   peerA = await connectWire(t, a.address);
   volume = new TestVolumeClient(second, new Map([[a.sdsId, peerA]]), vtreeId);
@@ -126,6 +134,7 @@ t.test('a lost secondary is rebuilt onto another SDS, throttled and resumable, u
   t.ok((await fromC.read(100 * MiB, 4096)).equals(Buffer.alloc(4096)), 'the stray chunk was trimmed on C');
   const statsC = await getStats(peerC);
   t.equal(statsC.devices[0]?.usedBytes, (dataChunks + (await countExtraChunks())) * MiB, 'C holds exactly the chunks A holds');
+  t.notOk('rebuildCursors' in (JSON.parse(fs.readFileSync(stateFile, 'utf8')) as object), "A's state file no longer holds cursors");
   const stale = await peerA.request(SdsOp.Rebuild, Buffer.from(JSON.stringify({ ...throttled, pgIndex: 1 })));
   t.equal(stale.status, SdsStatus.InvalidArgument, 'A refuses to rebuild groups it is no longer primary of');
 

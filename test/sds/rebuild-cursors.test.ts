@@ -71,8 +71,9 @@ t.test("an old data dir's cursors (in the state file) are used until the cursor 
   const legacy = { [jobKey(3)]: chunkName(7) };
   const cursors = await RebuildCursors.open(dir, legacy, log);
   t.equal(cursors.get(jobKey(3)), chunkName(7), 'read from the state file when there is no cursor file');
+  t.same(readFile(dir), { version: 1, cursors: legacy }, 'and moved into a cursor file at once');
   await cursors.set(jobKey(4), chunkName(9));
-  t.same(readFile(dir), { version: 1, cursors: { [jobKey(3)]: chunkName(7), [jobKey(4)]: chunkName(9) } }, 'the first save moves them into the cursor file');
+  t.same(readFile(dir), { version: 1, cursors: { [jobKey(3)]: chunkName(7), [jobKey(4)]: chunkName(9) } }, 'later saves keep them');
   await cursors.delete(jobKey(3));
   const reopened = await RebuildCursors.open(dir, legacy, log);
   t.equal(reopened.get(jobKey(3)), undefined, 'once the cursor file exists, the stale state-file cursor is ignored');
@@ -110,7 +111,7 @@ t.test('the store makes no synchronous fs call', async (t) => {
   t.teardown(restore);
   t.ok(originals.has('fsyncSync') && originals.has('writeFileSync') && originals.has('renameSync'), 'the sync calls that matter are wrapped');
 
-  const cursors = await RebuildCursors.open(dir, {}, log);
+  const cursors = await RebuildCursors.open(dir, { [jobKey(9)]: chunkName(1) }, log);
   const saves: Array<Promise<void>> = [];
   for (let step = 0; step < 100; step++) saves.push(cursors.set(jobKey(step % 4), chunkName(step)));
   await Promise.all(saves);
