@@ -1,7 +1,7 @@
 // The SDS data service: serves chunk IO over the wire (wire/sds-ops.ts), mirrors writes to
-// the secondary of each placement group, takes the MDM's control orders (map, reservations,
-// devices), and hands rebuild orders to rebuild.ts (the source side; the target side is
-// Put and replica Trim, served here). The placement map comes from the MDM (or, until one
+// the secondary of each placement group, and checks who sent each request before it hands
+// control orders (map, reservations, devices, stats) to control-ops.ts and rebuild orders to
+// rebuild.ts (the source side; the target side is Put and replica Trim, served here). The placement map comes from the MDM (or, until one
 // runs, from whoever holds the cluster secret with role 'mdm' or 'test'); IO stamped with
 // any other epoch is refused.
 //
@@ -16,19 +16,18 @@ import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { acquirePayload, payloadPool } from '../common/buffer-pool.js';
-import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
-import type { AddDeviceOrder, DeviceRefusal, RebuildDone, RegisteredDevice } from '../wire/mdm-ops.js';
+import { InvalidArgumentError } from '../common/errors.js';
+import type { RebuildDone, RegisteredDevice } from '../wire/mdm-ops.js';
 import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
 import { adoptAccepted } from '../common/borrowed-reads.js';
 import { PeerPool, listenTcp } from '../wire/peer-pool.js';
-import { parsePlacementMap, placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
+import { placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
 import {
   SdsOp,
   SdsStatus,
   IoFlag,
   decodeIo,
   decodeAllocation,
-  decodeReserve,
   decodeListGroup,
   encodeListedChunks,
   encodeEpoch,
@@ -37,23 +36,17 @@ import {
 } from '../wire/sds-ops.js';
 import { ChunkStore, StoreError, keyName, type ChunkKey } from './chunk-store.js';
 import { RangeLocks } from './range-locks.js';
+import { SdsControl, type SdsIdentity } from './control-ops.js';
 import { RebuildSource, groupKeysOf } from './rebuild.js';
 import { RebuildCursors } from './rebuild-cursors.js';
 import { ReplyError } from './reply-error.js';
-import { saveState, type SdsState } from './state.js';
+import type { SdsState } from './state.js';
 
 /** How long a primary waits for its mirror before failing the client's write. */
 export const mirrorTimeoutMs = 10_000;
 /** Client IO this recent makes the SDS busy: rebuilds run at their under-load rate. */
 const clientQuietMs = 200;
-/** Stale chunks are freed this long after the map that makes them stale (if still current). */
-const staleCollectDelayMs = 5000;
-
-export interface SdsIdentity {
-  clusterId: string;
-  sdsId: string;
-  name: string;
-}
+export type { SdsIdentity } from './control-ops.js';
 
 export interface SdsServiceOptions {
   /** Tells the MDM a rebuild order is complete (the SDS's MDM link sends it). */
@@ -73,7 +66,7 @@ export interface Served {
 }
 
 export class SdsService {
-  private map: PlacementMap | null;
+  private readonly control: SdsControl;
   private readonly server: net.Server;
   private readonly accepted = new Set<WirePeer>();
   private readonly sockets = new Set<net.Socket>();
@@ -89,10 +82,20 @@ export class SdsService {
   private closing = false;
   private clientIoInflight = 0;
   private clientIoLastMs = 0;
-  private gcTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: SdsServiceOptions) {
-    this.map = options.state.map;
+    this.control = new SdsControl({
+      identity: options.identity,
+      store: options.store,
+      state: options.state,
+      dataDir: options.dataDir,
+      log: options.log,
+      locks: this.locks,
+      isClosing: () => this.closing,
+      track: (work) => this.track(work),
+      onMapAccepted: (map) => this.peers.retain((sdsId) => map.sds[sdsId]?.address),
+      rebuildProgress: () => this.rebuilds.progress(),
+    });
     // Cursors live in their own file now; a data dir from before keeps them in the state
     // file: read there when the cursor file is absent (and moved into it), and no longer
     // written there. Should the next state save beat the move to a crash, the cursors are
@@ -126,8 +129,13 @@ export class SdsService {
     });
   }
 
+  /** The placement map in force (null before the first one). */
+  private get map(): PlacementMap | null {
+    return this.control.map;
+  }
+
   get epoch(): number {
-    return this.map?.epoch ?? 0;
+    return this.control.epoch;
   }
 
   async listen(host: string, port: number): Promise<net.AddressInfo> {
@@ -192,17 +200,22 @@ export class SdsService {
         case SdsOp.ListGroup:
           return this.onListGroup(request);
         case SdsOp.SetMap:
-          return this.onSetMap(from, request);
+          this.requireRole(from, ['mdm', 'test'], 'a placement map');
+          this.control.onSetMap(request.payload);
+          return { status: SdsStatus.Ok };
         case SdsOp.Stats:
           return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(this.stats())) };
         case SdsOp.Reserve:
-          return this.onReserve(from, request);
+          this.requireRole(from, ['mdm', 'test'], 'a reservation');
+          this.control.onReserve(request.payload);
+          return { status: SdsStatus.Ok };
         case SdsOp.Rebuild:
           this.requireRole(from, ['mdm', 'test'], 'a rebuild order');
           this.rebuilds.onRebuild(request.payload);
           return { status: SdsStatus.Ok };
         case SdsOp.AddDevice:
-          return await this.onAddDevice(from, request);
+          this.requireRole(from, ['mdm', 'test'], 'a device order');
+          return await this.control.onAddDevice(request.payload);
         default:
           return { status: SdsStatus.UnknownOp, payload: Buffer.from(`op ${request.op} is not an SDS operation`) };
       }
@@ -384,140 +397,19 @@ export class SdsService {
     return { status: SdsStatus.Ok, payload: encodeListedChunks(groupKeysOf(this.options.store, this.map, args.poolId, args.pgIndex)) };
   }
 
-  // --- control ---------------------------------------------------------------------------
+  // --- roles and control (control-ops.ts) ------------------------------------------------
 
   private requireRole(from: Served, roles: PeerRole[], what: string): void {
     if (!roles.includes(from.role)) throw new InvalidArgumentError('role', `${what} is not accepted from a peer of role '${from.role}'`);
   }
 
-  private onSetMap(from: Served, request: WireRequest): WireReply {
-    this.requireRole(from, ['mdm', 'test'], 'a placement map');
-    let json: unknown;
-    try {
-      json = JSON.parse(request.payload.toString('utf8'));
-    } catch {
-      throw new InvalidArgumentError('map', 'is not JSON');
-    }
-    const map = parsePlacementMap(json);
-    if (map.epoch < this.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `map epoch ${map.epoch} is older than this SDS's ${this.epoch}`, encodeEpoch(this.epoch));
-    for (const [poolId, pool] of Object.entries(map.pools)) {
-      const holds = pool.groups.some((group) => group.primary === this.options.identity.sdsId || group.secondary === this.options.identity.sdsId);
-      if (holds && pool.chunkBytes !== this.options.store.chunkBytes) {
-        throw new InvalidArgumentError(`map.pools.${poolId}.chunkBytes`, `${pool.chunkBytes} differs from this SDS's ${this.options.store.chunkBytes}-byte chunks`);
-      }
-    }
-    this.peers.retain((sdsId) => map.sds[sdsId]?.address);
-    this.map = map;
-    this.options.state.map = map;
-    this.persist();
-    this.scheduleCollect();
-    this.options.log.info({ epoch: map.epoch, pools: Object.keys(map.pools).length }, 'placement map installed');
-    return { status: SdsStatus.Ok };
-  }
-
-  /**
-   * Chunks of groups this SDS no longer holds (it was out, or a rebalance moved the copy)
-   * are stale: freed a while after a map says so, if no newer map came meanwhile.
-   */
-  private scheduleCollect(): void {
-    if (this.gcTimer !== null) clearTimeout(this.gcTimer);
-    const epoch = this.epoch;
-    this.gcTimer = setTimeout(() => {
-      this.gcTimer = null;
-      if (this.epoch === epoch && !this.closing) void this.track(this.collectStale(epoch)).catch((err: unknown) => this.options.log.error({ err }, 'freeing stale chunks failed'));
-    }, staleCollectDelayMs);
-    this.gcTimer.unref();
-  }
-
-  private async collectStale(epoch: number): Promise<void> {
-    const map = this.map;
-    if (map === null) return;
-    const me = this.options.identity.sdsId;
-    const stale = this.options.store.keys((key) => {
-      const pool = map.pools[key.poolId];
-      if (pool === undefined) return false; // a pool not in the map is left alone
-      const group = pool.groups[placementGroupOf(key.vtreeId, key.chunkIndex, pool.groups.length)];
-      return group !== undefined && group.primary !== me && group.secondary !== me;
-    });
-    if (stale.length === 0) return;
-    this.options.log.info({ chunks: stale.length, epoch }, 'freeing chunks of groups this SDS no longer holds');
-    for (const key of stale) {
-      if (this.epoch !== epoch || this.closing) return;
-      const release = await this.locks.acquire(keyName(key), 0, this.options.store.chunkBytes, true);
-      try {
-        await this.options.store.trim(key, 0, this.options.store.chunkBytes, { fua: false });
-      } finally {
-        release();
-      }
-    }
-  }
-
-  private onReserve(from: Served, request: WireRequest): WireReply {
-    this.requireRole(from, ['mdm', 'test'], 'a reservation');
-    const args = decodeReserve(request.payload);
-    this.options.store.setReservation(args.vtreeId, args.chunkCount);
-    this.options.state.reservations = this.options.store.reservationsSnapshot();
-    this.persist();
-    return { status: SdsStatus.Ok };
-  }
-
-  private async onAddDevice(from: Served, request: WireRequest): Promise<WireReply> {
-    this.requireRole(from, ['mdm', 'test'], 'a device order');
-    const order = parseAddDeviceOrder(request.payload);
-    let device;
-    try {
-      device = await this.options.store.addDevice(order.path, { force: order.force });
-    } catch (err) {
-      if (!(err instanceof MeshblockError) || err instanceof AssertionError) throw err;
-      this.options.log.warn({ err, path: order.path }, 'device refused');
-      const refusal: DeviceRefusal = { code: err.code, message: err.message };
-      return { status: SdsStatus.DeviceRefused, payload: Buffer.from(JSON.stringify(refusal)) };
-    }
-    if (!this.options.state.devicePaths.includes(device.path)) {
-      this.options.state.devicePaths.push(device.path);
-      this.persist();
-    }
-    this.options.log.info({ deviceId: device.deviceId, path: device.path, slots: device.slotCount }, 'device added');
-    const registered: RegisteredDevice = { deviceId: device.deviceId, path: device.path, capacityBytes: device.slotCount * this.options.store.chunkBytes };
-    return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(registered)) };
-  }
-
   /** The devices this SDS serves, as it registers them with the MDM. */
   registeredDevices(): RegisteredDevice[] {
-    return this.options.store.devices.map((device) => ({ deviceId: device.deviceId, path: device.path, capacityBytes: device.slotCount * this.options.store.chunkBytes }));
-  }
-
-  private persist(): void {
-    saveState(this.options.dataDir, this.options.state);
+    return this.control.registeredDevices();
   }
 
   stats(): SdsStats {
-    const store = this.options.store;
-    return {
-      sdsId: this.options.identity.sdsId,
-      name: this.options.identity.name,
-      epoch: this.epoch,
-      chunkBytes: store.chunkBytes,
-      devices: store.devices.map((device) => ({
-        deviceId: device.deviceId,
-        path: device.path,
-        state: device.state,
-        error: device.error,
-        totalBytes: device.slotCount * store.chunkBytes,
-        usedBytes: device.usedSlotCount * store.chunkBytes,
-        freeBytes: device.state === 'normal' ? device.freeSlots.length * store.chunkBytes : 0,
-        reads: device.counters.reads,
-        writes: device.counters.writes,
-        readBytes: device.counters.readBytes,
-        writeBytes: device.counters.writeBytes,
-        readIops: device.rates.reads,
-        writeIops: device.rates.writes,
-        readBytesPerSecond: device.rates.readBytes,
-        writeBytesPerSecond: device.rates.writeBytes,
-      })),
-      reservedBytes: store.reservedUnusedSlots() * store.chunkBytes,
-      rebuilds: this.rebuilds.progress(),
-    };
+    return this.control.stats();
   }
 
   // --- peers -----------------------------------------------------------------------------
@@ -533,7 +425,7 @@ export class SdsService {
   /** Stops accepting, lets requests in flight finish, then closes every connection. */
   async close(): Promise<void> {
     this.closing = true;
-    if (this.gcTimer !== null) clearTimeout(this.gcTimer);
+    this.control.close();
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
     while (this.handlers.size > 0) await Promise.allSettled([...this.handlers]);
     await (await this.rebuildCursors).settled();
@@ -545,7 +437,7 @@ export class SdsService {
 
   destroy(): void {
     this.closing = true;
-    if (this.gcTimer !== null) clearTimeout(this.gcTimer);
+    this.control.close();
     this.server.close();
     for (const socket of this.sockets) socket.destroy();
     this.peers.dropAll();
@@ -554,18 +446,4 @@ export class SdsService {
 
 function chunkKey(args: IoArgs): ChunkKey {
   return { poolId: args.poolId, vtreeId: args.vtreeId, chunkIndex: args.chunkIndex, generation: args.generation };
-}
-
-function parseAddDeviceOrder(payload: Buffer): AddDeviceOrder {
-  let value: unknown;
-  try {
-    value = JSON.parse(payload.toString('utf8'));
-  } catch {
-    throw new InvalidArgumentError('addDevice', 'is not JSON');
-  }
-  const order = value as Partial<AddDeviceOrder> | null;
-  if (order === null || typeof order !== 'object') throw new InvalidArgumentError('addDevice', 'must be an object');
-  if (typeof order.path !== 'string' || !order.path.startsWith('/')) throw new InvalidArgumentError('addDevice.path', 'must be an absolute path');
-  if (typeof order.force !== 'boolean') throw new InvalidArgumentError('addDevice.force', 'must be true or false');
-  return { path: order.path, force: order.force };
 }
