@@ -262,7 +262,7 @@ export class RebuildSource {
     await checkpoints.settled();
     // Done: the cursor has nothing more to say. Losing this deletion to a crash is safe
     // too: the copy is in sync, and later changes reach it by mirror or by record.
-    if (cursors.get(jobKey) !== undefined) {
+    if (cursors.get(jobKey) !== undefined && this.jobs.get(jobKey) === progress) {
       void this.host.track(cursors.delete(jobKey)).catch((err: unknown) => log.warn({ err }, 'finished rebuild cursor not forgotten'));
     }
   }
