@@ -184,8 +184,13 @@ t.test('kill -9 mid-rebuild: the restarted SDS resumes from the cursor it saved,
   const traceFile = path.join(dir, 'sds-a.strace');
   const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=fsync,fdatasync,rename,renameat,renameat2', '-o', traceFile, '-p', String(a.process.pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
   t.teardown(() => strace.kill('SIGKILL'));
+  let straceErrors = '';
+  strace.stderr.setEncoding('utf8').on('data', (text: string) => (straceErrors += text));
+  let straceExitedEarly = false;
   const straceExited = new Promise<void>((resolve) => strace.once('exit', () => resolve()));
-  // Attached once it writes its first line for A's threads (or A's pool threads wake): give it a moment.
+  void straceExited.then(() => (straceExitedEarly = a.process.exitCode === null && a.process.signalCode === null));
+  // strace says nothing once attached (-qq): give it a moment. Whether it saw the cursor
+  // saves is checked below, so a late attach fails the test rather than passing it.
   await new Promise((resolve) => setTimeout(resolve, 1000));
 
   // 4 MiB/s: ten seconds for the group; a cursor is saved every second or so.
@@ -203,6 +208,7 @@ t.test('kill -9 mid-rebuild: the restarted SDS resumes from the cursor it saved,
   const cursorChunkIndex = Number(cursorAtKill?.split(':')[1]);
   t.ok(cursorChunkIndex >= 3 && cursorChunkIndex < chunkCount - 1, `A died part way: its cursor on disk is chunk ${cursorChunkIndex} of ${chunkCount}`);
 
+  if (straceExitedEarly) throw new Error(`strace could not trace A (ptrace not allowed here?): ${straceErrors.trim()}`);
   const pid = String(a.process.pid);
   const calls = fs.readFileSync(traceFile, 'utf8').split('\n').map((line) => /^(\d+)\s+(\w+)\((.*)$/.exec(line)).filter((match) => match !== null);
   const onEventLoop = calls.filter((match) => match[1] === pid).map((match) => `${match[2]}(${match[3]}`);
