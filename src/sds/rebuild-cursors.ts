@@ -53,8 +53,7 @@ function deferred(): Deferred {
 }
 
 export class RebuildCursors {
-  /** Files written so far (tests prove coalescing with it). */
-  writeCount = 0;
+  private filesWritten = 0;
   /** The write in flight, if any; it never rejects (its batch's promise carries failures). */
   private writing: Promise<void> | null = null;
   /** Changes made since the write in flight took its snapshot: the next write's waiters. */
@@ -91,6 +90,11 @@ export class RebuildCursors {
       log.warn({ err, file }, 'rebuild cursors damaged: rebuilds copy from their start');
       return new RebuildCursors(dataDir, new Map());
     }
+  }
+
+  /** Files written so far (tests prove coalescing with it). */
+  get writeCount(): number {
+    return this.filesWritten;
   }
 
   get(jobKey: string): string | undefined {
@@ -159,7 +163,7 @@ export class RebuildCursors {
     } finally {
       await directory.close();
     }
-    this.writeCount += 1;
+    this.filesWritten += 1;
   }
 }
 

@@ -70,7 +70,11 @@ export class RebuildSource {
   private readonly lifeId = crypto.randomBytes(4).toString('hex');
   private jobsStarted = 0;
   private jobsRunning = 0;
-  /** Jobs waiting for a turn: at most one per copy of a group this SDS is primary of. */
+  /**
+   * Jobs waiting for a turn: one per order accepted, so one per copy of a group this SDS
+   * is primary of, and again per epoch while one waits (a job whose epoch has passed ends
+   * at once when its turn comes).
+   */
   private readonly jobWaiters: Array<() => void> = [];
   /**
    * Chunks changed, per group this SDS is primary of, while a copy of the group did not get
@@ -82,7 +86,10 @@ export class RebuildSource {
   private readonly changesUnknown = new Set<string>();
   /** One pace for every rebuild job of this SDS: the order's bytes/s is the SDS's budget. */
   private pacedUntilMs = 0;
-  /** Chunk copies in flight over all rebuild jobs, and those waiting for a slot. */
+  /**
+   * Chunk copies in flight over all rebuild jobs, and the workers waiting for a slot (at
+   * most rebuildsRunningMax x rebuildChunksInflightMax).
+   */
   private slotsUsed = 0;
   private readonly slotWaiters: Array<() => void> = [];
 
