@@ -1,9 +1,9 @@
 // The SDS data service: serves chunk IO over the wire (wire/sds-ops.ts), mirrors writes to
 // the secondary of each placement group, and checks who sent each request before it hands
-// control orders (map, reservations, devices, stats) to control-ops.ts and rebuild orders to
-// rebuild.ts (the source side; the target side is Put and replica Trim, served here). The placement map comes from the MDM (or, until one
-// runs, from whoever holds the cluster secret with role 'mdm' or 'test'); IO stamped with
-// any other epoch is refused.
+// control orders (map, reservations, devices, stats) to control-ops.ts and rebuild orders
+// to rebuild.ts (the source side; the target side is Put and replica Trim, served here).
+// The placement map comes from the MDM (or, until one runs, from whoever holds the cluster
+// secret with role 'mdm' or 'test'); IO stamped with any other epoch is refused.
 //
 //   SDC ──Write──▶ primary ──Write|Replica──▶ secondary
 //                   │ apply locally, in parallel with the forward
