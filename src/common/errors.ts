@@ -153,6 +153,8 @@ export const errorCodes = {
   MB_ERR_STATE_READ: 'MB_ERR_STATE_READ',
   /** The SDS's state file is damaged. */
   MB_ERR_STATE_DAMAGED: 'MB_ERR_STATE_DAMAGED',
+  /** The SDS could not save its rebuild cursors (write, fsync or rename failed). */
+  MB_ERR_REBUILD_CURSORS_WRITE: 'MB_ERR_REBUILD_CURSORS_WRITE',
   /** A handler failure that the SDS answers with a specific status instead of Failed. */
   MB_ERR_SDS_REPLY: 'MB_ERR_SDS_REPLY',
   /** An SDS id that the placement map does not name. */

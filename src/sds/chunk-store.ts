@@ -89,8 +89,10 @@ function zeroCounters(): DeviceCounters {
 export class StoreDevice {
   state: 'normal' | 'failed' = 'normal';
   error: string | null = null;
-  /** Written since the last fdatasync. */
+  /** Written since the last fdatasync began. */
   dirty = false;
+  /** The fdatasync in flight: a flush that finds the device clean still waits for it. */
+  syncing: Promise<void> | null = null;
   readonly freeSlots: number[] = [];
   usedSlotCount = 0;
   damagedSlotCount = 0;
@@ -303,11 +305,16 @@ export class ChunkStore {
     if (options.fua) await this.syncDevice(location.device);
   }
 
-  /** fdatasync of every device written since the last flush. */
+  /**
+   * fdatasync of every device written since the last flush. A device found clean may have
+   * an fdatasync in flight, begun by another flush for writes acknowledged before this
+   * one: this flush waits for it too, or it would answer before those writes are durable.
+   */
   async flush(): Promise<void> {
     // A failed device holds no copy anyone counts on (the MDM re-places its groups from
     // their other copies, which flushes reach): flushing it again would fail forever.
-    await Promise.all(this.devices.filter((device) => device.dirty && device.state !== 'failed').map((device) => this.syncDevice(device)));
+    const live = this.devices.filter((device) => device.state !== 'failed');
+    await Promise.all(live.map((device) => (device.dirty ? this.syncDevice(device) : device.syncing)));
   }
 
   has(key: ChunkKey): boolean {
@@ -445,6 +452,9 @@ export class ChunkStore {
     if (device.state === 'failed') throw this.failedError(device);
     device.dirty = true;
     await this.deviceCall(device, 'write', () => device.io.write(data, positionBytes));
+    // Again once written: a flush that began while the write was in flight cleared the
+    // mark, and its fdatasync may have missed the write.
+    device.dirty = true;
   }
 
   private async zeroRange(device: StoreDevice, positionBytes: number, lengthBytes: number): Promise<void> {
@@ -453,6 +463,7 @@ export class ChunkStore {
     const fd = device.opened.fd;
     if (device.opened.isBlockDevice) await this.deviceCall(device, 'zero', () => native.zeroout(fd, positionBytes, lengthBytes));
     else await this.deviceCall(device, 'punch', () => native.fallocate(fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, positionBytes, lengthBytes));
+    device.dirty = true; // as in writeFully
   }
 
   /** Gives a freed slot's space back: punch on files; discard on devices, ignored if unsupported. */
@@ -466,7 +477,13 @@ export class ChunkStore {
   private async syncDevice(device: StoreDevice): Promise<void> {
     if (device.state === 'failed') throw this.failedError(device);
     device.dirty = false;
-    await this.deviceCall(device, 'fdatasync', () => fdatasync(device.opened.fd));
+    const sync = this.deviceCall(device, 'fdatasync', () => fdatasync(device.opened.fd));
+    device.syncing = sync;
+    try {
+      await sync;
+    } finally {
+      if (device.syncing === sync) device.syncing = null;
+    }
   }
 
   private async deviceCall<T>(device: StoreDevice, what: string, call: () => Promise<T>): Promise<T> {

@@ -1,6 +1,7 @@
 // What an SDS keeps in its data directory besides the devices: its identity, the last
 // placement map it was given (so it serves from it after a restart, before the MDM is back),
-// thick reservations and the cursors of rebuilds in progress. One JSON file, replaced
+// thick reservations and the devices the MDM added. (Rebuild cursors have a file of their
+// own, rebuild-cursors.ts: they change every few chunks.) One JSON file, replaced
 // atomically (write a temporary file, fsync, rename, fsync the directory), so a crash leaves
 // either the old state or the new one.
 
@@ -16,8 +17,11 @@ export interface SdsState {
   chunkBytes: number;
   map: PlacementMap | null;
   reservations: Record<string, number>;
-  /** Rebuild cursors by `${poolId}/${pgIndex}/${targetSdsId}`: the last chunk copied. */
-  rebuildCursors: Record<string, string>;
+  /**
+   * Rebuild cursors as data dirs written before rebuild-cursors.json held them: read at
+   * start when that file is absent, never written again (the service drops the field).
+   */
+  rebuildCursors?: Record<string, string>;
   /** Devices added by the MDM at run time, opened again at every start. */
   devicePaths: string[];
 }

@@ -1,17 +1,29 @@
 // Proves rebuild between real SDS processes: a pool runs on A (primary) and B (secondary);
 // B is lost; the map makes C the new secondary; A streams every chunk of every group to C
 // while a client keeps writing through A. The rebuild is throttled, stops with A (SIGTERM)
-// and resumes from its saved cursor when A comes back, and a chunk C held from an earlier
+// and resumes from its saved cursor when A comes back (from A's state file, as a data dir of
+// an older version kept it; the cursor file takes it over), and a chunk C held from an earlier
 // life that A no longer has is trimmed. In the end C alone serves the whole volume, equal
 // to what the client wrote.
+//
+// Then a crash: A is killed with SIGKILL in the middle of a throttled rebuild, under strace.
+// The cursor A had saved on disk (rebuild-cursors.json) is what the restarted A resumes
+// from, exactly, and it copies only the chunks after it; while A copied, its main thread
+// (the event loop) made no fsync, fdatasync or rename at all, and its thread pool did
+// (the cursor saves), so the cursor is saved, and saved off the event loop.
 
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import t from 'tap';
 import type { PlacementMap } from '../../src/wire/placement.js';
 import { IoFlag, SdsOp, SdsStatus, encodeIo, type RebuildArgs } from '../../src/wire/sds-ops.js';
 import { sparseFile } from '../helpers/files.js';
 import { MiB, TestVolumeClient, connectWire, expectOk, getStats, setMap, startSds, testPoolId, type SdsHandle } from '../helpers/sds.js';
 import type { WirePeer } from '../../src/wire/peer.js';
+import { rebuildCursorsFileName } from '../../src/sds/rebuild-cursors.js';
+import { run } from '../helpers/processes.js';
 
 const vtreeId = '7777000011112222';
 const pgCount = 8;
@@ -19,11 +31,11 @@ const volumeBytes = 32 * MiB;
 /** Every fifth chunk is left unwritten (a hole); the rest hold data. */
 const dataChunks = Array.from({ length: volumeBytes / MiB }, (_, chunk) => chunk).filter((chunk) => chunk % 5 !== 4).length;
 
-function mapOf(epoch: number, primary: SdsHandle, secondary: SdsHandle | null, all: SdsHandle[]): PlacementMap {
+function mapOf(epoch: number, primary: SdsHandle, secondary: SdsHandle | null, all: SdsHandle[], groupCount = pgCount): PlacementMap {
   return {
     epoch,
     sds: Object.fromEntries(all.map((sds) => [sds.sdsId, { address: sds.address }])),
-    pools: { [testPoolId]: { chunkBytes: MiB, groups: Array.from({ length: pgCount }, () => ({ primary: primary.sdsId, secondary: secondary?.sdsId ?? null })) } },
+    pools: { [testPoolId]: { chunkBytes: MiB, groups: Array.from({ length: groupCount }, () => ({ primary: primary.sdsId, secondary: secondary?.sdsId ?? null })) } },
   };
 }
 
@@ -81,6 +93,13 @@ t.test('a lost secondary is rebuilt onto another SDS, throttled and resumable, u
   const before = (await getStats(peerA)).rebuilds[0];
   t.ok(before !== undefined && before.chunksDone >= 1 && before.chunksDone < before.chunksTotal, `the throttled rebuild was part way (${before?.chunksDone}/${before?.chunksTotal}) when A stopped`);
   t.equal(await a.stop(), 0, 'A stops cleanly in the middle of a rebuild');
+  // Make A's data dir look like an older version's: its cursors in the state file only.
+  const stateFile = path.join(a.dataDir, 'sds-state.json');
+  const oldState = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { rebuildCursors?: Record<string, string> };
+  oldState.rebuildCursors = savedCursors(a.dataDir);
+  t.ok(Object.keys(oldState.rebuildCursors).length >= 1, 'A saved its cursor as it stopped');
+  fs.writeFileSync(stateFile, JSON.stringify(oldState));
+  fs.rmSync(path.join(a.dataDir, rebuildCursorsFileName));
   a = await startSds(t, { dir, name: 'sds-a', devices: [`${dir}/a.img`], listen: a.address });
   peerA = await connectWire(t, a.address);
   volume = new TestVolumeClient(second, new Map([[a.sdsId, peerA]]), vtreeId);
@@ -115,6 +134,7 @@ t.test('a lost secondary is rebuilt onto another SDS, throttled and resumable, u
   t.ok((await fromC.read(100 * MiB, 4096)).equals(Buffer.alloc(4096)), 'the stray chunk was trimmed on C');
   const statsC = await getStats(peerC);
   t.equal(statsC.devices[0]?.usedBytes, (dataChunks + (await countExtraChunks())) * MiB, 'C holds exactly the chunks A holds');
+  t.notOk('rebuildCursors' in (JSON.parse(fs.readFileSync(stateFile, 'utf8')) as object), "A's state file no longer holds cursors");
   const stale = await peerA.request(SdsOp.Rebuild, Buffer.from(JSON.stringify({ ...throttled, pgIndex: 1 })));
   t.equal(stale.status, SdsStatus.InvalidArgument, 'A refuses to rebuild groups it is no longer primary of');
 
@@ -126,4 +146,89 @@ t.test('a lost secondary is rebuilt onto another SDS, throttled and resumable, u
     }
     return extra;
   }
+});
+
+/** The cursors an SDS has saved on disk, by job key (none if it saved none yet). */
+function savedCursors(dataDir: string): Record<string, string> {
+  try {
+    return (JSON.parse(fs.readFileSync(path.join(dataDir, rebuildCursorsFileName), 'utf8')) as { cursors: Record<string, string> }).cursors;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+    throw err;
+  }
+}
+
+t.test('kill -9 mid-rebuild: the restarted SDS resumes from the cursor it saved, saved off its event loop', async (t) => {
+  if ((await run('strace', ['-V'])).code !== 0) {
+    t.skip('strace is not installed', () => undefined);
+    return;
+  }
+  const dir = t.testdir();
+  const device = (name: string): string => sparseFile(dir, `${name}.img`, 128 * MiB);
+  let a = await startSds(t, { dir, name: 'sds-a', devices: [device('a')] });
+  const c = await startSds(t, { dir, name: 'sds-c', devices: [device('c')] });
+  const all = [a, c];
+  let peerA = await connectWire(t, a.address);
+  const peerC = await connectWire(t, c.address);
+  // One group holding every chunk: one job, one cursor, and chunk i is the job's i-th key.
+  const chunkCount = 40;
+  const first = mapOf(1, a, null, all, 1);
+  for (const peer of [peerA, peerC]) expectOk(await setMap(peer, first), 'map 1');
+  const expected = randomBytes(chunkCount * MiB);
+  await new TestVolumeClient(first, new Map([[a.sdsId, peerA]]), vtreeId).write(0, expected);
+  const second = mapOf(2, a, c, all, 1);
+  for (const peer of [peerA, peerC]) expectOk(await setMap(peer, second), 'map 2');
+  const jobKey = `${testPoolId}/0/${c.sdsId}`;
+
+  // strace A's every thread for the calls a state or cursor save makes.
+  const traceFile = path.join(dir, 'sds-a.strace');
+  const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=fsync,fdatasync,rename,renameat,renameat2', '-o', traceFile, '-p', String(a.process.pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  t.teardown(() => strace.kill('SIGKILL'));
+  let straceErrors = '';
+  strace.stderr.setEncoding('utf8').on('data', (text: string) => (straceErrors += text));
+  let straceExitedEarly = false;
+  const straceExited = new Promise<void>((resolve) => strace.once('exit', () => resolve()));
+  void straceExited.then(() => (straceExitedEarly = a.process.exitCode === null && a.process.signalCode === null));
+  // strace says nothing once attached (-qq): give it a moment. Whether it saw the cursor
+  // saves is checked below, so a late attach fails the test rather than passing it.
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+
+  // 4 MiB/s: ten seconds for the group; a cursor is saved every second or so.
+  await rebuild(peerA, { poolId: testPoolId, pgIndex: 0, targetSdsId: c.sdsId, bytesPerSecondMax: 4 * MiB, chunksInflightMax: 1 });
+  let cursorName: string | undefined;
+  for (let attempt = 0; attempt < 300; attempt++) {
+    cursorName = savedCursors(a.dataDir)[jobKey];
+    if (cursorName !== undefined && Number(cursorName.split(':')[1]) >= 3) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  t.ok(cursorName !== undefined, `A saved a cursor while copying (${cursorName})`);
+  await a.kill();
+  await straceExited;
+  const cursorAtKill = savedCursors(a.dataDir)[jobKey];
+  const cursorChunkIndex = Number(cursorAtKill?.split(':')[1]);
+  t.ok(cursorChunkIndex >= 3 && cursorChunkIndex < chunkCount - 1, `A died part way: its cursor on disk is chunk ${cursorChunkIndex} of ${chunkCount}`);
+
+  if (straceExitedEarly) throw new Error(`strace could not trace A (ptrace not allowed here?): ${straceErrors.trim()}`);
+  const pid = String(a.process.pid);
+  const calls = fs.readFileSync(traceFile, 'utf8').split('\n').map((line) => /^(\d+)\s+(\w+)\((.*)$/.exec(line)).filter((match) => match !== null);
+  const onEventLoop = calls.filter((match) => match[1] === pid).map((match) => `${match[2]}(${match[3]}`);
+  const inPool = calls.filter((match) => match[1] !== pid);
+  t.same(onEventLoop, [], 'no fsync, fdatasync or rename on the event loop while A was copying');
+  t.ok(inPool.some((match) => match[2] === 'fsync') && inPool.some((match) => match[2]?.startsWith('rename') === true && match[3]?.includes(rebuildCursorsFileName) === true), 'the cursor saves were traced, in the thread pool');
+
+  a = await startSds(t, { dir, name: 'sds-a', devices: [`${dir}/a.img`], listen: a.address });
+  peerA = await connectWire(t, a.address);
+  await rebuild(peerA, { poolId: testPoolId, pgIndex: 0, targetSdsId: c.sdsId, bytesPerSecondMax: 0, chunksInflightMax: 4 });
+  const [job] = await waitForRebuilds(peerA, 1);
+  const resumed = /"resumedAfter":(\d+).*"msg":"rebuild started"/.exec(a.stderr().split('\n').find((line) => line.includes(`"rebuild":"${jobKey}"`)) ?? '');
+  t.equal(Number(resumed?.[1]), cursorChunkIndex + 1, 'the restarted A resumed right after the cursor it had saved');
+  t.equal(job?.chunksTotal, chunkCount, 'the job still counts the whole group');
+  t.equal(job?.bytesDone, (chunkCount - cursorChunkIndex - 1) * MiB, 'and copied only the chunks after the cursor');
+  for (let attempt = 0; attempt < 50 && savedCursors(a.dataDir)[jobKey] !== undefined; attempt++) await new Promise((resolve) => setTimeout(resolve, 100));
+  t.equal(savedCursors(a.dataDir)[jobKey], undefined, 'the finished job forgot its cursor');
+
+  const third = mapOf(3, c, null, all, 1);
+  for (const peer of [peerA, peerC]) expectOk(await setMap(peer, third), 'map 3');
+  const fromC = new TestVolumeClient(third, new Map([[c.sdsId, peerC]]), vtreeId);
+  t.ok((await fromC.read(0, chunkCount * MiB)).equals(expected), 'C holds every chunk, those before the cursor included');
 });

@@ -1,0 +1,214 @@
+// The SDS's control operations, the MDM's side of it (service.ts checks the sender's role
+// before it hands an order here): installing a placement map (and later freeing the
+// chunks it makes stale), thick reservations, adding a device, and the stats the MDM reads
+// in every heartbeat. None of these are on the data path; each change that must outlive
+// the process is written to the state file (state.ts) before the order is answered.
+
+import type { Logger } from 'pino';
+import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import type { AddDeviceOrder, DeviceRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
+import type { WireReply } from '../wire/peer.js';
+import { parsePlacementMap, placementGroupOf, type PlacementMap } from '../wire/placement.js';
+import { SdsStatus, decodeReserve, encodeEpoch, type RebuildProgress, type SdsStats } from '../wire/sds-ops.js';
+import { keyName, type ChunkStore } from './chunk-store.js';
+import type { RangeLocks } from './range-locks.js';
+import { ReplyError } from './reply-error.js';
+import { saveState, type SdsState } from './state.js';
+
+/** Stale chunks are freed this long after the map that makes them stale (if still current). */
+const staleCollectDelayMs = 5000;
+
+export interface SdsIdentity {
+  clusterId: string;
+  sdsId: string;
+  name: string;
+}
+
+/** What the control operations need of the SDS they run in. */
+export interface ControlHost {
+  readonly identity: SdsIdentity;
+  readonly store: ChunkStore;
+  /** Loaded at start; changed here and saved whole (state.ts). */
+  readonly state: SdsState;
+  readonly dataDir: string;
+  readonly log: Logger;
+  /** The chunk range locks client writes take: freeing a stale chunk holds the whole chunk's. */
+  readonly locks: RangeLocks;
+  isClosing(): boolean;
+  /** Registers background work, so that a clean stop waits for it. */
+  track<T>(work: Promise<T>): Promise<T>;
+  /** A new map is about to be installed (the service drops connections to SDSs not in it). */
+  onMapAccepted(map: PlacementMap): void;
+  rebuildProgress(): RebuildProgress[];
+}
+
+export class SdsControl {
+  private current: PlacementMap | null;
+  private collectTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly host: ControlHost) {
+    this.current = host.state.map;
+  }
+
+  /** The placement map in force (null before the first one). */
+  get map(): PlacementMap | null {
+    return this.current;
+  }
+
+  get epoch(): number {
+    return this.current?.epoch ?? 0;
+  }
+
+  onSetMap(payload: Buffer): void {
+    let json: unknown;
+    try {
+      json = JSON.parse(payload.toString('utf8'));
+    } catch {
+      throw new InvalidArgumentError('map', 'is not JSON');
+    }
+    const map = parsePlacementMap(json);
+    if (map.epoch < this.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `map epoch ${map.epoch} is older than this SDS's ${this.epoch}`, encodeEpoch(this.epoch));
+    const { store, identity } = this.host;
+    for (const [poolId, pool] of Object.entries(map.pools)) {
+      const holds = pool.groups.some((group) => group.primary === identity.sdsId || group.secondary === identity.sdsId);
+      if (holds && pool.chunkBytes !== store.chunkBytes) {
+        throw new InvalidArgumentError(`map.pools.${poolId}.chunkBytes`, `${pool.chunkBytes} differs from this SDS's ${store.chunkBytes}-byte chunks`);
+      }
+    }
+    this.host.onMapAccepted(map);
+    this.current = map;
+    this.host.state.map = map;
+    this.persist();
+    this.scheduleCollect();
+    this.host.log.info({ epoch: map.epoch, pools: Object.keys(map.pools).length }, 'placement map installed');
+  }
+
+  onReserve(payload: Buffer): void {
+    const args = decodeReserve(payload);
+    this.host.store.setReservation(args.vtreeId, args.chunkCount);
+    this.host.state.reservations = this.host.store.reservationsSnapshot();
+    this.persist();
+  }
+
+  async onAddDevice(payload: Buffer): Promise<WireReply> {
+    const order = parseAddDeviceOrder(payload);
+    const { store, state, log } = this.host;
+    let device;
+    try {
+      device = await store.addDevice(order.path, { force: order.force });
+    } catch (err) {
+      if (!(err instanceof MeshblockError) || err instanceof AssertionError) throw err;
+      log.warn({ err, path: order.path }, 'device refused');
+      const refusal: DeviceRefusal = { code: err.code, message: err.message };
+      return { status: SdsStatus.DeviceRefused, payload: Buffer.from(JSON.stringify(refusal)) };
+    }
+    if (!state.devicePaths.includes(device.path)) {
+      state.devicePaths.push(device.path);
+      this.persist();
+    }
+    log.info({ deviceId: device.deviceId, path: device.path, slots: device.slotCount }, 'device added');
+    const registered: RegisteredDevice = { deviceId: device.deviceId, path: device.path, capacityBytes: device.slotCount * store.chunkBytes };
+    return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(registered)) };
+  }
+
+  /** The devices this SDS serves, as it registers them with the MDM. */
+  registeredDevices(): RegisteredDevice[] {
+    const store = this.host.store;
+    return store.devices.map((device) => ({ deviceId: device.deviceId, path: device.path, capacityBytes: device.slotCount * store.chunkBytes }));
+  }
+
+  stats(): SdsStats {
+    const store = this.host.store;
+    return {
+      sdsId: this.host.identity.sdsId,
+      name: this.host.identity.name,
+      epoch: this.epoch,
+      chunkBytes: store.chunkBytes,
+      devices: store.devices.map((device) => ({
+        deviceId: device.deviceId,
+        path: device.path,
+        state: device.state,
+        error: device.error,
+        totalBytes: device.slotCount * store.chunkBytes,
+        usedBytes: device.usedSlotCount * store.chunkBytes,
+        freeBytes: device.state === 'normal' ? device.freeSlots.length * store.chunkBytes : 0,
+        reads: device.counters.reads,
+        writes: device.counters.writes,
+        readBytes: device.counters.readBytes,
+        writeBytes: device.counters.writeBytes,
+        readIops: device.rates.reads,
+        writeIops: device.rates.writes,
+        readBytesPerSecond: device.rates.readBytes,
+        writeBytesPerSecond: device.rates.writeBytes,
+      })),
+      reservedBytes: store.reservedUnusedSlots() * store.chunkBytes,
+      rebuilds: this.host.rebuildProgress(),
+    };
+  }
+
+  /** Stops the stale-chunk collection timer (a collection in flight is tracked and ends on its own). */
+  close(): void {
+    if (this.collectTimer !== null) clearTimeout(this.collectTimer);
+    this.collectTimer = null;
+  }
+
+  /**
+   * The state file holds the whole map and is written synchronously: these orders are rare
+   * (a map per cluster change), and the MDM's next order must find this one durable.
+   */
+  private persist(): void {
+    saveState(this.host.dataDir, this.host.state);
+  }
+
+  /**
+   * Chunks of groups this SDS no longer holds (it was out, or a rebalance moved the copy)
+   * are stale: freed a while after a map says so, if no newer map came meanwhile.
+   */
+  private scheduleCollect(): void {
+    if (this.collectTimer !== null) clearTimeout(this.collectTimer);
+    const epoch = this.epoch;
+    this.collectTimer = setTimeout(() => {
+      this.collectTimer = null;
+      if (this.epoch === epoch && !this.host.isClosing()) void this.host.track(this.collectStale(epoch)).catch((err: unknown) => this.host.log.error({ err }, 'freeing stale chunks failed'));
+    }, staleCollectDelayMs);
+    this.collectTimer.unref();
+  }
+
+  private async collectStale(epoch: number): Promise<void> {
+    const map = this.current;
+    if (map === null) return;
+    const { store, locks, identity } = this.host;
+    const me = identity.sdsId;
+    const stale = store.keys((key) => {
+      const pool = map.pools[key.poolId];
+      if (pool === undefined) return false; // a pool not in the map is left alone
+      const group = pool.groups[placementGroupOf(key.vtreeId, key.chunkIndex, pool.groups.length)];
+      return group !== undefined && group.primary !== me && group.secondary !== me;
+    });
+    if (stale.length === 0) return;
+    this.host.log.info({ chunks: stale.length, epoch }, 'freeing chunks of groups this SDS no longer holds');
+    for (const key of stale) {
+      if (this.epoch !== epoch || this.host.isClosing()) return;
+      const release = await locks.acquire(keyName(key), 0, store.chunkBytes, true);
+      try {
+        await store.trim(key, 0, store.chunkBytes, { fua: false });
+      } finally {
+        release();
+      }
+    }
+  }
+}
+
+function parseAddDeviceOrder(payload: Buffer): AddDeviceOrder {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw new InvalidArgumentError('addDevice', 'is not JSON');
+  }
+  const order = value as Partial<AddDeviceOrder> | null;
+  if (order === null || typeof order !== 'object') throw new InvalidArgumentError('addDevice', 'must be an object');
+  if (typeof order.path !== 'string' || !order.path.startsWith('/')) throw new InvalidArgumentError('addDevice.path', 'must be an absolute path');
+  if (typeof order.force !== 'boolean') throw new InvalidArgumentError('addDevice.force', 'must be true or false');
+  return { path: order.path, force: order.force };
+}
