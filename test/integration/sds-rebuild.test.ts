@@ -111,7 +111,12 @@ t.test('a lost secondary is rebuilt onto another SDS, throttled and resumable, u
   let writes = 0;
   const writing = (async () => {
     for (let round = 0; round < 40; round++) {
-      const offset = Math.floor(Math.random() * (volumeBytes / 4096)) * 4096;
+      // Only into chunks A holds: a write that made a new chunk would be in the listing of
+      // its group's job or not, depending on whether the job had started (the count below
+      // counts chunks held when the rebuilds started).
+      const heldChunk = Math.floor(Math.random() * (volumeBytes / MiB));
+      const chunk = heldChunk % 5 === 4 ? heldChunk - 1 : heldChunk;
+      const offset = chunk * MiB + Math.floor(Math.random() * (MiB / 4096)) * 4096;
       const data = randomBytes(4096);
       data.copy(expected, offset);
       await volume.write(offset, data);
