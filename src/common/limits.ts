@@ -1,5 +1,8 @@
 // Every limit has a name, and how limits relate is asserted when the module loads
-// (after TigerBeetle's src/constants.zig). Units are in the names.
+// (after TigerBeetle's src/constants.zig). Units are in the names. One file for the NBD
+// server, the wire, the SDS, the SDC and the MDM: their timeouts are only right relative
+// to each other (a client must not give up the moment its server would have answered),
+// and the relations are checked below, where all of them can be seen.
 
 import { assert } from './assert.js';
 import { KiB, MiB } from './units.js';
@@ -44,3 +47,140 @@ assert(nbdInflightBytesMax >= 2 * nbdRequestBytesMax, 'a full-size request must 
 assert(nbdOptionBytesMax >= 2 * nbdStringBytesMax + 16, 'a GO option with the longest name must fit');
 assert(nbdRequestBytesMax <= 0xffffffff - 8, 'a read reply chunk length must fit in u32');
 assert(nbdLingerMs < nbdHandshakeTimeoutMs, 'an ABORTed session must not outlive the handshake timeout');
+
+// --- the wire between SDC, SDS and MDM ----------------------------------------------------
+//
+//
+// Both directions of a connection are bounded:
+//
+//   requests we send      at most wireInflightBytesMaxDefault bytes of request payload and
+//                         wireRequestsInflightMax requests awaiting replies; request()
+//                         waits for room, and fails with MB_ERR_WIRE_SEND_TIMEOUT, unsent,
+//                         if none comes in its timeout (a peer that neither reads nor answers)
+//   requests we serve     at most wireInflightBytesMaxDefault bytes of request payload plus
+//                         the replies they will need, and wireRequestsInflightMax requests
+//                         in their handlers; past either we stop reading the socket
+//   bytes we write        at most wireWritableBytesMax bytes queued in the socket, and
+//                         wireBlockedWritesMax frames written after write() returned false;
+//                         past either no request is sent and none is read until 'drain'
+//
+// So a peer that stops reading holds at most wireInflightBytesMaxDefault +
+// wireWritableBytesMax (+ one frame) of our memory per connection.
+
+/** The fixed frame header; src/wire/header.ts lays it out and asserts its size. */
+export const wireHeaderBytes = 64;
+/** A frame's payload: the largest NBD request (one piece can be that big) plus room for per-op arguments, with margin. */
+export const wirePayloadBytesMax = 32 * MiB + 4096;
+/** Connecting to an SDS (the SDC's and the mirroring SDS's connections) gives up after this. */
+export const wireConnectTimeoutMs = 10_000;
+/** How often SDSs and SDCs send the MDM a heartbeat; the MDM's failure detection counts in these. */
+export const heartbeatIntervalMs = 1000;
+/** Reconnecting to the MDM backs off from the first to the second. */
+export const mdmReconnectDelayMsMin = 200;
+export const mdmReconnectDelayMsMax = 5000;
+/** Connecting to the MDM gives up after this (then the next backoff). */
+export const mdmConnectTimeoutMs = 5000;
+
+/** Connection setup (HELLO, PROOF, READY) must finish in this time, or the connection is dropped. */
+export const wireSetupTimeoutMs = 10_000;
+
+/**
+ * A request unanswered after this long fails with MB_ERR_WIRE_TIMEOUT. The default for
+ * requests that name no timeout of their own (registration, MDM orders); the data path's
+ * requests name theirs (sdcPieceTimeoutMs, mirrorTimeoutMs), which must fit in the kernel
+ * NBD client's request timeout.
+ */
+export const wireRequestTimeoutMsDefault = 30_000;
+
+/**
+ * Bytes in flight per connection and direction (request payloads we sent and are waiting
+ * on; request payloads and expected replies we are serving): two full-size frames, 64
+ * chunks of 1 MiB, which keeps a device and a 10 GbE link busy without letting one peer
+ * hold more than that of our memory.
+ */
+export const wireInflightBytesMaxDefault = 64 * MiB;
+
+/**
+ * Requests in flight per connection and direction. Bounds what small requests cost that
+ * the byte bound does not see (a pending entry and its timer, a handler's promise):
+ * NBD's own bound (nbdInflightRequestsMax) is the same, and an SDS cannot keep more
+ * device IO than this useful for one client anyway.
+ */
+export const wireRequestsInflightMax = 1024;
+
+/**
+ * Bytes queued in the socket (written but not yet taken by the kernel) before we stop
+ * sending requests and reading new ones. write() returns false past 16 KiB already, which
+ * one 1 MiB reply always passes; a few chunks of queue keep the socket busy while the
+ * next replies are prepared, and a peer that stops reading holds at most this much here.
+ * The same value as nbdWritableBytesMax, for the same reason.
+ */
+export const wireWritableBytesMax = 8 * MiB;
+
+/**
+ * Frames written while the socket was not draining (reset by 'drain') before we stop as
+ * above. Counted as well as bytes: each queued write costs Node a few hundred bytes of
+ * bookkeeping, so a flood of small error replies would pass the byte bound with ~100 MiB
+ * of overhead (as nbdBlockedRepliesMax).
+ */
+export const wireBlockedWritesMax = 4096;
+
+
+// --- SDS -----------------------------------------------------------------------------------
+
+/**
+ * How long a primary waits for its mirror before failing the client's write (MirrorFailed).
+ * Longer than the MDM takes to declare a silent secondary down (sdsDownAfterMsDefault plus
+ * a heartbeat), so a hung secondary is usually dropped from the map, and the write goes on
+ * without it, before this fires.
+ */
+export const mirrorTimeoutMs = 10_000;
+/** Client IO this recent makes the SDS busy: rebuilds run at their under-load rate. */
+export const sdsClientQuietMs = 200;
+/** Stale chunks are freed this long after the map that makes them stale (if still current). */
+export const staleCollectDelayMs = 5000;
+/**
+ * A full rebuild job offers its cursor after this many chunks or this long, whichever comes
+ * first: each save costs a flush on the target and a small file write here, and a kill -9
+ * loses at most this much progress.
+ */
+export const rebuildCursorSaveChunks = 64;
+export const rebuildCursorSaveIntervalMs = 1000;
+/** Chunk copies one rebuild job has in flight at most, whatever the MDM orders. */
+export const sdsRebuildChunksInflightMax = 64;
+/** Rebuild jobs copying at once; the others wait their turn (still listed as running). */
+export const sdsRebuildsRunningMax = 8;
+/** A target lists a group's chunks within this (it may be busy with other rebuilds). */
+export const listGroupTimeoutMs = 30_000;
+/** Rebuild jobs listed in Stats, finished ones included. */
+export const sdsRebuildsKeptMax = 1024;
+
+// --- SDC -----------------------------------------------------------------------------------
+
+/** A map asked of the MDM must come within this; else the SDC goes on with its cached map. */
+export const sdcMapRequestTimeoutMs = 5000;
+/** Attempts per chunk piece before the client gets EIO (with the backoff, about 15 s of pauses). */
+export const sdcPieceAttemptsMax = 12;
+/** The pause between attempts doubles from 200 ms up to this. */
+export const sdcRetryDelayMsMax = 2000;
+/**
+ * One attempt of a piece waits this long for its SDS. Longer than mirrorTimeoutMs, so that
+ * a primary whose mirror hangs answers MirrorFailed (and the SDC retries on a fresh map)
+ * before the SDC gives up on the primary itself; it was 10 s, equal to mirrorTimeoutMs,
+ * so both gave up at once. A primary that dies is noticed sooner: its connection drops,
+ * or the MDM's new map drops it from the SDC's connections.
+ */
+export const sdcPieceTimeoutMs = 15_000;
+
+// --- the kernel NBD client -----------------------------------------------------------------
+
+/** `meshblock attach` runs `nbd-client -t` with this: a request unanswered this long fails with EIO. */
+export const kernelNbdRequestTimeoutMs = 30_000;
+
+assert(wireInflightBytesMaxDefault >= wirePayloadBytesMax, 'a full-size frame must fit in flight');
+assert(wireWritableBytesMax >= 2 * (MiB + wireHeaderBytes), 'two chunk-sized replies must fit in the socket queue');
+assert(wirePayloadBytesMax >= nbdRequestBytesMax + 4096, 'the largest NBD request fits in one wire frame with its arguments');
+assert(wireRequestsInflightMax >= nbdInflightRequestsMax, 'an SDC can have as many requests to one SDS in flight as one NBD connection sends');
+assert(sdcPieceTimeoutMs > mirrorTimeoutMs, "a primary's MirrorFailed reaches the SDC before the SDC gives up on that primary");
+assert(sdcPieceTimeoutMs < kernelNbdRequestTimeoutMs, "one SDC attempt ends (and is retried) before the kernel client gives up on the request");
+assert(sdcMapRequestTimeoutMs < sdcPieceTimeoutMs, 'a map refresh is quicker than waiting out a piece');

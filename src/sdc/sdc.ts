@@ -9,6 +9,7 @@
 // When the MDM is away, IO goes on from the cached map; the link reconnects with backoff.
 
 import type { Logger } from 'pino';
+import { sdcMapRequestTimeoutMs } from '../common/limits.js';
 import { MdmOp, SdcOp, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
 import { MdmSession } from '../wire/mdm-session.js';
 import type { WirePeer, WireReply, WireRequest } from '../wire/peer.js';
@@ -17,8 +18,6 @@ import { parsePlacementMap, type PlacementMap } from '../wire/placement.js';
 import { SdsStatus } from '../wire/sds-ops.js';
 import type { ExportRegistry, NbdExport } from '../nbd/exports.js';
 import { VolumeBackend, type VolumeRouter } from './volume-backend.js';
-
-const mapRequestTimeoutMs = 5000;
 
 export interface SdcOptions {
   clusterId: string;
@@ -119,7 +118,7 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     const mdm = this.mdm.peer;
     if (mdm === null) return;
     try {
-      const response = await mdm.request(MdmOp.GetMap, Buffer.alloc(0), { timeoutMs: mapRequestTimeoutMs });
+      const response = await mdm.request(MdmOp.GetMap, Buffer.alloc(0), { timeoutMs: sdcMapRequestTimeoutMs });
       if (response.status === SdsStatus.Ok) this.installMap(parsePlacementMap(JSON.parse(response.payload.toString())));
     } catch (err) {
       this.options.log.warn({ err }, 'could not fetch the map from the MDM; using the cached one');

@@ -17,7 +17,7 @@
 // BLOCK_STATUS reports them as holes. A shared volume trusts nothing and asks.
 
 import type { Logger } from 'pino';
-import { nbdRequestBytesMax } from '../common/limits.js';
+import { nbdRequestBytesMax, sdcPieceAttemptsMax, sdcPieceTimeoutMs, sdcRetryDelayMsMax } from '../common/limits.js';
 import type { SdcVolume } from '../wire/mdm-ops.js';
 import type { WirePeer, WireResponse } from '../wire/peer.js';
 import type { PlacementMap } from '../wire/placement.js';
@@ -35,10 +35,6 @@ export interface VolumeRouter {
   peer(sdsId: string): Promise<WirePeer>;
 }
 
-/** Attempts per piece before the client gets EIO: with the backoff, about 15 s. */
-const pieceAttemptsMax = 12;
-const retryDelayMsMax = 2000;
-const pieceTimeoutMs = 10_000;
 
 /** Why one SDS's flush did not succeed, and whether trying again can help. */
 interface FlushProblem {
@@ -105,7 +101,7 @@ export class VolumeBackend implements BlockBackend {
       const peer = await this.router.peer(sdsId);
       for (let first = 0; first < chunkCount; first += allocationChunkCountMax) {
         const count = Math.min(allocationChunkCountMax, chunkCount - first);
-        const response = await peer.request(SdsOp.Allocation, encodeAllocation({ poolId: this.volume.poolId, vtreeId: this.volume.vtreeId, chunkIndexFirst: first, chunkCount: count }), { timeoutMs: pieceTimeoutMs });
+        const response = await peer.request(SdsOp.Allocation, encodeAllocation({ poolId: this.volume.poolId, vtreeId: this.volume.vtreeId, chunkIndexFirst: first, chunkCount: count }), { timeoutMs: sdcPieceTimeoutMs });
         if (response.status !== SdsStatus.Ok) throw new BackendError('EIO', `SDS ${sdsId} did not say which chunks it holds (status ${response.status})`);
         for (let index = 0; index < count; index++) if (response.payload[index] === 1) held[first + index] = 1;
       }
@@ -157,7 +153,7 @@ export class VolumeBackend implements BlockBackend {
     this.written.clear();
     let targets = written;
     let lastProblem = '';
-    for (let attempt = 0; attempt < pieceAttemptsMax; attempt++) {
+    for (let attempt = 0; attempt < sdcPieceAttemptsMax; attempt++) {
       await this.beforeAttempt(attempt);
       const map = this.router.map();
       if (targets.some((sdsId) => map.sds[sdsId] === undefined)) targets = Object.keys(map.sds);
@@ -179,7 +175,7 @@ export class VolumeBackend implements BlockBackend {
     let response: WireResponse;
     try {
       const peer = await this.router.peer(sdsId);
-      response = await peer.request(SdsOp.Flush, Buffer.alloc(0), { timeoutMs: pieceTimeoutMs });
+      response = await peer.request(SdsOp.Flush, Buffer.alloc(0), { timeoutMs: sdcPieceTimeoutMs });
     } catch (err) {
       return { retryable: true, problem: `SDS ${sdsId}: ${(err as Error).message}` };
     }
@@ -243,7 +239,7 @@ export class VolumeBackend implements BlockBackend {
   private async beforeAttempt(attempt: number): Promise<void> {
     if (attempt === 0) return;
     await this.router.refreshMap();
-    if (attempt > 1) await new Promise((resolve) => setTimeout(resolve, Math.min(retryDelayMsMax, 50 * 2 ** attempt)));
+    if (attempt > 1) await new Promise((resolve) => setTimeout(resolve, Math.min(sdcRetryDelayMsMax, 50 * 2 ** attempt)));
   }
 
   /**
@@ -253,7 +249,7 @@ export class VolumeBackend implements BlockBackend {
    */
   private async send(op: number, args: IoArgs, data?: Buffer, replyInto?: Buffer): Promise<WireResponse> {
     let lastProblem = '';
-    for (let attempt = 0; attempt < pieceAttemptsMax; attempt++) {
+    for (let attempt = 0; attempt < sdcPieceAttemptsMax; attempt++) {
       await this.beforeAttempt(attempt);
       const map = this.router.map();
       const route = routePiece(map, args);
@@ -275,7 +271,7 @@ export class VolumeBackend implements BlockBackend {
       let response: WireResponse;
       try {
         const peer = await this.router.peer(group.primary);
-        response = await peer.request(op, payload, { epoch: map.epoch, timeoutMs: pieceTimeoutMs, replyInto });
+        response = await peer.request(op, payload, { epoch: map.epoch, timeoutMs: sdcPieceTimeoutMs, replyInto });
       } catch (err) {
         lastProblem = `SDS ${group.primary}: ${(err as Error).message}`;
         this.log.debug({ err, attempt, sdsId: group.primary }, 'SDS unreachable; refreshing the map');

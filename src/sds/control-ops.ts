@@ -4,6 +4,7 @@
 // in every heartbeat. None of these are on the data path; each change that must outlive
 // the process is written to the state file (state.ts) before the order is answered.
 
+import { staleCollectDelayMs } from '../common/limits.js';
 import type { Logger } from 'pino';
 import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import type { AddDeviceOrder, DeviceRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
@@ -15,8 +16,6 @@ import type { RangeLocks } from './range-locks.js';
 import { ReplyError } from './reply-error.js';
 import { saveState, type SdsState } from './state.js';
 
-/** Stale chunks are freed this long after the map that makes them stale (if still current). */
-const staleCollectDelayMs = 5000;
 
 export interface SdsIdentity {
   clusterId: string;

@@ -16,6 +16,7 @@
 // Client IO keeps priority: every job of this SDS shares one pace (the order's bytes/s,
 // lower while clients are busy here) and one limit of chunk copies in flight.
 
+import { listGroupTimeoutMs, rebuildCursorSaveChunks, rebuildCursorSaveIntervalMs, sdsRebuildChunksInflightMax, sdsRebuildsKeptMax, sdsRebuildsRunningMax } from '../common/limits.js';
 import * as crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { InvalidArgumentError } from '../common/errors.js';
@@ -28,20 +29,6 @@ import type { RangeLocks } from './range-locks.js';
 import type { RebuildCursors } from './rebuild-cursors.js';
 import { ReplyError } from './reply-error.js';
 
-/**
- * A full job offers its cursor after this many chunks or this long, whichever comes first:
- * each save costs a flush on the target and a small file write here, and a kill -9 loses at
- * most this much progress.
- */
-const rebuildCursorSaveChunks = 64;
-const rebuildCursorSaveIntervalMs = 1000;
-const rebuildChunksInflightMax = 64;
-/** Rebuild jobs copying at once; the others wait their turn (still listed as running). */
-const rebuildsRunningMax = 8;
-/** A target lists a group's chunks within this (it may be busy with other rebuilds). */
-const listGroupTimeoutMs = 30_000;
-/** Rebuild jobs listed in Stats, finished ones included. */
-const rebuildsKeptMax = 1024;
 
 /** What the rebuild source needs of the SDS it runs in. */
 export interface RebuildHost {
@@ -88,7 +75,7 @@ export class RebuildSource {
   private pacedUntilMs = 0;
   /**
    * Chunk copies in flight over all rebuild jobs, and the workers waiting for a slot (at
-   * most rebuildsRunningMax x rebuildChunksInflightMax).
+   * most sdsRebuildsRunningMax x sdsRebuildChunksInflightMax).
    */
   private slotsUsed = 0;
   private readonly slotWaiters: Array<() => void> = [];
@@ -105,7 +92,7 @@ export class RebuildSource {
     return this.host.map()?.epoch ?? 0;
   }
 
-  /** Every job, running and finished (the newest `rebuildsKeptMax`), for Stats. */
+  /** Every job, running and finished (the newest `sdsRebuildsKeptMax`), for Stats. */
   progress(): RebuildProgress[] {
     return [...this.jobs.values()];
   }
@@ -146,7 +133,7 @@ export class RebuildSource {
     this.jobs.set(jobKey, progress);
     // Finished jobs stay visible in Stats for a while; the oldest go first.
     for (const [key, entry] of this.jobs) {
-      if (this.jobs.size <= rebuildsKeptMax) break;
+      if (this.jobs.size <= sdsRebuildsKeptMax) break;
       if (entry.state === 'done' || entry.state === 'failed') this.jobs.delete(key);
     }
     void this.host.track(this.run(args, jobKey, progress)).catch((err: unknown) => {
@@ -159,7 +146,7 @@ export class RebuildSource {
   private async run(args: RebuildArgs, jobKey: string, progress: RebuildProgress): Promise<void> {
     // Adding a device re-places thousands of groups at once: run a few at a time, or the
     // targets drown in listings and every job times out.
-    while (this.jobsRunning >= rebuildsRunningMax) await new Promise<void>((resolve) => this.jobWaiters.push(resolve));
+    while (this.jobsRunning >= sdsRebuildsRunningMax) await new Promise<void>((resolve) => this.jobWaiters.push(resolve));
     this.jobsRunning += 1;
     try {
       if (this.epoch !== progress.epoch) throw new Error(`placement map changed (epoch ${progress.epoch} → ${this.epoch}) before the rebuild began`);
@@ -291,7 +278,7 @@ export class RebuildSource {
     let nextIndex = 0;
     const completed = new Set<number>();
     let contiguousDone = 0;
-    const inflightMax = Math.max(1, Math.min(args.chunksInflightMax, rebuildChunksInflightMax));
+    const inflightMax = Math.max(1, Math.min(args.chunksInflightMax, sdsRebuildChunksInflightMax));
     const worker = async (): Promise<void> => {
       while (nextIndex < keys.length) {
         if (this.host.isClosing()) throw new Error('SDS is shutting down; the rebuild resumes from its cursor');

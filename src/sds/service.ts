@@ -12,6 +12,7 @@
 // The primary holds a byte-range lock on the chunk from before it applies a write until
 // both copies have it, so overlapping writes reach both copies in the same order.
 
+import { mirrorTimeoutMs, sdsClientQuietMs } from '../common/limits.js';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
@@ -43,10 +44,6 @@ import { RebuildCursors } from './rebuild-cursors.js';
 import { ReplyError } from './reply-error.js';
 import type { SdsState } from './state.js';
 
-/** How long a primary waits for its mirror before failing the client's write. */
-export const mirrorTimeoutMs = 10_000;
-/** Client IO this recent makes the SDS busy: rebuilds run at their under-load rate. */
-const clientQuietMs = 200;
 export type { SdsIdentity } from './control-ops.js';
 
 export interface SdsServiceOptions {
@@ -112,7 +109,7 @@ export class SdsService {
       log: options.log,
       map: () => this.map,
       isClosing: () => this.closing,
-      isClientBusy: () => this.clientIoInflight > 0 || Date.now() - this.clientIoLastMs < clientQuietMs,
+      isClientBusy: () => this.clientIoInflight > 0 || Date.now() - this.clientIoLastMs < sdsClientQuietMs,
       forward: (sdsId, op, payload, epoch) => this.forward(sdsId, op, payload, epoch),
       peerFor: (sdsId) => this.peerFor(sdsId),
       track: (work) => this.track(work),

@@ -28,13 +28,11 @@
 import { assert } from '../common/assert.js';
 import { crc32c } from '../common/crc32c.js';
 import { MeshblockError } from '../common/errors.js';
-import { MiB } from '../common/units.js';
+import { wireHeaderBytes, wirePayloadBytesMax } from '../common/limits.js';
 
 export const wireMagic = 0x4d425750; // 'MBWP'
 export const wireVersion = 1;
-export const wireHeaderBytes = 64;
-/** A chunk (1 MiB by default) plus room for per-op arguments, with margin. */
-export const wirePayloadBytesMax = 32 * MiB + 4096;
+export { wireHeaderBytes, wirePayloadBytesMax } from '../common/limits.js';
 
 export const wireFlagReply = 1 << 0;
 export const wireFlagPayloadChecksum = 1 << 1;

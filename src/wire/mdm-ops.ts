@@ -50,8 +50,8 @@ export const SdcOp = {
   Update: 50,
 } as const;
 
-/** How often an SDS reports; the MDM calls it disconnected after a few missed reports. */
-export const heartbeatIntervalMs = 1000;
+/** How often an SDS reports (defined with the other limits). */
+export { heartbeatIntervalMs } from '../common/limits.js';
 
 export interface RegisteredDevice {
   deviceId: string;

@@ -6,11 +6,8 @@
 import type { Logger } from 'pino';
 import { WirePeer, type PeerRole, type WireReply, type WireRequest } from './peer.js';
 import { connectTcp } from './peer-pool.js';
-import { MdmOp, heartbeatIntervalMs } from './mdm-ops.js';
-
-const reconnectDelayMsMin = 200;
-const reconnectDelayMsMax = 5000;
-const connectTimeoutMs = 5000;
+import { heartbeatIntervalMs, mdmConnectTimeoutMs, mdmReconnectDelayMsMax, mdmReconnectDelayMsMin } from '../common/limits.js';
+import { MdmOp } from './mdm-ops.js';
 
 export interface MdmSessionOptions {
   mdmAddress: string;
@@ -31,7 +28,7 @@ export class MdmSession {
   /** The connection, while one is up. */
   peer: WirePeer | null = null;
   private stopped = false;
-  private delayMs = reconnectDelayMsMin;
+  private delayMs = mdmReconnectDelayMsMin;
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
 
@@ -45,7 +42,7 @@ export class MdmSession {
     if (this.stopped) return;
     try {
       await this.connectOnce();
-      this.delayMs = reconnectDelayMsMin;
+      this.delayMs = mdmReconnectDelayMsMin;
     } catch (err) {
       this.options.log.warn({ err, mdm: this.options.mdmAddress, retryMs: this.delayMs }, 'MDM unreachable; serving from the cached map');
       this.scheduleRetry();
@@ -55,11 +52,11 @@ export class MdmSession {
   private scheduleRetry(): void {
     if (this.stopped) return;
     this.retryTimer = setTimeout(() => void this.connectLoop(), this.delayMs);
-    this.delayMs = Math.min(this.delayMs * 2, reconnectDelayMsMax);
+    this.delayMs = Math.min(this.delayMs * 2, mdmReconnectDelayMsMax);
   }
 
   private async connectOnce(): Promise<void> {
-    const socket = await connectTcp(this.options.mdmAddress, connectTimeoutMs);
+    const socket = await connectTcp(this.options.mdmAddress, mdmConnectTimeoutMs);
     const peer = await WirePeer.connect(socket, {
       clusterId: this.options.clusterId,
       secret: this.options.secret,

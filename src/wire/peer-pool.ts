@@ -6,9 +6,9 @@
 import * as net from 'node:net';
 import { parseHostPort } from '../common/address.js';
 import { connectBorrowed } from '../common/borrowed-reads.js';
+import { wireConnectTimeoutMs } from '../common/limits.js';
 import { WireError, WirePeer, type WirePeerOptions } from './peer.js';
 
-export const connectTimeoutMs = 10_000;
 
 /** Who we are on every connection the pool makes; these serve no requests. */
 export type PeerPoolOptions = Omit<WirePeerOptions, 'onRequest' | 'inflightBytesMax'>;
@@ -55,7 +55,7 @@ export class PeerPool {
   }
 
   private async connect(address: string): Promise<WirePeer> {
-    const socket = await connectTcp(address, connectTimeoutMs);
+    const socket = await connectTcp(address, wireConnectTimeoutMs);
     return WirePeer.connect(socket, this.options);
   }
 }

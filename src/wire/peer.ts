@@ -37,13 +37,13 @@ import {
   wireRequestTimeoutMsDefault,
   wireSetupTimeoutMs,
   wireWritableBytesMax,
-} from './limits.js';
+} from '../common/limits.js';
 import { ioReplyBytesOf } from './sds-ops.js';
 
 // Names other modules import from here, wherever they are defined.
 export { WireError, WireStatus } from './header.js';
 export { WireOp, type PeerIdentity, type PeerRole } from './handshake.js';
-export { wireInflightBytesMaxDefault, wireRequestTimeoutMsDefault, wireSetupTimeoutMs } from './limits.js';
+export { wireInflightBytesMaxDefault, wireRequestTimeoutMsDefault, wireSetupTimeoutMs } from '../common/limits.js';
 
 export interface WirePeerOptions {
   clusterId: string;

@@ -19,7 +19,7 @@ import t, { type Test } from 'tap';
 import { acquirePayload, payloadPool, releasePayload } from '../../src/common/buffer-pool.js';
 import { adoptAccepted, directDataEvent } from '../../src/common/borrowed-reads.js';
 import { encodeHeader } from '../../src/wire/header.js';
-import { wireRequestsInflightMax, wireWritableBytesMax } from '../../src/wire/limits.js';
+import { wireRequestsInflightMax, wireWritableBytesMax } from '../../src/common/limits.js';
 import { WirePeer, WireStatus, type WirePeerOptions, type WireReply } from '../../src/wire/peer.js';
 
 const log = pino({ level: 'silent' });
