@@ -22,13 +22,15 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import { kernelNbdRequestTimeoutMs } from '../common/limits.js';
 import { formatArgv, lastLine } from './host-module.js';
 import { commandNotFoundCode, LocalTransport, type RunResult } from './host-transport.js';
 
 export const nbdDevicePattern = /^\/dev\/nbd([0-9]+)$/;
 export const nbdsMaxDefault = 16;
 export const nbdPartitionsMax = 16;
-export const attachTimeoutSDefault = 30;
+/** nbd-client's -t: the kernel client's request timeout, which the cluster's failover timings fit inside. */
+export const attachTimeoutSDefault = kernelNbdRequestTimeoutMs / 1000;
 export const attachBlockSizeBytes = 4096;
 export const attachConnectionsMax = 16;
 /** How long a device may take to show its size after nbd-client returned. */
