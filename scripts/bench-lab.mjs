@@ -28,44 +28,62 @@
 // Usage: node scripts/bench-lab.mjs [--size 1G] [--runtime 10] [--ramp-time 2] [--rounds 1]
 //          [--out docs/benchmarks.md] [--dir /tmp] [--no-profile] [--quick]
 
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { randomFillSync } from 'node:crypto';
-import { InvalidArgumentError, OutOfRangeError } from '../dist/common/errors.js';
-import { GiB, MiB, formatBytes, parseSizeBytes } from '../dist/common/units.js';
+import { GiB, MiB, formatBytes } from '../dist/common/units.js';
+import {
+  BenchError,
+  checkPaths,
+  delay,
+  disturbedPercentMin,
+  exitRuntimeError,
+  exitUsageError,
+  firstLine,
+  freeLoopbackPort,
+  handleSignals,
+  host,
+  interruptedExitCode,
+  killRunning,
+  machineBusyPercent,
+  machineTicks,
+  markdownTable,
+  median,
+  meshblockBin,
+  parseSharedOptions,
+  procStatFields,
+  processCpuSeconds,
+  processFailure,
+  repoRoot,
+  run,
+  sharedOptionSpecs,
+  spawnTracked,
+  textTable,
+  throwIfInterrupted,
+  waitForQuiet,
+  writePseudorandom,
+  writeSection,
+} from './bench-common.mjs';
 
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const meshblockBin = path.join(repoRoot, 'bin/meshblock.cjs');
-const host = '127.0.0.1';
 const volumeName = 'vol1';
-
-const exitRuntimeError = 1;
-const exitUsageError = 2;
 
 const serverStartMs = 20_000;
 const labUpMs = 120_000;
 const labDownMs = 60_000;
 const fioSlackMs = 60_000;
-/** The nbdkit test file is written in pieces of this size. */
-const fileChunkBytes = 8 * MiB;
 const sizeBytesMin = 64 * MiB;
 /** The lab's devices and volume are at least this big (the lab's own default device size). */
 const labDeviceBytesMin = 2 * GiB;
 /**
  * Before each run we wait up to quietWaitMsMax for the rest of the machine to use less than
- * quietBusyPercentMax of a core. Kept short: other engineers share this 2-core machine, and
- * a bench that waits two minutes per run never finishes; disturbed runs are flagged instead.
+ * quietBusyPercentMax of a core (bench-common). Kept short: other engineers share this 2-core
+ * machine, and a bench that waits two minutes per run never finishes; disturbed runs are
+ * flagged instead.
  */
-const quietBusyPercentMax = 15;
-const quietSampleMs = 500;
 const quietWaitMsMax = 15_000;
-const disturbedPercentMin = 20;
 const sampleMarginMs = 500;
 /** Functions listed per profiled process. */
 const profileTopCount = 8;
@@ -109,14 +127,6 @@ const sectionHeading = '## Lab benchmark';
 const analysisStart = '<!-- lab-analysis:start -->';
 const analysisEnd = '<!-- lab-analysis:end -->';
 
-class BenchError extends Error {
-  constructor(code, message, options) {
-    super(message, options);
-    this.name = 'BenchError';
-    this.code = code;
-  }
-}
-
 // --- arguments -------------------------------------------------------------------------
 
 function parseOptions(argv) {
@@ -124,141 +134,23 @@ function parseOptions(argv) {
     args: argv,
     strict: true,
     allowPositionals: false,
-    options: {
-      size: { type: 'string' },
-      runtime: { type: 'string' },
-      'ramp-time': { type: 'string' },
-      rounds: { type: 'string' },
-      out: { type: 'string' },
-      dir: { type: 'string' },
-      'no-profile': { type: 'boolean', default: false },
-      quick: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
+    options: { ...sharedOptionSpecs, 'no-profile': { type: 'boolean', default: false } },
   });
   if (values.help) return null;
-  const quick = values.quick;
-  const sizeText = values.size ?? (quick ? '256M' : '1G');
-  const sizeBytes = parseSizeBytes('--size', sizeText);
-  if (sizeBytes < sizeBytesMin || sizeBytes % MiB !== 0) {
-    throw new OutOfRangeError('--size', `a whole number of MiB, at least ${formatBytes(sizeBytesMin)}`, sizeText);
-  }
   const options = {
-    sizeBytes,
-    runtimeSeconds: parseInteger('--runtime', values.runtime ?? (quick ? '3' : '10'), 1, 3600),
-    rampSeconds: parseInteger('--ramp-time', values['ramp-time'] ?? (quick ? '1' : '2'), 0, 600),
-    roundCount: parseInteger('--rounds', values.rounds ?? '1', 1, 100),
-    outPath: values.out === undefined ? null : path.resolve(values.out),
-    parentDir: path.resolve(values.dir ?? os.tmpdir()),
+    ...parseSharedOptions(values, { sizeText: '1G', sizeTextQuick: '256M', rounds: '1', sizeBytesMin }),
     profile: !values['no-profile'],
   };
-  if (values.out !== undefined && values.out.trim() === '') throw new InvalidArgumentError('--out', 'must not be empty');
-  if (!isDirectory(options.parentDir)) throw new InvalidArgumentError('--dir', `${options.parentDir} is not a directory`);
-  if (options.outPath !== null && !isDirectory(path.dirname(options.outPath))) {
-    throw new InvalidArgumentError('--out', `directory ${path.dirname(options.outPath)} does not exist`);
-  }
+  checkPaths(values, options);
   return options;
-}
-
-function parseInteger(field, text, min, max) {
-  if (!/^\d+$/.test(text)) throw new InvalidArgumentError(field, `not a whole number: '${text}'`);
-  const value = Number(text);
-  if (value < min || value > max) throw new OutOfRangeError(field, `>= ${min} and <= ${max}`, text);
-  return value;
-}
-
-function isDirectory(dir) {
-  try {
-    return fs.statSync(dir).isDirectory();
-  } catch {
-    return false;
-  }
 }
 
 // --- interruption ----------------------------------------------------------------------
 
-let interruptedBy = null;
-const running = new Set();
 /** The lab dir while a lab may be up: a second signal still stops it before leaving. */
 let labDirUp = null;
 
-function onSignal(signal) {
-  if (interruptedBy !== null) {
-    for (const entry of running) entry.process.kill('SIGKILL');
-    if (labDirUp !== null) labDownSync(labDirUp);
-    process.exit(128 + os.constants.signals[signal]);
-  }
-  interruptedBy = signal;
-  process.stderr.write(`\n${signal}: stopping\n`);
-  for (const entry of running) if (entry.fio) entry.process.kill('SIGTERM');
-}
-
-function throwIfInterrupted() {
-  if (interruptedBy !== null) throw new BenchError('INTERRUPTED', `interrupted by ${interruptedBy}`);
-}
-
-function delay(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 // --- processes -------------------------------------------------------------------------
-
-function spawnTracked(command, args, { fio = false, env = process.env } = {}) {
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-  const entry = { process: child, fio };
-  running.add(entry);
-  const state = { exited: false, code: null, signal: null, stdout: '', stderr: '', spawnError: null };
-  state.exit = new Promise((resolve) => {
-    child.on('error', (err) => {
-      state.spawnError = err;
-      state.exited = true;
-      running.delete(entry);
-      resolve();
-    });
-    child.on('exit', (code, signal) => {
-      state.exited = true;
-      state.code = code;
-      state.signal = signal;
-      running.delete(entry);
-      resolve();
-    });
-  });
-  child.stdout.setEncoding('utf8').on('data', (text) => (state.stdout += text));
-  child.stderr.setEncoding('utf8').on('data', (text) => (state.stderr += text));
-  return { child, state };
-}
-
-function run(command, args, timeoutMs = 30_000, env = process.env) {
-  const { child, state } = spawnTracked(command, args, { env });
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  return state.exit.then(() => {
-    clearTimeout(timer);
-    if (state.spawnError !== null) throw new BenchError('SPAWN', `cannot run ${command}: ${state.spawnError.message}`);
-    return state;
-  });
-}
-
-async function freeLoopbackPort() {
-  const probe = net.createServer();
-  await new Promise((resolve, reject) => {
-    probe.once('error', reject);
-    probe.listen({ host, port: 0 }, resolve);
-  });
-  const { port } = probe.address();
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
-}
-
-/** utime + stime of one process, in seconds; null once it is gone. */
-function processCpuSeconds(pid, clockTicksPerSecond) {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
-  } catch {
-    return null;
-  }
-}
 
 /** pid and its descendants (fio forks one process per job). */
 function processTree(rootPid) {
@@ -266,8 +158,7 @@ function processTree(rootPid) {
   for (const name of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
     try {
-      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
-      parentOf.set(Number(name), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+      parentOf.set(Number(name), Number(procStatFields(`/proc/${name}/stat`)[1]));
     } catch {
       // Gone between readdir and read.
     }
@@ -279,56 +170,13 @@ function processTree(rootPid) {
   return tree;
 }
 
-function machineTicks() {
-  const line = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0];
-  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number);
-  const totalTicks = ticks.slice(0, 7).reduce((sum, value) => sum + value, 0);
-  return { busyTicks: ticks[0] + ticks[1] + ticks[2], totalTicks };
-}
-
-function machineBusyPercent(before, after, cpuCount) {
-  const totalTicks = after.totalTicks - before.totalTicks;
-  return totalTicks === 0 ? 0 : (100 * cpuCount * (after.busyTicks - before.busyTicks)) / totalTicks;
-}
-
-async function waitForQuiet(cpuCount) {
-  const deadline = Date.now() + quietWaitMsMax;
-  for (;;) {
-    const before = machineTicks();
-    await delay(quietSampleMs);
-    throwIfInterrupted();
-    const busyPercent = machineBusyPercent(before, machineTicks(), cpuCount);
-    if (busyPercent < quietBusyPercentMax) return true;
-    if (Date.now() > deadline) {
-      process.stderr.write(`the machine stayed busy (${busyPercent.toFixed(0)}% of a core) for ${quietWaitMsMax / 1000} s: running anyway\n`);
-      return false;
-    }
-  }
-}
-
-function failure(name, state) {
-  const how = state.spawnError !== null ? state.spawnError.message : `exited with ${state.signal ?? state.code}`;
-  const tail = `${state.stdout}\n${state.stderr}`.trim().split('\n').slice(-15).join('\n');
-  return new BenchError('SERVER', `${name} ${how}${tail ? `:\n${tail}` : ''}`);
-}
-
 // --- nbdkit ----------------------------------------------------------------------------
 
 async function createTestFile(file, sizeBytes) {
   const handle = await fs.promises.open(file, 'wx');
   try {
     await handle.truncate(sizeBytes);
-    const chunk = randomFillSync(Buffer.allocUnsafe(fileChunkBytes));
-    for (let offsetBytes = 0; offsetBytes < sizeBytes; offsetBytes += chunk.length) {
-      throwIfInterrupted();
-      const pieceBytes = Math.min(chunk.length, sizeBytes - offsetBytes);
-      chunk.writeDoubleLE(offsetBytes, 0);
-      let writtenBytes = 0;
-      while (writtenBytes < pieceBytes) {
-        const { bytesWritten } = await handle.write(chunk, writtenBytes, pieceBytes - writtenBytes, offsetBytes + writtenBytes);
-        writtenBytes += bytesWritten;
-      }
-    }
+    await writePseudorandom(handle, sizeBytes);
     await handle.datasync();
   } finally {
     await handle.close();
@@ -345,10 +193,15 @@ async function startNbdkit(file, workDir) {
   for (;;) {
     if (fs.existsSync(pidFile) && fs.readFileSync(pidFile, 'utf8').trim() !== '') return server;
     throwIfInterrupted();
-    if (state.exited) throw failure('nbdkit', state);
+    if (state.exited) throw labFailure('nbdkit', state);
     if (Date.now() > deadline) throw new BenchError('SERVER', `nbdkit did not write ${pidFile} within ${serverStartMs} ms`);
     await delay(20);
   }
+}
+
+/** The tail of stdout and stderr together: `meshblock lab` prints its result on one, its progress on the other. */
+function labFailure(name, state) {
+  return processFailure('SERVER', name, state, `${state.stdout}\n${state.stderr}`);
 }
 
 async function stopNbdkit(server) {
@@ -405,9 +258,9 @@ async function startLab(labDir, sizeBytes, profileDir, preloadFile) {
   const extra = ['--detach', '--nbd-port', String(port), '--device-size', sizeText, '--volume', `${volumeName}:${sizeText}`];
   const env = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require=${preloadFile}`.trim(), MESHBLOCK_BENCH_PROFILE_DIR: profileDir };
   labDirUp = labDir;
-  const state = await run(process.execPath, labArgs('up', labDir, extra), labUpMs, env);
+  const state = await run(process.execPath, labArgs('up', labDir, extra), labUpMs, { env });
   throwIfInterrupted();
-  if (state.code !== 0) throw failure('meshblock lab up', state);
+  if (state.code !== 0) throw labFailure('meshblock lab up', state);
   const match = new RegExp(`(nbd://127\\.0\\.0\\.1:\\d+/${volumeName})\\b`).exec(state.stdout);
   if (match === null) throw new BenchError('SERVER', `meshblock lab up printed no URI for ${volumeName}:\n${state.stdout}`);
   const status = await labStatus(labDir);
@@ -417,7 +270,7 @@ async function startLab(labDir, sizeBytes, profileDir, preloadFile) {
 
 async function labStatus(labDir) {
   const state = await run(process.execPath, labArgs('status', labDir, ['--json']));
-  if (state.code !== 0) throw failure('meshblock lab status', state);
+  if (state.code !== 0) throw labFailure('meshblock lab status', state);
   return JSON.parse(state.stdout);
 }
 
@@ -494,7 +347,7 @@ function sampleRoles(pidsByRole, fioPid, machine) {
 async function runFio(pattern, side, options, machine, hooks = {}) {
   throwIfInterrupted();
   const args = fioArgs(pattern, side.uri, options);
-  const quiet = await waitForQuiet(machine.cpuCount);
+  const quiet = await waitForQuiet(machine.cpuCount, quietWaitMsMax, { announce: false });
   const { child, state } = spawnTracked('fio', args, { fio: true });
   const timeoutMs = (options.runtimeSeconds + options.rampSeconds) * 1000 + fioSlackMs;
   const killTimer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
@@ -644,12 +497,6 @@ async function profileLab(lab, pattern, options, machine, profileDir) {
 
 // --- results ---------------------------------------------------------------------------
 
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
-}
-
 function summarize(pattern, runs) {
   const perSide = {};
   for (const name of sideNames) {
@@ -717,26 +564,7 @@ function profileRows(profile) {
   };
 }
 
-function textTable({ header, rows }) {
-  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column].length)));
-  const line = (cells) => cells.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  ');
-  return [line(header), widths.map((width) => '-'.repeat(width)).join('  '), ...rows.map(line)].join('\n');
-}
-
-function markdownTable({ header, rows }) {
-  const line = (cells) => `| ${cells.join(' | ')} |`;
-  return [line(header), line(header.map((_, column) => (column === 0 ? '---' : '---:'))), ...rows.map(line)].join('\n');
-}
-
 // --- the machine -----------------------------------------------------------------------
-
-function firstLine(command, args) {
-  try {
-    return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n')[0];
-  } catch {
-    return 'unknown';
-  }
-}
 
 function describeMachine() {
   let cpuModel = 'unknown';
@@ -765,42 +593,6 @@ function loadAverage() {
 }
 
 // --- report ----------------------------------------------------------------------------
-
-function findSection(text) {
-  const match = new RegExp(`^${sectionHeading}[ \\t]*$`, 'm').exec(text);
-  if (match === null) return null;
-  const rest = text.slice(match.index + match[0].length);
-  const next = /^#{1,2} /m.exec(rest);
-  return { start: match.index, end: next === null ? text.length : match.index + match[0].length + next.index };
-}
-
-function readKeptAnalysis(existing) {
-  const section = findSection(existing);
-  if (section === null) return null;
-  const text = existing.slice(section.start, section.end);
-  const start = text.indexOf(analysisStart);
-  const end = text.indexOf(analysisEnd);
-  if (start === -1 || end === -1 || end < start) return null;
-  return text.slice(start + analysisStart.length, end).trim();
-}
-
-/** Replaces the section, moving it to the end of the file (or appends it), keeping the rest. */
-function writeSection(outPath, makeSection) {
-  let existing = '';
-  try {
-    existing = fs.readFileSync(outPath, 'utf8');
-  } catch (err) {
-    if (err.code !== 'ENOENT') throw err;
-  }
-  const section = makeSection(readKeptAnalysis(existing));
-  const found = findSection(existing);
-  const rest = found === null ? existing : `${existing.slice(0, found.start)}${existing.slice(found.end)}`;
-  const head = rest.replace(/\s*$/, '');
-  const text = head === '' ? section : `${head}\n\n${section}`;
-  const temporary = `${outPath}.${process.pid}.tmp`;
-  fs.writeFileSync(temporary, text);
-  fs.renameSync(temporary, outPath);
-}
 
 function markdownSection({ options, machine, summaries, cpu, profiles, prewriteSeconds, startedAt, loads, nbdkitCommand, labCommand, analysis }) {
   const argv = process.argv.slice(2).join(' ');
@@ -898,8 +690,12 @@ async function main() {
     process.stdout.write(usage);
     return 0;
   }
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  handleSignals({
+    // A second signal still stops the lab before leaving.
+    onSecondSignal: () => {
+      if (labDirUp !== null) labDownSync(labDirUp);
+    },
+  });
 
   const startedAt = new Date().toISOString();
   const loads = { start: loadAverage(), end: '' };
@@ -927,7 +723,7 @@ async function main() {
     for (let round = 1; round <= options.roundCount; round++) {
       for (const [patternIndex, pattern] of patterns.entries()) {
         for (const side of sides) {
-          if (side === nbdkit && nbdkit.state.exited) throw failure('nbdkit', nbdkit.state);
+          if (side === nbdkit && nbdkit.state.exited) throw labFailure('nbdkit', nbdkit.state);
           if (side === lab && !labAlive(lab)) throw new BenchError('SERVER', `a lab process died; logs in ${labDir}/logs`);
           const result = await runFio(pattern, side, options, machine);
           runs[patternIndex].push({ side: side.name, round, result });
@@ -964,21 +760,21 @@ async function main() {
     if (options.outPath !== null) {
       const nbdkitCommand = nbdkit.command.join(' ').split(workDir).join('$DIR');
       const labCommand = lab.command.join(' ');
-      writeSection(options.outPath, (analysis) =>
+      writeSection(options.outPath, { heading: sectionHeading, analysisStart, analysisEnd, atEnd: true }, (analysis) =>
         markdownSection({ options, machine, summaries, cpu, profiles, prewriteSeconds, startedAt, loads, nbdkitCommand, labCommand, analysis }),
       );
       process.stdout.write(`\nwrote the '${sectionHeading.slice(3)}' section of ${options.outPath}\n`);
     }
     return 0;
   } catch (err) {
-    if (err instanceof BenchError && err.code === 'INTERRUPTED') return 128 + os.constants.signals[interruptedBy];
+    if (err instanceof BenchError && err.code === 'INTERRUPTED') return interruptedExitCode();
     process.stderr.write(`bench-lab: ${err instanceof BenchError ? err.message : (err?.stack ?? String(err))}\n`);
     return exitRuntimeError;
   } finally {
-    for (const entry of running) if (entry.fio) entry.process.kill('SIGKILL');
+    killRunning('SIGKILL', { fioOnly: true });
     await stopLab(labDir).catch((err) => process.stderr.write(`bench-lab: stopping the lab: ${err.message}\n`));
     if (nbdkit !== null) await stopNbdkit(nbdkit);
-    for (const entry of running) entry.process.kill('SIGKILL');
+    killRunning('SIGKILL');
     fs.rmSync(workDir, { recursive: true, force: true });
   }
 }

@@ -25,23 +25,50 @@
 // Usage: node scripts/bench-nbd.mjs [--size 1G] [--runtime 10] [--ramp-time 2] [--rounds 2]
 //          [--out docs/benchmarks.md] [--dir /tmp] [--cache-fill random|sequential] [--quick]
 
-import { spawn, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createHash, randomFillSync } from 'node:crypto';
-import { InvalidArgumentError, OutOfRangeError } from '../dist/common/errors.js';
-import { MiB, formatBytes, parseSizeBytes } from '../dist/common/units.js';
-
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const meshblockBin = path.join(repoRoot, 'bin/meshblock.cjs');
-const host = '127.0.0.1';
-
-const exitRuntimeError = 1;
-const exitUsageError = 2;
+import { InvalidArgumentError } from '../dist/common/errors.js';
+import { MiB, formatBytes } from '../dist/common/units.js';
+import {
+  BenchError,
+  checkPaths,
+  cpuSecondsOf,
+  delay,
+  describeBuild,
+  disturbedPercentMin,
+  exitRuntimeError,
+  exitUsageError,
+  fillArgs,
+  firstLine,
+  firstLineMatching,
+  freeLoopbackPort,
+  handleSignals,
+  host,
+  interruptedExitCode,
+  killRunning,
+  machineBusyPercent,
+  machineTicks,
+  markdownTable,
+  median,
+  meshblockBin,
+  parseSharedOptions,
+  procStatFields,
+  processFailure,
+  quietBusyPercentMax,
+  quietSampleMs,
+  repoRoot,
+  run,
+  sharedOptionSpecs,
+  spawnTracked,
+  stopTracked,
+  textTable,
+  threadContextSwitches,
+  throwIfInterrupted,
+  waitForQuiet,
+  writePseudorandom,
+} from './bench-common.mjs';
 
 /** How long a server has to say it is ready, and to exit after SIGTERM. */
 const serverStartMs = 20_000;
@@ -50,20 +77,10 @@ const serverStopMs = 15_000;
 const fioSlackMs = 60_000;
 /** Bytes of server stderr kept to show when it fails. */
 const stderrKeptBytes = 16 * 1024;
-/** The test file is written, and read into the page cache, in pieces of this size. */
-const fileChunkBytes = 8 * MiB;
 /** The largest block size a pattern uses; the file must hold many of them. */
 const sizeBytesMin = 64 * MiB;
-/**
- * Before each run we wait (up to quietWaitMsMax) until the rest of the machine uses less
- * than quietBusyPercentMax of one core, sampled over quietSampleMs: on a 2-core machine one
- * busy neighbour halves the CPU left for fio and the server.
- */
-const quietBusyPercentMax = 15;
-const quietSampleMs = 500;
+/** How long before each run we wait for the rest of the machine to go quiet (bench-common). */
 const quietWaitMsMax = 120_000;
-/** A run during which the rest of the machine used more than this (% of one core) is flagged. */
-const disturbedPercentMin = 20;
 /** Server counters are sampled this long after the ramp time ends (and half of it before the run ends). */
 const sampleMarginMs = 500;
 
@@ -105,14 +122,6 @@ const cacheFillModes = ['random', 'sequential'];
 const analysisStart = '<!-- analysis:start -->';
 const analysisEnd = '<!-- analysis:end -->';
 
-class BenchError extends Error {
-  constructor(code, message, options) {
-    super(message, options);
-    this.name = 'BenchError';
-    this.code = code;
-  }
-}
-
 // --- arguments -------------------------------------------------------------------------
 
 function parseOptions(argv) {
@@ -120,135 +129,21 @@ function parseOptions(argv) {
     args: argv,
     strict: true,
     allowPositionals: false,
-    options: {
-      size: { type: 'string' },
-      runtime: { type: 'string' },
-      'ramp-time': { type: 'string' },
-      rounds: { type: 'string' },
-      out: { type: 'string' },
-      dir: { type: 'string' },
-      'cache-fill': { type: 'string' },
-      quick: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
+    options: { ...sharedOptionSpecs, 'cache-fill': { type: 'string' } },
   });
   if (values.help) return null;
-  const quick = values.quick;
-  const sizeBytes = parseSizeBytes('--size', values.size ?? '1G');
-  if (sizeBytes < sizeBytesMin || sizeBytes % MiB !== 0) {
-    throw new OutOfRangeError('--size', `a whole number of MiB, at least ${formatBytes(sizeBytesMin)}`, values.size);
-  }
   const options = {
-    sizeBytes,
-    runtimeSeconds: parseInteger('--runtime', values.runtime ?? (quick ? '3' : '10'), 1, 3600),
-    rampSeconds: parseInteger('--ramp-time', values['ramp-time'] ?? (quick ? '1' : '2'), 0, 600),
-    roundCount: parseInteger('--rounds', values.rounds ?? (quick ? '1' : '2'), 1, 100),
-    outPath: values.out === undefined ? null : path.resolve(values.out),
-    parentDir: path.resolve(values.dir ?? os.tmpdir()),
+    ...parseSharedOptions(values, { sizeText: '1G', rounds: '2', roundsQuick: '1', sizeBytesMin }),
     cacheFill: values['cache-fill'] ?? 'random',
   };
   if (!cacheFillModes.includes(options.cacheFill)) {
     throw new InvalidArgumentError('--cache-fill', `must be one of ${cacheFillModes.join(', ')}, got '${options.cacheFill}'`);
   }
-  if (values.out !== undefined && values.out.trim() === '') throw new InvalidArgumentError('--out', 'must not be empty');
-  if (!isDirectory(options.parentDir)) throw new InvalidArgumentError('--dir', `${options.parentDir} is not a directory`);
-  if (options.outPath !== null && !isDirectory(path.dirname(options.outPath))) {
-    throw new InvalidArgumentError('--out', `directory ${path.dirname(options.outPath)} does not exist`);
-  }
+  checkPaths(values, options);
   return options;
 }
 
-function parseInteger(field, text, min, max) {
-  if (!/^\d+$/.test(text)) throw new InvalidArgumentError(field, `not a whole number: '${text}'`);
-  const value = Number(text);
-  if (value < min || value > max) throw new OutOfRangeError(field, `>= ${min} and <= ${max}`, text);
-  return value;
-}
-
-function isDirectory(dir) {
-  try {
-    return fs.statSync(dir).isDirectory();
-  } catch {
-    return false;
-  }
-}
-
-// --- interruption ----------------------------------------------------------------------
-
-/** Set by SIGINT/SIGTERM; every wait checks it, and the running fio is killed. */
-let interruptedBy = null;
-const running = new Set();
-
-function onSignal(signal) {
-  if (interruptedBy !== null) {
-    // Second signal: stop waiting for anything, kill what we started, leave.
-    for (const child of running) child.kill('SIGKILL');
-    process.exit(128 + os.constants.signals[signal]);
-  }
-  interruptedBy = signal;
-  process.stderr.write(`\n${signal}: stopping\n`);
-  for (const child of running) if (child.fio) child.process.kill('SIGTERM');
-}
-
-function throwIfInterrupted() {
-  if (interruptedBy !== null) throw new BenchError('INTERRUPTED', `interrupted by ${interruptedBy}`);
-}
-
-function delay(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 // --- processes -------------------------------------------------------------------------
-
-/** Spawns a program we own: tracked until it exits, so every exit path can stop it. */
-function spawnTracked(command, args, { fio = false } = {}) {
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const entry = { process: child, fio, kill: (signal) => child.kill(signal) };
-  running.add(entry);
-  const state = { exited: false, code: null, signal: null, stdout: '', stderr: '', spawnError: null };
-  state.exit = new Promise((resolve) => {
-    child.on('error', (err) => {
-      state.spawnError = err;
-      state.exited = true;
-      running.delete(entry);
-      resolve();
-    });
-    child.on('exit', (code, signal) => {
-      state.exited = true;
-      state.code = code;
-      state.signal = signal;
-      running.delete(entry);
-      resolve();
-    });
-  });
-  child.stdout.setEncoding('utf8').on('data', (text) => (state.stdout += text));
-  child.stderr.setEncoding('utf8').on('data', (text) => {
-    state.stderr += text;
-    if (!fio && state.stderr.length > 2 * stderrKeptBytes) state.stderr = state.stderr.slice(-stderrKeptBytes);
-  });
-  return { child, state };
-}
-
-function run(command, args, timeoutMs = 30_000) {
-  const { child, state } = spawnTracked(command, args);
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  return state.exit.then(() => {
-    clearTimeout(timer);
-    if (state.spawnError !== null) throw new BenchError('SPAWN', `cannot run ${command}: ${state.spawnError.message}`);
-    return state;
-  });
-}
-
-async function freeLoopbackPort() {
-  const probe = net.createServer();
-  await new Promise((resolve, reject) => {
-    probe.once('error', reject);
-    probe.listen({ host, port: 0 }, resolve);
-  });
-  const { port } = probe.address();
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
-}
 
 /**
  * A server's counters from /proc: CPU (utime + stime) and minor page faults of the whole
@@ -257,83 +152,27 @@ async function freeLoopbackPort() {
  */
 function sampleServer(pid, machine) {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may contain spaces: count fields after its ')', from field 3.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    let contextSwitches = 0;
-    const tids = fs.readdirSync(`/proc/${pid}/task`);
-    for (const tid of tids) {
-      let status;
-      try {
-        status = fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
-      } catch {
-        continue; // The thread ended between readdir and read.
-      }
-      for (const match of status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s*(\d+)$/gm)) contextSwitches += Number(match[1]);
-    }
+    const fields = procStatFields(`/proc/${pid}/stat`);
+    const { contextSwitches, threadCount } = threadContextSwitches(pid);
     // The main thread: meshblock's event loop, which does all its JavaScript work.
-    const mainStat = fs.readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8');
-    const mainFields = mainStat.slice(mainStat.lastIndexOf(')') + 2).split(' ');
+    const mainFields = procStatFields(`/proc/${pid}/task/${pid}/stat`);
     return {
       atMs: performance.now(),
       machine: machineTicks(),
-      cpuSeconds: (Number(fields[11]) + Number(fields[12])) / machine.clockTicksPerSecond,
-      mainCpuSeconds: (Number(mainFields[11]) + Number(mainFields[12])) / machine.clockTicksPerSecond,
+      cpuSeconds: cpuSecondsOf(fields, machine.clockTicksPerSecond),
+      mainCpuSeconds: cpuSecondsOf(mainFields, machine.clockTicksPerSecond),
       minorFaults: Number(fields[7]),
       contextSwitches,
-      threadCount: tids.length,
+      threadCount,
     };
   } catch {
     return null;
   }
 }
 
-/** Busy and total CPU ticks of the whole machine, summed over all CPUs, from /proc/stat. */
-function machineTicks() {
-  const line = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0];
-  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number); // user nice system idle iowait irq softirq steal
-  // Busy is time in processes (user, nice, system), which server and fio time can be taken
-  // from; interrupt time is nobody's. Steal is time the hypervisor ran something else.
-  const totalTicks = ticks.slice(0, 7).reduce((sum, value) => sum + value, 0);
-  return { busyTicks: ticks[0] + ticks[1] + ticks[2], totalTicks };
-}
-
-/** CPU the machine used between two machineTicks() samples, in % of one core. */
-function machineBusyPercent(before, after, cpuCount) {
-  const totalTicks = after.totalTicks - before.totalTicks;
-  return totalTicks === 0 ? 0 : (100 * cpuCount * (after.busyTicks - before.busyTicks)) / totalTicks;
-}
-
-/** Waits until the machine is idle apart from us; resolves false if it never became so. */
-async function waitForQuiet(cpuCount) {
-  const deadline = Date.now() + quietWaitMsMax;
-  let warned = false;
-  for (;;) {
-    const before = machineTicks();
-    await delay(quietSampleMs);
-    throwIfInterrupted();
-    const busyPercent = machineBusyPercent(before, machineTicks(), cpuCount);
-    if (busyPercent < quietBusyPercentMax) return true;
-    if (Date.now() > deadline) {
-      process.stderr.write(`the machine stayed busy (${busyPercent.toFixed(0)}% of a core) for ${quietWaitMsMax / 1000} s: running anyway\n`);
-      return false;
-    }
-    if (!warned) {
-      process.stderr.write(`waiting for the machine to go quiet (${busyPercent.toFixed(0)}% of a core busy besides the bench)\n`);
-      warned = true;
-    }
-  }
-}
-
-function serverFailure(name, state) {
-  const how = state.spawnError !== null ? state.spawnError.message : `exited with ${state.signal ?? state.code}`;
-  const tail = state.stderr.trim().split('\n').slice(-15).join('\n');
-  return new BenchError('SERVER', `${name} ${how}${tail ? `:\n${tail}` : ''}`);
-}
-
 async function startMeshblock(file) {
   const args = [meshblockBin, 'nbd', 'serve', '--file', file, '--listen', `${host}:0`];
-  const { child, state } = spawnTracked(process.execPath, args);
+  const { child, state } = spawnTracked(process.execPath, args, { stderrKeptBytes });
   const server = { name: 'meshblock', child, state, uri: '', port: 0, command: ['node', 'bin/meshblock.cjs', ...args.slice(1)] };
   const deadline = Date.now() + serverStartMs;
   for (;;) {
@@ -345,7 +184,7 @@ async function startMeshblock(file) {
       return server;
     }
     throwIfInterrupted();
-    if (state.exited) throw serverFailure('meshblock nbd serve', state);
+    if (state.exited) throw processFailure('SERVER', 'meshblock nbd serve', state);
     if (Date.now() > deadline) throw new BenchError('SERVER', `meshblock nbd serve did not print its URI within ${serverStartMs} ms`);
     await delay(20);
   }
@@ -356,31 +195,15 @@ async function startNbdkit(file, workDir) {
   const pidFile = path.join(workDir, 'nbdkit.pid');
   // --pidfile is written once nbdkit accepts connections, so it doubles as the ready signal.
   const args = ['--foreground', '--exit-with-parent', '--ipaddr', host, '--port', String(port), '--pidfile', pidFile, 'file', `file=${file}`];
-  const { child, state } = spawnTracked('nbdkit', args);
+  const { child, state } = spawnTracked('nbdkit', args, { stderrKeptBytes });
   const server = { name: 'nbdkit', child, state, uri: `nbd://${host}:${port}/`, port, command: ['nbdkit', ...args] };
   const deadline = Date.now() + serverStartMs;
   for (;;) {
     if (fs.existsSync(pidFile) && fs.readFileSync(pidFile, 'utf8').trim() !== '') return server;
     throwIfInterrupted();
-    if (state.exited) throw serverFailure('nbdkit', state);
+    if (state.exited) throw processFailure('SERVER', 'nbdkit', state);
     if (Date.now() > deadline) throw new BenchError('SERVER', `nbdkit did not write ${pidFile} within ${serverStartMs} ms`);
     await delay(20);
-  }
-}
-
-async function stopServer(server) {
-  if (server.state.exited) return;
-  server.child.kill('SIGTERM');
-  let timer;
-  const timedOut = new Promise((resolve) => {
-    timer = setTimeout(() => resolve(false), serverStopMs);
-  });
-  const stopped = await Promise.race([server.state.exit.then(() => true), timedOut]);
-  clearTimeout(timer); // A pending timer would keep the process alive after everything stopped.
-  if (!stopped) {
-    process.stderr.write(`${server.name} did not exit ${serverStopMs} ms after SIGTERM: killing it\n`);
-    server.child.kill('SIGKILL');
-    await server.state.exit;
   }
 }
 
@@ -395,21 +218,10 @@ async function createTestFile(file, sizeBytes) {
   const handle = await fs.promises.open(file, 'wx');
   try {
     await handle.truncate(sizeBytes);
-    const allocate = await run('fallocate', ['--length', String(sizeBytes), file]);
+    const allocate = await run('fallocate', ['--length', String(sizeBytes), file], 30_000, { stderrKeptBytes });
     const preallocated = allocate.code === 0;
     if (!preallocated) process.stderr.write(`fallocate failed (${allocate.stderr.trim()}); writing the file anyway\n`);
-    const chunk = randomFillSync(Buffer.allocUnsafe(fileChunkBytes));
-    for (let offsetBytes = 0; offsetBytes < sizeBytes; offsetBytes += chunk.length) {
-      throwIfInterrupted();
-      const pieceBytes = Math.min(chunk.length, sizeBytes - offsetBytes);
-      // Vary the bytes per piece so no two pieces are identical.
-      chunk.writeDoubleLE(offsetBytes, 0);
-      let writtenBytes = 0;
-      while (writtenBytes < pieceBytes) {
-        const { bytesWritten } = await handle.write(chunk, writtenBytes, pieceBytes - writtenBytes, offsetBytes + writtenBytes);
-        writtenBytes += bytesWritten;
-      }
-    }
+    await writePseudorandom(handle, sizeBytes);
     await handle.datasync();
     return preallocated;
   } finally {
@@ -444,30 +256,16 @@ function fioArgs(pattern, uri, options) {
  */
 async function fillPageCache(file, sizeBytes, mode, invalidate) {
   const args = fillArgs(file, sizeBytes, mode, invalidate);
-  const result = await run('fio', args, 120_000);
+  const result = await run('fio', args, 120_000, { stderrKeptBytes });
   throwIfInterrupted();
   if (result.code !== 0) throw new BenchError('FIO', `fio could not fill the page cache: fio ${args.join(' ')}\n${result.stderr.trim()}`);
 }
 
-function fillArgs(file, sizeBytes, mode, invalidate) {
-  return [
-    '--name=cache-fill',
-    `--filename=${file}`,
-    '--rw=read',
-    `--bs=${fileChunkBytes}`,
-    '--ioengine=psync',
-    `--fadvise_hint=${mode}`,
-    `--invalidate=${invalidate ? 1 : 0}`,
-    `--size=${sizeBytes}`,
-    '--output-format=terse',
-  ];
-}
-
 async function runFio(pattern, server, options, machine, file, fileHandle) {
   throwIfInterrupted();
-  if (server.state.exited) throw serverFailure(server.name, server.state);
+  if (server.state.exited) throw processFailure('SERVER', server.name, server.state);
   const args = fioArgs(pattern, server.uri, options);
-  const quiet = await waitForQuiet(machine.cpuCount);
+  const quiet = await waitForQuiet(machine.cpuCount, quietWaitMsMax);
   // The previous run's dirty pages are written back now, not during this run.
   await fileHandle.datasync();
   await fillPageCache(file, options.sizeBytes, options.cacheFill, false);
@@ -485,7 +283,7 @@ async function runFio(pattern, server, options, machine, file, fileHandle) {
   clearTimeout(timer);
   for (const sampleTimer of sampleTimers) clearTimeout(sampleTimer);
   throwIfInterrupted();
-  if (server.state.exited) throw serverFailure(server.name, server.state);
+  if (server.state.exited) throw processFailure('SERVER', server.name, server.state);
   const commandLine = ['fio', ...args].join(' ');
   if (state.spawnError !== null) throw new BenchError('FIO', `cannot run fio: ${state.spawnError.message}`);
   if (state.code !== 0) {
@@ -541,12 +339,6 @@ async function runFio(pattern, server, options, machine, file, fileHandle) {
 }
 
 // --- results ---------------------------------------------------------------------------
-
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
-}
 
 function summarize(pattern, runs) {
   const perServer = {};
@@ -631,58 +423,7 @@ function roundRows(summaries) {
   return { header, rows };
 }
 
-function textTable({ header, rows }) {
-  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column].length)));
-  const line = (cells) => cells.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  ');
-  return [line(header), widths.map((width) => '-'.repeat(width)).join('  '), ...rows.map(line)].join('\n');
-}
-
-function markdownTable({ header, rows }) {
-  const line = (cells) => `| ${cells.join(' | ')} |`;
-  return [line(header), line(header.map((_, column) => (column === 0 ? '---' : '---:'))), ...rows.map(line)].join('\n');
-}
-
 // --- the machine -----------------------------------------------------------------------
-
-function firstLine(command, args) {
-  try {
-    return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n')[0];
-  } catch {
-    return 'unknown';
-  }
-}
-
-function firstLineMatching(command, args, pattern) {
-  try {
-    const output = execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 64 * MiB });
-    return output.split('\n').find((line) => pattern.test(line)) ?? '';
-  } catch {
-    return '';
-  }
-}
-
-/**
- * The build the server runs: a digest of dist/ (what `npm run build` produced), and a warning
- * when some source file is newer than the build, i.e. the numbers would not be for src/.
- */
-function describeBuild() {
-  const files = (dir) =>
-    fs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
-      const full = path.join(dir, entry.name);
-      return entry.isDirectory() ? files(full) : [full];
-    });
-  try {
-    const built = files(path.join(repoRoot, 'dist')).filter((file) => file.endsWith('.js')).sort();
-    const hash = createHash('sha256');
-    for (const file of built) hash.update(path.relative(repoRoot, file)).update(fs.readFileSync(file));
-    const builtMs = Math.min(...built.map((file) => fs.statSync(file).mtimeMs));
-    const sources = files(path.join(repoRoot, 'src'));
-    const stale = sources.some((file) => fs.statSync(file).mtimeMs > builtMs);
-    return `dist sha256 ${hash.digest('hex').slice(0, 12)}${stale ? ' (STALE: sources are newer than dist/, run npm run build)' : ''}`;
-  } catch {
-    return 'dist unknown';
-  }
-}
 
 function describeMachine(parentDir) {
   let cpuModel = 'unknown';
@@ -869,8 +610,7 @@ async function main() {
     process.stdout.write(usage);
     return 0;
   }
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  handleSignals();
 
   const startedAt = new Date().toISOString();
   const machine = describeMachine(options.parentDir);
@@ -918,14 +658,14 @@ async function main() {
     }
     return 0;
   } catch (err) {
-    if (err instanceof BenchError && err.code === 'INTERRUPTED') return 128 + os.constants.signals[interruptedBy];
+    if (err instanceof BenchError && err.code === 'INTERRUPTED') return interruptedExitCode();
     process.stderr.write(`bench-nbd: ${err instanceof BenchError ? err.message : (err?.stack ?? String(err))}\n`);
     return exitRuntimeError;
   } finally {
     if (fileHandle !== null) await fileHandle.close().catch(() => undefined);
-    await Promise.all(servers.map((server) => stopServer(server)));
+    await Promise.all(servers.map((server) => stopTracked(server, serverStopMs, server.name)));
     // Anything still running (a server that never became ready, a fio being killed).
-    for (const child of running) child.kill('SIGKILL');
+    killRunning('SIGKILL');
     fs.rmSync(workDir, { recursive: true, force: true });
   }
 }

@@ -17,12 +17,10 @@ import { spawn, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { GiB, MiB, formatBytes, parseSizeBytes } from '../dist/common/units.js';
+import { delay, exitRuntimeError, exitUsageError, meshblockBin } from './bench-common.mjs';
 
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const meshblockBin = path.join(repoRoot, 'bin/meshblock.cjs');
 const nbdPort = 10870;
 const rebuildAfterSeconds = 5;
 const statusPollMs = 500;
@@ -34,7 +32,7 @@ try {
   dataBytes = parseSizeBytes('--data', values.data);
 } catch (err) {
   process.stderr.write(`bench-rebuild: ${err.message}\n`);
-  process.exit(2);
+  process.exit(exitUsageError);
 }
 const deviceBytes = Math.max(4 * GiB, Math.ceil((dataBytes * 2) / 3 / GiB + 1) * GiB);
 const dir = fs.mkdtempSync(path.join(values.dir, 'meshblock-bench-rebuild-'));
@@ -78,7 +76,6 @@ function fioRun(args) {
 const fio = (args) => fioRun(args).done;
 
 const randRead = (seconds) => ['--rw=randread', '--bs=4k', '--iodepth=8', `--size=${dataBytes}`, '--time_based', `--runtime=${seconds}`];
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const mib = (bytes) => (bytes / MiB).toFixed(0);
 
 async function main() {
@@ -94,7 +91,7 @@ async function main() {
   const during = fioRun(randRead(600).concat([`--write_iops_log=${iopsLog}`, '--log_avg_msec=1000']));
   during.done.catch(() => undefined);
   const readsRunning = Date.now();
-  await sleep(3000);
+  await delay(3000);
   const killedAt = Date.now();
   process.kill(victim.pid, 'SIGKILL');
   process.stderr.write(`bench-rebuild: killed sds2 (pid ${victim.pid})\n`);
@@ -103,7 +100,7 @@ async function main() {
   let doneAt = null;
   let last = null;
   while (Date.now() - killedAt < rebuildTimeoutMs) {
-    await sleep(statusPollMs);
+    await delay(statusPollMs);
     last = status();
     const sds = last.processes.find((entry) => entry.name === 'sds2');
     if (downAt === null && sds?.clusterState === 'Down') downAt = Date.now();
@@ -146,7 +143,7 @@ try {
   await main();
 } catch (err) {
   process.stderr.write(`bench-rebuild: ${err.message}\n`);
-  exitCode = 1;
+  exitCode = exitRuntimeError;
 } finally {
   try {
     meshblock(['lab', 'down', '--dir', labDir, '--purge']);

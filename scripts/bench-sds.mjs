@@ -43,28 +43,58 @@
 //          [--out docs/benchmarks.md] [--dir /tmp] [--cache-fill random|sequential] [--quick]
 // (the same options as bench-nbd.mjs, so that `npm run bench -- OPTIONS` can give both the same)
 
-import { spawn, execFileSync } from 'node:child_process';
-import { createHash, randomFillSync } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import {
+  BenchError,
+  checkPaths,
+  cpuSecondsOf,
+  delay,
+  describeBuild,
+  disturbedPercentMin,
+  exitRuntimeError,
+  exitUsageError,
+  fillArgs,
+  firstLine,
+  firstLineMatching,
+  handleSignals,
+  host,
+  interruptedExitCode,
+  interruptedSignal,
+  killRunning,
+  machineBusyPercent,
+  machineTicks,
+  markdownTable,
+  median,
+  meshblockBin,
+  parseSharedOptions,
+  procStatFields,
+  processFailure,
+  quietBusyPercentMax,
+  quietSampleMs,
+  repoRoot,
+  run,
+  sharedOptionSpecs,
+  spawnTracked,
+  stopTracked,
+  textTable,
+  threadContextSwitches,
+  throwIfInterrupted,
+  waitForQuiet,
+  writePseudorandom,
+  writeSection,
+} from './bench-common.mjs';
 import { pino } from 'pino';
-import { InvalidArgumentError, OutOfRangeError } from '../dist/common/errors.js';
-import { MiB, formatBytes, parseSizeBytes } from '../dist/common/units.js';
+import { InvalidArgumentError } from '../dist/common/errors.js';
+import { MiB, formatBytes } from '../dist/common/units.js';
 import { mulberry32 } from '../dist/common/seeded-random.js';
 import { WirePeer } from '../dist/wire/peer.js';
 import { placementGroupOf } from '../dist/wire/placement.js';
 import { SdsOp, SdsStatus, ioArgOffsets, ioArgsBytes, encodeIo } from '../dist/wire/sds-ops.js';
-
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const meshblockBin = path.join(repoRoot, 'bin/meshblock.cjs');
-const host = '127.0.0.1';
-
-const exitRuntimeError = 1;
-const exitUsageError = 2;
 
 /** How long an SDS has to say it is ready, and to exit after SIGTERM (its drain is 10 s). */
 const sdsStartMs = 20_000;
@@ -78,8 +108,6 @@ const fillBytesPerSecondMin = 8 * MiB;
 const fillSlackMs = 60_000;
 /** Bytes of SDS stderr kept to show when it fails. */
 const stderrKeptBytes = 16 * 1024;
-/** The raw file is written, and files are read into the page cache, in pieces of this size. */
-const fileChunkBytes = 8 * MiB;
 /** The largest request is 1 MiB; the region must hold many of them. */
 const sizeBytesMin = 64 * MiB;
 const sizeBytesQuick = 256 * MiB;
@@ -100,14 +128,10 @@ const seedBase = 0x5d5b_e4c4;
 
 /**
  * Before each run we wait (up to quietWaitMsMax) until the rest of the machine uses less
- * than quietBusyPercentMax of one core, sampled over quietSampleMs: on a 2-core machine one
- * busy neighbour halves the CPU left for the SDS and its client.
+ * than quietBusyPercentMax of one core (bench-common): on a 2-core machine one busy
+ * neighbour halves the CPU left for the SDS and its client.
  */
-const quietBusyPercentMax = 15;
-const quietSampleMs = 500;
 const quietWaitMsMax = 120_000;
-/** A run during which the rest of the machine used more than this (% of one core) is flagged. */
-const disturbedPercentMin = 20;
 /**
  * A flagged run is repeated up to this many times (each after waiting for quiet again), and
  * the last attempt kept: on a shared machine, other people's test runs come in bursts.
@@ -164,14 +188,6 @@ const sectionHeading = '## SDS benchmark';
 const analysisStart = '<!-- sds-analysis:start -->';
 const analysisEnd = '<!-- sds-analysis:end -->';
 
-class BenchError extends Error {
-  constructor(code, message, options) {
-    super(message, options);
-    this.name = 'BenchError';
-    this.code = code;
-  }
-}
-
 /** One of the bench's own invariants broke: a bug here, not in what is measured. */
 function assert(condition, message) {
   if (!condition) throw new BenchError('ASSERTION', message);
@@ -184,89 +200,25 @@ function parseOptions(argv) {
     args: argv,
     strict: true,
     allowPositionals: false,
-    options: {
-      size: { type: 'string' },
-      runtime: { type: 'string' },
-      'ramp-time': { type: 'string' },
-      rounds: { type: 'string' },
-      out: { type: 'string' },
-      dir: { type: 'string' },
-      'cache-fill': { type: 'string' },
-      quick: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
+    options: { ...sharedOptionSpecs, 'cache-fill': { type: 'string' } },
   });
   if (values.help) return null;
-  const quick = values.quick;
-  const sizeText = values.size ?? (quick ? String(sizeBytesQuick) : '1G');
-  const sizeBytes = parseSizeBytes('--size', sizeText);
-  if (sizeBytes < sizeBytesMin || sizeBytes % chunkBytes !== 0) {
-    throw new OutOfRangeError('--size', `a whole number of MiB, at least ${formatBytes(sizeBytesMin)}`, sizeText);
-  }
+  // The region is whole chunks: parseSharedOptions() asks for whole MiB, which chunkBytes is.
   const options = {
-    sizeBytes,
-    runtimeSeconds: parseInteger('--runtime', values.runtime ?? (quick ? '3' : '10'), 1, 3600),
-    rampSeconds: parseInteger('--ramp-time', values['ramp-time'] ?? (quick ? '1' : '2'), 0, 600),
-    roundCount: parseInteger('--rounds', values.rounds ?? (quick ? '1' : '2'), 1, 100),
-    outPath: values.out === undefined ? null : path.resolve(values.out),
-    parentDir: path.resolve(values.dir ?? os.tmpdir()),
+    ...parseSharedOptions(values, { sizeText: '1G', sizeTextQuick: String(sizeBytesQuick), rounds: '2', roundsQuick: '1', sizeBytesMin }),
     cacheFill: values['cache-fill'] ?? 'random',
   };
   if (!cacheFillModes.includes(options.cacheFill)) {
     throw new InvalidArgumentError('--cache-fill', `must be one of ${cacheFillModes.join(', ')}, got '${options.cacheFill}'`);
   }
-  if (values.out !== undefined && values.out.trim() === '') throw new InvalidArgumentError('--out', 'must not be empty');
-  if (!isDirectory(options.parentDir)) throw new InvalidArgumentError('--dir', `${options.parentDir} is not a directory`);
-  if (options.outPath !== null && !isDirectory(path.dirname(options.outPath))) {
-    throw new InvalidArgumentError('--out', `directory ${path.dirname(options.outPath)} does not exist`);
-  }
+  checkPaths(values, options);
   return options;
-}
-
-function parseInteger(field, text, min, max) {
-  if (!/^\d+$/.test(text)) throw new InvalidArgumentError(field, `not a whole number: '${text}'`);
-  const value = Number(text);
-  if (value < min || value > max) throw new OutOfRangeError(field, `>= ${min} and <= ${max}`, text);
-  return value;
-}
-
-function isDirectory(dir) {
-  try {
-    return fs.statSync(dir).isDirectory();
-  } catch {
-    return false;
-  }
 }
 
 // --- interruption ----------------------------------------------------------------------
 
-/** Set by SIGINT/SIGTERM; every wait checks it, fio is killed and the load generator stops. */
-let interruptedBy = null;
-/** Every child we started and that has not exited, so every path out can stop it. */
-const running = new Set();
 /** The load generator running now, if any: a signal stops it issuing requests. */
 let activeLoad = null;
-
-function onSignal(signal) {
-  if (interruptedBy !== null) {
-    // Second signal: stop waiting for anything, kill what we started, leave (the exit
-    // handler removes the temp dir).
-    for (const entry of running) entry.process.kill('SIGKILL');
-    process.exit(128 + os.constants.signals[signal]);
-  }
-  interruptedBy = signal;
-  process.stderr.write(`\n${signal}: stopping\n`);
-  for (const entry of running) if (entry.fio) entry.process.kill('SIGTERM');
-  if (activeLoad !== null) activeLoad.stop = true;
-}
-
-function throwIfInterrupted() {
-  if (interruptedBy !== null) throw new BenchError('INTERRUPTED', `interrupted by ${interruptedBy}`);
-}
-
-function delay(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 /** Resolves with `promise`, or rejects with a BenchError after `timeoutMs`. */
 async function within(promise, timeoutMs, what) {
@@ -283,45 +235,6 @@ async function within(promise, timeoutMs, what) {
 
 // --- processes -------------------------------------------------------------------------
 
-/** Spawns a program we own: tracked until it exits, so every exit path can stop it. */
-function spawnTracked(command, args, { fio = false } = {}) {
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const entry = { process: child, fio };
-  running.add(entry);
-  const state = { exited: false, code: null, signal: null, stdout: '', stderr: '', spawnError: null };
-  state.exit = new Promise((resolve) => {
-    child.on('error', (err) => {
-      state.spawnError = err;
-      state.exited = true;
-      running.delete(entry);
-      resolve();
-    });
-    child.on('exit', (code, signal) => {
-      state.exited = true;
-      state.code = code;
-      state.signal = signal;
-      running.delete(entry);
-      resolve();
-    });
-  });
-  child.stdout.setEncoding('utf8').on('data', (text) => (state.stdout += text));
-  child.stderr.setEncoding('utf8').on('data', (text) => {
-    state.stderr += text;
-    if (!fio && state.stderr.length > 2 * stderrKeptBytes) state.stderr = state.stderr.slice(-stderrKeptBytes);
-  });
-  return { child, state };
-}
-
-function run(command, args, timeoutMs = 30_000) {
-  const { child, state } = spawnTracked(command, args);
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  return state.exit.then(() => {
-    clearTimeout(timer);
-    if (state.spawnError !== null) throw new BenchError('SPAWN', `cannot run ${command}: ${state.spawnError.message}`);
-    return state;
-  });
-}
-
 /**
  * A process's counters from /proc: CPU seconds (utime + stime) of the whole process, and
  * context switches summed over its live threads (libuv's pool threads live as long as the
@@ -329,69 +242,18 @@ function run(command, args, timeoutMs = 30_000) {
  */
 function sampleProcess(pid, machine) {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may contain spaces: count fields after its ')', from field 3.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    let contextSwitches = 0;
-    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
-      let status;
-      try {
-        status = fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
-      } catch {
-        continue; // The thread ended between readdir and read.
-      }
-      for (const match of status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s*(\d+)$/gm)) contextSwitches += Number(match[1]);
-    }
-    return { cpuSeconds: (Number(fields[11]) + Number(fields[12])) / machine.clockTicksPerSecond, contextSwitches };
+    const fields = procStatFields(`/proc/${pid}/stat`);
+    const { contextSwitches } = threadContextSwitches(pid);
+    return { cpuSeconds: cpuSecondsOf(fields, machine.clockTicksPerSecond), contextSwitches };
   } catch {
     return null;
-  }
-}
-
-/** Busy and total CPU ticks of the whole machine, summed over all CPUs, from /proc/stat. */
-function machineTicks() {
-  const line = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0];
-  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number); // user nice system idle iowait irq softirq steal
-  // Busy is time in processes (user, nice, system), which SDS, client and fio time can be
-  // taken from; interrupt time is nobody's.
-  const totalTicks = ticks.slice(0, 7).reduce((sum, value) => sum + value, 0);
-  return { busyTicks: ticks[0] + ticks[1] + ticks[2], totalTicks };
-}
-
-/** CPU the machine used between two machineTicks() samples, in % of one core. */
-function machineBusyPercent(before, after, cpuCount) {
-  const totalTicks = after.totalTicks - before.totalTicks;
-  return totalTicks === 0 ? 0 : (100 * cpuCount * (after.busyTicks - before.busyTicks)) / totalTicks;
-}
-
-/** Waits until the machine is idle apart from us; resolves false if it never became so. */
-async function waitForQuiet(cpuCount) {
-  const deadline = Date.now() + quietWaitMsMax;
-  let warned = false;
-  for (;;) {
-    const before = machineTicks();
-    await delay(quietSampleMs);
-    throwIfInterrupted();
-    const busyPercent = machineBusyPercent(before, machineTicks(), cpuCount);
-    if (busyPercent < quietBusyPercentMax) return true;
-    if (Date.now() > deadline) {
-      process.stderr.write(`the machine stayed busy (${busyPercent.toFixed(0)}% of a core) for ${quietWaitMsMax / 1000} s: running anyway\n`);
-      return false;
-    }
-    if (!warned) {
-      process.stderr.write(`waiting for the machine to go quiet (${busyPercent.toFixed(0)}% of a core busy besides the bench)\n`);
-      warned = true;
-    }
   }
 }
 
 // --- SDS processes ---------------------------------------------------------------------
 
 function sdsFailure(sds) {
-  const state = sds.state;
-  const how = state.spawnError !== null ? state.spawnError.message : `exited with ${state.signal ?? state.code}`;
-  const tail = state.stderr.trim().split('\n').slice(-15).join('\n');
-  return new BenchError('SDS', `SDS ${sds.name} ${how}${tail ? `:\n${tail}` : ''}`);
+  return processFailure('SDS', `SDS ${sds.name}`, sds.state);
 }
 
 async function startSds({ name, device, workDir, secretFile }) {
@@ -404,7 +266,7 @@ async function startSds({ name, device, workDir, secretFile }) {
     '--cluster-id', clusterId,
     '--secret-file', secretFile,
   ];
-  const { child, state } = spawnTracked(process.execPath, args);
+  const { child, state } = spawnTracked(process.execPath, args, { stderrKeptBytes });
   const sds = { name, device, child, state, sdsId: '', address: '', command: ['node', 'bin/meshblock.cjs', ...args.slice(1)] };
   const deadline = Date.now() + sdsStartMs;
   for (;;) {
@@ -418,22 +280,6 @@ async function startSds({ name, device, workDir, secretFile }) {
     if (state.exited) throw sdsFailure(sds);
     if (Date.now() > deadline) throw new BenchError('SDS', `SDS ${name} did not say it was listening within ${sdsStartMs} ms`);
     await delay(20);
-  }
-}
-
-async function stopSds(sds) {
-  if (sds.state.exited) return;
-  sds.child.kill('SIGTERM');
-  let timer;
-  const timedOut = new Promise((resolve) => {
-    timer = setTimeout(() => resolve(false), sdsStopMs);
-  });
-  const stopped = await Promise.race([sds.state.exit.then(() => true), timedOut]);
-  clearTimeout(timer); // A pending timer would keep the process alive after everything stopped.
-  if (!stopped) {
-    process.stderr.write(`SDS ${sds.name} did not exit ${sdsStopMs} ms after SIGTERM: killing it\n`);
-    sds.child.kill('SIGKILL');
-    await sds.state.exit;
   }
 }
 
@@ -786,17 +632,7 @@ function createSparseFile(file, sizeBytes) {
 async function fillRawFile(file, sizeBytes) {
   const handle = await fs.promises.open(file, 'r+');
   try {
-    const piece = randomFillSync(Buffer.allocUnsafe(fileChunkBytes));
-    for (let offsetBytes = 0; offsetBytes < sizeBytes; offsetBytes += piece.length) {
-      throwIfInterrupted();
-      const pieceBytes = Math.min(piece.length, sizeBytes - offsetBytes);
-      piece.writeDoubleLE(offsetBytes, 0);
-      let writtenBytes = 0;
-      while (writtenBytes < pieceBytes) {
-        const { bytesWritten } = await handle.write(piece, writtenBytes, pieceBytes - writtenBytes, offsetBytes + writtenBytes);
-        writtenBytes += bytesWritten;
-      }
-    }
+    await writePseudorandom(handle, sizeBytes);
   } finally {
     await handle.close();
   }
@@ -824,23 +660,9 @@ async function syncFiles(files) {
  */
 async function fillPageCache(file, mode, invalidate) {
   const args = fillArgs(file, fs.statSync(file).size, mode, invalidate);
-  const result = await run('fio', args, 300_000);
+  const result = await run('fio', args, 300_000, { stderrKeptBytes });
   throwIfInterrupted();
   if (result.code !== 0) throw new BenchError('FIO', `fio could not fill the page cache: fio ${args.join(' ')}\n${result.stderr.trim()}`);
-}
-
-function fillArgs(file, sizeBytes, mode, invalidate) {
-  return [
-    '--name=cache-fill',
-    `--filename=${file}`,
-    '--rw=read',
-    `--bs=${fileChunkBytes}`,
-    '--ioengine=psync',
-    `--fadvise_hint=${mode}`,
-    `--invalidate=${invalidate ? 1 : 0}`,
-    `--size=${sizeBytes}`,
-    '--output-format=terse',
-  ];
 }
 
 // --- fio on the raw file ---------------------------------------------------------------
@@ -929,7 +751,7 @@ async function runFio(pattern, file, options, machine) {
 async function runOne(targetName, pattern, context, round) {
   const { options, machine, targets, rawFile, allFiles } = context;
   throwIfInterrupted();
-  const quiet = await waitForQuiet(machine.cpuCount);
+  const quiet = await waitForQuiet(machine.cpuCount, quietWaitMsMax);
   await syncFiles(allFiles);
   const files = targetName === 'raw' ? [rawFile] : targets[targetName].files;
   for (const file of files) await fillPageCache(file, options.cacheFill, false);
@@ -942,13 +764,6 @@ async function runOne(targetName, pattern, context, round) {
 }
 
 // --- results ---------------------------------------------------------------------------
-
-function median(values) {
-  const sorted = values.filter((value) => value !== null).sort((a, b) => a - b);
-  if (sorted.length === 0) return null;
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
-}
 
 function summarize(pattern, runs) {
   const perTarget = {};
@@ -1044,17 +859,6 @@ function roundRows(summaries) {
   return { header, rows };
 }
 
-function textTable({ header, rows }) {
-  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column].length)));
-  const line = (cells) => cells.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  ');
-  return [line(header), widths.map((width) => '-'.repeat(width)).join('  '), ...rows.map(line)].join('\n');
-}
-
-function markdownTable({ header, rows }) {
-  const line = (cells) => `| ${cells.join(' | ')} |`;
-  return [line(header), line(header.map((_, column) => (column === 0 ? '---' : '---:'))), ...rows.map(line)].join('\n');
-}
-
 function disturbedText(summaries) {
   let disturbedCount = 0;
   let runCount = 0;
@@ -1070,45 +874,6 @@ function disturbedText(summaries) {
 }
 
 // --- the machine -----------------------------------------------------------------------
-
-function firstLine(command, args) {
-  try {
-    return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n')[0];
-  } catch {
-    return 'unknown';
-  }
-}
-
-function firstLineMatching(command, args, pattern) {
-  try {
-    const output = execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 64 * MiB });
-    return output.split('\n').find((line) => pattern.test(line)) ?? '';
-  } catch {
-    return '';
-  }
-}
-
-/**
- * The build the SDS runs: a digest of dist/ (what `npm run build` produced), and a warning
- * when some source file is newer than the build, i.e. the numbers would not be for src/.
- */
-function describeBuild() {
-  const files = (dir) =>
-    fs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
-      const full = path.join(dir, entry.name);
-      return entry.isDirectory() ? files(full) : [full];
-    });
-  try {
-    const built = files(path.join(repoRoot, 'dist')).filter((file) => file.endsWith('.js')).sort();
-    const hash = createHash('sha256');
-    for (const file of built) hash.update(path.relative(repoRoot, file)).update(fs.readFileSync(file));
-    const builtMs = Math.min(...built.map((file) => fs.statSync(file).mtimeMs));
-    const stale = files(path.join(repoRoot, 'src')).some((file) => fs.statSync(file).mtimeMs > builtMs);
-    return `dist sha256 ${hash.digest('hex').slice(0, 12)}${stale ? ' (STALE: sources are newer than dist/, run npm run build)' : ''}`;
-  } catch {
-    return 'dist unknown';
-  }
-}
 
 function describeMachine(parentDir) {
   let cpuModel = 'unknown';
@@ -1173,50 +938,6 @@ function checkRoom(options, machine) {
 }
 
 // --- report ----------------------------------------------------------------------------
-
-/** Where the SDS section starts and ends in `text`: from its heading to the next # or ## heading. */
-function findSection(text) {
-  const headingPattern = new RegExp(`^${sectionHeading}[ \\t]*$`, 'm');
-  const match = headingPattern.exec(text);
-  if (match === null) return null;
-  const rest = text.slice(match.index + match[0].length);
-  const next = /^#{1,2} /m.exec(rest);
-  return { start: match.index, end: next === null ? text.length : match.index + match[0].length + next.index };
-}
-
-function readKeptAnalysis(existing) {
-  const section = findSection(existing);
-  if (section === null) return null;
-  const text = existing.slice(section.start, section.end);
-  const start = text.indexOf(analysisStart);
-  const end = text.indexOf(analysisEnd);
-  if (start === -1 || end === -1 || end < start) return null;
-  return text.slice(start + analysisStart.length, end).trim();
-}
-
-/** Replaces the SDS section of `outPath` (or appends one), keeping everything else as it was. */
-function writeSection(outPath, makeSection) {
-  let existing = '';
-  try {
-    existing = fs.readFileSync(outPath, 'utf8');
-  } catch (err) {
-    if (err.code !== 'ENOENT') throw err;
-  }
-  const section = makeSection(readKeptAnalysis(existing));
-  const found = findSection(existing);
-  let text;
-  if (found === null) {
-    const head = existing.replace(/\s*$/, '');
-    text = head === '' ? section : `${head}\n\n${section}`;
-  } else {
-    const tail = existing.slice(found.end);
-    text = `${existing.slice(0, found.start)}${section}${tail === '' ? '' : `\n${tail}`}`;
-  }
-  // Write next to the file and rename, so an interrupted write never leaves half a document.
-  const temporary = `${outPath}.${process.pid}.tmp`;
-  fs.writeFileSync(temporary, text);
-  fs.renameSync(temporary, outPath);
-}
 
 function markdownSection({ options, machine, summaries, startedAt, sdsCommands, rawFile, workDir, analysis }) {
   const argv = process.argv.slice(2).join(' ');
@@ -1341,8 +1062,11 @@ async function main() {
     process.stdout.write(usage);
     return 0;
   }
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  handleSignals({
+    onInterrupt: () => {
+      if (activeLoad !== null) activeLoad.stop = true;
+    },
+  });
 
   const startedAt = new Date().toISOString();
   const machine = describeMachine(options.parentDir);
@@ -1352,7 +1076,7 @@ async function main() {
   // Last resort for paths that skip the finally below (process.exit on a second signal, an
   // uncaught exception): nothing we started outlives us, and no temp files are left.
   process.on('exit', () => {
-    for (const entry of running) entry.process.kill('SIGKILL');
+    killRunning('SIGKILL');
     if (workDir !== null) fs.rmSync(workDir, { recursive: true, force: true });
   });
   try {
@@ -1404,12 +1128,12 @@ async function main() {
     process.stdout.write(`\nSDS benchmark: ratio = SDS / raw file (1.00 = as fast as the file)\n\n${machineText}\n\n${tables}\n`);
     if (options.outPath !== null) {
       const sdsCommands = sdsList.map((sds) => sds.command.join(' '));
-      writeSection(options.outPath, (analysis) => markdownSection({ options, machine, summaries, startedAt, sdsCommands, rawFile, workDir, analysis }));
+      writeSection(options.outPath, { heading: sectionHeading, analysisStart, analysisEnd }, (analysis) => markdownSection({ options, machine, summaries, startedAt, sdsCommands, rawFile, workDir, analysis }));
       process.stdout.write(`\nwrote the '${sectionHeading.slice(3)}' section of ${options.outPath}\n`);
     }
     return 0;
   } catch (err) {
-    if (interruptedBy !== null) return 128 + os.constants.signals[interruptedBy];
+    if (interruptedSignal() !== null) return interruptedExitCode();
     // A wire error is usually the symptom of an SDS that died: say which, and what it logged.
     const died = sdsList.find((sds) => sds.state.exited);
     if (died !== undefined && !(err instanceof BenchError && err.code === 'SDS')) process.stderr.write(`bench-sds: ${sdsFailure(died).message}\n`);
@@ -1417,9 +1141,9 @@ async function main() {
     return exitRuntimeError;
   } finally {
     for (const target of Object.values(targets)) closeTarget(target);
-    await Promise.all(sdsList.map((sds) => stopSds(sds)));
+    await Promise.all(sdsList.map((sds) => stopTracked(sds, sdsStopMs, `SDS ${sds.name}`)));
     // Anything still running (an SDS that never became ready, a fio being killed).
-    for (const entry of running) entry.process.kill('SIGKILL');
+    killRunning('SIGKILL');
     if (workDir !== null) fs.rmSync(workDir, { recursive: true, force: true });
     workDir = null;
   }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, builds, type-checks and runs every test
+# The test command: installs what the tests need, builds, type-checks, lints and runs every test
 # (tap) against the real programs. Prints "N passed, N failed, N skipped" last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,7 @@ bash scripts/install-deps.sh
 npm ci --no-audit --no-fund
 npm run build
 npm run typecheck
+npm run lint
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

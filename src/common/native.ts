@@ -10,18 +10,20 @@ import { SystemCallError, type ErrnoCode } from './errors.js';
 type NativeCallback = (errno: number, result: number) => void;
 type NativeOp = (fd: number, mode: number, offsetBytes: number, lengthBytes: number, callback: NativeCallback) => void;
 
+// The addon's functions are plain C functions that never read `this`: typed as function
+// properties, not methods, so they can be exported bare below.
 interface NativeBinding {
   fallocate: NativeOp;
   lseek: NativeOp;
   discard: NativeOp;
   zeroout: NativeOp;
-  blockDeviceSize(fd: number): number;
-  preadNowait(fd: number, target: Buffer, offsetBytes: number): number;
-  pwriteInline(fd: number, source: Buffer, offsetBytes: number): number;
-  inlineWriteSlept(): boolean;
-  tuneMalloc(mmapThresholdBytes: number, trimThresholdBytes: number): boolean;
-  adviseRandom(fd: number): number;
-  crc32c(bytes: Buffer, previous: number): number;
+  blockDeviceSize: (fd: number) => number;
+  preadNowait: (fd: number, target: Buffer, offsetBytes: number) => number;
+  pwriteInline: (fd: number, source: Buffer, offsetBytes: number) => number;
+  inlineWriteSlept: () => boolean;
+  tuneMalloc: (mmapThresholdBytes: number, trimThresholdBytes: number) => boolean;
+  adviseRandom: (fd: number) => number;
+  crc32c: (bytes: Buffer, previous: number) => number;
   EOPNOTSUPP: number;
   FALLOC_FL_KEEP_SIZE: number;
   FALLOC_FL_PUNCH_HOLE: number;

@@ -115,7 +115,7 @@ export class VolumeBackend implements BlockBackend {
     await allPieces(
       this.pieces(offsetBytes, target.length).map(async (piece) => {
         const part = target.subarray(piece.atBytes, piece.atBytes + piece.args.lengthBytes);
-        if (this.chunkStates[piece.args.chunkIndex] === ChunkState.Empty) {
+        if (this.chunkEmpty(piece.args.chunkIndex)) {
           part.fill(0);
           return;
         }
@@ -191,7 +191,7 @@ export class VolumeBackend implements BlockBackend {
     await allPieces(
       this.pieces(offsetBytes, lengthBytes).map(async (piece) => {
         const args = { ...piece.args, flags };
-        if (this.chunkStates[args.chunkIndex] === ChunkState.Empty) return;
+        if (this.chunkEmpty(args.chunkIndex)) return;
         await this.send(SdsOp.Trim, args);
         if (args.offsetBytes === 0 && args.lengthBytes === this.volume.chunkBytes && this.volume.exclusive) this.chunkStates[args.chunkIndex] = ChunkState.Empty;
       }),
@@ -215,7 +215,7 @@ export class VolumeBackend implements BlockBackend {
     let at = offsetBytes;
     while (at < endBytes && extents.length < extentCountMax) {
       const chunkIndex = Math.floor(at / chunkBytes);
-      const hole = this.chunkStates[chunkIndex] === ChunkState.Empty;
+      const hole = this.chunkEmpty(chunkIndex);
       const runEnd = Math.min(endBytes, (chunkIndex + 1) * chunkBytes);
       const last = extents[extents.length - 1];
       if (last !== undefined && last.hole === hole) last.lengthBytes += runEnd - at;
@@ -227,6 +227,12 @@ export class VolumeBackend implements BlockBackend {
 
   async close(): Promise<void> {
     // Connections belong to the SDC, shared by every volume.
+  }
+
+  /** Known to hold nothing, so reads are zeros and trims are no-ops without asking an SDS. */
+  private chunkEmpty(chunkIndex: number): boolean {
+    // chunkStates stores ChunkState values in a byte each; read back as the enum they are.
+    return (this.chunkStates[chunkIndex] as ChunkState) === ChunkState.Empty;
   }
 
   // --- routing -------------------------------------------------------------------------

@@ -177,7 +177,7 @@ export class ChunkStore {
 
   /** Opens (formatting blank ones) every device and reads the slot tables into the index. */
   static async open(paths: string[], options: ChunkStoreOptions): Promise<ChunkStore> {
-    const store = new ChunkStore([], options.chunkBytes, options.log, options.reservations ?? new Map(), options);
+    const store = new ChunkStore([], options.chunkBytes, options.log, options.reservations ?? new Map<string, number>(), options);
     try {
       for (const path of paths) await store.addDevice(path, { force: options.force });
     } catch (err) {

@@ -42,7 +42,7 @@ export class MdmLink {
         };
         const reply = await peer.request(MdmOp.RegisterSds, Buffer.from(JSON.stringify(registration)));
         if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration: ${reply.payload.toString()}`);
-        options.log.info({ mdm: options.mdmAddress, mdmEpoch: JSON.parse(reply.payload.toString()).epoch as number }, 'registered with the MDM');
+        options.log.info({ mdm: options.mdmAddress, mdmEpoch: (JSON.parse(reply.payload.toString()) as { epoch: number }).epoch }, 'registered with the MDM');
       },
     });
   }

@@ -142,9 +142,10 @@ export async function run(command: string, args: string[], options: { timeoutMs?
   child.stdin.on('error', () => undefined);
   child.stdin.end(options.input ?? '');
   const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 120_000);
-  const [code] = await once(child, 'exit');
+  // events.once() resolves with the listener's arguments as any[]: 'exit' gives (code, signal).
+  const [code] = (await once(child, 'exit')) as [number | null];
   clearTimeout(timer);
-  return { code: code as number | null, stdout, stderr };
+  return { code, stdout, stderr };
 }
 
 /** Runs the meshblock command itself. */

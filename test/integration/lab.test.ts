@@ -58,8 +58,9 @@ async function runMeshblockIn(cwd: string, args: string[]): Promise<RunResult> {
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
   child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
-  const [code] = await once(child, 'exit');
-  return { code: code as number | null, stdout, stderr };
+  // events.once() resolves with the listener's arguments as any[]: 'exit' gives (code, signal).
+  const [code] = (await once(child, 'exit')) as [number | null];
+  return { code, stdout, stderr };
 }
 
 /** Alive and not a zombie: an orphaned daemon is reaped by init, which may take a moment. */

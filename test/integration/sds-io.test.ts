@@ -189,7 +189,7 @@ t.test('devices added at run time (the MDM\'s AddDevice order) are refused when 
   t.match(refusal.message, /an ext4 filesystem.*previous formatting must be removed first/, 'and what was found');
   const missing = await peer.request(SdsOp.AddDevice, order(`${dir}/nope.img`, false));
   t.equal(missing.status, SdsStatus.DeviceRefused, 'a missing device is refused too');
-  t.match(JSON.parse(missing.payload.toString()).message, /no such file/);
+  t.match((JSON.parse(missing.payload.toString()) as { message: string }).message, /no such file/);
   const bad = await peer.request(SdsOp.AddDevice, Buffer.from('{"path": "relative.img", "force": false}'));
   t.equal(bad.status, SdsStatus.InvalidArgument, 'a relative path is a bad argument');
   const fromSdc = await (await connectWire(t, sds.address, { role: 'sdc' })).request(SdsOp.AddDevice, order(formatted, true));

@@ -21,14 +21,15 @@ function snapshot(api: TestApi): string {
   return JSON.stringify(api.controller.state.model);
 }
 
-async function post(api: TestApi, token: string, path: string, body: unknown): Promise<{ status: number; body: any }> {
+async function post(api: TestApi, token: string, path: string, body: unknown): Promise<{ status: number; body: unknown }> {
   return call(api, 'POST', path, { token, body });
 }
 
-async function get(api: TestApi, token: string, path: string): Promise<any> {
+/** The parsed body of a GET that must succeed, taken to be the T the caller names. */
+async function get<T = unknown>(api: TestApi, token: string, path: string): Promise<T> {
   const reply = await call(api, 'GET', path, { token });
   if (reply.status !== 200) throw new Error(`GET ${path}: ${reply.status} ${reply.text}`);
-  return reply.body;
+  return reply.body as T;
 }
 
 async function create(api: TestApi, token: string, type: string, body: unknown): Promise<string> {
@@ -100,11 +101,11 @@ t.test('every create, list, get and action route', async (t) => {
   const { api, token, pd, pool, sds, devices } = await populated(t);
   const model = api.controller.state.model;
 
-  const [system] = await get(api, token, '/api/types/System/instances');
+  const [system] = await get<unknown[]>(api, token, '/api/types/System/instances');
   t.match(system, { id: testClusterId, name: 'testsys', systemVersionName: /meshblock/ });
   t.same(await get(api, token, `/api/instances/System::${testClusterId}`), system);
 
-  const pools: RestStoragePool[] = await get(api, token, '/api/types/StoragePool/instances');
+  const pools = await get<RestStoragePool[]>(api, token, '/api/types/StoragePool/instances');
   t.match(pools, [{ id: pool, name: 'pool1', protectionDomainId: pd, sparePercentage: 10, zeroPaddingEnabled: true, chunkSizeInKb: 1024, volumeGranularityInKb: 64 * 1024, pgCount: 4096 }]);
   t.same(pools[0]?.links[0], { rel: 'self', href: `/api/instances/StoragePool::${pool}` });
   t.ok(pools[0]?.links.some((link) => link.rel === '/api/parent/relationship/protectionDomainId' && link.href === `/api/instances/ProtectionDomain::${pd}`), 'a link to its parent');
@@ -112,7 +113,7 @@ t.test('every create, list, get and action route', async (t) => {
   const custom = await create(api, token, 'StoragePool', { protectionDomainId: pd, name: 'pool2', sparePercentage: '20', zeroPaddingEnabled: 'false', chunkSizeInKb: 256, volumeGranularityInGb: '1', pgCount: 8192 });
   t.match(model.storagePools[custom], { sparePercent: 20, zeroPadding: false, chunkBytes: 256 * KiB, volumeGranularityBytes: GiB, pgCount: 8192 }, 'ScaleIO-style strings of digits and booleans are accepted');
 
-  const sdsList: RestSds[] = await get(api, token, '/api/types/Sds/instances');
+  const sdsList = await get<RestSds[]>(api, token, '/api/types/Sds/instances');
   t.equal(sdsList.length, 3);
   t.match(sdsList[0], { name: 'sds1', protectionDomainId: pd, faultSetId: null, sdsState: 'Normal', mdmConnectionState: 'Connected', membershipState: 'Joined', ipList: [{ ip: '127.0.0.1', role: 'all' }], port: 7072, address: '127.0.0.1:7072' });
 
@@ -123,26 +124,26 @@ t.test('every create, list, get and action route', async (t) => {
   t.match(await get(api, token, `/api/instances/Sds::${sds4}`), { membershipState: 'Registered', protectionDomainId: null });
   t.equal(await create(api, token, 'Sds', { name: 'sds4', protectionDomainId: pd, faultSetId: fs1 }), sds4, 'adding by name replies with its id');
   t.match(model.sdss[sds4], { protectionDomainId: pd, faultSetId: fs1 });
-  t.same((await get(api, token, `/api/instances/FaultSet::${fs1}/relationships/Sds`)).map((entry: RestSds) => entry.id), [sds4], 'FaultSet → Sds');
+  t.same((await get<RestSds[]>(api, token, `/api/instances/FaultSet::${fs1}/relationships/Sds`)).map((entry) => entry.id), [sds4], 'FaultSet → Sds');
 
   // Devices.
-  const deviceList: RestDevice[] = await get(api, token, '/api/types/Device/instances');
+  const deviceList = await get<RestDevice[]>(api, token, '/api/types/Device/instances');
   t.equal(deviceList.length, 3);
   const added = deviceList.find((device) => device.id === devices[2]);
   t.match(added, { sdsId: sds[2], storagePoolId: pool, deviceCurrentPathName: '/dev/sdb', maxCapacityInKb: testDeviceCapacityBytes / KiB, capacityInKb: testDeviceCapacityBytes / KiB, deviceState: 'Normal', name: 'sds3-d1' });
   t.same(api.controller.deviceRequests.at(-1), { sdsId: sds[2], storagePoolId: pool, path: '/dev/sdb', name: null, force: false }, 'the controller got the request');
   const named = await create(api, token, 'Device', { sdsId: sds[2], storagePoolId: pool, deviceCurrentPathName: '/dev/sdc', name: 'fast1', forceDeviceTakeover: true });
   t.match(api.controller.deviceRequests.at(-1), { name: 'fast1', force: true });
-  t.same((await get(api, token, `/api/instances/Sds::${sds[2]}/relationships/Device`)).map((device: RestDevice) => device.id).sort(), [devices[2], named].sort(), 'Sds → Device');
+  t.same((await get<RestDevice[]>(api, token, `/api/instances/Sds::${sds[2]}/relationships/Device`)).map((device) => device.id).sort(), [devices[2], named].sort(), 'Sds → Device');
 
   // Volumes.
   const thin = await create(api, token, 'Volume', { storagePoolId: pool, name: 'vol1', volumeSizeInKb: '100000', volumeType: 'ThinProvisioned' });
-  const volume: RestVolume = await get(api, token, `/api/instances/Volume::${thin}`);
+  const volume = await get<RestVolume>(api, token, `/api/instances/Volume::${thin}`);
   t.match(volume, { id: thin, name: 'vol1', sizeInKb: 128 * 1024, volumeType: 'ThinProvisioned', storagePoolId: pool, mappedSdcInfo: [], creationTime: Math.floor(api.controller.nowMs / 1000) }, 'rounded up to the 64 MiB granularity');
   t.match(volume.vtreeId, /^[0-9a-f]{16}$/);
   const thick = await create(api, token, 'Volume', { storagePoolId: pool, name: 'vol2', volumeSizeInKb: 64 * 1024 });
   t.equal(model.volumes[thick]?.volumeType, 'ThickProvisioned', "ScaleIO's default volume type");
-  t.same((await get(api, token, `/api/instances/StoragePool::${pool}/relationships/Volume`)).map((entry: RestVolume) => entry.name), ['vol1', 'vol2'], 'StoragePool → Volume');
+  t.same((await get<RestVolume[]>(api, token, `/api/instances/StoragePool::${pool}/relationships/Volume`)).map((entry) => entry.name), ['vol1', 'vol2'], 'StoragePool → Volume');
 
   // Mapping and limits.
   const sdc1 = api.controller.registerSdc('guid-0001-host1', 'host1');
@@ -153,11 +154,11 @@ t.test('every create, list, get and action route', async (t) => {
   t.equal((await action('addMappedSdc', { sdcId: sdc2, allowMultipleMappings: 'true', accessMode: 'ReadOnly' })).status, 200);
   t.equal((await action('setMappedSdcLimits', { sdcId: sdc1, iopsLimit: '1000', bandwidthLimitInKbps: 10240 })).status, 200);
   t.equal((await action('setMappedSdcLimits', { sdcId: sdc1, iopsLimit: 500 })).status, 200, 'one limit alone');
-  t.match((await get(api, token, `/api/instances/Volume::${thin}`)).mappedSdcInfo, [
+  t.match((await get<RestVolume>(api, token, `/api/instances/Volume::${thin}`)).mappedSdcInfo, [
     { sdcId: sdc1, sdcName: 'host1', accessMode: 'ReadWrite', limitIops: 500, limitBwInMbps: 10, limitBwInKbps: 10240 },
     { sdcId: sdc2, sdcName: 'host2', accessMode: 'ReadOnly', limitIops: 0, limitBwInMbps: 0 },
   ], 'the bandwidth limit left out kept its value');
-  t.same((await get(api, token, `/api/instances/Sdc::${sdc2}/relationships/Volume`)).map((entry: RestVolume) => entry.id), [thin], 'Sdc → Volume');
+  t.same((await get<RestVolume[]>(api, token, `/api/instances/Sdc::${sdc2}/relationships/Volume`)).map((entry) => entry.id), [thin], 'Sdc → Volume');
   t.equal((await action('removeMappedSdc', { sdcId: sdc2 })).status, 200);
   t.equal(model.volumes[thin]?.mappings.length, 1);
 
@@ -316,7 +317,7 @@ t.test('capacity statistics: arithmetic on a pool with devices, thick and thin v
   const spareKb = Math.floor(Math.ceil((3 * GiB * 10) / 100) / KiB); // 314572.8 KiB, rounded up in bytes, down in KiB
   const usableBytes = Math.floor((3 * GiB - Math.ceil((3 * GiB * 10) / 100)) / 2);
   const usedRawKb = (3 * 96 * MiB) / KiB;
-  const stats: RestStoragePoolStatistics = await get(api, token, `/api/instances/StoragePool::${pool}/relationships/Statistics`);
+  const stats = await get<RestStoragePoolStatistics>(api, token, `/api/instances/StoragePool::${pool}/relationships/Statistics`);
   t.same(stats, {
     maxCapacityInKb: rawKb,
     spareCapacityInKb: spareKb,
@@ -340,7 +341,7 @@ t.test('capacity statistics: arithmetic on a pool with devices, thick and thin v
     numOfMappedToAllVolumes: 0,
   });
 
-  const system: RestSystemStatistics = await get(api, token, `/api/instances/System::${testClusterId}/relationships/Statistics`);
+  const system = await get<RestSystemStatistics>(api, token, `/api/instances/System::${testClusterId}/relationships/Statistics`);
   t.match(system, { maxCapacityInKb: rawKb, protectedCapacityInKb: usedRawKb, numOfProtectionDomains: 1, numOfStoragePools: 1, numOfSds: 3, numOfDevices: 3, numOfVolumes: 2, numOfMappedVolumes: 0 }, 'the system sums its pools');
 
   // A thick volume that does not fit is refused, with the numbers, and nothing changes.
@@ -356,7 +357,7 @@ t.test('capacity statistics: arithmetic on a pool with devices, thick and thin v
   // one copy (degraded, estimated from usage spread over the groups), none of it failed.
   const failed = api.controller.state.model.devices[devices[0] as string] as { state: string };
   failed.state = 'failed';
-  const degraded: RestStoragePoolStatistics = await get(api, token, `/api/instances/StoragePool::${pool}/relationships/Statistics`);
+  const degraded = await get<RestStoragePoolStatistics>(api, token, `/api/instances/StoragePool::${pool}/relationships/Statistics`);
   t.equal(degraded.maxCapacityInKb, (2 * GiB) / KiB, 'raw counts healthy devices');
   t.equal(degraded.failedCapacityInKb, 0, 'failed: nothing, every group has a copy left');
   t.equal(degraded.numOfFailedDevices, 1);
@@ -389,7 +390,7 @@ t.test('capacity statistics: arithmetic on a pool with devices, thick and thin v
   });
   t.match(await get(api, token, `/api/instances/Device::${deviceId}/relationships/Statistics`), { deviceId, statisticsAvailable: true, totalReadIos: 10, totalWriteIos: 20, totalReadInKb: 40, totalWriteInKb: 80, maxCapacityInKb: GiB / KiB });
 
-  const view: RestDashboard = await get(api, token, '/api/dashboard');
+  const view = await get<RestDashboard>(api, token, '/api/dashboard');
   t.match(view, {
     system: { id: testClusterId, name: 'testsys' },
     capacity: { numOfVolumes: 3, failedCapacityInKb: 0 },

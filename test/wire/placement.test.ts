@@ -23,6 +23,9 @@ t.test('a good map parses to itself', async (t) => {
 });
 
 t.test('bad maps name the field', async (t) => {
+  // The spoilers write values of the wrong type into a JSON copy on purpose: no type but
+  // `any` describes what they make of it.
+  /* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-member-access */
   const cases: Array<[string, (map: Record<string, any>) => void, RegExp]> = [
     ['epoch zero', (map) => (map['epoch'] = 0), /map\.epoch/],
     ['epoch a string', (map) => (map['epoch'] = '3'), /map\.epoch/],
@@ -37,6 +40,7 @@ t.test('bad maps name the field', async (t) => {
   ];
   for (const [what, spoil, field] of cases) {
     const map = JSON.parse(JSON.stringify(good())) as Record<string, any>;
+    /* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-member-access */
     spoil(map);
     t.throws(() => parsePlacementMap(map), { code: 'MB_ERR_INVALID_ARGUMENT', message: field }, what);
   }
