@@ -314,7 +314,8 @@ export class ChunkStore {
     // A failed device holds no copy anyone counts on (the MDM re-places its groups from
     // their other copies, which flushes reach): flushing it again would fail forever.
     const live = this.devices.filter((device) => device.state !== 'failed');
-    await Promise.all(live.map((device) => (device.dirty ? this.syncDevice(device) : device.syncing)));
+    const syncs = live.map((device) => (device.dirty ? this.syncDevice(device) : device.syncing));
+    await Promise.all(syncs.filter((sync): sync is Promise<void> => sync !== null));
   }
 
   has(key: ChunkKey): boolean {
