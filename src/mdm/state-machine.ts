@@ -4,6 +4,16 @@
 // is a pure function, so replaying the journal's commands rebuilds the same state, and a
 // seeded simulation can drive it (TigerBeetle's rule: state machines do no I/O).
 //
+// Two ways in, both here so that this file stays the only code writing the model:
+// - apply(command): a durable change, journaled by the caller before it is acknowledged.
+// - observe(observation): what the MDM sees of the running system (connections, heartbeat
+//   times, bytes in use). Not journaled: every SDS beats every second, and journaling that
+//   would turn the journal into a heartbeat log. The volatile fields (volatileFields in
+//   model.ts) are therefore not what replay restores: after a restart (or when another MDM
+//   takes over) everything is disconnected until it calls, which `connectionsLost` says.
+//   Decisions that depend on time and observations are made in health.ts, and come back
+//   here as commands.
+//
 // Commands are validated here (names, ranges, references, capacity); a refused command
 // throws MdmError and changes nothing: validation happens before the first mutation.
 
@@ -11,7 +21,7 @@ import { createHash } from 'node:crypto';
 import { MeshblockError } from '../common/errors.js';
 import { GiB, MiB, formatBytes } from '../common/units.js';
 import { pgCountMax, placementGroupOf, type PlacementMap } from '../wire/placement.js';
-import { emptyModel, type AccessMode, type Device, type Id, type Mapping, type PoolGroup, type Sds, type StoragePool, type SystemModel, type Volume, type VolumeType } from './model.js';
+import { emptyModel, type AccessMode, type Device, type Id, type Mapping, type PoolGroup, type Sds, type SdsState, type StoragePool, type SystemModel, type Volume, type VolumeType } from './model.js';
 import { planPlacement, type PlannerDevice } from './placement-planner.js';
 
 /** A refused command: `code` is stable, `httpStatus` is what the REST API answers. */
@@ -63,6 +73,19 @@ export type Command =
   | { type: 'repairPool'; poolId: Id }
   | { type: 'copiesSynced'; poolId: Id; groups: Array<{ pgIndex: number; secondaryDevice: Id; orderEpoch: number }> };
 
+/**
+ * What the MDM saw, applied with observe(): volatile, never journaled. Heartbeats carry
+ * their arrival time (the state machine reads no clock) and the bytes each device holds.
+ */
+export type Observation =
+  | { type: 'sdsHeartbeat'; sdsId: Id; nowMs: number; devices: Array<{ deviceId: Id; usedBytes: number }> }
+  /** Its connection dropped, or it went silent while holding nothing (so it is not declared down). */
+  | { type: 'sdsDisconnected'; sdsId: Id }
+  | { type: 'sdcHeartbeat'; sdcId: Id; nowMs: number }
+  | { type: 'sdcDisconnected'; sdcId: Id }
+  /** The MDM (re)started or took over: no connection survived, everyone must call again. */
+  | { type: 'connectionsLost' };
+
 /** What a command created, when it created something. */
 export interface Applied {
   id?: Id;
@@ -105,6 +128,52 @@ export class StateMachine {
 
   static create(clusterId: Id, name: string): StateMachine {
     return new StateMachine(emptyModel(clusterId, name));
+  }
+
+  /**
+   * Records what the MDM saw. Changes only volatile fields (volatileFields): never the
+   * placement, the epoch or anything a command decides. Unknown ids are ignored: a
+   * heartbeat may race the removal of its SDS.
+   */
+  observe(observation: Observation): void {
+    const model = this.model;
+    switch (observation.type) {
+      case 'sdsHeartbeat': {
+        const sds = model.sdss[observation.sdsId];
+        if (sds === undefined) return;
+        sds.lastHeartbeatMs = observation.nowMs;
+        sds.state = sdsState(sds, true);
+        for (const reported of observation.devices) {
+          const device = model.devices[reported.deviceId];
+          // A device that moved to another SDS is that SDS's to report.
+          if (device === undefined || device.sdsId !== sds.id) continue;
+          device.usedBytes = reported.usedBytes;
+        }
+        return;
+      }
+      case 'sdsDisconnected': {
+        const sds = model.sdss[observation.sdsId];
+        if (sds !== undefined) sds.state = sdsState(sds, false);
+        return;
+      }
+      case 'sdcHeartbeat': {
+        const sdc = model.sdcs[observation.sdcId];
+        if (sdc === undefined) return;
+        sdc.lastSeenMs = observation.nowMs;
+        sdc.state = 'connected';
+        return;
+      }
+      case 'sdcDisconnected': {
+        const sdc = model.sdcs[observation.sdcId];
+        if (sdc !== undefined) sdc.state = 'disconnected';
+        return;
+      }
+      case 'connectionsLost': {
+        for (const sds of Object.values(model.sdss)) sds.state = sdsState(sds, false);
+        for (const sdc of Object.values(model.sdcs)) sdc.state = 'disconnected';
+        return;
+      }
+    }
   }
 
   apply(command: Command): Applied {
@@ -213,13 +282,14 @@ export class StateMachine {
         const moved = existing.address !== command.address;
         existing.name = command.name;
         existing.address = command.address;
-        existing.state = 'connected';
         existing.lastHeartbeatMs = command.nowMs;
         // Registering is how a down SDS comes back.
         if (isDown(existing)) {
           this.sdsReturns(existing);
+          existing.state = sdsState(existing, true);
           return { id: existing.id, epochChanged: true };
         }
+        existing.state = sdsState(existing, true);
         if (moved && this.sdsInUse(existing.id)) model.epoch += 1;
         return { id: existing.id, epochChanged: moved };
       }
@@ -397,7 +467,7 @@ export class StateMachine {
         if (isDown(sds)) return { epochChanged: false };
         sds.downSinceMs = command.nowMs;
         sds.out = false;
-        sds.state = 'down';
+        sds.state = sdsState(sds, false);
         // Its copies stop counting: a group it was primary of fails over to an in-sync
         // secondary; a copy it held is remembered as absent, to come back if it does.
         for (const pool of Object.values(model.storagePools)) {
@@ -876,6 +946,15 @@ export class StateMachine {
 
 export function isDown(sds: Sds): boolean {
   return sds.downSinceMs !== undefined && sds.downSinceMs !== null;
+}
+
+/**
+ * The one derivation of an SDS's shown state: down is decided by commands (and journaled);
+ * connected or not is only what the MDM sees, and never overrides down.
+ */
+export function sdsState(sds: Sds, connected: boolean): SdsState {
+  if (isDown(sds)) return 'down';
+  return connected ? 'connected' : 'disconnected';
 }
 
 function isPowerOfTwo(value: number): boolean {
