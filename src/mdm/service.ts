@@ -126,7 +126,7 @@ export class MdmService implements MdmController {
     const state = new StateMachine(snapshot);
     for (const [index, record] of records.entries()) {
       try {
-        state.apply(record.command);
+        state.replay(record.command);
       } catch (err) {
         await journal.close();
         throw new MeshblockError('MB_ERR_JOURNAL_REPLAY', `journal record ${index} (${record.command.type}) no longer applies: ${(err as Error).message}`, { cause: err });

@@ -86,6 +86,9 @@ export type Observation =
   /** The MDM (re)started or took over: no connection survived, everyone must call again. */
   | { type: 'connectionsLost' };
 
+/** Commands that may refuse after a first change (they re-plan pools): apply() undoes them. */
+const replanningCommands: ReadonlySet<Command['type']> = new Set(['registerSds', 'removeSds', 'removeDevice', 'sdsOut', 'deviceFailed', 'copiesSynced']);
+
 /** What a command created, when it created something. */
 export interface Applied {
   id?: Id;
@@ -124,6 +127,9 @@ export interface PoolHealth {
 }
 
 export class StateMachine {
+  /** Set while replay() applies a journaled command: capacity is not checked again. */
+  private replaying = false;
+
   constructor(readonly model: SystemModel) {}
 
   static create(clusterId: Id, name: string): StateMachine {
@@ -176,7 +182,41 @@ export class StateMachine {
     }
   }
 
+  /**
+   * Applies a command, or refuses it (MdmError) and changes nothing. Most commands validate
+   * before their first change; those that re-plan pools (which may refuse mid-way, e.g. a
+   * placement that no longer fits) are undone from a copy taken before, so that the live
+   * model never holds a change the journal does not (found by the seeded simulation: a
+   * refused sdsOut left its SDS out in memory only).
+   */
+  /**
+   * Applies a journaled command again (journal replay). It was accepted once; its capacity
+   * check then read the bytes in use, which are volatile (heartbeats, not the journal), so
+   * it is not made again: a replay must rebuild the state, not decide anew (found by the
+   * seeded simulation: a thick volume accepted before a snapshot with more bytes in use made
+   * the journal refuse to open). Every other check stays: they read only durable state.
+   */
+  replay(command: Command): Applied {
+    this.replaying = true;
+    try {
+      return this.apply(command);
+    } finally {
+      this.replaying = false;
+    }
+  }
+
   apply(command: Command): Applied {
+    if (!replanningCommands.has(command.type)) return this.applyCommand(command);
+    const undo = JSON.stringify(this.model);
+    try {
+      return this.applyCommand(command);
+    } catch (err) {
+      if (err instanceof MdmError) Object.assign(this.model, JSON.parse(undo) as SystemModel);
+      throw err;
+    }
+  }
+
+  private applyCommand(command: Command): Applied {
     const model = this.model;
     switch (command.type) {
       case 'addProtectionDomain': {
@@ -537,6 +577,7 @@ export class StateMachine {
       case 'copiesSynced': {
         const pool = this.get(model.storagePools, command.poolId, 'storage pool');
         let synced = 0;
+        let failedOver = false;
         for (const entry of command.groups) {
           const group = pool.groups[entry.pgIndex];
           if (group === undefined || group.syncing !== true || group.secondaryDevice !== entry.secondaryDevice) continue;
@@ -546,6 +587,15 @@ export class StateMachine {
           delete group.syncEpoch;
           delete group.delta;
           synced += 1;
+          if (!this.readable(group.primaryDevice)) {
+            // Its primary's SDS went down after the fill finished but before it was recorded:
+            // the group fails over to the copy now in sync, as sdsDown would have done (found
+            // by the seeded simulation: the group stayed unavailable until the SDS was out).
+            group.absentDevice = group.primaryDevice;
+            group.primaryDevice = entry.secondaryDevice;
+            group.secondaryDevice = null;
+            failedOver = true;
+          }
         }
         if (synced === 0) return { epochChanged: false };
         // Every copy in sync: plan once more with the same devices, which moves nothing and
@@ -555,7 +605,8 @@ export class StateMachine {
           this.finishRemovals();
           return { epochChanged: true };
         }
-        return { epochChanged: false };
+        if (failedOver) model.epoch += 1;
+        return { epochChanged: failedOver };
       }
     }
   }
@@ -689,7 +740,8 @@ export class StateMachine {
     const health: PoolHealth = { groups: pool.groups.length, degradedGroups: 0, syncingGroups: 0, failedGroups: 0, degradedBytes: 0, failedBytes: 0 };
     for (const group of pool.groups) {
       const primaryOk = group.lost !== true && this.readable(group.primaryDevice);
-      const secondaryOk = group.secondaryDevice !== null && group.syncing !== true && this.readable(group.secondaryDevice);
+      // A lost group's IO fails whatever its devices hold (as volumeHealth counts it).
+      const secondaryOk = group.lost !== true && group.secondaryDevice !== null && group.syncing !== true && this.readable(group.secondaryDevice);
       // A readable secondary in sync still holds the data (the group fails over to it).
       if (!primaryOk && !secondaryOk) health.failedGroups += 1;
       else if (!primaryOk || !secondaryOk) health.degradedGroups += 1;
@@ -817,6 +869,14 @@ export class StateMachine {
         next.primaryDevice = before.primaryDevice;
         next.secondaryDevice = before.secondaryDevice;
       }
+      if (!syncedBefore.has(next.primaryDevice)) {
+        // The plan put the primary on a copy that is not in sync (a device being removed, or
+        // a rebalance onto a new one, while the group's second copy was still filling): the
+        // group's last good copy would be dropped and reads served from a partial one (found
+        // by the seeded simulation). Keep the group where it was: the fill goes on, and the
+        // plan made once it is in sync (copiesSynced plans again) moves the group then.
+        return this.keptGroup(before, syncedBefore);
+      }
       if (next.secondaryDevice !== null) {
         const keptSyncing = before.syncing === true && next.secondaryDevice === before.secondaryDevice && next.primaryDevice === before.primaryDevice;
         if (keptSyncing) {
@@ -836,6 +896,23 @@ export class StateMachine {
     for (const group of pool.groups) {
       for (const key of ['syncing', 'syncEpoch', 'delta', 'absentDevice', 'absentFull', 'lost'] as const) if (group[key] === undefined) delete group[key];
     }
+  }
+
+  /** A group left as it was by a plan, on a copy in sync; a second copy that is unreadable is let go (repairPool gives another). */
+  private keptGroup(before: PoolGroup, syncedBefore: ReadonlySet<Id>): PoolGroup {
+    const primaryDevice = syncedBefore.has(before.primaryDevice) ? before.primaryDevice : (before.secondaryDevice as Id);
+    const other = primaryDevice === before.primaryDevice ? before.secondaryDevice : null;
+    const kept: PoolGroup = { primaryDevice, secondaryDevice: other !== null && this.readable(other) ? other : null };
+    if (kept.secondaryDevice !== null && before.syncing === true) {
+      kept.syncing = true;
+      if (before.syncEpoch !== undefined) kept.syncEpoch = before.syncEpoch;
+      if (before.delta === true) kept.delta = true;
+    }
+    if (before.absentDevice !== undefined) {
+      kept.absentDevice = before.absentDevice;
+      if (before.absentFull === true) kept.absentFull = true;
+    }
+    return kept;
   }
 
   /** Re-plans a pool after a device or SDS was lost for good (refused plans are logged by the caller). */
@@ -902,6 +979,7 @@ export class StateMachine {
   }
 
   private checkFits(capacity: PoolCapacity, extraThickBytes: number, what: string): void {
+    if (this.replaying) return;
     const needed = capacity.thickReservedBytes + extraThickBytes + Math.max(0, capacity.inUseBytes - capacity.thickReservedBytes);
     if (needed > capacity.usableBytes) {
       throw new MdmError(
