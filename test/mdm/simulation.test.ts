@@ -4,7 +4,8 @@
 // register, beat, take rebuild orders, finish or fail their jobs and report them. Faults
 // come in random orders and timings: SDS crashes, network drops (back within the grace or
 // after down or out), hung SDSs (connected, silent), device failures, lost and duplicated
-// rebuild reports and orders, reports replayed long after (stale epochs), time jumps, and
+// rebuild reports and orders, reports replayed long after or from an earlier fill of the
+// same copies (stale epochs), batches recorded after their copy came back, time jumps, and
 // MDM restarts, which rebuild the state machine from the last snapshot plus the journaled
 // commands, as MdmService.open() does. Administration runs alongside: SDSs, devices,
 // volumes (thin and thick), writes, removals, spare changes, pool repairs.
@@ -16,7 +17,8 @@
 // - no command makes a group give up its last in-sync readable copies while one of them is
 //   still readable (a failure makes a copy unreadable; a decision must never drop one);
 // - a copy is recorded in sync only after a real fill from its primary, ordered at or
-//   after that fill began, finished (an oracle the simulated SDSs keep);
+//   after that fill began, finished (an oracle the simulated SDSs keep); a report or batch
+//   entry from before the fill began is refused, by health.ts and by the state machine;
 // - capacity and health, recomputed here from devices, volumes and groups, equal
 //   poolCapacity() and poolHealth(); accepted thick reservations fit;
 // - a refused command changes nothing; the journal replayed from its snapshot equals the
@@ -57,9 +59,9 @@ const stepsDefault = 3000;
 /** The service compacts after 1000 records; a smaller number exercises snapshots more often. */
 const compactAfterRecords = 40;
 /** Jobs an SDS keeps listed in its stats (it drops the oldest finished ones). */
-const jobsListedMax = 24;
+const jobsListedMax = 64;
 /** Reports kept to be delivered again later (duplicates, stale epochs). */
-const reportHistoryMax = 64;
+const reportHistoryMax = 1024;
 const sdsCountMax = 9;
 /** Events shown with a failure. */
 const trailMax = 200;
@@ -241,7 +243,11 @@ class Simulation {
   }
 
   onRebuildDone(sdsId: Id, done: RebuildDone): void {
+    const group = this.model.storagePools[done.poolId]?.groups[done.pgIndex];
+    const stale = group?.syncing === true && done.epoch < (group.syncEpoch ?? 0);
+    if (stale) this.count('stale report', null);
     if (noteRebuildDone(this.observations, this.machine, sdsId, done)) {
+      check(!stale, `a report from epoch ${done.epoch}, before the fill of group ${done.pgIndex} began (${group?.syncEpoch}), was accepted`);
       this.count('report accepted');
       this.syncedDueMs ??= this.nowMs + syncedBatchMs;
     } else {
@@ -445,6 +451,8 @@ class Simulation {
       [2, () => this.restartSds(this.pick(sdss.filter((sds) => !sds.alive)))],
       [0.7, () => this.failDevice(this.pick(sdss) as SimSds)],
       [3, () => this.replayReport()],
+      [2, () => this.delayedReport()],
+      [1, () => this.lateBatch()],
       [0.4, () => this.restartMdm()],
       [20, () => undefined],
     ];
@@ -509,6 +517,38 @@ class Simulation {
     this.onRebuildDone(report.sdsId, report.done);
   }
 
+  /**
+   * A report from an earlier fill between a group's two SDSs arrives now (a slow connection):
+   * the copy went away and came back since, so the report proves nothing about it.
+   */
+  delayedReport(): void {
+    const candidates: Array<{ poolId: Id; pgIndex: number; group: PoolGroup }> = [];
+    for (const pool of Object.values(this.model.storagePools)) {
+      pool.groups.forEach((group, pgIndex) => {
+        if (group.syncing === true && group.secondaryDevice !== null && (group.syncEpoch ?? 0) > 1) candidates.push({ poolId: pool.id, pgIndex, group });
+      });
+    }
+    const chosen = this.pick(candidates);
+    if (chosen === undefined) return;
+    const sourceSdsId = this.model.devices[chosen.group.primaryDevice]?.sdsId as Id;
+    const targetSdsId = this.model.devices[chosen.group.secondaryDevice as Id]?.sdsId as Id;
+    if (!this.connected.has(sourceSdsId)) return;
+    const epoch = Math.max(1, (chosen.group.syncEpoch ?? 0) - 1 - this.int(3));
+    this.onRebuildDone(sourceSdsId, { jobId: `late.${this.step}`, poolId: chosen.poolId, pgIndex: chosen.pgIndex, targetSdsId, epoch, mode: 'delta', chunksDone: 1, bytesDone: MiB });
+  }
+
+  /**
+   * A batch taken before a copy went away and came back is executed after (the race the
+   * state machine's own epoch check is for): its entry carries an order from before the fill.
+   */
+  lateBatch(): void {
+    const pool = this.model.storagePools[this.pick(this.pools) as Id];
+    const pgIndex = pool?.groups.findIndex((group) => group.syncing === true && (group.syncEpoch ?? 0) > 1) ?? -1;
+    const group = pool?.groups[pgIndex];
+    if (pool === undefined || group === undefined || group.secondaryDevice === null) return;
+    this.execute({ type: 'copiesSynced', poolId: pool.id, groups: [{ pgIndex, secondaryDevice: group.secondaryDevice, orderEpoch: (group.syncEpoch ?? 0) - 1 }] });
+  }
+
   // --- invariants ---------------------------------------------------------------------
 
   readable(model: SystemModel, deviceId: Id | null): boolean {
@@ -543,7 +583,15 @@ class Simulation {
     const pool = this.model.storagePools[command.poolId];
     for (const entry of command.groups) {
       const group = pool?.groups[entry.pgIndex];
-      if (group === undefined || group.syncing !== true || group.secondaryDevice !== entry.secondaryDevice || entry.orderEpoch < (group.syncEpoch ?? 0)) continue;
+      if (group === undefined || group.syncing !== true || group.secondaryDevice !== entry.secondaryDevice) continue;
+      if (entry.orderEpoch < (group.syncEpoch ?? 0)) {
+        // From before the fill began: the state machine must leave the group as it is (tried on a copy).
+        const probe = new StateMachine(JSON.parse(JSON.stringify(this.model)) as SystemModel);
+        probe.apply({ type: 'copiesSynced', poolId: command.poolId, groups: [entry] });
+        check(JSON.stringify(probe.model.storagePools[command.poolId]?.groups[entry.pgIndex]) === JSON.stringify(group), `copiesSynced recorded group ${entry.pgIndex} in sync from an order of epoch ${entry.orderEpoch}, before its fill began (${group.syncEpoch})`);
+        this.count('stale copiesSynced entry', null);
+        continue;
+      }
       const source = this.model.devices[group.primaryDevice]?.sdsId;
       const target = this.model.devices[group.secondaryDevice]?.sdsId;
       const filledAt = this.fills.get(`${command.poolId}/${entry.pgIndex}/${source}/${target}`);
@@ -694,7 +742,7 @@ for (const seed of seeds) {
     t.equal(failure, null, `seed ${seed}: ${failure ?? 'no invariant broken'}`);
     if (failure !== null) return;
     // The run reached what it is meant to test (else its invariants proved little).
-    for (const what of ['sdsDown', 'sdsOut', 'deviceFailed', 'copiesSynced', 'back before out', 'back after out', 'mdm restart', 'report ignored', 'fenced', 'order lost']) {
+    for (const what of ['sdsDown', 'sdsOut', 'deviceFailed', 'copiesSynced', 'back before out', 'back after out', 'mdm restart', 'report ignored', 'stale report', 'stale copiesSynced entry', 'fenced', 'order lost']) {
       t.ok((simulation.counts.get(what) ?? 0) > 0, `it reached ${what} (${simulation.counts.get(what) ?? 0})`);
     }
     t.ok(Object.keys(simulation.model.volumes).length > 0, 'volumes remain at the end');
