@@ -15,7 +15,8 @@
 //   here as commands.
 //
 // Commands are validated here (names, ranges, references, capacity); a refused command
-// throws MdmError and changes nothing: validation happens before the first mutation.
+// throws MdmError and changes nothing: validation happens before the first mutation, and
+// the few commands that re-plan pools (which can refuse mid-way) are undone by apply().
 
 import { createHash } from 'node:crypto';
 import { MeshblockError } from '../common/errors.js';
@@ -183,13 +184,6 @@ export class StateMachine {
   }
 
   /**
-   * Applies a command, or refuses it (MdmError) and changes nothing. Most commands validate
-   * before their first change; those that re-plan pools (which may refuse mid-way, e.g. a
-   * placement that no longer fits) are undone from a copy taken before, so that the live
-   * model never holds a change the journal does not (found by the seeded simulation: a
-   * refused sdsOut left its SDS out in memory only).
-   */
-  /**
    * Applies a journaled command again (journal replay). It was accepted once; its capacity
    * check then read the bytes in use, which are volatile (heartbeats, not the journal), so
    * it is not made again: a replay must rebuild the state, not decide anew (found by the
@@ -205,6 +199,13 @@ export class StateMachine {
     }
   }
 
+  /**
+   * Applies a command, or refuses it (MdmError) and changes nothing. Most commands validate
+   * before their first change; those that re-plan pools (which may refuse mid-way, e.g. a
+   * placement that no longer fits) are undone from a copy taken before, so that the live
+   * model never holds a change the journal does not (found by the seeded simulation: a
+   * refused sdsOut left its SDS out in memory only).
+   */
   apply(command: Command): Applied {
     if (!replanningCommands.has(command.type)) return this.applyCommand(command);
     const undo = JSON.stringify(this.model);
