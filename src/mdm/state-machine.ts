@@ -208,11 +208,14 @@ export class StateMachine {
    */
   apply(command: Command): Applied {
     if (!replanningCommands.has(command.type)) return this.applyCommand(command);
-    const undo = JSON.stringify(this.model);
+    // Only what these commands change is copied: volumes (the largest table at 100k of them),
+    // SDCs and domains stay out of it. The simulation checks that a refusal changes nothing.
+    const { epoch, storagePools, sdss, devices } = this.model;
+    const undo = JSON.stringify({ epoch, storagePools, sdss, devices });
     try {
       return this.applyCommand(command);
     } catch (err) {
-      if (err instanceof MdmError) Object.assign(this.model, JSON.parse(undo) as SystemModel);
+      if (err instanceof MdmError) Object.assign(this.model, JSON.parse(undo) as Pick<SystemModel, 'epoch' | 'storagePools' | 'sdss' | 'devices'>);
       throw err;
     }
   }
