@@ -158,3 +158,28 @@ export function emptyModel(clusterId: Id, name: string): SystemModel {
     volumes: {},
   };
 }
+
+/**
+ * The fields set by what the MDM sees (observe() in state-machine.ts), not by commands alone:
+ * connection state, heartbeat times, bytes in use. Nothing journals their changes, so a
+ * model restored from the journal differs from the live one only here; every MDM (after a
+ * restart, or a Slave taking over) starts them over as "disconnected until it calls".
+ * Named once, here, so that what a replay must reproduce is said in one place.
+ */
+export const volatileFields = ['state', 'lastHeartbeatMs', 'lastSeenMs', 'usedBytes'] as const;
+
+/**
+ * The model as JSON without its volatile fields: what the journal (snapshot and commands)
+ * must restore exactly. Device and volume states are named `state` too but are durable, so
+ * only SDS and SDC connection states are left out.
+ */
+export function durableJson(model: SystemModel): string {
+  const volatile = new Set<string>(volatileFields);
+  return JSON.stringify(model, function (this: unknown, key: string, value: unknown) {
+    if (!volatile.has(key)) return value;
+    if (key !== 'state') return undefined;
+    // `this` is the object holding the key: SDSs and SDCs have a connection state, devices a durable one.
+    const holder = this as { lastHeartbeatMs?: unknown; lastSeenMs?: unknown };
+    return holder.lastHeartbeatMs !== undefined || holder.lastSeenMs !== undefined ? undefined : value;
+  });
+}

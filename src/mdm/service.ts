@@ -2,9 +2,12 @@
 // SDSs (and later SDCs) it manages. Every change goes through execute(): applied to the
 // state machine (which validates), appended to the journal and synced, and only then
 // acknowledged; when the epoch moves, the new placement map is pushed to every connected
-// SDS. Heartbeats update what is volatile (last seen, bytes in use) without the journal.
+// SDS. Heartbeats update what is volatile (last seen, bytes in use) through the state
+// machine's observe(), without the journal.
 //
-// Time is read here, in the I/O layer, and handed to the state machine on commands.
+// Time is read here, in the I/O layer, and handed to the state machine on commands and to
+// the health decisions (health.ts), which are pure: this file feeds them the clock and what
+// it saw, and carries out what they decide. It makes no failure or rebuild decision itself.
 
 import * as net from 'node:net';
 import type { Logger } from 'pino';
@@ -13,46 +16,44 @@ import { MeshblockError } from '../common/errors.js';
 import { MdmOp, SdcOp, heartbeatIntervalMs, parseSdcRegistration, parseSdsRegistration, parseDeviceRefusal, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
 import { WirePeer, type WireReply, type WireRequest } from '../wire/peer.js';
 import { listenTcp } from '../wire/peer-pool.js';
-import { SdsOp, SdsStatus, type RebuildArgs, type SdsStats } from '../wire/sds-ops.js';
+import { SdsOp, SdsStatus, type SdsStats } from '../wire/sds-ops.js';
 import type { AddDeviceRequest, MdmController, RebuildStatus } from './controller.js';
+import {
+  decideHealth,
+  decideOnHeartbeat,
+  decideRebuilds,
+  emptyObservations,
+  healthOptions,
+  noteDecisions,
+  noteOrderFailed,
+  noteRebuildDone,
+  noteRepairDone,
+  noteRestart,
+  noteSdsConnected,
+  noteSdsDisconnected,
+  sdcHeartbeatTimeoutMs,
+  syncedBatchMs,
+  takeSyncedBatch,
+  type HealthDecisions,
+  type HealthObservations,
+  type HealthOptions,
+} from './health.js';
 import { Journal } from './journal.js';
 import { emptyModel, type Id, type SystemModel } from './model.js';
 import { MdmError, StateMachine, isDown, type Applied, type Command } from './state-machine.js';
 
+export {
+  rebuildAfterMsDefault,
+  rebuildBytesPerSecondMaxDefault,
+  rebuildBytesPerSecondUnderLoadDefault,
+  rebuildChunksInflightMaxDefault,
+  sdsDownAfterMsDefault,
+} from './health.js';
 /** An SDC is called disconnected after this long without a heartbeat. */
-export const heartbeatTimeoutMs = 5 * heartbeatIntervalMs;
-/**
- * Failure detection defaults. An SDS silent this long (or disconnected for a second) is
- * declared down and its groups fail over: client IO to it stalls about this long, far
- * inside the kernel NBD client's 30 s request timeout.
- */
-export const sdsDownAfterMsDefault = 3000;
-/** A connection that drops is given this long to come back before its SDS is declared down. */
-const disconnectGraceMs = 1000;
-/** After an MDM restart, SDSs get this long (plus the down deadline) to register again. */
-const restartGraceMs = 10_000;
-/**
- * A down SDS is declared out after this long: its copies are re-created elsewhere. Back
- * before then, it only receives what changed while it was away (a delta rebuild).
- */
-export const rebuildAfterMsDefault = 60_000;
-/**
- * Rebuild throttle defaults, per source SDS over all its jobs: bytes per second, and chunk
- * copies in flight (ScaleIO's "concurrent rebuild IOs"; its default is 1 per device).
- */
-export const rebuildBytesPerSecondMaxDefault = 64 * 1024 * 1024;
-/** While clients do IO on a source SDS, its rebuilds get this much ("favor application IO"). */
-export const rebuildBytesPerSecondUnderLoadDefault = 16 * 1024 * 1024;
-export const rebuildChunksInflightMaxDefault = 2;
+export const heartbeatTimeoutMs = sdcHeartbeatTimeoutMs;
 /** The journal is compacted into a snapshot after this many records. */
 const compactAfterRecords = 1000;
 const sdsOrderTimeoutMs = 30_000;
-/** A fill order not answered by the group being in sync is repeated after this long. */
-const orderRepeatMs = 30_000;
-/** A pool is planned again for orphaned one-copy groups at most this often. */
-const repairIntervalMs = 30_000;
-/** Rebuild completions are applied in batches, one journal record per pool. */
-const syncedBatchMs = 250;
 
 export interface JournalRecord {
   command: Command;
@@ -87,11 +88,9 @@ export class MdmService implements MdmController {
   private readonly sdcOpenVolumes = new Map<Id, string[]>();
   private readonly lastStats = new Map<Id, SdsStats>();
   private healthTimer: NodeJS.Timeout | null = null;
-  /** When each SDS's connection dropped (it is down once the grace has passed). */
-  private readonly disconnectedSinceMs = new Map<Id, number>();
-  /** Rebuild orders given, by pool/group/target, with the epoch they were given at. */
-  private readonly ordersGiven = new Map<string, { epoch: number; atMs: number }>();
-  private readonly syncedPending = new Map<Id, Array<{ pgIndex: number; secondaryDevice: Id; orderEpoch: number }>>();
+  /** What the health decisions need beyond the model: disconnections, orders given, repairs, finished fills. */
+  private readonly observations: HealthObservations = emptyObservations();
+  private readonly healthOptions: HealthOptions;
   private syncedTimer: NodeJS.Timeout | null = null;
   /** Rebuild progress: bytes copied (reported with completions and stats) and a 1 s rate. */
   private rebuildBytesDone = 0;
@@ -103,8 +102,6 @@ export class MdmService implements MdmController {
   private readonly countedJobs = new Map<Id, Set<string>>();
   private rebuildRate = { atMs: Date.now(), bytes: 0, perSecond: 0 };
   private syncingMax = 0;
-  private readonly repairing = new Set<Id>();
-  private readonly repairedAtMs = new Map<Id, number>();
   /** Commands are applied and journaled one at a time, so the journal's order is the order applied. */
   private executing: Promise<unknown> = Promise.resolve();
 
@@ -114,6 +111,7 @@ export class MdmService implements MdmController {
     private readonly options: MdmServiceOptions,
   ) {
     this.server = net.createServer((socket) => this.onConnection(socket));
+    this.healthOptions = healthOptions(options);
   }
 
   static async open(options: MdmServiceOptions): Promise<MdmService> {
@@ -128,15 +126,14 @@ export class MdmService implements MdmController {
     const state = new StateMachine(snapshot);
     for (const [index, record] of records.entries()) {
       try {
-        state.apply(record.command);
+        state.replay(record.command);
       } catch (err) {
         await journal.close();
         throw new MeshblockError('MB_ERR_JOURNAL_REPLAY', `journal record ${index} (${record.command.type}) no longer applies: ${(err as Error).message}`, { cause: err });
       }
     }
     // Connections did not survive the restart: everyone is disconnected until they call.
-    for (const sds of Object.values(state.model.sdss)) sds.state = isDown(sds) ? 'down' : 'disconnected';
-    for (const sdc of Object.values(state.model.sdcs)) sdc.state = 'disconnected';
+    state.observe({ type: 'connectionsLost' });
     options.log.info({ records: records.length, epoch: state.model.epoch }, 'state restored from the journal');
     return new MdmService(state, journal, options);
   }
@@ -145,20 +142,9 @@ export class MdmService implements MdmController {
     const bound = await listenTcp(this.server, host, port);
     // After a restart every SDS is disconnected: give them the time to call back (their
     // reconnect backoff reaches 5 s while the MDM is away).
-    for (const sds of Object.values(this.state.model.sdss)) this.disconnectedSinceMs.set(sds.id, Date.now() + this.downAfterMs + restartGraceMs);
-    this.healthTimer = setInterval(() => {
-      this.checkHealth(Date.now());
-      this.orderRebuilds();
-    }, heartbeatIntervalMs).unref();
+    noteRestart(this.observations, this.state, Date.now(), this.healthOptions);
+    this.healthTimer = setInterval(() => this.onHealthTick(Date.now()), heartbeatIntervalMs).unref();
     return bound;
-  }
-
-  private get downAfterMs(): number {
-    return this.options.sdsDownAfterMs ?? sdsDownAfterMsDefault;
-  }
-
-  private get rebuildAfterMs(): number {
-    return this.options.rebuildAfterMs ?? rebuildAfterMsDefault;
   }
 
   // --- MdmController ---------------------------------------------------------------------
@@ -187,7 +173,7 @@ export class MdmService implements MdmController {
       setImmediate(() => process.exit(1));
       throw err;
     }
-    if (applied.epochChanged) void this.pushMap().then(() => this.orderRebuilds());
+    if (applied.epochChanged) void this.pushMap().then(() => this.orderRebuildsNow());
     this.pushViews();
     if (this.journal.recordCount >= compactAfterRecords) {
       await this.journal.compact(this.state.model).catch((err: unknown) => this.options.log.error({ err }, 'journal compaction failed; will retry'));
@@ -242,15 +228,13 @@ export class MdmService implements MdmController {
           if (session.sdcId !== null && this.sdcPeers.get(session.sdcId)?.peer === peer) {
             this.sdcPeers.delete(session.sdcId);
             this.sdcOpenVolumes.delete(session.sdcId);
-            const sdc = this.state.model.sdcs[session.sdcId];
-            if (sdc !== undefined) sdc.state = 'disconnected';
+            this.state.observe({ type: 'sdcDisconnected', sdcId: session.sdcId });
             this.options.log.warn({ sdcId: session.sdcId }, 'SDC disconnected');
           }
           if (session.sdsId !== null && this.sdsPeers.get(session.sdsId) === peer) {
             this.sdsPeers.delete(session.sdsId);
-            this.disconnectedSinceMs.set(session.sdsId, Date.now());
-            const sds = this.state.model.sdss[session.sdsId];
-            if (sds !== undefined && !isDown(sds)) sds.state = 'disconnected';
+            noteSdsDisconnected(this.observations, session.sdsId, Date.now());
+            this.state.observe({ type: 'sdsDisconnected', sdsId: session.sdsId });
             this.options.log.warn({ sdsId: session.sdsId }, 'SDS disconnected');
           }
         });
@@ -272,7 +256,7 @@ export class MdmService implements MdmController {
           const previous = this.sdsPeers.get(registration.sdsId);
           if (previous !== undefined && previous !== peer) previous.destroy();
           this.sdsPeers.set(registration.sdsId, peer);
-          this.disconnectedSinceMs.delete(registration.sdsId);
+          noteSdsConnected(this.observations, registration.sdsId);
           // After this reply, so that the SDS hears of its registration first.
           setImmediate(() => void this.pushMapTo(registration.sdsId, peer));
           this.options.log.info({ sdsId: registration.sdsId, name: registration.name, address: registration.address, devices: registration.devices.length }, 'SDS registered');
@@ -293,11 +277,7 @@ export class MdmService implements MdmController {
         }
         case MdmOp.Heartbeat: {
           if (session.sdcId !== null) {
-            const sdc = this.state.model.sdcs[session.sdcId];
-            if (sdc !== undefined) {
-              sdc.lastSeenMs = Date.now();
-              sdc.state = 'connected';
-            }
+            this.state.observe({ type: 'sdcHeartbeat', sdcId: session.sdcId, nowMs: Date.now() });
             const beat = JSON.parse(request.payload.toString()) as Partial<SdcHeartbeat>;
             this.sdcOpenVolumes.set(session.sdcId, Array.isArray(beat.openVolumes) ? beat.openVolumes.filter((entry) => typeof entry === 'string') : []);
             return { status: SdsStatus.Ok };
@@ -326,33 +306,26 @@ export class MdmService implements MdmController {
   }
 
   private onHeartbeat(sdsId: Id, stats: SdsStats): void {
-    const sds = this.state.model.sdss[sdsId];
-    if (sds === undefined) return;
-    sds.lastHeartbeatMs = Date.now();
-    if (!isDown(sds)) sds.state = 'connected';
+    const nowMs = Date.now();
+    const decisions = decideOnHeartbeat(this.state, sdsId, stats, nowMs);
+    if (decisions === null) return;
+    this.state.observe(decisions.observation);
     this.lastStats.set(sdsId, stats);
     // Rebuild reports lost with a connection are found here; failed jobs are ordered again.
-    for (const job of stats.rebuilds ?? []) {
-      if (job.state === 'done') {
-        this.countRebuildBytes(sdsId, job);
-        this.onRebuildDone(sdsId, job);
-      }
-      else if (job.state === 'failed' && job.epoch === this.state.model.epoch) this.ordersGiven.delete(`${job.poolId}/${job.pgIndex}/${job.targetSdsId}`);
+    for (const done of decisions.reports) {
+      this.countRebuildBytes(sdsId, done);
+      this.onRebuildDone(sdsId, done);
     }
+    for (const key of decisions.failedOrders) noteOrderFailed(this.observations, key);
     const counted = this.countedJobs.get(sdsId);
     if (counted !== undefined) {
       const listed = new Set((stats.rebuilds ?? []).map((job) => job.jobId));
       for (const jobId of counted) if (!listed.has(jobId)) counted.delete(jobId);
     }
-    for (const reported of stats.devices ?? []) {
-      const device = this.state.model.devices[reported.deviceId];
-      if (device === undefined || device.sdsId !== sdsId) continue;
-      device.usedBytes = reported.usedBytes;
-      // One disk of the SDS failed: only that device's copies are rebuilt.
-      if (reported.state === 'failed' && device.state !== 'failed') {
-        this.options.log.error({ sdsId, deviceId: device.id, path: device.path, error: reported.error }, 'device failed; rebuilding its copies');
-        this.execute({ type: 'deviceFailed', deviceId: device.id, reason: reported.error ?? 'failed' }).catch((err: unknown) => this.options.log.error({ err, deviceId: device.id }, 'could not act on a device failure'));
-      }
+    for (const command of decisions.commands) {
+      const device = this.state.model.devices[command.deviceId];
+      this.options.log.error({ sdsId, deviceId: command.deviceId, path: device?.path, error: command.reason }, 'device failed; rebuilding its copies');
+      this.execute(command).catch((err: unknown) => this.options.log.error({ err, deviceId: command.deviceId }, 'could not act on a device failure'));
     }
   }
 
@@ -371,124 +344,87 @@ export class MdmService implements MdmController {
     this.rebuildBytesDone += done.bytesDone;
   }
 
-  /** An SDS finished a rebuild order: its target's copy is in sync once the MDM records it. */
+  /** An SDS finished a rebuild order: its target's copy is in sync once the MDM records it (in a batch). */
   private onRebuildDone(sdsId: Id, done: RebuildDone): void {
-    const pool = this.state.model.storagePools[done.poolId];
-    const group = pool?.groups[done.pgIndex];
-    if (pool === undefined || group === undefined || group.syncing !== true || group.secondaryDevice === null) return;
-    if (done.epoch < (group.syncEpoch ?? 0) || (this.syncedPending.get(pool.id) ?? []).some((entry) => entry.pgIndex === done.pgIndex)) return;
-    if (this.state.model.devices[group.primaryDevice]?.sdsId !== sdsId || this.state.model.devices[group.secondaryDevice]?.sdsId !== done.targetSdsId) return;
-    const pending = this.syncedPending.get(pool.id) ?? [];
-    pending.push({ pgIndex: done.pgIndex, secondaryDevice: group.secondaryDevice, orderEpoch: done.epoch });
-    this.syncedPending.set(pool.id, pending);
+    if (!noteRebuildDone(this.observations, this.state, sdsId, done)) return;
     this.syncedTimer ??= setTimeout(() => {
       this.syncedTimer = null;
-      for (const [poolId, groups] of this.syncedPending) {
-        this.syncedPending.delete(poolId);
-        this.execute({ type: 'copiesSynced', poolId, groups }).catch((err: unknown) => this.options.log.error({ err, poolId }, 'could not record finished rebuilds'));
+      for (const command of takeSyncedBatch(this.observations)) {
+        this.execute(command).catch((err: unknown) => this.options.log.error({ err, poolId: command.type === 'copiesSynced' ? command.poolId : undefined }, 'could not record finished rebuilds'));
       }
     }, syncedBatchMs);
   }
 
-  private checkHealth(nowMs: number): void {
-    for (const sdc of Object.values(this.state.model.sdcs)) {
-      if (sdc.state === 'connected' && nowMs - sdc.lastSeenMs > heartbeatTimeoutMs) {
-        sdc.state = 'disconnected';
-        this.options.log.warn({ sdcId: sdc.id, name: sdc.name, silentMs: nowMs - sdc.lastSeenMs }, 'SDC missed its heartbeats');
-      }
-    }
-    for (const sds of Object.values(this.state.model.sdss)) {
-      if (isDown(sds)) {
-        if (sds.out !== true && nowMs - (sds.downSinceMs ?? nowMs) >= this.rebuildAfterMs) {
-          this.options.log.warn({ sdsId: sds.id, name: sds.name, downMs: nowMs - (sds.downSinceMs ?? nowMs) }, 'SDS down too long: declared out, its copies are rebuilt elsewhere');
-          this.execute({ type: 'sdsOut', sdsId: sds.id }).catch((err: unknown) => this.options.log.error({ err, sdsId: sds.id }, 'could not declare the SDS out'));
-        }
-        continue;
-      }
-      const disconnectedSince = this.disconnectedSinceMs.get(sds.id);
-      const silentMs = nowMs - sds.lastHeartbeatMs;
-      const reason =
-        disconnectedSince !== undefined && nowMs - disconnectedSince >= disconnectGraceMs
-          ? `disconnected for ${nowMs - disconnectedSince} ms`
-          : this.sdsPeers.has(sds.id) && silentMs >= this.downAfterMs
-            ? `no heartbeat for ${silentMs} ms`
-            : null;
-      if (reason === null || this.state.sdsDevices(sds.id).length === 0) {
-        if (reason !== null && sds.state === 'connected') sds.state = 'disconnected';
-        continue;
-      }
-      this.options.log.error({ sdsId: sds.id, name: sds.name, reason }, 'SDS declared down; its groups fail over');
-      // Fenced: it must register again (and take the current map) before it serves anything.
-      this.sdsPeers.get(sds.id)?.destroy();
-      this.sdsPeers.delete(sds.id);
-      this.execute({ type: 'sdsDown', sdsId: sds.id, nowMs, reason }).catch((err: unknown) => this.options.log.error({ err, sdsId: sds.id }, 'could not declare the SDS down'));
-    }
+  private healthInput(nowMs: number): Parameters<typeof decideHealth>[0] {
+    return { machine: this.state, nowMs, connected: this.sdsPeers, observations: this.observations, options: this.healthOptions };
+  }
+
+  /** Every second: failures are detected, and rebuild orders given (again). */
+  private onHealthTick(nowMs: number): void {
+    this.carryOut(decideHealth(this.healthInput(nowMs)), nowMs);
+  }
+
+  /** Orders rebuilds for the current epoch, once the SDSs have its map. */
+  private orderRebuildsNow(): void {
+    const nowMs = Date.now();
+    this.carryOut(decideRebuilds(this.healthInput(nowMs)), nowMs);
   }
 
   /**
-   * Orders every group whose second copy is filling to be filled by its primary, once per
-   * epoch (an SDS drops its rebuilds when the map changes, and resumes from its cursor when
-   * ordered again). Runs every second, so an order lost with a connection is given again.
+   * Carries out what the health decisions said: volatile updates observed, SDSs fenced,
+   * commands executed (serialised, journaled), orders sent. Nothing is decided here.
    */
-  private orderRebuilds(): void {
-    const model = this.state.model;
-    const epoch = model.epoch;
-    let syncing = 0;
-    for (const pool of Object.values(model.storagePools)) {
-      pool.groups.forEach((group, pgIndex) => {
-        if (group.syncing !== true || group.secondaryDevice === null || group.lost === true) return;
-        syncing += 1;
-        if (!this.state.readable(group.primaryDevice) || !this.state.readable(group.secondaryDevice)) return;
-        const sourceSdsId = model.devices[group.primaryDevice]?.sdsId as Id;
-        const targetSdsId = model.devices[group.secondaryDevice]?.sdsId as Id;
-        const key = `${pool.id}/${pgIndex}/${targetSdsId}`;
-        // Once per epoch; again after a while without the group being recorded in sync (a
-        // report ignored or lost, an order lost): the SDS answers a repeat of a running job
-        // with Ok, and of a finished one with its report again.
-        const given = this.ordersGiven.get(key);
-        if (given !== undefined && given.epoch === epoch && Date.now() - given.atMs < orderRepeatMs) return;
-        const peer = this.sdsPeers.get(sourceSdsId);
-        if (peer === undefined) return;
-        this.ordersGiven.set(key, { epoch, atMs: Date.now() });
-        const order: RebuildArgs = {
-          poolId: pool.id,
-          pgIndex,
-          targetSdsId,
-          bytesPerSecondMax: this.options.rebuildBytesPerSecondMax ?? rebuildBytesPerSecondMaxDefault,
-          bytesPerSecondUnderLoad: this.options.rebuildBytesPerSecondUnderLoad ?? rebuildBytesPerSecondUnderLoadDefault,
-          chunksInflightMax: this.options.rebuildChunksInflightMax ?? rebuildChunksInflightMaxDefault,
-          mode: group.delta === true ? 'delta' : 'full',
-          epoch,
-        };
-        peer.request(SdsOp.Rebuild, Buffer.from(JSON.stringify(order)), { timeoutMs: sdsOrderTimeoutMs }).then(
-          (response) => {
-            if (response.status === SdsStatus.Ok) return;
-            // Most often the SDS has not installed this epoch's map yet: order again next tick.
-            this.ordersGiven.delete(key);
-            this.options.log.debug({ key, status: response.status, reason: response.payload.toString() }, 'rebuild order refused; ordering again');
-          },
-          (err: unknown) => {
-            this.ordersGiven.delete(key);
-            this.options.log.warn({ err, key }, 'rebuild order failed; ordering again');
-          },
-        );
-      });
+  private carryOut(decisions: HealthDecisions, nowMs: number): void {
+    noteDecisions(this.observations, decisions, nowMs);
+    for (const observation of decisions.observations) {
+      if (observation.type === 'sdcDisconnected') {
+        const sdc = this.state.model.sdcs[observation.sdcId];
+        this.options.log.warn({ sdcId: observation.sdcId, name: sdc?.name, silentMs: nowMs - (sdc?.lastSeenMs ?? nowMs) }, 'SDC missed its heartbeats');
+      }
+      this.state.observe(observation);
     }
-    for (const pool of Object.values(model.storagePools)) {
-      if (this.repairing.has(pool.id) || Date.now() - (this.repairedAtMs.get(pool.id) ?? 0) < repairIntervalMs || !this.state.needsRepair(pool)) continue;
-      this.repairing.add(pool.id);
-      this.repairedAtMs.set(pool.id, Date.now());
-      this.options.log.warn({ poolId: pool.id }, 'groups on one copy with nothing to fill them: planning the pool again');
-      this.execute({ type: 'repairPool', poolId: pool.id })
-        .catch((err: unknown) => this.options.log.error({ err, poolId: pool.id }, 'could not repair the pool'))
-        .finally(() => this.repairing.delete(pool.id));
+    for (const sdsId of decisions.fence) {
+      this.sdsPeers.get(sdsId)?.destroy();
+      this.sdsPeers.delete(sdsId);
     }
-    if (syncing === 0) {
-      this.syncingMax = 0;
-      this.ordersGiven.clear();
-    } else {
-      this.syncingMax = Math.max(this.syncingMax, syncing);
+    for (const command of decisions.commands) {
+      if (command.type === 'sdsDown') {
+        const sds = this.state.model.sdss[command.sdsId];
+        this.options.log.error({ sdsId: command.sdsId, name: sds?.name, reason: command.reason }, 'SDS declared down; its groups fail over');
+        this.execute(command).catch((err: unknown) => this.options.log.error({ err, sdsId: command.sdsId }, 'could not declare the SDS down'));
+      } else if (command.type === 'sdsOut') {
+        const sds = this.state.model.sdss[command.sdsId];
+        this.options.log.warn({ sdsId: command.sdsId, name: sds?.name, downMs: nowMs - (sds?.downSinceMs ?? nowMs) }, 'SDS down too long: declared out, its copies are rebuilt elsewhere');
+        this.execute(command).catch((err: unknown) => this.options.log.error({ err, sdsId: command.sdsId }, 'could not declare the SDS out'));
+      } else if (command.type === 'repairPool') {
+        const poolId = command.poolId;
+        this.options.log.warn({ poolId }, 'groups on one copy with nothing to fill them: planning the pool again');
+        this.execute(command)
+          .catch((err: unknown) => this.options.log.error({ err, poolId }, 'could not repair the pool'))
+          .finally(() => noteRepairDone(this.observations, poolId));
+      } else {
+        this.execute(command).catch((err: unknown) => this.options.log.error({ err, command: command.type }, 'health command failed'));
+      }
     }
+    for (const order of decisions.orders) {
+      const peer = this.sdsPeers.get(order.sourceSdsId);
+      // Decided from this.sdsPeers a moment ago, in the same turn: still there.
+      assert(peer !== undefined, 'rebuild orders go to connected SDSs');
+      peer.request(SdsOp.Rebuild, Buffer.from(JSON.stringify(order.args)), { timeoutMs: sdsOrderTimeoutMs }).then(
+        (response) => {
+          if (response.status === SdsStatus.Ok) return;
+          // Most often the SDS has not installed this epoch's map yet: order again next tick.
+          noteOrderFailed(this.observations, order.key);
+          this.options.log.debug({ key: order.key, status: response.status, reason: response.payload.toString() }, 'rebuild order refused; ordering again');
+        },
+        (err: unknown) => {
+          noteOrderFailed(this.observations, order.key);
+          this.options.log.warn({ err, key: order.key }, 'rebuild order failed; ordering again');
+        },
+      );
+    }
+    if (decisions.syncingGroups === 0) this.syncingMax = 0;
+    else if (decisions.syncingGroups !== null) this.syncingMax = Math.max(this.syncingMax, decisions.syncingGroups);
   }
 
   /** Rebuild (and rebalance) progress over every pool. */
@@ -518,7 +454,7 @@ export class MdmService implements MdmController {
     const max = Math.max(this.syncingMax, syncing);
     const pendingOut = Object.values(model.sdss)
       .filter((sds) => isDown(sds) && sds.out !== true && this.state.sdsDevices(sds.id).length > 0)
-      .map((sds) => ({ sdsId: sds.id, name: sds.name, outAtMs: (sds.downSinceMs ?? nowMs) + this.rebuildAfterMs }));
+      .map((sds) => ({ sdsId: sds.id, name: sds.name, outAtMs: (sds.downSinceMs ?? nowMs) + this.healthOptions.rebuildAfterMs }));
     const perSecond = Math.round(this.rebuildRate.perSecond);
     return {
       state: syncing > 0 ? 'running' : pendingOut.length > 0 ? 'waiting' : 'idle',

@@ -4,14 +4,25 @@
 // is a pure function, so replaying the journal's commands rebuilds the same state, and a
 // seeded simulation can drive it (TigerBeetle's rule: state machines do no I/O).
 //
+// Two ways in, both here so that this file stays the only code writing the model:
+// - apply(command): a durable change, journaled by the caller before it is acknowledged.
+// - observe(observation): what the MDM sees of the running system (connections, heartbeat
+//   times, bytes in use). Not journaled: every SDS beats every second, and journaling that
+//   would turn the journal into a heartbeat log. The volatile fields (volatileFields in
+//   model.ts) are therefore not what replay restores: after a restart (or when another MDM
+//   takes over) everything is disconnected until it calls, which `connectionsLost` says.
+//   Decisions that depend on time and observations are made in health.ts, and come back
+//   here as commands.
+//
 // Commands are validated here (names, ranges, references, capacity); a refused command
-// throws MdmError and changes nothing: validation happens before the first mutation.
+// throws MdmError and changes nothing: validation happens before the first mutation, and
+// the few commands that re-plan pools (which can refuse mid-way) are undone by apply().
 
 import { createHash } from 'node:crypto';
 import { MeshblockError, type ErrorCode, type MeshblockCode } from '../common/errors.js';
 import { GiB, MiB, formatBytes } from '../common/units.js';
 import { pgCountMax, placementGroupOf, type PlacementMap } from '../wire/placement.js';
-import { emptyModel, type AccessMode, type Device, type Id, type Mapping, type PoolGroup, type Sds, type StoragePool, type SystemModel, type Volume, type VolumeType } from './model.js';
+import { emptyModel, type AccessMode, type Device, type Id, type Mapping, type PoolGroup, type Sds, type SdsState, type StoragePool, type SystemModel, type Volume, type VolumeType } from './model.js';
 import { planPlacement, type PlannerDevice } from './placement-planner.js';
 
 /** A refused command: `code` is stable, `httpStatus` is what the REST API answers. */
@@ -65,6 +76,22 @@ export type Command =
   | { type: 'repairPool'; poolId: Id }
   | { type: 'copiesSynced'; poolId: Id; groups: Array<{ pgIndex: number; secondaryDevice: Id; orderEpoch: number }> };
 
+/**
+ * What the MDM saw, applied with observe(): volatile, never journaled. Heartbeats carry
+ * their arrival time (the state machine reads no clock) and the bytes each device holds.
+ */
+export type Observation =
+  | { type: 'sdsHeartbeat'; sdsId: Id; nowMs: number; devices: Array<{ deviceId: Id; usedBytes: number }> }
+  /** Its connection dropped, or it went silent while holding nothing (so it is not declared down). */
+  | { type: 'sdsDisconnected'; sdsId: Id }
+  | { type: 'sdcHeartbeat'; sdcId: Id; nowMs: number }
+  | { type: 'sdcDisconnected'; sdcId: Id }
+  /** The MDM (re)started or took over: no connection survived, everyone must call again. */
+  | { type: 'connectionsLost' };
+
+/** Commands that may refuse after a first change (they re-plan pools): apply() undoes them. */
+const replanningCommands: ReadonlySet<Command['type']> = new Set(['registerSds', 'removeSds', 'removeDevice', 'sdsOut', 'deviceFailed', 'copiesSynced']);
+
 /** What a command created, when it created something. */
 export interface Applied {
   id?: Id;
@@ -103,13 +130,99 @@ export interface PoolHealth {
 }
 
 export class StateMachine {
+  /** Set while replay() applies a journaled command: capacity is not checked again. */
+  private replaying = false;
+
   constructor(readonly model: SystemModel) {}
 
   static create(clusterId: Id, name: string): StateMachine {
     return new StateMachine(emptyModel(clusterId, name));
   }
 
+  /**
+   * Records what the MDM saw. Changes only volatile fields (volatileFields): never the
+   * placement, the epoch or anything a command decides. Unknown ids are ignored: a
+   * heartbeat may race the removal of its SDS.
+   */
+  observe(observation: Observation): void {
+    const model = this.model;
+    switch (observation.type) {
+      case 'sdsHeartbeat': {
+        const sds = model.sdss[observation.sdsId];
+        if (sds === undefined) return;
+        sds.lastHeartbeatMs = observation.nowMs;
+        sds.state = sdsState(sds, true);
+        for (const reported of observation.devices) {
+          const device = model.devices[reported.deviceId];
+          // A device that moved to another SDS is that SDS's to report.
+          if (device === undefined || device.sdsId !== sds.id) continue;
+          device.usedBytes = reported.usedBytes;
+        }
+        return;
+      }
+      case 'sdsDisconnected': {
+        const sds = model.sdss[observation.sdsId];
+        if (sds !== undefined) sds.state = sdsState(sds, false);
+        return;
+      }
+      case 'sdcHeartbeat': {
+        const sdc = model.sdcs[observation.sdcId];
+        if (sdc === undefined) return;
+        sdc.lastSeenMs = observation.nowMs;
+        sdc.state = 'connected';
+        return;
+      }
+      case 'sdcDisconnected': {
+        const sdc = model.sdcs[observation.sdcId];
+        if (sdc !== undefined) sdc.state = 'disconnected';
+        return;
+      }
+      case 'connectionsLost': {
+        for (const sds of Object.values(model.sdss)) sds.state = sdsState(sds, false);
+        for (const sdc of Object.values(model.sdcs)) sdc.state = 'disconnected';
+        return;
+      }
+    }
+  }
+
+  /**
+   * Applies a journaled command again (journal replay). It was accepted once; its capacity
+   * check then read the bytes in use, which are volatile (heartbeats, not the journal), so
+   * it is not made again: a replay must rebuild the state, not decide anew (found by the
+   * seeded simulation: a thick volume accepted before a snapshot with more bytes in use made
+   * the journal refuse to open). Every other check stays: they read only durable state.
+   */
+  replay(command: Command): Applied {
+    this.replaying = true;
+    try {
+      return this.apply(command);
+    } finally {
+      this.replaying = false;
+    }
+  }
+
+  /**
+   * Applies a command, or refuses it (MdmError) and changes nothing. Most commands validate
+   * before their first change; those that re-plan pools (which may refuse mid-way, e.g. a
+   * placement that no longer fits) are undone from a copy taken before, so that the live
+   * model never holds a change the journal does not (found by the seeded simulation: a
+   * refused sdsOut left its SDS out in memory only).
+   */
   apply(command: Command): Applied {
+    if (!replanningCommands.has(command.type)) return this.applyCommand(command);
+    // Only what these commands change is copied: volumes (the largest table at 100k of them),
+    // SDCs and domains stay out of it. The simulation checks that a refusal changes nothing.
+    const { epoch, storagePools, sdss, devices } = this.model;
+    const undo = JSON.stringify({ epoch, storagePools, sdss, devices });
+    try {
+      return this.applyCommand(command);
+    } catch (err) {
+      if (err instanceof MdmError) Object.assign(this.model, JSON.parse(undo) as Pick<SystemModel, 'epoch' | 'storagePools' | 'sdss' | 'devices'>);
+      throw err;
+    }
+  }
+
+  private applyCommand(command: Command): Applied {
     const model = this.model;
     switch (command.type) {
       case 'addProtectionDomain': {
@@ -215,13 +328,14 @@ export class StateMachine {
         const moved = existing.address !== command.address;
         existing.name = command.name;
         existing.address = command.address;
-        existing.state = 'connected';
         existing.lastHeartbeatMs = command.nowMs;
         // Registering is how a down SDS comes back.
         if (isDown(existing)) {
           this.sdsReturns(existing);
+          existing.state = sdsState(existing, true);
           return { id: existing.id, epochChanged: true };
         }
+        existing.state = sdsState(existing, true);
         if (moved && this.sdsInUse(existing.id)) model.epoch += 1;
         return { id: existing.id, epochChanged: moved };
       }
@@ -399,7 +513,7 @@ export class StateMachine {
         if (isDown(sds)) return { epochChanged: false };
         sds.downSinceMs = command.nowMs;
         sds.out = false;
-        sds.state = 'down';
+        sds.state = sdsState(sds, false);
         // Its copies stop counting: a group it was primary of fails over to an in-sync
         // secondary; a copy it held is remembered as absent, to come back if it does.
         for (const pool of Object.values(model.storagePools)) {
@@ -469,6 +583,7 @@ export class StateMachine {
       case 'copiesSynced': {
         const pool = this.get(model.storagePools, command.poolId, 'storage pool');
         let synced = 0;
+        let failedOver = false;
         for (const entry of command.groups) {
           const group = pool.groups[entry.pgIndex];
           if (group === undefined || group.syncing !== true || group.secondaryDevice !== entry.secondaryDevice) continue;
@@ -478,6 +593,15 @@ export class StateMachine {
           delete group.syncEpoch;
           delete group.delta;
           synced += 1;
+          if (!this.readable(group.primaryDevice)) {
+            // Its primary's SDS went down after the fill finished but before it was recorded:
+            // the group fails over to the copy now in sync, as sdsDown would have done (found
+            // by the seeded simulation: the group stayed unavailable until the SDS was out).
+            group.absentDevice = group.primaryDevice;
+            group.primaryDevice = entry.secondaryDevice;
+            group.secondaryDevice = null;
+            failedOver = true;
+          }
         }
         if (synced === 0) return { epochChanged: false };
         // Every copy in sync: plan once more with the same devices, which moves nothing and
@@ -487,7 +611,8 @@ export class StateMachine {
           this.finishRemovals();
           return { epochChanged: true };
         }
-        return { epochChanged: false };
+        if (failedOver) model.epoch += 1;
+        return { epochChanged: failedOver };
       }
     }
   }
@@ -621,7 +746,8 @@ export class StateMachine {
     const health: PoolHealth = { groups: pool.groups.length, degradedGroups: 0, syncingGroups: 0, failedGroups: 0, degradedBytes: 0, failedBytes: 0 };
     for (const group of pool.groups) {
       const primaryOk = group.lost !== true && this.readable(group.primaryDevice);
-      const secondaryOk = group.secondaryDevice !== null && group.syncing !== true && this.readable(group.secondaryDevice);
+      // A lost group's IO fails whatever its devices hold (as volumeHealth counts it).
+      const secondaryOk = group.lost !== true && group.secondaryDevice !== null && group.syncing !== true && this.readable(group.secondaryDevice);
       // A readable secondary in sync still holds the data (the group fails over to it).
       if (!primaryOk && !secondaryOk) health.failedGroups += 1;
       else if (!primaryOk || !secondaryOk) health.degradedGroups += 1;
@@ -749,6 +875,14 @@ export class StateMachine {
         next.primaryDevice = before.primaryDevice;
         next.secondaryDevice = before.secondaryDevice;
       }
+      if (!syncedBefore.has(next.primaryDevice)) {
+        // The plan put the primary on a copy that is not in sync (a device being removed, or
+        // a rebalance onto a new one, while the group's second copy was still filling): the
+        // group's last good copy would be dropped and reads served from a partial one (found
+        // by the seeded simulation). Keep the group where it was: the fill goes on, and the
+        // plan made once it is in sync (copiesSynced plans again) moves the group then.
+        return this.keptGroup(before, syncedBefore);
+      }
       if (next.secondaryDevice !== null) {
         const keptSyncing = before.syncing === true && next.secondaryDevice === before.secondaryDevice && next.primaryDevice === before.primaryDevice;
         if (keptSyncing) {
@@ -768,6 +902,23 @@ export class StateMachine {
     for (const group of pool.groups) {
       for (const key of ['syncing', 'syncEpoch', 'delta', 'absentDevice', 'absentFull', 'lost'] as const) if (group[key] === undefined) delete group[key];
     }
+  }
+
+  /** A group left as it was by a plan, on a copy in sync; a second copy that is unreadable is let go (repairPool gives another). */
+  private keptGroup(before: PoolGroup, syncedBefore: ReadonlySet<Id>): PoolGroup {
+    const primaryDevice = syncedBefore.has(before.primaryDevice) ? before.primaryDevice : (before.secondaryDevice as Id);
+    const other = primaryDevice === before.primaryDevice ? before.secondaryDevice : null;
+    const kept: PoolGroup = { primaryDevice, secondaryDevice: other !== null && this.readable(other) ? other : null };
+    if (kept.secondaryDevice !== null && before.syncing === true) {
+      kept.syncing = true;
+      if (before.syncEpoch !== undefined) kept.syncEpoch = before.syncEpoch;
+      if (before.delta === true) kept.delta = true;
+    }
+    if (before.absentDevice !== undefined) {
+      kept.absentDevice = before.absentDevice;
+      if (before.absentFull === true) kept.absentFull = true;
+    }
+    return kept;
   }
 
   /** Re-plans a pool after a device or SDS was lost for good (refused plans are logged by the caller). */
@@ -834,6 +985,7 @@ export class StateMachine {
   }
 
   private checkFits(capacity: PoolCapacity, extraThickBytes: number, what: string): void {
+    if (this.replaying) return;
     const needed = capacity.thickReservedBytes + extraThickBytes + Math.max(0, capacity.inUseBytes - capacity.thickReservedBytes);
     if (needed > capacity.usableBytes) {
       throw new MdmError(
@@ -878,6 +1030,15 @@ export class StateMachine {
 
 export function isDown(sds: Sds): boolean {
   return sds.downSinceMs !== undefined && sds.downSinceMs !== null;
+}
+
+/**
+ * The one derivation of an SDS's shown state: down is decided by commands (and journaled);
+ * connected or not is only what the MDM sees, and never overrides down.
+ */
+export function sdsState(sds: Sds, connected: boolean): SdsState {
+  if (isDown(sds)) return 'down';
+  return connected ? 'connected' : 'disconnected';
 }
 
 function isPowerOfTwo(value: number): boolean {

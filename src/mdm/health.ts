@@ -1,0 +1,345 @@
+// The MDM's failure and rebuild decisions, as pure functions of (model, time, observations).
+// The I/O layer (service.ts) feeds them the clock, what it saw on its connections and what
+// it has already done, and carries out what they return: commands through the state
+// machine's serialised execute(), rebuild orders over the wire, connections to fence. The
+// seeded simulation (test/mdm/simulation.test.ts) drives the very same functions with
+// simulated time, and an MDM that takes over (etcd Master/Slave) decides alike from the
+// same model and observations.
+//
+// Nothing here reads a clock, opens a socket or changes the model: the functions only read
+// the state machine's queries, and the note*() helpers only record, in the observations,
+// what the I/O layer has carried out.
+
+import { heartbeatIntervalMs, type RebuildDone } from '../wire/mdm-ops.js';
+import type { RebuildArgs, SdsStats } from '../wire/sds-ops.js';
+import type { Id } from './model.js';
+import { isDown, type Command, type Observation, type StateMachine } from './state-machine.js';
+
+/** An SDC is called disconnected after this long without a heartbeat. */
+export const sdcHeartbeatTimeoutMs = 5 * heartbeatIntervalMs;
+/**
+ * Failure detection defaults. An SDS silent this long (or disconnected for a second) is
+ * declared down and its groups fail over: client IO to it stalls about this long, far
+ * inside the kernel NBD client's 30 s request timeout.
+ */
+export const sdsDownAfterMsDefault = 3000;
+/** A connection that drops is given this long to come back before its SDS is declared down. */
+export const disconnectGraceMs = 1000;
+/** After an MDM restart, SDSs get this long (plus the down deadline) to register again. */
+export const restartGraceMs = 10_000;
+/**
+ * A down SDS is declared out after this long: its copies are re-created elsewhere. Back
+ * before then, it only receives what changed while it was away (a delta rebuild).
+ */
+export const rebuildAfterMsDefault = 60_000;
+/**
+ * Rebuild throttle defaults, per source SDS over all its jobs: bytes per second, and chunk
+ * copies in flight (ScaleIO's "concurrent rebuild IOs"; its default is 1 per device).
+ */
+export const rebuildBytesPerSecondMaxDefault = 64 * 1024 * 1024;
+/** While clients do IO on a source SDS, its rebuilds get this much ("favor application IO"). */
+export const rebuildBytesPerSecondUnderLoadDefault = 16 * 1024 * 1024;
+export const rebuildChunksInflightMaxDefault = 2;
+/** A fill order not answered by the group being in sync is repeated after this long. */
+export const orderRepeatMs = 30_000;
+/** A pool is planned again for orphaned one-copy groups at most this often. */
+export const repairIntervalMs = 30_000;
+/** Rebuild completions are applied in batches, one journal record per pool. */
+export const syncedBatchMs = 250;
+
+/** What the decisions read of the state machine: its model and queries, never apply(). */
+export type ModelView = Pick<StateMachine, 'model' | 'readable' | 'needsRepair' | 'sdsDevices'>;
+
+export interface HealthOptions {
+  sdsDownAfterMs: number;
+  rebuildAfterMs: number;
+  rebuildBytesPerSecondMax: number;
+  rebuildBytesPerSecondUnderLoad: number;
+  rebuildChunksInflightMax: number;
+}
+
+export function healthOptions(given: Partial<HealthOptions>): HealthOptions {
+  return {
+    sdsDownAfterMs: given.sdsDownAfterMs ?? sdsDownAfterMsDefault,
+    rebuildAfterMs: given.rebuildAfterMs ?? rebuildAfterMsDefault,
+    rebuildBytesPerSecondMax: given.rebuildBytesPerSecondMax ?? rebuildBytesPerSecondMaxDefault,
+    rebuildBytesPerSecondUnderLoad: given.rebuildBytesPerSecondUnderLoad ?? rebuildBytesPerSecondUnderLoadDefault,
+    rebuildChunksInflightMax: given.rebuildChunksInflightMax ?? rebuildChunksInflightMaxDefault,
+  };
+}
+
+/** A rebuild order given, with the epoch it was given at and when. */
+export interface OrderGiven {
+  epoch: number;
+  atMs: number;
+}
+
+/** A finished fill, waiting for its batch to be recorded (copiesSynced). */
+export interface SyncedEntry {
+  pgIndex: number;
+  secondaryDevice: Id;
+  orderEpoch: number;
+}
+
+/**
+ * What the I/O layer saw and did that the decisions need and the model does not hold. Kept
+ * out of the model because none of it is durable: an MDM that restarts (or takes over)
+ * starts it afresh with noteRestart(). Each map is bounded by the model (SDSs, pools,
+ * groups being filled); syncedPending empties at every batch.
+ */
+export interface HealthObservations {
+  /** When each SDS's connection dropped (or, after a restart, a deadline in the future). */
+  disconnectedSinceMs: Map<Id, number>;
+  /** Rebuild orders given, by orderKey(), with their epoch. */
+  ordersGiven: Map<string, OrderGiven>;
+  /** Pools with a repairPool command in flight, and when each was last repaired. */
+  repairing: Set<Id>;
+  repairedAtMs: Map<Id, number>;
+  /** Finished fills by pool, accepted and not yet recorded. */
+  syncedPending: Map<Id, SyncedEntry[]>;
+}
+
+export function emptyObservations(): HealthObservations {
+  return { disconnectedSinceMs: new Map(), ordersGiven: new Map(), repairing: new Set(), repairedAtMs: new Map(), syncedPending: new Map() };
+}
+
+/** Which SDSs have a live, registered connection (the service's peers, the simulation's set). */
+export interface Connections {
+  has(sdsId: Id): boolean;
+}
+
+export interface HealthInput {
+  machine: ModelView;
+  nowMs: number;
+  connected: Connections;
+  observations: Readonly<HealthObservations>;
+  options: HealthOptions;
+}
+
+/** A fill order for the group's primary SDS. */
+export interface RebuildOrder {
+  key: string;
+  sourceSdsId: Id;
+  args: RebuildArgs & { epoch: number };
+}
+
+export interface HealthDecisions {
+  /** Volatile updates for observe(): SDCs and SDSs that went silent. */
+  observations: Observation[];
+  /** SDSs whose connection is closed before they are declared down: they must register again. */
+  fence: Id[];
+  /** Journaled changes, in order: sdsDown, sdsOut, repairPool. */
+  commands: Command[];
+  orders: RebuildOrder[];
+  /** Groups whose second copy is filling (when rebuilds were decided; else null). */
+  syncingGroups: number | null;
+}
+
+export function orderKey(poolId: Id, pgIndex: number, targetSdsId: Id): string {
+  return `${poolId}/${pgIndex}/${targetSdsId}`;
+}
+
+/**
+ * Failure detection: SDCs silent too long are disconnected; an SDS disconnected past the
+ * grace, or connected but silent past the down deadline, is fenced and declared down (if it
+ * holds devices; else only shown disconnected); a down SDS away past rebuildAfterMs is out.
+ */
+export function decideFailures(input: HealthInput): HealthDecisions {
+  const { machine, nowMs, connected, observations, options } = input;
+  const model = machine.model;
+  const decisions: HealthDecisions = { observations: [], fence: [], commands: [], orders: [], syncingGroups: null };
+  for (const sdc of Object.values(model.sdcs)) {
+    if (sdc.state === 'connected' && nowMs - sdc.lastSeenMs > sdcHeartbeatTimeoutMs) decisions.observations.push({ type: 'sdcDisconnected', sdcId: sdc.id });
+  }
+  for (const sds of Object.values(model.sdss)) {
+    if (isDown(sds)) {
+      if (sds.out !== true && nowMs - (sds.downSinceMs ?? nowMs) >= options.rebuildAfterMs) decisions.commands.push({ type: 'sdsOut', sdsId: sds.id });
+      continue;
+    }
+    const disconnectedSince = observations.disconnectedSinceMs.get(sds.id);
+    const silentMs = nowMs - sds.lastHeartbeatMs;
+    const reason =
+      disconnectedSince !== undefined && nowMs - disconnectedSince >= disconnectGraceMs
+        ? `disconnected for ${nowMs - disconnectedSince} ms`
+        : connected.has(sds.id) && silentMs >= options.sdsDownAfterMs
+          ? `no heartbeat for ${silentMs} ms`
+          : null;
+    if (reason === null) continue;
+    if (machine.sdsDevices(sds.id).length === 0) {
+      // Nothing to fail over: it is only shown as what it is.
+      if (sds.state === 'connected') decisions.observations.push({ type: 'sdsDisconnected', sdsId: sds.id });
+      continue;
+    }
+    // Fenced first: it must register again (and take the current map) before it serves anything.
+    decisions.fence.push(sds.id);
+    decisions.commands.push({ type: 'sdsDown', sdsId: sds.id, nowMs, reason });
+  }
+  return decisions;
+}
+
+/**
+ * Orders every group whose second copy is filling to be filled by its primary, once per
+ * epoch (an SDS drops its rebuilds when the map changes, and resumes from its cursor when
+ * ordered again), and again after orderRepeatMs without the group being recorded in sync (a
+ * report ignored or lost, an order lost): the SDS answers a repeat of a running job with
+ * Ok, and of a finished one with its report again. Pools left with one-copy groups nothing
+ * will fill are planned again, at most every repairIntervalMs.
+ */
+export function decideRebuilds(input: HealthInput): HealthDecisions {
+  const { machine, nowMs, connected, observations, options } = input;
+  const model = machine.model;
+  const epoch = model.epoch;
+  const decisions: HealthDecisions = { observations: [], fence: [], commands: [], orders: [], syncingGroups: 0 };
+  let syncing = 0;
+  for (const pool of Object.values(model.storagePools)) {
+    pool.groups.forEach((group, pgIndex) => {
+      if (group.syncing !== true || group.secondaryDevice === null || group.lost === true) return;
+      syncing += 1;
+      if (!machine.readable(group.primaryDevice) || !machine.readable(group.secondaryDevice)) return;
+      const sourceSdsId = model.devices[group.primaryDevice]?.sdsId as Id;
+      const targetSdsId = model.devices[group.secondaryDevice]?.sdsId as Id;
+      const key = orderKey(pool.id, pgIndex, targetSdsId);
+      const given = observations.ordersGiven.get(key);
+      if (given !== undefined && given.epoch === epoch && nowMs - given.atMs < orderRepeatMs) return;
+      if (!connected.has(sourceSdsId)) return;
+      decisions.orders.push({
+        key,
+        sourceSdsId,
+        args: {
+          poolId: pool.id,
+          pgIndex,
+          targetSdsId,
+          bytesPerSecondMax: options.rebuildBytesPerSecondMax,
+          bytesPerSecondUnderLoad: options.rebuildBytesPerSecondUnderLoad,
+          chunksInflightMax: options.rebuildChunksInflightMax,
+          mode: group.delta === true ? 'delta' : 'full',
+          epoch,
+        },
+      });
+    });
+  }
+  for (const pool of Object.values(model.storagePools)) {
+    if (observations.repairing.has(pool.id) || nowMs - (observations.repairedAtMs.get(pool.id) ?? 0) < repairIntervalMs || !machine.needsRepair(pool)) continue;
+    decisions.commands.push({ type: 'repairPool', poolId: pool.id });
+  }
+  decisions.syncingGroups = syncing;
+  return decisions;
+}
+
+/**
+ * One health tick: failures, then rebuilds, both decided from the same model (the failure
+ * commands are carried out after). An SDS fenced by the first gets no order from the second.
+ */
+export function decideHealth(input: HealthInput): HealthDecisions {
+  const failures = decideFailures(input);
+  const fenced = new Set(failures.fence);
+  const rebuilds = decideRebuilds({ ...input, connected: { has: (sdsId) => !fenced.has(sdsId) && input.connected.has(sdsId) } });
+  return {
+    observations: [...failures.observations, ...rebuilds.observations],
+    fence: failures.fence,
+    commands: [...failures.commands, ...rebuilds.commands],
+    orders: rebuilds.orders,
+    syncingGroups: rebuilds.syncingGroups,
+  };
+}
+
+/**
+ * Records what the I/O layer is carrying out, so the next decision knows: orders given now
+ * (and, with nothing filling, no order remembered), repairs started. Called before the
+ * orders are sent and the commands executed.
+ */
+export function noteDecisions(observations: HealthObservations, decisions: HealthDecisions, nowMs: number): void {
+  for (const order of decisions.orders) observations.ordersGiven.set(order.key, { epoch: order.args.epoch, atMs: nowMs });
+  for (const command of decisions.commands) {
+    if (command.type !== 'repairPool') continue;
+    observations.repairing.add(command.poolId);
+    observations.repairedAtMs.set(command.poolId, nowMs);
+  }
+  if (decisions.syncingGroups === 0) observations.ordersGiven.clear();
+}
+
+/** A repairPool command finished (applied or refused): the pool may be repaired again later. */
+export function noteRepairDone(observations: HealthObservations, poolId: Id): void {
+  observations.repairing.delete(poolId);
+}
+
+/** An order the SDS refused or never answered: given again at the next tick. */
+export function noteOrderFailed(observations: HealthObservations, key: string): void {
+  observations.ordersGiven.delete(key);
+}
+
+/** After a restart (or a takeover) every SDS gets downAfterMs + restartGraceMs to call. */
+export function noteRestart(observations: HealthObservations, machine: ModelView, nowMs: number, options: HealthOptions): void {
+  for (const sds of Object.values(machine.model.sdss)) observations.disconnectedSinceMs.set(sds.id, nowMs + options.sdsDownAfterMs + restartGraceMs);
+}
+
+export function noteSdsConnected(observations: HealthObservations, sdsId: Id): void {
+  observations.disconnectedSinceMs.delete(sdsId);
+}
+
+export function noteSdsDisconnected(observations: HealthObservations, sdsId: Id, nowMs: number): void {
+  observations.disconnectedSinceMs.set(sdsId, nowMs);
+}
+
+/**
+ * An SDS finished a fill order: its target's copy is in sync once the MDM records it. The
+ * entry to batch, or null when the report proves nothing: the group is not filling (any
+ * more), the order is from before this fill began, the same group already waits in the
+ * batch, or the source and target are not the group's copies now.
+ */
+export function acceptRebuildDone(machine: ModelView, sdsId: Id, done: RebuildDone, pending: readonly SyncedEntry[]): SyncedEntry | null {
+  const model = machine.model;
+  const pool = model.storagePools[done.poolId];
+  const group = pool?.groups[done.pgIndex];
+  if (pool === undefined || group === undefined || group.syncing !== true || group.secondaryDevice === null) return null;
+  if (done.epoch < (group.syncEpoch ?? 0) || pending.some((entry) => entry.pgIndex === done.pgIndex)) return null;
+  if (model.devices[group.primaryDevice]?.sdsId !== sdsId || model.devices[group.secondaryDevice]?.sdsId !== done.targetSdsId) return null;
+  return { pgIndex: done.pgIndex, secondaryDevice: group.secondaryDevice, orderEpoch: done.epoch };
+}
+
+/** Accepts a report into the batch; true when it was accepted (the caller starts the batch timer). */
+export function noteRebuildDone(observations: HealthObservations, machine: ModelView, sdsId: Id, done: RebuildDone): boolean {
+  const pending = observations.syncedPending.get(done.poolId) ?? [];
+  const entry = acceptRebuildDone(machine, sdsId, done, pending);
+  if (entry === null) return false;
+  pending.push(entry);
+  observations.syncedPending.set(done.poolId, pending);
+  return true;
+}
+
+/** The batch, one copiesSynced command per pool; the batch is emptied. */
+export function takeSyncedBatch(observations: HealthObservations): Command[] {
+  const commands: Command[] = [];
+  for (const [poolId, groups] of observations.syncedPending) commands.push({ type: 'copiesSynced', poolId, groups });
+  observations.syncedPending.clear();
+  return commands;
+}
+
+export interface HeartbeatDecisions {
+  observation: Observation;
+  /** Jobs the stats list as done: reports again (one may have been lost with a connection). */
+  reports: RebuildDone[];
+  /** Orders whose jobs failed at this epoch: given again at the next tick. */
+  failedOrders: string[];
+  /** Devices the SDS reports failed that the model does not know as failed yet. */
+  commands: Array<Extract<Command, { type: 'deviceFailed' }>>;
+}
+
+/** What an SDS's heartbeat (its stats) means; null for an SDS the model does not know. */
+export function decideOnHeartbeat(machine: ModelView, sdsId: Id, stats: SdsStats, nowMs: number): HeartbeatDecisions | null {
+  const model = machine.model;
+  if (model.sdss[sdsId] === undefined) return null;
+  const devices = (stats.devices ?? []).map((reported) => ({ deviceId: reported.deviceId, usedBytes: reported.usedBytes }));
+  const decisions: HeartbeatDecisions = { observation: { type: 'sdsHeartbeat', sdsId, nowMs, devices }, reports: [], failedOrders: [], commands: [] };
+  for (const job of stats.rebuilds ?? []) {
+    if (job.state === 'done') decisions.reports.push(job);
+    else if (job.state === 'failed' && job.epoch === model.epoch) decisions.failedOrders.push(orderKey(job.poolId, job.pgIndex, job.targetSdsId));
+  }
+  for (const reported of stats.devices ?? []) {
+    const device = model.devices[reported.deviceId];
+    if (device === undefined || device.sdsId !== sdsId) continue;
+    // One disk of the SDS failed: only that device's copies are rebuilt.
+    if (reported.state === 'failed' && device.state !== 'failed') decisions.commands.push({ type: 'deviceFailed', deviceId: device.id, reason: reported.error ?? 'failed' });
+  }
+  return decisions;
+}
