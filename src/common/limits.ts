@@ -126,6 +126,44 @@ export const wireWritableBytesMax = 8 * MiB;
 export const wireBlockedWritesMax = 4096;
 
 
+// --- MDM: failure detection and rebuild ------------------------------------------------------
+
+/** An SDC is called disconnected after this long without a heartbeat. */
+export const sdcHeartbeatTimeoutMs = 5 * heartbeatIntervalMs;
+/**
+ * Failure detection default (`mdm start --sds-down-after`). An SDS silent this long (or
+ * disconnected for sdsDisconnectGraceMs) is declared down and its groups fail over: client
+ * IO to it stalls about this long, far inside the kernel NBD client's request timeout.
+ */
+export const sdsDownAfterMsDefault = 3000;
+/** A connection that drops is given this long to come back before its SDS is declared down. */
+export const sdsDisconnectGraceMs = 1000;
+/** After an MDM restart (or a takeover), SDSs get this long (plus the down deadline) to register again. */
+export const mdmRestartGraceMs = 10_000;
+/**
+ * A down SDS is declared out after this long (`--rebuild-after`): its copies are re-created
+ * elsewhere. Back before then, it only receives what changed while it was away (a delta rebuild).
+ */
+export const rebuildAfterMsDefault = 60_000;
+/**
+ * Rebuild throttle defaults, per source SDS over all its jobs: bytes per second, and chunk
+ * copies in flight (ScaleIO's "concurrent rebuild IOs"; its default is 1 per device).
+ */
+export const rebuildBytesPerSecondMaxDefault = 64 * MiB;
+/** While clients do IO on a source SDS, its rebuilds get this much ("favor application IO"). */
+export const rebuildBytesPerSecondUnderLoadDefault = 16 * MiB;
+export const rebuildChunksInflightMaxDefault = 2;
+/** A fill order not answered by the group being in sync is repeated after this long. */
+export const rebuildOrderRepeatMs = 30_000;
+/** A pool is planned again for orphaned one-copy groups at most this often. */
+export const poolRepairIntervalMs = 30_000;
+/** Rebuild completions are applied in batches, one journal record per pool. */
+export const rebuildSyncedBatchMs = 250;
+/** An order to an SDS (add a device, take a map, rebuild, an SDC's view) not answered in this has failed. */
+export const sdsOrderTimeoutMs = 30_000;
+/** The MDM's journal is compacted into a snapshot after this many records. */
+export const journalCompactAfterRecords = 1000;
+
 // --- SDS -----------------------------------------------------------------------------------
 
 /**
@@ -184,3 +222,11 @@ assert(wireRequestsInflightMax >= nbdInflightRequestsMax, 'an SDC can have as ma
 assert(sdcPieceTimeoutMs > mirrorTimeoutMs, "a primary's MirrorFailed reaches the SDC before the SDC gives up on that primary");
 assert(sdcPieceTimeoutMs < kernelNbdRequestTimeoutMs, "one SDC attempt ends (and is retried) before the kernel client gives up on the request");
 assert(sdcMapRequestTimeoutMs < sdcPieceTimeoutMs, 'a map refresh is quicker than waiting out a piece');
+assert(heartbeatIntervalMs * 2 <= sdsDownAfterMsDefault, 'one late heartbeat must not get an SDS declared down');
+assert(sdsDisconnectGraceMs < sdsDownAfterMsDefault, 'a dropped connection is a surer sign than silence, and acted on sooner');
+assert(sdcHeartbeatTimeoutMs > 2 * heartbeatIntervalMs, 'one late heartbeat must not disconnect an SDC');
+assert(sdsDownAfterMsDefault + heartbeatIntervalMs < mirrorTimeoutMs, 'the MDM declares a silent secondary down before its primary gives up mirroring to it');
+assert(sdsDownAfterMsDefault + sdcMapRequestTimeoutMs + sdcRetryDelayMsMax < kernelNbdRequestTimeoutMs, 'a failover (declared down, new map fetched, one retry pause) fits in the kernel client request timeout');
+assert(sdsDownAfterMsDefault < rebuildAfterMsDefault, 'an SDS is down before it is out');
+assert(mdmReconnectDelayMsMax + heartbeatIntervalMs < mdmRestartGraceMs, 'after an MDM restart, SDSs reconnect (at their slowest backoff) within the restart grace');
+assert(rebuildSyncedBatchMs < heartbeatIntervalMs, 'finished rebuilds are recorded within a health tick');

@@ -10,42 +10,22 @@
 // the state machine's queries, and the note*() helpers only record, in the observations,
 // what the I/O layer has carried out.
 
-import { heartbeatIntervalMs, type RebuildDone } from '../wire/mdm-ops.js';
+import {
+  mdmRestartGraceMs,
+  poolRepairIntervalMs,
+  rebuildAfterMsDefault,
+  rebuildBytesPerSecondMaxDefault,
+  rebuildBytesPerSecondUnderLoadDefault,
+  rebuildChunksInflightMaxDefault,
+  rebuildOrderRepeatMs,
+  sdcHeartbeatTimeoutMs,
+  sdsDisconnectGraceMs,
+  sdsDownAfterMsDefault,
+} from '../common/limits.js';
+import type { RebuildDone } from '../wire/mdm-ops.js';
 import type { RebuildArgs, SdsStats } from '../wire/sds-ops.js';
 import type { Id } from './model.js';
 import { isDown, type Command, type Observation, type StateMachine } from './state-machine.js';
-
-/** An SDC is called disconnected after this long without a heartbeat. */
-export const sdcHeartbeatTimeoutMs = 5 * heartbeatIntervalMs;
-/**
- * Failure detection defaults. An SDS silent this long (or disconnected for a second) is
- * declared down and its groups fail over: client IO to it stalls about this long, far
- * inside the kernel NBD client's 30 s request timeout.
- */
-export const sdsDownAfterMsDefault = 3000;
-/** A connection that drops is given this long to come back before its SDS is declared down. */
-export const disconnectGraceMs = 1000;
-/** After an MDM restart, SDSs get this long (plus the down deadline) to register again. */
-export const restartGraceMs = 10_000;
-/**
- * A down SDS is declared out after this long: its copies are re-created elsewhere. Back
- * before then, it only receives what changed while it was away (a delta rebuild).
- */
-export const rebuildAfterMsDefault = 60_000;
-/**
- * Rebuild throttle defaults, per source SDS over all its jobs: bytes per second, and chunk
- * copies in flight (ScaleIO's "concurrent rebuild IOs"; its default is 1 per device).
- */
-export const rebuildBytesPerSecondMaxDefault = 64 * 1024 * 1024;
-/** While clients do IO on a source SDS, its rebuilds get this much ("favor application IO"). */
-export const rebuildBytesPerSecondUnderLoadDefault = 16 * 1024 * 1024;
-export const rebuildChunksInflightMaxDefault = 2;
-/** A fill order not answered by the group being in sync is repeated after this long. */
-export const orderRepeatMs = 30_000;
-/** A pool is planned again for orphaned one-copy groups at most this often. */
-export const repairIntervalMs = 30_000;
-/** Rebuild completions are applied in batches, one journal record per pool. */
-export const syncedBatchMs = 250;
 
 /** What the decisions read of the state machine: its model and queries, never apply(). */
 export type ModelView = Pick<StateMachine, 'model' | 'readable' | 'needsRepair' | 'sdsDevices'>;
@@ -159,7 +139,7 @@ export function decideFailures(input: HealthInput): HealthDecisions {
     const disconnectedSince = observations.disconnectedSinceMs.get(sds.id);
     const silentMs = nowMs - sds.lastHeartbeatMs;
     const reason =
-      disconnectedSince !== undefined && nowMs - disconnectedSince >= disconnectGraceMs
+      disconnectedSince !== undefined && nowMs - disconnectedSince >= sdsDisconnectGraceMs
         ? `disconnected for ${nowMs - disconnectedSince} ms`
         : connected.has(sds.id) && silentMs >= options.sdsDownAfterMs
           ? `no heartbeat for ${silentMs} ms`
@@ -180,10 +160,10 @@ export function decideFailures(input: HealthInput): HealthDecisions {
 /**
  * Orders every group whose second copy is filling to be filled by its primary, once per
  * epoch (an SDS drops its rebuilds when the map changes, and resumes from its cursor when
- * ordered again), and again after orderRepeatMs without the group being recorded in sync (a
+ * ordered again), and again after rebuildOrderRepeatMs without the group being recorded in sync (a
  * report ignored or lost, an order lost): the SDS answers a repeat of a running job with
  * Ok, and of a finished one with its report again. Pools left with one-copy groups nothing
- * will fill are planned again, at most every repairIntervalMs.
+ * will fill are planned again, at most every poolRepairIntervalMs.
  */
 export function decideRebuilds(input: HealthInput): HealthDecisions {
   const { machine, nowMs, connected, observations, options } = input;
@@ -200,7 +180,7 @@ export function decideRebuilds(input: HealthInput): HealthDecisions {
       const targetSdsId = model.devices[group.secondaryDevice]?.sdsId as Id;
       const key = orderKey(pool.id, pgIndex, targetSdsId);
       const given = observations.ordersGiven.get(key);
-      if (given !== undefined && given.epoch === epoch && nowMs - given.atMs < orderRepeatMs) return;
+      if (given !== undefined && given.epoch === epoch && nowMs - given.atMs < rebuildOrderRepeatMs) return;
       if (!connected.has(sourceSdsId)) return;
       decisions.orders.push({
         key,
@@ -219,7 +199,7 @@ export function decideRebuilds(input: HealthInput): HealthDecisions {
     });
   }
   for (const pool of Object.values(model.storagePools)) {
-    if (observations.repairing.has(pool.id) || nowMs - (observations.repairedAtMs.get(pool.id) ?? 0) < repairIntervalMs || !machine.needsRepair(pool)) continue;
+    if (observations.repairing.has(pool.id) || nowMs - (observations.repairedAtMs.get(pool.id) ?? 0) < poolRepairIntervalMs || !machine.needsRepair(pool)) continue;
     decisions.commands.push({ type: 'repairPool', poolId: pool.id });
   }
   decisions.syncingGroups = syncing;
@@ -268,9 +248,9 @@ export function noteOrderFailed(observations: HealthObservations, key: string): 
   observations.ordersGiven.delete(key);
 }
 
-/** After a restart (or a takeover) every SDS gets downAfterMs + restartGraceMs to call. */
+/** After a restart (or a takeover) every SDS gets downAfterMs + mdmRestartGraceMs to call. */
 export function noteRestart(observations: HealthObservations, machine: ModelView, nowMs: number, options: HealthOptions): void {
-  for (const sds of Object.values(machine.model.sdss)) observations.disconnectedSinceMs.set(sds.id, nowMs + options.sdsDownAfterMs + restartGraceMs);
+  for (const sds of Object.values(machine.model.sdss)) observations.disconnectedSinceMs.set(sds.id, nowMs + options.sdsDownAfterMs + mdmRestartGraceMs);
 }
 
 export function noteSdsConnected(observations: HealthObservations, sdsId: Id): void {

@@ -9,6 +9,7 @@
 // the health decisions (health.ts), which are pure: this file feeds them the clock and what
 // it saw, and carries out what they decide. It makes no failure or rebuild decision itself.
 
+import { journalCompactAfterRecords, rebuildSyncedBatchMs, sdsOrderTimeoutMs } from '../common/limits.js';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
@@ -31,8 +32,6 @@ import {
   noteRestart,
   noteSdsConnected,
   noteSdsDisconnected,
-  sdcHeartbeatTimeoutMs,
-  syncedBatchMs,
   takeSyncedBatch,
   type HealthDecisions,
   type HealthObservations,
@@ -42,18 +41,6 @@ import { Journal } from './journal.js';
 import { emptyModel, type Id, type SystemModel } from './model.js';
 import { MdmError, StateMachine, isDown, type Applied, type Command } from './state-machine.js';
 
-export {
-  rebuildAfterMsDefault,
-  rebuildBytesPerSecondMaxDefault,
-  rebuildBytesPerSecondUnderLoadDefault,
-  rebuildChunksInflightMaxDefault,
-  sdsDownAfterMsDefault,
-} from './health.js';
-/** An SDC is called disconnected after this long without a heartbeat. */
-export const heartbeatTimeoutMs = sdcHeartbeatTimeoutMs;
-/** The journal is compacted into a snapshot after this many records. */
-const compactAfterRecords = 1000;
-const sdsOrderTimeoutMs = 30_000;
 
 export interface JournalRecord {
   command: Command;
@@ -175,7 +162,7 @@ export class MdmService implements MdmController {
     }
     if (applied.epochChanged) void this.pushMap().then(() => this.orderRebuildsNow());
     this.pushViews();
-    if (this.journal.recordCount >= compactAfterRecords) {
+    if (this.journal.recordCount >= journalCompactAfterRecords) {
       await this.journal.compact(this.state.model).catch((err: unknown) => this.options.log.error({ err }, 'journal compaction failed; will retry'));
     }
     return applied;
@@ -352,7 +339,7 @@ export class MdmService implements MdmController {
       for (const command of takeSyncedBatch(this.observations)) {
         this.execute(command).catch((err: unknown) => this.options.log.error({ err, poolId: command.type === 'copiesSynced' ? command.poolId : undefined }, 'could not record finished rebuilds'));
       }
-    }, syncedBatchMs);
+    }, rebuildSyncedBatchMs);
   }
 
   private healthInput(nowMs: number): Parameters<typeof decideHealth>[0] {

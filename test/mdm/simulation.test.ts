@@ -30,6 +30,7 @@
 // each seed; a failure names the seed, the step and the events before it.
 // MESHBLOCK_SIM_SEED=n replays one seed (MESHBLOCK_SIM_STEPS=n changes the step count).
 
+import { rebuildSyncedBatchMs } from '../../src/common/limits.js';
 import t from 'tap';
 import { mulberry32 } from '../../src/common/seeded-random.js';
 import { GiB, MiB } from '../../src/common/units.js';
@@ -46,7 +47,6 @@ import {
   noteRestart,
   noteSdsConnected,
   noteSdsDisconnected,
-  syncedBatchMs,
   takeSyncedBatch,
   type HealthDecisions,
   type HealthObservations,
@@ -262,7 +262,7 @@ class Simulation {
     if (noteRebuildDone(this.observations, this.machine, sdsId, done)) {
       check(!stale, `a report from epoch ${done.epoch}, before the fill of group ${done.pgIndex} began (${group?.syncEpoch}), was accepted`);
       this.count('report accepted');
-      this.syncedDueMs ??= this.nowMs + syncedBatchMs;
+      this.syncedDueMs ??= this.nowMs + rebuildSyncedBatchMs;
     } else {
       this.count('report ignored', null);
     }
