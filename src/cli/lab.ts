@@ -33,8 +33,6 @@ import { parseHostPort } from '../common/address.js';
 import { InvalidArgumentError, OutOfRangeError } from '../common/errors.js';
 import { MiB, formatBytes, parseSizeBytes } from '../common/units.js';
 import { AdminAuth } from '../mdm/auth.js';
-import { nameBytesMax } from '../mdm/state-machine.js';
-import { deviceBytesMin } from '../sds/device.js';
 import { logLevels } from './log.js';
 import type { ApiClient, ManageIo } from './manage-client.js';
 import { processIo } from './manage-client.js';
@@ -44,6 +42,7 @@ import { labSdcName, listNbdExports, nbdPortDefault, nbdUri, sdcAvailable, sdcRe
 import { connectLab, ensureLayout, ensureMappings, ensureVolumes, registrationTimeoutMs, waitForExports } from './lab-setup.js';
 import { LabError, labDirDefault, labDirEnv, labFormatVersion, readLabFile, resolveLabDir, writeLabFile, type LabFile, type LabProcess, type LabVolume } from './lab-state.js';
 import { collectStatus, processStatus, renderStatus } from './lab-status.js';
+import { deviceBytesMin, nameBytesMax } from '../common/limits.js';
 
 export const labSdsCountDefault = 3;
 /** At least two: every chunk has its two copies on two SDSs. */

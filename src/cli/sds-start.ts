@@ -3,6 +3,7 @@
 // given over the wire (SdsOp.SetMap) by whoever holds the cluster secret with role 'mdm'
 // or 'test'. Either way the map is kept in the data directory across restarts.
 
+import { nameBytesMax } from '../common/limits.js';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -37,7 +38,6 @@ export interface SdsStartArgs {
 
 /** ScaleIO's SDS port. */
 export const defaultSdsPort = 7072;
-const nameBytesMax = 31;
 
 export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
   return yargs

@@ -10,17 +10,12 @@
 // goes back to the free list while the kernel may still be reading it.
 
 import { assert } from './assert.js';
-import { nbdRequestBytesMax } from './limits.js';
-import { KiB, MiB } from './units.js';
+import { idleBytesPerClassMax, nbdRequestBytesMax, pooledBytesMin } from './limits.js';
 
-/** Buffers smaller than this are not pooled. */
-export const pooledBytesMin = 64 * KiB;
 /** Headroom for a reply header (or wire IO arguments) in front of the largest request's data. */
 const headerRoomBytes = 64;
 /** The largest buffer the pool makes. */
 export const pooledBytesMax = nbdRequestBytesMax + headerRoomBytes;
-/** Idle pooled memory kept per size class; more is returned to the allocator. */
-const idleBytesPerClassMax = 64 * MiB;
 
 interface Lent {
   /** Socket writes (or other readers) still using the buffer. */

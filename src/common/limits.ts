@@ -5,7 +5,7 @@
 // and the relations are checked below, where all of them can be seen.
 
 import { assert } from './assert.js';
-import { KiB, MiB } from './units.js';
+import { GiB, KiB, MiB } from './units.js';
 
 /** Largest READ/WRITE payload served; larger requests get EINVAL (payload discarded). */
 export const nbdRequestBytesMax = 32 * MiB;
@@ -42,11 +42,6 @@ export const nbdExtentsPerReplyMax = 2048;
 export const nbdExtentsQueryBytesMax = 1024 * MiB;
 /** How many libuv threads serve file IO unless UV_THREADPOOL_SIZE says otherwise. */
 export const ioThreadsDefault = 16;
-
-assert(nbdInflightBytesMax >= 2 * nbdRequestBytesMax, 'a full-size request must fit in flight with another');
-assert(nbdOptionBytesMax >= 2 * nbdStringBytesMax + 16, 'a GO option with the longest name must fit');
-assert(nbdRequestBytesMax <= 0xffffffff - 8, 'a read reply chunk length must fit in u32');
-assert(nbdLingerMs < nbdHandshakeTimeoutMs, 'an ABORTed session must not outlive the handshake timeout');
 
 // --- the wire between SDC, SDS and MDM ----------------------------------------------------
 //
@@ -124,7 +119,6 @@ export const wireWritableBytesMax = 8 * MiB;
  * of overhead (as nbdBlockedRepliesMax).
  */
 export const wireBlockedWritesMax = 4096;
-
 
 // --- MDM: failure detection and rebuild ------------------------------------------------------
 
@@ -215,6 +209,120 @@ export const sdcPieceTimeoutMs = 15_000;
 /** `meshblock attach` runs `nbd-client -t` with this: a request unanswered this long fails with EIO. */
 export const kernelNbdRequestTimeoutMs = 30_000;
 
+
+// --- wire operations -----------------------------------------------------------------------
+
+/** Chunks one Allocation request asks about (one byte each in the reply: 1 MiB). */
+export const allocationChunkCountMax = 1 << 20;
+/** Placement groups one pool may have; the map, cached by every SDC and SDS, grows with them. */
+export const pgCountMax = 1 << 20;
+/** How much of a refusal that cannot be read goes into the message that replaces it. */
+export const refusalQuoteCharsMax = 200;
+
+// --- MDM: the model and placement ----------------------------------------------------------
+
+/** Placement groups a new pool gets unless told; fixed at creation (see pgCountMin). */
+export const pgCountDefault = 4096;
+/**
+ * Groups per device a pool is created with, at least. Then a device of average size holds ≥ 128
+ * copies, so rounding its share to whole copies costs under 1% of balance (6% for a device of an
+ * eighth the average size), and its copies are paired with ~100 other devices, so a rebuild reads from
+ * and writes to most of the pool. More groups buy little and grow the map every SDC caches.
+ */
+export const pgPerDeviceMin = 64;
+/**
+ * Fewest groups of any pool. The group count is fixed at creation (changing it would rehash
+ * every chunk), so a small pool is given room to grow: 4096 groups still balance 64 devices.
+ */
+export const pgCountMin = 4096;
+/**
+ * How far a device's primaries may stray from half its copies before roles are swapped to
+ * bring it back within one. Roles move no data, but every swap is a map change (a primary
+ * handover on two SDSs), so small drifts, such as the promotions of a failure, are let be.
+ */
+export const primaryImbalanceMax = 2;
+/** Longest name of any object (ScaleIO's limit: 31 characters); the SDS superblock holds one. */
+export const nameBytesMax = 31;
+/** Capacity held back in a pool to rebuild a failed SDS into (ScaleIO's default). */
+export const sparePercentDefault = 10;
+/** Volume sizes are rounded up to a multiple of this (ScaleIO allocates in 8 GiB units). */
+export const volumeGranularityBytesDefault = 8 * GiB;
+
+// --- MDM: the journal ----------------------------------------------------------------------
+
+/** Largest JSON payload of one record. The MDM's changes are small; this catches a runaway. */
+export const journalRecordBytesMax = 16 * MiB;
+/** Largest JSON payload of a snapshot (V8 strings end at ~512 MiB; stay well below). */
+export const journalSnapshotBytesMax = 256 * MiB;
+/**
+ * Frame bytes accepted by append() but not yet on disk. Past it, appends are refused with
+ * JournalBusyError (the REST layer answers "try again") rather than queued without bound.
+ */
+export const journalPendingBytesMax = 64 * MiB;
+
+// --- MDM: the REST API and its logins ------------------------------------------------------
+
+/** Largest request body accepted; larger ones get 413. */
+export const restBodyBytesMax = 1 * MiB;
+/**
+ * A body over the limit is still read (and dropped) up to this many bytes, so that the
+ * client, still sending, gets to read the 413 instead of a reset connection; beyond it the
+ * connection is cut.
+ */
+export const restDiscardBytesMax = 16 * MiB;
+/** A wrong password is answered this long after the request came in, whatever scrypt took. */
+export const loginFailureDelayMs = 1000;
+/**
+ * Logins being checked (or delayed) at once; more get 429. Bounds both the guesses per
+ * second and scrypt's memory (32 MiB each).
+ */
+export const loginsInflightMax = 8;
+/** A request must arrive in full within this. */
+export const restRequestTimeoutMs = 60_000;
+export const restHeadersTimeoutMs = 20_000;
+/** Longest device path accepted (Linux PATH_MAX). */
+export const devicePathBytesMax = 4096;
+/** Passwords shorter than this are refused when the file is made. */
+export const adminPasswordBytesMin = 8;
+/** Longer passwords are refused: scrypt would take them, but nobody types 1 KiB. */
+export const adminPasswordBytesMax = 1024;
+/** A token unused this long is forgotten (ScaleIO: 8 hours). */
+export const adminTokenIdleMs = 8 * 60 * 60 * 1000;
+/** Sessions held at once; at the bound the least recently used one is dropped. */
+export const adminTokensMax = 1024;
+/** openssl takes well under a second; this only guards against a hung binary. */
+export const opensslTimeoutMs = 60_000;
+
+// --- SDS devices ---------------------------------------------------------------------------
+
+/** Smaller devices are refused: the metadata area alone takes a few MiB. */
+export const deviceBytesMin = 16 * MiB;
+/** A pool's chunk size unless told: the unit of placement, copy and rebuild. */
+export const chunkBytesDefault = 1 * MiB;
+/** The chunk store's IO rates (in Stats) are averaged over this window. */
+export const rateWindowMs = 1000;
+
+// --- device IO and buffers (every process) -------------------------------------------------
+
+/** Reads up to this size try RWF_NOWAIT on the event loop; larger copies go to the pool. */
+export const nowaitReadBytesMax = 128 * 1024;
+/** Writes up to this size are tried on the event loop. */
+export const inlineWriteBytesMax = 64 * 1024;
+/** An inline write that took longer than this was blocked, not copying... */
+export const inlineWriteStallMs = 2;
+/** ...and writes go to the thread pool for this long. */
+export const inlineWriteBackoffMs = 5_000;
+/** Buffers smaller than this are not pooled. */
+export const pooledBytesMin = 64 * KiB;
+/** Idle pooled memory kept per size class; more is returned to the allocator. */
+export const idleBytesPerClassMax = 64 * MiB;
+
+// --- how the limits relate -----------------------------------------------------------------
+
+assert(nbdInflightBytesMax >= 2 * nbdRequestBytesMax, 'a full-size request must fit in flight with another');
+assert(nbdOptionBytesMax >= 2 * nbdStringBytesMax + 16, 'a GO option with the longest name must fit');
+assert(nbdRequestBytesMax <= 0xffffffff - 8, 'a read reply chunk length must fit in u32');
+assert(nbdLingerMs < nbdHandshakeTimeoutMs, 'an ABORTed session must not outlive the handshake timeout');
 assert(wireInflightBytesMaxDefault >= wirePayloadBytesMax, 'a full-size frame must fit in flight');
 assert(wireWritableBytesMax >= 2 * (MiB + wireHeaderBytes), 'two chunk-sized replies must fit in the socket queue');
 assert(wirePayloadBytesMax >= nbdRequestBytesMax + 4096, 'the largest NBD request fits in one wire frame with its arguments');
@@ -230,3 +338,10 @@ assert(sdsDownAfterMsDefault + sdcMapRequestTimeoutMs + sdcRetryDelayMsMax < ker
 assert(sdsDownAfterMsDefault < rebuildAfterMsDefault, 'an SDS is down before it is out');
 assert(mdmReconnectDelayMsMax + heartbeatIntervalMs < mdmRestartGraceMs, 'after an MDM restart, SDSs reconnect (at their slowest backoff) within the restart grace');
 assert(rebuildSyncedBatchMs < heartbeatIntervalMs, 'finished rebuilds are recorded within a health tick');
+assert(pgCountMin <= pgCountDefault && pgCountDefault <= pgCountMax, 'a default pool has a group count the planner accepts');
+assert(journalRecordBytesMax <= journalPendingBytesMax && journalPendingBytesMax <= journalSnapshotBytesMax, 'a record fits in the pending bound, which fits in a snapshot');
+assert(restBodyBytesMax <= restDiscardBytesMax, 'an over-limit body is read at least as far as the limit before the 413');
+assert(restHeadersTimeoutMs <= restRequestTimeoutMs, 'headers come before the whole request');
+assert(deviceBytesMin >= 4 * chunkBytesDefault, 'the smallest device holds a few chunks after its metadata');
+assert(pooledBytesMin <= chunkBytesDefault, 'chunk-sized payloads are pooled');
+assert(inlineWriteBytesMax <= nowaitReadBytesMax, 'what is written inline is small enough to read inline');

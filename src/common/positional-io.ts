@@ -10,15 +10,8 @@ import * as fs from 'node:fs';
 import type { Logger } from 'pino';
 import { MeshblockError } from './errors.js';
 import * as native from './native.js';
+import { inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteStallMs, nowaitReadBytesMax } from './limits.js';
 
-/** Reads up to this size try RWF_NOWAIT on the event loop; larger copies go to the pool. */
-export const nowaitReadBytesMax = 128 * 1024;
-/** Writes up to this size are tried on the event loop. */
-export const inlineWriteBytesMax = 64 * 1024;
-/** An inline write that took longer than this was blocked, not copying... */
-const inlineWriteStallMs = 2;
-/** ...and writes go to the thread pool for this long. */
-const inlineWriteBackoffMs = 5_000;
 const resolved = Promise.resolve();
 
 /** A read found the end of the file before the end of the range: EIO to whoever asked. */

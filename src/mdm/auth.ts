@@ -25,17 +25,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { assert } from '../common/assert.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import { adminPasswordBytesMax, adminPasswordBytesMin, adminTokenIdleMs, adminTokensMax } from '../common/limits.js';
 
 export const adminPasswordFileName = 'admin-password.json';
 export const adminUsernameDefault = 'admin';
-/** Passwords shorter than this are refused when the file is made. */
-export const adminPasswordBytesMin = 8;
-/** Longer passwords are refused: scrypt would take them, but nobody types 1 KiB. */
-export const adminPasswordBytesMax = 1024;
-/** A token unused this long is forgotten (ScaleIO: 8 hours). */
-export const adminTokenIdleMs = 8 * 60 * 60 * 1000;
-/** Sessions held at once; at the bound the least recently used one is dropped. */
-export const adminTokensMax = 1024;
 export const adminTokenBytes = 32;
 const scryptCostDefault = 1 << 15;
 const scryptBlockSizeDefault = 8;

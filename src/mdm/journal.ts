@@ -44,17 +44,8 @@ import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { crc32c } from '../common/crc32c.js';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError, SystemCallError } from '../common/errors.js';
-import { MiB } from '../common/units.js';
+import { journalPendingBytesMax, journalRecordBytesMax, journalSnapshotBytesMax } from '../common/limits.js';
 
-/** Largest JSON payload of one record. The MDM's changes are small; this catches a runaway. */
-export const journalRecordBytesMax = 16 * MiB;
-/** Largest JSON payload of a snapshot (V8 strings end at ~512 MiB; stay well below). */
-export const journalSnapshotBytesMax = 256 * MiB;
-/**
- * Frame bytes accepted by append() but not yet on disk. Past it, appends are refused with
- * JournalBusyError (the REST layer answers "try again") rather than queued without bound.
- */
-export const journalPendingBytesMax = 64 * MiB;
 
 const frameHeaderBytes = 16;
 const batchStartBit = 1n << 63n;

@@ -45,26 +45,9 @@
 
 import { AssertionError, InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
 import { mulberry32Uint32 as mulberry32 } from '../common/seeded-random.js';
-import { pgCountMax, type PlacementGroup } from '../wire/placement.js';
+import { type PlacementGroup } from '../wire/placement.js';
+import { pgCountMax, pgCountMin, pgPerDeviceMin, primaryImbalanceMax } from '../common/limits.js';
 
-/**
- * Groups per device a pool is created with, at least. Then a device of average size holds ≥ 128
- * copies, so rounding its share to whole copies costs under 1% of balance (6% for a device of an
- * eighth the average size), and its copies are paired with ~100 other devices, so a rebuild reads from
- * and writes to most of the pool. More groups buy little and grow the map every SDC caches.
- */
-export const pgPerDeviceMin = 64;
-/**
- * Fewest groups of any pool. The group count is fixed at creation (changing it would rehash
- * every chunk), so a small pool is given room to grow: 4096 groups still balance 64 devices.
- */
-export const pgCountMin = 4096;
-/**
- * How far a device's primaries may stray from half its copies before roles are swapped to
- * bring it back within one. Roles move no data, but every swap is a map change (a primary
- * handover on two SDSs), so small drifts, such as the promotions of a failure, are let be.
- */
-export const primaryImbalanceMax = 2;
 
 if ((pgCountMin & (pgCountMin - 1)) !== 0 || (pgCountMax & (pgCountMax - 1)) !== 0 || pgCountMin > pgCountMax) {
   throw new AssertionError('pgCountMin and pgCountMax must be powers of two, pgCountMin ≤ pgCountMax');

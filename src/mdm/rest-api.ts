@@ -29,7 +29,6 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
-import { MiB } from '../common/units.js';
 import type { AdminAuth } from './auth.js';
 import type { MdmController } from './controller.js';
 import type { Device, Sds } from './model.js';
@@ -49,25 +48,8 @@ import {
   systemStatistics,
   type RestType,
 } from './rest-objects.js';
+import { loginFailureDelayMs, loginsInflightMax, restBodyBytesMax, restDiscardBytesMax, restHeadersTimeoutMs, restRequestTimeoutMs } from '../common/limits.js';
 
-/** Largest request body accepted; larger ones get 413. */
-export const restBodyBytesMax = 1 * MiB;
-/**
- * A body over the limit is still read (and dropped) up to this many bytes, so that the
- * client, still sending, gets to read the 413 instead of a reset connection; beyond it the
- * connection is cut.
- */
-export const restDiscardBytesMax = 16 * MiB;
-/** A wrong password is answered this long after the request came in, whatever scrypt took. */
-export const loginFailureDelayMs = 1000;
-/**
- * Logins being checked (or delayed) at once; more get 429. Bounds both the guesses per
- * second and scrypt's memory (32 MiB each).
- */
-export const loginsInflightMax = 8;
-/** A request must arrive in full within this. */
-export const restRequestTimeoutMs = 60_000;
-export const restHeadersTimeoutMs = 20_000;
 /** The ScaleIO REST API version whose shapes this API follows. */
 export const scaleIoApiVersion = '3.6';
 

@@ -5,12 +5,10 @@
 
 import { InvalidArgumentError } from '../common/errors.js';
 import { idPattern } from '../wire/placement.js';
-import { nameBytesMax } from './state-machine.js';
+import { devicePathBytesMax, nameBytesMax } from '../common/limits.js';
 
 /** The state machine's rule for names, checked here so the error names the REST field. */
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-/** Longest device path accepted (Linux PATH_MAX). */
-export const devicePathBytesMax = 4096;
 
 export interface IntegerRange {
   min: number;

@@ -8,13 +8,13 @@
 // field of the request.
 
 import { GiB, KiB, MiB } from '../common/units.js';
-import { pgCountMax } from '../wire/placement.js';
 import type { MdmController } from './controller.js';
 import type { Id } from './model.js';
 import { BodyReader, checkName } from './rest-body.js';
 import { RestError } from './rest-errors.js';
 import type { RestType } from './rest-objects.js';
 import { MdmError, type Applied, type Command } from './state-machine.js';
+import { pgCountMax } from '../common/limits.js';
 
 const sizeInKbMax = Math.floor(Number.MAX_SAFE_INTEGER / KiB);
 const countMax = Number.MAX_SAFE_INTEGER;

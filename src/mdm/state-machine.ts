@@ -20,10 +20,11 @@
 
 import { createHash } from 'node:crypto';
 import { MeshblockError, type ErrorCode, type MeshblockCode } from '../common/errors.js';
-import { GiB, MiB, formatBytes } from '../common/units.js';
-import { pgCountMax, placementGroupOf, type PlacementMap } from '../wire/placement.js';
+import { MiB, formatBytes } from '../common/units.js';
+import { placementGroupOf, type PlacementMap } from '../wire/placement.js';
 import { emptyModel, type AccessMode, type Device, type Id, type Mapping, type PoolGroup, type Sds, type SdsState, type StoragePool, type SystemModel, type Volume, type VolumeType } from './model.js';
 import { planPlacement, type PlannerDevice } from './placement-planner.js';
+import { nameBytesMax, pgCountDefault, pgCountMax, sparePercentDefault, volumeGranularityBytesDefault } from '../common/limits.js';
 
 /** A refused command: `code` is stable, `httpStatus` is what the REST API answers. */
 export class MdmError extends MeshblockError {
@@ -38,11 +39,7 @@ export class MdmError extends MeshblockError {
   }
 }
 
-export const nameBytesMax = 31;
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-export const sparePercentDefault = 10;
-export const volumeGranularityBytesDefault = 8 * GiB;
-export const pgCountDefault = 4096;
 
 export type Command =
   | { type: 'addProtectionDomain'; name: string }

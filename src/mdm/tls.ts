@@ -9,14 +9,13 @@ import { X509Certificate, createPrivateKey } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MeshblockError } from '../common/errors.js';
+import { opensslTimeoutMs } from '../common/limits.js';
 
 export const apiCertificateFileName = 'api.crt';
 export const apiKeyFileName = 'api.key';
 /** ScaleIO's self-signed certificates last ten years too; nobody renews a lab's. */
 export const apiCertificateDays = 3650;
 export const apiCertificateSubjectAltNamesDefault: readonly string[] = ['IP:127.0.0.1', 'IP:::1', 'DNS:localhost'];
-/** openssl takes well under a second; this only guards against a hung binary. */
-const opensslTimeoutMs = 60_000;
 
 export class TlsSetupError extends MeshblockError {
   constructor(message: string, options?: { cause?: unknown }) {

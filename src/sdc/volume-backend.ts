@@ -17,12 +17,12 @@
 // BLOCK_STATUS reports them as holes. A shared volume trusts nothing and asks.
 
 import type { Logger } from 'pino';
-import { nbdRequestBytesMax, sdcPieceAttemptsMax, sdcPieceTimeoutMs, sdcRetryDelayMsMax } from '../common/limits.js';
+import { allocationChunkCountMax, nbdRequestBytesMax, sdcPieceAttemptsMax, sdcPieceTimeoutMs, sdcRetryDelayMsMax } from '../common/limits.js';
 import type { SdcVolume } from '../wire/mdm-ops.js';
 import type { WirePeer, WireResponse } from '../wire/peer.js';
 import type { PlacementMap } from '../wire/placement.js';
 import { releasePayload } from '../common/buffer-pool.js';
-import { SdsOp, SdsStatus, allocationChunkCountMax, encodeAllocation, encodeIo, IoFlag, type IoArgs } from '../wire/sds-ops.js';
+import { SdsOp, SdsStatus, encodeAllocation, encodeIo, IoFlag, type IoArgs } from '../wire/sds-ops.js';
 import { chunkPieces, routePiece, type Piece } from './chunk-pieces.js';
 import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSizeLimits, type Extent, type WriteOptions, type ZeroOptions } from '../nbd/backend.js';
 

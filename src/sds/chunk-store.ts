@@ -53,6 +53,7 @@ import { MeshblockError } from '../common/errors.js';
 import * as native from '../common/native.js';
 import { PositionalIo, ShortReadError } from '../common/positional-io.js';
 import { openDevice, slotEntryBytes, type DeviceOwner, type OpenedDevice } from './device.js';
+import { rateWindowMs } from '../common/limits.js';
 
 export interface ChunkKey {
   poolId: string;
@@ -66,7 +67,6 @@ export class StoreError extends MeshblockError {}
 /** errno names that mean the device itself cannot be trusted any more. */
 const deviceFailureCodes = new Set(['EIO', 'ENOSPC', 'EROFS', 'ENXIO', 'ENODEV', 'EDQUOT', 'EBADF']);
 const slotTableReadBytes = 1024 * 1024;
-const rateWindowMs = 1000;
 
 interface Location {
   device: StoreDevice;

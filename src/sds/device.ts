@@ -10,10 +10,8 @@ import * as native from '../common/native.js';
 import { MiB } from '../common/units.js';
 import { probeFormats, probeHeadBytes, type Found } from './device-probe.js';
 import { encodeSuperblock, superblockBytes, type Superblock } from './superblock.js';
+import { chunkBytesDefault, deviceBytesMin } from '../common/limits.js';
 
-/** Smaller devices are refused: the metadata area alone takes a few MiB. */
-export const deviceBytesMin = 16 * MiB;
-export const chunkBytesDefault = 1 * MiB;
 /** Bytes per slot-table entry (chunk-store.ts draws it). */
 export const slotEntryBytes = 64;
 /** The slot table starts after the superblock; the data area at a MiB boundary after it. */

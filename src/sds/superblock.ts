@@ -21,6 +21,7 @@
 //      120  3972  reserved            0
 //     4092     4  crc32c              CRC-32C of bytes 0..4091
 
+import { nameBytesMax } from '../common/limits.js';
 import { assert } from '../common/assert.js';
 import { crc32c } from '../common/crc32c.js';
 import { MeshblockError } from '../common/errors.js';
@@ -29,7 +30,9 @@ import { KiB } from '../common/units.js';
 export const superblockMagic = Buffer.from('MESHBLK1');
 export const superblockVersion = 1;
 export const superblockBytes = 4 * KiB;
-const sdsNameBytesMax = 31;
+/** The sdsName field: a name of nameBytesMax bytes and at least one NUL. */
+const sdsNameFieldBytes = 32;
+assert(nameBytesMax < sdsNameFieldBytes, 'the longest name fits the superblock with its NUL');
 const crcOffset = superblockBytes - 4;
 
 export interface Superblock {
@@ -54,7 +57,7 @@ export function encodeSuperblock(superblock: Superblock): Buffer {
     assert(idPattern.test(value as string), `${field} '${value}' is not 16 hex digits`);
   }
   const name = Buffer.from(superblock.sdsName);
-  assert(name.length <= sdsNameBytesMax, `SDS name is longer than ${sdsNameBytesMax} bytes`);
+  assert(name.length <= nameBytesMax, `SDS name is longer than ${nameBytesMax} bytes`);
   const bytes = Buffer.alloc(superblockBytes);
   superblockMagic.copy(bytes, 0);
   bytes.writeUInt32BE(superblockVersion, 8);

@@ -22,6 +22,7 @@
 
 import { InvalidArgumentError, isMeshblockCode, type MeshblockCode } from '../common/errors.js';
 import { idPattern, type PlacementMap } from './placement.js';
+import { refusalQuoteCharsMax } from '../common/limits.js';
 
 export const MdmOp = {
   RegisterSds: 40,
@@ -102,8 +103,6 @@ export interface DeviceRefusal {
   message: string;
 }
 
-/** How much of a refusal that cannot be read goes into the message that replaces it. */
-const refusalQuoteCharsMax = 200;
 
 /**
  * Reads an SDS's DeviceRefusal at the MDM. The code came from another process (perhaps a

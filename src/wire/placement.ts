@@ -8,6 +8,7 @@
 // (StaleEpoch), which tells the sender that one of the two maps is out of date.
 
 import { InvalidArgumentError } from '../common/errors.js';
+import { pgCountMax } from '../common/limits.js';
 
 export interface PlacementGroup {
   /** SDS id of the copy that serves reads and orders writes. */
@@ -38,7 +39,6 @@ export interface PlacementMap {
 }
 
 export const idPattern = /^[0-9a-f]{16}$/;
-export const pgCountMax = 1 << 20;
 
 /**
  * The placement group of a chunk: a 32-bit mix (murmur3's finalizer) of the volume tree id

@@ -39,6 +39,7 @@ import { assert } from '../common/assert.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import { wirePayloadBytesMax, WireStatus } from './header.js';
 import { idPattern } from './placement.js';
+import { allocationChunkCountMax } from '../common/limits.js';
 
 export const SdsOp = {
   Read: 16,
@@ -178,8 +179,6 @@ export function encodeAllocation(args: AllocationArgs): Buffer {
   payload.writeUInt32BE(args.chunkCount, 20);
   return payload;
 }
-
-export const allocationChunkCountMax = 1 << 20;
 
 export function decodeAllocation(payload: Buffer): AllocationArgs {
   if (payload.length !== 24) throw new InvalidArgumentError('allocation', `arguments are ${payload.length} bytes, expected 24`);

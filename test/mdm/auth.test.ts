@@ -8,8 +8,9 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
-import { AdminAuth, adminPasswordFile, adminTokenIdleMs, adminTokensMax, loadAdminAuth } from '../../src/mdm/auth.js';
+import { AdminAuth, adminPasswordFile, loadAdminAuth } from '../../src/mdm/auth.js';
 import { ensureSelfSignedCertificate, loadCertificate } from '../../src/mdm/tls.js';
+import { adminTokenIdleMs, adminTokensMax } from '../../src/common/limits.js';
 
 const password = 'a long enough password';
 const fast = { scryptCost: 1024 };

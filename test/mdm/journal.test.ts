@@ -34,8 +34,9 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { pino, type Logger } from 'pino';
 import t, { type Test } from 'tap';
 import { mulberry32 } from '../../src/common/seeded-random.js';
-import { Journal, journalRecordBytesMax, type JournalCorruptError } from '../../src/mdm/journal.js';
+import { Journal, type JournalCorruptError } from '../../src/mdm/journal.js';
 import { repoRoot } from '../helpers/processes.js';
+import { journalRecordBytesMax } from '../../src/common/limits.js';
 
 interface Change {
   n: number;

@@ -21,17 +21,9 @@
 
 import t, { type Test } from 'tap';
 import { mulberry32 } from '../../src/common/seeded-random.js';
-import {
-  pgCountFor,
-  pgCountMin,
-  planPlacement,
-  primaryImbalanceMax,
-  toPlacementGroups,
-  type GroupAssignment,
-  type Plan,
-  type PlannerDevice,
-} from '../../src/mdm/placement-planner.js';
-import { pgCountMax, placementGroupOf } from '../../src/wire/placement.js';
+import { pgCountFor, planPlacement, toPlacementGroups, type GroupAssignment, type Plan, type PlannerDevice } from '../../src/mdm/placement-planner.js';
+import { placementGroupOf } from '../../src/wire/placement.js';
+import { pgCountMax, pgCountMin, primaryImbalanceMax } from '../../src/common/limits.js';
 
 const gib = 2 ** 30;
 const tib = 2 ** 40;

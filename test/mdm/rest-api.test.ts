@@ -12,8 +12,8 @@ import { pino } from 'pino';
 import t, { type Test } from 'tap';
 import { restErrorCodes } from '../../src/mdm/rest-errors.js';
 import type { RestDashboard, RestDevice, RestSds, RestStoragePool, RestStoragePoolStatistics, RestSystemStatistics, RestVolume } from '../../src/mdm/rest-objects.js';
-import { loginsInflightMax, restBodyBytesMax } from '../../src/mdm/rest-api.js';
 import { GiB, MiB, basic, call, formattedDevicePath, login, startTestApi, testClusterId, testDeviceCapacityBytes, testPassword, type TestApi } from '../helpers/rest.js';
+import { loginsInflightMax, restBodyBytesMax } from '../../src/common/limits.js';
 
 const KiB = 1024;
 
