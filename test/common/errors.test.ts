@@ -21,23 +21,16 @@ import { BackendError } from '../../src/nbd/backend.js';
 import { nbdErrnoOf } from '../../src/nbd/errno.js';
 import * as P from '../../src/nbd/protocol.js';
 import { parseDeviceRefusal } from '../../src/wire/mdm-ops.js';
+import { typescriptFiles } from '../helpers/files.js';
 import { repoRoot } from '../helpers/processes.js';
 
 const srcDir = path.join(repoRoot, 'src');
 const errorsFile = path.join(srcDir, 'common', 'errors.ts');
 
-function sourceFiles(dir: string): string[] {
-  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
-    const full = path.join(dir, entry.name);
-    if (entry.isDirectory()) return sourceFiles(full);
-    return entry.name.endsWith('.ts') ? [full] : [];
-  });
-}
-
 /** Every quoted MB_ERR_* code in src/, outside the list itself (errors.ts's classes count). */
 function codesInSources(): Set<string> {
   const codes = new Set<string>();
-  for (const file of sourceFiles(srcDir)) {
+  for (const file of typescriptFiles(srcDir)) {
     let text = fs.readFileSync(file, 'utf8');
     if (file === errorsFile) text = text.slice(text.indexOf('} as const;'));
     for (const match of text.matchAll(/'(MB_ERR_[A-Z0-9_]+)'/g)) codes.add(match[1] as string);

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
+import { typescriptFiles } from '../helpers/files.js';
 import { repoRoot } from '../helpers/processes.js';
 
 const allowed: Record<string, readonly string[]> = {
@@ -19,17 +20,9 @@ const allowed: Record<string, readonly string[]> = {
   cli: ['common', 'wire', 'nbd', 'sdc', 'sds', 'mdm', 'hostsetup', 'cli'],
 };
 
-function sourceFiles(dir: string): string[] {
-  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
-    const full = path.join(dir, entry.name);
-    if (entry.isDirectory()) return sourceFiles(full);
-    return entry.name.endsWith('.ts') ? [full] : [];
-  });
-}
-
 export function importViolations(srcDir: string): string[] {
   const violations: string[] = [];
-  for (const file of sourceFiles(srcDir)) {
+  for (const file of typescriptFiles(srcDir)) {
     const layer = path.relative(srcDir, file).split(path.sep)[0] as string;
     const reachable = allowed[layer];
     if (reachable === undefined) {

@@ -10,6 +10,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
+import { typescriptFiles } from '../helpers/files.js';
 import { repoRoot } from '../helpers/processes.js';
 
 const layers = ['common', 'wire', 'nbd', 'sdc', 'sds', 'mdm'];
@@ -30,21 +31,13 @@ const elsewhere: Record<string, string> = {
   'mdm/auth.ts:scryptMemoryBytesMax': 'the password hash’s parameters, stored with every hash',
 };
 
-function sourceFiles(dir: string): string[] {
-  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
-    const full = path.join(dir, entry.name);
-    if (entry.isDirectory()) return sourceFiles(full);
-    return entry.name.endsWith('.ts') ? [full] : [];
-  });
-}
-
 /** `layer/file.ts:name` of every limit-like constant defined outside src/common/limits.ts. */
 export function limitsOutside(srcDir: string): string[] {
   const found: string[] = [];
   for (const layer of layers) {
     const dir = path.join(srcDir, layer);
     if (!fs.existsSync(dir)) continue;
-    for (const file of sourceFiles(dir)) {
+    for (const file of typescriptFiles(dir)) {
       const relative = path.relative(srcDir, file);
       if (relative === path.join('common', 'limits.ts')) continue;
       for (const match of fs.readFileSync(file, 'utf8').matchAll(limitName)) found.push(`${relative}:${match[1]}`);

@@ -21,3 +21,12 @@ export async function loopDevice(t: TeardownHost, file: string): Promise<{ devic
   t.teardown(() => run('losetup', ['-d', device]));
   return { device };
 }
+
+/** Every .ts file under `dir`, at any depth (the source checks read src/ with it). */
+export function typescriptFiles(dir: string): string[] {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) return typescriptFiles(full);
+    return entry.name.endsWith('.ts') ? [full] : [];
+  });
+}
