@@ -4,6 +4,7 @@
 // in every heartbeat. None of these are on the data path; each change that must outlive
 // the process is written to the state file (state.ts) before the order is answered.
 
+import { parseJsonObject, parseJsonPayload } from '../wire/json-payload.js';
 import { staleCollectDelayMs } from '../common/limits.js';
 import type { Logger } from 'pino';
 import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
@@ -59,13 +60,7 @@ export class SdsControl {
   }
 
   onSetMap(payload: Buffer): void {
-    let json: unknown;
-    try {
-      json = JSON.parse(payload.toString('utf8'));
-    } catch {
-      throw new InvalidArgumentError('map', 'is not JSON');
-    }
-    const map = parsePlacementMap(json);
+    const map = parsePlacementMap(parseJsonPayload(payload, 'map'));
     if (map.epoch < this.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `map epoch ${map.epoch} is older than this SDS's ${this.epoch}`, encodeEpoch(this.epoch));
     const { store, identity } = this.host;
     for (const [poolId, pool] of Object.entries(map.pools)) {
@@ -199,14 +194,7 @@ export class SdsControl {
 }
 
 function parseAddDeviceOrder(payload: Buffer): AddDeviceOrder {
-  let value: unknown;
-  try {
-    value = JSON.parse(payload.toString('utf8'));
-  } catch {
-    throw new InvalidArgumentError('addDevice', 'is not JSON');
-  }
-  const order = value as Partial<AddDeviceOrder> | null;
-  if (order === null || typeof order !== 'object') throw new InvalidArgumentError('addDevice', 'must be an object');
+  const order = parseJsonObject<AddDeviceOrder>(payload, 'addDevice');
   if (typeof order.path !== 'string' || !order.path.startsWith('/')) throw new InvalidArgumentError('addDevice.path', 'must be an absolute path');
   if (typeof order.force !== 'boolean') throw new InvalidArgumentError('addDevice.force', 'must be true or false');
   return { path: order.path, force: order.force };

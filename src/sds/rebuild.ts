@@ -16,6 +16,7 @@
 // Client IO keeps priority: every job of this SDS shares one pace (the order's bytes/s,
 // lower while clients are busy here) and one limit of chunk copies in flight.
 
+import { parseJsonObject } from '../wire/json-payload.js';
 import { listGroupTimeoutMs, rebuildCursorSaveChunks, rebuildCursorSaveIntervalMs, sdsRebuildChunksInflightMax, sdsRebuildsKeptMax, sdsRebuildsRunningMax } from '../common/limits.js';
 import * as crypto from 'node:crypto';
 import type { Logger } from 'pino';
@@ -427,14 +428,7 @@ function parseKeyName(name: string): ChunkKey {
 }
 
 function parseRebuildArgs(payload: Buffer): RebuildArgs {
-  let value: unknown;
-  try {
-    value = JSON.parse(payload.toString('utf8'));
-  } catch {
-    throw new InvalidArgumentError('rebuild', 'is not JSON');
-  }
-  const args = value as Partial<RebuildArgs> | null;
-  if (args === null || typeof args !== 'object') throw new InvalidArgumentError('rebuild', 'must be an object');
+  const args = parseJsonObject<RebuildArgs>(payload, 'rebuild');
   if (typeof args.poolId !== 'string' || !idPattern.test(args.poolId)) throw new InvalidArgumentError('rebuild.poolId', 'must be 16 hex digits');
   if (typeof args.targetSdsId !== 'string' || !idPattern.test(args.targetSdsId)) throw new InvalidArgumentError('rebuild.targetSdsId', 'must be 16 hex digits');
   if (args.mode !== undefined && args.mode !== 'full' && args.mode !== 'delta') throw new InvalidArgumentError('rebuild.mode', "must be 'full' or 'delta'");

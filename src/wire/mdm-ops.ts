@@ -20,6 +20,7 @@
 // The MDM answers RegisterSds from an SDS whose name is taken by another SDS id with
 // Failed and a message naming the clash.
 
+import { parseJsonObject } from './json-payload.js';
 import { InvalidArgumentError, isMeshblockCode, type MeshblockCode } from '../common/errors.js';
 import { idPattern, type PlacementMap } from './placement.js';
 import { refusalQuoteCharsMax } from '../common/limits.js';
@@ -69,14 +70,7 @@ export interface SdsRegistration {
 }
 
 export function parseSdsRegistration(payload: Buffer): SdsRegistration {
-  let value: unknown;
-  try {
-    value = JSON.parse(payload.toString('utf8'));
-  } catch {
-    throw new InvalidArgumentError('registration', 'is not JSON');
-  }
-  const entry = value as Partial<SdsRegistration> | null;
-  if (entry === null || typeof entry !== 'object') throw new InvalidArgumentError('registration', 'must be an object');
+  const entry = parseJsonObject<SdsRegistration>(payload, 'registration');
   if (typeof entry.sdsId !== 'string' || !idPattern.test(entry.sdsId)) throw new InvalidArgumentError('registration.sdsId', 'must be 16 hex digits');
   if (typeof entry.name !== 'string') throw new InvalidArgumentError('registration.name', 'must be a string');
   if (typeof entry.address !== 'string' || !/^.+:\d{1,5}$/.test(entry.address)) throw new InvalidArgumentError('registration.address', 'must be HOST:PORT');
@@ -160,14 +154,7 @@ export interface SdcHeartbeat {
 }
 
 export function parseSdcRegistration(payload: Buffer): SdcRegistration {
-  let value: unknown;
-  try {
-    value = JSON.parse(payload.toString('utf8'));
-  } catch {
-    throw new InvalidArgumentError('registration', 'is not JSON');
-  }
-  const entry = value as Partial<SdcRegistration> | null;
-  if (entry === null || typeof entry !== 'object') throw new InvalidArgumentError('registration', 'must be an object');
+  const entry = parseJsonObject<SdcRegistration>(payload, 'registration');
   if (typeof entry.guid !== 'string' || !/^[0-9a-f-]{8,64}$/.test(entry.guid)) throw new InvalidArgumentError('registration.guid', 'must be 8 to 64 hex digits or dashes');
   if (entry.name !== null && entry.name !== undefined && typeof entry.name !== 'string') throw new InvalidArgumentError('registration.name', 'must be a string or null');
   return { guid: entry.guid, name: entry.name ?? null };
