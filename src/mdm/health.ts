@@ -288,8 +288,8 @@ export function noteRebuildDone(observations: HealthObservations, machine: Model
 }
 
 /** The batch, one copiesSynced command per pool; the batch is emptied. */
-export function takeSyncedBatch(observations: HealthObservations): Command[] {
-  const commands: Command[] = [];
+export function takeSyncedBatch(observations: HealthObservations): Array<Extract<Command, { type: 'copiesSynced' }>> {
+  const commands: Array<Extract<Command, { type: 'copiesSynced' }>> = [];
   for (const [poolId, groups] of observations.syncedPending) commands.push({ type: 'copiesSynced', poolId, groups });
   observations.syncedPending.clear();
   return commands;

@@ -34,6 +34,7 @@ import {
   noteSdsDisconnected,
   takeSyncedBatch,
   type HealthDecisions,
+  type HealthInput,
   type HealthObservations,
   type HealthOptions,
 } from './health.js';
@@ -337,12 +338,12 @@ export class MdmService implements MdmController {
     this.syncedTimer ??= setTimeout(() => {
       this.syncedTimer = null;
       for (const command of takeSyncedBatch(this.observations)) {
-        this.execute(command).catch((err: unknown) => this.options.log.error({ err, poolId: command.type === 'copiesSynced' ? command.poolId : undefined }, 'could not record finished rebuilds'));
+        this.execute(command).catch((err: unknown) => this.options.log.error({ err, poolId: command.poolId }, 'could not record finished rebuilds'));
       }
     }, rebuildSyncedBatchMs);
   }
 
-  private healthInput(nowMs: number): Parameters<typeof decideHealth>[0] {
+  private healthInput(nowMs: number): HealthInput {
     return { machine: this.state, nowMs, connected: this.sdsPeers, observations: this.observations, options: this.healthOptions };
   }
 

@@ -35,7 +35,6 @@ export interface VolumeRouter {
   peer(sdsId: string): Promise<WirePeer>;
 }
 
-
 /** Why one SDS's flush did not succeed, and whether trying again can help. */
 interface FlushProblem {
   /**
