@@ -19,6 +19,7 @@ packages=(
   iproute2             # ip netns, veth: simulated hosts
   numactl libaio1      # what the packages host module requires of an SDS host (the installer test's hosts are this machine)
   qemu-system-x86 cpio kmod  # the kernel-client VM test (scripts/vm): QEMU (TCG), the guest's initramfs, depmod for its modules
+  etcd-server etcd-client  # the MDM cluster's consensus store (Master, Slave, Tie-Breaker) and etcdctl for the tests
 )
 
 missing=()
