@@ -13,15 +13,18 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Level } from 'pino';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Level, Logger } from 'pino';
 import type { Argv } from 'yargs';
 import { formatHostPort, parseHostPort } from '../common/address.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { parseSizeBytes } from '../common/units.js';
-import { AdminAuth } from '../mdm/auth.js';
+import { AdminAuth, adminPasswordFileName } from '../mdm/auth.js';
+import { MdmClusterMember, singleMdmCluster, type RestCluster } from '../mdm/cluster-member.js';
+import { EtcdStore, type ClusterRecord, type EtcdTls } from '../mdm/etcd-store.js';
 import { RestApi } from '../mdm/rest-api.js';
-import { rebuildAfterMsDefault, rebuildChunksInflightMaxDefault, sdsDownAfterMsDefault } from '../common/limits.js';
-import { MdmService } from '../mdm/service.js';
+import { etcdCallTimeoutMs, rebuildAfterMsDefault, rebuildChunksInflightMaxDefault, sdsDownAfterMsDefault } from '../common/limits.js';
+import { MdmService, type MdmServiceOptions } from '../mdm/service.js';
 import { ensureSelfSignedCertificate, loadCertificate } from '../mdm/tls.js';
 import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';
@@ -42,6 +45,9 @@ export interface MdmStartArgs {
   'rebuild-rate': string;
   'rebuild-rate-under-load': string;
   'rebuild-inflight': number;
+  etcd: string | undefined;
+  'etcd-pki': string | undefined;
+  'mdm-name': string | undefined;
 }
 
 /** ScaleIO's MDM port. */
@@ -62,8 +68,19 @@ export function mdmStartOptions(yargs: Argv): Argv<MdmStartArgs> {
     .option('rebuild-rate', { type: 'string', default: '64MiB', describe: 'rebuild bandwidth per source SDS, bytes per second (e.g. 32MiB; 0 = unlimited)', requiresArg: true })
     .option('rebuild-rate-under-load', { type: 'string', default: '16MiB', describe: 'the rebuild bandwidth of a source SDS while clients do IO on it (favor application IO; 0 = no difference)', requiresArg: true })
     .option('rebuild-inflight', { type: 'number', default: rebuildChunksInflightMaxDefault, describe: 'chunk copies each source SDS has in flight for rebuilds', requiresArg: true })
+    .option('etcd', { type: 'string', describe: 'an MDM cluster: the client URLs of its etcd members, https://HOST:PORT[,...] (without it: one MDM with its own journal)', requiresArg: true })
+    .option('etcd-pki', { type: 'string', describe: "with --etcd: the cluster's PKI directory (ca.crt, client-MDM-NAME.crt/.key)", requiresArg: true })
+    .option('mdm-name', { type: 'string', describe: "with --etcd: this MDM's name in the cluster (its host's etcd member name)", requiresArg: true })
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
     .check((argv) => {
+      if (argv.etcd !== undefined) {
+        parseEtcdEndpoints(argv.etcd);
+        if (argv['etcd-pki'] === undefined) throw new InvalidArgumentError('--etcd-pki', 'required with --etcd (etcd is reached over TLS with a client certificate)');
+        if (argv['mdm-name'] === undefined || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$/.test(argv['mdm-name'])) throw new InvalidArgumentError('--mdm-name', 'required with --etcd: 1 to 31 letters, digits, _ . -');
+        if (parseHostPort('--listen', argv.listen).port === 0 || parseHostPort('--api', argv.api).port === 0) throw new InvalidArgumentError('--listen/--api', 'an MDM of a cluster needs fixed ports (the others publish and follow them)');
+      } else if (argv['etcd-pki'] !== undefined || argv['mdm-name'] !== undefined) {
+        throw new InvalidArgumentError('--etcd', '--etcd-pki and --mdm-name belong to an MDM cluster; give --etcd too');
+      }
       parseHostPort('--listen', argv.listen);
       parseHostPort('--api', argv.api);
       if ((argv['tls-cert'] === undefined) !== (argv['tls-key'] === undefined)) throw new InvalidArgumentError('--tls-cert/--tls-key', 'give both or neither');
@@ -137,11 +154,35 @@ async function ensureAdmin(dataDir: string, args: MdmStartArgs): Promise<{ auth:
   return { auth: await AdminAuth.initialize(dataDir, password), generatedFile };
 }
 
+/** --etcd's URLs: https only (etcd members require client certificates), 1 to 7 of them. */
+export function parseEtcdEndpoints(text: string): string[] {
+  const endpoints = text.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '');
+  if (endpoints.length === 0 || endpoints.length > 7) throw new InvalidArgumentError('--etcd', `give 1 to 7 etcd client URLs, got ${endpoints.length}`);
+  for (const endpoint of endpoints) {
+    const match = /^https:\/\/(.+)$/.exec(endpoint);
+    if (match === null) throw new InvalidArgumentError('--etcd', `'${endpoint}' is not https://HOST:PORT (etcd is reached over TLS only)`);
+    parseHostPort('--etcd', match[1] as string);
+  }
+  if (new Set(endpoints).size !== endpoints.length) throw new InvalidArgumentError('--etcd', 'an endpoint is given twice');
+  return endpoints;
+}
+
+function serviceTuning(args: MdmStartArgs): Pick<MdmServiceOptions, 'sdsDownAfterMs' | 'rebuildAfterMs' | 'rebuildBytesPerSecondMax' | 'rebuildBytesPerSecondUnderLoad' | 'rebuildChunksInflightMax'> {
+  return {
+    sdsDownAfterMs: Math.round(args['sds-down-after'] * 1000),
+    rebuildAfterMs: Math.round(args['rebuild-after'] * 1000),
+    rebuildBytesPerSecondMax: parseSizeBytes('--rebuild-rate', args['rebuild-rate']),
+    rebuildBytesPerSecondUnderLoad: parseSizeBytes('--rebuild-rate-under-load', args['rebuild-rate-under-load']),
+    rebuildChunksInflightMax: args['rebuild-inflight'],
+  };
+}
+
 export async function mdmStart(args: MdmStartArgs): Promise<void> {
   const log = createRootLogger(args['log-level'], 'mdm');
   const dataDir = path.resolve(args['data-dir']);
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   lockDataDir(dataDir, 'mdm');
+  if (args.etcd !== undefined) return mdmStartClustered(args, log, dataDir);
   const { identity, secret, created } = ensureCluster(dataDir, args.name);
   const { auth, generatedFile } = await ensureAdmin(dataDir, args);
   const certificate = args['tls-cert'] !== undefined && args['tls-key'] !== undefined ? loadCertificate(args['tls-cert'], args['tls-key']) : ensureSelfSignedCertificate(dataDir);
@@ -151,14 +192,11 @@ export async function mdmStart(args: MdmStartArgs): Promise<void> {
     systemName: identity.name,
     secret,
     log: log.child({ component: 'mdm-service' }),
-    sdsDownAfterMs: Math.round(args['sds-down-after'] * 1000),
-    rebuildAfterMs: Math.round(args['rebuild-after'] * 1000),
-    rebuildBytesPerSecondMax: parseSizeBytes('--rebuild-rate', args['rebuild-rate']),
-    rebuildBytesPerSecondUnderLoad: parseSizeBytes('--rebuild-rate-under-load', args['rebuild-rate-under-load']),
-    rebuildChunksInflightMax: args['rebuild-inflight'],
+    ...serviceTuning(args),
   });
   const wanted = parseHostPort('--listen', args.listen);
-  const api = new RestApi({ controller: service, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key } });
+  let cluster: RestCluster | undefined;
+  const api = new RestApi({ controller: service, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key }, cluster: { route: () => ({ kind: 'local' }), query: () => (cluster as RestCluster).query(), switchOwnership: (to) => (cluster as RestCluster).switchOwnership(to) } });
   let address: string;
   let apiUrl: string;
   try {
@@ -167,6 +205,7 @@ export async function mdmStart(args: MdmStartArgs): Promise<void> {
     const apiWanted = parseHostPort('--api', args.api);
     const apiBound = await api.listen(apiWanted.host, apiWanted.port);
     apiUrl = `https://${formatHostPort({ host: apiBound.address, port: apiBound.port })}`;
+    cluster = singleMdmCluster({ clusterId: identity.clusterId, systemName: identity.name, name: identity.name, wireAddress: address, apiAddress: formatHostPort({ host: apiBound.address, port: apiBound.port }) });
   } catch (err) {
     await api.close().catch(() => undefined);
     await service.close();
@@ -186,4 +225,144 @@ export async function mdmStart(args: MdmStartArgs): Promise<void> {
       service.destroy();
     },
   );
+}
+
+/**
+ * An MDM of an MDM cluster: identity, secret and admin password from etcd (made by the first
+ * MDM to start), then a Slave that follows the Master and takes over when it goes.
+ */
+async function mdmStartClustered(args: MdmStartArgs, log: Logger, dataDir: string): Promise<void> {
+  const name = args['mdm-name'] as string;
+  const endpoints = parseEtcdEndpoints(args.etcd as string);
+  const tls = loadEtcdClientTls(path.resolve(args['etcd-pki'] as string), name);
+  const store = EtcdStore.connect({ endpoints, tls, log: log.child({ component: 'etcd' }) });
+  try {
+    const record = await clusterRecord(store, dataDir, args, log);
+    // Beside the MDM, as with one MDM: the SDSs and SDCs started on this host read them.
+    writePrivate(path.join(dataDir, 'cluster.secret'), `${record.secret}\n`);
+    fs.writeFileSync(path.join(dataDir, 'cluster.json'), `${JSON.stringify({ clusterId: record.clusterId, name: record.name }, null, 1)}\n`);
+    writePrivate(path.join(dataDir, adminPasswordFileName), record.adminAuth);
+    const auth = AdminAuth.loadFromDataDir(dataDir);
+    const certificate = args['tls-cert'] !== undefined && args['tls-key'] !== undefined ? loadCertificate(args['tls-cert'], args['tls-key']) : ensureSelfSignedCertificate(dataDir);
+    const wire = parseHostPort('--listen', args.listen);
+    const apiWanted = parseHostPort('--api', args.api);
+    const member = new MdmClusterMember({
+      store,
+      name,
+      wire,
+      apiAddress: formatHostPort(apiWanted),
+      apiCertificate: certificate.cert.toString(),
+      clusterId: record.clusterId,
+      systemName: record.name,
+      service: { dataDir, clusterId: record.clusterId, systemName: record.name, secret: Buffer.from(record.secret), log: log.child({ component: 'mdm-service' }), ...serviceTuning(args) },
+      log: log.child({ component: 'mdm-cluster' }),
+    });
+    const api = new RestApi({ controller: member.controller(), cluster: member, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key } });
+    await api.listen(apiWanted.host, apiWanted.port);
+    await startMember(member, log);
+    log.info({ clusterId: record.clusterId, name, etcd: endpoints, api: args.api, listen: args.listen, role: member.role }, 'mdm ready');
+    process.stdout.write(`mdm ${name} of cluster ${record.clusterId} (${record.name}): REST API at https://${args.api}, SDSs and SDCs on ${args.listen} while Master; etcd ${endpoints.join(',')}\n`);
+    await runUntilSignal(
+      log,
+      async () => {
+        await api.close();
+        await member.close();
+        store.close();
+      },
+      () => {
+        api.destroy();
+        member.service?.destroy();
+        store.close();
+      },
+    );
+  } catch (err) {
+    store.close();
+    throw err;
+  }
+}
+
+/** Joins the cluster, waiting for etcd as long as it takes (members may start after the MDMs). */
+async function startMember(member: MdmClusterMember, log: Logger): Promise<void> {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      await member.start();
+      return;
+    } catch (err) {
+      if (!(err instanceof MeshblockError) || err.code !== 'MB_ERR_NO_QUORUM') throw err;
+      if (attempt === 1 || attempt % 10 === 0) log.warn({ err, attempt }, 'etcd is not answering yet; waiting');
+      await sleep(etcdCallTimeoutMs / 2);
+    }
+  }
+}
+
+/** The cluster's identity from etcd; the first MDM makes it (with the admin password rules of one MDM). */
+async function clusterRecord(store: EtcdStore, dataDir: string, args: MdmStartArgs, log: Logger): Promise<ClusterRecord> {
+  let existing: ClusterRecord | null = null;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      existing = await store.readCluster();
+      break;
+    } catch (err) {
+      if (!(err instanceof MeshblockError) || err.code !== 'MB_ERR_NO_QUORUM') throw err;
+      if (attempt === 1 || attempt % 10 === 0) log.warn({ err, attempt }, 'etcd is not answering yet; waiting');
+      await sleep(etcdCallTimeoutMs / 2);
+    }
+  }
+  if (existing !== null) {
+    if (args.name !== undefined && args.name !== existing.name) throw new InvalidArgumentError('--name', `this cluster is named '${existing.name}' (renaming is not supported)`);
+    if (args['admin-password-file'] !== undefined) {
+      // Given to every MDM by an installer: it must be the cluster's password, not another.
+      const probe = path.join(dataDir, `${adminPasswordFileName}.etcd`);
+      writePrivate(probe, existing.adminAuth);
+      try {
+        const password = fs.readFileSync(args['admin-password-file'], 'utf8').trim();
+        if (!(await AdminAuth.load(probe).verifyPassword(AdminAuth.load(probe).username, password))) {
+          throw new InvalidArgumentError('--admin-password-file', 'holds another password than the one the cluster was created with');
+        }
+      } finally {
+        fs.rmSync(probe, { force: true });
+      }
+    }
+    return existing;
+  }
+  const made = path.join(dataDir, `new-cluster-${process.pid}`);
+  fs.rmSync(made, { recursive: true, force: true });
+  fs.mkdirSync(made, { mode: 0o700 });
+  try {
+    const { auth, generatedFile } = await ensureAdmin(made, args);
+    if (generatedFile !== null) {
+      fs.renameSync(generatedFile, path.join(dataDir, 'admin.password'));
+      process.stdout.write(`generated the admin password: ${path.join(dataDir, 'admin.password')}\n`);
+    }
+    const candidate: ClusterRecord = {
+      clusterId: randomBytes(8).toString('hex'),
+      name: args.name ?? 'meshblock',
+      secret: randomBytes(32).toString('hex'),
+      adminAuth: fs.readFileSync(auth.passwordFile, 'utf8'),
+    };
+    const stored = await store.createCluster(candidate);
+    if (stored.clusterId === candidate.clusterId) log.info({ clusterId: stored.clusterId }, 'created the cluster in etcd');
+    else fs.rmSync(path.join(dataDir, 'admin.password'), { force: true });
+    return stored;
+  } finally {
+    fs.rmSync(made, { recursive: true, force: true });
+  }
+}
+
+function writePrivate(file: string, text: string): void {
+  const temporary = `${file}.tmp-${process.pid}`;
+  fs.writeFileSync(temporary, text, { mode: 0o600 });
+  fs.renameSync(temporary, file);
+}
+
+/** The MDM's etcd client credentials from the cluster's PKI directory. */
+function loadEtcdClientTls(dir: string, name: string): EtcdTls {
+  const read = (file: string): Buffer => {
+    try {
+      return fs.readFileSync(path.join(dir, file));
+    } catch (err) {
+      throw new InvalidArgumentError('--etcd-pki', `cannot read ${path.join(dir, file)}: ${(err as Error).message}`);
+    }
+  };
+  return { ca: read('ca.crt'), cert: read(`client-${name}.crt`), key: read(`client-${name}.key`) };
 }

@@ -79,6 +79,16 @@ export const errorCodes = {
   MB_ERR_MDM_CLUSTER: 'MB_ERR_MDM_CLUSTER',
   /** The MDM's identity file or cluster secret is missing or damaged. */
   MB_ERR_MDM_IDENTITY: 'MB_ERR_MDM_IDENTITY',
+
+  // --- MDM cluster (Master, Slaves, Tie-Breakers on etcd) ---
+  /** This MDM is not (or no longer sure to be) the Master: ask the Master (clients move on by themselves). */
+  MB_ERR_MDM_NOT_MASTER: 'MB_ERR_MDM_NOT_MASTER',
+  /** The etcd cluster has no quorum (a majority of its members is unreachable): no Master, no changes; IO goes on. */
+  MB_ERR_NO_QUORUM: 'MB_ERR_NO_QUORUM',
+  /** An etcd call failed or held something this MDM cannot read (the message says which). */
+  MB_ERR_ETCD: 'MB_ERR_ETCD',
+  /** The MDM cluster refuses the membership or ownership change asked for (the message says why). */
+  MB_ERR_MDM_CLUSTER_CHANGE: 'MB_ERR_MDM_CLUSTER_CHANGE',
   /** A journal record no longer applies to the state replayed before it. */
   MB_ERR_JOURNAL_REPLAY: 'MB_ERR_JOURNAL_REPLAY',
   /** The journal on disk is damaged; the MDM refuses to open it rather than lose changes. */

@@ -158,6 +158,28 @@ export const sdsOrderTimeoutMs = 30_000;
 /** The MDM's journal is compacted into a snapshot after this many records. */
 export const journalCompactAfterRecords = 1000;
 
+// --- MDM cluster (Master, Slaves, Tie-Breakers on etcd) ------------------------------------
+
+/**
+ * The Master's etcd lease: a Master that cannot renew it this long (dead, paused,
+ * partitioned) loses the mastership, and a Slave takes over. etcd counts it in whole seconds.
+ */
+export const mdmMasterLeaseMs = 3000;
+/** A Master stops giving orders this long before its lease could have run out in etcd. */
+export const mdmMasterLeaseMarginMs = 500;
+/** A Slave reads the Master's new commands this often: it is hot, a takeover replays at most these. */
+export const mdmFollowIntervalMs = 200;
+/** An MDM that is not Master checks for a vacant mastership this often. */
+export const mdmCampaignIntervalMs = 250;
+/** A planned switch reserves the mastership for the MDM named this long; the others hold back. */
+export const mdmHandoverMs = 5000;
+/** An etcd call not answered in this has failed (a partitioned member must not hold a call). */
+export const etcdCallTimeoutMs = 2000;
+/** Commands read from etcd in one request. */
+export const etcdLogReadBatchMax = 500;
+/** The largest value stored in etcd: its requests are at most 1.5 MiB by default. */
+export const etcdValueBytesMax = MiB;
+
 // --- SDS -----------------------------------------------------------------------------------
 
 /**
@@ -338,6 +360,12 @@ assert(sdsDownAfterMsDefault + sdcMapRequestTimeoutMs + sdcRetryDelayMsMax < ker
 assert(sdsDownAfterMsDefault < rebuildAfterMsDefault, 'an SDS is down before it is out');
 assert(mdmReconnectDelayMsMax + heartbeatIntervalMs < mdmRestartGraceMs, 'after an MDM restart, SDSs reconnect (at their slowest backoff) within the restart grace');
 assert(rebuildSyncedBatchMs < heartbeatIntervalMs, 'finished rebuilds are recorded within a health tick');
+assert(mdmMasterLeaseMs % 1000 === 0 && mdmMasterLeaseMs >= 2000, 'etcd leases are whole seconds (and a Master renews a few times per lease)');
+assert(mdmMasterLeaseMarginMs * 4 <= mdmMasterLeaseMs, 'the margin leaves most of the lease to the Master');
+assert(etcdCallTimeoutMs <= mdmMasterLeaseMs, 'a hung etcd call ends within a lease');
+assert(mdmFollowIntervalMs < heartbeatIntervalMs && mdmCampaignIntervalMs < heartbeatIntervalMs, 'a Slave follows and watches for a vacant mastership faster than heartbeats');
+assert(mdmMasterLeaseMs + mdmCampaignIntervalMs + etcdCallTimeoutMs < mdmRestartGraceMs, 'a takeover completes within the restart grace SDSs have to reconnect');
+assert(etcdValueBytesMax + 64 * KiB <= 1.5 * MiB, "a value and its request's framing fit in etcd's default request limit");
 assert(pgCountMin <= pgCountDefault && pgCountDefault <= pgCountMax, 'a default pool has a group count the planner accepts');
 assert(journalRecordBytesMax <= journalPendingBytesMax && journalPendingBytesMax <= journalSnapshotBytesMax, 'a record fits in the pending bound, which fits in a snapshot');
 assert(restBodyBytesMax <= restDiscardBytesMax, 'an over-limit body is read at least as far as the limit before the 413');

@@ -12,6 +12,14 @@
 //   GET  /api/instances/{Type}::{id}/relationships/{Other}       children (e.g. StoragePool → Volume)
 //   GET  /api/instances/{Type}::{id}/relationships/Statistics    System, StoragePool, Sds, Device
 //   GET  /api/dashboard                                   meshblock: capacity and health at a glance
+//   POST /api/instances/System/action/queryMdmCluster     the MDM cluster (ScaleIO's MdmCluster)
+//   POST /api/instances/System/action/changeMdmOwnership  {"id"?: MDM name}: a planned switch
+//
+// In an MDM cluster every MDM answers: a Slave forwards each request, whole, to the Master
+// (pinning the certificate the Master published in etcd), so that one address in a client's
+// configuration keeps working through failovers. With no Master reachable, a Slave still
+// answers logins and queryMdmCluster itself and refuses the rest with 503 (MB_ERR_NO_QUORUM
+// or MB_ERR_MDM_NOT_MASTER); clients try again or move on.
 //
 // Types: System, ProtectionDomain, StoragePool, FaultSet, Sds, Device, Sdc, Volume.
 // Every call but login authenticates with the token, as ScaleIO clients do: HTTP Basic with
@@ -30,6 +38,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import type { AdminAuth } from './auth.js';
+import type { RestCluster } from './cluster-member.js';
 import type { MdmController } from './controller.js';
 import type { Device, Sds } from './model.js';
 import { createInstance, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
@@ -65,7 +74,12 @@ export interface RestApiOptions {
   tls: { cert: Buffer; key: Buffer } | null;
   /** The clock for creation times; Date.now unless a test drives time. */
   nowMs?: () => number;
+  /** The MDM cluster this MDM belongs to (where requests go; queryMdmCluster). Default: served here. */
+  cluster?: RestCluster;
 }
+
+/** Marks a request a Slave forwarded, so that two Slaves never forward it in a loop. */
+const forwardedHeader = 'x-meshblock-forwarded-by';
 
 interface Reply {
   status: number;
@@ -90,6 +104,7 @@ type Credentials = { scheme: 'basic'; username: string; password: string } | { s
 
 export class RestApi {
   private readonly controller: MdmController;
+  private readonly cluster: RestCluster | null;
   private readonly log: Logger;
   private readonly auth: AdminAuth;
   private readonly server: http.Server;
@@ -103,6 +118,7 @@ export class RestApi {
 
   constructor(options: RestApiOptions) {
     this.controller = options.controller;
+    this.cluster = options.cluster ?? null;
     // Credentials are never logged on purpose; the redaction is a second line of defence
     // for an `err` or object that happens to carry one.
     this.log = options.log.child({}, { redact: ['password', 'token', 'authorization', '*.password', '*.token', '*.authorization', '*.headers.authorization'] });
@@ -157,7 +173,13 @@ export class RestApi {
       // Connections kept alive after a response are closed once the API is closing.
       if (this.closing) this.server.closeIdleConnections();
     });
-    this.handle(req, path, log, startMs)
+    const route = this.cluster?.route() ?? { kind: 'local' as const };
+    if (route.kind === 'forward' && req.headers[forwardedHeader] === undefined && !this.closing) {
+      this.forward(req, res, route, log);
+      return;
+    }
+    const refusal = route.kind === 'local' ? null : route.kind === 'refuse' ? route : { code: 'MB_ERR_MDM_NOT_MASTER' as const, message: `this MDM is not the Master (${route.name} is; the request was forwarded once already)` };
+    this.handle(req, path, log, startMs, refusal)
       .then(
         (reply) => this.send(res, reply.status, reply.body),
         (err: unknown) => {
@@ -188,8 +210,42 @@ export class RestApi {
     res.end(text);
   }
 
-  private async handle(req: http.IncomingMessage, path: string, log: Logger, startMs: number): Promise<Reply> {
+  /**
+   * Sends the request to the Master as it came and its answer back as it comes. The Master's
+   * certificate is the one it published in etcd (pinned: no name check, the exact key).
+   */
+  private forward(req: http.IncomingMessage, res: http.ServerResponse, target: { name: string; host: string; port: number; certificate: string }, log: Logger): void {
+    const headers = { ...req.headers, [forwardedHeader]: 'slave' };
+    delete headers.host;
+    const upstream = https.request(
+      {
+        host: target.host,
+        port: target.port,
+        method: req.method,
+        path: req.url,
+        headers,
+        ca: target.certificate,
+        checkServerIdentity: () => undefined,
+        timeout: restRequestTimeoutMs,
+      },
+      (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+        answer.on('error', () => res.destroy());
+      },
+    );
+    upstream.on('timeout', () => upstream.destroy(new Error(`no answer within ${restRequestTimeoutMs} ms`)));
+    upstream.on('error', (err) => {
+      log.warn({ err, master: target.name }, 'could not forward to the Master');
+      this.send(res, 503, errorBody(new RestError('MB_ERR_MDM_NOT_MASTER', `this MDM is a Slave and the Master (${target.name}, ${target.host}:${target.port}) did not answer: ${err.message}; try again`, 503)));
+    });
+    req.pipe(upstream);
+  }
+
+  private async handle(req: http.IncomingMessage, path: string, log: Logger, startMs: number, refusal: { code: 'MB_ERR_NO_QUORUM' | 'MB_ERR_MDM_NOT_MASTER'; message: string } | null): Promise<Reply> {
     if (this.closing) throw new RestError('MB_ERR_SHUTTING_DOWN', 'the MDM is shutting down', 503, { connection: 'close' });
+    // Without a Master this MDM answers only logins and the cluster query (its own view).
+    if (refusal !== null && path !== '/api/login' && path !== queryMdmClusterPath) throw new RestError(refusal.code, refusal.message, 503, { 'retry-after': '1' });
     const credentials = parseAuthorization(req.headers.authorization);
     if (path === '/api/login') {
       // Before reading any body: nothing is read from a client that has not logged in.
@@ -267,7 +323,19 @@ export class RestApi {
     };
     const ok = (body: unknown): Reply => ({ status: 200, body });
     const instance = '/api/instances/([A-Za-z]+)::([^/]+)';
+    const cluster = (): Promise<unknown> => (this.cluster === null ? Promise.reject(new RestError('MB_ERR_NO_ROUTE', 'this MDM has no cluster view', 404)) : this.cluster.query());
     return [
+      { pattern: new RegExp(`^${queryMdmClusterPath}$`), methods: { GET: async () => ok(await cluster()), POST: async () => ok(await cluster()) } },
+      {
+        pattern: /^\/api\/instances\/System(?:::[^/]+)?\/action\/changeMdmOwnership$/,
+        methods: {
+          POST: async ({ body }) => {
+            if (this.cluster === null) throw new RestError('MB_ERR_NO_ROUTE', 'this MDM has no cluster', 404);
+            const to = readOwnershipTarget(body);
+            return ok({ master: await this.cluster.switchOwnership(to) });
+          },
+        },
+      },
       {
         pattern: /^\/api\/logout$/,
         methods: {
@@ -342,6 +410,18 @@ export class RestApi {
         throw new RestError('MB_ERR_NO_ROUTE', `${type} has no Statistics (types with statistics: ${restStatisticsTypes.join(', ')})`, 404);
     }
   }
+}
+
+const queryMdmClusterPath = '/api/instances/System/action/queryMdmCluster';
+
+/** changeMdmOwnership's body: ScaleIO's {"id": ...} (our MDM ids are their names), or none for any Slave. */
+function readOwnershipTarget(body: unknown): string | null {
+  if (body === undefined || body === null) return null;
+  if (typeof body !== 'object' || Array.isArray(body)) throw new RestError('MB_ERR_INVALID_ARGUMENT', 'body: must be a JSON object like {"id": "mdm2"}', 400);
+  const id = (body as Record<string, unknown>)['id'] ?? (body as Record<string, unknown>)['name'];
+  if (id === undefined) return null;
+  if (typeof id !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$/.test(id)) throw new RestError('MB_ERR_INVALID_ARGUMENT', 'id: must be the name of an MDM', 400);
+  return id;
 }
 
 /** Basic USER:PASSWORD or Bearer TOKEN; null when absent or unreadable. */

@@ -37,6 +37,10 @@ export const restErrorCodes: Readonly<Record<string, number>> = {
   MB_ERR_AMBIGUOUS: 17,
   MB_ERR_DEVICE_FORMATTED: 18,
   MB_ERR_OUT_OF_RANGE: 19,
+  // The MDM cluster.
+  MB_ERR_MDM_NOT_MASTER: 20,
+  MB_ERR_NO_QUORUM: 21,
+  MB_ERR_MDM_CLUSTER_CHANGE: 22,
   // The HTTP layer's own.
   MB_ERR_UNAUTHORIZED: 101,
   MB_ERR_NO_ROUTE: 102,
@@ -79,6 +83,9 @@ export function restErrorCode(code: string): number {
 export function httpStatusOf(err: unknown): number {
   if (err instanceof RestError || err instanceof MdmError) return err.httpStatus;
   if (err instanceof MeshblockError && (err.code === 'MB_ERR_INVALID_ARGUMENT' || err.code === 'MB_ERR_OUT_OF_RANGE')) return 400;
+  // No Master (or not this one): clients try again, or another MDM.
+  if (err instanceof MeshblockError && (err.code === 'MB_ERR_MDM_NOT_MASTER' || err.code === 'MB_ERR_NO_QUORUM')) return 503;
+  if (err instanceof MeshblockError && err.code === 'MB_ERR_MDM_CLUSTER_CHANGE') return 409;
   return 500;
 }
 

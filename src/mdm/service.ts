@@ -9,7 +9,7 @@
 // the health decisions (health.ts), which are pure: this file feeds them the clock and what
 // it saw, and carries out what they decide. It makes no failure or rebuild decision itself.
 
-import { journalCompactAfterRecords, rebuildSyncedBatchMs, sdsOrderTimeoutMs } from '../common/limits.js';
+import { rebuildSyncedBatchMs, sdsOrderTimeoutMs } from '../common/limits.js';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
@@ -38,14 +38,12 @@ import {
   type HealthObservations,
   type HealthOptions,
 } from './health.js';
+import { JournalCommandLog, type CommandLog, type JournalRecord } from './command-log.js';
 import { Journal } from './journal.js';
 import { emptyModel, type Id, type SystemModel } from './model.js';
 import { MdmError, StateMachine, isDown, type Applied, type Command } from './state-machine.js';
 
-
-export interface JournalRecord {
-  command: Command;
-}
+export type { JournalRecord } from './command-log.js';
 
 interface Session {
   sdsId: Id | null;
@@ -64,6 +62,16 @@ export interface MdmServiceOptions {
   rebuildBytesPerSecondMax?: number;
   rebuildBytesPerSecondUnderLoad?: number;
   rebuildChunksInflightMax?: number;
+  /**
+   * False while this MDM may not give orders (an MDM cluster's Master whose lease may have
+   * run out): nothing is sent to SDSs and SDCs then, neither maps nor orders. Default: always.
+   */
+  mayAct?: () => boolean;
+  /**
+   * The command log failed: this process no longer knows what is durable. Default: exit
+   * (the embedded journal); an MDM cluster's Master steps down instead.
+   */
+  onLogFailure?: (err: unknown) => void;
 }
 
 export class MdmService implements MdmController {
@@ -92,14 +100,19 @@ export class MdmService implements MdmController {
   private syncingMax = 0;
   /** Commands are applied and journaled one at a time, so the journal's order is the order applied. */
   private executing: Promise<unknown> = Promise.resolve();
+  /** Set when an append failed: the in-memory state may hold a command the log does not. */
+  private logFailure: unknown = null;
+  private readonly mayAct: () => boolean;
 
-  private constructor(
+  /** `state` must be what `commandLog` holds; the service applies and appends from there on. */
+  constructor(
     readonly state: StateMachine,
-    private readonly journal: Journal<JournalRecord, SystemModel>,
+    private readonly commandLog: CommandLog,
     private readonly options: MdmServiceOptions,
   ) {
     this.server = net.createServer((socket) => this.onConnection(socket));
     this.healthOptions = healthOptions(options);
+    this.mayAct = options.mayAct ?? (() => true);
   }
 
   static async open(options: MdmServiceOptions): Promise<MdmService> {
@@ -123,7 +136,7 @@ export class MdmService implements MdmController {
     // Connections did not survive the restart: everyone is disconnected until they call.
     state.observe({ type: 'connectionsLost' });
     options.log.info({ records: records.length, epoch: state.model.epoch }, 'state restored from the journal');
-    return new MdmService(state, journal, options);
+    return new MdmService(state, new JournalCommandLog(journal, options.log), options);
   }
 
   async listen(host: string, port: number): Promise<net.AddressInfo> {
@@ -144,6 +157,9 @@ export class MdmService implements MdmController {
   }
 
   private async executeNow(command: Command): Promise<Applied> {
+    if (this.logFailure !== null) {
+      throw new MdmError('MB_ERR_MDM_NOT_MASTER', `this MDM stopped committing (${this.logFailure instanceof Error ? this.logFailure.message : 'its command log failed'}); try the Master`, 503);
+    }
     // ScaleIO's rule: a volume an SDC has open (NBD clients attached, as its heartbeats say)
     // is not taken away from it. Checked here: it depends on live state, not on the model.
     if (command.type === 'removeMappedSdc' && this.openVolumes(command.sdcId).includes(command.volumeId)) {
@@ -153,19 +169,22 @@ export class MdmService implements MdmController {
     }
     const applied = this.state.apply(command);
     try {
-      await this.journal.append({ command });
+      await this.commandLog.append(command);
     } catch (err) {
-      // The change is applied in memory but not on disk: this process can no longer tell
-      // the truth about its state. Stop rather than acknowledge anything more.
-      this.options.log.fatal({ err, command: command.type }, 'journal append failed; the MDM stops');
-      setImmediate(() => process.exit(1));
+      // The change is applied in memory but not durable (or not known to be): this process
+      // can no longer tell the truth about its state. Acknowledge nothing more.
+      this.logFailure = err;
+      if (this.options.onLogFailure !== undefined) {
+        this.options.onLogFailure(err);
+      } else {
+        this.options.log.fatal({ err, command: command.type }, 'journal append failed; the MDM stops');
+        setImmediate(() => process.exit(1));
+      }
       throw err;
     }
     if (applied.epochChanged) void this.pushMap().then(() => this.orderRebuildsNow());
     this.pushViews();
-    if (this.journal.recordCount >= journalCompactAfterRecords) {
-      await this.journal.compact(this.state.model).catch((err: unknown) => this.options.log.error({ err }, 'journal compaction failed; will retry'));
-    }
+    await this.commandLog.compactIfDue(this.state.model);
     return applied;
   }
 
@@ -176,6 +195,7 @@ export class MdmService implements MdmController {
       throw new MdmError('MB_ERR_INVALID_ARGUMENT', `storagePoolId: SDS '${sds.name}' is not in the storage pool's protection domain`, 400);
     }
     const peer = this.sdsPeers.get(sds.id);
+    if (!this.mayAct()) throw new MdmError('MB_ERR_MDM_NOT_MASTER', 'this MDM is no longer sure to be the Master; try again', 503);
     if (peer === undefined) throw new MdmError('MB_ERR_SDS_DISCONNECTED', `SDS '${sds.name}' is not connected to the MDM`, 503);
     let response;
     try {
@@ -363,6 +383,8 @@ export class MdmService implements MdmController {
    * commands executed (serialised, journaled), orders sent. Nothing is decided here.
    */
   private carryOut(decisions: HealthDecisions, nowMs: number): void {
+    // A Master that may have lost its lease decides nothing: another may be deciding already.
+    if (!this.mayAct()) return;
     noteDecisions(this.observations, decisions, nowMs);
     for (const observation of decisions.observations) {
       if (observation.type === 'sdcDisconnected') {
@@ -488,6 +510,7 @@ export class MdmService implements MdmController {
 
   /** Sends every connected SDC its view if it changed since it was last sent. */
   private pushViews(): void {
+    if (!this.mayAct()) return;
     for (const [sdcId, entry] of this.sdcPeers) {
       const view = JSON.stringify(this.sdcView(sdcId));
       if (view === entry.sentView) continue;
@@ -507,6 +530,7 @@ export class MdmService implements MdmController {
   }
 
   private pushMapTo(sdsId: Id, peer: WirePeer): Promise<void> {
+    if (!this.mayAct()) return Promise.resolve();
     const map = this.state.placementMap();
     return peer.request(SdsOp.SetMap, Buffer.from(JSON.stringify(map)), { timeoutMs: sdsOrderTimeoutMs }).then(
       (response) => {
@@ -527,7 +551,7 @@ export class MdmService implements MdmController {
     for (const entry of this.sdcPeers.values()) entry.peer.destroy();
     for (const socket of this.sockets) socket.destroy();
     await stopped;
-    await this.journal.close();
+    await this.commandLog.close();
   }
 
   destroy(): void {
