@@ -208,6 +208,7 @@ function pairExists(paths: EtcdPairPaths): boolean {
 }
 
 function readCertificate(certPath: string): X509Certificate {
+  if (!fs.existsSync(certPath)) throw new EtcdPkiError(`${certPath} is missing`);
   try {
     return new X509Certificate(fs.readFileSync(certPath));
   } catch (err) {
@@ -218,6 +219,7 @@ function readCertificate(certPath: string): X509Certificate {
 /** Throws EtcdPkiError unless the pair exists, belongs together and is signed by `ca`. */
 function checkPair(paths: EtcdPairPaths, ca: X509Certificate): void {
   const certificate = readCertificate(paths.certPath);
+  if (!fs.existsSync(paths.keyPath)) throw new EtcdPkiError(`${paths.keyPath} is missing`);
   let matches: boolean;
   try {
     matches = certificate.checkPrivateKey(createPrivateKey(fs.readFileSync(paths.keyPath)));
