@@ -106,15 +106,17 @@ export function createEtcdPki(dir: string, request: EtcdPkiRequest): EtcdPkiResu
   const ca = caPaths(dir);
   const missing = pairs.filter((pair) => !pairExists(pair.paths));
   const caState = pairState(ca);
-  if (caState === 'half') {
-    // The key without the certificate (or the reverse) cannot sign anything peers will trust.
-    throw new EtcdPkiError(`${fs.existsSync(ca.certPath) ? ca.keyPath : ca.certPath} is missing while its other half exists; restore it`);
+  if (caState === 'half' && !fs.existsSync(ca.certPath)) {
+    // The key without its certificate signs pairs that nobody's ca.crt trusts. The reverse,
+    // ca.crt alone, is what a host is given: enough to check, not to sign (below).
+    throw new EtcdPkiError(`${ca.certPath} is missing while ${ca.keyPath} exists; restore it`);
   }
   if (caState === 'none') {
-    const existing = pairs.filter((pair) => pairState(pair.paths) !== 'none');
-    if (existing.length > 0) {
-      // A new CA would leave these pairs trusted by nobody: the CA was lost, not never made.
-      throw new EtcdPkiError(`${ca.certPath} and ${ca.keyPath} are missing but ${existing[0]?.paths.certPath} exists; restore the CA (a new one would not trust the existing pairs)`);
+    const existing = fs.readdirSync(dir).find((file) => /^(?:member|client)-.+\.(?:crt|key)$/.test(file));
+    if (existing !== undefined) {
+      // A new CA would leave the pairs already handed out trusted by nobody: the CA was
+      // lost, not never made.
+      throw new EtcdPkiError(`${ca.certPath} and ${ca.keyPath} are missing but ${path.join(dir, existing)} exists; restore the CA (a new one would not trust the existing pairs)`);
     }
     makeCa(ca);
     created.push(etcdCaCertificateFileName, etcdCaKeyFileName);
