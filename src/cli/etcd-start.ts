@@ -226,10 +226,7 @@ export async function etcdStart(args: EtcdStartArgs): Promise<void> {
   const etcdArguments = etcdArgs({ name: args.name, dataDir: etcdDataDir, clientUrl, peerUrl, cluster, existing: args.existing, tls, logLevel: args['log-level'] });
   const [command, ...commandArgs] = (fs.existsSync(setprivPath) ? [setprivPath, '--pdeathsig', 'KILL', etcdBin, ...etcdArguments] : [etcdBin, ...etcdArguments]) as [string, ...string[]];
   const child = spawn(command, commandArgs, { stdio: ['ignore', 'inherit', 'inherit'], env: etcdEnvironment() });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', (code, signal) => resolve({ code, signal }));
-  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   try {
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);
@@ -238,8 +235,11 @@ export async function etcdStart(args: EtcdStartArgs): Promise<void> {
   } catch (err) {
     throw new MeshblockError('MB_ERR_ETCD_START', `cannot run ${etcdBin}: ${(err as Error).message}`, { cause: err });
   }
+  // After the spawn, 'error' only reports a signal that could not be sent; the exit still comes.
+  child.on('error', (err) => log.error({ err }, 'cannot signal etcd'));
   log.info({ name: args.name, etcdPid: child.pid, clientUrl, peerUrl, state: args.existing ? 'existing' : 'new', dataDir }, 'etcd started');
-  process.stdout.write(`etcd member ${args.name} (etcd pid ${child.pid}) serving clients on ${clientUrl}, peers on ${peerUrl}; data in ${dataDir}\n`);
+  // "started", not "ready": a member of a new cluster serves only once a quorum has started.
+  process.stdout.write(`etcd member ${args.name} (etcd pid ${child.pid}) started: clients ${clientUrl}, peers ${peerUrl}, data in ${dataDir}\n`);
 
   let stopSignal: NodeJS.Signals | null = null;
   let killTimer: NodeJS.Timeout | undefined;

@@ -75,6 +75,9 @@ t.test('bad flags: one line and a non-zero exit; etcd’s exit code comes back o
     [args({ name: 'm2', 'initial-cluster': 'm2=https://127.0.0.1:2' }), /member-m2\.crt is missing/, 1],
     [args({}), /\/nonexistent is missing or not executable \(install Debian's etcd-server, or set MESHBLOCK_ETCD_BIN\)/, 1, { MESHBLOCK_ETCD_BIN: '/nonexistent' }],
   ];
+  const help = await runMeshblock(['etcd', 'start', '--help']);
+  t.equal(help.code, 0);
+  for (const flag of ['--data-dir', '--name', '--client', '--peer', '--initial-cluster', '--existing', '--pki']) t.match(help.stdout, flag, `etcd start --help mentions ${flag}`);
   for (const [argv, message, code, env] of cases) {
     const result = await runMeshblock(argv, env !== undefined ? { env } : {});
     const lines = result.stderr.trim().split('\n');

@@ -86,7 +86,7 @@ export async function freeLoopbackPorts(count: number): Promise<number[]> {
   }
 }
 
-const readyPattern = /^etcd member (\S+) \(etcd pid (\d+)\) serving clients on (\S+), peers on (\S+); data in (.+)$/m;
+const readyPattern = /^etcd member (\S+) \(etcd pid (\d+)\) started: clients (\S+), peers (\S+), data in (.+)$/m;
 
 export async function startEtcdCluster(t: TeardownHost, options: { members: 1 | 3 | 5; dir: string; names?: readonly string[] }): Promise<EtcdTestCluster> {
   const names = options.names ?? Array.from({ length: options.members }, (_, index) => `mdm${index + 1}`);
