@@ -91,6 +91,8 @@ interface PairToMake {
   paths: EtcdPairPaths;
   /** openssl x509v3 extension lines for the certificate. */
   extensions: string[];
+  /** The IPs a member's certificate must name (none for a client). */
+  ips: string[];
 }
 
 /**
@@ -123,7 +125,13 @@ export function createEtcdPki(dir: string, request: EtcdPkiRequest): EtcdPkiResu
   }
   const caCertificate = readCertificate(ca.certPath);
   for (const pair of pairs) {
-    if (pairExists(pair.paths)) checkPair(pair.paths, caCertificate);
+    if (!pairExists(pair.paths)) continue;
+    checkPair(pair.paths, caCertificate);
+    // A member whose addresses changed keeps a certificate its peers would refuse (they
+    // check the IP they dialed against its SANs): say so, rather than keep it silently.
+    const certificate = readCertificate(pair.paths.certPath);
+    const unnamed = pair.ips.filter((ip) => certificate.checkIP(ip) === undefined);
+    if (unnamed.length > 0) throw new EtcdPkiError(`${pair.paths.certPath} does not name ${unnamed.join(', ')}; remove ${path.basename(pair.paths.certPath)} and ${path.basename(pair.paths.keyPath)} to make a pair for the new addresses`);
   }
   if (missing.length > 0 && !fs.existsSync(ca.keyPath)) throw new EtcdPkiError(`${ca.keyPath} is needed to sign the new pairs (${missing.map((pair) => path.basename(pair.paths.certPath)).join(', ')})`);
   for (const pair of missing) {
@@ -173,6 +181,7 @@ function planPairs(dir: string, request: EtcdPkiRequest): PairToMake[] {
       kind: 'member',
       name: member.name,
       paths: memberPairPaths(dir, member.name),
+      ips: [...ips],
       extensions: ['basicConstraints = critical, CA:FALSE', 'keyUsage = critical, digitalSignature, keyAgreement', 'extendedKeyUsage = serverAuth, clientAuth', `subjectAltName = ${subjectAltNames.join(', ')}`],
     });
   }
@@ -185,6 +194,7 @@ function planPairs(dir: string, request: EtcdPkiRequest): PairToMake[] {
       kind: 'client',
       name,
       paths: clientPairPaths(dir, name),
+      ips: [],
       extensions: ['basicConstraints = critical, CA:FALSE', 'keyUsage = critical, digitalSignature, keyAgreement', 'extendedKeyUsage = clientAuth'],
     });
   }

@@ -16,6 +16,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Etcd3 } from 'etcd3';
 import t from 'tap';
+import { checkEtcdStartArgs } from '../../src/cli/etcd-start.js';
 import { createEtcdPki, loadEtcdClientTls } from '../../src/mdm/etcd-pki.js';
 import { until } from '../helpers/cluster.js';
 import { etcdClient, startEtcdCluster, type EtcdTestCluster } from '../helpers/etcd-cluster.js';
@@ -55,22 +56,12 @@ t.test('bad flags: one line and a non-zero exit; etcd’s exit code comes back o
     ...Object.entries({ ...base, ...overrides }).flatMap(([flag, value]) => [`--${flag}`, value]),
     ...extra,
   ];
+  // The one-line contract, through the real command (each run is a Node start: a few only).
   const cases: Array<[string[], RegExp, number, Record<string, string>?]> = [
     [['etcd'], /etcd: name a subcommand/, 2],
     [['etcd', 'start', '--name', 'm1'], /Missing required argument/, 2],
     [args({ client: '127.0.0.1:bad' }), /--client: expected HOST:PORT/, 2],
-    [args({ client: '127.0.0.1:70000' }), /--client: must be a port from 0 to 65535/, 2],
-    [args({ client: 'etcd.example:2379' }), /--client: 'etcd\.example' is not an IP address/, 2],
-    [args({ peer: '0.0.0.0:2', 'initial-cluster': 'm1=https://0.0.0.0:2' }), /--peer: .*"any address"/, 2],
-    [args({ client: '127.0.0.1:0' }), /--client: port 0/, 2],
-    [args({ client: '127.0.0.1:2' }), /--client\/--peer: both are 127\.0\.0\.1:2/, 2],
-    [args({ name: 'bad name' }), /--name: 'bad name' must be 1 to 31/, 2],
     [args({ 'initial-cluster': 'm2=https://127.0.0.1:2' }), /--initial-cluster: names no member 'm1' \(--name\); it lists m2/, 2],
-    [args({ 'initial-cluster': 'm1=https://127.0.0.1:3' }), /--initial-cluster: gives m1=https:\/\/127\.0\.0\.1:3, but --peer is https:\/\/127\.0\.0\.1:2/, 2],
-    [args({ 'initial-cluster': 'm1=http://127.0.0.1:2' }), /--initial-cluster: 'http:\/\/127\.0\.0\.1:2' must be https:\/\/IP:PORT/, 2],
-    [args({ 'initial-cluster': 'm1=https://127.0.0.1:2,m1=https://127.0.0.1:4' }), /member 'm1' is listed twice/, 2],
-    [args({ 'initial-cluster': 'm1=https://127.0.0.1:2,m2=https://127.0.0.1:2' }), /m2 and m1 have the same peer URL/, 2],
-    [args({ 'initial-cluster': 'm1=https://127.0.0.1:2,garbage' }), /'garbage' is not NAME=https:\/\/IP:PORT/, 2],
     [args({ pki: path.join(dir, 'no-pki') }), /no-pki\/ca\.crt is missing/, 1],
     [args({ name: 'm2', 'initial-cluster': 'm2=https://127.0.0.1:2' }), /member-m2\.crt is missing/, 1],
     [args({}), /\/nonexistent is missing or not executable \(install Debian's etcd-server, or set MESHBLOCK_ETCD_BIN\)/, 1, { MESHBLOCK_ETCD_BIN: '/nonexistent' }],
@@ -85,6 +76,38 @@ t.test('bad flags: one line and a non-zero exit; etcd’s exit code comes back o
     t.equal(lines.length, 1, `${argv.slice(2).join(' ')}: one line (${result.stderr.trim()})`);
     t.match(lines[0], message);
   }
+
+  // The rest of the flag checks, in this process: the same function the command runs.
+  const flags = { ...base, existing: false, 'log-level': 'info' as const };
+  const refusals: Array<[Partial<typeof base>, RegExp]> = [
+    [{ client: '127.0.0.1:70000' }, /--client: must be a port from 0 to 65535/],
+    [{ client: 'etcd.example:2379' }, /--client: 'etcd\.example' is not an IP address/],
+    [{ client: ':2379' }, /--client: expected IP:PORT/],
+    [{ peer: '0.0.0.0:2', 'initial-cluster': 'm1=https://0.0.0.0:2' }, /--peer: .*"any address"/],
+    [{ client: '[::]:5' }, /--client: .*"any address"/],
+    [{ client: '127.0.0.1:0' }, /--client: port 0/],
+    [{ client: '127.0.0.1:2' }, /--client\/--peer: both are 127\.0\.0\.1:2/],
+    [{ name: 'bad name' }, /--name: 'bad name' must be 1 to 31/],
+    [{ name: 'x'.repeat(32) }, /--name: /],
+    [{ 'initial-cluster': 'm1=https://127.0.0.1:3' }, /--initial-cluster: gives m1=https:\/\/127\.0\.0\.1:3, but --peer is https:\/\/127\.0\.0\.1:2/],
+    [{ 'initial-cluster': 'm1=http://127.0.0.1:2' }, /--initial-cluster: 'http:\/\/127\.0\.0\.1:2' must be https:\/\/IP:PORT/],
+    [{ 'initial-cluster': 'm1=https://127.0.0.1' }, /must be https:\/\/IP:PORT/],
+    [{ 'initial-cluster': 'm1=https://127.0.0.1:2/path' }, /must be https:\/\/IP:PORT/],
+    [{ 'initial-cluster': 'm1=https://host.example:2' }, /'host\.example' is not an IP address/],
+    [{ 'initial-cluster': 'm1=https://127.0.0.1:2,m3=https://127.0.0.1:99999' }, /the port must be from 1 to 65535/],
+    [{ 'initial-cluster': 'm1=https://127.0.0.1:2,m1=https://127.0.0.1:4' }, /member 'm1' is listed twice/],
+    [{ 'initial-cluster': 'm1=https://127.0.0.1:2,m2=https://127.0.0.1:2' }, /m2 and m1 have the same peer URL/],
+    [{ 'initial-cluster': 'm1=https://127.0.0.1:2,garbage' }, /'garbage' is not NAME=https:\/\/IP:PORT/],
+    [{ 'initial-cluster': 'm1=https://127.0.0.1:2,-x=https://127.0.0.1:5' }, /member name '-x'/],
+  ];
+  for (const [overrides, message] of refusals) {
+    t.throws(() => checkEtcdStartArgs({ ...flags, ...overrides }), { message }, JSON.stringify(overrides));
+  }
+  t.same(
+    checkEtcdStartArgs({ ...flags, client: '[::1]:1', peer: '[0:0::1]:2', 'initial-cluster': 'm0=https://10.0.0.1:2380,m1=https://[::1]:2' }),
+    { clientUrl: 'https://[::1]:1', peerUrl: 'https://[::1]:2', cluster: [{ name: 'm0', peerUrl: 'https://10.0.0.1:2380' }, { name: 'm1', peerUrl: 'https://[::1]:2' }] },
+    'IPv6 addresses compare in their canonical form',
+  );
 
   // A stand-in for etcd that fails as etcd does on a bad data directory: its code comes back.
   const standIn = path.join(dir, 'fake-etcd');

@@ -3,7 +3,8 @@
 // with the member's IPs, 127.0.0.1 and localhost as SANs, a client certificate for clients
 // only, both P-256 and ten years; a second call keeps every file; a member added later gets
 // a pair signed by the same CA (checked with node:crypto's X509Certificate); and refusals,
-// by code: bad names and addresses, half a pair, a lost CA, a pair of another CA.
+// by code: bad names and addresses, half a pair, a lost CA, a pair of another CA, a member
+// pair that does not name the member's (changed) IPs.
 
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -78,6 +79,8 @@ t.test('idempotent; a member and a client added later are signed by the same CA'
     t.ok(signed.verify(ca.publicKey), `${file}: signature verifies with the CA's key`);
   }
   t.ok(certificate(dir, 'member-tb1.crt').checkIP('192.168.7.3'));
+  t.same(createEtcdPki(dir, { members: [{ name: 'tb1', ips: ['192.168.7.3'] }], clients: [] }).created, [], 'a member listed again with its IPs: kept');
+  t.throws(() => createEtcdPki(dir, { members: [{ name: 'tb1', ips: ['192.168.7.4'] }], clients: [] }), { code: 'MB_ERR_ETCD_PKI', message: /member-tb1\.crt does not name 192\.168\.7\.4; remove member-tb1\.crt and member-tb1\.key/ }, 'a member whose address changed is not kept silently');
   t.equal(modeOf(dir, 'member-tb1.key'), 0o600);
   t.equal(modeOf(dir, 'ca.key'), 0o600);
 });
