@@ -24,7 +24,7 @@ export const etcdReconfigureTimeoutMs = 15_000;
 const etcdctlDialTimeout = '1s';
 const etcdctlCommandTimeout = '3s';
 
-export interface EtcdTestMember {
+export interface EtcdMember {
   name: string;
   /** https://127.0.0.1:PORT */
   clientUrl: string;
@@ -38,11 +38,11 @@ export interface EtcdTestMember {
   etcdPid: number | null;
 }
 
-export interface EtcdTestCluster {
+export interface EtcdCluster {
   /** Every member's client URL, in member order. */
   endpoints: string[];
   pkiDir: string;
-  members: EtcdTestMember[];
+  members: EtcdMember[];
   /**
    * Signals member i (`meshblock etcd start` and etcd). SIGKILL kills both at once (a host
    * that dies); SIGTERM/SIGINT go to `meshblock etcd start`, which stops etcd. Both wait
@@ -50,7 +50,11 @@ export interface EtcdTestCluster {
    * SIGSTOP/SIGCONT freeze and thaw both (a host that hangs) and resolve at once with null.
    */
   kill(i: number, signal?: NodeJS.Signals): Promise<number | null>;
-  /** Starts member i again from its data directory and waits until it is healthy. */
+  /**
+   * Starts member i again from its data directory. Once a majority of the members runs, it
+   * waits until every running member is healthy; a member started while fewer run (the
+   * first ones after stopAll) cannot be, and it returns once etcd is started.
+   */
   start(i: number): Promise<void>;
   /** SIGTERM to every running member, waiting for each to exit. */
   stopAll(): Promise<void>;
@@ -88,7 +92,7 @@ export async function freeLoopbackPorts(count: number): Promise<number[]> {
 
 const readyPattern = /^etcd member (\S+) \(etcd pid (\d+)\) started: clients (\S+), peers (\S+), data in (.+)$/m;
 
-export async function startEtcdCluster(t: TeardownHost, options: { members: 1 | 3 | 5; dir: string; names?: readonly string[] }): Promise<EtcdTestCluster> {
+export async function startEtcdCluster(t: TeardownHost, options: { members: 1 | 3 | 5; dir: string; names?: readonly string[] }): Promise<EtcdCluster> {
   const names = options.names ?? Array.from({ length: options.members }, (_, index) => `mdm${index + 1}`);
   if (names.length !== options.members) throw new Error(`startEtcdCluster: ${names.length} names for ${options.members} members`);
   const pkiDir = path.join(options.dir, 'etcd-pki');
@@ -97,7 +101,7 @@ export async function startEtcdCluster(t: TeardownHost, options: { members: 1 | 
     clients: [...new Set([...names, ...etcdTestClientNames])],
   });
   const ports = await freeLoopbackPorts(2 * names.length);
-  const members: EtcdTestMember[] = names.map((name, index) => ({
+  const members: EtcdMember[] = names.map((name, index) => ({
     name,
     clientUrl: `https://127.0.0.1:${ports[2 * index] as number}`,
     peerUrl: `https://127.0.0.1:${ports[2 * index + 1] as number}`,
@@ -107,7 +111,7 @@ export async function startEtcdCluster(t: TeardownHost, options: { members: 1 | 
   }));
   const handles: Array<DaemonHandle | null> = members.map(() => null);
   const initialCluster = (): string => members.map((member) => `${member.name}=${member.peerUrl}`).join(',');
-  const member = (i: number): EtcdTestMember => {
+  const member = (i: number): EtcdMember => {
     const found = members[i];
     if (found === undefined) throw new Error(`no etcd member ${i} (the cluster has ${members.length})`);
     return found;
@@ -189,7 +193,8 @@ export async function startEtcdCluster(t: TeardownHost, options: { members: 1 | 
     // A data directory that holds a member makes etcd ignore --existing/--initial-cluster;
     // --existing only matters for one wiped after `member add`.
     await launch(i, true);
-    await waitHealthy([i]);
+    const running = members.map((_, index) => index).filter((index) => handles[index] !== null);
+    if (running.length >= Math.floor(members.length / 2) + 1) await waitHealthy(running);
   };
 
   const stopAll = async (): Promise<void> => {
@@ -238,7 +243,7 @@ export async function startEtcdCluster(t: TeardownHost, options: { members: 1 | 
  * (default: every member), with every unary call bounded by `callTimeoutMs`. Closed in the
  * cluster's test teardown.
  */
-export function etcdClient(cluster: Pick<EtcdTestCluster, 'endpoints' | 'pkiDir' | 't'>, clientName: string, options: { endpoints?: readonly string[]; callTimeoutMs?: number } = {}): Etcd3 {
+export function etcdClient(cluster: Pick<EtcdCluster, 'endpoints' | 'pkiDir' | 't'>, clientName: string, options: { endpoints?: readonly string[]; callTimeoutMs?: number } = {}): Etcd3 {
   const tls = loadEtcdClientTls(cluster.pkiDir, clientName);
   const callTimeoutMs = options.callTimeoutMs ?? 5000;
   const client = new Etcd3({
