@@ -12,6 +12,7 @@ import { installCommand, installOptions, type InstallArgs } from './install.js';
 import { registerLabCommands } from './lab.js';
 import { registerHostCommands } from './host.js';
 import { loadtest, loadtestCommand, loadtestDescription, loadtestOptions, type LoadtestArgs } from './loadtest.js';
+import { etcdStart, etcdStartOptions, type EtcdStartArgs } from './etcd-start.js';
 import { mdmStart, mdmStartOptions, type MdmStartArgs } from './mdm-start.js';
 import { sdsStart, sdsStartOptions, type SdsStartArgs } from './sds-start.js';
 
@@ -82,6 +83,17 @@ export async function main(argv: string[]): Promise<void> {
           async (args) => mdmStart(args as unknown as MdmStartArgs),
         )
         .demandCommand(1, 'mdm: name a subcommand (start)')
+        .strict(),
+    )
+    .command('etcd', 'etcd: a member of the MDM cluster\'s consensus store (Master, Slave and Tie-Breaker hosts)', (etcd) =>
+      etcd
+        .command(
+          'start',
+          'run an etcd member in the foreground, TLS with client certificates on both listeners',
+          (y) => etcdStartOptions(y),
+          async (args) => etcdStart(args as unknown as EtcdStartArgs),
+        )
+        .demandCommand(1, 'etcd: name a subcommand (start)')
         .strict(),
     );
   registerManagementCommands(cli);

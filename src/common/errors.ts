@@ -103,6 +103,10 @@ export const errorCodes = {
   MB_ERR_AUTH_FILE: 'MB_ERR_AUTH_FILE',
   /** The MDM's TLS certificate or key cannot be made or loaded. */
   MB_ERR_TLS_SETUP: 'MB_ERR_TLS_SETUP',
+  /** The etcd cluster's PKI (CA, member and client pairs) cannot be made, or a pair is missing, damaged or of another CA. */
+  MB_ERR_ETCD_PKI: 'MB_ERR_ETCD_PKI',
+  /** `meshblock etcd start` cannot run the etcd binary (missing, not executable). */
+  MB_ERR_ETCD_START: 'MB_ERR_ETCD_START',
 
   // --- MDM REST API: the HTTP layer's own ---
   /** No login, or a token that is not valid (expired, logged out, from before a restart). */

@@ -315,6 +315,24 @@ export const adminTokensMax = 1024;
 /** openssl takes well under a second; this only guards against a hung binary. */
 export const opensslTimeoutMs = 60_000;
 
+// --- the etcd members of an MDM cluster (`meshblock etcd start`) ---------------------------
+
+/**
+ * Raft heartbeat and election timeout of each member: etcd's defaults, passed explicitly
+ * because the MDM's failover time is built on them. On a LAN (round trips well under 10 ms)
+ * a dead leader is replaced about one election timeout after its last heartbeat.
+ */
+export const etcdHeartbeatIntervalMs = 100;
+export const etcdElectionTimeoutMs = 1000;
+/** Backend (bbolt) quota: past it etcd raises NOSPACE and takes only reads and deletes. */
+export const etcdBackendBytesMax = 2 * GiB;
+/** Largest request a member accepts (etcd's default, 1.5 MiB): an MDM's writes are far smaller. */
+export const etcdRequestBytesMax = 1.5 * MiB;
+/** Revisions kept by auto-compaction (revision mode): history for watchers that reconnect. */
+export const etcdCompactionRevisionsKeptMin = 1000;
+/** After SIGTERM is forwarded, etcd has this long to stop before it is killed. */
+export const etcdStopTimeoutMs = 10_000;
+
 // --- SDS devices ---------------------------------------------------------------------------
 
 /** Smaller devices are refused: the metadata area alone takes a few MiB. */
@@ -370,6 +388,8 @@ assert(pgCountMin <= pgCountDefault && pgCountDefault <= pgCountMax, 'a default 
 assert(journalRecordBytesMax <= journalPendingBytesMax && journalPendingBytesMax <= journalSnapshotBytesMax, 'a record fits in the pending bound, which fits in a snapshot');
 assert(restBodyBytesMax <= restDiscardBytesMax, 'an over-limit body is read at least as far as the limit before the 413');
 assert(restHeadersTimeoutMs <= restRequestTimeoutMs, 'headers come before the whole request');
+assert(etcdElectionTimeoutMs >= 5 * etcdHeartbeatIntervalMs, 'etcd refuses an election timeout under five heartbeats');
+assert(etcdRequestBytesMax <= etcdBackendBytesMax, 'one request fits in the backend');
 assert(deviceBytesMin >= 4 * chunkBytesDefault, 'the smallest device holds a few chunks after its metadata');
 assert(pooledBytesMin <= chunkBytesDefault, 'chunk-sized payloads are pooled');
 assert(inlineWriteBytesMax <= nowaitReadBytesMax, 'what is written inline is small enough to read inline');
