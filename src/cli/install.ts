@@ -1,7 +1,8 @@
 // meshblock install --csv FILE: a whole cluster over SSH from ScaleIO's CSV, phase by phase
 // (src/hostsetup/installer.ts), and `meshblock install --template 3|5` for a CSV to start
 // from. SSH: a key (--identity, or the CSV's Password column per host), host keys checked
-// against --known-hosts (--accept-new-host-key records unknown ones).
+// against --known-hosts (--accept-new-host-key records unknown ones). An MDM cluster's etcd
+// PKI is made here, by src/mdm/etcd-pki.ts, which this layer hands to the installer.
 
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -15,6 +16,7 @@ import { installCsvTemplate, parseInstallCsv, type InstallHost } from '../hostse
 import { defaultWorkDir, Installer, installPhases, installPrefixDefault, type InstallPhase, type InstallVolume } from '../hostsetup/installer.js';
 import { nbdsMaxDefault } from '../hostsetup/nbd-attach.js';
 import { defaultIdentityFile, SshTransport } from '../hostsetup/ssh-transport.js';
+import { createEtcdPki } from '../mdm/etcd-pki.js';
 
 export interface InstallArgs {
   csv: string | undefined;
@@ -27,6 +29,7 @@ export interface InstallArgs {
   prefix: string;
   volume: string[] | undefined;
   'dom0-mem': string;
+  'state-dir': string | undefined;
 }
 
 const appRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -43,6 +46,11 @@ export function installOptions(yargs: Argv): Argv<InstallArgs> {
     .option('prefix', { type: 'string', default: installPrefixDefault, describe: 'where meshblock and its Node runtime go on each host', requiresArg: true })
     .option('volume', { type: 'string', array: true, describe: 'NAME:SIZE to create in the first pool and map to every SDC (repeatable)', requiresArg: true })
     .option('dom0-mem', { type: 'string', default: dom0MemDefault, describe: 'XenServer Dom0 memory (dom0_mem=SIZE,max:SIZE)', requiresArg: true })
+    .option('state-dir', {
+      type: 'string',
+      describe: "what this machine keeps for the cluster: an MDM cluster's etcd CA and certificates (keep it; later runs need the same CA) [default: ~/.meshblock/install/MASTER-IP]",
+      requiresArg: true,
+    })
     .check((argv) => {
       if ((argv.csv === undefined) === (argv.template === undefined)) throw new InvalidArgumentError('--csv/--template', 'give one of them');
       if (argv.template !== undefined && argv.template !== 3 && argv.template !== 5) throw new InvalidArgumentError('--template', `must be 3 or 5, got ${String(argv.template)}`);
@@ -112,6 +120,8 @@ export async function installCommand(args: InstallArgs): Promise<void> {
     appRoot,
     nodeBinary: process.execPath,
     workDir: defaultWorkDir(),
+    stateDir: args['state-dir'] ?? path.join(os.homedir(), '.meshblock', 'install', plan.mdmHost.address),
+    createEtcdPki,
     report: (line) => process.stdout.write(`${line}\n`),
   });
   await installer.run();

@@ -7,9 +7,14 @@
 //   IPs                      the host's address for SSH (the first of a comma list)   required
 //   Username, Password       SSH login; an empty password means key login (--identity)
 //   Operating System         linux | xenserver | centos | debian (ScaleIO wrote "linux")
-//   Is MDM/TB                Master on exactly one host. Slave and TB (ScaleIO's MDM cluster)
-//                            need the etcd-backed MDM, not built yet: refused, saying so.
-//   MDM IPs                  the address the MDM listens on [default: the host's IP]
+//   Is MDM/TB                Master on exactly one host; Slave and TB make an MDM cluster
+//                            (below). Case does not matter; Primary, Secondary and
+//                            TieBreaker are read as Master, Slave and TB.
+//   MDM IPs                  Master and Slave rows: the MDM's addresses for SDS and SDC
+//                            traffic, comma or semicolon separated [default: the host's IP].
+//                            The MDM listens on the first (meshblock's MDM has one wire
+//                            address); the others are accepted, as ScaleIO lists one per data
+//                            network, and reported as unused. A TB runs no MDM: refused there.
 //   Is SDS, Is SDC           Yes/No
 //   SDS Name                 [default: sds-<IP>]
 //   SDS All IPs              the address the SDS listens on [default: the host's IP]
@@ -20,7 +25,16 @@
 //   SDS Device Names         optional, one name per device
 //   SDC Name                 [default: sdc-<IP>]
 //   SSH Port                 meshblock's own: [default 22]
+//
+// The MDM cluster (ScaleIO's rules, checked here): the Master alone (1 member: one MDM with its
+// embedded journal), or 3 members (1 Master, 1 Slave, 1 TB), or 5 (1 Master, 2 Slaves, 2 TBs).
+// Every member runs an etcd member; Master and Slave hosts also run an MDM. An odd count, so
+// that a majority survives any split in two. Members are named by CSV order: Master and Slave
+// rows mdm1, mdm2, ...; TB rows tb1, tb2 (so reordering the rows of an installed cluster
+// renames its members: don't). etcd binds to IP addresses only, so a member's address (its
+// first MDM IP, or a TB's IPs) must be an IP, not a host name.
 
+import { isIP } from 'node:net';
 import { parse } from 'csv-parse/sync';
 import { MeshblockError } from '../common/errors.js';
 
@@ -45,7 +59,14 @@ export interface InstallHost {
   /** Empty: log in with the key given to the installer. */
   password: string;
   os: HostOs;
-  mdm: { listenAddress: string } | null;
+  /**
+   * The host's place in the MDM cluster (column 'Is MDM/TB'), null for none. `name` is its etcd
+   * member's name (and its MDM's); `address` the IP its etcd member listens on: a Master's or
+   * Slave's MDM address, a TB's host address. With one member (the Master alone) no etcd runs.
+   */
+  member: { role: MemberRole; name: string; address: string } | null;
+  /** Master and Slave hosts: the MDM. It listens on `listenAddress`, the first of `ips`. */
+  mdm: { listenAddress: string; ips: string[] } | null;
   sds: {
     name: string;
     listenAddress: string;
@@ -56,10 +77,20 @@ export interface InstallHost {
   sdc: { name: string } | null;
 }
 
+export type MemberRole = 'master' | 'slave' | 'tb';
+
 export interface InstallPlan {
   hosts: InstallHost[];
+  /** The Master's host. */
   mdmHost: InstallHost;
+  /** Members of the MDM cluster: 1 (the Master alone, no etcd), 3 or 5. */
+  memberCount: 1 | 3 | 5;
 }
+
+/** ScaleIO's cluster shapes: Slaves and TBs beside the one Master, by member count. */
+const clusterShapes: Record<3 | 5, { slave: number; tb: number }> = { 3: { slave: 1, tb: 1 }, 5: { slave: 2, tb: 2 } };
+const memberCountMax = 5;
+const roleWords: Record<MemberRole, string> = { master: 'Master', slave: 'Slave', tb: 'TB' };
 
 interface ColumnSpec {
   key: keyof typeof columnNames;
@@ -131,15 +162,35 @@ function yesNo(value: string, row: number, column: string): boolean {
   throw new InstallCsvError(`row ${row}, column '${column}': expected Yes or No, got '${value}'`, row, column);
 }
 
+function checkAddress(text: string, row: number, column: string): string {
+  const looksNumeric = /^[0-9.]+$/.test(text);
+  if (looksNumeric ? !ipv4Pattern.test(text) : !hostnamePattern.test(text) && !/^[0-9A-Fa-f:]+$/.test(text)) {
+    throw new InstallCsvError(`row ${row}, column '${column}': '${text}' is not an IP address or host name`, row, column);
+  }
+  return text;
+}
+
 function address(value: string, row: number, column: string): string {
   const first = value.split(',')[0]?.trim() ?? '';
   if (first === '') throw new InstallCsvError(`row ${row}, column '${column}': an address is required`, row, column);
-  const looksNumeric = /^[0-9.]+$/.test(first);
-  if (looksNumeric ? !ipv4Pattern.test(first) : !hostnamePattern.test(first) && !/^[0-9A-Fa-f:]+$/.test(first)) {
-    throw new InstallCsvError(`row ${row}, column '${column}': '${first}' is not an IP address or host name`, row, column);
-  }
-  return first;
+  return checkAddress(first, row, column);
 }
+
+/** A cell of several addresses (ScaleIO separates them with commas or semicolons). */
+function addresses(value: string, row: number, column: string): string[] {
+  const entries = list(value);
+  if (entries.length === 0) throw new InstallCsvError(`row ${row}, column '${column}': an address is required`, row, column);
+  return entries.map((entry) => checkAddress(entry, row, column));
+}
+
+const roleSpellings = new Map<string, MemberRole>([
+  ['master', 'master'],
+  ['primary', 'master'],
+  ['slave', 'slave'],
+  ['secondary', 'slave'],
+  ['tb', 'tb'],
+  ['tiebreaker', 'tb'],
+]);
 
 function list(value: string): string[] {
   return value
@@ -194,18 +245,18 @@ export function parseInstallCsv(text: string): InstallPlan {
     const sshPort = portText === '' ? 22 : Number(portText);
     if (!Number.isInteger(sshPort) || sshPort < 1 || sshPort > 65535) throw new InstallCsvError(`row ${row}, column 'SSH Port': '${portText}' is not a port`, row, 'SSH Port');
 
-    const role = cell('mdmRole').toLowerCase();
+    const roleText = cell('mdmRole');
+    const role = roleText === '' ? null : roleSpellings.get(roleText.toLowerCase());
+    if (role === undefined) throw new InstallCsvError(`row ${row}, column 'Is MDM/TB': expected Master, Slave, TB or empty, got '${roleText}'`, row, 'Is MDM/TB');
     let mdm: InstallHost['mdm'] = null;
-    if (role === 'master' || role === 'primary') {
-      mdm = { listenAddress: cell('mdmIps') === '' ? hostAddress : address(cell('mdmIps'), row, columnNames.mdmIps) };
-    } else if (role === 'slave' || role === 'tb' || role === 'secondary' || role === 'tiebreaker') {
-      throw new InstallCsvError(
-        `row ${row}, column 'Is MDM/TB': '${cell('mdmRole')}' needs an MDM cluster (etcd), which meshblock does not run yet: mark one host Master and leave this empty`,
-        row,
-        'Is MDM/TB',
-      );
-    } else if (role !== '') {
-      throw new InstallCsvError(`row ${row}, column 'Is MDM/TB': expected Master or empty, got '${cell('mdmRole')}'`, row, 'Is MDM/TB');
+    let member: InstallHost['member'] = null;
+    if (role === 'tb') {
+      if (cell('mdmIps') !== '') throw new InstallCsvError(`row ${row}, column 'MDM IPs': a TB runs no MDM (only an etcd member, on the host's IP): leave MDM IPs empty`, row, 'MDM IPs');
+      member = { role, name: '', address: hostAddress };
+    } else if (role !== null) {
+      const ips = cell('mdmIps') === '' ? [hostAddress] : addresses(cell('mdmIps'), row, columnNames.mdmIps);
+      mdm = { listenAddress: ips[0] as string, ips };
+      member = { role, name: '', address: ips[0] as string };
     }
 
     let sds: InstallHost['sds'] = null;
@@ -248,7 +299,7 @@ export function parseInstallCsv(text: string): InstallPlan {
       if (!namePattern.test(name)) throw new InstallCsvError(`row ${row}, column 'SDC Name': '${name}' must be 1 to 31 letters, digits, _ . -`, row, 'SDC Name');
       sdc = { name };
     }
-    hosts.push({ row, address: hostAddress, sshPort, username, password: cell('password'), os: osText as HostOs, mdm, sds, sdc });
+    hosts.push({ row, address: hostAddress, sshPort, username, password: cell('password'), os: osText as HostOs, member, mdm, sds, sdc });
   }
 
   const seen = new Map<string, number>();
@@ -265,14 +316,7 @@ export function parseInstallCsv(text: string): InstallPlan {
     if (earlier !== undefined) throw new InstallCsvError(`row ${host.row}, column 'SDS Name': '${host.sds.name}' is already the SDS of row ${earlier}`, host.row, 'SDS Name');
     sdsNames.set(host.sds.name, host.row);
   }
-  const masters = hosts.filter((host) => host.mdm !== null);
-  if (masters.length !== 1) {
-    throw new InstallCsvError(
-      masters.length === 0 ? "no host is the MDM: mark one host 'Master' in column 'Is MDM/TB'" : `rows ${masters.map((host) => host.row).join(' and ')} are both Master: meshblock runs one MDM`,
-      masters[1]?.row ?? null,
-      'Is MDM/TB',
-    );
-  }
+  const memberCount = checkCluster(hosts);
   const sdsHosts = hosts.filter((host) => host.sds !== null);
   if (sdsHosts.length < 2) throw new InstallCsvError(`${sdsHosts.length} SDS host(s): two copies on different hosts need at least two (three to survive a host)`, null, 'Is SDS');
   const withFaultSets = sdsHosts.filter((host) => host.sds?.faultSet !== null);
@@ -280,15 +324,76 @@ export function parseInstallCsv(text: string): InstallPlan {
     const without = sdsHosts.find((host) => host.sds?.faultSet === null) as InstallHost;
     throw new InstallCsvError(`row ${without.row}, column 'Fault Set': other SDSs have fault sets, so this one needs one too`, without.row, 'Fault Set');
   }
-  return { hosts, mdmHost: masters[0] as InstallHost };
+  return { hosts, mdmHost: hosts.find((host) => host.member?.role === 'master') as InstallHost, memberCount };
 }
 
-/** A CSV template for the 3-node or 5-node layout, in ScaleIO's column order. */
+/**
+ * ScaleIO's MDM cluster rules, each refusal at the row that breaks it; then the members' names
+ * (mdm1.. for Master and Slave rows, tb1.. for TB rows, in CSV order).
+ */
+function checkCluster(hosts: InstallHost[]): 1 | 3 | 5 {
+  const column = 'Is MDM/TB';
+  const refuse = (host: InstallHost, why: string): never => {
+    throw new InstallCsvError(`row ${host.row}, column '${column}': ${why}`, host.row, column);
+  };
+  const members = hosts.filter((host) => host.member !== null);
+  const masters = members.filter((host) => host.member?.role === 'master');
+  if (masters.length > 1) refuse(masters[1] as InstallHost, `row ${masters[0]?.row} is already the Master; a cluster has one Master (make the others Slave or TB)`);
+  if (members.length === 0) throw new InstallCsvError(`no host is the MDM: mark one host 'Master' in column '${column}'`, null, column);
+  if (masters.length === 0) {
+    const first = members[0] as InstallHost;
+    refuse(first, `a ${roleWords[first.member?.role as MemberRole]} needs a Master, and no row is Master: mark one host 'Master'`);
+  }
+  if (members.length > memberCountMax) {
+    refuse(members[memberCountMax] as InstallHost, `cluster member number ${memberCountMax + 1} (of ${members.length}): an MDM cluster has 1, 3 or 5 members (Master, Slaves and TBs), at most ${memberCountMax}`);
+  }
+  if (members.length % 2 === 0) {
+    refuse(
+      members[members.length - 1] as InstallHost,
+      `${members.length} cluster members (rows ${members.map((host) => host.row).join(', ')}): an MDM cluster has an odd number, 1, 3 or 5, so that a majority survives a split; add a TB or remove a member`,
+    );
+  }
+  const memberCount = members.length as 1 | 3 | 5;
+  if (memberCount !== 1) {
+    const shape = clusterShapes[memberCount];
+    for (const role of ['slave', 'tb'] as const) {
+      const ofRole = members.filter((host) => host.member?.role === role);
+      if (ofRole.length > shape[role]) {
+        refuse(
+          ofRole[shape[role]] as InstallHost,
+          `a ${memberCount}-member cluster is 1 Master, ${shape.slave} Slave${shape.slave > 1 ? 's' : ''} and ${shape.tb} TB${shape.tb > 1 ? 's' : ''} (ScaleIO's rule); this row makes ${ofRole.length} ${roleWords[role]}s`,
+        );
+      }
+    }
+    // etcd binds to IP addresses only (a host name in a listen URL is refused by etcd itself).
+    for (const host of members) {
+      const member = host.member as NonNullable<InstallHost['member']>;
+      if (isIP(member.address) === 0) {
+        const where = host.mdm !== null && host.mdm.ips[0] !== host.address ? 'MDM IPs' : 'IPs';
+        throw new InstallCsvError(`row ${host.row}, column '${where}': '${member.address}' is a host name; a cluster member's etcd listens on an IP address: give the IP`, host.row, where);
+      }
+    }
+  }
+  let managerCount = 0;
+  let tieBreakerCount = 0;
+  for (const host of members) {
+    const member = host.member as NonNullable<InstallHost['member']>;
+    member.name = member.role === 'tb' ? `tb${(tieBreakerCount += 1)}` : `mdm${(managerCount += 1)}`;
+  }
+  return memberCount;
+}
+
+/**
+ * A CSV template for ScaleIO's 3-node cluster (Master, Slave, TB) or 5-node cluster (Master,
+ * 2 Slaves, 2 TBs, each host in a fault set of its own), every host also an SDS and an SDC.
+ */
 export function installCsvTemplate(nodeCount: 3 | 5): string {
   const header = ['IPs', 'Username', 'Password', 'Operating System', 'Is MDM/TB', 'MDM IPs', 'Is SDS', 'SDS Name', 'SDS All IPs', 'Protection Domain', 'Fault Set', 'SDS Device List', 'StoragePool List', 'Is SDC', 'SDC Name'];
-  const rows = Array.from({ length: nodeCount }, (_, index) => {
+  const shape = clusterShapes[nodeCount];
+  const roles = ['Master', ...Array<string>(shape.slave).fill('Slave'), ...Array<string>(shape.tb).fill('TB')];
+  const rows = roles.map((role, index) => {
     const ip = `192.0.2.${11 + index}`;
-    return [ip, 'root', '', 'xenserver', index === 0 ? 'Master' : '', '', 'Yes', `sds${index + 1}`, '', 'pd1', nodeCount === 5 ? `fs${index + 1}` : '', '/dev/sdb,/dev/sdc', 'sp1', 'Yes', `sdc${index + 1}`];
+    return [ip, 'root', '', 'xenserver', role, role === 'TB' ? '' : ip, 'Yes', `sds${index + 1}`, '', 'pd1', nodeCount === 5 ? `fs${index + 1}` : '', '/dev/sdb,/dev/sdc', 'sp1', 'Yes', `sdc${index + 1}`];
   });
   const quote = (value: string) => (/[",\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value);
   return [header, ...rows].map((row) => row.map(quote).join(',')).join('\n') + '\n';

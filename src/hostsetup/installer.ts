@@ -9,10 +9,14 @@
 //              has the same bundle (its hash is in PREFIX/BUNDLE)
 //   install    the host modules (repositories, packages, LVM filter, nbd module, dom0 memory)
 //              applied; /usr/local/bin/meshblock; systemd units for the host's roles
-//   configure  the MDM started on the Master host; its cluster id and secret carried to the
-//              others; SDSs and SDCs started; protection domains, fault sets, pools, SDSs and
-//              devices set up through the management CLI on the MDM host (its API stays on
-//              that host's loopback); volumes from --volume created and mapped to every SDC
+//   configure  with an MDM cluster (3 or 5 members: Master, Slaves, TBs), first the etcd PKI
+//              made on this machine (in --state-dir, kept: a later run must use the same CA),
+//              each member host given its certificates, and an etcd member started on each;
+//              the MDM started on the Master host, then on each Slave; the cluster id and
+//              secret carried to the others; SDSs and SDCs started, told every MDM's address;
+//              protection domains, fault sets, pools, SDSs and devices set up through the
+//              management CLI on the Master host (its API stays on that host's loopback);
+//              volumes from --volume created and mapped to every SDC
 //
 // Per-host progress is one line per step. The first host that fails stops the phase, with
 // the reason; nothing later runs. `--dry-run` runs query (read-only) and prints what the
@@ -27,6 +31,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { isIP } from 'node:net';
+import { formatHostPort } from '../common/address.js';
 import { MeshblockError } from '../common/errors.js';
 import { formatArgv, type Host, type HostOptions } from './host-module.js';
 import { selectModules } from './host-modules.js';
@@ -40,11 +46,16 @@ export const installPrefixDefault = '/opt/meshblock';
 export const mdmPort = 6611;
 export const sdsPort = 7072;
 export const apiAddress = '127.0.0.1:8443';
+export const etcdClientPort = 2379;
+export const etcdPeerPort = 2380;
 const dataRoot = '/var/lib/meshblock';
 const configDir = '/etc/meshblock';
 const runDir = '/run/meshblock';
 const logDir = '/var/log/meshblock';
 const secretFile = `${configDir}/cluster.secret`;
+/** Where a member host keeps its etcd certificates (inside configDir, which is 0700). */
+const etcdPkiDir = `${configDir}/etcd-pki`;
+const etcdDataDir = `${dataRoot}/etcd`;
 const startWaitMs = 60_000;
 /** The modules the install phase applies, in order (disks and xen-sr are the administrator's). */
 const installModules = ['yum-repos', 'packages', 'prereqs', 'lvm-filter', 'nbd-module', 'dom0-memory'];
@@ -55,6 +66,18 @@ export interface InstallVolume {
   name: string;
   sizeBytes: number;
 }
+
+/** What createEtcdPki (src/mdm/etcd-pki.ts) is asked to make: one pair per member and per MDM. */
+export interface EtcdPkiRequest {
+  members: Array<{ name: string; ips: string[] }>;
+  clients: string[];
+}
+
+/**
+ * createEtcdPki of src/mdm/etcd-pki.ts, handed in by the CLI: src/hostsetup may not import
+ * src/mdm (the layering rule), and the installer needs only this one call of it.
+ */
+export type CreateEtcdPki = (dir: string, request: EtcdPkiRequest) => unknown;
 
 export interface InstallOptions {
   plan: InstallPlan;
@@ -70,10 +93,20 @@ export interface InstallOptions {
   nodeBinary: string;
   /** Where the bundle is built. */
   workDir: string;
+  /**
+   * This cluster's lasting state on this machine: the etcd PKI (`etcd-pki/`, its CA key
+   * included). Kept between runs: a run that made a new CA would hand out certificates the
+   * running members do not trust.
+   */
+  stateDir: string;
+  createEtcdPki: CreateEtcdPki;
   report: (line: string) => void;
 }
 
-type Role = 'mdm' | 'sds' | 'sdc';
+type Role = 'etcd' | 'mdm' | 'sds' | 'sdc';
+
+/** A Master, Slave or TB host: one with an etcd member (only with 3 or 5 members). */
+type MemberHost = InstallHost & { member: NonNullable<InstallHost['member']> };
 
 interface Session {
   host: InstallHost;
@@ -161,28 +194,118 @@ export async function buildBundle(appRoot: string, nodeBinary: string, workDir: 
   }
 }
 
-function rolesOf(host: InstallHost): Role[] {
-  return [...(host.mdm !== null ? (['mdm'] as const) : []), ...(host.sds !== null ? (['sds'] as const) : []), ...(host.sdc !== null ? (['sdc'] as const) : [])];
+function etcdMembers(plan: InstallPlan): MemberHost[] {
+  return plan.memberCount === 1 ? [] : plan.hosts.filter((host): host is MemberHost => host.member !== null);
 }
 
-function daemonArgs(role: Role, host: InstallHost, plan: InstallPlan, clusterId: string): string[] {
-  const mdmAddress = `${(plan.mdmHost.mdm as { listenAddress: string }).listenAddress}:${mdmPort}`;
+function rolesOf(host: InstallHost, plan: InstallPlan): Role[] {
+  const roles: Role[] = [];
+  if (plan.memberCount > 1 && host.member !== null) roles.push('etcd');
+  if (host.mdm !== null) roles.push('mdm');
+  if (host.sds !== null) roles.push('sds');
+  if (host.sdc !== null) roles.push('sdc');
+  return roles;
+}
+
+function mdmAddressOf(host: InstallHost): string {
+  return formatHostPort({ host: (host.mdm as NonNullable<InstallHost['mdm']>).listenAddress, port: mdmPort });
+}
+
+/**
+ * Every MDM's wire address, for the SDSs' and SDCs' --mdm: the Master's first (where they find
+ * the Master on a fresh cluster without trying a Slave), then the Slaves' in CSV order.
+ */
+export function mdmAddresses(plan: InstallPlan): string[] {
+  const slaves = plan.hosts.filter((host) => host.mdm !== null && host !== plan.mdmHost);
+  return [plan.mdmHost, ...slaves].map(mdmAddressOf);
+}
+
+function etcdUrl(host: MemberHost, port: number): string {
+  return `https://${formatHostPort({ host: host.member.address, port })}`;
+}
+
+/** What the etcd PKI must hold for this plan; null without an MDM cluster. */
+export function etcdPkiRequest(plan: InstallPlan): EtcdPkiRequest | null {
+  const members = etcdMembers(plan);
+  if (members.length === 0) return null;
+  return {
+    // The SAN: the address the member listens on, and the host's own if it is another IP.
+    members: members.map((host) => ({ name: host.member.name, ips: [...new Set([host.member.address, ...(isIP(host.address) === 0 ? [] : [host.address])])] })),
+    clients: members.filter((host) => host.mdm !== null).map((host) => host.member.name),
+  };
+}
+
+/** The PKI files a host gets in its etcd PKI directory: the CA's certificate (never its key), its member's pair, its MDM's client pair. */
+export function etcdPkiFilesFor(host: InstallHost, plan: InstallPlan): Array<{ name: string; mode: number }> {
+  if (plan.memberCount === 1 || host.member === null) return [];
+  const name = host.member.name;
+  return [
+    { name: 'ca.crt', mode: 0o644 },
+    { name: `member-${name}.crt`, mode: 0o644 },
+    { name: `member-${name}.key`, mode: 0o600 },
+    ...(host.mdm === null
+      ? []
+      : [
+          { name: `client-${name}.crt`, mode: 0o644 },
+          { name: `client-${name}.key`, mode: 0o600 },
+        ]),
+  ];
+}
+
+export function daemonArgs(role: Role, host: InstallHost, plan: InstallPlan, clusterId: string): string[] {
+  const mdmList = mdmAddresses(plan).join(',');
+  const members = etcdMembers(plan);
   switch (role) {
-    case 'mdm':
-      return ['mdm', 'start', '--data-dir', `${dataRoot}/mdm`, '--listen', mdmAddress, '--api', apiAddress];
+    case 'etcd': {
+      const member = host as MemberHost;
+      return [
+        'etcd', 'start',
+        '--data-dir', etcdDataDir,
+        '--name', member.member.name,
+        '--client', formatHostPort({ host: member.member.address, port: etcdClientPort }),
+        '--peer', formatHostPort({ host: member.member.address, port: etcdPeerPort }),
+        '--initial-cluster', members.map((other) => `${other.member.name}=${etcdUrl(other, etcdPeerPort)}`).join(','),
+        '--pki', etcdPkiDir,
+      ];
+    }
+    case 'mdm': {
+      const args = ['mdm', 'start', '--data-dir', `${dataRoot}/mdm`, '--listen', mdmAddressOf(host), '--api', apiAddress];
+      if (members.length === 0) return args;
+      return [...args, '--etcd', members.map((member) => etcdUrl(member, etcdClientPort)).join(','), '--etcd-pki', etcdPkiDir, '--mdm-name', (host as MemberHost).member.name];
+    }
     case 'sds': {
       const sds = host.sds as NonNullable<InstallHost['sds']>;
-      return ['sds', 'start', '--name', sds.name, '--listen', `${sds.listenAddress}:${sdsPort}`, '--data-dir', `${dataRoot}/sds`, '--mdm', mdmAddress, '--cluster-id', clusterId, '--secret-file', secretFile];
+      return ['sds', 'start', '--name', sds.name, '--listen', `${sds.listenAddress}:${sdsPort}`, '--data-dir', `${dataRoot}/sds`, '--mdm', mdmList, '--cluster-id', clusterId, '--secret-file', secretFile];
     }
     case 'sdc':
-      return ['sdc', 'start', '--mdm', mdmAddress, '--name', (host.sdc as { name: string }).name, '--data-dir', `${dataRoot}/sdc`, '--cluster-id', clusterId, '--secret-file', secretFile];
+      return ['sdc', 'start', '--mdm', mdmList, '--name', (host.sdc as { name: string }).name, '--data-dir', `${dataRoot}/sdc`, '--cluster-id', clusterId, '--secret-file', secretFile];
   }
+}
+
+export interface HostConfigure {
+  host: InstallHost;
+  /** Copied into the host's etcd PKI directory before its daemons start. */
+  pkiFiles: Array<{ name: string; mode: number }>;
+  /** The daemons it runs, each a service (meshblock-ROLE), with the meshblock command line. */
+  daemons: Array<{ role: Role; args: string[] }>;
+}
+
+/**
+ * What configure sets up on each host, in CSV order. Configure starts them in this order
+ * across hosts: every etcd member, the Master's MDM, the Slaves' MDMs, then SDSs and SDCs.
+ */
+export function configurePlan(plan: InstallPlan, clusterId: string): HostConfigure[] {
+  return plan.hosts.map((host) => ({
+    host,
+    pkiFiles: etcdPkiFilesFor(host, plan),
+    daemons: rolesOf(host, plan).map((role) => ({ role, args: daemonArgs(role, host, plan, clusterId) })),
+  }));
 }
 
 function unitText(role: Role, args: string[]): string {
   return [
     '[Unit]',
-    `Description=meshblock ${role.toUpperCase()}`,
+    `Description=meshblock ${role === 'etcd' ? 'etcd member' : role.toUpperCase()}`,
     'After=network-online.target',
     'Wants=network-online.target',
     '',
@@ -262,12 +385,19 @@ export class Installer {
           throw new InstallError('MB_ERR_INSTALL_DEVICE', `${session.label}: ${device.path} holds ${type} (previous formatting must be removed first: wipefs --all ${device.path}, or meshblock host apply --only disks --yes-wipe ${device.path})`);
         }
       }
+      // Checked here, before anything is uploaded: nothing later could fix it (Debian's package).
+      if (rolesOf(host, this.options.plan).includes('etcd') && !(await session.transport.exists('/usr/bin/etcd'))) {
+        throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}: /usr/bin/etcd is missing: a ${host.member?.role === 'tb' ? 'TB' : 'Master or Slave'} host runs an etcd member (Debian: apt-get install etcd-server)`);
+      }
+      if (host.mdm !== null && host.mdm.ips.length > 1) {
+        this.options.report(`${session.label}: MDM IPs ${host.mdm.ips.slice(1).join(', ')} not used: the MDM listens on ${host.mdm.listenAddress} only`);
+      }
       const findings: string[] = [];
       for (const module of selectModules(installModules)) {
         const finding = await module.check(this.hostOf(session)).catch((err: Error) => ({ applicable: true, ok: false, summary: `cannot check: ${err.message}` }));
         if (finding.applicable && !finding.ok) findings.push(`${module.name}: ${finding.summary}`);
       }
-      this.options.report(`${session.label}: ${pretty}, ${arch}; roles ${rolesOf(host).join(', ') || 'none'}; ${host.sds?.devices.length ?? 0} device(s) free; ${findings.length === 0 ? 'host modules ok' : `to fix in install: ${findings.join('; ')}`}`);
+      this.options.report(`${session.label}: ${pretty}, ${arch}; roles ${rolesOf(host, this.options.plan).join(', ') || 'none'}; ${host.sds?.devices.length ?? 0} device(s) free; ${findings.length === 0 ? 'host modules ok' : `to fix in install: ${findings.join('; ')}`}`);
     });
   }
 
@@ -316,7 +446,7 @@ export class Installer {
       const wrapper = `#!/bin/sh\n# meshblock, installed by meshblock install\nexec ${prefix}/node/bin/node ${prefix}/app/bin/meshblock.cjs "$@"\n`;
       if ((await session.transport.readFile('/usr/local/bin/meshblock')) !== wrapper) await session.transport.writeFile('/usr/local/bin/meshblock', wrapper, { mode: 0o755 });
       await sh(session, `mkdir -p ${dataRoot} ${configDir} ${runDir} ${logDir} && chmod 700 ${configDir}`);
-      this.options.report(`${session.label}: /usr/local/bin/meshblock (${(await sh(session, '/usr/local/bin/meshblock --version')).trim()}), roles ${rolesOf(session.host).join(', ') || 'none'}`);
+      this.options.report(`${session.label}: /usr/local/bin/meshblock (${(await sh(session, '/usr/local/bin/meshblock --version')).trim()}), roles ${rolesOf(session.host, this.options.plan).join(', ') || 'none'}`);
     });
   }
 
@@ -361,21 +491,78 @@ export class Installer {
     }
   }
 
+  /** The cluster's id and secret, once the MDM on this host has written them. */
+  private async clusterOn(session: Session): Promise<{ id: string; secret: string } | undefined> {
+    const text = await session.transport.readFile(`${dataRoot}/mdm/cluster.json`);
+    const secret = await session.transport.readFile(`${dataRoot}/mdm/cluster.secret`);
+    if (text === null || secret === null) return undefined;
+    return { id: (JSON.parse(text) as { clusterId: string }).clusterId, secret };
+  }
+
+  /** The etcd PKI made here, each member host given its files, an etcd member started on each. */
+  private async startEtcdMembers(request: EtcdPkiRequest): Promise<void> {
+    const { plan } = this.options;
+    const pkiDir = path.join(this.options.stateDir, 'etcd-pki');
+    // A member host with another CA than ours (this state dir lost, or the cluster installed
+    // from another machine): new certificates would not be trusted by the members running
+    // with the old ones. Refused before anything is made or copied.
+    const localCa = fs.existsSync(path.join(pkiDir, 'ca.crt')) ? fs.readFileSync(path.join(pkiDir, 'ca.crt'), 'utf8') : null;
+    await this.each(async (session) => {
+      if (etcdPkiFilesFor(session.host, plan).length === 0) return;
+      const hostCa = await session.transport.readFile(`${etcdPkiDir}/ca.crt`);
+      if (hostCa !== null && hostCa !== localCa) {
+        throw new InstallError(
+          'MB_ERR_INSTALL_STEP',
+          `${session.label}: its etcd CA (${etcdPkiDir}/ca.crt) is not the one in ${pkiDir}${localCa === null ? ' (there is none there)' : ''}: give --state-dir the directory of the run that installed this cluster`,
+        );
+      }
+    });
+    fs.mkdirSync(pkiDir, { recursive: true, mode: 0o700 });
+    await this.options.createEtcdPki(pkiDir, request);
+    this.options.report(`etcd PKI in ${pkiDir}: members ${request.members.map((member) => member.name).join(', ')}; MDM clients ${request.clients.join(', ')}`);
+    await this.each(async (session) => {
+      const files = etcdPkiFilesFor(session.host, plan);
+      if (files.length === 0) return;
+      for (const file of files) {
+        const local = path.join(pkiDir, file.name);
+        let text: string;
+        try {
+          text = fs.readFileSync(local, 'utf8');
+        } catch (err) {
+          throw new InstallError('MB_ERR_INSTALL_STEP', `the etcd PKI has no ${local}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        }
+        const remote = `${etcdPkiDir}/${file.name}`;
+        if ((await session.transport.readFile(remote)) !== text) await session.transport.writeFile(remote, text, { mode: file.mode });
+      }
+      this.options.report(`${session.label}: ${files.map((file) => file.name).join(', ')} in ${etcdPkiDir}`);
+      await this.startDaemon(session, 'etcd', daemonArgs('etcd', session.host, plan, ''));
+    });
+  }
+
   private async configure(): Promise<void> {
     const { plan } = this.options;
+    const pkiRequest = etcdPkiRequest(plan);
+    // etcd first: an MDM in cluster mode waits for a quorum of members before it does anything.
+    if (pkiRequest !== null) await this.startEtcdMembers(pkiRequest);
+    // The Master's MDM alone first: the first MDM to start creates the cluster's identity,
+    // secret and admin password, and the installer reads the password on the Master host.
     const mdm = await this.session(plan.mdmHost);
     await this.startDaemon(mdm, 'mdm', daemonArgs('mdm', plan.mdmHost, plan, ''));
-    const cluster = await this.until('the MDM to create the cluster', async () => {
-      const text = await mdm.transport.readFile(`${dataRoot}/mdm/cluster.json`);
-      const secret = await mdm.transport.readFile(`${dataRoot}/mdm/cluster.secret`);
-      if (text === null || secret === null) return undefined;
-      return { id: (JSON.parse(text) as { clusterId: string }).clusterId, secret };
-    });
+    const cluster = await this.until('the MDM to create the cluster', () => this.clusterOn(mdm));
     await this.until('the MDM API', async () => (await this.manage(mdm, ['pd', 'list', '--json'])) !== '' || undefined);
     this.options.report(`${mdm.label}: MDM up, cluster ${cluster.id}`);
+    for (const host of plan.hosts.filter((candidate) => candidate.mdm !== null && candidate !== plan.mdmHost)) {
+      const slave = await this.session(host);
+      await this.startDaemon(slave, 'mdm', daemonArgs('mdm', host, plan, ''));
+      const joined = await this.until(`the Slave MDM on ${slave.label} to join the cluster`, () => this.clusterOn(slave));
+      if (joined.id !== cluster.id) {
+        throw new InstallError('MB_ERR_INSTALL_STEP', `${slave.label}: its MDM is in cluster ${joined.id}, not the Master's ${cluster.id} (a data directory from another cluster in ${dataRoot}/mdm?)`);
+      }
+      this.options.report(`${slave.label}: Slave MDM ${host.member?.name} up, cluster ${joined.id}`);
+    }
 
     await this.each(async (session) => {
-      const roles = rolesOf(session.host).filter((role) => role !== 'mdm');
+      const roles = rolesOf(session.host, plan).filter((role) => role === 'sds' || role === 'sdc');
       if (roles.length === 0) return;
       if ((await session.transport.readFile(secretFile)) !== cluster.secret) await session.transport.writeFile(secretFile, cluster.secret, { mode: 0o600 });
       for (const role of roles) await this.startDaemon(session, role, daemonArgs(role, session.host, plan, cluster.id));
@@ -444,13 +631,22 @@ export class Installer {
         this.options.report(`mapped ${volume.name} to ${sdc.name}`);
       }
     }
-    this.options.report(`cluster ${cluster.id} configured: MDM on ${plan.mdmHost.address}, ${sdsHosts.length} SDS(s), ${sdcHosts.length} SDC(s)`);
+    const mdmText =
+      plan.memberCount === 1
+        ? `MDM on ${plan.mdmHost.address}`
+        : `MDM cluster of ${plan.memberCount} (${etcdMembers(plan).map((host) => `${host.member.role === 'tb' ? 'TB' : host.member.role === 'master' ? 'Master' : 'Slave'} ${host.member.name} on ${host.address}`).join(', ')})`;
+    this.options.report(`cluster ${cluster.id} configured: ${mdmText}, ${sdsHosts.length} SDS(s), ${sdcHosts.length} SDC(s)`);
   }
 
   /** --dry-run: what upload, install and configure would do, host by host. */
   private async describe(): Promise<void> {
     const prefix = this.options.prefix;
     this.options.report('== would do (dry run: nothing was changed)');
+    const pkiRequest = etcdPkiRequest(this.options.plan);
+    if (pkiRequest !== null) {
+      this.options.report(`make the etcd PKI in ${path.join(this.options.stateDir, 'etcd-pki')} (kept there): a CA, a pair for each member (${pkiRequest.members.map((member) => member.name).join(', ')}), a client pair for each MDM (${pkiRequest.clients.join(', ')})`);
+    }
+    const plans = configurePlan(this.options.plan, 'CLUSTER-ID');
     await this.each(async (session) => {
       this.options.report(`${session.label}: upload the meshblock bundle (this meshblock and Node ${process.version}) to ${prefix}`);
       for (const module of selectModules(installModules)) {
@@ -460,11 +656,11 @@ export class Installer {
         });
         for (const step of steps) this.options.report(`${session.label}: ${module.name}: ${step.kind === 'file' ? `edit ${step.path}: ${step.why}` : `run ${formatArgv(step.argv)}: ${step.why}`}`);
       }
-      for (const role of rolesOf(session.host)) {
-        this.options.report(`${session.label}: start meshblock ${daemonArgs(role, session.host, this.options.plan, 'CLUSTER-ID').join(' ')}`);
-      }
+      const configure = plans.find((entry) => entry.host === session.host) as HostConfigure;
+      if (configure.pkiFiles.length > 0) this.options.report(`${session.label}: copy ${configure.pkiFiles.map((file) => file.name).join(', ')} to ${etcdPkiDir}`);
+      for (const daemon of configure.daemons) this.options.report(`${session.label}: start meshblock ${daemon.args.join(' ')}`);
     });
-    this.options.report(`then set up protection domains, pools, SDSs and devices on the MDM (${this.options.plan.mdmHost.address}) and create ${this.options.volumes.map((volume) => volume.name).join(', ') || 'no volumes'}`);
+    this.options.report(`then set up protection domains, pools, SDSs and devices on the ${this.options.plan.memberCount === 1 ? 'MDM' : 'Master MDM'} (${this.options.plan.mdmHost.address}) and create ${this.options.volumes.map((volume) => volume.name).join(', ') || 'no volumes'}`);
   }
 }
 

@@ -1,5 +1,7 @@
 // The installer's CSV: ScaleIO's columns read into a plan, the templates read back, and every
-// bad input refused with its row and column.
+// bad input refused with its row and column: among them ScaleIO's MDM cluster rules (1, 3 or 5
+// members; one Master; 3 = Master, Slave, TB; 5 = Master, 2 Slaves, 2 TBs; a TB has no MDM IPs).
+// Pure parsing, no processes: the CSV text in, the plan or the InstallCsvError out.
 
 import t from 'tap';
 import { installCsvTemplate, parseInstallCsv } from '../../src/hostsetup/install-csv.js';
@@ -27,7 +29,8 @@ t.test('a good CSV becomes a plan', async (t) => {
     username: 'root',
     password: '',
     os: 'linux',
-    mdm: { listenAddress: '10.0.0.1' },
+    member: { role: 'master', name: 'mdm1', address: '10.0.0.1' },
+    mdm: { listenAddress: '10.0.0.1', ips: ['10.0.0.1'] },
     sds: { name: 'sds1', listenAddress: '10.0.0.1', protectionDomain: 'pd1', faultSet: null, devices: [{ path: '/dev/sdb', pool: 'sp1', name: null }, { path: '/dev/sdc', pool: 'sp1', name: null }] },
     sdc: { name: 'sdc-10-0-0-1' },
   });
@@ -37,6 +40,49 @@ t.test('a good CSV becomes a plan', async (t) => {
   t.same(plan.hosts[2]?.sds?.devices.map((device) => device.pool), ['sp1', 'sp2']);
   t.equal(plan.hosts[2]?.sds?.name, 'sds-10-0-0-3');
   t.equal(plan.hosts[2]?.sds?.protectionDomain, 'pd1');
+  t.equal(plan.memberCount, 1, 'one Master alone: no MDM cluster');
+  t.same(plan.hosts.slice(1).map((host) => [host.member, host.mdm]), [[null, null], [null, null]]);
+});
+
+/** Three hosts with the given 'Is MDM/TB' and 'MDM IPs' cells, each an SDS. */
+function clusterCsv(...cells: Array<[string, string]>): string {
+  return csv(...cells.map(([role, mdmIps], index) => `10.0.0.${index + 1},root,,linux,${role},"${mdmIps}",Yes,sds${index + 1},,pd1,,/dev/sdb,sp1,Yes`));
+}
+
+t.test('a 3-member MDM cluster: Master, Slave and TB, named by CSV order', async (t) => {
+  const plan = parseInstallCsv(clusterCsv(['TB', ''], ['Master', '10.1.0.2;10.2.0.2'], ['Slave', '']));
+  t.equal(plan.memberCount, 3);
+  t.equal(plan.mdmHost.row, 3);
+  t.same(
+    plan.hosts.map((host) => host.member),
+    [
+      { role: 'tb', name: 'tb1', address: '10.0.0.1' },
+      { role: 'master', name: 'mdm1', address: '10.1.0.2' },
+      { role: 'slave', name: 'mdm2', address: '10.0.0.3' },
+    ],
+  );
+  t.same(
+    plan.hosts.map((host) => host.mdm),
+    [null, { listenAddress: '10.1.0.2', ips: ['10.1.0.2', '10.2.0.2'] }, { listenAddress: '10.0.0.3', ips: ['10.0.0.3'] }],
+    "MDM IPs split on ';' (and ','); the MDM listens on the first",
+  );
+});
+
+t.test("'Is MDM/TB' in ScaleIO's spellings, any case", async (t) => {
+  const plan = parseInstallCsv(clusterCsv(['master', ''], ['SLAVE', '10.0.0.2,10.9.0.2'], ['tb', '']));
+  t.same(plan.hosts.map((host) => host.member?.role), ['master', 'slave', 'tb']);
+  t.same(plan.hosts[1]?.mdm?.ips, ['10.0.0.2', '10.9.0.2']);
+  const older = parseInstallCsv(clusterCsv(['Primary', ''], ['Secondary', ''], ['TieBreaker', '']));
+  t.same(older.hosts.map((host) => host.member?.name), ['mdm1', 'mdm2', 'tb1']);
+});
+
+t.test('a 5-member MDM cluster: Master, 2 Slaves, 2 TBs', async (t) => {
+  const text = csv(
+    ...['Master', 'TB', 'Slave', '', 'TB', 'Slave'].map((role, index) => `10.0.0.${index + 1},root,,linux,${role},,Yes,sds${index + 1},,pd1,,/dev/sdb,sp1,No`),
+  );
+  const plan = parseInstallCsv(text);
+  t.equal(plan.memberCount, 5);
+  t.same(plan.hosts.map((host) => host.member?.name ?? null), ['mdm1', 'tb1', 'mdm2', null, 'tb2', 'mdm3']);
 });
 
 t.test("ScaleIO's own extra columns are accepted, column names in any case", async (t) => {
@@ -45,11 +91,15 @@ t.test("ScaleIO's own extra columns are accepted, column names in any case", asy
   t.same(plan.hosts.map((host) => host.sds?.devices[0]?.path), ['/dev/sdb', '/dev/sdb']);
 });
 
-t.test('the templates read back', async (t) => {
+t.test("the templates read back: ScaleIO's 3- and 5-node clusters", async (t) => {
+  const roles = { 3: ['master', 'slave', 'tb'], 5: ['master', 'slave', 'slave', 'tb', 'tb'] };
   for (const nodes of [3, 5] as const) {
     const plan = parseInstallCsv(installCsvTemplate(nodes));
     t.equal(plan.hosts.length, nodes);
-    t.equal(plan.hosts.filter((host) => host.mdm !== null).length, 1);
+    t.equal(plan.memberCount, nodes);
+    t.same(plan.hosts.map((host) => host.member?.role), roles[nodes]);
+    t.equal(plan.hosts.filter((host) => host.mdm !== null).length, nodes === 5 ? 3 : 2, 'an MDM on the Master and each Slave');
+    t.ok(plan.hosts.every((host) => host.sds !== null && host.sdc !== null), 'every host is also an SDS and an SDC');
     t.equal(new Set(plan.hosts.map((host) => host.sds?.faultSet ?? null)).size, nodes === 5 ? 5 : 1);
   }
 });
@@ -63,8 +113,24 @@ t.test('bad input names its row and column', async (t) => {
     [csv(good[0] as string, '10.0.0.2,root,,linux,,,Yes,sds2,,pd1,,/dev/sdb,sp1'), /row 3|Invalid Record Length/i, 3, null],
     [csv(good[0] as string, good[1] as string, '10.0.0.999,root,,linux,,,Yes,x,,pd1,,/dev/sdb,sp1,No'), /row 4, column 'IPs': '10.0.0.999' is not an IP/, 4, 'IPs'],
     [csv(good[0] as string, good[1] as string, '10.0.0.3,root,,windows,,,Yes,x,,pd1,,/dev/sdb,sp1,No'), /row 4, column 'Operating System'/, 4, 'Operating System'],
-    [csv(good[0] as string, good[1] as string, '10.0.0.3,root,,linux,Slave,,Yes,x,,pd1,,/dev/sdb,sp1,No'), /row 4, column 'Is MDM\/TB': 'Slave' needs an MDM cluster/, 4, 'Is MDM/TB'],
-    [csv(good[0] as string, good[1] as string, '10.0.0.3,root,,linux,Master,,Yes,x,,pd1,,/dev/sdb,sp1,No'), /rows 2 and 4 are both Master/, 4, 'Is MDM/TB'],
+    [csv(good[0] as string, good[1] as string, '10.0.0.3,root,,linux,Master,,Yes,x,,pd1,,/dev/sdb,sp1,No'), /row 4, column 'Is MDM\/TB': row 2 is already the Master/, 4, 'Is MDM/TB'],
+    [clusterCsv(['Master', ''], ['Master', ''], ['TB', '']), /row 3, column 'Is MDM\/TB': row 2 is already the Master/, 3, 'Is MDM/TB'],
+    [csv(good[0] as string, good[1] as string, '10.0.0.3,root,,linux,Witness,,Yes,x,,pd1,,/dev/sdb,sp1,No'), /row 4, column 'Is MDM\/TB': expected Master, Slave, TB or empty, got 'Witness'/, 4, 'Is MDM/TB'],
+    [clusterCsv(['Master', ''], ['constructor', ''], ['TB', '']), /row 3, column 'Is MDM\/TB': expected Master, Slave, TB/, 3, 'Is MDM/TB'],
+    [clusterCsv(['Master', ''], ['Slave', '']), /row 3, column 'Is MDM\/TB': 2 cluster members \(rows 2, 3\): .*odd number/, 3, 'Is MDM/TB'],
+    [clusterCsv(['Master', ''], ['TB', '']), /row 3, column 'Is MDM\/TB': 2 cluster members/, 3, 'Is MDM/TB'],
+    [clusterCsv(['Master', ''], ['Slave', ''], ['Slave', ''], ['TB', '']), /row 5, column 'Is MDM\/TB': 4 cluster members/, 5, 'Is MDM/TB'],
+    [clusterCsv(['', ''], ['TB', ''], ['Slave', '']), /row 3, column 'Is MDM\/TB': a TB needs a Master, and no row is Master/, 3, 'Is MDM/TB'],
+    [clusterCsv(['Slave', ''], ['', ''], ['', '']), /row 2, column 'Is MDM\/TB': a Slave needs a Master/, 2, 'Is MDM/TB'],
+    [clusterCsv(['Master', ''], ['Slave', ''], ['Slave', ''], ['TB', ''], ['TB', ''], ['TB', '']), /row 7, column 'Is MDM\/TB': cluster member number 6 \(of 6\): .*at most 5/, 7, 'Is MDM/TB'],
+    [clusterCsv(['Master', ''], ['Slave', ''], ['Slave', '']), /row 4, column 'Is MDM\/TB': a 3-member cluster is 1 Master, 1 Slave and 1 TB \(ScaleIO's rule\); this row makes 2 Slaves/, 4, 'Is MDM/TB'],
+    [clusterCsv(['TB', ''], ['Master', ''], ['TB', '']), /row 4, column 'Is MDM\/TB': a 3-member cluster .* this row makes 2 TBs/, 4, 'Is MDM/TB'],
+    [clusterCsv(['Master', ''], ['Slave', ''], ['Slave', ''], ['Slave', ''], ['TB', '']), /row 5, column 'Is MDM\/TB': a 5-member cluster is 1 Master, 2 Slaves and 2 TBs .* 3 Slaves/, 5, 'Is MDM/TB'],
+    [clusterCsv(['Master', ''], ['TB', ''], ['TB', ''], ['TB', ''], ['Slave', '']), /row 5, column 'Is MDM\/TB': a 5-member cluster .* 3 TBs/, 5, 'Is MDM/TB'],
+    [clusterCsv(['Master', ''], ['Slave', ''], ['TB', '10.0.0.3']), /row 4, column 'MDM IPs': a TB runs no MDM/, 4, 'MDM IPs'],
+    [clusterCsv(['Master', 'mdm-a.example'], ['Slave', ''], ['TB', '']), /row 2, column 'MDM IPs': 'mdm-a.example' is a host name; .*etcd listens on an IP/, 2, 'MDM IPs'],
+    [clusterCsv(['Master', '10.0.0.1;10.0.0.256'], ['Slave', ''], ['TB', '']), /row 2, column 'MDM IPs': '10.0.0.256' is not an IP address/, 2, 'MDM IPs'],
+    [csv('10.0.0.1,root,,linux,Master,,Yes,a,,pd1,,/dev/sdb,sp1,No', '10.0.0.2,root,,linux,Slave,,Yes,b,,pd1,,/dev/sdb,sp1,No', 'tb.example,root,,linux,TB,,Yes,c,,pd1,,/dev/sdb,sp1,No'), /row 4, column 'IPs': 'tb.example' is a host name/, 4, 'IPs'],
     [csv(good[1] as string, '10.0.0.3,root,,linux,,,Yes,x,,pd1,,/dev/sdb,sp1,No'), /no host is the MDM/, null, 'Is MDM/TB'],
     [csv(good[0] as string, '10.0.0.2,root,,linux,,,Maybe,x,,pd1,,/dev/sdb,sp1,No'), /row 3, column 'Is SDS': expected Yes or No, got 'Maybe'/, 3, 'Is SDS'],
     [csv(good[0] as string, '10.0.0.2,root,,linux,,,Yes,x,,pd1,,,sp1,No'), /row 3, column 'SDS Device List': an SDS needs at least one device/, 3, 'SDS Device List'],
