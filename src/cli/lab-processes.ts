@@ -161,11 +161,11 @@ export function isDaemonRunning(record: Pick<LabProcess, 'pid' | 'dataDir'>): bo
 export type StopOutcome = 'stopped' | 'killed' | 'not running';
 
 /**
- * Stops the daemons in dependency order (the SDC, then the SDSs, then the MDM), each tier in
+ * Stops the daemons in dependency order (the SDC, the SDSs, the MDMs, the etcd members), each tier in
  * parallel: SIGTERM, wait up to daemonStopTimeoutMs, then SIGKILL to its process group.
  */
 export async function stopDaemons(records: readonly LabProcess[], onStopped: (record: LabProcess, outcome: StopOutcome) => void): Promise<void> {
-  const tiers: LabRole[][] = [['sdc'], ['sds'], ['mdm']];
+  const tiers: LabRole[][] = [['sdc'], ['sds'], ['mdm'], ['etcd']];
   for (const roles of tiers) {
     await Promise.all(records.filter((record) => roles.includes(record.role)).map(async (record) => onStopped(record, await stopDaemon(record))));
   }

@@ -26,7 +26,7 @@ export const labDirEnv = 'MESHBLOCK_LAB_DIR';
 export const labFileName = 'lab.json';
 export const labFormatVersion = 1;
 
-export type LabRole = 'mdm' | 'sds' | 'sdc';
+export type LabRole = 'mdm' | 'sds' | 'sdc' | 'etcd';
 
 export interface LabProcess {
   role: LabRole;
@@ -40,6 +40,12 @@ export interface LabProcess {
   logFile: string;
   /** SDS only: its device (a sparse file). */
   devicePath?: string;
+  /** An MDM of an MDM cluster: HOST:PORT of its REST API. */
+  apiAddress?: string;
+  /** etcd member only: its name in the etcd cluster (its host's: mdm1, tb1, ...). */
+  memberName?: string;
+  /** etcd member only: HOST:PORT of its peer listener. */
+  peerAddress?: string;
 }
 
 export interface LabVolume {
@@ -63,8 +69,12 @@ export interface LabFile {
   deviceSizeBytes: number;
   /** The volumes lab up created (and maps to the lab's SDC); other volumes are the user's. */
   volumes: LabVolume[];
-  /** mdm first, then the SDSs, then the SDC. */
+  /** mdm first, then the SDSs, then the SDC (an MDM cluster: the etcd members, then the MDMs). */
   processes: LabProcess[];
+  /** An MDM cluster (lab up --mdm-cluster 3|5): its size; absent for one MDM with its journal. */
+  mdmCluster?: 3 | 5;
+  /** An MDM cluster: every MDM's REST API, https://HOST:PORT (apiUrl is the first). */
+  apiUrls?: string[];
 }
 
 export class LabError extends MeshblockError {}

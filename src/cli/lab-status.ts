@@ -8,6 +8,7 @@
 import { KiB, formatBytes } from '../common/units.js';
 import type { RebuildStatus } from '../mdm/controller.js';
 import type { RestDashboard, RestSds, RestVolume } from '../mdm/rest-objects.js';
+import type { MdmClusterView } from '../mdm/cluster-member.js';
 import { describeRebuild } from './manage-format.js';
 import type { ApiClient } from './manage-client.js';
 import { renderTable } from './manage-format.js';
@@ -25,6 +26,12 @@ export interface LabStatusProcess {
   state: 'running' | 'stopped';
   /** How the MDM sees it: 'connected', 'disconnected' or 'down' (null: the MDM itself, or unknown). */
   clusterState: string | null;
+  /**
+   * An MDM cluster only (lab up --mdm-cluster): an MDM is 'master' or 'slave'; an etcd member
+   * is 'tieBreaker' on a Tie-Breaker host, 'manager' on an MDM's. Null while the cluster
+   * cannot be asked. Absent with one MDM.
+   */
+  clusterRole?: 'master' | 'slave' | 'tieBreaker' | 'manager' | null;
 }
 
 export interface LabStatusVolume {
@@ -85,7 +92,11 @@ export interface LabStatus {
 export function processStatus(lab: LabFile): LabStatusProcess[] {
   return lab.processes.map((record) => {
     const running = isDaemonRunning(record);
-    return { role: record.role, name: record.name, pid: running ? record.pid : null, address: record.address, state: running ? 'running' : 'stopped', clusterState: null };
+    const entry: LabStatusProcess = { role: record.role, name: record.name, pid: running ? record.pid : null, address: record.address, state: running ? 'running' : 'stopped', clusterState: null };
+    if (lab.mdmCluster !== undefined && (record.role === 'mdm' || record.role === 'etcd')) {
+      entry.clusterRole = record.role === 'etcd' ? (record.memberName?.startsWith('tb') === true ? 'tieBreaker' : 'manager') : null;
+    }
+    return entry;
   });
 }
 
@@ -129,6 +140,20 @@ export async function collectStatus(dir: string, lab: LabFile, client: ApiClient
       sdcConnected: view.health.sdcConnected,
       sdcDisconnected: view.health.sdcDisconnected,
     };
+    if (lab.mdmCluster !== undefined) {
+      const cluster = await client.post<MdmClusterView>('/api/instances/System/action/queryMdmCluster', {});
+      for (const entry of status.processes) {
+        if (entry.role !== 'mdm') continue;
+        entry.clusterRole = cluster.master?.name === entry.name ? 'master' : 'slave';
+        if (entry.state === 'running') entry.clusterState = cluster.master?.name === entry.name || cluster.slaves.some((mdm) => mdm.name === entry.name && mdm.status === 'Normal') ? 'connected' : 'disconnected';
+      }
+      const tieBreakers = new Set(cluster.tieBreakers.map((member) => member.name));
+      for (const entry of status.processes) {
+        if (entry.role !== 'etcd') continue;
+        const record = lab.processes.find((process) => process.name === entry.name);
+        entry.clusterRole = tieBreakers.has(record?.memberName ?? '') ? 'tieBreaker' : 'manager';
+      }
+    }
     status.lab.mdmReachable = true;
   } catch (err) {
     status.lab.mdmError = (err as Error).message;
@@ -162,7 +187,7 @@ export function renderStatus(status: LabStatus): string {
   lines.push(
     renderTable<LabStatusProcess>(
       [
-        { header: 'ROLE', value: (entry) => entry.role },
+        { header: 'ROLE', value: (entry) => (entry.clusterRole === undefined || entry.clusterRole === null ? entry.role : `${entry.role} (${entry.clusterRole})`) },
         { header: 'NAME', value: (entry) => entry.name },
         { header: 'PID', value: (entry) => (entry.pid === null ? '-' : String(entry.pid)), align: 'right' },
         { header: 'ADDRESS', value: (entry) => entry.address },

@@ -43,6 +43,7 @@ import { connectLab, ensureLayout, ensureMappings, ensureVolumes, registrationTi
 import { LabError, labDirDefault, labDirEnv, labFormatVersion, readLabFile, resolveLabDir, writeLabFile, type LabFile, type LabProcess, type LabVolume } from './lab-state.js';
 import { collectStatus, processStatus, renderStatus } from './lab-status.js';
 import { deviceBytesMin, nameBytesMax } from '../common/limits.js';
+import { clusterProcesses, mdmAddresses, parseMdmClusterFlag, startMdmCluster, type LabMdmClusterSize } from './lab-cluster.js';
 
 export const labSdsCountDefault = 3;
 /** At least two: every chunk has its two copies on two SDSs. */
@@ -79,6 +80,7 @@ export interface LabUpArgs {
   'log-level': Level;
   'rebuild-after': string | undefined;
   'rebuild-rate': string | undefined;
+  'mdm-cluster': string | undefined;
 }
 
 export interface LabDownArgs {
@@ -103,6 +105,8 @@ export interface LabUpRequest {
   rebuildAfterSeconds: number | undefined;
   /** Rebuild bandwidth per source SDS (the MDM's --rebuild-rate), e.g. '32MiB'. */
   rebuildRate: string | undefined;
+  /** 1: one MDM with its journal; 3 or 5: an MDM cluster on etcd. Fixed at the first up. */
+  mdmCluster: LabMdmClusterSize | undefined;
 }
 
 function wholeNumber(flag: string, value: string, min: number, max: number): number {
@@ -147,6 +151,7 @@ export function parseLabUpArgs(args: LabUpArgs): LabUpRequest {
     logLevel: args['log-level'],
     rebuildAfterSeconds: args['rebuild-after'] === undefined ? undefined : wholeNumber('--rebuild-after', String(args['rebuild-after']), 1, 86_400),
     rebuildRate: args['rebuild-rate'] === undefined ? undefined : `${parseSizeBytes('--rebuild-rate', String(args['rebuild-rate']))}`,
+    mdmCluster: args['mdm-cluster'] === undefined ? undefined : parseMdmClusterFlag(String(args['mdm-cluster'])),
   };
 }
 
@@ -183,11 +188,29 @@ function portOf(address: string): number {
 async function prepareLab(dir: string, request: LabUpRequest): Promise<{ lab: LabFile; volumesToCreate: LabVolume[] }> {
   const existing = readLabFile(dir);
   // Ports the lab uses already, or is asked to: a new SDS must not take one of them.
-  const taken = new Set<number>((existing?.processes ?? []).map((record) => portOf(record.address)));
+  const taken = new Set<number>();
+  for (const record of existing?.processes ?? []) {
+    for (const address of [record.address, record.apiAddress, record.peerAddress]) if (address !== undefined) taken.add(portOf(address));
+  }
   if (existing !== null) taken.add(Number(new URL(existing.apiUrl).port));
   if (request.nbdPort !== undefined) taken.add(request.nbdPort);
   let lab: LabFile;
-  if (existing === null) {
+  if (existing === null && request.mdmCluster !== undefined && request.mdmCluster !== 1) {
+    const { processes, apiUrls } = await clusterProcesses(dir, request.mdmCluster, (first) => choosePort(first, taken));
+    lab = {
+      formatVersion: labFormatVersion,
+      clusterId: null,
+      apiUrl: apiUrls[0] as string,
+      apiUrls,
+      caCert: path.join(dir, 'api', 'api.crt'),
+      passwordFile: path.join(dir, 'admin.password'),
+      secretFile: path.join(dir, 'mdm1', 'cluster.secret'),
+      deviceSizeBytes: request.deviceSizeBytes ?? labDeviceSizeBytesDefault,
+      volumes: [],
+      processes,
+      mdmCluster: request.mdmCluster,
+    };
+  } else if (existing === null) {
     const mdmPort = await choosePort(labMdmPortFirst, taken);
     const apiPort = await choosePort(labApiPortFirst, taken);
     const mdmDir = path.join(dir, 'mdm');
@@ -204,6 +227,9 @@ async function prepareLab(dir: string, request: LabUpRequest): Promise<{ lab: La
     };
   } else {
     lab = existing;
+    if (request.mdmCluster !== undefined && request.mdmCluster !== (lab.mdmCluster ?? 1)) {
+      throw new InvalidArgumentError('--mdm-cluster', `this lab's MDM cluster has ${lab.mdmCluster ?? 1} node(s), fixed at its first up (lab down --purge starts over)`);
+    }
     if (request.deviceSizeBytes !== undefined && request.deviceSizeBytes !== lab.deviceSizeBytes) {
       throw new InvalidArgumentError('--device-size', `this lab's devices are ${formatBytes(lab.deviceSizeBytes)}, fixed at its first up (lab down --purge starts over)`);
     }
@@ -265,12 +291,15 @@ const sdsReadyPattern = /^sds (\S+) \(([0-9a-f]{16})\) of cluster ([0-9a-f]{16})
 async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 'logLevel' | 'rebuildAfterSeconds' | 'rebuildRate'>, startedNow: LabProcess[], report: (line: string) => void): Promise<void> {
   const logLevel = request.logLevel;
   const mdm = lab.processes.find((record) => record.role === 'mdm') as LabProcess;
-  if (isDaemonRunning(mdm)) {
+  const tuning: string[] = [];
+  if (request.rebuildAfterSeconds !== undefined) tuning.push('--rebuild-after', String(request.rebuildAfterSeconds));
+  if (request.rebuildRate !== undefined) tuning.push('--rebuild-rate', request.rebuildRate);
+  if (lab.mdmCluster !== undefined) {
+    await startMdmCluster(dir, lab, { logLevel, extraMdmArgs: tuning }, startedNow, report);
+  } else if (isDaemonRunning(mdm)) {
     report(`mdm is running (pid ${mdm.pid})`);
   } else {
-    const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.address, '--api', new URL(lab.apiUrl).host, '--log-level', logLevel];
-    if (request.rebuildAfterSeconds !== undefined) args.push('--rebuild-after', String(request.rebuildAfterSeconds));
-    if (request.rebuildRate !== undefined) args.push('--rebuild-rate', request.rebuildRate);
+    const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.address, '--api', new URL(lab.apiUrl).host, '--log-level', logLevel, ...tuning];
     if (!AdminAuth.isInitialized(mdm.dataDir)) args.push('--admin-password-file', lab.passwordFile);
     const started = await startDaemon({ name: 'mdm', args, logFile: mdm.logFile, cwd: dir, ready: mdmReadyPattern });
     mdm.pid = started.pid;
@@ -294,7 +323,7 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
       }
       const devicePath = sds.devicePath as string;
       ensureDeviceFile(devicePath, lab.deviceSizeBytes);
-      const args = ['sds', 'start', '--name', sds.name, '--device', devicePath, '--listen', sds.address, '--data-dir', sds.dataDir, '--cluster-id', clusterId, '--secret-file', lab.secretFile, '--mdm', mdm.address, '--log-level', logLevel];
+      const args = ['sds', 'start', '--name', sds.name, '--device', devicePath, '--listen', sds.address, '--data-dir', sds.dataDir, '--cluster-id', clusterId, '--secret-file', lab.secretFile, '--mdm', mdmAddresses(lab), '--log-level', logLevel];
       const started = await startDaemon({ name: sds.name, args, logFile: sds.logFile, cwd: dir, ready: sdsReadyPattern });
       sds.pid = started.pid;
       startedNow.push(sds);
@@ -309,11 +338,10 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
 /** Starts the SDC if needed, maps the lab's volumes to it, waits for its exports. Returns the exported volumes. */
 async function startSdc(dir: string, lab: LabFile, client: ApiClient, logLevel: Level, startedNow: LabProcess[], report: (line: string) => void): Promise<string[]> {
   const sdc = lab.processes.find((record) => record.role === 'sdc') as LabProcess;
-  const mdm = lab.processes.find((record) => record.role === 'mdm') as LabProcess;
   if (isDaemonRunning(sdc)) {
     report(`${sdc.name} is running (pid ${sdc.pid})`);
   } else {
-    const args = sdcStartArgs({ name: sdc.name, mdmAddress: mdm.address, listen: sdc.address, dataDir: sdc.dataDir, clusterId: lab.clusterId as string, secretFile: lab.secretFile, logLevel });
+    const args = sdcStartArgs({ name: sdc.name, mdmAddress: mdmAddresses(lab), listen: sdc.address, dataDir: sdc.dataDir, clusterId: lab.clusterId as string, secretFile: lab.secretFile, logLevel });
     const started = await startDaemon({ name: sdc.name, args, logFile: sdc.logFile, cwd: dir, ready: sdcReadyPattern });
     sdc.pid = started.pid;
     sdc.address = started.ready[4] as string;
@@ -331,7 +359,11 @@ function summary(dir: string, lab: LabFile, exported: readonly string[] | null):
   const mdm = lab.processes.find((record) => record.role === 'mdm') as LabProcess;
   const sdc = lab.processes.find((record) => record.role === 'sdc') as LabProcess;
   const sdsCount = lab.processes.filter((record) => record.role === 'sds').length;
-  const lines = [`lab ${dir} is up: cluster ${lab.clusterId}, MDM ${mdm.address}, REST API ${lab.apiUrl}, ${sdsCount} SDSs`];
+  const mdmCount = lab.processes.filter((record) => record.role === 'mdm').length;
+  const lines =
+    lab.mdmCluster === undefined
+      ? [`lab ${dir} is up: cluster ${lab.clusterId}, MDM ${mdm.address}, REST API ${lab.apiUrl}, ${sdsCount} SDSs`]
+      : [`lab ${dir} is up: cluster ${lab.clusterId}, ${lab.mdmCluster}-node MDM cluster (${mdmCount} MDMs, ${lab.mdmCluster - mdmCount} Tie-Breakers, on etcd), REST API ${(lab.apiUrls ?? [lab.apiUrl]).join(' ')}, ${sdsCount} SDSs`];
   if (exported === null) {
     lines.push(`volumes ${lab.volumes.map((volume) => volume.name).join(', ')} are created but not exported: this build has no 'meshblock sdc start'`);
   } else if (exported.length === 0) {
@@ -503,11 +535,11 @@ export async function labStatus(args: LabStatusArgs, io: ManageIo = processIo): 
   if (args.dir !== undefined && args.dir === '') throw new InvalidArgumentError('--dir', 'must not be empty');
   const dir = resolveLabDir(args.dir, io.env, process.cwd());
   const lab = requireLab(dir);
-  const mdm = lab.processes.find((record) => record.role === 'mdm');
+  const mdms = lab.processes.filter((record) => record.role === 'mdm');
   let client: ApiClient | null = null;
   let mdmError: string | null = null;
-  if (mdm === undefined || !isDaemonRunning(mdm)) {
-    mdmError = 'the MDM is not running';
+  if (!mdms.some((mdm) => isDaemonRunning(mdm))) {
+    mdmError = mdms.length > 1 ? 'no MDM is running' : 'the MDM is not running';
   } else {
     try {
       client = await connectLab(lab);
@@ -535,6 +567,7 @@ function labUpOptions(yargs: Argv): Argv<LabUpArgs> {
     .option('detach', { type: 'boolean', default: false, describe: 'return once the NBD exports are ready, leaving the lab running' })
     .option('rebuild-after', { type: 'string', describe: 'seconds a down SDS may stay away before its copies are rebuilt on the others (back sooner, it gets only what changed) [default: 60; applies when the MDM starts]', requiresArg: true })
     .option('rebuild-rate', { type: 'string', describe: 'rebuild bandwidth per source SDS, bytes per second, e.g. 32MiB [default: 64MiB; applies when the MDM starts]', requiresArg: true })
+    .option('mdm-cluster', { type: 'string', describe: "ScaleIO's MDM cluster modes: 1 (one MDM, its own journal), 3 (Master, Slave, Tie-Breaker) or 5 (Master, 2 Slaves, 2 Tie-Breakers), on etcd members [default: 1; fixed at the first up]", requiresArg: true })
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level of the daemons (logs in DIR/logs)' }) as unknown as Argv<LabUpArgs>;
 }
 

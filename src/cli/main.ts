@@ -5,7 +5,7 @@ import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common
 import { tuneMalloc } from '../common/native.js';
 import { MiB } from '../common/units.js';
 import { nbdServe, nbdServeOptions, type NbdServeArgs } from './nbd-serve.js';
-import { registerManagementCommands, registerSdcManagementCommands, registerSdsManagementCommands } from './manage.js';
+import { registerManagementCommands, registerMdmManagementCommands, registerSdcManagementCommands, registerSdsManagementCommands } from './manage.js';
 import { sdcStart, sdcStartOptions, type SdcStartArgs } from './sdc-start.js';
 import { attachCommand, attachOptions, detachCommand, detachOptions, type AttachArgs, type DetachArgs } from './attach.js';
 import { installCommand, installOptions, type InstallArgs } from './install.js';
@@ -75,14 +75,14 @@ export async function main(argv: string[]): Promise<void> {
         .strict(),
     )
     .command('mdm', 'MDM: the metadata manager (control plane and REST API)', (mdm) =>
-      mdm
+      registerMdmManagementCommands(mdm)
         .command(
           'start',
           'run the MDM over its data directory (creating the cluster at the first start)',
           (y) => mdmStartOptions(y),
           async (args) => mdmStart(args as unknown as MdmStartArgs),
         )
-        .demandCommand(1, 'mdm: name a subcommand (start)')
+        .demandCommand(1, 'mdm: name a subcommand (start, cluster, switch-ownership)')
         .strict(),
     )
     .command('etcd', 'etcd: a member of the MDM cluster\'s consensus store (Master, Slave and Tie-Breaker hosts)', (etcd) =>

@@ -31,6 +31,7 @@ import type {
   RestType,
   RestVolume,
 } from '../mdm/rest-objects.js';
+import type { MdmClusterView, MdmView } from '../mdm/cluster-member.js';
 import { ApiClient, connectionOptions, processIo, type ConnectionArgs, type ManageIo } from './manage-client.js';
 import { kbToText, renderDashboard, renderTable } from './manage-format.js';
 
@@ -733,6 +734,58 @@ const volumeCommands: Command[] = [
   },
 ];
 
+// --- the MDM cluster --------------------------------------------------------------------------
+
+function renderMdmCluster(cluster: MdmClusterView): string {
+  const lines = [`cluster ${cluster.name} (${cluster.id}): ${cluster.clusterMode}, ${cluster.clusterState}; ${cluster.goodNodesNum} good node(s), ${cluster.goodReplicasNum} good MDM(s)`];
+  const rows: Array<{ role: string; mdm: MdmView }> = [
+    ...(cluster.master === null ? [] : [{ role: 'Master', mdm: cluster.master }]),
+    ...cluster.slaves.map((mdm) => ({ role: 'Slave', mdm })),
+    ...cluster.tieBreakers.map((mdm) => ({ role: 'Tie-Breaker', mdm })),
+    ...cluster.standbyMDMs.map((mdm) => ({ role: 'Standby', mdm })),
+  ];
+  if (cluster.master === null) lines.push('no Master: management waits for one (IO goes on)');
+  lines.push(
+    renderTable(
+      [
+        { header: 'ROLE', value: (row: { role: string; mdm: MdmView }) => row.role },
+        { header: 'NAME', value: (row) => row.mdm.name },
+        { header: 'ADDRESS', value: (row) => `${row.mdm.ips.join(',')}:${row.mdm.port}` },
+        { header: 'REST API', value: (row) => row.mdm.apiAddress ?? '-' },
+        { header: 'STATUS', value: (row) => row.mdm.status },
+      ],
+      rows,
+    ).trimEnd(),
+  );
+  return `${lines.join('\n')}\n`;
+}
+
+const mdmCommands: Command[] = [
+  {
+    name: 'cluster',
+    describe: 'the MDM cluster: mode, state, Master, Slaves, Tie-Breakers (ScaleIO query_cluster)',
+    builder: jsonOption,
+    run: async (args, session) => {
+      const cluster = await session.client.post<MdmClusterView>('/api/instances/System/action/queryMdmCluster', {});
+      if (args['json'] === true) session.printJson(cluster);
+      else session.print(renderMdmCluster(cluster).trimEnd());
+    },
+  },
+  {
+    name: 'switch-ownership',
+    describe: 'a planned switch: another MDM becomes the Master (ScaleIO --switch_mdm_ownership)',
+    builder: (y) => y.option('to', str('the MDM to become Master [default: a running Slave]', false)),
+    check: (args) => {
+      if (args['to'] !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$/.test(String(args['to']))) throw new InvalidArgumentError('--to', 'must be the name of an MDM');
+    },
+    run: async (args, session) => {
+      const { master } = await session.client.post<{ master: string }>('/api/instances/System/action/changeMdmOwnership', args['to'] === undefined ? {} : { id: String(args['to']) });
+      session.changed();
+      session.print(`the Master is now ${master}`);
+    },
+  },
+];
+
 // --- registration ---------------------------------------------------------------------------
 
 /**
@@ -765,6 +818,11 @@ export function registerSdcManagementCommands(sdcYargs: Argv, io: ManageIo = pro
   return register(sdcYargs, io, sdcCommands);
 }
 
+/** Adds cluster and switch-ownership under an existing `mdm` command (next to `mdm start`). */
+export function registerMdmManagementCommands(mdmYargs: Argv, io: ManageIo = processIo): Argv {
+  return register(mdmYargs, io, mdmCommands);
+}
+
 /** Adds add, list, remove and rename under an existing `sds` command (next to `sds start`). */
 export function registerSdsManagementCommands(sdsYargs: Argv, io: ManageIo = processIo): Argv {
   return register(sdsYargs, io, sdsCommands);
@@ -780,7 +838,8 @@ export async function manageMain(argv: string[], io: ManageIo = processIo): Prom
     .usage('$0 <command>')
     .exitProcess(false)
     .command('sds', 'SDS management', (sds) => registerSdsManagementCommands(sds, io).demandCommand(1, 'sds: name a subcommand (add, list, remove, rename)').strict())
-    .command('sdc', 'SDC management', (sdc) => registerSdcManagementCommands(sdc, io).demandCommand(1, 'sdc: name a subcommand (list, remove, rename)').strict());
+    .command('sdc', 'SDC management', (sdc) => registerSdcManagementCommands(sdc, io).demandCommand(1, 'sdc: name a subcommand (list, remove, rename)').strict())
+    .command('mdm', 'the MDM cluster', (mdm) => registerMdmManagementCommands(mdm, io).demandCommand(1, 'mdm: name a subcommand (cluster, switch-ownership)').strict());
   registerManagementCommands(cli, io)
     .demandCommand(1, 'name a command (see meshblock --help)')
     .strict()

@@ -21,7 +21,8 @@ import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { parseSizeBytes } from '../common/units.js';
 import { AdminAuth, adminPasswordFileName } from '../mdm/auth.js';
 import { MdmClusterMember, singleMdmCluster, type RestCluster } from '../mdm/cluster-member.js';
-import { EtcdStore, type ClusterRecord, type EtcdTls } from '../mdm/etcd-store.js';
+import { loadEtcdClientTls } from '../mdm/etcd-pki.js';
+import { EtcdStore, type ClusterRecord } from '../mdm/etcd-store.js';
 import { RestApi } from '../mdm/rest-api.js';
 import { etcdCallTimeoutMs, rebuildAfterMsDefault, rebuildChunksInflightMaxDefault, sdsDownAfterMsDefault } from '../common/limits.js';
 import { MdmService, type MdmServiceOptions } from '../mdm/service.js';
@@ -353,16 +354,4 @@ function writePrivate(file: string, text: string): void {
   const temporary = `${file}.tmp-${process.pid}`;
   fs.writeFileSync(temporary, text, { mode: 0o600 });
   fs.renameSync(temporary, file);
-}
-
-/** The MDM's etcd client credentials from the cluster's PKI directory. */
-function loadEtcdClientTls(dir: string, name: string): EtcdTls {
-  const read = (file: string): Buffer => {
-    try {
-      return fs.readFileSync(path.join(dir, file));
-    } catch (err) {
-      throw new InvalidArgumentError('--etcd-pki', `cannot read ${path.join(dir, file)}: ${(err as Error).message}`);
-    }
-  };
-  return { ca: read('ca.crt'), cert: read(`client-${name}.crt`), key: read(`client-${name}.key`) };
 }

@@ -526,12 +526,15 @@ export class MdmService implements MdmController {
 
   /** Resolves when every connected SDS has answered (or failed to take) the current map. */
   private pushMap(): Promise<void> {
+    if (!this.mayAct()) return Promise.resolve();
+    this.options.log.info({ epoch: this.state.model.epoch, sdss: this.sdsPeers.size }, 'map pushed');
     return Promise.all([...this.sdsPeers].map(([sdsId, peer]) => this.pushMapTo(sdsId, peer))).then(() => undefined);
   }
 
   private pushMapTo(sdsId: Id, peer: WirePeer): Promise<void> {
     if (!this.mayAct()) return Promise.resolve();
     const map = this.state.placementMap();
+    this.options.log.debug({ sdsId, epoch: map.epoch }, 'map pushed to an SDS');
     return peer.request(SdsOp.SetMap, Buffer.from(JSON.stringify(map)), { timeoutMs: sdsOrderTimeoutMs }).then(
       (response) => {
         if (response.status !== SdsStatus.Ok) this.options.log.warn({ sdsId, epoch: map.epoch, status: response.status, reason: response.payload.toString() }, 'SDS refused the map');

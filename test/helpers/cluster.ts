@@ -49,7 +49,7 @@ export interface SdcHandle extends DaemonHandle {
   nbdPort: number;
 }
 
-export async function startSdc(t: TeardownHost, dir: string, mdm: Mdm, name = 'sdc1', listen = '127.0.0.1:0'): Promise<SdcHandle> {
+export async function startSdc(t: TeardownHost, dir: string, mdm: Pick<Mdm, 'address' | 'clusterId' | 'secretFile'>, name = 'sdc1', listen = '127.0.0.1:0'): Promise<SdcHandle> {
   const daemon = await startMeshblock(
     t,
     ['sdc', 'start', '--mdm', mdm.address, '--name', name, '--listen', listen, '--data-dir', path.join(dir, `${name}-data`), '--cluster-id', mdm.clusterId, '--secret-file', mdm.secretFile],
@@ -87,7 +87,26 @@ export async function startCluster(
   },
 ): Promise<Cluster> {
   const mdm = await startMdm(t, dir, { listen: `${options.mdmHost ?? '127.0.0.1'}:0`, api: '127.0.0.1:0' }, options.mdmArgs ?? []);
-  const meshblock = cli(mdm, dir);
+  return { mdm, ...(await populateCluster(t, dir, { ...mdm, meshblock: cli(mdm, dir) }, options)) };
+}
+
+/** What populateCluster needs of the control plane: one MDM, or an MDM cluster (addresses comma-separated). */
+export interface ControlPlane {
+  clusterId: string;
+  /** The MDM wire address(es) SDSs and SDCs are given (--mdm). */
+  address: string;
+  secretFile: string;
+  meshblock: (args: string[]) => Promise<RunResult>;
+}
+
+/** SDSs, an SDC, pd1/sp1 and the volumes, mapped, on a running control plane. */
+export async function populateCluster(
+  t: TeardownHost,
+  dir: string,
+  mdm: ControlPlane,
+  options: { sdsCount?: number; deviceBytes?: number; volumes: Array<{ name: string; sizeBytes: number }>; sdsHosts?: Array<{ netns: string; address: string }> },
+): Promise<Omit<Cluster, 'mdm'>> {
+  const meshblock = mdm.meshblock;
   const must = async (args: string[]): Promise<void> => {
     const result = await meshblock(args);
     if (result.code !== 0) throw new Error(`meshblock ${args.join(' ')} failed: ${result.stderr}`);
@@ -128,7 +147,7 @@ export async function startCluster(
     const listed = await run('nbdinfo', ['--list', '--json', `nbd://${sdc.nbdAddress}`]);
     return options.volumes.every((volume) => listed.stdout.includes(`"${volume.name}"`)) ? true : undefined;
   });
-  return { mdm, sds, sdc, meshblock, uri };
+  return { sds, sdc, meshblock, uri };
 }
 
 /** Restarts a killed SDS of the cluster on its old address, device and data directory. */

@@ -1,0 +1,122 @@
+// An MDM cluster of real processes for tests: etcd members (test/helpers/etcd-cluster.ts) and
+// MDMs (`meshblock mdm start --etcd ...`) sharing one REST certificate, and helpers to find
+// the Master, kill, pause and restart MDMs, and read the cluster as the REST API shows it.
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ensureSelfSignedCertificate } from '../../src/mdm/tls.js';
+import type { MdmClusterView } from '../../src/mdm/cluster-member.js';
+import { adminPassword, until } from './cluster.js';
+import { startEtcdCluster, type EtcdCluster } from './etcd-cluster.js';
+import { runMeshblock, startMeshblock, type DaemonHandle, type RunResult, type TeardownHost } from './processes.js';
+import { basic, call } from './rest.js';
+
+export interface ClusterMdm {
+  name: string;
+  wireAddress: string;
+  apiAddress: string;
+  dataDir: string;
+  handle: DaemonHandle | null;
+}
+
+export interface MdmClusterHandle {
+  etcd: EtcdCluster;
+  mdms: ClusterMdm[];
+  clusterId: string;
+  certPath: string;
+  secretFile: string;
+  passwordFile: string;
+  /** Every MDM's wire address, as SDSs and SDCs take them (--mdm). */
+  addresses: string;
+  /** Every MDM's REST API, https://HOST:PORT,... (the CLI's --api). */
+  apiUrls: string;
+  start(index: number): Promise<ClusterMdm>;
+  /** The meshblock management CLI against the cluster (any MDM answers). */
+  cli(args: string[]): Promise<RunResult>;
+  /** queryMdmCluster from one MDM's REST API, or null if it did not answer 200. */
+  query(index?: number): Promise<MdmClusterView | null>;
+  /** The Master's index, once the cluster agrees on one. */
+  master(timeoutMs?: number): Promise<number>;
+}
+
+const mdmReady = /^mdm (\S+) of cluster ([0-9a-f]{16}) \(.*?\): REST API at (\S+), SDSs and SDCs on (\S+) while Master/m;
+
+export async function startMdmCluster(t: TeardownHost & { testdir?: () => string }, dir: string, options: { size: 3 | 5; mdmArgs?: string[] }): Promise<MdmClusterHandle> {
+  const etcd = await startEtcdCluster(t, { members: options.size, dir: path.join(dir, 'etcd'), names: options.size === 3 ? ['mdm1', 'mdm2', 'tb1'] : ['mdm1', 'mdm2', 'mdm3', 'tb1', 'tb2'] });
+  const managerCount = options.size === 3 ? 2 : 3;
+  const passwordFile = path.join(dir, 'admin-password.txt');
+  fs.writeFileSync(passwordFile, `${adminPassword}\n`, { mode: 0o600 });
+  const certificate = ensureSelfSignedCertificate(path.join(dir, 'api'));
+  const ports = await freePorts(2 * managerCount);
+  const mdms: ClusterMdm[] = [];
+  for (let index = 0; index < managerCount; index++) {
+    mdms.push({ name: `mdm${index + 1}`, wireAddress: `127.0.0.1:${ports[2 * index] as number}`, apiAddress: `127.0.0.1:${ports[2 * index + 1] as number}`, dataDir: path.join(dir, `mdm${index + 1}`), handle: null });
+  }
+  let clusterId = '';
+  const start = async (index: number): Promise<ClusterMdm> => {
+    const mdm = mdms[index] as ClusterMdm;
+    const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.wireAddress, '--api', mdm.apiAddress, '--etcd', etcd.endpoints.join(','), '--etcd-pki', etcd.pkiDir, '--mdm-name', mdm.name];
+    args.push('--tls-cert', certificate.certPath, '--tls-key', certificate.keyPath, '--admin-password-file', passwordFile, ...(options.mdmArgs ?? []));
+    mdm.handle = await startMeshblock(t, args, { ready: mdmReady });
+    clusterId = mdm.handle.ready[2] as string;
+    return mdm;
+  };
+  await Promise.all(mdms.map((_, index) => start(index)));
+  const apiUrls = mdms.map((mdm) => `https://${mdm.apiAddress}`).join(',');
+  const query = async (index = 0): Promise<MdmClusterView | null> => {
+    const api = { url: `https://${(mdms[index] as ClusterMdm).apiAddress}`, ca: certificate.cert };
+    try {
+      const login = await call(api, 'GET', '/api/login', { authorization: basic('admin', adminPassword) });
+      if (login.status !== 200 || typeof login.body !== 'string') return null;
+      const answer = await call(api, 'POST', '/api/instances/System/action/queryMdmCluster', { token: login.body, body: {} });
+      return answer.status === 200 ? (answer.body as MdmClusterView) : null;
+    } catch {
+      return null;
+    }
+  };
+  const handle: MdmClusterHandle = {
+    etcd,
+    mdms,
+    clusterId,
+    certPath: certificate.certPath,
+    secretFile: path.join((mdms[0] as ClusterMdm).dataDir, 'cluster.secret'),
+    passwordFile,
+    addresses: mdms.map((mdm) => mdm.wireAddress).join(','),
+    apiUrls,
+    start,
+    cli: (args) => runMeshblock([...args, '--api', apiUrls, '--ca-cert', certificate.certPath, '--password-file', passwordFile]),
+    query,
+    master: async (timeoutMs = 20_000) =>
+      until(
+        'one Master',
+        async () => {
+          for (const [index, mdm] of mdms.entries()) {
+            if (mdm.handle === null) continue;
+            const view = await query(index);
+            const master = view?.master?.name;
+            if (master === undefined) continue;
+            const found = mdms.findIndex((entry) => entry.name === master);
+            if (found >= 0 && mdms[found]?.handle !== null) return found;
+          }
+          return undefined;
+        },
+        timeoutMs,
+      ),
+  };
+  await handle.master();
+  return handle;
+}
+
+/** Free loopback ports (bound and released; the kernel does not hand them out again at once). */
+async function freePorts(count: number): Promise<number[]> {
+  const net = await import('node:net');
+  const servers = await Promise.all(
+    Array.from({ length: count }, () => new Promise<import('node:net').Server>((resolve) => {
+      const server = net.createServer();
+      server.listen(0, '127.0.0.1', () => resolve(server));
+    })),
+  );
+  const ports = servers.map((server) => (server.address() as import('node:net').AddressInfo).port);
+  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  return ports;
+}
