@@ -53,6 +53,11 @@ export interface LabFile {
   clusterId: string | null;
   /** https://HOST:PORT of the REST API. */
   apiUrl: string;
+  /**
+   * Every MDM's REST API (https://HOST:PORT), in the order the management commands try them,
+   * when the lab runs an MDM cluster; absent for one MDM (apiUrl is then the only one).
+   */
+  apiAddresses?: string[];
   /** The REST API's certificate (DIR/mdm/api.crt): the management commands' --ca-cert. */
   caCert: string;
   /** The REST admin password: the management commands' --password-file. */
@@ -117,6 +122,7 @@ export function writeLabFile(dir: string, lab: LabFile): void {
 
 /** What the management commands need to reach a lab's MDM. */
 export interface LabConnection {
+  /** The API address, or several comma-separated (as --api takes them). */
   api: string;
   caCert: string;
   passwordFile: string;
@@ -135,9 +141,19 @@ export function labConnectionDefaults(dirOrCwd: string): LabConnection | null {
     } catch {
       continue;
     }
-    if (lab !== null) return { api: lab.apiUrl, caCert: lab.caCert, passwordFile: lab.passwordFile };
+    if (lab !== null) return { api: labApi(lab), caCert: lab.caCert, passwordFile: lab.passwordFile };
   }
   return null;
+}
+
+/**
+ * The lab's API addresses as --api takes them: every MDM's (apiAddresses, comma-separated)
+ * when the record lists them, else apiUrl. A list that is not one of strings is ignored.
+ */
+export function labApi(lab: Pick<LabFile, 'apiUrl' | 'apiAddresses'>): string {
+  const list: unknown = lab.apiAddresses;
+  if (Array.isArray(list) && list.length > 0 && list.every((entry) => typeof entry === 'string' && entry !== '' && !entry.includes(','))) return list.join(',');
+  return lab.apiUrl;
 }
 
 /** The connection flags of the management commands, as manage-client.ts declares them. */

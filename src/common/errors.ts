@@ -93,6 +93,10 @@ export const errorCodes = {
   MB_ERR_AUTH_FILE: 'MB_ERR_AUTH_FILE',
   /** The MDM's TLS certificate or key cannot be made or loaded. */
   MB_ERR_TLS_SETUP: 'MB_ERR_TLS_SETUP',
+  /** This MDM is not the cluster's Master (a Slave, or one that lost its lease): ask another MDM. HTTP 503. */
+  MB_ERR_MDM_NOT_MASTER: 'MB_ERR_MDM_NOT_MASTER',
+  /** The MDM cluster's store (etcd) has no quorum: nothing can be committed until it has. HTTP 503. */
+  MB_ERR_NO_QUORUM: 'MB_ERR_NO_QUORUM',
 
   // --- MDM REST API: the HTTP layer's own ---
   /** No login, or a token that is not valid (expired, logged out, from before a restart). */

@@ -305,6 +305,13 @@ export const adminTokensMax = 1024;
 /** openssl takes well under a second; this only guards against a hung binary. */
 export const opensslTimeoutMs = 60_000;
 
+/**
+ * The management CLI's connection to one MDM's REST API gives up after this and tries the
+ * next API address: a host that is down answers nothing, and the CLI's request timeout
+ * (minutes, for commands that wait on an SDS) must not be spent waiting for the TCP connect.
+ */
+export const apiConnectTimeoutMs = 5000;
+
 // --- SDS devices ---------------------------------------------------------------------------
 
 /** Smaller devices are refused: the metadata area alone takes a few MiB. */
