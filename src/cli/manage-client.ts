@@ -119,7 +119,9 @@ export class ApiClient {
   /** Checks the connection flags, logs in and returns a client holding the session. */
   static async connect(given: ConnectionArgs, io: ManageIo): Promise<ApiClient> {
     const args = applyLabConnectionDefaults(given, io.env, process.cwd());
-    const api = args.api ?? (io.env['MESHBLOCK_API'] || apiUrlDefault);
+    // --api given more than once arrives as an array (yargs): its values are the list too.
+    const flag: unknown = args.api;
+    const api = Array.isArray(flag) ? flag.map(String).join(',') : (args.api ?? (io.env['MESHBLOCK_API'] || apiUrlDefault));
     const bases = parseApiUrls(api);
     const protocol = (bases[0] as URL).protocol;
     const password = readPassword(args, io);
@@ -342,14 +344,15 @@ export function parseApiUrls(text: string): URL[] {
   const bases: URL[] = [];
   entries.forEach((entry, index) => {
     const which = entries.length > 1 ? `entry ${index + 1} ('${entry}')` : `'${entry}'`;
+    const ofList = entries.length > 1 ? ` (entry ${index + 1})` : '';
     let base: URL;
     try {
       base = new URL(entry);
     } catch {
-      throw new InvalidArgumentError('--api', `not a URL: ${which} (example: ${apiUrlDefault})`);
+      throw new InvalidArgumentError('--api', `not a URL: '${entry}'${ofList} (example: ${apiUrlDefault})`);
     }
     if ((base.protocol !== 'https:' && base.protocol !== 'http:') || base.pathname !== '/' || base.search !== '' || base.username !== '') {
-      throw new InvalidArgumentError('--api', entries.length > 1 ? `${which}: must be https://HOST:PORT or http://HOST:PORT` : `must be https://HOST:PORT or http://HOST:PORT, got '${entry}'`);
+      throw new InvalidArgumentError('--api', `must be https://HOST:PORT or http://HOST:PORT, got '${entry}'${ofList}`);
     }
     if (bases.some((other) => other.origin === base.origin)) throw new InvalidArgumentError('--api', `${which} is given twice (${base.origin})`);
     if (bases.length > 0 && base.protocol !== (bases[0] as URL).protocol) throw new InvalidArgumentError('--api', `${which}: every address must be ${(bases[0] as URL).protocol}// as the first is`);

@@ -208,10 +208,10 @@ t.test('the address list is checked', async (t) => {
     parseApiUrls('https://10.0.0.1:8443, https://10.0.0.2:8443').map((url) => url.origin),
     ['https://10.0.0.1:8443', 'https://10.0.0.2:8443'],
   );
-  t.throws(() => parseApiUrls('https://a:1,nonsense'), { code: 'MB_ERR_INVALID_ARGUMENT', message: "--api: not a URL: entry 2 ('nonsense') (example: https://127.0.0.1:8443)" });
+  t.throws(() => parseApiUrls('https://a:1,nonsense'), { code: 'MB_ERR_INVALID_ARGUMENT', message: "--api: not a URL: 'nonsense' (entry 2) (example: https://127.0.0.1:8443)" });
   t.throws(() => parseApiUrls('https://a:1,https://a:1/'), { message: "--api: entry 2 ('https://a:1/') is given twice (https://a:1)" });
   t.throws(() => parseApiUrls('https://a:1,http://b:1'), { message: "--api: entry 2 ('http://b:1'): every address must be https:// as the first is" });
-  t.throws(() => parseApiUrls('https://a:1,https://b:1/api'), { message: "--api: entry 2 ('https://b:1/api'): must be https://HOST:PORT or http://HOST:PORT" });
+  t.throws(() => parseApiUrls('https://a:1,https://b:1/api'), { message: "--api: must be https://HOST:PORT or http://HOST:PORT, got 'https://b:1/api' (entry 2)" });
   t.throws(() => parseApiUrls('ftp://a:1'), { message: "--api: must be https://HOST:PORT or http://HOST:PORT, got 'ftp://a:1'" }, 'one address: as before');
   const many = Array.from({ length: mdmAddressesMax + 1 }, (_, index) => `https://h${index}:1`).join(',');
   t.throws(() => parseApiUrls(many), { message: `--api: at most ${mdmAddressesMax} addresses, got ${mdmAddressesMax + 1}` });
