@@ -145,7 +145,9 @@ export class MdmSession {
   }
 
   private onClosed(peer: WirePeer): void {
-    if (this.peer !== peer) return;
+    // Closed while registering: the round that connected it hears of it from register() and
+    // moves on itself; starting another round here would run two at once.
+    if (this.peer !== peer || this.heartbeatTimer === null) return;
     this.peer = null;
     if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = null;

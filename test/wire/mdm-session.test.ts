@@ -37,7 +37,7 @@ function capturedLog(): { log: Logger; lines: LogLine[] } {
   return { log, lines };
 }
 
-type Behaviour = 'accept' | 'refuse' | 'silent-after-register';
+type Behaviour = 'accept' | 'refuse' | 'drop-on-register' | 'silent-after-register';
 
 /** An MDM for the session to find: it listens, registers (or refuses), answers heartbeats. */
 class FakeMdm {
@@ -97,6 +97,11 @@ class FakeMdm {
 
   private async onRequest(request: WireRequest): Promise<WireReply> {
     if (request.op === MdmOp.RegisterSds) {
+      if (this.behaviour === 'drop-on-register') {
+        this.refused += 1;
+        this.dropConnections();
+        return new Promise(() => undefined);
+      }
       if (this.behaviour === 'refuse') {
         this.refused += 1;
         return { status: WireStatus.Failed, payload: Buffer.from('not the Master') };
@@ -181,6 +186,21 @@ t.test('a refused registration moves to the next address at once', async (t) => 
   t.equal(session.address, master.address);
   t.same(backoffs(lines), [], 'no backoff before it');
   t.match(lines.find((line) => line.mdm === steppingDown.address), { msg: /trying the next/, err: { message: /refused the registration: not the Master/ } }, 'the refusal is logged with its reason');
+});
+
+t.test('a connection dropped during the registration moves to the next address, once', async (t) => {
+  const crashing = await FakeMdm.create(t, 'drop-on-register');
+  const master = await FakeMdm.create(t, 'accept');
+  const { lines, registrations } = startSession(t, [crashing.address, master.address]);
+  await waitFor('the registration', () => registrations.length === 1);
+  // Two rounds at once (one from the failed registration, one from the close) would
+  // register a second time within a backoff.
+  await new Promise((resolve) => setTimeout(resolve, mdmReconnectDelayMsMin * 4));
+  t.same(registrations, [master.address], 'registered once, with the second');
+  t.equal(master.accepted, 1, 'the second MDM saw one registration');
+  t.equal(crashing.refused, 1, 'the first was tried once');
+  t.same(backoffs(lines), []);
+  t.notOk(lines.some((line) => line.msg.startsWith('lost the MDM connection')), 'a connection that never registered is not a lost session');
 });
 
 t.test('a connection the Master drops moves to the next address', async (t) => {
