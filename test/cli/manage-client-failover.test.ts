@@ -2,8 +2,9 @@
 // addresses (`--api URL[,URL...]`), against small real HTTP servers in this process that
 // play MDMs: a Master (logins, sessions by token), a Slave or a cut-off MDM (503
 // MB_ERR_MDM_NOT_MASTER / MB_ERR_NO_QUORUM), a crashed one (the connection reset), a closed
-// port (connection refused).
-//   - it moves to the next address on a refused connection, a reset and those 503s; on
+// port (connection refused), a stopped process with a full accept queue (the connect hangs).
+//   - it moves to the next address on a refused connection, one that cannot be made (no
+//     route, or no answer within apiConnectTimeoutMs), a reset and those 503s; on
 //     anything else (a 409) it stops where it is;
 //   - each address is tried at most once per call, and a call that every address failed
 //     fails with the last error, naming every address tried;
@@ -12,13 +13,15 @@
 //   - the address list is checked (entries, duplicates, one scheme, at most five), and a
 //     lab record with apiAddresses gives the list.
 
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
 import { labConnectionDefaults, labFileName, labFormatVersion } from '../../src/cli/lab-state.js';
 import { ApiClient, ApiConnectionError, ApiError, parseApiUrls } from '../../src/cli/manage-client.js';
-import { mdmAddressesMax } from '../../src/common/limits.js';
+import { apiConnectTimeoutMs, mdmAddressesMax } from '../../src/common/limits.js';
 
 const password = 'pw';
 const io = { stdout: { write: () => true }, stderr: { write: () => true }, env: { MESHBLOCK_PASSWORD: password } };
@@ -121,6 +124,52 @@ t.test('a refused connection moves to the next address', async (t) => {
   const client = await connect(t, `${down},${master.url}`);
   t.equal(client.origin, master.url, 'logged in with the second');
   t.same(await served(client), { servedBy: master.url });
+});
+
+t.test('an address that cannot be reached moves to the next, within the connect timeout', async (t) => {
+  // 192.0.2.1 (TEST-NET-1) leads nowhere: depending on the host's routes the connect fails
+  // at once (ENETUNREACH, EHOSTUNREACH) or never completes (apiConnectTimeoutMs). Either
+  // way the call must go on to the next address, and not wait out the request timeout.
+  const master = await FakeApi.start(t, 'master');
+  const startedAt = Date.now();
+  const client = await connect(t, `http://192.0.2.1:8443,${master.url}`);
+  const elapsedMs = Date.now() - startedAt;
+  t.equal(client.origin, master.url, 'logged in with the second');
+  t.ok(elapsedMs < apiConnectTimeoutMs + 2000, `in ${elapsedMs} ms`);
+});
+
+/**
+ * An address whose connects never complete: a real process listening with a backlog of 1,
+ * stopped (SIGSTOP) so it accepts nothing, its queue filled; the kernel then drops new SYNs.
+ */
+async function hangingUrl(t: Test): Promise<string> {
+  const child = spawn(process.execPath, ['-e', "require('net').createServer().listen({ port: 0, host: '127.0.0.1', backlog: 1 }, function () { console.log(this.address().port) })"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
+  const [line] = (await once(child.stdout, 'data')) as [Buffer];
+  const port = Number(line.toString().trim());
+  child.kill('SIGSTOP');
+  const fillers: net.Socket[] = [];
+  t.teardown(() => fillers.forEach((socket) => socket.destroy()));
+  for (let index = 0; index < 16; index += 1) {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    fillers.push(socket);
+    const connected = await Promise.race([once(socket, 'connect').then(() => true), new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 300))]);
+    if (!connected) return `http://127.0.0.1:${port}`;
+  }
+  throw new Error('the stopped listener kept completing connections');
+}
+
+t.test('an address whose connect hangs is left after apiConnectTimeoutMs', async (t) => {
+  const hanging = await hangingUrl(t);
+  const master = await FakeApi.start(t, 'master');
+  const startedAt = Date.now();
+  const client = await connect(t, `${hanging},${master.url}`);
+  const elapsedMs = Date.now() - startedAt;
+  t.equal(client.origin, master.url, 'logged in with the second');
+  t.ok(elapsedMs >= apiConnectTimeoutMs - 50 && elapsedMs < apiConnectTimeoutMs + 2000, `after ${elapsedMs} ms: the connect timeout (${apiConnectTimeoutMs} ms), not the request timeout`);
 });
 
 t.test('503 not-Master and no-quorum move to the next address; the next call starts where the last was answered', async (t) => {
