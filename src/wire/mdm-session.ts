@@ -84,6 +84,7 @@ export class MdmSession {
         this.delayMs = mdmReconnectDelayMsMin;
         return;
       } catch (err) {
+        if (this.stopped) return;
         this.options.log.warn({ err, mdm: address }, addresses.length > 1 ? 'MDM not available at this address; trying the next' : 'MDM not available');
         this.nextAddress();
       }
