@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { KiB, formatBytes } from '../common/units.js';
 import type { RestDevice, RestProtectionDomain, RestSdc, RestSds, RestStoragePool, RestVolume } from '../mdm/rest-objects.js';
 import { ApiClient, processIo } from './manage-client.js';
-import { LabError, type LabFile, type LabVolume } from './lab-state.js';
+import { LabError, labApi, type LabFile, type LabVolume } from './lab-state.js';
 
 export const labProtectionDomainName = 'pd1';
 export const labStoragePoolName = 'sp1';
@@ -26,7 +26,7 @@ export type Report = (line: string) => void;
 export function connectLab(lab: LabFile): Promise<ApiClient> {
   // Built as a variable, not a literal: the connection flags may grow (e.g. --dir) and this
   // object carries only what the lab knows.
-  const connection = { api: lab.apiUrl, username: 'admin', 'password-file': lab.passwordFile, 'ca-cert': lab.caCert, insecure: false, dir: undefined };
+  const connection = { api: labApi(lab), username: 'admin', 'password-file': lab.passwordFile, 'ca-cert': lab.caCert, insecure: false, dir: undefined };
   return ApiClient.connect(connection, processIo);
 }
 

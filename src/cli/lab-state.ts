@@ -59,6 +59,11 @@ export interface LabFile {
   clusterId: string | null;
   /** https://HOST:PORT of the REST API. */
   apiUrl: string;
+  /**
+   * Every MDM's REST API (https://HOST:PORT), in the order the management commands try them,
+   * when the lab runs an MDM cluster; absent for one MDM (apiUrl is then the only one).
+   */
+  apiAddresses?: string[];
   /** The REST API's certificate (DIR/mdm/api.crt): the management commands' --ca-cert. */
   caCert: string;
   /** The REST admin password: the management commands' --password-file. */
@@ -73,8 +78,6 @@ export interface LabFile {
   processes: LabProcess[];
   /** An MDM cluster (lab up --mdm-cluster 3|5): its size; absent for one MDM with its journal. */
   mdmCluster?: 3 | 5;
-  /** An MDM cluster: every MDM's REST API, https://HOST:PORT (apiUrl is the first). */
-  apiUrls?: string[];
 }
 
 export class LabError extends MeshblockError {}
@@ -127,6 +130,7 @@ export function writeLabFile(dir: string, lab: LabFile): void {
 
 /** What the management commands need to reach a lab's MDM. */
 export interface LabConnection {
+  /** The API address, or several comma-separated (as --api takes them). */
   api: string;
   caCert: string;
   passwordFile: string;
@@ -145,9 +149,19 @@ export function labConnectionDefaults(dirOrCwd: string): LabConnection | null {
     } catch {
       continue;
     }
-    if (lab !== null) return { api: lab.apiUrl, caCert: lab.caCert, passwordFile: lab.passwordFile };
+    if (lab !== null) return { api: labApi(lab), caCert: lab.caCert, passwordFile: lab.passwordFile };
   }
   return null;
+}
+
+/**
+ * The lab's API addresses as --api takes them: every MDM's (apiAddresses, comma-separated)
+ * when the record lists them, else apiUrl. A list that is not one of strings is ignored.
+ */
+export function labApi(lab: Pick<LabFile, 'apiUrl' | 'apiAddresses'>): string {
+  const list: unknown = lab.apiAddresses;
+  if (Array.isArray(list) && list.length > 0 && list.every((entry) => typeof entry === 'string' && entry !== '' && !entry.includes(','))) return list.join(',');
+  return lab.apiUrl;
 }
 
 /** The connection flags of the management commands, as manage-client.ts declares them. */

@@ -201,7 +201,7 @@ async function prepareLab(dir: string, request: LabUpRequest): Promise<{ lab: La
       formatVersion: labFormatVersion,
       clusterId: null,
       apiUrl: apiUrls[0] as string,
-      apiUrls,
+      apiAddresses: apiUrls,
       caCert: path.join(dir, 'api', 'api.crt'),
       passwordFile: path.join(dir, 'admin.password'),
       secretFile: path.join(dir, 'mdm1', 'cluster.secret'),
@@ -363,7 +363,7 @@ function summary(dir: string, lab: LabFile, exported: readonly string[] | null):
   const lines =
     lab.mdmCluster === undefined
       ? [`lab ${dir} is up: cluster ${lab.clusterId}, MDM ${mdm.address}, REST API ${lab.apiUrl}, ${sdsCount} SDSs`]
-      : [`lab ${dir} is up: cluster ${lab.clusterId}, ${lab.mdmCluster}-node MDM cluster (${mdmCount} MDMs, ${lab.mdmCluster - mdmCount} Tie-Breakers, on etcd), REST API ${(lab.apiUrls ?? [lab.apiUrl]).join(' ')}, ${sdsCount} SDSs`];
+      : [`lab ${dir} is up: cluster ${lab.clusterId}, ${lab.mdmCluster}-node MDM cluster (${mdmCount} MDMs, ${lab.mdmCluster - mdmCount} Tie-Breakers, on etcd), REST API ${(lab.apiAddresses ?? [lab.apiUrl]).join(' ')}, ${sdsCount} SDSs`];
   if (exported === null) {
     lines.push(`volumes ${lab.volumes.map((volume) => volume.name).join(', ')} are created but not exported: this build has no 'meshblock sdc start'`);
   } else if (exported.length === 0) {

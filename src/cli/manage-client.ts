@@ -2,12 +2,25 @@
 // One session per invocation, as scli does: log in with the password, call with the token,
 // log out. node:https with a private agent, so that --ca-cert and --insecure apply to this
 // connection only.
+//
+// Following the Master. --api (or MESHBLOCK_API, or the lab) may name every MDM's API,
+// `URL[,URL...]`. A call goes to the MDM that answered last (the first, at login) and moves
+// on to the next address, each at most once per call, when that one cannot be reached
+// (refused, no route, reset, timed out) or answers 503 MB_ERR_MDM_NOT_MASTER,
+// MB_ERR_NO_QUORUM or MB_ERR_SHUTTING_DOWN; when every address failed, the call fails with
+// the last error and the addresses it tried. A session belongs to the MDM that made it, so
+// a 401 (the call landed on another MDM, or this one restarted) logs in again, once.
+//
+// A refusal with 503 was not applied. A reset or a timeout may come after the MDM applied a
+// POST: the call is then repeated on the next MDM, which answers as to a repeat (say,
+// MB_ERR_NAME_TAKEN for an add) — an honest answer, if not the first one's.
 
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { Argv } from 'yargs';
 import { InvalidArgumentError, MeshblockError, isMeshblockCode, type MeshblockCode } from '../common/errors.js';
+import { apiConnectTimeoutMs, mdmAddressesMax } from '../common/limits.js';
 import type { RestErrorBody } from '../mdm/rest-errors.js';
 import { applyLabConnectionDefaults } from './lab-state.js';
 
@@ -18,6 +31,7 @@ export const apiRequestTimeoutMs = 120_000;
 export const apiReplyBytesMax = 512 * 1024 * 1024;
 
 export interface ConnectionArgs {
+  /** One API URL or several, comma-separated (every MDM's). */
   api: string | undefined;
   dir: string | undefined;
   username: string;
@@ -40,9 +54,29 @@ export class ApiError extends MeshblockError {
 
 /** The API could not be reached, or answered something that is not the API. */
 export class ApiConnectionError extends MeshblockError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  /**
+   * True when the address could not be reached at all (refused, no route, reset, timed out),
+   * so another MDM's address may answer; false when what answered is not a meshblock MDM
+   * (or its certificate is not trusted), which another address would not change.
+   */
+  readonly unreachable: boolean;
+
+  constructor(message: string, options?: { cause?: unknown; unreachable?: boolean }) {
     super('MB_ERR_API_UNREACHABLE', message, options);
+    this.unreachable = options?.unreachable ?? false;
   }
+}
+
+/** Socket errors that say an address cannot be reached now, where another MDM's may be. */
+const unreachableErrnos: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'EHOSTDOWN', 'ENETUNREACH', 'EPIPE']);
+
+/** REST refusals (all 503) that say "not here": the request was not applied, another MDM may take it. */
+const notHereCodes: ReadonlySet<string> = new Set(['MB_ERR_MDM_NOT_MASTER', 'MB_ERR_NO_QUORUM', 'MB_ERR_SHUTTING_DOWN']);
+
+/** True when `err` from one API address is a reason to try the next. */
+function triesNext(err: unknown): boolean {
+  if (err instanceof ApiConnectionError) return err.unreachable;
+  return err instanceof ApiError && err.httpStatus === 503 && notHereCodes.has(err.code);
 }
 
 /** Where the commands write; process streams unless a test captures them. */
@@ -56,7 +90,7 @@ export const processIo: ManageIo = { stdout: process.stdout, stderr: process.std
 
 export function connectionOptions<T>(yargs: Argv<T>, _io: ManageIo): Argv<T & ConnectionArgs> {
   return yargs
-    .option('api', { type: 'string', describe: `the MDM REST API [default: $MESHBLOCK_API, else the lab's (see --dir), else ${apiUrlDefault}]`, requiresArg: true, group: 'Connection:' })
+    .option('api', { type: 'string', describe: `the MDM REST API, URL[,URL...] (every MDM's: calls go to the one that answers) [default: $MESHBLOCK_API, else the lab's (see --dir), else ${apiUrlDefault}]`, requiresArg: true, group: 'Connection:' })
     .option('dir', { type: 'string', describe: "a lab directory (meshblock lab up): use its API, certificate and password [default: $MESHBLOCK_LAB_DIR, else the current directory or ./meshblock-lab when they hold a lab]", requiresArg: true, group: 'Connection:' })
     .option('username', { type: 'string', default: 'admin', describe: 'API user', requiresArg: true, group: 'Connection:' })
     .option('password-file', { type: 'string', describe: 'file holding the API password (or env MESHBLOCK_PASSWORD)', requiresArg: true, group: 'Connection:' })
@@ -66,29 +100,33 @@ export function connectionOptions<T>(yargs: Argv<T>, _io: ManageIo): Argv<T & Co
 
 export class ApiClient {
   private token: string | null = null;
+  /** The index in `bases` of the MDM that answered last: calls start there. */
+  private current = 0;
 
   private constructor(
-    private readonly base: URL,
+    private readonly bases: readonly URL[],
     private readonly agent: http.Agent,
     private readonly username: string,
+    /** Kept for logging in again after a 401 (another MDM, or a restarted one). */
+    private readonly password: string,
   ) {}
+
+  /** The API base the client talks to now (the one that answered last). */
+  get origin(): string {
+    return (this.bases[this.current] as URL).origin;
+  }
 
   /** Checks the connection flags, logs in and returns a client holding the session. */
   static async connect(given: ConnectionArgs, io: ManageIo): Promise<ApiClient> {
     const args = applyLabConnectionDefaults(given, io.env, process.cwd());
-    const api = args.api ?? (io.env['MESHBLOCK_API'] || apiUrlDefault);
-    let base: URL;
-    try {
-      base = new URL(api);
-    } catch {
-      throw new InvalidArgumentError('--api', `not a URL: '${api}' (example: ${apiUrlDefault})`);
-    }
-    if ((base.protocol !== 'https:' && base.protocol !== 'http:') || base.pathname !== '/' || base.search !== '' || base.username !== '') {
-      throw new InvalidArgumentError('--api', `must be https://HOST:PORT or http://HOST:PORT, got '${api}'`);
-    }
+    // --api given more than once arrives as an array (yargs): its values are the list too.
+    const flag: unknown = args.api;
+    const api = Array.isArray(flag) ? flag.map(String).join(',') : (args.api ?? (io.env['MESHBLOCK_API'] || apiUrlDefault));
+    const bases = parseApiUrls(api);
+    const protocol = (bases[0] as URL).protocol;
     const password = readPassword(args, io);
     let agent: http.Agent;
-    if (base.protocol === 'https:') {
+    if (protocol === 'https:') {
       if (args.insecure && args['ca-cert'] !== undefined) throw new InvalidArgumentError('--insecure', 'and --ca-cert contradict each other; give one');
       // The flags say what this invocation wants; MESHBLOCK_CA_CERT is only the default.
       const caFile = args['ca-cert'] ?? (args.insecure ? undefined : io.env['MESHBLOCK_CA_CERT'] || undefined);
@@ -106,11 +144,9 @@ export class ApiClient {
       if (args.insecure || args['ca-cert'] !== undefined) throw new InvalidArgumentError(args.insecure ? '--insecure' : '--ca-cert', `has no meaning for ${api} (plain HTTP)`);
       agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     }
-    const client = new ApiClient(base, agent, args.username);
+    const client = new ApiClient(bases, agent, args.username, password);
     try {
-      const token = await client.request('GET', '/api/login', undefined, basic(args.username, password));
-      if (typeof token !== 'string' || token === '') throw new ApiConnectionError(`${api} answered the login without a token: is it a meshblock MDM?`);
-      client.token = token;
+      await client.login();
     } catch (err) {
       agent.destroy();
       throw err;
@@ -119,17 +155,35 @@ export class ApiClient {
   }
 
   get<T>(path: string): Promise<T> {
-    return this.request('GET', path, undefined, this.authorization()) as Promise<T>;
+    return this.call('GET', path, undefined) as Promise<T>;
   }
 
   post<T>(path: string, body: unknown): Promise<T> {
-    return this.request('POST', path, body, this.authorization()) as Promise<T>;
+    return this.call('POST', path, body) as Promise<T>;
+  }
+
+  private async login(): Promise<void> {
+    this.token = null;
+    const token = await this.request('GET', '/api/login', undefined, () => basic(this.username, this.password));
+    if (typeof token !== 'string' || token === '') throw new ApiConnectionError(`${this.origin} answered the login without a token: is it a meshblock MDM?`);
+    this.token = token;
+  }
+
+  /** A call with the session; a 401 logs in again (on whichever MDM answers) and repeats it, once. */
+  private async call(method: 'GET' | 'POST', path: string, body: unknown): Promise<unknown> {
+    try {
+      return await this.request(method, path, body, () => this.authorization());
+    } catch (err) {
+      if (!(err instanceof ApiError) || err.httpStatus !== 401) throw err;
+    }
+    await this.login();
+    return this.request(method, path, body, () => this.authorization());
   }
 
   /** Logs out (best effort: the session expires anyway) and closes the connection. */
   async close(): Promise<void> {
     try {
-      if (this.token !== null) await this.request('GET', '/api/logout', undefined, this.authorization());
+      if (this.token !== null) await this.request('GET', '/api/logout', undefined, () => this.authorization());
     } catch {
       // Logging out is a courtesy; the command's own result stands.
     } finally {
@@ -144,8 +198,37 @@ export class ApiClient {
     return basic(this.username, this.token);
   }
 
-  private request(method: 'GET' | 'POST', path: string, body: unknown, authorization: string): Promise<unknown> {
-    const url = new URL(path, this.base);
+  /**
+   * Sends the request to the MDM that answered last, then to each other address in turn
+   * while they fail in a way another MDM may not (triesNext); `authorization` is read for
+   * each, as a login on the way may change it.
+   */
+  private async request(method: 'GET' | 'POST', path: string, body: unknown, authorization: () => string): Promise<unknown> {
+    const tried: string[] = [];
+    let lastError: unknown;
+    for (let attempt = 0; attempt < this.bases.length; attempt += 1) {
+      const index = (this.current + attempt) % this.bases.length;
+      const base = this.bases[index] as URL;
+      try {
+        const result = await this.send(base, method, path, body, authorization());
+        this.current = index;
+        return result;
+      } catch (err) {
+        if (!triesNext(err)) {
+          // It answered: the next call starts with it.
+          if (!(err instanceof ApiConnectionError)) this.current = index;
+          throw err;
+        }
+        tried.push(base.origin);
+        lastError = err;
+      }
+    }
+    throw this.bases.length === 1 ? lastError : withAddressesTried(lastError, tried);
+  }
+
+  /** One attempt at one MDM. */
+  private send(base: URL, method: 'GET' | 'POST', path: string, body: unknown, authorization: string): Promise<unknown> {
+    const url = new URL(path, base);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const transport = url.protocol === 'https:' ? https : http;
     return new Promise((resolve, reject) => {
@@ -179,7 +262,7 @@ export class ApiClient {
             try {
               parsed = text === '' ? undefined : JSON.parse(text);
             } catch {
-              reject(new ApiConnectionError(`${method} ${path}: HTTP ${res.statusCode} with a body that is not JSON: is ${this.base.origin} a meshblock MDM?`));
+              reject(new ApiConnectionError(`${method} ${path}: HTTP ${res.statusCode} with a body that is not JSON: is ${base.origin} a meshblock MDM?`));
               return;
             }
             const status = res.statusCode ?? 0;
@@ -201,8 +284,19 @@ export class ApiClient {
           });
         },
       );
-      req.on('timeout', () => req.destroy(new ApiConnectionError(`${method} ${path}: no answer from ${this.base.origin} within ${apiRequestTimeoutMs / 1000} s`)));
-      req.on('error', (err: NodeJS.ErrnoException) => reject(err instanceof MeshblockError ? err : connectionError(this.base, err)));
+      req.on('socket', (socket) => {
+        // A kept-alive socket is connected already; a new one gets apiConnectTimeoutMs.
+        if (!socket.connecting) return;
+        const timer = setTimeout(
+          () => req.destroy(new ApiConnectionError(`cannot reach the MDM at ${base.origin}: no connection within ${apiConnectTimeoutMs / 1000} s`, { unreachable: true })),
+          apiConnectTimeoutMs,
+        );
+        const clear = (): void => clearTimeout(timer);
+        socket.once('connect', clear);
+        socket.once('close', clear);
+      });
+      req.on('timeout', () => req.destroy(new ApiConnectionError(`${method} ${path}: no answer from ${base.origin} within ${apiRequestTimeoutMs / 1000} s`, { unreachable: true })));
+      req.on('error', (err: NodeJS.ErrnoException) => reject(err instanceof MeshblockError ? err : connectionError(base, err)));
       req.end(payload);
     });
   }
@@ -236,5 +330,41 @@ function connectionError(base: URL, err: NodeJS.ErrnoException): ApiConnectionEr
       : code === 'EPROTO' || /wrong version number|packet length too long/i.test(err.message)
         ? ' (is the API plain HTTP? see --api)'
         : '';
-  return new ApiConnectionError(`cannot reach the MDM at ${base.origin}: ${err.message}${hint}`, { cause: err });
+  return new ApiConnectionError(`cannot reach the MDM at ${base.origin}: ${err.message}${hint}`, { cause: err, unreachable: unreachableErrnos.has(code) });
+}
+
+/**
+ * The API addresses of --api (or MESHBLOCK_API, or the lab): `URL[,URL...]`, each
+ * https://HOST:PORT or http://HOST:PORT, all of one scheme (one agent serves them), distinct,
+ * at most mdmAddressesMax (the MDMs of a five-node cluster).
+ */
+export function parseApiUrls(text: string): URL[] {
+  const entries = text.split(',').map((entry) => entry.trim());
+  if (entries.length > mdmAddressesMax) throw new InvalidArgumentError('--api', `at most ${mdmAddressesMax} addresses, got ${entries.length}`);
+  const bases: URL[] = [];
+  entries.forEach((entry, index) => {
+    const which = entries.length > 1 ? `entry ${index + 1} ('${entry}')` : `'${entry}'`;
+    const ofList = entries.length > 1 ? ` (entry ${index + 1})` : '';
+    let base: URL;
+    try {
+      base = new URL(entry);
+    } catch {
+      throw new InvalidArgumentError('--api', `not a URL: '${entry}'${ofList} (example: ${apiUrlDefault})`);
+    }
+    if ((base.protocol !== 'https:' && base.protocol !== 'http:') || base.pathname !== '/' || base.search !== '' || base.username !== '') {
+      throw new InvalidArgumentError('--api', `must be https://HOST:PORT or http://HOST:PORT, got '${entry}'${ofList}`);
+    }
+    if (bases.some((other) => other.origin === base.origin)) throw new InvalidArgumentError('--api', `${which} is given twice (${base.origin})`);
+    if (bases.length > 0 && base.protocol !== (bases[0] as URL).protocol) throw new InvalidArgumentError('--api', `${which}: every address must be ${(bases[0] as URL).protocol}// as the first is`);
+    bases.push(base);
+  });
+  return bases;
+}
+
+/** The last error of a call that every address failed, naming the addresses tried. */
+function withAddressesTried(err: unknown, tried: readonly string[]): unknown {
+  const suffix = ` (tried ${tried.join(', ')})`;
+  if (err instanceof ApiError) return new ApiError(err.httpStatus, err.errorCode, err.code, `${err.message}${suffix}`);
+  if (err instanceof ApiConnectionError) return new ApiConnectionError(`${err.message}${suffix}`, { cause: err, unreachable: true });
+  return err;
 }

@@ -8,7 +8,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Level } from 'pino';
 import type { Argv } from 'yargs';
-import { formatHostPort, parseHostPort } from '../common/address.js';
+import { formatHostPort, parseHostPort, parseHostPortList } from '../common/address.js';
+import { mdmAddressesMax } from '../common/limits.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { Sdc } from '../sdc/sdc.js';
 import { NbdServer } from '../nbd/server.js';
@@ -40,7 +41,7 @@ interface SdcIdentity {
 
 export function sdcStartOptions(yargs: Argv): Argv<SdcStartArgs> {
   return yargs
-    .option('mdm', { type: 'string', demandOption: true, describe: 'MDM HOST:PORT to register with', requiresArg: true })
+    .option('mdm', { type: 'string', demandOption: true, describe: `every MDM's HOST:PORT[,HOST:PORT...] (up to ${mdmAddressesMax}): the SDC registers with the Master`, requiresArg: true })
     .option('name', { type: 'string', describe: 'SDC name (up to 31 characters) [default: from the GUID]', requiresArg: true })
     .option('listen', { type: 'string', describe: `NBD on TCP HOST:PORT [default: 127.0.0.1:${defaultNbdPort}]`, requiresArg: true })
     .option('socket', { type: 'string', describe: 'NBD on a Unix socket instead of TCP', requiresArg: true })
@@ -50,7 +51,7 @@ export function sdcStartOptions(yargs: Argv): Argv<SdcStartArgs> {
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
     .conflicts('listen', 'socket')
     .check((argv) => {
-      parseHostPort('--mdm', argv.mdm);
+      parseHostPortList('--mdm', argv.mdm, mdmAddressesMax);
       if (argv.listen !== undefined) parseHostPort('--listen', argv.listen);
       if (argv.name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$/.test(argv.name)) throw new InvalidArgumentError('--name', 'must be 1 to 31 letters, digits, _ . -');
       if (argv['cluster-id'] !== undefined && !idPattern.test(argv['cluster-id'])) throw new InvalidArgumentError('--cluster-id', 'must be 16 lowercase hex digits');
@@ -83,7 +84,7 @@ export async function sdcStart(args: SdcStartArgs): Promise<void> {
   lockDataDir(dataDir, 'sdc');
   const identity = ensureIdentity(dataDir, args['cluster-id']);
   const secret = readSecretFile('--secret-file', args['secret-file'] ?? path.join(dataDir, 'cluster.secret'));
-  const sdc = new Sdc({ clusterId: identity.clusterId, secret, guid: identity.guid, name: args.name ?? null, mdmAddress: args.mdm, log: log.child({ component: 'sdc' }) });
+  const sdc = new Sdc({ clusterId: identity.clusterId, secret, guid: identity.guid, name: args.name ?? null, mdmAddresses: parseHostPortList('--mdm', args.mdm, mdmAddressesMax), log: log.child({ component: 'sdc' }) });
   const server = new NbdServer({ exports: sdc, tls: { mode: 'off', secureContext: null }, log });
   let where: string;
   if (args.socket !== undefined) {

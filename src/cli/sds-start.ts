@@ -3,13 +3,13 @@
 // given over the wire (SdsOp.SetMap) by whoever holds the cluster secret with role 'mdm'
 // or 'test'. Either way the map is kept in the data directory across restarts.
 
-import { nameBytesMax } from '../common/limits.js';
+import { mdmAddressesMax, nameBytesMax } from '../common/limits.js';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Level } from 'pino';
 import type { Argv } from 'yargs';
-import { formatHostPort, parseHostPort } from '../common/address.js';
+import { formatHostPort, parseHostPort, parseHostPortList } from '../common/address.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import { parseSizeBytes } from '../common/units.js';
 import { ChunkStore } from '../sds/chunk-store.js';
@@ -45,7 +45,7 @@ export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
     .option('device', { type: 'string', array: true, describe: 'block device or file: PATH[,PATH...] (repeatable; optional with --mdm, which can add devices)', requiresArg: true })
     .option('listen', { type: 'string', default: `127.0.0.1:${defaultSdsPort}`, describe: 'HOST:PORT for SDC, SDS and MDM connections', requiresArg: true })
     .option('data-dir', { type: 'string', describe: 'identity, placement map and rebuild state [default: /var/lib/meshblock/sds-NAME]', requiresArg: true })
-    .option('mdm', { type: 'string', describe: 'MDM HOST:PORT to register with (it sends maps and devices)', requiresArg: true })
+    .option('mdm', { type: 'string', describe: `every MDM's HOST:PORT[,HOST:PORT...] (up to ${mdmAddressesMax}): the SDS registers with the Master, which sends maps and devices`, requiresArg: true })
     .option('cluster-id', { type: 'string', describe: 'cluster id (16 hex digits); needed at first start, remembered after', requiresArg: true })
     .option('secret-file', { type: 'string', describe: 'file holding the cluster secret [default: DATA-DIR/cluster.secret]', requiresArg: true })
     .option('chunk-size', { type: 'string', default: '1MiB', describe: 'chunk size of the pool this SDS serves (a power of two, 64KiB..64MiB)' })
@@ -62,7 +62,7 @@ export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
         throw new InvalidArgumentError('--chunk-size', 'must be a power of two from 64KiB to 64MiB');
       }
       if (argv['cluster-id'] !== undefined && !idPattern.test(argv['cluster-id'])) throw new InvalidArgumentError('--cluster-id', 'must be 16 lowercase hex digits');
-      if (argv.mdm !== undefined) parseHostPort('--mdm', argv.mdm);
+      if (argv.mdm !== undefined) parseHostPortList('--mdm', argv.mdm, mdmAddressesMax);
       else if (devicePaths(argv.device ?? []).length === 0) throw new InvalidArgumentError('--device', 'name at least one device (or register with an MDM: --mdm)');
       return true;
     }) as unknown as Argv<SdsStartArgs>;
@@ -125,11 +125,12 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
     await store.close();
     throw err;
   }
-  if (args.mdm !== undefined) {
-    link = new MdmLink({ mdmAddress: args.mdm, identity, secret, service, address, log: log.child({ component: 'mdm-link' }) });
+  const mdmAddresses = args.mdm === undefined ? [] : parseHostPortList('--mdm', args.mdm, mdmAddressesMax);
+  if (mdmAddresses.length > 0) {
+    link = new MdmLink({ mdmAddresses, identity, secret, service, address, log: log.child({ component: 'mdm-link' }) });
     link.start();
   }
-  log.info({ sdsId: identity.sdsId, address, devices, epoch: service.epoch, mdm: args.mdm }, 'sds ready');
+  log.info({ sdsId: identity.sdsId, address, devices, epoch: service.epoch, mdms: mdmAddresses }, 'sds ready');
   process.stdout.write(`sds ${identity.name} (${identity.sdsId}) of cluster ${identity.clusterId} listening on ${address} with ${devices.length} device(s)\n`);
 
   await runUntilSignal(

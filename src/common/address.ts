@@ -25,3 +25,31 @@ export function parseHostPort(field: string, text: string, defaultHost = '127.0.
 export function formatHostPort(address: HostPort): string {
   return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
 }
+
+/**
+ * Parses a comma-separated list of HOST:PORT entries (`--mdm H:P[,H:P...]`, ScaleIO's "MDM
+ * IPs") into their formatted forms, in the order given. Each entry is checked as by
+ * parseHostPort and the error names the entry; empty entries, duplicates (after defaults:
+ * `:7000` is `127.0.0.1:7000`) and more than `countMax` entries are refused.
+ */
+export function parseHostPortList(field: string, text: string, countMax: number, defaultHost = '127.0.0.1'): string[] {
+  const entries = text.split(',').map((entry) => entry.trim());
+  if (entries.length > countMax) throw new InvalidArgumentError(field, `at most ${countMax} addresses, got ${entries.length}`);
+  const addresses: string[] = [];
+  entries.forEach((entry, index) => {
+    const which = entries.length > 1 ? `entry ${index + 1} ('${entry}')` : `'${entry}'`;
+    if (entry === '') throw new InvalidArgumentError(field, `entry ${index + 1} is empty: expected HOST:PORT[,HOST:PORT...]`);
+    let address: string;
+    try {
+      address = formatHostPort(parseHostPort(field, entry, defaultHost));
+    } catch (err) {
+      const prefix = `${field}: `;
+      if (entries.length === 1 || !(err instanceof Error) || !err.message.startsWith(prefix)) throw err;
+      // The same reason, naming the entry of the list it is about.
+      throw new InvalidArgumentError(field, `${which}: ${err.message.slice(prefix.length)}`);
+    }
+    if (addresses.includes(address)) throw new InvalidArgumentError(field, `${which} is given twice (${address})`);
+    addresses.push(address);
+  });
+  return addresses;
+}

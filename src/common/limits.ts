@@ -73,8 +73,20 @@ export const heartbeatIntervalMs = 1000;
 /** Reconnecting to the MDM backs off from the first to the second. */
 export const mdmReconnectDelayMsMin = 200;
 export const mdmReconnectDelayMsMax = 5000;
-/** Connecting to the MDM gives up after this (then the next backoff). */
+/** Connecting to the MDM gives up after this (then the next address, or the next backoff). */
 export const mdmConnectTimeoutMs = 5000;
+/**
+ * MDM addresses an SDS or SDC may be given (`--mdm H:P[,H:P...]`): the Master and Slaves of
+ * a five-node cluster, ScaleIO's largest.
+ */
+export const mdmAddressesMax = 5;
+/**
+ * A heartbeat the MDM has not answered in this long drops the connection, which then moves
+ * on to the next MDM address: a Master cut off by the network sends no FIN, and without
+ * this the session would wait on it for as long as TCP does (many minutes). The same
+ * silence after which the MDM calls an SDC disconnected.
+ */
+export const mdmHeartbeatTimeoutMs = 5 * heartbeatIntervalMs;
 
 /** Connection setup (HELLO, PROOF, READY) must finish in this time, or the connection is dropped. */
 export const wireSetupTimeoutMs = 10_000;
@@ -333,6 +345,13 @@ export const etcdCompactionRevisionsKeptMin = 1000;
 /** After SIGTERM is forwarded, etcd has this long to stop before it is killed. */
 export const etcdStopTimeoutMs = 10_000;
 
+/**
+ * The management CLI's connection to one MDM's REST API gives up after this and tries the
+ * next API address: a host that is down answers nothing, and the CLI's request timeout
+ * (minutes, for commands that wait on an SDS) must not be spent waiting for the TCP connect.
+ */
+export const apiConnectTimeoutMs = 5000;
+
 // --- SDS devices ---------------------------------------------------------------------------
 
 /** Smaller devices are refused: the metadata area alone takes a few MiB. */
@@ -376,6 +395,7 @@ assert(sdcHeartbeatTimeoutMs > 2 * heartbeatIntervalMs, 'one late heartbeat must
 assert(sdsDownAfterMsDefault + heartbeatIntervalMs < mirrorTimeoutMs, 'the MDM declares a silent secondary down before its primary gives up mirroring to it');
 assert(sdsDownAfterMsDefault + sdcMapRequestTimeoutMs + sdcRetryDelayMsMax < kernelNbdRequestTimeoutMs, 'a failover (declared down, new map fetched, one retry pause) fits in the kernel client request timeout');
 assert(sdsDownAfterMsDefault < rebuildAfterMsDefault, 'an SDS is down before it is out');
+assert(mdmHeartbeatTimeoutMs > 2 * heartbeatIntervalMs, 'one late heartbeat reply must not drop the MDM connection');
 assert(mdmReconnectDelayMsMax + heartbeatIntervalMs < mdmRestartGraceMs, 'after an MDM restart, SDSs reconnect (at their slowest backoff) within the restart grace');
 assert(rebuildSyncedBatchMs < heartbeatIntervalMs, 'finished rebuilds are recorded within a health tick');
 assert(mdmMasterLeaseMs % 1000 === 0 && mdmMasterLeaseMs >= 2000, 'etcd leases are whole seconds (and a Master renews a few times per lease)');

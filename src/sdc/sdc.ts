@@ -6,7 +6,8 @@
 // after it; an unmapped volume disappears from the list and new connections to it are
 // refused, while connections already open keep their backend until they close.
 //
-// When the MDM is away, IO goes on from the cached map; the link reconnects with backoff.
+// When the MDM is away, IO goes on from the cached map; the link reconnects, to whichever
+// of the MDM addresses is the Master (wire/mdm-session.ts).
 
 import type { Logger } from 'pino';
 import { sdcMapRequestTimeoutMs } from '../common/limits.js';
@@ -24,7 +25,8 @@ export interface SdcOptions {
   secret: Buffer;
   guid: string;
   name: string | null;
-  mdmAddress: string;
+  /** Every MDM's wire address, HOST:PORT (see MdmSession): the SDC follows the Master. */
+  mdmAddresses: readonly string[];
   log: Logger;
 }
 
@@ -52,7 +54,7 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     this.sdsPeers = new PeerPool({ clusterId: options.clusterId, secret: options.secret, role: 'sdc', name: options.name ?? options.guid, log: options.log });
     this.ready = new Promise((resolve) => (this.onFirstView = resolve));
     this.mdm = new MdmSession({
-      mdmAddress: options.mdmAddress,
+      mdmAddresses: options.mdmAddresses,
       clusterId: options.clusterId,
       secret: options.secret,
       role: 'sdc',
@@ -60,11 +62,11 @@ export class Sdc implements ExportRegistry, VolumeRouter {
       log: options.log,
       onRequest: (request) => this.onMdmRequest(request),
       heartbeat: () => Buffer.from(JSON.stringify({ openVolumes: [...this.openCounts.keys()] })),
-      register: async (peer) => {
+      register: async (peer, mdm) => {
         const reply = await peer.request(MdmOp.RegisterSdc, Buffer.from(JSON.stringify({ guid: options.guid, name: options.name })));
         if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration: ${reply.payload.toString()}`);
         await this.applyView(JSON.parse(reply.payload.toString()) as SdcView);
-        options.log.info({ mdm: options.mdmAddress, sdcId: this.sdcId, volumes: this.exports.size }, 'registered with the MDM');
+        options.log.info({ mdm, sdcId: this.sdcId, volumes: this.exports.size }, 'registered with the MDM');
       },
     });
   }

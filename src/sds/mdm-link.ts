@@ -1,7 +1,7 @@
-// An SDS's connection to its MDM (wire/mdm-session.ts does the connecting, heartbeats and
-// reconnecting): it registers with its address and devices, reports its statistics in
-// every heartbeat, and serves the MDM's orders (placement maps, devices, rebuilds) as from
-// role 'mdm'.
+// An SDS's connection to the MDM (wire/mdm-session.ts does the connecting, heartbeats,
+// reconnecting and following the Master): it registers with its address and devices,
+// reports its statistics in every heartbeat, and serves the MDM's orders (placement maps,
+// devices, rebuilds) as from role 'mdm'.
 
 import type { Logger } from 'pino';
 import { MdmOp, type RebuildDone, type SdsRegistration } from '../wire/mdm-ops.js';
@@ -14,7 +14,8 @@ export class MdmLink {
   private readonly log: Logger;
 
   constructor(options: {
-    mdmAddress: string;
+    /** Every MDM's wire address, HOST:PORT (see MdmSession): the link follows the Master. */
+    mdmAddresses: readonly string[];
     identity: SdsIdentity;
     secret: Buffer;
     service: SdsService;
@@ -25,7 +26,7 @@ export class MdmLink {
     this.log = options.log;
     const served = { role: 'mdm' as const, name: 'mdm' };
     this.session = new MdmSession({
-      mdmAddress: options.mdmAddress,
+      mdmAddresses: options.mdmAddresses,
       clusterId: options.identity.clusterId,
       secret: options.secret,
       role: 'sds',
@@ -33,7 +34,7 @@ export class MdmLink {
       log: options.log,
       onRequest: (request) => options.service.handle(served, request),
       heartbeat: () => Buffer.from(JSON.stringify(options.service.stats())),
-      register: async (peer) => {
+      register: async (peer, mdm) => {
         const registration: SdsRegistration = {
           sdsId: options.identity.sdsId,
           name: options.identity.name,
@@ -42,7 +43,7 @@ export class MdmLink {
         };
         const reply = await peer.request(MdmOp.RegisterSds, Buffer.from(JSON.stringify(registration)));
         if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration: ${reply.payload.toString()}`);
-        options.log.info({ mdm: options.mdmAddress, mdmEpoch: (JSON.parse(reply.payload.toString()) as { epoch: number }).epoch }, 'registered with the MDM');
+        options.log.info({ mdm, mdmEpoch: (JSON.parse(reply.payload.toString()) as { epoch: number }).epoch }, 'registered with the MDM');
       },
     });
   }

@@ -1,16 +1,35 @@
-// A process's standing connection to its MDM, shared by the SDS and the SDC: connect, prove
+// A process's standing connection to the MDM, shared by the SDS and the SDC: connect, prove
 // the cluster secret, register (the caller's step), heartbeat every second, serve the MDM's
-// orders that come back on the same connection, and reconnect with backoff whenever it
-// drops. Data never waits for it: SDSs and SDCs keep serving from their cached maps.
+// orders that come back on the same connection, and reconnect whenever it drops. Data never
+// waits for it: SDSs and SDCs keep serving from their cached maps.
+//
+// Following the Master. The process is given every MDM's address (ScaleIO's "MDM IPs"), and
+// only the Master takes wire connections (a Slave's wire port is closed; an MDM that is
+// stepping down may still refuse a registration). So the addresses are tried in turn:
+//
+//   connect or setup fails, or the registration is refused   the next address, at once
+//   every address failed in one round                         back off (min, doubling to max),
+//                                                             then the next round
+//   registered                                                backoff back to min
+//   a registered connection drops, or stops answering         the next address, after the
+//   heartbeats (mdmHeartbeatTimeoutMs)                        current backoff (min, normally)
+//
+// The pause after a drop is short but not zero: an MDM that accepts a registration and then
+// drops it at once must not get a reconnect loop at the speed of the network. Starting after
+// a drop from the next address, not the same one, finds a new Master first when the old one
+// died; if the old one only restarted, the round comes back to it.
 
 import type { Logger } from 'pino';
 import { WirePeer, type PeerRole, type WireReply, type WireRequest } from './peer.js';
 import { connectTcp } from './peer-pool.js';
-import { heartbeatIntervalMs, mdmConnectTimeoutMs, mdmReconnectDelayMsMax, mdmReconnectDelayMsMin } from '../common/limits.js';
+import { assert } from '../common/assert.js';
+import { MeshblockError } from '../common/errors.js';
+import { heartbeatIntervalMs, mdmAddressesMax, mdmConnectTimeoutMs, mdmHeartbeatTimeoutMs, mdmReconnectDelayMsMax, mdmReconnectDelayMsMin } from '../common/limits.js';
 import { MdmOp } from './mdm-ops.js';
 
 export interface MdmSessionOptions {
-  mdmAddress: string;
+  /** Every MDM's wire address (HOST:PORT), tried in this order: 1 to mdmAddressesMax, distinct. */
+  mdmAddresses: readonly string[];
   clusterId: string;
   secret: Buffer;
   role: PeerRole;
@@ -18,8 +37,11 @@ export interface MdmSessionOptions {
   log: Logger;
   /** Serves a request the MDM sends on this connection. */
   onRequest: (request: WireRequest) => Promise<WireReply>;
-  /** Registers on a fresh connection; throwing drops it and tries again later. */
-  register: (peer: WirePeer) => Promise<void>;
+  /**
+   * Registers on a fresh connection to the MDM at `address`; throwing (a refusal) drops it
+   * and moves on to the next address.
+   */
+  register: (peer: WirePeer, address: string) => Promise<void>;
   /** What each heartbeat carries. */
   heartbeat: () => Buffer;
 }
@@ -29,34 +51,61 @@ export class MdmSession {
   peer: WirePeer | null = null;
   private stopped = false;
   private delayMs = mdmReconnectDelayMsMin;
+  /** Index in mdmAddresses of the MDM connected to, being tried, or to be tried next. */
+  private addressIndex = 0;
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
 
-  constructor(private readonly options: MdmSessionOptions) {}
+  constructor(private readonly options: MdmSessionOptions) {
+    // Callers validate the list at the edge (parseHostPortList); here it is an invariant.
+    const count = options.mdmAddresses.length;
+    assert(count >= 1 && count <= mdmAddressesMax, `1 to ${mdmAddressesMax} MDM addresses, not ${count}`);
+    assert(new Set(options.mdmAddresses).size === count, 'MDM addresses are distinct');
+  }
+
+  /** The MDM address connected to, being tried, or to be tried next. */
+  get address(): string {
+    return this.options.mdmAddresses[this.addressIndex] as string;
+  }
 
   start(): void {
-    void this.connectLoop();
+    void this.connectRound();
   }
 
-  private async connectLoop(): Promise<void> {
-    if (this.stopped) return;
-    try {
-      await this.connectOnce();
-      this.delayMs = mdmReconnectDelayMsMin;
-    } catch (err) {
-      this.options.log.warn({ err, mdm: this.options.mdmAddress, retryMs: this.delayMs }, 'MDM unreachable; serving from the cached map');
-      this.scheduleRetry();
+  /** Tries each address once, from the current one, until one registers; never throws. */
+  private async connectRound(): Promise<void> {
+    this.retryTimer = null;
+    const addresses = this.options.mdmAddresses;
+    for (let attempt = 0; attempt < addresses.length; attempt += 1) {
+      if (this.stopped) return;
+      const address = this.address;
+      try {
+        await this.connectOnce(address);
+        this.delayMs = mdmReconnectDelayMsMin;
+        return;
+      } catch (err) {
+        if (this.stopped) return;
+        this.options.log.warn({ err, mdm: address }, addresses.length > 1 ? 'MDM not available at this address; trying the next' : 'MDM not available');
+        this.nextAddress();
+      }
     }
+    if (this.stopped) return;
+    this.options.log.warn({ mdms: addresses, retryMs: this.delayMs }, 'no MDM reachable; serving from the cached map');
+    this.scheduleRound();
   }
 
-  private scheduleRetry(): void {
+  private nextAddress(): void {
+    this.addressIndex = (this.addressIndex + 1) % this.options.mdmAddresses.length;
+  }
+
+  private scheduleRound(): void {
     if (this.stopped) return;
-    this.retryTimer = setTimeout(() => void this.connectLoop(), this.delayMs);
+    this.retryTimer = setTimeout(() => void this.connectRound(), this.delayMs);
     this.delayMs = Math.min(this.delayMs * 2, mdmReconnectDelayMsMax);
   }
 
-  private async connectOnce(): Promise<void> {
-    const socket = await connectTcp(this.options.mdmAddress, mdmConnectTimeoutMs);
+  private async connectOnce(address: string): Promise<void> {
+    const socket = await connectTcp(address, mdmConnectTimeoutMs);
     const peer = await WirePeer.connect(socket, {
       clusterId: this.options.clusterId,
       secret: this.options.secret,
@@ -72,28 +121,42 @@ export class MdmSession {
     this.peer = peer;
     void peer.closed.then(() => this.onClosed(peer));
     try {
-      await this.options.register(peer);
+      await this.options.register(peer, address);
     } catch (err) {
-      // The caller's catch retries; the close handler must not retry as well.
+      // The round moves on; the close handler must not start another as well.
       this.peer = null;
       peer.destroy();
       throw err;
     }
-    this.heartbeatTimer = setInterval(() => {
-      peer.request(MdmOp.Heartbeat, this.options.heartbeat(), { timeoutMs: heartbeatIntervalMs * 5 }).catch((err: unknown) => {
-        this.options.log.debug({ err }, 'heartbeat not acknowledged');
-      });
-    }, heartbeatIntervalMs);
+    this.heartbeatTimer = setInterval(() => this.sendHeartbeat(peer), heartbeatIntervalMs);
+  }
+
+  private sendHeartbeat(peer: WirePeer): void {
+    peer.request(MdmOp.Heartbeat, this.options.heartbeat(), { timeoutMs: mdmHeartbeatTimeoutMs }).catch((err: unknown) => {
+      if (this.peer !== peer) return;
+      const code = err instanceof MeshblockError ? err.code : null;
+      if (code === 'MB_ERR_WIRE_TIMEOUT' || code === 'MB_ERR_WIRE_SEND_TIMEOUT') {
+        // Silence, not a closed connection: drop it, and the close handler moves on.
+        this.options.log.warn({ err, mdm: this.address }, 'the MDM stopped answering heartbeats; dropping the connection');
+        peer.destroy();
+        return;
+      }
+      this.options.log.debug({ err }, 'heartbeat not acknowledged');
+    });
   }
 
   private onClosed(peer: WirePeer): void {
-    if (this.peer !== peer) return;
+    // Closed while registering: the round that connected it hears of it from register() and
+    // moves on itself; starting another round here would run two at once.
+    if (this.peer !== peer || this.heartbeatTimer === null) return;
     this.peer = null;
     if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = null;
     if (this.stopped) return;
-    this.options.log.warn({ mdm: this.options.mdmAddress }, 'lost the MDM connection; serving from the cached map and reconnecting');
-    this.scheduleRetry();
+    const lost = this.address;
+    this.nextAddress();
+    this.options.log.warn({ mdm: lost, next: this.address, retryMs: this.delayMs }, 'lost the MDM connection; serving from the cached map and reconnecting');
+    this.scheduleRound();
   }
 
   close(): void {
