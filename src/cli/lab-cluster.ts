@@ -16,6 +16,7 @@
 //   DIR/etcd/NAME/         each etcd member's data directory
 //   DIR/mdm1/ ...          each MDM's data directory
 
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Level } from 'pino';
 import { InvalidArgumentError } from '../common/errors.js';
@@ -84,6 +85,7 @@ export async function startMdmCluster(
   const mdms = lab.processes.filter((record) => record.role === 'mdm');
   const pkiDir = path.join(dir, 'pki');
   createEtcdPki(pkiDir, { members: members.map((member) => ({ name: member.memberName as string, ips: [loopback] })), clients: mdms.map((mdm) => mdm.name) });
+  fs.mkdirSync(path.join(dir, 'api'), { recursive: true, mode: 0o700 });
   const certificate = ensureSelfSignedCertificate(path.join(dir, 'api'));
   const initialCluster = members.map((member) => `${member.memberName as string}=https://${member.peerAddress as string}`).join(',');
   const endpoints = members.map((member) => `https://${member.address}`).join(',');

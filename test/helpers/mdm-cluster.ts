@@ -46,6 +46,7 @@ export async function startMdmCluster(t: TeardownHost & { testdir?: () => string
   const managerCount = options.size === 3 ? 2 : 3;
   const passwordFile = path.join(dir, 'admin-password.txt');
   fs.writeFileSync(passwordFile, `${adminPassword}\n`, { mode: 0o600 });
+  fs.mkdirSync(path.join(dir, 'api'), { recursive: true });
   const certificate = ensureSelfSignedCertificate(path.join(dir, 'api'));
   const ports = await freePorts(2 * managerCount);
   const mdms: ClusterMdm[] = [];
