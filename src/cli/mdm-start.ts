@@ -197,7 +197,7 @@ export async function mdmStart(args: MdmStartArgs): Promise<void> {
   });
   const wanted = parseHostPort('--listen', args.listen);
   let cluster: RestCluster | undefined;
-  const api = new RestApi({ controller: service, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key }, cluster: { route: () => ({ kind: 'local' }), query: () => (cluster as RestCluster).query(), switchOwnership: (to) => (cluster as RestCluster).switchOwnership(to) } });
+  const api = new RestApi({ controller: service, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key }, cluster: { route: () => ({ kind: 'local' }), identity: () => ({ name: identity.name, term: '0' }), query: () => (cluster as RestCluster).query(), switchOwnership: (to) => (cluster as RestCluster).switchOwnership(to) } });
   let address: string;
   let apiUrl: string;
   try {

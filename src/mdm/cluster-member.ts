@@ -344,6 +344,10 @@ export class MdmClusterMember {
 
   // --- what the REST API needs --------------------------------------------------------------
 
+  identity(): { name: string; term: string } {
+    return { name: this.options.name, term: this.masterRevision ?? '0' };
+  }
+
   route(): RestRoute {
     if (this.mayAct()) return { kind: 'local' };
     const master = this.knownMaster;
@@ -449,6 +453,8 @@ export class MdmClusterMember {
 /** What the REST API asks of the MDM cluster; one MDM with its journal answers it too. */
 export interface RestCluster {
   route(): RestRoute;
+  /** Who answers a request served here: this MDM's name and its mastership's term (etcd revision; '0' alone). */
+  identity(): { name: string; term: string };
   query(): Promise<MdmClusterView>;
   switchOwnership(to: string | null): Promise<string>;
 }
@@ -457,6 +463,7 @@ export interface RestCluster {
 export function singleMdmCluster(options: { clusterId: string; systemName: string; name: string; wireAddress: string; apiAddress: string }): RestCluster {
   return {
     route: () => ({ kind: 'local' }),
+    identity: () => ({ name: options.name, term: '0' }),
     query: () => {
       const wire = parseHostPort('wireAddress', options.wireAddress);
       const api = parseHostPort('apiAddress', options.apiAddress);

@@ -9,7 +9,7 @@
 //   master                   MasterRecord, leased by the Master           absent while there is none
 //   handover                 { to, untilMs }                              a planned ownership switch
 //   log-head                 the sequence of the last command             "0" before the first
-//   log/<seq:16 digits>      a command (JSON)                             seq from 1, never reused
+//   log/<seq:16 digits>      LogRecord: { term, command }                 seq from 1, never reused
 //   snapshot                 { seq, parts, bytes, sha256 }                the model after command seq
 //   snapshot-part/<seq>/<i>  ≤ etcdValueBytesMax of the model's JSON      a snapshot's pieces
 //   mdm/<name>               MdmRecord                                    every MDM that ever joined
@@ -69,6 +69,12 @@ export interface MdmRecord {
 export interface MasterRecord extends MdmRecord {
   /** The hex lease id the key is held with. */
   lease: string;
+}
+
+/** A committed command and the mastership that committed it (the Master key's create revision). */
+export interface LogRecord {
+  term: string;
+  command: Command;
 }
 
 export interface SnapshotRecord {
@@ -302,7 +308,7 @@ export class EtcdStore {
         if (index === 0) return [];
         throw new MeshblockError('MB_ERR_ETCD', `the log jumps from ${etcdKeys.log(seq + index)} to ${key}`);
       }
-      commands.push(parseJson<Command>(kv.value.toString(), key));
+      commands.push(parseJson<LogRecord>(kv.value.toString(), key).command);
     }
     return commands;
   }
@@ -313,7 +319,8 @@ export class EtcdStore {
    */
   async append(masterRevision: string, seq: number, commands: readonly Command[]): Promise<boolean> {
     const puts = commands.map((command, index) => {
-      const value = JSON.stringify(command);
+      const record: LogRecord = { term: masterRevision, command };
+      const value = JSON.stringify(record);
       if (Buffer.byteLength(value) > etcdValueBytesMax) throw new MeshblockError('MB_ERR_ETCD', `a ${command.type} command is ${Buffer.byteLength(value)} bytes, over ${etcdValueBytesMax}`);
       return this.client.put(etcdKeys.log(seq + 1 + index)).value(value);
     });

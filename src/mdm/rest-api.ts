@@ -80,6 +80,9 @@ export interface RestApiOptions {
 
 /** Marks a request a Slave forwarded, so that two Slaves never forward it in a loop. */
 const forwardedHeader = 'x-meshblock-forwarded-by';
+/** The MDM that served a request, and the term (etcd revision of its mastership) it served it in. */
+export const answeredByHeader = 'x-meshblock-mdm';
+export const termHeader = 'x-meshblock-term';
 
 interface Reply {
   status: number;
@@ -179,6 +182,13 @@ export class RestApi {
       return;
     }
     const refusal = route.kind === 'local' ? null : route.kind === 'refuse' ? route : { code: 'MB_ERR_MDM_NOT_MASTER' as const, message: `this MDM is not the Master (${route.name} is; the request was forwarded once already)` };
+    // Which MDM answered, and under which mastership: clients (and the tests' history
+    // checks) can tell who acknowledged what.
+    const identity = this.cluster?.identity();
+    if (identity !== undefined) {
+      res.setHeader(answeredByHeader, identity.name);
+      res.setHeader(termHeader, identity.term);
+    }
     this.handle(req, path, log, startMs, refusal)
       .then(
         (reply) => this.send(res, reply.status, reply.body),
