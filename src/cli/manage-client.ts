@@ -20,6 +20,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import type { Argv } from 'yargs';
 import { InvalidArgumentError, MeshblockError, isMeshblockCode, type MeshblockCode } from '../common/errors.js';
+import { TLSSocket } from 'node:tls';
 import { apiConnectTimeoutMs, mdmAddressesMax } from '../common/limits.js';
 import type { RestErrorBody } from '../mdm/rest-errors.js';
 import { applyLabConnectionDefaults } from './lab-state.js';
@@ -220,7 +221,8 @@ export class ApiClient {
           throw err;
         }
         tried.push(base.origin);
-        lastError = err;
+        // An MDM's own answer (no quorum, not the Master) says more than another's silence.
+        if (lastError === undefined || !(lastError instanceof ApiError) || err instanceof ApiError) lastError = err;
       }
     }
     throw this.bases.length === 1 ? lastError : withAddressesTried(lastError, tried);
@@ -292,7 +294,9 @@ export class ApiClient {
           apiConnectTimeoutMs,
         );
         const clear = (): void => clearTimeout(timer);
-        socket.once('connect', clear);
+        // Over TLS, until the handshake is done: a paused MDM's kernel still accepts the
+        // TCP connection, and only the handshake shows that nobody is there.
+        socket.once(socket instanceof TLSSocket ? 'secureConnect' : 'connect', clear);
         socket.once('close', clear);
       });
       req.on('timeout', () => req.destroy(new ApiConnectionError(`${method} ${path}: no answer from ${base.origin} within ${apiRequestTimeoutMs / 1000} s`, { unreachable: true })));

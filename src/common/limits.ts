@@ -185,6 +185,8 @@ export const mdmFollowIntervalMs = 200;
 export const mdmCampaignIntervalMs = 250;
 /** A planned switch reserves the mastership for the MDM named this long; the others hold back. */
 export const mdmHandoverMs = 5000;
+/** A Slave forwarding a request checks this often that the Master it waits for is still the Master. */
+export const restForwardRecheckMs = 250;
 /** An etcd call not answered in this has failed (a partitioned member must not hold a call). */
 export const etcdCallTimeoutMs = 2000;
 /** Commands read from etcd in one request. */

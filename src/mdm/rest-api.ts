@@ -57,7 +57,7 @@ import {
   systemStatistics,
   type RestType,
 } from './rest-objects.js';
-import { loginFailureDelayMs, loginsInflightMax, restBodyBytesMax, restDiscardBytesMax, restHeadersTimeoutMs, restRequestTimeoutMs } from '../common/limits.js';
+import { loginFailureDelayMs, loginsInflightMax, restBodyBytesMax, restForwardRecheckMs, restDiscardBytesMax, restHeadersTimeoutMs, restRequestTimeoutMs } from '../common/limits.js';
 
 /** The ScaleIO REST API version whose shapes this API follows. */
 export const scaleIoApiVersion = '3.6';
@@ -245,6 +245,14 @@ export class RestApi {
       },
     );
     upstream.on('timeout', () => upstream.destroy(new Error(`no answer within ${restRequestTimeoutMs} ms`)));
+    // A Master that stops answering (paused, cut off) is replaced within a lease: once this
+    // MDM sees another Master (or becomes it), the request waiting on the old one is given
+    // up with a 503 the client retries, instead of waiting out the timeout.
+    const watch = setInterval(() => {
+      const now = this.cluster?.route();
+      if (now?.kind !== 'forward' || now.host !== target.host || now.port !== target.port) upstream.destroy(new Error('the Master changed while the request waited for it'));
+    }, restForwardRecheckMs);
+    upstream.on('close', () => clearInterval(watch));
     upstream.on('error', (err) => {
       log.warn({ err, master: target.name }, 'could not forward to the Master');
       this.send(res, 503, errorBody(new RestError('MB_ERR_MDM_NOT_MASTER', `this MDM is a Slave and the Master (${target.name}, ${target.host}:${target.port}) did not answer: ${err.message}; try again`, 503)));

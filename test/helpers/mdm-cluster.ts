@@ -9,7 +9,7 @@ import type { MdmClusterView } from '../../src/mdm/cluster-member.js';
 import { adminPassword, until } from './cluster.js';
 import { startEtcdCluster, type EtcdCluster } from './etcd-cluster.js';
 import { runMeshblock, startMeshblock, type DaemonHandle, type RunResult, type TeardownHost } from './processes.js';
-import { basic, call } from './rest.js';
+import { basic, call, type Response } from './rest.js';
 
 export interface ClusterMdm {
   name: string;
@@ -35,6 +35,8 @@ export interface MdmClusterHandle {
   cli(args: string[]): Promise<RunResult>;
   /** queryMdmCluster from one MDM's REST API, or null if it did not answer 200. */
   query(index?: number): Promise<MdmClusterView | null>;
+  /** One REST call (after a login) to one MDM's API, bounded to 5 s; null when it did not answer. */
+  rest(index: number, method: 'GET' | 'POST', urlPath: string, body?: unknown): Promise<Response | null>;
   /** The Master's index, once the cluster agrees on one. */
   master(timeoutMs?: number): Promise<number>;
 }
@@ -64,16 +66,29 @@ export async function startMdmCluster(t: TeardownHost & { testdir?: () => string
   };
   await Promise.all(mdms.map((_, index) => start(index)));
   const apiUrls = mdms.map((mdm) => `https://${mdm.apiAddress}`).join(',');
-  const query = async (index = 0): Promise<MdmClusterView | null> => {
+  const rest = async (index: number, method: 'GET' | 'POST', urlPath: string, body?: unknown): Promise<Response | null> => {
     const api = { url: `https://${(mdms[index] as ClusterMdm).apiAddress}`, ca: certificate.cert };
+    // A paused Master holds forwarded requests until the Slave sees it replaced: bounded here.
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), 5000)));
+    const ask = async (): Promise<Response | null> => {
+      try {
+        const login = await call(api, 'GET', '/api/login', { authorization: basic('admin', adminPassword) });
+        if (login.status !== 200 || typeof login.body !== 'string') return login;
+        return await call(api, method, urlPath, { token: login.body, ...(body === undefined ? {} : { body }) });
+      } catch {
+        return null;
+      }
+    };
     try {
-      const login = await call(api, 'GET', '/api/login', { authorization: basic('admin', adminPassword) });
-      if (login.status !== 200 || typeof login.body !== 'string') return null;
-      const answer = await call(api, 'POST', '/api/instances/System/action/queryMdmCluster', { token: login.body, body: {} });
-      return answer.status === 200 ? (answer.body as MdmClusterView) : null;
-    } catch {
-      return null;
+      return await Promise.race([ask(), timeout]);
+    } finally {
+      clearTimeout(timer);
     }
+  };
+  const query = async (index = 0): Promise<MdmClusterView | null> => {
+    const answer = await rest(index, 'POST', '/api/instances/System/action/queryMdmCluster', {});
+    return answer?.status === 200 ? (answer.body as MdmClusterView) : null;
   };
   const handle: MdmClusterHandle = {
     etcd,
@@ -85,6 +100,7 @@ export async function startMdmCluster(t: TeardownHost & { testdir?: () => string
     addresses: mdms.map((mdm) => mdm.wireAddress).join(','),
     apiUrls,
     start,
+    rest,
     cli: (args) => runMeshblock([...args, '--api', apiUrls, '--ca-cert', certificate.certPath, '--password-file', passwordFile]),
     query,
     master: async (timeoutMs = 20_000) =>
