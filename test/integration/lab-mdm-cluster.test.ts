@@ -5,6 +5,8 @@
 // members last) and `lab up` resumes the cluster from disk with its data.
 
 import { once } from 'node:events';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import t from 'tap';
@@ -38,8 +40,12 @@ async function status(dir: string): Promise<StatusJson> {
 
 for (const size of [3, 5] as const) {
   t.test(`lab up --mdm-cluster ${size}`, async (t) => {
-    const dir = path.join(t.testdir(), 'lab');
-    t.teardown(() => runMeshblock(['lab', 'down', '--dir', dir], { timeoutMs: 60_000 }));
+    // Not t.testdir(): tap removes it before teardowns run, and lab down needs its lab.json.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `meshblock-lab-cluster-${size}-`));
+    t.teardown(async () => {
+      await runMeshblock(['lab', 'down', '--dir', dir, '--purge'], { timeoutMs: 60_000 });
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
     const up = await runMeshblock(['lab', 'up', '--dir', dir, '--detach', '--mdm-cluster', String(size), '--sds', '3', '--device-size', '1GiB', '--volume', 'vol1:256MiB', '--nbd-port', String(await freePort())], { timeoutMs: labUpTimeoutMs });
     t.equal(up.code, 0, `lab up --mdm-cluster ${size} succeeds${up.code === 0 ? '' : `: ${up.stderr}`}`);
     t.match(up.stdout, new RegExp(`${size}-node MDM cluster`), 'the summary names the cluster');

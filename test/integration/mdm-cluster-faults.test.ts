@@ -171,9 +171,12 @@ t.test('a planned ownership switch: the other MDM serves at once and no IO fails
   t.equal(back.code, 0, `the CLI switches it back${back.code === 0 ? '' : `: ${back.stderr}`}`);
   t.match(back.stdout, new RegExp(`the Master is now ${mdms.mdms[masterIndex]!.name}`));
   await until('the first Master to be back', async () => ((await mdms.query(masterIndex))?.master?.name === mdms.mdms[masterIndex]!.name ? true : undefined));
-  await mdms.cli(['mdm', 'switch-ownership', '--to', target.name]);
-  const view = await mdms.query(masterIndex);
-  t.equal(view?.master?.name, target.name, 'the cluster names the new Master');
+  t.equal((await mdms.cli(['mdm', 'switch-ownership', '--to', target.name])).code, 0, 'and over again');
+  const view = await until('the cluster to name the new Master', async () => {
+    const current = await mdms.query(masterIndex);
+    return current?.master?.name === target.name ? current : undefined;
+  });
+  t.equal(view.slaves[0]?.name, mdms.mdms[masterIndex]!.name, 'the old Master is a Slave');
   const refused = await mdms.cli(['mdm', 'switch-ownership', '--to', 'nosuchmdm']);
   t.not(refused.code, 0, 'a switch to an unknown MDM is refused');
   t.match(refused.stderr, /no MDM named 'nosuchmdm'/);
