@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { ensureSelfSignedCertificate } from '../../src/mdm/tls.js';
 import type { MdmClusterView } from '../../src/mdm/cluster-member.js';
 import { adminPassword, until } from './cluster.js';
-import { startEtcdCluster, type EtcdCluster } from './etcd-cluster.js';
+import { freeLoopbackPorts, startEtcdCluster, type EtcdCluster } from './etcd-cluster.js';
 import { runMeshblock, startMeshblock, type DaemonHandle, type RunResult, type TeardownHost } from './processes.js';
 import { basic, call, type Response } from './rest.js';
 
@@ -50,7 +50,7 @@ export async function startMdmCluster(t: TeardownHost & { testdir?: () => string
   fs.writeFileSync(passwordFile, `${adminPassword}\n`, { mode: 0o600 });
   fs.mkdirSync(path.join(dir, 'api'), { recursive: true });
   const certificate = ensureSelfSignedCertificate(path.join(dir, 'api'));
-  const ports = await freePorts(2 * managerCount);
+  const ports = await freeLoopbackPorts(2 * managerCount);
   const mdms: ClusterMdm[] = [];
   for (let index = 0; index < managerCount; index++) {
     mdms.push({ name: `mdm${index + 1}`, wireAddress: `127.0.0.1:${ports[2 * index] as number}`, apiAddress: `127.0.0.1:${ports[2 * index + 1] as number}`, dataDir: path.join(dir, `mdm${index + 1}`), handle: null });
@@ -122,18 +122,4 @@ export async function startMdmCluster(t: TeardownHost & { testdir?: () => string
   };
   await handle.master();
   return handle;
-}
-
-/** Free loopback ports (bound and released; the kernel does not hand them out again at once). */
-async function freePorts(count: number): Promise<number[]> {
-  const net = await import('node:net');
-  const servers = await Promise.all(
-    Array.from({ length: count }, () => new Promise<import('node:net').Server>((resolve) => {
-      const server = net.createServer();
-      server.listen(0, '127.0.0.1', () => resolve(server));
-    })),
-  );
-  const ports = servers.map((server) => (server.address() as import('node:net').AddressInfo).port);
-  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
-  return ports;
 }

@@ -4,13 +4,12 @@
 // whichever MDM it is, also after the Master is killed; `lab down` stops everything (etcd
 // members last) and `lab up` resumes the cluster from disk with its data.
 
-import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import t from 'tap';
 import { until } from '../helpers/cluster.js';
+import { freeLoopbackPorts } from '../helpers/etcd-cluster.js';
 import { run, runMeshblock } from '../helpers/processes.js';
 
 const MiB = 1024 * 1024;
@@ -20,16 +19,6 @@ interface StatusJson {
   lab: { clusterId: string | null; mdmReachable: boolean; mdmError: string | null };
   processes: Array<{ role: string; name: string; pid: number | null; address: string; state: string; clusterState: string | null; clusterRole?: string | null }>;
   volumes: Array<{ name: string; nbdUri: string | null }>;
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  server.close();
-  await once(server, 'close');
-  return port;
 }
 
 async function status(dir: string): Promise<StatusJson> {
@@ -46,7 +35,7 @@ for (const size of [3, 5] as const) {
       await runMeshblock(['lab', 'down', '--dir', dir, '--purge'], { timeoutMs: 60_000 });
       fs.rmSync(dir, { recursive: true, force: true });
     });
-    const up = await runMeshblock(['lab', 'up', '--dir', dir, '--detach', '--mdm-cluster', String(size), '--sds', '3', '--device-size', '1GiB', '--volume', 'vol1:256MiB', '--nbd-port', String(await freePort())], { timeoutMs: labUpTimeoutMs });
+    const up = await runMeshblock(['lab', 'up', '--dir', dir, '--detach', '--mdm-cluster', String(size), '--sds', '3', '--device-size', '1GiB', '--volume', 'vol1:256MiB', '--nbd-port', String((await freeLoopbackPorts(1))[0])], { timeoutMs: labUpTimeoutMs });
     t.equal(up.code, 0, `lab up --mdm-cluster ${size} succeeds${up.code === 0 ? '' : `: ${up.stderr}`}`);
     t.match(up.stdout, new RegExp(`${size}-node MDM cluster`), 'the summary names the cluster');
 
