@@ -83,7 +83,12 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
 
     // On host 3 (the SDC's), as a user there would: its loopback, its NBD export.
     const uri = 'nbd://127.0.0.1:10809/vol1';
-    const info = await net.exec(2, 'nbdinfo', ['--json', uri], { timeoutMs: 30_000 });
+    // The mapping reaches the SDC in the MDM's next push, which may come just after install returns.
+    let info = await net.exec(2, 'nbdinfo', ['--json', uri], { timeoutMs: 30_000 });
+    for (const deadline = Date.now() + 30_000; info.code !== 0 && Date.now() < deadline; ) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      info = await net.exec(2, 'nbdinfo', ['--json', uri], { timeoutMs: 30_000 });
+    }
     t.equal(info.code, 0, info.stderr);
     // ScaleIO's rule, kept: volume sizes round up to the pool's granularity (8 GiB).
     t.equal((JSON.parse(info.stdout) as { exports: Array<{ 'export-size': number }> }).exports[0]?.['export-size'], 8 * GiB);
