@@ -264,8 +264,8 @@ export function mdmApiUrls(plan: InstallPlan): string[] {
 }
 
 /**
- * The subjectAltNames of an MDM cluster's shared REST certificate: every MDM's API address,
- * and loopback for the CLI run on an MDM host.
+ * The subjectAltNames of an MDM cluster's shared REST certificate: every MDM's API address
+ * (what clients check), and loopback's names, as every MDM's default certificate has them.
  */
 export function apiSubjectAltNames(plan: InstallPlan): string[] {
   const names = mdmHosts(plan).map((host) => {
