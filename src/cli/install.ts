@@ -2,7 +2,8 @@
 // (src/hostsetup/installer.ts), and `meshblock install --template 3|5` for a CSV to start
 // from. SSH: a key (--identity, or the CSV's Password column per host), host keys checked
 // against --known-hosts (--accept-new-host-key records unknown ones). An MDM cluster's etcd
-// PKI is made here, by src/mdm/etcd-pki.ts, which this layer hands to the installer.
+// PKI and the MDMs' shared REST certificate are made here, by src/mdm/etcd-pki.ts and
+// src/mdm/tls.ts, which this layer hands to the installer (src/hostsetup may not import src/mdm).
 
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -17,6 +18,7 @@ import { defaultWorkDir, Installer, installPhases, installPrefixDefault, type In
 import { nbdsMaxDefault } from '../hostsetup/nbd-attach.js';
 import { defaultIdentityFile, SshTransport } from '../hostsetup/ssh-transport.js';
 import { createEtcdPki } from '../mdm/etcd-pki.js';
+import { ensureSelfSignedCertificate } from '../mdm/tls.js';
 
 export interface InstallArgs {
   csv: string | undefined;
@@ -48,7 +50,7 @@ export function installOptions(yargs: Argv): Argv<InstallArgs> {
     .option('dom0-mem', { type: 'string', default: dom0MemDefault, describe: 'XenServer Dom0 memory (dom0_mem=SIZE,max:SIZE)', requiresArg: true })
     .option('state-dir', {
       type: 'string',
-      describe: "what this machine keeps for the cluster: an MDM cluster's etcd CA and certificates (keep it; later runs need the same CA) [default: ~/.meshblock/install/MASTER-IP]",
+      describe: "what this machine keeps for an MDM cluster: the etcd CA and certificates, the MDMs' REST certificate, the admin password (keep it; later runs need the same) [default: ~/.meshblock/install/MASTER-IP]",
       requiresArg: true,
     })
     .check((argv) => {
@@ -122,6 +124,7 @@ export async function installCommand(args: InstallArgs): Promise<void> {
     workDir: defaultWorkDir(),
     stateDir: args['state-dir'] ?? path.join(os.homedir(), '.meshblock', 'install', plan.mdmHost.address),
     createEtcdPki,
+    createApiCertificate: ensureSelfSignedCertificate,
     report: (line) => process.stdout.write(`${line}\n`),
   });
   await installer.run();

@@ -11,12 +11,15 @@
 //              applied; /usr/local/bin/meshblock; systemd units for the host's roles
 //   configure  with an MDM cluster (3 or 5 members: Master, Slaves, TBs), first the etcd PKI
 //              made on this machine (in --state-dir, kept: a later run must use the same CA),
-//              each member host given its certificates, and an etcd member started on each;
-//              the MDM started on the Master host, then on each Slave; the cluster id and
-//              secret carried to the others; SDSs and SDCs started, told every MDM's address;
-//              protection domains, fault sets, pools, SDSs and devices set up through the
-//              management CLI on the Master host (its API stays on that host's loopback);
-//              volumes from --volume created and mapped to every SDC
+//              each member host given its certificates, Debian's own etcd.service stopped
+//              there, and an etcd member started on each; the MDMs' shared REST certificate
+//              and the admin password (both made here too, kept in --state-dir) given to each
+//              MDM host; the MDM started on the Master host, then on each Slave; the cluster
+//              id and secret carried to the others; SDSs and SDCs started, told every MDM's
+//              address; protection domains, fault sets, pools, SDSs and devices set up through
+//              the management CLI on the Master host (one MDM: its API stays on that host's
+//              loopback; a cluster: every MDM's API on its MDM IP, the CLI given them all, so
+//              it follows the Master); volumes from --volume created and mapped to every SDC
 //
 // Per-host progress is one line per step. The first host that fails stops the phase, with
 // the reason; nothing later runs. `--dry-run` runs query (read-only) and prints what the
@@ -26,7 +29,7 @@
 // without it (containers, test hosts), the daemon is started detached with a pid file in
 // /run/meshblock. Either way a daemon already running is left alone.
 
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -45,7 +48,9 @@ export type InstallPhase = (typeof installPhases)[number];
 export const installPrefixDefault = '/opt/meshblock';
 export const mdmPort = 6611;
 export const sdsPort = 7072;
-export const apiAddress = '127.0.0.1:8443';
+export const apiPort = 8443;
+/** One MDM's REST API: on its host's loopback only (management runs there, over SSH). */
+export const apiAddress = `127.0.0.1:${apiPort}`;
 export const etcdClientPort = 2379;
 export const etcdPeerPort = 2380;
 const dataRoot = '/var/lib/meshblock';
@@ -56,6 +61,20 @@ const secretFile = `${configDir}/cluster.secret`;
 /** Where a member host keeps its etcd certificates (inside configDir, which is 0700). */
 const etcdPkiDir = `${configDir}/etcd-pki`;
 const etcdDataDir = `${dataRoot}/etcd`;
+/**
+ * An MDM cluster's REST certificate and admin password, the same on every MDM host: a Slave
+ * forwards REST requests to the Master's API with the certificate the Master published, and
+ * clients pin one certificate and log in with one password whichever MDM answers. A single
+ * MDM makes its own of both in its data directory instead (as before the cluster).
+ */
+const apiCertFile = `${configDir}/api.crt`;
+const apiKeyFile = `${configDir}/api.key`;
+const adminPasswordFile = `${configDir}/admin.password`;
+/** In --state-dir: the REST certificate's directory and the admin password. */
+const stateApiDir = 'api';
+const stateAdminPasswordFile = 'admin.password';
+/** Debian's etcd-server enables this unit (a member of its own on localhost:2379). */
+const debianEtcdUnit = 'etcd.service';
 const startWaitMs = 60_000;
 /** The modules the install phase applies, in order (disks and xen-sr are the administrator's). */
 const installModules = ['yum-repos', 'packages', 'prereqs', 'lvm-filter', 'nbd-module', 'dom0-memory'];
@@ -79,6 +98,13 @@ export interface EtcdPkiRequest {
  */
 export type CreateEtcdPki = (dir: string, request: EtcdPkiRequest) => unknown;
 
+/**
+ * ensureSelfSignedCertificate of src/mdm/tls.ts, handed in by the CLI for the same reason:
+ * makes DIR/api.crt and DIR/api.key at the first call (with these subjectAltNames), keeps
+ * them afterwards, and says where they are.
+ */
+export type CreateApiCertificate = (dir: string, options: { subjectAltNames: readonly string[] }) => { certPath: string; keyPath: string };
+
 export interface InstallOptions {
   plan: InstallPlan;
   /** Opens the transport to a host (SSH; tests may give another). */
@@ -94,12 +120,15 @@ export interface InstallOptions {
   /** Where the bundle is built. */
   workDir: string;
   /**
-   * This cluster's lasting state on this machine: the etcd PKI (`etcd-pki/`, its CA key
-   * included). Kept between runs: a run that made a new CA would hand out certificates the
-   * running members do not trust.
+   * This cluster's lasting state on this machine, with an MDM cluster: the etcd PKI
+   * (`etcd-pki/`, its CA key included), the MDMs' REST certificate (`api/api.crt`, `.key`)
+   * and the admin password (`admin.password`). Kept between runs: a run that made a new CA
+   * would hand out certificates the running members do not trust, a new password would not
+   * be the cluster's.
    */
   stateDir: string;
   createEtcdPki: CreateEtcdPki;
+  createApiCertificate: CreateApiCertificate;
   report: (line: string) => void;
 }
 
@@ -211,13 +240,39 @@ function mdmAddressOf(host: InstallHost): string {
   return formatHostPort({ host: (host.mdm as NonNullable<InstallHost['mdm']>).listenAddress, port: mdmPort });
 }
 
+/** The MDM hosts: the Master's first, then the Slaves' in CSV order. */
+function mdmHosts(plan: InstallPlan): InstallHost[] {
+  return [plan.mdmHost, ...plan.hosts.filter((host) => host.mdm !== null && host !== plan.mdmHost)];
+}
+
 /**
  * Every MDM's wire address, for the SDSs' and SDCs' --mdm: the Master's first (where they find
  * the Master on a fresh cluster without trying a Slave), then the Slaves' in CSV order.
  */
 export function mdmAddresses(plan: InstallPlan): string[] {
-  const slaves = plan.hosts.filter((host) => host.mdm !== null && host !== plan.mdmHost);
-  return [plan.mdmHost, ...slaves].map(mdmAddressOf);
+  return mdmHosts(plan).map(mdmAddressOf);
+}
+
+/** Where an MDM's REST API listens: one MDM on its loopback, an MDM of a cluster on its MDM IP. */
+function apiAddressOf(host: InstallHost, plan: InstallPlan): string {
+  return plan.memberCount === 1 ? apiAddress : formatHostPort({ host: (host.mdm as NonNullable<InstallHost['mdm']>).listenAddress, port: apiPort });
+}
+
+/** The management CLI's --api: every MDM's REST API, the Master's first (the CLI moves on past one that does not answer). */
+export function mdmApiUrls(plan: InstallPlan): string[] {
+  return mdmHosts(plan).map((host) => `https://${apiAddressOf(host, plan)}`);
+}
+
+/**
+ * The subjectAltNames of an MDM cluster's shared REST certificate: every MDM's API address
+ * (what clients check), and loopback's names, as every MDM's default certificate has them.
+ */
+export function apiSubjectAltNames(plan: InstallPlan): string[] {
+  const names = mdmHosts(plan).map((host) => {
+    const address = (host.mdm as NonNullable<InstallHost['mdm']>).listenAddress;
+    return isIP(address) === 0 ? `DNS:${address}` : `IP:${address}`;
+  });
+  return [...new Set([...names, 'IP:127.0.0.1', 'DNS:localhost'])];
 }
 
 function etcdUrl(host: MemberHost, port: number): string {
@@ -269,9 +324,18 @@ export function daemonArgs(role: Role, host: InstallHost, plan: InstallPlan, clu
       ];
     }
     case 'mdm': {
-      const args = ['mdm', 'start', '--data-dir', `${dataRoot}/mdm`, '--listen', mdmAddressOf(host), '--api', apiAddress];
+      const args = ['mdm', 'start', '--data-dir', `${dataRoot}/mdm`, '--listen', mdmAddressOf(host), '--api', apiAddressOf(host, plan)];
       if (members.length === 0) return args;
-      return [...args, '--etcd', members.map((member) => etcdUrl(member, etcdClientPort)).join(','), '--etcd-pki', etcdPkiDir, '--mdm-name', (host as MemberHost).member.name];
+      return [
+        ...args,
+        '--etcd', members.map((member) => etcdUrl(member, etcdClientPort)).join(','),
+        '--etcd-pki', etcdPkiDir,
+        '--mdm-name', (host as MemberHost).member.name,
+        '--tls-cert', apiCertFile,
+        '--tls-key', apiKeyFile,
+        // The first MDM creates the cluster with it; every later start checks it is the cluster's.
+        '--admin-password-file', adminPasswordFile,
+      ];
     }
     case 'sds': {
       const sds = host.sds as NonNullable<InstallHost['sds']>;
@@ -282,10 +346,22 @@ export function daemonArgs(role: Role, host: InstallHost, plan: InstallPlan, clu
   }
 }
 
+/** What an MDM host of a cluster gets from --state-dir, beside its etcd PKI files: the shared REST certificate and the admin password. */
+export function mdmSharedFilesFor(host: InstallHost, plan: InstallPlan): Array<{ source: string; target: string; mode: number }> {
+  if (plan.memberCount === 1 || host.mdm === null) return [];
+  return [
+    { source: `${stateApiDir}/api.crt`, target: apiCertFile, mode: 0o644 },
+    { source: `${stateApiDir}/api.key`, target: apiKeyFile, mode: 0o600 },
+    { source: stateAdminPasswordFile, target: adminPasswordFile, mode: 0o600 },
+  ];
+}
+
 export interface HostConfigure {
   host: InstallHost;
   /** Copied into the host's etcd PKI directory before its daemons start. */
   pkiFiles: Array<{ name: string; mode: number }>;
+  /** Copied from --state-dir (source, relative) to the host (target) before its MDM starts. */
+  sharedFiles: Array<{ source: string; target: string; mode: number }>;
   /** The daemons it runs, each a service (meshblock-ROLE), with the meshblock command line. */
   daemons: Array<{ role: Role; args: string[] }>;
 }
@@ -298,6 +374,7 @@ export function configurePlan(plan: InstallPlan, clusterId: string): HostConfigu
   return plan.hosts.map((host) => ({
     host,
     pkiFiles: etcdPkiFilesFor(host, plan),
+    sharedFiles: mdmSharedFilesFor(host, plan),
     daemons: rolesOf(host, plan).map((role) => ({ role, args: daemonArgs(role, host, plan, clusterId) })),
   }));
 }
@@ -308,6 +385,9 @@ function unitText(role: Role, args: string[]): string {
     `Description=meshblock ${role === 'etcd' ? 'etcd member' : role.toUpperCase()}`,
     'After=network-online.target',
     'Wants=network-online.target',
+    // Debian's etcd-server enables its own member (plain HTTP on localhost:2379): configure
+    // disables it, and this keeps it from running beside ours should it be started again.
+    ...(role === 'etcd' ? [`Conflicts=${debianEtcdUnit}`] : []),
     '',
     '[Service]',
     `ExecStart=/usr/local/bin/meshblock ${args.map(quote).join(' ')}`,
@@ -470,9 +550,15 @@ export class Installer {
     this.options.report(`${session.label}: meshblock ${role} started (no systemd on the host: detached, pid in ${pidFile}, log ${logDir}/${role}.log)`);
   }
 
-  /** Runs the management CLI on the MDM host against its own API. */
+  /**
+   * Runs the management CLI on the Master host: against its own API with one MDM; with a
+   * cluster, against every MDM's (the CLI moves on to whichever is Master now).
+   */
   private async manage(mdm: Session, args: string[]): Promise<string> {
-    const connection = ['--api', `https://${apiAddress}`, '--ca-cert', `${dataRoot}/mdm/api.crt`, '--password-file', `${dataRoot}/mdm/admin.password`];
+    const connection =
+      this.options.plan.memberCount === 1
+        ? ['--api', `https://${apiAddress}`, '--ca-cert', `${dataRoot}/mdm/api.crt`, '--password-file', `${dataRoot}/mdm/admin.password`]
+        : ['--api', mdmApiUrls(this.options.plan).join(','), '--ca-cert', apiCertFile, '--password-file', adminPasswordFile];
     return sh(mdm, `/usr/local/bin/meshblock ${[...args, ...connection].map(quote).join(' ')}`);
   }
 
@@ -535,7 +621,64 @@ export class Installer {
         if ((await session.transport.readFile(remote)) !== text) await session.transport.writeFile(remote, text, { mode: file.mode });
       }
       this.options.report(`${session.label}: ${files.map((file) => file.name).join(', ')} in ${etcdPkiDir}`);
+      await this.stopDebianEtcd(session);
       await this.startDaemon(session, 'etcd', daemonArgs('etcd', session.host, plan, ''));
+    });
+  }
+
+  /**
+   * Debian's etcd-server enables etcd.service: a member of its own, plain HTTP on
+   * localhost:2379, open to every local user. A member host runs the cluster's member
+   * instead, so the package's is stopped and disabled (under systemd; without it, as on
+   * containers and the test hosts, nothing starts the package's unit, and a sysvinit
+   * host's /etc/init.d/etcd is the administrator's to disable).
+   */
+  private async stopDebianEtcd(session: Session): Promise<void> {
+    if (!(await session.transport.exists('/run/systemd/system'))) return;
+    const enabled = await session.transport.run('systemctl', ['is-enabled', '--quiet', debianEtcdUnit]);
+    const active = await session.transport.run('systemctl', ['is-active', '--quiet', debianEtcdUnit]);
+    if (enabled.code !== 0 && active.code !== 0) return;
+    await sh(session, `systemctl disable --now ${debianEtcdUnit}`);
+    this.options.report(`${session.label}: Debian's ${debianEtcdUnit} (its own etcd on localhost:2379) stopped and disabled: the cluster's member runs as meshblock-etcd`);
+  }
+
+  /**
+   * An MDM cluster's REST certificate and admin password, made here once (kept in
+   * --state-dir) and copied to every MDM host: each MDM's API presents the same
+   * certificate, so a Slave's forwarding and a client's --ca-cert work whichever MDM is
+   * Master; the first MDM creates the cluster with the password, and every later start of
+   * any MDM checks it against the cluster's.
+   */
+  private async shareMdmFiles(): Promise<void> {
+    const { plan, stateDir } = this.options;
+    fs.mkdirSync(path.join(stateDir, stateApiDir), { recursive: true, mode: 0o700 });
+    const passwordFile = path.join(stateDir, stateAdminPasswordFile);
+    if (!fs.existsSync(passwordFile)) {
+      fs.writeFileSync(passwordFile, `${randomBytes(18).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
+      this.options.report(`admin password made in ${passwordFile}`);
+    }
+    const { certPath, keyPath } = this.options.createApiCertificate(path.join(stateDir, stateApiDir), { subjectAltNames: apiSubjectAltNames(plan) });
+    // A certificate made for other MDM addresses (an MDM added or moved since) would fail
+    // every client's host check on the new address: refused, with what to do.
+    const certificate = new X509Certificate(fs.readFileSync(certPath));
+    const unnamed = mdmHosts(plan)
+      .map((host) => (host.mdm as NonNullable<InstallHost['mdm']>).listenAddress)
+      .filter((address) => (isIP(address) === 0 ? certificate.checkHost(address) : certificate.checkIP(address)) === undefined);
+    if (unnamed.length > 0) {
+      throw new InstallError(
+        'MB_ERR_INSTALL_STEP',
+        `the MDMs' REST certificate ${certPath} does not name ${unnamed.join(', ')}: remove ${certPath} and ${keyPath} to make one for every MDM (clients that pinned the old one then need the new one)`,
+      );
+    }
+    this.options.report(`MDM REST certificate ${certPath} (${apiSubjectAltNames(plan).join(', ')}); admin password ${passwordFile}`);
+    await this.each(async (session) => {
+      const files = mdmSharedFilesFor(session.host, plan);
+      if (files.length === 0) return;
+      for (const file of files) {
+        const text = fs.readFileSync(path.join(stateDir, file.source), 'utf8');
+        if ((await session.transport.readFile(file.target)) !== text) await session.transport.writeFile(file.target, text, { mode: file.mode });
+      }
+      this.options.report(`${session.label}: ${files.map((file) => file.target).join(', ')}`);
     });
   }
 
@@ -543,7 +686,10 @@ export class Installer {
     const { plan } = this.options;
     const pkiRequest = etcdPkiRequest(plan);
     // etcd first: an MDM in cluster mode waits for a quorum of members before it does anything.
-    if (pkiRequest !== null) await this.startEtcdMembers(pkiRequest);
+    if (pkiRequest !== null) {
+      await this.startEtcdMembers(pkiRequest);
+      await this.shareMdmFiles();
+    }
     // The Master's MDM alone first: the first MDM to start creates the cluster's identity,
     // secret and admin password, and the installer reads the password on the Master host.
     const mdm = await this.session(plan.mdmHost);
@@ -636,6 +782,12 @@ export class Installer {
         ? `MDM on ${plan.mdmHost.address}`
         : `MDM cluster of ${plan.memberCount} (${etcdMembers(plan).map((host) => `${host.member.role === 'tb' ? 'TB' : host.member.role === 'master' ? 'Master' : 'Slave'} ${host.member.name} on ${host.address}`).join(', ')})`;
     this.options.report(`cluster ${cluster.id} configured: ${mdmText}, ${sdsHosts.length} SDS(s), ${sdcHosts.length} SDC(s)`);
+    if (plan.memberCount > 1) {
+      const state = this.options.stateDir;
+      this.options.report(
+        `manage it from here or any MDM host: meshblock dashboard --api ${mdmApiUrls(plan).join(',')} --ca-cert ${path.join(state, stateApiDir, 'api.crt')} --password-file ${path.join(state, stateAdminPasswordFile)} (on an MDM host: ${apiCertFile}, ${adminPasswordFile})`,
+      );
+    }
   }
 
   /** --dry-run: what upload, install and configure would do, host by host. */
@@ -657,7 +809,11 @@ export class Installer {
         for (const step of steps) this.options.report(`${session.label}: ${module.name}: ${step.kind === 'file' ? `edit ${step.path}: ${step.why}` : `run ${formatArgv(step.argv)}: ${step.why}`}`);
       }
       const configure = plans.find((entry) => entry.host === session.host) as HostConfigure;
-      if (configure.pkiFiles.length > 0) this.options.report(`${session.label}: copy ${configure.pkiFiles.map((file) => file.name).join(', ')} to ${etcdPkiDir}`);
+      if (configure.pkiFiles.length > 0) {
+        this.options.report(`${session.label}: copy ${configure.pkiFiles.map((file) => file.name).join(', ')} to ${etcdPkiDir}`);
+        this.options.report(`${session.label}: stop and disable Debian's ${debianEtcdUnit} if it runs (systemd)`);
+      }
+      if (configure.sharedFiles.length > 0) this.options.report(`${session.label}: copy the MDMs' REST certificate and the admin password (made in ${this.options.stateDir}) to ${configure.sharedFiles.map((file) => file.target).join(', ')}`);
       for (const daemon of configure.daemons) this.options.report(`${session.label}: start meshblock ${daemon.args.join(' ')}`);
     });
     this.options.report(`then set up protection domains, pools, SDSs and devices on the ${this.options.plan.memberCount === 1 ? 'MDM' : 'Master MDM'} (${this.options.plan.mdmHost.address}) and create ${this.options.volumes.map((volume) => volume.name).join(', ') || 'no volumes'}`);

@@ -8,6 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { SimNetwork } from './netns.js';
 import { run, type TeardownHost } from './processes.js';
 
 export const sshdBinary = '/usr/sbin/sshd';
@@ -111,4 +112,70 @@ export async function startSshd(
   const fingerprint = await run('ssh-keygen', ['-l', '-E', 'sha256', '-f', `${hostKey}.pub`]);
   const hostFingerprint = /SHA256:\S+/.exec(fingerprint.stdout)?.[0] ?? '';
   return { address, port, hostPublicKey, hostFingerprint, log, process: child, stop };
+}
+
+/**
+ * The directories an install test's host has of its own: bind-mounted over this machine's
+ * in the mount namespace of the host's sshd (and so of everything the installer runs there).
+ */
+export const installHostDirs = ['/opt', '/etc/meshblock', '/etc/lvm', '/etc/modprobe.d', '/etc/modules-load.d', '/etc/systemd/system', '/usr/local/bin', '/var/lib/meshblock', '/var/log/meshblock', '/run/meshblock'];
+
+export interface InstallHosts {
+  /** Each host's directory here: ROOT/opt is its /opt, and so on; ROOT/disk0 its SDS device. */
+  roots: string[];
+  key: SshKeyPair;
+}
+
+/**
+ * Hosts for `meshblock install`, one per host of `net`: Debian's sshd in the host's network
+ * namespace, in a mount namespace where installHostDirs are the host's own (ROOT/...); lvm.conf
+ * copied from this machine; `modprobe` a stub in the host's /usr/local/bin recording its
+ * arguments in ROOT/modprobe.calls (this kernel has no nbd module); a sparse 4 GiB file
+ * ROOT/disk0 for the SDS; empty root shell start-up files, as a fresh host has (sshd runs
+ * every command through bash, which reads ~/.bashrc). Hosts whose index is in `withoutNode`
+ * have no Node.js (/usr/bin/node is /dev/null there). Teardown kills every daemon the
+ * installer started (killInstalledDaemons).
+ */
+export async function startInstallHosts(t: TeardownHost, net: SimNetwork, dir: string, options: { withoutNode?: number[] } = {}): Promise<InstallHosts> {
+  const key = await sshKeyPair(dir, 'id_installer');
+  const roots: string[] = [];
+  for (const [index, host] of net.hosts.entries()) {
+    const root = path.join(dir, `host${index + 1}`);
+    roots.push(root);
+    for (const hostDir of installHostDirs) fs.mkdirSync(path.join(root, hostDir), { recursive: true });
+    fs.cpSync('/etc/lvm', path.join(root, 'etc/lvm'), { recursive: true });
+    fs.writeFileSync(path.join(root, 'usr/local/bin/modprobe'), `#!/bin/sh\necho "$*" >> ${path.join(root, 'modprobe.calls')}\n`, { mode: 0o755 });
+    const device = path.join(root, 'disk0');
+    fs.writeFileSync(device, '');
+    fs.truncateSync(device, 4 * 1024 * 1024 * 1024);
+    t.teardown(() => void killInstalledDaemons(root));
+    fs.writeFileSync(path.join(root, 'bashrc'), '');
+    const binds: Array<[string, string]> = [...installHostDirs.map((hostDir): [string, string] => [path.join(root, hostDir), hostDir]), [path.join(root, 'bashrc'), '/root/.bashrc']];
+    if (options.withoutNode?.includes(index) === true) binds.push(['/dev/null', '/usr/bin/node']);
+    await startSshd(t, path.join(root, 'sshd'), host.netns, host.address, [key.publicKey], 22, binds);
+  }
+  return { roots, key };
+}
+
+/**
+ * SIGKILL to every daemon the installer started detached on a host (the pids in its
+ * /run/meshblock/*.pid); returns them. An etcd member goes with its `meshblock etcd start`:
+ * etcd runs under `setpriv --pdeathsig KILL`.
+ */
+export function killInstalledDaemons(hostRoot: string): number[] {
+  const runDir = path.join(hostRoot, 'run/meshblock');
+  if (!fs.existsSync(runDir)) return [];
+  const killed: number[] = [];
+  for (const name of fs.readdirSync(runDir).filter((entry) => entry.endsWith('.pid'))) {
+    const pid = Number(fs.readFileSync(path.join(runDir, name), 'utf8').trim());
+    try {
+      if (pid > 1) {
+        process.kill(pid, 'SIGKILL');
+        killed.push(pid);
+      }
+    } catch {
+      // already gone
+    }
+  }
+  return killed;
 }

@@ -6,16 +6,31 @@
 // The order is seen by running Installer's configure phase against recording hosts: each one
 // keeps files in memory, records every command, answers the MDM start by writing cluster.json
 // as an MDM would, and answers the management CLI as an MDM that already has every pool, SDS,
-// device and SDC (so configure adds nothing). Mocked because a real run needs the MDM cluster,
-// which is not built yet; the real multi-host install is test/integration/install.test.ts.
-// createEtcdPki is a stand-in that records its request and writes placeholder files.
+// device and SDC (so configure adds nothing). Mocked to see every command and its order in
+// milliseconds, and cases real hosts cannot make here (systemd running Debian's etcd.service);
+// the real multi-host installs are test/integration/install.test.ts (one MDM) and
+// install-cluster.test.ts (Master, Slave and TB, surviving the Master's death).
+// createEtcdPki is a stand-in that records its request and writes placeholder files; the
+// MDMs' REST certificate is the real one (src/mdm/tls.ts, openssl), as the CLI hands it in.
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 import type { HostTransport, RunResult, WriteOptions } from '../../src/hostsetup/host-transport.js';
 import { installCsvTemplate, parseInstallCsv, type InstallHost, type InstallPlan } from '../../src/hostsetup/install-csv.js';
-import { configurePlan, etcdPkiRequest, Installer, mdmAddresses, type CreateEtcdPki, type EtcdPkiRequest } from '../../src/hostsetup/installer.js';
+import { X509Certificate } from 'node:crypto';
+import {
+  apiSubjectAltNames,
+  configurePlan,
+  etcdPkiRequest,
+  Installer,
+  mdmAddresses,
+  mdmApiUrls,
+  type CreateApiCertificate,
+  type CreateEtcdPki,
+  type EtcdPkiRequest,
+} from '../../src/hostsetup/installer.js';
+import { ensureSelfSignedCertificate } from '../../src/mdm/tls.js';
 
 const header = 'IPs,Username,Password,Operating System,Is MDM/TB,MDM IPs,Is SDS,SDS Name,SDS All IPs,Protection Domain,Fault Set,SDS Device List,StoragePool List,Is SDC,SDC Name';
 const threeNodes = [
@@ -38,10 +53,13 @@ const etcdArgs = (name: string, ip: string): string[] => [
   '--pki', '/etc/meshblock/etcd-pki',
 ];
 const mdmArgs = (name: string, ip: string): string[] => [
-  'mdm', 'start', '--data-dir', '/var/lib/meshblock/mdm', '--listen', `${ip}:6611`, '--api', '127.0.0.1:8443',
+  'mdm', 'start', '--data-dir', '/var/lib/meshblock/mdm', '--listen', `${ip}:6611`, '--api', `${ip}:8443`,
   '--etcd', 'https://10.0.0.1:2379,https://10.0.0.2:2379,https://10.0.0.3:2379',
   '--etcd-pki', '/etc/meshblock/etcd-pki',
   '--mdm-name', name,
+  '--tls-cert', '/etc/meshblock/api.crt',
+  '--tls-key', '/etc/meshblock/api.key',
+  '--admin-password-file', '/etc/meshblock/admin.password',
 ];
 const sdsArgs = (index: number): string[] => ['sds', 'start', '--name', `sds${index}`, '--listen', `10.0.0.${index}:7072`, '--data-dir', '/var/lib/meshblock/sds', '--mdm', mdmList, ...secretArgs];
 const sdcArgs = (index: number): string[] => ['sdc', 'start', '--mdm', mdmList, '--name', `sdc${index}`, '--data-dir', '/var/lib/meshblock/sdc', ...secretArgs];
@@ -173,7 +191,9 @@ class RecordingHost implements HostTransport {
     this.commands.push(script);
     const ok = (stdout = ''): Promise<RunResult> => Promise.resolve({ code: 0, stdout, stderr: '' });
     if (/kill -0/.test(script)) return Promise.resolve({ code: 1, stdout: '', stderr: '' });
-    const started = /^mkdir -p \/run\/meshblock \/var\/log\/meshblock; setsid .*exec \/usr\/local\/bin\/meshblock (etcd|mdm|sds|sdc) start /.exec(script);
+    const started =
+      /^mkdir -p \/run\/meshblock \/var\/log\/meshblock; setsid .*exec \/usr\/local\/bin\/meshblock (etcd|mdm|sds|sdc) start /.exec(script) ??
+      /^systemctl daemon-reload && systemctl enable --now meshblock-(etcd|mdm|sds|sdc)\.service$/.exec(script);
     if (started !== null) {
       this.cluster.starts.push(`${this.host.row} ${started[1]}`);
       if (started[1] === 'mdm') {
@@ -209,7 +229,14 @@ class RecordingHost implements HostTransport {
 }
 
 /** An Installer running only configure, on the given hosts, keeping its state in `stateDir`. */
-function configureOnly(plan: InstallPlan, stateDir: string, connect: (host: InstallHost) => RecordingHost, createEtcdPki: CreateEtcdPki, report: (line: string) => void = () => undefined): Installer {
+function configureOnly(
+  plan: InstallPlan,
+  stateDir: string,
+  connect: (host: InstallHost) => RecordingHost,
+  createEtcdPki: CreateEtcdPki,
+  report: (line: string) => void = () => undefined,
+  createApiCertificate: CreateApiCertificate = ensureSelfSignedCertificate,
+): Installer {
   return new Installer({
     plan,
     connect: (host) => Promise.resolve(connect(host)),
@@ -223,6 +250,7 @@ function configureOnly(plan: InstallPlan, stateDir: string, connect: (host: Inst
     workDir: stateDir,
     stateDir,
     createEtcdPki,
+    createApiCertificate,
     report,
   });
 }
@@ -268,13 +296,92 @@ t.test('configure on three recording hosts: PKI copied, etcd everywhere, then th
   }
   t.match(recording.get(4)?.files.get('/etc/systemd/system/meshblock-etcd.service')?.text, 'Description=meshblock etcd member\n');
   t.notOk(recording.get(4)?.files.has('/etc/systemd/system/meshblock-mdm.service'), 'no MDM on the TB');
-  t.ok(
-    recording.get(2)?.commands.every((command) => !/meshblock (pd|sds|device) list/.test(command) || command.includes('--api https://127.0.0.1:8443 --ca-cert /var/lib/meshblock/mdm/api.crt --password-file /var/lib/meshblock/mdm/admin.password')),
-    'the management CLI runs on the Master host, against its own API',
-  );
+  const managed = recording.get(2)?.commands.filter((command) => /meshblock (pd|sds|device) list/.test(command)) ?? [];
+  t.ok(managed.length > 0 && managed.every((command) => command.includes('--api https://10.0.0.1:8443,https://10.0.0.2:8443 --ca-cert /etc/meshblock/api.crt --password-file /etc/meshblock/admin.password')), 'the management CLI runs on the Master host, given every MDM API');
   t.notOk(recording.get(3)?.commands.some((command) => /meshblock [a-z-]+ list/.test(command)), 'nothing is managed through the Slave');
+
+  // The MDMs' shared files: made once in the state dir, the same on both MDM hosts, none on the TB.
+  const password = fs.readFileSync(path.join(stateDir, 'admin.password'), 'utf8');
+  t.match(password, /^[A-Za-z0-9_-]{24}\n$/, 'a generated admin password');
+  t.equal(fs.statSync(path.join(stateDir, 'admin.password')).mode & 0o777, 0o600);
+  const certificate = new X509Certificate(fs.readFileSync(path.join(stateDir, 'api', 'api.crt')));
+  t.equal(certificate.subjectAltName, 'IP Address:10.0.0.1, IP Address:10.0.0.2, IP Address:127.0.0.1, DNS:localhost', 'one REST certificate naming every MDM API');
+  for (const row of [2, 3]) {
+    const files = (recording.get(row) as RecordingHost).files;
+    t.same(files.get('/etc/meshblock/api.crt'), { text: fs.readFileSync(path.join(stateDir, 'api', 'api.crt'), 'utf8'), mode: 0o644 }, `row ${row}: the REST certificate`);
+    t.same(files.get('/etc/meshblock/api.key'), { text: fs.readFileSync(path.join(stateDir, 'api', 'api.key'), 'utf8'), mode: 0o600 }, `row ${row}: its key`);
+    t.same(files.get('/etc/meshblock/admin.password'), { text: password, mode: 0o600 }, `row ${row}: the admin password`);
+  }
+  t.notOk(['/etc/meshblock/api.crt', '/etc/meshblock/api.key', '/etc/meshblock/admin.password'].some((file) => recording.get(4)?.files.has(file)), 'nothing of the MDMs on the TB');
+  t.match(recording.get(2)?.files.get('/etc/systemd/system/meshblock-etcd.service')?.text, '\nConflicts=etcd.service\n', "the member's unit keeps Debian's etcd.service from running beside it");
+  t.notMatch(recording.get(2)?.files.get('/etc/systemd/system/meshblock-mdm.service')?.text, 'Conflicts=');
+  t.notOk(recording.get(2)?.commands.some((command) => command.includes('systemctl')), 'no systemd on these hosts: nothing asked of it');
+
   t.match(lines.join('\n'), /10\.0\.0\.2 \(row 3\): Slave MDM mdm2 up, cluster c0ffee0000000001/);
-  t.match(lines.at(-1), /^cluster c0ffee0000000001 configured: MDM cluster of 3 \(Master mdm1 on 10\.0\.0\.1, Slave mdm2 on 10\.0\.0\.2, TB tb1 on 10\.0\.0\.3\), 3 SDS\(s\), 2 SDC\(s\)$/);
+  t.match(lines.at(-2), /^cluster c0ffee0000000001 configured: MDM cluster of 3 \(Master mdm1 on 10\.0\.0\.1, Slave mdm2 on 10\.0\.0\.2, TB tb1 on 10\.0\.0\.3\), 3 SDS\(s\), 2 SDC\(s\)$/);
+  t.equal(lines.at(-1), `manage it from here or any MDM host: meshblock dashboard --api https://10.0.0.1:8443,https://10.0.0.2:8443 --ca-cert ${path.join(stateDir, 'api', 'api.crt')} --password-file ${path.join(stateDir, 'admin.password')} (on an MDM host: /etc/meshblock/api.crt, /etc/meshblock/admin.password)`);
+
+  // Run again on the same state dir: the same password and certificate, nothing rewritten.
+  const again = configureOnly(plan, stateDir, (host) => recording.get(host.row) as RecordingHost, recordPki);
+  const writes: string[] = [];
+  for (const host of recording.values()) {
+    const write = host.writeFile.bind(host);
+    host.writeFile = (file, text, options) => (writes.push(file), write(file, text, options));
+  }
+  await again.run();
+  t.equal(fs.readFileSync(path.join(stateDir, 'admin.password'), 'utf8'), password, 'the password is kept');
+  t.equal(new X509Certificate(fs.readFileSync(path.join(stateDir, 'api', 'api.crt'))).fingerprint256, certificate.fingerprint256, 'the certificate is kept');
+  t.same(writes, [], 'nothing written to a host again');
+});
+
+t.test('one Master alone: its MDM makes its own certificate and password, on loopback as before', async (t) => {
+  const plan = parseInstallCsv(threeNodes.replace(',Slave,', ',,').replace(',TB,', ',,'));
+  t.same(mdmApiUrls(plan), ['https://127.0.0.1:8443']);
+  const cluster: SimCluster = { id: null, plan, starts: [] };
+  const recording = new Map(plan.hosts.map((host) => [host.row, new RecordingHost(host, cluster)]));
+  const stateDir = t.testdir();
+  let certificates = 0;
+  const installer = configureOnly(plan, stateDir, (host) => recording.get(host.row) as RecordingHost, placeholderPki, undefined, () => {
+    certificates += 1;
+    return { certPath: '', keyPath: '' };
+  });
+  await installer.run();
+  t.equal(certificates, 0, 'no shared certificate');
+  t.same(fs.readdirSync(stateDir), [], 'nothing kept in the state dir');
+  t.same([...(recording.get(2) as RecordingHost).files.keys()].filter((file) => /api\.(crt|key)|admin\.password/.test(file)), [], 'nothing copied to the MDM host');
+  t.ok(recording.get(2)?.commands.filter((command) => /meshblock pd list/.test(command)).every((command) => command.includes('--api https://127.0.0.1:8443 --ca-cert /var/lib/meshblock/mdm/api.crt --password-file /var/lib/meshblock/mdm/admin.password')));
+});
+
+t.test("a kept REST certificate that does not name an MDM's address is refused before any MDM starts", async (t) => {
+  const plan = parseInstallCsv(threeNodes);
+  const stateDir = t.testdir();
+  // Made for another Slave address: as if the Slave had moved, or a 5-node cluster grew from this state dir.
+  fs.mkdirSync(path.join(stateDir, 'api'));
+  ensureSelfSignedCertificate(path.join(stateDir, 'api'), { subjectAltNames: apiSubjectAltNames(parseInstallCsv(threeNodes.replace('10.0.0.2,root', '10.0.0.9,root'))) });
+  const cluster: SimCluster = { id: null, plan, starts: [] };
+  const installer = configureOnly(plan, stateDir, (host) => new RecordingHost(host, cluster), placeholderPki);
+  await t.rejects(installer.run(), { code: 'MB_ERR_INSTALL_STEP', message: /REST certificate .*api\/api\.crt does not name 10\.0\.0\.2: remove .*api\.crt and .*api\.key to make one for every MDM/ });
+  t.same(cluster.starts, ['2 etcd', '3 etcd', '4 etcd'], 'only the etcd members started');
+});
+
+t.test("a systemd host: Debian's etcd.service is stopped and disabled before the member starts", async (t) => {
+  const plan = parseInstallCsv(threeNodes);
+  const cluster: SimCluster = { id: null, plan, starts: [] };
+  const recording = new Map(plan.hosts.map((host) => [host.row, new RecordingHost(host, cluster)]));
+  // Row 2 runs the package's etcd (enabled and active), row 3 had it disabled, row 4 is a systemd host without it running.
+  for (const host of recording.values()) host.files.set('/run/systemd/system', { text: '', mode: undefined });
+  for (const [row, answer] of [[2, 0], [3, 1], [4, 1]] as const) {
+    const host = recording.get(row) as RecordingHost;
+    const run = host.run.bind(host);
+    host.run = (command, args) => (command === 'systemctl' && args[0] !== undefined && /^is-(enabled|active)$/.test(args[0]) ? (host.commands.push([command, ...args].join(' ')), Promise.resolve({ code: answer, stdout: '', stderr: '' })) : run(command, args));
+  }
+  const lines: string[] = [];
+  await configureOnly(plan, t.testdir(), (host) => recording.get(host.row) as RecordingHost, placeholderPki, (line) => lines.push(line)).run();
+  const first = recording.get(2) as RecordingHost;
+  const disabledAt = first.commands.indexOf('systemctl disable --now etcd.service');
+  t.ok(disabledAt >= 0 && disabledAt < first.commands.findIndex((command) => command.includes('enable --now meshblock-etcd.service')), 'disabled on row 2, before its member starts');
+  t.match(lines.join('\n'), /10\.0\.0\.1 \(row 2\): Debian's etcd\.service \(its own etcd on localhost:2379\) stopped and disabled/);
+  for (const row of [3, 4]) t.notOk(recording.get(row)?.commands.includes('systemctl disable --now etcd.service'), `row ${row}: left alone (not enabled, not running)`);
 });
 
 t.test('a Slave whose MDM is in another cluster stops configure', async (t) => {

@@ -19,23 +19,9 @@ import * as path from 'node:path';
 import t from 'tap';
 import { createSimNetwork, type SimNetwork } from '../helpers/netns.js';
 import { runMeshblock } from '../helpers/processes.js';
-import { sshKeyPair, startSshd } from '../helpers/sshd.js';
+import { startInstallHosts } from '../helpers/sshd.js';
 
 const GiB = 1024 * 1024 * 1024;
-const hostDirs = ['/opt', '/etc/meshblock', '/etc/lvm', '/etc/modprobe.d', '/etc/modules-load.d', '/etc/systemd/system', '/usr/local/bin', '/var/lib/meshblock', '/var/log/meshblock', '/run/meshblock'];
-
-function killDaemons(hostRoot: string): void {
-  const runDir = path.join(hostRoot, 'run/meshblock');
-  if (!fs.existsSync(runDir)) return;
-  for (const name of fs.readdirSync(runDir).filter((entry) => entry.endsWith('.pid'))) {
-    const pid = Number(fs.readFileSync(path.join(runDir, name), 'utf8').trim());
-    try {
-      if (pid > 1) process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-}
 
 t.test('install --csv: three hosts over real SSH, a cluster serving a volume at the end', { timeout: 1_500_000 }, async (t) => {
   const network = await createSimNetwork(t, 3, { names: ['xen1', 'xen2', 'xen3'] });
@@ -45,27 +31,8 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
   }
   const net: SimNetwork = network;
   const dir = t.testdir();
-  const key = await sshKeyPair(dir, 'id_installer');
-  const roots: string[] = [];
-  for (const [index, host] of net.hosts.entries()) {
-    const root = path.join(dir, `host${index + 1}`);
-    roots.push(root);
-    for (const hostDir of hostDirs) fs.mkdirSync(path.join(root, hostDir), { recursive: true });
-    fs.cpSync('/etc/lvm', path.join(root, 'etc/lvm'), { recursive: true });
-    fs.writeFileSync(path.join(root, 'usr/local/bin/modprobe'), `#!/bin/sh\necho "$*" >> ${path.join(root, 'modprobe.calls')}\n`, { mode: 0o755 });
-    // The SDS's device: a sparse file at a path of this host's own.
-    const device = path.join(root, 'disk0');
-    fs.writeFileSync(device, '');
-    fs.truncateSync(device, 4 * GiB);
-    t.teardown(() => killDaemons(root));
-    // root's shell start-up files are this machine's (sshd runs every command through bash,
-    // which reads ~/.bashrc): the hosts get empty ones, as a fresh host has.
-    fs.writeFileSync(path.join(root, 'bashrc'), '');
-    const binds: Array<[string, string]> = [...hostDirs.map((hostDir): [string, string] => [path.join(root, hostDir), hostDir]), [path.join(root, 'bashrc'), '/root/.bashrc']];
-    // Host 3 has no Node.js: the installer must bring its own runtime.
-    if (index === 2) binds.push(['/dev/null', '/usr/bin/node']);
-    await startSshd(t, path.join(root, 'sshd'), host.netns, host.address, [key.publicKey], 22, binds);
-  }
+  // Host 3 has no Node.js: the installer must bring its own runtime.
+  const { roots, key } = await startInstallHosts(t, net, dir, { withoutNode: [2] });
   const csv = path.join(dir, 'cluster.csv');
   fs.writeFileSync(
     csv,
@@ -116,7 +83,12 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
 
     // On host 3 (the SDC's), as a user there would: its loopback, its NBD export.
     const uri = 'nbd://127.0.0.1:10809/vol1';
-    const info = await net.exec(2, 'nbdinfo', ['--json', uri], { timeoutMs: 30_000 });
+    // The mapping reaches the SDC in the MDM's next push, which may come just after install returns.
+    let info = await net.exec(2, 'nbdinfo', ['--json', uri], { timeoutMs: 30_000 });
+    for (const deadline = Date.now() + 30_000; info.code !== 0 && Date.now() < deadline; ) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      info = await net.exec(2, 'nbdinfo', ['--json', uri], { timeoutMs: 30_000 });
+    }
     t.equal(info.code, 0, info.stderr);
     // ScaleIO's rule, kept: volume sizes round up to the pool's granularity (8 GiB).
     t.equal((JSON.parse(info.stdout) as { exports: Array<{ 'export-size': number }> }).exports[0]?.['export-size'], 8 * GiB);
