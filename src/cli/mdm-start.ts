@@ -12,6 +12,7 @@
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Level, Logger } from 'pino';
@@ -26,7 +27,7 @@ import { EtcdStore, type ClusterRecord } from '../mdm/etcd-store.js';
 import { RestApi } from '../mdm/rest-api.js';
 import { etcdCallTimeoutMs, rebuildAfterMsDefault, rebuildChunksInflightMaxDefault, sdsDownAfterMsDefault } from '../common/limits.js';
 import { MdmService, type MdmServiceOptions } from '../mdm/service.js';
-import { ensureSelfSignedCertificate, loadCertificate } from '../mdm/tls.js';
+import { apiCertificateSubjectAltNamesDefault, ensureSelfSignedCertificate, loadCertificate } from '../mdm/tls.js';
 import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';
 import { lockDataDir } from './pid-lock.js';
@@ -244,9 +245,12 @@ async function mdmStartClustered(args: MdmStartArgs, log: Logger, dataDir: strin
     fs.writeFileSync(path.join(dataDir, 'cluster.json'), `${JSON.stringify({ clusterId: record.clusterId, name: record.name }, null, 1)}\n`);
     writePrivate(path.join(dataDir, adminPasswordFileName), record.adminAuth);
     const auth = AdminAuth.loadFromDataDir(dataDir);
-    const certificate = args['tls-cert'] !== undefined && args['tls-key'] !== undefined ? loadCertificate(args['tls-cert'], args['tls-key']) : ensureSelfSignedCertificate(dataDir);
     const wire = parseHostPort('--listen', args.listen);
     const apiWanted = parseHostPort('--api', args.api);
+    // Made here, the certificate names the API's own address too: clients reach MDMs of a
+    // cluster on their hosts' addresses, not on loopback.
+    const apiNames = net.isIP(apiWanted.host) !== 0 && !apiCertificateSubjectAltNamesDefault.includes(`IP:${apiWanted.host}`) ? [...apiCertificateSubjectAltNamesDefault, `IP:${apiWanted.host}`] : apiCertificateSubjectAltNamesDefault;
+    const certificate = args['tls-cert'] !== undefined && args['tls-key'] !== undefined ? loadCertificate(args['tls-cert'], args['tls-key']) : ensureSelfSignedCertificate(dataDir, { subjectAltNames: apiNames });
     const member = new MdmClusterMember({
       store,
       name,
