@@ -21,7 +21,8 @@
 //    an fsync every fsyncEvery writes, time-based) on the lab volume, the Master killed
 //    --kill-at seconds into the measured window; fio's max completion latency of writes and
 //    of fsyncs against the same run without a fault (baseline), and fio's error (must be 0).
-//    The reference gets the same runs, its MDM killed and restarted at once.
+//    The reference gets the same runs, its MDM killed and restarted at once. Each run is
+//    repeated --stall-rounds times (the scenarios alternating): a maximum is one sample.
 // 4. A planned switch: POST /api/instances/System/action/changeMdmOwnership {"id": Slave} to
 //    the Master's API, then, every 50 ms, a volume create through the new Master's API until
 //    it is accepted; and one fio run as in 3 with the switch in its window.
@@ -40,7 +41,7 @@
 // --purge`) and the temp dir removed on every path out.
 //
 // Usage: node scripts/bench-mdm.mjs [--ops 100] [--rounds 5] [--size 512M] [--runtime 20]
-//          [--ramp-time 2] [--kill-at 5] [--out docs/benchmarks.md] [--dir /tmp] [--shared-network] [--quick]
+//          [--ramp-time 2] [--kill-at 5] [--stall-rounds 3] [--out docs/benchmarks.md] [--dir /tmp] [--shared-network] [--quick]
 
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -103,8 +104,12 @@ const settleMs = 2000;
 /** fio stall runs: an fsync after this many writes. */
 const fsyncEvery = 32;
 const fioSlackMs = 60_000;
-/** Bounded wait for a quiet machine before each timed series (see bench-lab). */
-const quietWaitMsMax = 15_000;
+/**
+ * Bounded wait for a quiet machine before each timed series or round (see bench-lab). Short:
+ * there are some forty of them, and on a machine others keep busy each one runs out; the
+ * runs that started busy are counted in the report instead.
+ */
+const quietWaitMsMax = 5000;
 /** Thin volumes created by the management series and the probes: no capacity is used. */
 const probeVolumeSizeInKb = 8 * 1024 * 1024;
 
@@ -124,6 +129,7 @@ stall during a failover, and the planned ownership switch.
   --runtime SECONDS    measured time per fio run [default: 20; --quick: 10]
   --ramp-time SECONDS  unmeasured warm-up per fio run [default: 2; --quick: 1]
   --kill-at SECONDS    when, into fio's measured window, the fault is made [default: 5; --quick: 3]
+  --stall-rounds N     fio runs per stall scenario [default: 3; --quick: 1]
   --out FILE           also write the report as a Markdown section '${sectionHeading.slice(3)}' of FILE,
                        in place (or at the end), keeping the rest and the hand-written analysis
   --dir DIR            where the temp dir (the labs) goes [default: ${os.tmpdir()}]
@@ -141,7 +147,7 @@ export function parseOptions(argv) {
     args: argv,
     strict: true,
     allowPositionals: false,
-    options: { ...sharedOptionSpecs, ops: { type: 'string' }, 'kill-at': { type: 'string' }, 'shared-network': { type: 'boolean', default: false } },
+    options: { ...sharedOptionSpecs, ops: { type: 'string' }, 'kill-at': { type: 'string' }, 'stall-rounds': { type: 'string' }, 'shared-network': { type: 'boolean', default: false } },
   });
   if (values.help) return null;
   const quick = values.quick;
@@ -154,6 +160,7 @@ export function parseOptions(argv) {
     ...shared,
     opCount: parseInteger('--ops', values.ops ?? (quick ? '20' : '100'), 1, 10_000),
     killAtSeconds: parseInteger('--kill-at', values['kill-at'] ?? (quick ? '3' : '5'), 1, 3600),
+    stallRoundCount: parseInteger('--stall-rounds', values['stall-rounds'] ?? (quick ? '1' : '3'), 1, 100),
     sharedNetwork: values['shared-network'],
   };
   if (options.killAtSeconds >= options.runtimeSeconds) {
@@ -623,23 +630,47 @@ function takeoverRows({ failovers, restarts, switches }) {
   return { header, rows };
 }
 
+/** The longest completion of a run, write or fsync. */
+function longestMs(result) {
+  return Math.max(result.writeClatMaxMs ?? 0, result.syncLatMaxMs ?? 0);
+}
+
 function stallRows(stalls) {
-  const header = ['fio run (4k randwrite QD1, fsync every 32)', 'write clat max ms', 'fsync max ms', 'write clat p99 ms', 'IOPS', 'max vs baseline', 'fio error'];
-  const rows = stalls.map(({ title, result, baseline }) => [
-    title,
-    ms(result.writeClatMaxMs, 1),
-    ms(result.syncLatMaxMs, 1),
-    ms(result.writeClatP99Ms, 2),
-    result.iops === null ? '-' : Math.round(result.iops).toLocaleString('en-US'),
-    baseline === null ? '-' : ratio(Math.max(result.writeClatMaxMs ?? 0, result.syncLatMaxMs ?? 0), Math.max(baseline.writeClatMaxMs ?? 0, baseline.syncLatMaxMs ?? 0)),
-    result.error === null ? 'none' : result.error + (result.disturbed ? ' (disturbed)' : ''),
-  ]);
+  const header = [
+    'fio run (4k randwrite QD1, fsync every 32)',
+    'runs',
+    'longest completion ms, worst run',
+    'longest completion ms, median run',
+    'write clat max ms, worst',
+    'fsync max ms, worst',
+    'write clat p99 ms, median',
+    'IOPS, median',
+    'worst vs baseline worst',
+    'fio errors',
+  ];
+  const rows = stalls.map(({ title, results, baseline }) => {
+    const errors = results.filter((result) => result.error !== null);
+    const worst = maximum(results.map(longestMs));
+    return [
+      title,
+      String(results.length),
+      ms(worst, 1),
+      ms(median(results.map(longestMs)), 1),
+      ms(maximum(results.map((result) => result.writeClatMaxMs ?? 0)), 1),
+      ms(maximum(results.map((result) => result.syncLatMaxMs ?? 0)), 1),
+      ms(median(results.map((result) => result.writeClatP99Ms)), 2),
+      Math.round(median(results.map((result) => result.iops)) ?? 0).toLocaleString('en-US'),
+      baseline === null ? '-' : ratio(worst, maximum(baseline.results.map(longestMs))),
+      errors.length === 0 ? 'none' : `${errors.length}: ${errors[0].error}`,
+    ];
+  });
   return { header, rows };
 }
 
 function markdownSection({ options, machine, management, takeovers, stalls, startedAt, loads, labCommands, analysis }) {
   const argv = process.argv.slice(2).join(' ');
-  const disturbedStalls = stalls.filter((entry) => entry.result.disturbed).length;
+  const disturbedStalls = stalls.reduce((sum, entry) => sum + entry.results.filter((result) => result.disturbed).length, 0);
+  const stallRunCount = stalls.reduce((sum, entry) => sum + entry.results.length, 0);
   return `${sectionHeading}
 
 Generated by \`npm run build && node scripts/bench-mdm.mjs${argv ? ` ${argv}` : ''}\` (started ${startedAt}).
@@ -676,8 +707,9 @@ ${markdownTable(takeoverRows(takeovers))}
 
 fio (nbd engine, one job) on the lab's volume, its ${formatBytes(options.sizeBytes)} region written in full first:
 4k random writes at iodepth 1, an fsync every ${fsyncEvery} writes, ${options.runtimeSeconds} s measured after ${options.rampSeconds} s ramp; the
-fault is made ${options.killAtSeconds} s into the measured window. "max vs baseline" compares the longest completion
-(write or fsync) with that lab's run without a fault.${disturbedStalls > 0 ? ` **${disturbedStalls} runs started without a quiet machine.**` : ''}
+fault is made ${options.killAtSeconds} s into the measured window; ${options.stallRoundCount} run(s) per scenario, the scenarios alternating.
+"Longest completion" is the larger of fio's write clat max and fsync latency max in a run; "worst vs baseline worst"
+compares it with that lab's runs without a fault.${disturbedStalls > 0 ? ` **${disturbedStalls} of ${stallRunCount} runs started without a quiet machine.**` : ''}
 
 ${markdownTable(stallRows(stalls))}
 
@@ -834,16 +866,21 @@ async function main() {
       { title: 'journal: kill -9 the MDM, restarted at once', lab: journal, fault: killJournalMdm, against: 'journal' },
       { title: 'cluster: changeMdmOwnership', lab: cluster, fault: switchMaster, after: () => waitClusterNormal(cluster), against: 'cluster' },
     ];
-    const baselines = {};
-    const stalls = [];
-    for (const entry of plan) {
-      if (entry.lab === cluster) await waitClusterNormal(cluster);
-      const result = await stallRun(entry.lab, options, machine.cpuCount, entry.fault, entry.after ?? null);
-      if (entry.baselineOf !== undefined) baselines[entry.baselineOf] = result;
-      stalls.push({ title: entry.title, result, baseline: entry.against === undefined ? null : baselines[entry.against] });
-      process.stderr.write(
-        `fio ${entry.title}: write clat max ${ms(result.writeClatMaxMs)} ms, fsync max ${ms(result.syncLatMaxMs)} ms, ${Math.round(result.iops ?? 0)} IOPS, error: ${result.error ?? 'none'}\n`,
-      );
+    const stalls = plan.map((entry) => ({ title: entry.title, entry, results: [], baseline: null }));
+    for (const stall of stalls) {
+      const against = stall.entry.against;
+      if (against !== undefined) stall.baseline = stalls.find((other) => other.entry.baselineOf === against);
+    }
+    for (let round = 1; round <= options.stallRoundCount; round++) {
+      for (const stall of stalls) {
+        const { entry } = stall;
+        if (entry.lab === cluster) await waitClusterNormal(cluster);
+        const result = await stallRun(entry.lab, options, machine.cpuCount, entry.fault, entry.after ?? null);
+        stall.results.push(result);
+        process.stderr.write(
+          `fio ${round}/${options.stallRoundCount} ${entry.title}: write clat max ${ms(result.writeClatMaxMs)} ms, fsync max ${ms(result.syncLatMaxMs)} ms, ${Math.round(result.iops ?? 0)} IOPS, error: ${result.error ?? 'none'}\n`,
+        );
+      }
     }
     loads.end = loadAverage();
 
@@ -853,7 +890,7 @@ async function main() {
       ['Longest client IO stall', stallRows(stalls)],
     ];
     process.stdout.write(`\n${tables.map(([title, table]) => `${title}\n${textTable(table)}`).join('\n\n')}\n\nload average ${loads.start} -> ${loads.end}\n`);
-    const fioErrors = stalls.filter((entry) => entry.result.error !== null);
+    const fioErrors = stalls.filter((entry) => entry.results.some((result) => result.error !== null));
     if (options.outPath !== null) {
       const labCommands = labs.map((lab) => lab.command);
       writeSection(options.outPath, { heading: sectionHeading, analysisStart, analysisEnd }, (analysis) =>

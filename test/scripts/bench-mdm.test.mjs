@@ -10,8 +10,8 @@ import { parseOptions, percentile } from '../../scripts/bench-mdm.mjs';
 const MiB = 1024 * 1024;
 
 t.test('parseOptions: defaults, --quick, given values', async (t) => {
-  t.match(parseOptions([]), { opCount: 100, roundCount: 5, sizeBytes: 512 * MiB, runtimeSeconds: 20, rampSeconds: 2, killAtSeconds: 5, sharedNetwork: false, outPath: null });
-  t.match(parseOptions(['--quick']), { opCount: 20, roundCount: 2, sizeBytes: 256 * MiB, runtimeSeconds: 10, rampSeconds: 1, killAtSeconds: 3 });
+  t.match(parseOptions([]), { opCount: 100, roundCount: 5, sizeBytes: 512 * MiB, runtimeSeconds: 20, rampSeconds: 2, killAtSeconds: 5, stallRoundCount: 3, sharedNetwork: false, outPath: null });
+  t.match(parseOptions(['--quick']), { opCount: 20, roundCount: 2, sizeBytes: 256 * MiB, runtimeSeconds: 10, rampSeconds: 1, killAtSeconds: 3, stallRoundCount: 1 });
   t.match(parseOptions(['--quick', '--ops', '7', '--rounds', '3', '--runtime', '30', '--kill-at', '12', '--shared-network']), { opCount: 7, roundCount: 3, runtimeSeconds: 30, killAtSeconds: 12, sharedNetwork: true });
   t.equal(parseOptions(['--help']), null, '--help asks for the usage');
 });
