@@ -1,9 +1,19 @@
 // Soak: the CI fault tests' failures at random, for minutes to hours, on one cluster under
 // one verifying writer. It proves that a long, seeded run of single failures (an SDS killed
 // and back before or after its copies are rebuilt elsewhere, an SDS hung and resumed, the
-// MDM killed and restarted, the SDC killed and restarted) costs the client no IO error and
-// no acknowledged write: the writer sees none while it runs, and every block reads back at
-// its last acknowledged version at the end.
+// Master MDM killed and restarted, the Master hung past its lease and resumed, the Master's
+// etcd member killed and restarted, the SDC killed and restarted) costs the client no IO
+// error and no acknowledged write: the writer sees none while it runs, and every block reads
+// back at its last acknowledged version at the end.
+//
+// The control plane is a 3-node MDM cluster by default (3 etcd members, Master and Slave
+// MDMs, a Tie-Breaker: test/helpers/mdm-cluster.ts), SDSs and the SDC given both MDMs'
+// addresses; SOAK_MDMS=1 runs the one MDM with its embedded journal instead, whose fault is
+// `mdm-kill` (kill -9 it, restart it on its ports and data). After an MDM fault is healed the
+// run also waits until the cluster is ClusteredNormal (the old Master back as a Slave).
+// Not here: a network partition of the Master. It needs every MDM and etcd member in its own
+// network namespace from the start (test/mdm-cluster-partition's set-up), a different
+// cluster from this one; killing the Master's etcd member for ~10 s is the soak's stand-in.
 //
 // Fault model: one failure at a time. Two copies survive one failure, so after every fault
 // is healed the run waits until the MDM reports the cluster whole (rebuild idle, no degraded
@@ -17,6 +27,7 @@
 //                 and the final read-back come on top
 //   SOAK_SEED     u32 seed (default random; printed first, with the line that replays it)
 //   SOAK_SDS      SDSs in the cluster (default 4, at least 3: a full rebuild needs two left)
+//   SOAK_MDMS     3 (default): a 3-node MDM cluster on etcd; 1: one MDM with its journal
 //   SOAK_FLUSH_EVERY_MS
 //                 how often the writer sends NBD_CMD_FLUSH (default 500; 0 for never, to
 //                 look past a flush problem at everything else)
@@ -34,10 +45,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { OutOfRangeError } from '../../src/common/errors.js';
 import { mulberry32 } from '../../src/common/seeded-random.js';
+import type { MdmClusterView } from '../../src/mdm/cluster-member.js';
 import type { RestDashboard } from '../../src/mdm/rest-objects.js';
-import { restartSds, startCluster, startMdm, startSdc, until, type Cluster } from '../helpers/cluster.js';
+import { populateCluster, startCluster, startMdm, startSdc, until, type Cluster, type ControlPlane, type Mdm } from '../helpers/cluster.js';
 import { dashboard, untilWhole } from '../helpers/fault-load.js';
+import { startMdmCluster, type MdmClusterHandle } from '../helpers/mdm-cluster.js';
 import { repoRoot, type DaemonHandle } from '../helpers/processes.js';
+import { startSds, type SdsHandle } from '../helpers/sds.js';
 import { startVerifier, summary, type VerifierStats, type VerifyingWriter } from '../helpers/verifier.js';
 
 const MiB = 1024 * 1024;
@@ -62,6 +76,8 @@ const writerFlushEveryMsDefault = 500;
 /** Longer than any planned outage of the SDC (sdc-kill below) plus its start. */
 const writerReconnectTimeoutMs = 120_000;
 
+/** For the MDM cluster to be ClusteredNormal again after an MDM fault (a restarted MDM rejoins as a Slave). */
+const clusterNormalTimeoutMs = 90_000;
 /** A full rebuild and the rebalance back, under load, on a small machine. */
 const wholeTimeoutMs = 300_000;
 /** For the MDM to see every SDS and the SDC connected again after a heal. */
@@ -76,7 +92,7 @@ const reaperScanIntervalMs = 1000;
 /** On top of SOAK_SECONDS for tap's timeout: startup, the last fault's heal, the read-back. */
 const slackSeconds = 1200;
 
-type FaultKind = 'sds-kill-delta' | 'sds-kill-full' | 'sds-stop' | 'mdm-kill' | 'sdc-kill' | 'quiet';
+type FaultKind = 'sds-kill-delta' | 'sds-kill-full' | 'sds-stop' | 'mdm-kill' | 'master-kill' | 'master-stop' | 'master-etcd-kill' | 'sdc-kill' | 'quiet';
 
 /**
  * Relative frequency and how long each fault keeps its target away, in ms. A delta kill is
@@ -84,15 +100,28 @@ type FaultKind = 'sds-kill-delta' | 'sds-kill-full' | 'sds-stop' | 'mdm-kill' | 
  * kill stays past it, so its copies are re-created elsewhere and the pool rebalances back
  * onto it. A hang is past --sds-down-after, on either side of --rebuild-after.
  */
-const faultKinds: ReadonlyArray<{ kind: FaultKind; weight: number; awayMsMin: number; awayMsMax: number }> = [
+type FaultPlan = { kind: FaultKind; weight: number; awayMsMin: number; awayMsMax: number };
+const dataFaultKinds: readonly FaultPlan[] = [
   { kind: 'sds-kill-delta', weight: 3, awayMsMin: 500, awayMsMax: (rebuildAfterSeconds - 3) * 1000 },
   { kind: 'sds-kill-full', weight: 2, awayMsMin: (rebuildAfterSeconds + 2) * 1000, awayMsMax: (rebuildAfterSeconds + 15) * 1000 },
   { kind: 'sds-stop', weight: 3, awayMsMin: 3000, awayMsMax: 10_000 },
-  { kind: 'mdm-kill', weight: 1, awayMsMin: 1000, awayMsMax: 5000 },
   { kind: 'sdc-kill', weight: 1, awayMsMin: 500, awayMsMax: 3000 },
   { kind: 'quiet', weight: 1, awayMsMin: 5000, awayMsMax: 20_000 },
 ];
-const faultWeightTotal = faultKinds.reduce((sum, entry) => sum + entry.weight, 0);
+/** One MDM with its journal: killed and restarted on its ports and data. */
+const singleMdmFaultKinds: readonly FaultPlan[] = [{ kind: 'mdm-kill', weight: 1, awayMsMin: 1000, awayMsMax: 5000 }];
+/**
+ * The MDM cluster. The Master killed (a Slave takes over; the old one comes back as a Slave);
+ * the Master hung longer than its lease (mdmMasterLeaseMs, 3 s: a Slave takes over, and the
+ * woken one must step down without giving an order); the Master's own etcd member killed for
+ * about etcd's election timeout times ten (the Master goes on through the other members, or
+ * loses its lease if it cannot).
+ */
+const mdmClusterFaultKinds: readonly FaultPlan[] = [
+  { kind: 'master-kill', weight: 1, awayMsMin: 1000, awayMsMax: 5000 },
+  { kind: 'master-stop', weight: 1, awayMsMin: 5000, awayMsMax: 7000 },
+  { kind: 'master-etcd-kill', weight: 1, awayMsMin: 8000, awayMsMax: 12_000 },
+];
 
 function envInteger(name: string, fallback: number, min: number, max: number): number {
   const text = process.env[name];
@@ -106,16 +135,21 @@ const soakSeconds = envInteger('SOAK_SECONDS', soakSecondsDefault, 1, 30 * 86_40
 const seed = envInteger('SOAK_SEED', randomInt(0, u32Max + 1), 0, u32Max);
 const sdsCount = envInteger('SOAK_SDS', sdsCountDefault, 3, 16);
 const writerFlushEveryMs = envInteger('SOAK_FLUSH_EVERY_MS', writerFlushEveryMsDefault, 0, 3_600_000);
+const mdmCount = envInteger('SOAK_MDMS', 3, 1, 3);
+if (mdmCount === 2) throw new OutOfRangeError('SOAK_MDMS', '1 (one MDM, journal) or 3 (a 3-node MDM cluster)', '2');
+const faultKinds: readonly FaultPlan[] = [...dataFaultKinds, ...(mdmCount === 1 ? singleMdmFaultKinds : mdmClusterFaultKinds)];
+const faultWeightTotal = faultKinds.reduce((sum, entry) => sum + entry.weight, 0);
 const replayCommand = [
   `SOAK_SEED=${seed}`,
   `SOAK_SECONDS=${soakSeconds}`,
   `SOAK_SDS=${sdsCount}`,
+  `SOAK_MDMS=${mdmCount}`,
   ...(writerFlushEveryMs !== writerFlushEveryMsDefault ? [`SOAK_FLUSH_EVERY_MS=${writerFlushEveryMs}`] : []),
   'npm run soak',
 ].join(' ');
 
 // The seed first, before anything can fail.
-t.comment(`soak seed ${seed}: ${soakSeconds} s of faults on ${sdsCount} SDSs; replay with: ${replayCommand}`);
+t.comment(`soak seed ${seed}: ${soakSeconds} s of faults on ${sdsCount} SDSs and ${mdmCount === 1 ? 'one MDM (journal)' : 'a 3-node MDM cluster (etcd)'}; replay with: ${replayCommand}`);
 if (writerFlushEveryMs === 0) t.comment('the writer sends no NBD_CMD_FLUSH (SOAK_FLUSH_EVERY_MS=0)');
 // Tells tap's runner too (its own timeout is package.json's, for the normal run).
 t.setTimeout((soakSeconds + slackSeconds) * 1000);
@@ -127,6 +161,9 @@ interface Fault {
   kind: FaultKind;
   /** The SDS it hits (cluster.sds index), for SDS faults. */
   sdsIndex: number | null;
+  /** The MDM that was Master when the fault hit it (MDM cluster faults), and the Master after it healed. */
+  masterBefore: string | null;
+  masterAfter: string | null;
   awayMs: number;
   startedAtMs: number;
   /** Until the target was back (restarted, resumed) and the MDM saw everything connected. */
@@ -162,17 +199,56 @@ t.test('soak: random faults under a verifying writer', async (t) => {
   startReaper(t);
   t.teardown(() => abort.abort());
   const dir = t.testdir();
-  say(`starting an MDM (${mdmArgs.join(' ')}), ${sdsCount} SDSs with ${deviceBytes / GiB} GiB sparse devices, an SDC`);
-  const cluster = await startCluster(t, dir, { sdsCount, deviceBytes, volumes: [{ name: 'vol1', sizeBytes: volumeBytes }], mdmArgs });
+  const populate = { sdsCount, deviceBytes, volumes: [{ name: 'vol1', sizeBytes: volumeBytes }] };
+  // The MDM cluster (null with one MDM), and what SDSs and the SDC are given: the cluster's
+  // id and secret and every MDM's wire address.
+  let mdms: MdmClusterHandle | null = null;
+  let cluster: Cluster;
+  if (mdmCount === 1) {
+    say(`starting an MDM (${mdmArgs.join(' ')}), ${sdsCount} SDSs with ${deviceBytes / GiB} GiB sparse devices, an SDC`);
+    cluster = await startCluster(t, dir, { ...populate, mdmArgs });
+  } else {
+    say(`starting a 3-node MDM cluster (etcd members mdm1, mdm2, tb1; MDMs mdm1 and mdm2; ${mdmArgs.join(' ')}), ${sdsCount} SDSs with ${deviceBytes / GiB} GiB sparse devices, an SDC`);
+    const started = await startMdmCluster(t, dir, { size: 3, mdmArgs });
+    mdms = started;
+    const plane: ControlPlane = { clusterId: started.clusterId, address: started.addresses, secretFile: started.secretFile, meshblock: (args) => started.cli(args) };
+    const first = started.mdms[0] as (typeof started.mdms)[number];
+    // Cluster's `mdm` is one MDM's handle: here mdm1's, with every MDM's addresses (what the
+    // SDC and SDS restarts below, and untilWhole's log dump, use of it).
+    const mdm: Mdm = { ...(first.handle as DaemonHandle), clusterId: started.clusterId, address: started.addresses, apiUrl: `https://${first.apiAddress}`, certPath: started.certPath, secretFile: started.secretFile };
+    cluster = { ...(await populateCluster(t, dir, plane, populate)), mdm };
+  }
   // Every daemon ever started, for the logs.
   const incarnations: Array<{ label: string; handle: DaemonHandle }> = [];
   const remember = (label: string, handle: DaemonHandle): void => {
     incarnations.push({ label: `${label}.${incarnations.filter((entry) => entry.label.startsWith(`${label}.`)).length + 1}`, handle });
   };
-  remember('mdm', cluster.mdm);
+  if (mdms === null) remember('mdm', cluster.mdm);
+  else for (const mdm of mdms.mdms) remember(mdm.name, mdm.handle as DaemonHandle);
   cluster.sds.forEach((sds) => remember(sds.name, sds));
   remember('sdc', cluster.sdc);
-  say(`cluster ${cluster.mdm.clusterId}: MDM at ${cluster.mdm.address}, SDSs at ${cluster.sds.map((sds) => sds.address).join(', ')}, volume at ${cluster.uri('vol1')}`);
+  say(
+    `cluster ${cluster.mdm.clusterId}: ${mdms === null ? `MDM at ${cluster.mdm.address}` : `MDMs ${mdms.mdms.map((mdm) => `${mdm.name} at ${mdm.wireAddress} (API ${mdm.apiAddress})`).join(', ')}, etcd ${mdms.etcd.endpoints.join(', ')}`}, SDSs at ${cluster.sds.map((sds) => sds.address).join(', ')}, volume at ${cluster.uri('vol1')}`,
+  );
+
+  /** Restarts a killed SDS on its old address, device and data directory; the MDM(s) know it by its id. */
+  const restartSds = async (index: number): Promise<SdsHandle> => {
+    const old = cluster.sds[index] as SdsHandle;
+    const restarted = await startSds(t, {
+      dir,
+      name: old.name,
+      devices: [path.join(dir, `${old.name}.img`)],
+      listen: old.address,
+      clusterId: cluster.mdm.clusterId,
+      secretFile: cluster.mdm.secretFile,
+      extraArgs: ['--mdm', cluster.mdm.address],
+    });
+    cluster.sds[index] = restarted;
+    return restarted;
+  };
+
+  /** The MDM cluster's Master: its index in mdms.mdms, once the cluster agrees on one. */
+  const masterIndex = async (): Promise<number> => (mdms as MdmClusterHandle).master(reconnectedTimeoutMs);
 
   const writer = await startVerifier({
     host: '127.0.0.1',
@@ -216,8 +292,7 @@ t.test('soak: random faults under a verifying writer', async (t) => {
         const old = cluster.sds[index] as Cluster['sds'][number];
         await old.kill();
         await sleep(fault.awayMs, undefined, { signal });
-        // The same address, devices and data directory: the MDM knows it by its id.
-        remember(old.name, await restartSds(t, dir, cluster, index));
+        remember(old.name, await restartSds(index));
         return;
       }
       case 'sds-stop': {
@@ -231,6 +306,7 @@ t.test('soak: random faults under a verifying writer', async (t) => {
         return;
       }
       case 'mdm-kill': {
+        // One MDM with its journal (SOAK_MDMS=1).
         const old = cluster.mdm;
         const apiPort = new URL(old.apiUrl).port;
         await old.kill();
@@ -239,6 +315,47 @@ t.test('soak: random faults under a verifying writer', async (t) => {
         await sleep(fault.awayMs, undefined, { signal });
         cluster.mdm = await startMdm(t, dir, { listen: old.address, api: `127.0.0.1:${apiPort}` }, mdmArgs);
         remember('mdm', cluster.mdm);
+        return;
+      }
+      case 'master-kill': {
+        const cluster3 = mdms as MdmClusterHandle;
+        const index = await masterIndex();
+        const master = cluster3.mdms[index] as (typeof cluster3.mdms)[number];
+        fault.masterBefore = master.name;
+        await master.handle?.kill();
+        master.handle = null;
+        await sleep(fault.awayMs, undefined, { signal });
+        // Its data directory and ports: it rejoins as a Slave (settle waits for that).
+        remember(master.name, (await cluster3.start(index)).handle as DaemonHandle);
+        return;
+      }
+      case 'master-stop': {
+        const cluster3 = mdms as MdmClusterHandle;
+        const master = cluster3.mdms[await masterIndex()] as (typeof cluster3.mdms)[number];
+        fault.masterBefore = master.name;
+        const hung = master.handle as DaemonHandle;
+        hung.process.kill('SIGSTOP');
+        try {
+          await sleep(fault.awayMs, undefined, { signal });
+        } finally {
+          hung.process.kill('SIGCONT');
+        }
+        return;
+      }
+      case 'master-etcd-kill': {
+        const cluster3 = mdms as MdmClusterHandle;
+        const master = cluster3.mdms[await masterIndex()] as (typeof cluster3.mdms)[number];
+        fault.masterBefore = master.name;
+        // An MDM's host runs the etcd member of the same name (etcd-cluster.ts names them mdm1, mdm2, tb1).
+        const member = cluster3.etcd.members.findIndex((entry) => entry.name === master.name);
+        if (member < 0) throw new SoakProblem(`no etcd member named ${master.name}`);
+        await cluster3.etcd.kill(member, 'SIGKILL');
+        try {
+          await sleep(fault.awayMs, undefined, { signal });
+        } finally {
+          // From its data directory: it catches up from the others.
+          await cluster3.etcd.start(member);
+        }
         return;
       }
       case 'sdc-kill': {
@@ -256,8 +373,37 @@ t.test('soak: random faults under a verifying writer', async (t) => {
     }
   };
 
-  /** Until the MDM sees every SDS and the SDC connected, then until the cluster is whole. */
+  /**
+   * An MDM cluster with one Master whose Slave and Tie-Breaker are Normal (a restarted or
+   * woken MDM back as a Slave, a restarted etcd member back in), as some MDM answers it.
+   */
+  const untilClusterNormal = async (cluster3: MdmClusterHandle): Promise<MdmClusterView> => {
+    let last: MdmClusterView | null = null;
+    try {
+      return await until(
+        'the MDM cluster to be ClusteredNormal',
+        async () => {
+          signal.throwIfAborted();
+          for (const [index, mdm] of cluster3.mdms.entries()) {
+            if (mdm.handle === null) continue;
+            const view = await cluster3.query(index);
+            if (view === null) continue;
+            last = view;
+            const members = [...view.slaves, ...view.tieBreakers];
+            if (view.clusterState === 'ClusteredNormal' && view.master !== null && view.slaves.length === cluster3.mdms.length - 1 && members.every((member) => member.status === 'Normal')) return view;
+          }
+          return undefined;
+        },
+        clusterNormalTimeoutMs,
+      );
+    } catch (err) {
+      throw new SoakProblem(`${(err as Error).message}; last view: ${JSON.stringify(last)}`);
+    }
+  };
+
+  /** Until the MDM cluster is whole (with one), the MDM sees every SDS and the SDC connected, then until the cluster is whole. */
   const settle = async (fault: Fault): Promise<RestDashboard> => {
+    if (mdms !== null) fault.masterAfter = (await untilClusterNormal(mdms)).master?.name ?? null;
     await until(
       'every SDS and the SDC to be connected to the MDM again',
       async () => {
@@ -303,6 +449,8 @@ t.test('soak: random faults under a verifying writer', async (t) => {
         index: faults.length + 1,
         kind,
         sdsIndex: kind.startsWith('sds-') ? sdsIndex : null,
+        masterBefore: null,
+        masterAfter: null,
         awayMs,
         startedAtMs: Date.now(),
         healedMs: null,
@@ -314,6 +462,8 @@ t.test('soak: random faults under a verifying writer', async (t) => {
       say(`fault ${fault.index}: ${describeTarget(fault, cluster)} for ${(awayMs / 1000).toFixed(1)} s`);
       await watch.guard(apply(fault));
       const view = await watch.guard(settle(fault));
+      // The dashboard's rebuild counter is the Master's own: it starts again with a new Master.
+      if (fault.masterBefore !== null && fault.masterAfter !== fault.masterBefore) rebuildBaselineBytes = 0;
       const rebuildNow = view.health.rebuild.bytesDone;
       fault.rebuildBytes = Math.max(0, rebuildNow - rebuildBaselineBytes);
       rebuildBaselineBytes = rebuildNow;
@@ -345,11 +495,16 @@ t.test('soak: random faults under a verifying writer', async (t) => {
 
   const byKind = faultKinds.map(({ kind }) => `${kind} ${faults.filter((fault) => fault.kind === kind).length}`).join(', ');
   const finalView = await dashboard(cluster);
+  const mdmLine =
+    mdms === null
+      ? '  MDM: one, with its journal'
+      : `  MDM cluster: ${faults.filter((fault) => fault.masterBefore !== null && fault.masterAfter !== fault.masterBefore).length} Master changes over ${faults.filter((fault) => fault.masterBefore !== null).length} Master faults; at the end ${JSON.stringify(await mdms.query(0).then((view) => (view === null ? null : { clusterState: view.clusterState, master: view.master?.name, slaves: view.slaves.map((mdm) => `${mdm.name} ${mdm.status}`) })))}`;
   const lines = [
     `soak summary${clean ? '' : ' (FAILED)'}`,
     `  seed ${seed}; replay with: ${replayCommand}`,
     `  duration: ${soakSeconds} s of faults requested, ${faultSeconds.toFixed(0)} s from the first until the last was healed, ${((Date.now() - startedAtMs) / 1000).toFixed(0)} s in all (startup and read-back)`,
     `  faults: ${faults.length} (${byKind})`,
+    mdmLine,
     `  heal to whole: ${healTimes(faults)}`,
     `  writer: ${stats.writes} writes (${(stats.bytesWritten / MiB).toFixed(0)} MiB), ${stats.reads} reads, ${stats.flushes} flushes, ${stats.reconnects} reconnects (${stats.reissuedRequests} re-sent, ${stats.requestTimeouts} timeouts), ${stats.ioErrors} io errors, ${stats.verifyFailureCount} verify failures, ${stats.verifiedBlocks} blocks verified at the end`,
     `  rebuild: ${(rebuildBytesTotal / MiB).toFixed(1)} MiB copied over all faults (${rebuildByKind(faults)}); the MDM's counter since it last started: ${(finalView.health.rebuild.bytesDone / MiB).toFixed(1)} MiB, map epoch ${finalView.system.mapEpoch}`,
@@ -379,6 +534,12 @@ function describeTarget(fault: Fault, cluster: Cluster): string {
       return `SIGSTOP ${sds} (a hung host), then SIGCONT, hung`;
     case 'mdm-kill':
       return 'kill -9 the MDM, restart it on its ports and data, away';
+    case 'master-kill':
+      return 'kill -9 the Master MDM (a Slave takes over), restart it on its ports and data (it rejoins as a Slave), away';
+    case 'master-stop':
+      return "SIGSTOP the Master MDM past its lease (a Slave takes over), then SIGCONT (it steps down), hung";
+    case 'master-etcd-kill':
+      return "kill -9 the Master's etcd member, restart it from its data directory, away";
     case 'sdc-kill':
       return 'kill -9 the SDC, restart it on its NBD address (the writer reconnects), away';
     case 'quiet':
@@ -388,7 +549,7 @@ function describeTarget(fault: Fault, cluster: Cluster): string {
 
 function describeFault(fault: Fault): string {
   const seconds = (ms: number | null): string => (ms === null ? '-' : `${(ms / 1000).toFixed(1)} s`);
-  const target = fault.sdsIndex !== null ? ` sds${fault.sdsIndex + 1}` : '';
+  const target = fault.sdsIndex !== null ? ` sds${fault.sdsIndex + 1}` : fault.masterBefore !== null ? ` (Master ${fault.masterBefore} → ${fault.masterAfter ?? '?'})` : '';
   const rebuilt = fault.rebuildBytes === null ? '-' : `${(fault.rebuildBytes / MiB).toFixed(1)} MiB`;
   return `#${fault.index} ${fault.kind}${target} at ${new Date(fault.startedAtMs).toISOString()}, away ${seconds(fault.awayMs)}, reconnected after ${seconds(fault.healedMs)}, whole after ${seconds(fault.wholeMs)}, rebuild copied ${rebuilt}`;
 }
