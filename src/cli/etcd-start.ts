@@ -181,6 +181,12 @@ export function etcdArgs(member: {
     '--max-request-bytes', String(etcdRequestBytesMax),
     '--heartbeat-interval', String(etcdHeartbeatIntervalMs),
     '--election-timeout', String(etcdElectionTimeoutMs),
+    // A member cut off from the others keeps starting elections, and without pre-vote each
+    // one raises its Raft term (etcd 3.4's default): when it comes back, its higher term
+    // deposes the leader and the cluster has no leader for seconds, longer than the Master's
+    // lease, so healing a partition would depose a healthy MDM Master. With pre-vote a
+    // member raises its term only after a majority would vote for it.
+    '--pre-vote',
     '--logger', 'zap',
     '--log-outputs', 'stderr',
     '--log-level', etcdLogLevel(member.logLevel),

@@ -402,7 +402,7 @@ assert(mdmReconnectDelayMsMax + heartbeatIntervalMs < mdmRestartGraceMs, 'after 
 assert(rebuildSyncedBatchMs < heartbeatIntervalMs, 'finished rebuilds are recorded within a health tick');
 assert(mdmMasterLeaseMs % 1000 === 0 && mdmMasterLeaseMs >= 2000, 'etcd leases are whole seconds (and a Master renews a few times per lease)');
 assert(mdmMasterLeaseMarginMs * 4 <= mdmMasterLeaseMs, 'the margin leaves most of the lease to the Master');
-assert(etcdCallTimeoutMs <= mdmMasterLeaseMs, 'a hung etcd call ends within a lease');
+assert(etcdCallTimeoutMs <= mdmMasterLeaseMs, 'one attempt of an etcd call ends within a lease (the etcd3 client may retry it on another member)');
 assert(mdmFollowIntervalMs < heartbeatIntervalMs && mdmCampaignIntervalMs < heartbeatIntervalMs, 'a Slave follows and watches for a vacant mastership faster than heartbeats');
 assert(mdmMasterLeaseMs + mdmCampaignIntervalMs + etcdCallTimeoutMs < mdmRestartGraceMs, 'a takeover completes within the restart grace SDSs have to reconnect');
 assert(etcdValueBytesMax + 64 * KiB <= 1.5 * MiB, "a value and its request's framing fit in etcd's default request limit");

@@ -116,7 +116,7 @@ t.test('bad flags: one line and a non-zero exit; etcd’s exit code comes back o
   const failed = await runMeshblock(args({}), { env: { MESHBLOCK_ETCD_BIN: standIn } });
   t.equal(failed.code, 3, 'etcd’s exit code is ours');
   t.match(failed.stderr, /fake etcd: --name m1 --data-dir \S+\/data\/etcd --listen-client-urls https:\/\/127\.0\.0\.1:1 /, 'etcd’s stderr is inherited');
-  for (const flag of ['--client-cert-auth', '--peer-client-cert-auth', '--initial-cluster-token meshblock', '--initial-cluster-state new', '--auto-compaction-mode revision', '--auto-compaction-retention 1000', '--quota-backend-bytes 2147483648', '--max-request-bytes 1572864', '--heartbeat-interval 100', '--election-timeout 1000', '--logger zap', '--log-outputs stderr']) {
+  for (const flag of ['--client-cert-auth', '--peer-client-cert-auth', '--initial-cluster-token meshblock', '--initial-cluster-state new', '--auto-compaction-mode revision', '--auto-compaction-retention 1000', '--quota-backend-bytes 2147483648', '--max-request-bytes 1572864', '--heartbeat-interval 100', '--election-timeout 1000', '--pre-vote', '--logger zap', '--log-outputs stderr']) {
     t.match(failed.stderr, ` ${flag}`, `etcd runs with ${flag}`);
   }
   const existing = await runMeshblock(args({}, ['--existing']), { env: { MESHBLOCK_ETCD_BIN: standIn } });

@@ -6,11 +6,16 @@
 //
 // Membership changes go through the real tool, etcdctl, against the live members, as an
 // operator would do them (wipeAndReAdd: member remove, wipe, member add, join).
+//
+// With `hosts` (simulated hosts, test/helpers/netns.ts), member i runs inside host i's
+// network namespace on etcd's registered ports of the host's address instead, so that
+// cutting the host's link cuts the member off as it would a real host.
 
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Etcd3 } from 'etcd3';
+import { defaultEtcdClientPort, defaultEtcdPeerPort } from '../../src/cli/etcd-start.js';
 import { createEtcdPki, loadEtcdClientTls } from '../../src/mdm/etcd-pki.js';
 import { run, startMeshblock, type DaemonHandle, type RunResult, type TeardownHost } from './processes.js';
 
@@ -24,11 +29,17 @@ export const etcdReconfigureTimeoutMs = 15_000;
 const etcdctlDialTimeout = '1s';
 const etcdctlCommandTimeout = '3s';
 
+/** Where a member runs when not on loopback: a simulated host's namespace and address. */
+export interface EtcdMemberHost {
+  netns: string;
+  address: string;
+}
+
 export interface EtcdMember {
   name: string;
-  /** https://127.0.0.1:PORT */
+  /** https://127.0.0.1:PORT (https://HOST-ADDRESS:2379 on a simulated host) */
   clientUrl: string;
-  /** https://127.0.0.1:PORT */
+  /** https://127.0.0.1:PORT (https://HOST-ADDRESS:2380 on a simulated host) */
   peerUrl: string;
   /** `--data-dir` of `meshblock etcd start` (etcd's own data is in DATA-DIR/etcd). */
   dataDir: string;
@@ -68,6 +79,8 @@ export interface EtcdCluster {
   waitHealthy(indexes?: readonly number[]): Promise<void>;
   /** Runs etcdctl (client-etcdctl pair) against `endpoints` (default: the running members). */
   etcdctl(args: string[], endpoints?: readonly string[]): Promise<RunResult>;
+  /** What member i's `meshblock etcd start` and etcd logged in its latest run ('' before the first). */
+  stderr(i: number): string;
   /** The test the cluster belongs to (etcdClient registers its close there). */
   t: TeardownHost;
 }
@@ -92,24 +105,29 @@ export async function freeLoopbackPorts(count: number): Promise<number[]> {
 
 const readyPattern = /^etcd member (\S+) \(etcd pid (\d+)\) started: clients (\S+), peers (\S+), data in (.+)$/m;
 
-export async function startEtcdCluster(t: TeardownHost, options: { members: 1 | 3 | 5; dir: string; names?: readonly string[] }): Promise<EtcdCluster> {
+export async function startEtcdCluster(t: TeardownHost, options: { members: 1 | 3 | 5; dir: string; names?: readonly string[]; hosts?: readonly EtcdMemberHost[] }): Promise<EtcdCluster> {
   const names = options.names ?? Array.from({ length: options.members }, (_, index) => `mdm${index + 1}`);
   if (names.length !== options.members) throw new Error(`startEtcdCluster: ${names.length} names for ${options.members} members`);
+  const hosts = options.hosts;
+  if (hosts !== undefined && hosts.length !== names.length) throw new Error(`startEtcdCluster: ${hosts.length} hosts for ${names.length} members`);
   const pkiDir = path.join(options.dir, 'etcd-pki');
   createEtcdPki(pkiDir, {
-    members: names.map((name) => ({ name, ips: ['127.0.0.1'] })),
+    members: names.map((name, index) => ({ name, ips: [hosts?.[index]?.address ?? '127.0.0.1'] })),
     clients: [...new Set([...names, ...etcdTestClientNames])],
   });
-  const ports = await freeLoopbackPorts(2 * names.length);
+  // A namespace has ports of its own: etcd's registered ones are free there.
+  const ports = hosts === undefined ? await freeLoopbackPorts(2 * names.length) : names.flatMap(() => [defaultEtcdClientPort, defaultEtcdPeerPort]);
   const members: EtcdMember[] = names.map((name, index) => ({
     name,
-    clientUrl: `https://127.0.0.1:${ports[2 * index] as number}`,
-    peerUrl: `https://127.0.0.1:${ports[2 * index + 1] as number}`,
+    clientUrl: `https://${hosts?.[index]?.address ?? '127.0.0.1'}:${ports[2 * index] as number}`,
+    peerUrl: `https://${hosts?.[index]?.address ?? '127.0.0.1'}:${ports[2 * index + 1] as number}`,
     dataDir: path.join(options.dir, `etcd-${name}`),
     pid: null,
     etcdPid: null,
   }));
   const handles: Array<DaemonHandle | null> = members.map(() => null);
+  /** Each member's latest run, kept after it exits (for its log). */
+  const latest: Array<DaemonHandle | null> = members.map(() => null);
   const initialCluster = (): string => members.map((member) => `${member.name}=${member.peerUrl}`).join(',');
   const member = (i: number): EtcdMember => {
     const found = members[i];
@@ -122,8 +140,10 @@ export async function startEtcdCluster(t: TeardownHost, options: { members: 1 | 
     if (handles[i] !== null) throw new Error(`etcd member ${target.name} is already running`);
     const args = ['etcd', 'start', '--data-dir', target.dataDir, '--name', target.name, '--client', target.clientUrl.slice('https://'.length), '--peer', target.peerUrl.slice('https://'.length), '--initial-cluster', initialCluster(), '--pki', pkiDir];
     if (existing) args.push('--existing');
-    const handle = await startMeshblock(t, args, { ready: readyPattern });
+    const netns = hosts?.[i]?.netns;
+    const handle = await startMeshblock(t, args, { ready: readyPattern, ...(netns !== undefined ? { netns } : {}) });
     handles[i] = handle;
+    latest[i] = handle;
     target.pid = handle.process.pid ?? null;
     target.etcdPid = Number(handle.ready[2]);
     void handle.exited.then(() => {
@@ -235,7 +255,8 @@ export async function startEtcdCluster(t: TeardownHost, options: { members: 1 | 
   // etcd included), restarts too, so nothing outlives the test.
   await Promise.all(members.map((_, index) => launch(index, false)));
   await waitHealthy();
-  return { endpoints: members.map((entry) => entry.clientUrl), pkiDir, members, kill, start, stopAll, wipeAndReAdd, waitHealthy, etcdctl, t };
+  const stderr = (i: number): string => latest[i]?.stderr() ?? '';
+  return { endpoints: members.map((entry) => entry.clientUrl), pkiDir, members, kill, start, stopAll, wipeAndReAdd, waitHealthy, etcdctl, stderr, t };
 }
 
 /**

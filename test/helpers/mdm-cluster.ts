@@ -1,13 +1,19 @@
 // An MDM cluster of real processes for tests: etcd members (test/helpers/etcd-cluster.ts) and
 // MDMs (`meshblock mdm start --etcd ...`) sharing one REST certificate, and helpers to find
 // the Master, kill, pause and restart MDMs, and read the cluster as the REST API shows it.
+//
+// With `hosts` (simulated hosts, test/helpers/netns.ts: one per etcd member, MDM hosts
+// first), every etcd member and MDM runs in its host's network namespace on the host's
+// address and the default ports, and the shared REST certificate names every host's
+// address (and 127.0.0.1): a host cut off the network takes its MDM and its member with it.
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { defaultApiPort, defaultMdmPort } from '../../src/cli/mdm-start.js';
 import { ensureSelfSignedCertificate } from '../../src/mdm/tls.js';
 import type { MdmClusterView } from '../../src/mdm/cluster-member.js';
 import { adminPassword, until } from './cluster.js';
-import { freeLoopbackPorts, startEtcdCluster, type EtcdCluster } from './etcd-cluster.js';
+import { freeLoopbackPorts, startEtcdCluster, type EtcdCluster, type EtcdMemberHost } from './etcd-cluster.js';
 import { runMeshblock, startMeshblock, type DaemonHandle, type RunResult, type TeardownHost } from './processes.js';
 import { basic, call, type Response } from './rest.js';
 
@@ -16,6 +22,8 @@ export interface ClusterMdm {
   wireAddress: string;
   apiAddress: string;
   dataDir: string;
+  /** The simulated host's namespace it runs in (undefined: the test's own, on loopback). */
+  netns?: string;
   handle: DaemonHandle | null;
 }
 
@@ -41,26 +49,51 @@ export interface MdmClusterHandle {
   master(timeoutMs?: number): Promise<number>;
 }
 
+/** query() gives up on an MDM that has not answered within this long. */
+const queryTimeoutMs = 5000;
+
 const mdmReady = /^mdm (\S+) of cluster ([0-9a-f]{16}) \(.*?\): REST API at (\S+), SDSs and SDCs on (\S+) while Master/m;
 
-export async function startMdmCluster(t: TeardownHost & { testdir?: () => string }, dir: string, options: { size: 3 | 5; mdmArgs?: string[] }): Promise<MdmClusterHandle> {
-  const etcd = await startEtcdCluster(t, { members: options.size, dir: path.join(dir, 'etcd'), names: options.size === 3 ? ['mdm1', 'mdm2', 'tb1'] : ['mdm1', 'mdm2', 'mdm3', 'tb1', 'tb2'] });
+export async function startMdmCluster(
+  t: TeardownHost & { testdir?: () => string },
+  dir: string,
+  options: { size: 3 | 5; mdmArgs?: string[]; hosts?: readonly EtcdMemberHost[] },
+): Promise<MdmClusterHandle> {
+  const hosts = options.hosts;
+  const etcd = await startEtcdCluster(t, {
+    members: options.size,
+    dir: path.join(dir, 'etcd'),
+    names: options.size === 3 ? ['mdm1', 'mdm2', 'tb1'] : ['mdm1', 'mdm2', 'mdm3', 'tb1', 'tb2'],
+    ...(hosts !== undefined ? { hosts } : {}),
+  });
   const managerCount = options.size === 3 ? 2 : 3;
   const passwordFile = path.join(dir, 'admin-password.txt');
   fs.writeFileSync(passwordFile, `${adminPassword}\n`, { mode: 0o600 });
   fs.mkdirSync(path.join(dir, 'api'), { recursive: true });
-  const certificate = ensureSelfSignedCertificate(path.join(dir, 'api'));
-  const ports = await freeLoopbackPorts(2 * managerCount);
+  const certificate = ensureSelfSignedCertificate(
+    path.join(dir, 'api'),
+    hosts === undefined ? {} : { subjectAltNames: [...hosts.slice(0, managerCount).map((host) => `IP:${host.address}`), 'IP:127.0.0.1'] },
+  );
+  // A namespace has ports of its own: the MDM's default ones are free there.
+  const ports = hosts === undefined ? await freeLoopbackPorts(2 * managerCount) : [];
   const mdms: ClusterMdm[] = [];
   for (let index = 0; index < managerCount; index++) {
-    mdms.push({ name: `mdm${index + 1}`, wireAddress: `127.0.0.1:${ports[2 * index] as number}`, apiAddress: `127.0.0.1:${ports[2 * index + 1] as number}`, dataDir: path.join(dir, `mdm${index + 1}`), handle: null });
+    const host = hosts?.[index];
+    mdms.push({
+      name: `mdm${index + 1}`,
+      wireAddress: host === undefined ? `127.0.0.1:${ports[2 * index] as number}` : `${host.address}:${defaultMdmPort}`,
+      apiAddress: host === undefined ? `127.0.0.1:${ports[2 * index + 1] as number}` : `${host.address}:${defaultApiPort}`,
+      dataDir: path.join(dir, `mdm${index + 1}`),
+      ...(host !== undefined ? { netns: host.netns } : {}),
+      handle: null,
+    });
   }
   let clusterId = '';
   const start = async (index: number): Promise<ClusterMdm> => {
     const mdm = mdms[index] as ClusterMdm;
     const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.wireAddress, '--api', mdm.apiAddress, '--etcd', etcd.endpoints.join(','), '--etcd-pki', etcd.pkiDir, '--mdm-name', mdm.name];
     args.push('--tls-cert', certificate.certPath, '--tls-key', certificate.keyPath, '--admin-password-file', passwordFile, ...(options.mdmArgs ?? []));
-    mdm.handle = await startMeshblock(t, args, { ready: mdmReady });
+    mdm.handle = await startMeshblock(t, args, { ready: mdmReady, ...(mdm.netns !== undefined ? { netns: mdm.netns } : {}) });
     clusterId = mdm.handle.ready[2] as string;
     return mdm;
   };
@@ -70,12 +103,12 @@ export async function startMdmCluster(t: TeardownHost & { testdir?: () => string
     const api = { url: `https://${(mdms[index] as ClusterMdm).apiAddress}`, ca: certificate.cert };
     // A paused Master holds forwarded requests until the Slave sees it replaced: bounded here.
     let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), 5000)));
+    const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), queryTimeoutMs)));
     const ask = async (): Promise<Response | null> => {
       try {
-        const login = await call(api, 'GET', '/api/login', { authorization: basic('admin', adminPassword) });
+        const login = await call(api, 'GET', '/api/login', { authorization: basic('admin', adminPassword), timeoutMs: queryTimeoutMs });
         if (login.status !== 200 || typeof login.body !== 'string') return login;
-        return await call(api, method, urlPath, { token: login.body, ...(body === undefined ? {} : { body }) });
+        return await call(api, method, urlPath, { token: login.body, timeoutMs: queryTimeoutMs, ...(body === undefined ? {} : { body }) });
       } catch {
         return null;
       }

@@ -16,7 +16,7 @@ export const meshblockBin = path.join(repoRoot, 'bin/meshblock.cjs');
  * tap's timeout or by hand, the kernel kills the daemons it started instead of leaving
  * them running.
  */
-const orphanKill = fs.existsSync('/usr/bin/setpriv') ? ['/usr/bin/setpriv', '--pdeathsig', 'KILL'] : [];
+export const orphanKill = fs.existsSync('/usr/bin/setpriv') ? ['/usr/bin/setpriv', '--pdeathsig', 'KILL'] : [];
 
 /** The part of tap's Test that these helpers use. */
 export interface TeardownHost {

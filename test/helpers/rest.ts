@@ -118,6 +118,8 @@ export interface CallOptions {
   token?: string;
   authorization?: string;
   headers?: Record<string, string>;
+  /** Fails the call (rejects) when no whole answer came within this long. Default: no bound. */
+  timeoutMs?: number;
 }
 
 /** One HTTPS request, trusting only the test's certificate. */
@@ -156,6 +158,10 @@ export function call(api: Pick<TestApi, 'url' | 'ca'>, method: string, urlPath: 
       },
     );
     req.on('error', reject);
+    if (options.timeoutMs !== undefined) {
+      const timer = setTimeout(() => req.destroy(new Error(`${method} ${urlPath}: no answer within ${options.timeoutMs} ms`)), options.timeoutMs);
+      req.on('close', () => clearTimeout(timer));
+    }
     req.end(payload);
   });
 }
