@@ -31,6 +31,8 @@ export const labEtcdClientPortFirst = 2379;
 export const labEtcdPeerPortFirst = 2380;
 
 const loopback = '127.0.0.1';
+/** An MDM whose port was taken between the lab's layout and its start moves this many times at most. */
+const labPortRetriesMax = 3;
 
 export function parseMdmClusterFlag(text: string): LabMdmClusterSize {
   if (text === '1' || text === '3' || text === '5') return Number(text) as LabMdmClusterSize;
@@ -77,7 +79,7 @@ export function mdmAddresses(lab: LabFile): string {
 export async function startMdmCluster(
   dir: string,
   lab: LabFile,
-  options: { logLevel: Level; extraMdmArgs: string[] },
+  options: { logLevel: Level; extraMdmArgs: string[]; choosePort: (first: number) => Promise<number> },
   startedNow: LabProcess[],
   report: (line: string) => void,
 ): Promise<void> {
@@ -109,9 +111,32 @@ export async function startMdmCluster(
         report(`${mdm.name} is running (pid ${mdm.pid})`);
         return;
       }
-      const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.address, '--api', mdm.apiAddress as string, '--etcd', endpoints, '--etcd-pki', pkiDir, '--mdm-name', mdm.name];
-      args.push('--tls-cert', certificate.certPath, '--tls-key', certificate.keyPath, '--admin-password-file', lab.passwordFile, '--log-level', options.logLevel, ...options.extraMdmArgs);
-      const started = await startDaemon({ name: mdm.name, args, logFile: mdm.logFile, cwd: dir, ready: clusterMdmReadyPattern });
+      const start = (): ReturnType<typeof startDaemon> => {
+        const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.address, '--api', mdm.apiAddress as string, '--etcd', endpoints, '--etcd-pki', pkiDir, '--mdm-name', mdm.name];
+        args.push('--tls-cert', certificate.certPath, '--tls-key', certificate.keyPath, '--admin-password-file', lab.passwordFile, '--log-level', options.logLevel, ...options.extraMdmArgs);
+        return startDaemon({ name: mdm.name, args, logFile: mdm.logFile, cwd: dir, ready: clusterMdmReadyPattern });
+      };
+      let started: Awaited<ReturnType<typeof startDaemon>>;
+      for (let attempt = 1; ; attempt += 1) {
+        try {
+          started = await start();
+          break;
+        } catch (err) {
+          // A port found free when the lab was laid out may be taken since (another lab
+          // starting beside this one): the MDM moves to free ones. Its SDSs and SDC are
+          // given the addresses after the MDMs start, and the MDM publishes its own in etcd.
+          if (attempt >= labPortRetriesMax || !(err instanceof Error) || !err.message.includes('EADDRINUSE')) throw err;
+          const wire = await options.choosePort(6611);
+          const api = await options.choosePort(8443);
+          report(`${mdm.name}: a port of ${mdm.address} or ${mdm.apiAddress as string} was taken meanwhile; moving to ${loopback}:${wire} and ${loopback}:${api}`);
+          const oldApi = `https://${mdm.apiAddress as string}`;
+          mdm.address = `${loopback}:${wire}`;
+          mdm.apiAddress = `${loopback}:${api}`;
+          lab.apiAddresses = (lab.apiAddresses ?? []).map((url) => (url === oldApi ? `https://${mdm.apiAddress as string}` : url));
+          if (lab.apiUrl === oldApi) lab.apiUrl = `https://${mdm.apiAddress}`;
+          writeLabFile(dir, lab);
+        }
+      }
       mdm.pid = started.pid;
       startedNow.push(mdm);
       const clusterId = started.ready[2] as string;

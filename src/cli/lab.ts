@@ -295,7 +295,9 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
   if (request.rebuildAfterSeconds !== undefined) tuning.push('--rebuild-after', String(request.rebuildAfterSeconds));
   if (request.rebuildRate !== undefined) tuning.push('--rebuild-rate', request.rebuildRate);
   if (lab.mdmCluster !== undefined) {
-    await startMdmCluster(dir, lab, { logLevel, extraMdmArgs: tuning }, startedNow, report);
+    const taken = new Set<number>();
+    for (const record of lab.processes) for (const address of [record.address, record.apiAddress, record.peerAddress]) if (address !== undefined) taken.add(portOf(address));
+    await startMdmCluster(dir, lab, { logLevel, extraMdmArgs: tuning, choosePort: (first) => choosePort(first, taken) }, startedNow, report);
   } else if (isDaemonRunning(mdm)) {
     report(`mdm is running (pid ${mdm.pid})`);
   } else {
