@@ -78,6 +78,8 @@ for (const size of [3, 5] as const) {
     const down = await runMeshblock(['lab', 'down', '--dir', dir], { timeoutMs: 60_000 });
     t.equal(down.code, 0, 'lab down stops everything');
     t.ok((await status(dir)).processes.every((entry) => entry.state === 'stopped'), 'nothing runs after lab down');
+    // Resuming from disk is the same code for both sizes: the 3-node lab shows it.
+    if (size === 5) return;
     // Another program took an MDM's API port while the lab was down: that MDM moves.
     const lab = JSON.parse(fs.readFileSync(path.join(dir, 'lab.json'), 'utf8')) as { processes: Array<{ role: string; name: string; apiAddress?: string }> };
     const squatted = lab.processes.find((entry) => entry.role === 'mdm')?.apiAddress as string;
