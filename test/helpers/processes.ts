@@ -152,3 +152,18 @@ export async function run(command: string, args: string[], options: { timeoutMs?
 export function runMeshblock(args: string[], options: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<RunResult> {
   return run(process.execPath, [meshblockBin, ...args], options);
 }
+
+/** A daemon's log lines (pino JSON, as DaemonHandle.stderr() gives them) with this message, at or after `sinceMs` (wall clock). */
+export function logged(stderr: string, message: string, sinceMs = 0): Array<Record<string, unknown>> {
+  const found: Array<Record<string, unknown>> = [];
+  for (const line of stderr.split('\n')) {
+    if (!line.includes(message)) continue;
+    try {
+      const entry = JSON.parse(line) as Record<string, unknown>;
+      if (entry['msg'] === message && Number(entry['time']) >= sinceMs) found.push(entry);
+    } catch {
+      // Not a log line.
+    }
+  }
+  return found;
+}

@@ -15,6 +15,7 @@
 
 import * as fs from 'node:fs';
 import t from 'tap';
+import { logged } from '../helpers/processes.js';
 import type { Test } from 'tap';
 import { populateCluster, until, type Cluster } from '../helpers/cluster.js';
 import { dashboard, expectClean, fioVerify, fioVerifyOnly, untilWhole } from '../helpers/fault-load.js';
@@ -54,20 +55,6 @@ async function expectWriterClean(t: Test, running: VerifyingWriter, what: string
   t.equal(stats.fatal, null, `the writer did not give up ${what}`);
 }
 
-/** Log lines (pino JSON) of a daemon with this message, after `sinceMs`. */
-function logged(stderr: string, message: string, sinceMs = 0): Array<Record<string, unknown>> {
-  const found: Array<Record<string, unknown>> = [];
-  for (const line of stderr.split('\n')) {
-    if (!line.includes(message)) continue;
-    try {
-      const entry = JSON.parse(line) as Record<string, unknown>;
-      if (entry['msg'] === message && Number(entry['time']) >= sinceMs) found.push(entry);
-    } catch {
-      // Not a log line.
-    }
-  }
-  return found;
-}
 
 t.test('kill -9 the Master under load during a rebuild: a Slave takes over, IO never fails, the rebuild resumes', async (t) => {
   const { mdms, cluster } = await setUp(t, { sdsCount: 4, mdmArgs: ['--sds-down-after', '2', '--rebuild-after', '2', '--rebuild-rate', '1MiB', '--rebuild-rate-under-load', '1MiB'] });

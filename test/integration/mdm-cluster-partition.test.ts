@@ -36,6 +36,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
+import { logged } from '../helpers/processes.js';
 import { mdmMasterLeaseMs } from '../../src/common/limits.js';
 import { adminPassword, populateCluster, until } from '../helpers/cluster.js';
 import { etcdClient } from '../helpers/etcd-cluster.js';
@@ -65,20 +66,6 @@ const quietAfterMs = 3000;
 /** A request unanswered this long counts as unanswered (status 0). */
 const requestTimeoutMs = 8000;
 
-/** Logged lines (pino JSON) of a daemon with this message, at or after `sinceMs` (wall clock). */
-function logged(stderr: string, message: string, sinceMs: number): Array<Record<string, unknown>> {
-  const found: Array<Record<string, unknown>> = [];
-  for (const line of stderr.split('\n')) {
-    if (!line.includes(message)) continue;
-    try {
-      const entry = JSON.parse(line) as Record<string, unknown>;
-      if (entry['msg'] === message && Number(entry['time']) >= sinceMs) found.push(entry);
-    } catch {
-      // Not a log line.
-    }
-  }
-  return found;
-}
 
 t.test('the history check finds what it is there to find (synthetic histories)', async (t) => {
   const change = (name: string, mdm: string, term: string, startMs: number, endMs: number, status = 200): HistoryEntry => ({ kind: 'change', name, target: mdm, startMs, endMs, status, mdm, term, code: null, error: null, sent: true });

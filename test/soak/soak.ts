@@ -47,11 +47,10 @@ import { OutOfRangeError } from '../../src/common/errors.js';
 import { mulberry32 } from '../../src/common/seeded-random.js';
 import type { MdmClusterView } from '../../src/mdm/cluster-member.js';
 import type { RestDashboard } from '../../src/mdm/rest-objects.js';
-import { populateCluster, startCluster, startMdm, startSdc, until, type Cluster, type ControlPlane, type Mdm } from '../helpers/cluster.js';
+import { populateCluster, restartSds, startCluster, startMdm, startSdc, until, type Cluster, type ControlPlane, type Mdm } from '../helpers/cluster.js';
 import { dashboard, untilWhole } from '../helpers/fault-load.js';
 import { startMdmCluster, type MdmClusterHandle } from '../helpers/mdm-cluster.js';
 import { repoRoot, type DaemonHandle } from '../helpers/processes.js';
-import { startSds, type SdsHandle } from '../helpers/sds.js';
 import { startVerifier, summary, type VerifierStats, type VerifyingWriter } from '../helpers/verifier.js';
 
 const MiB = 1024 * 1024;
@@ -231,21 +230,6 @@ t.test('soak: random faults under a verifying writer', async (t) => {
     `cluster ${cluster.mdm.clusterId}: ${mdms === null ? `MDM at ${cluster.mdm.address}` : `MDMs ${mdms.mdms.map((mdm) => `${mdm.name} at ${mdm.wireAddress} (API ${mdm.apiAddress})`).join(', ')}, etcd ${mdms.etcd.endpoints.join(', ')}`}, SDSs at ${cluster.sds.map((sds) => sds.address).join(', ')}, volume at ${cluster.uri('vol1')}`,
   );
 
-  /** Restarts a killed SDS on its old address, device and data directory; the MDM(s) know it by its id. */
-  const restartSds = async (index: number): Promise<SdsHandle> => {
-    const old = cluster.sds[index] as SdsHandle;
-    const restarted = await startSds(t, {
-      dir,
-      name: old.name,
-      devices: [path.join(dir, `${old.name}.img`)],
-      listen: old.address,
-      clusterId: cluster.mdm.clusterId,
-      secretFile: cluster.mdm.secretFile,
-      extraArgs: ['--mdm', cluster.mdm.address],
-    });
-    cluster.sds[index] = restarted;
-    return restarted;
-  };
 
   /** The MDM cluster's Master: its index in mdms.mdms, once the cluster agrees on one. */
   const masterIndex = async (): Promise<number> => (mdms as MdmClusterHandle).master(reconnectedTimeoutMs);
@@ -292,7 +276,7 @@ t.test('soak: random faults under a verifying writer', async (t) => {
         const old = cluster.sds[index] as Cluster['sds'][number];
         await old.kill();
         await sleep(fault.awayMs, undefined, { signal });
-        remember(old.name, await restartSds(index));
+        remember(old.name, await restartSds(t, dir, cluster, index));
         return;
       }
       case 'sds-stop': {
