@@ -932,6 +932,14 @@ export class StateMachine {
       if (group.lost === true) {
         delete group.lost;
         changed = true;
+        // No volume holds data here any more: a copy that became readable again while the
+        // group was lost (its SDS came back) serves, as a failover would have made it
+        // (found by the seeded simulation, seed 858006796).
+        if (!this.readable(group.primaryDevice) && group.secondaryDevice !== null && group.syncing !== true && this.readable(group.secondaryDevice)) {
+          group.primaryDevice = group.secondaryDevice;
+          group.secondaryDevice = null;
+          delete group.delta;
+        }
       }
     }
     return changed;

@@ -751,7 +751,9 @@ function simulate(seed: number, steps: number): { simulation: Simulation; failur
 const replaySeed = process.env['MESHBLOCK_SIM_SEED'];
 const steps = process.env['MESHBLOCK_SIM_STEPS'] !== undefined ? Number(process.env['MESHBLOCK_SIM_STEPS']) : stepsDefault;
 // Fixed seeds keep CI reproducible; one fresh seed a run keeps exploring (it is printed).
-const seeds = replaySeed !== undefined ? [Number(replaySeed)] : [1, 2, Math.floor(Math.random() * 2 ** 31)];
+// 858006796: a lost group whose secondary came back was left with an unreadable primary when
+// its pool's last volume went (tidyLost).
+const seeds = replaySeed !== undefined ? [Number(replaySeed)] : [1, 2, 858006796, Math.floor(Math.random() * 2 ** 31)];
 
 for (const seed of seeds) {
   t.test(`seed ${seed}: ${steps} steps of failures, rebuilds and restarts keep every invariant`, async (t) => {
