@@ -23,7 +23,7 @@ import { parseHostPort } from '../common/address.js';
 import { MeshblockError } from '../common/errors.js';
 import { etcdCallTimeoutMs, mdmCampaignIntervalMs, mdmFollowIntervalMs, mdmHandoverMs, mdmMasterLeaseMarginMs, mdmMasterLeaseMs } from '../common/limits.js';
 import { EtcdCommandLog, type EtcdStore, type MasterRecord, type MdmRecord } from './etcd-store.js';
-import { emptyModel, type SystemModel } from './model.js';
+import { emptyModel } from './model.js';
 import type { MdmController } from './controller.js';
 import { MdmService, type MdmServiceOptions } from './service.js';
 import { MdmError, StateMachine } from './state-machine.js';
@@ -437,16 +437,6 @@ export class MdmClusterMember {
       sdsStats: (sdsId) => service().sdsStats(sdsId),
       rebuildStatus: () => service().rebuildStatus(),
     };
-  }
-
-  /** The state this MDM holds (followed or served); null until loaded. */
-  get currentState(): StateMachine | null {
-    return this.state;
-  }
-
-  /** The model this MDM holds, for status output. */
-  get model(): SystemModel | null {
-    return this.state?.model ?? null;
   }
 }
 

@@ -19,7 +19,7 @@
 // a model with its placement is tens of MB at 1000+ SDSs, so snapshots are stored in parts.
 
 import { createHash } from 'node:crypto';
-import { Etcd3, Range, type IKeyValue, type IOptions, type Lease } from 'etcd3';
+import { Etcd3, Range, type IOptions, type Lease } from 'etcd3';
 import type { Logger } from 'pino';
 import { MeshblockError } from '../common/errors.js';
 import { etcdCallTimeoutMs, etcdLogReadBatchMax, etcdValueBytesMax, journalCompactAfterRecords } from '../common/limits.js';
@@ -460,4 +460,3 @@ function parseSeq(text: string, key: string): number {
   return seq;
 }
 
-export type { IKeyValue };
