@@ -22,7 +22,7 @@ import type { Level } from 'pino';
 import { InvalidArgumentError } from '../common/errors.js';
 import { createEtcdPki } from '../mdm/etcd-pki.js';
 import { ensureSelfSignedCertificate } from '../mdm/tls.js';
-import { isDaemonRunning, startDaemon } from './lab-processes.js';
+import { isDaemonRunning, startDaemon, startMovable } from './lab-processes.js';
 import { LabError, writeLabFile, type LabFile, type LabProcess } from './lab-state.js';
 
 /** ScaleIO's cluster modes: one MDM (its own journal), or 3 or 5 etcd members. */
@@ -31,9 +31,6 @@ export const labEtcdClientPortFirst = 2379;
 export const labEtcdPeerPortFirst = 2380;
 
 const loopback = '127.0.0.1';
-/** An MDM whose port was taken between the lab's layout and its start moves this many times at most. */
-const labPortRetriesMax = 3;
-
 export function parseMdmClusterFlag(text: string): LabMdmClusterSize {
   if (text === '1' || text === '3' || text === '5') return Number(text) as LabMdmClusterSize;
   throw new InvalidArgumentError('--mdm-cluster', `must be 1, 3 or 5 (ScaleIO's one-, three- and five-node modes), got '${text}'`);
@@ -116,27 +113,19 @@ export async function startMdmCluster(
         args.push('--tls-cert', certificate.certPath, '--tls-key', certificate.keyPath, '--admin-password-file', lab.passwordFile, '--log-level', options.logLevel, ...options.extraMdmArgs);
         return startDaemon({ name: mdm.name, args, logFile: mdm.logFile, cwd: dir, ready: clusterMdmReadyPattern });
       };
-      let started: Awaited<ReturnType<typeof startDaemon>>;
-      for (let attempt = 1; ; attempt += 1) {
-        try {
-          started = await start();
-          break;
-        } catch (err) {
-          // A port found free when the lab was laid out may be taken since (another lab
-          // starting beside this one): the MDM moves to free ones. Its SDSs and SDC are
-          // given the addresses after the MDMs start, and the MDM publishes its own in etcd.
-          if (attempt >= labPortRetriesMax || !(err instanceof Error) || !err.message.includes('EADDRINUSE')) throw err;
-          const wire = await options.choosePort(6611);
-          const api = await options.choosePort(8443);
-          report(`${mdm.name}: a port of ${mdm.address} or ${mdm.apiAddress as string} was taken meanwhile; moving to ${loopback}:${wire} and ${loopback}:${api}`);
-          const oldApi = `https://${mdm.apiAddress as string}`;
-          mdm.address = `${loopback}:${wire}`;
-          mdm.apiAddress = `${loopback}:${api}`;
-          lab.apiAddresses = (lab.apiAddresses ?? []).map((url) => (url === oldApi ? `https://${mdm.apiAddress as string}` : url));
-          if (lab.apiUrl === oldApi) lab.apiUrl = `https://${mdm.apiAddress}`;
-          writeLabFile(dir, lab);
-        }
-      }
+      // The MDM's SDSs and SDC are given its addresses after the MDMs start, and it publishes
+      // its own in etcd: it may move.
+      const started = await startMovable(start, async () => {
+        const wire = await options.choosePort(6611);
+        const api = await options.choosePort(8443);
+        report(`${mdm.name}: a port of ${mdm.address} or ${mdm.apiAddress as string} was taken meanwhile; moving to ${loopback}:${wire} and ${loopback}:${api}`);
+        const oldApi = `https://${mdm.apiAddress as string}`;
+        mdm.address = `${loopback}:${wire}`;
+        mdm.apiAddress = `${loopback}:${api}`;
+        lab.apiAddresses = (lab.apiAddresses ?? []).map((url) => (url === oldApi ? `https://${mdm.apiAddress as string}` : url));
+        if (lab.apiUrl === oldApi) lab.apiUrl = `https://${mdm.apiAddress}`;
+        writeLabFile(dir, lab);
+      });
       mdm.pid = started.pid;
       startedNow.push(mdm);
       const clusterId = started.ready[2] as string;

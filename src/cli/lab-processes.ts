@@ -99,6 +99,25 @@ function readFrom(file: string, offsetBytes: number): string {
   }
 }
 
+/** A daemon whose port was taken between the lab's layout and its start moves this many times at most. */
+export const labPortRetriesMax = 3;
+
+/**
+ * Starts a daemon with `start`; when it could not listen because a port found free when the
+ * lab was laid out is taken since (another lab starting beside this one), `move` gives it
+ * free ones (and records them) and it is started again, at most labPortRetriesMax times.
+ */
+export async function startMovable(start: () => Promise<StartedDaemon>, move: () => Promise<void>): Promise<StartedDaemon> {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await start();
+    } catch (err) {
+      if (attempt >= labPortRetriesMax || !(err instanceof Error) || !err.message.includes('EADDRINUSE')) throw err;
+      await move();
+    }
+  }
+}
+
 /**
  * The log's last lines since `offsetBytes`, on one line: pino's JSON lines reduced to their
  * message and error, so that the cause reads in a terminal.

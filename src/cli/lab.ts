@@ -37,7 +37,7 @@ import { logLevels } from './log.js';
 import type { ApiClient, ManageIo } from './manage-client.js';
 import { processIo } from './manage-client.js';
 import { LockError, lockDataDir } from './pid-lock.js';
-import { isDaemonRunning, startDaemon, stopDaemons, type StopOutcome } from './lab-processes.js';
+import { isDaemonRunning, startDaemon, startMovable, stopDaemons, type StopOutcome } from './lab-processes.js';
 import { labSdcName, listNbdExports, nbdPortDefault, nbdUri, sdcAvailable, sdcReadyPattern, sdcStartArgs } from './lab-sdc.js';
 import { connectLab, ensureLayout, ensureMappings, ensureVolumes, registrationTimeoutMs, waitForExports } from './lab-setup.js';
 import { LabError, labDirDefault, labDirEnv, labFormatVersion, readLabFile, resolveLabDir, writeLabFile, type LabFile, type LabProcess, type LabVolume } from './lab-state.js';
@@ -294,16 +294,28 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
   const tuning: string[] = [];
   if (request.rebuildAfterSeconds !== undefined) tuning.push('--rebuild-after', String(request.rebuildAfterSeconds));
   if (request.rebuildRate !== undefined) tuning.push('--rebuild-rate', request.rebuildRate);
+  // A port found free when the lab was laid out may be taken since (another lab starting
+  // beside this one): a daemon that cannot listen moves to free ones (startMovable).
+  const taken = new Set<number>([portOf(new URL(lab.apiUrl).host)]);
+  for (const record of lab.processes) for (const address of [record.address, record.apiAddress, record.peerAddress]) if (address !== undefined) taken.add(portOf(address));
   if (lab.mdmCluster !== undefined) {
-    const taken = new Set<number>();
-    for (const record of lab.processes) for (const address of [record.address, record.apiAddress, record.peerAddress]) if (address !== undefined) taken.add(portOf(address));
     await startMdmCluster(dir, lab, { logLevel, extraMdmArgs: tuning, choosePort: (first) => choosePort(first, taken) }, startedNow, report);
   } else if (isDaemonRunning(mdm)) {
     report(`mdm is running (pid ${mdm.pid})`);
   } else {
-    const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.address, '--api', new URL(lab.apiUrl).host, '--log-level', logLevel, ...tuning];
-    if (!AdminAuth.isInitialized(mdm.dataDir)) args.push('--admin-password-file', lab.passwordFile);
-    const started = await startDaemon({ name: 'mdm', args, logFile: mdm.logFile, cwd: dir, ready: mdmReadyPattern });
+    const start = (): ReturnType<typeof startDaemon> => {
+      const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.address, '--api', new URL(lab.apiUrl).host, '--log-level', logLevel, ...tuning];
+      if (!AdminAuth.isInitialized(mdm.dataDir)) args.push('--admin-password-file', lab.passwordFile);
+      return startDaemon({ name: 'mdm', args, logFile: mdm.logFile, cwd: dir, ready: mdmReadyPattern });
+    };
+    const started = await startMovable(start, async () => {
+      const wire = await choosePort(labMdmPortFirst, taken);
+      const api = await choosePort(labApiPortFirst, taken);
+      report(`mdm: a port of ${mdm.address} or ${new URL(lab.apiUrl).host} was taken meanwhile; moving to ${loopback}:${wire} and ${loopback}:${api}`);
+      mdm.address = `${loopback}:${wire}`;
+      lab.apiUrl = `https://${loopback}:${api}`;
+      writeLabFile(dir, lab);
+    });
     mdm.pid = started.pid;
     startedNow.push(mdm);
     const [, clusterId, address, apiUrl, caCert, secretFile] = started.ready as unknown as [string, string, string, string, string, string];
@@ -325,8 +337,16 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
       }
       const devicePath = sds.devicePath as string;
       ensureDeviceFile(devicePath, lab.deviceSizeBytes);
-      const args = ['sds', 'start', '--name', sds.name, '--device', devicePath, '--listen', sds.address, '--data-dir', sds.dataDir, '--cluster-id', clusterId, '--secret-file', lab.secretFile, '--mdm', mdmAddresses(lab), '--log-level', logLevel];
-      const started = await startDaemon({ name: sds.name, args, logFile: sds.logFile, cwd: dir, ready: sdsReadyPattern });
+      const start = (): ReturnType<typeof startDaemon> => {
+        const args = ['sds', 'start', '--name', sds.name, '--device', devicePath, '--listen', sds.address, '--data-dir', sds.dataDir, '--cluster-id', clusterId, '--secret-file', lab.secretFile, '--mdm', mdmAddresses(lab), '--log-level', logLevel];
+        return startDaemon({ name: sds.name, args, logFile: sds.logFile, cwd: dir, ready: sdsReadyPattern });
+      };
+      // The SDS registers its address with the MDM, which takes a moved one.
+      const started = await startMovable(start, async () => {
+        const port = await choosePort(labSdsPortFirst, taken);
+        report(`${sds.name}: ${sds.address} was taken meanwhile; moving to ${loopback}:${port}`);
+        sds.address = `${loopback}:${port}`;
+      });
       sds.pid = started.pid;
       startedNow.push(sds);
       report(`started ${sds.name} (pid ${started.pid}) on ${sds.address} with ${devicePath} (${formatBytes(lab.deviceSizeBytes)})`);

@@ -194,13 +194,24 @@ t.test('lab up, status, management, down, resume, purge', async (t) => {
   const downAgain = await lab(['down', '--dir', dir]);
   t.equal(downAgain.code, 0, 'lab down on a stopped lab is fine');
 
-  // Resume: the same cluster, volumes and addresses.
+  // Resume: the same cluster, volumes and addresses, but for an SDS whose port another
+  // program took while the lab was down: it moves, and the MDM takes its new address.
+  const squatter = net.createServer();
+  const squatted = first.processes.find((entry) => entry.name === 'sds2')?.address as string;
+  squatter.listen(Number(squatted.split(':')[1]), '127.0.0.1');
+  await once(squatter, 'listening');
   const again = await lab(['up', '--detach', '--dir', dir]);
+  squatter.close();
   t.equal(again.code, 0, `lab up again${again.code === 0 ? '' : `: ${again.stderr.trim()}`}`);
+  t.match(again.stderr, new RegExp(`sds2: ${squatted} was taken meanwhile; moving to`), 'the SDS whose port was taken moved');
   const resumed = await status();
   t.equal(resumed.lab.clusterId, first.lab.clusterId, 'the same cluster');
   t.equal(resumed.lab.apiUrl, first.lab.apiUrl, 'the same REST API address');
-  t.same(resumed.processes.map((entry) => entry.address), first.processes.map((entry) => entry.address), 'the same addresses');
+  const addresses = (processes: StatusJson['processes']): string[] => processes.filter((entry) => entry.name !== 'sds2').map((entry) => entry.address);
+  t.same(addresses(resumed.processes), addresses(first.processes), 'the same addresses for the others');
+  t.not(resumed.processes.find((entry) => entry.name === 'sds2')?.address, squatted, 'sds2 on another port');
+  const sdsList = JSON.parse((await runMeshblock(['sds', 'list', '--json', '--dir', dir])).stdout) as Array<{ name: string; address?: string; state?: string }>;
+  t.match(JSON.stringify(sdsList.find((sds) => sds.name === 'sds2')), resumed.processes.find((entry) => entry.name === 'sds2')?.address as string, 'the MDM knows the moved address');
   t.ok(resumed.processes.every((entry) => entry.state === 'running'), 'everything runs again');
   t.same(resumed.volumes.map((volume) => [volume.name, volume.sizeBytes, volume.nbdUri]).sort(), first.volumes.map((volume) => [volume.name, volume.sizeBytes, volume.nbdUri]).sort(), 'the same volumes');
   t.notMatch(again.stderr, /created/, 'nothing was created again');
