@@ -59,7 +59,8 @@ export interface MdmView {
 /** Where a REST request goes on this MDM now. */
 export type RestRoute =
   | { kind: 'local' }
-  | { kind: 'forward'; name: string; host: string; port: number; certificate: string }
+  /** `etcdError`: etcd has not answered this MDM for a while, so the Master named may be gone. */
+  | { kind: 'forward'; name: string; host: string; port: number; certificate: string; etcdError: string | null }
   | { kind: 'refuse'; code: 'MB_ERR_NO_QUORUM' | 'MB_ERR_MDM_NOT_MASTER'; message: string };
 
 export interface ClusterMemberOptions {
@@ -351,13 +352,13 @@ export class MdmClusterMember {
   route(): RestRoute {
     if (this.mayAct()) return { kind: 'local' };
     const master = this.knownMaster;
+    const etcdError = this.etcdError !== null && performance.now() - this.etcdAnsweredAtMs > etcdCallTimeoutMs ? this.etcdError : null;
     if (master !== null && master.name !== this.options.name) {
+      // Forwarded even when etcd is silent here: only this MDM may be cut off from it.
       const { host, port } = parseHostPort('master apiAddress', master.apiAddress);
-      return { kind: 'forward', name: master.name, host, port, certificate: master.apiCertificate };
+      return { kind: 'forward', name: master.name, host, port, certificate: master.apiCertificate, etcdError };
     }
-    if (this.etcdError !== null && performance.now() - this.etcdAnsweredAtMs > etcdCallTimeoutMs) {
-      return { kind: 'refuse', code: 'MB_ERR_NO_QUORUM', message: `no Master: etcd has no quorum or is unreachable from this MDM (${this.etcdError}); management waits, IO goes on` };
-    }
+    if (etcdError !== null) return { kind: 'refuse', code: 'MB_ERR_NO_QUORUM', message: noQuorumMessage(etcdError) };
     return { kind: 'refuse', code: 'MB_ERR_MDM_NOT_MASTER', message: 'no Master at the moment (an election is under way); try again' };
   }
 
@@ -462,4 +463,9 @@ export function singleMdmCluster(options: { clusterId: string; systemName: strin
     },
     switchOwnership: () => Promise.reject(new MeshblockError('MB_ERR_MDM_CLUSTER_CHANGE', 'this MDM runs alone (one-node mode, its own journal): there is no other MDM to take over')),
   };
+}
+
+/** Why management is refused when etcd does not answer; the REST API says it too. */
+export function noQuorumMessage(etcdError: string): string {
+  return `no Master: etcd has no quorum or is unreachable from this MDM (${etcdError}); management waits, IO goes on`;
 }

@@ -38,7 +38,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import type { AdminAuth } from './auth.js';
-import type { RestCluster } from './cluster-member.js';
+import { noQuorumMessage, type RestCluster, type RestRoute } from './cluster-member.js';
 import type { MdmController } from './controller.js';
 import type { Device, Sds } from './model.js';
 import { createInstance, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
@@ -224,7 +224,7 @@ export class RestApi {
    * Sends the request to the Master as it came and its answer back as it comes. The Master's
    * certificate is the one it published in etcd (pinned: no name check, the exact key).
    */
-  private forward(req: http.IncomingMessage, res: http.ServerResponse, target: { name: string; host: string; port: number; certificate: string }, log: Logger): void {
+  private forward(req: http.IncomingMessage, res: http.ServerResponse, target: Extract<RestRoute, { kind: 'forward' }>, log: Logger): void {
     const headers = { ...req.headers, [forwardedHeader]: 'slave' };
     delete headers.host;
     const upstream = https.request(
@@ -255,7 +255,10 @@ export class RestApi {
     upstream.on('close', () => clearInterval(watch));
     upstream.on('error', (err) => {
       log.warn({ err, master: target.name }, 'could not forward to the Master');
-      this.send(res, 503, errorBody(new RestError('MB_ERR_MDM_NOT_MASTER', `this MDM is a Slave and the Master (${target.name}, ${target.host}:${target.port}) did not answer: ${err.message}; try again`, 503)));
+      const unreachable = `the last known Master (${target.name}, ${target.host}:${target.port}) did not answer: ${err.message}`;
+      // With etcd silent too, the Master this MDM knows of may be long gone: say why nothing can change.
+      const refusal = target.etcdError === null ? new RestError('MB_ERR_MDM_NOT_MASTER', `this MDM is a Slave and ${unreachable}; try again`, 503) : new RestError('MB_ERR_NO_QUORUM', `${noQuorumMessage(target.etcdError)}; ${unreachable}`, 503);
+      this.send(res, 503, errorBody(refusal));
     });
     req.pipe(upstream);
   }
