@@ -194,6 +194,32 @@ export const etcdLogReadBatchMax = 500;
 /** The largest value stored in etcd: its requests are at most 1.5 MiB by default. */
 export const etcdValueBytesMax = MiB;
 
+// --- snapshots (V-Trees) -------------------------------------------------------------------
+
+/** Snapshots one V-Tree may hold, by default (ScaleIO 2.0's 31) and at most (ScaleIO 3's 127). */
+export const snapshotsPerVtreeDefault = 31;
+export const snapshotsPerVtreeMax = 127;
+/**
+ * Generations one V-Tree may hold: its volumes' heads and the frozen generations they share.
+ * Removing snapshots merges or drops frozen ones, so a live tree stays far below this.
+ */
+export const vtreeGenerationsMax = 4 * (snapshotsPerVtreeMax + 1);
+/** Volumes one snapshotVolumes call (a consistency group) may name. */
+export const snapshotGroupVolumesMax = 64;
+/**
+ * A group snapshot's barrier: the Master commits it only if every SDS of the pools confirmed
+ * the freeze (its writes to those V-Trees drained) within this long after the freeze was
+ * committed; otherwise the snapshot is aborted and nothing is created.
+ */
+export const snapshotBarrierTimeoutMs = 3000;
+/**
+ * An SDS lifts a freeze it was given by itself after this long (from receiving the map): an
+ * MDM that died in the middle of a barrier does not stop IO for longer than this.
+ */
+export const sdsFreezeExpiryMs = 10_000;
+/** An SDC retries a write refused with Frozen after this long (and again until its piece deadline). */
+export const sdcFrozenRetryMs = 5;
+
 // --- SDS -----------------------------------------------------------------------------------
 
 /**
@@ -415,3 +441,5 @@ assert(etcdRequestBytesMax <= etcdBackendBytesMax, 'one request fits in the back
 assert(deviceBytesMin >= 4 * chunkBytesDefault, 'the smallest device holds a few chunks after its metadata');
 assert(pooledBytesMin <= chunkBytesDefault, 'chunk-sized payloads are pooled');
 assert(inlineWriteBytesMax <= nowaitReadBytesMax, 'what is written inline is small enough to read inline');
+assert(snapshotBarrierTimeoutMs * 2 <= sdsFreezeExpiryMs, "an SDS's freeze outlives the Master's barrier deadline by a wide margin (clock rates differ, maps arrive late)");
+assert(snapshotsPerVtreeDefault <= snapshotsPerVtreeMax, 'the default snapshot limit is within the maximum');

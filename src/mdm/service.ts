@@ -491,6 +491,8 @@ export class MdmService implements MdmController {
         id: volume.id,
         name: volume.name,
         vtreeId: volume.vtreeId,
+        // Until snapshots: every volume heads generation 0 of its own V-Tree.
+        generation: 0,
         poolId: pool.id,
         sizeBytes: volume.sizeBytes,
         chunkBytes: pool.chunkBytes,

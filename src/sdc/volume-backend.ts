@@ -100,7 +100,7 @@ export class VolumeBackend implements BlockBackend {
       const peer = await this.router.peer(sdsId);
       for (let first = 0; first < chunkCount; first += allocationChunkCountMax) {
         const count = Math.min(allocationChunkCountMax, chunkCount - first);
-        const response = await peer.request(SdsOp.Allocation, encodeAllocation({ poolId: this.volume.poolId, vtreeId: this.volume.vtreeId, chunkIndexFirst: first, chunkCount: count }), { timeoutMs: sdcPieceTimeoutMs });
+        const response = await peer.request(SdsOp.Allocation, encodeAllocation({ poolId: this.volume.poolId, vtreeId: this.volume.vtreeId, generation: this.volume.generation, chunkIndexFirst: first, chunkCount: count }), { timeoutMs: sdcPieceTimeoutMs });
         if (response.status !== SdsStatus.Ok) throw new BackendError('EIO', `SDS ${sdsId} did not say which chunks it holds (status ${response.status})`);
         for (let index = 0; index < count; index++) if (response.payload[index] === 1) held[first + index] = 1;
       }

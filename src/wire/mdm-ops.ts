@@ -131,6 +131,8 @@ export interface SdcVolume {
   id: string;
   name: string;
   vtreeId: string;
+  /** The volume's head generation in its V-Tree: every Read, Write, Trim and Allocation names it. */
+  generation: number;
   poolId: string;
   sizeBytes: number;
   chunkBytes: number;

@@ -8,7 +8,7 @@
 // (StaleEpoch), which tells the sender that one of the two maps is out of date.
 
 import { InvalidArgumentError } from '../common/errors.js';
-import { pgCountMax } from '../common/limits.js';
+import { pgCountMax, vtreeGenerationsMax } from '../common/limits.js';
 
 export interface PlacementGroup {
   /** SDS id of the copy that serves reads and orders writes. */
@@ -32,10 +32,47 @@ export interface SdsAddress {
   address: string;
 }
 
+/**
+ * A volume tree's generations (docs/snapshots.md). Every volume of the tree (the base
+ * volume and its snapshots) has a head generation: its writes go there, and it reads a
+ * chunk from the nearest generation on its path to the root that holds it. Taking a
+ * snapshot of a volume whose head is h gives the volume and the snapshot each a new head
+ * whose parent is h; h then has children and is never written again. A V-Tree that is not
+ * in `PlacementMap.vtrees` has the one generation 0, which is its base volume's head.
+ */
+export interface VTreeMap {
+  /** Every live generation (decimal string) and its parent; the root's parent is null. */
+  generations: Record<string, number | null>;
+  /** The heads: the generations writes may name, with whether the volume is a snapshot. */
+  heads: Array<{ generation: number; snapshot: boolean }>;
+  /** A snapshot barrier is under way: writes to the tree are refused with Frozen. */
+  frozen?: true;
+}
+
 export interface PlacementMap {
   epoch: number;
   sds: Record<string, SdsAddress>;
   pools: Record<string, PoolPlacement>;
+  /** V-Trees with more than their base generation, or frozen, by V-Tree id. */
+  vtrees?: Record<string, VTreeMap>;
+}
+
+/** A V-Tree as the map gives it, or its implicit form (one generation 0, its head). */
+export function vtreeOf(map: PlacementMap, vtreeId: string): VTreeMap {
+  return map.vtrees?.[vtreeId] ?? { generations: { '0': null }, heads: [{ generation: 0, snapshot: false }] };
+}
+
+/** The generations a read of `generation` looks in, nearest first; empty if it is not live. */
+export function generationPath(tree: VTreeMap, generation: number): number[] {
+  const path: number[] = [];
+  let current: number | null = generation;
+  while (current !== null) {
+    const parent: number | null | undefined = tree.generations[String(current)];
+    if (parent === undefined) return [];
+    path.push(current);
+    current = parent;
+  }
+  return path;
 }
 
 export const idPattern = /^[0-9a-f]{16}$/;
@@ -94,7 +131,58 @@ export function parsePlacementMap(value: unknown): PlacementMap {
       groups: groups.map((group: unknown, pgIndex) => parseGroup(`${field}.groups[${pgIndex}]`, group, sds)),
     };
   }
-  return { epoch: epoch as number, sds, pools };
+  const parsed: PlacementMap = { epoch: epoch as number, sds, pools };
+  if (map['vtrees'] !== undefined) {
+    const vtrees: Record<string, VTreeMap> = {};
+    for (const [vtreeId, entry] of Object.entries(record('map.vtrees', map['vtrees']))) vtrees[vtreeId] = parseVTree(`map.vtrees.${vtreeId}`, vtreeId, entry);
+    parsed.vtrees = vtrees;
+  }
+  return parsed;
+}
+
+/** A tree: ids and generations in range, every parent live, no cycle, heads are leaves. */
+function parseVTree(field: string, vtreeId: string, value: unknown): VTreeMap {
+  if (!idPattern.test(vtreeId)) throw new InvalidArgumentError(field, 'a V-Tree id is 16 hex digits');
+  const tree = record(field, value);
+  const generations: Record<string, number | null> = {};
+  const entries = Object.entries(record(`${field}.generations`, tree['generations']));
+  if (entries.length < 1 || entries.length > vtreeGenerationsMax) throw new InvalidArgumentError(`${field}.generations`, `must hold 1 to ${vtreeGenerationsMax} generations`);
+  for (const [name, parent] of entries) {
+    if (!/^(0|[1-9][0-9]{0,9})$/.test(name) || Number(name) > 0xffffffff) throw new InvalidArgumentError(`${field}.generations.${name}`, 'a generation is a whole number below 2^32');
+    if (parent !== null && (!Number.isSafeInteger(parent) || (parent as number) < 0 || (parent as number) > 0xffffffff)) {
+      throw new InvalidArgumentError(`${field}.generations.${name}`, 'the parent must be a generation or null');
+    }
+    generations[name] = parent as number | null;
+  }
+  const roots = Object.values(generations).filter((parent) => parent === null).length;
+  if (roots !== 1) throw new InvalidArgumentError(`${field}.generations`, `must have exactly one root, has ${roots}`);
+  const shaped: VTreeMap = { generations, heads: [] };
+  for (const name of Object.keys(generations)) {
+    const path = generationPath(shaped, Number(name));
+    // A path ends at the root, or is cut short by an unknown parent; a cycle never ends.
+    if (path.length === 0 || path.length > entries.length || generations[String(path[path.length - 1])] !== null) {
+      throw new InvalidArgumentError(`${field}.generations.${name}`, 'its parents do not lead to the root (unknown parent or a cycle)');
+    }
+  }
+  const heads = tree['heads'];
+  if (!Array.isArray(heads) || heads.length < 1) throw new InvalidArgumentError(`${field}.heads`, 'must be a non-empty array');
+  const parents = new Set(Object.values(generations).filter((parent): parent is number => parent !== null));
+  const seen = new Set<number>();
+  for (const [index, head] of heads.entries()) {
+    const entry = record(`${field}.heads[${index}]`, head);
+    const generation = entry['generation'];
+    if (typeof generation !== 'number' || generations[String(generation)] === undefined) throw new InvalidArgumentError(`${field}.heads[${index}].generation`, 'must be a generation of the tree');
+    if (parents.has(generation)) throw new InvalidArgumentError(`${field}.heads[${index}].generation`, 'a head has no children (a generation with children is never written)');
+    if (seen.has(generation)) throw new InvalidArgumentError(`${field}.heads[${index}].generation`, 'two volumes cannot share a head');
+    if (typeof entry['snapshot'] !== 'boolean') throw new InvalidArgumentError(`${field}.heads[${index}].snapshot`, 'must be true or false');
+    seen.add(generation);
+    shaped.heads.push({ generation, snapshot: entry['snapshot'] });
+  }
+  if (tree['frozen'] !== undefined) {
+    if (tree['frozen'] !== true) throw new InvalidArgumentError(`${field}.frozen`, 'must be true when present');
+    shaped.frozen = true;
+  }
+  return shaped;
 }
 
 function parseGroup(field: string, value: unknown, sds: Record<string, SdsAddress>): PlacementGroup {

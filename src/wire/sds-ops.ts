@@ -22,7 +22,8 @@
 //   Trim        18   args                       empty (whole chunks are freed, parts zeroed)
 //   Flush       19   empty                      empty (every device written since the last
 //                                               flush, and every mirror written to, is synced)
-//   Allocation  20   AllocationArgs (20 bytes)  one byte per chunk: 1 = held here
+//   Allocation  20   AllocationArgs (28 bytes)  one byte per chunk: 1 = held here for that
+//                                               generation or one of its ancestors
 //   SetMap      21   PlacementMap JSON          empty; a map older than the current is refused
 //   Stats       22   empty                      SdsStats JSON
 //   Reserve     23   ReserveArgs (16 bytes)     empty; thick reservation of chunk slots
@@ -77,6 +78,11 @@ export const SdsStatus = {
   MirrorFailed: 8,
   /** The SDS will not take a device; the payload is DeviceRefusal JSON (mdm-ops.ts). */
   DeviceRefused: 9,
+  /**
+   * The V-Tree is frozen for a snapshot barrier (its map entry says `frozen`): the write was
+   * not applied; the sender retries shortly (sdcFrozenRetryMs) until the freeze is lifted.
+   */
+  Frozen: 10,
 } as const;
 
 export const ioArgsBytes = 40;
@@ -167,24 +173,29 @@ export function decodeIo(payload: Buffer): { args: IoArgs; data: Buffer } {
 export interface AllocationArgs {
   poolId: string;
   vtreeId: string;
+  /** The volume's generation (its head): a chunk counts as held if it or an ancestor holds it. */
+  generation: number;
   chunkIndexFirst: number;
   chunkCount: number;
 }
 
+const allocationArgsBytes = 28;
+
 export function encodeAllocation(args: AllocationArgs): Buffer {
-  const payload = Buffer.alloc(24);
+  const payload = Buffer.alloc(allocationArgsBytes);
   payload.write(args.poolId, 0, 8, 'hex');
   payload.write(args.vtreeId, 8, 8, 'hex');
-  payload.writeUInt32BE(args.chunkIndexFirst, 16);
-  payload.writeUInt32BE(args.chunkCount, 20);
+  payload.writeUInt32BE(args.generation, 16);
+  payload.writeUInt32BE(args.chunkIndexFirst, 20);
+  payload.writeUInt32BE(args.chunkCount, 24);
   return payload;
 }
 
 export function decodeAllocation(payload: Buffer): AllocationArgs {
-  if (payload.length !== 24) throw new InvalidArgumentError('allocation', `arguments are ${payload.length} bytes, expected 24`);
-  const chunkCount = payload.readUInt32BE(20);
+  if (payload.length !== allocationArgsBytes) throw new InvalidArgumentError('allocation', `arguments are ${payload.length} bytes, expected ${allocationArgsBytes}`);
+  const chunkCount = payload.readUInt32BE(24);
   if (chunkCount > allocationChunkCountMax) throw new InvalidArgumentError('allocation.chunkCount', `at most ${allocationChunkCountMax}`);
-  return { poolId: payload.toString('hex', 0, 8), vtreeId: payload.toString('hex', 8, 16), chunkIndexFirst: payload.readUInt32BE(16), chunkCount };
+  return { poolId: payload.toString('hex', 0, 8), vtreeId: payload.toString('hex', 8, 16), generation: payload.readUInt32BE(16), chunkIndexFirst: payload.readUInt32BE(20), chunkCount };
 }
 
 export interface ReserveArgs {

@@ -38,7 +38,7 @@ async function holders(cluster: Cluster, volume: VolumeInfo, chunkCount: number)
   const secret = fs.readFileSync(cluster.mdm.secretFile, 'utf8').trim();
   for (const sds of cluster.sds) {
     const peer = await connectWire({ teardown: () => undefined }, sds.address, { clusterId: cluster.mdm.clusterId, secret });
-    const response = await peer.request(SdsOp.Allocation, encodeAllocation({ poolId: volume.storagePoolId, vtreeId: volume.vtreeId, chunkIndexFirst: 0, chunkCount }));
+    const response = await peer.request(SdsOp.Allocation, encodeAllocation({ poolId: volume.storagePoolId, vtreeId: volume.vtreeId, generation: 0, chunkIndexFirst: 0, chunkCount }));
     peer.destroy();
     if (response.status !== SdsStatus.Ok) throw new Error(`allocation from ${sds.name} failed`);
     for (let chunk = 0; chunk < chunkCount; chunk++) if (response.payload[chunk] === 1) result[chunk]?.push(sds.name);
