@@ -28,7 +28,6 @@
 // Usage: node scripts/bench-lab.mjs [--size 1G] [--runtime 10] [--ramp-time 2] [--rounds 1]
 //          [--out docs/benchmarks.md] [--dir /tmp] [--no-profile] [--quick]
 
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -52,11 +51,9 @@ import {
   machineTicks,
   markdownTable,
   median,
-  meshblockBin,
   parseSharedOptions,
   procStatFields,
   processCpuSeconds,
-  processFailure,
   repoRoot,
   run,
   sharedOptionSpecs,
@@ -67,12 +64,11 @@ import {
   writePseudorandom,
   writeSection,
 } from './bench-common.mjs';
+import { labDirsUp, labDownSync, labFailure, labStatus, labUp, labVolumeUri, stopLab } from './bench-labs.mjs';
 
 const volumeName = 'vol1';
 
 const serverStartMs = 20_000;
-const labUpMs = 120_000;
-const labDownMs = 60_000;
 const fioSlackMs = 60_000;
 const sizeBytesMin = 64 * MiB;
 /** The lab's devices and volume are at least this big (the lab's own default device size). */
@@ -148,7 +144,6 @@ function parseOptions(argv) {
 // --- interruption ----------------------------------------------------------------------
 
 /** The lab dir while a lab may be up: a second signal still stops it before leaving. */
-let labDirUp = null;
 
 // --- processes -------------------------------------------------------------------------
 
@@ -200,9 +195,6 @@ async function startNbdkit(file, workDir) {
 }
 
 /** The tail of stdout and stderr together: `meshblock lab` prints its result on one, its progress on the other. */
-function labFailure(name, state) {
-  return processFailure('SERVER', name, state, `${state.stdout}\n${state.stderr}`);
-}
 
 async function stopNbdkit(server) {
   if (server.state.exited) return;
@@ -247,9 +239,6 @@ if (dir) {
 }
 `;
 
-function labArgs(command, labDir, extra = []) {
-  return [meshblockBin, 'lab', command, '--dir', labDir, ...extra];
-}
 
 async function startLab(labDir, sizeBytes, profileDir, preloadFile) {
   const port = await freeLoopbackPort();
@@ -257,22 +246,14 @@ async function startLab(labDir, sizeBytes, profileDir, preloadFile) {
   const sizeText = `${deviceBytes / MiB}MiB`;
   const extra = ['--detach', '--nbd-port', String(port), '--device-size', sizeText, '--volume', `${volumeName}:${sizeText}`];
   const env = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require=${preloadFile}`.trim(), MESHBLOCK_BENCH_PROFILE_DIR: profileDir };
-  labDirUp = labDir;
-  const state = await run(process.execPath, labArgs('up', labDir, extra), labUpMs, { env });
+  const state = await labUp(labDir, extra, { spawnOptions: { env } });
   throwIfInterrupted();
-  if (state.code !== 0) throw labFailure('meshblock lab up', state);
-  const match = new RegExp(`(nbd://127\\.0\\.0\\.1:\\d+/${volumeName})\\b`).exec(state.stdout);
-  if (match === null) throw new BenchError('SERVER', `meshblock lab up printed no URI for ${volumeName}:\n${state.stdout}`);
+  const uri = labVolumeUri(state.stdout, volumeName);
   const status = await labStatus(labDir);
   const command = ['node', 'bin/meshblock.cjs', 'lab', 'up', '--dir', '$DIR', ...extra];
-  return { name: 'lab', uri: match[1], command, status, pids: () => labPids(status) };
+  return { name: 'lab', uri, command, status, pids: () => labPids(status) };
 }
 
-async function labStatus(labDir) {
-  const state = await run(process.execPath, labArgs('status', labDir, ['--json']));
-  if (state.code !== 0) throw labFailure('meshblock lab status', state);
-  return JSON.parse(state.stdout);
-}
 
 /** Lab process pids by name (mdm, sds1.., sdc1). */
 function labPids(status) {
@@ -283,21 +264,6 @@ function labPids(status) {
 
 function labAlive(lab) {
   return lab.status.processes.every((entry) => processCpuSeconds(entry.pid, 100) !== null);
-}
-
-function labDownSync(labDir) {
-  try {
-    execFileSync(process.execPath, labArgs('down', labDir, ['--purge']), { stdio: 'ignore', timeout: labDownMs });
-  } catch {
-    // Reported by the caller's cleanup if it matters; nothing more to do on the way out.
-  }
-}
-
-async function stopLab(labDir) {
-  if (!fs.existsSync(labDir)) return;
-  const state = await run(process.execPath, labArgs('down', labDir, ['--purge']), labDownMs);
-  if (state.code !== 0) process.stderr.write(`meshblock lab down --purge failed (${state.code}):\n${state.stderr.trim()}\n`);
-  labDirUp = null;
 }
 
 // --- fio -------------------------------------------------------------------------------
@@ -693,7 +659,7 @@ async function main() {
   handleSignals({
     // A second signal still stops the lab before leaving.
     onSecondSignal: () => {
-      if (labDirUp !== null) labDownSync(labDirUp);
+      for (const labDir of labDirsUp) labDownSync(labDir);
     },
   });
 

@@ -43,13 +43,11 @@
 // Usage: node scripts/bench-mdm.mjs [--ops 100] [--rounds 5] [--size 512M] [--runtime 20]
 //          [--ramp-time 2] [--kill-at 5] [--stall-rounds 3] [--out docs/benchmarks.md] [--dir /tmp] [--shared-network] [--quick]
 
-import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as https from 'node:https';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { OutOfRangeError } from '../dist/common/errors.js';
 import { mdmMasterLeaseMs } from '../dist/common/limits.js';
 import { GiB, MiB, formatBytes } from '../dist/common/units.js';
@@ -68,10 +66,8 @@ import {
   killRunning,
   markdownTable,
   median,
-  meshblockBin,
   parseInteger,
   parseSharedOptions,
-  processFailure,
   repoRoot,
   run,
   sharedOptionSpecs,
@@ -81,14 +77,12 @@ import {
   waitForQuiet,
   writeSection,
 } from './bench-common.mjs';
+import { inOwnNetwork, labArgs, labDirsUp, labDownSync, labFailure, labFile, labRestApi, labStatus, labUp, labUpMs, labVolumeUri, percentile, runInOwnNetwork, stopLab, wantsOwnNetwork } from './bench-labs.mjs';
 
 const volumeName = 'vol1';
 const sizeBytesMin = 64 * MiB;
 /** The lab's devices and volume are at least this big (the lab's own minimum device size). */
 const labDeviceBytesMin = 2 * GiB;
-const labUpMs = 180_000;
-const labDownMs = 60_000;
-const labStatusMs = 30_000;
 /** How often a failover or switch probe sends its change (the brief: every 50 ms). */
 const probeIntervalMs = 50;
 /** A probe request not answered in this is abandoned and sent again (a dead Master never answers). */
@@ -97,8 +91,6 @@ const probeRequestTimeoutMs = 1000;
 const takeoverTimeoutMs = 60_000;
 /** For a restarted MDM to rejoin as a Slave and the cluster to be ClusteredNormal again. */
 const rejoinTimeoutMs = 60_000;
-/** A management request (not a probe) that takes longer than this is a failure. */
-const requestTimeoutMs = 30_000;
 /** Between rounds: the cluster settles (leases renewed, Slave caught up) before the next kill. */
 const settleMs = 2000;
 /** fio stall runs: an fsync after this many writes. */
@@ -172,13 +164,6 @@ export function parseOptions(argv) {
 
 // --- results ---------------------------------------------------------------------------
 
-/** Nearest-rank percentile (p in 0..100) of the values; null when there are none. */
-export function percentile(values, p) {
-  const sorted = values.filter((value) => value !== null).sort((a, b) => a - b);
-  if (sorted.length === 0) return null;
-  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
-  return sorted[rank - 1];
-}
 
 function maximum(values) {
   return values.length === 0 ? null : Math.max(...values);
@@ -194,36 +179,21 @@ function ratio(mine, reference) {
 
 // --- the labs --------------------------------------------------------------------------
 
-/** Lab dirs that may be up: a second signal still stops them before leaving. */
-const labDirsUp = new Set();
-
-function labArgs(command, labDir, extra = []) {
-  return [meshblockBin, 'lab', command, '--dir', labDir, ...extra];
-}
-
-function labFailure(name, state) {
-  return processFailure('SERVER', name, state, `${state.stdout}\n${state.stderr}`);
-}
-
 async function startLab(name, labDir, options, cluster) {
   const port = await freeLoopbackPort();
   const deviceBytes = Math.max(labDeviceBytesMin, options.sizeBytes);
   const sizeText = `${deviceBytes / MiB}MiB`;
   const extra = ['--detach', '--nbd-port', String(port), '--device-size', sizeText, '--volume', `${volumeName}:${sizeText}`, ...(cluster ? ['--mdm-cluster', '3'] : [])];
-  labDirsUp.add(labDir);
-  const state = await run(process.execPath, labArgs('up', labDir, extra), labUpMs);
+  const state = await labUp(labDir, extra, { name });
   throwIfInterrupted();
-  if (state.code !== 0) throw labFailure(`meshblock lab up (${name})`, state);
-  const match = new RegExp(`(nbd://127\\.0\\.0\\.1:\\d+/${volumeName})\\b`).exec(state.stdout);
-  if (match === null) throw new BenchError('SERVER', `meshblock lab up (${name}) printed no URI for ${volumeName}:\n${state.stdout}`);
-  const file = JSON.parse(fs.readFileSync(path.join(labDir, 'lab.json'), 'utf8'));
+  const file = labFile(labDir);
   const lab = {
     name,
     dir: labDir,
     cluster,
-    uri: match[1],
+    uri: labVolumeUri(state.stdout, volumeName, name),
     command: ['node', 'bin/meshblock.cjs', 'lab', 'up', '--dir', '$DIR', ...extra].join(' '),
-    api: new RestApi({ ca: fs.readFileSync(file.caCert), password: fs.readFileSync(file.passwordFile, 'utf8').trim() }),
+    api: labRestApi(labDir),
     apiUrls: file.apiAddresses ?? [file.apiUrl],
   };
   const [pools, sdcs] = await Promise.all([lab.api.must(lab.apiUrls[0], 'GET', '/api/types/StoragePool/instances'), lab.api.must(lab.apiUrls[0], 'GET', '/api/types/Sdc/instances')]);
@@ -239,15 +209,9 @@ async function resumeLab(lab) {
   if (state.code !== 0) throw labFailure(`meshblock lab up (${lab.name}, resuming)`, state);
 }
 
-async function labStatus(lab) {
-  const state = await run(process.execPath, labArgs('status', lab.dir, ['--json']), labStatusMs);
-  if (state.code !== 0) throw labFailure(`meshblock lab status (${lab.name})`, state);
-  return JSON.parse(state.stdout);
-}
-
 /** The MDM process entries of `lab status --json`: { master, slave } on a cluster (or null while there is none). */
 async function clusterRoles(lab) {
-  const status = await labStatus(lab);
+  const status = await labStatus(lab.dir, lab.name);
   const mdms = status.processes.filter((entry) => entry.role === 'mdm');
   const master = mdms.find((entry) => entry.clusterRole === 'master' && entry.state === 'running') ?? null;
   const slave = mdms.find((entry) => entry.clusterRole === 'slave' && entry.state === 'running') ?? null;
@@ -255,7 +219,7 @@ async function clusterRoles(lab) {
 }
 
 function apiUrlOf(lab, mdmName) {
-  const file = JSON.parse(fs.readFileSync(path.join(lab.dir, 'lab.json'), 'utf8'));
+  const file = labFile(lab.dir);
   const entry = file.processes.find((process) => process.role === 'mdm' && process.name === mdmName);
   if (entry?.apiAddress === undefined) throw new BenchError('SERVER', `lab.json of ${lab.name} has no API address for ${mdmName}`);
   return `https://${entry.apiAddress}`;
@@ -283,89 +247,7 @@ async function waitClusterNormal(lab) {
   }
 }
 
-function labDownSync(labDir) {
-  try {
-    execFileSync(process.execPath, labArgs('down', labDir, ['--purge']), { stdio: 'ignore', timeout: labDownMs });
-  } catch {
-    // On the way out after a second signal: nothing more to do.
-  }
-}
-
-async function stopLab(labDir) {
-  if (!fs.existsSync(labDir)) return;
-  const state = await run(process.execPath, labArgs('down', labDir, ['--purge']), labDownMs);
-  if (state.code !== 0) process.stderr.write(`meshblock lab down --purge ${labDir} failed (${state.code}):\n${state.stderr.trim()}\n`);
-  labDirsUp.delete(labDir);
-}
-
-// --- the REST API ----------------------------------------------------------------------
-
-/**
- * A ScaleIO-style REST client for one lab: one kept-alive HTTPS agent (so a timed request is
- * one round trip, not a TLS handshake), a token per API address, and a login again on 401
- * (a token dies with the MDM that issued it).
- */
-class RestApi {
-  constructor({ ca, password }) {
-    this.agent = new https.Agent({ keepAlive: true, ca, maxSockets: 4 });
-    this.password = password;
-    this.tokens = new Map();
-  }
-
-  /** One request; resolves { status, body, mdm } (mdm: the x-meshblock-mdm that answered), rejects on a network error or timeout. */
-  call(base, method, urlPath, { body, token, basic, timeoutMs = requestTimeoutMs } = {}) {
-    return new Promise((resolve, reject) => {
-      const headers = { accept: 'application/json' };
-      if (basic !== undefined) headers.authorization = `Basic ${Buffer.from(basic).toString('base64')}`;
-      if (token !== undefined) headers.authorization = `Bearer ${token}`;
-      const payload = body === undefined ? undefined : JSON.stringify(body);
-      if (payload !== undefined) headers['content-type'] = 'application/json';
-      const request = https.request(new URL(urlPath, base), { method, agent: this.agent, headers, signal: AbortSignal.timeout(timeoutMs) }, (response) => {
-        let text = '';
-        response.setEncoding('utf8');
-        response.on('data', (chunk) => (text += chunk));
-        response.on('error', reject);
-        response.on('end', () => {
-          let parsed = text;
-          try {
-            parsed = text === '' ? null : JSON.parse(text);
-          } catch {
-            // Not JSON: kept as text for the error message.
-          }
-          resolve({ status: response.statusCode, body: parsed, mdm: response.headers['x-meshblock-mdm'] ?? null });
-        });
-      });
-      request.on('error', reject);
-      request.end(payload);
-    });
-  }
-
-  async login(base, timeoutMs = requestTimeoutMs) {
-    const answer = await this.call(base, 'GET', '/api/login', { basic: `admin:${this.password}`, timeoutMs });
-    if (answer.status !== 200 || typeof answer.body !== 'string') throw new BenchError('REST', `login at ${base} answered ${answer.status}: ${JSON.stringify(answer.body)}`);
-    this.tokens.set(base, answer.body);
-    return answer.body;
-  }
-
-  /** An authenticated request; on 401 logs in once more and repeats it. */
-  async authed(base, method, urlPath, options = {}) {
-    const token = this.tokens.get(base) ?? (await this.login(base, options.timeoutMs));
-    const answer = await this.call(base, method, urlPath, { ...options, token });
-    if (answer.status !== 401) return answer;
-    return this.call(base, method, urlPath, { ...options, token: await this.login(base, options.timeoutMs) });
-  }
-
-  /** An authenticated request that must answer 200. */
-  async must(base, method, urlPath, options = {}) {
-    const answer = await this.authed(base, method, urlPath, options);
-    if (answer.status !== 200) throw new BenchError('REST', `${method} ${base}${urlPath} answered ${answer.status}: ${JSON.stringify(answer.body)}`);
-    return answer;
-  }
-
-  destroy() {
-    this.agent.destroy();
-  }
-}
+// --- the REST API: RestApi in bench-labs.mjs ---------------------------------------------
 
 function createVolume(lab, base, name, options = {}) {
   return lab.api.authed(base, 'POST', '/api/types/Volume/instances', {
@@ -464,7 +346,7 @@ async function failoverRound(lab, round) {
 /** The reference: kill -9 the one MDM and restart it at once (`lab up`); the time until it accepts a change. */
 async function restartRound(lab, round) {
   const base = lab.apiUrls[0];
-  const mdm = (await labStatus(lab)).processes.find((entry) => entry.role === 'mdm');
+  const mdm = (await labStatus(lab.dir, lab.name)).processes.find((entry) => entry.role === 'mdm');
   await lab.api.login(base);
   await delay(settleMs);
   const killedAtMs = performance.now();
@@ -716,7 +598,7 @@ ${markdownTable(stallRows(stalls))}
 Machine: ${machine.cpuModel}, ${machine.cpuCount} logical CPUs, ${machine.memoryGiB} GiB RAM, ${machine.kernel}, Node.js ${machine.node},
 ${machine.fio}, ${machine.etcd}, labs on ${machine.tmpFilesystem} (${machine.parentDir}); meshblock ${machine.meshblock}, ${machine.build}.
 Load average (1/5/15 min) at start ${loads.start}, at the end ${loads.end}; other engineers share this machine.
-Network: ${process.env[isolatedEnv] === undefined ? 'the machine\'s own (shared with other labs and tests)' : 'a network namespace of its own (`unshare --net`, loopback only), so no other lab could take a port'}.
+Network: ${!inOwnNetwork() ? 'the machine\'s own (shared with other labs and tests)' : 'a network namespace of its own (`unshare --net`, loopback only), so no other lab could take a port'}.
 
 How it was run:
 
@@ -734,35 +616,6 @@ ${analysisEnd}
 `;
 }
 
-// --- its own network -------------------------------------------------------------------
-
-/** Set in the re-run inside the new network namespace. */
-const isolatedEnv = 'MESHBLOCK_BENCH_MDM_NETNS';
-
-/** Whether to re-run in a network namespace of its own: root, not yet in one, not refused. */
-function wantsOwnNetwork(options) {
-  return !options.sharedNetwork && process.env[isolatedEnv] === undefined && process.getuid?.() === 0;
-}
-
-/**
- * Re-runs this script, with the same arguments, under `unshare --net` with loopback up, and
- * resolves its exit code. A terminal's Ctrl-C reaches the re-run itself (same process group);
- * a SIGTERM sent to this process is passed on.
- */
-function runInOwnNetwork() {
-  const args = ['--net', '--', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"', process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)];
-  const child = spawn('unshare', args, { stdio: 'inherit', env: { ...process.env, [isolatedEnv]: '1' } });
-  process.on('SIGINT', () => undefined);
-  process.on('SIGTERM', () => child.kill('SIGTERM'));
-  return new Promise((resolve) => {
-    child.on('error', (err) => {
-      process.stderr.write(`bench-mdm: cannot run unshare (${err.message}); use --shared-network\n`);
-      resolve(exitRuntimeError);
-    });
-    child.on('exit', (code, signal) => resolve(code ?? 128 + (os.constants.signals[signal] ?? 0)));
-  });
-}
-
 // --- main ------------------------------------------------------------------------------
 
 async function main() {
@@ -777,8 +630,8 @@ async function main() {
     process.stdout.write(usage);
     return 0;
   }
-  if (wantsOwnNetwork(options)) return runInOwnNetwork();
-  if (!options.sharedNetwork && process.env[isolatedEnv] === undefined) {
+  if (wantsOwnNetwork(options)) return runInOwnNetwork(import.meta.url, 'bench-mdm');
+  if (!options.sharedNetwork && !inOwnNetwork()) {
     process.stderr.write('bench-mdm: not root, so running in the shared network namespace: another lab on this machine may take a port of a killed MDM\n');
   }
   handleSignals({
@@ -841,7 +694,7 @@ async function main() {
       process.kill(roles.master.pid, 'SIGKILL');
     };
     const killJournalMdm = async () => {
-      const mdm = (await labStatus(journal)).processes.find((entry) => entry.role === 'mdm');
+      const mdm = (await labStatus(journal.dir, journal.name)).processes.find((entry) => entry.role === 'mdm');
       process.kill(mdm.pid, 'SIGKILL');
       await resumeLab(journal);
     };
@@ -927,5 +780,5 @@ async function main() {
   }
 }
 
-// Run only as a program: the test imports parseOptions and percentile.
+// Run only as a program: the test imports parseOptions.
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) process.exitCode = await main();

@@ -5,7 +5,8 @@
 // Importing the script runs nothing: main() runs only when it is the program.
 
 import t from 'tap';
-import { parseOptions, percentile } from '../../scripts/bench-mdm.mjs';
+import { parseOptions } from '../../scripts/bench-mdm.mjs';
+import { percentile } from '../../scripts/bench-labs.mjs';
 
 const MiB = 1024 * 1024;
 
