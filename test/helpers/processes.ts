@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -166,4 +167,17 @@ export function logged(stderr: string, message: string, sinceMs = 0): Array<Reco
     }
   }
   return found;
+}
+
+/**
+ * Listens on a loopback port so that a daemon meant to take it cannot. Null when something
+ * else holds it already (another test's lab): the port is taken either way, but only while
+ * that other program keeps it.
+ */
+export function squat(port: number): Promise<net.Server | null> {
+  const server = net.createServer();
+  return new Promise((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' ? resolve(null) : reject(err)));
+    server.listen(port, '127.0.0.1', () => resolve(server));
+  });
 }
