@@ -242,7 +242,8 @@ export class SdsControl {
       if (this.epoch !== epoch || this.host.isClosing()) return;
       const release = await locks.acquire(keyName(key), 0, store.chunkBytes, true);
       try {
-        await store.trim(key, 0, store.chunkBytes, { fua: false });
+        // Not while a read through another generation resolves to it (the next map's pass frees it).
+        await store.freeGarbage(key);
       } finally {
         release();
       }

@@ -428,7 +428,7 @@ export class SdsService {
   }
 
   /**
-   * A write to an exact key (a mirror write, a rebuild's Put). A whole chunk written to a
+   * A mirror write, to the exact key the primary applied. A whole chunk written to a
    * key not held here while another generation of the chunk is takes the shadow order: it
    * may hide an ancestor's copy, and must not do so before its bytes are durable.
    */
@@ -575,11 +575,14 @@ export class SdsService {
       throw new InvalidArgumentError('put', `a rebuild copy is one whole ${this.options.store.chunkBytes}-byte chunk`);
     }
     const group = this.admit(args, request.epoch, 'secondary');
-    // Any generation, frozen or not: a rebuild copies every key of the group as it is.
+    // Any generation, frozen or not: a rebuild copies every key of the group as it is. The
+    // plain slot order is enough here, unlike a mirror write: the copy counts only after the
+    // source flushed it here (a rebuild cursor, "done"), and a crash before that flush
+    // makes the source copy the chunk again.
     const key = chunkKey(args);
     const release = await this.locks.acquire(keyName(key), 0, this.options.store.chunkBytes, true);
     try {
-      await this.applyExact(key, 0, data, { fua: false, preferDeviceId: group.secondaryDevice });
+      await this.options.store.write(key, 0, data, { fua: false, preferDeviceId: group.secondaryDevice });
     } finally {
       release();
     }
