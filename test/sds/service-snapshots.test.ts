@@ -310,3 +310,53 @@ t.test('keys no head reaches are freed on both copies after the map drops a snap
   t.ok((await read(b, 4, { chunkIndex: 0, generation: 1 })).equals(fill(0x70)), 'the other copy too');
   t.ok((await read(b, 4, { chunkIndex: 1, generation: 1 })).equals(fill(0x61)), 'both chunks');
 });
+
+t.test('a rebuild carries every generation, and copies on write during it land right', async (t) => {
+  const dir = t.testdir();
+  const a = await startNode(t, dir, 'sds-a');
+  const c = await startNode(t, dir, 'sds-c');
+  const chunkCount = 24;
+  await setMaps([a, c], mapOf(1, [a, c], a.sdsId, null));
+  for (let chunkIndex = 0; chunkIndex < chunkCount; chunkIndex++) t.equal(await write(a, 1, { chunkIndex, generation: 0 }, fill(chunkIndex)), SdsStatus.Ok);
+  await setMaps([a, c], mapOf(2, [a, c], a.sdsId, null, { [vtreeId]: snapshotTree }));
+  const expected = new Map<string, Buffer>();
+  for (let chunkIndex = 0; chunkIndex < chunkCount; chunkIndex++) {
+    expected.set(`${chunkIndex}:1`, fill(chunkIndex));
+    expected.set(`${chunkIndex}:2`, fill(chunkIndex));
+  }
+  // Before the rebuild: the volume copies every third chunk, the snapshot every fourth.
+  const change = async (epoch: number, chunkIndex: number, generation: number): Promise<void> => {
+    const data = randomBytes(4096);
+    t.equal(await write(a, epoch, { chunkIndex, generation, offsetBytes: 4096 * (chunkIndex % 8) }, data), SdsStatus.Ok);
+    const name = `${chunkIndex}:${generation}`;
+    expected.set(name, patched(expected.get(name) as Buffer, 4096 * (chunkIndex % 8), data));
+  };
+  for (let chunkIndex = 0; chunkIndex < chunkCount; chunkIndex += 3) await change(2, chunkIndex, 1);
+  for (let chunkIndex = 0; chunkIndex < chunkCount; chunkIndex += 4) await change(2, chunkIndex, 2);
+
+  // c becomes every group's secondary and is filled from a; copies on write go on meanwhile.
+  await setMaps([a, c], mapOf(3, [a, c], a.sdsId, c.sdsId, { [vtreeId]: snapshotTree }));
+  for (let pgIndex = 0; pgIndex < pgCount; pgIndex++) {
+    const order = { poolId: testPoolId, pgIndex, targetSdsId: c.sdsId, bytesPerSecondMax: 0, chunksInflightMax: 2, mode: 'full', epoch: 3 };
+    const reply = await a.peer.request(SdsOp.Rebuild, Buffer.from(JSON.stringify(order)));
+    t.equal(reply.status, SdsStatus.Ok, `rebuild of group ${pgIndex} ordered`);
+  }
+  for (let chunkIndex = 1; chunkIndex < chunkCount; chunkIndex += 2) await change(3, chunkIndex, 1);
+  const deadlineMs = Date.now() + 30_000;
+  let jobs: SdsStats['rebuilds'] = [];
+  while (Date.now() < deadlineMs) {
+    jobs = (await stats(a)).rebuilds;
+    if (jobs.length === pgCount && jobs.every((job) => job.state === 'done' || job.state === 'failed')) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  t.ok(jobs.length === pgCount && jobs.every((job) => job.state === 'done'), `every rebuild job is done (${jobs.map((job) => job.state).join(',')})`);
+  t.equal((await stats(c)).devices[0]?.usedBytes, (await stats(a)).devices[0]?.usedBytes, 'the new copy holds as many keys as the source');
+
+  await setMaps([a, c], mapOf(4, [a, c], c.sdsId, a.sdsId, { [vtreeId]: snapshotTree }));
+  let wrong = 0;
+  for (const [name, bytes] of expected) {
+    const [chunkIndex, generation] = name.split(':').map(Number) as [number, number];
+    if (!(await read(c, 4, { chunkIndex, generation })).equals(bytes)) wrong += 1;
+  }
+  t.equal(wrong, 0, `the rebuilt copy, promoted, reads every chunk of both heads as the source had it (${expected.size} checked)`);
+});
