@@ -592,7 +592,9 @@ export class SdsService {
   private onAllocation(request: WireRequest): WireReply {
     const args = decodeAllocation(request.payload);
     const map = this.map;
+    // No map ever (a new SDS): it holds nothing of any volume, as it always answered.
     const path = map === null ? [] : generationPath(vtreeOf(map, args.vtreeId), args.generation);
+    if (map === null) return { status: SdsStatus.Ok, payload: Buffer.alloc(args.chunkCount) };
     if (path.length === 0) {
       throw new ReplyError(SdsStatus.StaleEpoch, `generation ${args.generation} of V-Tree ${args.vtreeId} is not live at epoch ${this.epoch}`, encodeEpoch(this.epoch));
     }

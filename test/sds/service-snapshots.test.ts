@@ -182,6 +182,12 @@ t.test('generations on two copies: copy on write, trims, whole writes, Allocatio
 
   await setMaps([a, b], mapOf(3, [a, b], b.sdsId, a.sdsId, { [vtreeId]: snapshotTree }));
   await checkAll(b, 3, 'secondary, promoted');
+
+  t.equal(await trim(b, 3, { chunkIndex: 9, generation: 1 }), SdsStatus.Ok, 'a whole trim of a chunk only the head holds');
+  t.equal(await trim(b, 3, { chunkIndex: 3, generation: 1 }), SdsStatus.Ok, 'and of one the ancestor holds');
+  t.same([(await stats(a)).devices[0]?.usedBytes, (await stats(b)).devices[0]?.usedBytes], [9 * chunkBytes, 9 * chunkBytes], 'the first key is freed, the second kept zeroed, on both copies');
+  t.ok((await read(b, 3, { chunkIndex: 3, generation: 1 })).equals(Buffer.alloc(chunkBytes)), 'the trimmed chunk reads zeros');
+  t.ok((await read(b, 3, { chunkIndex: 3, generation: 2 })).equals(whole), 'the snapshot keeps its own');
 });
 
 t.test('a copy on write reaches a secondary that lacks the ancestor as the whole chunk', async (t) => {
