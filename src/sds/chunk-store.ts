@@ -192,6 +192,8 @@ export class ChunkStore {
    * garbage collection and snapshot accounting walk.
    */
   private readonly byChunk = new Map<string, HeldChunk>();
+  /** The same entries by V-Tree id, so that a walk over one tree's chunks skips every other tree's. */
+  private readonly byVtree = new Map<string, Map<string, HeldChunk>>();
   /** Keys read through another generation's request right now, by keyName, with a count: never freed meanwhile. */
   private readonly pins = new Map<string, number>();
   private readonly reservations: Map<string, number>;
@@ -459,6 +461,11 @@ export class ChunkStore {
     return this.byChunk.values();
   }
 
+  /** The chunk indexes held of one V-Tree (live views, as heldChunks()). */
+  heldChunksOf(vtreeId: string): IterableIterator<HeldChunk> {
+    return (this.byVtree.get(vtreeId) ?? new Map<string, HeldChunk>()).values();
+  }
+
   /** The device holding `key`, or null (not held, lost, or still being allocated). */
   deviceOf(key: ChunkKey): StoreDevice | null {
     return this.index.get(keyName(key))?.device ?? null;
@@ -471,11 +478,22 @@ export class ChunkStore {
     const chunk = chunkName(key);
     let entry = this.byChunk.get(chunk);
     if (held) {
-      if (entry === undefined) this.byChunk.set(chunk, (entry = { poolId: key.poolId, vtreeId: key.vtreeId, chunkIndex: key.chunkIndex, generations: new Set() }));
+      if (entry === undefined) {
+        entry = { poolId: key.poolId, vtreeId: key.vtreeId, chunkIndex: key.chunkIndex, generations: new Set() };
+        this.byChunk.set(chunk, entry);
+        let ofTree = this.byVtree.get(key.vtreeId);
+        if (ofTree === undefined) this.byVtree.set(key.vtreeId, (ofTree = new Map<string, HeldChunk>()));
+        ofTree.set(chunk, entry);
+      }
       entry.generations.add(key.generation);
     } else if (entry !== undefined) {
       entry.generations.delete(key.generation);
-      if (entry.generations.size === 0) this.byChunk.delete(chunk);
+      if (entry.generations.size === 0) {
+        this.byChunk.delete(chunk);
+        const ofTree = this.byVtree.get(key.vtreeId);
+        ofTree?.delete(chunk);
+        if (ofTree?.size === 0) this.byVtree.delete(key.vtreeId);
+      }
     }
   }
 

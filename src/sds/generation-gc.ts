@@ -29,8 +29,13 @@ import { IoFlag, SdsOp, encodeIo } from '../wire/sds-ops.js';
 import { keyName, type ChunkKey, type ChunkStore, type HeldChunk } from './chunk-store.js';
 import type { RangeLocks } from './range-locks.js';
 
-/** Snapshot bytes are recounted when asked for, at most this often (a walk over every chunk held). */
+/** Snapshot bytes are recounted when asked for, at most this often (a walk over the listed trees' chunks). */
 export const snapshotBytesRefreshMs = 10_000;
+/**
+ * Chunks looked at between two turns of the event loop in a walk: a tree of a 1 TiB volume
+ * has a million chunk indexes, and client IO must not wait for the whole walk.
+ */
+export const walkChunksPerTurn = 4096;
 
 export interface CollectorHost {
   readonly sdsId: string;
@@ -56,6 +61,7 @@ export class GenerationCollector {
   private snapshotBytes = new Map<string, number>();
   private snapshotBytesAtMs = -Infinity;
   private snapshotBytesEpoch = -1;
+  private counting: Promise<void> | null = null;
 
   constructor(private readonly host: CollectorHost) {}
 
@@ -67,10 +73,15 @@ export class GenerationCollector {
     if (views.size === 0) return;
     const { store, locks, sdsId } = this.host;
     const candidates: Array<{ key: ChunkKey; pgIndex: number; secondary: string | null; live: boolean }> = [];
-    for (const chunk of store.heldChunks()) {
+    let walked = 0;
+    for (const chunk of await chunksOf(store, views)) {
+      if (++walked % walkChunksPerTurn === 0) {
+        await nextTurn();
+        if (this.host.epoch() !== epoch || this.host.isClosing()) return;
+      }
       const view = views.get(chunk.vtreeId);
       const pool = map.pools[chunk.poolId];
-      if (view === undefined || pool === undefined) continue;
+      if (view === undefined || pool === undefined || chunk.generations.size === 0) continue;
       const pgIndex = placementGroupOf(chunk.vtreeId, chunk.chunkIndex, pool.groups.length);
       const group = pool.groups[pgIndex];
       if (group === undefined) continue;
@@ -127,16 +138,27 @@ export class GenerationCollector {
 
   /**
    * Bytes only snapshots reach, by device: keys some snapshot head resolves to and no
-   * volume head does. Counted again when older than snapshotBytesRefreshMs or the map moved.
+   * volume head does. The last count; a new one starts in the background when this one is
+   * older than snapshotBytesRefreshMs or the map moved (so a heartbeat never waits for it).
    */
   snapshotBytesByDevice(nowMs = Date.now()): ReadonlyMap<string, number> {
     const map = this.host.map();
-    if (map === null) return this.snapshotBytes;
+    if (map === null || this.counting !== null) return this.snapshotBytes;
     if (nowMs - this.snapshotBytesAtMs < snapshotBytesRefreshMs && this.snapshotBytesEpoch === map.epoch) return this.snapshotBytes;
+    this.counting = this.countSnapshotBytes(map, nowMs)
+      .catch((err: unknown) => this.host.log.warn({ err }, 'snapshot bytes not counted'))
+      .finally(() => (this.counting = null));
+    return this.snapshotBytes;
+  }
+
+  private async countSnapshotBytes(map: PlacementMap, nowMs: number): Promise<void> {
     const views = treeViews(map);
     const bytes = new Map<string, number>();
     const { store } = this.host;
-    for (const chunk of store.heldChunks()) {
+    let walked = 0;
+    for (const chunk of await chunksOf(store, views)) {
+      if (++walked % walkChunksPerTurn === 0) await nextTurn();
+      if (this.host.isClosing()) return;
       const view = views.get(chunk.vtreeId);
       if (view === undefined) continue;
       const byVolume = new Set<number>();
@@ -154,8 +176,23 @@ export class GenerationCollector {
     this.snapshotBytes = bytes;
     this.snapshotBytesAtMs = nowMs;
     this.snapshotBytesEpoch = map.epoch;
-    return bytes;
   }
+}
+
+/** The chunk indexes of the listed trees, copied (the walks await; the store's views change meanwhile). */
+async function chunksOf(store: ChunkStore, views: ReadonlyMap<string, TreeView>): Promise<HeldChunk[]> {
+  const chunks: HeldChunk[] = [];
+  for (const vtreeId of views.keys()) {
+    for (const chunk of store.heldChunksOf(vtreeId)) {
+      chunks.push(chunk);
+      if (chunks.length % (walkChunksPerTurn * 16) === 0) await nextTurn();
+    }
+  }
+  return chunks;
+}
+
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 function treeViews(map: PlacementMap): Map<string, TreeView> {
