@@ -38,12 +38,25 @@
 // A damaged entry (bad checksum) is reported and its slot is never reused; the chunk it
 // held is lost on this copy and has to come back from the mirror (rebuild).
 //
-// Snapshots (later): a key has a generation. A volume tree bumps its generation when a
-// snapshot is taken; a write to a chunk whose newest version is older than the volume's
-// generation copies it into a new slot under the new generation (copy on write), and a
-// volume or snapshot reads the newest version no newer than its own generation. Chunks
-// are shared between a volume and its snapshots by this lookup rule, so an entry never
-// needs a reference count.
+// Snapshots (docs/snapshots.md): a key has a generation, and a volume tree's generations
+// form a tree the placement map carries. The store itself only knows exact keys; the
+// *Resolved / shadowing calls below take a generation path (head first, then its parents,
+// from generationPath()) so that a volume reads chunk i from the nearest generation that
+// holds it, and a head that first writes a chunk an ancestor holds gets a copy of it (copy
+// on write, decided by the service, which also mirrors the copy). A key that hides an
+// ancestor's chunk needs one more order than the allocate above:
+//   shadow:   write the slot's whole content (the ancestor's bytes merged with the write, or
+//             zeros), fdatasync that device, and only then write the entry. The entry is
+//             what makes the head stop reading the ancestor, so it must never land before
+//             the bytes it points to: a crash before the entry is durable leaves the head
+//             reading the ancestor (the unacknowledged write is lost, nothing else); after,
+//             the slot's content is already durable. The zero-then-entry order of a plain
+//             allocation would, after a power cut, let a head read zeros (or a freed slot's
+//             old bytes) where it had read its ancestor's acknowledged data.
+// Chunks are shared between a volume and its snapshots by this lookup rule, so an entry
+// never needs a reference count; a key no head resolves to is garbage (the SDS frees it,
+// generation-gc.ts). A key being read through another generation is pinned meanwhile, so
+// that freeing it waits for the read (the read holds the range lock of its own key only).
 
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
@@ -67,6 +80,21 @@ export class StoreError extends MeshblockError {}
 /** errno names that mean the device itself cannot be trusted any more. */
 const deviceFailureCodes = new Set(['EIO', 'ENOSPC', 'EROFS', 'ENXIO', 'ENODEV', 'EDQUOT', 'EBADF']);
 const slotTableReadBytes = 1024 * 1024;
+
+/** The generations of one chunk index of a volume tree held here. */
+export interface HeldChunk {
+  poolId: string;
+  vtreeId: string;
+  chunkIndex: number;
+  generations: Set<number>;
+}
+
+/**
+ * What goes into a new slot before its entry is written: zeros (a partial first write; the
+ * rest reads as zeros), nothing (a whole-chunk write follows), or the shadow order of the
+ * header (the slot's whole content, an fdatasync, then the entry).
+ */
+type SlotFill = 'zeros' | null | { shadow: Buffer | 'zeros' };
 
 interface Location {
   device: StoreDevice;
@@ -158,6 +186,16 @@ export class ChunkStore {
   /** Allocations in progress, so that concurrent first writes to a chunk share one slot. */
   private readonly allocating = new Map<string, Promise<Location>>();
   private readonly allocatedByVtree = new Map<string, number>();
+  /**
+   * The generations held (in the index, lost or being allocated) per chunk index of a
+   * volume tree, by chunkName(): what a generation path is resolved against, and what
+   * garbage collection and snapshot accounting walk.
+   */
+  private readonly byChunk = new Map<string, HeldChunk>();
+  /** The same entries by V-Tree id, so that a walk over one tree's chunks skips every other tree's. */
+  private readonly byVtree = new Map<string, Map<string, HeldChunk>>();
+  /** Keys read through another generation's request right now, by keyName, with a count: never freed meanwhile. */
+  private readonly pins = new Map<string, number>();
   private readonly reservations: Map<string, number>;
   private nextSequence = 1;
   private readonly rateTimer: NodeJS.Timeout;
@@ -238,6 +276,7 @@ export class ChunkStore {
         const existing = this.index.get(name);
         if (existing === undefined) {
           this.index.set(name, location);
+          this.touched(decoded.key);
           this.countAllocated(decoded.key.vtreeId, 1);
         } else if (existing.sequence < location.sequence) {
           this.index.set(name, location);
@@ -276,10 +315,14 @@ export class ChunkStore {
   async write(key: ChunkKey, offsetBytes: number, data: Buffer, options: { fua: boolean; preferDeviceId?: string | undefined }): Promise<void> {
     this.checkRange(offsetBytes, data.length);
     const whole = offsetBytes === 0 && data.length === this.chunkBytes;
-    const location = await this.locate(key, { create: true, zero: !whole, whole, preferDeviceId: options.preferDeviceId });
-    assert(location !== null, 'locate with create returns a slot');
+    const found = await this.locate(key, { create: true, fill: whole ? null : 'zeros', whole, preferDeviceId: options.preferDeviceId });
+    assert(found !== null, 'locate with create returns a slot');
+    const { location } = found;
     await this.writeFully(location.device, data, location.device.slotOffsetBytes(location.slot) + offsetBytes);
-    if (whole) this.lostKeys.delete(keyName(key));
+    if (whole) {
+      this.lostKeys.delete(keyName(key));
+      this.touched(key);
+    }
     location.device.counters.writes += 1;
     location.device.counters.writeBytes += data.length;
     if (options.fua) await this.syncDevice(location.device);
@@ -292,11 +335,15 @@ export class ChunkStore {
   async trim(key: ChunkKey, offsetBytes: number, lengthBytes: number, options: { fua: boolean }): Promise<void> {
     this.checkRange(offsetBytes, lengthBytes);
     const whole = offsetBytes === 0 && lengthBytes === this.chunkBytes;
-    const location = await this.locate(key, { create: false, zero: false, whole });
-    if (whole) this.lostKeys.delete(keyName(key));
+    const location = (await this.locate(key, { create: false, fill: null, whole }))?.location ?? null;
+    if (whole) {
+      this.lostKeys.delete(keyName(key));
+      this.touched(key);
+    }
     if (location === null) return;
     if (offsetBytes === 0 && lengthBytes === this.chunkBytes) {
       this.index.delete(keyName(key));
+      this.touched(key);
       this.countAllocated(key.vtreeId, -1);
       await this.releaseSlot(location);
     } else {
@@ -316,6 +363,138 @@ export class ChunkStore {
     const live = this.devices.filter((device) => device.state !== 'failed');
     const syncs = live.map((device) => (device.dirty ? this.syncDevice(device) : device.syncing));
     await Promise.all(syncs.filter((sync): sync is Promise<void> => sync !== null));
+  }
+
+  // --- generations (snapshots) ----------------------------------------------------------
+
+  /**
+   * The generation of `path` (nearest first, from generationPath()) that chunk
+   * `key.chunkIndex` resolves to here: the first one held, or null when none is. A lost
+   * copy counts as held, so that nothing reads past it into an older generation.
+   */
+  resolve(key: ChunkKey, path: readonly number[]): number | null {
+    const held = this.byChunk.get(chunkName(key))?.generations;
+    if (held === undefined) return null;
+    for (const generation of path) if (held.has(generation)) return generation;
+    return null;
+  }
+
+  /** Some generation of the chunk other than `key`'s is held here (a first write of `key` may hide it). */
+  holdsOtherGeneration(key: ChunkKey): boolean {
+    const held = this.byChunk.get(chunkName(key))?.generations;
+    if (held === undefined) return false;
+    for (const generation of held) if (generation !== key.generation) return true;
+    return false;
+  }
+
+  /**
+   * Reads through a generation path: from the first generation holding the chunk, zeros
+   * when none does. The key read is pinned meanwhile (garbage collection skips it): the
+   * caller's range lock is on the path's head, not on the key read.
+   */
+  async readResolved(key: ChunkKey, path: readonly number[], offsetBytes: number, target: Buffer): Promise<void> {
+    this.checkRange(offsetBytes, target.length);
+    const generation = this.resolve(key, path);
+    if (generation === null) {
+      target.fill(0);
+      return;
+    }
+    const source: ChunkKey = { ...key, generation };
+    const name = keyName(source);
+    this.pins.set(name, (this.pins.get(name) ?? 0) + 1);
+    try {
+      await this.read(source, offsetBytes, target);
+    } finally {
+      const count = (this.pins.get(name) ?? 1) - 1;
+      if (count === 0) this.pins.delete(name);
+      else this.pins.set(name, count);
+    }
+  }
+
+  /**
+   * Writes the whole content of a chunk whose key hides (or may hide) an older generation's
+   * copy: copy on write, a whole-chunk write or a zeroing trim of a head an ancestor holds.
+   * A key not held yet gets its slot in the shadow order (header): content, fdatasync,
+   * entry. A key already held is rewritten in place, as any write.
+   */
+  async writeShadowing(key: ChunkKey, content: Buffer | 'zeros', options: { fua: boolean; preferDeviceId?: string | undefined }): Promise<void> {
+    assert(content === 'zeros' || content.length === this.chunkBytes, 'a shadowing write is one whole chunk');
+    const found = await this.locate(key, { create: true, fill: { shadow: content }, whole: true, preferDeviceId: options.preferDeviceId });
+    assert(found !== null, 'locate with create returns a slot');
+    const { location } = found;
+    const offsetBytes = location.device.slotOffsetBytes(location.slot);
+    if (!found.fresh) {
+      if (content === 'zeros') await this.zeroRange(location.device, offsetBytes, this.chunkBytes);
+      else await this.writeFully(location.device, content, offsetBytes);
+    }
+    this.lostKeys.delete(keyName(key));
+    this.touched(key);
+    location.device.counters.writes += 1;
+    location.device.counters.writeBytes += this.chunkBytes;
+    if (options.fua) await this.syncDevice(location.device);
+  }
+
+  /**
+   * Frees a key its caller found to be garbage (no head resolves to it), unless it is being
+   * read through another generation or allocated: then false, and a later collection looks
+   * again. The check and the removal from the index happen in one synchronous step, so no
+   * read can resolve to the key after it is found free to go. The caller holds the key's
+   * whole range lock (no write to it is in flight).
+   */
+  async freeGarbage(key: ChunkKey): Promise<boolean> {
+    const name = keyName(key);
+    if (this.pins.has(name) || this.allocating.has(name)) return false;
+    const location = this.index.get(name);
+    this.lostKeys.delete(name);
+    if (location !== undefined) {
+      this.index.delete(name);
+      this.countAllocated(key.vtreeId, -1);
+    }
+    this.touched(key);
+    if (location === undefined || location.device.state === 'failed') return true;
+    await this.releaseSlot(location);
+    return true;
+  }
+
+  /** Every chunk index held, with its generations (live views: copy what must outlast an await). */
+  heldChunks(): IterableIterator<HeldChunk> {
+    return this.byChunk.values();
+  }
+
+  /** The chunk indexes held of one V-Tree (live views, as heldChunks()). */
+  heldChunksOf(vtreeId: string): IterableIterator<HeldChunk> {
+    return (this.byVtree.get(vtreeId) ?? new Map<string, HeldChunk>()).values();
+  }
+
+  /** The device holding `key`, or null (not held, lost, or still being allocated). */
+  deviceOf(key: ChunkKey): StoreDevice | null {
+    return this.index.get(keyName(key))?.device ?? null;
+  }
+
+  /** Keeps byChunk in step with the index, the lost keys and the allocations for `key`. */
+  private touched(key: ChunkKey): void {
+    const name = keyName(key);
+    const held = this.index.has(name) || this.lostKeys.has(name) || this.allocating.has(name);
+    const chunk = chunkName(key);
+    let entry = this.byChunk.get(chunk);
+    if (held) {
+      if (entry === undefined) {
+        entry = { poolId: key.poolId, vtreeId: key.vtreeId, chunkIndex: key.chunkIndex, generations: new Set() };
+        this.byChunk.set(chunk, entry);
+        let ofTree = this.byVtree.get(key.vtreeId);
+        if (ofTree === undefined) this.byVtree.set(key.vtreeId, (ofTree = new Map<string, HeldChunk>()));
+        ofTree.set(chunk, entry);
+      }
+      entry.generations.add(key.generation);
+    } else if (entry !== undefined) {
+      entry.generations.delete(key.generation);
+      if (entry.generations.size === 0) {
+        this.byChunk.delete(chunk);
+        const ofTree = this.byVtree.get(key.vtreeId);
+        ofTree?.delete(chunk);
+        if (ofTree?.size === 0) this.byVtree.delete(key.vtreeId);
+      }
+    }
   }
 
   has(key: ChunkKey): boolean {
@@ -378,31 +557,35 @@ export class ChunkStore {
    * Rewritten whole (a rebuild's Put) or trimmed whole, it is whole again; a partial write
    * or trim leaves it `lost` — kept, but never read — since the rest of it is not here.
    */
-  private async locate(key: ChunkKey, options: { create: boolean; zero: boolean; whole: boolean; preferDeviceId?: string | undefined }): Promise<Location | null> {
+  private async locate(key: ChunkKey, options: { create: boolean; fill: SlotFill; whole: boolean; preferDeviceId?: string | undefined }): Promise<{ location: Location; fresh: boolean } | null> {
     const name = keyName(key);
     const found = this.index.get(name) ?? (await this.allocating.get(name));
     if (found !== undefined) {
-      if (found.device.state !== 'failed') return found;
+      if (found.device.state !== 'failed') return { location: found, fresh: false };
       if (this.index.get(name) === found) {
         this.index.delete(name);
         this.countAllocated(key.vtreeId, -1);
         if (!options.whole) this.lostKeys.set(name, key);
+        this.touched(key);
       }
       if (!options.create) return null;
     }
     if (!options.create) return null;
     const again = this.index.get(name) ?? this.allocating.get(name);
-    if (again !== undefined) return again;
-    const allocation = this.allocate(key, options.zero, options.preferDeviceId);
+    // Another caller's allocation: its fill, not ours, went into the slot (`fresh` false).
+    if (again !== undefined) return { location: await again, fresh: false };
+    const allocation = this.allocate(key, options.fill, options.preferDeviceId);
     this.allocating.set(name, allocation);
+    this.touched(key);
     try {
-      return await allocation;
+      return { location: await allocation, fresh: true };
     } finally {
       this.allocating.delete(name);
+      this.touched(key);
     }
   }
 
-  private async allocate(key: ChunkKey, zero: boolean, preferDeviceId: string | undefined): Promise<Location> {
+  private async allocate(key: ChunkKey, fill: SlotFill, preferDeviceId: string | undefined): Promise<Location> {
     const reserved = Math.max(0, (this.reservations.get(key.vtreeId) ?? 0) - (this.allocatedByVtree.get(key.vtreeId) ?? 0));
     if (reserved === 0 && this.unreservedFreeSlots() <= 0) {
       throw new StoreError('MB_ERR_NO_SPACE', `no free chunk slot on this SDS (${this.reservedUnusedSlots()} slots are reserved for thick volumes)`);
@@ -416,7 +599,14 @@ export class ChunkStore {
     this.countAllocated(key.vtreeId, 1);
     const location: Location = { device, slot, sequence: this.nextSequence++, key };
     try {
-      if (zero) await this.zeroRange(device, device.slotOffsetBytes(slot), this.chunkBytes);
+      if (fill === 'zeros') {
+        await this.zeroRange(device, device.slotOffsetBytes(slot), this.chunkBytes);
+      } else if (fill !== null) {
+        // The shadow order (header): content, fdatasync, and only then the entry.
+        if (fill.shadow === 'zeros') await this.zeroRange(device, device.slotOffsetBytes(slot), this.chunkBytes);
+        else await this.writeFully(device, fill.shadow, device.slotOffsetBytes(slot));
+        await this.syncDevice(device);
+      }
       await this.writeFully(device, encodeEntry(location), device.entryOffsetBytes(slot));
     } catch (err) {
       this.countAllocated(key.vtreeId, -1);
@@ -532,6 +722,11 @@ export class ChunkStore {
 
 export function keyName(key: ChunkKey): string {
   return `${key.poolId}${key.vtreeId}:${key.chunkIndex}:${key.generation}`;
+}
+
+/** A chunk index of a volume tree, every generation: keyName() without the generation. */
+export function chunkName(key: Pick<ChunkKey, 'poolId' | 'vtreeId' | 'chunkIndex'>): string {
+  return `${key.poolId}${key.vtreeId}:${key.chunkIndex}`;
 }
 
 export function compareKeys(a: ChunkKey, b: ChunkKey): number {

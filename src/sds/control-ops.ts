@@ -5,7 +5,7 @@
 // the process is written to the state file (state.ts) before the order is answered.
 
 import { parseJsonObject, parseJsonPayload } from '../wire/json-payload.js';
-import { staleCollectDelayMs } from '../common/limits.js';
+import { sdsFreezeExpiryMs, staleCollectDelayMs } from '../common/limits.js';
 import type { Logger } from 'pino';
 import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import type { AddDeviceOrder, DeviceRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
@@ -40,14 +40,29 @@ export interface ControlHost {
   /** A new map is about to be installed (the service drops connections to SDSs not in it). */
   onMapAccepted(map: PlacementMap): void;
   rebuildProgress(): RebuildProgress[];
+  /** Frees the keys no head reaches any more (generation-gc.ts), after the stale groups. */
+  collectGenerations(epoch: number): Promise<void>;
+  /** Bytes only snapshots reach, by device id (generation-gc.ts). */
+  snapshotBytesByDevice(): ReadonlyMap<string, number>;
 }
 
 export class SdsControl {
   private current: PlacementMap | null;
+  /** The map before the current one (a mirror write may still carry its epoch). */
+  private previous: PlacementMap | null = null;
   private collectTimer: NodeJS.Timeout | null = null;
+  /**
+   * When each tree the map freezes was first seen frozen (by this process, in a run of maps
+   * that all freeze it): the freeze lapses sdsFreezeExpiryMs later, whatever the map says,
+   * so an MDM that died in the middle of a barrier cannot stop writes for longer.
+   */
+  private readonly frozenSinceMs = new Map<string, number>();
+  private readonly freezesLapsed = new Set<string>();
 
   constructor(private readonly host: ControlHost) {
     this.current = host.state.map;
+    // A map kept across a restart: its freezes count from now (nothing was in flight).
+    this.noteFreezes(this.current);
   }
 
   /** The placement map in force (null before the first one). */
@@ -70,11 +85,46 @@ export class SdsControl {
       }
     }
     this.host.onMapAccepted(map);
+    if (map.epoch > this.epoch) this.previous = this.current;
     this.current = map;
+    this.noteFreezes(map);
     this.host.state.map = map;
     this.persist();
     this.scheduleCollect();
     this.host.log.info({ epoch: map.epoch, pools: Object.keys(map.pools).length }, 'placement map installed');
+  }
+
+  /** The map before the current one, or null. */
+  get previousMap(): PlacementMap | null {
+    return this.previous;
+  }
+
+  /** The map freezes the tree and the freeze has not lapsed. */
+  isFrozen(vtreeId: string, nowMs = Date.now()): boolean {
+    const since = this.frozenSinceMs.get(vtreeId);
+    if (since === undefined) return false;
+    if (nowMs - since < sdsFreezeExpiryMs) return true;
+    if (!this.freezesLapsed.has(vtreeId)) {
+      this.freezesLapsed.add(vtreeId);
+      this.host.log.warn({ vtreeId, frozenMs: nowMs - since, epoch: this.epoch }, 'a snapshot freeze lapsed without a map lifting it: writes to the V-Tree are taken again');
+    }
+    return false;
+  }
+
+  /** The trees frozen now (not lapsed). */
+  frozenVtrees(nowMs = Date.now()): string[] {
+    return [...this.frozenSinceMs.keys()].filter((vtreeId) => this.isFrozen(vtreeId, nowMs));
+  }
+
+  private noteFreezes(map: PlacementMap | null): void {
+    const nowMs = Date.now();
+    const frozen = new Set(Object.entries(map?.vtrees ?? {}).flatMap(([vtreeId, tree]) => (tree.frozen === true ? [vtreeId] : [])));
+    for (const vtreeId of [...this.frozenSinceMs.keys()]) {
+      if (frozen.has(vtreeId)) continue;
+      this.frozenSinceMs.delete(vtreeId);
+      this.freezesLapsed.delete(vtreeId);
+    }
+    for (const vtreeId of frozen) if (!this.frozenSinceMs.has(vtreeId)) this.frozenSinceMs.set(vtreeId, nowMs);
   }
 
   onReserve(payload: Buffer): void {
@@ -113,6 +163,7 @@ export class SdsControl {
 
   stats(): SdsStats {
     const store = this.host.store;
+    const snapshotBytes = this.host.snapshotBytesByDevice();
     return {
       sdsId: this.host.identity.sdsId,
       name: this.host.identity.name,
@@ -125,6 +176,7 @@ export class SdsControl {
         error: device.error,
         totalBytes: device.slotCount * store.chunkBytes,
         usedBytes: device.usedSlotCount * store.chunkBytes,
+        snapshotBytes: snapshotBytes.get(device.deviceId) ?? 0,
         freeBytes: device.state === 'normal' ? device.freeSlots.length * store.chunkBytes : 0,
         reads: device.counters.reads,
         writes: device.counters.writes,
@@ -169,6 +221,11 @@ export class SdsControl {
   }
 
   private async collectStale(epoch: number): Promise<void> {
+    await this.collectStaleGroups(epoch);
+    if (this.epoch === epoch && !this.host.isClosing()) await this.host.collectGenerations(epoch);
+  }
+
+  private async collectStaleGroups(epoch: number): Promise<void> {
     const map = this.current;
     if (map === null) return;
     const { store, locks, identity } = this.host;
@@ -185,7 +242,8 @@ export class SdsControl {
       if (this.epoch !== epoch || this.host.isClosing()) return;
       const release = await locks.acquire(keyName(key), 0, store.chunkBytes, true);
       try {
-        await store.trim(key, 0, store.chunkBytes, { fua: false });
+        // Not while a read through another generation resolves to it (the next map's pass frees it).
+        await store.freeGarbage(key);
       } finally {
         release();
       }

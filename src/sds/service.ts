@@ -11,6 +11,33 @@
 //
 // The primary holds a byte-range lock on the chunk from before it applies a write until
 // both copies have it, so overlapping writes reach both copies in the same order.
+//
+// Snapshots (docs/snapshots.md). A chunk key carries a generation; the map's V-Tree says
+// which generations are heads and what each one's parents are. A read of generation g
+// reads the nearest generation on generationPath(tree, g) that holds the chunk; writes and
+// trims must name a head (StaleEpoch otherwise: the sender's map is old) of a tree that is
+// not frozen (Frozen). The primary alone decides what a change does to generations, and
+// sends the secondary something whose meaning does not depend on what the secondary holds
+// (during a rebuild it may not hold the ancestors yet):
+//
+//   on the primary, chunk i of head h         mirrored to the secondary as
+//   ----------------------------------------  ---------------------------------------------
+//   h holds i, or nobody on the path does     the request itself (exact key i:h)
+//   an ancestor holds i, partial write/trim   copy on write here, then a whole-chunk Write
+//                                             of the result (the secondary never copies)
+//   an ancestor holds i, whole write          the request itself (whole: nothing to copy)
+//   an ancestor holds i, whole trim           a whole-chunk Write of zeros (i:h must hide
+//                                             the ancestor on both copies)
+//   nobody but h holds i, whole trim          the request itself: the key is freed
+//
+// So a secondary applies Replica writes and trims to the exact key named, and a rebuild
+// (Put, and Trim of what the source no longer holds) does the same. Any whole-chunk write of
+// a key that may hide another generation's copy uses the store's shadow order
+// (chunk-store.ts): content, fdatasync, entry.
+//
+// Freeze: a map that freezes a tree is answered once the writes to it that this SDS accepted
+// as primary have completed on both copies; the freeze lapses by itself after
+// sdsFreezeExpiryMs (control-ops.ts).
 
 import { mirrorTimeoutMs, sdsClientQuietMs } from '../common/limits.js';
 import * as net from 'node:net';
@@ -22,7 +49,7 @@ import type { RebuildDone, RegisteredDevice } from '../wire/mdm-ops.js';
 import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
 import { adoptAccepted } from '../common/borrowed-reads.js';
 import { PeerPool, listenTcp } from '../wire/peer-pool.js';
-import { placementGroupOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
+import { generationPath, placementGroupOf, vtreeOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
 import {
   SdsOp,
   SdsStatus,
@@ -33,10 +60,13 @@ import {
   encodeListedChunks,
   encodeEpoch,
   setIoFlags,
+  encodeIo,
+  ioArgsBytes,
   type IoArgs,
   type SdsStats,
 } from '../wire/sds-ops.js';
 import { ChunkStore, StoreError, keyName, type ChunkKey } from './chunk-store.js';
+import { GenerationCollector } from './generation-gc.js';
 import { RangeLocks } from './range-locks.js';
 import { SdsControl, type SdsIdentity } from './control-ops.js';
 import { RebuildSource, groupKeysOf } from './rebuild.js';
@@ -77,6 +107,9 @@ export class SdsService {
   /** Opened (read) in the background at start; a rebuild order waits for it. */
   private readonly rebuildCursors: Promise<RebuildCursors>;
   private readonly handlers = new Set<Promise<unknown>>();
+  /** Client writes and trims accepted here as primary and not yet answered, by V-Tree: what a freeze waits for. */
+  private readonly primaryChanges = new Map<string, Set<Promise<unknown>>>();
+  private readonly collector: GenerationCollector;
   private closing = false;
   private clientIoInflight = 0;
   private clientIoLastMs = 0;
@@ -93,6 +126,8 @@ export class SdsService {
       track: (work) => this.track(work),
       onMapAccepted: (map) => this.peers.retain((sdsId) => map.sds[sdsId]?.address),
       rebuildProgress: () => this.rebuilds.progress(),
+      collectGenerations: (epoch) => this.collector.collect(epoch),
+      snapshotBytesByDevice: () => this.collector.snapshotBytesByDevice(),
     });
     // Cursors live in their own file now; a data dir from before keeps them in the state
     // file: read there when the cursor file is absent (and moved into it), and no longer
@@ -114,6 +149,17 @@ export class SdsService {
       peerFor: (sdsId) => this.peerFor(sdsId),
       track: (work) => this.track(work),
       ...(options.onRebuildDone !== undefined ? { onRebuildDone: options.onRebuildDone } : {}),
+    });
+    this.collector = new GenerationCollector({
+      sdsId: options.identity.sdsId,
+      store: options.store,
+      locks: this.locks,
+      log: options.log,
+      map: () => this.map,
+      epoch: () => this.epoch,
+      isClosing: () => this.closing,
+      forward: (sdsId, op, payload, epoch) => this.forward(sdsId, op, payload, epoch),
+      noteChange: (poolId, pgIndex, chunkName) => this.rebuilds.noteChange(poolId, pgIndex, chunkName),
     });
     // Paused on accept: the socket is adopted with borrowed reads before anything is read.
     this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.onConnection(adoptAccepted(socket)));
@@ -200,6 +246,8 @@ export class SdsService {
         case SdsOp.SetMap:
           this.requireRole(from, ['mdm', 'test'], 'a placement map');
           this.control.onSetMap(request.payload);
+          // The MDM reads Ok as "no write to a frozen tree is in flight here any more".
+          await this.drainFrozen();
           return { status: SdsStatus.Ok };
         case SdsOp.Stats:
           return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(this.stats())) };
@@ -247,9 +295,9 @@ export class SdsService {
   // --- IO --------------------------------------------------------------------------------
 
   /** Checks epoch, group and role; returns the group. Throws ReplyError(StaleEpoch) otherwise. */
-  private admit(args: IoArgs, epoch: number, role: 'primary' | 'secondary'): PlacementGroup {
+  private admit(args: IoArgs, epoch: number, role: 'primary' | 'secondary', options: { previousEpoch?: boolean } = {}): PlacementGroup {
     const map = this.map;
-    if (map === null || epoch !== map.epoch) {
+    if (map === null || (epoch !== map.epoch && !(options.previousEpoch === true && this.samePlacementBefore(args, epoch)))) {
       throw new ReplyError(SdsStatus.StaleEpoch, `request epoch ${epoch}, SDS epoch ${this.epoch}`, encodeEpoch(this.epoch));
     }
     const pool = map.pools[args.poolId];
@@ -271,15 +319,60 @@ export class SdsService {
     return group;
   }
 
+  /**
+   * A mirror write stamped with the epoch just before this SDS's is still taken when its
+   * group has the same two copies in both maps. A map is installed on every SDS at its own
+   * moment: without this, a primary's write accepted before the new map reached it (and a
+   * freeze drains exactly those) would be refused here, leaving the write on one copy only,
+   * in a generation the snapshot then shares: its two copies would differ for ever.
+   */
+  private samePlacementBefore(args: IoArgs, epoch: number): boolean {
+    const previous = this.control.previousMap;
+    const current = this.map;
+    if (previous === null || current === null || previous.epoch !== epoch) return false;
+    const before = previous.pools[args.poolId]?.groups[args.pgIndex];
+    const now = current.pools[args.poolId]?.groups[args.pgIndex];
+    return before !== undefined && now !== undefined && before.primary === now.primary && before.secondary === now.secondary && before.lost !== true && now.lost !== true;
+  }
+
+  /** The generations a read of `args.generation` looks in; StaleEpoch if the generation is not live. */
+  private readPath(args: IoArgs): number[] {
+    const map = this.map;
+    assert(map !== null, 'IO is admitted only with a map');
+    const path = generationPath(vtreeOf(map, args.vtreeId), args.generation);
+    if (path.length === 0) {
+      throw new ReplyError(SdsStatus.StaleEpoch, `generation ${args.generation} of V-Tree ${args.vtreeId} is not live at epoch ${map.epoch}`, encodeEpoch(this.epoch));
+    }
+    return path;
+  }
+
+  /** A change must name a head (StaleEpoch otherwise) of a tree that is not frozen (Frozen); returns the head's path. */
+  private headPath(args: IoArgs, options: { frozenRefused: boolean }): number[] {
+    const map = this.map;
+    assert(map !== null, 'IO is admitted only with a map');
+    const tree = vtreeOf(map, args.vtreeId);
+    if (!tree.heads.some((head) => head.generation === args.generation)) {
+      throw new ReplyError(SdsStatus.StaleEpoch, `generation ${args.generation} of V-Tree ${args.vtreeId} is not a head at epoch ${map.epoch}: only heads are written`, encodeEpoch(this.epoch));
+    }
+    if (options.frozenRefused && this.control.isFrozen(args.vtreeId)) {
+      throw new ReplyError(SdsStatus.Frozen, `V-Tree ${args.vtreeId} is frozen for a snapshot at epoch ${map.epoch}`);
+    }
+    return generationPath(tree, args.generation);
+  }
+
   private async onRead(request: WireRequest): Promise<WireReply> {
     const { args } = decodeIo(request.payload);
     this.admit(args, request.epoch, 'primary');
+    const path = this.readPath(args);
     const key = chunkKey(args);
     const release = await this.locks.acquire(keyName(key), args.offsetBytes, args.offsetBytes + args.lengthBytes, false);
     try {
+      // The path is this epoch's: a read that waited for the lock across a map change could
+      // look for generations a newer map dropped (and the collector freed).
+      if (this.epoch !== request.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `the map moved to epoch ${this.epoch} while the read waited`, encodeEpoch(this.epoch));
       // A large reply buffer is reused: the peer gives it back once the socket has sent it.
       const data = acquirePayload(args.lengthBytes);
-      await this.options.store.read(key, args.offsetBytes, data);
+      await this.options.store.readResolved(key, path, args.offsetBytes, data);
       return { status: SdsStatus.Ok, payload: data, releaseAfterSend: payloadPool.owns(data) };
     } finally {
       release();
@@ -292,12 +385,22 @@ export class SdsService {
     const fua = (args.flags & IoFlag.Fua) !== 0;
     if ((args.flags & IoFlag.Replica) !== 0) {
       this.requireRole(from, ['sds', 'test'], 'a replica write');
-      const group = this.admit(args, request.epoch, 'secondary');
-      await this.options.store.write(chunkKey(args), args.offsetBytes, data, { fua, preferDeviceId: group.secondaryDevice });
+      const group = this.admit(args, request.epoch, 'secondary', { previousEpoch: true });
+      // The primary checked this at its epoch; a mirror write must never land in a frozen
+      // generation (one a snapshot shares), whatever the epochs say.
+      this.headPath(args, { frozenRefused: false });
+      const key = chunkKey(args);
+      const release = await this.locks.acquire(keyName(key), args.offsetBytes, args.offsetBytes + args.lengthBytes, true);
+      try {
+        await this.applyExact(key, args.offsetBytes, data, { fua, preferDeviceId: group.secondaryDevice });
+      } finally {
+        release();
+      }
       return { status: SdsStatus.Ok };
     }
     const group = this.admit(args, request.epoch, 'primary');
-    return this.mirrored(args, request, group, () => this.options.store.write(chunkKey(args), args.offsetBytes, data, { fua, preferDeviceId: group.primaryDevice }));
+    const path = this.headPath(args, { frozenRefused: true });
+    return this.trackPrimary(args.vtreeId, this.primaryChange(args, request, group, path, data));
   }
 
   private async onTrim(from: Served, request: WireRequest): Promise<WireReply> {
@@ -305,29 +408,124 @@ export class SdsService {
     const fua = (args.flags & IoFlag.Fua) !== 0;
     if ((args.flags & IoFlag.Replica) !== 0) {
       this.requireRole(from, ['sds', 'test'], 'a replica trim');
-      this.admit(args, request.epoch, 'secondary');
-      await this.options.store.trim(chunkKey(args), args.offsetBytes, args.lengthBytes, { fua });
+      // Any generation at this epoch (a rebuild trims what its source no longer holds, the
+      // collector what no head reaches); only a head's at the epoch before (a client's trim).
+      const sameEpoch = request.epoch === this.epoch;
+      this.admit(args, request.epoch, 'secondary', { previousEpoch: true });
+      if (!sameEpoch) this.headPath(args, { frozenRefused: false });
+      const key = chunkKey(args);
+      const release = await this.locks.acquire(keyName(key), args.offsetBytes, args.offsetBytes + args.lengthBytes, true);
+      try {
+        await this.options.store.trim(key, args.offsetBytes, args.lengthBytes, { fua });
+      } finally {
+        release();
+      }
       return { status: SdsStatus.Ok };
     }
     const group = this.admit(args, request.epoch, 'primary');
-    return this.mirrored(args, request, group, () => this.options.store.trim(chunkKey(args), args.offsetBytes, args.lengthBytes, { fua }));
+    const path = this.headPath(args, { frozenRefused: true });
+    return this.trackPrimary(args.vtreeId, this.primaryChange(args, request, group, path, null));
   }
 
-  /** Applies `local` and forwards the request to the secondary, under the range lock. */
-  private async mirrored(args: IoArgs, request: WireRequest, group: PlacementGroup, local: () => Promise<void>): Promise<WireReply> {
-    const chunkName = keyName(chunkKey(args));
-    const release = await this.locks.acquire(chunkName, args.offsetBytes, args.offsetBytes + args.lengthBytes, true);
+  /**
+   * A mirror write, to the exact key the primary applied. A whole chunk written to a
+   * key not held here while another generation of the chunk is takes the shadow order: it
+   * may hide an ancestor's copy, and must not do so before its bytes are durable.
+   */
+  private async applyExact(key: ChunkKey, offsetBytes: number, data: Buffer, options: { fua: boolean; preferDeviceId?: string | undefined }): Promise<void> {
+    const store = this.options.store;
+    const whole = offsetBytes === 0 && data.length === store.chunkBytes;
+    if (whole && !store.has(key) && store.holdsOtherGeneration(key)) await store.writeShadowing(key, data, options);
+    else await store.write(key, offsetBytes, data, options);
+  }
+
+  /** Registers a change accepted as primary until it is answered, so that a freeze can wait for it. */
+  private trackPrimary<T>(vtreeId: string, work: Promise<T>): Promise<T> {
+    let inflight = this.primaryChanges.get(vtreeId);
+    if (inflight === undefined) this.primaryChanges.set(vtreeId, (inflight = new Set()));
+    const set = inflight;
+    set.add(work);
+    const forget = (): void => {
+      set.delete(work);
+      if (set.size === 0 && this.primaryChanges.get(vtreeId) === set) this.primaryChanges.delete(vtreeId);
+    };
+    work.then(forget, forget);
+    return work;
+  }
+
+  /** Waits until every change accepted here as primary to a tree now frozen has been answered. */
+  private async drainFrozen(): Promise<void> {
+    const waits: Array<Promise<unknown>> = [];
+    for (const vtreeId of this.control.frozenVtrees()) waits.push(...(this.primaryChanges.get(vtreeId) ?? []));
+    await Promise.allSettled(waits);
+  }
+
+  /**
+   * A client write (`data`) or trim (`data` null) of head `path[0]`, applied here and on the
+   * secondary as the table at the top says. The range lock covers the request's range, or
+   * the whole chunk when this is the chunk's first change under its head while an ancestor
+   * holds it (copy on write): no other change to the key may interleave with the copy.
+   */
+  private async primaryChange(args: IoArgs, request: WireRequest, group: PlacementGroup, path: readonly number[], data: Buffer | null): Promise<WireReply> {
+    const store = this.options.store;
+    const chunkBytes = store.chunkBytes;
+    const key = chunkKey(args);
+    const chunkName = keyName(key);
+    const whole = args.offsetBytes === 0 && args.lengthBytes === chunkBytes;
+    const fua = (args.flags & IoFlag.Fua) !== 0;
+    const shadowsAncestor = (): boolean => {
+      const holder = store.resolve(key, path);
+      return holder !== null && holder !== key.generation;
+    };
+    let release: () => void;
+    let shadowing: boolean;
+    for (;;) {
+      const wanted = shadowsAncestor();
+      release = await this.locks.acquire(chunkName, wanted ? 0 : args.offsetBytes, wanted ? chunkBytes : args.offsetBytes + args.lengthBytes, true);
+      shadowing = shadowsAncestor();
+      // Copying needs the whole chunk's lock; a range lock taken before another change freed
+      // the head's key is not enough.
+      if (shadowing === wanted || !shadowing) break;
+      release();
+    }
     try {
+      // What this copy does, and what goes to the secondary (null: the request as it came).
+      let local: () => Promise<void>;
+      let mirror: { op: number; payload: Buffer } | null = null;
+      const preferDeviceId = group.primaryDevice;
+      if (data !== null && (!shadowing || whole)) {
+        local = shadowing ? () => store.writeShadowing(key, data, { fua, preferDeviceId }) : () => store.write(key, args.offsetBytes, data, { fua, preferDeviceId });
+      } else if (data === null && !shadowing && !(whole && store.resolve(key, path.slice(1)) !== null)) {
+        local = () => store.trim(key, args.offsetBytes, args.lengthBytes, { fua });
+      } else if (data === null && whole) {
+        // The head must hide what an ancestor holds: a zeroed chunk, here and there.
+        const payload = encodeIo({ ...args, flags: (args.flags & IoFlag.Fua) | IoFlag.Replica }, Buffer.alloc(chunkBytes));
+        local = () => store.writeShadowing(key, 'zeros', { fua, preferDeviceId });
+        mirror = { op: SdsOp.Write, payload };
+      } else {
+        // Copy on write: the ancestor's chunk with this change applied, whole, to both copies.
+        const payload = Buffer.allocUnsafe(ioArgsBytes + chunkBytes);
+        encodeIo({ ...args, offsetBytes: 0, lengthBytes: chunkBytes, flags: (args.flags & IoFlag.Fua) | IoFlag.Replica }).copy(payload);
+        const chunk = payload.subarray(ioArgsBytes);
+        await store.readResolved(key, path.slice(1), 0, chunk);
+        if (data !== null) data.copy(chunk, args.offsetBytes);
+        else chunk.fill(0, args.offsetBytes, args.offsetBytes + args.lengthBytes);
+        local = () => store.writeShadowing(key, chunk, { fua, preferDeviceId });
+        mirror = { op: SdsOp.Write, payload };
+      }
       const secondary = group.secondary;
       if (secondary === null) {
         this.rebuilds.noteChange(args.poolId, args.pgIndex, chunkName);
         await local();
         return { status: SdsStatus.Ok };
       }
-      // The request's own payload goes on to the secondary, with the Replica flag set.
-      setIoFlags(request.payload, args.flags | IoFlag.Replica);
+      if (mirror === null) {
+        // The request's own payload goes on to the secondary, with the Replica flag set.
+        setIoFlags(request.payload, args.flags | IoFlag.Replica);
+        mirror = { op: request.op, payload: request.payload };
+      }
       this.mirrorsWritten.add(secondary);
-      const [localResult, mirrorResult] = await Promise.allSettled([local(), this.forward(secondary, request.op, request.payload, request.epoch)]);
+      const [localResult, mirrorResult] = await Promise.allSettled([local(), this.forward(secondary, mirror.op, mirror.payload, request.epoch)]);
       if (mirrorResult.status === 'rejected') this.rebuilds.noteChange(args.poolId, args.pgIndex, chunkName);
       if (localResult.status === 'rejected') throw localResult.reason;
       if (mirrorResult.status === 'rejected') throw mirrorResult.reason;
@@ -377,15 +575,33 @@ export class SdsService {
       throw new InvalidArgumentError('put', `a rebuild copy is one whole ${this.options.store.chunkBytes}-byte chunk`);
     }
     const group = this.admit(args, request.epoch, 'secondary');
-    await this.options.store.write(chunkKey(args), 0, data, { fua: false, preferDeviceId: group.secondaryDevice });
+    // Any generation, frozen or not: a rebuild copies every key of the group as it is. The
+    // plain slot order is enough here, unlike a mirror write: the copy counts only after the
+    // source flushed it here (a rebuild cursor, "done"), and a crash before that flush
+    // makes the source copy the chunk again.
+    const key = chunkKey(args);
+    const release = await this.locks.acquire(keyName(key), 0, this.options.store.chunkBytes, true);
+    try {
+      await this.options.store.write(key, 0, data, { fua: false, preferDeviceId: group.secondaryDevice });
+    } finally {
+      release();
+    }
     return { status: SdsStatus.Ok };
   }
 
   private onAllocation(request: WireRequest): WireReply {
     const args = decodeAllocation(request.payload);
+    const map = this.map;
+    // No map ever (a new SDS): it holds nothing of any volume, as it always answered.
+    const path = map === null ? [] : generationPath(vtreeOf(map, args.vtreeId), args.generation);
+    if (map === null) return { status: SdsStatus.Ok, payload: Buffer.alloc(args.chunkCount) };
+    if (path.length === 0) {
+      throw new ReplyError(SdsStatus.StaleEpoch, `generation ${args.generation} of V-Tree ${args.vtreeId} is not live at epoch ${this.epoch}`, encodeEpoch(this.epoch));
+    }
     const held = Buffer.alloc(args.chunkCount);
     for (let index = 0; index < args.chunkCount; index++) {
-      if (this.options.store.has({ poolId: args.poolId, vtreeId: args.vtreeId, chunkIndex: args.chunkIndexFirst + index, generation: 0 })) held[index] = 1;
+      const key: ChunkKey = { poolId: args.poolId, vtreeId: args.vtreeId, chunkIndex: args.chunkIndexFirst + index, generation: args.generation };
+      if (this.options.store.resolve(key, path) !== null) held[index] = 1;
     }
     return { status: SdsStatus.Ok, payload: held };
   }

@@ -10,7 +10,11 @@
 //        8     8  vtreeId       the volume tree the chunk belongs to (volume and its snapshots)
 //       16     4  pgIndex       placement group; must equal placementGroupOf(vtreeId, chunkIndex)
 //       20     4  chunkIndex    the chunk's index in its volume (offset / chunkBytes)
-//       24     4  generation    the chunk version (0 until snapshots exist; see chunk-store.ts)
+//       24     4  generation    the chunk's generation in its V-Tree (docs/snapshots.md): a Read
+//                                 names any live generation and reads the nearest on its path
+//                                 that holds the chunk; a Write or Trim names a head (else
+//                                 StaleEpoch; Frozen while the tree is frozen); Replica and Put
+//                                 name the exact key the primary applied
 //       28     4  offsetBytes   byte offset inside the chunk, a multiple of 512
 //       32     4  lengthBytes   bytes to read/write/trim, a multiple of 512, within the chunk
 //       36     4  flags         IoFlag bits; unknown bits are refused
@@ -19,11 +23,15 @@
 //   ---------------  -------------------------  -------------------------------------------
 //   Read        16   args                       lengthBytes of data
 //   Write       17   args | data                empty
-//   Trim        18   args                       empty (whole chunks are freed, parts zeroed)
+//   Trim        18   args                       empty (whole chunks are freed, parts zeroed;
+//                                               a head's whole chunk that an ancestor holds is
+//                                               kept, zeroed, to hide the ancestor's)
 //   Flush       19   empty                      empty (every device written since the last
 //                                               flush, and every mirror written to, is synced)
 //   Allocation  20   AllocationArgs (28 bytes)  one byte per chunk: 1 = held here for that
-//                                               generation or one of its ancestors
+//                                               generation or one of its ancestors (a chunk a
+//                                               trim zeroed to hide an ancestor counts);
+//                                               StaleEpoch if the generation is not live
 //   SetMap      21   PlacementMap JSON          empty; a map older than the current is refused
 //   Stats       22   empty                      SdsStats JSON
 //   Reserve     23   ReserveArgs (16 bytes)     empty; thick reservation of chunk slots
@@ -247,6 +255,12 @@ export interface DeviceStats {
   error: string | null;
   totalBytes: number;
   usedBytes: number;
+  /**
+   * Of usedBytes, what only snapshots reach: chunks no volume's head resolves to but some
+   * snapshot's does (docs/snapshots.md). Recounted every few seconds, so a little behind.
+   * Optional only because an SDS from before snapshots does not send it (read it as 0).
+   */
+  snapshotBytes?: number;
   freeBytes: number;
   reads: number;
   writes: number;
