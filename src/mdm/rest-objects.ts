@@ -124,7 +124,7 @@ export interface RestMappedSdcInfo {
 
 export interface RestVolume extends RestObject {
   sizeInKb: number;
-  volumeType: 'ThinProvisioned' | 'ThickProvisioned';
+  volumeType: 'ThinProvisioned' | 'ThickProvisioned' | 'Snapshot';
   storagePoolId: Id;
   vtreeId: Id;
   ancestorVolumeId: Id | null;
