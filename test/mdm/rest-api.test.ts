@@ -243,7 +243,7 @@ t.test('bad input of every kind: 4xx naming the field, the model unchanged', asy
     // Unknown field.
     { what: 'unknown field', path: '/api/types/ProtectionDomain/instances', body: { name: 'pdY', colour: 'red' }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^colour: unknown field; this request takes name/ },
     { what: 'case typo', path: '/api/types/Volume/instances', body: { storagePoolId: pool, name: 'v', volumeSizeInKB: 1024 }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^volumeSizeInK[bB]/ },
-    { what: 'field on a bodiless action', path: `/api/instances/Volume::${volume}/action/removeVolume`, body: { removeMode: 'INCLUDING_DESCENDANTS' }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^removeMode: must be 'ONLY_ME'/ },
+    { what: 'unknown remove mode', path: `/api/instances/Volume::${volume}/action/removeVolume`, body: { removeMode: 'ONLY_YOU' }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^removeMode: must be 'ONLY_ME' or 'INCLUDING_DESCENDANTS'/ },
     { what: 'unknown field on remove', path: `/api/instances/Sdc::${sdc}/action/removeSdc`, body: { force: true }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^force: unknown field; this request takes no fields/ },
     // Missing field.
     { what: 'missing name', path: '/api/types/ProtectionDomain/instances', body: {}, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^name: is required/ },
