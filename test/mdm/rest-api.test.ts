@@ -338,6 +338,8 @@ t.test('capacity statistics: arithmetic on a pool with devices, thick and thin v
     numOfVolumes: 2,
     numOfThickBaseVolumes: 1,
     numOfThinBaseVolumes: 1,
+    numOfSnapshots: 0,
+    numOfVtrees: 2,
     numOfMappedToAllVolumes: 0,
   });
 
