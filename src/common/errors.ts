@@ -53,8 +53,16 @@ export const errorCodes = {
   MB_ERR_SDC_MAPPED: 'MB_ERR_SDC_MAPPED',
   /** The volume is mapped to SDCs: unmap it first. */
   MB_ERR_VOLUME_MAPPED: 'MB_ERR_VOLUME_MAPPED',
-  /** The volume is open on an SDC (NBD clients attached): detach them before unmapping. */
+  /** The volume is open on an SDC (NBD clients attached): detach them before unmapping or overwriting it. */
   MB_ERR_VOLUME_OPEN: 'MB_ERR_VOLUME_OPEN',
+  /** The V-Tree already holds as many snapshots (or generations) as allowed: the message says which limit. */
+  MB_ERR_SNAPSHOT_LIMIT: 'MB_ERR_SNAPSHOT_LIMIT',
+  /** The two volumes are not of the same V-Tree (restore: a volume is overwritten only from its own tree). */
+  MB_ERR_VTREE_MISMATCH: 'MB_ERR_VTREE_MISMATCH',
+  /** A snapshot barrier (consistency group) is under way, or was not confirmed by every SDS in time. */
+  MB_ERR_SNAPSHOT_BARRIER: 'MB_ERR_SNAPSHOT_BARRIER',
+  /** The volume's accessModeLimit is ReadOnly: it cannot be mapped read-write nor overwritten. */
+  MB_ERR_VOLUME_READ_ONLY: 'MB_ERR_VOLUME_READ_ONLY',
   /** The volume is already mapped to this SDC. */
   MB_ERR_ALREADY_MAPPED: 'MB_ERR_ALREADY_MAPPED',
   /** The volume is mapped to another SDC and sharing was not asked for (allowMultipleMappings). */

@@ -435,6 +435,8 @@ export class MdmClusterMember {
       },
       execute: (command) => service().execute(command),
       addDevice: (request) => service().addDevice(request),
+      snapshotVolumes: (requests) => service().snapshotVolumes(requests),
+      overwriteVolumeContent: (volumeId, sourceVolumeId) => service().overwriteVolumeContent(volumeId, sourceVolumeId),
       sdsStats: (sdsId) => service().sdsStats(sdsId),
       rebuildStatus: () => service().rebuildStatus(),
     };

@@ -31,6 +31,22 @@ export interface RebuildStatus {
   pendingOut: Array<{ sdsId: Id; name: string; outAtMs: number }>;
 }
 
+/** One volume of a snapshotVolumes call (ScaleIO's snapshotDefs entry). */
+export interface SnapshotRequest {
+  volumeId: Id;
+  /** Null: the MDM names it '<volume name>-snap-<n>' (unique, within nameBytesMax). */
+  name: string | null;
+  /** A read-only snapshot: accessModeLimit ReadOnly, so every mapping of it is read-only. */
+  readOnly: boolean;
+}
+
+/** What snapshotVolumes answers (ScaleIO's { volumeIdList, snapshotGroupId }). */
+export interface SnapshotResult {
+  snapshotGroupId: Id;
+  /** The snapshots' ids, in the order of the request. */
+  volumeIds: Id[];
+}
+
 export interface MdmController {
   /** Read-only use: queries (find, poolCapacity, placementMap) and the model. */
   readonly state: StateMachine;
@@ -46,6 +62,21 @@ export interface MdmController {
    * then records it in the pool.
    */
   addDevice(request: AddDeviceRequest): Promise<Applied>;
+  /**
+   * Snapshots one or more volumes with one crash point (a consistency group when several):
+   * beginSnapshot freezes their V-Trees, every SDS of their pools confirms it drained its
+   * writes to them, then commitSnapshot creates the snapshots (docs/snapshots.md). Refused
+   * like a command (MdmError: a missing volume, a name taken, MB_ERR_SNAPSHOT_LIMIT, a barrier
+   * already under way: MB_ERR_SNAPSHOT_BARRIER); an SDS that does not confirm within
+   * snapshotBarrierTimeoutMs aborts it (MB_ERR_SNAPSHOT_BARRIER naming the SDSs; nothing made).
+   */
+  snapshotVolumes(requests: SnapshotRequest[]): Promise<SnapshotResult>;
+  /**
+   * Restore: `volumeId` gets the content of `sourceVolumeId` (same V-Tree: else
+   * MB_ERR_VTREE_MISMATCH), keeping its id and mappings. Refused with MB_ERR_VOLUME_OPEN (409)
+   * while an SDC reports the volume open (NBD clients attached).
+   */
+  overwriteVolumeContent(volumeId: Id, sourceVolumeId: Id): Promise<void>;
   /** The last statistics an SDS reported, or null if it never did. */
   sdsStats(sdsId: Id): SdsStats | null;
   /** Rebuild and rebalance progress over every pool. */

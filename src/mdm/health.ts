@@ -309,7 +309,11 @@ export interface HeartbeatDecisions {
 export function decideOnHeartbeat(machine: ModelView, sdsId: Id, stats: SdsStats, nowMs: number): HeartbeatDecisions | null {
   const model = machine.model;
   if (model.sdss[sdsId] === undefined) return null;
-  const devices = (stats.devices ?? []).map((reported) => ({ deviceId: reported.deviceId, usedBytes: reported.usedBytes }));
+  const devices = (stats.devices ?? []).map((reported) => {
+    // Snapshot bytes come from SDSs that count them (docs/snapshots.md, "Space"); read only when well-formed.
+    const snapshotBytes = (reported as { snapshotBytes?: unknown }).snapshotBytes;
+    return { deviceId: reported.deviceId, usedBytes: reported.usedBytes, ...(Number.isSafeInteger(snapshotBytes) && (snapshotBytes as number) >= 0 ? { snapshotBytes: snapshotBytes as number } : {}) };
+  });
   const decisions: HeartbeatDecisions = { observation: { type: 'sdsHeartbeat', sdsId, nowMs, devices }, reports: [], failedOrders: [], commands: [] };
   for (const job of stats.rebuilds ?? []) {
     if (job.state === 'done') decisions.reports.push(job);

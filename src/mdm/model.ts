@@ -3,6 +3,8 @@
 // ScaleIO's (protection domain, storage pool, fault set, SDS, device, SDC, volume, V-Tree).
 // Ids are 16 lowercase hex digits, as ScaleIO writes them.
 
+import { snapshotsPerVtreeDefault } from '../common/limits.js';
+
 export type Id = string;
 
 export interface ProtectionDomain {
@@ -91,6 +93,11 @@ export interface Device {
   state: DeviceState;
   /** Bytes of chunk slots in use, as last reported by the SDS. */
   usedBytes: number;
+  /**
+   * Of usedBytes, the bytes only snapshots reach (no base volume's head resolves to them), as
+   * last reported by the SDS; absent until an SDS that counts them reports (docs/snapshots.md).
+   */
+  snapshotBytes?: number;
 }
 
 export type SdcState = 'connected' | 'disconnected';
@@ -114,7 +121,12 @@ export interface Mapping {
   bandwidthLimitKbps: number;
 }
 
-export type VolumeType = 'ThinProvisioned' | 'ThickProvisioned';
+/** ScaleIO's volume types: a snapshot is always thin, whatever its ancestor is. */
+export type VolumeType = 'ThinProvisioned' | 'ThickProvisioned' | 'Snapshot';
+
+/** ScaleIO's removal modes (removeVolume's removeMode). */
+export type RemoveMode = 'ONLY_ME' | 'INCLUDING_DESCENDANTS' | 'DESCENDANTS_ONLY' | 'WHOLE_VTREE';
+export const removeModes: readonly RemoveMode[] = ['ONLY_ME', 'INCLUDING_DESCENDANTS', 'DESCENDANTS_ONLY', 'WHOLE_VTREE'];
 
 export interface Volume {
   id: Id;
@@ -125,6 +137,49 @@ export interface Volume {
   volumeType: VolumeType;
   mappings: Mapping[];
   creationTimeMs: number;
+  /**
+   * The volume this is a snapshot of (ScaleIO's ancestorVolumeId); null for a base volume.
+   * When the ancestor is removed alone (ONLY_ME), its snapshots take its own ancestor.
+   */
+  ancestorVolumeId: Id | null;
+  /** Its head generation in its V-Tree: where its writes go, where its reads start. */
+  generation: number;
+  /** 'ReadOnly' (read-only snapshots): every mapping of it is read-only. */
+  accessModeLimit: AccessMode;
+  /** The snapshotVolumes call (consistency group) that made it; null for a base volume. */
+  snapshotGroupId: Id | null;
+}
+
+/**
+ * A volume tree: a base volume and every snapshot of it (and of its snapshots), sharing
+ * chunks through a tree of generations (docs/snapshots.md). Placement hashes the V-Tree id,
+ * so every generation of a chunk index lives in the same placement group.
+ */
+export interface VTree {
+  id: Id;
+  storagePoolId: Id;
+  /** The next generation number to give out: numbers are never reused within a tree. */
+  nextGeneration: number;
+  /** Every live generation (decimal string) and its parent; the root's parent is null (as VTreeMap.generations). */
+  generations: Record<string, number | null>;
+}
+
+/**
+ * A consistency-group snapshot between its two phases: recorded by beginSnapshot (which
+ * freezes the V-Trees of the volumes named), ended by commitSnapshot or abortSnapshot.
+ * At most one at a time. A Master that finds one it did not begin aborts it.
+ */
+export interface SnapshotBarrier {
+  groupId: Id;
+  defs: SnapshotDef[];
+  startedMs: number;
+}
+
+/** One volume of a snapshotVolumes call: the snapshot's name is decided before the command (the controller names unnamed ones). */
+export interface SnapshotDef {
+  volumeId: Id;
+  name: string;
+  readOnly: boolean;
 }
 
 export interface SystemModel {
@@ -141,6 +196,10 @@ export interface SystemModel {
   devices: Record<Id, Device>;
   sdcs: Record<Id, Sdc>;
   volumes: Record<Id, Volume>;
+  vtrees: Record<Id, VTree>;
+  /** Snapshots one V-Tree may hold (ScaleIO's default 31, at most snapshotsPerVtreeMax). */
+  snapshotsPerVtree: number;
+  snapshotBarrier: SnapshotBarrier | null;
 }
 
 export function emptyModel(clusterId: Id, name: string): SystemModel {
@@ -156,7 +215,32 @@ export function emptyModel(clusterId: Id, name: string): SystemModel {
     devices: {},
     sdcs: {},
     volumes: {},
+    vtrees: {},
+    snapshotsPerVtree: snapshotsPerVtreeDefault,
+    snapshotBarrier: null,
   };
+}
+
+/**
+ * Brings a model written before snapshots (a journal snapshot, an etcd snapshot) to the
+ * current shape, in place: every volume the base of its own V-Tree with the one generation
+ * 0, no barrier, the default snapshot limit. Idempotent, and deterministic, so that every MDM
+ * loading the same snapshot gets the same model.
+ */
+export function upgradeModel(model: SystemModel): SystemModel {
+  const loaded = model as Partial<SystemModel> & SystemModel;
+  loaded.vtrees ??= {};
+  loaded.snapshotsPerVtree ??= snapshotsPerVtreeDefault;
+  loaded.snapshotBarrier ??= null;
+  for (const volume of Object.values(loaded.volumes)) {
+    const old = volume as Partial<Volume> & Volume;
+    old.ancestorVolumeId ??= null;
+    old.generation ??= 0;
+    old.accessModeLimit ??= 'ReadWrite';
+    old.snapshotGroupId ??= null;
+    loaded.vtrees[volume.vtreeId] ??= { id: volume.vtreeId, storagePoolId: volume.storagePoolId, nextGeneration: 1, generations: { '0': null } };
+  }
+  return loaded;
 }
 
 /**
@@ -166,7 +250,7 @@ export function emptyModel(clusterId: Id, name: string): SystemModel {
  * restart, or a Slave taking over) starts them over as "disconnected until it calls".
  * Named once, here, so that what a replay must reproduce is said in one place.
  */
-export const volatileFields = ['state', 'lastHeartbeatMs', 'lastSeenMs', 'usedBytes'] as const;
+export const volatileFields = ['state', 'lastHeartbeatMs', 'lastSeenMs', 'usedBytes', 'snapshotBytes'] as const;
 
 /**
  * The model as JSON without its volatile fields: what the journal (snapshot and commands)

@@ -41,6 +41,12 @@ export const restErrorCodes: Readonly<Record<string, number>> = {
   MB_ERR_MDM_NOT_MASTER: 20,
   MB_ERR_NO_QUORUM: 21,
   MB_ERR_MDM_CLUSTER_CHANGE: 22,
+  // Snapshots (and the open-volume refusal they share with unmapping).
+  MB_ERR_VOLUME_OPEN: 23,
+  MB_ERR_SNAPSHOT_LIMIT: 24,
+  MB_ERR_VTREE_MISMATCH: 25,
+  MB_ERR_SNAPSHOT_BARRIER: 26,
+  MB_ERR_VOLUME_READ_ONLY: 27,
   // The HTTP layer's own.
   MB_ERR_UNAUTHORIZED: 101,
   MB_ERR_NO_ROUTE: 102,

@@ -9,7 +9,7 @@
 // the health decisions (health.ts), which are pure: this file feeds them the clock and what
 // it saw, and carries out what they decide. It makes no failure or rebuild decision itself.
 
-import { rebuildSyncedBatchMs, sdsOrderTimeoutMs } from '../common/limits.js';
+import { nameBytesMax, rebuildSyncedBatchMs, sdsOrderTimeoutMs, snapshotBarrierTimeoutMs } from '../common/limits.js';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
@@ -18,7 +18,7 @@ import { MdmOp, SdcOp, heartbeatIntervalMs, parseSdcRegistration, parseSdsRegist
 import { WirePeer, type WireReply, type WireRequest } from '../wire/peer.js';
 import { listenTcp } from '../wire/peer-pool.js';
 import { SdsOp, SdsStatus, type SdsStats } from '../wire/sds-ops.js';
-import type { AddDeviceRequest, MdmController, RebuildStatus } from './controller.js';
+import type { AddDeviceRequest, MdmController, RebuildStatus, SnapshotRequest, SnapshotResult } from './controller.js';
 import {
   decideHealth,
   decideOnHeartbeat,
@@ -40,8 +40,8 @@ import {
 } from './health.js';
 import { JournalCommandLog, type CommandLog, type JournalRecord } from './command-log.js';
 import { Journal } from './journal.js';
-import { emptyModel, type Id, type SystemModel } from './model.js';
-import { MdmError, StateMachine, isDown, type Applied, type Command } from './state-machine.js';
+import { emptyModel, type Id, type SnapshotDef, type SystemModel } from './model.js';
+import { MdmError, StateMachine, isDown, notFound, type Applied, type Command } from './state-machine.js';
 
 export type { JournalRecord } from './command-log.js';
 
@@ -139,18 +139,50 @@ export class MdmService implements MdmController {
     return new MdmService(state, new JournalCommandLog(journal, options.log), options);
   }
 
+  /**
+   * Starts acting: the wire listener, the health timer, and the abort of a snapshot barrier
+   * this MDM did not begin. Called once by whichever MDM starts acting on the state: the
+   * single MDM after opening its journal, a cluster MDM once it is Master (takeover).
+   */
   async listen(host: string, port: number): Promise<net.AddressInfo> {
     const bound = await listenTcp(this.server, host, port);
     // After a restart every SDS is disconnected: give them the time to call back (their
     // reconnect backoff reaches 5 s while the MDM is away).
     noteRestart(this.observations, this.state, Date.now(), this.healthOptions);
     this.healthTimer = setInterval(() => this.onHealthTick(Date.now()), heartbeatIntervalMs).unref();
+    await this.abortInheritedBarrier();
     return bound;
+  }
+
+  /**
+   * docs/snapshots.md, step 4: a barrier found in the state was begun by another MDM (or by
+   * this one before a restart); whoever began it no longer waits for its SDSs, so it can
+   * never be committed safely. Aborting unfreezes the V-Trees (the SDSs also lift a freeze by
+   * themselves after sdsFreezeExpiryMs); no snapshot of it was created, so the group is all
+   * or nothing.
+   */
+  private async abortInheritedBarrier(): Promise<void> {
+    const barrier = this.state.model.snapshotBarrier;
+    if (barrier === null) return;
+    const reason = 'the MDM that began it stopped (restart or takeover) before committing it';
+    this.options.log.warn({ groupId: barrier.groupId, volumes: barrier.defs.length }, `aborting a snapshot group: ${reason}`);
+    await this.executeNow({ type: 'abortSnapshot', groupId: barrier.groupId, reason }).catch((err: unknown) =>
+      this.options.log.error({ err, groupId: barrier.groupId }, 'could not abort the inherited snapshot group'),
+    );
   }
 
   // --- MdmController ---------------------------------------------------------------------
 
   execute(command: Command): Promise<Applied> {
+    // The two phases of a snapshot belong to snapshotVolumes(), which waits for the SDSs in
+    // between: a beginSnapshot without it would leave its V-Trees frozen until a restart.
+    if (command.type === 'beginSnapshot' || command.type === 'commitSnapshot') {
+      return Promise.reject(new MdmError('MB_ERR_INVALID_ARGUMENT', `type: ${command.type} is a phase of snapshotVolumes, not a command of its own`, 400));
+    }
+    return this.serialised(command);
+  }
+
+  private serialised(command: Command): Promise<Applied> {
     const run = this.executing.then(() => this.executeNow(command));
     this.executing = run.catch(() => undefined);
     return run;
@@ -167,6 +199,14 @@ export class MdmService implements MdmController {
       const sdc = this.state.model.sdcs[command.sdcId];
       throw new MdmError('MB_ERR_VOLUME_OPEN', `volume '${volume?.name ?? command.volumeId}' is open on SDC '${sdc?.name ?? command.sdcId}' (NBD clients attached); detach them first`, 409);
     }
+    // A restore changes a volume's content under its readers: only while no SDC has it open.
+    if (command.type === 'overwriteVolumeContent') {
+      const openOn = [...this.sdcOpenVolumes].filter(([, open]) => open.includes(command.volumeId)).map(([sdcId]) => `'${this.state.model.sdcs[sdcId]?.name ?? sdcId}'`);
+      if (openOn.length > 0) {
+        const volume = this.state.model.volumes[command.volumeId];
+        throw new MdmError('MB_ERR_VOLUME_OPEN', `volume '${volume?.name ?? command.volumeId}' is open on SDC ${openOn.join(', ')} (NBD clients attached); detach them before overwriting it`, 409);
+      }
+    }
     const applied = this.state.apply(command);
     try {
       await this.commandLog.append(command);
@@ -182,7 +222,8 @@ export class MdmService implements MdmController {
       }
       throw err;
     }
-    if (applied.epochChanged) void this.pushMap().then(() => this.orderRebuildsNow());
+    // A barrier's map goes out from snapshotVolumes(), which waits for each SDS's answer.
+    if (applied.epochChanged && command.type !== 'beginSnapshot') void this.pushMap().then(() => this.orderRebuildsNow());
     this.pushViews();
     await this.commandLog.compactIfDue(this.state.model);
     return applied;
@@ -210,6 +251,121 @@ export class MdmService implements MdmController {
     if (response.status !== SdsStatus.Ok) throw new MdmError('MB_ERR_SDS_FAILED', `SDS '${sds.name}' failed to add ${request.path}: ${response.payload.toString()}`, 502);
     const device = JSON.parse(response.payload.toString()) as RegisteredDevice;
     return this.execute({ type: 'addDevice', deviceId: device.deviceId, sdsId: sds.id, storagePoolId: pool.id, path: device.path, name: request.name, capacityBytes: device.capacityBytes });
+  }
+
+  async snapshotVolumes(requests: SnapshotRequest[]): Promise<SnapshotResult> {
+    if (!Array.isArray(requests)) throw new MdmError('MB_ERR_INVALID_ARGUMENT', 'snapshotDefs: must be an array', 400);
+    const defs = this.nameSnapshots(requests);
+    const begun = await this.serialised({ type: 'beginSnapshot', defs, nowMs: Date.now() });
+    const groupId = begun.id;
+    assert(groupId !== undefined, 'beginSnapshot names its group');
+    const startedMs = Date.now();
+    let unconfirmed: string[];
+    try {
+      unconfirmed = await this.awaitFreeze(groupId, startedMs + snapshotBarrierTimeoutMs);
+    } catch (err) {
+      await this.abortSnapshot(groupId, err instanceof Error ? err.message : String(err));
+      throw err;
+    }
+    // Committed only within the deadline: the SDSs lift their freezes by themselves later
+    // (sdsFreezeExpiryMs), and a commit must reach them while they still hold.
+    const lateMs = Date.now() - startedMs - snapshotBarrierTimeoutMs;
+    if (unconfirmed.length > 0 || lateMs > 0) {
+      const why = unconfirmed.length > 0 ? `SDS ${unconfirmed.join(', ')} did not confirm the freeze within ${snapshotBarrierTimeoutMs} ms` : `the freeze was confirmed ${lateMs} ms after its ${snapshotBarrierTimeoutMs} ms deadline`;
+      await this.abortSnapshot(groupId, why);
+      throw new MdmError('MB_ERR_SNAPSHOT_BARRIER', `snapshot of ${defs.map((def) => `'${this.state.model.volumes[def.volumeId]?.name ?? def.volumeId}'`).join(', ')} aborted, nothing created: ${why}`, 503);
+    }
+    let committed: Applied;
+    try {
+      committed = await this.serialised({ type: 'commitSnapshot', groupId, nowMs: Date.now() });
+    } catch (err) {
+      // Refused (something changed between the phases): the barrier must not stay.
+      if (err instanceof MdmError && this.state.model.snapshotBarrier?.groupId === groupId) await this.abortSnapshot(groupId, `the commit was refused: ${err.message}`);
+      throw err;
+    }
+    assert(committed.ids !== undefined && committed.ids.length === defs.length, 'commitSnapshot makes one snapshot per volume named');
+    this.options.log.info({ groupId, volumes: committed.ids.length, barrierMs: Date.now() - startedMs }, 'snapshot group taken');
+    return { snapshotGroupId: groupId, volumeIds: committed.ids };
+  }
+
+  async overwriteVolumeContent(volumeId: Id, sourceVolumeId: Id): Promise<void> {
+    await this.execute({ type: 'overwriteVolumeContent', volumeId, sourceVolumeId });
+  }
+
+  /**
+   * Names the unnamed snapshots '<volume name>-snap-<n>', with the lowest n free among the
+   * volumes and this call's other names, the volume's name cut so the whole fits nameBytesMax.
+   */
+  private nameSnapshots(requests: SnapshotRequest[]): SnapshotDef[] {
+    const model = this.state.model;
+    const taken = new Set(Object.values(model.volumes).map((volume) => volume.name));
+    for (const request of requests) if (typeof request?.name === 'string') taken.add(request.name);
+    return requests.map((request, index) => {
+      if (typeof request !== 'object' || request === null) throw new MdmError('MB_ERR_INVALID_ARGUMENT', `snapshotDefs[${index}]: must be an object`, 400);
+      if (request.name !== null) return { volumeId: request.volumeId, name: request.name, readOnly: request.readOnly };
+      const volume = model.volumes[request.volumeId];
+      if (volume === undefined) throw notFound(`no volume with id ${String(request.volumeId)}`);
+      let name = '';
+      for (let n = 1; name === '' || taken.has(name); n++) {
+        const suffix = `-snap-${n}`;
+        name = `${volume.name.slice(0, nameBytesMax - suffix.length)}${suffix}`;
+      }
+      taken.add(name);
+      return { volumeId: request.volumeId, name, readOnly: request.readOnly };
+    });
+  }
+
+  /**
+   * Step 2 of the barrier: the map that freezes the group's V-Trees goes to the SDSs of
+   * their pools, and each answers once the writes it accepted to those trees are done.
+   * Every SDS holding a device of the pools that is connected must answer Ok, and so must
+   * every SDS that is primary of a group of those pools and not declared down (connected or
+   * not: a primary that did not hear of the freeze could still accept writes after the cut).
+   * Resolves with the SDSs (quoted names, with why) that did not confirm by `deadlineMs`.
+   */
+  private async awaitFreeze(groupId: Id, deadlineMs: number): Promise<string[]> {
+    if (!this.mayAct()) throw new MdmError('MB_ERR_MDM_NOT_MASTER', 'this MDM is no longer sure to be the Master; the snapshot is not taken', 503);
+    const model = this.state.model;
+    const barrier = model.snapshotBarrier;
+    assert(barrier !== null && barrier.groupId === groupId, 'the barrier awaited is the one under way');
+    const poolIds = new Set(barrier.defs.map((def) => model.volumes[def.volumeId]?.storagePoolId).filter((poolId): poolId is Id => poolId !== undefined));
+    const required = new Set<Id>();
+    for (const poolId of poolIds) {
+      for (const device of this.state.poolDevices(poolId)) if (this.sdsPeers.has(device.sdsId)) required.add(device.sdsId);
+      for (const group of model.storagePools[poolId]?.groups ?? []) {
+        const sdsId = model.devices[group.primaryDevice]?.sdsId;
+        const sds = sdsId === undefined ? undefined : model.sdss[sdsId];
+        if (sds !== undefined && !isDown(sds) && group.lost !== true) required.add(sds.id);
+      }
+    }
+    const map = Buffer.from(JSON.stringify(this.state.placementMap()));
+    const epoch = model.epoch;
+    // The SDSs of other pools get the map too (its epoch moved), without being waited for.
+    for (const [sdsId, peer] of this.sdsPeers) if (!required.has(sdsId)) void this.pushMapTo(sdsId, peer);
+    const nameOf = (sdsId: Id): string => `'${model.sdss[sdsId]?.name ?? sdsId}'`;
+    const answers = await Promise.all(
+      [...required].map(async (sdsId): Promise<string | null> => {
+        const peer = this.sdsPeers.get(sdsId);
+        if (peer === undefined) return `${nameOf(sdsId)} (not connected)`;
+        const timeoutMs = Math.max(1, deadlineMs - Date.now());
+        try {
+          const response = await peer.request(SdsOp.SetMap, map, { timeoutMs });
+          if (response.status === SdsStatus.Ok) return null;
+          return `${nameOf(sdsId)} (refused the map: status ${response.status} ${response.payload.toString().slice(0, 200)})`;
+        } catch (err) {
+          return `${nameOf(sdsId)} (${err instanceof Error ? err.message : String(err)})`;
+        }
+      }),
+    );
+    const unconfirmed = answers.filter((answer): answer is string => answer !== null).sort();
+    this.options.log.info({ groupId, epoch, sdss: required.size, unconfirmed: unconfirmed.length }, 'snapshot barrier: freeze pushed');
+    return unconfirmed;
+  }
+
+  /** Ends a barrier that will not be committed; a failure is logged (the next Master aborts it). */
+  private async abortSnapshot(groupId: Id, reason: string): Promise<void> {
+    this.options.log.warn({ groupId, reason }, 'snapshot group aborted');
+    await this.serialised({ type: 'abortSnapshot', groupId, reason }).catch((err: unknown) => this.options.log.error({ err, groupId }, 'could not abort the snapshot group'));
   }
 
   sdsStats(sdsId: Id): SdsStats | null {
@@ -491,12 +647,12 @@ export class MdmService implements MdmController {
         id: volume.id,
         name: volume.name,
         vtreeId: volume.vtreeId,
-        // Until snapshots: every volume heads generation 0 of its own V-Tree.
-        generation: 0,
+        generation: volume.generation,
         poolId: pool.id,
         sizeBytes: volume.sizeBytes,
         chunkBytes: pool.chunkBytes,
-        accessMode: mapping.accessMode,
+        // A read-only volume (snapshot) is read-only on every mapping, whatever was asked.
+        accessMode: volume.accessModeLimit === 'ReadOnly' ? 'ReadOnly' : mapping.accessMode,
         exclusive: volume.mappings.length === 1,
         iopsLimit: mapping.iopsLimit,
         bandwidthLimitKbps: mapping.bandwidthLimitKbps,

@@ -19,12 +19,32 @@
 // the few commands that re-plan pools (which can refuse mid-way) are undone by apply().
 
 import { createHash } from 'node:crypto';
+import { assert } from '../common/assert.js';
 import { MeshblockError, type ErrorCode, type MeshblockCode } from '../common/errors.js';
 import { MiB, formatBytes } from '../common/units.js';
-import { placementGroupOf, type PlacementMap } from '../wire/placement.js';
-import { emptyModel, type AccessMode, type Device, type Id, type Mapping, type PoolGroup, type Sds, type SdsState, type StoragePool, type SystemModel, type Volume, type VolumeType } from './model.js';
+import { placementGroupOf, type PlacementMap, type VTreeMap } from '../wire/placement.js';
+import {
+  emptyModel,
+  removeModes,
+  upgradeModel,
+  type AccessMode,
+  type Device,
+  type Id,
+  type Mapping,
+  type PoolGroup,
+  type RemoveMode,
+  type Sds,
+  type SdsState,
+  type SnapshotBarrier,
+  type SnapshotDef,
+  type StoragePool,
+  type SystemModel,
+  type Volume,
+  type VolumeType,
+  type VTree,
+} from './model.js';
 import { planPlacement, type PlannerDevice } from './placement-planner.js';
-import { nameBytesMax, pgCountDefault, pgCountMax, sparePercentDefault, volumeGranularityBytesDefault } from '../common/limits.js';
+import { nameBytesMax, pgCountDefault, pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax, sparePercentDefault, volumeGranularityBytesDefault, vtreeGenerationsMax } from '../common/limits.js';
 
 /** A refused command: `code` is stable, `httpStatus` is what the REST API answers. */
 export class MdmError extends MeshblockError {
@@ -63,7 +83,8 @@ export type Command =
   | { type: 'addVolume'; storagePoolId: Id; name: string; sizeBytes: number; volumeType: VolumeType; nowMs: number }
   | { type: 'renameVolume'; id: Id; name: string }
   | { type: 'setVolumeSize'; id: Id; sizeBytes: number }
-  | { type: 'removeVolume'; id: Id }
+  /** ScaleIO's removeMode (default ONLY_ME); refused if any volume it would remove is mapped. */
+  | { type: 'removeVolume'; id: Id; removeMode?: RemoveMode }
   | { type: 'addMappedSdc'; volumeId: Id; sdcId: Id; accessMode: AccessMode; allowMultipleMappings: boolean }
   | { type: 'removeMappedSdc'; volumeId: Id; sdcId: Id }
   | { type: 'setMappedSdcLimits'; volumeId: Id; sdcId: Id; iopsLimit: number; bandwidthLimitKbps: number }
@@ -71,14 +92,28 @@ export type Command =
   | { type: 'sdsOut'; sdsId: Id }
   | { type: 'deviceFailed'; deviceId: Id; reason: string }
   | { type: 'repairPool'; poolId: Id }
-  | { type: 'copiesSynced'; poolId: Id; groups: Array<{ pgIndex: number; secondaryDevice: Id; orderEpoch: number }> };
+  | { type: 'copiesSynced'; poolId: Id; groups: Array<{ pgIndex: number; secondaryDevice: Id; orderEpoch: number }> }
+  // --- snapshots (docs/snapshots.md) ---
+  /** Phase 1 of snapshotVolumes: checks everything, records the barrier, freezes the V-Trees (epoch moves). Applied.id is the group id. */
+  | { type: 'beginSnapshot'; defs: SnapshotDef[]; nowMs: number }
+  /** Phase 2, once every SDS confirmed the freeze: creates the snapshots, unfreezes (epoch moves). Applied.ids are the new volumes, in defs' order. */
+  | { type: 'commitSnapshot'; groupId: Id; nowMs: number }
+  /** Phase 2 otherwise (an SDS did not confirm, or a new Master found the barrier): unfreezes, creates nothing (epoch moves). */
+  | { type: 'abortSnapshot'; groupId: Id; reason: string }
+  /** ScaleIO's removeConsistencyGroupSnapshots: every volume the group made; refused if any is mapped. Applied.ids are the removed. */
+  | { type: 'removeSnapshotGroup'; groupId: Id }
+  /** Restore: `volumeId` gets the content of `sourceVolumeId`, of the same V-Tree; metadata only (epoch moves). */
+  | { type: 'overwriteVolumeContent'; volumeId: Id; sourceVolumeId: Id }
+  | { type: 'setVolumeAccessModeLimit'; id: Id; accessModeLimit: AccessMode }
+  /** Snapshots per V-Tree from now on (1..snapshotsPerVtreeMax); trees above a lowered limit keep theirs. */
+  | { type: 'setSnapshotsPerVtree'; limit: number };
 
 /**
  * What the MDM saw, applied with observe(): volatile, never journaled. Heartbeats carry
  * their arrival time (the state machine reads no clock) and the bytes each device holds.
  */
 export type Observation =
-  | { type: 'sdsHeartbeat'; sdsId: Id; nowMs: number; devices: Array<{ deviceId: Id; usedBytes: number }> }
+  | { type: 'sdsHeartbeat'; sdsId: Id; nowMs: number; devices: Array<{ deviceId: Id; usedBytes: number; snapshotBytes?: number }> }
   /** Its connection dropped, or it went silent while holding nothing (so it is not declared down). */
   | { type: 'sdsDisconnected'; sdsId: Id }
   | { type: 'sdcHeartbeat'; sdcId: Id; nowMs: number }
@@ -92,6 +127,8 @@ const replanningCommands: ReadonlySet<Command['type']> = new Set(['registerSds',
 /** What a command created, when it created something. */
 export interface Applied {
   id?: Id;
+  /** Several objects made or removed (commitSnapshot: the snapshots; removals: the volumes removed), in order. */
+  ids?: Id[];
   epochChanged: boolean;
 }
 
@@ -112,6 +149,10 @@ export interface PoolCapacity {
   failedBytes: number;
   /** Raw bytes neither spare, in use, nor reserved for thick volumes. */
   unusedBytes: number;
+  /** Net bytes that only snapshots reach (ScaleIO's snapCapacityInUse), from the SDSs' reports; 0 until they report it. */
+  snapshotInUseBytes: number;
+  /** Sizes of the pool's snapshots (thin, whatever their ancestor), like thinProvisionedBytes for base volumes. */
+  snapshotProvisionedBytes: number;
 }
 
 export interface PoolHealth {
@@ -130,7 +171,10 @@ export class StateMachine {
   /** Set while replay() applies a journaled command: capacity is not checked again. */
   private replaying = false;
 
-  constructor(readonly model: SystemModel) {}
+  /** Takes a model as loaded (journal, etcd): one written before snapshots is brought to the current shape first. */
+  constructor(readonly model: SystemModel) {
+    upgradeModel(model);
+  }
 
   static create(clusterId: Id, name: string): StateMachine {
     return new StateMachine(emptyModel(clusterId, name));
@@ -154,6 +198,7 @@ export class StateMachine {
           // A device that moved to another SDS is that SDS's to report.
           if (device === undefined || device.sdsId !== sds.id) continue;
           device.usedBytes = reported.usedBytes;
+          if (reported.snapshotBytes !== undefined) device.snapshotBytes = reported.snapshotBytes;
         }
         return;
       }
@@ -436,20 +481,36 @@ export class StateMachine {
       case 'addVolume': {
         const pool = this.get(model.storagePools, command.storagePoolId, 'storage pool');
         this.checkName('name', command.name);
-        this.unique(Object.values(model.volumes), command.name, 'volume');
+        this.checkVolumeNameFree(command.name, null);
         if (command.volumeType !== 'ThinProvisioned' && command.volumeType !== 'ThickProvisioned') throw invalid('volumeType', "must be 'ThinProvisioned' or 'ThickProvisioned'");
         const sizeBytes = this.roundVolumeSize(pool, command.sizeBytes);
         if (command.volumeType === 'ThickProvisioned') this.checkFits(this.poolCapacity(pool.id), sizeBytes, `a ${formatBytes(sizeBytes)} thick volume`);
         if (pool.groups.length === 0) throw conflict('MB_ERR_POOL_NOT_READY', `storage pool '${pool.name}' needs devices on at least two SDSs (fault sets) before it can hold volumes`);
         const id = this.newId();
-        const volume: Volume = { id, name: command.name, storagePoolId: pool.id, vtreeId: this.newId(), sizeBytes, volumeType: command.volumeType, mappings: [], creationTimeMs: command.nowMs };
+        const vtreeId = this.newId();
+        const volume: Volume = {
+          id,
+          name: command.name,
+          storagePoolId: pool.id,
+          vtreeId,
+          sizeBytes,
+          volumeType: command.volumeType,
+          mappings: [],
+          creationTimeMs: command.nowMs,
+          ancestorVolumeId: null,
+          generation: 0,
+          accessModeLimit: 'ReadWrite',
+          snapshotGroupId: null,
+        };
         model.volumes[id] = volume;
+        // A new tree of one generation is not in the map (vtreeOf() gives it): the epoch stays.
+        model.vtrees[vtreeId] = { id: vtreeId, storagePoolId: pool.id, nextGeneration: 1, generations: { '0': null } };
         return { id, epochChanged: false };
       }
       case 'renameVolume': {
         const volume = this.get(model.volumes, command.id, 'volume');
         this.checkName('name', command.name);
-        this.unique(Object.values(model.volumes).filter((entry) => entry.id !== volume.id), command.name, 'volume');
+        this.checkVolumeNameFree(command.name, volume.id);
         volume.name = command.name;
         return { epochChanged: false };
       }
@@ -464,21 +525,26 @@ export class StateMachine {
       }
       case 'removeVolume': {
         const volume = this.get(model.volumes, command.id, 'volume');
-        if (volume.mappings.length > 0) {
-          throw conflict('MB_ERR_VOLUME_MAPPED', `volume '${volume.name}' is mapped to ${volume.mappings.length} SDC(s); unmap it first`);
-        }
-        delete model.volumes[volume.id];
-        const pool = model.storagePools[volume.storagePoolId];
-        if (pool !== undefined && this.tidyLost(pool)) {
-          model.epoch += 1;
-          return { epochChanged: true };
-        }
-        return { epochChanged: false };
+        const removeMode = command.removeMode ?? 'ONLY_ME';
+        if (!removeModes.includes(removeMode)) throw invalid('removeMode', `must be one of ${removeModes.join(', ')}`);
+        const tree = this.treeOf(volume);
+        this.refuseWhileFrozen(tree, `removing volume '${volume.name}'`);
+        const treeVolumes = this.treeVolumes(tree.id);
+        const descendants = descendantsOf(volume.id, treeVolumes);
+        const doomed =
+          removeMode === 'ONLY_ME' ? [volume] : removeMode === 'INCLUDING_DESCENDANTS' ? [volume, ...descendants] : removeMode === 'DESCENDANTS_ONLY' ? descendants : treeVolumes;
+        this.refuseMapped(doomed, volume, `removing volume '${volume.name}' (${removeMode})`);
+        const ids = doomed.map((entry) => entry.id);
+        const epochChanged = this.removeVolumes(tree, doomed);
+        return { ids, epochChanged };
       }
       case 'addMappedSdc': {
         const volume = this.get(model.volumes, command.volumeId, 'volume');
         const sdc = this.get(model.sdcs, command.sdcId, 'SDC');
         if (command.accessMode !== 'ReadWrite' && command.accessMode !== 'ReadOnly') throw invalid('accessMode', "must be 'ReadWrite' or 'ReadOnly'");
+        if (command.accessMode === 'ReadWrite' && volume.accessModeLimit === 'ReadOnly') {
+          throw conflict('MB_ERR_VOLUME_READ_ONLY', `volume '${volume.name}' is read-only (accessModeLimit ReadOnly): map it with accessMode ReadOnly`);
+        }
         if (volume.mappings.some((mapping) => mapping.sdcId === sdc.id)) throw conflict('MB_ERR_ALREADY_MAPPED', `volume '${volume.name}' is already mapped to SDC '${sdc.name}'`);
         if (volume.mappings.length > 0 && !command.allowMultipleMappings) {
           throw conflict('MB_ERR_MULTIPLE_MAPPINGS', `volume '${volume.name}' is already mapped to another SDC; pass allowMultipleMappings to share it`);
@@ -611,6 +677,105 @@ export class StateMachine {
         if (failedOver) model.epoch += 1;
         return { epochChanged: failedOver };
       }
+      case 'beginSnapshot': {
+        const barrier = model.snapshotBarrier;
+        if (barrier !== null) {
+          throw conflict('MB_ERR_SNAPSHOT_BARRIER', `snapshot group ${barrier.groupId} (${barrier.defs.length} volume(s)) is being taken; try again once it ends`);
+        }
+        const checked = this.checkSnapshotDefs(command.defs);
+        const groupId = this.newId();
+        // Copied: the command object is the journal's, the model's must not alias it.
+        model.snapshotBarrier = { groupId, defs: checked.map(({ def }) => ({ volumeId: def.volumeId, name: def.name, readOnly: def.readOnly })), startedMs: command.nowMs };
+        model.epoch += 1;
+        return { id: groupId, epochChanged: true };
+      }
+      case 'commitSnapshot': {
+        const barrier = this.barrierOf(command.groupId);
+        // Checked again: commands ran between the phases (those that would undo the checks on
+        // the frozen trees are refused meanwhile, but the limit may have been lowered).
+        const checked = this.checkSnapshotDefs(barrier.defs);
+        const ids: Id[] = [];
+        for (const { def, volume, tree } of checked) {
+          // docs/snapshots.md: V (head h) gets a new head a, the snapshot a new head b, both
+          // children of h, which is frozen from now on.
+          const shared = volume.generation;
+          volume.generation = this.newGeneration(tree, shared);
+          const id = this.newId();
+          model.volumes[id] = {
+            id,
+            name: def.name,
+            storagePoolId: volume.storagePoolId,
+            vtreeId: tree.id,
+            sizeBytes: volume.sizeBytes,
+            volumeType: 'Snapshot',
+            mappings: [],
+            creationTimeMs: command.nowMs,
+            ancestorVolumeId: volume.id,
+            generation: this.newGeneration(tree, shared),
+            accessModeLimit: def.readOnly ? 'ReadOnly' : 'ReadWrite',
+            snapshotGroupId: barrier.groupId,
+          };
+          ids.push(id);
+        }
+        model.snapshotBarrier = null;
+        model.epoch += 1;
+        return { id: barrier.groupId, ids, epochChanged: true };
+      }
+      case 'abortSnapshot': {
+        const barrier = this.barrierOf(command.groupId);
+        if (typeof command.reason !== 'string') throw invalid('reason', 'must be a string');
+        model.snapshotBarrier = null;
+        model.epoch += 1;
+        return { id: barrier.groupId, epochChanged: true };
+      }
+      case 'removeSnapshotGroup': {
+        if (typeof command.groupId !== 'string') throw invalid('groupId', 'must be a snapshot group id');
+        if (model.snapshotBarrier?.groupId === command.groupId) throw conflict('MB_ERR_SNAPSHOT_BARRIER', `snapshot group ${command.groupId} is still being taken`);
+        const members = Object.values(model.volumes).filter((volume) => volume.snapshotGroupId === command.groupId);
+        if (members.length === 0) throw notFound(`no snapshot group with id ${command.groupId} (or none of its snapshots is left)`);
+        const trees = [...new Set(members.map((volume) => volume.vtreeId))].map((vtreeId) => this.get(model.vtrees, vtreeId, 'V-Tree'));
+        for (const tree of trees) this.refuseWhileFrozen(tree, `removing snapshot group ${command.groupId}`);
+        this.refuseMapped(members, null, `removing snapshot group ${command.groupId}`);
+        let epochChanged = false;
+        for (const tree of trees) epochChanged = this.removeVolumes(tree, members.filter((volume) => volume.vtreeId === tree.id)) || epochChanged;
+        return { ids: members.map((volume) => volume.id), epochChanged };
+      }
+      case 'overwriteVolumeContent': {
+        const volume = this.get(model.volumes, command.volumeId, 'volume');
+        const source = this.get(model.volumes, command.sourceVolumeId, 'volume');
+        if (source.id === volume.id) throw invalid('sourceVolumeId', `volume '${volume.name}' cannot be overwritten with its own content`);
+        if (source.vtreeId !== volume.vtreeId) {
+          throw conflict('MB_ERR_VTREE_MISMATCH', `volume '${source.name}' is not of the V-Tree of '${volume.name}' (${source.vtreeId}, not ${volume.vtreeId}): a volume is overwritten only from a volume of its own tree`);
+        }
+        if (volume.accessModeLimit === 'ReadOnly') throw conflict('MB_ERR_VOLUME_READ_ONLY', `volume '${volume.name}' is read-only (accessModeLimit ReadOnly): its content does not change`);
+        const tree = this.treeOf(volume);
+        this.refuseWhileFrozen(tree, `overwriting volume '${volume.name}'`);
+        this.checkGenerationRoom(tree, 2);
+        // docs/snapshots.md: the source (head s) gets a new head s', the volume a new head r,
+        // both children of s; the volume's old head goes if nothing descends from it.
+        const shared = source.generation;
+        const dropped = volume.generation;
+        source.generation = this.newGeneration(tree, shared);
+        volume.generation = this.newGeneration(tree, shared);
+        this.prune(tree, [dropped]);
+        model.epoch += 1;
+        return { epochChanged: true };
+      }
+      case 'setVolumeAccessModeLimit': {
+        const volume = this.get(model.volumes, command.id, 'volume');
+        if (command.accessModeLimit !== 'ReadWrite' && command.accessModeLimit !== 'ReadOnly') throw invalid('accessModeLimit', "must be 'ReadWrite' or 'ReadOnly'");
+        if (command.accessModeLimit === 'ReadOnly') {
+          const writers = volume.mappings.filter((mapping) => mapping.accessMode === 'ReadWrite').map((mapping) => `'${model.sdcs[mapping.sdcId]?.name ?? mapping.sdcId}'`);
+          if (writers.length > 0) throw conflict('MB_ERR_VOLUME_MAPPED', `volume '${volume.name}' is mapped read-write to SDC ${writers.join(', ')}; unmap it (or map it read-only) before making it read-only`);
+        }
+        volume.accessModeLimit = command.accessModeLimit;
+        return { epochChanged: false };
+      }
+      case 'setSnapshotsPerVtree': {
+        if (!Number.isSafeInteger(command.limit) || command.limit < 1 || command.limit > snapshotsPerVtreeMax) throw invalid('limit', `must be an integer from 1 to ${snapshotsPerVtreeMax}`);
+        model.snapshotsPerVtree = command.limit;
+        return { epochChanged: false };
+      }
     }
   }
 
@@ -690,6 +855,180 @@ export class StateMachine {
     this.model.epoch = Math.max(this.model.epoch + 1, epoch);
   }
 
+  // --- snapshots (V-Trees) ------------------------------------------------------------
+
+  /**
+   * Checks one snapshotVolumes call against the model (volumes exist, each once, names free,
+   * the V-Trees' limits): the same checks at begin and at commit. Refuses, changing nothing.
+   */
+  private checkSnapshotDefs(defs: SnapshotDef[]): Array<{ def: SnapshotDef; volume: Volume; tree: VTree }> {
+    const model = this.model;
+    if (!Array.isArray(defs) || defs.length < 1 || defs.length > snapshotGroupVolumesMax) throw invalid('defs', `must name 1 to ${snapshotGroupVolumesMax} volumes`);
+    const checked: Array<{ def: SnapshotDef; volume: Volume; tree: VTree }> = [];
+    const names = new Set<string>();
+    const added = new Map<Id, number>();
+    for (const [index, def] of defs.entries()) {
+      const field = `defs[${index}]`;
+      if (typeof def !== 'object' || def === null) throw invalid(field, 'must be { volumeId, name, readOnly }');
+      const volume = this.get(model.volumes, def.volumeId, 'volume');
+      if (checked.some((entry) => entry.volume.id === volume.id)) throw invalid(`${field}.volumeId`, `volume '${volume.name}' is named twice in one snapshot group`);
+      this.checkName(`${field}.name`, def.name);
+      if (names.has(def.name)) throw conflict('MB_ERR_NAME_TAKEN', `two snapshots of the group are named '${def.name}'`);
+      names.add(def.name);
+      this.unique(Object.values(model.volumes), def.name, 'volume');
+      if (typeof def.readOnly !== 'boolean') throw invalid(`${field}.readOnly`, 'must be true or false');
+      const tree = this.treeOf(volume);
+      added.set(tree.id, (added.get(tree.id) ?? 0) + 1);
+      checked.push({ def, volume, tree });
+    }
+    const snapshots = new Map<Id, number>();
+    for (const volume of Object.values(model.volumes)) {
+      if (volume.volumeType === 'Snapshot' && added.has(volume.vtreeId)) snapshots.set(volume.vtreeId, (snapshots.get(volume.vtreeId) ?? 0) + 1);
+    }
+    for (const [vtreeId, count] of added) {
+      const tree = model.vtrees[vtreeId] as VTree;
+      const held = snapshots.get(vtreeId) ?? 0;
+      if (held + count > model.snapshotsPerVtree) {
+        const base = checked.find((entry) => entry.tree.id === vtreeId)?.volume.name ?? vtreeId;
+        throw conflict('MB_ERR_SNAPSHOT_LIMIT', `the V-Tree of volume '${base}' holds ${held} snapshot(s); ${count} more would pass the limit of ${model.snapshotsPerVtree} per V-Tree (remove snapshots, or raise the limit up to ${snapshotsPerVtreeMax})`);
+      }
+      this.checkGenerationRoom(tree, 2 * count);
+    }
+    return checked;
+  }
+
+  /**
+   * Refuses a change that would give the tree more than vtreeGenerationsMax generations. A
+   * frozen generation left with one child is kept (it is not merged into the child yet:
+   * docs/snapshots.md), so a tree whose snapshots are taken and removed in turn grows a
+   * chain; this is where it stops, clearly, rather than in the SDSs' map check.
+   */
+  private checkGenerationRoom(tree: VTree, extra: number): void {
+    const count = Object.keys(tree.generations).length;
+    if (count + extra > vtreeGenerationsMax) {
+      throw conflict('MB_ERR_SNAPSHOT_LIMIT', `V-Tree ${tree.id} holds ${count} generations; ${extra} more would pass its limit of ${vtreeGenerationsMax} (frozen generations are not merged yet: remove the whole V-Tree's snapshots to start again)`);
+    }
+  }
+
+  /** The barrier under way with this group id, or a refusal saying what is (not) under way. */
+  private barrierOf(groupId: Id): SnapshotBarrier {
+    const barrier = this.model.snapshotBarrier;
+    if (barrier === null) throw conflict('MB_ERR_SNAPSHOT_BARRIER', `no snapshot group is being taken (group ${String(groupId)} was committed or aborted)`);
+    if (barrier.groupId !== groupId) throw conflict('MB_ERR_SNAPSHOT_BARRIER', `snapshot group ${barrier.groupId} is being taken, not ${String(groupId)}`);
+    return barrier;
+  }
+
+  /** The V-Trees a barrier under way freezes. */
+  frozenVtrees(): Set<Id> {
+    const frozen = new Set<Id>();
+    for (const def of this.model.snapshotBarrier?.defs ?? []) {
+      const volume = this.model.volumes[def.volumeId];
+      if (volume !== undefined) frozen.add(volume.vtreeId);
+    }
+    return frozen;
+  }
+
+  private refuseWhileFrozen(tree: VTree, what: string): void {
+    const barrier = this.model.snapshotBarrier;
+    if (barrier !== null && this.frozenVtrees().has(tree.id)) {
+      throw conflict('MB_ERR_SNAPSHOT_BARRIER', `${what} must wait: snapshot group ${barrier.groupId} is being taken of its V-Tree`);
+    }
+  }
+
+  /** Refuses removing volumes that are mapped, naming them. */
+  private refuseMapped(volumes: Volume[], named: Volume | null, what: string): void {
+    const mapped = volumes.filter((volume) => volume.mappings.length > 0);
+    if (mapped.length === 0) return;
+    if (mapped.length === 1 && mapped[0] === named) {
+      throw conflict('MB_ERR_VOLUME_MAPPED', `volume '${named.name}' is mapped to ${named.mappings.length} SDC(s); unmap it first`);
+    }
+    throw conflict('MB_ERR_VOLUME_MAPPED', `${what} would remove mapped volume(s) ${mapped.map((volume) => `'${volume.name}' (${volume.mappings.length} SDC(s))`).join(', ')}; unmap them first`);
+  }
+
+  private treeOf(volume: Volume): VTree {
+    const tree = this.model.vtrees[volume.vtreeId];
+    assert(tree !== undefined, `volume ${volume.id} has its V-Tree ${volume.vtreeId} in the model`);
+    return tree;
+  }
+
+  treeVolumes(vtreeId: Id): Volume[] {
+    return Object.values(this.model.volumes).filter((volume) => volume.vtreeId === vtreeId);
+  }
+
+  private newGeneration(tree: VTree, parent: number): number {
+    const generation = tree.nextGeneration;
+    tree.nextGeneration += 1;
+    tree.generations[String(generation)] = parent;
+    return generation;
+  }
+
+  /**
+   * Removes volumes of one tree: their heads go, and the generations nothing reads any more
+   * (prune); their snapshots left behind take the nearest ancestor that stays. The tree goes
+   * with its last volume. True if the epoch moved (the tree's map entry changed, or lost
+   * groups were tidied).
+   */
+  private removeVolumes(tree: VTree, doomed: Volume[]): boolean {
+    const model = this.model;
+    if (doomed.length === 0) return false;
+    const frozen = this.frozenVtrees();
+    const before = JSON.stringify(this.vtreeMap(tree, frozen.has(tree.id)));
+    const ancestorOf = new Map(doomed.map((volume) => [volume.id, volume.ancestorVolumeId]));
+    for (const volume of doomed) delete model.volumes[volume.id];
+    const survivors = this.treeVolumes(tree.id);
+    for (const volume of survivors) {
+      let ancestor = volume.ancestorVolumeId;
+      while (ancestor !== null && ancestorOf.has(ancestor)) ancestor = ancestorOf.get(ancestor) ?? null;
+      volume.ancestorVolumeId = ancestor;
+    }
+    let changed: boolean;
+    if (survivors.length === 0) {
+      delete model.vtrees[tree.id];
+      changed = before !== 'null';
+    } else {
+      this.prune(tree, doomed.map((volume) => volume.generation));
+      changed = JSON.stringify(this.vtreeMap(tree, frozen.has(tree.id))) !== before;
+    }
+    const pool = model.storagePools[tree.storagePoolId];
+    if (pool !== undefined && this.tidyLost(pool)) changed = true;
+    if (changed) model.epoch += 1;
+    return changed;
+  }
+
+  /**
+   * Drops generations that no volume reads any more, from the given ones upward: a
+   * generation that is no head and has no children goes, then its parent is looked at.
+   */
+  private prune(tree: VTree, from: number[]): void {
+    const heads = new Set(this.treeVolumes(tree.id).map((volume) => volume.generation));
+    const children = new Map<number, number>();
+    for (const parent of Object.values(tree.generations)) if (parent !== null) children.set(parent, (children.get(parent) ?? 0) + 1);
+    const queue = [...from];
+    while (queue.length > 0) {
+      const generation = queue.pop() as number;
+      const parent = tree.generations[String(generation)];
+      if (parent === undefined || heads.has(generation) || (children.get(generation) ?? 0) > 0) continue;
+      // The root goes only with the tree (removeVolumes deletes a tree with no volume).
+      if (parent === null) continue;
+      delete tree.generations[String(generation)];
+      children.set(parent, (children.get(parent) ?? 1) - 1);
+      queue.push(parent);
+    }
+  }
+
+  /** A tree as the map carries it, or null when it is implicit (one generation, not frozen: vtreeOf()). */
+  vtreeMap(tree: VTree, frozen: boolean, volumes: Volume[] = this.treeVolumes(tree.id)): VTreeMap | null {
+    if (Object.keys(tree.generations).length === 1 && !frozen) return null;
+    const heads = volumes.map((volume) => ({ generation: volume.generation, snapshot: volume.volumeType === 'Snapshot' })).sort((a, b) => a.generation - b.generation);
+    return { generations: { ...tree.generations }, heads, ...(frozen ? { frozen: true as const } : {}) };
+  }
+
+  /** A volume name free for a new volume (or for `exceptId` to take): no volume has it, nor a snapshot being taken. */
+  private checkVolumeNameFree(name: string, exceptId: Id | null): void {
+    this.unique(Object.values(this.model.volumes).filter((entry) => entry.id !== exceptId), name, 'volume');
+    if (this.model.snapshotBarrier?.defs.some((def) => def.name === name) === true) throw conflict('MB_ERR_NAME_TAKEN', `a snapshot named '${name}' is being taken`);
+  }
+
   // --- queries -------------------------------------------------------------------------
 
   poolDevices(poolId: Id): Device[] {
@@ -714,7 +1053,9 @@ export class StateMachine {
     const volumes = Object.values(this.model.volumes).filter((volume) => volume.storagePoolId === poolId);
     const thickReservedBytes = volumes.filter((volume) => volume.volumeType === 'ThickProvisioned').reduce((sum, volume) => sum + volume.sizeBytes, 0);
     const thinProvisionedBytes = volumes.filter((volume) => volume.volumeType === 'ThinProvisioned').reduce((sum, volume) => sum + volume.sizeBytes, 0);
+    const snapshotProvisionedBytes = volumes.filter((volume) => volume.volumeType === 'Snapshot').reduce((sum, volume) => sum + volume.sizeBytes, 0);
     const usedRawBytes = healthy.reduce((sum, device) => sum + device.usedBytes, 0);
+    const snapshotRawBytes = healthy.reduce((sum, device) => sum + (device.snapshotBytes ?? 0), 0);
     const { degradedBytes, failedBytes } = this.poolHealth(pool);
     const usableBytes = Math.floor((rawBytes - spareBytes) / 2);
     return {
@@ -728,6 +1069,8 @@ export class StateMachine {
       degradedBytes,
       failedBytes,
       unusedBytes: Math.max(0, rawBytes - spareBytes - usedRawBytes - 2 * thickReservedBytes),
+      snapshotInUseBytes: Math.floor(snapshotRawBytes / 2),
+      snapshotProvisionedBytes,
     };
   }
 
@@ -809,7 +1152,23 @@ export class StateMachine {
         }),
       };
     }
-    return { epoch: this.model.epoch, sds, pools };
+    // Only trees with more than their base generation, or frozen: a system of plain volumes
+    // sends the map it sent before snapshots.
+    const vtrees: Record<string, VTreeMap> = {};
+    const frozen = this.frozenVtrees();
+    const byTree = new Map<Id, Volume[]>();
+    for (const volume of Object.values(this.model.volumes)) {
+      const tree = this.model.vtrees[volume.vtreeId];
+      if (tree === undefined || (Object.keys(tree.generations).length === 1 && !frozen.has(tree.id))) continue;
+      const list = byTree.get(tree.id);
+      if (list === undefined) byTree.set(tree.id, [volume]);
+      else list.push(volume);
+    }
+    for (const [vtreeId, volumes] of byTree) {
+      const entry = this.vtreeMap(this.model.vtrees[vtreeId] as VTree, frozen.has(vtreeId), volumes);
+      if (entry !== null) vtrees[vtreeId] = entry;
+    }
+    return { epoch: this.model.epoch, sds, pools, ...(byTree.size > 0 ? { vtrees } : {}) };
   }
 
   // --- helpers -------------------------------------------------------------------------
@@ -1044,6 +1403,24 @@ export function isDown(sds: Sds): boolean {
 export function sdsState(sds: Sds, connected: boolean): SdsState {
   if (isDown(sds)) return 'down';
   return connected ? 'connected' : 'disconnected';
+}
+
+/** The volumes whose ancestry (ancestorVolumeId, up and up) reaches `volumeId`: its snapshots, theirs, and so on. */
+export function descendantsOf(volumeId: Id, treeVolumes: Volume[]): Volume[] {
+  const found: Volume[] = [];
+  const reached = new Set<Id>([volumeId]);
+  // Breadth by rounds: each round adds the snapshots of what the last one found.
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const volume of treeVolumes) {
+      if (reached.has(volume.id) || volume.ancestorVolumeId === null || !reached.has(volume.ancestorVolumeId)) continue;
+      reached.add(volume.id);
+      found.push(volume);
+      grew = true;
+    }
+  }
+  return found;
 }
 
 function isPowerOfTwo(value: number): boolean {

@@ -11,7 +11,7 @@ import * as https from 'node:https';
 import * as path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { AdminAuth } from '../../src/mdm/auth.js';
-import { idleRebuildStatus, type AddDeviceRequest, type MdmController, type RebuildStatus } from '../../src/mdm/controller.js';
+import { idleRebuildStatus, type AddDeviceRequest, type MdmController, type RebuildStatus, type SnapshotRequest, type SnapshotResult } from '../../src/mdm/controller.js';
 import type { Id } from '../../src/mdm/model.js';
 import { RestApi } from '../../src/mdm/rest-api.js';
 import { ensureSelfSignedCertificate } from '../../src/mdm/tls.js';
@@ -52,6 +52,28 @@ export class TestController implements MdmController {
       name: request.name,
       capacityBytes: testDeviceCapacityBytes,
     });
+  }
+
+  /**
+   * The barrier without SDSs: begun and committed at once (no SDS to wait for). Unnamed
+   * snapshots get '<volume>-snap-<n>' as the service names them.
+   */
+  async snapshotVolumes(requests: SnapshotRequest[]): Promise<SnapshotResult> {
+    const taken = new Set(Object.values(this.state.model.volumes).map((volume) => volume.name));
+    const defs = requests.map((request) => {
+      let name = request.name;
+      const base = this.state.model.volumes[request.volumeId]?.name ?? 'missing';
+      for (let n = 1; name === null || (request.name === null && taken.has(name)); n++) name = `${base.slice(0, 31 - `-snap-${n}`.length)}-snap-${n}`;
+      taken.add(name);
+      return { volumeId: request.volumeId, name, readOnly: request.readOnly };
+    });
+    const groupId = this.state.apply({ type: 'beginSnapshot', defs, nowMs: this.nowMs }).id as Id;
+    const committed = this.state.apply({ type: 'commitSnapshot', groupId, nowMs: this.nowMs });
+    return { snapshotGroupId: groupId, volumeIds: committed.ids ?? [] };
+  }
+
+  async overwriteVolumeContent(volumeId: Id, sourceVolumeId: Id): Promise<void> {
+    this.state.apply({ type: 'overwriteVolumeContent', volumeId, sourceVolumeId });
   }
 
   sdsStats(sdsId: Id): SdsStats | null {

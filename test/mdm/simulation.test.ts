@@ -728,6 +728,8 @@ class Simulation {
         degradedBytes,
         failedBytes: Math.round(failedGroups * perGroupBytes),
         unusedBytes: Math.max(0, rawBytes - spareBytes - usedRawBytes - 2 * thickReservedBytes),
+        snapshotInUseBytes: Math.floor(healthy.reduce((sum, device) => sum + (device.snapshotBytes ?? 0), 0) / 2),
+        snapshotProvisionedBytes: volumes.filter((volume) => volume.volumeType === 'Snapshot').reduce((sum, volume) => sum + volume.sizeBytes, 0),
       };
       const capacity = this.machine.poolCapacity(pool.id);
       check(JSON.stringify(capacity) === JSON.stringify(expected), `pool ${pool.name}: capacity ${JSON.stringify(capacity)}, recomputed ${JSON.stringify(expected)}`);
