@@ -10,7 +10,7 @@
 
 import { GiB, KiB, MiB } from '../common/units.js';
 import type { MdmController } from './controller.js';
-import type { Id, SystemModel, Volume } from './model.js';
+import { removeModes, type Id, type SystemModel, type Volume } from './model.js';
 import { BodyReader, checkName } from './rest-body.js';
 import { RestError } from './rest-errors.js';
 import type { RestType } from './rest-objects.js';
@@ -169,9 +169,6 @@ export const restActions: Readonly<Record<RestType, readonly string[]>> = {
   Volume: ['addMappedSdc', 'removeMappedSdc', 'setMappedSdcLimits', 'removeVolume', 'setVolumeSize', 'setVolumeName', 'overwriteVolumeContent', 'setVolumeAccessModeLimit'],
   VTree: [],
 };
-
-/** ScaleIO's removeVolume modes: which part of the volume's V-Tree goes with it. */
-export const removeModes = ['ONLY_ME', 'INCLUDING_DESCENDANTS', 'DESCENDANTS_ONLY', 'WHOLE_VTREE'] as const;
 
 /** What snapshotVolumes answers, as ScaleIO. */
 export interface SnapshotVolumesReply {
@@ -344,8 +341,26 @@ async function snapshotVolumes(context: CommandContext, reader: BodyReader): Pro
     const twice = defs.findIndex((other) => other.name === def.name);
     if (twice !== index) throw invalidField(`${field}.snapshotName`, `'${def.name}' is given to snapshotDefs[${twice}] too`);
   });
-  const made = await context.controller.snapshotVolumes(defs.map((def) => ({ ...def, readOnly: accessModeLimit === 'ReadOnly' })));
+  let made;
+  try {
+    made = await context.controller.snapshotVolumes(defs.map((def) => ({ ...def, readOnly: accessModeLimit === 'ReadOnly' })));
+  } catch (err) {
+    throw renameSnapshotDefField(err);
+  }
   return { volumeIdList: made.volumeIds, snapshotGroupId: made.snapshotGroupId };
+}
+
+/**
+ * The core names a def's fields `defs[1].name`; the client sent `snapshotDefs[1].snapshotName`.
+ * (Checked here first, so this only shows when the model changed in between.)
+ */
+export function renameSnapshotDefField(err: unknown): unknown {
+  if (!(err instanceof MdmError) || err.code !== 'MB_ERR_INVALID_ARGUMENT') return err;
+  const match = /^defs(\[\d+\])?(?:\.([A-Za-z]+))?: /.exec(err.message);
+  if (match === null) return err;
+  const [, index = '', field] = match;
+  const restField = field === 'readOnly' ? 'accessModeLimit' : field === 'name' ? `snapshotDefs${index}.snapshotName` : field === undefined ? `snapshotDefs${index}` : `snapshotDefs${index}.${field}`;
+  return new MdmError(err.code, `${restField}: ${err.message.slice(match[0].length)}`, err.httpStatus);
 }
 
 function volumeNamed(model: SystemModel, name: string): Volume | undefined {

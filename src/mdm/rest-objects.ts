@@ -18,6 +18,11 @@
 //   degradedCapacityInKb                     net     data with one readable copy in sync (estimated)
 //   failedCapacityInKb                       net     data with no readable copy: IO to it fails (estimated)
 //   unusedCapacityInKb                       raw     neither spare, in use, nor reserved for thick volumes
+//   snapCapacityInUseInKb                    raw     of capacityInUseInKb, what only snapshots reach (no base
+//                                                    volume reads it), as the SDSs report (ScaleIO < 3.5's name)
+//   snapCapacityInUseOccupiedInKb            raw     the same: chunks are allocated only when written
+//   snapshotCapacityInKb                     raw     the same (ScaleIO 3.5's name, which Cinder reads)
+//   snapshotCapacityProvisionedInKb          net     sizes of snapshots (thin, whatever their ancestor)
 //   capacityAvailableForVolumeAllocationInKb net     the largest thick volume that fits now (before
 //                                                    rounding to the pool's volume granularity)
 //
@@ -168,6 +173,11 @@ export interface RestCapacity {
   failedCapacityInKb: number;
   unusedCapacityInKb: number;
   capacityAvailableForVolumeAllocationInKb: number;
+  snapCapacityInUseInKb: number;
+  snapCapacityInUseOccupiedInKb: number;
+  snapshotCapacityInKb: number;
+  /** meshblock: sizes of the snapshots, as thinCapacityProvisionedInKb for thin base volumes. */
+  snapshotCapacityProvisionedInKb: number;
 }
 
 export const restCapacityFields: ReadonlyArray<keyof RestCapacity> = [
@@ -183,6 +193,10 @@ export const restCapacityFields: ReadonlyArray<keyof RestCapacity> = [
   'failedCapacityInKb',
   'unusedCapacityInKb',
   'capacityAvailableForVolumeAllocationInKb',
+  'snapCapacityInUseInKb',
+  'snapCapacityInUseOccupiedInKb',
+  'snapshotCapacityInKb',
+  'snapshotCapacityProvisionedInKb',
 ];
 
 export interface RestStoragePoolStatistics extends RestCapacity {
@@ -590,6 +604,11 @@ export function renderCapacity(capacity: PoolCapacity): RestCapacity {
     failedCapacityInKb: kb(capacity.failedBytes),
     unusedCapacityInKb: kb(capacity.unusedBytes),
     capacityAvailableForVolumeAllocationInKb: kb(Math.max(0, capacity.usableBytes - committedBytes)),
+    // Raw, as capacityInUseInKb: both copies of what only snapshots reach.
+    snapCapacityInUseInKb: kb(2 * capacity.snapshotInUseBytes),
+    snapCapacityInUseOccupiedInKb: kb(2 * capacity.snapshotInUseBytes),
+    snapshotCapacityInKb: kb(2 * capacity.snapshotInUseBytes),
+    snapshotCapacityProvisionedInKb: kb(capacity.snapshotProvisionedBytes),
   };
 }
 

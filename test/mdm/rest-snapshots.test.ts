@@ -12,7 +12,9 @@
 // mapped snapshot) arriving as ScaleIO-shaped errors.
 
 import t, { type Test } from 'tap';
+import { renameSnapshotDefField } from '../../src/mdm/rest-commands.js';
 import { restErrorCodes } from '../../src/mdm/rest-errors.js';
+import { MdmError } from '../../src/mdm/state-machine.js';
 import type { RestStoragePoolStatistics, RestSystem, RestSystemStatistics, RestVolume, RestVTree } from '../../src/mdm/rest-objects.js';
 import { snapshotGroupVolumesMax, snapshotsPerVtreeMax } from '../../src/common/limits.js';
 import { call, login, startTestApi, testClusterId, type TestApi } from '../helpers/rest.js';
@@ -95,7 +97,7 @@ t.test('snapshots, groups, V-Trees, access modes, restore and removal in ScaleIO
   t.match(tree1, { id: base1.vtreeId, name: 'vol1', baseVolumeId: vol1, storagePoolId: pool, numOfVolumes: 4, numOfSnapshots: 3 });
   t.same((await get<RestVolume[]>(api, token, `/api/instances/VTree::${base1.vtreeId}/relationships/Volume`)).map((entry) => entry.name), ['g1', 's1', 's1a', 'vol1'], 'VTree → Volume');
   t.same((await get<RestVTree[]>(api, token, `/api/instances/StoragePool::${pool}/relationships/VTree`)).length, 2, 'StoragePool → VTree');
-  t.match(await get<RestStoragePoolStatistics>(api, token, `/api/instances/StoragePool::${pool}/relationships/Statistics`), { numOfVolumes: 6, numOfSnapshots: 4, numOfVtrees: 2, numOfThinBaseVolumes: 1, numOfThickBaseVolumes: 1 });
+  t.match(await get<RestStoragePoolStatistics>(api, token, `/api/instances/StoragePool::${pool}/relationships/Statistics`), { numOfVolumes: 6, numOfSnapshots: 4, numOfVtrees: 2, numOfThinBaseVolumes: 1, numOfThickBaseVolumes: 1, snapshotCapacityProvisionedInKb: (3 * 128 + 64) * KiB, thinCapacityProvisionedInKb: 128 * KiB });
   t.match(await get<RestSystemStatistics>(api, token, `/api/instances/System::${testClusterId}/relationships/Statistics`), { numOfVolumes: 6, numOfSnapshots: 4, numOfVtrees: 2 });
   t.match(await get<RestSystem>(api, token, `/api/instances/System::${testClusterId}`), { snapshotsPerVtree: 31 });
 
@@ -152,10 +154,11 @@ t.test("the core's refusals arrive as ScaleIO-shaped errors, nothing changed", a
 
   const limit = await snap(vol1, 'a2');
   t.match(limit, { status: 409, body: { code: 'MB_ERR_SNAPSHOT_LIMIT', errorCode: restErrorCodes['MB_ERR_SNAPSHOT_LIMIT'] } }, 'the snapshot limit of the V-Tree');
-  t.match((limit.body as { message: string }).message, /1/, 'says the limit');
+  t.match((limit.body as { message: string }).message, /the V-Tree of volume 'vol1' holds 1 snapshot\(s\); 1 more would pass the limit of 1 per V-Tree/, 'says the limit');
   const mismatch = await post(api, token, `/api/instances/Volume::${vol1}/action/overwriteVolumeContent`, { srcVolumeId: other });
   t.match(mismatch.body, { code: 'MB_ERR_VTREE_MISMATCH', errorCode: restErrorCodes['MB_ERR_VTREE_MISMATCH'] }, 'restore from another V-Tree');
-  t.ok(mismatch.status >= 400 && mismatch.status < 500);
+  t.equal(mismatch.status, 409);
+  t.match((mismatch.body as { message: string }).message, /volume 'b1' is not of the V-Tree of 'vol1'/, 'names both');
   t.match((await post(api, token, `/api/instances/Volume::${other}/action/removeVolume`, { removeMode: 'ONLY_ME' })).body, { code: 'MB_ERR_VOLUME_MAPPED' }, 'a mapped snapshot stays');
   t.match((await post(api, token, `/api/instances/Volume::${vol2}/action/removeVolume`, { removeMode: 'WHOLE_VTREE' })).body, { code: 'MB_ERR_VOLUME_MAPPED' }, 'so does its tree');
   t.equal(JSON.stringify(api.controller.state.model), before, 'nothing changed');
@@ -216,4 +219,15 @@ t.test('bad input: 4xx naming the field, the model unchanged', async (t) => {
     t.notMatch((reply.body as { message: string }).message, /\n/, `${entry.what}: one line`);
   }
   t.equal(JSON.stringify(api.controller.state.model), before, 'nothing changed in the model');
+});
+
+t.test("the core's def fields are named as the client sent them", async (t) => {
+  const renamed = (message: string): string => (renameSnapshotDefField(new MdmError('MB_ERR_INVALID_ARGUMENT', message, 400)) as Error).message;
+  t.equal(renamed('defs[2].name: must be 1 to 31 letters'), 'snapshotDefs[2].snapshotName: must be 1 to 31 letters');
+  t.equal(renamed('defs[0].volumeId: volume named twice'), 'snapshotDefs[0].volumeId: volume named twice');
+  t.equal(renamed('defs[1].readOnly: must be true or false'), 'accessModeLimit: must be true or false');
+  t.equal(renamed('defs: must name 1 to 64 volumes'), 'snapshotDefs: must name 1 to 64 volumes');
+  t.equal(renamed('name: taken'), 'name: taken', 'other fields are left alone');
+  const conflict = new MdmError('MB_ERR_NAME_TAKEN', 'defs[0].name: taken', 409);
+  t.equal(renameSnapshotDefField(conflict), conflict, 'only invalid arguments');
 });
