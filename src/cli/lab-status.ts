@@ -41,6 +41,10 @@ export interface LabStatusVolume {
   nbdUri: string | null;
   /** Names of the SDCs it is mapped to. */
   mappedSdcs: string[];
+  /** 'snapshot' for a snapshot (a volume of another's V-Tree). */
+  type: 'thin' | 'thick' | 'snapshot';
+  /** The volume a snapshot was taken of (its name, or its id if that volume is gone); null for a base volume. */
+  snapshotOf: string | null;
 }
 
 /** The MDM's capacity figures (see src/mdm/rest-objects.ts), in bytes. */
@@ -57,6 +61,10 @@ export interface LabStatusCapacity {
   failedBytes: number;
   unusedBytes: number;
   availableForVolumeAllocationBytes: number;
+  /** Of inUseBytes (raw, both copies), what only snapshots reach. */
+  snapshotInUseBytes: number;
+  /** Sizes of the snapshots (net, as thinProvisionedBytes). */
+  snapshotProvisionedBytes: number;
 }
 
 export interface LabStatusHealth {
@@ -118,6 +126,8 @@ export async function collectStatus(dir: string, lab: LabFile, client: ApiClient
       sizeBytes: volume.sizeInKb * KiB,
       nbdUri: sdc !== undefined && volume.mappedSdcInfo.some((info) => info.sdcName === labSdcName) ? nbdUri(sdc.address, volume.name) : null,
       mappedSdcs: volume.mappedSdcInfo.map((info) => info.sdcName || info.sdcId),
+      type: volume.volumeType === 'Snapshot' ? 'snapshot' : volume.volumeType === 'ThickProvisioned' ? 'thick' : 'thin',
+      snapshotOf: volume.ancestorVolumeId === null ? null : (volumes.find((entry) => entry.id === volume.ancestorVolumeId)?.name ?? volume.ancestorVolumeId),
     }));
     status.capacity = capacityOf(view);
     const [sdss, sdcs] = await Promise.all([client.get<RestSds[]>('/api/types/Sds/instances'), client.get<Array<{ name: string; mdmConnectionState: string }>>('/api/types/Sdc/instances')]);
@@ -176,6 +186,8 @@ function capacityOf(view: RestDashboard): LabStatusCapacity {
     failedBytes: c.failedCapacityInKb * KiB,
     unusedBytes: c.unusedCapacityInKb * KiB,
     availableForVolumeAllocationBytes: c.capacityAvailableForVolumeAllocationInKb * KiB,
+    snapshotInUseBytes: c.snapCapacityInUseInKb * KiB,
+    snapshotProvisionedBytes: c.snapshotCapacityProvisionedInKb * KiB,
   };
 }
 
@@ -209,6 +221,7 @@ export function renderStatus(status: LabStatus): string {
         [
           { header: 'VOLUME', value: (entry) => entry.name },
           { header: 'SIZE', value: (entry) => formatBytes(entry.sizeBytes), align: 'right' },
+          { header: 'TYPE', value: (entry) => (entry.snapshotOf === null ? entry.type : `snapshot of ${entry.snapshotOf}`) },
           { header: 'NBD URI', value: (entry) => entry.nbdUri ?? '-' },
           { header: 'MAPPED TO', value: (entry) => entry.mappedSdcs.join(',') || '-' },
         ],
@@ -220,7 +233,8 @@ export function renderStatus(status: LabStatus): string {
   const c = status.capacity as LabStatusCapacity;
   lines.push(
     `capacity: raw ${formatBytes(c.rawBytes)}, spare ${formatBytes(c.spareBytes)}, usable ${formatBytes(c.usableBytes)}, ` +
-      `thin provisioned ${formatBytes(c.thinProvisionedBytes)}, thick ${formatBytes(c.thickInUseBytes)}, in use ${formatBytes(c.inUseBytes)} raw`,
+      `thin provisioned ${formatBytes(c.thinProvisionedBytes)}, thick ${formatBytes(c.thickInUseBytes)}, in use ${formatBytes(c.inUseBytes)} raw ` +
+      `(snapshots only: ${formatBytes(c.snapshotInUseBytes)})`,
   );
   const h = status.health as LabStatusHealth;
   const sdsTotal = h.sdsConnected + h.sdsDisconnected + h.sdsDown;

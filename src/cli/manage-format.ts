@@ -38,6 +38,8 @@ const capacityColumns: ReadonlyArray<[string, keyof RestCapacity]> = [
   ['THICK', 'thickCapacityInUseInKb'],
   ['THIN', 'thinCapacityProvisionedInKb'],
   ['IN USE', 'capacityInUseInKb'],
+  // Of IN USE, what only snapshots reach.
+  ['SNAPSHOTS', 'snapCapacityInUseInKb'],
   ['PROTECTED', 'protectedCapacityInKb'],
   ['DEGRADED', 'degradedCapacityInKb'],
   ['FAILED', 'failedCapacityInKb'],
@@ -90,7 +92,7 @@ export function renderDashboard(view: RestDashboard): string {
       plural(capacity.numOfSds, 'SDS', 'SDSs'),
       plural(capacity.numOfDevices, 'device'),
       plural(capacity.numOfSdc, 'SDC', 'SDCs'),
-      `${plural(capacity.numOfVolumes, 'volume')} (${capacity.numOfMappedVolumes} mapped)`,
+      `${plural(capacity.numOfVolumes, 'volume')} (${capacity.numOfMappedVolumes} mapped${capacity.numOfSnapshots > 0 ? `; ${plural(capacity.numOfSnapshots, 'snapshot')}` : ''})`,
     ].join(', ')}`,
     `Health    ${status}${problems.length > 0 ? `: ${problems.join('; ')}` : ''}`,
     `SDS       ${health.sdsConnected} connected, ${health.sdsDisconnected} disconnected, ${health.sdsDown} down, ${health.sdsUnassigned} not in a protection domain`,
@@ -98,7 +100,7 @@ export function renderDashboard(view: RestDashboard): string {
     `SDC       ${health.sdcConnected} connected, ${health.sdcDisconnected} disconnected`,
     `Rebuild   ${describeRebuild(rebuild)}`,
     '',
-    'Capacity (RAW, SPARE, IN USE, PROTECTED, DEGRADED, FAILED, UNUSED count both copies;',
+    'Capacity (RAW, SPARE, IN USE, SNAPSHOTS, PROTECTED, DEGRADED, FAILED, UNUSED count both copies;',
     '          USABLE, THICK, THIN, AVAILABLE are what volumes see)',
   ];
   type Row = { label: string; capacity: RestCapacity };

@@ -1,5 +1,5 @@
 // Management commands over the MDM's REST API, in meshblock's `<noun> <verb>` form (ScaleIO's
-// scli, reorganised): pd, pool, fault-set, sds, device, sdc, volume, dashboard.
+// scli, reorganised): pd, pool, fault-set, sds, device, sdc, volume, snapshot, dashboard.
 //
 //   meshblock pd add --name pd1
 //   meshblock pool add --pd pd1 --name pool1 --volume-granularity 1GiB
@@ -7,6 +7,8 @@
 //   meshblock device add --sds sds1 --pool pool1 --path /dev/sdb
 //   meshblock volume add --pool pool1 --name vol1 --size 16GiB
 //   meshblock volume map --volume vol1 --sdc host1
+//   meshblock snapshot create --volume vol1 --volume vol2 --read-only
+//   meshblock snapshot restore --volume vol1 --from vol1-snap-1
 //   meshblock dashboard
 //
 // Objects are named by id or by name (resolved through the listings; an ambiguous name is an
@@ -20,6 +22,9 @@
 import yargs, { type Argv } from 'yargs';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
 import { GiB, KiB, MiB, parseSizeBytes } from '../common/units.js';
+import { snapshotGroupVolumesMax } from '../common/limits.js';
+import { idPattern } from '../wire/placement.js';
+import type { RemoveGroupReply, SnapshotVolumesReply } from '../mdm/rest-commands.js';
 import type {
   RestDashboard,
   RestDevice,
@@ -55,6 +60,7 @@ const typeWords: Record<Exclude<RestType, 'System'>, string> = {
   Device: 'device',
   Sdc: 'SDC',
   Volume: 'volume',
+  VTree: 'V-Tree',
 };
 
 /** One invocation's view of the API: listings fetched once, names resolved against them. */
@@ -637,7 +643,7 @@ const volumeCommands: Command[] = [
             { header: 'ID', value: (volume) => volume.id },
             { header: 'POOL', value: (volume) => pools.find((entry) => entry.id === volume.storagePoolId)?.name ?? volume.storagePoolId },
             { header: 'SIZE', value: (volume) => kbToText(volume.sizeInKb), align: 'right' },
-            { header: 'TYPE', value: (volume) => (volume.volumeType === 'ThickProvisioned' ? 'thick' : 'thin') },
+            { header: 'TYPE', value: volumeTypeWord },
             { header: 'MAPPED TO', value: describeMapping },
           ],
           volumes,
@@ -647,11 +653,11 @@ const volumeCommands: Command[] = [
   },
   {
     name: 'remove',
-    describe: 'remove a volume that is mapped to no SDC (its data is gone)',
-    builder: volumeFlag,
+    describe: 'remove a volume that is mapped to no SDC (its data is gone; its snapshots stay unless --mode says otherwise)',
+    builder: (y) => modeFlag(volumeFlag(y)),
     run: async (args, session) => {
       const volume = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
-      await action(session, 'Volume', volume.id, 'removeVolume', { removeMode: 'ONLY_ME' }, `volume '${volume.name}' removed`);
+      await removeVolume(session, volume, args, 'volume');
     },
   },
   {
@@ -734,6 +740,176 @@ const volumeCommands: Command[] = [
   },
 ];
 
+// --- snapshots ------------------------------------------------------------------------------
+
+/** `volume list`'s TYPE: how the volume's space is provisioned, or that it is a snapshot. */
+function volumeTypeWord(volume: RestVolume): string {
+  if (volume.volumeType === 'Snapshot') return volume.accessModeLimit === 'ReadOnly' ? 'snapshot(ro)' : 'snapshot';
+  return volume.volumeType === 'ThickProvisioned' ? 'thick' : 'thin';
+}
+
+/** --mode words → ScaleIO's removeMode. */
+const removeModeWords = {
+  'only-me': 'ONLY_ME',
+  'including-descendants': 'INCLUDING_DESCENDANTS',
+  'descendants-only': 'DESCENDANTS_ONLY',
+  'whole-vtree': 'WHOLE_VTREE',
+} as const;
+type RemoveModeWord = keyof typeof removeModeWords;
+
+const modeFlag: Builder = (y) =>
+  y.option('mode', {
+    type: 'string',
+    choices: Object.keys(removeModeWords),
+    requiresArg: true,
+    describe: 'what goes: only-me (its snapshots stay), including-descendants (and every snapshot taken from it, and from those), descendants-only (those, not it), whole-vtree (its base volume and every snapshot of the tree) [default: only-me]',
+  });
+
+/** Removes `volume` (and what --mode adds) and says what went, by name. */
+async function removeVolume(session: Session, volume: RestVolume, args: Record<string, unknown>, what: string): Promise<void> {
+  const mode = removeModeWords[(args['mode'] as RemoveModeWord | undefined) ?? 'only-me'];
+  const before = await session.list<RestVolume>('Volume');
+  await session.client.post(`/api/instances/Volume::${volume.id}/action/removeVolume`, { removeMode: mode });
+  session.changed();
+  const left = new Set((await session.list<RestVolume>('Volume')).map((entry) => entry.id));
+  const gone = before.filter((entry) => !left.has(entry.id));
+  if (gone.length === 1 && gone[0]?.id === volume.id) return session.print(`${what} '${volume.name}' removed`);
+  session.print(`${gone.length} removed (${mode}${mode === 'DESCENDANTS_ONLY' ? `, '${volume.name}' stays` : ''}): ${gone.map((entry) => `'${entry.name}'`).join(', ') || 'nothing'}`);
+}
+
+/** Repeatable flags arrive as a string, or an array when repeated: always a list here. */
+function listFlag(value: unknown): string[] {
+  if (value === undefined) return [];
+  return (Array.isArray(value) ? value : [value]).map((entry) => String(entry));
+}
+
+/** Every volume descending from `root` (snapshots of it, of those, ...), not `root` itself. */
+function descendantsOf(volumes: readonly RestVolume[], rootId: string): RestVolume[] {
+  const inTree = new Set([rootId]);
+  const found: RestVolume[] = [];
+  // Ancestors may come after their descendants in the listing (it is by name): repeat until stable.
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const volume of volumes) {
+      if (volume.ancestorVolumeId !== null && inTree.has(volume.ancestorVolumeId) && !inTree.has(volume.id)) {
+        inTree.add(volume.id);
+        found.push(volume);
+        grew = true;
+      }
+    }
+  }
+  return found;
+}
+
+function creationText(volume: RestVolume): string {
+  return new Date(volume.creationTime * 1000).toISOString().replace(/\.000Z$/, 'Z');
+}
+
+const snapshotCommands: Command[] = [
+  {
+    name: 'create',
+    describe: 'snapshot one volume, or several at one crash point (a consistency group): instant, thin, sharing the volume\'s data',
+    builder: (y) =>
+      jsonOption(y)
+        .option('volume', { type: 'string', array: true, demandOption: true, requiresArg: true, describe: 'volume (id or name) to snapshot; repeat for a consistency group' })
+        .option('name', { type: 'string', array: true, requiresArg: true, describe: 'name of each snapshot, in the order of --volume [default: VOLUME-snap-N]' })
+        .option('read-only', { type: 'boolean', default: false, describe: 'the snapshots can only be mapped read-only' }),
+    check: (args) => {
+      const volumes = listFlag(args['volume']);
+      const names = listFlag(args['name']);
+      if (volumes.length > snapshotGroupVolumesMax) throw new InvalidArgumentError('--volume', `at most ${snapshotGroupVolumesMax} volumes in one snapshot, got ${volumes.length}`);
+      const twice = volumes.find((volume, index) => volumes.indexOf(volume) !== index);
+      if (twice !== undefined) throw new InvalidArgumentError('--volume', `'${twice}' is given twice`);
+      if (names.length > 0 && names.length !== volumes.length) throw new InvalidArgumentError('--name', `give one --name per --volume (${volumes.length} volumes, ${names.length} names), or none`);
+      for (const name of names) nonEmpty('--name', name);
+    },
+    run: async (args, session) => {
+      const names = listFlag(args['name']);
+      const volumes: RestVolume[] = [];
+      for (const value of listFlag(args['volume'])) volumes.push(await session.resolve<RestVolume>('Volume', '--volume', value));
+      const body = {
+        snapshotDefs: volumes.map((volume, index) => ({ volumeId: volume.id, ...(names[index] !== undefined ? { snapshotName: names[index] } : {}) })),
+        ...(args['read-only'] === true ? { accessModeLimit: 'ReadOnly' } : {}),
+      };
+      const reply = await session.client.post<SnapshotVolumesReply>('/api/instances/System/action/snapshotVolumes', body);
+      session.changed();
+      if (args['json'] === true) return session.printJson(reply);
+      const all = await session.list<RestVolume>('Volume');
+      const lines = reply.volumeIdList.map((id, index) => {
+        const snapshot = all.find((entry) => entry.id === id);
+        return `snapshot '${snapshot?.name ?? id}' of volume '${volumes[index]?.name ?? '?'}' created: id ${id}${args['read-only'] === true ? ', read-only' : ''}`;
+      });
+      lines.push(`snapshot group ${reply.snapshotGroupId}${volumes.length > 1 ? `: ${volumes.length} snapshots at one crash point` : ''}`);
+      session.print(lines.join('\n'));
+    },
+  },
+  {
+    name: 'list',
+    describe: 'list snapshots',
+    builder: (y) => jsonOption(y).option('volume', str('only snapshots taken from this volume (id or name), and from those', false)),
+    run: async (args, session) => {
+      const all = await session.list<RestVolume>('Volume');
+      const root = args['volume'] === undefined ? undefined : await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
+      const snapshots = (root === undefined ? all : descendantsOf(all, root.id)).filter((volume) => volume.volumeType === 'Snapshot');
+      if (args['json'] === true) return session.printJson(snapshots);
+      const nameOf = (id: string | null): string => (id === null ? '-' : (all.find((entry) => entry.id === id)?.name ?? `${id} (removed)`));
+      session.print(
+        renderTable<RestVolume>(
+          [
+            { header: 'NAME', value: (volume) => volume.name },
+            { header: 'ID', value: (volume) => volume.id },
+            { header: 'OF', value: (volume) => nameOf(volume.ancestorVolumeId) },
+            { header: 'SIZE', value: (volume) => kbToText(volume.sizeInKb), align: 'right' },
+            { header: 'ACCESS', value: (volume) => (volume.accessModeLimit === 'ReadOnly' ? 'read-only' : 'read-write') },
+            { header: 'GROUP', value: (volume) => volume.consistencyGroupId ?? '-' },
+            { header: 'CREATED', value: creationText },
+            { header: 'MAPPED TO', value: describeMapping },
+          ],
+          snapshots,
+        ),
+      );
+    },
+  },
+  {
+    name: 'remove [snapshot]',
+    describe: 'remove a snapshot (id or name; its own snapshots stay unless --mode says otherwise), or with --group every snapshot one create made',
+    builder: (y) =>
+      modeFlag(
+        y
+          .positional('snapshot', { type: 'string', describe: 'snapshot (id or name)' })
+          .option('group', str('snapshot group id (as snapshot create printed it): remove all its snapshots', false)),
+      ),
+    check: (args) => {
+      const named = args['snapshot'] !== undefined;
+      if (named === (args['group'] !== undefined)) throw new InvalidArgumentError('--group', 'give a snapshot, or --group with a snapshot group id (one of the two)');
+      if (!named && args['mode'] !== undefined) throw new InvalidArgumentError('--mode', 'applies to one snapshot, not to --group');
+      if (!named && !idPattern.test(String(args['group']))) throw new InvalidArgumentError('--group', `must be a snapshot group id of 16 lowercase hex digits, got '${String(args['group'])}'`);
+      if (named) nonEmpty('snapshot', args['snapshot']);
+    },
+    run: async (args, session) => {
+      if (args['group'] !== undefined) {
+        const groupId = String(args['group']);
+        const { numberOfVolumes } = await session.client.post<RemoveGroupReply>('/api/instances/System/action/removeConsistencyGroupSnapshots', { snapGroupId: groupId });
+        session.changed();
+        return session.print(`snapshot group ${groupId} removed: ${numberOfVolumes} snapshot${numberOfVolumes === 1 ? '' : 's'}`);
+      }
+      const snapshot = await session.resolve<RestVolume>('Volume', 'snapshot', String(args['snapshot']));
+      if (snapshot.volumeType !== 'Snapshot') throw new MeshblockError('MB_ERR_INVALID_ARGUMENT', `snapshot: '${snapshot.name}' is a volume, not a snapshot (remove volumes with volume remove)`);
+      await removeVolume(session, snapshot, args, 'snapshot');
+    },
+  },
+  {
+    name: 'restore',
+    describe: "give a volume the content of a snapshot of it (same V-Tree): instant, keeps the volume's id and mappings; refused while the volume is open",
+    builder: (y) => volumeFlag(y).option('from', str('the snapshot (id or name) whose content the volume takes')),
+    run: async (args, session) => {
+      const volume = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
+      const source = await session.resolve<RestVolume>('Volume', '--from', String(args['from']));
+      await action(session, 'Volume', volume.id, 'overwriteVolumeContent', { srcVolumeId: source.id }, `volume '${volume.name}' restored from snapshot '${source.name}'`);
+    },
+  },
+];
+
 // --- the MDM cluster --------------------------------------------------------------------------
 
 function renderMdmCluster(cluster: MdmClusterView): string {
@@ -789,7 +965,7 @@ const mdmCommands: Command[] = [
 // --- registration ---------------------------------------------------------------------------
 
 /**
- * Adds pd, pool, fault-set, device, sdc, volume and dashboard. `io` is where output goes
+ * Adds pd, pool, fault-set, device, volume, snapshot and dashboard. `io` is where output goes
  * (the process's streams unless a test captures them).
  */
 export function registerManagementCommands(yargs: Argv, io: ManageIo = processIo): Argv {
@@ -798,6 +974,7 @@ export function registerManagementCommands(yargs: Argv, io: ManageIo = processIo
   noun(yargs, io, 'fault-set', 'fault sets: SDSs that may fail together, never holding both copies', faultSetCommands);
   noun(yargs, io, 'device', 'devices of SDSs in storage pools', deviceCommands);
   noun(yargs, io, 'volume', 'volumes: create, resize, map to SDCs, QoS limits', volumeCommands);
+  noun(yargs, io, 'snapshot', 'snapshots of volumes: create (one or a consistency group), list, remove, restore', snapshotCommands);
   register(yargs, io, [
     {
       name: 'dashboard',

@@ -8,7 +8,9 @@
 //   POST /api/types/{Type}/instances                      creates one → {"id": "..."}
 //   POST /api/types/{Type}/instances/action/queryIdByKey  {"name"} → "id"
 //   GET  /api/instances/{Type}::{id}                      one instance
-//   POST /api/instances/{Type}::{id}/action/{action}      → {}
+//   POST /api/instances/{Type}::{id}/action/{action}      → {} (snapshotVolumes and
+//                                                         removeConsistencyGroupSnapshots: ScaleIO's replies)
+//   POST /api/instances/System/action/{action}            the System's actions, without its id
 //   GET  /api/instances/{Type}::{id}/relationships/{Other}       children (e.g. StoragePool → Volume)
 //   GET  /api/instances/{Type}::{id}/relationships/Statistics    System, StoragePool, Sds, Device
 //   GET  /api/dashboard                                   meshblock: capacity and health at a glance
@@ -21,7 +23,8 @@
 // answers logins and queryMdmCluster itself and refuses the rest with 503 (MB_ERR_NO_QUORUM
 // or MB_ERR_MDM_NOT_MASTER); clients try again or move on.
 //
-// Types: System, ProtectionDomain, StoragePool, FaultSet, Sds, Device, Sdc, Volume.
+// Types: System, ProtectionDomain, StoragePool, FaultSet, Sds, Device, Sdc, Volume, VTree
+// (snapshots are Volumes of volumeType 'Snapshot'; docs/snapshots.md).
 // Every call but login authenticates with the token, as ScaleIO clients do: HTTP Basic with
 // the token as the password (any user name), or `Authorization: Bearer TOKEN`.
 //
@@ -390,10 +393,14 @@ export class RestApi {
         methods: {
           POST: async ({ params, body }) => {
             const [typeName, id, action] = params as [string, string, string];
-            await performAction(this.commandContext, existing(typeName, id), id, action, body ?? {});
-            return ok({});
+            return ok(await performAction(this.commandContext, existing(typeName, id), id, action, body ?? {}));
           },
         },
+      },
+      {
+        // The System's actions without its id, as Cinder's PowerFlex driver calls snapshotVolumes.
+        pattern: /^\/api\/instances\/System\/action\/([A-Za-z]+)$/,
+        methods: { POST: async ({ params, body }) => ok(await performAction(this.commandContext, 'System', state().model.clusterId, params[0] as string, body ?? {})) },
       },
       {
         pattern: new RegExp(`^${instance}/relationships/([A-Za-z]+)$`),

@@ -1,7 +1,11 @@
 // Validation of REST request bodies, field by field, before anything is executed: each read
 // names its field, and finish() refuses fields nobody read, so a typo ("volumeSizeInKB") is
 // an error rather than a silently ignored option. ScaleIO clients send numbers as strings of
-// digits ("volumeSizeInKb": "8388608") and booleans as strings ("true"); both are accepted.
+// digits ("volumeSizeInKb": "8388608") and booleans as strings ("true", and Cinder's
+// PowerFlex driver sends "True"); both are accepted.
+//
+// Objects inside a body (snapshotVolumes' snapshotDefs) get a reader of their own whose
+// errors name the whole path: "snapshotDefs[1].volumeId: must be an id ..."
 
 import { InvalidArgumentError } from '../common/errors.js';
 import { idPattern } from '../wire/placement.js';
@@ -19,9 +23,21 @@ export class BodyReader {
   private readonly seen = new Set<string>();
   private readonly fields: Record<string, unknown>;
 
-  constructor(body: unknown) {
-    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new InvalidArgumentError('body', 'must be a JSON object');
+  /**
+   * `where` names the object in errors: 'body' for a request's body, 'snapshotDefs[1]' for
+   * an object inside it (whose fields are then named 'snapshotDefs[1].volumeId').
+   */
+  constructor(
+    body: unknown,
+    private readonly where = 'body',
+  ) {
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new InvalidArgumentError(where, `must be a JSON object, got ${describe(body)}`);
     this.fields = body as Record<string, unknown>;
+  }
+
+  /** The name errors give a field: its path from the body. */
+  private named(field: string): string {
+    return this.where === 'body' ? field : `${this.where}.${field}`;
   }
 
   has(field: string): boolean {
@@ -37,10 +53,16 @@ export class BodyReader {
     return false;
   }
 
+  /** True if the field is present, whatever its value (and marks it read): ScaleIO's flags such as {"allSdcs": ""}. */
+  present(field: string): boolean {
+    this.seen.add(field);
+    return Object.hasOwn(this.fields, field);
+  }
+
   private take(field: string, required: boolean): unknown {
     this.seen.add(field);
     if (!this.has(field)) {
-      if (required) throw new InvalidArgumentError(field, 'is required');
+      if (required) throw new InvalidArgumentError(this.named(field), 'is required');
       return undefined;
     }
     return this.fields[field];
@@ -51,7 +73,7 @@ export class BodyReader {
   string(field: string, required = true): string | undefined {
     const value = this.take(field, required);
     if (value === undefined) return undefined;
-    if (typeof value !== 'string') throw new InvalidArgumentError(field, `must be a string, got ${describe(value)}`);
+    if (typeof value !== 'string') throw new InvalidArgumentError(this.named(field), `must be a string, got ${describe(value)}`);
     return value;
   }
 
@@ -60,7 +82,7 @@ export class BodyReader {
   id(field: string, required: false): string | undefined;
   id(field: string, required = true): string | undefined {
     const value = required ? this.string(field) : this.string(field, false);
-    if (value !== undefined && !idPattern.test(value)) throw new InvalidArgumentError(field, `must be an id of 16 lowercase hex digits, got '${truncate(value)}'`);
+    if (value !== undefined && !idPattern.test(value)) throw new InvalidArgumentError(this.named(field), `must be an id of 16 lowercase hex digits, got '${truncate(value)}'`);
     return value;
   }
 
@@ -69,7 +91,7 @@ export class BodyReader {
   name(field: string, required: false): string | undefined;
   name(field: string, required = true): string | undefined {
     const value = required ? this.string(field) : this.string(field, false);
-    if (value !== undefined) checkName(field, value);
+    if (value !== undefined) checkName(this.named(field), value);
     return value;
   }
 
@@ -79,7 +101,7 @@ export class BodyReader {
   integer(field: string, range: IntegerRange, required = true): number | undefined {
     const value = this.take(field, required);
     if (value === undefined) return undefined;
-    return parseInteger(field, value, range);
+    return parseInteger(this.named(field), value, range);
   }
 
   boolean(field: string): boolean;
@@ -87,9 +109,11 @@ export class BodyReader {
   boolean(field: string, required = true): boolean | undefined {
     const value = this.take(field, required);
     if (value === undefined) return undefined;
-    if (value === true || value === 'true') return true;
-    if (value === false || value === 'false') return false;
-    throw new InvalidArgumentError(field, `must be true or false, got ${describe(value)}`);
+    // Any case: Cinder's PowerFlex driver sends allowMultipleMappings as "True".
+    const text = typeof value === 'string' ? value.toLowerCase() : value;
+    if (text === true || text === 'true') return true;
+    if (text === false || text === 'false') return false;
+    throw new InvalidArgumentError(this.named(field), `must be true or false, got ${describe(value)}`);
   }
 
   oneOf<T extends string>(field: string, values: readonly T[]): T;
@@ -98,16 +122,29 @@ export class BodyReader {
     const value = this.take(field, required);
     if (value === undefined) return undefined;
     if (typeof value !== 'string' || !(values as readonly string[]).includes(value)) {
-      throw new InvalidArgumentError(field, `must be ${values.map((entry) => `'${entry}'`).join(' or ')}, got ${describe(value)}`);
+      throw new InvalidArgumentError(this.named(field), `must be ${values.map((entry) => `'${entry}'`).join(' or ')}, got ${describe(value)}`);
     }
     return value as T;
+  }
+
+  /**
+   * A JSON array of objects, from `min` to `max` of them: one reader per object, named
+   * FIELD[index] in errors. Each must be finish()ed by the caller like the body's reader.
+   */
+  objects(field: string, range: IntegerRange): BodyReader[] {
+    const value = this.take(field, true);
+    if (!Array.isArray(value)) throw new InvalidArgumentError(this.named(field), `must be a JSON array of objects, got ${describe(value)}`);
+    if (value.length < range.min || value.length > range.max) {
+      throw new InvalidArgumentError(this.named(field), `must hold ${range.min === range.max ? range.min : `${range.min} to ${range.max}`} entries, got ${value.length}`);
+    }
+    return value.map((entry: unknown, index) => new BodyReader(entry, `${this.named(field)}[${index}]`));
   }
 
   /** An absolute path on an SDS's host. */
   path(field: string): string {
     const value = this.string(field);
     if (!value.startsWith('/') || value.includes('\0') || Buffer.byteLength(value) > devicePathBytesMax) {
-      throw new InvalidArgumentError(field, `must be an absolute path of at most ${devicePathBytesMax} bytes, got '${truncate(value)}'`);
+      throw new InvalidArgumentError(this.named(field), `must be an absolute path of at most ${devicePathBytesMax} bytes, got '${truncate(value)}'`);
     }
     return value;
   }
@@ -117,7 +154,7 @@ export class BodyReader {
     const unknown = Object.keys(this.fields).filter((field) => !this.seen.has(field));
     if (unknown.length > 0) {
       const known = [...this.seen].sort();
-      throw new InvalidArgumentError(unknown[0] as string, `unknown field${unknown.length > 1 ? ` (also: ${unknown.slice(1).join(', ')})` : ''}; this request takes ${known.length === 0 ? 'no fields' : known.join(', ')}`);
+      throw new InvalidArgumentError(this.named(unknown[0] as string), `unknown field${unknown.length > 1 ? ` (also: ${unknown.slice(1).join(', ')})` : ''}; this request takes ${known.length === 0 ? 'no fields' : known.join(', ')}`);
     }
   }
 }

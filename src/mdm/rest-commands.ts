@@ -1,5 +1,6 @@
 // REST bodies to state-machine commands: POST /api/types/{Type}/instances and
-// POST /api/instances/{Type}::{id}/action/{action}. Every body is read in full and checked
+// POST /api/instances/{Type}::{id}/action/{action} (and /api/instances/System/action/{action},
+// as ScaleIO clients call the System's actions). Every body is read in full and checked
 // (types, units, unknown fields) before the controller is called, and the state machine
 // checks the rest before its first change, so a refused request changes nothing.
 //
@@ -9,12 +10,12 @@
 
 import { GiB, KiB, MiB } from '../common/units.js';
 import type { MdmController } from './controller.js';
-import type { Id } from './model.js';
+import { removeModes, type Id, type SystemModel, type Volume } from './model.js';
 import { BodyReader, checkName } from './rest-body.js';
 import { RestError } from './rest-errors.js';
 import type { RestType } from './rest-objects.js';
 import { MdmError, type Applied, type Command } from './state-machine.js';
-import { pgCountMax } from '../common/limits.js';
+import { pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax } from '../common/limits.js';
 
 const sizeInKbMax = Math.floor(Number.MAX_SAFE_INTEGER / KiB);
 const countMax = Number.MAX_SAFE_INTEGER;
@@ -134,39 +135,69 @@ export async function createInstance(context: CommandContext, type: RestType, bo
       const sizeInKb = reader.integer('volumeSizeInKb', { min: 1, max: sizeInKbMax });
       // ScaleIO's default when a client leaves it out.
       const volumeType = reader.oneOf('volumeType', ['ThinProvisioned', 'ThickProvisioned'] as const, false) ?? 'ThickProvisioned';
+      // Cinder's PowerFlex driver sends both with every volume: the pool's protection domain,
+      // and no compression ('Invalid' is ScaleIO's word for "does not apply to this pool").
+      const protectionDomainId = reader.id('protectionDomainId', false);
+      reader.oneOf('compressionMethod', ['None', 'Invalid'] as const, false);
       reader.finish();
+      const pool = Object.hasOwn(model.storagePools, storagePoolId) ? model.storagePools[storagePoolId] : undefined;
+      if (protectionDomainId !== undefined && pool !== undefined && pool.protectionDomainId !== protectionDomainId) {
+        throw invalidField('protectionDomainId', `is not storage pool '${pool.name}''s protection domain (${pool.protectionDomainId})`);
+      }
       const command: Command = { type: 'addVolume', storagePoolId, name, sizeBytes: sizeInKb * KiB, volumeType, nowMs: context.nowMs() };
       return created(await execute(context, command, { sizeBytes: 'volumeSizeInKb' }));
     }
     case 'System':
     case 'Sdc':
-      throw new RestError('MB_ERR_METHOD_NOT_ALLOWED', `${type} instances are not created over the API${type === 'Sdc' ? ' (an SDC registers itself when it starts)' : ''}`, 405, { allow: 'GET' });
+    case 'VTree': {
+      const why = type === 'Sdc' ? ' (an SDC registers itself when it starts)' : type === 'VTree' ? ' (each new volume starts one; its snapshots join it)' : '';
+      throw new RestError('MB_ERR_METHOD_NOT_ALLOWED', `${type} instances are not created over the API${why}`, 405, { allow: 'GET' });
+    }
   }
 }
 
 /** The actions of each type (POST /api/instances/{Type}::{id}/action/{action}). */
 export const restActions: Readonly<Record<RestType, readonly string[]>> = {
-  System: [],
+  // queryMdmCluster and changeMdmOwnership are the System's too, served by rest-api.ts.
+  System: ['snapshotVolumes', 'removeConsistencyGroupSnapshots', 'setSnapshotsPerVtree'],
   ProtectionDomain: ['removeProtectionDomain', 'setProtectionDomainName'],
   StoragePool: ['removeStoragePool', 'setStoragePoolName', 'setSparePercentage'],
   FaultSet: ['removeFaultSet'],
   Sds: ['removeSds', 'setSdsName'],
   Device: ['removeDevice'],
   Sdc: ['removeSdc', 'setSdcName'],
-  Volume: ['addMappedSdc', 'removeMappedSdc', 'setMappedSdcLimits', 'removeVolume', 'setVolumeSize', 'setVolumeName'],
+  Volume: ['addMappedSdc', 'removeMappedSdc', 'setMappedSdcLimits', 'removeVolume', 'setVolumeSize', 'setVolumeName', 'overwriteVolumeContent', 'setVolumeAccessModeLimit'],
+  VTree: [],
 };
 
-/** Runs an action on an existing instance (the caller checked it exists). */
-export async function performAction(context: CommandContext, type: RestType, id: Id, action: string, body: unknown): Promise<void> {
+/** What snapshotVolumes answers, as ScaleIO. */
+export interface SnapshotVolumesReply {
+  /** The new snapshots' ids, in the order of snapshotDefs. */
+  volumeIdList: Id[];
+  snapshotGroupId: Id;
+}
+
+/** What removeConsistencyGroupSnapshots answers, as ScaleIO. */
+export interface RemoveGroupReply {
+  numberOfVolumes: number;
+}
+
+/**
+ * Runs an action on an existing instance (the caller checked it exists); resolves with the
+ * reply's body ({} for most actions, ScaleIO's shapes for snapshotVolumes and
+ * removeConsistencyGroupSnapshots).
+ */
+export async function performAction(context: CommandContext, type: RestType, id: Id, action: string, body: unknown): Promise<unknown> {
   if (!restActions[type].includes(action)) {
     const known = restActions[type];
     throw new RestError('MB_ERR_NO_ROUTE', `${type} has no action '${action}'${known.length > 0 ? ` (actions: ${known.join(', ')})` : ''}`, 404);
   }
   const reader = new BodyReader(body ?? {});
   const model = context.controller.state.model;
-  const run = async (command: Command, fieldNames: FieldNames = {}): Promise<void> => {
+  const run = async (command: Command, fieldNames: FieldNames = {}): Promise<Record<string, never>> => {
     reader.finish();
     await execute(context, command, fieldNames);
+    return {};
   };
   switch (action) {
     case 'removeProtectionDomain':
@@ -193,10 +224,43 @@ export async function performAction(context: CommandContext, type: RestType, id:
       return run({ type: 'renameSdc', id, name: reader.name('sdcName') }, { name: 'sdcName' });
     case 'setVolumeName':
       return run({ type: 'renameVolume', id, name: reader.name('newName') }, { name: 'newName' });
-    case 'removeVolume':
-      // ScaleIO clients say which part of a V-Tree goes; without snapshots that is the volume.
-      reader.oneOf('removeMode', ['ONLY_ME'] as const, false);
-      return run({ type: 'removeVolume', id });
+    case 'removeVolume': {
+      // ScaleIO's default is ONLY_ME: the volume alone; its snapshots stay, whole.
+      const removeMode = reader.oneOf('removeMode', removeModes, false) ?? 'ONLY_ME';
+      ignoreExternallyManaged(reader);
+      return run({ type: 'removeVolume', id, removeMode });
+    }
+    case 'overwriteVolumeContent': {
+      const sourceVolumeId = reader.id('srcVolumeId');
+      ignoreExternallyManaged(reader);
+      reader.finish();
+      if (sourceVolumeId === id) throw invalidField('srcVolumeId', `is the volume being overwritten (${id}); name a snapshot of its V-Tree`);
+      if (!Object.hasOwn(model.volumes, sourceVolumeId)) throw new MdmError('MB_ERR_NOT_FOUND', `srcVolumeId: no volume with id ${sourceVolumeId}`, 404);
+      try {
+        await context.controller.overwriteVolumeContent(id, sourceVolumeId);
+      } catch (err) {
+        throw renameField(err, { sourceVolumeId: 'srcVolumeId' });
+      }
+      return {};
+    }
+    case 'setVolumeAccessModeLimit':
+      return run({ type: 'setVolumeAccessModeLimit', id, accessModeLimit: reader.oneOf('accessModeLimit', ['ReadWrite', 'ReadOnly'] as const) });
+    case 'snapshotVolumes':
+      return snapshotVolumes(context, reader);
+    case 'removeConsistencyGroupSnapshots': {
+      const groupId = reader.id('snapGroupId');
+      ignoreExternallyManaged(reader);
+      reader.finish();
+      if (!Object.values(model.volumes).some((volume) => volume.snapshotGroupId === groupId)) {
+        throw new MdmError('MB_ERR_NOT_FOUND', `snapGroupId: no snapshot group with id ${groupId} (none of the volumes left was made by it)`, 404);
+      }
+      const before = Object.keys(model.volumes).length;
+      await execute(context, { type: 'removeSnapshotGroup', groupId });
+      const reply: RemoveGroupReply = { numberOfVolumes: before - Object.keys(context.controller.state.model.volumes).length };
+      return reply;
+    }
+    case 'setSnapshotsPerVtree':
+      return run({ type: 'setSnapshotsPerVtree', limit: reader.integer('snapshotsPerVtree', { min: 1, max: snapshotsPerVtreeMax }) }, { limit: 'snapshotsPerVtree' });
     case 'setVolumeSize': {
       const sizeInGb = reader.integer('sizeInGB', { min: 1, max: Math.floor(Number.MAX_SAFE_INTEGER / GiB) }, false);
       const sizeInKb = reader.integer('sizeInKb', { min: 1, max: sizeInKbMax }, false);
@@ -211,8 +275,17 @@ export async function performAction(context: CommandContext, type: RestType, id:
       const accessMode = reader.oneOf('accessMode', ['ReadWrite', 'ReadOnly'] as const, false) ?? 'ReadWrite';
       return run({ type: 'addMappedSdc', volumeId: id, sdcId, accessMode, allowMultipleMappings });
     }
-    case 'removeMappedSdc':
-      return run({ type: 'removeMappedSdc', volumeId: id, sdcId: reader.id('sdcId') });
+    case 'removeMappedSdc': {
+      // ScaleIO's {"allSdcs": ""} (its value means nothing) unmaps from every SDC; Cinder's
+      // PowerFlex driver sends it before every removeVolume, mapped or not.
+      if (!reader.present('allSdcs')) return run({ type: 'removeMappedSdc', volumeId: id, sdcId: reader.id('sdcId') });
+      if (reader.has('sdcId')) throw invalidField('allSdcs', 'give sdcId or allSdcs, not both');
+      reader.finish();
+      // One command per mapping: an SDC refused half-way leaves the others unmapped, and the
+      // error says which one stayed.
+      for (const mapping of [...(model.volumes[id]?.mappings ?? [])]) await execute(context, { type: 'removeMappedSdc', volumeId: id, sdcId: mapping.sdcId });
+      return {};
+    }
     case 'setMappedSdcLimits': {
       const sdcId = reader.id('sdcId');
       const bandwidthLimitKbps = reader.integer('bandwidthLimitInKbps', { min: 0, max: countMax }, false);
@@ -229,6 +302,71 @@ export async function performAction(context: CommandContext, type: RestType, id:
   throw new RestError('MB_ERR_INTERNAL', `action '${action}' is listed but not handled`, 500);
 }
 
+/**
+ * ScaleIO's allowOnExtManagedVol lets a call touch volumes another product manages (vVols);
+ * meshblock has no such volumes, so it is read (clients send it) and changes nothing.
+ */
+function ignoreExternallyManaged(reader: BodyReader): void {
+  reader.boolean('allowOnExtManagedVol', false);
+}
+
+/**
+ * POST /api/instances/System/action/snapshotVolumes {snapshotDefs: [{volumeId, snapshotName?}],
+ * accessModeLimit?} → {volumeIdList, snapshotGroupId}: one snapshot of each volume, all of
+ * them at one crash point (docs/snapshots.md, "The barrier"). Each def is checked here so
+ * that the error names it (snapshotDefs[1].volumeId); the core checks again.
+ */
+async function snapshotVolumes(context: CommandContext, reader: BodyReader): Promise<SnapshotVolumesReply> {
+  const model = context.controller.state.model;
+  const defs = reader.objects('snapshotDefs', { min: 1, max: snapshotGroupVolumesMax }).map((def) => {
+    const volumeId = def.id('volumeId');
+    const name = def.name('snapshotName', false) ?? null;
+    def.finish();
+    return { volumeId, name };
+  });
+  // ScaleIO's default: a writable snapshot.
+  const accessModeLimit = reader.oneOf('accessModeLimit', ['ReadWrite', 'ReadOnly'] as const, false) ?? 'ReadWrite';
+  ignoreExternallyManaged(reader);
+  // Read (so that it is named among the fields this request takes), and refused unless null.
+  if (reader.present('retentionPeriodInMin') && !reader.isNull('retentionPeriodInMin')) throw invalidField('retentionPeriodInMin', 'snapshots that expire by themselves are not supported; leave it out and remove the snapshot when it is no longer needed');
+  reader.finish();
+  defs.forEach((def, index) => {
+    const field = `snapshotDefs[${index}]`;
+    if (!Object.hasOwn(model.volumes, def.volumeId)) throw new MdmError('MB_ERR_NOT_FOUND', `${field}.volumeId: no volume with id ${def.volumeId}`, 404);
+    const again = defs.findIndex((other) => other.volumeId === def.volumeId);
+    if (again !== index) throw invalidField(`${field}.volumeId`, `names volume ${def.volumeId} again (as snapshotDefs[${again}] does); one snapshot of a volume per call`);
+    if (def.name === null) return;
+    const taken = volumeNamed(model, def.name);
+    if (taken !== undefined) throw new MdmError('MB_ERR_NAME_TAKEN', `${field}.snapshotName: a volume named '${def.name}' already exists (id ${taken.id})`, 409);
+    const twice = defs.findIndex((other) => other.name === def.name);
+    if (twice !== index) throw invalidField(`${field}.snapshotName`, `'${def.name}' is given to snapshotDefs[${twice}] too`);
+  });
+  let made;
+  try {
+    made = await context.controller.snapshotVolumes(defs.map((def) => ({ ...def, readOnly: accessModeLimit === 'ReadOnly' })));
+  } catch (err) {
+    throw renameSnapshotDefField(err);
+  }
+  return { volumeIdList: made.volumeIds, snapshotGroupId: made.snapshotGroupId };
+}
+
+/**
+ * The core names a def's fields `defs[1].name`; the client sent `snapshotDefs[1].snapshotName`.
+ * (Checked here first, so this only shows when the model changed in between.)
+ */
+export function renameSnapshotDefField(err: unknown): unknown {
+  if (!(err instanceof MdmError) || err.code !== 'MB_ERR_INVALID_ARGUMENT') return err;
+  const match = /^defs(\[\d+\])?(?:\.([A-Za-z]+))?: /.exec(err.message);
+  if (match === null) return err;
+  const [, index = '', field] = match;
+  const restField = field === 'readOnly' ? 'accessModeLimit' : field === 'name' ? `snapshotDefs${index}.snapshotName` : field === undefined ? `snapshotDefs${index}` : `snapshotDefs${index}.${field}`;
+  return new MdmError(err.code, `${restField}: ${err.message.slice(match[0].length)}`, err.httpStatus);
+}
+
+function volumeNamed(model: SystemModel, name: string): Volume | undefined {
+  return Object.values(model.volumes).find((volume) => volume.name === name);
+}
+
 /** POST /api/types/{Type}/instances/action/queryIdByKey {name[, protectionDomainId]} → the id. */
 export function queryIdByKey(context: CommandContext, type: RestType, body: unknown): Id {
   const reader = new BodyReader(body);
@@ -238,7 +376,9 @@ export function queryIdByKey(context: CommandContext, type: RestType, body: unkn
   reader.finish();
   checkName('name', name);
   const model = context.controller.state.model;
-  const tables: Record<Exclude<RestType, 'System'>, Record<Id, { id: Id; name: string; protectionDomainId?: Id | null }>> = {
+  // A V-Tree has no name of its own (it shows its base volume's): it is found by its volumes' vtreeId.
+  if (type === 'VTree') throw new RestError('MB_ERR_NO_ROUTE', 'VTree instances have no names to query; read vtreeId from one of its volumes', 404);
+  const tables: Record<Exclude<RestType, 'System' | 'VTree'>, Record<Id, { id: Id; name: string; protectionDomainId?: Id | null }>> = {
     ProtectionDomain: model.protectionDomains,
     StoragePool: model.storagePools,
     FaultSet: model.faultSets,

@@ -18,18 +18,23 @@
 //   degradedCapacityInKb                     net     data with one readable copy in sync (estimated)
 //   failedCapacityInKb                       net     data with no readable copy: IO to it fails (estimated)
 //   unusedCapacityInKb                       raw     neither spare, in use, nor reserved for thick volumes
+//   snapCapacityInUseInKb                    raw     of capacityInUseInKb, what only snapshots reach (no base
+//                                                    volume reads it), as the SDSs report (ScaleIO < 3.5's name)
+//   snapCapacityInUseOccupiedInKb            raw     the same: chunks are allocated only when written
+//   snapshotCapacityInKb                     raw     the same (ScaleIO 3.5's name, which Cinder reads)
+//   snapshotCapacityProvisionedInKb          net     sizes of snapshots (thin, whatever their ancestor)
 //   capacityAvailableForVolumeAllocationInKb net     the largest thick volume that fits now (before
 //                                                    rounding to the pool's volume granularity)
 //
 // "raw" counts both copies of the data; "net" counts what volumes see.
 
 import type { SdsStats } from '../wire/sds-ops.js';
-import type { Device, FaultSet, Id, ProtectionDomain, Sdc, Sds, StoragePool, SystemModel, Volume } from './model.js';
+import type { AccessMode, Device, FaultSet, Id, ProtectionDomain, Sdc, Sds, StoragePool, SystemModel, Volume, VolumeType, VTree } from './model.js';
 import type { PoolCapacity, StateMachine } from './state-machine.js';
 import type { RebuildStatus } from './controller.js';
 
 /** The REST types, ScaleIO's names, and the model table each one lists. */
-export const restTypes = ['System', 'ProtectionDomain', 'StoragePool', 'FaultSet', 'Sds', 'Device', 'Sdc', 'Volume'] as const;
+export const restTypes = ['System', 'ProtectionDomain', 'StoragePool', 'FaultSet', 'Sds', 'Device', 'Sdc', 'Volume', 'VTree'] as const;
 export type RestType = (typeof restTypes)[number];
 
 export const meshblockVersionName = 'meshblock 0.1.0';
@@ -49,6 +54,8 @@ export interface RestSystem extends RestObject {
   systemVersionName: string;
   /** meshblock: the placement epoch SDSs and SDCs work from. */
   mapEpoch: number;
+  /** meshblock: snapshots one V-Tree may hold (System action setSnapshotsPerVtree). */
+  snapshotsPerVtree: number;
 }
 
 export interface RestProtectionDomain extends RestObject {
@@ -124,17 +131,34 @@ export interface RestMappedSdcInfo {
 
 export interface RestVolume extends RestObject {
   sizeInKb: number;
-  volumeType: 'ThinProvisioned' | 'ThickProvisioned' | 'Snapshot';
+  /** 'Snapshot' for a snapshot (always thin, whatever its ancestor is). */
+  volumeType: VolumeType;
   storagePoolId: Id;
+  /** The volume tree: a base volume and every snapshot taken from it or from its snapshots. */
   vtreeId: Id;
+  /** The volume (or snapshot) this snapshot was taken of; null for a base volume. */
   ancestorVolumeId: Id | null;
+  /** The snapshotVolumes call that made this snapshot (its snapshotGroupId); null for a base volume. */
+  consistencyGroupId: Id | null;
+  /** 'ReadOnly': every mapping of it is read-only (a read-only snapshot). */
+  accessModeLimit: AccessMode;
   mappedSdcInfo: RestMappedSdcInfo[];
   mappingToAllSdcsEnabled: false;
   /** Seconds since the Unix epoch, as ScaleIO. */
   creationTime: number;
 }
 
-export type RestInstance = RestSystem | RestProtectionDomain | RestStoragePool | RestFaultSet | RestSds | RestDevice | RestSdc | RestVolume;
+/** A volume tree (ScaleIO's VTree): the base volume and its snapshots share its chunks. */
+export interface RestVTree extends RestObject {
+  /** The base volume of the tree; null once it was removed and only snapshots are left. */
+  baseVolumeId: Id | null;
+  storagePoolId: Id;
+  /** meshblock: volumes of the tree, the base volume included. */
+  numOfVolumes: number;
+  numOfSnapshots: number;
+}
+
+export type RestInstance = RestSystem | RestProtectionDomain | RestStoragePool | RestFaultSet | RestSds | RestDevice | RestSdc | RestVolume | RestVTree;
 
 export interface RestCapacity {
   maxCapacityInKb: number;
@@ -149,6 +173,11 @@ export interface RestCapacity {
   failedCapacityInKb: number;
   unusedCapacityInKb: number;
   capacityAvailableForVolumeAllocationInKb: number;
+  snapCapacityInUseInKb: number;
+  snapCapacityInUseOccupiedInKb: number;
+  snapshotCapacityInKb: number;
+  /** meshblock: sizes of the snapshots, as thinCapacityProvisionedInKb for thin base volumes. */
+  snapshotCapacityProvisionedInKb: number;
 }
 
 export const restCapacityFields: ReadonlyArray<keyof RestCapacity> = [
@@ -164,6 +193,10 @@ export const restCapacityFields: ReadonlyArray<keyof RestCapacity> = [
   'failedCapacityInKb',
   'unusedCapacityInKb',
   'capacityAvailableForVolumeAllocationInKb',
+  'snapCapacityInUseInKb',
+  'snapCapacityInUseOccupiedInKb',
+  'snapshotCapacityInKb',
+  'snapshotCapacityProvisionedInKb',
 ];
 
 export interface RestStoragePoolStatistics extends RestCapacity {
@@ -172,6 +205,8 @@ export interface RestStoragePoolStatistics extends RestCapacity {
   numOfVolumes: number;
   numOfThickBaseVolumes: number;
   numOfThinBaseVolumes: number;
+  numOfSnapshots: number;
+  numOfVtrees: number;
   numOfMappedToAllVolumes: 0;
 }
 
@@ -183,6 +218,8 @@ export interface RestSystemStatistics extends RestCapacity {
   numOfDevices: number;
   numOfSdc: number;
   numOfVolumes: number;
+  numOfSnapshots: number;
+  numOfVtrees: number;
   numOfMappedVolumes: number;
 }
 
@@ -292,10 +329,11 @@ function links(type: RestType, id: Id, parents: Array<[string, RestType, Id | nu
 export const restRelationships: Readonly<Partial<Record<RestType, Partial<Record<RestType, string>>>>> = {
   System: { ProtectionDomain: '', Sdc: '' },
   ProtectionDomain: { StoragePool: 'protectionDomainId', FaultSet: 'protectionDomainId', Sds: 'protectionDomainId' },
-  StoragePool: { Device: 'storagePoolId', Volume: 'storagePoolId' },
+  StoragePool: { Device: 'storagePoolId', Volume: 'storagePoolId', VTree: 'storagePoolId' },
   FaultSet: { Sds: 'faultSetId' },
   Sds: { Device: 'sdsId' },
   Sdc: { Volume: '' },
+  VTree: { Volume: 'vtreeId' },
 };
 
 /** Types that have /relationships/Statistics. */
@@ -315,6 +353,7 @@ export function renderSystem(model: SystemModel): RestSystem {
     name: model.name,
     systemVersionName: meshblockVersionName,
     mapEpoch: model.epoch,
+    snapshotsPerVtree: model.snapshotsPerVtree,
     links: links('System', model.clusterId, [], withStatistics('System', related('System'))),
   };
 }
@@ -424,7 +463,9 @@ export function renderVolume(model: SystemModel, volume: Volume): RestVolume {
     volumeType: volume.volumeType,
     storagePoolId: volume.storagePoolId,
     vtreeId: volume.vtreeId,
-    ancestorVolumeId: null,
+    ancestorVolumeId: volume.ancestorVolumeId,
+    consistencyGroupId: volume.snapshotGroupId,
+    accessModeLimit: volume.accessModeLimit,
     mappedSdcInfo: volume.mappings.map((mapping) => ({
       sdcId: mapping.sdcId,
       sdcName: model.sdcs[mapping.sdcId]?.name ?? '',
@@ -435,7 +476,31 @@ export function renderVolume(model: SystemModel, volume: Volume): RestVolume {
     })),
     mappingToAllSdcsEnabled: false,
     creationTime: Math.floor(volume.creationTimeMs / 1000),
-    links: links('Volume', volume.id, [['storagePoolId', 'StoragePool', volume.storagePoolId]], related('Volume')),
+    links: links(
+      'Volume',
+      volume.id,
+      [
+        ['storagePoolId', 'StoragePool', volume.storagePoolId],
+        ['vtreeId', 'VTree', volume.vtreeId],
+        ['ancestorVolumeId', 'Volume', volume.ancestorVolumeId],
+      ],
+      related('Volume'),
+    ),
+  };
+}
+
+export function renderVTree(model: SystemModel, tree: VTree): RestVTree {
+  const volumes = Object.values(model.volumes).filter((volume) => volume.vtreeId === tree.id);
+  const base = volumes.find((volume) => volume.volumeType !== 'Snapshot');
+  return {
+    id: tree.id,
+    // meshblock does not name V-Trees: a tree shows its base volume's name ('' once it is gone).
+    name: base?.name ?? '',
+    baseVolumeId: base?.id ?? null,
+    storagePoolId: tree.storagePoolId,
+    numOfVolumes: volumes.length,
+    numOfSnapshots: volumes.filter((volume) => volume.volumeType === 'Snapshot').length,
+    links: links('VTree', tree.id, [['storagePoolId', 'StoragePool', tree.storagePoolId]], related('VTree')),
   };
 }
 
@@ -461,6 +526,11 @@ export function listInstances(state: StateMachine, type: RestType): RestInstance
       return sorted(model.sdcs).map(renderSdc);
     case 'Volume':
       return sorted(model.volumes).map((volume) => renderVolume(model, volume));
+    case 'VTree':
+      // Unnamed: by id.
+      return Object.values(model.vtrees)
+        .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+        .map((tree) => renderVTree(model, tree));
   }
 }
 
@@ -499,6 +569,10 @@ export function getInstance(state: StateMachine, type: RestType, id: string): Re
       const volume = lookup(model.volumes);
       return volume === undefined ? null : renderVolume(model, volume);
     }
+    case 'VTree': {
+      const tree = lookup(model.vtrees);
+      return tree === undefined ? null : renderVTree(model, tree);
+    }
   }
 }
 
@@ -530,6 +604,11 @@ export function renderCapacity(capacity: PoolCapacity): RestCapacity {
     failedCapacityInKb: kb(capacity.failedBytes),
     unusedCapacityInKb: kb(capacity.unusedBytes),
     capacityAvailableForVolumeAllocationInKb: kb(Math.max(0, capacity.usableBytes - committedBytes)),
+    // Raw, as capacityInUseInKb: both copies of what only snapshots reach.
+    snapCapacityInUseInKb: kb(2 * capacity.snapshotInUseBytes),
+    snapCapacityInUseOccupiedInKb: kb(2 * capacity.snapshotInUseBytes),
+    snapshotCapacityInKb: kb(2 * capacity.snapshotInUseBytes),
+    snapshotCapacityProvisionedInKb: kb(capacity.snapshotProvisionedBytes),
   };
 }
 
@@ -543,6 +622,8 @@ export function storagePoolStatistics(state: StateMachine, poolId: Id): RestStor
     numOfVolumes: volumes.length,
     numOfThickBaseVolumes: volumes.filter((volume) => volume.volumeType === 'ThickProvisioned').length,
     numOfThinBaseVolumes: volumes.filter((volume) => volume.volumeType === 'ThinProvisioned').length,
+    numOfSnapshots: volumes.filter((volume) => volume.volumeType === 'Snapshot').length,
+    numOfVtrees: Object.values(state.model.vtrees).filter((tree) => tree.storagePoolId === poolId).length,
     numOfMappedToAllVolumes: 0,
   };
 }
@@ -563,6 +644,8 @@ export function systemStatistics(state: StateMachine): RestSystemStatistics {
     numOfDevices: Object.keys(model.devices).length,
     numOfSdc: Object.keys(model.sdcs).length,
     numOfVolumes: Object.keys(model.volumes).length,
+    numOfSnapshots: Object.values(model.volumes).filter((volume) => volume.volumeType === 'Snapshot').length,
+    numOfVtrees: Object.keys(model.vtrees).length,
     numOfMappedVolumes: Object.values(model.volumes).filter((volume) => volume.mappings.length > 0).length,
   };
 }

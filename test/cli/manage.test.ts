@@ -100,7 +100,7 @@ t.test('from an empty system to a mapped volume with limits, and back', async (t
   t.match(dashboard, /^System\s+testsys \(id 0123456789abcdef\)/);
   t.match(dashboard, /Objects\s+1 protection domain, 2 storage pools, 1 fault set, 3 SDSs, 3 devices, 2 SDCs, 2 volumes \(1 mapped\)/);
   t.match(dashboard, /Health\s+OK\n/);
-  t.match(dashboard, /POOL\s+RAW\s+SPARE\s+USABLE\s+THICK\s+THIN\s+IN USE\s+PROTECTED\s+DEGRADED\s+FAILED\s+UNUSED\s+AVAILABLE/);
+  t.match(dashboard, /POOL\s+RAW\s+SPARE\s+USABLE\s+THICK\s+THIN\s+IN USE\s+SNAPSHOTS\s+PROTECTED\s+DEGRADED\s+FAILED\s+UNUSED\s+AVAILABLE/);
   t.match(dashboard, /pd1\/pool1\s+3 GiB\s+307\.2 MiB\s+1\.3 GiB\s+64 MiB\s+1\.1 GiB\s+0 B/);
   t.match(dashboard, /TOTAL\s+3 GiB/);
   const view = await json<RestDashboard>(['dashboard']);

@@ -243,7 +243,7 @@ t.test('bad input of every kind: 4xx naming the field, the model unchanged', asy
     // Unknown field.
     { what: 'unknown field', path: '/api/types/ProtectionDomain/instances', body: { name: 'pdY', colour: 'red' }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^colour: unknown field; this request takes name/ },
     { what: 'case typo', path: '/api/types/Volume/instances', body: { storagePoolId: pool, name: 'v', volumeSizeInKB: 1024 }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^volumeSizeInK[bB]/ },
-    { what: 'field on a bodiless action', path: `/api/instances/Volume::${volume}/action/removeVolume`, body: { removeMode: 'INCLUDING_DESCENDANTS' }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^removeMode: must be 'ONLY_ME'/ },
+    { what: 'unknown remove mode', path: `/api/instances/Volume::${volume}/action/removeVolume`, body: { removeMode: 'ONLY_YOU' }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^removeMode: must be 'ONLY_ME' or 'INCLUDING_DESCENDANTS'/ },
     { what: 'unknown field on remove', path: `/api/instances/Sdc::${sdc}/action/removeSdc`, body: { force: true }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^force: unknown field; this request takes no fields/ },
     // Missing field.
     { what: 'missing name', path: '/api/types/ProtectionDomain/instances', body: {}, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^name: is required/ },
@@ -311,7 +311,8 @@ t.test('capacity statistics: arithmetic on a pool with devices, thick and thin v
   // Three 1 GiB devices, 10% spare; a 256 MiB thick and a 2 GiB thin volume; 96 MiB written per device.
   await create(api, token, 'Volume', { storagePoolId: pool, name: 'thick1', volumeSizeInKb: 256 * 1024, volumeType: 'ThickProvisioned' });
   await create(api, token, 'Volume', { storagePoolId: pool, name: 'thin1', volumeSizeInKb: 2 * 1024 * 1024, volumeType: 'ThinProvisioned' });
-  for (const id of devices) (api.controller.state.model.devices[id] as { usedBytes: number }).usedBytes = 96 * MiB;
+  // Of which 32 MiB per device only snapshots reach (as SDSs that count them report).
+  for (const id of devices) Object.assign(api.controller.state.model.devices[id] as object, { usedBytes: 96 * MiB, snapshotBytes: 32 * MiB });
 
   const rawKb = (3 * GiB) / KiB; // 3145728
   const spareKb = Math.floor(Math.ceil((3 * GiB * 10) / 100) / KiB); // 314572.8 KiB, rounded up in bytes, down in KiB
@@ -333,16 +334,23 @@ t.test('capacity statistics: arithmetic on a pool with devices, thick and thin v
     unusedCapacityInKb: Math.floor((3 * GiB - Math.ceil((3 * GiB * 10) / 100) - 3 * 96 * MiB - 2 * 256 * MiB) / KiB),
     // usable - thick - (net in use beyond thick: 144 MiB - 256 MiB < 0, so none)
     capacityAvailableForVolumeAllocationInKb: Math.floor((usableBytes - 256 * MiB) / KiB),
+    // Raw, as capacityInUseInKb: both copies of what only snapshots reach, under each of ScaleIO's names.
+    snapCapacityInUseInKb: (3 * 32 * MiB) / KiB,
+    snapCapacityInUseOccupiedInKb: (3 * 32 * MiB) / KiB,
+    snapshotCapacityInKb: (3 * 32 * MiB) / KiB,
+    snapshotCapacityProvisionedInKb: 0,
     numOfDevices: 3,
     numOfFailedDevices: 0,
     numOfVolumes: 2,
     numOfThickBaseVolumes: 1,
     numOfThinBaseVolumes: 1,
+    numOfSnapshots: 0,
+    numOfVtrees: 2,
     numOfMappedToAllVolumes: 0,
   });
 
   const system = await get<RestSystemStatistics>(api, token, `/api/instances/System::${testClusterId}/relationships/Statistics`);
-  t.match(system, { maxCapacityInKb: rawKb, protectedCapacityInKb: usedRawKb, numOfProtectionDomains: 1, numOfStoragePools: 1, numOfSds: 3, numOfDevices: 3, numOfVolumes: 2, numOfMappedVolumes: 0 }, 'the system sums its pools');
+  t.match(system, { maxCapacityInKb: rawKb, protectedCapacityInKb: usedRawKb, numOfProtectionDomains: 1, numOfStoragePools: 1, numOfSds: 3, numOfDevices: 3, numOfVolumes: 2, numOfMappedVolumes: 0, snapCapacityInUseInKb: (3 * 32 * MiB) / KiB }, 'the system sums its pools');
 
   // A thick volume that does not fit is refused, with the numbers, and nothing changes.
   const before = snapshot(api);
