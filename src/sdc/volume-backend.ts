@@ -76,7 +76,11 @@ interface FlushProblem {
 }
 
 /** How one send of a piece ended, when it did not throw. */
-type SendOutcome = { kind: 'ok'; response: WireResponse } | { kind: 'retry'; problem: string } | { kind: 'frozen'; problem: string };
+type SendOutcome =
+  | { kind: 'ok'; response: WireResponse }
+  /** `sdsEpoch`: a StaleEpoch from an SDS whose map is newer than the one the piece was sent on. */
+  | { kind: 'retry'; problem: string; sdsEpoch: number | null }
+  | { kind: 'frozen'; problem: string };
 
 /** What the backend knows about a chunk. */
 const enum ChunkState {
@@ -308,10 +312,17 @@ export class VolumeBackend implements BlockBackend {
     return chunkPieces(this.current, offsetBytes, lengthBytes);
   }
 
-  /** Before a retry: a fresh map (and volumes), and from the third attempt on, a growing pause. */
-  private async beforeAttempt(attempt: number): Promise<void> {
+  /**
+   * Before a retry: a fresh map (and volumes), and from the third attempt on, a growing
+   * pause. No pause when the SDS refused the last send because its map was newer
+   * (`sdsEpoch`) and the SDC now has that map: the cluster did not fail, it moved on (a
+   * snapshot's commit ends every write that waited out its freeze this way), and the
+   * piece can go at once.
+   */
+  private async beforeAttempt(attempt: number, sdsEpoch: number | null = null): Promise<void> {
     if (attempt === 0) return;
     await this.router.refreshView();
+    if (sdsEpoch !== null && this.router.map().epoch >= sdsEpoch) return;
     if (attempt > 1) await new Promise((resolve) => setTimeout(resolve, Math.min(sdcRetryDelayMsMax, 50 * 2 ** attempt)));
   }
 
@@ -324,8 +335,9 @@ export class VolumeBackend implements BlockBackend {
   private async send(op: number, args: IoArgs, data?: Buffer, replyInto?: Buffer): Promise<WireResponse> {
     let lastProblem = '';
     const deadlineMs = Date.now() + sdcPieceTimeoutMs;
+    let sdsEpoch: number | null = null;
     for (let attempt = 0; attempt < sdcPieceAttemptsMax; attempt++) {
-      await this.beforeAttempt(attempt);
+      await this.beforeAttempt(attempt, sdsEpoch);
       let outcome = await this.sendOnce(op, args, data, replyInto);
       // Frozen is no failure and asks nothing of the MDM: the barrier lifts it in a few
       // milliseconds, or the snapshot's commit moves the epoch (then StaleEpoch, below).
@@ -340,6 +352,7 @@ export class VolumeBackend implements BlockBackend {
       }
       if (outcome.kind === 'ok') return outcome.response;
       lastProblem = outcome.problem;
+      sdsEpoch = outcome.sdsEpoch;
     }
     this.log.error({ volume: this.current.name, chunkIndex: args.chunkIndex, lastProblem }, 'IO failed after every retry');
     throw new BackendError('EIO', `chunk ${args.chunkIndex} of ${this.current.name}: ${lastProblem}`);
@@ -353,7 +366,7 @@ export class VolumeBackend implements BlockBackend {
   private async sendOnce(op: number, args: IoArgs, data: Buffer | undefined, replyInto: Buffer | undefined): Promise<SendOutcome> {
     const map = this.router.map();
     const route = routePiece(map, args);
-    if (!route.ok) return { kind: 'retry', problem: route.problem };
+    if (!route.ok) return { kind: 'retry', problem: route.problem, sdsEpoch: null };
     const { pgIndex, group } = route;
     if (group.lost === true) {
       this.log.error({ volume: this.current.name, chunkIndex: args.chunkIndex, pgIndex }, 'IO to a placement group that lost both copies');
@@ -373,7 +386,7 @@ export class VolumeBackend implements BlockBackend {
       response = await peer.request(op, payload, { epoch: map.epoch, timeoutMs: sdcPieceTimeoutMs, replyInto });
     } catch (err) {
       this.log.debug({ err, sdsId: group.primary }, 'SDS unreachable; refreshing the map');
-      return { kind: 'retry', problem: `SDS ${group.primary}: ${(err as Error).message}` };
+      return { kind: 'retry', problem: `SDS ${group.primary}: ${(err as Error).message}`, sdsEpoch: null };
     }
     if (response.status === SdsStatus.Ok) {
       if (op === SdsOp.Write || op === SdsOp.Trim) this.written.add(group.primary);
@@ -384,8 +397,9 @@ export class VolumeBackend implements BlockBackend {
     // moved it). IoError: the device under this copy failed; the MDM re-places the group
     // (the other copy serves it) within a heartbeat, so it is worth the same retries.
     if (response.status === SdsStatus.StaleEpoch || response.status === SdsStatus.MirrorFailed || response.status === SdsStatus.IoError) {
-      const problem = `SDS ${group.primary}: ${response.payload.length === 8 ? `epoch ${response.payload.readBigUInt64BE(0)} vs ${map.epoch}, generation ${args.generation}` : response.payload.toString()}`;
-      return { kind: 'retry', problem };
+      const epochReply = response.status === SdsStatus.StaleEpoch && response.payload.length === 8 ? Number(response.payload.readBigUInt64BE(0)) : null;
+      const problem = `SDS ${group.primary}: ${epochReply !== null ? `epoch ${epochReply} vs ${map.epoch}, generation ${args.generation}` : response.payload.toString()}`;
+      return { kind: 'retry', problem, sdsEpoch: epochReply !== null && epochReply > map.epoch ? epochReply : null };
     }
     throw this.errorOf(response, op === SdsOp.Read ? 'read' : op === SdsOp.Write ? 'write' : 'trim');
   }

@@ -223,3 +223,44 @@ t.test('what the backend knows of holes survives a snapshot and is forgotten aft
   const extents = await backend.extents(0, 4 * MiB, 16);
   t.ok(extents.every((extent) => !extent.hole), 'BLOCK_STATUS reports no hole it no longer knows');
 });
+
+t.test('a piece refused by an SDS with a newer map goes again at once when the SDC has that map, after a pause when it has not', async (t) => {
+  // The SDS's epoch moves three times under the write (a freeze, a commit, ...); each refresh
+  // gives the SDC the SDS's map.
+  let sdsEpoch = 6;
+  let refusalsLeft = 3;
+  const caughtUp = await rig(
+    t,
+    baseVolume,
+    (entry) => {
+      if (entry.op !== SdsOp.Write) return ok;
+      if (refusalsLeft === 0 && entry.epoch === sdsEpoch) return ok;
+      refusalsLeft = Math.max(0, refusalsLeft - 1);
+      return { status: SdsStatus.StaleEpoch, payload: encodeEpoch(sdsEpoch) };
+    },
+    (self) => {
+      self.setMap(makeMap(sdsEpoch, [{ sdsId, address: '127.0.0.1:1' }], { pgCount: 1, mirrored: false }));
+      if (refusalsLeft > 0) sdsEpoch += 1;
+    },
+  );
+  let startMs = Date.now();
+  await t.resolves(caughtUp.backend.write(0, randomBytes(4096), { fua: false }), 'the write succeeds');
+  const quickMs = Date.now() - startMs;
+  t.equal(caughtUp.seen.filter((entry) => entry.op === SdsOp.Write).length, 4, 'on its fourth send');
+  t.ok(quickMs < 150, `without the retry pauses (200 ms, then 400 ms): took ${quickMs} ms`);
+
+  // The MDM lags: the SDC's refreshes bring nothing newer, so it pauses between attempts.
+  let lagging = 3;
+  const stale = await rig(
+    t,
+    baseVolume,
+    (entry) => (entry.op === SdsOp.Write && entry.epoch < 6 ? { status: SdsStatus.StaleEpoch, payload: encodeEpoch(6) } : ok),
+    (self) => {
+      if (--lagging === 0) self.setMap(makeMap(6, [{ sdsId, address: '127.0.0.1:1' }], { pgCount: 1, mirrored: false }));
+    },
+  );
+  startMs = Date.now();
+  await t.resolves(stale.backend.write(0, randomBytes(4096), { fua: false }), 'the write succeeds');
+  const slowMs = Date.now() - startMs;
+  t.ok(slowMs >= 190, `after the usual pause while the SDC's map lagged: took ${slowMs} ms`);
+});
