@@ -17,6 +17,8 @@ export interface ChunkedVolume {
   poolId: string;
   vtreeId: string;
   chunkBytes: number;
+  /** The head generation its IO names (docs/snapshots.md); 0, the base, when absent. */
+  generation?: number;
 }
 
 export interface Piece {
@@ -36,7 +38,7 @@ export function chunkPieces(volume: ChunkedVolume, offsetBytes: number, lengthBy
     const inChunkBytes = volumeOffsetBytes - chunkIndex * chunkBytes;
     const pieceBytes = Math.min(chunkBytes - inChunkBytes, lengthBytes - atBytes);
     pieces.push({
-      args: { poolId: volume.poolId, vtreeId: volume.vtreeId, pgIndex: 0, chunkIndex, generation: 0, offsetBytes: inChunkBytes, lengthBytes: pieceBytes, flags },
+      args: { poolId: volume.poolId, vtreeId: volume.vtreeId, pgIndex: 0, chunkIndex, generation: volume.generation ?? 0, offsetBytes: inChunkBytes, lengthBytes: pieceBytes, flags },
       atBytes,
     });
     atBytes += pieceBytes;

@@ -6,16 +6,23 @@
 // after it; an unmapped volume disappears from the list and new connections to it are
 // refused, while connections already open keep their backend until they close.
 //
+// A volume's head generation moves when it is snapshotted or restored (docs/snapshots.md).
+// That alone does not replace its export: every backend of the volume, the export's and
+// those open connections still hold, follows the new head, so IO in flight goes on in the
+// new head. The SDC learns of it from the MDM's update, or, when an SDS refused a piece
+// first, by asking: a map in which a backend's head is no longer a head means the volumes
+// changed too, and the SDC asks for its whole view again.
+//
 // When the MDM is away, IO goes on from the cached map; the link reconnects, to whichever
 // of the MDM addresses is the Master (wire/mdm-session.ts).
 
 import type { Logger } from 'pino';
 import { sdcMapRequestTimeoutMs } from '../common/limits.js';
-import { MdmOp, SdcOp, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
+import { MdmOp, SdcOp, type SdcRegistration, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
 import { MdmSession } from '../wire/mdm-session.js';
 import type { WirePeer, WireReply, WireRequest } from '../wire/peer.js';
 import { PeerPool } from '../wire/peer-pool.js';
-import { parsePlacementMap, type PlacementMap } from '../wire/placement.js';
+import { parsePlacementMap, vtreeOf, type PlacementMap } from '../wire/placement.js';
 import { SdsStatus } from '../wire/sds-ops.js';
 import type { ExportRegistry, NbdExport } from '../nbd/exports.js';
 import { VolumeBackend, type VolumeRouter } from './volume-backend.js';
@@ -41,6 +48,8 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   private readonly sdsPeers: PeerPool;
   private readonly mdm: MdmSession;
   private refreshing: Promise<void> | null = null;
+  /** The map epoch of the last view applied: the volumes are as the MDM had them then. */
+  private viewEpoch = 0;
   /** Applying views one at a time keeps the export list consistent. */
   private applying: Promise<void> = Promise.resolve();
   private onFirstView: () => void = () => undefined;
@@ -49,6 +58,12 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   sdcId: string | null = null;
   /** Counts NBD connections per volume id, for the heartbeat. */
   private readonly openCounts = new Map<string, number>();
+  /**
+   * Counts NBD connections per backend: a connection keeps the backend it opened even after
+   * its export was replaced (a resize, a new access mode), and that backend must still
+   * follow the volume's head.
+   */
+  private readonly attachedBackends = new Map<VolumeBackend, number>();
 
   constructor(private readonly options: SdcOptions) {
     this.sdsPeers = new PeerPool({ clusterId: options.clusterId, secret: options.secret, role: 'sdc', name: options.name ?? options.guid, log: options.log });
@@ -88,15 +103,27 @@ export class Sdc implements ExportRegistry, VolumeRouter {
 
   attached(entry: NbdExport): void {
     const volume = (entry as Partial<VolumeExport>).volume;
-    if (volume !== undefined) this.openCounts.set(volume.id, (this.openCounts.get(volume.id) ?? 0) + 1);
+    if (volume === undefined || !(entry.backend instanceof VolumeBackend)) return;
+    this.openCounts.set(volume.id, (this.openCounts.get(volume.id) ?? 0) + 1);
+    this.attachedBackends.set(entry.backend, (this.attachedBackends.get(entry.backend) ?? 0) + 1);
   }
 
   detached(entry: NbdExport): void {
     const volume = (entry as Partial<VolumeExport>).volume;
-    if (volume === undefined) return;
+    if (volume === undefined || !(entry.backend instanceof VolumeBackend)) return;
     const count = (this.openCounts.get(volume.id) ?? 1) - 1;
     if (count <= 0) this.openCounts.delete(volume.id);
     else this.openCounts.set(volume.id, count);
+    const backendCount = (this.attachedBackends.get(entry.backend) ?? 1) - 1;
+    if (backendCount <= 0) this.attachedBackends.delete(entry.backend);
+    else this.attachedBackends.set(entry.backend, backendCount);
+  }
+
+  /** Every backend in use: the exports', and those connections hold. */
+  private backends(): Set<VolumeBackend> {
+    const all = new Set(this.attachedBackends.keys());
+    for (const entry of this.exports.values()) all.add(entry.backend);
+    return all;
   }
 
   // --- VolumeRouter --------------------------------------------------------------------
@@ -111,19 +138,31 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     return this.sdsPeers.get(sdsId, address);
   }
 
-  refreshMap(): Promise<void> {
-    this.refreshing ??= this.fetchMap().finally(() => (this.refreshing = null));
+  refreshView(): Promise<void> {
+    this.refreshing ??= this.fetchView().finally(() => (this.refreshing = null));
     return this.refreshing;
   }
 
-  private async fetchMap(): Promise<void> {
+  private async fetchView(): Promise<void> {
     const mdm = this.mdm.peer;
     if (mdm === null) return;
     try {
       const response = await mdm.request(MdmOp.GetMap, Buffer.alloc(0), { timeoutMs: sdcMapRequestTimeoutMs });
       if (response.status === SdsStatus.Ok) this.installMap(parsePlacementMap(JSON.parse(response.payload.toString())));
+      // Only a map newer than the last view can tell of heads the SDC has not heard of (a
+      // removed volume's connection, still open, would otherwise ask at every refresh).
+      const moved = [...this.backends()].filter((backend) => !isHead(this.currentMap, backend.volume));
+      if (moved.length === 0 || this.currentMap.epoch <= this.viewEpoch) return;
+      // The MDM's update with the new heads may be on its way, but a piece waits for it now.
+      // The MDM answers a registration of a known GUID with the SDC's view (the id and the
+      // name stay: a null name keeps the one the MDM has).
+      this.options.log.info({ volumes: moved.map((backend) => backend.volume.name), epoch: this.currentMap.epoch }, 'volume heads moved; asking the MDM for the volumes');
+      const registration: SdcRegistration = { guid: this.options.guid, name: null };
+      const reply = await mdm.request(MdmOp.RegisterSdc, Buffer.from(JSON.stringify(registration)), { timeoutMs: sdcMapRequestTimeoutMs });
+      if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM did not give the view: ${reply.payload.toString()}`);
+      await this.applyView(JSON.parse(reply.payload.toString()) as SdcView);
     } catch (err) {
-      this.options.log.warn({ err }, 'could not fetch the map from the MDM; using the cached one');
+      this.options.log.warn({ err }, 'could not fetch the view from the MDM; using the cached one');
     }
   }
 
@@ -153,14 +192,32 @@ export class Sdc implements ExportRegistry, VolumeRouter {
 
   private async applyViewNow(view: SdcView): Promise<void> {
     this.sdcId = view.sdcId;
-    this.installMap(parsePlacementMap(view.map));
+    const viewMap = parsePlacementMap(view.map);
+    if (viewMap.epoch < this.viewEpoch) {
+      // Overtaken (an update and the SDC's own request for its view crossed): applying it
+      // would move heads back.
+      this.options.log.debug({ epoch: viewMap.epoch, viewEpoch: this.viewEpoch }, 'older view ignored');
+      return;
+    }
+    this.installMap(viewMap);
+    this.viewEpoch = Math.max(this.viewEpoch, viewMap.epoch);
+    // First every backend in use takes the new head and access mode, so that no piece is
+    // sent to a head the view says has moved.
+    const byId = new Map(view.volumes.map((volume) => [volume.id, volume]));
+    for (const backend of this.backends()) {
+      const next = byId.get(backend.volume.id);
+      if (next !== undefined && next.vtreeId === backend.volume.vtreeId) backend.follow(next);
+    }
     const wanted = new Map(view.volumes.map((volume) => [volume.name, volume]));
     for (const [name, entry] of this.exports) {
       const next = wanted.get(name);
-      if (next === undefined || JSON.stringify(next) !== JSON.stringify(entry.volume)) {
-        this.exports.delete(name);
-        if (next === undefined) this.options.log.info({ volume: name }, 'volume unmapped: export removed');
+      if (next !== undefined && sameButHead(next, entry.volume)) {
+        // Only the head moved (a snapshot, a restore): the export and its backend stay.
+        if (next.generation !== entry.volume.generation) this.exports.set(name, { ...entry, volume: next });
+        continue;
       }
+      this.exports.delete(name);
+      if (next === undefined) this.options.log.info({ volume: name }, 'volume unmapped: export removed');
     }
     for (const volume of view.volumes) {
       if (this.exports.has(volume.name)) continue;
@@ -179,4 +236,14 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     this.mdm.close();
     this.sdsPeers.dropAll();
   }
+}
+
+/** Whether the volume's generation is still a head of its V-Tree in `map`. */
+function isHead(map: PlacementMap, volume: SdcVolume): boolean {
+  return vtreeOf(map, volume.vtreeId).heads.some((head) => head.generation === volume.generation);
+}
+
+/** Two descriptions of a volume that differ at most in the head generation. */
+function sameButHead(a: SdcVolume, b: SdcVolume): boolean {
+  return JSON.stringify({ ...a, generation: 0 }) === JSON.stringify({ ...b, generation: 0 });
 }

@@ -11,26 +11,54 @@
 // while the MDM moves the group to a surviving copy. Writes are idempotent, so a piece
 // sent twice does no harm.
 //
+// Snapshots (docs/snapshots.md): every piece names the volume's head generation, read
+// afresh at each attempt. Taking a snapshot moves the head (the old one is frozen for
+// good), so a write sent to the old head is refused with StaleEpoch; the SDC then learns
+// the new head from the MDM (VolumeRouter.refreshView, or the MDM's own update, which
+// `follow` applies) and the retried piece names it. While the MDM holds a V-Tree frozen for
+// a group snapshot's barrier, its writes are refused with Frozen: those are sent again
+// every few milliseconds, without asking the MDM anything, until the freeze lifts or the
+// piece's deadline passes.
+//
 // Holes: the backend knows which chunks hold data (asked from the SDSs when the volume is
 // opened, then kept up to date by its own writes and trims) when it is the only SDC the
 // volume is mapped to; reads of chunks known empty then cost no round trip, and
 // BLOCK_STATUS reports them as holes. A shared volume trusts nothing and asks.
 
 import type { Logger } from 'pino';
-import { allocationChunkCountMax, nbdRequestBytesMax, sdcPieceAttemptsMax, sdcPieceTimeoutMs, sdcRetryDelayMsMax } from '../common/limits.js';
+import { assert } from '../common/assert.js';
+import { allocationChunkCountMax, nbdRequestBytesMax, sdcFrozenRetryMs, sdcPieceAttemptsMax, sdcPieceTimeoutMs, sdcRetryDelayMsMax, sdsFreezeExpiryMs } from '../common/limits.js';
 import type { SdcVolume } from '../wire/mdm-ops.js';
 import type { WirePeer, WireResponse } from '../wire/peer.js';
-import type { PlacementMap } from '../wire/placement.js';
+import { vtreeOf, type PlacementMap } from '../wire/placement.js';
 import { releasePayload } from '../common/buffer-pool.js';
 import { SdsOp, SdsStatus, encodeAllocation, encodeIo, IoFlag, type IoArgs } from '../wire/sds-ops.js';
 import { chunkPieces, routePiece, type Piece } from './chunk-pieces.js';
 import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSizeLimits, type Extent, type WriteOptions, type ZeroOptions } from '../nbd/backend.js';
 
+/**
+ * The pause between two sends of a piece refused with Frozen grows from sdcFrozenRetryMs up
+ * to this: a barrier that takes its whole timeout (snapshotBarrierTimeoutMs) then costs
+ * each waiting piece a few hundred sends, not six hundred, while one that takes a few
+ * milliseconds still costs the client only a few milliseconds.
+ */
+const frozenRetryDelayMsMax = 8 * sdcFrozenRetryMs;
+/**
+ * Pieces refused with Frozen are sent again until sdcPieceTimeoutMs after their first send.
+ * An SDS lifts a freeze by itself after sdsFreezeExpiryMs (an MDM that died mid-barrier),
+ * so a client's IO waits out the longest freeze instead of failing.
+ */
+assert(sdsFreezeExpiryMs + frozenRetryDelayMsMax < sdcPieceTimeoutMs, "a piece waits out an SDS's longest freeze before its deadline");
+
 export interface VolumeRouter {
   /** The current placement map. */
   map(): PlacementMap;
-  /** Asks the MDM for a newer map; resolves when it came, or when the MDM could not be asked. */
-  refreshMap(): Promise<void>;
+  /**
+   * Asks the MDM for a newer map, and for the volumes too when a volume's head is no longer
+   * a head in it (a snapshot or restore moved it): resolves when they came, or when the MDM
+   * could not be asked. New heads reach the backends through `follow`.
+   */
+  refreshView(): Promise<void>;
   /** The connection to an SDS of the current map. */
   peer(sdsId: string): Promise<WirePeer>;
 }
@@ -47,6 +75,13 @@ interface FlushProblem {
   problem: string;
 }
 
+/** How one send of a piece ended, when it did not throw. */
+type SendOutcome =
+  | { kind: 'ok'; response: WireResponse }
+  /** `sdsEpoch`: a StaleEpoch from an SDS whose map is newer than the one the piece was sent on. */
+  | { kind: 'retry'; problem: string; sdsEpoch: number | null }
+  | { kind: 'frozen'; problem: string };
+
 /** What the backend knows about a chunk. */
 const enum ChunkState {
   Unknown = 0,
@@ -55,6 +90,7 @@ const enum ChunkState {
 }
 
 export class VolumeBackend implements BlockBackend {
+  /** Fixed when opened: an NBD client keeps the size it was told. */
   readonly sizeBytes: number;
   readonly capabilities: Readonly<BackendCapabilities>;
   readonly blockSize: Readonly<BlockSizeLimits> = { minimumBytes: 512, preferredBytes: 4096, maximumBytes: nbdRequestBytesMax };
@@ -63,11 +99,15 @@ export class VolumeBackend implements BlockBackend {
   /** SDSs written since the last flush: a flush must reach each of them. */
   private readonly written = new Set<string>();
 
+  /** The volume as the MDM last described it: its head generation and access mode move. */
+  private current: SdcVolume;
+
   private constructor(
-    readonly volume: SdcVolume,
+    volume: SdcVolume,
     private readonly router: VolumeRouter,
     private readonly log: Logger,
   ) {
+    this.current = volume;
     this.sizeBytes = volume.sizeBytes;
     this.description = `meshblock volume ${volume.name} (${volume.id})`;
     this.capabilities = {
@@ -90,6 +130,31 @@ export class VolumeBackend implements BlockBackend {
     const backend = new VolumeBackend(volume, router, log);
     if (volume.exclusive) await backend.loadAllocation();
     return backend;
+  }
+
+  get volume(): SdcVolume {
+    return this.current;
+  }
+
+  /**
+   * Takes the MDM's newer description of this volume (same id), for connections already
+   * open: their next pieces name its head, and writes are refused once it is read-only
+   * (a connection opened read-write keeps the flags it was told, so the backend refuses).
+   * What the backend knew of holes stays true only where the new head starts with the old
+   * one's content (a snapshot: the new head is the old one's child); after a restore, or
+   * once another SDC may write the volume, it knows nothing and asks the SDSs.
+   */
+  follow(next: SdcVolume): void {
+    const previous = this.current;
+    assert(next.id === previous.id && next.vtreeId === previous.vtreeId, 'a backend follows its own volume');
+    if (next.generation !== previous.generation) {
+      const parent = vtreeOf(this.router.map(), next.vtreeId).generations[String(next.generation)];
+      if (parent !== previous.generation) this.chunkStates.fill(ChunkState.Unknown);
+      this.log.info({ volume: next.name, generationFrom: previous.generation, generationTo: next.generation, holesKept: parent === previous.generation }, 'volume head moved');
+    }
+    if (previous.exclusive && !next.exclusive) this.chunkStates.fill(ChunkState.Unknown);
+    if (next.accessMode !== previous.accessMode) this.log.info({ volume: next.name, accessMode: next.accessMode }, 'volume access mode changed');
+    this.current = next;
   }
 
   private async loadAllocation(): Promise<void> {
@@ -129,6 +194,7 @@ export class VolumeBackend implements BlockBackend {
   }
 
   async write(offsetBytes: number, source: Buffer, options: WriteOptions): Promise<void> {
+    this.assertWritable('write');
     const flags = options.fua ? IoFlag.Fua : 0;
     await allPieces(
       this.pieces(offsetBytes, source.length).map(async (piece) => {
@@ -186,13 +252,14 @@ export class VolumeBackend implements BlockBackend {
   }
 
   async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
+    this.assertWritable('trim');
     const flags = options.fua ? IoFlag.Fua : 0;
     await allPieces(
       this.pieces(offsetBytes, lengthBytes).map(async (piece) => {
         const args = { ...piece.args, flags };
         if (this.chunkEmpty(args.chunkIndex)) return;
         await this.send(SdsOp.Trim, args);
-        if (args.offsetBytes === 0 && args.lengthBytes === this.volume.chunkBytes && this.volume.exclusive) this.chunkStates[args.chunkIndex] = ChunkState.Empty;
+        if (args.offsetBytes === 0 && args.lengthBytes === this.current.chunkBytes && this.current.exclusive) this.chunkStates[args.chunkIndex] = ChunkState.Empty;
       }),
     );
   }
@@ -228,6 +295,11 @@ export class VolumeBackend implements BlockBackend {
     // Connections belong to the SDC, shared by every volume.
   }
 
+  /** A volume made read-only while a client had it open read-write (EROFS reaches the client as EPERM). */
+  private assertWritable(what: string): void {
+    if (this.current.accessMode === 'ReadOnly') throw new BackendError('EROFS', `${what} of ${this.current.name}: the volume is mapped read-only now`);
+  }
+
   /** Known to hold nothing, so reads are zeros and trims are no-ops without asking an SDS. */
   private chunkEmpty(chunkIndex: number): boolean {
     // chunkStates stores ChunkState values in a byte each; read back as the enum they are.
@@ -237,65 +309,99 @@ export class VolumeBackend implements BlockBackend {
   // --- routing -------------------------------------------------------------------------
 
   private pieces(offsetBytes: number, lengthBytes: number): Piece[] {
-    return chunkPieces(this.volume, offsetBytes, lengthBytes);
+    return chunkPieces(this.current, offsetBytes, lengthBytes);
   }
 
-  /** Before a retry: a fresh map, and from the third attempt on, a growing pause. */
-  private async beforeAttempt(attempt: number): Promise<void> {
+  /**
+   * Before a retry: a fresh map (and volumes), and from the third attempt on, a growing
+   * pause. No pause when the SDS refused the last send because its map was newer
+   * (`sdsEpoch`) and the SDC now has that map: the cluster did not fail, it moved on (a
+   * snapshot's commit ends every write that waited out its freeze this way), and the
+   * piece can go at once.
+   */
+  private async beforeAttempt(attempt: number, sdsEpoch: number | null = null): Promise<void> {
     if (attempt === 0) return;
-    await this.router.refreshMap();
+    await this.router.refreshView();
+    if (sdsEpoch !== null && this.router.map().epoch >= sdsEpoch) return;
     if (attempt > 1) await new Promise((resolve) => setTimeout(resolve, Math.min(sdcRetryDelayMsMax, 50 * 2 ** attempt)));
   }
 
   /**
    * Sends one piece to the primary of its group at the current epoch, refreshing the map
-   * and trying again while the cluster is changing under it. `replyInto`: where a read's
-   * data is to land (see WirePeer.request).
+   * and trying again while the cluster is changing under it, and sending it again while its
+   * V-Tree is frozen, until sdcPieceTimeoutMs after the first send. `replyInto`: where a
+   * read's data is to land (see WirePeer.request).
    */
   private async send(op: number, args: IoArgs, data?: Buffer, replyInto?: Buffer): Promise<WireResponse> {
     let lastProblem = '';
+    const deadlineMs = Date.now() + sdcPieceTimeoutMs;
+    let sdsEpoch: number | null = null;
     for (let attempt = 0; attempt < sdcPieceAttemptsMax; attempt++) {
-      await this.beforeAttempt(attempt);
-      const map = this.router.map();
-      const route = routePiece(map, args);
-      if (!route.ok) {
-        lastProblem = route.problem;
-        continue;
+      await this.beforeAttempt(attempt, sdsEpoch);
+      let outcome = await this.sendOnce(op, args, data, replyInto);
+      // Frozen is no failure and asks nothing of the MDM: the barrier lifts it in a few
+      // milliseconds, or the snapshot's commit moves the epoch (then StaleEpoch, below).
+      for (let frozenSends = 0; outcome.kind === 'frozen'; frozenSends++) {
+        const delayMs = Math.min(frozenRetryDelayMsMax, sdcFrozenRetryMs * 2 ** Math.min(frozenSends, 8));
+        if (Date.now() + delayMs > deadlineMs) {
+          this.log.error({ volume: this.current.name, chunkIndex: args.chunkIndex, frozenSends, problem: outcome.problem }, 'V-Tree still frozen at the piece deadline');
+          throw new BackendError('EIO', `chunk ${args.chunkIndex} of ${this.current.name}: its V-Tree stayed frozen for ${sdcPieceTimeoutMs} ms (${outcome.problem})`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+        outcome = await this.sendOnce(op, args, data, replyInto);
       }
-      const { pgIndex, group } = route;
-      if (group.lost === true) {
-        this.log.error({ volume: this.volume.name, chunkIndex: args.chunkIndex, pgIndex }, 'IO to a placement group that lost both copies');
-        throw new BackendError('EIO', `chunk ${args.chunkIndex} of ${this.volume.name}: both copies of placement group ${pgIndex} are lost`);
-      }
-      args.pgIndex = pgIndex;
-      // Arguments are encoded per attempt (an earlier attempt's may still sit in a socket's
-      // queue, and must not change under it); the data goes out as it is, behind them,
-      // without a copy. A pooled NBD payload is held by the socket until written, so it
-      // is not reused while queued, even if this request times out first.
-      const payload = data === undefined ? encodeIo(args) : [encodeIo(args), data];
-      let response: WireResponse;
-      try {
-        const peer = await this.router.peer(group.primary);
-        response = await peer.request(op, payload, { epoch: map.epoch, timeoutMs: sdcPieceTimeoutMs, replyInto });
-      } catch (err) {
-        lastProblem = `SDS ${group.primary}: ${(err as Error).message}`;
-        this.log.debug({ err, attempt, sdsId: group.primary }, 'SDS unreachable; refreshing the map');
-        continue;
-      }
-      if (response.status === SdsStatus.Ok) {
-        if (op === SdsOp.Write || op === SdsOp.Trim) this.written.add(group.primary);
-        return response;
-      }
-      // IoError: the device under this copy failed; the MDM re-places the group (the other
-      // copy serves it) within a heartbeat, so it is worth the same retries.
-      if (response.status === SdsStatus.StaleEpoch || response.status === SdsStatus.MirrorFailed || response.status === SdsStatus.IoError) {
-        lastProblem = `SDS ${group.primary}: ${response.payload.length === 8 ? `epoch ${response.payload.readBigUInt64BE(0)} vs ${map.epoch}` : response.payload.toString()}`;
-        continue;
-      }
-      throw this.errorOf(response, op === SdsOp.Read ? 'read' : op === SdsOp.Write ? 'write' : 'trim');
+      if (outcome.kind === 'ok') return outcome.response;
+      lastProblem = outcome.problem;
+      sdsEpoch = outcome.sdsEpoch;
     }
-    this.log.error({ volume: this.volume.name, chunkIndex: args.chunkIndex, lastProblem }, 'IO failed after every retry');
-    throw new BackendError('EIO', `chunk ${args.chunkIndex} of ${this.volume.name}: ${lastProblem}`);
+    this.log.error({ volume: this.current.name, chunkIndex: args.chunkIndex, lastProblem }, 'IO failed after every retry');
+    throw new BackendError('EIO', `chunk ${args.chunkIndex} of ${this.current.name}: ${lastProblem}`);
+  }
+
+  /**
+   * One send of a piece, on the current map, naming the volume's current head: done, worth
+   * another attempt on a fresh map, or refused for a frozen V-Tree. Throws what no retry
+   * can cure.
+   */
+  private async sendOnce(op: number, args: IoArgs, data: Buffer | undefined, replyInto: Buffer | undefined): Promise<SendOutcome> {
+    const map = this.router.map();
+    const route = routePiece(map, args);
+    if (!route.ok) return { kind: 'retry', problem: route.problem, sdsEpoch: null };
+    const { pgIndex, group } = route;
+    if (group.lost === true) {
+      this.log.error({ volume: this.current.name, chunkIndex: args.chunkIndex, pgIndex }, 'IO to a placement group that lost both copies');
+      throw new BackendError('EIO', `chunk ${args.chunkIndex} of ${this.current.name}: both copies of placement group ${pgIndex} are lost`);
+    }
+    args.pgIndex = pgIndex;
+    // Read at every send: a snapshot may have moved the head since the last one.
+    args.generation = this.current.generation;
+    // Arguments are encoded per attempt (an earlier attempt's may still sit in a socket's
+    // queue, and must not change under it); the data goes out as it is, behind them,
+    // without a copy. A pooled NBD payload is held by the socket until written, so it
+    // is not reused while queued, even if this request times out first.
+    const payload = data === undefined ? encodeIo(args) : [encodeIo(args), data];
+    let response: WireResponse;
+    try {
+      const peer = await this.router.peer(group.primary);
+      response = await peer.request(op, payload, { epoch: map.epoch, timeoutMs: sdcPieceTimeoutMs, replyInto });
+    } catch (err) {
+      this.log.debug({ err, sdsId: group.primary }, 'SDS unreachable; refreshing the map');
+      return { kind: 'retry', problem: `SDS ${group.primary}: ${(err as Error).message}`, sdsEpoch: null };
+    }
+    if (response.status === SdsStatus.Ok) {
+      if (op === SdsOp.Write || op === SdsOp.Trim) this.written.add(group.primary);
+      return { kind: 'ok', response };
+    }
+    if (response.status === SdsStatus.Frozen) return { kind: 'frozen', problem: `SDS ${group.primary}: ${response.payload.toString()}` };
+    // StaleEpoch: the SDS's map differs, or the generation is no longer a head (a snapshot
+    // moved it). IoError: the device under this copy failed; the MDM re-places the group
+    // (the other copy serves it) within a heartbeat, so it is worth the same retries.
+    if (response.status === SdsStatus.StaleEpoch || response.status === SdsStatus.MirrorFailed || response.status === SdsStatus.IoError) {
+      const epochReply = response.status === SdsStatus.StaleEpoch && response.payload.length === 8 ? Number(response.payload.readBigUInt64BE(0)) : null;
+      const problem = `SDS ${group.primary}: ${epochReply !== null ? `epoch ${epochReply} vs ${map.epoch}, generation ${args.generation}` : response.payload.toString()}`;
+      return { kind: 'retry', problem, sdsEpoch: epochReply !== null && epochReply > map.epoch ? epochReply : null };
+    }
+    throw this.errorOf(response, op === SdsOp.Read ? 'read' : op === SdsOp.Write ? 'write' : 'trim');
   }
 
   private errorOf(response: WireResponse, what: string): BackendError {

@@ -42,7 +42,7 @@ async function backendWith(t: Test, serve: (op: number, chunkIndex: number) => P
   t.teardown(() => peer.destroy());
   const map = makeMap(5, [{ sdsId, address: '127.0.0.1:1' }], { pgCount: 1, mirrored: false });
   const volume: SdcVolume = { id: '00000000000000b1', name: 'vol1', vtreeId: '00000000000000c1', generation: 0, poolId: testPoolId, sizeBytes: 4 * MiB, chunkBytes: MiB, accessMode: 'ReadWrite', exclusive: false, iopsLimit: 0, bandwidthLimitKbps: 0 };
-  const backend = await VolumeBackend.open(volume, { map: () => map, refreshMap: async () => undefined, peer: async () => peer }, log);
+  const backend = await VolumeBackend.open(volume, { map: () => map, refreshView: async () => undefined, peer: async () => peer }, log);
   return { backend, requestsAfter: (atMs) => arrivals.filter((at) => at > atMs).length };
 }
 
