@@ -158,6 +158,7 @@ export class SdsService {
       map: () => this.map,
       epoch: () => this.epoch,
       isClosing: () => this.closing,
+      track: (work) => this.track(work),
       forward: (sdsId, op, payload, epoch) => this.forward(sdsId, op, payload, epoch),
       noteChange: (poolId, pgIndex, chunkName) => this.rebuilds.noteChange(poolId, pgIndex, chunkName),
     });
@@ -645,6 +646,7 @@ export class SdsService {
   async close(): Promise<void> {
     this.closing = true;
     this.control.close();
+    this.collector.close();
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
     while (this.handlers.size > 0) await Promise.allSettled([...this.handlers]);
     await (await this.rebuildCursors).settled();
@@ -657,6 +659,7 @@ export class SdsService {
   destroy(): void {
     this.closing = true;
     this.control.close();
+    this.collector.close();
     this.server.close();
     for (const socket of this.sockets) socket.destroy();
     this.peers.dropAll();
