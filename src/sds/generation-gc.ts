@@ -133,10 +133,11 @@ export class GenerationCollector {
         const now = this.host.map();
         const view = views.get(key.vtreeId);
         if (now !== map || view === undefined || this.host.epoch() !== epoch) return;
-        // Again, now that no write to the key is in flight: keys may have come and gone.
+        // Again, now that no write to the key is in flight: keys may have come and gone. A
+        // head's key still being allocated does not hide this one yet (resolveCommitted).
         const held = new Set<number>();
         for (const head of view.heads) {
-          const holder = store.resolve(key, head.path);
+          const holder = store.resolveCommitted(key, head.path);
           if (holder !== null) held.add(holder);
         }
         if (held.has(key.generation) || !store.has(key)) continue;
