@@ -379,6 +379,19 @@ export class ChunkStore {
     return null;
   }
 
+  /**
+   * As resolve(), but a key still being allocated does not count: what garbage collection
+   * asks, since an allocation that fails (a copy on write on a device that just failed)
+   * leaves the head resolving to the older generation again, which must still be there.
+   */
+  resolveCommitted(key: ChunkKey, path: readonly number[]): number | null {
+    for (const generation of path) {
+      const name = keyName({ ...key, generation });
+      if (this.index.has(name) || this.lostKeys.has(name)) return generation;
+    }
+    return null;
+  }
+
   /** Some generation of the chunk other than `key`'s is held here (a first write of `key` may hide it). */
   holdsOtherGeneration(key: ChunkKey): boolean {
     const held = this.byChunk.get(chunkName(key))?.generations;

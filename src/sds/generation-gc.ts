@@ -4,7 +4,7 @@
 // longer a generation of the tree (its volumes were removed and the MDM pruned it), or every
 // head whose path passes g finds chunk i in a nearer generation first (g is shadowed). The
 // collector runs after each map (control-ops.ts schedules it, once the map has stood for
-// staleCollectDelayMs) and frees such keys:
+// staleCollectDelayMs) and every generationCollectIntervalMs besides, and frees such keys:
 //
 //   g not in the tree        each copy frees it on its own: the map says so to both, and a
 //                            generation number is never used again
@@ -36,6 +36,11 @@ export const snapshotBytesRefreshMs = 10_000;
  * has a million chunk indexes, and client IO must not wait for the whole walk.
  */
 export const walkChunksPerTurn = 4096;
+/**
+ * A collection also runs this often while the map stands still: copies on write make keys
+ * garbage without any map change (a chunk every head has rewritten since the snapshot).
+ */
+export const generationCollectIntervalMs = 60_000;
 
 export interface CollectorHost {
   readonly sdsId: string;
@@ -45,6 +50,8 @@ export interface CollectorHost {
   map(): PlacementMap | null;
   epoch(): number;
   isClosing(): boolean;
+  /** Registers background work, so that a clean stop waits for it. */
+  track<T>(work: Promise<T>): Promise<T>;
   /** Sends to another SDS; a failure or refusal there rejects. */
   forward(sdsId: string, op: number, payload: Buffer, epoch: number): Promise<void>;
   /** Records a chunk changed here that the group's other copy may lack. */
@@ -62,11 +69,30 @@ export class GenerationCollector {
   private snapshotBytesAtMs = -Infinity;
   private snapshotBytesEpoch = -1;
   private counting: Promise<void> | null = null;
+  private collecting: Promise<void> | null = null;
+  private readonly timer: NodeJS.Timeout;
 
-  constructor(private readonly host: CollectorHost) {}
+  constructor(private readonly host: CollectorHost) {
+    this.timer = setInterval(() => {
+      if (this.collecting !== null || host.isClosing()) return;
+      void host.track(this.collect(host.epoch())).catch((err: unknown) => host.log.error({ err }, 'freeing unreachable chunk generations failed'));
+    }, generationCollectIntervalMs);
+    this.timer.unref();
+  }
 
-  /** Frees every garbage key this SDS may free at `epoch`; stops when the map moves on. */
+  close(): void {
+    clearInterval(this.timer);
+  }
+
+  /** Frees every garbage key this SDS may free at `epoch`; stops when the map moves on. One pass at a time. */
   async collect(epoch: number): Promise<void> {
+    while (this.collecting !== null) await this.collecting;
+    const pass = this.collectOnce(epoch);
+    this.collecting = pass.catch(() => undefined).finally(() => (this.collecting = null));
+    return pass;
+  }
+
+  private async collectOnce(epoch: number): Promise<void> {
     const map = this.host.map();
     if (map === null || map.epoch !== epoch) return;
     const views = treeViews(map);
@@ -107,10 +133,11 @@ export class GenerationCollector {
         const now = this.host.map();
         const view = views.get(key.vtreeId);
         if (now !== map || view === undefined || this.host.epoch() !== epoch) return;
-        // Again, now that no write to the key is in flight: keys may have come and gone.
+        // Again, now that no write to the key is in flight: keys may have come and gone. A
+        // head's key still being allocated does not hide this one yet (resolveCommitted).
         const held = new Set<number>();
         for (const head of view.heads) {
-          const holder = store.resolve(key, head.path);
+          const holder = store.resolveCommitted(key, head.path);
           if (holder !== null) held.add(holder);
         }
         if (held.has(key.generation) || !store.has(key)) continue;

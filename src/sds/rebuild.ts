@@ -13,6 +13,14 @@
 // job copies only the chunks changed here while the target was away (the change records
 // below), for a copy that returns within the MDM's window.
 //
+// Snapshots: a key is (pool, V-Tree, chunk index, generation), and the group of a key does
+// not depend on its generation, so one job carries every generation of its chunks, in key
+// order (all generations of a chunk index side by side). Each key is copied as it is here
+// (Put of the exact key; Trim of a key no longer held, or of a generation the map dropped);
+// the target applies both to the exact key and never copies between generations itself.
+// A chunk's first change under a head after the listing is sent to the target whole by the
+// primary (service.ts), so the target never needs an ancestor that has not arrived yet.
+//
 // Client IO keeps priority: every job of this SDS shares one pace (the order's bytes/s,
 // lower while clients are busy here) and one limit of chunk copies in flight.
 
@@ -23,7 +31,7 @@ import type { Logger } from 'pino';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { RebuildDone } from '../wire/mdm-ops.js';
 import type { WirePeer } from '../wire/peer.js';
-import { idPattern, placementGroupOf, type PlacementMap } from '../wire/placement.js';
+import { generationPath, idPattern, placementGroupOf, vtreeOf, type PlacementMap } from '../wire/placement.js';
 import { SdsOp, SdsStatus, IoFlag, encodeIo, encodeListGroup, decodeListedChunks, encodeEpoch, type IoArgs, type RebuildArgs, type RebuildProgress } from '../wire/sds-ops.js';
 import { keyName, compareKeys, type ChunkKey, type ChunkStore } from './chunk-store.js';
 import type { RangeLocks } from './range-locks.js';
@@ -322,7 +330,10 @@ export class RebuildSource {
     const chunkBytes = store.chunkBytes;
     const release = await this.host.locks.acquire(keyName(key), 0, chunkBytes, true);
     try {
-      const held = store.has(key);
+      // A generation the map no longer has is garbage here (generation-gc.ts frees it): the
+      // target gets a Trim for it, not a copy it would keep until its next collection.
+      const map = this.host.map();
+      const held = store.has(key) && (map === null || generationPath(vtreeOf(map, key.vtreeId), key.generation).length > 0);
       if (onlyIfAbsent && held) return 0;
       const ioArgs: IoArgs = {
         poolId: key.poolId,

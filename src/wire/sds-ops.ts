@@ -68,7 +68,11 @@ export const SdsOp = {
 export const IoFlag = {
   /** Durable before the reply (NBD FUA): the write is synced on both copies. */
   Fua: 1 << 0,
-  /** Sent by a primary to its secondary: apply here, do not forward. */
+  /**
+   * Sent by a primary to its secondary: apply here, do not forward, to the exact key named
+   * (the primary already decided any copy on write and sends its result whole). Taken at the
+   * SDS's epoch, or the one before when the group has the same copies in both maps.
+   */
   Replica: 1 << 1,
 } as const;
 const ioFlagsKnown = IoFlag.Fua | IoFlag.Replica;

@@ -132,3 +132,17 @@ t.test('a lost nearest copy fails the read instead of reading an older generatio
   internals.touched(keyOf(0, 1));
   await t.rejects(readVia(store, 0, [1, 0]), { code: 'MB_ERR_DEVICE_FAILED' }, 'the read fails loudly');
 });
+
+t.test('a key being allocated hides its ancestor from reads, not from garbage collection', async (t) => {
+  const dir = t.testdir();
+  const store = await openStore(sparseFile(dir, 'device.img', 16 * 1024 * KiB));
+  t.teardown(() => store.close());
+  await store.write(keyOf(0, 0), 0, Buffer.alloc(chunkBytes, 5), { fua: false });
+  const copying = store.writeShadowing(keyOf(0, 1), Buffer.alloc(chunkBytes, 6), { fua: false });
+  // Microtask turns only: the allocation registers at once, its device IO needs the event loop.
+  for (let turn = 0; turn < 100 && store.resolve(keyOf(0, 1), [1, 0]) !== 1; turn++) await Promise.resolve();
+  t.equal(store.resolve(keyOf(0, 1), [1, 0]), 1, 'reads wait for the allocation (it resolves to the head)');
+  t.equal(store.resolveCommitted(keyOf(0, 1), [1, 0]), 0, 'while the collector still sees the ancestor as reached');
+  await copying;
+  t.equal(store.resolveCommitted(keyOf(0, 1), [1, 0]), 1, 'until the allocation is done');
+});
