@@ -166,7 +166,7 @@ export class MdmService implements MdmController {
     if (barrier === null) return;
     const reason = 'the MDM that began it stopped (restart or takeover) before committing it';
     this.options.log.warn({ groupId: barrier.groupId, volumes: barrier.defs.length }, `aborting a snapshot group: ${reason}`);
-    await this.executeNow({ type: 'abortSnapshot', groupId: barrier.groupId, reason }).catch((err: unknown) =>
+    await this.serialised({ type: 'abortSnapshot', groupId: barrier.groupId, reason }).catch((err: unknown) =>
       this.options.log.error({ err, groupId: barrier.groupId }, 'could not abort the inherited snapshot group'),
     );
   }

@@ -234,3 +234,35 @@ t.test('a barrier left in the journal by an MDM that stopped is aborted when the
   t.equal(again.state.model.snapshotBarrier, null, 'the abort is journaled');
   await again.close();
 });
+
+t.test('a journal written before snapshots opens: its volumes become the bases of their own trees', async (t) => {
+  const dir = t.testdir();
+  // The model as an MDM before snapshots compacted it, and a command it journaled after.
+  const machine = StateMachine.create(clusterId, 'test');
+  const pd = machine.apply({ type: 'addProtectionDomain', name: 'pd1' }).id as Id;
+  const pool = machine.apply({ type: 'addStoragePool', protectionDomainId: pd, name: 'sp1', volumeGranularityBytes: GiB, pgCount: 16 }).id as Id;
+  for (const index of [0, 1]) {
+    machine.apply({ type: 'registerSds', sdsId: sdsId(index), name: `sds${index}`, address: `127.0.0.1:${7000 + index}`, nowMs: 1 });
+    machine.apply({ type: 'addSds', sdsId: sdsId(index), protectionDomainId: pd, faultSetId: null });
+    machine.apply({ type: 'addDevice', deviceId: deviceId(index), sdsId: sdsId(index), storagePoolId: pool, path: '/dev/sdb', name: null, capacityBytes: 100 * GiB });
+  }
+  const kept = machine.apply({ type: 'addVolume', storagePoolId: pool, name: 'kept', sizeBytes: GiB, volumeType: 'ThickProvisioned', nowMs: 1 }).id as Id;
+  const gone = machine.apply({ type: 'addVolume', storagePoolId: pool, name: 'gone', sizeBytes: GiB, volumeType: 'ThinProvisioned', nowMs: 1 }).id as Id;
+  const old = JSON.parse(JSON.stringify(machine.model)) as Record<string, unknown> & { volumes: Record<Id, Record<string, unknown>> };
+  for (const key of ['vtrees', 'snapshotsPerVtree', 'snapshotBarrier']) delete old[key];
+  for (const volume of Object.values(old.volumes)) for (const key of ['ancestorVolumeId', 'generation', 'accessModeLimit', 'snapshotGroupId']) delete volume[key];
+  {
+    const { journal } = await Journal.open<JournalRecord, SystemModel>(dir, { log, initialSnapshot: emptyModel(clusterId, 'test') });
+    await journal.compact(old as unknown as SystemModel);
+    await journal.append({ command: { type: 'removeVolume', id: gone } });
+    await journal.close();
+  }
+  const service = await MdmService.open({ dataDir: dir, clusterId, systemName: 'test', secret, log });
+  t.teardown(() => service.close());
+  const volume = service.state.model.volumes[kept];
+  t.same([volume?.generation, volume?.ancestorVolumeId, volume?.accessModeLimit, volume?.snapshotGroupId], [0, null, 'ReadWrite', null], 'the volume: head 0, no ancestor, read-write, no group');
+  t.same(service.state.model.vtrees[volume?.vtreeId as Id]?.generations, { '0': null }, 'its tree of one generation');
+  t.equal(Object.keys(service.state.model.vtrees).length, 1, "the removed volume's tree went with it (an old removeVolume, no mode)");
+  t.equal(service.state.model.snapshotBarrier, null);
+  t.same(service.state.placementMap().vtrees, undefined, 'the map is the one it sent before snapshots');
+});
