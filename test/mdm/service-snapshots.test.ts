@@ -30,7 +30,8 @@ const log = pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' });
 const sdsId = (index: number): Id => (0x5d5000000000 + index).toString(16).padStart(16, '0');
 const deviceId = (index: number): Id => (0xde7000000000 + index).toString(16).padStart(16, '0');
 
-type Answer = 'ok' | { delayMs: number } | 'never';
+/** 'staleOnce': refuses the next map as older than its own (another map overtook it), then answers Ok. */
+type Answer = 'ok' | { delayMs: number } | 'never' | 'staleOnce';
 
 /** A wire client that registered as an SDS: it keeps the maps it was sent and answers as told. */
 interface FakeSds {
@@ -58,6 +59,10 @@ async function fakeSds(t: Test, port: number, index: number): Promise<FakeSds> {
     sds.maps.push(map);
     const answer = sds.answer;
     if (answer === 'never') return new Promise<never>(() => undefined);
+    if (answer === 'staleOnce') {
+      sds.answer = 'ok';
+      return { status: SdsStatus.StaleEpoch };
+    }
     if (answer !== 'ok') await new Promise((resolve) => setTimeout(resolve, answer.delayMs));
     sds.confirmed.push(map.epoch);
     return { status: SdsStatus.Ok };
@@ -112,6 +117,7 @@ t.test('the barrier: every SDS of the pool gets the freeze and confirms before t
   for (const sds of sdss) sds.maps.length = 0;
   // One SDS drains its writes for a while: the commit waits for it.
   (sdss[2] as FakeSds).answer = { delayMs: 400 };
+  (sdss[1] as FakeSds).answer = 'staleOnce';
   let createdBeforeConfirmed = false;
   const watch = setInterval(() => {
     if (Object.keys(service.state.model.volumes).length > 2 && !(sdss[2] as FakeSds).confirmed.includes(epoch + 1)) createdBeforeConfirmed = true;
@@ -123,6 +129,7 @@ t.test('the barrier: every SDS of the pool gets the freeze and confirms before t
   ]);
   clearInterval(watch);
   t.ok(Date.now() - startedMs >= 400, 'the commit waited for the slowest SDS');
+  t.ok((sdss[1] as FakeSds).maps.filter((map) => map.epoch === epoch + 1).length >= 2, 'an SDS that refused the map as older got it again, and confirmed');
   t.notOk(createdBeforeConfirmed, 'nothing was created before every SDS confirmed');
   t.same(result.volumeIds.map((id) => service.state.model.volumes[id]?.name), ['a-snap-1', 'b-ro'], "ids in the order asked; an unnamed snapshot is '<volume>-snap-<n>'");
   t.equal(service.state.model.volumes[result.volumeIds[1] as Id]?.accessModeLimit, 'ReadOnly');
