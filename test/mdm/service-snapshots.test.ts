@@ -30,7 +30,8 @@ const log = pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' });
 const sdsId = (index: number): Id => (0x5d5000000000 + index).toString(16).padStart(16, '0');
 const deviceId = (index: number): Id => (0xde7000000000 + index).toString(16).padStart(16, '0');
 
-type Answer = 'ok' | { delayMs: number } | 'never';
+/** 'staleOnce': refuses the next map as older than its own (another map overtook it), then answers Ok. */
+type Answer = 'ok' | { delayMs: number } | 'never' | 'staleOnce';
 
 /** A wire client that registered as an SDS: it keeps the maps it was sent and answers as told. */
 interface FakeSds {
@@ -58,6 +59,10 @@ async function fakeSds(t: Test, port: number, index: number): Promise<FakeSds> {
     sds.maps.push(map);
     const answer = sds.answer;
     if (answer === 'never') return new Promise<never>(() => undefined);
+    if (answer === 'staleOnce') {
+      sds.answer = 'ok';
+      return { status: SdsStatus.StaleEpoch };
+    }
     if (answer !== 'ok') await new Promise((resolve) => setTimeout(resolve, answer.delayMs));
     sds.confirmed.push(map.epoch);
     return { status: SdsStatus.Ok };
@@ -112,6 +117,7 @@ t.test('the barrier: every SDS of the pool gets the freeze and confirms before t
   for (const sds of sdss) sds.maps.length = 0;
   // One SDS drains its writes for a while: the commit waits for it.
   (sdss[2] as FakeSds).answer = { delayMs: 400 };
+  (sdss[1] as FakeSds).answer = 'staleOnce';
   let createdBeforeConfirmed = false;
   const watch = setInterval(() => {
     if (Object.keys(service.state.model.volumes).length > 2 && !(sdss[2] as FakeSds).confirmed.includes(epoch + 1)) createdBeforeConfirmed = true;
@@ -123,6 +129,7 @@ t.test('the barrier: every SDS of the pool gets the freeze and confirms before t
   ]);
   clearInterval(watch);
   t.ok(Date.now() - startedMs >= 400, 'the commit waited for the slowest SDS');
+  t.ok((sdss[1] as FakeSds).maps.filter((map) => map.epoch === epoch + 1).length >= 2, 'an SDS that refused the map as older got it again, and confirmed');
   t.notOk(createdBeforeConfirmed, 'nothing was created before every SDS confirmed');
   t.same(result.volumeIds.map((id) => service.state.model.volumes[id]?.name), ['a-snap-1', 'b-ro'], "ids in the order asked; an unnamed snapshot is '<volume>-snap-<n>'");
   t.equal(service.state.model.volumes[result.volumeIds[1] as Id]?.accessModeLimit, 'ReadOnly');
@@ -233,4 +240,36 @@ t.test('a barrier left in the journal by an MDM that stopped is aborted when the
   const again = await MdmService.open({ dataDir: dir, clusterId, systemName: 'test', secret, log });
   t.equal(again.state.model.snapshotBarrier, null, 'the abort is journaled');
   await again.close();
+});
+
+t.test('a journal written before snapshots opens: its volumes become the bases of their own trees', async (t) => {
+  const dir = t.testdir();
+  // The model as an MDM before snapshots compacted it, and a command it journaled after.
+  const machine = StateMachine.create(clusterId, 'test');
+  const pd = machine.apply({ type: 'addProtectionDomain', name: 'pd1' }).id as Id;
+  const pool = machine.apply({ type: 'addStoragePool', protectionDomainId: pd, name: 'sp1', volumeGranularityBytes: GiB, pgCount: 16 }).id as Id;
+  for (const index of [0, 1]) {
+    machine.apply({ type: 'registerSds', sdsId: sdsId(index), name: `sds${index}`, address: `127.0.0.1:${7000 + index}`, nowMs: 1 });
+    machine.apply({ type: 'addSds', sdsId: sdsId(index), protectionDomainId: pd, faultSetId: null });
+    machine.apply({ type: 'addDevice', deviceId: deviceId(index), sdsId: sdsId(index), storagePoolId: pool, path: '/dev/sdb', name: null, capacityBytes: 100 * GiB });
+  }
+  const kept = machine.apply({ type: 'addVolume', storagePoolId: pool, name: 'kept', sizeBytes: GiB, volumeType: 'ThickProvisioned', nowMs: 1 }).id as Id;
+  const gone = machine.apply({ type: 'addVolume', storagePoolId: pool, name: 'gone', sizeBytes: GiB, volumeType: 'ThinProvisioned', nowMs: 1 }).id as Id;
+  const old = JSON.parse(JSON.stringify(machine.model)) as Record<string, unknown> & { volumes: Record<Id, Record<string, unknown>> };
+  for (const key of ['vtrees', 'snapshotsPerVtree', 'snapshotBarrier']) delete old[key];
+  for (const volume of Object.values(old.volumes)) for (const key of ['ancestorVolumeId', 'generation', 'accessModeLimit', 'snapshotGroupId']) delete volume[key];
+  {
+    const { journal } = await Journal.open<JournalRecord, SystemModel>(dir, { log, initialSnapshot: emptyModel(clusterId, 'test') });
+    await journal.compact(old as unknown as SystemModel);
+    await journal.append({ command: { type: 'removeVolume', id: gone } });
+    await journal.close();
+  }
+  const service = await MdmService.open({ dataDir: dir, clusterId, systemName: 'test', secret, log });
+  t.teardown(() => service.close());
+  const volume = service.state.model.volumes[kept];
+  t.same([volume?.generation, volume?.ancestorVolumeId, volume?.accessModeLimit, volume?.snapshotGroupId], [0, null, 'ReadWrite', null], 'the volume: head 0, no ancestor, read-write, no group');
+  t.same(service.state.model.vtrees[volume?.vtreeId as Id]?.generations, { '0': null }, 'its tree of one generation');
+  t.equal(Object.keys(service.state.model.vtrees).length, 1, "the removed volume's tree went with it (an old removeVolume, no mode)");
+  t.equal(service.state.model.snapshotBarrier, null);
+  t.same(service.state.placementMap().vtrees, undefined, 'the map is the one it sent before snapshots');
 });
