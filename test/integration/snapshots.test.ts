@@ -24,7 +24,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
-import { snapshotsPerVtreeDefault } from '../../src/common/limits.js';
+import { allocationChunkCountMax, snapshotsPerVtreeDefault } from '../../src/common/limits.js';
 import { mulberry32 } from '../../src/common/seeded-random.js';
 import { MdmOp } from '../../src/wire/mdm-ops.js';
 import { parsePlacementMap, vtreeOf, type PlacementMap } from '../../src/wire/placement.js';
@@ -142,13 +142,18 @@ async function compare(first: string, second: string): Promise<number | null> {
   return result.code;
 }
 
-/** qemu-io commands on an export; resolves with its output (qemu-io exits 0 even when a command fails). */
-async function qemuIo(uri: string, commands: string[]): Promise<string> {
+/**
+ * Runs qemu-io commands (reads and writes) on an export: whether every one of them did its
+ * whole length and every pattern matched (qemu-io exits 0 even when a command fails).
+ */
+async function qemuIo(t: Test, uri: string, commands: string[]): Promise<boolean> {
   const result = await run('qemu-io', ['-f', 'raw', ...commands.flatMap((command) => ['-c', command]), uri]);
-  return `${result.stdout}${result.stderr}`;
+  const output = `${result.stdout}${result.stderr}`;
+  const done = output.match(/^(?:wrote|read) (\d+)\/\1 bytes/gm)?.length ?? 0;
+  const ok = result.code === 0 && done === commands.length && !/Pattern verification failed/.test(output);
+  if (!ok) t.comment(`qemu-io ${commands.join('; ')} on ${uri}: ${output.trim()}`);
+  return ok;
 }
-
-const patternOk = (output: string): boolean => !/Pattern verification failed|error|failed/i.test(output);
 
 function readFirst(cluster: Cluster, name: string, byteCount = dataBytes, offsetBytes = 0): Promise<Buffer> {
   return readExport('127.0.0.1', cluster.sdc.nbdPort, name, byteCount, offsetBytes);
@@ -178,8 +183,8 @@ async function reachableBytes(t: Test, cluster: Cluster, map: PlacementMap, volu
   let chunks = 0;
   for (const sds of cluster.sds) {
     const peer = await connectWire(t, sds.address, { clusterId: cluster.mdm.clusterId, secret });
-    for (let first = 0; first < chunkCount; first += 1024) {
-      const count = Math.min(1024, chunkCount - first);
+    for (let first = 0; first < chunkCount; first += allocationChunkCountMax) {
+      const count = Math.min(allocationChunkCountMax, chunkCount - first);
       const response = await peer.request(SdsOp.Allocation, encodeAllocation({ poolId: volume.storagePoolId, vtreeId: volume.vtreeId, generation, chunkIndexFirst: first, chunkCount: count }));
       if (response.status !== SdsStatus.Ok) throw new Error(`allocation of ${volume.name} from ${sds.name}: status ${response.status} ${response.payload.toString()}`);
       for (let index = 0; index < count; index++) if (response.payload[index] === 1) chunks += 1;
@@ -232,7 +237,7 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     await mapAndWait(cluster, 's1');
     const info = JSON.parse((await run('nbdinfo', ['--json', uri('s1')])).stdout) as { exports: Array<Record<string, unknown>> };
     t.equal(info.exports[0]?.['is_read_only'], true, 'the SDC exports it read-only');
-    t.notOk(patternOk(await qemuIo(uri('s1'), ['write -P 0x11 0 4k'])), 'a write to it is refused');
+    t.notOk((await qemuIo(t, uri('s1'), ['write -P 0x11 0 4k'])), 'a write to it is refused');
 
     const fio = fioVerify(uri('vol1'), { sizeBytes: dataBytes, loops: 2 });
     let comparedMeanwhile = 0;
@@ -254,10 +259,10 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     const atSnapshot = await readFirst(cluster, 'vol1');
     t.ok((await readFirst(cluster, 'w1')).equals(atSnapshot), 'w1 starts as vol1 was');
 
-    t.ok(patternOk(await qemuIo(uri('w1'), ['write -P 0x5a 100M 1M'])), 'a write to w1');
-    t.ok(patternOk(await qemuIo(uri('vol1'), ['write -P 0xa5 200M 1M'])), 'a write to vol1');
-    t.ok(patternOk(await qemuIo(uri('w1'), ['read -P 0x5a 100M 1M', 'read -P 0 200M 1M'])), 'w1 has its write and not vol1\'s');
-    t.ok(patternOk(await qemuIo(uri('vol1'), ['read -P 0xa5 200M 1M', 'read -P 0 100M 1M'])), 'vol1 has its write and not w1\'s');
+    t.ok((await qemuIo(t, uri('w1'), ['write -P 0x5a 100M 1M'])), 'a write to w1');
+    t.ok((await qemuIo(t, uri('vol1'), ['write -P 0xa5 200M 1M'])), 'a write to vol1');
+    t.ok((await qemuIo(t, uri('w1'), ['read -P 0x5a 100M 1M', 'read -P 0 200M 1M'])), 'w1 has its write and not vol1\'s');
+    t.ok((await qemuIo(t, uri('vol1'), ['read -P 0xa5 200M 1M', 'read -P 0 100M 1M'])), 'vol1 has its write and not w1\'s');
     expectClean(t, await fioVerify(uri('w1'), { sizeBytes: dataBytes, loops: 1 }).done, 'rewriting w1');
     t.ok((await readFirst(cluster, 'vol1')).equals(atSnapshot), 'rewriting w1 changed nothing in vol1');
 
@@ -289,7 +294,7 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     t.equal(after.id, before.id, 'vol1 keeps its id');
     t.same(after.mappedSdcInfo.map((info) => info.sdcId), before.mappedSdcInfo.map((info) => info.sdcId), 'and its mapping');
     t.equal(await compare(source, uri('vol1')), 0, 'vol1 is s1 again, byte for byte (its later writes are gone)');
-    t.ok(patternOk(await qemuIo(uri('vol1'), ['write -P 0x77 0 4k'])), 'a write to the restored vol1');
+    t.ok((await qemuIo(t, uri('vol1'), ['write -P 0x77 0 4k'])), 'a write to the restored vol1');
     t.equal(await compare(source, uri('s1')), 0, 'changes nothing in s1');
   });
 
@@ -325,7 +330,7 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     t.not(openCli.code, 0, `CLI: refused too: ${openCli.stderr.trim()}`);
     client.destroy();
     await client.closed;
-    t.ok(patternOk(await qemuIo(uri('vol1'), ['read -P 0x77 0 4k'])), 'vol1 still holds its last write');
+    t.ok((await qemuIo(t, uri('vol1'), ['read -P 0x77 0 4k'])), 'vol1 still holds its last write');
 
     const mapped = await cluster.meshblock(['snapshot', 'remove', 's1']);
     t.not(mapped.code, 0, `CLI: removing a mapped snapshot fails: ${mapped.stderr.trim()}`);
@@ -429,7 +434,7 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     const volumes = await api.volumes();
     t.same(volumes.map((volume) => volume.name).sort(), ['cg1', 'cg2', 'vol1', 'vol2'], 'only the volumes are left');
     t.ok(volumes.every((volume) => volume.volumeType !== 'Snapshot'), 'none of them a snapshot');
-    t.ok(patternOk(await qemuIo(uri('vol1'), ['read -P 0x77 0 4k'])), 'vol1 reads as before');
+    t.ok((await qemuIo(t, uri('vol1'), ['read -P 0x77 0 4k'])), 'vol1 reads as before');
 
     let expectedKb = 0;
     let lastSeen = '';
