@@ -13,7 +13,11 @@
 // - a group snapshot of two volumes under dependent writes (each write names how many
 //   writes had completed on each volume when it was issued) is a prefix-consistent cut,
 //   with random timings from a printed seed (MESHBLOCK_SEED replays one);
-// - once every snapshot is removed, the capacity in use is what the volumes alone reach.
+// - once every snapshot is removed, the capacity in use is what the volumes alone reach;
+// - an SDS killed while fio's writes copy chunks on write, a second killed and a snapshot
+//   taken while its copies are rebuilt, then a third killed: fio sees no error, and both
+//   snapshots and the volume read whole from the copies the rebuilds made (every
+//   generation of a chunk moves with it).
 //
 // Until the SDS, MDM and REST parts of snapshots are merged, the MDM answers the
 // snapshotVolumes action with 404 (no such route or action): the tests are then skipped,
@@ -31,7 +35,7 @@ import { parsePlacementMap, vtreeOf, type PlacementMap } from '../../src/wire/pl
 import { SdsOp, SdsStatus, encodeAllocation } from '../../src/wire/sds-ops.js';
 import { adminPassword, startCluster, startMdm, until, type Cluster } from '../helpers/cluster.js';
 import { DependentWriter, checkCut, encodeRecord, readExport, recordBlockBytes, recordBlocks } from '../helpers/dependent-writer.js';
-import { expectClean, fioVerify } from '../helpers/fault-load.js';
+import { expectClean, fioVerify, fioVerifyOnly, untilWhole } from '../helpers/fault-load.js';
 import { run, type RunResult, type TeardownHost } from '../helpers/processes.js';
 import { RawNbd } from '../helpers/raw-nbd.js';
 import { basic, call, type Response } from '../helpers/rest.js';
@@ -459,6 +463,51 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     if (settled !== null) t.pass(`capacity: ${settled}`);
     t.ok(expectedKb > 0, 'the volumes do hold data');
   });
+});
+
+t.test('an SDS killed during copy on write, a snapshot taken during a rebuild, then a third SDS lost: every generation survives', { skip }, async (t) => {
+  // Four SDSs, lost one by one, each loss rebuilt before the next: with two left, every
+  // group still has a copy. Rebuilds are throttled so that a snapshot can be taken while
+  // one runs.
+  const dir = t.testdir();
+  const cluster = await startCluster(t, dir, {
+    sdsCount: 4,
+    deviceBytes: 2 * GiB,
+    volumes: [{ name: 'vol1', sizeBytes: GiB }],
+    mdmArgs: ['--sds-down-after', '2', '--rebuild-after', '2', '--rebuild-rate', '1MiB', '--rebuild-rate-under-load', '1MiB'],
+  });
+  const uri = (name: string): string => cluster.uri(name);
+  const kill = (index: number): Promise<void> => (cluster.sds[index] as { kill(): Promise<void> }).kill();
+  const source = path.join(dir, 'source.bin');
+  fs.writeFileSync(source, randomBytes(dataBytes));
+  t.equal((await run('nbdcopy', [source, uri('vol1')])).code, 0, '64 MiB of random bytes into vol1');
+  await must(cluster, ['snapshot', 'create', '--volume', 'vol1', '--name', 's1', '--read-only']);
+  await mapAndWait(cluster, 's1');
+
+  // fio's first write to each chunk after the snapshot copies it; an SDS dies meanwhile.
+  const load = fioVerify(uri('vol1'), { sizeBytes: dataBytes, loops: 2 });
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  await kill(1);
+  expectClean(t, await load.done, 'on vol1 while an SDS was killed during its copies on write');
+  t.equal(await compare(source, uri('s1')), 0, 's1 is whole after the SDS loss');
+  await untilWhole(cluster, 300_000);
+  t.pass('the lost copies were rebuilt');
+
+  await kill(2);
+  await until('a rebuild to run', async () => ((await dashboardJson(cluster)).includes('"state":"running"') ? true : undefined), 60_000);
+  await must(cluster, ['snapshot', 'create', '--volume', 'vol1', '--name', 's2', '--read-only']);
+  await mapAndWait(cluster, 's2');
+  const atS2 = await readFirst(cluster, 'vol1');
+  t.ok((await readFirst(cluster, 's2')).equals(atS2), 's2, taken during the rebuild, holds vol1 of its moment');
+  expectClean(t, await fioVerify(uri('vol1'), { sizeBytes: dataBytes, loops: 1 }).done, 'rewriting vol1 during the rebuild');
+  await untilWhole(cluster, 300_000);
+  t.pass('the second rebuild ended');
+
+  // Now the copies the rebuilds made must serve: a third SDS goes.
+  await kill(3);
+  t.equal(await compare(source, uri('s1')), 0, 's1 reads whole from the last SDS');
+  t.ok((await readFirst(cluster, 's2')).equals(atS2), 'and so does s2');
+  expectClean(t, await fioVerifyOnly(uri('vol1'), dataBytes).done, 'and vol1 verifies');
 });
 
 t.test('the cut check finds a cut that is not prefix-consistent', async (t) => {
