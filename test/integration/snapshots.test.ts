@@ -129,8 +129,9 @@ async function must(cluster: Cluster, args: string[]): Promise<RunResult> {
   return result;
 }
 
-async function mapAndWait(cluster: Cluster, name: string): Promise<void> {
-  await must(cluster, ['volume', 'map', '--volume', name, '--sdc', cluster.sdc.name]);
+/** Maps a volume to the SDC (read-only: as a read-only snapshot must be) and waits for its export. */
+async function mapAndWait(cluster: Cluster, name: string, readOnly = false): Promise<void> {
+  await must(cluster, ['volume', 'map', '--volume', name, '--sdc', cluster.sdc.name, ...(readOnly ? ['--read-only'] : [])]);
   await until(`the SDC to export ${name}`, async () => ((await run('nbdinfo', ['--list', '--json', `nbd://${cluster.sdc.nbdAddress}`])).stdout.includes(`"${name}"`) ? true : undefined));
 }
 
@@ -238,7 +239,7 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     const volumeList = await must(cluster, ['volume', 'list']);
     t.match(volumeList.stdout, /^s1\s.*snapshot/im, `volume list shows s1 as a snapshot:\n${volumeList.stdout}`);
 
-    await mapAndWait(cluster, 's1');
+    await mapAndWait(cluster, 's1', true);
     const info = JSON.parse((await run('nbdinfo', ['--json', uri('s1')])).stdout) as { exports: Array<Record<string, unknown>> };
     t.equal(info.exports[0]?.['is_read_only'], true, 'the SDC exports it read-only');
     t.notOk((await qemuIo(t, uri('s1'), ['write -P 0x11 0 4k'])), 'a write to it is refused');
@@ -482,7 +483,7 @@ t.test('an SDS killed during copy on write, a snapshot taken during a rebuild, t
   fs.writeFileSync(source, randomBytes(dataBytes));
   t.equal((await run('nbdcopy', [source, uri('vol1')])).code, 0, '64 MiB of random bytes into vol1');
   await must(cluster, ['snapshot', 'create', '--volume', 'vol1', '--name', 's1', '--read-only']);
-  await mapAndWait(cluster, 's1');
+  await mapAndWait(cluster, 's1', true);
 
   // fio's first write to each chunk after the snapshot copies it; an SDS dies meanwhile.
   const load = fioVerify(uri('vol1'), { sizeBytes: dataBytes, loops: 2 });
@@ -496,7 +497,7 @@ t.test('an SDS killed during copy on write, a snapshot taken during a rebuild, t
   await kill(2);
   await until('a rebuild to run', async () => ((await dashboardJson(cluster)).includes('"state":"running"') ? true : undefined), 60_000);
   await must(cluster, ['snapshot', 'create', '--volume', 'vol1', '--name', 's2', '--read-only']);
-  await mapAndWait(cluster, 's2');
+  await mapAndWait(cluster, 's2', true);
   const atS2 = await readFirst(cluster, 'vol1');
   t.ok((await readFirst(cluster, 's2')).equals(atS2), 's2, taken during the rebuild, holds vol1 of its moment');
   expectClean(t, await fioVerify(uri('vol1'), { sizeBytes: dataBytes, loops: 1 }).done, 'rewriting vol1 during the rebuild');
