@@ -13,11 +13,8 @@
 // - a group snapshot of two volumes under dependent writes (each write names how many
 //   writes had completed on each volume when it was issued) is a prefix-consistent cut,
 //   with random timings from a printed seed (MESHBLOCK_SEED replays one);
-// - once every snapshot is removed, the capacity in use is what the volumes alone reach;
-// - an SDS killed while fio's writes copy chunks on write, a second killed and a snapshot
-//   taken while its copies are rebuilt, then a third killed: fio sees no error, and both
-//   snapshots and the volume read whole from the copies the rebuilds made (every
-//   generation of a chunk moves with it).
+// - once every snapshot is removed, the capacity in use is what the volumes alone reach.
+// Faults (SDSs killed during copy on write and rebuilds) are in snapshots-faults.test.ts.
 //
 // Until the SDS, MDM and REST parts of snapshots are merged, the MDM answers the
 // snapshotVolumes action with 404 (no such route or action): the tests are then skipped,
@@ -25,7 +22,6 @@
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
 import { allocationChunkCountMax, snapshotsPerVtreeDefault } from '../../src/common/limits.js';
@@ -33,136 +29,18 @@ import { mulberry32 } from '../../src/common/seeded-random.js';
 import { MdmOp } from '../../src/wire/mdm-ops.js';
 import { parsePlacementMap, vtreeOf, type PlacementMap } from '../../src/wire/placement.js';
 import { SdsOp, SdsStatus, encodeAllocation } from '../../src/wire/sds-ops.js';
-import { adminPassword, startCluster, startMdm, until, type Cluster } from '../helpers/cluster.js';
-import { DependentWriter, checkCut, encodeRecord, readExport, recordBlockBytes, recordBlocks } from '../helpers/dependent-writer.js';
-import { expectClean, fioVerify, fioVerifyOnly, untilWhole } from '../helpers/fault-load.js';
-import { run, type RunResult, type TeardownHost } from '../helpers/processes.js';
+import { startCluster, until, type Cluster } from '../helpers/cluster.js';
+import { DependentWriter, checkCut, encodeRecord, recordBlockBytes, recordBlocks } from '../helpers/dependent-writer.js';
+import { expectClean, fioVerify } from '../helpers/fault-load.js';
+import { run } from '../helpers/processes.js';
 import { RawNbd } from '../helpers/raw-nbd.js';
-import { basic, call, type Response } from '../helpers/rest.js';
 import { MiB, connectWire } from '../helpers/sds.js';
+import { Api, codeOf, compare, dashboardJson, dataBytes, mapAndWait, must, qemuIo, readFirst, snapshotsUnsupported, unmapAndWait, type SnapVolume } from '../helpers/snapshots.js';
 
 const GiB = 1024 * MiB;
-/** What the tests write and compare at the start of a volume. */
-const dataBytes = 64 * MiB;
-
-/** A Volume as the snapshot-aware REST API gives it (ScaleIO's fields). */
-interface SnapVolume {
-  id: string;
-  name: string;
-  vtreeId: string;
-  storagePoolId: string;
-  ancestorVolumeId: string | null;
-  volumeType: string;
-  accessModeLimit?: string;
-  consistencyGroupId?: string | null;
-  mappedSdcInfo: Array<{ sdcId: string }>;
-}
-
-/** The REST API of an MDM, logged in as admin. */
-class Api {
-  private constructor(
-    private readonly target: { url: string; ca: Buffer },
-    private readonly token: string,
-  ) {}
-
-  static async login(mdm: { apiUrl: string; certPath: string }): Promise<Api> {
-    const target = { url: mdm.apiUrl, ca: fs.readFileSync(mdm.certPath) };
-    const reply = await call(target, 'GET', '/api/login', { authorization: basic('admin', adminPassword) });
-    if (reply.status !== 200 || typeof reply.body !== 'string') throw new Error(`login failed: ${reply.status} ${reply.text}`);
-    return new Api(target, reply.body);
-  }
-
-  post(urlPath: string, body: unknown): Promise<Response> {
-    return call(this.target, 'POST', urlPath, { body, token: this.token, timeoutMs: 60_000 });
-  }
-
-  async volumes(): Promise<SnapVolume[]> {
-    const reply = await call(this.target, 'GET', '/api/types/Volume/instances', { token: this.token, timeoutMs: 60_000 });
-    if (reply.status !== 200) throw new Error(`listing volumes: ${reply.status} ${reply.text}`);
-    return reply.body as SnapVolume[];
-  }
-
-  async volume(name: string): Promise<SnapVolume> {
-    const found = (await this.volumes()).find((volume) => volume.name === name);
-    if (found === undefined) throw new Error(`no volume ${name}`);
-    return found;
-  }
-
-  /** snapshotVolumes as ScaleIO clients (Cinder) send it. */
-  snapshot(defs: Array<{ volumeId: string; snapshotName: string }>, readOnly = false): Promise<Response> {
-    return this.post('/api/instances/System/action/snapshotVolumes', { snapshotDefs: defs, ...(readOnly ? { accessModeLimit: 'ReadOnly' } : {}) });
-  }
-}
-
-/** The stable code of a REST error reply. */
-function codeOf(reply: Response): string {
-  const code = (reply.body as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? code : `(none; HTTP ${reply.status}: ${reply.text.slice(0, 200)})`;
-}
-
-/** Why the tests cannot run against this build's MDM, or null when they can. */
-async function snapshotsUnsupported(): Promise<string | null> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meshblock-snapshot-probe-'));
-  const teardowns: Array<() => unknown> = [];
-  const host: TeardownHost = { teardown: (fn) => teardowns.push(fn) };
-  try {
-    const mdm = await startMdm(host, dir);
-    const api = await Api.login(mdm);
-    const reply = await api.snapshot([]);
-    if (reply.status === 404 && (codeOf(reply) === 'MB_ERR_NO_ROUTE' || /no such resource|has no action/.test(reply.text))) {
-      return `this MDM does not know the snapshotVolumes action yet (HTTP 404: ${(reply.body as { message?: string } | undefined)?.message ?? reply.text}); snapshots need the SDS, MDM and REST parts of issue 16 merged`;
-    }
-    return null;
-  } finally {
-    for (const fn of teardowns.reverse()) await fn();
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 const skipReason = await snapshotsUnsupported();
 if (skipReason !== null) t.comment(`skipped: ${skipReason}`);
 const skip = skipReason ?? false;
-
-async function must(cluster: Cluster, args: string[]): Promise<RunResult> {
-  const result = await cluster.meshblock(args);
-  if (result.code !== 0) throw new Error(`meshblock ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
-  return result;
-}
-
-/** Maps a volume to the SDC (read-only: as a read-only snapshot must be) and waits for its export. */
-async function mapAndWait(cluster: Cluster, name: string, readOnly = false): Promise<void> {
-  await must(cluster, ['volume', 'map', '--volume', name, '--sdc', cluster.sdc.name, ...(readOnly ? ['--read-only'] : [])]);
-  await until(`the SDC to export ${name}`, async () => ((await run('nbdinfo', ['--list', '--json', `nbd://${cluster.sdc.nbdAddress}`])).stdout.includes(`"${name}"`) ? true : undefined));
-}
-
-async function unmapAndWait(cluster: Cluster, name: string): Promise<void> {
-  // The SDC's heartbeat may still count a client that just left: retry the refusal.
-  await until(`${name} to be unmapped`, async () => ((await cluster.meshblock(['volume', 'unmap', '--volume', name, '--sdc', cluster.sdc.name])).code === 0 ? true : undefined));
-}
-
-/** qemu-img compare's exit code: 0 identical, 1 different (beyond the shorter image, only zeros count as identical). */
-async function compare(first: string, second: string): Promise<number | null> {
-  const result = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', first, second]);
-  if (result.code !== 0 && result.code !== 1) throw new Error(`qemu-img compare ${first} ${second}: ${result.stderr}`);
-  return result.code;
-}
-
-/**
- * Runs qemu-io commands (reads and writes) on an export: whether every one of them did its
- * whole length and every pattern matched (qemu-io exits 0 even when a command fails).
- */
-async function qemuIo(t: Test, uri: string, commands: string[]): Promise<boolean> {
-  const result = await run('qemu-io', ['-f', 'raw', ...commands.flatMap((command) => ['-c', command]), uri]);
-  const output = `${result.stdout}${result.stderr}`;
-  const done = output.match(/^(?:wrote|read) (\d+)\/\1 bytes/gm)?.length ?? 0;
-  const ok = result.code === 0 && done === commands.length && !/Pattern verification failed/.test(output);
-  if (!ok) t.comment(`qemu-io ${commands.join('; ')} on ${uri}: ${output.trim()}`);
-  return ok;
-}
-
-function readFirst(cluster: Cluster, name: string, byteCount = dataBytes, offsetBytes = 0): Promise<Buffer> {
-  return readExport('127.0.0.1', cluster.sdc.nbdPort, name, byteCount, offsetBytes);
-}
 
 /** What identifies the volumes, to tell that a refusal changed nothing. */
 async function volumeState(api: Api): Promise<string> {
@@ -197,11 +75,6 @@ async function reachableBytes(t: Test, cluster: Cluster, map: PlacementMap, volu
     peer.destroy();
   }
   return chunks * chunkBytes;
-}
-
-async function dashboardJson(cluster: Cluster): Promise<string> {
-  const result = await must(cluster, ['dashboard', '--json']);
-  return JSON.stringify(JSON.parse(result.stdout));
 }
 
 t.test('snapshots, groups, restore and removal through the CLI, REST and the real clients', { skip }, async (t) => {
@@ -464,51 +337,6 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     if (settled !== null) t.pass(`capacity: ${settled}`);
     t.ok(expectedKb > 0, 'the volumes do hold data');
   });
-});
-
-t.test('an SDS killed during copy on write, a snapshot taken during a rebuild, then a third SDS lost: every generation survives', { skip }, async (t) => {
-  // Four SDSs, lost one by one, each loss rebuilt before the next: with two left, every
-  // group still has a copy. Rebuilds are throttled so that a snapshot can be taken while
-  // one runs.
-  const dir = t.testdir();
-  const cluster = await startCluster(t, dir, {
-    sdsCount: 4,
-    deviceBytes: 2 * GiB,
-    volumes: [{ name: 'vol1', sizeBytes: GiB }],
-    mdmArgs: ['--sds-down-after', '2', '--rebuild-after', '2', '--rebuild-rate', '1MiB', '--rebuild-rate-under-load', '1MiB'],
-  });
-  const uri = (name: string): string => cluster.uri(name);
-  const kill = (index: number): Promise<void> => (cluster.sds[index] as { kill(): Promise<void> }).kill();
-  const source = path.join(dir, 'source.bin');
-  fs.writeFileSync(source, randomBytes(dataBytes));
-  t.equal((await run('nbdcopy', [source, uri('vol1')])).code, 0, '64 MiB of random bytes into vol1');
-  await must(cluster, ['snapshot', 'create', '--volume', 'vol1', '--name', 's1', '--read-only']);
-  await mapAndWait(cluster, 's1', true);
-
-  // fio's first write to each chunk after the snapshot copies it; an SDS dies meanwhile.
-  const load = fioVerify(uri('vol1'), { sizeBytes: dataBytes, loops: 2 });
-  await new Promise((resolve) => setTimeout(resolve, 1500));
-  await kill(1);
-  expectClean(t, await load.done, 'on vol1 while an SDS was killed during its copies on write');
-  t.equal(await compare(source, uri('s1')), 0, 's1 is whole after the SDS loss');
-  await untilWhole(cluster, 300_000);
-  t.pass('the lost copies were rebuilt');
-
-  await kill(2);
-  await until('a rebuild to run', async () => ((await dashboardJson(cluster)).includes('"state":"running"') ? true : undefined), 60_000);
-  await must(cluster, ['snapshot', 'create', '--volume', 'vol1', '--name', 's2', '--read-only']);
-  await mapAndWait(cluster, 's2', true);
-  const atS2 = await readFirst(cluster, 'vol1');
-  t.ok((await readFirst(cluster, 's2')).equals(atS2), 's2, taken during the rebuild, holds vol1 of its moment');
-  expectClean(t, await fioVerify(uri('vol1'), { sizeBytes: dataBytes, loops: 1 }).done, 'rewriting vol1 during the rebuild');
-  await untilWhole(cluster, 300_000);
-  t.pass('the second rebuild ended');
-
-  // Now the copies the rebuilds made must serve: a third SDS goes.
-  await kill(3);
-  t.equal(await compare(source, uri('s1')), 0, 's1 reads whole from the last SDS');
-  t.ok((await readFirst(cluster, 's2')).equals(atS2), 'and so does s2');
-  expectClean(t, await fioVerifyOnly(uri('vol1'), dataBytes).done, 'and vol1 verifies');
 });
 
 t.test('the cut check finds a cut that is not prefix-consistent', async (t) => {
