@@ -14,6 +14,7 @@
 //   writes had completed on each volume when it was issued) is a prefix-consistent cut,
 //   with random timings from a printed seed (MESHBLOCK_SEED replays one);
 // - once every snapshot is removed, the capacity in use is what the volumes alone reach.
+// Faults (SDSs killed during copy on write and rebuilds) are in snapshots-faults.test.ts.
 //
 // Until the SDS, MDM and REST parts of snapshots are merged, the MDM answers the
 // snapshotVolumes action with 404 (no such route or action): the tests are then skipped,
@@ -21,138 +22,25 @@
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
-import { snapshotsPerVtreeDefault } from '../../src/common/limits.js';
+import { allocationChunkCountMax, snapshotsPerVtreeDefault } from '../../src/common/limits.js';
 import { mulberry32 } from '../../src/common/seeded-random.js';
 import { MdmOp } from '../../src/wire/mdm-ops.js';
 import { parsePlacementMap, vtreeOf, type PlacementMap } from '../../src/wire/placement.js';
 import { SdsOp, SdsStatus, encodeAllocation } from '../../src/wire/sds-ops.js';
-import { adminPassword, startCluster, startMdm, until, type Cluster } from '../helpers/cluster.js';
-import { DependentWriter, checkCut, encodeRecord, readExport, recordBlockBytes, recordBlocks } from '../helpers/dependent-writer.js';
+import { startCluster, until, type Cluster } from '../helpers/cluster.js';
+import { DependentWriter, checkCut, encodeRecord, recordBlockBytes, recordBlocks } from '../helpers/dependent-writer.js';
 import { expectClean, fioVerify } from '../helpers/fault-load.js';
-import { run, type RunResult, type TeardownHost } from '../helpers/processes.js';
+import { run } from '../helpers/processes.js';
 import { RawNbd } from '../helpers/raw-nbd.js';
-import { basic, call, type Response } from '../helpers/rest.js';
 import { MiB, connectWire } from '../helpers/sds.js';
+import { Api, codeOf, compare, dashboardJson, dataBytes, mapAndWait, must, qemuIo, readFirst, snapshotsUnsupported, unmapAndWait, type SnapVolume } from '../helpers/snapshots.js';
 
 const GiB = 1024 * MiB;
-/** What the tests write and compare at the start of a volume. */
-const dataBytes = 64 * MiB;
-
-/** A Volume as the snapshot-aware REST API gives it (ScaleIO's fields). */
-interface SnapVolume {
-  id: string;
-  name: string;
-  vtreeId: string;
-  storagePoolId: string;
-  ancestorVolumeId: string | null;
-  volumeType: string;
-  accessModeLimit?: string;
-  consistencyGroupId?: string | null;
-  mappedSdcInfo: Array<{ sdcId: string }>;
-}
-
-/** The REST API of an MDM, logged in as admin. */
-class Api {
-  private constructor(
-    private readonly target: { url: string; ca: Buffer },
-    private readonly token: string,
-  ) {}
-
-  static async login(mdm: { apiUrl: string; certPath: string }): Promise<Api> {
-    const target = { url: mdm.apiUrl, ca: fs.readFileSync(mdm.certPath) };
-    const reply = await call(target, 'GET', '/api/login', { authorization: basic('admin', adminPassword) });
-    if (reply.status !== 200 || typeof reply.body !== 'string') throw new Error(`login failed: ${reply.status} ${reply.text}`);
-    return new Api(target, reply.body);
-  }
-
-  post(urlPath: string, body: unknown): Promise<Response> {
-    return call(this.target, 'POST', urlPath, { body, token: this.token, timeoutMs: 60_000 });
-  }
-
-  async volumes(): Promise<SnapVolume[]> {
-    const reply = await call(this.target, 'GET', '/api/types/Volume/instances', { token: this.token, timeoutMs: 60_000 });
-    if (reply.status !== 200) throw new Error(`listing volumes: ${reply.status} ${reply.text}`);
-    return reply.body as SnapVolume[];
-  }
-
-  async volume(name: string): Promise<SnapVolume> {
-    const found = (await this.volumes()).find((volume) => volume.name === name);
-    if (found === undefined) throw new Error(`no volume ${name}`);
-    return found;
-  }
-
-  /** snapshotVolumes as ScaleIO clients (Cinder) send it. */
-  snapshot(defs: Array<{ volumeId: string; snapshotName: string }>, readOnly = false): Promise<Response> {
-    return this.post('/api/instances/System/action/snapshotVolumes', { snapshotDefs: defs, ...(readOnly ? { accessModeLimit: 'ReadOnly' } : {}) });
-  }
-}
-
-/** The stable code of a REST error reply. */
-function codeOf(reply: Response): string {
-  const code = (reply.body as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? code : `(none; HTTP ${reply.status}: ${reply.text.slice(0, 200)})`;
-}
-
-/** Why the tests cannot run against this build's MDM, or null when they can. */
-async function snapshotsUnsupported(): Promise<string | null> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meshblock-snapshot-probe-'));
-  const teardowns: Array<() => unknown> = [];
-  const host: TeardownHost = { teardown: (fn) => teardowns.push(fn) };
-  try {
-    const mdm = await startMdm(host, dir);
-    const api = await Api.login(mdm);
-    const reply = await api.snapshot([]);
-    if (reply.status === 404 && (codeOf(reply) === 'MB_ERR_NO_ROUTE' || /no such resource|has no action/.test(reply.text))) {
-      return `this MDM does not know the snapshotVolumes action yet (HTTP 404: ${(reply.body as { message?: string } | undefined)?.message ?? reply.text}); snapshots need the SDS, MDM and REST parts of issue 16 merged`;
-    }
-    return null;
-  } finally {
-    for (const fn of teardowns.reverse()) await fn();
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 const skipReason = await snapshotsUnsupported();
 if (skipReason !== null) t.comment(`skipped: ${skipReason}`);
 const skip = skipReason ?? false;
-
-async function must(cluster: Cluster, args: string[]): Promise<RunResult> {
-  const result = await cluster.meshblock(args);
-  if (result.code !== 0) throw new Error(`meshblock ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
-  return result;
-}
-
-async function mapAndWait(cluster: Cluster, name: string): Promise<void> {
-  await must(cluster, ['volume', 'map', '--volume', name, '--sdc', cluster.sdc.name]);
-  await until(`the SDC to export ${name}`, async () => ((await run('nbdinfo', ['--list', '--json', `nbd://${cluster.sdc.nbdAddress}`])).stdout.includes(`"${name}"`) ? true : undefined));
-}
-
-async function unmapAndWait(cluster: Cluster, name: string): Promise<void> {
-  // The SDC's heartbeat may still count a client that just left: retry the refusal.
-  await until(`${name} to be unmapped`, async () => ((await cluster.meshblock(['volume', 'unmap', '--volume', name, '--sdc', cluster.sdc.name])).code === 0 ? true : undefined));
-}
-
-/** qemu-img compare's exit code: 0 identical, 1 different (beyond the shorter image, only zeros count as identical). */
-async function compare(first: string, second: string): Promise<number | null> {
-  const result = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', first, second]);
-  if (result.code !== 0 && result.code !== 1) throw new Error(`qemu-img compare ${first} ${second}: ${result.stderr}`);
-  return result.code;
-}
-
-/** qemu-io commands on an export; resolves with its output (qemu-io exits 0 even when a command fails). */
-async function qemuIo(uri: string, commands: string[]): Promise<string> {
-  const result = await run('qemu-io', ['-f', 'raw', ...commands.flatMap((command) => ['-c', command]), uri]);
-  return `${result.stdout}${result.stderr}`;
-}
-
-const patternOk = (output: string): boolean => !/Pattern verification failed|error|failed/i.test(output);
-
-function readFirst(cluster: Cluster, name: string, byteCount = dataBytes, offsetBytes = 0): Promise<Buffer> {
-  return readExport('127.0.0.1', cluster.sdc.nbdPort, name, byteCount, offsetBytes);
-}
 
 /** What identifies the volumes, to tell that a refusal changed nothing. */
 async function volumeState(api: Api): Promise<string> {
@@ -178,8 +66,8 @@ async function reachableBytes(t: Test, cluster: Cluster, map: PlacementMap, volu
   let chunks = 0;
   for (const sds of cluster.sds) {
     const peer = await connectWire(t, sds.address, { clusterId: cluster.mdm.clusterId, secret });
-    for (let first = 0; first < chunkCount; first += 1024) {
-      const count = Math.min(1024, chunkCount - first);
+    for (let first = 0; first < chunkCount; first += allocationChunkCountMax) {
+      const count = Math.min(allocationChunkCountMax, chunkCount - first);
       const response = await peer.request(SdsOp.Allocation, encodeAllocation({ poolId: volume.storagePoolId, vtreeId: volume.vtreeId, generation, chunkIndexFirst: first, chunkCount: count }));
       if (response.status !== SdsStatus.Ok) throw new Error(`allocation of ${volume.name} from ${sds.name}: status ${response.status} ${response.payload.toString()}`);
       for (let index = 0; index < count; index++) if (response.payload[index] === 1) chunks += 1;
@@ -187,11 +75,6 @@ async function reachableBytes(t: Test, cluster: Cluster, map: PlacementMap, volu
     peer.destroy();
   }
   return chunks * chunkBytes;
-}
-
-async function dashboardJson(cluster: Cluster): Promise<string> {
-  const result = await must(cluster, ['dashboard', '--json']);
-  return JSON.stringify(JSON.parse(result.stdout));
 }
 
 t.test('snapshots, groups, restore and removal through the CLI, REST and the real clients', { skip }, async (t) => {
@@ -229,10 +112,10 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     const volumeList = await must(cluster, ['volume', 'list']);
     t.match(volumeList.stdout, /^s1\s.*snapshot/im, `volume list shows s1 as a snapshot:\n${volumeList.stdout}`);
 
-    await mapAndWait(cluster, 's1');
+    await mapAndWait(cluster, 's1', true);
     const info = JSON.parse((await run('nbdinfo', ['--json', uri('s1')])).stdout) as { exports: Array<Record<string, unknown>> };
     t.equal(info.exports[0]?.['is_read_only'], true, 'the SDC exports it read-only');
-    t.notOk(patternOk(await qemuIo(uri('s1'), ['write -P 0x11 0 4k'])), 'a write to it is refused');
+    t.notOk((await qemuIo(t, uri('s1'), ['write -P 0x11 0 4k'])), 'a write to it is refused');
 
     const fio = fioVerify(uri('vol1'), { sizeBytes: dataBytes, loops: 2 });
     let comparedMeanwhile = 0;
@@ -254,10 +137,10 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     const atSnapshot = await readFirst(cluster, 'vol1');
     t.ok((await readFirst(cluster, 'w1')).equals(atSnapshot), 'w1 starts as vol1 was');
 
-    t.ok(patternOk(await qemuIo(uri('w1'), ['write -P 0x5a 100M 1M'])), 'a write to w1');
-    t.ok(patternOk(await qemuIo(uri('vol1'), ['write -P 0xa5 200M 1M'])), 'a write to vol1');
-    t.ok(patternOk(await qemuIo(uri('w1'), ['read -P 0x5a 100M 1M', 'read -P 0 200M 1M'])), 'w1 has its write and not vol1\'s');
-    t.ok(patternOk(await qemuIo(uri('vol1'), ['read -P 0xa5 200M 1M', 'read -P 0 100M 1M'])), 'vol1 has its write and not w1\'s');
+    t.ok((await qemuIo(t, uri('w1'), ['write -P 0x5a 100M 1M'])), 'a write to w1');
+    t.ok((await qemuIo(t, uri('vol1'), ['write -P 0xa5 200M 1M'])), 'a write to vol1');
+    t.ok((await qemuIo(t, uri('w1'), ['read -P 0x5a 100M 1M', 'read -P 0 200M 1M'])), 'w1 has its write and not vol1\'s');
+    t.ok((await qemuIo(t, uri('vol1'), ['read -P 0xa5 200M 1M', 'read -P 0 100M 1M'])), 'vol1 has its write and not w1\'s');
     expectClean(t, await fioVerify(uri('w1'), { sizeBytes: dataBytes, loops: 1 }).done, 'rewriting w1');
     t.ok((await readFirst(cluster, 'vol1')).equals(atSnapshot), 'rewriting w1 changed nothing in vol1');
 
@@ -289,7 +172,7 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     t.equal(after.id, before.id, 'vol1 keeps its id');
     t.same(after.mappedSdcInfo.map((info) => info.sdcId), before.mappedSdcInfo.map((info) => info.sdcId), 'and its mapping');
     t.equal(await compare(source, uri('vol1')), 0, 'vol1 is s1 again, byte for byte (its later writes are gone)');
-    t.ok(patternOk(await qemuIo(uri('vol1'), ['write -P 0x77 0 4k'])), 'a write to the restored vol1');
+    t.ok((await qemuIo(t, uri('vol1'), ['write -P 0x77 0 4k'])), 'a write to the restored vol1');
     t.equal(await compare(source, uri('s1')), 0, 'changes nothing in s1');
   });
 
@@ -325,7 +208,7 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     t.not(openCli.code, 0, `CLI: refused too: ${openCli.stderr.trim()}`);
     client.destroy();
     await client.closed;
-    t.ok(patternOk(await qemuIo(uri('vol1'), ['read -P 0x77 0 4k'])), 'vol1 still holds its last write');
+    t.ok((await qemuIo(t, uri('vol1'), ['read -P 0x77 0 4k'])), 'vol1 still holds its last write');
 
     const mapped = await cluster.meshblock(['snapshot', 'remove', 's1']);
     t.not(mapped.code, 0, `CLI: removing a mapped snapshot fails: ${mapped.stderr.trim()}`);
@@ -429,7 +312,7 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     const volumes = await api.volumes();
     t.same(volumes.map((volume) => volume.name).sort(), ['cg1', 'cg2', 'vol1', 'vol2'], 'only the volumes are left');
     t.ok(volumes.every((volume) => volume.volumeType !== 'Snapshot'), 'none of them a snapshot');
-    t.ok(patternOk(await qemuIo(uri('vol1'), ['read -P 0x77 0 4k'])), 'vol1 reads as before');
+    t.ok((await qemuIo(t, uri('vol1'), ['read -P 0x77 0 4k'])), 'vol1 reads as before');
 
     let expectedKb = 0;
     let lastSeen = '';
