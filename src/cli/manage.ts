@@ -690,13 +690,18 @@ const volumeCommands: Command[] = [
     describe: 'map a volume to an SDC (it appears there as an NBD export named after the volume)',
     builder: (y) =>
       volumeSdcFlags(y)
-        .option('read-only', { type: 'boolean', default: false, describe: 'the SDC may only read' })
+        .option('read-only', { type: 'boolean', describe: 'the SDC may only read [default: only for a read-only snapshot]' })
         .option('allow-multiple', { type: 'boolean', default: false, describe: 'allow mapping to more than one SDC (shared volume: the users must coordinate)' }),
     run: async (args, session) => {
       const volume = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
       const sdc = await session.resolve<RestSdc>('Sdc', '--sdc', String(args['sdc']));
-      const body = { sdcId: sdc.id, accessMode: args['read-only'] === true ? 'ReadOnly' : 'ReadWrite', allowMultipleMappings: args['allow-multiple'] === true };
-      await action(session, 'Volume', volume.id, 'addMappedSdc', body, `volume '${volume.name}' mapped to SDC '${sdc.name}'${args['read-only'] === true ? ' read-only' : ''}`);
+      // A read-only snapshot maps only read-only: that is the default for it, not an error
+      // (--no-read-only asks otherwise, and the API refuses it, saying why).
+      const limited = args['read-only'] === undefined && volume.accessModeLimit === 'ReadOnly';
+      const readOnly = args['read-only'] === true || limited;
+      const body = { sdcId: sdc.id, accessMode: readOnly ? 'ReadOnly' : 'ReadWrite', allowMultipleMappings: args['allow-multiple'] === true };
+      const how = limited ? ' read-only (a read-only snapshot)' : readOnly ? ' read-only' : '';
+      await action(session, 'Volume', volume.id, 'addMappedSdc', body, `volume '${volume.name}' mapped to SDC '${sdc.name}'${how}`);
     },
   },
   {

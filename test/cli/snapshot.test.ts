@@ -60,7 +60,7 @@ async function populated(t: Test): Promise<{ api: TestApi; run: ReturnType<typeo
 }
 
 t.test('create, list, restore and remove snapshots', async (t) => {
-  const { api, ok } = await populated(t);
+  const { api, run, ok } = await populated(t);
   const model = api.controller.state.model;
   const json = async <T>(args: string[]): Promise<T> => JSON.parse(await ok([...args, '--json'])) as T;
   const byName = (name: string) => Object.values(model.volumes).find((volume) => volume.name === name);
@@ -86,6 +86,17 @@ t.test('create, list, restore and remove snapshots', async (t) => {
   const ofVol1 = await json<RestVolume[]>(['snapshot', 'list', '--volume', 'vol1']);
   t.same(ofVol1.map((volume) => volume.name).sort(), [g1?.name, 's1', 's1a'].sort(), '--volume: its snapshots and theirs');
   t.ok(ofVol1.every((volume) => volume.volumeType === 'Snapshot'));
+
+  // A read-only snapshot maps read-only by default; asked otherwise, the API says why not.
+  t.match(await ok(['volume', 'map', '--volume', g2?.name as string, '--sdc', 'host1']), /^volume 'vol2-snap-\d+' mapped to SDC 'host1' read-only \(a read-only snapshot\)\n$/);
+  t.match(model.volumes[g2?.id as string]?.mappings, [{ accessMode: 'ReadOnly' }]);
+  const forced = await run(['volume', 'map', '--volume', 'v2s', '--sdc', 'host1', '--read-only']);
+  t.equal(forced.code, 0, 'a writable snapshot maps read-only when asked');
+  const writable = await run(['volume', 'map', '--volume', g1?.name as string, '--sdc', 'host1', '--no-read-only']);
+  t.equal(writable.code, 1, 'a read-only snapshot does not map read-write');
+  t.match(writable.stderr, /is read-only \(accessModeLimit ReadOnly\)/);
+  await ok(['volume', 'unmap', '--volume', g2?.name as string, '--sdc', 'host1']);
+  await ok(['volume', 'unmap', '--volume', 'v2s', '--sdc', 'host1']);
 
   const volumes = await ok(['volume', 'list']);
   t.match(volumes, /\ns1\s+[0-9a-f]{16}\s+pool1\s+128 MiB\s+snapshot\s+-\n/, "volume list shows a snapshot's type");
