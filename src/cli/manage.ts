@@ -22,7 +22,7 @@
 import yargs, { type Argv } from 'yargs';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
 import { GiB, KiB, MiB, parseSizeBytes } from '../common/units.js';
-import { snapshotGroupVolumesMax } from '../common/limits.js';
+import { snapshotGroupVolumesMax, snapshotsPerVtreeDefault, snapshotsPerVtreeMax } from '../common/limits.js';
 import { idPattern } from '../wire/placement.js';
 import type { RemoveGroupReply, SnapshotVolumesReply } from '../mdm/rest-commands.js';
 import type {
@@ -33,6 +33,7 @@ import type {
   RestSdc,
   RestSds,
   RestStoragePool,
+  RestSystem,
   RestType,
   RestVolume,
 } from '../mdm/rest-objects.js';
@@ -913,6 +914,17 @@ const snapshotCommands: Command[] = [
       await action(session, 'Volume', volume.id, 'overwriteVolumeContent', { srcVolumeId: source.id }, `volume '${volume.name}' restored from snapshot '${source.name}'`);
     },
   },
+  {
+    name: 'set-limit',
+    describe: `set how many snapshots one V-Tree (a volume and its snapshots) may hold, 1 to ${snapshotsPerVtreeMax}; V-Trees above a lowered limit keep theirs`,
+    builder: (y) => y.option('per-vtree', str(`snapshots per V-Tree [ScaleIO's default: ${snapshotsPerVtreeDefault}]`)),
+    check: (args) => void integerFlag('--per-vtree', args['per-vtree'], 1, snapshotsPerVtreeMax),
+    run: async (args, session) => {
+      const limit = integerFlag('--per-vtree', args['per-vtree'], 1, snapshotsPerVtreeMax);
+      const [system] = await session.client.get<RestSystem[]>('/api/types/System/instances');
+      await action(session, 'System', system?.id ?? '', 'setSnapshotsPerVtree', { snapshotsPerVtree: limit }, `snapshots per V-Tree: ${limit}${system === undefined ? '' : ` (was ${system.snapshotsPerVtree})`}`);
+    },
+  },
 ];
 
 // --- the MDM cluster --------------------------------------------------------------------------
@@ -979,7 +991,7 @@ export function registerManagementCommands(yargs: Argv, io: ManageIo = processIo
   noun(yargs, io, 'fault-set', 'fault sets: SDSs that may fail together, never holding both copies', faultSetCommands);
   noun(yargs, io, 'device', 'devices of SDSs in storage pools', deviceCommands);
   noun(yargs, io, 'volume', 'volumes: create, resize, map to SDCs, QoS limits', volumeCommands);
-  noun(yargs, io, 'snapshot', 'snapshots of volumes: create (one or a consistency group), list, remove, restore', snapshotCommands);
+  noun(yargs, io, 'snapshot', 'snapshots of volumes: create (one or a consistency group), list, remove, restore, set-limit', snapshotCommands);
   register(yargs, io, [
     {
       name: 'dashboard',

@@ -134,22 +134,28 @@ t.test('errors: one line, exit 2 for usage, exit 1 for what the API refused', as
   oneLine(t, await run(['snapshot', 'remove', '--group', '0123456789abcdef', '--mode', 'whole-vtree']), /--mode: applies to one snapshot, not to --group/, 2, '--mode with --group');
   oneLine(t, await run(['snapshot', 'remove', 's1', '--mode', 'everything']), /Invalid values:.*mode.*everything/, 2, 'unknown mode');
   oneLine(t, await run(['snapshot', 'restore', '--volume', 'vol1']), /Missing required argument: from/, 2, 'restore without --from');
-  oneLine(t, await run(['snapshot'], { connection: false }), /snapshot: name a subcommand \(create, list, remove, restore\)/, 2, 'no verb');
+  oneLine(t, await run(['snapshot', 'set-limit', '--per-vtree', '0']), /--per-vtree: must be a whole number from 1 to 127, got 0/, 2, 'limit 0');
+  oneLine(t, await run(['snapshot', 'set-limit', '--per-vtree', 'many']), /--per-vtree: must be a whole number from 1 to 127, got many/, 2, 'limit not a number');
+  oneLine(t, await run(['snapshot'], { connection: false }), /snapshot: name a subcommand \(create, list, remove, restore, set-limit\)/, 2, 'no verb');
 
-  // The API refused: exit 1 with its message.
+  // The API refused: exit 1 with its message. The V-Tree of vol1 holds one snapshot: a limit of 1 refuses the next.
+  t.match(await ok(['snapshot', 'set-limit', '--per-vtree', '1']), /^snapshots per V-Tree: 1 \(was 31\)\n$/);
+  oneLine(t, await run(['snapshot', 'create', '--volume', 'vol1']), /the V-Tree of volume 'vol1' holds 1 snapshot\(s\); 1 more would pass the limit of 1 per V-Tree/, 1, 'too many snapshots');
+  const limited = JSON.stringify(api.controller.state.model);
   oneLine(t, await run(['snapshot', 'create', '--volume', 'ghost']), /--volume: no volume with id or name 'ghost'/, 1, 'a missing volume');
   oneLine(t, await run(['snapshot', 'create', '--volume', 'vol1', '--name', 'vol2']), /snapshotDefs\[0\]\.snapshotName: a volume named 'vol2' already exists/, 1, 'name taken');
   oneLine(t, await run(['snapshot', 'remove', 'vol1']), /snapshot: 'vol1' is a volume, not a snapshot \(remove volumes with volume remove\)/, 1, 'a base volume');
   oneLine(t, await run(['snapshot', 'remove', 'other']), /mapped/, 1, 'a mapped snapshot');
   oneLine(t, await run(['snapshot', 'restore', '--volume', 'vol1', '--from', 'other']), /V-Tree|tree/i, 1, 'from another V-Tree');
   oneLine(t, await run(['snapshot', 'remove', '--group', 'ffffffffffffffff']), /snapGroupId: no snapshot group with id ffffffffffffffff/, 1, 'an unknown group');
-  t.equal(JSON.stringify(api.controller.state.model), before, 'nothing changed');
+  t.equal(JSON.stringify(api.controller.state.model), limited, 'nothing changed');
+  t.not(limited, before, 'but the limit (sanity)');
 });
 
 t.test('--help on snapshot and its verbs', async (t) => {
   const api = await startTestApi(t);
   const run = runner(api);
-  for (const args of [['snapshot', '--help'], ['snapshot', 'create', '--help'], ['snapshot', 'list', '--help'], ['snapshot', 'remove', '--help'], ['snapshot', 'restore', '--help']]) {
+  for (const args of [['snapshot', '--help'], ['snapshot', 'create', '--help'], ['snapshot', 'list', '--help'], ['snapshot', 'remove', '--help'], ['snapshot', 'restore', '--help'], ['snapshot', 'set-limit', '--help']]) {
     const result = await run(args, { connection: false });
     t.equal(result.code, 0, `${args.join(' ')} exits 0`);
     t.match(result.stdout, /meshblock snapshot/, `${args.join(' ')} prints usage`);
