@@ -273,6 +273,8 @@ export class MdmClusterMember {
       },
     });
     try {
+      // listen() also aborts a snapshot barrier the previous Master journaled and did not end
+      // (docs/snapshots.md, step 4): it alone waited for the SDSs' answers.
       await service.listen(this.options.wire.host, this.options.wire.port);
     } catch (err) {
       this.log.error({ err }, 'could not listen for SDSs and SDCs; giving up the mastership');

@@ -45,6 +45,9 @@ import { MdmError, StateMachine, isDown, notFound, type Applied, type Command } 
 
 export type { JournalRecord } from './command-log.js';
 
+/** Times the barrier's map is sent again to an SDS that refused it as older than its own. */
+const barrierMapAttemptsMax = 5;
+
 interface Session {
   sdsId: Id | null;
   sdcId: Id | null;
@@ -166,7 +169,7 @@ export class MdmService implements MdmController {
     if (barrier === null) return;
     const reason = 'the MDM that began it stopped (restart or takeover) before committing it';
     this.options.log.warn({ groupId: barrier.groupId, volumes: barrier.defs.length }, `aborting a snapshot group: ${reason}`);
-    await this.executeNow({ type: 'abortSnapshot', groupId: barrier.groupId, reason }).catch((err: unknown) =>
+    await this.serialised({ type: 'abortSnapshot', groupId: barrier.groupId, reason }).catch((err: unknown) =>
       this.options.log.error({ err, groupId: barrier.groupId }, 'could not abort the inherited snapshot group'),
     );
   }
@@ -338,25 +341,33 @@ export class MdmService implements MdmController {
         if (sds !== undefined && !isDown(sds) && group.lost !== true) required.add(sds.id);
       }
     }
-    const map = Buffer.from(JSON.stringify(this.state.placementMap()));
     const epoch = model.epoch;
     // The SDSs of other pools get the map too (its epoch moved), without being waited for.
     for (const [sdsId, peer] of this.sdsPeers) if (!required.has(sdsId)) void this.pushMapTo(sdsId, peer);
     const nameOf = (sdsId: Id): string => `'${model.sdss[sdsId]?.name ?? sdsId}'`;
-    const answers = await Promise.all(
-      [...required].map(async (sdsId): Promise<string | null> => {
+    const confirm = async (sdsId: Id): Promise<string | null> => {
+      for (let attempt = 1; ; attempt++) {
         const peer = this.sdsPeers.get(sdsId);
         if (peer === undefined) return `${nameOf(sdsId)} (not connected)`;
-        const timeoutMs = Math.max(1, deadlineMs - Date.now());
+        if (this.state.model.snapshotBarrier?.groupId !== groupId) return `${nameOf(sdsId)} (the barrier was ended meanwhile)`;
+        // Made afresh each time: every map made while the barrier holds freezes its trees.
+        const map = Buffer.from(JSON.stringify(this.state.placementMap()));
+        const timeoutMs = deadlineMs - Date.now();
+        if (timeoutMs <= 0) return `${nameOf(sdsId)} (no answer in time)`;
+        let response;
         try {
-          const response = await peer.request(SdsOp.SetMap, map, { timeoutMs });
-          if (response.status === SdsStatus.Ok) return null;
-          return `${nameOf(sdsId)} (refused the map: status ${response.status} ${response.payload.toString().slice(0, 200)})`;
+          response = await peer.request(SdsOp.SetMap, map, { timeoutMs });
         } catch (err) {
           return `${nameOf(sdsId)} (${err instanceof Error ? err.message : String(err)})`;
         }
-      }),
-    );
+        if (response.status === SdsStatus.Ok) return null;
+        // A newer map (another command moved the epoch meanwhile) reached it first: it refused
+        // this one at once, before draining. The newest map's answer proves the drain too.
+        if (response.status === SdsStatus.StaleEpoch && attempt < barrierMapAttemptsMax) continue;
+        return `${nameOf(sdsId)} (refused the map: status ${response.status} ${response.payload.toString().slice(0, 200)})`;
+      }
+    };
+    const answers = await Promise.all([...required].map(confirm));
     const unconfirmed = answers.filter((answer): answer is string => answer !== null).sort();
     this.options.log.info({ groupId, epoch, sdss: required.size, unconfirmed: unconfirmed.length }, 'snapshot barrier: freeze pushed');
     return unconfirmed;

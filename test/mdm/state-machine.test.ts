@@ -159,9 +159,17 @@ t.test('seeded simulation: deterministic, replayable, refusals change nothing', 
         () => ({ type: 'removeSds', id: pick(sdss) ?? 'x' }),
         () => ({ type: 'removeStoragePool', id: pick(pools) ?? 'x' }),
         () => ({ type: 'setStoragePoolSpare', id: pick(pools) ?? 'x', sparePercent: Math.floor(random() * 60) }),
+        // Snapshots: both phases as snapshotVolumes() gives them, restores, removal modes.
+        () => ({ type: 'beginSnapshot', defs: [{ volumeId: pick(volumes) ?? 'x', name, readOnly: random() < 0.3 }], nowMs }),
+        () => ({ type: 'commitSnapshot', groupId: model.snapshotBarrier?.groupId ?? 'x', nowMs }),
+        () => ({ type: 'abortSnapshot', groupId: model.snapshotBarrier?.groupId ?? 'x', reason: 'sim' }),
+        () => ({ type: 'overwriteVolumeContent', volumeId: pick(volumes) ?? 'x', sourceVolumeId: pick(volumes) ?? 'x' }),
+        () => ({ type: 'removeVolume', id: pick(volumes) ?? 'x', removeMode: pick(['ONLY_ME', 'INCLUDING_DESCENDANTS', 'DESCENDANTS_ONLY', 'WHOLE_VTREE'] as const) ?? 'ONLY_ME' }),
+        () => ({ type: 'removeSnapshotGroup', groupId: pick(volumes.map((id) => model.volumes[id]?.snapshotGroupId ?? 'x')) ?? 'x' }),
+        () => ({ type: 'setVolumeAccessModeLimit', id: pick(volumes) ?? 'x', accessModeLimit: random() < 0.5 ? 'ReadOnly' : 'ReadWrite' }),
       ];
       // Growth outweighs removal, so the system gets big enough to exercise volumes and mappings.
-      const weights = [1, 1, 3, 3, 4, 6, 1, 1, 1, 4, 1, 1, 0.3, 0.3, 0.3, 1];
+      const weights = [1, 1, 3, 3, 4, 6, 1, 1, 1, 4, 1, 1, 0.3, 0.3, 0.3, 1, 2, 1.5, 0.5, 1, 0.5, 0.3, 0.5];
       let roll = random() * weights.reduce((sum, weight) => sum + weight, 0);
       let chosen = 0;
       while (roll >= (weights[chosen] as number) && chosen < choices.length - 1) roll -= weights[chosen++] as number;
@@ -184,7 +192,7 @@ t.test('seeded simulation: deterministic, replayable, refusals change nothing', 
   t.comment(`${first.accepted.length} commands accepted, ${first.refusals} refused; ${Object.keys(first.machine.model.volumes).length} volumes, ${Object.keys(first.machine.model.devices).length} devices, epoch ${first.machine.model.epoch}`);
   t.ok(first.accepted.length > 300 && first.refusals > 300, 'the simulation exercised both paths');
   const kinds = new Set(first.accepted.map((command) => command.type));
-  t.ok(['addDevice', 'addVolume', 'addMappedSdc', 'removeDevice', 'removeVolume', 'setVolumeSize'].every((kind) => kinds.has(kind as Command['type'])), `it reached devices, volumes and mappings (${[...kinds].join(', ')})`);
+  t.ok(['addDevice', 'addVolume', 'addMappedSdc', 'removeDevice', 'removeVolume', 'setVolumeSize', 'commitSnapshot', 'overwriteVolumeContent'].every((kind) => kinds.has(kind as Command['type'])), `it reached devices, volumes, mappings and snapshots (${[...kinds].join(', ')})`);
   t.equal(first.badRefusals, 0, 'no refused command changed the model');
   t.equal(JSON.stringify(second.machine.model), JSON.stringify(first.machine.model), 'the same seed gives the same model');
   const replay = StateMachine.create(clusterId, 'sim');
