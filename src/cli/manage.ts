@@ -915,6 +915,20 @@ const snapshotCommands: Command[] = [
     },
   },
   {
+    name: 'set-access <snapshot>',
+    describe: 'make a snapshot read-only (every mapping of it then read-only; refused while it is mapped read-write) or writable again',
+    builder: (y) =>
+      y
+        .positional('snapshot', { type: 'string', describe: 'snapshot (id or name)' })
+        .option('access', { type: 'string', choices: ['read-only', 'read-write'], demandOption: true, requiresArg: true, describe: 'its access mode limit' }),
+    run: async (args, session) => {
+      const snapshot = await session.resolve<RestVolume>('Volume', 'snapshot', String(args['snapshot']));
+      if (snapshot.volumeType !== 'Snapshot') throw new MeshblockError('MB_ERR_INVALID_ARGUMENT', `snapshot: '${snapshot.name}' is a volume, not a snapshot`);
+      const access = String(args['access']);
+      await action(session, 'Volume', snapshot.id, 'setVolumeAccessModeLimit', { accessModeLimit: access === 'read-only' ? 'ReadOnly' : 'ReadWrite' }, `snapshot '${snapshot.name}' is now ${access}`);
+    },
+  },
+  {
     name: 'set-limit',
     describe: `set how many snapshots one V-Tree (a volume and its snapshots) may hold, 1 to ${snapshotsPerVtreeMax}; V-Trees above a lowered limit keep theirs`,
     builder: (y) => y.option('per-vtree', str(`snapshots per V-Tree [ScaleIO's default: ${snapshotsPerVtreeDefault}]`)),
@@ -991,7 +1005,7 @@ export function registerManagementCommands(yargs: Argv, io: ManageIo = processIo
   noun(yargs, io, 'fault-set', 'fault sets: SDSs that may fail together, never holding both copies', faultSetCommands);
   noun(yargs, io, 'device', 'devices of SDSs in storage pools', deviceCommands);
   noun(yargs, io, 'volume', 'volumes: create, resize, map to SDCs, QoS limits', volumeCommands);
-  noun(yargs, io, 'snapshot', 'snapshots of volumes: create (one or a consistency group), list, remove, restore, set-limit', snapshotCommands);
+  noun(yargs, io, 'snapshot', 'snapshots of volumes: create (one or a consistency group), list, remove, restore, set-access, set-limit', snapshotCommands);
   register(yargs, io, [
     {
       name: 'dashboard',

@@ -1,5 +1,5 @@
-// Proves `meshblock snapshot create|list|remove|restore` and the snapshot side of `volume
-// list` / `volume remove --mode` against the real REST API over HTTPS (in-process, the
+// Proves `meshblock snapshot create|list|remove|restore|set-access|set-limit` and the snapshot
+// side of `volume list` / `volume map` / `volume remove --mode` against the real REST API over HTTPS (in-process, the
 // in-test controller of test/helpers/rest.ts): one snapshot and a consistency group, names
 // given or left to the MDM, read-only, snapshots of snapshots, listing by volume (its
 // descendants), restore, the removal modes and group removal, --json that parses; and the
@@ -98,6 +98,12 @@ t.test('create, list, restore and remove snapshots', async (t) => {
   await ok(['volume', 'unmap', '--volume', g2?.name as string, '--sdc', 'host1']);
   await ok(['volume', 'unmap', '--volume', 'v2s', '--sdc', 'host1']);
 
+  // Access: a writable snapshot made read-only and back; a read-only one mapped read-write is not.
+  t.match(await ok(['snapshot', 'set-access', 's1', '--access', 'read-only']), /^snapshot 's1' is now read-only\n$/);
+  t.equal(byName('s1')?.accessModeLimit, 'ReadOnly');
+  t.match(await ok(['snapshot', 'set-access', 's1', '--access', 'read-write']), /^snapshot 's1' is now read-write\n$/);
+  t.equal(byName('s1')?.accessModeLimit, 'ReadWrite');
+
   const volumes = await ok(['volume', 'list']);
   t.match(volumes, /\ns1\s+[0-9a-f]{16}\s+pool1\s+128 MiB\s+snapshot\s+-\n/, "volume list shows a snapshot's type");
   t.match(volumes, new RegExp(`\\n${g2?.name}\\s+[0-9a-f]{16}\\s+pool1\\s+64 MiB\\s+snapshot\\(ro\\)`));
@@ -136,7 +142,9 @@ t.test('errors: one line, exit 2 for usage, exit 1 for what the API refused', as
   oneLine(t, await run(['snapshot', 'restore', '--volume', 'vol1']), /Missing required argument: from/, 2, 'restore without --from');
   oneLine(t, await run(['snapshot', 'set-limit', '--per-vtree', '0']), /--per-vtree: must be a whole number from 1 to 127, got 0/, 2, 'limit 0');
   oneLine(t, await run(['snapshot', 'set-limit', '--per-vtree', 'many']), /--per-vtree: must be a whole number from 1 to 127, got many/, 2, 'limit not a number');
-  oneLine(t, await run(['snapshot'], { connection: false }), /snapshot: name a subcommand \(create, list, remove, restore, set-limit\)/, 2, 'no verb');
+  oneLine(t, await run(['snapshot', 'set-access', 's1']), /Missing required argument: access/, 2, 'set-access without --access');
+  oneLine(t, await run(['snapshot', 'set-access', 's1', '--access', 'none']), /Invalid values:.*access.*none/, 2, 'unknown access');
+  oneLine(t, await run(['snapshot'], { connection: false }), /snapshot: name a subcommand \(create, list, remove, restore, set-access, set-limit\)/, 2, 'no verb');
 
   // The API refused: exit 1 with its message. The V-Tree of vol1 holds one snapshot: a limit of 1 refuses the next.
   t.match(await ok(['snapshot', 'set-limit', '--per-vtree', '1']), /^snapshots per V-Tree: 1 \(was 31\)\n$/);
@@ -146,6 +154,8 @@ t.test('errors: one line, exit 2 for usage, exit 1 for what the API refused', as
   oneLine(t, await run(['snapshot', 'create', '--volume', 'vol1', '--name', 'vol2']), /snapshotDefs\[0\]\.snapshotName: a volume named 'vol2' already exists/, 1, 'name taken');
   oneLine(t, await run(['snapshot', 'remove', 'vol1']), /snapshot: 'vol1' is a volume, not a snapshot \(remove volumes with volume remove\)/, 1, 'a base volume');
   oneLine(t, await run(['snapshot', 'remove', 'other']), /mapped/, 1, 'a mapped snapshot');
+  oneLine(t, await run(['snapshot', 'set-access', 'other', '--access', 'read-only']), /volume 'other' is mapped read-write to SDC 'host1'/, 1, 'read-only while mapped read-write');
+  oneLine(t, await run(['snapshot', 'set-access', 'vol1', '--access', 'read-only']), /snapshot: 'vol1' is a volume, not a snapshot/, 1, 'a base volume');
   oneLine(t, await run(['snapshot', 'restore', '--volume', 'vol1', '--from', 'other']), /V-Tree|tree/i, 1, 'from another V-Tree');
   oneLine(t, await run(['snapshot', 'remove', '--group', 'ffffffffffffffff']), /snapGroupId: no snapshot group with id ffffffffffffffff/, 1, 'an unknown group');
   t.equal(JSON.stringify(api.controller.state.model), limited, 'nothing changed');
@@ -155,7 +165,7 @@ t.test('errors: one line, exit 2 for usage, exit 1 for what the API refused', as
 t.test('--help on snapshot and its verbs', async (t) => {
   const api = await startTestApi(t);
   const run = runner(api);
-  for (const args of [['snapshot', '--help'], ['snapshot', 'create', '--help'], ['snapshot', 'list', '--help'], ['snapshot', 'remove', '--help'], ['snapshot', 'restore', '--help'], ['snapshot', 'set-limit', '--help']]) {
+  for (const args of [['snapshot', '--help'], ['snapshot', 'create', '--help'], ['snapshot', 'list', '--help'], ['snapshot', 'remove', '--help'], ['snapshot', 'restore', '--help'], ['snapshot', 'set-access', '--help'], ['snapshot', 'set-limit', '--help']]) {
     const result = await run(args, { connection: false });
     t.equal(result.code, 0, `${args.join(' ')} exits 0`);
     t.match(result.stdout, /meshblock snapshot/, `${args.join(' ')} prints usage`);
