@@ -22,7 +22,7 @@
 import yargs, { type Argv } from 'yargs';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
 import { GiB, KiB, MiB, parseSizeBytes } from '../common/units.js';
-import { snapshotGroupVolumesMax } from '../common/limits.js';
+import { snapshotGroupVolumesMax, snapshotsPerVtreeDefault, snapshotsPerVtreeMax } from '../common/limits.js';
 import { idPattern } from '../wire/placement.js';
 import type { RemoveGroupReply, SnapshotVolumesReply } from '../mdm/rest-commands.js';
 import type {
@@ -33,6 +33,7 @@ import type {
   RestSdc,
   RestSds,
   RestStoragePool,
+  RestSystem,
   RestType,
   RestVolume,
 } from '../mdm/rest-objects.js';
@@ -690,13 +691,18 @@ const volumeCommands: Command[] = [
     describe: 'map a volume to an SDC (it appears there as an NBD export named after the volume)',
     builder: (y) =>
       volumeSdcFlags(y)
-        .option('read-only', { type: 'boolean', default: false, describe: 'the SDC may only read' })
+        .option('read-only', { type: 'boolean', describe: 'the SDC may only read [default: only for a read-only snapshot]' })
         .option('allow-multiple', { type: 'boolean', default: false, describe: 'allow mapping to more than one SDC (shared volume: the users must coordinate)' }),
     run: async (args, session) => {
       const volume = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
       const sdc = await session.resolve<RestSdc>('Sdc', '--sdc', String(args['sdc']));
-      const body = { sdcId: sdc.id, accessMode: args['read-only'] === true ? 'ReadOnly' : 'ReadWrite', allowMultipleMappings: args['allow-multiple'] === true };
-      await action(session, 'Volume', volume.id, 'addMappedSdc', body, `volume '${volume.name}' mapped to SDC '${sdc.name}'${args['read-only'] === true ? ' read-only' : ''}`);
+      // A read-only snapshot maps only read-only: that is the default for it, not an error
+      // (--no-read-only asks otherwise, and the API refuses it, saying why).
+      const limited = args['read-only'] === undefined && volume.accessModeLimit === 'ReadOnly';
+      const readOnly = args['read-only'] === true || limited;
+      const body = { sdcId: sdc.id, accessMode: readOnly ? 'ReadOnly' : 'ReadWrite', allowMultipleMappings: args['allow-multiple'] === true };
+      const how = limited ? ' read-only (a read-only snapshot)' : readOnly ? ' read-only' : '';
+      await action(session, 'Volume', volume.id, 'addMappedSdc', body, `volume '${volume.name}' mapped to SDC '${sdc.name}'${how}`);
     },
   },
   {
@@ -908,6 +914,31 @@ const snapshotCommands: Command[] = [
       await action(session, 'Volume', volume.id, 'overwriteVolumeContent', { srcVolumeId: source.id }, `volume '${volume.name}' restored from snapshot '${source.name}'`);
     },
   },
+  {
+    name: 'set-access <snapshot>',
+    describe: 'make a snapshot read-only (every mapping of it then read-only; refused while it is mapped read-write) or writable again',
+    builder: (y) =>
+      y
+        .positional('snapshot', { type: 'string', describe: 'snapshot (id or name)' })
+        .option('access', { type: 'string', choices: ['read-only', 'read-write'], demandOption: true, requiresArg: true, describe: 'its access mode limit' }),
+    run: async (args, session) => {
+      const snapshot = await session.resolve<RestVolume>('Volume', 'snapshot', String(args['snapshot']));
+      if (snapshot.volumeType !== 'Snapshot') throw new MeshblockError('MB_ERR_INVALID_ARGUMENT', `snapshot: '${snapshot.name}' is a volume, not a snapshot`);
+      const access = String(args['access']);
+      await action(session, 'Volume', snapshot.id, 'setVolumeAccessModeLimit', { accessModeLimit: access === 'read-only' ? 'ReadOnly' : 'ReadWrite' }, `snapshot '${snapshot.name}' is now ${access}`);
+    },
+  },
+  {
+    name: 'set-limit',
+    describe: `set how many snapshots one V-Tree (a volume and its snapshots) may hold, 1 to ${snapshotsPerVtreeMax}; V-Trees above a lowered limit keep theirs`,
+    builder: (y) => y.option('per-vtree', str(`snapshots per V-Tree [ScaleIO's default: ${snapshotsPerVtreeDefault}]`)),
+    check: (args) => void integerFlag('--per-vtree', args['per-vtree'], 1, snapshotsPerVtreeMax),
+    run: async (args, session) => {
+      const limit = integerFlag('--per-vtree', args['per-vtree'], 1, snapshotsPerVtreeMax);
+      const [system] = await session.client.get<RestSystem[]>('/api/types/System/instances');
+      await action(session, 'System', system?.id ?? '', 'setSnapshotsPerVtree', { snapshotsPerVtree: limit }, `snapshots per V-Tree: ${limit}${system === undefined ? '' : ` (was ${system.snapshotsPerVtree})`}`);
+    },
+  },
 ];
 
 // --- the MDM cluster --------------------------------------------------------------------------
@@ -974,7 +1005,7 @@ export function registerManagementCommands(yargs: Argv, io: ManageIo = processIo
   noun(yargs, io, 'fault-set', 'fault sets: SDSs that may fail together, never holding both copies', faultSetCommands);
   noun(yargs, io, 'device', 'devices of SDSs in storage pools', deviceCommands);
   noun(yargs, io, 'volume', 'volumes: create, resize, map to SDCs, QoS limits', volumeCommands);
-  noun(yargs, io, 'snapshot', 'snapshots of volumes: create (one or a consistency group), list, remove, restore', snapshotCommands);
+  noun(yargs, io, 'snapshot', 'snapshots of volumes: create (one or a consistency group), list, remove, restore, set-access, set-limit', snapshotCommands);
   register(yargs, io, [
     {
       name: 'dashboard',

@@ -9,7 +9,7 @@
 // field of the request.
 
 import { GiB, KiB, MiB } from '../common/units.js';
-import type { MdmController } from './controller.js';
+import type { MdmController, SnapshotResult } from './controller.js';
 import { removeModes, type Id, type SystemModel, type Volume } from './model.js';
 import { BodyReader, checkName } from './rest-body.js';
 import { RestError } from './rest-errors.js';
@@ -341,7 +341,7 @@ async function snapshotVolumes(context: CommandContext, reader: BodyReader): Pro
     const twice = defs.findIndex((other) => other.name === def.name);
     if (twice !== index) throw invalidField(`${field}.snapshotName`, `'${def.name}' is given to snapshotDefs[${twice}] too`);
   });
-  let made;
+  let made: SnapshotResult;
   try {
     made = await context.controller.snapshotVolumes(defs.map((def) => ({ ...def, readOnly: accessModeLimit === 'ReadOnly' })));
   } catch (err) {

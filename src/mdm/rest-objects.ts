@@ -489,8 +489,8 @@ export function renderVolume(model: SystemModel, volume: Volume): RestVolume {
   };
 }
 
-export function renderVTree(model: SystemModel, tree: VTree): RestVTree {
-  const volumes = Object.values(model.volumes).filter((volume) => volume.vtreeId === tree.id);
+/** `volumes`: the tree's volumes, when the caller grouped them already (a listing of every tree). */
+export function renderVTree(model: SystemModel, tree: VTree, volumes = Object.values(model.volumes).filter((volume) => volume.vtreeId === tree.id)): RestVTree {
   const base = volumes.find((volume) => volume.volumeType !== 'Snapshot');
   return {
     id: tree.id,
@@ -526,11 +526,19 @@ export function listInstances(state: StateMachine, type: RestType): RestInstance
       return sorted(model.sdcs).map(renderSdc);
     case 'Volume':
       return sorted(model.volumes).map((volume) => renderVolume(model, volume));
-    case 'VTree':
+    case 'VTree': {
+      // One pass over the volumes, not one per tree.
+      const byTree = new Map<Id, Volume[]>();
+      for (const volume of Object.values(model.volumes)) {
+        const inTree = byTree.get(volume.vtreeId);
+        if (inTree === undefined) byTree.set(volume.vtreeId, [volume]);
+        else inTree.push(volume);
+      }
       // Unnamed: by id.
       return Object.values(model.vtrees)
         .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-        .map((tree) => renderVTree(model, tree));
+        .map((tree) => renderVTree(model, tree, byTree.get(tree.id) ?? []));
+    }
   }
 }
 

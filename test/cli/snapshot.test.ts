@@ -1,5 +1,5 @@
-// Proves `meshblock snapshot create|list|remove|restore` and the snapshot side of `volume
-// list` / `volume remove --mode` against the real REST API over HTTPS (in-process, the
+// Proves `meshblock snapshot create|list|remove|restore|set-access|set-limit` and the snapshot
+// side of `volume list` / `volume map` / `volume remove --mode` against the real REST API over HTTPS (in-process, the
 // in-test controller of test/helpers/rest.ts): one snapshot and a consistency group, names
 // given or left to the MDM, read-only, snapshots of snapshots, listing by volume (its
 // descendants), restore, the removal modes and group removal, --json that parses; and the
@@ -60,7 +60,7 @@ async function populated(t: Test): Promise<{ api: TestApi; run: ReturnType<typeo
 }
 
 t.test('create, list, restore and remove snapshots', async (t) => {
-  const { api, ok } = await populated(t);
+  const { api, run, ok } = await populated(t);
   const model = api.controller.state.model;
   const json = async <T>(args: string[]): Promise<T> => JSON.parse(await ok([...args, '--json'])) as T;
   const byName = (name: string) => Object.values(model.volumes).find((volume) => volume.name === name);
@@ -86,6 +86,23 @@ t.test('create, list, restore and remove snapshots', async (t) => {
   const ofVol1 = await json<RestVolume[]>(['snapshot', 'list', '--volume', 'vol1']);
   t.same(ofVol1.map((volume) => volume.name).sort(), [g1?.name, 's1', 's1a'].sort(), '--volume: its snapshots and theirs');
   t.ok(ofVol1.every((volume) => volume.volumeType === 'Snapshot'));
+
+  // A read-only snapshot maps read-only by default; asked otherwise, the API says why not.
+  t.match(await ok(['volume', 'map', '--volume', g2?.name as string, '--sdc', 'host1']), /^volume 'vol2-snap-\d+' mapped to SDC 'host1' read-only \(a read-only snapshot\)\n$/);
+  t.match(model.volumes[g2?.id as string]?.mappings, [{ accessMode: 'ReadOnly' }]);
+  const forced = await run(['volume', 'map', '--volume', 'v2s', '--sdc', 'host1', '--read-only']);
+  t.equal(forced.code, 0, 'a writable snapshot maps read-only when asked');
+  const writable = await run(['volume', 'map', '--volume', g1?.name as string, '--sdc', 'host1', '--no-read-only']);
+  t.equal(writable.code, 1, 'a read-only snapshot does not map read-write');
+  t.match(writable.stderr, /is read-only \(accessModeLimit ReadOnly\)/);
+  await ok(['volume', 'unmap', '--volume', g2?.name as string, '--sdc', 'host1']);
+  await ok(['volume', 'unmap', '--volume', 'v2s', '--sdc', 'host1']);
+
+  // Access: a writable snapshot made read-only and back; a read-only one mapped read-write is not.
+  t.match(await ok(['snapshot', 'set-access', 's1', '--access', 'read-only']), /^snapshot 's1' is now read-only\n$/);
+  t.equal(byName('s1')?.accessModeLimit, 'ReadOnly');
+  t.match(await ok(['snapshot', 'set-access', 's1', '--access', 'read-write']), /^snapshot 's1' is now read-write\n$/);
+  t.equal(byName('s1')?.accessModeLimit, 'ReadWrite');
 
   const volumes = await ok(['volume', 'list']);
   t.match(volumes, /\ns1\s+[0-9a-f]{16}\s+pool1\s+128 MiB\s+snapshot\s+-\n/, "volume list shows a snapshot's type");
@@ -123,22 +140,32 @@ t.test('errors: one line, exit 2 for usage, exit 1 for what the API refused', as
   oneLine(t, await run(['snapshot', 'remove', '--group', '0123456789abcdef', '--mode', 'whole-vtree']), /--mode: applies to one snapshot, not to --group/, 2, '--mode with --group');
   oneLine(t, await run(['snapshot', 'remove', 's1', '--mode', 'everything']), /Invalid values:.*mode.*everything/, 2, 'unknown mode');
   oneLine(t, await run(['snapshot', 'restore', '--volume', 'vol1']), /Missing required argument: from/, 2, 'restore without --from');
-  oneLine(t, await run(['snapshot'], { connection: false }), /snapshot: name a subcommand \(create, list, remove, restore\)/, 2, 'no verb');
+  oneLine(t, await run(['snapshot', 'set-limit', '--per-vtree', '0']), /--per-vtree: must be a whole number from 1 to 127, got 0/, 2, 'limit 0');
+  oneLine(t, await run(['snapshot', 'set-limit', '--per-vtree', 'many']), /--per-vtree: must be a whole number from 1 to 127, got many/, 2, 'limit not a number');
+  oneLine(t, await run(['snapshot', 'set-access', 's1']), /Missing required argument: access/, 2, 'set-access without --access');
+  oneLine(t, await run(['snapshot', 'set-access', 's1', '--access', 'none']), /Invalid values:.*access.*none/, 2, 'unknown access');
+  oneLine(t, await run(['snapshot'], { connection: false }), /snapshot: name a subcommand \(create, list, remove, restore, set-access, set-limit\)/, 2, 'no verb');
 
-  // The API refused: exit 1 with its message.
+  // The API refused: exit 1 with its message. The V-Tree of vol1 holds one snapshot: a limit of 1 refuses the next.
+  t.match(await ok(['snapshot', 'set-limit', '--per-vtree', '1']), /^snapshots per V-Tree: 1 \(was 31\)\n$/);
+  oneLine(t, await run(['snapshot', 'create', '--volume', 'vol1']), /the V-Tree of volume 'vol1' holds 1 snapshot\(s\); 1 more would pass the limit of 1 per V-Tree/, 1, 'too many snapshots');
+  const limited = JSON.stringify(api.controller.state.model);
   oneLine(t, await run(['snapshot', 'create', '--volume', 'ghost']), /--volume: no volume with id or name 'ghost'/, 1, 'a missing volume');
   oneLine(t, await run(['snapshot', 'create', '--volume', 'vol1', '--name', 'vol2']), /snapshotDefs\[0\]\.snapshotName: a volume named 'vol2' already exists/, 1, 'name taken');
   oneLine(t, await run(['snapshot', 'remove', 'vol1']), /snapshot: 'vol1' is a volume, not a snapshot \(remove volumes with volume remove\)/, 1, 'a base volume');
   oneLine(t, await run(['snapshot', 'remove', 'other']), /mapped/, 1, 'a mapped snapshot');
+  oneLine(t, await run(['snapshot', 'set-access', 'other', '--access', 'read-only']), /volume 'other' is mapped read-write to SDC 'host1'/, 1, 'read-only while mapped read-write');
+  oneLine(t, await run(['snapshot', 'set-access', 'vol1', '--access', 'read-only']), /snapshot: 'vol1' is a volume, not a snapshot/, 1, 'a base volume');
   oneLine(t, await run(['snapshot', 'restore', '--volume', 'vol1', '--from', 'other']), /V-Tree|tree/i, 1, 'from another V-Tree');
   oneLine(t, await run(['snapshot', 'remove', '--group', 'ffffffffffffffff']), /snapGroupId: no snapshot group with id ffffffffffffffff/, 1, 'an unknown group');
-  t.equal(JSON.stringify(api.controller.state.model), before, 'nothing changed');
+  t.equal(JSON.stringify(api.controller.state.model), limited, 'nothing changed');
+  t.not(limited, before, 'but the limit (sanity)');
 });
 
 t.test('--help on snapshot and its verbs', async (t) => {
   const api = await startTestApi(t);
   const run = runner(api);
-  for (const args of [['snapshot', '--help'], ['snapshot', 'create', '--help'], ['snapshot', 'list', '--help'], ['snapshot', 'remove', '--help'], ['snapshot', 'restore', '--help']]) {
+  for (const args of [['snapshot', '--help'], ['snapshot', 'create', '--help'], ['snapshot', 'list', '--help'], ['snapshot', 'remove', '--help'], ['snapshot', 'restore', '--help'], ['snapshot', 'set-access', '--help'], ['snapshot', 'set-limit', '--help']]) {
     const result = await run(args, { connection: false });
     t.equal(result.code, 0, `${args.join(' ')} exits 0`);
     t.match(result.stdout, /meshblock snapshot/, `${args.join(' ')} prints usage`);

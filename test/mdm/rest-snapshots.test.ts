@@ -140,6 +140,11 @@ t.test('snapshots, groups, V-Trees, access modes, restore and removal in ScaleIO
   await ok(api, token, `/api/instances/Volume::${s3}/action/removeVolume`, { removeMode: 'WHOLE_VTREE' });
   t.ok(model.volumes[vol2] === undefined && model.volumes[s3] === undefined, 'WHOLE_VTREE');
   t.same((await get<RestVolume[]>(api, token, '/api/types/Volume/instances')).map((entry) => entry.name), ['s2'], 'only s2 is left');
+
+  // Cinder makes a volume from a snapshot by snapshotting it and growing the new one.
+  const fromSnapshot = (await ok<{ volumeIdList: string[] }>(api, token, '/api/instances/System/action/snapshotVolumes', { snapshotDefs: [{ volumeId: s2, snapshotName: 'cinder-vol' }] })).volumeIdList[0] as string;
+  await ok(api, token, `/api/instances/Volume::${fromSnapshot}/action/setVolumeSize`, { sizeInGB: '1' });
+  t.match(await volume(fromSnapshot), { sizeInKb: 1024 * 1024, volumeType: 'Snapshot', ancestorVolumeId: s2 }, 'a snapshot grows');
 });
 
 t.test("the core's refusals arrive as ScaleIO-shaped errors, nothing changed", async (t) => {
