@@ -213,10 +213,12 @@ export const snapshotGroupVolumesMax = 64;
  */
 export const snapshotBarrierTimeoutMs = 3000;
 /**
- * An SDS lifts a freeze it was given by itself after this long (from receiving the map): an
- * MDM that died in the middle of a barrier does not stop IO for longer than this.
+ * An SDS never lifts a freeze by itself: only the Master knows whether the group was committed
+ * (the frozen generation is then a snapshot's) or aborted, and a write taken into a committed
+ * snapshot's generation would change the snapshot. A freeze held this long is logged, as the
+ * sign of an MDM lost in the middle of a barrier (the next Master aborts or publishes it).
  */
-export const sdsFreezeExpiryMs = 10_000;
+export const sdsFreezeWarnMs = 10_000;
 /** An SDC retries a write refused with Frozen after this long (and again until its piece deadline). */
 export const sdcFrozenRetryMs = 5;
 
@@ -441,5 +443,5 @@ assert(etcdRequestBytesMax <= etcdBackendBytesMax, 'one request fits in the back
 assert(deviceBytesMin >= 4 * chunkBytesDefault, 'the smallest device holds a few chunks after its metadata');
 assert(pooledBytesMin <= chunkBytesDefault, 'chunk-sized payloads are pooled');
 assert(inlineWriteBytesMax <= nowaitReadBytesMax, 'what is written inline is small enough to read inline');
-assert(snapshotBarrierTimeoutMs * 2 <= sdsFreezeExpiryMs, "an SDS's freeze outlives the Master's barrier deadline by a wide margin (clock rates differ, maps arrive late)");
+assert(snapshotBarrierTimeoutMs < sdsFreezeWarnMs, 'a freeze is logged only once no barrier can still be waiting for it');
 assert(snapshotsPerVtreeDefault <= snapshotsPerVtreeMax, 'the default snapshot limit is within the maximum');

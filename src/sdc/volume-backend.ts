@@ -27,7 +27,7 @@
 
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
-import { allocationChunkCountMax, nbdRequestBytesMax, sdcFrozenRetryMs, sdcPieceAttemptsMax, sdcPieceTimeoutMs, sdcRetryDelayMsMax, sdsFreezeExpiryMs } from '../common/limits.js';
+import { allocationChunkCountMax, nbdRequestBytesMax, sdcFrozenRetryMs, sdcPieceAttemptsMax, sdcPieceTimeoutMs, sdcRetryDelayMsMax, snapshotBarrierTimeoutMs } from '../common/limits.js';
 import type { SdcVolume } from '../wire/mdm-ops.js';
 import type { WirePeer, WireResponse } from '../wire/peer.js';
 import { vtreeOf, type PlacementMap } from '../wire/placement.js';
@@ -44,11 +44,12 @@ import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSi
  */
 const frozenRetryDelayMsMax = 8 * sdcFrozenRetryMs;
 /**
- * Pieces refused with Frozen are sent again until sdcPieceTimeoutMs after their first send.
- * An SDS lifts a freeze by itself after sdsFreezeExpiryMs (an MDM that died mid-barrier),
- * so a client's IO waits out the longest freeze instead of failing.
+ * Pieces refused with Frozen are sent again until sdcPieceTimeoutMs after their first send:
+ * a barrier the Master ends (commit or abort) within its timeout is waited out. A freeze an
+ * SDS still holds after that (the MDM lost in the middle of a barrier and not replaced in
+ * time) fails the piece: an IO error, never a write into a snapshot (docs/snapshots.md).
  */
-assert(sdsFreezeExpiryMs + frozenRetryDelayMsMax < sdcPieceTimeoutMs, "a piece waits out an SDS's longest freeze before its deadline");
+assert(snapshotBarrierTimeoutMs + frozenRetryDelayMsMax < sdcPieceTimeoutMs, 'a piece waits out a whole barrier before its deadline');
 
 export interface VolumeRouter {
   /** The current placement map. */

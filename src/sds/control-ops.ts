@@ -5,7 +5,7 @@
 // the process is written to the state file (state.ts) before the order is answered.
 
 import { parseJsonObject, parseJsonPayload } from '../wire/json-payload.js';
-import { sdsFreezeExpiryMs, staleCollectDelayMs } from '../common/limits.js';
+import { sdsFreezeWarnMs, staleCollectDelayMs } from '../common/limits.js';
 import type { Logger } from 'pino';
 import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import type { AddDeviceOrder, DeviceRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
@@ -53,11 +53,12 @@ export class SdsControl {
   private collectTimer: NodeJS.Timeout | null = null;
   /**
    * When each tree the map freezes was first seen frozen (by this process, in a run of maps
-   * that all freeze it): the freeze lapses sdsFreezeExpiryMs later, whatever the map says,
-   * so an MDM that died in the middle of a barrier cannot stop writes for longer.
+   * that all freeze it). A freeze holds until a map lifts it, however long: only the Master
+   * knows whether the group was committed, and a write into a committed snapshot's
+   * generation would change the snapshot (docs/snapshots.md). A long one is logged once.
    */
   private readonly frozenSinceMs = new Map<string, number>();
-  private readonly freezesLapsed = new Set<string>();
+  private readonly freezesLogged = new Set<string>();
 
   constructor(private readonly host: ControlHost) {
     this.current = host.state.map;
@@ -99,19 +100,18 @@ export class SdsControl {
     return this.previous;
   }
 
-  /** The map freezes the tree and the freeze has not lapsed. */
+  /** The map freezes the tree. */
   isFrozen(vtreeId: string, nowMs = Date.now()): boolean {
     const since = this.frozenSinceMs.get(vtreeId);
     if (since === undefined) return false;
-    if (nowMs - since < sdsFreezeExpiryMs) return true;
-    if (!this.freezesLapsed.has(vtreeId)) {
-      this.freezesLapsed.add(vtreeId);
-      this.host.log.warn({ vtreeId, frozenMs: nowMs - since, epoch: this.epoch }, 'a snapshot freeze lapsed without a map lifting it: writes to the V-Tree are taken again');
+    if (nowMs - since >= sdsFreezeWarnMs && !this.freezesLogged.has(vtreeId)) {
+      this.freezesLogged.add(vtreeId);
+      this.host.log.warn({ vtreeId, frozenMs: nowMs - since, epoch: this.epoch }, 'a snapshot freeze holds without a map lifting it (an MDM lost in the middle of a barrier?): writes to the V-Tree wait for the Master');
     }
-    return false;
+    return true;
   }
 
-  /** The trees frozen now (not lapsed). */
+  /** The trees frozen now. */
   frozenVtrees(nowMs = Date.now()): string[] {
     return [...this.frozenSinceMs.keys()].filter((vtreeId) => this.isFrozen(vtreeId, nowMs));
   }
@@ -122,7 +122,7 @@ export class SdsControl {
     for (const vtreeId of [...this.frozenSinceMs.keys()]) {
       if (frozen.has(vtreeId)) continue;
       this.frozenSinceMs.delete(vtreeId);
-      this.freezesLapsed.delete(vtreeId);
+      this.freezesLogged.delete(vtreeId);
     }
     for (const vtreeId of frozen) if (!this.frozenSinceMs.has(vtreeId)) this.frozenSinceMs.set(vtreeId, nowMs);
   }

@@ -36,8 +36,8 @@
 // (chunk-store.ts): content, fdatasync, entry.
 //
 // Freeze: a map that freezes a tree is answered once the writes to it that this SDS accepted
-// as primary have completed on both copies; the freeze lapses by itself after
-// sdsFreezeExpiryMs (control-ops.ts).
+// as primary have completed on both copies; the freeze holds until a map lifts it
+// (control-ops.ts).
 
 import { mirrorTimeoutMs, sdsClientQuietMs } from '../common/limits.js';
 import * as net from 'node:net';

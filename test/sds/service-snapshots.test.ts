@@ -9,7 +9,7 @@
 //   the right bytes there: the primary sends the whole resulting chunk;
 // - a map that freezes a tree is answered only after the write in flight to it completed
 //   (its mirror held back by a stand-in secondary), writes are refused with Frozen while
-//   reads and other trees go on, and the freeze lapses by itself after sdsFreezeExpiryMs;
+//   reads and other trees go on, and the freeze holds until a map lifts it (never by itself);
 // - a mirror write from the epoch before is taken when the group is placed alike, unless its
 //   generation is no longer a head;
 // - after a map drops a snapshot, the keys no head reaches are freed on both copies, and the
@@ -21,7 +21,8 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { pino } from 'pino';
 import t from 'tap';
-import { sdsFreezeExpiryMs, staleCollectDelayMs } from '../../src/common/limits.js';
+import { staleCollectDelayMs } from '../../src/common/limits.js';
+import { SdsControl, type ControlHost } from '../../src/sds/control-ops.js';
 import { ChunkStore } from '../../src/sds/chunk-store.js';
 import { SdsService } from '../../src/sds/service.js';
 import type { SdsState } from '../../src/sds/state.js';
@@ -244,7 +245,7 @@ async function heldSecondary(t: Host): Promise<{ sdsId: string; address: string;
   return { sdsId: randomBytes(8).toString('hex'), address: `127.0.0.1:${port}`, open: release, received: () => count };
 }
 
-t.test('a freeze waits for the writes in flight, refuses new ones with Frozen, and lapses', async (t) => {
+t.test('a freeze waits for the writes in flight, refuses new ones with Frozen, and holds until a map lifts it', async (t) => {
   const dir = t.testdir();
   const a = await startNode(t, dir, 'sds-a');
   const held = await heldSecondary(t);
@@ -277,9 +278,11 @@ t.test('a freeze waits for the writes in flight, refuses new ones with Frozen, a
   t.equal(events[0], 'mirror released', 'only once the write was on both copies');
   t.equal(await write(a, 2, { chunkIndex: 1, generation: 0, vtree: otherVtreeId }, fill(2)), SdsStatus.Ok, 'another tree is written meanwhile');
 
-  const waitMs = frozenAtMs + sdsFreezeExpiryMs + 100 - Date.now();
-  if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
-  t.equal(await write(a, 2, { chunkIndex: 1, generation: 0 }, fill(3)), SdsStatus.Ok, `the freeze lapsed by itself after ${sdsFreezeExpiryMs} ms`);
+  // Only the Master knows whether the group was committed: the SDS never decides alone.
+  const heldMs = Date.now() - frozenAtMs;
+  t.equal(await write(a, 2, { chunkIndex: 1, generation: 0 }, fill(3)), SdsStatus.Frozen, `still frozen after ${heldMs} ms`);
+  await setMaps([a], mapOf(3, nodes, a.sdsId, held.sdsId));
+  t.equal(await write(a, 3, { chunkIndex: 1, generation: 0 }, fill(3)), SdsStatus.Ok, 'a map that lifts the freeze lets writes in');
 });
 
 t.test('a mirror write from the epoch before is taken only for a head', async (t) => {
@@ -375,4 +378,15 @@ t.test('a rebuild carries every generation, and copies on write during it land r
     if (!(await read(c, 4, { chunkIndex, generation })).equals(bytes)) wrong += 1;
   }
   t.equal(wrong, 0, `the rebuilt copy, promoted, reads every chunk of both heads as the source had it (${expected.size} checked)`);
+});
+
+t.test('a freeze never lapses by itself, and one in the map kept across a restart holds too', async (t) => {
+  const frozenMap = { epoch: 7, sds: {}, pools: {}, vtrees: { [vtreeId]: { generations: { '0': null }, heads: [{ generation: 0, snapshot: false }], frozen: true as const } } };
+  const warnings: string[] = [];
+  const host = { state: { map: frozenMap }, log: { warn: (_fields: unknown, message: string) => warnings.push(message), info: () => undefined } } as unknown as ControlHost;
+  const control = new SdsControl(host);
+  t.ok(control.isFrozen(vtreeId), 'frozen from the map kept on disk');
+  t.ok(control.isFrozen(vtreeId, Date.now() + 24 * 3600 * 1000), 'still frozen a day later: only a map lifts it');
+  t.equal(warnings.length, 1, 'a long freeze is logged once');
+  t.notOk(control.isFrozen(otherVtreeId), 'another tree is not');
 });
