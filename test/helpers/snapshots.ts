@@ -2,14 +2,14 @@
 // the REST API in ScaleIO's shapes, the CLI, the SDC's exports, and the real clients.
 
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import type { Test } from 'tap';
-import { adminPassword, startMdm, until, type Cluster } from './cluster.js';
+import { adminPassword, until, type Cluster } from './cluster.js';
 import { readExport } from './dependent-writer.js';
 import { run, type RunResult, type TeardownHost } from './processes.js';
+import { MdmOp } from '../../src/wire/mdm-ops.js';
+import { parsePlacementMap, type PlacementMap } from '../../src/wire/placement.js';
 import { basic, call, type Response } from './rest.js';
-import { MiB } from './sds.js';
+import { MiB, connectWire } from './sds.js';
 
 /** What the tests write and compare at the start of a volume. */
 export const dataBytes = 64 * MiB;
@@ -69,25 +69,6 @@ export function codeOf(reply: Response): string {
   return typeof code === 'string' ? code : `(none; HTTP ${reply.status}: ${reply.text.slice(0, 200)})`;
 }
 
-/** Why the tests cannot run against this build's MDM, or null when they can. */
-export async function snapshotsUnsupported(): Promise<string | null> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meshblock-snapshot-probe-'));
-  const teardowns: Array<() => unknown> = [];
-  const host: TeardownHost = { teardown: (fn) => teardowns.push(fn) };
-  try {
-    const mdm = await startMdm(host, dir);
-    const api = await Api.login(mdm);
-    const reply = await api.snapshot([]);
-    if (reply.status === 404 && (codeOf(reply) === 'MB_ERR_NO_ROUTE' || /no such resource|has no action/.test(reply.text))) {
-      return `this MDM does not know the snapshotVolumes action yet (HTTP 404: ${(reply.body as { message?: string } | undefined)?.message ?? reply.text}); snapshots need the SDS, MDM and REST parts of issue 16 merged`;
-    }
-    return null;
-  } finally {
-    for (const fn of teardowns.reverse()) await fn();
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 export async function must(cluster: Cluster, args: string[]): Promise<RunResult> {
   const result = await cluster.meshblock(args);
   if (result.code !== 0) throw new Error(`meshblock ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
@@ -132,4 +113,15 @@ export function readFirst(cluster: Cluster, name: string, byteCount = dataBytes,
 export async function dashboardJson(cluster: Cluster): Promise<string> {
   const result = await must(cluster, ['dashboard', '--json']);
   return JSON.stringify(JSON.parse(result.stdout));
+}
+
+/** The placement map the MDM serves now (what SDSs and SDCs get), over the wire. */
+export async function placementMap(t: TeardownHost, cluster: Cluster): Promise<PlacementMap> {
+  const peer = await connectWire(t, cluster.mdm.address, { clusterId: cluster.mdm.clusterId, secret: fs.readFileSync(cluster.mdm.secretFile, 'utf8').trim() });
+  try {
+    const response = await peer.request(MdmOp.GetMap, Buffer.alloc(0));
+    return parsePlacementMap(JSON.parse(response.payload.toString()));
+  } finally {
+    peer.destroy();
+  }
 }

@@ -15,10 +15,6 @@
 //   with random timings from a printed seed (MESHBLOCK_SEED replays one);
 // - once every snapshot is removed, the capacity in use is what the volumes alone reach.
 // Faults (SDSs killed during copy on write and rebuilds) are in snapshots-faults.test.ts.
-//
-// Until the SDS, MDM and REST parts of snapshots are merged, the MDM answers the
-// snapshotVolumes action with 404 (no such route or action): the tests are then skipped,
-// saying so. Any other answer runs them in full.
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -35,12 +31,9 @@ import { expectClean, fioVerify } from '../helpers/fault-load.js';
 import { run } from '../helpers/processes.js';
 import { RawNbd } from '../helpers/raw-nbd.js';
 import { MiB, connectWire } from '../helpers/sds.js';
-import { Api, codeOf, compare, dashboardJson, dataBytes, mapAndWait, must, qemuIo, readFirst, snapshotsUnsupported, unmapAndWait, type SnapVolume } from '../helpers/snapshots.js';
+import { Api, codeOf, compare, dashboardJson, dataBytes, mapAndWait, must, qemuIo, readFirst, unmapAndWait, type SnapVolume } from '../helpers/snapshots.js';
 
 const GiB = 1024 * MiB;
-const skipReason = await snapshotsUnsupported();
-if (skipReason !== null) t.comment(`skipped: ${skipReason}`);
-const skip = skipReason ?? false;
 
 /** What identifies the volumes, to tell that a refusal changed nothing. */
 async function volumeState(api: Api): Promise<string> {
@@ -77,7 +70,7 @@ async function reachableBytes(t: Test, cluster: Cluster, map: PlacementMap, volu
   return chunks * chunkBytes;
 }
 
-t.test('snapshots, groups, restore and removal through the CLI, REST and the real clients', { skip }, async (t) => {
+t.test('snapshots, groups, restore and removal through the CLI, REST and the real clients', async (t) => {
   const dir = t.testdir();
   const cluster = await startCluster(t, dir, {
     sdsCount: 3,
