@@ -222,6 +222,26 @@ export const sdsFreezeWarnMs = 10_000;
 /** An SDC retries a write refused with Frozen after this long (and again until its piece deadline). */
 export const sdcFrozenRetryMs = 5;
 
+/** Snapshot bytes are recounted when asked for, at most this often (a walk over the listed trees' chunks). */
+export const snapshotBytesRefreshMs = 10_000;
+
+/**
+ * A collection also runs this often while the map stands still: copies on write make keys
+ * garbage without any map change (a chunk every head has rewritten since the snapshot).
+ */
+export const generationCollectIntervalMs = 60_000;
+
+/** Times the barrier's map is sent again to an SDS that refused it as older than its own. */
+export const barrierMapAttemptsMax = 5;
+
+/**
+ * The pause between two sends of a piece refused with Frozen grows from sdcFrozenRetryMs up
+ * to this: a barrier that takes its whole timeout (snapshotBarrierTimeoutMs) then costs
+ * each waiting piece a few hundred sends, not six hundred, while one that takes a few
+ * milliseconds still costs the client only a few milliseconds.
+ */
+export const frozenRetryDelayMsMax = 8 * sdcFrozenRetryMs;
+
 // --- SDS -----------------------------------------------------------------------------------
 
 /**
@@ -445,3 +465,4 @@ assert(pooledBytesMin <= chunkBytesDefault, 'chunk-sized payloads are pooled');
 assert(inlineWriteBytesMax <= nowaitReadBytesMax, 'what is written inline is small enough to read inline');
 assert(snapshotBarrierTimeoutMs < sdsFreezeWarnMs, 'a freeze is logged only once no barrier can still be waiting for it');
 assert(snapshotsPerVtreeDefault <= snapshotsPerVtreeMax, 'the default snapshot limit is within the maximum');
+assert(snapshotBarrierTimeoutMs + frozenRetryDelayMsMax < sdcPieceTimeoutMs, 'a piece refused with Frozen waits out a whole barrier before its deadline (a freeze held longer fails it: an IO error, never a write into a snapshot)');

@@ -9,7 +9,7 @@
 // the health decisions (health.ts), which are pure: this file feeds them the clock and what
 // it saw, and carries out what they decide. It makes no failure or rebuild decision itself.
 
-import { nameBytesMax, rebuildSyncedBatchMs, sdsOrderTimeoutMs, snapshotBarrierTimeoutMs } from '../common/limits.js';
+import { barrierMapAttemptsMax, nameBytesMax, rebuildSyncedBatchMs, sdsOrderTimeoutMs, snapshotBarrierTimeoutMs } from '../common/limits.js';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
@@ -44,9 +44,6 @@ import { emptyModel, type Id, type SnapshotDef, type SystemModel } from './model
 import { MdmError, StateMachine, isDown, notFound, type Applied, type Command } from './state-machine.js';
 
 export type { JournalRecord } from './command-log.js';
-
-/** Times the barrier's map is sent again to an SDS that refused it as older than its own. */
-const barrierMapAttemptsMax = 5;
 
 interface Session {
   sdsId: Id | null;

@@ -27,7 +27,7 @@
 
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
-import { allocationChunkCountMax, nbdRequestBytesMax, sdcFrozenRetryMs, sdcPieceAttemptsMax, sdcPieceTimeoutMs, sdcRetryDelayMsMax, snapshotBarrierTimeoutMs } from '../common/limits.js';
+import { allocationChunkCountMax, nbdRequestBytesMax, sdcFrozenRetryMs, sdcPieceAttemptsMax, sdcPieceTimeoutMs, sdcRetryDelayMsMax, frozenRetryDelayMsMax } from '../common/limits.js';
 import type { SdcVolume } from '../wire/mdm-ops.js';
 import type { WirePeer, WireResponse } from '../wire/peer.js';
 import { vtreeOf, type PlacementMap } from '../wire/placement.js';
@@ -35,21 +35,6 @@ import { releasePayload } from '../common/buffer-pool.js';
 import { SdsOp, SdsStatus, encodeAllocation, encodeIo, IoFlag, type IoArgs } from '../wire/sds-ops.js';
 import { chunkPieces, routePiece, type Piece } from './chunk-pieces.js';
 import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSizeLimits, type Extent, type WriteOptions, type ZeroOptions } from '../nbd/backend.js';
-
-/**
- * The pause between two sends of a piece refused with Frozen grows from sdcFrozenRetryMs up
- * to this: a barrier that takes its whole timeout (snapshotBarrierTimeoutMs) then costs
- * each waiting piece a few hundred sends, not six hundred, while one that takes a few
- * milliseconds still costs the client only a few milliseconds.
- */
-const frozenRetryDelayMsMax = 8 * sdcFrozenRetryMs;
-/**
- * Pieces refused with Frozen are sent again until sdcPieceTimeoutMs after their first send:
- * a barrier the Master ends (commit or abort) within its timeout is waited out. A freeze an
- * SDS still holds after that (the MDM lost in the middle of a barrier and not replaced in
- * time) fails the piece: an IO error, never a write into a snapshot (docs/snapshots.md).
- */
-assert(snapshotBarrierTimeoutMs + frozenRetryDelayMsMax < sdcPieceTimeoutMs, 'a piece waits out a whole barrier before its deadline');
 
 export interface VolumeRouter {
   /** The current placement map. */

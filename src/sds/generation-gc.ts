@@ -26,22 +26,15 @@
 import type { Logger } from 'pino';
 import { generationPath, placementGroupOf, type PlacementMap, type VTreeMap } from '../wire/placement.js';
 import { IoFlag, SdsOp, encodeIo } from '../wire/sds-ops.js';
+import { generationCollectIntervalMs, snapshotBytesRefreshMs } from '../common/limits.js';
 import { keyName, type ChunkKey, type ChunkStore, type HeldChunk } from './chunk-store.js';
 import type { RangeLocks } from './range-locks.js';
 
-/** Snapshot bytes are recounted when asked for, at most this often (a walk over the listed trees' chunks). */
-export const snapshotBytesRefreshMs = 10_000;
 /**
  * Chunks looked at between two turns of the event loop in a walk: a tree of a 1 TiB volume
  * has a million chunk indexes, and client IO must not wait for the whole walk.
  */
 export const walkChunksPerTurn = 4096;
-/**
- * A collection also runs this often while the map stands still: copies on write make keys
- * garbage without any map change (a chunk every head has rewritten since the snapshot).
- */
-export const generationCollectIntervalMs = 60_000;
-
 export interface CollectorHost {
   readonly sdsId: string;
   readonly store: ChunkStore;
