@@ -216,7 +216,17 @@ export async function buildBundle(appRoot: string, nodeBinary: string, workDir: 
     walk(staging);
     const digest = hash.digest('hex').slice(0, 16);
     const file = path.join(workDir, `meshblock-bundle-${digest}.tar.gz`);
-    if (!fs.existsSync(file)) await runLocal('tar', ['-czf', `${file}.partial`, '-C', staging, 'node', 'app'], workDir).then(() => fs.renameSync(`${file}.partial`, file));
+    if (!fs.existsSync(file)) {
+      // Two installs at once (the work dir is shared) build the same bundle: each writes its
+      // own partial file, and the renames, atomic, leave one whole bundle whichever is last.
+      const partial = `${file}.${process.pid}-${randomBytes(4).toString('hex')}.partial`;
+      try {
+        await runLocal('tar', ['-czf', partial, '-C', staging, 'node', 'app'], workDir);
+        fs.renameSync(partial, file);
+      } finally {
+        fs.rmSync(partial, { force: true });
+      }
+    }
     return { file, hash: digest };
   } finally {
     fs.rmSync(staging, { recursive: true, force: true });
