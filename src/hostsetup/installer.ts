@@ -502,7 +502,8 @@ export class Installer {
         return;
       }
       if (session.transport.upload === undefined) throw new InstallError('MB_ERR_INSTALL_UPLOAD', `${session.label}: this transport cannot upload files`);
-      const remote = `/tmp/meshblock-bundle-${hash}.tar.gz`;
+      // Its own name: another install may be uploading the same bundle to this host.
+      const remote = `/tmp/meshblock-bundle-${hash}-${randomBytes(4).toString('hex')}.tar.gz`;
       await session.transport.upload(file, remote, 0o600);
       // Unpacked beside the old one, then swapped in: a host never has half a meshblock.
       await sh(
