@@ -229,6 +229,8 @@ export interface RestDeviceStatistics {
   statisticsAvailable: boolean;
   maxCapacityInKb: number;
   capacityInUseInKb: number;
+  /** Of capacityInUseInKb, what only snapshots reach (from the SDS's heartbeats; 0 until it counts them). */
+  snapCapacityInUseInKb: number;
   /** Per second, over the SDS's last reporting interval. */
   readIops: number;
   writeIops: number;
@@ -262,6 +264,7 @@ export interface RestSdsStatistics {
   numOfDevices: number;
   maxCapacityInKb: number;
   capacityInUseInKb: number;
+  snapCapacityInUseInKb: number;
   thickCapacityReservedInKb: number;
   readIops: number;
   writeIops: number;
@@ -665,6 +668,7 @@ export function deviceStatistics(device: Device, stats: SdsStats | null): RestDe
     statisticsAvailable: reported !== undefined,
     maxCapacityInKb: kb(device.capacityBytes),
     capacityInUseInKb: kb(reported?.usedBytes ?? device.usedBytes),
+    snapCapacityInUseInKb: kb(device.snapshotBytes ?? 0),
     readIops: Math.round(reported?.readIops ?? 0),
     writeIops: Math.round(reported?.writeIops ?? 0),
     readBwInKbps: kb(reported?.readBytesPerSecond ?? 0),
@@ -679,7 +683,7 @@ export function deviceStatistics(device: Device, stats: SdsStats | null): RestDe
 
 export function sdsStatistics(state: StateMachine, sds: Sds, stats: SdsStats | null): RestSdsStatistics {
   const devices = state.sdsDevices(sds.id).map((device) => deviceStatistics(device, stats));
-  const sum = (field: 'readIops' | 'writeIops' | 'readBwInKbps' | 'writeBwInKbps' | 'capacityInUseInKb' | 'maxCapacityInKb'): number =>
+  const sum = (field: 'readIops' | 'writeIops' | 'readBwInKbps' | 'writeBwInKbps' | 'capacityInUseInKb' | 'snapCapacityInUseInKb' | 'maxCapacityInKb'): number =>
     devices.reduce((total, device) => total + device[field], 0);
   return {
     sdsId: sds.id,
@@ -688,6 +692,7 @@ export function sdsStatistics(state: StateMachine, sds: Sds, stats: SdsStats | n
     numOfDevices: devices.length,
     maxCapacityInKb: sum('maxCapacityInKb'),
     capacityInUseInKb: sum('capacityInUseInKb'),
+    snapCapacityInUseInKb: sum('snapCapacityInUseInKb'),
     thickCapacityReservedInKb: kb(stats?.reservedBytes ?? 0),
     readIops: sum('readIops'),
     writeIops: sum('writeIops'),

@@ -351,6 +351,8 @@ t.test('capacity statistics: arithmetic on a pool with devices, thick and thin v
 
   const system = await get<RestSystemStatistics>(api, token, `/api/instances/System::${testClusterId}/relationships/Statistics`);
   t.match(system, { maxCapacityInKb: rawKb, protectedCapacityInKb: usedRawKb, numOfProtectionDomains: 1, numOfStoragePools: 1, numOfSds: 3, numOfDevices: 3, numOfVolumes: 2, numOfMappedVolumes: 0, snapCapacityInUseInKb: (3 * 32 * MiB) / KiB }, 'the system sums its pools');
+  t.match(await get(api, token, `/api/instances/Sds::${sds[0]}/relationships/Statistics`), { snapCapacityInUseInKb: (32 * MiB) / KiB, capacityInUseInKb: (96 * MiB) / KiB }, "an SDS's snapshot bytes");
+  t.match(await get(api, token, `/api/instances/Device::${devices[0]}/relationships/Statistics`), { snapCapacityInUseInKb: (32 * MiB) / KiB }, "a device's");
 
   // A thick volume that does not fit is refused, with the numbers, and nothing changes.
   const before = snapshot(api);
