@@ -98,6 +98,25 @@ export function checkPaths(values, options) {
   }
 }
 
+/**
+ * A bench's options from its command line, or the exit code it stops with: 0 once `usage`
+ * is printed for --help, exitUsageError once what is wrong is said (`name: message`).
+ */
+export function optionsOrExitCode(name, parseOptions, usage) {
+  let options;
+  try {
+    options = parseOptions(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`${name}: ${err.message} (see --help)\n`);
+    return { exitCode: exitUsageError };
+  }
+  if (options === null) {
+    process.stdout.write(usage);
+    return { exitCode: 0 };
+  }
+  return { options };
+}
+
 export function parseInteger(field, text, min, max) {
   if (!/^\d+$/.test(text)) throw new InvalidArgumentError(field, `not a whole number: '${text}'`);
   const value = Number(text);

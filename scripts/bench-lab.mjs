@@ -40,7 +40,6 @@ import {
   delay,
   disturbedPercentMin,
   exitRuntimeError,
-  exitUsageError,
   firstLine,
   freeLoopbackPort,
   handleSignals,
@@ -63,6 +62,7 @@ import {
   waitForQuiet,
   writePseudorandom,
   writeSection,
+  optionsOrExitCode,
 } from './bench-common.mjs';
 import { labDirsUp, labDownSync, labFailure, labStatus, labUp, labVolumeUri, stopLab } from './bench-labs.mjs';
 
@@ -645,17 +645,9 @@ ${analysisEnd}
 // --- main ------------------------------------------------------------------------------
 
 async function main() {
-  let options;
-  try {
-    options = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench-lab: ${err.message} (see --help)\n`);
-    return exitUsageError;
-  }
-  if (options === null) {
-    process.stdout.write(usage);
-    return 0;
-  }
+  const parsed = optionsOrExitCode('bench-lab', parseOptions, usage);
+  if (parsed.exitCode !== undefined) return parsed.exitCode;
+  const { options } = parsed;
   handleSignals({
     // A second signal still stops the lab before leaving.
     onSecondSignal: () => {

@@ -57,7 +57,6 @@ import {
   delay,
   describeBuild,
   exitRuntimeError,
-  exitUsageError,
   firstLine,
   firstLineMatching,
   freeLoopbackPort,
@@ -76,6 +75,7 @@ import {
   throwIfInterrupted,
   waitForQuiet,
   writeSection,
+  optionsOrExitCode,
 } from './bench-common.mjs';
 import { inOwnNetwork, labArgs, labDirsUp, labDownSync, labFailure, labFile, labRestApi, labStatus, labUp, labUpMs, labVolumeUri, percentile, runInOwnNetwork, stopLab, wantsOwnNetwork } from './bench-labs.mjs';
 
@@ -619,17 +619,9 @@ ${analysisEnd}
 // --- main ------------------------------------------------------------------------------
 
 async function main() {
-  let options;
-  try {
-    options = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench-mdm: ${err.message} (see --help)\n`);
-    return exitUsageError;
-  }
-  if (options === null) {
-    process.stdout.write(usage);
-    return 0;
-  }
+  const parsed = optionsOrExitCode('bench-mdm', parseOptions, usage);
+  if (parsed.exitCode !== undefined) return parsed.exitCode;
+  const { options } = parsed;
   if (wantsOwnNetwork(options)) return runInOwnNetwork(import.meta.url, 'bench-mdm');
   if (!options.sharedNetwork && !inOwnNetwork()) {
     process.stderr.write('bench-mdm: not root, so running in the shared network namespace: another lab on this machine may take a port of a killed MDM\n');

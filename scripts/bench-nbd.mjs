@@ -39,7 +39,6 @@ import {
   describeBuild,
   disturbedPercentMin,
   exitRuntimeError,
-  exitUsageError,
   fillArgs,
   firstLine,
   firstLineMatching,
@@ -68,6 +67,7 @@ import {
   throwIfInterrupted,
   waitForQuiet,
   writePseudorandom,
+  optionsOrExitCode,
 } from './bench-common.mjs';
 
 /** How long a server has to say it is ready, and to exit after SIGTERM. */
@@ -599,17 +599,9 @@ ${analysisEnd}
 // --- main ------------------------------------------------------------------------------
 
 async function main() {
-  let options;
-  try {
-    options = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench-nbd: ${err.message} (see --help)\n`);
-    return exitUsageError;
-  }
-  if (options === null) {
-    process.stdout.write(usage);
-    return 0;
-  }
+  const parsed = optionsOrExitCode('bench-nbd', parseOptions, usage);
+  if (parsed.exitCode !== undefined) return parsed.exitCode;
+  const { options } = parsed;
   handleSignals();
 
   const startedAt = new Date().toISOString();

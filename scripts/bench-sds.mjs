@@ -57,7 +57,6 @@ import {
   describeBuild,
   disturbedPercentMin,
   exitRuntimeError,
-  exitUsageError,
   fillArgs,
   firstLine,
   firstLineMatching,
@@ -87,6 +86,7 @@ import {
   waitForQuiet,
   writePseudorandom,
   writeSection,
+  optionsOrExitCode,
 } from './bench-common.mjs';
 import { pino } from 'pino';
 import { InvalidArgumentError } from '../dist/common/errors.js';
@@ -1051,17 +1051,9 @@ function describeResult(pattern, targetName, result) {
 // --- main ------------------------------------------------------------------------------
 
 async function main() {
-  let options;
-  try {
-    options = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench-sds: ${err.message} (see --help)\n`);
-    return exitUsageError;
-  }
-  if (options === null) {
-    process.stdout.write(usage);
-    return 0;
-  }
+  const parsed = optionsOrExitCode('bench-sds', parseOptions, usage);
+  if (parsed.exitCode !== undefined) return parsed.exitCode;
+  const { options } = parsed;
   handleSignals({
     onInterrupt: () => {
       if (activeLoad !== null) activeLoad.stop = true;

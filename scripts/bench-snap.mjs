@@ -43,7 +43,6 @@ import {
   delay,
   describeBuild,
   exitRuntimeError,
-  exitUsageError,
   firstLine,
   freeLoopbackPort,
   handleSignals,
@@ -62,6 +61,7 @@ import {
   throwIfInterrupted,
   waitForQuiet,
   writeSection,
+  optionsOrExitCode,
 } from './bench-common.mjs';
 import { inOwnNetwork, labDirsUp, labDownSync, labFile, labRestApi, labUp, labVolumeUri, runInOwnNetwork, stopLab, wantsOwnNetwork } from './bench-labs.mjs';
 
@@ -444,17 +444,9 @@ ${analysisEnd}
 // --- main ------------------------------------------------------------------------------
 
 async function main() {
-  let options;
-  try {
-    options = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench-snap: ${err.message} (see --help)\n`);
-    return exitUsageError;
-  }
-  if (options === null) {
-    process.stdout.write(usage);
-    return 0;
-  }
+  const parsed = optionsOrExitCode('bench-snap', parseOptions, usage);
+  if (parsed.exitCode !== undefined) return parsed.exitCode;
+  const { options } = parsed;
   if (wantsOwnNetwork(options)) return runInOwnNetwork(import.meta.url, 'bench-snap');
   handleSignals({
     onSecondSignal: () => {
