@@ -13,7 +13,13 @@
 //                            the key's lock); a secondary being rebuilt may lack the keys
 //                            that shadow g, or still hold ones from an earlier life, so its
 //                            own view could free a key a head still needs. A trim that does
-//                            not reach the secondary is recorded as a change (rebuild.ts).
+//                            not reach the secondary (it is a map ahead or behind, or away)
+//                            is kept and sent again at the next pass, at that pass's epoch,
+//                            while this SDS is still the group's primary, the secondary the
+//                            same and the key still shadowed here; it is also recorded as a
+//                            change (rebuild.ts). Without the resend, the primary no longer
+//                            holds the key, never looks at it again, and the secondary keeps
+//                            it for ever.
 //
 // Only trees the map lists are looked at: a tree the map does not list has its implicit
 // single generation 0, and a key of another generation there means the map is not what this
@@ -26,7 +32,7 @@
 import type { Logger } from 'pino';
 import { generationPath, placementGroupOf, type PlacementMap, type VTreeMap } from '../wire/placement.js';
 import { IoFlag, SdsOp, encodeIo } from '../wire/sds-ops.js';
-import { generationCollectIntervalMs, snapshotBytesRefreshMs } from '../common/limits.js';
+import { generationCollectIntervalMs, snapshotBytesRefreshMs, staleCollectDelayMs } from '../common/limits.js';
 import { keyName, type ChunkKey, type ChunkStore, type HeldChunk } from './chunk-store.js';
 import type { RangeLocks } from './range-locks.js';
 
@@ -64,6 +70,9 @@ export class GenerationCollector {
   private counting: Promise<void> | null = null;
   private collecting: Promise<void> | null = null;
   private readonly timer: NodeJS.Timeout;
+  /** Shadowed keys freed here whose Replica Trim the secondary did not take, by key name. */
+  private readonly unsentTrims = new Map<string, UnsentTrim>();
+  private resendTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly host: CollectorHost) {
     this.timer = setInterval(() => {
@@ -75,6 +84,12 @@ export class GenerationCollector {
 
   close(): void {
     clearInterval(this.timer);
+    if (this.resendTimer !== null) clearTimeout(this.resendTimer);
+  }
+
+  /** Shadowed keys freed here that the secondary still holds, as far as this SDS knows. */
+  unsentTrimCount(): number {
+    return this.unsentTrims.size;
   }
 
   /** Frees every garbage key this SDS may free at `epoch`; stops when the map moves on. One pass at a time. */
@@ -89,6 +104,7 @@ export class GenerationCollector {
     const map = this.host.map();
     if (map === null || map.epoch !== epoch) return;
     const views = treeViews(map);
+    await this.resendTrims(map, views, epoch);
     if (views.size === 0) return;
     const { store, locks, sdsId } = this.host;
     const candidates: Array<{ key: ChunkKey; pgIndex: number; secondary: string | null; live: boolean }> = [];
@@ -141,19 +157,77 @@ export class GenerationCollector {
           if (candidate.live) this.host.noteChange(key.poolId, candidate.pgIndex, name);
           continue;
         }
-        const trim = encodeIo({ poolId: key.poolId, vtreeId: key.vtreeId, pgIndex: candidate.pgIndex, chunkIndex: key.chunkIndex, generation: key.generation, offsetBytes: 0, lengthBytes: store.chunkBytes, flags: IoFlag.Replica });
-        try {
-          await this.host.forward(candidate.secondary, SdsOp.Trim, trim, epoch);
-        } catch (err) {
-          this.host.noteChange(key.poolId, candidate.pgIndex, name);
-          this.host.log.warn({ err, key: name }, 'a freed shadowed chunk was not freed on the secondary; recorded for its rebuild');
-        }
+        await this.trimSecondary({ key, pgIndex: candidate.pgIndex, secondary: candidate.secondary }, epoch);
       } finally {
         release();
       }
     }
     this.snapshotBytesAtMs = -Infinity;
     this.host.log.info({ freed, epoch }, 'chunk generations freed');
+  }
+
+  /** Sends the Replica Trim of a shadowed key freed here; one not taken is kept for the next pass. The caller holds the key's lock. */
+  private async trimSecondary(trim: UnsentTrim, epoch: number): Promise<void> {
+    const { key } = trim;
+    const name = keyName(key);
+    const payload = encodeIo({ poolId: key.poolId, vtreeId: key.vtreeId, pgIndex: trim.pgIndex, chunkIndex: key.chunkIndex, generation: key.generation, offsetBytes: 0, lengthBytes: this.host.store.chunkBytes, flags: IoFlag.Replica });
+    try {
+      await this.host.forward(trim.secondary, SdsOp.Trim, payload, epoch);
+      this.unsentTrims.delete(name);
+    } catch (err) {
+      const first = !this.unsentTrims.has(name);
+      this.unsentTrims.set(name, trim);
+      this.host.noteChange(key.poolId, trim.pgIndex, name);
+      if (first) this.host.log.warn({ err, key: name, secondary: trim.secondary, epoch }, 'a freed shadowed chunk was not freed on the secondary; sent again at the next pass');
+      this.scheduleResend();
+    }
+  }
+
+  /** A pass soon after a refused trim, rather than at the next interval (the map that refused it is often just being installed). */
+  private scheduleResend(): void {
+    if (this.resendTimer !== null || this.host.isClosing()) return;
+    this.resendTimer = setTimeout(() => {
+      this.resendTimer = null;
+      if (this.host.isClosing()) return;
+      void this.host.track(this.collect(this.host.epoch())).catch((err: unknown) => this.host.log.error({ err }, 'freeing unreachable chunk generations failed'));
+    }, staleCollectDelayMs);
+    this.resendTimer.unref();
+  }
+
+  /**
+   * Sends again the trims the secondary did not take, at `epoch`, each only while it still
+   * stands: this SDS is the group's primary and the secondary the same as when the key was
+   * freed (another secondary was filled from this copy, which lacks the key; a copy no longer
+   * in the group is freed as stale), the key's generation is still in the tree (if not, the
+   * secondary frees it itself), this SDS has not got the key again, and every head through the
+   * generation still finds the chunk in a nearer generation here (what made it garbage).
+   */
+  private async resendTrims(map: PlacementMap, views: ReadonlyMap<string, TreeView>, epoch: number): Promise<void> {
+    const { store, locks, sdsId } = this.host;
+    for (const [name, trim] of [...this.unsentTrims]) {
+      if (this.host.epoch() !== epoch || this.host.isClosing()) return;
+      const { key } = trim;
+      const group = map.pools[key.poolId]?.groups[trim.pgIndex];
+      const view = views.get(key.vtreeId);
+      const stands =
+        group !== undefined && group.primary === sdsId && group.secondary === trim.secondary && view !== undefined && view.tree.generations[String(key.generation)] !== undefined;
+      if (!stands) {
+        this.unsentTrims.delete(name);
+        continue;
+      }
+      const release = await locks.acquire(name, 0, store.chunkBytes, true);
+      try {
+        if (this.host.map() !== map || this.host.epoch() !== epoch) return;
+        if (store.has(key) || !shadowedHere(store, view, key)) {
+          this.host.log.warn({ key: name }, 'a freed shadowed chunk is no longer shadowed here; its trim is not sent again');
+          this.unsentTrims.delete(name);
+          continue;
+        }
+        await this.trimSecondary(trim, epoch);
+      } finally {
+        release();
+      }
+    }
   }
 
   /**
@@ -197,6 +271,23 @@ export class GenerationCollector {
     this.snapshotBytesAtMs = nowMs;
     this.snapshotBytesEpoch = map.epoch;
   }
+}
+
+interface UnsentTrim {
+  key: ChunkKey;
+  pgIndex: number;
+  secondary: string;
+}
+
+/** Every head whose path passes `key`'s generation finds the chunk here in a nearer generation. */
+function shadowedHere(store: ChunkStore, view: TreeView, key: ChunkKey): boolean {
+  for (const head of view.heads) {
+    const at = head.path.indexOf(key.generation);
+    if (at < 0) continue;
+    const holder = store.resolveCommitted(key, head.path);
+    if (holder === null || head.path.indexOf(holder) >= at) return false;
+  }
+  return true;
 }
 
 /** The chunk indexes of the listed trees, copied (the walks await; the store's views change meanwhile). */

@@ -13,7 +13,8 @@
 // - a mirror write from the epoch before is taken when the group is placed alike, unless its
 //   generation is no longer a head;
 // - after a map drops a snapshot, the keys no head reaches are freed on both copies, and the
-//   stats count what only snapshots reach as snapshotBytes.
+//   stats count what only snapshots reach as snapshotBytes; a trim of such a key that the
+//   secondary refused (it was a map behind) is sent again once it can take it.
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -328,6 +329,35 @@ t.test('keys no head reaches are freed on both copies after the map drops a snap
   await setMaps([a, b], mapOf(4, [a, b], b.sdsId, a.sdsId, { [vtreeId]: pruned }));
   t.ok((await read(b, 4, { chunkIndex: 0, generation: 1 })).equals(fill(0x70)), 'the other copy too');
   t.ok((await read(b, 4, { chunkIndex: 1, generation: 1 })).equals(fill(0x61)), 'both chunks');
+});
+
+t.test('a shadowed key whose trim the secondary refused (a map behind) is trimmed there once it has the map', async (t) => {
+  const dir = t.testdir();
+  const a = await startNode(t, dir, 'sds-a');
+  const b = await startNode(t, dir, 'sds-b');
+  await setMaps([a, b], mapOf(1, [a, b], a.sdsId, b.sdsId));
+  t.equal(await write(a, 1, { chunkIndex: 0, generation: 0 }, fill(0x60)), SdsStatus.Ok);
+  await setMaps([a, b], mapOf(2, [a, b], a.sdsId, b.sdsId, { [vtreeId]: snapshotTree }));
+  t.equal(await write(a, 2, { chunkIndex: 0, generation: 1 }, fill(0x70)), SdsStatus.Ok, 'the volume rewrites chunk 0');
+  const pruned: VTreeMap = { generations: { '0': null, '1': 0 }, heads: [{ generation: 1, snapshot: false }] };
+  // Only the primary has the map that drops the snapshot: its collector frees 0:0 and sends
+  // the trim at epoch 3, which the secondary (still at 2) refuses.
+  await setMaps([a], mapOf(3, [a, b], a.sdsId, b.sdsId, { [vtreeId]: pruned }));
+  const refusedBy = Date.now() + staleCollectDelayMs + 10_000;
+  while (Date.now() < refusedBy && (await stats(a)).devices[0]?.usedBytes !== chunkBytes) await new Promise((resolve) => setTimeout(resolve, 100));
+  t.equal((await stats(a)).devices[0]?.usedBytes, chunkBytes, 'the primary freed 0:0 and keeps 0:1');
+  t.equal((await stats(b)).devices[0]?.usedBytes, 2 * chunkBytes, 'the secondary, a map behind, still holds both');
+  await setMaps([b], mapOf(3, [a, b], a.sdsId, b.sdsId, { [vtreeId]: pruned }));
+  const deadlineMs = Date.now() + 2 * staleCollectDelayMs + 10_000;
+  let used: number | undefined;
+  while (Date.now() < deadlineMs) {
+    used = (await stats(b)).devices[0]?.usedBytes;
+    if (used === chunkBytes) break;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  t.equal(used, chunkBytes, 'the trim is sent again and the secondary frees 0:0');
+  await setMaps([a, b], mapOf(4, [a, b], b.sdsId, a.sdsId, { [vtreeId]: pruned }));
+  t.ok((await read(b, 4, { chunkIndex: 0, generation: 1 })).equals(fill(0x70)), 'the secondary still reads the volume’s chunk 0');
 });
 
 t.test('a rebuild carries every generation, and copies on write during it land right', async (t) => {
