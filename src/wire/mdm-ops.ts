@@ -139,8 +139,32 @@ export interface SdcVolume {
   accessMode: 'ReadWrite' | 'ReadOnly';
   /** No other SDC has it mapped: this SDC's record of which chunks hold data is the truth. */
   exclusive: boolean;
+  /** QoS of this mapping, enforced by this SDC (docs/qos.md): requests and KiB per second, 0 = unlimited. */
   iopsLimit: number;
   bandwidthLimitKbps: number;
+  /**
+   * Burst, as librbd's `_burst` options: the rate allowed while an idle volume spends what it
+   * saved, and for how long at most (0 = no burst; the limits above hold at all times).
+   * Absent from an older MDM: no burst.
+   */
+  iopsBurst?: number;
+  bandwidthBurstKbps?: number;
+  burstSeconds?: number;
+}
+
+/** One mapped volume's QoS on an SDC: the limits it applies and what they held back, since the SDC started. */
+export interface VolumeQosStats {
+  volumeId: string;
+  iopsLimit: number;
+  bandwidthLimitKbps: number;
+  /** Reads and writes counted (trims, zeroes and flushes move no data and are not limited). */
+  requests: number;
+  bytes: number;
+  /** Requests that had to wait for tokens, and their waits summed. */
+  throttledRequests: number;
+  throttledMs: number;
+  /** Requests waiting now. */
+  waiting: number;
 }
 
 export interface SdcView {
@@ -153,6 +177,8 @@ export interface SdcView {
 export interface SdcHeartbeat {
   /** Volumes with NBD connections open on this SDC. */
   openVolumes: string[];
+  /** Per volume mapped here (absent from an older SDC). */
+  qos?: VolumeQosStats[];
 }
 
 export function parseSdcRegistration(payload: Buffer): SdcRegistration {
