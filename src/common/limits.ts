@@ -288,6 +288,17 @@ export const sdcRetryDelayMsMax = 2000;
  */
 export const sdcPieceTimeoutMs = 15_000;
 
+/**
+ * QoS (docs/qos.md, src/nbd/qos.ts): a throttled volume's head waiter is looked at again at
+ * least this often, and a bucket without burst holds this long's worth of its rate. Short
+ * enough that a limited volume's IO comes evenly through each second instead of in a rush at
+ * its start (the issue asks for ≤ 50 ms), long enough that a limited volume costs at most
+ * ~20 timers a second when its waiters need more than one tick's tokens.
+ */
+export const qosTickMs = 50;
+/** Longest burst a mapping may save up (`burstSeconds`), as the MDM's rules allow. */
+export const qosBurstSecondsMax = 3600;
+
 // --- the kernel NBD client -----------------------------------------------------------------
 
 /** `meshblock attach` runs `nbd-client -t` with this: a request unanswered this long fails with EIO. */
@@ -465,4 +476,5 @@ assert(pooledBytesMin <= chunkBytesDefault, 'chunk-sized payloads are pooled');
 assert(inlineWriteBytesMax <= nowaitReadBytesMax, 'what is written inline is small enough to read inline');
 assert(snapshotBarrierTimeoutMs < sdsFreezeWarnMs, 'a freeze is logged only once no barrier can still be waiting for it');
 assert(snapshotsPerVtreeDefault <= snapshotsPerVtreeMax, 'the default snapshot limit is within the maximum');
+assert(qosTickMs <= 50 && qosTickMs * 4 <= heartbeatIntervalMs, 'a throttled volume is re-checked often enough that IO is not bunched, and a live limit change acts well within a second');
 assert(snapshotBarrierTimeoutMs + frozenRetryDelayMsMax < sdcPieceTimeoutMs, 'a piece refused with Frozen waits out a whole barrier before its deadline (a freeze held longer fails it: an IO error, never a write into a snapshot)');
