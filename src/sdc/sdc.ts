@@ -15,16 +15,24 @@
 //
 // When the MDM is away, IO goes on from the cached map; the link reconnects, to whichever
 // of the MDM addresses is the Master (wire/mdm-session.ts).
+//
+// QoS (docs/qos.md): each mapped volume has one QosLimiter, keyed by volume id, shared by
+// every NBD connection to it here (multi-conn clients get one limit, not one per
+// connection), and each export's backend is a QosBackend over the VolumeBackend. A view
+// that changes only a volume's limits keeps the export and sets the new limits on the
+// limiter, so connections already open feel them at once; an unmap releases its waiters.
+// Another SDC mapping the same volume has its own limiter: limits are per mapping.
 
 import type { Logger } from 'pino';
 import { sdcMapRequestTimeoutMs } from '../common/limits.js';
-import { MdmOp, SdcOp, type SdcRegistration, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
+import { MdmOp, SdcOp, type SdcHeartbeat, type SdcRegistration, type SdcView, type SdcVolume, type VolumeQosStats } from '../wire/mdm-ops.js';
 import { MdmSession } from '../wire/mdm-session.js';
 import type { WirePeer, WireReply, WireRequest } from '../wire/peer.js';
 import { PeerPool } from '../wire/peer-pool.js';
 import { parsePlacementMap, vtreeOf, type PlacementMap } from '../wire/placement.js';
 import { SdsStatus } from '../wire/sds-ops.js';
 import type { ExportRegistry, NbdExport } from '../nbd/exports.js';
+import { QosBackend, QosLimiter, type QosLimits } from '../nbd/qos.js';
 import { VolumeBackend, type VolumeRouter } from './volume-backend.js';
 
 export interface SdcOptions {
@@ -37,9 +45,12 @@ export interface SdcOptions {
   log: Logger;
 }
 
-interface VolumeExport extends NbdExport {
+/** A mapped volume's export (what `find` returns for it). */
+export interface VolumeExport extends NbdExport {
   readonly volume: SdcVolume;
-  readonly backend: VolumeBackend;
+  /** What NBD connections use: `volumeBackend` behind the volume's shared limiter. */
+  readonly backend: QosBackend;
+  readonly volumeBackend: VolumeBackend;
 }
 
 export class Sdc implements ExportRegistry, VolumeRouter {
@@ -64,6 +75,14 @@ export class Sdc implements ExportRegistry, VolumeRouter {
    * follow the volume's head.
    */
   private readonly attachedBackends = new Map<VolumeBackend, number>();
+  /**
+   * One limiter per volume id: of every mapped volume, and of an unmapped one while
+   * connections to it are still open (released: they no longer wait), so that a volume
+   * mapped again meets its open connections in the same limiter.
+   */
+  private readonly limiters = new Map<string, QosLimiter>();
+  /** The volumes of the last view applied, by id (the heartbeat reports their QoS). */
+  private mapped = new Map<string, SdcVolume>();
 
   constructor(private readonly options: SdcOptions) {
     this.sdsPeers = new PeerPool({ clusterId: options.clusterId, secret: options.secret, role: 'sdc', name: options.name ?? options.guid, log: options.log });
@@ -76,7 +95,10 @@ export class Sdc implements ExportRegistry, VolumeRouter {
       name: options.name ?? options.guid,
       log: options.log,
       onRequest: (request) => this.onMdmRequest(request),
-      heartbeat: () => Buffer.from(JSON.stringify({ openVolumes: [...this.openCounts.keys()] })),
+      heartbeat: () => {
+        const heartbeat: SdcHeartbeat = { openVolumes: [...this.openCounts.keys()], qos: this.qosStats() };
+        return Buffer.from(JSON.stringify(heartbeat));
+      },
       register: async (peer, mdm) => {
         const reply = await peer.request(MdmOp.RegisterSdc, Buffer.from(JSON.stringify({ guid: options.guid, name: options.name })));
         if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration: ${reply.payload.toString()}`);
@@ -102,27 +124,82 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   }
 
   attached(entry: NbdExport): void {
-    const volume = (entry as Partial<VolumeExport>).volume;
-    if (volume === undefined || !(entry.backend instanceof VolumeBackend)) return;
+    const { volume, volumeBackend } = entry as Partial<VolumeExport>;
+    if (volume === undefined || !(volumeBackend instanceof VolumeBackend)) return;
     this.openCounts.set(volume.id, (this.openCounts.get(volume.id) ?? 0) + 1);
-    this.attachedBackends.set(entry.backend, (this.attachedBackends.get(entry.backend) ?? 0) + 1);
+    this.attachedBackends.set(volumeBackend, (this.attachedBackends.get(volumeBackend) ?? 0) + 1);
   }
 
   detached(entry: NbdExport): void {
-    const volume = (entry as Partial<VolumeExport>).volume;
-    if (volume === undefined || !(entry.backend instanceof VolumeBackend)) return;
+    const { volume, volumeBackend } = entry as Partial<VolumeExport>;
+    if (volume === undefined || !(volumeBackend instanceof VolumeBackend)) return;
     const count = (this.openCounts.get(volume.id) ?? 1) - 1;
-    if (count <= 0) this.openCounts.delete(volume.id);
-    else this.openCounts.set(volume.id, count);
-    const backendCount = (this.attachedBackends.get(entry.backend) ?? 1) - 1;
-    if (backendCount <= 0) this.attachedBackends.delete(entry.backend);
-    else this.attachedBackends.set(entry.backend, backendCount);
+    if (count <= 0) {
+      this.openCounts.delete(volume.id);
+      // The last connection to an unmapped volume is gone: so is its limiter.
+      if (!this.mapped.has(volume.id)) this.limiters.delete(volume.id);
+    } else {
+      this.openCounts.set(volume.id, count);
+    }
+    const backendCount = (this.attachedBackends.get(volumeBackend) ?? 1) - 1;
+    if (backendCount <= 0) this.attachedBackends.delete(volumeBackend);
+    else this.attachedBackends.set(volumeBackend, backendCount);
   }
 
   /** Every backend in use: the exports', and those connections hold. */
   private backends(): Set<VolumeBackend> {
     const all = new Set(this.attachedBackends.keys());
-    for (const entry of this.exports.values()) all.add(entry.backend);
+    for (const entry of this.exports.values()) all.add(entry.volumeBackend);
+    return all;
+  }
+
+  // --- QoS -------------------------------------------------------------------------------
+
+  /** The volume's limiter, shared by all its exports and connections here. */
+  private limiterOf(volumeId: string): QosLimiter {
+    let limiter = this.limiters.get(volumeId);
+    if (limiter === undefined) {
+      limiter = new QosLimiter();
+      this.limiters.set(volumeId, limiter);
+    }
+    return limiter;
+  }
+
+  /**
+   * Sets the view's limits of `volume` on its limiter, now: waiting requests follow them.
+   * Limits the limiter refuses (an MDM that skipped its own checks) are logged and the
+   * previous ones stay, rather than failing the whole view and every other volume in it.
+   */
+  private applyLimits(volume: SdcVolume): void {
+    const limiter = this.limiterOf(volume.id);
+    const limits = limitsOf(volume);
+    if (sameLimits(limiter.limits, limits)) return;
+    try {
+      limiter.setLimits(limits);
+      this.options.log.info({ volume: volume.name, ...limits }, 'QoS limits applied');
+    } catch (err) {
+      this.options.log.error({ err, volume: volume.name }, 'the MDM sent QoS limits this SDC cannot apply; the previous ones stay');
+    }
+  }
+
+  /** What the heartbeat reports: every mapped volume's limits and counters, since this SDC started. */
+  qosStats(): VolumeQosStats[] {
+    const all: VolumeQosStats[] = [];
+    for (const volumeId of this.mapped.keys()) {
+      const limiter = this.limiters.get(volumeId);
+      if (limiter === undefined) continue;
+      const stats = limiter.stats();
+      all.push({
+        volumeId,
+        iopsLimit: limiter.limits.iopsLimit,
+        bandwidthLimitKbps: limiter.limits.bandwidthLimitKbps,
+        requests: stats.requests,
+        bytes: stats.bytes,
+        throttledRequests: stats.throttledRequests,
+        throttledMs: Math.round(stats.throttledMs),
+        waiting: stats.waiting,
+      });
+    }
     return all;
   }
 
@@ -208,12 +285,23 @@ export class Sdc implements ExportRegistry, VolumeRouter {
       const next = byId.get(backend.volume.id);
       if (next !== undefined && next.vtreeId === backend.volume.vtreeId) backend.follow(next);
     }
+    // Limits next, on the limiters open connections share: a new limit holds for them at
+    // once. An unmapped volume's waiters are let go (the connections that hold them see the
+    // volume's IO fail or succeed as the SDSs decide, but never wait on a limit no one sets).
+    this.mapped = byId;
+    for (const volume of view.volumes) this.applyLimits(volume);
+    for (const [volumeId, limiter] of this.limiters) {
+      if (byId.has(volumeId)) continue;
+      limiter.release();
+      if (!this.openCounts.has(volumeId)) this.limiters.delete(volumeId);
+    }
     const wanted = new Map(view.volumes.map((volume) => [volume.name, volume]));
     for (const [name, entry] of this.exports) {
       const next = wanted.get(name);
       if (next !== undefined && sameButHead(next, entry.volume)) {
-        // Only the head moved (a snapshot, a restore): the export and its backend stay.
-        if (next.generation !== entry.volume.generation) this.exports.set(name, { ...entry, volume: next });
+        // Only the head moved (a snapshot, a restore) or the limits changed (applied above):
+        // the export and its backend stay.
+        this.exports.set(name, { ...entry, volume: next });
         continue;
       }
       this.exports.delete(name);
@@ -222,8 +310,9 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     for (const volume of view.volumes) {
       if (this.exports.has(volume.name)) continue;
       try {
-        const backend = await VolumeBackend.open(volume, this, this.options.log.child({ volume: volume.name }));
-        this.exports.set(volume.name, { name: volume.name, description: backend.description, backend, volume });
+        const volumeBackend = await VolumeBackend.open(volume, this, this.options.log.child({ volume: volume.name }));
+        const backend = new QosBackend(volumeBackend, this.limiterOf(volume.id));
+        this.exports.set(volume.name, { name: volume.name, description: backend.description, backend, volumeBackend, volume });
         this.options.log.info({ volume: volume.name, sizeBytes: volume.sizeBytes, accessMode: volume.accessMode }, 'volume exported');
       } catch (err) {
         this.options.log.error({ err, volume: volume.name }, 'could not open the volume; it is not exported until the next update');
@@ -235,6 +324,9 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   close(): void {
     this.mdm.close();
     this.sdsPeers.dropAll();
+    // Nothing may wait on a limit once the SDC stops (and no limiter's timer may keep the
+    // process alive).
+    for (const limiter of this.limiters.values()) limiter.release();
   }
 }
 
@@ -243,7 +335,29 @@ function isHead(map: PlacementMap, volume: SdcVolume): boolean {
   return vtreeOf(map, volume.vtreeId).heads.some((head) => head.generation === volume.generation);
 }
 
-/** Two descriptions of a volume that differ at most in the head generation. */
+/**
+ * Two descriptions of a volume that differ at most in the head generation and the QoS
+ * limits: neither needs a new export (limits live in the volume's limiter).
+ */
 function sameButHead(a: SdcVolume, b: SdcVolume): boolean {
-  return JSON.stringify({ ...a, generation: 0 }) === JSON.stringify({ ...b, generation: 0 });
+  return JSON.stringify(withoutHeadOrLimits(a)) === JSON.stringify(withoutHeadOrLimits(b));
+}
+
+function withoutHeadOrLimits(volume: SdcVolume): SdcVolume {
+  return { ...volume, generation: 0, iopsLimit: 0, bandwidthLimitKbps: 0, iopsBurst: 0, bandwidthBurstKbps: 0, burstSeconds: 0 };
+}
+
+/** The limits the view gives a mapping; burst fields an older MDM leaves out mean no burst. */
+function limitsOf(volume: SdcVolume): QosLimits {
+  return {
+    iopsLimit: volume.iopsLimit,
+    bandwidthLimitKbps: volume.bandwidthLimitKbps,
+    iopsBurst: volume.iopsBurst ?? 0,
+    bandwidthBurstKbps: volume.bandwidthBurstKbps ?? 0,
+    burstSeconds: volume.burstSeconds ?? 0,
+  };
+}
+
+function sameLimits(a: Readonly<QosLimits>, b: Readonly<QosLimits>): boolean {
+  return a.iopsLimit === b.iopsLimit && a.bandwidthLimitKbps === b.bandwidthLimitKbps && a.iopsBurst === b.iopsBurst && a.bandwidthBurstKbps === b.bandwidthBurstKbps && a.burstSeconds === b.burstSeconds;
 }

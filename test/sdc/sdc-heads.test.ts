@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
-import { Sdc } from '../../src/sdc/sdc.js';
+import { Sdc, type VolumeExport } from '../../src/sdc/sdc.js';
 import type { VolumeBackend } from '../../src/sdc/volume-backend.js';
 import { MdmOp, SdcOp, type SdcView, type SdcVolume } from '../../src/wire/mdm-ops.js';
 import { WirePeer, type WireReply } from '../../src/wire/peer.js';
@@ -112,7 +112,7 @@ async function world(t: Test): Promise<World> {
     backendOf: (name) => {
       const entry = sdc.find(name);
       if (entry === undefined) throw new Error(`no export ${name}`);
-      return entry.backend as VolumeBackend;
+      return (entry as VolumeExport).volumeBackend;
     },
   };
 }
@@ -165,14 +165,14 @@ t.test("the MDM's update moves the head of an open volume in place; a replaced e
   const entry = w.sdc.find('vol1');
   if (entry === undefined) throw new Error('vol1 is not exported');
   w.sdc.attached(entry);
-  const opened = entry.backend as VolumeBackend;
+  const opened = (entry as VolumeExport).volumeBackend;
 
   w.mdm.map = snapshotMap(w.mdm.map, 3);
   w.mdm.volumes = [{ ...volume, generation: 1 }];
   w.accept.epoch = 3;
   w.accept.generation = 1;
   await w.push();
-  t.equal(w.sdc.find('vol1')?.backend, opened, 'the export keeps its backend (open connections go on)');
+  t.equal((w.sdc.find('vol1') as VolumeExport | undefined)?.volumeBackend, opened, 'the export keeps its backend (open connections go on)');
   t.equal(opened.volume.generation, 1, 'which names the new head');
   w.writes.length = 0;
   await opened.write(0, randomBytes(4096), { fua: false });
