@@ -50,7 +50,11 @@ export const qosUnlimited: Readonly<QosLimits> = Object.freeze({ iopsLimit: 0, b
 
 /** What a limiter counted since it was made. */
 export interface QosStats {
-  /** Reads and writes (other requests move no data to the client and are not counted). */
+  /**
+   * Reads and writes let through, and their bytes (a request is counted when it goes, not
+   * while it waits, so that the counters' rate is the rate the volume got). Other requests
+   * move no data to the client and are not counted.
+   */
   requests: number;
   bytes: number;
   /** Requests that had to wait for tokens, and their waits summed (of those let in so far). */
@@ -211,14 +215,14 @@ export class QosLimiter {
   }
 
   /**
-   * Counts a read or write of `bytes` and says when it may go: null means now (no promise
-   * made), a promise means once it resolves. The promise never rejects.
+   * Says when a read or write of `bytes` may go: null means now (no promise made), a promise
+   * means once it resolves. The promise never rejects.
    */
   admit(bytes: number): Promise<void> | null {
+    if (this.limited) return this.admitLimited(bytes);
     this.requestCount += 1;
     this.byteCount += bytes;
-    if (!this.limited) return null;
-    return this.admitLimited(bytes);
+    return null;
   }
 
   private admitLimited(bytes: number): Promise<void> | null {
@@ -229,6 +233,8 @@ export class QosLimiter {
       this.refill(nowMs);
       if (this.ready(bytes)) {
         this.take(bytes);
+        this.requestCount += 1;
+        this.byteCount += bytes;
         return null;
       }
     }
@@ -307,6 +313,8 @@ export class QosLimiter {
       this.take(waiter.bytes);
       this.queue[this.queueHead] = undefined;
       this.queueHead += 1;
+      this.requestCount += 1;
+      this.byteCount += waiter.bytes;
       this.throttledMsSum += nowMs - waiter.sinceMs;
       waiter.resolve();
     }

@@ -66,8 +66,8 @@ class FakeClock implements QosClock {
 
 const limitsOf = (partial: Partial<QosLimits>): QosLimits => ({ ...qosUnlimited, ...partial });
 
-/** Requests let in so far (counted, not waiting). */
-const admitted = (limiter: QosLimiter): number => limiter.stats().requests - limiter.stats().waiting;
+/** Requests let in so far (those waiting are not counted yet). */
+const admitted = (limiter: QosLimiter): number => limiter.stats().requests;
 
 /** Keeps `depth` requests of `bytes` outstanding, as a client at queue depth `depth` whose IO completes at once. */
 function topUp(limiter: QosLimiter, depth: number, bytes: number): void {
@@ -164,12 +164,14 @@ t.test('waiters are let in in arrival order, even when a later one would fit', a
   clock.advanceTo(40);
   await settle();
   t.same(order, [], 'after 40 ms there are 40 KiB of tokens: enough for a small one, but the big one is first');
+  t.same([limiter.stats().requests, limiter.stats().bytes, limiter.stats().waiting], [1, 51 * KiB, 3], 'waiting requests are not counted until they go');
   clock.advanceTo(60);
   await settle();
   t.same(order, ['big'], 'at 50 ms the bucket is full again: the big one goes (into debt), the small ones wait behind it');
   clock.advanceTo(2000);
   await settle();
   t.same(order, ['big', 'small 1', 'small 2'], 'then the small ones, in order');
+  t.same([limiter.stats().requests, limiter.stats().bytes, limiter.stats().waiting], [4, 51 * KiB + MiB + 2 * KiB, 0], 'then they are');
   t.equal(limiter.stats().throttledRequests, 3, 'three were throttled');
   t.ok(limiter.stats().throttledMs > 1000, `and their waits are summed (${limiter.stats().throttledMs.toFixed(0)} ms)`);
 });
