@@ -373,6 +373,72 @@ async function runFio(pattern, side, options, machine, hooks = {}) {
   };
 }
 
+// --- the QoS limiter's cost ---------------------------------------------------------------
+
+/**
+ * The SDC's QoS limiter (docs/qos.md) sits in front of every read and write. Its cost is
+ * measured where it matters, in the SDC's CPU per IO, with the limiter's two cheap states
+ * alternated on the same volume: no limit set (the fast path), and limits set far above what
+ * this machine reaches (every request reads the clock and takes tokens, none waits). A run
+ * with a limit that is reached would measure the limit, not the limiter.
+ */
+const qosPattern = patterns[1];
+const qosModes = [
+  { id: 'none', title: 'no limit set', flags: ['--iops', '0', '--bandwidth', '0'] },
+  { id: 'unreached', title: 'limits set, not reached (10M IOPS, 100 GiB/s)', flags: ['--iops', '10000000', '--bandwidth', '100GiB'] },
+];
+
+async function setLabLimits(labDir, flags) {
+  const args = [path.join(repoRoot, 'bin/meshblock.cjs'), '--dir', labDir, 'volume', 'set-limits', '--volume', volumeName, '--sdc', 'sdc1', ...flags];
+  const state = await run(process.execPath, args, 60_000);
+  throwIfInterrupted();
+  if (state.code !== 0) throw new BenchError('SERVER', `meshblock volume set-limits ${flags.join(' ')} failed (${state.code}): ${state.stderr.trim()}`);
+  // The MDM pushes the view to the SDC at once; a moment for it to land before fio starts.
+  await delay(500);
+}
+
+async function measureQos(lab, labDir, options, machine) {
+  const runs = Object.fromEntries(qosModes.map((mode) => [mode.id, []]));
+  const roundCount = Math.max(2, options.roundCount);
+  try {
+    for (let round = 1; round <= roundCount; round++) {
+      for (const mode of qosModes) {
+        if (!labAlive(lab)) throw new BenchError('SERVER', `a lab process died; logs in ${labDir}/logs`);
+        await setLabLimits(labDir, mode.flags);
+        const result = await runFio(qosPattern, lab, options, machine);
+        runs[mode.id].push(result);
+        process.stderr.write(
+          `qos round ${round}/${roundCount} ${mode.id.padEnd(9)} ${formatValue('iops', result.iops)} IOPS, SDC ${result.roles.sdc.usPerIo.toFixed(1)} µs CPU per IO` +
+            `${result.disturbed ? ' (DISTURBED: other load on the machine)' : ''}\n`,
+        );
+      }
+    }
+  } finally {
+    await setLabLimits(labDir, qosModes[0].flags).catch(() => undefined);
+  }
+  return qosModes.map((mode) => ({
+    mode,
+    iops: median(runs[mode.id].map((result) => result.iops)),
+    sdcUsPerIo: median(runs[mode.id].map((result) => result.roles.sdc.usPerIo)),
+    runCount: runs[mode.id].length,
+    disturbedCount: runs[mode.id].filter((result) => result.disturbed).length,
+  }));
+}
+
+function qosRows(qos) {
+  const [reference] = qos;
+  const header = ['Limiter', 'IOPS', 'SDC CPU µs per I/O', 'IOPS / no limit', 'SDC µs per I/O / no limit', 'disturbed runs'];
+  const rows = qos.map((entry) => [
+    entry.mode.title,
+    formatValue('iops', entry.iops),
+    entry.sdcUsPerIo.toFixed(2),
+    (entry.iops / reference.iops).toFixed(2),
+    (entry.sdcUsPerIo / reference.sdcUsPerIo).toFixed(2),
+    `${entry.disturbedCount} of ${entry.runCount}`,
+  ]);
+  return { header, rows };
+}
+
 // --- CPU profiles ----------------------------------------------------------------------
 
 /** Signals a profiled daemon; a daemon that is gone makes the profile missing, not the bench fail. */
@@ -560,7 +626,7 @@ function loadAverage() {
 
 // --- report ----------------------------------------------------------------------------
 
-function markdownSection({ options, machine, summaries, cpu, profiles, prewriteSeconds, startedAt, loads, nbdkitCommand, labCommand, analysis }) {
+function markdownSection({ options, machine, summaries, cpu, qos, profiles, prewriteSeconds, startedAt, loads, nbdkitCommand, labCommand, analysis }) {
   const argv = process.argv.slice(2).join(' ');
   const fioLines = patterns.map((pattern) => `fio ${fioArgs(pattern, 'nbd://127.0.0.1:PORT/[vol1]', options).join(' ')}`);
   let disturbed = 0;
@@ -608,6 +674,16 @@ sampled twice inside fio's measured window of the ${profiledPattern.title} run, 
 sender's system call and is charged to the sending process).
 
 ${markdownTable(cpuRows(cpu.lab, cpu.nbdkit))}
+
+### The QoS limiter's cost
+
+The SDC's QoS limiter (docs/qos.md) is in front of every read and write. ${qosPattern.title} on the lab,
+alternating the limiter's two states on the same volume (\`meshblock volume set-limits\` between runs),
+median of ${qos[0].runCount} runs each: no limit set (the fast path), and limits set far above what this
+machine reaches (the clock read and tokens taken on every request, no request waits). The SDC's CPU
+per I/O is its utime + stime over fio's measured window divided by the I/Os done.
+
+${markdownTable(qosRows(qos))}
 
 CPU profiles (V8 sampling profiler, main thread only: work on libuv's thread pool and in the
 kernel does not appear, except as the native call that does it) of the SDC and of sds1, each
@@ -697,6 +773,9 @@ async function main() {
       }
     }
 
+    process.stderr.write(`the QoS limiter's cost: ${qosPattern.id} with no limit and with limits set but not reached, alternated\n`);
+    const qos = await measureQos(lab, labDir, options, machine);
+
     const profiles = [];
     if (options.profile) {
       for (const pattern of profiledPatterns) {
@@ -707,11 +786,11 @@ async function main() {
     loads.end = loadAverage();
 
     const summaries = patterns.map((pattern, index) => summarize(pattern, runs[index]));
-    const tables = [resultRows(summaries), cpuRows(cpu.lab, cpu.nbdkit), ...profiles.map(profileRows)].map(textTable);
+    const tables = [resultRows(summaries), cpuRows(cpu.lab, cpu.nbdkit), qosRows(qos), ...profiles.map(profileRows)].map(textTable);
     const profileTitles = profiles.map(
       (profile) => `CPU profile of ${profile.name}, ${profile.pattern.title} (main thread busy ${profile.busyPercent.toFixed(0)}% of ${profile.totalSamples} samples)`,
     );
-    const titled = [`Results (load average ${loads.start} -> ${loads.end})`, `CPU per process during ${profiledPattern.title}`, ...profileTitles].map(
+    const titled = [`Results (load average ${loads.start} -> ${loads.end})`, `CPU per process during ${profiledPattern.title}`, `The QoS limiter's cost, ${qosPattern.title} on the lab`, ...profileTitles].map(
       (title, index) => `${title}\n${tables[index]}`,
     );
     process.stdout.write(`\n${titled.join('\n\n')}\n\nFor scale, Ceph RBD (2 copies, 3 OSDs, same kind of machine): ${cephReference}.\n`);
@@ -719,7 +798,7 @@ async function main() {
       const nbdkitCommand = nbdkit.command.join(' ').split(workDir).join('$DIR');
       const labCommand = lab.command.join(' ');
       writeSection(options.outPath, { heading: sectionHeading, analysisStart, analysisEnd, atEnd: true }, (analysis) =>
-        markdownSection({ options, machine, summaries, cpu, profiles, prewriteSeconds, startedAt, loads, nbdkitCommand, labCommand, analysis }),
+        markdownSection({ options, machine, summaries, cpu, qos, profiles, prewriteSeconds, startedAt, loads, nbdkitCommand, labCommand, analysis }),
       );
       process.stdout.write(`\nwrote the '${sectionHeading.slice(3)}' section of ${options.outPath}\n`);
     }
