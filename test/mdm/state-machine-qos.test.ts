@@ -42,7 +42,7 @@ function refused(t: Test, machine: StateMachine, command: Command, code: string,
 
 t.test('every rule, each refusal naming its field and changing nothing', async (t) => {
   const { machine, volume, sdc, unmapped } = mappedVolume();
-  const limits = (values: Partial<Limits>): Command => ({ type: 'setMappedSdcLimits', volumeId: volume, sdcId: sdc, iopsLimit: 0, bandwidthLimitKbps: 0, ...values });
+  const limits = (values: Partial<Limits>): Extract<Command, { type: 'setMappedSdcLimits' }> => ({ type: 'setMappedSdcLimits', volumeId: volume, sdcId: sdc, iopsLimit: 0, bandwidthLimitKbps: 0, ...values });
   const cases: Array<[Partial<Limits>, RegExp, string]> = [
     [{ iopsLimit: 5 }, /^iopsLimit: must be 0 \(unlimited\) or at least 11/, 'IOPS 5'],
     [{ iopsLimit: 10 }, /^iopsLimit: /, 'IOPS 10, just below the floor'],
