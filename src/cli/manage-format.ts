@@ -2,7 +2,7 @@
 // colours, so that it reads the same in a terminal, a log and a ticket.
 
 import { formatBytes } from '../common/units.js';
-import type { RestCapacity, RestDashboard } from '../mdm/rest-objects.js';
+import type { RestCapacity, RestDashboard, RestMappedSdcInfo } from '../mdm/rest-objects.js';
 
 export type Alignment = 'left' | 'right';
 
@@ -73,6 +73,33 @@ export function describeRebuild(rebuild: RestDashboard['health']['rebuild'], now
   return `running: ${rebuild.percent}% (${rebuild.groupsSyncing} of ${rebuild.groupsTotal} groups filling), ${formatBytes(rebuild.bytesDone)} copied, ${formatBytes(rebuild.bytesPerSecond)}/s${eta}`;
 }
 
+/**
+ * A volume's mappings (or the dashboard's limited ones) with their QoS: the limits, the burst
+ * and what the SDC held back since it started (0 while it has not reported).
+ *
+ *   SDC    ACCESS  IOPS  BANDWIDTH  IOPS BURST  BW BURST   BURST S  REQUESTS  THROTTLED  THROTTLED MS  WAITING
+ *   host1  rw       100  10 MiB/s          400  40 MiB/s        60     12000       3400         51000        2
+ */
+export function renderQosTable<T extends RestMappedSdcInfo>(rows: readonly T[], first: Column<T> | null = null): string {
+  const rate = (kbps: number): string => (kbps === 0 ? '-' : `${kbToText(kbps)}/s`);
+  const count = (value: number): string => (value === 0 ? '-' : String(value));
+  const columns: Array<Column<T>> = [
+    ...(first === null ? [] : [first]),
+    { header: 'SDC', value: (row) => row.sdcName || row.sdcId },
+    { header: 'ACCESS', value: (row) => (row.accessMode === 'ReadOnly' ? 'ro' : 'rw') },
+    { header: 'IOPS', value: (row) => count(row.limitIops), align: 'right' },
+    { header: 'BANDWIDTH', value: (row) => rate(row.limitBwInKbps), align: 'right' },
+    { header: 'IOPS BURST', value: (row) => count(row.limitIopsBurst), align: 'right' },
+    { header: 'BW BURST', value: (row) => rate(row.limitBwBurstInKbps), align: 'right' },
+    { header: 'BURST S', value: (row) => (row.limitIopsBurst === 0 && row.limitBwBurstInKbps === 0 ? '-' : String(Math.max(1, row.limitBurstSeconds))), align: 'right' },
+    { header: 'REQUESTS', value: (row) => String(row.qosRequests), align: 'right' },
+    { header: 'THROTTLED', value: (row) => String(row.qosThrottledRequests), align: 'right' },
+    { header: 'THROTTLED MS', value: (row) => String(row.qosThrottledMs), align: 'right' },
+    { header: 'WAITING', value: (row) => String(row.qosWaiting), align: 'right' },
+  ];
+  return renderTable(columns, rows);
+}
+
 export function renderDashboard(view: RestDashboard): string {
   const { system, capacity, health } = view;
   const problems: string[] = [];
@@ -112,5 +139,6 @@ export function renderDashboard(view: RestDashboard): string {
     { header: 'POOL', value: (row) => row.label },
     ...capacityColumns.map(([header, field]): Column<Row> => ({ header, value: (row) => kbToText(row.capacity[field]), align: 'right' })),
   ];
-  return `${lines.join('\n')}\n${renderTable(columns, rows)}`;
+  const qos = view.qos.length === 0 ? '' : `\nQoS (limits enforced by each SDC; throttled = requests held back since the SDC started)\n${renderQosTable(view.qos, { header: 'VOLUME', value: (row) => row.volumeName })}`;
+  return `${lines.join('\n')}\n${renderTable(columns, rows)}${qos}`;
 }

@@ -25,10 +25,12 @@ import { GiB, KiB, MiB, parseSizeBytes } from '../common/units.js';
 import { snapshotGroupVolumesMax, snapshotsPerVtreeDefault, snapshotsPerVtreeMax } from '../common/limits.js';
 import { idPattern } from '../wire/placement.js';
 import type { RemoveGroupReply, SnapshotVolumesReply } from '../mdm/rest-commands.js';
+import { qosBurstSecondsMax, qosIopsLimitMin } from '../mdm/model.js';
 import type {
   RestDashboard,
   RestDevice,
   RestFaultSet,
+  RestMappedSdcInfo,
   RestProtectionDomain,
   RestSdc,
   RestSds,
@@ -39,7 +41,7 @@ import type {
 } from '../mdm/rest-objects.js';
 import type { MdmClusterView, MdmView } from '../mdm/cluster-member.js';
 import { ApiClient, connectionOptions, processIo, type ConnectionArgs, type ManageIo } from './manage-client.js';
-import { kbToText, renderDashboard, renderTable } from './manage-format.js';
+import { kbToText, renderDashboard, renderQosTable, renderTable } from './manage-format.js';
 
 /** Exit codes, as main.ts: 1 failed at run time (the API refused), 2 bad usage. */
 const exitRuntimeError = 1;
@@ -594,11 +596,45 @@ const sdcCommands: Command[] = [
 const volumeFlag: Builder = (y) => y.option('volume', str('volume (id or name)'));
 const volumeSdcFlags: Builder = (y) => volumeFlag(y).option('sdc', str('SDC (id or name)'));
 
+/**
+ * setMappedSdcLimits' body from set-limits' flags, checked before any request: bandwidths in
+ * whole MiB/s (ScaleIO's rule, which the MDM enforces too), counts as whole numbers. The
+ * rules between fields (a burst at least its limit) are the MDM's to say.
+ */
+function limitsBody(args: Record<string, unknown>): Record<string, string> {
+  const flags = ['iops', 'bandwidth', 'iops-burst', 'bandwidth-burst', 'burst-seconds'];
+  if (flags.every((flag) => args[flag] === undefined)) throw new InvalidArgumentError('--iops', 'give --iops, --bandwidth or both (and optionally --iops-burst, --bandwidth-burst, --burst-seconds)');
+  const count = (flag: string, max = Number.MAX_SAFE_INTEGER): string | undefined => (args[flag] === undefined ? undefined : String(integerFlag(`--${flag}`, args[flag], 0, max)));
+  const perSecond = (flag: string): string | undefined => (args[flag] === undefined ? undefined : String(sizeFlag(`--${flag}`, String(args[flag]), MiB, 'MiB per second (e.g. 10MiB; bandwidth limits are set in whole MiB/s)') / KiB));
+  const body: Record<string, string | undefined> = {
+    iopsLimit: count('iops'),
+    bandwidthLimitInKbps: perSecond('bandwidth'),
+    iopsBurst: count('iops-burst'),
+    bandwidthBurstInKbps: perSecond('bandwidth-burst'),
+    burstSeconds: count('burst-seconds', qosBurstSecondsMax),
+  };
+  return Object.fromEntries(Object.entries(body).filter((entry): entry is [string, string] => entry[1] !== undefined));
+}
+
+/** "IOPS 100 (burst 400), bandwidth 10 MiB/s (burst 40 MiB/s), bursts up to 60 s" */
+function describeLimits(info: RestMappedSdcInfo): string {
+  const iops = info.limitIops === 0 ? 'unlimited' : `${info.limitIops}${info.limitIopsBurst > 0 ? ` (burst ${info.limitIopsBurst})` : ''}`;
+  const bandwidth = info.limitBwInKbps === 0 ? 'unlimited' : `${kbToText(info.limitBwInKbps)}/s${info.limitBwBurstInKbps > 0 ? ` (burst ${kbToText(info.limitBwBurstInKbps)}/s)` : ''}`;
+  const bursting = info.limitIopsBurst > 0 || info.limitBwBurstInKbps > 0 ? `, bursts up to ${Math.max(1, info.limitBurstSeconds)} s` : '';
+  return `IOPS ${iops}, bandwidth ${bandwidth}${bursting}`;
+}
+
 function describeMapping(volume: RestVolume): string {
   if (volume.mappedSdcInfo.length === 0) return '-';
   return volume.mappedSdcInfo
     .map((info) => {
-      const limits = [info.accessMode === 'ReadOnly' ? 'ro' : '', info.limitIops > 0 ? `${info.limitIops} IOPS` : '', info.limitBwInKbps > 0 ? `${kbToText(info.limitBwInKbps)}/s` : ''].filter((part) => part !== '');
+      const limits = [
+        info.accessMode === 'ReadOnly' ? 'ro' : '',
+        info.limitIops > 0 ? `${info.limitIops} IOPS` : '',
+        info.limitBwInKbps > 0 ? `${kbToText(info.limitBwInKbps)}/s` : '',
+        info.limitIopsBurst > 0 || info.limitBwBurstInKbps > 0 ? 'burst' : '',
+        info.qosThrottledRequests > 0 ? `${info.qosThrottledRequests} throttled` : '',
+      ].filter((part) => part !== '');
       return limits.length > 0 ? `${info.sdcName || info.sdcId}(${limits.join(' ')})` : info.sdcName || info.sdcId;
     })
     .join(',');
@@ -717,31 +753,39 @@ const volumeCommands: Command[] = [
   },
   {
     name: 'set-limits',
-    describe: 'set QoS limits of a volume on one SDC (0 = unlimited)',
+    describe: 'set QoS limits of a volume on one SDC, enforced by that SDC (0 = unlimited; a flag left out keeps its value)',
     builder: (y) =>
       volumeSdcFlags(y)
-        .option('iops', { type: 'string', describe: 'IO operations per second (0, or at least 11)', requiresArg: true })
-        .option('bandwidth', { type: 'string', describe: 'bytes per second, whole KiB, e.g. 100MiB (0 = unlimited)', requiresArg: true }),
-    check: (args) => {
-      if (args['iops'] === undefined && args['bandwidth'] === undefined) throw new InvalidArgumentError('--iops', 'give --iops, --bandwidth or both');
-      if (args['iops'] !== undefined) integerFlag('--iops', args['iops'], 0, Number.MAX_SAFE_INTEGER);
-      if (args['bandwidth'] !== undefined) sizeFlag('--bandwidth', String(args['bandwidth']), KiB, 'KiB per second');
-    },
+        .option('iops', { type: 'string', describe: `IO operations per second (0, or at least ${qosIopsLimitMin})`, requiresArg: true })
+        .option('bandwidth', { type: 'string', describe: 'bytes per second in whole MiB, e.g. 100MiB (0 = unlimited)', requiresArg: true })
+        .option('iops-burst', { type: 'string', describe: 'IOPS while an idle volume spends what it saved (0 = no burst; at least --iops)', requiresArg: true })
+        .option('bandwidth-burst', { type: 'string', describe: 'bandwidth while bursting, whole MiB, e.g. 40MiB (0 = no burst; at least --bandwidth)', requiresArg: true })
+        .option('burst-seconds', { type: 'string', describe: `how long a burst may last: an idle volume saves burst × seconds (0..${qosBurstSecondsMax})`, requiresArg: true }),
+    check: (args) => void limitsBody(args),
     run: async (args, session) => {
       const volume = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
       const sdc = await session.resolve<RestSdc>('Sdc', '--sdc', String(args['sdc']));
-      const body = {
-        sdcId: sdc.id,
-        ...(args['iops'] !== undefined ? { iopsLimit: String(integerFlag('--iops', args['iops'], 0, Number.MAX_SAFE_INTEGER)) } : {}),
-        ...(args['bandwidth'] !== undefined ? { bandwidthLimitInKbps: String(sizeFlag('--bandwidth', String(args['bandwidth']), KiB, 'KiB per second') / KiB) } : {}),
-      };
-      await session.client.post(`/api/instances/Volume::${volume.id}/action/setMappedSdcLimits`, body);
+      await session.client.post(`/api/instances/Volume::${volume.id}/action/setMappedSdcLimits`, { sdcId: sdc.id, ...limitsBody(args) });
       session.changed();
       const updated = await session.client.get<RestVolume>(`/api/instances/Volume::${volume.id}`);
       const info = updated.mappedSdcInfo.find((entry) => entry.sdcId === sdc.id);
-      const iops = info === undefined || info.limitIops === 0 ? 'unlimited' : `${info.limitIops}`;
-      const bandwidth = info === undefined || info.limitBwInKbps === 0 ? 'unlimited' : `${kbToText(info.limitBwInKbps)}/s`;
-      session.print(`volume '${volume.name}' on SDC '${sdc.name}': IOPS ${iops}, bandwidth ${bandwidth}`);
+      session.print(`volume '${volume.name}' on SDC '${sdc.name}': ${info === undefined ? 'no longer mapped' : describeLimits(info)}`);
+    },
+  },
+  {
+    name: 'show',
+    describe: 'show a volume: its size, its mappings with their QoS limits, and what each SDC held back',
+    builder: (y) => jsonOption(volumeFlag(y)),
+    run: async (args, session) => {
+      const named = await session.resolve<RestVolume>('Volume', '--volume', String(args['volume']));
+      const volume = await session.client.get<RestVolume>(`/api/instances/Volume::${named.id}`);
+      if (args['json'] === true) return session.printJson(volume);
+      const pools = await session.list<RestStoragePool>('StoragePool');
+      const lines = [
+        `volume '${volume.name}' (id ${volume.id}): ${kbToText(volume.sizeInKb)} ${volumeTypeWord(volume)} in storage pool '${pools.find((pool) => pool.id === volume.storagePoolId)?.name ?? volume.storagePoolId}'`,
+      ];
+      if (volume.mappedSdcInfo.length === 0) lines.push('mapped to no SDC');
+      session.print(`${lines.join('\n')}\n${volume.mappedSdcInfo.length === 0 ? '' : renderQosTable(volume.mappedSdcInfo)}`);
     },
   },
 ];

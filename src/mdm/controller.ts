@@ -2,6 +2,7 @@
 // journal, SDS and SDC connections). The REST layer validates and translates requests
 // into commands and calls these; it never touches the model directly except to read.
 
+import type { VolumeQosStats } from '../wire/mdm-ops.js';
 import type { SdsStats } from '../wire/sds-ops.js';
 import type { Id } from './model.js';
 import type { Applied, Command, StateMachine } from './state-machine.js';
@@ -81,6 +82,8 @@ export interface MdmController {
   sdsStats(sdsId: Id): SdsStats | null;
   /** Rebuild and rebalance progress over every pool. */
   rebuildStatus(): RebuildStatus;
+  /** The QoS statistics an SDC's last heartbeat carried for its mapped volumes ([] if none yet). */
+  sdcQosStats(sdcId: Id): readonly VolumeQosStats[];
 }
 
 /** What a controller reports when nothing is rebuilding. */

@@ -113,12 +113,35 @@ export interface Sdc {
 
 export type AccessMode = 'ReadWrite' | 'ReadOnly';
 
-export interface Mapping {
-  sdcId: Id;
-  accessMode: AccessMode;
-  /** QoS limits (0 = unlimited); recorded now, enforced by the SDC later. */
+/** ScaleIO's floor for an IOPS limit (it refuses 1 to 10); kept so that ScaleIO clients see the same rules. */
+export const qosIopsLimitMin = 11;
+/** Bandwidth limits and bursts are set in whole MiB/s, as ScaleIO takes them (KiB/s on the wire). */
+export const qosBandwidthStepKbps = 1024;
+/** The longest burst, in seconds of saved tokens (an hour; librbd sets no bound, a VM's boot needs seconds). */
+export const qosBurstSecondsMax = 3600;
+
+/**
+ * QoS of one volume on one SDC, enforced by that SDC (docs/qos.md): requests and KiB per
+ * second, 0 = unlimited. ScaleIO's rules: IOPS 0 or at least qosIopsLimitMin, bandwidth in
+ * whole MiB/s. The burst follows librbd's `_burst` options: the rate an idle volume may spend
+ * what it saved at, saving up to burst × burstSeconds (0 = no burst: the limits hold at all
+ * times). Two SDCs mapping one volume have a limit each, as in ScaleIO.
+ */
+export interface QosLimits {
   iopsLimit: number;
   bandwidthLimitKbps: number;
+  iopsBurst: number;
+  bandwidthBurstKbps: number;
+  /** 0..qosBurstSecondsMax; a burst with 0 seconds saves one second's worth (the SDC's reading). */
+  burstSeconds: number;
+}
+
+export const qosLimitFields: ReadonlyArray<keyof QosLimits> = ['iopsLimit', 'bandwidthLimitKbps', 'iopsBurst', 'bandwidthBurstKbps', 'burstSeconds'];
+
+/** A mapping written before bursts (journal and etcd snapshots) has none: upgradeModel sets them to 0. */
+export interface Mapping extends QosLimits {
+  sdcId: Id;
+  accessMode: AccessMode;
 }
 
 /** ScaleIO's volume types: a snapshot is always thin, whatever its ancestor is. */
@@ -224,7 +247,8 @@ export function emptyModel(clusterId: Id, name: string): SystemModel {
 /**
  * Brings a model written before snapshots (a journal snapshot, an etcd snapshot) to the
  * current shape, in place: every volume the base of its own V-Tree with the one generation
- * 0, no barrier, the default snapshot limit. Idempotent, and deterministic, so that every MDM
+ * 0, no barrier, the default snapshot limit; every mapping written before QoS bursts without
+ * a burst. Idempotent, and deterministic, so that every MDM
  * loading the same snapshot gets the same model.
  */
 export function upgradeModel(model: SystemModel): SystemModel {
@@ -238,6 +262,12 @@ export function upgradeModel(model: SystemModel): SystemModel {
     old.generation ??= 0;
     old.accessModeLimit ??= 'ReadWrite';
     old.snapshotGroupId ??= null;
+    for (const mapping of volume.mappings) {
+      const before = mapping as Partial<Mapping> & Mapping;
+      before.iopsBurst ??= 0;
+      before.bandwidthBurstKbps ??= 0;
+      before.burstSeconds ??= 0;
+    }
     loaded.vtrees[volume.vtreeId] ??= { id: volume.vtreeId, storagePoolId: volume.storagePoolId, nextGeneration: 1, generations: { '0': null } };
   }
   return loaded;

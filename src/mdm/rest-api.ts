@@ -12,7 +12,8 @@
 //                                                         removeConsistencyGroupSnapshots: ScaleIO's replies)
 //   POST /api/instances/System/action/{action}            the System's actions, without its id
 //   GET  /api/instances/{Type}::{id}/relationships/{Other}       children (e.g. StoragePool → Volume)
-//   GET  /api/instances/{Type}::{id}/relationships/Statistics    System, StoragePool, Sds, Device
+//   GET  /api/instances/{Type}::{id}/relationships/Statistics    System, StoragePool, Sds, Device;
+//                                                         Sdc and Volume (meshblock: QoS, docs/qos.md)
 //   GET  /api/dashboard                                   meshblock: capacity and health at a glance
 //   POST /api/instances/System/action/queryMdmCluster     the MDM cluster (ScaleIO's MdmCluster)
 //   POST /api/instances/System/action/changeMdmOwnership  {"id"?: MDM name}: a planned switch
@@ -43,7 +44,7 @@ import { assert } from '../common/assert.js';
 import type { AdminAuth } from './auth.js';
 import { noQuorumMessage, type RestCluster, type RestRoute } from './cluster-member.js';
 import type { MdmController } from './controller.js';
-import type { Device, Sds } from './model.js';
+import type { Device, Sdc, Sds, Volume } from './model.js';
 import { createInstance, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
 import { RestError, errorBody, httpStatusOf } from './rest-errors.js';
 import {
@@ -55,10 +56,13 @@ import {
   restRelationships,
   restStatisticsTypes,
   restTypes,
+  sdcStatistics,
   sdsStatistics,
   storagePoolStatistics,
   systemStatistics,
+  volumeStatistics,
   type RestType,
+  type SdcQosLookup,
 } from './rest-objects.js';
 import { loginFailureDelayMs, loginsInflightMax, restBodyBytesMax, restForwardRecheckMs, restDiscardBytesMax, restHeadersTimeoutMs, restRequestTimeoutMs } from '../common/limits.js';
 
@@ -336,6 +340,7 @@ export class RestApi {
 
   private makeRoutes(): Route[] {
     const state = (): MdmController['state'] => this.controller.state;
+    const sdcQos: SdcQosLookup = (sdcId) => this.controller.sdcQosStats(sdcId);
     const type = (name: string): RestType => {
       if (!(restTypes as readonly string[]).includes(name)) throw new RestError('MB_ERR_NO_ROUTE', `no type '${name}' (types: ${restTypes.join(', ')})`, 404);
       return name as RestType;
@@ -370,11 +375,11 @@ export class RestApi {
         },
       },
       { pattern: /^\/api\/version$/, methods: { GET: () => ok(scaleIoApiVersion) } },
-      { pattern: /^\/api\/dashboard$/, methods: { GET: () => ok(dashboard(state(), (sdsId) => this.controller.sdsStats(sdsId), this.controller.rebuildStatus())) } },
+      { pattern: /^\/api\/dashboard$/, methods: { GET: () => ok(dashboard(state(), (sdsId) => this.controller.sdsStats(sdsId), this.controller.rebuildStatus(), sdcQos)) } },
       {
         pattern: /^\/api\/types\/([A-Za-z]+)\/instances$/,
         methods: {
-          GET: ({ params }) => ok(listInstances(state(), type(params[0] as string))),
+          GET: ({ params }) => ok(listInstances(state(), type(params[0] as string), sdcQos)),
           POST: async ({ params, body }) => ok(await createInstance(this.commandContext, type(params[0] as string), body ?? {})),
         },
       },
@@ -385,7 +390,7 @@ export class RestApi {
       {
         pattern: new RegExp(`^${instance}$`),
         methods: {
-          GET: ({ params }) => ok(getInstance(state(), existing(params[0] as string, params[1] as string), params[1] as string)),
+          GET: ({ params }) => ok(getInstance(state(), existing(params[0] as string, params[1] as string), params[1] as string, sdcQos)),
         },
       },
       {
@@ -414,7 +419,7 @@ export class RestApi {
               const known = [...Object.keys(children ?? {}), ...(restStatisticsTypes.includes(found) ? ['Statistics'] : [])];
               throw new RestError('MB_ERR_NO_ROUTE', `${found} has no relationship '${other}'${known.length > 0 ? ` (relationships: ${known.join(', ')})` : ''}`, 404);
             }
-            return ok(relatedInstances(state(), found, id, other as RestType));
+            return ok(relatedInstances(state(), found, id, other as RestType, sdcQos));
           },
         },
       },
@@ -434,6 +439,10 @@ export class RestApi {
         const device = state.model.devices[id] as Device;
         return deviceStatistics(device, this.controller.sdsStats(device.sdsId));
       }
+      case 'Sdc':
+        return sdcStatistics(state, state.model.sdcs[id] as Sdc, (sdcId) => this.controller.sdcQosStats(sdcId));
+      case 'Volume':
+        return volumeStatistics(state, state.model.volumes[id] as Volume, (sdcId) => this.controller.sdcQosStats(sdcId));
       default:
         throw new RestError('MB_ERR_NO_ROUTE', `${type} has no Statistics (types with statistics: ${restStatisticsTypes.join(', ')})`, 404);
     }

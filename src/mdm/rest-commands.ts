@@ -286,20 +286,46 @@ export async function performAction(context: CommandContext, type: RestType, id:
       for (const mapping of [...(model.volumes[id]?.mappings ?? [])]) await execute(context, { type: 'removeMappedSdc', volumeId: id, sdcId: mapping.sdcId });
       return {};
     }
-    case 'setMappedSdcLimits': {
-      const sdcId = reader.id('sdcId');
-      const bandwidthLimitKbps = reader.integer('bandwidthLimitInKbps', { min: 0, max: countMax }, false);
-      const iopsLimit = reader.integer('iopsLimit', { min: 0, max: countMax }, false);
-      if (bandwidthLimitKbps === undefined && iopsLimit === undefined) throw invalidField('iopsLimit', 'give iopsLimit, bandwidthLimitInKbps or both');
-      // A limit left out keeps its value, as in ScaleIO.
-      const mapping = model.volumes[id]?.mappings.find((entry) => entry.sdcId === sdcId);
-      return run(
-        { type: 'setMappedSdcLimits', volumeId: id, sdcId, iopsLimit: iopsLimit ?? mapping?.iopsLimit ?? 0, bandwidthLimitKbps: bandwidthLimitKbps ?? mapping?.bandwidthLimitKbps ?? 0 },
-        { bandwidthLimitKbps: 'bandwidthLimitInKbps' },
-      );
-    }
+    case 'setMappedSdcLimits':
+      return run(mappedSdcLimits(model, id, reader), qosFieldNames);
   }
   throw new RestError('MB_ERR_INTERNAL', `action '${action}' is listed but not handled`, 500);
+}
+
+/** The state machine's QoS fields → setMappedSdcLimits' (ScaleIO's names; the bursts are meshblock's). */
+const qosFieldNames: FieldNames = { bandwidthLimitKbps: 'bandwidthLimitInKbps', bandwidthBurstKbps: 'bandwidthBurstInKbps' };
+
+/**
+ * setMappedSdcLimits {sdcId, iopsLimit?, bandwidthLimitInKbps?, iopsBurst?, bandwidthBurstInKbps?,
+ * burstSeconds?}: ScaleIO's two limits and meshblock's burst (docs/qos.md). A field left out
+ * keeps its value, as ScaleIO does for the limits, with one exception: a limit removed (0)
+ * takes its burst with it unless the request names the burst too, since a burst only rises
+ * above a limit, and an administrator lifting a limit should not have to know it had one.
+ * The rules themselves are the state machine's (checkQosLimits).
+ */
+function mappedSdcLimits(model: SystemModel, volumeId: Id, reader: BodyReader): Command {
+  const sdcId = reader.id('sdcId');
+  const range = { min: 0, max: countMax };
+  const iopsLimit = reader.integer('iopsLimit', range, false);
+  const bandwidthLimitKbps = reader.integer('bandwidthLimitInKbps', range, false);
+  const iopsBurst = reader.integer('iopsBurst', range, false);
+  const bandwidthBurstKbps = reader.integer('bandwidthBurstInKbps', range, false);
+  const burstSeconds = reader.integer('burstSeconds', range, false);
+  if ([iopsLimit, bandwidthLimitKbps, iopsBurst, bandwidthBurstKbps, burstSeconds].every((value) => value === undefined)) {
+    throw invalidField('iopsLimit', 'give iopsLimit, bandwidthLimitInKbps or both (and optionally iopsBurst, bandwidthBurstInKbps, burstSeconds)');
+  }
+  // Not mapped: the state machine says so (404); the kept values do not matter then.
+  const kept = model.volumes[volumeId]?.mappings.find((entry) => entry.sdcId === sdcId);
+  return {
+    type: 'setMappedSdcLimits',
+    volumeId,
+    sdcId,
+    iopsLimit: iopsLimit ?? kept?.iopsLimit ?? 0,
+    bandwidthLimitKbps: bandwidthLimitKbps ?? kept?.bandwidthLimitKbps ?? 0,
+    iopsBurst: iopsBurst ?? (iopsLimit === 0 ? 0 : (kept?.iopsBurst ?? 0)),
+    bandwidthBurstKbps: bandwidthBurstKbps ?? (bandwidthLimitKbps === 0 ? 0 : (kept?.bandwidthBurstKbps ?? 0)),
+    burstSeconds: burstSeconds ?? kept?.burstSeconds ?? 0,
+  };
 }
 
 /**

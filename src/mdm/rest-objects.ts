@@ -28,8 +28,9 @@
 //
 // "raw" counts both copies of the data; "net" counts what volumes see.
 
+import type { VolumeQosStats } from '../wire/mdm-ops.js';
 import type { SdsStats } from '../wire/sds-ops.js';
-import type { AccessMode, Device, FaultSet, Id, ProtectionDomain, Sdc, Sds, StoragePool, SystemModel, Volume, VolumeType, VTree } from './model.js';
+import type { AccessMode, Device, FaultSet, Id, Mapping, ProtectionDomain, Sdc, Sds, StoragePool, SystemModel, Volume, VolumeType, VTree } from './model.js';
 import type { PoolCapacity, StateMachine } from './state-machine.js';
 import type { RebuildStatus } from './controller.js';
 
@@ -127,6 +128,19 @@ export interface RestMappedSdcInfo {
   limitBwInMbps: number;
   /** meshblock: the exact bandwidth limit in KiB/s (0 = unlimited). */
   limitBwInKbps: number;
+  /** meshblock: the burst (librbd's `_burst`), IOPS and KiB/s while an idle volume spends what it saved (0 = none), and for how long at most. */
+  limitIopsBurst: number;
+  limitBwBurstInKbps: number;
+  limitBurstSeconds: number;
+  /**
+   * meshblock: what the SDC's limiter did, from its last heartbeat (0 while unknown: the SDC
+   * is not connected, or has not beaten since): reads and writes counted and held back, and
+   * their waits summed, since the SDC process started; requests waiting now.
+   */
+  qosRequests: number;
+  qosThrottledRequests: number;
+  qosThrottledMs: number;
+  qosWaiting: number;
 }
 
 export interface RestVolume extends RestObject {
@@ -274,6 +288,56 @@ export interface RestSdsStatistics {
   devices: RestDeviceStatistics[];
 }
 
+/** One mapped volume's QoS on an SDC: the SDC's own report (VolumeQosStats) and the volume's name. */
+export interface RestSdcVolumeQos extends VolumeQosStats {
+  volumeName: string;
+}
+
+/** meshblock's Sdc statistics: its limiters, per volume, as its last heartbeat reported them. */
+export interface RestSdcStatistics {
+  sdcId: Id;
+  /** False until the SDC (connected now) reported its QoS. */
+  statisticsAvailable: boolean;
+  numOfMappedVolumes: number;
+  volumes: RestSdcVolumeQos[];
+}
+
+/** One SDC's share of a volume's QoS (volumeStatistics). */
+export interface RestVolumeSdcQos {
+  sdcId: Id;
+  sdcName: string;
+  statisticsAvailable: boolean;
+  limitIops: number;
+  limitBwInKbps: number;
+  qosRequests: number;
+  qosInKb: number;
+  qosThrottledRequests: number;
+  qosThrottledMs: number;
+  qosWaiting: number;
+}
+
+/**
+ * Volume statistics: the QoS of every SDC it is mapped to, and their sums. Each SDC limits
+ * its own mapping (ScaleIO's semantics), so the sums are what the volume was held back in
+ * all, not a limit of their own.
+ */
+export interface RestVolumeStatistics {
+  volumeId: Id;
+  numOfMappedSdcs: number;
+  qosRequests: number;
+  qosInKb: number;
+  qosThrottledRequests: number;
+  qosThrottledMs: number;
+  qosWaiting: number;
+  sdcs: RestVolumeSdcQos[];
+}
+
+/** A mapping with a limit, as the dashboard lists them. */
+export interface RestDashboardQos extends RestMappedSdcInfo {
+  volumeId: Id;
+  volumeName: string;
+}
+
 export interface RestDashboardPool extends RestStoragePoolStatistics {
   id: Id;
   name: string;
@@ -308,6 +372,8 @@ export interface RestDashboard {
     volumesFailed: string[];
     rebuild: RebuildStatus;
   };
+  /** meshblock: every mapping with a QoS limit, by volume name then SDC name, and what it held back. */
+  qos: RestDashboardQos[];
 }
 
 const kb = (bytes: number): number => Math.floor(bytes / 1024);
@@ -340,7 +406,7 @@ export const restRelationships: Readonly<Partial<Record<RestType, Partial<Record
 };
 
 /** Types that have /relationships/Statistics. */
-export const restStatisticsTypes: readonly RestType[] = ['System', 'StoragePool', 'Sds', 'Device'];
+export const restStatisticsTypes: readonly RestType[] = ['System', 'StoragePool', 'Sds', 'Device', 'Sdc', 'Volume'];
 
 function related(type: RestType): string[] {
   return Object.keys(restRelationships[type] ?? {});
@@ -454,11 +520,53 @@ export function renderSdc(sdc: Sdc): RestSdc {
     mdmConnectionState: sdc.state === 'connected' ? 'Connected' : 'Disconnected',
     sdcApproved: true,
     lastSeenTimeMs: sdc.lastSeenMs,
-    links: links('Sdc', sdc.id, [], related('Sdc')),
+    links: links('Sdc', sdc.id, [], withStatistics('Sdc', related('Sdc'))),
   };
 }
 
-export function renderVolume(model: SystemModel, volume: Volume): RestVolume {
+/**
+ * Where the QoS statistics SDCs reported are read from (MdmController.sdcQosStats); the
+ * default, none, renders every counter 0.
+ */
+export type SdcQosLookup = (sdcId: Id) => readonly VolumeQosStats[];
+const noQos: SdcQosLookup = () => [];
+
+/**
+ * An SDC's report for one volume. Indexed per SDC on first use: a listing of every volume
+ * reads each SDC's report once, not once per mapping (100k volumes on one SDC).
+ */
+function qosIndex(lookup: SdcQosLookup): (sdcId: Id, volumeId: Id) => VolumeQosStats | undefined {
+  const bySdc = new Map<Id, Map<Id, VolumeQosStats>>();
+  return (sdcId, volumeId) => {
+    let volumes = bySdc.get(sdcId);
+    if (volumes === undefined) {
+      volumes = new Map(lookup(sdcId).map((stats) => [stats.volumeId, stats]));
+      bySdc.set(sdcId, volumes);
+    }
+    return volumes.get(volumeId);
+  };
+}
+
+function renderMappedSdcInfo(model: SystemModel, volume: Volume, mapping: Mapping, qos: ReturnType<typeof qosIndex>): RestMappedSdcInfo {
+  const stats = qos(mapping.sdcId, volume.id);
+  return {
+    sdcId: mapping.sdcId,
+    sdcName: model.sdcs[mapping.sdcId]?.name ?? '',
+    accessMode: mapping.accessMode,
+    limitIops: mapping.iopsLimit,
+    limitBwInMbps: Math.floor(mapping.bandwidthLimitKbps / 1024),
+    limitBwInKbps: mapping.bandwidthLimitKbps,
+    limitIopsBurst: mapping.iopsBurst,
+    limitBwBurstInKbps: mapping.bandwidthBurstKbps,
+    limitBurstSeconds: mapping.burstSeconds,
+    qosRequests: stats?.requests ?? 0,
+    qosThrottledRequests: stats?.throttledRequests ?? 0,
+    qosThrottledMs: Math.round(stats?.throttledMs ?? 0),
+    qosWaiting: stats?.waiting ?? 0,
+  };
+}
+
+export function renderVolume(model: SystemModel, volume: Volume, qos = qosIndex(noQos)): RestVolume {
   return {
     id: volume.id,
     name: volume.name,
@@ -469,14 +577,7 @@ export function renderVolume(model: SystemModel, volume: Volume): RestVolume {
     ancestorVolumeId: volume.ancestorVolumeId,
     consistencyGroupId: volume.snapshotGroupId,
     accessModeLimit: volume.accessModeLimit,
-    mappedSdcInfo: volume.mappings.map((mapping) => ({
-      sdcId: mapping.sdcId,
-      sdcName: model.sdcs[mapping.sdcId]?.name ?? '',
-      accessMode: mapping.accessMode,
-      limitIops: mapping.iopsLimit,
-      limitBwInMbps: Math.floor(mapping.bandwidthLimitKbps / 1024),
-      limitBwInKbps: mapping.bandwidthLimitKbps,
-    })),
+    mappedSdcInfo: volume.mappings.map((mapping) => renderMappedSdcInfo(model, volume, mapping, qos)),
     mappingToAllSdcsEnabled: false,
     creationTime: Math.floor(volume.creationTimeMs / 1000),
     links: links(
@@ -487,7 +588,7 @@ export function renderVolume(model: SystemModel, volume: Volume): RestVolume {
         ['vtreeId', 'VTree', volume.vtreeId],
         ['ancestorVolumeId', 'Volume', volume.ancestorVolumeId],
       ],
-      related('Volume'),
+      withStatistics('Volume', related('Volume')),
     ),
   };
 }
@@ -508,7 +609,7 @@ export function renderVTree(model: SystemModel, tree: VTree, volumes = Object.va
 }
 
 /** Every instance of a type, in a stable order (by name, then id). */
-export function listInstances(state: StateMachine, type: RestType): RestInstance[] {
+export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQosLookup = noQos): RestInstance[] {
   const model = state.model;
   const sorted = <T extends { id: Id; name: string }>(table: Record<Id, T>): T[] =>
     Object.values(table).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -527,8 +628,10 @@ export function listInstances(state: StateMachine, type: RestType): RestInstance
       return sorted(model.devices).map(renderDevice);
     case 'Sdc':
       return sorted(model.sdcs).map(renderSdc);
-    case 'Volume':
-      return sorted(model.volumes).map((volume) => renderVolume(model, volume));
+    case 'Volume': {
+      const qos = qosIndex(sdcQos);
+      return sorted(model.volumes).map((volume) => renderVolume(model, volume, qos));
+    }
     case 'VTree': {
       // One pass over the volumes, not one per tree.
       const byTree = new Map<Id, Volume[]>();
@@ -546,7 +649,7 @@ export function listInstances(state: StateMachine, type: RestType): RestInstance
 }
 
 /** One instance, or null if there is none with that id. */
-export function getInstance(state: StateMachine, type: RestType, id: string): RestInstance | null {
+export function getInstance(state: StateMachine, type: RestType, id: string, sdcQos: SdcQosLookup = noQos): RestInstance | null {
   const model = state.model;
   const lookup = <T>(table: Record<Id, T>): T | undefined => (Object.hasOwn(table, id) ? table[id] : undefined);
   switch (type) {
@@ -578,7 +681,7 @@ export function getInstance(state: StateMachine, type: RestType, id: string): Re
     }
     case 'Volume': {
       const volume = lookup(model.volumes);
-      return volume === undefined ? null : renderVolume(model, volume);
+      return volume === undefined ? null : renderVolume(model, volume, qosIndex(sdcQos));
     }
     case 'VTree': {
       const tree = lookup(model.vtrees);
@@ -588,8 +691,8 @@ export function getInstance(state: StateMachine, type: RestType, id: string): Re
 }
 
 /** The children of one instance (GET /api/instances/{Type}::{id}/relationships/{Other}). */
-export function relatedInstances(state: StateMachine, type: RestType, id: Id, other: RestType): RestInstance[] {
-  const children = listInstances(state, other);
+export function relatedInstances(state: StateMachine, type: RestType, id: Id, other: RestType, sdcQos: SdcQosLookup = noQos): RestInstance[] {
+  const children = listInstances(state, other, sdcQos);
   if (type === 'System') return children;
   if (type === 'Sdc' && other === 'Volume') {
     return children.filter((volume) => (volume as RestVolume).mappedSdcInfo.some((info) => info.sdcId === id));
@@ -712,7 +815,62 @@ export function sdsStatistics(state: StateMachine, sds: Sds, stats: SdsStats | n
   };
 }
 
-export function dashboard(state: StateMachine, sdsStats: (sdsId: Id) => SdsStats | null, rebuild: RebuildStatus): RestDashboard {
+export function sdcStatistics(state: StateMachine, sdc: Sdc, sdcQos: SdcQosLookup): RestSdcStatistics {
+  const model = state.model;
+  const reported = sdcQos(sdc.id);
+  return {
+    sdcId: sdc.id,
+    statisticsAvailable: reported.length > 0,
+    numOfMappedVolumes: Object.values(model.volumes).filter((volume) => volume.mappings.some((mapping) => mapping.sdcId === sdc.id)).length,
+    volumes: reported.map((stats) => ({ ...stats, volumeName: model.volumes[stats.volumeId]?.name ?? '' })),
+  };
+}
+
+export function volumeStatistics(state: StateMachine, volume: Volume, sdcQos: SdcQosLookup): RestVolumeStatistics {
+  const model = state.model;
+  const sdcs = volume.mappings.map((mapping): RestVolumeSdcQos => {
+    const stats = sdcQos(mapping.sdcId).find((entry) => entry.volumeId === volume.id);
+    return {
+      sdcId: mapping.sdcId,
+      sdcName: model.sdcs[mapping.sdcId]?.name ?? '',
+      statisticsAvailable: stats !== undefined,
+      limitIops: mapping.iopsLimit,
+      limitBwInKbps: mapping.bandwidthLimitKbps,
+      qosRequests: stats?.requests ?? 0,
+      qosInKb: kb(stats?.bytes ?? 0),
+      qosThrottledRequests: stats?.throttledRequests ?? 0,
+      qosThrottledMs: Math.round(stats?.throttledMs ?? 0),
+      qosWaiting: stats?.waiting ?? 0,
+    };
+  });
+  const sum = (field: 'qosRequests' | 'qosInKb' | 'qosThrottledRequests' | 'qosThrottledMs' | 'qosWaiting'): number => sdcs.reduce((total, entry) => total + entry[field], 0);
+  return {
+    volumeId: volume.id,
+    numOfMappedSdcs: sdcs.length,
+    qosRequests: sum('qosRequests'),
+    qosInKb: sum('qosInKb'),
+    qosThrottledRequests: sum('qosThrottledRequests'),
+    qosThrottledMs: sum('qosThrottledMs'),
+    qosWaiting: sum('qosWaiting'),
+    sdcs,
+  };
+}
+
+/** Every mapping with a limit, by volume name then SDC name. */
+function dashboardQos(model: SystemModel, sdcQos: SdcQosLookup): RestDashboardQos[] {
+  const qos = qosIndex(sdcQos);
+  const limited: RestDashboardQos[] = [];
+  for (const volume of Object.values(model.volumes)) {
+    for (const mapping of volume.mappings) {
+      if (mapping.iopsLimit === 0 && mapping.bandwidthLimitKbps === 0) continue;
+      limited.push({ volumeId: volume.id, volumeName: volume.name, ...renderMappedSdcInfo(model, volume, mapping, qos) });
+    }
+  }
+  const byName = (a: RestDashboardQos, b: RestDashboardQos): number => (a.volumeName < b.volumeName ? -1 : a.volumeName > b.volumeName ? 1 : a.sdcName < b.sdcName ? -1 : a.sdcName > b.sdcName ? 1 : 0);
+  return limited.sort(byName);
+}
+
+export function dashboard(state: StateMachine, sdsStats: (sdsId: Id) => SdsStats | null, rebuild: RebuildStatus, sdcQos: SdcQosLookup = noQos): RestDashboard {
   const model = state.model;
   const capacity = systemStatistics(state);
   const sdss = Object.values(model.sdss);
@@ -749,5 +907,6 @@ export function dashboard(state: StateMachine, sdsStats: (sdsId: Id) => SdsStats
       volumesFailed: Object.values(model.volumes).filter((volume) => state.volumeHealth(volume.id).failedChunks > 0).map((volume) => volume.name),
       rebuild,
     },
+    qos: dashboardQos(model, sdcQos),
   };
 }

@@ -14,7 +14,7 @@ import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { MeshblockError } from '../common/errors.js';
-import { MdmOp, SdcOp, heartbeatIntervalMs, parseSdcRegistration, parseSdsRegistration, parseDeviceRefusal, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdcView, type SdcVolume } from '../wire/mdm-ops.js';
+import { MdmOp, SdcOp, heartbeatIntervalMs, parseSdcRegistration, parseSdsRegistration, parseDeviceRefusal, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdcView, type SdcVolume, type VolumeQosStats } from '../wire/mdm-ops.js';
 import { WirePeer, type WireReply, type WireRequest } from '../wire/peer.js';
 import { listenTcp } from '../wire/peer-pool.js';
 import { SdsOp, SdsStatus, type SdsStats } from '../wire/sds-ops.js';
@@ -82,6 +82,8 @@ export class MdmService implements MdmController {
   /** Connected SDCs by id, and the view each was last sent. */
   private readonly sdcPeers = new Map<Id, { peer: WirePeer; sentView: string }>();
   private readonly sdcOpenVolumes = new Map<Id, string[]>();
+  /** By SDC, the QoS statistics of its last heartbeat (volatile, like sdcOpenVolumes: gone when it disconnects). */
+  private readonly sdcQos = new Map<Id, VolumeQosStats[]>();
   private readonly lastStats = new Map<Id, SdsStats>();
   private healthTimer: NodeJS.Timeout | null = null;
   /** What the health decisions need beyond the model: disconnections, orders given, repairs, finished fills. */
@@ -400,6 +402,7 @@ export class MdmService implements MdmController {
           if (session.sdcId !== null && this.sdcPeers.get(session.sdcId)?.peer === peer) {
             this.sdcPeers.delete(session.sdcId);
             this.sdcOpenVolumes.delete(session.sdcId);
+            this.sdcQos.delete(session.sdcId);
             this.state.observe({ type: 'sdcDisconnected', sdcId: session.sdcId });
             this.options.log.warn({ sdcId: session.sdcId }, 'SDC disconnected');
           }
@@ -452,6 +455,7 @@ export class MdmService implements MdmController {
             this.state.observe({ type: 'sdcHeartbeat', sdcId: session.sdcId, nowMs: Date.now() });
             const beat = JSON.parse(request.payload.toString()) as Partial<SdcHeartbeat>;
             this.sdcOpenVolumes.set(session.sdcId, Array.isArray(beat.openVolumes) ? beat.openVolumes.filter((entry) => typeof entry === 'string') : []);
+            this.sdcQos.set(session.sdcId, this.readQosStats(session.sdcId, beat.qos));
             return { status: SdsStatus.Ok };
           }
           if (session.sdsId === null) return { status: SdsStatus.InvalidArgument, payload: Buffer.from('heartbeat before registration') };
@@ -664,9 +668,42 @@ export class MdmService implements MdmController {
         exclusive: volume.mappings.length === 1,
         iopsLimit: mapping.iopsLimit,
         bandwidthLimitKbps: mapping.bandwidthLimitKbps,
+        iopsBurst: mapping.iopsBurst,
+        bandwidthBurstKbps: mapping.bandwidthBurstKbps,
+        burstSeconds: mapping.burstSeconds,
       });
     }
     return { sdcId, name: sdc?.name ?? '', map: this.state.placementMap(), volumes };
+  }
+
+  /** The QoS statistics of the volumes mapped to an SDC, from its last heartbeat ([] before one, or from an older SDC). */
+  sdcQosStats(sdcId: Id): readonly VolumeQosStats[] {
+    return this.sdcQos.get(sdcId) ?? [];
+  }
+
+  /**
+   * An SDC's heartbeat `qos`, read defensively: it is only shown, never acted on, so a bad
+   * entry (an older or broken SDC) is dropped rather than refusing the heartbeat, which also
+   * keeps the SDC alive. Only volumes mapped to that SDC are kept, once each: what is kept is
+   * bounded by the mappings, whatever the SDC sends.
+   */
+  private readQosStats(sdcId: Id, reported: unknown): VolumeQosStats[] {
+    if (!Array.isArray(reported)) return [];
+    const kept = new Map<Id, VolumeQosStats>();
+    const counter = (value: unknown): value is number => typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+    for (const entry of reported as unknown[]) {
+      if (entry === null || typeof entry !== 'object') continue;
+      const stats = entry as Record<keyof VolumeQosStats, unknown>;
+      const volumeId = stats.volumeId;
+      if (typeof volumeId !== 'string' || !Object.hasOwn(this.state.model.volumes, volumeId) || kept.has(volumeId)) continue;
+      if (!this.state.model.volumes[volumeId]?.mappings.some((mapping) => mapping.sdcId === sdcId)) continue;
+      const { iopsLimit, bandwidthLimitKbps, requests, bytes, throttledRequests, throttledMs, waiting } = stats;
+      if (![iopsLimit, bandwidthLimitKbps, requests, bytes, throttledRequests, waiting].every(counter)) continue;
+      // Waits are summed from a monotonic clock: fractions of a millisecond are fine.
+      if (typeof throttledMs !== 'number' || !Number.isFinite(throttledMs) || throttledMs < 0) continue;
+      kept.set(volumeId, { volumeId, iopsLimit, bandwidthLimitKbps, requests, bytes, throttledRequests, throttledMs, waiting } as VolumeQosStats);
+    }
+    return [...kept.values()];
   }
 
   /** Volumes an SDC reported as open (NBD clients connected), from its last heartbeat. */

@@ -155,7 +155,7 @@ t.test('errors: one line, exit 2 for usage, exit 1 for what the API refused', as
   oneLine(t, await run(['device', 'add', '--sds', 'sds1', '--pool', 'pool1', '--path', 'sdb']), /--path: must be an absolute path/, 2, 'relative path');
   oneLine(t, await run(['volume', 'list', '--bogus']), /Unknown argument: bogus/, 2, 'unknown flag');
   oneLine(t, await run(['volume', 'explode']), /Unknown argument: explode/, 2, 'unknown verb');
-  oneLine(t, await run(['volume'], { connection: false }), /volume: name a subcommand \(add, list, remove, resize, rename, map, unmap, set-limits\)/, 2, 'no verb');
+  oneLine(t, await run(['volume'], { connection: false }), /volume: name a subcommand \(add, list, remove, resize, rename, map, unmap, set-limits, show\)/, 2, 'no verb');
   oneLine(t, await run([], { connection: false }), /name a command/, 2, 'no command');
   oneLine(t, await run(['pd', 'list', '--api', 'ftp://x']), /--api: must be https:\/\/HOST:PORT/, 2, 'bad --api');
   oneLine(t, await run(['pd', 'list', '--api', api.url], { connection: false }), /--password-file: give the API password/, 2, 'no password');

@@ -3,7 +3,7 @@
 // certificate made by openssl, and a real HTTPS server on 127.0.0.1. What stands in for the
 // SDSs: addDevice takes any device at a fixed capacity, except `formattedDevicePath`, which
 // it refuses the way an SDS refuses a device holding a filesystem; `sdsStats` returns what
-// the test put in `stats`.
+// the test put in `stats`, and `sdcQosStats` what it put in `qos` (an SDC's last heartbeat).
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -16,6 +16,7 @@ import type { Id } from '../../src/mdm/model.js';
 import { RestApi } from '../../src/mdm/rest-api.js';
 import { ensureSelfSignedCertificate } from '../../src/mdm/tls.js';
 import { MdmError, StateMachine, type Applied, type Command } from '../../src/mdm/state-machine.js';
+import type { VolumeQosStats } from '../../src/wire/mdm-ops.js';
 import type { SdsStats } from '../../src/wire/sds-ops.js';
 import type { TeardownHost } from './processes.js';
 
@@ -30,6 +31,7 @@ export const testDeviceCapacityBytes = GiB;
 export class TestController implements MdmController {
   readonly state = StateMachine.create(testClusterId, 'testsys');
   readonly stats = new Map<Id, SdsStats>();
+  readonly qos = new Map<Id, VolumeQosStats[]>();
   /** Every addDevice request, in order, as the SDS would have seen it. */
   readonly deviceRequests: AddDeviceRequest[] = [];
   nowMs = 1_700_000_000_000;
@@ -78,6 +80,10 @@ export class TestController implements MdmController {
 
   sdsStats(sdsId: Id): SdsStats | null {
     return this.stats.get(sdsId) ?? null;
+  }
+
+  sdcQosStats(sdcId: Id): readonly VolumeQosStats[] {
+    return this.qos.get(sdcId) ?? [];
   }
 
   rebuildStatus(): RebuildStatus {

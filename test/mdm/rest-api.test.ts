@@ -211,6 +211,7 @@ t.test('bad input of every kind: 4xx naming the field, the model unchanged', asy
   const sdc = api.controller.registerSdc('guid-0001-host1', 'host1');
   const unmappedSdc = api.controller.registerSdc('guid-0002-host2', 'host2');
   t.equal((await post(api, token, `/api/instances/Volume::${volume}/action/addMappedSdc`, { sdcId: sdc })).status, 200);
+  const vtree = api.controller.state.model.volumes[volume]?.vtreeId as string;
   const before = snapshot(api);
   const unknownId = 'ffffffffffffffff';
 
@@ -262,7 +263,7 @@ t.test('bad input of every kind: 4xx naming the field, the model unchanged', asy
     { what: 'unknown type', method: 'GET', path: '/api/types/Snapshot/instances', status: 404, code: 'MB_ERR_NO_ROUTE', message: /no type 'Snapshot'/ },
     { what: 'unknown action', path: `/api/instances/Volume::${volume}/action/explode`, body: {}, status: 404, code: 'MB_ERR_NO_ROUTE', message: /Volume has no action 'explode' \(actions: addMappedSdc/ },
     { what: 'unknown relationship', method: 'GET', path: `/api/instances/Volume::${volume}/relationships/Device`, status: 404, code: 'MB_ERR_NO_ROUTE' },
-    { what: 'no statistics for volumes', method: 'GET', path: `/api/instances/Volume::${volume}/relationships/Statistics`, status: 404, code: 'MB_ERR_NO_ROUTE' },
+    { what: 'no statistics for V-Trees', method: 'GET', path: `/api/instances/VTree::${vtree}/relationships/Statistics`, status: 404, code: 'MB_ERR_NO_ROUTE' },
     { what: 'unknown id (get)', method: 'GET', path: `/api/instances/Volume::${unknownId}`, status: 404, code: 'MB_ERR_NOT_FOUND', message: /no Volume with id ffffffffffffffff/ },
     { what: 'unknown id (action)', path: `/api/instances/Volume::${unknownId}/action/removeVolume`, body: {}, status: 404, code: 'MB_ERR_NOT_FOUND' },
     { what: 'unknown referenced id', path: '/api/types/Volume/instances', body: { storagePoolId: unknownId, name: 'v', volumeSizeInKb: 1024 }, status: 404, code: 'MB_ERR_NOT_FOUND', message: /no storage pool with id/ },

@@ -69,7 +69,7 @@ t.test('names, uniqueness and references', async (t) => {
   refused(t, machine, { type: 'removeSdc', id: sdc }, 'MB_ERR_SDC_MAPPED', 'removing an SDC with mappings');
   refused(t, machine, { type: 'setMappedSdcLimits', volumeId: volume, sdcId: sdc, iopsLimit: 5, bandwidthLimitKbps: 0 }, 'MB_ERR_INVALID_ARGUMENT', 'an IOPS limit below 11');
   machine.apply({ type: 'setMappedSdcLimits', volumeId: volume, sdcId: sdc, iopsLimit: 1000, bandwidthLimitKbps: 10240 });
-  t.same(machine.model.volumes[volume]?.mappings[0], { sdcId: sdc, accessMode: 'ReadWrite', iopsLimit: 1000, bandwidthLimitKbps: 10240 });
+  t.same(machine.model.volumes[volume]?.mappings[0], { sdcId: sdc, accessMode: 'ReadWrite', iopsLimit: 1000, bandwidthLimitKbps: 10240, iopsBurst: 0, bandwidthBurstKbps: 0, burstSeconds: 0 });
   machine.apply({ type: 'removeMappedSdc', volumeId: volume, sdcId: sdc });
   machine.apply({ type: 'removeVolume', id: volume });
   refused(t, machine, { type: 'removeProtectionDomain', id: pd }, 'MB_ERR_NOT_EMPTY', 'removing a PD that holds a pool and SDSs');
