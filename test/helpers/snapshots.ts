@@ -41,6 +41,10 @@ export class Api {
     return new Api(target, reply.body);
   }
 
+  get(urlPath: string): Promise<Response> {
+    return call(this.target, 'GET', urlPath, { token: this.token, timeoutMs: 60_000 });
+  }
+
   post(urlPath: string, body: unknown): Promise<Response> {
     return call(this.target, 'POST', urlPath, { body, token: this.token, timeoutMs: 60_000 });
   }
