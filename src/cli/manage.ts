@@ -25,7 +25,7 @@ import { GiB, KiB, MiB, parseSizeBytes } from '../common/units.js';
 import { snapshotGroupVolumesMax, snapshotsPerVtreeDefault, snapshotsPerVtreeMax } from '../common/limits.js';
 import { idPattern } from '../wire/placement.js';
 import type { RemoveGroupReply, SnapshotVolumesReply } from '../mdm/rest-commands.js';
-import { qosBurstSecondsMax, qosIopsLimitMin } from '../mdm/model.js';
+import { qosBurstSecondsMax, qosIopsLimitMin } from '../common/qos-limits.js';
 import type {
   RestDashboard,
   RestDevice,

@@ -296,8 +296,6 @@ export const sdcPieceTimeoutMs = 15_000;
  * ~20 timers a second when its waiters need more than one tick's tokens.
  */
 export const qosTickMs = 50;
-/** Longest burst a mapping may save up (`burstSeconds`), as the MDM's rules allow. */
-export const qosBurstSecondsMax = 3600;
 
 // --- the kernel NBD client -----------------------------------------------------------------
 

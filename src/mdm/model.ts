@@ -4,6 +4,7 @@
 // Ids are 16 lowercase hex digits, as ScaleIO writes them.
 
 import { snapshotsPerVtreeDefault } from '../common/limits.js';
+import type { QosLimits } from '../common/qos-limits.js';
 
 export type Id = string;
 
@@ -112,31 +113,6 @@ export interface Sdc {
 }
 
 export type AccessMode = 'ReadWrite' | 'ReadOnly';
-
-/** ScaleIO's floor for an IOPS limit (it refuses 1 to 10); kept so that ScaleIO clients see the same rules. */
-export const qosIopsLimitMin = 11;
-/** Bandwidth limits and bursts are set in whole MiB/s, as ScaleIO takes them (KiB/s on the wire). */
-export const qosBandwidthStepKbps = 1024;
-/** The longest burst, in seconds of saved tokens (an hour; librbd sets no bound, a VM's boot needs seconds). */
-export const qosBurstSecondsMax = 3600;
-
-/**
- * QoS of one volume on one SDC, enforced by that SDC (docs/qos.md): requests and KiB per
- * second, 0 = unlimited. ScaleIO's rules: IOPS 0 or at least qosIopsLimitMin, bandwidth in
- * whole MiB/s. The burst follows librbd's `_burst` options: the rate an idle volume may spend
- * what it saved at, saving up to burst × burstSeconds (0 = no burst: the limits hold at all
- * times). Two SDCs mapping one volume have a limit each, as in ScaleIO.
- */
-export interface QosLimits {
-  iopsLimit: number;
-  bandwidthLimitKbps: number;
-  iopsBurst: number;
-  bandwidthBurstKbps: number;
-  /** 0..qosBurstSecondsMax; a burst with 0 seconds saves one second's worth (the SDC's reading). */
-  burstSeconds: number;
-}
-
-export const qosLimitFields: ReadonlyArray<keyof QosLimits> = ['iopsLimit', 'bandwidthLimitKbps', 'iopsBurst', 'bandwidthBurstKbps', 'burstSeconds'];
 
 /** A mapping written before bursts (journal and etcd snapshots) has none: upgradeModel sets them to 0. */
 export interface Mapping extends QosLimits {

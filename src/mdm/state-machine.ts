@@ -22,20 +22,16 @@ import { createHash } from 'node:crypto';
 import { assert } from '../common/assert.js';
 import { MeshblockError, type ErrorCode, type MeshblockCode } from '../common/errors.js';
 import { MiB, formatBytes } from '../common/units.js';
+import { qosLimitsProblem, type QosLimits } from '../common/qos-limits.js';
 import { placementGroupOf, type PlacementMap, type VTreeMap } from '../wire/placement.js';
 import {
   emptyModel,
-  qosBandwidthStepKbps,
-  qosBurstSecondsMax,
-  qosIopsLimitMin,
-  qosLimitFields,
   removeModes,
   upgradeModel,
   type AccessMode,
   type Device,
   type Id,
   type Mapping,
-  type QosLimits,
   type PoolGroup,
   type RemoveMode,
   type Sds,
@@ -1446,27 +1442,10 @@ function isPowerOfTwo(value: number): boolean {
  * rises above: a burst without one would mean nothing and is refused rather than ignored.
  */
 function checkQosLimits(limits: QosLimits, replaying: boolean): void {
-  for (const field of qosLimitFields) {
-    const value = limits[field];
-    if (!Number.isSafeInteger(value) || value < 0) throw invalid(field, `must be a non-negative integer (${field === 'burstSeconds' ? 'seconds' : '0 = none'}), got ${String(value)}`);
-  }
-  const { iopsLimit, bandwidthLimitKbps, iopsBurst, bandwidthBurstKbps, burstSeconds } = limits;
-  if (iopsLimit > 0 && iopsLimit < qosIopsLimitMin) throw invalid('iopsLimit', `must be 0 (unlimited) or at least ${qosIopsLimitMin}, as in ScaleIO; got ${iopsLimit}`);
-  // Whole MiB/s is ScaleIO's rule, which meshblock took up with enforcement (issue 17); a
+  // Whole MiB/s is ScaleIO's rule, which meshblock took up with enforcement (issue 17): a
   // limit accepted before is replayed as it was, or an old journal would not open.
-  if (bandwidthLimitKbps % qosBandwidthStepKbps !== 0 && !replaying) {
-    throw invalid('bandwidthLimitKbps', `must be a multiple of ${qosBandwidthStepKbps} KiB/s (whole MiB/s, as in ScaleIO), got ${bandwidthLimitKbps}`);
-  }
-  if (iopsBurst > 0) {
-    if (iopsLimit === 0) throw invalid('iopsBurst', 'needs an IOPS limit to rise above (0 = no burst)');
-    if (iopsBurst < iopsLimit) throw invalid('iopsBurst', `must be 0 (no burst) or at least the IOPS limit, ${iopsLimit}; got ${iopsBurst}`);
-  }
-  if (bandwidthBurstKbps > 0) {
-    if (bandwidthLimitKbps === 0) throw invalid('bandwidthBurstKbps', 'needs a bandwidth limit to rise above (0 = no burst)');
-    if (bandwidthBurstKbps % qosBandwidthStepKbps !== 0) throw invalid('bandwidthBurstKbps', `must be a multiple of ${qosBandwidthStepKbps} KiB/s (whole MiB/s), got ${bandwidthBurstKbps}`);
-    if (bandwidthBurstKbps < bandwidthLimitKbps) throw invalid('bandwidthBurstKbps', `must be 0 (no burst) or at least the bandwidth limit, ${bandwidthLimitKbps} KiB/s; got ${bandwidthBurstKbps}`);
-  }
-  if (burstSeconds > qosBurstSecondsMax) throw invalid('burstSeconds', `must be from 0 to ${qosBurstSecondsMax}, got ${burstSeconds}`);
+  const problem = qosLimitsProblem(limits, replaying ? 'journal' : 'scaleio');
+  if (problem !== null) throw invalid(problem.field, problem.message);
 }
 
 export function invalid(field: string, message: string): MdmError {

@@ -28,25 +28,14 @@
 // Without limits the per-request cost is two counter increments and one branch: no clock
 // read, no promise, no allocation (`admit` returns null for "go now").
 
-import { qosBurstSecondsMax, qosTickMs } from '../common/limits.js';
+import { qosTickMs } from '../common/limits.js';
+import { qosLimitsProblem, qosUnlimited, type QosLimits } from '../common/qos-limits.js';
 import { assert } from '../common/assert.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import { KiB } from '../common/units.js';
 import type { BackendCapabilities, BlockBackend, BlockSizeLimits, Extent, WriteOptions, ZeroOptions } from './backend.js';
 
-/**
- * Limits of one volume on one SDC, in the MDM's units: requests and KiB per second, 0 =
- * unlimited. A burst rate of 0 means no burst; burstSeconds 0 with a burst means 1 s.
- */
-export interface QosLimits {
-  iopsLimit: number;
-  bandwidthLimitKbps: number;
-  iopsBurst: number;
-  bandwidthBurstKbps: number;
-  burstSeconds: number;
-}
-
-export const qosUnlimited: Readonly<QosLimits> = Object.freeze({ iopsLimit: 0, bandwidthLimitKbps: 0, iopsBurst: 0, bandwidthBurstKbps: 0, burstSeconds: 0 });
+export { qosUnlimited, type QosLimits };
 
 /** What a limiter counted since it was made. */
 export interface QosStats {
@@ -156,17 +145,14 @@ interface Waiter {
   resolve: () => void;
 }
 
-/** Checks limits from the wire; throws naming the field, before anything is changed. */
+/**
+ * Checks limits from the wire; throws naming the field, before anything is changed. Only
+ * what enforcing needs: the MDM applies ScaleIO's rules, and an older journal's limits
+ * (a bandwidth not in whole MiB/s) are enforced as they are.
+ */
 export function validateQosLimits(limits: QosLimits): void {
-  for (const field of ['iopsLimit', 'bandwidthLimitKbps', 'iopsBurst', 'bandwidthBurstKbps', 'burstSeconds'] as const) {
-    const value = limits[field];
-    if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) throw new InvalidArgumentError(field, `must be a finite number ≥ 0 (got ${String(value)})`);
-  }
-  if (!Number.isInteger(limits.burstSeconds) || limits.burstSeconds > qosBurstSecondsMax) throw new InvalidArgumentError('burstSeconds', `must be a whole number of seconds, 0 to ${qosBurstSecondsMax} (got ${limits.burstSeconds})`);
-  if (limits.iopsBurst > 0 && (limits.iopsLimit === 0 || limits.iopsBurst < limits.iopsLimit)) throw new InvalidArgumentError('iopsBurst', `must be 0 or at least iopsLimit (${limits.iopsLimit}), which must be set (got ${limits.iopsBurst})`);
-  if (limits.bandwidthBurstKbps > 0 && (limits.bandwidthLimitKbps === 0 || limits.bandwidthBurstKbps < limits.bandwidthLimitKbps)) {
-    throw new InvalidArgumentError('bandwidthBurstKbps', `must be 0 or at least bandwidthLimitKbps (${limits.bandwidthLimitKbps}), which must be set (got ${limits.bandwidthBurstKbps})`);
-  }
+  const problem = qosLimitsProblem(limits, 'enforceable');
+  if (problem !== null) throw new InvalidArgumentError(problem.field, problem.message);
 }
 
 /** The tokens a bucket at `ratePerSecond` holds without burst: one tick's worth, at least one `unitMin`. */

@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { pino } from 'pino';
-import { WirePeer, type PeerRole, type WireResponse } from '../../src/wire/peer.js';
+import { WirePeer, type PeerRole, type WireReply, type WireResponse } from '../../src/wire/peer.js';
 import type { PlacementMap } from '../../src/wire/placement.js';
 import { SdsOp, SdsStatus, encodeIo, type IoArgs, type SdsStats } from '../../src/wire/sds-ops.js';
 import { startMeshblock, type DaemonHandle, type TeardownHost } from './processes.js';
@@ -190,4 +190,38 @@ export class SdsReplyError extends Error {
 
 export function expectOk(response: WireResponse, what: string): void {
   if (response.status !== SdsStatus.Ok) throw new SdsReplyError(response.status, `${what} failed with status ${response.status}: ${response.payload.toString()}`);
+}
+
+/**
+ * Listens on 127.0.0.1 as a wire peer of `role` (a stand-in MDM or SDS for an SDC under
+ * test); every peer and socket is closed at teardown. Returns HOST:PORT.
+ */
+export async function listenWire(
+  t: TeardownHost,
+  role: 'mdm' | 'sds',
+  onPeer: (peer: WirePeer) => void,
+  onRequest: (op: number, epoch: number, payload: Buffer) => WireReply | Promise<WireReply>,
+): Promise<string> {
+  const peers: WirePeer[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    WirePeer.accept(socket, { clusterId: testClusterId, secret: Buffer.from(testSecret), role, name: role, log: quietLog, onRequest: async (request) => onRequest(request.op, request.epoch, request.payload) }).then(
+      (peer) => {
+        peers.push(peer);
+        onPeer(peer);
+      },
+      () => undefined,
+    );
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    // Whatever the order of teardowns, a reconnecting SDC must not keep the server open.
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const peer of peers) peer.destroy();
+    for (const socket of sockets) socket.destroy();
+    return closed;
+  });
+  return `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
 }

@@ -12,47 +12,21 @@
 //   open connection holds.
 
 import { randomBytes } from 'node:crypto';
-import * as net from 'node:net';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
 import { Sdc, type VolumeExport } from '../../src/sdc/sdc.js';
 import type { VolumeBackend } from '../../src/sdc/volume-backend.js';
 import { MdmOp, SdcOp, type SdcView, type SdcVolume } from '../../src/wire/mdm-ops.js';
-import { WirePeer, type WireReply } from '../../src/wire/peer.js';
+import type { WirePeer } from '../../src/wire/peer.js';
 import type { PlacementMap } from '../../src/wire/placement.js';
 import { SdsOp, SdsStatus, decodeIo, encodeEpoch } from '../../src/wire/sds-ops.js';
-import { MiB, makeMap, testClusterId, testPoolId, testSecret } from '../helpers/sds.js';
+import { MiB, listenWire, makeMap, testClusterId, testPoolId, testSecret } from '../helpers/sds.js';
 
 const log = pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' });
 const sdsId = '5d50000000000001';
 const vtreeId = '00000000000000c1';
 const volume: SdcVolume = { id: '00000000000000b1', name: 'vol1', vtreeId, generation: 0, poolId: testPoolId, sizeBytes: 4 * MiB, chunkBytes: MiB, accessMode: 'ReadWrite', exclusive: false, iopsLimit: 0, bandwidthLimitKbps: 0 };
 
-/** Listens on 127.0.0.1 as a wire peer of `role`; closed at teardown. */
-async function listenWire(t: Test, role: 'mdm' | 'sds', onPeer: (peer: WirePeer) => void, onRequest: (op: number, epoch: number, payload: Buffer) => WireReply | Promise<WireReply>): Promise<string> {
-  const peers: WirePeer[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
-    WirePeer.accept(socket, { clusterId: testClusterId, secret: Buffer.from(testSecret), role, name: role, log, onRequest: async (request) => onRequest(request.op, request.epoch, request.payload) }).then(
-      (peer) => {
-        peers.push(peer);
-        onPeer(peer);
-      },
-      () => undefined,
-    );
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => {
-    // Whatever the order of teardowns, a reconnecting SDC must not keep the server open.
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-    for (const peer of peers) peer.destroy();
-    for (const socket of sockets) socket.destroy();
-    return closed;
-  });
-  return `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
-}
 
 interface World {
   sdc: Sdc;

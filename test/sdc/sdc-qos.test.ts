@@ -12,44 +12,19 @@
 // - The heartbeat carries every mapped volume's limits and counters.
 // - Two SDCs mapping one volume have a limiter each: one in debt does not hold the other.
 
-import * as net from 'node:net';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
 import { Sdc, type VolumeExport } from '../../src/sdc/sdc.js';
 import { MdmOp, SdcOp, type SdcHeartbeat, type SdcView, type SdcVolume } from '../../src/wire/mdm-ops.js';
-import { WirePeer, type WireReply } from '../../src/wire/peer.js';
+import type { WirePeer } from '../../src/wire/peer.js';
 import type { PlacementMap } from '../../src/wire/placement.js';
 import { SdsOp, SdsStatus, decodeIo } from '../../src/wire/sds-ops.js';
-import { MiB, makeMap, testClusterId, testPoolId, testSecret } from '../helpers/sds.js';
+import { MiB, listenWire, makeMap, testClusterId, testPoolId, testSecret } from '../helpers/sds.js';
 
 const log = pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' });
 const sdsId = '5d50000000000001';
 const volume: SdcVolume = { id: '00000000000000b1', name: 'vol1', vtreeId: '00000000000000c1', generation: 0, poolId: testPoolId, sizeBytes: 8 * MiB, chunkBytes: MiB, accessMode: 'ReadWrite', exclusive: false, iopsLimit: 0, bandwidthLimitKbps: 0 };
 
-/** Listens on 127.0.0.1 as a wire peer of `role`; closed at teardown. */
-async function listenWire(t: Test, role: 'mdm' | 'sds', onPeer: (peer: WirePeer) => void, onRequest: (op: number, payload: Buffer) => WireReply): Promise<string> {
-  const peers: WirePeer[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
-    WirePeer.accept(socket, { clusterId: testClusterId, secret: Buffer.from(testSecret), role, name: role, log, onRequest: async (request) => onRequest(request.op, request.payload) }).then(
-      (peer) => {
-        peers.push(peer);
-        onPeer(peer);
-      },
-      () => undefined,
-    );
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => {
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-    for (const peer of peers) peer.destroy();
-    for (const socket of sockets) socket.destroy();
-    return closed;
-  });
-  return `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
-}
 
 interface World {
   sdc: Sdc;
@@ -67,7 +42,7 @@ function exportOf(sdc: Sdc, name: string): VolumeExport {
 }
 
 async function world(t: Test, volumes: SdcVolume[]): Promise<World> {
-  const sdsAddress = await listenWire(t, 'sds', () => undefined, (op, payload) => {
+  const sdsAddress = await listenWire(t, 'sds', () => undefined, (op, _epoch, payload) => {
     if (op !== SdsOp.Read) return { status: SdsStatus.Ok };
     return { status: SdsStatus.Ok, payload: Buffer.alloc(decodeIo(payload).args.lengthBytes) };
   });
@@ -77,7 +52,7 @@ async function world(t: Test, volumes: SdcVolume[]): Promise<World> {
     t,
     'mdm',
     (peer) => mdm.peers.push(peer),
-    (op, payload) => {
+    (op, _epoch, payload) => {
       if (op === MdmOp.RegisterSdc) return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(view())) };
       if (op === MdmOp.GetMap) return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(mdm.map)) };
       if (op === MdmOp.Heartbeat) mdm.heartbeats.push(JSON.parse(payload.toString()) as SdcHeartbeat);
