@@ -441,6 +441,7 @@ export class MdmClusterMember {
       overwriteVolumeContent: (volumeId, sourceVolumeId) => service().overwriteVolumeContent(volumeId, sourceVolumeId),
       sdsStats: (sdsId) => service().sdsStats(sdsId),
       rebuildStatus: () => service().rebuildStatus(),
+      fillDefaults: () => service().fillDefaults(),
     };
   }
 }

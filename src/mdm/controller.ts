@@ -5,6 +5,7 @@
 import type { SdsStats } from '../wire/sds-ops.js';
 import type { Id } from './model.js';
 import type { Applied, Command, StateMachine } from './state-machine.js';
+import type { FillDefaults } from './health.js';
 
 export interface AddDeviceRequest {
   sdsId: Id;
@@ -81,6 +82,12 @@ export interface MdmController {
   sdsStats(sdsId: Id): SdsStats | null;
   /** Rebuild and rebalance progress over every pool. */
   rebuildStatus(): RebuildStatus;
+  /**
+   * The MDM's start options that throttle the fills of a pool never given an IO priority
+   * policy (--rebuild-rate-under-load, --rebuild-inflight): the REST API shows them as that
+   * pool's policy. Absent: the built-in defaults.
+   */
+  fillDefaults?(): FillDefaults;
 }
 
 /** What a controller reports when nothing is rebuilding. */

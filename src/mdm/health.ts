@@ -378,6 +378,9 @@ export function fillThrottle(machine: ModelView, pool: StoragePool, group: PoolG
   }
 }
 
+/** The start options a pool never set shows (ioPriorityShown). */
+export type FillDefaults = Pick<HealthOptions, 'rebuildBytesPerSecondUnderLoad' | 'rebuildChunksInflightMax'>;
+
 /** A throttle as a string, to tell whether an order given still carries the numbers of today. */
 export function throttleKey(throttle: FillThrottle): string {
   return `${throttle.policy ?? 'options'}/${throttle.kind ?? ''}/${throttle.bytesPerSecondMax}/${throttle.bytesPerSecondUnderLoad ?? 0}/${throttle.chunksInflightMax}`;
@@ -390,7 +393,7 @@ export function throttleKey(throttle: FillThrottle): string {
  * 1) — with two differences the docs spell out: those numbers are per source SDS, not per
  * device, and --rebuild-rate caps a quiet SDS too.
  */
-export function ioPriorityShown(pool: StoragePool, kind: FillKind, options: Pick<HealthOptions, 'rebuildBytesPerSecondUnderLoad' | 'rebuildChunksInflightMax'>): IoPriorityPolicy & { isDefault: boolean } {
+export function ioPriorityShown(pool: StoragePool, kind: FillKind, options: FillDefaults = healthOptions({})): IoPriorityPolicy & { isDefault: boolean } {
   const policy = kind === 'rebuild' ? pool.rebuildIoPriority : pool.rebalanceIoPriority;
   if (policy !== undefined) return { ...policy, isDefault: false };
   return {

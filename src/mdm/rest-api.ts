@@ -374,7 +374,7 @@ export class RestApi {
       {
         pattern: /^\/api\/types\/([A-Za-z]+)\/instances$/,
         methods: {
-          GET: ({ params }) => ok(listInstances(state(), type(params[0] as string))),
+          GET: ({ params }) => ok(listInstances(state(), type(params[0] as string), this.controller.fillDefaults?.())),
           POST: async ({ params, body }) => ok(await createInstance(this.commandContext, type(params[0] as string), body ?? {})),
         },
       },
@@ -385,7 +385,7 @@ export class RestApi {
       {
         pattern: new RegExp(`^${instance}$`),
         methods: {
-          GET: ({ params }) => ok(getInstance(state(), existing(params[0] as string, params[1] as string), params[1] as string)),
+          GET: ({ params }) => ok(getInstance(state(), existing(params[0] as string, params[1] as string), params[1] as string, this.controller.fillDefaults?.())),
         },
       },
       {
@@ -414,7 +414,7 @@ export class RestApi {
               const known = [...Object.keys(children ?? {}), ...(restStatisticsTypes.includes(found) ? ['Statistics'] : [])];
               throw new RestError('MB_ERR_NO_ROUTE', `${found} has no relationship '${other}'${known.length > 0 ? ` (relationships: ${known.join(', ')})` : ''}`, 404);
             }
-            return ok(relatedInstances(state(), found, id, other as RestType));
+            return ok(relatedInstances(state(), found, id, other as RestType, this.controller.fillDefaults?.()));
           },
         },
       },
