@@ -6,11 +6,19 @@
 // The rate is read from A's Stats (bytes done) over windows of wall time, with generous
 // bounds (other work runs on this machine). Then, given as unlimited, the job finishes and
 // C holds every chunk, each copied once.
+//
+// End to end on a whole cluster of real processes (MDM, four SDSs, an SDC, fio writing
+// through NBD): a pool's rebalance policy set with the CLI throttles the rebalance onto a
+// new SDS, and raising it while the rebalance runs speeds it up within seconds (the MDM
+// gives the running orders again at its next tick). The rate is the MDM's own count of
+// bytes copied (dashboard), over windows of a few seconds.
 
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import type { PlacementMap } from '../../src/wire/placement.js';
 import { SdsOp, type RebuildArgs } from '../../src/wire/sds-ops.js';
+import { startCluster, until } from '../helpers/cluster.js';
+import { dashboard, expectClean, fioVerify, untilWhole } from '../helpers/fault-load.js';
 import { sparseFile } from '../helpers/files.js';
 import { MiB, TestVolumeClient, connectWire, expectOk, getStats, setMap, startSds, testPoolId, type SdsHandle } from '../helpers/sds.js';
 import type { WirePeer } from '../../src/wire/peer.js';
@@ -95,4 +103,49 @@ t.test("a running rebuild between real SDSs follows its pool's policy, changed l
   const done = (await getStats(peerA)).rebuilds[0];
   t.equal(done?.state, 'done', 'the job finished once unlimited');
   t.equal(done?.chunksDone, volumeBytes / MiB, 'every chunk copied once');
+});
+
+t.test('end to end: a rebalance follows its pool policy, set and raised live with the CLI', async (t) => {
+  const dir = t.testdir();
+  const GiB = 1024 * MiB;
+  const cluster = await startCluster(t, dir, { sdsCount: 3, deviceBytes: 2 * GiB, volumes: [{ name: 'vol1', sizeBytes: GiB }] });
+  expectClean(t, await fioVerify(cluster.uri('vol1'), { sizeBytes: 256 * MiB, loops: 1, bs: '1M' }).done, 'writing the data');
+  const set = async (bandwidth: string): Promise<void> => {
+    const result = await cluster.meshblock(['pool', 'set-io-priority', 'sp1', '--rebalance', '--policy', 'limitBandwidth', '--bandwidth', bandwidth, '--concurrent-ios', '2']);
+    t.equal(result.code, 0, `rebalance policy limitBandwidth ${bandwidth} per device${result.stderr === '' ? '' : `: ${result.stderr}`}`);
+  };
+  await set('1MiB');
+  const shown = await cluster.meshblock(['pool', 'show', 'sp1']);
+  t.match(shown.stdout, /rebalance IO priority\s+limitBandwidth \(1 MiB\/s and 2 copies in flight per device\)/, 'pool show prints it');
+
+  const device = sparseFile(dir, 'sds4.img', 2 * GiB);
+  const added = await startSds(t, { dir, name: 'sds4', devices: [device], clusterId: cluster.mdm.clusterId, secretFile: cluster.mdm.secretFile, extraArgs: ['--mdm', cluster.mdm.address] });
+  await until('sds4 to register', async () => ((await cluster.meshblock(['sds', 'list', '--json'])).stdout.includes('"sds4"') ? true : undefined));
+  t.equal((await cluster.meshblock(['sds', 'add', '--sds', added.name, '--pd', 'pd1'])).code, 0);
+  t.equal((await cluster.meshblock(['device', 'add', '--sds', added.name, '--pool', 'sp1', '--path', device])).code, 0, 'a device added: the pool rebalances onto it');
+  await until('the rebalance to start', async () => ((await dashboard(cluster)).health.rebuild.bytesDone > 0 ? true : undefined), 30_000);
+
+  /** Bytes/s the MDM counted copied over `windowMs`. */
+  const copied = async (windowMs: number): Promise<number> => {
+    const before = (await dashboard(cluster)).health.rebuild.bytesDone;
+    const startMs = performance.now();
+    await new Promise((resolve) => setTimeout(resolve, windowMs));
+    return (((await dashboard(cluster)).health.rebuild.bytesDone - before) * 1000) / (performance.now() - startMs);
+  };
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  const slow = await copied(5000);
+  // Three source SDSs of one device each: at most ~3 MiB/s together.
+  t.ok(slow > 0.3 * MiB && slow < 4.5 * MiB, `1 MiB/s per device, three sources: ${mibps(slow)}`);
+  t.equal((await dashboard(cluster)).health.rebuild.state, 'running', 'still rebalancing');
+
+  await set('8MiB');
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  const fast = await copied(3000);
+  t.ok(fast > 2.5 * slow && fast > 4 * MiB, `raised live to 8 MiB/s per device: ${mibps(fast)} (was ${mibps(slow)})`);
+  const sources = cluster.sds.map((sds) => sds.stderr()).filter((log) => log.includes('rebuild throttle changed'));
+  t.ok(sources.length >= 1, `${sources.length} source SDS(s) logged the change to their running jobs`);
+
+  await set('100MiB');
+  await untilWhole(cluster, 120_000);
+  t.pass('the rebalance finished');
 });
