@@ -2,7 +2,7 @@
 // colours, so that it reads the same in a terminal, a log and a ticket.
 
 import { formatBytes } from '../common/units.js';
-import type { RestCapacity, RestDashboard, RestMappedSdcInfo } from '../mdm/rest-objects.js';
+import type { RestCapacity, RestDashboard, RestMappedSdcInfo, RestStoragePool } from '../mdm/rest-objects.js';
 
 export type Alignment = 'left' | 'right';
 
@@ -29,6 +29,28 @@ export function renderTable<T>(columns: ReadonlyArray<Column<T>>, rows: readonly
 
 export function kbToText(sizeInKb: number): string {
   return formatBytes(sizeInKb * 1024);
+}
+
+/**
+ * A pool's rebuild and rebalance IO priority, one line each; what a number means depends
+ * on the policy (docs/rebuild-policy.md), and a pool never set runs on the MDM's start options.
+ */
+export function renderPoolIoPriority(pool: RestStoragePool): string {
+  const line = (kind: 'rebuild' | 'rebalance'): string => {
+    const policy = pool[`${kind}IoPriorityPolicy`];
+    const ios = pool[`${kind}IoPriorityNumOfConcurrentIosPerDevice`];
+    const bandwidth = `${kbToText(pool[`${kind}IoPriorityBwLimitPerDeviceInKbps`])}/s`;
+    if (pool[`${kind}IoPriorityFromStartOptions`]) {
+      return `${policy} (not set: the MDM's --rebuild-* options, per SDS: ${ios} copies in flight, ${bandwidth} while clients are busy, --rebuild-rate otherwise)`;
+    }
+    const perDevice =
+      policy === 'unlimited' ? 'no limit'
+      : policy === 'limitNumOfConcurrentIos' ? `${ios} copies in flight per device`
+      : policy === 'limitBandwidth' ? `${bandwidth} and ${ios} copies in flight per device`
+      : `${ios} copies in flight per device, ${bandwidth} per device while clients are busy`;
+    return `${policy} (${perDevice})`;
+  };
+  return [`  rebuild IO priority   ${line('rebuild')}`, `  rebalance IO priority ${line('rebalance')}`].join('\n');
 }
 
 const capacityColumns: ReadonlyArray<[string, keyof RestCapacity]> = [

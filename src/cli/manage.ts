@@ -41,7 +41,8 @@ import type {
 } from '../mdm/rest-objects.js';
 import type { MdmClusterView, MdmView } from '../mdm/cluster-member.js';
 import { ApiClient, connectionOptions, processIo, type ConnectionArgs, type ManageIo } from './manage-client.js';
-import { kbToText, renderDashboard, renderQosTable, renderTable } from './manage-format.js';
+import { kbToText, renderDashboard, renderPoolIoPriority, renderQosTable, renderTable } from './manage-format.js';
+import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, ioPriorityPolicyNames } from '../mdm/model.js';
 
 /** Exit codes, as main.ts: 1 failed at run time (the API refused), 2 bad usage. */
 const exitRuntimeError = 1;
@@ -358,7 +359,74 @@ const poolCommands: Command[] = [
       await action(session, 'StoragePool', pool.id, 'setSparePercentage', { sparePercentage }, `storage pool '${pool.name}' spare set to ${sparePercentage}%`);
     },
   },
+  // --- rebuild and rebalance IO priority (docs/rebuild-policy.md) ---
+  {
+    name: 'set-io-priority [pool]',
+    describe: "set how a storage pool's rebuilds (--rebuild) or rebalances (--rebalance) are throttled on each source SDS, per device of it in the pool; applied to running ones within a second",
+    builder: (y) =>
+      pdFilter(
+        y
+          .positional('pool', { type: 'string', describe: 'storage pool (id or name)' })
+          .option('pool', str('storage pool (id or name), instead of the positional', false))
+          .option('rebuild', { type: 'boolean', describe: 'the policy of rebuilds (a copy a group lost)' })
+          .option('rebalance', { type: 'boolean', describe: 'the policy of rebalances (a healthy copy moving to another device)' })
+          .option('policy', { type: 'string', choices: ioPriorityPolicyNames, demandOption: true, requiresArg: true, describe: 'unlimited | limitNumOfConcurrentIos | favorAppIos (the bandwidth only while clients do IO) | limitBandwidth (always)' })
+          .option('concurrent-ios', str(`chunk copies in flight per device, 1 to ${ioPriorityConcurrentIosPerDeviceMax} [left out: unchanged; ScaleIO's default 1]`, false))
+          .option('bandwidth', str("bytes per second per device, whole MiB, e.g. 10MiB [left out: unchanged; ScaleIO's default 10MiB]", false)),
+      ),
+    check: (args) => void ioPriorityBody(args),
+    run: async (args, session) => {
+      const pool = await resolvePool(session, { ...args, pool: poolArgument(args) });
+      const { kind, body } = ioPriorityBody(args);
+      await action(session, 'StoragePool', pool.id, kind === 'rebuild' ? 'setRebuildIoPriorityPolicy' : 'setRebalanceIoPriorityPolicy', body, `storage pool '${pool.name}' ${kind} IO priority set to ${body.policy}`);
+      session.print(renderPoolIoPriority(await session.client.get<RestStoragePool>(`/api/instances/StoragePool::${pool.id}`)));
+    },
+  },
+  {
+    name: 'show [pool]',
+    describe: 'show a storage pool: its settings and its rebuild and rebalance IO priority',
+    builder: (y) => jsonOption(pdFilter(y.positional('pool', { type: 'string', describe: 'storage pool (id or name)' }).option('pool', str('storage pool (id or name), instead of the positional', false)))),
+    check: (args) => void poolArgument(args),
+    run: async (args, session) => {
+      const pool = await resolvePool(session, { ...args, pool: poolArgument(args) });
+      if (args['json'] === true) return session.printJson(pool);
+      session.print(
+        [
+          `storage pool '${pool.name}' (id ${pool.id})`,
+          `  protection domain   ${pool.protectionDomainId}`,
+          `  spare               ${pool.sparePercentage}%`,
+          `  chunk size          ${kbToText(pool.chunkSizeInKb)}`,
+          `  volume granularity  ${kbToText(pool.volumeGranularityInKb)}`,
+          `  placement groups    ${pool.pgCount}`,
+          renderPoolIoPriority(pool),
+        ].join('\n'),
+      );
+    },
+  },
 ];
+
+/** The pool a command names, positional or --pool (one of the two). */
+function poolArgument(args: Record<string, unknown>): string {
+  const positional = args['pool'];
+  // yargs gives the positional and the flag the same key: given both, it is an array.
+  if (Array.isArray(positional)) throw new InvalidArgumentError('--pool', 'give the pool once, as the positional or as --pool');
+  return nonEmpty('pool', positional);
+}
+
+/** The REST body of set-io-priority, checked before connecting. */
+function ioPriorityBody(args: Record<string, unknown>): { kind: 'rebuild' | 'rebalance'; body: { policy: string; numOfConcurrentIosPerDevice?: number; bwLimitPerDeviceInKbps?: number } } {
+  poolArgument(args);
+  const rebuild = args['rebuild'] === true;
+  if (rebuild === (args['rebalance'] === true)) throw new InvalidArgumentError('--rebuild/--rebalance', 'give one of the two: which policy of the pool to set');
+  const body: { policy: string; numOfConcurrentIosPerDevice?: number; bwLimitPerDeviceInKbps?: number } = { policy: String(args['policy']) };
+  if (args['concurrent-ios'] !== undefined) body.numOfConcurrentIosPerDevice = integerFlag('--concurrent-ios', args['concurrent-ios'], 1, ioPriorityConcurrentIosPerDeviceMax);
+  if (args['bandwidth'] !== undefined) {
+    const bytes = sizeFlag('--bandwidth', String(args['bandwidth']), MiB, 'MiB (per second)');
+    if (bytes === 0 || bytes / KiB > ioPriorityBandwidthPerDeviceKbpsMax) throw new OutOfRangeError('--bandwidth', `1MiB to ${ioPriorityBandwidthPerDeviceKbpsMax / 1024}MiB per second`, String(args['bandwidth']));
+    body.bwLimitPerDeviceInKbps = bytes / KiB;
+  }
+  return { kind: rebuild ? 'rebuild' : 'rebalance', body };
+}
 
 // --- fault sets -----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import type { VolumeQosStats } from '../wire/mdm-ops.js';
 import type { SdsStats } from '../wire/sds-ops.js';
 import type { Id } from './model.js';
 import type { Applied, Command, StateMachine } from './state-machine.js';
+import type { FillDefaults } from './health.js';
 
 export interface AddDeviceRequest {
   sdsId: Id;
@@ -84,6 +85,12 @@ export interface MdmController {
   rebuildStatus(): RebuildStatus;
   /** The QoS statistics an SDC's last heartbeat carried for its mapped volumes ([] if none yet). */
   sdcQosStats(sdcId: Id): readonly VolumeQosStats[];
+  /**
+   * The MDM's start options that throttle the fills of a pool never given an IO priority
+   * policy (--rebuild-rate-under-load, --rebuild-inflight): the REST API shows them as that
+   * pool's policy. Absent: the built-in defaults.
+   */
+  fillDefaults?(): FillDefaults;
 }
 
 /** What a controller reports when nothing is rebuilding. */

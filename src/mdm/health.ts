@@ -19,13 +19,14 @@ import {
   rebuildChunksInflightMaxDefault,
   rebuildOrderRepeatMs,
   sdcHeartbeatTimeoutMs,
+  sdsRebuildChunksInflightMax,
   sdsDisconnectGraceMs,
   sdsDownAfterMsDefault,
 } from '../common/limits.js';
 import type { RebuildDone } from '../wire/mdm-ops.js';
 import type { RebuildArgs, SdsStats } from '../wire/sds-ops.js';
-import type { Id } from './model.js';
-import { isDown, type Command, type Observation, type StateMachine } from './state-machine.js';
+import type { Id, IoPriorityPolicy, PoolGroup, StoragePool } from './model.js';
+import { isDown, type Command, type FillKind, type Observation, type StateMachine } from './state-machine.js';
 
 /** What the decisions read of the state machine: its model and queries, never apply(). */
 export type ModelView = Pick<StateMachine, 'model' | 'readable' | 'needsRepair' | 'sdsDevices'>;
@@ -52,6 +53,8 @@ export function healthOptions(given: Partial<HealthOptions>): HealthOptions {
 export interface OrderGiven {
   epoch: number;
   atMs: number;
+  /** The throttle it carried (throttleKey()): a policy change gives the order again at once. */
+  throttle?: string;
 }
 
 /** A finished fill, waiting for its batch to be recorded (copiesSynced). */
@@ -180,7 +183,11 @@ export function decideRebuilds(input: HealthInput): HealthDecisions {
       const targetSdsId = model.devices[group.secondaryDevice]?.sdsId as Id;
       const key = orderKey(pool.id, pgIndex, targetSdsId);
       const given = observations.ordersGiven.get(key);
-      if (given !== undefined && given.epoch === epoch && nowMs - given.atMs < rebuildOrderRepeatMs) return;
+      const throttle = fillThrottle(machine, pool, group, sourceSdsId, options);
+      // A policy changed while the job runs: the same order again carries the new numbers,
+      // which the SDS applies to the running job (the next tick, so within a second).
+      const throttleChanged = given !== undefined && (given.throttle ?? throttleKey(defaultThrottle(options))) !== throttleKey(throttle);
+      if (given !== undefined && given.epoch === epoch && nowMs - given.atMs < rebuildOrderRepeatMs && !throttleChanged) return;
       if (!connected.has(sourceSdsId)) return;
       decisions.orders.push({
         key,
@@ -189,9 +196,7 @@ export function decideRebuilds(input: HealthInput): HealthDecisions {
           poolId: pool.id,
           pgIndex,
           targetSdsId,
-          bytesPerSecondMax: options.rebuildBytesPerSecondMax,
-          bytesPerSecondUnderLoad: options.rebuildBytesPerSecondUnderLoad,
-          chunksInflightMax: options.rebuildChunksInflightMax,
+          ...throttle,
           mode: group.delta === true ? 'delta' : 'full',
           epoch,
         },
@@ -229,7 +234,7 @@ export function decideHealth(input: HealthInput): HealthDecisions {
  * orders are sent and the commands executed.
  */
 export function noteDecisions(observations: HealthObservations, decisions: HealthDecisions, nowMs: number): void {
-  for (const order of decisions.orders) observations.ordersGiven.set(order.key, { epoch: order.args.epoch, atMs: nowMs });
+  for (const order of decisions.orders) observations.ordersGiven.set(order.key, { epoch: order.args.epoch, atMs: nowMs, throttle: throttleKey(order.args) });
   for (const command of decisions.commands) {
     if (command.type !== 'repairPool') continue;
     observations.repairing.add(command.poolId);
@@ -326,4 +331,75 @@ export function decideOnHeartbeat(machine: ModelView, sdsId: Id, stats: SdsStats
     if (reported.state === 'failed' && device.state !== 'failed') decisions.commands.push({ type: 'deviceFailed', deviceId: device.id, reason: reported.error ?? 'failed' });
   }
   return decisions;
+}
+
+// --- rebuild and rebalance IO priority (docs/rebuild-policy.md) ------------------------------
+
+/** The throttle fields of a fill order (RebuildArgs), as the source SDS applies them. */
+export type FillThrottle = Pick<RebuildArgs, 'bytesPerSecondMax' | 'bytesPerSecondUnderLoad' | 'chunksInflightMax' | 'policy' | 'kind'>;
+
+/** Which of its pool's policies throttles a group's fill. */
+export function fillKindOf(group: PoolGroup): FillKind {
+  return group.rebalance === true ? 'rebalance' : 'rebuild';
+}
+
+/** A pool never given a policy: the MDM's start options, one budget for the whole source SDS. */
+function defaultThrottle(options: HealthOptions): FillThrottle {
+  return {
+    bytesPerSecondMax: options.rebuildBytesPerSecondMax,
+    bytesPerSecondUnderLoad: options.rebuildBytesPerSecondUnderLoad,
+    chunksInflightMax: options.rebuildChunksInflightMax,
+  };
+}
+
+/**
+ * The throttle a fill of `group` gets on its source SDS. A policy's numbers are per device,
+ * so they are multiplied by the source SDS's devices in the pool (ScaleIO's rule: an SDS
+ * with more disks can copy more at once). The SDS caps chunk copies in flight at
+ * sdsRebuildChunksInflightMax whatever it is told; `unlimited` asks for exactly that.
+ */
+export function fillThrottle(machine: ModelView, pool: StoragePool, group: PoolGroup, sourceSdsId: Id, options: HealthOptions): FillThrottle {
+  const kind = fillKindOf(group);
+  const policy = kind === 'rebuild' ? pool.rebuildIoPriority : pool.rebalanceIoPriority;
+  if (policy === undefined) return defaultThrottle(options);
+  const devices = Math.max(1, machine.sdsDevices(sourceSdsId).filter((device) => device.storagePoolId === pool.id && device.state !== 'failed').length);
+  const inflight = Math.min(sdsRebuildChunksInflightMax, policy.concurrentIosPerDevice * devices);
+  const bytesPerSecond = policy.bandwidthPerDeviceKbps * 1024 * devices;
+  switch (policy.policy) {
+    case 'unlimited':
+      return { bytesPerSecondMax: 0, bytesPerSecondUnderLoad: 0, chunksInflightMax: sdsRebuildChunksInflightMax, policy: policy.policy, kind };
+    case 'limitNumOfConcurrentIos':
+      return { bytesPerSecondMax: 0, bytesPerSecondUnderLoad: 0, chunksInflightMax: inflight, policy: policy.policy, kind };
+    case 'limitBandwidth':
+      return { bytesPerSecondMax: bytesPerSecond, bytesPerSecondUnderLoad: 0, chunksInflightMax: inflight, policy: policy.policy, kind };
+    case 'favorAppIos':
+      // No cap on a quiet SDS; the bandwidth only while clients do IO there (sdsClientQuietMs).
+      return { bytesPerSecondMax: 0, bytesPerSecondUnderLoad: bytesPerSecond, chunksInflightMax: inflight, policy: policy.policy, kind };
+  }
+}
+
+/** The start options a pool never set shows (ioPriorityShown). */
+export type FillDefaults = Pick<HealthOptions, 'rebuildBytesPerSecondUnderLoad' | 'rebuildChunksInflightMax'>;
+
+/** A throttle as a string, to tell whether an order given still carries the numbers of today. */
+export function throttleKey(throttle: FillThrottle): string {
+  return `${throttle.policy ?? 'options'}/${throttle.kind ?? ''}/${throttle.bytesPerSecondMax}/${throttle.bytesPerSecondUnderLoad ?? 0}/${throttle.chunksInflightMax}`;
+}
+
+/**
+ * A pool's policy as the REST API and the CLI show it. A pool never set shows the MDM's
+ * start options in ScaleIO's terms: favorAppIos, --rebuild-inflight copies and
+ * --rebuild-rate-under-load while clients are busy (rounded down to whole MiB/s, at least
+ * 1) — with two differences the docs spell out: those numbers are per source SDS, not per
+ * device, and --rebuild-rate caps a quiet SDS too.
+ */
+export function ioPriorityShown(pool: StoragePool, kind: FillKind, options: FillDefaults = healthOptions({})): IoPriorityPolicy & { isDefault: boolean } {
+  const policy = kind === 'rebuild' ? pool.rebuildIoPriority : pool.rebalanceIoPriority;
+  if (policy !== undefined) return { ...policy, isDefault: false };
+  return {
+    policy: 'favorAppIos',
+    concurrentIosPerDevice: options.rebuildChunksInflightMax,
+    bandwidthPerDeviceKbps: Math.max(1024, Math.floor(options.rebuildBytesPerSecondUnderLoad / (1024 * 1024)) * 1024),
+    isDefault: true,
+  };
 }

@@ -27,7 +27,41 @@ export interface StoragePool {
   /** Placement groups of this pool (fixed when the pool gets its first devices). */
   pgCount: number;
   groups: PoolGroup[];
+
+  // --- rebuild and rebalance IO priority (ScaleIO's policies; docs/rebuild-policy.md) ---
+  /**
+   * How fills of this pool's groups are throttled on their source SDS: `rebuildIoPriority`
+   * for a copy the group was short of, `rebalanceIoPriority` for a healthy copy that moves.
+   * Absent (never set, and every pool from before policies): the MDM's start options
+   * (--rebuild-rate, --rebuild-rate-under-load, --rebuild-inflight) throttle them, per SDS.
+   */
+  rebuildIoPriority?: IoPriorityPolicy;
+  rebalanceIoPriority?: IoPriorityPolicy;
 }
+
+/** ScaleIO's names; `limitBandwidth` is meshblock's for "limit bandwidth per device". */
+export type IoPriorityPolicyName = 'unlimited' | 'limitNumOfConcurrentIos' | 'favorAppIos' | 'limitBandwidth';
+export const ioPriorityPolicyNames: readonly IoPriorityPolicyName[] = ['unlimited', 'limitNumOfConcurrentIos', 'favorAppIos', 'limitBandwidth'];
+
+/**
+ * One pool's policy for one kind of fill. Both numbers are kept whatever the policy uses,
+ * so that switching policies back and forth keeps what the administrator gave.
+ */
+export interface IoPriorityPolicy {
+  policy: IoPriorityPolicyName;
+  /** Chunk copies in flight per device of the source SDS in the pool (ScaleIO: 1..20). */
+  concurrentIosPerDevice: number;
+  /** KiB/s per device of the source SDS in the pool; a whole number of MiB/s. */
+  bandwidthPerDeviceKbps: number;
+}
+
+/** ScaleIO's range of numOfConcurrentIosPerDevice. */
+export const ioPriorityConcurrentIosPerDeviceMax = 20;
+/** Far above any device; only there so that KiB/s x devices stays a safe integer of bytes. */
+export const ioPriorityBandwidthPerDeviceKbpsMax = 100 * 1024 * 1024;
+/** What a field never given means (ScaleIO's defaults: 1 IO per device, 10 MB/s per device). */
+export const ioPriorityConcurrentIosPerDeviceDefault = 1;
+export const ioPriorityBandwidthPerDeviceKbpsDefault = 10 * 1024;
 
 export interface PoolGroup {
   primaryDevice: Id;
@@ -41,6 +75,12 @@ export interface PoolGroup {
   syncEpoch?: number;
   /** The fill may copy only the chunks the primary changed while this copy was away. */
   delta?: boolean;
+  /**
+   * The fill moves a copy that was in sync (a device added or removed: a rebalance), not
+   * one the group was short of (a rebuild): the pool's rebalance policy throttles it.
+   * Absent (a rebuild, and every fill recorded before policies) means a rebuild.
+   */
+  rebalance?: boolean;
   /**
    * A copy on a device of an SDS that is down but not yet out: it comes back as the
    * secondary (filled by a delta rebuild) if its SDS returns in time.

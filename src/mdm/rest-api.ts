@@ -379,7 +379,7 @@ export class RestApi {
       {
         pattern: /^\/api\/types\/([A-Za-z]+)\/instances$/,
         methods: {
-          GET: ({ params }) => ok(listInstances(state(), type(params[0] as string), sdcQos)),
+          GET: ({ params }) => ok(listInstances(state(), type(params[0] as string), sdcQos, this.controller.fillDefaults?.())),
           POST: async ({ params, body }) => ok(await createInstance(this.commandContext, type(params[0] as string), body ?? {})),
         },
       },
@@ -390,7 +390,7 @@ export class RestApi {
       {
         pattern: new RegExp(`^${instance}$`),
         methods: {
-          GET: ({ params }) => ok(getInstance(state(), existing(params[0] as string, params[1] as string), params[1] as string, sdcQos)),
+          GET: ({ params }) => ok(getInstance(state(), existing(params[0] as string, params[1] as string), params[1] as string, sdcQos, this.controller.fillDefaults?.())),
         },
       },
       {
@@ -419,7 +419,7 @@ export class RestApi {
               const known = [...Object.keys(children ?? {}), ...(restStatisticsTypes.includes(found) ? ['Statistics'] : [])];
               throw new RestError('MB_ERR_NO_ROUTE', `${found} has no relationship '${other}'${known.length > 0 ? ` (relationships: ${known.join(', ')})` : ''}`, 404);
             }
-            return ok(relatedInstances(state(), found, id, other as RestType, sdcQos));
+            return ok(relatedInstances(state(), found, id, other as RestType, sdcQos, this.controller.fillDefaults?.()));
           },
         },
       },

@@ -10,7 +10,7 @@
 
 import { GiB, KiB, MiB } from '../common/units.js';
 import type { MdmController, SnapshotResult } from './controller.js';
-import { removeModes, type Id, type SystemModel, type Volume } from './model.js';
+import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, ioPriorityPolicyNames, removeModes, type Id, type SystemModel, type Volume } from './model.js';
 import { BodyReader, checkName } from './rest-body.js';
 import { RestError } from './rest-errors.js';
 import type { RestType } from './rest-objects.js';
@@ -161,7 +161,7 @@ export const restActions: Readonly<Record<RestType, readonly string[]>> = {
   // queryMdmCluster and changeMdmOwnership are the System's too, served by rest-api.ts.
   System: ['snapshotVolumes', 'removeConsistencyGroupSnapshots', 'setSnapshotsPerVtree'],
   ProtectionDomain: ['removeProtectionDomain', 'setProtectionDomainName'],
-  StoragePool: ['removeStoragePool', 'setStoragePoolName', 'setSparePercentage'],
+  StoragePool: ['removeStoragePool', 'setStoragePoolName', 'setSparePercentage', 'setRebuildIoPriorityPolicy', 'setRebalanceIoPriorityPolicy'],
   FaultSet: ['removeFaultSet'],
   Sds: ['removeSds', 'setSdsName'],
   Device: ['removeDevice'],
@@ -210,6 +210,19 @@ export async function performAction(context: CommandContext, type: RestType, id:
       return run({ type: 'renameStoragePool', id, name: reader.name('name') });
     case 'setSparePercentage':
       return run({ type: 'setStoragePoolSpare', id, sparePercent: reader.integer('sparePercentage', { min: 0, max: 100 }) }, { sparePercent: 'sparePercentage' });
+    case 'setRebuildIoPriorityPolicy':
+    case 'setRebalanceIoPriorityPolicy': {
+      // ScaleIO's body; a number left out keeps the pool's. The state machine checks the
+      // multiple of 1024 (so that a replayed command is checked alike); named here as sent.
+      const kind = action === 'setRebuildIoPriorityPolicy' ? 'rebuild' : 'rebalance';
+      const policy = reader.oneOf('policy', ioPriorityPolicyNames);
+      const concurrentIosPerDevice = reader.integer('numOfConcurrentIosPerDevice', { min: 1, max: ioPriorityConcurrentIosPerDeviceMax }, false);
+      const bandwidthPerDeviceKbps = reader.integer('bwLimitPerDeviceInKbps', { min: 1024, max: ioPriorityBandwidthPerDeviceKbpsMax }, false);
+      return run(
+        { type: 'setIoPriorityPolicy', poolId: id, kind, policy, ...(concurrentIosPerDevice !== undefined ? { concurrentIosPerDevice } : {}), ...(bandwidthPerDeviceKbps !== undefined ? { bandwidthPerDeviceKbps } : {}) },
+        { concurrentIosPerDevice: 'numOfConcurrentIosPerDevice', bandwidthPerDeviceKbps: 'bwLimitPerDeviceInKbps' },
+      );
+    }
     case 'removeFaultSet':
       return run({ type: 'removeFaultSet', id });
     case 'removeSds':

@@ -30,7 +30,8 @@
 
 import type { VolumeQosStats } from '../wire/mdm-ops.js';
 import type { SdsStats } from '../wire/sds-ops.js';
-import type { AccessMode, Device, FaultSet, Id, Mapping, ProtectionDomain, Sdc, Sds, StoragePool, SystemModel, Volume, VolumeType, VTree } from './model.js';
+import type { AccessMode, Device, FaultSet, Id, IoPriorityPolicyName, Mapping, ProtectionDomain, Sdc, Sds, StoragePool, SystemModel, Volume, VolumeType, VTree } from './model.js';
+import { ioPriorityShown, type FillDefaults } from './health.js';
 import type { PoolCapacity, StateMachine } from './state-machine.js';
 import type { RebuildStatus } from './controller.js';
 
@@ -74,6 +75,17 @@ export interface RestStoragePool extends RestObject {
   volumeGranularityInKb: number;
   /** meshblock: placement groups of the pool. */
   pgCount: number;
+  // Rebuild and rebalance IO priority (ScaleIO's names; docs/rebuild-policy.md). Per device
+  // of the source SDS; a pool never set shows the MDM's start options (FromStartOptions).
+  rebuildIoPriorityPolicy: IoPriorityPolicyName;
+  rebuildIoPriorityNumOfConcurrentIosPerDevice: number;
+  rebuildIoPriorityBwLimitPerDeviceInKbps: number;
+  /** meshblock: never set; the numbers are the MDM's --rebuild-* options, per SDS (not per device). */
+  rebuildIoPriorityFromStartOptions: boolean;
+  rebalanceIoPriorityPolicy: IoPriorityPolicyName;
+  rebalanceIoPriorityNumOfConcurrentIosPerDevice: number;
+  rebalanceIoPriorityBwLimitPerDeviceInKbps: number;
+  rebalanceIoPriorityFromStartOptions: boolean;
 }
 
 export interface RestFaultSet extends RestObject {
@@ -437,7 +449,9 @@ export function renderProtectionDomain(model: SystemModel, domain: ProtectionDom
   };
 }
 
-export function renderStoragePool(pool: StoragePool): RestStoragePool {
+export function renderStoragePool(pool: StoragePool, fillDefaults?: FillDefaults): RestStoragePool {
+  const rebuild = ioPriorityShown(pool, 'rebuild', fillDefaults);
+  const rebalance = ioPriorityShown(pool, 'rebalance', fillDefaults);
   return {
     id: pool.id,
     name: pool.name,
@@ -447,6 +461,15 @@ export function renderStoragePool(pool: StoragePool): RestStoragePool {
     chunkSizeInKb: kb(pool.chunkBytes),
     volumeGranularityInKb: kb(pool.volumeGranularityBytes),
     pgCount: pool.pgCount,
+    // Rebuild and rebalance IO priority (docs/rebuild-policy.md).
+    rebuildIoPriorityPolicy: rebuild.policy,
+    rebuildIoPriorityNumOfConcurrentIosPerDevice: rebuild.concurrentIosPerDevice,
+    rebuildIoPriorityBwLimitPerDeviceInKbps: rebuild.bandwidthPerDeviceKbps,
+    rebuildIoPriorityFromStartOptions: rebuild.isDefault,
+    rebalanceIoPriorityPolicy: rebalance.policy,
+    rebalanceIoPriorityNumOfConcurrentIosPerDevice: rebalance.concurrentIosPerDevice,
+    rebalanceIoPriorityBwLimitPerDeviceInKbps: rebalance.bandwidthPerDeviceKbps,
+    rebalanceIoPriorityFromStartOptions: rebalance.isDefault,
     links: links('StoragePool', pool.id, [['protectionDomainId', 'ProtectionDomain', pool.protectionDomainId]], withStatistics('StoragePool', related('StoragePool'))),
   };
 }
@@ -609,7 +632,7 @@ export function renderVTree(model: SystemModel, tree: VTree, volumes = Object.va
 }
 
 /** Every instance of a type, in a stable order (by name, then id). */
-export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQosLookup = noQos): RestInstance[] {
+export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults): RestInstance[] {
   const model = state.model;
   const sorted = <T extends { id: Id; name: string }>(table: Record<Id, T>): T[] =>
     Object.values(table).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -619,7 +642,7 @@ export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQo
     case 'ProtectionDomain':
       return sorted(model.protectionDomains).map((domain) => renderProtectionDomain(model, domain));
     case 'StoragePool':
-      return sorted(model.storagePools).map(renderStoragePool);
+      return sorted(model.storagePools).map((pool) => renderStoragePool(pool, fillDefaults));
     case 'FaultSet':
       return sorted(model.faultSets).map(renderFaultSet);
     case 'Sds':
@@ -649,7 +672,7 @@ export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQo
 }
 
 /** One instance, or null if there is none with that id. */
-export function getInstance(state: StateMachine, type: RestType, id: string, sdcQos: SdcQosLookup = noQos): RestInstance | null {
+export function getInstance(state: StateMachine, type: RestType, id: string, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults): RestInstance | null {
   const model = state.model;
   const lookup = <T>(table: Record<Id, T>): T | undefined => (Object.hasOwn(table, id) ? table[id] : undefined);
   switch (type) {
@@ -661,7 +684,7 @@ export function getInstance(state: StateMachine, type: RestType, id: string, sdc
     }
     case 'StoragePool': {
       const pool = lookup(model.storagePools);
-      return pool === undefined ? null : renderStoragePool(pool);
+      return pool === undefined ? null : renderStoragePool(pool, fillDefaults);
     }
     case 'FaultSet': {
       const set = lookup(model.faultSets);
@@ -691,8 +714,8 @@ export function getInstance(state: StateMachine, type: RestType, id: string, sdc
 }
 
 /** The children of one instance (GET /api/instances/{Type}::{id}/relationships/{Other}). */
-export function relatedInstances(state: StateMachine, type: RestType, id: Id, other: RestType, sdcQos: SdcQosLookup = noQos): RestInstance[] {
-  const children = listInstances(state, other, sdcQos);
+export function relatedInstances(state: StateMachine, type: RestType, id: Id, other: RestType, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults): RestInstance[] {
+  const children = listInstances(state, other, sdcQos, fillDefaults);
   if (type === 'System') return children;
   if (type === 'Sdc' && other === 'Volume') {
     return children.filter((volume) => (volume as RestVolume).mappedSdcInfo.some((info) => info.sdcId === id));

@@ -175,6 +175,10 @@ export class MdmService implements MdmController {
 
   // --- MdmController ---------------------------------------------------------------------
 
+  fillDefaults(): HealthOptions {
+    return this.healthOptions;
+  }
+
   execute(command: Command): Promise<Applied> {
     // The two phases of a snapshot belong to snapshotVolumes(), which waits for the SDSs in
     // between: a beginSnapshot without it would leave its V-Trees frozen until a restart.

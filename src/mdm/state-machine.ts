@@ -30,6 +30,13 @@ import {
   upgradeModel,
   type AccessMode,
   type Device,
+  ioPriorityBandwidthPerDeviceKbpsDefault,
+  ioPriorityBandwidthPerDeviceKbpsMax,
+  ioPriorityConcurrentIosPerDeviceDefault,
+  ioPriorityConcurrentIosPerDeviceMax,
+  ioPriorityPolicyNames,
+  type IoPriorityPolicy,
+  type IoPriorityPolicyName,
   type Id,
   type Mapping,
   type PoolGroup,
@@ -111,7 +118,17 @@ export type Command =
   | { type: 'overwriteVolumeContent'; volumeId: Id; sourceVolumeId: Id }
   | { type: 'setVolumeAccessModeLimit'; id: Id; accessModeLimit: AccessMode }
   /** Snapshots per V-Tree from now on (1..snapshotsPerVtreeMax); trees above a lowered limit keep theirs. */
-  | { type: 'setSnapshotsPerVtree'; limit: number };
+  | { type: 'setSnapshotsPerVtree'; limit: number }
+  // --- rebuild and rebalance IO priority (docs/rebuild-policy.md) ---
+  /**
+   * ScaleIO's setRebuildIoPriorityPolicy / setRebalanceIoPriorityPolicy. A number left out
+   * keeps the pool's (or, on a pool never set, ScaleIO's default), so replaying the command
+   * on the same model gives the same policy.
+   */
+  | { type: 'setIoPriorityPolicy'; poolId: Id; kind: FillKind; policy: IoPriorityPolicyName; concurrentIosPerDevice?: number; bandwidthPerDeviceKbps?: number };
+
+/** Which policy of a pool throttles a fill: the group short of a copy, or a healthy copy moving. */
+export type FillKind = 'rebuild' | 'rebalance';
 
 /**
  * What the MDM saw, applied with observe(): volatile, never journaled. Heartbeats carry
@@ -598,6 +615,7 @@ export class StateMachine {
               delete group.syncing;
               delete group.syncEpoch;
               delete group.delta;
+              delete group.rebalance;
             } else if (primaryHere && group.secondaryDevice !== null && group.syncing !== true) {
               group.absentDevice = group.primaryDevice;
               group.primaryDevice = group.secondaryDevice;
@@ -663,6 +681,7 @@ export class StateMachine {
           delete group.syncing;
           delete group.syncEpoch;
           delete group.delta;
+          delete group.rebalance;
           synced += 1;
           if (!this.readable(group.primaryDevice)) {
             // Its primary's SDS went down after the fill finished but before it was recorded:
@@ -782,6 +801,24 @@ export class StateMachine {
       case 'setSnapshotsPerVtree': {
         if (!Number.isSafeInteger(command.limit) || command.limit < 1 || command.limit > snapshotsPerVtreeMax) throw invalid('limit', `must be an integer from 1 to ${snapshotsPerVtreeMax}`);
         model.snapshotsPerVtree = command.limit;
+        return { epochChanged: false };
+      }
+      case 'setIoPriorityPolicy': {
+        const pool = this.get(model.storagePools, command.poolId, 'storage pool');
+        if (command.kind !== 'rebuild' && command.kind !== 'rebalance') throw invalid('kind', "must be 'rebuild' or 'rebalance'");
+        if (!ioPriorityPolicyNames.includes(command.policy)) throw invalid('policy', `must be ${ioPriorityPolicyNames.map((name) => `'${name}'`).join(', ')}`);
+        const field = command.kind === 'rebuild' ? 'rebuildIoPriority' : 'rebalanceIoPriority';
+        const current = pool[field];
+        const concurrentIosPerDevice = command.concurrentIosPerDevice ?? current?.concurrentIosPerDevice ?? ioPriorityConcurrentIosPerDeviceDefault;
+        const bandwidthPerDeviceKbps = command.bandwidthPerDeviceKbps ?? current?.bandwidthPerDeviceKbps ?? ioPriorityBandwidthPerDeviceKbpsDefault;
+        if (!Number.isSafeInteger(concurrentIosPerDevice) || concurrentIosPerDevice < 1 || concurrentIosPerDevice > ioPriorityConcurrentIosPerDeviceMax) {
+          throw invalid('concurrentIosPerDevice', `must be an integer from 1 to ${ioPriorityConcurrentIosPerDeviceMax}`);
+        }
+        if (!Number.isSafeInteger(bandwidthPerDeviceKbps) || bandwidthPerDeviceKbps < 1024 || bandwidthPerDeviceKbps % 1024 !== 0 || bandwidthPerDeviceKbps > ioPriorityBandwidthPerDeviceKbpsMax) {
+          throw invalid('bandwidthPerDeviceKbps', `must be a multiple of 1024 KB/s (whole MiB/s) from 1024 to ${ioPriorityBandwidthPerDeviceKbpsMax}`);
+        }
+        const policy: IoPriorityPolicy = { policy: command.policy, concurrentIosPerDevice, bandwidthPerDeviceKbps };
+        pool[field] = policy;
         return { epochChanged: false };
       }
     }
@@ -1253,9 +1290,12 @@ export class StateMachine {
           next.syncing = true;
           next.syncEpoch = before.syncEpoch ?? this.model.epoch;
           if (before.delta === true) next.delta = true;
+          if (before.rebalance === true) next.rebalance = true;
         } else if (!syncedBefore.has(next.secondaryDevice)) {
           next.syncing = true;
           next.syncEpoch = this.model.epoch;
+          // Both copies were in sync: this one moves (a rebalance), it does not restore a lost one.
+          if (syncedBefore.size === 2) next.rebalance = true;
         }
       } else if (before.absentDevice !== undefined) {
         next.absentDevice = before.absentDevice;
@@ -1264,7 +1304,7 @@ export class StateMachine {
       return next;
     });
     for (const group of pool.groups) {
-      for (const key of ['syncing', 'syncEpoch', 'delta', 'absentDevice', 'absentFull', 'lost'] as const) if (group[key] === undefined) delete group[key];
+      for (const key of ['syncing', 'syncEpoch', 'delta', 'rebalance', 'absentDevice', 'absentFull', 'lost'] as const) if (group[key] === undefined) delete group[key];
     }
   }
 
@@ -1277,6 +1317,7 @@ export class StateMachine {
       kept.syncing = true;
       if (before.syncEpoch !== undefined) kept.syncEpoch = before.syncEpoch;
       if (before.delta === true) kept.delta = true;
+      if (before.rebalance === true) kept.rebalance = true;
     }
     if (before.absentDevice !== undefined) {
       kept.absentDevice = before.absentDevice;

@@ -22,12 +22,18 @@
 // primary (service.ts), so the target never needs an ancestor that has not arrived yet.
 //
 // Client IO keeps priority: every job of this SDS shares one pace (the order's bytes/s,
-// lower while clients are busy here) and one limit of chunk copies in flight.
+// lower while clients are busy here) and one limit of chunk copies in flight. A pool with an
+// IO priority policy (docs/rebuild-policy.md) has a budget of its own per kind of fill
+// (rebuild, rebalance), its numbers already multiplied by this SDS's devices in the pool.
+// The MDM sends a running job's order again when the policy changes: the job takes the new
+// numbers at once (the pace and the limit are read again for every chunk, and waiting
+// copies look again), without starting over.
 
 import { parseJsonObject } from '../wire/json-payload.js';
-import { listGroupTimeoutMs, rebuildCursorSaveChunks, rebuildCursorSaveIntervalMs, sdsRebuildChunksInflightMax, sdsRebuildsKeptMax, sdsRebuildsRunningMax } from '../common/limits.js';
+import { listGroupTimeoutMs, rebuildCursorSaveChunks, rebuildCursorSaveIntervalMs, sdsClientQuietMs, sdsRebuildChunksInflightMax, sdsRebuildsKeptMax, sdsRebuildsRunningMax } from '../common/limits.js';
 import * as crypto from 'node:crypto';
 import type { Logger } from 'pino';
+import { assert } from '../common/assert.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { RebuildDone } from '../wire/mdm-ops.js';
 import type { WirePeer } from '../wire/peer.js';
@@ -80,14 +86,14 @@ export class RebuildSource {
    */
   private readonly changes = new Map<string, Set<string>>();
   private readonly changesUnknown = new Set<string>();
-  /** One pace for every rebuild job of this SDS: the order's bytes/s is the SDS's budget. */
-  private pacedUntilMs = 0;
   /**
-   * Chunk copies in flight over all rebuild jobs, and the workers waiting for a slot (at
-   * most sdsRebuildsRunningMax x sdsRebuildChunksInflightMax).
+   * The budgets jobs draw on, by budgetKeyOf(): '' for every job whose order names no pool
+   * policy (the order's bytes/s is the SDS's budget), else one per pool and kind of fill.
+   * At most 1 + 2 x the pools of the map; kept, like the pools, for the process's life.
    */
-  private slotsUsed = 0;
-  private readonly slotWaiters: Array<() => void> = [];
+  private readonly budgets = new Map<string, FillBudget>();
+  /** The arguments of each job by job key, whose throttle a repeated order updates. */
+  private readonly jobArgs = new Map<string, RebuildArgs>();
 
   constructor(private readonly host: RebuildHost) {
     for (const [poolId, pool] of Object.entries(host.map()?.pools ?? {})) {
@@ -125,8 +131,12 @@ export class RebuildSource {
     const epoch = args.epoch ?? this.epoch;
     const jobKey = `${args.poolId}/${args.pgIndex}/${args.targetSdsId}`;
     const current = this.jobs.get(jobKey);
-    // The same order again (the MDM repeats orders it has no answer for): nothing to do.
-    if ((current?.state === 'running' || current?.state === 'waiting') && current.epoch === epoch) return;
+    // The same order again (the MDM repeats orders it has no answer for, and gives them
+    // again when the pool's policy changes): the job goes on, with the order's throttle.
+    if ((current?.state === 'running' || current?.state === 'waiting') && current.epoch === epoch) {
+      this.retune(jobKey, args);
+      return;
+    }
     if (current?.state === 'done' && current.epoch === epoch && epoch === this.epoch) {
       // Done at this epoch, and mirrored to since: the copy is in sync. Say so again.
       this.host.onRebuildDone?.(rebuildDone(current, 0));
@@ -140,10 +150,14 @@ export class RebuildSource {
     const progress: RebuildProgress = { jobId: `${this.lifeId}.${++this.jobsStarted}`, ...args, mode: args.mode ?? 'full', epoch, state: 'waiting', chunksDone: 0, chunksTotal: 0, bytesDone: 0, error: null };
     this.jobs.delete(jobKey);
     this.jobs.set(jobKey, progress);
+    this.jobArgs.set(jobKey, args);
     // Finished jobs stay visible in Stats for a while; the oldest go first.
     for (const [key, entry] of this.jobs) {
       if (this.jobs.size <= sdsRebuildsKeptMax) break;
-      if (entry.state === 'done' || entry.state === 'failed') this.jobs.delete(key);
+      if (entry.state === 'done' || entry.state === 'failed') {
+        this.jobs.delete(key);
+        this.jobArgs.delete(key);
+      }
     }
     void this.host.track(this.run(args, jobKey, progress)).catch((err: unknown) => {
       progress.state = 'failed';
@@ -287,38 +301,44 @@ export class RebuildSource {
     let nextIndex = 0;
     const completed = new Set<number>();
     let contiguousDone = 0;
-    const inflightMax = Math.max(1, Math.min(args.chunksInflightMax, sdsRebuildChunksInflightMax));
+    // As many workers as a job may ever have in flight: the budget's limit, which a policy
+    // change may raise while the job runs, decides how many copy at once.
+    const workerCount = Math.min(sdsRebuildChunksInflightMax, keys.length);
+    const stopIfStale = (): void => {
+      if (this.host.isClosing()) throw new Error('SDS is shutting down; the rebuild resumes from its cursor');
+      if (this.epoch !== progress.epoch) throw new Error(`placement map changed (epoch ${progress.epoch} → ${this.epoch}); the MDM orders again`);
+    };
     const worker = async (): Promise<void> => {
       while (nextIndex < keys.length) {
-        if (this.host.isClosing()) throw new Error('SDS is shutting down; the rebuild resumes from its cursor');
-        if (this.epoch !== progress.epoch) throw new Error(`placement map changed (epoch ${progress.epoch} → ${this.epoch}); the MDM orders again`);
-        const index = nextIndex++;
-        const rate = this.rate(args);
-        if (rate > 0) {
-          this.pacedUntilMs = Math.max(this.pacedUntilMs, Date.now()) + (chunkBytes * 1000) / rate;
-          const waitMs = this.pacedUntilMs - Date.now();
-          if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
-        }
-        // ScaleIO's "concurrent rebuild IOs" policy: a limit for the whole SDS, not per job.
-        await this.slot(inflightMax);
+        stopIfStale();
+        // ScaleIO's "concurrent rebuild IOs" policy: a limit for the budget (the whole SDS,
+        // or the pool's kind of fill), not per job. The budget is looked up for every chunk:
+        // a repeated order may move the job to another.
+        const budget = this.budgetOf(args);
+        await budget.slot(() => inflightMaxOf(args));
         try {
+          // Paced inside the slot: only copies about to go wait for the pace, so a new
+          // rate applies to the next chunk, not after a queue of reservations.
+          stopIfStale();
+          await budget.pace(chunkBytes, () => this.rate(args), stopIfStale);
+          if (nextIndex >= keys.length) return;
+          const index = nextIndex++;
           // Not `bytesDone += await ...`: that reads bytesDone before the await, and the
           // other workers' additions made meanwhile would be lost.
           const copiedBytes = await this.copyChunk(keys[index] as ChunkKey, args, progress.epoch, false);
           progress.bytesDone += copiedBytes;
+          progress.chunksDone += 1;
+          completed.add(index);
         } finally {
-          this.slotsUsed -= 1;
-          this.slotWaiters.shift()?.();
+          budget.release();
         }
-        progress.chunksDone += 1;
-        completed.add(index);
         // The cursor only moves over a prefix that is entirely done.
         const before = contiguousDone;
         while (completed.has(contiguousDone)) completed.delete(contiguousDone++);
         if (contiguousDone > before) onPrefixDone?.(contiguousDone);
       }
     };
-    await Promise.all(Array.from({ length: inflightMax }, () => worker()));
+    await Promise.all(Array.from({ length: workerCount }, () => worker()));
   }
 
   /**
@@ -370,10 +390,93 @@ export class RebuildSource {
     return args.bytesPerSecondMax > 0 ? Math.min(args.bytesPerSecondMax, underLoad) : underLoad;
   }
 
-  private async slot(limit: number): Promise<void> {
-    while (this.slotsUsed >= limit) await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
+  private budgetOf(args: RebuildArgs): FillBudget {
+    const key = budgetKeyOf(args);
+    let budget = this.budgets.get(key);
+    if (budget === undefined) this.budgets.set(key, (budget = new FillBudget()));
+    return budget;
+  }
+
+  /**
+   * A repeated order for a job still waiting or running: its throttle becomes the order's.
+   * The budget it draws on is told too, so that a raised limit lets waiting copies go and
+   * a raised (or removed) rate does not keep the pace the old one set.
+   */
+  private retune(jobKey: string, order: RebuildArgs): void {
+    const args = this.jobArgs.get(jobKey);
+    if (args === undefined) return;
+    const before = `${budgetKeyOf(args)} ${args.bytesPerSecondMax} ${args.bytesPerSecondUnderLoad ?? 0} ${args.chunksInflightMax}`;
+    args.bytesPerSecondMax = order.bytesPerSecondMax;
+    args.chunksInflightMax = order.chunksInflightMax;
+    for (const field of ['bytesPerSecondUnderLoad', 'policy', 'kind'] as const) {
+      if (order[field] === undefined) delete args[field];
+      else (args as unknown as Record<string, unknown>)[field] = order[field];
+    }
+    const after = `${budgetKeyOf(args)} ${args.bytesPerSecondMax} ${args.bytesPerSecondUnderLoad ?? 0} ${args.chunksInflightMax}`;
+    if (before === after) return;
+    this.host.log.info({ rebuild: jobKey, policy: args.policy ?? null, bytesPerSecondMax: args.bytesPerSecondMax, bytesPerSecondUnderLoad: args.bytesPerSecondUnderLoad ?? 0, chunksInflightMax: args.chunksInflightMax }, 'rebuild throttle changed');
+    this.budgetOf(args).retune(this.host.store.chunkBytes, this.rate(args));
+  }
+}
+
+/** How often a copy waiting for the pace looks again at the rate (a policy change, clients going quiet). */
+const paceRecheckMs = 100;
+assert(paceRecheckMs < sdsClientQuietMs, 'a paced copy sees the SDS go quiet before it would be busy again');
+
+/**
+ * One rebuild budget: a pace in bytes per second and a limit of chunk copies in flight,
+ * shared by every job that draws on it. Both are asked of the job at each chunk, so a
+ * change (a repeated order, clients starting or stopping) applies to the next copy.
+ */
+class FillBudget {
+  /** When the next chunk may go; at most one chunk's time of credit is kept while idle. */
+  private pacedUntilMs = 0;
+  /** Chunk copies in flight, and the workers waiting for one (FIFO; bounded by the jobs' workers). */
+  private slotsUsed = 0;
+  private readonly slotWaiters: Array<() => void> = [];
+
+  async slot(limit: () => number): Promise<void> {
+    while (this.slotsUsed >= limit()) await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
     this.slotsUsed += 1;
   }
+
+  release(): void {
+    this.slotsUsed -= 1;
+    this.slotWaiters.shift()?.();
+  }
+
+  /** Waits until a chunk may go at `rate()` bytes/s (0: at once), looking again every paceRecheckMs. */
+  async pace(chunkBytes: number, rate: () => number, stopIfStale: () => void): Promise<void> {
+    for (;;) {
+      const bytesPerSecond = rate();
+      if (bytesPerSecond <= 0) return;
+      const chunkMs = (chunkBytes * 1000) / bytesPerSecond;
+      const nowMs = Date.now();
+      if (this.pacedUntilMs <= nowMs) {
+        // A timer that fired late is made up for, up to one chunk: the long-run rate holds.
+        this.pacedUntilMs = Math.max(this.pacedUntilMs, nowMs - chunkMs) + chunkMs;
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(this.pacedUntilMs - nowMs, paceRecheckMs)));
+      stopIfStale();
+    }
+  }
+
+  /** The throttle changed: waiting copies look again, and the pace is no further off than one chunk at the new rate. */
+  retune(chunkBytes: number, bytesPerSecond: number): void {
+    this.pacedUntilMs = bytesPerSecond <= 0 ? 0 : Math.min(this.pacedUntilMs, Date.now() + (chunkBytes * 1000) / bytesPerSecond);
+    for (const wake of this.slotWaiters.splice(0)) wake();
+  }
+}
+
+/** Which budget a job draws on: the SDS's own, or its pool's for its kind of fill. */
+function budgetKeyOf(args: RebuildArgs): string {
+  return args.policy === undefined ? '' : `${args.poolId}/${args.kind ?? 'rebuild'}`;
+}
+
+/** Chunk copies in flight the order allows, within what this SDS allows any job. */
+function inflightMaxOf(args: RebuildArgs): number {
+  return Math.max(1, Math.min(args.chunksInflightMax, sdsRebuildChunksInflightMax));
 }
 
 /**
@@ -447,6 +550,10 @@ function parseRebuildArgs(payload: Buffer): RebuildArgs {
   if (args.bytesPerSecondUnderLoad !== undefined && (!Number.isSafeInteger(args.bytesPerSecondUnderLoad) || args.bytesPerSecondUnderLoad < 0)) {
     throw new InvalidArgumentError('rebuild.bytesPerSecondUnderLoad', 'must be a non-negative integer');
   }
+  if (args.policy !== undefined && !['unlimited', 'limitNumOfConcurrentIos', 'favorAppIos', 'limitBandwidth'].includes(args.policy)) {
+    throw new InvalidArgumentError('rebuild.policy', "must be 'unlimited', 'limitNumOfConcurrentIos', 'favorAppIos' or 'limitBandwidth'");
+  }
+  if (args.kind !== undefined && args.kind !== 'rebuild' && args.kind !== 'rebalance') throw new InvalidArgumentError('rebuild.kind', "must be 'rebuild' or 'rebalance'");
   for (const field of ['pgIndex', 'bytesPerSecondMax', 'chunksInflightMax'] as const) {
     if (!Number.isSafeInteger(args[field]) || (args[field] as number) < 0) throw new InvalidArgumentError(`rebuild.${field}`, 'must be a non-negative integer');
   }

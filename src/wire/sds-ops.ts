@@ -250,6 +250,18 @@ export interface RebuildArgs {
   mode?: 'full' | 'delta';
   /** The map epoch the order was given at (absent: the SDS's epoch when it arrives). */
   epoch?: number;
+  /**
+   * The pool policy the throttle numbers above come from (docs/rebuild-policy.md), already
+   * multiplied by the source SDS's devices in the pool: with it, the budget is this pool's
+   * for this kind of fill (jobs of other pools and kinds have their own); absent (a pool
+   * never set, an MDM from before policies), one budget for every job of the SDS.
+   *
+   * Sent again for a running job (same pool, group, target and epoch) when the pool's
+   * policy changes: the job takes the new numbers at once and goes on.
+   */
+  policy?: 'unlimited' | 'limitNumOfConcurrentIos' | 'favorAppIos' | 'limitBandwidth';
+  /** Which of the pool's policies: a group short of a copy ('rebuild') or a healthy copy moving ('rebalance'). */
+  kind?: 'rebuild' | 'rebalance';
 }
 
 export interface DeviceStats {
