@@ -163,7 +163,12 @@ t.test('seeded simulation: deterministic, replayable, refusals change nothing', 
         () => ({ type: 'beginSnapshot', defs: [{ volumeId: pick(volumes) ?? 'x', name, readOnly: random() < 0.3 }], nowMs }),
         () => ({ type: 'commitSnapshot', groupId: model.snapshotBarrier?.groupId ?? 'x', nowMs }),
         () => ({ type: 'abortSnapshot', groupId: model.snapshotBarrier?.groupId ?? 'x', reason: 'sim' }),
-        () => ({ type: 'overwriteVolumeContent', volumeId: pick(volumes) ?? 'x', sourceVolumeId: pick(volumes) ?? 'x' }),
+        // Mostly a source of the same V-Tree (the only kind taken), so that every seed reaches a restore.
+        () => {
+          const volumeId = pick(volumes) ?? 'x';
+          const kin = volumes.filter((id) => id !== volumeId && model.volumes[id]?.vtreeId === model.volumes[volumeId]?.vtreeId);
+          return { type: 'overwriteVolumeContent', volumeId, sourceVolumeId: (random() < 0.8 ? pick(kin) : undefined) ?? pick(volumes) ?? 'x' };
+        },
         () => ({ type: 'removeVolume', id: pick(volumes) ?? 'x', removeMode: pick(['ONLY_ME', 'INCLUDING_DESCENDANTS', 'DESCENDANTS_ONLY', 'WHOLE_VTREE'] as const) ?? 'ONLY_ME' }),
         () => ({ type: 'removeSnapshotGroup', groupId: pick(volumes.map((id) => model.volumes[id]?.snapshotGroupId ?? 'x')) ?? 'x' }),
         () => ({ type: 'setVolumeAccessModeLimit', id: pick(volumes) ?? 'x', accessModeLimit: random() < 0.5 ? 'ReadOnly' : 'ReadWrite' }),
