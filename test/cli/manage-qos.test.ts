@@ -7,32 +7,10 @@
 // limits, bursts and the SDC's throttle counters.
 
 import t, { type Test } from 'tap';
-import { manageMain } from '../../src/cli/manage.js';
 import type { Id } from '../../src/mdm/model.js';
 import type { RestDashboard, RestVolume } from '../../src/mdm/rest-objects.js';
 import { GiB, startTestApi, type TestApi } from '../helpers/rest.js';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function runner(api: TestApi) {
-  return async (args: string[]): Promise<Run> => {
-    let stdout = '';
-    let stderr = '';
-    const io = { stdout: { write: (text: string) => (stdout += text) }, stderr: { write: (text: string) => (stderr += text) }, env: {} };
-    const code = await manageMain([...args, '--api', api.url, '--password-file', api.passwordFile, '--ca-cert', api.certPath], io);
-    return { code, stdout, stderr };
-  };
-}
-
-function oneLine(t: Test, result: Run, pattern: RegExp, code: number, what: string): void {
-  t.equal(result.code, code, `${what}: exit ${code}`);
-  t.match(result.stderr, pattern, `${what}: says why`);
-  t.equal(result.stderr.trim().split('\n').length, 1, `${what}: one line`);
-}
+import { manageRunner, oneLine } from '../helpers/manage.js';
 
 /** A pool on three SDSs, volumes vol1 (mapped to host1) and vol2 (mapped, unlimited). */
 async function mapped(t: Test): Promise<{ api: TestApi; volume: Id; sdc: Id }> {
@@ -54,7 +32,7 @@ async function mapped(t: Test): Promise<{ api: TestApi; volume: Id; sdc: Id }> {
 
 t.test('set-limits with bursts, and what show, list and the dashboard print', async (t) => {
   const { api, volume, sdc } = await mapped(t);
-  const run = runner(api);
+  const run = manageRunner(api);
   const mapping = () => api.controller.state.model.volumes[volume]?.mappings[0];
 
   const set = await run(['volume', 'set-limits', '--volume', 'vol1', '--sdc', 'host1', '--iops', '2000', '--bandwidth', '10MiB', '--iops-burst', '8000', '--bandwidth-burst', '40MiB', '--burst-seconds', '30']);
@@ -92,7 +70,7 @@ t.test('set-limits with bursts, and what show, list and the dashboard print', as
 
 t.test('bad flags are usage errors before any request; what the MDM refuses exits 1 with its message', async (t) => {
   const { api, volume } = await mapped(t);
-  const run = runner(api);
+  const run = manageRunner(api);
   api.controller.registerSdc('guid-0002-host2', 'host2');
   const before = JSON.stringify(api.controller.state.model);
   const usage: Array<[string[], RegExp, string]> = [

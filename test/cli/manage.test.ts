@@ -6,38 +6,14 @@
 // with the API's message.
 
 import * as path from 'node:path';
-import t, { type Test } from 'tap';
-import { manageMain } from '../../src/cli/manage.js';
+import t from 'tap';
 import type { RestDashboard, RestDevice, RestProtectionDomain, RestSds, RestStoragePool, RestVolume } from '../../src/mdm/rest-objects.js';
-import { GiB, MiB, formattedDevicePath, startTestApi, type TestApi } from '../helpers/rest.js';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function runner(api: TestApi, env: NodeJS.ProcessEnv = {}) {
-  return async (args: string[], options: { connection?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<Run> => {
-    let stdout = '';
-    let stderr = '';
-    const io = { stdout: { write: (text: string) => (stdout += text) }, stderr: { write: (text: string) => (stderr += text) }, env: { ...env, ...options.env } };
-    const connection = options.connection === false ? [] : ['--api', api.url, '--password-file', api.passwordFile, '--ca-cert', api.certPath];
-    const code = await manageMain([...args, ...connection], io);
-    return { code, stdout, stderr };
-  };
-}
-
-function oneLine(t: Test, result: Run, pattern: RegExp, code: number, what: string): void {
-  t.equal(result.code, code, `${what}: exit ${code}`);
-  t.match(result.stderr, pattern, `${what}: says why`);
-  t.match(result.stderr, /^meshblock: /, `${what}: prefixed`);
-  t.equal(result.stderr.trim().split('\n').length, 1, `${what}: one line`);
-}
+import { GiB, MiB, formattedDevicePath, startTestApi } from '../helpers/rest.js';
+import { manageRunner, oneLine } from '../helpers/manage.js';
 
 t.test('from an empty system to a mapped volume with limits, and back', async (t) => {
   const api = await startTestApi(t);
-  const run = runner(api);
+  const run = manageRunner(api);
   const ok = async (args: string[]): Promise<string> => {
     const result = await run(args);
     t.equal(result.code, 0, `${args.slice(0, 2).join(' ')} succeeds${result.stderr === '' ? '' : `: ${result.stderr}`}`);
@@ -133,7 +109,7 @@ t.test('from an empty system to a mapped volume with limits, and back', async (t
 
 t.test('errors: one line, exit 2 for usage, exit 1 for what the API refused', async (t) => {
   const api = await startTestApi(t);
-  const run = runner(api);
+  const run = manageRunner(api);
   await run(['pd', 'add', '--name', 'pd1']);
   await run(['pd', 'add', '--name', 'pd2']);
   await run(['pool', 'add', '--pd', 'pd1', '--name', 'pool1', '--volume-granularity', '64MiB']);
@@ -190,7 +166,7 @@ t.test('errors: one line, exit 2 for usage, exit 1 for what the API refused', as
 
 t.test('--help on every noun and verb', async (t) => {
   const api = await startTestApi(t);
-  const run = runner(api);
+  const run = manageRunner(api);
   for (const args of [['--help'], ['volume', '--help'], ['volume', 'add', '--help'], ['sds', 'add', '--help'], ['dashboard', '--help']]) {
     const result = await run(args, { connection: false });
     t.equal(result.code, 0, `${args.join(' ')} exits 0`);

@@ -5,29 +5,13 @@
 // request, with nothing changed.
 
 import t, { type Test } from 'tap';
-import { manageMain } from '../../src/cli/manage.js';
 import type { RestStoragePool } from '../../src/mdm/rest-objects.js';
 import { startTestApi, type TestApi } from '../helpers/rest.js';
+import { manageRunner, type ManageRunner } from '../helpers/manage.js';
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function runner(api: TestApi) {
-  return async (args: string[]): Promise<Run> => {
-    let stdout = '';
-    let stderr = '';
-    const io = { stdout: { write: (text: string) => (stdout += text) }, stderr: { write: (text: string) => (stderr += text) }, env: {} };
-    const code = await manageMain([...args, '--api', api.url, '--password-file', api.passwordFile, '--ca-cert', api.certPath], io);
-    return { code, stdout, stderr };
-  };
-}
-
-async function setup(t: Test): Promise<{ api: TestApi; run: ReturnType<typeof runner>; ok: (args: string[]) => Promise<string> }> {
+async function setup(t: Test): Promise<{ api: TestApi; run: ManageRunner; ok: (args: string[]) => Promise<string> }> {
   const api = await startTestApi(t);
-  const run = runner(api);
+  const run = manageRunner(api);
   const ok = async (args: string[]): Promise<string> => {
     const result = await run(args);
     t.equal(result.code, 0, `${args.slice(0, 3).join(' ')} succeeds${result.stderr === '' ? '' : `: ${result.stderr}`}`);

@@ -7,39 +7,15 @@
 // what the API refused, the model unchanged.
 
 import t, { type Test } from 'tap';
-import { manageMain } from '../../src/cli/manage.js';
 import type { RestVolume } from '../../src/mdm/rest-objects.js';
 import { snapshotGroupVolumesMax } from '../../src/common/limits.js';
 import { startTestApi, type TestApi } from '../helpers/rest.js';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function runner(api: TestApi) {
-  return async (args: string[], options: { connection?: boolean } = {}): Promise<Run> => {
-    let stdout = '';
-    let stderr = '';
-    const io = { stdout: { write: (text: string) => (stdout += text) }, stderr: { write: (text: string) => (stderr += text) }, env: {} };
-    const connection = options.connection === false ? [] : ['--api', api.url, '--password-file', api.passwordFile, '--ca-cert', api.certPath];
-    const code = await manageMain([...args, ...connection], io);
-    return { code, stdout, stderr };
-  };
-}
-
-function oneLine(t: Test, result: Run, pattern: RegExp, code: number, what: string): void {
-  t.equal(result.code, code, `${what}: exit ${code}`);
-  t.match(result.stderr, pattern, `${what}: says why`);
-  t.match(result.stderr, /^meshblock: /, `${what}: prefixed`);
-  t.equal(result.stderr.trim().split('\n').length, 1, `${what}: one line`);
-}
+import { manageRunner, oneLine, type ManageRunner } from '../helpers/manage.js';
 
 /** pd1/pool1 over three SDSs, vol1 (thin 128 MiB) and vol2 (thick 64 MiB), SDC host1. */
-async function populated(t: Test): Promise<{ api: TestApi; run: ReturnType<typeof runner>; ok: (args: string[]) => Promise<string> }> {
+async function populated(t: Test): Promise<{ api: TestApi; run: ManageRunner; ok: (args: string[]) => Promise<string> }> {
   const api = await startTestApi(t);
-  const run = runner(api);
+  const run = manageRunner(api);
   const ok = async (args: string[]): Promise<string> => {
     const result = await run(args);
     t.equal(result.code, 0, `${args.slice(0, 3).join(' ')} succeeds${result.stderr === '' ? '' : `: ${result.stderr}`}`);
@@ -164,7 +140,7 @@ t.test('errors: one line, exit 2 for usage, exit 1 for what the API refused', as
 
 t.test('--help on snapshot and its verbs', async (t) => {
   const api = await startTestApi(t);
-  const run = runner(api);
+  const run = manageRunner(api);
   for (const args of [['snapshot', '--help'], ['snapshot', 'create', '--help'], ['snapshot', 'list', '--help'], ['snapshot', 'remove', '--help'], ['snapshot', 'restore', '--help'], ['snapshot', 'set-access', '--help'], ['snapshot', 'set-limit', '--help']]) {
     const result = await run(args, { connection: false });
     t.equal(result.code, 0, `${args.join(' ')} exits 0`);
