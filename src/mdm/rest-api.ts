@@ -47,23 +47,8 @@ import type { MdmController } from './controller.js';
 import type { Device, Sdc, Sds, Volume } from './model.js';
 import { createInstance, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
 import { RestError, errorBody, httpStatusOf } from './rest-errors.js';
-import {
-  dashboard,
-  deviceStatistics,
-  getInstance,
-  listInstances,
-  relatedInstances,
-  restRelationships,
-  restStatisticsTypes,
-  restTypes,
-  sdcStatistics,
-  sdsStatistics,
-  storagePoolStatistics,
-  systemStatistics,
-  volumeStatistics,
-  type RestType,
-  type SdcQosLookup,
-} from './rest-objects.js';
+import { dashboard, getInstance, listInstances, relatedInstances, restRelationships, restTypes, type RestType, type SdcQosLookup } from './rest-objects.js';
+import { deviceStatistics, restStatisticsTypes, sdcStatistics, sdsStatistics, storagePoolStatistics, systemStatistics, volumeStatistics } from './rest-statistics.js';
 import { loginFailureDelayMs, loginsInflightMax, restBodyBytesMax, restForwardRecheckMs, restDiscardBytesMax, restHeadersTimeoutMs, restRequestTimeoutMs } from '../common/limits.js';
 
 /** The ScaleIO REST API version whose shapes this API follows. */
