@@ -253,11 +253,11 @@ export const restRelationships: Readonly<Partial<Record<RestType, Partial<Record
 
 
 function related(type: RestType): string[] {
-  return Object.keys(restRelationships[type] ?? {});
+  return withStatistics(type, Object.keys(restRelationships[type] ?? {}));
 }
 
 function withStatistics(type: RestType, others: string[]): string[] {
-  return restStatisticsTypes.includes(type) ? [...others, 'Statistics'] : others;
+  return restStatisticsTypes.includes(type) && !others.includes('Statistics') ? [...others, 'Statistics'] : others;
 }
 
 export function renderSystem(model: SystemModel): RestSystem {

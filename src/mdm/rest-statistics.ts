@@ -453,14 +453,16 @@ function clientBwcs(rates: DeviceRates): Record<string, RestBwc> {
 /**
  * ScaleIO's capacity properties that meshblock's RestCapacity names differently or not at
  * all. ScaleIO counts thick and thin allocation raw (both copies: Cinder's driver halves
- * them), and netUnusedCapacityInKb is the net of unusedCapacityInKb (Cinder's free space;
- * with netCapacityInUseInKb, its total).
+ * them). netUnusedCapacityInKb is Cinder's free space, and with netCapacityInUseInKb its
+ * total: it is what a new volume can still be given, capacityAvailableForVolumeAllocationInKb
+ * (thick reservations not yet written are neither in use nor free), so that Cinder never
+ * schedules onto space meshblock would refuse.
  */
 function scaleIoCapacity(capacity: PoolCapacity): Record<string, number> {
   return {
     capacityLimitInKb: kb(capacity.rawBytes),
     thinCapacityAllocatedInKb: kb(2 * capacity.thinProvisionedBytes),
-    netUnusedCapacityInKb: kb(capacity.unusedBytes / 2),
+    netUnusedCapacityInKb: renderCapacity(capacity).capacityAvailableForVolumeAllocationInKb,
     degradedHealthyCapacityInKb: kb(capacity.degradedBytes),
     netSnapshotCapacityInKb: kb(capacity.snapshotInUseBytes),
   };
