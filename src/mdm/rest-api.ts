@@ -7,6 +7,8 @@
 //   GET  /api/types/{Type}/instances                      every instance, ScaleIO's fields
 //   POST /api/types/{Type}/instances                      creates one → {"id": "..."}
 //   POST /api/types/{Type}/instances/action/queryIdByKey  {"name"} → "id"
+//   GET  /api/types/{Type}/instances/getByName::NAME      → "id" (ScaleIO's encodings; Domain and
+//                                                         Pool as Cinder names them; Pool's NAME is PDID,NAME)
 //   GET  /api/instances/{Type}::{id}                      one instance
 //   POST /api/instances/{Type}::{id}/action/{action}      → {} (snapshotVolumes and
 //                                                         removeConsistencyGroupSnapshots: ScaleIO's replies)
@@ -45,8 +47,8 @@ import type { AdminAuth } from './auth.js';
 import { noQuorumMessage, type RestCluster, type RestRoute } from './cluster-member.js';
 import type { MdmController } from './controller.js';
 import type { Device, Sdc, Sds, Volume } from './model.js';
-import { createInstance, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
-import { RestError, errorBody, httpStatusOf } from './rest-errors.js';
+import { createInstance, getByNameTypeAliases, getIdByName, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
+import { RestError, errorBody, httpStatusOf, notFoundErrorCode } from './rest-errors.js';
 import {
   dashboard,
   deviceStatistics,
@@ -347,7 +349,8 @@ export class RestApi {
     };
     const existing = (typeName: string, id: string): RestType => {
       const found = type(typeName);
-      if (getInstance(state(), found, id) === null) throw new RestError('MB_ERR_NOT_FOUND', `no ${found} with id ${id}`, 404);
+      // ScaleIO's number for what is missing: Cinder deletes a volume already gone by its 79.
+      if (getInstance(state(), found, id) === null) throw new RestError('MB_ERR_NOT_FOUND', `no ${found} with id ${id}`, 404, {}, notFoundErrorCode(found));
       return found;
     };
     const ok = (body: unknown): Reply => ({ status: 200, body });
@@ -386,6 +389,11 @@ export class RestApi {
       {
         pattern: /^\/api\/types\/([A-Za-z]+)\/instances\/action\/queryIdByKey$/,
         methods: { POST: ({ params, body }) => ok(queryIdByKey(this.commandContext, type(params[0] as string), body ?? {})) },
+      },
+      {
+        // ScaleIO's lookup by name; a trailing '/' as os-brick writes its other lookups.
+        pattern: /^\/api\/types\/([A-Za-z]+)\/instances\/getByName::([^/]+)\/?$/,
+        methods: { GET: ({ params }) => ok(getIdByName(this.commandContext, type(Object.hasOwn(getByNameTypeAliases, params[0] as string) ? (getByNameTypeAliases[params[0] as string] as string) : (params[0] as string)), params[1] as string)) },
       },
       {
         pattern: new RegExp(`^${instance}$`),
