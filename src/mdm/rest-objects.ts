@@ -168,7 +168,8 @@ export interface RestVolume extends RestObject {
   consistencyGroupId: Id | null;
   /** 'ReadOnly': every mapping of it is read-only (a read-only snapshot). */
   accessModeLimit: AccessMode;
-  mappedSdcInfo: RestMappedSdcInfo[];
+  /** null when the volume is mapped to no SDC, as ScaleIO (Cinder reads "not null" as "mapped"). */
+  mappedSdcInfo: RestMappedSdcInfo[] | null;
   mappingToAllSdcsEnabled: false;
   /** Seconds since the Unix epoch, as ScaleIO. */
   creationTime: number;
@@ -600,7 +601,7 @@ export function renderVolume(model: SystemModel, volume: Volume, qos = qosIndex(
     ancestorVolumeId: volume.ancestorVolumeId,
     consistencyGroupId: volume.snapshotGroupId,
     accessModeLimit: volume.accessModeLimit,
-    mappedSdcInfo: volume.mappings.map((mapping) => renderMappedSdcInfo(model, volume, mapping, qos)),
+    mappedSdcInfo: volume.mappings.length === 0 ? null : volume.mappings.map((mapping) => renderMappedSdcInfo(model, volume, mapping, qos)),
     mappingToAllSdcsEnabled: false,
     creationTime: Math.floor(volume.creationTimeMs / 1000),
     links: links(
@@ -718,7 +719,7 @@ export function relatedInstances(state: StateMachine, type: RestType, id: Id, ot
   const children = listInstances(state, other, sdcQos, fillDefaults);
   if (type === 'System') return children;
   if (type === 'Sdc' && other === 'Volume') {
-    return children.filter((volume) => (volume as RestVolume).mappedSdcInfo.some((info) => info.sdcId === id));
+    return children.filter((volume) => ((volume as RestVolume).mappedSdcInfo ?? []).some((info) => info.sdcId === id));
   }
   const field = restRelationships[type]?.[other] as string;
   return children.filter((child) => (child as unknown as Record<string, unknown>)[field] === id);
