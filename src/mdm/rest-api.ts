@@ -9,6 +9,7 @@
 //   POST /api/types/{Type}/instances/action/queryIdByKey  {"name"} → "id"
 //   GET  /api/types/{Type}/instances/getByName::NAME      → "id" (ScaleIO's encodings; Domain and
 //                                                         Pool as Cinder names them; Pool's NAME is PDID,NAME)
+//   GET  /api/types/Sdc/instances/getByIp::IP             → "id" of the SDC registered from IP (Client too)
 //   GET  /api/instances/{Type}::{id}                      one instance
 //   POST /api/instances/{Type}::{id}/action/{action}      → {} (snapshotVolumes and
 //                                                         removeConsistencyGroupSnapshots: ScaleIO's replies)
@@ -47,7 +48,7 @@ import type { AdminAuth } from './auth.js';
 import { noQuorumMessage, type RestCluster, type RestRoute } from './cluster-member.js';
 import type { MdmController } from './controller.js';
 import type { Device, Sdc, Sds, Volume } from './model.js';
-import { createInstance, getByNameTypeAliases, getIdByName, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
+import { createInstance, getByNameTypeAliases, getIdByName, getSdcIdByIp, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
 import { RestError, errorBody, httpStatusOf, notFoundErrorCode } from './rest-errors.js';
 import {
   dashboard,
@@ -64,6 +65,7 @@ import {
   systemStatistics,
   volumeStatistics,
   type RestType,
+  type SdcAddressLookup,
   type SdcQosLookup,
 } from './rest-objects.js';
 import { loginFailureDelayMs, loginsInflightMax, restBodyBytesMax, restForwardRecheckMs, restDiscardBytesMax, restHeadersTimeoutMs, restRequestTimeoutMs } from '../common/limits.js';
@@ -343,6 +345,7 @@ export class RestApi {
   private makeRoutes(): Route[] {
     const state = (): MdmController['state'] => this.controller.state;
     const sdcQos: SdcQosLookup = (sdcId) => this.controller.sdcQosStats(sdcId);
+    const sdcAddress: SdcAddressLookup = (sdcId) => this.controller.sdcAddress?.(sdcId) ?? null;
     const type = (name: string): RestType => {
       if (!(restTypes as readonly string[]).includes(name)) throw new RestError('MB_ERR_NO_ROUTE', `no type '${name}' (types: ${restTypes.join(', ')})`, 404);
       return name as RestType;
@@ -382,7 +385,7 @@ export class RestApi {
       {
         pattern: /^\/api\/types\/([A-Za-z]+)\/instances$/,
         methods: {
-          GET: ({ params }) => ok(listInstances(state(), type(params[0] as string), sdcQos, this.controller.fillDefaults?.())),
+          GET: ({ params }) => ok(listInstances(state(), type(params[0] as string), sdcQos, this.controller.fillDefaults?.(), sdcAddress)),
           POST: async ({ params, body }) => ok(await createInstance(this.commandContext, type(params[0] as string), body ?? {})),
         },
       },
@@ -396,9 +399,13 @@ export class RestApi {
         methods: { GET: ({ params }) => ok(getIdByName(this.commandContext, type(Object.hasOwn(getByNameTypeAliases, params[0] as string) ? (getByNameTypeAliases[params[0] as string] as string) : (params[0] as string)), params[1] as string)) },
       },
       {
+        pattern: /^\/api\/types\/(?:Sdc|Client)\/instances\/getByIp::([^/]+)\/?$/,
+        methods: { GET: ({ params }) => ok(getSdcIdByIp(this.commandContext, params[0] as string)) },
+      },
+      {
         pattern: new RegExp(`^${instance}$`),
         methods: {
-          GET: ({ params }) => ok(getInstance(state(), existing(params[0] as string, params[1] as string), params[1] as string, sdcQos, this.controller.fillDefaults?.())),
+          GET: ({ params }) => ok(getInstance(state(), existing(params[0] as string, params[1] as string), params[1] as string, sdcQos, this.controller.fillDefaults?.(), sdcAddress)),
         },
       },
       {
@@ -427,7 +434,7 @@ export class RestApi {
               const known = [...Object.keys(children ?? {}), ...(restStatisticsTypes.includes(found) ? ['Statistics'] : [])];
               throw new RestError('MB_ERR_NO_ROUTE', `${found} has no relationship '${other}'${known.length > 0 ? ` (relationships: ${known.join(', ')})` : ''}`, 404);
             }
-            return ok(relatedInstances(state(), found, id, other as RestType, sdcQos, this.controller.fillDefaults?.()));
+            return ok(relatedInstances(state(), found, id, other as RestType, sdcQos, this.controller.fillDefaults?.(), sdcAddress));
           },
         },
       },

@@ -516,6 +516,18 @@ export function getIdByName(context: CommandContext, type: RestType, key: string
   return idByName(context.controller.state.model, type, name, protectionDomainId, 'getByName');
 }
 
+/**
+ * GET /api/types/Sdc/instances/getByIp::IP (os-brick writes the type 'Client' and a trailing
+ * '/') → the id of the SDC that last registered from that address.
+ */
+export function getSdcIdByIp(context: CommandContext, ip: string): Id {
+  if (!/^[0-9A-Fa-f.:]{2,45}$/.test(ip)) throw new RestError('MB_ERR_INVALID_ARGUMENT', `getByIp: '${truncateText(ip)}' is not an IP address`, 400);
+  const found = Object.values(context.controller.state.model.sdcs).filter((sdc) => context.controller.sdcAddress?.(sdc.id) === ip);
+  if (found.length === 0) throw new RestError('MB_ERR_NOT_FOUND', `no Sdc registered from ${ip} since this MDM started`, 404, {}, scaleIoErrorCodes.resourceNotFound);
+  if (found.length > 1) throw new MdmError('MB_ERR_AMBIGUOUS', `${found.length} SDCs registered from ${ip}: ${found.map((sdc) => sdc.name).join(', ')}; look them up by name or guid`, 409);
+  return (found[0] as { id: Id }).id;
+}
+
 function idByName(model: SystemModel, type: RestType, name: string, protectionDomainId: Id | undefined, field: string): Id {
   if (type === 'Volume') checkVolumeName(field, name);
   else checkName(field, name);

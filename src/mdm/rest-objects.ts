@@ -124,6 +124,8 @@ export interface RestDevice extends RestObject {
 
 export interface RestSdc extends RestObject {
   sdcGuid: string;
+  /** The IP address the SDC last registered from (ScaleIO's field); null if not since the MDM started. */
+  sdcIp: string | null;
   mdmConnectionState: 'Connected' | 'Disconnected';
   sdcApproved: true;
   /** meshblock: last contact, milliseconds since the Unix epoch. */
@@ -536,11 +538,16 @@ export function renderDevice(device: Device): RestDevice {
   };
 }
 
-export function renderSdc(sdc: Sdc): RestSdc {
+/** Where an SDC last registered from (MdmController.sdcAddress); the default knows none. */
+export type SdcAddressLookup = (sdcId: Id) => string | null;
+const noAddress: SdcAddressLookup = () => null;
+
+export function renderSdc(sdc: Sdc, sdcAddress: SdcAddressLookup = noAddress): RestSdc {
   return {
     id: sdc.id,
     name: sdc.name,
     sdcGuid: sdc.guid,
+    sdcIp: sdcAddress(sdc.id),
     mdmConnectionState: sdc.state === 'connected' ? 'Connected' : 'Disconnected',
     sdcApproved: true,
     lastSeenTimeMs: sdc.lastSeenMs,
@@ -633,7 +640,7 @@ export function renderVTree(model: SystemModel, tree: VTree, volumes = Object.va
 }
 
 /** Every instance of a type, in a stable order (by name, then id). */
-export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults): RestInstance[] {
+export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults, sdcAddress: SdcAddressLookup = noAddress): RestInstance[] {
   const model = state.model;
   const sorted = <T extends { id: Id; name: string }>(table: Record<Id, T>): T[] =>
     Object.values(table).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -651,7 +658,7 @@ export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQo
     case 'Device':
       return sorted(model.devices).map(renderDevice);
     case 'Sdc':
-      return sorted(model.sdcs).map(renderSdc);
+      return sorted(model.sdcs).map((sdc) => renderSdc(sdc, sdcAddress));
     case 'Volume': {
       const qos = qosIndex(sdcQos);
       return sorted(model.volumes).map((volume) => renderVolume(model, volume, qos));
@@ -673,7 +680,7 @@ export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQo
 }
 
 /** One instance, or null if there is none with that id. */
-export function getInstance(state: StateMachine, type: RestType, id: string, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults): RestInstance | null {
+export function getInstance(state: StateMachine, type: RestType, id: string, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults, sdcAddress: SdcAddressLookup = noAddress): RestInstance | null {
   const model = state.model;
   const lookup = <T>(table: Record<Id, T>): T | undefined => (Object.hasOwn(table, id) ? table[id] : undefined);
   switch (type) {
@@ -701,7 +708,7 @@ export function getInstance(state: StateMachine, type: RestType, id: string, sdc
     }
     case 'Sdc': {
       const sdc = lookup(model.sdcs);
-      return sdc === undefined ? null : renderSdc(sdc);
+      return sdc === undefined ? null : renderSdc(sdc, sdcAddress);
     }
     case 'Volume': {
       const volume = lookup(model.volumes);
@@ -715,8 +722,8 @@ export function getInstance(state: StateMachine, type: RestType, id: string, sdc
 }
 
 /** The children of one instance (GET /api/instances/{Type}::{id}/relationships/{Other}). */
-export function relatedInstances(state: StateMachine, type: RestType, id: Id, other: RestType, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults): RestInstance[] {
-  const children = listInstances(state, other, sdcQos, fillDefaults);
+export function relatedInstances(state: StateMachine, type: RestType, id: Id, other: RestType, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults, sdcAddress: SdcAddressLookup = noAddress): RestInstance[] {
+  const children = listInstances(state, other, sdcQos, fillDefaults, sdcAddress);
   if (type === 'System') return children;
   if (type === 'Sdc' && other === 'Volume') {
     return children.filter((volume) => ((volume as RestVolume).mappedSdcInfo ?? []).some((info) => info.sdcId === id));

@@ -10,6 +10,7 @@
 // - the SDC named by sdcId or by guid on addMappedSdc, removeMappedSdc and setMappedSdcLimits;
 //   os-brick's "already mapped" (81) and "not mapped" (84); {allSdcs: ""} on unmap;
 // - mappedSdcInfo null for a volume mapped nowhere (Cinder reads "not null" as "in use");
+//   sdcIp on Sdc objects and getByIp (os-brick's Client type), from where the SDC registered;
 // - removeVolume of a volume already gone: errorCode 79 (Cinder's "already deleted");
 // - every documented request field accepted, the ignored ones changing nothing; sizes in Kb
 //   or Gb; numbers and booleans as strings in any case;
@@ -18,8 +19,9 @@
 
 import t, { type Test } from 'tap';
 import { restErrorCodes, scaleIoErrorCodes } from '../../src/mdm/rest-errors.js';
-import type { RestVolume } from '../../src/mdm/rest-objects.js';
-import { call, login, startTestApi, type TestApi } from '../helpers/rest.js';
+import type { Id } from '../../src/mdm/model.js';
+import type { RestSdc, RestVolume } from '../../src/mdm/rest-objects.js';
+import { TestController, call, login, startTestApi, type TestApi } from '../helpers/rest.js';
 
 const KiB = 1024;
 const GiB = 1024 * 1024 * 1024;
@@ -275,4 +277,33 @@ t.test('bad requests a ScaleIO client can make: unknown type or action, body not
     t.match(reply.body, { code, httpStatusCode: status, errorCode: restErrorCodes[code] }, `${what}: ${code}`);
   }
   t.equal(model(api), before, 'nothing changed');
+});
+
+/** The controller, knowing where SDCs registered from (as MdmService does from their sockets). */
+class AddressedController extends TestController {
+  readonly addresses = new Map<Id, string>();
+
+  sdcAddress(sdcId: Id): string | null {
+    return this.addresses.get(sdcId) ?? null;
+  }
+}
+
+t.test('sdcIp on Sdc objects, and getByIp (Sdc, or Client as os-brick writes it)', async (t) => {
+  const controller = new AddressedController();
+  const api = await startTestApi(t, { controller });
+  const token = await login(api);
+  const host1 = controller.registerSdc('guid-0001-host1', 'host1');
+  const host2 = controller.registerSdc('guid-0002-host2', 'host2');
+  controller.addresses.set(host1, '10.0.0.7');
+  const sdcs = (await get(api, token, '/api/types/Sdc/instances')).body as RestSdc[];
+  t.same(sdcs.map((sdc) => [sdc.name, sdc.sdcIp]), [['host1', '10.0.0.7'], ['host2', null]], 'sdcIp: where it registered from; null while unknown');
+  t.match((await get(api, token, `/api/instances/Sdc::${host2}`)).body, { sdcIp: null, sdcGuid: 'guid-0002-host2' }, 'one instance too');
+  let reply = await get(api, token, '/api/types/Client/instances/getByIp::10.0.0.7/');
+  t.same([reply.status, reply.body], [200, host1], 'os-brick\'s Client/getByIp::IP/');
+  reply = await get(api, token, '/api/types/Sdc/instances/getByIp::10.0.0.7');
+  t.same([reply.status, reply.body], [200, host1], 'Sdc/getByIp::IP');
+  reply = await get(api, token, '/api/types/Sdc/instances/getByIp::10.0.0.8');
+  t.match([reply.status, reply.body], [404, { code: 'MB_ERR_NOT_FOUND', errorCode: scaleIoErrorCodes.resourceNotFound }], 'no SDC from there: 3');
+  reply = await get(api, token, '/api/types/Sdc/instances/getByIp::not-an-ip');
+  t.match([reply.status, reply.body], [400, { code: 'MB_ERR_INVALID_ARGUMENT', message: /^getByIp: / }], 'not an address: 400');
 });
