@@ -69,6 +69,11 @@ export interface RestStoragePool extends RestObject {
   protectionDomainId: Id;
   sparePercentage: number;
   zeroPaddingEnabled: boolean;
+  /**
+   * ScaleIO's layout: medium granularity (1 MiB-class chunks, no compression), which is what
+   * meshblock's pools are. Cinder reads it: only FineGranularity pools compress.
+   */
+  dataLayout: 'MediumGranularity';
   /** meshblock: chunk size (ScaleIO's is fixed at 1 MiB). */
   chunkSizeInKb: number;
   /** meshblock: volume sizes are rounded up to this (ScaleIO: 8 GiB). */
@@ -461,6 +466,7 @@ export function renderStoragePool(pool: StoragePool, fillDefaults?: FillDefaults
     protectionDomainId: pool.protectionDomainId,
     sparePercentage: pool.sparePercent,
     zeroPaddingEnabled: pool.zeroPadding,
+    dataLayout: 'MediumGranularity',
     chunkSizeInKb: kb(pool.chunkBytes),
     volumeGranularityInKb: kb(pool.volumeGranularityBytes),
     pgCount: pool.pgCount,

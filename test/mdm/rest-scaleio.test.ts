@@ -92,6 +92,7 @@ t.test('getByName: every named type, Cinder\'s Domain and Pool (PDID,NAME), name
   t.same([reply.status, reply.body], [200, pd], 'ProtectionDomain too');
   reply = await get(api, token, `/api/types/Pool/instances/getByName::${pd},${quote('sp1')}`);
   t.same([reply.status, reply.body], [200, pool], 'Pool by PDID,NAME as Cinder sends it');
+  t.match((await get(api, token, `/api/instances/StoragePool::${pool}`)).body, { zeroPaddingEnabled: true, dataLayout: 'MediumGranularity' }, 'the pool fields Cinder reads next');
   reply = await get(api, token, `/api/types/StoragePool/instances/getByName::sp1`);
   t.same([reply.status, reply.body], [200, pool], 'StoragePool by its name alone (unique)');
   reply = await get(api, token, `/api/types/Sdc/instances/getByName::host1`);
