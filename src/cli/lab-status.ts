@@ -177,7 +177,7 @@ function capacityOf(view: RestDashboard): LabStatusCapacity {
     rawBytes: c.maxCapacityInKb * KiB,
     spareBytes: c.spareCapacityInKb * KiB,
     usableBytes: c.usableCapacityInKb * KiB,
-    thickInUseBytes: c.thickCapacityInUseInKb * KiB,
+    thickInUseBytes: c.thickCapacityProvisionedInKb * KiB,
     thinProvisionedBytes: c.thinCapacityProvisionedInKb * KiB,
     inUseBytes: c.capacityInUseInKb * KiB,
     netInUseBytes: c.netCapacityInUseInKb * KiB,

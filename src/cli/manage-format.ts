@@ -57,7 +57,7 @@ const capacityColumns: ReadonlyArray<[string, keyof RestCapacity]> = [
   ['RAW', 'maxCapacityInKb'],
   ['SPARE', 'spareCapacityInKb'],
   ['USABLE', 'usableCapacityInKb'],
-  ['THICK', 'thickCapacityInUseInKb'],
+  ['THICK', 'thickCapacityProvisionedInKb'],
   ['THIN', 'thinCapacityProvisionedInKb'],
   ['IN USE', 'capacityInUseInKb'],
   // Of IN USE, what only snapshots reach.

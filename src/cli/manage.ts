@@ -22,10 +22,9 @@
 import yargs, { type Argv } from 'yargs';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
 import { GiB, KiB, MiB, parseSizeBytes } from '../common/units.js';
-import { snapshotGroupVolumesMax, snapshotsPerVtreeDefault, snapshotsPerVtreeMax } from '../common/limits.js';
+import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, qosBurstSecondsMax, qosIopsLimitMin, snapshotGroupVolumesMax, snapshotsPerVtreeDefault, snapshotsPerVtreeMax } from '../common/limits.js';
 import { idPattern } from '../wire/placement.js';
 import type { RemoveGroupReply, SnapshotVolumesReply } from '../mdm/rest-commands.js';
-import { qosBurstSecondsMax, qosIopsLimitMin } from '../common/qos-limits.js';
 import type {
   RestDashboard,
   RestDevice,
@@ -42,7 +41,7 @@ import type {
 import type { MdmClusterView, MdmView } from '../mdm/cluster-member.js';
 import { ApiClient, connectionOptions, processIo, type ConnectionArgs, type ManageIo } from './manage-client.js';
 import { kbToText, renderDashboard, renderPoolIoPriority, renderQosTable, renderTable } from './manage-format.js';
-import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, ioPriorityPolicyNames } from '../mdm/model.js';
+import { ioPriorityPolicyNames } from '../mdm/model.js';
 
 /** Exit codes, as main.ts: 1 failed at run time (the API refused), 2 bad usage. */
 const exitRuntimeError = 1;

@@ -159,6 +159,15 @@ export const rebuildBytesPerSecondMaxDefault = 64 * MiB;
 /** While clients do IO on a source SDS, its rebuilds get this much ("favor application IO"). */
 export const rebuildBytesPerSecondUnderLoadDefault = 16 * MiB;
 export const rebuildChunksInflightMaxDefault = 2;
+/** ScaleIO's range of a pool IO priority policy's numOfConcurrentIosPerDevice. */
+export const ioPriorityConcurrentIosPerDeviceMax = 20;
+/** Far above any device; only there so that KiB/s x devices stays a safe integer of bytes. */
+export const ioPriorityBandwidthPerDeviceKbpsMax = 100 * 1024 * 1024;
+/** What a policy field never given means (ScaleIO's defaults: 1 IO per device, 10 MB/s per device). */
+export const ioPriorityConcurrentIosPerDeviceDefault = 1;
+export const ioPriorityBandwidthPerDeviceKbpsDefault = 10 * 1024;
+/** How often a rebuild copy waiting for its pace looks again at the rate (a policy change, clients going quiet). */
+export const rebuildPaceRecheckMs = 100;
 /** A fill order not answered by the group being in sync is repeated after this long. */
 export const rebuildOrderRepeatMs = 30_000;
 /** A pool is planned again for orphaned one-copy groups at most this often. */
@@ -296,6 +305,12 @@ export const sdcPieceTimeoutMs = 15_000;
  * ~20 timers a second when its waiters need more than one tick's tokens.
  */
 export const qosTickMs = 50;
+/** ScaleIO's floor for an IOPS limit (it refuses 1 to 10); kept so that ScaleIO clients see the same rules. */
+export const qosIopsLimitMin = 11;
+/** Bandwidth limits and bursts are set in whole MiB/s, as ScaleIO takes them (KiB/s on the wire). */
+export const qosBandwidthStepKbps = 1024;
+/** The longest burst, in seconds of saved tokens (an hour; librbd sets no bound, a VM's boot needs seconds). */
+export const qosBurstSecondsMax = 3600;
 
 // --- the kernel NBD client -----------------------------------------------------------------
 
@@ -476,3 +491,4 @@ assert(snapshotBarrierTimeoutMs < sdsFreezeWarnMs, 'a freeze is logged only once
 assert(snapshotsPerVtreeDefault <= snapshotsPerVtreeMax, 'the default snapshot limit is within the maximum');
 assert(qosTickMs <= 50 && qosTickMs * 4 <= heartbeatIntervalMs, 'a throttled volume is re-checked often enough that IO is not bunched, and a live limit change acts well within a second');
 assert(snapshotBarrierTimeoutMs + frozenRetryDelayMsMax < sdcPieceTimeoutMs, 'a piece refused with Frozen waits out a whole barrier before its deadline (a freeze held longer fails it: an IO error, never a write into a snapshot)');
+assert(rebuildPaceRecheckMs < sdsClientQuietMs, 'a paced rebuild copy sees the SDS go quiet before it would be busy again');

@@ -2,12 +2,7 @@
 // shared by the MDM, which refuses limits that break them, and the SDC, which enforces
 // what the MDM sends and checks it again at its edge.
 
-/** ScaleIO's floor for an IOPS limit (it refuses 1 to 10); kept so that ScaleIO clients see the same rules. */
-export const qosIopsLimitMin = 11;
-/** Bandwidth limits and bursts are set in whole MiB/s, as ScaleIO takes them (KiB/s on the wire). */
-export const qosBandwidthStepKbps = 1024;
-/** The longest burst, in seconds of saved tokens (an hour; librbd sets no bound, a VM's boot needs seconds). */
-export const qosBurstSecondsMax = 3600;
+import { qosBandwidthStepKbps, qosBurstSecondsMax, qosIopsLimitMin } from './limits.js';
 
 /**
  * Requests and KiB per second, 0 = unlimited. The burst follows librbd's `_burst` options:

@@ -55,13 +55,6 @@ export interface IoPriorityPolicy {
   bandwidthPerDeviceKbps: number;
 }
 
-/** ScaleIO's range of numOfConcurrentIosPerDevice. */
-export const ioPriorityConcurrentIosPerDeviceMax = 20;
-/** Far above any device; only there so that KiB/s x devices stays a safe integer of bytes. */
-export const ioPriorityBandwidthPerDeviceKbpsMax = 100 * 1024 * 1024;
-/** What a field never given means (ScaleIO's defaults: 1 IO per device, 10 MB/s per device). */
-export const ioPriorityConcurrentIosPerDeviceDefault = 1;
-export const ioPriorityBandwidthPerDeviceKbpsDefault = 10 * 1024;
 
 export interface PoolGroup {
   primaryDevice: Id;

@@ -15,8 +15,11 @@
 //                                                         removeConsistencyGroupSnapshots: ScaleIO's replies)
 //   POST /api/instances/System/action/{action}            the System's actions, without its id
 //   GET  /api/instances/{Type}::{id}/relationships/{Other}       children (e.g. StoragePool → Volume)
-//   GET  /api/instances/{Type}::{id}/relationships/Statistics    System, StoragePool, Sds, Device;
-//                                                         Sdc and Volume (meshblock: QoS, docs/qos.md)
+//   GET  /api/instances/{Type}::{id}/relationships/Statistics    every type: ScaleIO's properties and
+//                                                         meshblock's (rest-statistics.ts, docs/rest-statistics.md)
+//   POST /api/types/{Type}/instances/action/querySelectedStatistics   {properties, ids | allIds} → {id: {property: value}}
+//   POST /api/instances/System/action/querySelectedStatistics   {properties} → {property: value}
+//   POST /api/instances/querySelectedStatistics           {selectedStatisticsList: [{type, properties, ids | allIds}]}
 //   GET  /api/dashboard                                   meshblock: capacity and health at a glance
 //   POST /api/instances/System/action/queryMdmCluster     the MDM cluster (ScaleIO's MdmCluster)
 //   POST /api/instances/System/action/changeMdmOwnership  {"id"?: MDM name}: a planned switch
@@ -47,27 +50,10 @@ import { assert } from '../common/assert.js';
 import type { AdminAuth } from './auth.js';
 import { noQuorumMessage, type RestCluster, type RestRoute } from './cluster-member.js';
 import type { MdmController } from './controller.js';
-import type { Device, Sdc, Sds, Volume } from './model.js';
 import { createInstance, getByNameTypeAliases, getIdByName, getSdcIdByIp, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
 import { RestError, errorBody, httpStatusOf, notFoundErrorCode } from './rest-errors.js';
-import {
-  dashboard,
-  deviceStatistics,
-  getInstance,
-  listInstances,
-  relatedInstances,
-  restRelationships,
-  restStatisticsTypes,
-  restTypes,
-  sdcStatistics,
-  sdsStatistics,
-  storagePoolStatistics,
-  systemStatistics,
-  volumeStatistics,
-  type RestType,
-  type SdcAddressLookup,
-  type SdcQosLookup,
-} from './rest-objects.js';
+import { dashboard, getInstance, listInstances, relatedInstances, restRelationships, restTypes, type RestType, type SdcAddressLookup, type SdcQosLookup } from './rest-objects.js';
+import { objectStatistics, querySelectedStatistics, readStatisticsList, readStatisticsQuery, systemSelectedStatistics, type StatisticsSources } from './rest-statistics.js';
 import { loginFailureDelayMs, loginsInflightMax, restBodyBytesMax, restForwardRecheckMs, restDiscardBytesMax, restHeadersTimeoutMs, restRequestTimeoutMs } from '../common/limits.js';
 
 /** The ScaleIO REST API version whose shapes this API follows. */
@@ -358,6 +344,7 @@ export class RestApi {
     };
     const ok = (body: unknown): Reply => ({ status: 200, body });
     const instance = '/api/instances/([A-Za-z]+)::([^/]+)';
+    const statisticsSources = (): StatisticsSources => ({ state: state(), sdsStats: (sdsId) => this.controller.sdsStats(sdsId), sdcQos, rebuildStatus: () => this.controller.rebuildStatus() });
     const cluster = (): Promise<unknown> => (this.cluster === null ? Promise.reject(new RestError('MB_ERR_NO_ROUTE', 'this MDM has no cluster view', 404)) : this.cluster.query());
     return [
       { pattern: new RegExp(`^${queryMdmClusterPath}$`), methods: { GET: async () => ok(await cluster()), POST: async () => ok(await cluster()) } },
@@ -389,6 +376,16 @@ export class RestApi {
           POST: async ({ params, body }) => ok(await createInstance(this.commandContext, type(params[0] as string), body ?? {})),
         },
       },
+      // Statistics (rest-statistics.ts): by type, the System's own, and ScaleIO's several-types form.
+      {
+        pattern: /^\/api\/types\/([A-Za-z]+)\/instances\/action\/querySelectedStatistics$/,
+        methods: { POST: ({ params, body }) => ok(querySelectedStatistics(statisticsSources(), type(params[0] as string), readStatisticsQuery(body, params[0] === 'System'))) },
+      },
+      {
+        pattern: /^\/api\/instances\/System(::[^/]+|)\/action\/querySelectedStatistics$/,
+        methods: { POST: ({ params, body }) => ok(systemSelectedStatistics(statisticsSources(), params[0], body)) },
+      },
+      { pattern: /^\/api\/instances\/querySelectedStatistics$/, methods: { POST: ({ body }) => ok(readStatisticsList(statisticsSources(), body, type)) } },
       {
         pattern: /^\/api\/types\/([A-Za-z]+)\/instances\/action\/queryIdByKey$/,
         methods: { POST: ({ params, body }) => ok(queryIdByKey(this.commandContext, type(params[0] as string), body ?? {})) },
@@ -428,10 +425,10 @@ export class RestApi {
           GET: ({ params }) => {
             const [typeName, id, other] = params as [string, string, string];
             const found = existing(typeName, id);
-            if (other === 'Statistics') return ok(this.statistics(found, id));
+            if (other === 'Statistics') return ok(objectStatistics(statisticsSources(), found, id));
             const children = restRelationships[found];
             if (children === undefined || !Object.hasOwn(children, other)) {
-              const known = [...Object.keys(children ?? {}), ...(restStatisticsTypes.includes(found) ? ['Statistics'] : [])];
+              const known = [...Object.keys(children ?? {}), 'Statistics'];
               throw new RestError('MB_ERR_NO_ROUTE', `${found} has no relationship '${other}'${known.length > 0 ? ` (relationships: ${known.join(', ')})` : ''}`, 404);
             }
             return ok(relatedInstances(state(), found, id, other as RestType, sdcQos, this.controller.fillDefaults?.(), sdcAddress));
@@ -439,28 +436,6 @@ export class RestApi {
         },
       },
     ];
-  }
-
-  private statistics(type: RestType, id: string): unknown {
-    const state = this.controller.state;
-    switch (type) {
-      case 'System':
-        return systemStatistics(state);
-      case 'StoragePool':
-        return storagePoolStatistics(state, id);
-      case 'Sds':
-        return sdsStatistics(state, state.model.sdss[id] as Sds, this.controller.sdsStats(id));
-      case 'Device': {
-        const device = state.model.devices[id] as Device;
-        return deviceStatistics(device, this.controller.sdsStats(device.sdsId));
-      }
-      case 'Sdc':
-        return sdcStatistics(state, state.model.sdcs[id] as Sdc, (sdcId) => this.controller.sdcQosStats(sdcId));
-      case 'Volume':
-        return volumeStatistics(state, state.model.volumes[id] as Volume, (sdcId) => this.controller.sdcQosStats(sdcId));
-      default:
-        throw new RestError('MB_ERR_NO_ROUTE', `${type} has no Statistics (types with statistics: ${restStatisticsTypes.join(', ')})`, 404);
-    }
   }
 }
 

@@ -10,12 +10,12 @@
 
 import { GiB, KiB, MiB } from '../common/units.js';
 import type { MdmController, SnapshotResult } from './controller.js';
-import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, ioPriorityPolicyNames, removeModes, type Id, type SystemModel, type Volume } from './model.js';
+import { ioPriorityPolicyNames, removeModes, type Id, type SystemModel, type Volume } from './model.js';
 import { BodyReader, checkName, checkVolumeName } from './rest-body.js';
 import { RestError, notFoundErrorCode, scaleIoErrorCodes, withErrorCode } from './rest-errors.js';
 import type { RestType } from './rest-objects.js';
 import { MdmError, type Applied, type Command } from './state-machine.js';
-import { pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax } from '../common/limits.js';
+import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax } from '../common/limits.js';
 
 const sizeInKbMax = Math.floor(Number.MAX_SAFE_INTEGER / KiB);
 const countMax = Number.MAX_SAFE_INTEGER;

@@ -30,10 +30,6 @@ import {
   upgradeModel,
   type AccessMode,
   type Device,
-  ioPriorityBandwidthPerDeviceKbpsDefault,
-  ioPriorityBandwidthPerDeviceKbpsMax,
-  ioPriorityConcurrentIosPerDeviceDefault,
-  ioPriorityConcurrentIosPerDeviceMax,
   ioPriorityPolicyNames,
   type IoPriorityPolicy,
   type IoPriorityPolicyName,
@@ -52,7 +48,7 @@ import {
   type VTree,
 } from './model.js';
 import { planPlacement, type PlannerDevice } from './placement-planner.js';
-import { nameBytesMax, pgCountDefault, pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax, sparePercentDefault, volumeGranularityBytesDefault, vtreeGenerationsMax } from '../common/limits.js';
+import { ioPriorityBandwidthPerDeviceKbpsDefault, ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceDefault, ioPriorityConcurrentIosPerDeviceMax, nameBytesMax, pgCountDefault, pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax, sparePercentDefault, volumeGranularityBytesDefault, vtreeGenerationsMax } from '../common/limits.js';
 
 /** A refused command: `code` is stable, `httpStatus` is what the REST API answers. */
 export class MdmError extends MeshblockError {

@@ -30,10 +30,9 @@
 // copies look again), without starting over.
 
 import { parseJsonObject } from '../wire/json-payload.js';
-import { listGroupTimeoutMs, rebuildCursorSaveChunks, rebuildCursorSaveIntervalMs, sdsClientQuietMs, sdsRebuildChunksInflightMax, sdsRebuildsKeptMax, sdsRebuildsRunningMax } from '../common/limits.js';
+import { listGroupTimeoutMs, rebuildCursorSaveChunks, rebuildCursorSaveIntervalMs, rebuildPaceRecheckMs, sdsRebuildChunksInflightMax, sdsRebuildsKeptMax, sdsRebuildsRunningMax } from '../common/limits.js';
 import * as crypto from 'node:crypto';
 import type { Logger } from 'pino';
-import { assert } from '../common/assert.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { RebuildDone } from '../wire/mdm-ops.js';
 import type { WirePeer } from '../wire/peer.js';
@@ -419,9 +418,6 @@ export class RebuildSource {
   }
 }
 
-/** How often a copy waiting for the pace looks again at the rate (a policy change, clients going quiet). */
-const paceRecheckMs = 100;
-assert(paceRecheckMs < sdsClientQuietMs, 'a paced copy sees the SDS go quiet before it would be busy again');
 
 /**
  * One rebuild budget: a pace in bytes per second and a limit of chunk copies in flight,
@@ -445,7 +441,7 @@ class FillBudget {
     this.slotWaiters.shift()?.();
   }
 
-  /** Waits until a chunk may go at `rate()` bytes/s (0: at once), looking again every paceRecheckMs. */
+  /** Waits until a chunk may go at `rate()` bytes/s (0: at once), looking again every rebuildPaceRecheckMs. */
   async pace(chunkBytes: number, rate: () => number, stopIfStale: () => void): Promise<void> {
     for (;;) {
       const bytesPerSecond = rate();
@@ -457,7 +453,7 @@ class FillBudget {
         this.pacedUntilMs = Math.max(this.pacedUntilMs, nowMs - chunkMs) + chunkMs;
         return;
       }
-      await new Promise((resolve) => setTimeout(resolve, Math.min(this.pacedUntilMs - nowMs, paceRecheckMs)));
+      await new Promise((resolve) => setTimeout(resolve, Math.min(this.pacedUntilMs - nowMs, rebuildPaceRecheckMs)));
       stopIfStale();
     }
   }
