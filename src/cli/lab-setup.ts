@@ -112,7 +112,7 @@ export async function ensureMappings(client: ApiClient, sdcName: string, volumeN
   const mapped: string[] = [];
   for (const volume of await list<RestVolume>(client, 'Volume')) {
     if (!volumeNames.includes(volume.name)) continue;
-    if (!volume.mappedSdcInfo.some((info) => info.sdcId === sdc.id)) {
+    if (!(volume.mappedSdcInfo ?? []).some((info) => info.sdcId === sdc.id)) {
       await client.post(`/api/instances/Volume::${volume.id}/action/addMappedSdc`, { sdcId: sdc.id });
       report(`mapped volume ${volume.name} to ${sdcName}`);
     }

@@ -124,8 +124,8 @@ export async function collectStatus(dir: string, lab: LabFile, client: ApiClient
     status.volumes = volumes.map((volume) => ({
       name: volume.name,
       sizeBytes: volume.sizeInKb * KiB,
-      nbdUri: sdc !== undefined && volume.mappedSdcInfo.some((info) => info.sdcName === labSdcName) ? nbdUri(sdc.address, volume.name) : null,
-      mappedSdcs: volume.mappedSdcInfo.map((info) => info.sdcName || info.sdcId),
+      nbdUri: sdc !== undefined && (volume.mappedSdcInfo ?? []).some((info) => info.sdcName === labSdcName) ? nbdUri(sdc.address, volume.name) : null,
+      mappedSdcs: (volume.mappedSdcInfo ?? []).map((info) => info.sdcName || info.sdcId),
       type: volume.volumeType === 'Snapshot' ? 'snapshot' : volume.volumeType === 'ThickProvisioned' ? 'thick' : 'thin',
       snapshotOf: volume.ancestorVolumeId === null ? null : (volumes.find((entry) => entry.id === volume.ancestorVolumeId)?.name ?? volume.ancestorVolumeId),
     }));

@@ -630,7 +630,7 @@ const sdcCommands: Command[] = [
             { header: 'ID', value: (sdc) => sdc.id },
             { header: 'GUID', value: (sdc) => sdc.sdcGuid },
             { header: 'STATE', value: (sdc) => sdc.mdmConnectionState },
-            { header: 'VOLUMES', value: (sdc) => volumes.filter((volume) => volume.mappedSdcInfo.some((info) => info.sdcId === sdc.id)).map((volume) => volume.name).join(',') || '-' },
+            { header: 'VOLUMES', value: (sdc) => volumes.filter((volume) => (volume.mappedSdcInfo ?? []).some((info) => info.sdcId === sdc.id)).map((volume) => volume.name).join(',') || '-' },
           ],
           sdcs,
         ),
@@ -692,7 +692,8 @@ function describeLimits(info: RestMappedSdcInfo): string {
 }
 
 function describeMapping(volume: RestVolume): string {
-  if (volume.mappedSdcInfo.length === 0) return '-';
+  // ScaleIO's null for a volume mapped nowhere.
+  if (volume.mappedSdcInfo === null) return '-';
   return volume.mappedSdcInfo
     .map((info) => {
       const limits = [
@@ -835,7 +836,7 @@ const volumeCommands: Command[] = [
       await session.client.post(`/api/instances/Volume::${volume.id}/action/setMappedSdcLimits`, { sdcId: sdc.id, ...limitsBody(args) });
       session.changed();
       const updated = await session.client.get<RestVolume>(`/api/instances/Volume::${volume.id}`);
-      const info = updated.mappedSdcInfo.find((entry) => entry.sdcId === sdc.id);
+      const info = (updated.mappedSdcInfo ?? []).find((entry) => entry.sdcId === sdc.id);
       session.print(`volume '${volume.name}' on SDC '${sdc.name}': ${info === undefined ? 'no longer mapped' : describeLimits(info)}`);
     },
   },
@@ -851,8 +852,8 @@ const volumeCommands: Command[] = [
       const lines = [
         `volume '${volume.name}' (id ${volume.id}): ${kbToText(volume.sizeInKb)} ${volumeTypeWord(volume)} in storage pool '${pools.find((pool) => pool.id === volume.storagePoolId)?.name ?? volume.storagePoolId}'`,
       ];
-      if (volume.mappedSdcInfo.length === 0) lines.push('mapped to no SDC');
-      session.print(`${lines.join('\n')}\n${volume.mappedSdcInfo.length === 0 ? '' : renderQosTable(volume.mappedSdcInfo)}`);
+      if (volume.mappedSdcInfo === null) lines.push('mapped to no SDC');
+      session.print(`${lines.join('\n')}\n${volume.mappedSdcInfo === null ? '' : renderQosTable(volume.mappedSdcInfo)}`);
     },
   },
 ];

@@ -39,11 +39,11 @@ export const errorCodes = {
   MB_ERR_SDS_UP: 'MB_ERR_SDS_UP',
   /** The device (its id, or its path on that SDS) is already in the system. */
   MB_ERR_DEVICE_EXISTS: 'MB_ERR_DEVICE_EXISTS',
-  /** Reserved in the REST errorCode table (8): a device still holds chunks. Not raised today. */
+  /** Reserved in the REST errorCode table (1008): a device still holds chunks. Not raised today. */
   MB_ERR_DEVICE_IN_USE: 'MB_ERR_DEVICE_IN_USE',
   /** Removing this would leave a pool that holds volumes on fewer than two SDSs (fault sets). */
   MB_ERR_POOL_IN_USE: 'MB_ERR_POOL_IN_USE',
-  /** Reserved in the REST errorCode table (10): the pool has no devices. Not raised today. */
+  /** Reserved in the REST errorCode table (1010): the pool has no devices. Not raised today. */
   MB_ERR_POOL_EMPTY: 'MB_ERR_POOL_EMPTY',
   /** The pool has no placement yet (devices on fewer than two SDSs): it cannot hold volumes. */
   MB_ERR_POOL_NOT_READY: 'MB_ERR_POOL_NOT_READY',

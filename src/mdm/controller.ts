@@ -86,6 +86,11 @@ export interface MdmController {
   /** The QoS statistics an SDC's last heartbeat carried for its mapped volumes ([] if none yet). */
   sdcQosStats(sdcId: Id): readonly VolumeQosStats[];
   /**
+   * The IP address an SDC last registered from (ScaleIO's sdcIp), null if it has not since
+   * this MDM started. Absent: never known.
+   */
+  sdcAddress?(sdcId: Id): string | null;
+  /**
    * The MDM's start options that throttle the fills of a pool never given an IO priority
    * policy (--rebuild-rate-under-load, --rebuild-inflight): the REST API shows them as that
    * pool's policy. Absent: the built-in defaults.

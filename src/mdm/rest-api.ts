@@ -7,6 +7,9 @@
 //   GET  /api/types/{Type}/instances                      every instance, ScaleIO's fields
 //   POST /api/types/{Type}/instances                      creates one → {"id": "..."}
 //   POST /api/types/{Type}/instances/action/queryIdByKey  {"name"} → "id"
+//   GET  /api/types/{Type}/instances/getByName::NAME      → "id" (ScaleIO's encodings; Domain and
+//                                                         Pool as Cinder names them; Pool's NAME is PDID,NAME)
+//   GET  /api/types/Sdc/instances/getByIp::IP             → "id" of the SDC registered from IP (Client too)
 //   GET  /api/instances/{Type}::{id}                      one instance
 //   POST /api/instances/{Type}::{id}/action/{action}      → {} (snapshotVolumes and
 //                                                         removeConsistencyGroupSnapshots: ScaleIO's replies)
@@ -47,9 +50,9 @@ import { assert } from '../common/assert.js';
 import type { AdminAuth } from './auth.js';
 import { noQuorumMessage, type RestCluster, type RestRoute } from './cluster-member.js';
 import type { MdmController } from './controller.js';
-import { createInstance, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
-import { RestError, errorBody, httpStatusOf } from './rest-errors.js';
-import { dashboard, getInstance, listInstances, relatedInstances, restRelationships, restTypes, type RestType, type SdcQosLookup } from './rest-objects.js';
+import { createInstance, getByNameTypeAliases, getIdByName, getSdcIdByIp, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
+import { RestError, errorBody, httpStatusOf, notFoundErrorCode } from './rest-errors.js';
+import { dashboard, getInstance, listInstances, relatedInstances, restRelationships, restTypes, type RestType, type SdcAddressLookup, type SdcQosLookup } from './rest-objects.js';
 import { objectStatistics, querySelectedStatistics, readStatisticsList, readStatisticsQuery, systemSelectedStatistics, type StatisticsSources } from './rest-statistics.js';
 import { loginFailureDelayMs, loginsInflightMax, restBodyBytesMax, restForwardRecheckMs, restDiscardBytesMax, restHeadersTimeoutMs, restRequestTimeoutMs } from '../common/limits.js';
 
@@ -328,13 +331,15 @@ export class RestApi {
   private makeRoutes(): Route[] {
     const state = (): MdmController['state'] => this.controller.state;
     const sdcQos: SdcQosLookup = (sdcId) => this.controller.sdcQosStats(sdcId);
+    const sdcAddress: SdcAddressLookup = (sdcId) => this.controller.sdcAddress?.(sdcId) ?? null;
     const type = (name: string): RestType => {
       if (!(restTypes as readonly string[]).includes(name)) throw new RestError('MB_ERR_NO_ROUTE', `no type '${name}' (types: ${restTypes.join(', ')})`, 404);
       return name as RestType;
     };
     const existing = (typeName: string, id: string): RestType => {
       const found = type(typeName);
-      if (getInstance(state(), found, id) === null) throw new RestError('MB_ERR_NOT_FOUND', `no ${found} with id ${id}`, 404);
+      // ScaleIO's number for what is missing: Cinder deletes a volume already gone by its 79.
+      if (getInstance(state(), found, id) === null) throw new RestError('MB_ERR_NOT_FOUND', `no ${found} with id ${id}`, 404, {}, notFoundErrorCode(found));
       return found;
     };
     const ok = (body: unknown): Reply => ({ status: 200, body });
@@ -367,7 +372,7 @@ export class RestApi {
       {
         pattern: /^\/api\/types\/([A-Za-z]+)\/instances$/,
         methods: {
-          GET: ({ params }) => ok(listInstances(state(), type(params[0] as string), sdcQos, this.controller.fillDefaults?.())),
+          GET: ({ params }) => ok(listInstances(state(), type(params[0] as string), sdcQos, this.controller.fillDefaults?.(), sdcAddress)),
           POST: async ({ params, body }) => ok(await createInstance(this.commandContext, type(params[0] as string), body ?? {})),
         },
       },
@@ -386,9 +391,18 @@ export class RestApi {
         methods: { POST: ({ params, body }) => ok(queryIdByKey(this.commandContext, type(params[0] as string), body ?? {})) },
       },
       {
+        // ScaleIO's lookup by name; a trailing '/' as os-brick writes its other lookups.
+        pattern: /^\/api\/types\/([A-Za-z]+)\/instances\/getByName::([^/]+)\/?$/,
+        methods: { GET: ({ params }) => ok(getIdByName(this.commandContext, type(Object.hasOwn(getByNameTypeAliases, params[0] as string) ? (getByNameTypeAliases[params[0] as string] as string) : (params[0] as string)), params[1] as string)) },
+      },
+      {
+        pattern: /^\/api\/types\/(?:Sdc|Client)\/instances\/getByIp::([^/]+)\/?$/,
+        methods: { GET: ({ params }) => ok(getSdcIdByIp(this.commandContext, params[0] as string)) },
+      },
+      {
         pattern: new RegExp(`^${instance}$`),
         methods: {
-          GET: ({ params }) => ok(getInstance(state(), existing(params[0] as string, params[1] as string), params[1] as string, sdcQos, this.controller.fillDefaults?.())),
+          GET: ({ params }) => ok(getInstance(state(), existing(params[0] as string, params[1] as string), params[1] as string, sdcQos, this.controller.fillDefaults?.(), sdcAddress)),
         },
       },
       {
@@ -417,7 +431,7 @@ export class RestApi {
               const known = [...Object.keys(children ?? {}), 'Statistics'];
               throw new RestError('MB_ERR_NO_ROUTE', `${found} has no relationship '${other}'${known.length > 0 ? ` (relationships: ${known.join(', ')})` : ''}`, 404);
             }
-            return ok(relatedInstances(state(), found, id, other as RestType, sdcQos, this.controller.fillDefaults?.()));
+            return ok(relatedInstances(state(), found, id, other as RestType, sdcQos, this.controller.fillDefaults?.(), sdcAddress));
           },
         },
       },

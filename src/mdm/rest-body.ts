@@ -1,8 +1,8 @@
 // Validation of REST request bodies, field by field, before anything is executed: each read
 // names its field, and finish() refuses fields nobody read, so a typo ("volumeSizeInKB") is
 // an error rather than a silently ignored option. ScaleIO clients send numbers as strings of
-// digits ("volumeSizeInKb": "8388608") and booleans as strings ("true", and Cinder's
-// PowerFlex driver sends "True"); both are accepted.
+// digits ("volumeSizeInKb": "8388608") and booleans as strings in any case (Cinder's
+// PowerFlex driver sends "True", os-brick "TRUE"); both are accepted.
 //
 // Objects inside a body (snapshotVolumes' snapshotDefs) get a reader of their own whose
 // errors name the whole path: "snapshotDefs[1].volumeId: must be an id ..."
@@ -10,6 +10,7 @@
 import { InvalidArgumentError } from '../common/errors.js';
 import { idPattern } from '../wire/placement.js';
 import { devicePathBytesMax, nameBytesMax } from '../common/limits.js';
+import { volumeNamePattern, volumeNameRule } from './state-machine.js';
 
 /** The state machine's rule for names, checked here so the error names the REST field. */
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
@@ -95,6 +96,15 @@ export class BodyReader {
     return value;
   }
 
+  /** A volume's or snapshot's name, by ScaleIO's wider rule (base64 included). */
+  volumeName(field: string): string;
+  volumeName(field: string, required: false): string | undefined;
+  volumeName(field: string, required = true): string | undefined {
+    const value = required ? this.string(field) : this.string(field, false);
+    if (value !== undefined) checkVolumeName(this.named(field), value);
+    return value;
+  }
+
   /** A whole number in range, as a JSON number or a string of digits. */
   integer(field: string, range: IntegerRange): number;
   integer(field: string, range: IntegerRange, required: false): number | undefined;
@@ -177,6 +187,12 @@ export function parseInteger(field: string, value: unknown, range: IntegerRange)
 export function checkName(field: string, name: string): void {
   if (name.length === 0 || Buffer.byteLength(name) > nameBytesMax || !namePattern.test(name)) {
     throw new InvalidArgumentError(field, `must be 1 to ${nameBytesMax} letters, digits, '_', '.' or '-', starting with a letter or digit, got '${truncate(name)}'`);
+  }
+}
+
+export function checkVolumeName(field: string, name: string): void {
+  if (name.length === 0 || Buffer.byteLength(name) > nameBytesMax || !volumeNamePattern.test(name)) {
+    throw new InvalidArgumentError(field, `must be ${volumeNameRule}, got '${truncate(name)}'`);
   }
 }
 

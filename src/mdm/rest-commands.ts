@@ -11,8 +11,8 @@
 import { GiB, KiB, MiB } from '../common/units.js';
 import type { MdmController, SnapshotResult } from './controller.js';
 import { ioPriorityPolicyNames, removeModes, type Id, type SystemModel, type Volume } from './model.js';
-import { BodyReader, checkName } from './rest-body.js';
-import { RestError } from './rest-errors.js';
+import { BodyReader, checkName, checkVolumeName } from './rest-body.js';
+import { RestError, notFoundErrorCode, scaleIoErrorCodes, withErrorCode } from './rest-errors.js';
 import type { RestType } from './rest-objects.js';
 import { MdmError, type Applied, type Command } from './state-machine.js';
 import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax } from '../common/limits.js';
@@ -28,12 +28,23 @@ export interface CommandContext {
 /** Field names of the state machine → the REST field they came from. */
 type FieldNames = Readonly<Record<string, string>>;
 
-async function execute(context: CommandContext, command: Command, fieldNames: FieldNames = {}): Promise<Applied> {
+/** ScaleIO's errorCode for a refusal's code, where a command's situation has one. */
+type ErrorCodes = Readonly<Partial<Record<string, number>>>;
+
+/** A volume's name taken: ScaleIO's VOLUME_ALREADY_EXISTS. */
+const volumeErrorCodes: ErrorCodes = { MB_ERR_NAME_TAKEN: scaleIoErrorCodes.volumeNameTaken };
+
+async function execute(context: CommandContext, command: Command, fieldNames: FieldNames = {}, errorCodes: ErrorCodes = {}): Promise<Applied> {
   try {
     return await context.controller.execute(command);
   } catch (err) {
-    throw renameField(err, fieldNames);
+    throw scaleIoCode(renameField(err, fieldNames), errorCodes);
   }
+}
+
+function scaleIoCode(err: unknown, errorCodes: ErrorCodes): unknown {
+  const errorCode = err instanceof MdmError || err instanceof RestError ? errorCodes[err.code] : undefined;
+  return errorCode === undefined ? err : withErrorCode(err, errorCode);
 }
 
 function renameField(err: unknown, fieldNames: FieldNames): unknown {
@@ -131,21 +142,32 @@ export async function createInstance(context: CommandContext, type: RestType, bo
     }
     case 'Volume': {
       const storagePoolId = reader.id('storagePoolId');
-      const name = reader.name('name');
-      const sizeInKb = reader.integer('volumeSizeInKb', { min: 1, max: sizeInKbMax });
+      const name = reader.volumeName('name');
+      // ScaleIO's volumeSizeInKb, or volumeSizeInGb (one of the two).
+      const sizeInKbGiven = reader.integer('volumeSizeInKb', { min: 1, max: sizeInKbMax }, false);
+      const sizeInGb = reader.integer('volumeSizeInGb', { min: 1, max: Math.floor(sizeInKbMax / (GiB / KiB)) }, false);
       // ScaleIO's default when a client leaves it out.
       const volumeType = reader.oneOf('volumeType', ['ThinProvisioned', 'ThickProvisioned'] as const, false) ?? 'ThickProvisioned';
       // Cinder's PowerFlex driver sends both with every volume: the pool's protection domain,
       // and no compression ('Invalid' is ScaleIO's word for "does not apply to this pool").
+      // meshblock compresses nothing: 'Normal' is refused rather than silently not done.
       const protectionDomainId = reader.id('protectionDomainId', false);
       reader.oneOf('compressionMethod', ['None', 'Invalid'] as const, false);
+      // Read and ignored (docs/rest-api.md): ScaleIO's read cache (RAM on the SDS; meshblock's
+      // SDSs read through the page cache) and volume class (meshblock has only one).
+      reader.boolean('useRmcache', false);
+      reader.string('volumeClass', false);
       reader.finish();
+      if (sizeInKbGiven === undefined && sizeInGb === undefined) throw invalidField('volumeSizeInKb', 'is required (or give the size as volumeSizeInGb)');
+      if (sizeInKbGiven !== undefined && sizeInGb !== undefined) throw invalidField('volumeSizeInGb', 'give the size as volumeSizeInKb or volumeSizeInGb, not both');
+      const sizeInKb = sizeInKbGiven ?? (sizeInGb as number) * (GiB / KiB);
+      const sizeField = sizeInKbGiven !== undefined ? 'volumeSizeInKb' : 'volumeSizeInGb';
       const pool = Object.hasOwn(model.storagePools, storagePoolId) ? model.storagePools[storagePoolId] : undefined;
       if (protectionDomainId !== undefined && pool !== undefined && pool.protectionDomainId !== protectionDomainId) {
         throw invalidField('protectionDomainId', `is not storage pool '${pool.name}''s protection domain (${pool.protectionDomainId})`);
       }
       const command: Command = { type: 'addVolume', storagePoolId, name, sizeBytes: sizeInKb * KiB, volumeType, nowMs: context.nowMs() };
-      return created(await execute(context, command, { sizeBytes: 'volumeSizeInKb' }));
+      return created(await execute(context, command, { sizeBytes: sizeField }, volumeErrorCodes));
     }
     case 'System':
     case 'Sdc':
@@ -194,9 +216,9 @@ export async function performAction(context: CommandContext, type: RestType, id:
   }
   const reader = new BodyReader(body ?? {});
   const model = context.controller.state.model;
-  const run = async (command: Command, fieldNames: FieldNames = {}): Promise<Record<string, never>> => {
+  const run = async (command: Command, fieldNames: FieldNames = {}, errorCodes: ErrorCodes = {}): Promise<Record<string, never>> => {
     reader.finish();
-    await execute(context, command, fieldNames);
+    await execute(context, command, fieldNames, errorCodes);
     return {};
   };
   switch (action) {
@@ -236,7 +258,7 @@ export async function performAction(context: CommandContext, type: RestType, id:
     case 'setSdcName':
       return run({ type: 'renameSdc', id, name: reader.name('sdcName') }, { name: 'sdcName' });
     case 'setVolumeName':
-      return run({ type: 'renameVolume', id, name: reader.name('newName') }, { name: 'newName' });
+      return run({ type: 'renameVolume', id, name: reader.volumeName('newName') }, { name: 'newName' }, volumeErrorCodes);
     case 'removeVolume': {
       // ScaleIO's default is ONLY_ME: the volume alone; its snapshots stay, whole.
       const removeMode = reader.oneOf('removeMode', removeModes, false) ?? 'ONLY_ME';
@@ -248,7 +270,7 @@ export async function performAction(context: CommandContext, type: RestType, id:
       ignoreExternallyManaged(reader);
       reader.finish();
       if (sourceVolumeId === id) throw invalidField('srcVolumeId', `is the volume being overwritten (${id}); name a snapshot of its V-Tree`);
-      if (!Object.hasOwn(model.volumes, sourceVolumeId)) throw new MdmError('MB_ERR_NOT_FOUND', `srcVolumeId: no volume with id ${sourceVolumeId}`, 404);
+      if (!Object.hasOwn(model.volumes, sourceVolumeId)) throw new RestError('MB_ERR_NOT_FOUND', `srcVolumeId: no volume with id ${sourceVolumeId}`, 404, {}, scaleIoErrorCodes.volumeNotFound);
       try {
         await context.controller.overwriteVolumeContent(id, sourceVolumeId);
       } catch (err) {
@@ -283,24 +305,37 @@ export async function performAction(context: CommandContext, type: RestType, id:
       return run({ type: 'setVolumeSize', id, sizeBytes }, { sizeBytes: field });
     }
     case 'addMappedSdc': {
-      const sdcId = reader.id('sdcId');
+      const sdcId = mappedSdcId(model, reader);
       const allowMultipleMappings = reader.boolean('allowMultipleMappings', false) ?? false;
       const accessMode = reader.oneOf('accessMode', ['ReadWrite', 'ReadOnly'] as const, false) ?? 'ReadWrite';
+      ignoreExternallyManaged(reader);
       return run({ type: 'addMappedSdc', volumeId: id, sdcId, accessMode, allowMultipleMappings });
     }
     case 'removeMappedSdc': {
+      // Read and ignored: ScaleIO's iSCSI initiators and appliance checks (meshblock has neither).
+      reader.boolean('ignoreScsiInitiators', false);
+      reader.boolean('skipApplianceValidation', false);
+      ignoreExternallyManaged(reader);
       // ScaleIO's {"allSdcs": ""} (its value means nothing) unmaps from every SDC; Cinder's
       // PowerFlex driver sends it before every removeVolume, mapped or not.
-      if (!reader.present('allSdcs')) return run({ type: 'removeMappedSdc', volumeId: id, sdcId: reader.id('sdcId') });
-      if (reader.has('sdcId')) throw invalidField('allSdcs', 'give sdcId or allSdcs, not both');
+      if (!reader.present('allSdcs')) {
+        const sdcId = mappedSdcId(model, reader);
+        checkMapped(model, id, sdcId);
+        return run({ type: 'removeMappedSdc', volumeId: id, sdcId });
+      }
+      if (reader.has('sdcId') || reader.has('guid')) throw invalidField('allSdcs', `give ${reader.has('sdcId') ? 'sdcId' : 'guid'} or allSdcs, not both`);
       reader.finish();
       // One command per mapping: an SDC refused half-way leaves the others unmapped, and the
       // error says which one stayed.
       for (const mapping of [...(model.volumes[id]?.mappings ?? [])]) await execute(context, { type: 'removeMappedSdc', volumeId: id, sdcId: mapping.sdcId });
       return {};
     }
-    case 'setMappedSdcLimits':
-      return run(mappedSdcLimits(model, id, reader), qosFieldNames);
+    case 'setMappedSdcLimits': {
+      const command = mappedSdcLimits(model, id, reader);
+      reader.finish();
+      checkMapped(model, id, (command as { sdcId: Id }).sdcId);
+      return run(command, qosFieldNames);
+    }
   }
   throw new RestError('MB_ERR_INTERNAL', `action '${action}' is listed but not handled`, 500);
 }
@@ -317,7 +352,7 @@ const qosFieldNames: FieldNames = { bandwidthLimitKbps: 'bandwidthLimitInKbps', 
  * The rules themselves are the state machine's (checkQosLimits).
  */
 function mappedSdcLimits(model: SystemModel, volumeId: Id, reader: BodyReader): Command {
-  const sdcId = reader.id('sdcId');
+  const sdcId = mappedSdcId(model, reader);
   const range = { min: 0, max: countMax };
   const iopsLimit = reader.integer('iopsLimit', range, false);
   const bandwidthLimitKbps = reader.integer('bandwidthLimitInKbps', range, false);
@@ -342,6 +377,38 @@ function mappedSdcLimits(model: SystemModel, volumeId: Id, reader: BodyReader): 
 }
 
 /**
+ * The SDC a mapping action names: by sdcId (meshblock's CLI, ScaleIO) or by guid (os-brick,
+ * which knows only its host's SDC guid), one of the two. An unknown SDC is refused here, so
+ * that the error says which field named it.
+ */
+function mappedSdcId(model: SystemModel, reader: BodyReader): Id {
+  const sdcId = reader.id('sdcId', false);
+  const guid = reader.string('guid', false);
+  if (sdcId === undefined && guid === undefined) throw invalidField('sdcId', 'is required (or name the SDC by its guid)');
+  if (sdcId !== undefined && guid !== undefined) throw invalidField('guid', 'name the SDC by sdcId or by guid, not both');
+  if (sdcId !== undefined) {
+    if (!Object.hasOwn(model.sdcs, sdcId)) throw new RestError('MB_ERR_NOT_FOUND', `sdcId: no SDC with id ${sdcId}`, 404, {}, scaleIoErrorCodes.resourceNotFound);
+    return sdcId;
+  }
+  // ScaleIO's guids are UUIDs, written in either case.
+  const wanted = (guid as string).toLowerCase();
+  const found = Object.values(model.sdcs).find((sdc) => sdc.guid.toLowerCase() === wanted);
+  if (found === undefined) throw new RestError('MB_ERR_NOT_FOUND', `guid: no SDC with guid '${truncateText(guid as string)}' (an SDC registers itself, with its guid, when it starts)`, 404, {}, scaleIoErrorCodes.resourceNotFound);
+  return found.id;
+}
+
+/** Not mapped there: ScaleIO's 84, which os-brick takes as "already unmapped". */
+function checkMapped(model: SystemModel, volumeId: Id, sdcId: Id): void {
+  const volume = model.volumes[volumeId];
+  if (volume === undefined || volume.mappings.some((mapping) => mapping.sdcId === sdcId)) return;
+  throw new RestError('MB_ERR_NOT_FOUND', `volume '${volume.name}' is not mapped to SDC '${model.sdcs[sdcId]?.name ?? sdcId}'`, 404, {}, scaleIoErrorCodes.volumeNotMapped);
+}
+
+function truncateText(text: string): string {
+  return JSON.stringify(text.length > 64 ? `${text.slice(0, 64)}...` : text).slice(1, -1);
+}
+
+/**
  * ScaleIO's allowOnExtManagedVol lets a call touch volumes another product manages (vVols);
  * meshblock has no such volumes, so it is read (clients send it) and changes nothing.
  */
@@ -359,7 +426,7 @@ async function snapshotVolumes(context: CommandContext, reader: BodyReader): Pro
   const model = context.controller.state.model;
   const defs = reader.objects('snapshotDefs', { min: 1, max: snapshotGroupVolumesMax }).map((def) => {
     const volumeId = def.id('volumeId');
-    const name = def.name('snapshotName', false) ?? null;
+    const name = def.volumeName('snapshotName', false) ?? null;
     def.finish();
     return { volumeId, name };
   });
@@ -371,12 +438,12 @@ async function snapshotVolumes(context: CommandContext, reader: BodyReader): Pro
   reader.finish();
   defs.forEach((def, index) => {
     const field = `snapshotDefs[${index}]`;
-    if (!Object.hasOwn(model.volumes, def.volumeId)) throw new MdmError('MB_ERR_NOT_FOUND', `${field}.volumeId: no volume with id ${def.volumeId}`, 404);
+    if (!Object.hasOwn(model.volumes, def.volumeId)) throw new RestError('MB_ERR_NOT_FOUND', `${field}.volumeId: no volume with id ${def.volumeId}`, 404, {}, scaleIoErrorCodes.volumeNotFound);
     const again = defs.findIndex((other) => other.volumeId === def.volumeId);
     if (again !== index) throw invalidField(`${field}.volumeId`, `names volume ${def.volumeId} again (as snapshotDefs[${again}] does); one snapshot of a volume per call`);
     if (def.name === null) return;
     const taken = volumeNamed(model, def.name);
-    if (taken !== undefined) throw new MdmError('MB_ERR_NAME_TAKEN', `${field}.snapshotName: a volume named '${def.name}' already exists (id ${taken.id})`, 409);
+    if (taken !== undefined) throw new RestError('MB_ERR_NAME_TAKEN', `${field}.snapshotName: a volume named '${def.name}' already exists (id ${taken.id})`, 409, {}, scaleIoErrorCodes.volumeNameTaken);
     const twice = defs.findIndex((other) => other.name === def.name);
     if (twice !== index) throw invalidField(`${field}.snapshotName`, `'${def.name}' is given to snapshotDefs[${twice}] too`);
   });
@@ -384,7 +451,7 @@ async function snapshotVolumes(context: CommandContext, reader: BodyReader): Pro
   try {
     made = await context.controller.snapshotVolumes(defs.map((def) => ({ ...def, readOnly: accessModeLimit === 'ReadOnly' })));
   } catch (err) {
-    throw renameSnapshotDefField(err);
+    throw scaleIoCode(renameSnapshotDefField(err), volumeErrorCodes);
   }
   return { volumeIdList: made.volumeIds, snapshotGroupId: made.snapshotGroupId };
 }
@@ -413,10 +480,63 @@ export function queryIdByKey(context: CommandContext, type: RestType, body: unkn
   const scoped = type === 'StoragePool' || type === 'FaultSet';
   const protectionDomainId = scoped ? reader.id('protectionDomainId', false) : undefined;
   reader.finish();
-  checkName('name', name);
-  const model = context.controller.state.model;
+  return idByName(context.controller.state.model, type, name, protectionDomainId, 'name');
+}
+
+/**
+ * The type names ScaleIO's getByName knows besides the REST types: Cinder's PowerFlex driver
+ * asks for 'Domain' and 'Pool' (GET /api/types/Domain/instances/getByName::NAME).
+ */
+export const getByNameTypeAliases: Readonly<Record<string, RestType>> = { Domain: 'ProtectionDomain', Pool: 'StoragePool' };
+
+/**
+ * GET /api/types/{Type}/instances/getByName::KEY → the id, a JSON string as ScaleIO answers.
+ * KEY is the name, percent-encoded once (Cinder) or twice (os-brick: ScaleIO decodes twice);
+ * a storage pool's is `PROTECTION_DOMAIN_ID,NAME` as Cinder sends it (or the name alone,
+ * when it is unique). `key` arrives decoded once.
+ */
+export function getIdByName(context: CommandContext, type: RestType, key: string): Id {
+  // Names never hold '%' (their rules say so): what still looks percent-encoded was encoded twice.
+  let name = key;
+  if (/%[0-9A-Fa-f]{2}/.test(name)) {
+    try {
+      name = decodeURIComponent(name);
+    } catch {
+      throw new RestError('MB_ERR_INVALID_ARGUMENT', `getByName: '${truncateText(key)}' is not a name, nor one percent-encoded twice`, 400);
+    }
+  }
+  let protectionDomainId: Id | undefined;
+  if (type === 'StoragePool' && name.includes(',')) {
+    protectionDomainId = name.slice(0, name.indexOf(','));
+    name = name.slice(name.indexOf(',') + 1);
+    if (!Object.hasOwn(context.controller.state.model.protectionDomains, protectionDomainId)) {
+      throw new RestError('MB_ERR_NOT_FOUND', `getByName: no protection domain with id '${truncateText(protectionDomainId)}' (a storage pool is named PROTECTION_DOMAIN_ID,NAME)`, 404, {}, scaleIoErrorCodes.resourceNotFound);
+    }
+  }
+  return idByName(context.controller.state.model, type, name, protectionDomainId, 'getByName');
+}
+
+/**
+ * GET /api/types/Sdc/instances/getByIp::IP (os-brick writes the type 'Client' and a trailing
+ * '/') → the id of the SDC that last registered from that address.
+ */
+export function getSdcIdByIp(context: CommandContext, ip: string): Id {
+  if (!/^[0-9A-Fa-f.:]{2,45}$/.test(ip)) throw new RestError('MB_ERR_INVALID_ARGUMENT', `getByIp: '${truncateText(ip)}' is not an IP address`, 400);
+  const found = Object.values(context.controller.state.model.sdcs).filter((sdc) => context.controller.sdcAddress?.(sdc.id) === ip);
+  if (found.length === 0) throw new RestError('MB_ERR_NOT_FOUND', `no Sdc registered from ${ip} since this MDM started`, 404, {}, scaleIoErrorCodes.resourceNotFound);
+  if (found.length > 1) throw new MdmError('MB_ERR_AMBIGUOUS', `${found.length} SDCs registered from ${ip}: ${found.map((sdc) => sdc.name).join(', ')}; look them up by name or guid`, 409);
+  return (found[0] as { id: Id }).id;
+}
+
+function idByName(model: SystemModel, type: RestType, name: string, protectionDomainId: Id | undefined, field: string): Id {
+  if (type === 'Volume') checkVolumeName(field, name);
+  else checkName(field, name);
   // A V-Tree has no name of its own (it shows its base volume's): it is found by its volumes' vtreeId.
   if (type === 'VTree') throw new RestError('MB_ERR_NO_ROUTE', 'VTree instances have no names to query; read vtreeId from one of its volumes', 404);
+  if (type === 'System') {
+    if (name !== model.name) throw new RestError('MB_ERR_NOT_FOUND', `the system is not named '${name}'`, 404, {}, scaleIoErrorCodes.resourceNotFound);
+    return model.clusterId;
+  }
   const tables: Record<Exclude<RestType, 'System' | 'VTree'>, Record<Id, { id: Id; name: string; protectionDomainId?: Id | null }>> = {
     ProtectionDomain: model.protectionDomains,
     StoragePool: model.storagePools,
@@ -426,12 +546,8 @@ export function queryIdByKey(context: CommandContext, type: RestType, body: unkn
     Sdc: model.sdcs,
     Volume: model.volumes,
   };
-  if (type === 'System') {
-    if (name !== model.name) throw new MdmError('MB_ERR_NOT_FOUND', `the system is not named '${name}'`, 404);
-    return model.clusterId;
-  }
   const matches = Object.values(tables[type]).filter((entry) => entry.name === name && (protectionDomainId === undefined || entry.protectionDomainId === protectionDomainId));
-  if (matches.length === 0) throw new MdmError('MB_ERR_NOT_FOUND', `no ${type} named '${name}'`, 404);
+  if (matches.length === 0) throw new RestError('MB_ERR_NOT_FOUND', `no ${type} named '${name}'${protectionDomainId === undefined ? '' : ` in protection domain ${protectionDomainId}`}`, 404, {}, notFoundErrorCode(type));
   if (matches.length > 1) throw new MdmError('MB_ERR_AMBIGUOUS', `${matches.length} ${type} instances are named '${name}'; give protectionDomainId`, 409);
   return (matches[0] as { id: Id }).id;
 }

@@ -61,6 +61,11 @@ export interface RestStoragePool extends RestObject {
   protectionDomainId: Id;
   sparePercentage: number;
   zeroPaddingEnabled: boolean;
+  /**
+   * ScaleIO's layout: medium granularity (1 MiB-class chunks, no compression), which is what
+   * meshblock's pools are. Cinder reads it: only FineGranularity pools compress.
+   */
+  dataLayout: 'MediumGranularity';
   /** meshblock: chunk size (ScaleIO's is fixed at 1 MiB). */
   chunkSizeInKb: number;
   /** meshblock: volume sizes are rounded up to this (ScaleIO: 8 GiB). */
@@ -116,6 +121,8 @@ export interface RestDevice extends RestObject {
 
 export interface RestSdc extends RestObject {
   sdcGuid: string;
+  /** The IP address the SDC last registered from (ScaleIO's field); null if not since the MDM started. */
+  sdcIp: string | null;
   mdmConnectionState: 'Connected' | 'Disconnected';
   sdcApproved: true;
   /** meshblock: last contact, milliseconds since the Unix epoch. */
@@ -160,7 +167,8 @@ export interface RestVolume extends RestObject {
   consistencyGroupId: Id | null;
   /** 'ReadOnly': every mapping of it is read-only (a read-only snapshot). */
   accessModeLimit: AccessMode;
-  mappedSdcInfo: RestMappedSdcInfo[];
+  /** null when the volume is mapped to no SDC, as ScaleIO (Cinder reads "not null" as "mapped"). */
+  mappedSdcInfo: RestMappedSdcInfo[] | null;
   mappingToAllSdcsEnabled: false;
   /** Seconds since the Unix epoch, as ScaleIO. */
   creationTime: number;
@@ -290,6 +298,7 @@ export function renderStoragePool(pool: StoragePool, fillDefaults?: FillDefaults
     protectionDomainId: pool.protectionDomainId,
     sparePercentage: pool.sparePercent,
     zeroPaddingEnabled: pool.zeroPadding,
+    dataLayout: 'MediumGranularity',
     chunkSizeInKb: kb(pool.chunkBytes),
     volumeGranularityInKb: kb(pool.volumeGranularityBytes),
     pgCount: pool.pgCount,
@@ -367,11 +376,16 @@ export function renderDevice(device: Device): RestDevice {
   };
 }
 
-export function renderSdc(sdc: Sdc): RestSdc {
+/** Where an SDC last registered from (MdmController.sdcAddress); the default knows none. */
+export type SdcAddressLookup = (sdcId: Id) => string | null;
+const noAddress: SdcAddressLookup = () => null;
+
+export function renderSdc(sdc: Sdc, sdcAddress: SdcAddressLookup = noAddress): RestSdc {
   return {
     id: sdc.id,
     name: sdc.name,
     sdcGuid: sdc.guid,
+    sdcIp: sdcAddress(sdc.id),
     mdmConnectionState: sdc.state === 'connected' ? 'Connected' : 'Disconnected',
     sdcApproved: true,
     lastSeenTimeMs: sdc.lastSeenMs,
@@ -432,7 +446,7 @@ export function renderVolume(model: SystemModel, volume: Volume, qos = qosIndex(
     ancestorVolumeId: volume.ancestorVolumeId,
     consistencyGroupId: volume.snapshotGroupId,
     accessModeLimit: volume.accessModeLimit,
-    mappedSdcInfo: volume.mappings.map((mapping) => renderMappedSdcInfo(model, volume, mapping, qos)),
+    mappedSdcInfo: volume.mappings.length === 0 ? null : volume.mappings.map((mapping) => renderMappedSdcInfo(model, volume, mapping, qos)),
     mappingToAllSdcsEnabled: false,
     creationTime: Math.floor(volume.creationTimeMs / 1000),
     links: links(
@@ -464,7 +478,7 @@ export function renderVTree(model: SystemModel, tree: VTree, volumes = Object.va
 }
 
 /** Every instance of a type, in a stable order (by name, then id). */
-export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults): RestInstance[] {
+export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults, sdcAddress: SdcAddressLookup = noAddress): RestInstance[] {
   const model = state.model;
   const sorted = <T extends { id: Id; name: string }>(table: Record<Id, T>): T[] =>
     Object.values(table).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -482,7 +496,7 @@ export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQo
     case 'Device':
       return sorted(model.devices).map(renderDevice);
     case 'Sdc':
-      return sorted(model.sdcs).map(renderSdc);
+      return sorted(model.sdcs).map((sdc) => renderSdc(sdc, sdcAddress));
     case 'Volume': {
       const qos = qosIndex(sdcQos);
       return sorted(model.volumes).map((volume) => renderVolume(model, volume, qos));
@@ -504,7 +518,7 @@ export function listInstances(state: StateMachine, type: RestType, sdcQos: SdcQo
 }
 
 /** One instance, or null if there is none with that id. */
-export function getInstance(state: StateMachine, type: RestType, id: string, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults): RestInstance | null {
+export function getInstance(state: StateMachine, type: RestType, id: string, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults, sdcAddress: SdcAddressLookup = noAddress): RestInstance | null {
   const model = state.model;
   const lookup = <T>(table: Record<Id, T>): T | undefined => (Object.hasOwn(table, id) ? table[id] : undefined);
   switch (type) {
@@ -532,7 +546,7 @@ export function getInstance(state: StateMachine, type: RestType, id: string, sdc
     }
     case 'Sdc': {
       const sdc = lookup(model.sdcs);
-      return sdc === undefined ? null : renderSdc(sdc);
+      return sdc === undefined ? null : renderSdc(sdc, sdcAddress);
     }
     case 'Volume': {
       const volume = lookup(model.volumes);
@@ -546,11 +560,11 @@ export function getInstance(state: StateMachine, type: RestType, id: string, sdc
 }
 
 /** The children of one instance (GET /api/instances/{Type}::{id}/relationships/{Other}). */
-export function relatedInstances(state: StateMachine, type: RestType, id: Id, other: RestType, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults): RestInstance[] {
-  const children = listInstances(state, other, sdcQos, fillDefaults);
+export function relatedInstances(state: StateMachine, type: RestType, id: Id, other: RestType, sdcQos: SdcQosLookup = noQos, fillDefaults?: FillDefaults, sdcAddress: SdcAddressLookup = noAddress): RestInstance[] {
+  const children = listInstances(state, other, sdcQos, fillDefaults, sdcAddress);
   if (type === 'System') return children;
   if (type === 'Sdc' && other === 'Volume') {
-    return children.filter((volume) => (volume as RestVolume).mappedSdcInfo.some((info) => info.sdcId === id));
+    return children.filter((volume) => ((volume as RestVolume).mappedSdcInfo ?? []).some((info) => info.sdcId === id));
   }
   const field = restRelationships[type]?.[other] as string;
   return children.filter((child) => (child as unknown as Record<string, unknown>)[field] === id);

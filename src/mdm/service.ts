@@ -49,6 +49,8 @@ interface Session {
   sdsId: Id | null;
   sdcId: Id | null;
   peer: WirePeer | null;
+  /** The peer's IP address (an IPv4 address without its IPv6 mapping), for ScaleIO's sdcIp. */
+  remoteAddress: string | null;
 }
 
 export interface MdmServiceOptions {
@@ -84,6 +86,8 @@ export class MdmService implements MdmController {
   private readonly sdcOpenVolumes = new Map<Id, string[]>();
   /** By SDC, the QoS statistics of its last heartbeat (volatile, like sdcOpenVolumes: gone when it disconnects). */
   private readonly sdcQos = new Map<Id, VolumeQosStats[]>();
+  /** Where each SDC last registered from; kept while it is away (ScaleIO shows the last sdcIp). */
+  private readonly sdcAddresses = new Map<Id, string>();
   private readonly lastStats = new Map<Id, SdsStats>();
   private healthTimer: NodeJS.Timeout | null = null;
   /** What the health decisions need beyond the model: disconnections, orders given, repairs, finished fills. */
@@ -391,7 +395,8 @@ export class MdmService implements MdmController {
   private onConnection(socket: net.Socket): void {
     this.sockets.add(socket);
     socket.on('close', () => this.sockets.delete(socket));
-    const session: Session = { sdsId: null, sdcId: null, peer: null };
+    const remoteAddress = socket.remoteAddress === undefined ? null : socket.remoteAddress.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/, '');
+    const session: Session = { sdsId: null, sdcId: null, peer: null, remoteAddress };
     WirePeer.accept(socket, {
       clusterId: this.options.clusterId,
       secret: this.options.secret,
@@ -451,6 +456,7 @@ export class MdmService implements MdmController {
           if (previous !== undefined && previous.peer !== peer) previous.peer.destroy();
           const view = JSON.stringify(this.sdcView(applied.id));
           this.sdcPeers.set(applied.id, { peer, sentView: view });
+          if (session.remoteAddress !== null) this.sdcAddresses.set(applied.id, session.remoteAddress);
           this.options.log.info({ sdcId: applied.id, guid: registration.guid }, 'SDC registered');
           return { status: SdsStatus.Ok, payload: Buffer.from(view) };
         }
@@ -683,6 +689,11 @@ export class MdmService implements MdmController {
   /** The QoS statistics of the volumes mapped to an SDC, from its last heartbeat ([] before one, or from an older SDC). */
   sdcQosStats(sdcId: Id): readonly VolumeQosStats[] {
     return this.sdcQos.get(sdcId) ?? [];
+  }
+
+  /** The IP address the SDC last registered from, null if not since this MDM started (or removed). */
+  sdcAddress(sdcId: Id): string | null {
+    return Object.hasOwn(this.state.model.sdcs, sdcId) ? (this.sdcAddresses.get(sdcId) ?? null) : null;
   }
 
   /**

@@ -65,6 +65,16 @@ export class MdmError extends MeshblockError {
 
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
+/**
+ * Volume (and snapshot) names: ScaleIO's 31 characters, and the base64 alphabet in them
+ * (`+`, `/`, `=`), because Cinder's PowerFlex driver names every volume and snapshot with the
+ * base64 of its UUID (24 characters, and they may start with `+` or `/`). Never `%` (a name in
+ * a URL, percent-encoded once or twice as ScaleIO's clients do, then decodes one way only),
+ * `,` or `:` (getByName's separators), a space, or a leading `-` (a CLI flag) or `.`.
+ */
+export const volumeNamePattern = /^[A-Za-z0-9+/][A-Za-z0-9_.+/=-]*$/;
+export const volumeNameRule = `1 to ${nameBytesMax} letters, digits, '_', '.', '-', '+', '/' or '=', starting with a letter, a digit, '+' or '/'`;
+
 export type Command =
   | { type: 'addProtectionDomain'; name: string }
   | { type: 'renameProtectionDomain'; id: Id; name: string }
@@ -498,7 +508,7 @@ export class StateMachine {
       }
       case 'addVolume': {
         const pool = this.get(model.storagePools, command.storagePoolId, 'storage pool');
-        this.checkName('name', command.name);
+        this.checkVolumeName('name', command.name);
         this.checkVolumeNameFree(command.name, null);
         if (command.volumeType !== 'ThinProvisioned' && command.volumeType !== 'ThickProvisioned') throw invalid('volumeType', "must be 'ThinProvisioned' or 'ThickProvisioned'");
         const sizeBytes = this.roundVolumeSize(pool, command.sizeBytes);
@@ -527,7 +537,7 @@ export class StateMachine {
       }
       case 'renameVolume': {
         const volume = this.get(model.volumes, command.id, 'volume');
-        this.checkName('name', command.name);
+        this.checkVolumeName('name', command.name);
         this.checkVolumeNameFree(command.name, volume.id);
         volume.name = command.name;
         return { epochChanged: false };
@@ -913,7 +923,7 @@ export class StateMachine {
       if (typeof def !== 'object' || def === null) throw invalid(field, 'must be { volumeId, name, readOnly }');
       const volume = this.get(model.volumes, def.volumeId, 'volume');
       if (checked.some((entry) => entry.volume.id === volume.id)) throw invalid(`${field}.volumeId`, `volume '${volume.name}' is named twice in one snapshot group`);
-      this.checkName(`${field}.name`, def.name);
+      this.checkVolumeName(`${field}.name`, def.name);
       if (names.has(def.name)) throw conflict('MB_ERR_NAME_TAKEN', `two snapshots of the group are named '${def.name}'`);
       names.add(def.name);
       this.unique(Object.values(model.volumes), def.name, 'volume');
@@ -1420,6 +1430,10 @@ export class StateMachine {
     if (typeof name !== 'string' || name.length === 0 || Buffer.byteLength(name) > nameBytesMax || !namePattern.test(name)) {
       throw invalid(field, `must be 1 to ${nameBytesMax} letters, digits, '_', '.' or '-', starting with a letter or digit`);
     }
+  }
+
+  private checkVolumeName(field: string, name: string): void {
+    if (typeof name !== 'string' || name.length === 0 || Buffer.byteLength(name) > nameBytesMax || !volumeNamePattern.test(name)) throw invalid(field, `must be ${volumeNameRule}`);
   }
 
   private unique(entries: Array<{ name: string }>, name: string, what: string): void {

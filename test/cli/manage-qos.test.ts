@@ -50,7 +50,7 @@ t.test('set-limits with bursts, and what show, list and the dashboard print', as
   t.match(show.stdout, /\nSDC\s+ACCESS\s+IOPS\s+BANDWIDTH\s+IOPS BURST\s+BW BURST\s+BURST S\s+REQUESTS\s+THROTTLED\s+THROTTLED MS\s+WAITING\n/, 'a header row');
   t.match(show.stdout, /\nhost1\s+rw\s+3000\s+10 MiB\/s\s+8000\s+40 MiB\/s\s+30\s+120000\s+4500\s+81235\s+3\n/, 'limits, burst and throttle counters');
   const shown = JSON.parse((await run(['volume', 'show', '--volume', 'vol1', '--json'])).stdout) as RestVolume;
-  t.match(shown.mappedSdcInfo[0], { limitIopsBurst: 8000, qosThrottledRequests: 4500 }, 'show --json: the API object');
+  t.match(shown.mappedSdcInfo?.[0], { limitIopsBurst: 8000, qosThrottledRequests: 4500 }, 'show --json: the API object');
 
   const list = await run(['volume', 'list']);
   t.match(list.stdout, /vol1\s.*host1\(3000 IOPS 10 MiB\/s burst 4500 throttled\)/, 'list: limits, burst, throttled');

@@ -24,7 +24,7 @@ export interface SnapVolume {
   volumeType: string;
   accessModeLimit?: string;
   consistencyGroupId?: string | null;
-  mappedSdcInfo: Array<{ sdcId: string }>;
+  mappedSdcInfo: Array<{ sdcId: string }> | null;
 }
 
 /** The REST API of an MDM, logged in as admin. */

@@ -163,7 +163,7 @@ t.test('snapshots, groups, restore and removal through the CLI, REST and the rea
     t.equal(restored.code, 0, 'snapshot restore --volume vol1 --from s1');
     const after = await api.volume('vol1');
     t.equal(after.id, before.id, 'vol1 keeps its id');
-    t.same(after.mappedSdcInfo.map((info) => info.sdcId), before.mappedSdcInfo.map((info) => info.sdcId), 'and its mapping');
+    t.same((after.mappedSdcInfo ?? []).map((info) => info.sdcId), (before.mappedSdcInfo ?? []).map((info) => info.sdcId), 'and its mapping');
     t.equal(await compare(source, uri('vol1')), 0, 'vol1 is s1 again, byte for byte (its later writes are gone)');
     t.ok((await qemuIo(t, uri('vol1'), ['write -P 0x77 0 4k'])), 'a write to the restored vol1');
     t.equal(await compare(source, uri('s1')), 0, 'changes nothing in s1');

@@ -10,7 +10,7 @@
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
-import { restErrorCodes } from '../../src/mdm/rest-errors.js';
+import { restErrorCodes, scaleIoErrorCodes } from '../../src/mdm/rest-errors.js';
 import type { RestDashboard, RestDevice, RestSds, RestStoragePool, RestStoragePoolStatistics, RestSystemStatistics, RestVolume } from '../../src/mdm/rest-objects.js';
 import { GiB, MiB, basic, call, formattedDevicePath, login, startTestApi, testClusterId, testDeviceCapacityBytes, testPassword, type TestApi } from '../helpers/rest.js';
 import { loginsInflightMax, restBodyBytesMax } from '../../src/common/limits.js';
@@ -139,7 +139,7 @@ t.test('every create, list, get and action route', async (t) => {
   // Volumes.
   const thin = await create(api, token, 'Volume', { storagePoolId: pool, name: 'vol1', volumeSizeInKb: '100000', volumeType: 'ThinProvisioned' });
   const volume = await get<RestVolume>(api, token, `/api/instances/Volume::${thin}`);
-  t.match(volume, { id: thin, name: 'vol1', sizeInKb: 128 * 1024, volumeType: 'ThinProvisioned', storagePoolId: pool, mappedSdcInfo: [], creationTime: Math.floor(api.controller.nowMs / 1000) }, 'rounded up to the 64 MiB granularity');
+  t.match(volume, { id: thin, name: 'vol1', sizeInKb: 128 * 1024, volumeType: 'ThinProvisioned', storagePoolId: pool, mappedSdcInfo: null, creationTime: Math.floor(api.controller.nowMs / 1000) }, 'rounded up to the 64 MiB granularity');
   t.match(volume.vtreeId, /^[0-9a-f]{16}$/);
   const thick = await create(api, token, 'Volume', { storagePoolId: pool, name: 'vol2', volumeSizeInKb: 64 * 1024 });
   t.equal(model.volumes[thick]?.volumeType, 'ThickProvisioned', "ScaleIO's default volume type");
@@ -215,7 +215,7 @@ t.test('bad input of every kind: 4xx naming the field, the model unchanged', asy
   const before = snapshot(api);
   const unknownId = 'ffffffffffffffff';
 
-  const cases: Array<{ what: string; method?: string; path: string; body?: unknown; raw?: string; status: number; code: string; message?: RegExp }> = [
+  const cases: Array<{ what: string; method?: string; path: string; body?: unknown; raw?: string; status: number; code: string; errorCode?: number; message?: RegExp }> = [
     // Wrong type.
     { what: 'name is a number', path: '/api/types/ProtectionDomain/instances', body: { name: 5 }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^name: must be a string/ },
     { what: 'size is a word', path: '/api/types/Volume/instances', body: { storagePoolId: pool, name: 'v', volumeSizeInKb: 'lots' }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^volumeSizeInKb: must be a whole number/ },
@@ -237,7 +237,7 @@ t.test('bad input of every kind: 4xx naming the field, the model unchanged', asy
     { what: 'granularity below the chunk', path: '/api/types/StoragePool/instances', body: { protectionDomainId: pd, name: 'p2', chunkSizeInKb: 4096, volumeGranularityInMb: 1 }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^volumeGranularityInMb: must be a multiple of the chunk size/ },
     { what: 'granularity given twice', path: '/api/types/StoragePool/instances', body: { protectionDomainId: pd, name: 'p2', volumeGranularityInMb: 64, volumeGranularityInGb: 1 }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^volumeGranularityInMb: give volumeGranularityInGb or volumeGranularityInMb/ },
     { what: 'iops limit below 11', path: `/api/instances/Volume::${volume}/action/setMappedSdcLimits`, body: { sdcId: sdc, iopsLimit: 5 }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^iopsLimit: must be 0 \(unlimited\) or at least 11/ },
-    { what: 'limits of an SDC not mapped', path: `/api/instances/Volume::${volume}/action/setMappedSdcLimits`, body: { sdcId: unmappedSdc, iopsLimit: 100 }, status: 404, code: 'MB_ERR_NOT_FOUND', message: /is not mapped to SDC/ },
+    { what: 'limits of an SDC not mapped', path: `/api/instances/Volume::${volume}/action/setMappedSdcLimits`, body: { sdcId: unmappedSdc, iopsLimit: 100 }, status: 404, code: 'MB_ERR_NOT_FOUND', errorCode: scaleIoErrorCodes.volumeNotMapped, message: /is not mapped to SDC/ },
     { what: 'mapped twice', path: `/api/instances/Volume::${volume}/action/addMappedSdc`, body: { sdcId: sdc }, status: 409, code: 'MB_ERR_ALREADY_MAPPED' },
     { what: 'removing a mapped volume', path: `/api/instances/Volume::${volume}/action/removeVolume`, body: {}, status: 409, code: 'MB_ERR_VOLUME_MAPPED' },
     { what: 'shrinking', path: `/api/instances/Volume::${volume}/action/setVolumeSize`, body: { sizeInKb: 1 }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^sizeInKb: volumes only grow/ },
@@ -264,8 +264,8 @@ t.test('bad input of every kind: 4xx naming the field, the model unchanged', asy
     { what: 'unknown action', path: `/api/instances/Volume::${volume}/action/explode`, body: {}, status: 404, code: 'MB_ERR_NO_ROUTE', message: /Volume has no action 'explode' \(actions: addMappedSdc/ },
     { what: 'unknown relationship', method: 'GET', path: `/api/instances/Volume::${volume}/relationships/Device`, status: 404, code: 'MB_ERR_NO_ROUTE' },
     { what: 'unknown relationship of a V-Tree', method: 'GET', path: `/api/instances/VTree::${vtree}/relationships/Device`, status: 404, code: 'MB_ERR_NO_ROUTE', message: /relationships: Volume, Statistics/ },
-    { what: 'unknown id (get)', method: 'GET', path: `/api/instances/Volume::${unknownId}`, status: 404, code: 'MB_ERR_NOT_FOUND', message: /no Volume with id ffffffffffffffff/ },
-    { what: 'unknown id (action)', path: `/api/instances/Volume::${unknownId}/action/removeVolume`, body: {}, status: 404, code: 'MB_ERR_NOT_FOUND' },
+    { what: 'unknown id (get)', method: 'GET', path: `/api/instances/Volume::${unknownId}`, status: 404, code: 'MB_ERR_NOT_FOUND', errorCode: scaleIoErrorCodes.volumeNotFound, message: /no Volume with id ffffffffffffffff/ },
+    { what: 'unknown id (action)', path: `/api/instances/Volume::${unknownId}/action/removeVolume`, body: {}, status: 404, code: 'MB_ERR_NOT_FOUND', errorCode: scaleIoErrorCodes.volumeNotFound },
     { what: 'unknown referenced id', path: '/api/types/Volume/instances', body: { storagePoolId: unknownId, name: 'v', volumeSizeInKb: 1024 }, status: 404, code: 'MB_ERR_NOT_FOUND', message: /no storage pool with id/ },
     { what: 'unknown SDC to map', path: `/api/instances/Volume::${volume}/action/addMappedSdc`, body: { sdcId: unknownId }, status: 404, code: 'MB_ERR_NOT_FOUND' },
     { what: 'unknown SDS by name', path: '/api/types/Sds/instances', body: { name: 'ghost', protectionDomainId: pd }, status: 404, code: 'MB_ERR_NOT_FOUND' },
@@ -275,7 +275,7 @@ t.test('bad input of every kind: 4xx naming the field, the model unchanged', asy
     { what: 'POST on an instance', path: `/api/instances/Volume::${volume}`, body: {}, status: 405, code: 'MB_ERR_METHOD_NOT_ALLOWED' },
     { what: 'creating an SDC', path: '/api/types/Sdc/instances', body: { name: 'x' }, status: 405, code: 'MB_ERR_METHOD_NOT_ALLOWED' },
     // Conflicts.
-    { what: 'name taken', path: '/api/types/Volume/instances', body: { storagePoolId: pool, name: 'vol1', volumeSizeInKb: 1024 }, status: 409, code: 'MB_ERR_NAME_TAKEN' },
+    { what: 'name taken', path: '/api/types/Volume/instances', body: { storagePoolId: pool, name: 'vol1', volumeSizeInKb: 1024 }, status: 409, code: 'MB_ERR_NAME_TAKEN', errorCode: scaleIoErrorCodes.volumeNameTaken },
     { what: 'SDS of another protection domain', path: '/api/types/Device/instances', body: { sdsId: api.controller.registerSds('loner', 7999), storagePoolId: pool, deviceCurrentPathName: '/dev/sdb' }, status: 400, code: 'MB_ERR_INVALID_ARGUMENT', message: /^storagePoolId: SDS 'loner' is in no protection domain/ },
     { what: 'device path taken on the SDS', path: '/api/types/Device/instances', body: { sdsId: sds[2], storagePoolId: pool, deviceCurrentPathName: '/dev/sdb' }, status: 409, code: 'MB_ERR_DEVICE_EXISTS' },
   ];
@@ -286,7 +286,7 @@ t.test('bad input of every kind: 4xx naming the field, the model unchanged', asy
   for (const entry of cases) {
     const reply = await call(api, entry.method ?? 'POST', entry.path, { token, ...(entry.raw !== undefined ? { raw: entry.raw } : entry.body !== undefined ? { body: entry.body } : {}) });
     t.equal(reply.status, entry.status, `${entry.what}: HTTP ${entry.status}`);
-    t.match(reply.body, { code: entry.code, httpStatusCode: entry.status, errorCode: restErrorCodes[entry.code] }, `${entry.what}: ${entry.code}`);
+    t.match(reply.body, { code: entry.code, httpStatusCode: entry.status, errorCode: entry.errorCode ?? restErrorCodes[entry.code] }, `${entry.what}: ${entry.code}`);
     if (entry.message !== undefined) t.match((reply.body as { message: string }).message, entry.message, `${entry.what}: says why`);
     t.notMatch((reply.body as { message: string }).message, /\n/, `${entry.what}: one line`);
     if (entry.status === 405) t.ok(reply.headers['allow'], `${entry.what}: Allow header`);
@@ -362,7 +362,7 @@ t.test('capacity statistics: arithmetic on a pool with devices, thick and thin v
   const before = snapshot(api);
   const tooBig = await post(api, token, '/api/types/Volume/instances', { storagePoolId: pool, name: 'huge', volumeSizeInKb: 2 * 1024 * 1024, volumeType: 'ThickProvisioned' });
   t.equal(tooBig.status, 409);
-  t.match(tooBig.body, { code: 'MB_ERR_INSUFFICIENT_CAPACITY', errorCode: 15, message: /does not fit: .* needed, .* usable after the .* spare/ });
+  t.match(tooBig.body, { code: 'MB_ERR_INSUFFICIENT_CAPACITY', errorCode: restErrorCodes['MB_ERR_INSUFFICIENT_CAPACITY'], message: /does not fit: .* needed, .* usable after the .* spare/ });
   t.equal(snapshot(api), before);
   const fits = stats.capacityAvailableForVolumeAllocationInKb - (stats.capacityAvailableForVolumeAllocationInKb % (64 * 1024));
   t.equal((await post(api, token, '/api/types/Volume/instances', { storagePoolId: pool, name: 'fits', volumeSizeInKb: fits, volumeType: 'ThickProvisioned' })).status, 200, 'the available capacity, rounded down to the granularity, fits');

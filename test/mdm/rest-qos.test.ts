@@ -132,7 +132,7 @@ t.test('limits and bursts through REST: kept when left out, refused naming the f
   t.equal((await call(mdm.api, 'POST', `/api/instances/Volume::${volume}/action/addMappedSdc`, { token: mdm.token, body: { sdcId: sdc.id } })).status, 200);
 
   t.equal((await limits(mdm, volume, { sdcId: sdc.id, iopsLimit: '2000', bandwidthLimitInKbps: 10240, iopsBurst: 8000, bandwidthBurstInKbps: '40960', burstSeconds: 30 })).status, 200, 'limits and burst, strings or numbers');
-  const info = async (): Promise<RestVolume['mappedSdcInfo'][number] | undefined> => (await get<RestVolume>(mdm, `/api/instances/Volume::${volume}`)).mappedSdcInfo[0];
+  const info = async (): Promise<NonNullable<RestVolume['mappedSdcInfo']>[number] | undefined> => (await get<RestVolume>(mdm, `/api/instances/Volume::${volume}`)).mappedSdcInfo?.[0];
   t.match(await info(), { sdcId: sdc.id, sdcName: 'host1', limitIops: 2000, limitBwInMbps: 10, limitBwInKbps: 10240, limitIopsBurst: 8000, limitBwBurstInKbps: 40960, limitBurstSeconds: 30, qosRequests: 0, qosThrottledRequests: 0, qosThrottledMs: 0, qosWaiting: 0 });
   await until('the SDC to get its new view', () => sdc.views.at(-1)?.volumes[0]?.iopsBurst === 8000);
   t.match(sdc.views.at(-1)?.volumes[0], { id: volume, iopsLimit: 2000, bandwidthLimitKbps: 10240, iopsBurst: 8000, bandwidthBurstKbps: 40960, burstSeconds: 30 }, 'the view carries limits and burst');
@@ -197,10 +197,10 @@ t.test("the SDC's heartbeat statistics in mappedSdcInfo, Sdc and Volume Statisti
     'garbage',
   ]);
 
-  const volumeInfo = (await get<RestVolume>(mdm, `/api/instances/Volume::${volume}`)).mappedSdcInfo[0];
+  const volumeInfo = (await get<RestVolume>(mdm, `/api/instances/Volume::${volume}`)).mappedSdcInfo?.[0];
   t.match(volumeInfo, { limitIops: 2000, qosRequests: 120000, qosThrottledRequests: 4500, qosThrottledMs: 81235, qosWaiting: 3 }, 'mappedSdcInfo: the first entry of a volume counts, throttledMs rounded');
   const listed = await get<RestVolume[]>(mdm, '/api/types/Volume/instances');
-  t.match(listed.find((entry) => entry.id === unlimited)?.mappedSdcInfo[0], { limitIops: 0, qosRequests: 50, qosThrottledRequests: 0 }, 'the listing too');
+  t.match(listed.find((entry) => entry.id === unlimited)?.mappedSdcInfo?.[0], { limitIops: 0, qosRequests: 50, qosThrottledRequests: 0 }, 'the listing too');
 
   const sdcStats = await get<RestSdcStatistics>(mdm, `/api/instances/Sdc::${sdc.id}/relationships/Statistics`);
   t.equal(sdcStats.statisticsAvailable, true);
@@ -222,7 +222,7 @@ t.test("the SDC's heartbeat statistics in mappedSdcInfo, Sdc and Volume Statisti
   t.equal(dashboard.qos.length, 1);
 
   await sdc.beat('not a list');
-  t.match((await get<RestVolume>(mdm, `/api/instances/Volume::${volume}`)).mappedSdcInfo[0], { qosRequests: 0, qosThrottledRequests: 0 }, 'a heartbeat without statistics (an older SDC): 0s');
+  t.match((await get<RestVolume>(mdm, `/api/instances/Volume::${volume}`)).mappedSdcInfo?.[0], { qosRequests: 0, qosThrottledRequests: 0 }, 'a heartbeat without statistics (an older SDC): 0s');
 });
 
 t.test('limits survive an MDM restart (journal replay); a journal from before bursts replays as no burst', async (t) => {
@@ -237,7 +237,7 @@ t.test('limits survive an MDM restart (journal replay); a journal from before bu
   await first.stop();
 
   const second = await startMdm(t, dataDir, authDir);
-  t.match((await get<RestVolume>(second, `/api/instances/Volume::${volume}`)).mappedSdcInfo[0], { limitIops: 2000, limitBwInKbps: 10240, limitIopsBurst: 8000, limitBwBurstInKbps: 40960, limitBurstSeconds: 30 }, 'replayed from the journal');
+  t.match((await get<RestVolume>(second, `/api/instances/Volume::${volume}`)).mappedSdcInfo?.[0], { limitIops: 2000, limitBwInKbps: 10240, limitIopsBurst: 8000, limitBwBurstInKbps: 40960, limitBurstSeconds: 30 }, 'replayed from the journal');
   t.match(second.service.sdcView(sdcId).volumes[0], { iopsLimit: 2000, iopsBurst: 8000, bandwidthBurstKbps: 40960, burstSeconds: 30 }, 'and sent to the SDC when it calls');
   await second.stop();
 
@@ -248,5 +248,5 @@ t.test('limits survive an MDM restart (journal replay); a journal from before bu
     await journal.close();
   }
   const third = await startMdm(t, dataDir, authDir);
-  t.match((await get<RestVolume>(third, `/api/instances/Volume::${volume}`)).mappedSdcInfo[0], { limitIops: 500, limitBwInKbps: 2048, limitIopsBurst: 0, limitBwBurstInKbps: 0, limitBurstSeconds: 0 }, 'the old command replays as no burst');
+  t.match((await get<RestVolume>(third, `/api/instances/Volume::${volume}`)).mappedSdcInfo?.[0], { limitIops: 500, limitBwInKbps: 2048, limitIopsBurst: 0, limitBwBurstInKbps: 0, limitBurstSeconds: 0 }, 'the old command replays as no burst');
 });
