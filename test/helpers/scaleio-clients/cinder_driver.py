@@ -209,9 +209,9 @@ def main():
     steps.run("revert volume to snapshot", revert("thin", "snap"),
               needs=["create snapshot"])
     steps.run("manage existing volume (get size, manage)",
-              manage(target["manageVolumeId"], False), needs=ready)
+              manage(target["manageVolumeId"], False), needs=["do_setup"])
     steps.run("manage existing mapped volume: refused",
-              manage(target["mappedVolumeId"], True), needs=ready)
+              manage(target["mappedVolumeId"], True), needs=["do_setup"])
     steps.run("delete snapshot",
               lambda: driver.delete_snapshot(snapshots["snap"]) or
               {"providerId": snapshots["snap"].provider_id},
