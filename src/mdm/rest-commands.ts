@@ -13,7 +13,7 @@ import type { MdmController, SnapshotResult } from './controller.js';
 import { ioPriorityPolicyNames, removeModes, type Id, type SystemModel, type Volume } from './model.js';
 import { BodyReader, checkName, checkVolumeName } from './rest-body.js';
 import { RestError, notFoundErrorCode, scaleIoErrorCodes, withErrorCode } from './rest-errors.js';
-import type { RestType } from './rest-objects.js';
+import { instanceTables, type RestType } from './rest-objects.js';
 import { MdmError, type Applied, type Command } from './state-machine.js';
 import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax } from '../common/limits.js';
 
@@ -537,16 +537,7 @@ function idByName(model: SystemModel, type: RestType, name: string, protectionDo
     if (name !== model.name) throw new RestError('MB_ERR_NOT_FOUND', `the system is not named '${name}'`, 404, {}, scaleIoErrorCodes.resourceNotFound);
     return model.clusterId;
   }
-  const tables: Record<Exclude<RestType, 'System' | 'VTree'>, Record<Id, { id: Id; name: string; protectionDomainId?: Id | null }>> = {
-    ProtectionDomain: model.protectionDomains,
-    StoragePool: model.storagePools,
-    FaultSet: model.faultSets,
-    Sds: model.sdss,
-    Device: model.devices,
-    Sdc: model.sdcs,
-    Volume: model.volumes,
-  };
-  const matches = Object.values(tables[type]).filter((entry) => entry.name === name && (protectionDomainId === undefined || entry.protectionDomainId === protectionDomainId));
+  const matches = Object.values(instanceTables(model)[type]).filter((entry) => entry.name === name && (protectionDomainId === undefined || entry.protectionDomainId === protectionDomainId));
   if (matches.length === 0) throw new RestError('MB_ERR_NOT_FOUND', `no ${type} named '${name}'${protectionDomainId === undefined ? '' : ` in protection domain ${protectionDomainId}`}`, 404, {}, notFoundErrorCode(type));
   if (matches.length > 1) throw new MdmError('MB_ERR_AMBIGUOUS', `${matches.length} ${type} instances are named '${name}'; give protectionDomainId`, 409);
   return (matches[0] as { id: Id }).id;

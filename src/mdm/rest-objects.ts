@@ -33,6 +33,22 @@ export type RestType = (typeof restTypes)[number];
 
 export const meshblockVersionName = 'meshblock 0.1.0';
 
+/** The model's instances of each REST type but the System (which is not in a table). */
+export function instanceTables(model: SystemModel): {
+  [T in Exclude<RestType, 'System'>]: Record<Id, T extends 'VTree' ? VTree : { id: Id; name: string; protectionDomainId?: Id | null }>;
+} {
+  return {
+    ProtectionDomain: model.protectionDomains,
+    StoragePool: model.storagePools,
+    FaultSet: model.faultSets,
+    Sds: model.sdss,
+    Device: model.devices,
+    Sdc: model.sdcs,
+    Volume: model.volumes,
+    VTree: model.vtrees,
+  };
+}
+
 export interface RestLink {
   rel: string;
   href: string;

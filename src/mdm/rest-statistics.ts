@@ -32,7 +32,7 @@
 import type { VolumeQosStats } from '../wire/mdm-ops.js';
 import type { SdsStats } from '../wire/sds-ops.js';
 import type { Device, Id, Sdc, Sds, Volume } from './model.js';
-import type { RestType, SdcQosLookup } from './rest-objects.js';
+import { instanceTables, type RestType, type SdcQosLookup } from './rest-objects.js';
 import type { PoolCapacity, StateMachine } from './state-machine.js';
 import type { RebuildStatus } from './controller.js';
 import { InvalidArgumentError } from '../common/errors.js';
@@ -668,17 +668,7 @@ export function objectStatistics(sources: StatisticsSources, type: RestType, id:
 /** Every id of a type, for allIds. */
 function allIdsOf(state: StateMachine, type: RestType): Id[] {
   const model = state.model;
-  const tables: Record<Exclude<RestType, 'System'>, Record<Id, unknown>> = {
-    ProtectionDomain: model.protectionDomains,
-    StoragePool: model.storagePools,
-    FaultSet: model.faultSets,
-    Sds: model.sdss,
-    Device: model.devices,
-    Sdc: model.sdcs,
-    Volume: model.volumes,
-    VTree: model.vtrees,
-  };
-  return type === 'System' ? [model.clusterId] : Object.keys(tables[type]).sort();
+  return type === 'System' ? [model.clusterId] : Object.keys(instanceTables(model)[type]).sort();
 }
 
 /** querySelectedStatistics' body, checked: which properties of which objects. */

@@ -203,3 +203,32 @@ export async function login(api: TestApi, password = testPassword): Promise<stri
   if (reply.status !== 200 || typeof reply.body !== 'string') throw new Error(`login failed: ${reply.status} ${reply.text}`);
   return reply.body;
 }
+
+/** Creates an instance of `type` through the REST API; its id. */
+export async function createInstance(api: TestApi, token: string, type: string, body: unknown): Promise<string> {
+  const reply = await call(api, 'POST', `/api/types/${type}/instances`, { token, body });
+  if (reply.status !== 200) throw new Error(`create ${type}: ${reply.status} ${reply.text}`);
+  return (reply.body as { id: string }).id;
+}
+
+export interface PopulatedApi {
+  api: TestApi;
+  token: string;
+  pd: string;
+  pool: string;
+  sds: string[];
+  devices: string[];
+}
+
+/** A test API with protection domain pd1 and pool pool1 (64 MiB granularity) over three SDSs of one 1 GiB device each, made through the REST API. */
+export async function populatedApi(t: TeardownHost & { testdir(): string }): Promise<PopulatedApi> {
+  const api = await startTestApi(t);
+  const token = await login(api);
+  const pd = await createInstance(api, token, 'ProtectionDomain', { name: 'pd1' });
+  const pool = await createInstance(api, token, 'StoragePool', { protectionDomainId: pd, name: 'pool1', volumeGranularityInMb: 64 });
+  const sds = ['sds1', 'sds2', 'sds3'].map((name, index) => api.controller.registerSds(name, 7072 + index));
+  for (const sdsId of sds) await createInstance(api, token, 'Sds', { sdsId, protectionDomainId: pd });
+  const devices: string[] = [];
+  for (const sdsId of sds) devices.push(await createInstance(api, token, 'Device', { sdsId, storagePoolId: pool, deviceCurrentPathName: '/dev/sdb' }));
+  return { api, token, pd, pool, sds, devices };
+}

@@ -9,10 +9,10 @@
 
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { restErrorCodes, scaleIoErrorCodes } from '../../src/mdm/rest-errors.js';
 import type { RestDashboard, RestDevice, RestSds, RestStoragePool, RestStoragePoolStatistics, RestSystemStatistics, RestVolume } from '../../src/mdm/rest-objects.js';
-import { GiB, MiB, basic, call, formattedDevicePath, login, startTestApi, testClusterId, testDeviceCapacityBytes, testPassword, type TestApi } from '../helpers/rest.js';
+import { GiB, MiB, basic, call, formattedDevicePath, login, populatedApi, startTestApi, testClusterId, testDeviceCapacityBytes, testPassword, type TestApi } from '../helpers/rest.js';
 import { loginsInflightMax, restBodyBytesMax } from '../../src/common/limits.js';
 
 const KiB = 1024;
@@ -38,18 +38,7 @@ async function create(api: TestApi, token: string, type: string, body: unknown):
   return (reply.body as { id: string }).id;
 }
 
-/** A protection domain with a pool over three SDSs, one 1 GiB device each. */
-async function populated(t: Test): Promise<{ api: TestApi; token: string; pd: string; pool: string; sds: string[]; devices: string[] }> {
-  const api = await startTestApi(t);
-  const token = await login(api);
-  const pd = await create(api, token, 'ProtectionDomain', { name: 'pd1' });
-  const pool = await create(api, token, 'StoragePool', { protectionDomainId: pd, name: 'pool1', volumeGranularityInMb: 64 });
-  const sds = ['sds1', 'sds2', 'sds3'].map((name, index) => api.controller.registerSds(name, 7072 + index));
-  for (const sdsId of sds) await create(api, token, 'Sds', { sdsId, protectionDomainId: pd });
-  const devices: string[] = [];
-  for (const sdsId of sds) devices.push(await create(api, token, 'Device', { sdsId, storagePoolId: pool, deviceCurrentPathName: '/dev/sdb' }));
-  return { api, token, pd, pool, sds, devices };
-}
+const populated = populatedApi;
 
 t.test('login: wrong password is refused, the right one gives a token; token by Basic or Bearer; logout ends it', async (t) => {
   const lines: string[] = [];

@@ -15,7 +15,7 @@
 import t, { type Test } from 'tap';
 import type { RestBwc } from '../../src/mdm/rest-statistics.js';
 import { restTypes } from '../../src/mdm/rest-objects.js';
-import { GiB, MiB, call, login, startTestApi, testClusterId, type TestApi } from '../helpers/rest.js';
+import { GiB, MiB, call, populatedApi, testClusterId, type TestApi } from '../helpers/rest.js';
 
 const KiB = 1024;
 
@@ -48,14 +48,7 @@ async function create(api: TestApi, token: string, type: string, body: unknown):
 
 /** A pool over three SDSs (1 GiB device each), a 256 MiB thick and a 2 GiB thin volume, the thin one mapped to an SDC. */
 async function populated(t: Test): Promise<Populated> {
-  const api = await startTestApi(t);
-  const token = await login(api);
-  const pd = await create(api, token, 'ProtectionDomain', { name: 'pd1' });
-  const pool = await create(api, token, 'StoragePool', { protectionDomainId: pd, name: 'pool1', volumeGranularityInMb: 64 });
-  const sds = ['sds1', 'sds2', 'sds3'].map((name, index) => api.controller.registerSds(name, 7072 + index));
-  for (const sdsId of sds) await create(api, token, 'Sds', { sdsId, protectionDomainId: pd });
-  const devices: string[] = [];
-  for (const sdsId of sds) devices.push(await create(api, token, 'Device', { sdsId, storagePoolId: pool, deviceCurrentPathName: '/dev/sdb' }));
+  const { api, token, pd, pool, sds, devices } = await populatedApi(t);
   const thick = await create(api, token, 'Volume', { storagePoolId: pool, name: 'thick1', volumeSizeInKb: 256 * 1024, volumeType: 'ThickProvisioned' });
   const thin = await create(api, token, 'Volume', { storagePoolId: pool, name: 'thin1', volumeSizeInKb: 2 * 1024 * 1024, volumeType: 'ThinProvisioned' });
   const sdc = api.controller.registerSdc('0a1b2c3d-0000-1111-2222-333344445555', 'host1');
