@@ -15,17 +15,11 @@
 import t, { type Test } from 'tap';
 import type { RestBwc } from '../../src/mdm/rest-statistics.js';
 import { restTypes } from '../../src/mdm/rest-objects.js';
-import { GiB, MiB, call, populatedApi, testClusterId, type TestApi } from '../helpers/rest.js';
+import { GiB, MiB, call, populatedApi, testClusterId, type PopulatedApi, type TestApi } from '../helpers/rest.js';
 
 const KiB = 1024;
 
-interface Populated {
-  api: TestApi;
-  token: string;
-  pd: string;
-  pool: string;
-  sds: string[];
-  devices: string[];
+interface Populated extends PopulatedApi {
   thick: string;
   thin: string;
   sdc: string;
