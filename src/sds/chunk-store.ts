@@ -63,8 +63,8 @@ import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { crc32c } from '../common/crc32c.js';
 import { MeshblockError } from '../common/errors.js';
-import * as native from '../common/native.js';
-import { PositionalIo, ShortReadError } from '../common/positional-io.js';
+import { ShortReadError } from '../common/positional-io.js';
+import { nativeDeviceIo, type DeviceIo, type DeviceIoFactory } from './device-io.js';
 import { openDevice, slotEntryBytes, type DeviceOwner, type OpenedDevice } from './device.js';
 import { rateWindowMs } from '../common/limits.js';
 
@@ -129,13 +129,14 @@ export class StoreDevice {
   rates = zeroCounters();
   private windowStart = zeroCounters();
 
-  readonly io: PositionalIo;
+  readonly io: DeviceIo;
 
   constructor(
     readonly opened: OpenedDevice,
     log: Logger,
+    ioFactory: DeviceIoFactory,
   ) {
-    this.io = new PositionalIo(opened.fd, { path: opened.path, isBlockDevice: opened.isBlockDevice, log });
+    this.io = ioFactory(opened, log);
   }
 
   get deviceId(): string {
@@ -177,6 +178,8 @@ export interface ChunkStoreOptions {
   log: Logger;
   /** Thick reservations by volume tree: chunk slots held back for its first writes. */
   reservations?: Map<string, number>;
+  /** How device IO is done: the real calls unless a test simulates power loss. */
+  deviceIo?: DeviceIoFactory;
 }
 
 export class ChunkStore {
@@ -237,7 +240,7 @@ export class ChunkStore {
       fs.closeSync(opened.fd);
       throw new StoreError('MB_ERR_DEVICE_DUPLICATE', `${path} is device ${opened.superblock.deviceId}, which is already open under another path`);
     }
-    const device = new StoreDevice(opened, this.log);
+    const device = new StoreDevice(opened, this.log, this.options.deviceIo ?? nativeDeviceIo);
     try {
       await this.loadSlotTable(device);
     } catch (err) {
@@ -664,24 +667,22 @@ export class ChunkStore {
   private async zeroRange(device: StoreDevice, positionBytes: number, lengthBytes: number): Promise<void> {
     if (device.state === 'failed') throw this.failedError(device);
     device.dirty = true;
-    const fd = device.opened.fd;
-    if (device.opened.isBlockDevice) await this.deviceCall(device, 'zero', () => native.zeroout(fd, positionBytes, lengthBytes));
-    else await this.deviceCall(device, 'punch', () => native.fallocate(fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, positionBytes, lengthBytes));
+    await this.deviceCall(device, 'zero', () => device.io.zero(positionBytes, lengthBytes));
     device.dirty = true; // as in writeFully
   }
 
   /** Gives a freed slot's space back: punch on files; discard on devices, ignored if unsupported. */
   private async discardRange(device: StoreDevice, positionBytes: number, lengthBytes: number): Promise<void> {
-    if (!device.opened.isBlockDevice) return this.zeroRange(device, positionBytes, lengthBytes);
-    await native.discard(device.opened.fd, positionBytes, lengthBytes).catch((err: unknown) => {
-      this.log.debug({ err, deviceId: device.deviceId }, 'discard not supported; the slot keeps its old bytes until reused (it is zeroed then)');
-    });
+    if (device.state === 'failed') throw this.failedError(device);
+    device.dirty = true;
+    await this.deviceCall(device, 'discard', () => device.io.discard(positionBytes, lengthBytes));
+    device.dirty = true; // as in writeFully
   }
 
   private async syncDevice(device: StoreDevice): Promise<void> {
     if (device.state === 'failed') throw this.failedError(device);
     device.dirty = false;
-    const sync = this.deviceCall(device, 'fdatasync', () => fdatasync(device.opened.fd));
+    const sync = this.deviceCall(device, 'fdatasync', () => device.io.sync());
     device.syncing = sync;
     try {
       await sync;
@@ -724,7 +725,7 @@ export class ChunkStore {
     await Promise.allSettled([...this.allocating.values()]);
     for (const device of this.devices) {
       try {
-        if (device.dirty && device.state === 'normal') fs.fdatasyncSync(device.opened.fd);
+        if (device.dirty && device.state === 'normal') await device.io.sync();
       } catch (err) {
         this.log.error({ err, deviceId: device.deviceId }, 'fdatasync at close failed');
       }
@@ -775,6 +776,3 @@ function decodeEntry(entry: Buffer): 'free' | 'damaged' | { sequence: number; ke
   };
 }
 
-function fdatasync(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
-}
