@@ -168,6 +168,19 @@ export const ioPriorityConcurrentIosPerDeviceDefault = 1;
 export const ioPriorityBandwidthPerDeviceKbpsDefault = 10 * 1024;
 /** How often a rebuild copy waiting for its pace looks again at the rate (a policy change, clients going quiet). */
 export const rebuildPaceRecheckMs = 100;
+
+// --- Checksums at rest and the scrub (docs/integrity.md) ---------------------------------
+
+/** A pool's scrub when its policy says nothing: both copies compared, 1 MB/s per device (ScaleIO's scanner default). */
+export const scrubModeDefault = 'dataComparison';
+export const scrubRateKBpsDefault = 1024;
+/** The slowest and fastest scrub rate a pool policy may set, per device. */
+export const scrubRateKBpsMin = 64;
+export const scrubRateKBpsMax = 1024 * 1024;
+/** Ranges bad on both copies an SDS remembers and reports (the newest). */
+export const unrepairableRangesMax = 100;
+/** A slot not written for this long, with a flush since its last write, is closed (its entry's open flag cleared). */
+export const slotCloseIdleMs = 5_000;
 /** A fill order not answered by the group being in sync is repeated after this long. */
 export const rebuildOrderRepeatMs = 30_000;
 /** A pool is planned again for orphaned one-copy groups at most this often. */

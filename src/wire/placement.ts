@@ -25,6 +25,15 @@ export interface PlacementGroup {
 export interface PoolPlacement {
   chunkBytes: number;
   groups: PlacementGroup[];
+  /** The pool's background scrub policy; absent means the default (limits.ts scrub*Default). */
+  scrub?: ScrubPolicy;
+}
+
+/** ScaleIO's background device scanner: deviceOnly verifies each copy's checksums, dataComparison also compares the two copies. */
+export interface ScrubPolicy {
+  mode: 'off' | 'deviceOnly' | 'dataComparison';
+  /** Per device, in KB/s (1 KB = 1024 bytes, as ScaleIO's bandwidth limits). */
+  rateKBps: number;
 }
 
 export interface SdsAddress {

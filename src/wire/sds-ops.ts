@@ -41,6 +41,12 @@
 //                                               chunkIndex (4), generation (4)
 //   AddDevice   27   AddDeviceOrder JSON        RegisteredDevice JSON (mdm-ops.ts); a device
 //                                               that holds anything: DeviceRefused
+//   ReadCopy    28   args (exact key)           lengthBytes of this SDS's own copy, verified
+//                                               against its checksums; Corrupt if it is bad
+//                                               (a primary repairing its copy asks its mirror)
+//   Digest      29   args (exact key, whole     4 bytes per 4 KiB block: the stored CRC-32C of
+//                    chunk)                     each block, verified; Corrupt if any is bad
+//                                               (the scrub's comparison of the two copies)
 //
 // Errors: StaleEpoch replies carry the SDS's epoch as 8 bytes; other failures a UTF-8 message.
 
@@ -63,6 +69,8 @@ export const SdsOp = {
   Put: 25,
   ListGroup: 26,
   AddDevice: 27,
+  ReadCopy: 28,
+  Digest: 29,
 } as const;
 
 export const IoFlag = {
@@ -95,6 +103,12 @@ export const SdsStatus = {
    * not applied; the sender retries shortly (sdcFrozenRetryMs) until the freeze is lifted.
    */
   Frozen: 10,
+  /**
+   * The bytes asked for failed their checksums on every copy the SDS could reach (or, for
+   * ReadCopy and Digest, on its own copy): nothing was returned. The SDC answers EIO and
+   * does not retry; the range is reported (SdsStats.unrepairable).
+   */
+  Corrupt: 11,
 } as const;
 
 export const ioArgsBytes = 40;
@@ -286,6 +300,55 @@ export interface DeviceStats {
   writeIops: number;
   readBytesPerSecond: number;
   writeBytesPerSecond: number;
+  /** Blocks of this device found failing their checksums since the SDS started (optional: older SDSs). */
+  checksumErrors?: number;
+  /** Bytes of this device the scrub has read since the SDS started. */
+  scrubbedBytes?: number;
+}
+
+/** Checksums at rest and their repairs on one SDS, since it started (docs/integrity.md). */
+export interface IntegrityCounters {
+  /** Blocks found failing their checksum (read path and scrub), on this SDS's copies. */
+  checksumErrors: number;
+  /** Bad blocks rewritten from the other copy. */
+  repairedBlocks: number;
+  /** Blocks bad on both copies: reads of them fail with EIO until they are rewritten. */
+  unrepairableBlocks: number;
+  /** Blocks of slots open at a power cut that failed their checksum at open: torn writes never acknowledged, taken as they are. */
+  tornBlocksAccepted: number;
+  /** Slot-table entries found damaged at open (the chunk is fetched again from its mirror). */
+  damagedEntries: number;
+  /** Scrub comparison: both copies verified but differed; the secondary was rewritten from the primary. */
+  mismatchedBlocks: number;
+}
+
+export type ScrubMode = 'off' | 'deviceOnly' | 'dataComparison';
+
+/** The background scrub of one SDS (ScaleIO's background device scanner). */
+export interface ScrubProgress {
+  /** 'off' when the pool policy disables it; 'paused' while client IO or a rebuild runs. */
+  state: 'off' | 'running' | 'paused' | 'idle';
+  mode: ScrubMode;
+  rateKBps: number;
+  passesCompleted: number;
+  passStartedAtMs: number | null;
+  lastPassCompletedAtMs: number | null;
+  /** Chunk copies scanned in the current pass, of chunksTotal. */
+  chunksScanned: number;
+  chunksTotal: number;
+  /** Bytes read by the scrub since the SDS started. */
+  bytesScanned: number;
+}
+
+/** A range bad on both copies: reads of it fail with EIO. Chunk coordinates. */
+export interface UnrepairableRange {
+  poolId: string;
+  vtreeId: string;
+  generation: number;
+  chunkIndex: number;
+  offsetBytes: number;
+  lengthBytes: number;
+  detectedAtMs: number;
 }
 
 export interface RebuildProgress {
@@ -311,6 +374,11 @@ export interface SdsStats {
   devices: DeviceStats[];
   reservedBytes: number;
   rebuilds: RebuildProgress[];
+  /** Optional: an SDS from before checksums at rest does not send them (read as zeros). */
+  integrity?: IntegrityCounters;
+  scrub?: ScrubProgress;
+  /** The newest ranges bad on both copies (at most unrepairableRangesMax, newest last). */
+  unrepairable?: UnrepairableRange[];
 }
 
 export interface ListGroupArgs {
