@@ -161,6 +161,10 @@ export const errorCodes = {
   MB_ERR_DEVICE_FAILED: 'MB_ERR_DEVICE_FAILED',
   /** A read of the device came back short (the device shrank under the SDS). */
   MB_ERR_DEVICE_SHORT: 'MB_ERR_DEVICE_SHORT',
+  /** The device's on-disk format differs from this meshblock's (e.g. its checksum block size). */
+  MB_ERR_DEVICE_FORMAT: 'MB_ERR_DEVICE_FORMAT',
+  /** Stored bytes failed their checksum (rot, a misdirected write): nothing of them was returned. */
+  MB_ERR_CHECKSUM: 'MB_ERR_CHECKSUM',
   /** No free chunk slot, or not enough to reserve for a thick volume. */
   MB_ERR_NO_SPACE: 'MB_ERR_NO_SPACE',
   /** No meshblock superblock on the device. */

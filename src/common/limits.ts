@@ -181,6 +181,8 @@ export const scrubRateKBpsMax = 1024 * 1024;
 export const unrepairableRangesMax = 100;
 /** A slot not written for this long, with a flush since its last write, is closed (its entry's open flag cleared). */
 export const slotCloseIdleMs = 5_000;
+/** Slots whose block checksums an SDS keeps in memory (1 KiB each for 1 MiB chunks): 64 MiB, 64 GiB of chunks. */
+export const checksumCacheSlotsMax = 65_536;
 /** A fill order not answered by the group being in sync is repeated after this long. */
 export const rebuildOrderRepeatMs = 30_000;
 /** A pool is planned again for orphaned one-copy groups at most this often. */

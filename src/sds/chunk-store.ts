@@ -1,14 +1,15 @@
 // The chunk store: an SDS's devices cut into fixed chunk slots, and the index from chunk
 // keys to slots. Space is taken on first write (thin); a chunk that was never written, or
-// was trimmed whole, reads as zeros without touching a device.
+// was trimmed whole, reads as zeros without touching a device. Every 4 KiB block of every
+// chunk carries a CRC-32C on the device, checked on every read.
 //
-// On-device layout (device.ts writes the superblock and sizes the table):
+// On-device layout (device.ts writes the superblock and sizes the tables):
 //
-//   0                 4 KiB              dataOffsetBytes (MiB-aligned)
-//   +-----------------+------------------+---------+---------+-----+---------------+
-//   | superblock      | slot table       | slot 0  | slot 1  | ... | slot N-1      |
-//   +-----------------+------------------+---------+---------+-----+---------------+
-//                      N entries x 64 B    chunkBytes each
+//   0            4 KiB         (4 KiB-aligned)       dataOffsetBytes (MiB-aligned)
+//   +------------+-------------+---------------------+---------+-----+---------------+
+//   | superblock | slot table  | checksum table      | slot 0  | ... | slot N-1      |
+//   +------------+-------------+---------------------+---------+-----+---------------+
+//                 N x 64 B      N x (32 + 4 per block) chunkBytes each
 //
 // A slot-table entry describes its slot (64 bytes, big-endian):
 //
@@ -16,43 +17,74 @@
 //   ------  ----  -----------  -------------------------------------------------------------
 //        0     4  crc32c       CRC-32C of bytes 4..63
 //        4     1  state        1 = holds a chunk; an all-zero entry is a free slot
-//        5     3  reserved     0
+//        5     1  flags        bit 0 "open": the slot may hold writes not yet made durable
+//        6     2  reserved     0
 //        8     8  sequence     store-wide, increasing: if two slots claim one key after a
 //                              crash, the higher sequence wins and the other is freed
 //       16     8  poolId       the key: pool, volume tree, chunk index and generation
 //       24     8  vtreeId
 //       32     4  chunkIndex
 //       36     4  generation
-//       40    24  reserved     0 (room for snapshot bookkeeping)
+//       40    24  reserved     0
 //
-// Crash safety without a journal: every change of the index is one entry write of 64
-// bytes, inside one 512-byte sector, so it lands whole or not at all, and the entry is the
-// index — there is nothing else to keep consistent with it. Ordering makes every crash
-// point safe:
-//   allocate: zero the slot, then write its entry, then the data. A crash between leaves a
-//             chunk that reads as zeros where the unacknowledged write did not land.
-//   free:     drop the key from memory, zero the entry, then punch or discard the slot, and
-//             only then give the slot back to the free list.
-// A flush (or FUA) fdatasyncs the devices written since the last one, entries and data
-// alike, so everything acknowledged after it survives a crash of the process or the host.
-// A damaged entry (bad checksum) is reported and its slot is never reused; the chunk it
-// held is lost on this copy and has to come back from the mirror (rebuild).
+// A slot's checksum area: a 32-byte header (CRC-32C of bytes 4..31, 4 reserved bytes, then
+// the key's 24 bytes as in the entry: a second copy of the key, far from the entry, so that
+// a damaged entry still names the chunk it lost), then one big-endian CRC-32C per 4 KiB
+// block of the slot. A block's CRC is seeded with the key's own CRC, so a block written for
+// one key never verifies as another's (a misdirected write, a slot read under the wrong
+// entry). A stored 0 over an all-zero block means "never written" and verifies.
+//
+// The storage model is a disk that loses power: what an fdatasync made durable stays; of
+// everything written since, any subset lands, each 512-byte sector whole or not at all.
+// Every change of the index is one entry write, inside one sector. The orders below make
+// every cut safe:
+//   allocate: write the slot's whole first content (zeros, with the first write's bytes in
+//             it) and its checksum area, fdatasync, and only then write the entry (open).
+//             Before the entry lands the slot is free and nothing reads it; after, what it
+//             points to is durable. Free slots hold whatever they held (nothing zeroes them
+//             durably), which is why the entry must never land first: the slot would read
+//             its previous bytes, another volume's perhaps. A copy on write (a key hiding
+//             an ancestor's chunk, docs/snapshots.md) is the same order with the ancestor's
+//             bytes as the first content: a head never reads zeros where it read its
+//             ancestor's acknowledged data.
+//   rewrite:  a write into a slot whose entry is closed first writes the entry open and
+//             waits for an fdatasync; then data and checksums go out with no order between
+//             them. A slot is closed again (entry rewritten, no sync needed) once a flush
+//             has made its writes durable and it has been idle slotCloseIdleMs, and on a
+//             clean close.
+//   free:     drop the key from memory, zero the entry and the checksum header, discard
+//             the slot, and give the slot back to the free list only after an fdatasync:
+//             until the zeroed entry is durable the slot may still be the old key's after a
+//             cut, so no new content may go into it.
+// A flush (or FUA) fdatasyncs the devices written since the last one, entries, checksums
+// and data alike, so everything acknowledged after it survives a crash of the process or
+// a power cut of the host.
+//
+// Rot and torn writes. A block that fails its checksum is rot, with one exception: after a
+// cut, a block of a slot whose entry is open may hold a write that was never made durable,
+// torn at a sector boundary, or its new data with the old checksum or the reverse. Opening
+// the store verifies every block of every open slot (a clean close leaves none) and takes
+// such a block as it is: each of its sectors holds the old or the new bytes of a write not
+// acknowledged as durable, which is what a power cut may leave. Its checksum is recomputed
+// and counted (tornBlocksAccepted); it is never a "corruption", so a cut of both copies'
+// hosts cannot leave a block refused on both. Everywhere else, and in open slots once the
+// store runs, a failing block is rot: the read rejects with a ChecksumError naming the
+// range, and nothing of the block is returned (the service reads the other copy and
+// repairs this one, service.ts). Rot inside a slot that was open at a cut is taken for a
+// torn write: the one case not told apart, and the scrub's comparison of the two copies
+// still finds it there.
+//
+// A damaged entry (bad CRC) is reported and its slot never reused; the key named by the
+// slot's checksum header is marked lost here, and reads of it fail with a ChecksumError,
+// so the service fetches it whole from the mirror. With the header damaged as well the key
+// is unknown: logged, and left to the scrub's comparison and to rebuild.
 //
 // Snapshots (docs/snapshots.md): a key has a generation, and a volume tree's generations
 // form a tree the placement map carries. The store itself only knows exact keys; the
 // *Resolved / shadowing calls below take a generation path (head first, then its parents,
 // from generationPath()) so that a volume reads chunk i from the nearest generation that
 // holds it, and a head that first writes a chunk an ancestor holds gets a copy of it (copy
-// on write, decided by the service, which also mirrors the copy). A key that hides an
-// ancestor's chunk needs one more order than the allocate above:
-//   shadow:   write the slot's whole content (the ancestor's bytes merged with the write, or
-//             zeros), fdatasync that device, and only then write the entry. The entry is
-//             what makes the head stop reading the ancestor, so it must never land before
-//             the bytes it points to: a crash before the entry is durable leaves the head
-//             reading the ancestor (the unacknowledged write is lost, nothing else); after,
-//             the slot's content is already durable. The zero-then-entry order of a plain
-//             allocation would, after a power cut, let a head read zeros (or a freed slot's
-//             old bytes) where it had read its ancestor's acknowledged data.
+// on write, decided by the service, which also mirrors the copy).
 // Chunks are shared between a volume and its snapshots by this lookup rule, so an entry
 // never needs a reference count; a key no head resolves to is garbage (the SDS frees it,
 // generation-gc.ts). A key being read through another generation is pinned meanwhile, so
@@ -64,9 +96,12 @@ import { assert } from '../common/assert.js';
 import { crc32c } from '../common/crc32c.js';
 import { MeshblockError } from '../common/errors.js';
 import { ShortReadError } from '../common/positional-io.js';
+import type { IntegrityCounters, UnrepairableRange } from '../wire/sds-ops.js';
 import { nativeDeviceIo, type DeviceIo, type DeviceIoFactory } from './device-io.js';
-import { openDevice, slotEntryBytes, type DeviceOwner, type OpenedDevice } from './device.js';
-import { rateWindowMs } from '../common/limits.js';
+import { checksumAreaBytes, checksumBlockBytes, checksumHeaderBytes, openDevice, slotEntryBytes, type DeviceOwner, type OpenedDevice } from './device.js';
+import { checksumCacheSlotsMax, rateWindowMs, slotCloseIdleMs, unrepairableRangesMax } from '../common/limits.js';
+
+export { checksumBlockBytes } from './device.js';
 
 export interface ChunkKey {
   poolId: string;
@@ -77,9 +112,29 @@ export interface ChunkKey {
 
 export class StoreError extends MeshblockError {}
 
+/**
+ * Stored bytes of a chunk failed their checksums (or this copy of the chunk is lost to a
+ * damaged entry): nothing of the range was returned. The range is in chunk coordinates,
+ * whole 4 KiB blocks, from the first bad block to the last.
+ */
+export class ChecksumError extends StoreError {
+  constructor(
+    readonly key: ChunkKey,
+    readonly offsetBytes: number,
+    readonly lengthBytes: number,
+    detail: string,
+  ) {
+    super('MB_ERR_CHECKSUM', `chunk ${keyName(key)} bytes ${offsetBytes}+${lengthBytes}: ${detail}`);
+  }
+}
+
 /** errno names that mean the device itself cannot be trusted any more. */
 const deviceFailureCodes = new Set(['EIO', 'ENOSPC', 'EROFS', 'ENXIO', 'ENODEV', 'EDQUOT', 'EBADF']);
 const slotTableReadBytes = 1024 * 1024;
+/** Open slots are verified at open this many bytes at a time. */
+const recoverReadBytes = 1024 * 1024;
+const entryFlagOpen = 1;
+const zeroBlock = Buffer.alloc(checksumBlockBytes);
 
 /** The generations of one chunk index of a volume tree held here. */
 export interface HeldChunk {
@@ -90,17 +145,38 @@ export interface HeldChunk {
 }
 
 /**
- * What goes into a new slot before its entry is written: zeros (a partial first write; the
- * rest reads as zeros), nothing (a whole-chunk write follows), or the shadow order of the
- * header (the slot's whole content, an fdatasync, then the entry).
+ * A new slot's first content, written with its checksums and made durable before its entry
+ * (header): zeros, or zeros with `content` at `offsetBytes` (a first write, a copy on write).
  */
-type SlotFill = 'zeros' | null | { shadow: Buffer | 'zeros' };
+type SlotFill = 'zeros' | { content: Buffer; offsetBytes: number };
+
+/** Why a key is held but never read here. */
+type LostReason = 'device' | 'entry';
 
 interface Location {
   device: StoreDevice;
   slot: number;
   sequence: number;
   key: ChunkKey;
+  /** The key's CRC: every block's checksum is seeded with it. */
+  seed: number;
+  /** The entry's open flag as last set (the entry write may still be on its way). */
+  open: boolean;
+  /** An open under way: entry written open, then an fdatasync. Writes wait for it. */
+  opening: Promise<void> | null;
+  /** Entry writes of this slot, one after another, so the last on disk is the latest state. */
+  entryChain: Promise<void>;
+  /** The block checksums, when loaded (checksumCache holds the loaded ones, least recent first). */
+  checksums: Uint32Array | null;
+  loading: Promise<Uint32Array> | null;
+  /** A checksum-area write in flight, and the one queued behind it for later changes. */
+  checksumWrite: Promise<void> | null;
+  checksumWriteQueued: Promise<void> | null;
+  /** Changes of the slot in progress: it is neither closed nor evicted meanwhile. */
+  busy: number;
+  /** device.writeSeq after its last change completed; closable once device.syncedSeq reaches it. */
+  lastWriteSeq: number;
+  lastWriteMs: number;
 }
 
 export interface DeviceCounters {
@@ -114,6 +190,10 @@ function zeroCounters(): DeviceCounters {
   return { reads: 0, writes: 0, readBytes: 0, writeBytes: 0 };
 }
 
+export function zeroIntegrity(): IntegrityCounters {
+  return { checksumErrors: 0, repairedBlocks: 0, unrepairableBlocks: 0, tornBlocksAccepted: 0, damagedEntries: 0, mismatchedBlocks: 0 };
+}
+
 export class StoreDevice {
   state: 'normal' | 'failed' = 'normal';
   error: string | null = null;
@@ -121,9 +201,20 @@ export class StoreDevice {
   dirty = false;
   /** The fdatasync in flight: a flush that finds the device clean still waits for it. */
   syncing: Promise<void> | null = null;
+  /** The fdatasync that starts once the one in flight ends, shared by all who need one to begin after their writes. */
+  syncQueued: Promise<void> | null = null;
+  /** Counts completed changes; syncedSeq is its value when the last completed fdatasync began. */
+  writeSeq = 0;
+  syncedSeq = 0;
   readonly freeSlots: number[] = [];
+  /** Freed slots whose zeroed entry is not durable yet: reusable after the next fdatasync. */
+  readonly pendingFree: Array<{ slot: number; seq: number }> = [];
+  /** Slots whose entry is open. */
+  readonly openSlots = new Set<Location>();
   usedSlotCount = 0;
   damagedSlotCount = 0;
+  checksumErrors = 0;
+  scrubbedBytes = 0;
   readonly counters = zeroCounters();
   /** Rates over the last completed window. */
   rates = zeroCounters();
@@ -151,12 +242,21 @@ export class StoreDevice {
     return this.opened.superblock.slotCount;
   }
 
+  /** Free slots, counting those waiting for an fdatasync to be reused. */
+  get freeSlotCount(): number {
+    return this.freeSlots.length + this.pendingFree.length;
+  }
+
   slotOffsetBytes(slot: number): number {
     return this.opened.superblock.dataOffsetBytes + slot * this.opened.superblock.chunkBytes;
   }
 
   entryOffsetBytes(slot: number): number {
     return this.opened.superblock.slotTableOffsetBytes + slot * slotEntryBytes;
+  }
+
+  checksumAreaOffsetBytes(slot: number): number {
+    return this.opened.superblock.checksumTableOffsetBytes + slot * checksumAreaBytes(this.opened.superblock.chunkBytes);
   }
 
   sampleRates(windowMs: number): void {
@@ -182,10 +282,22 @@ export interface ChunkStoreOptions {
   deviceIo?: DeviceIoFactory;
 }
 
+/** What the scrub learns of one chunk copy (scrubChunk). */
+export interface ChunkScrub {
+  /** Ranges that failed their checksums (whole blocks, chunk coordinates). */
+  badRanges: Array<{ offsetBytes: number; lengthBytes: number }>;
+  /** Per block, the CRC of its bytes as stored (a never-written block's is that of zeros); 0 for a bad block. */
+  digests: Uint32Array;
+}
+
 export class ChunkStore {
   private readonly index = new Map<string, Location>();
-  /** Chunks whose copy here went with a failed device and was then only partly rewritten: never read. */
-  private readonly lostKeys = new Map<string, ChunkKey>();
+  /**
+   * Keys held here that are never read: a chunk whose copy went with a failed device and
+   * was then only partly rewritten ('device'), or whose entry was found damaged ('entry').
+   * Rewritten whole, a key is whole again.
+   */
+  private readonly lostKeys = new Map<string, { key: ChunkKey; reason: LostReason }>();
   /** Allocations in progress, so that concurrent first writes to a chunk share one slot. */
   private readonly allocating = new Map<string, Promise<Location>>();
   private readonly allocatedByVtree = new Map<string, number>();
@@ -200,8 +312,16 @@ export class ChunkStore {
   /** Keys read through another generation's request right now, by keyName, with a count: never freed meanwhile. */
   private readonly pins = new Map<string, number>();
   private readonly reservations: Map<string, number>;
+  /** Slots whose checksums are in memory, least recently used first. */
+  private readonly checksumCache = new Set<Location>();
   private nextSequence = 1;
   private readonly rateTimer: NodeJS.Timeout;
+  private readonly closeTimer: NodeJS.Timeout;
+  private readonly blocksPerChunk: number;
+  /** Checksums at rest since the store opened (SdsStats.integrity). */
+  readonly integrity = zeroIntegrity();
+  /** Ranges bad on both copies, newest last (markUnrepairable). */
+  readonly unrepairable: UnrepairableRange[] = [];
 
   private constructor(
     readonly devices: StoreDevice[],
@@ -211,9 +331,12 @@ export class ChunkStore {
     private readonly options: ChunkStoreOptions,
   ) {
     this.reservations = reservations;
+    this.blocksPerChunk = chunkBytes / checksumBlockBytes;
+    assert(Number.isInteger(this.blocksPerChunk) && this.blocksPerChunk >= 1, `a chunk of ${chunkBytes} bytes is whole checksum blocks`);
     this.rateTimer = setInterval(() => {
       for (const device of this.devices) device.sampleRates(rateWindowMs);
     }, rateWindowMs).unref();
+    this.closeTimer = setInterval(() => this.closeIdleSlots(), slotCloseIdleMs).unref();
   }
 
   /** Opens (formatting blank ones) every device and reads the slot tables into the index. */
@@ -255,6 +378,7 @@ export class ChunkStore {
     const entriesPerRead = slotTableReadBytes / slotEntryBytes;
     const buffer = Buffer.allocUnsafe(slotTableReadBytes);
     const duplicates: Location[] = [];
+    const damaged: number[] = [];
     for (let first = 0; first < device.slotCount; first += entriesPerRead) {
       const count = Math.min(entriesPerRead, device.slotCount - first);
       await this.readFully(device, buffer.subarray(0, count * slotEntryBytes), device.entryOffsetBytes(first));
@@ -268,13 +392,12 @@ export class ChunkStore {
           continue;
         }
         if (decoded === 'damaged') {
-          device.damagedSlotCount += 1;
-          this.log.error({ deviceId: device.deviceId, path: device.path, slot }, 'damaged slot-table entry: the chunk it held is lost on this copy; the slot is not reused');
+          damaged.push(slot);
           continue;
         }
         device.usedSlotCount += 1;
         this.nextSequence = Math.max(this.nextSequence, decoded.sequence + 1);
-        const location: Location = { device, slot, sequence: decoded.sequence, key: decoded.key };
+        const location = newLocation(device, slot, decoded.sequence, decoded.key, decoded.open);
         const name = keyName(decoded.key);
         const existing = this.index.get(name);
         if (existing === undefined) {
@@ -295,22 +418,92 @@ export class ChunkStore {
       this.log.warn({ deviceId: stale.device.deviceId, slot: stale.slot, key: stale.key }, 'two slots held one chunk (a crash during a move); freeing the older');
       await this.releaseSlot(stale);
     }
+    for (const slot of damaged) await this.adoptDamagedEntry(device, slot);
+    await this.recoverOpenSlots(device);
+  }
+
+  /**
+   * A damaged entry: its slot is never reused, and the key its checksum header names (when
+   * that is intact and no other slot holds the key) is lost here, to be fetched whole from
+   * the mirror by the first read or the scrub.
+   */
+  private async adoptDamagedEntry(device: StoreDevice, slot: number): Promise<void> {
+    device.damagedSlotCount += 1;
+    this.integrity.damagedEntries += 1;
+    const header = Buffer.alloc(checksumHeaderBytes);
+    await this.readFully(device, header, device.checksumAreaOffsetBytes(slot));
+    const key = decodeChecksumHeader(header);
+    if (key === null) {
+      this.log.error({ deviceId: device.deviceId, path: device.path, slot }, 'damaged slot-table entry, and its checksum header too: the chunk it held is unknown and lost on this copy; the slot is not reused');
+      return;
+    }
+    const name = keyName(key);
+    if (this.index.has(name)) {
+      this.log.warn({ deviceId: device.deviceId, slot, key }, 'damaged slot-table entry of a chunk another slot holds (an older copy): the slot is not reused');
+      return;
+    }
+    this.lostKeys.set(name, { key, reason: 'entry' });
+    this.touched(key);
+    this.log.error({ deviceId: device.deviceId, path: device.path, slot, key }, 'damaged slot-table entry: the chunk is lost on this copy until it is fetched again from its mirror; the slot is not reused');
+  }
+
+  /**
+   * Verifies every block of every slot whose entry says open (it was being written when the
+   * SDS stopped without closing it), takes a failing block as a torn write never made
+   * durable (header), and closes the slots: their checksums first, an fdatasync, then the
+   * entries.
+   */
+  private async recoverOpenSlots(device: StoreDevice): Promise<void> {
+    const open = [...this.index.values()].filter((location) => location.device === device && location.open);
+    if (open.length === 0) return;
+    const buffer = Buffer.allocUnsafe(Math.min(recoverReadBytes, this.chunkBytes));
+    let torn = 0;
+    for (const location of open) {
+      const checksums = await this.loadChecksums(location);
+      let changed = false;
+      for (let offset = 0; offset < this.chunkBytes; offset += buffer.length) {
+        await this.readFully(device, buffer, device.slotOffsetBytes(location.slot) + offset);
+        for (let block = 0; block < buffer.length / checksumBlockBytes; block++) {
+          const index = offset / checksumBlockBytes + block;
+          const bytes = buffer.subarray(block * checksumBlockBytes, (block + 1) * checksumBlockBytes);
+          if (blockVerifies(bytes, location.seed, checksums[index] as number)) continue;
+          checksums[index] = crc32c(bytes, location.seed);
+          changed = true;
+          torn += 1;
+        }
+      }
+      if (changed) await this.writeFully(device, encodeChecksumArea(location.key, checksums), device.checksumAreaOffsetBytes(location.slot));
+    }
+    await this.syncDevice(device);
+    for (const location of open) {
+      location.open = false;
+      await this.writeEntry(location);
+    }
+    this.integrity.tornBlocksAccepted += torn;
+    const fields = { deviceId: device.deviceId, path: device.path, openSlots: open.length, tornBlocks: torn };
+    if (torn > 0) this.log.warn(fields, 'slots open at an unclean stop verified: blocks failing their checksums there are writes never acknowledged as durable, torn by the stop, and are kept as they are');
+    else this.log.info(fields, 'slots open at an unclean stop verified: every block passed');
   }
 
   // --- IO ------------------------------------------------------------------------------
 
-  /** Reads `target.length` bytes at `offsetBytes` of the chunk; unwritten chunks read as zeros. */
+  /**
+   * Reads `target.length` bytes at `offsetBytes` of the chunk; unwritten chunks read as
+   * zeros. Every block read is verified: a bad one rejects with a ChecksumError.
+   */
   async read(key: ChunkKey, offsetBytes: number, target: Buffer): Promise<void> {
     this.checkRange(offsetBytes, target.length);
-    if (this.lostKeys.has(keyName(key))) {
+    const lost = this.lostKeys.get(keyName(key));
+    if (lost?.reason === 'device') {
       throw new StoreError('MB_ERR_DEVICE_FAILED', `this copy of chunk ${keyName(key)} was on a failed device and is incomplete until it is rewritten whole`);
     }
+    if (lost?.reason === 'entry') throw new ChecksumError(key, 0, this.chunkBytes, 'this copy is lost to a damaged slot-table entry');
     const location = this.index.get(keyName(key)) ?? (await this.allocating.get(keyName(key)));
     if (location === undefined) {
       target.fill(0);
       return;
     }
-    await this.readFully(location.device, target, location.device.slotOffsetBytes(location.slot) + offsetBytes);
+    await this.readVerified(location, offsetBytes, target);
     location.device.counters.reads += 1;
     location.device.counters.readBytes += target.length;
   }
@@ -318,10 +511,10 @@ export class ChunkStore {
   async write(key: ChunkKey, offsetBytes: number, data: Buffer, options: { fua: boolean; preferDeviceId?: string | undefined }): Promise<void> {
     this.checkRange(offsetBytes, data.length);
     const whole = offsetBytes === 0 && data.length === this.chunkBytes;
-    const found = await this.locate(key, { create: true, fill: whole ? null : 'zeros', whole, preferDeviceId: options.preferDeviceId });
+    const found = await this.locate(key, { create: true, fill: { content: data, offsetBytes }, whole, preferDeviceId: options.preferDeviceId });
     assert(found !== null, 'locate with create returns a slot');
     const { location } = found;
-    await this.writeFully(location.device, data, location.device.slotOffsetBytes(location.slot) + offsetBytes);
+    if (!found.fresh) await this.change(location, offsetBytes, data.length, data);
     if (whole) {
       this.lostKeys.delete(keyName(key));
       this.touched(key);
@@ -338,19 +531,19 @@ export class ChunkStore {
   async trim(key: ChunkKey, offsetBytes: number, lengthBytes: number, options: { fua: boolean }): Promise<void> {
     this.checkRange(offsetBytes, lengthBytes);
     const whole = offsetBytes === 0 && lengthBytes === this.chunkBytes;
-    const location = (await this.locate(key, { create: false, fill: null, whole }))?.location ?? null;
+    const location = (await this.locate(key, { create: false, fill: 'zeros', whole }))?.location ?? null;
     if (whole) {
       this.lostKeys.delete(keyName(key));
       this.touched(key);
     }
     if (location === null) return;
-    if (offsetBytes === 0 && lengthBytes === this.chunkBytes) {
+    if (whole) {
       this.index.delete(keyName(key));
       this.touched(key);
       this.countAllocated(key.vtreeId, -1);
       await this.releaseSlot(location);
     } else {
-      await this.zeroRange(location.device, location.device.slotOffsetBytes(location.slot) + offsetBytes, lengthBytes);
+      await this.change(location, offsetBytes, lengthBytes, null);
     }
     if (options.fua) await this.syncDevice(location.device);
   }
@@ -366,6 +559,124 @@ export class ChunkStore {
     const live = this.devices.filter((device) => device.state !== 'failed');
     const syncs = live.map((device) => (device.dirty ? this.syncDevice(device) : device.syncing));
     await Promise.all(syncs.filter((sync): sync is Promise<void> => sync !== null));
+  }
+
+  // --- checksums: repair and scrub ------------------------------------------------------
+
+  /**
+   * Rewrites a range of a chunk (whole blocks) with good bytes from its other copy: the
+   * blocks a ChecksumError named, or the whole chunk of a key lost to a damaged entry.
+   */
+  async repair(key: ChunkKey, offsetBytes: number, data: Buffer): Promise<void> {
+    this.checkRange(offsetBytes, data.length);
+    assert(offsetBytes % checksumBlockBytes === 0 && data.length % checksumBlockBytes === 0, 'a repair rewrites whole blocks');
+    const name = keyName(key);
+    if (this.lostKeys.has(name)) {
+      assert(offsetBytes === 0 && data.length === this.chunkBytes, 'a lost key is repaired whole');
+      await this.write(key, 0, data, { fua: false });
+    } else {
+      const location = this.index.get(name);
+      if (location === undefined) throw new StoreError('MB_ERR_CHECKSUM', `chunk ${name} is not held here: nothing to repair`);
+      await this.change(location, offsetBytes, data.length, data);
+    }
+    this.integrity.repairedBlocks += data.length / checksumBlockBytes;
+    this.log.warn({ key, offsetBytes, lengthBytes: data.length }, 'repaired a bad range of a chunk copy from its other copy');
+  }
+
+  /** Both copies of the range are bad: remembered and reported; reads of it keep failing until it is rewritten. */
+  markUnrepairable(key: ChunkKey, offsetBytes: number, lengthBytes: number): void {
+    const known = this.unrepairable.find(
+      (range) => keyName(range) === keyName(key) && range.offsetBytes === offsetBytes && range.lengthBytes === lengthBytes,
+    );
+    if (known !== undefined) return;
+    this.unrepairable.push({ ...key, offsetBytes, lengthBytes, detectedAtMs: Date.now() });
+    if (this.unrepairable.length > unrepairableRangesMax) this.unrepairable.shift();
+    this.integrity.unrepairableBlocks += Math.ceil(lengthBytes / checksumBlockBytes);
+    this.log.error({ key, offsetBytes, lengthBytes }, 'a range is bad on both copies: reads of it fail with EIO until it is written again');
+  }
+
+  /**
+   * Reads a whole chunk copy from the device and verifies it: every block against its
+   * checksum, and the checksum area on the device against the one in memory (rewritten from
+   * memory where it rotted while the blocks still verify). A key not held here reads as a
+   * never-written chunk. The caller holds the key's whole range lock.
+   */
+  async scrubChunk(key: ChunkKey): Promise<ChunkScrub> {
+    const name = keyName(key);
+    const seed = keySeed(key);
+    const digests = new Uint32Array(this.blocksPerChunk);
+    if (this.lostKeys.get(name)?.reason === 'entry') {
+      return { badRanges: [{ offsetBytes: 0, lengthBytes: this.chunkBytes }], digests };
+    }
+    const location = this.index.get(name);
+    if (location === undefined || location.device.state === 'failed') {
+      digests.fill(crc32c(zeroBlock, seed));
+      return { badRanges: [], digests };
+    }
+    const device = location.device;
+    location.busy += 1;
+    try {
+      const checksums = await this.loadChecksums(location);
+      const onDisk = Buffer.allocUnsafe(checksumAreaBytes(this.chunkBytes));
+      await this.readFully(device, onDisk, device.checksumAreaOffsetBytes(location.slot));
+      const expected = encodeChecksumArea(location.key, checksums);
+      const buffer = Buffer.allocUnsafe(Math.min(recoverReadBytes, this.chunkBytes));
+      const bad: number[] = [];
+      for (let offset = 0; offset < this.chunkBytes; offset += buffer.length) {
+        await this.readFully(device, buffer, device.slotOffsetBytes(location.slot) + offset);
+        for (let block = 0; block < buffer.length / checksumBlockBytes; block++) {
+          const index = offset / checksumBlockBytes + block;
+          const bytes = buffer.subarray(block * checksumBlockBytes, (block + 1) * checksumBlockBytes);
+          const stored = checksums[index] as number;
+          if (!blockVerifies(bytes, seed, stored)) bad.push(index);
+          else digests[index] = stored === 0 ? crc32c(zeroBlock, seed) : stored;
+        }
+      }
+      device.scrubbedBytes += this.chunkBytes;
+      if (!onDisk.equals(expected) && bad.length === 0) {
+        await this.writeChecksumArea(location);
+        this.integrity.checksumErrors += 1;
+        this.integrity.repairedBlocks += 1;
+        this.log.warn({ deviceId: device.deviceId, slot: location.slot, key }, 'the checksum area of a chunk copy rotted on the device; rewritten from memory (its blocks verify)');
+      }
+      if (bad.length > 0) this.countBad(location, bad.length, 'scrub');
+      return { badRanges: blockRanges(bad), digests };
+    } finally {
+      location.busy -= 1;
+    }
+  }
+
+  /**
+   * Rewrites the slot-table entries of a device from memory where the device's copy
+   * differs (an entry that rotted while the SDS runs): the scrub's pass over the table.
+   * Returns how many were rewritten.
+   */
+  async scrubSlotTable(device: StoreDevice): Promise<number> {
+    const expected = new Map<number, Location>();
+    for (const location of this.index.values()) if (location.device === device) expected.set(location.slot, location);
+    const entriesPerRead = slotTableReadBytes / slotEntryBytes;
+    const buffer = Buffer.allocUnsafe(slotTableReadBytes);
+    let rewritten = 0;
+    for (let first = 0; first < device.slotCount; first += entriesPerRead) {
+      const count = Math.min(entriesPerRead, device.slotCount - first);
+      await this.readFully(device, buffer.subarray(0, count * slotEntryBytes), device.entryOffsetBytes(first));
+      for (let entryIndex = 0; entryIndex < count; entryIndex++) {
+        const location = expected.get(first + entryIndex);
+        if (location === undefined || location.opening !== null) continue;
+        const onDisk = buffer.subarray(entryIndex * slotEntryBytes, (entryIndex + 1) * slotEntryBytes);
+        if (onDisk.equals(encodeEntry(location))) continue;
+        // An entry write in flight may differ for a moment: look again after it.
+        await location.entryChain.catch(() => undefined);
+        const again = Buffer.allocUnsafe(slotEntryBytes);
+        await this.readFully(device, again, device.entryOffsetBytes(location.slot));
+        if (again.equals(encodeEntry(location))) continue;
+        await this.writeEntry(location);
+        rewritten += 1;
+        this.integrity.damagedEntries += 1;
+        this.log.error({ deviceId: device.deviceId, path: device.path, slot: location.slot, key: location.key }, 'a slot-table entry rotted on the device; rewritten from memory');
+      }
+    }
+    return rewritten;
   }
 
   // --- generations (snapshots) ----------------------------------------------------------
@@ -435,14 +746,11 @@ export class ChunkStore {
    */
   async writeShadowing(key: ChunkKey, content: Buffer | 'zeros', options: { fua: boolean; preferDeviceId?: string | undefined }): Promise<void> {
     assert(content === 'zeros' || content.length === this.chunkBytes, 'a shadowing write is one whole chunk');
-    const found = await this.locate(key, { create: true, fill: { shadow: content }, whole: true, preferDeviceId: options.preferDeviceId });
+    const fill: SlotFill = content === 'zeros' ? 'zeros' : { content, offsetBytes: 0 };
+    const found = await this.locate(key, { create: true, fill, whole: true, preferDeviceId: options.preferDeviceId });
     assert(found !== null, 'locate with create returns a slot');
     const { location } = found;
-    const offsetBytes = location.device.slotOffsetBytes(location.slot);
-    if (!found.fresh) {
-      if (content === 'zeros') await this.zeroRange(location.device, offsetBytes, this.chunkBytes);
-      else await this.writeFully(location.device, content, offsetBytes);
-    }
+    if (!found.fresh) await this.change(location, 0, this.chunkBytes, content === 'zeros' ? null : content);
     this.lostKeys.delete(keyName(key));
     this.touched(key);
     location.device.counters.writes += 1;
@@ -521,7 +829,7 @@ export class ChunkStore {
   keys(filter: (key: ChunkKey) => boolean = () => true): ChunkKey[] {
     const keys: ChunkKey[] = [];
     for (const location of this.index.values()) if (filter(location.key)) keys.push(location.key);
-    for (const [name, key] of this.lostKeys) if (!this.index.has(name) && filter(key)) keys.push(key);
+    for (const [name, { key }] of this.lostKeys) if (!this.index.has(name) && filter(key)) keys.push(key);
     return keys.sort(compareKeys);
   }
 
@@ -552,7 +860,7 @@ export class ChunkStore {
   }
 
   private freeSlotCount(): number {
-    return this.devices.reduce((sum, device) => sum + (device.state === 'normal' ? device.freeSlots.length : 0), 0);
+    return this.devices.reduce((sum, device) => sum + (device.state === 'normal' ? device.freeSlotCount : 0), 0);
   }
 
   private unreservedFreeSlots(): number {
@@ -581,7 +889,7 @@ export class ChunkStore {
       if (this.index.get(name) === found) {
         this.index.delete(name);
         this.countAllocated(key.vtreeId, -1);
-        if (!options.whole) this.lostKeys.set(name, key);
+        if (!options.whole) this.lostKeys.set(name, { key, reason: 'device' });
         this.touched(key);
       }
       if (!options.create) return null;
@@ -601,46 +909,281 @@ export class ChunkStore {
     }
   }
 
+  /** The allocate order of the header: first content and checksums, fdatasync, then the entry (open). */
   private async allocate(key: ChunkKey, fill: SlotFill, preferDeviceId: string | undefined): Promise<Location> {
     const reserved = Math.max(0, (this.reservations.get(key.vtreeId) ?? 0) - (this.allocatedByVtree.get(key.vtreeId) ?? 0));
     if (reserved === 0 && this.unreservedFreeSlots() <= 0) {
       throw new StoreError('MB_ERR_NO_SPACE', `no free chunk slot on this SDS (${this.reservedUnusedSlots()} slots are reserved for thick volumes)`);
     }
-    const healthy = this.devices.filter((device) => device.state === 'normal' && device.freeSlots.length > 0);
+    const healthy = this.devices.filter((device) => device.state === 'normal' && device.freeSlotCount > 0);
     const preferred = healthy.find((device) => device.deviceId === preferDeviceId);
-    const device = preferred ?? healthy.reduce<StoreDevice | undefined>((best, device) => (best === undefined || device.freeSlots.length > best.freeSlots.length ? device : best), undefined);
+    const device = preferred ?? healthy.reduce<StoreDevice | undefined>((best, device) => (best === undefined || device.freeSlotCount > best.freeSlotCount ? device : best), undefined);
     if (device === undefined) throw new StoreError('MB_ERR_NO_SPACE', 'no healthy device with a free chunk slot');
-    const slot = device.freeSlots.pop();
-    assert(slot !== undefined, 'the chosen device has a free slot');
     this.countAllocated(key.vtreeId, 1);
-    const location: Location = { device, slot, sequence: this.nextSequence++, key };
+    let slot: number | undefined;
     try {
-      if (fill === 'zeros') {
-        await this.zeroRange(device, device.slotOffsetBytes(slot), this.chunkBytes);
-      } else if (fill !== null) {
-        // The shadow order (header): content, fdatasync, and only then the entry.
-        if (fill.shadow === 'zeros') await this.zeroRange(device, device.slotOffsetBytes(slot), this.chunkBytes);
-        else await this.writeFully(device, fill.shadow, device.slotOffsetBytes(slot));
-        await this.syncDevice(device);
+      // Slots freed since the last fdatasync come back with the next one.
+      while (device.freeSlots.length === 0 && device.pendingFree.length > 0) await this.syncAfterWrites(device);
+      slot = device.freeSlots.pop();
+      if (slot === undefined) throw new StoreError('MB_ERR_NO_SPACE', 'no healthy device with a free chunk slot');
+      const location = newLocation(device, slot, this.nextSequence++, key, true);
+      const checksums = new Uint32Array(this.blocksPerChunk);
+      const base = device.slotOffsetBytes(slot);
+      const whole = fill !== 'zeros' && fill.content.length === this.chunkBytes;
+      if (!whole) await this.zeroRange(device, base, this.chunkBytes);
+      if (fill !== 'zeros') {
+        await this.writeFully(device, fill.content, base + fill.offsetBytes);
+        const image = this.blockImage(fill.offsetBytes, fill.content.length, fill.content, null);
+        checksumBlocks(image.bytes, location.seed, checksums, image.firstBlock);
       }
-      await this.writeFully(device, encodeEntry(location), device.entryOffsetBytes(slot));
+      this.setChecksums(location, checksums);
+      await this.writeChecksumArea(location);
+      await this.syncAfterWrites(device);
+      await this.writeEntry(location);
+      device.usedSlotCount += 1;
+      device.openSlots.add(location);
+      this.markWritten(location);
+      this.index.set(keyName(key), location);
+      return location;
     } catch (err) {
       this.countAllocated(key.vtreeId, -1);
-      // The slot's state is unknown after a failed entry write; a failed device is not reused anyway.
-      if (device.state === 'normal') device.freeSlots.push(slot);
+      // The slot's state is unknown after a failed write; a failed device is not reused anyway.
+      if (slot !== undefined && device.state === 'normal') device.freeSlots.push(slot);
       throw err;
     }
-    device.usedSlotCount += 1;
-    this.index.set(keyName(key), location);
-    return location;
   }
 
   private async releaseSlot(location: Location): Promise<void> {
     const { device, slot } = location;
+    device.openSlots.delete(location);
+    this.checksumCache.delete(location);
+    location.checksums = null;
+    await location.entryChain.catch(() => undefined);
     await this.writeFully(device, Buffer.alloc(slotEntryBytes), device.entryOffsetBytes(slot));
+    await this.writeFully(device, Buffer.alloc(checksumHeaderBytes), device.checksumAreaOffsetBytes(slot));
     await this.discardRange(device, device.slotOffsetBytes(slot), this.chunkBytes);
     device.usedSlotCount -= 1;
-    device.freeSlots.push(slot);
+    device.pendingFree.push({ slot, seq: ++device.writeSeq });
+  }
+
+  /**
+   * Writes `data` (or zeros, for a trim) over a range of a held chunk, in place: the slot
+   * is opened first if it was closed; blocks only partly covered are read, verified and
+   * merged (read-modify-write, under the caller's range lock, which covers whole blocks).
+   */
+  private async change(location: Location, offsetBytes: number, lengthBytes: number, data: Buffer | null): Promise<void> {
+    const device = location.device;
+    location.busy += 1;
+    try {
+      const checksums = await this.loadChecksums(location);
+      const image = this.blockImage(offsetBytes, lengthBytes, data, await this.edgeBlocks(location, checksums, offsetBytes, lengthBytes));
+      await this.ensureOpen(location);
+      const position = device.slotOffsetBytes(location.slot) + offsetBytes;
+      checksumBlocks(image.bytes, location.seed, checksums, image.firstBlock);
+      if (data === null) {
+        // Whole blocks trimmed read as never written: a stored 0 over zeros.
+        for (let block = Math.ceil(offsetBytes / checksumBlockBytes); block < Math.floor((offsetBytes + lengthBytes) / checksumBlockBytes); block++) checksums[block] = 0;
+      }
+      const written = data === null ? this.zeroRange(device, position, lengthBytes) : this.writeFully(device, data, position);
+      await Promise.all([written, this.writeChecksumArea(location)]);
+      this.markWritten(location);
+    } finally {
+      location.busy -= 1;
+    }
+  }
+
+  /**
+   * The blocks a change only partly covers, read and verified (null when it covers whole
+   * blocks only): the bytes a read-modify-write keeps.
+   */
+  private async edgeBlocks(location: Location, checksums: Uint32Array, offsetBytes: number, lengthBytes: number): Promise<Buffer | null> {
+    const first = Math.floor(offsetBytes / checksumBlockBytes) * checksumBlockBytes;
+    const end = Math.ceil((offsetBytes + lengthBytes) / checksumBlockBytes) * checksumBlockBytes;
+    if (first === offsetBytes && end === offsetBytes + lengthBytes) return null;
+    const edges = Buffer.alloc(end - first);
+    if (first !== offsetBytes) await this.readBlocks(location, checksums, first, edges.subarray(0, checksumBlockBytes));
+    const lastStart = end - checksumBlockBytes;
+    if (end !== offsetBytes + lengthBytes && (lastStart !== first || first === offsetBytes)) {
+      await this.readBlocks(location, checksums, lastStart, edges.subarray(lastStart - first));
+    }
+    return edges;
+  }
+
+  /** The whole blocks covering [offsetBytes, +lengthBytes): `edges` (or zeros) with `data` (or zeros) laid over. */
+  private blockImage(offsetBytes: number, lengthBytes: number, data: Buffer | null, edges: Buffer | null): { bytes: Buffer; firstBlock: number } {
+    const first = Math.floor(offsetBytes / checksumBlockBytes) * checksumBlockBytes;
+    const end = Math.ceil((offsetBytes + lengthBytes) / checksumBlockBytes) * checksumBlockBytes;
+    if (data !== null && first === offsetBytes && end === offsetBytes + lengthBytes) return { bytes: data, firstBlock: first / checksumBlockBytes };
+    const bytes = edges ?? Buffer.alloc(end - first);
+    if (data === null) bytes.fill(0, offsetBytes - first, offsetBytes - first + lengthBytes);
+    else data.copy(bytes, offsetBytes - first);
+    return { bytes, firstBlock: first / checksumBlockBytes };
+  }
+
+  /** Reads whole blocks of a slot into `target` and verifies them: a bad block rejects with a ChecksumError. */
+  private async readBlocks(location: Location, checksums: Uint32Array, offsetBytes: number, target: Buffer): Promise<void> {
+    await this.readFully(location.device, target, location.device.slotOffsetBytes(location.slot) + offsetBytes);
+    const bad: number[] = [];
+    const firstBlock = offsetBytes / checksumBlockBytes;
+    for (let block = 0; block < target.length / checksumBlockBytes; block++) {
+      const bytes = target.subarray(block * checksumBlockBytes, (block + 1) * checksumBlockBytes);
+      if (!blockVerifies(bytes, location.seed, checksums[firstBlock + block] as number)) bad.push(firstBlock + block);
+    }
+    if (bad.length === 0) return;
+    this.countBad(location, bad.length, 'read');
+    const first = bad[0] as number;
+    const last = bad[bad.length - 1] as number;
+    throw new ChecksumError(location.key, first * checksumBlockBytes, (last - first + 1) * checksumBlockBytes, `${bad.length} block(s) failed their checksums on ${location.device.path}`);
+  }
+
+  private async readVerified(location: Location, offsetBytes: number, target: Buffer): Promise<void> {
+    location.busy += 1;
+    try {
+      const checksums = await this.loadChecksums(location);
+      const first = Math.floor(offsetBytes / checksumBlockBytes) * checksumBlockBytes;
+      const end = Math.ceil((offsetBytes + target.length) / checksumBlockBytes) * checksumBlockBytes;
+      if (first === offsetBytes && end === offsetBytes + target.length) return await this.readBlocks(location, checksums, offsetBytes, target);
+      const blocks = Buffer.allocUnsafe(end - first);
+      await this.readBlocks(location, checksums, first, blocks);
+      blocks.copy(target, 0, offsetBytes - first, offsetBytes - first + target.length);
+    } finally {
+      location.busy -= 1;
+    }
+  }
+
+  private countBad(location: Location, blocks: number, where: 'read' | 'scrub'): void {
+    location.device.checksumErrors += blocks;
+    this.integrity.checksumErrors += blocks;
+    this.log.error({ deviceId: location.device.deviceId, path: location.device.path, slot: location.slot, key: location.key, blocks, where }, 'blocks of a chunk copy failed their checksums (rot or a misdirected write): not returned; the other copy is asked');
+  }
+
+  // --- checksums in memory and on the device ---------------------------------------------
+
+  private async loadChecksums(location: Location): Promise<Uint32Array> {
+    if (location.checksums !== null) {
+      this.checksumCache.delete(location);
+      this.checksumCache.add(location);
+      return location.checksums;
+    }
+    if (location.loading !== null) return location.loading;
+    const loading = (async () => {
+      const area = Buffer.allocUnsafe(checksumAreaBytes(this.chunkBytes));
+      await this.readFully(location.device, area, location.device.checksumAreaOffsetBytes(location.slot));
+      const checksums = new Uint32Array(this.blocksPerChunk);
+      for (let block = 0; block < checksums.length; block++) checksums[block] = area.readUInt32BE(checksumHeaderBytes + block * 4);
+      return checksums;
+    })();
+    location.loading = loading;
+    try {
+      const checksums = await loading;
+      // A slot freed meanwhile keeps no checksums.
+      if (this.index.get(keyName(location.key)) === location || this.allocating.has(keyName(location.key))) this.setChecksums(location, checksums);
+      return checksums;
+    } finally {
+      location.loading = null;
+    }
+  }
+
+  private setChecksums(location: Location, checksums: Uint32Array): void {
+    location.checksums = checksums;
+    this.checksumCache.delete(location);
+    this.checksumCache.add(location);
+    if (this.checksumCache.size <= checksumCacheSlotsMax) return;
+    for (const candidate of this.checksumCache) {
+      if (this.checksumCache.size <= checksumCacheSlotsMax) break;
+      if (candidate.busy > 0 || candidate.checksumWrite !== null || candidate.checksumWriteQueued !== null || candidate === location) continue;
+      candidate.checksums = null;
+      this.checksumCache.delete(candidate);
+    }
+  }
+
+  /**
+   * Writes the slot's checksum area from memory, with every change made before the call:
+   * a write that starts after it (the one queued behind the write in flight, shared).
+   */
+  private writeChecksumArea(location: Location): Promise<void> {
+    if (location.checksumWrite === null) return this.startChecksumWrite(location);
+    if (location.checksumWriteQueued === null) {
+      location.checksumWriteQueued = location.checksumWrite
+        .catch(() => undefined)
+        .then(() => {
+          location.checksumWriteQueued = null;
+          return this.startChecksumWrite(location);
+        });
+    }
+    return location.checksumWriteQueued;
+  }
+
+  private startChecksumWrite(location: Location): Promise<void> {
+    const checksums = location.checksums;
+    // Freed meanwhile (releaseSlot): nothing to write.
+    if (checksums === null) return Promise.resolve();
+    const write = this.writeFully(location.device, encodeChecksumArea(location.key, checksums), location.device.checksumAreaOffsetBytes(location.slot)).finally(() => {
+      if (location.checksumWrite === write) location.checksumWrite = null;
+    });
+    location.checksumWrite = write;
+    return write;
+  }
+
+  // --- open and closed slots ------------------------------------------------------------
+
+  /** Writes the slot's entry as memory has it now, after any entry write of the slot in flight. */
+  private writeEntry(location: Location): Promise<void> {
+    const write = location.entryChain
+      .catch(() => undefined)
+      .then(() => this.writeFully(location.device, encodeEntry(location), location.device.entryOffsetBytes(location.slot)));
+    location.entryChain = write;
+    return write;
+  }
+
+  /** A closed slot is opened before a change: its entry written open, then an fdatasync. */
+  private ensureOpen(location: Location): Promise<void> {
+    if (location.opening !== null) return location.opening;
+    if (location.open) return Promise.resolve();
+    location.open = true;
+    location.device.openSlots.add(location);
+    const opening = (async () => {
+      await this.writeEntry(location);
+      await this.syncAfterWrites(location.device);
+    })().finally(() => {
+      if (location.opening === opening) location.opening = null;
+    });
+    location.opening = opening;
+    return opening;
+  }
+
+  private markWritten(location: Location): void {
+    location.lastWriteSeq = ++location.device.writeSeq;
+    location.lastWriteMs = Date.now();
+  }
+
+  /** Closes open slots idle for slotCloseIdleMs whose every change an fdatasync has made durable. */
+  private closeIdleSlots(): void {
+    const idleBeforeMs = Date.now() - slotCloseIdleMs;
+    for (const device of this.devices) {
+      if (device.state !== 'normal') continue;
+      for (const location of device.openSlots) {
+        if (location.busy > 0 || location.opening !== null || location.checksumWrite !== null) continue;
+        if (location.lastWriteMs > idleBeforeMs || location.lastWriteSeq > device.syncedSeq) continue;
+        location.open = false;
+        device.openSlots.delete(location);
+        this.writeEntry(location).catch((err: unknown) => this.log.warn({ err, deviceId: device.deviceId, slot: location.slot }, 'closing an idle slot failed; it stays open'));
+      }
+    }
+  }
+
+  /** An fdatasync that begins after every write completed so far: the one queued behind the sync in flight, shared. */
+  private syncAfterWrites(device: StoreDevice): Promise<void> {
+    if (device.syncing === null) return this.syncDevice(device);
+    if (device.syncQueued === null) {
+      device.syncQueued = device.syncing
+        .catch(() => undefined)
+        .then(() => {
+          device.syncQueued = null;
+          return this.syncDevice(device);
+        });
+    }
+    return device.syncQueued;
   }
 
   // --- device calls: every failure that means the device is bad marks it failed ----------
@@ -682,12 +1225,18 @@ export class ChunkStore {
   private async syncDevice(device: StoreDevice): Promise<void> {
     if (device.state === 'failed') throw this.failedError(device);
     device.dirty = false;
+    const seq = device.writeSeq;
     const sync = this.deviceCall(device, 'fdatasync', () => device.io.sync());
     device.syncing = sync;
     try {
       await sync;
     } finally {
       if (device.syncing === sync) device.syncing = null;
+    }
+    device.syncedSeq = Math.max(device.syncedSeq, seq);
+    // Freed slots whose zeroed entry this sync made durable may take new content now.
+    while (device.pendingFree.length > 0 && (device.pendingFree[0] as { seq: number }).seq <= seq) {
+      device.freeSlots.push((device.pendingFree.shift() as { slot: number }).slot);
     }
   }
 
@@ -720,18 +1269,50 @@ export class ChunkStore {
     assert(offsetBytes >= 0 && lengthBytes >= 0 && offsetBytes + lengthBytes <= this.chunkBytes, `range ${offsetBytes}+${lengthBytes} is outside the chunk`);
   }
 
+  /** A clean close: everything synced, then every slot closed and that synced too, so the next open verifies nothing. */
   async close(): Promise<void> {
     clearInterval(this.rateTimer);
+    clearInterval(this.closeTimer);
     await Promise.allSettled([...this.allocating.values()]);
     for (const device of this.devices) {
       try {
-        if (device.dirty && device.state === 'normal') await device.io.sync();
+        if (device.state === 'normal') {
+          await this.syncDevice(device);
+          const open = [...device.openSlots];
+          for (const location of open) {
+            await location.checksumWrite?.catch(() => undefined);
+            location.open = false;
+            device.openSlots.delete(location);
+          }
+          await Promise.all(open.map((location) => this.writeEntry(location)));
+          if (open.length > 0) await this.syncDevice(device);
+        }
       } catch (err) {
-        this.log.error({ err, deviceId: device.deviceId }, 'fdatasync at close failed');
+        this.log.error({ err, deviceId: device.deviceId }, 'syncing and closing slots at close failed: the next open verifies the open ones');
       }
       fs.closeSync(device.opened.fd);
     }
   }
+}
+
+function newLocation(device: StoreDevice, slot: number, sequence: number, key: ChunkKey, open: boolean): Location {
+  return {
+    device,
+    slot,
+    sequence,
+    key,
+    seed: keySeed(key),
+    open,
+    opening: null,
+    entryChain: Promise.resolve(),
+    checksums: null,
+    loading: null,
+    checksumWrite: null,
+    checksumWriteQueued: null,
+    busy: 0,
+    lastWriteSeq: 0,
+    lastWriteMs: 0,
+  };
 }
 
 export function keyName(key: ChunkKey): string {
@@ -750,29 +1331,80 @@ export function compareKeys(a: ChunkKey, b: ChunkKey): number {
   return a.generation - b.generation;
 }
 
+/** The key's 24 bytes as the entry and the checksum header hold them. */
+function encodeKey(key: ChunkKey, target: Buffer, offset: number): void {
+  target.write(key.poolId, offset, 8, 'hex');
+  target.write(key.vtreeId, offset + 8, 8, 'hex');
+  target.writeUInt32BE(key.chunkIndex, offset + 16);
+  target.writeUInt32BE(key.generation, offset + 20);
+}
+
+function decodeKey(source: Buffer, offset: number): ChunkKey {
+  return {
+    poolId: source.toString('hex', offset, offset + 8),
+    vtreeId: source.toString('hex', offset + 8, offset + 16),
+    chunkIndex: source.readUInt32BE(offset + 16),
+    generation: source.readUInt32BE(offset + 20),
+  };
+}
+
+/** The seed of a key's block checksums: the CRC of its 24 bytes. */
+export function keySeed(key: ChunkKey): number {
+  const bytes = Buffer.alloc(24);
+  encodeKey(key, bytes, 0);
+  return crc32c(bytes);
+}
+
+/** A block verifies when its seeded CRC is the stored one, or when it is zeros under a stored 0 (never written). */
+function blockVerifies(bytes: Buffer, seed: number, stored: number): boolean {
+  return crc32c(bytes, seed) === stored || (stored === 0 && bytes.equals(zeroBlock));
+}
+
+/** The seeded CRC of each whole block of `bytes` into `checksums` from `firstBlock` on. */
+function checksumBlocks(bytes: Buffer, seed: number, checksums: Uint32Array, firstBlock: number): void {
+  for (let block = 0; block < bytes.length / checksumBlockBytes; block++) {
+    checksums[firstBlock + block] = crc32c(bytes.subarray(block * checksumBlockBytes, (block + 1) * checksumBlockBytes), seed);
+  }
+}
+
+/** Block indexes (sorted) as contiguous byte ranges. */
+function blockRanges(blocks: readonly number[]): Array<{ offsetBytes: number; lengthBytes: number }> {
+  const ranges: Array<{ offsetBytes: number; lengthBytes: number }> = [];
+  for (const block of blocks) {
+    const last = ranges[ranges.length - 1];
+    if (last !== undefined && last.offsetBytes + last.lengthBytes === block * checksumBlockBytes) last.lengthBytes += checksumBlockBytes;
+    else ranges.push({ offsetBytes: block * checksumBlockBytes, lengthBytes: checksumBlockBytes });
+  }
+  return ranges;
+}
+
 function encodeEntry(location: Location): Buffer {
   const entry = Buffer.alloc(slotEntryBytes);
   entry.writeUInt8(1, 4);
+  entry.writeUInt8(location.open ? entryFlagOpen : 0, 5);
   entry.writeBigUInt64BE(BigInt(location.sequence), 8);
-  entry.write(location.key.poolId, 16, 8, 'hex');
-  entry.write(location.key.vtreeId, 24, 8, 'hex');
-  entry.writeUInt32BE(location.key.chunkIndex, 32);
-  entry.writeUInt32BE(location.key.generation, 36);
+  encodeKey(location.key, entry, 16);
   entry.writeUInt32BE(crc32c(entry.subarray(4)), 0);
   return entry;
 }
 
-function decodeEntry(entry: Buffer): 'free' | 'damaged' | { sequence: number; key: ChunkKey } {
+function decodeEntry(entry: Buffer): 'free' | 'damaged' | { sequence: number; key: ChunkKey; open: boolean } {
   if (entry.every((byte) => byte === 0)) return 'free';
   if (crc32c(entry.subarray(4)) !== entry.readUInt32BE(0) || entry.readUInt8(4) !== 1) return 'damaged';
-  return {
-    sequence: Number(entry.readBigUInt64BE(8)),
-    key: {
-      poolId: entry.toString('hex', 16, 24),
-      vtreeId: entry.toString('hex', 24, 32),
-      chunkIndex: entry.readUInt32BE(32),
-      generation: entry.readUInt32BE(36),
-    },
-  };
+  return { sequence: Number(entry.readBigUInt64BE(8)), key: decodeKey(entry, 16), open: (entry.readUInt8(5) & entryFlagOpen) !== 0 };
 }
 
+function encodeChecksumArea(key: ChunkKey, checksums: Uint32Array): Buffer {
+  const area = Buffer.alloc(checksumHeaderBytes + checksums.length * 4);
+  encodeKey(key, area, 8);
+  area.writeUInt32BE(crc32c(area.subarray(4, checksumHeaderBytes)), 0);
+  for (let block = 0; block < checksums.length; block++) area.writeUInt32BE(checksums[block] as number, checksumHeaderBytes + block * 4);
+  return area;
+}
+
+/** The key a checksum header names, or null when the header is blank or damaged. */
+function decodeChecksumHeader(header: Buffer): ChunkKey | null {
+  if (header.every((byte) => byte === 0)) return null;
+  if (crc32c(header.subarray(4, checksumHeaderBytes)) !== header.readUInt32BE(0)) return null;
+  return decodeKey(header, 8);
+}

@@ -177,7 +177,7 @@ export class SdsControl {
         totalBytes: device.slotCount * store.chunkBytes,
         usedBytes: device.usedSlotCount * store.chunkBytes,
         snapshotBytes: snapshotBytes.get(device.deviceId) ?? 0,
-        freeBytes: device.state === 'normal' ? device.freeSlots.length * store.chunkBytes : 0,
+        freeBytes: device.state === 'normal' ? device.freeSlotCount * store.chunkBytes : 0,
         reads: device.counters.reads,
         writes: device.counters.writes,
         readBytes: device.counters.readBytes,

@@ -14,6 +14,14 @@ import { chunkBytesDefault, deviceBytesMin } from '../common/limits.js';
 
 /** Bytes per slot-table entry (chunk-store.ts draws it). */
 export const slotEntryBytes = 64;
+/** Bytes of chunk data one stored checksum covers. */
+export const checksumBlockBytes = 4096;
+/** Each slot's checksum area: a 32-byte header (a copy of its key), then 4 bytes per block. */
+export const checksumHeaderBytes = 32;
+
+export function checksumAreaBytes(chunkBytes: number): number {
+  return checksumHeaderBytes + (chunkBytes / checksumBlockBytes) * 4;
+}
 /** The slot table starts after the superblock; the data area at a MiB boundary after it. */
 const slotTableOffsetBytes = superblockBytes;
 const dataAlignBytes = 1 * MiB;
@@ -90,6 +98,9 @@ export async function openDevice(
         if (sizeBytes < superblock.deviceSizeBytes) {
           throw new DeviceError('MB_ERR_DEVICE_SHRUNK', `${path}: the device shrank from ${superblock.deviceSizeBytes} to ${sizeBytes} bytes since it was formatted`);
         }
+        if (superblock.checksumBlockBytes !== checksumBlockBytes) {
+          throw new DeviceError('MB_ERR_DEVICE_FORMAT', `${path}: formatted with ${superblock.checksumBlockBytes}-byte checksum blocks, this meshblock uses ${checksumBlockBytes}`);
+        }
         return { fd, path, sizeBytes, isBlockDevice, superblock, formatted: false };
       }
     }
@@ -109,6 +120,8 @@ export async function openDevice(
       chunkBytes,
       slotCount: layout.slotCount,
       slotTableOffsetBytes,
+      checksumTableOffsetBytes: layout.checksumTableOffsetBytes,
+      checksumBlockBytes,
     };
     const zeroes = Buffer.alloc(wipeBytes);
     fs.writeSync(fd, zeroes, 0, Math.min(wipeBytes, sizeBytes), Math.max(0, sizeBytes - wipeBytes));
@@ -124,15 +137,24 @@ export async function openDevice(
   }
 }
 
-/** Where the data area starts and how many chunk slots fit, for a device of `sizeBytes`. */
-export function slotLayout(sizeBytes: number, chunkBytes: number): { slotCount: number; dataOffsetBytes: number } {
-  let slotCount = Math.max(0, Math.floor((sizeBytes - dataAlignBytes) / chunkBytes));
-  for (;;) {
-    const dataOffsetBytes = alignUp(slotTableOffsetBytes + slotCount * slotEntryBytes, dataAlignBytes);
-    if (slotCount === 0 || dataOffsetBytes + slotCount * chunkBytes <= sizeBytes) return { slotCount, dataOffsetBytes };
-    slotCount = Math.min(slotCount - 1, Math.floor((sizeBytes - dataOffsetBytes) / chunkBytes));
-    if (slotCount < 0) slotCount = 0;
-  }
+/**
+ * Where the checksum table and the data area start and how many chunk slots fit, for a
+ * device of `sizeBytes`: the slot table, then (4 KiB-aligned) the checksum table, then (MiB-
+ * aligned) the slots.
+ */
+export function slotLayout(sizeBytes: number, chunkBytes: number): { slotCount: number; checksumTableOffsetBytes: number; dataOffsetBytes: number } {
+  const layout = (slotCount: number): { slotCount: number; checksumTableOffsetBytes: number; dataOffsetBytes: number } => {
+    const checksumTableOffsetBytes = alignUp(slotTableOffsetBytes + slotCount * slotEntryBytes, checksumBlockBytes);
+    const dataOffsetBytes = alignUp(checksumTableOffsetBytes + slotCount * checksumAreaBytes(chunkBytes), dataAlignBytes);
+    return { slotCount, checksumTableOffsetBytes, dataOffsetBytes };
+  };
+  const fits = (slotCount: number): boolean => layout(slotCount).dataOffsetBytes + slotCount * chunkBytes <= sizeBytes;
+  // A first guess that ignores the alignment padding, then corrected by single steps.
+  const perSlotBytes = chunkBytes + slotEntryBytes + checksumAreaBytes(chunkBytes);
+  let slotCount = Math.max(0, Math.floor((sizeBytes - slotTableOffsetBytes) / perSlotBytes));
+  while (slotCount > 0 && !fits(slotCount)) slotCount -= 1;
+  while (fits(slotCount + 1)) slotCount += 1;
+  return layout(slotCount);
 }
 
 function alignUp(value: number, alignment: number): number {

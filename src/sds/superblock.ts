@@ -28,7 +28,7 @@ import { MeshblockError } from '../common/errors.js';
 import { KiB } from '../common/units.js';
 
 export const superblockMagic = Buffer.from('MESHBLK1');
-export const superblockVersion = 1;
+export const superblockVersion = 2;
 export const superblockBytes = 4 * KiB;
 /** The sdsName field: a name of nameBytesMax bytes and at least one NUL. */
 const sdsNameFieldBytes = 32;
@@ -46,6 +46,8 @@ export interface Superblock {
   chunkBytes: number;
   slotCount: number;
   slotTableOffsetBytes: number;
+  checksumTableOffsetBytes: number;
+  checksumBlockBytes: number;
 }
 
 export class SuperblockError extends MeshblockError {}
@@ -71,6 +73,8 @@ export function encodeSuperblock(superblock: Superblock): Buffer {
   bytes.writeUInt32BE(superblock.chunkBytes, 96);
   bytes.writeBigUInt64BE(BigInt(superblock.slotCount), 104);
   bytes.writeBigUInt64BE(BigInt(superblock.slotTableOffsetBytes), 112);
+  bytes.writeBigUInt64BE(BigInt(superblock.checksumTableOffsetBytes), 120);
+  bytes.writeUInt32BE(superblock.checksumBlockBytes, 128);
   bytes.writeUInt32BE(crc32c(bytes.subarray(0, crcOffset)), crcOffset);
   return bytes;
 }
@@ -88,7 +92,8 @@ export function decodeSuperblock(head: Buffer): Superblock {
   }
   const version = head.readUInt32BE(8);
   if (version !== superblockVersion) {
-    throw new SuperblockError('MB_ERR_SUPERBLOCK_VERSION', `superblock version ${version}; this meshblock reads version ${superblockVersion}`);
+    const hint = version < superblockVersion ? ' (formatted by an older meshblock, without checksums at rest: remove the device and add it again with --force; its chunks are rebuilt from their other copies)' : '';
+    throw new SuperblockError('MB_ERR_SUPERBLOCK_VERSION', `superblock version ${version}; this meshblock reads version ${superblockVersion}${hint}`);
   }
   const nameEnd = head.indexOf(0, 64);
   return {
@@ -102,5 +107,7 @@ export function decodeSuperblock(head: Buffer): Superblock {
     chunkBytes: head.readUInt32BE(96),
     slotCount: Number(head.readBigUInt64BE(104)),
     slotTableOffsetBytes: Number(head.readBigUInt64BE(112)),
+    checksumTableOffsetBytes: Number(head.readBigUInt64BE(120)),
+    checksumBlockBytes: head.readUInt32BE(128),
   };
 }

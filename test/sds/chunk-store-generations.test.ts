@@ -64,18 +64,17 @@ t.test('reads resolve along the path; writes to exact keys never touch the ances
   t.same([...[...store.heldChunks()].map((chunk) => [chunk.chunkIndex, [...chunk.generations].sort()])].sort(), [[0, [0, 1]], [1, [0, 2]]], 'the generations index is rebuilt from the slot table');
 });
 
-t.test('a shadowing slot gets its content and an fdatasync before its entry', async (t) => {
-  const dir = t.testdir();
-  const store = await openStore(sparseFile(dir, 'device.img', 16 * 1024 * KiB));
-  t.teardown(() => store.close());
+/** Records the store's device calls in order: data, checksums, entry, zero, sync. */
+function recordCalls(store: ChunkStore): string[] {
   const device = store.devices[0];
   if (device === undefined) throw new Error('no device');
   const dataStart = device.slotOffsetBytes(0);
+  const checksumStart = device.checksumAreaOffsetBytes(0);
   const events: string[] = [];
   const io = device.io;
   const write = io.write.bind(io);
   io.write = (data: Buffer, positionBytes: number) => {
-    events.push(positionBytes >= dataStart ? 'data' : 'entry');
+    events.push(positionBytes >= dataStart ? 'data' : positionBytes >= checksumStart ? 'checksums' : 'entry');
     return write(data, positionBytes);
   };
   const internals = store as unknown as { syncDevice: (device: unknown) => Promise<void>; zeroRange: (device: unknown, positionBytes: number, lengthBytes: number) => Promise<void> };
@@ -89,18 +88,39 @@ t.test('a shadowing slot gets its content and an fdatasync before its entry', as
     events.push('zero');
     return zero(zeroed, positionBytes, lengthBytes);
   };
+  return events;
+}
+
+t.test('a new slot gets its content, checksums and an fdatasync before its entry; a closed one is opened first', async (t) => {
+  const dir = t.testdir();
+  const file = sparseFile(dir, 'device.img', 16 * 1024 * KiB);
+  const store = await openStore(file);
+  let events = recordCalls(store);
 
   await store.writeShadowing(keyOf(0, 1), Buffer.alloc(chunkBytes, 7), { fua: false });
-  t.same(events, ['data', 'sync', 'entry'], 'copy on write: content, fdatasync, entry');
+  t.same(events, ['data', 'checksums', 'sync', 'entry'], 'copy on write: content, checksums, fdatasync, entry');
   events.length = 0;
   await store.writeShadowing(keyOf(1, 1), 'zeros', { fua: false });
-  t.same(events, ['zero', 'sync', 'entry'], 'a zeroed shadow: zeros, fdatasync, entry');
+  t.same(events, ['zero', 'checksums', 'sync', 'entry'], 'a zeroed shadow: zeros, checksums, fdatasync, entry');
   events.length = 0;
   await store.writeShadowing(keyOf(0, 1), Buffer.alloc(chunkBytes, 8), { fua: false });
-  t.same(events, ['data'], 'a key already held is rewritten in place');
+  t.same(events, ['data', 'checksums'], 'a key already held (its slot open) is rewritten in place');
   events.length = 0;
   await store.write(keyOf(2, 0), 4096, Buffer.alloc(4096, 9), { fua: false });
-  t.same(events, ['zero', 'entry', 'data'], 'a plain partial first write keeps zero, entry, data');
+  t.same(events, ['zero', 'data', 'checksums', 'sync', 'entry'], 'a plain partial first write: the slot zeroed around it, all durable before the entry');
+  await store.close();
+
+  const reopened = await openStore(file);
+  t.teardown(() => reopened.close());
+  events = recordCalls(reopened);
+  await reopened.write(keyOf(2, 0), 8192, Buffer.alloc(4096, 10), { fua: false });
+  t.same(events, ['entry', 'sync', 'data', 'checksums'], 'a slot closed by a clean close is opened (entry, fdatasync) before the data');
+  events.length = 0;
+  await reopened.write(keyOf(2, 0), 512, Buffer.alloc(512, 11), { fua: false });
+  t.same(events, ['data', 'checksums'], 'an open slot takes a partial block in place (read, merged, checksummed)');
+  const block = Buffer.alloc(4096);
+  await reopened.read(keyOf(2, 0), 0, block);
+  t.ok(block.subarray(512, 1024).equals(Buffer.alloc(512, 11)) && block.subarray(0, 512).equals(Buffer.alloc(512)), 'the merged block reads back');
 });
 
 t.test('a key being read through another generation is not freed', async (t) => {
@@ -127,8 +147,8 @@ t.test('a lost nearest copy fails the read instead of reading an older generatio
   await store.write(keyOf(0, 1), 0, Buffer.alloc(chunkBytes, 2), { fua: false });
   // Chunk 0 of generation 1 is marked lost the way the store does when its device fails
   // and a partial write then lands on another slot.
-  const internals = store as unknown as { lostKeys: Map<string, ChunkKey>; touched: (key: ChunkKey) => void };
-  internals.lostKeys.set(`${poolId}${vtreeId}:0:1`, keyOf(0, 1));
+  const internals = store as unknown as { lostKeys: Map<string, { key: ChunkKey; reason: 'device' | 'entry' }>; touched: (key: ChunkKey) => void };
+  internals.lostKeys.set(`${poolId}${vtreeId}:0:1`, { key: keyOf(0, 1), reason: 'device' });
   internals.touched(keyOf(0, 1));
   await t.rejects(readVia(store, 0, [1, 0]), { code: 'MB_ERR_DEVICE_FAILED' }, 'the read fails loudly');
 });

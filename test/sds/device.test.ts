@@ -7,6 +7,7 @@
 
 import * as fs from 'node:fs';
 import t from 'tap';
+import { crc32c } from '../../src/common/crc32c.js';
 import { openDevice, slotLayout, type DeviceOwner } from '../../src/sds/device.js';
 import { probeFormats } from '../../src/sds/device-probe.js';
 import { decodeSuperblock, encodeSuperblock } from '../../src/sds/superblock.js';
@@ -25,11 +26,15 @@ function head(file: string): Buffer {
 }
 
 t.test('superblock round trip and damage', async (t) => {
-  const superblock = { ...owner, deviceId: 'ffeeddccbbaa9988', deviceSizeBytes: 64 * MiB, dataOffsetBytes: MiB, formattedAtMs: 1_700_000_000_000, chunkBytes: MiB, slotCount: 63, slotTableOffsetBytes: 4096 };
+  const superblock = { ...owner, deviceId: 'ffeeddccbbaa9988', deviceSizeBytes: 64 * MiB, dataOffsetBytes: MiB, formattedAtMs: 1_700_000_000_000, chunkBytes: MiB, slotCount: 63, slotTableOffsetBytes: 4096, checksumTableOffsetBytes: 8192, checksumBlockBytes: 4096 };
   const bytes = encodeSuperblock(superblock);
   t.same(decodeSuperblock(bytes), superblock);
   bytes[100] = 1;
   t.throws(() => decodeSuperblock(bytes), { code: 'MB_ERR_SUPERBLOCK_CHECKSUM' });
+  const older = encodeSuperblock(superblock);
+  older.writeUInt32BE(1, 8);
+  older.writeUInt32BE(crc32c(older.subarray(0, older.length - 4)), older.length - 4);
+  t.throws(() => decodeSuperblock(older), { code: 'MB_ERR_SUPERBLOCK_VERSION', message: /older meshblock, without checksums at rest/ }, 'a version-1 device (no checksums) is refused with what to do');
   t.same(probeFormats(Buffer.alloc(128 * 1024)), [], 'a blank device holds nothing');
 });
 
