@@ -172,11 +172,15 @@ export const rebuildPaceRecheckMs = 100;
 // --- Checksums at rest and the scrub (docs/integrity.md) ---------------------------------
 
 /** A pool's scrub when its policy says nothing: both copies compared, 1 MB/s per device (ScaleIO's scanner default). */
-export const scrubModeDefault = 'dataComparison';
+export const scrubModeDefault = 'dataComparison' as const;
 export const scrubRateKBpsDefault = 1024;
 /** The slowest and fastest scrub rate a pool policy may set, per device. */
 export const scrubRateKBpsMin = 64;
 export const scrubRateKBpsMax = 1024 * 1024;
+/** A scrub pass starts at most this often (an SDS holding little loops no faster). */
+export const scrubPassGapMs = 10_000;
+/** A paused or paced scrub looks again this often (client IO gone quiet, a policy changed, closing). */
+export const scrubIdleRecheckMs = 200;
 /** Ranges bad on both copies an SDS remembers and reports (the newest). */
 export const unrepairableRangesMax = 100;
 /** A slot not written for this long, with a flush since its last write, is closed (its entry's open flag cleared). */

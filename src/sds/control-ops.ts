@@ -11,7 +11,7 @@ import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/
 import type { AddDeviceOrder, DeviceRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
 import type { WireReply } from '../wire/peer.js';
 import { parsePlacementMap, placementGroupOf, type PlacementMap } from '../wire/placement.js';
-import { SdsStatus, decodeReserve, encodeEpoch, type RebuildProgress, type SdsStats } from '../wire/sds-ops.js';
+import { SdsStatus, decodeReserve, encodeEpoch, type RebuildProgress, type ScrubProgress, type SdsStats } from '../wire/sds-ops.js';
 import { keyName, type ChunkStore } from './chunk-store.js';
 import type { RangeLocks } from './range-locks.js';
 import { ReplyError } from './reply-error.js';
@@ -44,6 +44,8 @@ export interface ControlHost {
   collectGenerations(epoch: number): Promise<void>;
   /** Bytes only snapshots reach, by device id (generation-gc.ts). */
   snapshotBytesByDevice(): ReadonlyMap<string, number>;
+  /** The background scrub's progress (scrub.ts). */
+  scrubProgress(): ScrubProgress;
 }
 
 export class SdsControl {
@@ -186,9 +188,14 @@ export class SdsControl {
         writeIops: device.rates.writes,
         readBytesPerSecond: device.rates.readBytes,
         writeBytesPerSecond: device.rates.writeBytes,
+        checksumErrors: device.checksumErrors,
+        scrubbedBytes: device.scrubbedBytes,
       })),
       reservedBytes: store.reservedUnusedSlots() * store.chunkBytes,
       rebuilds: this.host.rebuildProgress(),
+      integrity: { ...store.integrity },
+      scrub: this.host.scrubProgress(),
+      unrepairable: [...store.unrepairable],
     };
   }
 

@@ -65,7 +65,9 @@ import {
   type IoArgs,
   type SdsStats,
 } from '../wire/sds-ops.js';
-import { ChunkStore, StoreError, keyName, type ChunkKey } from './chunk-store.js';
+import { ChecksumError, ChunkStore, StoreError, keyName, type ChunkKey } from './chunk-store.js';
+import { CopyRepair, blockAligned } from './copy-repair.js';
+import { Scrubber } from './scrub.js';
 import { GenerationCollector } from './generation-gc.js';
 import { RangeLocks } from './range-locks.js';
 import { SdsControl, type SdsIdentity } from './control-ops.js';
@@ -110,6 +112,9 @@ export class SdsService {
   /** Client writes and trims accepted here as primary and not yet answered, by V-Tree: what a freeze waits for. */
   private readonly primaryChanges = new Map<string, Set<Promise<unknown>>>();
   private readonly collector: GenerationCollector;
+  /** Bad bytes found here are fetched from the other copy and rewritten (copy-repair.ts). */
+  private readonly repair: CopyRepair;
+  private readonly scrubber: Scrubber;
   private closing = false;
   private clientIoInflight = 0;
   private clientIoLastMs = 0;
@@ -124,10 +129,15 @@ export class SdsService {
       locks: this.locks,
       isClosing: () => this.closing,
       track: (work) => this.track(work),
-      onMapAccepted: (map) => this.peers.retain((sdsId) => map.sds[sdsId]?.address),
+      onMapAccepted: (map) => {
+        this.peers.retain((sdsId) => map.sds[sdsId]?.address);
+        // A new map may bring a new scrub policy or new groups: the next pass need not wait.
+        this.scrubber.poke();
+      },
       rebuildProgress: () => this.rebuilds.progress(),
       collectGenerations: (epoch) => this.collector.collect(epoch),
       snapshotBytesByDevice: () => this.collector.snapshotBytesByDevice(),
+      scrubProgress: () => this.scrubber.progress(),
     });
     // Cursors live in their own file now; a data dir from before keeps them in the state
     // file: read there when the cursor file is absent (and moved into it), and no longer
@@ -162,6 +172,26 @@ export class SdsService {
       forward: (sdsId, op, payload, epoch) => this.forward(sdsId, op, payload, epoch),
       noteChange: (poolId, pgIndex, chunkName) => this.rebuilds.noteChange(poolId, pgIndex, chunkName),
     });
+    this.repair = new CopyRepair({
+      sdsId: options.identity.sdsId,
+      store: options.store,
+      locks: this.locks,
+      log: options.log,
+      map: () => this.map,
+      epoch: () => this.epoch,
+      peerFor: (sdsId) => this.peerFor(sdsId),
+    });
+    this.scrubber = new Scrubber({
+      store: options.store,
+      locks: this.locks,
+      log: options.log,
+      repair: this.repair,
+      map: () => this.map,
+      epoch: () => this.epoch,
+      peerFor: (sdsId) => this.peerFor(sdsId),
+      isBusy: () => this.clientIoInflight > 0 || Date.now() - this.clientIoLastMs < sdsClientQuietMs || this.rebuilds.progress().some((job) => job.state === 'running' || job.state === 'waiting'),
+      isClosing: () => this.closing,
+    });
     // Paused on accept: the socket is adopted with borrowed reads before anything is read.
     this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.onConnection(adoptAccepted(socket)));
     this.peers = new PeerPool({
@@ -184,7 +214,9 @@ export class SdsService {
   }
 
   async listen(host: string, port: number): Promise<net.AddressInfo> {
-    return listenTcp(this.server, host, port);
+    const address = await listenTcp(this.server, host, port);
+    this.scrubber.start();
+    return address;
   }
 
   private onConnection(socket: net.Socket): void {
@@ -263,6 +295,12 @@ export class SdsService {
         case SdsOp.AddDevice:
           this.requireRole(from, ['mdm', 'test'], 'a device order');
           return await this.control.onAddDevice(request.payload);
+        case SdsOp.ReadCopy:
+          this.requireRole(from, ['sds', 'test'], 'a copy read');
+          return await this.repair.onReadCopy(request);
+        case SdsOp.Digest:
+          this.requireRole(from, ['sds', 'test'], 'a copy digest');
+          return await this.repair.onDigest(request);
         default:
           return { status: SdsStatus.UnknownOp, payload: Buffer.from(`op ${request.op} is not an SDS operation`) };
       }
@@ -289,6 +327,9 @@ export class SdsService {
     if (err instanceof InvalidArgumentError) return { status: SdsStatus.InvalidArgument, payload: Buffer.from(err.message) };
     if (err instanceof StoreError && err.code === 'MB_ERR_DEVICE_FAILED') return { status: SdsStatus.IoError, payload: Buffer.from(err.message) };
     if (err instanceof StoreError && err.code === 'MB_ERR_NO_SPACE') return { status: SdsStatus.NoSpace, payload: Buffer.from(err.message) };
+    // Bad bytes no repair was tried for here (a mirror write's read-modify-write, a rebuild
+    // read): nothing of them is returned, and the sender decides.
+    if (err instanceof ChecksumError) return { status: SdsStatus.Corrupt, payload: Buffer.from(err.message) };
     this.options.log.error({ err, op }, 'SDS request failed');
     return { status: SdsStatus.Failed, payload: Buffer.from(err instanceof Error ? err.message : String(err)) };
   }
@@ -366,18 +407,28 @@ export class SdsService {
     this.admit(args, request.epoch, 'primary');
     const path = this.readPath(args);
     const key = chunkKey(args);
-    const release = await this.locks.acquire(keyName(key), args.offsetBytes, args.offsetBytes + args.lengthBytes, false);
-    try {
-      // The path is this epoch's: a read that waited for the lock across a map change could
-      // look for generations a newer map dropped (and the collector freed).
-      if (this.epoch !== request.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `the map moved to epoch ${this.epoch} while the read waited`, encodeEpoch(this.epoch));
-      // A large reply buffer is reused: the peer gives it back once the socket has sent it.
-      const data = acquirePayload(args.lengthBytes);
-      await this.options.store.readResolved(key, path, args.offsetBytes, data);
-      return { status: SdsStatus.Ok, payload: data, releaseAfterSend: payloadPool.owns(data) };
-    } finally {
-      release();
-    }
+    const { startBytes, endBytes } = blockAligned(args.offsetBytes, args.lengthBytes);
+    // A bad range found here is repaired from the secondary (copy-repair.ts, under its own
+    // exclusive lock) and the read runs again.
+    return this.repair.withRepair(async () => {
+      const release = await this.locks.acquire(keyName(key), startBytes, endBytes, false);
+      try {
+        // The path is this epoch's: a read that waited for the lock across a map change could
+        // look for generations a newer map dropped (and the collector freed).
+        if (this.epoch !== request.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `the map moved to epoch ${this.epoch} while the read waited`, encodeEpoch(this.epoch));
+        // A large reply buffer is reused: the peer gives it back once the socket has sent it.
+        const data = acquirePayload(args.lengthBytes);
+        try {
+          await this.options.store.readResolved(key, path, args.offsetBytes, data);
+        } catch (err) {
+          if (payloadPool.owns(data)) payloadPool.release(data);
+          throw err;
+        }
+        return { status: SdsStatus.Ok, payload: data, releaseAfterSend: payloadPool.owns(data) };
+      } finally {
+        release();
+      }
+    }, { lockedExclusive: false });
   }
 
   private async onWrite(from: Served, request: WireRequest): Promise<WireReply> {
@@ -391,7 +442,8 @@ export class SdsService {
       // generation (one a snapshot shares), whatever the epochs say.
       this.headPath(args, { frozenRefused: false });
       const key = chunkKey(args);
-      const release = await this.locks.acquire(keyName(key), args.offsetBytes, args.offsetBytes + args.lengthBytes, true);
+      const { startBytes, endBytes } = blockAligned(args.offsetBytes, args.lengthBytes);
+      const release = await this.locks.acquire(keyName(key), startBytes, endBytes, true);
       try {
         await this.applyExact(key, args.offsetBytes, data, { fua, preferDeviceId: group.secondaryDevice });
       } finally {
@@ -415,7 +467,8 @@ export class SdsService {
       this.admit(args, request.epoch, 'secondary', { previousEpoch: true });
       if (!sameEpoch) this.headPath(args, { frozenRefused: false });
       const key = chunkKey(args);
-      const release = await this.locks.acquire(keyName(key), args.offsetBytes, args.offsetBytes + args.lengthBytes, true);
+      const { startBytes, endBytes } = blockAligned(args.offsetBytes, args.lengthBytes);
+      const release = await this.locks.acquire(keyName(key), startBytes, endBytes, true);
       try {
         await this.options.store.trim(key, args.offsetBytes, args.lengthBytes, { fua });
       } finally {
@@ -482,7 +535,8 @@ export class SdsService {
     let shadowing: boolean;
     for (;;) {
       const wanted = shadowsAncestor();
-      release = await this.locks.acquire(chunkName, wanted ? 0 : args.offsetBytes, wanted ? chunkBytes : args.offsetBytes + args.lengthBytes, true);
+      const range = blockAligned(args.offsetBytes, args.lengthBytes);
+      release = await this.locks.acquire(chunkName, wanted ? 0 : range.startBytes, wanted ? chunkBytes : range.endBytes, true);
       shadowing = shadowsAncestor();
       // Copying needs the whole chunk's lock; a range lock taken before another change freed
       // the head's key is not enough.
@@ -513,12 +567,16 @@ export class SdsService {
         const payload = Buffer.allocUnsafe(ioArgsBytes + chunkBytes);
         encodeIo({ ...args, offsetBytes: 0, lengthBytes: chunkBytes, flags: (args.flags & IoFlag.Fua) | IoFlag.Replica }).copy(payload);
         const chunk = payload.subarray(ioArgsBytes);
-        await store.readResolved(key, path.slice(1), 0, chunk);
+        await this.repair.withRepair(() => store.readResolved(key, path.slice(1), 0, chunk), { lockedExclusive: false });
         if (data !== null) data.copy(chunk, args.offsetBytes);
         else chunk.fill(0, args.offsetBytes, args.offsetBytes + args.lengthBytes);
         local = () => store.writeShadowing(key, chunk, { fua, preferDeviceId });
         mirror = { op: SdsOp.Write, payload };
       }
+      // A read-modify-write of a block here that turns out bad is repaired from the
+      // secondary under the lock this change holds (whole blocks), then done again.
+      const unrepaired = local;
+      local = () => this.repair.withRepair(unrepaired, { lockedExclusive: true });
       const secondary = group.secondary;
       if (secondary === null) {
         this.rebuilds.noteChange(args.poolId, args.pgIndex, chunkName);
@@ -647,9 +705,11 @@ export class SdsService {
     this.closing = true;
     this.control.close();
     this.collector.close();
+    const scrubbed = this.scrubber.close();
     const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
     while (this.handlers.size > 0) await Promise.allSettled([...this.handlers]);
     await (await this.rebuildCursors).settled();
+    await scrubbed;
     for (const peer of this.accepted) peer.destroy();
     this.peers.dropAll();
     for (const socket of this.sockets) socket.destroy();
@@ -660,6 +720,7 @@ export class SdsService {
     this.closing = true;
     this.control.close();
     this.collector.close();
+    this.scrubber.poke();
     this.server.close();
     for (const socket of this.sockets) socket.destroy();
     this.peers.dropAll();
