@@ -173,11 +173,14 @@ export class PowerLossStorage {
     this.latencyTurnsMax = options.latencyTurnsMax ?? 3;
   }
 
-  readonly factory: DeviceIoFactory = (opened) => {
-    const device = new SimulatedDevice(opened.fd, this);
+  readonly factory: DeviceIoFactory = (opened) => this.open(opened.fd);
+
+  /** The simulated device over an open file descriptor (what the factory gives the store). */
+  open(fd: number): DeviceIo {
+    const device = new SimulatedDevice(fd, this);
     this.devices.push(device);
     return device.io();
-  };
+  }
 
   get isCut(): boolean {
     return this.devices.some((device) => device.dead);

@@ -27,6 +27,10 @@
 // sector, never zeros in place of durable data. Reads while the store runs must return
 // exactly the last version written.
 //
+// A first, small test pins the simulated device's own fault model (a synced write stays, a
+// pending one lands torn at sectors, every call fails with EIO afterwards), so that a pass
+// of the store test is not a simulator that never drops anything.
+//
 // Seeds: MESHBLOCK_POWER_LOSS_SEEDS (default 16, about 8 s) fixed seeds, 1 to N, plus one
 // random one; MESHBLOCK_POWER_LOSS_SEED=n runs that seed alone. A long run is just a large N
 // (about half a second of CPU per seed). Everything is replayable from the seed: the
@@ -478,6 +482,43 @@ const seedTimeoutMs = 5000;
 const replaySeed = envInteger('MESHBLOCK_POWER_LOSS_SEED', -1, 0, u32Max);
 const seeds = replaySeed >= 0 ? [replaySeed] : [...Array.from({ length: seedCount }, (_, index) => index + 1), randomInt(0, 2 ** 32)];
 
+t.test('the simulated device: synced writes stay, the rest lands torn at sectors, then EIO', async (t) => {
+  const file = sparseFile(t.testdir(), 'sim.img', 64 * KiB);
+  const fd = fs.openSync(file, 'r+');
+  t.teardown(() => fs.closeSync(fd));
+  const storage = new PowerLossStorage({ random: mulberry32(1) });
+  const io = storage.open(fd);
+  await io.write(Buffer.alloc(4 * KiB, 1), 0);
+  await io.sync();
+  await io.write(Buffer.alloc(16 * KiB, 2), 8 * KiB);
+  await io.zero(KiB, KiB);
+  const seen = Buffer.alloc(32 * KiB);
+  await io.read(seen, 0);
+  t.ok(seen.subarray(0, KiB).every((byte) => byte === 1) && seen.subarray(KiB, 2 * KiB).every((byte) => byte === 0), 'reads see the pending zero over the synced write');
+  t.ok(seen.subarray(8 * KiB, 24 * KiB).every((byte) => byte === 2), 'and the pending write');
+  t.ok(fs.readFileSync(file).subarray(8 * KiB, 24 * KiB).every((byte) => byte === 0), 'which has not reached the file');
+  // Drops roughly half of the 34 pending sectors (32 of the write, 2 of the zero).
+  const summary = storage.cut(mulberry32(2));
+  t.equal(summary.pendingCount, 2, 'two changes were pending');
+  t.equal(summary.sectorsPending, 34, 'over 34 sectors');
+  t.ok(summary.sectorsLanded > 0 && summary.sectorsLanded < 34, `${summary.sectorsLanded} of 34 sectors landed`);
+  const after = fs.readFileSync(file);
+  t.ok(after.subarray(2 * KiB, 4 * KiB).every((byte) => byte === 1), 'the synced write is intact');
+  let landed = 0;
+  let mixed = 0;
+  for (let sector = 0; sector < 32; sector++) {
+    const bytes = after.subarray(8 * KiB + sector * sectorBytes, 8 * KiB + (sector + 1) * sectorBytes);
+    const value = bytes[0] as number;
+    if (!bytes.every((byte) => byte === value) || (value !== 0 && value !== 2)) mixed += 1;
+    if (value === 2) landed += 1;
+  }
+  t.equal(mixed, 0, 'every sector of the write is whole: old or new');
+  t.ok(landed > 0 && landed < 32, `the write is torn (${landed} of 32 sectors landed)`);
+  await t.rejects(io.read(Buffer.alloc(512), 0), { code: 'EIO' }, 'reads fail after the cut');
+  await t.rejects(io.write(Buffer.alloc(512), 0), { code: 'EIO' }, 'and so do writes');
+  await t.rejects(io.sync(), { code: 'EIO' }, 'and syncs');
+});
+
 t.test('power cuts under writes, trims, flushes and FUA with slots reused across volumes', async (t) => {
   // Only ever raised above package.json's timeout, for a long run.
   if (seeds.length * seedTimeoutMs > 900_000) t.setTimeout(seeds.length * seedTimeoutMs);
@@ -498,7 +539,7 @@ t.test('power cuts under writes, trims, flushes and FUA with slots reused across
       continue;
     }
     failedSeeds += 1;
-    t.fail(`seed ${seed}: ${result.failures[0] as string}`, { failures: result.failures.slice(0, 8), failureCount: result.failures.length, replay });
+    t.fail(`seed ${seed}: ${result.failures[0] as string}`, { failures: result.failures.slice(0, 8), failureCount: result.failures.length, replay, stack: '', at: null });
   }
   t.comment(`${seeds.length - failedSeeds} of ${seeds.length} seeds passed`);
 });
