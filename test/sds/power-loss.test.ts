@@ -13,8 +13,9 @@
 // some FUA), partial and whole-chunk trims, flushes and reads, several in flight at once
 // over 3 volume trees, never two on one chunk at a time (the SDS's range locks give the
 // store no more than that). Then a cut at a random moment, with operations in flight; the
-// store is dropped without close(), the cut applied, and a new store opened on the file
-// (with a fresh simulated device, for the next cut).
+// store is dropped without close() (only its file descriptor is closed, so that nothing a
+// close might write or sync can soften the cut), the cut applied, and a new store opened
+// on the file (with a fresh simulated device, for the next cut).
 //
 // Every sector written is self-describing: a header (magic, vtreeId, chunkIndex,
 // generation, sector index in the chunk, version) and filler derived from it, so any
