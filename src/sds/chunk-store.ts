@@ -536,7 +536,11 @@ export class ChunkStore {
       this.lostKeys.delete(keyName(key));
       this.touched(key);
     }
-    if (location === null) return;
+    if (location === null) {
+      // Nothing held, but an earlier trim's freeing may not be durable yet: FUA covers it.
+      if (options.fua) await this.flush();
+      return;
+    }
     if (whole) {
       this.index.delete(keyName(key));
       this.touched(key);
