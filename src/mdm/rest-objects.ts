@@ -8,6 +8,8 @@ import type { VolumeQosStats } from '../wire/mdm-ops.js';
 import type { SdsStats } from '../wire/sds-ops.js';
 import type { AccessMode, Device, FaultSet, Id, IoPriorityPolicyName, Mapping, ProtectionDomain, Sdc, Sds, StoragePool, SystemModel, Volume, VolumeType, VTree } from './model.js';
 import { ioPriorityShown, type FillDefaults } from './health.js';
+import { scrubPolicyOf } from './model.js';
+import type { ScrubPolicy } from '../wire/placement.js';
 import type { StateMachine } from './state-machine.js';
 import type { RebuildStatus } from './controller.js';
 import { restStatisticsTypes, storagePoolStatistics, systemStatistics, type RestStoragePoolStatistics, type RestSystemStatistics } from './rest-statistics.js';
@@ -99,6 +101,23 @@ export interface RestStoragePool extends RestObject {
   rebalanceIoPriorityNumOfConcurrentIosPerDevice: number;
   rebalanceIoPriorityBwLimitPerDeviceInKbps: number;
   rebalanceIoPriorityFromStartOptions: boolean;
+  // The background scrub (ScaleIO's background device scanner; docs/integrity.md).
+  /** ScaleIO's values; Disabled is the pool policy 'off'. */
+  backgroundScannerMode: RestScannerMode;
+  /** Per device, KB/s (kept while Disabled: enabling again without a rate uses it). */
+  backgroundScannerBWLimitKBps: number;
+  /** What the scanner does with a bad copy and with copies that differ: meshblock always repairs from the good copy and reports. */
+  bgScannerCompareErrorAction: 'ReportAndFix';
+  bgScannerReadErrorAction: 'ReportAndFix';
+  /** meshblock: the pool never set a scanner policy; the values shown are the defaults. */
+  backgroundScannerFromDefault: boolean;
+}
+
+export type RestScannerMode = 'Disabled' | 'DeviceOnly' | 'DataComparison';
+
+/** The pool policy's mode in ScaleIO's words. */
+export function restScannerMode(mode: ScrubPolicy['mode']): RestScannerMode {
+  return mode === 'off' ? 'Disabled' : mode === 'deviceOnly' ? 'DeviceOnly' : 'DataComparison';
 }
 
 export interface RestFaultSet extends RestObject {
@@ -308,6 +327,7 @@ export function renderProtectionDomain(model: SystemModel, domain: ProtectionDom
 export function renderStoragePool(pool: StoragePool, fillDefaults?: FillDefaults): RestStoragePool {
   const rebuild = ioPriorityShown(pool, 'rebuild', fillDefaults);
   const rebalance = ioPriorityShown(pool, 'rebalance', fillDefaults);
+  const scrub = scrubPolicyOf(pool);
   return {
     id: pool.id,
     name: pool.name,
@@ -327,6 +347,11 @@ export function renderStoragePool(pool: StoragePool, fillDefaults?: FillDefaults
     rebalanceIoPriorityNumOfConcurrentIosPerDevice: rebalance.concurrentIosPerDevice,
     rebalanceIoPriorityBwLimitPerDeviceInKbps: rebalance.bandwidthPerDeviceKbps,
     rebalanceIoPriorityFromStartOptions: rebalance.isDefault,
+    backgroundScannerMode: restScannerMode(scrub.mode),
+    backgroundScannerBWLimitKBps: scrub.rateKBps,
+    bgScannerCompareErrorAction: 'ReportAndFix',
+    bgScannerReadErrorAction: 'ReportAndFix',
+    backgroundScannerFromDefault: scrub.isDefault,
     links: links('StoragePool', pool.id, [['protectionDomainId', 'ProtectionDomain', pool.protectionDomainId]], withStatistics('StoragePool', related('StoragePool'))),
   };
 }
