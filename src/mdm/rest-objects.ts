@@ -5,7 +5,8 @@
 // imports these types to read the replies.
 
 import type { VolumeQosStats } from '../wire/mdm-ops.js';
-import type { SdsStats } from '../wire/sds-ops.js';
+import type { IntegrityCounters, ScrubProgress, SdsStats } from '../wire/sds-ops.js';
+import { integrityOf, scrubOf, scrubPercent, unrepairableRanges, type UnrepairableReport } from './integrity.js';
 import type { AccessMode, Device, FaultSet, Id, IoPriorityPolicyName, Mapping, ProtectionDomain, Sdc, Sds, StoragePool, SystemModel, Volume, VolumeType, VTree } from './model.js';
 import { ioPriorityShown, type FillDefaults } from './health.js';
 import { scrubPolicyOf } from './model.js';
@@ -232,6 +233,21 @@ export interface RestDashboardPool extends RestStoragePoolStatistics {
   name: string;
   protectionDomainId: Id;
   protectionDomainName: string;
+  /** The pool's scrub policy (ScaleIO's background device scanner), as the pool object shows it. */
+  backgroundScannerMode: RestScannerMode;
+  backgroundScannerBWLimitKBps: number;
+}
+
+/** One SDS's checksums at rest and scrub, as its last heartbeat said (docs/integrity.md). */
+export interface RestDashboardSdsIntegrity {
+  sdsId: Id;
+  sdsName: string;
+  /** Since the SDS started, in 4 KiB blocks; zeros from an SDS that does not report them. */
+  integrity: IntegrityCounters;
+  /** Null: the SDS never reported a scrub (not connected yet, or from before the scrub). */
+  scrub: ScrubProgress | null;
+  /** The current pass, in percent (one decimal); null without a scrub report. */
+  scrubPassPercent: number | null;
 }
 
 /** meshblock's GET /api/dashboard: everything `meshblock dashboard` shows, in one reply. */
@@ -263,6 +279,8 @@ export interface RestDashboard {
   };
   /** meshblock: every mapping with a QoS limit, by volume name then SDC name, and what it held back. */
   qos: RestDashboardQos[];
+  /** meshblock: checksums at rest and the scrub, per SDS by name, and every range bad on both copies (IO to it fails with EIO). */
+  integrity: { sds: RestDashboardSdsIntegrity[]; unrepairable: UnrepairableReport[] };
 }
 
 const kb = (bytes: number): number => Math.floor(bytes / 1024);
@@ -636,6 +654,8 @@ export function dashboard(state: StateMachine, sdsStats: (sdsId: Id) => SdsStats
     name: pool.name,
     protectionDomainId: pool.protectionDomainId,
     protectionDomainName: model.protectionDomains[pool.protectionDomainId]?.name ?? '',
+    backgroundScannerMode: pool.backgroundScannerMode,
+    backgroundScannerBWLimitKBps: pool.backgroundScannerBWLimitKBps,
     ...storagePoolStatistics(state, pool.id),
   }));
   const rebuildsRunning = sdss.reduce((total, sds) => total + (sdsStats(sds.id)?.rebuilds.filter((rebuild) => rebuild.state === 'running').length ?? 0), 0);
@@ -663,5 +683,15 @@ export function dashboard(state: StateMachine, sdsStats: (sdsId: Id) => SdsStats
       rebuild,
     },
     qos: dashboardQos(model, sdcQos),
+    integrity: {
+      sds: [...sdss]
+        .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+        .map((sds) => {
+          const stats = sdsStats(sds.id);
+          const scrub = scrubOf(stats);
+          return { sdsId: sds.id, sdsName: sds.name, integrity: integrityOf(stats), scrub, scrubPassPercent: scrub === null ? null : scrubPercent(scrub) };
+        }),
+      unrepairable: unrepairableRanges(model, sdsStats),
+    },
   };
 }
