@@ -14,7 +14,7 @@ import { collectStatus, renderStatus } from '../../src/cli/lab-status.js';
 import { ApiClient } from '../../src/cli/manage-client.js';
 import type { LabFile } from '../../src/cli/lab-state.js';
 import type { RestDashboard } from '../../src/mdm/rest-objects.js';
-import type { SdsStats, UnrepairableRange } from '../../src/wire/sds-ops.js';
+import type { UnrepairableRange } from '../../src/wire/sds-ops.js';
 import { MiB, populatedApi, type PopulatedApi } from '../helpers/rest.js';
 import { manageRunner, oneLine, type ManageRunner } from '../helpers/manage.js';
 
@@ -78,20 +78,20 @@ async function reporting(t: Test): Promise<Awaited<ReturnType<typeof setup>> & {
   const volume = Object.values(api.controller.state.model.volumes).find((entry) => entry.name === 'vol1');
   if (volume === undefined) throw new Error('vol1 missing');
   const range: UnrepairableRange = { poolId: pool, vtreeId: volume.vtreeId, generation: volume.generation, chunkIndex: 5, offsetBytes: 8192, lengthBytes: 4096, detectedAtMs: Date.UTC(2026, 11, 6, 23, 0, 0) };
-  const base = { epoch: 1, reservedBytes: 0, rebuilds: [], devices: [] };
+  const base = { name: 'sds', epoch: 1, chunkBytes: MiB, reservedBytes: 0, rebuilds: [], devices: [] };
   api.controller.stats.set(sds[0] as string, {
     ...base,
-    sdsId: sds[0],
+    sdsId: sds[0] as string,
     integrity: { checksumErrors: 7, repairedBlocks: 6, unrepairableBlocks: 1, tornBlocksAccepted: 0, damagedEntries: 0, mismatchedBlocks: 2 },
     scrub: { state: 'running', mode: 'dataComparison', rateKBps: 1024, passesCompleted: 1, passStartedAtMs: 1, lastPassCompletedAtMs: 0, chunksScanned: 10, chunksTotal: 40, bytesScanned: 300 * MiB },
     unrepairable: [range],
-  } as SdsStats);
+  });
   api.controller.stats.set(sds[1] as string, {
     ...base,
-    sdsId: sds[1],
+    sdsId: sds[1] as string,
     integrity: { checksumErrors: 0, repairedBlocks: 0, unrepairableBlocks: 0, tornBlocksAccepted: 0, damagedEntries: 0, mismatchedBlocks: 0 },
     scrub: { state: 'paused', mode: 'dataComparison', rateKBps: 1024, passesCompleted: 0, passStartedAtMs: 1, lastPassCompletedAtMs: null, chunksScanned: 40, chunksTotal: 40, bytesScanned: 200 * MiB },
-  } as SdsStats);
+  });
   return { ...context, range };
 }
 

@@ -14,7 +14,7 @@
 
 import t, { type Test } from 'tap';
 import type { RestStoragePool } from '../../src/mdm/rest-objects.js';
-import type { SdsStats, UnrepairableRange } from '../../src/wire/sds-ops.js';
+import type { DeviceStats, UnrepairableRange } from '../../src/wire/sds-ops.js';
 import { MiB, call, populatedApi, testClusterId, type PopulatedApi, type TestApi } from '../helpers/rest.js';
 
 async function poolShown(api: TestApi, token: string, pool: string): Promise<RestStoragePool> {
@@ -103,25 +103,42 @@ async function reporting(t: Test): Promise<PopulatedApi & { volume: string; rang
   const volume = (created.body as { id: string }).id;
   const vtreeId = api.controller.state.model.volumes[volume]?.vtreeId as string;
   const range: UnrepairableRange = { poolId: pool, vtreeId, generation: 0, chunkIndex: 5, offsetBytes: 8192, lengthBytes: 4096, detectedAtMs: 1_700_000_000_000 };
-  const base = { epoch: 1, reservedBytes: 0, rebuilds: [] };
-  const device = (deviceId: string, scrubbedBytes: number, checksumErrors: number): SdsStats['devices'][number] =>
-    ({ deviceId, usedBytes: 0, reads: 0, writes: 0, readBytes: 0, writeBytes: 0, readIops: 0, writeIops: 0, readBytesPerSecond: 0, writeBytesPerSecond: 0, error: null, scrubbedBytes, checksumErrors }) as unknown as SdsStats['devices'][number];
+  const base = { name: 'sds', epoch: 1, chunkBytes: MiB, reservedBytes: 0, rebuilds: [] };
+  const device = (deviceId: string, scrubbedBytes: number, checksumErrors: number): DeviceStats => ({
+    deviceId,
+    path: '/dev/sdb',
+    state: 'normal',
+    error: null,
+    totalBytes: 1024 * MiB,
+    usedBytes: 0,
+    freeBytes: 1024 * MiB,
+    reads: 0,
+    writes: 0,
+    readBytes: 0,
+    writeBytes: 0,
+    readIops: 0,
+    writeIops: 0,
+    readBytesPerSecond: 0,
+    writeBytesPerSecond: 0,
+    scrubbedBytes,
+    checksumErrors,
+  });
   api.controller.stats.set(sds[0] as string, {
     ...base,
-    sdsId: sds[0],
+    sdsId: sds[0] as string,
     devices: [device(devices[0] as string, 300 * MiB, 7)],
     integrity: { checksumErrors: 7, repairedBlocks: 6, unrepairableBlocks: 1, tornBlocksAccepted: 0, damagedEntries: 0, mismatchedBlocks: 0 },
     scrub: { state: 'running', mode: 'dataComparison', rateKBps: 1024, passesCompleted: 1, passStartedAtMs: 1, lastPassCompletedAtMs: 0, chunksScanned: 10, chunksTotal: 40, bytesScanned: 300 * MiB },
     unrepairable: [range],
-  } as SdsStats);
+  });
   api.controller.stats.set(sds[1] as string, {
     ...base,
-    sdsId: sds[1],
+    sdsId: sds[1] as string,
     devices: [device(devices[1] as string, 200 * MiB, 0)],
     integrity: { checksumErrors: 0, repairedBlocks: 0, unrepairableBlocks: 1, tornBlocksAccepted: 2, damagedEntries: 0, mismatchedBlocks: 3 },
     scrub: { state: 'paused', mode: 'dataComparison', rateKBps: 1024, passesCompleted: 0, passStartedAtMs: 1, lastPassCompletedAtMs: null, chunksScanned: 40, chunksTotal: 40, bytesScanned: 200 * MiB },
     unrepairable: [range],
-  } as SdsStats);
+  });
   return { ...populated, volume, range };
 }
 
