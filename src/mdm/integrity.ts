@@ -247,12 +247,6 @@ export class IntegrityWatch {
     this.ranges.set(sdsId, current);
   }
 
-  /** An SDS removed: its memory goes. */
-  forget(sdsId: Id): void {
-    this.counters.delete(sdsId);
-    this.ranges.delete(sdsId);
-  }
-
   private reportedByAnother(sdsId: Id, key: string): boolean {
     for (const [other, keys] of this.ranges) if (other !== sdsId && keys.has(key)) return true;
     return false;
