@@ -186,7 +186,8 @@ export function describeRangeText(report: UnrepairableReport): string {
     case 'snapshotData':
       return `snapshot data (read by ${report.readBy.map((name) => `'${name}'`).join(', ')}) at ${bytes}`;
     case 'removed':
-      return `data no volume reads any more (V-Tree ${report.vtreeId} generation ${report.generation}) at ${bytes}`;
+      // Its pool may be gone too (no chunk size): chunk coordinates, which need none.
+      return `data no volume reads any more (V-Tree ${report.vtreeId} generation ${report.generation}, chunk ${report.chunkIndex} bytes ${report.offsetInChunkBytes}..${report.offsetInChunkBytes + report.lengthBytes})`;
   }
 }
 

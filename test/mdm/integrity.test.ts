@@ -91,6 +91,7 @@ t.test('a bad range is mapped to its volume and the volume byte range', async (t
   t.match(other, { reaches: 'volume', volumeId: vol2, volumeName: 'vol2', volumeOffsetBytes: 2 * MiB + 4096 });
   t.match(snapshot, { reaches: 'volume', volumeId: snap1, volumeName: 'snap1', volumeOffsetBytes: MiB }, "a snapshot's own head names the snapshot");
   t.match(removed, { reaches: 'removed', volumeId: null, volumeName: null });
+  t.equal(describeRangeText(removed as NonNullable<typeof removed>), 'data no volume reads any more (V-Tree cccccccccccccccc generation 0, chunk 0 bytes 0..8192)');
   t.match(describeRangeText(own as NonNullable<typeof own>), /^volume 'vol1' bytes 3158016\.\.3166208 \(8192 bytes\)$/);
   t.match(describeRangeText(shared as NonNullable<typeof shared>), /shared with its snapshots 'snap1'/);
   t.same(unrepairableRanges(model, (id) => reports.get(id) ?? null, 'ffffffffffffffff'), [], 'another pool: none');
