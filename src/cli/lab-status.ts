@@ -8,8 +8,10 @@
 import { KiB, formatBytes } from '../common/units.js';
 import type { RebuildStatus } from '../mdm/controller.js';
 import type { RestDashboard, RestSds, RestVolume } from '../mdm/rest-objects.js';
+import type { UnrepairableReport } from '../mdm/integrity.js';
+import type { IntegrityCounters, ScrubProgress } from '../wire/sds-ops.js';
 import type { MdmClusterView } from '../mdm/cluster-member.js';
-import { describeRebuild } from './manage-format.js';
+import { describeRebuild, describeScrub, describeUnrepairableLine } from './manage-format.js';
 import type { ApiClient } from './manage-client.js';
 import { renderTable } from './manage-format.js';
 import { isDaemonRunning } from './lab-processes.js';
@@ -32,6 +34,13 @@ export interface LabStatusProcess {
    * cannot be asked. Absent with one MDM.
    */
   clusterRole?: 'master' | 'slave' | 'tieBreaker' | 'manager' | null;
+  /**
+   * SDSs only: checksums at rest since the SDS started, in 4 KiB blocks, as the MDM last
+   * heard (docs/integrity.md); null while the MDM cannot be asked or does not know the SDS.
+   */
+  integrity?: IntegrityCounters | null;
+  /** SDSs only: its background scrub with the current pass in percent; null as integrity, or before it reported one. */
+  scrub?: (ScrubProgress & { passPercent: number }) | null;
 }
 
 export interface LabStatusVolume {
@@ -95,12 +104,18 @@ export interface LabStatus {
   volumes: LabStatusVolume[];
   capacity: LabStatusCapacity | null;
   health: LabStatusHealth | null;
+  /** Ranges bad on both copies (IO to them fails with EIO), with their volume and byte range; [] when none or when the MDM cannot be asked. */
+  unrepairable: UnrepairableReport[];
 }
 
 export function processStatus(lab: LabFile): LabStatusProcess[] {
   return lab.processes.map((record) => {
     const running = isDaemonRunning(record);
     const entry: LabStatusProcess = { role: record.role, name: record.name, pid: running ? record.pid : null, address: record.address, state: running ? 'running' : 'stopped', clusterState: null };
+    if (record.role === 'sds') {
+      entry.integrity = null;
+      entry.scrub = null;
+    }
     if (lab.mdmCluster !== undefined && (record.role === 'mdm' || record.role === 'etcd')) {
       entry.clusterRole = record.role === 'etcd' ? (record.memberName?.startsWith('tb') === true ? 'tieBreaker' : 'manager') : null;
     }
@@ -116,6 +131,7 @@ export async function collectStatus(dir: string, lab: LabFile, client: ApiClient
     volumes: [],
     capacity: null,
     health: null,
+    unrepairable: [],
   };
   if (client === null) return status;
   try {
@@ -131,8 +147,16 @@ export async function collectStatus(dir: string, lab: LabFile, client: ApiClient
     }));
     status.capacity = capacityOf(view);
     const [sdss, sdcs] = await Promise.all([client.get<RestSds[]>('/api/types/Sds/instances'), client.get<Array<{ name: string; mdmConnectionState: string }>>('/api/types/Sdc/instances')]);
+    // An older MDM's dashboard has no integrity part: the SDS entries keep null.
+    const integrity = view.integrity as RestDashboard['integrity'] | undefined;
+    status.unrepairable = integrity?.unrepairable ?? [];
     for (const entry of status.processes) {
-      if (entry.role === 'sds') entry.clusterState = sdss.find((sds) => sds.name === entry.name)?.sdsState ?? null;
+      if (entry.role === 'sds') {
+        const reported = integrity?.sds.find((sds) => sds.sdsName === entry.name);
+        entry.integrity = reported?.integrity ?? null;
+        entry.scrub = reported === undefined || reported.scrub === null ? null : { ...reported.scrub, passPercent: reported.scrubPassPercent ?? 0 };
+        entry.clusterState = sdss.find((sds) => sds.name === entry.name)?.sdsState ?? null;
+      }
       if (entry.role === 'sdc') entry.clusterState = sdcs.find((sdc) => sdc.name === entry.name)?.mdmConnectionState ?? null;
     }
     const rebuild = view.health.rebuild;
@@ -245,5 +269,19 @@ export function renderStatus(status: LabStatus): string {
   );
   if (h.volumesFailed.length > 0) lines.push(`FAILED: IO to volume(s) ${h.volumesFailed.join(', ')} fails where no copy is readable`);
   if (h.volumesDegraded.length > 0) lines.push(`degraded (one copy): ${h.volumesDegraded.join(', ')}`);
+  const sdsEntries = status.processes.filter((entry) => entry.role === 'sds' && (entry.integrity ?? null) !== null);
+  if (sdsEntries.length > 0) {
+    const scrubs = sdsEntries.map((entry) => {
+      const counters = entry.integrity as IntegrityCounters;
+      const scrub = describeScrub({ scrub: entry.scrub ?? null, scrubPassPercent: entry.scrub?.passPercent ?? null });
+      const found = counters.checksumErrors + counters.mismatchedBlocks + counters.tornBlocksAccepted + counters.damagedEntries;
+      return `${entry.name} ${scrub}${found > 0 ? ` [checksum errors ${counters.checksumErrors}, repaired ${counters.repairedBlocks}, mismatched ${counters.mismatchedBlocks}, unrepairable ${counters.unrepairableBlocks}, torn ${counters.tornBlocksAccepted}, damaged entries ${counters.damagedEntries}]` : ''}`;
+    });
+    lines.push(`scrub: ${scrubs.join('; ')}`);
+  }
+  if (status.unrepairable.length > 0) {
+    lines.push('UNREPAIRABLE (both copies bad: IO to these ranges fails with EIO until they are rewritten):');
+    for (const range of status.unrepairable) lines.push(`  ${describeUnrepairableLine(range)}`);
+  }
   return `${lines.join('\n')}\n`;
 }

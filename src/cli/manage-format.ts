@@ -2,7 +2,8 @@
 // colours, so that it reads the same in a terminal, a log and a ticket.
 
 import { formatBytes } from '../common/units.js';
-import type { RestCapacity, RestDashboard, RestMappedSdcInfo, RestStoragePool } from '../mdm/rest-objects.js';
+import type { RestCapacity, RestDashboard, RestDashboardSdsIntegrity, RestMappedSdcInfo, RestStoragePool } from '../mdm/rest-objects.js';
+import { describeRangeText, type UnrepairableReport } from '../mdm/integrity.js';
 
 export type Alignment = 'left' | 'right';
 
@@ -130,8 +131,11 @@ export function renderDashboard(view: RestDashboard): string {
   if (health.degradedCapacityInKb > 0) problems.push(`${kbToText(health.degradedCapacityInKb)} degraded (one copy in sync)`);
   if (health.failedCapacityInKb > 0) problems.push(`${kbToText(health.failedCapacityInKb)} failed (no readable copy: IO to it fails)`);
   if (health.volumesFailed.length > 0) problems.push(`volumes with failed data: ${health.volumesFailed.join(', ')}`);
+  // An older MDM's dashboard has no integrity: nothing to show.
+  const unrepairable = view.integrity?.unrepairable ?? [];
+  if (unrepairable.length > 0) problems.push(`${plural(unrepairable.length, 'range')} bad on both copies (IO to it fails with EIO; listed below)`);
   const rebuild = health.rebuild;
-  const status = health.failedCapacityInKb > 0 ? 'FAILED' : problems.length === 0 ? 'OK' : health.degradedCapacityInKb > 0 ? 'DEGRADED' : 'ATTENTION';
+  const status = health.failedCapacityInKb > 0 || unrepairable.length > 0 ? 'FAILED' : problems.length === 0 ? 'OK' : health.degradedCapacityInKb > 0 ? 'DEGRADED' : 'ATTENTION';
   const lines = [
     `System    ${system.name} (id ${system.id}), map epoch ${system.mapEpoch}, ${system.systemVersionName}`,
     `Objects   ${[
@@ -162,5 +166,67 @@ export function renderDashboard(view: RestDashboard): string {
     ...capacityColumns.map(([header, field]): Column<Row> => ({ header, value: (row) => kbToText(row.capacity[field]), align: 'right' })),
   ];
   const qos = view.qos.length === 0 ? '' : `\nQoS (limits enforced by each SDC; throttled = requests held back since the SDC started)\n${renderQosTable(view.qos, { header: 'VOLUME', value: (row) => row.volumeName })}`;
-  return `${lines.join('\n')}\n${renderTable(columns, rows)}${qos}`;
+  return `${lines.join('\n')}\n${renderTable(columns, rows)}${qos}${renderIntegrity(view)}`;
+}
+
+/** A pool's scrub policy in one phrase: "DataComparison at 1 MiB/s per device" or "Disabled". */
+export function describeScrubPolicy(pool: Pick<RestStoragePool, 'backgroundScannerMode' | 'backgroundScannerBWLimitKBps'>): string {
+  if (pool.backgroundScannerMode === 'Disabled') return `Disabled (rate kept: ${kbToText(pool.backgroundScannerBWLimitKBps)}/s per device)`;
+  return `${pool.backgroundScannerMode} at ${kbToText(pool.backgroundScannerBWLimitKBps)}/s per device`;
+}
+
+/** One SDS's scrub in a cell: "running 25% (10/40 chunks)", "paused 100% (40/40)", "-" unreported. */
+export function describeScrub(entry: Pick<RestDashboardSdsIntegrity, 'scrub' | 'scrubPassPercent'>): string {
+  const scrub = entry.scrub;
+  if (scrub === null) return '-';
+  if (scrub.state === 'off') return 'off';
+  return `${scrub.state} ${entry.scrubPassPercent ?? 0}% (${scrub.chunksScanned}/${scrub.chunksTotal} chunks)`;
+}
+
+/**
+ * The scrub and checksums part of the dashboard: each pool's policy, a table of the SDSs
+ * (the scrub's pass and counters since each SDS started, in 4 KiB blocks), and every range
+ * bad on both copies with its volume and byte range.
+ *
+ *   Scrub     pd1/pool1: DataComparison at 1 MiB/s per device
+ *   SDS   SCRUB                         PASSES  SCANNED   CHECKSUM ERRORS  REPAIRED  MISMATCHED  UNREPAIRABLE  TORN  DAMAGED
+ *   sds1  running 25% (10/40 chunks)         1  300 MiB                7         6           0             1     0        0
+ *   UNREPAIRABLE (both copies bad: IO to these ranges fails with EIO until they are rewritten)
+ *     volume 'vol1' bytes 5251072..5255168 (4096 bytes), detected 2026-12-06T23:00:00.000Z by sds1, sds2
+ */
+export function renderIntegrity(view: RestDashboard): string {
+  if (view.integrity === undefined) return '';
+  const lines = ['', ...view.storagePools.map((pool, index) => `${index === 0 ? 'Scrub    ' : '         '} ${pool.protectionDomainName}/${pool.name}: ${describeScrubPolicy(pool)}`)];
+  const count = (value: number): string => String(value);
+  const table =
+    view.integrity.sds.length === 0
+      ? ''
+      : renderTable<RestDashboardSdsIntegrity>(
+          [
+            { header: 'SDS', value: (row) => row.sdsName },
+            { header: 'SCRUB', value: (row) => describeScrub(row) },
+            { header: 'MODE', value: (row) => row.scrub?.mode ?? '-' },
+            { header: 'PASSES', value: (row) => (row.scrub === null ? '-' : count(row.scrub.passesCompleted)), align: 'right' },
+            { header: 'SCANNED', value: (row) => (row.scrub === null ? '-' : formatBytes(row.scrub.bytesScanned)), align: 'right' },
+            { header: 'CHECKSUM ERRORS', value: (row) => count(row.integrity.checksumErrors), align: 'right' },
+            { header: 'REPAIRED', value: (row) => count(row.integrity.repairedBlocks), align: 'right' },
+            { header: 'MISMATCHED', value: (row) => count(row.integrity.mismatchedBlocks), align: 'right' },
+            { header: 'UNREPAIRABLE', value: (row) => count(row.integrity.unrepairableBlocks), align: 'right' },
+            { header: 'TORN', value: (row) => count(row.integrity.tornBlocksAccepted), align: 'right' },
+            { header: 'DAMAGED ENTRIES', value: (row) => count(row.integrity.damagedEntries), align: 'right' },
+          ],
+          view.integrity.sds,
+        );
+  const names = new Map(view.integrity.sds.map((entry) => [entry.sdsId, entry.sdsName]));
+  const ranges = view.integrity.unrepairable;
+  const bad =
+    ranges.length === 0
+      ? ''
+      : `UNREPAIRABLE (both copies bad: IO to these ranges fails with EIO until they are rewritten)\n${ranges.map((range) => `  ${describeUnrepairableLine(range, names)}`).join('\n')}\n`;
+  return `${lines.join('\n')}\n${table}${bad}`;
+}
+
+/** One unrepairable range: where it is, when it was found and by which SDSs. */
+export function describeUnrepairableLine(range: UnrepairableReport, sdsNames: ReadonlyMap<string, string> = new Map()): string {
+  return `${describeRangeText(range)}, detected ${new Date(range.detectedAtMs).toISOString()} by ${range.reportedBy.map((id) => sdsNames.get(id) ?? id).join(', ')}`;
 }

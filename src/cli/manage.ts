@@ -22,7 +22,7 @@
 import yargs, { type Argv } from 'yargs';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
 import { GiB, KiB, MiB, parseSizeBytes } from '../common/units.js';
-import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, qosBurstSecondsMax, qosIopsLimitMin, snapshotGroupVolumesMax, snapshotsPerVtreeDefault, snapshotsPerVtreeMax } from '../common/limits.js';
+import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, scrubRateKBpsMax, scrubRateKBpsMin, qosBurstSecondsMax, qosIopsLimitMin, snapshotGroupVolumesMax, snapshotsPerVtreeDefault, snapshotsPerVtreeMax } from '../common/limits.js';
 import { idPattern } from '../wire/placement.js';
 import type { RemoveGroupReply, SnapshotVolumesReply } from '../mdm/rest-commands.js';
 import type {
@@ -40,7 +40,7 @@ import type {
 } from '../mdm/rest-objects.js';
 import type { MdmClusterView, MdmView } from '../mdm/cluster-member.js';
 import { ApiClient, connectionOptions, processIo, type ConnectionArgs, type ManageIo } from './manage-client.js';
-import { kbToText, renderDashboard, renderPoolIoPriority, renderQosTable, renderTable } from './manage-format.js';
+import { describeScrubPolicy, kbToText, renderDashboard, renderPoolIoPriority, renderQosTable, renderTable } from './manage-format.js';
 import { ioPriorityPolicyNames } from '../mdm/model.js';
 
 /** Exit codes, as main.ts: 1 failed at run time (the API refused), 2 bad usage. */
@@ -381,9 +381,30 @@ const poolCommands: Command[] = [
       session.print(renderPoolIoPriority(await session.client.get<RestStoragePool>(`/api/instances/StoragePool::${pool.id}`)));
     },
   },
+  // --- the background scrub (docs/integrity.md) ---
+  {
+    name: 'set-scrub [pool]',
+    describe:
+      "set a storage pool's background scrub (ScaleIO's background device scanner): off, device-only (each copy's checksums) or data-comparison (also compares the two copies), at a rate per device; applied by the SDSs with the next map",
+    builder: (y) =>
+      pdFilter(
+        y
+          .positional('pool', { type: 'string', describe: 'storage pool (id or name)' })
+          .option('pool', str('storage pool (id or name), instead of the positional', false))
+          .option('mode', { type: 'string', choices: scrubCliModes, demandOption: true, requiresArg: true, describe: 'off | device-only | data-comparison' })
+          .option('rate-kbps', str(`KB/s (1 KB = 1024 bytes) read per device, ${scrubRateKBpsMin} to ${scrubRateKBpsMax} [left out: unchanged; default 1024]`, false)),
+      ),
+    check: (args) => void scrubBody(args),
+    run: async (args, session) => {
+      const pool = await resolvePool(session, { ...args, pool: poolArgument(args) });
+      const { action: name, body } = scrubBody(args);
+      await action(session, 'StoragePool', pool.id, name, body, `storage pool '${pool.name}' scrub set to ${String(args['mode'])}`);
+      session.print(`  scrub                 ${describeScrubPolicy(await session.client.get<RestStoragePool>(`/api/instances/StoragePool::${pool.id}`))}`);
+    },
+  },
   {
     name: 'show [pool]',
-    describe: 'show a storage pool: its settings and its rebuild and rebalance IO priority',
+    describe: 'show a storage pool: its settings, its rebuild and rebalance IO priority and its scrub',
     builder: (y) => jsonOption(pdFilter(y.positional('pool', { type: 'string', describe: 'storage pool (id or name)' }).option('pool', str('storage pool (id or name), instead of the positional', false)))),
     check: (args) => void poolArgument(args),
     run: async (args, session) => {
@@ -398,6 +419,7 @@ const poolCommands: Command[] = [
           `  volume granularity  ${kbToText(pool.volumeGranularityInKb)}`,
           `  placement groups    ${pool.pgCount}`,
           renderPoolIoPriority(pool),
+          `  scrub                 ${describeScrubPolicy(pool)}${pool.backgroundScannerFromDefault ? ' (not set: the default)' : ''}`,
         ].join('\n'),
       );
     },
@@ -410,6 +432,22 @@ function poolArgument(args: Record<string, unknown>): string {
   // yargs gives the positional and the flag the same key: given both, it is an array.
   if (Array.isArray(positional)) throw new InvalidArgumentError('--pool', 'give the pool once, as the positional or as --pool');
   return nonEmpty('pool', positional);
+}
+
+/** set-scrub's --mode, in the CLI's spelling; the REST action takes ScaleIO's. */
+const scrubCliModes = ['off', 'device-only', 'data-comparison'] as const;
+
+/** The REST action and body of set-scrub, checked before connecting. */
+function scrubBody(args: Record<string, unknown>): { action: 'enableBackgroundDeviceScanner' | 'disableBackgroundDeviceScanner'; body: { scannerMode?: 'DeviceOnly' | 'DataComparison'; bandwidthLimitKBps?: number } } {
+  poolArgument(args);
+  const mode = String(args['mode']);
+  if (!(scrubCliModes as readonly string[]).includes(mode)) throw new InvalidArgumentError('--mode', `must be ${scrubCliModes.join(', ')}, got '${mode}'`);
+  const rate = args['rate-kbps'] === undefined ? undefined : integerFlag('--rate-kbps', args['rate-kbps'], scrubRateKBpsMin, scrubRateKBpsMax);
+  if (mode === 'off') {
+    if (rate !== undefined) throw new InvalidArgumentError('--rate-kbps', 'give it with device-only or data-comparison (off keeps the pool’s rate for when the scrub is on again)');
+    return { action: 'disableBackgroundDeviceScanner', body: {} };
+  }
+  return { action: 'enableBackgroundDeviceScanner', body: { scannerMode: mode === 'device-only' ? 'DeviceOnly' : 'DataComparison', ...(rate !== undefined ? { bandwidthLimitKBps: rate } : {}) } };
 }
 
 /** The REST body of set-io-priority, checked before connecting. */

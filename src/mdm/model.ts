@@ -3,8 +3,9 @@
 // ScaleIO's (protection domain, storage pool, fault set, SDS, device, SDC, volume, V-Tree).
 // Ids are 16 lowercase hex digits, as ScaleIO writes them.
 
-import { snapshotsPerVtreeDefault } from '../common/limits.js';
+import { scrubModeDefault, scrubRateKBpsDefault, snapshotsPerVtreeDefault } from '../common/limits.js';
 import type { QosLimits } from '../common/qos-limits.js';
+import type { ScrubPolicy } from '../wire/placement.js';
 
 export type Id = string;
 
@@ -37,6 +38,19 @@ export interface StoragePool {
    */
   rebuildIoPriority?: IoPriorityPolicy;
   rebalanceIoPriority?: IoPriorityPolicy;
+
+  // --- checksums at rest and the scrub (ScaleIO's background device scanner; docs/integrity.md) ---
+  /**
+   * The pool's background scrub, sent to its SDSs in the placement map. Absent (never set,
+   * and every pool from before the scrub): scrubModeDefault at scrubRateKBpsDefault.
+   */
+  scrub?: ScrubPolicy;
+}
+
+/** A pool's scrub policy, the default where it never set one (ScaleIO's scanner: data comparison at 1 MB/s per device). */
+export function scrubPolicyOf(pool: StoragePool): ScrubPolicy & { isDefault: boolean } {
+  if (pool.scrub === undefined) return { mode: scrubModeDefault, rateKBps: scrubRateKBpsDefault, isDefault: true };
+  return { ...pool.scrub, isDefault: false };
 }
 
 /** ScaleIO's names; `limitBandwidth` is meshblock's for "limit bandwidth per device". */

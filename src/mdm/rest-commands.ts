@@ -15,7 +15,10 @@ import { BodyReader, checkName, checkVolumeName } from './rest-body.js';
 import { RestError, notFoundErrorCode, scaleIoErrorCodes, withErrorCode } from './rest-errors.js';
 import { instanceTables, type RestType } from './rest-objects.js';
 import { MdmError, type Applied, type Command } from './state-machine.js';
-import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax } from '../common/limits.js';
+import { ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceMax, pgCountMax, scrubRateKBpsMax, scrubRateKBpsMin, snapshotGroupVolumesMax, snapshotsPerVtreeMax } from '../common/limits.js';
+
+/** enableBackgroundDeviceScanner's scannerMode, as ScaleIO spells it (off is the disable action). */
+export const restScannerModes = ['DeviceOnly', 'DataComparison'] as const;
 
 const sizeInKbMax = Math.floor(Number.MAX_SAFE_INTEGER / KiB);
 const countMax = Number.MAX_SAFE_INTEGER;
@@ -183,7 +186,7 @@ export const restActions: Readonly<Record<RestType, readonly string[]>> = {
   // queryMdmCluster and changeMdmOwnership are the System's too, served by rest-api.ts.
   System: ['snapshotVolumes', 'removeConsistencyGroupSnapshots', 'setSnapshotsPerVtree'],
   ProtectionDomain: ['removeProtectionDomain', 'setProtectionDomainName'],
-  StoragePool: ['removeStoragePool', 'setStoragePoolName', 'setSparePercentage', 'setRebuildIoPriorityPolicy', 'setRebalanceIoPriorityPolicy'],
+  StoragePool: ['removeStoragePool', 'setStoragePoolName', 'setSparePercentage', 'setRebuildIoPriorityPolicy', 'setRebalanceIoPriorityPolicy', 'enableBackgroundDeviceScanner', 'disableBackgroundDeviceScanner'],
   FaultSet: ['removeFaultSet'],
   Sds: ['removeSds', 'setSdsName'],
   Device: ['removeDevice'],
@@ -245,6 +248,16 @@ export async function performAction(context: CommandContext, type: RestType, id:
         { concurrentIosPerDevice: 'numOfConcurrentIosPerDevice', bandwidthPerDeviceKbps: 'bwLimitPerDeviceInKbps' },
       );
     }
+    case 'enableBackgroundDeviceScanner': {
+      // ScaleIO's body: scannerMode DeviceOnly | DataComparison, bandwidthLimitKBps optional
+      // (left out: the pool's rate, or the default on a pool never set). Enabling again with
+      // another rate is how a rate is changed, as with scli --enable_background_device_scanner.
+      const scannerMode = reader.oneOf('scannerMode', restScannerModes);
+      const rateKBps = reader.integer('bandwidthLimitKBps', { min: scrubRateKBpsMin, max: scrubRateKBpsMax }, false);
+      return run({ type: 'setScrubPolicy', poolId: id, mode: scannerMode === 'DeviceOnly' ? 'deviceOnly' : 'dataComparison', ...(rateKBps !== undefined ? { rateKBps } : {}) }, { rateKBps: 'bandwidthLimitKBps', mode: 'scannerMode' });
+    }
+    case 'disableBackgroundDeviceScanner':
+      return run({ type: 'setScrubPolicy', poolId: id, mode: 'off' });
     case 'removeFaultSet':
       return run({ type: 'removeFaultSet', id });
     case 'removeSds':

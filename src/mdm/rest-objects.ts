@@ -5,9 +5,12 @@
 // imports these types to read the replies.
 
 import type { VolumeQosStats } from '../wire/mdm-ops.js';
-import type { SdsStats } from '../wire/sds-ops.js';
+import type { IntegrityCounters, ScrubProgress, SdsStats } from '../wire/sds-ops.js';
+import { integrityOf, scrubOf, scrubPercent, unrepairableRanges, type UnrepairableReport } from './integrity.js';
 import type { AccessMode, Device, FaultSet, Id, IoPriorityPolicyName, Mapping, ProtectionDomain, Sdc, Sds, StoragePool, SystemModel, Volume, VolumeType, VTree } from './model.js';
 import { ioPriorityShown, type FillDefaults } from './health.js';
+import { scrubPolicyOf } from './model.js';
+import type { ScrubPolicy } from '../wire/placement.js';
 import type { StateMachine } from './state-machine.js';
 import type { RebuildStatus } from './controller.js';
 import { restStatisticsTypes, storagePoolStatistics, systemStatistics, type RestStoragePoolStatistics, type RestSystemStatistics } from './rest-statistics.js';
@@ -99,6 +102,23 @@ export interface RestStoragePool extends RestObject {
   rebalanceIoPriorityNumOfConcurrentIosPerDevice: number;
   rebalanceIoPriorityBwLimitPerDeviceInKbps: number;
   rebalanceIoPriorityFromStartOptions: boolean;
+  // The background scrub (ScaleIO's background device scanner; docs/integrity.md).
+  /** ScaleIO's values; Disabled is the pool policy 'off'. */
+  backgroundScannerMode: RestScannerMode;
+  /** Per device, KB/s (kept while Disabled: enabling again without a rate uses it). */
+  backgroundScannerBWLimitKBps: number;
+  /** What the scanner does with a bad copy and with copies that differ: meshblock always repairs from the good copy and reports. */
+  bgScannerCompareErrorAction: 'ReportAndFix';
+  bgScannerReadErrorAction: 'ReportAndFix';
+  /** meshblock: the pool never set a scanner policy; the values shown are the defaults. */
+  backgroundScannerFromDefault: boolean;
+}
+
+export type RestScannerMode = 'Disabled' | 'DeviceOnly' | 'DataComparison';
+
+/** The pool policy's mode in ScaleIO's words. */
+export function restScannerMode(mode: ScrubPolicy['mode']): RestScannerMode {
+  return mode === 'off' ? 'Disabled' : mode === 'deviceOnly' ? 'DeviceOnly' : 'DataComparison';
 }
 
 export interface RestFaultSet extends RestObject {
@@ -213,6 +233,21 @@ export interface RestDashboardPool extends RestStoragePoolStatistics {
   name: string;
   protectionDomainId: Id;
   protectionDomainName: string;
+  /** The pool's scrub policy (ScaleIO's background device scanner), as the pool object shows it. */
+  backgroundScannerMode: RestScannerMode;
+  backgroundScannerBWLimitKBps: number;
+}
+
+/** One SDS's checksums at rest and scrub, as its last heartbeat said (docs/integrity.md). */
+export interface RestDashboardSdsIntegrity {
+  sdsId: Id;
+  sdsName: string;
+  /** Since the SDS started, in 4 KiB blocks; zeros from an SDS that does not report them. */
+  integrity: IntegrityCounters;
+  /** Null: the SDS never reported a scrub (not connected yet, or from before the scrub). */
+  scrub: ScrubProgress | null;
+  /** The current pass, in percent (one decimal); null without a scrub report. */
+  scrubPassPercent: number | null;
 }
 
 /** meshblock's GET /api/dashboard: everything `meshblock dashboard` shows, in one reply. */
@@ -244,6 +279,8 @@ export interface RestDashboard {
   };
   /** meshblock: every mapping with a QoS limit, by volume name then SDC name, and what it held back. */
   qos: RestDashboardQos[];
+  /** meshblock: checksums at rest and the scrub, per SDS by name, and every range bad on both copies (IO to it fails with EIO). */
+  integrity: { sds: RestDashboardSdsIntegrity[]; unrepairable: UnrepairableReport[] };
 }
 
 const kb = (bytes: number): number => Math.floor(bytes / 1024);
@@ -308,6 +345,7 @@ export function renderProtectionDomain(model: SystemModel, domain: ProtectionDom
 export function renderStoragePool(pool: StoragePool, fillDefaults?: FillDefaults): RestStoragePool {
   const rebuild = ioPriorityShown(pool, 'rebuild', fillDefaults);
   const rebalance = ioPriorityShown(pool, 'rebalance', fillDefaults);
+  const scrub = scrubPolicyOf(pool);
   return {
     id: pool.id,
     name: pool.name,
@@ -327,6 +365,11 @@ export function renderStoragePool(pool: StoragePool, fillDefaults?: FillDefaults
     rebalanceIoPriorityNumOfConcurrentIosPerDevice: rebalance.concurrentIosPerDevice,
     rebalanceIoPriorityBwLimitPerDeviceInKbps: rebalance.bandwidthPerDeviceKbps,
     rebalanceIoPriorityFromStartOptions: rebalance.isDefault,
+    backgroundScannerMode: restScannerMode(scrub.mode),
+    backgroundScannerBWLimitKBps: scrub.rateKBps,
+    bgScannerCompareErrorAction: 'ReportAndFix',
+    bgScannerReadErrorAction: 'ReportAndFix',
+    backgroundScannerFromDefault: scrub.isDefault,
     links: links('StoragePool', pool.id, [['protectionDomainId', 'ProtectionDomain', pool.protectionDomainId]], withStatistics('StoragePool', related('StoragePool'))),
   };
 }
@@ -611,6 +654,8 @@ export function dashboard(state: StateMachine, sdsStats: (sdsId: Id) => SdsStats
     name: pool.name,
     protectionDomainId: pool.protectionDomainId,
     protectionDomainName: model.protectionDomains[pool.protectionDomainId]?.name ?? '',
+    backgroundScannerMode: pool.backgroundScannerMode,
+    backgroundScannerBWLimitKBps: pool.backgroundScannerBWLimitKBps,
     ...storagePoolStatistics(state, pool.id),
   }));
   const rebuildsRunning = sdss.reduce((total, sds) => total + (sdsStats(sds.id)?.rebuilds.filter((rebuild) => rebuild.state === 'running').length ?? 0), 0);
@@ -638,5 +683,15 @@ export function dashboard(state: StateMachine, sdsStats: (sdsId: Id) => SdsStats
       rebuild,
     },
     qos: dashboardQos(model, sdcQos),
+    integrity: {
+      sds: [...sdss]
+        .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+        .map((sds) => {
+          const stats = sdsStats(sds.id);
+          const scrub = scrubOf(stats);
+          return { sdsId: sds.id, sdsName: sds.name, integrity: integrityOf(stats), scrub, scrubPassPercent: scrub === null ? null : scrubPercent(scrub) };
+        }),
+      unrepairable: unrepairableRanges(model, sdsStats),
+    },
   };
 }

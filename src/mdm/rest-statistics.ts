@@ -30,7 +30,8 @@
 // "raw" counts both copies of the data; "net" counts what volumes see.
 
 import type { VolumeQosStats } from '../wire/mdm-ops.js';
-import type { SdsStats } from '../wire/sds-ops.js';
+import type { IntegrityCounters, ScrubProgress, SdsStats } from '../wire/sds-ops.js';
+import { integrityCounterNames, integrityOf, noIntegrity, scrubOf, scrubPercent, unrepairableRanges, type UnrepairableReport } from './integrity.js';
 import type { Device, Id, Sdc, Sds, Volume } from './model.js';
 import { instanceTables, type RestType, type SdcQosLookup } from './rest-objects.js';
 import type { PoolCapacity, StateMachine } from './state-machine.js';
@@ -128,6 +129,10 @@ export interface RestDeviceStatistics {
   totalWriteInKb: number;
   /** The SDS's last error on this device, if it failed. */
   errorMessage: string | null;
+  /** 4 KiB blocks of this device that failed their checksums since its SDS started. */
+  checksumErrors: number;
+  /** What the scrub read of this device since its SDS started. */
+  scrubbedInKb: number;
 }
 
 export interface RestRebuildProgress {
@@ -157,6 +162,12 @@ export interface RestSdsStatistics {
   writeBwInKbps: number;
   rebuilds: RestRebuildProgress[];
   devices: RestDeviceStatistics[];
+  /** Checksums at rest on this SDS since it started, in 4 KiB blocks (zeros from an SDS that does not report them; docs/integrity.md). */
+  integrity: IntegrityCounters;
+  /** Its background scrub, as it last reported it; null if it never did. */
+  scrub: ScrubProgress | null;
+  /** The current pass's progress in percent (one decimal); null without a scrub report. */
+  scrubPassPercent: number | null;
 }
 
 /** One mapped volume's QoS on an SDC: the SDC's own report (VolumeQosStats) and the volume's name. */
@@ -287,11 +298,16 @@ export function deviceStatistics(device: Device, stats: SdsStats | null): RestDe
     totalReadInKb: kb(reported?.readBytes ?? 0),
     totalWriteInKb: kb(reported?.writeBytes ?? 0),
     errorMessage: reported?.error ?? null,
+    checksumErrors: wholeCount(reported?.checksumErrors),
+    scrubbedInKb: kb(wholeCount(reported?.scrubbedBytes)),
   };
 }
 
+const wholeCount = (value: unknown): number => (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 ? value : 0);
+
 export function sdsStatistics(state: StateMachine, sds: Sds, stats: SdsStats | null): RestSdsStatistics {
   const devices = state.sdsDevices(sds.id).map((device) => deviceStatistics(device, stats));
+  const scrub = scrubOf(stats);
   const sum = (field: 'readIops' | 'writeIops' | 'readBwInKbps' | 'writeBwInKbps' | 'capacityInUseInKb' | 'snapCapacityInUseInKb' | 'maxCapacityInKb'): number =>
     devices.reduce((total, device) => total + device[field], 0);
   return {
@@ -318,6 +334,9 @@ export function sdsStatistics(state: StateMachine, sds: Sds, stats: SdsStats | n
       errorMessage: rebuild.error,
     })),
     devices,
+    integrity: integrityOf(stats),
+    scrub,
+    scrubPassPercent: scrub === null ? null : scrubPercent(scrub),
   };
 }
 
@@ -387,6 +406,51 @@ export interface RestBwc {
   numOccured: number;
 }
 
+/**
+ * ScaleIO's background scanner statistics (names as PowerFlex's Statistics replies spell
+ * them; docs/integrity.md). Error counts are in 4 KiB blocks, meshblock's checksum unit:
+ *   BackgroundScannedInMB                 what the scrub read (per device: scrubbedBytes; per SDS: its scrub's bytesScanned)
+ *   backgroundScanReadErrorCount          blocks failing their checksum (read path and scrub): checksumErrors
+ *   backgroundScanFixedReadErrorCount     of those, rewritten from the other copy: repairedBlocks
+ *   backgroundScanCompareErrorCount       both copies verified but different: mismatchedBlocks
+ *   backgroundScanFixedCompareErrorCount  the same (the secondary is always rewritten from the primary)
+ */
+export interface RestScannerStatistics {
+  BackgroundScannedInMB: number;
+  backgroundScanReadErrorCount: number;
+  backgroundScanFixedReadErrorCount: number;
+  backgroundScanCompareErrorCount: number;
+  backgroundScanFixedCompareErrorCount: number;
+}
+
+/** The scanner statistics of some SDSs (each counted whole), and their integrity counters summed. */
+export function scannerStatistics(sources: Pick<StatisticsSources, 'sdsStats'>, sdsIds: readonly Id[]): RestScannerStatistics & { integrity: IntegrityCounters } {
+  const integrity = { ...noIntegrity };
+  let scannedBytes = 0;
+  for (const sdsId of sdsIds) {
+    const stats = sources.sdsStats(sdsId);
+    const counters = integrityOf(stats);
+    for (const name of integrityCounterNames) integrity[name] += counters[name];
+    scannedBytes += scrubOf(stats)?.bytesScanned ?? 0;
+  }
+  return { ...scannerCounts(scannedBytes, integrity), integrity };
+}
+
+function scannerCounts(scannedBytes: number, integrity: IntegrityCounters): RestScannerStatistics {
+  return {
+    BackgroundScannedInMB: Math.floor(scannedBytes / (1024 * 1024)),
+    backgroundScanReadErrorCount: integrity.checksumErrors,
+    backgroundScanFixedReadErrorCount: integrity.repairedBlocks,
+    backgroundScanCompareErrorCount: integrity.mismatchedBlocks,
+    backgroundScanFixedCompareErrorCount: integrity.mismatchedBlocks,
+  };
+}
+
+/** A pool's, or the system's, ranges bad on both copies (meshblock's `unrepairableRanges`). */
+export function restUnrepairable(sources: Pick<StatisticsSources, 'state' | 'sdsStats'>, poolId?: Id): UnrepairableReport[] {
+  return unrepairableRanges(sources.state.model, sources.sdsStats, poolId);
+}
+
 /** Where statistics come from: the model, and what SDSs and SDCs last reported (MdmController). */
 export interface StatisticsSources {
   state: StateMachine;
@@ -411,6 +475,10 @@ interface DeviceRates {
   writeIops: number;
   readBytesPerSecond: number;
   writeBytesPerSecond: number;
+}
+
+function scrubbedBytesOf(sources: StatisticsSources, device: Device): number {
+  return wholeCount(sources.sdsStats(device.sdsId)?.devices.find((entry) => entry.deviceId === device.id)?.scrubbedBytes);
 }
 
 /** The read and write rates of some devices, summed, from their SDSs' last reports. */
@@ -582,6 +650,8 @@ export function objectStatistics(sources: StatisticsSources, type: RestType, id:
         numOfThinBaseVolumes: Object.values(model.volumes).filter((volume) => volume.volumeType === 'ThinProvisioned').length,
         protectionDomainIds: Object.keys(model.protectionDomains).sort(),
         sdcIds: Object.keys(model.sdcs).sort(),
+        ...scannerStatistics(sources, Object.keys(model.sdss).sort()),
+        unrepairableRanges: restUnrepairable(sources),
       };
     }
     case 'ProtectionDomain': {
@@ -601,6 +671,11 @@ export function objectStatistics(sources: StatisticsSources, type: RestType, id:
         deviceIds: byId(devices),
         volumeIds: byId(volumes),
         vtreeIds: Object.values(model.vtrees).filter((tree) => tree.storagePoolId === id).map((tree) => tree.id).sort(),
+        // The SDSs with a device in the pool, each counted whole (an SDS in two pools counts in both).
+        ...scannerStatistics(sources, [...new Set(devices.map((device) => device.sdsId))].sort()),
+        // What the scrub read of this pool's devices, exactly (per device).
+        BackgroundScannedInMB: Math.floor(devices.reduce((total, device) => total + scrubbedBytesOf(sources, device), 0) / (1024 * 1024)),
+        unrepairableRanges: restUnrepairable(sources, id),
       };
     }
     case 'FaultSet': {
@@ -620,12 +695,20 @@ export function objectStatistics(sources: StatisticsSources, type: RestType, id:
       const sds = lookup(model.sdss);
       if (sds === undefined) return undefined;
       const devices = state.sdsDevices(id);
-      return { ...sdsStatistics(state, sds, sources.sdsStats(id)), ...deviceBwcs(deviceRates(sources, devices)), capacityLimitInKb: kb(devices.reduce((total, device) => total + device.capacityBytes, 0)), deviceIds: byId(devices) };
+      return { ...sdsStatistics(state, sds, sources.sdsStats(id)), ...scannerStatistics(sources, [id]), ...deviceBwcs(deviceRates(sources, devices)), capacityLimitInKb: kb(devices.reduce((total, device) => total + device.capacityBytes, 0)), deviceIds: byId(devices) };
     }
     case 'Device': {
       const device = lookup(model.devices);
       if (device === undefined) return undefined;
-      return { ...deviceStatistics(device, sources.sdsStats(device.sdsId)), ...deviceBwcs(deviceRates(sources, [device])), capacityLimitInKb: kb(device.capacityBytes) };
+      const meshblock = deviceStatistics(device, sources.sdsStats(device.sdsId));
+      return {
+        ...meshblock,
+        ...deviceBwcs(deviceRates(sources, [device])),
+        capacityLimitInKb: kb(device.capacityBytes),
+        // Per device the SDS counts checksum failures and scrubbed bytes only (not repairs or comparisons).
+        BackgroundScannedInMB: Math.floor(scrubbedBytesOf(sources, device) / (1024 * 1024)),
+        backgroundScanReadErrorCount: meshblock.checksumErrors,
+      };
     }
     case 'Sdc': {
       const sdc = lookup(model.sdcs);

@@ -39,6 +39,7 @@ import {
   type HealthOptions,
 } from './health.js';
 import { JournalCommandLog, type CommandLog, type JournalRecord } from './command-log.js';
+import { IntegrityWatch } from './integrity.js';
 import { Journal } from './journal.js';
 import { emptyModel, type Id, type SnapshotDef, type SystemModel } from './model.js';
 import { MdmError, StateMachine, isDown, notFound, type Applied, type Command } from './state-machine.js';
@@ -89,6 +90,8 @@ export class MdmService implements MdmController {
   /** Where each SDC last registered from; kept while it is away (ScaleIO shows the last sdcIp). */
   private readonly sdcAddresses = new Map<Id, string>();
   private readonly lastStats = new Map<Id, SdsStats>();
+  /** Logs rises of the SDSs' integrity counters and new ranges bad on both copies, once each (docs/integrity.md). */
+  private readonly integrityWatch: IntegrityWatch;
   private healthTimer: NodeJS.Timeout | null = null;
   /** What the health decisions need beyond the model: disconnections, orders given, repairs, finished fills. */
   private readonly observations: HealthObservations = emptyObservations();
@@ -118,6 +121,7 @@ export class MdmService implements MdmController {
   ) {
     this.server = net.createServer((socket) => this.onConnection(socket));
     this.healthOptions = healthOptions(options);
+    this.integrityWatch = new IntegrityWatch(options.log.child({ component: 'integrity' }));
     this.mayAct = options.mayAct ?? (() => true);
   }
 
@@ -497,6 +501,12 @@ export class MdmService implements MdmController {
     if (decisions === null) return;
     this.state.observe(decisions.observation);
     this.lastStats.set(sdsId, stats);
+    // Only shown and logged, never acted on: a bad report must not stop the heartbeat's work.
+    try {
+      this.integrityWatch.onStats(this.state.model, sdsId, this.state.model.sdss[sdsId]?.name ?? sdsId, stats);
+    } catch (err) {
+      this.options.log.warn({ err, sdsId }, 'could not read the integrity report of an SDS heartbeat');
+    }
     // Rebuild reports lost with a connection are found here; failed jobs are ordered again.
     for (const done of decisions.reports) {
       this.countRebuildBytes(sdsId, done);

@@ -20,14 +20,15 @@
 
 import { createHash } from 'node:crypto';
 import { assert } from '../common/assert.js';
-import { MeshblockError, type ErrorCode, type MeshblockCode } from '../common/errors.js';
+import { InvalidArgumentError, MeshblockError, type ErrorCode, type MeshblockCode } from '../common/errors.js';
 import { MiB, formatBytes } from '../common/units.js';
 import { qosLimitsProblem, type QosLimits } from '../common/qos-limits.js';
-import { placementGroupOf, type PlacementMap, type VTreeMap } from '../wire/placement.js';
+import { parseScrubPolicy, placementGroupOf, type PlacementMap, type ScrubPolicy, type VTreeMap } from '../wire/placement.js';
 import {
   emptyModel,
   removeModes,
   upgradeModel,
+  scrubPolicyOf,
   type AccessMode,
   type Device,
   ioPriorityPolicyNames,
@@ -131,7 +132,15 @@ export type Command =
    * keeps the pool's (or, on a pool never set, ScaleIO's default), so replaying the command
    * on the same model gives the same policy.
    */
-  | { type: 'setIoPriorityPolicy'; poolId: Id; kind: FillKind; policy: IoPriorityPolicyName; concurrentIosPerDevice?: number; bandwidthPerDeviceKbps?: number };
+  | { type: 'setIoPriorityPolicy'; poolId: Id; kind: FillKind; policy: IoPriorityPolicyName; concurrentIosPerDevice?: number; bandwidthPerDeviceKbps?: number }
+  // --- the background scrub (docs/integrity.md) ---
+  /**
+   * ScaleIO's enable/disableBackgroundDeviceScanner and its bandwidth limit. A rate left out
+   * keeps the pool's (or, on a pool never set, scrubRateKBpsDefault), so replaying the
+   * command on the same model gives the same policy. The map's epoch moves when the policy
+   * changes: the SDSs learn it from the map.
+   */
+  | { type: 'setScrubPolicy'; poolId: Id; mode: ScrubPolicy['mode']; rateKBps?: number };
 
 /** Which policy of a pool throttles a fill: the group short of a copy, or a healthy copy moving. */
 export type FillKind = 'rebuild' | 'rebalance';
@@ -827,6 +836,24 @@ export class StateMachine {
         pool[field] = policy;
         return { epochChanged: false };
       }
+      case 'setScrubPolicy': {
+        const pool = this.get(model.storagePools, command.poolId, 'storage pool');
+        const before = scrubPolicyOf(pool);
+        const field = { mode: command.mode, rateKBps: command.rateKBps ?? before.rateKBps };
+        let policy: ScrubPolicy;
+        try {
+          policy = parseScrubPolicy('scrub', field);
+        } catch (err) {
+          if (err instanceof InvalidArgumentError) throw invalid(err.field.replace(/^scrub\./, ''), err.message.replace(/^[^:]*: /, ''));
+          throw err;
+        }
+        const changed = pool.scrub === undefined || policy.mode !== before.mode || policy.rateKBps !== before.rateKBps;
+        pool.scrub = policy;
+        // Only a pool with groups is in the map: nothing to tell the SDSs otherwise.
+        if (!changed || pool.groups.length === 0) return { epochChanged: false };
+        model.epoch += 1;
+        return { epochChanged: true };
+      }
     }
   }
 
@@ -1187,6 +1214,8 @@ export class StateMachine {
       if (pool.groups.length === 0) continue;
       pools[pool.id] = {
         chunkBytes: pool.chunkBytes,
+        // Only a policy that was set: a pool never set sends the map it sent before the scrub.
+        ...(pool.scrub !== undefined ? { scrub: { mode: pool.scrub.mode, rateKBps: pool.scrub.rateKBps } } : {}),
         groups: pool.groups.map((group) => {
           const primary = this.model.devices[group.primaryDevice] as Device;
           const secondary = group.secondaryDevice === null ? null : (this.model.devices[group.secondaryDevice] as Device);

@@ -387,7 +387,15 @@ export class VolumeBackend implements BlockBackend {
       const problem = `SDS ${group.primary}: ${epochReply !== null ? `epoch ${epochReply} vs ${map.epoch}, generation ${args.generation}` : response.payload.toString()}`;
       return { kind: 'retry', problem, sdsEpoch: epochReply !== null && epochReply > map.epoch ? epochReply : null };
     }
-    throw this.errorOf(response, op === SdsOp.Read ? 'read' : op === SdsOp.Write ? 'write' : 'trim');
+    const what = op === SdsOp.Read ? 'read' : op === SdsOp.Write ? 'write' : 'trim';
+    if (response.status === SdsStatus.Corrupt) {
+      // Every copy of the range failed its checksums (docs/integrity.md): no map or retry
+      // can bring the bytes back, so the client gets EIO now, and the SDS has reported it.
+      const reason = response.payload.toString();
+      this.log.error({ volume: this.current.name, chunkIndex: args.chunkIndex, offsetBytes: args.offsetBytes, lengthBytes: args.lengthBytes, sdsId: group.primary, reason }, `${what} of data bad on every copy; EIO, not retried`);
+      throw new BackendError('EIO', `${what} of chunk ${args.chunkIndex} of ${this.current.name}: SDS ${group.primary} reports the data corrupt on every copy: ${reason}`);
+    }
+    throw this.errorOf(response, what);
   }
 
   private errorOf(response: WireResponse, what: string): BackendError {

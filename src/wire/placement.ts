@@ -8,7 +8,7 @@
 // (StaleEpoch), which tells the sender that one of the two maps is out of date.
 
 import { InvalidArgumentError } from '../common/errors.js';
-import { pgCountMax, vtreeGenerationsMax } from '../common/limits.js';
+import { pgCountMax, scrubRateKBpsMax, scrubRateKBpsMin, vtreeGenerationsMax } from '../common/limits.js';
 
 export interface PlacementGroup {
   /** SDS id of the copy that serves reads and orders writes. */
@@ -139,6 +139,7 @@ export function parsePlacementMap(value: unknown): PlacementMap {
       chunkBytes: chunkBytes as number,
       groups: groups.map((group: unknown, pgIndex) => parseGroup(`${field}.groups[${pgIndex}]`, group, sds)),
     };
+    if (pool['scrub'] !== undefined) (pools[poolId] as PoolPlacement).scrub = parseScrubPolicy(`${field}.scrub`, pool['scrub']);
   }
   const parsed: PlacementMap = { epoch: epoch as number, sds, pools };
   if (map['vtrees'] !== undefined) {
@@ -147,6 +148,26 @@ export function parsePlacementMap(value: unknown): PlacementMap {
     parsed.vtrees = vtrees;
   }
   return parsed;
+}
+
+export const scrubModes: readonly ScrubPolicy['mode'][] = ['off', 'deviceOnly', 'dataComparison'];
+
+/**
+ * A pool's scrub policy from untrusted JSON: a known mode and a whole rate within
+ * scrubRateKBpsMin..scrubRateKBpsMax (the rate is kept even when the mode is 'off', so
+ * that turning the scrub back on keeps what the administrator gave).
+ */
+export function parseScrubPolicy(field: string, value: unknown): ScrubPolicy {
+  const policy = record(field, value);
+  const mode = policy['mode'];
+  if (typeof mode !== 'string' || !(scrubModes as readonly string[]).includes(mode)) {
+    throw new InvalidArgumentError(`${field}.mode`, `must be ${scrubModes.map((name) => `'${name}'`).join(', ')}`);
+  }
+  const rateKBps = policy['rateKBps'];
+  if (!Number.isSafeInteger(rateKBps) || (rateKBps as number) < scrubRateKBpsMin || (rateKBps as number) > scrubRateKBpsMax) {
+    throw new InvalidArgumentError(`${field}.rateKBps`, `must be an integer from ${scrubRateKBpsMin} to ${scrubRateKBpsMax} (KB/s per device)`);
+  }
+  return { mode: mode as ScrubPolicy['mode'], rateKBps: rateKBps as number };
 }
 
 /** A tree: ids and generations in range, every parent live, no cycle, heads are leaves. */

@@ -2,6 +2,8 @@
 // cut into two pieces, one of which fails at once, is failed only once the other piece is
 // done. Until then the other piece still reads into, or sends from, the request's buffer,
 // which the NBD server reuses as soon as the request is answered.
+// A read the SDS answers Corrupt (every copy failed its checksums) is EIO at once, naming
+// the SDS and its message: sent once, no map refresh, no retry (docs/integrity.md).
 // And a flush: an SDS's answer that no new map can cure fails it at once with EIO, sent
 // once; one that a new map can cure (a failed mirror) is sent again until it succeeds.
 
@@ -19,8 +21,9 @@ const log = pino({ level: 'silent' });
 const sdsId = '5d50000000000001';
 
 /** A backend for a 4 MiB volume of 1 MiB chunks whose one SDS answers with `serve` (chunkIndex -1: a flush, which names no chunk). */
-async function backendWith(t: Test, serve: (op: number, chunkIndex: number) => Promise<WireReply>): Promise<{ backend: VolumeBackend; requestsAfter: (atMs: number) => number }> {
+async function backendWith(t: Test, serve: (op: number, chunkIndex: number) => Promise<WireReply>): Promise<{ backend: VolumeBackend; requestsAfter: (atMs: number) => number; refreshes: () => number }> {
   const arrivals: number[] = [];
+  let refreshes = 0;
   const server = net.createServer((socket) => {
     WirePeer.accept(socket, {
       clusterId: testClusterId,
@@ -42,8 +45,8 @@ async function backendWith(t: Test, serve: (op: number, chunkIndex: number) => P
   t.teardown(() => peer.destroy());
   const map = makeMap(5, [{ sdsId, address: '127.0.0.1:1' }], { pgCount: 1, mirrored: false });
   const volume: SdcVolume = { id: '00000000000000b1', name: 'vol1', vtreeId: '00000000000000c1', generation: 0, poolId: testPoolId, sizeBytes: 4 * MiB, chunkBytes: MiB, accessMode: 'ReadWrite', exclusive: false, iopsLimit: 0, bandwidthLimitKbps: 0 };
-  const backend = await VolumeBackend.open(volume, { map: () => map, refreshView: async () => undefined, peer: async () => peer }, log);
-  return { backend, requestsAfter: (atMs) => arrivals.filter((at) => at > atMs).length };
+  const backend = await VolumeBackend.open(volume, { map: () => map, refreshView: async () => void (refreshes += 1), peer: async () => peer }, log);
+  return { backend, requestsAfter: (atMs) => arrivals.filter((at) => at > atMs).length, refreshes: () => refreshes };
 }
 
 const later = <T>(ms: number, value: T): Promise<T> => new Promise((resolve) => setTimeout(() => resolve(value), ms));
@@ -114,4 +117,31 @@ t.test('a flush the SDS fails for now (a failed mirror) is sent again, and succe
   ]);
   await t.resolves(flushed, 'the flush succeeds');
   t.equal(flushCount(), 3, 'after two retries');
+});
+
+t.test('a read answered Corrupt is EIO at once, naming the SDS and its message: never retried, no map refresh', async (t) => {
+  let reads = 0;
+  const { backend, refreshes } = await backendWith(t, (op, chunkIndex) => {
+    if (op === SdsOp.Read) reads += 1;
+    if (chunkIndex === 1) return Promise.resolve({ status: SdsStatus.Corrupt, payload: Buffer.from('chunk 1 bytes 4096..8192 failed their checksums on both copies') });
+    return Promise.resolve({ status: SdsStatus.Ok, payload: Buffer.alloc(4096) });
+  });
+  const startedMs = Date.now();
+  await t.rejects(backend.read(MiB + 4096, Buffer.alloc(4096)), { code: 'EIO', message: new RegExp(`^read of chunk 1 of vol1: SDS ${sdsId} reports the data corrupt on every copy: chunk 1 bytes 4096\\.\\.8192 failed their checksums on both copies$`) });
+  t.equal(reads, 1, 'the SDS was asked once');
+  t.equal(refreshes(), 0, 'no new map was asked for');
+  t.ok(Date.now() - startedMs < 1000, 'at once');
+  await t.resolves(backend.read(0, Buffer.alloc(4096)), 'the other blocks still read');
+  t.equal(reads, 2);
+});
+
+t.test('a write answered Corrupt (a read-modify of a bad range) is EIO at once as well', async (t) => {
+  let writes = 0;
+  const { backend, refreshes } = await backendWith(t, (op) => {
+    if (op === SdsOp.Write) writes += 1;
+    return Promise.resolve(op === SdsOp.Write ? { status: SdsStatus.Corrupt, payload: Buffer.from('bad on both copies') } : { status: SdsStatus.Ok });
+  });
+  await t.rejects(backend.write(0, randomBytes(4096), { fua: false }), { code: 'EIO', message: /^write of chunk 0 of vol1: SDS 5d50000000000001 reports the data corrupt on every copy: bad on both copies$/ });
+  t.equal(writes, 1, 'sent once');
+  t.equal(refreshes(), 0);
 });

@@ -4,7 +4,7 @@
 // every process (pinned values).
 
 import t from 'tap';
-import { parsePlacementMap, placementGroupOf, type PlacementMap } from '../../src/wire/placement.js';
+import { parsePlacementMap, placementGroupOf, type PlacementMap, type PoolPlacement } from '../../src/wire/placement.js';
 
 const a = 'aaaaaaaaaaaaaaaa';
 const b = 'bbbbbbbbbbbbbbbb';
@@ -22,6 +22,26 @@ t.test('a good map parses to itself', async (t) => {
   t.same(parsePlacementMap(JSON.parse(JSON.stringify(good()))), good());
 });
 
+t.test('a pool scrub policy round-trips, at both ends of the rate range and in every mode', async (t) => {
+  for (const scrub of [
+    { mode: 'off', rateKBps: 64 },
+    { mode: 'deviceOnly', rateKBps: 1024 },
+    { mode: 'dataComparison', rateKBps: 1024 * 1024 },
+  ] as const) {
+    const map = good();
+    (map.pools[pool] as PoolPlacement).scrub = { ...scrub };
+    const parsed = parsePlacementMap(JSON.parse(JSON.stringify(map)));
+    t.same(parsed, map, `${scrub.mode} at ${scrub.rateKBps} KB/s`);
+    t.same(parsed.pools[pool]?.scrub, scrub);
+  }
+  // Absent stays absent (the SDS applies the default), never invented by the parser.
+  t.equal(parsePlacementMap(JSON.parse(JSON.stringify(good()))).pools[pool]?.scrub, undefined);
+  // Unknown extra fields of the policy are dropped, not carried.
+  const extra = JSON.parse(JSON.stringify(good())) as { pools: Record<string, Record<string, unknown>> };
+  (extra.pools[pool] as Record<string, unknown>)['scrub'] = { mode: 'deviceOnly', rateKBps: 128, colour: 'red' };
+  t.same(parsePlacementMap(extra).pools[pool]?.scrub, { mode: 'deviceOnly', rateKBps: 128 });
+});
+
 t.test('bad maps name the field', async (t) => {
   // The spoilers write values of the wrong type into a JSON copy on purpose: no type but
   // `any` describes what they make of it.
@@ -37,6 +57,13 @@ t.test('bad maps name the field', async (t) => {
     ['both copies on one SDS', (map) => (map['pools'][pool].groups[0].secondary = a), /different SDSs/],
     ['a device id that is not hex', (map) => (map['pools'][pool].groups[1].primaryDevice = 'nope'), /groups\[1\]\.primaryDevice/],
     ['pools an array', (map) => (map['pools'] = []), /map\.pools/],
+    ['a scrub policy that is not an object', (map) => (map['pools'][pool].scrub = 'on'), /map\.pools\.000000000000000f\.scrub: must be an object/],
+    ['a scrub mode unknown', (map) => (map['pools'][pool].scrub = { mode: 'DeviceOnly', rateKBps: 1024 }), /scrub\.mode: must be 'off', 'deviceOnly', 'dataComparison'/],
+    ['a scrub mode missing', (map) => (map['pools'][pool].scrub = { rateKBps: 1024 }), /scrub\.mode/],
+    ['a scrub rate below the minimum', (map) => (map['pools'][pool].scrub = { mode: 'deviceOnly', rateKBps: 63 }), /scrub\.rateKBps: must be an integer from 64 to 1048576/],
+    ['a scrub rate above the maximum', (map) => (map['pools'][pool].scrub = { mode: 'deviceOnly', rateKBps: 1024 * 1024 + 1 }), /scrub\.rateKBps/],
+    ['a scrub rate not whole', (map) => (map['pools'][pool].scrub = { mode: 'deviceOnly', rateKBps: 100.5 }), /scrub\.rateKBps/],
+    ['a scrub rate a string', (map) => (map['pools'][pool].scrub = { mode: 'off', rateKBps: '1024' }), /scrub\.rateKBps/],
   ];
   for (const [what, spoil, field] of cases) {
     const map = JSON.parse(JSON.stringify(good())) as Record<string, any>;
