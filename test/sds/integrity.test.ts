@@ -86,6 +86,8 @@ async function waitFor<T>(what: string, probe: () => Promise<T | null>, timeoutM
 }
 
 t.test('rot on one copy is repaired, on both is EIO for that range only, a damaged entry costs one copy, the scrub repairs and compares', async (t) => {
+  // Processes and connections started in a subtest live until the end of the whole test.
+  const top = t;
   const dir = t.testdir();
   const devices = { a: sparseFile(dir, 'a.img', 64 * MiB), b: sparseFile(dir, 'b.img', 64 * MiB) };
   let sdsA: SdsHandle = await startSds(t, { dir, name: 'sds-a', devices: [devices.a] });
@@ -150,8 +152,8 @@ t.test('rot on one copy is repaired, on both is EIO for that range only, a damag
     const at = locate(devices.a, 2);
     await sdsA.stop();
     flipByte(devices.a, at.entryBytes + 20);
-    sdsA = await startSds(t, { dir, name: 'sds-a', devices: [devices.a] });
-    a = await connectWire(t, sdsA.address);
+    sdsA = await startSds(top, { dir, name: 'sds-a', devices: [devices.a] });
+    a = await connectWire(top, sdsA.address);
     epoch += 1;
     t.equal((await setMap(a, mapAt(epoch, 'off'))).status, SdsStatus.Ok);
     t.equal((await setMap(b, mapAt(epoch, 'off'))).status, SdsStatus.Ok);
