@@ -52,10 +52,11 @@
 //             them. A slot is closed again (entry rewritten, no sync needed) once a flush
 //             has made its writes durable and it has been idle slotCloseIdleMs, and on a
 //             clean close.
-//   free:     drop the key from memory, zero the entry and the checksum header, discard
-//             the slot, and give the slot back to the free list only after an fdatasync:
-//             until the zeroed entry is durable the slot may still be the old key's after a
-//             cut, so no new content may go into it.
+//   free:     drop the key from memory, zero the entry and the checksum header; after the
+//             next fdatasync discard the slot and give it back to the free list. Until the
+//             zeroed entry is durable the slot may still be the old key's after a cut, so
+//             neither new content nor a discard (zeros under the old key's checksums) may
+//             touch it.
 // A flush (or FUA) fdatasyncs the devices written since the last one, entries, checksums
 // and data alike, so everything acknowledged after it survives a crash of the process or
 // a power cut of the host.
@@ -207,8 +208,12 @@ export class StoreDevice {
   writeSeq = 0;
   syncedSeq = 0;
   readonly freeSlots: number[] = [];
-  /** Freed slots whose zeroed entry is not durable yet: reusable after the next fdatasync. */
+  /** Freed slots whose zeroed entry is not durable yet: discarded, then reusable, after the next fdatasync. */
   readonly pendingFree: Array<{ slot: number; seq: number }> = [];
+  /** Freed slots being discarded (their entry zeroed durably): free once the discard is done. */
+  discarding = 0;
+  /** Settles when the discards in flight are done. */
+  discarded: Promise<void> = Promise.resolve();
   /** Slots whose entry is open. */
   readonly openSlots = new Set<Location>();
   usedSlotCount = 0;
@@ -242,9 +247,9 @@ export class StoreDevice {
     return this.opened.superblock.slotCount;
   }
 
-  /** Free slots, counting those waiting for an fdatasync to be reused. */
+  /** Free slots, counting those waiting for an fdatasync or a discard to be reused. */
   get freeSlotCount(): number {
-    return this.freeSlots.length + this.pendingFree.length;
+    return this.freeSlots.length + this.pendingFree.length + this.discarding;
   }
 
   slotOffsetBytes(slot: number): number {
@@ -926,8 +931,11 @@ export class ChunkStore {
     this.countAllocated(key.vtreeId, 1);
     let slot: number | undefined;
     try {
-      // Slots freed since the last fdatasync come back with the next one.
-      while (device.freeSlots.length === 0 && device.pendingFree.length > 0) await this.syncAfterWrites(device);
+      // Slots freed since the last fdatasync come back with the next one, and their discard.
+      while (device.freeSlots.length === 0 && (device.pendingFree.length > 0 || device.discarding > 0)) {
+        if (device.pendingFree.length > 0) await this.syncAfterWrites(device);
+        else await device.discarded;
+      }
       slot = device.freeSlots.pop();
       if (slot === undefined) throw new StoreError('MB_ERR_NO_SPACE', 'no healthy device with a free chunk slot');
       const location = newLocation(device, slot, this.nextSequence++, key, true);
@@ -965,9 +973,26 @@ export class ChunkStore {
     await location.entryChain.catch(() => undefined);
     await this.writeFully(device, Buffer.alloc(slotEntryBytes), device.entryOffsetBytes(slot));
     await this.writeFully(device, Buffer.alloc(checksumHeaderBytes), device.checksumAreaOffsetBytes(slot));
-    await this.discardRange(device, device.slotOffsetBytes(slot), this.chunkBytes);
     device.usedSlotCount -= 1;
+    // The slot's bytes stay until the zeroed entry is durable: discarded before that, a cut
+    // that kept the discard but not the entry would leave the key pointing at zeros.
     device.pendingFree.push({ slot, seq: ++device.writeSeq });
+  }
+
+  /** Discards freed slots whose zeroed entry is durable, and gives them to the free list. */
+  private discardFreed(device: StoreDevice, slots: readonly number[]): void {
+    device.discarding += slots.length;
+    const done = Promise.all(
+      slots.map((slot) =>
+        this.discardRange(device, device.slotOffsetBytes(slot), this.chunkBytes)
+          .catch((err: unknown) => this.log.warn({ err, deviceId: device.deviceId, slot }, 'discarding a freed slot failed; it is reused with its old bytes'))
+          .finally(() => {
+            device.discarding -= 1;
+            if (device.state === 'normal') device.freeSlots.push(slot);
+          }),
+      ),
+    ).then(() => undefined);
+    device.discarded = Promise.all([device.discarded, done]).then(() => undefined);
   }
 
   /**
@@ -1238,10 +1263,10 @@ export class ChunkStore {
       if (device.syncing === sync) device.syncing = null;
     }
     device.syncedSeq = Math.max(device.syncedSeq, seq);
-    // Freed slots whose zeroed entry this sync made durable may take new content now.
-    while (device.pendingFree.length > 0 && (device.pendingFree[0] as { seq: number }).seq <= seq) {
-      device.freeSlots.push((device.pendingFree.shift() as { slot: number }).slot);
-    }
+    // Freed slots whose zeroed entry this sync made durable may be discarded, then reused.
+    const ready: number[] = [];
+    while (device.pendingFree.length > 0 && (device.pendingFree[0] as { seq: number }).seq <= seq) ready.push((device.pendingFree.shift() as { slot: number }).slot);
+    if (ready.length > 0) this.discardFreed(device, ready);
   }
 
   private async deviceCall<T>(device: StoreDevice, what: string, call: () => Promise<T>): Promise<T> {
@@ -1290,6 +1315,7 @@ export class ChunkStore {
           }
           await Promise.all(open.map((location) => this.writeEntry(location)));
           if (open.length > 0) await this.syncDevice(device);
+          await device.discarded;
         }
       } catch (err) {
         this.log.error({ err, deviceId: device.deviceId }, 'syncing and closing slots at close failed: the next open verifies the open ones');
