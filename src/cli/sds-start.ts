@@ -97,12 +97,17 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   // Devices named here and devices the MDM added earlier.
   const devices = [...new Set([...devicePaths(args.device ?? []).map((device) => path.resolve(device)), ...state.devicePaths])];
 
+  const benchWithout = benchWithoutFromEnv(process.env['MESHBLOCK_SDS_BENCH_WITHOUT']);
+  if (benchWithout !== undefined) {
+    log.warn({ benchWithout }, 'MESHBLOCK_SDS_BENCH_WITHOUT is set: this SDS runs without checksums or without power-safe allocation, for a benchmark only; its data is not safe');
+  }
   const store = await ChunkStore.open(devices, {
     owner: { clusterId: identity.clusterId, sdsId: identity.sdsId, sdsName: identity.name },
     chunkBytes,
     force: args.force,
     log: log.child({ component: 'chunk-store' }),
     reservations: new Map(Object.entries(state.reservations)),
+    ...(benchWithout !== undefined ? { benchWithout } : {}),
   });
   saveState(dataDir, state);
   let link: MdmLink | null = null;
@@ -145,4 +150,19 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
       service.destroy();
     },
   );
+}
+
+/**
+ * MESHBLOCK_SDS_BENCH_WITHOUT=checksums,safe-allocation: what a benchmark turns off to
+ * measure its cost (scripts/bench-integrity.mjs). Anything else in it is refused.
+ */
+export function benchWithoutFromEnv(value: string | undefined): { checksums?: boolean; safeAllocation?: boolean } | undefined {
+  if (value === undefined || value.trim() === '') return undefined;
+  const without: { checksums?: boolean; safeAllocation?: boolean } = {};
+  for (const word of value.split(',').map((part) => part.trim())) {
+    if (word === 'checksums') without.checksums = true;
+    else if (word === 'safe-allocation') without.safeAllocation = true;
+    else throw new InvalidArgumentError('MESHBLOCK_SDS_BENCH_WITHOUT', `'${word}' is not one of checksums, safe-allocation`);
+  }
+  return without;
 }

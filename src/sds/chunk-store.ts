@@ -285,6 +285,13 @@ export interface ChunkStoreOptions {
   reservations?: Map<string, number>;
   /** How device IO is done: the real calls unless a test simulates power loss. */
   deviceIo?: DeviceIoFactory;
+  /**
+   * For benchmarks only (scripts/bench-integrity.mjs, MESHBLOCK_SDS_BENCH_WITHOUT): run
+   * without checksums (none computed, written or verified) or without the power-safe
+   * allocation (no fdatasync between a new slot's first content and its entry), to measure
+   * what they cost. Either makes the store unsafe: the SDS logs so loudly at start.
+   */
+  benchWithout?: { checksums?: boolean; safeAllocation?: boolean };
 }
 
 /** What the scrub learns of one chunk copy (scrubChunk). */
@@ -323,6 +330,9 @@ export class ChunkStore {
   private readonly rateTimer: NodeJS.Timeout;
   private readonly closeTimer: NodeJS.Timeout;
   private readonly blocksPerChunk: number;
+  /** False only in a benchmark's run without checksums (ChunkStoreOptions.benchWithout). */
+  private readonly checksums: boolean;
+  private readonly safeAllocation: boolean;
   /** Checksums at rest since the store opened (SdsStats.integrity). */
   readonly integrity = zeroIntegrity();
   /** Ranges bad on both copies, newest last (markUnrepairable). */
@@ -337,6 +347,8 @@ export class ChunkStore {
   ) {
     this.reservations = reservations;
     this.blocksPerChunk = chunkBytes / checksumBlockBytes;
+    this.checksums = options.benchWithout?.checksums !== true;
+    this.safeAllocation = options.benchWithout?.safeAllocation !== true;
     assert(Number.isInteger(this.blocksPerChunk) && this.blocksPerChunk >= 1, `a chunk of ${chunkBytes} bytes is whole checksum blocks`);
     this.rateTimer = setInterval(() => {
       for (const device of this.devices) device.sampleRates(rateWindowMs);
@@ -387,8 +399,7 @@ export class ChunkStore {
     for (let first = 0; first < device.slotCount; first += entriesPerRead) {
       const count = Math.min(entriesPerRead, device.slotCount - first);
       await this.readFully(device, buffer.subarray(0, count * slotEntryBytes), device.entryOffsetBytes(first));
-      // Free slots are pushed in reverse so that allocation pops them in ascending order.
-      for (let entryIndex = count - 1; entryIndex >= 0; entryIndex--) {
+      for (let entryIndex = 0; entryIndex < count; entryIndex++) {
         const slot = first + entryIndex;
         const entry = buffer.subarray(entryIndex * slotEntryBytes, (entryIndex + 1) * slotEntryBytes);
         const decoded = decodeEntry(entry);
@@ -417,7 +428,7 @@ export class ChunkStore {
         }
       }
     }
-    // The free list was built from the highest slot down; reverse once so pop() gives the lowest.
+    // The free list was built from the lowest slot up; reversed, pop() gives the lowest first.
     device.freeSlots.reverse();
     for (const stale of duplicates) {
       this.log.warn({ deviceId: stale.device.deviceId, slot: stale.slot, key: stale.key }, 'two slots held one chunk (a crash during a move); freeing the older');
@@ -618,6 +629,7 @@ export class ChunkStore {
       return { badRanges: [{ offsetBytes: 0, lengthBytes: this.chunkBytes }], digests };
     }
     const location = this.index.get(name);
+    if (!this.checksums) return { badRanges: [], digests };
     if (location === undefined || location.device.state === 'failed') {
       digests.fill(crc32c(zeroBlock, seed));
       return { badRanges: [], digests };
@@ -945,12 +957,14 @@ export class ChunkStore {
       if (!whole) await this.zeroRange(device, base, this.chunkBytes);
       if (fill !== 'zeros') {
         await this.writeFully(device, fill.content, base + fill.offsetBytes);
-        const image = this.blockImage(fill.offsetBytes, fill.content.length, fill.content, null);
-        checksumBlocks(image.bytes, location.seed, checksums, image.firstBlock);
+        if (this.checksums) {
+          const image = this.blockImage(fill.offsetBytes, fill.content.length, fill.content, null);
+          checksumBlocks(image.bytes, location.seed, checksums, image.firstBlock);
+        }
       }
       this.setChecksums(location, checksums);
-      await this.writeChecksumArea(location);
-      await this.syncAfterWrites(device);
+      if (this.checksums) await this.writeChecksumArea(location);
+      if (this.safeAllocation) await this.syncAfterWrites(device);
       await this.writeEntry(location);
       device.usedSlotCount += 1;
       device.openSlots.add(location);
@@ -1004,9 +1018,15 @@ export class ChunkStore {
     const device = location.device;
     location.busy += 1;
     try {
+      await this.ensureOpen(location);
+      if (!this.checksums) {
+        const position = device.slotOffsetBytes(location.slot) + offsetBytes;
+        await (data === null ? this.zeroRange(device, position, lengthBytes) : this.writeFully(device, data, position));
+        this.markWritten(location);
+        return;
+      }
       const checksums = await this.loadChecksums(location);
       const image = this.blockImage(offsetBytes, lengthBytes, data, await this.edgeBlocks(location, checksums, offsetBytes, lengthBytes));
-      await this.ensureOpen(location);
       const position = device.slotOffsetBytes(location.slot) + offsetBytes;
       checksumBlocks(image.bytes, location.seed, checksums, image.firstBlock);
       if (data === null) {
@@ -1052,6 +1072,7 @@ export class ChunkStore {
   /** Reads whole blocks of a slot into `target` and verifies them: a bad block rejects with a ChecksumError. */
   private async readBlocks(location: Location, checksums: Uint32Array, offsetBytes: number, target: Buffer): Promise<void> {
     await this.readFully(location.device, target, location.device.slotOffsetBytes(location.slot) + offsetBytes);
+    if (!this.checksums) return;
     const bad: number[] = [];
     const firstBlock = offsetBytes / checksumBlockBytes;
     for (let block = 0; block < target.length / checksumBlockBytes; block++) {
@@ -1066,6 +1087,7 @@ export class ChunkStore {
   }
 
   private async readVerified(location: Location, offsetBytes: number, target: Buffer): Promise<void> {
+    if (!this.checksums) return this.readFully(location.device, target, location.device.slotOffsetBytes(location.slot) + offsetBytes);
     location.busy += 1;
     try {
       const checksums = await this.loadChecksums(location);
