@@ -38,7 +38,7 @@ import type { RebuildDone } from '../wire/mdm-ops.js';
 import type { WirePeer } from '../wire/peer.js';
 import { generationPath, idPattern, placementGroupOf, vtreeOf, type PlacementMap } from '../wire/placement.js';
 import { SdsOp, SdsStatus, IoFlag, encodeIo, encodeListGroup, decodeListedChunks, encodeEpoch, type IoArgs, type RebuildArgs, type RebuildProgress } from '../wire/sds-ops.js';
-import { keyName, compareKeys, type ChunkKey, type ChunkStore } from './chunk-store.js';
+import { ChecksumError, keyName, compareKeys, type ChunkKey, type ChunkStore } from './chunk-store.js';
 import type { RangeLocks } from './range-locks.js';
 import type { RebuildCursors } from './rebuild-cursors.js';
 import { ReplyError } from './reply-error.js';
@@ -371,7 +371,15 @@ export class RebuildSource {
       const payload = encodeIo(ioArgs, Buffer.alloc(0));
       const withData = Buffer.allocUnsafe(payload.length + chunkBytes);
       payload.copy(withData);
-      await store.read(key, 0, withData.subarray(payload.length));
+      try {
+        await store.read(key, 0, withData.subarray(payload.length));
+      } catch (err) {
+        // The copy being rebuilt from is the only one, and bad there: the range is reported
+        // (EIO to clients, the MDM names it) and the job fails until the range is rewritten;
+        // copying it would make the bad bytes verify on the target.
+        if (err instanceof ChecksumError) store.markUnrepairable(err.key, err.offsetBytes, err.lengthBytes);
+        throw err;
+      }
       await this.host.forward(args.targetSdsId, SdsOp.Put, withData, epoch);
       return chunkBytes;
     } finally {
