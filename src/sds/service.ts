@@ -146,51 +146,35 @@ export class SdsService {
     const legacyCursors = options.state.rebuildCursors ?? {};
     delete options.state.rebuildCursors;
     this.rebuildCursors = RebuildCursors.open(options.dataDir, legacyCursors, options.log);
-    this.rebuilds = new RebuildSource({
+    // What the background parts (rebuild, collector, repair, scrub) all get of this service.
+    const shared = {
       sdsId: options.identity.sdsId,
       store: options.store,
       locks: this.locks,
-      cursors: this.rebuildCursors,
       log: options.log,
       map: () => this.map,
+      epoch: () => this.epoch,
       isClosing: () => this.closing,
-      isClientBusy: () => this.clientIoInflight > 0 || Date.now() - this.clientIoLastMs < sdsClientQuietMs,
-      forward: (sdsId, op, payload, epoch) => this.forward(sdsId, op, payload, epoch),
-      peerFor: (sdsId) => this.peerFor(sdsId),
-      track: (work) => this.track(work),
+      track: <T>(work: Promise<T>) => this.track(work),
+      forward: (sdsId: string, op: number, payload: Buffer, epoch: number) => this.forward(sdsId, op, payload, epoch),
+      peerFor: (sdsId: string) => this.peerFor(sdsId),
+    };
+    const clientBusy = (): boolean => this.clientIoInflight > 0 || Date.now() - this.clientIoLastMs < sdsClientQuietMs;
+    this.rebuilds = new RebuildSource({
+      ...shared,
+      cursors: this.rebuildCursors,
+      isClientBusy: clientBusy,
       ...(options.onRebuildDone !== undefined ? { onRebuildDone: options.onRebuildDone } : {}),
     });
     this.collector = new GenerationCollector({
-      sdsId: options.identity.sdsId,
-      store: options.store,
-      locks: this.locks,
-      log: options.log,
-      map: () => this.map,
-      epoch: () => this.epoch,
-      isClosing: () => this.closing,
-      track: (work) => this.track(work),
-      forward: (sdsId, op, payload, epoch) => this.forward(sdsId, op, payload, epoch),
+      ...shared,
       noteChange: (poolId, pgIndex, chunkName) => this.rebuilds.noteChange(poolId, pgIndex, chunkName),
     });
-    this.repair = new CopyRepair({
-      sdsId: options.identity.sdsId,
-      store: options.store,
-      locks: this.locks,
-      log: options.log,
-      map: () => this.map,
-      epoch: () => this.epoch,
-      peerFor: (sdsId) => this.peerFor(sdsId),
-    });
+    this.repair = new CopyRepair(shared);
     this.scrubber = new Scrubber({
-      store: options.store,
-      locks: this.locks,
-      log: options.log,
+      ...shared,
       repair: this.repair,
-      map: () => this.map,
-      epoch: () => this.epoch,
-      peerFor: (sdsId) => this.peerFor(sdsId),
-      isBusy: () => this.clientIoInflight > 0 || Date.now() - this.clientIoLastMs < sdsClientQuietMs || this.rebuilds.progress().some((job) => job.state === 'running' || job.state === 'waiting'),
-      isClosing: () => this.closing,
+      isBusy: () => clientBusy() || this.rebuilds.progress().some((job) => job.state === 'running' || job.state === 'waiting'),
     });
     // Paused on accept: the socket is adopted with borrowed reads before anything is read.
     this.server = net.createServer({ pauseOnConnect: true }, (socket) => this.onConnection(adoptAccepted(socket)));
