@@ -10,6 +10,7 @@
 
 import { pino } from 'pino';
 import t from 'tap';
+import { compactJournal } from '../helpers/mdm-model.js';
 import { GiB } from '../../src/common/units.js';
 import type { JournalRecord } from '../../src/mdm/command-log.js';
 import { fillKindOf, ioPriorityShown } from '../../src/mdm/health.js';
@@ -47,11 +48,7 @@ function degraded(): { machine: StateMachine; pool: Id } {
 
 t.test('a policy set through the service survives a restart and a compaction', async (t) => {
   const dir = t.testdir();
-  {
-    const { journal } = await Journal.open<JournalRecord, SystemModel>(dir, { log, initialSnapshot: emptyModel(clusterId, 'test') });
-    await journal.compact(degraded().machine.model);
-    await journal.close();
-  }
+  await compactJournal(dir, degraded().machine.model, clusterId, log);
   const first = await open(dir);
   const pool = Object.keys(first.state.model.storagePools)[0] as Id;
   await first.execute({ type: 'setIoPriorityPolicy', poolId: pool, kind: 'rebuild', policy: 'limitBandwidth', concurrentIosPerDevice: 2, bandwidthPerDeviceKbps: 30 * 1024 });
@@ -64,11 +61,7 @@ t.test('a policy set through the service survives a restart and a compaction', a
   t.match(renderStoragePool(replayed.state.model.storagePools[pool] as StoragePool, replayed.fillDefaults()), { rebuildIoPriorityPolicy: 'limitBandwidth', rebuildIoPriorityBwLimitPerDeviceInKbps: 30 * 1024, rebalanceIoPriorityPolicy: 'unlimited', rebuildIoPriorityFromStartOptions: false }, 'shown over REST');
   const model = JSON.parse(JSON.stringify(replayed.state.model)) as SystemModel;
   await replayed.close();
-  {
-    const { journal } = await Journal.open<JournalRecord, SystemModel>(dir, { log, initialSnapshot: emptyModel(clusterId, 'test') });
-    await journal.compact(model);
-    await journal.close();
-  }
+  await compactJournal(dir, model, clusterId, log);
   const compacted = await open(dir);
   t.teardown(() => compacted.close());
   t.equal(JSON.stringify(compacted.state.model.storagePools[pool]), expected, 'after a compaction (the snapshot): the same');

@@ -13,6 +13,7 @@
 //   replaying the commands gives the same model.
 
 import t from 'tap';
+import { recordingMachine, type RecordingMachine } from '../helpers/mdm-model.js';
 import { GiB } from '../../src/common/units.js';
 import { decideRebuilds, emptyObservations, fillKindOf, healthOptions, ioPriorityShown, noteDecisions, type HealthInput, type HealthObservations } from '../../src/mdm/health.js';
 import { durableJson, type Id, type PoolGroup, type StoragePool, type SystemModel } from '../../src/mdm/model.js';
@@ -27,14 +28,8 @@ const t0 = 1_000_000;
 const MiB = 1024 * 1024;
 
 /** `sdsCount` SDSs with `devicesPerSds` devices each in one pool holding a volume; every command applied is kept, for replay. */
-function cluster(sdsCount: number, devicesPerSds = 1): { machine: StateMachine; pool: Id; commands: Command[]; run: (command: Command) => ReturnType<StateMachine['apply']> } {
-  const machine = StateMachine.create(clusterId, 'test');
-  const commands: Command[] = [];
-  const run = (command: Command): ReturnType<StateMachine['apply']> => {
-    const applied = machine.apply(command);
-    commands.push(command);
-    return applied;
-  };
+function cluster(sdsCount: number, devicesPerSds = 1): RecordingMachine & { pool: Id } {
+  const { machine, commands, run } = recordingMachine(clusterId);
   const pd = run({ type: 'addProtectionDomain', name: 'pd1' }).id as Id;
   const pool = run({ type: 'addStoragePool', protectionDomainId: pd, name: 'sp1', volumeGranularityBytes: GiB, pgCount: 64 }).id as Id;
   for (let index = 0; index < sdsCount; index++) {

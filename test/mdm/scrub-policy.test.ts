@@ -13,11 +13,10 @@
 
 import { pino } from 'pino';
 import t from 'tap';
+import { compactJournal, recordingMachine, type RecordingMachine } from '../helpers/mdm-model.js';
 import { scrubModeDefault, scrubRateKBpsDefault, scrubRateKBpsMax, scrubRateKBpsMin } from '../../src/common/limits.js';
 import { GiB } from '../../src/common/units.js';
-import type { JournalRecord } from '../../src/mdm/command-log.js';
-import { Journal } from '../../src/mdm/journal.js';
-import { emptyModel, scrubPolicyOf, type Id, type StoragePool, type SystemModel } from '../../src/mdm/model.js';
+import { scrubPolicyOf, type Id, type StoragePool, type SystemModel } from '../../src/mdm/model.js';
 import { MdmService } from '../../src/mdm/service.js';
 import { StateMachine, type Command } from '../../src/mdm/state-machine.js';
 
@@ -28,14 +27,8 @@ const sdsId = (index: number): Id => (0x5d5000000000 + index).toString(16).padSt
 const deviceId = (index: number): Id => (0xde7000000000 + index).toString(16).padStart(16, '0');
 
 /** A pool on three SDSs (so in the map) and an empty pool (not in the map); every command kept, for replay. */
-function cluster(): { machine: StateMachine; pool: Id; emptyPool: Id; commands: Command[]; run: (command: Command) => ReturnType<StateMachine['apply']> } {
-  const machine = StateMachine.create(clusterId, 'test');
-  const commands: Command[] = [];
-  const run = (command: Command): ReturnType<StateMachine['apply']> => {
-    const applied = machine.apply(command);
-    commands.push(command);
-    return applied;
-  };
+function cluster(): RecordingMachine & { pool: Id; emptyPool: Id } {
+  const { machine, commands, run } = recordingMachine(clusterId);
   const pd = run({ type: 'addProtectionDomain', name: 'pd1' }).id as Id;
   const pool = run({ type: 'addStoragePool', protectionDomainId: pd, name: 'sp1', volumeGranularityBytes: GiB, pgCount: 16 }).id as Id;
   const emptyPool = run({ type: 'addStoragePool', protectionDomainId: pd, name: 'sp2', volumeGranularityBytes: GiB, pgCount: 16 }).id as Id;
@@ -117,11 +110,7 @@ t.test('through the service: survives a restart (journal replay) and a compactio
   const { machine, pool } = cluster();
   const old = JSON.parse(JSON.stringify(machine.model)) as SystemModel;
   t.notOk('scrub' in (old.storagePools[pool] as StoragePool), 'a model from before the scrub has no field');
-  {
-    const { journal } = await Journal.open<JournalRecord, SystemModel>(dir, { log, initialSnapshot: emptyModel(clusterId, 'test') });
-    await journal.compact(old);
-    await journal.close();
-  }
+  await compactJournal(dir, old, clusterId, log);
   const first = await open(dir);
   t.same(scrubPolicyOf(first.state.model.storagePools[pool] as StoragePool).isDefault, true, 'the old pool loads with the default');
   const epoch = first.state.model.epoch;
@@ -135,11 +124,7 @@ t.test('through the service: survives a restart (journal replay) and a compactio
   t.equal(replayed.state.model.epoch, epoch + 1, 'and the epoch it had');
   const model = JSON.parse(JSON.stringify(replayed.state.model)) as SystemModel;
   await replayed.close();
-  {
-    const { journal } = await Journal.open<JournalRecord, SystemModel>(dir, { log, initialSnapshot: emptyModel(clusterId, 'test') });
-    await journal.compact(model);
-    await journal.close();
-  }
+  await compactJournal(dir, model, clusterId, log);
   const compacted = await open(dir);
   t.teardown(() => compacted.close());
   t.same(compacted.state.model.storagePools[pool]?.scrub, { mode: 'deviceOnly', rateKBps: 4096 }, 'after a compaction (the snapshot)');
