@@ -29,8 +29,9 @@
 //
 // A slot's checksum area: a 32-byte header (CRC-32C of bytes 4..31, 4 reserved bytes, then
 // the key's 24 bytes as in the entry: a second copy of the key, far from the entry, so that
-// a damaged entry still names the chunk it lost), then one big-endian CRC-32C per 4 KiB
-// block of the slot. A block's CRC is seeded with the key's own CRC, so a block written for
+// a damaged entry still names the chunk it lost), then one CRC-32C per 4 KiB block of the
+// slot, little-endian (as the SDS holds them in memory: a change is one store, and the area
+// is written from that memory). A block's CRC is seeded with the key's own CRC, so a block written for
 // one key never verifies as another's (a misdirected write, a slot read under the wrong
 // entry). A stored 0 over an all-zero block means "never written" and verifies.
 //
@@ -92,6 +93,7 @@
 // that freeing it waits for the read (the read holds the range lock of its own key only).
 
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { crc32c } from '../common/crc32c.js';
@@ -136,6 +138,8 @@ const slotTableReadBytes = 1024 * 1024;
 const recoverReadBytes = 1024 * 1024;
 const entryFlagOpen = 1;
 const zeroBlock = Buffer.alloc(checksumBlockBytes);
+// Block CRCs are kept on the device as they are in memory (newChecksumArea).
+assert(os.endianness() === 'LE', 'meshblock stores block checksums little-endian and runs on little-endian hosts');
 
 /** The generations of one chunk index of a volume tree held here. */
 export interface HeldChunk {
@@ -167,9 +171,13 @@ interface Location {
   opening: Promise<void> | null;
   /** Entry writes of this slot, one after another, so the last on disk is the latest state. */
   entryChain: Promise<void>;
-  /** The block checksums, when loaded (checksumCache holds the loaded ones, least recent first). */
+  /**
+   * The slot's checksum area as on the device, when loaded (checksumCache holds the loaded
+   * ones, least recent first), and its block CRCs as an array over the same bytes.
+   */
+  area: Buffer | null;
   checksums: Uint32Array | null;
-  loading: Promise<Uint32Array> | null;
+  loading: Promise<Buffer> | null;
   /** A checksum-area write in flight, and the one queued behind it for later changes. */
   checksumWrite: Promise<void> | null;
   checksumWriteQueued: Promise<void> | null;
@@ -488,7 +496,7 @@ export class ChunkStore {
           torn += 1;
         }
       }
-      if (changed) await this.writeFully(device, encodeChecksumArea(location.key, checksums), device.checksumAreaOffsetBytes(location.slot));
+      if (changed) await this.writeFully(device, location.area as Buffer, device.checksumAreaOffsetBytes(location.slot));
     }
     await this.syncDevice(device);
     for (const location of open) {
@@ -640,7 +648,7 @@ export class ChunkStore {
       const checksums = await this.loadChecksums(location);
       const onDisk = Buffer.allocUnsafe(checksumAreaBytes(this.chunkBytes));
       await this.readFully(device, onDisk, device.checksumAreaOffsetBytes(location.slot));
-      const expected = encodeChecksumArea(location.key, checksums);
+      const expected = location.area as Buffer;
       const buffer = Buffer.allocUnsafe(Math.min(recoverReadBytes, this.chunkBytes));
       const bad: number[] = [];
       for (let offset = 0; offset < this.chunkBytes; offset += buffer.length) {
@@ -951,7 +959,8 @@ export class ChunkStore {
       slot = device.freeSlots.pop();
       if (slot === undefined) throw new StoreError('MB_ERR_NO_SPACE', 'no healthy device with a free chunk slot');
       const location = newLocation(device, slot, this.nextSequence++, key, true);
-      const checksums = new Uint32Array(this.blocksPerChunk);
+      const area = newChecksumArea(key, this.blocksPerChunk);
+      const checksums = checksumsOf(area);
       const base = device.slotOffsetBytes(slot);
       const whole = fill !== 'zeros' && fill.content.length === this.chunkBytes;
       if (!whole) await this.zeroRange(device, base, this.chunkBytes);
@@ -962,7 +971,7 @@ export class ChunkStore {
           checksumBlocks(image.bytes, location.seed, checksums, image.firstBlock);
         }
       }
-      this.setChecksums(location, checksums);
+      this.setChecksums(location, area);
       if (this.checksums) await this.writeChecksumArea(location);
       if (this.safeAllocation) await this.syncAfterWrites(device);
       await this.writeEntry(location);
@@ -984,6 +993,7 @@ export class ChunkStore {
     device.openSlots.delete(location);
     this.checksumCache.delete(location);
     location.checksums = null;
+    location.area = null;
     await location.entryChain.catch(() => undefined);
     await this.writeFully(device, Buffer.alloc(slotEntryBytes), device.entryOffsetBytes(slot));
     await this.writeFully(device, Buffer.alloc(checksumHeaderBytes), device.checksumAreaOffsetBytes(slot));
@@ -1116,27 +1126,29 @@ export class ChunkStore {
       this.checksumCache.add(location);
       return location.checksums;
     }
-    if (location.loading !== null) return location.loading;
+    if (location.loading !== null) return checksumsOf(await location.loading);
     const loading = (async () => {
-      const area = Buffer.allocUnsafe(checksumAreaBytes(this.chunkBytes));
-      await this.readFully(location.device, area, location.device.checksumAreaOffsetBytes(location.slot));
-      const checksums = new Uint32Array(this.blocksPerChunk);
-      for (let block = 0; block < checksums.length; block++) checksums[block] = area.readUInt32BE(checksumHeaderBytes + block * 4);
-      return checksums;
+      const area = newChecksumArea(location.key, this.blocksPerChunk);
+      const onDisk = Buffer.allocUnsafe(area.length - checksumHeaderBytes);
+      await this.readFully(location.device, onDisk, location.device.checksumAreaOffsetBytes(location.slot) + checksumHeaderBytes);
+      // The header is the key's, rewritten from memory with the next write if it rotted.
+      onDisk.copy(area, checksumHeaderBytes);
+      return area;
     })();
     location.loading = loading;
     try {
-      const checksums = await loading;
+      const area = await loading;
       // A slot freed meanwhile keeps no checksums.
-      if (this.index.get(keyName(location.key)) === location || this.allocating.has(keyName(location.key))) this.setChecksums(location, checksums);
-      return checksums;
+      if (this.index.get(keyName(location.key)) === location || this.allocating.has(keyName(location.key))) this.setChecksums(location, area);
+      return location.checksums ?? checksumsOf(area);
     } finally {
       location.loading = null;
     }
   }
 
-  private setChecksums(location: Location, checksums: Uint32Array): void {
-    location.checksums = checksums;
+  private setChecksums(location: Location, area: Buffer): void {
+    location.area = area;
+    location.checksums = checksumsOf(area);
     this.checksumCache.delete(location);
     this.checksumCache.add(location);
     if (this.checksumCache.size <= checksumCacheSlotsMax) return;
@@ -1144,6 +1156,7 @@ export class ChunkStore {
       if (this.checksumCache.size <= checksumCacheSlotsMax) break;
       if (candidate.busy > 0 || candidate.checksumWrite !== null || candidate.checksumWriteQueued !== null || candidate === location) continue;
       candidate.checksums = null;
+      candidate.area = null;
       this.checksumCache.delete(candidate);
     }
   }
@@ -1166,10 +1179,11 @@ export class ChunkStore {
   }
 
   private startChecksumWrite(location: Location): Promise<void> {
-    const checksums = location.checksums;
-    // Freed meanwhile (releaseSlot): nothing to write.
-    if (checksums === null) return Promise.resolve();
-    const write = this.writeFully(location.device, encodeChecksumArea(location.key, checksums), location.device.checksumAreaOffsetBytes(location.slot)).finally(() => {
+    const area = location.area;
+    // Freed meanwhile (releaseSlot): nothing to write. Changes made while this write is in
+    // flight (the buffer is written from as it is) are written again by the queued one.
+    if (area === null) return Promise.resolve();
+    const write = this.writeFully(location.device, area, location.device.checksumAreaOffsetBytes(location.slot)).finally(() => {
       if (location.checksumWrite === write) location.checksumWrite = null;
     });
     location.checksumWrite = write;
@@ -1357,6 +1371,7 @@ function newLocation(device: StoreDevice, slot: number, sequence: number, key: C
     open,
     opening: null,
     entryChain: Promise.resolve(),
+    area: null,
     checksums: null,
     loading: null,
     checksumWrite: null,
@@ -1446,12 +1461,22 @@ function decodeEntry(entry: Buffer): 'free' | 'damaged' | { sequence: number; ke
   return { sequence: Number(entry.readBigUInt64BE(8)), key: decodeKey(entry, 16), open: (entry.readUInt8(5) & entryFlagOpen) !== 0 };
 }
 
-function encodeChecksumArea(key: ChunkKey, checksums: Uint32Array): Buffer {
-  const area = Buffer.alloc(checksumHeaderBytes + checksums.length * 4);
+/**
+ * A slot's checksum area for `key`: its header, then every block CRC 0 (never written). The
+ * CRCs are stored little-endian, as the array over them (checksumsOf) holds them, so that a
+ * change is one store into memory and the area is written from that memory as it is.
+ */
+function newChecksumArea(key: ChunkKey, blocks: number): Buffer {
+  // Not from Buffer's pool: the array over it needs its own 4-aligned ArrayBuffer.
+  const area = Buffer.alloc(checksumHeaderBytes + blocks * 4);
   encodeKey(key, area, 8);
   area.writeUInt32BE(crc32c(area.subarray(4, checksumHeaderBytes)), 0);
-  for (let block = 0; block < checksums.length; block++) area.writeUInt32BE(checksums[block] as number, checksumHeaderBytes + block * 4);
   return area;
+}
+
+/** The block CRCs of a checksum area, over its bytes. */
+function checksumsOf(area: Buffer): Uint32Array {
+  return new Uint32Array(area.buffer, area.byteOffset + checksumHeaderBytes, (area.length - checksumHeaderBytes) / 4);
 }
 
 /** The key a checksum header names, or null when the header is blank or damaged. */

@@ -173,7 +173,7 @@ t.test('rot on one copy is repaired, on both is EIO for that range only, a damag
     const key: ChunkKey = { poolId: testPoolId, vtreeId, chunkIndex: 3, generation: 0 };
     const fd = fs.openSync(devices.b, 'r+');
     const crc = Buffer.alloc(4);
-    crc.writeUInt32BE(crc32c(forged, keySeed(key)));
+    crc.writeUInt32LE(crc32c(forged, keySeed(key)));
     fs.writeSync(fd, forged, 0, block, atB.dataBytes + 12 * block);
     fs.writeSync(fd, crc, 0, 4, atB.checksumsBytes + checksumHeaderBytes + 12 * 4);
     fs.closeSync(fd);
