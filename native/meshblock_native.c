@@ -323,6 +323,39 @@ static napi_value js_crc32c(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * crc32cBlocks(buffer, blockBytes, seed, out) -> blocks: the CRC-32C of each blockBytes-long
+ * block of buffer, each continuing from seed, into the Uint32Array out. One call for a whole
+ * IO's blocks: the per-call cost of N-API, paid per 4 KiB block, doubled the cost of
+ * checksumming a 1 MiB read.
+ */
+static napi_value js_crc32c_blocks(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], result;
+  void *data, *out_data;
+  size_t length, out_length, out_offset;
+  uint32_t block_bytes, seed;
+  napi_typedarray_type out_type;
+  napi_value out_buffer;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 4 || napi_get_buffer_info(env, argv[0], &data, &length) != napi_ok ||
+      napi_get_value_uint32(env, argv[1], &block_bytes) != napi_ok || napi_get_value_uint32(env, argv[2], &seed) != napi_ok ||
+      napi_get_typedarray_info(env, argv[3], &out_type, &out_length, &out_data, &out_buffer, &out_offset) != napi_ok ||
+      out_type != napi_uint32_array) {
+    napi_throw_type_error(env, NULL, "expected (buffer, blockBytes, seed, Uint32Array)");
+    return NULL;
+  }
+  if (block_bytes == 0 || length % block_bytes != 0 || length / block_bytes > out_length) {
+    napi_throw_range_error(env, NULL, "buffer is not whole blocks, or out is too short");
+    return NULL;
+  }
+  size_t blocks = length / block_bytes;
+  uint32_t *crcs = out_data;
+  for (size_t index = 0; index < blocks; index++) crcs[index] = ~crc32c_impl(~seed, (const uint8_t *)data + index * block_bytes, block_bytes);
+  napi_create_uint32(env, (uint32_t)blocks, &result);
+  return result;
+}
+
 static void set_int(napi_env env, napi_value target, const char *name, int value) {
   napi_value v;
   napi_create_int32(env, value, &v);
@@ -342,6 +375,7 @@ NAPI_MODULE_INIT() {
   if (__builtin_cpu_supports("sse4.2")) crc32c_impl = crc32c_sse42;
 #endif
   set_fn(env, exports, "crc32c", js_crc32c);
+  set_fn(env, exports, "crc32cBlocks", js_crc32c_blocks);
   set_fn(env, exports, "fallocate", js_fallocate);
   set_fn(env, exports, "lseek", js_lseek);
   set_fn(env, exports, "discard", js_discard);

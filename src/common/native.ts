@@ -24,6 +24,7 @@ interface NativeBinding {
   tuneMalloc: (mmapThresholdBytes: number, trimThresholdBytes: number) => boolean;
   adviseRandom: (fd: number) => number;
   crc32c: (bytes: Buffer, previous: number) => number;
+  crc32cBlocks: (bytes: Buffer, blockBytes: number, seed: number, out: Uint32Array) => number;
   EOPNOTSUPP: number;
   FALLOC_FL_KEEP_SIZE: number;
   FALLOC_FL_PUNCH_HOLE: number;
@@ -120,3 +121,5 @@ export const adviseRandom: (fd: number) => number = binding.adviseRandom;
 
 /** CRC-32C in the addon (SSE4.2 where available); use common/crc32c.ts's crc32c(). */
 export const nativeCrc32c: (bytes: Buffer, previous: number) => number = binding.crc32c;
+/** The CRC-32C of each block of `bytes`, each from `seed`, into `out`; use common/crc32c.ts's crc32cBlocks(). */
+export const nativeCrc32cBlocks: (bytes: Buffer, blockBytes: number, seed: number, out: Uint32Array) => number = binding.crc32cBlocks;

@@ -96,7 +96,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
-import { crc32c } from '../common/crc32c.js';
+import { crc32c, crc32cBlocks } from '../common/crc32c.js';
 import { MeshblockError } from '../common/errors.js';
 import { ShortReadError } from '../common/positional-io.js';
 import type { IntegrityCounters, UnrepairableRange } from '../wire/sds-ops.js';
@@ -1083,12 +1083,7 @@ export class ChunkStore {
   private async readBlocks(location: Location, checksums: Uint32Array, offsetBytes: number, target: Buffer): Promise<void> {
     await this.readFully(location.device, target, location.device.slotOffsetBytes(location.slot) + offsetBytes);
     if (!this.checksums) return;
-    const bad: number[] = [];
-    const firstBlock = offsetBytes / checksumBlockBytes;
-    for (let block = 0; block < target.length / checksumBlockBytes; block++) {
-      const bytes = target.subarray(block * checksumBlockBytes, (block + 1) * checksumBlockBytes);
-      if (!blockVerifies(bytes, location.seed, checksums[firstBlock + block] as number)) bad.push(firstBlock + block);
-    }
+    const bad = failingBlocks(target, location.seed, checksums, offsetBytes / checksumBlockBytes);
     if (bad.length === 0) return;
     this.countBad(location, bad.length, 'read');
     const first = bad[0] as number;
@@ -1429,9 +1424,25 @@ function blockVerifies(bytes: Buffer, seed: number, stored: number): boolean {
 
 /** The seeded CRC of each whole block of `bytes` into `checksums` from `firstBlock` on. */
 function checksumBlocks(bytes: Buffer, seed: number, checksums: Uint32Array, firstBlock: number): void {
-  for (let block = 0; block < bytes.length / checksumBlockBytes; block++) {
-    checksums[firstBlock + block] = crc32c(bytes.subarray(block * checksumBlockBytes, (block + 1) * checksumBlockBytes), seed);
+  crc32cBlocks(bytes, checksumBlockBytes, seed, checksums.subarray(firstBlock, firstBlock + bytes.length / checksumBlockBytes));
+}
+
+/**
+ * The block indexes (from `firstBlock`) of `bytes` that fail their stored checksums: one
+ * native call for the CRCs, then the comparison; a stored 0 over zeros is a never-written block.
+ */
+function failingBlocks(bytes: Buffer, seed: number, checksums: Uint32Array, firstBlock: number): number[] {
+  const blocks = bytes.length / checksumBlockBytes;
+  const computed = new Uint32Array(blocks);
+  crc32cBlocks(bytes, checksumBlockBytes, seed, computed);
+  const bad: number[] = [];
+  for (let block = 0; block < blocks; block++) {
+    const stored = checksums[firstBlock + block] as number;
+    if (computed[block] === stored) continue;
+    if (stored === 0 && bytes.subarray(block * checksumBlockBytes, (block + 1) * checksumBlockBytes).equals(zeroBlock)) continue;
+    bad.push(firstBlock + block);
   }
+  return bad;
 }
 
 /** Block indexes (sorted) as contiguous byte ranges. */

@@ -5,7 +5,7 @@
 
 import * as crypto from 'node:crypto';
 import t from 'tap';
-import { crc32c, crc32cSoftware } from '../../src/common/crc32c.js';
+import { crc32c, crc32cBlocks, crc32cSoftware } from '../../src/common/crc32c.js';
 import { nativeCrc32c } from '../../src/common/native.js';
 
 t.test('check value', async (t) => {
@@ -34,4 +34,18 @@ t.test('native and software agree', async (t) => {
   t.equal(mismatches, 0, 'every length and alignment agrees');
   const whole = crc32c(large);
   t.equal(crc32c(large.subarray(1000), crc32c(large.subarray(0, 1000))), whole, 'continuing across pieces');
+});
+
+t.test('crc32cBlocks: every block from the seed, in one native call, checked against the reference', async (t) => {
+  const bytes = crypto.randomBytes(16 * 4096 + 3).subarray(3);
+  const seed = 0x1234abcd;
+  const out = new Uint32Array(16);
+  crc32cBlocks(bytes, 4096, seed, out);
+  const expected = Array.from({ length: 16 }, (_, block) => crc32cSoftware(bytes.subarray(block * 4096, (block + 1) * 4096), seed));
+  t.same([...out], expected, 'each block as its own CRC from the seed, at an odd buffer offset');
+  const part = new Uint32Array(20);
+  crc32cBlocks(bytes.subarray(4096, 3 * 4096), 4096, seed, part.subarray(5));
+  t.same([part[5], part[6], part[4], part[7]], [expected[1], expected[2], 0, 0], 'into a window of a larger array, nothing outside it touched');
+  t.throws(() => crc32cBlocks(bytes.subarray(0, 5000), 4096, seed, out), RangeError, 'a buffer that is not whole blocks is refused');
+  t.throws(() => crc32cBlocks(bytes, 4096, seed, new Uint32Array(15)), RangeError, 'an array too short is refused');
 });
