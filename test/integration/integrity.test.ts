@@ -1,22 +1,28 @@
 // Bit rot end to end (issue 21, docs/integrity.md): an MDM, three SDSs on sparse files and an
-// SDC (real processes), a volume written through NBD with a pattern where every 4-byte word
-// names its own volume offset, and bytes flipped in the SDSs' device files behind their
-// backs, as a rotting disk would. Copies are told apart from the MDM's placement map, so
-// every flip knows whether it hit a primary (the copy reads go to) or a secondary. It proves:
-// - one copy rotted: a read through NBD returns the written bytes, the rotten copy is
-//   rewritten on its device, the SDS's counters reach the MDM (dashboard JSON) and the MDM
-//   logs the rise;
-// - a damaged slot-table entry found when its SDS restarts: the chunk still reads whole and
-//   right through NBD (fetched from the mirror), `damagedEntries` is reported;
-// - one block rotted on both copies: a read of it fails with EIO (qemu-io), never with wrong
-//   bytes; its neighbours and other chunks read; the range is reported through the MDM (REST
-//   `unrepairableRanges`, the dashboard, the MDM's log) with the volume name and volume byte
-//   offset; a whole-block write makes it readable again;
-// - the scrub (pool policy set through the CLI): with rot planted on secondary copies, which
-//   no read reaches, and a secondary block that differs though it verifies, one pass or two
-//   repair every case on the device and the counts reported match what was planted.
+// SDC (real processes), a volume written through NBD (nbdcopy --flush) with a pattern where
+// every 4-byte word is a hash of its own volume offset, and bytes flipped in the SDSs' device
+// files behind their backs, as a rotting disk would (test/helpers/integrity.ts finds a copy's
+// data, entry and checksums from the device's own slot table). Copies are told apart by the
+// MDM's placement map, so every flip knows whether it hit the primary (the copy reads reach)
+// or the secondary. Reads go through the SDC's export with qemu-img and qemu-io. It proves:
+// - one copy rotted: the read returns the written bytes, the rotten copy is rewritten on its
+//   device, the SDS's counters reach the MDM (REST dashboard, `meshblock dashboard --json`)
+//   and the MDM logs the rise;
+// - a damaged slot-table entry, found when its SDS restarts: the chunk reads whole and right
+//   once reads reach that copy (its SDS the primary again), the copy is fetched again into a
+//   slot with a good entry, `damagedEntries` is reported and logged;
+// - one block rotted on both copies: a read of it fails with EIO, never with wrong bytes, and
+//   so does a read of its whole chunk; its neighbours and other chunks read; the range is
+//   reported exactly (REST System `unrepairableRanges`, the dashboard, the MDM's and the SDC's
+//   logs) with the volume name and volume byte offset; a whole-block write makes it readable;
+// - the scrub (pool policy set through the CLI, data comparison): rot planted in four blocks
+//   of three secondary copies, which no read reaches, and a secondary block that differs
+//   though it verifies (its CRC rewritten), are all repaired on the device within one pass,
+//   and the counts reported (dashboard, REST statistics, the MDM's log) match what was
+//   planted: exactly for mismatches and unrepairable blocks, within stated bounds where the
+//   design counts one finding twice.
 // The scrub is off (through the CLI) until the last part, so only reads find the first cases.
-// Every wait is bounded and names what it waits for.
+// Every wait is bounded and names what it waits for. Without the flips every part fails.
 
 import * as fs from 'node:fs';
 import * as os from 'node:os';
