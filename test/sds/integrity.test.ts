@@ -6,16 +6,13 @@
 // until it is fetched again; the scrub finds rot on the secondary, and a secondary copy
 // that differs though it verifies, and replaces it from the primary.
 
-import * as fs from 'node:fs';
 import t from 'tap';
-import { crc32c } from '../../src/common/crc32c.js';
-import { keySeed, type ChunkKey } from '../../src/sds/chunk-store.js';
-import { checksumAreaBytes, checksumHeaderBytes, slotEntryBytes } from '../../src/sds/device.js';
-import { decodeSuperblock } from '../../src/sds/superblock.js';
+import type { ChunkKey } from '../../src/sds/chunk-store.js';
 import { SdsStatus, SdsOp, encodeIo, type SdsStats } from '../../src/wire/sds-ops.js';
 import type { PlacementMap } from '../../src/wire/placement.js';
 import type { WirePeer } from '../../src/wire/peer.js';
 import { sparseFile } from '../helpers/files.js';
+import { flipByte, forgeBlock, locateChunk, readBytes as readFile, type SlotPlace } from '../helpers/integrity.js';
 import { MiB, connectWire, getStats, makeMap, setMap, startSds, testPoolId, type SdsHandle } from '../helpers/sds.js';
 
 const vtreeId = '00000000beefcafe';
@@ -27,52 +24,9 @@ function pattern(chunkIndex: number): Buffer {
   return data;
 }
 
-/** Where chunk `chunkIndex` (generation 0) of the test tree lives in a device file, from its slot table. */
-function locate(file: string, chunkIndex: number): { slot: number; dataBytes: number; entryBytes: number; checksumsBytes: number } {
-  const head = Buffer.alloc(4096);
-  const fd = fs.openSync(file, 'r');
-  try {
-    fs.readSync(fd, head, 0, head.length, 0);
-    const superblock = decodeSuperblock(head);
-    const table = Buffer.alloc(superblock.slotCount * slotEntryBytes);
-    fs.readSync(fd, table, 0, table.length, superblock.slotTableOffsetBytes);
-    for (let slot = 0; slot < superblock.slotCount; slot++) {
-      const entry = table.subarray(slot * slotEntryBytes, (slot + 1) * slotEntryBytes);
-      if (entry.readUInt8(4) !== 1 || entry.toString('hex', 24, 32) !== vtreeId || entry.readUInt32BE(32) !== chunkIndex) continue;
-      return {
-        slot,
-        dataBytes: superblock.dataOffsetBytes + slot * superblock.chunkBytes,
-        entryBytes: superblock.slotTableOffsetBytes + slot * slotEntryBytes,
-        checksumsBytes: superblock.checksumTableOffsetBytes + slot * checksumAreaBytes(superblock.chunkBytes),
-      };
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  throw new Error(`chunk ${chunkIndex} is not in ${file}`);
-}
-
-function flipByte(file: string, positionBytes: number): void {
-  const fd = fs.openSync(file, 'r+');
-  try {
-    const byte = Buffer.alloc(1);
-    fs.readSync(fd, byte, 0, 1, positionBytes);
-    byte[0] = (byte[0] as number) ^ 0x5a;
-    fs.writeSync(fd, byte, 0, 1, positionBytes);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-function readFile(file: string, positionBytes: number, lengthBytes: number): Buffer {
-  const bytes = Buffer.alloc(lengthBytes);
-  const fd = fs.openSync(file, 'r');
-  try {
-    fs.readSync(fd, bytes, 0, lengthBytes, positionBytes);
-  } finally {
-    fs.closeSync(fd);
-  }
-  return bytes;
+/** Where chunk `chunkIndex` (generation 0) of the test tree lives in a device file. */
+function locate(file: string, chunkIndex: number): SlotPlace {
+  return locateChunk(file, { vtreeId, chunkIndex });
 }
 
 async function waitFor<T>(what: string, probe: () => Promise<T | null>, timeoutMs = 30_000): Promise<T> {
@@ -171,12 +125,7 @@ t.test('rot on one copy is repaired, on both is EIO for that range only, a damag
     // A block that differs and still verifies: new bytes with their checksum written beside them.
     const forged = Buffer.alloc(block, 0x77);
     const key: ChunkKey = { poolId: testPoolId, vtreeId, chunkIndex: 3, generation: 0 };
-    const fd = fs.openSync(devices.b, 'r+');
-    const crc = Buffer.alloc(4);
-    crc.writeUInt32LE(crc32c(forged, keySeed(key)));
-    fs.writeSync(fd, forged, 0, block, atB.dataBytes + 12 * block);
-    fs.writeSync(fd, crc, 0, 4, atB.checksumsBytes + checksumHeaderBytes + 12 * 4);
-    fs.closeSync(fd);
+    forgeBlock(devices.b, atB, key, 12, forged);
     // sds-b caches its checksums: the forged one counts once it reloads them (a restart).
     // Here the forged block verifies against nothing but what is on disk, so it is found by
     // the comparison either way: the digests differ or the secondary reports the block bad.
