@@ -183,6 +183,8 @@ interface Location {
   checksumWriteQueued: Promise<void> | null;
   /** Changes of the slot in progress: it is neither closed nor evicted meanwhile. */
   busy: number;
+  /** Blocks found bad and counted, until rewritten: a block found again is not counted again. */
+  knownBad: Set<number> | null;
   /** device.writeSeq after its last change completed; closable once device.syncedSeq reaches it. */
   lastWriteSeq: number;
   lastWriteMs: number;
@@ -332,6 +334,8 @@ export class ChunkStore {
   /** Keys read through another generation's request right now, by keyName, with a count: never freed meanwhile. */
   private readonly pins = new Map<string, number>();
   private readonly reservations: Map<string, number>;
+  /** The slots of damaged entries whose key is lost here, by keyName: freed once the key is whole again. */
+  private readonly damagedSlots = new Map<string, { device: StoreDevice; slot: number }>();
   /** Slots whose checksums are in memory, least recently used first. */
   private readonly checksumCache = new Set<Location>();
   private nextSequence = 1;
@@ -467,8 +471,9 @@ export class ChunkStore {
       return;
     }
     this.lostKeys.set(name, { key, reason: 'entry' });
+    this.damagedSlots.set(name, { device, slot });
     this.touched(key);
-    this.log.error({ deviceId: device.deviceId, path: device.path, slot, key }, 'damaged slot-table entry: the chunk is lost on this copy until it is fetched again from its mirror; the slot is not reused');
+    this.log.error({ deviceId: device.deviceId, path: device.path, slot, key }, 'damaged slot-table entry: the chunk is lost on this copy until it is fetched again from its mirror; the slot is freed then');
   }
 
   /**
@@ -540,9 +545,10 @@ export class ChunkStore {
     const { location } = found;
     if (!found.fresh) await this.change(location, offsetBytes, data.length, data);
     if (whole) {
-      this.lostKeys.delete(keyName(key));
+      this.forgetLost(key);
       this.touched(key);
     }
+    this.clearUnrepairable(key, offsetBytes, data.length);
     location.device.counters.writes += 1;
     location.device.counters.writeBytes += data.length;
     if (options.fua) await this.syncDevice(location.device);
@@ -557,9 +563,10 @@ export class ChunkStore {
     const whole = offsetBytes === 0 && lengthBytes === this.chunkBytes;
     const location = (await this.locate(key, { create: false, fill: 'zeros', whole }))?.location ?? null;
     if (whole) {
-      this.lostKeys.delete(keyName(key));
+      this.forgetLost(key);
       this.touched(key);
     }
+    this.clearUnrepairable(key, offsetBytes, lengthBytes);
     if (location === null) {
       // Nothing held, but an earlier trim's freeing may not be durable yet: FUA covers it.
       if (options.fua) await this.flush();
@@ -606,9 +613,41 @@ export class ChunkStore {
       const location = this.index.get(name);
       if (location === undefined) throw new StoreError('MB_ERR_CHECKSUM', `chunk ${name} is not held here: nothing to repair`);
       await this.change(location, offsetBytes, data.length, data);
+      this.clearUnrepairable(key, offsetBytes, data.length);
     }
     this.integrity.repairedBlocks += data.length / checksumBlockBytes;
     this.log.warn({ key, offsetBytes, lengthBytes: data.length }, 'repaired a bad range of a chunk copy from its other copy');
+  }
+
+  /** Ranges bad on both copies inside [offsetBytes, +lengthBytes) of `key` are gone once it is rewritten. */
+  private clearUnrepairable(key: ChunkKey, offsetBytes: number, lengthBytes: number): void {
+    if (this.unrepairable.length === 0) return;
+    const name = keyName(key);
+    for (let index = this.unrepairable.length - 1; index >= 0; index--) {
+      const range = this.unrepairable[index] as UnrepairableRange;
+      if (keyName(range) === name && range.offsetBytes >= offsetBytes && range.offsetBytes + range.lengthBytes <= offsetBytes + lengthBytes) this.unrepairable.splice(index, 1);
+    }
+  }
+
+  /** `key` is whole again (rewritten whole, trimmed whole or freed): not lost, and the slot of its damaged entry is freed. */
+  private forgetLost(key: ChunkKey): void {
+    const name = keyName(key);
+    this.lostKeys.delete(name);
+    const damaged = this.damagedSlots.get(name);
+    if (damaged === undefined) return;
+    this.damagedSlots.delete(name);
+    const { device, slot } = damaged;
+    void (async () => {
+      await this.writeFully(device, Buffer.alloc(slotEntryBytes), device.entryOffsetBytes(slot));
+      await this.writeFully(device, Buffer.alloc(checksumHeaderBytes), device.checksumAreaOffsetBytes(slot));
+      device.damagedSlotCount -= 1;
+      device.pendingFree.push({ slot, seq: ++device.writeSeq });
+    })().catch((err: unknown) => this.log.warn({ err, deviceId: device.deviceId, slot }, 'freeing the slot of a damaged entry failed; it stays unused'));
+  }
+
+  /** The keys lost here to damaged slot-table entries: to be fetched again whole from their other copy. */
+  lostToDamage(): ChunkKey[] {
+    return [...this.lostKeys.values()].filter((lost) => lost.reason === 'entry').map((lost) => lost.key);
   }
 
   /** Both copies of the range are bad: remembered and reported; reads of it keep failing until it is rewritten. */
@@ -668,7 +707,7 @@ export class ChunkStore {
         this.integrity.repairedBlocks += 1;
         this.log.warn({ deviceId: device.deviceId, slot: location.slot, key }, 'the checksum area of a chunk copy rotted on the device; rewritten from memory (its blocks verify)');
       }
-      if (bad.length > 0) this.countBad(location, bad.length, 'scrub');
+      if (bad.length > 0) this.countBad(location, bad, 'scrub');
       return { badRanges: blockRanges(bad), digests };
     } finally {
       location.busy -= 1;
@@ -780,7 +819,8 @@ export class ChunkStore {
     assert(found !== null, 'locate with create returns a slot');
     const { location } = found;
     if (!found.fresh) await this.change(location, 0, this.chunkBytes, content === 'zeros' ? null : content);
-    this.lostKeys.delete(keyName(key));
+    this.forgetLost(key);
+    this.clearUnrepairable(key, 0, this.chunkBytes);
     this.touched(key);
     location.device.counters.writes += 1;
     location.device.counters.writeBytes += this.chunkBytes;
@@ -798,7 +838,8 @@ export class ChunkStore {
     const name = keyName(key);
     if (this.pins.has(name) || this.allocating.has(name)) return false;
     const location = this.index.get(name);
-    this.lostKeys.delete(name);
+    this.forgetLost(key);
+    this.clearUnrepairable(key, 0, this.chunkBytes);
     if (location !== undefined) {
       this.index.delete(name);
       this.countAllocated(key.vtreeId, -1);
@@ -1046,6 +1087,9 @@ export class ChunkStore {
       const written = data === null ? this.zeroRange(device, position, lengthBytes) : this.writeFully(device, data, position);
       await Promise.all([written, this.writeChecksumArea(location)]);
       this.markWritten(location);
+      if (location.knownBad !== null) {
+        for (let block = image.firstBlock; block < image.firstBlock + image.bytes.length / checksumBlockBytes; block++) location.knownBad.delete(block);
+      }
     } finally {
       location.busy -= 1;
     }
@@ -1085,7 +1129,7 @@ export class ChunkStore {
     if (!this.checksums) return;
     const bad = failingBlocks(target, location.seed, checksums, offsetBytes / checksumBlockBytes);
     if (bad.length === 0) return;
-    this.countBad(location, bad.length, 'read');
+    this.countBad(location, bad, 'read');
     const first = bad[0] as number;
     const last = bad[bad.length - 1] as number;
     throw new ChecksumError(location.key, first * checksumBlockBytes, (last - first + 1) * checksumBlockBytes, `${bad.length} block(s) failed their checksums on ${location.device.path}`);
@@ -1107,10 +1151,15 @@ export class ChunkStore {
     }
   }
 
-  private countBad(location: Location, blocks: number, where: 'read' | 'scrub'): void {
-    location.device.checksumErrors += blocks;
-    this.integrity.checksumErrors += blocks;
-    this.log.error({ deviceId: location.device.deviceId, path: location.device.path, slot: location.slot, key: location.key, blocks, where }, 'blocks of a chunk copy failed their checksums (rot or a misdirected write): not returned; the other copy is asked');
+  /** Counts and logs bad blocks of a slot, each once until it is rewritten (a read and the scrub may both find it). */
+  private countBad(location: Location, badBlocks: readonly number[], where: 'read' | 'scrub'): void {
+    const known = (location.knownBad ??= new Set<number>());
+    const fresh = badBlocks.filter((block) => !known.has(block));
+    if (fresh.length === 0) return;
+    for (const block of fresh) known.add(block);
+    location.device.checksumErrors += fresh.length;
+    this.integrity.checksumErrors += fresh.length;
+    this.log.error({ deviceId: location.device.deviceId, path: location.device.path, slot: location.slot, key: location.key, blocks: fresh.length, where }, 'blocks of a chunk copy failed their checksums (rot or a misdirected write): not returned; the other copy is asked');
   }
 
   // --- checksums in memory and on the device ---------------------------------------------
@@ -1372,6 +1421,7 @@ function newLocation(device: StoreDevice, slot: number, sequence: number, key: C
     checksumWrite: null,
     checksumWriteQueued: null,
     busy: 0,
+    knownBad: null,
     lastWriteSeq: 0,
     lastWriteMs: 0,
   };

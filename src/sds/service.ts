@@ -115,6 +115,7 @@ export class SdsService {
   /** Bad bytes found here are fetched from the other copy and rewritten (copy-repair.ts). */
   private readonly repair: CopyRepair;
   private readonly scrubber: Scrubber;
+  private refetching = false;
   private closing = false;
   private clientIoInflight = 0;
   private clientIoLastMs = 0;
@@ -133,6 +134,7 @@ export class SdsService {
         this.peers.retain((sdsId) => map.sds[sdsId]?.address);
         // A new map may bring a new scrub policy or new groups: the next pass need not wait.
         this.scrubber.poke();
+        this.refetchLost();
       },
       rebuildProgress: () => this.rebuilds.progress(),
       collectGenerations: (epoch) => this.collector.collect(epoch),
@@ -475,6 +477,27 @@ export class SdsService {
     const whole = offsetBytes === 0 && data.length === store.chunkBytes;
     if (whole && !store.has(key) && store.holdsOtherGeneration(key)) await store.writeShadowing(key, data, options);
     else await store.write(key, offsetBytes, data, options);
+  }
+
+  /**
+   * Fetches again, whole, the chunks this SDS lost to damaged slot-table entries (found at
+   * open), from their other copies, without waiting for a read or the scrub to need them:
+   * a secondary's lost copy is read by nobody until its primary fails. Runs once per map
+   * while any are lost; one that cannot be fetched now is tried with the next map.
+   */
+  private refetchLost(): void {
+    if (this.refetching || this.closing) return;
+    const lost = this.options.store.lostToDamage().filter((key) => this.repair.groupOf(key) !== null);
+    if (lost.length === 0) return;
+    this.refetching = true;
+    const work = (async () => {
+      for (const key of lost) {
+        if (this.closing) return;
+        const found = new ChecksumError(key, 0, this.options.store.chunkBytes, 'lost to a damaged slot-table entry');
+        await this.repair.repair(found, { lockedExclusive: false }).catch((err: unknown) => this.options.log.warn({ err, key }, 'fetching a chunk lost to a damaged entry failed; tried again with the next map'));
+      }
+    })().finally(() => (this.refetching = false));
+    void this.track(work);
   }
 
   /** Registers a change accepted as primary until it is answered, so that a freeze can wait for it. */

@@ -272,10 +272,9 @@ t.test('rot under a running cluster: reads repair or fail with EIO, never wrong 
       return (reply.body as { unrepairableRanges?: UnrepairableReport[] }).unrepairableRanges ?? [];
     };
     const cleared = await until('the MDM to drop the rewritten range (two heartbeats)', async () => ((await listed()).length === 0 ? true : undefined), 3000).catch(() => false);
-    // Product bug (see the report of issue 21's end-to-end tests): ChunkStore.unrepairable is
-    // only ever added to (markUnrepairable); no write, trim or repair removes a range from it,
-    // so the SDS reports it, and the MDM lists it and says FAILED, until the SDS restarts.
-    t.ok(cleared, 'once rewritten, the range is no longer reported as unrepairable', { todo: 'the SDS never drops a rewritten range from its unrepairable list (src/sds/chunk-store.ts markUnrepairable)' });
+    // A write over the whole range ends its report (ChunkStore.clearUnrepairable); before it
+    // did, the MDM listed it, and said FAILED, until the SDS restarted.
+    t.ok(cleared, 'once rewritten, the range is no longer reported as unrepairable');
   });
 
   await t.test('the scrub finds and repairs every case planted on secondary copies, and the counts match', async (t) => {

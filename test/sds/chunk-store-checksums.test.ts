@@ -53,7 +53,7 @@ t.test('reads verify whole blocks; rot is refused, never returned, and repaired'
   t.ok(error instanceof ChecksumError && error.offsetBytes === 3 * block, 'a whole-chunk read fails on the same block');
   t.ok((await store.read(key(0), 4 * block, Buffer.alloc(block)).then(() => true)) === true, 'the next block reads');
   await t.rejects(store.write(key(0), 3 * block + 1024, Buffer.alloc(512, 9), { fua: false }), { code: 'MB_ERR_CHECKSUM' }, 'a partial write cannot merge with a rotted block');
-  t.equal(store.integrity.checksumErrors, 3, 'each finding counted');
+  t.equal(store.integrity.checksumErrors, 1, 'one bad block found three times is counted once');
 
   const scrub = await store.scrubChunk(key(0));
   t.same(scrub.badRanges, [{ offsetBytes: 3 * block, lengthBytes: block }], 'the scrub finds the same range');
@@ -67,6 +67,17 @@ t.test('reads verify whole blocks; rot is refused, never returned, and repaired'
   store.markUnrepairable(key(0), 5 * block, block);
   t.equal(store.unrepairable.length, 1, 'an unrepairable range is remembered once');
   t.equal(store.integrity.unrepairableBlocks, 1);
+  await store.write(key(0), 5 * block + 512, Buffer.alloc(512), { fua: false });
+  t.equal(store.unrepairable.length, 1, 'a write over part of it leaves it reported');
+  await store.write(key(0), 4 * block, Buffer.alloc(2 * block), { fua: false });
+  t.same(store.unrepairable, [], 'a write over all of it ends the report (the counter stays, as history)');
+  t.equal(store.integrity.unrepairableBlocks, 1);
+
+  flip(file, slotStart + 9 * block);
+  const twice = Buffer.alloc(block);
+  await t.rejects(store.read(key(0), 9 * block, twice));
+  await store.scrubChunk(key(0));
+  t.equal(store.integrity.checksumErrors, 2, 'a bad block found by a read and then by the scrub is counted once');
 });
 
 t.test('part-block writes and trims keep every block verifiable', async (t) => {
