@@ -116,7 +116,9 @@ t.test('lab up, status, management, down, resume, purge', async (t) => {
   );
   for (const entry of first.processes) {
     t.match(entry, { pid: Number, address: /^127\.0\.0\.1:\d+$/, state: 'running' }, `${entry.name} is running`);
-    t.same(Object.keys(entry).sort(), ['address', 'clusterState', 'name', 'pid', 'role', 'state'], `${entry.name} has exactly the contract's fields`);
+    // SDSs also carry their checksum-at-rest counters and scrub progress (docs/integrity.md).
+    const fields = ['address', 'clusterState', 'name', 'pid', 'role', 'state', ...(entry.role === 'sds' ? ['integrity', 'scrub'] : [])].sort();
+    t.same(Object.keys(entry).sort(), fields, `${entry.name} has exactly the contract's fields`);
     t.equal(entry.clusterState, entry.role === 'mdm' ? null : entry.role === 'sds' ? 'Normal' : 'Connected', `${entry.name} as the MDM sees it`);
   }
   if (sdcBuilt) t.equal(first.processes.find((entry) => entry.role === 'sdc')?.address, `127.0.0.1:${nbdPort}`, 'the SDC serves NBD on --nbd-port');
