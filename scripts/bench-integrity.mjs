@@ -50,12 +50,10 @@ import {
   exitRuntimeError,
   firstLine,
   freeLoopbackPort,
-  handleSignals,
   interruptedExitCode,
   killRunning,
   markdownTable,
   median,
-  optionsOrExitCode,
   parseInteger,
   parseSharedOptions,
   sharedOptionSpecs,
@@ -70,8 +68,8 @@ import {
   formatValue,
   inOwnNetwork,
   labAlive,
+  labBenchOptions,
   labDirsUp,
-  labDownSync,
   labQuietWaitMsMax,
   labStatus,
   labUp,
@@ -80,9 +78,7 @@ import {
   prewriteArgs,
   prewriteLab,
   runFio,
-  runInOwnNetwork,
   stopLab,
-  wantsOwnNetwork,
 } from './bench-labs.mjs';
 
 const sizeBytesMin = 64 * MiB;
@@ -434,16 +430,9 @@ ${analysisEnd}
 // --- main ------------------------------------------------------------------------------
 
 async function main() {
-  const parsed = optionsOrExitCode('bench-integrity', parseOptions, usage);
+  const parsed = await labBenchOptions('bench-integrity', parseOptions, usage, import.meta.url);
   if (parsed.exitCode !== undefined) return parsed.exitCode;
   const { options } = parsed;
-  if (wantsOwnNetwork(options)) return runInOwnNetwork(import.meta.url, 'bench-integrity');
-  handleSignals({
-    // A second signal still stops the labs before leaving.
-    onSecondSignal: () => {
-      for (const labDir of labDirsUp) labDownSync(labDir);
-    },
-  });
   const startedMs = performance.now();
   const startedAt = new Date().toISOString();
   const loads = { start: loadAverage(), end: '' };

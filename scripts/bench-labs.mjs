@@ -13,9 +13,11 @@ import {
   disturbedPercentMin,
   exitRuntimeError,
   firstLine,
+  handleSignals,
   machineBusyPercent,
   machineTicks,
   meshblockBin,
+  optionsOrExitCode,
   procStatFields,
   processCpuSeconds,
   processFailure,
@@ -171,6 +173,23 @@ export function percentile(values, p) {
 // On a shared machine other labs and tests pick loopback ports too, and `lab up` chooses a
 // daemon's ports once: a bench that kills and restarts daemons, or starts several labs,
 // runs (as root) in a network namespace of its own, loopback only.
+
+/**
+ * The start of a lab bench's main(): its options, or the exit code it stops with (--help, bad
+ * usage, or that of its re-run in a network namespace of its own when wantsOwnNetwork); then
+ * signals that stop it, a second one stopping every lab still up before leaving.
+ */
+export async function labBenchOptions(name, parseOptions, usage, scriptUrl) {
+  const parsed = optionsOrExitCode(name, parseOptions, usage);
+  if (parsed.exitCode !== undefined) return parsed;
+  if (wantsOwnNetwork(parsed.options)) return { exitCode: await runInOwnNetwork(scriptUrl, name) };
+  handleSignals({
+    onSecondSignal: () => {
+      for (const labDir of labDirsUp) labDownSync(labDir);
+    },
+  });
+  return parsed;
+}
 
 /** Set in the re-run inside the new network namespace. */
 const isolatedNetworkEnv = 'MESHBLOCK_BENCH_NETNS';
