@@ -22,8 +22,9 @@
 //    --bs=4k with SKIP = chunk size - 4 KiB, so each 4 KiB write is the first write of its own
 //    chunk, --first-writes of them (io_size caps the run: fio would wrap around and rewrite),
 //    at QD1 and QD16. Then, for context, the same job again at once on the same volume: every
-//    chunk is then allocated, so these are rewrites, and the difference is what allocation
-//    costs at all. IOPS, completion latency p50/p99 and SDS CPU per IO, medians over rounds.
+//    chunk is then allocated, so these are rewrites (on the safe lab of slots that may have
+//    been closed meanwhile, which a write re-opens with an fdatasync: see the report). IOPS,
+//    completion latency p50/p99 and SDS CPU per IO, medians over rounds.
 //    While part 2 runs the "without checksums" lab is down, and part 1 runs before the
 //    "unsafe" lab is up: an idle lab still heartbeats, and the machine has 2 cores.
 // Before every run the bench waits (bounded) for a quiet machine and flags runs during which
@@ -404,7 +405,10 @@ ${markdownTable(tables.checksums)}
 Each run writes a thin volume nobody wrote before (a new one per run and lab): ${options.firstWriteCount} writes of 4 KiB,
 ${formatBytes(chunkBytes)} apart, so every write is the first of its chunk and allocates it on both copies' SDSs.
 Then the same job at once on the same volume: the chunks are allocated, so those are rewrites of
-the same blocks, and the gap between the two rows is what allocation costs at all.
+the same blocks. On the safe lab a slot whose writes an fdatasync has made durable is closed after
+5 s idle (slotCloseIdleMs), and a write to a closed slot re-opens it with an fdatasync first, so its
+rewrites may pay a sync too (the slow first pass at QD1 leaves its early chunks closed); the unsafe
+lab never syncs, its slots stay open, and its rewrites are the cost of a write to an allocated chunk.
 
 ${markdownTable(tables.allocation)}
 
