@@ -152,9 +152,6 @@ function parseOptions(argv) {
 
 /** The lab dir while a lab may be up: a second signal still stops it before leaving. */
 
-// --- processes -------------------------------------------------------------------------
-
-
 // --- nbdkit ----------------------------------------------------------------------------
 
 async function createTestFile(file, sizeBytes) {
@@ -229,7 +226,6 @@ if (dir) {
 }
 `;
 
-
 async function startLab(labDir, sizeBytes, profileDir, preloadFile) {
   const port = await freeLoopbackPort();
   const deviceBytes = Math.max(labDeviceBytesMin, sizeBytes);
@@ -243,11 +239,6 @@ async function startLab(labDir, sizeBytes, profileDir, preloadFile) {
   const command = ['node', 'bin/meshblock.cjs', 'lab', 'up', '--dir', '$DIR', ...extra];
   return { name: 'lab', uri, command, status, pids: () => labPids(status) };
 }
-
-
-
-// --- fio -------------------------------------------------------------------------------
-
 
 // --- the QoS limiter's cost ---------------------------------------------------------------
 
@@ -477,7 +468,6 @@ function summarize(pattern, runs) {
   return { pattern, perSide, ratio: perSide.lab.value / perSide.nbdkit.value };
 }
 
-
 function goalText(pattern, ratio) {
   if (pattern.goal === null) return '';
   return `${ratio >= pattern.goal ? 'met' : 'MISSED'} (>= ${pattern.goal.toFixed(1)})`;
@@ -521,9 +511,6 @@ function profileRows(profile) {
     rows: profile.top.map(({ name, busyPercent }) => [name.replace(/\|/g, '\\|'), busyPercent.toFixed(1)]),
   };
 }
-
-// --- the machine -----------------------------------------------------------------------
-
 
 // --- report ----------------------------------------------------------------------------
 
