@@ -40,47 +40,51 @@ import {
   delay,
   disturbedPercentMin,
   exitRuntimeError,
-  firstLine,
   freeLoopbackPort,
   handleSignals,
   host,
   interruptedExitCode,
   killRunning,
-  machineBusyPercent,
-  machineTicks,
   markdownTable,
   median,
   parseSharedOptions,
-  procStatFields,
-  processCpuSeconds,
   repoRoot,
   run,
   sharedOptionSpecs,
   spawnTracked,
   textTable,
   throwIfInterrupted,
-  waitForQuiet,
   writePseudorandom,
   writeSection,
   optionsOrExitCode,
 } from './bench-common.mjs';
-import { labDirsUp, labDownSync, labFailure, labStatus, labUp, labVolumeUri, stopLab } from './bench-labs.mjs';
+import {
+  describeMachine,
+  fioArgs,
+  formatUs,
+  formatValue,
+  labAlive,
+  labDirsUp,
+  labDownSync,
+  labFailure,
+  labPids,
+  labQuietWaitMsMax,
+  labStatus,
+  labUp,
+  labVolumeUri,
+  loadAverage,
+  prewriteArgs,
+  prewriteLab,
+  runFio,
+  stopLab,
+} from './bench-labs.mjs';
 
 const volumeName = 'vol1';
 
 const serverStartMs = 20_000;
-const fioSlackMs = 60_000;
 const sizeBytesMin = 64 * MiB;
 /** The lab's devices and volume are at least this big (the lab's own default device size). */
 const labDeviceBytesMin = 2 * GiB;
-/**
- * Before each run we wait up to quietWaitMsMax for the rest of the machine to use less than
- * quietBusyPercentMax of a core (bench-common). Kept short: other engineers share this 2-core
- * machine, and a bench that waits two minutes per run never finishes; disturbed runs are
- * flagged instead.
- */
-const quietWaitMsMax = 15_000;
-const sampleMarginMs = 500;
 /** Functions listed per profiled process. */
 const profileTopCount = 8;
 const profileWaitMs = 15_000;
@@ -147,26 +151,6 @@ function parseOptions(argv) {
 // --- interruption ----------------------------------------------------------------------
 
 /** The lab dir while a lab may be up: a second signal still stops it before leaving. */
-
-// --- processes -------------------------------------------------------------------------
-
-/** pid and its descendants (fio forks one process per job). */
-function processTree(rootPid) {
-  const parentOf = new Map();
-  for (const name of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      parentOf.set(Number(name), Number(procStatFields(`/proc/${name}/stat`)[1]));
-    } catch {
-      // Gone between readdir and read.
-    }
-  }
-  const tree = [rootPid];
-  for (let index = 0; index < tree.length; index++) {
-    for (const [pid, parent] of parentOf) if (parent === tree[index]) tree.push(pid);
-  }
-  return tree;
-}
 
 // --- nbdkit ----------------------------------------------------------------------------
 
@@ -242,7 +226,6 @@ if (dir) {
 }
 `;
 
-
 async function startLab(labDir, sizeBytes, profileDir, preloadFile) {
   const port = await freeLoopbackPort();
   const deviceBytes = Math.max(labDeviceBytesMin, sizeBytes);
@@ -255,125 +238,6 @@ async function startLab(labDir, sizeBytes, profileDir, preloadFile) {
   const status = await labStatus(labDir);
   const command = ['node', 'bin/meshblock.cjs', 'lab', 'up', '--dir', '$DIR', ...extra];
   return { name: 'lab', uri, command, status, pids: () => labPids(status) };
-}
-
-
-/** Lab process pids by name (mdm, sds1.., sdc1). */
-function labPids(status) {
-  const pids = {};
-  for (const entry of status.processes) pids[entry.role === 'sdc' ? 'sdc' : entry.name] = [entry.pid];
-  return pids;
-}
-
-function labAlive(lab) {
-  return lab.status.processes.every((entry) => processCpuSeconds(entry.pid, 100) !== null);
-}
-
-// --- fio -------------------------------------------------------------------------------
-
-function fioArgs(pattern, uri, options) {
-  return [
-    `--name=${pattern.id}`,
-    '--ioengine=nbd',
-    `--uri=${uri}`,
-    ...pattern.fio,
-    `--size=${options.sizeBytes}`,
-    '--numjobs=1',
-    '--time_based',
-    `--runtime=${options.runtimeSeconds}`,
-    `--ramp_time=${options.rampSeconds}`,
-    '--output-format=json',
-  ];
-}
-
-function prewriteArgs(uri, sizeBytes) {
-  return ['--name=prewrite', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1M', '--iodepth=8', `--size=${sizeBytes}`, '--output-format=json'];
-}
-
-/** Writes the whole region once through the SDC, so every chunk is allocated on two SDSs. */
-async function prewriteLab(lab, sizeBytes) {
-  const args = prewriteArgs(lab.uri, sizeBytes);
-  const startedMs = performance.now();
-  const state = await run('fio', args, 600_000);
-  throwIfInterrupted();
-  if (state.code !== 0) throw new BenchError('FIO', `fio could not pre-write the lab volume: fio ${args.join(' ')}\n${state.stderr.trim()}`);
-  return (performance.now() - startedMs) / 1000;
-}
-
-function sampleRoles(pidsByRole, fioPid, machine) {
-  const cpuSeconds = {};
-  for (const [role, pids] of Object.entries(pidsByRole)) {
-    cpuSeconds[role] = pids.reduce((sum, pid) => sum + (processCpuSeconds(pid, machine.clockTicksPerSecond) ?? 0), 0);
-  }
-  cpuSeconds.fio = processTree(fioPid).reduce((sum, pid) => sum + (processCpuSeconds(pid, machine.clockTicksPerSecond) ?? 0), 0);
-  return { atMs: performance.now(), machine: machineTicks(), cpuSeconds };
-}
-
-/**
- * One fio run. `hooks.atWindowStart/atWindowEnd` run inside fio's measured window (used to
- * start and stop the profiler). CPU per role is sampled at the same two moments.
- */
-async function runFio(pattern, side, options, machine, hooks = {}) {
-  throwIfInterrupted();
-  const args = fioArgs(pattern, side.uri, options);
-  const quiet = await waitForQuiet(machine.cpuCount, quietWaitMsMax, { announce: false });
-  const { child, state } = spawnTracked('fio', args, { fio: true });
-  const timeoutMs = (options.runtimeSeconds + options.rampSeconds) * 1000 + fioSlackMs;
-  const killTimer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  const samples = [];
-  const startMs = options.rampSeconds * 1000 + sampleMarginMs;
-  const endMs = (options.rampSeconds + options.runtimeSeconds) * 1000 - sampleMarginMs / 2;
-  const timers = [
-    setTimeout(() => {
-      samples.push(sampleRoles(side.pids(), child.pid, machine));
-      hooks.atWindowStart?.();
-    }, startMs),
-    setTimeout(() => {
-      hooks.atWindowEnd?.();
-      samples.push(sampleRoles(side.pids(), child.pid, machine));
-    }, endMs),
-  ];
-  await state.exit;
-  clearTimeout(killTimer);
-  for (const timer of timers) clearTimeout(timer);
-  throwIfInterrupted();
-  const commandLine = ['fio', ...args].join(' ');
-  if (state.spawnError !== null) throw new BenchError('FIO', `cannot run fio: ${state.spawnError.message}`);
-  if (state.code !== 0) throw new BenchError('FIO', `fio exited with ${state.signal ?? state.code} against ${side.name}: ${commandLine}\n${state.stderr.trim()}`);
-  const jsonAt = state.stdout.search(/^\{/m);
-  let report;
-  try {
-    report = JSON.parse(state.stdout.slice(jsonAt));
-  } catch (err) {
-    throw new BenchError('FIO', `fio printed no JSON report against ${side.name}: ${commandLine}\n${state.stdout.slice(0, 2000)}`, { cause: err });
-  }
-  const job = report.jobs?.[0];
-  if (job === undefined || job.error !== 0) throw new BenchError('FIO', `fio job error against ${side.name}: ${commandLine}\n${state.stderr.trim()}`);
-  const iops = job.read.iops + job.write.iops;
-  if (iops === 0) throw new BenchError('FIO', `fio completed no I/O against ${side.name}: ${commandLine}`);
-  if (samples.length !== 2) throw new BenchError('SAMPLE', `could not sample ${side.name} during the run`);
-  const [first, last] = samples;
-  const windowSeconds = (last.atMs - first.atMs) / 1000;
-  const roles = {};
-  let ownPercent = 0;
-  for (const role of Object.keys(last.cpuSeconds)) {
-    const percent = (100 * (last.cpuSeconds[role] - first.cpuSeconds[role])) / windowSeconds;
-    roles[role] = { percent, usPerIo: (percent * 1e4) / iops };
-    ownPercent += percent;
-  }
-  const machinePercent = machineBusyPercent(first.machine, last.machine, machine.cpuCount);
-  const restPercent = Math.max(0, machinePercent - ownPercent);
-  roles['rest of machine'] = { percent: restPercent, usPerIo: (restPercent * 1e4) / iops };
-  const percentiles = job[pattern.latency].clat_ns.percentile;
-  return {
-    iops,
-    mbps: (job.read.bw_bytes + job.write.bw_bytes) / 1e6,
-    p50Us: percentiles['50.000000'] / 1000,
-    p99Us: percentiles['99.000000'] / 1000,
-    roles,
-    restPercent,
-    disturbed: !quiet || restPercent > disturbedPercentMin,
-  };
 }
 
 // --- the QoS limiter's cost ---------------------------------------------------------------
@@ -604,14 +468,6 @@ function summarize(pattern, runs) {
   return { pattern, perSide, ratio: perSide.lab.value / perSide.nbdkit.value };
 }
 
-function formatValue(metric, value) {
-  return metric === 'iops' ? Math.round(value).toLocaleString('en-US') : value.toFixed(0);
-}
-
-function formatUs(value) {
-  return value >= 1000 ? value.toFixed(0) : value.toFixed(1);
-}
-
 function goalText(pattern, ratio) {
   if (pattern.goal === null) return '';
   return `${ratio >= pattern.goal ? 'met' : 'MISSED'} (>= ${pattern.goal.toFixed(1)})`;
@@ -656,34 +512,6 @@ function profileRows(profile) {
   };
 }
 
-// --- the machine -----------------------------------------------------------------------
-
-function describeMachine() {
-  let cpuModel = 'unknown';
-  try {
-    const match = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
-    if (match !== null) cpuModel = match[1].trim();
-  } catch {
-    // Not Linux: say unknown rather than guess.
-  }
-  const commit = firstLine('git', ['-C', repoRoot, 'rev-parse', '--short', 'HEAD']);
-  const dirty = firstLine('git', ['-C', repoRoot, 'status', '--porcelain', '--', 'src', 'bin']) !== '';
-  return {
-    cpuModel,
-    cpuCount: os.cpus().length,
-    clockTicksPerSecond: Number(firstLine('getconf', ['CLK_TCK'])) || 100,
-    kernel: `${os.type()} ${os.release()}`,
-    node: process.version,
-    fio: firstLine('fio', ['--version']),
-    nbdkit: firstLine('nbdkit', ['--version']),
-    meshblock: commit === 'unknown' ? 'unknown commit' : `commit ${commit}${dirty ? ' with uncommitted changes' : ''}`,
-  };
-}
-
-function loadAverage() {
-  return os.loadavg().map((load) => load.toFixed(2)).join(' ');
-}
-
 // --- report ----------------------------------------------------------------------------
 
 function markdownSection({ options, machine, summaries, cpu, profiles, prewriteSeconds, startedAt, loads, nbdkitCommand, labCommand, analysis }) {
@@ -723,7 +551,7 @@ For scale: Ceph RBD with two copies on three OSDs on this kind of machine does a
 
 Machine: ${machine.cpuModel}, ${machine.cpuCount} logical CPUs, ${machine.kernel}, Node.js ${machine.node}, ${machine.fio},
 ${machine.nbdkit}, meshblock ${machine.meshblock}. Load average (1/5/15 min) at start ${loads.start}, at the end ${loads.end}:
-other engineers share this machine; ${disturbed === 0 ? `no run saw more than ${disturbedPercentMin}% of a core of other load` : `**${disturbed} of ${runs} runs saw other load** (more than ${disturbedPercentMin}% of a core, or no quiet start within ${quietWaitMsMax / 1000} s)`}.
+other engineers share this machine; ${disturbed === 0 ? `no run saw more than ${disturbedPercentMin}% of a core of other load` : `**${disturbed} of ${runs} runs saw other load** (more than ${disturbedPercentMin}% of a core, or no quiet start within ${labQuietWaitMsMax / 1000} s)`}.
 
 ### Where the CPU goes
 

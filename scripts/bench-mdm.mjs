@@ -60,14 +60,12 @@ import {
   firstLine,
   firstLineMatching,
   freeLoopbackPort,
-  handleSignals,
   interruptedExitCode,
   killRunning,
   markdownTable,
   median,
   parseInteger,
   parseSharedOptions,
-  repoRoot,
   run,
   sharedOptionSpecs,
   spawnTracked,
@@ -75,9 +73,24 @@ import {
   throwIfInterrupted,
   waitForQuiet,
   writeSection,
-  optionsOrExitCode,
 } from './bench-common.mjs';
-import { inOwnNetwork, labArgs, labDirsUp, labDownSync, labFailure, labFile, labRestApi, labStatus, labUp, labUpMs, labVolumeUri, percentile, runInOwnNetwork, stopLab, wantsOwnNetwork } from './bench-labs.mjs';
+import {
+  describeMachine,
+  inOwnNetwork,
+  labArgs,
+  labBenchOptions,
+  labDirsUp,
+  labFailure,
+  labFile,
+  labRestApi,
+  labStatus,
+  labUp,
+  labUpMs,
+  labVolumeUri,
+  loadAverage,
+  percentile,
+  stopLab,
+} from './bench-labs.mjs';
 
 const volumeName = 'vol1';
 const sizeBytesMin = 64 * MiB;
@@ -449,35 +462,17 @@ async function stallRun(lab, options, cpuCount, fault, afterFault = null) {
 
 // --- the machine -----------------------------------------------------------------------
 
-function describeMachine(parentDir) {
-  let cpuModel = 'unknown';
-  try {
-    const match = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
-    if (match !== null) cpuModel = match[1].trim();
-  } catch {
-    // Not Linux: say unknown rather than guess.
-  }
-  const commit = firstLine('git', ['-C', repoRoot, 'rev-parse', '--short', 'HEAD']);
-  const dirty = firstLine('git', ['-C', repoRoot, 'status', '--porcelain', '--', 'src', 'bin']) !== '';
+function describeLabMachine(parentDir) {
   // The labs' etcd WALs and journals are fsynced: the filesystem under them matters.
   const fsLines = firstLineMatching('df', ['--output=fstype', parentDir], /^(?!Type)\S/);
   return {
-    cpuModel,
-    cpuCount: os.cpus().length,
+    ...describeMachine(),
     memoryGiB: (os.totalmem() / GiB).toFixed(0),
-    kernel: `${os.type()} ${os.release()}`,
-    node: process.version,
-    fio: firstLine('fio', ['--version']),
     etcd: firstLine('etcd', ['--version']),
     tmpFilesystem: fsLines === '' ? 'unknown' : fsLines.trim(),
     parentDir,
-    meshblock: commit === 'unknown' ? 'unknown commit' : `commit ${commit}${dirty ? ' with uncommitted changes' : ''}`,
     build: describeBuild(),
   };
-}
-
-function loadAverage() {
-  return os.loadavg().map((load) => load.toFixed(2)).join(' ');
 }
 
 // --- report ----------------------------------------------------------------------------
@@ -619,22 +614,16 @@ ${analysisEnd}
 // --- main ------------------------------------------------------------------------------
 
 async function main() {
-  const parsed = optionsOrExitCode('bench-mdm', parseOptions, usage);
+  const parsed = await labBenchOptions('bench-mdm', parseOptions, usage, import.meta.url);
   if (parsed.exitCode !== undefined) return parsed.exitCode;
   const { options } = parsed;
-  if (wantsOwnNetwork(options)) return runInOwnNetwork(import.meta.url, 'bench-mdm');
   if (!options.sharedNetwork && !inOwnNetwork()) {
     process.stderr.write('bench-mdm: not root, so running in the shared network namespace: another lab on this machine may take a port of a killed MDM\n');
   }
-  handleSignals({
-    onSecondSignal: () => {
-      for (const labDir of labDirsUp) labDownSync(labDir);
-    },
-  });
 
   const startedAt = new Date().toISOString();
   const loads = { start: loadAverage(), end: '' };
-  const machine = describeMachine(options.parentDir);
+  const machine = describeLabMachine(options.parentDir);
   const workDir = fs.mkdtempSync(path.join(options.parentDir, 'meshblock-bench-mdm-'));
   const labs = [];
   try {

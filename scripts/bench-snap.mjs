@@ -45,14 +45,12 @@ import {
   exitRuntimeError,
   firstLine,
   freeLoopbackPort,
-  handleSignals,
   interruptedExitCode,
   killRunning,
   markdownTable,
   median,
   parseInteger,
   parseSharedOptions,
-  repoRoot,
   run,
   sharedOptionSpecs,
   spawnTracked,
@@ -61,9 +59,8 @@ import {
   throwIfInterrupted,
   waitForQuiet,
   writeSection,
-  optionsOrExitCode,
 } from './bench-common.mjs';
-import { inOwnNetwork, labDirsUp, labDownSync, labFile, labRestApi, labUp, labVolumeUri, runInOwnNetwork, stopLab, wantsOwnNetwork } from './bench-labs.mjs';
+import { describeMachine, inOwnNetwork, labBenchOptions, labDirsUp, labFile, labRestApi, labUp, labVolumeUri, stopLab } from './bench-labs.mjs';
 
 const sizeBytesMin = 64 * MiB;
 const volumes = [
@@ -409,19 +406,11 @@ function readRows(reads) {
   };
 }
 
-function describeMachine(parentDir) {
-  let cpuModel = 'unknown';
-  try {
-    const match = /^model name\s*:\s*(.+)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
-    if (match !== null) cpuModel = match[1].trim();
-  } catch {
-    // Not Linux: say unknown rather than guess.
-  }
-  const commit = firstLine('git', ['-C', repoRoot, 'rev-parse', '--short', 'HEAD']);
-  const dirty = firstLine('git', ['-C', repoRoot, 'status', '--porcelain', '--', 'src', 'bin']) !== '';
+function describeSnapMachine(parentDir) {
+  const machine = describeMachine();
   return {
-    text: `${cpuModel}, ${os.cpus().length} CPUs, ${(os.totalmem() / GiB).toFixed(0)} GiB RAM, ${os.type()} ${os.release()}, Node ${process.version}, ${firstLine('fio', ['--version'])}, ${firstLine('qemu-nbd', ['--version'])}`,
-    meshblock: commit === 'unknown' ? 'unknown commit' : `commit ${commit}${dirty ? ' with uncommitted changes' : ''}`,
+    text: `${machine.cpuModel}, ${machine.cpuCount} CPUs, ${(os.totalmem() / GiB).toFixed(0)} GiB RAM, ${machine.kernel}, Node ${machine.node}, ${machine.fio}, ${firstLine('qemu-nbd', ['--version'])}`,
+    meshblock: machine.meshblock,
     build: describeBuild(),
     parentDir,
   };
@@ -444,17 +433,11 @@ ${analysisEnd}
 // --- main ------------------------------------------------------------------------------
 
 async function main() {
-  const parsed = optionsOrExitCode('bench-snap', parseOptions, usage);
+  const parsed = await labBenchOptions('bench-snap', parseOptions, usage, import.meta.url);
   if (parsed.exitCode !== undefined) return parsed.exitCode;
   const { options } = parsed;
-  if (wantsOwnNetwork(options)) return runInOwnNetwork(import.meta.url, 'bench-snap');
-  handleSignals({
-    onSecondSignal: () => {
-      for (const labDir of labDirsUp) labDownSync(labDir);
-    },
-  });
   const startedAt = new Date().toISOString();
-  const machine = describeMachine(options.parentDir);
+  const machine = describeSnapMachine(options.parentDir);
   const cpuCount = os.cpus().length;
   const workDir = fs.mkdtempSync(path.join(options.parentDir, 'meshblock-bench-snap-'));
   let lab = null;
