@@ -183,8 +183,17 @@ export const scrubPassGapMs = 10_000;
 export const scrubIdleRecheckMs = 200;
 /** Ranges bad on both copies an SDS remembers and reports (the newest). */
 export const unrepairableRangesMax = 100;
-/** A slot not written for this long, with a flush since its last write, is closed (its entry's open flag cleared). */
-export const slotCloseIdleMs = 5_000;
+/**
+ * A slot not written for this long, with a flush since its last write, is closed (its
+ * entry's open flag cleared); its next write first opens it again, at the cost of an
+ * fdatasync. 5 s made the bench's rewrite pass pay that sync for every chunk (half the QD1
+ * IOPS); open slots only cost reading them back after a power cut (openSlotsPerDeviceMax).
+ */
+export const slotCloseIdleMs = 60_000;
+/** Open slots a device keeps at most: beyond, the least recently written durable ones are closed (at most 4 GiB to verify after a cut). */
+export const openSlotsPerDeviceMax = 4096;
+/** How often slots are looked at for closing. */
+export const slotCloseCheckMs = 5_000;
 /** Slots whose block checksums an SDS keeps in memory (1 KiB each for 1 MiB chunks): 64 MiB, 64 GiB of chunks. */
 export const checksumCacheSlotsMax = 65_536;
 /** A fill order not answered by the group being in sync is repeated after this long. */

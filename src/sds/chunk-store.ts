@@ -51,8 +51,8 @@
 //   rewrite:  a write into a slot whose entry is closed first writes the entry open and
 //             waits for an fdatasync; then data and checksums go out with no order between
 //             them. A slot is closed again (entry rewritten, no sync needed) once a flush
-//             has made its writes durable and it has been idle slotCloseIdleMs, and on a
-//             clean close.
+//             has made its writes durable and it has been idle slotCloseIdleMs (or the
+//             device has more than openSlotsPerDeviceMax open), and on a clean close.
 //   free:     drop the key from memory, zero the entry and the checksum header; after the
 //             next fdatasync discard the slot and give it back to the free list. Until the
 //             zeroed entry is durable the slot may still be the old key's after a cut, so
@@ -102,7 +102,7 @@ import { ShortReadError } from '../common/positional-io.js';
 import type { IntegrityCounters, UnrepairableRange } from '../wire/sds-ops.js';
 import { nativeDeviceIo, type DeviceIo, type DeviceIoFactory } from './device-io.js';
 import { checksumAreaBytes, checksumBlockBytes, checksumHeaderBytes, openDevice, slotEntryBytes, type DeviceOwner, type OpenedDevice } from './device.js';
-import { checksumCacheSlotsMax, rateWindowMs, slotCloseIdleMs, unrepairableRangesMax } from '../common/limits.js';
+import { checksumCacheSlotsMax, openSlotsPerDeviceMax, rateWindowMs, slotCloseCheckMs, slotCloseIdleMs, unrepairableRangesMax } from '../common/limits.js';
 
 export { checksumBlockBytes } from './device.js';
 
@@ -365,7 +365,7 @@ export class ChunkStore {
     this.rateTimer = setInterval(() => {
       for (const device of this.devices) device.sampleRates(rateWindowMs);
     }, rateWindowMs).unref();
-    this.closeTimer = setInterval(() => this.closeIdleSlots(), slotCloseIdleMs).unref();
+    this.closeTimer = setInterval(() => this.closeIdleSlots(), slotCloseCheckMs).unref();
   }
 
   /** Opens (formatting blank ones) every device and reads the slot tables into the index. */
@@ -1266,17 +1266,26 @@ export class ChunkStore {
     location.lastWriteMs = Date.now();
   }
 
-  /** Closes open slots idle for slotCloseIdleMs whose every change an fdatasync has made durable. */
+  /**
+   * Closes open slots whose every change an fdatasync has made durable: those idle for
+   * slotCloseIdleMs, and, on a device over openSlotsPerDeviceMax, the least recently
+   * written others until it is not.
+   */
   private closeIdleSlots(): void {
     const idleBeforeMs = Date.now() - slotCloseIdleMs;
     for (const device of this.devices) {
       if (device.state !== 'normal') continue;
-      for (const location of device.openSlots) {
-        if (location.busy > 0 || location.opening !== null || location.checksumWrite !== null) continue;
-        if (location.lastWriteMs > idleBeforeMs || location.lastWriteSeq > device.syncedSeq) continue;
+      const closable = [...device.openSlots].filter(
+        (location) => location.busy === 0 && location.opening === null && location.checksumWrite === null && location.lastWriteSeq <= device.syncedSeq,
+      );
+      closable.sort((a, b) => a.lastWriteMs - b.lastWriteMs);
+      let excess = device.openSlots.size - openSlotsPerDeviceMax;
+      for (const location of closable) {
+        if (location.lastWriteMs > idleBeforeMs && excess <= 0) break;
+        excess -= 1;
         location.open = false;
         device.openSlots.delete(location);
-        this.writeEntry(location).catch((err: unknown) => this.log.warn({ err, deviceId: device.deviceId, slot: location.slot }, 'closing an idle slot failed; it stays open'));
+        this.writeEntry(location).catch((err: unknown) => this.log.warn({ err, deviceId: device.deviceId, slot: location.slot }, 'closing a slot failed; it stays open'));
       }
     }
   }
