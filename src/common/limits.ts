@@ -194,6 +194,11 @@ export const slotCloseIdleMs = 60_000;
 export const openSlotsPerDeviceMax = 4096;
 /** How often slots are looked at for closing. */
 export const slotCloseCheckMs = 5_000;
+/**
+ * Free slots an SDS keeps zeroed and synced per device, in the background, so that a plain
+ * first write takes one and needs no fdatasync before its entry (chunk-store.ts).
+ */
+export const zeroedSlotsReadyMax = 32;
 /** Slots whose block checksums an SDS keeps in memory (1 KiB each for 1 MiB chunks): 64 MiB, 64 GiB of chunks. */
 export const checksumCacheSlotsMax = 65_536;
 /** A fill order not answered by the group being in sync is repeated after this long. */

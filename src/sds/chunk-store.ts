@@ -48,6 +48,12 @@
 //             an ancestor's chunk, docs/snapshots.md) is the same order with the ancestor's
 //             bytes as the first content: a head never reads zeros where it read its
 //             ancestor's acknowledged data.
+//             A plain first write (no ancestor to hide) skips that fdatasync when it gets a
+//             slot from the device's zeroed pool: free slots zeroed in the background, a
+//             batch at a time, each batch made durable by one fdatasync before its slots are
+//             handed out. Its content, checksums and entry then go out in no order: after a
+//             cut that kept the entry, each sector holds zeros or the write's bytes (the old
+//             or the new content), and the slot is open, so its blocks are verified at open.
 //   rewrite:  a write into a slot whose entry is closed first writes the entry open and
 //             waits for an fdatasync; then data and checksums go out with no order between
 //             them. A slot is closed again (entry rewritten, no sync needed) once a flush
@@ -102,7 +108,7 @@ import { ShortReadError } from '../common/positional-io.js';
 import type { IntegrityCounters, UnrepairableRange } from '../wire/sds-ops.js';
 import { nativeDeviceIo, type DeviceIo, type DeviceIoFactory } from './device-io.js';
 import { checksumAreaBytes, checksumBlockBytes, checksumHeaderBytes, openDevice, slotEntryBytes, type DeviceOwner, type OpenedDevice } from './device.js';
-import { checksumCacheSlotsMax, openSlotsPerDeviceMax, rateWindowMs, slotCloseCheckMs, slotCloseIdleMs, unrepairableRangesMax } from '../common/limits.js';
+import { checksumCacheSlotsMax, openSlotsPerDeviceMax, rateWindowMs, slotCloseCheckMs, slotCloseIdleMs, unrepairableRangesMax, zeroedSlotsReadyMax } from '../common/limits.js';
 
 export { checksumBlockBytes } from './device.js';
 
@@ -154,6 +160,9 @@ export interface HeldChunk {
  * (header): zeros, or zeros with `content` at `offsetBytes` (a first write, a copy on write).
  */
 type SlotFill = 'zeros' | { content: Buffer; offsetBytes: number };
+
+/** A new slot's first content hides an ancestor's chunk (copy on write): never without the sync before the entry. */
+type FillOrder = { hidesAncestor: boolean };
 
 /** Why a key is held but never read here. */
 type LostReason = 'device' | 'entry';
@@ -222,6 +231,11 @@ export class StoreDevice {
   readonly pendingFree: Array<{ slot: number; seq: number }> = [];
   /** Freed slots being discarded (their entry zeroed durably): free once the discard is done. */
   discarding = 0;
+  /** Free slots whose bytes are zeros, durably (zeroed, then an fdatasync): a plain first write's, with no sync of its own. */
+  readonly zeroedSlots: number[] = [];
+  /** Free slots being zeroed for zeroedSlots, and the promise of that batch. */
+  zeroing = 0;
+  zeroed: Promise<void> = Promise.resolve();
   /** Settles when the discards in flight are done. */
   discarded: Promise<void> = Promise.resolve();
   /** Slots whose entry is open. */
@@ -259,7 +273,7 @@ export class StoreDevice {
 
   /** Free slots, counting those waiting for an fdatasync or a discard to be reused. */
   get freeSlotCount(): number {
-    return this.freeSlots.length + this.pendingFree.length + this.discarding;
+    return this.freeSlots.length + this.pendingFree.length + this.discarding + this.zeroedSlots.length + this.zeroing;
   }
 
   slotOffsetBytes(slot: number): number {
@@ -302,6 +316,8 @@ export interface ChunkStoreOptions {
    * what they cost. Either makes the store unsafe: the SDS logs so loudly at start.
    */
   benchWithout?: { checksums?: boolean; safeAllocation?: boolean };
+  /** Free slots kept zeroed per device (default zeroedSlotsReadyMax; 0: every allocation syncs, as a test of that order wants). */
+  zeroedSlotsReady?: number;
 }
 
 /** What the scrub learns of one chunk copy (scrubChunk). */
@@ -400,6 +416,7 @@ export class ChunkStore {
       throw err;
     }
     this.devices.push(device);
+    this.refillZeroed(device);
     return device;
   }
 
@@ -815,7 +832,7 @@ export class ChunkStore {
   async writeShadowing(key: ChunkKey, content: Buffer | 'zeros', options: { fua: boolean; preferDeviceId?: string | undefined }): Promise<void> {
     assert(content === 'zeros' || content.length === this.chunkBytes, 'a shadowing write is one whole chunk');
     const fill: SlotFill = content === 'zeros' ? 'zeros' : { content, offsetBytes: 0 };
-    const found = await this.locate(key, { create: true, fill, whole: true, preferDeviceId: options.preferDeviceId });
+    const found = await this.locate(key, { create: true, fill, whole: true, hidesAncestor: true, preferDeviceId: options.preferDeviceId });
     assert(found !== null, 'locate with create returns a slot');
     const { location } = found;
     if (!found.fresh) await this.change(location, 0, this.chunkBytes, content === 'zeros' ? null : content);
@@ -951,7 +968,7 @@ export class ChunkStore {
    * Rewritten whole (a rebuild's Put) or trimmed whole, it is whole again; a partial write
    * or trim leaves it `lost` — kept, but never read — since the rest of it is not here.
    */
-  private async locate(key: ChunkKey, options: { create: boolean; fill: SlotFill; whole: boolean; preferDeviceId?: string | undefined }): Promise<{ location: Location; fresh: boolean } | null> {
+  private async locate(key: ChunkKey, options: { create: boolean; fill: SlotFill; whole: boolean; hidesAncestor?: boolean; preferDeviceId?: string | undefined }): Promise<{ location: Location; fresh: boolean } | null> {
     const name = keyName(key);
     const found = this.index.get(name) ?? (await this.allocating.get(name));
     if (found !== undefined) {
@@ -968,7 +985,7 @@ export class ChunkStore {
     const again = this.index.get(name) ?? this.allocating.get(name);
     // Another caller's allocation: its fill, not ours, went into the slot (`fresh` false).
     if (again !== undefined) return { location: await again, fresh: false };
-    const allocation = this.allocate(key, options.fill, options.preferDeviceId);
+    const allocation = this.allocate(key, options.fill, { hidesAncestor: options.hidesAncestor === true }, options.preferDeviceId);
     this.allocating.set(name, allocation);
     this.touched(key);
     try {
@@ -980,7 +997,7 @@ export class ChunkStore {
   }
 
   /** The allocate order of the header: first content and checksums, fdatasync, then the entry (open). */
-  private async allocate(key: ChunkKey, fill: SlotFill, preferDeviceId: string | undefined): Promise<Location> {
+  private async allocate(key: ChunkKey, fill: SlotFill, order: FillOrder, preferDeviceId: string | undefined): Promise<Location> {
     const reserved = Math.max(0, (this.reservations.get(key.vtreeId) ?? 0) - (this.allocatedByVtree.get(key.vtreeId) ?? 0));
     if (reserved === 0 && this.unreservedFreeSlots() <= 0) {
       throw new StoreError('MB_ERR_NO_SPACE', `no free chunk slot on this SDS (${this.reservedUnusedSlots()} slots are reserved for thick volumes)`);
@@ -991,20 +1008,31 @@ export class ChunkStore {
     if (device === undefined) throw new StoreError('MB_ERR_NO_SPACE', 'no healthy device with a free chunk slot');
     this.countAllocated(key.vtreeId, 1);
     let slot: number | undefined;
+    let zeroed = false;
     try {
-      // Slots freed since the last fdatasync come back with the next one, and their discard.
-      while (device.freeSlots.length === 0 && (device.pendingFree.length > 0 || device.discarding > 0)) {
-        if (device.pendingFree.length > 0) await this.syncAfterWrites(device);
-        else await device.discarded;
+      // A plain first write (nothing older to hide: the chunk reads as zeros until then)
+      // takes a slot known to hold zeros durably, and needs no sync before its entry: after
+      // a cut that kept the entry and not all of the content, each sector reads as zeros or
+      // as the write, which is what an unacknowledged write may leave.
+      if (!order.hidesAncestor && this.safeAllocation && device.zeroedSlots.length > 0) {
+        slot = device.zeroedSlots.pop();
+        zeroed = true;
+      } else {
+        // Slots freed since the last fdatasync come back with the next one, and their discard.
+        while (device.freeSlots.length === 0 && device.zeroedSlots.length === 0 && (device.pendingFree.length > 0 || device.discarding > 0 || device.zeroing > 0)) {
+          if (device.pendingFree.length > 0) await this.syncAfterWrites(device);
+          else if (device.discarding > 0) await device.discarded;
+          else await device.zeroed;
+        }
+        slot = device.freeSlots.pop() ?? device.zeroedSlots.pop();
       }
-      slot = device.freeSlots.pop();
       if (slot === undefined) throw new StoreError('MB_ERR_NO_SPACE', 'no healthy device with a free chunk slot');
       const location = newLocation(device, slot, this.nextSequence++, key, true);
       const area = newChecksumArea(key, this.blocksPerChunk);
       const checksums = checksumsOf(area);
       const base = device.slotOffsetBytes(slot);
       const whole = fill !== 'zeros' && fill.content.length === this.chunkBytes;
-      if (!whole) await this.zeroRange(device, base, this.chunkBytes);
+      if (!whole && !zeroed) await this.zeroRange(device, base, this.chunkBytes);
       if (fill !== 'zeros') {
         await this.writeFully(device, fill.content, base + fill.offsetBytes);
         if (this.checksums) {
@@ -1014,12 +1042,13 @@ export class ChunkStore {
       }
       this.setChecksums(location, area);
       if (this.checksums) await this.writeChecksumArea(location);
-      if (this.safeAllocation) await this.syncAfterWrites(device);
+      if (this.safeAllocation && !zeroed) await this.syncAfterWrites(device);
       await this.writeEntry(location);
       device.usedSlotCount += 1;
       device.openSlots.add(location);
       this.markWritten(location);
       this.index.set(keyName(key), location);
+      this.refillZeroed(device);
       return location;
     } catch (err) {
       this.countAllocated(key.vtreeId, -1);
@@ -1027,6 +1056,33 @@ export class ChunkStore {
       if (slot !== undefined && device.state === 'normal') device.freeSlots.push(slot);
       throw err;
     }
+  }
+
+  /**
+   * Keeps up to zeroedSlotsReady free slots of a device zeroed and synced, in the
+   * background: a batch is zeroed, one fdatasync makes it durable, and only then are its
+   * slots taken by allocations that skip their own sync.
+   */
+  private refillZeroed(device: StoreDevice): void {
+    const target = this.options.zeroedSlotsReady ?? zeroedSlotsReadyMax;
+    if (device.state !== 'normal' || device.zeroing > 0 || device.zeroedSlots.length > target / 2) return;
+    const batch: number[] = [];
+    while (batch.length + device.zeroedSlots.length < target && device.freeSlots.length > 0) batch.push(device.freeSlots.pop() as number);
+    if (batch.length === 0) return;
+    device.zeroing = batch.length;
+    device.zeroed = (async () => {
+      try {
+        for (const slot of batch) await this.zeroRange(device, device.slotOffsetBytes(slot), this.chunkBytes);
+        await this.syncAfterWrites(device);
+        // Lowest last, so that allocations take the lowest first.
+        device.zeroedSlots.push(...batch.reverse());
+      } catch (err) {
+        this.log.warn({ err, deviceId: device.deviceId }, 'zeroing free slots ahead failed; they are allocated with a sync each');
+        if (device.state === 'normal') device.freeSlots.push(...batch);
+      } finally {
+        device.zeroing = 0;
+      }
+    })();
   }
 
   private async releaseSlot(location: Location): Promise<void> {
@@ -1405,6 +1461,7 @@ export class ChunkStore {
           await Promise.all(open.map((location) => this.writeEntry(location)));
           if (open.length > 0) await this.syncDevice(device);
           await device.discarded;
+          await device.zeroed;
         }
       } catch (err) {
         this.log.error({ err, deviceId: device.deviceId }, 'syncing and closing slots at close failed: the next open verifies the open ones');

@@ -18,7 +18,8 @@ const owner = { clusterId: 'c0ffee00c0ffee00', sdsId: '0a0b0c0d0e0f1011', sdsNam
 const key = (chunkIndex: number): ChunkKey => ({ poolId: '00000000000000a1', vtreeId: '00000000000000b2', chunkIndex, generation: 0 });
 
 function open(file: string, benchWithout?: { checksums?: boolean }): Promise<ChunkStore> {
-  return ChunkStore.open([file], { owner, chunkBytes, force: false, log, ...(benchWithout !== undefined ? { benchWithout } : {}) });
+  // No zeroed pool: the tests find a chunk in the lowest free slot.
+  return ChunkStore.open([file], { owner, chunkBytes, force: false, log, zeroedSlotsReady: 0, ...(benchWithout !== undefined ? { benchWithout } : {}) });
 }
 
 function flip(file: string, positionBytes: number): void {

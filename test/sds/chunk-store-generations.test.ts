@@ -20,8 +20,9 @@ const vtreeId = '7777000011112222';
 const log = pino({ level: 'silent' });
 const keyOf = (chunkIndex: number, generation: number): ChunkKey => ({ poolId, vtreeId, chunkIndex, generation });
 
-async function openStore(file: string): Promise<ChunkStore> {
-  return ChunkStore.open([file], { owner: { clusterId: 'c0ffee00c0ffee00', sdsId: '0a0b0c0d0e0f1011', sdsName: 'sds-a' }, chunkBytes, force: false, log });
+async function openStore(file: string, zeroedSlotsReady = 0): Promise<ChunkStore> {
+  // No zeroed pool unless asked: its background zeroing would interleave with the orders recorded below.
+  return ChunkStore.open([file], { owner: { clusterId: 'c0ffee00c0ffee00', sdsId: '0a0b0c0d0e0f1011', sdsName: 'sds-a' }, chunkBytes, force: false, log, zeroedSlotsReady });
 }
 
 async function readVia(store: ChunkStore, chunkIndex: number, path: number[], offsetBytes = 0, lengthBytes = chunkBytes): Promise<Buffer> {
@@ -121,6 +122,24 @@ t.test('a new slot gets its content, checksums and an fdatasync before its entry
   const block = Buffer.alloc(4096);
   await reopened.read(keyOf(2, 0), 0, block);
   t.ok(block.subarray(512, 1024).equals(Buffer.alloc(512, 11)) && block.subarray(0, 512).equals(Buffer.alloc(512)), 'the merged block reads back');
+});
+
+t.test('a plain first write takes a slot from the zeroed pool: no fdatasync of its own; a copy on write still syncs', async (t) => {
+  const store = await openStore(sparseFile(t.testdir(), 'device.img', 16 * 1024 * KiB), 4);
+  t.teardown(() => store.close());
+  const device = store.devices[0];
+  if (device === undefined) throw new Error('no device');
+  for (let waited = 0; device.zeroedSlots.length < 4 && waited < 100; waited++) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.equal(device.zeroedSlots.length, 4, 'the pool is filled in the background');
+  const events = recordCalls(store);
+  await store.write(keyOf(3, 0), 4096, Buffer.alloc(4096, 12), { fua: false });
+  t.same(events.slice(0, 3), ['data', 'checksums', 'entry'], 'content, checksums and entry, no zeroing and no sync first');
+  events.length = 0;
+  await store.writeShadowing(keyOf(3, 1), Buffer.alloc(chunkBytes, 13), { fua: false });
+  t.same(events.filter((event) => event !== 'zero').slice(0, 4), ['data', 'checksums', 'sync', 'entry'], 'a copy on write keeps its sync before the entry');
+  const read = Buffer.alloc(chunkBytes);
+  await store.read(keyOf(3, 0), 0, read);
+  t.ok(read.subarray(4096, 8192).equals(Buffer.alloc(4096, 12)) && read.subarray(0, 4096).equals(Buffer.alloc(4096)), 'the first write reads back, zeros around it');
 });
 
 t.test('a key being read through another generation is not freed', async (t) => {

@@ -456,10 +456,12 @@ class SeedRun {
     for (const key of held) if (!this.model.byName.has(keyName(key))) this.fail(`the store holds ${keyName(key)}, which was never written`);
     for (const device of store.devices) {
       if (device.damagedSlotCount !== 0) this.fail(`${device.damagedSlotCount} damaged slot-table entries after the cut`);
-      if (device.usedSlotCount + device.freeSlots.length + device.damagedSlotCount !== device.slotCount) {
-        this.fail(`slot accounting: ${device.usedSlotCount} used + ${device.freeSlots.length} free + ${device.damagedSlotCount} damaged != ${device.slotCount} slots`);
+      // Free counts the slots waiting for a sync, a discard or being zeroed ahead (the zeroed pool).
+      if (device.usedSlotCount + device.freeSlotCount + device.damagedSlotCount !== device.slotCount) {
+        this.fail(`slot accounting: ${device.usedSlotCount} used + ${device.freeSlotCount} free + ${device.damagedSlotCount} damaged != ${device.slotCount} slots`);
       }
-      if (new Set(device.freeSlots).size !== device.freeSlots.length) this.fail('a slot is on the free list twice');
+      const listed = [...device.freeSlots, ...device.zeroedSlots];
+      if (new Set(listed).size !== listed.length) this.fail('a slot is on the free lists twice');
     }
     const used = store.devices.reduce((sum, device) => sum + device.usedSlotCount, 0);
     if (used !== held.length) this.fail(`${used} slots in use for ${held.length} chunks held`);
