@@ -81,7 +81,11 @@ t.test('a group snapshot with real SDS processes: committed when they confirm, a
   t.equal(Object.values(service.state.model.volumes).find((volume) => volume.name === 'never'), undefined, 'nothing created');
   t.equal(service.state.model.snapshotBarrier, null);
   silent.process.kill('SIGCONT');
-  // Back (before it would be declared down), it takes the next snapshot.
+  // Back, it takes the next snapshot. On a loaded machine the health check may have declared
+  // it down meanwhile (3 s without a heartbeat, about the barrier's deadline), dropping its
+  // connection: the snapshot waits for it to be connected again (a CI run took it at once and
+  // found it 'not connected').
+  await until('the silent SDS to be connected again', () => service.state.model.sdss[silent.sdsId]?.state === 'connected');
   const later = await service.snapshotVolumes([{ volumeId: a, name: 'later', readOnly: false }]);
   t.equal(later.volumeIds.length, 1, 'the next snapshot is taken once it answers');
   t.same(service.state.model.vtrees[service.state.model.volumes[a]?.vtreeId as Id]?.generations, { '0': null, '1': 0, '2': 0, '3': 1, '4': 1 }, 'the tree: two snapshots of a');
