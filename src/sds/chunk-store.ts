@@ -236,6 +236,8 @@ export class StoreDevice {
   /** Free slots being zeroed for zeroedSlots, and the promise of that batch. */
   zeroing = 0;
   zeroed: Promise<void> = Promise.resolve();
+  /** Zeroing ahead failed here once: not tried again until the SDS restarts. */
+  zeroingStopped = false;
   /** Settles when the discards in flight are done. */
   discarded: Promise<void> = Promise.resolve();
   /** Slots whose entry is open. */
@@ -1065,20 +1067,25 @@ export class ChunkStore {
    */
   private refillZeroed(device: StoreDevice): void {
     const target = this.options.zeroedSlotsReady ?? zeroedSlotsReadyMax;
-    if (device.state !== 'normal' || device.zeroing > 0 || device.zeroedSlots.length > target / 2) return;
+    if (device.state !== 'normal' || device.zeroingStopped || device.zeroing > 0 || device.zeroedSlots.length > target / 2) return;
     const batch: number[] = [];
     while (batch.length + device.zeroedSlots.length < target && device.freeSlots.length > 0) batch.push(device.freeSlots.pop() as number);
     if (batch.length === 0) return;
     device.zeroing = batch.length;
     device.zeroed = (async () => {
       try {
-        for (const slot of batch) await this.zeroRange(device, device.slotOffsetBytes(slot), this.chunkBytes);
+        // The device's own calls, not zeroRange's: a background optimisation that fails (a
+        // thin backing store out of space, say) stops itself and never fails the device;
+        // the writes that need the space find out, as they would have.
+        device.dirty = true;
+        for (const slot of batch) await device.io.zero(device.slotOffsetBytes(slot), this.chunkBytes);
         await this.syncAfterWrites(device);
         // Lowest last, so that allocations take the lowest first.
         device.zeroedSlots.push(...batch.reverse());
       } catch (err) {
-        this.log.warn({ err, deviceId: device.deviceId }, 'zeroing free slots ahead failed; they are allocated with a sync each');
-        if (device.state === 'normal') device.freeSlots.push(...batch);
+        device.zeroingStopped = true;
+        this.log.warn({ err, deviceId: device.deviceId, path: device.path }, 'zeroing free slots ahead failed: stopped on this device until the SDS restarts; first writes there take a sync each');
+        device.freeSlots.push(...batch);
       } finally {
         device.zeroing = 0;
       }

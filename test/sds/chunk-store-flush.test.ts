@@ -26,6 +26,8 @@ async function openStore(t: { testdir: () => string; teardown: (fn: () => unknow
     chunkBytes: MiB,
     force: false,
     log: pino({ level: 'silent' }),
+    // No zeroed pool: its background zeroing marks the device dirty, which these tests watch.
+    zeroedSlotsReady: 0,
   });
   t.teardown(() => store.close());
   return store;
