@@ -176,7 +176,12 @@ t.test('QoS limits enforced by the SDC, live, visible, and kept across restarts 
     const loaded = median(loadedSeconds);
     t.ok(idleSeconds.length >= 3 && loadedSeconds.length >= 3, `seconds counted: ${idleSeconds.length} idle, ${loadedSeconds.length} loaded`);
     t.ok(idle > 0, `the other volume did IO (median ${idle.toFixed(0)} IOPS beside an idle neighbour)`);
-    t.ok(loaded >= idle * 0.7, `beside the limited neighbour at full load: median ${loaded.toFixed(0)} IOPS (at least 70% of ${idle.toFixed(0)})`);
+    // The bound is for a 2-core machine that tap shares with another test file: the
+    // neighbour's 1,000 IOPS are real IO that costs CPU here (measured medians 84% of the idle
+    // rate in one CI run, 65% in another where the parallel job was heavy). An unenforced
+    // limit would leave this depth-8 volume about 8/72 of the IO beside the neighbour's depth
+    // 64, far below the bound: the check still fails for that.
+    t.ok(loaded >= idle * 0.55, `beside the limited neighbour at full load: median ${loaded.toFixed(0)} IOPS (at least 55% of ${idle.toFixed(0)})`);
     await setLimits(cluster, 'qa', ['--iops', '0']);
   });
 
