@@ -511,11 +511,10 @@ export class ChunkStore {
       let changed = false;
       for (let offset = 0; offset < this.chunkBytes; offset += buffer.length) {
         await this.readFully(device, buffer, device.slotOffsetBytes(location.slot) + offset);
-        for (let block = 0; block < buffer.length / checksumBlockBytes; block++) {
-          const index = offset / checksumBlockBytes + block;
-          const bytes = buffer.subarray(block * checksumBlockBytes, (block + 1) * checksumBlockBytes);
-          if (blockVerifies(bytes, location.seed, checksums[index] as number)) continue;
-          checksums[index] = crc32c(bytes, location.seed);
+        const firstBlock = offset / checksumBlockBytes;
+        for (const index of failingBlocks(buffer, location.seed, checksums, firstBlock)) {
+          const block = index - firstBlock;
+          checksums[index] = crc32c(buffer.subarray(block * checksumBlockBytes, (block + 1) * checksumBlockBytes), location.seed);
           changed = true;
           torn += 1;
         }
@@ -711,11 +710,11 @@ export class ChunkStore {
       const bad: number[] = [];
       for (let offset = 0; offset < this.chunkBytes; offset += buffer.length) {
         await this.readFully(device, buffer, device.slotOffsetBytes(location.slot) + offset);
-        for (let block = 0; block < buffer.length / checksumBlockBytes; block++) {
-          const index = offset / checksumBlockBytes + block;
-          const bytes = buffer.subarray(block * checksumBlockBytes, (block + 1) * checksumBlockBytes);
+        const firstBlock = offset / checksumBlockBytes;
+        const failing = new Set(failingBlocks(buffer, seed, checksums, firstBlock));
+        for (let index = firstBlock; index < firstBlock + buffer.length / checksumBlockBytes; index++) {
           const stored = checksums[index] as number;
-          if (!blockVerifies(bytes, seed, stored)) bad.push(index);
+          if (failing.has(index)) bad.push(index);
           else digests[index] = stored === 0 ? crc32c(zeroBlock, seed) : stored;
         }
       }
@@ -1538,11 +1537,6 @@ export function keySeed(key: ChunkKey): number {
   const bytes = Buffer.alloc(24);
   encodeKey(key, bytes, 0);
   return crc32c(bytes);
-}
-
-/** A block verifies when its seeded CRC is the stored one, or when it is zeros under a stored 0 (never written). */
-function blockVerifies(bytes: Buffer, seed: number, stored: number): boolean {
-  return crc32c(bytes, seed) === stored || (stored === 0 && bytes.equals(zeroBlock));
 }
 
 /** The seeded CRC of each whole block of `bytes` into `checksums` from `firstBlock` on. */
