@@ -24,6 +24,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
+import { readBytes } from '../helpers/integrity.js';
 import { nbdLingerMs, nbdOptionBytesMax, nbdRequestBytesMax, nbdStringBytesMax } from '../../src/common/limits.js';
 import * as P from '../../src/nbd/protocol.js';
 import { sparseFile } from '../helpers/files.js';
@@ -67,14 +68,7 @@ const server = await startNbdServe(t, ['--file', file]);
 
 /** What the file itself holds: the server writes through the page cache, so this is its view. */
 function fileBytes(offsetBytes: number, lengthBytes: number): Buffer {
-  const buffer = Buffer.alloc(lengthBytes);
-  const fd = fs.openSync(file, 'r');
-  try {
-    fs.readSync(fd, buffer, 0, lengthBytes, offsetBytes);
-  } finally {
-    fs.closeSync(fd);
-  }
-  return buffer;
+  return readBytes(file, offsetBytes, lengthBytes);
 }
 
 function alive(handle: ServeHandle): boolean {

@@ -40,10 +40,10 @@
 
 import { pino } from 'pino';
 import t from 'tap';
+import { envInteger } from '../helpers/env.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
-import { OutOfRangeError } from '../../src/common/errors.js';
 import { crc32c } from '../../src/common/crc32c.js';
 import { mulberry32, mulberry32Uint32 } from '../../src/common/seeded-random.js';
 import { ChunkStore, keyName, type ChunkKey } from '../../src/sds/chunk-store.js';
@@ -469,14 +469,6 @@ class SeedRun {
 }
 
 // --- seeds ------------------------------------------------------------------------------
-
-function envInteger(name: string, fallback: number, min: number, max: number): number {
-  const text = process.env[name];
-  if (text === undefined || text === '') return fallback;
-  const value = Number(text);
-  if (!Number.isSafeInteger(value) || value < min || value > max) throw new OutOfRangeError(name, `an integer from ${min} to ${max}`, text);
-  return value;
-}
 
 const u32Max = 0xffff_ffff;
 const seedCount = envInteger('MESHBLOCK_POWER_LOSS_SEEDS', 16, 0, 1_000_000);

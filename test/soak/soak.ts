@@ -44,6 +44,7 @@ import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { OutOfRangeError } from '../../src/common/errors.js';
+import { envInteger } from '../helpers/env.js';
 import { mulberry32 } from '../../src/common/seeded-random.js';
 import type { MdmClusterView } from '../../src/mdm/cluster-member.js';
 import type { RestDashboard } from '../../src/mdm/rest-objects.js';
@@ -121,14 +122,6 @@ const mdmClusterFaultKinds: readonly FaultPlan[] = [
   { kind: 'master-stop', weight: 1, awayMsMin: 5000, awayMsMax: 7000 },
   { kind: 'master-etcd-kill', weight: 1, awayMsMin: 8000, awayMsMax: 12_000 },
 ];
-
-function envInteger(name: string, fallback: number, min: number, max: number): number {
-  const text = process.env[name];
-  if (text === undefined || text === '') return fallback;
-  const value = Number(text);
-  if (!Number.isSafeInteger(value) || value < min || value > max) throw new OutOfRangeError(name, `an integer from ${min} to ${max}`, text);
-  return value;
-}
 
 const soakSeconds = envInteger('SOAK_SECONDS', soakSecondsDefault, 1, 30 * 86_400);
 const seed = envInteger('SOAK_SEED', randomInt(0, u32Max + 1), 0, u32Max);
