@@ -304,7 +304,17 @@ export interface DeviceStats {
   checksumErrors?: number;
   /** Bytes of this device the scrub has read since the SDS started. */
   scrubbedBytes?: number;
+  /**
+   * How the SDS does this device's IO: 'direct' (O_DIRECT, asynchronous, no page cache) or
+   * 'buffered' (through the page cache), with why when it is not what was asked
+   * (docs/direct-io.md). Optional: older SDSs do not send it.
+   */
+  io?: DeviceIoMode;
+  ioReason?: string;
 }
+
+/** How an SDS does a device's IO (docs/direct-io.md). */
+export type DeviceIoMode = 'direct' | 'buffered';
 
 /** Checksums at rest and their repairs on one SDS, since it started (docs/integrity.md). */
 export interface IntegrityCounters {
