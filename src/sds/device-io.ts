@@ -78,8 +78,11 @@ export const nativeDeviceIo: DeviceIoFactory = (opened, log) => {
  * other's bytes. The chunk store's own IO on a device formatted for direct IO is whole
  * sectors (device.ts pads its metadata), so that path is the exception.
  */
+/** One pool for every device of the process: its idle memory is bounded once, not per device. */
+const alignedBuffers = new AlignedBuffers();
+
 export class DirectIo {
-  private readonly buffers = new AlignedBuffers();
+  private readonly buffers = alignedBuffers;
   /** Read-modify-writes in flight, by sector: the next one on a sector waits for the last. */
   private readonly sectorLocks = new Map<number, Promise<void>>();
 
