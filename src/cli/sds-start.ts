@@ -3,7 +3,7 @@
 // given over the wire (SdsOp.SetMap) by whoever holds the cluster secret with role 'mdm'
 // or 'test'. Either way the map is kept in the data directory across restarts.
 
-import { mdmAddressesMax, nameBytesMax, sdsThreadPoolSize } from '../common/limits.js';
+import { mdmAddressesMax, nameBytesMax } from '../common/limits.js';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -80,9 +80,6 @@ function devicePaths(values: readonly (string | number)[]): string[] {
 }
 
 export async function sdsStart(args: SdsStartArgs): Promise<void> {
-  // Before the first use of libuv's thread pool, which direct device IO runs on: one thread
-  // per device IO in flight (libuv reads this once, when the pool starts).
-  process.env['UV_THREADPOOL_SIZE'] ??= String(sdsThreadPoolSize);
   const log = createRootLogger(args['log-level'], 'sds');
   const dataDir = path.resolve(args['data-dir'] ?? `/var/lib/meshblock/sds-${args.name}`);
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
