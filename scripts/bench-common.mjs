@@ -316,6 +316,26 @@ export function threadContextSwitches(pid) {
   return { contextSwitches, threadCount: tids.length };
 }
 
+/** Resident set size of one process in bytes (VmRSS from /proc/PID/status); null once it is gone. */
+export function processRssBytes(pid) {
+  try {
+    const match = /^VmRSS:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match === null ? null : Number(match[1]) * 1024;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The machine's page cache in bytes: Cached (file pages) plus Buffers (block devices' pages,
+ * where IO through /dev/loopN or /dev/sdX without O_DIRECT lands) from /proc/meminfo.
+ */
+export function pageCacheBytes() {
+  const meminfo = fs.readFileSync('/proc/meminfo', 'utf8');
+  const field = (name) => Number(new RegExp(`^${name}:\\s+(\\d+) kB$`, 'm').exec(meminfo)?.[1] ?? 0) * 1024;
+  return field('Cached') + field('Buffers');
+}
+
 /** Busy and total CPU ticks of the whole machine, summed over all CPUs, from /proc/stat. */
 export function machineTicks() {
   const line = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0];

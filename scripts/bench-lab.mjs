@@ -26,7 +26,7 @@
 // purged (`lab down --purge`) and the temp dir removed on every path out.
 //
 // Usage: node scripts/bench-lab.mjs [--size 1G] [--runtime 10] [--ramp-time 2] [--rounds 1]
-//          [--out docs/benchmarks.md] [--dir /tmp] [--no-profile] [--quick]
+//          [--out docs/benchmarks.md] [--dir /tmp] [--no-profile] [--io auto|direct|buffered] [--quick]
 
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -34,6 +34,8 @@ import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
 import { GiB, MiB, formatBytes } from '../dist/common/units.js';
+import { InvalidArgumentError } from '../dist/common/errors.js';
+import { labIoModes } from '../dist/cli/lab.js';
 import {
   BenchError,
   checkPaths,
@@ -106,6 +108,8 @@ against nbdkit file on a plain file, alternating, and profiles the lab under loa
                        section's analysis markers)
   --dir DIR            where the temp dir (test file, lab) goes [default: ${os.tmpdir()}]
   --no-profile         skip the CPU-profiled extra run
+  --io MODE            the lab SDSs' device IO on their sparse files: auto, direct or buffered
+                       (lab up --io) [default: the lab's own, buffered]
   --qos-only           only the QoS limiter's cost (no nbdkit, no patterns, no profiles); with
                        --out, writes only its section '## Lab benchmark: the QoS limiter's cost'
   --quick              smoke test: --size 256M --runtime 3 --ramp-time 1 unless given
@@ -136,13 +140,15 @@ function parseOptions(argv) {
     args: argv,
     strict: true,
     allowPositionals: false,
-    options: { ...sharedOptionSpecs, 'no-profile': { type: 'boolean', default: false }, 'qos-only': { type: 'boolean', default: false } },
+    options: { ...sharedOptionSpecs, 'no-profile': { type: 'boolean', default: false }, 'qos-only': { type: 'boolean', default: false }, io: { type: 'string' } },
   });
   if (values.help) return null;
+  if (values.io !== undefined && !labIoModes.includes(values.io)) throw new InvalidArgumentError('--io', `must be one of ${labIoModes.join(', ')}, got '${values.io}'`);
   const options = {
     ...parseSharedOptions(values, { sizeText: '1G', sizeTextQuick: '256M', rounds: '1', sizeBytesMin }),
     profile: !values['no-profile'],
     qosOnly: values['qos-only'],
+    ioMode: values.io ?? null,
   };
   checkPaths(values, options);
   return options;
@@ -226,11 +232,11 @@ if (dir) {
 }
 `;
 
-async function startLab(labDir, sizeBytes, profileDir, preloadFile) {
+async function startLab(labDir, sizeBytes, profileDir, preloadFile, ioMode) {
   const port = await freeLoopbackPort();
   const deviceBytes = Math.max(labDeviceBytesMin, sizeBytes);
   const sizeText = `${deviceBytes / MiB}MiB`;
-  const extra = ['--detach', '--nbd-port', String(port), '--device-size', sizeText, '--volume', `${volumeName}:${sizeText}`];
+  const extra = ['--detach', '--nbd-port', String(port), '--device-size', sizeText, '--volume', `${volumeName}:${sizeText}`, ...(ioMode === null ? [] : ['--io', ioMode])];
   const env = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require=${preloadFile}`.trim(), MESHBLOCK_BENCH_PROFILE_DIR: profileDir };
   const state = await labUp(labDir, extra, { spawnOptions: { env } });
   throwIfInterrupted();
@@ -622,7 +628,7 @@ async function main() {
     fs.mkdirSync(profileDir);
     fs.writeFileSync(preloadFile, profilerPreload);
     if (options.qosOnly) {
-      const lab = await startLab(labDir, options.sizeBytes, profileDir, preloadFile);
+      const lab = await startLab(labDir, options.sizeBytes, profileDir, preloadFile, options.ioMode);
       process.stderr.write(`lab ready at ${lab.uri}; pre-writing ${formatBytes(options.sizeBytes)} of it\n`);
       await prewriteLab(lab, options.sizeBytes);
       process.stderr.write(`the QoS limiter's cost: ${qosPattern.id} with no limit and with limits set but not reached, alternated\n`);
@@ -639,7 +645,7 @@ async function main() {
     await createTestFile(file, options.sizeBytes);
     nbdkit = await startNbdkit(file, workDir);
     process.stderr.write(`nbdkit ready at ${nbdkit.uri}; starting the lab in ${labDir}\n`);
-    const lab = await startLab(labDir, options.sizeBytes, profileDir, preloadFile);
+    const lab = await startLab(labDir, options.sizeBytes, profileDir, preloadFile, options.ioMode);
     process.stderr.write(`lab ready at ${lab.uri}; pre-writing ${formatBytes(options.sizeBytes)} of it\n`);
     const prewriteSeconds = await prewriteLab(lab, options.sizeBytes);
     const sides = [nbdkit, lab];

@@ -10,7 +10,7 @@
 //   DIR/mdm/               the MDM's data directory (cluster.json, cluster.secret, api.crt, journal)
 //   DIR/sds1/ ...          each SDS's data directory
 //   DIR/sdc1/              the SDC's data directory
-//   DIR/devices/sds1.img   each SDS's device: a sparse file
+//   DIR/devices/sds1.img   each SDS's device: a sparse file (none when the lab runs on --device)
 //   DIR/logs/NAME.log      each daemon's stdout and stderr (appended across runs)
 //
 // Paths in lab.json are absolute: the MDM and the SDSs remember device paths too, so a lab
@@ -38,7 +38,7 @@ export interface LabProcess {
   address: string;
   dataDir: string;
   logFile: string;
-  /** SDS only: its device (a sparse file). */
+  /** SDS only: its device (a sparse file, or the device given with lab up --device). */
   devicePath?: string;
   /** An MDM of an MDM cluster: HOST:PORT of its REST API. */
   apiAddress?: string;
@@ -70,8 +70,13 @@ export interface LabFile {
   passwordFile: string;
   /** The cluster secret that SDSs and the SDC prove they know. */
   secretFile: string;
-  /** Size of each SDS's device, fixed at the first up. */
+  /** Size of each SDS's sparse-file device, fixed at the first up (unused when devicesGiven). */
   deviceSizeBytes: number;
+  /**
+   * True when the SDSs run on devices given with lab up --device (LabProcess.devicePath),
+   * fixed at the first up; absent for the lab's own sparse files.
+   */
+  devicesGiven?: true;
   /** The volumes lab up created (and maps to the lab's SDC); other volumes are the user's. */
   volumes: LabVolume[];
   /** mdm first, then the SDSs, then the SDC (an MDM cluster: the etcd members, then the MDMs). */

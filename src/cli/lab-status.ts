@@ -5,11 +5,15 @@
 // removed. Sizes are bytes. When the MDM cannot be asked (stopped, or not answering),
 // `volumes` is empty, `capacity` and `health` are null, and `lab.mdmError` says why.
 
+import { pino } from 'pino';
 import { KiB, formatBytes } from '../common/units.js';
 import type { RebuildStatus } from '../mdm/controller.js';
 import type { RestDashboard, RestSds, RestVolume } from '../mdm/rest-objects.js';
 import type { UnrepairableReport } from '../mdm/integrity.js';
-import type { IntegrityCounters, ScrubProgress } from '../wire/sds-ops.js';
+import { SdsOp, SdsStatus, type DeviceIoMode, type IntegrityCounters, type ScrubProgress, type SdsStats } from '../wire/sds-ops.js';
+import { WirePeer } from '../wire/peer.js';
+import { connectTcp } from '../wire/peer-pool.js';
+import { readSecretFile } from './secret.js';
 import type { MdmClusterView } from '../mdm/cluster-member.js';
 import { describeRebuild, describeScrub, describeUnrepairableLine } from './manage-format.js';
 import type { ApiClient } from './manage-client.js';
@@ -41,6 +45,16 @@ export interface LabStatusProcess {
   integrity?: IntegrityCounters | null;
   /** SDSs only: its background scrub with the current pass in percent; null as integrity, or before it reported one. */
   scrub?: (ScrubProgress & { passPercent: number }) | null;
+  /** SDSs only: its device, as the lab started it (a sparse file of the lab's, or a device given with --device). */
+  devicePath?: string;
+  /**
+   * SDSs only: how the SDS does that device's IO, as it reports it (DeviceStats.io): 'direct'
+   * (O_DIRECT, no page cache) or 'buffered' (the page cache); null while the SDS is stopped,
+   * does not answer, or is too old to say.
+   */
+  io?: DeviceIoMode | null;
+  /** SDSs only: why the SDS chose `io` when it is not what it was asked for (e.g. 'tmpfs refuses O_DIRECT'); null when there is nothing to say. */
+  ioReason?: string | null;
 }
 
 export interface LabStatusVolume {
@@ -115,6 +129,9 @@ export function processStatus(lab: LabFile): LabStatusProcess[] {
     if (record.role === 'sds') {
       entry.integrity = null;
       entry.scrub = null;
+      if (record.devicePath !== undefined) entry.devicePath = record.devicePath;
+      entry.io = null;
+      entry.ioReason = null;
     }
     if (lab.mdmCluster !== undefined && (record.role === 'mdm' || record.role === 'etcd')) {
       entry.clusterRole = record.role === 'etcd' ? (record.memberName?.startsWith('tb') === true ? 'tieBreaker' : 'manager') : null;
@@ -133,6 +150,7 @@ export async function collectStatus(dir: string, lab: LabFile, client: ApiClient
     health: null,
     unrepairable: [],
   };
+  await addDeviceIo(lab, status.processes);
   if (client === null) return status;
   try {
     const [view, volumes] = await Promise.all([client.get<RestDashboard>('/api/dashboard'), client.get<RestVolume[]>('/api/types/Volume/instances')]);
@@ -195,6 +213,50 @@ export async function collectStatus(dir: string, lab: LabFile, client: ApiClient
   return status;
 }
 
+/** How long `lab status` waits for an SDS's own stats before showing its IO mode as unknown. */
+export const labSdsStatsTimeoutMs = 3_000;
+
+/**
+ * Fills in each running SDS's IO mode from its own stats (SdsOp.Stats over the wire, with the
+ * lab's cluster secret), asked of every SDS at once: the MDM's REST API does not carry it, and
+ * the SDS is the one that knows. An SDS that does not answer keeps null.
+ */
+async function addDeviceIo(lab: LabFile, entries: LabStatusProcess[]): Promise<void> {
+  const sdsEntries = entries.filter((entry) => entry.role === 'sds' && entry.state === 'running');
+  if (sdsEntries.length === 0 || lab.clusterId === null) return;
+  let secret: Buffer;
+  try {
+    secret = readSecretFile('secretFile', lab.secretFile);
+  } catch {
+    return;
+  }
+  const clusterId = lab.clusterId;
+  await Promise.all(
+    sdsEntries.map(async (entry) => {
+      const stats = await askSdsStats(entry.address, clusterId, secret).catch(() => null);
+      const device = stats?.devices.find((candidate) => candidate.path === entry.devicePath) ?? (stats?.devices.length === 1 ? stats.devices[0] : undefined);
+      if (device === undefined) return;
+      entry.io = device.io ?? null;
+      entry.ioReason = device.ioReason ?? null;
+    }),
+  );
+}
+
+async function askSdsStats(address: string, clusterId: string, secret: Buffer): Promise<SdsStats> {
+  const socket = await connectTcp(address, labSdsStatsTimeoutMs);
+  let peer: WirePeer | null = null;
+  try {
+    // Role 'sdc': the least a stats reader needs (SdsOp.Stats is open to every role).
+    peer = await WirePeer.connect(socket, { clusterId, secret, role: 'sdc', name: 'lab-status', log: pino({ level: 'silent' }) });
+    const response = await peer.request(SdsOp.Stats, Buffer.alloc(0), { timeoutMs: labSdsStatsTimeoutMs });
+    if (response.status !== SdsStatus.Ok) throw new Error(`stats answered status ${response.status}`);
+    return JSON.parse(response.payload.toString('utf8')) as SdsStats;
+  } finally {
+    if (peer !== null) peer.destroy();
+    else socket.destroy();
+  }
+}
+
 function capacityOf(view: RestDashboard): LabStatusCapacity {
   const c = view.capacity;
   return {
@@ -215,6 +277,13 @@ function capacityOf(view: RestDashboard): LabStatusCapacity {
   };
 }
 
+/** An SDS's IO mode for the text form: 'direct', 'buffered (why)', '?' when unknown; '-' for other roles. */
+function describeIo(entry: LabStatusProcess): string {
+  if (entry.role !== 'sds') return '-';
+  if (entry.io === undefined || entry.io === null) return entry.state === 'running' ? '?' : '-';
+  return entry.ioReason === undefined || entry.ioReason === null || entry.ioReason === '' ? entry.io : `${entry.io} (${entry.ioReason})`;
+}
+
 /** The text form of `lab status`, also the foreground dashboard. */
 export function renderStatus(status: LabStatus): string {
   const lines: string[] = [];
@@ -228,6 +297,8 @@ export function renderStatus(status: LabStatus): string {
         { header: 'PID', value: (entry) => (entry.pid === null ? '-' : String(entry.pid)), align: 'right' },
         { header: 'ADDRESS', value: (entry) => entry.address },
         { header: 'STATE', value: (entry) => (entry.clusterState === null ? entry.state : `${entry.state}, ${entry.clusterState.toLowerCase()}`) },
+        { header: 'DEVICE', value: (entry) => entry.devicePath ?? '-' },
+        { header: 'IO', value: (entry) => describeIo(entry) },
       ],
       status.processes,
     ).trimEnd(),

@@ -2,8 +2,8 @@
 // out and for tests. One MDM, N SDSs each on one sparse file, one SDC serving NBD, all on
 // 127.0.0.1, laid out as pd1/sp1 with thin volumes mapped to the SDC.
 //
-//   meshblock lab up [--dir DIR] [--sds N] [--device-size SIZE] [--volume NAME:SIZE]...
-//                    [--nbd-port PORT] [--detach]
+//   meshblock lab up [--dir DIR] [--sds N] [--device-size SIZE | --device PATH...] [--force]
+//                    [--io auto|direct|buffered] [--volume NAME:SIZE]... [--nbd-port PORT] [--detach]
 //   meshblock lab status [--dir DIR] [--json]
 //   meshblock lab down [--dir DIR] [--purge]
 //
@@ -21,6 +21,17 @@
 // (labConnectionDefaults in lab-state.ts). An `up` that fails stops what it started; one
 // interrupted while starting leaves what it started so far running, recorded in lab.json, for
 // the next `up` to reuse or `down` to stop.
+//
+// Devices: by default each SDS gets a sparse file the lab makes (DIR/devices/sdsI.img), run
+// with `sds start --io buffered` (the page cache: on files that are mostly holes it is the
+// faster choice, see docs/benchmarks.md). `--device PATH`, once per SDS, runs the SDSs on
+// given block devices (or loop devices) instead, with `--io auto` (direct IO where the device
+// takes O_DIRECT). Like the device size, the devices are fixed at the first up; a later up may
+// name them again, in the same order (and more, for the SDSs --sds adds). A device that holds
+// a filesystem, partition table, LVM label or another cluster is refused by its SDS, as
+// `sds start` does, unless `lab up --force` passes --force on (only for that up: an SDS
+// never reformats a device that carries its own superblock, so a later --force is harmless).
+// `--io` overrides the mode for the SDSs this up starts.
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -81,6 +92,9 @@ export interface LabUpArgs {
   'rebuild-after': string | undefined;
   'rebuild-rate': string | undefined;
   'mdm-cluster': string | undefined;
+  device: string[] | undefined;
+  io: string | undefined;
+  force: boolean;
 }
 
 export interface LabDownArgs {
@@ -107,7 +121,21 @@ export interface LabUpRequest {
   rebuildRate: string | undefined;
   /** 1: one MDM with its journal; 3 or 5: an MDM cluster on etcd. Fixed at the first up. */
   mdmCluster: LabMdmClusterSize | undefined;
+  /** Absolute paths of the SDSs' devices, in SDS order (--device); undefined: the lab's own, or sparse files. */
+  devicePaths: string[] | undefined;
+  /** `sds start --io` of the SDSs this up starts; undefined: the default for the lab's kind of device. */
+  ioMode: LabIoMode | undefined;
+  /** Pass --force to `sds start`: format devices that hold something else. */
+  force: boolean;
 }
+
+/** `sds start --io` (docs/direct-io.md). */
+export type LabIoMode = 'auto' | 'direct' | 'buffered';
+export const labIoModes: readonly LabIoMode[] = ['auto', 'direct', 'buffered'];
+/** On the lab's sparse files: the page cache (measured against direct IO in docs/benchmarks.md). */
+export const labIoModeFilesDefault: LabIoMode = 'buffered';
+/** On devices given with --device: direct IO where the device takes it. */
+export const labIoModeDevicesDefault: LabIoMode = 'auto';
 
 function wholeNumber(flag: string, value: string, min: number, max: number): number {
   const number = /^\d+$/.test(value) ? Number(value) : Number.NaN;
@@ -142,6 +170,18 @@ export function parseLabUpArgs(args: LabUpArgs): LabUpRequest {
     if (seen.has(volume.name)) throw new InvalidArgumentError('--volume', `volume '${volume.name}' is named twice`);
     seen.add(volume.name);
   }
+  const devicePaths = args.device === undefined ? undefined : args.device.map((entry) => parseDeviceFlag(String(entry)));
+  const seenDevices = new Set<string>();
+  for (const device of devicePaths ?? []) {
+    if (seenDevices.has(device)) throw new InvalidArgumentError('--device', `${device} is named twice: each SDS needs a device of its own`);
+    seenDevices.add(device);
+  }
+  if (devicePaths !== undefined && args['device-size'] !== undefined) {
+    throw new InvalidArgumentError('--device-size', 'applies to the lab\'s sparse files only; with --device each device has its own size');
+  }
+  if (args.io !== undefined && !(labIoModes as readonly string[]).includes(String(args.io))) {
+    throw new InvalidArgumentError('--io', `must be one of ${labIoModes.join(', ')}, got '${args.io}'`);
+  }
   return {
     sdsCount: args.sds === undefined ? undefined : wholeNumber('--sds', String(args.sds), labSdsCountMin, labSdsCountMax),
     deviceSizeBytes: args['device-size'] === undefined ? undefined : wholeMiB('--device-size', String(args['device-size']), deviceBytesMin),
@@ -152,7 +192,28 @@ export function parseLabUpArgs(args: LabUpArgs): LabUpRequest {
     rebuildAfterSeconds: args['rebuild-after'] === undefined ? undefined : wholeNumber('--rebuild-after', String(args['rebuild-after']), 1, 86_400),
     rebuildRate: args['rebuild-rate'] === undefined ? undefined : `${parseSizeBytes('--rebuild-rate', String(args['rebuild-rate']))}`,
     mdmCluster: args['mdm-cluster'] === undefined ? undefined : parseMdmClusterFlag(String(args['mdm-cluster'])),
+    devicePaths,
+    ioMode: args.io === undefined ? undefined : (String(args.io) as LabIoMode),
+    force: args.force,
   };
+}
+
+/**
+ * A --device: an absolute path to something that exists and is a block device (or a regular
+ * file, e.g. for a test). What it holds is the SDS's to judge when it opens it.
+ */
+export function parseDeviceFlag(text: string): string {
+  if (text.trim() === '') throw new InvalidArgumentError('--device', 'must not be empty');
+  const device = path.resolve(text);
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(device);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new InvalidArgumentError('--device', `${device}: ${code === 'ENOENT' ? 'no such device or file' : (err as Error).message}`);
+  }
+  if (!stat.isBlockDevice() && !stat.isFile()) throw new InvalidArgumentError('--device', `${device}: not a block device or a regular file`);
+  return device;
 }
 
 // --- lab up -----------------------------------------------------------------------------------
@@ -209,6 +270,7 @@ async function prepareLab(dir: string, request: LabUpRequest): Promise<{ lab: La
       volumes: [],
       processes,
       mdmCluster: request.mdmCluster,
+      ...(request.devicePaths !== undefined ? { devicesGiven: true as const } : {}),
     };
   } else if (existing === null) {
     const mdmPort = await choosePort(labMdmPortFirst, taken);
@@ -223,6 +285,7 @@ async function prepareLab(dir: string, request: LabUpRequest): Promise<{ lab: La
       secretFile: path.join(mdmDir, 'cluster.secret'),
       deviceSizeBytes: request.deviceSizeBytes ?? labDeviceSizeBytesDefault,
       volumes: [],
+      ...(request.devicePaths !== undefined ? { devicesGiven: true as const } : {}),
       processes: [{ role: 'mdm', name: 'mdm', pid: null, address: `${loopback}:${mdmPort}`, dataDir: mdmDir, logFile: path.join(dir, 'logs', 'mdm.log') }],
     };
   } else {
@@ -230,8 +293,14 @@ async function prepareLab(dir: string, request: LabUpRequest): Promise<{ lab: La
     if (request.mdmCluster !== undefined && request.mdmCluster !== (lab.mdmCluster ?? 1)) {
       throw new InvalidArgumentError('--mdm-cluster', `this lab's MDM cluster has ${lab.mdmCluster ?? 1} node(s), fixed at its first up (lab down --purge starts over)`);
     }
+    if (request.deviceSizeBytes !== undefined && lab.devicesGiven === true) {
+      throw new InvalidArgumentError('--device-size', 'this lab runs on devices given with --device, each of its own size; --device-size is for sparse files');
+    }
     if (request.deviceSizeBytes !== undefined && request.deviceSizeBytes !== lab.deviceSizeBytes) {
       throw new InvalidArgumentError('--device-size', `this lab's devices are ${formatBytes(lab.deviceSizeBytes)}, fixed at its first up (lab down --purge starts over)`);
+    }
+    if (request.devicePaths !== undefined && lab.devicesGiven !== true) {
+      throw new InvalidArgumentError('--device', 'this lab runs on its own sparse files, fixed at its first up (lab down --purge starts over with --device)');
     }
   }
   const sdsRecords = lab.processes.filter((record) => record.role === 'sds');
@@ -239,10 +308,12 @@ async function prepareLab(dir: string, request: LabUpRequest): Promise<{ lab: La
   if (sdsCount < sdsRecords.length) {
     throw new InvalidArgumentError('--sds', `this lab has ${sdsRecords.length} SDSs; it only grows (remove SDSs with meshblock sds remove)`);
   }
+  const devicePaths = labDevicePaths(lab, sdsRecords, sdsCount, request.devicePaths);
   for (let index = sdsRecords.length + 1; index <= sdsCount; index++) {
     const name = `sds${index}`;
     const port = await choosePort(labSdsPortFirst, taken);
-    const record: LabProcess = { role: 'sds', name, pid: null, address: `${loopback}:${port}`, dataDir: path.join(dir, name), logFile: path.join(dir, 'logs', `${name}.log`), devicePath: path.join(dir, 'devices', `${name}.img`) };
+    const devicePath = devicePaths?.[index - 1] ?? path.join(dir, 'devices', `${name}.img`);
+    const record: LabProcess = { role: 'sds', name, pid: null, address: `${loopback}:${port}`, dataDir: path.join(dir, name), logFile: path.join(dir, 'logs', `${name}.log`), devicePath };
     // SDSs stay together, before the SDC.
     const sdcIndex = lab.processes.findIndex((entry) => entry.role === 'sdc');
     if (sdcIndex < 0) lab.processes.push(record);
@@ -267,6 +338,32 @@ async function prepareLab(dir: string, request: LabUpRequest): Promise<{ lab: La
   return { lab, volumesToCreate };
 }
 
+/**
+ * The devices of a lab on given devices, one per SDS in SDS order, checked against --device:
+ * exactly one per SDS, and the ones the lab has already in the same order (fixed at the
+ * first up). Null for a lab on sparse files.
+ */
+function labDevicePaths(lab: LabFile, sdsRecords: readonly LabProcess[], sdsCount: number, given: readonly string[] | undefined): string[] | null {
+  if (lab.devicesGiven !== true) return null;
+  const known = sdsRecords.map((record) => record.devicePath as string);
+  if (given === undefined) {
+    if (sdsCount > known.length) {
+      throw new InvalidArgumentError('--device', `this lab runs on given devices: growing it to ${sdsCount} SDSs needs --device for each of them (its ${known.length} devices first, in order)`);
+    }
+    return known;
+  }
+  if (given.length !== sdsCount) {
+    const sdsFlag = sdsRecords.length === 0 && given.length >= labSdsCountMin && given.length <= labSdsCountMax ? `, or --sds ${given.length}` : '';
+    throw new InvalidArgumentError('--device', `the lab has ${sdsCount} SDSs but --device was given ${given.length} time(s): give exactly one device per SDS${sdsFlag}`);
+  }
+  known.forEach((device, index) => {
+    if (given[index] !== device) {
+      throw new InvalidArgumentError('--device', `${sdsRecords[index]?.name ?? `sds${index + 1}`} runs on ${device}, fixed at the first up, not ${given[index]} (lab down --purge starts over)`);
+    }
+  });
+  return [...given];
+}
+
 function ensurePasswordFile(file: string): void {
   if (fs.existsSync(file)) return;
   fs.writeFileSync(file, `${randomBytes(18).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
@@ -288,7 +385,7 @@ const mdmReadyPattern = /^mdm of cluster ([0-9a-f]{16}) \(.*?\) listening on (\S
 const sdsReadyPattern = /^sds (\S+) \(([0-9a-f]{16})\) of cluster ([0-9a-f]{16}) listening on (\S+) with/m;
 
 /** Starts the MDM and the SDSs that are not running; `startedNow` collects them. */
-async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 'logLevel' | 'rebuildAfterSeconds' | 'rebuildRate'>, startedNow: LabProcess[], report: (line: string) => void): Promise<void> {
+async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 'logLevel' | 'rebuildAfterSeconds' | 'rebuildRate' | 'ioMode' | 'force'>, startedNow: LabProcess[], report: (line: string) => void): Promise<void> {
   const logLevel = request.logLevel;
   const mdm = lab.processes.find((record) => record.role === 'mdm') as LabProcess;
   const tuning: string[] = [];
@@ -329,6 +426,8 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
   }
   const clusterId = lab.clusterId as string;
   const sdss = lab.processes.filter((record) => record.role === 'sds');
+  const devicesGiven = lab.devicesGiven === true;
+  const ioMode = request.ioMode ?? (devicesGiven ? labIoModeDevicesDefault : labIoModeFilesDefault);
   const results = await Promise.allSettled(
     sdss.map(async (sds) => {
       if (isDaemonRunning(sds)) {
@@ -336,9 +435,10 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
         return;
       }
       const devicePath = sds.devicePath as string;
-      ensureDeviceFile(devicePath, lab.deviceSizeBytes);
+      if (!devicesGiven) ensureDeviceFile(devicePath, lab.deviceSizeBytes);
       const start = (): ReturnType<typeof startDaemon> => {
-        const args = ['sds', 'start', '--name', sds.name, '--device', devicePath, '--listen', sds.address, '--data-dir', sds.dataDir, '--cluster-id', clusterId, '--secret-file', lab.secretFile, '--mdm', mdmAddresses(lab), '--log-level', logLevel];
+        const args = ['sds', 'start', '--name', sds.name, '--device', devicePath, '--listen', sds.address, '--data-dir', sds.dataDir, '--cluster-id', clusterId, '--secret-file', lab.secretFile, '--mdm', mdmAddresses(lab), '--log-level', logLevel, '--io', ioMode];
+        if (request.force) args.push('--force');
         return startDaemon({ name: sds.name, args, logFile: sds.logFile, cwd: dir, ready: sdsReadyPattern });
       };
       // The SDS registers its address with the MDM, which takes a moved one.
@@ -349,7 +449,7 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
       });
       sds.pid = started.pid;
       startedNow.push(sds);
-      report(`started ${sds.name} (pid ${started.pid}) on ${sds.address} with ${devicePath} (${formatBytes(lab.deviceSizeBytes)})`);
+      report(`started ${sds.name} (pid ${started.pid}) on ${sds.address} with ${devicePath} (${devicesGiven ? 'given device' : formatBytes(lab.deviceSizeBytes)}, --io ${ioMode})`);
     }),
   );
   writeLabFile(dir, lab);
@@ -584,6 +684,16 @@ function labUpOptions(yargs: Argv): Argv<LabUpArgs> {
     .option('dir', dirOption)
     .option('sds', { type: 'string', describe: `how many SDSs, ${labSdsCountMin} to ${labSdsCountMax} [default: ${labSdsCountDefault} at the first up; a lab grows, never shrinks]`, requiresArg: true })
     .option('device-size', { type: 'string', describe: `size of each SDS's sparse-file device, whole MiB [default: ${formatBytes(labDeviceSizeBytesDefault)}; fixed at the first up]`, requiresArg: true })
+    .option('device', {
+      type: 'string',
+      array: true,
+      describe:
+        'run the SDSs on these block devices (or loop devices) instead of sparse files: exactly one --device per SDS, in order (repeatable) [fixed at the first up; ' +
+        'a later up may name them again, in the same order]. A device that holds a filesystem, partition table, LVM label or another cluster is refused unless --force',
+      requiresArg: true,
+    })
+    .option('force', { type: 'boolean', default: false, describe: "with --device: let the SDSs format devices that hold something else, destroying it (sds start --force; never reformats a lab device's own data)" })
+    .option('io', { choices: labIoModes, describe: `device IO of the SDSs this up starts (sds start --io) [default: ${labIoModeFilesDefault} on the lab's sparse files, ${labIoModeDevicesDefault} on --device]` })
     .option('volume', { type: 'string', array: true, describe: `a thin volume to create and export, NAME:SIZE (repeatable) [default at the first up: ${labVolumesDefault.map((volume) => `${volume.name}:${formatBytes(volume.sizeBytes).replace(' ', '')}`).join(' ')}]`, requiresArg: true })
     .option('nbd-port', { type: 'string', describe: `the SDC's NBD port on ${loopback} [default: ${nbdPortDefault} at the first up, then the lab's]`, requiresArg: true })
     .option('detach', { type: 'boolean', default: false, describe: 'return once the NBD exports are ready, leaving the lab running' })
@@ -595,7 +705,7 @@ function labUpOptions(yargs: Argv): Argv<LabUpArgs> {
 
 /** Adds `lab up|down|status`. */
 export function registerLabCommands(yargs: Argv, io: ManageIo = processIo): Argv {
-  return yargs.command('lab', 'an all-in-one cluster on this machine (MDM, SDSs on sparse files, SDC) for trying meshblock out', (lab) =>
+  return yargs.command('lab', 'an all-in-one cluster on this machine (MDM, SDSs on sparse files or given devices, SDC) for trying meshblock out', (lab) =>
     lab
       .command(
         'up',

@@ -33,7 +33,7 @@ const labUpTimeoutMs = 90_000;
 
 interface StatusJson {
   lab: { dir: string; clusterId: string | null; apiUrl: string; mdmReachable: boolean; mdmError: string | null };
-  processes: Array<{ role: string; name: string; pid: number | null; address: string; state: string; clusterState: string | null }>;
+  processes: Array<{ role: string; name: string; pid: number | null; address: string; state: string; clusterState: string | null; devicePath?: string; io?: string | null }>;
   volumes: Array<{ name: string; sizeBytes: number; nbdUri: string | null; mappedSdcs: string[] }>;
   capacity: Record<string, number> | null;
   health: { degradedBytes: number; failedBytes: number; rebuild: { state: string; percent: number } } | null;
@@ -80,14 +80,17 @@ function pidAlive(pid: number): boolean {
 }
 
 t.test('lab up, status, management, down, resume, purge', async (t) => {
+  // Whatever happens, no daemon outlives the test. Registered before t.testdir(), so that it
+  // runs before tap deletes the directory with the lab.json that `lab down` needs.
+  const cleanup: { dir: string | null } = { dir: null };
+  t.teardown(async () => {
+    if (cleanup.dir !== null && fs.existsSync(path.join(cleanup.dir, 'lab.json'))) await runMeshblock(['lab', 'down', '--dir', cleanup.dir]);
+  });
   // One t.testdir() call: each call makes the directory afresh.
   const scratch = t.testdir();
   const dir = path.join(scratch, 'lab');
+  cleanup.dir = dir;
   const nbdPort = await freePort();
-  // Whatever happens, no daemon outlives the test.
-  t.teardown(async () => {
-    if (fs.existsSync(path.join(dir, 'lab.json'))) await runMeshblock(['lab', 'down', '--dir', dir]);
-  });
   const lab = async (args: string[], timeoutMs = labUpTimeoutMs): Promise<RunResult> => runMeshblock(['lab', ...args], { timeoutMs });
   const status = async (): Promise<StatusJson> => {
     const result = await lab(['status', '--dir', dir, '--json']);
@@ -117,9 +120,14 @@ t.test('lab up, status, management, down, resume, purge', async (t) => {
   for (const entry of first.processes) {
     t.match(entry, { pid: Number, address: /^127\.0\.0\.1:\d+$/, state: 'running' }, `${entry.name} is running`);
     // SDSs also carry their checksum-at-rest counters and scrub progress (docs/integrity.md).
-    const fields = ['address', 'clusterState', 'name', 'pid', 'role', 'state', ...(entry.role === 'sds' ? ['integrity', 'scrub'] : [])].sort();
+    // And their device with its IO mode (issue 22): the lab's sparse file, buffered by default.
+    const fields = ['address', 'clusterState', 'name', 'pid', 'role', 'state', ...(entry.role === 'sds' ? ['integrity', 'scrub', 'devicePath', 'io', 'ioReason'] : [])].sort();
     t.same(Object.keys(entry).sort(), fields, `${entry.name} has exactly the contract's fields`);
     t.equal(entry.clusterState, entry.role === 'mdm' ? null : entry.role === 'sds' ? 'Normal' : 'Connected', `${entry.name} as the MDM sees it`);
+    if (entry.role === 'sds') {
+      t.equal(entry.devicePath, path.join(dir, 'devices', `${entry.name}.img`), `${entry.name} runs on the lab's sparse file`);
+      t.equal(entry.io, 'buffered', `${entry.name} does buffered IO on it (the lab's default on sparse files)`);
+    }
   }
   if (sdcBuilt) t.equal(first.processes.find((entry) => entry.role === 'sdc')?.address, `127.0.0.1:${nbdPort}`, 'the SDC serves NBD on --nbd-port');
   t.same(
