@@ -201,6 +201,12 @@ export const slotCloseCheckMs = 5_000;
 export const zeroedSlotsReadyMax = 32;
 /** Slots whose block checksums an SDS keeps in memory (1 KiB each for 1 MiB chunks): 64 MiB, 64 GiB of chunks. */
 export const checksumCacheSlotsMax = 65_536;
+/**
+ * Checksum areas changed in memory and not yet written, per device, before they are written
+ * without waiting for a flush (chunk-store.ts markAreaDirty): bounds the work a flush has
+ * left and the cache entries that cannot be evicted.
+ */
+export const dirtyAreasPerDeviceMax = 1024;
 /** Idle aligned buffers kept per size class for O_DIRECT IO (aligned-buffers.ts): at most 8 x 2 MiB of the largest. */
 export const alignedIdlePerClassMax = 8;
 /** A fill order not answered by the group being in sync is repeated after this long. */

@@ -55,8 +55,10 @@
 //             cut that kept the entry, each sector holds zeros or the write's bytes (the old
 //             or the new content), and the slot is open, so its blocks are verified at open.
 //   rewrite:  a write into a slot whose entry is closed first writes the entry open and
-//             waits for an fdatasync; then data and checksums go out with no order between
-//             them. A slot is closed again (entry rewritten, no sync needed) once a flush
+//             waits for an fdatasync; then the data goes out, and the slot's checksum area
+//             (changed in memory) with the next fdatasync, or sooner (markAreaDirty): a
+//             flush, FUA or any other sync writes the dirty areas first, so what it makes
+//             durable has its checksums; what it does not is in an open slot. A slot is closed again (entry rewritten, no sync needed) once a flush
 //             has made its writes durable and it has been idle slotCloseIdleMs (or the
 //             device has more than openSlotsPerDeviceMax open), and on a clean close.
 //   free:     drop the key from memory, zero the entry and the checksum header; after the
@@ -107,7 +109,7 @@ import { ShortReadError } from '../common/positional-io.js';
 import type { IntegrityCounters, UnrepairableRange } from '../wire/sds-ops.js';
 import { nativeDeviceIo, type DeviceIo, type DeviceIoFactory } from './device-io.js';
 import { checksumBlockBytes, checksumHeaderBytes, closeDevice, metadataStrides, openDevice, slotEntryBytes, type DeviceIoRequest, type DeviceOwner, type OpenedDevice } from './device.js';
-import { checksumCacheSlotsMax, openSlotsPerDeviceMax, rateWindowMs, slotCloseCheckMs, slotCloseIdleMs, unrepairableRangesMax, zeroedSlotsReadyMax } from '../common/limits.js';
+import { checksumCacheSlotsMax, dirtyAreasPerDeviceMax, openSlotsPerDeviceMax, rateWindowMs, slotCloseCheckMs, slotCloseIdleMs, unrepairableRangesMax, zeroedSlotsReadyMax } from '../common/limits.js';
 
 export { checksumBlockBytes } from './device.js';
 
@@ -189,6 +191,8 @@ interface Location {
   /** A checksum-area write in flight, and the one queued behind it for later changes. */
   checksumWrite: Promise<void> | null;
   checksumWriteQueued: Promise<void> | null;
+  /** The area in memory has changes not yet written (device.dirtyAreas holds it): written before the next fdatasync. */
+  areaDirty: boolean;
   /** Changes of the slot in progress: it is neither closed nor evicted meanwhile. */
   busy: number;
   /** Blocks found bad and counted, until rewritten: a block found again is not counted again. */
@@ -241,6 +245,8 @@ export class StoreDevice {
   discarded: Promise<void> = Promise.resolve();
   /** Slots whose entry is open. */
   readonly openSlots = new Set<Location>();
+  /** Slots whose checksum area changed since it was last written: written before the next fdatasync, or sooner (dirtyAreasPerDeviceMax, slotCloseCheckMs). */
+  readonly dirtyAreas = new Set<Location>();
   usedSlotCount = 0;
   damagedSlotCount = 0;
   checksumErrors = 0;
@@ -616,7 +622,7 @@ export class ChunkStore {
     // A failed device holds no copy anyone counts on (the MDM re-places its groups from
     // their other copies, which flushes reach): flushing it again would fail forever.
     const live = this.devices.filter((device) => device.state !== 'failed');
-    const syncs = live.map((device) => (device.dirty ? this.syncDevice(device) : device.syncing));
+    const syncs = live.map((device) => (device.dirty || device.dirtyAreas.size > 0 ? this.syncDevice(device) : device.syncing));
     await Promise.all(syncs.filter((sync): sync is Promise<void> => sync !== null));
   }
 
@@ -725,7 +731,9 @@ export class ChunkStore {
         }
       }
       device.scrubbedBytes += this.chunkBytes;
-      if (!onDisk.equals(expected) && bad.length === 0) {
+      // An area with changes not yet written (or on their way) differs from memory by design.
+      const settled = !location.areaDirty && location.checksumWrite === null;
+      if (settled && !onDisk.equals(expected) && bad.length === 0) {
         await this.writeChecksumArea(location);
         this.integrity.checksumErrors += 1;
         this.integrity.repairedBlocks += 1;
@@ -1049,7 +1057,10 @@ export class ChunkStore {
         }
       }
       this.setChecksums(location, area);
-      if (this.checksums) await this.writeChecksumArea(location);
+      // From the zeroed pool the checksums go out with the next fdatasync, in no order with
+      // the entry (header); otherwise they are durable before it.
+      if (this.checksums && zeroed) this.markAreaDirty(location);
+      else if (this.checksums) await this.writeChecksumArea(location);
       if (this.safeAllocation && !zeroed) await this.syncAfterWrites(device);
       await this.writeEntry(location);
       device.usedSlotCount += 1;
@@ -1104,7 +1115,11 @@ export class ChunkStore {
     this.checksumCache.delete(location);
     location.checksums = null;
     location.area = null;
+    location.areaDirty = false;
+    device.dirtyAreas.delete(location);
     await location.entryChain.catch(() => undefined);
+    // An area write in flight must land before the header is zeroed, not after.
+    for (const write of [location.checksumWrite, location.checksumWriteQueued]) if (write !== null) await write.catch(() => undefined);
     await this.writeFully(device, Buffer.alloc(device.entryStrideBytes), device.entryOffsetBytes(slot));
     // The header only, never the CRCs behind it: until the zeroed entry is durable the slot
     // may still be the old key's after a cut, and must verify as it. On a direct device this
@@ -1156,8 +1171,14 @@ export class ChunkStore {
         // Whole blocks trimmed read as never written: a stored 0 over zeros.
         for (let block = Math.ceil(offsetBytes / checksumBlockBytes); block < Math.floor((offsetBytes + lengthBytes) / checksumBlockBytes); block++) checksums[block] = 0;
       }
-      const written = data === null ? this.zeroRange(device, position, lengthBytes) : this.writeFully(device, data, position);
-      await Promise.all([written, this.writeChecksumArea(location)]);
+      const wholeBlocks = image.firstBlock * checksumBlockBytes === offsetBytes && image.bytes.length === lengthBytes;
+      if (data === null && wholeBlocks) await this.zeroRange(device, position, lengthBytes);
+      else if (image.bytes === data) await this.writeFully(device, data, position);
+      // Part blocks (of a write or a trim): the merged whole blocks, already read and
+      // verified, go out whole, so the device never zeroes or merges part of a sector
+      // (BLKZEROOUT refuses that on a 4 KiB-sector device; direct IO would read it back).
+      else await this.writeFully(device, image.bytes, device.slotOffsetBytes(location.slot) + image.firstBlock * checksumBlockBytes);
+      this.markAreaDirty(location);
       this.markWritten(location);
       if (location.knownBad !== null) {
         for (let block = image.firstBlock; block < image.firstBlock + image.bytes.length / checksumBlockBytes; block++) location.knownBad.delete(block);
@@ -1270,11 +1291,39 @@ export class ChunkStore {
     if (this.checksumCache.size <= checksumCacheSlotsMax) return;
     for (const candidate of this.checksumCache) {
       if (this.checksumCache.size <= checksumCacheSlotsMax) break;
-      if (candidate.busy > 0 || candidate.checksumWrite !== null || candidate.checksumWriteQueued !== null || candidate === location) continue;
+      if (candidate.busy > 0 || candidate.areaDirty || candidate.checksumWrite !== null || candidate.checksumWriteQueued !== null || candidate === location) continue;
       candidate.checksums = null;
       candidate.area = null;
       this.checksumCache.delete(candidate);
     }
+  }
+
+  /**
+   * A change of the slot's checksums is in memory: its area goes to the device with the
+   * next fdatasync (a flush, FUA, an allocation's or an open's), or sooner when the device
+   * has many such areas or at the next slot check. Until then the slot is open, so a cut
+   * that loses the area leaves blocks that recovery takes as torn writes (header), and a
+   * read checks against memory.
+   */
+  private markAreaDirty(location: Location): void {
+    if (!this.checksums || location.area === null) return;
+    location.areaDirty = true;
+    location.device.dirtyAreas.add(location);
+    if (location.device.dirtyAreas.size >= dirtyAreasPerDeviceMax) this.writeDirtyAreasSoon(location.device);
+  }
+
+  /** Writes every dirty checksum area of the device (taken now); resolves when all are written. */
+  private writeDirtyAreas(device: StoreDevice): Promise<void> {
+    if (device.dirtyAreas.size === 0) return Promise.resolve();
+    const areas = [...device.dirtyAreas];
+    device.dirtyAreas.clear();
+    for (const location of areas) location.areaDirty = false;
+    return Promise.all(areas.map((location) => this.writeChecksumArea(location))).then(() => undefined);
+  }
+
+  /** writeDirtyAreas in the background: a failure has marked the device failed, and is logged. */
+  private writeDirtyAreasSoon(device: StoreDevice): void {
+    this.writeDirtyAreas(device).catch((err: unknown) => this.log.warn({ err, deviceId: device.deviceId }, 'writing checksum areas failed'));
   }
 
   /**
@@ -1347,8 +1396,9 @@ export class ChunkStore {
     const idleBeforeMs = Date.now() - slotCloseIdleMs;
     for (const device of this.devices) {
       if (device.state !== 'normal') continue;
+      this.writeDirtyAreasSoon(device);
       const closable = [...device.openSlots].filter(
-        (location) => location.busy === 0 && location.opening === null && location.checksumWrite === null && location.lastWriteSeq <= device.syncedSeq,
+        (location) => location.busy === 0 && location.opening === null && !location.areaDirty && location.checksumWrite === null && location.lastWriteSeq <= device.syncedSeq,
       );
       closable.sort((a, b) => a.lastWriteMs - b.lastWriteMs);
       let excess = device.openSlots.size - openSlotsPerDeviceMax;
@@ -1414,9 +1464,21 @@ export class ChunkStore {
 
   private async syncDevice(device: StoreDevice): Promise<void> {
     if (device.state === 'failed') throw this.failedError(device);
-    device.dirty = false;
+    // Every change counted in seq marked its area dirty as it was counted (markAreaDirty,
+    // then markWritten, in one turn), so the areas taken now include all of theirs: once
+    // this sync is done, their checksums are durable with their data.
     const seq = device.writeSeq;
-    const sync = this.deviceCall(device, 'fdatasync', () => device.io.sync());
+    // What completed before the fdatasync begins is covered by it, so the device is clean
+    // from then on: at once when no area needs writing first.
+    const areas = device.dirtyAreas.size === 0 ? null : this.writeDirtyAreas(device);
+    if (areas === null) device.dirty = false;
+    const sync = (async () => {
+      if (areas !== null) {
+        await areas;
+        device.dirty = false;
+      }
+      await this.deviceCall(device, 'fdatasync', () => device.io.sync());
+    })();
     device.syncing = sync;
     try {
       await sync;
@@ -1502,6 +1564,7 @@ function newLocation(device: StoreDevice, slot: number, sequence: number, key: C
     loading: null,
     checksumWrite: null,
     checksumWriteQueued: null,
+    areaDirty: false,
     busy: 0,
     knownBad: null,
     lastWriteSeq: 0,

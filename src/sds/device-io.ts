@@ -40,8 +40,17 @@ export const nativeDeviceIo: DeviceIoFactory = (opened, log) => {
       ? new PositionalIo(fd, { path: opened.path, isBlockDevice: opened.isBlockDevice, log })
       : new DirectIo(opened.directFd, opened.path, opened.sectorBytes);
   let punchHoles = !opened.isBlockDevice;
+  // BLKZEROOUT takes whole logical sectors only: part sectors at the ends are written as zeros.
+  const logicalSectorBytes = opened.isBlockDevice ? Math.max(512, native.logicalBlockSize(opened.fd)) : 512;
   const zero = async (positionBytes: number, lengthBytes: number): Promise<void> => {
-    if (opened.isBlockDevice) return native.zeroout(fd, positionBytes, lengthBytes);
+    if (opened.isBlockDevice) {
+      const first = alignUp(positionBytes, logicalSectorBytes);
+      const end = alignDown(positionBytes + lengthBytes, logicalSectorBytes);
+      if (first >= end) return writeZeros((bytes, at) => positional.write(bytes, at), positionBytes, lengthBytes);
+      if (first > positionBytes) await writeZeros((bytes, at) => positional.write(bytes, at), positionBytes, first - positionBytes);
+      if (end < positionBytes + lengthBytes) await writeZeros((bytes, at) => positional.write(bytes, at), end, positionBytes + lengthBytes - end);
+      return native.zeroout(fd, first, end - first);
+    }
     if (punchHoles) {
       try {
         return await native.fallocate(fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, positionBytes, lengthBytes);
