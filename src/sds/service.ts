@@ -241,7 +241,9 @@ export class SdsService {
 
   private track<T>(work: Promise<T>): Promise<T> {
     this.handlers.add(work);
-    void work.finally(() => this.handlers.delete(work)).catch(() => undefined);
+    // then() with both outcomes: one promise per request, not finally()'s and catch()'s.
+    const forget = (): void => void this.handlers.delete(work);
+    work.then(forget, forget);
     return work;
   }
 
@@ -610,7 +612,7 @@ export class SdsService {
   private async forward(sdsId: string, op: number, payload: Buffer, epoch: number): Promise<void> {
     let response;
     try {
-      const peer = await this.peerFor(sdsId);
+      const peer = this.connectedPeer(sdsId) ?? (await this.peerFor(sdsId));
       response = await peer.request(op, payload, { epoch, timeoutMs: mirrorTimeoutMs });
     } catch (err) {
       throw new ReplyError(SdsStatus.MirrorFailed, `mirror SDS ${sdsId} unreachable: ${(err as Error).message}`);
@@ -698,6 +700,12 @@ export class SdsService {
   }
 
   // --- peers -----------------------------------------------------------------------------
+
+  /** The connection to `sdsId` if it is made, else null (peerFor makes it). */
+  private connectedPeer(sdsId: string): WirePeer | null {
+    const address = this.map?.sds[sdsId]?.address;
+    return address === undefined ? null : this.peers.connected(sdsId, address);
+  }
 
   private peerFor(sdsId: string): Promise<WirePeer> {
     const address = this.map?.sds[sdsId]?.address;
