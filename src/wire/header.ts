@@ -119,8 +119,8 @@ export class HexIdCodec {
 const clusterIds = new HexIdCodec('cluster id');
 const clusterIdsRead = new HexIdCodec('cluster id');
 /** requestId and epoch are below 2^53: their high 32 bits are below 2^21. */
-const safeHighMax = Math.floor(Number.MAX_SAFE_INTEGER / 0x1_0000_0000);
-assert(safeHighMax === 0x1f_ffff, 'the high half of a safe integer has 21 bits');
+const safeIntegerHighHalf = Math.floor(Number.MAX_SAFE_INTEGER / 0x1_0000_0000);
+assert(safeIntegerHighHalf === 0x1f_ffff, 'the high half of a safe integer has 21 bits');
 
 export function encodeHeader(header: WireHeader, target: Buffer = Buffer.allocUnsafe(wireHeaderBytes)): Buffer {
   assert(target.length >= wireHeaderBytes, 'header target too small');
@@ -177,7 +177,7 @@ export function decodeHeader(source: Buffer, at = 0): WireHeader {
   }
   const requestIdHigh = bytes.readUInt32BE(24);
   const epochHigh = bytes.readUInt32BE(32);
-  if (requestIdHigh > safeHighMax || epochHigh > safeHighMax) {
+  if (requestIdHigh > safeIntegerHighHalf || epochHigh > safeIntegerHighHalf) {
     throw new WireFrameError('MB_ERR_WIRE_RANGE', 'request id or epoch beyond 2^53');
   }
   const payloadBytes = bytes.readUInt32BE(40);
