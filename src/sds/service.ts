@@ -598,7 +598,14 @@ export class SdsService {
         mirror = { op: request.op, payload: request.payload };
       }
       this.mirrorsWritten.add(secondary);
-      const [localResult, mirrorResult] = await Promise.allSettled([local(), this.forward(secondary, mirror.op, mirror.payload, request.epoch)]);
+      // The mirror's frame is queued first and this copy is written after it has left (the
+      // peer sends what a turn queued just before the next setImmediate callbacks run): the
+      // secondary writes while this SDS does, instead of after it. A device write done on
+      // the event loop would otherwise hold the frame back for its whole length, on the
+      // critical path of every write at QD1. The range lock is held throughout.
+      const mirrored = this.forward(secondary, mirror.op, mirror.payload, request.epoch);
+      const applied = new Promise<void>((resolve) => setImmediate(resolve)).then(local);
+      const [localResult, mirrorResult] = await Promise.allSettled([applied, mirrored]);
       if (mirrorResult.status === 'rejected') this.rebuilds.noteChange(args.poolId, args.pgIndex, chunkName);
       if (localResult.status === 'rejected') throw localResult.reason;
       if (mirrorResult.status === 'rejected') throw mirrorResult.reason;
