@@ -473,15 +473,8 @@ export class Transmission {
     const fua = (write.commandFlags & P.NBD_CMD_FLAG_FUA) !== 0;
     const payload = write.payload as Buffer;
     const written = this.backend.write(write.offsetBytes, payload, { fua });
-    this.settle(
-      // Only pooled payloads need the extra promise; small writes are the hot path.
-      BufferPool.pooled(payload.length) ? written.finally(() => recycle(payload)) : written,
-      P.NBD_CMD_WRITE,
-      write.cookieHigh,
-      write.cookieLow,
-      write.offsetBytes,
-      write.lengthBytes,
-    );
+    // A pooled payload goes back when the backend is done with it, before the reply.
+    this.settle(written, P.NBD_CMD_WRITE, write.cookieHigh, write.cookieLow, write.offsetBytes, write.lengthBytes, BufferPool.pooled(payload.length) ? payload : null);
   }
 
   private runBlockStatus(
@@ -528,7 +521,7 @@ export class Transmission {
     );
   }
 
-  /** Answers a command without reply data once `operation` settles. */
+  /** Answers a command without reply data once `operation` settles; `recycled` (a pooled WRITE payload) goes back first. */
   private settle(
     operation: Promise<void>,
     type: number,
@@ -536,10 +529,17 @@ export class Transmission {
     cookieLow: number,
     offsetBytes: number,
     inflightBytes: number,
+    recycled: Buffer | null = null,
   ): void {
     operation.then(
-      () => this.finish(this.simpleReply(cookieHigh, cookieLow, 0), inflightBytes),
-      (err: unknown) => this.fail(err, type, cookieHigh, cookieLow, offsetBytes, inflightBytes),
+      () => {
+        if (recycled !== null) recycle(recycled);
+        this.finish(this.simpleReply(cookieHigh, cookieLow, 0), inflightBytes);
+      },
+      (err: unknown) => {
+        if (recycled !== null) recycle(recycled);
+        this.fail(err, type, cookieHigh, cookieLow, offsetBytes, inflightBytes);
+      },
     );
   }
 

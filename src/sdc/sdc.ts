@@ -215,6 +215,11 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     return this.sdsPeers.get(sdsId, address);
   }
 
+  connectedPeer(sdsId: string): WirePeer | null {
+    const address = this.currentMap.sds[sdsId]?.address;
+    return address === undefined ? null : this.sdsPeers.connected(sdsId, address);
+  }
+
   refreshView(): Promise<void> {
     this.refreshing ??= this.fetchView().finally(() => (this.refreshing = null));
     return this.refreshing;

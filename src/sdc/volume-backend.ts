@@ -47,6 +47,8 @@ export interface VolumeRouter {
   refreshView(): Promise<void>;
   /** The connection to an SDS of the current map. */
   peer(sdsId: string): Promise<WirePeer>;
+  /** The connection to an SDS of the current map if it is made, else null: the IO path takes it without an await. */
+  connectedPeer?(sdsId: string): WirePeer | null;
 }
 
 /** Why one SDS's flush did not succeed, and whether trying again can help. */
@@ -161,35 +163,41 @@ export class VolumeBackend implements BlockBackend {
 
   // --- IO ------------------------------------------------------------------------------
 
+  // A request within one chunk (every 4 KiB one) is one piece: it is sent without the
+  // array, closures and allSettled() a request spread over several chunks needs.
+
   async read(offsetBytes: number, target: Buffer): Promise<void> {
-    await allPieces(
-      this.pieces(offsetBytes, target.length).map(async (piece) => {
-        const part = target.subarray(piece.atBytes, piece.atBytes + piece.args.lengthBytes);
-        if (this.chunkEmpty(piece.args.chunkIndex)) {
-          part.fill(0);
-          return;
-        }
-        // The SDS's reply is received straight into its place in the NBD reply.
-        const response = await this.send(SdsOp.Read, piece.args, undefined, part);
-        if (response.payload !== part) {
-          response.payload.copy(part);
-          releasePayload(response.payload);
-        }
-      }),
-    );
+    const pieces = this.pieces(offsetBytes, target.length);
+    if (pieces.length === 1) return this.readPiece(pieces[0] as Piece, target);
+    await allPieces(pieces.map((piece) => this.readPiece(piece, target)));
+  }
+
+  private async readPiece(piece: Piece, target: Buffer): Promise<void> {
+    const part = target.subarray(piece.atBytes, piece.atBytes + piece.args.lengthBytes);
+    if (this.chunkEmpty(piece.args.chunkIndex)) {
+      part.fill(0);
+      return;
+    }
+    // The SDS's reply is received straight into its place in the NBD reply.
+    const response = await this.send(SdsOp.Read, piece.args, undefined, part);
+    if (response.payload !== part) {
+      response.payload.copy(part);
+      releasePayload(response.payload);
+    }
   }
 
   async write(offsetBytes: number, source: Buffer, options: WriteOptions): Promise<void> {
     this.assertWritable('write');
-    const flags = options.fua ? IoFlag.Fua : 0;
-    await allPieces(
-      this.pieces(offsetBytes, source.length).map(async (piece) => {
-        const args = { ...piece.args, flags };
-        // Marked before the write is sent: a read racing it must ask the SDS.
-        this.chunkStates[args.chunkIndex] = ChunkState.Data;
-        await this.send(SdsOp.Write, args, source.subarray(piece.atBytes, piece.atBytes + args.lengthBytes));
-      }),
-    );
+    const pieces = this.pieces(offsetBytes, source.length, options.fua ? IoFlag.Fua : 0);
+    if (pieces.length === 1) return this.writePiece(pieces[0] as Piece, source);
+    await allPieces(pieces.map((piece) => this.writePiece(piece, source)));
+  }
+
+  private async writePiece(piece: Piece, source: Buffer): Promise<void> {
+    const args = piece.args;
+    // Marked before the write is sent: a read racing it must ask the SDS.
+    this.chunkStates[args.chunkIndex] = ChunkState.Data;
+    await this.send(SdsOp.Write, args, source.subarray(piece.atBytes, piece.atBytes + args.lengthBytes));
   }
 
   /**
@@ -294,8 +302,8 @@ export class VolumeBackend implements BlockBackend {
 
   // --- routing -------------------------------------------------------------------------
 
-  private pieces(offsetBytes: number, lengthBytes: number): Piece[] {
-    return chunkPieces(this.current, offsetBytes, lengthBytes);
+  private pieces(offsetBytes: number, lengthBytes: number, flags = 0): Piece[] {
+    return chunkPieces(this.current, offsetBytes, lengthBytes, flags);
   }
 
   /**
@@ -323,7 +331,7 @@ export class VolumeBackend implements BlockBackend {
     const deadlineMs = Date.now() + sdcPieceTimeoutMs;
     let sdsEpoch: number | null = null;
     for (let attempt = 0; attempt < sdcPieceAttemptsMax; attempt++) {
-      await this.beforeAttempt(attempt, sdsEpoch);
+      if (attempt > 0) await this.beforeAttempt(attempt, sdsEpoch);
       let outcome = await this.sendOnce(op, args, data, replyInto);
       // Frozen is no failure and asks nothing of the MDM: the barrier lifts it in a few
       // milliseconds, or the snapshot's commit moves the epoch (then StaleEpoch, below).
@@ -368,7 +376,7 @@ export class VolumeBackend implements BlockBackend {
     const payload = data === undefined ? encodeIo(args) : [encodeIo(args), data];
     let response: WireResponse;
     try {
-      const peer = await this.router.peer(group.primary);
+      const peer = this.router.connectedPeer?.(group.primary) ?? (await this.router.peer(group.primary));
       response = await peer.request(op, payload, { epoch: map.epoch, timeoutMs: sdcPieceTimeoutMs, replyInto });
     } catch (err) {
       this.log.debug({ err, sdsId: group.primary }, 'SDS unreachable; refreshing the map');

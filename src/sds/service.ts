@@ -241,7 +241,9 @@ export class SdsService {
 
   private track<T>(work: Promise<T>): Promise<T> {
     this.handlers.add(work);
-    void work.finally(() => this.handlers.delete(work)).catch(() => undefined);
+    // then() with both outcomes: one promise per request, not finally()'s and catch()'s.
+    const forget = (): void => void this.handlers.delete(work);
+    work.then(forget, forget);
     return work;
   }
 
@@ -596,7 +598,14 @@ export class SdsService {
         mirror = { op: request.op, payload: request.payload };
       }
       this.mirrorsWritten.add(secondary);
-      const [localResult, mirrorResult] = await Promise.allSettled([local(), this.forward(secondary, mirror.op, mirror.payload, request.epoch)]);
+      // The mirror's frame is queued first and this copy is written after it has left (the
+      // peer sends what a turn queued just before the next setImmediate callbacks run): the
+      // secondary writes while this SDS does, instead of after it. A device write done on
+      // the event loop would otherwise hold the frame back for its whole length, on the
+      // critical path of every write at QD1. The range lock is held throughout.
+      const mirrored = this.forward(secondary, mirror.op, mirror.payload, request.epoch);
+      const applied = new Promise<void>((resolve) => setImmediate(resolve)).then(local);
+      const [localResult, mirrorResult] = await Promise.allSettled([applied, mirrored]);
       if (mirrorResult.status === 'rejected') this.rebuilds.noteChange(args.poolId, args.pgIndex, chunkName);
       if (localResult.status === 'rejected') throw localResult.reason;
       if (mirrorResult.status === 'rejected') throw mirrorResult.reason;
@@ -610,7 +619,7 @@ export class SdsService {
   private async forward(sdsId: string, op: number, payload: Buffer, epoch: number): Promise<void> {
     let response;
     try {
-      const peer = await this.peerFor(sdsId);
+      const peer = this.connectedPeer(sdsId) ?? (await this.peerFor(sdsId));
       response = await peer.request(op, payload, { epoch, timeoutMs: mirrorTimeoutMs });
     } catch (err) {
       throw new ReplyError(SdsStatus.MirrorFailed, `mirror SDS ${sdsId} unreachable: ${(err as Error).message}`);
@@ -698,6 +707,12 @@ export class SdsService {
   }
 
   // --- peers -----------------------------------------------------------------------------
+
+  /** The connection to `sdsId` if it is made, else null (peerFor makes it). */
+  private connectedPeer(sdsId: string): WirePeer | null {
+    const address = this.map?.sds[sdsId]?.address;
+    return address === undefined ? null : this.peers.connected(sdsId, address);
+  }
 
   private peerFor(sdsId: string): Promise<WirePeer> {
     const address = this.map?.sds[sdsId]?.address;

@@ -14,7 +14,8 @@ import { WireError, WirePeer, type WirePeerOptions } from './peer.js';
 export type PeerPoolOptions = Omit<WirePeerOptions, 'onRequest' | 'inflightBytesMax'>;
 
 export class PeerPool {
-  private readonly peers = new Map<string, { address: string; peer: Promise<WirePeer> }>();
+  /** `connected` is set once `peer` has resolved: the IO path takes it without an await. */
+  private readonly peers = new Map<string, { address: string; peer: Promise<WirePeer>; connected: WirePeer | null }>();
 
   constructor(private readonly options: PeerPoolOptions) {}
 
@@ -24,12 +25,26 @@ export class PeerPool {
     if (existing !== undefined && existing.address === address) return existing.peer;
     if (existing !== undefined) this.drop(id);
     const peer = this.connect(address);
-    this.peers.set(id, { address, peer });
+    const entry = { address, peer, connected: null as WirePeer | null };
+    this.peers.set(id, entry);
     peer.then(
-      (connected) => void connected.closed.then(() => this.forget(id, peer)),
+      (connected) => {
+        entry.connected = connected;
+        void connected.closed.then(() => this.forget(id, peer));
+      },
       () => this.forget(id, peer),
     );
     return peer;
+  }
+
+  /**
+   * The connection to `id` at `address` if it is made and authenticated, else null (then
+   * get() makes it). One that has just failed is still returned until its close is seen: its
+   * requests fail at once, as the promise's would.
+   */
+  connected(id: string, address: string): WirePeer | null {
+    const existing = this.peers.get(id);
+    return existing !== undefined && existing.address === address ? existing.connected : null;
   }
 
   /** Drops connections to processes no longer at the address `addressOf` gives (or gone). */

@@ -112,6 +112,9 @@ export interface RequestOptions {
   replyInto?: Buffer | undefined;
 }
 
+/** The payload of replies that carry none (never written to: it has no bytes). */
+const emptyPayload = Buffer.alloc(0);
+
 export class WirePeer {
   private readonly pending = new Map<number, Pending>();
   private nextRequestId = 1;
@@ -217,14 +220,26 @@ export class WirePeer {
 
   // --- requests ------------------------------------------------------------------------
 
-  /** Sends a request and resolves with the reply; rejects on timeout, failure or close. */
-  async request(op: number, payload: Buffer | readonly Buffer[], options: RequestOptions = {}): Promise<WireResponse> {
-    assert(op >= wireServiceOpMin, 'ops below 16 are reserved for connection setup');
-    const payloadBytes = Buffer.isBuffer(payload) ? payload.length : payload.reduce((sum, part) => sum + part.length, 0);
-    const timeoutMs = options.timeoutMs ?? wireRequestTimeoutMsDefault;
-    if (!this.roomToSend(payloadBytes)) await this.waitForRoom(op, payloadBytes, timeoutMs);
-    if (this.failure !== null) throw this.failure;
-    if (this.closing) throw new WireError('MB_ERR_WIRE_CLOSING', 'wire connection is closing');
+  /**
+   * Sends a request and resolves with the reply; rejects on timeout, failure or close.
+   * Not an async function: with room to send (the common case) the caller gets the one
+   * promise the reply settles, not a second one wrapped around it.
+   */
+  request(op: number, payload: Buffer | readonly Buffer[], options: RequestOptions = {}): Promise<WireResponse> {
+    try {
+      assert(op >= wireServiceOpMin, 'ops below 16 are reserved for connection setup');
+      const payloadBytes = Buffer.isBuffer(payload) ? payload.length : payload.reduce((sum, part) => sum + part.length, 0);
+      const timeoutMs = options.timeoutMs ?? wireRequestTimeoutMsDefault;
+      if (this.roomToSend(payloadBytes)) return this.send(op, payload, payloadBytes, timeoutMs, options);
+      return this.waitForRoom(op, payloadBytes, timeoutMs).then(() => this.send(op, payload, payloadBytes, timeoutMs, options));
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  private send(op: number, payload: Buffer | readonly Buffer[], payloadBytes: number, timeoutMs: number, options: RequestOptions): Promise<WireResponse> {
+    if (this.failure !== null) return Promise.reject(this.failure);
+    if (this.closing) return Promise.reject(new WireError('MB_ERR_WIRE_CLOSING', 'wire connection is closing'));
     const requestId = this.nextRequestId++;
     return new Promise<WireResponse>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -329,7 +344,7 @@ export class WirePeer {
     }
     const handler = this.options.onRequest;
     if (handler === undefined || header.op < wireServiceOpMin) {
-      this.sendFrame(header.op, true, WireStatus.UnknownOp, header.requestId, header.epoch, Buffer.alloc(0));
+      this.sendFrame(header.op, true, WireStatus.UnknownOp, header.requestId, header.epoch, emptyPayload);
       this.stopReadingIfOverBounds();
       return;
     }
@@ -340,22 +355,35 @@ export class WirePeer {
     this.servedInflightBytes += servedBytes;
     this.servedInflightCount += 1;
     this.stopReadingIfOverBounds();
+    // One then() with both outcomes, each ending in served(): no finally() promise per request.
     handler(request).then(
-      (reply) => this.sendFrame(header.op, true, reply.status, header.requestId, header.epoch, reply.payload ?? Buffer.alloc(0), reply.releaseAfterSend === true),
-      (err: unknown) => {
-        this.options.log.warn({ err, op: header.op }, 'wire request failed');
-        this.sendFrame(header.op, true, WireStatus.Failed, header.requestId, header.epoch, Buffer.from(String(err instanceof Error ? err.message : err)));
+      (reply) => {
+        try {
+          this.sendFrame(header.op, true, reply.status, header.requestId, header.epoch, reply.payload ?? emptyPayload, reply.releaseAfterSend === true);
+        } finally {
+          this.served(payload, servedBytes);
+        }
       },
-    ).finally(() => {
-      // The handler is done with the request: a pooled payload goes back (once any socket
-      // write forwarding it has finished).
-      releasePayload(payload);
-      this.servedInflightBytes -= servedBytes;
-      this.servedInflightCount -= 1;
-      assert(this.servedInflightBytes >= 0 && this.servedInflightCount >= 0, 'served in-flight accounting went negative');
-      this.stopReadingIfOverBounds();
-      this.maybeReadAgain();
-    });
+      (err: unknown) => {
+        try {
+          this.options.log.warn({ err, op: header.op }, 'wire request failed');
+          this.sendFrame(header.op, true, WireStatus.Failed, header.requestId, header.epoch, Buffer.from(String(err instanceof Error ? err.message : err)));
+        } finally {
+          this.served(payload, servedBytes);
+        }
+      },
+    );
+  }
+
+  /** The handler is done with a request of `servedBytes` (payload and reply). */
+  private served(payload: Buffer, servedBytes: number): void {
+    // A pooled payload goes back (once any socket write forwarding it has finished).
+    releasePayload(payload);
+    this.servedInflightBytes -= servedBytes;
+    this.servedInflightCount -= 1;
+    assert(this.servedInflightBytes >= 0 && this.servedInflightCount >= 0, 'served in-flight accounting went negative');
+    this.stopReadingIfOverBounds();
+    this.maybeReadAgain();
   }
 
   /** The socket holds more than we let a peer leave unread (see limits.ts). */

@@ -52,8 +52,7 @@
 
 import { assert } from '../common/assert.js';
 import { InvalidArgumentError } from '../common/errors.js';
-import { wirePayloadBytesMax, WireStatus } from './header.js';
-import { idPattern } from './placement.js';
+import { HexIdCodec, wirePayloadBytesMax, WireStatus } from './header.js';
 import { allocationChunkCountMax } from '../common/limits.js';
 
 export const SdsOp = {
@@ -143,11 +142,16 @@ export interface IoArgs {
 }
 
 /** Args followed by `data` in one buffer, ready to be a request payload. */
+// Every IO carries its pool and V-Tree ids; these remember the last of each (header.ts).
+const poolIdsWritten = new HexIdCodec('pool id');
+const vtreeIdsWritten = new HexIdCodec('vtree id');
+const poolIdsRead = new HexIdCodec('pool id');
+const vtreeIdsRead = new HexIdCodec('vtree id');
+
 export function encodeIo(args: IoArgs, data?: Buffer): Buffer {
-  assert(idPattern.test(args.poolId) && idPattern.test(args.vtreeId), 'pool and vtree ids are 16 hex digits');
   const payload = Buffer.allocUnsafe(ioArgsBytes + (data?.length ?? 0));
-  payload.write(args.poolId, ioArgOffsets.poolId, 8, 'hex');
-  payload.write(args.vtreeId, ioArgOffsets.vtreeId, 8, 'hex');
+  poolIdsWritten.write(payload, ioArgOffsets.poolId, args.poolId);
+  vtreeIdsWritten.write(payload, ioArgOffsets.vtreeId, args.vtreeId);
   payload.writeUInt32BE(args.pgIndex, ioArgOffsets.pgIndex);
   payload.writeUInt32BE(args.chunkIndex, ioArgOffsets.chunkIndex);
   payload.writeUInt32BE(args.generation, ioArgOffsets.generation);
@@ -180,8 +184,8 @@ export function ioReplyBytesOf(op: number, payload: Buffer): number {
 export function decodeIo(payload: Buffer): { args: IoArgs; data: Buffer } {
   if (payload.length < ioArgsBytes) throw new InvalidArgumentError('io', `arguments are ${payload.length} bytes, expected ${ioArgsBytes}`);
   const args: IoArgs = {
-    poolId: payload.toString('hex', ioArgOffsets.poolId, ioArgOffsets.poolId + 8),
-    vtreeId: payload.toString('hex', ioArgOffsets.vtreeId, ioArgOffsets.vtreeId + 8),
+    poolId: poolIdsRead.read(payload, ioArgOffsets.poolId),
+    vtreeId: vtreeIdsRead.read(payload, ioArgOffsets.vtreeId),
     pgIndex: payload.readUInt32BE(ioArgOffsets.pgIndex),
     chunkIndex: payload.readUInt32BE(ioArgOffsets.chunkIndex),
     generation: payload.readUInt32BE(ioArgOffsets.generation),

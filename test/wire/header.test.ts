@@ -68,6 +68,9 @@ t.test('malformed fields, each with its own code', async (t) => {
     ['reserved bytes', (b) => b.writeUInt8(1, 50), 'MB_ERR_WIRE_RESERVED'],
     ['payload too large', (b) => b.writeUInt32BE(wirePayloadBytesMax + 1, 40), 'MB_ERR_WIRE_PAYLOAD_TOO_LARGE'],
     ['request id beyond 2^53', (b) => b.writeBigUInt64BE(1n << 60n, 24), 'MB_ERR_WIRE_RANGE'],
+    ['request id 2^53 exactly', (b) => b.writeBigUInt64BE(1n << 53n, 24), 'MB_ERR_WIRE_RANGE'],
+    ['epoch beyond 2^53', (b) => b.writeBigUInt64BE(1n << 53n, 32), 'MB_ERR_WIRE_RANGE'],
+    ['last reserved byte', (b) => b.writeUInt8(1, 59), 'MB_ERR_WIRE_RESERVED'],
   ];
   for (const [label, edit, expected] of cases) {
     const bytes = encodeHeader(sample);
@@ -77,6 +80,26 @@ t.test('malformed fields, each with its own code', async (t) => {
   }
   t.throws(() => decodeHeader(Buffer.alloc(10)), { code: 'MB_ERR_WIRE_SHORT' });
   t.throws(() => decodeHeader(Buffer.alloc(64)), { code: 'MB_ERR_WIRE_MAGIC' });
+});
+
+t.test('64-bit fields keep every bit across the 32-bit halves', async (t) => {
+  for (const value of [0, 1, 0xffff_ffff, 0x1_0000_0000, 0x1_2345_6789, Number.MAX_SAFE_INTEGER - 1, Number.MAX_SAFE_INTEGER]) {
+    const header = { ...sample, requestId: value, epoch: Number.MAX_SAFE_INTEGER - value };
+    const bytes = encodeHeader(header);
+    t.equal(bytes.readBigUInt64BE(24), BigInt(value), `request id ${value} on the wire`);
+    t.same(decodeHeader(bytes), header, `request id ${value} decoded`);
+  }
+});
+
+t.test('cluster ids alternating between frames are each encoded and decoded as themselves', async (t) => {
+  // The codecs remember the last id: a change, and a change back, must be seen.
+  const ids = ['0123456789abcdef', 'fedcba9876543210', '0123456789abcdef', '0000000000000000', 'ffffffffffffffff', '0000000000000000'];
+  for (const clusterId of ids) {
+    const bytes = encodeHeader({ ...sample, clusterId });
+    t.equal(bytes.toString('hex', 16, 24), clusterId, `${clusterId} on the wire`);
+    t.equal(decodeHeader(bytes).clusterId, clusterId, `${clusterId} decoded`);
+  }
+  t.throws(() => encodeHeader({ ...sample, clusterId: '0123456789ABCDEF' }), { code: 'MB_ERR_ASSERTION' }, 'upper case refused');
 });
 
 t.test('payload checksum', async (t) => {

@@ -13,7 +13,7 @@ import { crc32c } from '../../src/common/crc32c.js';
 import { encodeHeader } from '../../src/wire/header.js';
 import { WirePeer, WireStatus, type WirePeerOptions, type WireReply } from '../../src/wire/peer.js';
 import { adoptAccepted, directDataEvent } from '../../src/common/borrowed-reads.js';
-import { connectTcp } from '../../src/wire/peer-pool.js';
+import { PeerPool, connectTcp } from '../../src/wire/peer-pool.js';
 
 const log = pino({ level: 'silent' });
 const clusterId = 'a1b2c3d4e5f60718';
@@ -117,6 +117,25 @@ t.test('setup proves both sides; requests are pipelined and answered out of orde
   );
   t.ok(replies.every(Boolean), 'every reply carries its own request’s payload');
   t.not(order.join(','), [...order].sort((a, b) => a - b).join(','), 'replies arrived out of order');
+});
+
+t.test('PeerPool.connected: the made connection without an await, none before it is made or after it is dropped', async (t) => {
+  const port = await listen(t, (socket) => {
+    WirePeer.accept(socket, { clusterId, secret, role: 'sds', name: 'sds1', log, onRequest: async (request) => ({ status: WireStatus.Ok, payload: request.payload }) }).catch(() => undefined);
+  });
+  const pool = new PeerPool({ clusterId, secret, role: 'sdc', name: 'sdc1', log });
+  t.teardown(() => pool.dropAll());
+  const address = `127.0.0.1:${port}`;
+  t.equal(pool.connected('sds1', address), null, 'nothing before the first get');
+  const making = pool.get('sds1', address);
+  t.equal(pool.connected('sds1', address), null, 'nothing while it is being made');
+  const peer = await making;
+  t.equal(pool.connected('sds1', address), peer, 'the made connection');
+  t.equal(pool.connected('sds1', '127.0.0.1:1'), null, 'not for another address');
+  t.equal((await peer.request(opEcho, Buffer.from('ping'))).payload.toString(), 'ping', 'and it serves');
+  pool.drop('sds1');
+  t.equal(pool.connected('sds1', address), null, 'nothing once dropped');
+  await peer.closed;
 });
 
 t.test('a request the other side does not serve gets UnknownOp', async (t) => {

@@ -29,6 +29,17 @@ t.test('each argument sits at its offset in the table', async (t) => {
   t.same(decodeIo(payload).args, args, 'decodeIo reads back what encodeIo wrote');
 });
 
+t.test('pool and vtree ids that change between requests are each carried as themselves', async (t) => {
+  // encodeIo and decodeIo remember the last ids they converted: changes must be seen.
+  const sequence = [args, { ...args, vtreeId: 'ffffffffffffffff' }, { ...args, poolId: '0000000000000000' }, args, { ...args, poolId: '0000000000000000', vtreeId: '0000000000000000' }];
+  for (const each of sequence) {
+    const payload = encodeIo(each);
+    t.equal(payload.toString('hex', ioArgOffsets.poolId, ioArgOffsets.poolId + 8), each.poolId, `poolId ${each.poolId} on the wire`);
+    t.same(decodeIo(payload).args, each, `${each.poolId}/${each.vtreeId} decoded`);
+  }
+  t.throws(() => encodeIo({ ...args, vtreeId: 'not-hex-at-all!!' }), { code: 'MB_ERR_ASSERTION' }, 'a bad id is our bug');
+});
+
 t.test('setIoFlags rewrites the flags word only', async (t) => {
   const payload = encodeIo(args, Buffer.from('data'));
   const before = Buffer.from(payload);
