@@ -13,6 +13,7 @@
 // Tests skip only where losetup is impossible: not root (outside CI). As root, or with CI
 // set, any failure is the test's failure: CI runs as root and must run these tests.
 
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { sparseFile } from './files.js';
 import { run, type TeardownHost } from './processes.js';
@@ -72,7 +73,26 @@ async function attach(t: TeardownHost, backingFile: string, sectorBytes: LoopSec
   const [dio, logSec] = shown.stdout.trim().split(/\s+/);
   if (dio !== '1') throw new Error(`${device} over ${path.basename(backingFile)} has no direct IO (losetup DIO ${dio}): ${attached.stderr.trim()}`);
   if (Number(logSec) !== sectorBytes) throw new Error(`${device} has ${logSec}-byte sectors, asked ${sectorBytes}`);
+  consumeStaleWritebackError(device);
   return { device, backingFile, sectorBytes };
+}
+
+/**
+ * /dev/loopN outlives its attachments, and so does its page cache's writeback error: a test
+ * whose loop device failed (sds-faults.test.ts fills a tmpfs under one) can leave an error
+ * no one has seen, which Linux reports to the next opener's first fsync, on whatever file
+ * is attached by then. One fsync here sees it, so that the SDS's first fdatasync does not
+ * mark a healthy device failed.
+ */
+function consumeStaleWritebackError(device: string): void {
+  const fd = fs.openSync(device, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } catch {
+    // The stale error, now seen.
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 async function detach(device: string): Promise<void> {
