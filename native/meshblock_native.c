@@ -356,6 +356,42 @@ static napi_value js_crc32c_blocks(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * bufferAddressModulo(buffer, modulus) -> the buffer's address modulo `modulus` (a power of
+ * two): what O_DIRECT's memory alignment is checked against. JavaScript cannot see an
+ * address; an aligned view is then a subarray at (modulus - this) % modulus.
+ */
+static napi_value js_buffer_address_modulo(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], result;
+  void *data;
+  size_t length;
+  uint32_t modulus;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 2 || napi_get_buffer_info(env, argv[0], &data, &length) != napi_ok ||
+      napi_get_value_uint32(env, argv[1], &modulus) != napi_ok || modulus == 0 || (modulus & (modulus - 1)) != 0) {
+    napi_throw_type_error(env, NULL, "expected (buffer, power of two)");
+    return NULL;
+  }
+  napi_create_uint32(env, (uint32_t)((uintptr_t)data & (modulus - 1)), &result);
+  return result;
+}
+
+/* logicalBlockSize(fd) -> a block device's logical sector size (BLKSSZGET), or -errno. */
+static napi_value js_logical_block_size(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  int32_t fd;
+  int bytes = 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 1 || napi_get_value_int32(env, argv[0], &fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected (fd)");
+    return NULL;
+  }
+  napi_create_int32(env, ioctl(fd, BLKSSZGET, &bytes) == 0 ? bytes : -errno, &result);
+  return result;
+}
+
 static void set_int(napi_env env, napi_value target, const char *name, int value) {
   napi_value v;
   napi_create_int32(env, value, &v);
@@ -386,6 +422,8 @@ NAPI_MODULE_INIT() {
   set_fn(env, exports, "inlineWriteSlept", js_inline_write_slept);
   set_fn(env, exports, "tuneMalloc", js_tune_malloc);
   set_fn(env, exports, "adviseRandom", js_advise_random);
+  set_fn(env, exports, "bufferAddressModulo", js_buffer_address_modulo);
+  set_fn(env, exports, "logicalBlockSize", js_logical_block_size);
   set_int(env, exports, "EOPNOTSUPP", EOPNOTSUPP);
   set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);
   set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);

@@ -3,7 +3,7 @@
 // given over the wire (SdsOp.SetMap) by whoever holds the cluster secret with role 'mdm'
 // or 'test'. Either way the map is kept in the data directory across restarts.
 
-import { mdmAddressesMax, nameBytesMax } from '../common/limits.js';
+import { mdmAddressesMax, nameBytesMax, sdsThreadPoolSize } from '../common/limits.js';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -13,6 +13,7 @@ import { formatHostPort, parseHostPort, parseHostPortList } from '../common/addr
 import { InvalidArgumentError } from '../common/errors.js';
 import { parseSizeBytes } from '../common/units.js';
 import { ChunkStore } from '../sds/chunk-store.js';
+import { deviceIoRequests, type DeviceIoRequest } from '../sds/device.js';
 import { MdmLink } from '../sds/mdm-link.js';
 import { SdsService } from '../sds/service.js';
 import { loadState, saveState, type SdsState } from '../sds/state.js';
@@ -33,6 +34,7 @@ export interface SdsStartArgs {
   'chunk-size': string;
   force: boolean;
   'payload-checksums': boolean;
+  io: DeviceIoRequest;
   'log-level': Level;
 }
 
@@ -51,6 +53,11 @@ export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
     .option('chunk-size', { type: 'string', default: '1MiB', describe: 'chunk size of the pool this SDS serves (a power of two, 64KiB..64MiB)' })
     .option('force', { type: 'boolean', default: false, describe: 'format devices even if they hold a filesystem, partition table, LVM label or another cluster' })
     .option('payload-checksums', { type: 'boolean', default: false, describe: 'CRC-32C every payload this SDS sends (received ones are always checked)' })
+    .option('io', {
+      choices: deviceIoRequests,
+      default: 'auto' as DeviceIoRequest,
+      describe: 'device IO: direct (O_DIRECT, no page cache), buffered (page cache), or auto: direct where the device allows it, else buffered with a warning saying why (docs/direct-io.md)',
+    })
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
     .check((argv) => {
       if (Buffer.byteLength(argv.name) > nameBytesMax || !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(argv.name)) {
@@ -73,6 +80,9 @@ function devicePaths(values: readonly (string | number)[]): string[] {
 }
 
 export async function sdsStart(args: SdsStartArgs): Promise<void> {
+  // Before the first use of libuv's thread pool, which direct device IO runs on: one thread
+  // per device IO in flight (libuv reads this once, when the pool starts).
+  process.env['UV_THREADPOOL_SIZE'] ??= String(sdsThreadPoolSize);
   const log = createRootLogger(args['log-level'], 'sds');
   const dataDir = path.resolve(args['data-dir'] ?? `/var/lib/meshblock/sds-${args.name}`);
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
@@ -107,6 +117,7 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
     force: args.force,
     log: log.child({ component: 'chunk-store' }),
     reservations: new Map(Object.entries(state.reservations)),
+    io: args.io,
     ...(benchWithout !== undefined ? { benchWithout } : {}),
   });
   saveState(dataDir, state);
@@ -135,7 +146,11 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
     link = new MdmLink({ mdmAddresses, identity, secret, service, address, log: log.child({ component: 'mdm-link' }) });
     link.start();
   }
-  log.info({ sdsId: identity.sdsId, address, devices, epoch: service.epoch, mdms: mdmAddresses }, 'sds ready');
+  for (const device of store.devices) {
+    if (device.opened.io === 'buffered' && args.io === 'auto') log.warn({ path: device.path, reason: device.opened.ioReason }, 'device IO goes through the page cache, not direct');
+  }
+  const deviceIo = store.devices.map((device) => ({ path: device.path, io: device.opened.io, ...(device.opened.ioReason === null ? {} : { ioReason: device.opened.ioReason }) }));
+  log.info({ sdsId: identity.sdsId, address, devices: deviceIo, epoch: service.epoch, mdms: mdmAddresses }, 'sds ready');
   process.stdout.write(`sds ${identity.name} (${identity.sdsId}) of cluster ${identity.clusterId} listening on ${address} with ${devices.length} device(s)\n`);
 
   await runUntilSignal(

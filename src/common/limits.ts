@@ -201,6 +201,13 @@ export const slotCloseCheckMs = 5_000;
 export const zeroedSlotsReadyMax = 32;
 /** Slots whose block checksums an SDS keeps in memory (1 KiB each for 1 MiB chunks): 64 MiB, 64 GiB of chunks. */
 export const checksumCacheSlotsMax = 65_536;
+/** Idle aligned buffers kept per size class for O_DIRECT IO (aligned-buffers.ts): at most 8 x 2 MiB of the largest. */
+export const alignedIdlePerClassMax = 8;
+/**
+ * libuv's thread pool in an SDS with direct IO: each device IO in flight holds a thread, so
+ * the pool bounds the queue depth devices see (libuv's default of 4 would starve an SSD).
+ */
+export const sdsThreadPoolSize = 32;
 /** A fill order not answered by the group being in sync is repeated after this long. */
 export const rebuildOrderRepeatMs = 30_000;
 /** A pool is planned again for orphaned one-copy groups at most this often. */

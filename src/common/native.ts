@@ -25,6 +25,8 @@ interface NativeBinding {
   adviseRandom: (fd: number) => number;
   crc32c: (bytes: Buffer, previous: number) => number;
   crc32cBlocks: (bytes: Buffer, blockBytes: number, seed: number, out: Uint32Array) => number;
+  bufferAddressModulo: (buffer: Buffer, modulus: number) => number;
+  logicalBlockSize: (fd: number) => number;
   EOPNOTSUPP: number;
   FALLOC_FL_KEEP_SIZE: number;
   FALLOC_FL_PUNCH_HOLE: number;
@@ -123,3 +125,9 @@ export const adviseRandom: (fd: number) => number = binding.adviseRandom;
 export const nativeCrc32c: (bytes: Buffer, previous: number) => number = binding.crc32c;
 /** The CRC-32C of each block of `bytes`, each from `seed`, into `out`; use common/crc32c.ts's crc32cBlocks(). */
 export const nativeCrc32cBlocks: (bytes: Buffer, blockBytes: number, seed: number, out: Uint32Array) => number = binding.crc32cBlocks;
+
+/** The buffer's address modulo `modulus` (a power of two): O_DIRECT's memory alignment check. */
+export const bufferAddressModulo: (buffer: Buffer, modulus: number) => number = binding.bufferAddressModulo;
+
+/** A block device's logical sector size (BLKSSZGET), or a negative errno (ENOTTY for a file). */
+export const logicalBlockSize: (fd: number) => number = binding.logicalBlockSize;

@@ -98,7 +98,6 @@
 // generation-gc.ts). A key being read through another generation is pinned meanwhile, so
 // that freeing it waits for the read (the read holds the range lock of its own key only).
 
-import * as fs from 'node:fs';
 import * as os from 'node:os';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
@@ -107,7 +106,7 @@ import { MeshblockError } from '../common/errors.js';
 import { ShortReadError } from '../common/positional-io.js';
 import type { IntegrityCounters, UnrepairableRange } from '../wire/sds-ops.js';
 import { nativeDeviceIo, type DeviceIo, type DeviceIoFactory } from './device-io.js';
-import { checksumAreaBytes, checksumBlockBytes, checksumHeaderBytes, openDevice, slotEntryBytes, type DeviceOwner, type OpenedDevice } from './device.js';
+import { checksumBlockBytes, checksumHeaderBytes, closeDevice, metadataStrides, openDevice, slotEntryBytes, type DeviceIoRequest, type DeviceOwner, type OpenedDevice } from './device.js';
 import { checksumCacheSlotsMax, openSlotsPerDeviceMax, rateWindowMs, slotCloseCheckMs, slotCloseIdleMs, unrepairableRangesMax, zeroedSlotsReadyMax } from '../common/limits.js';
 
 export { checksumBlockBytes } from './device.js';
@@ -252,6 +251,9 @@ export class StoreDevice {
   private windowStart = zeroCounters();
 
   readonly io: DeviceIo;
+  /** One slot's entry and checksum area on the device: whole sectors on a device formatted for direct IO (device.ts). */
+  readonly entryStrideBytes: number;
+  readonly areaStrideBytes: number;
 
   constructor(
     readonly opened: OpenedDevice,
@@ -259,6 +261,7 @@ export class StoreDevice {
     ioFactory: DeviceIoFactory,
   ) {
     this.io = ioFactory(opened, log);
+    ({ entryStrideBytes: this.entryStrideBytes, areaStrideBytes: this.areaStrideBytes } = metadataStrides(opened.superblock.sectorBytes, opened.superblock.chunkBytes));
   }
 
   get deviceId(): string {
@@ -283,11 +286,11 @@ export class StoreDevice {
   }
 
   entryOffsetBytes(slot: number): number {
-    return this.opened.superblock.slotTableOffsetBytes + slot * slotEntryBytes;
+    return this.opened.superblock.slotTableOffsetBytes + slot * this.entryStrideBytes;
   }
 
   checksumAreaOffsetBytes(slot: number): number {
-    return this.opened.superblock.checksumTableOffsetBytes + slot * checksumAreaBytes(this.opened.superblock.chunkBytes);
+    return this.opened.superblock.checksumTableOffsetBytes + slot * this.areaStrideBytes;
   }
 
   sampleRates(windowMs: number): void {
@@ -311,6 +314,8 @@ export interface ChunkStoreOptions {
   reservations?: Map<string, number>;
   /** How device IO is done: the real calls unless a test simulates power loss. */
   deviceIo?: DeviceIoFactory;
+  /** Direct IO (O_DIRECT) or the page cache (default 'auto': direct where the device allows it; device.ts). */
+  io?: DeviceIoRequest;
   /**
    * For benchmarks only (scripts/bench-integrity.mjs, MESHBLOCK_SDS_BENCH_WITHOUT): run
    * without checksums (none computed, written or verified) or without the power-safe
@@ -405,16 +410,16 @@ export class ChunkStore {
   async addDevice(path: string, options: { force: boolean }): Promise<StoreDevice> {
     const existing = this.devices.find((device) => device.path === path);
     if (existing !== undefined) return existing;
-    const opened = await openDevice(path, this.options.owner, { force: options.force, chunkBytes: this.chunkBytes });
+    const opened = await openDevice(path, this.options.owner, { force: options.force, chunkBytes: this.chunkBytes, io: this.options.io ?? 'auto' });
     if (this.devices.some((device) => device.deviceId === opened.superblock.deviceId)) {
-      fs.closeSync(opened.fd);
+      closeDevice(opened);
       throw new StoreError('MB_ERR_DEVICE_DUPLICATE', `${path} is device ${opened.superblock.deviceId}, which is already open under another path`);
     }
     const device = new StoreDevice(opened, this.log, this.options.deviceIo ?? nativeDeviceIo);
     try {
       await this.loadSlotTable(device);
     } catch (err) {
-      fs.closeSync(opened.fd);
+      closeDevice(opened);
       throw err;
     }
     this.devices.push(device);
@@ -423,16 +428,17 @@ export class ChunkStore {
   }
 
   private async loadSlotTable(device: StoreDevice): Promise<void> {
-    const entriesPerRead = slotTableReadBytes / slotEntryBytes;
+    const stride = device.entryStrideBytes;
+    const entriesPerRead = slotTableReadBytes / stride;
     const buffer = Buffer.allocUnsafe(slotTableReadBytes);
     const duplicates: Location[] = [];
     const damaged: number[] = [];
     for (let first = 0; first < device.slotCount; first += entriesPerRead) {
       const count = Math.min(entriesPerRead, device.slotCount - first);
-      await this.readFully(device, buffer.subarray(0, count * slotEntryBytes), device.entryOffsetBytes(first));
+      await this.readFully(device, buffer.subarray(0, count * stride), device.entryOffsetBytes(first));
       for (let entryIndex = 0; entryIndex < count; entryIndex++) {
         const slot = first + entryIndex;
-        const entry = buffer.subarray(entryIndex * slotEntryBytes, (entryIndex + 1) * slotEntryBytes);
+        const entry = buffer.subarray(entryIndex * stride, entryIndex * stride + slotEntryBytes);
         const decoded = decodeEntry(entry);
         if (decoded === 'free') {
           device.freeSlots.push(slot);
@@ -477,9 +483,9 @@ export class ChunkStore {
   private async adoptDamagedEntry(device: StoreDevice, slot: number): Promise<void> {
     device.damagedSlotCount += 1;
     this.integrity.damagedEntries += 1;
-    const header = Buffer.alloc(checksumHeaderBytes);
-    await this.readFully(device, header, device.checksumAreaOffsetBytes(slot));
-    const key = decodeChecksumHeader(header);
+    const area = Buffer.alloc(device.areaStrideBytes);
+    await this.readFully(device, area, device.checksumAreaOffsetBytes(slot));
+    const key = decodeChecksumHeader(area.subarray(0, checksumHeaderBytes));
     if (key === null) {
       this.log.error({ deviceId: device.deviceId, path: device.path, slot }, 'damaged slot-table entry, and its checksum header too: the chunk it held is unknown and lost on this copy; the slot is not reused');
       return;
@@ -656,8 +662,8 @@ export class ChunkStore {
     this.damagedSlots.delete(name);
     const { device, slot } = damaged;
     void (async () => {
-      await this.writeFully(device, Buffer.alloc(slotEntryBytes), device.entryOffsetBytes(slot));
-      await this.writeFully(device, Buffer.alloc(checksumHeaderBytes), device.checksumAreaOffsetBytes(slot));
+      await this.writeFully(device, Buffer.alloc(device.entryStrideBytes), device.entryOffsetBytes(slot));
+      await this.writeFully(device, Buffer.alloc(checksumHeaderBytes), device.checksumAreaOffsetBytes(slot)); // as in releaseSlot
       device.damagedSlotCount -= 1;
       device.pendingFree.push({ slot, seq: ++device.writeSeq });
     })().catch((err: unknown) => this.log.warn({ err, deviceId: device.deviceId, slot }, 'freeing the slot of a damaged entry failed; it stays unused'));
@@ -703,7 +709,7 @@ export class ChunkStore {
     location.busy += 1;
     try {
       const checksums = await this.loadChecksums(location);
-      const onDisk = Buffer.allocUnsafe(checksumAreaBytes(this.chunkBytes));
+      const onDisk = Buffer.allocUnsafe(device.areaStrideBytes);
       await this.readFully(device, onDisk, device.checksumAreaOffsetBytes(location.slot));
       const expected = location.area as Buffer;
       const buffer = Buffer.allocUnsafe(Math.min(recoverReadBytes, this.chunkBytes));
@@ -740,22 +746,23 @@ export class ChunkStore {
   async scrubSlotTable(device: StoreDevice): Promise<number> {
     const expected = new Map<number, Location>();
     for (const location of this.index.values()) if (location.device === device) expected.set(location.slot, location);
-    const entriesPerRead = slotTableReadBytes / slotEntryBytes;
+    const stride = device.entryStrideBytes;
+    const entriesPerRead = slotTableReadBytes / stride;
     const buffer = Buffer.allocUnsafe(slotTableReadBytes);
     let rewritten = 0;
     for (let first = 0; first < device.slotCount; first += entriesPerRead) {
       const count = Math.min(entriesPerRead, device.slotCount - first);
-      await this.readFully(device, buffer.subarray(0, count * slotEntryBytes), device.entryOffsetBytes(first));
+      await this.readFully(device, buffer.subarray(0, count * stride), device.entryOffsetBytes(first));
       for (let entryIndex = 0; entryIndex < count; entryIndex++) {
         const location = expected.get(first + entryIndex);
         if (location === undefined || location.opening !== null) continue;
-        const onDisk = buffer.subarray(entryIndex * slotEntryBytes, (entryIndex + 1) * slotEntryBytes);
-        if (onDisk.equals(encodeEntry(location))) continue;
+        const onDisk = buffer.subarray(entryIndex * stride, (entryIndex + 1) * stride);
+        if (onDisk.equals(entryRecord(location))) continue;
         // An entry write in flight may differ for a moment: look again after it.
         await location.entryChain.catch(() => undefined);
-        const again = Buffer.allocUnsafe(slotEntryBytes);
+        const again = Buffer.allocUnsafe(stride);
         await this.readFully(device, again, device.entryOffsetBytes(location.slot));
-        if (again.equals(encodeEntry(location))) continue;
+        if (again.equals(entryRecord(location))) continue;
         await this.writeEntry(location);
         rewritten += 1;
         this.integrity.damagedEntries += 1;
@@ -1029,8 +1036,8 @@ export class ChunkStore {
       }
       if (slot === undefined) throw new StoreError('MB_ERR_NO_SPACE', 'no healthy device with a free chunk slot');
       const location = newLocation(device, slot, this.nextSequence++, key, true);
-      const area = newChecksumArea(key, this.blocksPerChunk);
-      const checksums = checksumsOf(area);
+      const area = newChecksumArea(key, this.blocksPerChunk, device.areaStrideBytes);
+      const checksums = checksumsOf(area, this.blocksPerChunk);
       const base = device.slotOffsetBytes(slot);
       const whole = fill !== 'zeros' && fill.content.length === this.chunkBytes;
       if (!whole && !zeroed) await this.zeroRange(device, base, this.chunkBytes);
@@ -1098,7 +1105,10 @@ export class ChunkStore {
     location.checksums = null;
     location.area = null;
     await location.entryChain.catch(() => undefined);
-    await this.writeFully(device, Buffer.alloc(slotEntryBytes), device.entryOffsetBytes(slot));
+    await this.writeFully(device, Buffer.alloc(device.entryStrideBytes), device.entryOffsetBytes(slot));
+    // The header only, never the CRCs behind it: until the zeroed entry is durable the slot
+    // may still be the old key's after a cut, and must verify as it. On a direct device this
+    // is the one metadata write of part of a sector (DirectIo reads, modifies and writes it).
     await this.writeFully(device, Buffer.alloc(checksumHeaderBytes), device.checksumAreaOffsetBytes(slot));
     device.usedSlotCount -= 1;
     // The slot's bytes stay until the zeroed entry is durable: discarded before that, a cut
@@ -1232,13 +1242,13 @@ export class ChunkStore {
       this.checksumCache.add(location);
       return location.checksums;
     }
-    if (location.loading !== null) return checksumsOf(await location.loading);
+    if (location.loading !== null) return checksumsOf(await location.loading, this.blocksPerChunk);
     const loading = (async () => {
-      const area = newChecksumArea(location.key, this.blocksPerChunk);
-      const onDisk = Buffer.allocUnsafe(area.length - checksumHeaderBytes);
-      await this.readFully(location.device, onDisk, location.device.checksumAreaOffsetBytes(location.slot) + checksumHeaderBytes);
+      const area = newChecksumArea(location.key, this.blocksPerChunk, location.device.areaStrideBytes);
+      const onDisk = Buffer.allocUnsafe(area.length);
+      await this.readFully(location.device, onDisk, location.device.checksumAreaOffsetBytes(location.slot));
       // The header is the key's, rewritten from memory with the next write if it rotted.
-      onDisk.copy(area, checksumHeaderBytes);
+      onDisk.copy(area, checksumHeaderBytes, checksumHeaderBytes, checksumHeaderBytes + this.blocksPerChunk * 4);
       return area;
     })();
     location.loading = loading;
@@ -1246,7 +1256,7 @@ export class ChunkStore {
       const area = await loading;
       // A slot freed meanwhile keeps no checksums.
       if (this.index.get(keyName(location.key)) === location || this.allocating.has(keyName(location.key))) this.setChecksums(location, area);
-      return location.checksums ?? checksumsOf(area);
+      return location.checksums ?? checksumsOf(area, this.blocksPerChunk);
     } finally {
       location.loading = null;
     }
@@ -1254,7 +1264,7 @@ export class ChunkStore {
 
   private setChecksums(location: Location, area: Buffer): void {
     location.area = area;
-    location.checksums = checksumsOf(area);
+    location.checksums = checksumsOf(area, this.blocksPerChunk);
     this.checksumCache.delete(location);
     this.checksumCache.add(location);
     if (this.checksumCache.size <= checksumCacheSlotsMax) return;
@@ -1302,7 +1312,7 @@ export class ChunkStore {
   private writeEntry(location: Location): Promise<void> {
     const write = location.entryChain
       .catch(() => undefined)
-      .then(() => this.writeFully(location.device, encodeEntry(location), location.device.entryOffsetBytes(location.slot)));
+      .then(() => this.writeFully(location.device, entryRecord(location), location.device.entryOffsetBytes(location.slot)));
     location.entryChain = write;
     return write;
   }
@@ -1472,7 +1482,7 @@ export class ChunkStore {
       } catch (err) {
         this.log.error({ err, deviceId: device.deviceId }, 'syncing and closing slots at close failed: the next open verifies the open ones');
       }
-      fs.closeSync(device.opened.fd);
+      closeDevice(device.opened);
     }
   }
 }
@@ -1583,6 +1593,16 @@ function encodeEntry(location: Location): Buffer {
   return entry;
 }
 
+/** The entry as written to the device: padded with zeros to its whole record (StoreDevice.entryStrideBytes). */
+function entryRecord(location: Location): Buffer {
+  const entry = encodeEntry(location);
+  const stride = location.device.entryStrideBytes;
+  if (stride === entry.length) return entry;
+  const record = Buffer.alloc(stride);
+  entry.copy(record);
+  return record;
+}
+
 function decodeEntry(entry: Buffer): 'free' | 'damaged' | { sequence: number; key: ChunkKey; open: boolean } {
   if (entry.every((byte) => byte === 0)) return 'free';
   if (crc32c(entry.subarray(4)) !== entry.readUInt32BE(0) || entry.readUInt8(4) !== 1) return 'damaged';
@@ -1594,17 +1614,19 @@ function decodeEntry(entry: Buffer): 'free' | 'damaged' | { sequence: number; ke
  * CRCs are stored little-endian, as the array over them (checksumsOf) holds them, so that a
  * change is one store into memory and the area is written from that memory as it is.
  */
-function newChecksumArea(key: ChunkKey, blocks: number): Buffer {
-  // Not from Buffer's pool: the array over it needs its own 4-aligned ArrayBuffer.
-  const area = Buffer.alloc(checksumHeaderBytes + blocks * 4);
+function newChecksumArea(key: ChunkKey, blocks: number, strideBytes: number): Buffer {
+  assert(strideBytes >= checksumHeaderBytes + blocks * 4, 'a checksum area fits its record');
+  // Not from Buffer's pool: the array over it needs its own 4-aligned ArrayBuffer. The
+  // padding to the record's size stays zeros.
+  const area = Buffer.alloc(strideBytes);
   encodeKey(key, area, 8);
   area.writeUInt32BE(crc32c(area.subarray(4, checksumHeaderBytes)), 0);
   return area;
 }
 
 /** The block CRCs of a checksum area, over its bytes. */
-function checksumsOf(area: Buffer): Uint32Array {
-  return new Uint32Array(area.buffer, area.byteOffset + checksumHeaderBytes, (area.length - checksumHeaderBytes) / 4);
+function checksumsOf(area: Buffer, blocks: number): Uint32Array {
+  return new Uint32Array(area.buffer, area.byteOffset + checksumHeaderBytes, blocks);
 }
 
 /** The key a checksum header names, or null when the header is blank or damaged. */

@@ -190,6 +190,8 @@ export class SdsControl {
         writeBytesPerSecond: device.rates.writeBytes,
         checksumErrors: device.checksumErrors,
         scrubbedBytes: device.scrubbedBytes,
+        io: device.opened.io,
+        ...(device.opened.ioReason === null ? {} : { ioReason: device.opened.ioReason }),
       })),
       reservedBytes: store.reservedUnusedSlots() * store.chunkBytes,
       rebuilds: this.host.rebuildProgress(),

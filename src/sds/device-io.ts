@@ -8,8 +8,9 @@
 
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
+import { AlignedBuffers, isAligned } from '../common/aligned-buffers.js';
 import * as native from '../common/native.js';
-import { PositionalIo } from '../common/positional-io.js';
+import { PositionalIo, ShortReadError } from '../common/positional-io.js';
 import type { OpenedDevice } from './device.js';
 
 export interface DeviceIo {
@@ -31,14 +32,30 @@ export interface DeviceIo {
 /** Makes the DeviceIo for an opened device: the real one unless a test gives its own. */
 export type DeviceIoFactory = (opened: OpenedDevice, log: Logger) => DeviceIo;
 
+/** The real device IO: direct where the device was opened for it (opened.directFd), else through the page cache. */
 export const nativeDeviceIo: DeviceIoFactory = (opened, log) => {
-  const io = new PositionalIo(opened.fd, { path: opened.path, isBlockDevice: opened.isBlockDevice, log });
-  const fd = opened.fd;
-  const zero = (positionBytes: number, lengthBytes: number): Promise<void> =>
-    opened.isBlockDevice ? native.zeroout(fd, positionBytes, lengthBytes) : native.fallocate(fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, positionBytes, lengthBytes);
+  const fd = opened.directFd ?? opened.fd;
+  const positional =
+    opened.directFd === null
+      ? new PositionalIo(fd, { path: opened.path, isBlockDevice: opened.isBlockDevice, log })
+      : new DirectIo(opened.directFd, opened.path, opened.sectorBytes);
+  let punchHoles = !opened.isBlockDevice;
+  const zero = async (positionBytes: number, lengthBytes: number): Promise<void> => {
+    if (opened.isBlockDevice) return native.zeroout(fd, positionBytes, lengthBytes);
+    if (punchHoles) {
+      try {
+        return await native.fallocate(fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, positionBytes, lengthBytes);
+      } catch (err) {
+        if (!isUnsupported(err)) throw err;
+        punchHoles = false;
+        log.info({ path: opened.path }, 'the filesystem cannot punch holes (ramfs?): ranges are zeroed by writing zeros');
+      }
+    }
+    await writeZeros((bytes, at) => positional.write(bytes, at), positionBytes, lengthBytes);
+  };
   return {
-    read: (target, positionBytes) => io.read(target, positionBytes),
-    write: (source, positionBytes) => io.write(source, positionBytes),
+    read: (target, positionBytes) => positional.read(target, positionBytes),
+    write: (source, positionBytes) => positional.write(source, positionBytes),
     zero,
     discard: (positionBytes, lengthBytes) => {
       if (!opened.isBlockDevice) return zero(positionBytes, lengthBytes);
@@ -49,3 +66,126 @@ export const nativeDeviceIo: DeviceIoFactory = (opened, log) => {
     sync: () => new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve()))),
   };
 };
+
+/**
+ * Positional IO on an O_DIRECT descriptor, on libuv's thread pool (never on the event
+ * loop: a direct read or write waits for the device). Direct IO wants the device position,
+ * the length and the memory aligned: memory that is not goes through an aligned bounce
+ * buffer (a copy costs far less than the device IO), and a range that is not whole sectors
+ * is widened to whole sectors, its edge sectors read first and written back whole. Such a
+ * read-modify-write holds its edge sectors meanwhile, so two of them on one sector (two
+ * slots' metadata sharing it on a device formatted before direct IO) never lose each
+ * other's bytes. The chunk store's own IO on a device formatted for direct IO is whole
+ * sectors (device.ts pads its metadata), so that path is the exception.
+ */
+export class DirectIo {
+  private readonly buffers = new AlignedBuffers();
+  /** Read-modify-writes in flight, by sector: the next one on a sector waits for the last. */
+  private readonly sectorLocks = new Map<number, Promise<void>>();
+
+  constructor(
+    private readonly fd: number,
+    private readonly path: string,
+    private readonly sectorBytes: number,
+  ) {}
+
+  async read(target: Buffer, positionBytes: number): Promise<void> {
+    const first = alignDown(positionBytes, this.sectorBytes);
+    const end = alignUp(positionBytes + target.length, this.sectorBytes);
+    if (first === positionBytes && end === positionBytes + target.length && isAligned(target)) return this.transfer('read', target, first);
+    const bounce = this.buffers.acquire(end - first);
+    try {
+      await this.transfer('read', bounce, first);
+      bounce.copy(target, 0, positionBytes - first, positionBytes - first + target.length);
+    } finally {
+      this.buffers.release(bounce);
+    }
+  }
+
+  async write(source: Buffer, positionBytes: number): Promise<void> {
+    const first = alignDown(positionBytes, this.sectorBytes);
+    const end = alignUp(positionBytes + source.length, this.sectorBytes);
+    if (first === positionBytes && end === positionBytes + source.length) {
+      if (isAligned(source)) return this.transfer('write', source, first);
+      const bounce = this.buffers.acquire(source.length);
+      try {
+        source.copy(bounce);
+        return await this.transfer('write', bounce, first);
+      } finally {
+        this.buffers.release(bounce);
+      }
+    }
+    const edges = [first / this.sectorBytes, end / this.sectorBytes - 1];
+    const unlock = await this.lockSectors(edges);
+    const bounce = this.buffers.acquire(end - first);
+    try {
+      const sector = this.sectorBytes;
+      if (first !== positionBytes) await this.transfer('read', bounce.subarray(0, sector), first);
+      if (end !== positionBytes + source.length && (end - sector !== first || first === positionBytes)) {
+        await this.transfer('read', bounce.subarray(end - first - sector), end - sector);
+      }
+      source.copy(bounce, positionBytes - first);
+      await this.transfer('write', bounce, first);
+    } finally {
+      this.buffers.release(bounce);
+      unlock();
+    }
+  }
+
+  /** Waits for the read-modify-writes in flight on `sectors`, then holds them until the returned call. */
+  private async lockSectors(sectors: readonly number[]): Promise<() => void> {
+    const unique = [...new Set(sectors)];
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const before = unique.map((sector) => this.sectorLocks.get(sector) ?? Promise.resolve());
+    for (const sector of unique) this.sectorLocks.set(sector, held);
+    await Promise.all(before);
+    return () => {
+      for (const sector of unique) if (this.sectorLocks.get(sector) === held) this.sectorLocks.delete(sector);
+      release();
+    };
+  }
+
+  /** The whole of `buffer` (aligned memory, whole sectors) read or written at `positionBytes`. */
+  private transfer(kind: 'read' | 'write', buffer: Buffer, positionBytes: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const step = (done: number): void => {
+        const callback = (err: NodeJS.ErrnoException | null, bytes: number): void => {
+          if (err) return reject(err);
+          if (bytes === 0) return reject(new ShortReadError(`${this.path}: short ${kind} at ${positionBytes + done}: end of device`));
+          // A partial direct transfer ends on a sector boundary; the rest goes on from there.
+          const next = done + bytes;
+          if (next === buffer.length) resolve();
+          else step(next);
+        };
+        if (kind === 'read') fs.read(this.fd, buffer, done, buffer.length - done, positionBytes + done, callback);
+        else fs.write(this.fd, buffer, done, buffer.length - done, positionBytes + done, callback);
+      };
+      step(0);
+    });
+  }
+}
+
+/** Writes zeros over a range, a MiB at a time, where the device has no cheaper way. */
+export async function writeZeros(write: (bytes: Buffer, positionBytes: number) => Promise<void>, positionBytes: number, lengthBytes: number): Promise<void> {
+  const zeros = Buffer.alloc(Math.min(lengthBytes, zeroWriteBytes));
+  for (let done = 0; done < lengthBytes; done += zeros.length) {
+    await write(zeros.subarray(0, Math.min(zeros.length, lengthBytes - done)), positionBytes + done);
+  }
+}
+
+const zeroWriteBytes = 1024 * 1024;
+
+/** The system call is not supported here (EOPNOTSUPP; ENOTSUP is the same number on Linux). */
+function isUnsupported(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return code === 'EOPNOTSUPP' || code === 'ENOTSUP';
+}
+
+function alignDown(value: number, alignment: number): number {
+  return Math.floor(value / alignment) * alignment;
+}
+
+function alignUp(value: number, alignment: number): number {
+  return Math.ceil(value / alignment) * alignment;
+}

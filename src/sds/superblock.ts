@@ -18,7 +18,14 @@
 //      100     4  reserved            0
 //      104     8  slotCount           chunk slots in the data area
 //      112     8  slotTableOffsetBytes where the slot table starts (chunk-store.ts)
-//      120  3972  reserved            0
+//      120     8  checksumTableOffsetBytes where the checksum table starts (version 2 on)
+//      128     4  checksumBlockBytes  bytes of chunk data one stored CRC covers (version 2 on)
+//      132     4  sectorBytes         version 3: the unit every metadata record is padded to
+//                                     (slot entries and checksum areas start on and fill whole
+//                                     sectors), so that direct IO writes them whole; 512 or
+//                                     the device's larger logical sector. Version 2 packs them
+//                                     (read as 0): such a device works only through the page cache.
+//      136  3956  reserved            0
 //     4092     4  crc32c              CRC-32C of bytes 0..4091
 
 import { nameBytesMax } from '../common/limits.js';
@@ -28,7 +35,9 @@ import { MeshblockError } from '../common/errors.js';
 import { KiB } from '../common/units.js';
 
 export const superblockMagic = Buffer.from('MESHBLK1');
-export const superblockVersion = 2;
+export const superblockVersion = 3;
+/** The oldest version still read: checksums at rest, metadata packed (sectorBytes 0). */
+const superblockVersionMin = 2;
 export const superblockBytes = 4 * KiB;
 /** The sdsName field: a name of nameBytesMax bytes and at least one NUL. */
 const sdsNameFieldBytes = 32;
@@ -48,6 +57,8 @@ export interface Superblock {
   slotTableOffsetBytes: number;
   checksumTableOffsetBytes: number;
   checksumBlockBytes: number;
+  /** Metadata records padded to whole sectors of this size; 0 on a version-2 device (packed). */
+  sectorBytes: number;
 }
 
 export class SuperblockError extends MeshblockError {}
@@ -75,6 +86,8 @@ export function encodeSuperblock(superblock: Superblock): Buffer {
   bytes.writeBigUInt64BE(BigInt(superblock.slotTableOffsetBytes), 112);
   bytes.writeBigUInt64BE(BigInt(superblock.checksumTableOffsetBytes), 120);
   bytes.writeUInt32BE(superblock.checksumBlockBytes, 128);
+  assert(superblock.sectorBytes >= 512 && (superblock.sectorBytes & (superblock.sectorBytes - 1)) === 0, 'new devices pad metadata to whole sectors');
+  bytes.writeUInt32BE(superblock.sectorBytes, 132);
   bytes.writeUInt32BE(crc32c(bytes.subarray(0, crcOffset)), crcOffset);
   return bytes;
 }
@@ -91,9 +104,9 @@ export function decodeSuperblock(head: Buffer): Superblock {
     throw new SuperblockError('MB_ERR_SUPERBLOCK_CHECKSUM', 'meshblock superblock is damaged (checksum mismatch)');
   }
   const version = head.readUInt32BE(8);
-  if (version !== superblockVersion) {
-    const hint = version < superblockVersion ? ' (formatted by an older meshblock, without checksums at rest: remove the device and add it again with --force; its chunks are rebuilt from their other copies)' : '';
-    throw new SuperblockError('MB_ERR_SUPERBLOCK_VERSION', `superblock version ${version}; this meshblock reads version ${superblockVersion}${hint}`);
+  if (version < superblockVersionMin || version > superblockVersion) {
+    const hint = version < superblockVersionMin ? ' (formatted by an older meshblock, without checksums at rest: remove the device and add it again with --force; its chunks are rebuilt from their other copies)' : '';
+    throw new SuperblockError('MB_ERR_SUPERBLOCK_VERSION', `superblock version ${version}; this meshblock reads versions ${superblockVersionMin} to ${superblockVersion}${hint}`);
   }
   const nameEnd = head.indexOf(0, 64);
   return {
@@ -109,5 +122,6 @@ export function decodeSuperblock(head: Buffer): Superblock {
     slotTableOffsetBytes: Number(head.readBigUInt64BE(112)),
     checksumTableOffsetBytes: Number(head.readBigUInt64BE(120)),
     checksumBlockBytes: head.readUInt32BE(128),
+    sectorBytes: version >= 3 ? head.readUInt32BE(132) : 0,
   };
 }

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import { crc32c } from '../../src/common/crc32c.js';
 import { keySeed, type ChunkKey } from '../../src/sds/chunk-store.js';
-import { checksumAreaBytes, checksumBlockBytes, checksumHeaderBytes, slotEntryBytes } from '../../src/sds/device.js';
+import { checksumBlockBytes, checksumHeaderBytes, metadataStrides, slotEntryBytes } from '../../src/sds/device.js';
 import { decodeSuperblock } from '../../src/sds/superblock.js';
 
 /** Where one chunk copy lives in a device file, in bytes from the file's start. */
@@ -32,17 +32,18 @@ export function locateChunk(file: string, where: { vtreeId: string; chunkIndex: 
   try {
     fs.readSync(fd, head, 0, head.length, 0);
     const superblock = decodeSuperblock(head);
-    const table = Buffer.alloc(superblock.slotCount * slotEntryBytes);
+    const { entryStrideBytes, areaStrideBytes } = metadataStrides(superblock.sectorBytes, superblock.chunkBytes);
+    const table = Buffer.alloc(superblock.slotCount * entryStrideBytes);
     fs.readSync(fd, table, 0, table.length, superblock.slotTableOffsetBytes);
     for (let slot = 0; slot < superblock.slotCount; slot++) {
-      const entry = table.subarray(slot * slotEntryBytes, (slot + 1) * slotEntryBytes);
+      const entry = table.subarray(slot * entryStrideBytes, slot * entryStrideBytes + slotEntryBytes);
       if (entry.readUInt8(4) !== 1 || crc32c(entry.subarray(4)) !== entry.readUInt32BE(0)) continue;
       if (entry.toString('hex', 24, 32) !== where.vtreeId || entry.readUInt32BE(32) !== where.chunkIndex || entry.readUInt32BE(36) !== (where.generation ?? 0)) continue;
       return {
         slot,
         dataBytes: superblock.dataOffsetBytes + slot * superblock.chunkBytes,
-        entryBytes: superblock.slotTableOffsetBytes + slot * slotEntryBytes,
-        checksumsBytes: superblock.checksumTableOffsetBytes + slot * checksumAreaBytes(superblock.chunkBytes),
+        entryBytes: superblock.slotTableOffsetBytes + slot * entryStrideBytes,
+        checksumsBytes: superblock.checksumTableOffsetBytes + slot * areaStrideBytes,
         chunkBytes: superblock.chunkBytes,
       };
     }
