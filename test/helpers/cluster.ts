@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { sparseFile } from './files.js';
 import { run, runMeshblock, startMeshblock, type DaemonHandle, type RunResult, type TeardownHost } from './processes.js';
-import { MiB, startSds, type SdsHandle } from './sds.js';
+import { MiB, startSds, type SdsHandle, type SdsIoMode } from './sds.js';
 
 export const adminPassword = 'the lab admin password';
 
@@ -69,8 +69,9 @@ export interface Cluster {
 }
 
 /**
- * An MDM, `sdsCount` SDSs with one sparse device each, one SDC, a protection domain pd1
- * and a pool sp1 (1 GiB granularity) holding every device, and the volumes, mapped.
+ * An MDM, `sdsCount` SDSs with one sparse device each (or `devices`, one per SDS), one SDC,
+ * a protection domain pd1 and a pool sp1 (1 GiB granularity) holding every device, and the
+ * volumes, mapped.
  */
 export async function startCluster(
   t: TeardownHost,
@@ -84,7 +85,7 @@ export async function startCluster(
     mdmHost?: string;
     /** SDS k runs in this network namespace, listening on this address. */
     sdsHosts?: Array<{ netns: string; address: string }>;
-  },
+  } & ClusterDevices,
 ): Promise<Cluster> {
   const mdm = await startMdm(t, dir, { listen: `${options.mdmHost ?? '127.0.0.1'}:0`, api: '127.0.0.1:0' }, options.mdmArgs ?? []);
   return { mdm, ...(await populateCluster(t, dir, { ...mdm, meshblock: cli(mdm, dir) }, options)) };
@@ -99,12 +100,24 @@ export interface ControlPlane {
   meshblock: (args: string[]) => Promise<RunResult>;
 }
 
+/** Where a test cluster's SDSs keep their data, and how they do its IO. */
+export interface ClusterDevices {
+  /**
+   * SDS k's device (e.g. a loop device from test/helpers/loop-devices.ts), one per SDS;
+   * sdsCount defaults to their count. Without it, each SDS gets a sparse file
+   * sdsK.img of deviceBytes in the test's dir.
+   */
+  devices?: string[];
+  /** `sds start --io` for every SDS (and its restarts); without it the SDS's default. */
+  sdsIo?: SdsIoMode;
+}
+
 /** SDSs, an SDC, pd1/sp1 and the volumes, mapped, on a running control plane. */
 export async function populateCluster(
   t: TeardownHost,
   dir: string,
   mdm: ControlPlane,
-  options: { sdsCount?: number; deviceBytes?: number; volumes: Array<{ name: string; sizeBytes: number }>; sdsHosts?: Array<{ netns: string; address: string }> },
+  options: { sdsCount?: number; deviceBytes?: number; volumes: Array<{ name: string; sizeBytes: number }>; sdsHosts?: Array<{ netns: string; address: string }> } & ClusterDevices,
 ): Promise<Omit<Cluster, 'mdm'>> {
   const meshblock = mdm.meshblock;
   const must = async (args: string[]): Promise<void> => {
@@ -112,8 +125,10 @@ export async function populateCluster(
     if (result.code !== 0) throw new Error(`meshblock ${args.join(' ')} failed: ${result.stderr}`);
   };
   const sds: SdsHandle[] = [];
-  for (let index = 1; index <= (options.sdsCount ?? 3); index++) {
-    const device = sparseFile(dir, `sds${index}.img`, options.deviceBytes ?? 4096 * MiB);
+  const sdsCount = options.sdsCount ?? options.devices?.length ?? 3;
+  if (options.devices !== undefined && options.devices.length !== sdsCount) throw new Error(`${options.devices.length} devices for ${sdsCount} SDSs`);
+  for (let index = 1; index <= sdsCount; index++) {
+    const device = options.devices?.[index - 1] ?? sparseFile(dir, `sds${index}.img`, options.deviceBytes ?? 4096 * MiB);
     const host = options.sdsHosts?.[index - 1];
     sds.push(
       await startSds(t, {
@@ -123,6 +138,7 @@ export async function populateCluster(
         clusterId: mdm.clusterId,
         secretFile: mdm.secretFile,
         extraArgs: ['--mdm', mdm.address],
+        ...(options.sdsIo !== undefined ? { io: options.sdsIo } : {}),
         ...(host !== undefined ? { netns: host.netns, listen: `${host.address}:0` } : {}),
       }),
     );
@@ -136,7 +152,7 @@ export async function populateCluster(
   });
   for (const entry of sds) {
     await must(['sds', 'add', '--sds', entry.name, '--pd', 'pd1']);
-    await must(['device', 'add', '--sds', entry.name, '--pool', 'sp1', '--path', path.join(dir, `${entry.name}.img`)]);
+    await must(['device', 'add', '--sds', entry.name, '--pool', 'sp1', '--path', entry.devices[0] as string]);
   }
   for (const volume of options.volumes) {
     await must(['volume', 'add', '--pool', 'sp1', '--name', volume.name, '--size', String(volume.sizeBytes)]);
@@ -150,17 +166,18 @@ export async function populateCluster(
   return { sds, sdc, meshblock, uri };
 }
 
-/** Restarts a killed SDS of the cluster on its old address, device and data directory. */
+/** Restarts a killed SDS of the cluster on its old address, device, --io and data directory. */
 export async function restartSds(t: TeardownHost, dir: string, cluster: Cluster, index: number): Promise<SdsHandle> {
   const old = cluster.sds[index] as SdsHandle;
   const restarted = await startSds(t, {
     dir,
     name: old.name,
-    devices: [path.join(dir, `${old.name}.img`)],
+    devices: old.devices,
     listen: old.address,
     clusterId: cluster.mdm.clusterId,
     secretFile: cluster.mdm.secretFile,
     extraArgs: ['--mdm', cluster.mdm.address],
+    ...(old.io !== undefined ? { io: old.io } : {}),
   });
   cluster.sds[index] = restarted;
   return restarted;

@@ -16,11 +16,17 @@ export const testSecret = 'a test cluster secret, long enough';
 export const testPoolId = '00000000000000a1';
 export const MiB = 1024 * 1024;
 
+/** `meshblock sds start --io` (docs/direct-io.md): O_DIRECT, the page cache, or direct where the device allows. */
+export type SdsIoMode = 'auto' | 'direct' | 'buffered';
+
 export interface SdsHandle extends DaemonHandle {
   name: string;
   sdsId: string;
   address: string;
   dataDir: string;
+  /** The devices it was started on, and the --io it was given (none: the SDS's default): a restart reuses both. */
+  devices: string[];
+  io?: SdsIoMode;
 }
 
 export function writeSecret(dir: string, secret = testSecret): string {
@@ -29,10 +35,13 @@ export function writeSecret(dir: string, secret = testSecret): string {
   return file;
 }
 
-/** Starts `meshblock sds start` on 127.0.0.1 (port 0 unless `listen` is given). */
+/**
+ * Starts `meshblock sds start` on 127.0.0.1 (port 0 unless `listen` is given), with
+ * `--io` when `io` is given (without it the SDS picks its default).
+ */
 export async function startSds(
   t: TeardownHost,
-  options: { dir: string; name: string; devices: string[]; listen?: string; extraArgs?: string[]; clusterId?: string; secretFile?: string; netns?: string },
+  options: { dir: string; name: string; devices: string[]; listen?: string; extraArgs?: string[]; clusterId?: string; secretFile?: string; netns?: string; io?: SdsIoMode },
 ): Promise<SdsHandle> {
   const dataDir = path.join(options.dir, `${options.name}-data`);
   const args = [
@@ -43,10 +52,11 @@ export async function startSds(
     '--data-dir', dataDir,
     '--cluster-id', options.clusterId ?? testClusterId,
     '--secret-file', options.secretFile ?? writeSecret(options.dir),
+    ...(options.io !== undefined ? ['--io', options.io] : []),
     ...(options.extraArgs ?? []),
   ];
   const daemon = await startMeshblock(t, args, { ready: /^sds (\S+) \(([0-9a-f]{16})\) of cluster [0-9a-f]{16} listening on (\S+) with/m, ...(options.netns !== undefined ? { netns: options.netns } : {}) });
-  return { ...daemon, name: options.name, sdsId: daemon.ready[2] as string, address: daemon.ready[3] as string, dataDir };
+  return { ...daemon, name: options.name, sdsId: daemon.ready[2] as string, address: daemon.ready[3] as string, dataDir, devices: options.devices, ...(options.io !== undefined ? { io: options.io } : {}) };
 }
 
 const quietLog = pino({ level: 'silent' });

@@ -1,5 +1,7 @@
 // Proves the SDS data path on real processes: `meshblock sds start` on sparse files and on
-// a loop (block) device, driven over the wire by a test client with an explicit placement
+// a loop (block) device, page cache and direct IO (`--io direct` on a loop device with
+// 4096-byte sectors and the loop driver's direct IO on: unaligned client IO is merged into
+// whole sectors by the SDS), driven over the wire by a test client with an explicit placement
 // map. Written data reads back; never-written ranges read as zeros and take no space
 // (thin); TRIM frees whole chunks and zeroes parts; IO with a stale epoch or bad arguments
 // is refused with its status; a restart keeps data and map; writes are mirrored to the
@@ -8,12 +10,13 @@
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { SdsOp, SdsStatus, encodeIo, encodeReserve, type IoArgs } from '../../src/wire/sds-ops.js';
 import { placementGroupOf } from '../../src/wire/placement.js';
 import { loopDevice, sparseFile } from '../helpers/files.js';
+import { loopDevices, loopDevicesUnavailable, type LoopDevice } from '../helpers/loop-devices.js';
 import { run, runMeshblock } from '../helpers/processes.js';
-import { MiB, SdsReplyError, TestVolumeClient, connectWire, getStats, makeMap, setMap, startSds, testPoolId, type SdsHandle } from '../helpers/sds.js';
+import { MiB, SdsReplyError, TestVolumeClient, connectWire, getStats, makeMap, setMap, startSds, testPoolId, type SdsHandle, type SdsIoMode } from '../helpers/sds.js';
 
 const vtreeId = '1111222233334444';
 
@@ -119,8 +122,25 @@ t.test('an SDS on a loop block device', async (t) => {
     t.skip(loop.unavailable, () => undefined);
     return;
   }
-  const sds = await startSds(t, { dir, name: 'sds-blk', devices: [loop.device] });
+  await blockDeviceCase(t, dir, loop.device);
+});
+
+t.test('an SDS on a loop block device with direct IO (4096-byte sectors)', async (t) => {
+  const unavailable = loopDevicesUnavailable();
+  if (unavailable !== null) {
+    t.skip(unavailable, () => undefined);
+    return;
+  }
+  const dir = t.testdir();
+  const [loop] = await loopDevices(t, dir, { count: 1, sizeBytes: 128 * MiB, sectorBytes: [4096] });
+  await blockDeviceCase(t, dir, (loop as LoopDevice).device, 'direct');
+});
+
+/** Unaligned writes and reads, zeros, trim and capacity on a block device (run with `--io io` when given). */
+async function blockDeviceCase(t: Test, dir: string, device: string, io?: SdsIoMode): Promise<void> {
+  const sds = await startSds(t, { dir, name: 'sds-blk', devices: [device], ...(io !== undefined ? { io } : {}) });
   const peer = await connectWire(t, sds.address);
+  if (io !== undefined) t.equal((await getStats(peer)).devices[0]?.io, io, `the device runs in ${io} IO`);
   const map = makeMap(1, [sds]);
   await setMap(peer, map);
   const volume = new TestVolumeClient(map, new Map([[sds.sdsId, peer]]), vtreeId);
@@ -131,9 +151,15 @@ t.test('an SDS on a loop block device', async (t) => {
   t.ok((await volume.read(0, 512)).equals(Buffer.alloc(512)), 'the unwritten head of a zeroed slot reads as zeros');
   await volume.trim(MiB, MiB);
   t.ok((await volume.read(MiB, MiB)).equals(Buffer.alloc(MiB)), 'a trimmed chunk reads as zeros');
+  // Part of a chunk, at odd sectors (7 sectors from sector 3): zeroed in place, neighbours kept.
+  await volume.trim(3 * 512, 7 * 512);
+  data.fill(0, MiB - 512, 2 * MiB - 512);
+  data.fill(0, 3 * 512 - 512, 10 * 512 - 512);
+  t.ok((await volume.read(512, data.length)).equals(data), 'a trimmed part of a chunk at odd sectors reads as zeros, the rest as written');
   const stats = await getStats(peer);
+  t.equal(stats.devices[0]?.state, 'normal', 'the device is still healthy');
   t.equal(stats.devices[0]?.totalBytes, 127 * MiB, 'capacity is the slots after the metadata area');
-});
+}
 
 t.test('two SDSs mirror every write; a lost secondary fails the write', async (t) => {
   const dir = t.testdir();
@@ -217,6 +243,7 @@ t.test('usage errors give one line and exit 2', async (t) => {
     [['sds', 'start', '--name', 'a', '--device', 'x', '--mdm', 'nowhere'], /--mdm: expected HOST:PORT/],
     [['sds', 'start', '--name', 'a'], /--device: name at least one device \(or register with an MDM: --mdm\)/],
     [['sds', 'start', '--name', 'a', '--device', 'x', '--listen', 'nope'], /--listen/],
+    [['sds', 'start', '--name', 'a', '--device', 'x', '--io', 'sideways'], /\bio\b.*sideways.*auto.*direct.*buffered/],
   ];
   for (const [args, message] of cases) {
     const result = await runMeshblock(args);
