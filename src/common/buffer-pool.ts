@@ -4,7 +4,7 @@
 // mark-compact collections), which at 1 MiB sequential IO was most of the CPU we spent.
 // The same holds, more slowly, for 4 KiB payloads: Buffer.allocUnsafe cuts them from
 // 128 KiB slabs that are external memory too, so they are pooled as well (from
-// payloadPooledBytesMin); only headers and arguments (tens of bytes) come from the slabs.
+// pooledBytesMin); only headers and arguments (tens of bytes) come from the slabs.
 //
 // Ownership is explicit: whoever acquired a buffer releases it exactly once, after its own
 // last use. A socket write still in progress holds the buffer (hold/unhold around the
@@ -12,7 +12,7 @@
 // goes back to the free list while the kernel may still be reading it.
 
 import { assert } from './assert.js';
-import { idleBytesPerClassMax, nbdRequestBytesMax, payloadPooledBytesMin as pooledBytesMin } from './limits.js';
+import { idleBytesPerClassMax, nbdRequestBytesMax, pooledBytesMin } from './limits.js';
 
 /** Headroom for a reply header (or wire IO arguments) in front of the largest request's data. */
 const headerRoomBytes = 64;

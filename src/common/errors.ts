@@ -163,6 +163,7 @@ export const errorCodes = {
   MB_ERR_DEVICE_SHORT: 'MB_ERR_DEVICE_SHORT',
   /** The device's on-disk format differs from this meshblock's (e.g. its checksum block size). */
   MB_ERR_DEVICE_FORMAT: 'MB_ERR_DEVICE_FORMAT',
+  /** Direct IO was asked for (sds start --io direct) and the device cannot do it: why, and --io buffered. */
   MB_ERR_DEVICE_DIRECT_IO: 'MB_ERR_DEVICE_DIRECT_IO',
   /** Stored bytes failed their checksum (rot, a misdirected write): nothing of them was returned. */
   MB_ERR_CHECKSUM: 'MB_ERR_CHECKSUM',

@@ -486,8 +486,6 @@ export const inlineWriteBytesMax = 64 * 1024;
 export const inlineWriteStallMs = 2;
 /** ...and writes go to the thread pool for this long. */
 export const inlineWriteBackoffMs = 5_000;
-/** Buffers smaller than this are not pooled. */
-export const pooledBytesMin = 64 * KiB;
 /** Idle pooled memory kept per size class; more is returned to the allocator. */
 export const idleBytesPerClassMax = 64 * MiB;
 
@@ -526,7 +524,6 @@ assert(restHeadersTimeoutMs <= restRequestTimeoutMs, 'headers come before the wh
 assert(etcdElectionTimeoutMs >= 5 * etcdHeartbeatIntervalMs, 'etcd refuses an election timeout under five heartbeats');
 assert(etcdRequestBytesMax <= etcdBackendBytesMax, 'one request fits in the backend');
 assert(deviceBytesMin >= 4 * chunkBytesDefault, 'the smallest device holds a few chunks after its metadata');
-assert(pooledBytesMin <= chunkBytesDefault, 'chunk-sized payloads are pooled');
 assert(inlineWriteBytesMax <= nowaitReadBytesMax, 'what is written inline is small enough to read inline');
 assert(snapshotBarrierTimeoutMs < sdsFreezeWarnMs, 'a freeze is logged only once no barrier can still be waiting for it');
 assert(snapshotsPerVtreeDefault <= snapshotsPerVtreeMax, 'the default snapshot limit is within the maximum');
@@ -540,9 +537,7 @@ assert(rebuildPaceRecheckMs < sdsClientQuietMs, 'a paced rebuild copy sees the S
  * Payloads from this size on come from the buffer pool (common/buffer-pool.ts), 4 KiB IO
  * included: Buffer.allocUnsafe serves those from 128 KiB slabs, which V8 counts as
  * external memory and answers with full collections (about one a second per process under
- * 4k randrw: 10-12% of the SDC's busy time). Pooled, the same few buffers go round. It
- * replaces pooledBytesMin above, which is left for the merge to remove (this file takes
- * additions only during issue 22).
+ * 4k randrw: 10-12% of the SDC's busy time). Pooled, the same few buffers go round.
  */
-export const payloadPooledBytesMin = 4 * KiB;
-assert(payloadPooledBytesMin <= chunkBytesDefault && (payloadPooledBytesMin & (payloadPooledBytesMin - 1)) === 0, 'chunk-sized payloads are pooled, in power-of-two classes');
+export const pooledBytesMin = 4 * KiB;
+assert(pooledBytesMin <= chunkBytesDefault && (pooledBytesMin & (pooledBytesMin - 1)) === 0, 'chunk-sized payloads are pooled, in power-of-two classes');

@@ -4,7 +4,7 @@
 // a buffer a socket still holds is not handed out again until the last hold ends.
 
 import t from 'tap';
-import { nbdRequestBytesMax, payloadPooledBytesMin as pooledBytesMin } from '../../src/common/limits.js';
+import { nbdRequestBytesMax, pooledBytesMin } from '../../src/common/limits.js';
 import { BufferPool } from '../../src/common/buffer-pool.js';
 
 t.test('acquire, release, reuse', async (t) => {

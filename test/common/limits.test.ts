@@ -29,6 +29,8 @@ const elsewhere: Record<string, string> = {
   'mdm/auth.ts:scryptBlockSizeDefault': 'the password hash’s parameters, stored with every hash',
   'mdm/auth.ts:scryptParallelizationDefault': 'the password hash’s parameters, stored with every hash',
   'mdm/auth.ts:scryptMemoryBytesMax': 'the password hash’s parameters, stored with every hash',
+  'sds/device.ts:sectorBytesMin': 'the smallest sector there is (512 bytes), part of the on-device format',
+  'sds/superblock.ts:superblockVersionMin': 'the oldest on-device format still read, not a limit',
 };
 
 /** `layer/file.ts:name` of every limit-like constant defined outside src/common/limits.ts. */
