@@ -392,6 +392,9 @@ static napi_value js_logical_block_size(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* meshblock_aio.c */
+void register_aio(napi_env env, napi_value exports);
+
 static void set_int(napi_env env, napi_value target, const char *name, int value) {
   napi_value v;
   napi_create_int32(env, value, &v);
@@ -424,6 +427,7 @@ NAPI_MODULE_INIT() {
   set_fn(env, exports, "adviseRandom", js_advise_random);
   set_fn(env, exports, "bufferAddressModulo", js_buffer_address_modulo);
   set_fn(env, exports, "logicalBlockSize", js_logical_block_size);
+  register_aio(env, exports);
   set_int(env, exports, "EOPNOTSUPP", EOPNOTSUPP);
   set_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);
   set_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);

@@ -207,6 +207,11 @@ export const checksumCacheSlotsMax = 65_536;
  * left and the cache entries that cannot be evicted.
  */
 export const dirtyAreasPerDeviceMax = 1024;
+/**
+ * IOs in flight on one device's Linux AIO ring (device-io.ts); more go to the thread pool.
+ * Each ring takes this many of the host's fs.aio-max-nr (65,536 by default).
+ */
+export const aioDepth = 256;
 /** Idle aligned buffers kept per size class for O_DIRECT IO (aligned-buffers.ts): at most 8 x 2 MiB of the largest. */
 export const alignedIdlePerClassMax = 8;
 /** A fill order not answered by the group being in sync is repeated after this long. */

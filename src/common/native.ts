@@ -26,6 +26,9 @@ interface NativeBinding {
   crc32c: (bytes: Buffer, previous: number) => number;
   crc32cBlocks: (bytes: Buffer, blockBytes: number, seed: number, out: Uint32Array) => number;
   bufferAddressModulo: (buffer: Buffer, modulus: number) => number;
+  aioOpen: (depth: number) => AioRing;
+  aioSubmit: (ring: AioRing, write: boolean, fd: number, buffer: Buffer, offsetBytes: number, callback: (result: number) => void) => number;
+  aioClose: (ring: AioRing) => void;
   logicalBlockSize: (fd: number) => number;
   EOPNOTSUPP: number;
   FALLOC_FL_KEEP_SIZE: number;
@@ -131,3 +134,25 @@ export const bufferAddressModulo: (buffer: Buffer, modulus: number) => number = 
 
 /** A block device's logical sector size (BLKSSZGET), or a negative errno (ENOTTY for a file). */
 export const logicalBlockSize: (fd: number) => number = binding.logicalBlockSize;
+
+/** A Linux AIO context completed on the event loop (meshblock_aio.c): opaque. */
+export type AioRing = { readonly __aioRing: unique symbol };
+export const EAGAIN = constants.errno.EAGAIN;
+
+/** An AIO context for `depth` IOs in flight; throws (with .errno) where the kernel refuses one (aio-max-nr reached). */
+export const aioOpen: (depth: number) => AioRing = binding.aioOpen;
+
+/**
+ * Submits one read or write: 0 when submitted (the callback then gets the bytes moved or a
+ * negative errno, -EAGAIN when it would have blocked), or a negative errno when it was not
+ * (-EAGAIN: the ring is full), and then the callback is never called.
+ */
+export const aioSubmit: (ring: AioRing, write: boolean, fd: number, buffer: Buffer, offsetBytes: number, callback: (result: number) => void) => number = binding.aioSubmit;
+
+/** Closes a ring with nothing in flight (throws EBUSY otherwise). */
+export const aioClose: (ring: AioRing) => void = binding.aioClose;
+
+/** The errno name of a positive errno number (SystemCallError's code). */
+export function errnoCode(errno: number): ErrnoCode {
+  return errnoName(errno);
+}

@@ -425,6 +425,7 @@ export class ChunkStore {
     try {
       await this.loadSlotTable(device);
     } catch (err) {
+      closeIo(device);
       closeDevice(opened);
       throw err;
     }
@@ -1544,8 +1545,19 @@ export class ChunkStore {
       } catch (err) {
         this.log.error({ err, deviceId: device.deviceId }, 'syncing and closing slots at close failed: the next open verifies the open ones');
       }
+      closeIo(device);
       closeDevice(device.opened);
     }
+  }
+}
+
+/** Lets go of the device IO's own resources (an AIO ring); logged, never thrown, at close. */
+function closeIo(device: StoreDevice): void {
+  try {
+    device.io.close?.();
+  } catch (err) {
+    // IO still in flight at close (a failed device's): the ring is left to the process's end.
+    void err;
   }
 }
 

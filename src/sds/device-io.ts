@@ -9,6 +9,8 @@
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
 import { AlignedBuffers, isAligned } from '../common/aligned-buffers.js';
+import { SystemCallError } from '../common/errors.js';
+import { aioDepth } from '../common/limits.js';
 import * as native from '../common/native.js';
 import { PositionalIo, ShortReadError } from '../common/positional-io.js';
 import type { OpenedDevice } from './device.js';
@@ -27,6 +29,8 @@ export interface DeviceIo {
   discard(positionBytes: number, lengthBytes: number): Promise<void>;
   /** Everything written before the call is durable when it resolves (fdatasync). */
   sync(): Promise<void>;
+  /** Lets go of what the IO holds besides the descriptors (an AIO ring); nothing may be in flight. */
+  close?(): void;
 }
 
 /** Makes the DeviceIo for an opened device: the real one unless a test gives its own. */
@@ -38,7 +42,7 @@ export const nativeDeviceIo: DeviceIoFactory = (opened, log) => {
   const positional =
     opened.directFd === null
       ? new PositionalIo(fd, { path: opened.path, isBlockDevice: opened.isBlockDevice, log })
-      : new DirectIo(opened.directFd, opened.path, opened.sectorBytes);
+      : new DirectIo(opened.directFd, opened.path, opened.sectorBytes, { log });
   let punchHoles = !opened.isBlockDevice;
   // BLKZEROOUT takes whole logical sectors only: part sectors at the ends are written as zeros.
   const logicalSectorBytes = opened.isBlockDevice ? Math.max(512, native.logicalBlockSize(opened.fd)) : 512;
@@ -73,8 +77,25 @@ export const nativeDeviceIo: DeviceIoFactory = (opened, log) => {
       });
     },
     sync: () => new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve()))),
+    close: () => {
+      if (positional instanceof DirectIo) positional.close();
+    },
   };
 };
+
+/** How direct IO is submitted: Linux AIO completed on the event loop, or libuv's thread pool. */
+export type DirectIoEngine = 'aio' | 'threads';
+
+/**
+ * The engine for new DirectIo instances: AIO unless MESHBLOCK_DIRECT_IO_ENGINE=threads (for
+ * the benchmark that compares them, docs/direct-io.md), or where the kernel gives no AIO
+ * context (then the thread pool, logged).
+ */
+export function directIoEngineFromEnv(value: string | undefined): DirectIoEngine {
+  if (value === undefined || value === '' || value === 'aio') return 'aio';
+  if (value === 'threads') return 'threads';
+  throw new SystemCallError('EINVAL', `MESHBLOCK_DIRECT_IO_ENGINE must be aio or threads, not '${value}'`);
+}
 
 /**
  * Positional IO on an O_DIRECT descriptor, on libuv's thread pool (never on the event
@@ -95,11 +116,38 @@ export class DirectIo {
   /** Read-modify-writes in flight, by sector: the next one on a sector waits for the last. */
   private readonly sectorLocks = new Map<number, Promise<void>>();
 
+  /** Linux AIO where it can be had (aioDepth IOs in flight on the ring, more on the thread pool); null: the thread pool only. */
+  private ring: native.AioRing | null = null;
+  /** IOs that went to the thread pool because AIO would have blocked or was full (for the log and the tests). */
+  fallbacks = 0;
+
   constructor(
     private readonly fd: number,
     private readonly path: string,
     private readonly sectorBytes: number,
-  ) {}
+    options: { engine?: DirectIoEngine; log?: Logger } = {},
+  ) {
+    const engine = options.engine ?? directIoEngineFromEnv(process.env['MESHBLOCK_DIRECT_IO_ENGINE']);
+    if (engine === 'aio') {
+      try {
+        this.ring = native.aioOpen(aioDepth);
+      } catch (err) {
+        options.log?.warn({ err, path }, 'no Linux AIO context (fs.aio-max-nr reached?): direct IO runs on the thread pool');
+      }
+    }
+  }
+
+  /** Which engine this device's IO uses. */
+  get engine(): DirectIoEngine {
+    return this.ring === null ? 'threads' : 'aio';
+  }
+
+  /** Frees the AIO ring; nothing may be in flight (the chunk store closes devices only after their IO). */
+  close(): void {
+    if (this.ring === null) return;
+    native.aioClose(this.ring);
+    this.ring = null;
+  }
 
   async read(target: Buffer, positionBytes: number): Promise<void> {
     const first = alignDown(positionBytes, this.sectorBytes);
@@ -158,20 +206,39 @@ export class DirectIo {
     };
   }
 
-  /** The whole of `buffer` (aligned memory, whole sectors) read or written at `positionBytes`. */
+  /**
+   * The whole of `buffer` (aligned memory, whole sectors) read or written at `positionBytes`:
+   * through the AIO ring, or the thread pool for what the ring cannot take (full) or would
+   * have blocked on (EAGAIN under RWF_NOWAIT: a filesystem allocating, a device queue full).
+   */
   private transfer(kind: 'read' | 'write', buffer: Buffer, positionBytes: number): Promise<void> {
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
-        const callback = (err: NodeJS.ErrnoException | null, bytes: number): void => {
-          if (err) return reject(err);
+        const moved = (bytes: number): void => {
           if (bytes === 0) return reject(new ShortReadError(`${this.path}: short ${kind} at ${positionBytes + done}: end of device`));
           // A partial direct transfer ends on a sector boundary; the rest goes on from there.
           const next = done + bytes;
           if (next === buffer.length) resolve();
           else step(next);
         };
-        if (kind === 'read') fs.read(this.fd, buffer, done, buffer.length - done, positionBytes + done, callback);
-        else fs.write(this.fd, buffer, done, buffer.length - done, positionBytes + done, callback);
+        const threads = (): void => {
+          const callback = (err: NodeJS.ErrnoException | null, bytes: number): void => (err ? reject(err) : moved(bytes));
+          if (kind === 'read') fs.read(this.fd, buffer, done, buffer.length - done, positionBytes + done, callback);
+          else fs.write(this.fd, buffer, done, buffer.length - done, positionBytes + done, callback);
+        };
+        if (this.ring === null) return threads();
+        const submitted = native.aioSubmit(this.ring, kind === 'write', this.fd, done === 0 ? buffer : buffer.subarray(done), positionBytes + done, (result) => {
+          if (result >= 0) return moved(result);
+          if (result === -native.EAGAIN) {
+            this.fallbacks += 1;
+            return threads();
+          }
+          const code = native.errnoCode(-result);
+          reject(new SystemCallError(code, `${kind} of ${this.path} at ${positionBytes + done} failed: ${code}`));
+        });
+        if (submitted === 0) return;
+        this.fallbacks += 1;
+        threads();
       };
       step(0);
     });
