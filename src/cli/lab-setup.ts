@@ -4,7 +4,8 @@
 //
 //   protection domain pd1
 //   └─ storage pool sp1 (volume granularity 1 MiB: a lab keeps the sizes it is asked for)
-//      ├─ device DIR/devices/sdsI.img of each SDS sdsI (added to pd1 once it registered)
+//      ├─ the device of each SDS sdsI: DIR/devices/sdsI.img, or the one given with lab up
+//      │  --device (added to pd1 once it registered)
 //      └─ volumes (thin), mapped to the lab's SDC once it registered
 
 import { setTimeout as sleep } from 'node:timers/promises';

@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { consumeStaleWritebackError } from './loop-devices.js';
 import { run, type TeardownHost } from './processes.js';
 
 /** A sparse file of `sizeBytes` in `dir`: every byte reads as zero, nothing is allocated. */
@@ -19,6 +20,7 @@ export async function loopDevice(t: TeardownHost, file: string): Promise<{ devic
   if (attach.code !== 0) return { unavailable: `no loop device here: ${attach.stderr.trim()}` };
   const device = attach.stdout.trim();
   t.teardown(() => run('losetup', ['-d', device]));
+  consumeStaleWritebackError(device);
   return { device };
 }
 

@@ -84,7 +84,7 @@ async function attach(t: TeardownHost, backingFile: string, sectorBytes: LoopSec
  * is attached by then. One fsync here sees it, so that the SDS's first fdatasync does not
  * mark a healthy device failed.
  */
-function consumeStaleWritebackError(device: string): void {
+export function consumeStaleWritebackError(device: string): void {
   const fd = fs.openSync(device, 'r');
   try {
     fs.fsyncSync(fd);
