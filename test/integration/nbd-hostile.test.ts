@@ -753,11 +753,17 @@ t.test('a client that stops reading replies is stalled, not buffered without bou
   t.equal(wrong, 0, 'once it reads again, all 400 replies arrive with the right data');
   await disconnect(t, slow);
 
+  // Measured from where the first client left the server: the 400 MiB it was sent is freed
+  // but not all given back to the system yet (V8 frees ArrayBuffers at its next full
+  // collection; the C library keeps freed pages), so an absolute bound here measures the
+  // collector's timing (366-393 MiB seen with coverage on), not the server's bound.
+  const secondBaselineBytes = rssBytes(pid);
   const abandoned = await attach(t);
   abandoned.socket.pause();
   abandoned.write(flood());
   const abandonedPeakBytes = await sample(1_000);
-  t.ok(abandonedPeakBytes < rssBytesMax, 'a second stalled client is bounded too');
+  t.comment(`second stalled client: server RSS ${Math.round(secondBaselineBytes / MiB)} MiB before, peak ${Math.round(abandonedPeakBytes / MiB)} MiB`);
+  t.ok(abandonedPeakBytes - secondBaselineBytes < 200 * MiB, 'a second stalled client is bounded too: the server grows by less than 200 MiB');
   abandoned.destroy();
   t.ok(alive(server), 'the server process is running');
 });
