@@ -297,12 +297,13 @@ async function startSds({ name, device, workDir, secretFile, io }) {
 
 /**
  * Device file size for a region of `sizeBytes`: the region's chunks, plus the metadata
- * area before the slots (superblock and 64-byte slot entries, rounded up to a MiB; see
- * src/sds/device.ts), plus a MiB of margin. Checked against the SDS's capacity once it runs.
+ * area before the slots (the superblock, then per slot an entry and a checksum area, each
+ * padded to whole sectors: at most 4 KiB each with 4 KiB sectors; see src/sds/device.ts),
+ * rounded up to a MiB, plus a MiB of margin. Checked against the SDS's capacity once it runs.
  */
 function deviceBytesFor(sizeBytes) {
   const chunkCount = sizeBytes / chunkBytes;
-  return sizeBytes + Math.ceil((4096 + chunkCount * 64) / MiB) * MiB + MiB;
+  return sizeBytes + Math.ceil((4096 + chunkCount * 2 * 4096) / MiB) * MiB + MiB;
 }
 
 // --- the wire client -------------------------------------------------------------------
