@@ -969,10 +969,14 @@ wire protocol, so the SDS load comes from the script's own generator: the same b
 queue depth, runtime and ramp time as fio, over one authenticated wire connection per SDS.
 **Ratio = SDS / raw file: 1.00 means the SDS adds nothing; higher is better.**
 
-All files are in the page cache (they were written in full, synced, and read back the same
+${options.io === 'direct'
+    ? `No file is in the page cache: the SDSs run with \`--io direct\` (O_DIRECT through Linux AIO,
+docs/direct-io.md) and fio with direct=1, so every IO reaches the disk under the files (written in
+full first, so no write allocates), and the ratio is what the SDS keeps of the disk.`
+    : `All files are in the page cache (they were written in full, synced, and read back the same
 way before every run), so the numbers compare software paths — the filesystem and page
 cache alone against the wire, the SDS process and, when mirrored, the second SDS — not the
-disk under them.
+disk under them.`}
 
 ### Results
 
