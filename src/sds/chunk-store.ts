@@ -58,9 +58,10 @@
 //             waits for an fdatasync; then the data goes out, and the slot's checksum area
 //             (changed in memory) with the next fdatasync, or sooner (markAreaDirty): a
 //             flush, FUA or any other sync writes the dirty areas first, so what it makes
-//             durable has its checksums; what it does not is in an open slot. A slot is closed again (entry rewritten, no sync needed) once a flush
-//             has made its writes durable and it has been idle slotCloseIdleMs (or the
-//             device has more than openSlotsPerDeviceMax open), and on a clean close.
+//             durable has its checksums; what it does not is in an open slot. A slot is
+//             closed again (entry rewritten, no sync needed) once a flush has made its
+//             writes durable, its area is written, and it has been idle slotCloseIdleMs (or
+//             the device has more than openSlotsPerDeviceMax open), and on a clean close.
 //   free:     drop the key from memory, zero the entry and the checksum header; after the
 //             next fdatasync discard the slot and give it back to the free list. Until the
 //             zeroed entry is durable the slot may still be the old key's after a cut, so
@@ -191,8 +192,6 @@ interface Location {
   /** A checksum-area write in flight, and the one queued behind it for later changes. */
   checksumWrite: Promise<void> | null;
   checksumWriteQueued: Promise<void> | null;
-  /** The area in memory has changes not yet written (device.dirtyAreas holds it): written before the next fdatasync. */
-  areaDirty: boolean;
   /** Changes of the slot in progress: it is neither closed nor evicted meanwhile. */
   busy: number;
   /** Blocks found bad and counted, until rewritten: a block found again is not counted again. */
@@ -733,7 +732,7 @@ export class ChunkStore {
       }
       device.scrubbedBytes += this.chunkBytes;
       // An area with changes not yet written (or on their way) differs from memory by design.
-      const settled = !location.areaDirty && location.checksumWrite === null;
+      const settled = !device.dirtyAreas.has(location) && location.checksumWrite === null;
       if (settled && !onDisk.equals(expected) && bad.length === 0) {
         await this.writeChecksumArea(location);
         this.integrity.checksumErrors += 1;
@@ -1116,7 +1115,6 @@ export class ChunkStore {
     this.checksumCache.delete(location);
     location.checksums = null;
     location.area = null;
-    location.areaDirty = false;
     device.dirtyAreas.delete(location);
     await location.entryChain.catch(() => undefined);
     // An area write in flight must land before the header is zeroed, not after.
@@ -1292,7 +1290,7 @@ export class ChunkStore {
     if (this.checksumCache.size <= checksumCacheSlotsMax) return;
     for (const candidate of this.checksumCache) {
       if (this.checksumCache.size <= checksumCacheSlotsMax) break;
-      if (candidate.busy > 0 || candidate.areaDirty || candidate.checksumWrite !== null || candidate.checksumWriteQueued !== null || candidate === location) continue;
+      if (candidate.busy > 0 || candidate.device.dirtyAreas.has(candidate) || candidate.checksumWrite !== null || candidate.checksumWriteQueued !== null || candidate === location) continue;
       candidate.checksums = null;
       candidate.area = null;
       this.checksumCache.delete(candidate);
@@ -1308,7 +1306,6 @@ export class ChunkStore {
    */
   private markAreaDirty(location: Location): void {
     if (!this.checksums || location.area === null) return;
-    location.areaDirty = true;
     location.device.dirtyAreas.add(location);
     if (location.device.dirtyAreas.size >= dirtyAreasPerDeviceMax) this.writeDirtyAreasSoon(location.device);
   }
@@ -1318,7 +1315,6 @@ export class ChunkStore {
     if (device.dirtyAreas.size === 0) return Promise.resolve();
     const areas = [...device.dirtyAreas];
     device.dirtyAreas.clear();
-    for (const location of areas) location.areaDirty = false;
     return Promise.all(areas.map((location) => this.writeChecksumArea(location))).then(() => undefined);
   }
 
@@ -1399,7 +1395,7 @@ export class ChunkStore {
       if (device.state !== 'normal') continue;
       this.writeDirtyAreasSoon(device);
       const closable = [...device.openSlots].filter(
-        (location) => location.busy === 0 && location.opening === null && !location.areaDirty && location.checksumWrite === null && location.lastWriteSeq <= device.syncedSeq,
+        (location) => location.busy === 0 && location.opening === null && !device.dirtyAreas.has(location) && location.checksumWrite === null && location.lastWriteSeq <= device.syncedSeq,
       );
       closable.sort((a, b) => a.lastWriteMs - b.lastWriteMs);
       let excess = device.openSlots.size - openSlotsPerDeviceMax;
@@ -1576,7 +1572,6 @@ function newLocation(device: StoreDevice, slot: number, sequence: number, key: C
     loading: null,
     checksumWrite: null,
     checksumWriteQueued: null,
-    areaDirty: false,
     busy: 0,
     knownBad: null,
     lastWriteSeq: 0,
