@@ -1,5 +1,6 @@
-// The five calls the chunk store makes on a device, behind one interface: the real one
-// (positional reads and writes through PositionalIo, punch or zeroout, fdatasync), and in
+// The calls the chunk store makes on a device, behind one interface: the real one
+// (positional reads and writes through DirectIo on an O_DIRECT descriptor, or through
+// PositionalIo and the page cache; punch or zeroout; fdatasync), and in
 // tests a device that simulates a power cut (test/helpers/power-loss.ts), which keeps only
 // what a sync made durable and any subset of the rest, torn at 512-byte sectors.
 //
@@ -9,7 +10,7 @@
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
 import { AlignedBuffers, isAligned } from '../common/aligned-buffers.js';
-import { SystemCallError } from '../common/errors.js';
+import { InvalidArgumentError, SystemCallError } from '../common/errors.js';
 import { aioDepth } from '../common/limits.js';
 import * as native from '../common/native.js';
 import { PositionalIo, ShortReadError } from '../common/positional-io.js';
@@ -43,6 +44,7 @@ export const nativeDeviceIo: DeviceIoFactory = (opened, log) => {
     opened.directFd === null
       ? new PositionalIo(fd, { path: opened.path, isBlockDevice: opened.isBlockDevice, log })
       : new DirectIo(opened.directFd, opened.path, opened.sectorBytes, { log });
+  const writeAt = (bytes: Buffer, positionBytes: number): Promise<void> => positional.write(bytes, positionBytes);
   let punchHoles = !opened.isBlockDevice;
   // BLKZEROOUT takes whole logical sectors only: part sectors at the ends are written as zeros.
   const logicalSectorBytes = opened.isBlockDevice ? Math.max(512, native.logicalBlockSize(opened.fd)) : 512;
@@ -50,9 +52,9 @@ export const nativeDeviceIo: DeviceIoFactory = (opened, log) => {
     if (opened.isBlockDevice) {
       const first = alignUp(positionBytes, logicalSectorBytes);
       const end = alignDown(positionBytes + lengthBytes, logicalSectorBytes);
-      if (first >= end) return writeZeros((bytes, at) => positional.write(bytes, at), positionBytes, lengthBytes);
-      if (first > positionBytes) await writeZeros((bytes, at) => positional.write(bytes, at), positionBytes, first - positionBytes);
-      if (end < positionBytes + lengthBytes) await writeZeros((bytes, at) => positional.write(bytes, at), end, positionBytes + lengthBytes - end);
+      if (first >= end) return writeZeros(writeAt, positionBytes, lengthBytes);
+      if (first > positionBytes) await writeZeros(writeAt, positionBytes, first - positionBytes);
+      if (end < positionBytes + lengthBytes) await writeZeros(writeAt, end, positionBytes + lengthBytes - end);
       return native.zeroout(fd, first, end - first);
     }
     if (punchHoles) {
@@ -64,7 +66,7 @@ export const nativeDeviceIo: DeviceIoFactory = (opened, log) => {
         log.info({ path: opened.path }, 'the filesystem cannot punch holes (ramfs?): ranges are zeroed by writing zeros');
       }
     }
-    await writeZeros((bytes, at) => positional.write(bytes, at), positionBytes, lengthBytes);
+    await writeZeros(writeAt, positionBytes, lengthBytes);
   };
   return {
     read: (target, positionBytes) => positional.read(target, positionBytes),
@@ -94,12 +96,16 @@ export type DirectIoEngine = 'aio' | 'threads';
 export function directIoEngineFromEnv(value: string | undefined): DirectIoEngine {
   if (value === undefined || value === '' || value === 'aio') return 'aio';
   if (value === 'threads') return 'threads';
-  throw new SystemCallError('EINVAL', `MESHBLOCK_DIRECT_IO_ENGINE must be aio or threads, not '${value}'`);
+  throw new InvalidArgumentError('MESHBLOCK_DIRECT_IO_ENGINE', `'${value}' is not one of aio, threads`);
 }
 
+/** One pool for every device of the process: its idle memory is bounded once, not per device. */
+const alignedBuffers = new AlignedBuffers();
+
 /**
- * Positional IO on an O_DIRECT descriptor, on libuv's thread pool (never on the event
- * loop: a direct read or write waits for the device). Direct IO wants the device position,
+ * Positional IO on an O_DIRECT descriptor, never blocking the event loop on the device:
+ * submitted with Linux AIO and completed on the event loop, or on libuv's thread pool where
+ * AIO would block or cannot be had (transfer()). Direct IO wants the device position,
  * the length and the memory aligned: memory that is not goes through an aligned bounce
  * buffer (a copy costs far less than the device IO), and a range that is not whole sectors
  * is widened to whole sectors, its edge sectors read first and written back whole. Such a
@@ -108,9 +114,6 @@ export function directIoEngineFromEnv(value: string | undefined): DirectIoEngine
  * other's bytes. The chunk store's own IO on a device formatted for direct IO is whole
  * sectors (device.ts pads its metadata), so that path is the exception.
  */
-/** One pool for every device of the process: its idle memory is bounded once, not per device. */
-const alignedBuffers = new AlignedBuffers();
-
 export class DirectIo {
   private readonly buffers = alignedBuffers;
   /** Read-modify-writes in flight, by sector: the next one on a sector waits for the last. */
@@ -256,7 +259,7 @@ export async function writeZeros(write: (bytes: Buffer, positionBytes: number) =
 const zeroWriteBytes = 1024 * 1024;
 
 /** The system call is not supported here (EOPNOTSUPP; ENOTSUP is the same number on Linux). */
-function isUnsupported(err: unknown): boolean {
+export function isUnsupported(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
   return code === 'EOPNOTSUPP' || code === 'ENOTSUP';
 }

@@ -10,6 +10,7 @@ import { MeshblockError } from '../common/errors.js';
 import * as native from '../common/native.js';
 import type { DeviceIoMode } from '../wire/sds-ops.js';
 import { MiB } from '../common/units.js';
+import { isUnsupported, writeZeros } from './device-io.js';
 import { probeFormats, probeHeadBytes, type Found } from './device-probe.js';
 import { encodeSuperblock, superblockBytes, type Superblock } from './superblock.js';
 import { chunkBytesDefault, deviceBytesMin } from '../common/limits.js';
@@ -176,10 +177,8 @@ async function openAndFormat(path: string, owner: DeviceOwner, options: { force:
     else {
       await native.fallocate(fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, 0, layout.dataOffsetBytes).catch(async (err: unknown) => {
         // A filesystem that cannot punch holes (ramfs): zeros written instead.
-        const code = (err as { code?: unknown }).code;
-        if (code !== 'EOPNOTSUPP' && code !== 'ENOTSUP') throw err;
-        const zeros = Buffer.alloc(wipeBytes);
-        for (let at = 0; at < layout.dataOffsetBytes; at += zeros.length) fs.writeSync(fd, zeros, 0, Math.min(zeros.length, layout.dataOffsetBytes - at), at);
+        if (!isUnsupported(err)) throw err;
+        await writeZeros(async (bytes, at) => void fs.writeSync(fd, bytes, 0, bytes.length, at), 0, layout.dataOffsetBytes);
       });
     }
     fs.writeSync(fd, encodeSuperblock(superblock), 0, superblockBytes, 0);
