@@ -251,6 +251,8 @@ export const errorCodes = {
   // --- daemons and the lab ---
   /** The data directory is in use by another process (its pid lock is held). */
   MB_ERR_DATA_DIR_LOCKED: 'MB_ERR_DATA_DIR_LOCKED',
+  /** A shard of `sds start --shards N` failed before its first ready; the supervisor stopped the others. */
+  MB_ERR_SDS_SHARD_FAILED: 'MB_ERR_SDS_SHARD_FAILED',
   /** Another `meshblock lab up` is running on this lab. */
   MB_ERR_LAB_BUSY: 'MB_ERR_LAB_BUSY',
   /** The lab's MDM runs another cluster than the lab records. */
