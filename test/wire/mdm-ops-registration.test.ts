@@ -27,5 +27,5 @@ t.test('a bad label names registration.host', async (t) => {
 });
 
 t.test('the other fields are still checked first', async (t) => {
-  t.throws(() => parse({ ...base, sdsId: 'nope', host: 'hostA' }), { field: 'registration.sdsId' });
+  t.throws(() => parse({ ...base, sdsId: 'nope', host: 'hostA' }), { code: 'MB_ERR_INVALID_ARGUMENT', field: 'registration.sdsId' });
 });
