@@ -1409,10 +1409,20 @@ export class StateMachine {
     return domains.size >= 2;
   }
 
-  /** Some group of the pool has its two copies in one failure domain. */
+  /**
+   * Some group of the pool has its two copies in one failure domain. Asked every health tick:
+   * where every domain of the pool is one SDS (no labels shared, no fault sets) it cannot be,
+   * and no group is read.
+   */
   private sharesDomain(pool: StoragePool): boolean {
-    const domainOfDevice = (deviceId: Id): string => this.domainOf(this.model.devices[deviceId]?.sdsId ?? deviceId);
-    return pool.groups.some((group) => group.secondaryDevice !== null && group.lost !== true && domainOfDevice(group.primaryDevice) === domainOfDevice(group.secondaryDevice));
+    const devices = this.poolDevices(pool.id);
+    const domainOfDevice = new Map(devices.map((device) => [device.id, this.domainOf(device.sdsId)]));
+    if (new Set(domainOfDevice.values()).size === new Set(devices.map((device) => device.sdsId)).size) return false;
+    return pool.groups.some((group) => {
+      if (group.secondaryDevice === null || group.lost === true) return false;
+      const primaryDomain = domainOfDevice.get(group.primaryDevice);
+      return primaryDomain !== undefined && primaryDomain === domainOfDevice.get(group.secondaryDevice);
+    });
   }
 
   /** The failure domain of an SDS (failureDomainOf: fault set, else host label, else itself). */
