@@ -546,3 +546,15 @@ assert(rebuildPaceRecheckMs < sdsClientQuietMs, 'a paced rebuild copy sees the S
  */
 export const pooledBytesMin = 4 * KiB;
 assert(pooledBytesMin <= chunkBytesDefault && (pooledBytesMin & (pooledBytesMin - 1)) === 0, 'chunk-sized payloads are pooled, in power-of-two classes');
+
+// --- issue 22, part 2: every core (shards) ------------------------------------------------------
+
+/**
+ * The most shard processes one `sds start --shards N` runs, and `install --sds-shards` asks
+ * for: a shard is a whole SDS (its own port, data dir, MDM connection, heap), worth its
+ * memory only with a core and a device of its own; 16 covers a 32-core host at the auto
+ * choice of half the cores. Shard names add `.16` to the SDS name, which must still fit
+ * nameBytesMax.
+ */
+export const sdsShardsMax = 16;
+assert(`.${sdsShardsMax}`.length < nameBytesMax, 'a shard suffix leaves room for an SDS name');
