@@ -591,7 +591,7 @@ export class Installer {
       }
       choice = { count: installed, why: 'as installed' };
     } else if (requested !== 'auto') {
-      choice = { count: requested, why: `--sds-shards ${requested}${requested > sds.devices.length ? `; shards ${sds.devices.length + 1}..${requested} get no device` : ''}` };
+      choice = { count: requested, why: `--sds-shards ${requested}${requested > sds.devices.length ? `, ${requested - sds.devices.length === 1 ? `shard ${requested} gets` : `shards ${sds.devices.length + 1}..${requested} get`} no device` : ''}` };
     } else {
       const coreCount = await this.coreCountOf(session);
       choice = { count: autoSdsShards(coreCount, sds.devices.length), why: `auto: ${coreCount} core(s), ${sds.devices.length} device(s)` };
@@ -610,9 +610,11 @@ export class Installer {
    * no nproc (busybox builds without it).
    */
   private async coreCountOf(session: Session): Promise<number> {
-    const text = (await sh(session, 'nproc 2>/dev/null || getconf _NPROCESSORS_ONLN')).trim();
-    if (!/^[0-9]+$/.test(text) || Number(text) < 1) {
-      throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}: cannot read its core count from '${text.slice(0, 80)}' (nproc, getconf _NPROCESSORS_ONLN): give --sds-shards`);
+    const result = await session.transport.run('sh', ['-c', 'nproc 2>/dev/null || getconf _NPROCESSORS_ONLN'], { timeoutMs: 30_000 });
+    const text = result.stdout.trim();
+    if (result.code !== 0 || !/^[0-9]+$/.test(text) || Number(text) < 1) {
+      const said = (result.stderr.trim() || text).split('\n').slice(-1)[0]?.slice(0, 120) || 'no output';
+      throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}: cannot read its core count (nproc, getconf _NPROCESSORS_ONLN: exit ${result.code}, ${said}): give --sds-shards`);
     }
     return Number(text);
   }
