@@ -563,8 +563,11 @@ export class Installer {
         const finding = await module.check(this.hostOf(session)).catch((err: Error) => ({ applicable: true, ok: false, summary: `cannot check: ${err.message}` }));
         if (finding.applicable && !finding.ok) findings.push(`${module.name}: ${finding.summary}`);
       }
-      const shards = host.sds === null ? null : await this.sdsShardsOf(session);
-      const shardText = host.sds === null || shards === null ? '' : `; SDS ${shards.count === 1 ? `${host.sds.name} as one process` : `in ${shards.count} shards ${host.sds.name}.1..${host.sds.name}.${shards.count}`} (${shards.why})`;
+      let shardText = '';
+      if (host.sds !== null) {
+        const shards = await this.sdsShardsOf(session);
+        shardText = `; SDS ${shards.count === 1 ? `${host.sds.name} as one process` : `in ${shards.count} shards ${host.sds.name}.1..${host.sds.name}.${shards.count}`} (${shards.why})`;
+      }
       this.options.report(`${session.label}: ${pretty}, ${arch}; roles ${rolesOf(host, this.options.plan).join(', ') || 'none'}; ${host.sds?.devices.length ?? 0} device(s) free${shardText}; ${findings.length === 0 ? 'host modules ok' : `to fix in install: ${findings.join('; ')}`}`);
     });
   }
@@ -605,9 +608,9 @@ export class Installer {
   }
 
   /**
-   * The host's usable cores: `nproc` counts those this process may run on (its affinity, as
-   * os.availableParallelism() does for `sds start --shards auto`); getconf where coreutils has
-   * no nproc (busybox builds without it).
+   * The host's usable cores: `nproc` counts those a process may run on (its affinity, as
+   * os.availableParallelism() does for `sds start --shards auto`); getconf's online count
+   * where there is no nproc (coreutils before 8.1, busybox built without it).
    */
   private async coreCountOf(session: Session): Promise<number> {
     const result = await session.transport.run('sh', ['-c', 'nproc 2>/dev/null || getconf _NPROCESSORS_ONLN'], { timeoutMs: 30_000 });
