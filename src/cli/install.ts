@@ -4,6 +4,8 @@
 // against --known-hosts (--accept-new-host-key records unknown ones). An MDM cluster's etcd
 // PKI and the MDMs' shared REST certificate are made here, by src/mdm/etcd-pki.ts and
 // src/mdm/tls.ts, which this layer hands to the installer (src/hostsetup may not import src/mdm).
+// --sds-shards sets how many shard processes each SDS host runs (default auto: half its cores,
+// no more than its devices; see src/hostsetup/installer.ts).
 
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -11,10 +13,11 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Argv } from 'yargs';
 import { InvalidArgumentError } from '../common/errors.js';
+import { sdsShardsMax } from '../common/limits.js';
 import { parseSizeBytes } from '../common/units.js';
 import { dom0MemDefault, parseDom0Mem } from '../hostsetup/dom0-memory.js';
 import { installCsvTemplate, parseInstallCsv, type InstallHost } from '../hostsetup/install-csv.js';
-import { defaultWorkDir, Installer, installPhases, installPrefixDefault, type InstallPhase, type InstallVolume } from '../hostsetup/installer.js';
+import { defaultWorkDir, Installer, installPhases, installPrefixDefault, parseSdsShards, type InstallPhase, type InstallVolume } from '../hostsetup/installer.js';
 import { nbdsMaxDefault } from '../hostsetup/nbd-attach.js';
 import { defaultIdentityFile, SshTransport } from '../hostsetup/ssh-transport.js';
 import { createEtcdPki } from '../mdm/etcd-pki.js';
@@ -32,6 +35,7 @@ export interface InstallArgs {
   volume: string[] | undefined;
   'dom0-mem': string;
   'state-dir': string | undefined;
+  'sds-shards': string;
 }
 
 const appRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -47,6 +51,12 @@ export function installOptions(yargs: Argv): Argv<InstallArgs> {
     .option('dry-run', { type: 'boolean', default: false, describe: 'query the hosts and print what would be done; change nothing' })
     .option('prefix', { type: 'string', default: installPrefixDefault, describe: 'where meshblock and its Node runtime go on each host', requiresArg: true })
     .option('volume', { type: 'string', array: true, describe: 'NAME:SIZE to create in the first pool and map to every SDC (repeatable)', requiresArg: true })
+    .option('sds-shards', {
+      type: 'string',
+      default: 'auto',
+      describe: `SDS processes per SDS host, 1 to ${sdsShardsMax}, each a shard with its own core and devices (auto: half the host's cores, at most one per device in the CSV; an installed SDS keeps its count)`,
+      requiresArg: true,
+    })
     .option('dom0-mem', { type: 'string', default: dom0MemDefault, describe: 'XenServer Dom0 memory (dom0_mem=SIZE,max:SIZE)', requiresArg: true })
     .option('state-dir', {
       type: 'string',
@@ -59,6 +69,7 @@ export function installOptions(yargs: Argv): Argv<InstallArgs> {
       parsePhases(argv.phase as string[] | undefined);
       parseVolumes(argv.volume as string[] | undefined);
       parseDom0Mem('--dom0-mem', argv['dom0-mem'] as string);
+      parseSdsShards(argv['sds-shards'] as string);
       if (!(argv.prefix as string).startsWith('/')) throw new InvalidArgumentError('--prefix', 'must be an absolute path');
       return true;
     }) as unknown as Argv<InstallArgs>;
@@ -118,6 +129,7 @@ export async function installCommand(args: InstallArgs): Promise<void> {
     dryRun: args['dry-run'],
     prefix: args.prefix,
     volumes: parseVolumes(args.volume),
+    sdsShards: parseSdsShards(args['sds-shards']),
     hostOptions: { dom0Mem: args['dom0-mem'], nbdsMax: nbdsMaxDefault },
     appRoot,
     nodeBinary: process.execPath,

@@ -26,6 +26,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { replaceFileDurably } from '../common/durable-file.js';
+import { autoShardCount, shardName } from '../common/sds-shards.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { nameBytesMax, sdsShardRestartDelayMsMax, sdsShardRestartDelayMsMin, sdsShardStableMs, sdsShardsMax } from '../common/limits.js';
 import { formatHostPort, parseHostPort } from '../common/address.js';
@@ -52,13 +53,6 @@ export interface ShardsFile {
   devices: Record<string, number>;
 }
 
-/** What `--shards auto` chooses: half the cores for storage, at most one shard per device named. */
-export function autoShardCount(cores: number, devicesNamed: number): number {
-  const byCores = Math.max(1, Math.floor(cores / 2));
-  const count = devicesNamed > 0 ? Math.min(byCores, devicesNamed) : byCores;
-  return Math.min(count, sdsShardsMax);
-}
-
 /** Parses --shards: a count from 1 to sdsShardsMax, or 'auto'. */
 export function parseShardsOption(value: string): number | 'auto' {
   if (value === 'auto') return 'auto';
@@ -66,10 +60,6 @@ export function parseShardsOption(value: string): number | 'auto' {
     throw new InvalidArgumentError('--shards', `must be auto or a count from 1 to ${sdsShardsMax}, not '${value}'`);
   }
   return Number(value);
-}
-
-export function shardName(name: string, shard: number): string {
-  return `${name}.${shard}`;
 }
 
 export function readShardsFile(dataDir: string): ShardsFile | null {
@@ -145,7 +135,7 @@ export function resolveShardCount(dataDir: string, requested: number | 'auto' | 
     }
     return remembered.shards;
   }
-  const count = requested === undefined ? 1 : requested === 'auto' ? autoShardCount(os.availableParallelism(), devicesNamed) : requested;
+  const count = requested === undefined ? 1 : requested === 'auto' ? autoShardCount(os.availableParallelism(), devicesNamed > 0 ? devicesNamed : null) : requested;
   if (count > 1 && singleProcessState) {
     throw new InvalidArgumentError('--shards', `${dataDir} holds a one-process SDS whose devices hold its data; it cannot be split into shards (start it without --shards, or remove it from the cluster and start a new one in another data directory)`);
   }

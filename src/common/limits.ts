@@ -549,8 +549,15 @@ assert(pooledBytesMin <= chunkBytesDefault && (pooledBytesMin & (pooledBytesMin 
 
 // --- issue 22: every core (sds start --shards, src/cli/sds-shards.ts) --------------------------
 
-/** Shard processes of one SDS at most: a host with 128 cores and 64 devices still fits. */
+/**
+ * The most shard processes one `sds start --shards N` runs, and `install --sds-shards` asks
+ * for: a shard is a whole SDS (its own port, data dir, MDM connection, heap), worth its
+ * memory only with a core and a device of its own; 64 covers a 128-core host at the auto
+ * choice of half the cores. Shard names add `.64` to the SDS name, which must still fit
+ * nameBytesMax.
+ */
 export const sdsShardsMax = 64;
+assert(`.${sdsShardsMax}`.length < nameBytesMax, 'a shard suffix leaves room for an SDS name');
 /** A shard that died after it was ready is restarted after this, doubling per restart... */
 export const sdsShardRestartDelayMsMin = 1_000;
 /** ...up to this. */

@@ -21,6 +21,14 @@
 //              loopback; a cluster: every MDM's API on its MDM IP, the CLI given them all, so
 //              it follows the Master); volumes from --volume created and mapped to every SDC
 //
+// An SDS host's SDS runs as N shards (`sds start --shards N`: N SDS processes NAME.1..NAME.N,
+// one core each; docs/cores.md), N chosen per host in query: --sds-shards, else half the
+// host's cores (read over SSH) but no more than its devices in the CSV, at least 1; an SDS
+// already installed keeps its count (its devices hold its shards' data). Configure waits for
+// every shard to register, adds each to the protection domain and fault set, and gives the
+// host's devices to the shards round-robin in CSV order. With N = 1 the command lines are
+// those of before shards.
+//
 // Per-host progress is one line per step. The first host that fails stops the phase, with
 // the reason; nothing later runs. `--dry-run` runs query (read-only) and prints what the
 // other phases would do on each host.
@@ -36,7 +44,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { isIP } from 'node:net';
 import { formatHostPort } from '../common/address.js';
-import { MeshblockError } from '../common/errors.js';
+import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import { nameBytesMax, sdsShardsMax } from '../common/limits.js';
+import { autoShardCount, shardName } from '../common/sds-shards.js';
 import { formatArgv, type Host, type HostOptions } from './host-module.js';
 import { selectModules } from './host-modules.js';
 import { shellQuote as quote, type HostTransport } from './host-transport.js';
@@ -81,6 +91,56 @@ const installModules = ['yum-repos', 'packages', 'prereqs', 'lvm-filter', 'nbd-m
 
 export class InstallError extends MeshblockError {}
 
+/** `install --sds-shards`: a shard count for every SDS host, or `auto` (each host's cores and devices decide). */
+export type SdsShardsRequest = number | 'auto';
+
+/** Reads --sds-shards: `auto`, or a count from 1 to sdsShardsMax (what `sds start --shards` takes). */
+export function parseSdsShards(text: string): SdsShardsRequest {
+  if (text === 'auto') return 'auto';
+  if (!/^[0-9]+$/.test(text) || Number(text) < 1 || Number(text) > sdsShardsMax) {
+    throw new InvalidArgumentError('--sds-shards', `must be auto or a count from 1 to ${sdsShardsMax}, not '${text}'`);
+  }
+  return Number(text);
+}
+
+/**
+ * The auto shard count of an SDS host: half its cores for storage (the other half for VMs and
+ * the SDC, as `sds start --shards auto` decides), no more shards than the devices the CSV gives
+ * it (a shard without a device serves nothing), at least one, at most sdsShardsMax.
+ */
+export function autoSdsShards(coreCount: number, deviceCount: number): number {
+  return autoShardCount(coreCount, deviceCount);
+}
+
+/** The SDS names a host's SDS registers under: NAME for one process, NAME.1..NAME.N for N shards. */
+export function sdsShardNames(name: string, shardCount: number): string[] {
+  return shardCount === 1 ? [name] : Array.from({ length: shardCount }, (_unused, index) => shardName(name, index + 1));
+}
+
+/** The SDS each of the host's devices is added to: round-robin over the shards in CSV order. */
+export function deviceShards(host: InstallHost, shardCount: number): Array<{ device: NonNullable<InstallHost['sds']>['devices'][number]; sdsName: string }> {
+  const sds = host.sds as NonNullable<InstallHost['sds']>;
+  const names = sdsShardNames(sds.name, shardCount);
+  return sds.devices.map((device, index) => ({ device, sdsName: names[index % names.length] as string }));
+}
+
+/**
+ * The shard count of the SDS an installed unit runs (the --shards of its `sds start`, 1
+ * without), or null when the text is no SDS unit (nothing installed yet).
+ */
+export function installedSdsShards(unit: string | null): number | null {
+  const execStart = /^ExecStart=\S+ sds start (.*)$/m.exec(unit ?? '')?.[1];
+  if (execStart === undefined) return null;
+  const shards = / --shards ([0-9]+)(?: |$)/.exec(` ${execStart}`)?.[1];
+  return shards === undefined ? 1 : Number(shards);
+}
+
+/** An SDS host's shard count, chosen in query, and why (for the query line). */
+export interface SdsShardChoice {
+  count: number;
+  why: string;
+}
+
 export interface InstallVolume {
   name: string;
   sizeBytes: number;
@@ -113,6 +173,8 @@ export interface InstallOptions {
   dryRun: boolean;
   prefix: string;
   volumes: readonly InstallVolume[];
+  /** --sds-shards: the shard count of every SDS host not installed yet, or auto. */
+  sdsShards: SdsShardsRequest;
   hostOptions: HostOptions;
   /** The meshblock to install (this one's directory) and the Node runtime to ship. */
   appRoot: string;
@@ -317,7 +379,14 @@ export function etcdPkiFilesFor(host: InstallHost, plan: InstallPlan): Array<{ n
   ];
 }
 
-export function daemonArgs(role: Role, host: InstallHost, plan: InstallPlan, clusterId: string): string[] {
+/**
+ * A host's daemon's command line. `sdsShards` > 1 (the SDS's shard count) adds
+ * `--shards N --host NAME` to the SDS's: the SDS name is the host label, valid by the CSV's
+ * name rule, unique per host and stable (a host name may repeat across cloned hosts, an IPv6
+ * address is no label); with 1 the command line is the one of before shards, so a re-run on
+ * an SDS installed before changes nothing.
+ */
+export function daemonArgs(role: Role, host: InstallHost, plan: InstallPlan, clusterId: string, sdsShards = 1): string[] {
   const mdmList = mdmAddresses(plan).join(',');
   const members = etcdMembers(plan);
   switch (role) {
@@ -349,7 +418,8 @@ export function daemonArgs(role: Role, host: InstallHost, plan: InstallPlan, clu
     }
     case 'sds': {
       const sds = host.sds as NonNullable<InstallHost['sds']>;
-      return ['sds', 'start', '--name', sds.name, '--listen', `${sds.listenAddress}:${sdsPort}`, '--data-dir', `${dataRoot}/sds`, '--mdm', mdmList, '--cluster-id', clusterId, '--secret-file', secretFile];
+      const args = ['sds', 'start', '--name', sds.name, '--listen', `${sds.listenAddress}:${sdsPort}`, '--data-dir', `${dataRoot}/sds`, '--mdm', mdmList, '--cluster-id', clusterId, '--secret-file', secretFile];
+      return sdsShards === 1 ? args : [...args, '--shards', String(sdsShards), '--host', sds.name];
     }
     case 'sdc':
       return ['sdc', 'start', '--mdm', mdmList, '--name', (host.sdc as { name: string }).name, '--data-dir', `${dataRoot}/sdc`, '--cluster-id', clusterId, '--secret-file', secretFile];
@@ -379,14 +449,19 @@ export interface HostConfigure {
 /**
  * What configure sets up on each host, in CSV order. Configure starts them in this order
  * across hosts: every etcd member, the Master's MDM, the Slaves' MDMs, then SDSs and SDCs.
+ * `sdsShards`: each SDS host's shard count by CSV row (a row not in it: 1).
  */
-export function configurePlan(plan: InstallPlan, clusterId: string): HostConfigure[] {
+export function configurePlan(plan: InstallPlan, clusterId: string, sdsShards: ReadonlyMap<number, number> = new Map()): HostConfigure[] {
   return plan.hosts.map((host) => ({
     host,
     pkiFiles: etcdPkiFilesFor(host, plan),
     sharedFiles: mdmSharedFilesFor(host, plan),
-    daemons: rolesOf(host, plan).map((role) => ({ role, args: daemonArgs(role, host, plan, clusterId) })),
+    daemons: rolesOf(host, plan).map((role) => ({ role, args: daemonArgs(role, host, plan, clusterId, sdsShards.get(host.row) ?? 1) })),
   }));
+}
+
+function unitPath(role: Role): string {
+  return `/etc/systemd/system/meshblock-${role}.service`;
 }
 
 function unitText(role: Role, args: string[]): string {
@@ -413,6 +488,8 @@ function unitText(role: Role, args: string[]): string {
 
 export class Installer {
   private readonly sessions = new Map<number, Session>();
+  /** Each SDS host's shard count by CSV row, chosen once per run (sdsShardsOf). */
+  private readonly sdsShards = new Map<number, SdsShardChoice>();
   private bundle: { file: string; hash: string } | null = null;
 
   constructor(private readonly options: InstallOptions) {}
@@ -487,8 +564,68 @@ export class Installer {
         const finding = await module.check(this.hostOf(session)).catch((err: Error) => ({ applicable: true, ok: false, summary: `cannot check: ${err.message}` }));
         if (finding.applicable && !finding.ok) findings.push(`${module.name}: ${finding.summary}`);
       }
-      this.options.report(`${session.label}: ${pretty}, ${arch}; roles ${rolesOf(host, this.options.plan).join(', ') || 'none'}; ${host.sds?.devices.length ?? 0} device(s) free; ${findings.length === 0 ? 'host modules ok' : `to fix in install: ${findings.join('; ')}`}`);
+      let shardText = '';
+      if (host.sds !== null) {
+        const shards = await this.sdsShardsOf(session);
+        shardText = `; SDS ${shards.count === 1 ? `${host.sds.name} as one process` : `in ${shards.count} shards ${host.sds.name}.1..${host.sds.name}.${shards.count}`} (${shards.why})`;
+      }
+      this.options.report(`${session.label}: ${pretty}, ${arch}; roles ${rolesOf(host, this.options.plan).join(', ') || 'none'}; ${host.sds?.devices.length ?? 0} device(s) free${shardText}; ${findings.length === 0 ? 'host modules ok' : `to fix in install: ${findings.join('; ')}`}`);
     });
+  }
+
+  /**
+   * The host's shard count, chosen at the first ask in a run: an SDS already installed keeps
+   * the count of its unit (each shard's devices hold that shard's data, and `sds start` refuses
+   * another count on its data directory), so a different --sds-shards is refused here, before
+   * anything is done; else --sds-shards, else the auto choice from the host's cores.
+   */
+  private async sdsShardsOf(session: Session): Promise<SdsShardChoice> {
+    const known = this.sdsShards.get(session.host.row);
+    if (known !== undefined) return known;
+    const sds = session.host.sds as NonNullable<InstallHost['sds']>;
+    const requested = this.options.sdsShards;
+    const installed = installedSdsShards(await session.transport.readFile(unitPath('sds')));
+    let choice: SdsShardChoice;
+    if (installed !== null) {
+      if (requested !== 'auto' && requested !== installed) {
+        throw new InstallError(
+          'MB_ERR_INSTALL_HOST',
+          `${session.label}: SDS ${sds.name} is installed as ${installed === 1 ? 'one process' : `${installed} shards`} (${unitPath('sds')}); --sds-shards ${requested} cannot change that, each shard's devices hold that shard's data (run with --sds-shards auto, or remove the SDS from the cluster and its data directory first)`,
+        );
+      }
+      choice = { count: installed, why: 'as installed' };
+    } else if (requested !== 'auto') {
+      choice = { count: requested, why: `--sds-shards ${requested}${requested > sds.devices.length ? `, ${requested - sds.devices.length === 1 ? `shard ${requested} gets` : `shards ${sds.devices.length + 1}..${requested} get`} no device` : ''}` };
+    } else {
+      const coreCount = await this.coreCountOf(session);
+      choice = { count: autoSdsShards(coreCount, sds.devices.length), why: `auto: ${coreCount} core(s), ${sds.devices.length} device(s)` };
+    }
+    const longest = sdsShardNames(sds.name, choice.count).at(-1) as string;
+    if (Buffer.byteLength(longest) > nameBytesMax) {
+      throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}, column 'SDS Name': with ${choice.count} shards the SDS names (up to '${longest}') must fit ${nameBytesMax} characters: a shorter SDS Name, or --sds-shards`);
+    }
+    this.sdsShards.set(session.host.row, choice);
+    return choice;
+  }
+
+  /**
+   * The host's usable cores: `nproc` counts those a process may run on (its affinity, as
+   * os.availableParallelism() does for `sds start --shards auto`); getconf's online count
+   * where there is no nproc (coreutils before 8.1, busybox built without it).
+   */
+  private async coreCountOf(session: Session): Promise<number> {
+    const result = await session.transport.run('sh', ['-c', 'nproc 2>/dev/null || getconf _NPROCESSORS_ONLN'], { timeoutMs: 30_000 });
+    const text = result.stdout.trim();
+    if (result.code !== 0 || !/^[0-9]+$/.test(text) || Number(text) < 1) {
+      const said = (result.stderr.trim() || text).split('\n').slice(-1)[0]?.slice(0, 120) || 'no output';
+      throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}: cannot read its core count (nproc, getconf _NPROCESSORS_ONLN: exit ${result.code}, ${said}): give --sds-shards`);
+    }
+    return Number(text);
+  }
+
+  /** The shard counts chosen so far by CSV row, for configurePlan. */
+  private shardCounts(): Map<number, number> {
+    return new Map([...this.sdsShards].map(([row, choice]) => [row, choice.count]));
   }
 
   private async upload(): Promise<void> {
@@ -542,7 +679,7 @@ export class Installer {
   }
 
   private async startDaemon(session: Session, role: Role, args: string[]): Promise<void> {
-    const unit = `/etc/systemd/system/meshblock-${role}.service`;
+    const unit = unitPath(role);
     const text = unitText(role, args);
     if ((await session.transport.readFile(unit)) !== text) await session.transport.writeFile(unit, text);
     const systemd = await session.transport.exists('/run/systemd/system');
@@ -695,6 +832,8 @@ export class Installer {
 
   private async configure(): Promise<void> {
     const { plan } = this.options;
+    // Every SDS host's shard count first: a refused --sds-shards stops the run before anything starts.
+    await this.each(async (session) => void (session.host.sds === null ? undefined : await this.sdsShardsOf(session)));
     const pkiRequest = etcdPkiRequest(plan);
     // etcd first: an MDM in cluster mode waits for a quorum of members before it does anything.
     if (pkiRequest !== null) {
@@ -722,15 +861,17 @@ export class Installer {
       const roles = rolesOf(session.host, plan).filter((role) => role === 'sds' || role === 'sdc');
       if (roles.length === 0) return;
       if ((await session.transport.readFile(secretFile)) !== cluster.secret) await session.transport.writeFile(secretFile, cluster.secret, { mode: 0o600 });
-      for (const role of roles) await this.startDaemon(session, role, daemonArgs(role, session.host, plan, cluster.id));
+      for (const role of roles) await this.startDaemon(session, role, daemonArgs(role, session.host, plan, cluster.id, this.sdsShards.get(session.host.row)?.count ?? 1));
     });
 
     const listNames = async (type: string, args: string[] = []): Promise<Array<{ name: string; id: string } & Record<string, unknown>>> =>
       JSON.parse(await this.manage(mdm, [type, 'list', '--json', ...args])) as Array<{ name: string; id: string } & Record<string, unknown>>;
     const sdsHosts = plan.hosts.filter((host) => host.sds !== null);
-    await this.until(`the SDSs ${sdsHosts.map((host) => host.sds?.name).join(', ')} to register`, async () => {
+    const shardCountOf = (host: InstallHost): number => (this.sdsShards.get(host.row) as SdsShardChoice).count;
+    const sdsNames = sdsHosts.flatMap((host) => sdsShardNames((host.sds as NonNullable<InstallHost['sds']>).name, shardCountOf(host)));
+    await this.until(`the SDSs ${sdsNames.join(', ')} to register`, async () => {
       const names = (await listNames('sds')).map((entry) => entry.name);
-      return sdsHosts.every((host) => names.includes(host.sds?.name as string)) || undefined;
+      return sdsNames.every((name) => names.includes(name)) || undefined;
     });
     const domains = new Set(sdsHosts.map((host) => host.sds?.protectionDomain as string));
     for (const domain of domains) {
@@ -756,15 +897,22 @@ export class Installer {
     const devices = await listNames('device');
     for (const host of sdsHosts) {
       const sds = host.sds as NonNullable<InstallHost['sds']>;
-      const record = sdss.find((entry) => entry.name === sds.name);
-      if (record !== undefined && (record['protectionDomainId'] === null || record['protectionDomainId'] === undefined)) {
-        await this.manage(mdm, ['sds', 'add', '--sds', sds.name, '--pd', sds.protectionDomain, ...(sds.faultSet === null ? [] : ['--fault-set', sds.faultSet])]);
-        this.options.report(`added ${sds.name} to ${sds.protectionDomain}${sds.faultSet === null ? '' : `, fault set ${sds.faultSet}`}`);
+      // Each shard is an SDS of its own in the MDM: added to the host's domain and fault set
+      // (shards of one host share its fault set, which the MDM requires of one host label).
+      const records = sdsShardNames(sds.name, shardCountOf(host)).map((name) => sdss.find((entry) => entry.name === name));
+      for (const record of records) {
+        if (record !== undefined && (record['protectionDomainId'] === null || record['protectionDomainId'] === undefined)) {
+          await this.manage(mdm, ['sds', 'add', '--sds', record.name, '--pd', sds.protectionDomain, ...(sds.faultSet === null ? [] : ['--fault-set', sds.faultSet])]);
+          this.options.report(`added ${record.name} to ${sds.protectionDomain}${sds.faultSet === null ? '' : `, fault set ${sds.faultSet}`}`);
+        }
       }
-      for (const device of sds.devices) {
-        if (devices.some((entry) => entry['sdsId'] === record?.id && entry['deviceCurrentPathName'] === device.path)) continue;
-        await this.manage(mdm, ['device', 'add', '--sds', sds.name, '--pool', device.pool, '--path', device.path, ...(device.name === null ? [] : ['--name', device.name])]);
-        this.options.report(`added ${sds.name}:${device.path} to ${device.pool}`);
+      // A device already on any of the host's shards stays where it is (a re-run, or one
+      // added by hand to another shard than round-robin would pick).
+      const hostSdsIds = new Set(records.flatMap((record) => (record === undefined ? [] : [record.id])));
+      for (const { device, sdsName } of deviceShards(host, shardCountOf(host))) {
+        if (devices.some((entry) => hostSdsIds.has(entry['sdsId'] as string) && entry['deviceCurrentPathName'] === device.path)) continue;
+        await this.manage(mdm, ['device', 'add', '--sds', sdsName, '--pool', device.pool, '--path', device.path, ...(device.name === null ? [] : ['--name', device.name])]);
+        this.options.report(`added ${sdsName}:${device.path} to ${device.pool}`);
       }
     }
     const sdcHosts = plan.hosts.filter((host) => host.sdc !== null);
@@ -792,7 +940,8 @@ export class Installer {
       plan.memberCount === 1
         ? `MDM on ${plan.mdmHost.address}`
         : `MDM cluster of ${plan.memberCount} (${etcdMembers(plan).map((host) => `${host.member.role === 'tb' ? 'TB' : host.member.role === 'master' ? 'Master' : 'Slave'} ${host.member.name} on ${host.address}`).join(', ')})`;
-    this.options.report(`cluster ${cluster.id} configured: ${mdmText}, ${sdsHosts.length} SDS(s), ${sdcHosts.length} SDC(s)`);
+    const shardText = sdsNames.length === sdsHosts.length ? '' : ` in ${sdsNames.length} shards`;
+    this.options.report(`cluster ${cluster.id} configured: ${mdmText}, ${sdsHosts.length} SDS(s)${shardText}, ${sdcHosts.length} SDC(s)`);
     if (plan.memberCount > 1) {
       const state = this.options.stateDir;
       this.options.report(
@@ -809,7 +958,7 @@ export class Installer {
     if (pkiRequest !== null) {
       this.options.report(`make the etcd PKI in ${path.join(this.options.stateDir, 'etcd-pki')} (kept there): a CA, a pair for each member (${pkiRequest.members.map((member) => member.name).join(', ')}), a client pair for each MDM (${pkiRequest.clients.join(', ')})`);
     }
-    const plans = configurePlan(this.options.plan, 'CLUSTER-ID');
+    const plans = configurePlan(this.options.plan, 'CLUSTER-ID', this.shardCounts());
     await this.each(async (session) => {
       this.options.report(`${session.label}: upload the meshblock bundle (this meshblock and Node ${process.version}) to ${prefix}`);
       for (const module of selectModules(installModules)) {
@@ -826,6 +975,11 @@ export class Installer {
       }
       if (configure.sharedFiles.length > 0) this.options.report(`${session.label}: copy the MDMs' REST certificate and the admin password (made in ${this.options.stateDir}) to ${configure.sharedFiles.map((file) => file.target).join(', ')}`);
       for (const daemon of configure.daemons) this.options.report(`${session.label}: start meshblock ${daemon.args.join(' ')}`);
+      const shardCount = this.sdsShards.get(session.host.row)?.count ?? 1;
+      if (shardCount > 1) {
+        const names = sdsShardNames((session.host.sds as NonNullable<InstallHost['sds']>).name, shardCount);
+        this.options.report(`${session.label}: wait for ${names.join(', ')} to register; add their devices round-robin: ${deviceShards(session.host, shardCount).map((entry) => `${entry.sdsName} ${entry.device.path}`).join(', ')}`);
+      }
     });
     this.options.report(`then set up protection domains, pools, SDSs and devices on the ${this.options.plan.memberCount === 1 ? 'MDM' : 'Master MDM'} (${this.options.plan.mdmHost.address}) and create ${this.options.volumes.map((volume) => volume.name).join(', ') || 'no volumes'}`);
   }

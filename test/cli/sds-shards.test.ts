@@ -16,7 +16,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
-import { assignDevices, autoShardCount, parseShardsOption, readShardsFile, resolveShardCount } from '../../src/cli/sds-shards.js';
+import { autoShardCount } from '../../src/common/sds-shards.js';
+import { assignDevices, parseShardsOption, readShardsFile, resolveShardCount } from '../../src/cli/sds-shards.js';
 import { sdsShardsMax } from '../../src/common/limits.js';
 import { cli, startMdm, startSdc, until, type Mdm } from '../helpers/cluster.js';
 import { sparseFile } from '../helpers/files.js';
@@ -27,12 +28,13 @@ import { MiB, startSds } from '../helpers/sds.js';
 const GiB = 1024 * MiB;
 
 t.test('--shards auto takes half the cores, at most one shard per device named', async (t) => {
-  t.equal(autoShardCount(1, 0), 1);
+  t.equal(autoShardCount(1, null), 1);
   t.equal(autoShardCount(2, 4), 1);
-  t.equal(autoShardCount(40, 0), 20);
+  t.equal(autoShardCount(8, 0), 1, 'no device: one shard');
+  t.equal(autoShardCount(40, null), 20, 'devices not known yet: by the cores');
   t.equal(autoShardCount(40, 6), 6);
   t.equal(autoShardCount(16, 12), 8);
-  t.equal(autoShardCount(1000, 0), sdsShardsMax);
+  t.equal(autoShardCount(1000, null), sdsShardsMax);
   t.equal(parseShardsOption('auto'), 'auto');
   t.equal(parseShardsOption('3'), 3);
   for (const bad of ['0', '-1', '1.5', 'two', String(sdsShardsMax + 1), '']) t.throws(() => parseShardsOption(bad), { code: 'MB_ERR_INVALID_ARGUMENT' }, bad);

@@ -2,6 +2,11 @@
 // command lines each host's daemons get (configurePlan, which --dry-run prints and configure
 // runs), the etcd PKI it asks for and the files each host gets, and the order configure starts
 // things in across hosts (every etcd member, the Master's MDM, the Slave's, then SDSs and SDCs).
+// And SDS shards: the count chosen per host in query (auto from the host's `nproc` and its CSV
+// devices, --sds-shards, or the installed unit's), the `sds start --shards N --host NAME` it
+// runs, the wait for every shard to register (the simulated MDM registers one name per
+// `sds list`, and refuses an `sds add` of a name not registered), each shard added to the
+// domain and fault set, the devices round-robin, and a re-run that adds nothing.
 //
 // The order is seen by running Installer's configure phase against recording hosts: each one
 // keeps files in memory, records every command, answers the MDM start by writing cluster.json
@@ -15,21 +20,30 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import type { HostTransport, RunResult, WriteOptions } from '../../src/hostsetup/host-transport.js';
 import { installCsvTemplate, parseInstallCsv, type InstallHost, type InstallPlan } from '../../src/hostsetup/install-csv.js';
 import { X509Certificate } from 'node:crypto';
 import {
   apiSubjectAltNames,
+  autoSdsShards,
   configurePlan,
+  daemonArgs,
+  deviceShards,
   etcdPkiRequest,
   Installer,
+  installedSdsShards,
+  parseSdsShards,
+  sdsShardNames,
   mdmAddresses,
   mdmApiUrls,
   type CreateApiCertificate,
   type CreateEtcdPki,
   type EtcdPkiRequest,
+  type InstallPhase,
+  type SdsShardsRequest,
 } from '../../src/hostsetup/installer.js';
+import { sdsShardsMax } from '../../src/common/limits.js';
 import { ensureSelfSignedCertificate } from '../../src/mdm/tls.js';
 
 const header = 'IPs,Username,Password,Operating System,Is MDM/TB,MDM IPs,Is SDS,SDS Name,SDS All IPs,Protection Domain,Fault Set,SDS Device List,StoragePool List,Is SDC,SDC Name';
@@ -154,6 +168,55 @@ interface SimCluster {
   plan: InstallPlan;
   /** Every daemon start, across hosts, in order: `ROW ROLE`. */
   starts: string[];
+  /** An MDM that starts empty and does what it is told (see SimMdm); without it, one that has everything. */
+  mdm?: SimMdm;
+}
+
+/**
+ * An MDM the management CLI changes: SDSs register when their `sds start` runs (NAME, or
+ * NAME.1..NAME.N with --shards N, with the --host label), but one name per `sds list` asked, so
+ * the installer must wait for every shard; `pd|fault-set|pool add`, `sds add` and `device add`
+ * change it, each recorded in `changes`.
+ */
+class SimMdm {
+  readonly sdss: Array<{ name: string; id: string; host: string | null; protectionDomainId: string | null; faultSet: string | null }> = [];
+  readonly devices: Array<{ id: string; sdsId: string; deviceCurrentPathName: string; pool: string }> = [];
+  readonly names = { pd: [] as string[], 'fault-set': [] as string[], pool: [] as string[] };
+  readonly changes: string[] = [];
+  /** Names started but not yet registered, in start order. */
+  private readonly starting: Array<{ name: string; host: string | null }> = [];
+
+  start(names: string[], host: string | null): void {
+    for (const name of names) if (!this.sdss.some((sds) => sds.name === name) && !this.starting.some((entry) => entry.name === name)) this.starting.push({ name, host });
+  }
+
+  list(type: string): Array<Record<string, unknown>> {
+    if (type === 'sds') {
+      const next = this.starting.shift();
+      if (next !== undefined) this.sdss.push({ name: next.name, id: `id-${next.name}`, host: next.host, protectionDomainId: null, faultSet: null });
+      return this.sdss.map((sds) => ({ ...sds }));
+    }
+    if (type === 'device') return this.devices.map((device) => ({ ...device }));
+    if (type === 'pd' || type === 'fault-set' || type === 'pool') return this.names[type].map((name) => ({ name, id: `id-${name}` }));
+    return [];
+  }
+
+  /** A management command that changes something: `TYPE add --flag value ...`. */
+  change(type: string, flags: Map<string, string>): void {
+    this.changes.push(`${type} add ${[...flags].map(([flag, value]) => `${flag} ${value}`).join(' ')}`);
+    if (type === 'pd' || type === 'fault-set' || type === 'pool') this.names[type].push(flags.get('--name') as string);
+    if (type === 'sds') {
+      const sds = this.sdss.find((entry) => entry.name === flags.get('--sds'));
+      if (sds === undefined) throw new Error(`sds add of an unregistered ${flags.get('--sds')}`);
+      sds.protectionDomainId = `id-${flags.get('--pd')}`;
+      sds.faultSet = flags.get('--fault-set') ?? null;
+    }
+    if (type === 'device') {
+      const sds = this.sdss.find((entry) => entry.name === flags.get('--sds'));
+      if (sds?.protectionDomainId === null || sds === undefined) throw new Error(`device add to ${flags.get('--sds')}, not in a protection domain`);
+      this.devices.push({ id: `d${this.devices.length}`, sdsId: sds.id, deviceCurrentPathName: flags.get('--path') as string, pool: flags.get('--pool') as string });
+    }
+  }
 }
 
 /** A host that keeps files in memory and records commands; see the file's opening comment. */
@@ -161,6 +224,9 @@ class RecordingHost implements HostTransport {
   readonly label: string;
   readonly files = new Map<string, { text: string; mode: number | undefined }>();
   readonly commands: string[] = [];
+
+  /** What `nproc` answers; null: it fails, as would a host without nproc and getconf. */
+  cores: number | null = 2;
 
   constructor(
     private readonly host: InstallHost,
@@ -191,11 +257,18 @@ class RecordingHost implements HostTransport {
     this.commands.push(script);
     const ok = (stdout = ''): Promise<RunResult> => Promise.resolve({ code: 0, stdout, stderr: '' });
     if (/kill -0/.test(script)) return Promise.resolve({ code: 1, stdout: '', stderr: '' });
+    if (script === 'uname -m') return ok('x86_64\n');
+    if (script === 'nproc 2>/dev/null || getconf _NPROCESSORS_ONLN') return this.cores === null ? Promise.resolve({ code: 127, stdout: '', stderr: 'getconf: not found' }) : ok(`${this.cores}\n`);
     const started =
       /^mkdir -p \/run\/meshblock \/var\/log\/meshblock; setsid .*exec \/usr\/local\/bin\/meshblock (etcd|mdm|sds|sdc) start /.exec(script) ??
       /^systemctl daemon-reload && systemctl enable --now meshblock-(etcd|mdm|sds|sdc)\.service$/.exec(script);
     if (started !== null) {
       this.cluster.starts.push(`${this.host.row} ${started[1]}`);
+      if (started[1] === 'sds' && this.cluster.mdm !== undefined) {
+        const name = this.host.sds?.name as string;
+        const shards = / --shards ([0-9]+) /.exec(`${script} `)?.[1];
+        this.cluster.mdm.start(shards === undefined ? [name] : Array.from({ length: Number(shards) }, (_unused, index) => `${name}.${index + 1}`), / --host ([^ ]+) /.exec(`${script} `)?.[1] ?? null);
+      }
       if (started[1] === 'mdm') {
         this.cluster.id ??= 'c0ffee0000000001';
         this.files.set('/var/lib/meshblock/mdm/cluster.json', { text: JSON.stringify({ clusterId: this.cluster.id, name: 'meshblock' }), mode: 0o644 });
@@ -204,7 +277,14 @@ class RecordingHost implements HostTransport {
       return ok();
     }
     const listing = /^\/usr\/local\/bin\/meshblock ([a-z-]+) list --json/.exec(script);
-    if (listing !== null) return ok(JSON.stringify(this.listing(listing[1] as string)));
+    if (listing !== null) return ok(JSON.stringify(this.cluster.mdm?.list(listing[1] as string) ?? this.listing(listing[1] as string)));
+    const adding = /^\/usr\/local\/bin\/meshblock ([a-z-]+) add (.*?) --api /.exec(script);
+    if (adding !== null && this.cluster.mdm !== undefined) {
+      const words = (adding[2] as string).split(' ');
+      const flags = new Map<string, string>();
+      for (let index = 0; index + 1 < words.length; index += 2) flags.set(words[index] as string, words[index + 1] as string);
+      this.cluster.mdm.change(adding[1] as string, flags);
+    }
     return ok();
   }
 
@@ -236,14 +316,16 @@ function configureOnly(
   createEtcdPki: CreateEtcdPki,
   report: (line: string) => void = () => undefined,
   createApiCertificate: CreateApiCertificate = ensureSelfSignedCertificate,
+  more: { phases?: InstallPhase[]; dryRun?: boolean; sdsShards?: SdsShardsRequest } = {},
 ): Installer {
   return new Installer({
     plan,
     connect: (host) => Promise.resolve(connect(host)),
-    phases: ['configure'],
-    dryRun: false,
+    phases: more.phases ?? ['configure'],
+    dryRun: more.dryRun ?? false,
     prefix: '/opt/meshblock',
     volumes: [],
+    sdsShards: more.sdsShards ?? 'auto',
     hostOptions: { dom0Mem: '4096M', nbdsMax: 16 },
     appRoot: '/nonexistent',
     nodeBinary: process.execPath,
@@ -422,4 +504,222 @@ t.test('a PKI missing a file is named', async (t) => {
   const installer = configureOnly(plan, stateDir, (host) => new RecordingHost(host, cluster), () => Promise.resolve());
   await t.rejects(installer.run(), { code: 'MB_ERR_INSTALL_STEP', message: /the etcd PKI has no .*etcd-pki\/ca\.crt: ENOENT/ });
   t.same(cluster.starts, [], 'nothing started');
+});
+
+// --- SDS shards ---------------------------------------------------------------------------------
+
+const shardRows = [
+  header,
+  '10.0.0.1,root,,debian,Master,,Yes,sds1,,pd1,fs1,"/dev/sdb,/dev/sdc,/dev/sdd",sp1,No,',
+  '10.0.0.2,root,,debian,,,Yes,sds2,,pd1,fs2,"/dev/sdb,/dev/sdc,/dev/sdd",sp1,No,',
+  '10.0.0.3,root,,debian,,,Yes,sds3,,pd1,fs3,"/dev/sdb,/dev/sdc",sp1,No,',
+  '10.0.0.4,root,,debian,,,Yes,sds4,,pd1,fs4,"/dev/sdb,/dev/sdc,/dev/sdd",sp1,No,',
+  '',
+].join('\n');
+/** The hosts' cores by row: 8 cores, 3 devices: 3 shards; 4 and 3: 2; 64 and 2: 2; 3 and 3: 1. */
+const shardCores = new Map([[2, 8], [3, 4], [4, 64], [5, 3]]);
+
+function shardHosts(plan: InstallPlan): { cluster: SimCluster & { mdm: SimMdm }; recording: Map<number, RecordingHost> } {
+  const cluster = { id: null, plan, starts: [], mdm: new SimMdm() };
+  const recording = new Map(plan.hosts.map((host) => [host.row, new RecordingHost(host, cluster)]));
+  for (const [row, cores] of shardCores) (recording.get(row) as RecordingHost).cores = cores;
+  return { cluster, recording };
+}
+
+function shardInstaller(t: Test, plan: InstallPlan, recording: Map<number, RecordingHost>, lines: string[], more: { sdsShards?: SdsShardsRequest; dryRun?: boolean } = {}): Installer {
+  return configureOnly(plan, t.testdir(), (host) => recording.get(host.row) as RecordingHost, placeholderPki, (line) => lines.push(line), ensureSelfSignedCertificate, { phases: ['query', 'configure'], ...more });
+}
+
+t.test('the auto shard count: half the cores, at most one shard per device, at least one, at most sdsShardsMax', async (t) => {
+  const cases: Array<[cores: number, devices: number, shards: number]> = [
+    [1, 3, 1],
+    [2, 3, 1],
+    [3, 3, 1],
+    [4, 3, 2],
+    [8, 3, 3],
+    [8, 1, 1],
+    [64, 2, 2],
+    [64, 40, 32],
+    [1000, 500, sdsShardsMax],
+    [0, 2, 1],
+  ];
+  t.same(cases.map(([cores, devices]) => autoSdsShards(cores, devices)), cases.map((entry) => entry[2]));
+});
+
+t.test('--sds-shards: auto or 1..sdsShardsMax', async (t) => {
+  t.equal(parseSdsShards('auto'), 'auto');
+  t.equal(parseSdsShards('1'), 1);
+  t.equal(parseSdsShards(String(sdsShardsMax)), sdsShardsMax);
+  for (const bad of ['0', String(sdsShardsMax + 1), 'two', '2.5', '', '-1', ' 2']) t.throws(() => parseSdsShards(bad), { code: 'MB_ERR_INVALID_ARGUMENT', message: new RegExp(`^--sds-shards: must be auto or a count from 1 to ${sdsShardsMax}`) }, `'${bad}'`);
+});
+
+t.test('shard names, devices round-robin in CSV order, the installed count read from a unit', async (t) => {
+  t.same(sdsShardNames('sds1', 1), ['sds1']);
+  t.same(sdsShardNames('sds1', 3), ['sds1.1', 'sds1.2', 'sds1.3']);
+  const rows = [header, '10.0.0.1,root,,debian,Master,,Yes,sds1,,pd1,,"/dev/a,/dev/b,/dev/c,/dev/d,/dev/e","sp1,sp2,sp1,sp2,sp1",No,', '10.0.0.2,root,,debian,,,Yes,sds2,,pd1,,/dev/a,sp1,No,', ''];
+  const host = parseInstallCsv(rows.join('\n')).hosts[0] as InstallHost;
+  t.same(deviceShards(host, 2).map((entry) => `${entry.sdsName} ${entry.device.path} ${entry.device.pool}`), ['sds1.1 /dev/a sp1', 'sds1.2 /dev/b sp2', 'sds1.1 /dev/c sp1', 'sds1.2 /dev/d sp2', 'sds1.1 /dev/e sp1']);
+  t.same(deviceShards(host, 1).map((entry) => entry.sdsName), ['sds1', 'sds1', 'sds1', 'sds1', 'sds1']);
+  t.equal(installedSdsShards(null), null, 'no unit: not installed');
+  t.equal(installedSdsShards('[Service]\nExecStart=/usr/local/bin/meshblock mdm start --data-dir /x\n'), null, 'not an SDS unit');
+  t.equal(installedSdsShards('[Service]\nExecStart=/usr/local/bin/meshblock sds start --name sds1 --secret-file /etc/meshblock/cluster.secret\nRestart=on-failure\n'), 1, 'installed before shards');
+  t.equal(installedSdsShards('[Service]\nExecStart=/usr/local/bin/meshblock sds start --name sds1 --secret-file /s --shards 12 --host sds1\n'), 12);
+  t.equal(installedSdsShards('[Service]\nExecStart=/usr/local/bin/meshblock sds start --name sds1 --shards 3\n'), 3, 'last on the line');
+});
+
+t.test('daemonArgs: --shards N --host NAME after the command line of before, only for N > 1', async (t) => {
+  const plan = parseInstallCsv(shardRows);
+  const host = plan.hosts[0] as InstallHost;
+  const before = ['sds', 'start', '--name', 'sds1', '--listen', '10.0.0.1:7072', '--data-dir', '/var/lib/meshblock/sds', '--mdm', '10.0.0.1:6611', '--cluster-id', 'CID', '--secret-file', '/etc/meshblock/cluster.secret'];
+  t.same(daemonArgs('sds', host, plan, 'CID'), before);
+  t.same(daemonArgs('sds', host, plan, 'CID', 1), before, 'one process: byte for byte as before');
+  t.same(daemonArgs('sds', host, plan, 'CID', 3), [...before, '--shards', '3', '--host', 'sds1']);
+  t.same(configurePlan(plan, 'CID', new Map([[2, 3]])).map((entry) => entry.daemons.find((daemon) => daemon.role === 'sds')?.args.slice(14).join(' ')), ['--shards 3 --host sds1', '', '', ''], 'a row not in the map: one process');
+});
+
+t.test('auto shards on four hosts: chosen in query, started, every shard waited for, added, devices round-robin; a re-run adds nothing', async (t) => {
+  const plan = parseInstallCsv(shardRows);
+  const { cluster, recording } = shardHosts(plan);
+  const lines: string[] = [];
+  await shardInstaller(t, plan, recording, lines).run();
+
+  t.same(
+    lines.filter((line) => / SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
+    [
+      'SDS in 3 shards sds1.1..sds1.3 (auto: 8 core(s), 3 device(s))',
+      'SDS in 2 shards sds2.1..sds2.2 (auto: 4 core(s), 3 device(s))',
+      'SDS in 2 shards sds3.1..sds3.2 (auto: 64 core(s), 2 device(s))',
+      'SDS sds4 as one process (auto: 3 core(s), 3 device(s))',
+    ],
+    'the query line of each host says its choice and why',
+  );
+  const execStart = (row: number): string | undefined => /\nExecStart=(.*)\n/.exec(recording.get(row)?.files.get('/etc/systemd/system/meshblock-sds.service')?.text ?? '')?.[1];
+  t.match(execStart(2), / --secret-file \/etc\/meshblock\/cluster\.secret --shards 3 --host sds1$/);
+  t.match(execStart(3), / --shards 2 --host sds2$/);
+  t.match(execStart(5), / --secret-file \/etc\/meshblock\/cluster\.secret$/, 'one process: no --shards, no --host');
+  t.same(
+    cluster.mdm.sdss.map((sds) => `${sds.name} ${sds.host} ${sds.protectionDomainId} ${sds.faultSet}`),
+    ['sds1.1 sds1 id-pd1 fs1', 'sds1.2 sds1 id-pd1 fs1', 'sds1.3 sds1 id-pd1 fs1', 'sds2.1 sds2 id-pd1 fs2', 'sds2.2 sds2 id-pd1 fs2', 'sds3.1 sds3 id-pd1 fs3', 'sds3.2 sds3 id-pd1 fs3', 'sds4 null id-pd1 fs4'],
+    'every shard registered (the SDS name its host label) and in the host fault set',
+  );
+  t.same(
+    cluster.mdm.changes,
+    [
+      'pd add --name pd1',
+      'fault-set add --pd pd1 --name fs1',
+      'fault-set add --pd pd1 --name fs2',
+      'fault-set add --pd pd1 --name fs3',
+      'fault-set add --pd pd1 --name fs4',
+      'pool add --pd pd1 --name sp1',
+      'sds add --sds sds1.1 --pd pd1 --fault-set fs1',
+      'sds add --sds sds1.2 --pd pd1 --fault-set fs1',
+      'sds add --sds sds1.3 --pd pd1 --fault-set fs1',
+      'device add --sds sds1.1 --pool sp1 --path /dev/sdb',
+      'device add --sds sds1.2 --pool sp1 --path /dev/sdc',
+      'device add --sds sds1.3 --pool sp1 --path /dev/sdd',
+      'sds add --sds sds2.1 --pd pd1 --fault-set fs2',
+      'sds add --sds sds2.2 --pd pd1 --fault-set fs2',
+      'device add --sds sds2.1 --pool sp1 --path /dev/sdb',
+      'device add --sds sds2.2 --pool sp1 --path /dev/sdc',
+      'device add --sds sds2.1 --pool sp1 --path /dev/sdd',
+      'sds add --sds sds3.1 --pd pd1 --fault-set fs3',
+      'sds add --sds sds3.2 --pd pd1 --fault-set fs3',
+      'device add --sds sds3.1 --pool sp1 --path /dev/sdb',
+      'device add --sds sds3.2 --pool sp1 --path /dev/sdc',
+      'sds add --sds sds4 --pd pd1 --fault-set fs4',
+      'device add --sds sds4 --pool sp1 --path /dev/sdb',
+      'device add --sds sds4 --pool sp1 --path /dev/sdc',
+      'device add --sds sds4 --pool sp1 --path /dev/sdd',
+    ],
+  );
+  t.ok(lines.includes('added sds1.3 to pd1, fault set fs1') && lines.includes('added sds2.1:/dev/sdd to sp1'), 'each step reported');
+  t.match(lines.at(-1), /configured: MDM on 10\.0\.0\.1, 4 SDS\(s\) in 8 shards, 0 SDC\(s\)$/);
+
+  // Again, on hosts that now say 2 cores: the installed counts stay, nothing is added or written.
+  for (const host of recording.values()) host.cores = 2;
+  const writes: string[] = [];
+  for (const host of recording.values()) {
+    const write = host.writeFile.bind(host);
+    host.writeFile = (file, text, options) => (writes.push(file), write(file, text, options));
+  }
+  const again: string[] = [];
+  const changes = cluster.mdm.changes.length;
+  await shardInstaller(t, plan, recording, again).run();
+  t.same(cluster.mdm.changes.slice(changes), [], 'no SDS or device added again');
+  t.same(writes, [], 'no unit rewritten');
+  t.same(
+    again.filter((line) => / SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
+    ['SDS in 3 shards sds1.1..sds1.3 (as installed)', 'SDS in 2 shards sds2.1..sds2.2 (as installed)', 'SDS in 2 shards sds3.1..sds3.2 (as installed)', 'SDS sds4 as one process (as installed)'],
+  );
+
+  // A shard dropped from its domain and a device gone: only they are added; a device put on
+  // another shard of its host by hand stays there.
+  const sds13 = cluster.mdm.sdss.find((sds) => sds.name === 'sds1.3');
+  if (sds13 !== undefined) sds13.protectionDomainId = null;
+  const moved = cluster.mdm.devices.find((device) => device.sdsId === 'id-sds1.3');
+  if (moved !== undefined) moved.sdsId = 'id-sds1.1';
+  cluster.mdm.devices.splice(cluster.mdm.devices.findIndex((device) => device.sdsId === 'id-sds1.2'), 1);
+  const changesBefore = cluster.mdm.changes.length;
+  await shardInstaller(t, plan, recording, []).run();
+  t.same(cluster.mdm.changes.slice(changesBefore), ['sds add --sds sds1.3 --pd pd1 --fault-set fs1', 'device add --sds sds1.2 --pool sp1 --path /dev/sdc']);
+});
+
+t.test('--sds-shards: every host the same count, nproc not asked; 1 is the install of before', async (t) => {
+  const plan = parseInstallCsv(shardRows.replace(/,fs\d,/g, ',,'));
+  const { cluster, recording } = shardHosts(plan);
+  const lines: string[] = [];
+  await shardInstaller(t, plan, recording, lines, { sdsShards: 3 }).run();
+  t.same(
+    lines.filter((line) => / SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
+    ['SDS in 3 shards sds1.1..sds1.3 (--sds-shards 3)', 'SDS in 3 shards sds2.1..sds2.3 (--sds-shards 3)', 'SDS in 3 shards sds3.1..sds3.3 (--sds-shards 3, shard 3 gets no device)', 'SDS in 3 shards sds4.1..sds4.3 (--sds-shards 3)'],
+  );
+  t.notOk([...recording.values()].some((host) => host.commands.some((command) => command.startsWith('nproc'))), 'the cores are not asked');
+  t.equal(cluster.mdm.sdss.length, 12);
+  t.same(cluster.mdm.changes.filter((change) => change.startsWith('sds add --sds sds3')), ['sds add --sds sds3.1 --pd pd1', 'sds add --sds sds3.2 --pd pd1', 'sds add --sds sds3.3 --pd pd1'], 'no fault sets: domain only');
+  t.same(cluster.mdm.changes.filter((change) => change.startsWith('device add --sds sds3')), ['device add --sds sds3.1 --pool sp1 --path /dev/sdb', 'device add --sds sds3.2 --pool sp1 --path /dev/sdc']);
+
+  // The installed count cannot be changed by another --sds-shards: refused before anything starts.
+  const starts = cluster.starts.length;
+  await t.rejects(shardInstaller(t, plan, recording, [], { sdsShards: 2 }).run(), {
+    code: 'MB_ERR_INSTALL_HOST',
+    message: /^10\.0\.0\.1 \(row 2\): SDS sds1 is installed as 3 shards \(\/etc\/systemd\/system\/meshblock-sds\.service\); --sds-shards 2 cannot change that/,
+  });
+  t.equal(cluster.starts.length, starts, 'nothing started');
+
+  const single = parseInstallCsv(shardRows);
+  const fresh = shardHosts(single);
+  await shardInstaller(t, single, fresh.recording, [], { sdsShards: 1 }).run();
+  for (const entry of configurePlan(single, cluster.id as string)) {
+    const sds = entry.daemons.find((daemon) => daemon.role === 'sds');
+    t.match(fresh.recording.get(entry.host.row)?.files.get('/etc/systemd/system/meshblock-sds.service')?.text, `\nExecStart=/usr/local/bin/meshblock ${sds?.args.join(' ')}\n`, `row ${entry.host.row}: the unit of before shards`);
+  }
+  t.same(fresh.cluster.mdm.sdss.map((sds) => sds.name), ['sds1', 'sds2', 'sds3', 'sds4']);
+  t.same(fresh.cluster.mdm.changes.filter((change) => change.startsWith('device add --sds sds1 ')).length, 3);
+});
+
+t.test('shards refused in query: names that would not fit, a host whose cores cannot be read', async (t) => {
+  const long = 'a'.repeat(30);
+  const plan = parseInstallCsv(shardRows.replace(',sds1,', `,${long},`));
+  const { cluster, recording } = shardHosts(plan);
+  await t.rejects(shardInstaller(t, plan, recording, []).run(), { code: 'MB_ERR_INSTALL_HOST', message: new RegExp(`^10\\.0\\.0\\.1 \\(row 2\\), column 'SDS Name': with 3 shards the SDS names \\(up to '${long}\\.3'\\) must fit 31 characters`) });
+  t.same(cluster.starts, [], 'refused in query');
+
+  const plain = parseInstallCsv(shardRows);
+  const hosts = shardHosts(plain);
+  (hosts.recording.get(3) as RecordingHost).cores = null;
+  await t.rejects(shardInstaller(t, plain, hosts.recording, []).run(), { code: 'MB_ERR_INSTALL_HOST', message: /^10\.0\.0\.2 \(row 3\): .*core count.*give --sds-shards/ });
+  await shardInstaller(t, plain, hosts.recording, [], { sdsShards: 2 }).run();
+  t.equal(hosts.cluster.mdm.sdss.length, 8, 'with --sds-shards the cores are not needed');
+});
+
+t.test('--dry-run: the shard start and the round-robin plan per host, nothing started', async (t) => {
+  const plan = parseInstallCsv(shardRows);
+  const { cluster, recording } = shardHosts(plan);
+  const lines: string[] = [];
+  await shardInstaller(t, plan, recording, lines, { dryRun: true }).run();
+  t.ok(lines.includes('10.0.0.1 (row 2): start meshblock sds start --name sds1 --listen 10.0.0.1:7072 --data-dir /var/lib/meshblock/sds --mdm 10.0.0.1:6611 --cluster-id CLUSTER-ID --secret-file /etc/meshblock/cluster.secret --shards 3 --host sds1'));
+  t.ok(lines.includes('10.0.0.2 (row 3): wait for sds2.1, sds2.2 to register; add their devices round-robin: sds2.1 /dev/sdb, sds2.2 /dev/sdc, sds2.1 /dev/sdd'));
+  t.notOk(lines.some((line) => line.startsWith('10.0.0.4 (row 5): wait for')), 'one process: as before');
+  t.same(cluster.starts, []);
+  t.same(cluster.mdm.changes, []);
 });

@@ -15,6 +15,7 @@
 // hosts, so the installer starts the daemons detached (its documented fallback).
 
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import t from 'tap';
 import { createSimNetwork, type SimNetwork } from '../helpers/netns.js';
@@ -61,6 +62,9 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
     t.match(result.stdout, /lvm-filter: edit \/etc\/lvm\/lvm.conf/);
     t.match(result.stdout, /start meshblock sds start --name sds2/);
     t.match(result.stdout, /\(row 4\): .*prereqs: /, 'host 3 has no Node.js, and query says its prerequisites are not met');
+    // The host's cores, read over SSH (nproc): one device per host, so one SDS process whatever the count.
+    t.match(result.stdout, new RegExp(`\\(row 2\\): .*; SDS sds1 as one process \\(auto: ${os.availableParallelism()} core\\(s\\), 1 device\\(s\\)\\);`));
+    t.notMatch(result.stdout, / --shards /, 'one process: the start line of before shards');
     t.equal(fs.readFileSync(knownHosts, 'utf8').trim().split('\n').length, 3, 'the three host keys were recorded');
     t.notOk(fs.existsSync(path.join(roots[0] as string, 'opt/meshblock')), 'nothing uploaded');
     t.equal(fs.readFileSync(path.join(roots[0] as string, 'etc/lvm/lvm.conf'), 'utf8'), fs.readFileSync('/etc/lvm/lvm.conf', 'utf8'), 'lvm.conf unchanged');
@@ -108,6 +112,7 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
     t.equal(result.code, 0, result.stderr);
     t.match(result.stdout, /bundle [0-9a-f]{16} already in \/opt\/meshblock/);
     t.match(result.stdout, /meshblock sds already running/);
+    t.match(result.stdout, /\(row 3\): .*; SDS sds2 as one process \(as installed\);/, 'the installed unit decides the shard count');
     t.notMatch(result.stdout, /created |added |mapped /, 'no object created twice');
     t.equal(fs.readFileSync(path.join(roots[1] as string, 'etc/lvm/lvm.conf'), 'utf8'), lvmBefore);
   });
