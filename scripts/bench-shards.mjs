@@ -685,6 +685,14 @@ async function runConfig(configName, round, context, runs) {
       }
       runs.push({ config: configName, pattern: pattern.id, round, result });
     }
+  } catch (err) {
+    // A wire error is usually the symptom of an SDS that died: say which, and what it logged.
+    if (err instanceof BenchError && ['SDS', 'INTERRUPTED'].includes(err.code)) throw err;
+    const exited = () => config.procs?.find((proc) => proc.state.exited);
+    if (exited() === undefined) await delay(500); // Its exit may come after its connections' close.
+    const died = exited();
+    if (died === undefined) throw err;
+    throw processFailure('SDS', `SDS ${died.name} (${configTitles[configName]})`, died.state, `${err.message}\n${died.state.stderr}`);
   } finally {
     await stopGenerators();
     for (const control of config.controls) control.destroy();
