@@ -814,8 +814,8 @@ function machineLines(machine, options) {
 
 function modeText(mode) {
   return mode === 'supervisor'
-    ? '`meshblock sds start --shards 2` (the supervisor, which starts the two shard processes)'
-    : "two `meshblock sds start` processes started by the script as the supervisor would (this build's `sds start` had no `--shards`): names NAME.1 and NAME.2, data dirs DATA-DIR/shard-k, device k to shard k";
+    ? '`meshblock sds start --shards 2`, a supervisor that runs two shard processes'
+    : "two `meshblock sds start` processes that the script starts as the supervisor would, since this build's `sds start` had no `--shards`: names NAME.1 and NAME.2, data dirs DATA-DIR/shard-k, device k to shard k";
 }
 
 function markdownSection({ options, machine, summaries, startedAt, commands, workDir, mode, deviceBytes, analysis }) {
@@ -864,8 +864,8 @@ ${machineLines(machine, options).map(([name, value]) => `- ${name}: ${value}`).j
 
 Two device files of ${formatBytes(deviceBytes)} each (half the ${formatBytes(options.sizeBytes)} region, plus the slack the
 placement hash needs and the SDS's metadata area) in a fresh temp dir (\`$DIR\`) under \`${options.parentDir}\`,
-recreated empty before each configuration started. Commands (ports picked by the kernel, chunk
-size 1 MiB):
+recreated empty before each configuration started (with a data dir of its own per round).
+Commands of the last round (ports picked by the kernel, chunk size 1 MiB):
 
 \`\`\`
 ${configNames.flatMap((name) => commands[name] ?? []).map(placeholder).join('\n')}
