@@ -733,6 +733,21 @@ function summarize(runs) {
   });
 }
 
+/**
+ * A thread at this share of a core is taken as the limit of its run, and so is the machine
+ * at this share of all its cores.
+ */
+const saturatedPercentMin = 90;
+
+/** What bounded a run, from its medians: an SDS event loop, a generator, the whole machine, or none of them. */
+function limitOf(result, cpuCount) {
+  const limits = [];
+  if (result.sdsMainPercentMax >= saturatedPercentMin) limits.push('SDS loop');
+  if (result.generatorPercentMax >= saturatedPercentMin) limits.push('client');
+  if (result.machinePercent >= (saturatedPercentMin / 100) * cpuCount * 100) limits.push('machine full');
+  return limits.length === 0 ? 'none (IO)' : limits.join(', ');
+}
+
 const pair = (perConfig, key, format) => configNames.map((name) => format(perConfig[name][key])).join(' / ');
 const fixed = (digits) => (value) => (value === null ? '–' : value.toFixed(digits));
 
@@ -750,7 +765,7 @@ function resultRows(summaries) {
   return { header, rows };
 }
 
-function costRows(summaries) {
+function costRows(summaries, cpuCount) {
   const header = [
     'Pattern',
     'SDS CPU % (one / shards)',
@@ -761,6 +776,7 @@ function costRows(summaries) {
     'client CPU µs per IO',
     'machine busy %',
     'rest of machine %',
+    'limit (one / shards)',
   ];
   const rows = summaries.map(({ pattern, perConfig }) => [
     pattern.title,
@@ -772,6 +788,7 @@ function costRows(summaries) {
     pair(perConfig, 'clientCpuUsPerIo', fixed(1)),
     pair(perConfig, 'machinePercent', fixed(0)),
     pair(perConfig, 'restCpuPercent', fixed(0)),
+    configNames.map((name) => limitOf(perConfig[name], cpuCount)).join(' / '),
   ]);
   return { header, rows };
 }
@@ -847,10 +864,12 @@ loop is the highest main-thread CPU among them (an SDS's wire, map and chunk wor
 its file IO runs on libuv's pool threads): near 100 % it is the limit. Client CPU is the whole
 script (both generator threads and the idle main thread); the busiest generator is one
 generator thread's CPU: near 100 % the client, not the SDS, was the limit. Machine busy is all
-CPU in /proc/stat (of ${machine.cpuCount} × 100 %); rest is what was neither SDS nor client. Each run
+CPU in /proc/stat (of ${machine.cpuCount} × 100 %); rest is what was neither SDS nor client. Limit names what
+was at ${saturatedPercentMin} % or more (of a core for a thread, of all cores for the machine); none means the IO
+path itself (devices, page cache, latency at this depth). Each run
 waited up to ${(options.quick ? quietWaitMsMaxQuick : quietWaitMsMax) / 1000} s for a quiet machine (under ${quietBusyPercentMax}% of a core busy); ${disturbedText(summaries)}
 
-${markdownTable(costRows(summaries))}
+${markdownTable(costRows(summaries, machine.cpuCount))}
 
 Every round's result:
 
@@ -936,7 +955,7 @@ async function main() {
     }
     const summaries = summarize(runs);
     const machineText = machineLines(machine, options).map(([name, value]) => `${name}: ${value}`).join('\n');
-    const tables = [resultRows(summaries), costRows(summaries), roundRows(summaries)].map(textTable).join('\n\n');
+    const tables = [resultRows(summaries), costRows(summaries, machine.cpuCount), roundRows(summaries)].map(textTable).join('\n\n');
     process.stdout.write(`\nShards benchmark: ratio = two shards / one process (two shards: ${mode === 'supervisor' ? 'sds start --shards 2' : 'two sds start processes'})\n\n${machineText}\n\n${tables}\n`);
     if (options.outPath !== null) {
       writeSection(options.outPath, { heading: sectionHeading, analysisStart, analysisEnd }, (analysis) =>
