@@ -543,6 +543,8 @@ const sdsCommands: Command[] = [
             { header: 'NAME', value: (sds) => sds.name },
             { header: 'ID', value: (sds) => sds.id },
             { header: 'ADDRESS', value: (sds) => sds.address },
+            // An MDM from before host labels sends no hostLabel.
+            { header: 'HOST', value: (sds) => sds.hostLabel ?? '-' },
             { header: 'STATE', value: (sds) => sds.sdsState },
             { header: 'PD', value: (sds) => (sds.protectionDomainId === null ? '(not added)' : (domains.find((domain) => domain.id === sds.protectionDomainId)?.name ?? sds.protectionDomainId)) },
             { header: 'FAULT SET', value: (sds) => (sds.faultSetId === null ? '-' : (sets.find((set) => set.id === sds.faultSetId)?.name ?? sds.faultSetId)) },

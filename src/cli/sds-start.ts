@@ -3,9 +3,10 @@
 // given over the wire (SdsOp.SetMap) by whoever holds the cluster secret with role 'mdm'
 // or 'test'. Either way the map is kept in the data directory across restarts.
 
-import { mdmAddressesMax, nameBytesMax } from '../common/limits.js';
+import { mdmAddressesMax, nameBytesMax, sdsShardsMax } from '../common/limits.js';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Level } from 'pino';
 import type { Argv } from 'yargs';
@@ -21,6 +22,7 @@ import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';
 import { lockDataDir } from './pid-lock.js';
 import { readSecretFile } from './secret.js';
+import { parseShardsOption, resolveShardCount, runShards, shardEnvVar, type ShardReady } from './sds-shards.js';
 import { runUntilSignal } from './signals.js';
 
 export interface SdsStartArgs {
@@ -35,6 +37,8 @@ export interface SdsStartArgs {
   force: boolean;
   'payload-checksums': boolean;
   io: DeviceIoRequest;
+  host: string | undefined;
+  shards: string | undefined;
   'log-level': Level;
 }
 
@@ -58,11 +62,21 @@ export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
       default: 'auto' as DeviceIoRequest,
       describe: 'device IO: direct (O_DIRECT, no page cache), buffered (page cache), or auto: direct where the device allows it, else buffered with a warning saying why (docs/direct-io.md)',
     })
+    .option('host', {
+      type: 'string',
+      describe: "host label: SDSs with one label never hold both copies of a chunk [default: none; the machine's hostname with --shards over 1]",
+      requiresArg: true,
+    })
+    .option('shards', {
+      type: 'string',
+      describe: `run as N shard processes, one core each, with the devices spread over them: 1 to ${sdsShardsMax}, or auto (half the cores, at most one per device) [default: 1, or the count this data directory was started with] (docs/cores.md)`,
+      requiresArg: true,
+    })
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
     .check((argv) => {
-      if (Buffer.byteLength(argv.name) > nameBytesMax || !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(argv.name)) {
-        throw new InvalidArgumentError('--name', `must be 1 to ${nameBytesMax} letters, digits, '.', '_' or '-'`);
-      }
+      checkLabel('--name', argv.name);
+      if (argv.host !== undefined) checkLabel('--host', argv.host);
+      if (argv.shards !== undefined) parseShardsOption(argv.shards);
       parseHostPort('--listen', argv.listen);
       const chunkBytes = parseSizeBytes('--chunk-size', argv['chunk-size']);
       if (chunkBytes < 65536 || chunkBytes > 64 * 1024 * 1024 || (chunkBytes & (chunkBytes - 1)) !== 0) {
@@ -75,6 +89,13 @@ export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
     }) as unknown as Argv<SdsStartArgs>;
 }
 
+/** Names and host labels: 1 to nameBytesMax letters, digits, '.', '_' or '-', not starting with a sign. */
+function checkLabel(flag: string, value: string): void {
+  if (Buffer.byteLength(value) > nameBytesMax || !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(value)) {
+    throw new InvalidArgumentError(flag, `must be 1 to ${nameBytesMax} letters, digits, '.', '_' or '-', not '${value}'`);
+  }
+}
+
 function devicePaths(values: readonly (string | number)[]): string[] {
   return values.flatMap((value) => String(value).split(',')).map((entry) => entry.trim()).filter((entry) => entry !== '');
 }
@@ -84,9 +105,27 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   const dataDir = path.resolve(args['data-dir'] ?? `/var/lib/meshblock/sds-${args.name}`);
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   lockDataDir(dataDir, 'sds');
-  const secret = readSecretFile('--secret-file', args['secret-file'] ?? path.join(dataDir, 'cluster.secret'));
+  const secretFile = args['secret-file'] ?? path.join(dataDir, 'cluster.secret');
+  const secret = readSecretFile('--secret-file', secretFile);
   const chunkBytes = parseSizeBytes('--chunk-size', args['chunk-size']);
   const loaded = loadState(dataDir);
+  const named = devicePaths(args.device ?? []).map((device) => path.resolve(device));
+  const shards = resolveShardCount(dataDir, args.shards === undefined ? undefined : parseShardsOption(args.shards), new Set(named).size, loaded !== null);
+  if (shards > 1) {
+    const host = args.host ?? os.hostname();
+    checkLabel('--host (the hostname, its default with shards)', host);
+    await runShards({ name: args.name, dataDir, shards, devices: [...new Set(named)], listen: args.listen, secretFile: path.resolve(secretFile), host, passOn: shardPassOn(args), log });
+    return;
+  }
+  // A shard stops when its supervisor closes the IPC channel or is gone, however that went
+  // (sds-shards.ts); before it serves, that is a plain SIGTERM.
+  const supervised = process.env[shardEnvVar] !== undefined && process.send !== undefined;
+  let requestStop: ((reason: string) => void) | null = null;
+  if (supervised) {
+    process.on('disconnect', () => (requestStop === null ? process.kill(process.pid, 'SIGTERM') : requestStop('supervisor gone')));
+    // The channel alone must not keep a shard alive that failed to start.
+    process.channel?.unref();
+  }
   let state: SdsState;
   if (loaded === null) {
     const clusterId = args['cluster-id'];
@@ -102,7 +141,7 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   }
   const identity = { clusterId: state.clusterId, sdsId: state.sdsId, name: state.name };
   // Devices named here and devices the MDM added earlier.
-  const devices = [...new Set([...devicePaths(args.device ?? []).map((device) => path.resolve(device)), ...state.devicePaths])];
+  const devices = [...new Set([...named, ...state.devicePaths])];
 
   const benchWithout = benchWithoutFromEnv(process.env['MESHBLOCK_SDS_BENCH_WITHOUT']);
   if (benchWithout !== undefined) {
@@ -140,7 +179,7 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   }
   const mdmAddresses = args.mdm === undefined ? [] : parseHostPortList('--mdm', args.mdm, mdmAddressesMax);
   if (mdmAddresses.length > 0) {
-    link = new MdmLink({ mdmAddresses, identity, secret, service, address, log: log.child({ component: 'mdm-link' }) });
+    link = new MdmLink({ mdmAddresses, identity, secret, service, address, ...(args.host === undefined ? {} : { host: args.host }), log: log.child({ component: 'mdm-link' }) });
     link.start();
   }
   for (const device of store.devices) {
@@ -149,6 +188,10 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   const deviceIo = store.devices.map((device) => ({ path: device.path, io: device.opened.io, ...(device.opened.ioReason === null ? {} : { ioReason: device.opened.ioReason }) }));
   log.info({ sdsId: identity.sdsId, address, devices: deviceIo, epoch: service.epoch, mdms: mdmAddresses }, 'sds ready');
   process.stdout.write(`sds ${identity.name} (${identity.sdsId}) of cluster ${identity.clusterId} listening on ${address} with ${devices.length} device(s)\n`);
+  if (supervised) {
+    const ready: ShardReady = { type: 'ready', name: identity.name, sdsId: identity.sdsId, address };
+    process.send?.(ready);
+  }
 
   await runUntilSignal(
     log,
@@ -161,7 +204,23 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
       link?.close();
       service.destroy();
     },
+    (request) => {
+      requestStop = request;
+    },
   );
+}
+
+/** The flags every shard gets as the supervisor was given them. */
+function shardPassOn(args: SdsStartArgs): string[] {
+  return [
+    ...(args.mdm === undefined ? [] : ['--mdm', args.mdm]),
+    ...(args['cluster-id'] === undefined ? [] : ['--cluster-id', args['cluster-id']]),
+    '--chunk-size', args['chunk-size'],
+    ...(args.force ? ['--force'] : []),
+    ...(args['payload-checksums'] ? ['--payload-checksums'] : []),
+    '--io', args.io,
+    '--log-level', args['log-level'],
+  ];
 }
 
 /**

@@ -41,12 +41,18 @@ export const errorCodes = {
   MB_ERR_DEVICE_EXISTS: 'MB_ERR_DEVICE_EXISTS',
   /** Reserved in the REST errorCode table (1008): a device still holds chunks. Not raised today. */
   MB_ERR_DEVICE_IN_USE: 'MB_ERR_DEVICE_IN_USE',
-  /** Removing this would leave a pool that holds volumes on fewer than two SDSs (fault sets). */
+  /** Removing this would leave a pool that holds volumes on fewer than two failure domains (SDSs, hosts or fault sets). */
   MB_ERR_POOL_IN_USE: 'MB_ERR_POOL_IN_USE',
   /** Reserved in the REST errorCode table (1010): the pool has no devices. Not raised today. */
   MB_ERR_POOL_EMPTY: 'MB_ERR_POOL_EMPTY',
   /** The pool has no placement yet (devices on fewer than two SDSs): it cannot hold volumes. */
   MB_ERR_POOL_NOT_READY: 'MB_ERR_POOL_NOT_READY',
+  /**
+   * The SDS would be in another fault set (or none) than an SDS with the same host label in its
+   * protection domain: with fault sets in use, the SDSs of one host must share one. The message
+   * names both SDSs, the host and both fault sets.
+   */
+  MB_ERR_HOST_FAULT_SET: 'MB_ERR_HOST_FAULT_SET',
   /** An SDS of the pool is down: the change must wait until it returns or is rebuilt around. */
   MB_ERR_POOL_DEGRADED: 'MB_ERR_POOL_DEGRADED',
   /** The SDC still has volumes mapped and cannot be removed. */
@@ -73,7 +79,7 @@ export const errorCodes = {
   MB_ERR_PLACEMENT: 'MB_ERR_PLACEMENT',
   /** Placement planner: the pool has no devices to place on. */
   MB_ERR_PLACEMENT_NO_DEVICES: 'MB_ERR_PLACEMENT_NO_DEVICES',
-  /** Placement planner: every device is in one SDS (fault set), so two copies cannot be apart. */
+  /** Placement planner: every device is in one failure domain (SDS, host or fault set), so two copies cannot be apart. */
   MB_ERR_PLACEMENT_ONE_DOMAIN: 'MB_ERR_PLACEMENT_ONE_DOMAIN',
   /** Placement planner: the fault sets cannot hold two copies apart. */
   MB_ERR_PLACEMENT_FAULT_SETS: 'MB_ERR_PLACEMENT_FAULT_SETS',
@@ -251,6 +257,8 @@ export const errorCodes = {
   // --- daemons and the lab ---
   /** The data directory is in use by another process (its pid lock is held). */
   MB_ERR_DATA_DIR_LOCKED: 'MB_ERR_DATA_DIR_LOCKED',
+  /** A shard of `sds start --shards N` failed before its first ready; the supervisor stopped the others. */
+  MB_ERR_SDS_SHARD_FAILED: 'MB_ERR_SDS_SHARD_FAILED',
   /** Another `meshblock lab up` is running on this lab. */
   MB_ERR_LAB_BUSY: 'MB_ERR_LAB_BUSY',
   /** The lab's MDM runs another cluster than the lab records. */

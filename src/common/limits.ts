@@ -546,3 +546,15 @@ assert(rebuildPaceRecheckMs < sdsClientQuietMs, 'a paced rebuild copy sees the S
  */
 export const pooledBytesMin = 4 * KiB;
 assert(pooledBytesMin <= chunkBytesDefault && (pooledBytesMin & (pooledBytesMin - 1)) === 0, 'chunk-sized payloads are pooled, in power-of-two classes');
+
+// --- issue 22: every core (sds start --shards, src/cli/sds-shards.ts) --------------------------
+
+/** Shard processes of one SDS at most: a host with 128 cores and 64 devices still fits. */
+export const sdsShardsMax = 64;
+/** A shard that died after it was ready is restarted after this, doubling per restart... */
+export const sdsShardRestartDelayMsMin = 1_000;
+/** ...up to this. */
+export const sdsShardRestartDelayMsMax = 30_000;
+/** A shard that stayed up this long is restarted after the shortest delay again. */
+export const sdsShardStableMs = 60_000;
+assert(sdsShardRestartDelayMsMin < sdsShardRestartDelayMsMax && sdsShardRestartDelayMsMax < sdsShardStableMs, 'a shard that keeps dying backs off; one that stayed up starts over');

@@ -113,6 +113,12 @@ export interface Sds {
   /** Null until an administrator adds the registered SDS to a protection domain. */
   protectionDomainId: Id | null;
   faultSetId: Id | null;
+  /**
+   * The host label it registered with (SdsRegistration.host), updated at every registration:
+   * SDSs of one label are one failure domain where there are no fault sets (failureDomainOf in
+   * placement-planner.ts). Null or absent (models from before labels): none.
+   */
+  host?: string | null;
   /** HOST:PORT of its data listener. */
   address: string;
   state: SdsState;

@@ -3,8 +3,10 @@
 // its input — no clock, no I/O, no Math.random (a fixed-seed generator spreads the choices) —
 // because it runs inside the MDM's state machine, which seeded simulations drive and replay.
 //
-// A "domain" below is what two copies of a group must not share: the fault set where the pool
-// defines fault sets (an SDS lies in one fault set, so this implies different SDSs), else the SDS.
+// A "domain" below is what two copies of a group must not share, an SDS's failure domain
+// (failureDomainOf): the fault set where the pool defines fault sets (an SDS lies in one fault
+// set, so this implies different SDSs), else the host where the SDS has a host label (the
+// shards of one machine, `sds start --shards`), else the SDS.
 //
 // What a plan guarantees, most important first:
 //   1. Safety. A group's two copies are in different domains. New copies go to `normal` devices
@@ -35,7 +37,7 @@
 // `previous` is taken to describe copies that are in sync; a copy still being rebuilt must not
 // be passed as a group's only survivor.
 //
-// One-domain pools: a pool whose devices (in any state) all lie in one SDS, or one fault set,
+// One-domain pools: a pool whose devices (in any state) all lie in one SDS, host or fault set,
 // could never hold two copies apart, so the planner refuses it (PlacementError, code
 // MB_ERR_PLACEMENT_ONE_DOMAIN); the MDM should refuse such pools at creation (ScaleIO wants three
 // SDSs). When failures leave normal devices in only one domain of a pool that has several,
@@ -55,11 +57,38 @@ if ((pgCountMin & (pgCountMin - 1)) !== 0 || (pgCountMax & (pgCountMax - 1)) !==
 
 export type DeviceState = 'normal' | 'failed' | 'removing';
 
-export interface PlannerDevice {
+/** What an SDS's failure domain is made of (an SDS of the model, or a PlannerDevice). */
+export interface DomainMember {
+  sdsId: string;
+  faultSetId: string | null;
+  /** The SDS's host label; absent or null: none. */
+  host?: string | null;
+}
+
+/**
+ * An SDS's failure domain, what two copies of a group never share: its fault set if it has one,
+ * else `host:<label>` if it has a host label, else its own id. (Ids are hex, so a host key never
+ * equals one.) The one place this rule is written: the planner and the state machine use it.
+ */
+export function failureDomainOf(member: DomainMember): string {
+  if (member.faultSetId !== null) return member.faultSetId;
+  const host = member.host ?? null;
+  return host !== null ? `host:${host}` : member.sdsId;
+}
+
+/** What the domains of these members are, for messages: 'fault sets', 'hosts' or 'SDSs'. */
+export function failureDomainsNoun(members: readonly DomainMember[]): 'fault sets' | 'hosts' | 'SDSs' {
+  if (members.some((member) => member.faultSetId !== null)) return 'fault sets';
+  return members.some((member) => (member.host ?? null) !== null) ? 'hosts' : 'SDSs';
+}
+
+export interface PlannerDevice extends DomainMember {
   deviceId: string;
   sdsId: string;
   /** Null when the pool defines no fault sets; if one device of the pool has one, all must. */
   faultSetId: string | null;
+  /** Its SDS's host label: SDSs of one label are one domain where there are no fault sets. Absent: none. */
+  host?: string | null;
   /** Total capacity: copies are balanced by it, so free capacity stays even too. */
   capacityBytes: number;
   /**
@@ -194,6 +223,7 @@ function describePool(input: PlanInput): Pool {
   }
   const seen = new Set<string>();
   const faultSetOfSds = new Map<string, string | null>();
+  const hostOfSds = new Map<string, string | null>();
   const withFaultSet = devices.filter((device) => device.faultSetId !== null).length;
   devices.forEach((device, index) => {
     const field = `devices[${index}]`;
@@ -211,9 +241,14 @@ function describePool(input: PlanInput): Pool {
       throw new PlacementError('MB_ERR_PLACEMENT_FAULT_SETS', `SDS ${device.sdsId} has devices in fault sets ${faultSetOfItsSds} and ${device.faultSetId}`);
     }
     faultSetOfSds.set(device.sdsId, device.faultSetId);
+    const host = device.host ?? null;
+    if (host !== null && (typeof host !== 'string' || host === '')) throw new InvalidArgumentError(`${field}.host`, 'must be a non-empty string or null');
+    const hostOfItsSds = hostOfSds.get(device.sdsId);
+    if (hostOfItsSds !== undefined && hostOfItsSds !== host) throw new InvalidArgumentError(`${field}.host`, `SDS ${device.sdsId} has devices on hosts ${String(hostOfItsSds)} and ${String(host)}`);
+    hostOfSds.set(device.sdsId, host);
   });
-  const domainKey = (device: PlannerDevice): string => device.faultSetId ?? device.sdsId;
-  const what = withFaultSet > 0 ? 'fault sets' : 'SDSs';
+  const domainKey = failureDomainOf;
+  const what = failureDomainsNoun(devices);
   if (new Set(devices.map(domainKey)).size < 2) {
     throw new PlacementError('MB_ERR_PLACEMENT_ONE_DOMAIN', `the pool's devices must span at least two ${what}, for two copies apart`);
   }

@@ -64,6 +64,8 @@ export const restErrorCodes: Readonly<Record<string, number>> = {
   MB_ERR_VTREE_MISMATCH: 1025,
   MB_ERR_SNAPSHOT_BARRIER: 1026,
   MB_ERR_VOLUME_READ_ONLY: 1027,
+  // Host labels (SDS shards).
+  MB_ERR_HOST_FAULT_SET: 1028,
   // The HTTP layer's own.
   MB_ERR_UNAUTHORIZED: 1101,
   MB_ERR_NO_ROUTE: 1102,

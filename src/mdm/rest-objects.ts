@@ -129,6 +129,11 @@ export interface RestSds extends RestObject {
   /** Null while the SDS is registered but not yet added to a protection domain. */
   protectionDomainId: Id | null;
   faultSetId: Id | null;
+  /**
+   * meshblock: the host label the SDS registered with (`sds start --host`, or the machine's
+   * hostname for shards); SDSs of one label never hold both copies of a group. Null: none.
+   */
+  hostLabel: string | null;
   /** 'Normal' when connected, 'Disconnected' while heartbeats are missing, 'Down' once declared dead. */
   sdsState: 'Normal' | 'Disconnected' | 'Down';
   mdmConnectionState: 'Connected' | 'Disconnected';
@@ -391,6 +396,7 @@ export function renderSds(sds: Sds): RestSds {
     name: sds.name,
     protectionDomainId: sds.protectionDomainId,
     faultSetId: sds.faultSetId,
+    hostLabel: sds.host ?? null,
     sdsState: sds.state === 'connected' ? 'Normal' : sds.state === 'disconnected' ? 'Disconnected' : 'Down',
     mdmConnectionState: sds.state === 'connected' ? 'Connected' : 'Disconnected',
     membershipState: sds.protectionDomainId === null ? 'Registered' : 'Joined',

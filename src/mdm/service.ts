@@ -436,7 +436,9 @@ export class MdmService implements MdmController {
       switch (request.op) {
         case MdmOp.RegisterSds: {
           const registration = parseSdsRegistration(request.payload);
-          await this.execute({ type: 'registerSds', sdsId: registration.sdsId, name: registration.name, address: registration.address, nowMs: Date.now() });
+          await this.execute({ type: 'registerSds', sdsId: registration.sdsId, name: registration.name, address: registration.address, nowMs: Date.now(), host: registration.host ?? null });
+          const hostWarning = this.state.hostFaultSetWarning(registration.sdsId);
+          if (hostWarning !== null) this.options.log.error({ sdsId: registration.sdsId, host: registration.host }, hostWarning);
           // Setup resolved (and set session.peer) before any request could be read.
           const peer = session.peer;
           assert(peer !== null, 'a registration arrives on an established connection');
@@ -447,7 +449,7 @@ export class MdmService implements MdmController {
           noteSdsConnected(this.observations, registration.sdsId);
           // After this reply, so that the SDS hears of its registration first.
           setImmediate(() => void this.pushMapTo(registration.sdsId, peer));
-          this.options.log.info({ sdsId: registration.sdsId, name: registration.name, address: registration.address, devices: registration.devices.length }, 'SDS registered');
+          this.options.log.info({ sdsId: registration.sdsId, name: registration.name, address: registration.address, host: registration.host ?? null, devices: registration.devices.length }, 'SDS registered');
           return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify({ epoch: this.state.model.epoch })) };
         }
         case MdmOp.RegisterSdc: {

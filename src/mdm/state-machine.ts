@@ -48,7 +48,7 @@ import {
   type VolumeType,
   type VTree,
 } from './model.js';
-import { planPlacement, type PlannerDevice } from './placement-planner.js';
+import { failureDomainOf, failureDomainsNoun, planPlacement, type PlannerDevice } from './placement-planner.js';
 import { ioPriorityBandwidthPerDeviceKbpsDefault, ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceDefault, ioPriorityConcurrentIosPerDeviceMax, nameBytesMax, pgCountDefault, pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax, sparePercentDefault, volumeGranularityBytesDefault, vtreeGenerationsMax } from '../common/limits.js';
 
 /** A refused command: `code` is stable, `httpStatus` is what the REST API answers. */
@@ -86,7 +86,8 @@ export type Command =
   | { type: 'removeStoragePool'; id: Id }
   | { type: 'addFaultSet'; protectionDomainId: Id; name: string }
   | { type: 'removeFaultSet'; id: Id }
-  | { type: 'registerSds'; sdsId: Id; name: string; address: string; nowMs: number }
+  /** `host`: the SDS's host label (SdsRegistration.host); absent (and in journals from before labels) means none. */
+  | { type: 'registerSds'; sdsId: Id; name: string; address: string; nowMs: number; host?: string | null }
   | { type: 'addSds'; sdsId: Id; protectionDomainId: Id; faultSetId: Id | null }
   | { type: 'renameSds'; id: Id; name: string }
   | { type: 'removeSds'; id: Id }
@@ -397,26 +398,31 @@ export class StateMachine {
       }
       case 'registerSds': {
         this.checkName('name', command.name);
+        const host = command.host ?? null;
+        if (host !== null) this.checkName('host', host);
         const existing = model.sdss[command.sdsId];
         const clash = Object.values(model.sdss).find((sds) => sds.name === command.name && sds.id !== command.sdsId);
         if (clash !== undefined) throw conflict('MB_ERR_NAME_TAKEN', `an SDS named '${command.name}' is already registered (id ${clash.id})`);
         if (existing === undefined) {
-          model.sdss[command.sdsId] = { id: command.sdsId, name: command.name, protectionDomainId: null, faultSetId: null, address: command.address, state: 'connected', lastHeartbeatMs: command.nowMs };
+          model.sdss[command.sdsId] = { id: command.sdsId, name: command.name, protectionDomainId: null, faultSetId: null, host, address: command.address, state: 'connected', lastHeartbeatMs: command.nowMs };
           return { id: command.sdsId, epochChanged: false };
         }
         const moved = existing.address !== command.address;
+        const hostBefore = existing.host ?? null;
         existing.name = command.name;
         existing.address = command.address;
+        existing.host = host;
         existing.lastHeartbeatMs = command.nowMs;
+        let epochChanged = false;
         // Registering is how a down SDS comes back.
         if (isDown(existing)) {
           this.sdsReturns(existing);
-          existing.state = sdsState(existing, true);
-          return { id: existing.id, epochChanged: true };
+          epochChanged = true;
         }
         existing.state = sdsState(existing, true);
-        if (moved && this.sdsInUse(existing.id)) model.epoch += 1;
-        return { id: existing.id, epochChanged: moved };
+        if (host !== hostBefore && this.onHostChanged(existing, hostBefore)) epochChanged = true;
+        if (!epochChanged && moved && this.sdsInUse(existing.id)) model.epoch += 1;
+        return { id: existing.id, epochChanged: epochChanged || moved };
       }
       case 'addSds': {
         const sds = this.get(model.sdss, command.sdsId, 'SDS');
@@ -429,6 +435,8 @@ export class StateMachine {
           if (set.protectionDomainId !== command.protectionDomainId) throw invalid('faultSetId', `fault set '${set.name}' is in another protection domain`);
           if (this.sdsDevices(sds.id).length > 0 && sds.faultSetId !== command.faultSetId) throw conflict('MB_ERR_SDS_IN_USE', `SDS '${sds.name}' has devices; remove them before changing its fault set`);
         }
+        const hostClash = this.hostFaultSetClash(sds, command.protectionDomainId, command.faultSetId);
+        if (hostClash !== null) throw conflict('MB_ERR_HOST_FAULT_SET', `SDS '${sds.name}' cannot go to ${hostClash}`);
         sds.protectionDomainId = command.protectionDomainId;
         sds.faultSetId = command.faultSetId;
         return { id: sds.id, epochChanged: false };
@@ -522,7 +530,7 @@ export class StateMachine {
         if (command.volumeType !== 'ThinProvisioned' && command.volumeType !== 'ThickProvisioned') throw invalid('volumeType', "must be 'ThinProvisioned' or 'ThickProvisioned'");
         const sizeBytes = this.roundVolumeSize(pool, command.sizeBytes);
         if (command.volumeType === 'ThickProvisioned') this.checkFits(this.poolCapacity(pool.id), sizeBytes, `a ${formatBytes(sizeBytes)} thick volume`);
-        if (pool.groups.length === 0) throw conflict('MB_ERR_POOL_NOT_READY', `storage pool '${pool.name}' needs devices on at least two SDSs (fault sets) before it can hold volumes`);
+        if (pool.groups.length === 0) throw conflict('MB_ERR_POOL_NOT_READY', `storage pool '${pool.name}' needs devices on at least two ${this.domainsNoun(this.poolDevices(pool.id))} before it can hold volumes`);
         const id = this.newId();
         const vtreeId = this.newId();
         const volume: Volume = {
@@ -871,8 +879,8 @@ export class StateMachine {
       const remaining = this.poolDevices(pool.id).filter((entry) => !leaving.has(entry.id) && entry.state !== 'removing');
       this.checkFits(this.poolCapacity(pool.id, { devices: remaining }), 0, what);
       const holdsData = Object.values(model.volumes).some((volume) => volume.storagePoolId === pool.id);
-      const domains = new Set(remaining.map((device) => model.sdss[device.sdsId]?.faultSetId ?? device.sdsId));
-      if (holdsData && domains.size < 2) throw conflict('MB_ERR_POOL_IN_USE', `${what} would leave storage pool '${pool.name}', which has volumes, on fewer than two SDSs (fault sets)`);
+      const domains = new Set(remaining.map((device) => this.domainOf(device.sdsId)));
+      if (holdsData && domains.size < 2) throw conflict('MB_ERR_POOL_IN_USE', `${what} would leave storage pool '${pool.name}', which has volumes, on fewer than two ${this.domainsNoun(this.poolDevices(pool.id))}`);
       this.refuseWhileDown(pool, what);
     }
     for (const device of devices) device.state = 'removing';
@@ -1262,15 +1270,15 @@ export class StateMachine {
     const plannerDevices: PlannerDevice[] = devices.map((device) => {
       const sds = this.model.sdss[device.sdsId];
       const gone = device.state === 'failed' || (sds !== undefined && isDown(sds));
-      return { deviceId: device.id, sdsId: device.sdsId, faultSetId: sds?.faultSetId ?? null, capacityBytes: device.capacityBytes, state: gone ? 'failed' : device.state };
+      return { deviceId: device.id, sdsId: device.sdsId, faultSetId: sds?.faultSetId ?? null, host: sds?.host ?? null, capacityBytes: device.capacityBytes, state: gone ? 'failed' : device.state };
     });
-    // Two copies need two SDSs (two fault sets where the pool has them): until the pool's
-    // devices span two, it holds no groups and takes no volumes.
-    const domains = new Set(plannerDevices.map((device) => device.faultSetId ?? device.sdsId));
+    // Two copies need two failure domains (SDSs, hosts, or fault sets where the pool has
+    // them): until the pool's devices span two, it holds no groups and takes no volumes.
+    const domains = new Set(plannerDevices.map(failureDomainOf));
     const holdsData = Object.values(this.model.volumes).some((volume) => volume.storagePoolId === pool.id);
     if (domains.size < 2) {
       if (pool.groups.length > 0 && holdsData) {
-        throw conflict('MB_ERR_POOL_IN_USE', `storage pool '${pool.name}' has volumes; its devices must stay on at least two SDSs (fault sets)`);
+        throw conflict('MB_ERR_POOL_IN_USE', `storage pool '${pool.name}' has volumes; its devices must stay on at least two ${failureDomainsNoun(plannerDevices)}`);
       }
       pool.groups = [];
       this.model.epoch += 1;
@@ -1388,13 +1396,107 @@ export class StateMachine {
     return changed;
   }
 
-  /** Groups left on one copy with nothing to fill them, in a pool that could hold two. */
+  /**
+   * Groups left on one copy with nothing to fill them, or with both copies in one failure
+   * domain (an SDS's host label changed while the pool could not be planned again), in a pool
+   * that could hold two copies apart.
+   */
   needsRepair(pool: StoragePool): boolean {
     if (pool.groups.length === 0 || this.poolHasDownSds(pool)) return false;
     const orphan = pool.groups.some((group) => group.secondaryDevice === null && group.absentDevice === undefined && group.lost !== true && this.readable(group.primaryDevice));
-    if (!orphan) return false;
-    const domains = new Set(this.poolDevices(pool.id).filter((device) => device.state === 'normal' && this.readable(device.id)).map((device) => this.model.sdss[device.sdsId]?.faultSetId ?? device.sdsId));
+    if (!orphan && !this.sharesDomain(pool)) return false;
+    const domains = new Set(this.poolDevices(pool.id).filter((device) => device.state === 'normal' && this.readable(device.id)).map((device) => this.domainOf(device.sdsId)));
     return domains.size >= 2;
+  }
+
+  /**
+   * Some group of the pool has its two copies in one failure domain. Asked every health tick:
+   * where every domain of the pool is one SDS (no labels shared, no fault sets) it cannot be,
+   * and no group is read.
+   */
+  private sharesDomain(pool: StoragePool): boolean {
+    const devices = this.poolDevices(pool.id);
+    const domainOfDevice = new Map(devices.map((device) => [device.id, this.domainOf(device.sdsId)]));
+    if (new Set(domainOfDevice.values()).size === new Set(devices.map((device) => device.sdsId)).size) return false;
+    return pool.groups.some((group) => {
+      if (group.secondaryDevice === null || group.lost === true) return false;
+      const primaryDomain = domainOfDevice.get(group.primaryDevice);
+      return primaryDomain !== undefined && primaryDomain === domainOfDevice.get(group.secondaryDevice);
+    });
+  }
+
+  /** The failure domain of an SDS (failureDomainOf: fault set, else host label, else itself). */
+  domainOf(sdsId: Id): string {
+    const sds = this.model.sdss[sdsId];
+    return failureDomainOf({ sdsId, faultSetId: sds?.faultSetId ?? null, host: sds?.host ?? null });
+  }
+
+  /** What the failure domains of these devices are, for messages: 'fault sets', 'hosts' or 'SDSs'. */
+  private domainsNoun(devices: readonly Device[]): string {
+    return failureDomainsNoun(devices.map((device) => ({ sdsId: device.sdsId, faultSetId: this.model.sdss[device.sdsId]?.faultSetId ?? null, host: this.model.sdss[device.sdsId]?.host ?? null })));
+  }
+
+  /**
+   * With fault sets in use, the SDSs of one host must share a fault set: else one machine's
+   * failure could take both copies of a group that the fault sets hold apart. Says where `sds`
+   * (with its host label) would go against an SDS of the same host in the same protection
+   * domain that is in another fault set (or none, where one of the two has one); null if
+   * nowhere. addSds refuses such a move (MB_ERR_HOST_FAULT_SET); a registration that changes a
+   * label into such a clash is taken (refusing it would keep a data-holding SDS out), its fault
+   * set still its failure domain, and the MDM logs it (hostFaultSetWarning).
+   */
+  hostFaultSetClash(sds: Sds, protectionDomainId: Id | null, faultSetId: Id | null): string | null {
+    const host = sds.host ?? null;
+    if (host === null || protectionDomainId === null) return null;
+    const mate = Object.values(this.model.sdss)
+      .filter((other) => other.id !== sds.id && (other.host ?? null) === host && other.protectionDomainId === protectionDomainId && other.faultSetId !== faultSetId)
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))[0];
+    if (mate === undefined) return null;
+    const setName = (id: Id | null): string => (id === null ? 'no fault set' : `fault set '${this.model.faultSets[id]?.name ?? id}'`);
+    return `${setName(faultSetId)}: SDS '${mate.name}' of the same host '${host}' is in ${setName(mate.faultSetId)}, and the SDSs of one host must share a fault set (else one machine's failure takes both copies)`;
+  }
+
+  /** The clash of a registered SDS's host label with its fault set (hostFaultSetClash), as a warning; null if none. */
+  hostFaultSetWarning(sdsId: Id): string | null {
+    const sds = this.model.sdss[sdsId];
+    if (sds === undefined) return null;
+    const clash = this.hostFaultSetClash(sds, sds.protectionDomainId, sds.faultSetId);
+    return clash === null ? null : `SDS '${sds.name}' is in ${clash}; its fault set stays its failure domain`;
+  }
+
+  /**
+   * A registration changed the SDS's host label: each pool of its devices whose domains are
+   * now grouped otherwise is planned again (two copies that now share a host are moved
+   * apart). A pool with another SDS down keeps its plan for now: planning around a down SDS
+   * would rebuild what it will bring back, so needsRepair (sharesDomain) has the health loop
+   * repair it once none is. Refuses (and so the registration, which the SDS retries) where
+   * the pool cannot be planned with the new label: volumes left on one host, say.
+   * Returns whether the epoch moved.
+   */
+  private onHostChanged(sds: Sds, hostBefore: string | null): boolean {
+    const model = this.model;
+    const domainBefore = failureDomainOf({ sdsId: sds.id, faultSetId: sds.faultSetId, host: hostBefore });
+    const domainAfter = this.domainOf(sds.id);
+    if (domainBefore === domainAfter) return false;
+    const poolIds = [...new Set(this.sdsDevices(sds.id).map((device) => device.storagePoolId))].sort();
+    let changed = false;
+    for (const poolId of poolIds) {
+      const pool = this.get(model.storagePools, poolId, 'storage pool');
+      const others = [...new Set(this.poolDevices(pool.id).map((device) => device.sdsId))].filter((id) => id !== sds.id);
+      const matesOf = (domain: string): string => others.filter((id) => this.domainOf(id) === domain).sort().join(',');
+      // The same SDSs share its domain as before (a label no other SDS of the pool has, say): the plan stands.
+      if (matesOf(domainBefore) === matesOf(domainAfter)) continue;
+      if (this.poolHasDownSds(pool)) continue;
+      try {
+        this.replan(pool, this.poolDevices(pool.id));
+      } catch (err) {
+        if (!(err instanceof MdmError)) throw err;
+        const label = (value: string | null): string => (value === null ? 'no host label' : `host label '${value}'`);
+        throw new MdmError(err.code, `SDS '${sds.name}' registering with ${label(sds.host ?? null)} (it had ${label(hostBefore)}): ${err.message}`, err.httpStatus);
+      }
+      changed = true;
+    }
+    return changed;
   }
 
   private refuseWhileDown(pool: StoragePool, what: string): void {

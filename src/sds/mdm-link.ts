@@ -21,6 +21,8 @@ export class MdmLink {
     service: SdsService;
     /** HOST:PORT the SDS serves on, as the MDM should tell others. */
     address: string;
+    /** Host label (sds start --host): the MDM never puts both copies of a chunk on one host. */
+    host?: string;
     log: Logger;
   }) {
     this.log = options.log;
@@ -40,6 +42,7 @@ export class MdmLink {
           name: options.identity.name,
           address: options.address,
           devices: options.service.registeredDevices(),
+          ...(options.host === undefined ? {} : { host: options.host }),
         };
         const reply = await peer.request(MdmOp.RegisterSds, Buffer.from(JSON.stringify(registration)));
         if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration: ${reply.payload.toString()}`);

@@ -7,6 +7,7 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { replaceFileDurably } from '../common/durable-file.js';
 import { MeshblockError } from '../common/errors.js';
 import { parsePlacementMap, type PlacementMap } from '../wire/placement.js';
 
@@ -48,20 +49,5 @@ export function loadState(dataDir: string): SdsState | null {
 }
 
 export function saveState(dataDir: string, state: SdsState): void {
-  const file = path.join(dataDir, stateFileName);
-  const temporary = `${file}.tmp`;
-  const fd = fs.openSync(temporary, 'w', 0o600);
-  try {
-    fs.writeSync(fd, JSON.stringify(state, null, 1));
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(temporary, file);
-  const directory = fs.openSync(dataDir, 'r');
-  try {
-    fs.fsyncSync(directory);
-  } finally {
-    fs.closeSync(directory);
-  }
+  replaceFileDurably(path.join(dataDir, stateFileName), JSON.stringify(state, null, 1));
 }

@@ -23,7 +23,7 @@
 import { parseJsonObject } from './json-payload.js';
 import { InvalidArgumentError, isMeshblockCode, type MeshblockCode } from '../common/errors.js';
 import { idPattern, type PlacementMap } from './placement.js';
-import { refusalQuoteCharsMax } from '../common/limits.js';
+import { nameBytesMax, refusalQuoteCharsMax } from '../common/limits.js';
 
 export const MdmOp = {
   RegisterSds: 40,
@@ -67,7 +67,18 @@ export interface SdsRegistration {
   /** HOST:PORT where it serves chunk IO. */
   address: string;
   devices: RegisteredDevice[];
+  /**
+   * The host this SDS runs on, as the administrator (or `sds start --shards`) names it: SDSs
+   * with one label are one failure domain where there are no fault sets, so the MDM never puts
+   * two copies of a group on them. Absent: no label (the SDS is a host of its own). Same rule
+   * as names: 1 to nameBytesMax letters, digits, '_', '.' or '-', starting with a letter or digit.
+   */
+  host?: string;
 }
+
+/** What an SDS name and a host label may be (the MDM's name rule). */
+export const hostLabelPattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+export const hostLabelRule = `1 to ${nameBytesMax} letters, digits, '_', '.' or '-', starting with a letter or digit`;
 
 export function parseSdsRegistration(payload: Buffer): SdsRegistration {
   const entry = parseJsonObject<SdsRegistration>(payload, 'registration');
@@ -81,7 +92,11 @@ export function parseSdsRegistration(payload: Buffer): SdsRegistration {
     if (!Number.isSafeInteger(device.capacityBytes) || (device.capacityBytes as number) <= 0) throw new InvalidArgumentError(`registration.devices[${index}].capacityBytes`, 'must be a positive integer');
     return { deviceId: device.deviceId, path: device.path, capacityBytes: device.capacityBytes as number };
   });
-  return { sdsId: entry.sdsId, name: entry.name, address: entry.address, devices };
+  if (entry.host === undefined) return { sdsId: entry.sdsId, name: entry.name, address: entry.address, devices };
+  if (typeof entry.host !== 'string' || Buffer.byteLength(entry.host) > nameBytesMax || !hostLabelPattern.test(entry.host)) {
+    throw new InvalidArgumentError('registration.host', `must be ${hostLabelRule}, got ${JSON.stringify(entry.host).slice(0, refusalQuoteCharsMax)}`);
+  }
+  return { sdsId: entry.sdsId, name: entry.name, address: entry.address, devices, host: entry.host };
 }
 
 /** SdsOp.AddDevice: the MDM asks an SDS to take a device. */

@@ -67,7 +67,7 @@ t.test('from an empty system to a mapped volume with limits, and back', async (t
   t.match(await ok(['volume', 'rename', '--volume', 'vol1', '--new-name', 'data1']), /renamed to 'data1'/);
   t.match(await ok(['sdc', 'list']), /host1\s+[0-9a-f]{16}\s+guid-0001-host1\s+Connected\s+data1/);
   t.match(await ok(['sdc', 'rename', '--sdc', 'host2', '--new-name', 'web2']), /SDC 'host2' renamed to 'web2'/);
-  t.match(await ok(['sds', 'list']), /sds1\s+[0-9a-f]{16}\s+127\.0\.0\.1:7100\s+Normal\s+pd1\s+-\s+1/);
+  t.match(await ok(['sds', 'list']), /sds1\s+[0-9a-f]{16}\s+127\.0\.0\.1:7100\s+-\s+Normal\s+pd1\s+-\s+1/);
   t.match(await ok(['pd', 'list']), /pd1\s+[0-9a-f]{16}\s+2\s+3\s+1/);
   t.match(await ok(['pool', 'list']), /pool1\s+[0-9a-f]{16}\s+pd1\s+10%\s+1 MiB\s+64 MiB\s+3\s+2\s+3 GiB/);
   t.match(await ok(['fault-set', 'list']), /rack1\s+[0-9a-f]{16}\s+pd1\s+-/);
