@@ -3,11 +3,8 @@
 // demonstration" of issue 22. The same two device files are served, in turn, by
 //
 //   one process   one `meshblock sds start` with both devices (one event loop);
-//   two shards    `meshblock sds start --shards 2` with the same devices, one per shard (two
-//                 SDS processes, two event loops). When this build's `sds start` has no
-//                 --shards yet, the script starts the two shard processes itself, exactly as
-//                 the supervisor does: names NAME.1 and NAME.2, data dirs DATA-DIR/shard-k,
-//                 device k to shard k; the report says which way it ran.
+//   two shards    `meshblock sds start --shards 2` with the same devices, one per shard: a
+//                 supervisor and two SDS processes (NAME.1 and NAME.2), two event loops.
 //
 // and the table gives the ratio two shards / one process for each pattern. As in
 // scripts/bench-sds.mjs, the SDSs run without an MDM: the script installs a placement map
@@ -353,12 +350,6 @@ async function stopGenerators() {
 /** Pids of shard processes started by a supervisor, not by us: killed on every path out too. */
 const shardPids = new Set();
 
-/** Whether this build's `sds start` has --shards (the lead's supervisor). */
-async function supervisorAvailable() {
-  const state = await run(process.execPath, [meshblockBin, 'sds', 'start', '--help'], 30_000);
-  return /--shards\b/.test(state.stdout + state.stderr);
-}
-
 function sdsArgs({ name, devices, dataDir, listen, io, extra = [] }) {
   return [
     meshblockBin, 'sds', 'start',
@@ -410,34 +401,20 @@ function childPids(pid) {
  * SDS's (with a supervisor: the supervisor and its shards), its `sdsList` the SDSs to put in
  * the map, in shard order.
  */
-async function startConfig(configName, devices, dataDir, options, mode) {
+async function startConfig(configName, devices, dataDir, options) {
   if (configName === 'one') {
     const args = sdsArgs({ name: sdsName, devices, dataDir, listen: `${host}:0`, io: options.io });
     const { proc, served } = await startProcess(args, 1);
     return { procs: [proc], sdsList: served, pids: [proc.child.pid], commands: [proc.command.join(' ')] };
   }
-  if (mode === 'supervisor') {
-    const args = sdsArgs({ name: sdsName, devices, dataDir, listen: `${host}:0`, io: options.io, extra: ['--shards', String(shardCount)] });
-    const { proc, served } = await startProcess(args, shardCount, new RegExp(`^sds ${sdsName}: ${shardCount} shards ready$`, 'm'));
-    const shards = childPids(proc.child.pid);
-    for (const pid of shards) shardPids.add(pid);
-    if (shards.length !== shardCount) throw new BenchError('SDS', `the supervisor runs ${shards.length} child processes, expected ${shardCount}`);
-    const sdsList = Array.from({ length: shardCount }, (_, index) => served.find((sds) => sds.name === `${sdsName}.${index + 1}`));
-    if (sdsList.includes(undefined)) throw new BenchError('SDS', `the supervisor's ready lines do not name ${sdsName}.1..${shardCount}:\n${proc.state.stdout}`);
-    return { procs: [proc], sdsList, pids: [proc.child.pid, ...shards], commands: [proc.command.join(' ')] };
-  }
-  // What the supervisor does, by hand: shard k named NAME.k, data dir DATA-DIR/shard-k, device k.
-  const started = [];
-  for (let index = 0; index < shardCount; index++) {
-    const args = sdsArgs({ name: `${sdsName}.${index + 1}`, devices: [devices[index]], dataDir: path.join(dataDir, `shard-${index + 1}`), listen: `${host}:0`, io: options.io });
-    started.push(await startProcess(args, 1));
-  }
-  return {
-    procs: started.map(({ proc }) => proc),
-    sdsList: started.map(({ served }) => served[0]),
-    pids: started.map(({ proc }) => proc.child.pid),
-    commands: started.map(({ proc }) => proc.command.join(' ')),
-  };
+  const args = sdsArgs({ name: sdsName, devices, dataDir, listen: `${host}:0`, io: options.io, extra: ['--shards', String(shardCount)] });
+  const { proc, served } = await startProcess(args, shardCount, new RegExp(`^sds ${sdsName}: ${shardCount} shards ready$`, 'm'));
+  const shards = childPids(proc.child.pid);
+  for (const pid of shards) shardPids.add(pid);
+  if (shards.length !== shardCount) throw new BenchError('SDS', `the supervisor runs ${shards.length} child processes, expected ${shardCount}`);
+  const sdsList = Array.from({ length: shardCount }, (_, index) => served.find((sds) => sds.name === `${sdsName}.${index + 1}`));
+  if (sdsList.includes(undefined)) throw new BenchError('SDS', `the supervisor's ready lines do not name ${sdsName}.1..${shardCount}:\n${proc.state.stdout}`);
+  return { procs: [proc], sdsList, pids: [proc.child.pid, ...shards], commands: [proc.command.join(' ')] };
 }
 
 async function stopConfig(config) {
@@ -652,13 +629,13 @@ async function runOne(config, pattern, context, round) {
 
 /** One configuration, one round: fresh files, start, map, generators, fill, every pattern, stop. */
 async function runConfig(configName, round, context, runs) {
-  const { options, machine, devices, deviceBytes, owned, workDir, mode } = context;
+  const { options, machine, devices, deviceBytes, owned, workDir } = context;
   for (const device of devices) createSparseFile(device, deviceBytes);
   const dataDir = path.join(workDir, `${configName}-${round}`);
   const config = { name: configName, generators: [], controls: [] };
   context.current = config;
   try {
-    Object.assign(config, await startConfig(configName, devices, dataDir, options, mode));
+    Object.assign(config, await startConfig(configName, devices, dataDir, options));
     context.commands[configName] = config.commands;
     for (const sds of config.sdsList) process.stderr.write(`${configTitles[configName]}: SDS ${sds.name} (${sds.sdsId}) at ${sds.address}\n`);
     await installMap(config);
@@ -829,13 +806,7 @@ function machineLines(machine, options) {
   ];
 }
 
-function modeText(mode) {
-  return mode === 'supervisor'
-    ? '`meshblock sds start --shards 2`, a supervisor that runs two shard processes'
-    : "two `meshblock sds start` processes that the script starts as the supervisor would, since this build's `sds start` had no `--shards`: names NAME.1 and NAME.2, data dirs DATA-DIR/shard-k, device k to shard k";
-}
-
-function markdownSection({ options, machine, summaries, startedAt, commands, workDir, mode, deviceBytes, analysis }) {
+function markdownSection({ options, machine, summaries, startedAt, commands, workDir, deviceBytes, analysis }) {
   const argv = process.argv.slice(2).join(' ');
   const placeholder = (text) => text.split(workDir).join('$DIR');
   return `${sectionHeading}
@@ -844,7 +815,7 @@ Generated by \`npm run build && node scripts/bench-shards.mjs${argv ? ` ${argv}`
 
 Does an SDS use more than one core when it runs as shards (docs/cores.md)? The same two device
 files are served by **one process** (one \`sds start\` with both devices) and by **two shards**
-(${modeText(mode)}),
+(\`meshblock sds start --shards 2\`, a supervisor that runs two shard processes),
 and driven by the same client. **Ratio = two shards / one process: above 1.00, the second
 event loop helped.**
 ${options.io === 'direct'
@@ -935,8 +906,6 @@ async function main() {
     if (workDir !== null) fs.rmSync(workDir, { recursive: true, force: true });
   });
   try {
-    const mode = (await supervisorAvailable()) ? 'supervisor' : 'by hand';
-    process.stderr.write(`two shards: ${mode === 'supervisor' ? 'sds start --shards 2' : 'no --shards in this build: two sds start processes, as the supervisor would'}\n`);
     const owned = splitChunks(options.sizeBytes);
     // Each device holds one shard's chunks: the larger half, plus 1/16 of it in case.
     const halfBytes = Math.max(...owned.map(({ chunks }) => chunks.length)) * chunkBytes;
@@ -948,7 +917,7 @@ async function main() {
     workDir = fs.mkdtempSync(path.join(options.parentDir, 'meshblock-bench-shards-'));
     fs.writeFileSync(path.join(workDir, 'cluster.secret'), `${clusterSecret.toString()}\n`, { mode: 0o600 });
     const devices = Array.from({ length: shardCount }, (_, index) => path.join(workDir, `device-${index + 1}.img`));
-    const context = { options, machine, devices, deviceBytes, owned, workDir, mode, commands: {}, current: null };
+    const context = { options, machine, devices, deviceBytes, owned, workDir, commands: {}, current: null };
     const runs = [];
     for (let round = 1; round <= options.roundCount; round++) {
       const order = round % 2 === 1 ? configNames : [...configNames].reverse();
@@ -957,10 +926,10 @@ async function main() {
     const summaries = summarize(runs);
     const machineText = machineLines(machine, options).map(([name, value]) => `${name}: ${value}`).join('\n');
     const tables = [resultRows(summaries), costRows(summaries, machine.cpuCount), roundRows(summaries)].map(textTable).join('\n\n');
-    process.stdout.write(`\nShards benchmark: ratio = two shards / one process (two shards: ${mode === 'supervisor' ? 'sds start --shards 2' : 'two sds start processes'})\n\n${machineText}\n\n${tables}\n`);
+    process.stdout.write(`\nShards benchmark: ratio = two shards / one process \n\n${machineText}\n\n${tables}\n`);
     if (options.outPath !== null) {
       writeSection(options.outPath, { heading: sectionHeading, analysisStart, analysisEnd }, (analysis) =>
-        markdownSection({ options, machine, summaries, startedAt, commands: context.commands, workDir, mode, deviceBytes, analysis }),
+        markdownSection({ options, machine, summaries, startedAt, commands: context.commands, workDir, deviceBytes, analysis }),
       );
       process.stdout.write(`\nwrote the '${sectionHeading.slice(3)}' section of ${options.outPath}\n`);
     }
