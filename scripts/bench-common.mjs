@@ -16,6 +16,8 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InvalidArgumentError, OutOfRangeError } from '../dist/common/errors.js';
 import { MiB, formatBytes, parseSizeBytes } from '../dist/common/units.js';
+import { WirePeer } from '../dist/wire/peer.js';
+import { encodeIo, ioArgOffsets } from '../dist/wire/sds-ops.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const meshblockBin = path.join(repoRoot, 'bin/meshblock.cjs');
@@ -533,4 +535,135 @@ export function writeSection(outPath, { heading, analysisStart, analysisEnd, atE
   const temporary = `${outPath}.${process.pid}.tmp`;
   fs.writeFileSync(temporary, text);
   fs.renameSync(temporary, outPath);
+}
+
+// --- SDSs without an MDM, driven over the wire -------------------------------------------
+//
+// For the benches that start SDSs themselves (bench-shards; bench-sds has its own copies of
+// the same): the ready line, the size of a device file for a region, wire connections with
+// the cluster secret, IO request payloads, and a latency histogram.
+
+/** What `meshblock sds start` prints once it serves: name, id and address. */
+export const sdsReadyPattern = /^sds (\S+) \(([0-9a-f]{16})\) of cluster [0-9a-f]{16} listening on (\S+) with/gm;
+
+/**
+ * Device file size for `regionBytes` of chunks of `chunkBytes`: the chunks, plus the
+ * metadata area before the slots (the superblock, then per slot an entry and a checksum
+ * area, each padded to whole sectors: at most 4 KiB each with 4 KiB sectors; see
+ * src/sds/device.ts), rounded up to a MiB, plus a MiB of margin.
+ */
+export function sdsDeviceBytesFor(regionBytes, chunkBytes) {
+  const chunkCount = Math.ceil(regionBytes / chunkBytes);
+  return chunkCount * chunkBytes + Math.ceil((4096 + chunkCount * 2 * 4096) / MiB) * MiB + MiB;
+}
+
+/** A sparse file of `sizeBytes` (an existing one is cut to nothing first: its old blocks go). */
+export function createSparseFile(file, sizeBytes) {
+  const fd = fs.openSync(file, 'w');
+  try {
+    fs.ftruncateSync(fd, sizeBytes);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** fdatasync of `files`: dirty pages of one run are written back now, not during the next. */
+export async function syncFiles(files) {
+  for (const file of files) {
+    const handle = await fs.promises.open(file, 'r+');
+    try {
+      await handle.datasync();
+    } finally {
+      await handle.close();
+    }
+  }
+}
+
+/** Resolves with `promise`, or rejects with a BenchError after `timeoutMs`. */
+export async function within(promise, timeoutMs, what) {
+  let timer;
+  const timedOut = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new BenchError('TIMEOUT', `${what} took over ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** One authenticated wire connection to `address` (HOST:PORT) as `role`. */
+export async function connectWire(address, { clusterId, secret, role, name, log }) {
+  const [peerHost, port] = address.split(/:(?=\d+$)/);
+  const socket = net.connect({ host: peerHost, port: Number(port) });
+  await within(
+    new Promise((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    }),
+    10_000,
+    `connecting to ${address}`,
+  ).catch((err) => {
+    socket.destroy();
+    throw err;
+  });
+  return WirePeer.connect(socket, { clusterId, secret, role, name, log });
+}
+
+/**
+ * An IO request's payload (SdsOp.Read or Write args, and for a write `blockBytes` of
+ * random data whose first byte is `fillByte`), to be reused with setIoArgs() per request.
+ */
+export function ioPayload({ poolId, vtreeId, write, blockBytes, fillByte }) {
+  const data = write ? randomFillSync(Buffer.allocUnsafe(blockBytes)) : undefined;
+  if (data !== undefined) data[0] = fillByte;
+  return encodeIo({ poolId, vtreeId, pgIndex: 0, chunkIndex: 0, generation: 0, offsetBytes: 0, lengthBytes: blockBytes, flags: 0 }, data);
+}
+
+/** Points a payload from ioPayload() at a group, chunk and offset inside the chunk. */
+export function setIoArgs(payload, pgIndex, chunkIndex, offsetBytes) {
+  payload.writeUInt32BE(pgIndex, ioArgOffsets.pgIndex);
+  payload.writeUInt32BE(chunkIndex, ioArgOffsets.chunkIndex);
+  payload.writeUInt32BE(offsetBytes, ioArgOffsets.offsetBytes);
+}
+
+/**
+ * Latency histogram: log-linear buckets 1 % wide from 1 ns to over 1000 s, so percentiles
+ * are exact to ±0.5 %, in fixed memory whatever the runtime. Histograms of several
+ * generators (worker threads) add up with merge() of their counts.
+ */
+const histogramGrowth = 1.01;
+const histogramBucketCount = 3000;
+const histogramLogGrowth = Math.log(histogramGrowth);
+
+export class LatencyHistogram {
+  constructor() {
+    this.counts = new Uint32Array(histogramBucketCount);
+    this.count = 0;
+  }
+
+  add(latencyNs) {
+    const index = latencyNs <= 1 ? 0 : Math.min(histogramBucketCount - 1, Math.floor(Math.log(latencyNs) / histogramLogGrowth));
+    this.counts[index] += 1;
+    this.count += 1;
+  }
+
+  merge(counts) {
+    for (let index = 0; index < histogramBucketCount; index++) {
+      this.counts[index] += counts[index];
+      this.count += counts[index];
+    }
+  }
+
+  /** The `percent` percentile in µs: the middle of the bucket that holds it. */
+  percentileUs(percent) {
+    if (this.count === 0) return null;
+    const rank = Math.max(1, Math.ceil((percent / 100) * this.count));
+    let seen = 0;
+    for (let index = 0; index < histogramBucketCount; index++) {
+      seen += this.counts[index];
+      if (seen >= rank) return histogramGrowth ** (index + 0.5) / 1000;
+    }
+    return null;
+  }
 }
