@@ -162,19 +162,35 @@ export async function startInstallHosts(t: TeardownHost, net: SimNetwork, dir: s
  * /run/meshblock/*.pid); returns them. An etcd member goes with its `meshblock etcd start`:
  * etcd runs under `setpriv --pdeathsig KILL`.
  */
+/** The pids whose parent is `pid` (from /proc/PID/stat). */
+function childrenOf(pid: number): number[] {
+  const children: number[] = [];
+  for (const entry of fs.readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    try {
+      // pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'.
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return children;
+}
+
 export function killInstalledDaemons(hostRoot: string): number[] {
   const runDir = path.join(hostRoot, 'run/meshblock');
   if (!fs.existsSync(runDir)) return [];
   const killed: number[] = [];
   for (const name of fs.readdirSync(runDir).filter((entry) => entry.endsWith('.pid'))) {
     const pid = Number(fs.readFileSync(path.join(runDir, name), 'utf8').trim());
-    try {
-      if (pid > 1) {
-        process.kill(pid, 'SIGKILL');
-        killed.push(pid);
+    // An SDS in shards is a supervisor and its shard processes: they go too.
+    for (const each of pid > 1 ? [pid, ...childrenOf(pid)] : []) {
+      try {
+        process.kill(each, 'SIGKILL');
+        killed.push(each);
+      } catch {
+        // already gone
       }
-    } catch {
-      // already gone
     }
   }
   return killed;

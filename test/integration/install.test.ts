@@ -34,12 +34,15 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
   const dir = t.testdir();
   // Host 3 has no Node.js: the installer must bring its own runtime.
   const { roots, key } = await startInstallHosts(t, net, dir, { withoutNode: [2] });
+  // A second device on every host: the install runs each SDS as two shards, one device each.
+  for (const root of roots) fs.truncateSync(fs.openSync(path.join(root, 'disk1'), 'w'), 4 * GiB);
+  const devicesOf = (index: number): string => ['disk0', 'disk1'].map((disk) => path.join(roots[index] as string, disk)).join(';');
   const csv = path.join(dir, 'cluster.csv');
   fs.writeFileSync(
     csv,
     [
       'IPs,Username,Password,Operating System,Is MDM/TB,MDM IPs,Is SDS,SDS Name,SDS All IPs,Protection Domain,Fault Set,SDS Device List,StoragePool List,Is SDC,SDC Name',
-      ...net.hosts.map((host, index) => `${host.address},root,,debian,${index === 0 ? 'Master' : ''},,Yes,sds${index + 1},,pd1,,${path.join(roots[index] as string, 'disk0')},sp1,${index === 2 ? 'Yes' : 'No'},${index === 2 ? 'sdc3' : ''}`),
+      ...net.hosts.map((host, index) => `${host.address},root,,debian,${index === 0 ? 'Master' : ''},,Yes,sds${index + 1},,pd1,,${devicesOf(index)},sp1,${index === 2 ? 'Yes' : 'No'},${index === 2 ? 'sdc3' : ''}`),
       '',
     ].join('\n'),
   );
@@ -62,26 +65,29 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
     t.match(result.stdout, /lvm-filter: edit \/etc\/lvm\/lvm.conf/);
     t.match(result.stdout, /start meshblock sds start --name sds2/);
     t.match(result.stdout, /\(row 4\): .*prereqs: /, 'host 3 has no Node.js, and query says its prerequisites are not met');
-    // The host's cores, read over SSH (nproc): one device per host, so one SDS process whatever the count.
-    t.match(result.stdout, new RegExp(`\\(row 2\\): .*; SDS sds1 as one process \\(auto: ${os.availableParallelism()} core\\(s\\), 1 device\\(s\\)\\);`));
-    t.notMatch(result.stdout, / --shards /, 'one process: the start line of before shards');
+    // The host's cores, read over SSH (nproc): half of them, at most one shard per device (two).
+    const auto = Math.max(1, Math.min(2, Math.floor(os.availableParallelism() / 2)));
+    const shardText = auto === 1 ? 'sds1 as one process' : `in ${auto} shards sds1\\.1\\.\\.sds1\\.${auto}`;
+    t.match(result.stdout, new RegExp(`\\(row 2\\): .*; SDS ${shardText} \\(auto: ${os.availableParallelism()} core\\(s\\), 2 device\\(s\\)\\);`));
     t.equal(fs.readFileSync(knownHosts, 'utf8').trim().split('\n').length, 3, 'the three host keys were recorded');
     t.notOk(fs.existsSync(path.join(roots[0] as string, 'opt/meshblock')), 'nothing uploaded');
     t.equal(fs.readFileSync(path.join(roots[0] as string, 'etc/lvm/lvm.conf'), 'utf8'), fs.readFileSync('/etc/lvm/lvm.conf', 'utf8'), 'lvm.conf unchanged');
   });
 
-  await t.test('the whole install, then a volume read and written over NBD on host 3', async (t) => {
-    const result = await runMeshblock([...common, '--volume', 'vol1:1GiB'], { timeoutMs: 480_000 });
+  await t.test('the whole install in two shards per SDS host, then a volume read and written over NBD on host 3', async (t) => {
+    const result = await runMeshblock([...common, '--volume', 'vol1:1GiB', '--sds-shards', '2'], { timeoutMs: 480_000 });
     t.equal(result.code, 0, `install exits 0: ${result.stderr}`);
     if (result.code !== 0) t.comment(result.stdout);
     for (const phase of ['query', 'upload', 'install', 'configure']) t.match(result.stdout, `== ${phase}`);
-    t.match(result.stdout, /cluster [0-9a-f]{16} configured: MDM on .*, 3 SDS\(s\), 1 SDC\(s\)/);
+    t.match(result.stdout, /cluster [0-9a-f]{16} configured: MDM on .*, 3 SDS\(s\) in 6 shards, 1 SDC\(s\)/);
+
     for (const root of roots) {
       t.ok(fs.existsSync(path.join(root, 'opt/meshblock/node/bin/node')), `${root}: Node runtime shipped`);
       t.match(fs.readFileSync(path.join(root, 'etc/lvm/lvm.conf'), 'utf8'), /\n\ttypes = \[ "nbd", 16 \]\n/, 'LVM accepts NBD devices');
       t.ok(fs.readdirSync(path.join(root, 'etc/lvm')).some((name) => /^lvm\.conf\.meshblock-\d{8}T\d{6}\.bak$/.test(name)), 'lvm.conf backed up first');
       t.match(fs.readFileSync(path.join(root, 'modprobe.calls'), 'utf8'), /nbd nbds_max=16 max_part=16/);
-      t.ok(fs.existsSync(path.join(root, 'etc/systemd/system/meshblock-sds.service')), 'a unit for the SDS');
+      t.match(fs.readFileSync(path.join(root, 'etc/systemd/system/meshblock-sds.service'), 'utf8'), /ExecStart=.* sds start --name (sds\d) .*--shards 2 --host \1\b/, 'a unit for the SDS, in two shards labelled with its host');
+      t.same(fs.readdirSync(path.join(root, 'var/lib/meshblock/sds')).filter((name) => name.startsWith('shard-')).sort(), ['shard-1', 'shard-2'], 'two shard data directories');
     }
     t.match(fs.readFileSync(path.join(roots[0] as string, 'etc/systemd/system/meshblock-mdm.service'), 'utf8'), /ExecStart=\/usr\/local\/bin\/meshblock mdm start/);
 
@@ -112,7 +118,7 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
     t.equal(result.code, 0, result.stderr);
     t.match(result.stdout, /bundle [0-9a-f]{16} already in \/opt\/meshblock/);
     t.match(result.stdout, /meshblock sds already running/);
-    t.match(result.stdout, /\(row 3\): .*; SDS sds2 as one process \(as installed\);/, 'the installed unit decides the shard count');
+    t.match(result.stdout, /\(row 3\): .*; SDS in 2 shards sds2\.1\.\.sds2\.2 \(as installed\);/, 'the installed unit decides the shard count');
     t.notMatch(result.stdout, /created |added |mapped /, 'no object created twice');
     t.equal(fs.readFileSync(path.join(roots[1] as string, 'etc/lvm/lvm.conf'), 'utf8'), lvmBefore);
   });
