@@ -35,7 +35,10 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
   // Host 3 has no Node.js: the installer must bring its own runtime.
   const { roots, key } = await startInstallHosts(t, net, dir, { withoutNode: [2] });
   // A second device on every host: the install runs each SDS as two shards, one device each.
-  for (const root of roots) fs.truncateSync(fs.openSync(path.join(root, 'disk1'), 'w'), 4 * GiB);
+  for (const root of roots) {
+    fs.writeFileSync(path.join(root, 'disk1'), '');
+    fs.truncateSync(path.join(root, 'disk1'), 4 * GiB);
+  }
   const devicesOf = (index: number): string => ['disk0', 'disk1'].map((disk) => path.join(roots[index] as string, disk)).join(';');
   const csv = path.join(dir, 'cluster.csv');
   fs.writeFileSync(
