@@ -3,7 +3,7 @@
 // given over the wire (SdsOp.SetMap) by whoever holds the cluster secret with role 'mdm'
 // or 'test'. Either way the map is kept in the data directory across restarts.
 
-import { mdmAddressesMax, nameBytesMax, sdsShardsMax } from '../common/limits.js';
+import { mdmAddressesMax, nameBytesMax, sdsMemoryBudgetBytesDefault, sdsMemoryBudgetBytesMin, sdsShardsMax } from '../common/limits.js';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -12,7 +12,7 @@ import type { Level } from 'pino';
 import type { Argv } from 'yargs';
 import { formatHostPort, parseHostPort, parseHostPortList } from '../common/address.js';
 import { InvalidArgumentError } from '../common/errors.js';
-import { parseSizeBytes } from '../common/units.js';
+import { formatBytes, parseSizeBytes } from '../common/units.js';
 import { ChunkStore } from '../sds/chunk-store.js';
 import { deviceIoRequests, type DeviceIoRequest } from '../sds/device.js';
 import { MdmLink } from '../sds/mdm-link.js';
@@ -39,6 +39,7 @@ export interface SdsStartArgs {
   io: DeviceIoRequest;
   host: string | undefined;
   shards: string | undefined;
+  'memory-budget': string | undefined;
   'log-level': Level;
 }
 
@@ -72,8 +73,14 @@ export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
       describe: `run as N shard processes, one core each, with the devices spread over them: 1 to ${sdsShardsMax}, or auto (half the cores, at most one per device) [default: 1, or the count this data directory was started with] (docs/cores.md)`,
       requiresArg: true,
     })
+    .option('memory-budget', {
+      type: 'string',
+      describe: `bytes of client IO held at once across all client connections (payloads, replies being prepared); with --shards, of all shards together [default: ${formatBytes(sdsMemoryBudgetBytesDefault)} per process] (docs/operations.md)`,
+      requiresArg: true,
+    })
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
     .check((argv) => {
+      if (argv['memory-budget'] !== undefined) parseMemoryBudget(argv['memory-budget'], 1);
       checkLabel('--name', argv.name);
       if (argv.host !== undefined) checkLabel('--host', argv.host);
       if (argv.shards !== undefined) parseShardsOption(argv.shards);
@@ -87,6 +94,15 @@ export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
       else if (devicePaths(argv.device ?? []).length === 0) throw new InvalidArgumentError('--device', 'name at least one device (or register with an MDM: --mdm)');
       return true;
     }) as unknown as Argv<SdsStartArgs>;
+}
+
+/** --memory-budget, and each shard's part of it (at least sdsMemoryBudgetBytesMin). */
+function parseMemoryBudget(value: string, shards: number): number {
+  const bytes = parseSizeBytes('--memory-budget', value);
+  if (Math.floor(bytes / shards) < sdsMemoryBudgetBytesMin) {
+    throw new InvalidArgumentError('--memory-budget', `must give each of ${shards} process(es) at least ${formatBytes(sdsMemoryBudgetBytesMin)}, not ${value}`);
+  }
+  return Math.floor(bytes / shards);
 }
 
 /** Names and host labels: 1 to nameBytesMax letters, digits, '.', '_' or '-', not starting with a sign. */
@@ -114,7 +130,7 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   if (shards > 1) {
     const host = args.host ?? os.hostname();
     checkLabel('--host (the hostname, its default with shards)', host);
-    await runShards({ name: args.name, dataDir, shards, devices: [...new Set(named)], listen: args.listen, secretFile: path.resolve(secretFile), host, passOn: shardPassOn(args), log });
+    await runShards({ name: args.name, dataDir, shards, devices: [...new Set(named)], listen: args.listen, secretFile: path.resolve(secretFile), host, passOn: shardPassOn(args, shards), log });
     return;
   }
   // A shard stops when its supervisor closes the IPC channel or is gone, however that went
@@ -166,6 +182,7 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
     dataDir,
     log: log.child({ component: 'sds-service' }),
     payloadChecksums: args['payload-checksums'],
+    ...(args['memory-budget'] === undefined ? {} : { memoryBudgetBytes: parseMemoryBudget(args['memory-budget'], 1) }),
     onRebuildDone: (done) => link?.reportRebuildDone(done),
   });
   const wanted = parseHostPort('--listen', args.listen);
@@ -211,8 +228,9 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
 }
 
 /** The flags every shard gets as the supervisor was given them. */
-function shardPassOn(args: SdsStartArgs): string[] {
+function shardPassOn(args: SdsStartArgs, shards: number): string[] {
   return [
+    ...(args['memory-budget'] === undefined ? [] : ['--memory-budget', String(parseMemoryBudget(args['memory-budget'], shards))]),
     ...(args.mdm === undefined ? [] : ['--mdm', args.mdm]),
     ...(args['cluster-id'] === undefined ? [] : ['--cluster-id', args['cluster-id']]),
     '--chunk-size', args['chunk-size'],

@@ -565,3 +565,15 @@ export const sdsShardRestartDelayMsMax = 30_000;
 /** A shard that stayed up this long is restarted after the shortest delay again. */
 export const sdsShardStableMs = 60_000;
 assert(sdsShardRestartDelayMsMin < sdsShardRestartDelayMsMax && sdsShardRestartDelayMsMax < sdsShardStableMs, 'a shard that keeps dying backs off; one that stayed up starts over');
+
+/**
+ * Bytes of client IO one SDS process holds at once, across all its client connections
+ * (request payloads and the replies being prepared; `sds start --memory-budget`,
+ * wire/serving-budget.ts): 256 chunks of 1 MiB keep any device busy, and a XenServer Dom0
+ * of 4 GiB can give that to a few shards. Each connection is still bounded by itself
+ * (wireInflightBytesMaxDefault); the budget bounds their sum.
+ */
+export const sdsMemoryBudgetBytesDefault = 256 * MiB;
+/** The smallest budget `sds start --memory-budget` takes: any smaller only serializes clients. */
+export const sdsMemoryBudgetBytesMin = 1 * MiB;
+assert(sdsMemoryBudgetBytesMin <= sdsMemoryBudgetBytesDefault && sdsMemoryBudgetBytesDefault >= wireInflightBytesMaxDefault, 'the default budget holds at least one busy connection');

@@ -11,7 +11,7 @@ import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/
 import type { AddDeviceOrder, DeviceRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
 import type { WireReply } from '../wire/peer.js';
 import { parsePlacementMap, placementGroupOf, type PlacementMap } from '../wire/placement.js';
-import { SdsStatus, decodeReserve, encodeEpoch, type RebuildProgress, type ScrubProgress, type SdsStats } from '../wire/sds-ops.js';
+import { type SdsMemory, SdsStatus, decodeReserve, encodeEpoch, type RebuildProgress, type ScrubProgress, type SdsStats } from '../wire/sds-ops.js';
 import { keyName, type ChunkStore } from './chunk-store.js';
 import type { RangeLocks } from './range-locks.js';
 import { ReplyError } from './reply-error.js';
@@ -46,6 +46,8 @@ export interface ControlHost {
   snapshotBytesByDevice(): ReadonlyMap<string, number>;
   /** The background scrub's progress (scrub.ts). */
   scrubProgress(): ScrubProgress;
+  /** What the client connections hold of the memory budget (sds start --memory-budget). */
+  memoryProgress(): SdsMemory;
 }
 
 export class SdsControl {
@@ -198,6 +200,7 @@ export class SdsControl {
       integrity: { ...store.integrity },
       scrub: this.host.scrubProgress(),
       unrepairable: [...store.unrepairable],
+      memory: this.host.memoryProgress(),
     };
   }
 

@@ -39,7 +39,7 @@
 // as primary have completed on both copies; the freeze holds until a map lifts it
 // (control-ops.ts).
 
-import { mirrorTimeoutMs, sdsClientQuietMs } from '../common/limits.js';
+import { mirrorTimeoutMs, sdsClientQuietMs, sdsMemoryBudgetBytesDefault } from '../common/limits.js';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
@@ -47,6 +47,7 @@ import { acquirePayload, payloadPool } from '../common/buffer-pool.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import type { RebuildDone, RegisteredDevice } from '../wire/mdm-ops.js';
 import { WirePeer, WireError, type PeerRole, type WireReply, type WireRequest } from '../wire/peer.js';
+import { ServingBudget } from '../wire/serving-budget.js';
 import { adoptAccepted } from '../common/borrowed-reads.js';
 import { PeerPool, listenTcp } from '../wire/peer-pool.js';
 import { generationPath, placementGroupOf, vtreeOf, type PlacementGroup, type PlacementMap } from '../wire/placement.js';
@@ -88,6 +89,11 @@ export interface SdsServiceOptions {
   dataDir: string;
   log: Logger;
   payloadChecksums: boolean;
+  /**
+   * Bytes of client IO held at once, across all client connections (sds start
+   * --memory-budget; wire/serving-budget.ts); default sdsMemoryBudgetBytesDefault.
+   */
+  memoryBudgetBytes?: number;
 }
 
 export interface Served {
@@ -109,6 +115,8 @@ export class SdsService {
   /** Opened (read) in the background at start; a rebuild order waits for it. */
   private readonly rebuildCursors: Promise<RebuildCursors>;
   private readonly handlers = new Set<Promise<unknown>>();
+  /** Shared by the connections of clients (SDCs, tests and benchmarks), not of SDSs or the MDM. */
+  private readonly budget: ServingBudget;
   /** Client writes and trims accepted here as primary and not yet answered, by V-Tree: what a freeze waits for. */
   private readonly primaryChanges = new Map<string, Set<Promise<unknown>>>();
   private readonly collector: GenerationCollector;
@@ -121,6 +129,7 @@ export class SdsService {
   private clientIoLastMs = 0;
 
   constructor(private readonly options: SdsServiceOptions) {
+    this.budget = new ServingBudget(options.memoryBudgetBytes ?? sdsMemoryBudgetBytesDefault);
     this.control = new SdsControl({
       identity: options.identity,
       store: options.store,
@@ -140,6 +149,7 @@ export class SdsService {
       collectGenerations: (epoch) => this.collector.collect(epoch),
       snapshotBytesByDevice: () => this.collector.snapshotBytesByDevice(),
       scrubProgress: () => this.scrubber.progress(),
+      memoryProgress: () => ({ budgetBytes: this.budget.limitBytes, usedBytes: this.budget.usedBytes, peakBytes: this.budget.peakBytes }),
     });
     // Cursors live in their own file now; a data dir from before keeps them in the state
     // file: read there when the cursor file is absent (and moved into it), and no longer
@@ -226,6 +236,9 @@ export class SdsService {
         assert(peer.remote !== null, 'an accepted peer has proven who it is');
         served.role = peer.remote.role;
         served.name = peer.remote.name;
+        // A client's requests share the budget; an SDS's (mirror writes, rebuild copies) must
+        // not wait behind the client writes that wait on them (serving-budget.ts).
+        if (served.role === 'sdc' || served.role === 'test') peer.shareServingBudget(this.budget);
         this.accepted.add(peer);
         void peer.closed.then(() => this.accepted.delete(peer));
         this.options.log.debug({ remote: peer.remote, address: socket.remoteAddress }, 'wire peer connected');

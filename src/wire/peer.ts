@@ -21,6 +21,8 @@
 //   request is read while our socket is backed up as above (a peer that asks and does not
 //   read the answers). Past any of these the frame reader stops between frames and the
 //   socket is paused, until handlers finish or the socket drains.
+// - Requests we serve, across connections: a peer given a ServingBudget (serving-budget.ts)
+//   also stops reading while the budget is spent, unless it serves nothing at the moment.
 
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -39,6 +41,7 @@ import {
   wireWritableBytesMax,
 } from '../common/limits.js';
 import { ioReplyBytesOf } from './sds-ops.js';
+import type { ServingBudget } from './serving-budget.js';
 
 // Names other modules import from here, wherever they are defined.
 export { WireError, WireStatus } from './header.js';
@@ -128,6 +131,9 @@ export class WirePeer {
   /** Rejects the setup step waiting for a frame, if the connection fails first. */
   private setupReject: ((err: Error) => void) | null = null;
   private readonly inflightBytesMax: number;
+  /** Shared with the server's other client connections (shareServingBudget), or null. */
+  private budget: ServingBudget | null = null;
+  private readonly onBudget = (): void => this.maybeReadAgain();
   private readonly replyBytesOf: (request: WireRequest) => number;
   private readonly reader: FrameReader;
   private closing = false;
@@ -328,6 +334,7 @@ export class WirePeer {
     this.setupReject = null;
     for (const requestId of [...this.pending.keys()]) this.retire(requestId)?.reject(err);
     this.wakeRoomWaiters();
+    this.budget?.forget(this.onBudget);
   }
 
   // --- serving -------------------------------------------------------------------------
@@ -354,6 +361,8 @@ export class WirePeer {
     const servedBytes = payload.length + Math.min(Math.max(this.replyBytesOf(request), 0), wirePayloadBytesMax);
     this.servedInflightBytes += servedBytes;
     this.servedInflightCount += 1;
+    const budget = this.budget;
+    budget?.charge(servedBytes);
     this.stopReadingIfOverBounds();
     // One then() with both outcomes, each ending in served(): no finally() promise per request.
     handler(request).then(
@@ -361,7 +370,7 @@ export class WirePeer {
         try {
           this.sendFrame(header.op, true, reply.status, header.requestId, header.epoch, reply.payload ?? emptyPayload, reply.releaseAfterSend === true);
         } finally {
-          this.served(payload, servedBytes);
+          this.served(payload, servedBytes, budget);
         }
       },
       (err: unknown) => {
@@ -369,14 +378,14 @@ export class WirePeer {
           this.options.log.warn({ err, op: header.op }, 'wire request failed');
           this.sendFrame(header.op, true, WireStatus.Failed, header.requestId, header.epoch, Buffer.from(String(err instanceof Error ? err.message : err)));
         } finally {
-          this.served(payload, servedBytes);
+          this.served(payload, servedBytes, budget);
         }
       },
     );
   }
 
-  /** The handler is done with a request of `servedBytes` (payload and reply). */
-  private served(payload: Buffer, servedBytes: number): void {
+  /** The handler is done with a request of `servedBytes` (payload and reply), charged to `budget`. */
+  private served(payload: Buffer, servedBytes: number, budget: ServingBudget | null): void {
     // A pooled payload goes back (once any socket write forwarding it has finished).
     releasePayload(payload);
     this.servedInflightBytes -= servedBytes;
@@ -384,6 +393,16 @@ export class WirePeer {
     assert(this.servedInflightBytes >= 0 && this.servedInflightCount >= 0, 'served in-flight accounting went negative');
     this.stopReadingIfOverBounds();
     this.maybeReadAgain();
+    // Last: releasing may wake other peers, which should see this one's state settled.
+    budget?.release(servedBytes);
+  }
+
+  /**
+   * From now on requests read on this connection count against `budget` too, shared with
+   * the server's other client connections (serving-budget.ts).
+   */
+  shareServingBudget(budget: ServingBudget): void {
+    this.budget = budget;
   }
 
   /** The socket holds more than we let a peer leave unread (see limits.ts). */
@@ -392,15 +411,27 @@ export class WirePeer {
   }
 
   private overServingBounds(): boolean {
-    return this.servedInflightCount >= wireRequestsInflightMax || this.servedInflightBytes > this.inflightBytesMax || this.backedUp();
+    return this.servedInflightCount >= wireRequestsInflightMax || this.servedInflightBytes > this.inflightBytesMax || this.backedUp() || this.overBudget();
+  }
+
+  /** The shared budget is spent, and this peer has a request in flight (else it may read one). */
+  private overBudget(): boolean {
+    return this.budget !== null && this.servedInflightCount > 0 && this.budget.spent;
   }
 
   private stopReadingIfOverBounds(): void {
     if (!this.reader.stopped && this.failure === null && this.overServingBounds()) this.reader.stop();
+    this.waitForBudget();
   }
 
   private maybeReadAgain(): void {
     if (this.reader.stopped && this.failure === null && !this.overServingBounds()) this.reader.start();
+    this.waitForBudget();
+  }
+
+  /** Stopped for the budget: to be woken when another connection releases some. */
+  private waitForBudget(): void {
+    if (this.reader.stopped && this.failure === null && this.overBudget()) this.budget?.wait(this.onBudget);
   }
 
   // --- sending -------------------------------------------------------------------------

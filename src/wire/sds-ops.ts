@@ -393,6 +393,19 @@ export interface SdsStats {
   scrub?: ScrubProgress;
   /** The newest ranges bad on both copies (at most unrepairableRangesMax, newest last). */
   unrepairable?: UnrepairableRange[];
+  /** Optional: an SDS from before the memory budget does not send it. */
+  memory?: SdsMemory;
+}
+
+/**
+ * The bytes of client IO an SDS holds (request payloads and the replies being prepared),
+ * against its memory budget (sds start --memory-budget; wire/serving-budget.ts).
+ */
+export interface SdsMemory {
+  budgetBytes: number;
+  usedBytes: number;
+  /** The most held at once since the SDS started. */
+  peakBytes: number;
 }
 
 export interface ListGroupArgs {

@@ -23,7 +23,7 @@ import { cli, startMdm, startSdc, until, type Mdm } from '../helpers/cluster.js'
 import { sparseFile } from '../helpers/files.js';
 import { placementMap } from '../helpers/snapshots.js';
 import { run, runMeshblock, startMeshblock, type DaemonHandle } from '../helpers/processes.js';
-import { MiB, startSds } from '../helpers/sds.js';
+import { MiB, connectWire, getStats, startSds } from '../helpers/sds.js';
 
 const GiB = 1024 * MiB;
 
@@ -109,7 +109,8 @@ t.test('a two-shard SDS beside a one-process SDS: registration, placement apart,
     return result.stdout;
   };
   const haDevices = [sparseFile(dir, 'ha1.img', 2 * GiB), sparseFile(dir, 'ha2.img', 2 * GiB)];
-  const ha = await startSharded(t, mdm, dir, haDevices);
+  // 4 MiB of client IO for the SDS: 2 MiB per shard.
+  const ha = await startSharded(t, mdm, dir, haDevices, ['--memory-budget', '4MiB']);
   // As large as each shard's device: without the host label, copies could pair the shards.
   const hb = await startSds(t, { dir, name: 'hb', devices: [sparseFile(dir, 'hb.img', 2 * GiB)], clusterId: mdm.clusterId, secretFile: mdm.secretFile, extraArgs: ['--mdm', mdm.address, '--host', 'hostb'] });
   const shardLines = [...ha.ready.input.matchAll(/^sds (ha\.\d) \(([0-9a-f]{16})\) of cluster [0-9a-f]{16} listening on (\S+) with (\d+) device/gm)];
@@ -152,6 +153,16 @@ t.test('a two-shard SDS beside a one-process SDS: registration, placement apart,
   t.equal(written.code, 0, `qemu-io wrote 64 MiB over both shards and hb: ${written.stderr}`);
   const readBack = async (): Promise<number | null> => (await run('qemu-io', ['-f', 'raw', '-r', uri, '-c', 'read -P 0x5a 0 64M'])).code;
   t.equal(await readBack(), 0, 'and it reads back');
+  // Each shard held its half of the budget at most, plus one request of its one client
+  // connection (a 1 MiB chunk piece and its reply).
+  const secret = fs.readFileSync(mdm.secretFile, 'utf8').trim();
+  for (const line of shardLines) {
+    const peer = await connectWire(t, line[3] as string, { clusterId: mdm.clusterId, secret });
+    const memory = (await getStats(peer)).memory;
+    peer.destroy();
+    t.equal(memory?.budgetBytes, 2 * MiB, `${line[1]} has half the SDS's budget`);
+    t.ok((memory?.peakBytes ?? 0) > 0 && (memory?.peakBytes ?? Infinity) <= 2 * MiB + 2 * MiB + 64 * 1024, `${line[1]} held ${memory?.peakBytes} bytes at most`);
+  }
 
   // A shard dies: its supervisor starts it again, same identity, and the MDM sees it back.
   const oldPid = shardPid(ha.dataDir, 1);
