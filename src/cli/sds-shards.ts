@@ -21,7 +21,6 @@
 //   when its supervisor is gone, even by kill -9 (sds-start.ts).
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
@@ -30,6 +29,7 @@ import { autoShardCount, shardName } from '../common/sds-shards.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { nameBytesMax, sdsShardRestartDelayMsMax, sdsShardRestartDelayMsMin, sdsShardStableMs, sdsShardsMax } from '../common/limits.js';
 import { formatHostPort, parseHostPort } from '../common/address.js';
+import { readStateFile } from '../sds/state.js';
 import { meshblockEntry } from './lab-processes.js';
 import { runUntilSignal, shutdownDrainMs } from './signals.js';
 
@@ -63,31 +63,18 @@ export function parseShardsOption(value: string): number | 'auto' {
 }
 
 export function readShardsFile(dataDir: string): ShardsFile | null {
-  const file = path.join(dataDir, shardsFileName);
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new MeshblockError('MB_ERR_STATE_READ', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
-  }
-  const damaged = (why: string): MeshblockError => new MeshblockError('MB_ERR_STATE_DAMAGED', `${file} is damaged: ${why}`);
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch (err) {
-    throw damaged((err as Error).message);
-  }
-  const entry = parsed as Partial<ShardsFile> | null;
-  if (entry === null || typeof entry !== 'object' || !Number.isSafeInteger(entry.shards) || (entry.shards as number) < 2 || (entry.shards as number) > sdsShardsMax) {
-    throw damaged(`shards must be a count from 2 to ${sdsShardsMax}`);
-  }
-  const shards = entry.shards as number;
-  if (entry.devices === null || typeof entry.devices !== 'object' || Array.isArray(entry.devices)) throw damaged('devices must be an object');
-  for (const [device, shard] of Object.entries(entry.devices)) {
-    if (!Number.isSafeInteger(shard) || shard < 1 || shard > shards) throw damaged(`device ${device} is on shard ${String(shard)}, not 1 to ${shards}`);
-  }
-  return { shards, devices: entry.devices };
+  return readStateFile(path.join(dataDir, shardsFileName), (parsed) => {
+    const entry = parsed as Partial<ShardsFile> | null;
+    if (entry === null || typeof entry !== 'object' || !Number.isSafeInteger(entry.shards) || (entry.shards as number) < 2 || (entry.shards as number) > sdsShardsMax) {
+      throw new Error(`shards must be a count from 2 to ${sdsShardsMax}`);
+    }
+    const shards = entry.shards as number;
+    if (entry.devices === null || typeof entry.devices !== 'object' || Array.isArray(entry.devices)) throw new Error('devices must be an object');
+    for (const [device, shard] of Object.entries(entry.devices)) {
+      if (!Number.isSafeInteger(shard) || shard < 1 || shard > shards) throw new Error(`device ${device} is on shard ${String(shard)}, not 1 to ${shards}`);
+    }
+    return { shards, devices: entry.devices };
+  });
 }
 
 /**

@@ -32,7 +32,18 @@ export class StateError extends MeshblockError {}
 const stateFileName = 'sds-state.json';
 
 export function loadState(dataDir: string): SdsState | null {
-  const file = path.join(dataDir, stateFileName);
+  return readStateFile(path.join(dataDir, stateFileName), (parsed) => {
+    const state = parsed as SdsState;
+    return { ...state, map: state.map === null ? null : parsePlacementMap(state.map), rebuildCursors: state.rebuildCursors ?? {}, devicePaths: state.devicePaths ?? [] };
+  });
+}
+
+/**
+ * A JSON file of a data directory, checked by `parse`: null if there is none; a file that
+ * cannot be read is MB_ERR_STATE_READ, one that is not JSON or that `parse` throws on is
+ * MB_ERR_STATE_DAMAGED, both naming the file.
+ */
+export function readStateFile<T>(file: string, parse: (parsed: unknown) => T): T | null {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -41,8 +52,7 @@ export function loadState(dataDir: string): SdsState | null {
     throw new StateError('MB_ERR_STATE_READ', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
   }
   try {
-    const parsed = JSON.parse(text) as SdsState;
-    return { ...parsed, map: parsed.map === null ? null : parsePlacementMap(parsed.map), rebuildCursors: parsed.rebuildCursors ?? {}, devicePaths: parsed.devicePaths ?? [] };
+    return parse(JSON.parse(text));
   } catch (err) {
     throw new StateError('MB_ERR_STATE_DAMAGED', `${file} is damaged: ${(err as Error).message}`, { cause: err });
   }
