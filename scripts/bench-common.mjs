@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { InvalidArgumentError, OutOfRangeError } from '../dist/common/errors.js';
 import { MiB, formatBytes, parseSizeBytes } from '../dist/common/units.js';
 import { WirePeer } from '../dist/wire/peer.js';
-import { encodeIo, ioArgOffsets } from '../dist/wire/sds-ops.js';
+import { SdsStatus, encodeIo, ioArgOffsets } from '../dist/wire/sds-ops.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const meshblockBin = path.join(repoRoot, 'bin/meshblock.cjs');
@@ -431,6 +431,22 @@ export function median(values) {
   return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 }
 
+/**
+ * The report's sentence on runs other load disturbed, from per-group counts
+ * ({ disturbedCount, runCount } each, e.g. one per pattern and target).
+ */
+export function disturbedRunsText(groups) {
+  let disturbedCount = 0;
+  let runCount = 0;
+  for (const group of groups) {
+    disturbedCount += group.disturbedCount;
+    runCount += group.runCount;
+  }
+  return disturbedCount === 0
+    ? `no run saw more than ${disturbedPercentMin}% of a core of other load.`
+    : `**${disturbedCount} of ${runCount} runs saw other load** (more than ${disturbedPercentMin}% of a core, or no quiet start): treat their numbers with care.`;
+}
+
 export function textTable({ header, rows }) {
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column].length)));
   const line = (cells) => cells.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  ');
@@ -539,12 +555,17 @@ export function writeSection(outPath, { heading, analysisStart, analysisEnd, atE
 
 // --- SDSs without an MDM, driven over the wire -------------------------------------------
 //
-// For the benches that start SDSs themselves (bench-shards; bench-sds has its own copies of
-// the same): the ready line, the size of a device file for a region, wire connections with
-// the cluster secret, IO request payloads, and a latency histogram.
+// For the benches that start SDSs themselves (bench-sds, bench-shards): the ready line, the
+// size of a device file for a region, wire connections with the cluster secret, IO request
+// payloads and their answers, and a latency histogram.
 
 /** What `meshblock sds start` prints once it serves: name, id and address. */
 export const sdsReadyPattern = /^sds (\S+) \(([0-9a-f]{16})\) of cluster [0-9a-f]{16} listening on (\S+) with/gm;
+
+/** The SDSs that `stdout` (of `sds start`, or of its supervisor) says serve: { name, sdsId, address }, in order. */
+export function sdsReadyLines(stdout) {
+  return [...stdout.matchAll(sdsReadyPattern)].map((match) => ({ name: match[1], sdsId: match[2], address: match[3] }));
+}
 
 /**
  * Device file size for `regionBytes` of chunks of `chunkBytes`: the chunks, plus the
@@ -620,6 +641,13 @@ export function ioPayload({ poolId, vtreeId, write, blockBytes, fillByte }) {
   return encodeIo({ poolId, vtreeId, pgIndex: 0, chunkIndex: 0, generation: 0, offsetBytes: 0, lengthBytes: blockBytes, flags: 0 }, data);
 }
 
+/** Throws a BenchError unless an SDS answered `what` with SdsStatus.Ok (saying what it answered instead). */
+export function expectOk(response, what) {
+  if (response.status !== SdsStatus.Ok) {
+    throw new BenchError('REQUEST', `${what} failed with status ${response.status}: ${response.payload.toString('utf8', 0, Math.min(response.payload.length, 500))}`);
+  }
+}
+
 /** Points a payload from ioPayload() at a group, chunk and offset inside the chunk. */
 export function setIoArgs(payload, pgIndex, chunkIndex, offsetBytes) {
   payload.writeUInt32BE(pgIndex, ioArgOffsets.pgIndex);
@@ -629,8 +657,9 @@ export function setIoArgs(payload, pgIndex, chunkIndex, offsetBytes) {
 
 /**
  * Latency histogram: log-linear buckets 1 % wide from 1 ns to over 1000 s, so percentiles
- * are exact to ±0.5 %, in fixed memory whatever the runtime. Histograms of several
- * generators (worker threads) add up with merge() of their counts.
+ * are exact to ±0.5 % (fio's own are bucketed about as coarsely), in fixed memory whatever
+ * the runtime. Histograms of several generators (worker threads) add up with merge() of
+ * their counts.
  */
 const histogramGrowth = 1.01;
 const histogramBucketCount = 3000;

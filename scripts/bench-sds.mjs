@@ -45,17 +45,21 @@
 
 import { randomFillSync } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
   BenchError,
+  LatencyHistogram,
   checkPaths,
+  connectWire,
   cpuSecondsOf,
+  createSparseFile,
   delay,
   describeBuild,
   disturbedPercentMin,
+  disturbedRunsText,
+  expectOk,
   exitRuntimeError,
   fillArgs,
   firstLine,
@@ -64,6 +68,7 @@ import {
   host,
   interruptedExitCode,
   interruptedSignal,
+  ioPayload,
   killRunning,
   machineBusyPercent,
   machineTicks,
@@ -77,13 +82,18 @@ import {
   quietSampleMs,
   repoRoot,
   run,
+  sdsDeviceBytesFor,
+  sdsReadyLines,
+  setIoArgs,
   sharedOptionSpecs,
   spawnTracked,
   stopTracked,
+  syncFiles,
   textTable,
   threadContextSwitches,
   throwIfInterrupted,
   waitForQuiet,
+  within,
   writePseudorandom,
   writeSection,
   optionsOrExitCode,
@@ -92,9 +102,8 @@ import { pino } from 'pino';
 import { InvalidArgumentError } from '../dist/common/errors.js';
 import { MiB, formatBytes } from '../dist/common/units.js';
 import { mulberry32 } from '../dist/common/seeded-random.js';
-import { WirePeer } from '../dist/wire/peer.js';
 import { placementGroupOf } from '../dist/wire/placement.js';
-import { SdsOp, SdsStatus, ioArgOffsets, ioArgsBytes, encodeIo } from '../dist/wire/sds-ops.js';
+import { SdsOp, SdsStatus, ioArgsBytes } from '../dist/wire/sds-ops.js';
 
 /** How long an SDS has to say it is ready, and to exit after SIGTERM (its drain is 10 s). */
 const sdsStartMs = 20_000;
@@ -137,15 +146,6 @@ const quietWaitMsMax = 120_000;
  * the last attempt kept: on a shared machine, other people's test runs come in bursts.
  */
 const disturbedRetryCount = 3;
-
-/**
- * Latency histogram: log-linear buckets 1 % wide from 1 ns to over 1000 s, so percentiles
- * are exact to ±0.5 % (fio's own are bucketed about as coarsely), in fixed memory whatever
- * the runtime.
- */
-const histogramGrowth = 1.01;
-const histogramBucketCount = 3000;
-const histogramLogGrowth = Math.log(histogramGrowth);
 
 const usage = `Usage: node scripts/bench-sds.mjs [options]
 
@@ -231,19 +231,6 @@ function parseOptions(argv) {
 /** The load generator running now, if any: a signal stops it issuing requests. */
 let activeLoad = null;
 
-/** Resolves with `promise`, or rejects with a BenchError after `timeoutMs`. */
-async function within(promise, timeoutMs, what) {
-  let timer;
-  const timedOut = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new BenchError('TIMEOUT', `${what} took over ${timeoutMs} ms`)), timeoutMs);
-  });
-  try {
-    return await Promise.race([promise, timedOut]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 // --- processes -------------------------------------------------------------------------
 
 /**
@@ -282,10 +269,10 @@ async function startSds({ name, device, workDir, secretFile, io }) {
   const sds = { name, device, child, state, sdsId: '', address: '', command: ['node', 'bin/meshblock.cjs', ...args.slice(1)] };
   const deadline = Date.now() + sdsStartMs;
   for (;;) {
-    const match = /^sds \S+ \(([0-9a-f]{16})\) of cluster [0-9a-f]{16} listening on (\S+) with/m.exec(state.stdout);
-    if (match !== null) {
-      sds.sdsId = match[1];
-      sds.address = match[2];
+    const [ready] = sdsReadyLines(state.stdout);
+    if (ready !== undefined) {
+      sds.sdsId = ready.sdsId;
+      sds.address = ready.address;
       return sds;
     }
     throwIfInterrupted();
@@ -296,14 +283,11 @@ async function startSds({ name, device, workDir, secretFile, io }) {
 }
 
 /**
- * Device file size for a region of `sizeBytes`: the region's chunks, plus the metadata
- * area before the slots (the superblock, then per slot an entry and a checksum area, each
- * padded to whole sectors: at most 4 KiB each with 4 KiB sectors; see src/sds/device.ts),
- * rounded up to a MiB, plus a MiB of margin. Checked against the SDS's capacity once it runs.
+ * Device file size for a region of `sizeBytes` (bench-common's sdsDeviceBytesFor): checked
+ * against the SDS's capacity once it runs.
  */
 function deviceBytesFor(sizeBytes) {
-  const chunkCount = sizeBytes / chunkBytes;
-  return sizeBytes + Math.ceil((4096 + chunkCount * 2 * 4096) / MiB) * MiB + MiB;
+  return sdsDeviceBytesFor(sizeBytes, chunkBytes);
 }
 
 // --- the wire client -------------------------------------------------------------------
@@ -314,21 +298,9 @@ function deviceBytesFor(sizeBytes) {
  */
 const wireLog = pino({ level: 'warn', base: { component: 'bench-sds' } }, pino.destination(2));
 
-async function connectWire(address, role) {
-  const [peerHost, port] = address.split(/:(?=\d+$)/);
-  const socket = net.connect({ host: peerHost, port: Number(port) });
-  await within(
-    new Promise((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', reject);
-    }),
-    10_000,
-    `connecting to ${address}`,
-  ).catch((err) => {
-    socket.destroy();
-    throw err;
-  });
-  return WirePeer.connect(socket, { clusterId, secret: clusterSecret, role, name: `bench-${role}`, log: wireLog });
+/** One wire connection to an SDS as `role`, with the cluster secret. */
+function connect(address, role) {
+  return connectWire(address, { clusterId, secret: clusterSecret, role, name: `bench-${role}`, log: wireLog });
 }
 
 /**
@@ -352,12 +324,6 @@ function makeMap(sdsList) {
   };
 }
 
-function expectOk(response, what) {
-  if (response.status !== SdsStatus.Ok) {
-    throw new BenchError('REQUEST', `${what} failed with status ${response.status}: ${response.payload.toString('utf8', 0, Math.min(response.payload.length, 500))}`);
-  }
-}
-
 async function sdsStats(peer) {
   const response = await peer.request(SdsOp.Stats, Buffer.alloc(0), { timeoutMs: requestTimeoutMs });
   expectOk(response, 'stats');
@@ -372,7 +338,7 @@ async function sdsStats(peer) {
 async function connectTarget(name, sdsList, sizeBytes) {
   const map = makeMap(sdsList);
   for (const sds of sdsList) {
-    const control = await connectWire(sds.address, 'mdm');
+    const control = await connect(sds.address, 'mdm');
     try {
       expectOk(await control.request(SdsOp.SetMap, Buffer.from(JSON.stringify(map)), { timeoutMs: requestTimeoutMs }), `installing the map on ${sds.name}`);
     } finally {
@@ -381,7 +347,7 @@ async function connectTarget(name, sdsList, sizeBytes) {
   }
   const peers = new Map();
   try {
-    for (const sds of sdsList) peers.set(sds.sdsId, await connectWire(sds.address, 'sdc'));
+    for (const sds of sdsList) peers.set(sds.sdsId, await connect(sds.address, 'sdc'));
   } catch (err) {
     for (const peer of peers.values()) peer.destroy();
     throw err;
@@ -421,50 +387,8 @@ async function deviceCounters(target) {
 
 // --- the load generator ----------------------------------------------------------------
 
-class LatencyHistogram {
-  constructor() {
-    this.counts = new Uint32Array(histogramBucketCount);
-    this.count = 0;
-  }
-
-  add(latencyNs) {
-    const index = latencyNs <= 1 ? 0 : Math.min(histogramBucketCount - 1, Math.floor(Math.log(latencyNs) / histogramLogGrowth));
-    this.counts[index] += 1;
-    this.count += 1;
-  }
-
-  /** The `percent` percentile in µs: the middle of the bucket that holds it. */
-  percentileUs(percent) {
-    if (this.count === 0) return null;
-    const rank = Math.max(1, Math.ceil((percent / 100) * this.count));
-    let seen = 0;
-    for (let index = 0; index < histogramBucketCount; index++) {
-      seen += this.counts[index];
-      if (seen >= rank) return histogramGrowth ** (index + 0.5) / 1000;
-    }
-    return null;
-  }
-}
-
 /** mulberry32 (src/common/seeded-random.ts): a small, fast, seedable PRNG in [0, 1). */
 const prng = mulberry32;
-
-/**
- * One request buffer per slot in flight, reused: a slot sends its next request only after
- * the reply to the last, by which time the socket has long written the buffer out. The
- * args' fixed fields (pool, vtree, generation, flags) are written once.
- */
-function slotPayload(write, blockBytes, fillByte) {
-  const data = write ? randomFillSync(Buffer.allocUnsafe(blockBytes)) : undefined;
-  if (data !== undefined) data[0] = fillByte; // Slots write different bytes.
-  return encodeIo({ poolId, vtreeId, pgIndex: 0, chunkIndex: 0, generation: 0, offsetBytes: 0, lengthBytes: blockBytes, flags: 0 }, data);
-}
-
-function setIoArgs(payload, pgIndex, chunkIndex, offsetBytes) {
-  payload.writeUInt32BE(pgIndex, ioArgOffsets.pgIndex);
-  payload.writeUInt32BE(chunkIndex, ioArgOffsets.chunkIndex);
-  payload.writeUInt32BE(offsetBytes, ioArgOffsets.offsetBytes);
-}
 
 /**
  * Keeps `pattern.depth` requests in flight against `target` for the ramp time and the
@@ -514,7 +438,11 @@ async function runLoad(target, pattern, options, machine, seed) {
   }, (options.rampSeconds + options.runtimeSeconds) * 1000 + runSlackMs);
 
   const worker = async (slotIndex) => {
-    const payload = slotPayload(pattern.write, pattern.blockBytes, slotIndex);
+    // One request buffer per slot in flight, reused: a slot sends its next request only after
+    // the reply to the last, by which time the socket has long written the buffer out. The
+    // args' fixed fields (pool, vtree, generation, flags) are written once; slots write
+    // different bytes.
+    const payload = ioPayload({ poolId, vtreeId, write: pattern.write, blockBytes: pattern.blockBytes, fillByte: slotIndex });
     const requestOptions = { epoch: mapEpoch, timeoutMs: requestTimeoutMs };
     while (!load.stop) {
       const sentNs = process.hrtime.bigint();
@@ -598,7 +526,7 @@ async function fillVolume(target, sizeBytes) {
   const load = { stop: false };
   activeLoad = load;
   const worker = async (slotIndex) => {
-    const payload = slotPayload(true, chunkBytes, slotIndex);
+    const payload = ioPayload({ poolId, vtreeId, write: true, blockBytes: chunkBytes, fillByte: slotIndex });
     while (!load.stop && nextChunk < chunkCount) {
       const chunkIndex = nextChunk++;
       const route = target.routes[chunkIndex];
@@ -631,16 +559,6 @@ async function fillVolume(target, sizeBytes) {
 
 // --- files and the page cache ----------------------------------------------------------
 
-/** A sparse file of `sizeBytes`, as an SDS device or the raw file starts out. */
-function createSparseFile(file, sizeBytes) {
-  const fd = fs.openSync(file, 'wx');
-  try {
-    fs.ftruncateSync(fd, sizeBytes);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /** Writes every byte of the raw file once with pseudorandom data, as the SDS fill does its devices. */
 async function fillRawFile(file, sizeBytes) {
   const handle = await fs.promises.open(file, 'r+');
@@ -648,18 +566,6 @@ async function fillRawFile(file, sizeBytes) {
     await writePseudorandom(handle, sizeBytes);
   } finally {
     await handle.close();
-  }
-}
-
-/** fdatasync of `files`: dirty pages of one run are written back now, not during the next. */
-async function syncFiles(files) {
-  for (const file of files) {
-    const handle = await fs.promises.open(file, 'r+');
-    try {
-      await handle.datasync();
-    } finally {
-      await handle.close();
-    }
   }
 }
 
@@ -872,18 +778,9 @@ function roundRows(summaries) {
   return { header, rows };
 }
 
+/** The report's sentence on disturbed runs, over every pattern's summary of every target. */
 function disturbedText(summaries) {
-  let disturbedCount = 0;
-  let runCount = 0;
-  for (const { perTarget } of summaries) {
-    for (const name of targetNames) {
-      disturbedCount += perTarget[name].disturbedCount;
-      runCount += perTarget[name].runCount;
-    }
-  }
-  return disturbedCount === 0
-    ? `no run saw more than ${disturbedPercentMin}% of a core of other load.`
-    : `**${disturbedCount} of ${runCount} runs saw other load** (more than ${disturbedPercentMin}% of a core, or no quiet start): treat their numbers with care.`;
+  return disturbedRunsText(summaries.flatMap(({ perTarget }) => targetNames.map((name) => perTarget[name])));
 }
 
 // --- the machine -----------------------------------------------------------------------

@@ -60,6 +60,8 @@ import {
   delay,
   describeBuild,
   disturbedPercentMin,
+  disturbedRunsText,
+  expectOk,
   exitRuntimeError,
   fillArgs,
   firstLine,
@@ -81,7 +83,7 @@ import {
   quietBusyPercentMax,
   run,
   sdsDeviceBytesFor,
-  sdsReadyPattern,
+  sdsReadyLines,
   setIoArgs,
   sharedOptionSpecs,
   spawnTracked,
@@ -373,7 +375,7 @@ async function startProcess(args, readyCount, doneLine = null) {
   const proc = { name: args[args.indexOf('--name') + 1], child, state, command: ['node', 'bin/meshblock.cjs', ...args.slice(1)] };
   const deadline = Date.now() + sdsStartMs;
   for (;;) {
-    const served = [...state.stdout.matchAll(sdsReadyPattern)].map((match) => ({ name: match[1], sdsId: match[2], address: match[3] }));
+    const served = sdsReadyLines(state.stdout);
     if (served.length >= readyCount && (doneLine === null || doneLine.test(state.stdout))) return { proc, served };
     throwIfInterrupted();
     if (state.exited) throw processFailure('SDS', `SDS ${proc.name}`, state);
@@ -439,12 +441,6 @@ function killShards() {
 // --- the map and the wire --------------------------------------------------------------
 
 const wireLog = pino({ level: 'warn', base: { component: 'bench-shards' } }, pino.destination(2));
-
-function expectOk(response, what) {
-  if (response.status !== SdsStatus.Ok) {
-    throw new BenchError('REQUEST', `${what} failed with status ${response.status}: ${response.payload.toString('utf8', 0, Math.min(response.payload.length, 500))}`);
-  }
-}
 
 /** Group i on sdsList[i mod n]: one SDS holds all, two split the groups even/odd. */
 function makeMap(sdsList) {
@@ -780,18 +776,9 @@ function roundRows(summaries) {
   return { header, rows };
 }
 
+/** The report's sentence on disturbed runs, over every pattern's summary of every configuration. */
 function disturbedText(summaries) {
-  let disturbedCount = 0;
-  let runCount = 0;
-  for (const { perConfig } of summaries) {
-    for (const name of configNames) {
-      disturbedCount += perConfig[name].disturbedCount;
-      runCount += perConfig[name].runCount;
-    }
-  }
-  return disturbedCount === 0
-    ? `no run saw more than ${disturbedPercentMin}% of a core of other load.`
-    : `**${disturbedCount} of ${runCount} runs saw other load** (more than ${disturbedPercentMin}% of a core, or no quiet start): treat their numbers with care.`;
+  return disturbedRunsText(summaries.flatMap(({ perConfig }) => configNames.map((name) => perConfig[name])));
 }
 
 function machineLines(machine, options) {
