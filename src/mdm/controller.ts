@@ -47,7 +47,7 @@ export interface RebuildFailingView {
   sourceSdsId: Id;
   targetSdsId: Id;
   chunk: string;
-  side: 'source' | 'target' | 'network';
+  side: 'source' | 'target';
   code: string;
   deviceId: string | null;
   message: string;

@@ -307,7 +307,7 @@ function failureOf(job: RebuildProgress): RebuildFailure | null {
   if (failure === null || typeof failure !== 'object') return null;
   const { chunk, side, code, deviceId, message, chunksFailed } = failure as Record<string, unknown>;
   if (typeof chunk !== 'string' || typeof code !== 'string' || typeof message !== 'string') return null;
-  if (side !== 'source' && side !== 'target' && side !== 'network') return null;
+  if (side !== 'source' && side !== 'target') return null;
   return { chunk, side, code, deviceId: typeof deviceId === 'string' ? deviceId : null, message, chunksFailed: Number.isSafeInteger(chunksFailed) ? (chunksFailed as number) : 1 };
 }
 

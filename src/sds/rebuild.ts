@@ -29,20 +29,20 @@
 // numbers at once (the pace and the limit are read again for every chunk, and waiting
 // copies look again), without starting over.
 //
-// A chunk that cannot be copied (its copy here unreadable, the target failing the Put) is
-// logged at error level, named (chunk, side, code) and skipped: the job copies the rest of
-// the group, then fails, and its stats carry the first failure (RebuildFailure) to the MDM,
-// which orders the group again after a backoff and shows it (docs/rebuild-policy.md). The
-// cursor never passes a skipped chunk. A target that cannot be reached stops the job at once:
-// every other chunk would fail the same way.
+// A chunk that cannot be copied is logged at error level and named (chunk, side, code). One
+// unreadable here is skipped: the job copies the rest of the group, then fails (the cursor
+// never passes a skipped chunk). One the target fails (or a target not reached) stops the
+// job at once: the next would most likely fail alike. Either way the job's stats carry the
+// first failure (RebuildFailure) to the MDM, which orders the group again after a backoff
+// and shows it (docs/rebuild-policy.md, "A rebuild that fails").
 
 import { parseJsonObject } from '../wire/json-payload.js';
-import { listGroupTimeoutMs, mirrorTimeoutMs, rebuildChunkFailuresMax, rebuildCursorSaveChunks, rebuildCursorSaveIntervalMs, rebuildPaceRecheckMs, sdsRebuildChunksInflightMax, sdsRebuildsKeptMax, sdsRebuildsRunningMax } from '../common/limits.js';
+import { listGroupTimeoutMs, rebuildChunkFailuresMax, rebuildCursorSaveChunks, rebuildCursorSaveIntervalMs, rebuildPaceRecheckMs, sdsRebuildChunksInflightMax, sdsRebuildsKeptMax, sdsRebuildsRunningMax } from '../common/limits.js';
 import * as crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import type { RebuildDone, RebuildFailure } from '../wire/mdm-ops.js';
-import type { WirePeer, WireResponse } from '../wire/peer.js';
+import type { WirePeer } from '../wire/peer.js';
 import { generationPath, idPattern, placementGroupOf, vtreeOf, type PlacementMap } from '../wire/placement.js';
 import { SdsOp, SdsStatus, IoFlag, encodeIo, encodeListGroup, decodeListedChunks, encodeEpoch, type IoArgs, type RebuildArgs, type RebuildProgress } from '../wire/sds-ops.js';
 import { ChecksumError, keyName, compareKeys, type ChunkKey, type ChunkStore } from './chunk-store.js';
@@ -356,9 +356,9 @@ export class RebuildSource {
           try {
             copiedBytes = await this.copyChunk(keys[index] as ChunkKey, args, progress.epoch, false);
           } catch (err) {
-            // A chunk that cannot be copied is skipped (the cursor stops before it); an
-            // unreachable target, or too many bad chunks, stops the job.
-            if (!(err instanceof RebuildCopyError) || err.failure.side === 'network' || failures.length + 1 >= rebuildChunkFailuresMax) {
+            // A chunk unreadable here is skipped (the cursor stops before it); a target that
+            // fails a copy, or too many bad chunks, stops the job.
+            if (!(err instanceof RebuildCopyError) || err.failure.side !== 'source' || failures.length + 1 >= rebuildChunkFailuresMax) {
               if (err instanceof RebuildCopyError) failures.push(err);
               throw err;
             }
@@ -452,29 +452,29 @@ export class RebuildSource {
   }
 
   /**
-   * Sends a chunk's Put or Trim to the rebuild target. A target that answers with an error
-   * fails the chunk on the 'target' side (its status and message say why: its device, its
-   * space); one that cannot be reached fails it on the 'network' side, which stops the job.
-   * A stale epoch is no fault of the chunk: the job stops and the MDM orders again.
+   * Sends a chunk's Put or Trim to the rebuild target. A target that fails it (answers with
+   * an error, or is not reached: the message says which) fails the chunk on the 'target'
+   * side, which stops the job: the next chunks would most likely fail alike. A stale epoch
+   * is no fault of the chunk: the job stops and the MDM orders again.
    */
   private async sendToTarget(key: ChunkKey, args: RebuildArgs, op: number, payload: Buffer, epoch: number): Promise<void> {
-    const failed = (side: RebuildFailure['side'], code: string, message: string, cause?: unknown): RebuildCopyError => {
-      const failure: RebuildFailure = { chunk: keyName(key), side, code, deviceId: null, message, chunksFailed: 1 };
-      this.host.log.error({ ...failure, targetSdsId: args.targetSdsId, pgIndex: args.pgIndex }, `rebuild: the copy of a chunk failed on the ${side} side`);
-      return new RebuildCopyError(failure, { cause });
-    };
-    let response: WireResponse;
     try {
-      const peer = await this.host.peerFor(args.targetSdsId);
-      response = await peer.request(op, payload, { epoch, timeoutMs: mirrorTimeoutMs });
+      await this.host.forward(args.targetSdsId, op, payload, epoch);
     } catch (err) {
+      if (err instanceof ReplyError && err.status === SdsStatus.StaleEpoch) throw err;
+      const status = err instanceof ReplyError ? Object.entries(SdsStatus).find(([, value]) => value === err.status)?.[0] : undefined;
       const code = (err as { code?: unknown }).code;
-      throw failed('network', typeof code === 'string' ? code : 'UNKNOWN', `target SDS ${args.targetSdsId} unreachable: ${(err as Error).message}`, err);
+      const failure: RebuildFailure = {
+        chunk: keyName(key),
+        side: 'target',
+        code: status ?? (typeof code === 'string' ? code : 'UNKNOWN'),
+        deviceId: null,
+        message: err instanceof Error ? err.message : String(err),
+        chunksFailed: 1,
+      };
+      this.host.log.error({ err, ...failure, targetSdsId: args.targetSdsId, pgIndex: args.pgIndex }, 'rebuild: the target failed the copy of a chunk');
+      throw new RebuildCopyError(failure, { cause: err });
     }
-    if (response.status === SdsStatus.Ok) return;
-    if (response.status === SdsStatus.StaleEpoch) throw new ReplyError(SdsStatus.StaleEpoch, `target SDS ${args.targetSdsId} refused epoch ${epoch}`, encodeEpoch(this.epoch));
-    const statusName = Object.entries(SdsStatus).find(([, value]) => value === response.status)?.[0] ?? `status ${response.status}`;
-    throw failed('target', statusName, `target SDS ${args.targetSdsId} answered ${statusName}: ${response.payload.toString()}`);
   }
 
   /**

@@ -59,11 +59,11 @@ export interface RebuildFailure {
   chunk: string;
   /**
    * 'source': reading the copy on the source SDS failed (a bad range, a device error);
-   * 'target': the target SDS answered the copy with an error (its status and message);
-   * 'network': the target was not reached or did not answer in time.
+   * 'target': sending it failed (the target answered with an error, or was not reached:
+   * the message says which).
    */
-  side: 'source' | 'target' | 'network';
-  /** A stable code: an MB_ERR_* code or errno name (source), or the target's SdsStatus name. */
+  side: 'source' | 'target';
+  /** A stable code: an MB_ERR_* code or errno name (source), or the SdsStatus name of the failed send (target). */
   code: string;
   /** The source SDS's device that holds the chunk (side 'source'), when known. */
   deviceId: string | null;
