@@ -175,6 +175,13 @@ export const errorCodes = {
   MB_ERR_CHECKSUM: 'MB_ERR_CHECKSUM',
   /** No free chunk slot, or not enough to reserve for a thick volume. */
   MB_ERR_NO_SPACE: 'MB_ERR_NO_SPACE',
+  /**
+   * A rebuild job could not copy a chunk to its target (rebuild.ts): reading the source copy
+   * failed, the target refused or failed the copy, or the target was not reached. The job
+   * fails and its stats name the chunk, the side and the cause (RebuildFailure); the MDM
+   * orders it again after a backoff and shows it (docs/rebuild-policy.md, "A rebuild that fails").
+   */
+  MB_ERR_REBUILD_COPY: 'MB_ERR_REBUILD_COPY',
   /** No meshblock superblock on the device. */
   MB_ERR_SUPERBLOCK_MAGIC: 'MB_ERR_SUPERBLOCK_MAGIC',
   /** The superblock is truncated. */

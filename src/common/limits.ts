@@ -577,3 +577,19 @@ export const sdsMemoryBudgetBytesDefault = 256 * MiB;
 /** The smallest budget `sds start --memory-budget` takes: any smaller only serializes clients. */
 export const sdsMemoryBudgetBytesMin = 1 * MiB;
 assert(sdsMemoryBudgetBytesMin <= sdsMemoryBudgetBytesDefault && sdsMemoryBudgetBytesDefault >= wireInflightBytesMaxDefault, 'the default budget holds at least one busy connection');
+
+// --- a rebuild that fails (rebuild.ts, mdm/health.ts; docs/rebuild-policy.md) ------------------
+
+/**
+ * Chunks one rebuild job may fail to copy (a bad source copy, a target that refuses the copy)
+ * before it stops: it copies the rest of its group first, so one bad chunk leaves the rest
+ * protected; a job failing this often is failing for a reason bigger than a chunk.
+ */
+export const rebuildChunkFailuresMax = 16;
+/** A group whose rebuild job failed on a chunk is ordered again after this, doubling per failure... */
+export const rebuildRetryDelayMsMin = 1_000;
+/** ...up to this: a copy that keeps failing is tried (and logged) at most this often. */
+export const rebuildRetryDelayMsMax = 60_000;
+assert(rebuildRetryDelayMsMin < rebuildRetryDelayMsMax && rebuildRetryDelayMsMax <= 2 * rebuildOrderRepeatMs, 'a failing rebuild backs off, and is never left longer than a lost order');
+/** Failing groups the MDM lists by name in its rebuild status (dashboard, REST); all are counted. */
+export const rebuildFailingShownMax = 64;

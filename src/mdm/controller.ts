@@ -31,6 +31,30 @@ export interface RebuildStatus {
   etaSeconds: number | null;
   /** Down SDSs not yet out: their copies are re-created elsewhere at `outAtMs`. */
   pendingOut: Array<{ sdsId: Id; name: string; outAtMs: number }>;
+  /**
+   * Syncing groups whose last fill job failed on a chunk (still syncing, never counted in
+   * sync): all counted, the first rebuildFailingShownMax listed, with the chunk, the side
+   * that failed, the cause, the jobs failed in a row and when the next is ordered.
+   */
+  groupsFailing: number;
+  failing: RebuildFailingView[];
+}
+
+/** One failing fill, as the dashboard and REST show it (health.ts RebuildFailing). */
+export interface RebuildFailingView {
+  poolId: Id;
+  pgIndex: number;
+  sourceSdsId: Id;
+  targetSdsId: Id;
+  chunk: string;
+  side: 'source' | 'target';
+  code: string;
+  deviceId: string | null;
+  message: string;
+  chunksFailed: number;
+  attempts: number;
+  failedAtMs: number;
+  retryAtMs: number;
 }
 
 /** One volume of a snapshotVolumes call (ScaleIO's snapshotDefs entry). */
@@ -100,5 +124,5 @@ export interface MdmController {
 
 /** What a controller reports when nothing is rebuilding. */
 export function idleRebuildStatus(groupsTotal: number): RebuildStatus {
-  return { state: 'idle', groupsSyncing: 0, groupsTotal, percent: 100, bytesDone: 0, bytesPerSecond: 0, etaSeconds: 0, pendingOut: [] };
+  return { state: 'idle', groupsSyncing: 0, groupsTotal, percent: 100, bytesDone: 0, bytesPerSecond: 0, etaSeconds: 0, pendingOut: [], groupsFailing: 0, failing: [] };
 }

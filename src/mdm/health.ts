@@ -18,13 +18,15 @@ import {
   rebuildBytesPerSecondUnderLoadDefault,
   rebuildChunksInflightMaxDefault,
   rebuildOrderRepeatMs,
+  rebuildRetryDelayMsMax,
+  rebuildRetryDelayMsMin,
   sdcHeartbeatTimeoutMs,
   sdsRebuildChunksInflightMax,
   sdsDisconnectGraceMs,
   sdsDownAfterMsDefault,
 } from '../common/limits.js';
-import type { RebuildDone } from '../wire/mdm-ops.js';
-import type { RebuildArgs, SdsStats } from '../wire/sds-ops.js';
+import type { RebuildDone, RebuildFailure } from '../wire/mdm-ops.js';
+import type { RebuildArgs, RebuildProgress, SdsStats } from '../wire/sds-ops.js';
 import type { Id, IoPriorityPolicy, PoolGroup, StoragePool } from './model.js';
 import { isDown, type Command, type FillKind, type Observation, type StateMachine } from './state-machine.js';
 
@@ -65,6 +67,24 @@ export interface SyncedEntry {
 }
 
 /**
+ * A group whose fill keeps failing on a chunk: what the source SDS said of its last failed
+ * job, how many jobs failed in a row, and when the group is ordered again (backoff).
+ */
+export interface RebuildFailing {
+  poolId: Id;
+  pgIndex: number;
+  sourceSdsId: Id;
+  targetSdsId: Id;
+  failure: RebuildFailure;
+  /** Failed jobs in a row for this copy (since this MDM began watching it). */
+  attempts: number;
+  /** The last failed job's id: a job is counted once, however many heartbeats list it. */
+  jobId: string;
+  failedAtMs: number;
+  retryAtMs: number;
+}
+
+/**
  * What the I/O layer saw and did that the decisions need and the model does not hold. Kept
  * out of the model because none of it is durable: an MDM that restarts (or takes over)
  * starts it afresh with noteRestart(). Each map is bounded by the model (SDSs, pools,
@@ -80,10 +100,12 @@ export interface HealthObservations {
   repairedAtMs: Map<Id, number>;
   /** Finished fills by pool, accepted and not yet recorded. */
   syncedPending: Map<Id, SyncedEntry[]>;
+  /** Fills whose last job failed on a chunk, by orderKey(): retried after a backoff, shown. */
+  rebuildFailures: Map<string, RebuildFailing>;
 }
 
 export function emptyObservations(): HealthObservations {
-  return { disconnectedSinceMs: new Map(), ordersGiven: new Map(), repairing: new Set(), repairedAtMs: new Map(), syncedPending: new Map() };
+  return { disconnectedSinceMs: new Map(), ordersGiven: new Map(), repairing: new Set(), repairedAtMs: new Map(), syncedPending: new Map(), rebuildFailures: new Map() };
 }
 
 /** Which SDSs have a live, registered connection (the service's peers, the simulation's set). */
@@ -116,6 +138,8 @@ export interface HealthDecisions {
   orders: RebuildOrder[];
   /** Groups whose second copy is filling (when rebuilds were decided; else null). */
   syncingGroups: number | null;
+  /** The orderKey() of every group filling (when rebuilds were decided): failures of others are forgotten. */
+  syncingKeys?: Set<string>;
 }
 
 export function orderKey(poolId: Id, pgIndex: number, targetSdsId: Id): string {
@@ -172,7 +196,7 @@ export function decideRebuilds(input: HealthInput): HealthDecisions {
   const { machine, nowMs, connected, observations, options } = input;
   const model = machine.model;
   const epoch = model.epoch;
-  const decisions: HealthDecisions = { observations: [], fence: [], commands: [], orders: [], syncingGroups: 0 };
+  const decisions: HealthDecisions = { observations: [], fence: [], commands: [], orders: [], syncingGroups: 0, syncingKeys: new Set() };
   let syncing = 0;
   for (const pool of Object.values(model.storagePools)) {
     pool.groups.forEach((group, pgIndex) => {
@@ -182,6 +206,9 @@ export function decideRebuilds(input: HealthInput): HealthDecisions {
       const sourceSdsId = model.devices[group.primaryDevice]?.sdsId as Id;
       const targetSdsId = model.devices[group.secondaryDevice]?.sdsId as Id;
       const key = orderKey(pool.id, pgIndex, targetSdsId);
+      decisions.syncingKeys?.add(key);
+      // A job that failed on a chunk is ordered again only after its backoff.
+      if ((observations.rebuildFailures.get(key)?.retryAtMs ?? 0) > nowMs) return;
       const given = observations.ordersGiven.get(key);
       const throttle = fillThrottle(machine, pool, group, sourceSdsId, options);
       // A policy changed while the job runs: the same order again carries the new numbers,
@@ -225,6 +252,7 @@ export function decideHealth(input: HealthInput): HealthDecisions {
     commands: [...failures.commands, ...rebuilds.commands],
     orders: rebuilds.orders,
     syncingGroups: rebuilds.syncingGroups,
+    ...(rebuilds.syncingKeys !== undefined ? { syncingKeys: rebuilds.syncingKeys } : {}),
   };
 }
 
@@ -241,6 +269,46 @@ export function noteDecisions(observations: HealthObservations, decisions: Healt
     observations.repairedAtMs.set(command.poolId, nowMs);
   }
   if (decisions.syncingGroups === 0) observations.ordersGiven.clear();
+  // A copy no longer filling (in sync, or re-placed) has no failure to show or back off from.
+  const syncingKeys = decisions.syncingKeys;
+  if (syncingKeys !== undefined) for (const key of observations.rebuildFailures.keys()) if (!syncingKeys.has(key)) observations.rebuildFailures.delete(key);
+}
+
+/** How long a fill that failed `attempts` times in a row waits before it is ordered again. */
+export function rebuildRetryDelayMs(attempts: number): number {
+  return Math.min(rebuildRetryDelayMsMax, rebuildRetryDelayMsMin * 2 ** Math.min(30, Math.max(0, attempts - 1)));
+}
+
+/**
+ * A source SDS's stats list a job that failed on a chunk: counted once per job, for a group
+ * still filling from that SDS to that target at the current epoch, and backed off. Returns
+ * the entry when the job is newly counted (the caller logs it), else null. The group stays
+ * syncing: only a finished job (copiesSynced) ends its fill.
+ */
+export function noteRebuildFailed(observations: HealthObservations, machine: ModelView, sdsId: Id, job: RebuildProgress, nowMs: number): RebuildFailing | null {
+  const failure = failureOf(job);
+  if (job.state !== 'failed' || failure === null) return null;
+  const model = machine.model;
+  const group = model.storagePools[job.poolId]?.groups[job.pgIndex];
+  if (job.epoch !== model.epoch || group === undefined || group.syncing !== true || group.secondaryDevice === null) return null;
+  if (model.devices[group.primaryDevice]?.sdsId !== sdsId || model.devices[group.secondaryDevice]?.sdsId !== job.targetSdsId) return null;
+  const key = orderKey(job.poolId, job.pgIndex, job.targetSdsId);
+  const known = observations.rebuildFailures.get(key);
+  if (known?.jobId === job.jobId) return null;
+  const attempts = (known?.attempts ?? 0) + 1;
+  const entry: RebuildFailing = { poolId: job.poolId, pgIndex: job.pgIndex, sourceSdsId: sdsId, targetSdsId: job.targetSdsId, failure, attempts, jobId: job.jobId, failedAtMs: nowMs, retryAtMs: nowMs + rebuildRetryDelayMs(attempts) };
+  observations.rebuildFailures.set(key, entry);
+  return entry;
+}
+
+/** The failure a job's stats entry carries, read only when well-formed (it comes from another process). */
+function failureOf(job: RebuildProgress): RebuildFailure | null {
+  const failure = (job as { failure?: unknown }).failure;
+  if (failure === null || typeof failure !== 'object') return null;
+  const { chunk, side, code, deviceId, message, chunksFailed } = failure as Record<string, unknown>;
+  if (typeof chunk !== 'string' || typeof code !== 'string' || typeof message !== 'string') return null;
+  if (side !== 'source' && side !== 'target') return null;
+  return { chunk, side, code, deviceId: typeof deviceId === 'string' ? deviceId : null, message, chunksFailed: Number.isSafeInteger(chunksFailed) ? (chunksFailed as number) : 1 };
 }
 
 /** A repairPool command finished (applied or refused): the pool may be repaired again later. */

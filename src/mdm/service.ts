@@ -9,7 +9,7 @@
 // the health decisions (health.ts), which are pure: this file feeds them the clock and what
 // it saw, and carries out what they decide. It makes no failure or rebuild decision itself.
 
-import { barrierMapAttemptsMax, nameBytesMax, rebuildSyncedBatchMs, sdsOrderTimeoutMs, snapshotBarrierTimeoutMs } from '../common/limits.js';
+import { barrierMapAttemptsMax, nameBytesMax, rebuildFailingShownMax, rebuildSyncedBatchMs, sdsOrderTimeoutMs, snapshotBarrierTimeoutMs } from '../common/limits.js';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
@@ -28,6 +28,7 @@ import {
   noteDecisions,
   noteOrderFailed,
   noteRebuildDone,
+  noteRebuildFailed,
   noteRepairDone,
   noteRestart,
   noteSdsConnected,
@@ -515,6 +516,31 @@ export class MdmService implements MdmController {
       this.onRebuildDone(sdsId, done);
     }
     for (const key of decisions.failedOrders) noteOrderFailed(this.observations, key);
+    // A job that failed on a chunk: said loudly, once per job, and ordered again after a backoff.
+    for (const job of stats.rebuilds ?? []) {
+      const failing = noteRebuildFailed(this.observations, this.state, sdsId, job, nowMs);
+      if (failing === null) continue;
+      const { failure } = failing;
+      this.options.log.error(
+        {
+          poolId: failing.poolId,
+          pgIndex: failing.pgIndex,
+          sourceSdsId: sdsId,
+          sourceSdsName: this.state.model.sdss[sdsId]?.name,
+          targetSdsId: failing.targetSdsId,
+          targetSdsName: this.state.model.sdss[failing.targetSdsId]?.name,
+          chunk: failure.chunk,
+          side: failure.side,
+          code: failure.code,
+          deviceId: failure.deviceId,
+          chunksFailed: failure.chunksFailed,
+          error: failure.message,
+          attempts: failing.attempts,
+          retryInMs: failing.retryAtMs - nowMs,
+        },
+        `rebuild of a group failed on chunk ${failure.chunk} (${failure.side} side, ${failure.code}): the group stays on one copy; ordered again after a backoff`,
+      );
+    }
     const counted = this.countedJobs.get(sdsId);
     if (counted !== undefined) {
       const listed = new Set((stats.rebuilds ?? []).map((job) => job.jobId));
@@ -656,6 +682,7 @@ export class MdmService implements MdmController {
       .filter((sds) => isDown(sds) && sds.out !== true && this.state.sdsDevices(sds.id).length > 0)
       .map((sds) => ({ sdsId: sds.id, name: sds.name, outAtMs: (sds.downSinceMs ?? nowMs) + this.healthOptions.rebuildAfterMs }));
     const perSecond = Math.round(this.rebuildRate.perSecond);
+    const failing = [...this.observations.rebuildFailures.values()];
     return {
       state: syncing > 0 ? 'running' : pendingOut.length > 0 ? 'waiting' : 'idle',
       groupsSyncing: syncing,
@@ -665,6 +692,17 @@ export class MdmService implements MdmController {
       bytesPerSecond: perSecond,
       etaSeconds: syncing === 0 ? 0 : perSecond > 0 ? Math.ceil((syncing * bytesPerGroup) / perSecond) : null,
       pendingOut,
+      groupsFailing: failing.length,
+      failing: failing.slice(0, rebuildFailingShownMax).map((entry) => ({
+        poolId: entry.poolId,
+        pgIndex: entry.pgIndex,
+        sourceSdsId: entry.sourceSdsId,
+        targetSdsId: entry.targetSdsId,
+        ...entry.failure,
+        attempts: entry.attempts,
+        failedAtMs: entry.failedAtMs,
+        retryAtMs: entry.retryAtMs,
+      })),
     };
   }
 

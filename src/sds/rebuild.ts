@@ -28,13 +28,20 @@
 // The MDM sends a running job's order again when the policy changes: the job takes the new
 // numbers at once (the pace and the limit are read again for every chunk, and waiting
 // copies look again), without starting over.
+//
+// A chunk that cannot be copied is logged at error level and named (chunk, side, code). One
+// unreadable here is skipped: the job copies the rest of the group, then fails (the cursor
+// never passes a skipped chunk). One the target fails (or a target not reached) stops the
+// job at once: the next would most likely fail alike. Either way the job's stats carry the
+// first failure (RebuildFailure) to the MDM, which orders the group again after a backoff
+// and shows it (docs/rebuild-policy.md, "A rebuild that fails").
 
 import { parseJsonObject } from '../wire/json-payload.js';
-import { listGroupTimeoutMs, rebuildCursorSaveChunks, rebuildCursorSaveIntervalMs, rebuildPaceRecheckMs, sdsRebuildChunksInflightMax, sdsRebuildsKeptMax, sdsRebuildsRunningMax } from '../common/limits.js';
+import { listGroupTimeoutMs, rebuildChunkFailuresMax, rebuildCursorSaveChunks, rebuildCursorSaveIntervalMs, rebuildPaceRecheckMs, sdsRebuildChunksInflightMax, sdsRebuildsKeptMax, sdsRebuildsRunningMax } from '../common/limits.js';
 import * as crypto from 'node:crypto';
 import type { Logger } from 'pino';
-import { InvalidArgumentError } from '../common/errors.js';
-import type { RebuildDone } from '../wire/mdm-ops.js';
+import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import type { RebuildDone, RebuildFailure } from '../wire/mdm-ops.js';
 import type { WirePeer } from '../wire/peer.js';
 import { generationPath, idPattern, placementGroupOf, vtreeOf, type PlacementMap } from '../wire/placement.js';
 import { SdsOp, SdsStatus, IoFlag, encodeIo, encodeListGroup, decodeListedChunks, encodeEpoch, type IoArgs, type RebuildArgs, type RebuildProgress } from '../wire/sds-ops.js';
@@ -65,8 +72,21 @@ export interface RebuildHost {
   onRebuildDone?: (done: RebuildDone) => void;
 }
 
+/** A job's stats entry: the wire's, and why it failed when a chunk could not be copied. */
+export type RebuildJob = RebuildProgress & { failure?: RebuildFailure };
+
+/** One chunk could not be copied (MB_ERR_REBUILD_COPY); `failure` says which, where and why. */
+export class RebuildCopyError extends MeshblockError {
+  constructor(
+    readonly failure: RebuildFailure,
+    options?: { cause?: unknown },
+  ) {
+    super('MB_ERR_REBUILD_COPY', `rebuild copy of chunk ${failure.chunk} failed on the ${failure.side} side (${failure.code}): ${failure.message}`, options);
+  }
+}
+
 export class RebuildSource {
-  private readonly jobs = new Map<string, RebuildProgress>();
+  private readonly jobs = new Map<string, RebuildJob>();
   /** Rebuild job ids: this process's life, then a count. */
   private readonly lifeId = crypto.randomBytes(4).toString('hex');
   private jobsStarted = 0;
@@ -146,7 +166,7 @@ export class RebuildSource {
     if (group === undefined || group.primary !== this.host.sdsId || group.secondary !== args.targetSdsId) {
       throw new InvalidArgumentError('rebuild', `at epoch ${this.epoch} this SDS is not the primary of group ${args.pgIndex} with secondary ${args.targetSdsId}`);
     }
-    const progress: RebuildProgress = { jobId: `${this.lifeId}.${++this.jobsStarted}`, ...args, mode: args.mode ?? 'full', epoch, state: 'waiting', chunksDone: 0, chunksTotal: 0, bytesDone: 0, error: null };
+    const progress: RebuildJob = { jobId: `${this.lifeId}.${++this.jobsStarted}`, ...args, mode: args.mode ?? 'full', epoch, state: 'waiting', chunksDone: 0, chunksTotal: 0, bytesDone: 0, error: null };
     this.jobs.delete(jobKey);
     this.jobs.set(jobKey, progress);
     this.jobArgs.set(jobKey, args);
@@ -161,11 +181,17 @@ export class RebuildSource {
     void this.host.track(this.run(args, jobKey, progress)).catch((err: unknown) => {
       progress.state = 'failed';
       progress.error = err instanceof Error ? err.message : String(err);
-      this.host.log.warn({ err, jobKey }, 'rebuild stopped');
+      if (err instanceof RebuildCopyError) {
+        // What the MDM acts on (and shows): each failed chunk was logged as it failed.
+        progress.failure = err.failure;
+        this.host.log.error({ rebuild: jobKey, ...err.failure, targetSdsId: args.targetSdsId }, 'rebuild failed: chunks could not be copied; the MDM orders it again');
+      } else {
+        this.host.log.warn({ err, jobKey }, 'rebuild stopped');
+      }
     });
   }
 
-  private async run(args: RebuildArgs, jobKey: string, progress: RebuildProgress): Promise<void> {
+  private async run(args: RebuildArgs, jobKey: string, progress: RebuildJob): Promise<void> {
     // Adding a device re-places thousands of groups at once: run a few at a time, or the
     // targets drown in listings and every job times out.
     while (this.jobsRunning >= sdsRebuildsRunningMax) await new Promise<void>((resolve) => this.jobWaiters.push(resolve));
@@ -303,7 +329,11 @@ export class RebuildSource {
     // As many workers as a job may ever have in flight: the budget's limit, which a policy
     // change may raise while the job runs, decides how many copy at once.
     const workerCount = Math.min(sdsRebuildChunksInflightMax, keys.length);
+    // Chunks that could not be copied (skipped), and what stops every worker.
+    const failures: RebuildCopyError[] = [];
+    let stopped: Error | null = null;
     const stopIfStale = (): void => {
+      if (stopped !== null) throw stopped;
       if (this.host.isClosing()) throw new Error('SDS is shutting down; the rebuild resumes from its cursor');
       if (this.epoch !== progress.epoch) throw new Error(`placement map changed (epoch ${progress.epoch} → ${this.epoch}); the MDM orders again`);
     };
@@ -322,9 +352,21 @@ export class RebuildSource {
           await budget.pace(chunkBytes, () => this.rate(args), stopIfStale);
           if (nextIndex >= keys.length) return;
           const index = nextIndex++;
+          let copiedBytes: number;
+          try {
+            copiedBytes = await this.copyChunk(keys[index] as ChunkKey, args, progress.epoch, false);
+          } catch (err) {
+            // A chunk unreadable here is skipped (the cursor stops before it); a target that
+            // fails a copy, or too many bad chunks, stops the job.
+            if (!(err instanceof RebuildCopyError) || err.failure.side !== 'source' || failures.length + 1 >= rebuildChunkFailuresMax) {
+              if (err instanceof RebuildCopyError) failures.push(err);
+              throw err;
+            }
+            failures.push(err);
+            continue;
+          }
           // Not `bytesDone += await ...`: that reads bytesDone before the await, and the
           // other workers' additions made meanwhile would be lost.
-          const copiedBytes = await this.copyChunk(keys[index] as ChunkKey, args, progress.epoch, false);
           progress.bytesDone += copiedBytes;
           progress.chunksDone += 1;
           completed.add(index);
@@ -337,7 +379,19 @@ export class RebuildSource {
         if (contiguousDone > before) onPrefixDone?.(contiguousDone);
       }
     };
-    await Promise.all(Array.from({ length: workerCount }, () => worker()));
+    // Every worker ends before the job does: none copies on for a job already reported failed.
+    const results = await Promise.allSettled(
+      Array.from({ length: workerCount }, () =>
+        worker().catch((err: unknown) => {
+          stopped ??= err instanceof Error ? err : new Error(String(err));
+          throw err;
+        }),
+      ),
+    );
+    const first = failures[0];
+    if (first !== undefined) throw new RebuildCopyError({ ...first.failure, chunksFailed: failures.length }, { cause: first });
+    const rejected = results.find((result) => result.status === 'rejected');
+    if (rejected !== undefined) throw (rejected as PromiseRejectedResult).reason;
   }
 
   /**
@@ -365,7 +419,7 @@ export class RebuildSource {
         flags: IoFlag.Replica,
       };
       if (!held) {
-        await this.host.forward(args.targetSdsId, SdsOp.Trim, encodeIo(ioArgs), epoch);
+        await this.sendToTarget(key, args, SdsOp.Trim, encodeIo(ioArgs), epoch);
         return 0;
       }
       const payload = encodeIo(ioArgs, Buffer.alloc(0));
@@ -375,15 +429,51 @@ export class RebuildSource {
         await store.read(key, 0, withData.subarray(payload.length));
       } catch (err) {
         // The copy being rebuilt from is the only one, and bad there: the range is reported
-        // (EIO to clients, the MDM names it) and the job fails until the range is rewritten;
+        // (EIO to clients, the MDM names it) and the chunk fails until the range is rewritten;
         // copying it would make the bad bytes verify on the target.
         if (err instanceof ChecksumError) store.markUnrepairable(err.key, err.offsetBytes, err.lengthBytes);
-        throw err;
+        const code = (err as { code?: unknown }).code;
+        const failure: RebuildFailure = {
+          chunk: keyName(key),
+          side: 'source',
+          code: typeof code === 'string' ? code : 'UNKNOWN',
+          deviceId: store.deviceOf(key)?.deviceId ?? null,
+          message: err instanceof Error ? err.message : String(err),
+          chunksFailed: 1,
+        };
+        this.host.log.error({ err, ...failure, targetSdsId: args.targetSdsId, pgIndex: args.pgIndex }, 'rebuild: reading the source copy of a chunk failed; chunk skipped');
+        throw new RebuildCopyError(failure, { cause: err });
       }
-      await this.host.forward(args.targetSdsId, SdsOp.Put, withData, epoch);
+      await this.sendToTarget(key, args, SdsOp.Put, withData, epoch);
       return chunkBytes;
     } finally {
       release();
+    }
+  }
+
+  /**
+   * Sends a chunk's Put or Trim to the rebuild target. A target that fails it (answers with
+   * an error, or is not reached: the message says which) fails the chunk on the 'target'
+   * side, which stops the job: the next chunks would most likely fail alike. A stale epoch
+   * is no fault of the chunk: the job stops and the MDM orders again.
+   */
+  private async sendToTarget(key: ChunkKey, args: RebuildArgs, op: number, payload: Buffer, epoch: number): Promise<void> {
+    try {
+      await this.host.forward(args.targetSdsId, op, payload, epoch);
+    } catch (err) {
+      if (err instanceof ReplyError && err.status === SdsStatus.StaleEpoch) throw err;
+      const status = err instanceof ReplyError ? Object.entries(SdsStatus).find(([, value]) => value === err.status)?.[0] : undefined;
+      const code = (err as { code?: unknown }).code;
+      const failure: RebuildFailure = {
+        chunk: keyName(key),
+        side: 'target',
+        code: status ?? (typeof code === 'string' ? code : 'UNKNOWN'),
+        deviceId: null,
+        message: err instanceof Error ? err.message : String(err),
+        chunksFailed: 1,
+      };
+      this.host.log.error({ err, ...failure, targetSdsId: args.targetSdsId, pgIndex: args.pgIndex }, 'rebuild: the target failed the copy of a chunk');
+      throw new RebuildCopyError(failure, { cause: err });
     }
   }
 

@@ -48,6 +48,31 @@ export interface RebuildDone {
   bytesDone: number;
 }
 
+/**
+ * Why a rebuild job failed on a chunk: carried as `failure` in the failed job's entry of the
+ * source SDS's stats (SdsStats.rebuilds, sent with every heartbeat). The MDM orders the group
+ * again after a backoff and shows the failure (RebuildStatus.failing); the group stays
+ * syncing, never counted in sync, until a job of it finishes.
+ */
+export interface RebuildFailure {
+  /** The chunk's key name (chunk-store.ts keyName(): pool and V-Tree ids, chunk index, generation). */
+  chunk: string;
+  /**
+   * 'source': reading the copy on the source SDS failed (a bad range, a device error);
+   * 'target': sending it failed (the target answered with an error, or was not reached:
+   * the message says which).
+   */
+  side: 'source' | 'target';
+  /** A stable code: an MB_ERR_* code or errno name (source), or the SdsStatus name of the failed send (target). */
+  code: string;
+  /** The source SDS's device that holds the chunk (side 'source'), when known. */
+  deviceId: string | null;
+  /** The error as the SDS saw it (for logs and the dashboard; never parsed). */
+  message: string;
+  /** Chunks of the job that failed, this one (the first) included. */
+  chunksFailed: number;
+}
+
 export const SdcOp = {
   Update: 50,
 } as const;
