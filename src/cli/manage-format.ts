@@ -93,7 +93,13 @@ export function describeRebuild(rebuild: RestDashboard['health']['rebuild'], now
     return `waiting: down SDSs may return (delta rebuild) before their copies are re-created elsewhere (${next})`;
   }
   const eta = rebuild.etaSeconds === null ? '' : `, ETA ${rebuild.etaSeconds} s`;
-  return `running: ${rebuild.percent}% (${rebuild.groupsSyncing} of ${rebuild.groupsTotal} groups filling), ${formatBytes(rebuild.bytesDone)} copied, ${formatBytes(rebuild.bytesPerSecond)}/s${eta}`;
+  const running = `running: ${rebuild.percent}% (${rebuild.groupsSyncing} of ${rebuild.groupsTotal} groups filling), ${formatBytes(rebuild.bytesDone)} copied, ${formatBytes(rebuild.bytesPerSecond)}/s${eta}`;
+  // An older MDM's dashboard has no failing list.
+  const failing = rebuild.failing ?? [];
+  if ((rebuild.groupsFailing ?? 0) === 0 || failing[0] === undefined) return running;
+  const first = failing[0];
+  const retry = Math.max(0, Math.ceil((first.retryAtMs - nowMs) / 1000));
+  return `${running}; ${plural(rebuild.groupsFailing, 'group')} failing: chunk ${first.chunk} (${first.side} ${first.code}, ${plural(first.attempts, 'attempt')}, next in ${retry} s)${rebuild.groupsFailing > 1 ? ', and more (dashboard --json)' : ''}`;
 }
 
 /**
@@ -135,6 +141,7 @@ export function renderDashboard(view: RestDashboard): string {
   const unrepairable = view.integrity?.unrepairable ?? [];
   if (unrepairable.length > 0) problems.push(`${plural(unrepairable.length, 'range')} bad on both copies (IO to it fails with EIO; listed below)`);
   const rebuild = health.rebuild;
+  if ((rebuild.groupsFailing ?? 0) > 0) problems.push(`${plural(rebuild.groupsFailing, 'rebuild')} failing again and again (see Rebuild)`);
   const status = health.failedCapacityInKb > 0 || unrepairable.length > 0 ? 'FAILED' : problems.length === 0 ? 'OK' : health.degradedCapacityInKb > 0 ? 'DEGRADED' : 'ATTENTION';
   const lines = [
     `System    ${system.name} (id ${system.id}), map epoch ${system.mapEpoch}, ${system.systemVersionName}`,

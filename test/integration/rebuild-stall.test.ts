@@ -94,6 +94,10 @@ t.test('a rebuild whose source copy is bad is reported failing, retried, and fin
   const view = await dashboard();
   t.ok(view.health.rebuild.groupsSyncing >= 1, `the group still counts as syncing (${view.health.rebuild.groupsSyncing}), never as synced`);
   t.not(view.health.rebuild.state, 'idle', 'the rebuild is not idle');
+  const text = await cluster.meshblock(['dashboard']);
+  // FAILED here: the range is also bad on both copies (the other is on the SDS that is down).
+  t.match(text.stdout, /^Health    [A-Z]+: .*1 rebuild failing again and again/m, 'meshblock dashboard says so in its health line');
+  t.match(text.stdout, new RegExp(`^Rebuild   running: .*1 group failing: chunk ${chunk} \\(source MB_ERR_CHECKSUM, \\d+ attempts?, next in \\d+ s\\)`, 'm'), 'and in its rebuild line');
   const logged = cluster.mdm
     .stderr()
     .split('\n')
