@@ -14,6 +14,7 @@ packages=(
   strace               # watching fdatasync in the multi-connection flush test
   openssl              # certificates for the TLS tests
   util-linux procps    # losetup, pgrep
+  busybox-static       # the runtime-bundle test's root with no C library of its own (a static shell and tools)
   lvm2 gdisk xfsprogs fdisk  # real formats (PV, GPT, XFS, MBR) for the SDS formatted-device refusal tests
   openssh-server openssh-client  # real sshd servers (in network namespaces) for the host-setup and installer tests
   iproute2             # ip netns, veth: simulated hosts

@@ -5,7 +5,7 @@
 //   meshblock host plan  [--root DIR] [--only MODULE,...] [--json]     what apply would change
 //   meshblock host apply [--root DIR] [--only MODULE,...] [--yes] [--json]
 //   options of the modules: --dom0-mem SIZE, --sr-name NAME --sr-device /dev/nbdN,
-//                           --yes-wipe DEVICE
+//                           --yes-wipe DEVICE, --node-runtime bundled|host
 //
 // --root DIR points the modules at a directory tree instead of / (a copy of a host's files;
 // commands still run on this machine, looked up under DIR first). --host USER@HOST[:PORT]
@@ -24,7 +24,7 @@ import type { Argv } from 'yargs';
 import { InvalidArgumentError, MeshblockError, OutOfRangeError } from '../common/errors.js';
 import { dom0MemDefault, parseDom0Mem } from '../hostsetup/dom0-memory.js';
 import { checkModule, planModule, selectModules, type ModulePlan } from '../hostsetup/host-modules.js';
-import { formatArgv, HostStepError, type ApplyResult, type Finding, type Host, type HostModule, type Step } from '../hostsetup/host-module.js';
+import { formatArgv, HostStepError, nodeRuntimes, type ApplyResult, type NodeRuntime, type Finding, type Host, type HostModule, type Step } from '../hostsetup/host-module.js';
 import { lsblkInventory } from '../hostsetup/disk-inventory.js';
 import { LocalTransport } from '../hostsetup/host-transport.js';
 import { defaultIdentityFile, parseSshTarget, SshTransport } from '../hostsetup/ssh-transport.js';
@@ -49,6 +49,7 @@ export interface HostArgs {
   'sr-name': string | undefined;
   'sr-device': string | undefined;
   'yes-wipe': string | undefined;
+  'node-runtime': NodeRuntime;
 }
 
 function hostOptions(yargs: Argv, verb: 'check' | 'plan' | 'apply'): Argv<HostArgs> {
@@ -63,7 +64,8 @@ function hostOptions(yargs: Argv, verb: 'check' | 'plan' | 'apply'): Argv<HostAr
     .option('dom0-mem', { type: 'string', default: dom0MemDefault, describe: 'XenServer Dom0 memory to set (dom0_mem=SIZE,max:SIZE)', requiresArg: true })
     .option('sr-name', { type: 'string', describe: 'XenServer: the name-label of the shared LVM SR to create', requiresArg: true })
     .option('sr-device', { type: 'string', describe: 'XenServer: the attached volume (/dev/nbdN) the SR goes on', requiresArg: true })
-    .option('yes-wipe', { type: 'string', describe: 'erase every signature on DEVICE (wipefs --all) so an SDS can take it', requiresArg: true });
+    .option('yes-wipe', { type: 'string', describe: 'erase every signature on DEVICE (wipefs --all) so an SDS can take it', requiresArg: true })
+    .option('node-runtime', { choices: nodeRuntimes, default: 'bundled' as NodeRuntime, describe: "the Node meshblock will run on: bundled (meshblock install's runtime bundle: the host's Node is not needed) or host (the host's own, Node 20 or later)" });
   if (verb === 'apply') y = y.option('yes', { type: 'boolean', default: false, describe: 'apply without asking' });
   return y.check((argv) => {
     const root = argv.root as string;
@@ -88,6 +90,7 @@ async function hostFor(args: HostArgs): Promise<{ host: Host; modules: HostModul
   const options: Host['options'] = {
     dom0Mem: args['dom0-mem'],
     nbdsMax: nbdsMaxDefault,
+    nodeRuntime: args['node-runtime'],
     ...(args['sr-name'] !== undefined ? { srName: args['sr-name'] } : {}),
     ...(args['sr-device'] !== undefined ? { srDevice: args['sr-device'] } : {}),
     ...(args['yes-wipe'] !== undefined ? { wipeDevice: args['yes-wipe'] } : {}),

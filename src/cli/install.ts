@@ -132,7 +132,6 @@ export async function installCommand(args: InstallArgs): Promise<void> {
     sdsShards: parseSdsShards(args['sds-shards']),
     hostOptions: { dom0Mem: args['dom0-mem'], nbdsMax: nbdsMaxDefault },
     appRoot,
-    nodeBinary: process.execPath,
     workDir: defaultWorkDir(),
     stateDir: args['state-dir'] ?? path.join(os.homedir(), '.meshblock', 'install', plan.mdmHost.address),
     createEtcdPki,

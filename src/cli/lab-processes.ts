@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { nodeCommand } from '../common/node-command.js';
 import { LabError, type LabProcess, type LabRole } from './lab-state.js';
 import { shutdownDrainMs } from './signals.js';
 
@@ -58,7 +59,8 @@ export async function startDaemon(spec: DaemonSpec): Promise<StartedDaemon> {
   try {
     fs.writeSync(fd, `--- meshblock lab: ${new Date().toISOString()} starting ${spec.name}: meshblock ${spec.args.join(' ')}\n`);
     offsetBytes = fs.fstatSync(fd).size;
-    child = spawn(process.execPath, [meshblockEntry, ...spec.args], { cwd: spec.cwd, detached: true, stdio: ['ignore', fd, fd] });
+    const node = nodeCommand();
+    child = spawn(node.command, [...node.args, meshblockEntry, ...spec.args], { cwd: spec.cwd, detached: true, stdio: ['ignore', fd, fd] });
   } finally {
     // The child has its own descriptors now.
     fs.closeSync(fd);

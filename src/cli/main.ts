@@ -9,6 +9,7 @@ import { registerManagementCommands, registerMdmManagementCommands, registerSdcM
 import { sdcStart, sdcStartOptions, type SdcStartArgs } from './sdc-start.js';
 import { attachCommand, attachOptions, detachCommand, detachOptions, type AttachArgs, type DetachArgs } from './attach.js';
 import { installCommand, installOptions, type InstallArgs } from './install.js';
+import { bundleCommand, bundleOptions, type BundleArgs } from './bundle.js';
 import { registerLabCommands } from './lab.js';
 import { registerHostCommands } from './host.js';
 import { loadtest, loadtestCommand, loadtestDescription, loadtestOptions, type LoadtestArgs } from './loadtest.js';
@@ -102,6 +103,7 @@ export async function main(argv: string[]): Promise<void> {
   cli.command('attach [volume]', 'attach a volume as a kernel block device (/dev/nbdN) through the SDC', (y) => attachOptions(y), async (args) => attachCommand(args as unknown as AttachArgs));
   cli.command('detach <target>', 'detach a volume attached with attach (by /dev/nbdN or volume name)', (y) => detachOptions(y), async (args) => detachCommand(args as unknown as DetachArgs));
   cli.command('install', 'install and configure a whole cluster over SSH from a ScaleIO-style CSV (or print a --template)', (y) => installOptions(y), async (args) => installCommand(args as unknown as InstallArgs));
+  cli.command('bundle', "write a runtime bundle: this meshblock and this machine's Node with its own loader and libraries, runnable on any x86-64 Linux whatever its C library", (y) => bundleOptions(y), async (args) => bundleCommand(args as unknown as BundleArgs));
   cli.command(loadtestCommand, loadtestDescription, (y) => loadtestOptions(y), async (args) => loadtest(args as unknown as LoadtestArgs));
   cli
     .demandCommand(1, 'name a command (see meshblock --help)')

@@ -29,6 +29,7 @@ import { autoShardCount, shardName } from '../common/sds-shards.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { nameBytesMax, sdsShardRestartDelayMsMax, sdsShardRestartDelayMsMin, sdsShardStableMs, sdsShardsMax } from '../common/limits.js';
 import { formatHostPort, parseHostPort } from '../common/address.js';
+import { nodeCommand } from '../common/node-command.js';
 import { readStateFile } from '../sds/state.js';
 import { meshblockEntry } from './lab-processes.js';
 import { runUntilSignal, shutdownDrainMs } from './signals.js';
@@ -187,7 +188,8 @@ export async function runShards(start: ShardedStart): Promise<void> {
   const launch = (shard: Shard): void => {
     shard.restartTimer = null;
     shard.startedAtMs = Date.now();
-    const child = spawn(process.execPath, [meshblockEntry, ...shard.args], {
+    const node = nodeCommand();
+    const child = spawn(node.command, [...node.args, meshblockEntry, ...shard.args], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       env: { ...process.env, [shardEnvVar]: String(shard.index) },
     });

@@ -392,6 +392,13 @@ export const errorCodes = {
   MB_ERR_INSTALL_STEP: 'MB_ERR_INSTALL_STEP',
   /** The installer waited too long for a daemon or a registration. */
   MB_ERR_INSTALL_TIMEOUT: 'MB_ERR_INSTALL_TIMEOUT',
+
+  // --- the runtime bundle (meshblock bundle, src/hostsetup/runtime-bundle.ts) ---
+  /**
+   * The shared libraries Node needs cannot be gathered: ldd is missing or failed, names a
+   * library it cannot find, or no dynamic loader (a static Node, which needs no bundle).
+   */
+  MB_ERR_BUNDLE_LIBRARIES: 'MB_ERR_BUNDLE_LIBRARIES',
 } as const;
 
 export type ErrorCode = keyof typeof errorCodes;

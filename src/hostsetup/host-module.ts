@@ -33,7 +33,16 @@ export interface HostOptions {
   srDevice?: string;
   /** The one device the disks module may wipe (`--yes-wipe DEVICE`). */
   wipeDevice?: string;
+  /**
+   * Which Node meshblock will run on: `bundled`, the runtime bundle `meshblock install` ships
+   * (the host's own Node, or none, is then no prerequisite), or `host`, the host's own
+   * (Node 20 or later needed). Absent: `host`.
+   */
+  nodeRuntime?: NodeRuntime;
 }
+
+export const nodeRuntimes = ['bundled', 'host'] as const;
+export type NodeRuntime = (typeof nodeRuntimes)[number];
 
 export interface Host {
   transport: HostTransport;

@@ -4,9 +4,10 @@
 //
 //   query      connect to every host (host keys checked), read its OS, check each SDS device
 //              exists and holds nothing (blkid), and run the host modules' checks
-//   upload     one bundle (this meshblock: bin, dist, the native addon, production
-//              node_modules; and this Node runtime) to PREFIX on each host, unless the host
-//              has the same bundle (its hash is in PREFIX/BUNDLE)
+//   upload     the runtime bundle (runtime-bundle.ts: this meshblock, its production
+//              node_modules and native addon, and this Node with its own loader and C
+//              library, so it runs whatever the host's glibc) to PREFIX on each host, unless
+//              the host has the same bundle (its hash is in PREFIX/BUNDLE)
 //   install    the host modules (repositories, packages, LVM filter, nbd module, dom0 memory)
 //              applied; /usr/local/bin/meshblock; systemd units for the host's roles
 //   configure  with an MDM cluster (3 or 5 members: Master, Slaves, TBs), first the etcd PKI
@@ -37,8 +38,7 @@
 // without it (containers, test hosts), the daemon is started detached with a pid file in
 // /run/meshblock. Either way a daemon already running is left alone.
 
-import { createHash, randomBytes, X509Certificate } from 'node:crypto';
-import { spawn } from 'node:child_process';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -51,6 +51,7 @@ import { formatArgv, type Host, type HostOptions } from './host-module.js';
 import { selectModules } from './host-modules.js';
 import { shellQuote as quote, type HostTransport } from './host-transport.js';
 import type { InstallHost, InstallPlan } from './install-csv.js';
+import { buildRuntimeBundle, bundleCommandPath, type RuntimeBundle } from './runtime-bundle.js';
 
 export const installPhases = ['query', 'upload', 'install', 'configure'] as const;
 export type InstallPhase = (typeof installPhases)[number];
@@ -176,9 +177,8 @@ export interface InstallOptions {
   /** --sds-shards: the shard count of every SDS host not installed yet, or auto. */
   sdsShards: SdsShardsRequest;
   hostOptions: HostOptions;
-  /** The meshblock to install (this one's directory) and the Node runtime to ship. */
+  /** The meshblock to install (this one's directory), shipped with this Node as a runtime bundle. */
   appRoot: string;
-  nodeBinary: string;
   /** Where the bundle is built. */
   workDir: string;
   /**
@@ -212,87 +212,6 @@ async function sh(session: Session, script: string, timeoutMs = 120_000): Promis
     throw new InstallError('MB_ERR_INSTALL_STEP', `${session.label}: ${script.split('\n')[0]?.slice(0, 120)} failed (exit ${result.code}): ${said || 'no output'}`);
   }
   return result.stdout;
-}
-
-/** The production dependencies' directories, found from package.json files (no npm needed). */
-export function productionPackages(appRoot: string): string[] {
-  const found = new Set<string>();
-  const queue: Array<{ name: string; from: string }> = [];
-  const rootManifest = JSON.parse(fs.readFileSync(path.join(appRoot, 'package.json'), 'utf8')) as { dependencies?: Record<string, string> };
-  for (const name of Object.keys(rootManifest.dependencies ?? {})) queue.push({ name, from: appRoot });
-  while (queue.length > 0) {
-    const { name, from } = queue.shift() as { name: string; from: string };
-    // Node's resolution: the nearest node_modules up from the requiring package.
-    let dir = from;
-    let location: string | null = null;
-    for (;;) {
-      const candidate = path.join(dir, 'node_modules', name);
-      if (fs.existsSync(path.join(candidate, 'package.json'))) {
-        location = candidate;
-        break;
-      }
-      if (dir === appRoot || path.dirname(dir) === dir) break;
-      dir = path.dirname(dir);
-    }
-    if (location === null) continue; // an optional dependency not installed here
-    if (found.has(location)) continue;
-    found.add(location);
-    const manifest = JSON.parse(fs.readFileSync(path.join(location, 'package.json'), 'utf8')) as { dependencies?: Record<string, string>; optionalDependencies?: Record<string, string> };
-    for (const dependency of Object.keys({ ...manifest.dependencies, ...manifest.optionalDependencies })) queue.push({ name: dependency, from: location });
-  }
-  return [...found].map((location) => path.relative(appRoot, location)).sort();
-}
-
-function runLocal(command: string, args: string[], cwd: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new InstallError('MB_ERR_INSTALL_BUNDLE', `${command} ${args.slice(0, 3).join(' ')} failed: ${stderr.trim()}`))));
-  });
-}
-
-/** Builds the bundle tarball once; its name carries its hash. */
-export async function buildBundle(appRoot: string, nodeBinary: string, workDir: string): Promise<{ file: string; hash: string }> {
-  const staging = fs.mkdtempSync(path.join(workDir, 'bundle-'));
-  try {
-    fs.mkdirSync(path.join(staging, 'node', 'bin'), { recursive: true });
-    fs.copyFileSync(nodeBinary, path.join(staging, 'node', 'bin', 'node'));
-    fs.chmodSync(path.join(staging, 'node', 'bin', 'node'), 0o755);
-    const appEntries = ['package.json', 'bin', 'dist', 'build/Release/meshblock_native.node', ...productionPackages(appRoot)];
-    for (const entry of appEntries) {
-      if (!fs.existsSync(path.join(appRoot, entry))) throw new InstallError('MB_ERR_INSTALL_BUNDLE', `${path.join(appRoot, entry)} is missing: build meshblock first (npm ci && npm run build)`);
-      fs.cpSync(path.join(appRoot, entry), path.join(staging, 'app', entry), { recursive: true, dereference: true });
-    }
-    const hash = createHash('sha256');
-    const walk = (dir: string): void => {
-      for (const name of fs.readdirSync(dir).sort()) {
-        const full = path.join(dir, name);
-        const stat = fs.statSync(full);
-        hash.update(path.relative(staging, full));
-        if (stat.isDirectory()) walk(full);
-        else hash.update(fs.readFileSync(full));
-      }
-    };
-    walk(staging);
-    const digest = hash.digest('hex').slice(0, 16);
-    const file = path.join(workDir, `meshblock-bundle-${digest}.tar.gz`);
-    if (!fs.existsSync(file)) {
-      // Two installs at once (the work dir is shared) build the same bundle: each writes its
-      // own partial file, and the renames, atomic, leave one whole bundle whichever is last.
-      const partial = `${file}.${process.pid}-${randomBytes(4).toString('hex')}.partial`;
-      try {
-        await runLocal('tar', ['-czf', partial, '-C', staging, 'node', 'app'], workDir);
-        fs.renameSync(partial, file);
-      } finally {
-        fs.rmSync(partial, { force: true });
-      }
-    }
-    return { file, hash: digest };
-  } finally {
-    fs.rmSync(staging, { recursive: true, force: true });
-  }
 }
 
 function etcdMembers(plan: InstallPlan): MemberHost[] {
@@ -490,7 +409,7 @@ export class Installer {
   private readonly sessions = new Map<number, Session>();
   /** Each SDS host's shard count by CSV row, chosen once per run (sdsShardsOf). */
   private readonly sdsShards = new Map<number, SdsShardChoice>();
-  private bundle: { file: string; hash: string } | null = null;
+  private bundle: RuntimeBundle | null = null;
 
   constructor(private readonly options: InstallOptions) {}
 
@@ -532,7 +451,8 @@ export class Installer {
   }
 
   private hostOf(session: Session): Host {
-    return { transport: session.transport, options: this.options.hostOptions };
+    // The runtime bundle brings its own Node: the host's (or none) is no prerequisite.
+    return { transport: session.transport, options: { ...this.options.hostOptions, nodeRuntime: 'bundled' } };
   }
 
   private async query(): Promise<void> {
@@ -629,7 +549,7 @@ export class Installer {
   }
 
   private async upload(): Promise<void> {
-    this.bundle ??= await buildBundle(this.options.appRoot, this.options.nodeBinary, this.options.workDir);
+    this.bundle ??= await buildRuntimeBundle(this.options.appRoot, this.options.workDir);
     const { file, hash } = this.bundle;
     const prefix = this.options.prefix;
     await this.each(async (session) => {
@@ -652,7 +572,7 @@ export class Installer {
           `echo ${hash} > ${prefix}.new/BUNDLE`,
           `rm -rf ${prefix}.old; if [ -d ${prefix} ]; then mv ${prefix} ${prefix}.old; fi`,
           `mv ${prefix}.new ${prefix} && rm -rf ${prefix}.old ${remote}`,
-          `${prefix}/node/bin/node --version`,
+          `${prefix}/${bundleCommandPath} --version`,
         ].join('\n'),
         300_000,
       );
@@ -671,7 +591,7 @@ export class Installer {
         for (const line of result.done) this.options.report(`${session.label}: ${module.name}: ${line}`);
         for (const note of result.notes) this.options.report(`${session.label}: ${module.name}: NOTE ${note}`);
       }
-      const wrapper = `#!/bin/sh\n# meshblock, installed by meshblock install\nexec ${prefix}/node/bin/node ${prefix}/app/bin/meshblock.cjs "$@"\n`;
+      const wrapper = `#!/bin/sh\n# meshblock, installed by meshblock install: its runtime bundle's command\nexec ${prefix}/${bundleCommandPath} "$@"\n`;
       if ((await session.transport.readFile('/usr/local/bin/meshblock')) !== wrapper) await session.transport.writeFile('/usr/local/bin/meshblock', wrapper, { mode: 0o755 });
       await sh(session, `mkdir -p ${dataRoot} ${configDir} ${runDir} ${logDir} && chmod 700 ${configDir}`);
       this.options.report(`${session.label}: /usr/local/bin/meshblock (${(await sh(session, '/usr/local/bin/meshblock --version')).trim()}), roles ${rolesOf(session.host, this.options.plan).join(', ') || 'none'}`);
@@ -960,7 +880,7 @@ export class Installer {
     }
     const plans = configurePlan(this.options.plan, 'CLUSTER-ID', this.shardCounts());
     await this.each(async (session) => {
-      this.options.report(`${session.label}: upload the meshblock bundle (this meshblock and Node ${process.version}) to ${prefix}`);
+      this.options.report(`${session.label}: upload the meshblock runtime bundle (this meshblock and Node ${process.version} with its own loader and libraries) to ${prefix}`);
       for (const module of selectModules(installModules)) {
         const steps = await module.plan(this.hostOf(session)).catch((err: Error) => {
           this.options.report(`${session.label}: ${module.name}: cannot plan: ${err.message}`);

@@ -5,7 +5,11 @@
 //                      older OpenSSL; ours says so first. The MDM's own self-signed
 //                      certificate needs more: `openssl req -addext` (src/mdm/tls.ts) came
 //                      with 1.1.1, so an MDM on an older host needs --tls-cert/--tls-key.
-//   Node.js >= 20      meshblock's runtime.
+//   Node.js >= 20      meshblock's runtime, when it is to run on the host's own Node
+//                      (nodeRuntime 'host'). With the runtime bundle meshblock install
+//                      ships (nodeRuntime 'bundled', what install and host check assume)
+//                      the host's Node is only reported: the bundle brings its own, with
+//                      its own C library.
 //   nbd-client         to attach volumes (meshblock attach), from the packages module.
 
 import { applySteps, isNotFound, resolveTool, toolLabel, type ApplyResult, type Finding, type Host, type HostModule, type Step } from './host-module.js';
@@ -64,11 +68,14 @@ async function opensslItem(host: Host): Promise<Item> {
 async function nodeItem(host: Host): Promise<Item> {
   const tool = await resolveTool(host, 'node');
   const result = await host.transport.run(tool.command, ['--version']);
+  const bundled = host.options.nodeRuntime === 'bundled';
   const install = `install Node.js ${nodeMajorMin} or later (https://nodejs.org; meshblock install uploads one)`;
-  if (isNotFound(result)) return { ok: false, line: `node: not installed: ${install}` };
+  // With the bundle, what the host's Node is does not matter: said, never failed.
+  const item = (line: string): Item => (bundled ? { ok: true, line: `${line.replace(/: install Node\.js.*$/, '')} (not needed: meshblock install ships its runtime bundle)` } : { ok: false, line });
+  if (isNotFound(result)) return item(`node: not installed: ${install}`);
   const match = /^v(\d+)\.(\d+)\.(\d+)/.exec(result.stdout.trim());
-  if (result.code !== 0 || match === null) return { ok: false, line: `node (${toolLabel(tool)}): cannot read its version from '${result.stdout.trim() || result.stderr.trim()}': ${install}` };
-  if (Number(match[1]) < nodeMajorMin) return { ok: false, line: `node: ${result.stdout.trim()} is older than ${nodeMajorMin}: ${install}` };
+  if (result.code !== 0 || match === null) return item(`node (${toolLabel(tool)}): cannot read its version from '${result.stdout.trim() || result.stderr.trim()}': ${install}`);
+  if (Number(match[1]) < nodeMajorMin) return item(`node: ${result.stdout.trim()} is older than ${nodeMajorMin}: ${install}`);
   return { ok: true, line: `node: ${result.stdout.trim()} (${toolLabel(tool)})` };
 }
 
@@ -83,7 +90,7 @@ async function nbdClientItem(host: Host): Promise<Item> {
 
 export const prereqsModule: HostModule = {
   name: 'prereqs',
-  description: `OpenSSL >= ${opensslVersionMin.join('.')}, Node.js >= ${nodeMajorMin} and nbd-client present (check only)`,
+  description: `OpenSSL >= ${opensslVersionMin.join('.')}, nbd-client present, and Node.js >= ${nodeMajorMin} unless the runtime bundle is shipped (check only)`,
 
   async check(host: Host): Promise<Finding> {
     const items = [await opensslItem(host), await nodeItem(host), await nbdClientItem(host)];

@@ -328,7 +328,6 @@ function configureOnly(
     sdsShards: more.sdsShards ?? 'auto',
     hostOptions: { dom0Mem: '4096M', nbdsMax: 16 },
     appRoot: '/nonexistent',
-    nodeBinary: process.execPath,
     workDir: stateDir,
     stateDir,
     createEtcdPki,

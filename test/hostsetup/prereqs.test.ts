@@ -23,6 +23,21 @@ t.test('XenServer 7 (OpenSSL 1.0.2k, no Node): OpenSSL passes with the MDM note,
   t.same(await prereqsModule.plan(makeHost(testRoot)), [], 'nothing it can do');
 });
 
+t.test('with the runtime bundle (install, host check by default) no Node or an old one is said, not failed', async (t) => {
+  const testRoot = copyFixture(t.testdir(), 'xenserver');
+  stub(testRoot, '/usr/bin/openssl', 'echo "OpenSSL 1.0.2k-fips  26 Jan 2017"');
+  stub(testRoot, '/usr/sbin/nbd-client', 'echo "This is nbd-client, from nbd 3.14" >&2; exit 1');
+  putFile(testRoot, '/usr/bin/node', '', 0o644);
+  const finding = await prereqsModule.check(makeHost(testRoot, { nodeRuntime: 'bundled' }));
+  t.equal(finding.ok, true, finding.summary);
+  t.equal(finding.details[1], 'node: not installed (not needed: meshblock install ships its runtime bundle)');
+  stub(testRoot, '/usr/bin/node', 'echo v10.24.1');
+  const old = await prereqsModule.check(makeHost(testRoot, { nodeRuntime: 'bundled' }));
+  t.equal(old.ok, true);
+  t.equal(old.details[1], 'node: v10.24.1 is older than 20 (not needed: meshblock install ships its runtime bundle)');
+  t.equal((await prereqsModule.check(makeHost(testRoot))).ok, false, "with the host's Node (the default of the module) it fails as before");
+});
+
 t.test('OpenSSL older than 1.0.2 fails early and says why', async (t) => {
   const testRoot = copyFixture(t.testdir(), 'centos7');
   stub(testRoot, '/usr/bin/openssl', 'echo "OpenSSL 1.0.1e-fips 11 Feb 2013"');
