@@ -2,7 +2,7 @@
 // journal, SDS and SDC connections). The REST layer validates and translates requests
 // into commands and calls these; it never touches the model directly except to read.
 
-import type { VolumeQosStats } from '../wire/mdm-ops.js';
+import type { RebuildFailure, VolumeQosStats } from '../wire/mdm-ops.js';
 import type { SdsStats } from '../wire/sds-ops.js';
 import type { Id } from './model.js';
 import type { Applied, Command, StateMachine } from './state-machine.js';
@@ -40,18 +40,12 @@ export interface RebuildStatus {
   failing: RebuildFailingView[];
 }
 
-/** One failing fill, as the dashboard and REST show it (health.ts RebuildFailing). */
-export interface RebuildFailingView {
+/** One failing fill, as the dashboard and REST show it (health.ts RebuildFailing): the SDS's failure and where and when. */
+export interface RebuildFailingView extends RebuildFailure {
   poolId: Id;
   pgIndex: number;
   sourceSdsId: Id;
   targetSdsId: Id;
-  chunk: string;
-  side: 'source' | 'target';
-  code: string;
-  deviceId: string | null;
-  message: string;
-  chunksFailed: number;
   attempts: number;
   failedAtMs: number;
   retryAtMs: number;

@@ -43,15 +43,21 @@ function input(machine: StateMachine, nowMs: number, observations: HealthObserva
   return { machine, nowMs, connected: new Set(allSds), observations, options };
 }
 
-const failure: RebuildFailure = { chunk: 'c:1:0', side: 'source', code: 'MB_ERR_CHECKSUM', deviceId: deviceId(0), message: 'bad block', chunksFailed: 1 };
-
-t.test('a job failed on a chunk: counted once per job, ordered again after a doubling backoff, the group still syncing', async (t) => {
+/** A pool filling a group, and the MDM's first order for it. */
+function firstOrder() {
   const { machine, pool } = filling();
   const observations = emptyObservations();
   const first = decideRebuilds(input(machine, t0, observations));
   noteDecisions(observations, first, t0);
   const order = first.orders[0];
   if (order === undefined) throw new Error('no order');
+  return { machine, pool, observations, first, order };
+}
+
+const failure: RebuildFailure = { chunk: 'c:1:0', side: 'source', code: 'MB_ERR_CHECKSUM', deviceId: deviceId(0), message: 'bad block', chunksFailed: 1 };
+
+t.test('a job failed on a chunk: counted once per job, ordered again after a doubling backoff, the group still syncing', async (t) => {
+  const { machine, pool, observations, first, order } = firstOrder();
   const syncing = first.syncingGroups;
   const job = (jobId: string, nowEpoch = machine.model.epoch): RebuildProgress & { failure: RebuildFailure } => ({
     jobId,
@@ -103,12 +109,7 @@ t.test('a job failed on a chunk: counted once per job, ordered again after a dou
 });
 
 t.test('a failed job without a chunk failure (a map change, a shutdown) is ordered again at once, as before', async (t) => {
-  const { machine, pool } = filling();
-  const observations = emptyObservations();
-  const first = decideRebuilds(input(machine, t0, observations));
-  noteDecisions(observations, first, t0);
-  const order = first.orders[0];
-  if (order === undefined) throw new Error('no order');
+  const { machine, pool, observations, order } = firstOrder();
   const listed: RebuildProgress = { jobId: '1.1', poolId: pool, pgIndex: order.args.pgIndex, targetSdsId: order.args.targetSdsId, state: 'failed', mode: 'full', epoch: machine.model.epoch, chunksDone: 0, chunksTotal: 1, bytesDone: 0, error: 'SDS is shutting down' };
   const stats: SdsStats = { sdsId: order.sourceSdsId, name: 'x', epoch: machine.model.epoch, chunkBytes: 1 << 20, devices: [], reservedBytes: 0, rebuilds: [listed] };
   for (const key of decideOnHeartbeat(machine, order.sourceSdsId, stats, t0 + 100)?.failedOrders ?? []) noteOrderFailed(observations, key);
