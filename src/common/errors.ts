@@ -47,11 +47,7 @@ export const errorCodes = {
   MB_ERR_POOL_EMPTY: 'MB_ERR_POOL_EMPTY',
   /** The pool has no placement yet (devices on fewer than two SDSs): it cannot hold volumes. */
   MB_ERR_POOL_NOT_READY: 'MB_ERR_POOL_NOT_READY',
-  /**
-   * The SDS would be in another fault set (or none) than an SDS with the same host label in its
-   * protection domain: with fault sets in use, the SDSs of one host must share one. The message
-   * names both SDSs, the host and both fault sets.
-   */
+  /** An SDS would be in another fault set (or none) than an SDS of its host label in its protection domain; the message names both, the host and the sets. */
   MB_ERR_HOST_FAULT_SET: 'MB_ERR_HOST_FAULT_SET',
   /** An SDS of the pool is down: the change must wait until it returns or is rebuilt around. */
   MB_ERR_POOL_DEGRADED: 'MB_ERR_POOL_DEGRADED',
@@ -175,12 +171,7 @@ export const errorCodes = {
   MB_ERR_CHECKSUM: 'MB_ERR_CHECKSUM',
   /** No free chunk slot, or not enough to reserve for a thick volume. */
   MB_ERR_NO_SPACE: 'MB_ERR_NO_SPACE',
-  /**
-   * A rebuild job could not copy a chunk to its target (rebuild.ts): reading the source copy
-   * failed, the target refused or failed the copy, or the target was not reached. The job
-   * fails and its stats name the chunk, the side and the cause (RebuildFailure); the MDM
-   * orders it again after a backoff and shows it (docs/rebuild-policy.md, "A rebuild that fails").
-   */
+  /** A rebuild job could not copy a chunk (source read or target copy failed); its stats name the chunk, side and cause, and the MDM retries it after a backoff. */
   MB_ERR_REBUILD_COPY: 'MB_ERR_REBUILD_COPY',
   /** No meshblock superblock on the device. */
   MB_ERR_SUPERBLOCK_MAGIC: 'MB_ERR_SUPERBLOCK_MAGIC',
@@ -394,10 +385,7 @@ export const errorCodes = {
   MB_ERR_INSTALL_TIMEOUT: 'MB_ERR_INSTALL_TIMEOUT',
 
   // --- the runtime bundle (meshblock bundle, src/hostsetup/runtime-bundle.ts) ---
-  /**
-   * The shared libraries Node needs cannot be gathered: ldd is missing or failed, names a
-   * library it cannot find, or no dynamic loader (a static Node, which needs no bundle).
-   */
+  /** The shared libraries Node needs cannot be gathered: ldd missing or failed, a library not found, or no dynamic loader. */
   MB_ERR_BUNDLE_LIBRARIES: 'MB_ERR_BUNDLE_LIBRARIES',
 } as const;
 
