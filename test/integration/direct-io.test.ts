@@ -29,7 +29,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
 import type { DeviceStats } from '../../src/wire/sds-ops.js';
-import { restartSds, startCluster, type Cluster } from '../helpers/cluster.js';
+import { restartSds, startCluster, until, type Cluster } from '../helpers/cluster.js';
 import { expectClean, fioVerify, fioVerifyOnly, untilWhole } from '../helpers/fault-load.js';
 import { sparseFile } from '../helpers/files.js';
 import { loopDevices, loopDevicesUnavailable } from '../helpers/loop-devices.js';
@@ -49,8 +49,10 @@ async function devicesOf(t: Test, cluster: Cluster, sds: SdsHandle): Promise<Dev
 }
 
 /** The `sds ready` line says how each device does its IO (the field's shape is the SDS's; the value is what counts). */
-function readyLineSays(sds: SdsHandle, io: 'direct' | 'buffered'): boolean {
-  return logged(sds.stderr(), 'sds ready').some((entry) => JSON.stringify(entry).includes(`"io":"${io}"`));
+async function readyLineSays(sds: SdsHandle, io: 'direct' | 'buffered'): Promise<boolean> {
+  // The log is written asynchronously (pino): the line may reach stderr after the ready line on stdout.
+  const says = (): boolean => logged(sds.stderr(), 'sds ready').some((entry) => JSON.stringify(entry).includes(`"io":"${io}"`));
+  return (await until('the sds ready log line', async () => (says() ? true : undefined), 10_000).catch(() => false)) === true;
 }
 
 /**
@@ -109,7 +111,7 @@ t.test('a cluster on direct loop devices (512- and 4096-byte sectors) stores exa
     for (const [index, sds] of cluster.sds.entries()) {
       const devices = await devicesOf(t, cluster, sds);
       t.same(devices.map((device) => [device.path, device.io]), [[loops[index]?.device, 'direct']], `${sds.name}: ${loops[index]?.device} (${loops[index]?.sectorBytes}-byte sectors) in direct IO`);
-      t.ok(readyLineSays(sds, 'direct'), `${sds.name}: its sds ready line says direct`);
+      t.ok(await readyLineSays(sds, 'direct'), `${sds.name}: its sds ready line says direct`);
     }
   });
 
@@ -219,7 +221,7 @@ t.test('a device that refuses O_DIRECT (ramfs): --io direct names it and fails, 
   const device = (await getStats(peer)).devices[0];
   t.equal(device?.io, 'buffered', '--io auto runs the ramfs device buffered');
   t.match(device?.ioReason ?? '', /O_DIRECT|direct/i, `and says why in its stats: ${device?.ioReason}`);
-  t.ok(readyLineSays(sds, 'buffered'), 'its sds ready line says buffered');
+  t.ok(await readyLineSays(sds, 'buffered'), 'its sds ready line says buffered');
   const warnings = sds.stderr().split('\n').filter((line) => line.includes(autoDevice) && /"level":40/.test(line));
   t.ok(warnings.some((line) => /buffered|page cache/i.test(line) && /O_DIRECT/.test(line)), `a warning names the device, says it runs buffered and why: ${warnings[0] ?? 'none'}`);
 
