@@ -128,7 +128,12 @@ async function tinyTmpfs(t: Test, sizeBytes: number): Promise<string | { unavail
 
 async function failingDeviceCase(t: Test, kind: 'loop' | 'file', io?: SdsIoMode): Promise<void> {
   const dir = t.testdir();
-  const tiny = await tinyTmpfs(t, 24 * MiB);
+  // Room for what the SDS writes before the first client write: on a loop device over tmpfs
+  // the kernel zeroes by writing zero pages (tmpfs has no zero-range), and the chunk store's
+  // zeroed pool (32 slots of 1 MiB) fills in the background at start. With less room, the
+  // pool's writes could fill the tmpfs first, and the first client write's fdatasync would
+  // be told of their EIO (a flaky CI run).
+  const tiny = await tinyTmpfs(t, 48 * MiB);
   if (typeof tiny !== 'string') {
     t.skip(tiny.unavailable, () => undefined);
     return;
