@@ -12,6 +12,7 @@ import type { Level } from 'pino';
 import type { Argv } from 'yargs';
 import { formatHostPort, parseHostPort, parseHostPortList } from '../common/address.js';
 import { InvalidArgumentError } from '../common/errors.js';
+import { isName, nameRule } from '../common/names.js';
 import { formatBytes, parseSizeBytes } from '../common/units.js';
 import { ChunkStore } from '../sds/chunk-store.js';
 import { deviceIoRequests, type DeviceIoRequest } from '../sds/device.js';
@@ -105,11 +106,9 @@ function parseMemoryBudget(value: string, shards: number): number {
   return Math.floor(bytes / shards);
 }
 
-/** Names and host labels: 1 to nameBytesMax letters, digits, '.', '_' or '-', not starting with a sign. */
+/** Names and host labels follow the MDM's rule (common/names.ts). */
 function checkLabel(flag: string, value: string): void {
-  if (Buffer.byteLength(value) > nameBytesMax || !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(value)) {
-    throw new InvalidArgumentError(flag, `must be 1 to ${nameBytesMax} letters, digits, '.', '_' or '-', not '${value}'`);
-  }
+  if (!isName(value)) throw new InvalidArgumentError(flag, `must be ${nameRule}, not '${value}'`);
 }
 
 function devicePaths(values: readonly (string | number)[]): string[] {

@@ -8,12 +8,12 @@
 // errors name the whole path: "snapshotDefs[1].volumeId: must be an id ..."
 
 import { InvalidArgumentError } from '../common/errors.js';
+import { isName, nameRule } from '../common/names.js';
 import { idPattern } from '../wire/placement.js';
 import { devicePathBytesMax, nameBytesMax } from '../common/limits.js';
 import { volumeNamePattern, volumeNameRule } from './state-machine.js';
 
 /** The state machine's rule for names, checked here so the error names the REST field. */
-const namePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
 export interface IntegerRange {
   min: number;
@@ -185,8 +185,8 @@ export function parseInteger(field: string, value: unknown, range: IntegerRange)
 }
 
 export function checkName(field: string, name: string): void {
-  if (name.length === 0 || Buffer.byteLength(name) > nameBytesMax || !namePattern.test(name)) {
-    throw new InvalidArgumentError(field, `must be 1 to ${nameBytesMax} letters, digits, '_', '.' or '-', starting with a letter or digit, got '${truncate(name)}'`);
+  if (!isName(name)) {
+    throw new InvalidArgumentError(field, `must be ${nameRule}, got '${truncate(name)}'`);
   }
 }
 

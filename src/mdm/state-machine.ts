@@ -49,6 +49,7 @@ import {
   type VTree,
 } from './model.js';
 import { failureDomainOf, failureDomainsNoun, planPlacement, type PlannerDevice } from './placement-planner.js';
+import { isName, nameRule } from '../common/names.js';
 import { ioPriorityBandwidthPerDeviceKbpsDefault, ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceDefault, ioPriorityConcurrentIosPerDeviceMax, nameBytesMax, pgCountDefault, pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax, sparePercentDefault, volumeGranularityBytesDefault, vtreeGenerationsMax } from '../common/limits.js';
 
 /** A refused command: `code` is stable, `httpStatus` is what the REST API answers. */
@@ -64,7 +65,6 @@ export class MdmError extends MeshblockError {
   }
 }
 
-const namePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
 /**
  * Volume (and snapshot) names: ScaleIO's 31 characters, and the base64 alphabet in them
@@ -1558,8 +1558,8 @@ export class StateMachine {
   }
 
   private checkName(field: string, name: string): void {
-    if (typeof name !== 'string' || name.length === 0 || Buffer.byteLength(name) > nameBytesMax || !namePattern.test(name)) {
-      throw invalid(field, `must be 1 to ${nameBytesMax} letters, digits, '_', '.' or '-', starting with a letter or digit`);
+    if (typeof name !== 'string' || !isName(name)) {
+      throw invalid(field, `must be ${nameRule}`);
     }
   }
 

@@ -22,8 +22,9 @@
 
 import { parseJsonObject } from './json-payload.js';
 import { InvalidArgumentError, isMeshblockCode, type MeshblockCode } from '../common/errors.js';
+import { isName, nameRule } from '../common/names.js';
 import { idPattern, type PlacementMap } from './placement.js';
-import { nameBytesMax, refusalQuoteCharsMax } from '../common/limits.js';
+import { refusalQuoteCharsMax } from '../common/limits.js';
 
 export const MdmOp = {
   RegisterSds: 40,
@@ -101,10 +102,6 @@ export interface SdsRegistration {
   host?: string;
 }
 
-/** What an SDS name and a host label may be (the MDM's name rule). */
-export const hostLabelPattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-export const hostLabelRule = `1 to ${nameBytesMax} letters, digits, '_', '.' or '-', starting with a letter or digit`;
-
 export function parseSdsRegistration(payload: Buffer): SdsRegistration {
   const entry = parseJsonObject<SdsRegistration>(payload, 'registration');
   if (typeof entry.sdsId !== 'string' || !idPattern.test(entry.sdsId)) throw new InvalidArgumentError('registration.sdsId', 'must be 16 hex digits');
@@ -118,8 +115,8 @@ export function parseSdsRegistration(payload: Buffer): SdsRegistration {
     return { deviceId: device.deviceId, path: device.path, capacityBytes: device.capacityBytes as number };
   });
   if (entry.host === undefined) return { sdsId: entry.sdsId, name: entry.name, address: entry.address, devices };
-  if (typeof entry.host !== 'string' || Buffer.byteLength(entry.host) > nameBytesMax || !hostLabelPattern.test(entry.host)) {
-    throw new InvalidArgumentError('registration.host', `must be ${hostLabelRule}, got ${JSON.stringify(entry.host).slice(0, refusalQuoteCharsMax)}`);
+  if (typeof entry.host !== 'string' || !isName(entry.host)) {
+    throw new InvalidArgumentError('registration.host', `must be ${nameRule}, got ${JSON.stringify(entry.host).slice(0, refusalQuoteCharsMax)}`);
   }
   return { sdsId: entry.sdsId, name: entry.name, address: entry.address, devices, host: entry.host };
 }
