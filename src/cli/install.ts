@@ -17,7 +17,8 @@ import { sdsShardsMax } from '../common/limits.js';
 import { parseSizeBytes } from '../common/units.js';
 import { dom0MemDefault, parseDom0Mem } from '../hostsetup/dom0-memory.js';
 import { installCsvTemplate, parseInstallCsv, type InstallHost } from '../hostsetup/install-csv.js';
-import { defaultWorkDir, Installer, installPhases, installPrefixDefault, parseSdsShards, type InstallPhase, type InstallVolume } from '../hostsetup/installer.js';
+import { defaultWorkDir, Installer, installPhases, installPrefixDefault, type InstallPhase, type InstallVolume } from '../hostsetup/installer.js';
+import { parseShardCount } from '../common/sds-shards.js';
 import { nbdsMaxDefault } from '../hostsetup/nbd-attach.js';
 import { defaultIdentityFile, SshTransport } from '../hostsetup/ssh-transport.js';
 import { createEtcdPki } from '../mdm/etcd-pki.js';
@@ -69,7 +70,7 @@ export function installOptions(yargs: Argv): Argv<InstallArgs> {
       parsePhases(argv.phase as string[] | undefined);
       parseVolumes(argv.volume as string[] | undefined);
       parseDom0Mem('--dom0-mem', argv['dom0-mem'] as string);
-      parseSdsShards(argv['sds-shards'] as string);
+      parseShardCount('--sds-shards', argv['sds-shards'] as string);
       if (!(argv.prefix as string).startsWith('/')) throw new InvalidArgumentError('--prefix', 'must be an absolute path');
       return true;
     }) as unknown as Argv<InstallArgs>;
@@ -129,7 +130,7 @@ export async function installCommand(args: InstallArgs): Promise<void> {
     dryRun: args['dry-run'],
     prefix: args.prefix,
     volumes: parseVolumes(args.volume),
-    sdsShards: parseSdsShards(args['sds-shards']),
+    sdsShards: parseShardCount('--sds-shards', args['sds-shards']),
     hostOptions: { dom0Mem: args['dom0-mem'], nbdsMax: nbdsMaxDefault },
     appRoot,
     workDir: defaultWorkDir(),

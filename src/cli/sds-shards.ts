@@ -25,7 +25,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { replaceFileDurably } from '../common/durable-file.js';
-import { autoShardCount, shardName } from '../common/sds-shards.js';
+import { autoShardCount, shardName, type ShardCountRequest } from '../common/sds-shards.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { nameBytesMax, sdsShardRestartDelayMsMax, sdsShardRestartDelayMsMin, sdsShardStableMs, sdsShardsMax } from '../common/limits.js';
 import { formatHostPort, parseHostPort } from '../common/address.js';
@@ -52,15 +52,6 @@ export interface ShardsFile {
   shards: number;
   /** Device path -> shard (1..shards), for the devices named on the command line. */
   devices: Record<string, number>;
-}
-
-/** Parses --shards: a count from 1 to sdsShardsMax, or 'auto'. */
-export function parseShardsOption(value: string): number | 'auto' {
-  if (value === 'auto') return 'auto';
-  if (!/^\d+$/.test(value) || Number(value) < 1 || Number(value) > sdsShardsMax) {
-    throw new InvalidArgumentError('--shards', `must be auto or a count from 1 to ${sdsShardsMax}, not '${value}'`);
-  }
-  return Number(value);
 }
 
 export function readShardsFile(dataDir: string): ShardsFile | null {
@@ -105,6 +96,8 @@ export interface ShardedStart {
   listen: string;
   secretFile: string;
   host: string;
+  /** DATA-DIR/shards.json as resolveShardCount read it: null at the first start. */
+  remembered: ShardsFile | null;
   /** Arguments every shard gets as they are (--mdm, --cluster-id, --io, ...). */
   passOn: string[];
   log: Logger;
@@ -112,22 +105,23 @@ export interface ShardedStart {
 
 /**
  * The shard count this start runs with: the one remembered in DATA-DIR (a different --shards
- * is refused), else --shards (auto resolved). 1 means one plain SDS process.
+ * is refused), else --shards (auto resolved). 1 means one plain SDS process. With what was
+ * remembered, which runShards goes on from.
  */
-export function resolveShardCount(dataDir: string, requested: number | 'auto' | undefined, devicesNamed: number, singleProcessState: boolean): number {
+export function resolveShardCount(dataDir: string, requested: ShardCountRequest | undefined, devicesNamed: number, singleProcessState: boolean): { shards: number; remembered: ShardsFile | null } {
   const remembered = readShardsFile(dataDir);
   if (remembered !== null) {
     const wanted = requested === 'auto' || requested === undefined ? remembered.shards : requested;
     if (wanted !== remembered.shards) {
       throw new InvalidArgumentError('--shards', `${dataDir} holds an SDS of ${remembered.shards} shards, each with its own devices and data; it cannot become ${wanted} (start it with --shards ${remembered.shards}, or remove it from the cluster and start a new one)`);
     }
-    return remembered.shards;
+    return { shards: remembered.shards, remembered };
   }
   const count = requested === undefined ? 1 : requested === 'auto' ? autoShardCount(os.availableParallelism(), devicesNamed > 0 ? devicesNamed : null) : requested;
   if (count > 1 && singleProcessState) {
     throw new InvalidArgumentError('--shards', `${dataDir} holds a one-process SDS whose devices hold its data; it cannot be split into shards (start it without --shards, or remove it from the cluster and start a new one in another data directory)`);
   }
-  return count;
+  return { shards: count, remembered: null };
 }
 
 interface Shard {
@@ -153,7 +147,7 @@ export async function runShards(start: ShardedStart): Promise<void> {
   if (listen.port !== 0 && listen.port + start.shards - 1 > 65535) {
     throw new InvalidArgumentError('--listen', `shard ports ${listen.port} to ${listen.port + start.shards - 1} go past 65535`);
   }
-  const file = assignDevices(readShardsFile(start.dataDir) ?? { shards: start.shards, devices: {} }, start.devices);
+  const file = assignDevices(start.remembered ?? { shards: start.shards, devices: {} }, start.devices);
   replaceFileDurably(path.join(start.dataDir, shardsFileName), JSON.stringify(file, null, 1));
 
   const shards: Shard[] = [];

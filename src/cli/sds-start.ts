@@ -23,7 +23,8 @@ import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';
 import { lockDataDir } from './pid-lock.js';
 import { readSecretFile } from './secret.js';
-import { parseShardsOption, resolveShardCount, runShards, shardEnvVar, type ShardReady } from './sds-shards.js';
+import { parseShardCount } from '../common/sds-shards.js';
+import { resolveShardCount, runShards, shardEnvVar, type ShardReady } from './sds-shards.js';
 import { runUntilSignal } from './signals.js';
 
 export interface SdsStartArgs {
@@ -84,7 +85,7 @@ export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
       if (argv['memory-budget'] !== undefined) parseMemoryBudget(argv['memory-budget'], 1);
       checkLabel('--name', argv.name);
       if (argv.host !== undefined) checkLabel('--host', argv.host);
-      if (argv.shards !== undefined) parseShardsOption(argv.shards);
+      if (argv.shards !== undefined) parseShardCount('--shards', argv.shards);
       parseHostPort('--listen', argv.listen);
       const chunkBytes = parseSizeBytes('--chunk-size', argv['chunk-size']);
       if (chunkBytes < 65536 || chunkBytes > 64 * 1024 * 1024 || (chunkBytes & (chunkBytes - 1)) !== 0) {
@@ -124,12 +125,12 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   const secret = readSecretFile('--secret-file', secretFile);
   const chunkBytes = parseSizeBytes('--chunk-size', args['chunk-size']);
   const loaded = loadState(dataDir);
-  const named = devicePaths(args.device ?? []).map((device) => path.resolve(device));
-  const shards = resolveShardCount(dataDir, args.shards === undefined ? undefined : parseShardsOption(args.shards), new Set(named).size, loaded !== null);
+  const named = [...new Set(devicePaths(args.device ?? []).map((device) => path.resolve(device)))];
+  const { shards, remembered } = resolveShardCount(dataDir, args.shards === undefined ? undefined : parseShardCount('--shards', args.shards), named.length, loaded !== null);
   if (shards > 1) {
     const host = args.host ?? os.hostname();
     checkLabel('--host (the hostname, its default with shards)', host);
-    await runShards({ name: args.name, dataDir, shards, devices: [...new Set(named)], listen: args.listen, secretFile: path.resolve(secretFile), host, passOn: shardPassOn(args, shards), log });
+    await runShards({ name: args.name, dataDir, shards, devices: named, listen: args.listen, secretFile: path.resolve(secretFile), host, remembered, passOn: shardPassOn(args, shards), log });
     return;
   }
   // A shard stops when its supervisor closes the IPC channel or is gone, however that went

@@ -1,7 +1,21 @@
-// The two rules of SDS shards (docs/cores.md) that both `sds start --shards` (cli/sds-shards.ts)
-// and the installer (hostsetup/installer.ts) follow: how many by default, and their names.
+// The rules of SDS shards (docs/cores.md) that both `sds start --shards` (cli/sds-shards.ts)
+// and the installer (hostsetup/installer.ts, `install --sds-shards`) follow: the counts asked
+// for, how many by default, and their names.
 
+import { InvalidArgumentError } from './errors.js';
 import { sdsShardsMax } from './limits.js';
+
+/** A shard count as asked for: a count, or `auto` (autoShardCount decides). */
+export type ShardCountRequest = number | 'auto';
+
+/** Reads `flag`'s value: `auto`, or a count from 1 to sdsShardsMax. */
+export function parseShardCount(flag: string, text: string): ShardCountRequest {
+  if (text === 'auto') return 'auto';
+  if (!/^[0-9]+$/.test(text) || Number(text) < 1 || Number(text) > sdsShardsMax) {
+    throw new InvalidArgumentError(flag, `must be auto or a count from 1 to ${sdsShardsMax}, not '${text}'`);
+  }
+  return Number(text);
+}
 
 /**
  * `--shards auto`: half the host's cores for storage (the rest for VMs and the SDC), at most

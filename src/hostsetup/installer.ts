@@ -44,9 +44,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { isIP } from 'node:net';
 import { formatHostPort } from '../common/address.js';
-import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
-import { nameBytesMax, sdsShardsMax } from '../common/limits.js';
-import { autoShardCount, shardName } from '../common/sds-shards.js';
+import { MeshblockError } from '../common/errors.js';
+import { nameBytesMax } from '../common/limits.js';
+import { autoShardCount, shardName, type ShardCountRequest } from '../common/sds-shards.js';
 import { formatArgv, type Host, type HostOptions } from './host-module.js';
 import { selectModules } from './host-modules.js';
 import { shellQuote as quote, type HostTransport } from './host-transport.js';
@@ -91,27 +91,6 @@ const startWaitMs = 60_000;
 const installModules = ['yum-repos', 'packages', 'prereqs', 'lvm-filter', 'nbd-module', 'dom0-memory'];
 
 export class InstallError extends MeshblockError {}
-
-/** `install --sds-shards`: a shard count for every SDS host, or `auto` (each host's cores and devices decide). */
-export type SdsShardsRequest = number | 'auto';
-
-/** Reads --sds-shards: `auto`, or a count from 1 to sdsShardsMax (what `sds start --shards` takes). */
-export function parseSdsShards(text: string): SdsShardsRequest {
-  if (text === 'auto') return 'auto';
-  if (!/^[0-9]+$/.test(text) || Number(text) < 1 || Number(text) > sdsShardsMax) {
-    throw new InvalidArgumentError('--sds-shards', `must be auto or a count from 1 to ${sdsShardsMax}, not '${text}'`);
-  }
-  return Number(text);
-}
-
-/**
- * The auto shard count of an SDS host: half its cores for storage (the other half for VMs and
- * the SDC, as `sds start --shards auto` decides), no more shards than the devices the CSV gives
- * it (a shard without a device serves nothing), at least one, at most sdsShardsMax.
- */
-export function autoSdsShards(coreCount: number, deviceCount: number): number {
-  return autoShardCount(coreCount, deviceCount);
-}
 
 /** The SDS names a host's SDS registers under: NAME for one process, NAME.1..NAME.N for N shards. */
 export function sdsShardNames(name: string, shardCount: number): string[] {
@@ -175,7 +154,7 @@ export interface InstallOptions {
   prefix: string;
   volumes: readonly InstallVolume[];
   /** --sds-shards: the shard count of every SDS host not installed yet, or auto. */
-  sdsShards: SdsShardsRequest;
+  sdsShards: ShardCountRequest;
   hostOptions: HostOptions;
   /** The meshblock to install (this one's directory), shipped with this Node as a runtime bundle. */
   appRoot: string;
@@ -518,7 +497,7 @@ export class Installer {
       choice = { count: requested, why: `--sds-shards ${requested}${requested > sds.devices.length ? `, ${requested - sds.devices.length === 1 ? `shard ${requested} gets` : `shards ${sds.devices.length + 1}..${requested} get`} no device` : ''}` };
     } else {
       const coreCount = await this.coreCountOf(session);
-      choice = { count: autoSdsShards(coreCount, sds.devices.length), why: `auto: ${coreCount} core(s), ${sds.devices.length} device(s)` };
+      choice = { count: autoShardCount(coreCount, sds.devices.length), why: `auto: ${coreCount} core(s), ${sds.devices.length} device(s)` };
     }
     const longest = sdsShardNames(sds.name, choice.count).at(-1) as string;
     if (Buffer.byteLength(longest) > nameBytesMax) {

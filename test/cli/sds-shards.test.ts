@@ -16,8 +16,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
-import { autoShardCount } from '../../src/common/sds-shards.js';
-import { assignDevices, parseShardsOption, readShardsFile, resolveShardCount } from '../../src/cli/sds-shards.js';
+import { autoShardCount, parseShardCount } from '../../src/common/sds-shards.js';
+import { assignDevices, readShardsFile, resolveShardCount } from '../../src/cli/sds-shards.js';
 import { sdsShardsMax } from '../../src/common/limits.js';
 import { cli, startMdm, startSdc, until, type Mdm } from '../helpers/cluster.js';
 import { sparseFile } from '../helpers/files.js';
@@ -35,9 +35,9 @@ t.test('--shards auto takes half the cores, at most one shard per device named',
   t.equal(autoShardCount(40, 6), 6);
   t.equal(autoShardCount(16, 12), 8);
   t.equal(autoShardCount(1000, null), sdsShardsMax);
-  t.equal(parseShardsOption('auto'), 'auto');
-  t.equal(parseShardsOption('3'), 3);
-  for (const bad of ['0', '-1', '1.5', 'two', String(sdsShardsMax + 1), '']) t.throws(() => parseShardsOption(bad), { code: 'MB_ERR_INVALID_ARGUMENT' }, bad);
+  t.equal(parseShardCount('--shards', 'auto'), 'auto');
+  t.equal(parseShardCount('--shards', '3'), 3);
+  for (const bad of ['0', '-1', '1.5', 'two', String(sdsShardsMax + 1), '']) t.throws(() => parseShardCount('--shards', bad), { code: 'MB_ERR_INVALID_ARGUMENT' }, bad);
 });
 
 t.test('devices go round-robin at the first start and keep their shard; new ones go to the shard with the fewest', async (t) => {
@@ -54,11 +54,11 @@ t.test('shards.json: remembered, a changed count refused, a damaged file refused
     damaged: { 'shards.json': '{"shards": 2, "devices": {"/a": 3}}' },
     notJson: { 'shards.json': '{' },
   });
-  t.equal(resolveShardCount(path.join(dir, 'fresh'), undefined, 2, false), 1, 'one process unless asked');
-  t.equal(resolveShardCount(path.join(dir, 'fresh'), 4, 2, false), 4);
+  t.equal(resolveShardCount(path.join(dir, 'fresh'), undefined, 2, false).shards, 1, 'one process unless asked');
+  t.equal(resolveShardCount(path.join(dir, 'fresh'), 4, 2, false).shards, 4);
   t.throws(() => resolveShardCount(path.join(dir, 'fresh'), 2, 2, true), /one-process SDS/);
-  t.equal(resolveShardCount(path.join(dir, 'two'), undefined, 0, false), 2, 'the count is remembered');
-  t.equal(resolveShardCount(path.join(dir, 'two'), 'auto', 9, false), 2);
+  t.equal(resolveShardCount(path.join(dir, 'two'), undefined, 0, false).shards, 2, 'the count is remembered');
+  t.equal(resolveShardCount(path.join(dir, 'two'), 'auto', 9, false).shards, 2);
   t.throws(() => resolveShardCount(path.join(dir, 'two'), 3, 2, false), /holds an SDS of 2 shards/);
   t.throws(() => readShardsFile(path.join(dir, 'damaged')), { code: 'MB_ERR_STATE_DAMAGED', message: /shard 3/ });
   t.throws(() => readShardsFile(path.join(dir, 'notJson')), { code: 'MB_ERR_STATE_DAMAGED' });

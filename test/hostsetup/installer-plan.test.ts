@@ -26,14 +26,12 @@ import { installCsvTemplate, parseInstallCsv, type InstallHost, type InstallPlan
 import { X509Certificate } from 'node:crypto';
 import {
   apiSubjectAltNames,
-  autoSdsShards,
   configurePlan,
   daemonArgs,
   deviceShards,
   etcdPkiRequest,
   Installer,
   installedSdsShards,
-  parseSdsShards,
   sdsShardNames,
   mdmAddresses,
   mdmApiUrls,
@@ -41,9 +39,9 @@ import {
   type CreateEtcdPki,
   type EtcdPkiRequest,
   type InstallPhase,
-  type SdsShardsRequest,
 } from '../../src/hostsetup/installer.js';
 import { sdsShardsMax } from '../../src/common/limits.js';
+import { autoShardCount, parseShardCount, type ShardCountRequest } from '../../src/common/sds-shards.js';
 import { ensureSelfSignedCertificate } from '../../src/mdm/tls.js';
 
 const header = 'IPs,Username,Password,Operating System,Is MDM/TB,MDM IPs,Is SDS,SDS Name,SDS All IPs,Protection Domain,Fault Set,SDS Device List,StoragePool List,Is SDC,SDC Name';
@@ -316,7 +314,7 @@ function configureOnly(
   createEtcdPki: CreateEtcdPki,
   report: (line: string) => void = () => undefined,
   createApiCertificate: CreateApiCertificate = ensureSelfSignedCertificate,
-  more: { phases?: InstallPhase[]; dryRun?: boolean; sdsShards?: SdsShardsRequest } = {},
+  more: { phases?: InstallPhase[]; dryRun?: boolean; sdsShards?: ShardCountRequest } = {},
 ): Installer {
   return new Installer({
     plan,
@@ -525,7 +523,7 @@ function shardHosts(plan: InstallPlan): { cluster: SimCluster & { mdm: SimMdm };
   return { cluster, recording };
 }
 
-function shardInstaller(t: Test, plan: InstallPlan, recording: Map<number, RecordingHost>, lines: string[], more: { sdsShards?: SdsShardsRequest; dryRun?: boolean } = {}): Installer {
+function shardInstaller(t: Test, plan: InstallPlan, recording: Map<number, RecordingHost>, lines: string[], more: { sdsShards?: ShardCountRequest; dryRun?: boolean } = {}): Installer {
   return configureOnly(plan, t.testdir(), (host) => recording.get(host.row) as RecordingHost, placeholderPki, (line) => lines.push(line), ensureSelfSignedCertificate, { phases: ['query', 'configure'], ...more });
 }
 
@@ -542,14 +540,14 @@ t.test('the auto shard count: half the cores, at most one shard per device, at l
     [1000, 500, sdsShardsMax],
     [0, 2, 1],
   ];
-  t.same(cases.map(([cores, devices]) => autoSdsShards(cores, devices)), cases.map((entry) => entry[2]));
+  t.same(cases.map(([cores, devices]) => autoShardCount(cores, devices)), cases.map((entry) => entry[2]));
 });
 
 t.test('--sds-shards: auto or 1..sdsShardsMax', async (t) => {
-  t.equal(parseSdsShards('auto'), 'auto');
-  t.equal(parseSdsShards('1'), 1);
-  t.equal(parseSdsShards(String(sdsShardsMax)), sdsShardsMax);
-  for (const bad of ['0', String(sdsShardsMax + 1), 'two', '2.5', '', '-1', ' 2']) t.throws(() => parseSdsShards(bad), { code: 'MB_ERR_INVALID_ARGUMENT', message: new RegExp(`^--sds-shards: must be auto or a count from 1 to ${sdsShardsMax}`) }, `'${bad}'`);
+  t.equal(parseShardCount('--sds-shards', 'auto'), 'auto');
+  t.equal(parseShardCount('--sds-shards', '1'), 1);
+  t.equal(parseShardCount('--sds-shards', String(sdsShardsMax)), sdsShardsMax);
+  for (const bad of ['0', String(sdsShardsMax + 1), 'two', '2.5', '', '-1', ' 2']) t.throws(() => parseShardCount('--sds-shards', bad), { code: 'MB_ERR_INVALID_ARGUMENT', message: new RegExp(`^--sds-shards: must be auto or a count from 1 to ${sdsShardsMax}`) }, `'${bad}'`);
 });
 
 t.test('shard names, devices round-robin in CSV order, the installed count read from a unit', async (t) => {
