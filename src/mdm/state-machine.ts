@@ -48,7 +48,7 @@ import {
   type VolumeType,
   type VTree,
 } from './model.js';
-import { failureDomainOf, failureDomainsNoun, planPlacement, type PlannerDevice } from './placement-planner.js';
+import { failureDomainOf, failureDomainsNoun, planPlacement, type DomainMember, type PlannerDevice } from './placement-planner.js';
 import { isName, nameRule } from '../common/names.js';
 import { ioPriorityBandwidthPerDeviceKbpsDefault, ioPriorityBandwidthPerDeviceKbpsMax, ioPriorityConcurrentIosPerDeviceDefault, ioPriorityConcurrentIosPerDeviceMax, nameBytesMax, pgCountDefault, pgCountMax, snapshotGroupVolumesMax, snapshotsPerVtreeMax, sparePercentDefault, volumeGranularityBytesDefault, vtreeGenerationsMax } from '../common/limits.js';
 
@@ -1270,7 +1270,7 @@ export class StateMachine {
     const plannerDevices: PlannerDevice[] = devices.map((device) => {
       const sds = this.model.sdss[device.sdsId];
       const gone = device.state === 'failed' || (sds !== undefined && isDown(sds));
-      return { deviceId: device.id, sdsId: device.sdsId, faultSetId: sds?.faultSetId ?? null, host: sds?.host ?? null, capacityBytes: device.capacityBytes, state: gone ? 'failed' : device.state };
+      return { deviceId: device.id, ...this.memberOf(device.sdsId), capacityBytes: device.capacityBytes, state: gone ? 'failed' : device.state };
     });
     // Two copies need two failure domains (SDSs, hosts, or fault sets where the pool has
     // them): until the pool's devices span two, it holds no groups and takes no volumes.
@@ -1425,15 +1425,20 @@ export class StateMachine {
     });
   }
 
+  /** What an SDS's failure domain is made of: its fault set and host label. */
+  private memberOf(sdsId: Id): DomainMember {
+    const sds = this.model.sdss[sdsId];
+    return { sdsId, faultSetId: sds?.faultSetId ?? null, host: sds?.host ?? null };
+  }
+
   /** The failure domain of an SDS (failureDomainOf: fault set, else host label, else itself). */
   domainOf(sdsId: Id): string {
-    const sds = this.model.sdss[sdsId];
-    return failureDomainOf({ sdsId, faultSetId: sds?.faultSetId ?? null, host: sds?.host ?? null });
+    return failureDomainOf(this.memberOf(sdsId));
   }
 
   /** What the failure domains of these devices are, for messages: 'fault sets', 'hosts' or 'SDSs'. */
   private domainsNoun(devices: readonly Device[]): string {
-    return failureDomainsNoun(devices.map((device) => ({ sdsId: device.sdsId, faultSetId: this.model.sdss[device.sdsId]?.faultSetId ?? null, host: this.model.sdss[device.sdsId]?.host ?? null })));
+    return failureDomainsNoun(devices.map((device) => this.memberOf(device.sdsId)));
   }
 
   /**
