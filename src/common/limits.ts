@@ -593,3 +593,6 @@ export const rebuildRetryDelayMsMax = 60_000;
 assert(rebuildRetryDelayMsMin < rebuildRetryDelayMsMax && rebuildRetryDelayMsMax <= 2 * rebuildOrderRepeatMs, 'a failing rebuild backs off, and is never left longer than a lost order');
 /** Failing groups the MDM lists by name in its rebuild status (dashboard, REST); all are counted. */
 export const rebuildFailingShownMax = 64;
+
+/** `meshblock bundle` (and the installer) packing the runtime bundle (about 40 MiB gzipped, some seconds): tar may take this long. */
+export const bundleTarTimeoutMs = 10 * 60_000;

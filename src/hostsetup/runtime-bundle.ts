@@ -24,11 +24,12 @@
 // uploads it only to hosts that do not have that bundle yet.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MeshblockError } from '../common/errors.js';
+import { bundleTarTimeoutMs } from '../common/limits.js';
 import { bundleLibDir, bundleNodeName, bundleRootOf, isLoaderName } from '../common/node-command.js';
+import { LocalTransport } from './host-transport.js';
 
 export class RuntimeBundleError extends MeshblockError {}
 
@@ -104,16 +105,13 @@ export function productionPackages(appRoot: string): string[] {
   return [...found].map((location) => path.relative(appRoot, location)).sort();
 }
 
-function runLocal(command: string, args: string[], cwd: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', (err) => reject(new RuntimeBundleError('MB_ERR_INSTALL_BUNDLE', `cannot run ${command}: ${err.message}`, { cause: err })));
-    child.on('close', (code) => (code === 0 ? resolve(stdout) : reject(new RuntimeBundleError('MB_ERR_INSTALL_BUNDLE', `${command} ${args.slice(0, 3).join(' ')} failed (exit ${code}): ${stderr.trim()}`))));
-  });
+const thisMachine = new LocalTransport();
+
+/** Runs a program of this machine (through the host transport's run), its stdout if it exits 0. */
+async function runLocal(command: string, args: string[], timeoutMs?: number): Promise<string> {
+  const result = await thisMachine.run(command, args, timeoutMs === undefined ? {} : { timeoutMs });
+  if (result.code !== 0) throw new RuntimeBundleError('MB_ERR_INSTALL_BUNDLE', `${command} ${args.slice(0, 3).join(' ')} failed (exit ${result.code}): ${result.stderr.trim()}`);
+  return result.stdout;
 }
 
 /** The bundle's bin/meshblock: POSIX sh (a CentOS 5 Dom0's /bin/sh is bash 3, busybox's is ash). */
@@ -170,7 +168,7 @@ async function stageRuntime(staging: string, addons: readonly string[]): Promise
   for (const elf of [process.execPath, ...addons]) {
     let text: string;
     try {
-      text = await runLocal('ldd', [elf], path.dirname(elf));
+      text = await runLocal('ldd', [elf]);
     } catch (err) {
       throw new RuntimeBundleError('MB_ERR_BUNDLE_LIBRARIES', `cannot list the shared libraries of ${elf} (ldd): ${(err as Error).message}`, { cause: err });
     }
@@ -234,7 +232,7 @@ export async function buildRuntimeBundle(appRoot: string, workDir: string): Prom
       // own partial file, and the renames, atomic, leave one whole bundle whichever is last.
       const partial = `${file}.${process.pid}-${randomBytes(4).toString('hex')}.partial`;
       try {
-        await runLocal('tar', ['-czf', partial, '-C', staging, ...fs.readdirSync(staging).sort()], workDir);
+        await runLocal('tar', ['-czf', partial, '-C', staging, ...fs.readdirSync(staging).sort()], bundleTarTimeoutMs);
         fs.renameSync(partial, file);
       } finally {
         fs.rmSync(partial, { force: true });
