@@ -25,7 +25,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { replaceFileDurably } from '../common/durable-file.js';
-import { autoShardCount, shardName, type ShardCountRequest } from '../common/sds-shards.js';
+import { autoShardCount, shardName, shardNameTooLong, type ShardCountRequest } from '../common/sds-shards.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { nameBytesMax, sdsShardRestartDelayMsMax, sdsShardRestartDelayMsMin, sdsShardStableMs, sdsShardsMax } from '../common/limits.js';
 import { formatHostPort, parseHostPort } from '../common/address.js';
@@ -139,8 +139,8 @@ interface Shard {
 /** Runs the shards until SIGTERM/SIGINT; rejects if a shard fails before its first ready. */
 export async function runShards(start: ShardedStart): Promise<void> {
   const { log } = start;
-  const longest = shardName(start.name, start.shards);
-  if (Buffer.byteLength(longest) > nameBytesMax) {
+  const longest = shardNameTooLong(start.name, start.shards);
+  if (longest !== null) {
     throw new InvalidArgumentError('--name', `with ${start.shards} shards the shard names (up to '${longest}') must fit ${nameBytesMax} characters`);
   }
   const listen = parseHostPort('--listen', start.listen);

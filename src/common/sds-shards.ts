@@ -3,7 +3,7 @@
 // for, how many by default, and their names.
 
 import { InvalidArgumentError } from './errors.js';
-import { sdsShardsMax } from './limits.js';
+import { nameBytesMax, sdsShardsMax } from './limits.js';
 
 /** A shard count as asked for: a count, or `auto` (autoShardCount decides). */
 export type ShardCountRequest = number | 'auto';
@@ -30,4 +30,10 @@ export function autoShardCount(cores: number, devices: number | null): number {
 /** Shard k (1..N) of SDS `name` registers as NAME.k. */
 export function shardName(name: string, shard: number): string {
   return `${name}.${shard}`;
+}
+
+/** The last shard's name when it is longer than a name may be (nameBytesMax), else null. */
+export function shardNameTooLong(name: string, shards: number): string | null {
+  const longest = shardName(name, shards);
+  return Buffer.byteLength(longest) > nameBytesMax ? longest : null;
 }

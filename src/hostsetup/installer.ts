@@ -46,7 +46,7 @@ import { isIP } from 'node:net';
 import { formatHostPort } from '../common/address.js';
 import { MeshblockError } from '../common/errors.js';
 import { nameBytesMax } from '../common/limits.js';
-import { autoShardCount, shardName, type ShardCountRequest } from '../common/sds-shards.js';
+import { autoShardCount, shardName, shardNameTooLong, type ShardCountRequest } from '../common/sds-shards.js';
 import { formatArgv, type Host, type HostOptions } from './host-module.js';
 import { selectModules } from './host-modules.js';
 import { shellQuote as quote, type HostTransport } from './host-transport.js';
@@ -499,8 +499,8 @@ export class Installer {
       const coreCount = await this.coreCountOf(session);
       choice = { count: autoShardCount(coreCount, sds.devices.length), why: `auto: ${coreCount} core(s), ${sds.devices.length} device(s)` };
     }
-    const longest = sdsShardNames(sds.name, choice.count).at(-1) as string;
-    if (Buffer.byteLength(longest) > nameBytesMax) {
+    const longest = choice.count === 1 ? null : shardNameTooLong(sds.name, choice.count);
+    if (longest !== null) {
       throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}, column 'SDS Name': with ${choice.count} shards the SDS names (up to '${longest}') must fit ${nameBytesMax} characters: a shorter SDS Name, or --sds-shards`);
     }
     this.sdsShards.set(session.host.row, choice);

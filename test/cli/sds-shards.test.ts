@@ -16,7 +16,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
-import { autoShardCount, parseShardCount } from '../../src/common/sds-shards.js';
+import { autoShardCount, parseShardCount, shardNameTooLong } from '../../src/common/sds-shards.js';
 import { assignDevices, readShardsFile, resolveShardCount } from '../../src/cli/sds-shards.js';
 import { sdsShardsMax } from '../../src/common/limits.js';
 import { cli, startMdm, startSdc, until, type Mdm } from '../helpers/cluster.js';
@@ -38,6 +38,11 @@ t.test('--shards auto takes half the cores, at most one shard per device named',
   t.equal(parseShardCount('--shards', 'auto'), 'auto');
   t.equal(parseShardCount('--shards', '3'), 3);
   for (const bad of ['0', '-1', '1.5', 'two', String(sdsShardsMax + 1), '']) t.throws(() => parseShardCount('--shards', bad), { code: 'MB_ERR_INVALID_ARGUMENT' }, bad);
+});
+
+t.test('shard names must fit a name: NAME.N at most nameBytesMax', async (t) => {
+  t.equal(shardNameTooLong('a'.repeat(29), 9), null, '29 characters and .9 fit');
+  t.equal(shardNameTooLong('a'.repeat(29), 10), `${'a'.repeat(29)}.10`, 'and .10 does not: the name is returned');
 });
 
 t.test('devices go round-robin at the first start and keep their shard; new ones go to the shard with the fewest', async (t) => {
