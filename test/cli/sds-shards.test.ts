@@ -45,6 +45,19 @@ t.test('shard names must fit a name: NAME.N at most nameBytesMax', async (t) => 
   t.equal(shardNameTooLong('a'.repeat(29), 10), `${'a'.repeat(29)}.10`, 'and .10 does not: the name is returned');
 });
 
+t.test('--memory-budget below 1 MiB per process, alone or split over shards, is refused with exit 2', async (t) => {
+  const dir = t.testdir({});
+  const small = await runMeshblock(['sds', 'start', '--name', 'x', '--device', path.join(dir, 'd.img'), '--memory-budget', '512KiB', '--data-dir', path.join(dir, 'x')]);
+  t.equal(small.code, 2, 'exit 2');
+  t.match(small.stderr, /--memory-budget: must give each of 1 process\(es\) at least 1 MiB, not 512KiB/);
+  const secret = path.join(dir, 'secret');
+  fs.writeFileSync(secret, 'a test cluster secret, long enough\n');
+  const split = await runMeshblock(['sds', 'start', '--name', 'y', '--shards', '2', '--device', path.join(dir, 'a.img'), '--device', path.join(dir, 'b.img'), '--memory-budget', '1MiB', '--cluster-id', '0123456789abcdef', '--secret-file', secret, '--data-dir', path.join(dir, 'y')]);
+  t.equal(split.code, 2, 'exit 2');
+  t.match(split.stderr, /--memory-budget: must give each of 2 process\(es\) at least 1 MiB, not 1MiB/);
+  t.notOk(fs.existsSync(path.join(dir, 'y', 'shard-1')), 'no shard was started');
+});
+
 t.test('devices go round-robin at the first start and keep their shard; new ones go to the shard with the fewest', async (t) => {
   const first = assignDevices({ shards: 3, devices: {} }, ['/a', '/b', '/c', '/d']);
   t.same(first.devices, { '/a': 1, '/b': 2, '/c': 3, '/d': 1 });
