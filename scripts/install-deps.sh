@@ -21,6 +21,9 @@ packages=(
   numactl libaio1      # what the packages host module requires of an SDS host (the installer test's hosts are this machine)
   qemu-system-x86 cpio kmod  # the kernel-client VM test (scripts/vm): QEMU (TCG), the guest's initramfs, depmod for its modules
   etcd-server etcd-client  # the MDM cluster's consensus store (Master, Slave, Tie-Breaker) and etcdctl for the tests
+  chromium             # the web dashboard's browser tests (driven by puppeteer-core; no browser download)
+  prometheus           # scrapes a lab in the metrics test; promtool checks the rules and every endpoint's output
+  snmptrapd snmp smitools  # receives the MDM's SNMP traps; snmptranslate and smilint check the MIB
   python3-cinder python3-os-brick  # the real ScaleIO clients (cinder's PowerFlex driver, os-brick's connector) the REST API is tested with; they run under /usr/bin/python3
 )
 
