@@ -160,6 +160,21 @@ t.test('one Master alone: no etcd, the command lines of before the MDM cluster',
   );
 });
 
+/**
+ * The starts cut into stages of these sizes (the last stage: the rest), each sorted: the
+ * order within a stage is the parallel hosts', the order of stages is configure's.
+ */
+function stages(starts: readonly string[], sizes: readonly number[]): string[][] {
+  const result: string[][] = [];
+  let from = 0;
+  for (const size of sizes) {
+    result.push(starts.slice(from, from + size).sort());
+    from += size;
+  }
+  result.push(starts.slice(from).sort());
+  return result;
+}
+
 /** The cluster the recording hosts' MDMs share: the first MDM start makes it. */
 interface SimCluster {
   id: string | null;
@@ -250,8 +265,79 @@ class RecordingHost implements HostTransport {
     return Promise.resolve(null);
   }
 
-  run(command: string, args: readonly string[]): Promise<RunResult> {
+  /** How many commands the installer ran here (each an SSH session on a real host). */
+  sessions = 0;
+
+  /**
+   * One command of the installer. A script of several lines is played as the shell would,
+   * for the forms the installer writes: files put by putFilesScript, the cluster files read
+   * in one go, the facts of query, Debian's etcd.service handled in one go, and listings and
+   * changes of the management CLI one line each (`echo 'MARKER ...'` lines echoed). Every
+   * command it plays is recorded in `commands`, so what the host was asked is seen whether it
+   * came alone or in a script.
+   */
+  async run(command: string, args: readonly string[]): Promise<RunResult> {
+    this.sessions += 1;
     const script = command === 'sh' && args[0] === '-c' ? (args[1] as string) : [command, ...args].join(' ');
+    if (script.includes("printf '%s' '")) return this.putFiles(script);
+    if (script.startsWith('[ -e /var/lib/meshblock/mdm/cluster.json ]')) {
+      const json = this.files.get('/var/lib/meshblock/mdm/cluster.json')?.text;
+      const secret = this.files.get('/var/lib/meshblock/mdm/cluster.secret')?.text;
+      const marker = /printf '\\n%s\\n' '([^']+)'/.exec(script)?.[1] as string;
+      this.commands.push('cat /var/lib/meshblock/mdm/cluster.json /var/lib/meshblock/mdm/cluster.secret');
+      return json === undefined || secret === undefined ? { code: 3, stdout: '', stderr: '' } : { code: 0, stdout: `${json}\n${marker}\n${secret}`, stderr: '' };
+    }
+    if (script.startsWith('[ -e /run/systemd/system ] || exit 0;')) {
+      if (!this.files.has('/run/systemd/system')) return { code: 0, stdout: '', stderr: '' };
+      const unit = 'etcd.service';
+      const enabled = await this.run('systemctl', ['is-enabled', '--quiet', unit]);
+      const active = enabled.code === 0 ? enabled : await this.run('systemctl', ['is-active', '--quiet', unit]);
+      if (active.code !== 0) return { code: 0, stdout: '', stderr: '' };
+      await this.run('systemctl', ['disable', '--now', unit]);
+      return { code: 0, stdout: 'stopped\n', stderr: '' };
+    }
+    if (script.includes("'@@meshblock-") && script.includes('uname -m')) {
+      // query's facts: no os-release, an x86_64 host, every device a block device holding nothing.
+      const out = script
+        .split('\n')
+        .map((line) => (/^printf '\\n%s\\n' '(@@meshblock-[^']+)'$/.exec(line)?.[1] ?? (line === 'uname -m' ? 'x86_64' : line.startsWith('if [ -b ') ? 'block' : null)))
+        .filter((line): line is string => line !== null);
+      this.commands.push('query facts');
+      return { code: 0, stdout: `${out.join('\n')}\n`, stderr: '' };
+    }
+    if (!script.includes('\n')) return this.runOne(script);
+    let stdout = '';
+    for (const line of script.split('\n')) {
+      if (line === 'set -e') continue;
+      const echoed = /^printf '\\n%s\\n' '([^']*)'$/.exec(line);
+      if (echoed !== null) {
+        stdout += `\n${echoed[1]}\n`;
+        continue;
+      }
+      const quiet = / >\/dev\/null \|\| exit \$\?$/.exec(line) !== null;
+      const result = await this.runOne(line.replace(/ >\/dev\/null \|\| exit \$\?$/, ''));
+      if (result.code !== 0) return { code: result.code, stdout, stderr: result.stderr };
+      if (!quiet) stdout += result.stdout;
+    }
+    return { code: 0, stdout, stderr: '' };
+  }
+
+  /** putFilesScript's files: each written (through writeFile, so a test sees it) only when its text differs. */
+  private async putFiles(script: string): Promise<RunResult> {
+    let stdout = '';
+    const block = /printf '%s' '((?:[^']|'\\'')*)' > "\$t"\nif cmp -s "\$t" (\S+) 2>\/dev\/null; then rm -f "\$t"; else chmod ([0-7]+) /g;
+    for (const match of script.matchAll(block)) {
+      const [text, target, mode] = [(match[1] as string).replace(/'\\''/g, "'"), match[2] as string, Number.parseInt(match[3] as string, 8)];
+      this.commands.push(`put ${target}`);
+      if (this.files.get(target)?.text === text) continue;
+      await this.writeFile(target, text, { mode });
+      stdout += `changed ${target}\n`;
+    }
+    return { code: 0, stdout, stderr: '' };
+  }
+
+  /** One command line, as the recording host answers it. */
+  private runOne(script: string): Promise<RunResult> {
     this.commands.push(script);
     const ok = (stdout = ''): Promise<RunResult> => Promise.resolve({ code: 0, stdout, stderr: '' });
     if (/kill -0/.test(script)) return Promise.resolve({ code: 1, stdout: '', stderr: '' });
@@ -356,7 +442,10 @@ t.test('configure on three recording hosts: PKI copied, etcd everywhere, then th
   await installer.run();
 
   t.same(requests, [{ dir: path.join(stateDir, 'etcd-pki'), request: etcdPkiRequest(plan) }], 'the PKI made once, in the state dir');
-  t.same(cluster.starts, ['2 etcd', '3 etcd', '4 etcd', '2 mdm', '3 mdm', '2 sds', '2 sdc', '3 sds', '4 sds', '4 sdc'], 'etcd members, the Master, the Slave, then SDSs and SDCs');
+  // Hosts are worked on in parallel: the etcd members in any order, then the Master's MDM,
+  // the Slave's, then SDSs and SDCs in any order across hosts (a host's SDS before its SDC).
+  t.same(stages(cluster.starts, [3, 2]), [['2 etcd', '3 etcd', '4 etcd'], ['2 mdm', '3 mdm'], ['2 sdc', '2 sds', '3 sds', '4 sdc', '4 sds']], 'etcd members, the Master, the Slave, then SDSs and SDCs');
+  t.ok(cluster.starts.indexOf('2 sds') < cluster.starts.indexOf('2 sdc') && cluster.starts.indexOf('4 sds') < cluster.starts.indexOf('4 sdc'), "a host's SDS before its SDC");
   const expected = configurePlan(plan, cluster.id as string);
   for (const entry of expected) {
     const host = recording.get(entry.host.row) as RecordingHost;
@@ -440,7 +529,7 @@ t.test("a kept REST certificate that does not name an MDM's address is refused b
   const cluster: SimCluster = { id: null, plan, starts: [] };
   const installer = configureOnly(plan, stateDir, (host) => new RecordingHost(host, cluster), placeholderPki);
   await t.rejects(installer.run(), { code: 'MB_ERR_INSTALL_STEP', message: /REST certificate .*api\/api\.crt does not name 10\.0\.0\.2: remove .*api\.crt and .*api\.key to make one for every MDM/ });
-  t.same(cluster.starts, ['2 etcd', '3 etcd', '4 etcd'], 'only the etcd members started');
+  t.same([...cluster.starts].sort(), ['2 etcd', '3 etcd', '4 etcd'], 'only the etcd members started');
 });
 
 t.test("a systemd host: Debian's etcd.service is stopped and disabled before the member starts", async (t) => {
@@ -581,7 +670,7 @@ t.test('auto shards on four hosts: chosen in query, started, every shard waited 
   await shardInstaller(t, plan, recording, lines).run();
 
   t.same(
-    lines.filter((line) => / SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
+    lines.filter((line) => /; SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
     [
       'SDS in 3 shards sds1.1..sds1.3 (auto: 8 core(s), 3 device(s))',
       'SDS in 2 shards sds2.1..sds2.2 (auto: 4 core(s), 3 device(s))',
@@ -645,7 +734,7 @@ t.test('auto shards on four hosts: chosen in query, started, every shard waited 
   t.same(cluster.mdm.changes.slice(changes), [], 'no SDS or device added again');
   t.same(writes, [], 'no unit rewritten');
   t.same(
-    again.filter((line) => / SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
+    again.filter((line) => /; SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
     ['SDS in 3 shards sds1.1..sds1.3 (as installed)', 'SDS in 2 shards sds2.1..sds2.2 (as installed)', 'SDS in 2 shards sds3.1..sds3.2 (as installed)', 'SDS sds4 as one process (as installed)'],
   );
 
@@ -667,7 +756,7 @@ t.test('--sds-shards: every host the same count, nproc not asked; 1 is the insta
   const lines: string[] = [];
   await shardInstaller(t, plan, recording, lines, { sdsShards: 3 }).run();
   t.same(
-    lines.filter((line) => / SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
+    lines.filter((line) => /; SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
     ['SDS in 3 shards sds1.1..sds1.3 (--sds-shards 3)', 'SDS in 3 shards sds2.1..sds2.3 (--sds-shards 3)', 'SDS in 3 shards sds3.1..sds3.3 (--sds-shards 3, shard 3 gets no device)', 'SDS in 3 shards sds4.1..sds4.3 (--sds-shards 3)'],
   );
   t.notOk([...recording.values()].some((host) => host.commands.some((command) => command.startsWith('nproc'))), 'the cores are not asked');
@@ -677,9 +766,10 @@ t.test('--sds-shards: every host the same count, nproc not asked; 1 is the insta
 
   // The installed count cannot be changed by another --sds-shards: refused before anything starts.
   const starts = cluster.starts.length;
+  // Every host of the phase is asked (in parallel), and the error names each that refused.
   await t.rejects(shardInstaller(t, plan, recording, [], { sdsShards: 2 }).run(), {
-    code: 'MB_ERR_INSTALL_HOST',
-    message: /^10\.0\.0\.1 \(row 2\): SDS sds1 is installed as 3 shards \(\/etc\/systemd\/system\/meshblock-sds\.service\); --sds-shards 2 cannot change that/,
+    code: 'MB_ERR_INSTALL_HOSTS',
+    message: /^query: 4 of 4 hosts failed: 10\.0\.0\.1 \(row 2\): SDS sds1 is installed as 3 shards \(\/etc\/systemd\/system\/meshblock-sds\.service\); --sds-shards 2 cannot change that.*; 10\.0\.0\.4 \(row 5\): SDS sds4 is installed as 3 shards/,
   });
   t.equal(cluster.starts.length, starts, 'nothing started');
 
