@@ -59,9 +59,13 @@ import { formatHostPort } from '../common/address.js';
 import { MeshblockError } from '../common/errors.js';
 import { installParallelDefault, nameBytesMax } from '../common/limits.js';
 import { autoShardCount, shardName, shardNameTooLong, type ShardCountRequest } from '../common/sds-shards.js';
-import { formatArgv, type Host, type HostOptions } from './host-module.js';
+import { formatArgv, systemToolDirs, type Host, type HostOptions } from './host-module.js';
+import { debianVersionPath, osReleasePath, redhatReleasePath, xenCmdlinePath, xensourceInventoryPath, yumReposDir } from './host-os.js';
 import { selectModules } from './host-modules.js';
-import { shellQuote as quote, type HostTransport } from './host-transport.js';
+import { ReadAheadTransport, shellQuote as quote, type HostTransport } from './host-transport.js';
+import { lvmConfPath } from './lvm-filter.js';
+import { modprobeConfPath, modulesLoadPath, nbdSysModulePath } from './nbd-module.js';
+import { centosBaseRepoPath } from './yum-repos.js';
 import type { InstallHost, InstallPlan } from './install-csv.js';
 import { buildRuntimeBundle, bundleCommandPath, type RuntimeBundle } from './runtime-bundle.js';
 
@@ -160,7 +164,7 @@ export type CreateApiCertificate = (dir: string, options: { subjectAltNames: rea
 export interface InstallOptions {
   plan: InstallPlan;
   /** Opens the transport to a host (SSH; tests may give another). */
-  connect: (host: InstallHost) => Promise<HostTransport & { close?: () => void }>;
+  connect: (host: InstallHost) => Promise<ConnectedTransport>;
   phases: readonly InstallPhase[];
   dryRun: boolean;
   prefix: string;
@@ -195,16 +199,33 @@ type ManagedObject = { name: string; id: string } & Record<string, unknown>;
 /** A Master, Slave or TB host: one with an etcd member (only with 3 or 5 members). */
 type MemberHost = InstallHost & { member: NonNullable<InstallHost['member']> };
 
+/** What connect gives: a transport, and what an SSH one has besides. */
+type ConnectedTransport = HostTransport & {
+  close?: () => void;
+  upload?: (local: string, remote: string, mode?: number) => Promise<void>;
+  /** Copies a local file to a temporary file of the host's (SFTP alone, no command), and says where. */
+  stage?: (local: string) => Promise<string>;
+};
+
 interface Session {
   host: InstallHost;
   label: string;
-  transport: HostTransport & {
-    close?: () => void;
-    upload?: (local: string, remote: string, mode?: number) => Promise<void>;
-    /** Copies a local file to a temporary file of the host's (SFTP alone, no command), and says where. */
-    stage?: (local: string) => Promise<string>;
-  };
+  /** The host's transport, its reads answered from a read-ahead where one was made (moduleReadAheadFiles, moduleReadAheadTools). */
+  transport: ReadAheadTransport & Pick<ConnectedTransport, 'close' | 'upload' | 'stage'>;
 }
+
+/**
+ * What the host modules read of a host in their checks and plans (their OS detection in
+ * host-os.ts, the tools they look for, lvm.conf, the nbd module's files), read ahead in one
+ * command before them: each is otherwise a command of its own, several of them read by every
+ * module. A path not listed is read as before: the list only saves commands.
+ */
+const moduleReadAheadFiles: readonly string[] = [
+  osReleasePath, xensourceInventoryPath, xenCmdlinePath, redhatReleasePath, debianVersionPath, yumReposDir, centosBaseRepoPath,
+  lvmConfPath, modulesLoadPath, modprobeConfPath, nbdSysModulePath,
+];
+/** The tools the modules look for (resolveTool): only whether each candidate path exists. */
+const moduleReadAheadTools: readonly string[] = ['openssl', 'node', 'nbd-client', 'rpm', 'dpkg-query', 'yum', 'apt-get', 'modprobe'].flatMap((tool) => systemToolDirs.map((dir) => `${dir}/${tool}`));
 
 async function sh(session: Session, script: string, timeoutMs = 120_000): Promise<string> {
   const result = await session.transport.run('sh', ['-c', script], { timeoutMs });
@@ -505,7 +526,13 @@ export class Installer {
     if (known !== undefined) return known;
     const label = labelOf(host);
     const opening = this.options.connect(host).then(
-      (transport): Session => ({ host, label, transport }),
+      (connected): Session => {
+        const transport: Session['transport'] = new ReadAheadTransport(connected);
+        if (connected.close !== undefined) transport.close = () => connected.close?.();
+        if (connected.upload !== undefined) transport.upload = (local, remote, mode) => (connected.upload as NonNullable<ConnectedTransport['upload']>)(local, remote, mode);
+        if (connected.stage !== undefined) transport.stage = (local) => (connected.stage as NonNullable<ConnectedTransport['stage']>)(local);
+        return { host, label, transport };
+      },
       (err: unknown) => {
         // Not kept: a later step (a re-run's query after a fix) may connect.
         this.sessions.delete(host.row);
@@ -619,9 +646,16 @@ export class Installer {
         this.options.report(`${session.label}: MDM IPs ${host.mdm.ips.slice(1).join(', ')} not used: the MDM listens on ${host.mdm.listenAddress} only`);
       }
       const findings: string[] = [];
-      for (const module of selectModules(installModules)) {
-        const finding = await module.check(this.hostOf(session)).catch((err: Error) => ({ applicable: true, ok: false, summary: `cannot check: ${err.message}` }));
-        if (finding.applicable && !finding.ok) findings.push(`${module.name}: ${finding.summary}`);
+      // The modules' checks only read: what they read is read ahead in one command.
+      await session.transport.readAhead(moduleReadAheadFiles, moduleReadAheadTools);
+      session.transport.readOnly = true;
+      try {
+        for (const module of selectModules(installModules)) {
+          const finding = await module.check(this.hostOf(session)).catch((err: Error) => ({ applicable: true, ok: false, summary: `cannot check: ${err.message}` }));
+          if (finding.applicable && !finding.ok) findings.push(`${module.name}: ${finding.summary}`);
+        }
+      } finally {
+        session.transport.readOnly = false;
       }
       let shardText = '';
       if (host.sds !== null) {
@@ -731,8 +765,12 @@ export class Installer {
     const prefix = this.options.prefix;
     await this.each('install', async (session) => {
       const host = this.hostOf(session);
+      // Plans only read (what --dry-run relies on): read ahead in one command, kept while they
+      // run; a module's apply changes the host, and its first command drops what was read.
+      await session.transport.readAhead(moduleReadAheadFiles, moduleReadAheadTools);
       for (const module of selectModules(installModules)) {
-        const steps = await module.plan(host);
+        session.transport.readOnly = true;
+        const steps = await module.plan(host).finally(() => (session.transport.readOnly = false));
         if (steps.length === 0) continue;
         const result = await module.apply(host, steps);
         for (const line of result.done) this.options.report(`${session.label}: ${module.name}: ${line}`);
@@ -1080,7 +1118,9 @@ export class Installer {
       const say = (line: string): void => void lines.push(line);
       say(`${session.label}: upload the meshblock runtime bundle (this meshblock and Node ${process.version} with its own loader and libraries) to ${prefix}`);
       for (const module of selectModules(installModules)) {
-        const steps = await module.plan(this.hostOf(session)).catch((err: Error) => {
+        // Dry run: plans only read; what query read ahead still holds.
+        session.transport.readOnly = true;
+        const steps = await module.plan(this.hostOf(session)).finally(() => (session.transport.readOnly = false)).catch((err: Error) => {
           say(`${session.label}: ${module.name}: cannot plan: ${err.message}`);
           return [];
         });

@@ -280,6 +280,22 @@ class RecordingHost implements HostTransport {
     this.sessions += 1;
     const script = command === 'sh' && args[0] === '-c' ? (args[1] as string) : [command, ...args].join(' ');
     if (script.includes("printf '%s' '")) return this.putFiles(script);
+    if (script.includes('then echo file; cat -- ')) {
+      // ReadAheadTransport.readAhead: each path's marker, then its text, whether it exists, or missing.
+      const marker = /^printf '%s\\n' '([^']+)'/.exec(script)?.[1] as string;
+      const paths = script
+        .split('\n')
+        .flatMap((line) => {
+          const match = /if \[ -(f|e) (\S+) \]/.exec(line);
+          return match === null ? [] : [{ read: match[1] === 'f', file: match[2] as string }];
+        });
+      this.commands.push(`read ahead ${paths.map((entry) => entry.file).join(' ')}`);
+      const sections = paths.map(({ read, file }) => {
+        const known = this.files.get(file);
+        return `${marker}\n${known === undefined ? 'missing\n' : read ? `file\n${known.text}\n` : 'exists\n'}`;
+      });
+      return { code: 0, stdout: `${sections.join('')}${marker}\n`, stderr: '' };
+    }
     if (script.startsWith('[ -e /var/lib/meshblock/mdm/cluster.json ]')) {
       const json = this.files.get('/var/lib/meshblock/mdm/cluster.json')?.text;
       const secret = this.files.get('/var/lib/meshblock/mdm/cluster.secret')?.text;

@@ -6,7 +6,7 @@
 // - query runs on the hosts in parallel, no more than --parallel at once (each host's query
 //   ends with a line of its own; with --parallel 2 the third host's first line comes after one
 //   of the first two finished), and the SSH commands each host costs, counted in its sshd's log
-//   (LogLevel VERBOSE logs every session), stay at most queryCommandsMax: the count was 28
+//   (LogLevel VERBOSE logs every session), stay at most queryCommandsMax: the count was 26
 //   per host before the query was made one command per step (see the report of issue 20).
 // - a failing host stops the run only after the others of its phase: with host 2's device
 //   gone and host 3's holding a swap signature, every other host's query still ends (its line
@@ -24,8 +24,8 @@ import { startInstallHosts } from '../helpers/sshd.js';
 const hostCount = 5;
 /** What root's shell start-up file costs each command, in seconds. */
 const bashrcSleepSeconds = 0.3;
-/** SSH sessions query may cost one host with one SDS device (the host modules' checks are most of them). */
-const queryCommandsMax = 20;
+/** SSH sessions query may cost one host with one SDS device (7 when this was written: facts, read-ahead, 4 tool runs, nproc). */
+const queryCommandsMax = 10;
 
 /** The SSH sessions (commands, SFTP) a host's sshd has started so far: it logs each at LogLevel VERBOSE. */
 function sshSessionCount(hostRoot: string): number {
