@@ -6,10 +6,13 @@
 // devices, --sds-shards, or the installed unit's), the `sds start --shards N --host NAME` it
 // runs, the wait for every shard to register (the simulated MDM registers one name per
 // `sds list`, and refuses an `sds add` of a name not registered), each shard added to the
-// domain and fault set, the devices round-robin, and a re-run that adds nothing.
+// domain and fault set, the devices round-robin, and a re-run that adds nothing. And hosts in
+// parallel: --parallel 3 on ten hosts keeps three busy at once and never more, each ends with
+// a `query done` line, and two failing hosts are named together after the others finish.
 //
 // The order is seen by running Installer's configure phase against recording hosts: each one
-// keeps files in memory, records every command, answers the MDM start by writing cluster.json
+// keeps files in memory, records every command (playing the installer's scripts line by line:
+// files put, read-aheads, the MDM's listings and changes), answers the MDM start by writing cluster.json
 // as an MDM would, and answers the management CLI as an MDM that already has every pool, SDS,
 // device and SDC (so configure adds nothing). Mocked to see every command and its order in
 // milliseconds, and cases real hosts cannot make here (systemd running Debian's etcd.service);
@@ -416,7 +419,7 @@ function configureOnly(
   createEtcdPki: CreateEtcdPki,
   report: (line: string) => void = () => undefined,
   createApiCertificate: CreateApiCertificate = ensureSelfSignedCertificate,
-  more: { phases?: InstallPhase[]; dryRun?: boolean; sdsShards?: ShardCountRequest } = {},
+  more: { phases?: InstallPhase[]; dryRun?: boolean; sdsShards?: ShardCountRequest; parallel?: number } = {},
 ): Installer {
   return new Installer({
     plan,
@@ -432,6 +435,7 @@ function configureOnly(
     stateDir,
     createEtcdPki,
     createApiCertificate,
+    ...(more.parallel === undefined ? {} : { parallel: more.parallel }),
     report,
   });
 }
@@ -825,4 +829,42 @@ t.test('--dry-run: the shard start and the round-robin plan per host, nothing st
   t.notOk(lines.some((line) => line.startsWith('10.0.0.4 (row 5): wait for')), 'one process: as before');
   t.same(cluster.starts, []);
   t.same(cluster.mdm.changes, []);
+});
+
+t.test('--parallel 3 on ten hosts: never more than three at once, every host done, the failures named together', async (t) => {
+  const rows = Array.from({ length: 10 }, (_unused, index) => `10.0.1.${index + 1},root,,debian,${index === 0 ? 'Master' : ''},,Yes,sds${index + 1},,pd1,,/dev/sdb,sp1,No,`);
+  const plan = parseInstallCsv([header, ...rows, ''].join('\n'));
+  const cluster: SimCluster = { id: null, plan, starts: [] };
+  const recording = new Map(plan.hosts.map((host) => [host.row, new RecordingHost(host, cluster)]));
+  // Each command takes a few milliseconds, so hosts overlap; a host is busy from its first command to its `query done` line.
+  const busy = new Set<string>();
+  let busyMax = 0;
+  for (const host of recording.values()) {
+    const run = host.run.bind(host);
+    host.run = async (command, args) => {
+      busy.add(host.label.replace('recording ', ''));
+      busyMax = Math.max(busyMax, busy.size);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      return run(command, args);
+    };
+  }
+  const lines: string[] = [];
+  const report = (line: string): void => {
+    lines.push(line);
+    const done = /^(\S+) \(row \d+\): query (done|FAILED)/.exec(line);
+    if (done !== null) busy.delete(done[1] as string);
+  };
+  await configureOnly(plan, t.testdir(), (host) => recording.get(host.row) as RecordingHost, placeholderPki, report, ensureSelfSignedCertificate, { phases: ['query'], sdsShards: 1, parallel: 3 }).run();
+  t.equal(busyMax, 3, 'three hosts at once, never more');
+  t.same(lines.filter((line) => / query done in /.test(line)).length, 10, 'a done line per host');
+
+  // Two hosts whose unit says another shard count than asked: both named, the others all done.
+  for (const row of [4, 9]) (recording.get(row) as RecordingHost).files.set('/etc/systemd/system/meshblock-sds.service', { text: 'ExecStart=/usr/local/bin/meshblock sds start --name x --shards 2 --host x\n', mode: 0o644 });
+  lines.length = 0;
+  await t.rejects(configureOnly(plan, t.testdir(), (host) => recording.get(host.row) as RecordingHost, placeholderPki, report, ensureSelfSignedCertificate, { phases: ['query'], sdsShards: 1, parallel: 3 }).run(), {
+    code: 'MB_ERR_INSTALL_HOSTS',
+    message: /^query: 2 of 10 hosts failed: 10\.0\.1\.3 \(row 4\): SDS sds3 is installed as 2 shards.*; 10\.0\.1\.8 \(row 9\): SDS sds8 is installed as 2 shards/,
+  });
+  t.same(lines.filter((line) => / query done in /.test(line)).length, 8, 'every other host finished its query');
+  t.same(lines.filter((line) => / query FAILED: /.test(line)).length, 2);
 });

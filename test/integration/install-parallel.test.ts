@@ -24,7 +24,7 @@ import { startInstallHosts } from '../helpers/sshd.js';
 const hostCount = 5;
 /** What root's shell start-up file costs each command, in seconds. */
 const bashrcSleepSeconds = 0.3;
-/** SSH sessions query may cost one host with one SDS device (7 when this was written: facts, read-ahead, 4 tool runs, nproc). */
+/** SSH sessions query may cost one host with one SDS device (7 when this was written: the facts, the read-ahead, 4 tool runs, the SDS unit read). */
 const queryCommandsMax = 10;
 
 /** The SSH sessions (commands, SFTP) a host's sshd has started so far: it logs each at LogLevel VERBOSE. */
