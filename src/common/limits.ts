@@ -608,3 +608,9 @@ export const installParallelDefault = 8;
 /** The most `install --parallel` takes: past it this machine, not the hosts, is the bound. */
 export const installParallelMax = 64;
 assert(installParallelDefault >= 1 && installParallelDefault <= installParallelMax, 'the default parallelism is one install --parallel accepts');
+/**
+ * The longest script the installer passes as one `sh -c` argument (files put in one command
+ * carry their text in it): Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN).
+ * The files put are certificates, keys, a password, a secret and a wrapper: a few KiB.
+ */
+export const installScriptBytesMax = 96 * KiB;

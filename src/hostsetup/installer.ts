@@ -57,7 +57,7 @@ import * as path from 'node:path';
 import { isIP } from 'node:net';
 import { formatHostPort } from '../common/address.js';
 import { MeshblockError } from '../common/errors.js';
-import { installParallelDefault, nameBytesMax } from '../common/limits.js';
+import { installParallelDefault, installScriptBytesMax, nameBytesMax } from '../common/limits.js';
 import { autoShardCount, shardName, shardNameTooLong, type ShardCountRequest } from '../common/sds-shards.js';
 import { formatArgv, systemToolDirs, type Host, type HostOptions } from './host-module.js';
 import { debianVersionPath, osReleasePath, redhatReleasePath, xenCmdlinePath, xensourceInventoryPath, yumReposDir } from './host-os.js';
@@ -264,7 +264,11 @@ export function putFilesScript(files: readonly HostFile[]): string {
       't=',
     );
   }
-  return `${lines.join('\n')}\n`;
+  const script = `${lines.join('\n')}\n`;
+  if (Buffer.byteLength(script) > installScriptBytesMax) {
+    throw new InstallError('MB_ERR_INSTALL_STEP', `files ${files.map((file) => file.path).join(', ')} are ${Buffer.byteLength(script)} bytes as a script, over the ${installScriptBytesMax} one command may carry`);
+  }
+  return script;
 }
 
 /** The paths a putFilesScript run replaced, from its output. */

@@ -21,6 +21,7 @@
 // createEtcdPki is a stand-in that records its request and writes placeholder files; the
 // MDMs' REST certificate is the real one (src/mdm/tls.ts, openssl), as the CLI hands it in.
 
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
@@ -35,6 +36,8 @@ import {
   etcdPkiRequest,
   Installer,
   installedSdsShards,
+  changedFiles,
+  putFilesScript,
   sdsShardNames,
   mdmAddresses,
   mdmApiUrls,
@@ -867,4 +870,33 @@ t.test('--parallel 3 on ten hosts: never more than three at once, every host don
   });
   t.same(lines.filter((line) => / query done in /.test(line)).length, 8, 'every other host finished its query');
   t.same(lines.filter((line) => / query FAILED: /.test(line)).length, 2);
+});
+
+t.test('putFilesScript: one command for several files, byte for byte under sh and busybox sh, refused past what one argument may carry', async (t) => {
+  const script = putFilesScript([
+    { path: '/etc/meshblock/a', text: "it's\n", mode: 0o600 },
+    { path: '/etc/meshblock/b', text: 'no newline', mode: 0o644 },
+  ]);
+  t.match(script, /printf '%s' 'it'\\''s\n' > "\$t"/, 'a quote in the text kept');
+  t.match(script, /chmod 600 "\$t" && mv -f "\$t" \/etc\/meshblock\/a && echo changed \/etc\/meshblock\/a/);
+  // Run for real, by the shells the hosts have (dash as /bin/sh here, busybox's as on a minimal host).
+  for (const shell of [['/bin/sh'], ['busybox', 'sh']]) {
+    const dir = t.testdir();
+    const files = [
+      { path: path.join(dir, 'sub', 'a'), text: "it's\n$HOME `x` \\n", mode: 0o600 },
+      { path: path.join(dir, 'b'), text: 'no newline', mode: 0o644 },
+    ];
+    const first = spawnSync(shell[0] as string, [...shell.slice(1), '-c', putFilesScript(files)], { encoding: 'utf8' });
+    t.equal(first.status, 0, `${shell.join(' ')}: ${first.stderr}`);
+    t.same(changedFiles(first.stdout), files.map((file) => file.path), `${shell.join(' ')}: both written`);
+    for (const file of files) {
+      t.equal(fs.readFileSync(file.path, 'utf8'), file.text, `${shell.join(' ')}: ${path.basename(file.path)} byte for byte`);
+      t.equal(fs.statSync(file.path).mode & 0o777, file.mode);
+    }
+    const again = spawnSync(shell[0] as string, [...shell.slice(1), '-c', putFilesScript(files)], { encoding: 'utf8' });
+    t.same([again.status, changedFiles(again.stdout)], [0, []], `${shell.join(' ')}: the same files again: nothing replaced`);
+    t.same(fs.readdirSync(dir).filter((name) => name.startsWith('.meshblock-put-')), [], 'no temporary file left');
+  }
+  t.throws(() => putFilesScript([{ path: '/etc/x', text: 'x'.repeat(200 * 1024), mode: 0o644 }]), { code: 'MB_ERR_INSTALL_STEP', message: /over the 98304 one command may carry/ });
+  t.throws(() => putFilesScript([{ path: 'relative', text: '', mode: 0o644 }]), { code: 'MB_ERR_INSTALL_STEP', message: /host paths are absolute/ });
 });
