@@ -5,7 +5,8 @@
 // PKI and the MDMs' shared REST certificate are made here, by src/mdm/etcd-pki.ts and
 // src/mdm/tls.ts, which this layer hands to the installer (src/hostsetup may not import src/mdm).
 // --sds-shards sets how many shard processes each SDS host runs (default auto: half its cores,
-// no more than its devices; see src/hostsetup/installer.ts).
+// no more than its devices; see src/hostsetup/installer.ts). --parallel bounds how many hosts
+// are worked on at once.
 
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -13,7 +14,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Argv } from 'yargs';
 import { InvalidArgumentError } from '../common/errors.js';
-import { sdsShardsMax } from '../common/limits.js';
+import { installParallelDefault, installParallelMax, sdsShardsMax } from '../common/limits.js';
 import { parseSizeBytes } from '../common/units.js';
 import { dom0MemDefault, parseDom0Mem } from '../hostsetup/dom0-memory.js';
 import { installCsvTemplate, parseInstallCsv, type InstallHost } from '../hostsetup/install-csv.js';
@@ -37,6 +38,7 @@ export interface InstallArgs {
   'dom0-mem': string;
   'state-dir': string | undefined;
   'sds-shards': string;
+  parallel: string;
 }
 
 const appRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -58,6 +60,12 @@ export function installOptions(yargs: Argv): Argv<InstallArgs> {
       describe: `SDS processes per SDS host, 1 to ${sdsShardsMax}, each a shard with its own core and devices (auto: half the host's cores, at most one per device in the CSV; an installed SDS keeps its count)`,
       requiresArg: true,
     })
+    .option('parallel', {
+      type: 'string',
+      default: String(installParallelDefault),
+      describe: `hosts worked on at once in each phase, 1 to ${installParallelMax} (configure still starts the MDMs one after another)`,
+      requiresArg: true,
+    })
     .option('dom0-mem', { type: 'string', default: dom0MemDefault, describe: 'XenServer Dom0 memory (dom0_mem=SIZE,max:SIZE)', requiresArg: true })
     .option('state-dir', {
       type: 'string',
@@ -71,9 +79,16 @@ export function installOptions(yargs: Argv): Argv<InstallArgs> {
       parseVolumes(argv.volume as string[] | undefined);
       parseDom0Mem('--dom0-mem', argv['dom0-mem'] as string);
       parseShardCount('--sds-shards', argv['sds-shards'] as string);
+      parseParallel(argv.parallel as string);
       if (!(argv.prefix as string).startsWith('/')) throw new InvalidArgumentError('--prefix', 'must be an absolute path');
       return true;
     }) as unknown as Argv<InstallArgs>;
+}
+
+function parseParallel(given: string): number {
+  const count = /^[0-9]+$/.test(given.trim()) ? Number(given.trim()) : Number.NaN;
+  if (!(count >= 1 && count <= installParallelMax)) throw new InvalidArgumentError('--parallel', `must be a whole number from 1 to ${installParallelMax}, got '${given}'`);
+  return count;
 }
 
 function parsePhases(given: string[] | undefined): InstallPhase[] {
@@ -137,6 +152,7 @@ export async function installCommand(args: InstallArgs): Promise<void> {
     stateDir: args['state-dir'] ?? path.join(os.homedir(), '.meshblock', 'install', plan.mdmHost.address),
     createEtcdPki,
     createApiCertificate: ensureSelfSignedCertificate,
+    parallel: parseParallel(args.parallel),
     report: (line) => process.stdout.write(`${line}\n`),
   });
   await installer.run();

@@ -387,6 +387,8 @@ export const errorCodes = {
   // --- the runtime bundle (meshblock bundle, src/hostsetup/runtime-bundle.ts) ---
   /** The shared libraries Node needs cannot be gathered: ldd missing or failed, a library not found, or no dynamic loader. */
   MB_ERR_BUNDLE_LIBRARIES: 'MB_ERR_BUNDLE_LIBRARIES',
+  /** More than one host failed in an installer phase; the message names each and why. */
+  MB_ERR_INSTALL_HOSTS: 'MB_ERR_INSTALL_HOSTS',
 } as const;
 
 export type ErrorCode = keyof typeof errorCodes;

@@ -596,3 +596,21 @@ export const rebuildFailingShownMax = 64;
 
 /** `meshblock bundle` (and the installer) packing the runtime bundle (about 40 MiB gzipped, some seconds): tar may take this long. */
 export const bundleTarTimeoutMs = 10 * 60_000;
+
+// --- the CSV installer (hostsetup/installer.ts, `meshblock install --parallel`) --------------
+
+/**
+ * Hosts the installer works on at once in a phase: each is an SSH connection, a bundle upload
+ * (about 40 MiB) and the host's own commands; 8 keeps this machine's uplink and CPU busy
+ * without a hundred-host run opening a hundred uploads at once.
+ */
+export const installParallelDefault = 8;
+/** The most `install --parallel` takes: past it this machine, not the hosts, is the bound. */
+export const installParallelMax = 64;
+assert(installParallelDefault >= 1 && installParallelDefault <= installParallelMax, 'the default parallelism is one install --parallel accepts');
+/**
+ * The longest script the installer passes as one `sh -c` argument (files put in one command
+ * carry their text in it): Linux refuses a single argument over 128 KiB (MAX_ARG_STRLEN).
+ * The files put are certificates, keys, a password, a secret and a wrapper: a few KiB.
+ */
+export const installScriptBytesMax = 96 * KiB;

@@ -216,3 +216,101 @@ export class LocalTransport implements HostTransport {
     });
   }
 }
+
+/** What a read-ahead found at a path: a readable regular file's text, or only whether it exists. */
+type ReadAhead = { kind: 'file'; text: string } | { kind: 'exists' } | { kind: 'missing' };
+
+/**
+ * A HostTransport that answers readFile, exists and firstExisting from what one command read
+ * ahead (readAhead), and asks the host only for the rest. The host modules' checks and plans
+ * read the same few files over and over (each module finds out the host's OS: os-release and
+ * the XenServer markers; the tools' paths; lvm.conf; the nbd module's files), and over SSH
+ * each read is a command of its own, paying the login shell's start-up every time.
+ *
+ * What was read ahead holds while nothing changes the host: writeFile keeps the cache right
+ * for the file it writes, and run() empties it, unless `readOnly` is set (the caller runs only
+ * commands that change nothing: host module checks and plans, as dry-run relies on).
+ */
+export class ReadAheadTransport implements HostTransport {
+  readonly label: string;
+  /** Set while only read-only commands run: run() then keeps what was read ahead. */
+  readOnly = false;
+  private readonly known = new Map<string, ReadAhead>();
+
+  constructor(readonly inner: HostTransport) {
+    this.label = inner.label;
+  }
+
+  /**
+   * Reads these files, and whether these other paths exist (tools: their text is no one's
+   * business, and a binary may be large), in one command; what a later read finds here costs
+   * no command.
+   */
+  async readAhead(filePaths: readonly string[], existsPaths: readonly string[] = []): Promise<void> {
+    const allPaths = [...filePaths, ...existsPaths];
+    if (allPaths.length === 0) return;
+    const marker = `@@meshblock-${randomBytes(6).toString('hex')}@@`;
+    const script = [
+      ...filePaths.map((filePath) => {
+        const quoted = shellQuote(filePath);
+        // A newline after the text, whatever its end: taken off again below.
+        return `printf '%s\\n' '${marker}'; if [ -f ${quoted} ] && [ -r ${quoted} ]; then echo file; cat -- ${quoted} && echo; elif [ -e ${quoted} ]; then echo exists; else echo missing; fi`;
+      }),
+      ...existsPaths.map((filePath) => `printf '%s\\n' '${marker}'; if [ -e ${shellQuote(filePath)} ]; then echo exists; else echo missing; fi`),
+      `printf '%s\\n' '${marker}'`,
+    ].join('\n');
+    const result = await this.inner.run('sh', ['-c', script], { timeoutMs: runTimeoutMsDefault });
+    // Nothing learnt is no error: the reads then go to the host one by one, as without this.
+    if (result.code !== 0) return;
+    const sections = result.stdout.split(`${marker}\n`).slice(1, allPaths.length + 1);
+    if (sections.length !== allPaths.length) return;
+    for (const [index, section] of sections.entries()) {
+      const filePath = allPaths[index] as string;
+      if (section.startsWith('file\n') && section.endsWith('\n')) this.known.set(filePath, { kind: 'file', text: section.slice('file\n'.length, -1) });
+      else if (section === 'exists\n') this.known.set(filePath, { kind: 'exists' });
+      else if (section === 'missing\n') this.known.set(filePath, { kind: 'missing' });
+    }
+  }
+
+  /** Drops what was read ahead: the next reads ask the host. */
+  forget(): void {
+    this.known.clear();
+  }
+
+  async readFile(filePath: string): Promise<string | null> {
+    const known = this.known.get(filePath);
+    if (known?.kind === 'file') return known.text;
+    if (known?.kind === 'missing') return null;
+    return this.inner.readFile(filePath);
+  }
+
+  async exists(filePath: string): Promise<boolean> {
+    const known = this.known.get(filePath);
+    if (known !== undefined) return known.kind !== 'missing';
+    return this.inner.exists(filePath);
+  }
+
+  async firstExisting(filePaths: readonly string[]): Promise<string | null> {
+    if (filePaths.every((filePath) => this.known.has(filePath))) return filePaths.find((filePath) => this.known.get(filePath)?.kind !== 'missing') ?? null;
+    if (this.inner.firstExisting !== undefined) return this.inner.firstExisting(filePaths);
+    for (const filePath of filePaths) if (await this.inner.exists(filePath)) return filePath;
+    return null;
+  }
+
+  async writeFile(filePath: string, text: string, options?: WriteOptions): Promise<void> {
+    this.known.delete(filePath);
+    await this.inner.writeFile(filePath, text, options);
+    this.known.set(filePath, { kind: 'file', text });
+  }
+
+  run(command: string, args: readonly string[], options?: RunOptions): Promise<RunResult> {
+    if (!this.readOnly) this.known.clear();
+    return this.inner.run(command, args, options);
+  }
+
+  async backup(filePath: string): Promise<string | null> {
+    const copy = await this.inner.backup(filePath);
+    if (copy !== null) this.known.delete(copy);
+    return copy;
+  }
+}

@@ -30,9 +30,21 @@
 // host's devices to the shards round-robin in CSV order. With N = 1 the command lines are
 // those of before shards.
 //
-// Per-host progress is one line per step. The first host that fails stops the phase, with
-// the reason; nothing later runs. `--dry-run` runs query (read-only) and prints what the
+// Hosts are worked on in parallel, up to --parallel at once (installParallelDefault), in
+// query, upload, install and configure's per-host steps; what the cluster needs in order stays
+// in order (configure starts the Master's MDM alone, then each Slave's, before any SDS or SDC,
+// and adds objects on the Master host one command after another). Output lines are prefixed
+// with the host's label, and each host's part of each step ends with a line of its own
+// (`LABEL: upload done in 12.3 s`, or `LABEL: upload FAILED: why`). A host that fails does not
+// stop the others of its step: they all finish, then the run stops, naming every host that
+// failed and why; nothing later runs. `--dry-run` runs query (read-only) and prints what the
 // other phases would do on each host.
+//
+// SSH commands: every command is a session of its own, and sshd starts the login shell for
+// each (a slow ~/.bashrc makes each cost its time), so a step is one command where it can be:
+// query reads a host's OS, architecture and devices in one script, files are put in one script
+// per host (each replaced only if its text differs), and configure lists the MDM's objects
+// and adds what is missing in one command each.
 //
 // Services: with systemd running on the host (/run/systemd/system), `systemctl enable --now`;
 // without it (containers, test hosts), the daemon is started detached with a pid file in
@@ -45,11 +57,15 @@ import * as path from 'node:path';
 import { isIP } from 'node:net';
 import { formatHostPort } from '../common/address.js';
 import { MeshblockError } from '../common/errors.js';
-import { nameBytesMax } from '../common/limits.js';
+import { installParallelDefault, installScriptBytesMax, nameBytesMax } from '../common/limits.js';
 import { autoShardCount, shardName, shardNameTooLong, type ShardCountRequest } from '../common/sds-shards.js';
-import { formatArgv, type Host, type HostOptions } from './host-module.js';
+import { formatArgv, systemToolDirs, type Host, type HostOptions } from './host-module.js';
+import { debianVersionPath, osReleasePath, redhatReleasePath, xenCmdlinePath, xensourceInventoryPath, yumReposDir } from './host-os.js';
 import { selectModules } from './host-modules.js';
-import { shellQuote as quote, type HostTransport } from './host-transport.js';
+import { ReadAheadTransport, shellQuote as quote, type HostTransport } from './host-transport.js';
+import { lvmConfPath } from './lvm-filter.js';
+import { modprobeConfPath, modulesLoadPath, nbdSysModulePath } from './nbd-module.js';
+import { centosBaseRepoPath } from './yum-repos.js';
 import type { InstallHost, InstallPlan } from './install-csv.js';
 import { buildRuntimeBundle, bundleCommandPath, type RuntimeBundle } from './runtime-bundle.js';
 
@@ -148,7 +164,7 @@ export type CreateApiCertificate = (dir: string, options: { subjectAltNames: rea
 export interface InstallOptions {
   plan: InstallPlan;
   /** Opens the transport to a host (SSH; tests may give another). */
-  connect: (host: InstallHost) => Promise<HostTransport & { close?: () => void }>;
+  connect: (host: InstallHost) => Promise<ConnectedTransport>;
   phases: readonly InstallPhase[];
   dryRun: boolean;
   prefix: string;
@@ -170,19 +186,46 @@ export interface InstallOptions {
   stateDir: string;
   createEtcdPki: CreateEtcdPki;
   createApiCertificate: CreateApiCertificate;
+  /** Hosts worked on at once [installParallelDefault]. */
+  parallel?: number;
   report: (line: string) => void;
 }
 
 type Role = 'etcd' | 'mdm' | 'sds' | 'sdc';
 
+/** One object of `meshblock TYPE list --json`. */
+type ManagedObject = { name: string; id: string } & Record<string, unknown>;
+
 /** A Master, Slave or TB host: one with an etcd member (only with 3 or 5 members). */
 type MemberHost = InstallHost & { member: NonNullable<InstallHost['member']> };
+
+/** What connect gives: a transport, and what an SSH one has besides. */
+type ConnectedTransport = HostTransport & {
+  close?: () => void;
+  upload?: (local: string, remote: string, mode?: number) => Promise<void>;
+  /** Copies a local file to a temporary file of the host's (SFTP alone, no command), and says where. */
+  stage?: (local: string) => Promise<string>;
+};
 
 interface Session {
   host: InstallHost;
   label: string;
-  transport: HostTransport & { close?: () => void; upload?: (local: string, remote: string, mode?: number) => Promise<void> };
+  /** The host's transport, its reads answered from a read-ahead where one was made (moduleReadAheadFiles, moduleReadAheadTools). */
+  transport: ReadAheadTransport & Pick<ConnectedTransport, 'close' | 'upload' | 'stage'>;
 }
+
+/**
+ * What the host modules read of a host in their checks and plans (their OS detection in
+ * host-os.ts, the tools they look for, lvm.conf, the nbd module's files), read ahead in one
+ * command before them: each is otherwise a command of its own, several of them read by every
+ * module. A path not listed is read as before: the list only saves commands.
+ */
+const moduleReadAheadFiles: readonly string[] = [
+  osReleasePath, xensourceInventoryPath, xenCmdlinePath, redhatReleasePath, debianVersionPath, yumReposDir, centosBaseRepoPath,
+  lvmConfPath, modulesLoadPath, modprobeConfPath, nbdSysModulePath,
+];
+/** The tools the modules look for (resolveTool): only whether each candidate path exists. */
+const moduleReadAheadTools: readonly string[] = ['openssl', 'node', 'nbd-client', 'rpm', 'dpkg-query', 'yum', 'apt-get', 'modprobe'].flatMap((tool) => systemToolDirs.map((dir) => `${dir}/${tool}`));
 
 async function sh(session: Session, script: string, timeoutMs = 120_000): Promise<string> {
   const result = await session.transport.run('sh', ['-c', script], { timeoutMs });
@@ -191,6 +234,73 @@ async function sh(session: Session, script: string, timeoutMs = 120_000): Promis
     throw new InstallError('MB_ERR_INSTALL_STEP', `${session.label}: ${script.split('\n')[0]?.slice(0, 120)} failed (exit ${result.code}): ${said || 'no output'}`);
   }
   return result.stdout;
+}
+
+/** A file the installer gives a host. */
+export interface HostFile {
+  path: string;
+  text: string;
+  mode: number;
+}
+
+/**
+ * A POSIX sh script giving the host these files, each replaced only where its text differs
+ * (a temporary file in the same directory, then mv: never half a file), printing
+ * `changed PATH` for each it replaced. One SSH command for what was a read and a write per
+ * file. The texts are in the script, single-quoted (any byte but NUL passes), so the script
+ * needs no stdin; without `cmp` (a host without diffutils) every file is rewritten.
+ */
+export function putFilesScript(files: readonly HostFile[]): string {
+  const lines = ['set -e', 't=', `trap 'if [ -n "$t" ]; then rm -f "$t"; fi' EXIT`];
+  for (const file of files) {
+    if (!file.path.startsWith('/')) throw new InstallError('MB_ERR_INSTALL_STEP', `host paths are absolute: '${file.path}'`);
+    const target = quote(file.path);
+    const directory = quote(path.posix.dirname(file.path));
+    lines.push(
+      `mkdir -p ${directory}`,
+      `t=$(mktemp ${directory}/.meshblock-put-XXXXXX)`,
+      `printf '%s' '${file.text.replace(/'/g, "'\\''")}' > "$t"`,
+      `if cmp -s "$t" ${target} 2>/dev/null; then rm -f "$t"; else chmod ${file.mode.toString(8)} "$t" && mv -f "$t" ${target} && echo changed ${target}; fi`,
+      't=',
+    );
+  }
+  const script = `${lines.join('\n')}\n`;
+  if (Buffer.byteLength(script) > installScriptBytesMax) {
+    throw new InstallError('MB_ERR_INSTALL_STEP', `files ${files.map((file) => file.path).join(', ')} are ${Buffer.byteLength(script)} bytes as a script, over the ${installScriptBytesMax} one command may carry`);
+  }
+  return script;
+}
+
+/** The paths a putFilesScript run replaced, from its output. */
+export function changedFiles(output: string): string[] {
+  return output
+    .split('\n')
+    .filter((line) => line.startsWith('changed '))
+    .map((line) => line.slice('changed '.length));
+}
+
+/** A line no file's text will hold, to cut one command's output into sections. */
+function sectionMarker(): string {
+  return `@@meshblock-${randomBytes(6).toString('hex')}@@`;
+}
+
+/**
+ * The line that starts a section of a script's output: a newline first, so a section whose
+ * output does not end with one (a file without a last newline) still leaves the marker a
+ * line of its own.
+ */
+function markerLine(marker: string, name: string): string {
+  return `printf '\\n%s\\n' '${marker} ${name}'`;
+}
+
+/** The output of a script that printed markerLine(MARKER, NAME) before each section, cut into them. */
+export function outputSections(output: string, marker: string): Array<{ name: string; body: string }> {
+  const sections: Array<{ name: string; body: string }> = [];
+  for (const line of output.split('\n')) {
+    if (line.startsWith(`${marker} `)) sections.push({ name: line.slice(marker.length + 1), body: '' });
+    else if (sections.length > 0) (sections[sections.length - 1] as { body: string }).body += `${line}\n`;
+  }
+  return sections;
 }
 
 function etcdMembers(plan: InstallPlan): MemberHost[] {
@@ -384,8 +494,17 @@ function unitText(role: Role, args: string[]): string {
   ].join('\n');
 }
 
+function labelOf(host: InstallHost): string {
+  return `${host.address} (row ${host.row})`;
+}
+
+function codeOf(err: unknown): MeshblockError['code'] {
+  return err instanceof MeshblockError ? err.code : 'MB_ERR_INSTALL_STEP';
+}
+
 export class Installer {
-  private readonly sessions = new Map<number, Session>();
+  /** Each host's session by CSV row, opened at the first ask (a promise: parallel steps ask at once). */
+  private readonly sessions = new Map<number, Promise<Session>>();
   /** Each SDS host's shard count by CSV row, chosen once per run (sdsShardsOf). */
   private readonly sdsShards = new Map<number, SdsShardChoice>();
   private bundle: RuntimeBundle | null = null;
@@ -402,31 +521,69 @@ export class Installer {
       }
       if (this.options.dryRun) await this.describe();
     } finally {
-      for (const session of this.sessions.values()) session.transport.close?.();
+      for (const opened of await Promise.allSettled(this.sessions.values())) if (opened.status === 'fulfilled') opened.value.transport.close?.();
     }
   }
 
-  private async session(host: InstallHost): Promise<Session> {
+  private session(host: InstallHost): Promise<Session> {
     const known = this.sessions.get(host.row);
     if (known !== undefined) return known;
-    const label = `${host.address} (row ${host.row})`;
-    let transport: Session['transport'];
-    try {
-      transport = await this.options.connect(host);
-    } catch (err) {
-      throw new InstallError('MB_ERR_INSTALL_CONNECT', `${label}: ${(err as Error).message}`);
-    }
-    const session: Session = { host, label, transport };
-    this.sessions.set(host.row, session);
-    return session;
+    const label = labelOf(host);
+    const opening = this.options.connect(host).then(
+      (connected): Session => {
+        const transport: Session['transport'] = new ReadAheadTransport(connected);
+        if (connected.close !== undefined) transport.close = () => connected.close?.();
+        if (connected.upload !== undefined) transport.upload = (local, remote, mode) => (connected.upload as NonNullable<ConnectedTransport['upload']>)(local, remote, mode);
+        if (connected.stage !== undefined) transport.stage = (local) => (connected.stage as NonNullable<ConnectedTransport['stage']>)(local);
+        return { host, label, transport };
+      },
+      (err: unknown) => {
+        // Not kept: a later step (a re-run's query after a fix) may connect.
+        this.sessions.delete(host.row);
+        throw new InstallError('MB_ERR_INSTALL_CONNECT', `${label}: ${(err as Error).message}`);
+      },
+    );
+    this.sessions.set(host.row, opening);
+    return opening;
   }
 
-  private each(work: (session: Session) => Promise<void>): Promise<void> {
-    // One host after another: the first failure stops the phase with its reason.
-    return this.options.plan.hosts.reduce(async (previous, host) => {
-      await previous;
-      await work(await this.session(host));
-    }, Promise.resolve());
+  /**
+   * Runs `work` on every host, up to --parallel at once, taking hosts in CSV order as places
+   * free up. A host that fails does not stop the others: every host of the step finishes,
+   * then the step fails naming each failed host and why (a single failure is thrown as it
+   * is, its code kept). Each host's part ends with a line `LABEL: STEP done in N s` (none
+   * when `work` says false: nothing to do there) or `LABEL: STEP FAILED: why`.
+   */
+  private async each(step: string, work: (session: Session) => Promise<void | false>): Promise<void> {
+    const hosts = this.options.plan.hosts;
+    const failures: Array<{ row: number; label: string; err: Error }> = [];
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < hosts.length) {
+        const host = hosts[next] as InstallHost;
+        next += 1;
+        const startedAt = Date.now();
+        try {
+          const outcome = await work(await this.session(host));
+          if (outcome !== false) this.options.report(`${labelOf(host)}: ${step} done in ${((Date.now() - startedAt) / 1000).toFixed(1)} s`);
+        } catch (err) {
+          const label = labelOf(host);
+          // Named by its host whatever threw it (a module's or a transport's own error may not be).
+          const named = (err as Error).message.includes(label) ? (err as Error) : new InstallError(codeOf(err), `${label}: ${(err as Error).message}`, { cause: err });
+          failures.push({ row: host.row, label, err: named });
+          this.options.report(`${label}: ${step} FAILED: ${named.message.replace(`${label}: `, '')}`);
+        }
+      }
+    };
+    const parallel = this.options.parallel ?? installParallelDefault;
+    await Promise.all(Array.from({ length: Math.max(1, Math.min(parallel, hosts.length)) }, worker));
+    if (failures.length === 0) return;
+    failures.sort((a, b) => a.row - b.row);
+    if (failures.length === 1) throw (failures[0] as { err: Error }).err;
+    throw new InstallError(
+      'MB_ERR_INSTALL_HOSTS',
+      `${step}: ${failures.length} of ${hosts.length} hosts failed: ${failures.map((failure) => failure.err.message).join('; ')}`,
+    );
   }
 
   private hostOf(session: Session): Host {
@@ -434,21 +591,55 @@ export class Installer {
     return { transport: session.transport, options: { ...this.options.hostOptions, nodeRuntime: 'bundled' } };
   }
 
+  /**
+   * What query reads of a host, in one command: its os-release, whether it is a XenServer,
+   * its architecture, and each SDS device's kind (block, file, missing) and what blkid finds
+   * on it (before: two commands per device and three for the rest).
+   */
+  private async hostFacts(session: Session): Promise<{ pretty: string; arch: string; devices: Array<{ path: string; kind: string; type: string | undefined }> }> {
+    const marker = sectionMarker();
+    const devices = session.host.sds?.devices ?? [];
+    const script = [
+      markerLine(marker, 'os-release'),
+      'cat /etc/os-release 2>/dev/null || true',
+      markerLine(marker, 'xen'),
+      'if [ -e /etc/xensource-inventory ]; then echo yes; fi',
+      markerLine(marker, 'arch'),
+      'uname -m',
+      ...devices.flatMap((device) => {
+        const quoted = quote(device.path);
+        return [
+          markerLine(marker, 'kind'),
+          `if [ -b ${quoted} ]; then echo block; elif [ -f ${quoted} ]; then echo file; else echo missing; fi`,
+          markerLine(marker, 'blkid'),
+          `if [ -e ${quoted} ]; then blkid -p -o export ${quoted} 2>/dev/null || true; fi`,
+        ];
+      }),
+    ].join('\n');
+    const sections = outputSections(await sh(session, script), marker);
+    const body = (name: string): string => sections.find((section) => section.name === name)?.body ?? '';
+    const kinds = sections.filter((section) => section.name === 'kind');
+    const probes = sections.filter((section) => section.name === 'blkid');
+    const pretty = /^PRETTY_NAME="?([^"\n]*)"?/m.exec(body('os-release'))?.[1] ?? (body('xen').trim() === 'yes' ? 'XenServer' : 'unknown OS');
+    return {
+      pretty,
+      arch: body('arch').trim(),
+      devices: devices.map((device, index) => {
+        const probe = probes[index]?.body ?? '';
+        return { path: device.path, kind: kinds[index]?.body.trim() ?? 'missing', type: /^TYPE=(.*)$/m.exec(probe)?.[1] ?? /^PTTYPE=(.*)$/m.exec(probe)?.[1] };
+      }),
+    };
+  }
+
   private async query(): Promise<void> {
-    await this.each(async (session) => {
+    await this.each('query', async (session) => {
       const { host } = session;
-      const osRelease = (await session.transport.readFile('/etc/os-release')) ?? '';
-      const pretty = /^PRETTY_NAME="?([^"\n]*)"?/m.exec(osRelease)?.[1] ?? (await session.transport.exists('/etc/xensource-inventory') ? 'XenServer' : 'unknown OS');
-      const arch = (await sh(session, 'uname -m')).trim();
+      const { pretty, arch, devices } = await this.hostFacts(session);
       if (arch !== 'x86_64') throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}: ${arch} host; the Node runtime meshblock ships is x86_64`);
-      for (const device of host.sds?.devices ?? []) {
-        const result = await session.transport.run('sh', ['-c', `if [ -b ${quote(device.path)} ]; then echo block; elif [ -f ${quote(device.path)} ]; then echo file; else echo missing; fi`]);
-        const kind = result.stdout.trim();
-        if (kind === 'missing') throw new InstallError('MB_ERR_INSTALL_DEVICE', `${session.label}, column 'SDS Device List': ${device.path} does not exist on ${host.address}`);
-        const probe = await session.transport.run('blkid', ['-p', '-o', 'export', device.path]);
-        const type = /^TYPE=(.*)$/m.exec(probe.stdout)?.[1] ?? /^PTTYPE=(.*)$/m.exec(probe.stdout)?.[1];
-        if (type !== undefined && type !== '') {
-          throw new InstallError('MB_ERR_INSTALL_DEVICE', `${session.label}: ${device.path} holds ${type} (previous formatting must be removed first: wipefs --all ${device.path}, or meshblock host apply --only disks --yes-wipe ${device.path})`);
+      for (const device of devices) {
+        if (device.kind === 'missing') throw new InstallError('MB_ERR_INSTALL_DEVICE', `${session.label}, column 'SDS Device List': ${device.path} does not exist on ${host.address}`);
+        if (device.type !== undefined && device.type !== '') {
+          throw new InstallError('MB_ERR_INSTALL_DEVICE', `${session.label}: ${device.path} holds ${device.type} (previous formatting must be removed first: wipefs --all ${device.path}, or meshblock host apply --only disks --yes-wipe ${device.path})`);
         }
       }
       // Checked here, before anything is uploaded: nothing later could fix it (Debian's package).
@@ -459,9 +650,16 @@ export class Installer {
         this.options.report(`${session.label}: MDM IPs ${host.mdm.ips.slice(1).join(', ')} not used: the MDM listens on ${host.mdm.listenAddress} only`);
       }
       const findings: string[] = [];
-      for (const module of selectModules(installModules)) {
-        const finding = await module.check(this.hostOf(session)).catch((err: Error) => ({ applicable: true, ok: false, summary: `cannot check: ${err.message}` }));
-        if (finding.applicable && !finding.ok) findings.push(`${module.name}: ${finding.summary}`);
+      // The modules' checks only read: what they read is read ahead in one command.
+      await session.transport.readAhead(moduleReadAheadFiles, moduleReadAheadTools);
+      session.transport.readOnly = true;
+      try {
+        for (const module of selectModules(installModules)) {
+          const finding = await module.check(this.hostOf(session)).catch((err: Error) => ({ applicable: true, ok: false, summary: `cannot check: ${err.message}` }));
+          if (finding.applicable && !finding.ok) findings.push(`${module.name}: ${finding.summary}`);
+        }
+      } finally {
+        session.transport.readOnly = false;
       }
       let shardText = '';
       if (host.sds !== null) {
@@ -528,19 +726,27 @@ export class Installer {
   }
 
   private async upload(): Promise<void> {
+    // Built once, before any host's upload starts.
     this.bundle ??= await buildRuntimeBundle(this.options.appRoot, this.options.workDir);
     const { file, hash } = this.bundle;
     const prefix = this.options.prefix;
-    await this.each(async (session) => {
+    await this.each('upload', async (session) => {
       const current = ((await session.transport.readFile(`${prefix}/BUNDLE`)) ?? '').trim();
       if (current === hash) {
         this.options.report(`${session.label}: bundle ${hash} already in ${prefix}`);
         return;
       }
-      if (session.transport.upload === undefined) throw new InstallError('MB_ERR_INSTALL_UPLOAD', `${session.label}: this transport cannot upload files`);
-      // Its own name: another install may be uploading the same bundle to this host.
-      const remote = `/tmp/meshblock-bundle-${hash}-${randomBytes(4).toString('hex')}.tar.gz`;
-      await session.transport.upload(file, remote, 0o600);
+      let remote: string;
+      if (session.transport.stage !== undefined) {
+        // SFTP alone; the unpacking command below moves nothing, it reads the staged file.
+        remote = await session.transport.stage(file);
+      } else if (session.transport.upload !== undefined) {
+        // Its own name: another install may be uploading the same bundle to this host.
+        remote = `/tmp/meshblock-bundle-${hash}-${randomBytes(4).toString('hex')}.tar.gz`;
+        await session.transport.upload(file, remote, 0o600);
+      } else {
+        throw new InstallError('MB_ERR_INSTALL_UPLOAD', `${session.label}: this transport cannot upload files`);
+      }
       // Unpacked beside the old one, then swapped in: a host never has half a meshblock.
       await sh(
         session,
@@ -561,19 +767,31 @@ export class Installer {
 
   private async install(): Promise<void> {
     const prefix = this.options.prefix;
-    await this.each(async (session) => {
+    await this.each('install', async (session) => {
       const host = this.hostOf(session);
+      // Plans only read (what --dry-run relies on): read ahead in one command, kept while they
+      // run; a module's apply changes the host, and its first command drops what was read.
+      await session.transport.readAhead(moduleReadAheadFiles, moduleReadAheadTools);
       for (const module of selectModules(installModules)) {
-        const steps = await module.plan(host);
+        session.transport.readOnly = true;
+        const steps = await module.plan(host).finally(() => (session.transport.readOnly = false));
         if (steps.length === 0) continue;
         const result = await module.apply(host, steps);
         for (const line of result.done) this.options.report(`${session.label}: ${module.name}: ${line}`);
         for (const note of result.notes) this.options.report(`${session.label}: ${module.name}: NOTE ${note}`);
       }
       const wrapper = `#!/bin/sh\n# meshblock, installed by meshblock install: its runtime bundle's command\nexec ${prefix}/${bundleCommandPath} "$@"\n`;
-      if ((await session.transport.readFile('/usr/local/bin/meshblock')) !== wrapper) await session.transport.writeFile('/usr/local/bin/meshblock', wrapper, { mode: 0o755 });
-      await sh(session, `mkdir -p ${dataRoot} ${configDir} ${runDir} ${logDir} && chmod 700 ${configDir}`);
-      this.options.report(`${session.label}: /usr/local/bin/meshblock (${(await sh(session, '/usr/local/bin/meshblock --version')).trim()}), roles ${rolesOf(session.host, this.options.plan).join(', ') || 'none'}`);
+      // The command, meshblock's directories and its version: one command.
+      const version = await sh(
+        session,
+        [
+          putFilesScript([{ path: '/usr/local/bin/meshblock', text: wrapper, mode: 0o755 }]),
+          `mkdir -p ${dataRoot} ${configDir} ${runDir} ${logDir} && chmod 700 ${configDir} >/dev/null`,
+          '/usr/local/bin/meshblock --version',
+        ].join('\n'),
+      );
+      const versionLine = version.split('\n').filter((line) => line !== '' && !line.startsWith('changed ')).pop() ?? '';
+      this.options.report(`${session.label}: /usr/local/bin/meshblock (${versionLine.trim()}), roles ${rolesOf(session.host, this.options.plan).join(', ') || 'none'}`);
     });
   }
 
@@ -597,16 +815,47 @@ export class Installer {
     this.options.report(`${session.label}: meshblock ${role} started (no systemd on the host: detached, pid in ${pidFile}, log ${logDir}/${role}.log)`);
   }
 
+  /** The management CLI's connection arguments on the Master host. */
+  private manageConnection(): string[] {
+    return this.options.plan.memberCount === 1
+      ? ['--api', `https://${apiAddress}`, '--ca-cert', `${dataRoot}/mdm/api.crt`, '--password-file', `${dataRoot}/mdm/admin.password`]
+      : ['--api', mdmApiUrls(this.options.plan).join(','), '--ca-cert', apiCertFile, '--password-file', adminPasswordFile];
+  }
+
+  /** The MDM's objects of these types (`meshblock TYPE list --json` each), in one command on the Master host. */
+  private async lists<T extends string>(mdm: Session, types: readonly T[]): Promise<Record<T, ManagedObject[]>> {
+    const marker = sectionMarker();
+    const script = ['set -e', ...types.flatMap((type) => [markerLine(marker, type), `/usr/local/bin/meshblock ${[type, 'list', '--json', ...this.manageConnection()].map(quote).join(' ')}`])].join('\n');
+    const sections = outputSections(await sh(mdm, script), marker);
+    const result = {} as Record<T, ManagedObject[]>;
+    for (const type of types) {
+      const body = sections.find((section) => section.name === type)?.body ?? '';
+      try {
+        result[type] = JSON.parse(body) as ManagedObject[];
+      } catch (err) {
+        throw new InstallError('MB_ERR_INSTALL_STEP', `${mdm.label}: meshblock ${type} list --json gave no JSON (${(err as Error).message}): ${body.slice(0, 120)}`);
+      }
+    }
+    return result;
+  }
+
   /**
-   * Runs the management CLI on the Master host: against its own API with one MDM; with a
-   * cluster, against every MDM's (the CLI moves on to whichever is Master now).
+   * Changes through the management CLI on the Master host, one after another in one command
+   * (each needs the ones before: a pool its domain, a device its pool), each reported once
+   * done; the first that fails stops the rest, with its reason.
    */
-  private async manage(mdm: Session, args: string[]): Promise<string> {
-    const connection =
-      this.options.plan.memberCount === 1
-        ? ['--api', `https://${apiAddress}`, '--ca-cert', `${dataRoot}/mdm/api.crt`, '--password-file', `${dataRoot}/mdm/admin.password`]
-        : ['--api', mdmApiUrls(this.options.plan).join(','), '--ca-cert', apiCertFile, '--password-file', adminPasswordFile];
-    return sh(mdm, `/usr/local/bin/meshblock ${[...args, ...connection].map(quote).join(' ')}`);
+  private async manageAll(mdm: Session, changes: ReadonlyArray<{ args: string[]; done: string }>): Promise<void> {
+    if (changes.length === 0) return;
+    const marker = sectionMarker();
+    const script = changes.flatMap((change, index) => [`/usr/local/bin/meshblock ${[...change.args, ...this.manageConnection()].map(quote).join(' ')} >/dev/null || exit $?`, markerLine(marker, String(index))]).join('\n');
+    const result = await mdm.transport.run('sh', ['-c', script], { timeoutMs: 120_000 + 30_000 * changes.length });
+    const doneCount = outputSections(result.stdout, marker).length;
+    for (const change of changes.slice(0, doneCount)) this.options.report(change.done);
+    if (result.code !== 0) {
+      const failed = changes[doneCount];
+      const said = (result.stderr.trim() || 'no output').split('\n').slice(-3).join(' / ');
+      throw new InstallError('MB_ERR_INSTALL_STEP', `${mdm.label}: meshblock ${failed?.args.join(' ') ?? ''} failed (exit ${result.code}): ${said}`);
+    }
   }
 
   private async until<T>(what: string, probe: () => Promise<T | undefined>): Promise<T> {
@@ -626,10 +875,19 @@ export class Installer {
 
   /** The cluster's id and secret, once the MDM on this host has written them. */
   private async clusterOn(session: Session): Promise<{ id: string; secret: string } | undefined> {
-    const text = await session.transport.readFile(`${dataRoot}/mdm/cluster.json`);
-    const secret = await session.transport.readFile(`${dataRoot}/mdm/cluster.secret`);
-    if (text === null || secret === null) return undefined;
-    return { id: (JSON.parse(text) as { clusterId: string }).clusterId, secret };
+    // Both files in one command (this is polled while the MDM starts).
+    const marker = sectionMarker();
+    const [json, secretPath] = [`${dataRoot}/mdm/cluster.json`, `${dataRoot}/mdm/cluster.secret`];
+    const result = await session.transport.run('sh', ['-c', `[ -e ${json} ] && [ -e ${secretPath} ] || exit 3; cat ${json}; printf '\\n%s\\n' '${marker}'; cat ${secretPath}`]);
+    if (result.code !== 0) return undefined;
+    const cut = result.stdout.indexOf(`\n${marker}\n`);
+    if (cut < 0) return undefined;
+    return { id: (JSON.parse(result.stdout.slice(0, cut)) as { clusterId: string }).clusterId, secret: result.stdout.slice(cut + marker.length + 2) };
+  }
+
+  /** Puts files on the host in one command (putFilesScript); the paths it replaced. */
+  private async putFiles(session: Session, files: readonly HostFile[]): Promise<string[]> {
+    return files.length === 0 ? [] : changedFiles(await sh(session, putFilesScript(files)));
   }
 
   /** The etcd PKI made here, each member host given its files, an etcd member started on each. */
@@ -640,8 +898,8 @@ export class Installer {
     // from another machine): new certificates would not be trusted by the members running
     // with the old ones. Refused before anything is made or copied.
     const localCa = fs.existsSync(path.join(pkiDir, 'ca.crt')) ? fs.readFileSync(path.join(pkiDir, 'ca.crt'), 'utf8') : null;
-    await this.each(async (session) => {
-      if (etcdPkiFilesFor(session.host, plan).length === 0) return;
+    await this.each('configure: etcd CA check', async (session) => {
+      if (etcdPkiFilesFor(session.host, plan).length === 0) return false;
       const hostCa = await session.transport.readFile(`${etcdPkiDir}/ca.crt`);
       if (hostCa !== null && hostCa !== localCa) {
         throw new InstallError(
@@ -653,20 +911,24 @@ export class Installer {
     fs.mkdirSync(pkiDir, { recursive: true, mode: 0o700 });
     await this.options.createEtcdPki(pkiDir, request);
     this.options.report(`etcd PKI in ${pkiDir}: members ${request.members.map((member) => member.name).join(', ')}; MDM clients ${request.clients.join(', ')}`);
-    await this.each(async (session) => {
+    // Read here first: a file missing from the PKI is this machine's problem, said once, not per host.
+    const pkiFiles = new Map(
+      plan.hosts.map((host) => [
+        host.row,
+        etcdPkiFilesFor(host, plan).map((file): HostFile => {
+          const local = path.join(pkiDir, file.name);
+          try {
+            return { path: `${etcdPkiDir}/${file.name}`, text: fs.readFileSync(local, 'utf8'), mode: file.mode };
+          } catch (err) {
+            throw new InstallError('MB_ERR_INSTALL_STEP', `the etcd PKI has no ${local}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+          }
+        }),
+      ]),
+    );
+    await this.each('configure: etcd member', async (session) => {
       const files = etcdPkiFilesFor(session.host, plan);
-      if (files.length === 0) return;
-      for (const file of files) {
-        const local = path.join(pkiDir, file.name);
-        let text: string;
-        try {
-          text = fs.readFileSync(local, 'utf8');
-        } catch (err) {
-          throw new InstallError('MB_ERR_INSTALL_STEP', `the etcd PKI has no ${local}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-        }
-        const remote = `${etcdPkiDir}/${file.name}`;
-        if ((await session.transport.readFile(remote)) !== text) await session.transport.writeFile(remote, text, { mode: file.mode });
-      }
+      if (files.length === 0) return false;
+      await this.putFiles(session, pkiFiles.get(session.host.row) ?? []);
       this.options.report(`${session.label}: ${files.map((file) => file.name).join(', ')} in ${etcdPkiDir}`);
       await this.stopDebianEtcd(session);
       await this.startDaemon(session, 'etcd', daemonArgs('etcd', session.host, plan, ''));
@@ -681,11 +943,12 @@ export class Installer {
    * host's /etc/init.d/etcd is the administrator's to disable).
    */
   private async stopDebianEtcd(session: Session): Promise<void> {
-    if (!(await session.transport.exists('/run/systemd/system'))) return;
-    const enabled = await session.transport.run('systemctl', ['is-enabled', '--quiet', debianEtcdUnit]);
-    const active = await session.transport.run('systemctl', ['is-active', '--quiet', debianEtcdUnit]);
-    if (enabled.code !== 0 && active.code !== 0) return;
-    await sh(session, `systemctl disable --now ${debianEtcdUnit}`);
+    // One command: whether systemd runs, whether the unit is enabled or active, and stopping it.
+    const output = await sh(
+      session,
+      `[ -e /run/systemd/system ] || exit 0; if systemctl is-enabled --quiet ${debianEtcdUnit} || systemctl is-active --quiet ${debianEtcdUnit}; then systemctl disable --now ${debianEtcdUnit} && echo stopped; fi`,
+    );
+    if (output.trim() !== 'stopped') return;
     this.options.report(`${session.label}: Debian's ${debianEtcdUnit} (its own etcd on localhost:2379) stopped and disabled: the cluster's member runs as meshblock-etcd`);
   }
 
@@ -718,13 +981,10 @@ export class Installer {
       );
     }
     this.options.report(`MDM REST certificate ${certPath} (${apiSubjectAltNames(plan).join(', ')}); admin password ${passwordFile}`);
-    await this.each(async (session) => {
+    await this.each('configure: MDM files', async (session) => {
       const files = mdmSharedFilesFor(session.host, plan);
-      if (files.length === 0) return;
-      for (const file of files) {
-        const text = fs.readFileSync(path.join(stateDir, file.source), 'utf8');
-        if ((await session.transport.readFile(file.target)) !== text) await session.transport.writeFile(file.target, text, { mode: file.mode });
-      }
+      if (files.length === 0) return false;
+      await this.putFiles(session, files.map((file) => ({ path: file.target, text: fs.readFileSync(path.join(stateDir, file.source), 'utf8'), mode: file.mode })));
       this.options.report(`${session.label}: ${files.map((file) => file.target).join(', ')}`);
     });
   }
@@ -732,7 +992,11 @@ export class Installer {
   private async configure(): Promise<void> {
     const { plan } = this.options;
     // Every SDS host's shard count first: a refused --sds-shards stops the run before anything starts.
-    await this.each(async (session) => void (session.host.sds === null ? undefined : await this.sdsShardsOf(session)));
+    await this.each('configure: SDS shard count', async (session) => {
+      // Known from query when it ran in this run (then nothing is asked): no line of its own.
+      if (session.host.sds !== null) await this.sdsShardsOf(session);
+      return false;
+    });
     const pkiRequest = etcdPkiRequest(plan);
     // etcd first: an MDM in cluster mode waits for a quorum of members before it does anything.
     if (pkiRequest !== null) {
@@ -744,7 +1008,7 @@ export class Installer {
     const mdm = await this.session(plan.mdmHost);
     await this.startDaemon(mdm, 'mdm', daemonArgs('mdm', plan.mdmHost, plan, ''));
     const cluster = await this.until('the MDM to create the cluster', () => this.clusterOn(mdm));
-    await this.until('the MDM API', async () => (await this.manage(mdm, ['pd', 'list', '--json'])) !== '' || undefined);
+    await this.until('the MDM API', async () => (await this.lists(mdm, ['pd'])).pd !== undefined || undefined);
     this.options.report(`${mdm.label}: MDM up, cluster ${cluster.id}`);
     for (const host of plan.hosts.filter((candidate) => candidate.mdm !== null && candidate !== plan.mdmHost)) {
       const slave = await this.session(host);
@@ -756,85 +1020,79 @@ export class Installer {
       this.options.report(`${slave.label}: Slave MDM ${host.member?.name} up, cluster ${joined.id}`);
     }
 
-    await this.each(async (session) => {
+    await this.each('configure: SDS and SDC', async (session) => {
       const roles = rolesOf(session.host, plan).filter((role) => role === 'sds' || role === 'sdc');
-      if (roles.length === 0) return;
-      if ((await session.transport.readFile(secretFile)) !== cluster.secret) await session.transport.writeFile(secretFile, cluster.secret, { mode: 0o600 });
+      if (roles.length === 0) return false;
+      await this.putFiles(session, [{ path: secretFile, text: cluster.secret, mode: 0o600 }]);
       for (const role of roles) await this.startDaemon(session, role, daemonArgs(role, session.host, plan, cluster.id, this.sdsShards.get(session.host.row)?.count ?? 1));
     });
 
-    const listNames = async (type: string, args: string[] = []): Promise<Array<{ name: string; id: string } & Record<string, unknown>>> =>
-      JSON.parse(await this.manage(mdm, [type, 'list', '--json', ...args])) as Array<{ name: string; id: string } & Record<string, unknown>>;
     const sdsHosts = plan.hosts.filter((host) => host.sds !== null);
     const shardCountOf = (host: InstallHost): number => (this.sdsShards.get(host.row) as SdsShardChoice).count;
     const sdsNames = sdsHosts.flatMap((host) => sdsShardNames((host.sds as NonNullable<InstallHost['sds']>).name, shardCountOf(host)));
     await this.until(`the SDSs ${sdsNames.join(', ')} to register`, async () => {
-      const names = (await listNames('sds')).map((entry) => entry.name);
+      const names = (await this.lists(mdm, ['sds'])).sds.map((entry) => entry.name);
       return sdsNames.every((name) => names.includes(name)) || undefined;
     });
+    // What the MDM has, in one listing; what is missing, added in one command (manageAll).
+    const known = await this.lists(mdm, ['pd', 'fault-set', 'pool', 'sds', 'device']);
+    const changes: Array<{ args: string[]; done: string }> = [];
     const domains = new Set(sdsHosts.map((host) => host.sds?.protectionDomain as string));
     for (const domain of domains) {
-      if (!(await listNames('pd')).some((entry) => entry.name === domain)) {
-        await this.manage(mdm, ['pd', 'add', '--name', domain]);
-        this.options.report(`created protection domain ${domain}`);
-      }
+      if (!known.pd.some((entry) => entry.name === domain)) changes.push({ args: ['pd', 'add', '--name', domain], done: `created protection domain ${domain}` });
       const inDomain = sdsHosts.filter((host) => host.sds?.protectionDomain === domain);
       for (const faultSet of new Set(inDomain.map((host) => host.sds?.faultSet).filter((name): name is string => name !== null && name !== undefined))) {
-        if (!(await listNames('fault-set')).some((entry) => entry.name === faultSet)) {
-          await this.manage(mdm, ['fault-set', 'add', '--pd', domain, '--name', faultSet]);
-          this.options.report(`created fault set ${faultSet} in ${domain}`);
-        }
+        if (!known['fault-set'].some((entry) => entry.name === faultSet)) changes.push({ args: ['fault-set', 'add', '--pd', domain, '--name', faultSet], done: `created fault set ${faultSet} in ${domain}` });
       }
       for (const pool of new Set(inDomain.flatMap((host) => host.sds?.devices.map((device) => device.pool) ?? []))) {
-        if (!(await listNames('pool')).some((entry) => entry.name === pool)) {
-          await this.manage(mdm, ['pool', 'add', '--pd', domain, '--name', pool]);
-          this.options.report(`created storage pool ${pool} in ${domain}`);
-        }
+        if (!known.pool.some((entry) => entry.name === pool)) changes.push({ args: ['pool', 'add', '--pd', domain, '--name', pool], done: `created storage pool ${pool} in ${domain}` });
       }
     }
-    const sdss = await listNames('sds');
-    const devices = await listNames('device');
     for (const host of sdsHosts) {
       const sds = host.sds as NonNullable<InstallHost['sds']>;
       // Each shard is an SDS of its own in the MDM: added to the host's domain and fault set
       // (shards of one host share its fault set, which the MDM requires of one host label).
-      const records = sdsShardNames(sds.name, shardCountOf(host)).map((name) => sdss.find((entry) => entry.name === name));
+      const records = sdsShardNames(sds.name, shardCountOf(host)).map((name) => known.sds.find((entry) => entry.name === name));
       for (const record of records) {
         if (record !== undefined && (record['protectionDomainId'] === null || record['protectionDomainId'] === undefined)) {
-          await this.manage(mdm, ['sds', 'add', '--sds', record.name, '--pd', sds.protectionDomain, ...(sds.faultSet === null ? [] : ['--fault-set', sds.faultSet])]);
-          this.options.report(`added ${record.name} to ${sds.protectionDomain}${sds.faultSet === null ? '' : `, fault set ${sds.faultSet}`}`);
+          changes.push({
+            args: ['sds', 'add', '--sds', record.name, '--pd', sds.protectionDomain, ...(sds.faultSet === null ? [] : ['--fault-set', sds.faultSet])],
+            done: `added ${record.name} to ${sds.protectionDomain}${sds.faultSet === null ? '' : `, fault set ${sds.faultSet}`}`,
+          });
         }
       }
       // A device already on any of the host's shards stays where it is (a re-run, or one
       // added by hand to another shard than round-robin would pick).
       const hostSdsIds = new Set(records.flatMap((record) => (record === undefined ? [] : [record.id])));
       for (const { device, sdsName } of deviceShards(host, shardCountOf(host))) {
-        if (devices.some((entry) => hostSdsIds.has(entry['sdsId'] as string) && entry['deviceCurrentPathName'] === device.path)) continue;
-        await this.manage(mdm, ['device', 'add', '--sds', sdsName, '--pool', device.pool, '--path', device.path, ...(device.name === null ? [] : ['--name', device.name])]);
-        this.options.report(`added ${sdsName}:${device.path} to ${device.pool}`);
+        if (known.device.some((entry) => hostSdsIds.has(entry['sdsId'] as string) && entry['deviceCurrentPathName'] === device.path)) continue;
+        changes.push({
+          args: ['device', 'add', '--sds', sdsName, '--pool', device.pool, '--path', device.path, ...(device.name === null ? [] : ['--name', device.name])],
+          done: `added ${sdsName}:${device.path} to ${device.pool}`,
+        });
       }
     }
+    await this.manageAll(mdm, changes);
     const sdcHosts = plan.hosts.filter((host) => host.sdc !== null);
-    await this.until(`the SDCs ${sdcHosts.map((host) => host.sdc?.name).join(', ')} to register`, async () => {
-      const names = (await listNames('sdc')).map((entry) => entry.name);
-      return sdcHosts.every((host) => names.includes(host.sdc?.name as string)) || undefined;
+    const registered = await this.until(`the SDCs ${sdcHosts.map((host) => host.sdc?.name).join(', ')} to register`, async () => {
+      const listed = await this.lists(mdm, ['sdc', 'volume']);
+      return sdcHosts.every((host) => listed.sdc.some((entry) => entry.name === host.sdc?.name)) ? listed : undefined;
     });
     const firstPool = sdsHosts[0]?.sds?.devices[0]?.pool as string;
+    const volumeChanges: Array<{ args: string[]; done: string }> = [];
     for (const volume of this.options.volumes) {
-      if (!(await listNames('volume')).some((entry) => entry.name === volume.name)) {
-        await this.manage(mdm, ['volume', 'add', '--pool', firstPool, '--name', volume.name, '--size', `${volume.sizeBytes / 1048576}MiB`]);
-        this.options.report(`created volume ${volume.name} in ${firstPool}`);
+      const record = registered.volume.find((entry) => entry.name === volume.name);
+      if (record === undefined) {
+        volumeChanges.push({ args: ['volume', 'add', '--pool', firstPool, '--name', volume.name, '--size', `${volume.sizeBytes / 1048576}MiB`], done: `created volume ${volume.name} in ${firstPool}` });
       }
-      const record = (await listNames('volume')).find((entry) => entry.name === volume.name);
       const mapped = JSON.stringify(record ?? {});
-      const sdcs = await listNames('sdc');
       for (const host of sdcHosts) {
-        const sdc = sdcs.find((entry) => entry.name === host.sdc?.name);
+        const sdc = registered.sdc.find((entry) => entry.name === host.sdc?.name);
         if (sdc === undefined || mapped.includes(sdc.id)) continue;
-        await this.manage(mdm, ['volume', 'map', '--volume', volume.name, '--sdc', sdc.name, ...(sdcHosts.length > 1 ? ['--allow-multiple'] : [])]);
-        this.options.report(`mapped ${volume.name} to ${sdc.name}`);
+        volumeChanges.push({ args: ['volume', 'map', '--volume', volume.name, '--sdc', sdc.name, ...(sdcHosts.length > 1 ? ['--allow-multiple'] : [])], done: `mapped ${volume.name} to ${sdc.name}` });
       }
     }
+    await this.manageAll(mdm, volumeChanges);
     const mdmText =
       plan.memberCount === 1
         ? `MDM on ${plan.mdmHost.address}`
@@ -858,27 +1116,34 @@ export class Installer {
       this.options.report(`make the etcd PKI in ${path.join(this.options.stateDir, 'etcd-pki')} (kept there): a CA, a pair for each member (${pkiRequest.members.map((member) => member.name).join(', ')}), a client pair for each MDM (${pkiRequest.clients.join(', ')})`);
     }
     const plans = configurePlan(this.options.plan, 'CLUSTER-ID', this.shardCounts());
-    await this.each(async (session) => {
-      this.options.report(`${session.label}: upload the meshblock runtime bundle (this meshblock and Node ${process.version} with its own loader and libraries) to ${prefix}`);
+    await this.each('dry run', async (session) => {
+      // A host's lines together, whatever the other hosts print meanwhile.
+      const lines: string[] = [];
+      const say = (line: string): void => void lines.push(line);
+      say(`${session.label}: upload the meshblock runtime bundle (this meshblock and Node ${process.version} with its own loader and libraries) to ${prefix}`);
       for (const module of selectModules(installModules)) {
-        const steps = await module.plan(this.hostOf(session)).catch((err: Error) => {
-          this.options.report(`${session.label}: ${module.name}: cannot plan: ${err.message}`);
+        // Dry run: plans only read; what query read ahead still holds.
+        session.transport.readOnly = true;
+        const steps = await module.plan(this.hostOf(session)).finally(() => (session.transport.readOnly = false)).catch((err: Error) => {
+          say(`${session.label}: ${module.name}: cannot plan: ${err.message}`);
           return [];
         });
-        for (const step of steps) this.options.report(`${session.label}: ${module.name}: ${step.kind === 'file' ? `edit ${step.path}: ${step.why}` : `run ${formatArgv(step.argv)}: ${step.why}`}`);
+        for (const step of steps) say(`${session.label}: ${module.name}: ${step.kind === 'file' ? `edit ${step.path}: ${step.why}` : `run ${formatArgv(step.argv)}: ${step.why}`}`);
       }
       const configure = plans.find((entry) => entry.host === session.host) as HostConfigure;
       if (configure.pkiFiles.length > 0) {
-        this.options.report(`${session.label}: copy ${configure.pkiFiles.map((file) => file.name).join(', ')} to ${etcdPkiDir}`);
-        this.options.report(`${session.label}: stop and disable Debian's ${debianEtcdUnit} if it runs (systemd)`);
+        say(`${session.label}: copy ${configure.pkiFiles.map((file) => file.name).join(', ')} to ${etcdPkiDir}`);
+        say(`${session.label}: stop and disable Debian's ${debianEtcdUnit} if it runs (systemd)`);
       }
-      if (configure.sharedFiles.length > 0) this.options.report(`${session.label}: copy the MDMs' REST certificate and the admin password (made in ${this.options.stateDir}) to ${configure.sharedFiles.map((file) => file.target).join(', ')}`);
-      for (const daemon of configure.daemons) this.options.report(`${session.label}: start meshblock ${daemon.args.join(' ')}`);
+      if (configure.sharedFiles.length > 0) say(`${session.label}: copy the MDMs' REST certificate and the admin password (made in ${this.options.stateDir}) to ${configure.sharedFiles.map((file) => file.target).join(', ')}`);
+      for (const daemon of configure.daemons) say(`${session.label}: start meshblock ${daemon.args.join(' ')}`);
       const shardCount = this.sdsShards.get(session.host.row)?.count ?? 1;
       if (shardCount > 1) {
         const names = sdsShardNames((session.host.sds as NonNullable<InstallHost['sds']>).name, shardCount);
-        this.options.report(`${session.label}: wait for ${names.join(', ')} to register; add their devices round-robin: ${deviceShards(session.host, shardCount).map((entry) => `${entry.sdsName} ${entry.device.path}`).join(', ')}`);
+        say(`${session.label}: wait for ${names.join(', ')} to register; add their devices round-robin: ${deviceShards(session.host, shardCount).map((entry) => `${entry.sdsName} ${entry.device.path}`).join(', ')}`);
       }
+      for (const line of lines) this.options.report(line);
+      return false;
     });
     this.options.report(`then set up protection domains, pools, SDSs and devices on the ${this.options.plan.memberCount === 1 ? 'MDM' : 'Master MDM'} (${this.options.plan.mdmHost.address}) and create ${this.options.volumes.map((volume) => volume.name).join(', ') || 'no volumes'}`);
   }

@@ -317,6 +317,20 @@ export class SshTransport implements HostTransport {
    */
   async upload(localPath: string, hostPath: string, mode = 0o644): Promise<void> {
     const target = absolute(hostPath);
+    const staging = await this.stage(localPath);
+    const result = await this.exec(
+      `mkdir -p ${shellQuote(path.posix.dirname(target))} && chmod ${mode.toString(8)} ${staging} && mv -f ${staging} ${shellQuote(target)} || { rm -f ${staging}; exit 1; }`,
+    );
+    if (result.code !== 0) throw new SshError('MB_ERR_SSH_UPLOAD', `${this.label}: cannot put ${localPath} at ${hostPath}: ${result.stderr.trim()}`);
+  }
+
+  /**
+   * Copies a local file into /tmp on the host under a random name, mode 0600, by SFTP alone
+   * (no command, so no login shell started), and returns its path: for a caller whose next
+   * command reads it there and removes it (the installer's unpacking), which saves upload()'s
+   * own command. Owned by the login user; a non-root login's commands read it through sudo.
+   */
+  async stage(localPath: string): Promise<string> {
     const staging = `/tmp/.meshblock-upload-${randomBytes(8).toString('hex')}`;
     await new Promise<void>((resolve, reject) => {
       this.client.sftp((err, sftp) => {
@@ -328,10 +342,7 @@ export class SshTransport implements HostTransport {
         });
       });
     });
-    const result = await this.exec(
-      `mkdir -p ${shellQuote(path.posix.dirname(target))} && chmod ${mode.toString(8)} ${staging} && mv -f ${staging} ${shellQuote(target)} || { rm -f ${staging}; exit 1; }`,
-    );
-    if (result.code !== 0) throw new SshError('MB_ERR_SSH_UPLOAD', `${this.label}: cannot put ${localPath} at ${hostPath}: ${result.stderr.trim()}`);
+    return staging;
   }
 }
 

@@ -6,10 +6,13 @@
 // devices, --sds-shards, or the installed unit's), the `sds start --shards N --host NAME` it
 // runs, the wait for every shard to register (the simulated MDM registers one name per
 // `sds list`, and refuses an `sds add` of a name not registered), each shard added to the
-// domain and fault set, the devices round-robin, and a re-run that adds nothing.
+// domain and fault set, the devices round-robin, and a re-run that adds nothing. And hosts in
+// parallel: --parallel 3 on ten hosts keeps three busy at once and never more, each ends with
+// a `query done` line, and two failing hosts are named together after the others finish.
 //
 // The order is seen by running Installer's configure phase against recording hosts: each one
-// keeps files in memory, records every command, answers the MDM start by writing cluster.json
+// keeps files in memory, records every command (playing the installer's scripts line by line:
+// files put, read-aheads, the MDM's listings and changes), answers the MDM start by writing cluster.json
 // as an MDM would, and answers the management CLI as an MDM that already has every pool, SDS,
 // device and SDC (so configure adds nothing). Mocked to see every command and its order in
 // milliseconds, and cases real hosts cannot make here (systemd running Debian's etcd.service);
@@ -18,6 +21,7 @@
 // createEtcdPki is a stand-in that records its request and writes placeholder files; the
 // MDMs' REST certificate is the real one (src/mdm/tls.ts, openssl), as the CLI hands it in.
 
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
@@ -32,6 +36,8 @@ import {
   etcdPkiRequest,
   Installer,
   installedSdsShards,
+  changedFiles,
+  putFilesScript,
   sdsShardNames,
   mdmAddresses,
   mdmApiUrls,
@@ -160,6 +166,21 @@ t.test('one Master alone: no etcd, the command lines of before the MDM cluster',
   );
 });
 
+/**
+ * The starts cut into stages of these sizes (the last stage: the rest), each sorted: the
+ * order within a stage is the parallel hosts', the order of stages is configure's.
+ */
+function stages(starts: readonly string[], sizes: readonly number[]): string[][] {
+  const result: string[][] = [];
+  let from = 0;
+  for (const size of sizes) {
+    result.push(starts.slice(from, from + size).sort());
+    from += size;
+  }
+  result.push(starts.slice(from).sort());
+  return result;
+}
+
 /** The cluster the recording hosts' MDMs share: the first MDM start makes it. */
 interface SimCluster {
   id: string | null;
@@ -250,8 +271,95 @@ class RecordingHost implements HostTransport {
     return Promise.resolve(null);
   }
 
-  run(command: string, args: readonly string[]): Promise<RunResult> {
+  /** How many commands the installer ran here (each an SSH session on a real host). */
+  sessions = 0;
+
+  /**
+   * One command of the installer. A script of several lines is played as the shell would,
+   * for the forms the installer writes: files put by putFilesScript, the cluster files read
+   * in one go, the facts of query, Debian's etcd.service handled in one go, and listings and
+   * changes of the management CLI one line each (`echo 'MARKER ...'` lines echoed). Every
+   * command it plays is recorded in `commands`, so what the host was asked is seen whether it
+   * came alone or in a script.
+   */
+  async run(command: string, args: readonly string[]): Promise<RunResult> {
+    this.sessions += 1;
     const script = command === 'sh' && args[0] === '-c' ? (args[1] as string) : [command, ...args].join(' ');
+    if (script.includes("printf '%s' '")) return this.putFiles(script);
+    if (script.includes('then echo file; cat -- ')) {
+      // ReadAheadTransport.readAhead: each path's marker, then its text, whether it exists, or missing.
+      const marker = /^printf '%s\\n' '([^']+)'/.exec(script)?.[1] as string;
+      const paths = script
+        .split('\n')
+        .flatMap((line) => {
+          const match = /if \[ -(f|e) (\S+) \]/.exec(line);
+          return match === null ? [] : [{ read: match[1] === 'f', file: match[2] as string }];
+        });
+      this.commands.push(`read ahead ${paths.map((entry) => entry.file).join(' ')}`);
+      const sections = paths.map(({ read, file }) => {
+        const known = this.files.get(file);
+        return `${marker}\n${known === undefined ? 'missing\n' : read ? `file\n${known.text}\n` : 'exists\n'}`;
+      });
+      return { code: 0, stdout: `${sections.join('')}${marker}\n`, stderr: '' };
+    }
+    if (script.startsWith('[ -e /var/lib/meshblock/mdm/cluster.json ]')) {
+      const json = this.files.get('/var/lib/meshblock/mdm/cluster.json')?.text;
+      const secret = this.files.get('/var/lib/meshblock/mdm/cluster.secret')?.text;
+      const marker = /printf '\\n%s\\n' '([^']+)'/.exec(script)?.[1] as string;
+      this.commands.push('cat /var/lib/meshblock/mdm/cluster.json /var/lib/meshblock/mdm/cluster.secret');
+      return json === undefined || secret === undefined ? { code: 3, stdout: '', stderr: '' } : { code: 0, stdout: `${json}\n${marker}\n${secret}`, stderr: '' };
+    }
+    if (script.startsWith('[ -e /run/systemd/system ] || exit 0;')) {
+      if (!this.files.has('/run/systemd/system')) return { code: 0, stdout: '', stderr: '' };
+      const unit = 'etcd.service';
+      const enabled = await this.run('systemctl', ['is-enabled', '--quiet', unit]);
+      const active = enabled.code === 0 ? enabled : await this.run('systemctl', ['is-active', '--quiet', unit]);
+      if (active.code !== 0) return { code: 0, stdout: '', stderr: '' };
+      await this.run('systemctl', ['disable', '--now', unit]);
+      return { code: 0, stdout: 'stopped\n', stderr: '' };
+    }
+    if (script.includes("'@@meshblock-") && script.includes('uname -m')) {
+      // query's facts: no os-release, an x86_64 host, every device a block device holding nothing.
+      const out = script
+        .split('\n')
+        .map((line) => (/^printf '\\n%s\\n' '(@@meshblock-[^']+)'$/.exec(line)?.[1] ?? (line === 'uname -m' ? 'x86_64' : line.startsWith('if [ -b ') ? 'block' : null)))
+        .filter((line): line is string => line !== null);
+      this.commands.push('query facts');
+      return { code: 0, stdout: `${out.join('\n')}\n`, stderr: '' };
+    }
+    if (!script.includes('\n')) return this.runOne(script);
+    let stdout = '';
+    for (const line of script.split('\n')) {
+      if (line === 'set -e') continue;
+      const echoed = /^printf '\\n%s\\n' '([^']*)'$/.exec(line);
+      if (echoed !== null) {
+        stdout += `\n${echoed[1]}\n`;
+        continue;
+      }
+      const quiet = / >\/dev\/null \|\| exit \$\?$/.exec(line) !== null;
+      const result = await this.runOne(line.replace(/ >\/dev\/null \|\| exit \$\?$/, ''));
+      if (result.code !== 0) return { code: result.code, stdout, stderr: result.stderr };
+      if (!quiet) stdout += result.stdout;
+    }
+    return { code: 0, stdout, stderr: '' };
+  }
+
+  /** putFilesScript's files: each written (through writeFile, so a test sees it) only when its text differs. */
+  private async putFiles(script: string): Promise<RunResult> {
+    let stdout = '';
+    const block = /printf '%s' '((?:[^']|'\\'')*)' > "\$t"\nif cmp -s "\$t" (\S+) 2>\/dev\/null; then rm -f "\$t"; else chmod ([0-7]+) /g;
+    for (const match of script.matchAll(block)) {
+      const [text, target, mode] = [(match[1] as string).replace(/'\\''/g, "'"), match[2] as string, Number.parseInt(match[3] as string, 8)];
+      this.commands.push(`put ${target}`);
+      if (this.files.get(target)?.text === text) continue;
+      await this.writeFile(target, text, { mode });
+      stdout += `changed ${target}\n`;
+    }
+    return { code: 0, stdout, stderr: '' };
+  }
+
+  /** One command line, as the recording host answers it. */
+  private runOne(script: string): Promise<RunResult> {
     this.commands.push(script);
     const ok = (stdout = ''): Promise<RunResult> => Promise.resolve({ code: 0, stdout, stderr: '' });
     if (/kill -0/.test(script)) return Promise.resolve({ code: 1, stdout: '', stderr: '' });
@@ -314,7 +422,7 @@ function configureOnly(
   createEtcdPki: CreateEtcdPki,
   report: (line: string) => void = () => undefined,
   createApiCertificate: CreateApiCertificate = ensureSelfSignedCertificate,
-  more: { phases?: InstallPhase[]; dryRun?: boolean; sdsShards?: ShardCountRequest } = {},
+  more: { phases?: InstallPhase[]; dryRun?: boolean; sdsShards?: ShardCountRequest; parallel?: number } = {},
 ): Installer {
   return new Installer({
     plan,
@@ -330,6 +438,7 @@ function configureOnly(
     stateDir,
     createEtcdPki,
     createApiCertificate,
+    ...(more.parallel === undefined ? {} : { parallel: more.parallel }),
     report,
   });
 }
@@ -356,7 +465,10 @@ t.test('configure on three recording hosts: PKI copied, etcd everywhere, then th
   await installer.run();
 
   t.same(requests, [{ dir: path.join(stateDir, 'etcd-pki'), request: etcdPkiRequest(plan) }], 'the PKI made once, in the state dir');
-  t.same(cluster.starts, ['2 etcd', '3 etcd', '4 etcd', '2 mdm', '3 mdm', '2 sds', '2 sdc', '3 sds', '4 sds', '4 sdc'], 'etcd members, the Master, the Slave, then SDSs and SDCs');
+  // Hosts are worked on in parallel: the etcd members in any order, then the Master's MDM,
+  // the Slave's, then SDSs and SDCs in any order across hosts (a host's SDS before its SDC).
+  t.same(stages(cluster.starts, [3, 2]), [['2 etcd', '3 etcd', '4 etcd'], ['2 mdm', '3 mdm'], ['2 sdc', '2 sds', '3 sds', '4 sdc', '4 sds']], 'etcd members, the Master, the Slave, then SDSs and SDCs');
+  t.ok(cluster.starts.indexOf('2 sds') < cluster.starts.indexOf('2 sdc') && cluster.starts.indexOf('4 sds') < cluster.starts.indexOf('4 sdc'), "a host's SDS before its SDC");
   const expected = configurePlan(plan, cluster.id as string);
   for (const entry of expected) {
     const host = recording.get(entry.host.row) as RecordingHost;
@@ -440,7 +552,7 @@ t.test("a kept REST certificate that does not name an MDM's address is refused b
   const cluster: SimCluster = { id: null, plan, starts: [] };
   const installer = configureOnly(plan, stateDir, (host) => new RecordingHost(host, cluster), placeholderPki);
   await t.rejects(installer.run(), { code: 'MB_ERR_INSTALL_STEP', message: /REST certificate .*api\/api\.crt does not name 10\.0\.0\.2: remove .*api\.crt and .*api\.key to make one for every MDM/ });
-  t.same(cluster.starts, ['2 etcd', '3 etcd', '4 etcd'], 'only the etcd members started');
+  t.same([...cluster.starts].sort(), ['2 etcd', '3 etcd', '4 etcd'], 'only the etcd members started');
 });
 
 t.test("a systemd host: Debian's etcd.service is stopped and disabled before the member starts", async (t) => {
@@ -581,7 +693,7 @@ t.test('auto shards on four hosts: chosen in query, started, every shard waited 
   await shardInstaller(t, plan, recording, lines).run();
 
   t.same(
-    lines.filter((line) => / SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
+    lines.filter((line) => /; SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
     [
       'SDS in 3 shards sds1.1..sds1.3 (auto: 8 core(s), 3 device(s))',
       'SDS in 2 shards sds2.1..sds2.2 (auto: 4 core(s), 3 device(s))',
@@ -645,7 +757,7 @@ t.test('auto shards on four hosts: chosen in query, started, every shard waited 
   t.same(cluster.mdm.changes.slice(changes), [], 'no SDS or device added again');
   t.same(writes, [], 'no unit rewritten');
   t.same(
-    again.filter((line) => / SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
+    again.filter((line) => /; SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
     ['SDS in 3 shards sds1.1..sds1.3 (as installed)', 'SDS in 2 shards sds2.1..sds2.2 (as installed)', 'SDS in 2 shards sds3.1..sds3.2 (as installed)', 'SDS sds4 as one process (as installed)'],
   );
 
@@ -667,7 +779,7 @@ t.test('--sds-shards: every host the same count, nproc not asked; 1 is the insta
   const lines: string[] = [];
   await shardInstaller(t, plan, recording, lines, { sdsShards: 3 }).run();
   t.same(
-    lines.filter((line) => / SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
+    lines.filter((line) => /; SDS /.test(line)).map((line) => /; (SDS [^;]*);/.exec(line)?.[1]),
     ['SDS in 3 shards sds1.1..sds1.3 (--sds-shards 3)', 'SDS in 3 shards sds2.1..sds2.3 (--sds-shards 3)', 'SDS in 3 shards sds3.1..sds3.3 (--sds-shards 3, shard 3 gets no device)', 'SDS in 3 shards sds4.1..sds4.3 (--sds-shards 3)'],
   );
   t.notOk([...recording.values()].some((host) => host.commands.some((command) => command.startsWith('nproc'))), 'the cores are not asked');
@@ -677,9 +789,10 @@ t.test('--sds-shards: every host the same count, nproc not asked; 1 is the insta
 
   // The installed count cannot be changed by another --sds-shards: refused before anything starts.
   const starts = cluster.starts.length;
+  // Every host of the phase is asked (in parallel), and the error names each that refused.
   await t.rejects(shardInstaller(t, plan, recording, [], { sdsShards: 2 }).run(), {
-    code: 'MB_ERR_INSTALL_HOST',
-    message: /^10\.0\.0\.1 \(row 2\): SDS sds1 is installed as 3 shards \(\/etc\/systemd\/system\/meshblock-sds\.service\); --sds-shards 2 cannot change that/,
+    code: 'MB_ERR_INSTALL_HOSTS',
+    message: /^query: 4 of 4 hosts failed: 10\.0\.0\.1 \(row 2\): SDS sds1 is installed as 3 shards \(\/etc\/systemd\/system\/meshblock-sds\.service\); --sds-shards 2 cannot change that.*; 10\.0\.0\.4 \(row 5\): SDS sds4 is installed as 3 shards/,
   });
   t.equal(cluster.starts.length, starts, 'nothing started');
 
@@ -719,4 +832,71 @@ t.test('--dry-run: the shard start and the round-robin plan per host, nothing st
   t.notOk(lines.some((line) => line.startsWith('10.0.0.4 (row 5): wait for')), 'one process: as before');
   t.same(cluster.starts, []);
   t.same(cluster.mdm.changes, []);
+});
+
+t.test('--parallel 3 on ten hosts: never more than three at once, every host done, the failures named together', async (t) => {
+  const rows = Array.from({ length: 10 }, (_unused, index) => `10.0.1.${index + 1},root,,debian,${index === 0 ? 'Master' : ''},,Yes,sds${index + 1},,pd1,,/dev/sdb,sp1,No,`);
+  const plan = parseInstallCsv([header, ...rows, ''].join('\n'));
+  const cluster: SimCluster = { id: null, plan, starts: [] };
+  const recording = new Map(plan.hosts.map((host) => [host.row, new RecordingHost(host, cluster)]));
+  // Each command takes a few milliseconds, so hosts overlap; a host is busy from its first command to its `query done` line.
+  const busy = new Set<string>();
+  let busyMax = 0;
+  for (const host of recording.values()) {
+    const run = host.run.bind(host);
+    host.run = async (command, args) => {
+      busy.add(host.label.replace('recording ', ''));
+      busyMax = Math.max(busyMax, busy.size);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      return run(command, args);
+    };
+  }
+  const lines: string[] = [];
+  const report = (line: string): void => {
+    lines.push(line);
+    const done = /^(\S+) \(row \d+\): query (done|FAILED)/.exec(line);
+    if (done !== null) busy.delete(done[1] as string);
+  };
+  await configureOnly(plan, t.testdir(), (host) => recording.get(host.row) as RecordingHost, placeholderPki, report, ensureSelfSignedCertificate, { phases: ['query'], sdsShards: 1, parallel: 3 }).run();
+  t.equal(busyMax, 3, 'three hosts at once, never more');
+  t.same(lines.filter((line) => / query done in /.test(line)).length, 10, 'a done line per host');
+
+  // Two hosts whose unit says another shard count than asked: both named, the others all done.
+  for (const row of [4, 9]) (recording.get(row) as RecordingHost).files.set('/etc/systemd/system/meshblock-sds.service', { text: 'ExecStart=/usr/local/bin/meshblock sds start --name x --shards 2 --host x\n', mode: 0o644 });
+  lines.length = 0;
+  await t.rejects(configureOnly(plan, t.testdir(), (host) => recording.get(host.row) as RecordingHost, placeholderPki, report, ensureSelfSignedCertificate, { phases: ['query'], sdsShards: 1, parallel: 3 }).run(), {
+    code: 'MB_ERR_INSTALL_HOSTS',
+    message: /^query: 2 of 10 hosts failed: 10\.0\.1\.3 \(row 4\): SDS sds3 is installed as 2 shards.*; 10\.0\.1\.8 \(row 9\): SDS sds8 is installed as 2 shards/,
+  });
+  t.same(lines.filter((line) => / query done in /.test(line)).length, 8, 'every other host finished its query');
+  t.same(lines.filter((line) => / query FAILED: /.test(line)).length, 2);
+});
+
+t.test('putFilesScript: one command for several files, byte for byte under sh and busybox sh, refused past what one argument may carry', async (t) => {
+  const script = putFilesScript([
+    { path: '/etc/meshblock/a', text: "it's\n", mode: 0o600 },
+    { path: '/etc/meshblock/b', text: 'no newline', mode: 0o644 },
+  ]);
+  t.match(script, /printf '%s' 'it'\\''s\n' > "\$t"/, 'a quote in the text kept');
+  t.match(script, /chmod 600 "\$t" && mv -f "\$t" \/etc\/meshblock\/a && echo changed \/etc\/meshblock\/a/);
+  // Run for real, by the shells the hosts have (dash as /bin/sh here, busybox's as on a minimal host).
+  for (const shell of [['/bin/sh'], ['busybox', 'sh']]) {
+    const dir = t.testdir();
+    const files = [
+      { path: path.join(dir, 'sub', 'a'), text: "it's\n$HOME `x` \\n", mode: 0o600 },
+      { path: path.join(dir, 'b'), text: 'no newline', mode: 0o644 },
+    ];
+    const first = spawnSync(shell[0] as string, [...shell.slice(1), '-c', putFilesScript(files)], { encoding: 'utf8' });
+    t.equal(first.status, 0, `${shell.join(' ')}: ${first.stderr}`);
+    t.same(changedFiles(first.stdout), files.map((file) => file.path), `${shell.join(' ')}: both written`);
+    for (const file of files) {
+      t.equal(fs.readFileSync(file.path, 'utf8'), file.text, `${shell.join(' ')}: ${path.basename(file.path)} byte for byte`);
+      t.equal(fs.statSync(file.path).mode & 0o777, file.mode);
+    }
+    const again = spawnSync(shell[0] as string, [...shell.slice(1), '-c', putFilesScript(files)], { encoding: 'utf8' });
+    t.same([again.status, changedFiles(again.stdout)], [0, []], `${shell.join(' ')}: the same files again: nothing replaced`);
+    t.same(fs.readdirSync(dir).filter((name) => name.startsWith('.meshblock-put-')), [], 'no temporary file left');
+  }
+  t.throws(() => putFilesScript([{ path: '/etc/x', text: 'x'.repeat(200 * 1024), mode: 0o644 }]), { code: 'MB_ERR_INSTALL_STEP', message: /over the 98304 one command may carry/ });
+  t.throws(() => putFilesScript([{ path: 'relative', text: '', mode: 0o644 }]), { code: 'MB_ERR_INSTALL_STEP', message: /host paths are absolute/ });
 });

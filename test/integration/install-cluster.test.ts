@@ -79,6 +79,8 @@ t.test('install --csv: a 3-node MDM cluster on three hosts over SSH survives kil
     t.equal(result.code, 0, `install exits 0: ${result.stderr}`);
     if (result.code !== 0) t.comment(result.stdout);
     t.comment(`install took ${Date.now() - startedAt} ms`);
+    // What the run cost each host in SSH commands (sshd logs each session at LogLevel VERBOSE).
+    t.comment(`SSH sessions per host for the first install: ${roots.map((root) => sshSessionCount(root)).join(', ')}`);
     t.match(result.stdout, new RegExp(`cluster [0-9a-f]{16} configured: MDM cluster of 3 \\(Master mdm1 on ${address(0)}, Slave mdm2 on ${address(1)}, TB tb1 on ${address(2)}\\), 3 SDS\\(s\\), 3 SDC\\(s\\)`));
     t.match(result.stdout, `manage it from here or any MDM host: meshblock dashboard --api ${apis.join(',')} --ca-cert ${path.join(stateDir, 'api', 'api.crt')}`);
     for (const [index, root] of roots.entries()) {
@@ -216,6 +218,11 @@ t.test('install --csv: a 3-node MDM cluster on three hosts over SSH survives kil
     }
   });
 });
+
+/** The SSH sessions (commands, SFTP) the host's sshd has started so far: it logs each at LogLevel VERBOSE. */
+function sshSessionCount(hostRoot: string): number {
+  return (fs.readFileSync(path.join(hostRoot, 'sshd', 'sshd.log'), 'utf8').match(/Starting session: /g) ?? []).length;
+}
 
 function readComm(pid: number): string {
   try {
