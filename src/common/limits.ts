@@ -596,3 +596,11 @@ export const rebuildFailingShownMax = 64;
 
 /** `meshblock bundle` (and the installer) packing the runtime bundle (about 40 MiB gzipped, some seconds): tar may take this long. */
 export const bundleTarTimeoutMs = 10 * 60_000;
+
+// --- Prometheus metrics (common/metrics.ts; docs/metrics.md) ----------------------------------
+
+/** A metrics scrape (GET /metrics) that takes longer than this is cut: Prometheus's own default timeout is 10 s. */
+export const metricsScrapeTimeoutMs = 10_000;
+/** The MDM asks its cluster (etcd) for the MDM cluster's state at a scrape; no answer within this is reported as NoQuorum. */
+export const metricsClusterQueryTimeoutMs = 3_000;
+assert(metricsClusterQueryTimeoutMs < metricsScrapeTimeoutMs, 'the cluster query fits in a scrape');
