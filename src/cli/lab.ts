@@ -52,7 +52,6 @@ import { isDaemonRunning, startDaemon, startMovable, stopDaemons, type StopOutco
 import { labSdcName, listNbdExports, nbdPortDefault, nbdUri, sdcAvailable, sdcReadyPattern, sdcStartArgs } from './lab-sdc.js';
 import { connectLab, ensureLayout, ensureMappings, ensureVolumes, registrationTimeoutMs, waitForExports } from './lab-setup.js';
 import { LabError, labDirDefault, labDirEnv, labFormatVersion, labMetricsArgs, labMetricsUrl, readLabFile, resolveLabDir, writeLabFile, type LabFile, type LabProcess, type LabVolume } from './lab-state.js';
-import { metricsPortDefaults } from '../common/metrics.js';
 import { collectStatus, processStatus, renderStatus } from './lab-status.js';
 import { deviceBytesMin, nameBytesMax } from '../common/limits.js';
 import { clusterProcesses, mdmAddresses, parseMdmClusterFlag, startMdmCluster, type LabMdmClusterSize } from './lab-cluster.js';
@@ -67,6 +66,12 @@ export const labVolumesDefault: readonly LabVolume[] = [{ name: 'vol1', sizeByte
 export const labMdmPortFirst = 6611;
 export const labApiPortFirst = 8443;
 export const labSdsPortFirst = 7072;
+/**
+ * The lab's daemons take metrics ports from here up, not from their roles' defaults
+ * (9611-9613+, docs/metrics.md): any daemon started without --metrics on this host may hold
+ * a default, and would take it from under the lab between its layout and its start.
+ */
+export const labMetricsPortFirst = 9700;
 /** How many ports upward from each first one are tried. */
 export const labPortSearchCount = 200;
 /** The foreground dashboard is redrawn this often. */
@@ -330,9 +335,9 @@ async function prepareLab(dir: string, request: LabUpRequest): Promise<{ lab: La
     if (isDaemonRunning(sdc)) throw new InvalidArgumentError('--nbd-port', `the lab's SDC is serving NBD on ${sdc.address}; lab down first to move it`);
     sdc.address = `${loopback}:${request.nbdPort}`;
   }
-  // Each daemon its own metrics port, from its role's default up (docs/metrics.md).
+  // Each daemon its own metrics port (docs/metrics.md).
   for (const record of lab.processes) {
-    if (record.role !== 'etcd' && record.metricsAddress === undefined) record.metricsAddress = `${loopback}:${await choosePort(metricsPortDefaults[record.role], taken)}`;
+    if (record.role !== 'etcd' && record.metricsAddress === undefined) record.metricsAddress = `${loopback}:${await choosePort(labMetricsPortFirst, taken)}`;
   }
   const volumesToCreate = request.volumes ?? (existing === null ? [...labVolumesDefault] : []);
   for (const volume of volumesToCreate) {
@@ -415,7 +420,7 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
       const api = await choosePort(labApiPortFirst, taken);
       report(`mdm: a port of ${mdm.address}, ${new URL(lab.apiUrl).host} or its metrics was taken meanwhile; moving to ${loopback}:${wire} and ${loopback}:${api}`);
       mdm.address = `${loopback}:${wire}`;
-      if (mdm.metricsAddress !== undefined) mdm.metricsAddress = `${loopback}:${await choosePort(metricsPortDefaults.mdm, taken)}`;
+      if (mdm.metricsAddress !== undefined) mdm.metricsAddress = `${loopback}:${await choosePort(labMetricsPortFirst, taken)}`;
       lab.apiUrl = `https://${loopback}:${api}`;
       writeLabFile(dir, lab);
     });
@@ -452,7 +457,7 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
         const port = await choosePort(labSdsPortFirst, taken);
         report(`${sds.name}: ${sds.address} or its metrics port was taken meanwhile; moving to ${loopback}:${port}`);
         sds.address = `${loopback}:${port}`;
-        if (sds.metricsAddress !== undefined) sds.metricsAddress = `${loopback}:${await choosePort(metricsPortDefaults.sds, taken)}`;
+        if (sds.metricsAddress !== undefined) sds.metricsAddress = `${loopback}:${await choosePort(labMetricsPortFirst, taken)}`;
       });
       sds.pid = started.pid;
       startedNow.push(sds);
@@ -470,8 +475,19 @@ async function startSdc(dir: string, lab: LabFile, client: ApiClient, logLevel: 
   if (isDaemonRunning(sdc)) {
     report(`${sdc.name} is running (pid ${sdc.pid})`);
   } else {
-    const args = [...sdcStartArgs({ name: sdc.name, mdmAddress: mdmAddresses(lab), listen: sdc.address, dataDir: sdc.dataDir, clusterId: lab.clusterId as string, secretFile: lab.secretFile, logLevel }), ...labMetricsArgs(sdc)];
-    const started = await startDaemon({ name: sdc.name, args, logFile: sdc.logFile, cwd: dir, ready: sdcReadyPattern });
+    const start = (): ReturnType<typeof startDaemon> => {
+      const args = [...sdcStartArgs({ name: sdc.name, mdmAddress: mdmAddresses(lab), listen: sdc.address, dataDir: sdc.dataDir, clusterId: lab.clusterId as string, secretFile: lab.secretFile, logLevel }), ...labMetricsArgs(sdc)];
+      return startDaemon({ name: sdc.name, args, logFile: sdc.logFile, cwd: dir, ready: sdcReadyPattern });
+    };
+    // The NBD port is the user's; a metrics port taken since the layout moves.
+    const taken = new Set<number>();
+    for (const record of lab.processes) for (const address of [record.address, record.apiAddress, record.peerAddress, record.metricsAddress]) if (address !== undefined) taken.add(portOf(address));
+    const started = await startMovable(start, async () => {
+      if (sdc.metricsAddress === undefined) return;
+      const port = await choosePort(labMetricsPortFirst, taken);
+      report(`${sdc.name}: a port was taken meanwhile; moving its metrics from ${sdc.metricsAddress} to ${loopback}:${port}`);
+      sdc.metricsAddress = `${loopback}:${port}`;
+    });
     sdc.pid = started.pid;
     sdc.address = started.ready[4] as string;
     startedNow.push(sdc);

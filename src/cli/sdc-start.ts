@@ -90,17 +90,23 @@ export async function sdcStart(args: SdcStartArgs): Promise<void> {
   const identity = ensureIdentity(dataDir, args['cluster-id']);
   const secret = readSecretFile('--secret-file', args['secret-file'] ?? path.join(dataDir, 'cluster.secret'));
   const sdc = new Sdc({ clusterId: identity.clusterId, secret, guid: identity.guid, name: args.name ?? null, mdmAddresses: parseHostPortList('--mdm', args.mdm, mdmAddressesMax), log: log.child({ component: 'sdc' }) });
+  // Before the NBD server: a metrics address that cannot be bound leaves nothing open.
+  const metrics = await MetricsEndpoint.start(sdcMetrics(sdc, args.name ?? identity.guid), metricsAddressOf('sdc', args.metrics), log);
   const server = new NbdServer({ exports: sdc, tls: { mode: 'off', secureContext: null }, log });
   let where: string;
-  if (args.socket !== undefined) {
-    await server.listenUnix(args.socket);
-    where = args.socket;
-  } else {
-    const wanted = parseHostPort('--listen', args.listen ?? `127.0.0.1:${defaultNbdPort}`);
-    const bound = await server.listenTcp(wanted.host, wanted.port);
-    where = formatHostPort({ host: bound.address, port: bound.port });
+  try {
+    if (args.socket !== undefined) {
+      await server.listenUnix(args.socket);
+      where = args.socket;
+    } else {
+      const wanted = parseHostPort('--listen', args.listen ?? `127.0.0.1:${defaultNbdPort}`);
+      const bound = await server.listenTcp(wanted.host, wanted.port);
+      where = formatHostPort({ host: bound.address, port: bound.port });
+    }
+  } catch (err) {
+    await metrics?.close();
+    throw err;
   }
-  const metrics = await MetricsEndpoint.start(sdcMetrics(sdc, args.name ?? identity.guid), metricsAddressOf('sdc', args.metrics), log);
   sdc.start();
   const timer = setTimeout(() => log.warn({ waitedMs: firstViewWaitMs }, 'no word from the MDM yet; serving no volumes until it answers'), firstViewWaitMs);
   await Promise.race([sdc.ready, new Promise((resolve) => setTimeout(resolve, firstViewWaitMs).unref())]);

@@ -132,7 +132,8 @@ export class SdsService {
   private refetching = false;
   private closing = false;
   private clientIoInflight = 0;
-  private clientIoLastMs = 0;
+  /** When the last client IO ended, on performance.now()'s clock (the one the metrics read anyway); never: -Infinity. */
+  private clientIoLastMs = Number.NEGATIVE_INFINITY;
   /** Served IO, counted for the metrics; the counters are taken out once (no lookup per request). */
   readonly io = new IoStats<SdsIoOp>(sdsIoOps);
   private readonly ioCounters: Record<SdsIoOp, IoCounter> = {
@@ -186,7 +187,7 @@ export class SdsService {
       forward: (sdsId: string, op: number, payload: Buffer, epoch: number) => this.forward(sdsId, op, payload, epoch),
       peerFor: (sdsId: string) => this.peerFor(sdsId),
     };
-    const clientBusy = (): boolean => this.clientIoInflight > 0 || Date.now() - this.clientIoLastMs < sdsClientQuietMs;
+    const clientBusy = (): boolean => this.clientIoInflight > 0 || performance.now() - this.clientIoLastMs < sdsClientQuietMs;
     this.rebuilds = new RebuildSource({
       ...shared,
       cursors: this.rebuildCursors,
@@ -344,8 +345,10 @@ export class SdsService {
       return reply;
     } finally {
       this.clientIoInflight -= 1;
-      this.clientIoLastMs = Date.now();
-      if (ok) counter.done(request.payload.length >= ioArgsBytes ? request.payload.readUInt32BE(ioArgOffsets.lengthBytes) : 0, performance.now() - startMs);
+      // One clock read serves both the rebuild's idea of "client busy" and the latency.
+      const endMs = performance.now();
+      this.clientIoLastMs = endMs;
+      if (ok) counter.done(request.payload.length >= ioArgsBytes ? request.payload.readUInt32BE(ioArgOffsets.lengthBytes) : 0, endMs - startMs);
       else counter.failed();
     }
   }
