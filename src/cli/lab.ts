@@ -418,8 +418,9 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
     const started = await startMovable(start, async () => {
       const wire = await choosePort(labMdmPortFirst, taken);
       const api = await choosePort(labApiPortFirst, taken);
-      report(`mdm: a port of ${mdm.address}, ${new URL(lab.apiUrl).host} or its metrics was taken meanwhile; moving to ${loopback}:${wire} and ${loopback}:${api}`);
+      report(`mdm: a port of ${mdm.address} or ${new URL(lab.apiUrl).host} was taken meanwhile; moving to ${loopback}:${wire} and ${loopback}:${api}`);
       mdm.address = `${loopback}:${wire}`;
+      // Its metrics port too (which of them was taken the error does not say); the started line shows it.
       if (mdm.metricsAddress !== undefined) mdm.metricsAddress = `${loopback}:${await choosePort(labMetricsPortFirst, taken)}`;
       lab.apiUrl = `https://${loopback}:${api}`;
       writeLabFile(dir, lab);
@@ -455,8 +456,9 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
       // The SDS registers its address with the MDM, which takes a moved one.
       const started = await startMovable(start, async () => {
         const port = await choosePort(labSdsPortFirst, taken);
-        report(`${sds.name}: ${sds.address} or its metrics port was taken meanwhile; moving to ${loopback}:${port}`);
+        report(`${sds.name}: ${sds.address} was taken meanwhile; moving to ${loopback}:${port}`);
         sds.address = `${loopback}:${port}`;
+        // Its metrics port too; the started line shows it.
         if (sds.metricsAddress !== undefined) sds.metricsAddress = `${loopback}:${await choosePort(labMetricsPortFirst, taken)}`;
       });
       sds.pid = started.pid;
