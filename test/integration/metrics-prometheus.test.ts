@@ -8,7 +8,8 @@
 // fio's start are not aligned), and for the change of the SDC's counter over the whole run,
 // which must equal the writes fio made. `promtool check metrics` passes on the output of
 // every endpoint, `promtool check rules` on deploy/prometheus/meshblock-alerts.yml, and the
-// capacity by state sums to the raw capacity.
+// capacity by state sums to the raw capacity. Last, an SDS killed with SIGKILL raises the
+// SDS-down and data-degraded alerts in Prometheus.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -177,4 +178,22 @@ t.test('Prometheus scrapes a lab while fio runs: the rates match fio', { skip },
       t.equal(checked.code, 0, `promtool check metrics on ${role} ${host}${checked.code === 0 ? '' : `: ${checked.stdout}${checked.stderr}`}`);
     }
   }
+
+  // The alerts on real data: an SDS killed with SIGKILL is declared down by the MDM within
+  // seconds (--sds-down-after, 3 s by default), and MeshblockSdsDown and MeshblockDataDegraded
+  // are raised (pending: they fire after their `for`, which the test does not wait for).
+  const running = JSON.parse((await runMeshblock(['lab', 'status', '--dir', dir, '--json'])).stdout) as { processes: Array<{ name: string; pid: number | null }> };
+  const victimPid = running.processes.find((entry) => entry.name === 'sds3')?.pid;
+  if (typeof victimPid !== 'number') {
+    t.fail('sds3 is not running');
+    return;
+  }
+  process.kill(victimPid, 'SIGKILL');
+  for (const [alert, selector] of [['MeshblockSdsDown', ',sds="sds3"'], ['MeshblockDataDegraded', '']] as const) {
+    await waitFor(`${alert} raised`, async () => (await query(base, `ALERTS{alertname="${alert}"${selector}}`)).length > 0, 60_000).then(
+      () => t.pass(`${alert} is raised after the kill`),
+      (err: unknown) => t.fail(String(err)),
+    );
+  }
+  t.same(await query(base, 'meshblock_cluster_sds_down{sds="sds3"}'), [1], 'the MDM reports sds3 down');
 });
