@@ -23,7 +23,7 @@ import { InvalidArgumentError } from '../common/errors.js';
 import { createEtcdPki } from '../mdm/etcd-pki.js';
 import { ensureSelfSignedCertificate } from '../mdm/tls.js';
 import { isDaemonRunning, startDaemon, startMovable } from './lab-processes.js';
-import { LabError, writeLabFile, type LabFile, type LabProcess } from './lab-state.js';
+import { LabError, labMetricsArgs, writeLabFile, type LabFile, type LabProcess } from './lab-state.js';
 
 /** ScaleIO's cluster modes: one MDM (its own journal), or 3 or 5 etcd members. */
 export type LabMdmClusterSize = 1 | 3 | 5;
@@ -109,7 +109,7 @@ export async function startMdmCluster(
         return;
       }
       const start = (): ReturnType<typeof startDaemon> => {
-        const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.address, '--api', mdm.apiAddress as string, '--etcd', endpoints, '--etcd-pki', pkiDir, '--mdm-name', mdm.name];
+        const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.address, '--api', mdm.apiAddress as string, '--etcd', endpoints, '--etcd-pki', pkiDir, '--mdm-name', mdm.name, ...labMetricsArgs(mdm)];
         args.push('--tls-cert', certificate.certPath, '--tls-key', certificate.keyPath, '--admin-password-file', lab.passwordFile, '--log-level', options.logLevel, ...options.extraMdmArgs);
         return startDaemon({ name: mdm.name, args, logFile: mdm.logFile, cwd: dir, ready: clusterMdmReadyPattern });
       };

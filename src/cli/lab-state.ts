@@ -46,6 +46,21 @@ export interface LabProcess {
   memberName?: string;
   /** etcd member only: HOST:PORT of its peer listener. */
   peerAddress?: string;
+  /**
+   * MDM, SDS and SDC: HOST:PORT of its Prometheus metrics (http://HOST:PORT/metrics), chosen
+   * at the up that first starts it; absent in labs from before metrics until their next up.
+   */
+  metricsAddress?: string;
+}
+
+/** The `--metrics` arguments of a lab daemon: its own port, or off (never a role's default port, which several labs would share). */
+export function labMetricsArgs(record: Pick<LabProcess, 'metricsAddress'>): string[] {
+  return ['--metrics', record.metricsAddress ?? 'off'];
+}
+
+/** Where a lab daemon's metrics are scraped, null without them. */
+export function labMetricsUrl(record: Pick<LabProcess, 'metricsAddress'>): string | null {
+  return record.metricsAddress === undefined ? null : `http://${record.metricsAddress}/metrics`;
 }
 
 export interface LabVolume {

@@ -20,7 +20,7 @@ import type { ApiClient } from './manage-client.js';
 import { renderTable } from './manage-format.js';
 import { isDaemonRunning } from './lab-processes.js';
 import { labSdcName, nbdUri } from './lab-sdc.js';
-import type { LabFile, LabRole } from './lab-state.js';
+import { labMetricsUrl, type LabFile, type LabRole } from './lab-state.js';
 
 export interface LabStatusProcess {
   role: LabRole;
@@ -30,6 +30,8 @@ export interface LabStatusProcess {
   /** HOST:PORT: the wire listener of the MDM and the SDSs, the SDC's NBD server. */
   address: string;
   state: 'running' | 'stopped';
+  /** Its Prometheus metrics, http://HOST:PORT/metrics (MDM, SDS, SDC; docs/metrics.md); null for etcd members and labs from before metrics. */
+  metricsUrl: string | null;
   /** How the MDM sees it: 'connected', 'disconnected' or 'down' (null: the MDM itself, or unknown). */
   clusterState: string | null;
   /**
@@ -125,7 +127,7 @@ export interface LabStatus {
 export function processStatus(lab: LabFile): LabStatusProcess[] {
   return lab.processes.map((record) => {
     const running = isDaemonRunning(record);
-    const entry: LabStatusProcess = { role: record.role, name: record.name, pid: running ? record.pid : null, address: record.address, state: running ? 'running' : 'stopped', clusterState: null };
+    const entry: LabStatusProcess = { role: record.role, name: record.name, pid: running ? record.pid : null, address: record.address, state: running ? 'running' : 'stopped', metricsUrl: labMetricsUrl(record), clusterState: null };
     if (record.role === 'sds') {
       entry.integrity = null;
       entry.scrub = null;

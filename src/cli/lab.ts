@@ -51,7 +51,7 @@ import { LockError, lockDataDir } from './pid-lock.js';
 import { isDaemonRunning, startDaemon, startMovable, stopDaemons, type StopOutcome } from './lab-processes.js';
 import { labSdcName, listNbdExports, nbdPortDefault, nbdUri, sdcAvailable, sdcReadyPattern, sdcStartArgs } from './lab-sdc.js';
 import { connectLab, ensureLayout, ensureMappings, ensureVolumes, registrationTimeoutMs, waitForExports } from './lab-setup.js';
-import { LabError, labDirDefault, labDirEnv, labFormatVersion, readLabFile, resolveLabDir, writeLabFile, type LabFile, type LabProcess, type LabVolume } from './lab-state.js';
+import { LabError, labDirDefault, labDirEnv, labFormatVersion, labMetricsArgs, labMetricsUrl, readLabFile, resolveLabDir, writeLabFile, type LabFile, type LabProcess, type LabVolume } from './lab-state.js';
 import { collectStatus, processStatus, renderStatus } from './lab-status.js';
 import { deviceBytesMin, nameBytesMax } from '../common/limits.js';
 import { clusterProcesses, mdmAddresses, parseMdmClusterFlag, startMdmCluster, type LabMdmClusterSize } from './lab-cluster.js';
@@ -66,6 +66,12 @@ export const labVolumesDefault: readonly LabVolume[] = [{ name: 'vol1', sizeByte
 export const labMdmPortFirst = 6611;
 export const labApiPortFirst = 8443;
 export const labSdsPortFirst = 7072;
+/**
+ * The lab's daemons take metrics ports from here up, not from their roles' defaults
+ * (9611-9613+, docs/metrics.md): any daemon started without --metrics on this host may hold
+ * a default, and would take it from under the lab between its layout and its start.
+ */
+export const labMetricsPortFirst = 9700;
 /** How many ports upward from each first one are tried. */
 export const labPortSearchCount = 200;
 /** The foreground dashboard is redrawn this often. */
@@ -251,7 +257,7 @@ async function prepareLab(dir: string, request: LabUpRequest): Promise<{ lab: La
   // Ports the lab uses already, or is asked to: a new SDS must not take one of them.
   const taken = new Set<number>();
   for (const record of existing?.processes ?? []) {
-    for (const address of [record.address, record.apiAddress, record.peerAddress]) if (address !== undefined) taken.add(portOf(address));
+    for (const address of [record.address, record.apiAddress, record.peerAddress, record.metricsAddress]) if (address !== undefined) taken.add(portOf(address));
   }
   if (existing !== null) taken.add(Number(new URL(existing.apiUrl).port));
   if (request.nbdPort !== undefined) taken.add(request.nbdPort);
@@ -329,6 +335,10 @@ async function prepareLab(dir: string, request: LabUpRequest): Promise<{ lab: La
     if (isDaemonRunning(sdc)) throw new InvalidArgumentError('--nbd-port', `the lab's SDC is serving NBD on ${sdc.address}; lab down first to move it`);
     sdc.address = `${loopback}:${request.nbdPort}`;
   }
+  // Each daemon its own metrics port (docs/metrics.md).
+  for (const record of lab.processes) {
+    if (record.role !== 'etcd' && record.metricsAddress === undefined) record.metricsAddress = `${loopback}:${await choosePort(labMetricsPortFirst, taken)}`;
+  }
   const volumesToCreate = request.volumes ?? (existing === null ? [...labVolumesDefault] : []);
   for (const volume of volumesToCreate) {
     const known = lab.volumes.findIndex((entry) => entry.name === volume.name);
@@ -394,14 +404,14 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
   // A port found free when the lab was laid out may be taken since (another lab starting
   // beside this one): a daemon that cannot listen moves to free ones (startMovable).
   const taken = new Set<number>([portOf(new URL(lab.apiUrl).host)]);
-  for (const record of lab.processes) for (const address of [record.address, record.apiAddress, record.peerAddress]) if (address !== undefined) taken.add(portOf(address));
+  for (const record of lab.processes) for (const address of [record.address, record.apiAddress, record.peerAddress, record.metricsAddress]) if (address !== undefined) taken.add(portOf(address));
   if (lab.mdmCluster !== undefined) {
     await startMdmCluster(dir, lab, { logLevel, extraMdmArgs: tuning, choosePort: (first) => choosePort(first, taken) }, startedNow, report);
   } else if (isDaemonRunning(mdm)) {
     report(`mdm is running (pid ${mdm.pid})`);
   } else {
     const start = (): ReturnType<typeof startDaemon> => {
-      const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.address, '--api', new URL(lab.apiUrl).host, '--log-level', logLevel, ...tuning];
+      const args = ['mdm', 'start', '--data-dir', mdm.dataDir, '--listen', mdm.address, '--api', new URL(lab.apiUrl).host, ...labMetricsArgs(mdm), '--log-level', logLevel, ...tuning];
       if (!AdminAuth.isInitialized(mdm.dataDir)) args.push('--admin-password-file', lab.passwordFile);
       return startDaemon({ name: 'mdm', args, logFile: mdm.logFile, cwd: dir, ready: mdmReadyPattern });
     };
@@ -410,6 +420,8 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
       const api = await choosePort(labApiPortFirst, taken);
       report(`mdm: a port of ${mdm.address} or ${new URL(lab.apiUrl).host} was taken meanwhile; moving to ${loopback}:${wire} and ${loopback}:${api}`);
       mdm.address = `${loopback}:${wire}`;
+      // Its metrics port too (which of them was taken the error does not say); the started line shows it.
+      if (mdm.metricsAddress !== undefined) mdm.metricsAddress = `${loopback}:${await choosePort(labMetricsPortFirst, taken)}`;
       lab.apiUrl = `https://${loopback}:${api}`;
       writeLabFile(dir, lab);
     });
@@ -422,7 +434,7 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
     Object.assign(lab, { clusterId, apiUrl, caCert, secretFile });
     mdm.address = address;
     writeLabFile(dir, lab);
-    report(`started mdm (pid ${started.pid}) of cluster ${clusterId} on ${address}, REST API ${apiUrl}`);
+    report(`started mdm (pid ${started.pid}) of cluster ${clusterId} on ${address}, REST API ${apiUrl}${metricsNote(mdm)}`);
   }
   const clusterId = lab.clusterId as string;
   const sdss = lab.processes.filter((record) => record.role === 'sds');
@@ -437,7 +449,7 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
       const devicePath = sds.devicePath as string;
       if (!devicesGiven) ensureDeviceFile(devicePath, lab.deviceSizeBytes);
       const start = (): ReturnType<typeof startDaemon> => {
-        const args = ['sds', 'start', '--name', sds.name, '--device', devicePath, '--listen', sds.address, '--data-dir', sds.dataDir, '--cluster-id', clusterId, '--secret-file', lab.secretFile, '--mdm', mdmAddresses(lab), '--log-level', logLevel, '--io', ioMode];
+        const args = ['sds', 'start', '--name', sds.name, '--device', devicePath, '--listen', sds.address, '--data-dir', sds.dataDir, '--cluster-id', clusterId, '--secret-file', lab.secretFile, '--mdm', mdmAddresses(lab), '--log-level', logLevel, '--io', ioMode, ...labMetricsArgs(sds)];
         if (request.force) args.push('--force');
         return startDaemon({ name: sds.name, args, logFile: sds.logFile, cwd: dir, ready: sdsReadyPattern });
       };
@@ -446,10 +458,12 @@ async function startCore(dir: string, lab: LabFile, request: Pick<LabUpRequest, 
         const port = await choosePort(labSdsPortFirst, taken);
         report(`${sds.name}: ${sds.address} was taken meanwhile; moving to ${loopback}:${port}`);
         sds.address = `${loopback}:${port}`;
+        // Its metrics port too; the started line shows it.
+        if (sds.metricsAddress !== undefined) sds.metricsAddress = `${loopback}:${await choosePort(labMetricsPortFirst, taken)}`;
       });
       sds.pid = started.pid;
       startedNow.push(sds);
-      report(`started ${sds.name} (pid ${started.pid}) on ${sds.address} with ${devicePath} (${devicesGiven ? 'given device' : formatBytes(lab.deviceSizeBytes)}, --io ${ioMode})`);
+      report(`started ${sds.name} (pid ${started.pid}) on ${sds.address} with ${devicePath} (${devicesGiven ? 'given device' : formatBytes(lab.deviceSizeBytes)}, --io ${ioMode})${metricsNote(sds)}`);
     }),
   );
   writeLabFile(dir, lab);
@@ -463,18 +477,35 @@ async function startSdc(dir: string, lab: LabFile, client: ApiClient, logLevel: 
   if (isDaemonRunning(sdc)) {
     report(`${sdc.name} is running (pid ${sdc.pid})`);
   } else {
-    const args = sdcStartArgs({ name: sdc.name, mdmAddress: mdmAddresses(lab), listen: sdc.address, dataDir: sdc.dataDir, clusterId: lab.clusterId as string, secretFile: lab.secretFile, logLevel });
-    const started = await startDaemon({ name: sdc.name, args, logFile: sdc.logFile, cwd: dir, ready: sdcReadyPattern });
+    const start = (): ReturnType<typeof startDaemon> => {
+      const args = [...sdcStartArgs({ name: sdc.name, mdmAddress: mdmAddresses(lab), listen: sdc.address, dataDir: sdc.dataDir, clusterId: lab.clusterId as string, secretFile: lab.secretFile, logLevel }), ...labMetricsArgs(sdc)];
+      return startDaemon({ name: sdc.name, args, logFile: sdc.logFile, cwd: dir, ready: sdcReadyPattern });
+    };
+    // The NBD port is the user's; a metrics port taken since the layout moves.
+    const taken = new Set<number>();
+    for (const record of lab.processes) for (const address of [record.address, record.apiAddress, record.peerAddress, record.metricsAddress]) if (address !== undefined) taken.add(portOf(address));
+    const started = await startMovable(start, async () => {
+      if (sdc.metricsAddress === undefined) return;
+      const port = await choosePort(labMetricsPortFirst, taken);
+      report(`${sdc.name}: a port was taken meanwhile; moving its metrics from ${sdc.metricsAddress} to ${loopback}:${port}`);
+      sdc.metricsAddress = `${loopback}:${port}`;
+    });
     sdc.pid = started.pid;
     sdc.address = started.ready[4] as string;
     startedNow.push(sdc);
     writeLabFile(dir, lab);
-    report(`started ${sdc.name} (pid ${started.pid}) serving NBD on ${sdc.address}`);
+    report(`started ${sdc.name} (pid ${started.pid}) serving NBD on ${sdc.address}${metricsNote(sdc)}`);
   }
   const mapped = await ensureMappings(client, sdc.name, lab.volumes.map((volume) => volume.name), report);
   const target = parseHostPort('address', sdc.address);
   await waitForExports(mapped, () => listNbdExports(target), registrationTimeoutMs);
   return mapped;
+}
+
+/** ", metrics at URL" for a started daemon's line. */
+function metricsNote(record: LabProcess): string {
+  const url = labMetricsUrl(record);
+  return url === null ? '' : `, metrics at ${url}`;
 }
 
 function summary(dir: string, lab: LabFile, exported: readonly string[] | null): string {

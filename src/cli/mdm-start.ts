@@ -32,6 +32,8 @@ import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';
 import { lockDataDir } from './pid-lock.js';
 import { runUntilSignal } from './signals.js';
+import { MetricsEndpoint, metricsAddressOf, metricsOption, parseMetricsAddress } from '../common/metrics.js';
+import { mdmMetrics } from '../mdm/metrics.js';
 
 export interface MdmStartArgs {
   'data-dir': string;
@@ -50,6 +52,7 @@ export interface MdmStartArgs {
   etcd: string | undefined;
   'etcd-pki': string | undefined;
   'mdm-name': string | undefined;
+  metrics: string | undefined;
 }
 
 /** ScaleIO's MDM port. */
@@ -73,6 +76,7 @@ export function mdmStartOptions(yargs: Argv): Argv<MdmStartArgs> {
     .option('etcd', { type: 'string', describe: 'an MDM cluster: the client URLs of its etcd members, https://HOST:PORT[,...] (without it: one MDM with its own journal)', requiresArg: true })
     .option('etcd-pki', { type: 'string', describe: "with --etcd: the cluster's PKI directory (ca.crt, client-MDM-NAME.crt/.key)", requiresArg: true })
     .option('mdm-name', { type: 'string', describe: "with --etcd: this MDM's name in the cluster (its host's etcd member name)", requiresArg: true })
+    .option('metrics', metricsOption('mdm'))
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
     .check((argv) => {
       if (argv.etcd !== undefined) {
@@ -84,6 +88,7 @@ export function mdmStartOptions(yargs: Argv): Argv<MdmStartArgs> {
         throw new InvalidArgumentError('--etcd', '--etcd-pki and --mdm-name belong to an MDM cluster; give --etcd too');
       }
       parseHostPort('--listen', argv.listen);
+      if (argv.metrics !== undefined) parseMetricsAddress('--metrics', argv.metrics);
       parseHostPort('--api', argv.api);
       if ((argv['tls-cert'] === undefined) !== (argv['tls-key'] === undefined)) throw new InvalidArgumentError('--tls-cert/--tls-key', 'give both or neither');
       for (const field of ['sds-down-after', 'rebuild-after'] as const) {
@@ -213,6 +218,15 @@ export async function mdmStart(args: MdmStartArgs): Promise<void> {
     await service.close();
     throw err;
   }
+  let metrics: MetricsEndpoint | null;
+  try {
+    metrics = await MetricsEndpoint.start(mdmMetrics({ name: identity.name, controller: service, isMaster: () => true, cluster: () => cluster }), metricsAddressOf('mdm', args.metrics), log);
+  } catch (err) {
+    await api.close().catch(() => undefined);
+    await service.close();
+    throw err;
+  }
+  if (metrics !== null) process.stdout.write(`metrics at ${metrics.url}\n`);
   log.info({ clusterId: identity.clusterId, address, api: apiUrl, created }, 'mdm ready');
   if (generatedFile !== null) process.stdout.write(`generated the admin password: ${generatedFile}\n`);
   process.stdout.write(`mdm of cluster ${identity.clusterId} (${identity.name}) listening on ${address}, REST API at ${apiUrl} (certificate ${certificate.certPath}); cluster secret in ${path.join(dataDir, 'cluster.secret')}\n`);
@@ -221,10 +235,12 @@ export async function mdmStart(args: MdmStartArgs): Promise<void> {
     async () => {
       await api.close();
       await service.close();
+      await metrics?.close();
     },
     () => {
       api.destroy();
       service.destroy();
+      void metrics?.close();
     },
   );
 }
@@ -264,6 +280,9 @@ async function mdmStartClustered(args: MdmStartArgs, log: Logger, dataDir: strin
     });
     const api = new RestApi({ controller: member.controller(), cluster: member, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key } });
     await api.listen(apiWanted.host, apiWanted.port);
+    // Before joining: an MDM waiting for etcd exports NoQuorum.
+    const metrics = await MetricsEndpoint.start(mdmMetrics({ name, controller: member.controller(), isMaster: () => member.role === 'master', cluster: () => member }), metricsAddressOf('mdm', args.metrics), log);
+    if (metrics !== null) process.stdout.write(`metrics at ${metrics.url}\n`);
     await startMember(member, log);
     log.info({ clusterId: record.clusterId, name, etcd: endpoints, api: args.api, listen: args.listen, role: member.role }, 'mdm ready');
     process.stdout.write(`mdm ${name} of cluster ${record.clusterId} (${record.name}): REST API at https://${args.api}, SDSs and SDCs on ${args.listen} while Master; etcd ${endpoints.join(',')}\n`);
@@ -273,11 +292,13 @@ async function mdmStartClustered(args: MdmStartArgs, log: Logger, dataDir: strin
         await api.close();
         await member.close();
         store.close();
+        await metrics?.close();
       },
       () => {
         api.destroy();
         member.service?.destroy();
         store.close();
+        void metrics?.close();
       },
     );
   } catch (err) {

@@ -12,6 +12,8 @@ import { formatHostPort, parseHostPort, parseHostPortList } from '../common/addr
 import { mdmAddressesMax } from '../common/limits.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { Sdc } from '../sdc/sdc.js';
+import { MetricsEndpoint, metricsAddressOf, metricsOption, parseMetricsAddress } from '../common/metrics.js';
+import { sdcMetrics } from '../sdc/metrics.js';
 import { NbdServer } from '../nbd/server.js';
 import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';
@@ -28,6 +30,7 @@ export interface SdcStartArgs {
   'data-dir': string | undefined;
   'cluster-id': string | undefined;
   'secret-file': string | undefined;
+  metrics: string | undefined;
   'log-level': Level;
 }
 
@@ -48,11 +51,13 @@ export function sdcStartOptions(yargs: Argv): Argv<SdcStartArgs> {
     .option('data-dir', { type: 'string', describe: 'where the GUID is kept [default: /var/lib/meshblock/sdc]', requiresArg: true })
     .option('cluster-id', { type: 'string', describe: 'cluster id (16 hex digits); needed at first start, remembered after', requiresArg: true })
     .option('secret-file', { type: 'string', describe: 'file holding the cluster secret [default: DATA-DIR/cluster.secret]', requiresArg: true })
+    .option('metrics', metricsOption('sdc'))
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
     .conflicts('listen', 'socket')
     .check((argv) => {
       parseHostPortList('--mdm', argv.mdm, mdmAddressesMax);
       if (argv.listen !== undefined) parseHostPort('--listen', argv.listen);
+      if (argv.metrics !== undefined) parseMetricsAddress('--metrics', argv.metrics);
       if (argv.name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$/.test(argv.name)) throw new InvalidArgumentError('--name', 'must be 1 to 31 letters, digits, _ . -');
       if (argv['cluster-id'] !== undefined && !idPattern.test(argv['cluster-id'])) throw new InvalidArgumentError('--cluster-id', 'must be 16 lowercase hex digits');
       return true;
@@ -85,31 +90,41 @@ export async function sdcStart(args: SdcStartArgs): Promise<void> {
   const identity = ensureIdentity(dataDir, args['cluster-id']);
   const secret = readSecretFile('--secret-file', args['secret-file'] ?? path.join(dataDir, 'cluster.secret'));
   const sdc = new Sdc({ clusterId: identity.clusterId, secret, guid: identity.guid, name: args.name ?? null, mdmAddresses: parseHostPortList('--mdm', args.mdm, mdmAddressesMax), log: log.child({ component: 'sdc' }) });
+  // Before the NBD server: a metrics address that cannot be bound leaves nothing open.
+  const metrics = await MetricsEndpoint.start(sdcMetrics(sdc, args.name ?? identity.guid), metricsAddressOf('sdc', args.metrics), log);
   const server = new NbdServer({ exports: sdc, tls: { mode: 'off', secureContext: null }, log });
   let where: string;
-  if (args.socket !== undefined) {
-    await server.listenUnix(args.socket);
-    where = args.socket;
-  } else {
-    const wanted = parseHostPort('--listen', args.listen ?? `127.0.0.1:${defaultNbdPort}`);
-    const bound = await server.listenTcp(wanted.host, wanted.port);
-    where = formatHostPort({ host: bound.address, port: bound.port });
+  try {
+    if (args.socket !== undefined) {
+      await server.listenUnix(args.socket);
+      where = args.socket;
+    } else {
+      const wanted = parseHostPort('--listen', args.listen ?? `127.0.0.1:${defaultNbdPort}`);
+      const bound = await server.listenTcp(wanted.host, wanted.port);
+      where = formatHostPort({ host: bound.address, port: bound.port });
+    }
+  } catch (err) {
+    await metrics?.close();
+    throw err;
   }
   sdc.start();
   const timer = setTimeout(() => log.warn({ waitedMs: firstViewWaitMs }, 'no word from the MDM yet; serving no volumes until it answers'), firstViewWaitMs);
   await Promise.race([sdc.ready, new Promise((resolve) => setTimeout(resolve, firstViewWaitMs).unref())]);
   clearTimeout(timer);
   log.info({ guid: identity.guid, nbd: where, volumes: sdc.list().map((entry) => entry.name) }, 'sdc ready');
+  if (metrics !== null) process.stdout.write(`metrics at ${metrics.url}\n`);
   process.stdout.write(`sdc ${args.name ?? identity.guid} (${identity.guid}) of cluster ${identity.clusterId} serving NBD on ${where}\n`);
   await runUntilSignal(
     log,
     async () => {
       await server.close();
       sdc.close();
+      await metrics?.close();
     },
     () => {
       server.destroy();
       sdc.close();
+      void metrics?.close();
     },
   );
 }

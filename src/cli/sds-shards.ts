@@ -29,6 +29,7 @@ import { autoShardCount, shardName, shardNameTooLong, type ShardCountRequest } f
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { nameBytesMax, sdsShardRestartDelayMsMax, sdsShardRestartDelayMsMin, sdsShardStableMs, sdsShardsMax } from '../common/limits.js';
 import { formatHostPort, parseHostPort } from '../common/address.js';
+import { metricsAddressOf } from '../common/metrics.js';
 import { nodeCommand } from '../common/node-command.js';
 import { readStateFile } from '../sds/state.js';
 import { meshblockEntry } from './lab-processes.js';
@@ -94,6 +95,8 @@ export interface ShardedStart {
   /** Devices named on this command line, resolved. */
   devices: string[];
   listen: string;
+  /** --metrics as given (undefined: the role's default port): shard k serves on its port + k - 1, as the data port. */
+  metrics: string | undefined;
   secretFile: string;
   host: string;
   /** DATA-DIR/shards.json as resolveShardCount read it: null at the first start. */
@@ -154,11 +157,15 @@ export async function runShards(start: ShardedStart): Promise<void> {
   for (let index = 1; index <= start.shards; index++) {
     const devices = start.devices.filter((device) => file.devices[device] === index);
     const address = formatHostPort({ host: listen.host, port: listen.port === 0 ? 0 : listen.port + index - 1 });
+    const metricsWanted = metricsAddressOf('sds', start.metrics);
+    const metrics = metricsWanted.address === null ? 'off' : formatHostPort({ host: metricsWanted.address.host, port: metricsWanted.address.port === 0 ? 0 : metricsWanted.address.port + index - 1 });
     const args = [
       'sds', 'start',
       '--name', shardName(start.name, index),
       '--data-dir', path.join(start.dataDir, `shard-${index}`),
       '--listen', address,
+      // Given: each shard its port. Not given: each shard takes the default + k - 1 itself (sds-start.ts).
+      ...(metricsWanted.given ? ['--metrics', metrics] : []),
       '--secret-file', start.secretFile,
       '--host', start.host,
       '--shards', '1',

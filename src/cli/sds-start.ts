@@ -26,6 +26,8 @@ import { readSecretFile } from './secret.js';
 import { parseShardCount } from '../common/sds-shards.js';
 import { resolveShardCount, runShards, shardEnvVar, type ShardReady } from './sds-shards.js';
 import { runUntilSignal } from './signals.js';
+import { MetricsEndpoint, metricsAddressOf, metricsOption, parseMetricsAddress } from '../common/metrics.js';
+import { sdsMetrics } from '../sds/metrics.js';
 
 export interface SdsStartArgs {
   name: string;
@@ -42,6 +44,7 @@ export interface SdsStartArgs {
   host: string | undefined;
   shards: string | undefined;
   'memory-budget': string | undefined;
+  metrics: string | undefined;
   'log-level': Level;
 }
 
@@ -80,8 +83,10 @@ export function sdsStartOptions(yargs: Argv): Argv<SdsStartArgs> {
       describe: `bytes of client IO held at once across all client connections (payloads, replies being prepared); with --shards, of all shards together [default: ${formatBytes(sdsMemoryBudgetBytesDefault)} per process] (docs/operations.md)`,
       requiresArg: true,
     })
+    .option('metrics', metricsOption('sds'))
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
     .check((argv) => {
+      if (argv.metrics !== undefined) parseMetricsAddress('--metrics', argv.metrics);
       if (argv['memory-budget'] !== undefined) parseMemoryBudget(argv['memory-budget'], 1);
       checkLabel('--name', argv.name);
       if (argv.host !== undefined) checkLabel('--host', argv.host);
@@ -130,7 +135,7 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   if (shards > 1) {
     const host = args.host ?? os.hostname();
     checkLabel('--host (the hostname, its default with shards)', host);
-    await runShards({ name: args.name, dataDir, shards, devices: named, listen: args.listen, secretFile: path.resolve(secretFile), host, remembered, passOn: shardPassOn(args, shards), log });
+    await runShards({ name: args.name, dataDir, shards, devices: named, listen: args.listen, metrics: args.metrics, secretFile: path.resolve(secretFile), host, remembered, passOn: shardPassOn(args, shards), log });
     return;
   }
   // A shard stops when its supervisor closes the IPC channel or is gone, however that went
@@ -194,6 +199,14 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
     await store.close();
     throw err;
   }
+  let metrics: MetricsEndpoint | null;
+  try {
+    metrics = await MetricsEndpoint.start(sdsMetrics(service, identity), metricsAddressOf('sds', args.metrics, Number(process.env[shardEnvVar] ?? 1)), log);
+  } catch (err) {
+    await service.close();
+    await store.close();
+    throw err;
+  }
   const mdmAddresses = args.mdm === undefined ? [] : parseHostPortList('--mdm', args.mdm, mdmAddressesMax);
   if (mdmAddresses.length > 0) {
     link = new MdmLink({ mdmAddresses, identity, secret, service, address, ...(args.host === undefined ? {} : { host: args.host }), log: log.child({ component: 'mdm-link' }) });
@@ -204,6 +217,7 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   }
   const deviceIo = store.devices.map((device) => ({ path: device.path, io: device.opened.io, ...(device.opened.ioReason === null ? {} : { ioReason: device.opened.ioReason }) }));
   log.info({ sdsId: identity.sdsId, address, devices: deviceIo, epoch: service.epoch, mdms: mdmAddresses }, 'sds ready');
+  if (metrics !== null) process.stdout.write(`metrics at ${metrics.url}\n`);
   process.stdout.write(`sds ${identity.name} (${identity.sdsId}) of cluster ${identity.clusterId} listening on ${address} with ${devices.length} device(s)\n`);
   if (supervised) {
     const ready: ShardReady = { type: 'ready', name: identity.name, sdsId: identity.sdsId, address };
@@ -216,10 +230,12 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
       link?.close();
       await service.close();
       await store.close();
+      await metrics?.close();
     },
     () => {
       link?.close();
       service.destroy();
+      void metrics?.close();
     },
     (request) => {
       requestStop = request;

@@ -614,3 +614,11 @@ assert(installParallelDefault >= 1 && installParallelDefault <= installParallelM
  * The files put are certificates, keys, a password, a secret and a wrapper: a few KiB.
  */
 export const installScriptBytesMax = 96 * KiB;
+
+// --- Prometheus metrics (common/metrics.ts; docs/metrics.md) ----------------------------------
+
+/** A metrics scrape (GET /metrics) that takes longer than this is cut: Prometheus's own default timeout is 10 s. */
+export const metricsScrapeTimeoutMs = 10_000;
+/** The MDM asks its cluster (etcd) for the MDM cluster's state at a scrape; no answer within this is reported as NoQuorum. */
+export const metricsClusterQueryTimeoutMs = 3_000;
+assert(metricsClusterQueryTimeoutMs < metricsScrapeTimeoutMs, 'the cluster query fits in a scrape');

@@ -33,7 +33,8 @@ import { parsePlacementMap, vtreeOf, type PlacementMap } from '../wire/placement
 import { SdsStatus } from '../wire/sds-ops.js';
 import type { ExportRegistry, NbdExport } from '../nbd/exports.js';
 import { QosBackend, QosLimiter, type QosLimits } from '../nbd/qos.js';
-import { VolumeBackend, type VolumeRouter } from './volume-backend.js';
+import { IoStats } from '../common/metrics.js';
+import { VolumeBackend, volumeIoOps, type VolumeIoStats, type VolumeRouter } from './volume-backend.js';
 
 export interface SdcOptions {
   clusterId: string;
@@ -83,6 +84,11 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   private readonly limiters = new Map<string, QosLimiter>();
   /** The volumes of the last view applied, by id (the heartbeat reports their QoS). */
   private mapped = new Map<string, SdcVolume>();
+  /** What the metrics count of each volume's IO, by volume id: kept as long as its limiter. */
+  private readonly volumeIo = new Map<string, VolumeIoStats>();
+  /** Maps fetched from the MDM on demand (a stale epoch, an unreachable SDS), and views applied: for the metrics. */
+  mapRefreshCount = 0;
+  viewCount = 0;
 
   constructor(private readonly options: SdcOptions) {
     this.sdsPeers = new PeerPool({ clusterId: options.clusterId, secret: options.secret, role: 'sdc', name: options.name ?? options.guid, log: options.log });
@@ -136,8 +142,11 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     const count = (this.openCounts.get(volume.id) ?? 1) - 1;
     if (count <= 0) {
       this.openCounts.delete(volume.id);
-      // The last connection to an unmapped volume is gone: so is its limiter.
-      if (!this.mapped.has(volume.id)) this.limiters.delete(volume.id);
+      // The last connection to an unmapped volume is gone: so are its limiter and counters.
+      if (!this.mapped.has(volume.id)) {
+        this.limiters.delete(volume.id);
+        this.volumeIo.delete(volume.id);
+      }
     } else {
       this.openCounts.set(volume.id, count);
     }
@@ -203,6 +212,28 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     return all;
   }
 
+  // --- metrics (sdc/metrics.ts) ----------------------------------------------------------
+
+  /** The volume's IO counters, shared by all its backends here. */
+  private ioOf(volumeId: string): VolumeIoStats {
+    let io = this.volumeIo.get(volumeId);
+    if (io === undefined) {
+      io = new IoStats(volumeIoOps);
+      this.volumeIo.set(volumeId, io);
+    }
+    return io;
+  }
+
+  /** Every mapped volume with its IO counters and its limiter (for the metrics, at a scrape). */
+  mappedVolumes(): Array<{ volume: SdcVolume; io: VolumeIoStats; limiter: QosLimiter | undefined }> {
+    return [...this.mapped.values()].map((volume) => ({ volume, io: this.ioOf(volume.id), limiter: this.limiters.get(volume.id) }));
+  }
+
+  /** Whether the link to the MDM is up now. */
+  get mdmConnected(): boolean {
+    return this.mdm.peer !== null;
+  }
+
   // --- VolumeRouter --------------------------------------------------------------------
 
   map(): PlacementMap {
@@ -228,6 +259,7 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   private async fetchView(): Promise<void> {
     const mdm = this.mdm.peer;
     if (mdm === null) return;
+    this.mapRefreshCount += 1;
     try {
       const response = await mdm.request(MdmOp.GetMap, Buffer.alloc(0), { timeoutMs: sdcMapRequestTimeoutMs });
       if (response.status === SdsStatus.Ok) this.installMap(parsePlacementMap(JSON.parse(response.payload.toString())));
@@ -274,6 +306,7 @@ export class Sdc implements ExportRegistry, VolumeRouter {
 
   private async applyViewNow(view: SdcView): Promise<void> {
     this.sdcId = view.sdcId;
+    this.viewCount += 1;
     const viewMap = parsePlacementMap(view.map);
     if (viewMap.epoch < this.viewEpoch) {
       // Overtaken (an update and the SDC's own request for its view crossed): applying it
@@ -298,7 +331,10 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     for (const [volumeId, limiter] of this.limiters) {
       if (byId.has(volumeId)) continue;
       limiter.release();
-      if (!this.openCounts.has(volumeId)) this.limiters.delete(volumeId);
+      if (!this.openCounts.has(volumeId)) {
+        this.limiters.delete(volumeId);
+        this.volumeIo.delete(volumeId);
+      }
     }
     const wanted = new Map(view.volumes.map((volume) => [volume.name, volume]));
     for (const [name, entry] of this.exports) {
@@ -315,7 +351,7 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     for (const volume of view.volumes) {
       if (this.exports.has(volume.name)) continue;
       try {
-        const volumeBackend = await VolumeBackend.open(volume, this, this.options.log.child({ volume: volume.name }));
+        const volumeBackend = await VolumeBackend.open(volume, this, this.options.log.child({ volume: volume.name }), this.ioOf(volume.id));
         const backend = new QosBackend(volumeBackend, this.limiterOf(volume.id));
         this.exports.set(volume.name, { name: volume.name, description: backend.description, backend, volumeBackend, volume });
         this.options.log.info({ volume: volume.name, sizeBytes: volume.sizeBytes, accessMode: volume.accessMode }, 'volume exported');

@@ -32,6 +32,7 @@ import type { SdcVolume } from '../wire/mdm-ops.js';
 import type { WirePeer, WireResponse } from '../wire/peer.js';
 import { vtreeOf, type PlacementMap } from '../wire/placement.js';
 import { releasePayload } from '../common/buffer-pool.js';
+import { IoStats, type IoCounter } from '../common/metrics.js';
 import { SdsOp, SdsStatus, encodeAllocation, encodeIo, IoFlag, type IoArgs } from '../wire/sds-ops.js';
 import { chunkPieces, routePiece, type Piece } from './chunk-pieces.js';
 import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSizeLimits, type Extent, type WriteOptions, type ZeroOptions } from '../nbd/backend.js';
@@ -50,6 +51,11 @@ export interface VolumeRouter {
   /** The connection to an SDS of the current map if it is made, else null: the IO path takes it without an await. */
   connectedPeer?(sdsId: string): WirePeer | null;
 }
+
+/** What the SDC counts of a volume's IO (its metrics: sdc/metrics.ts), shared by the volume's backends. */
+export type VolumeIoOp = 'read' | 'write';
+export const volumeIoOps: readonly VolumeIoOp[] = ['read', 'write'];
+export type VolumeIoStats = IoStats<VolumeIoOp>;
 
 /** Why one SDS's flush did not succeed, and whether trying again can help. */
 interface FlushProblem {
@@ -89,13 +95,19 @@ export class VolumeBackend implements BlockBackend {
 
   /** The volume as the MDM last described it: its head generation and access mode move. */
   private current: SdcVolume;
+  /** Where completed reads and writes are counted (taken out of the IoStats once: no lookup per request). */
+  private readonly readIo: IoCounter;
+  private readonly writeIo: IoCounter;
 
   private constructor(
     volume: SdcVolume,
     private readonly router: VolumeRouter,
     private readonly log: Logger,
+    readonly io: VolumeIoStats,
   ) {
     this.current = volume;
+    this.readIo = io.op('read');
+    this.writeIo = io.op('write');
     this.sizeBytes = volume.sizeBytes;
     this.description = `meshblock volume ${volume.name} (${volume.id})`;
     this.capabilities = {
@@ -113,9 +125,12 @@ export class VolumeBackend implements BlockBackend {
     this.chunkStates = new Uint8Array(Math.ceil(volume.sizeBytes / volume.chunkBytes));
   }
 
-  /** Opens a volume: learns which of its chunks hold data when it is mapped here alone. */
-  static async open(volume: SdcVolume, router: VolumeRouter, log: Logger): Promise<VolumeBackend> {
-    const backend = new VolumeBackend(volume, router, log);
+  /**
+   * Opens a volume: learns which of its chunks hold data when it is mapped here alone. `io`:
+   * where its reads and writes are counted (the SDC gives every backend of a volume the same).
+   */
+  static async open(volume: SdcVolume, router: VolumeRouter, log: Logger, io: VolumeIoStats = new IoStats(volumeIoOps)): Promise<VolumeBackend> {
+    const backend = new VolumeBackend(volume, router, log, io);
     if (volume.exclusive) await backend.loadAllocation();
     return backend;
   }
@@ -165,11 +180,22 @@ export class VolumeBackend implements BlockBackend {
 
   // A request within one chunk (every 4 KiB one) is one piece: it is sent without the
   // array, closures and allSettled() a request spread over several chunks needs.
+  //
+  // Counting (metrics): two clock reads and a few additions into the volume's IoCounter, no
+  // allocation. The time is the SDSs' service time as this SDC sees it, retries included;
+  // time waiting for QoS tokens is before this backend (qos.ts) and counted there.
 
   async read(offsetBytes: number, target: Buffer): Promise<void> {
-    const pieces = this.pieces(offsetBytes, target.length);
-    if (pieces.length === 1) return this.readPiece(pieces[0] as Piece, target);
-    await allPieces(pieces.map((piece) => this.readPiece(piece, target)));
+    const startMs = performance.now();
+    try {
+      const pieces = this.pieces(offsetBytes, target.length);
+      if (pieces.length === 1) await this.readPiece(pieces[0] as Piece, target);
+      else await allPieces(pieces.map((piece) => this.readPiece(piece, target)));
+    } catch (err) {
+      this.readIo.failed();
+      throw err;
+    }
+    this.readIo.done(target.length, performance.now() - startMs);
   }
 
   private async readPiece(piece: Piece, target: Buffer): Promise<void> {
@@ -187,10 +213,17 @@ export class VolumeBackend implements BlockBackend {
   }
 
   async write(offsetBytes: number, source: Buffer, options: WriteOptions): Promise<void> {
-    this.assertWritable('write');
-    const pieces = this.pieces(offsetBytes, source.length, options.fua ? IoFlag.Fua : 0);
-    if (pieces.length === 1) return this.writePiece(pieces[0] as Piece, source);
-    await allPieces(pieces.map((piece) => this.writePiece(piece, source)));
+    const startMs = performance.now();
+    try {
+      this.assertWritable('write');
+      const pieces = this.pieces(offsetBytes, source.length, options.fua ? IoFlag.Fua : 0);
+      if (pieces.length === 1) await this.writePiece(pieces[0] as Piece, source);
+      else await allPieces(pieces.map((piece) => this.writePiece(piece, source)));
+    } catch (err) {
+      this.writeIo.failed();
+      throw err;
+    }
+    this.writeIo.done(source.length, performance.now() - startMs);
   }
 
   private async writePiece(piece: Piece, source: Buffer): Promise<void> {

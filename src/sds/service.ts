@@ -63,6 +63,7 @@ import {
   setIoFlags,
   encodeIo,
   ioArgsBytes,
+  ioArgOffsets,
   type IoArgs,
   type SdsStats,
 } from '../wire/sds-ops.js';
@@ -76,6 +77,11 @@ import { RebuildSource, groupKeysOf } from './rebuild.js';
 import { RebuildCursors } from './rebuild-cursors.js';
 import { ReplyError } from './reply-error.js';
 import type { SdsState } from './state.js';
+import { IoStats, type IoCounter } from '../common/metrics.js';
+
+/** What the SDS counts of the IO it serves (its metrics: sds/metrics.ts): a client's as primary, and mirror copies from a primary. */
+export type SdsIoOp = 'read' | 'write' | 'trim' | 'mirror_write' | 'mirror_trim';
+export const sdsIoOps: readonly SdsIoOp[] = ['read', 'write', 'trim', 'mirror_write', 'mirror_trim'];
 
 export type { SdsIdentity } from './control-ops.js';
 
@@ -126,7 +132,17 @@ export class SdsService {
   private refetching = false;
   private closing = false;
   private clientIoInflight = 0;
-  private clientIoLastMs = 0;
+  /** When the last client IO ended, on performance.now()'s clock (the one the metrics read anyway); never: -Infinity. */
+  private clientIoLastMs = Number.NEGATIVE_INFINITY;
+  /** Served IO, counted for the metrics; the counters are taken out once (no lookup per request). */
+  readonly io = new IoStats<SdsIoOp>(sdsIoOps);
+  private readonly ioCounters: Record<SdsIoOp, IoCounter> = {
+    read: this.io.op('read'),
+    write: this.io.op('write'),
+    trim: this.io.op('trim'),
+    mirror_write: this.io.op('mirror_write'),
+    mirror_trim: this.io.op('mirror_trim'),
+  };
 
   constructor(private readonly options: SdsServiceOptions) {
     this.budget = new ServingBudget(options.memoryBudgetBytes ?? sdsMemoryBudgetBytesDefault);
@@ -171,7 +187,7 @@ export class SdsService {
       forward: (sdsId: string, op: number, payload: Buffer, epoch: number) => this.forward(sdsId, op, payload, epoch),
       peerFor: (sdsId: string) => this.peerFor(sdsId),
     };
-    const clientBusy = (): boolean => this.clientIoInflight > 0 || Date.now() - this.clientIoLastMs < sdsClientQuietMs;
+    const clientBusy = (): boolean => this.clientIoInflight > 0 || performance.now() - this.clientIoLastMs < sdsClientQuietMs;
     this.rebuilds = new RebuildSource({
       ...shared,
       cursors: this.rebuildCursors,
@@ -310,17 +326,39 @@ export class SdsService {
     }
   }
 
-  /** Client IO (and its mirror writes), counted so that rebuilds can give way to it. */
+  /**
+   * Client IO (and its mirror writes), counted so that rebuilds can give way to it, and for
+   * the metrics: two clock reads and a few additions into an IoCounter, no allocation. A
+   * request refused (a stale epoch, a frozen tree) counts as an error of its operation.
+   */
   private async clientIo(from: Served, request: WireRequest): Promise<WireReply> {
     this.clientIoInflight += 1;
+    const startMs = performance.now();
+    const counter = this.ioCounterOf(request);
+    let ok = false;
     try {
-      if (request.op === SdsOp.Read) return await this.onRead(request);
-      if (request.op === SdsOp.Write) return await this.onWrite(from, request);
-      return await this.onTrim(from, request);
+      let reply: WireReply;
+      if (request.op === SdsOp.Read) reply = await this.onRead(request);
+      else if (request.op === SdsOp.Write) reply = await this.onWrite(from, request);
+      else reply = await this.onTrim(from, request);
+      ok = reply.status === SdsStatus.Ok;
+      return reply;
     } finally {
       this.clientIoInflight -= 1;
-      this.clientIoLastMs = Date.now();
+      // One clock read serves both the rebuild's idea of "client busy" and the latency.
+      const endMs = performance.now();
+      this.clientIoLastMs = endMs;
+      if (ok) counter.done(request.payload.length >= ioArgsBytes ? request.payload.readUInt32BE(ioArgOffsets.lengthBytes) : 0, endMs - startMs);
+      else counter.failed();
     }
+  }
+
+  /** The counter of a read, write or trim request (its arguments say whether it is a mirror copy). */
+  private ioCounterOf(request: WireRequest): IoCounter {
+    if (request.op === SdsOp.Read) return this.ioCounters.read;
+    const replica = request.payload.length >= ioArgsBytes && (request.payload.readUInt32BE(ioArgOffsets.flags) & IoFlag.Replica) !== 0;
+    if (request.op === SdsOp.Write) return replica ? this.ioCounters.mirror_write : this.ioCounters.write;
+    return replica ? this.ioCounters.mirror_trim : this.ioCounters.trim;
   }
 
   private failureReply(err: unknown, op: number): WireReply {

@@ -118,10 +118,11 @@ t.test('lab up, status, management, down, resume, purge', async (t) => {
     'every process with its role and name',
   );
   for (const entry of first.processes) {
-    t.match(entry, { pid: Number, address: /^127\.0\.0\.1:\d+$/, state: 'running' }, `${entry.name} is running`);
+    t.match(entry, { pid: Number, address: /^127\.0\.0\.1:\d+$/, state: 'running', metricsUrl: /^http:\/\/127\.0\.0\.1:\d+\/metrics$/ }, `${entry.name} is running`);
     // SDSs also carry their checksum-at-rest counters and scrub progress (docs/integrity.md).
     // And their device with its IO mode (issue 22): the lab's sparse file, buffered by default.
-    const fields = ['address', 'clusterState', 'name', 'pid', 'role', 'state', ...(entry.role === 'sds' ? ['integrity', 'scrub', 'devicePath', 'io', 'ioReason'] : [])].sort();
+    // And where Prometheus scrapes it (issue 19, docs/metrics.md).
+    const fields = ['address', 'clusterState', 'metricsUrl', 'name', 'pid', 'role', 'state', ...(entry.role === 'sds' ? ['integrity', 'scrub', 'devicePath', 'io', 'ioReason'] : [])].sort();
     t.same(Object.keys(entry).sort(), fields, `${entry.name} has exactly the contract's fields`);
     t.equal(entry.clusterState, entry.role === 'mdm' ? null : entry.role === 'sds' ? 'Normal' : 'Connected', `${entry.name} as the MDM sees it`);
     if (entry.role === 'sds') {
