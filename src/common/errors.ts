@@ -387,6 +387,12 @@ export const errorCodes = {
   // --- the runtime bundle (meshblock bundle, src/hostsetup/runtime-bundle.ts) ---
   /** The shared libraries Node needs cannot be gathered: ldd missing or failed, a library not found, or no dynamic loader. */
   MB_ERR_BUNDLE_LIBRARIES: 'MB_ERR_BUNDLE_LIBRARIES',
+
+  // --- the event log and SNMP traps (src/mdm/events.ts, src/mdm/snmp-traps.ts) ---
+  /** The event log cannot be read or written (its file, or etcd); the MDM logs it and keeps the event in memory. */
+  MB_ERR_EVENT_LOG: 'MB_ERR_EVENT_LOG',
+  /** Another MDM appended to the event log in etcd first: the log is read again and the event numbered after it. */
+  MB_ERR_EVENT_ID_TAKEN: 'MB_ERR_EVENT_ID_TAKEN',
 } as const;
 
 export type ErrorCode = keyof typeof errorCodes;
