@@ -262,7 +262,10 @@ export class FileEventStore implements EventStore {
   constructor(
     private readonly dir: string,
     private readonly log: Logger,
+    /** Events per file; smaller only in tests. */
+    private readonly fileEventsMax = eventFileEventsMax,
   ) {
+    assert(Number.isSafeInteger(fileEventsMax) && fileEventsMax >= 1 && fileEventsMax <= eventFileEventsMax, 'events per file within the bound');
     this.where = path.join(dir, eventFileNames.current);
   }
 
@@ -298,7 +301,7 @@ export class FileEventStore implements EventStore {
 
   async append(event: MdmEvent): Promise<void> {
     try {
-      if (this.linesInCurrent >= eventFileEventsMax) await this.rotate();
+      if (this.linesInCurrent >= this.fileEventsMax) await this.rotate();
       if (this.fd === null) this.fd = fs.openSync(path.join(this.dir, eventFileNames.current), 'a', 0o600);
       const fd = this.fd;
       await new Promise<void>((resolve, reject) => fs.write(fd, `${JSON.stringify(event)}\n`, (err) => (err === null ? resolve() : reject(err))));

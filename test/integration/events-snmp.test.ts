@@ -109,7 +109,7 @@ t.test('kill -9 of an SDS reaches snmptrapd as mbSdsDown, its restart as mbSdsUp
     events.every((event, index) => index === 0 || event.id > (events[index - 1] as MdmEvent).id),
     'ids increase',
   );
-  const sdsEvents = events.filter((event) => event.object === `Sds::${sds1.sdsId}`).map((event) => event.type);
+  const sdsEvents = events.filter((event) => event.object === `Sds::${sds1.sdsId}` && event.type !== 'configChanged').map((event) => event.type);
   t.same(sdsEvents, ['sdsDown', 'sdsUp'], 'sds1 went down, then up: once each');
   const volumeAdded = events.find((event) => event.type === 'configChanged' && event.objectName === 'vol1' && event.message.startsWith('add Volume'));
   t.ok(volumeAdded, 'adding the volume is a configuration change');
@@ -117,6 +117,10 @@ t.test('kill -9 of an SDS reaches snmptrapd as mbSdsDown, its restart as mbSdsUp
   t.ok(
     events.some((event) => event.type === 'configChanged' && event.message.startsWith('addMappedSdc on Volume') && event.objectName === 'vol1'),
     'mapping it too',
+  );
+  t.ok(
+    events.some((event) => event.type === 'configChanged' && event.object === `Sds::${sds1.sdsId}` && event.user === 'admin'),
+    'adding sds1 to pd1 is one too',
   );
   t.ok(
     events.some((event) => event.type === 'loginRefused' && event.user === 'mallory'),
