@@ -345,10 +345,10 @@ export const eventEtcdKeys = {
 /**
  * The event log in etcd. An append is one transaction: if the head is still the id before
  * this one, write the event and move the head; else MB_ERR_EVENT_ID_TAKEN. The event
- * eventLogMax before it is deleted after (best effort: a key left over is trimmed by the
- * next append's delete of its own predecessor... or never read: load() takes the last
- * eventLogMax). Not conditioned on the Master key: events are not state, and two MDMs that
- * both believe they are Master for a moment both get their events numbered, in one order.
+ * eventLogMax before it is deleted after, best effort: a delete that fails leaves one key
+ * behind, which load() never reads (it takes the last eventLogMax) and which costs etcd a
+ * few hundred bytes. Not conditioned on the Master key: events are not state, and two MDMs
+ * that both believe they are Master for a moment both get their events numbered, in one order.
  */
 export class EtcdEventStore implements EventStore {
   readonly where = 'etcd';
