@@ -16,6 +16,7 @@ import { loadtest, loadtestCommand, loadtestDescription, loadtestOptions, type L
 import { etcdStart, etcdStartOptions, type EtcdStartArgs } from './etcd-start.js';
 import { mdmStart, mdmStartOptions, type MdmStartArgs } from './mdm-start.js';
 import { sdsStart, sdsStartOptions, type SdsStartArgs } from './sds-start.js';
+import { eventsCommand, eventsOptions, type EventsArgs } from './events.js';
 
 // Memory for IO, set before anything allocates (measured in docs/benchmarks.md):
 // - Buffer.allocUnsafe takes sizes below half of poolSize from a shared slab. At Node's
@@ -104,6 +105,7 @@ export async function main(argv: string[]): Promise<void> {
   cli.command('detach <target>', 'detach a volume attached with attach (by /dev/nbdN or volume name)', (y) => detachOptions(y), async (args) => detachCommand(args as unknown as DetachArgs));
   cli.command('install', 'install and configure a whole cluster over SSH from a ScaleIO-style CSV (or print a --template)', (y) => installOptions(y), async (args) => installCommand(args as unknown as InstallArgs));
   cli.command('bundle', "write a runtime bundle: this meshblock and this machine's Node with its own loader and libraries, runnable on any x86-64 Linux whatever its C library", (y) => bundleOptions(y), async (args) => bundleCommand(args as unknown as BundleArgs));
+  cli.command('events', "the MDM's event log: SDSs down and up, failed devices, rebuilds, capacity, refused logins, changes and who made them", (y) => eventsOptions(y), async (args) => eventsCommand(args as unknown as EventsArgs));
   cli.command(loadtestCommand, loadtestDescription, (y) => loadtestOptions(y), async (args) => loadtest(args as unknown as LoadtestArgs));
   cli
     .demandCommand(1, 'name a command (see meshblock --help)')

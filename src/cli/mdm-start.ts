@@ -9,6 +9,7 @@
 //   admin.password   the first admin password (0600), only when meshblock generated it
 //   journal-*, snapshot-*                          the state (src/mdm/journal.ts)
 //   api.crt, api.key                               the REST API's self-signed certificate
+//   events.jsonl, events.1.jsonl                   the event log (src/mdm/events.ts; in etcd for a cluster)
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -30,6 +31,8 @@ import { MdmService, type MdmServiceOptions } from '../mdm/service.js';
 import { apiCertificateSubjectAltNamesDefault, ensureSelfSignedCertificate, loadCertificate } from '../mdm/tls.js';
 import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';
+import { startMdmEvents } from './mdm-events.js';
+import { parseTrapReceivers } from '../mdm/snmp-traps.js';
 import { lockDataDir } from './pid-lock.js';
 import { runUntilSignal } from './signals.js';
 import { MetricsEndpoint, metricsAddressOf, metricsOption, parseMetricsAddress } from '../common/metrics.js';
@@ -53,6 +56,7 @@ export interface MdmStartArgs {
   'etcd-pki': string | undefined;
   'mdm-name': string | undefined;
   metrics: string | undefined;
+  'snmp-trap': string[];
 }
 
 /** ScaleIO's MDM port. */
@@ -77,8 +81,10 @@ export function mdmStartOptions(yargs: Argv): Argv<MdmStartArgs> {
     .option('etcd-pki', { type: 'string', describe: "with --etcd: the cluster's PKI directory (ca.crt, client-MDM-NAME.crt/.key)", requiresArg: true })
     .option('mdm-name', { type: 'string', describe: "with --etcd: this MDM's name in the cluster (its host's etcd member name)", requiresArg: true })
     .option('metrics', metricsOption('mdm'))
+    .option('snmp-trap', { type: 'string', array: true, default: [] as string[], describe: 'send SNMPv2c traps of the alerting events to HOST[:PORT][,community=NAME] (port 162, community public by default; repeatable; mibs/MESHBLOCK-MIB.txt)', requiresArg: true })
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
     .check((argv) => {
+      parseTrapReceivers('--snmp-trap', argv['snmp-trap']);
       if (argv.etcd !== undefined) {
         parseEtcdEndpoints(argv.etcd);
         if (argv['etcd-pki'] === undefined) throw new InvalidArgumentError('--etcd-pki', 'required with --etcd (etcd is reached over TLS with a client certificate)');
@@ -203,7 +209,8 @@ export async function mdmStart(args: MdmStartArgs): Promise<void> {
   });
   const wanted = parseHostPort('--listen', args.listen);
   let cluster: RestCluster | undefined;
-  const api = new RestApi({ controller: service, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key }, cluster: { route: () => ({ kind: 'local' }), identity: () => ({ name: identity.name, term: '0' }), query: () => (cluster as RestCluster).query(), switchOwnership: (to) => (cluster as RestCluster).switchOwnership(to) } });
+  const events = await startMdmEvents({ where: { dataDir }, snmpTrap: args['snmp-trap'], systemId: identity.clusterId, controller: () => service, active: () => true, log });
+  const api = new RestApi({ controller: service, events: events.events, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key }, cluster: { route: () => ({ kind: 'local' }), identity: () => ({ name: identity.name, term: '0' }), query: () => (cluster as RestCluster).query(), switchOwnership: (to) => (cluster as RestCluster).switchOwnership(to) } });
   let address: string;
   let apiUrl: string;
   try {
@@ -215,6 +222,7 @@ export async function mdmStart(args: MdmStartArgs): Promise<void> {
     cluster = singleMdmCluster({ clusterId: identity.clusterId, systemName: identity.name, name: identity.name, wireAddress: address, apiAddress: formatHostPort({ host: apiBound.address, port: apiBound.port }) });
   } catch (err) {
     await api.close().catch(() => undefined);
+    await events.close();
     await service.close();
     throw err;
   }
@@ -223,6 +231,7 @@ export async function mdmStart(args: MdmStartArgs): Promise<void> {
     metrics = await MetricsEndpoint.start(mdmMetrics({ name: identity.name, controller: service, isMaster: () => true, cluster: () => cluster }), metricsAddressOf('mdm', args.metrics), log);
   } catch (err) {
     await api.close().catch(() => undefined);
+    await events.close();
     await service.close();
     throw err;
   }
@@ -234,6 +243,7 @@ export async function mdmStart(args: MdmStartArgs): Promise<void> {
     log,
     async () => {
       await api.close();
+      await events.close();
       await service.close();
       await metrics?.close();
     },
@@ -278,7 +288,9 @@ async function mdmStartClustered(args: MdmStartArgs, log: Logger, dataDir: strin
       service: { dataDir, clusterId: record.clusterId, systemName: record.name, secret: Buffer.from(record.secret), log: log.child({ component: 'mdm-service' }), ...serviceTuning(args) },
       log: log.child({ component: 'mdm-cluster' }),
     });
-    const api = new RestApi({ controller: member.controller(), cluster: member, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key } });
+    const controller = member.controller();
+    const events = await startMdmEvents({ where: { etcd: store.client }, snmpTrap: args['snmp-trap'], systemId: record.clusterId, controller: () => controller, active: () => member.route().kind === 'local', log });
+    const api = new RestApi({ controller, events: events.events, cluster: member, log: log.child({ component: 'rest-api' }), auth, tls: { cert: certificate.cert, key: certificate.key } });
     await api.listen(apiWanted.host, apiWanted.port);
     // Before joining: an MDM waiting for etcd exports NoQuorum.
     const metrics = await MetricsEndpoint.start(mdmMetrics({ name, controller: member.controller(), isMaster: () => member.role === 'master', cluster: () => member }), metricsAddressOf('mdm', args.metrics), log);
@@ -290,6 +302,7 @@ async function mdmStartClustered(args: MdmStartArgs, log: Logger, dataDir: strin
       log,
       async () => {
         await api.close();
+        await events.close();
         await member.close();
         store.close();
         await metrics?.close();

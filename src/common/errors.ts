@@ -389,6 +389,12 @@ export const errorCodes = {
   MB_ERR_BUNDLE_LIBRARIES: 'MB_ERR_BUNDLE_LIBRARIES',
   /** More than one host failed in an installer phase; the message names each and why. */
   MB_ERR_INSTALL_HOSTS: 'MB_ERR_INSTALL_HOSTS',
+
+  // --- the event log and SNMP traps (src/mdm/events.ts, src/mdm/snmp-traps.ts) ---
+  /** The event log cannot be read or written (its file, or etcd); the MDM logs it and keeps the event in memory. */
+  MB_ERR_EVENT_LOG: 'MB_ERR_EVENT_LOG',
+  /** Another MDM appended to the event log in etcd first: the log is read again and the event numbered after it. */
+  MB_ERR_EVENT_ID_TAKEN: 'MB_ERR_EVENT_ID_TAKEN',
 } as const;
 
 export type ErrorCode = keyof typeof errorCodes;

@@ -622,3 +622,27 @@ export const metricsScrapeTimeoutMs = 10_000;
 /** The MDM asks its cluster (etcd) for the MDM cluster's state at a scrape; no answer within this is reported as NoQuorum. */
 export const metricsClusterQueryTimeoutMs = 3_000;
 assert(metricsClusterQueryTimeoutMs < metricsScrapeTimeoutMs, 'the cluster query fits in a scrape');
+
+// --- the event log and SNMP traps (mdm/events.ts, mdm/snmp-traps.ts; docs/events.md) ----------
+
+/** Events the MDM keeps (the oldest go first): a year of a busy cluster's failures, a few MB. */
+export const eventLogMax = 10_000;
+/** The embedded store writes two files of this many events each, the older one replaced when the newer is full. */
+export const eventFileEventsMax = eventLogMax / 2;
+assert(Number.isInteger(eventFileEventsMax) && 2 * eventFileEventsMax === eventLogMax, 'the two event files hold the log exactly');
+/** Events one GET /api/events answers with at most (and the default with no `limit`). */
+export const eventsPageMax = 1_000;
+/** A follower's long poll (GET /api/events?wait=S) waits at most this long, well within restRequestTimeoutMs. */
+export const eventsWaitMsMax = 25_000;
+assert(eventsWaitMsMax < restRequestTimeoutMs, 'a long poll ends before the REST request timeout');
+/** How often the Master compares the model with what the event log last said (SDS down/up, devices, rebuild, capacity). */
+export const eventWatchIntervalMs = 1_000;
+/** A pool's used share of its usable capacity that raises a capacityHigh event (ScaleIO's default high threshold)... */
+export const capacityHighPercent = 80;
+/** ...and a capacityCritical event (ScaleIO's default critical threshold). */
+export const capacityCriticalPercent = 90;
+assert(capacityHighPercent < capacityCriticalPercent && capacityCriticalPercent < 100, 'capacity thresholds in order');
+/** An event's message is cut to this many characters (a user name in a refused login comes from anyone). */
+export const eventMessageCharsMax = 512;
+/** `mdm start --snmp-trap` may name this many receivers. */
+export const snmpTrapReceiversMax = 16;

@@ -23,6 +23,8 @@
 //   GET  /api/dashboard                                   meshblock: capacity and health at a glance
 //   POST /api/instances/System/action/queryMdmCluster     the MDM cluster (ScaleIO's MdmCluster)
 //   POST /api/instances/System/action/changeMdmOwnership  {"id"?: MDM name}: a planned switch
+//   GET  /api/events?since=ID&limit=N&wait=S               meshblock: the event log (events.ts,
+//                                                         docs/events.md), long-polled for --follow
 //
 // In an MDM cluster every MDM answers: a Slave forwards each request, whole, to the Master
 // (pinning the certificate the Master published in etcd), so that one address in a client's
@@ -50,11 +52,12 @@ import { assert } from '../common/assert.js';
 import type { AdminAuth } from './auth.js';
 import { noQuorumMessage, type RestCluster, type RestRoute } from './cluster-member.js';
 import type { MdmController } from './controller.js';
+import { eventText, type EventLog } from './events.js';
 import { createInstance, getByNameTypeAliases, getIdByName, getSdcIdByIp, performAction, queryIdByKey, type CommandContext } from './rest-commands.js';
 import { RestError, errorBody, httpStatusOf, notFoundErrorCode } from './rest-errors.js';
 import { dashboard, getInstance, listInstances, relatedInstances, restRelationships, restTypes, type RestType, type SdcAddressLookup, type SdcQosLookup } from './rest-objects.js';
 import { objectStatistics, querySelectedStatistics, readStatisticsList, readStatisticsQuery, systemSelectedStatistics, type StatisticsSources } from './rest-statistics.js';
-import { loginFailureDelayMs, loginsInflightMax, restBodyBytesMax, restForwardRecheckMs, restDiscardBytesMax, restHeadersTimeoutMs, restRequestTimeoutMs } from '../common/limits.js';
+import { eventsPageMax, eventsWaitMsMax, loginFailureDelayMs, loginsInflightMax, restBodyBytesMax, restForwardRecheckMs, restDiscardBytesMax, restHeadersTimeoutMs, restRequestTimeoutMs } from '../common/limits.js';
 
 /** The ScaleIO REST API version whose shapes this API follows. */
 export const scaleIoApiVersion = '3.6';
@@ -73,6 +76,8 @@ export interface RestApiOptions {
   nowMs?: () => number;
   /** The MDM cluster this MDM belongs to (where requests go; queryMdmCluster). Default: served here. */
   cluster?: RestCluster;
+  /** The event log: GET /api/events, and where refused logins and changes are recorded. Absent: neither. */
+  events?: EventLog;
 }
 
 /** Marks a request a Slave forwarded, so that two Slaves never forward it in a loop. */
@@ -112,6 +117,9 @@ export class RestApi {
   private readonly routes: Route[];
   /** Aborts failed-login delays when the API is destroyed. */
   private readonly lifetime = new AbortController();
+  /** Ends the long polls of GET /api/events when the API closes (they would hold close() up). */
+  private readonly polls = new AbortController();
+  private readonly events: EventLog | null;
   private loginsInflight = 0;
   private requestCount = 0;
   private closing = false;
@@ -119,6 +127,7 @@ export class RestApi {
   constructor(options: RestApiOptions) {
     this.controller = options.controller;
     this.cluster = options.cluster ?? null;
+    this.events = options.events ?? null;
     // Credentials are never logged on purpose; the redaction is a second line of defence
     // for an `err` or object that happens to carry one.
     this.log = options.log.child({}, { redact: ['password', 'token', 'authorization', '*.password', '*.token', '*.authorization', '*.headers.authorization'] });
@@ -150,6 +159,7 @@ export class RestApi {
   async close(): Promise<void> {
     if (!this.server.listening) return;
     this.closing = true;
+    this.polls.abort();
     const closed = new Promise<void>((resolve, reject) => this.server.close((err) => (err === undefined ? resolve() : reject(err))));
     this.server.closeIdleConnections();
     await closed;
@@ -159,6 +169,7 @@ export class RestApi {
   destroy(): void {
     this.closing = true;
     this.lifetime.abort();
+    this.polls.abort();
     this.server.close();
     this.server.closeAllConnections();
   }
@@ -283,7 +294,24 @@ export class RestApi {
       throw new RestError('MB_ERR_METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${path} (allowed: ${allow})`, 405, { allow });
     }
     const body = await readJsonBody(req);
-    return handler({ req, log, token, params, body });
+    if (req.method !== 'POST' || this.events === null || !isChange(path)) return handler({ req, log, token, params, body });
+    // The event says what changed and who changed it; the name is read before (a removal takes it).
+    const subject = changeSubject(path, params, (typeName, id) => {
+      const found = (restTypes as readonly string[]).includes(typeName) ? getInstance(this.controller.state, typeName as RestType, id) : null;
+      const name = (found as { name?: unknown } | null)?.name;
+      return typeof name === 'string' ? name : null;
+    });
+    const reply = await handler({ req, log, token, params, body });
+    const id = subject.id ?? (reply.body as { id?: unknown } | null)?.id;
+    await this.events.record({
+      severity: 'info',
+      type: 'configChanged',
+      object: `${subject.type}::${typeof id === 'string' ? id : ''}`,
+      objectName: subject.name ?? (typeof (body as { name?: unknown } | null)?.name === 'string' ? ((body as { name: string }).name) : null),
+      message: `${subject.action}${subject.name !== null ? ` '${subject.name}'` : ''}${changeDetails(body)} from ${req.socket.remoteAddress ?? '?'}`,
+      user: this.auth.username,
+    });
+    return reply;
   }
 
   private match(path: string): { route: Route; params: string[] } {
@@ -314,6 +342,9 @@ export class RestApi {
       }
       // Never the password: only who tried, from where.
       log.warn({ username: credentials.username, remoteAddress: req.socket.remoteAddress }, 'login refused: wrong user name or password');
+      // Recorded while the delay runs: a refused login costs its caller the delay either way.
+      const username = eventText(credentials.username, 64);
+      await this.events?.record({ severity: 'warning', type: 'loginRefused', object: `User::${username}`, objectName: username, message: `login refused for user '${username}' from ${req.socket.remoteAddress ?? '?'}: wrong user name or password`, user: username });
       const remainingMs = loginFailureDelayMs - (performance.now() - startMs);
       if (remainingMs > 0) {
         try {
@@ -326,6 +357,24 @@ export class RestApi {
     } finally {
       this.loginsInflight -= 1;
     }
+  }
+
+  /**
+   * GET /api/events: `since` (an id: the events after it; else the last `limit`), `limit`
+   * (1 to eventsPageMax), `wait` (seconds, at most eventsWaitMsMax: with nothing after
+   * `since`, answer when something comes). → { events: [...], lastId } — lastId is the log's
+   * last id, so a follower goes on from there even when `events` is empty.
+   */
+  private async listEvents(req: http.IncomingMessage): Promise<{ events: unknown[]; lastId: number }> {
+    const events = this.events;
+    if (events === null) throw new RestError('MB_ERR_NO_ROUTE', 'this MDM keeps no event log', 404);
+    const query = new URL(req.url ?? '/', 'http://localhost').searchParams;
+    for (const name of query.keys()) if (!['since', 'limit', 'wait'].includes(name)) throw new RestError('MB_ERR_INVALID_ARGUMENT', `${eventText(name, 32)}: unknown parameter (since, limit, wait)`, 400);
+    const since = integerParameter(query, 'since', 0, Number.MAX_SAFE_INTEGER);
+    const limit = integerParameter(query, 'limit', 1, eventsPageMax) ?? eventsPageMax;
+    const waitSeconds = integerParameter(query, 'wait', 0, eventsWaitMsMax / 1000) ?? 0;
+    if (since !== null && waitSeconds > 0) await events.waitFor(since, waitSeconds * 1000, this.polls.signal);
+    return { events: events.list(since, limit), lastId: events.lastEventId };
   }
 
   private makeRoutes(): Route[] {
@@ -368,6 +417,7 @@ export class RestApi {
         },
       },
       { pattern: /^\/api\/version$/, methods: { GET: () => ok(scaleIoApiVersion) } },
+      { pattern: /^\/api\/events$/, methods: { GET: async ({ req }) => ok(await this.listEvents(req)) } },
       { pattern: /^\/api\/dashboard$/, methods: { GET: () => ok(dashboard(state(), (sdsId) => this.controller.sdsStats(sdsId), this.controller.rebuildStatus(), sdcQos)) } },
       {
         pattern: /^\/api\/types\/([A-Za-z]+)\/instances$/,
@@ -440,6 +490,45 @@ export class RestApi {
 }
 
 const queryMdmClusterPath = '/api/instances/System/action/queryMdmCluster';
+
+/** A POST that changes something (everything but the query actions: statistics, ids, the MDM cluster). */
+function isChange(path: string): boolean {
+  return !/\/action\/query[A-Za-z]*$/.test(path) && !/\/querySelectedStatistics$/.test(path);
+}
+
+/** What a changing POST is about: its type, id (when in the path), action and the object's name now. */
+function changeSubject(path: string, params: readonly string[], nameOf: (type: string, id: string) => string | null): { type: string; id: string | null; action: string; name: string | null } {
+  const created = /^\/api\/types\/([A-Za-z]+)\/instances$/.exec(path);
+  if (created !== null) return { type: created[1] as string, id: null, action: `add ${created[1] as string}`, name: null };
+  const onInstance = /^\/api\/instances\/([A-Za-z]+)::[^/]+\/action\/([A-Za-z]+)$/.exec(path);
+  if (onInstance !== null) {
+    const type = onInstance[1] as string;
+    const id = params[1] ?? '';
+    return { type, id, action: `${onInstance[2] as string} on ${type}`, name: nameOf(type, id) };
+  }
+  const action = /\/action\/([A-Za-z]+)$/.exec(path)?.[1] ?? path;
+  return { type: 'System', id: null, action: `${action} on System`, name: null };
+}
+
+/** The body's plain fields, for the event's message; none that could hold a secret. */
+function changeDetails(body: unknown): string {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) return '';
+  const shown = Object.entries(body as Record<string, unknown>)
+    .filter(([key, value]) => !/pass|secret|key|token|cert/i.test(key) && (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean'))
+    .map(([key, value]) => `${key}=${JSON.stringify(value)}`);
+  return shown.length === 0 ? '' : ` (${shown.join(', ')})`;
+}
+
+/** A query parameter that must be a whole number in [min, max] when given. */
+function integerParameter(query: URLSearchParams, name: string, min: number, max: number): number | null {
+  const text = query.get(name);
+  if (text === null) return null;
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new RestError('MB_ERR_INVALID_ARGUMENT', `${name}: must be a whole number from ${min} to ${max}, got '${eventText(text, 32)}'`, 400);
+  }
+  return value;
+}
 
 /** changeMdmOwnership's body: ScaleIO's {"id": ...} (our MDM ids are their names), or none for any Slave. */
 function readOwnershipTarget(body: unknown): string | null {
