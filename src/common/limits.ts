@@ -596,3 +596,10 @@ export const rebuildFailingShownMax = 64;
 
 /** `meshblock bundle` (and the installer) packing the runtime bundle (about 40 MiB gzipped, some seconds): tar may take this long. */
 export const bundleTarTimeoutMs = 10 * 60_000;
+
+/**
+ * A SysV init script's stop (`/etc/init.d/meshblock-ROLE stop`, src/hostsetup/service-units.ts)
+ * waits this long for the daemon to drain and exit after SIGTERM before it kills it: systemd's
+ * default TimeoutStopSec, so a host stops its daemons alike under either init system.
+ */
+export const initScriptStopWaitSeconds = 90;
