@@ -52,7 +52,7 @@ import { formatArgv, type Host, type HostOptions } from './host-module.js';
 import { selectModules } from './host-modules.js';
 import { shellQuote as quote, type HostTransport } from './host-transport.js';
 import type { InstallHost, InstallPlan } from './install-csv.js';
-import { buildRuntimeBundle, bundleCommandPath, type RuntimeBundle } from './runtime-bundle.js';
+import { buildRuntimeBundle, bundleCommandPath, etcdSourcePath, etcdToBundle, type RuntimeBundle } from './runtime-bundle.js';
 import { debianEtcdUnit, initScriptPath, installedCommandLine, installService, readInstalledService, systemdUnitPath } from './service-units.js';
 
 export const installPhases = ['query', 'upload', 'install', 'configure'] as const;
@@ -425,9 +425,10 @@ export class Installer {
           throw new InstallError('MB_ERR_INSTALL_DEVICE', `${session.label}: ${device.path} holds ${type} (previous formatting must be removed first: wipefs --all ${device.path}, or meshblock host apply --only disks --yes-wipe ${device.path})`);
         }
       }
-      // Checked here, before anything is uploaded: nothing later could fix it (Debian's package).
-      if (rolesOf(host, this.options.plan).includes('etcd') && !(await session.transport.exists('/usr/bin/etcd'))) {
-        throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}: /usr/bin/etcd is missing: a ${host.member?.role === 'tb' ? 'TB' : 'Master or Slave'} host runs an etcd member (Debian: apt-get install etcd-server)`);
+      // The runtime bundle carries this machine's etcd: the host needs none, but this machine
+      // must have one to ship. Checked here, before anything is uploaded.
+      if (rolesOf(host, this.options.plan).includes('etcd') && etcdToBundle() === null) {
+        throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}: a ${host.member?.role === 'tb' ? 'TB' : 'Master or Slave'} host runs an etcd member, and the runtime bundle has no etcd to give it: this machine has no ${etcdSourcePath} (Debian: apt-get install etcd-server)`);
       }
       if (host.mdm !== null && host.mdm.ips.length > 1) {
         this.options.report(`${session.label}: MDM IPs ${host.mdm.ips.slice(1).join(', ')} not used: the MDM listens on ${host.mdm.listenAddress} only`);
