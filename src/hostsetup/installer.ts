@@ -53,7 +53,7 @@ import { selectModules } from './host-modules.js';
 import { shellQuote as quote, type HostTransport } from './host-transport.js';
 import type { InstallHost, InstallPlan } from './install-csv.js';
 import { buildRuntimeBundle, bundleCommandPath, etcdSourcePath, etcdToBundle, type RuntimeBundle } from './runtime-bundle.js';
-import { debianEtcdUnit, initScriptPath, installedCommandLine, installService, readInstalledService, systemdUnitPath } from './service-units.js';
+import { debianEtcdUnit, installedCommandLine, installService, readInstalledService } from './service-units.js';
 
 export const installPhases = ['query', 'upload', 'install', 'configure'] as const;
 export type InstallPhase = (typeof installPhases)[number];
@@ -458,13 +458,14 @@ export class Installer {
     if (known !== undefined) return known;
     const sds = session.host.sds as NonNullable<InstallHost['sds']>;
     const requested = this.options.sdsShards;
-    const installed = installedSdsShards(await readInstalledService(session.transport, 'sds'));
+    const service = await readInstalledService(session.transport, 'sds');
+    const installed = installedSdsShards(service?.text ?? null);
     let choice: SdsShardChoice;
     if (installed !== null) {
       if (requested !== 'auto' && requested !== installed) {
         throw new InstallError(
           'MB_ERR_INSTALL_HOST',
-          `${session.label}: SDS ${sds.name} is installed as ${installed === 1 ? 'one process' : `${installed} shards`} (${systemdUnitPath('sds')} or ${initScriptPath('sds')}); --sds-shards ${requested} cannot change that, each shard's devices hold that shard's data (run with --sds-shards auto, or remove the SDS from the cluster and its data directory first)`,
+          `${session.label}: SDS ${sds.name} is installed as ${installed === 1 ? 'one process' : `${installed} shards`} (${service?.path}); --sds-shards ${requested} cannot change that, each shard's devices hold that shard's data (run with --sds-shards auto, or remove the SDS from the cluster and its data directory first)`,
         );
       }
       choice = { count: installed, why: 'as installed' };

@@ -267,9 +267,18 @@ export async function initSystemOf(transport: HostTransport): Promise<InitSystem
   return (await transport.exists(systemdRunningPath)) ? 'systemd' : 'sysv';
 }
 
+export interface InstalledService {
+  path: string;
+  text: string;
+}
+
 /** The role's installed unit (systemd) or init script (SysV), whichever the host has; null if neither. */
-export async function readInstalledService(transport: HostTransport, role: ServiceRole): Promise<string | null> {
-  return (await transport.readFile(systemdUnitPath(role))) ?? (await transport.readFile(initScriptPath(role)));
+export async function readInstalledService(transport: HostTransport, role: ServiceRole): Promise<InstalledService | null> {
+  for (const candidate of [systemdUnitPath(role), initScriptPath(role)]) {
+    const text = await transport.readFile(candidate);
+    if (text !== null) return { path: candidate, text };
+  }
+  return null;
 }
 
 /** The shell lines that enable an init script at boot, printing `boot: HOW`. */
