@@ -7,12 +7,15 @@
 // and exited (its SIGTERM log line, and its data directory's lock file removed: a killed MDM
 // leaves it), status saying stopped. A stand-in daemon that ignores SIGTERM (a sh loop, since
 // every meshblock daemon drains) shows stop killing what does not stop within its wait.
+// Enabling at boot runs for real in a private mount namespace whose /etc/init.d and
+// /etc/rcN.d are this test's directories: S/K links where there is no chkconfig (Debian has
+// none), and a chkconfig (a stub recording its arguments, on PATH) used where there is one.
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 import { meshblockBin, run } from '../helpers/processes.js';
-import { initScriptText, installedCommandLine, systemdUnitText } from '../../src/hostsetup/service-units.js';
+import { enableInitScriptLines, initScriptText, installedCommandLine, systemdUnitText } from '../../src/hostsetup/service-units.js';
 
 const shells: Array<{ name: string; argv: string[] }> = [
   { name: '/bin/sh', argv: ['/bin/sh'] },
@@ -159,4 +162,27 @@ t.test('a daemon that exits at once is a failed start, with the end of its log',
   t.equal(result.code, 1);
   t.match(result.stderr, 'meshblock-sds: failed to start; the end of');
   t.match(result.stderr, 'is locked by pid 1234', "the daemon's own complaint");
+});
+
+t.test('enabled at boot: rc links without chkconfig, chkconfig where there is one (in a mount namespace of its own)', { timeout: 120_000 }, async (t) => {
+  const dir = t.testdir();
+  const levels = ['0', '1', '2', '3', '4', '5', '6'];
+  for (const sub of ['init.d', ...levels.map((level) => `rc${level}.d`), 'bin']) fs.mkdirSync(path.join(dir, sub));
+  fs.writeFileSync(path.join(dir, 'bin/chkconfig'), `#!/bin/sh\necho "$*" >> ${dir}/chkconfig.calls\n`, { mode: 0o755 });
+  const binds = ['init.d', ...levels.map((level) => `rc${level}.d`)].map((sub) => `mount --bind ${dir}/${sub} /etc/${sub}`).join(' && ');
+  const enable = (pathPrefix: string): ReturnType<typeof run> =>
+    run('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `${binds} && PATH=${pathPrefix}/usr/sbin:/usr/bin:/sbin:/bin sh -e -c "$1"`, 'sh', ['set -e', ...enableInitScriptLines('sds')].join('\n')]);
+  t.notOk(fs.existsSync('/usr/sbin/chkconfig') || fs.existsSync('/sbin/chkconfig') || fs.existsSync('/usr/bin/chkconfig'), 'this machine has no chkconfig');
+  const linked = await enable('');
+  t.equal(linked.code, 0, linked.stderr);
+  t.equal(linked.stdout.trim(), 'boot: links S84meshblock-sds and K16meshblock-sds in /etc/rcN.d (no chkconfig)');
+  for (const level of ['2', '3', '4', '5']) t.equal(fs.readlinkSync(path.join(dir, `rc${level}.d/S84meshblock-sds`)), '../init.d/meshblock-sds', `runlevel ${level}: started`);
+  for (const level of ['0', '1', '6']) t.equal(fs.readlinkSync(path.join(dir, `rc${level}.d/K16meshblock-sds`)), '../init.d/meshblock-sds', `runlevel ${level}: stopped`);
+  t.notOk(fs.existsSync('/etc/rc3.d/S84meshblock-sds'), "nothing in this machine's rc3.d");
+  const again = await enable('');
+  t.equal(again.code, 0, 'linking again is no error');
+  const registered = await enable(`${dir}/bin:`);
+  t.equal(registered.code, 0, registered.stderr);
+  t.equal(registered.stdout.trim(), 'boot: chkconfig --add meshblock-sds');
+  t.equal(fs.readFileSync(path.join(dir, 'chkconfig.calls'), 'utf8'), '--add meshblock-sds\nmeshblock-sds on\n');
 });
