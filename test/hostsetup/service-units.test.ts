@@ -22,6 +22,20 @@ const shells: Array<{ name: string; argv: string[] }> = [
   { name: 'busybox sh', argv: ['/usr/bin/busybox', 'sh'] },
 ];
 
+/**
+ * Kills whatever runs with DIR on its command line (the daemons of a test whose script went
+ * wrong and lost their pid: the pid file alone would leave them running).
+ */
+function killUnder(dir: string): void {
+  for (const name of fs.readdirSync('/proc').filter((entry) => /^\d+$/.test(entry))) {
+    try {
+      if (Number(name) !== process.pid && fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(dir)) process.kill(Number(name), 'SIGKILL');
+    } catch {
+      // gone meanwhile
+    }
+  }
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -68,10 +82,7 @@ for (const shell of shells) {
     const script = path.join(dir, 'meshblock-mdm');
     fs.writeFileSync(script, initScriptText('mdm', ['mdm', 'start', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--api', '127.0.0.1:0'], { command, runDir, logDir }), { mode: 0o755 });
     const pidFile = path.join(runDir, 'mdm.pid');
-    t.teardown(() => {
-      const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8')) : 0;
-      if (pid > 0 && alive(pid)) process.kill(pid, 'SIGKILL');
-    });
+    t.teardown(() => killUnder(dir));
     const initd = (action: string): ReturnType<typeof run> => run(shell.argv[0] as string, [...shell.argv.slice(1), script, action], { timeoutMs: 120_000 });
 
     const before = await initd('status');
@@ -137,10 +148,7 @@ t.test('the init script kills a daemon that does not stop within its wait', { ti
   const script = path.join(dir, 'meshblock-sdc');
   fs.writeFileSync(script, initScriptText('sdc', ['sdc', 'start'], { command, runDir, logDir: path.join(dir, 'log'), stopWaitSeconds: 2 }), { mode: 0o755 });
   const pidFile = path.join(runDir, 'sdc.pid');
-  t.teardown(() => {
-    const pid = fs.existsSync(pidFile) ? Number(fs.readFileSync(pidFile, 'utf8')) : 0;
-    if (pid > 0 && alive(pid)) process.kill(pid, 'SIGKILL');
-  });
+  t.teardown(() => killUnder(dir));
   const started = await run('/bin/sh', [script, 'start']);
   t.equal(started.code, 0, started.stderr);
   const pid = Number(fs.readFileSync(pidFile, 'utf8'));
