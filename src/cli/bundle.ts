@@ -1,14 +1,15 @@
 // `meshblock bundle --out FILE.tar.gz`: this meshblock and this machine's Node, with the
 // dynamic loader and shared libraries they need, as one tarball that runs on any x86-64 Linux
-// whatever its C library (src/hostsetup/runtime-bundle.ts). Unpacked anywhere, its
-// bin/meshblock is the whole CLI. Nothing is downloaded: every file is this machine's.
+// whatever its C library (src/hostsetup/runtime-bundle.ts), and this machine's etcd (for the
+// MDM cluster's members) run the same way. Unpacked anywhere, its bin/meshblock is the whole
+// CLI. Nothing is downloaded: every file is this machine's.
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Argv } from 'yargs';
 import { InvalidArgumentError } from '../common/errors.js';
-import { buildRuntimeBundle, bundleCommandPath } from '../hostsetup/runtime-bundle.js';
+import { buildRuntimeBundle, bundleCommandPath, bundleEtcdCommandPath, etcdSourcePath } from '../hostsetup/runtime-bundle.js';
 
 const appRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -38,7 +39,9 @@ export async function bundleCommand(args: BundleArgs): Promise<void> {
     fs.renameSync(bundle.file, out);
     const sizeMiB = (fs.statSync(out).size / 1048576).toFixed(1);
     process.stdout.write(
-      `${out}: bundle ${bundle.hash}, ${sizeMiB} MiB: meshblock, Node ${process.version} with ${bundle.libraryCount} shared libraries and its loader ${bundle.loaderName}; unpack it anywhere and run its ${bundleCommandPath}\n`,
+      `${out}: bundle ${bundle.hash}, ${sizeMiB} MiB: meshblock, Node ${process.version} with ${bundle.libraryCount} shared libraries and its loader ${bundle.loaderName}; ${
+        bundle.etcdSource === null ? `no etcd (this machine has no ${etcdSourcePath}: hosts with an etcd member, an MDM cluster's Master, Slave and TB, cannot use this bundle)` : `etcd from ${bundle.etcdSource} (${bundleEtcdCommandPath})`
+      }; unpack it anywhere and run its ${bundleCommandPath}\n`,
     );
   } finally {
     fs.rmSync(workDir, { recursive: true, force: true });

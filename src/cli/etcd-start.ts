@@ -1,5 +1,6 @@
 // meshblock etcd start: one member of the MDM cluster's etcd (ScaleIO's Master, Slave and
-// Tie-Breaker hosts each run one). It runs Debian's etcd in the foreground as a child, with
+// Tie-Breaker hosts each run one). It runs etcd in the foreground as a child (from a runtime
+// bundle the bundle's own, through the bundle's loader; else Debian's /usr/bin/etcd), with
 // TLS and client-certificate auth on both listeners (the PKI of src/mdm/etcd-pki.ts), and
 // stays its parent: it holds the data directory's pid lock as the other daemons do,
 // forwards SIGTERM/SIGINT, and exits with etcd's code. All of etcd's configuration is on
@@ -35,6 +36,7 @@ import {
   etcdRequestBytesMax,
   etcdStopTimeoutMs,
 } from '../common/limits.js';
+import { bundledEtcdCommand, etcdSourcePath } from '../hostsetup/runtime-bundle.js';
 import { etcdMemberTlsFiles, etcdNamePattern } from '../mdm/etcd-pki.js';
 import { createRootLogger, logLevels } from './log.js';
 import { lockDataDir } from './pid-lock.js';
@@ -53,8 +55,11 @@ export interface EtcdStartArgs {
 /** etcd's registered ports. */
 export const defaultEtcdClientPort = 2379;
 export const defaultEtcdPeerPort = 2380;
-/** Debian's etcd-server; MESHBLOCK_ETCD_BIN overrides it (another build, a test stand-in). */
-export const etcdBinDefault = '/usr/bin/etcd';
+/**
+ * Debian's etcd-server, outside a runtime bundle; MESHBLOCK_ETCD_BIN overrides it and the
+ * bundle's etcd (another build, a test stand-in).
+ */
+export const etcdBinDefault = etcdSourcePath;
 /** etcd's own --data-dir, inside ours. */
 export const etcdDataSubdirectory = 'etcd';
 /** Every member of a meshblock cluster uses this token; the cluster's identity is its CA. */
@@ -218,7 +223,11 @@ export async function etcdStart(args: EtcdStartArgs): Promise<void> {
   const { clientUrl, peerUrl, cluster } = checkEtcdStartArgs(args);
   const log = createRootLogger(args['log-level'], 'etcd');
   const tls = etcdMemberTlsFiles(path.resolve(args.pki), args.name);
-  const etcdBin = process.env['MESHBLOCK_ETCD_BIN'] ?? etcdBinDefault;
+  const override = process.env['MESHBLOCK_ETCD_BIN'];
+  const bundled = override === undefined ? bundledEtcdCommand() : null;
+  const etcd = bundled ?? { command: override ?? etcdBinDefault, args: [] };
+  // What is checked and named in messages: the etcd binary itself, not the bundle's loader.
+  const etcdBin = bundled === null ? etcd.command : (bundled.args[bundled.args.length - 1] as string);
   try {
     fs.accessSync(etcdBin, fs.constants.X_OK);
   } catch {
@@ -230,7 +239,8 @@ export async function etcdStart(args: EtcdStartArgs): Promise<void> {
   const etcdDataDir = path.join(dataDir, etcdDataSubdirectory);
   fs.mkdirSync(etcdDataDir, { recursive: true, mode: 0o700 });
   const etcdArguments = etcdArgs({ name: args.name, dataDir: etcdDataDir, clientUrl, peerUrl, cluster, existing: args.existing, tls, logLevel: args['log-level'] });
-  const [command, ...commandArgs] = (fs.existsSync(setprivPath) ? [setprivPath, '--pdeathsig', 'KILL', etcdBin, ...etcdArguments] : [etcdBin, ...etcdArguments]) as [string, ...string[]];
+  const etcdArgv = [etcd.command, ...etcd.args, ...etcdArguments];
+  const [command, ...commandArgs] = (fs.existsSync(setprivPath) ? [setprivPath, '--pdeathsig', 'KILL', ...etcdArgv] : etcdArgv) as [string, ...string[]];
   const child = spawn(command, commandArgs, { stdio: ['ignore', 'inherit', 'inherit'], env: etcdEnvironment() });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   try {
@@ -243,7 +253,7 @@ export async function etcdStart(args: EtcdStartArgs): Promise<void> {
   }
   // After the spawn, 'error' only reports a signal that could not be sent; the exit still comes.
   child.on('error', (err) => log.error({ err }, 'cannot signal etcd'));
-  log.info({ name: args.name, etcdPid: child.pid, clientUrl, peerUrl, state: args.existing ? 'existing' : 'new', dataDir }, 'etcd started');
+  log.info({ name: args.name, etcdPid: child.pid, etcdBin, bundled: bundled !== null, clientUrl, peerUrl, state: args.existing ? 'existing' : 'new', dataDir }, 'etcd started');
   // "started", not "ready": a member of a new cluster serves only once a quorum has started.
   process.stdout.write(`etcd member ${args.name} (etcd pid ${child.pid}) started: clients ${clientUrl}, peers ${peerUrl}, data in ${dataDir}\n`);
 

@@ -646,3 +646,10 @@ assert(capacityHighPercent < capacityCriticalPercent && capacityCriticalPercent 
 export const eventMessageCharsMax = 512;
 /** `mdm start --snmp-trap` may name this many receivers. */
 export const snmpTrapReceiversMax = 16;
+
+/**
+ * A SysV init script's stop (`/etc/init.d/meshblock-ROLE stop`, src/hostsetup/service-units.ts)
+ * waits this long for the daemon to drain and exit after SIGTERM before it kills it: systemd's
+ * default TimeoutStopSec, so a host stops its daemons alike under either init system.
+ */
+export const initScriptStopWaitSeconds = 90;

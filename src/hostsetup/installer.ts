@@ -46,9 +46,10 @@
 // per host (each replaced only if its text differs), and configure lists the MDM's objects
 // and adds what is missing in one command each.
 //
-// Services: with systemd running on the host (/run/systemd/system), `systemctl enable --now`;
-// without it (containers, test hosts), the daemon is started detached with a pid file in
-// /run/meshblock. Either way a daemon already running is left alone.
+// Services (service-units.ts): with systemd running on the host (/run/systemd/system), a unit
+// and `systemctl enable --now`; without it (XenServer 6.5's Dom0, containers, the test hosts),
+// a SysV init script /etc/init.d/meshblock-ROLE, enabled at boot (chkconfig, else rc links)
+// and started. Either way a daemon already running is left alone.
 
 import { randomBytes, X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -67,7 +68,8 @@ import { lvmConfPath } from './lvm-filter.js';
 import { modprobeConfPath, modulesLoadPath, nbdSysModulePath } from './nbd-module.js';
 import { centosBaseRepoPath } from './yum-repos.js';
 import type { InstallHost, InstallPlan } from './install-csv.js';
-import { buildRuntimeBundle, bundleCommandPath, type RuntimeBundle } from './runtime-bundle.js';
+import { buildRuntimeBundle, bundleCommandPath, etcdSourcePath, etcdToBundle, type RuntimeBundle } from './runtime-bundle.js';
+import { debianEtcdUnit, installedCommandLine, installService, readInstalledService } from './service-units.js';
 
 export const installPhases = ['query', 'upload', 'install', 'configure'] as const;
 export type InstallPhase = (typeof installPhases)[number];
@@ -100,8 +102,6 @@ const adminPasswordFile = `${configDir}/admin.password`;
 /** In --state-dir: the REST certificate's directory and the admin password. */
 const stateApiDir = 'api';
 const stateAdminPasswordFile = 'admin.password';
-/** Debian's etcd-server enables this unit (a member of its own on localhost:2379). */
-const debianEtcdUnit = 'etcd.service';
 const startWaitMs = 60_000;
 /** The modules the install phase applies, in order (disks and xen-sr are the administrator's). */
 const installModules = ['yum-repos', 'packages', 'prereqs', 'lvm-filter', 'nbd-module', 'dom0-memory'];
@@ -125,7 +125,7 @@ export function deviceShards(host: InstallHost, shardCount: number): Array<{ dev
  * without), or null when the text is no SDS unit (nothing installed yet).
  */
 export function installedSdsShards(unit: string | null): number | null {
-  const execStart = /^ExecStart=\S+ sds start (.*)$/m.exec(unit ?? '')?.[1];
+  const execStart = /^sds start (.*)$/.exec(installedCommandLine(unit) ?? '')?.[1];
   if (execStart === undefined) return null;
   const shards = / --shards ([0-9]+)(?: |$)/.exec(` ${execStart}`)?.[1];
   return shards === undefined ? 1 : Number(shards);
@@ -468,32 +468,6 @@ export function configurePlan(plan: InstallPlan, clusterId: string, sdsShards: R
   }));
 }
 
-function unitPath(role: Role): string {
-  return `/etc/systemd/system/meshblock-${role}.service`;
-}
-
-function unitText(role: Role, args: string[]): string {
-  return [
-    '[Unit]',
-    `Description=meshblock ${role === 'etcd' ? 'etcd member' : role.toUpperCase()}`,
-    'After=network-online.target',
-    'Wants=network-online.target',
-    // Debian's etcd-server enables its own member (plain HTTP on localhost:2379): configure
-    // disables it, and this keeps it from running beside ours should it be started again.
-    ...(role === 'etcd' ? [`Conflicts=${debianEtcdUnit}`] : []),
-    '',
-    '[Service]',
-    `ExecStart=/usr/local/bin/meshblock ${args.map(quote).join(' ')}`,
-    'Restart=on-failure',
-    'RestartSec=2',
-    'LimitNOFILE=65536',
-    '',
-    '[Install]',
-    'WantedBy=multi-user.target',
-    '',
-  ].join('\n');
-}
-
 function labelOf(host: InstallHost): string {
   return `${host.address} (row ${host.row})`;
 }
@@ -642,9 +616,10 @@ export class Installer {
           throw new InstallError('MB_ERR_INSTALL_DEVICE', `${session.label}: ${device.path} holds ${device.type} (previous formatting must be removed first: wipefs --all ${device.path}, or meshblock host apply --only disks --yes-wipe ${device.path})`);
         }
       }
-      // Checked here, before anything is uploaded: nothing later could fix it (Debian's package).
-      if (rolesOf(host, this.options.plan).includes('etcd') && !(await session.transport.exists('/usr/bin/etcd'))) {
-        throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}: /usr/bin/etcd is missing: a ${host.member?.role === 'tb' ? 'TB' : 'Master or Slave'} host runs an etcd member (Debian: apt-get install etcd-server)`);
+      // The runtime bundle carries this machine's etcd: the host needs none, but this machine
+      // must have one to ship. Checked here, before anything is uploaded.
+      if (rolesOf(host, this.options.plan).includes('etcd') && etcdToBundle() === null) {
+        throw new InstallError('MB_ERR_INSTALL_HOST', `${session.label}: a ${host.member?.role === 'tb' ? 'TB' : 'Master or Slave'} host runs an etcd member, and the runtime bundle has no etcd to give it: this machine has no ${etcdSourcePath} (Debian: apt-get install etcd-server)`);
       }
       if (host.mdm !== null && host.mdm.ips.length > 1) {
         this.options.report(`${session.label}: MDM IPs ${host.mdm.ips.slice(1).join(', ')} not used: the MDM listens on ${host.mdm.listenAddress} only`);
@@ -681,13 +656,14 @@ export class Installer {
     if (known !== undefined) return known;
     const sds = session.host.sds as NonNullable<InstallHost['sds']>;
     const requested = this.options.sdsShards;
-    const installed = installedSdsShards(await session.transport.readFile(unitPath('sds')));
+    const service = await readInstalledService(session.transport, 'sds');
+    const installed = installedSdsShards(service?.text ?? null);
     let choice: SdsShardChoice;
     if (installed !== null) {
       if (requested !== 'auto' && requested !== installed) {
         throw new InstallError(
           'MB_ERR_INSTALL_HOST',
-          `${session.label}: SDS ${sds.name} is installed as ${installed === 1 ? 'one process' : `${installed} shards`} (${unitPath('sds')}); --sds-shards ${requested} cannot change that, each shard's devices hold that shard's data (run with --sds-shards auto, or remove the SDS from the cluster and its data directory first)`,
+          `${session.label}: SDS ${sds.name} is installed as ${installed === 1 ? 'one process' : `${installed} shards`} (${service?.path}); --sds-shards ${requested} cannot change that, each shard's devices hold that shard's data (run with --sds-shards auto, or remove the SDS from the cluster and its data directory first)`,
         );
       }
       choice = { count: installed, why: 'as installed' };
@@ -796,23 +772,8 @@ export class Installer {
   }
 
   private async startDaemon(session: Session, role: Role, args: string[]): Promise<void> {
-    const unit = unitPath(role);
-    const text = unitText(role, args);
-    if ((await session.transport.readFile(unit)) !== text) await session.transport.writeFile(unit, text);
-    const systemd = await session.transport.exists('/run/systemd/system');
-    if (systemd) {
-      await sh(session, `systemctl daemon-reload && systemctl enable --now meshblock-${role}.service`);
-      this.options.report(`${session.label}: meshblock-${role} enabled and started (systemd)`);
-      return;
-    }
-    const pidFile = `${runDir}/${role}.pid`;
-    const running = await session.transport.run('sh', ['-c', `[ -s ${pidFile} ] && kill -0 "$(cat ${pidFile})" 2>/dev/null`]);
-    if (running.code === 0) {
-      this.options.report(`${session.label}: meshblock ${role} already running`);
-      return;
-    }
-    await sh(session, `mkdir -p ${runDir} ${logDir}; setsid sh -c 'echo $$ > ${pidFile}; exec /usr/local/bin/meshblock ${args.map(quote).join(' ').replace(/'/g, "'\\''")} >>${logDir}/${role}.log 2>&1' </dev/null >/dev/null 2>&1 &`);
-    this.options.report(`${session.label}: meshblock ${role} started (no systemd on the host: detached, pid in ${pidFile}, log ${logDir}/${role}.log)`);
+    const service = await installService(session.transport, role, args, (script) => sh(session, script));
+    this.options.report(`${session.label}: meshblock ${role} ${service.started ? 'started' : 'already running'} (${service.how})`);
   }
 
   /** The management CLI's connection arguments on the Master host. */

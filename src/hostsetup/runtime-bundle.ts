@@ -14,11 +14,16 @@
 //     node_modules/           the production dependencies only
 //     lib/node                this machine's Node binary
 //     lib/LOADER              its dynamic loader (ld-linux-x86-64.so.2)
-//     lib/lib*.so*            every shared library Node and the native addons need, by soname
+//     lib/lib*.so*            every shared library Node, etcd and the native addons need, by soname
+//     lib/etcd                this machine's etcd (Debian's etcd-server: Go, linked to libc),
+//                             when it has one: the MDM cluster's members run it
+//     bin/etcd                POSIX sh: exec ROOT/lib/LOADER --library-path ROOT/lib ROOT/lib/etcd "$@"
 //
 // Not LD_LIBRARY_PATH: every program meshblock runs on the host (nbd-client, lvm, blkid,
 // modprobe, xe) would inherit it and load the bundle's C library instead of its own. A Node
-// child meshblock starts goes through the same loader (src/common/node-command.ts).
+// child meshblock starts goes through the same loader (src/common/node-command.ts), and so
+// does the etcd `meshblock etcd start` runs from a bundle (bundledEtcdCommand): a Master,
+// Slave or TB host needs no etcd package of its own.
 //
 // The tarball's name carries a hash of its contents (paths and bytes), so the installer
 // uploads it only to hosts that do not have that bundle yet.
@@ -28,13 +33,19 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MeshblockError } from '../common/errors.js';
 import { bundleTarTimeoutMs } from '../common/limits.js';
-import { bundleLibDir, bundleNodeName, bundleRootOf, isLoaderName } from '../common/node-command.js';
+import { bundleLibDir, bundleNodeName, bundleRootOf, isLoaderName, type NodeCommand } from '../common/node-command.js';
 import { LocalTransport } from './host-transport.js';
 
 export class RuntimeBundleError extends MeshblockError {}
 
 /** The bundle's command, a shell script at ROOT/bin/meshblock. */
 export const bundleCommandPath = 'bin/meshblock';
+/** The bundle's etcd, a shell script at ROOT/bin/etcd running ROOT/lib/etcd through the loader. */
+export const bundleEtcdCommandPath = 'bin/etcd';
+/** The etcd binary in the bundle's lib/. */
+export const bundleEtcdName = 'etcd';
+/** The etcd a bundle built outside a bundle ships: Debian's etcd-server. */
+export const etcdSourcePath = '/usr/bin/etcd';
 
 /** One shared library ldd names: its soname (the name the loader looks for) and the file. */
 export interface LddLibrary {
@@ -114,6 +125,19 @@ async function runLocal(command: string, args: string[], timeoutMs?: number): Pr
   return result.stdout;
 }
 
+/** The lines of a bundle's bin/ script that find ROOT (through symlinks to the script, as /usr/local/bin may hold). */
+const findRootLines = [
+  'self=$0',
+  'while [ -h "$self" ]; do',
+  '  link=$(readlink "$self")',
+  '  case $link in',
+  '    /*) self=$link ;;',
+  '    *) self=$(dirname "$self")/$link ;;',
+  '  esac',
+  'done',
+  'ROOT=$(cd "$(dirname "$self")/.." && pwd -P) || exit 1',
+];
+
 /** The bundle's bin/meshblock: POSIX sh (a CentOS 5 Dom0's /bin/sh is bash 3, busybox's is ash). */
 export function bundleCommandScript(loaderName: string): string {
   return [
@@ -122,18 +146,45 @@ export function bundleCommandScript(loaderName: string): string {
     '# dynamic loader, told on its command line where the bundle\'s libraries are: nothing is',
     '# put in the environment (no LD_LIBRARY_PATH), so the programs meshblock runs on this host',
     '# use the host\'s own libraries.',
-    'self=$0',
-    'while [ -h "$self" ]; do',
-    '  link=$(readlink "$self")',
-    '  case $link in',
-    '    /*) self=$link ;;',
-    '    *) self=$(dirname "$self")/$link ;;',
-    '  esac',
-    'done',
-    'ROOT=$(cd "$(dirname "$self")/.." && pwd -P) || exit 1',
+    ...findRootLines,
     `exec "$ROOT/${bundleLibDir}/${loaderName}" --library-path "$ROOT/${bundleLibDir}" "$ROOT/${bundleLibDir}/${bundleNodeName}" "$ROOT/bin/meshblock.cjs" "$@"`,
     '',
   ].join('\n');
+}
+
+/** The bundle's bin/etcd: the bundle's etcd through the bundle's loader, as bin/meshblock runs Node. */
+export function bundleEtcdScript(loaderName: string): string {
+  return [
+    '#!/bin/sh',
+    '# etcd from the meshblock runtime bundle, on the bundle\'s C library (through its loader).',
+    ...findRootLines,
+    `exec "$ROOT/${bundleLibDir}/${loaderName}" --library-path "$ROOT/${bundleLibDir}" "$ROOT/${bundleLibDir}/${bundleEtcdName}" "$@"`,
+    '',
+  ].join('\n');
+}
+
+/**
+ * The etcd a new bundle ships: a running bundle's own (its lib/etcd), else this machine's
+ * etcdSourcePath; null when there is none (the bundle is then made without etcd, and serves
+ * hosts without an etcd member only).
+ */
+export function etcdToBundle(execPath: string = process.execPath): string | null {
+  const runningRoot = bundleRootOf(execPath);
+  const candidate = runningRoot === null ? etcdSourcePath : path.join(runningRoot, bundleLibDir, bundleEtcdName);
+  return fs.existsSync(candidate) ? candidate : null;
+}
+
+/**
+ * How to run the etcd of the bundle this process runs from (the loader, its library path and
+ * lib/etcd, before etcd's own arguments), or null outside a bundle or in one without etcd.
+ */
+export function bundledEtcdCommand(execPath: string = process.execPath): NodeCommand | null {
+  const root = bundleRootOf(execPath);
+  if (root === null) return null;
+  const libDir = path.join(root, bundleLibDir);
+  const etcd = path.join(libDir, bundleEtcdName);
+  if (!fs.existsSync(etcd)) return null;
+  return { command: execPath, args: ['--library-path', libDir, etcd] };
 }
 
 /** Every native addon (*.node) under a directory. */
@@ -151,21 +202,22 @@ function nativeAddons(dir: string): string[] {
 }
 
 /**
- * Fills STAGING/lib with Node, its loader and the libraries Node and the addons need, and
- * returns the loader's file name. From a bundle, its own lib/ is all of that already (and
- * this machine's ldd would not see it).
+ * Fills STAGING/lib with Node, its loader, etcd (`etcd`, when there is one) and the libraries
+ * they and the addons need, and returns the loader's file name. From a bundle, its own lib/ is
+ * all of that already (and this machine's ldd would not see it).
  */
-async function stageRuntime(staging: string, addons: readonly string[]): Promise<{ loaderName: string; libraryCount: number }> {
+async function stageRuntime(staging: string, addons: readonly string[], etcd: string | null): Promise<{ loaderName: string; libraryCount: number }> {
   const libDir = path.join(staging, bundleLibDir);
   fs.mkdirSync(libDir, { recursive: true });
   const runningRoot = bundleRootOf(process.execPath);
   if (runningRoot !== null) {
     fs.cpSync(path.join(runningRoot, bundleLibDir), libDir, { recursive: true, dereference: true });
-    return { loaderName: path.basename(process.execPath), libraryCount: fs.readdirSync(libDir).length - 2 };
+    const programs = [bundleNodeName, path.basename(process.execPath), ...(fs.existsSync(path.join(libDir, bundleEtcdName)) ? [bundleEtcdName] : [])];
+    return { loaderName: path.basename(process.execPath), libraryCount: fs.readdirSync(libDir).length - programs.length };
   }
   const libraries = new Map<string, string>();
   let loader: string | null = null;
-  for (const elf of [process.execPath, ...addons]) {
+  for (const elf of [process.execPath, ...addons, ...(etcd === null ? [] : [etcd])]) {
     let text: string;
     try {
       text = await runLocal('ldd', [elf]);
@@ -181,6 +233,7 @@ async function stageRuntime(staging: string, addons: readonly string[]): Promise
   const loaderName = path.basename(loader);
   fs.copyFileSync(process.execPath, path.join(libDir, bundleNodeName));
   fs.copyFileSync(loader, path.join(libDir, loaderName));
+  if (etcd !== null) fs.copyFileSync(etcd, path.join(libDir, bundleEtcdName));
   for (const [soname, file] of libraries) fs.copyFileSync(file, path.join(libDir, soname));
   for (const name of fs.readdirSync(libDir)) fs.chmodSync(path.join(libDir, name), 0o755);
   return { loaderName, libraryCount: libraries.size };
@@ -209,6 +262,8 @@ export interface RuntimeBundle {
   /** Shared libraries shipped beside Node (the loader not counted). */
   libraryCount: number;
   loaderName: string;
+  /** Where the bundle's etcd came from; null: the bundle has none. */
+  etcdSource: string | null;
 }
 
 /**
@@ -223,8 +278,10 @@ export async function buildRuntimeBundle(appRoot: string, workDir: string): Prom
       if (!fs.existsSync(path.join(appRoot, entry))) throw new RuntimeBundleError('MB_ERR_INSTALL_BUNDLE', `${path.join(appRoot, entry)} is missing: build meshblock first (npm ci && npm run build)`);
       fs.cpSync(path.join(appRoot, entry), path.join(staging, entry), { recursive: true, dereference: true });
     }
-    const { loaderName, libraryCount } = await stageRuntime(staging, nativeAddons(staging).map((addon) => path.join(appRoot, path.relative(staging, addon))));
+    const etcdSource = etcdToBundle();
+    const { loaderName, libraryCount } = await stageRuntime(staging, nativeAddons(staging).map((addon) => path.join(appRoot, path.relative(staging, addon))), etcdSource);
     fs.writeFileSync(path.join(staging, bundleCommandPath), bundleCommandScript(loaderName), { mode: 0o755 });
+    if (etcdSource !== null) fs.writeFileSync(path.join(staging, bundleEtcdCommandPath), bundleEtcdScript(loaderName), { mode: 0o755 });
     const hash = hashTree(staging);
     const file = path.join(workDir, `meshblock-bundle-${hash}.tar.gz`);
     if (!fs.existsSync(file)) {
@@ -238,7 +295,7 @@ export async function buildRuntimeBundle(appRoot: string, workDir: string): Prom
         fs.rmSync(partial, { force: true });
       }
     }
-    return { file, hash, libraryCount, loaderName };
+    return { file, hash, libraryCount, loaderName, etcdSource };
   } finally {
     fs.rmSync(staging, { recursive: true, force: true });
   }

@@ -118,7 +118,9 @@ export async function startSshd(
  * The directories an install test's host has of its own: bind-mounted over this machine's
  * in the mount namespace of the host's sshd (and so of everything the installer runs there).
  */
-export const installHostDirs = ['/opt', '/etc/meshblock', '/etc/lvm', '/etc/modprobe.d', '/etc/modules-load.d', '/etc/systemd/system', '/usr/local/bin', '/var/lib/meshblock', '/var/log/meshblock', '/run/meshblock'];
+export const installHostDirs = ['/opt', '/etc/meshblock', '/etc/lvm', '/etc/modprobe.d', '/etc/modules-load.d', '/etc/systemd/system', '/usr/local/bin', '/var/lib/meshblock', '/var/log/meshblock', '/run/meshblock',
+  // The SysV init scripts and their boot links (no systemd runs in these hosts): never this machine's.
+  '/etc/init.d', ...['0', '1', '2', '3', '4', '5', '6'].map((level) => `/etc/rc${level}.d`)];
 
 export interface InstallHosts {
   /** Each host's directory here: ROOT/opt is its /opt, and so on; ROOT/disk0 its SDS device. */

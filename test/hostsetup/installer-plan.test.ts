@@ -47,6 +47,7 @@ import {
   type InstallPhase,
 } from '../../src/hostsetup/installer.js';
 import { sdsShardsMax } from '../../src/common/limits.js';
+import { initScriptText, installedCommandLine } from '../../src/hostsetup/service-units.js';
 import { autoShardCount, parseShardCount, type ShardCountRequest } from '../../src/common/sds-shards.js';
 import { ensureSelfSignedCertificate } from '../../src/mdm/tls.js';
 
@@ -366,14 +367,16 @@ class RecordingHost implements HostTransport {
     if (script === 'uname -m') return ok('x86_64\n');
     if (script === 'nproc 2>/dev/null || getconf _NPROCESSORS_ONLN') return this.cores === null ? Promise.resolve({ code: 127, stdout: '', stderr: 'getconf: not found' }) : ok(`${this.cores}\n`);
     const started =
-      /^mkdir -p \/run\/meshblock \/var\/log\/meshblock; setsid .*exec \/usr\/local\/bin\/meshblock (etcd|mdm|sds|sdc) start /.exec(script) ??
+      /^\/etc\/init\.d\/meshblock-(etcd|mdm|sds|sdc) start$/m.exec(script) ??
       /^systemctl daemon-reload && systemctl enable --now meshblock-(etcd|mdm|sds|sdc)\.service$/.exec(script);
     if (started !== null) {
       this.cluster.starts.push(`${this.host.row} ${started[1]}`);
       if (started[1] === 'sds' && this.cluster.mdm !== undefined) {
         const name = this.host.sds?.name as string;
-        const shards = / --shards ([0-9]+) /.exec(`${script} `)?.[1];
-        this.cluster.mdm.start(shards === undefined ? [name] : Array.from({ length: Number(shards) }, (_unused, index) => `${name}.${index + 1}`), / --host ([^ ]+) /.exec(`${script} `)?.[1] ?? null);
+        // The command line is in the unit or init script the installer wrote just before.
+        const commandLine = ` ${installedCommandLine(this.files.get('/etc/init.d/meshblock-sds')?.text ?? this.files.get('/etc/systemd/system/meshblock-sds.service')?.text ?? null) ?? ''} `;
+        const shards = / --shards ([0-9]+) /.exec(commandLine)?.[1];
+        this.cluster.mdm.start(shards === undefined ? [name] : Array.from({ length: Number(shards) }, (_unused, index) => `${name}.${index + 1}`), / --host ([^ ]+) /.exec(commandLine)?.[1] ?? null);
       }
       if (started[1] === 'mdm') {
         this.cluster.id ??= 'c0ffee0000000001';
@@ -481,12 +484,12 @@ t.test('configure on three recording hosts: PKI copied, etcd everywhere, then th
       `row ${entry.host.row}: only its own PKI files (never ca.key)`,
     );
     for (const daemon of entry.daemons) {
-      t.match(host.files.get(`/etc/systemd/system/meshblock-${daemon.role}.service`)?.text, `\nExecStart=/usr/local/bin/meshblock ${daemon.args.join(' ')}\n`, `row ${entry.host.row}: the ${daemon.role} unit`);
+      t.match(host.files.get(`/etc/init.d/meshblock-${daemon.role}`)?.text, `\n\texec /usr/local/bin/meshblock ${daemon.args.join(' ')}\n`, `row ${entry.host.row}: the ${daemon.role} init script`);
     }
     t.equal(host.files.get('/etc/meshblock/cluster.secret')?.text, 'SECRET\n', `row ${entry.host.row}: the Master's secret`);
   }
-  t.match(recording.get(4)?.files.get('/etc/systemd/system/meshblock-etcd.service')?.text, 'Description=meshblock etcd member\n');
-  t.notOk(recording.get(4)?.files.has('/etc/systemd/system/meshblock-mdm.service'), 'no MDM on the TB');
+  t.match(recording.get(4)?.files.get('/etc/init.d/meshblock-etcd')?.text, '# Short-Description: meshblock etcd member\n');
+  t.notOk(recording.get(4)?.files.has('/etc/init.d/meshblock-mdm'), 'no MDM on the TB');
   const managed = recording.get(2)?.commands.filter((command) => /meshblock (pd|sds|device) list/.test(command)) ?? [];
   t.ok(managed.length > 0 && managed.every((command) => command.includes('--api https://10.0.0.1:8443,https://10.0.0.2:8443 --ca-cert /etc/meshblock/api.crt --password-file /etc/meshblock/admin.password')), 'the management CLI runs on the Master host, given every MDM API');
   t.notOk(recording.get(3)?.commands.some((command) => /meshblock [a-z-]+ list/.test(command)), 'nothing is managed through the Slave');
@@ -504,8 +507,6 @@ t.test('configure on three recording hosts: PKI copied, etcd everywhere, then th
     t.same(files.get('/etc/meshblock/admin.password'), { text: password, mode: 0o600 }, `row ${row}: the admin password`);
   }
   t.notOk(['/etc/meshblock/api.crt', '/etc/meshblock/api.key', '/etc/meshblock/admin.password'].some((file) => recording.get(4)?.files.has(file)), 'nothing of the MDMs on the TB');
-  t.match(recording.get(2)?.files.get('/etc/systemd/system/meshblock-etcd.service')?.text, '\nConflicts=etcd.service\n', "the member's unit keeps Debian's etcd.service from running beside it");
-  t.notMatch(recording.get(2)?.files.get('/etc/systemd/system/meshblock-mdm.service')?.text, 'Conflicts=');
   t.notOk(recording.get(2)?.commands.some((command) => command.includes('systemctl')), 'no systemd on these hosts: nothing asked of it');
 
   t.match(lines.join('\n'), /10\.0\.0\.2 \(row 3\): Slave MDM mdm2 up, cluster c0ffee0000000001/);
@@ -573,6 +574,9 @@ t.test("a systemd host: Debian's etcd.service is stopped and disabled before the
   t.ok(disabledAt >= 0 && disabledAt < first.commands.findIndex((command) => command.includes('enable --now meshblock-etcd.service')), 'disabled on row 2, before its member starts');
   t.match(lines.join('\n'), /10\.0\.0\.1 \(row 2\): Debian's etcd\.service \(its own etcd on localhost:2379\) stopped and disabled/);
   for (const row of [3, 4]) t.notOk(recording.get(row)?.commands.includes('systemctl disable --now etcd.service'), `row ${row}: left alone (not enabled, not running)`);
+  t.match(first.files.get('/etc/systemd/system/meshblock-etcd.service')?.text, '\nConflicts=etcd.service\n', "the member's unit keeps Debian's etcd.service from running beside it");
+  t.notMatch(first.files.get('/etc/systemd/system/meshblock-mdm.service')?.text, 'Conflicts=');
+  t.notOk(first.files.has('/etc/init.d/meshblock-etcd'), 'no init script on a systemd host');
 });
 
 t.test('a Slave whose MDM is in another cluster stops configure', async (t) => {
@@ -584,7 +588,7 @@ t.test('a Slave whose MDM is in another cluster stops configure', async (t) => {
   const run = slave.run.bind(slave);
   slave.run = async (command, args) => {
     const result = await run(command, args);
-    if (/meshblock mdm start/.test(args[1] ?? '')) slave.files.set('/var/lib/meshblock/mdm/cluster.json', { text: JSON.stringify({ clusterId: 'other' }), mode: 0o644 });
+    if (/meshblock-mdm start/.test(args[1] ?? '')) slave.files.set('/var/lib/meshblock/mdm/cluster.json', { text: JSON.stringify({ clusterId: 'other' }), mode: 0o644 });
     return result;
   };
   const stateDir = t.testdir();
@@ -674,6 +678,7 @@ t.test('shard names, devices round-robin in CSV order, the installed count read 
   t.equal(installedSdsShards('[Service]\nExecStart=/usr/local/bin/meshblock sds start --name sds1 --secret-file /etc/meshblock/cluster.secret\nRestart=on-failure\n'), 1, 'installed before shards');
   t.equal(installedSdsShards('[Service]\nExecStart=/usr/local/bin/meshblock sds start --name sds1 --secret-file /s --shards 12 --host sds1\n'), 12);
   t.equal(installedSdsShards('[Service]\nExecStart=/usr/local/bin/meshblock sds start --name sds1 --shards 3\n'), 3, 'last on the line');
+  t.equal(installedSdsShards(initScriptText('sds', ['sds', 'start', '--name', 'sds1', '--shards', '4', '--host', 'sds1'])), 4, 'a SysV init script');
 });
 
 t.test('daemonArgs: --shards N --host NAME after the command line of before, only for N > 1', async (t) => {
@@ -702,7 +707,7 @@ t.test('auto shards on four hosts: chosen in query, started, every shard waited 
     ],
     'the query line of each host says its choice and why',
   );
-  const execStart = (row: number): string | undefined => /\nExecStart=(.*)\n/.exec(recording.get(row)?.files.get('/etc/systemd/system/meshblock-sds.service')?.text ?? '')?.[1];
+  const execStart = (row: number): string | undefined => /\n\texec (.*)\n/.exec(recording.get(row)?.files.get('/etc/init.d/meshblock-sds')?.text ?? '')?.[1];
   t.match(execStart(2), / --secret-file \/etc\/meshblock\/cluster\.secret --shards 3 --host sds1$/);
   t.match(execStart(3), / --shards 2 --host sds2$/);
   t.match(execStart(5), / --secret-file \/etc\/meshblock\/cluster\.secret$/, 'one process: no --shards, no --host');
@@ -792,7 +797,7 @@ t.test('--sds-shards: every host the same count, nproc not asked; 1 is the insta
   // Every host of the phase is asked (in parallel), and the error names each that refused.
   await t.rejects(shardInstaller(t, plan, recording, [], { sdsShards: 2 }).run(), {
     code: 'MB_ERR_INSTALL_HOSTS',
-    message: /^query: 4 of 4 hosts failed: 10\.0\.0\.1 \(row 2\): SDS sds1 is installed as 3 shards \(\/etc\/systemd\/system\/meshblock-sds\.service\); --sds-shards 2 cannot change that.*; 10\.0\.0\.4 \(row 5\): SDS sds4 is installed as 3 shards/,
+    message: /^query: 4 of 4 hosts failed: 10\.0\.0\.1 \(row 2\): SDS sds1 is installed as 3 shards \(\/etc\/init\.d\/meshblock-sds\); --sds-shards 2 cannot change that.*; 10\.0\.0\.4 \(row 5\): SDS sds4 is installed as 3 shards/,
   });
   t.equal(cluster.starts.length, starts, 'nothing started');
 
@@ -801,7 +806,7 @@ t.test('--sds-shards: every host the same count, nproc not asked; 1 is the insta
   await shardInstaller(t, single, fresh.recording, [], { sdsShards: 1 }).run();
   for (const entry of configurePlan(single, cluster.id as string)) {
     const sds = entry.daemons.find((daemon) => daemon.role === 'sds');
-    t.match(fresh.recording.get(entry.host.row)?.files.get('/etc/systemd/system/meshblock-sds.service')?.text, `\nExecStart=/usr/local/bin/meshblock ${sds?.args.join(' ')}\n`, `row ${entry.host.row}: the unit of before shards`);
+    t.match(fresh.recording.get(entry.host.row)?.files.get('/etc/init.d/meshblock-sds')?.text, `\n\texec /usr/local/bin/meshblock ${sds?.args.join(' ')}\n`, `row ${entry.host.row}: the init script of before shards`);
   }
   t.same(fresh.cluster.mdm.sdss.map((sds) => sds.name), ['sds1', 'sds2', 'sds3', 'sds4']);
   t.same(fresh.cluster.mdm.changes.filter((change) => change.startsWith('device add --sds sds1 ')).length, 3);

@@ -22,7 +22,7 @@
 // The SDC's NBD server listens on its host's loopback, as installed; the writer, which runs
 // here, reaches it through a plain TCP forwarder inside host 3 (on the host's address).
 // Mocked, because it cannot happen here: as in install.test.ts, `modprobe` (a stub) and
-// systemd (not running in these hosts: the daemons start detached, with pid files).
+// systemd (not running in these hosts: the daemons run under SysV init scripts, with pid files).
 
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -86,7 +86,7 @@ t.test('install --csv: a 3-node MDM cluster on three hosts over SSH survives kil
     for (const [index, root] of roots.entries()) {
       t.ok(fs.existsSync(path.join(root, 'run/meshblock/etcd.pid')), `host ${index + 1}: an etcd member`);
       t.equal(fs.existsSync(path.join(root, 'run/meshblock/mdm.pid')), index < 2, `host ${index + 1}: ${index < 2 ? 'an' : 'no'} MDM`);
-      const unit = path.join(root, 'etc/systemd/system/meshblock-mdm.service');
+      const unit = path.join(root, 'etc/init.d/meshblock-mdm');
       if (index === 2) continue;
       t.match(fs.readFileSync(unit, 'utf8'), `--api ${address(index)}:8443 `, `host ${index + 1}: its MDM's API on its own address`);
       t.equal(fs.readFileSync(path.join(root, 'etc/meshblock/api.crt'), 'utf8'), fs.readFileSync(path.join(stateDir, 'api', 'api.crt'), 'utf8'), `host ${index + 1}: the shared REST certificate`);
@@ -208,7 +208,8 @@ t.test('install --csv: a 3-node MDM cluster on three hosts over SSH survives kil
       return listed.stdout
         .split('\n')
         .map(Number)
-        .filter((pid) => pid > 0 && /^etcd$/.test(readComm(pid)));
+        // The bundle's etcd runs through the bundle's loader: its comm is the loader's name.
+        .filter((pid) => pid > 0 && readCmdline(pid).includes('/opt/meshblock/lib/etcd\0'));
     };
     for (const index of [0, 1, 2]) t.equal((await etcdPids(index)).length, 1, `host ${index + 1}: etcd runs`);
     for (const root of roots) killInstalledDaemons(root);
@@ -224,9 +225,9 @@ function sshSessionCount(hostRoot: string): number {
   return (fs.readFileSync(path.join(hostRoot, 'sshd', 'sshd.log'), 'utf8').match(/Starting session: /g) ?? []).length;
 }
 
-function readComm(pid: number): string {
+function readCmdline(pid: number): string {
   try {
-    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
   } catch {
     return '';
   }

@@ -11,16 +11,21 @@
 // it, and the SDC and SDS it runs use the runtime bundle the installer ships (every host's
 // daemons do, through the bundle's loader; its SDS shards too).
 //
-// Mocked, because it cannot happen here: `modprobe` (this kernel has no nbd module) is a stub
-// in each host's /usr/local/bin that records its arguments; systemd is not running in these
-// hosts, so the installer starts the daemons detached (its documented fallback).
+// systemd is not running in these hosts, so the installer takes the SysV path: each daemon
+// is an init script /etc/init.d/meshblock-ROLE (service-units.ts), enabled with chkconfig and
+// started by it; the daemons' pids are the scripts' pid files, and the script's status says
+// so. Debian has no chkconfig, and the scripts must be registered with it as on CentOS.
+//
+// Mocked, because it cannot happen here: `modprobe` (this kernel has no nbd module) and
+// `chkconfig` (Debian has none) are stubs in each host's /usr/local/bin that record their
+// arguments.
 
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import t from 'tap';
 import { createSimNetwork, type SimNetwork } from '../helpers/netns.js';
-import { runMeshblock } from '../helpers/processes.js';
+import { run, runMeshblock } from '../helpers/processes.js';
 import { startInstallHosts } from '../helpers/sshd.js';
 
 const GiB = 1024 * 1024 * 1024;
@@ -35,6 +40,9 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
   const dir = t.testdir();
   // Host 3 has no Node.js: the installer must bring its own runtime.
   const { roots, key } = await startInstallHosts(t, net, dir, { withoutNode: [2] });
+  for (const root of roots) {
+    fs.writeFileSync(path.join(root, 'usr/local/bin/chkconfig'), `#!/bin/sh\necho "$*" >> ${path.join(root, 'chkconfig.calls')}\n`, { mode: 0o755 });
+  }
   // A second device on every host: the install runs each SDS as two shards, one device each.
   for (const root of roots) {
     fs.writeFileSync(path.join(root, 'disk1'), '');
@@ -90,10 +98,21 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
       t.match(fs.readFileSync(path.join(root, 'etc/lvm/lvm.conf'), 'utf8'), /\n\ttypes = \[ "nbd", 16 \]\n/, 'LVM accepts NBD devices');
       t.ok(fs.readdirSync(path.join(root, 'etc/lvm')).some((name) => /^lvm\.conf\.meshblock-\d{8}T\d{6}\.bak$/.test(name)), 'lvm.conf backed up first');
       t.match(fs.readFileSync(path.join(root, 'modprobe.calls'), 'utf8'), /nbd nbds_max=16 max_part=16/);
-      t.match(fs.readFileSync(path.join(root, 'etc/systemd/system/meshblock-sds.service'), 'utf8'), /ExecStart=.* sds start --name (sds\d) .*--shards 2 --host \1\b/, 'a unit for the SDS, in two shards labelled with its host');
+      t.match(fs.readFileSync(path.join(root, 'etc/init.d/meshblock-sds'), 'utf8'), /\n\texec \/usr\/local\/bin\/meshblock sds start --name (sds\d) .*--shards 2 --host \1\b/, 'an init script for the SDS, in two shards labelled with its host');
+      t.notOk(fs.existsSync(path.join(root, 'etc/systemd/system/meshblock-sds.service')), 'no systemd unit on a host without systemd');
+      t.match(fs.readFileSync(path.join(root, 'chkconfig.calls'), 'utf8'), /^--add meshblock-sds\nmeshblock-sds on\n/m, 'registered with chkconfig (a stub here)');
       t.same(fs.readdirSync(path.join(root, 'var/lib/meshblock/sds')).filter((name) => name.startsWith('shard-')).sort(), ['shard-1', 'shard-2'], 'two shard data directories');
     }
-    t.match(fs.readFileSync(path.join(roots[0] as string, 'etc/systemd/system/meshblock-mdm.service'), 'utf8'), /ExecStart=\/usr\/local\/bin\/meshblock mdm start/);
+    t.match(fs.readFileSync(path.join(roots[0] as string, 'etc/init.d/meshblock-mdm'), 'utf8'), /\n\texec \/usr\/local\/bin\/meshblock mdm start /);
+    t.match(result.stdout, new RegExp(`\\(row 2\\): meshblock mdm started \\(SysV init: /etc/init\\.d/meshblock-mdm; at boot: chkconfig --add meshblock-mdm\\)`), 'the installer says which init system, per host');
+    // The daemons run under their init scripts: status (run on the host, over its sshd's namespaces) names the pid in the pid file.
+    for (const [index, role] of [[0, 'mdm'], [1, 'sds'], [2, 'sdc']] as const) {
+      const sshdPid = fs.readFileSync(path.join(roots[index] as string, 'sshd/sshd.pid'), 'utf8').trim();
+      const status = await run('nsenter', ['-t', sshdPid, '-m', '-n', '--', `/etc/init.d/meshblock-${role}`, 'status'], { timeoutMs: 30_000 });
+      const pid = fs.readFileSync(path.join(roots[index] as string, `run/meshblock/${role}.pid`), 'utf8').trim();
+      t.equal(status.code, 0, `host ${index + 1}: meshblock-${role} status: ${status.stdout}${status.stderr}`);
+      t.equal(status.stdout.trim(), `meshblock-${role} is running (pid ${pid})`);
+    }
 
     // On host 3 (the SDC's), as a user there would: its loopback, its NBD export.
     const uri = 'nbd://127.0.0.1:10809/vol1';
@@ -121,7 +140,7 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
     const result = await runMeshblock([...common, '--volume', 'vol1:1GiB'], { timeoutMs: 300_000 });
     t.equal(result.code, 0, result.stderr);
     t.match(result.stdout, /bundle [0-9a-f]{16} already in \/opt\/meshblock/);
-    t.match(result.stdout, /meshblock sds already running/);
+    t.match(result.stdout, /meshblock sds already running \(SysV init: /);
     t.match(result.stdout, /\(row 3\): .*; SDS in 2 shards sds2\.1\.\.sds2\.2 \(as installed\);/, 'the installed unit decides the shard count');
     t.notMatch(result.stdout, /created |added |mapped /, 'no object created twice');
     t.equal(fs.readFileSync(path.join(roots[1] as string, 'etc/lvm/lvm.conf'), 'utf8'), lvmBefore);

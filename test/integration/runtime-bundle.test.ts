@@ -13,7 +13,10 @@
 //      each a Node child started through the bundle's loader (src/common/node-command.ts);
 //      a volume made and mapped with the bundle's management CLI; fio here writes and
 //      verifies it over NBD.
-//   3. The programs meshblock runs on its host get nothing of the bundle: the MDM runs
+//   3. The bundle's etcd there: bin/etcd --version, then `meshblock etcd start` (a one-member
+//      cluster, its PKI made here) running the bundle's etcd through the bundle's loader, and
+//      an MDM of the bundle on it, up (its etcd session made).
+//   4. The programs meshblock runs on its host get nothing of the bundle: the MDM runs
 //      `openssl` for its certificate (a busybox script standing in for it, as ROOT has no C
 //      library for a real one), which records its environment (no LD_LIBRARY_PATH, nothing
 //      naming the bundle) and its own and its parent's /proc/PID/maps (the MDM's has the
@@ -30,6 +33,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import t from 'tap';
+import { createEtcdPki } from '../../src/mdm/etcd-pki.js';
 import { orphanKill, run, runMeshblock, repoRoot, type RunResult } from '../helpers/processes.js';
 
 const prefix = '/opt/meshblock';
@@ -77,12 +81,12 @@ function processesIn(root: string): number[] {
   return pids;
 }
 
-t.test('the runtime bundle in a root without a C library: --version, a cluster, fio; no library lent to host programs', { timeout: 240_000 }, async (t) => {
+t.test('the runtime bundle in a root without a C library: --version, a cluster, fio; no library lent to host programs', { timeout: 420_000 }, async (t) => {
   const dir = t.testdir();
   const tarball = path.join(dir, 'meshblock-bundle.tar.gz');
   const built = await runMeshblock(['bundle', '--out', tarball], { timeoutMs: 120_000 });
   t.equal(built.code, 0, built.stderr);
-  t.match(built.stdout, /bundle [0-9a-f]{16}, .* with \d+ shared libraries and its loader ld-linux-x86-64\.so\.2/);
+  t.match(built.stdout, /bundle [0-9a-f]{16}, .* with \d+ shared libraries and its loader ld-linux-x86-64\.so\.2; etcd from \/usr\/bin\/etcd \(bin\/etcd\)/);
 
   const root = fs.realpathSync(fs.mkdtempSync(path.join(dir, 'root-')));
   const bundle = path.join(root, prefix);
@@ -94,6 +98,7 @@ t.test('the runtime bundle in a root without a C library: --version, a cluster, 
   t.equal(unpacked.code, 0, unpacked.stderr);
   t.notOk(['lib', 'lib64', 'usr/lib'].some((sub) => fs.existsSync(path.join(root, sub))), 'the root has no library directory of its own');
   t.ok(fs.existsSync(path.join(bundle, 'lib/libc.so.6')) && fs.existsSync(path.join(bundle, 'lib/ld-linux-x86-64.so.2')), "the bundle's own libc and loader");
+  t.ok(fs.readFileSync(path.join(bundle, 'lib/etcd')).equals(fs.readFileSync('/usr/bin/etcd')), "this machine's etcd in the bundle's lib/");
 
   await t.test("on this machine: a program run by the bundle's meshblock loads this machine's libc, its parent the bundle's", async (t) => {
     const hostRoot = t.testdir({ usr: { bin: {} } });
@@ -143,6 +148,12 @@ t.test('the runtime bundle in a root without a C library: --version, a cluster, 
     const result = await meshblock(['--version']);
     t.equal(result.code, 0, result.stderr);
     t.equal(result.stdout.trim(), version);
+  });
+
+  await t.test("the bundle's etcd in the root: bin/etcd --version", async (t) => {
+    const result = await inRoot([`${prefix}/bin/etcd`, '--version']);
+    t.equal(result.code, 0, result.stderr);
+    t.match(result.stdout, /^etcd Version: 3\.\d+\.\d+\n/, 'etcd runs on the bundle\'s libc, through its loader');
   });
 
   await t.test('an MDM, three SDSs and an SDC from the bundle in the root; a volume made there, written and verified by fio from here', async (t) => {
@@ -205,5 +216,38 @@ t.test('the runtime bundle in a root without a C library: --version, a cluster, 
     t.notOk(probe.env.some((line) => line.includes(prefix)), 'nothing in its environment names the bundle');
     t.notOk(probe.maps.includes(`${prefix}/lib/`), "none of the bundle's libraries in the program's maps");
     t.ok(probe.parentMaps.includes(`${prefix}/lib/libc.so.6`), "while its parent, the MDM, runs on the bundle's libc");
+  });
+
+  await t.test("a one-member etcd from the bundle's `etcd start` in the root, and an MDM on it", async (t) => {
+    // The PKI is made here (createEtcdPki runs openssl, which the root has not); the member and
+    // the MDM in the root only read it. The MDM's REST certificate comes from the openssl
+    // stand-in the previous subtest wrote.
+    const pki = path.join(root, 'pki');
+    createEtcdPki(pki, { members: [{ name: 'm1', ips: ['127.0.0.1'] }], clients: ['m1'] });
+    // An MDM of a cluster publishes its ports: fixed ones, free now.
+    const [clientPort, peerPort, mdmPort, apiPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    const inRootDetached = (name: string, args: string[]): { output: () => string; exited: () => boolean } => {
+      const child = spawn('nsenter', ['-t', String(holder.pid), '-m', '--', 'chroot', root, '/bin/env', '-i', 'PATH=/bin:/usr/bin', `${prefix}/bin/meshblock`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let output = '';
+      let exited = false;
+      child.on('exit', () => (exited = true));
+      child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      t.teardown(() => void child.kill('SIGKILL'));
+      t.comment(`${name}: nsenter pid ${child.pid}`);
+      return { output: () => output, exited: () => exited };
+    };
+    const member = inRootDetached('etcd', ['etcd', 'start', '--data-dir', '/etcd', '--name', 'm1', '--client', `127.0.0.1:${clientPort}`, '--peer', `127.0.0.1:${peerPort}`,
+      '--initial-cluster', `m1=https://127.0.0.1:${peerPort}`, '--pki', '/pki']);
+    const mdm = inRootDetached('mdm', ['mdm', 'start', '--data-dir', '/mdm1', '--listen', `127.0.0.1:${mdmPort}`, '--api', `127.0.0.1:${apiPort}`, '--etcd', `https://127.0.0.1:${clientPort}`, '--etcd-pki', '/pki', '--mdm-name', 'm1']);
+    for (const deadline = Date.now() + 120_000; !/"msg":"mdm ready"/.test(mdm.output()) && !mdm.exited() && !member.exited() && Date.now() < deadline; ) await new Promise((resolve) => setTimeout(resolve, 500));
+    t.match(member.output(), /etcd member m1 \(etcd pid (\d+)\) started/);
+    if (!t.match(mdm.output(), /"msg":"mdm ready"/, "the MDM is up on the bundle's etcd")) t.comment(`MDM: ${mdm.output().slice(-2000)}\netcd: ${member.output().slice(-2000)}`);
+    const etcdPid = Number(/etcd pid (\d+)/.exec(member.output())?.[1]);
+    if (etcdPid > 0) {
+      t.equal(fs.readlinkSync(`/proc/${etcdPid}/exe`), `${bundle}/lib/ld-linux-x86-64.so.2`, "etcd runs through the bundle's loader");
+      t.ok(fs.readFileSync(`/proc/${etcdPid}/cmdline`, 'utf8').includes(`\0${prefix}/lib/etcd\0`), "the bundle's etcd binary");
+      t.ok(fs.readFileSync(`/proc/${etcdPid}/maps`, 'utf8').includes(`${bundle}/lib/libc.so.6`), "on the bundle's libc");
+    }
   });
 });
