@@ -596,3 +596,9 @@ export const rebuildFailingShownMax = 64;
 
 /** `meshblock bundle` (and the installer) packing the runtime bundle (about 40 MiB gzipped, some seconds): tar may take this long. */
 export const bundleTarTimeoutMs = 10 * 60_000;
+
+/**
+ * `sdc start --attach-mapped`: how often the attacher looks again at what is mapped and what is
+ * in use, retrying a detach refused because the device was in use and an attach that failed.
+ */
+export const attachRetryMs = 2_000;
