@@ -12,6 +12,8 @@ import { formatHostPort, parseHostPort, parseHostPortList } from '../common/addr
 import { mdmAddressesMax } from '../common/limits.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { Sdc, type SdcOptions } from '../sdc/sdc.js';
+import type { SdcVolume } from '../wire/mdm-ops.js';
+import { writeDrvCfgState } from './drv-cfg.js';
 import { MappedAttacher, systemAttachMapped } from '../hostsetup/attach-mapped.js';
 import { attachTimeoutSDefault, nbdsMaxDefault, type AttachRequest } from '../hostsetup/nbd-attach.js';
 import { NbdServer } from '../nbd/server.js';
@@ -93,6 +95,15 @@ export async function sdcStart(args: SdcStartArgs): Promise<void> {
   const secret = readSecretFile('--secret-file', args['secret-file'] ?? path.join(dataDir, 'cluster.secret'));
   // Created once the NBD address is known; the SDC calls it only after start().
   let attacher: MappedAttacher | null = null;
+  const mdmAddresses = parseHostPortList('--mdm', args.mdm, mdmAddressesMax);
+  // What `meshblock drv-cfg` answers (ScaleIO's drv_cfg), after each view.
+  const recordState = (volumes: readonly SdcVolume[]): void => {
+    try {
+      writeDrvCfgState(dataDir, { guid: identity.guid, systemId: identity.clusterId, sdcId: sdc.sdcId, mdmAddresses, volumes: volumes.map((volume) => ({ id: volume.id, name: volume.name })), pid: process.pid });
+    } catch (err) {
+      log.warn({ err }, 'cannot record the SDC state for drv-cfg');
+    }
+  };
   const sdc = new Sdc({
     clusterId: identity.clusterId,
     secret,
@@ -100,7 +111,11 @@ export async function sdcStart(args: SdcStartArgs): Promise<void> {
     name: args.name ?? null,
     mdmAddresses: parseHostPortList('--mdm', args.mdm, mdmAddressesMax),
     log: log.child({ component: 'sdc' }),
-    ...(args['attach-mapped'] ? { onVolumes: (volumes) => attacher?.setMapped(volumes), openVolumes: (connections) => attacher?.openVolumes(connections) ?? [...connections.keys()] } : {}),
+    onVolumes: (volumes) => {
+      attacher?.setMapped(volumes);
+      recordState(volumes);
+    },
+    ...(args['attach-mapped'] ? { openVolumes: (connections) => attacher?.openVolumes(connections) ?? [...connections.keys()] } : {}),
   } satisfies SdcOptions);
   const server = new NbdServer({ exports: sdc, tls: { mode: 'off', secureContext: null }, log });
   let where: string;

@@ -387,6 +387,8 @@ export const errorCodes = {
   // --- the runtime bundle (meshblock bundle, src/hostsetup/runtime-bundle.ts) ---
   /** The shared libraries Node needs cannot be gathered: ldd missing or failed, a library not found, or no dynamic loader. */
   MB_ERR_BUNDLE_LIBRARIES: 'MB_ERR_BUNDLE_LIBRARIES',
+  /** drv-cfg found no running SDC (no state in its data directory, or its process is gone). */
+  MB_ERR_SDC_NOT_RUNNING: 'MB_ERR_SDC_NOT_RUNNING',
 } as const;
 
 export type ErrorCode = keyof typeof errorCodes;

@@ -18,7 +18,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 import { startCluster, until } from '../helpers/cluster.js';
-import { startMeshblock, type DaemonHandle } from '../helpers/processes.js';
+import { run, runMeshblock, startMeshblock, type DaemonHandle } from '../helpers/processes.js';
 
 const GiB = 1024 * 1024 * 1024;
 t.setTimeout(10 * 60 * 1000);
@@ -121,6 +121,27 @@ await t.test('a map attaches the volume and makes its by-id names', async (t) =>
   t.match(calls[0], new RegExp(`^127\\.0\\.0\\.1 \\d+ ${root}/dev/nbd0 -N vol1 -b 4096 -t 30$`), "meshblock attach's nbd-client line, to the SDC's own export");
   // os-brick's ScaleIO connector: a name in /dev/disk/by-id starting emc-vol, ending with the volume id.
   t.ok(fs.readdirSync(byId).some((name) => name.startsWith('emc-vol') && name.endsWith(volumeId)), "os-brick's glob finds it");
+});
+
+await t.test("drv-cfg answers as ScaleIO's drv_cfg, and install-drv-cfg writes a drv_cfg that runs it", async (t) => {
+  const dataDir = path.join(dir, 'sdc2-data');
+  const guid = (JSON.parse(fs.readFileSync(path.join(dataDir, 'sdc.json'), 'utf8')) as { guid: string }).guid;
+  const sdcs = JSON.parse(await must(['sdc', 'list', '--json'])) as Array<{ id: string; name: string }>;
+  const sdcId = sdcs.find((entry) => entry.name === 'sdc2')?.id ?? '';
+  const drvCfg = path.join(dir, 'opt/emc/scaleio/sdc/bin/drv_cfg');
+  const installed = await runMeshblock(['sdc', 'install-drv-cfg', '--path', drvCfg, '--data-dir', dataDir]);
+  t.equal(installed.code, 0, `install-drv-cfg ${installed.stderr}`);
+  const query = async (flag: string): Promise<string> => (await run(drvCfg, [flag])).stdout;
+  t.equal(await query('--query_guid'), `${guid.toUpperCase()}\n`, '--query_guid: the GUID, upper case');
+  const host = cluster.mdm.address.replace(/:\d+$/, '');
+  t.equal(await query('--query_mdms'), `Retrieved 1 mdm(s)\nMDM-ID ${systemId} SDC ID ${sdcId} INSTALLATION ID ${systemId} IPs [0]-${host}\n`, '--query_mdms: system id, SDC id (as the REST API has them), MDM IPs');
+  t.equal(await query('--query_vols'), `Retrieved 1 volume(s)\nVOL-ID ${volumeId} MDM-ID ${systemId}\n`, '--query_vols: the mapped volume');
+  const rescan = await run(drvCfg, ['--rescan']);
+  t.equal(rescan.code, 0, '--rescan: the SDC runs');
+  const bad = await run(drvCfg, ['--add_mdm']);
+  t.not(bad.code, 0, 'an option it does not answer is refused');
+  const none = await runMeshblock(['drv-cfg', '--query_guid', '--data-dir', path.join(dir, 'nowhere')]);
+  t.match(none.stderr, /no SDC state/, 'no SDC here: said so');
 });
 
 await t.test('open on this host: stays attached until closed, then the unmap detaches', async (t) => {
