@@ -155,8 +155,8 @@ export async function sdcStart(args: SdcStartArgs): Promise<void> {
   await runUntilSignal(
     log,
     async () => {
-      // Attached devices stay: IO to them waits (up to the kernel client's timeout) for a
-      // restart, which attaches them again.
+      // Attached devices stay (their connections end with this process; IO fails after the
+      // kernel client's timeout): a restart disconnects and attaches them again.
       await attacher?.close();
       await server.close();
       sdc.close();
