@@ -18,6 +18,14 @@
 #   fio-long  connect; fio on the raw device for MBVM_FIO_SECONDS with continuous verify,
 #             printing `MBVM fio-started` once writes reach the device (the host injects its
 #             fault then); a final read-verify of the whole area; no NBD error in dmesg.
+#   attach-mapped
+#             meshblock's runtime bundle (run-guest.mjs puts it at /opt/meshblock) runs the SDC
+#             here: `sdc start --attach-mapped` registers with the MDM at MBVM_MDM as
+#             MBVM_SDC_NAME (cluster MBVM_CLUSTER_ID, secret /etc/meshblock/cluster.secret);
+#             `MBVM sdc-ready` tells the host to map MBVM_EXPORT to it; the SDC itself attaches
+#             it (no nbd-client here): /dev/nbd0 and its /dev/disk/by-id names appear; LVM
+#             on the emc-vol name, ext4, checksums; fio-long as above (the host kills an SDS);
+#             `MBVM unmap-now` tells the host to unmap; the SDC detaches: size 0, names gone.
 #
 # nbd-client options (kept the same as `meshblock attach`'s defaults, src/hostsetup):
 #   -N EXPORT  the export is the volume's name
@@ -55,6 +63,9 @@ MBVM_FIO_LONG_SIZE=32M
 MBVM_FIO_RAND_SIZE=16M
 MBVM_FIO_SEQ_SIZE=64M
 MBVM_LVM_CONF_SHA256=
+MBVM_MDM=
+MBVM_SDC_NAME=guest
+MBVM_CLUSTER_ID=
 [ -f /etc/meshblock-run.conf ] && . /etc/meshblock-run.conf
 
 OUT=/tmp/step.out
@@ -382,6 +393,101 @@ do_fio_final_verify() {
   run_fio final /dev/nbd0 read --rw=read --bs=4k --iodepth=8 --size="$MBVM_FIO_LONG_SIZE"
 }
 
+# --- attach-mapped: the SDC from the runtime bundle attaches what is mapped -------------
+
+MESHBLOCK=/opt/meshblock/bin/meshblock
+
+do_bundle() {
+  must "$MESHBLOCK" --version >/tmp/version || return
+  DETAIL="$(cat /tmp/version) from /opt/meshblock"
+}
+
+# Waits up to $1 tenths of a second for the command "$2..." to succeed.
+wait_for() {
+  local limit n
+  limit=$1
+  shift
+  n=0
+  until "$@"; do
+    n=$((n + 1))
+    [ "$n" -gt "$limit" ] && return 1
+    sleep 0.1
+  done
+}
+
+sdc_serving() { grep -q 'serving NBD on' /tmp/sdc.out; }
+
+do_sdc_start() {
+  mkdir -p /var/lib/meshblock/sdc
+  "$MESHBLOCK" sdc start --mdm "$MBVM_MDM" --name "$MBVM_SDC_NAME" --cluster-id "$MBVM_CLUSTER_ID" \
+    --secret-file /etc/meshblock/cluster.secret --data-dir /var/lib/meshblock/sdc --attach-mapped \
+    >/tmp/sdc.out 2>/tmp/sdc.log &
+  SDC_PID=$!
+  # Node under TCG starts in tens of seconds.
+  if ! wait_for 1800 sdc_serving; then
+    tail -n 30 /tmp/sdc.log
+    DETAIL="the SDC did not say it serves within 180 s"
+    return 1
+  fi
+  echo "MBVM sdc-ready" >/dev/console
+  DETAIL="$(cat /tmp/sdc.out)"
+}
+
+emc_name() { ls /dev/disk/by-id 2>/dev/null | grep '^emc-vol-' | head -n1; }
+attached() { [ -n "$(emc_name)" ] && [ "$(cat /sys/block/nbd0/size)" != 0 ]; }
+
+do_attached() {
+  if ! wait_for 1800 attached; then
+    tail -n 30 /tmp/sdc.log
+    DETAIL="no /dev/disk/by-id/emc-vol-* and sized /dev/nbd0 within 180 s of sdc-ready"
+    return 1
+  fi
+  # Not `name`: step() reads its own after this returns (busybox's local is dynamically scoped).
+  names=
+  for link in $(ls /dev/disk/by-id); do names="$names $link=$(readlink "/dev/disk/by-id/$link")"; done
+  DETAIL="/dev/nbd0 $(($(cat /sys/block/nbd0/size) * 512)) bytes;$names"
+}
+
+do_pvcreate_byid() {
+  must pvcreate "/dev/disk/by-id/$(emc_name)" || return
+  DETAIL="/dev/disk/by-id/$(emc_name)"
+}
+
+do_lvcreate_fs() {
+  must lvcreate -y -n fs -L 128M mbvm || return
+  DETAIL="mbvm/fs"
+}
+
+do_vgremove() {
+  must vgchange -an mbvm || return
+  must vgremove -f mbvm || return
+  must pvremove /dev/nbd0 || return
+  DETAIL="mbvm removed"
+}
+
+detached() { [ "$(cat /sys/block/nbd0/size)" = 0 ] && [ -z "$(ls /dev/disk/by-id 2>/dev/null)" ]; }
+
+do_detached() {
+  echo "MBVM unmap-now" >/dev/console
+  if ! wait_for 1800 detached; then
+    tail -n 30 /tmp/sdc.log
+    DETAIL="/dev/nbd0 still sized or names left 180 s after unmap-now: $(ls /dev/disk/by-id)"
+    return 1
+  fi
+  DETAIL="/dev/nbd0 size 0, /dev/disk/by-id empty"
+}
+
+do_sdc_stop() {
+  kill -TERM "$SDC_PID"
+  wait "$SDC_PID"
+  rc=$?
+  grep -E '"level":(50|60)' /tmp/sdc.log | head -n 5
+  [ "$rc" = 0 ] || { DETAIL="the SDC exited $rc"; return 1; }
+  # grep -c exits 1 when it counts none: the step's status is this assignment's.
+  errors=$(grep -c '"level":50' /tmp/sdc.log || true)
+  DETAIL="exit 0, $errors error lines in its log"
+}
+
 # --- the scenarios -------------------------------------------------------------------------
 
 step boot do_boot
@@ -423,6 +529,31 @@ fio-long)
   step fio-final-verify do_fio_final_verify
   step kernel-log do_kernel_log
   step disconnect nbd_disconnect
+  ;;
+attach-mapped)
+  step bundle do_bundle
+  step sdc-start do_sdc_start
+  step attached do_attached
+  step pvcreate do_pvcreate_byid
+  step vgcreate do_vgcreate
+  step lvcreate do_lvcreate_fs
+  step mkfs do_mkfs
+  step mount do_mount
+  step write do_write
+  step umount do_umount
+  step deactivate do_deactivate
+  step activate do_activate
+  step fsck do_fsck
+  step remount do_mount
+  step verify do_verify
+  step umount-verified do_umount
+  step vgremove do_vgremove
+  step fio-prefill do_fio_prefill
+  step fio-long do_fio_long
+  step fio-final-verify do_fio_final_verify
+  step kernel-log do_kernel_log
+  step detached do_detached
+  step sdc-stop do_sdc_stop
   ;;
 boot)
   # Only boots, loads modules and brings the network up: for developing the harness.

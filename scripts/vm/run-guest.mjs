@@ -31,7 +31,7 @@ import { parseArgs } from 'node:util';
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const buildGuestScript = path.join(here, 'build-guest.sh');
 export const relayScript = path.join(here, 'relay.pl');
-export const scenarios = ['chain', 'fio-long', 'boot'];
+export const scenarios = ['chain', 'fio-long', 'attach-mapped', 'boot'];
 /** Where the guest connects; the forwarding rule maps it to the host's server. */
 export const guestNbdAddress = { host: '10.0.2.100', port: 10809 };
 export const hostLvmConfPath = '/etc/lvm/lvm.conf';
@@ -122,6 +122,27 @@ export function cpioArchive(entries) {
   return Buffer.concat(parts);
 }
 
+/**
+ * cpio entries for the directory `source` at `target` in the guest (the directories leading
+ * to it included): directories, regular files with their modes, symlinks followed.
+ */
+export function treeEntries(source, target) {
+  const entries = [];
+  const parts = target.split('/');
+  for (let index = 1; index < parts.length; index++) entries.push({ name: parts.slice(0, index).join('/') });
+  const walk = (directory, name) => {
+    entries.push({ name });
+    for (const entry of fs.readdirSync(directory, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const file = path.join(directory, entry.name);
+      const stat = fs.statSync(file);
+      if (stat.isDirectory()) walk(file, `${name}/${entry.name}`);
+      else if (stat.isFile()) entries.push({ name: `${name}/${entry.name}`, data: fs.readFileSync(file), mode: stat.mode & 0o7777 });
+    }
+  };
+  walk(source, target);
+  return entries;
+}
+
 const shellQuote = (value) => `'${String(value).replaceAll("'", "'\\''")}'`;
 
 /** Parses `MBVM <name> [ok|fail [detail]]` anywhere in a console line (a kernel message may precede it). */
@@ -152,6 +173,10 @@ function validate(options, label = (name) => name) {
   for (const name of Object.keys(options.settings ?? {})) {
     if (!/^MBVM_[A-Z0-9_]+$/.test(name)) problems.push(`${label('settings')} names are MBVM_*, got ${JSON.stringify(name)}`);
   }
+  if (options.netns !== undefined && !/^[A-Za-z0-9_.-]{1,64}$/.test(options.netns)) problems.push(`${label('netns')} must be a network namespace name, got ${JSON.stringify(options.netns)}`);
+  for (const tree of options.trees ?? []) {
+    if (!fs.existsSync(tree.source) || !/^[A-Za-z0-9_./-]+$/.test(tree.target) || tree.target.startsWith('/')) problems.push(`${label('trees')}: ${JSON.stringify(tree)} must be an existing directory and a relative guest path`);
+  }
   if (problems.length > 0) throw new RangeError(problems.join('; '));
   return { host: nbd[1] === 'localhost' ? '127.0.0.1' : nbd[1], port: Number(nbd[2]) };
 }
@@ -164,7 +189,10 @@ function validate(options, label = (name) => name) {
  * settings are applied to it either way), connections (nbd-client -C), timeoutS (the whole
  * run, build included; QEMU is killed then), memoryMiB, pcap (a file: QEMU writes the
  * guest's packets there), settings ({ MBVM_NAME: value }: more guest settings, see
- * guest-init.sh; for tuning), onLine(text, parsed) for each MBVM line as it arrives,
+ * guest-init.sh; for tuning), netns (run QEMU in this network namespace, with the guest's
+ * network unrestricted inside it), files ([{ name, data, mode }]: more files in the guest,
+ * paths relative to its root), trees ([{ source, target }]: host directories copied into the
+ * guest, e.g. an unpacked runtime bundle), onLine(text, parsed) for each MBVM line as it arrives,
  * onOutput(line) for every console line, onLog(line) for build messages.
  *
  * Resolves with { ok, steps: [{ step, ok, detail, elapsedMs }], events, done, timedOut,
@@ -200,6 +228,8 @@ export async function runGuest(options) {
       cpioArchive([
         { name: 'etc/meshblock-run.conf', data: settingsText },
         { name: 'etc/lvm/lvm.conf', data: lvmConf },
+        ...(options.files ?? []),
+        ...(options.trees ?? []).flatMap((tree) => treeEntries(tree.source, tree.target)),
       ]),
     );
     return await boot({ ...options, scenario }, server, kernel, runInitrd, deadlineMs, startedMs);
@@ -227,12 +257,17 @@ async function boot(options, server, kernel, initrd, deadlineMs, startedMs) {
     '-kernel', kernel,
     '-initrd', initrd,
     '-append', 'console=ttyS0 quiet panic=-1',
-    '-netdev', `user,id=n0,restrict=on,guestfwd=tcp:${guestNbdAddress.host}:${guestNbdAddress.port}-cmd:${relayCommand(server)}`,
+    // restrict=on: nothing leaves the guest but the forwarded NBD address. In a network
+    // namespace of the caller's (options.netns), the guest may reach whatever that namespace
+    // reaches (a test's simulated network, no route elsewhere): the cluster's own addresses.
+    '-netdev', `user,id=n0,restrict=${options.netns !== undefined ? 'off' : 'on'},guestfwd=tcp:${guestNbdAddress.host}:${guestNbdAddress.port}-cmd:${relayCommand(server)}`,
     '-device', 'virtio-net-pci,netdev=n0,romfile=',
     // The guest's packets, as QEMU's user network sees them, for diagnosing the NBD traffic.
     ...(options.pcap !== undefined ? ['-object', `filter-dump,id=dump0,netdev=n0,file=${options.pcap}`] : []),
   ];
-  const child = spawn('qemu-system-x86_64', args, {
+  // `ip netns exec` execs QEMU: the pid (and so the kill below) is QEMU's.
+  const [command, ...commandArgs] = options.netns !== undefined ? ['ip', 'netns', 'exec', options.netns, 'qemu-system-x86_64', ...args] : ['qemu-system-x86_64', ...args];
+  const child = spawn(command, commandArgs, {
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   const steps = [];

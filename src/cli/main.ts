@@ -7,6 +7,7 @@ import { MiB } from '../common/units.js';
 import { nbdServe, nbdServeOptions, type NbdServeArgs } from './nbd-serve.js';
 import { registerManagementCommands, registerMdmManagementCommands, registerSdcManagementCommands, registerSdsManagementCommands } from './manage.js';
 import { sdcStart, sdcStartOptions, type SdcStartArgs } from './sdc-start.js';
+import { drvCfgCommand, drvCfgOptions, installDrvCfgCommand, installDrvCfgOptions, type DrvCfgArgs, type InstallDrvCfgArgs } from './drv-cfg.js';
 import { attachCommand, attachOptions, detachCommand, detachOptions, type AttachArgs, type DetachArgs } from './attach.js';
 import { installCommand, installOptions, type InstallArgs } from './install.js';
 import { bundleCommand, bundleOptions, type BundleArgs } from './bundle.js';
@@ -73,6 +74,7 @@ export async function main(argv: string[]): Promise<void> {
           (y) => sdcStartOptions(y),
           async (args) => sdcStart(args as unknown as SdcStartArgs),
         )
+        .command('install-drv-cfg', "write ScaleIO's drv_cfg (/opt/emc/scaleio/sdc/bin/drv_cfg) answered by meshblock drv-cfg", (y) => installDrvCfgOptions(y), (args) => installDrvCfgCommand(args as unknown as InstallDrvCfgArgs))
         .demandCommand(1, 'sdc: name a subcommand (start, list, remove, rename)')
         .strict(),
     )
@@ -101,6 +103,7 @@ export async function main(argv: string[]): Promise<void> {
   registerManagementCommands(cli);
   registerLabCommands(cli);
   registerHostCommands(cli);
+  cli.command('drv-cfg', "answer as ScaleIO's drv_cfg: --query_guid, --query_mdms, --query_vols, --rescan", (y) => drvCfgOptions(y), (args) => drvCfgCommand(args as unknown as DrvCfgArgs));
   cli.command('attach [volume]', 'attach a volume as a kernel block device (/dev/nbdN) through the SDC', (y) => attachOptions(y), async (args) => attachCommand(args as unknown as AttachArgs));
   cli.command('detach <target>', 'detach a volume attached with attach (by /dev/nbdN or volume name)', (y) => detachOptions(y), async (args) => detachCommand(args as unknown as DetachArgs));
   cli.command('install', 'install and configure a whole cluster over SSH from a ScaleIO-style CSV (or print a --template)', (y) => installOptions(y), async (args) => installCommand(args as unknown as InstallArgs));

@@ -11,9 +11,13 @@ import type { Argv } from 'yargs';
 import { formatHostPort, parseHostPort, parseHostPortList } from '../common/address.js';
 import { mdmAddressesMax } from '../common/limits.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
-import { Sdc } from '../sdc/sdc.js';
+import { Sdc, type SdcOptions } from '../sdc/sdc.js';
 import { MetricsEndpoint, metricsAddressOf, metricsOption, parseMetricsAddress } from '../common/metrics.js';
 import { sdcMetrics } from '../sdc/metrics.js';
+import type { SdcVolume } from '../wire/mdm-ops.js';
+import { writeDrvCfgState } from './drv-cfg.js';
+import { MappedAttacher, systemAttachMapped } from '../hostsetup/attach-mapped.js';
+import { attachTimeoutSDefault, nbdsMaxDefault, type AttachRequest } from '../hostsetup/nbd-attach.js';
 import { NbdServer } from '../nbd/server.js';
 import { idPattern } from '../wire/placement.js';
 import { createRootLogger, logLevels } from './log.js';
@@ -32,6 +36,8 @@ export interface SdcStartArgs {
   'secret-file': string | undefined;
   metrics: string | undefined;
   'log-level': Level;
+  'attach-mapped': boolean;
+  'attach-root': string | undefined;
 }
 
 /** How long the SDC waits for its first view before it says it is ready anyway. */
@@ -53,6 +59,9 @@ export function sdcStartOptions(yargs: Argv): Argv<SdcStartArgs> {
     .option('secret-file', { type: 'string', describe: 'file holding the cluster secret [default: DATA-DIR/cluster.secret]', requiresArg: true })
     .option('metrics', metricsOption('sdc'))
     .option('log-level', { choices: logLevels, default: 'info' as Level, describe: 'log level (logs go to stderr)' })
+    .option('attach-mapped', { type: 'boolean', default: false, describe: 'attach every mapped volume as /dev/nbdN with /dev/disk/by-id names (needs the nbd kernel module and nbd-client); detach at unmap' })
+    // Test hook: the attacher's /sys, /dev, /proc and /run under DIR (a fake kernel's files).
+    .option('attach-root', { type: 'string', hidden: true, requiresArg: true })
     .conflicts('listen', 'socket')
     .check((argv) => {
       parseHostPortList('--mdm', argv.mdm, mdmAddressesMax);
@@ -89,23 +98,65 @@ export async function sdcStart(args: SdcStartArgs): Promise<void> {
   lockDataDir(dataDir, 'sdc');
   const identity = ensureIdentity(dataDir, args['cluster-id']);
   const secret = readSecretFile('--secret-file', args['secret-file'] ?? path.join(dataDir, 'cluster.secret'));
-  const sdc = new Sdc({ clusterId: identity.clusterId, secret, guid: identity.guid, name: args.name ?? null, mdmAddresses: parseHostPortList('--mdm', args.mdm, mdmAddressesMax), log: log.child({ component: 'sdc' }) });
+  // Created once the NBD address is known; the SDC calls it only after start().
+  let attacher: MappedAttacher | null = null;
+  const mdmAddresses = parseHostPortList('--mdm', args.mdm, mdmAddressesMax);
+  // What `meshblock drv-cfg` answers (ScaleIO's drv_cfg), after each view.
+  const recordState = (volumes: readonly SdcVolume[]): void => {
+    try {
+      writeDrvCfgState(dataDir, { guid: identity.guid, systemId: identity.clusterId, sdcId: sdc.sdcId, mdmAddresses, volumes: volumes.map((volume) => ({ id: volume.id, name: volume.name })), pid: process.pid });
+    } catch (err) {
+      log.warn({ err }, 'cannot record the SDC state for drv-cfg');
+    }
+  };
+  const sdc = new Sdc({
+    clusterId: identity.clusterId,
+    secret,
+    guid: identity.guid,
+    name: args.name ?? null,
+    mdmAddresses,
+    log: log.child({ component: 'sdc' }),
+    onVolumes: (volumes) => {
+      attacher?.setMapped(volumes);
+      recordState(volumes);
+    },
+    ...(args['attach-mapped'] ? { openVolumes: (connections) => attacher?.openVolumes(connections) ?? [...connections.keys()] } : {}),
+  } satisfies SdcOptions);
   // Before the NBD server: a metrics address that cannot be bound leaves nothing open.
   const metrics = await MetricsEndpoint.start(sdcMetrics(sdc, args.name ?? identity.guid), metricsAddressOf('sdc', args.metrics), log);
   const server = new NbdServer({ exports: sdc, tls: { mode: 'off', secureContext: null }, log });
   let where: string;
+  let local: AttachRequest['sdc'];
   try {
     if (args.socket !== undefined) {
       await server.listenUnix(args.socket);
       where = args.socket;
+      local = { socket: path.resolve(args.socket) };
     } else {
       const wanted = parseHostPort('--listen', args.listen ?? `127.0.0.1:${defaultNbdPort}`);
       const bound = await server.listenTcp(wanted.host, wanted.port);
       where = formatHostPort({ host: bound.address, port: bound.port });
+      // A wildcard listener is reached on loopback.
+      local = { host: bound.address === '0.0.0.0' ? '127.0.0.1' : bound.address === '::' ? '::1' : bound.address, port: bound.port };
     }
   } catch (err) {
     await metrics?.close();
     throw err;
+  }
+  if (args['attach-mapped']) {
+    const root = args['attach-root'];
+    const under = (file: string): string => (root === undefined ? file : path.join(root, file));
+    attacher = new MappedAttacher({
+      systemId: identity.clusterId,
+      sdc: local,
+      paths: { sysRoot: under(systemAttachMapped.paths.sysRoot), devRoot: under(systemAttachMapped.paths.devRoot), stateDir: under(systemAttachMapped.paths.stateDir) },
+      byIdDir: under(systemAttachMapped.byIdDir),
+      procRoot: systemAttachMapped.procRoot,
+      timeoutS: attachTimeoutSDefault,
+      nbdsMax: nbdsMaxDefault,
+      log: log.child({ component: 'attach-mapped' }),
+    });
+    attacher.start();
   }
   sdc.start();
   const timer = setTimeout(() => log.warn({ waitedMs: firstViewWaitMs }, 'no word from the MDM yet; serving no volumes until it answers'), firstViewWaitMs);
@@ -117,11 +168,15 @@ export async function sdcStart(args: SdcStartArgs): Promise<void> {
   await runUntilSignal(
     log,
     async () => {
+      // Attached devices stay (their connections end with this process; IO fails after the
+      // kernel client's timeout): a restart disconnects and attaches them again.
+      await attacher?.close();
       await server.close();
       sdc.close();
       await metrics?.close();
     },
     () => {
+      void attacher?.close();
       server.destroy();
       sdc.close();
       void metrics?.close();

@@ -395,6 +395,8 @@ export const errorCodes = {
   MB_ERR_EVENT_LOG: 'MB_ERR_EVENT_LOG',
   /** Another MDM appended to the event log in etcd first: the log is read again and the event numbered after it. */
   MB_ERR_EVENT_ID_TAKEN: 'MB_ERR_EVENT_ID_TAKEN',
+  /** drv-cfg found no running SDC (no state in its data directory, or its process is gone). */
+  MB_ERR_SDC_NOT_RUNNING: 'MB_ERR_SDC_NOT_RUNNING',
 } as const;
 
 export type ErrorCode = keyof typeof errorCodes;

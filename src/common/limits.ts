@@ -653,3 +653,9 @@ export const snmpTrapReceiversMax = 16;
  * default TimeoutStopSec, so a host stops its daemons alike under either init system.
  */
 export const initScriptStopWaitSeconds = 90;
+
+/**
+ * `sdc start --attach-mapped`: how often the attacher looks again at what is mapped and what is
+ * in use, retrying a detach refused because the device was in use and an attach that failed.
+ */
+export const attachRetryMs = 2_000;

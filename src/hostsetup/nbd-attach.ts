@@ -60,6 +60,8 @@ export interface AttachRequest {
 
 export interface Attachment {
   volume: string;
+  /** The volume's id, when the attacher knew it (sdc start --attach-mapped); absent from `meshblock attach`'s records. */
+  volumeId?: string;
   device: string;
   sdc: string;
   connections: number;
@@ -97,6 +99,13 @@ export function sdcLabel(sdc: AttachRequest['sdc']): string {
 export function validateDevice(field: string, device: string): number {
   const match = nbdDevicePattern.exec(device);
   if (match === null) throw new InvalidArgumentError(field, `must be an NBD device such as /dev/nbd0, got '${device}'`);
+  return Number(match[1]);
+}
+
+/** The index N of a device path ending in /nbdN: under /dev, or under a test's devRoot. */
+export function deviceIndexOf(device: string): number {
+  const match = /\/nbd([0-9]+)$/.exec(device);
+  if (match === null) throw new InvalidArgumentError('device', `must be an NBD device such as /dev/nbd0, got '${device}'`);
   return Number(match[1]);
 }
 
@@ -176,11 +185,11 @@ export function attachPlan(request: AttachRequest, paths: AttachPaths = systemAt
   return plan;
 }
 
-export async function attach(request: AttachRequest, paths: AttachPaths = systemAttachPaths): Promise<Attachment> {
+export async function attach(request: AttachRequest, paths: AttachPaths = systemAttachPaths, known: { volumeId?: string } = {}): Promise<Attachment> {
   if (request.device !== undefined) validateDevice('--device', request.device);
   const existing = readAttachments(paths).find((entry) => entry.volume === request.volume && entry.sdc === sdcLabel(request.sdc));
   if (existing !== undefined) {
-    const index = validateDevice('attachment', existing.device);
+    const index = deviceIndexOf(existing.device);
     const state = deviceState(paths, index);
     if (state !== null && inUse(state)) throw new AttachError('MB_ERR_ATTACHED', `volume '${request.volume}' is already attached as ${existing.device}`);
   }
@@ -207,7 +216,7 @@ export async function attach(request: AttachRequest, paths: AttachPaths = system
   if (result.code !== 0) {
     throw new AttachError('MB_ERR_NBD_CLIENT', `${formatCommand(line)} failed: ${lastLine(result.stderr) || lastLine(result.stdout) || `exit ${result.code}`}`);
   }
-  const index = validateDevice('device', device);
+  const index = deviceIndexOf(device);
   const deadline = Date.now() + deviceReadyWaitMs;
   for (;;) {
     const state = deviceState(paths, index);
@@ -217,6 +226,7 @@ export async function attach(request: AttachRequest, paths: AttachPaths = system
   }
   const attachment: Attachment = {
     volume: request.volume,
+    ...(known.volumeId !== undefined ? { volumeId: known.volumeId } : {}),
     device,
     sdc: sdcLabel(request.sdc),
     connections: request.connections,

@@ -44,6 +44,13 @@ export interface SdcOptions {
   /** Every MDM's wire address, HOST:PORT (see MdmSession): the SDC follows the Master. */
   mdmAddresses: readonly string[];
   log: Logger;
+  /** Called with the mapped volumes after each view is applied (sdc start --attach-mapped). */
+  onVolumes?: (volumes: readonly SdcVolume[]) => void;
+  /**
+   * Which volumes the heartbeat reports open, given the NBD connections per volume id; by
+   * default every volume with a connection (--attach-mapped discounts its own kernel client).
+   */
+  openVolumes?: (connections: ReadonlyMap<string, number>) => string[];
 }
 
 /** A mapped volume's export (what `find` returns for it). */
@@ -102,7 +109,8 @@ export class Sdc implements ExportRegistry, VolumeRouter {
       log: options.log,
       onRequest: (request) => this.onMdmRequest(request),
       heartbeat: () => {
-        const heartbeat: SdcHeartbeat = { openVolumes: [...this.openCounts.keys()], qos: this.qosStats() };
+        const openVolumes = options.openVolumes?.(this.openCounts) ?? [...this.openCounts.keys()];
+        const heartbeat: SdcHeartbeat = { openVolumes, qos: this.qosStats() };
         return Buffer.from(JSON.stringify(heartbeat));
       },
       register: async (peer, mdm) => {
@@ -360,6 +368,8 @@ export class Sdc implements ExportRegistry, VolumeRouter {
       }
     }
     this.onFirstView();
+    // The volumes exported: one that could not be opened is offered again with the next view.
+    this.options.onVolumes?.([...this.exports.values()].map((entry) => entry.volume));
   }
 
   close(): void {
