@@ -596,3 +596,11 @@ export const rebuildFailingShownMax = 64;
 
 /** `meshblock bundle` (and the installer) packing the runtime bundle (about 40 MiB gzipped, some seconds): tar may take this long. */
 export const bundleTarTimeoutMs = 10 * 60_000;
+
+// --- the web dashboard (src/mdm/web/, web/; docs/web-dashboard.md) ---------------------------
+
+/** The dashboard's login body ({"username", "password"}): a password is at most adminPasswordBytesMax. */
+export const webLoginBodyBytesMax = 4 * KiB;
+assert(webLoginBodyBytesMax > adminPasswordBytesMax + 128, 'a login body holds the longest password');
+/** A static file of the dashboard (its own and the vendored preact, htm, uPlot) is at most this big. */
+export const webStaticFileBytesMax = 2 * MiB;
