@@ -112,7 +112,7 @@ export function FrontendView({ data, ask }) {
               ${(volume.mappedSdcInfo ?? []).map(
                 (mapping) => html`<div key=${mapping.sdcId} data-testid=${`mapping-${volume.name}-${mapping.sdcName}`}>
                   ${mapping.sdcName} <small>${mapping.limitIops > 0 ? `${mapping.limitIops} IOPS` : ''}${mapping.limitIops > 0 && mapping.limitBwInKbps > 0 ? ', ' : ''}${mapping.limitBwInKbps > 0 ? `${kib(mapping.limitBwInKbps)}/s` : ''}${mapping.limitIops === 0 && mapping.limitBwInKbps === 0 ? 'no limit' : ''}</small>
-                  <button class="small" onClick=${() => ask(limitsDialog(volume, mapping))}>limits</button>
+                  <button class="small" data-testid="limits" onClick=${() => ask(limitsDialog(volume, mapping))}>limits</button>
                   <button class="small" data-testid="unmap" onClick=${() => ask(unmapDialog(volume, mapping))}>unmap</button>
                 </div>`,
               )}
