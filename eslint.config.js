@@ -77,6 +77,11 @@ export default tseslint.config(
     },
   },
   {
+    // The web dashboard's client (served as ES modules to the browser, no build step).
+    files: ['web/**/*.js'],
+    languageOptions: { globals: { ...globals.browser } },
+  },
+  {
     files: ['**/*.cjs'],
     languageOptions: { sourceType: 'commonjs' },
   },

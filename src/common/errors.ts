@@ -137,6 +137,8 @@ export const errorCodes = {
   MB_ERR_SHUTTING_DOWN: 'MB_ERR_SHUTTING_DOWN',
   /** A failure without a code of its own reached the REST API: a bug or an unexpected error. */
   MB_ERR_INTERNAL: 'MB_ERR_INTERNAL',
+  /** A state-changing request authenticated by the dashboard's session cookie came without its CSRF token, or from another site. */
+  MB_ERR_CSRF: 'MB_ERR_CSRF',
 
   // --- management CLI ---
   /** The API answered an error without a code this CLI knows, or without a body. */

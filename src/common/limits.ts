@@ -659,3 +659,11 @@ export const initScriptStopWaitSeconds = 90;
  * in use, retrying a detach refused because the device was in use and an attach that failed.
  */
 export const attachRetryMs = 2_000;
+
+// --- the web dashboard (src/mdm/web/, web/; docs/web-dashboard.md) ---------------------------
+
+/** The dashboard's login body ({"username", "password"}): a password is at most adminPasswordBytesMax. */
+export const webLoginBodyBytesMax = 4 * KiB;
+assert(webLoginBodyBytesMax > adminPasswordBytesMax + 128, 'a login body holds the longest password');
+/** A static file of the dashboard (its own and the vendored preact, htm, uPlot) is at most this big. */
+export const webStaticFileBytesMax = 2 * MiB;

@@ -273,7 +273,7 @@ export interface RuntimeBundle {
 export async function buildRuntimeBundle(appRoot: string, workDir: string): Promise<RuntimeBundle> {
   const staging = fs.mkdtempSync(path.join(workDir, 'bundle-'));
   try {
-    const appEntries = ['package.json', 'bin/meshblock.cjs', 'dist', 'build/Release/meshblock_native.node', ...productionPackages(appRoot)];
+    const appEntries = ['package.json', 'bin/meshblock.cjs', 'dist', 'web', 'build/Release/meshblock_native.node', ...productionPackages(appRoot)];
     for (const entry of appEntries) {
       if (!fs.existsSync(path.join(appRoot, entry))) throw new RuntimeBundleError('MB_ERR_INSTALL_BUNDLE', `${path.join(appRoot, entry)} is missing: build meshblock first (npm ci && npm run build)`);
       fs.cpSync(path.join(appRoot, entry), path.join(staging, entry), { recursive: true, dereference: true });

@@ -57,6 +57,7 @@ import { createInstance, getByNameTypeAliases, getIdByName, getSdcIdByIp, perfor
 import { RestError, errorBody, httpStatusOf, notFoundErrorCode } from './rest-errors.js';
 import { dashboard, getInstance, listInstances, relatedInstances, restRelationships, restTypes, type RestType, type SdcAddressLookup, type SdcQosLookup } from './rest-objects.js';
 import { objectStatistics, querySelectedStatistics, readStatisticsList, readStatisticsQuery, systemSelectedStatistics, type StatisticsSources } from './rest-statistics.js';
+import { WebUi } from './web/web-ui.js';
 import { eventsPageMax, eventsWaitMsMax, loginFailureDelayMs, loginsInflightMax, restBodyBytesMax, restForwardRecheckMs, restDiscardBytesMax, restHeadersTimeoutMs, restRequestTimeoutMs } from '../common/limits.js';
 
 /** The ScaleIO REST API version whose shapes this API follows. */
@@ -115,6 +116,8 @@ export class RestApi {
   private readonly server: http.Server;
   private readonly commandContext: CommandContext;
   private readonly routes: Route[];
+  /** The web dashboard (/ and /ui/...; src/mdm/web/), behind the same login. */
+  private readonly web: WebUi;
   /** Aborts failed-login delays when the API is destroyed. */
   private readonly lifetime = new AbortController();
   /** Ends the long polls of GET /api/events when the API closes (they would hold close() up). */
@@ -143,6 +146,7 @@ export class RestApi {
       else socket.destroy();
     });
     this.routes = this.makeRoutes();
+    this.web = new WebUi({ auth: this.auth, log: this.log.child({ component: 'web-ui' }), login: async (req, username, password) => (await this.onLogin(req, { scheme: 'basic', username, password }, this.log, performance.now())).body as string });
   }
 
   /** Listens; resolves with the bound address (port 0 picks a free one). */
@@ -185,6 +189,10 @@ export class RestApi {
       if (this.closing) this.server.closeIdleConnections();
     });
     const route = this.cluster?.route() ?? { kind: 'local' as const };
+    if (WebUi.handles(path)) {
+      this.web.serve(req, res, path, route.kind === 'forward' ? route : null);
+      return;
+    }
     if (route.kind === 'forward' && req.headers[forwardedHeader] === undefined && !this.closing) {
       this.forward(req, res, route, log);
       return;
@@ -281,9 +289,10 @@ export class RestApi {
       if (req.method !== 'GET') throw new RestError('MB_ERR_METHOD_NOT_ALLOWED', `${req.method} is not allowed on /api/login (use GET)`, 405, { allow: 'GET' });
       return this.onLogin(req, credentials, log, startMs);
     }
-    const token = credentials === null ? null : credentials.scheme === 'bearer' ? credentials.token : credentials.password;
+    // Without an Authorization header, the dashboard's session cookie (CSRF-checked: web-session.ts).
+    const token = credentials === null ? this.web.sessionToken(req, path) : credentials.scheme === 'bearer' ? credentials.token : credentials.password;
     if (token === null || !this.auth.checkToken(token)) {
-      throw new RestError('MB_ERR_UNAUTHORIZED', token === null ? 'log in first: GET /api/login with Basic credentials, then send the token' : 'the token is not valid (expired, logged out, or from before an MDM restart); log in again', 401, {
+      throw new RestError('MB_ERR_UNAUTHORIZED', token === null ? 'log in first: GET /api/login with Basic credentials, then send the token' : 'the token is not valid (expired, logged out, or from before an MDM restart); log in again', 401, WebUi.isPageRequest(req) ? {} : {
         'www-authenticate': 'Basic realm="meshblock"',
       });
     }

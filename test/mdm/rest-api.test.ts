@@ -248,7 +248,8 @@ t.test('bad input of every kind: 4xx naming the field, the model unchanged', asy
     { what: 'not JSON at all', path: '/api/types/ProtectionDomain/instances', raw: 'name=pdY', status: 400, code: 'MB_ERR_MALFORMED_JSON' },
     // Unknown route, type, action, relationship, id; wrong method.
     { what: 'unknown route', method: 'GET', path: '/api/nothing/here', status: 404, code: 'MB_ERR_NO_ROUTE' },
-    { what: 'outside /api', method: 'GET', path: '/', status: 404, code: 'MB_ERR_NO_ROUTE' },
+    // (/ itself is the web dashboard's: it redirects to /ui/, web-session.test.ts.)
+    { what: 'outside /api', method: 'GET', path: '/nothing', status: 404, code: 'MB_ERR_NO_ROUTE' },
     { what: 'unknown type', method: 'GET', path: '/api/types/Snapshot/instances', status: 404, code: 'MB_ERR_NO_ROUTE', message: /no type 'Snapshot'/ },
     { what: 'unknown action', path: `/api/instances/Volume::${volume}/action/explode`, body: {}, status: 404, code: 'MB_ERR_NO_ROUTE', message: /Volume has no action 'explode' \(actions: addMappedSdc/ },
     { what: 'unknown relationship', method: 'GET', path: `/api/instances/Volume::${volume}/relationships/Device`, status: 404, code: 'MB_ERR_NO_ROUTE' },
