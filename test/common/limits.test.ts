@@ -25,6 +25,8 @@ const elsewhere: Record<string, string> = {
   'mdm/rest-commands.ts:sizeInKbMax': 'what a JavaScript number can carry',
   'mdm/rest-commands.ts:countMax': 'what a JavaScript number can carry',
   'mdm/auth.ts:adminUsernameDefault': 'a name, not a limit',
+  'mdm/snmp-traps.ts:trapPortDefault': 'SNMP’s well-known trap port (162), a protocol number, not a limit',
+  'mdm/snmp-traps.ts:trapCommunityDefault': 'a name (SNMPv2c’s community “public”), not a limit',
   'mdm/auth.ts:scryptCostDefault': 'the password hash’s parameters, stored with every hash',
   'mdm/auth.ts:scryptBlockSizeDefault': 'the password hash’s parameters, stored with every hash',
   'mdm/auth.ts:scryptParallelizationDefault': 'the password hash’s parameters, stored with every hash',
