@@ -1,0 +1,194 @@
+// Proves the placement map's compact encoding and its deltas (src/wire/map-codec.ts): over
+// seeded random histories of epochs made by the real planner (test/helpers/map-history.ts),
+// every map decodes to itself and every delta applied to the map it was made from gives the
+// new map exactly (deep-equal), also across several epochs at once; a delta is refused by a
+// map of another epoch (too old, too new) or of the same epoch with other content; and an
+// encoded map or delta cut at any byte, with any bit flipped, or crafted with a valid checksum
+// around bad counts is refused whole, the map it was applied to left as it was.
+// The seed is printed; MESHBLOCK_SEED=<n> replays a run.
+
+import { isDeepStrictEqual } from 'node:util';
+import t from 'tap';
+import { crc32c } from '../../src/common/crc32c.js';
+import { MeshblockError } from '../../src/common/errors.js';
+import {
+  applyDelta,
+  decodeMap,
+  encodeDelta,
+  encodedEpoch,
+  encodeMap,
+  mapDigest,
+  mapHeaderBytes,
+  MapKind,
+} from '../../src/wire/map-codec.js';
+import { parsePlacementMap, type PlacementMap } from '../../src/wire/placement.js';
+import { MapHistory } from '../helpers/map-history.js';
+
+const seed = Number(process.env['MESHBLOCK_SEED'] ?? Math.floor(Math.random() * 2 ** 31));
+t.comment(`seed ${seed} (MESHBLOCK_SEED=${seed} replays it)`);
+
+function codeOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    return err instanceof MeshblockError ? err.code : `not a MeshblockError: ${String(err)}`;
+  }
+  return 'accepted';
+}
+
+/** A frame with this body and a valid checksum: what a buggy or hostile encoder could send. */
+function framed(kind: number, body: Buffer): Buffer {
+  const encoded = Buffer.alloc(mapHeaderBytes + body.length);
+  encoded.writeUInt32LE(0x4d50424d, 0);
+  encoded.writeUInt8(1, 4);
+  encoded.writeUInt8(kind, 5);
+  encoded.writeUInt32LE(body.length, 8);
+  body.copy(encoded, mapHeaderBytes);
+  encoded.writeUInt32LE(crc32c(body, crc32c(encoded.subarray(0, 12))), 12);
+  return encoded;
+}
+
+t.test('random histories: every map round-trips, every delta gives the next map exactly', async (t) => {
+  const historyCount = 6;
+  const epochsPerHistory = 40;
+  let deltas = 0;
+  let chained = 0;
+  for (let run = 0; run < historyCount; run++) {
+    const history = new MapHistory({ seed: seed + run, sdsCount: 4 + (run % 4) * 3, devicesPerSds: 1 + (run % 3), pgCount: 64 << (run % 3) });
+    const maps: PlacementMap[] = [history.map()];
+    for (let step = 0; step < epochsPerHistory; step++) {
+      const next = history.next();
+      // The generator makes valid maps: what the JSON path accepts.
+      parsePlacementMap(JSON.parse(JSON.stringify(next)));
+      const decoded = decodeMap(encodeMap(next));
+      if (!isDeepStrictEqual(decoded, next)) {
+        t.same(decoded, next, `run ${run} epoch ${next.epoch}: decodeMap(encodeMap(map))`);
+        return;
+      }
+      for (const back of [1, 2, 7]) {
+        const base = maps[maps.length - back];
+        if (base === undefined) continue;
+        const baseCopy = structuredClone(base);
+        const applied = applyDelta(base, encodeDelta(base, next));
+        if (!isDeepStrictEqual(applied, next) || !isDeepStrictEqual(base, baseCopy)) {
+          t.same(applied, next, `run ${run}: the delta from epoch ${base.epoch} to ${next.epoch}`);
+          t.same(base, baseCopy, 'the base map is left as it was');
+          return;
+        }
+        if (back === 1) deltas++;
+        else chained++;
+      }
+      maps.push(next);
+    }
+  }
+  t.equal(deltas, historyCount * epochsPerHistory, `${deltas} one-epoch deltas and ${chained} deltas over several epochs applied exactly`);
+});
+
+t.test('a delta is refused by a map of another epoch or other content, and passes through nothing', async (t) => {
+  const history = new MapHistory({ seed, sdsCount: 6, devicesPerSds: 2, pgCount: 128 });
+  const old = history.map();
+  const base = history.next();
+  const next = history.next();
+  const delta = encodeDelta(base, next);
+  t.equal(codeOf(() => applyDelta(old, delta)), 'MB_ERR_MAP_BASE', 'too old a base (the peer missed an epoch): refused, it needs the whole map');
+  t.equal(codeOf(() => applyDelta(next, delta)), 'MB_ERR_MAP_BASE', 'a base newer than the delta: refused');
+  const forged = structuredClone(base);
+  const sdsId = Object.keys(forged.sds)[0] as string;
+  forged.sds[sdsId] = { address: '192.0.2.1:1' };
+  t.equal(codeOf(() => applyDelta(forged, delta)), 'MB_ERR_MAP_BASE', 'same epoch, other content: refused by the base digest');
+  t.equal(codeOf(() => encodeDelta(next, base)), 'MB_ERR_MAP_BASE', 'a delta backwards is not made');
+  t.equal(codeOf(() => decodeMap(delta)), 'MB_ERR_MAP_CORRUPT', 'a delta is not a map');
+  t.equal(codeOf(() => applyDelta(base, encodeMap(next))), 'MB_ERR_MAP_CORRUPT', 'a map is not a delta');
+  t.same(encodedEpoch(delta), { kind: MapKind.Delta, epoch: next.epoch, baseEpoch: base.epoch }, 'the epochs of a delta are read from its frame');
+  t.same(encodedEpoch(encodeMap(next)), { kind: MapKind.Full, epoch: next.epoch, baseEpoch: null });
+});
+
+t.test('equal maps encode to equal bytes whatever the order of their keys', async (t) => {
+  const history = new MapHistory({ seed, sdsCount: 5, devicesPerSds: 2, pgCount: 64 });
+  const map = history.next();
+  const reversed: PlacementMap = {
+    epoch: map.epoch,
+    sds: Object.fromEntries(Object.entries(map.sds).reverse()),
+    pools: Object.fromEntries(Object.entries(map.pools).reverse()),
+    ...(map.vtrees !== undefined ? { vtrees: Object.fromEntries(Object.entries(map.vtrees).reverse()) } : {}),
+  };
+  t.ok(encodeMap(map).equals(encodeMap(reversed)), 'same bytes');
+  t.equal(mapDigest(map), mapDigest(reversed), 'same digest');
+  // Smaller than its JSON by far: a group is two small varints instead of ~140 characters.
+  t.ok(encodeMap(map).length * 5 < JSON.stringify(map).length, `${encodeMap(map).length} bytes encoded, ${JSON.stringify(map).length} as JSON`);
+});
+
+t.test('cut at any byte, or with any bit flipped: refused whole, the map left as it was', async (t) => {
+  const history = new MapHistory({ seed: seed ^ 0x5a5a, sdsCount: 5, devicesPerSds: 2, pgCount: 16 });
+  history.next();
+  const base = history.next();
+  history.failSds();
+  const next = history.next();
+  const baseCopy = structuredClone(base);
+  const cases: Array<[string, Buffer, (input: Buffer) => unknown]> = [
+    ['map', encodeMap(next), (input) => decodeMap(input)],
+    ['delta', encodeDelta(base, next), (input) => applyDelta(base, input)],
+  ];
+  for (const [what, encoded, take] of cases) {
+    t.same(take(encoded), next, `the ${what} itself is taken`);
+    const codes = new Set<string>();
+    for (let length = 0; length < encoded.length; length++) codes.add(codeOf(() => take(encoded.subarray(0, length))));
+    t.same([...codes], ['MB_ERR_MAP_CORRUPT'], `the ${what} (${encoded.length} bytes) cut at each of its bytes: refused as corrupt`);
+    t.same([...new Set([codeOf(() => take(Buffer.concat([encoded, Buffer.of(0)])))])], ['MB_ERR_MAP_CORRUPT'], `the ${what} with a byte more: refused`);
+    codes.clear();
+    for (let bit = 0; bit < encoded.length * 8; bit++) {
+      const flipped = Buffer.from(encoded);
+      flipped[bit >> 3] = (flipped[bit >> 3] as number) ^ (1 << (bit & 7));
+      codes.add(codeOf(() => take(flipped)));
+    }
+    t.same([...codes], ['MB_ERR_MAP_CORRUPT'], `each of the ${encoded.length * 8} bits of the ${what} flipped: refused as corrupt`);
+  }
+  t.same(base, baseCopy, 'the base map was never touched');
+});
+
+t.test('a valid checksum around bad content is refused too (bounds before allocation)', async (t) => {
+  const history = new MapHistory({ seed, sdsCount: 4, devicesPerSds: 1, pgCount: 8 });
+  const map = history.next();
+  const body = encodeMap(map).subarray(mapHeaderBytes);
+  t.same(decodeMap(framed(MapKind.Full, body)), map, 'the helper frames a good body as the codec does');
+  const varint = (value: number): number[] => {
+    const bytes: number[] = [];
+    let rest = value;
+    while (rest >= 0x80) {
+      bytes.push((rest % 0x80) | 0x80);
+      rest = Math.floor(rest / 0x80);
+    }
+    bytes.push(rest);
+    return bytes;
+  };
+  const epoch = varint(map.epoch);
+  const bad: Array<[string, Buffer]> = [
+    ['an SDS count in the billions', Buffer.from([...epoch, ...varint(2 ** 40)])],
+    ['a varint of nine bytes', Buffer.from([...epoch, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])],
+    ['a varint with a zero last byte (a second spelling)', Buffer.from([...epoch, 0x80, 0x00])],
+    ['an epoch of 0 (the JSON path refuses it too)', Buffer.from([0, 0, 0, 0, 0])],
+    // epoch, one SDS (id, address 'a:1'), one copy naming SDS number 5, no pools, no V-Trees.
+    ['a copy naming an SDS past the table', Buffer.from([...epoch, 1, ...Buffer.alloc(8, 0xaa), 3, ...Buffer.from('a:1'), 1, 5, 0, 0, 0])],
+    ['trailing bytes inside the checksum', Buffer.concat([body, Buffer.of(0)])],
+  ];
+  const inRange = decodeMap(framed(MapKind.Full, Buffer.from([...epoch, 1, ...Buffer.alloc(8, 0xaa), 3, ...Buffer.from('a:1'), 1, 0, 0, 0, 0])));
+  t.same(inRange, { epoch: map.epoch, sds: { aaaaaaaaaaaaaaaa: { address: 'a:1' } }, pools: {} }, 'the crafted body with SDS number 0 is a good map');
+  for (const [what, crafted] of bad) t.equal(codeOf(() => decodeMap(framed(MapKind.Full, crafted))), 'MB_ERR_MAP_CORRUPT', what);
+  const header = encodeMap(map);
+  header.writeUInt8(2, 4);
+  header.writeUInt32LE(crc32c(header.subarray(mapHeaderBytes), crc32c(header.subarray(0, 12))), 12);
+  t.equal(codeOf(() => decodeMap(header)), 'MB_ERR_MAP_CORRUPT', 'another version, checksummed: refused');
+});
+
+t.test('what the encoder refuses to write', async (t) => {
+  const map: PlacementMap = {
+    epoch: 2,
+    sds: { aaaaaaaaaaaaaaaa: { address: '127.0.0.1:7072' } },
+    pools: { '000000000000000f': { chunkBytes: 1 << 20, groups: [{ primary: 'bbbbbbbbbbbbbbbb', secondary: null }] } },
+  };
+  t.equal(codeOf(() => encodeMap(map)), 'MB_ERR_MAP_CORRUPT', 'a group naming an SDS the map lacks');
+  const odd: PlacementMap = { epoch: 2, sds: { aaaaaaaaaaaaaaaa: { address: '127.0.0.1:7072' } }, pools: {} };
+  t.same(decodeMap(encodeMap(odd)), odd, 'a map with no pools round-trips');
+  odd.epoch = 1.5;
+  t.equal(codeOf(() => encodeMap(odd)), 'MB_ERR_MAP_CORRUPT', 'an epoch that is not a whole number');
+});
