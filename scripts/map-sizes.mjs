@@ -7,9 +7,9 @@
 // For each size: the pool is planned, then planned again with nothing changed (the re-plan the
 // MDM makes once copies are in sync, which balances primaries): that map is epoch E. One SDS's
 // devices fail and the pool is re-planned (epoch E+1: survivors promoted, new copies placed),
-// then planned again once the rebuild is done (E+2: roles rebalanced). Bytes sent per failure
-// count both epochs' maps to every peer, N SDSs + N SDCs (the issue's 1,000 + 1,000): the whole
-// map as JSON today, a delta with the codec. Times are wall-clock on this machine (disturbed
+// then planned again once the rebuild is done (E+2: roles rebalanced, if anything changes).
+// Bytes sent per failure count the failure's epoch sent to every peer, N SDSs + N SDCs (the
+// issue's 1,000 + 1,000): the whole map as JSON today, the delta with the codec. Times are wall-clock on this machine (disturbed
 // by whatever else runs).
 //
 // Usage: npm run build && node scripts/map-sizes.mjs [--sds N --devices-per-sds D]...
@@ -100,8 +100,8 @@ for (const { sdsCount, devicesPerSds } of sizes) {
     groupsChangedByFailure: changed(before, afterFailure),
     groupsChangedByRebuild: changed(afterFailure, afterRebuild),
     peers,
-    bytesSentPerFailureJson: 2 * peers * json.length,
-    bytesSentPerFailureDelta: peers * (deltaFailure.length + deltaRebuild.length),
+    bytesSentPerFailureJson: peers * json.length,
+    bytesSentPerFailureDelta: peers * deltaFailure.length,
     jsonStringifyMs: Math.round(jsonMs * 10) / 10,
     jsonParseMs: Math.round(parseJsonMs * 10) / 10,
     encodeMs: Math.round(encodeMs * 10) / 10,

@@ -46,7 +46,10 @@
 //
 //   baseEpoch, epoch, baseDigest u32, resultDigest u32
 //   sdsRemovedCount × sdsId, sdsSetCount × (sdsId, address)
-//   copyCount × (sdsId, hasDevice u8, [deviceId])        -- the delta's own copy table
+//   copyCount × (baseCopy + 1, or 0 then (sdsId, hasDevice u8, [deviceId]))
+//                                                       -- the delta's own copy table: a copy the
+//                                                          base names by its number in the base's
+//                                                          canonical copy table, a new one in full
 //   poolRemovedCount × poolId
 //   poolSetCount × (poolId, chunkBytesLog2, scrubMode, [rateKBps], groupCount, form u8,
 //                   form 0 (all groups): groupCount × group
@@ -83,7 +86,7 @@ export class MapCodecError extends MeshblockError {
 
 /** The map in its compact form. */
 export function encodeMap(map: PlacementMap): Buffer {
-  return frame(MapKind.Full, encodeMapBody(map));
+  return frame(MapKind.Full, encodeMapBody(map).body);
 }
 
 /** A map from its compact form; refuses it whole if anything about it is wrong. */
@@ -96,7 +99,7 @@ export function decodeMap(encoded: Buffer): PlacementMap {
 
 /** The CRC-32C of the map's canonical encoding: equal maps have equal digests. */
 export function mapDigest(map: PlacementMap): number {
-  return crc32c(encodeMapBody(map));
+  return crc32c(encodeMapBody(map).body);
 }
 
 /** The epoch an encoded map or delta brings a peer to, read from a checked frame (cheap: no decode). */
@@ -115,7 +118,8 @@ export function encodeDelta(base: PlacementMap, next: PlacementMap): Buffer {
   const writer = new Writer();
   writer.uint(base.epoch);
   writer.uint(next.epoch);
-  writer.u32(mapDigest(base));
+  const baseCanonical = encodeMapBody(base);
+  writer.u32(crc32c(baseCanonical.body));
   writer.u32(mapDigest(next));
 
   const sdsRemoved = sortedKeys(base.sds).filter((sdsId) => next.sds[sdsId] === undefined);
@@ -131,6 +135,7 @@ export function encodeDelta(base: PlacementMap, next: PlacementMap): Buffer {
   // The pools' changes first into a body of their own, so that the copy table they fill can
   // be written before them.
   const copies = new CopyTable();
+  const baseCopies = new Map(baseCanonical.copies.entries.map((copy, index) => [copyKey(copy.sdsId, copy.deviceId), index]));
   const pools = new Writer();
   const poolRemoved = sortedKeys(base.pools).filter((poolId) => next.pools[poolId] === undefined);
   pools.uint(poolRemoved.length);
@@ -169,8 +174,13 @@ export function encodeDelta(base: PlacementMap, next: PlacementMap): Buffer {
       }
     }
   }
+  // A copy the base map names is its number there (both ends number the base's copies alike:
+  // the canonical encoding's table); a new one is spelled out.
   writer.uint(copies.entries.length);
   for (const copy of copies.entries) {
+    const baseIndex = baseCopies.get(copyKey(copy.sdsId, copy.deviceId));
+    writer.uint(baseIndex === undefined ? 0 : baseIndex + 1);
+    if (baseIndex !== undefined) continue;
     writer.id(copy.sdsId);
     writeOptionalId(writer, copy.deviceId);
   }
@@ -212,7 +222,8 @@ export function applyDelta(base: PlacementMap, delta: Buffer): PlacementMap {
   if (epoch <= baseEpoch) throw corrupt('delta', `epoch ${epoch} does not follow its base ${baseEpoch}`);
   const baseDigest = reader.u32('baseDigest');
   const resultDigest = reader.u32('resultDigest');
-  if (mapDigest(base) !== baseDigest) throw new MapCodecError('MB_ERR_MAP_BASE', `the delta is for another map of epoch ${baseEpoch} (base digest differs)`);
+  const baseCanonical = encodeMapBody(base);
+  if (crc32c(baseCanonical.body) !== baseDigest) throw new MapCodecError('MB_ERR_MAP_BASE', `the delta is for another map of epoch ${baseEpoch} (base digest differs)`);
 
   const sds: PlacementMap['sds'] = { ...base.sds };
   for (let count = reader.count('sdsRemoved', 8, mapSdsCountMax); count > 0; count--) {
@@ -224,7 +235,13 @@ export function applyDelta(base: PlacementMap, delta: Buffer): PlacementMap {
     const sdsId = reader.id('sdsSet');
     sds[sdsId] = { address: reader.string('sdsSet.address', mapAddressBytesMax) };
   }
-  const copies = readCopyTable(reader, (index) => {
+  const copies = readCopyTable(reader, 1, (index) => {
+    const baseNumber = reader.uint(`copies[${index}].baseIndex`);
+    if (baseNumber > 0) {
+      const copy = baseCanonical.copies.entries[baseNumber - 1];
+      if (copy === undefined) throw corrupt('delta', `copy ${index} is the base's copy ${baseNumber - 1} of ${baseCanonical.copies.entries.length}`);
+      return copy;
+    }
     const sdsId = reader.id(`copies[${index}].sdsId`);
     return { sdsId, deviceId: readOptionalId(reader, `copies[${index}].deviceId`) };
   });
@@ -285,7 +302,8 @@ export function applyDelta(base: PlacementMap, delta: Buffer): PlacementMap {
 
 // --- the full map's body -------------------------------------------------------------------
 
-function encodeMapBody(map: PlacementMap): Buffer {
+/** The canonical body, and the copy table it numbered (a delta refers to the base's copies by number). */
+function encodeMapBody(map: PlacementMap): { body: Buffer; copies: CopyTable } {
   const writer = new Writer();
   writer.uint(map.epoch);
   const sdsIds = sortedKeys(map.sds);
@@ -319,7 +337,7 @@ function encodeMapBody(map: PlacementMap): Buffer {
     writer.uint(vtreeIds.length + 1);
     for (const vtreeId of vtreeIds) writeVTree(writer, vtreeId, map.vtrees[vtreeId] as VTreeMap);
   }
-  return writer.finish();
+  return { body: writer.finish(), copies };
 }
 
 function readMapBody(reader: Reader): PlacementMap {
@@ -332,7 +350,7 @@ function readMapBody(reader: Reader): PlacementMap {
     sds[sdsId] = { address: reader.string('sds.address', mapAddressBytesMax) };
     sdsIds.push(sdsId);
   }
-  const copies = readCopyTable(reader, (index) => {
+  const copies = readCopyTable(reader, 2, (index) => {
     const sdsIndex = reader.uint(`copies[${index}].sdsIndex`);
     const sdsId = sdsIds[sdsIndex];
     if (sdsId === undefined) throw corrupt('map', `copy ${index} names SDS number ${sdsIndex} of ${sdsIds.length}`);
@@ -385,7 +403,7 @@ class CopyTable {
   }
 
   private number(sdsId: string, deviceId: string | null): number {
-    const key = deviceId === null ? sdsId : `${sdsId}/${deviceId}`;
+    const key = copyKey(sdsId, deviceId);
     let index = this.index.get(key);
     if (index === undefined) {
       index = this.entries.length;
@@ -396,9 +414,13 @@ class CopyTable {
   }
 }
 
-function readCopyTable(reader: Reader, readCopy: (index: number) => Copy): Copy[] {
+function copyKey(sdsId: string, deviceId: string | null): string {
+  return deviceId === null ? sdsId : `${sdsId}/${deviceId}`;
+}
+
+function readCopyTable(reader: Reader, copyBytesMin: number, readCopy: (index: number) => Copy): Copy[] {
   const copies: Copy[] = [];
-  const count = reader.count('copyCount', 2, 2 * mapPoolsMax * pgCountMax);
+  const count = reader.count('copyCount', copyBytesMin, 2 * mapPoolsMax * pgCountMax);
   for (let index = 0; index < count; index++) copies.push(readCopy(index));
   return copies;
 }
@@ -702,4 +724,63 @@ class Reader {
   end(): void {
     if (this.offset !== this.body.length) throw corrupt(this.what, `${this.body.length - this.offset} bytes after the end`);
   }
+}
+
+// --- what to send a peer ----------------------------------------------------------------------
+
+/** What brings a peer to the current map: nothing, the deltas from its epoch on, or the whole map. */
+export type MapUpdate = { kind: 'current' } | { kind: 'deltas'; deltas: Buffer[] } | { kind: 'full'; encoded: Buffer };
+
+/**
+ * The sender's side (the MDM's, once wired): the current map encoded once, and the one-epoch
+ * deltas of the last `deltasKept` epochs, so that a peer holding epoch E gets the chain
+ * E→…→current, and a peer too far behind (or new, or at an epoch this side never had) the
+ * whole map. Each epoch costs one full encoding and one delta, whatever the number of peers;
+ * a chain longer in bytes than the whole map is not sent.
+ */
+export class MapUpdates {
+  private current: { map: PlacementMap; encoded: Buffer } | null = null;
+  /** One-epoch deltas, oldest first; deltas[i] goes from baseEpochs[i] to the next. */
+  private readonly deltas: Buffer[] = [];
+  private readonly baseEpochs: number[] = [];
+
+  constructor(private readonly deltasKept: number) {
+    if (!Number.isSafeInteger(deltasKept) || deltasKept < 0) throw new MapCodecError('MB_ERR_MAP_CORRUPT', `deltasKept must be a whole number, is ${deltasKept}`);
+  }
+
+  /** A new epoch's map (maps only go forward). */
+  publish(map: PlacementMap): void {
+    const encoded = encodeMap(map);
+    if (this.current !== null) {
+      const delta = encodeDelta(this.current.map, map);
+      this.deltas.push(delta);
+      this.baseEpochs.push(this.current.map.epoch);
+      if (this.deltas.length > this.deltasKept) {
+        this.deltas.shift();
+        this.baseEpochs.shift();
+      }
+    }
+    this.current = { map, encoded };
+  }
+
+  /** What a peer at `peerEpoch` (null: it has no map) needs. */
+  updateFor(peerEpoch: number | null): MapUpdate {
+    if (this.current === null) throw new MapCodecError('MB_ERR_MAP_BASE', 'no map published yet');
+    if (peerEpoch === this.current.map.epoch) return { kind: 'current' };
+    const start = peerEpoch === null ? -1 : this.baseEpochs.indexOf(peerEpoch);
+    if (start < 0) return { kind: 'full', encoded: this.current.encoded };
+    const chain = this.deltas.slice(start);
+    const chainBytes = chain.reduce((sum, delta) => sum + delta.length, 0);
+    return chainBytes < this.current.encoded.length ? { kind: 'deltas', deltas: chain } : { kind: 'full', encoded: this.current.encoded };
+  }
+}
+
+/** The receiver's side: the map an update makes of `held` (null: none). Refused whole, `held` untouched. */
+export function applyUpdate(held: PlacementMap | null, update: MapUpdate): PlacementMap {
+  if (update.kind === 'full') return decodeMap(update.encoded);
+  if (held === null) throw new MapCodecError('MB_ERR_MAP_BASE', 'deltas for a peer that holds no map');
+  if (update.kind === 'current') return held;
+  let map = held;
+  for (const delta of update.deltas) map = applyDelta(map, delta);
+  return map;
 }

@@ -4,7 +4,9 @@
 // new map exactly (deep-equal), also across several epochs at once; a delta is refused by a
 // map of another epoch (too old, too new) or of the same epoch with other content; and an
 // encoded map or delta cut at any byte, with any bit flipped, or crafted with a valid checksum
-// around bad counts is refused whole, the map it was applied to left as it was.
+// around bad counts is refused whole, the map it was applied to left as it was. The sender's
+// side (MapUpdates) gives a peer nothing, the chain of deltas from its epoch, or the whole map
+// when it is too far behind, new, or at an epoch never published.
 // The seed is printed; MESHBLOCK_SEED=<n> replays a run.
 
 import { isDeepStrictEqual } from 'node:util';
@@ -13,6 +15,7 @@ import { crc32c } from '../../src/common/crc32c.js';
 import { MeshblockError } from '../../src/common/errors.js';
 import {
   applyDelta,
+  applyUpdate,
   decodeMap,
   encodeDelta,
   encodedEpoch,
@@ -20,6 +23,7 @@ import {
   mapDigest,
   mapHeaderBytes,
   MapKind,
+  MapUpdates,
 } from '../../src/wire/map-codec.js';
 import { parsePlacementMap, type PlacementMap } from '../../src/wire/placement.js';
 import { MapHistory } from '../helpers/map-history.js';
@@ -174,6 +178,14 @@ t.test('a valid checksum around bad content is refused too (bounds before alloca
   const inRange = decodeMap(framed(MapKind.Full, Buffer.from([...epoch, 1, ...Buffer.alloc(8, 0xaa), 3, ...Buffer.from('a:1'), 1, 0, 0, 0, 0])));
   t.same(inRange, { epoch: map.epoch, sds: { aaaaaaaaaaaaaaaa: { address: 'a:1' } }, pools: {} }, 'the crafted body with SDS number 0 is a good map');
   for (const [what, crafted] of bad) t.equal(codeOf(() => decodeMap(framed(MapKind.Full, crafted))), 'MB_ERR_MAP_CORRUPT', what);
+  // A delta whose result digest does not match what it makes (an encoder bug): refused.
+  const next = history.next();
+  const deltaBody = Buffer.from(encodeDelta(map, next).subarray(mapHeaderBytes));
+  const digestOffset = varint(map.epoch).length + varint(next.epoch).length + 4;
+  t.equal(deltaBody.readUInt32LE(digestOffset), mapDigest(next), 'the result digest sits after the epochs and the base digest');
+  t.same(applyDelta(map, framed(MapKind.Delta, deltaBody)), next, 'the delta reframed is taken');
+  deltaBody.writeUInt32LE((mapDigest(next) + 1) >>> 0, digestOffset);
+  t.equal(codeOf(() => applyDelta(map, framed(MapKind.Delta, deltaBody))), 'MB_ERR_MAP_CORRUPT', 'a delta that makes another map than it says: refused');
   const header = encodeMap(map);
   header.writeUInt8(2, 4);
   header.writeUInt32LE(crc32c(header.subarray(mapHeaderBytes), crc32c(header.subarray(0, 12))), 12);
@@ -191,4 +203,56 @@ t.test('what the encoder refuses to write', async (t) => {
   t.same(decodeMap(encodeMap(odd)), odd, 'a map with no pools round-trips');
   odd.epoch = 1.5;
   t.equal(codeOf(() => encodeMap(odd)), 'MB_ERR_MAP_CORRUPT', 'an epoch that is not a whole number');
+});
+
+t.test('what a peer gets: nothing when current, the chain of deltas from its epoch, or the whole map when too far behind', async (t) => {
+  const kept = 4;
+  const updates = new MapUpdates(kept);
+  // 32 SDSs: a failure changes about a sixteenth of the groups, so a few deltas stay smaller
+  // than the whole map. Every third epoch an SDS fails; the others change little.
+  const history = new MapHistory({ seed: seed + 99, sdsCount: 32, devicesPerSds: 1, pgCount: 4096 });
+  const maps: PlacementMap[] = [];
+  for (let step = 0; step < 10; step++) {
+    if (step % 3 === 1) history.failSds();
+    const map = history.map();
+    maps.push(map);
+    updates.publish(map);
+  }
+  const current = maps[maps.length - 1] as PlacementMap;
+  t.same(updates.updateFor(current.epoch), { kind: 'current' }, 'a peer at the current epoch gets nothing');
+  for (let back = 1; back <= kept; back++) {
+    const held = maps[maps.length - 1 - back] as PlacementMap;
+    const update = updates.updateFor(held.epoch);
+    t.equal(update.kind, 'deltas', `a peer ${back} epoch(s) behind gets deltas`);
+    if (update.kind === 'deltas') t.equal(update.deltas.length, back, `${back} of them`);
+    t.same(applyUpdate(held, update), current, 'which bring it to the current map exactly');
+  }
+  const tooOld = maps[maps.length - 2 - kept] as PlacementMap;
+  t.equal(updates.updateFor(tooOld.epoch).kind, 'full', `a peer ${kept + 1} epochs behind gets the whole map`);
+  t.same(applyUpdate(tooOld, updates.updateFor(tooOld.epoch)), current);
+  t.equal(updates.updateFor(null).kind, 'full', 'a new peer gets the whole map');
+  t.equal(updates.updateFor(current.epoch + 5).kind, 'full', 'a peer at an epoch never published gets the whole map');
+  // A chain given to the wrong map (the peer's map moved on meanwhile) is refused, never half-applied.
+  const chain = updates.updateFor((maps[maps.length - 3] as PlacementMap).epoch);
+  const wrong = maps[maps.length - 4] as PlacementMap;
+  const wrongCopy = structuredClone(wrong);
+  t.equal(codeOf(() => applyUpdate(wrong, chain)), 'MB_ERR_MAP_BASE', 'deltas for another epoch: refused');
+  t.same(wrong, wrongCopy, 'the map held is left as it was');
+  t.equal(codeOf(() => applyUpdate(null, chain)), 'MB_ERR_MAP_BASE', 'deltas to a peer with no map: refused');
+});
+
+t.test('a chain of deltas longer than the whole map is not sent', async (t) => {
+  // 4 SDSs: each failure changes about half the groups, so two deltas outweigh the map.
+  const updates = new MapUpdates(8);
+  const history = new MapHistory({ seed: seed + 7, sdsCount: 6, devicesPerSds: 1, pgCount: 4096 });
+  const first = history.map();
+  updates.publish(first);
+  history.failSds();
+  updates.publish(history.map());
+  history.failSds();
+  const current = history.map();
+  updates.publish(current);
+  const update = updates.updateFor(first.epoch);
+  t.equal(update.kind, 'full', 'two failures behind: the whole map');
+  t.same(applyUpdate(first, update), current);
 });
