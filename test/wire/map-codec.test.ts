@@ -256,3 +256,37 @@ t.test('a chain of deltas longer than the whole map is not sent', async (t) => {
   t.equal(update.kind, 'full', 'two failures behind: the whole map');
   t.same(applyUpdate(first, update), current);
 });
+
+t.test('the layout is pinned (a change to it is a new version)', async (t) => {
+  const a = 'aaaaaaaaaaaaaaaa';
+  const b = 'bbbbbbbbbbbbbbbb';
+  const map: PlacementMap = {
+    epoch: 300,
+    sds: { [b]: { address: '[::1]:7073' }, [a]: { address: '127.0.0.1:7072' } },
+    pools: {
+      '000000000000000f': {
+        chunkBytes: 1048576,
+        scrub: { mode: 'deviceOnly', rateKBps: 1024 },
+        groups: [
+          { primary: a, secondary: b, primaryDevice: '0123456789abcdef', secondaryDevice: 'fedcba9876543210' },
+          { primary: b, secondary: null, lost: true },
+        ],
+      },
+    },
+  };
+  const expected = [
+    '4d42504d 01 01 0000 57000000 5573e470', // magic MBPM, version 1, kind full, reserved, 87 body bytes, crc32c
+    'ac02', // epoch 300
+    '02 aaaaaaaaaaaaaaaa 0e 3132372e302e302e313a37303732 bbbbbbbbbbbbbbbb 0a 5b3a3a315d3a37303733', // SDSs in id order
+    '03 00 01 0123456789abcdef 01 01 fedcba9876543210 01 00', // copies: (a, dev), (b, dev), (b, none)
+    '01 000000000000000f 14 02 8008 02', // one pool: 2^20-byte chunks, deviceOnly at 1024 KB/s, 2 groups
+    '00 02', // copy 0 primary, copy 1 secondary
+    '05 00', // copy 2 primary, lost; no secondary
+    '00', // no `vtrees` key
+  ].join('').replaceAll(' ', '');
+  t.equal(encodeMap(map).toString('hex'), expected);
+  t.same(decodeMap(Buffer.from(expected, 'hex')), map);
+  const odd = structuredClone(map);
+  (odd.pools['000000000000000f'] as { groups: PlacementMap['pools'][string]['groups'] }).groups[1] = { primary: b, secondary: null, secondaryDevice: '0123456789abcdef' };
+  t.equal(codeOf(() => encodeMap(odd)), 'MB_ERR_MAP_CORRUPT', 'a group with no secondary but a secondary device is not encoded (it could not come back the same)');
+});
