@@ -2,7 +2,9 @@
 // The JSON form (placement.ts) costs ~140 bytes a group, and the MDM sends the whole map to
 // every peer on every epoch change: at 1,024 SDSs that is megabytes per peer per failure.
 // Here a group costs a few bytes (two varint indices into a table of copies), and a delta
-// carries only the groups, SDSs, pools and V-Trees that changed.
+// carries only the groups, SDSs, pools and V-Trees that changed. MapUpdates (at the end) is
+// the sender's side: what a peer at epoch E needs (nothing, the chain of deltas from E, or the
+// whole map). Not wired into the wire protocol yet (docs/map-encoding.md).
 //
 // Every encoded map or delta is one self-checking unit: a fixed header with a CRC-32C over
 // header and body. Input that is truncated, corrupt, of another version or kind, or whose
