@@ -399,6 +399,10 @@ export const errorCodes = {
   MB_ERR_EVENT_ID_TAKEN: 'MB_ERR_EVENT_ID_TAKEN',
   /** drv-cfg found no running SDC (no state in its data directory, or its process is gone). */
   MB_ERR_SDC_NOT_RUNNING: 'MB_ERR_SDC_NOT_RUNNING',
+  /** An encoded placement map or delta is truncated, corrupt or malformed (src/wire/map-codec.ts): refused whole. */
+  MB_ERR_MAP_CORRUPT: 'MB_ERR_MAP_CORRUPT',
+  /** A map delta was made for another base map (another epoch, or other content): the peer needs the whole map. */
+  MB_ERR_MAP_BASE: 'MB_ERR_MAP_BASE',
 } as const;
 
 export type ErrorCode = keyof typeof errorCodes;

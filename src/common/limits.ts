@@ -667,3 +667,19 @@ export const webLoginBodyBytesMax = 4 * KiB;
 assert(webLoginBodyBytesMax > adminPasswordBytesMax + 128, 'a login body holds the longest password');
 /** A static file of the dashboard (its own and the vendored preact, htm, uPlot) is at most this big. */
 export const webStaticFileBytesMax = 2 * MiB;
+
+// --- the placement map's compact encoding (src/wire/map-codec.ts; docs/map-encoding.md) ------
+
+/**
+ * An encoded map or delta is at most this big: a wire payload. A map of 1,024 SDSs × 4 devices
+ * at pgCountMax groups is ~4 MiB encoded, so this leaves room for several such pools.
+ */
+export const mapEncodedBytesMax = wirePayloadBytesMax;
+/** SDSs in one map: far above ScaleIO's per-system maximum, there only to bound a decoder. */
+export const mapSdsCountMax = 65_536;
+/** Pools in one map: far above any configuration, there only to bound a decoder. */
+export const mapPoolsMax = 4_096;
+/** V-Trees with snapshots in one map (each is ≥ 15 bytes encoded, so the byte bound comes first). */
+export const mapVtreesMax = 1 << 20;
+/** An SDS address (HOST:PORT) in an encoded map: a DNS name is at most 253 characters. */
+export const mapAddressBytesMax = 512;
