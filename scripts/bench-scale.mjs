@@ -180,6 +180,13 @@ try {
 } catch (err) {
   process.stderr.write(`bench-scale: ${err instanceof Error ? err.stack : String(err)}\n`);
   exitCode = 1;
+  // Where the MDM spent its time matters most when it could not keep up.
+  if (flags.profile && mdm !== null) {
+    fleet?.close();
+    mdm.kill('SIGTERM');
+    await Promise.race([once(mdm, 'exit'), sleep(30_000)]);
+    printProfile(path.join(dir, 'profile'));
+  }
 } finally {
   fleet?.close();
   if (mdm !== null && mdm.exitCode === null) {
