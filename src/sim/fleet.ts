@@ -1,0 +1,378 @@
+// The fleet simulator (issue 23): one process that behaves as many SDSs and SDCs towards one
+// real MDM, over real wire connections made by the real session code (wire/mdm-session.ts,
+// as src/sds/mdm-link.ts and src/sdc/sdc.ts use it). A simulated SDS registers, heartbeats
+// its statistics every second, takes maps (SetMap), devices (AddDevice) and rebuild orders
+// (Rebuild, acknowledged and reported done at once: it holds no data), and serves nothing
+// else; a simulated SDC registers, heartbeats and takes its view updates (SdcOp.Update).
+// Every map or view a peer receives is recorded with its size, epoch and arrival time, which
+// is what the scale test and `npm run bench:scale` measure.
+//
+// Building the topology. Adding devices through the REST API one by one re-plans the pool
+// and pushes the map to every connected SDS each time (O(N²) map pushes: at 1,024 SDSs × 4
+// devices, four million). So preloadDataDir() writes the MDM's data directory before the MDM
+// first starts: the cluster identity and a journal snapshot built by the real state machine
+// (protection domain, pool, every SDS registered and added), with every device but one
+// written into the model; the last device is then added through the REST API by the caller,
+// which makes the MDM plan the pool once, with the real planner, and push the map to every
+// peer connected by then. Everything after that is the MDM's own doing.
+
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Logger } from 'pino';
+import { assert } from '../common/assert.js';
+import { InvalidArgumentError } from '../common/errors.js';
+import { Journal } from '../mdm/journal.js';
+import type { JournalRecord } from '../mdm/command-log.js';
+import { emptyModel, type SystemModel } from '../mdm/model.js';
+import { StateMachine } from '../mdm/state-machine.js';
+import { MdmOp, SdcOp, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdsRegistration } from '../wire/mdm-ops.js';
+import { MdmSession } from '../wire/mdm-session.js';
+import type { WireReply, WireRequest } from '../wire/peer.js';
+import { SdsOp, SdsStatus, encodeEpoch, type RebuildArgs, type RebuildProgress, type SdsStats } from '../wire/sds-ops.js';
+
+/** The largest fleet one simulator process runs (file descriptors, and what one MDM is claimed to manage). */
+export const fleetPeersMax = 4096;
+/** Devices a simulated SDS may claim (ScaleIO allows 64 per SDS). */
+export const fleetDevicesPerSdsMax = 64;
+
+export interface FleetPlan {
+  sdsCount: number;
+  devicesPerSds: number;
+  sdcCount: number;
+  deviceCapacityBytes: number;
+  /** The pool's placement groups (a power of two, at least pgCountMin); default the MDM's. */
+  pgCount?: number;
+}
+
+export interface SimSdsSpec {
+  index: number;
+  sdsId: string;
+  name: string;
+  address: string;
+  devices: RegisteredDevice[];
+}
+
+export interface PreloadedCluster {
+  clusterId: string;
+  secret: Buffer;
+  protectionDomainId: string;
+  storagePoolId: string;
+  sdss: SimSdsSpec[];
+  /** The device left out of the model: the caller adds it through the REST API (the first full plan). */
+  lastDevice: { sdsId: string; path: string };
+}
+
+function checkCount(name: string, value: number, min: number, max: number): void {
+  if (!Number.isSafeInteger(value) || value < min || value > max) throw new InvalidArgumentError(name, `must be an integer from ${min} to ${max}, got ${value}`);
+}
+
+function hexId(prefix: number, index: number): string {
+  return `${prefix.toString(16).padStart(4, '0')}${index.toString(16).padStart(12, '0')}`;
+}
+
+/**
+ * Writes an MDM data directory (which must not hold a cluster yet) holding a cluster with
+ * the plan's SDSs and all their devices but one. Start `meshblock mdm start --data-dir` on it.
+ */
+export async function preloadDataDir(dataDir: string, plan: FleetPlan, log: Logger): Promise<PreloadedCluster> {
+  checkCount('sdsCount', plan.sdsCount, 2, fleetPeersMax);
+  checkCount('sdcCount', plan.sdcCount, 0, fleetPeersMax);
+  checkCount('devicesPerSds', plan.devicesPerSds, 1, fleetDevicesPerSdsMax);
+  if (!Number.isSafeInteger(plan.deviceCapacityBytes) || plan.deviceCapacityBytes <= 0) throw new InvalidArgumentError('deviceCapacityBytes', 'must be a positive integer');
+  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  if (fs.existsSync(path.join(dataDir, 'cluster.json'))) throw new InvalidArgumentError('dataDir', `${dataDir} already holds a cluster`);
+  const clusterId = randomBytes(8).toString('hex');
+  const secretText = randomBytes(32).toString('hex');
+  // As `mdm start` writes them at a first start (ensureCluster in src/cli/mdm-start.ts).
+  fs.writeFileSync(path.join(dataDir, 'cluster.secret'), `${secretText}\n`, { mode: 0o600 });
+  fs.writeFileSync(path.join(dataDir, 'cluster.json'), `${JSON.stringify({ clusterId, name: 'fleet' }, null, 1)}\n`);
+
+  const nowMs = Date.now();
+  const state = new StateMachine(emptyModel(clusterId, 'fleet'));
+  const protectionDomainId = state.apply({ type: 'addProtectionDomain', name: 'pd1' }).id as string;
+  const storagePoolId = state.apply({ type: 'addStoragePool', protectionDomainId, name: 'pool1', ...(plan.pgCount === undefined ? {} : { pgCount: plan.pgCount }) }).id as string;
+  const sdss: SimSdsSpec[] = [];
+  for (let index = 0; index < plan.sdsCount; index += 1) {
+    const sdsId = hexId(0x5d5, index);
+    // Never connected to: a simulated SDS serves no chunk IO. Unique, so no two SDSs look alike.
+    const address = `127.0.0.1:${10_000 + (index % 50_000)}`;
+    const name = `sim-sds-${index}`;
+    state.apply({ type: 'registerSds', sdsId, name, address, nowMs, host: null });
+    state.apply({ type: 'addSds', sdsId, protectionDomainId, faultSetId: null });
+    const devices: RegisteredDevice[] = [];
+    for (let deviceIndex = 0; deviceIndex < plan.devicesPerSds; deviceIndex += 1) {
+      devices.push({ deviceId: hexId(0xde5, index * fleetDevicesPerSdsMax + deviceIndex), path: `/dev/sim${deviceIndex}`, capacityBytes: plan.deviceCapacityBytes });
+    }
+    sdss.push({ index, sdsId, name, address, devices });
+  }
+  const last = sdss[sdss.length - 1] as SimSdsSpec;
+  const lastDevice = last.devices[last.devices.length - 1] as RegisteredDevice;
+  for (const sds of sdss) {
+    for (const [deviceIndex, device] of sds.devices.entries()) {
+      if (device === lastDevice) continue;
+      state.model.devices[device.deviceId] = {
+        id: device.deviceId,
+        name: `${sds.name}-d${deviceIndex + 1}`,
+        sdsId: sds.sdsId,
+        storagePoolId,
+        path: device.path,
+        capacityBytes: device.capacityBytes,
+        state: 'normal',
+        usedBytes: 0,
+      };
+    }
+  }
+  // The SDSs are not connected until they call (as after any MDM restart).
+  state.observe({ type: 'connectionsLost' });
+  const { journal } = await Journal.open<JournalRecord, SystemModel>(dataDir, { log, initialSnapshot: emptyModel(clusterId, 'fleet') });
+  await journal.compact(state.model);
+  await journal.close();
+  return { clusterId, secret: Buffer.from(secretText), protectionDomainId, storagePoolId, sdss, lastDevice: { sdsId: last.sdsId, path: lastDevice.path } };
+}
+
+/** One map or view a simulated peer received. */
+export interface MapReceipt {
+  atMs: number;
+  epoch: number;
+  bytes: number;
+}
+
+interface SimPeer {
+  kind: 'sds' | 'sdc';
+  name: string;
+  session: MdmSession;
+  registered: Promise<void>;
+  epoch: number;
+  receipts: MapReceipt[];
+  killed: boolean;
+}
+
+export interface FleetOptions {
+  mdmAddress: string;
+  cluster: PreloadedCluster;
+  sdcCount: number;
+  log: Logger;
+}
+
+/** `{"epoch":N,` opens every PlacementMap as the MDM writes it; a full parse only when it does not. */
+function mapEpochOf(payload: Buffer, field: 'epoch' | 'map'): number {
+  const head = payload.subarray(0, 96).toString('latin1');
+  const match = (field === 'epoch' ? /^\{"epoch":(\d+)/ : /"map":\{"epoch":(\d+)/).exec(head);
+  if (match !== null) return Number(match[1]);
+  const value = JSON.parse(payload.toString('utf8')) as { epoch?: unknown; map?: { epoch?: unknown } };
+  const epoch = field === 'epoch' ? value.epoch : value.map?.epoch;
+  if (typeof epoch !== 'number') throw new InvalidArgumentError('map', 'carries no epoch');
+  return epoch;
+}
+
+export class Fleet {
+  readonly sdss: SimPeer[] = [];
+  readonly sdcs: SimPeer[] = [];
+  /** Bytes of MDM → peer payloads (maps, views, orders) and what the fleet sent (heartbeats, registrations). */
+  readonly counters = { mapBytes: 0, viewBytes: 0, orderBytes: 0, rebuildOrders: 0, addDeviceOrders: 0 };
+  private readonly sdsSpecs: SimSdsSpec[];
+
+  constructor(private readonly options: FleetOptions) {
+    this.sdsSpecs = options.cluster.sdss;
+    checkCount('sdcCount', options.sdcCount, 0, fleetPeersMax);
+  }
+
+  /** Connects and registers every SDS, `concurrency` at a time; resolves when all are registered. */
+  async connectSdss(concurrency = 64): Promise<void> {
+    await this.inWaves(this.sdsSpecs.length, concurrency, (index) => this.startSds(this.sdsSpecs[index] as SimSdsSpec));
+  }
+
+  /** Connects and registers every SDC, `concurrency` at a time. */
+  async connectSdcs(concurrency = 64): Promise<void> {
+    await this.inWaves(this.options.sdcCount, concurrency, (index) => this.startSdc(index));
+  }
+
+  private async inWaves(count: number, concurrency: number, start: (index: number) => SimPeer): Promise<void> {
+    for (let first = 0; first < count; first += concurrency) {
+      const wave: Promise<void>[] = [];
+      for (let index = first; index < Math.min(count, first + concurrency); index += 1) wave.push(start(index).registered);
+      await Promise.all(wave);
+    }
+  }
+
+  private startSds(spec: SimSdsSpec): SimPeer {
+    const log = this.options.log.child({ sim: spec.name });
+    let registeredResolve: () => void = () => undefined;
+    const registered = new Promise<void>((resolve) => (registeredResolve = resolve));
+    const rebuilds: RebuildProgress[] = [];
+    let jobCounter = 0;
+    const peer: SimPeer = { kind: 'sds', name: spec.name, session: null as unknown as MdmSession, registered, epoch: 0, receipts: [], killed: false };
+    const stats = (): SdsStats => ({
+      sdsId: spec.sdsId,
+      name: spec.name,
+      epoch: peer.epoch,
+      chunkBytes: 1024 * 1024,
+      devices: spec.devices.map((device) => ({
+        deviceId: device.deviceId,
+        path: device.path,
+        state: 'normal',
+        error: null,
+        totalBytes: device.capacityBytes,
+        usedBytes: 0,
+        freeBytes: device.capacityBytes,
+        reads: 0,
+        writes: 0,
+        readBytes: 0,
+        writeBytes: 0,
+        readIops: 0,
+        writeIops: 0,
+        readBytesPerSecond: 0,
+        writeBytesPerSecond: 0,
+      })),
+      reservedBytes: 0,
+      // Finished jobs stay listed for a few heartbeats, as a real SDS keeps them.
+      rebuilds: rebuilds.slice(-64),
+    });
+    const onRequest = async (request: WireRequest): Promise<WireReply> => {
+      switch (request.op) {
+        case SdsOp.SetMap: {
+          const epoch = mapEpochOf(request.payload, 'epoch');
+          this.counters.mapBytes += request.payload.length;
+          peer.receipts.push({ atMs: Date.now(), epoch, bytes: request.payload.length });
+          if (epoch < peer.epoch) return { status: SdsStatus.StaleEpoch, payload: encodeEpoch(peer.epoch) };
+          peer.epoch = epoch;
+          return { status: SdsStatus.Ok };
+        }
+        case SdsOp.AddDevice: {
+          this.counters.addDeviceOrders += 1;
+          this.counters.orderBytes += request.payload.length;
+          const order = JSON.parse(request.payload.toString('utf8')) as { path?: unknown };
+          const device = spec.devices.find((entry) => entry.path === order.path);
+          if (device === undefined) return { status: SdsStatus.DeviceRefused, payload: Buffer.from(JSON.stringify({ code: 'MB_ERR_INVALID_ARGUMENT', message: `no simulated device at ${String(order.path)}` })) };
+          return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(device)) };
+        }
+        case SdsOp.Rebuild: {
+          this.counters.rebuildOrders += 1;
+          this.counters.orderBytes += request.payload.length;
+          const args = JSON.parse(request.payload.toString('utf8')) as RebuildArgs;
+          jobCounter += 1;
+          const job: RebuildProgress = { jobId: `${spec.sdsId}-${jobCounter}`, poolId: args.poolId, pgIndex: args.pgIndex, targetSdsId: args.targetSdsId, state: 'done', mode: args.mode ?? 'full', epoch: args.epoch ?? peer.epoch, chunksDone: 0, chunksTotal: 0, bytesDone: 0, error: null };
+          rebuilds.push(job);
+          if (rebuilds.length > 256) rebuilds.splice(0, rebuilds.length - 256);
+          // Nothing to copy: the order is complete as soon as it is acknowledged.
+          setImmediate(() => {
+            const done: RebuildDone = { jobId: job.jobId, poolId: job.poolId, pgIndex: job.pgIndex, targetSdsId: job.targetSdsId, epoch: job.epoch, mode: job.mode, chunksDone: 0, bytesDone: 0 };
+            peer.session.peer?.request(MdmOp.RebuildDone, Buffer.from(JSON.stringify(done))).catch((err: unknown) => log.debug({ err }, 'rebuild report not delivered'));
+          });
+          return { status: SdsStatus.Ok };
+        }
+        case SdsOp.Stats:
+          return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(stats())) };
+        default:
+          // Freeze maps come as SetMap; chunk IO never reaches a simulated SDS.
+          return { status: SdsStatus.UnknownOp, payload: Buffer.from(`op ${request.op} is not simulated`) };
+      }
+    };
+    peer.session = new MdmSession({
+      mdmAddresses: [this.options.mdmAddress],
+      clusterId: this.options.cluster.clusterId,
+      secret: this.options.cluster.secret,
+      role: 'sds',
+      name: spec.name,
+      log,
+      onRequest,
+      heartbeat: () => Buffer.from(JSON.stringify(stats())),
+      register: async (wire) => {
+        const registration: SdsRegistration = { sdsId: spec.sdsId, name: spec.name, address: spec.address, devices: spec.devices };
+        const reply = await wire.request(MdmOp.RegisterSds, Buffer.from(JSON.stringify(registration)));
+        if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration of ${spec.name}: ${reply.payload.toString()}`);
+        registeredResolve();
+      },
+    });
+    peer.session.start();
+    this.sdss.push(peer);
+    return peer;
+  }
+
+  private startSdc(index: number): SimPeer {
+    const name = `sim-sdc-${index}`;
+    const guid = `5dc00000-0000-0000-0000-${index.toString(16).padStart(12, '0')}`;
+    const log = this.options.log.child({ sim: name });
+    let registeredResolve: () => void = () => undefined;
+    const registered = new Promise<void>((resolve) => (registeredResolve = resolve));
+    const peer: SimPeer = { kind: 'sdc', name, session: null as unknown as MdmSession, registered, epoch: 0, receipts: [], killed: false };
+    const onView = (payload: Buffer): void => {
+      const epoch = mapEpochOf(payload, 'map');
+      this.counters.viewBytes += payload.length;
+      peer.receipts.push({ atMs: Date.now(), epoch, bytes: payload.length });
+      peer.epoch = Math.max(peer.epoch, epoch);
+    };
+    const heartbeat: SdcHeartbeat = { openVolumes: [], qos: [] };
+    const heartbeatBytes = Buffer.from(JSON.stringify(heartbeat));
+    peer.session = new MdmSession({
+      mdmAddresses: [this.options.mdmAddress],
+      clusterId: this.options.cluster.clusterId,
+      secret: this.options.cluster.secret,
+      role: 'sdc',
+      name,
+      log,
+      onRequest: async (request) => {
+        if (request.op !== SdcOp.Update) return { status: SdsStatus.UnknownOp, payload: Buffer.from(`op ${request.op} is not simulated`) };
+        onView(request.payload);
+        return { status: SdsStatus.Ok };
+      },
+      heartbeat: () => heartbeatBytes,
+      register: async (wire) => {
+        const reply = await wire.request(MdmOp.RegisterSdc, Buffer.from(JSON.stringify({ guid, name })));
+        if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration of ${name}: ${reply.payload.toString()}`);
+        onView(reply.payload);
+        registeredResolve();
+      },
+    });
+    peer.session.start();
+    this.sdcs.push(peer);
+    return peer;
+  }
+
+  /** Drops every connection of SDS `index` and stops it calling back (a crashed host). */
+  killSds(index: number): number {
+    const peer = this.sdss[index];
+    assert(peer !== undefined, `SDS ${index} is in the fleet`);
+    peer.killed = true;
+    peer.session.close();
+    return Date.now();
+  }
+
+  /** The peers still alive that hold a map of at least `epoch` (SDSs: installed; SDCs: in their view). */
+  holding(epoch: number): { sds: number; sdc: number } {
+    const count = (peers: SimPeer[]): number => peers.filter((peer) => !peer.killed && peer.epoch >= epoch).length;
+    return { sds: count(this.sdss), sdc: count(this.sdcs) };
+  }
+
+  /** Every receipt since `sinceMs` by live peers, for the bytes a change cost. */
+  receiptsSince(sinceMs: number): { kind: 'sds' | 'sdc'; receipt: MapReceipt }[] {
+    const found: { kind: 'sds' | 'sdc'; receipt: MapReceipt }[] = [];
+    for (const peer of [...this.sdss, ...this.sdcs]) {
+      if (peer.killed) continue;
+      for (const receipt of peer.receipts) if (receipt.atMs >= sinceMs) found.push({ kind: peer.kind, receipt });
+    }
+    return found;
+  }
+
+  /** The highest epoch any live peer holds. */
+  get epochMax(): number {
+    let max = 0;
+    for (const peer of [...this.sdss, ...this.sdcs]) if (!peer.killed) max = Math.max(max, peer.epoch);
+    return max;
+  }
+
+  close(): void {
+    for (const peer of [...this.sdss, ...this.sdcs]) peer.session.close();
+  }
+}
+
+/** User and system CPU seconds a process has used (/proc/PID/stat), for the MDM's cost. */
+export function processCpuSeconds(pid: number): number {
+  const text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces), from the last ')'.
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; in clock ticks (100 a second on Linux).
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  return ticks / 100;
+}
