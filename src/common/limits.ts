@@ -667,3 +667,11 @@ export const webLoginBodyBytesMax = 4 * KiB;
 assert(webLoginBodyBytesMax > adminPasswordBytesMax + 128, 'a login body holds the longest password');
 /** A static file of the dashboard (its own and the vendored preact, htm, uPlot) is at most this big. */
 export const webStaticFileBytesMax = 2 * MiB;
+
+/**
+ * `sdc start --attach-mapped` on a host that cannot attach at all (no nbd kernel module, no
+ * /dev/nbdN, no nbd-client): attaches are tried again this often (not every attachRetryMs: each
+ * try runs modprobe), while the SDC serves the volumes over NBD all along.
+ */
+export const attachUnavailableRetryMs = 10_000;
+assert(attachUnavailableRetryMs >= attachRetryMs, 'a host without nbd is retried no more often than a pass');
