@@ -683,3 +683,11 @@ export const mapPoolsMax = 4_096;
 export const mapVtreesMax = 1 << 20;
 /** An SDS address (HOST:PORT) in an encoded map: a DNS name is at most 253 characters. */
 export const mapAddressBytesMax = 512;
+
+/**
+ * `sdc start --attach-mapped` on a host that cannot attach at all (no nbd kernel module, no
+ * /dev/nbdN, no nbd-client): attaches are tried again this often (not every attachRetryMs: each
+ * try runs modprobe), while the SDC serves the volumes over NBD all along.
+ */
+export const attachUnavailableRetryMs = 10_000;
+assert(attachUnavailableRetryMs >= attachRetryMs, 'a host without nbd is retried no more often than a pass');

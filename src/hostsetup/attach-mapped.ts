@@ -34,12 +34,18 @@
 // cannot take a new connection (netlink nbd-client has no reconfigure), so the pass
 // disconnects it and attaches the volume afresh; one still in use stays as it is, logged,
 // until its users let go.
+//
+// A host that cannot attach at all (no nbd kernel module, no /dev/nbdN, no nbd-client: a Dom0
+// without the module, a container) loses nothing but the disks: the SDC serves its volumes
+// over NBD as without --attach-mapped, one warning says why nothing is attached (again only
+// when the reason changes), and attaching is tried again every attachUnavailableRetryMs (each
+// try runs modprobe, so not every pass); the first attach that works says so.
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
-import { attachRetryMs } from '../common/limits.js';
-import { attach, deviceState, readAttachments, sdcLabel, systemAttachPaths, deviceIndexOf, type AttachPaths, type AttachRequest, type Attachment } from './nbd-attach.js';
+import { attachRetryMs, attachUnavailableRetryMs } from '../common/limits.js';
+import { attach, AttachError, deviceState, nbdDeviceIndexes, readAttachments, sdcLabel, systemAttachPaths, deviceIndexOf, type AttachPaths, type AttachRequest, type Attachment } from './nbd-attach.js';
 import { LocalTransport } from './host-transport.js';
 
 /** What the attacher needs of a mapped volume. */
@@ -61,6 +67,8 @@ export interface AttachMappedOptions {
   timeoutS: number;
   nbdsMax: number;
   log: Logger;
+  /** The clock (tests step it); Date.now by default. */
+  nowMs?: () => number;
 }
 
 export const systemByIdDir = '/dev/disk/by-id';
@@ -91,6 +99,8 @@ export class MappedAttacher {
   private again = false;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** Why this host cannot attach any volume now, and when to try again; null while it can. */
+  private unavailable: { reason: string; retryAtMs: number } | null = null;
 
   constructor(private readonly options: AttachMappedOptions) {}
 
@@ -181,6 +191,8 @@ export class MappedAttacher {
     for (const volume of this.wanted.values()) {
       if (this.closed) return;
       if (this.attached.has(volume.id)) continue;
+      // Nothing attaches on this host now: the volumes stay served over NBD, tried again later.
+      if (this.unavailable !== null && this.now() < this.unavailable.retryAtMs) break;
       const stale = this.stale.get(volume.id) ?? this.stale.get(volume.name);
       if (stale !== undefined) {
         const index = indexOf(stale.device);
@@ -194,7 +206,7 @@ export class MappedAttacher {
         this.stale.delete(volume.id);
         this.stale.delete(volume.name);
       }
-      await this.attachOne(volume);
+      if ((await this.attachOne(volume)) === 'unavailable') break;
     }
     // Attached before for a volume no longer mapped: gone once not in use.
     for (const [key, stale] of [...this.stale]) {
@@ -204,7 +216,16 @@ export class MappedAttacher {
     }
   }
 
-  private async attachOne(volume: MappedVolume): Promise<void> {
+  /** Whether attaching is on hold because this host cannot attach (for tests and status). */
+  get unavailableReason(): string | null {
+    return this.unavailable?.reason ?? null;
+  }
+
+  private now(): number {
+    return (this.options.nowMs ?? Date.now)();
+  }
+
+  private async attachOne(volume: MappedVolume): Promise<'attached' | 'failed' | 'unavailable'> {
     const log = this.options.log.child({ volume: volume.name });
     // Counted as attached from the start: the kernel's connection arrives while nbd-client runs.
     const placeholder: Attached = { volume, device: '', index: -1, links: [] };
@@ -218,13 +239,27 @@ export class MappedAttacher {
       );
     } catch (err) {
       this.attached.delete(volume.id);
-      log.error({ err }, 'could not attach the mapped volume; retrying');
-      return;
+      const reason = hostUnavailableReason(err, this.options.paths);
+      if (reason === null) {
+        log.error({ err }, 'could not attach the mapped volume; retrying');
+        return 'failed';
+      }
+      const served = `the SDC goes on serving the mapped volumes over NBD at ${sdcLabel(this.options.sdc)}`;
+      const message = `this host cannot attach mapped volumes as disks: ${reason}; ${served}; trying again every ${attachUnavailableRetryMs / 1000} s`;
+      if (this.unavailable?.reason !== reason) this.options.log.warn({ code: (err as AttachError).code, volumes: [...this.wanted.values()].map((entry) => entry.name) }, message);
+      else this.options.log.debug({ code: (err as AttachError).code }, message);
+      this.unavailable = { reason, retryAtMs: this.now() + attachUnavailableRetryMs };
+      return 'unavailable';
+    }
+    if (this.unavailable !== null) {
+      this.options.log.info({ was: this.unavailable.reason }, 'this host can attach mapped volumes again');
+      this.unavailable = null;
     }
     const entry: Attached = { volume, device: attachment.device, index: indexOf(attachment.device), links: [] };
     this.attached.set(volume.id, entry);
     this.link(entry, byIdNames(this.options.systemId, volume));
     log.info({ device: entry.device, links: entry.links }, 'mapped volume attached');
+    return 'attached';
   }
 
   private link(entry: Attached, names: string[]): void {
@@ -281,6 +316,27 @@ export class MappedAttacher {
 }
 
 const localHost = new LocalTransport();
+
+/**
+ * Why no volume can be attached on this host, from an attach's error: no nbd module, no
+ * /dev/nbdN at all, no nbd-client or modprobe; null when the error is this volume's own (or
+ * every device is taken, which a detach may end).
+ */
+export function hostUnavailableReason(err: unknown, paths: AttachPaths): string | null {
+  if (!(err instanceof AttachError)) return null;
+  switch (err.code) {
+    case 'MB_ERR_NBD_MODULE':
+    case 'MB_ERR_ATTACH_TOOL':
+      return err.message;
+    case 'MB_ERR_NO_DEVICE':
+      if (nbdDeviceIndexes(paths).length > 0) return null;
+      return fs.existsSync(path.join(paths.sysRoot, 'module', 'nbd'))
+        ? `the nbd kernel module is loaded but made no /dev/nbdN (${path.join(paths.sysRoot, 'block')} has no nbd devices: nbds_max=0?)`
+        : `the nbd kernel module is not loaded and there is no /dev/nbdN (modprobe nbd returned, yet ${path.join(paths.sysRoot, 'module', 'nbd')} is absent: no such module for this kernel?)`;
+    default:
+      return null;
+  }
+}
 
 function indexOf(device: string): number {
   return deviceIndexOf(device);

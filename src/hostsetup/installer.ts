@@ -84,7 +84,6 @@ export const etcdClientPort = 2379;
 export const etcdPeerPort = 2380;
 const dataRoot = '/var/lib/meshblock';
 const configDir = '/etc/meshblock';
-const runDir = '/run/meshblock';
 const logDir = '/var/log/meshblock';
 const secretFile = `${configDir}/cluster.secret`;
 /** Where a member host keeps its etcd certificates (inside configDir, which is 0700). */
@@ -430,7 +429,9 @@ export function daemonArgs(role: Role, host: InstallHost, plan: InstallPlan, clu
       return sdsShards === 1 ? args : [...args, '--shards', String(sdsShards), '--host', sds.name];
     }
     case 'sdc':
-      return ['sdc', 'start', '--mdm', mdmList, '--name', (host.sdc as { name: string }).name, '--data-dir', `${dataRoot}/sdc`, '--cluster-id', clusterId, '--secret-file', secretFile];
+      // Mapped volumes appear as disks (/dev/nbdN and /dev/disk/by-id names), as ScaleIO's SDC
+      // makes them; a host without the nbd module gets a warning and its volumes over NBD.
+      return ['sdc', 'start', '--mdm', mdmList, '--name', (host.sdc as { name: string }).name, '--data-dir', `${dataRoot}/sdc`, '--cluster-id', clusterId, '--secret-file', secretFile, '--attach-mapped'];
   }
 }
 
@@ -762,7 +763,9 @@ export class Installer {
         session,
         [
           putFilesScript([{ path: '/usr/local/bin/meshblock', text: wrapper, mode: 0o755 }]),
-          `mkdir -p ${dataRoot} ${configDir} ${runDir} ${logDir} && chmod 700 ${configDir} >/dev/null`,
+          // No run directory: the init scripts make /var/run/meshblock at start (it is gone after
+          // a reboot anyway), and the SDC makes its attachment records' directory.
+          `mkdir -p ${dataRoot} ${configDir} ${logDir} && chmod 700 ${configDir} >/dev/null`,
           '/usr/local/bin/meshblock --version',
         ].join('\n'),
       );

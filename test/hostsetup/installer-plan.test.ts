@@ -81,7 +81,7 @@ const mdmArgs = (name: string, ip: string): string[] => [
   '--admin-password-file', '/etc/meshblock/admin.password',
 ];
 const sdsArgs = (index: number): string[] => ['sds', 'start', '--name', `sds${index}`, '--listen', `10.0.0.${index}:7072`, '--data-dir', '/var/lib/meshblock/sds', '--mdm', mdmList, ...secretArgs];
-const sdcArgs = (index: number): string[] => ['sdc', 'start', '--mdm', mdmList, '--name', `sdc${index}`, '--data-dir', '/var/lib/meshblock/sdc', ...secretArgs];
+const sdcArgs = (index: number): string[] => ['sdc', 'start', '--mdm', mdmList, '--name', `sdc${index}`, '--data-dir', '/var/lib/meshblock/sdc', ...secretArgs, '--attach-mapped'];
 
 t.test('a 3-node cluster: what each host runs', async (t) => {
   const plan = parseInstallCsv(threeNodes);
@@ -152,7 +152,7 @@ t.test('one Master alone: no etcd, the command lines of before the MDM cluster',
         [
           'mdm start --data-dir /var/lib/meshblock/mdm --listen 10.0.0.1:6611 --api 127.0.0.1:8443',
           'sds start --name sds1 --listen 10.0.0.1:7072 --data-dir /var/lib/meshblock/sds --mdm 10.0.0.1:6611 --cluster-id CID --secret-file /etc/meshblock/cluster.secret',
-          'sdc start --mdm 10.0.0.1:6611 --name sdc1 --data-dir /var/lib/meshblock/sdc --cluster-id CID --secret-file /etc/meshblock/cluster.secret',
+          'sdc start --mdm 10.0.0.1:6611 --name sdc1 --data-dir /var/lib/meshblock/sdc --cluster-id CID --secret-file /etc/meshblock/cluster.secret --attach-mapped',
         ],
       ],
       [[], ['sds start --name sds2 --listen 10.0.0.2:7072 --data-dir /var/lib/meshblock/sds --mdm 10.0.0.1:6611 --cluster-id CID --secret-file /etc/meshblock/cluster.secret']],
@@ -160,7 +160,7 @@ t.test('one Master alone: no etcd, the command lines of before the MDM cluster',
         [],
         [
           'sds start --name sds3 --listen 10.0.0.3:7072 --data-dir /var/lib/meshblock/sds --mdm 10.0.0.1:6611 --cluster-id CID --secret-file /etc/meshblock/cluster.secret',
-          'sdc start --mdm 10.0.0.1:6611 --name sdc3 --data-dir /var/lib/meshblock/sdc --cluster-id CID --secret-file /etc/meshblock/cluster.secret',
+          'sdc start --mdm 10.0.0.1:6611 --name sdc3 --data-dir /var/lib/meshblock/sdc --cluster-id CID --secret-file /etc/meshblock/cluster.secret --attach-mapped',
         ],
       ],
     ],

@@ -16,6 +16,11 @@
 // started by it; the daemons' pids are the scripts' pid files, and the script's status says
 // so. Debian has no chkconfig, and the scripts must be registered with it as on CentOS.
 //
+// The SDC runs `sdc start --attach-mapped` (mapped volumes appear as /dev/nbdN with by-id
+// names). These hosts share this machine's kernel, which has no nbd module: the SDC's log says
+// so in one warning and it serves the volume over NBD all the same, which is what host 3's
+// reads and writes go through. (The attach itself runs in the QEMU guest: vm-attach.test.ts.)
+//
 // Mocked, because it cannot happen here: `modprobe` (this kernel has no nbd module) and
 // `chkconfig` (Debian has none) are stubs in each host's /usr/local/bin that record their
 // arguments.
@@ -37,6 +42,11 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
     return;
   }
   const net: SimNetwork = network;
+  if (fs.existsSync('/sys/module/nbd')) {
+    // The hosts share this kernel: host 3's SDC (--attach-mapped) would attach this machine's own /dev/nbdN.
+    t.fail('this machine has the nbd kernel module loaded; the install hosts share its kernel: run this test where nbd is not loaded');
+    return;
+  }
   const dir = t.testdir();
   // Host 3 has no Node.js: the installer must bring its own runtime.
   const { roots, key } = await startInstallHosts(t, net, dir, { withoutNode: [2] });
@@ -104,6 +114,7 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
       t.same(fs.readdirSync(path.join(root, 'var/lib/meshblock/sds')).filter((name) => name.startsWith('shard-')).sort(), ['shard-1', 'shard-2'], 'two shard data directories');
     }
     t.match(fs.readFileSync(path.join(roots[0] as string, 'etc/init.d/meshblock-mdm'), 'utf8'), /\n\texec \/usr\/local\/bin\/meshblock mdm start /);
+    t.match(fs.readFileSync(path.join(roots[2] as string, 'etc/init.d/meshblock-sdc'), 'utf8'), /\n\texec \/usr\/local\/bin\/meshblock sdc start --mdm .* --attach-mapped\n/, "the SDC's init script attaches mapped volumes");
     t.match(result.stdout, new RegExp(`\\(row 2\\): meshblock mdm started \\(SysV init: /etc/init\\.d/meshblock-mdm; at boot: chkconfig --add meshblock-mdm\\)`), 'the installer says which init system, per host');
     // The daemons run under their init scripts: status (run on the host, over its sshd's namespaces) names the pid in the pid file.
     for (const [index, role] of [[0, 'mdm'], [1, 'sds'], [2, 'sdc']] as const) {
@@ -133,6 +144,15 @@ t.test('install --csv: three hosts over real SSH, a cluster serving a volume at 
     const read = await net.exec(2, 'sh', ['-c', `nbdcopy ${uri} - | head -c ${8 * 1024 * 1024} > ${readBack}`], { timeoutMs: 60_000 });
     t.equal(read.code, 0, read.stderr);
     t.ok(fs.readFileSync(readBack).equals(fs.readFileSync(pattern)), 'the volume reads back what was written');
+
+    // No nbd on host 3: its SDC said why it attached nothing (stderr, in the init script's log), and served the volume meanwhile (above).
+    const sdcLog = path.join(roots[2] as string, 'var/log/meshblock/sdc.log');
+    const warned = /this host cannot attach mapped volumes as disks: [^"]*; the SDC goes on serving the mapped volumes over NBD at 127\.0\.0\.1:10809; trying again every \d+ s/;
+    for (const deadline = Date.now() + 60_000; !warned.test(fs.readFileSync(sdcLog, 'utf8')) && Date.now() < deadline; ) await new Promise((resolve) => setTimeout(resolve, 500));
+    const logText = fs.readFileSync(sdcLog, 'utf8');
+    t.match(logText, warned, "the SDC's log says why nothing is attached");
+    t.equal(logText.split('\n').filter((line) => line.includes('cannot attach mapped volumes')).length, 1, 'said once, not at every retry');
+    t.notOk(fs.existsSync(path.join(roots[2] as string, 'run/meshblock/attachments')) && fs.readdirSync(path.join(roots[2] as string, 'run/meshblock/attachments')).length > 0, 'no attachment recorded');
   });
 
   await t.test('running it again changes nothing', async (t) => {
