@@ -3,26 +3,32 @@
 // (data, metadata, fdatasync) with its latency in the device's IoCounters, and its metrics
 // family renders valid Prometheus text (Debian's `promtool check metrics`); with IO timing
 // off (setIoTiming(false), what `sds start`/`sdc start --metrics off` do) the same IO through
-// the chunk store and through the SDC's volume backend (against one wire peer playing the
-// SDS) is still counted, its histograms stay empty, and no clock read is made for it:
-// performance.now is wrapped to record which source file called it, and must see no call
-// from the counting code (metrics.ts, chunk-store.ts, volume-backend.ts) with timing off,
+// the chunk store, through an SDS service (real socket, real wire) and through the SDC's
+// volume backend (against one wire peer playing the SDS) is still counted, its histograms
+// stay empty, and no clock read is made for it: performance.now is wrapped to record which
+// source file called it, and must see no call from the counting code (metrics.ts,
+// chunk-store.ts, service.ts, volume-backend.ts) with timing off,
 // and some with it on (so the wrapper can see them). The buffered file IO's own clock reads
 // (positional-io.ts, its stall detection) are not the metrics' and are left out.
 
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as path from 'node:path';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
 import { MetricsRegistry, ioTiming, setIoTiming } from '../../src/common/metrics.js';
 import { ChunkStore, type ChunkKey } from '../../src/sds/chunk-store.js';
+import { SdsService } from '../../src/sds/service.js';
+import type { SdsState } from '../../src/sds/state.js';
 import { VolumeBackend } from '../../src/sdc/volume-backend.js';
 import type { SdcVolume } from '../../src/wire/mdm-ops.js';
 import { WirePeer } from '../../src/wire/peer.js';
-import { SdsOp, SdsStatus } from '../../src/wire/sds-ops.js';
+import { placementGroupOf, type PlacementMap } from '../../src/wire/placement.js';
+import { SdsOp, SdsStatus, encodeIo } from '../../src/wire/sds-ops.js';
 import { sparseFile } from '../helpers/files.js';
 import { run } from '../helpers/processes.js';
-import { makeMap, testClusterId, testPoolId, testSecret } from '../helpers/sds.js';
+import { connectWire, makeMap, testClusterId, testPoolId, testSecret } from '../helpers/sds.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
@@ -164,6 +170,50 @@ t.test('timing off: the SDC volume backend counts without reading the clock', as
   setIoTiming(false);
   await backend.write(4096, Buffer.alloc(4096, 1), { fua: false });
   await backend.read(4096, Buffer.alloc(4096));
+  t.equal(clock.reads(), 0, 'no clock read by the counting code');
+  t.same([write.count, write.bytes, read.count, read.bytes], [2, 8192, 2, 8192], 'still counted, with their bytes');
+  t.same([write.timedCount, read.timedCount], [1, 1], 'the histograms only hold the timed ones');
+});
+
+t.test('timing off: the SDS service counts client IO without reading the clock', async (t) => {
+  timingRestored(t);
+  setIoTiming(true);
+  const dir = t.testdir();
+  const sdsId = randomBytes(8).toString('hex');
+  const chunkBytes = MiB;
+  const store = await ChunkStore.open([sparseFile(dir, 'sds.img', 32 * MiB)], { owner: { clusterId: testClusterId, sdsId, sdsName: 'sds1' }, chunkBytes, force: false, log, zeroedSlotsReady: 0 });
+  const dataDir = path.join(dir, 'sds-data');
+  fs.mkdirSync(dataDir);
+  const state: SdsState = { clusterId: testClusterId, sdsId, name: 'sds1', chunkBytes, map: null, reservations: {}, devicePaths: [] };
+  const service = new SdsService({ identity: { clusterId: testClusterId, sdsId, name: 'sds1' }, secret: Buffer.from(testSecret), store, state, dataDir, log, payloadChecksums: false });
+  const bound = await service.listen('127.0.0.1', 0);
+  t.teardown(async () => {
+    await service.close();
+    await store.close();
+  });
+  const address = `127.0.0.1:${bound.port}`;
+  const peer = await connectWire(t, address);
+  const pgCount = 4;
+  const map: PlacementMap = { epoch: 1, sds: { [sdsId]: { address } }, pools: { [testPoolId]: { chunkBytes, groups: Array.from({ length: pgCount }, () => ({ primary: sdsId, secondary: null })) } } };
+  const setMap = await peer.request(SdsOp.SetMap, Buffer.from(JSON.stringify(map)));
+  t.equal(setMap.status, SdsStatus.Ok, 'the map is taken');
+  const vtreeId = '1111222233334444';
+  const ioArgs = (chunkIndex: number, lengthBytes: number): Parameters<typeof encodeIo>[0] => ({ poolId: testPoolId, vtreeId, pgIndex: placementGroupOf(vtreeId, chunkIndex, pgCount), chunkIndex, generation: 0, offsetBytes: 0, lengthBytes, flags: 0 });
+  const writeAndRead = async (chunkIndex: number): Promise<void> => {
+    const wrote = await peer.request(SdsOp.Write, encodeIo(ioArgs(chunkIndex, 4096), Buffer.alloc(4096, 5)), { epoch: 1 });
+    t.equal(wrote.status, SdsStatus.Ok, `write to chunk ${chunkIndex}`);
+    const read = await peer.request(SdsOp.Read, encodeIo(ioArgs(chunkIndex, 4096)), { epoch: 1 });
+    t.equal(read.status, SdsStatus.Ok, `read of chunk ${chunkIndex}`);
+  };
+  const clock = watchClock(t);
+  await writeAndRead(0);
+  t.ok(clock.reads() >= 4, 'with timing on, the SDS reads the clock for its counting');
+  const write = service.io.op('write');
+  const read = service.io.op('read');
+  t.same([write.timedCount, read.timedCount], [1, 1]);
+
+  setIoTiming(false);
+  await writeAndRead(1);
   t.equal(clock.reads(), 0, 'no clock read by the counting code');
   t.same([write.count, write.bytes, read.count, read.bytes], [2, 8192, 2, 8192], 'still counted, with their bytes');
   t.same([write.timedCount, read.timedCount], [1, 1], 'the histograms only hold the timed ones');
