@@ -8,15 +8,18 @@
 // stay empty, and no clock read is made for it: performance.now is wrapped to record which
 // source file called it, and must see no call from the counting code (metrics.ts,
 // chunk-store.ts, service.ts, volume-backend.ts) with timing off,
-// and some with it on (so the wrapper can see them). The buffered file IO's own clock reads
+// and some with it on (so the wrapper can see them); the SDS's rebuild throttle still tells
+// busy from quiet without the requests' end times. The buffered file IO's own clock reads
 // (positional-io.ts, its stall detection) are not the metrics' and are left out.
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
+import { sdsClientQuietMs } from '../../src/common/limits.js';
 import { MetricsRegistry, ioTiming, setIoTiming } from '../../src/common/metrics.js';
 import { ChunkStore, type ChunkKey } from '../../src/sds/chunk-store.js';
 import { SdsService } from '../../src/sds/service.js';
@@ -217,4 +220,19 @@ t.test('timing off: the SDS service counts client IO without reading the clock',
   t.equal(clock.reads(), 0, 'no clock read by the counting code');
   t.same([write.count, write.bytes, read.count, read.bytes], [2, 8192, 2, 8192], 'still counted, with their bytes');
   t.same([write.timedCount, read.timedCount], [1, 1], 'the histograms only hold the timed ones');
+
+  // The rebuild throttle's "clients busy" without end times: the first look after IO ended
+  // counts as its end; quiet once sdsClientQuietMs has passed without more IO. (Reached
+  // through the rebuild source's host: the service gives it nothing else to look with.)
+  const host = (service as unknown as { rebuilds: { host: { isClientBusy(): boolean } } }).rebuilds.host;
+  await sleep(sdsClientQuietMs + 50);
+  await writeAndRead(2);
+  t.equal(host.isClientBusy(), true, 'busy at the first look after client IO, without its end time');
+  await sleep(sdsClientQuietMs + 50);
+  t.equal(host.isClientBusy(), false, `quiet ${sdsClientQuietMs} ms after that look`);
+  setIoTiming(true);
+  await writeAndRead(3);
+  t.equal(host.isClientBusy(), true, 'with timing: busy after client IO');
+  await sleep(sdsClientQuietMs + 50);
+  t.equal(host.isClientBusy(), false, 'and quiet after');
 });
