@@ -182,8 +182,9 @@ export class VolumeBackend implements BlockBackend {
   // array, closures and allSettled() a request spread over several chunks needs.
   //
   // Counting (metrics): two clock reads (none with --metrics off: ioStartMs) and a few
-  // additions into the volume's IoCounter, no allocation. The time is the SDSs' service time as this SDC sees it, retries included;
-  // time waiting for QoS tokens is before this backend (qos.ts) and counted there.
+  // additions into the volume's IoCounter, no allocation. The time is the SDSs' service
+  // time as this SDC sees it, retries included; time waiting for QoS tokens is before this
+  // backend (qos.ts) and counted there.
 
   async read(offsetBytes: number, target: Buffer): Promise<void> {
     const startMs = ioStartMs();
