@@ -12,7 +12,7 @@ import { formatHostPort, parseHostPort, parseHostPortList } from '../common/addr
 import { mdmAddressesMax } from '../common/limits.js';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
 import { Sdc, type SdcOptions } from '../sdc/sdc.js';
-import { MetricsEndpoint, metricsAddressOf, metricsOption, parseMetricsAddress } from '../common/metrics.js';
+import { MetricsEndpoint, metricsAddressOf, metricsOption, parseMetricsAddress, setIoTiming } from '../common/metrics.js';
 import { sdcMetrics } from '../sdc/metrics.js';
 import type { SdcVolume } from '../wire/mdm-ops.js';
 import { writeDrvCfgState } from './drv-cfg.js';
@@ -123,7 +123,10 @@ export async function sdcStart(args: SdcStartArgs): Promise<void> {
     ...(args['attach-mapped'] ? { openVolumes: (connections) => attacher?.openVolumes(connections) ?? [...connections.keys()] } : {}),
   } satisfies SdcOptions);
   // Before the NBD server: a metrics address that cannot be bound leaves nothing open.
-  const metrics = await MetricsEndpoint.start(sdcMetrics(sdc, args.name ?? identity.guid), metricsAddressOf('sdc', args.metrics), log);
+  const metricsWanted = metricsAddressOf('sdc', args.metrics);
+  // --metrics off: nothing would read IO times, so the data path reads no clock for them.
+  if (metricsWanted.address === null) setIoTiming(false);
+  const metrics = await MetricsEndpoint.start(sdcMetrics(sdc, args.name ?? identity.guid), metricsWanted, log);
   const server = new NbdServer({ exports: sdc, tls: { mode: 'off', secureContext: null }, log });
   let where: string;
   let local: AttachRequest['sdc'];

@@ -26,7 +26,7 @@ import { readSecretFile } from './secret.js';
 import { parseShardCount } from '../common/sds-shards.js';
 import { resolveShardCount, runShards, shardEnvVar, type ShardReady } from './sds-shards.js';
 import { runUntilSignal } from './signals.js';
-import { MetricsEndpoint, metricsAddressOf, metricsOption, parseMetricsAddress } from '../common/metrics.js';
+import { MetricsEndpoint, metricsAddressOf, metricsOption, parseMetricsAddress, setIoTiming } from '../common/metrics.js';
 import { sdsMetrics } from '../sds/metrics.js';
 
 export interface SdsStartArgs {
@@ -200,8 +200,11 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
     throw err;
   }
   let metrics: MetricsEndpoint | null;
+  const metricsWanted = metricsAddressOf('sds', args.metrics, Number(process.env[shardEnvVar] ?? 1));
+  // --metrics off: nothing would read IO times, so the data path reads no clock for them.
+  if (metricsWanted.address === null) setIoTiming(false);
   try {
-    metrics = await MetricsEndpoint.start(sdsMetrics(service, identity), metricsAddressOf('sds', args.metrics, Number(process.env[shardEnvVar] ?? 1)), log);
+    metrics = await MetricsEndpoint.start(sdsMetrics(service, identity, store), metricsWanted, log);
   } catch (err) {
     await service.close();
     await store.close();

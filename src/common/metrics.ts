@@ -4,8 +4,8 @@
 // label object, a hash string and a closure per call; at 100k requests a second that is
 // garbage the SDC and SDS were tuned to avoid. So IO is counted where it already is, into
 // IoCounter: one Float64Array per (object, operation), written in place, no allocation,
-// one clock read at start and one at the end. Everything becomes Prometheus samples only
-// when scraped:
+// one clock read at start and one at the end (none in a process started with --metrics
+// off: ioTiming). Everything becomes Prometheus samples only when scraped:
 //
 //   data path ──count()──▶ IoCounter (Float64Array)        scrape (GET /metrics)
 //                                 ▲                               │
@@ -41,26 +41,64 @@ export type MetricsRole = keyof typeof metricsPortDefaults;
 export const latencyBucketsSeconds: readonly number[] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10];
 for (let index = 1; index < latencyBucketsSeconds.length; index++) assert((latencyBucketsSeconds[index] as number) > (latencyBucketsSeconds[index - 1] as number), 'latency buckets ascend');
 
+/**
+ * Whether the data paths read the clock to time their IO (two performance.now() per
+ * request, the only per-request cost of counting beyond a few additions). A process started
+ * with `--metrics off` turns it off (setIoTiming), as nothing would read the times: its
+ * IoCounters still count requests, bytes and errors, and their histograms stay empty
+ * (`timedCount` 0). Process-wide, as a process is one daemon; read once per request.
+ */
+export const ioTiming: { readonly on: boolean } = { on: true };
+
+export function setIoTiming(on: boolean): void {
+  (ioTiming as { on: boolean }).on = on;
+}
+
+/**
+ * Where a request to time starts: performance.now(), or NaN without a clock read when
+ * timing is off. IoCounter.doneSince(bytes, startMs) reads the clock again only if it is a
+ * time.
+ */
+export function ioStartMs(): number {
+  return ioTiming.on ? performance.now() : Number.NaN;
+}
+
 // IoCounter's slots in its Float64Array.
 const slotCount = 0;
 const slotBytes = 1;
 const slotErrors = 2;
 const slotSumSeconds = 3;
-const slotBuckets = 4;
+/** Successes that were timed (in the histogram): all of them unless timing is off. */
+const slotTimedCount = 4;
+const slotBuckets = 5;
 
 /**
- * One kind of IO of one object (a volume's reads on an SDC, an SDS's writes): requests,
- * bytes, failures and a latency histogram, in one Float64Array updated in place. A double
- * counts exactly up to 2^53: 285 years of 1M IOPS.
+ * One kind of IO of one object (a volume's reads on an SDC, an SDS's writes, a device's
+ * fdatasyncs): requests, bytes, failures and a latency histogram, in one Float64Array
+ * updated in place. A double counts exactly up to 2^53: 285 years of 1M IOPS.
  */
 export class IoCounter {
   readonly values = new Float64Array(slotBuckets + latencyBucketsSeconds.length);
+
+  /** A request that succeeded, started at `startMs` (ioStartMs()): timed unless that is NaN (timing off). */
+  doneSince(bytes: number, startMs: number): void {
+    if (Number.isNaN(startMs)) this.doneUntimed(bytes);
+    else this.done(bytes, performance.now() - startMs);
+  }
+
+  /** A request that succeeded, not timed (timing is off): counted with its bytes, not in the histogram. */
+  doneUntimed(bytes: number): void {
+    const values = this.values;
+    values[slotCount] = (values[slotCount] as number) + 1;
+    values[slotBytes] = (values[slotBytes] as number) + bytes;
+  }
 
   /** A request that succeeded, its bytes and how long it took (milliseconds, as performance.now() gives them). */
   done(bytes: number, durationMs: number): void {
     const values = this.values;
     values[slotCount] = (values[slotCount] as number) + 1;
     values[slotBytes] = (values[slotBytes] as number) + bytes;
+    values[slotTimedCount] = (values[slotTimedCount] as number) + 1;
     const seconds = durationMs / 1000;
     values[slotSumSeconds] = (values[slotSumSeconds] as number) + seconds;
     // Non-cumulative: the first bucket that holds it. Beyond the last: only in +Inf (the count).
@@ -89,11 +127,17 @@ export class IoCounter {
     return this.values[slotErrors] as number;
   }
 
+  /** Seconds the timed successes took, summed (a mean latency is sumSeconds / timedCount, not / count). */
   get sumSeconds(): number {
     return this.values[slotSumSeconds] as number;
   }
 
-  /** Cumulative bucket counts, as Prometheus wants them (the last is +Inf: every success). */
+  /** Successes that were timed: the histogram's count (count, unless timing was off for some). */
+  get timedCount(): number {
+    return this.values[slotTimedCount] as number;
+  }
+
+  /** Cumulative bucket counts, as Prometheus wants them (the last is +Inf: every timed success). */
   cumulativeBuckets(): number[] {
     const cumulative: number[] = [];
     let total = 0;
@@ -101,7 +145,7 @@ export class IoCounter {
       total += this.values[slotBuckets + index] as number;
       cumulative.push(total);
     }
-    cumulative.push(this.count);
+    cumulative.push(this.timedCount);
     return cumulative;
   }
 }
@@ -158,7 +202,7 @@ export class SnapshotHistogram extends Histogram<string> {
     for (const { labels, counter } of this.sources()) {
       counter.cumulativeBuckets().forEach((value, index) => samples.push({ value, labels: { ...labels, le: bounds[index] as string }, metricName: `${this.metricName}_bucket` }));
       samples.push({ value: counter.sumSeconds, labels, metricName: `${this.metricName}_sum` });
-      samples.push({ value: counter.count, labels, metricName: `${this.metricName}_count` });
+      samples.push({ value: counter.timedCount, labels, metricName: `${this.metricName}_count` });
     }
     return samples;
   }

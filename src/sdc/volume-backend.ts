@@ -32,7 +32,7 @@ import type { SdcVolume } from '../wire/mdm-ops.js';
 import type { WirePeer, WireResponse } from '../wire/peer.js';
 import { vtreeOf, type PlacementMap } from '../wire/placement.js';
 import { releasePayload } from '../common/buffer-pool.js';
-import { IoStats, type IoCounter } from '../common/metrics.js';
+import { IoStats, ioStartMs, type IoCounter } from '../common/metrics.js';
 import { SdsOp, SdsStatus, encodeAllocation, encodeIo, IoFlag, type IoArgs } from '../wire/sds-ops.js';
 import { chunkPieces, routePiece, type Piece } from './chunk-pieces.js';
 import { BackendError, type BackendCapabilities, type BlockBackend, type BlockSizeLimits, type Extent, type WriteOptions, type ZeroOptions } from '../nbd/backend.js';
@@ -181,12 +181,13 @@ export class VolumeBackend implements BlockBackend {
   // A request within one chunk (every 4 KiB one) is one piece: it is sent without the
   // array, closures and allSettled() a request spread over several chunks needs.
   //
-  // Counting (metrics): two clock reads and a few additions into the volume's IoCounter, no
-  // allocation. The time is the SDSs' service time as this SDC sees it, retries included;
-  // time waiting for QoS tokens is before this backend (qos.ts) and counted there.
+  // Counting (metrics): two clock reads (none with --metrics off: ioStartMs) and a few
+  // additions into the volume's IoCounter, no allocation. The time is the SDSs' service
+  // time as this SDC sees it, retries included; time waiting for QoS tokens is before this
+  // backend (qos.ts) and counted there.
 
   async read(offsetBytes: number, target: Buffer): Promise<void> {
-    const startMs = performance.now();
+    const startMs = ioStartMs();
     try {
       const pieces = this.pieces(offsetBytes, target.length);
       if (pieces.length === 1) await this.readPiece(pieces[0] as Piece, target);
@@ -195,7 +196,7 @@ export class VolumeBackend implements BlockBackend {
       this.readIo.failed();
       throw err;
     }
-    this.readIo.done(target.length, performance.now() - startMs);
+    this.readIo.doneSince(target.length, startMs);
   }
 
   private async readPiece(piece: Piece, target: Buffer): Promise<void> {
@@ -213,7 +214,7 @@ export class VolumeBackend implements BlockBackend {
   }
 
   async write(offsetBytes: number, source: Buffer, options: WriteOptions): Promise<void> {
-    const startMs = performance.now();
+    const startMs = ioStartMs();
     try {
       this.assertWritable('write');
       const pieces = this.pieces(offsetBytes, source.length, options.fua ? IoFlag.Fua : 0);
@@ -223,7 +224,7 @@ export class VolumeBackend implements BlockBackend {
       this.writeIo.failed();
       throw err;
     }
-    this.writeIo.done(source.length, performance.now() - startMs);
+    this.writeIo.doneSince(source.length, startMs);
   }
 
   private async writePiece(piece: Piece, source: Buffer): Promise<void> {

@@ -106,6 +106,7 @@ import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { crc32c, crc32cBlocks } from '../common/crc32c.js';
 import { MeshblockError } from '../common/errors.js';
+import { IoStats, ioStartMs, type IoCounter } from '../common/metrics.js';
 import { ShortReadError } from '../common/positional-io.js';
 import type { IntegrityCounters, UnrepairableRange } from '../wire/sds-ops.js';
 import { nativeDeviceIo, type DeviceIo, type DeviceIoFactory } from './device-io.js';
@@ -212,6 +213,10 @@ function zeroCounters(): DeviceCounters {
   return { reads: 0, writes: 0, readBytes: 0, writeBytes: 0 };
 }
 
+/** The calls the store makes on a device, each timed for the metrics (sds/metrics.ts: meshblock_sds_device_io_*). */
+export const deviceCallOps = ['read', 'write', 'zero', 'discard', 'fdatasync'] as const;
+export type DeviceCallOp = (typeof deviceCallOps)[number];
+
 export function zeroIntegrity(): IntegrityCounters {
   return { checksumErrors: 0, repairedBlocks: 0, unrepairableBlocks: 0, tornBlocksAccepted: 0, damagedEntries: 0, mismatchedBlocks: 0 };
 }
@@ -251,6 +256,20 @@ export class StoreDevice {
   checksumErrors = 0;
   scrubbedBytes = 0;
   readonly counters = zeroCounters();
+  /**
+   * Every call on the device (data, slot entries, checksum areas, syncs; client IO, mirror
+   * copies, rebuild and scrub alike) with its latency, as the kernel answered it: what
+   * iostat's await would show of this device from the SDS. Counted in deviceCall.
+   */
+  readonly calls = new IoStats<DeviceCallOp>(deviceCallOps);
+  /** The counters of `calls`, taken out once (no lookup per call). */
+  readonly callCounters: Readonly<Record<DeviceCallOp, IoCounter>> = {
+    read: this.calls.op('read'),
+    write: this.calls.op('write'),
+    zero: this.calls.op('zero'),
+    discard: this.calls.op('discard'),
+    fdatasync: this.calls.op('fdatasync'),
+  };
   /** Rates over the last completed window. */
   rates = zeroCounters();
   private windowStart = zeroCounters();
@@ -1095,7 +1114,15 @@ export class ChunkStore {
         // thin backing store out of space, say) stops itself and never fails the device;
         // the writes that need the space find out, as they would have.
         device.dirty = true;
-        for (const slot of batch) await device.io.zero(device.slotOffsetBytes(slot), this.chunkBytes);
+        for (const slot of batch) {
+          // Counted as deviceCall counts (the device's latency), failing it or not.
+          const startMs = ioStartMs();
+          await device.io.zero(device.slotOffsetBytes(slot), this.chunkBytes).catch((err: unknown) => {
+            device.callCounters.zero.failed();
+            throw err;
+          });
+          device.callCounters.zero.doneSince(this.chunkBytes, startMs);
+        }
         await this.syncAfterWrites(device);
         // Lowest last, so that allocations take the lowest first.
         device.zeroedSlots.push(...batch.reverse());
@@ -1428,7 +1455,7 @@ export class ChunkStore {
   private async readFully(device: StoreDevice, target: Buffer, positionBytes: number): Promise<void> {
     if (device.state === 'failed') throw this.failedError(device);
     try {
-      await this.deviceCall(device, 'read', () => device.io.read(target, positionBytes));
+      await this.deviceCall(device, 'read', target.length, () => device.io.read(target, positionBytes));
     } catch (err) {
       if (err instanceof ShortReadError) throw this.markFailed(device, new StoreError('MB_ERR_DEVICE_SHORT', err.message));
       throw err;
@@ -1438,7 +1465,7 @@ export class ChunkStore {
   private async writeFully(device: StoreDevice, data: Buffer, positionBytes: number): Promise<void> {
     if (device.state === 'failed') throw this.failedError(device);
     device.dirty = true;
-    await this.deviceCall(device, 'write', () => device.io.write(data, positionBytes));
+    await this.deviceCall(device, 'write', data.length, () => device.io.write(data, positionBytes));
     // Again once written: a flush that began while the write was in flight cleared the
     // mark, and its fdatasync may have missed the write.
     device.dirty = true;
@@ -1447,7 +1474,7 @@ export class ChunkStore {
   private async zeroRange(device: StoreDevice, positionBytes: number, lengthBytes: number): Promise<void> {
     if (device.state === 'failed') throw this.failedError(device);
     device.dirty = true;
-    await this.deviceCall(device, 'zero', () => device.io.zero(positionBytes, lengthBytes));
+    await this.deviceCall(device, 'zero', lengthBytes, () => device.io.zero(positionBytes, lengthBytes));
     device.dirty = true; // as in writeFully
   }
 
@@ -1455,7 +1482,7 @@ export class ChunkStore {
   private async discardRange(device: StoreDevice, positionBytes: number, lengthBytes: number): Promise<void> {
     if (device.state === 'failed') throw this.failedError(device);
     device.dirty = true;
-    await this.deviceCall(device, 'discard', () => device.io.discard(positionBytes, lengthBytes));
+    await this.deviceCall(device, 'discard', lengthBytes, () => device.io.discard(positionBytes, lengthBytes));
     device.dirty = true; // as in writeFully
   }
 
@@ -1474,7 +1501,7 @@ export class ChunkStore {
         await areas;
         device.dirty = false;
       }
-      await this.deviceCall(device, 'fdatasync', () => device.io.sync());
+      await this.deviceCall(device, 'fdatasync', 0, () => device.io.sync());
     })();
     device.syncing = sync;
     try {
@@ -1489,10 +1516,20 @@ export class ChunkStore {
     if (ready.length > 0) this.discardFreed(device, ready);
   }
 
-  private async deviceCall<T>(device: StoreDevice, what: string, call: () => Promise<T>): Promise<T> {
+  /**
+   * One call on the device, counted in device.calls (`bytes` it moves; a sync none): two
+   * clock reads (none with timing off: metrics.ts ioTiming) and a few additions, no
+   * allocation. A failed call counts as an error of its kind.
+   */
+  private async deviceCall<T>(device: StoreDevice, what: DeviceCallOp, bytes: number, call: () => Promise<T>): Promise<T> {
+    const counter = device.callCounters[what];
+    const startMs = ioStartMs();
     try {
-      return await call();
+      const result = await call();
+      counter.doneSince(bytes, startMs);
+      return result;
     } catch (err) {
+      counter.failed();
       const code = (err as NodeJS.ErrnoException).code;
       if (code !== undefined && deviceFailureCodes.has(code)) {
         throw this.markFailed(device, new StoreError('MB_ERR_DEVICE_FAILED', `${device.path}: ${what} failed with ${code}; the device is marked failed`, { cause: err }));

@@ -1,13 +1,17 @@
 // The SDS's Prometheus metrics (docs/metrics.md): the IO it served (counted in service.ts's
 // clientIo), each device's IO, capacity and state (the chunk store's own counters, the same
-// the MDM gets in heartbeats), and its part of rebuilds and rebalances (it is the source of
-// every fill job it lists). Read at each scrape from SdsService.stats(); nothing per request.
+// the MDM gets in heartbeats), each device's calls with their latency (counted in the chunk
+// store's deviceCall: a few additions into an IoCounter per call), and its part of rebuilds
+// and rebalances (it is the source of every fill job it lists). Read at each scrape from
+// SdsService.stats() and the store's devices; nothing of prom-client per request.
 
 import { MetricsRegistry } from '../common/metrics.js';
 import type { SdsStats } from '../wire/sds-ops.js';
+import type { StoreDevice } from './chunk-store.js';
 import type { SdsService } from './service.js';
 
-export function sdsMetrics(service: SdsService, identity: { sdsId: string; name: string }): MetricsRegistry {
+/** `store`: where the devices' calls are counted (the SDS's ChunkStore; its devices as they are at each scrape). */
+export function sdsMetrics(service: SdsService, identity: { sdsId: string; name: string }, store: { readonly devices: readonly StoreDevice[] }): MetricsRegistry {
   const metrics = new MetricsRegistry('sds', { sds: identity.name, sds_id: identity.sdsId });
   const sdsLabels = { sds: identity.name, sds_id: identity.sdsId };
   const sdsNames = ['sds', 'sds_id'];
@@ -24,6 +28,13 @@ export function sdsMetrics(service: SdsService, identity: { sdsId: string; name:
   };
 
   metrics.ioFamilies('meshblock_sds', 'IO this SDS served: reads, writes and trims as primary, mirror copies as secondary', sdsNames, () => [{ labels: sdsLabels, stats: service.io }]);
+
+  // Below the chunk store: every call on the device (a client write is its data, maybe its
+  // slot entry and checksum area, and a sync for FUA), client IO, mirror copies, rebuild
+  // and scrub alike: the device's own latency, as iostat's await would show it.
+  metrics.ioFamilies('meshblock_sds_device_io', 'Calls on this device (read, write, zero, discard, fdatasync) as the kernel answered them', deviceNames, function* () {
+    for (const device of store.devices) yield { labels: { ...sdsLabels, device_id: device.deviceId, path: device.path }, stats: device.calls };
+  });
 
   metrics.counter('meshblock_sds_device_requests_total', 'Reads and writes this device did (client IO, mirror copies, rebuild, scrub)', [...deviceNames, 'op'], (set) => {
     for (const { labels, device } of devices()) {

@@ -77,7 +77,7 @@ import { RebuildSource, groupKeysOf } from './rebuild.js';
 import { RebuildCursors } from './rebuild-cursors.js';
 import { ReplyError } from './reply-error.js';
 import type { SdsState } from './state.js';
-import { IoStats, type IoCounter } from '../common/metrics.js';
+import { IoStats, ioTiming, type IoCounter } from '../common/metrics.js';
 
 /** What the SDS counts of the IO it serves (its metrics: sds/metrics.ts): a client's as primary, and mirror copies from a primary. */
 export type SdsIoOp = 'read' | 'write' | 'trim' | 'mirror_write' | 'mirror_trim';
@@ -134,6 +134,14 @@ export class SdsService {
   private clientIoInflight = 0;
   /** When the last client IO ended, on performance.now()'s clock (the one the metrics read anyway); never: -Infinity. */
   private clientIoLastMs = Number.NEGATIVE_INFINITY;
+  /**
+   * Without IO timing (--metrics off) no request reads the clock: requests ending are
+   * counted, and the first isClientBusy() that sees the count move takes its own time as
+   * the last end (late by at most the time between two looks, rebuildPaceRecheckMs while
+   * a rebuild is paced, so a rebuild gives way a little longer than with timing).
+   */
+  private clientIoEnded = 0;
+  private clientIoEndedSeen = 0;
   /** Served IO, counted for the metrics; the counters are taken out once (no lookup per request). */
   readonly io = new IoStats<SdsIoOp>(sdsIoOps);
   private readonly ioCounters: Record<SdsIoOp, IoCounter> = {
@@ -187,7 +195,15 @@ export class SdsService {
       forward: (sdsId: string, op: number, payload: Buffer, epoch: number) => this.forward(sdsId, op, payload, epoch),
       peerFor: (sdsId: string) => this.peerFor(sdsId),
     };
-    const clientBusy = (): boolean => this.clientIoInflight > 0 || performance.now() - this.clientIoLastMs < sdsClientQuietMs;
+    const clientBusy = (): boolean => {
+      if (this.clientIoInflight > 0) return true;
+      const nowMs = performance.now();
+      if (this.clientIoEnded !== this.clientIoEndedSeen) {
+        this.clientIoEndedSeen = this.clientIoEnded;
+        if (!ioTiming.on) this.clientIoLastMs = nowMs;
+      }
+      return nowMs - this.clientIoLastMs < sdsClientQuietMs;
+    };
     this.rebuilds = new RebuildSource({
       ...shared,
       cursors: this.rebuildCursors,
@@ -328,12 +344,14 @@ export class SdsService {
 
   /**
    * Client IO (and its mirror writes), counted so that rebuilds can give way to it, and for
-   * the metrics: two clock reads and a few additions into an IoCounter, no allocation. A
-   * request refused (a stale epoch, a frozen tree) counts as an error of its operation.
+   * the metrics: two clock reads (none with --metrics off: ioTiming) and a few additions
+   * into an IoCounter, no allocation. A request refused (a stale epoch, a frozen tree)
+   * counts as an error of its operation.
    */
   private async clientIo(from: Served, request: WireRequest): Promise<WireReply> {
     this.clientIoInflight += 1;
-    const startMs = performance.now();
+    const timed = ioTiming.on;
+    const startMs = timed ? performance.now() : 0;
     const counter = this.ioCounterOf(request);
     let ok = false;
     try {
@@ -345,10 +363,15 @@ export class SdsService {
       return reply;
     } finally {
       this.clientIoInflight -= 1;
-      // One clock read serves both the rebuild's idea of "client busy" and the latency.
-      const endMs = performance.now();
-      this.clientIoLastMs = endMs;
-      if (ok) counter.done(request.payload.length >= ioArgsBytes ? request.payload.readUInt32BE(ioArgOffsets.lengthBytes) : 0, endMs - startMs);
+      this.clientIoEnded += 1;
+      const bytes = request.payload.length >= ioArgsBytes ? request.payload.readUInt32BE(ioArgOffsets.lengthBytes) : 0;
+      if (timed) {
+        // One clock read serves both the rebuild's idea of "client busy" and the latency.
+        const endMs = performance.now();
+        this.clientIoLastMs = endMs;
+        if (ok) counter.done(bytes, endMs - startMs);
+        else counter.failed();
+      } else if (ok) counter.doneUntimed(bytes);
       else counter.failed();
     }
   }

@@ -1,5 +1,6 @@
 // Proves the metrics plumbing without a cluster (common/metrics.ts, mdm/metrics.ts): an
-// IoCounter puts each latency in the right bucket and Prometheus gets them cumulative;
+// IoCounter puts each latency in the right bucket and Prometheus gets them cumulative, and
+// counts untimed successes (--metrics off) without putting them in the histogram;
 // the text a MetricsRegistry renders (counters and gauges refilled at scrape, histograms
 // read from IoCounters) passes Debian's `promtool check metrics`; the endpoint serves GET
 // /metrics on a real socket and refuses other paths and methods; a default port that is
@@ -36,6 +37,19 @@ t.test('IoCounter: buckets, sum, errors', async (t) => {
   t.equal(cumulative[latencyBucketsSeconds.indexOf(0.001)], 2, '1 ms is in the 1 ms bucket');
   t.equal(cumulative[latencyBucketsSeconds.length - 1], 2, 'a minute is in no bounded bucket');
   t.equal(cumulative[latencyBucketsSeconds.length], 3, '+Inf holds every success');
+});
+
+t.test('IoCounter: untimed successes are counted but not in the histogram', async (t) => {
+  const counter = new IoCounter();
+  counter.done(4096, 2); // 2 ms
+  counter.doneUntimed(512);
+  counter.doneSince(1024, Number.NaN); // what ioStartMs() gives with timing off
+  counter.doneSince(2048, performance.now() - 1); // started a millisecond ago
+  t.equal(counter.count, 4, 'every success counts');
+  t.equal(counter.bytes, 4096 + 512 + 1024 + 2048);
+  t.equal(counter.timedCount, 2, 'two were timed');
+  t.equal(counter.cumulativeBuckets().at(-1), 2, '+Inf (the histogram count) holds the timed ones only');
+  t.ok(counter.sumSeconds >= 0.003 && counter.sumSeconds < 1, `the sum is the timed ones' (${counter.sumSeconds} s)`);
 });
 
 t.test('a registry renders valid Prometheus text', { skip: fs.existsSync(promtool) ? false : `needs ${promtool}` }, async (t) => {

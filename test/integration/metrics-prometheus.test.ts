@@ -8,7 +8,8 @@
 // fio's start are not aligned), and for the change of the SDC's counter over the whole run,
 // which must equal the writes fio made. `promtool check metrics` passes on the output of
 // every endpoint, `promtool check rules` on deploy/prometheus/meshblock-alerts.yml, and the
-// capacity by state sums to the raw capacity. Last, an SDS killed with SIGKILL raises the
+// capacity by state sums to the raw capacity; the SDSs' devices show the write calls under
+// those writes with a latency. Last, an SDS killed with SIGKILL raises the
 // SDS-down and data-degraded alerts in Prometheus.
 
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -154,6 +155,12 @@ t.test('Prometheus scrapes a lab while fio runs: the rates match fio', { skip },
   near(sdsRate, job.write.iops, 'the SDSs\' primary write rate');
   const [mirrorRate] = await query(base, `sum(rate(meshblock_sds_requests_total{op="mirror_write"}[${windowSeconds}s]))`, middle + windowSeconds / 2);
   near(mirrorRate, job.write.iops, 'the SDSs\' mirror write rate');
+  // Below the chunk stores: each write an SDS stores is at least one call on a device
+  // (its data; slot entries, checksum areas and syncs come on top), timed per device.
+  const [deviceWriteRate] = await query(base, `sum(rate(meshblock_sds_device_io_requests_total{op="write"}[${windowSeconds}s]))`, middle + windowSeconds / 2);
+  t.ok(deviceWriteRate !== undefined && deviceWriteRate >= 0.75 * 2 * job.write.iops, `the devices' write calls (${deviceWriteRate?.toFixed(1) ?? 'no sample'}/s) cover the primary and mirror writes (2 x ${job.write.iops.toFixed(1)}/s, 25% slack)`);
+  const [deviceP50] = await query(base, `histogram_quantile(0.5, sum by (le) (rate(meshblock_sds_device_io_request_duration_seconds_bucket{op="write"}[${windowSeconds}s])))`, middle + windowSeconds / 2);
+  t.ok(deviceP50 !== undefined && deviceP50 > 0 && deviceP50 < 10, `the devices' median write latency is a number of seconds (${deviceP50})`);
   // Over the whole run (counters flat before and after): exactly fio's writes.
   const [before] = await query(base, writes, startSeconds - 1);
   const [after] = await query(base, writes, Date.now() / 1000);
