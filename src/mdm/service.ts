@@ -84,7 +84,13 @@ export class MdmService implements MdmController {
   /** Connected SDSs by id: registration proved who they are. */
   private readonly sdsPeers = new Map<Id, WirePeer>();
   /** Connected SDCs by id, and the view each was last sent. */
-  private readonly sdcPeers = new Map<Id, { peer: WirePeer; sentView: string }>();
+  /**
+   * Each SDC's last view as sent, in two parts: the map's JSON (one string shared by every SDC
+   * that was sent the same map, so comparing it is comparing references) and the rest.
+   */
+  private readonly sdcPeers = new Map<Id, { peer: WirePeer; sentMap: string; sentRest: ViewJsonParts }>();
+  /** The map's JSON as last sent in views: a new map equal to it reuses this very string. */
+  private viewMapJson = '';
   private readonly sdcOpenVolumes = new Map<Id, string[]>();
   /** By SDC, the QoS statistics of its last heartbeat (volatile, like sdcOpenVolumes: gone when it disconnects). */
   private readonly sdcQos = new Map<Id, VolumeQosStats[]>();
@@ -355,7 +361,8 @@ export class MdmService implements MdmController {
     }
     const epoch = model.epoch;
     // The SDSs of other pools get the map too (its epoch moved), without being waited for.
-    for (const [sdsId, peer] of this.sdsPeers) if (!required.has(sdsId)) void this.pushMapTo(sdsId, peer);
+    const encoded = this.encodedMap();
+    for (const [sdsId, peer] of this.sdsPeers) if (!required.has(sdsId)) void this.pushMapTo(sdsId, peer, encoded);
     const nameOf = (sdsId: Id): string => `'${model.sdss[sdsId]?.name ?? sdsId}'`;
     const confirm = async (sdsId: Id): Promise<string | null> => {
       for (let attempt = 1; ; attempt++) {
@@ -461,8 +468,10 @@ export class MdmService implements MdmController {
           session.sdcId = applied.id;
           const previous = this.sdcPeers.get(applied.id);
           if (previous !== undefined && previous.peer !== peer) previous.peer.destroy();
-          const view = JSON.stringify(this.sdcView(applied.id));
-          this.sdcPeers.set(applied.id, { peer, sentView: view });
+          const mapJson = this.currentViewMapJson();
+          const rest = this.sdcViewRest(applied.id);
+          this.sdcPeers.set(applied.id, { peer, sentMap: mapJson, sentRest: rest });
+          const view = rest.head + mapJson + rest.tail;
           if (session.remoteAddress !== null) this.sdcAddresses.set(applied.id, session.remoteAddress);
           this.options.log.info({ sdcId: applied.id, guid: registration.guid }, 'SDC registered');
           return { status: SdsStatus.Ok, payload: Buffer.from(view) };
@@ -708,6 +717,11 @@ export class MdmService implements MdmController {
 
   /** What an SDC should know: the map and the volumes mapped to it. */
   sdcView(sdcId: Id): SdcView {
+    return { ...this.sdcViewWithoutMap(sdcId), map: this.state.placementMap() };
+  }
+
+  /** An SDC's view but its map: its id, name and the volumes mapped to it. */
+  private sdcViewWithoutMap(sdcId: Id): Omit<SdcView, 'map'> {
     const model = this.state.model;
     const sdc = model.sdcs[sdcId];
     const volumes: SdcVolume[] = [];
@@ -733,7 +747,23 @@ export class MdmService implements MdmController {
         burstSeconds: mapping.burstSeconds,
       });
     }
-    return { sdcId, name: sdc?.name ?? '', map: this.state.placementMap(), volumes };
+    return { sdcId, name: sdc?.name ?? '', volumes };
+  }
+
+  /** The JSON of an SDC's view around its map: head + the map's JSON + tail is JSON.stringify(sdcView). */
+  private sdcViewRest(sdcId: Id): ViewJsonParts {
+    const { name, volumes } = this.sdcViewWithoutMap(sdcId);
+    return { head: `{"sdcId":${JSON.stringify(sdcId)},"name":${JSON.stringify(name)},"map":`, tail: `,"volumes":${JSON.stringify(volumes)}}` };
+  }
+
+  /**
+   * The current map's JSON for views, built once per call (not once per SDC): when it equals
+   * the last one sent, that same string is returned, so every SDC's comparison is by reference.
+   */
+  private currentViewMapJson(): string {
+    const json = JSON.stringify(this.state.placementMap());
+    if (json !== this.viewMapJson) this.viewMapJson = json;
+    return this.viewMapJson;
   }
 
   /** The QoS statistics of the volumes mapped to an SDC, from its last heartbeat ([] before one, or from an older SDC). */
@@ -778,12 +808,16 @@ export class MdmService implements MdmController {
 
   /** Sends every connected SDC its view if it changed since it was last sent. */
   private pushViews(): void {
-    if (!this.mayAct()) return;
+    if (!this.mayAct() || this.sdcPeers.size === 0) return;
+    // The map is built and encoded once for every SDC (at a 4,096-group pool it is ~550 KB of
+    // JSON: once per SDC per command stalled the MDM past its peers' heartbeat timeout).
+    const mapJson = this.currentViewMapJson();
     for (const [sdcId, entry] of this.sdcPeers) {
-      const view = JSON.stringify(this.sdcView(sdcId));
-      if (view === entry.sentView) continue;
-      entry.sentView = view;
-      entry.peer.request(SdcOp.Update, Buffer.from(view), { timeoutMs: sdsOrderTimeoutMs }).then(
+      const rest = this.sdcViewRest(sdcId);
+      if (mapJson === entry.sentMap && rest.head === entry.sentRest.head && rest.tail === entry.sentRest.tail) continue;
+      entry.sentMap = mapJson;
+      entry.sentRest = rest;
+      entry.peer.request(SdcOp.Update, Buffer.from(rest.head + mapJson + rest.tail), { timeoutMs: sdsOrderTimeoutMs }).then(
         (response) => {
           if (response.status !== SdsStatus.Ok) this.options.log.warn({ sdcId, status: response.status }, 'SDC refused its update');
         },
@@ -796,18 +830,26 @@ export class MdmService implements MdmController {
   private pushMap(): Promise<void> {
     if (!this.mayAct()) return Promise.resolve();
     this.options.log.info({ epoch: this.state.model.epoch, sdss: this.sdsPeers.size }, 'map pushed');
-    return Promise.all([...this.sdsPeers].map(([sdsId, peer]) => this.pushMapTo(sdsId, peer))).then(() => undefined);
+    // One encoding for every SDS: the payload is only read by the sockets.
+    const encoded = this.encodedMap();
+    return Promise.all([...this.sdsPeers].map(([sdsId, peer]) => this.pushMapTo(sdsId, peer, encoded))).then(() => undefined);
   }
 
-  private pushMapTo(sdsId: Id, peer: WirePeer): Promise<void> {
-    if (!this.mayAct()) return Promise.resolve();
+  /** The current map as SetMap carries it, with its epoch. */
+  private encodedMap(): { epoch: number; payload: Buffer } {
     const map = this.state.placementMap();
-    this.options.log.debug({ sdsId, epoch: map.epoch }, 'map pushed to an SDS');
-    return peer.request(SdsOp.SetMap, Buffer.from(JSON.stringify(map)), { timeoutMs: sdsOrderTimeoutMs }).then(
+    return { epoch: map.epoch, payload: Buffer.from(JSON.stringify(map)) };
+  }
+
+  private pushMapTo(sdsId: Id, peer: WirePeer, encoded = this.encodedMap()): Promise<void> {
+    if (!this.mayAct()) return Promise.resolve();
+    const { epoch, payload } = encoded;
+    this.options.log.debug({ sdsId, epoch }, 'map pushed to an SDS');
+    return peer.request(SdsOp.SetMap, payload, { timeoutMs: sdsOrderTimeoutMs }).then(
       (response) => {
-        if (response.status !== SdsStatus.Ok) this.options.log.warn({ sdsId, epoch: map.epoch, status: response.status, reason: response.payload.toString() }, 'SDS refused the map');
+        if (response.status !== SdsStatus.Ok) this.options.log.warn({ sdsId, epoch, status: response.status, reason: response.payload.toString() }, 'SDS refused the map');
       },
-      (err: unknown) => this.options.log.warn({ err, sdsId, epoch: map.epoch }, 'map push failed'),
+      (err: unknown) => this.options.log.warn({ err, sdsId, epoch }, 'map push failed'),
     );
   }
 
@@ -831,4 +873,10 @@ export class MdmService implements MdmController {
     this.server.close();
     for (const socket of this.sockets) socket.destroy();
   }
+}
+
+/** An SDC view's JSON but its map: `head + mapJson + tail` is the whole view. */
+interface ViewJsonParts {
+  head: string;
+  tail: string;
 }
