@@ -199,13 +199,17 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     }
   }
 
-  /** What the heartbeat reports: every mapped volume's limits and counters, since this SDC started. */
+  /** What the heartbeat reports: every mapped volume's limits, QoS counters and client latency sums, since this SDC started. */
   qosStats(): VolumeQosStats[] {
     const all: VolumeQosStats[] = [];
     for (const volumeId of this.mapped.keys()) {
       const limiter = this.limiters.get(volumeId);
       if (limiter === undefined) continue;
       const stats = limiter.stats();
+      // Latency as the metrics already measure it (volume-backend.ts): no second clock read.
+      const io = this.ioOf(volumeId);
+      const reads = io.op('read');
+      const writes = io.op('write');
       all.push({
         volumeId,
         iopsLimit: limiter.limits.iopsLimit,
@@ -215,6 +219,10 @@ export class Sdc implements ExportRegistry, VolumeRouter {
         throttledRequests: stats.throttledRequests,
         throttledMs: Math.round(stats.throttledMs),
         waiting: stats.waiting,
+        readsDone: reads.count,
+        readLatencyUsSum: Math.round(reads.sumSeconds * 1e6),
+        writesDone: writes.count,
+        writeLatencyUsSum: Math.round(writes.sumSeconds * 1e6),
       });
     }
     return all;
