@@ -210,6 +210,10 @@ export class Sdc implements ExportRegistry, VolumeRouter {
       const io = this.ioOf(volumeId);
       const reads = io.op('read');
       const writes = io.op('write');
+      // IO counted but never timed (`--metrics off` skips the clock): no latency to report,
+      // rather than a mean of 0 µs. A timed request always takes some time.
+      const timed = (reads.count === 0 || reads.sumSeconds > 0) && (writes.count === 0 || writes.sumSeconds > 0);
+      const latency = timed ? { readsDone: reads.count, readLatencyUsSum: Math.round(reads.sumSeconds * 1e6), writesDone: writes.count, writeLatencyUsSum: Math.round(writes.sumSeconds * 1e6) } : {};
       all.push({
         volumeId,
         iopsLimit: limiter.limits.iopsLimit,
@@ -219,10 +223,7 @@ export class Sdc implements ExportRegistry, VolumeRouter {
         throttledRequests: stats.throttledRequests,
         throttledMs: Math.round(stats.throttledMs),
         waiting: stats.waiting,
-        readsDone: reads.count,
-        readLatencyUsSum: Math.round(reads.sumSeconds * 1e6),
-        writesDone: writes.count,
-        writeLatencyUsSum: Math.round(writes.sumSeconds * 1e6),
+        ...latency,
       });
     }
     return all;
