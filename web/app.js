@@ -109,7 +109,8 @@ function Console({ session, onLoggedOut }) {
       if (!alive.current) return;
       const read = rates(io.userDataReadBwc);
       const write = rates(io.userDataWriteBwc);
-      const latencyMs = (bwc) => (bwc && bwc.numOccured > 0 ? bwc.totalWeightInKb / bwc.numOccured / 1000 : 0);
+      // ScaleIO's latency Bwc weighs in µs: the mean is weight / count. No IO: no latency (a gap, not 0).
+      const latencyMs = (bwc) => (bwc && bwc.numOccured > 0 ? bwc.totalWeightInKb / bwc.numOccured / 1000 : null);
       setHistory((old) =>
         append(old, {
           time: nowMs / 1000,
