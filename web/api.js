@@ -15,14 +15,14 @@ export class ApiError extends Error {
 /** The MDM did not answer at all (down, network gone): not the same as a refusal. */
 export class UnreachableError extends Error {}
 
-async function request(method, path, body) {
+async function request(method, path, body, signal) {
   // x-meshblock-client: a 401 then comes without WWW-Authenticate (no browser password prompt).
   const headers = { accept: 'application/json', 'x-meshblock-client': 'web' };
   if (body !== undefined) headers['content-type'] = 'application/json';
   if (method !== 'GET' && csrfToken !== null) headers['x-csrf-token'] = csrfToken;
   let response;
   try {
-    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: 'same-origin', cache: 'no-store' });
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: 'same-origin', cache: 'no-store', signal });
   } catch (err) {
     throw new UnreachableError(`the MDM does not answer (${err.message})`);
   }
@@ -39,7 +39,8 @@ async function request(method, path, body) {
   return parsed;
 }
 
-export const get = (path) => request('GET', path);
+/** `signal`: an AbortSignal that ends a long poll early (its promise then rejects). */
+export const get = (path, signal) => request('GET', path, undefined, signal);
 export const post = (path, body = {}) => request('POST', path, body);
 
 export async function login(username, password) {

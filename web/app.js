@@ -6,6 +6,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { ApiError, UnreachableError, get, login, logout, post, resume } from './api.js';
 import { BackendView } from './backend.js';
 import { DashboardView } from './dashboard.js';
+import { useEventLog } from './events.js';
 import { FrontendView } from './frontend.js';
 import { clock } from './format.js';
 import { Dialog, html } from './widgets.js';
@@ -72,6 +73,8 @@ function Console({ session, onLoggedOut }) {
   const [dialog, setDialog] = useState(null);
   const [notice, setNotice] = useState(null);
   const latency = useRef(null); // null: not probed yet; then true or false
+  // Followed while logged in, whichever view shows: the dashboard opens on what already came.
+  const eventLog = useEventLog();
   const volumeCounters = useRef(null);
   // False once this console is gone (logged out): a refresh still in flight then changes nothing,
   // and in particular its 401 does not end the session of a login made since.
@@ -106,7 +109,8 @@ function Console({ session, onLoggedOut }) {
       if (!alive.current) return;
       const read = rates(io.userDataReadBwc);
       const write = rates(io.userDataWriteBwc);
-      const latencyMs = (bwc) => (bwc && bwc.numOccured > 0 ? bwc.totalWeightInKb / bwc.numOccured / 1000 : 0);
+      // ScaleIO's latency Bwc weighs in µs: the mean is weight / count. No IO: no latency (a gap, not 0).
+      const latencyMs = (bwc) => (bwc && bwc.numOccured > 0 ? bwc.totalWeightInKb / bwc.numOccured / 1000 : null);
       setHistory((old) =>
         append(old, {
           time: nowMs / 1000,
@@ -197,7 +201,7 @@ function Console({ session, onLoggedOut }) {
           ? html`<${BackendView} data=${data} />`
           : view === 'frontend'
             ? html`<${FrontendView} data=${data} ask=${ask} />`
-            : html`<${DashboardView} data=${data} history=${history} busiest=${busiest} mdmCluster=${mdmCluster} latencySupported=${latency.current === true} />`}
+            : html`<${DashboardView} data=${data} history=${history} busiest=${busiest} mdmCluster=${mdmCluster} latencySupported=${latency.current === true} eventLog=${eventLog} />`}
     </main>
     ${dialog !== null ? html`<${Dialog} dialog=${dialog} onClose=${closeDialog} />` : null}
   </div>`;

@@ -1,7 +1,8 @@
 // The dashboard view: capacity rings, live IO charts, health, rebuild/rebalance, the MDM
-// cluster, the busiest volumes, and a place for the event log.
+// cluster, the busiest volumes, and the event log (events.js).
 
 import { Chart, Ring, html } from './widgets.js';
+import { EventsPanel } from './events.js';
 import { clock, count, kib, percent, seconds } from './format.js';
 
 const colors = {
@@ -53,7 +54,7 @@ export function netSegments(capacity) {
   ];
 }
 
-export function DashboardView({ data, history, busiest, mdmCluster, latencySupported }) {
+export function DashboardView({ data, history, busiest, mdmCluster, latencySupported, eventLog }) {
   const { dashboard } = data;
   const capacity = dashboard.capacity;
   const health = dashboard.health;
@@ -115,9 +116,6 @@ export function DashboardView({ data, history, busiest, mdmCluster, latencySuppo
         ? html`<p class="muted">No client IO in the last interval.</p>`
         : html`<table><tr><th>Volume</th><th>IOPS</th><th>MiB/s</th></tr>${busiest.map((entry) => html`<tr key=${entry.id}><td>${entry.name}</td><td>${count(entry.iops)}</td><td>${(entry.kibps / 1024).toFixed(1)}</td></tr>`)}</table>`}
     </section>
-    <section class="panel events" data-testid="events">
-      <h2>Events</h2>
-      <p class="muted">The MDM's event log will show here.</p>
-    </section>
+    <${EventsPanel} log=${eventLog} />
   </div>`;
 }

@@ -442,6 +442,7 @@ export class MdmClusterMember {
       sdsStats: (sdsId) => service().sdsStats(sdsId),
       rebuildStatus: () => service().rebuildStatus(),
       sdcQosStats: (sdcId) => service().sdcQosStats(sdcId),
+      sdcLatencyWindow: (sdcId, volumeId) => service().sdcLatencyWindow(sdcId, volumeId),
       sdcAddress: (sdcId) => service().sdcAddress(sdcId),
       fillDefaults: () => service().fillDefaults(),
     };

@@ -7,6 +7,7 @@ import type { SdsStats } from '../wire/sds-ops.js';
 import type { Id } from './model.js';
 import type { Applied, Command, StateMachine } from './state-machine.js';
 import type { FillDefaults } from './health.js';
+import type { LatencyWindow } from './sdc-latency.js';
 
 export interface AddDeviceRequest {
   sdsId: Id;
@@ -103,6 +104,8 @@ export interface MdmController {
   rebuildStatus(): RebuildStatus;
   /** The QoS statistics an SDC's last heartbeat carried for its mapped volumes ([] if none yet). */
   sdcQosStats(sdcId: Id): readonly VolumeQosStats[];
+  /** What an SDC did with a volume between its last two heartbeats, for client latency (sdc-latency.ts). Absent: never known. */
+  sdcLatencyWindow?(sdcId: Id, volumeId: Id): LatencyWindow | undefined;
   /**
    * The IP address an SDC last registered from (ScaleIO's sdcIp), null if it has not since
    * this MDM started. Absent: never known.

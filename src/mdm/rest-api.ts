@@ -402,7 +402,7 @@ export class RestApi {
     };
     const ok = (body: unknown): Reply => ({ status: 200, body });
     const instance = '/api/instances/([A-Za-z]+)::([^/]+)';
-    const statisticsSources = (): StatisticsSources => ({ state: state(), sdsStats: (sdsId) => this.controller.sdsStats(sdsId), sdcQos, rebuildStatus: () => this.controller.rebuildStatus() });
+    const statisticsSources = (): StatisticsSources => ({ state: state(), sdsStats: (sdsId) => this.controller.sdsStats(sdsId), sdcQos, rebuildStatus: () => this.controller.rebuildStatus(), sdcLatency: (sdcId, volumeId) => this.controller.sdcLatencyWindow?.(sdcId, volumeId) });
     const cluster = (): Promise<unknown> => (this.cluster === null ? Promise.reject(new RestError('MB_ERR_NO_ROUTE', 'this MDM has no cluster view', 404)) : this.cluster.query());
     return [
       { pattern: new RegExp(`^${queryMdmClusterPath}$`), methods: { GET: async () => ok(await cluster()), POST: async () => ok(await cluster()) } },

@@ -36,6 +36,7 @@ import type { Device, Id, Sdc, Sds, Volume } from './model.js';
 import { instanceTables, type RestType, type SdcQosLookup } from './rest-objects.js';
 import type { PoolCapacity, StateMachine } from './state-machine.js';
 import type { RebuildStatus } from './controller.js';
+import type { LatencyWindow } from './sdc-latency.js';
 import { InvalidArgumentError } from '../common/errors.js';
 import { RestError } from './rest-errors.js';
 
@@ -457,6 +458,8 @@ export interface StatisticsSources {
   sdsStats: (sdsId: Id) => SdsStats | null;
   sdcQos: SdcQosLookup;
   rebuildStatus: () => RebuildStatus;
+  /** An SDC's latency window for a volume (MdmController.sdcLatencyWindow); absent: no client latency known. */
+  sdcLatency?: (sdcId: Id, volumeId: Id) => LatencyWindow | undefined;
 }
 
 const noBwc: RestBwc = { numSeconds: 0, totalWeightInKb: 0, numOccured: 0 };
@@ -467,6 +470,42 @@ const noBwc: RestBwc = { numSeconds: 0, totalWeightInKb: 0, numOccured: 0 };
  */
 function rateBwc(known: boolean, iosPerSecond: number, bytesPerSecond: number): RestBwc {
   return known ? { numSeconds: 1, totalWeightInKb: kb(bytesPerSecond), numOccured: Math.round(iosPerSecond) } : noBwc;
+}
+
+/**
+ * ScaleIO's client latency counters, userDataSdcReadLatency and userDataSdcWriteLatency: Bwcs
+ * whose weight is microseconds instead of KiB, so that totalWeightInKb / numOccured is the
+ * mean latency in µs (how PowerFlex's clients read them). From the windows of the (SDC,
+ * volume) pairs given (sdc-latency.ts), as one second of their summed rates, like the other
+ * Bwcs here; numSeconds 0 when no pair has a window (no SDC timing IO, or not two
+ * heartbeats yet). Rounded to whole IOs per second, so below half an IO a second the count
+ * reads 0 and the latency unknown.
+ */
+function latencyBwcs(sources: StatisticsSources, pairs: Iterable<{ sdcId: Id; volumeId: Id }>): Record<'userDataSdcReadLatency' | 'userDataSdcWriteLatency', RestBwc> {
+  let known = false;
+  let readsPerSecond = 0;
+  let readUsPerSecond = 0;
+  let writesPerSecond = 0;
+  let writeUsPerSecond = 0;
+  for (const { sdcId, volumeId } of pairs) {
+    const window = sources.sdcLatency?.(sdcId, volumeId);
+    if (window === undefined) continue;
+    known = true;
+    readsPerSecond += window.reads / window.seconds;
+    readUsPerSecond += window.readLatencyUsSum / window.seconds;
+    writesPerSecond += window.writes / window.seconds;
+    writeUsPerSecond += window.writeLatencyUsSum / window.seconds;
+  }
+  if (!known) return { userDataSdcReadLatency: noBwc, userDataSdcWriteLatency: noBwc };
+  return {
+    userDataSdcReadLatency: { numSeconds: 1, totalWeightInKb: Math.round(readUsPerSecond), numOccured: Math.round(readsPerSecond) },
+    userDataSdcWriteLatency: { numSeconds: 1, totalWeightInKb: Math.round(writeUsPerSecond), numOccured: Math.round(writesPerSecond) },
+  };
+}
+
+/** The (SDC, volume) pairs of some volumes' mappings. */
+function* mappingPairs(volumes: Iterable<Volume>): Iterable<{ sdcId: Id; volumeId: Id }> {
+  for (const volume of volumes) for (const mapping of volume.mappings) yield { sdcId: mapping.sdcId, volumeId: volume.id };
 }
 
 interface DeviceRates {
@@ -644,6 +683,7 @@ export function objectStatistics(sources: StatisticsSources, type: RestType, id:
         ...clientBwcs(deviceRates(sources, Object.values(model.devices))),
         fwdRebuildReadBwc: copying,
         fwdRebuildWriteBwc: copying,
+        ...latencyBwcs(sources, mappingPairs(Object.values(model.volumes))),
         numOfSdc: Object.keys(model.sdcs).length,
         numOfMappedToAllVolumes: 0,
         numOfThickBaseVolumes: Object.values(model.volumes).filter((volume) => volume.volumeType === 'ThickProvisioned').length,
@@ -713,7 +753,8 @@ export function objectStatistics(sources: StatisticsSources, type: RestType, id:
     case 'Sdc': {
       const sdc = lookup(model.sdcs);
       if (sdc === undefined) return undefined;
-      return { ...sdcStatistics(state, sdc, sources.sdcQos), volumeIds: index.sdcVolumeIds(id) };
+      const volumeIds = index.sdcVolumeIds(id);
+      return { ...sdcStatistics(state, sdc, sources.sdcQos), volumeIds, ...latencyBwcs(sources, volumeIds.map((volumeId) => ({ sdcId: id, volumeId }))) };
     }
     case 'Volume': {
       const volume = lookup(model.volumes);
@@ -732,6 +773,7 @@ export function objectStatistics(sources: StatisticsSources, type: RestType, id:
         mappedSdcIds: volume.mappings.map((mapping) => mapping.sdcId),
         numOfChildVolumes: index.children(id).length,
         numOfDescendantVolumes: descendants,
+        ...latencyBwcs(sources, mappingPairs([volume])),
       };
     }
     case 'VTree': {

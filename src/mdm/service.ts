@@ -44,6 +44,7 @@ import { IntegrityWatch } from './integrity.js';
 import { Journal } from './journal.js';
 import { emptyModel, type Id, type SnapshotDef, type SystemModel } from './model.js';
 import { MdmError, StateMachine, isDown, notFound, type Applied, type Command } from './state-machine.js';
+import { SdcLatencyWindows, type LatencyWindow } from './sdc-latency.js';
 
 export type { JournalRecord } from './command-log.js';
 
@@ -94,6 +95,8 @@ export class MdmService implements MdmController {
   private readonly sdcOpenVolumes = new Map<Id, string[]>();
   /** By SDC, the QoS statistics of its last heartbeat (volatile, like sdcOpenVolumes: gone when it disconnects). */
   private readonly sdcQos = new Map<Id, VolumeQosStats[]>();
+  /** Client latency from the SDCs' heartbeats (GET .../Statistics: userDataSdcReadLatency ...). */
+  private readonly sdcLatency = new SdcLatencyWindows();
   /** Where each SDC last registered from; kept while it is away (ScaleIO shows the last sdcIp). */
   private readonly sdcAddresses = new Map<Id, string>();
   private readonly lastStats = new Map<Id, SdsStats>();
@@ -424,6 +427,7 @@ export class MdmService implements MdmController {
             this.sdcPeers.delete(session.sdcId);
             this.sdcOpenVolumes.delete(session.sdcId);
             this.sdcQos.delete(session.sdcId);
+            this.sdcLatency.forget(session.sdcId);
             this.state.observe({ type: 'sdcDisconnected', sdcId: session.sdcId });
             this.options.log.warn({ sdcId: session.sdcId }, 'SDC disconnected');
           }
@@ -481,7 +485,9 @@ export class MdmService implements MdmController {
             this.state.observe({ type: 'sdcHeartbeat', sdcId: session.sdcId, nowMs: Date.now() });
             const beat = JSON.parse(request.payload.toString()) as Partial<SdcHeartbeat>;
             this.sdcOpenVolumes.set(session.sdcId, Array.isArray(beat.openVolumes) ? beat.openVolumes.filter((entry) => typeof entry === 'string') : []);
-            this.sdcQos.set(session.sdcId, this.readQosStats(session.sdcId, beat.qos));
+            const qos = this.readQosStats(session.sdcId, beat.qos);
+            this.sdcQos.set(session.sdcId, qos);
+            this.sdcLatency.onHeartbeat(session.sdcId, Date.now(), qos);
             return { status: SdsStatus.Ok };
           }
           if (session.sdsId === null) return { status: SdsStatus.InvalidArgument, payload: Buffer.from('heartbeat before registration') };
@@ -771,6 +777,11 @@ export class MdmService implements MdmController {
     return this.sdcQos.get(sdcId) ?? [];
   }
 
+  /** What an SDC did with a volume between its last two heartbeats (undefined before two, or from an SDC that does not time its IO). */
+  sdcLatencyWindow(sdcId: Id, volumeId: Id): LatencyWindow | undefined {
+    return this.sdcLatency.window(sdcId, volumeId);
+  }
+
   /** The IP address the SDC last registered from, null if not since this MDM started (or removed). */
   sdcAddress(sdcId: Id): string | null {
     return Object.hasOwn(this.state.model.sdcs, sdcId) ? (this.sdcAddresses.get(sdcId) ?? null) : null;
@@ -792,11 +803,14 @@ export class MdmService implements MdmController {
       const volumeId = stats.volumeId;
       if (typeof volumeId !== 'string' || !Object.hasOwn(this.state.model.volumes, volumeId) || kept.has(volumeId)) continue;
       if (!this.state.model.volumes[volumeId]?.mappings.some((mapping) => mapping.sdcId === sdcId)) continue;
-      const { iopsLimit, bandwidthLimitKbps, requests, bytes, throttledRequests, throttledMs, waiting } = stats;
+      const { iopsLimit, bandwidthLimitKbps, requests, bytes, throttledRequests, throttledMs, waiting, readsDone, readLatencyUsSum, writesDone, writeLatencyUsSum } = stats;
       if (![iopsLimit, bandwidthLimitKbps, requests, bytes, throttledRequests, waiting].every(counter)) continue;
       // Waits are summed from a monotonic clock: fractions of a millisecond are fine.
       if (typeof throttledMs !== 'number' || !Number.isFinite(throttledMs) || throttledMs < 0) continue;
-      kept.set(volumeId, { volumeId, iopsLimit, bandwidthLimitKbps, requests, bytes, throttledRequests, throttledMs, waiting } as VolumeQosStats);
+      const volumeStats = { volumeId, iopsLimit, bandwidthLimitKbps, requests, bytes, throttledRequests, throttledMs, waiting } as VolumeQosStats;
+      // Client latency (sdc-latency.ts): all four or none (an older SDC, or one not timing its IO).
+      if ([readsDone, readLatencyUsSum, writesDone, writeLatencyUsSum].every(counter)) Object.assign(volumeStats, { readsDone, readLatencyUsSum, writesDone, writeLatencyUsSum });
+      kept.set(volumeId, volumeStats);
     }
     return [...kept.values()];
   }

@@ -202,6 +202,17 @@ export interface VolumeQosStats {
   throttledMs: number;
   /** Requests waiting now. */
   waiting: number;
+  /**
+   * Client latency, for ScaleIO's userDataSdcReadLatency/userDataSdcWriteLatency: reads and
+   * writes completed (below QoS, as the SDC's metrics count them) and their latencies summed,
+   * in whole microseconds, since the SDC started. The MDM turns the difference between two
+   * heartbeats into a rate (src/mdm/sdc-latency.ts). Absent from an older SDC, or from one
+   * that does not time its IO (`--metrics off`); then the MDM reports no latency for it.
+   */
+  readsDone?: number;
+  readLatencyUsSum?: number;
+  writesDone?: number;
+  writeLatencyUsSum?: number;
 }
 
 export interface SdcView {

@@ -8,8 +8,11 @@
 //   is refused with 403 MB_ERR_CSRF, and changes nothing; without the cookie, 401;
 // - a volume created and mapped through the page's dialog is exported by the SDC over NBD,
 //   and fio (its nbd engine, crc32c verify) writes and reads it back; the IOPS chart moves
-//   while fio runs; removing the mapped volume is refused and the dialog shows the API's error;
-// - after kill -9 of an SDS the page shows it down and the rebuild's progress;
+//   while fio runs, and so does the latency chart, from the client latency the SDC's heartbeats
+//   carry (the API's userDataSdcReadLatency/userDataSdcWriteLatency, which must be there and
+//   count IO); removing the mapped volume is refused and the dialog shows the API's error;
+// - after kill -9 of an SDS the page shows it down and the rebuild's progress, and its events
+//   panel (long-polling GET /api/events) shows the sdsDown event the API lists, with its id;
 // - logout ends the session (the API answers the page 401); a dead MDM shows as dead.
 // Screenshots go to .tap/artifacts/web-dashboard/ (MESHBLOCK_WEB_SCREENSHOT=docs/img/dashboard.png
 // also writes the README's picture there).
@@ -216,6 +219,10 @@ t.test('the web dashboard in chromium: login, capacity, CSRF, create and map a v
     await page.click('[data-testid=dialog] button[type=button]');
 
     // Resize and QoS limits through their dialogs; the API (not the page) says whether they took.
+    // A dialog closes when the page has the API's answer, which comes after the change is
+    // visible to the test's own request (the MDM records the change's event, fdatasync'd,
+    // before it answers: seconds on a loaded disk): a click before that lands on its backdrop.
+    const dialogClosed = (): Promise<unknown> => page.waitForSelector('[data-testid=dialog]', { hidden: true, timeout: 60_000 });
     const volumeOf = async (): Promise<{ sizeInKb: number; mappedSdcInfo: Array<{ limitIops: number }> }> => {
       const listed = (await pageFetch(page, 'GET', '/api/types/Volume/instances', {})).body as unknown as Array<{ name: string; sizeInKb: number; mappedSdcInfo: Array<{ limitIops: number }> }>;
       const found = listed.find((entry) => entry.name === 'webvol');
@@ -229,6 +236,7 @@ t.test('the web dashboard in chromium: login, capacity, CSRF, create and map a v
     await page.click('[data-testid=dialog-confirm]');
     await until('the resize to land', async () => ((await volumeOf()).sizeInKb === (2 * GiB) / 1024 ? true : undefined), 30_000);
     t.pass('resized to 2 GiB through the page');
+    await dialogClosed();
     await page.click(`[data-testid=mapping-webvol-${cluster.sdc.name}] [data-testid=limits]`);
     await page.waitForSelector('[data-testid=dialog] input[name=iopsLimit]');
     await page.$eval('[data-testid=dialog] input[name=iopsLimit]', (input: unknown) => ((input as DomInput).value = ''));
@@ -236,6 +244,7 @@ t.test('the web dashboard in chromium: login, capacity, CSRF, create and map a v
     await page.click('[data-testid=dialog-confirm]');
     await until('the limit to land', async () => ((await volumeOf()).mappedSdcInfo[0]?.limitIops === 5000 ? true : undefined), 30_000);
     t.pass('IOPS limit 5000 set through the page');
+    await dialogClosed();
 
     await page.click('[data-testid=nav-dashboard]');
     await page.waitForSelector('[data-testid=chart-iops]');
@@ -250,6 +259,28 @@ t.test('the web dashboard in chromium: login, capacity, CSRF, create and map a v
       60_000,
     );
     t.pass(`the IOPS chart moved: read ${moved[0]}, write ${moved[1]} IO/s`);
+    const latencyShown = await until(
+      'the latency chart to show fio\'s latency',
+      async () => {
+        const last = JSON.parse((await attribute(page, '[data-testid=chart-latency]', 'data-last')) ?? '[]') as Array<number | null>;
+        return (last[0] ?? 0) + (last[1] ?? 0) > 0 ? last : undefined;
+      },
+      60_000,
+    );
+    t.pass(`the latency chart shows a number: read ${latencyShown[0]} ms, write ${latencyShown[1]} ms`);
+    // The API's figure the chart is drawn from: ScaleIO's shape, a Bwc whose weight is µs.
+    const systemId = (await dashboardJson()).system.id;
+    const apiLatency = await until(
+      'the API to report client write latency',
+      async () => {
+        const reply = await pageFetch(page, 'GET', `/api/instances/System::${systemId}/relationships/Statistics`, {});
+        const write = (reply.body as unknown as Record<string, { numSeconds: number; totalWeightInKb: number; numOccured: number } | undefined>)['userDataSdcWriteLatency'];
+        return reply.status === 200 && write !== undefined && write.numOccured > 0 ? write : undefined;
+      },
+      60_000,
+    );
+    const meanUs = apiLatency.totalWeightInKb / apiLatency.numOccured;
+    t.ok(meanUs > 1 && meanUs < 10_000_000, `the API's userDataSdcWriteLatency is a plausible mean: ${JSON.stringify(apiLatency)} = ${meanUs.toFixed(0)} µs per write`);
     await until('the busiest volumes to list webvol', async () => ((await text(page, '[data-testid=busiest]')).includes('webvol') ? true : undefined), 30_000);
     t.pass('webvol is among the busiest volumes');
     await screenshot(page, 'dashboard-under-fio');
@@ -264,6 +295,14 @@ t.test('the web dashboard in chromium: login, capacity, CSRF, create and map a v
     await (cluster.sds[2] as { kill(): Promise<void> }).kill();
     await page.waitForSelector('[data-testid=sds-down]', { timeout: 60_000 });
     t.pass('the health panel shows an SDS down');
+    const shownEventId = await until(
+      'the events panel to show sds3 down',
+      async () => ((await page.$('[data-testid=event][data-event-type=sdsDown][data-event-object=sds3]')) !== null ? await attribute(page, '[data-testid=event][data-event-type=sdsDown][data-event-object=sds3]', 'data-event-id') : undefined),
+      60_000,
+    );
+    const listed = await pageFetch(page, 'GET', '/api/events', {});
+    const apiEvent = (listed.body as unknown as { events: Array<{ id: number; type: string; objectName: string }> }).events.find((event) => event.type === 'sdsDown' && event.objectName === 'sds3');
+    t.equal(shownEventId, String(apiEvent?.id), `the events panel shows the API's sdsDown event of sds3 (id ${apiEvent?.id}), without reloading the page`);
     // First the wait before sds3 is declared out, then the copying: the panel shows bytes copied.
     await until('the rebuild panel to show the wait', async () => ((await attribute(page, '[data-testid=rebuild]', 'data-state')) !== 'idle' ? true : undefined), 60_000);
     t.match(await text(page, '[data-testid=rebuild]'), /groups filling.*ETA/, 'the rebuild panel shows groups filling, rate and ETA');

@@ -118,6 +118,9 @@ t.test('a limit-only update keeps the export and sets the limiter live: a waitin
   t.equal(stats.length, 1, 'one mapped volume in the stats');
   t.match(stats[0], { volumeId: volume.id, iopsLimit: 0, bandwidthLimitKbps: 0, requests: 2, bytes: 2 * MiB + 4096, throttledRequests: 1, waiting: 0 }, 'which counted both writes and the one throttled');
   t.ok((stats[0]?.throttledMs ?? 0) >= 150, `and its wait (${stats[0]?.throttledMs} ms)`);
+  // Client latency for the MDM (userDataSdc*Latency): the metrics' own counters, below QoS.
+  t.match(stats[0], { readsDone: 0, readLatencyUsSum: 0, writesDone: 2 }, 'the heartbeat\'s latency counts: both writes, no reads');
+  t.ok((stats[0]?.writeLatencyUsSum ?? 0) > 0, `and their latencies summed (${stats[0]?.writeLatencyUsSum} µs)`);
 });
 
 t.test('a resized export shares the limiter with the one open connections keep; unmapping releases waiters; mapping again reuses the limiter', async (t) => {
