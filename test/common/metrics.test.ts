@@ -8,14 +8,12 @@
 // checked; and the capacity partition sums to raw whatever the pool's numbers.
 
 import * as fs from 'node:fs';
-import * as net from 'node:net';
-import { once } from 'node:events';
 import pino from 'pino';
 import t from 'tap';
 import { IoCounter, IoStats, MetricsEndpoint, MetricsRegistry, latencyBucketsSeconds, metricsAddressOf, metricsPortDefaults, parseMetricsAddress } from '../../src/common/metrics.js';
 import { capacityByState, capacityStates } from '../../src/mdm/metrics.js';
 import type { PoolCapacity } from '../../src/mdm/state-machine.js';
-import { run } from '../helpers/processes.js';
+import { run, freePort } from '../helpers/processes.js';
 import { mulberry32 } from '../../src/common/seeded-random.js';
 
 const promtool = '/usr/bin/promtool';
@@ -74,15 +72,6 @@ t.test('a registry renders valid Prometheus text', { skip: fs.existsSync(promtoo
   const checked = await run(promtool, ['check', 'metrics'], { input: second });
   t.equal(checked.code, 0, `promtool check metrics: ${checked.stdout}${checked.stderr}`);
 });
-
-async function freePort(): Promise<number> {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  server.close();
-  await once(server, 'close');
-  return port;
-}
 
 t.test('the endpoint on a real socket', async (t) => {
   const metrics = new MetricsRegistry('mdm', { mdm: 'unit' });

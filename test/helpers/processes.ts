@@ -181,3 +181,12 @@ export function squat(port: number): Promise<net.Server | null> {
     server.listen(port, '127.0.0.1', () => resolve(server));
   });
 }
+
+/** A TCP port free on 127.0.0.1 now (it may be taken again before it is used: pass it at once). */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}

@@ -18,11 +18,10 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import t from 'tap';
 import { applyLabConnectionDefaults, labConnectionDefaults, writeLabFile, type LabFile } from '../../src/cli/lab-state.js';
-import { meshblockBin, repoRoot, run, runMeshblock, squat, startMeshblock, type RunResult } from '../helpers/processes.js';
+import { meshblockBin, repoRoot, run, runMeshblock, squat, startMeshblock, type RunResult, freePort } from '../helpers/processes.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -37,16 +36,6 @@ interface StatusJson {
   volumes: Array<{ name: string; sizeBytes: number; nbdUri: string | null; mappedSdcs: string[] }>;
   capacity: Record<string, number> | null;
   health: { degradedBytes: number; failedBytes: number; rebuild: { state: string; percent: number } } | null;
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  server.close();
-  await once(server, 'close');
-  return port;
 }
 
 /** The meshblock command run in `cwd`, with no lab or API named by the environment. */

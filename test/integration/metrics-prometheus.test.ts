@@ -15,11 +15,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { repoRoot, run, runMeshblock } from '../helpers/processes.js';
+import { repoRoot, run, runMeshblock, freePort } from '../helpers/processes.js';
 
 const promtool = '/usr/bin/promtool';
 const prometheusBin = '/usr/bin/prometheus';
@@ -30,16 +29,6 @@ const rulesFile = path.join(repoRoot, 'deploy/prometheus/meshblock-alerts.yml');
 const labUpTimeoutMs = 120_000;
 const fioRuntimeSeconds = 16;
 const fioRateIops = 200;
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as net.AddressInfo;
-  server.close();
-  await once(server, 'close');
-  return port;
-}
 
 interface PromResponse<T> {
   status: string;

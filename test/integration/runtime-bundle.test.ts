@@ -30,24 +30,14 @@
 
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import t from 'tap';
 import { createEtcdPki } from '../../src/mdm/etcd-pki.js';
-import { orphanKill, run, runMeshblock, repoRoot, type RunResult } from '../helpers/processes.js';
+import { orphanKill, run, runMeshblock, repoRoot, type RunResult, freePort } from '../helpers/processes.js';
 
 const prefix = '/opt/meshblock';
 const busyboxApplets = ['sh', 'cat', 'tr', 'env', 'readlink', 'dirname', 'sleep', 'ls'];
 const version = (JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version;
-
-/** A port free on loopback now (the lab's SDC listens on it). */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /** What the probe program recorded: its environment, its maps, its parent's maps. */
 function readProbe(dir: string): { env: string[]; maps: string; parentMaps: string } {
