@@ -21,16 +21,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import puppeteer, { type Browser, type Page } from 'puppeteer-core';
+import type { Page } from 'puppeteer-core';
 import t from 'tap';
 import type { RestDashboard } from '../../src/mdm/rest-objects.js';
 import { adminPassword, startCluster, until } from '../helpers/cluster.js';
 import { expectClean, fioVerify } from '../helpers/fault-load.js';
+import { chromium, openBrowser } from '../helpers/browser.js';
 import { repoRoot, run } from '../helpers/processes.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
-const chromium = '/usr/bin/chromium';
 const artifacts = path.join(repoRoot, '.tap', 'artifacts', 'web-dashboard');
 
 // What the callbacks run in the page touch of the DOM (this project's TypeScript has no DOM lib).
@@ -94,15 +94,9 @@ t.test('the web dashboard in chromium: login, capacity, CSRF, create and map a v
   // 256 MiB: a rebuild of it lasts several of the page's 2 s refreshes even on a fast machine.
   expectClean(t, await fioVerify(cluster.uri('seed'), { sizeBytes: 256 * MiB, loops: 1, bs: '1M' }).done, 'writing the seed volume');
 
-  const browser: Browser = await puppeteer.launch({
-    executablePath: chromium,
-    headless: true,
-    userDataDir: path.join(dir, 'chromium'),
-    args: ['--no-sandbox', '--headless=new', '--ignore-certificate-errors', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
-  t.teardown(() => browser.close());
-  const page = await browser.newPage();
-  await page.setViewport({ width: 1400, height: 1000 });
+  const opened = await openBrowser(t, dir);
+  if (opened === null) return;
+  const { page } = opened;
   const consoleErrors: string[] = [];
   page.on('console', (message) => {
     if (message.type() === 'error') consoleErrors.push(message.text());

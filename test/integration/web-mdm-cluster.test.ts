@@ -12,13 +12,12 @@
 import * as fs from 'node:fs';
 import * as https from 'node:https';
 import * as path from 'node:path';
-import puppeteer, { type Browser } from 'puppeteer-core';
 import t from 'tap';
 import { adminPassword, until } from '../helpers/cluster.js';
 import { startMdmCluster } from '../helpers/mdm-cluster.js';
+import { chromium, openBrowser } from '../helpers/browser.js';
 import { repoRoot } from '../helpers/processes.js';
 
-const chromium = '/usr/bin/chromium';
 const artifacts = path.join(repoRoot, '.tap', 'artifacts', 'web-mdm-cluster');
 
 /** One HTTPS GET, its redirect not followed. */
@@ -52,15 +51,9 @@ t.test('a Slave sends the browser to the Master; after the Master dies, the new 
     t.same(answer, { status: 307, location: `https://${master.apiAddress}${expected}` }, `the Slave answers ${asked} with 307 to the Master's ${expected}`);
   }
 
-  const browser: Browser = await puppeteer.launch({
-    executablePath: chromium,
-    headless: true,
-    userDataDir: path.join(dir, 'chromium'),
-    args: ['--no-sandbox', '--headless=new', '--ignore-certificate-errors', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
-  t.teardown(() => browser.close());
-  const page = await browser.newPage();
-  await page.setViewport({ width: 1400, height: 1000 });
+  const opened = await openBrowser(t, dir);
+  if (opened === null) return;
+  const { page } = opened;
   const login = async (): Promise<void> => {
     await page.waitForSelector('[data-testid=login]', { timeout: 30_000 });
     await page.type('input[name=password]', adminPassword);
