@@ -124,8 +124,8 @@ try {
   const restMs = since(startMs);
   const planned = await settle(fleet, startMs, epochBefore);
   const fullReceipts = fleet.receiptsSince(startMs);
-  const sdsMapBytes = Math.max(0, ...fullReceipts.filter((entry) => entry.kind === 'sds').map((entry) => entry.receipt.bytes));
-  const sdcViewBytes = Math.max(0, ...fullReceipts.filter((entry) => entry.kind === 'sdc').map((entry) => entry.receipt.bytes));
+  const sdsMapBytes = largest(fullReceipts.filter((entry) => entry.kind === 'sds').map((entry) => entry.receipt.bytes), 0);
+  const sdcViewBytes = largest(fullReceipts.filter((entry) => entry.kind === 'sdc').map((entry) => entry.receipt.bytes), 0);
   row('last device added (REST, includes the plan)', `${restMs} ms`);
   row('full map: SetMap payload (JSON)', `${sdsMapBytes} bytes`);
   row('full map: SDC view payload (JSON)', `${sdcViewBytes} bytes`);
@@ -209,7 +209,7 @@ async function settle(fleetNow, sinceMs, epochBefore, quietMs = 3000, timeoutMs 
     await sleep(250);
     const receipts = fleetNow.receiptsSince(sinceMs);
     const epoch = fleetNow.epochMax;
-    const lastAtMs = Math.max(sinceMs, ...receipts.map((entry) => entry.receipt.atMs));
+    const lastAtMs = largest(receipts.map((entry) => entry.receipt.atMs), sinceMs);
     const holding = fleetNow.holding(epoch);
     const live = fleetNow.sdss.filter((peer) => !peer.killed).length + fleetNow.sdcs.length;
     if (epoch > epochBefore && holding.sds + holding.sdc === live && Date.now() - lastAtMs >= quietMs) {
@@ -217,8 +217,8 @@ async function settle(fleetNow, sinceMs, epochBefore, quietMs = 3000, timeoutMs 
       const sum = (entries) => entries.reduce((total, entry) => total + entry.receipt.bytes, 0);
       return {
         epoch,
-        firstMs: Math.min(...newer.map((entry) => entry.receipt.atMs)) - sinceMs,
-        lastMs: Math.max(...receipts.filter((entry) => entry.receipt.epoch === epoch).map((entry) => entry.receipt.atMs)) - sinceMs,
+        firstMs: -largest(newer.map((entry) => -entry.receipt.atMs), -Infinity) - sinceMs,
+        lastMs: largest(receipts.filter((entry) => entry.receipt.epoch === epoch).map((entry) => entry.receipt.atMs), -Infinity) - sinceMs,
         bytes: sum(receipts),
         sdsBytes: sum(receipts.filter((entry) => entry.kind === 'sds')),
         sdcBytes: sum(receipts.filter((entry) => entry.kind === 'sdc')),
@@ -255,4 +255,11 @@ function printProfile(profileDir) {
   for (const [key, value] of [...selfUs].filter(([name]) => !name.startsWith('(idle)')).sort((a, b) => b[1] - a[1]).slice(0, 15)) {
     process.stdout.write(`${(value / 1e6).toFixed(2).padStart(8)} s  ${((100 * value) / (totalUs - idleUs)).toFixed(1).padStart(5)} %  ${key}\n`);
   }
+}
+
+/** The largest of numbers, or `floor` if there are none or all are smaller (no spread: there may be millions). */
+function largest(numbers, floor) {
+  let most = floor;
+  for (const value of numbers) if (value > most) most = value;
+  return most;
 }
