@@ -14,7 +14,6 @@
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
@@ -26,12 +25,11 @@ import { SdsService } from '../../src/sds/service.js';
 import type { SdsState } from '../../src/sds/state.js';
 import { VolumeBackend } from '../../src/sdc/volume-backend.js';
 import type { SdcVolume } from '../../src/wire/mdm-ops.js';
-import { WirePeer } from '../../src/wire/peer.js';
 import { placementGroupOf, type PlacementMap } from '../../src/wire/placement.js';
 import { SdsOp, SdsStatus, encodeIo } from '../../src/wire/sds-ops.js';
 import { sparseFile } from '../helpers/files.js';
 import { run } from '../helpers/processes.js';
-import { connectWire, makeMap, testClusterId, testPoolId, testSecret } from '../helpers/sds.js';
+import { connectWire, listenWire, makeMap, testClusterId, testPoolId, testSecret } from '../helpers/sds.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
@@ -142,22 +140,9 @@ t.test('timing off: the SDC volume backend counts without reading the clock', as
   timingRestored(t);
   setIoTiming(true);
   const sdsId = '5d50000000000001';
-  const server = net.createServer((socket) => {
-    WirePeer.accept(socket, {
-      clusterId: testClusterId,
-      secret: Buffer.from(testSecret),
-      role: 'sds',
-      name: 'sds1',
-      log,
-      onRequest: (request) => Promise.resolve({ status: SdsStatus.Ok, payload: request.op === SdsOp.Read ? Buffer.alloc(4096, 7) : Buffer.alloc(0) }),
-    }).catch(() => undefined);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  const socket = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
-  await new Promise<void>((resolve) => socket.once('connect', resolve));
-  const peer = await WirePeer.connect(socket, { clusterId: testClusterId, secret: Buffer.from(testSecret), role: 'sdc', name: 'sdc1', log });
-  t.teardown(() => peer.destroy());
+  // A stand-in SDS on a real socket, and the SDC's wire peer to it.
+  const address = await listenWire(t, 'sds', () => undefined, (op) => ({ status: SdsStatus.Ok, payload: op === SdsOp.Read ? Buffer.alloc(4096, 7) : Buffer.alloc(0) }));
+  const peer = await connectWire(t, address, { role: 'sdc' });
   const map = makeMap(5, [{ sdsId, address: '127.0.0.1:1' }], { pgCount: 1, mirrored: false });
   const volume: SdcVolume = { id: '00000000000000b1', name: 'vol1', vtreeId: '00000000000000c1', generation: 0, poolId: testPoolId, sizeBytes: 4 * MiB, chunkBytes: MiB, accessMode: 'ReadWrite', exclusive: false, iopsLimit: 0, bandwidthLimitKbps: 0 };
   const backend = await VolumeBackend.open(volume, { map: () => map, refreshView: async () => undefined, peer: async () => peer }, log);
