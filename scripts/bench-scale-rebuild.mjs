@@ -7,7 +7,7 @@
 // one SDS is killed with SIGKILL, and the bench polls `lab status --json` until the MDM
 // reports everything protected again (no degraded bytes, rebuild idle). It prints a table
 // and, as its last line, one JSON object:
-//   {"bench":"scale-rebuild","dataPerSdsBytes":…,"rebuildAfterSeconds":…,"runs":[{sds, killToDownSeconds,
+//   {"bench":"scale-rebuild","dataPerSdsBytes":…,"rebuildAfterSeconds":…,"runs":[{sds, statusPollSeconds, killToDownSeconds,
 //    killToRebuildSeconds, rebuildSeconds, killToProtectedSeconds, bytesRebuilt, rebuildBytesPerSecond, error}],
 //    "simulated":[{sds, seconds, …}]}
 // where `simulated` is src/sim/rebuild-sim.ts at the same sizes and data, with its rates set
@@ -121,7 +121,7 @@ async function labDown(labDir) {
 
 /** One size: lab up, write, kill one SDS, wait until protected. Returns the run's numbers (error set on failure). */
 async function measure(sdsCount, workDir) {
-  const result = { sds: sdsCount, killToDownSeconds: null, killToRebuildSeconds: null, rebuildSeconds: null, killToProtectedSeconds: null, bytesRebuilt: null, rebuildBytesPerSecond: null, error: null };
+  const result = { sds: sdsCount, statusPollSeconds: null, killToDownSeconds: null, killToRebuildSeconds: null, rebuildSeconds: null, killToProtectedSeconds: null, bytesRebuilt: null, rebuildBytesPerSecond: null, error: null };
   const labDir = path.join(workDir, `lab-${sdsCount}`);
   currentLabDir = labDir;
   const volumeBytes = (options.dataPerSdsBytes * sdsCount) / 2;
@@ -155,10 +155,14 @@ async function measure(sdsCount, workDir) {
     let runningAt = null;
     let protectedAt = null;
     let last = null;
+    let polls = 0;
     while (Date.now() - killedAt < options.rebuildTimeoutMs) {
       throwIfInterrupted();
       await delay(statusPollMs);
       last = await labStatus(labDir);
+      polls += 1;
+      // Each time below is known to within one poll (a `lab status` process each).
+      result.statusPollSeconds = Number(((Date.now() - killedAt) / 1000 / polls).toFixed(1));
       if (last.health === null) continue;
       const sds = last.processes.find((entry) => entry.name === victim.name);
       if (downAt === null && sds?.clusterState === 'Down') downAt = Date.now();
@@ -220,11 +224,12 @@ async function main() {
   }
   const sims = options.sdsCounts.map(simulated);
   const table = textTable({
-    header: ['SDSs', 'kill→down s', 'kill→rebuild s', 'rebuild s', 'kill→protected s', 'rebuilt', 'MiB/s', 'simulated rebuild s', 'simulated kill→protected s', 'error'],
+    header: ['SDSs', 'poll s', 'kill→down s', 'kill→rebuild s', 'rebuild s', 'kill→protected s', 'rebuilt', 'MiB/s', 'simulated rebuild s', 'simulated kill→protected s', 'error'],
     rows: runs.map((entry) => {
       const sim = sims.find((candidate) => candidate.sds === entry.sds);
       return [
         String(entry.sds),
+        secondsText(entry.statusPollSeconds),
         secondsText(entry.killToDownSeconds),
         secondsText(entry.killToRebuildSeconds),
         secondsText(entry.rebuildSeconds),

@@ -567,6 +567,18 @@ export function simulateReprotect(options: ReprotectOptions): ReprotectResult {
 /** The cluster sizes issue 23 asks about. */
 export const reprotectSdsCounts: readonly number[] = [8, 32, 128, 512, 1024];
 
+/**
+ * The simulated re-protect seconds by cluster size, for bench-scale.mjs's JSON line
+ * (`reprotect`): {"8": seconds, ...}, from the re-plan that starts the rebuild; null where
+ * the run gave up (simulatedSecondsMax). At the default sizes it takes ~20 s of one core,
+ * most of it the 1,024-SDS cluster's setup and plans.
+ */
+export function reprotectSecondsBySize(sdsCounts: readonly number[] = reprotectSdsCounts, options: Omit<ReprotectOptions, 'sdsCount'> = {}): Record<string, number | null> {
+  const bySize: Record<string, number | null> = {};
+  for (const result of simulateReprotectSeries(sdsCounts, options)) bySize[String(result.sdsCount)] = result.protected ? Number(result.seconds.toFixed(1)) : null;
+  return bySize;
+}
+
 /** simulateReprotect at each size, the same options otherwise. */
 export function simulateReprotectSeries(sdsCounts: readonly number[], options: Omit<ReprotectOptions, 'sdsCount'> = {}): ReprotectResult[] {
   return sdsCounts.map((sdsCount) => simulateReprotect({ ...options, sdsCount }));

@@ -7,7 +7,7 @@
 
 import t, { type Test } from 'tap';
 import { MeshblockError } from '../../src/common/errors.js';
-import { simulateReprotect, type ReprotectResult } from '../../src/sim/rebuild-sim.js';
+import { reprotectSecondsBySize, simulateReprotect, type ReprotectResult } from '../../src/sim/rebuild-sim.js';
 
 const dataBytesPerSds = 100e9;
 const rateSlack = 1e-6;
@@ -29,8 +29,11 @@ function checkInvariants(t: Test, result: ReprotectResult, what: string): void {
   t.ok(result.bytesPerSecond <= result.bytesToRebuild / result.seconds + 1, `${what}: the average rate is the bytes over the time`);
 }
 
+// The default throttle at 8 SDSs, which two tests compare against.
+const throttled8 = simulateReprotect({ sdsCount: 8, dataBytesPerSds });
+
 t.test('re-protect time falls from 8 to 32 to 128 SDSs, every invariant kept', async (t) => {
-  const results = [8, 32, 128].map((sdsCount) => simulateReprotect({ sdsCount, dataBytesPerSds }));
+  const results = [throttled8, ...[32, 128].map((sdsCount) => simulateReprotect({ sdsCount, dataBytesPerSds }))];
   for (const result of results) checkInvariants(t, result, `${result.sdsCount} SDSs`);
   const [small, middle, large] = results as [ReprotectResult, ReprotectResult, ReprotectResult];
   t.ok(middle.seconds < small.seconds, `32 SDSs (${middle.seconds.toFixed(1)} s) faster than 8 (${small.seconds.toFixed(1)} s)`);
@@ -39,24 +42,29 @@ t.test('re-protect time falls from 8 to 32 to 128 SDSs, every invariant kept', a
   t.ok(small.boundBy.budget > 0.9, 'the default throttle bounds the rebuild');
 });
 
-t.test('an unlimited pool is bounded by the disks, never above their rates', async (t) => {
-  const result = simulateReprotect({ sdsCount: 8, dataBytesPerSds, rebuildPolicy: { policy: 'unlimited' } });
-  checkInvariants(t, result, 'unlimited, 8 SDSs');
-  t.ok(result.deviceReadUtilizationMax > 0.99 || result.deviceWriteUtilizationMax > 0.99, 'some device runs at its full rate');
-  t.ok(result.boundBy.deviceRead + result.boundBy.deviceWrite > 0.9, 'the disks bound the rebuild');
-  const throttled = simulateReprotect({ sdsCount: 8, dataBytesPerSds });
-  t.ok(result.seconds < throttled.seconds / 2, `unlimited (${result.seconds.toFixed(1)} s) well faster than the default throttle (${throttled.seconds.toFixed(1)} s)`);
-});
-
-t.test('slower disks or a slower NIC make the rebuild no faster', async (t) => {
+t.test('an unlimited pool is bounded by the disks, or the NICs, never above their rates', async (t) => {
   const options = { sdsCount: 8, dataBytesPerSds, rebuildPolicy: { policy: 'unlimited' as const } };
   const base = simulateReprotect(options);
+  checkInvariants(t, base, 'unlimited, 8 SDSs');
+  t.ok(base.deviceReadUtilizationMax > 0.99 || base.deviceWriteUtilizationMax > 0.99, 'some device runs at its full rate');
+  t.ok(base.boundBy.deviceRead + base.boundBy.deviceWrite > 0.9, 'the disks bound the rebuild');
+  t.ok(base.seconds < throttled8.seconds / 2, `unlimited (${base.seconds.toFixed(1)} s) well faster than the default throttle (${throttled8.seconds.toFixed(1)} s)`);
   const slowDisks = simulateReprotect({ ...options, deviceReadBytesPerSecond: 100e6, deviceWriteBytesPerSecond: 100e6 });
   t.ok(slowDisks.seconds > base.seconds * 1.8, `half-speed disks take about twice as long (${base.seconds.toFixed(1)} → ${slowDisks.seconds.toFixed(1)} s)`);
   const slowNic = simulateReprotect({ ...options, nicBytesPerSecond: 100e6 });
   checkInvariants(t, slowNic, 'a 100 MB/s NIC');
   t.ok(slowNic.boundBy.nicSend + slowNic.boundBy.nicReceive > 0.9, 'the NICs bound it');
   t.ok(slowNic.seconds > base.seconds, 'and it takes longer');
+});
+
+t.test('a run that gives up says so, and the summary for the bench shows null for it', async (t) => {
+  // The rebuild cannot even begin within 30 simulated seconds (the SDS is out after 60).
+  const result = simulateReprotect({ sdsCount: 8, dataBytesPerSds, simulatedSecondsMax: 30 });
+  t.equal(result.protected, false);
+  t.equal(result.jobsDone, 0);
+  t.same(reprotectSecondsBySize([8], { dataBytesPerSds, simulatedSecondsMax: 30 }), { 8: null });
+  const summary = reprotectSecondsBySize([8], { dataBytesPerSds: 1e9 });
+  t.ok((summary['8'] ?? 0) > 0, `a finished run shows its seconds (${summary['8']})`);
 });
 
 t.test('bad options are refused by name', async (t) => {
