@@ -4,8 +4,9 @@
 // started (`meshblock lab up`: a real MDM, N real SDSs on small sparse-file devices, one per
 // SDS, and the SDC), the same data per SDS is written through NBD (fio, 1 MiB writes: the
 // volume holds dataPerSds × N / 2, so each SDS stores about dataPerSds of the two copies),
-// one SDS is killed with SIGKILL, and the bench polls `lab status --json` until the MDM
-// reports everything protected again (no degraded bytes, rebuild idle). It prints a table
+// one SDS is killed with SIGKILL, and the bench polls the MDM's dashboard (REST, every
+// 250 ms, logged in as `lab status` does) until it reports everything protected again (no
+// degraded bytes, rebuild idle). It prints a table
 // and, as its last line, one JSON object:
 //   {"bench":"scale-rebuild","dataPerSdsBytes":…,"rebuildAfterSeconds":…,"runs":[{sds, statusPollSeconds, killToDownSeconds,
 //    killToRebuildSeconds, rebuildSeconds, killToProtectedSeconds, bytesRebuilt, rebuildBytesPerSecond, error}],
@@ -29,6 +30,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { GiB, MiB, formatBytes, parseSizeBytes } from '../dist/common/units.js';
+import { connectLab } from '../dist/cli/lab-setup.js';
+import { readLabFile } from '../dist/cli/lab-state.js';
 import { simulateReprotect } from '../dist/sim/rebuild-sim.js';
 import {
   BenchError,
@@ -44,10 +47,12 @@ import {
   run,
   textTable,
   throwIfInterrupted,
+  within,
 } from './bench-common.mjs';
 
 const rebuildAfterSeconds = 2;
-const statusPollMs = 1000;
+/** The MDM's dashboard (REST) is asked this often after the kill: every time below is known to within it and one request. */
+const statusPollMs = 250;
 const labUpTimeoutMs = 120_000;
 const labDownTimeoutMs = 60_000;
 const statusTimeoutMs = 20_000;
@@ -127,6 +132,7 @@ async function measure(sdsCount, workDir) {
   const volumeBytes = (options.dataPerSdsBytes * sdsCount) / 2;
   const deviceBytes = Math.max(GiB, Math.ceil(options.dataPerSdsBytes / deviceFillMax / MiB) * MiB);
   const volumeSizeGiB = Math.max(1, Math.ceil(volumeBytes / GiB));
+  let api = null;
   try {
     const nbdPort = await freeLoopbackPort();
     log(`${sdsCount} SDSs: lab up (${formatBytes(deviceBytes)} devices) in ${labDir}`);
@@ -148,6 +154,10 @@ async function measure(sdsCount, workDir) {
     const victim = before.processes.find((entry) => entry.role === 'sds' && entry.pid !== null && entry.name === `sds${sdsCount}`) ?? before.processes.find((entry) => entry.role === 'sds' && entry.pid !== null);
     if (victim === undefined) throw new BenchError('NO_SDS', 'no running SDS to kill');
     const bytesBefore = before.health.rebuild.bytesDone;
+    const lab = readLabFile(labDir);
+    if (lab === null) throw new BenchError('NO_LAB', `${labDir} holds no lab`);
+    api = await within(connectLab(lab), statusTimeoutMs, 'logging in to the lab MDM');
+    const dashboard = () => within(api.get('/api/dashboard'), statusTimeoutMs, 'GET /api/dashboard');
     const killedAt = Date.now();
     process.kill(victim.pid, 'SIGKILL');
     log(`${sdsCount} SDSs: killed ${victim.name} (pid ${victim.pid})`);
@@ -159,13 +169,11 @@ async function measure(sdsCount, workDir) {
     while (Date.now() - killedAt < options.rebuildTimeoutMs) {
       throwIfInterrupted();
       await delay(statusPollMs);
-      last = await labStatus(labDir);
+      last = await dashboard();
       polls += 1;
-      // Each time below is known to within one poll (a `lab status` process each).
-      result.statusPollSeconds = Number(((Date.now() - killedAt) / 1000 / polls).toFixed(1));
-      if (last.health === null) continue;
-      const sds = last.processes.find((entry) => entry.name === victim.name);
-      if (downAt === null && sds?.clusterState === 'Down') downAt = Date.now();
+      // Each time below is known to within one poll.
+      result.statusPollSeconds = Number(((Date.now() - killedAt) / 1000 / polls).toFixed(2));
+      if (downAt === null && last.health.sdsDown > 0) downAt = Date.now();
       if (runningAt === null && last.health.rebuild.state === 'running') runningAt = Date.now();
       if (runningAt !== null && last.health.rebuild.state === 'idle' && last.health.degradedBytes === 0) {
         protectedAt = Date.now();
@@ -176,9 +184,9 @@ async function measure(sdsCount, workDir) {
     result.killToDownSeconds = seconds(downAt);
     result.killToRebuildSeconds = seconds(runningAt);
     result.killToProtectedSeconds = seconds(protectedAt);
-    if (last?.health != null) result.bytesRebuilt = last.health.rebuild.bytesDone - bytesBefore;
+    if (last !== null) result.bytesRebuilt = last.health.rebuild.bytesDone - bytesBefore;
     if (protectedAt === null) {
-      throw new BenchError('TIMEOUT', `not protected again ${options.rebuildTimeoutMs / 1000} s after the kill: ${JSON.stringify(last?.health?.rebuild ?? last?.lab ?? null)}`);
+      throw new BenchError('TIMEOUT', `not protected again ${options.rebuildTimeoutMs / 1000} s after the kill: ${JSON.stringify(last?.health?.rebuild ?? null)}`);
     }
     result.rebuildSeconds = Number(((protectedAt - runningAt) / 1000).toFixed(1));
     result.rebuildBytesPerSecond = result.rebuildSeconds > 0 ? Math.round(result.bytesRebuilt / result.rebuildSeconds) : null;
@@ -186,6 +194,7 @@ async function measure(sdsCount, workDir) {
     result.error = err.message;
     log(`${sdsCount} SDSs: ${err.message}`);
   } finally {
+    await api?.close().catch(() => undefined);
     await labDown(labDir);
     currentLabDir = null;
   }
@@ -208,7 +217,7 @@ function simulated(sdsCount) {
   }
 }
 
-const secondsText = (value) => (value === null ? '-' : value.toFixed(1));
+const secondsText = (value, digits = 1) => (value === null ? '-' : value.toFixed(digits));
 
 async function main() {
   const workDir = fs.mkdtempSync(path.join(options.dir, 'meshblock-bench-scale-rebuild-'));
@@ -229,7 +238,7 @@ async function main() {
       const sim = sims.find((candidate) => candidate.sds === entry.sds);
       return [
         String(entry.sds),
-        secondsText(entry.statusPollSeconds),
+        secondsText(entry.statusPollSeconds, 2),
         secondsText(entry.killToDownSeconds),
         secondsText(entry.killToRebuildSeconds),
         secondsText(entry.rebuildSeconds),
