@@ -3,23 +3,25 @@
 // the setup timeout). This bounds what a peer that knows the cluster secret may make the MDM
 // do across connections and requests, so that it starves no honest peer of the MDM's time:
 //
-//   what                          bound                                 where it is checked
-//   ----------------------------  ------------------------------------  ----------------------
-//   reconnecting in a loop        short connections per remote address:  at accept, before the
-//                                 a token bucket (burst, per second);    handshake: the socket
-//                                 connections that stay up cost none     is destroyed unread
-//   holding sockets open          connections per remote address         at accept
-//   registering in a loop         registrations per SDS id / SDC guid:   RegisterSds/Sdc, before
-//                                 a token bucket                         the command is journaled
-//   enormous payloads             bytes per op (heartbeats: stats of     every MDM request,
-//                                 many rebuild jobs; others: small)      before JSON.parse
+//   what                     bound                                   where it is checked
+//   -----------------------  --------------------------------------  -----------------------
+//   reconnecting in a loop   short connections per remote address    at accept, before the
+//                            (an IPv6 address: its /64), a token     handshake: the socket
+//                            bucket (burst, then per second)         is destroyed unread
+//   holding sockets open     connections per remote address          at accept
+//   registering in a loop    registrations per SDS id / SDC guid,    RegisterSds/Sdc, before
+//                            a token bucket                          the command is journaled
+//   enormous payloads        bytes per op (heartbeats: an SDS's      every MDM request,
+//                            stats list its rebuild jobs; others)    before JSON.parse
 //
 // Only short connections are charged to an address (one that ends within mdmShortConnectionMs
 // of being accepted): the fleet simulator runs thousands of honest peers from 127.0.0.1, and
-// after an MDM restart every shard of a host calls at once; neither churns. A refused
-// connection is not charged either: refusing costs an accept and a close, so a loop at full
-// speed gets mdmChurnPerAddressPerSecond handshakes a second and no more, and its address
-// gets its allowance back as soon as it stops.
+// after an MDM restart every shard of a host calls at once; neither churns, and neither pays.
+// An address that churned lately pays its token at accept instead (given back if the
+// connection lasts), so a loop with many connections in flight gets no more than the rate.
+// A refused connection is not charged: refusing costs an accept and a close, so a loop at
+// full speed gets mdmChurnPerAddressPerSecond handshakes a second, and its address gets its
+// allowance back as soon as it stops.
 //
 // Every refusal is logged, at most once per kind and peer per mdmRefusalLogIntervalMs, with
 // the count of those not logged since: a peer refused every second is one line a minute.
@@ -27,6 +29,7 @@
 // The decisions are made by RateLimiter with the time handed in, as the state machine's
 // (docs: "State machines do no I/O"); PeerGuard adds only the log.
 
+import { isIPv6 } from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import type { MeshblockCode } from '../common/errors.js';
@@ -303,7 +306,7 @@ export class PeerGuard {
 
   /** A connection accepted from `address`: a ticket admits it; null: the caller destroys the socket unread. */
   admitConnection(address: string, nowMs: number): ConnectionTicket | null {
-    const admitted = this.limiter.admitConnection(address, nowMs);
+    const admitted = this.limiter.admitConnection(addressKey(address), nowMs);
     if (!('code' in admitted)) return admitted;
     this.refused.connections += 1;
     this.logRefusal(`connection/${address}`, nowMs, { address }, admitted, 'wire connection refused');
@@ -345,6 +348,24 @@ export class PeerGuard {
     if (suppressed === null) return;
     this.log.warn({ ...fields, code: refusal.code, notLoggedSince: suppressed, logIntervalMs: this.limiter.limits.refusalLogIntervalMs }, `${what}: ${refusal.message}`);
   }
+}
+
+/**
+ * What an address is bounded as: an IPv4 address itself, an IPv6 address by its /64 (one
+ * host or LAN is given a whole /64: per address, a loop could change address every time).
+ */
+export function addressKey(address: string): string {
+  if (!isIPv6(address)) return address;
+  // An IPv4 peer of a dual-stack listener: its IPv4 address.
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (mapped !== null) return mapped[1] as string;
+  const [head = '', tail] = address.split('::') as [string, string | undefined];
+  const headGroups = head === '' ? [] : head.split(':');
+  const tailGroups = tail === undefined || tail === '' ? [] : tail.split(':');
+  // An embedded IPv4 tail (::ffff:1.2.3.4, 64:ff9b::1.2.3.4) is two groups; only the first four matter.
+  const tailCount = tailGroups.reduce((count, group) => count + (group.includes('.') ? 2 : 1), 0);
+  const groups = tail === undefined ? headGroups : [...headGroups, ...Array<string>(Math.max(0, 8 - headGroups.length - tailCount)).fill('0'), ...tailGroups];
+  return `${groups.slice(0, 4).map((group) => (group.includes('.') ? group : Number.parseInt(group, 16).toString(16))).join(':')}::/64`;
 }
 
 /** The reply to a refused request: Failed, with the code first in the message (the peer logs it). */

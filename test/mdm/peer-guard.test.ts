@@ -22,7 +22,7 @@ import { pino } from 'pino';
 import t, { type Test } from 'tap';
 import { ApiClient } from '../../src/cli/manage-client.js';
 import { mdmChurnPerAddressBurstMax, mdmChurnPerAddressPerSecond, mdmHeartbeatBytesMax, mdmRegistrationRefillMs, mdmRegistrationsPerPeerBurstMax, mdmRequestBytesMax, sdsDevicesMax } from '../../src/common/limits.js';
-import { PeerGuard, RateLimiter, RefusalLog, TokenBuckets, type ConnectionTicket } from '../../src/mdm/peer-guard.js';
+import { PeerGuard, RateLimiter, RefusalLog, TokenBuckets, addressKey, type ConnectionTicket } from '../../src/mdm/peer-guard.js';
 import { MdmOp, parseSdsRegistration, type RegisteredDevice, type SdsRegistration } from '../../src/wire/mdm-ops.js';
 import { WirePeer, WireStatus } from '../../src/wire/peer.js';
 import { Fleet, fleetDevicesPerSdsMax, preloadDataDir, processCpuSeconds } from '../../src/sim/fleet.js';
@@ -98,7 +98,19 @@ t.test('an address that churned pays at accept: a loop with many in flight gets 
   t.equal(passed, 4, 'given back once it lasted; its close later charged nothing');
 });
 
-t.test('connections held open per address are capped', async (t) => {
+t.test('an IPv6 peer is bounded by its /64, an IPv4 one by its address', async (t) => {
+  t.equal(addressKey('10.1.2.3'), '10.1.2.3');
+  t.equal(addressKey('2001:db8:1:2:aaaa::1'), '2001:db8:1:2::/64');
+  t.equal(addressKey('2001:0db8:0001:0002:ffff:ffff:ffff:ffff'), '2001:db8:1:2::/64', 'every address of one /64 is one key');
+  t.equal(addressKey('2001:db8::1'), '2001:db8:0:0::/64');
+  t.equal(addressKey('::1'), '0:0:0:0::/64');
+  t.equal(addressKey('fe80::1:2:3:4'), 'fe80:0:0:0::/64');
+  t.equal(addressKey('::ffff:10.1.2.3'), '10.1.2.3', 'a mapped IPv4 address is its IPv4 address');
+  t.equal(addressKey('unknown'), 'unknown');
+});
+
+t.test('connections held open per address are capped'
+, async (t) => {
   const limiter = new RateLimiter({ connectionsPerAddressMax: 3 });
   const open = [0, 1, 2].map((index) => admitted(t, limiter, '10.0.0.1', 0, `connection ${index + 1}`));
   t.match(limiter.admitConnection('10.0.0.1', 0), { code: 'MB_ERR_PEER_THROTTLED', message: /holds 3 connections/ }, 'the fourth open one is refused');
