@@ -42,7 +42,8 @@
 //          [--rack-size 16] [--idle-seconds 10] [--sds-down-after 3] [--rebuild-after 10]
 //          [--concurrency 64] [--connect-seconds 300] [--settle-seconds 180]
 //          [--real-rebuild] [--large-map] [--profile] [--keep]
-// The last line of stdout is one JSON object (docs/scale.md lists its fields).
+// The last line of stdout is one JSON object (docs/scale.md lists its fields). Exit status 0:
+// everything measured; 3: something did not finish in time (see `unsettled`); 1: an error.
 
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -317,7 +318,8 @@ try {
   // The last line, always: what was measured, null for what was not.
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
-process.exit(exitCode);
+// 1: an error; 3: it ran, but something did not finish in time (`unsettled`); 0: all measured.
+process.exit(exitCode !== 0 ? exitCode : result.unsettled.length > 0 ? 3 : 0);
 
 /** `promise`, or a rejection after `timeoutMs` (the promise itself runs on, unawaited). */
 async function bounded(what, promise, timeoutMs) {
@@ -447,9 +449,10 @@ async function reprotected(metricsUrl, sinceMs, what) {
 
 /**
  * REBUILDSIM's model (src/sim/rebuild-sim.ts, built to dist/sim/rebuild-sim.js) if this tree
- * has it: the simulated seconds to re-protect one failed SDS's data by cluster size, run in a
- * child process so a slow or broken model cannot hold the benchmark (bounded to 120 s).
- * Null when the module is absent or fails (the reason is printed).
+ * has it: the simulated seconds to re-protect one failed SDS's data (its `seconds`: from the
+ * re-plan that starts the rebuild to the last group in sync) by cluster size, each size in a
+ * child process of its own so a slow or broken model cannot hold the benchmark (120 s each).
+ * Null when the module is absent; a size that fails or does not finish is null.
  */
 async function simulatedReprotect() {
   const modulePath = path.join(repoRoot, 'dist/sim/rebuild-sim.js');
@@ -457,27 +460,23 @@ async function simulatedReprotect() {
     row('simulated re-protect by cluster size', 'not measured: dist/sim/rebuild-sim.js absent');
     return null;
   }
-  const script = `
-    const model = await import(${JSON.stringify(modulePath)});
-    const simulate = model.simulateReprotect ?? Object.values(model).find((value) => typeof value === 'function' && /^simulate/.test(value.name));
-    if (typeof simulate !== 'function') throw new Error('dist/sim/rebuild-sim.js exports no simulate function');
-    const bySds = {};
-    for (const sdsCount of [8, 32, 128, 512, 1024]) {
-      const outcome = await simulate({ sdsCount });
-      bySds[sdsCount] = { seconds: outcome.seconds, bytesToRebuild: outcome.bytesToRebuild ?? null };
-    }
-    process.stdout.write(JSON.stringify(bySds) + '\\n');
-  `;
-  const outcome = await runChild([process.execPath, '--input-type=module', '-e', script], 120_000);
-  const bySds = outcome.json;
-  if (bySds === null || typeof bySds !== 'object') {
-    row('simulated re-protect by cluster size', `not measured: ${outcome.error}`);
-    return null;
-  }
   const reprotect = {};
-  for (const [size, entry] of Object.entries(bySds)) {
-    reprotect[size] = typeof entry?.seconds === 'number' ? Number(entry.seconds.toFixed(1)) : null;
-    row(`simulated re-protect of one SDS's data at ${size} SDSs (rebuild-sim.ts)`, `${reprotect[size]} s${typeof entry?.bytesToRebuild === 'number' ? ` (${entry.bytesToRebuild} bytes)` : ''}`);
+  for (const sdsCount of [8, 32, 128, 512, 1024]) {
+    const script = `
+      const model = await import(${JSON.stringify(modulePath)});
+      const simulate = model.simulateReprotect;
+      if (typeof simulate !== 'function') throw new Error('dist/sim/rebuild-sim.js exports no simulateReprotect');
+      const outcome = await simulate({ sdsCount: ${sdsCount} });
+      process.stdout.write(JSON.stringify({ seconds: outcome.seconds, protected: outcome.protected ?? null, bytesToRebuild: outcome.bytesToRebuild ?? null, wallMs: outcome.wallMs ?? null }) + '\\n');
+    `;
+    const outcome = await runChild([process.execPath, '--input-type=module', '-e', script], 120_000);
+    const entry = outcome.json;
+    const seconds = entry !== null && typeof entry.seconds === 'number' && entry.protected !== false ? Number(entry.seconds.toFixed(1)) : null;
+    reprotect[sdsCount] = seconds;
+    row(
+      `simulated re-protect of one SDS's data at ${sdsCount} SDSs (rebuild-sim.ts)`,
+      entry === null ? `not measured: ${outcome.error}` : `${seconds === null ? `not protected (${entry.seconds} s simulated)` : `${seconds} s`}, ${entry.bytesToRebuild} bytes (simulation wall ${entry.wallMs} ms)`,
+    );
   }
   return reprotect;
 }
