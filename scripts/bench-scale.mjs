@@ -131,12 +131,14 @@ const result = {
   failureToFirstMapMs: null,
   failureToLastMapMs: null,
   failureMdmCpuSeconds: null,
+  failureDegradedGroups: null,
   failureReprotectedMs: null,
   rackDeclaredDownMs: null,
   rackFailureToFirstMapMs: null,
   rackFailureToLastMapMs: null,
   rackBytesSent: null,
   rackEpochs: null,
+  rackDegradedGroups: null,
   rackFailedGroups: null,
   rackMdmCpuSeconds: null,
   rackReprotectedMs: null,
@@ -190,6 +192,8 @@ let mdm = null;
 let fleet = null;
 /** The preloaded cluster (PreloadedCluster), once written. */
 let preloaded = null;
+/** The MDM's Prometheus endpoint (loopback), once it started. */
+let metricsUrl = null;
 let exitCode = 0;
 try {
   let startMs = Date.now();
@@ -219,7 +223,7 @@ try {
     60_000,
   );
   const [, mdmAddress, apiUrl, certPath] = ready;
-  const metricsUrl = /metrics at (\S+)/.exec(stdout)?.[1] ?? null;
+  metricsUrl = /metrics at (\S+)/.exec(stdout)?.[1] ?? null;
   row('MDM started on the preloaded data dir', `${since(startMs)} ms (pid ${mdm.pid})`);
 
   fleet = new Fleet({ mdmAddress, cluster, sdcCount, log });
@@ -273,8 +277,9 @@ try {
   result.failureToLastMapMs = single.lastMs;
   result.bytesSentPerFailure = single.bytes;
   result.failureMdmCpuSeconds = single.cpuSeconds;
+  result.failureDegradedGroups = single.degradedGroups;
   if (!single.held) throw new Unsettled('SDS failure', single.lagging);
-  result.failureReprotectedMs = await reprotected(metricsUrl, single.killedAtMs, 'SDS failure');
+  result.failureReprotectedMs = await reprotected(single, 'SDS failure');
 
   if (rackSize > 0) {
     if (result.failureReprotectedMs === null) result.unsettled.push({ phase: 'rack failure', got: 'on a cluster not yet re-protected from the single failure: groups on both may lose their last copy' });
@@ -285,11 +290,10 @@ try {
     result.rackBytesSent = rack.bytes;
     result.rackEpochs = rack.epochs;
     result.rackMdmCpuSeconds = rack.cpuSeconds;
-    const groups = await scrapeGroups(metricsUrl);
-    result.rackFailedGroups = groups?.failed ?? null;
-    row('rack failure: groups with no readable copy once down', groups === null ? 'not measured (no metrics)' : `${groups.failed} (degraded ${groups.degraded} of ${groups.total})`);
+    result.rackDegradedGroups = rack.degradedGroups;
+    result.rackFailedGroups = rack.failedGroups;
     if (!rack.held) throw new Unsettled('rack failure', rack.lagging);
-    result.rackReprotectedMs = await reprotected(metricsUrl, rack.killedAtMs, 'rack failure');
+    result.rackReprotectedMs = await reprotected(rack, 'rack failure');
   }
 } catch (err) {
   if (err instanceof Unsettled) {
@@ -358,13 +362,15 @@ async function mdmEpoch(api) {
 }
 
 /**
- * Waits (bounded) until every live peer holds `epoch` or newer; then reports the first and
- * last arrival since `sinceMs`, and the bytes of every map payload live peers got from
- * `sinceMs` until the last arrival. Unsettled: what lagged.
+ * Waits (bounded) until every live peer holds `epoch` or newer; then reports the first
+ * arrival of `firstEpoch` or newer (the first change) and the last arrival of `epoch` since
+ * `sinceMs`, and the bytes of every map payload live peers got from `sinceMs` until that last
+ * arrival. Unsettled: what lagged.
  */
-async function untilHeld(epoch, sinceMs, what) {
+async function untilHeld(epoch, sinceMs, what, firstEpoch = epoch) {
   const held = (await pollUntil(() => (fleet.lagging(epoch).count === 0 ? true : undefined), Math.max(0, sinceMs + settleMs - Date.now()), 250)) !== null;
   const arrivals = fleet.arrivals(epoch, sinceMs);
+  const firstAtMs = fleet.arrivals(firstEpoch, sinceMs).firstAtMs;
   const untilMs = held ? arrivals.lastAtMs : Date.now();
   const receipts = fleet.receiptsSince(sinceMs).filter((entry) => entry.receipt.atMs <= untilMs);
   const sum = (entries) => entries.reduce((total, entry) => total + entry.receipt.bytes, 0);
@@ -372,7 +378,7 @@ async function untilHeld(epoch, sinceMs, what) {
   return {
     held,
     lagging,
-    firstMs: arrivals.firstAtMs === null ? null : arrivals.firstAtMs - sinceMs,
+    firstMs: firstAtMs === null ? null : firstAtMs - sinceMs,
     lastMs: held && arrivals.lastAtMs !== null ? arrivals.lastAtMs - sinceMs : null,
     bytes: sum(receipts),
     sdsBytes: sum(receipts.filter((entry) => entry.kind === 'sds')),
@@ -401,18 +407,21 @@ async function failure(api, indexes, what) {
   const declaredDownMs = downAtMs === null ? null : downAtMs - killedAtMs;
   // The epoch with every victim down (or, if they never were, the first change after the drop).
   const epochDown = downAtMs === null ? epochBefore + 1 : await mdmEpoch(api);
-  const reached = await untilHeld(epochDown, killedAtMs, what);
+  const reached = await untilHeld(epochDown, killedAtMs, what, epochBefore + 1);
+  // Once every victim is down: the groups left on one copy, and on none (0 with fault sets).
+  const groups = await scrapeGroups();
   const cpuSeconds = Number((processCpuSeconds(mdm.pid) - cpuBefore).toFixed(2));
   row(`${what}: drop to the MDM listing ${victims.length === 1 ? 'it' : `all ${victims.length}`} Down`, declaredDownMs === null ? `not within ${settleSeconds} s` : `${declaredDownMs} ms (sds-down-after ${downAfterSeconds} s)`);
   row(`${what}: drop to first peer with a newer map`, reached.firstMs === null ? 'none' : `${reached.firstMs} ms`);
   row(`${what}: drop to last live peer holding epoch ${epochDown}`, reached.lastMs === null ? `not within ${settleSeconds} s: ${JSON.stringify(reached.lagging)}` : `${reached.lastMs} ms (epoch ${epochBefore} → ${epochDown}, ${epochDown - epochBefore} epochs)`);
   row(`${what}: map payload bytes to live peers until then`, `${reached.bytes} bytes in ${reached.count} payloads (SDSs ${reached.sdsBytes}, SDCs ${reached.sdcBytes})`);
   row(`${what}: MDM CPU from drop to last map`, `${cpuSeconds} s`);
-  return { ...reached, killedAtMs, declaredDownMs, epochs: epochDown - epochBefore, cpuSeconds };
+  row(`${what}: groups then on one copy, and on none`, groups === null ? 'not measured (no metrics)' : `${groups.degraded} degraded, ${groups.failed} failed, of ${groups.total}`);
+  return { ...reached, killedAtMs, declaredDownMs, epochs: epochDown - epochBefore, cpuSeconds, degradedGroups: groups?.degraded ?? null, failedGroups: groups?.failed ?? null };
 }
 
 /** The pool's groups by health from the MDM's metrics (meshblock_pool_placement_groups), summed over pools; null without them. */
-async function scrapeGroups(metricsUrl) {
+async function scrapeGroups() {
   if (metricsUrl === null) return null;
   try {
     const response = await bounded('metrics', fetch(metricsUrl), 10_000);
@@ -430,19 +439,25 @@ async function scrapeGroups(metricsUrl) {
 /**
  * Waits (bounded) until no group is degraded or failed (the MDM's metrics): the control
  * plane's part of re-protection (out after --rebuild-after, orders, the simulated SDSs'
- * reports); ms since `sinceMs`, or null if not within --settle-seconds.
+ * reports); ms since the drop, or null if not within --settle-seconds, or if the failure left
+ * nothing degraded (the SDS held no copy: with few groups, some devices hold none).
  */
-async function reprotected(metricsUrl, sinceMs, what) {
+async function reprotected(failed, what) {
   if (metricsUrl === null) return null;
+  if (failed.degradedGroups === 0 && failed.failedGroups === 0) {
+    row(`${what}: re-protection`, 'not measured: no group was degraded (the victims held no copy)');
+    return null;
+  }
+  const sinceMs = failed.killedAtMs;
   const doneAtMs = await pollUntil(
     async () => {
-      const groups = await scrapeGroups(metricsUrl);
+      const groups = await scrapeGroups();
       return groups !== null && groups.total > 0 && groups.degraded === 0 && groups.failed === 0 ? Date.now() : undefined;
     },
     Math.max(0, sinceMs + rebuildAfterSeconds * 1000 + settleMs - Date.now()),
     500,
   );
-  const groups = await scrapeGroups(metricsUrl);
+  const groups = await scrapeGroups();
   row(`${what}: drop to no degraded group (control plane only, rebuild-after ${rebuildAfterSeconds} s)`, doneAtMs === null ? `not within ${settleSeconds} s after rebuild-after: ${JSON.stringify(groups)}` : `${doneAtMs - sinceMs} ms`);
   return doneAtMs === null ? null : doneAtMs - sinceMs;
 }
