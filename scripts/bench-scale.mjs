@@ -282,7 +282,8 @@ try {
   result.failureReprotectedMs = await reprotected(single, 'SDS failure');
 
   if (rackSize > 0) {
-    if (result.failureReprotectedMs === null) result.unsettled.push({ phase: 'rack failure', got: 'on a cluster not yet re-protected from the single failure: groups on both may lose their last copy' });
+    const singleProtected = result.failureReprotectedMs !== null || (single.degradedGroups === 0 && single.failedGroups === 0);
+    if (!singleProtected) result.unsettled.push({ phase: 'rack failure', got: 'on a cluster not yet re-protected from the single failure: groups on both may lose their last copy' });
     const rack = await failure(api, fleet.rackSdsIndexes(0), `rack failure (${rackSize} SDSs)`);
     result.rackDeclaredDownMs = rack.declaredDownMs;
     result.rackFailureToFirstMapMs = rack.firstMs;
