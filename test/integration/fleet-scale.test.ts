@@ -106,7 +106,8 @@ t.test(`${sdsCount} simulated SDSs and ${sdcCount} SDCs against one MDM: registe
     return epoch > epochBefore && holding.sds === sdsCount && holding.sdc === sdcCount ? epoch : undefined;
   }, 120_000);
   const mapBytes = Math.max(...fleet.receiptsSince(0).filter((entry) => entry.kind === 'sds' && entry.receipt.epoch === planned).map((entry) => entry.receipt.bytes));
-  t.ok(mapBytes > 10_000, `the planned map reached all ${sdsCount + sdcCount} peers (epoch ${planned}, ${mapBytes} bytes of JSON each)`);
+  // 40,658 B of JSON, 9,156 B binary (map-codec.ts, once the peers take binary maps): either way far above an empty map.
+  t.ok(mapBytes > 2_000, `the planned map reached all ${sdsCount + sdcCount} peers (epoch ${planned}, ${mapBytes} bytes each)`);
 
   // One SDS's connections dropped (a crashed host): declared down, a new map to everyone else.
   const victim = sdss.find((sds) => sds.id === cluster.sdss[sdsCount - 1]?.sdsId);
@@ -131,7 +132,8 @@ t.test(`${sdsCount} simulated SDSs and ${sdcCount} SDCs against one MDM: registe
     const groups = await groupsByHealth(metricsUrl);
     return groups.total === pgCount && groups.degraded === 0 && groups.failed === 0 ? groups : undefined;
   }, 60_000);
-  t.pass('the dropped SDS’s copies were re-created: no group degraded');
+  // At 256 groups over 1,024 devices an SDS may hold no copy at all; then this holds at once.
+  t.pass('no group degraded before the rack goes: the dropped SDS’s copies, if it held any, were re-created');
 
   // A rack lost at once: fault set 0's SDSs, none of them the SDS dropped above.
   const rack = fleet.rackSdsIndexes(0);
