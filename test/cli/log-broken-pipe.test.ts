@@ -28,8 +28,8 @@ const script = `
 `;
 
 async function runChild(closeStderr: boolean): Promise<{ outcome: 'exited' | 'stuck'; code: number | null; stderr: string }> {
-  const [command, ...args] = [...orphanKill, process.execPath, '--input-type=module', '-e', script] as [string, ...string[]];
-  const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const argv = [...orphanKill, process.execPath, '--input-type=module', '-e', script];
+  const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   if (closeStderr) child.stderr.destroy();
   else child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
