@@ -691,3 +691,9 @@ export const mapAddressBytesMax = 512;
  */
 export const attachUnavailableRetryMs = 10_000;
 assert(attachUnavailableRetryMs >= attachRetryMs, 'a host without nbd is retried no more often than a pass');
+
+/** Frames in one binary map update on the wire (MdmOp.GetMapBinary, SdsOp.SetMapBinary, SdcOp.SetMap): one full map or a chain of deltas. */
+export const mapUpdateDeltasMax = 64;
+/** One-epoch map deltas the MDM keeps for peers behind (MapUpdates): a peer further behind gets the whole map. */
+export const mapDeltasKept = 16;
+assert(mapDeltasKept <= mapUpdateDeltasMax, 'every chain the MDM keeps fits one update');
