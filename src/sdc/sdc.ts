@@ -349,6 +349,7 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     const held = this.mapHeld();
     const next = applyUpdateHeld(held === null ? null : { map: this.currentMap, digest: held.digest }, update);
     this.installMap(next.map, next.digest);
+    this.options.log.debug({ update: update.kind, epoch: next.map.epoch, bytes: payload.length }, 'binary map update applied');
     // A view that waited for this map.
     const pending = this.pendingView;
     if (pending !== null && this.holdsMap(pending.mapHeld)) {

@@ -96,8 +96,9 @@ export class SdsControl {
   onSetMapBinary(payload: Buffer): MapHeld | null {
     const current = this.current;
     let next;
+    let update;
     try {
-      const update = decodeMapUpdate(payload);
+      update = decodeMapUpdate(payload);
       if (update.kind === 'current') return this.held();
       const held = current === null ? null : { map: current, digest: (this.held() as MapHeld).digest };
       next = applyUpdateHeld(held, update);
@@ -108,6 +109,7 @@ export class SdsControl {
       throw new ReplyError(SdsStatus.Failed, err.message, Buffer.from(JSON.stringify(refusal)));
     }
     if (next.map !== current) this.install(next.map, next.digest);
+    this.host.log.debug({ update: update.kind, epoch: next.map.epoch, bytes: payload.length }, 'binary map update applied');
     return this.held();
   }
 
