@@ -8,7 +8,8 @@
 // - applyUpdateHeld gives the digest the MDM computes for the same map, and updateResult
 //   (what the fleet simulator follows) agrees with it without decoding;
 // - an update whose bytes are damaged anywhere is refused whole (every single-byte flip of a
-//   delta chain, on a sample of offsets) and the map held is untouched.
+//   delta chain, on a sample of offsets) and the map held is untouched;
+// - registrations carry mapBinary and mapHeld, checked; an older build's carry neither.
 
 import t from 'tap';
 import { mapUpdateDeltasMax } from '../../src/common/limits.js';
@@ -23,6 +24,7 @@ import {
   updateResult,
   type MapUpdate,
 } from '../../src/wire/map-codec.js';
+import { parseSdcRegistration, parseSdsRegistration } from '../../src/wire/mdm-ops.js';
 import type { PlacementMap } from '../../src/wire/placement.js';
 import { MapHistory } from '../helpers/map-history.js';
 
@@ -127,4 +129,17 @@ t.test('a damaged update is refused whole, the map held untouched', async (t) =>
   }
   t.equal(refused, offsets.length, `every one of ${offsets.length} single-bit flips refused as corrupt`);
   t.same(held, heldCopy, 'the map held is as it was');
+});
+
+t.test('registrations say whether the peer takes binary maps, and what it holds', async (t) => {
+  const sds = { sdsId: '00000000000000a1', name: 'sds1', address: '127.0.0.1:7072', devices: [] };
+  t.same(parseSdsRegistration(Buffer.from(JSON.stringify(sds))), sds, 'an older build: neither field');
+  t.same(parseSdsRegistration(Buffer.from(JSON.stringify({ ...sds, mapBinary: true, mapHeld: { epoch: 4, digest: 99 } }))), { ...sds, mapBinary: true, mapHeld: { epoch: 4, digest: 99 } });
+  t.same(parseSdsRegistration(Buffer.from(JSON.stringify({ ...sds, mapBinary: true, mapHeld: null }))), { ...sds, mapBinary: true, mapHeld: null }, 'holding no map');
+  t.equal(codeOf(() => parseSdsRegistration(Buffer.from(JSON.stringify({ ...sds, mapBinary: 'yes' })))), 'MB_ERR_INVALID_ARGUMENT');
+  t.equal(codeOf(() => parseSdsRegistration(Buffer.from(JSON.stringify({ ...sds, mapBinary: true, mapHeld: { epoch: 4 } })))), 'MB_ERR_INVALID_ARGUMENT');
+  const sdc = { guid: '0123abcd-0000', name: null };
+  t.same(parseSdcRegistration(Buffer.from(JSON.stringify(sdc))), sdc);
+  t.same(parseSdcRegistration(Buffer.from(JSON.stringify({ ...sdc, mapBinary: true, mapHeld: { epoch: 1, digest: 2 } }))), { ...sdc, mapBinary: true, mapHeld: { epoch: 1, digest: 2 } });
+  t.equal(codeOf(() => parseSdcRegistration(Buffer.from(JSON.stringify({ ...sdc, mapBinary: true, mapHeld: { epoch: 1, digest: -2 } })))), 'MB_ERR_INVALID_ARGUMENT');
 });
