@@ -922,7 +922,10 @@ export class MdmService implements MdmController {
    */
   private currentMapUpdates(): MapUpdates {
     if (this.mapMaybeChanged || this.mapUpdates.held?.epoch !== this.state.model.epoch) {
-      this.mapUpdates.publish(this.state.placementMap());
+      const map = this.state.placementMap();
+      // The very object published (a state machine that caches its map while nothing changed):
+      // nothing to encode.
+      if (map !== this.mapUpdates.map) this.mapUpdates.publish(map);
       this.mapMaybeChanged = false;
     }
     return this.mapUpdates;
