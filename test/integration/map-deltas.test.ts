@@ -12,7 +12,8 @@
 // - a peer that says it holds a map the MDM does not know (right epoch, wrong digest) gets
 //   the whole map; one a few epochs behind gets the deltas;
 // - a corrupt update, and a delta for another base, sent to the real SDS are refused whole
-//   with a MapRefusal naming what it holds, and its map is unchanged.
+//   with a MapRefusal naming what it holds, and its map is unchanged;
+// - the real SDS, reconnected, says which map it holds and is not sent the whole map again.
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -88,7 +89,8 @@ t.test('binary maps: deltas to real and simulated peers after an SDS failure, JS
   const sds = new SdsService({ identity, secret: cluster.secret, store, state, dataDir: sdsDataDir, log: sdsRecorded.log, payloadChecksums: false });
   const sdsBound = await sds.listen('127.0.0.1', 0);
   const sdsAddress = `127.0.0.1:${sdsBound.port}`;
-  const link = new MdmLink({ mdmAddresses: [mdmAddress], identity, secret: cluster.secret, service: sds, address: sdsAddress, log: sdsRecorded.log });
+  const newLink = (): MdmLink => new MdmLink({ mdmAddresses: [mdmAddress], identity, secret: cluster.secret, service: sds, address: sdsAddress, log: sdsRecorded.log });
+  let link = newLink();
   link.start();
   t.teardown(async () => {
     link.close();
@@ -172,4 +174,15 @@ t.test('binary maps: deltas to real and simulated peers after an SDS failure, JS
   const wrongBase = await tester.request(SdsOp.SetMapBinary, encodeDelta(otherBase, { ...mdmMap, epoch: mdmMap.epoch + 1 }));
   t.equal(parseMapRefusal(wrongBase.payload)?.code, 'MB_ERR_MAP_BASE', 'a delta for another map of the same epoch is refused as not its base');
   t.same(sds.mapHeld(), heldBefore, 'and nothing of either was applied');
+
+  // Reconnected, the SDS says which map it holds: it is not sent the whole map again.
+  const recordsBeforeReconnect = sdsRecorded.records.length;
+  link.close();
+  link = newLink();
+  link.start();
+  await until('the real SDS registered again', async () => (sdsRecorded.records.slice(recordsBeforeReconnect).some((record) => record['msg'] === 'registered with the MDM') ? true : undefined));
+  await until('the real SDS holding the MDM epoch', async () => (sds.mapHeld()?.epoch === mdm.state.model.epoch ? true : undefined));
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const afterReconnect = updatesApplied(sdsRecorded.records, recordsBeforeReconnect);
+  t.ok(afterReconnect.every((entry) => entry.update !== 'full'), `after reconnecting it got no whole map (${afterReconnect.map((entry) => entry.update).join(', ') || 'nothing'})`);
 });
