@@ -534,7 +534,9 @@ export class MdmService implements MdmController {
           // refuses the next update): the next update is made from there.
           const target = session.sdcId !== null ? this.sdcPeers.get(session.sdcId)?.map : session.sdsId !== null ? this.sdsMaps.get(session.sdsId) : undefined;
           if (target !== undefined && target !== null && target.peer === session.peer) target.held = updates.held;
-          return { status: SdsStatus.Ok, payload: Buffer.concat(mapUpdateFrames(update)) };
+          const frames = mapUpdateFrames(update);
+          // The shared encoding itself when it is one frame (the whole map): no copy per asker.
+          return { status: SdsStatus.Ok, payload: frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames) };
         }
         case MdmOp.RebuildDone: {
           if (session.sdsId === null) return { status: SdsStatus.InvalidArgument, payload: Buffer.from('a rebuild report before registration') };
