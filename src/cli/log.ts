@@ -11,6 +11,11 @@ export function createRootLogger(level: Level, daemon: string): Logger {
       base: { daemon, pid: process.pid },
       redact: ['*.password', '*.secret', '*.token', '*.key', 'password', 'secret', 'token'],
     },
-    pino.destination({ dest: 2, sync: false }),
+    // Synchronous: with an asynchronous destination pino flushes at exit with sonic-boom's
+    // flushSync, which (sonic-boom 4) retries a failed write every 100 ms forever, so a
+    // process.exit or a fatal error with stderr's reader gone (EPIPE) hung the daemon for good
+    // (test/cli/log-broken-pipe.test.ts). Written at once, a broken pipe is seen on the first
+    // line and logging stops; daemons log events, not requests, so the cost is small.
+    pino.destination({ dest: 2, sync: true }),
   );
 }

@@ -143,7 +143,15 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
   const supervised = process.env[shardEnvVar] !== undefined && process.send !== undefined;
   let requestStop: ((reason: string) => void) | null = null;
   if (supervised) {
-    process.on('disconnect', () => (requestStop === null ? process.kill(process.pid, 'SIGTERM') : requestStop('supervisor gone')));
+    const supervisorGone = (): void => {
+      if (requestStop === null) process.kill(process.pid, 'SIGTERM');
+      else requestStop('supervisor gone');
+    };
+    process.on('disconnect', supervisorGone);
+    // A supervisor killed while this shard was still loading closed the channel before the
+    // listener above existed: that 'disconnect' was emitted to no one, and the shard would
+    // run on as an orphan, holding its ports and data directory.
+    if (!process.connected) supervisorGone();
     // The channel alone must not keep a shard alive that failed to start.
     process.channel?.unref();
   }

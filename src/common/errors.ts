@@ -403,6 +403,10 @@ export const errorCodes = {
   MB_ERR_MAP_CORRUPT: 'MB_ERR_MAP_CORRUPT',
   /** A map delta was made for another base map (another epoch, or other content): the peer needs the whole map. */
   MB_ERR_MAP_BASE: 'MB_ERR_MAP_BASE',
+  /** The MDM refused a peer's connection or registration: it reconnects or registers faster than its bound (src/mdm/peer-guard.ts); try again later. */
+  MB_ERR_PEER_THROTTLED: 'MB_ERR_PEER_THROTTLED',
+  /** The MDM refused a request of a peer, unread, because its payload is larger than that op's bound (mdmRequestBytesMax, mdmHeartbeatBytesMax). */
+  MB_ERR_REQUEST_TOO_LARGE: 'MB_ERR_REQUEST_TOO_LARGE',
 } as const;
 
 export type ErrorCode = keyof typeof errorCodes;

@@ -692,6 +692,53 @@ export const mapAddressBytesMax = 512;
 export const attachUnavailableRetryMs = 10_000;
 assert(attachUnavailableRetryMs >= attachRetryMs, 'a host without nbd is retried no more often than a pass');
 
+// --- bad peers at the MDM (src/mdm/peer-guard.ts; issue 23 "Bad input") ----------------------
+//
+// The wire layer bounds what one connection may hold (bytes and requests in flight, the
+// socket queue, setup time). These bound what a peer that knows the secret may make the
+// MDM do across connections: reconnect in a loop, register in a loop, send enormous
+// heartbeats. Connections that stay up are never charged: the fleet simulator's thousands
+// of peers from one address (and a host's shards after an MDM restart) connect freely.
+
+/** Devices one SDS may have (ScaleIO's limit, 64): a registration claiming more is refused. */
+export const sdsDevicesMax = 64;
+/**
+ * An MDM request's payload (registrations, RebuildDone, GetMap), heartbeats excepted, is
+ * refused unread above this: a registration of sdsDevicesMax devices with the longest paths
+ * (devicePathBytesMax) is ~270 KB; a real one a few KB.
+ */
+export const mdmRequestBytesMax = 512 * KiB;
+/**
+ * A heartbeat's payload (an SDS's stats, an SDC's QoS list) is refused unread above this. A
+ * real SDS (4 devices) listing 1,768 failed rebuild jobs sent 708 KB (measured); an SDS lists
+ * every waiting job, so 4 MiB (~11,000 jobs) is room, not a guess at the most.
+ */
+export const mdmHeartbeatBytesMax = 4 * MiB;
+/** A wire connection to the MDM that ends within this of being accepted is churn (a reconnect loop's connection). */
+export const mdmShortConnectionMs = 10_000;
+/** Short connections one remote address may make in a burst; past it the MDM refuses its new connections at accept... */
+export const mdmChurnPerAddressBurstMax = 64;
+/** ...until its allowance refills at this many per second. */
+export const mdmChurnPerAddressPerSecond = 5;
+/**
+ * Connections one remote address may hold open at once: the fleet simulator holds up to
+ * fleetPeersMax SDSs and as many SDCs from one address; a real host holds sdsShardsMax + 1.
+ */
+export const mdmConnectionsPerAddressMax = 8192;
+/** Registrations one SDS id (or SDC guid) may make in a burst; past it the MDM refuses them (MB_ERR_PEER_THROTTLED)... */
+export const mdmRegistrationsPerPeerBurstMax = 8;
+/** ...until its allowance refills at one per this many ms. */
+export const mdmRegistrationRefillMs = 10_000;
+/** Addresses and peer ids the guard tracks at once; past it an unknown one is refused (bounded memory). */
+export const mdmGuardKeysMax = 65_536;
+/** A refusal of the same kind for the same peer or address is logged at most this often (the count of those not logged goes with it). */
+export const mdmRefusalLogIntervalMs = 60_000;
+assert(mdmRequestBytesMax <= mdmHeartbeatBytesMax && mdmHeartbeatBytesMax <= wirePayloadBytesMax, 'the MDM request bounds are within a wire frame');
+assert(mdmRequestBytesMax >= sdsDevicesMax * (devicePathBytesMax + 256), 'a registration of the most devices with the longest paths fits');
+assert(mdmConnectionsPerAddressMax >= sdsShardsMax + 1 && mdmChurnPerAddressBurstMax >= sdsShardsMax, "a host's shards and SDC connect (and fail to, at once) within an address's bounds");
+assert(mdmRegistrationRefillMs >= 2 * mdmReconnectDelayMsMax && mdmRegistrationRefillMs <= mdmRestartGraceMs, 'a throttled peer retries (at its slowest backoff) a few times per allowance, and one allowance comes within the restart grace');
+assert(mdmShortConnectionMs >= wireSetupTimeoutMs, 'a connection that never finished setup is short');
+
 /** Frames in one binary map update on the wire (MdmOp.GetMapBinary, SdsOp.SetMapBinary, SdcOp.SetMap): one full map or a chain of deltas. */
 export const mapUpdateDeltasMax = 64;
 /** One-epoch map deltas the MDM keeps for peers behind (MapUpdates): a peer further behind gets the whole map. */

@@ -46,6 +46,7 @@ import { Journal } from './journal.js';
 import { emptyModel, type Id, type SnapshotDef, type SystemModel } from './model.js';
 import { MdmError, StateMachine, isDown, notFound, type Applied, type Command } from './state-machine.js';
 import { SdcLatencyWindows, type LatencyWindow } from './sdc-latency.js';
+import { PeerGuard } from './peer-guard.js';
 
 export type { JournalRecord } from './command-log.js';
 
@@ -132,6 +133,8 @@ export class MdmService implements MdmController {
   /** Set when an append failed: the in-memory state may hold a command the log does not. */
   private logFailure: unknown = null;
   private readonly mayAct: () => boolean;
+  /** Bounds what a bad peer costs: reconnect and registration loops, enormous payloads (peer-guard.ts). */
+  readonly peerGuard: PeerGuard;
 
   /** `state` must be what `commandLog` holds; the service applies and appends from there on. */
   constructor(
@@ -143,6 +146,7 @@ export class MdmService implements MdmController {
     this.healthOptions = healthOptions(options);
     this.integrityWatch = new IntegrityWatch(options.log.child({ component: 'integrity' }));
     this.mayAct = options.mayAct ?? (() => true);
+    this.peerGuard = new PeerGuard(options.log.child({ component: 'peer-guard' }));
   }
 
   static async open(options: MdmServiceOptions): Promise<MdmService> {
@@ -427,9 +431,21 @@ export class MdmService implements MdmController {
   // --- SDS connections -------------------------------------------------------------------
 
   private onConnection(socket: net.Socket): void {
-    this.sockets.add(socket);
-    socket.on('close', () => this.sockets.delete(socket));
     const remoteAddress = socket.remoteAddress === undefined ? null : socket.remoteAddress.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/, '');
+    // Before the handshake: a reconnect loop's connection past its address's allowance costs
+    // an accept and a close, nothing more (peer-guard.ts). A socket already closed has no address.
+    const ticket = this.peerGuard.admitConnection(remoteAddress ?? 'unknown', Date.now());
+    if (ticket === null) {
+      socket.destroy();
+      return;
+    }
+    const lasted = setTimeout(() => this.peerGuard.connectionLasted(ticket, Date.now()), this.peerGuard.limiter.limits.shortConnectionMs).unref();
+    this.sockets.add(socket);
+    socket.on('close', () => {
+      clearTimeout(lasted);
+      this.sockets.delete(socket);
+      this.peerGuard.connectionClosed(ticket, Date.now());
+    });
     const session: Session = { sdsId: null, sdcId: null, peer: null, remoteAddress };
     WirePeer.accept(socket, {
       clusterId: this.options.clusterId,
@@ -463,6 +479,8 @@ export class MdmService implements MdmController {
   }
 
   private async onRequest(session: Session, request: WireRequest): Promise<WireReply> {
+    const refused = this.peerGuard.checkRequest(session, request, Date.now());
+    if (refused !== null) return refused;
     try {
       switch (request.op) {
         case MdmOp.RegisterSds: {

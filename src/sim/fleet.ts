@@ -30,7 +30,7 @@ import { Journal } from '../mdm/journal.js';
 import type { JournalRecord } from '../mdm/command-log.js';
 import { emptyModel, type SystemModel } from '../mdm/model.js';
 import { StateMachine } from '../mdm/state-machine.js';
-import { MapCodecError, decodeMapUpdate, updateResult, type MapHeld } from '../wire/map-codec.js';
+import { MapCodecError, decodeMapUpdate, encodeDelta, encodeMap, updateResult, type MapHeld } from '../wire/map-codec.js';
 import { MdmOp, SdcOp, type MapRefusal, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdsRegistration } from '../wire/mdm-ops.js';
 import { MdmSession } from '../wire/mdm-session.js';
 import type { WireReply, WireRequest } from '../wire/peer.js';
@@ -40,6 +40,8 @@ import { SdsOp, SdsStatus, encodeEpoch, type RebuildArgs, type RebuildProgress, 
 export const fleetPeersMax = 4096;
 /** Devices a simulated SDS may claim (ScaleIO allows 64 per SDS). */
 export const fleetDevicesPerSdsMax = 64;
+/** Fault sets a fleet with racks has at least: one rack lost leaves two, so every group keeps a copy and gets a new one elsewhere. */
+export const fleetFaultSetsMin = 3;
 
 export interface FleetPlan {
   sdsCount: number;
@@ -48,6 +50,13 @@ export interface FleetPlan {
   deviceCapacityBytes: number;
   /** The pool's placement groups (a power of two, at least pgCountMin); default the MDM's. */
   pgCount?: number;
+  /**
+   * SDSs per fault set (a rack): SDS `index` goes into fault set `floor(index / n)`, so the
+   * planner never puts a group's two copies in one rack and a whole rack can fail with no
+   * group left without a copy. At least three fault sets (two survive a rack's loss). Absent:
+   * no fault sets, every SDS a failure domain of its own.
+   */
+  sdssPerFaultSet?: number;
 }
 
 export interface SimSdsSpec {
@@ -56,6 +65,16 @@ export interface SimSdsSpec {
   name: string;
   address: string;
   devices: RegisteredDevice[];
+  /** Its fault set (its rack), null without FleetPlan.sdssPerFaultSet. */
+  faultSetId: string | null;
+}
+
+/** One fault set of the preload: a rack of SDSs that fail together in the rack-failure measure. */
+export interface SimFaultSet {
+  faultSetId: string;
+  name: string;
+  /** Indexes into PreloadedCluster.sdss (and Fleet.sdss, which keeps that order). */
+  sdsIndexes: number[];
 }
 
 export interface PreloadedCluster {
@@ -64,6 +83,8 @@ export interface PreloadedCluster {
   protectionDomainId: string;
   storagePoolId: string;
   sdss: SimSdsSpec[];
+  /** The racks, in index order (SDSs 0..n-1 are the first); empty without FleetPlan.sdssPerFaultSet. */
+  faultSets: SimFaultSet[];
   /** The device left out of the model: the caller adds it through the REST API (the first full plan). */
   lastDevice: { sdsId: string; path: string };
 }
@@ -76,40 +97,61 @@ function hexId(prefix: number, index: number): string {
   return `${prefix.toString(16).padStart(4, '0')}${index.toString(16).padStart(12, '0')}`;
 }
 
-/**
- * Writes an MDM data directory (which must not hold a cluster yet) holding a cluster with
- * the plan's SDSs and all their devices but one. Start `meshblock mdm start --data-dir` on it.
- */
-export async function preloadDataDir(dataDir: string, plan: FleetPlan, log: Logger): Promise<PreloadedCluster> {
+/** The model of a fleet before its first plan, and where everything in it is. */
+interface FleetModel {
+  state: StateMachine;
+  protectionDomainId: string;
+  storagePoolId: string;
+  sdss: SimSdsSpec[];
+  faultSets: SimFaultSet[];
+  lastDevice: { sdsId: string; path: string; deviceId: string; capacityBytes: number };
+}
+
+function checkPlan(plan: FleetPlan): void {
   checkCount('sdsCount', plan.sdsCount, 2, fleetPeersMax);
   checkCount('sdcCount', plan.sdcCount, 0, fleetPeersMax);
   checkCount('devicesPerSds', plan.devicesPerSds, 1, fleetDevicesPerSdsMax);
   if (!Number.isSafeInteger(plan.deviceCapacityBytes) || plan.deviceCapacityBytes <= 0) throw new InvalidArgumentError('deviceCapacityBytes', 'must be a positive integer');
-  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  if (fs.existsSync(path.join(dataDir, 'cluster.json'))) throw new InvalidArgumentError('dataDir', `${dataDir} already holds a cluster`);
-  const clusterId = randomBytes(8).toString('hex');
-  const secretText = randomBytes(32).toString('hex');
-  // As `mdm start` writes them at a first start (ensureCluster in src/cli/mdm-start.ts).
-  fs.writeFileSync(path.join(dataDir, 'cluster.secret'), `${secretText}\n`, { mode: 0o600 });
-  fs.writeFileSync(path.join(dataDir, 'cluster.json'), `${JSON.stringify({ clusterId, name: 'fleet' }, null, 1)}\n`);
+  if (plan.sdssPerFaultSet !== undefined) {
+    if (plan.sdsCount < fleetFaultSetsMin) throw new InvalidArgumentError('sdsCount', `must be at least ${fleetFaultSetsMin} with fault sets, got ${plan.sdsCount}`);
+    checkCount('sdssPerFaultSet', plan.sdssPerFaultSet, 1, Math.floor(plan.sdsCount / fleetFaultSetsMin));
+  }
+}
 
+/**
+ * The cluster with the plan's SDSs (in their fault sets) and all their devices but one, built
+ * by the real state machine, not planned yet: what preloadDataDir writes and what
+ * measurePlannedMaps plans in-process.
+ */
+function buildFleetModel(clusterId: string, plan: FleetPlan): FleetModel {
   const nowMs = Date.now();
   const state = new StateMachine(emptyModel(clusterId, 'fleet'));
   const protectionDomainId = state.apply({ type: 'addProtectionDomain', name: 'pd1' }).id as string;
   const storagePoolId = state.apply({ type: 'addStoragePool', protectionDomainId, name: 'pool1', ...(plan.pgCount === undefined ? {} : { pgCount: plan.pgCount }) }).id as string;
+  const faultSets: SimFaultSet[] = [];
   const sdss: SimSdsSpec[] = [];
   for (let index = 0; index < plan.sdsCount; index += 1) {
+    let faultSet: SimFaultSet | null = null;
+    if (plan.sdssPerFaultSet !== undefined) {
+      const rack = Math.floor(index / plan.sdssPerFaultSet);
+      if (faultSets[rack] === undefined) {
+        const name = `sim-rack-${rack}`;
+        faultSets[rack] = { faultSetId: state.apply({ type: 'addFaultSet', protectionDomainId, name }).id as string, name, sdsIndexes: [] };
+      }
+      faultSet = faultSets[rack] as SimFaultSet;
+      faultSet.sdsIndexes.push(index);
+    }
     const sdsId = hexId(0x5d5, index);
     // Never connected to: a simulated SDS serves no chunk IO. Unique, so no two SDSs look alike.
     const address = `127.0.0.1:${10_000 + (index % 50_000)}`;
     const name = `sim-sds-${index}`;
     state.apply({ type: 'registerSds', sdsId, name, address, nowMs, host: null });
-    state.apply({ type: 'addSds', sdsId, protectionDomainId, faultSetId: null });
+    state.apply({ type: 'addSds', sdsId, protectionDomainId, faultSetId: faultSet?.faultSetId ?? null });
     const devices: RegisteredDevice[] = [];
     for (let deviceIndex = 0; deviceIndex < plan.devicesPerSds; deviceIndex += 1) {
       devices.push({ deviceId: hexId(0xde5, index * fleetDevicesPerSdsMax + deviceIndex), path: `/dev/sim${deviceIndex}`, capacityBytes: plan.deviceCapacityBytes });
     }
-    sdss.push({ index, sdsId, name, address, devices });
+    sdss.push({ index, sdsId, name, address, devices, faultSetId: faultSet?.faultSetId ?? null });
   }
   const last = sdss[sdss.length - 1] as SimSdsSpec;
   const lastDevice = last.devices[last.devices.length - 1] as RegisteredDevice;
@@ -128,12 +170,114 @@ export async function preloadDataDir(dataDir: string, plan: FleetPlan, log: Logg
       };
     }
   }
+  return { state, protectionDomainId, storagePoolId, sdss, faultSets, lastDevice: { sdsId: last.sdsId, path: lastDevice.path, deviceId: lastDevice.deviceId, capacityBytes: lastDevice.capacityBytes } };
+}
+
+/**
+ * Writes an MDM data directory (which must not hold a cluster yet) holding a cluster with
+ * the plan's SDSs and all their devices but one. Start `meshblock mdm start --data-dir` on it.
+ */
+export async function preloadDataDir(dataDir: string, plan: FleetPlan, log: Logger): Promise<PreloadedCluster> {
+  checkPlan(plan);
+  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  if (fs.existsSync(path.join(dataDir, 'cluster.json'))) throw new InvalidArgumentError('dataDir', `${dataDir} already holds a cluster`);
+  const clusterId = randomBytes(8).toString('hex');
+  const secretText = randomBytes(32).toString('hex');
+  // As `mdm start` writes them at a first start (ensureCluster in src/cli/mdm-start.ts).
+  fs.writeFileSync(path.join(dataDir, 'cluster.secret'), `${secretText}\n`, { mode: 0o600 });
+  fs.writeFileSync(path.join(dataDir, 'cluster.json'), `${JSON.stringify({ clusterId, name: 'fleet' }, null, 1)}\n`);
+  const { state, protectionDomainId, storagePoolId, sdss, faultSets, lastDevice } = buildFleetModel(clusterId, plan);
   // The SDSs are not connected until they call (as after any MDM restart).
   state.observe({ type: 'connectionsLost' });
   const { journal } = await Journal.open<JournalRecord, SystemModel>(dataDir, { log, initialSnapshot: emptyModel(clusterId, 'fleet') });
   await journal.compact(state.model);
   await journal.close();
-  return { clusterId, secret: Buffer.from(secretText), protectionDomainId, storagePoolId, sdss, lastDevice: { sdsId: last.sdsId, path: lastDevice.path } };
+  return { clusterId, secret: Buffer.from(secretText), protectionDomainId, storagePoolId, sdss, faultSets, lastDevice: { sdsId: lastDevice.sdsId, path: lastDevice.path } };
+}
+
+/** A fleet's map planned in-process, its encodings, and what one SDS's and one rack's failure change. */
+export interface PlannedMapSizes {
+  sds: number;
+  devicesPerSds: number;
+  pgCount: number;
+  /** The SDSs a rack holds (FleetPlan.sdssPerFaultSet), null without racks. */
+  rackSdsCount: number | null;
+  /** The whole map as the MDM sends it in JSON (SetMap), and in the binary encoding (map-codec.ts). */
+  mapJsonBytes: number;
+  mapBinaryBytes: number;
+  /** The delta from the planned map to the map once the last SDS is declared down. */
+  mapDeltaBytesPerFailure: number;
+  /**
+   * Rack 0's SDSs declared down one after another from the planned map (one epoch each, as
+   * the MDM's health tick declares them): the deltas of every step summed (what a peer that follows every epoch
+   * gets), and the one delta from before the rack's loss to after it (what a peer that was
+   * one map behind gets). Null without racks.
+   */
+  rackDeltaBytesSum: number | null;
+  rackDeltaBytesDirect: number | null;
+  rackEpochs: number | null;
+  /** Groups with no readable copy once the rack is down (0 with fault sets: the planner's promise). */
+  rackFailedGroups: number | null;
+  /** Wall time of the first plan (the state machine's addDevice with the real planner). */
+  planMs: number;
+}
+
+/**
+ * Plans the fleet's pool in-process with the real state machine and planner (what the MDM
+ * does when the last device is added), then declares the last SDS down, and (apart, from the
+ * planned map) rack 0's SDSs down, and encodes each map with the codec: the map sizes of a fleet without running one
+ * (1,024 SDSs x 4 devices at the default 262,144 groups takes some seconds and ~1 GB of heap).
+ */
+export function measurePlannedMaps(plan: FleetPlan): PlannedMapSizes {
+  checkPlan(plan);
+  const fleet = buildFleetModel(randomBytes(8).toString('hex'), plan);
+  const { state } = fleet;
+  const startedMs = performance.now();
+  state.apply({ type: 'addDevice', deviceId: fleet.lastDevice.deviceId, sdsId: fleet.lastDevice.sdsId, storagePoolId: fleet.storagePoolId, path: fleet.lastDevice.path, name: null, capacityBytes: fleet.lastDevice.capacityBytes });
+  const planMs = performance.now() - startedMs;
+  const planned = state.placementMap();
+  const pool = state.model.storagePools[fleet.storagePoolId];
+  assert(pool !== undefined, 'the fleet has its pool');
+  const mapJsonBytes = Buffer.byteLength(JSON.stringify(planned));
+  const mapBinaryBytes = encodeMap(planned).length;
+  // Maps are compared by value: the state machine may hand out one object while nothing changed.
+  const plannedCopy = structuredClone(planned);
+  // The rack fails on the healthy planned cluster (a copy of it), not after the single failure:
+  // two failures before a rebuild are a different question (groups on both lose their data).
+  const healthy = new StateMachine(structuredClone(state.model));
+  const nowMs = Date.now();
+  const victim = fleet.sdss[fleet.sdss.length - 1] as SimSdsSpec;
+  state.apply({ type: 'sdsDown', sdsId: victim.sdsId, nowMs, reason: 'measurePlannedMaps: one SDS' });
+  const mapDeltaBytesPerFailure = encodeDelta(plannedCopy, state.placementMap()).length;
+  let rack: { sum: number; direct: number; epochs: number; failed: number } | null = null;
+  const rackSdss = fleet.faultSets[0]?.sdsIndexes ?? null;
+  if (rackSdss !== null) {
+    let previous = plannedCopy;
+    let sum = 0;
+    for (const index of rackSdss) {
+      healthy.apply({ type: 'sdsDown', sdsId: (fleet.sdss[index] as SimSdsSpec).sdsId, nowMs, reason: 'measurePlannedMaps: rack' });
+      const next = structuredClone(healthy.placementMap());
+      sum += encodeDelta(previous, next).length;
+      previous = next;
+    }
+    const healthyPool = healthy.model.storagePools[fleet.storagePoolId];
+    assert(healthyPool !== undefined, 'the copy has the pool');
+    rack = { sum, direct: encodeDelta(plannedCopy, previous).length, epochs: previous.epoch - plannedCopy.epoch, failed: healthy.poolHealth(healthyPool).failedGroups };
+  }
+  return {
+    sds: plan.sdsCount,
+    devicesPerSds: plan.devicesPerSds,
+    pgCount: pool.groups.length,
+    rackSdsCount: rackSdss?.length ?? null,
+    mapJsonBytes,
+    mapBinaryBytes,
+    mapDeltaBytesPerFailure,
+    rackDeltaBytesSum: rack?.sum ?? null,
+    rackDeltaBytesDirect: rack?.direct ?? null,
+    rackEpochs: rack?.epochs ?? null,
+    rackFailedGroups: rack?.failed ?? null,
+    planMs: Math.round(planMs),
+  };
 }
 
 /** One map or view a simulated peer received. */
@@ -419,6 +563,76 @@ export class Fleet {
 
   close(): void {
     for (const peer of [...this.sdss, ...this.sdcs]) peer.session.close();
+  }
+
+  // Failures at scale (issue 23): a rack lost at once, and what a measure that did not settle got.
+
+  /**
+   * Drops every connection of the SDSs at `indexes` in the same turn (a rack losing power or
+   * its top-of-rack switch) and stops them calling back; returns when it happened.
+   */
+  killSdss(indexes: readonly number[]): number {
+    assert(new Set(indexes).size === indexes.length, 'each SDS is killed once');
+    for (const index of indexes) {
+      const peer = this.sdss[index];
+      assert(peer !== undefined, `SDS ${index} is in the fleet`);
+      assert(!peer.killed, `SDS ${index} is alive`);
+    }
+    const atMs = Date.now();
+    for (const index of indexes) this.killSds(index);
+    return atMs;
+  }
+
+  /** The SDS indexes of rack (fault set) `rack` of the preload. */
+  rackSdsIndexes(rack: number): number[] {
+    const faultSet = this.options.cluster.faultSets[rack];
+    if (faultSet === undefined) throw new InvalidArgumentError('rack', `must be from 0 to ${this.options.cluster.faultSets.length - 1}, got ${rack}`);
+    return [...faultSet.sdsIndexes];
+  }
+
+  /**
+   * The live peers that do not hold `epoch` yet, by name (the first `shownMax`), how many in
+   * all, and how many of them have no MDM connection now: what a measure that timed out reports.
+   */
+  lagging(epoch: number, shownMax = 16): { count: number; disconnected: number; names: string[] } {
+    const names: string[] = [];
+    let count = 0;
+    let disconnected = 0;
+    for (const peer of [...this.sdss, ...this.sdcs]) {
+      if (peer.killed || peer.epoch >= epoch) continue;
+      count += 1;
+      if (peer.session.peer === null) disconnected += 1;
+      if (names.length < shownMax) names.push(`${peer.name}@${peer.epoch}`);
+    }
+    return { count, disconnected, names };
+  }
+
+  /**
+   * When live peers first received a map of at least `epoch` after `sinceMs`: the earliest
+   * such arrival at any peer, the latest of each peer's first (when the last one got there),
+   * and how many live peers have none yet. Null times where no peer has one.
+   */
+  arrivals(epoch: number, sinceMs: number): { firstAtMs: number | null; lastAtMs: number | null; missing: number } {
+    let firstAtMs: number | null = null;
+    let lastAtMs: number | null = null;
+    let missing = 0;
+    for (const peer of [...this.sdss, ...this.sdcs]) {
+      if (peer.killed) continue;
+      const arrival = peer.receipts.find((receipt) => receipt.atMs >= sinceMs && receipt.epoch >= epoch);
+      if (arrival === undefined) {
+        missing += 1;
+        continue;
+      }
+      if (firstAtMs === null || arrival.atMs < firstAtMs) firstAtMs = arrival.atMs;
+      if (lastAtMs === null || arrival.atMs > lastAtMs) lastAtMs = arrival.atMs;
+    }
+    return { firstAtMs, lastAtMs, missing };
+  }
+
+  /** Live peers of each kind with an MDM connection now (registered or registering), for a connect phase that timed out. */
+  connected(): { sds: number; sdc: number } {
+    const count = (peers: SimPeer[]): number => peers.filter((peer) => !peer.killed && peer.session.peer !== null).length;
+    return { sds: count(this.sdss), sdc: count(this.sdcs) };
   }
 }
 

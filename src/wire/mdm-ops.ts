@@ -36,7 +36,7 @@ import { InvalidArgumentError, isMeshblockCode, type MeshblockCode } from '../co
 import { isName, nameRule } from '../common/names.js';
 import { idPattern, type PlacementMap } from './placement.js';
 import { parseMapHeld, type MapHeld } from './map-codec.js';
-import { refusalQuoteCharsMax } from '../common/limits.js';
+import { refusalQuoteCharsMax, sdsDevicesMax } from '../common/limits.js';
 
 export const MdmOp = {
   RegisterSds: 40,
@@ -150,6 +150,8 @@ export function parseSdsRegistration(payload: Buffer): SdsRegistration {
   if (typeof entry.name !== 'string') throw new InvalidArgumentError('registration.name', 'must be a string');
   if (typeof entry.address !== 'string' || !/^.+:\d{1,5}$/.test(entry.address)) throw new InvalidArgumentError('registration.address', 'must be HOST:PORT');
   if (!Array.isArray(entry.devices)) throw new InvalidArgumentError('registration.devices', 'must be an array');
+  // ScaleIO's bound: the MDM plans, shows and watches each device; a peer claiming thousands is refused, not believed.
+  if (entry.devices.length > sdsDevicesMax) throw new InvalidArgumentError('registration.devices', `must list at most ${sdsDevicesMax} devices (sdsDevicesMax), got ${entry.devices.length}`);
   const devices = entry.devices.map((device: Partial<RegisteredDevice>, index) => {
     if (typeof device.deviceId !== 'string' || !idPattern.test(device.deviceId)) throw new InvalidArgumentError(`registration.devices[${index}].deviceId`, 'must be 16 hex digits');
     if (typeof device.path !== 'string') throw new InvalidArgumentError(`registration.devices[${index}].path`, 'must be a string');

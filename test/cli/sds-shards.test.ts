@@ -13,6 +13,8 @@
 // - the supervisor killed with SIGKILL leaves no shard running.
 // And the pure parts: --shards auto, the device assignment, a damaged shards.json.
 
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
@@ -22,7 +24,7 @@ import { sdsShardsMax } from '../../src/common/limits.js';
 import { cli, startMdm, startSdc, until, type Mdm } from '../helpers/cluster.js';
 import { sparseFile } from '../helpers/files.js';
 import { placementMap } from '../helpers/snapshots.js';
-import { run, runMeshblock, startMeshblock, type DaemonHandle } from '../helpers/processes.js';
+import { meshblockBin, run, runMeshblock, startMeshblock, type DaemonHandle } from '../helpers/processes.js';
 import { MiB, connectWire, getStats, startSds } from '../helpers/sds.js';
 
 const GiB = 1024 * MiB;
@@ -236,4 +238,24 @@ t.test('a shard failing before it is ready stops the supervisor; a supervisor ki
   await ha.exited;
   await until('the shards to stop on their own', async () => (pids.some(alive) ? undefined : true), 30_000);
   t.pass('both shards stopped after their supervisor was killed');
+
+  // Killed while its shards are still loading: the IPC channel closes before a shard listens
+  // for it, which once left both running as orphans, serving, for good.
+  const early = spawn(process.execPath, [meshblockBin, 'sds', 'start', '--name', 'hy', '--shards', '2', '--device', sparseFile(dir, 'c.img', GiB), '--device', sparseFile(dir, 'd.img', GiB), '--listen', '127.0.0.1:0', '--metrics', 'off', '--data-dir', path.join(dir, 'hy-data'), '--cluster-id', mdm.clusterId, '--secret-file', mdm.secretFile], { stdio: ['ignore', 'ignore', 'pipe'] });
+  t.teardown(() => void early.kill('SIGKILL'));
+  const earlyExited = once(early, 'exit');
+  let earlyLog = '';
+  const shardPids = await new Promise<number[]>((resolve, reject) => {
+    early.stderr.setEncoding('utf8').on('data', (text: string) => {
+      earlyLog += text;
+      const started = [...earlyLog.matchAll(/"shard":"hy\.\d","pid":(\d+),"msg":"shard started"/g)].map((match) => Number(match[1]));
+      if (started.length === 2) resolve(started);
+    });
+    void earlyExited.then(() => reject(new Error(`the supervisor exited before starting its shards:\n${earlyLog}`)));
+  });
+  early.kill('SIGKILL');
+  await earlyExited;
+  t.teardown(() => shardPids.filter(alive).forEach((pid) => process.kill(pid, 'SIGKILL')));
+  await until('the shards of a supervisor killed at their start to stop', async () => (shardPids.some(alive) ? undefined : true), 30_000);
+  t.pass('no shard is left when the supervisor is killed while they start');
 });

@@ -24,6 +24,11 @@ export interface TeardownHost {
   teardown(fn: () => unknown): void;
 }
 
+/** How long startMeshblock waits for a daemon's ready line by default (generous: CI runs tests two at a time on two cores). */
+export const daemonReadyTimeoutMs = 180_000;
+/** How long stop() waits after SIGTERM: a daemon drains for at most 10 s, then aborts. */
+export const daemonStopTimeoutMs = 60_000;
+
 export interface DaemonHandle {
   process: ChildProcess;
   /** The ready line's match of the `ready` pattern. */
@@ -45,7 +50,7 @@ export interface DaemonHandle {
 export async function startMeshblock(
   t: TeardownHost,
   args: string[],
-  options: { ready: RegExp; prefix?: string[]; netns?: string },
+  options: { ready: RegExp; prefix?: string[]; netns?: string; readyTimeoutMs?: number },
 ): Promise<DaemonHandle> {
   // `prefix` runs the daemon under another program, e.g. strace. `netns` runs it (and the
   // prefix) in that network namespace: `ip netns exec` execs it, so the pid stays the same.
@@ -74,6 +79,10 @@ export async function startMeshblock(
     child.stdout.destroy();
     child.stderr.destroy();
   });
+  // Bounded, so that a daemon stuck before its ready line fails the test with its log rather
+  // than hanging until tap's timeout kills the whole file with nothing said.
+  const readyTimeoutMs = options.readyTimeoutMs ?? daemonReadyTimeoutMs;
+  let readyTimer: NodeJS.Timeout | undefined;
   const ready = await new Promise<RegExpExecArray>((resolve, reject) => {
     child.stdout.setEncoding('utf8').on('data', (text: string) => {
       stdout += text;
@@ -81,14 +90,32 @@ export async function startMeshblock(
       if (match !== null) resolve(match);
     });
     void exited.then((code) => reject(new Error(`meshblock ${args.slice(0, 2).join(' ')} exited ${code} before it was ready:\n${stderr}`)));
-  });
+    readyTimer = setTimeout(() => {
+      signalGroup('SIGKILL');
+      reject(new Error(`meshblock ${args.slice(0, 2).join(' ')} was not ready within ${readyTimeoutMs} ms (killed); stdout:\n${stdout}\nstderr:\n${stderr}`));
+    }, readyTimeoutMs);
+  }).finally(() => clearTimeout(readyTimer));
   return {
     process: child,
     ready,
     stderr: () => stderr,
     stop: async () => {
-      if (!exitedAlready) child.kill('SIGTERM');
-      return exited;
+      if (exitedAlready) return exited;
+      child.kill('SIGTERM');
+      // Every daemon drains within shutdownDrainMs (signals.ts) and then aborts: one that is
+      // still there long after is stuck, which the test must say rather than hang on.
+      let stopTimer: NodeJS.Timeout | undefined;
+      const stuck = new Promise<never>((_resolve, reject) => {
+        stopTimer = setTimeout(() => {
+          signalGroup('SIGKILL');
+          reject(new Error(`meshblock ${args.slice(0, 2).join(' ')} did not exit within ${daemonStopTimeoutMs} ms of SIGTERM (killed); stderr:\n${stderr.slice(-4000)}`));
+        }, daemonStopTimeoutMs);
+      });
+      try {
+        return await Promise.race([exited, stuck]);
+      } finally {
+        clearTimeout(stopTimer);
+      }
     },
     kill: async () => {
       signalGroup('SIGKILL');

@@ -3,9 +3,15 @@
 // connections. All register and the MDM's REST views count them; the pool's last device,
 // added through the REST API, makes the MDM plan the pool and push the map to every peer;
 // dropping one simulated SDS's connections gets it declared down and a new map to every
-// other peer. What is simulated: the SDSs serve no data (rebuild orders are acknowledged
-// done at once) and the SDCs do no IO. `npm run bench:scale` runs the same at full size.
+// other peer; once its copies are re-created elsewhere (out after --rebuild-after), a whole
+// rack (fault set 0: 16 SDSs) is dropped in the same turn: all 16 declared down, every
+// other peer gets the map with all of them down, and no group is left without a readable
+// copy (the MDM's meshblock_pool_placement_groups{health="failed"} is 0: what fault sets
+// promise, and what fails if the planner put both copies of a group in one rack). What is
+// simulated: the SDSs serve no data (rebuild orders are acknowledged done at once) and the
+// SDCs do no IO. `npm run bench:scale` runs the same at full size and measures it.
 
+import * as net from 'node:net';
 import * as path from 'node:path';
 import t from 'tap';
 import { pino } from 'pino';
@@ -23,6 +29,15 @@ const sdcCount = 256;
  * covers the fleet and the failure path at a size the MDM survives today.
  */
 const pgCount = 256;
+/**
+ * Seconds a down SDS stays away before its copies are re-created elsewhere: long enough that
+ * the rack's 16 SDSs are all declared down (one health tick, a few under load) before the first
+ * is out, so their groups are seen degraded; short enough to re-protect the single failure
+ * before the rack goes in a test of under a minute.
+ */
+const rebuildAfterSeconds = 8;
+/** A rack: the SDSs of one fault set, lost together. */
+const rackSize = 16;
 const GiB = 1024 ** 3;
 
 interface SdsObject {
@@ -30,16 +45,38 @@ interface SdsObject {
   sdsState: string;
   mdmConnectionState: string;
 }
+interface SystemObject {
+  mapEpoch: number;
+}
 interface SdcObject {
   id: string;
   mdmConnectionState: string;
 }
 
-t.test(`${sdsCount} simulated SDSs and ${sdcCount} SDCs against one MDM: registered, counted, mapped; one SDS dropped is declared down and its peers get the new map`, async (t) => {
+/** A loopback port free a moment ago, for the MDM's metrics (its group counts by health). */
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return address.port;
+}
+
+/** The pool's groups by health (total, degraded, failed) from the MDM's Prometheus text. */
+async function groupsByHealth(metricsUrl: string): Promise<{ total: number; degraded: number; failed: number }> {
+  const text = await (await fetch(metricsUrl)).text();
+  const groups = { total: Number.NaN, degraded: Number.NaN, failed: Number.NaN };
+  for (const match of text.matchAll(/^meshblock_pool_placement_groups\{[^}]*health="(total|degraded|failed)"[^}]*\} (\S+)$/gm)) groups[match[1] as keyof typeof groups] = Number(match[2]);
+  return groups;
+}
+
+t.test(`${sdsCount} simulated SDSs and ${sdcCount} SDCs against one MDM: registered, counted, mapped; one SDS dropped, then a rack of ${rackSize}, are declared down and their peers get the new map`, async (t) => {
   const dir = t.testdir();
   const log = pino({ level: 'warn' }, pino.destination(2));
-  const cluster = await preloadDataDir(path.join(dir, 'mdm'), { sdsCount, devicesPerSds: 4, sdcCount, deviceCapacityBytes: 64 * GiB, pgCount }, log);
-  const mdm = await startMdm(t, dir, undefined, ['--sds-down-after', '2', '--metrics', 'off', '--log-level', 'warn']);
+  const cluster = await preloadDataDir(path.join(dir, 'mdm'), { sdsCount, devicesPerSds: 4, sdcCount, deviceCapacityBytes: 64 * GiB, pgCount, sdssPerFaultSet: rackSize }, log);
+  t.equal(cluster.faultSets.length, sdsCount / rackSize, `the preload put the SDSs in ${sdsCount / rackSize} fault sets of ${rackSize}`);
+  const metricsUrl = `http://127.0.0.1:${await freePort()}/metrics`;
+  const mdm = await startMdm(t, dir, undefined, ['--sds-down-after', '2', '--rebuild-after', String(rebuildAfterSeconds), '--metrics', new URL(metricsUrl).host, '--log-level', 'warn']);
   const fleet = new Fleet({ mdmAddress: mdm.address, cluster, sdcCount, log });
   t.teardown(() => fleet.close());
   await fleet.connectSdss();
@@ -69,7 +106,8 @@ t.test(`${sdsCount} simulated SDSs and ${sdcCount} SDCs against one MDM: registe
     return epoch > epochBefore && holding.sds === sdsCount && holding.sdc === sdcCount ? epoch : undefined;
   }, 120_000);
   const mapBytes = Math.max(...fleet.receiptsSince(0).filter((entry) => entry.kind === 'sds' && entry.receipt.epoch === planned).map((entry) => entry.receipt.bytes));
-  t.ok(mapBytes > 10_000, `the planned map reached all ${sdsCount + sdcCount} peers (epoch ${planned}, ${mapBytes} bytes of JSON each)`);
+  // 40,658 B of JSON, 9,156 B binary (map-codec.ts, once the peers take binary maps): either way far above an empty map.
+  t.ok(mapBytes > 2_000, `the planned map reached all ${sdsCount + sdcCount} peers (epoch ${planned}, ${mapBytes} bytes each)`);
 
   // One SDS's connections dropped (a crashed host): declared down, a new map to everyone else.
   const victim = sdss.find((sds) => sds.id === cluster.sdss[sdsCount - 1]?.sdsId);
@@ -88,4 +126,36 @@ t.test(`${sdsCount} simulated SDSs and ${sdcCount} SDCs against one MDM: registe
   const lastAtMs = Math.max(...fleet.receiptsSince(killedAtMs).filter((entry) => entry.receipt.epoch === failedOver).map((entry) => entry.receipt.atMs));
   t.pass(`all ${sdsCount - 1} live SDSs and ${sdcCount} SDCs hold epoch ${failedOver}, the last ${lastAtMs - killedAtMs} ms after the drop (disturbed timing: not asserted)`);
   t.equal(fleet.sdss[sdsCount - 1]?.epoch, planned, 'the dropped SDS got nothing after its drop');
+
+  // Out after --rebuild-after, its copies re-created on the others: nothing degraded before the rack goes.
+  await until('no degraded group after the single failure', async () => {
+    const groups = await groupsByHealth(metricsUrl);
+    return groups.total === pgCount && groups.degraded === 0 && groups.failed === 0 ? groups : undefined;
+  }, 60_000);
+  // At 256 groups over 1,024 devices an SDS may hold no copy at all; then this holds at once.
+  t.pass('no group degraded before the rack goes: the dropped SDS’s copies, if it held any, were re-created');
+
+  // A rack lost at once: fault set 0's SDSs, none of them the SDS dropped above.
+  const rack = fleet.rackSdsIndexes(0);
+  t.equal(rack.length, rackSize, `rack 0 holds ${rackSize} SDSs`);
+  const rackIds = rack.map((index) => cluster.sdss[index]?.sdsId as string);
+  const epochBeforeRack = fleet.epochMax;
+  const rackKilledAtMs = fleet.killSdss(rack);
+  const rackDownAtMs = await until(`all ${rackSize} SDSs of the rack declared down`, async () => {
+    const states = await Promise.all(rackIds.map((sdsId) => api.get<SdsObject>(`/api/instances/Sds::${sdsId}`)));
+    return states.every((sds) => sds.sdsState === 'Down') ? Date.now() : undefined;
+  }, 60_000);
+  const [system] = await api.get<SystemObject[]>('/api/types/System/instances');
+  const epochRackDown = system?.mapEpoch ?? 0;
+  t.ok(epochRackDown > epochBeforeRack, `the MDM declared all ${rackSize} down, ${rackDownAtMs - rackKilledAtMs} ms after the drop (epoch ${epochBeforeRack} → ${epochRackDown})`);
+  const failedGroups = await groupsByHealth(metricsUrl);
+  t.equal(failedGroups.failed, 0, `no group lost its last readable copy with the rack (degraded: ${failedGroups.degraded} of ${failedGroups.total})`);
+  t.ok(failedGroups.degraded > 0, 'the rack held copies: groups are degraded');
+  await until('every live peer holding the map with the rack down', async () => (fleet.lagging(epochRackDown).count === 0 ? true : undefined), 120_000);
+  const arrivals = fleet.arrivals(epochRackDown, rackKilledAtMs);
+  t.equal(arrivals.missing, 0, `all ${sdsCount - 1 - rackSize} live SDSs and ${sdcCount} SDCs hold epoch ${epochRackDown}, the last ${(arrivals.lastAtMs ?? 0) - rackKilledAtMs} ms after the drop (disturbed timing: not asserted)`);
+  t.ok(
+    rack.every((index) => (fleet.sdss[index]?.epoch ?? Infinity) <= epochBeforeRack),
+    'the rack’s SDSs got nothing after their drop',
+  );
 });
