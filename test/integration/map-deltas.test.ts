@@ -13,7 +13,9 @@
 //   the whole map; one a few epochs behind gets the deltas;
 // - a corrupt update, and a delta for another base, sent to the real SDS are refused whole
 //   with a MapRefusal naming what it holds, and its map is unchanged;
-// - the real SDS, reconnected, says which map it holds and is not sent the whole map again.
+// - the real SDS, reconnected, says which map it holds and is not sent the whole map again;
+// - a peer that claims a map it does not hold refuses the deltas as not its base (a raw wire
+//   peer standing in for an SDS that lost its state) and gets the whole map next, at once.
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -28,13 +30,14 @@ import { MdmLink } from '../../src/sds/mdm-link.js';
 import { SdsService } from '../../src/sds/service.js';
 import type { SdsState } from '../../src/sds/state.js';
 import { Fleet, preloadDataDir } from '../../src/sim/fleet.js';
-import { decodeMapUpdate, encodeDelta, encodeMap, mapDigest, type MapHeld } from '../../src/wire/map-codec.js';
-import { MdmOp, parseMapRefusal } from '../../src/wire/mdm-ops.js';
+import { decodeMapUpdate, encodeDelta, encodeMap, mapDigest, updateResult, type MapHeld } from '../../src/wire/map-codec.js';
+import { MdmOp, parseMapRefusal, type MapRefusal, type SdsRegistration } from '../../src/wire/mdm-ops.js';
+import { WirePeer } from '../../src/wire/peer.js';
 import type { PlacementMap } from '../../src/wire/placement.js';
 import { SdsOp, SdsStatus } from '../../src/wire/sds-ops.js';
 import { sparseFile } from '../helpers/files.js';
 import { until } from '../helpers/cluster.js';
-import { connectWire } from '../helpers/sds.js';
+import { connectSocket, connectWire } from '../helpers/sds.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -115,6 +118,7 @@ t.test('binary maps: deltas to real and simulated peers after an SDS failure, JS
   await mdm.addDevice({ sdsId: cluster.lastDevice.sdsId, storagePoolId: cluster.storagePoolId, path: cluster.lastDevice.path, name: null, force: false });
   const planned = mdm.state.model.epoch;
   await until(`every peer holding the planned map (epoch ${planned})`, async () => (allHold(planned, binarySdsCount) ? true : undefined), 30_000);
+  const plannedHeld: MapHeld = { epoch: planned, digest: mapDigest(mdm.state.placementMap()) };
   const fullBytes = encodeMap(mdm.state.placementMap()).length;
   const jsonBytes = Buffer.byteLength(JSON.stringify(mdm.state.placementMap()));
   t.ok(fullBytes * 10 < jsonBytes, `the whole map: ${fullBytes} bytes binary, ${jsonBytes} bytes JSON`);
@@ -185,4 +189,34 @@ t.test('binary maps: deltas to real and simulated peers after an SDS failure, JS
   await new Promise((resolve) => setTimeout(resolve, 500));
   const afterReconnect = updatesApplied(sdsRecorded.records, recordsBeforeReconnect);
   t.ok(afterReconnect.every((entry) => entry.update !== 'full'), `after reconnecting it got no whole map (${afterReconnect.map((entry) => entry.update).join(', ') || 'nothing'})`);
+
+  // An SDS that says it holds the planned map but does not (its state lost): it refuses the
+  // deltas as not its base, and the MDM sends it the whole map at once.
+  const got: Array<{ kind: string; epoch: number }> = [];
+  const socket = await connectSocket(t, mdmAddress);
+  const liar = await WirePeer.connect(socket, {
+    clusterId: cluster.clusterId,
+    secret: cluster.secret,
+    role: 'sds',
+    name: 'liar',
+    log: quiet,
+    onRequest: async (request) => {
+      if (request.op !== SdsOp.SetMapBinary) return { status: SdsStatus.Ok };
+      const update = decodeMapUpdate(request.payload);
+      if (update.kind !== 'full') {
+        got.push({ kind: update.kind, epoch: 0 });
+        const refusal: MapRefusal = { code: 'MB_ERR_MAP_BASE', message: 'not my base', held: null };
+        return { status: SdsStatus.Failed, payload: Buffer.from(JSON.stringify(refusal)) };
+      }
+      const held = updateResult(null, update);
+      got.push({ kind: update.kind, epoch: held.epoch });
+      return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(held)) };
+    },
+  });
+  t.teardown(() => liar.destroy());
+  const registration: SdsRegistration = { sdsId: randomBytes(8).toString('hex'), name: 'liar', address: '127.0.0.1:9', devices: [], mapBinary: true, mapHeld: plannedHeld };
+  t.equal((await liar.request(MdmOp.RegisterSds, Buffer.from(JSON.stringify(registration)))).status, SdsStatus.Ok);
+  await until('the whole map sent after the refusal', async () => (got.some((entry) => entry.kind === 'full') ? true : undefined));
+  t.same(got.map((entry) => entry.kind), ['deltas', 'full'], 'deltas from the map it claimed, refused as not its base, then the whole map');
+  t.equal(got[1]?.epoch, mdm.state.model.epoch, 'of the current epoch');
 });
