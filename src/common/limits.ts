@@ -738,3 +738,9 @@ assert(mdmRequestBytesMax >= sdsDevicesMax * (devicePathBytesMax + 256), 'a regi
 assert(mdmConnectionsPerAddressMax >= sdsShardsMax + 1 && mdmChurnPerAddressBurstMax >= sdsShardsMax, "a host's shards and SDC connect (and fail to, at once) within an address's bounds");
 assert(mdmRegistrationRefillMs >= 2 * mdmReconnectDelayMsMax && mdmRegistrationRefillMs <= mdmRestartGraceMs, 'a throttled peer retries (at its slowest backoff) a few times per allowance, and one allowance comes within the restart grace');
 assert(mdmShortConnectionMs >= wireSetupTimeoutMs, 'a connection that never finished setup is short');
+
+/** Frames in one binary map update on the wire (MdmOp.GetMapBinary, SdsOp.SetMapBinary, SdcOp.SetMap): one full map or a chain of deltas. */
+export const mapUpdateDeltasMax = 64;
+/** One-epoch map deltas the MDM keeps for peers behind (MapUpdates): a peer further behind gets the whole map. */
+export const mapDeltasKept = 16;
+assert(mapDeltasKept <= mapUpdateDeltasMax, 'every chain the MDM keeps fits one update');

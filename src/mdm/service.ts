@@ -9,13 +9,14 @@
 // the health decisions (health.ts), which are pure: this file feeds them the clock and what
 // it saw, and carries out what they decide. It makes no failure or rebuild decision itself.
 
-import { barrierMapAttemptsMax, nameBytesMax, rebuildFailingShownMax, rebuildSyncedBatchMs, sdsOrderTimeoutMs, snapshotBarrierTimeoutMs } from '../common/limits.js';
+import { barrierMapAttemptsMax, mapDeltasKept, nameBytesMax, rebuildFailingShownMax, rebuildSyncedBatchMs, sdsOrderTimeoutMs, snapshotBarrierTimeoutMs } from '../common/limits.js';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { assert } from '../common/assert.js';
 import { MeshblockError } from '../common/errors.js';
-import { MdmOp, SdcOp, heartbeatIntervalMs, parseSdcRegistration, parseSdsRegistration, parseDeviceRefusal, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdcView, type SdcVolume, type VolumeQosStats } from '../wire/mdm-ops.js';
-import { WirePeer, type WireReply, type WireRequest } from '../wire/peer.js';
+import { MapUpdates, mapUpdateFrames, parseMapHeld, type MapHeld } from '../wire/map-codec.js';
+import { MdmOp, SdcOp, heartbeatIntervalMs, parseMapRefusal, parseSdcRegistration, parseSdsRegistration, parseDeviceRefusal, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdcView, type SdcVolume, type VolumeQosStats } from '../wire/mdm-ops.js';
+import { WirePeer, type WireReply, type WireRequest, type WireResponse } from '../wire/peer.js';
 import { listenTcp } from '../wire/peer-pool.js';
 import { SdsOp, SdsStatus, type SdsStats } from '../wire/sds-ops.js';
 import type { AddDeviceRequest, MdmController, RebuildStatus, SnapshotRequest, SnapshotResult } from './controller.js';
@@ -90,7 +91,16 @@ export class MdmService implements MdmController {
    * Each SDC's last view as sent, in two parts: the map's JSON (one string shared by every SDC
    * that was sent the same map, so comparing it is comparing references) and the rest.
    */
-  private readonly sdcPeers = new Map<Id, { peer: WirePeer; sentMap: string; sentRest: ViewJsonParts }>();
+  private readonly sdcPeers = new Map<Id, { peer: WirePeer; sentMap: string; sentRest: ViewJsonParts; map: PeerMap | null }>();
+  /**
+   * The map as binary updates (docs/map-encoding.md): one full encoding and one delta per
+   * epoch, for every peer that takes them, never one per peer.
+   */
+  private readonly mapUpdates = new MapUpdates(mapDeltasKept);
+  /** A command was applied since the map was last published: its content may have changed. */
+  private mapMaybeChanged = true;
+  /** What each SDS that takes binary maps holds, by id (an entry for another peer than sdsPeers' is stale). */
+  private readonly sdsMaps = new Map<Id, PeerMap>();
   /** The map's JSON as last sent in views: a new map equal to it reuses this very string. */
   private viewMapJson = '';
   private readonly sdcOpenVolumes = new Map<Id, string[]>();
@@ -236,6 +246,7 @@ export class MdmService implements MdmController {
       }
     }
     const applied = this.state.apply(command);
+    this.mapMaybeChanged = true;
     try {
       await this.commandLog.append(command);
     } catch (err) {
@@ -368,7 +379,7 @@ export class MdmService implements MdmController {
     }
     const epoch = model.epoch;
     // The SDSs of other pools get the map too (its epoch moved), without being waited for.
-    const encoded = this.encodedMap();
+    const encoded = once(() => this.encodedMap());
     for (const [sdsId, peer] of this.sdsPeers) if (!required.has(sdsId)) void this.pushMapTo(sdsId, peer, encoded);
     const nameOf = (sdsId: Id): string => `'${model.sdss[sdsId]?.name ?? sdsId}'`;
     const confirm = async (sdsId: Id): Promise<string | null> => {
@@ -376,15 +387,23 @@ export class MdmService implements MdmController {
         const peer = this.sdsPeers.get(sdsId);
         if (peer === undefined) return `${nameOf(sdsId)} (not connected)`;
         if (this.state.model.snapshotBarrier?.groupId !== groupId) return `${nameOf(sdsId)} (the barrier was ended meanwhile)`;
-        // Made afresh each time: every map made while the barrier holds freezes its trees.
-        const map = Buffer.from(JSON.stringify(this.state.placementMap()));
         const timeoutMs = deadlineMs - Date.now();
         if (timeoutMs <= 0) return `${nameOf(sdsId)} (no answer in time)`;
         let response;
-        try {
-          response = await peer.request(SdsOp.SetMap, map, { timeoutMs });
-        } catch (err) {
-          return `${nameOf(sdsId)} (${err instanceof Error ? err.message : String(err)})`;
+        const target = this.sdsMaps.get(sdsId);
+        if (target !== undefined && target.peer === peer) {
+          // The update from what it holds (the freeze's delta), or an empty one if it has the
+          // map already: either way its Ok says the writes to the frozen trees are done.
+          response = await this.sendMapUpdate(target, SdsOp.SetMapBinary, { sdsId }, { timeoutMs, confirm: true });
+          if (response === null) return `${nameOf(sdsId)} (the map update failed)`;
+        } else {
+          // Made afresh each time: every map made while the barrier holds freezes its trees.
+          const map = Buffer.from(JSON.stringify(this.state.placementMap()));
+          try {
+            response = await peer.request(SdsOp.SetMap, map, { timeoutMs });
+          } catch (err) {
+            return `${nameOf(sdsId)} (${err instanceof Error ? err.message : String(err)})`;
+          }
         }
         if (response.status === SdsStatus.Ok) return null;
         // A newer map (another command moved the epoch meanwhile) reached it first: it refused
@@ -476,6 +495,9 @@ export class MdmService implements MdmController {
           const previous = this.sdsPeers.get(registration.sdsId);
           if (previous !== undefined && previous !== peer) previous.destroy();
           this.sdsPeers.set(registration.sdsId, peer);
+          // An SDS of an older build takes JSON maps; one that takes binary maps gets what it lacks.
+          if (registration.mapBinary === true) this.sdsMaps.set(registration.sdsId, { peer, held: registration.mapHeld ?? null, sending: Promise.resolve() });
+          else this.sdsMaps.delete(registration.sdsId);
           noteSdsConnected(this.observations, registration.sdsId);
           // After this reply, so that the SDS hears of its registration first.
           setImmediate(() => void this.pushMapTo(registration.sdsId, peer));
@@ -490,10 +512,18 @@ export class MdmService implements MdmController {
           session.sdcId = applied.id;
           const previous = this.sdcPeers.get(applied.id);
           if (previous !== undefined && previous.peer !== peer) previous.peer.destroy();
-          const mapJson = this.currentViewMapJson();
           const rest = this.sdcViewRest(applied.id);
-          this.sdcPeers.set(applied.id, { peer, sentMap: mapJson, sentRest: rest });
-          const view = rest.head + mapJson + rest.tail;
+          let view: string;
+          if (registration.mapBinary === true) {
+            // The view without the map, naming the map it was made with: the SDC asks for
+            // the map (GetMapBinary, from what it holds) before it applies the view.
+            this.sdcPeers.set(applied.id, { peer, sentMap: '', sentRest: rest, map: { peer, held: registration.mapHeld ?? null, sending: Promise.resolve() } });
+            view = maplessViewJson(rest, this.currentMapUpdates().held);
+          } else {
+            const mapJson = this.currentViewMapJson();
+            this.sdcPeers.set(applied.id, { peer, sentMap: mapJson, sentRest: rest, map: null });
+            view = viewJson(rest, mapJson);
+          }
           if (session.remoteAddress !== null) this.sdcAddresses.set(applied.id, session.remoteAddress);
           this.options.log.info({ sdcId: applied.id, guid: registration.guid }, 'SDC registered');
           return { status: SdsStatus.Ok, payload: Buffer.from(view) };
@@ -514,6 +544,18 @@ export class MdmService implements MdmController {
         }
         case MdmOp.GetMap:
           return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(this.state.placementMap())) };
+        case MdmOp.GetMapBinary: {
+          const held = parseMapHeld(request.payload.length === 0 ? null : JSON.parse(request.payload.toString('utf8')), 'held');
+          const updates = this.currentMapUpdates();
+          const update = updates.updateFor(held);
+          // The asker holds the current map once it applied this (it says otherwise when it
+          // refuses the next update): the next update is made from there.
+          const target = session.sdcId !== null ? this.sdcPeers.get(session.sdcId)?.map : session.sdsId !== null ? this.sdsMaps.get(session.sdsId) : undefined;
+          if (target !== undefined && target !== null && target.peer === session.peer) target.held = updates.held;
+          const frames = mapUpdateFrames(update);
+          // The shared encoding itself when it is one frame (the whole map): no copy per asker.
+          return { status: SdsStatus.Ok, payload: frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames) };
+        }
         case MdmOp.RebuildDone: {
           if (session.sdsId === null) return { status: SdsStatus.InvalidArgument, payload: Buffer.from('a rebuild report before registration') };
           const done = JSON.parse(request.payload.toString()) as RebuildDone;
@@ -774,10 +816,10 @@ export class MdmService implements MdmController {
     return { sdcId, name: sdc?.name ?? '', volumes };
   }
 
-  /** The JSON of an SDC's view around its map: head + the map's JSON + tail is JSON.stringify(sdcView). */
+  /** The JSON of an SDC's view around its map (viewJson, maplessViewJson). */
   private sdcViewRest(sdcId: Id): ViewJsonParts {
     const { name, volumes } = this.sdcViewWithoutMap(sdcId);
-    return { head: `{"sdcId":${JSON.stringify(sdcId)},"name":${JSON.stringify(name)},"map":`, tail: `,"volumes":${JSON.stringify(volumes)}}` };
+    return { head: `{"sdcId":${JSON.stringify(sdcId)},"name":${JSON.stringify(name)},`, tail: `"volumes":${JSON.stringify(volumes)}}` };
   }
 
   /**
@@ -842,14 +884,39 @@ export class MdmService implements MdmController {
   private pushViews(): void {
     if (!this.mayAct() || this.sdcPeers.size === 0) return;
     // The map is built and encoded once for every SDC (at a 4,096-group pool it is ~550 KB of
-    // JSON: once per SDC per command stalled the MDM past its peers' heartbeat timeout).
-    const mapJson = this.currentViewMapJson();
+    // JSON: once per SDC per command stalled the MDM past its peers' heartbeat timeout), and
+    // only if an SDC of an older build takes it as JSON.
+    let mapJson: string | null = null;
+    let held: MapHeld | null | undefined;
     for (const [sdcId, entry] of this.sdcPeers) {
       const rest = this.sdcViewRest(sdcId);
-      if (mapJson === entry.sentMap && rest.head === entry.sentRest.head && rest.tail === entry.sentRest.tail) continue;
+      const sameRest = rest.head === entry.sentRest.head && rest.tail === entry.sentRest.tail;
+      if (entry.map !== null) {
+        // The map (nothing if it holds it, else the deltas), then the view if it changed, sent
+        // once the map was answered: the SDC then holds the view's map when the view arrives.
+        const mapSent = this.sendMapUpdate(entry.map, SdcOp.SetMap, { sdcId }, { timeoutMs: sdsOrderTimeoutMs, confirm: false });
+        if (sameRest) {
+          mapSent.catch((err: unknown) => this.options.log.error({ err, sdcId }, 'could not make the map update'));
+          continue;
+        }
+        entry.sentRest = rest;
+        held ??= this.currentMapUpdates().held;
+        const view = Buffer.from(maplessViewJson(rest, held));
+        mapSent
+          .then(() => entry.peer.request(SdcOp.Update, view, { timeoutMs: sdsOrderTimeoutMs }))
+          .then(
+            (response) => {
+              if (response.status !== SdsStatus.Ok) this.options.log.warn({ sdcId, status: response.status }, 'SDC refused its update');
+            },
+            (err: unknown) => this.options.log.warn({ err, sdcId }, 'SDC update failed'),
+          );
+        continue;
+      }
+      mapJson ??= this.currentViewMapJson();
+      if (mapJson === entry.sentMap && sameRest) continue;
       entry.sentMap = mapJson;
       entry.sentRest = rest;
-      entry.peer.request(SdcOp.Update, Buffer.from(rest.head + mapJson + rest.tail), { timeoutMs: sdsOrderTimeoutMs }).then(
+      entry.peer.request(SdcOp.Update, Buffer.from(viewJson(rest, mapJson)), { timeoutMs: sdsOrderTimeoutMs }).then(
         (response) => {
           if (response.status !== SdsStatus.Ok) this.options.log.warn({ sdcId, status: response.status }, 'SDC refused its update');
         },
@@ -862,9 +929,68 @@ export class MdmService implements MdmController {
   private pushMap(): Promise<void> {
     if (!this.mayAct()) return Promise.resolve();
     this.options.log.info({ epoch: this.state.model.epoch, sdss: this.sdsPeers.size }, 'map pushed');
-    // One encoding for every SDS: the payload is only read by the sockets.
-    const encoded = this.encodedMap();
+    // One encoding for every SDS: the payload is only read by the sockets. The JSON one only
+    // if an SDS of an older build needs it.
+    const encoded = once(() => this.encodedMap());
     return Promise.all([...this.sdsPeers].map(([sdsId, peer]) => this.pushMapTo(sdsId, peer, encoded))).then(() => undefined);
+  }
+
+  /**
+   * The binary form of the current map. Published again only when a command was applied
+   * since (or the epoch moved without one: a state changed under this service), and then
+   * only encoded: MapUpdates.publish keeps the same map (same epoch and digest) as it is.
+   */
+  private currentMapUpdates(): MapUpdates {
+    if (this.mapMaybeChanged || this.mapUpdates.held?.epoch !== this.state.model.epoch) {
+      const map = this.state.placementMap();
+      // The very object published (a state machine that caches its map while nothing changed):
+      // nothing to encode.
+      if (map !== this.mapUpdates.map) this.mapUpdates.publish(map);
+      this.mapMaybeChanged = false;
+    }
+    return this.mapUpdates;
+  }
+
+  /**
+   * Brings a peer that takes binary maps to the current map: the update from what it holds,
+   * computed when sent, after its previous update was answered (one at a time per peer), so
+   * a burst of epochs costs it one chain of deltas rather than updates sent blind. `confirm`:
+   * sent even when it holds the map (an empty update), for the snapshot barrier, whose Ok
+   * means the freeze has drained there. A refusal names what the peer holds: it gets one more
+   * update from there (the whole map if the MDM has no delta from it). Resolves with the last
+   * answer, or null when none came (logged).
+   */
+  private sendMapUpdate(target: PeerMap, op: number, who: Record<string, string>, options: { timeoutMs: number; confirm: boolean }): Promise<WireResponse | null> {
+    const run = target.sending.then(() => this.sendMapUpdateNow(target, op, who, options));
+    target.sending = run.catch(() => undefined);
+    return run;
+  }
+
+  private async sendMapUpdateNow(target: PeerMap, op: number, who: Record<string, string>, options: { timeoutMs: number; confirm: boolean }): Promise<WireResponse | null> {
+    for (let attempt = 1; ; attempt++) {
+      if (!this.mayAct()) return null;
+      const updates = this.currentMapUpdates();
+      const update = updates.updateFor(target.held);
+      if (update.kind === 'current' && !options.confirm) return { status: SdsStatus.Ok, payload: Buffer.alloc(0) };
+      const epoch = updates.held?.epoch;
+      let response: WireResponse;
+      try {
+        response = await target.peer.request(op, mapUpdateFrames(update), { timeoutMs: options.timeoutMs });
+      } catch (err) {
+        // It may have taken it or not: the whole map next time.
+        target.held = null;
+        this.options.log.warn({ err, ...who, epoch }, 'map update failed');
+        return null;
+      }
+      if (response.status === SdsStatus.Ok) {
+        target.held = heldOfReply(response.payload);
+        return response;
+      }
+      const refusal = parseMapRefusal(response.payload);
+      target.held = refusal?.held ?? null;
+      this.options.log.warn({ ...who, epoch, update: update.kind, status: response.status, code: refusal?.code, reason: refusal?.message ?? response.payload.toString().slice(0, 200) }, 'the peer refused the map update');
+      if (refusal === null || attempt >= 2) return response;
+    }
   }
 
   /** The current map as SetMap carries it, with its epoch. */
@@ -873,9 +999,17 @@ export class MdmService implements MdmController {
     return { epoch: map.epoch, payload: Buffer.from(JSON.stringify(map)) };
   }
 
-  private pushMapTo(sdsId: Id, peer: WirePeer, encoded = this.encodedMap()): Promise<void> {
+  private pushMapTo(sdsId: Id, peer: WirePeer, encoded = once(() => this.encodedMap())): Promise<void> {
     if (!this.mayAct()) return Promise.resolve();
-    const { epoch, payload } = encoded;
+    const target = this.sdsMaps.get(sdsId);
+    if (target !== undefined && target.peer === peer) {
+      // Refusals and failures are logged there; the next epoch's update starts from what it said.
+      return this.sendMapUpdate(target, SdsOp.SetMapBinary, { sdsId }, { timeoutMs: sdsOrderTimeoutMs, confirm: false }).then(
+        () => undefined,
+        (err: unknown) => this.options.log.error({ err, sdsId }, 'could not make the map update'),
+      );
+    }
+    const { epoch, payload } = encoded();
     this.options.log.debug({ sdsId, epoch }, 'map pushed to an SDS');
     return peer.request(SdsOp.SetMap, payload, { timeoutMs: sdsOrderTimeoutMs }).then(
       (response) => {
@@ -907,8 +1041,43 @@ export class MdmService implements MdmController {
   }
 }
 
-/** An SDC view's JSON but its map: `head + mapJson + tail` is the whole view. */
+/** An SDC view's JSON but its map: viewJson() puts the map between them. */
 interface ViewJsonParts {
   head: string;
   tail: string;
+}
+
+/** JSON.stringify(sdcView), from its parts and the map's JSON. */
+function viewJson(rest: ViewJsonParts, mapJson: string): string {
+  return `${rest.head}"map":${mapJson},${rest.tail}`;
+}
+
+/** An SdcMaplessView's JSON: the view for an SDC that takes binary maps. */
+function maplessViewJson(rest: ViewJsonParts, held: MapHeld | null): string {
+  assert(held !== null, 'a view is made once a map was published');
+  return `${rest.head}"mapHeld":${JSON.stringify(held)},${rest.tail}`;
+}
+
+/** What a peer that takes binary maps holds, for the MDM's tracking of it. */
+interface PeerMap {
+  peer: WirePeer;
+  /** What it said it holds last (null: no map, or unknown: it gets the whole map). */
+  held: MapHeld | null;
+  /** The last update sent to it: the next waits for its answer. */
+  sending: Promise<unknown>;
+}
+
+/** What a peer's Ok to a binary map update says it holds (unreadable: unknown, the whole map next). */
+function heldOfReply(payload: Buffer): MapHeld | null {
+  try {
+    return parseMapHeld(JSON.parse(payload.toString('utf8')), 'reply');
+  } catch {
+    return null;
+  }
+}
+
+/** `make()` run once, on first use. */
+function once<T>(make: () => T): () => T {
+  let made: { value: T } | null = null;
+  return () => (made ??= { value: make() }).value;
 }

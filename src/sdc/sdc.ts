@@ -13,6 +13,14 @@
 // first, by asking: a map in which a backend's head is no longer a head means the volumes
 // changed too, and the SDC asks for its whole view again.
 //
+// Binary maps (docs/map-encoding.md): the SDC registers saying it takes them (and which map it
+// holds, after a reconnection). An MDM that knows them sends the map as binary updates
+// (SdcOp.SetMap: the deltas from the map held, or the whole map) and the views without the
+// map, naming the map each was made with; the SDC applies a view only once it holds that map
+// (asking GetMapBinary first if not), so it never routes IO to heads its map lacks. An update
+// it cannot apply is refused whole (the map held stays), logged, and it asks for the map
+// again. An older MDM answers with the map in the view, as JSON, and that path stays.
+//
 // When the MDM is away, IO goes on from the cached map; the link reconnects, to whichever
 // of the MDM addresses is the Master (wire/mdm-session.ts).
 //
@@ -25,7 +33,8 @@
 
 import type { Logger } from 'pino';
 import { sdcMapRequestTimeoutMs } from '../common/limits.js';
-import { MdmOp, SdcOp, type SdcHeartbeat, type SdcRegistration, type SdcView, type SdcVolume, type VolumeQosStats } from '../wire/mdm-ops.js';
+import { MdmOp, SdcOp, type MapRefusal, type SdcHeartbeat, type SdcMaplessView, type SdcRegistration, type SdcView, type SdcVolume, type VolumeQosStats } from '../wire/mdm-ops.js';
+import { MapCodecError, applyUpdateHeld, decodeMapUpdate, mapDigest, parseMapHeld, type MapHeld } from '../wire/map-codec.js';
 import { MdmSession } from '../wire/mdm-session.js';
 import type { WirePeer, WireReply, WireRequest } from '../wire/peer.js';
 import { PeerPool } from '../wire/peer-pool.js';
@@ -63,10 +72,18 @@ export interface VolumeExport extends NbdExport {
 
 export class Sdc implements ExportRegistry, VolumeRouter {
   private currentMap: PlacementMap = { epoch: 0, sds: {}, pools: {} };
+  /** Whether currentMap came from the MDM (before: a placeholder, no map held). */
+  private mapReceived = false;
+  /** mapDigest(currentMap), once known. */
+  private currentDigest: number | null = null;
+  /** A view refused because its map had not arrived: applied once the map has. */
+  private pendingView: SdcMaplessView | null = null;
   private readonly exports = new Map<string, VolumeExport>();
   private readonly sdsPeers: PeerPool;
   private readonly mdm: MdmSession;
   private refreshing: Promise<void> | null = null;
+  /** The MDM sends binary maps and views without the map (its last view said so). */
+  private mdmBinary = false;
   /** The map epoch of the last view applied: the volumes are as the MDM had them then. */
   private viewEpoch = 0;
   /** Applying views one at a time keeps the export list consistent. */
@@ -114,9 +131,10 @@ export class Sdc implements ExportRegistry, VolumeRouter {
         return Buffer.from(JSON.stringify(heartbeat));
       },
       register: async (peer, mdm) => {
-        const reply = await peer.request(MdmOp.RegisterSdc, Buffer.from(JSON.stringify({ guid: options.guid, name: options.name })));
+        const registration: SdcRegistration = { guid: options.guid, name: options.name, mapBinary: true, mapHeld: this.mapHeld() };
+        const reply = await peer.request(MdmOp.RegisterSdc, Buffer.from(JSON.stringify(registration)));
         if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration: ${reply.payload.toString()}`);
-        await this.applyView(JSON.parse(reply.payload.toString()) as SdcView);
+        await this.applyView(JSON.parse(reply.payload.toString()) as SdcView | SdcMaplessView, peer);
         options.log.info({ mdm, sdcId: this.sdcId, volumes: this.exports.size }, 'registered with the MDM');
       },
     });
@@ -278,8 +296,12 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     if (mdm === null) return;
     this.mapRefreshCount += 1;
     try {
-      const response = await mdm.request(MdmOp.GetMap, Buffer.alloc(0), { timeoutMs: sdcMapRequestTimeoutMs });
-      if (response.status === SdsStatus.Ok) this.installMap(parsePlacementMap(JSON.parse(response.payload.toString())));
+      if (this.mdmBinary) {
+        await this.fetchMap(mdm);
+      } else {
+        const response = await mdm.request(MdmOp.GetMap, Buffer.alloc(0), { timeoutMs: sdcMapRequestTimeoutMs });
+        if (response.status === SdsStatus.Ok) this.installMap(parsePlacementMap(JSON.parse(response.payload.toString())), null);
+      }
       // Only a map newer than the last view can tell of heads the SDC has not heard of (a
       // removed volume's connection, still open, would otherwise ask at every refresh).
       const moved = [...this.backends()].filter((backend) => !isHead(this.currentMap, backend.volume));
@@ -288,26 +310,81 @@ export class Sdc implements ExportRegistry, VolumeRouter {
       // The MDM answers a registration of a known GUID with the SDC's view (the id and the
       // name stay: a null name keeps the one the MDM has).
       this.options.log.info({ volumes: moved.map((backend) => backend.volume.name), epoch: this.currentMap.epoch }, 'volume heads moved; asking the MDM for the volumes');
-      const registration: SdcRegistration = { guid: this.options.guid, name: null };
+      const registration: SdcRegistration = { guid: this.options.guid, name: null, mapBinary: true, mapHeld: this.mapHeld() };
       const reply = await mdm.request(MdmOp.RegisterSdc, Buffer.from(JSON.stringify(registration)), { timeoutMs: sdcMapRequestTimeoutMs });
       if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM did not give the view: ${reply.payload.toString()}`);
-      await this.applyView(JSON.parse(reply.payload.toString()) as SdcView);
+      await this.applyView(JSON.parse(reply.payload.toString()) as SdcView | SdcMaplessView, mdm);
     } catch (err) {
       this.options.log.warn({ err }, 'could not fetch the view from the MDM; using the cached one');
     }
   }
 
-  private installMap(map: PlacementMap): void {
+  /** Installs a map (its digest when known: null, computed when asked); an older one is ignored. */
+  private installMap(map: PlacementMap, digest: number | null): void {
     if (map.epoch < this.currentMap.epoch) return;
     if (map.epoch > this.currentMap.epoch) this.options.log.info({ epoch: map.epoch }, 'placement map installed');
     this.currentMap = map;
+    this.currentDigest = digest;
+    this.mapReceived = true;
     this.sdsPeers.retain((sdsId) => map.sds[sdsId]?.address);
   }
 
+  /** The map this SDC holds, as it tells the MDM; null before the first. */
+  mapHeld(): MapHeld | null {
+    if (!this.mapReceived) return null;
+    this.currentDigest ??= mapDigest(this.currentMap);
+    return { epoch: this.currentMap.epoch, digest: this.currentDigest };
+  }
+
+  /** Whether the map held is `wanted` or newer (a view made with `wanted` may be applied). */
+  private holdsMap(wanted: MapHeld): boolean {
+    const held = this.mapHeld();
+    return held !== null && (held.epoch > wanted.epoch || (held.epoch === wanted.epoch && held.digest === wanted.digest));
+  }
+
+  /** Applies a binary MapUpdate whole, or throws MapCodecError with the map held unchanged. */
+  private applyMapUpdate(payload: Buffer): void {
+    const update = decodeMapUpdate(payload);
+    if (update.kind === 'current') return;
+    const held = this.mapHeld();
+    const next = applyUpdateHeld(held === null ? null : { map: this.currentMap, digest: held.digest }, update);
+    this.installMap(next.map, next.digest);
+    this.options.log.debug({ update: update.kind, epoch: next.map.epoch, bytes: payload.length }, 'binary map update applied');
+    // A view that waited for this map.
+    const pending = this.pendingView;
+    if (pending !== null && this.holdsMap(pending.mapHeld)) {
+      this.pendingView = null;
+      this.applyView(pending, null).catch((err: unknown) => this.options.log.error({ err }, 'could not apply the view that waited for its map'));
+    }
+  }
+
+  /** Asks the MDM for the map from what this SDC holds (GetMapBinary). */
+  private async fetchMap(mdm: WirePeer): Promise<void> {
+    const held = this.mapHeld();
+    const response = await mdm.request(MdmOp.GetMapBinary, held === null ? Buffer.alloc(0) : Buffer.from(JSON.stringify(held)), { timeoutMs: sdcMapRequestTimeoutMs });
+    if (response.status !== SdsStatus.Ok) throw new Error(`the MDM did not give the map: ${response.payload.toString().slice(0, 200)}`);
+    this.applyMapUpdate(response.payload);
+  }
+
+  /** SdcOp.SetMap: applied whole, or refused whole (logged; the SDC asks for the map again). */
+  private onSetMap(payload: Buffer): WireReply {
+    try {
+      this.applyMapUpdate(payload);
+      return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(this.mapHeld())) };
+    } catch (err) {
+      if (!(err instanceof MapCodecError)) throw err;
+      const refusal: MapRefusal = { code: err.code as MapRefusal['code'], message: err.message, held: this.mapHeld() };
+      this.options.log.error({ err, held: refusal.held }, 'refused a map update from the MDM (the map held stays); asking for the map again');
+      void this.refreshView();
+      return { status: SdsStatus.Failed, payload: Buffer.from(JSON.stringify(refusal)) };
+    }
+  }
+
   private async onMdmRequest(request: WireRequest): Promise<WireReply> {
+    if (request.op === SdcOp.SetMap) return this.onSetMap(request.payload);
     if (request.op !== SdcOp.Update) return { status: SdsStatus.UnknownOp, payload: Buffer.from(`op ${request.op} is not an SDC operation`) };
     try {
-      await this.applyView(JSON.parse(request.payload.toString()) as SdcView);
+      await this.applyView(JSON.parse(request.payload.toString()) as SdcView | SdcMaplessView, this.mdm.peer);
       return { status: SdsStatus.Ok };
     } catch (err) {
       this.options.log.error({ err }, 'could not apply the view the MDM sent');
@@ -315,24 +392,47 @@ export class Sdc implements ExportRegistry, VolumeRouter {
     }
   }
 
-  private applyView(view: SdcView): Promise<void> {
-    const run = this.applying.then(() => this.applyViewNow(view));
+  /** `mdm`: where to ask for a binary view's map if it has not arrived (null: wait for it). */
+  private applyView(view: SdcView | SdcMaplessView, mdm: WirePeer | null): Promise<void> {
+    const run = this.applying.then(() => this.applyViewNow(view, mdm));
     this.applying = run.catch(() => undefined);
     return run;
   }
 
-  private async applyViewNow(view: SdcView): Promise<void> {
+  private async applyViewNow(view: SdcView | SdcMaplessView, mdm: WirePeer | null): Promise<void> {
     this.sdcId = view.sdcId;
     this.viewCount += 1;
-    const viewMap = parsePlacementMap(view.map);
-    if (viewMap.epoch < this.viewEpoch) {
-      // Overtaken (an update and the SDC's own request for its view crossed): applying it
-      // would move heads back.
-      this.options.log.debug({ epoch: viewMap.epoch, viewEpoch: this.viewEpoch }, 'older view ignored');
-      return;
+    let viewEpoch: number;
+    if ('map' in view) {
+      // An MDM of an older build (or one that does not know this SDC takes binary maps).
+      this.mdmBinary = false;
+      const viewMap = parsePlacementMap(view.map);
+      if (viewMap.epoch < this.viewEpoch) {
+        // Overtaken (an update and the SDC's own request for its view crossed): applying it
+        // would move heads back.
+        this.options.log.debug({ epoch: viewMap.epoch, viewEpoch: this.viewEpoch }, 'older view ignored');
+        return;
+      }
+      this.installMap(viewMap, null);
+      viewEpoch = viewMap.epoch;
+    } else {
+      this.mdmBinary = true;
+      const wanted = parseMapHeld(view.mapHeld, 'view.mapHeld');
+      if (wanted === null) throw new MapCodecError('MB_ERR_MAP_CORRUPT', 'a view with neither map nor mapHeld');
+      if (wanted.epoch < this.viewEpoch) {
+        this.options.log.debug({ epoch: wanted.epoch, viewEpoch: this.viewEpoch }, 'older view ignored');
+        return;
+      }
+      if (!this.holdsMap(wanted) && mdm !== null) await this.fetchMap(mdm);
+      if (!this.holdsMap(wanted)) {
+        // Never routed with a map older than its volumes: kept until that map is applied.
+        this.pendingView = { ...view, mapHeld: wanted };
+        throw new MapCodecError('MB_ERR_MAP_BASE', `the view was made with map epoch ${wanted.epoch} (digest ${wanted.digest}), this SDC holds ${JSON.stringify(this.mapHeld())}: applied once that map is here`);
+      }
+      if (this.pendingView !== null && this.pendingView.mapHeld.epoch <= wanted.epoch) this.pendingView = null;
+      viewEpoch = wanted.epoch;
     }
-    this.installMap(viewMap);
-    this.viewEpoch = Math.max(this.viewEpoch, viewMap.epoch);
+    this.viewEpoch = Math.max(this.viewEpoch, viewEpoch);
     // First every backend in use takes the new head and access mode, so that no piece is
     // sent to a head the view says has moved.
     const byId = new Map(view.volumes.map((volume) => [volume.id, volume]));

@@ -1,6 +1,7 @@
 // The SDS's control operations, the MDM's side of it (service.ts checks the sender's role
-// before it hands an order here): installing a placement map (and later freeing the
-// chunks it makes stale), thick reservations, adding a device, and the stats the MDM reads
+// before it hands an order here): installing a placement map, as JSON or as a binary
+// MapUpdate from the map held (map-codec.ts), and later freeing the chunks it makes stale;
+// thick reservations, adding a device, and the stats the MDM reads
 // in every heartbeat. None of these are on the data path; each change that must outlive
 // the process is written to the state file (state.ts) before the order is answered.
 
@@ -8,7 +9,8 @@ import { parseJsonObject, parseJsonPayload } from '../wire/json-payload.js';
 import { sdsFreezeWarnMs, staleCollectDelayMs } from '../common/limits.js';
 import type { Logger } from 'pino';
 import { AssertionError, InvalidArgumentError, MeshblockError } from '../common/errors.js';
-import type { AddDeviceOrder, DeviceRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
+import type { AddDeviceOrder, DeviceRefusal, MapRefusal, RegisteredDevice } from '../wire/mdm-ops.js';
+import { MapCodecError, applyUpdateHeld, decodeMapUpdate, mapDigest, type MapHeld } from '../wire/map-codec.js';
 import type { WireReply } from '../wire/peer.js';
 import { parsePlacementMap, placementGroupOf, type PlacementMap } from '../wire/placement.js';
 import { type SdsMemory, SdsStatus, decodeReserve, encodeEpoch, type RebuildProgress, type ScrubProgress, type SdsStats } from '../wire/sds-ops.js';
@@ -52,6 +54,8 @@ export interface ControlHost {
 
 export class SdsControl {
   private current: PlacementMap | null;
+  /** mapDigest(current), once known (MapHeld). */
+  private currentDigest: number | null = null;
   /** The map before the current one (a mirror write may still carry its epoch). */
   private previous: PlacementMap | null = null;
   private collectTimer: NodeJS.Timeout | null = null;
@@ -80,7 +84,45 @@ export class SdsControl {
   }
 
   onSetMap(payload: Buffer): void {
-    const map = parsePlacementMap(parseJsonPayload(payload, 'map'));
+    this.install(parsePlacementMap(parseJsonPayload(payload, 'map')), null);
+  }
+
+  /**
+   * SdsOp.SetMapBinary: a MapUpdate from what this SDS holds. Refused whole (nothing
+   * installed, the map held unchanged): a corrupt update or one for another base is answered
+   * Failed with a MapRefusal naming what this SDS holds, so the MDM sends what it needs from
+   * there; an older map is StaleEpoch, as SetMap. Returns what the SDS holds now.
+   */
+  onSetMapBinary(payload: Buffer): MapHeld | null {
+    const current = this.current;
+    let next;
+    let update;
+    try {
+      update = decodeMapUpdate(payload);
+      if (update.kind === 'current') return this.held();
+      const held = current === null ? null : { map: current, digest: (this.held() as MapHeld).digest };
+      next = applyUpdateHeld(held, update);
+    } catch (err) {
+      if (!(err instanceof MapCodecError)) throw err;
+      const refusal: MapRefusal = { code: err.code as MapRefusal['code'], message: err.message, held: this.held() };
+      this.host.log.warn({ err, held: refusal.held }, 'binary map update refused; the map held stays');
+      throw new ReplyError(SdsStatus.Failed, err.message, Buffer.from(JSON.stringify(refusal)));
+    }
+    if (next.map !== current) this.install(next.map, next.digest);
+    this.host.log.debug({ update: update.kind, epoch: next.map.epoch, bytes: payload.length }, 'binary map update applied');
+    return this.held();
+  }
+
+  /** What this SDS holds, as it tells the MDM (registration, SetMapBinary's reply); null without a map. */
+  held(): MapHeld | null {
+    if (this.current === null) return null;
+    // Computed once per map installed from JSON (or kept from the state file), never per update.
+    this.currentDigest ??= mapDigest(this.current);
+    return { epoch: this.current.epoch, digest: this.currentDigest };
+  }
+
+  /** Installs a map (its digest when known: null, computed when asked). */
+  private install(map: PlacementMap, digest: number | null): void {
     if (map.epoch < this.epoch) throw new ReplyError(SdsStatus.StaleEpoch, `map epoch ${map.epoch} is older than this SDS's ${this.epoch}`, encodeEpoch(this.epoch));
     const { store, identity } = this.host;
     for (const [poolId, pool] of Object.entries(map.pools)) {
@@ -92,6 +134,7 @@ export class SdsControl {
     this.host.onMapAccepted(map);
     if (map.epoch > this.epoch) this.previous = this.current;
     this.current = map;
+    this.currentDigest = digest;
     this.noteFreezes(map);
     this.host.state.map = map;
     this.persist();

@@ -1,7 +1,8 @@
 // An SDS's connection to the MDM (wire/mdm-session.ts does the connecting, heartbeats,
 // reconnecting and following the Master): it registers with its address and devices,
 // reports its statistics in every heartbeat, and serves the MDM's orders (placement maps,
-// devices, rebuilds) as from role 'mdm'.
+// devices, rebuilds) as from role 'mdm'. It registers as taking binary maps, saying which
+// map it holds (the state file keeps it): the MDM sends only the deltas it lacks.
 
 import type { Logger } from 'pino';
 import { MdmOp, type RebuildDone, type SdsRegistration } from '../wire/mdm-ops.js';
@@ -43,6 +44,9 @@ export class MdmLink {
           address: options.address,
           devices: options.service.registeredDevices(),
           ...(options.host === undefined ? {} : { host: options.host }),
+          // Binary maps (SdsOp.SetMapBinary), from the map it kept across restarts.
+          mapBinary: true,
+          mapHeld: options.service.mapHeld(),
         };
         const reply = await peer.request(MdmOp.RegisterSds, Buffer.from(JSON.stringify(registration)));
         if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration: ${reply.payload.toString()}`);

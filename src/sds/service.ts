@@ -72,6 +72,7 @@ import { CopyRepair, blockAligned } from './copy-repair.js';
 import { Scrubber } from './scrub.js';
 import { GenerationCollector } from './generation-gc.js';
 import { RangeLocks } from './range-locks.js';
+import type { MapHeld } from '../wire/map-codec.js';
 import { SdsControl, type SdsIdentity } from './control-ops.js';
 import { RebuildSource, groupKeysOf } from './rebuild.js';
 import { RebuildCursors } from './rebuild-cursors.js';
@@ -315,6 +316,13 @@ export class SdsService {
           // The MDM reads Ok as "no write to a frozen tree is in flight here any more".
           await this.drainFrozen();
           return { status: SdsStatus.Ok };
+        case SdsOp.SetMapBinary: {
+          this.requireRole(from, ['mdm', 'test'], 'a placement map');
+          const held = this.control.onSetMapBinary(request.payload);
+          // As SetMap: also for an update that changed nothing (the barrier's confirmation).
+          await this.drainFrozen();
+          return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(held)) };
+        }
         case SdsOp.Stats:
           return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(this.stats())) };
         case SdsOp.Reserve:
@@ -774,6 +782,11 @@ export class SdsService {
   /** The devices this SDS serves, as it registers them with the MDM. */
   registeredDevices(): RegisteredDevice[] {
     return this.control.registeredDevices();
+  }
+
+  /** The map this SDS holds, as its registration tells the MDM (binary maps). */
+  mapHeld(): MapHeld | null {
+    return this.control.held();
   }
 
   stats(): SdsStats {

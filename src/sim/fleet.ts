@@ -4,6 +4,10 @@
 // its statistics every second, takes maps (SetMap), devices (AddDevice) and rebuild orders
 // (Rebuild, acknowledged and reported done at once: it holds no data), and serves nothing
 // else; a simulated SDC registers, heartbeats and takes its view updates (SdcOp.Update).
+// By default both take binary maps (SdsOp.SetMapBinary, SdcOp.SetMap, MdmOp.GetMapBinary;
+// docs/map-encoding.md) and say which map they hold, as the real ones do; they follow an
+// update's epochs and digests from its frames' headers without decoding it (they route
+// nothing). `binaryMaps: false` makes them an older build's: JSON maps and views.
 // Every map or view a peer receives is recorded with its size, epoch and arrival time, which
 // is what the scale test and `npm run bench:scale` measure.
 //
@@ -26,8 +30,8 @@ import { Journal } from '../mdm/journal.js';
 import type { JournalRecord } from '../mdm/command-log.js';
 import { emptyModel, type SystemModel } from '../mdm/model.js';
 import { StateMachine } from '../mdm/state-machine.js';
-import { MdmOp, SdcOp, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdsRegistration } from '../wire/mdm-ops.js';
-import { encodeDelta, encodeMap } from '../wire/map-codec.js';
+import { MapCodecError, decodeMapUpdate, encodeDelta, encodeMap, updateResult, type MapHeld } from '../wire/map-codec.js';
+import { MdmOp, SdcOp, type MapRefusal, type RebuildDone, type RegisteredDevice, type SdcHeartbeat, type SdsRegistration } from '../wire/mdm-ops.js';
 import { MdmSession } from '../wire/mdm-session.js';
 import type { WireReply, WireRequest } from '../wire/peer.js';
 import { SdsOp, SdsStatus, encodeEpoch, type RebuildArgs, type RebuildProgress, type SdsStats } from '../wire/sds-ops.js';
@@ -291,6 +295,8 @@ interface SimPeer {
   epoch: number;
   receipts: MapReceipt[];
   killed: boolean;
+  /** The binary map it holds (binaryMaps), as it tells the MDM. */
+  held: MapHeld | null;
 }
 
 export interface FleetOptions {
@@ -298,11 +304,18 @@ export interface FleetOptions {
   cluster: PreloadedCluster;
   sdcCount: number;
   log: Logger;
+  /** The peers take binary maps (default), or JSON ones as an older build. */
+  binaryMaps?: boolean;
 }
 
 /** `{"epoch":N,` opens every PlacementMap as the MDM writes it; a full parse only when it does not. */
 function mapEpochOf(payload: Buffer, field: 'epoch' | 'map'): number {
   const head = payload.subarray(0, 96).toString('latin1');
+  if (field === 'map') {
+    // A view without its map (binary maps) names the map it was made with.
+    const mapless = /"mapHeld":\{"epoch":(\d+)/.exec(payload.subarray(0, 256).toString('latin1'));
+    if (mapless !== null) return Number(mapless[1]);
+  }
   const match = (field === 'epoch' ? /^\{"epoch":(\d+)/ : /"map":\{"epoch":(\d+)/).exec(head);
   if (match !== null) return Number(match[1]);
   const value = JSON.parse(payload.toString('utf8')) as { epoch?: unknown; map?: { epoch?: unknown } };
@@ -314,7 +327,7 @@ function mapEpochOf(payload: Buffer, field: 'epoch' | 'map'): number {
 export class Fleet {
   readonly sdss: SimPeer[] = [];
   readonly sdcs: SimPeer[] = [];
-  /** Bytes of MDM → peer payloads (maps, views, orders) and what the fleet sent (heartbeats, registrations). */
+  /** Bytes of MDM → peer payloads: maps (JSON SetMap, and binary updates to SDSs and SDCs), views, orders. */
   readonly counters = { mapBytes: 0, viewBytes: 0, orderBytes: 0, rebuildOrders: 0, addDeviceOrders: 0 };
   private readonly sdsSpecs: SimSdsSpec[];
 
@@ -347,7 +360,7 @@ export class Fleet {
     const registered = new Promise<void>((resolve) => (registeredResolve = resolve));
     const rebuilds: RebuildProgress[] = [];
     let jobCounter = 0;
-    const peer: SimPeer = { kind: 'sds', name: spec.name, session: null as unknown as MdmSession, registered, epoch: 0, receipts: [], killed: false };
+    const peer: SimPeer = { kind: 'sds', name: spec.name, session: null as unknown as MdmSession, registered, epoch: 0, receipts: [], killed: false, held: null };
     const stats = (): SdsStats => ({
       sdsId: spec.sdsId,
       name: spec.name,
@@ -384,6 +397,8 @@ export class Fleet {
           peer.epoch = epoch;
           return { status: SdsStatus.Ok };
         }
+        case SdsOp.SetMapBinary:
+          return this.onMapUpdate(peer, request.payload);
         case SdsOp.AddDevice: {
           this.counters.addDeviceOrders += 1;
           this.counters.orderBytes += request.payload.length;
@@ -424,7 +439,7 @@ export class Fleet {
       onRequest,
       heartbeat: () => Buffer.from(JSON.stringify(stats())),
       register: async (wire) => {
-        const registration: SdsRegistration = { sdsId: spec.sdsId, name: spec.name, address: spec.address, devices: spec.devices };
+        const registration: SdsRegistration = { sdsId: spec.sdsId, name: spec.name, address: spec.address, devices: spec.devices, ...this.mapOptions(peer) };
         const reply = await wire.request(MdmOp.RegisterSds, Buffer.from(JSON.stringify(registration)));
         if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration of ${spec.name}: ${reply.payload.toString()}`);
         registeredResolve();
@@ -441,12 +456,13 @@ export class Fleet {
     const log = this.options.log.child({ sim: name });
     let registeredResolve: () => void = () => undefined;
     const registered = new Promise<void>((resolve) => (registeredResolve = resolve));
-    const peer: SimPeer = { kind: 'sdc', name, session: null as unknown as MdmSession, registered, epoch: 0, receipts: [], killed: false };
+    const peer: SimPeer = { kind: 'sdc', name, session: null as unknown as MdmSession, registered, epoch: 0, receipts: [], killed: false, held: null };
     const onView = (payload: Buffer): void => {
       const epoch = mapEpochOf(payload, 'map');
       this.counters.viewBytes += payload.length;
       peer.receipts.push({ atMs: Date.now(), epoch, bytes: payload.length });
-      peer.epoch = Math.max(peer.epoch, epoch);
+      // A view without its map says nothing of the map held (that comes by SdcOp.SetMap).
+      if (!this.binaryMaps) peer.epoch = Math.max(peer.epoch, epoch);
     };
     const heartbeat: SdcHeartbeat = { openVolumes: [], qos: [] };
     const heartbeatBytes = Buffer.from(JSON.stringify(heartbeat));
@@ -458,21 +474,59 @@ export class Fleet {
       name,
       log,
       onRequest: async (request) => {
+        if (request.op === SdcOp.SetMap) return this.onMapUpdate(peer, request.payload);
         if (request.op !== SdcOp.Update) return { status: SdsStatus.UnknownOp, payload: Buffer.from(`op ${request.op} is not simulated`) };
         onView(request.payload);
         return { status: SdsStatus.Ok };
       },
       heartbeat: () => heartbeatBytes,
       register: async (wire) => {
-        const reply = await wire.request(MdmOp.RegisterSdc, Buffer.from(JSON.stringify({ guid, name })));
+        const reply = await wire.request(MdmOp.RegisterSdc, Buffer.from(JSON.stringify({ guid, name, ...this.mapOptions(peer) })));
         if (reply.status !== SdsStatus.Ok) throw new Error(`the MDM refused the registration of ${name}: ${reply.payload.toString()}`);
         onView(reply.payload);
+        if (this.binaryMaps) {
+          // As a real SDC: the view names its map; the map comes from what it holds.
+          const response = await wire.request(MdmOp.GetMapBinary, peer.held === null ? Buffer.alloc(0) : Buffer.from(JSON.stringify(peer.held)));
+          if (response.status !== SdsStatus.Ok) throw new Error(`the MDM did not give ${name} the map: ${response.payload.toString()}`);
+          const refused = this.onMapUpdate(peer, response.payload);
+          if (refused.status !== SdsStatus.Ok) throw new Error(`${name} could not follow the map the MDM gave: ${String(refused.payload)}`);
+        }
         registeredResolve();
       },
     });
     peer.session.start();
     this.sdcs.push(peer);
     return peer;
+  }
+
+  private get binaryMaps(): boolean {
+    return this.options.binaryMaps ?? true;
+  }
+
+  /** What a simulated peer's registration says of maps. */
+  private mapOptions(peer: SimPeer): { mapBinary?: boolean; mapHeld?: MapHeld | null } {
+    return this.binaryMaps ? { mapBinary: true, mapHeld: peer.held } : {};
+  }
+
+  /**
+   * A binary map update (SdsOp.SetMapBinary, SdcOp.SetMap, GetMapBinary's reply): followed by
+   * its frames' epochs and digests, refused as a real peer refuses one not from its map.
+   */
+  private onMapUpdate(peer: SimPeer, payload: Buffer): WireReply {
+    let held: MapHeld;
+    try {
+      held = updateResult(peer.held, decodeMapUpdate(payload));
+    } catch (err) {
+      if (!(err instanceof MapCodecError)) throw err;
+      const refusal: MapRefusal = { code: err.code as MapRefusal['code'], message: err.message, held: peer.held };
+      return { status: SdsStatus.Failed, payload: Buffer.from(JSON.stringify(refusal)) };
+    }
+    this.counters.mapBytes += payload.length;
+    if (payload.length > 0) peer.receipts.push({ atMs: Date.now(), epoch: held.epoch, bytes: payload.length });
+    if (held.epoch < peer.epoch) return { status: SdsStatus.StaleEpoch, payload: encodeEpoch(peer.epoch) };
+    peer.held = held;
+    peer.epoch = held.epoch;
+    return { status: SdsStatus.Ok, payload: Buffer.from(JSON.stringify(held)) };
   }
 
   /** Drops every connection of SDS `index` and stops it calling back (a crashed host). */

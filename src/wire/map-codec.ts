@@ -4,7 +4,8 @@
 // Here a group costs a few bytes (two varint indices into a table of copies), and a delta
 // carries only the groups, SDSs, pools and V-Trees that changed. MapUpdates (at the end) is
 // the sender's side: what a peer at epoch E needs (nothing, the chain of deltas from E, or the
-// whole map). Not wired into the wire protocol yet (docs/map-encoding.md).
+// whole map). On the wire: SdsOp.SetMapBinary, SdcOp.SetMap and MdmOp.GetMapBinary carry a
+// MapUpdate as its frames one after another (encodeMapUpdate; docs/map-encoding.md).
 //
 // Every encoded map or delta is one self-checking unit: a fixed header with a CRC-32C over
 // header and body. Input that is truncated, corrupt, of another version or kind, or whose
@@ -66,7 +67,7 @@
 
 import { crc32c } from '../common/crc32c.js';
 import { MeshblockError } from '../common/errors.js';
-import { mapAddressBytesMax, mapEncodedBytesMax, mapPoolsMax, mapSdsCountMax, mapVtreesMax, pgCountMax, vtreeGenerationsMax } from '../common/limits.js';
+import { mapAddressBytesMax, mapEncodedBytesMax, mapUpdateDeltasMax, mapPoolsMax, mapSdsCountMax, mapVtreesMax, pgCountMax, vtreeGenerationsMax } from '../common/limits.js';
 import { idPattern, parsePlacementMap, scrubModes, type PlacementGroup, type PlacementMap, type PoolPlacement, type VTreeMap } from './placement.js';
 
 export const mapCodecMagic = 0x4d50424d; // 'MBPM' read as a little-endian u32
@@ -730,46 +731,88 @@ class Reader {
 
 // --- what to send a peer ----------------------------------------------------------------------
 
+/**
+ * What a peer holds, as it says in its registration and in every answer to a map update: the
+ * map's epoch and its digest (mapDigest). Both, because a map can change without its epoch
+ * moving (the state machine moves it on every change today, but nothing on the wire may rely
+ * on that): a peer whose digest differs from the MDM's map of that epoch gets the whole map.
+ */
+export interface MapHeld {
+  epoch: number;
+  digest: number;
+}
+
 /** What brings a peer to the current map: nothing, the deltas from its epoch on, or the whole map. */
 export type MapUpdate = { kind: 'current' } | { kind: 'deltas'; deltas: Buffer[] } | { kind: 'full'; encoded: Buffer };
 
 /**
- * The sender's side (the MDM's, once wired): the current map encoded once, and the one-epoch
- * deltas of the last `deltasKept` epochs, so that a peer holding epoch E gets the chain
- * E→…→current, and a peer too far behind (or new, or at an epoch this side never had) the
- * whole map. Each epoch costs one full encoding and one delta, whatever the number of peers;
- * a chain longer in bytes than the whole map is not sent.
+ * The sender's side (the MDM's): the current map encoded once, and the one-epoch deltas of
+ * the last `deltasKept` epochs, so that a peer holding (E, digest) gets the chain E→…→current,
+ * and a peer too far behind (or new, or at a map this side never had) the whole map. Each
+ * epoch costs one full encoding and one delta, whatever the number of peers; a chain longer in
+ * bytes than the whole map is not sent.
+ *
+ * A map published at the current epoch with other content (a same-epoch change) cannot be
+ * reached by a delta (deltas go forward in epochs): the chain is dropped and every peer not
+ * holding it gets the whole map. The state machine moves the epoch on every map change, so
+ * this is a safety net, not a path taken.
  */
 export class MapUpdates {
-  private current: { map: PlacementMap; encoded: Buffer } | null = null;
-  /** One-epoch deltas, oldest first; deltas[i] goes from baseEpochs[i] to the next. */
+  private current: { map: PlacementMap; encoded: Buffer; held: MapHeld } | null = null;
+  /** One-epoch deltas, oldest first; deltas[i] goes from bases[i] to the next. */
   private readonly deltas: Buffer[] = [];
-  private readonly baseEpochs: number[] = [];
+  private readonly bases: MapHeld[] = [];
 
   constructor(private readonly deltasKept: number) {
     if (!Number.isSafeInteger(deltasKept) || deltasKept < 0) throw new MapCodecError('MB_ERR_MAP_CORRUPT', `deltasKept must be a whole number, is ${deltasKept}`);
   }
 
-  /** A new epoch's map (maps only go forward). */
-  publish(map: PlacementMap): void {
-    const encoded = encodeMap(map);
-    if (this.current !== null) {
-      const delta = encodeDelta(this.current.map, map);
-      this.deltas.push(delta);
-      this.baseEpochs.push(this.current.map.epoch);
-      if (this.deltas.length > this.deltasKept) {
-        this.deltas.shift();
-        this.baseEpochs.shift();
-      }
-    }
-    this.current = { map, encoded };
+  /** The map published last, and what a peer holding it says it holds. */
+  get map(): PlacementMap | null {
+    return this.current?.map ?? null;
   }
 
-  /** What a peer at `peerEpoch` (null: it has no map) needs. */
-  updateFor(peerEpoch: number | null): MapUpdate {
+  get held(): MapHeld | null {
+    return this.current?.held ?? null;
+  }
+
+  /**
+   * A new map. Returns false (and changes nothing) when it is the map already published (same
+   * epoch and digest); a map of an older epoch is refused (maps only go forward).
+   */
+  publish(map: PlacementMap): boolean {
+    const encoded = encodeMap(map);
+    const held: MapHeld = { epoch: map.epoch, digest: crc32c(encoded.subarray(mapHeaderBytes)) };
+    const current = this.current;
+    if (current !== null) {
+      if (map.epoch < current.held.epoch) throw new MapCodecError('MB_ERR_MAP_BASE', `maps go forward: epoch ${map.epoch} published after ${current.held.epoch}`);
+      if (map.epoch === current.held.epoch) {
+        if (held.digest === current.held.digest) return false;
+        this.deltas.length = 0;
+        this.bases.length = 0;
+      } else {
+        this.deltas.push(encodeDelta(current.map, map));
+        this.bases.push(current.held);
+        if (this.deltas.length > this.deltasKept) {
+          this.deltas.shift();
+          this.bases.shift();
+        }
+      }
+    }
+    this.current = { map, encoded, held };
+    return true;
+  }
+
+  /**
+   * What a peer holding `peer` (null: no map) needs. A bare epoch (a peer that never said its
+   * digest) is matched by epoch alone: only for callers that know no same-epoch change happened.
+   */
+  updateFor(peer: MapHeld | number | null): MapUpdate {
     if (this.current === null) throw new MapCodecError('MB_ERR_MAP_BASE', 'no map published yet');
-    if (peerEpoch === this.current.map.epoch) return { kind: 'current' };
-    const start = peerEpoch === null ? -1 : this.baseEpochs.indexOf(peerEpoch);
+    const epoch = typeof peer === 'number' ? peer : peer?.epoch;
+    const matches = (held: MapHeld): boolean => held.epoch === epoch && (typeof peer === 'number' || held.digest === peer?.digest);
+    if (peer !== null && matches(this.current.held)) return { kind: 'current' };
+    const start = peer === null ? -1 : this.bases.findIndex(matches);
     if (start < 0) return { kind: 'full', encoded: this.current.encoded };
     const chain = this.deltas.slice(start);
     const chainBytes = chain.reduce((sum, delta) => sum + delta.length, 0);
@@ -785,4 +828,92 @@ export function applyUpdate(held: PlacementMap | null, update: MapUpdate): Place
   let map = held;
   for (const delta of update.deltas) map = applyDelta(map, delta);
   return map;
+}
+
+/**
+ * applyUpdate, with the digest of the result, which a peer reports back (MapHeld): read from
+ * the frames (a full map's body CRC, a delta's result digest, which applyDelta checked), so
+ * the peer never encodes its map to learn it. `held.digest` is the digest of `held.map`.
+ */
+export function applyUpdateHeld(held: { map: PlacementMap; digest: number } | null, update: MapUpdate): { map: PlacementMap; digest: number } {
+  const map = applyUpdate(held?.map ?? null, update);
+  return { map, digest: updateResult(held === null ? null : { epoch: held.map.epoch, digest: held.digest }, update).digest };
+}
+
+/**
+ * What an update brings a peer holding `held` to, read from the frames' first fields only
+ * (no checksum, no decode): for applyUpdateHeld once the update is applied, and for the fleet
+ * simulator, whose peers hold no maps. MB_ERR_MAP_BASE when its deltas do not start at `held`.
+ */
+export function updateResult(held: MapHeld | null, update: MapUpdate): MapHeld {
+  if (update.kind === 'full') {
+    const body = update.encoded.subarray(mapHeaderBytes);
+    return { epoch: new Reader(body, 'map').uint('epoch'), digest: crc32c(body) };
+  }
+  if (held === null) throw new MapCodecError('MB_ERR_MAP_BASE', 'an update from a map, for a peer that holds none');
+  let at = held;
+  for (const delta of update.kind === 'current' ? [] : update.deltas) {
+    const reader = new Reader(delta.subarray(mapHeaderBytes), 'delta');
+    const baseEpoch = reader.uint('baseEpoch');
+    const epoch = reader.uint('epoch');
+    const baseDigest = reader.u32('baseDigest');
+    if (baseEpoch !== at.epoch || baseDigest !== at.digest) throw new MapCodecError('MB_ERR_MAP_BASE', `a delta from epoch ${baseEpoch} (digest ${baseDigest}), for a peer at epoch ${at.epoch} (digest ${at.digest})`);
+    at = { epoch, digest: reader.u32('resultDigest') };
+  }
+  return at;
+}
+
+// --- a MapUpdate on the wire ----------------------------------------------------------------
+//
+// The payload of SdsOp.SetMapBinary, SdcOp.SetMap and MdmOp.GetMapBinary's reply: the update's
+// frames one after another (each says its length in its header):
+//
+//   (nothing)                          'current': the peer holds the map already
+//   one full frame (kind 1)            'full'
+//   1..mapUpdateDeltasMax delta frames 'deltas', oldest first
+//
+// Only the frames' lengths and kinds are read here; each frame's checksum and content are
+// checked when it is decoded or applied (applyUpdate), which refuses the whole update.
+
+/** The frames of an update, as one payload. */
+export function encodeMapUpdate(update: MapUpdate): Buffer {
+  const frames = mapUpdateFrames(update);
+  return frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames);
+}
+
+/** The frames of an update, for a writer that takes several buffers (WirePeer.request): no copy. */
+export function mapUpdateFrames(update: MapUpdate): readonly Buffer[] {
+  if (update.kind === 'current') return [];
+  if (update.kind === 'full') return [update.encoded];
+  return update.deltas;
+}
+
+/** An update from its payload; MB_ERR_MAP_CORRUPT if the frames do not tile it or mix kinds. */
+export function decodeMapUpdate(payload: Buffer): MapUpdate {
+  if (payload.length === 0) return { kind: 'current' };
+  const frames: Buffer[] = [];
+  const kinds = new Set<number>();
+  for (let offset = 0; offset < payload.length; ) {
+    if (payload.length - offset < mapHeaderBytes) throw corrupt('delta', `an update's frame at byte ${offset} is shorter than its header`);
+    if (payload.readUInt32LE(offset) !== mapCodecMagic) throw corrupt('delta', `an update's frame at byte ${offset} has a bad magic`);
+    const frameBytes = mapHeaderBytes + payload.readUInt32LE(offset + 8);
+    if (frameBytes > payload.length - offset) throw corrupt('delta', `an update's frame at byte ${offset} runs past the payload's end`);
+    if (frames.length >= mapUpdateDeltasMax) throw corrupt('delta', `an update of more than ${mapUpdateDeltasMax} frames`);
+    kinds.add(payload.readUInt8(offset + 5));
+    frames.push(payload.subarray(offset, offset + frameBytes));
+    offset += frameBytes;
+  }
+  if (kinds.size === 1 && kinds.has(MapKind.Full) && frames.length === 1) return { kind: 'full', encoded: frames[0] as Buffer };
+  if (kinds.size === 1 && kinds.has(MapKind.Delta)) return { kind: 'deltas', deltas: frames };
+  throw corrupt('delta', `an update of ${frames.length} frames of kinds ${[...kinds].join(', ')}: one full map or deltas only`);
+}
+
+/** MapHeld from a peer's JSON (registration, reply); null when absent, MB_ERR_MAP_CORRUPT when malformed. */
+export function parseMapHeld(value: unknown, field: string): MapHeld | null {
+  if (value === undefined || value === null) return null;
+  const entry = value as Partial<MapHeld>;
+  if (typeof value !== 'object' || !Number.isSafeInteger(entry.epoch) || (entry.epoch as number) < 0 || !Number.isInteger(entry.digest) || (entry.digest as number) < 0 || (entry.digest as number) > 0xffffffff) {
+    throw new MapCodecError('MB_ERR_MAP_CORRUPT', `${field}: must be { epoch, digest } (whole numbers, digest a u32), got ${JSON.stringify(value).slice(0, 120)}`);
+  }
+  return { epoch: entry.epoch as number, digest: entry.digest as number };
 }

@@ -11,11 +11,22 @@
 //   Heartbeat    41  SDS    SdsStats (sds-ops.ts)    empty
 //   GetMap       42  any    empty                    the current PlacementMap
 //   RegisterSdc  43  SDC    SdcRegistration          SdcView: its id, the map, its volumes
+//                                                    (mapBinary: SdcMaplessView, no map)
 //   Heartbeat    41  SDC    SdcHeartbeat             empty
+//   GetMapBinary 45  any    MapHeld JSON, or empty   MapUpdate frames (map-codec.ts) from
+//                           (holds no map)           what it holds to the current map
 //
-// and one the SDC serves, sent by the MDM whenever what the SDC should know changed:
+// and the ones the SDC serves, sent by the MDM whenever what the SDC should know changed:
 //
-//   SdcUpdate    50  MDM    SdcView                  empty
+//   SdcUpdate    50  MDM    SdcView                  empty (mapBinary: SdcMaplessView)
+//   SdcSetMap    51  MDM    MapUpdate frames         MapHeld JSON; refused whole: Failed with
+//                                                    MapRefusal JSON (then it asks GetMapBinary)
+//
+// Binary maps (docs/map-encoding.md): a peer that says `mapBinary: true` in its registration
+// (and, if it holds a map, `mapHeld`) gets the map as MapUpdates (SdsOp.SetMapBinary,
+// SdcOp.SetMap): nothing, the deltas from what it holds, or the whole map; an SDC's views
+// then come without the map, naming the map they were made with (mapHeld). A peer that does
+// not say so (an older build) gets JSON maps as before.
 //
 // The MDM answers RegisterSds from an SDS whose name is taken by another SDS id with
 // Failed and a message naming the clash.
@@ -24,6 +35,7 @@ import { parseJsonObject } from './json-payload.js';
 import { InvalidArgumentError, isMeshblockCode, type MeshblockCode } from '../common/errors.js';
 import { isName, nameRule } from '../common/names.js';
 import { idPattern, type PlacementMap } from './placement.js';
+import { parseMapHeld, type MapHeld } from './map-codec.js';
 import { refusalQuoteCharsMax, sdsDevicesMax } from '../common/limits.js';
 
 export const MdmOp = {
@@ -33,7 +45,31 @@ export const MdmOp = {
   RegisterSdc: 43,
   /** SDS → MDM: a rebuild order finished; the target's copy is in sync (RebuildDone JSON). */
   RebuildDone: 44,
+  /** Any → MDM: the map as a binary MapUpdate from what the asker holds (MapHeld JSON; empty: nothing). */
+  GetMapBinary: 45,
 } as const;
+
+/**
+ * A peer's refusal of a binary map update (status Failed): why, and what it holds now (the
+ * MDM sends it what it needs from there: the whole map for MB_ERR_MAP_BASE from a peer that
+ * holds a map the MDM has no delta from).
+ */
+export interface MapRefusal {
+  code: 'MB_ERR_MAP_BASE' | 'MB_ERR_MAP_CORRUPT';
+  message: string;
+  held: MapHeld | null;
+}
+
+/** A MapRefusal from a reply's payload; null when it is none (an older peer, a plain message). */
+export function parseMapRefusal(payload: Buffer): MapRefusal | null {
+  try {
+    const entry = JSON.parse(payload.toString('utf8')) as Partial<MapRefusal> | null;
+    if (entry === null || typeof entry !== 'object' || (entry.code !== 'MB_ERR_MAP_BASE' && entry.code !== 'MB_ERR_MAP_CORRUPT') || typeof entry.message !== 'string') return null;
+    return { code: entry.code, message: entry.message, held: parseMapHeld(entry.held, 'refusal.held') };
+  } catch {
+    return null;
+  }
+}
 
 /** What an SDS reports when a rebuild order is complete. */
 export interface RebuildDone {
@@ -76,6 +112,8 @@ export interface RebuildFailure {
 
 export const SdcOp = {
   Update: 50,
+  /** MDM → SDC: a binary MapUpdate (map-codec.ts) for an SDC that registered with mapBinary. */
+  SetMap: 51,
 } as const;
 
 /** How often an SDS reports (defined with the other limits). */
@@ -100,6 +138,10 @@ export interface SdsRegistration {
    * as names: 1 to nameBytesMax letters, digits, '_', '.' or '-', starting with a letter or digit.
    */
   host?: string;
+  /** It takes binary maps (SdsOp.SetMapBinary). Absent (an older build): JSON SetMap. */
+  mapBinary?: boolean;
+  /** The map it holds (persisted across its restarts): the MDM sends only what it lacks. */
+  mapHeld?: MapHeld | null;
 }
 
 export function parseSdsRegistration(payload: Buffer): SdsRegistration {
@@ -116,11 +158,25 @@ export function parseSdsRegistration(payload: Buffer): SdsRegistration {
     if (!Number.isSafeInteger(device.capacityBytes) || (device.capacityBytes as number) <= 0) throw new InvalidArgumentError(`registration.devices[${index}].capacityBytes`, 'must be a positive integer');
     return { deviceId: device.deviceId, path: device.path, capacityBytes: device.capacityBytes as number };
   });
-  if (entry.host === undefined) return { sdsId: entry.sdsId, name: entry.name, address: entry.address, devices };
+  const maps = parseMapOptions(entry);
+  if (entry.host === undefined) return { sdsId: entry.sdsId, name: entry.name, address: entry.address, devices, ...maps };
   if (typeof entry.host !== 'string' || !isName(entry.host)) {
     throw new InvalidArgumentError('registration.host', `must be ${nameRule}, got ${JSON.stringify(entry.host).slice(0, refusalQuoteCharsMax)}`);
   }
-  return { sdsId: entry.sdsId, name: entry.name, address: entry.address, devices, host: entry.host };
+  return { sdsId: entry.sdsId, name: entry.name, address: entry.address, devices, host: entry.host, ...maps };
+}
+
+/** A registration's mapBinary and mapHeld, checked (absent from an older build: JSON maps). */
+function parseMapOptions(entry: { mapBinary?: unknown; mapHeld?: unknown }): { mapBinary?: boolean; mapHeld?: MapHeld | null } {
+  if (entry.mapBinary === undefined) return {};
+  if (typeof entry.mapBinary !== 'boolean') throw new InvalidArgumentError('registration.mapBinary', 'must be true or false');
+  let mapHeld: MapHeld | null;
+  try {
+    mapHeld = parseMapHeld(entry.mapHeld, 'registration.mapHeld');
+  } catch (err) {
+    throw new InvalidArgumentError('registration.mapHeld', (err as Error).message);
+  }
+  return { mapBinary: entry.mapBinary, mapHeld };
 }
 
 /** SdsOp.AddDevice: the MDM asks an SDS to take a device. */
@@ -163,6 +219,10 @@ export interface SdcRegistration {
   /** Chosen by the SDC at its first start and kept: the MDM knows it by this. */
   guid: string;
   name: string | null;
+  /** It takes binary maps (SdcOp.SetMap) and views without the map (SdcMaplessView). Absent: an older build. */
+  mapBinary?: boolean;
+  /** The map it holds (from before a reconnection): the MDM sends only what it lacks. */
+  mapHeld?: MapHeld | null;
 }
 
 /** A volume mapped to an SDC, with what the SDC needs to route its IO. */
@@ -224,6 +284,15 @@ export interface SdcView {
   volumes: SdcVolume[];
 }
 
+/**
+ * An SDC's view for an SDC that takes binary maps: no map (it comes by SdcOp.SetMap), but the
+ * map it was made with. The SDC applies it only once it holds that map or a newer one (it asks
+ * GetMapBinary first if not): the volumes' heads must be in its map before it routes IO to them.
+ */
+export interface SdcMaplessView extends Omit<SdcView, 'map'> {
+  mapHeld: MapHeld;
+}
+
 export interface SdcHeartbeat {
   /** Volumes with NBD connections open on this SDC. */
   openVolumes: string[];
@@ -235,5 +304,5 @@ export function parseSdcRegistration(payload: Buffer): SdcRegistration {
   const entry = parseJsonObject<SdcRegistration>(payload, 'registration');
   if (typeof entry.guid !== 'string' || !/^[0-9a-f-]{8,64}$/.test(entry.guid)) throw new InvalidArgumentError('registration.guid', 'must be 8 to 64 hex digits or dashes');
   if (entry.name !== null && entry.name !== undefined && typeof entry.name !== 'string') throw new InvalidArgumentError('registration.name', 'must be a string or null');
-  return { guid: entry.guid, name: entry.name ?? null };
+  return { guid: entry.guid, name: entry.name ?? null, ...parseMapOptions(entry) };
 }

@@ -33,6 +33,8 @@
 //                                               trim zeroed to hide an ancestor counts);
 //                                               StaleEpoch if the generation is not live
 //   SetMap      21   PlacementMap JSON          empty; a map older than the current is refused
+//                                               (the MDM's path to SDSs that did not register
+//                                               with mapBinary: older builds)
 //   Stats       22   empty                      SdsStats JSON
 //   Reserve     23   ReserveArgs (16 bytes)     empty; thick reservation of chunk slots
 //   Rebuild     24   RebuildArgs JSON           empty once the copy is complete
@@ -47,6 +49,13 @@
 //   Digest      29   args (exact key, whole     4 bytes per 4 KiB block: the stored CRC-32C of
 //                    chunk)                     each block, verified; Corrupt if any is bad
 //                                               (the scrub's comparison of the two copies)
+//   SetMapBinary 30  MapUpdate frames           MapHeld JSON (map-codec.ts): what the SDS now
+//                    (map-codec.ts: nothing,    holds. As SetMap, answered once writes to the
+//                    one full map, or deltas)   trees it freezes are done (also for an empty
+//                                               update: the barrier's confirmation). Refused
+//                                               whole: Failed with MapRefusal JSON (mdm-ops.ts;
+//                                               MB_ERR_MAP_BASE: not its base, send the whole
+//                                               map; MB_ERR_MAP_CORRUPT), StaleEpoch for an older map
 //
 // Errors: StaleEpoch replies carry the SDS's epoch as 8 bytes; other failures a UTF-8 message.
 
@@ -70,6 +79,8 @@ export const SdsOp = {
   AddDevice: 27,
   ReadCopy: 28,
   Digest: 29,
+  /** MDM → SDS: a binary MapUpdate (map-codec.ts) for an SDS that registered with mapBinary. */
+  SetMapBinary: 30,
 } as const;
 
 export const IoFlag = {
