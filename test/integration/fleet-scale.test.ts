@@ -12,12 +12,10 @@
 // SDCs do no IO. `npm run bench:scale` runs the same at full size and measures it.
 
 import * as net from 'node:net';
-import * as path from 'node:path';
 import t from 'tap';
 import { pino } from 'pino';
-import { ApiClient } from '../../src/cli/manage-client.js';
-import { Fleet, preloadDataDir } from '../../src/sim/fleet.js';
-import { startMdm, until } from '../helpers/cluster.js';
+import { until } from '../helpers/cluster.js';
+import { startFleetCluster } from '../helpers/fleet.js';
 
 const sdsCount = 256;
 const sdcCount = 256;
@@ -73,19 +71,10 @@ async function groupsByHealth(metricsUrl: string): Promise<{ total: number; degr
 t.test(`${sdsCount} simulated SDSs and ${sdcCount} SDCs against one MDM: registered, counted, mapped; one SDS dropped, then a rack of ${rackSize}, are declared down and their peers get the new map`, async (t) => {
   const dir = t.testdir();
   const log = pino({ level: 'warn' }, pino.destination(2));
-  const cluster = await preloadDataDir(path.join(dir, 'mdm'), { sdsCount, devicesPerSds: 4, sdcCount, deviceCapacityBytes: 64 * GiB, pgCount, sdssPerFaultSet: rackSize }, log);
-  t.equal(cluster.faultSets.length, sdsCount / rackSize, `the preload put the SDSs in ${sdsCount / rackSize} fault sets of ${rackSize}`);
   const metricsUrl = `http://127.0.0.1:${await freePort()}/metrics`;
-  const mdm = await startMdm(t, dir, undefined, ['--sds-down-after', '2', '--rebuild-after', String(rebuildAfterSeconds), '--metrics', new URL(metricsUrl).host, '--log-level', 'warn']);
-  const fleet = new Fleet({ mdmAddress: mdm.address, cluster, sdcCount, log });
-  t.teardown(() => fleet.close());
-  await fleet.connectSdss();
-  await fleet.connectSdcs();
+  const { cluster, fleet, api } = await startFleetCluster(t, dir, { sdsCount, devicesPerSds: 4, sdcCount, deviceCapacityBytes: 64 * GiB, pgCount, sdssPerFaultSet: rackSize }, ['--sds-down-after', '2', '--rebuild-after', String(rebuildAfterSeconds), '--metrics', new URL(metricsUrl).host, '--log-level', 'warn'], log);
+  t.equal(cluster.faultSets.length, sdsCount / rackSize, `the preload put the SDSs in ${sdsCount / rackSize} fault sets of ${rackSize}`);
 
-  const api = await ApiClient.connect(
-    { api: mdm.apiUrl, dir: undefined, username: 'admin', 'password-file': path.join(dir, 'admin-password.txt'), 'ca-cert': mdm.certPath, insecure: false },
-    { stdout: process.stdout, stderr: process.stderr, env: {} },
-  );
   const sdss = await until('every SDS connected in the MDM view', async () => {
     const list = await api.get<SdsObject[]>('/api/types/Sds/instances');
     return list.filter((sds) => sds.mdmConnectionState === 'Connected').length === sdsCount ? list : undefined;

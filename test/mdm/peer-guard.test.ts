@@ -17,16 +17,15 @@
 //   Nothing is timed but the loop's length; the bounds asserted are counts.
 
 import * as net from 'node:net';
-import * as path from 'node:path';
 import { pino } from 'pino';
 import t, { type Test } from 'tap';
-import { ApiClient } from '../../src/cli/manage-client.js';
 import { mdmChurnPerAddressBurstMax, mdmChurnPerAddressPerSecond, mdmHeartbeatBytesMax, mdmRegistrationRefillMs, mdmRegistrationsPerPeerBurstMax, mdmRequestBytesMax, sdsDevicesMax } from '../../src/common/limits.js';
 import { PeerGuard, RateLimiter, RefusalLog, TokenBuckets, addressKey, type ConnectionTicket } from '../../src/mdm/peer-guard.js';
 import { MdmOp, parseSdsRegistration, type RegisteredDevice, type SdsRegistration } from '../../src/wire/mdm-ops.js';
 import { WirePeer, WireStatus } from '../../src/wire/peer.js';
-import { Fleet, fleetDevicesPerSdsMax, preloadDataDir, processCpuSeconds } from '../../src/sim/fleet.js';
-import { startMdm, until } from '../helpers/cluster.js';
+import { fleetDevicesPerSdsMax, processCpuSeconds } from '../../src/sim/fleet.js';
+import { until } from '../helpers/cluster.js';
+import { startFleetCluster } from '../helpers/fleet.js';
 
 const silent = pino({ level: 'silent' });
 
@@ -209,16 +208,7 @@ async function connectFrom(address: string, localAddress: string, clusterId: str
 t.test(`a peer reconnecting and registering in a loop for ${loopMs / 1000} s is throttled; ${sdsCount} honest SDSs and ${sdcCount} SDCs keep their heartbeats`, async (t) => {
   const dir = t.testdir();
   const log = pino({ level: 'warn' }, pino.destination(2));
-  const cluster = await preloadDataDir(path.join(dir, 'mdm'), { sdsCount, devicesPerSds: 4, sdcCount, deviceCapacityBytes: 64 * GiB }, log);
-  const mdm = await startMdm(t, dir, undefined, ['--sds-down-after', '2', '--metrics', 'off', '--log-level', 'warn']);
-  const fleet = new Fleet({ mdmAddress: mdm.address, cluster, sdcCount, log });
-  t.teardown(() => fleet.close());
-  await fleet.connectSdss();
-  await fleet.connectSdcs();
-  const api = await ApiClient.connect(
-    { api: mdm.apiUrl, dir: undefined, username: 'admin', 'password-file': path.join(dir, 'admin-password.txt'), 'ca-cert': mdm.certPath, insecure: false },
-    { stdout: process.stdout, stderr: process.stderr, env: {} },
-  );
+  const { cluster, mdm, fleet, api } = await startFleetCluster(t, dir, { sdsCount, devicesPerSds: 4, sdcCount, deviceCapacityBytes: 64 * GiB }, ['--sds-down-after', '2', '--metrics', 'off', '--log-level', 'warn'], log);
   const connectedSdss = async (): Promise<number> => (await api.get<SdsObject[]>('/api/types/Sds/instances')).filter((sds) => sds.mdmConnectionState === 'Connected').length;
   await until('every SDS connected', async () => ((await connectedSdss()) === sdsCount ? true : undefined), 30_000);
   // The pool planned: every registration of the looper now costs a journal record and a map push.
