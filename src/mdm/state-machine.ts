@@ -205,9 +205,53 @@ export interface PoolHealth {
   failedBytes: number;
 }
 
+/**
+ * Commands that never change what placementMap() returns: they touch names, SDCs, mappings,
+ * policies of the SDSs' IO or pools without groups, none of which is in the map. After one of
+ * these the cached map is kept (a fleet's SDCs registering must not rebuild a 262,144-group
+ * map each). Any command not listed invalidates it, so a command added later is safe by
+ * default. addVolume is listed: a new V-Tree of one generation is implicit (not in the map).
+ */
+const mapNeutralCommands: ReadonlySet<Command['type']> = new Set([
+  'addProtectionDomain',
+  'renameProtectionDomain',
+  'removeProtectionDomain',
+  'addStoragePool',
+  'renameStoragePool',
+  'setStoragePoolSpare',
+  'addFaultSet',
+  'removeFaultSet',
+  'renameSds',
+  'registerSdc',
+  'renameSdc',
+  'removeSdc',
+  'addVolume',
+  'renameVolume',
+  'setVolumeSize',
+  'addMappedSdc',
+  'removeMappedSdc',
+  'setMappedSdcLimits',
+  'setVolumeAccessModeLimit',
+  'setSnapshotsPerVtree',
+  'setIoPriorityPolicy',
+]);
+
+/**
+ * The last revision given to any state machine of this process: revisions are unique across
+ * instances, so a number remembered from one StateMachine never matches another's state (an
+ * MDM that loses and regains mastership builds a new one from the journal).
+ */
+let revisionLast = 0;
+
 export class StateMachine {
   /** Set while replay() applies a journaled command: capacity is not checked again. */
   private replaying = false;
+  /** See `revision`. */
+  private revisionNow = ++revisionLast;
+  /** The revision of the last command that may have changed the map (not in mapNeutralCommands). */
+  private mapRevision = this.revisionNow;
+  /** placementMap()'s last answer and the mapRevision it was built at. */
+  private mapCached: { revision: number; map: PlacementMap } | null = null;
 
   /** Takes a model as loaded (journal, etcd): one written before snapshots is brought to the current shape first. */
   constructor(readonly model: SystemModel) {
@@ -216,6 +260,17 @@ export class StateMachine {
 
   static create(clusterId: Id, name: string): StateMachine {
     return new StateMachine(emptyModel(clusterId, name));
+  }
+
+  /**
+   * A number that moves (upwards) on every apply() and replay(), refused commands included,
+   * and never on observe(): while it is the same, no command changed the model (only
+   * volatile fields may have moved: heartbeat times, connection states, bytes in use). Unique
+   * in the process across StateMachine instances. Reading it costs a field read. The model
+   * written from outside the state machine (a fleet's preload) does not move it.
+   */
+  get revision(): number {
+    return this.revisionNow;
   }
 
   /**
@@ -289,6 +344,10 @@ export class StateMachine {
    * refused sdsOut left its SDS out in memory only).
    */
   apply(command: Command): Applied {
+    // Moved before the command runs, whatever its outcome: a refused command changes nothing
+    // (or is undone), but a spare revision costs only one more encoding, a missed one a stale map.
+    this.revisionNow = ++revisionLast;
+    if (!mapNeutralCommands.has(command.type)) this.mapRevision = this.revisionNow;
     if (!replanningCommands.has(command.type)) return this.applyCommand(command);
     // Only what these commands change is copied: volumes (the largest table at 100k of them),
     // SDCs and domains stay out of it. The simulation checks that a refusal changes nothing.
@@ -1214,8 +1273,23 @@ export class StateMachine {
     return result;
   }
 
-  /** The placement map every SDS and SDC works from. */
+  /**
+   * The placement map every SDS and SDC works from. The same object is returned until a
+   * command that may change the map is applied (see `revision`; commands that never change it
+   * keep it too), so a caller may compare it by reference to skip encoding it again. Callers
+   * must not change it: it is shared (copy it, e.g. `{ ...map, epoch }`, to alter it). It holds
+   * no reference into the model: a later command never changes a map already returned.
+   */
   placementMap(): PlacementMap {
+    const cached = this.mapCached;
+    if (cached !== null && cached.revision === this.mapRevision) return cached.map;
+    const map = this.buildPlacementMap();
+    this.mapCached = { revision: this.mapRevision, map };
+    return map;
+  }
+
+  /** placementMap() built afresh from the model. */
+  private buildPlacementMap(): PlacementMap {
     const sds: PlacementMap['sds'] = {};
     const pools: PlacementMap['pools'] = {};
     for (const pool of Object.values(this.model.storagePools)) {
