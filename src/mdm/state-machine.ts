@@ -252,6 +252,13 @@ export class StateMachine {
   private mapRevision = this.revisionNow;
   /** placementMap()'s last answer and the mapRevision it was built at. */
   private mapCached: { revision: number; map: PlacementMap } | null = null;
+  /**
+   * By SDC, the ids of the volumes mapped to it (sdcMappings()): built from the model at the
+   * first question, then kept by the commands that map and unmap (the only writers of
+   * mappings). An entry may outlive its volume or mapping for a moment; sdcMappings() checks
+   * each against the model, so a stale entry is skipped, never shown.
+   */
+  private mappedBySdc: Map<Id, Set<Id>> | null = null;
 
   /** Takes a model as loaded (journal, etcd): one written before snapshots is brought to the current shape first. */
   constructor(readonly model: SystemModel) {
@@ -577,9 +584,10 @@ export class StateMachine {
       }
       case 'removeSdc': {
         const sdc = this.get(model.sdcs, command.id, 'SDC');
-        const mapped = Object.values(model.volumes).filter((volume) => volume.mappings.some((mapping) => mapping.sdcId === sdc.id));
+        const mapped = this.sdcMappings(sdc.id).map(({ volume }) => volume);
         if (mapped.length > 0) throw conflict('MB_ERR_SDC_MAPPED', `SDC '${sdc.name}' still has volume(s) ${mapped.map((volume) => `'${volume.name}'`).join(', ')} mapped`);
         delete model.sdcs[sdc.id];
+        this.mappedBySdc?.delete(sdc.id);
         return { epochChanged: false };
       }
       case 'addVolume': {
@@ -654,6 +662,7 @@ export class StateMachine {
           throw conflict('MB_ERR_MULTIPLE_MAPPINGS', `volume '${volume.name}' is already mapped to another SDC; pass allowMultipleMappings to share it`);
         }
         volume.mappings.push({ sdcId: sdc.id, accessMode: command.accessMode, iopsLimit: 0, bandwidthLimitKbps: 0, iopsBurst: 0, bandwidthBurstKbps: 0, burstSeconds: 0 });
+        this.indexMapping(sdc.id, volume.id, true);
         return { epochChanged: false };
       }
       case 'removeMappedSdc': {
@@ -661,6 +670,7 @@ export class StateMachine {
         const at = volume.mappings.findIndex((mapping) => mapping.sdcId === command.sdcId);
         if (at === -1) throw notFound(`volume '${volume.name}' is not mapped to SDC ${command.sdcId}`);
         volume.mappings.splice(at, 1);
+        this.indexMapping(command.sdcId, volume.id, false);
         return { epochChanged: false };
       }
       case 'setMappedSdcLimits': {
@@ -1119,7 +1129,11 @@ export class StateMachine {
     const frozen = this.frozenVtrees();
     const before = JSON.stringify(this.vtreeMap(tree, frozen.has(tree.id)));
     const ancestorOf = new Map(doomed.map((volume) => [volume.id, volume.ancestorVolumeId]));
-    for (const volume of doomed) delete model.volumes[volume.id];
+    for (const volume of doomed) {
+      // Mapped volumes are refused before this (refuseMapped): dropped from the index for tidiness only.
+      for (const mapping of volume.mappings) this.indexMapping(mapping.sdcId, volume.id, false);
+      delete model.volumes[volume.id];
+    }
     const survivors = this.treeVolumes(tree.id);
     for (const volume of survivors) {
       let ancestor = volume.ancestorVolumeId;
@@ -1178,6 +1192,56 @@ export class StateMachine {
 
   poolDevices(poolId: Id): Device[] {
     return Object.values(this.model.devices).filter((device) => device.storagePoolId === poolId);
+  }
+
+  /**
+   * The volumes mapped to an SDC with its mapping of each, in creation order (creationTimeMs,
+   * then id): O(volumes mapped to it), not O(all volumes), after the first call. What the SDC's
+   * view is made of, asked for every SDC whenever views may have changed.
+   */
+  sdcMappings(sdcId: Id): Array<{ volume: Volume; mapping: Mapping }> {
+    const ids = this.mappingIndex().get(sdcId);
+    if (ids === undefined) return [];
+    const found: Array<{ volume: Volume; mapping: Mapping }> = [];
+    for (const volumeId of ids) {
+      const volume = this.model.volumes[volumeId];
+      const mapping = volume?.mappings.find((entry) => entry.sdcId === sdcId);
+      if (volume !== undefined && mapping !== undefined) found.push({ volume, mapping });
+    }
+    return found.sort((a, b) => a.volume.creationTimeMs - b.volume.creationTimeMs || (a.volume.id < b.volume.id ? -1 : a.volume.id > b.volume.id ? 1 : 0));
+  }
+
+  /** A volume is mapped to an SDC. */
+  isMapped(volumeId: Id, sdcId: Id): boolean {
+    return this.model.volumes[volumeId]?.mappings.some((mapping) => mapping.sdcId === sdcId) === true;
+  }
+
+  private mappingIndex(): Map<Id, Set<Id>> {
+    if (this.mappedBySdc !== null) return this.mappedBySdc;
+    const index = new Map<Id, Set<Id>>();
+    for (const volume of Object.values(this.model.volumes)) {
+      for (const mapping of volume.mappings) {
+        let ids = index.get(mapping.sdcId);
+        if (ids === undefined) index.set(mapping.sdcId, (ids = new Set()));
+        ids.add(volume.id);
+      }
+    }
+    this.mappedBySdc = index;
+    return index;
+  }
+
+  /** Keeps the mapping index (if built) in step with a mapping made or removed. */
+  private indexMapping(sdcId: Id, volumeId: Id, mapped: boolean): void {
+    const index = this.mappedBySdc;
+    if (index === null) return;
+    let ids = index.get(sdcId);
+    if (mapped) {
+      if (ids === undefined) index.set(sdcId, (ids = new Set()));
+      ids.add(volumeId);
+    } else if (ids !== undefined) {
+      ids.delete(volumeId);
+      if (ids.size === 0) index.delete(sdcId);
+    }
   }
 
   sdsDevices(sdsId: Id): Device[] {
