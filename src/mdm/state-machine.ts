@@ -237,6 +237,15 @@ const mapNeutralCommands: ReadonlySet<Command['type']> = new Set([
 ]);
 
 /**
+ * Commands whose every change to the map moves the epoch (they re-plan, fail over or give an
+ * SDS a new address, and each of those moves it): applied without moving the epoch, they left
+ * the map as it was (a registration of an SDS already known, an sdsOut or sdsDown repeated
+ * while the first was queued), and the cached map is kept. test/mdm/state-revision.test.ts
+ * checks both lists against maps built afresh.
+ */
+const epochTrackedCommands: ReadonlySet<Command['type']> = new Set(['registerSds', 'addSds', 'removeSds', 'removeDevice', 'sdsDown', 'sdsOut', 'deviceFailed', 'repairPool', 'copiesSynced']);
+
+/**
  * The last revision given to any state machine of this process: revisions are unique across
  * instances, so a number remembered from one StateMachine never matches another's state (an
  * MDM that loses and regains mastership builds a new one from the journal).
@@ -354,7 +363,15 @@ export class StateMachine {
     // Moved before the command runs, whatever its outcome: a refused command changes nothing
     // (or is undone), but a spare revision costs only one more encoding, a missed one a stale map.
     this.revisionNow = ++revisionLast;
-    if (!mapNeutralCommands.has(command.type)) this.mapRevision = this.revisionNow;
+    const epochBefore = this.model.epoch;
+    try {
+      return this.applyUndoable(command);
+    } finally {
+      if (!mapNeutralCommands.has(command.type) && (!epochTrackedCommands.has(command.type) || this.model.epoch !== epochBefore)) this.mapRevision = this.revisionNow;
+    }
+  }
+
+  private applyUndoable(command: Command): Applied {
     if (!replanningCommands.has(command.type)) return this.applyCommand(command);
     // Only what these commands change is copied: volumes (the largest table at 100k of them),
     // SDCs and domains stay out of it. The simulation checks that a refusal changes nothing.
