@@ -691,3 +691,12 @@ export const mapAddressBytesMax = 512;
  */
 export const attachUnavailableRetryMs = 10_000;
 assert(attachUnavailableRetryMs >= attachRetryMs, 'a host without nbd is retried no more often than a pass');
+
+/**
+ * The health loop decides sdsDown or sdsOut for an SDS once, then not again for this long while
+ * the first may still wait in the MDM's command queue (behind a storm of registrations, say):
+ * deciding it every tick queued thousands of copies, each a journal record and a copy of the
+ * pools to undo, and an sdsDown decided on stale news could take down an SDS that had registered
+ * again since. Past this, one that did not take (refused) is decided again.
+ */
+export const healthCommandRepeatMs = 5_000;
