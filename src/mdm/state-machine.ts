@@ -1557,10 +1557,14 @@ export class StateMachine {
    * that could hold two copies apart.
    */
   needsRepair(pool: StoragePool): boolean {
-    if (pool.groups.length === 0 || this.poolHasDownSds(pool)) return false;
+    if (pool.groups.length === 0) return false;
+    // Asked every health tick for every pool: the pool's devices are listed once (a scan of
+    // every device of the system), not once per question as before.
+    const devices = this.poolDevices(pool.id);
+    if (this.downSdsOf(devices).length > 0) return false;
     const orphan = pool.groups.some((group) => group.secondaryDevice === null && group.absentDevice === undefined && group.lost !== true && this.readable(group.primaryDevice));
-    if (!orphan && !this.sharesDomain(pool)) return false;
-    const domains = new Set(this.poolDevices(pool.id).filter((device) => device.state === 'normal' && this.readable(device.id)).map((device) => this.domainOf(device.sdsId)));
+    if (!orphan && !this.sharesDomain(pool, devices)) return false;
+    const domains = new Set(devices.filter((device) => device.state === 'normal' && this.readable(device.id)).map((device) => this.domainOf(device.sdsId)));
     return domains.size >= 2;
   }
 
@@ -1569,8 +1573,10 @@ export class StateMachine {
    * where every domain of the pool is one SDS (no labels shared, no fault sets) it cannot be,
    * and no group is read.
    */
-  private sharesDomain(pool: StoragePool): boolean {
-    const devices = this.poolDevices(pool.id);
+  private sharesDomain(pool: StoragePool, devices: readonly Device[]): boolean {
+    // No fault set and no host label in the pool: every domain is one SDS (failureDomainOf),
+    // told without making a domain name per device.
+    if (devices.every((device) => (this.model.sdss[device.sdsId]?.faultSetId ?? null) === null && (this.model.sdss[device.sdsId]?.host ?? null) === null)) return false;
     const domainOfDevice = new Map(devices.map((device) => [device.id, this.domainOf(device.sdsId)]));
     if (new Set(domainOfDevice.values()).size === new Set(devices.map((device) => device.sdsId)).size) return false;
     return pool.groups.some((group) => {
@@ -1667,7 +1673,12 @@ export class StateMachine {
   }
 
   private poolDownSds(pool: StoragePool): Sds[] {
-    const ids = new Set(this.poolDevices(pool.id).map((device) => device.sdsId));
+    return this.downSdsOf(this.poolDevices(pool.id));
+  }
+
+  /** The SDSs of these devices that are down and not out. */
+  private downSdsOf(devices: readonly Device[]): Sds[] {
+    const ids = new Set(devices.map((device) => device.sdsId));
     return [...ids].map((id) => this.model.sdss[id]).filter((sds): sds is Sds => sds !== undefined && isDown(sds) && sds.out !== true);
   }
 
