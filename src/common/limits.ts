@@ -694,9 +694,11 @@ assert(attachUnavailableRetryMs >= attachRetryMs, 'a host without nbd is retried
 
 /**
  * The health loop decides sdsDown or sdsOut for an SDS once, then not again for this long while
- * the first may still wait in the MDM's command queue (behind a storm of registrations, say):
- * deciding it every tick queued thousands of copies, each a journal record and a copy of the
- * pools to undo, and an sdsDown decided on stale news could take down an SDS that had registered
- * again since. Past this, one that did not take (refused) is decided again.
+ * the first may still wait in the MDM's command queue and nothing was heard of the SDS since:
+ * at 1,024 SDSs the queue (re-plans, maps to every peer) lagged by minutes, and deciding them
+ * every tick queued thousands of copies, each a journal record and a copy of the pools to undo
+ * (5 s was still too short); an sdsDown decided on stale news could also take down an SDS that
+ * had registered again since. Past this, one that did not take (an sdsOut refused for want of
+ * room) is decided again.
  */
-export const healthCommandRepeatMs = 5_000;
+export const healthCommandRepeatMs = 30_000;

@@ -158,10 +158,15 @@ function commandKey(type: 'sdsDown' | 'sdsOut', sdsId: Id): string {
   return `${type}/${sdsId}`;
 }
 
-/** An sdsDown or sdsOut was decided for this SDS less than healthCommandRepeatMs ago. */
-function recentlyGiven(observations: Readonly<HealthObservations>, type: 'sdsDown' | 'sdsOut', sdsId: Id, nowMs: number): boolean {
+/**
+ * An sdsDown or sdsOut was decided for this SDS less than healthCommandRepeatMs ago, and
+ * nothing was heard of it since (`heardAtMs`: its last registration or heartbeat): one that
+ * registered again after being declared down, and then dropped again, is declared down again
+ * at once.
+ */
+function recentlyGiven(observations: Readonly<HealthObservations>, type: 'sdsDown' | 'sdsOut', sdsId: Id, nowMs: number, heardAtMs: number): boolean {
   const atMs = observations.commandsGiven.get(commandKey(type, sdsId));
-  return atMs !== undefined && nowMs - atMs < healthCommandRepeatMs;
+  return atMs !== undefined && nowMs - atMs < healthCommandRepeatMs && heardAtMs <= atMs;
 }
 
 /**
@@ -178,7 +183,7 @@ export function decideFailures(input: HealthInput): HealthDecisions {
   }
   for (const sds of Object.values(model.sdss)) {
     if (isDown(sds)) {
-      if (sds.out !== true && nowMs - (sds.downSinceMs ?? nowMs) >= options.rebuildAfterMs && !recentlyGiven(observations, 'sdsOut', sds.id, nowMs)) decisions.commands.push({ type: 'sdsOut', sdsId: sds.id });
+      if (sds.out !== true && nowMs - (sds.downSinceMs ?? nowMs) >= options.rebuildAfterMs && !recentlyGiven(observations, 'sdsOut', sds.id, nowMs, sds.lastHeartbeatMs)) decisions.commands.push({ type: 'sdsOut', sdsId: sds.id });
       continue;
     }
     const disconnectedSince = observations.disconnectedSinceMs.get(sds.id);
@@ -197,7 +202,7 @@ export function decideFailures(input: HealthInput): HealthDecisions {
     }
     // Decided a moment ago and still queued: fenced then, and deciding it again on news that
     // old could take it down after it registered again.
-    if (recentlyGiven(observations, 'sdsDown', sds.id, nowMs)) continue;
+    if (recentlyGiven(observations, 'sdsDown', sds.id, nowMs, sds.lastHeartbeatMs)) continue;
     // Fenced first: it must register again (and take the current map) before it serves anything.
     decisions.fence.push(sds.id);
     decisions.commands.push({ type: 'sdsDown', sdsId: sds.id, nowMs, reason });

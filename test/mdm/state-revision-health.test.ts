@@ -69,3 +69,20 @@ t.test('sdsOut: decided once while it waits in the queue', async (t) => {
   noteDecisions(observations, decideFailures(input(machine, outAtMs + 3 * healthCommandRepeatMs, observations)), outAtMs + 3 * healthCommandRepeatMs);
   t.equal(observations.commandsGiven.size, 0, 'what was remembered is forgotten once old');
 });
+
+t.test('sdsDown: an SDS heard from after the decision is declared down again at once', async (t) => {
+  const machine = cluster(3);
+  const observations = emptyObservations();
+  noteSdsDisconnected(observations, sdsId(2), t0);
+  const first = decideFailures(input(machine, t0 + 1000, observations));
+  noteDecisions(observations, first, t0 + 1000);
+  machine.apply(first.commands[0] as Extract<(typeof first.commands)[number], { type: 'sdsDown' }>);
+  // It registers again (2 s later), then drops again.
+  machine.apply({ type: 'registerSds', sdsId: sdsId(2), name: 'sds2', address: '127.0.0.1:7002', nowMs: t0 + 3000 });
+  noteSdsDisconnected(observations, sdsId(2), t0 + 4000);
+  t.same(
+    decideFailures(input(machine, t0 + 5000, observations)).commands.map((command) => command.type),
+    ['sdsDown'],
+    'down again after the grace, not after healthCommandRepeatMs',
+  );
+});
