@@ -279,6 +279,20 @@ export class StateMachine {
   }
 
   /**
+   * The command may refuse after its first change (it may re-plan a pool), so apply() keeps a
+   * copy to undo it. A registration of a new SDS, or of a known one that is up and keeps its
+   * host label, re-plans nothing and checks everything before its first change: no copy. That
+   * is every registration but a few in an MDM restart's storm of 1,024 SDSs calling back, where
+   * copying the pools (JSON of every group and device) for each was a third of the MDM's CPU.
+   */
+  private mayRefuseAfterChanging(command: Command): boolean {
+    if (!replanningCommands.has(command.type)) return false;
+    if (command.type !== 'registerSds') return true;
+    const existing = this.model.sdss[command.sdsId];
+    return existing !== undefined && (isDown(existing) || (existing.host ?? null) !== (command.host ?? null));
+  }
+
+  /**
    * A number that moves (upwards) on every apply() and replay(), refused commands included,
    * and never on observe(): while it is the same, no command changed the model (only
    * volatile fields may have moved: heartbeat times, connection states, bytes in use). Unique
@@ -372,7 +386,7 @@ export class StateMachine {
   }
 
   private applyUndoable(command: Command): Applied {
-    if (!replanningCommands.has(command.type)) return this.applyCommand(command);
+    if (!this.mayRefuseAfterChanging(command)) return this.applyCommand(command);
     // Only what these commands change is copied: volumes (the largest table at 100k of them),
     // SDCs and domains stay out of it. The simulation checks that a refusal changes nothing.
     const { epoch, storagePools, sdss, devices } = this.model;
