@@ -744,3 +744,14 @@ export const mapUpdateDeltasMax = 64;
 /** One-epoch map deltas the MDM keeps for peers behind (MapUpdates): a peer further behind gets the whole map. */
 export const mapDeltasKept = 16;
 assert(mapDeltasKept <= mapUpdateDeltasMax, 'every chain the MDM keeps fits one update');
+
+/**
+ * The health loop decides sdsDown or sdsOut for an SDS once, then not again for this long while
+ * the first may still wait in the MDM's command queue and nothing was heard of the SDS since:
+ * at 1,024 SDSs the queue (re-plans, maps to every peer) lagged by minutes, and deciding them
+ * every tick queued thousands of copies, each a journal record and a copy of the pools to undo
+ * (5 s was still too short); an sdsDown decided on stale news could also take down an SDS that
+ * had registered again since. Past this, one that did not take (an sdsOut refused for want of
+ * room) is decided again.
+ */
+export const healthCommandRepeatMs = 30_000;

@@ -11,6 +11,7 @@
 // what the I/O layer has carried out.
 
 import {
+  healthCommandRepeatMs,
   mdmRestartGraceMs,
   poolRepairIntervalMs,
   rebuildAfterMsDefault,
@@ -102,10 +103,16 @@ export interface HealthObservations {
   syncedPending: Map<Id, SyncedEntry[]>;
   /** Fills whose last job failed on a chunk, by orderKey(): retried after a backoff, shown. */
   rebuildFailures: Map<string, RebuildFailing>;
+  /**
+   * sdsDown and sdsOut decided, by commandKey(), and when: not decided again for
+   * healthCommandRepeatMs (the first may still be queued). Bounded by the SDSs: entries go
+   * once they are that old.
+   */
+  commandsGiven: Map<string, number>;
 }
 
 export function emptyObservations(): HealthObservations {
-  return { disconnectedSinceMs: new Map(), ordersGiven: new Map(), repairing: new Set(), repairedAtMs: new Map(), syncedPending: new Map(), rebuildFailures: new Map() };
+  return { disconnectedSinceMs: new Map(), ordersGiven: new Map(), repairing: new Set(), repairedAtMs: new Map(), syncedPending: new Map(), rebuildFailures: new Map(), commandsGiven: new Map() };
 }
 
 /** Which SDSs have a live, registered connection (the service's peers, the simulation's set). */
@@ -146,6 +153,22 @@ export function orderKey(poolId: Id, pgIndex: number, targetSdsId: Id): string {
   return `${poolId}/${pgIndex}/${targetSdsId}`;
 }
 
+/** The key of an sdsDown or sdsOut decided for an SDS (commandsGiven). */
+function commandKey(type: 'sdsDown' | 'sdsOut', sdsId: Id): string {
+  return `${type}/${sdsId}`;
+}
+
+/**
+ * An sdsDown or sdsOut was decided for this SDS less than healthCommandRepeatMs ago, and
+ * nothing was heard of it since (`heardAtMs`: its last registration or heartbeat): one that
+ * registered again after being declared down, and then dropped again, is declared down again
+ * at once.
+ */
+function recentlyGiven(observations: Readonly<HealthObservations>, type: 'sdsDown' | 'sdsOut', sdsId: Id, nowMs: number, heardAtMs: number): boolean {
+  const atMs = observations.commandsGiven.get(commandKey(type, sdsId));
+  return atMs !== undefined && nowMs - atMs < healthCommandRepeatMs && heardAtMs <= atMs;
+}
+
 /**
  * Failure detection: SDCs silent too long are disconnected; an SDS disconnected past the
  * grace, or connected but silent past the down deadline, is fenced and declared down (if it
@@ -160,7 +183,7 @@ export function decideFailures(input: HealthInput): HealthDecisions {
   }
   for (const sds of Object.values(model.sdss)) {
     if (isDown(sds)) {
-      if (sds.out !== true && nowMs - (sds.downSinceMs ?? nowMs) >= options.rebuildAfterMs) decisions.commands.push({ type: 'sdsOut', sdsId: sds.id });
+      if (sds.out !== true && nowMs - (sds.downSinceMs ?? nowMs) >= options.rebuildAfterMs && !recentlyGiven(observations, 'sdsOut', sds.id, nowMs, sds.lastHeartbeatMs)) decisions.commands.push({ type: 'sdsOut', sdsId: sds.id });
       continue;
     }
     const disconnectedSince = observations.disconnectedSinceMs.get(sds.id);
@@ -177,6 +200,9 @@ export function decideFailures(input: HealthInput): HealthDecisions {
       if (sds.state === 'connected') decisions.observations.push({ type: 'sdsDisconnected', sdsId: sds.id });
       continue;
     }
+    // Decided a moment ago and still queued: fenced then, and deciding it again on news that
+    // old could take it down after it registered again.
+    if (recentlyGiven(observations, 'sdsDown', sds.id, nowMs, sds.lastHeartbeatMs)) continue;
     // Fenced first: it must register again (and take the current map) before it serves anything.
     decisions.fence.push(sds.id);
     decisions.commands.push({ type: 'sdsDown', sdsId: sds.id, nowMs, reason });
@@ -263,7 +289,9 @@ export function decideHealth(input: HealthInput): HealthDecisions {
  */
 export function noteDecisions(observations: HealthObservations, decisions: HealthDecisions, nowMs: number): void {
   for (const order of decisions.orders) observations.ordersGiven.set(order.key, { epoch: order.args.epoch, atMs: nowMs, throttle: throttleKey(order.args) });
+  for (const [key, atMs] of observations.commandsGiven) if (nowMs - atMs >= healthCommandRepeatMs) observations.commandsGiven.delete(key);
   for (const command of decisions.commands) {
+    if (command.type === 'sdsDown' || command.type === 'sdsOut') observations.commandsGiven.set(commandKey(command.type, command.sdsId), nowMs);
     if (command.type !== 'repairPool') continue;
     observations.repairing.add(command.poolId);
     observations.repairedAtMs.set(command.poolId, nowMs);

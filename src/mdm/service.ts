@@ -791,10 +791,10 @@ export class MdmService implements MdmController {
     const model = this.state.model;
     const sdc = model.sdcs[sdcId];
     const volumes: SdcVolume[] = [];
-    for (const volume of Object.values(model.volumes)) {
-      const mapping = volume.mappings.find((entry) => entry.sdcId === sdcId);
+    // O(volumes mapped to it): asked for every connected SDC after every command (pushViews).
+    for (const { volume, mapping } of this.state.sdcMappings(sdcId)) {
       const pool = model.storagePools[volume.storagePoolId];
-      if (mapping === undefined || pool === undefined) continue;
+      if (pool === undefined) continue;
       volumes.push({
         id: volume.id,
         name: volume.name,
@@ -862,7 +862,7 @@ export class MdmService implements MdmController {
       const stats = entry as Record<keyof VolumeQosStats, unknown>;
       const volumeId = stats.volumeId;
       if (typeof volumeId !== 'string' || !Object.hasOwn(this.state.model.volumes, volumeId) || kept.has(volumeId)) continue;
-      if (!this.state.model.volumes[volumeId]?.mappings.some((mapping) => mapping.sdcId === sdcId)) continue;
+      if (!this.state.isMapped(volumeId, sdcId)) continue;
       const { iopsLimit, bandwidthLimitKbps, requests, bytes, throttledRequests, throttledMs, waiting, readsDone, readLatencyUsSum, writesDone, writeLatencyUsSum } = stats;
       if (![iopsLimit, bandwidthLimitKbps, requests, bytes, throttledRequests, waiting].every(counter)) continue;
       // Waits are summed from a monotonic clock: fractions of a millisecond are fine.

@@ -205,9 +205,69 @@ export interface PoolHealth {
   failedBytes: number;
 }
 
+/**
+ * Commands that never change what placementMap() returns: they touch names, SDCs, mappings,
+ * policies of the SDSs' IO or pools without groups, none of which is in the map. After one of
+ * these the cached map is kept (a fleet's SDCs registering must not rebuild a 262,144-group
+ * map each). Any command not listed invalidates it, so a command added later is safe by
+ * default. addVolume is listed: a new V-Tree of one generation is implicit (not in the map).
+ */
+const mapNeutralCommands: ReadonlySet<Command['type']> = new Set([
+  'addProtectionDomain',
+  'renameProtectionDomain',
+  'removeProtectionDomain',
+  'addStoragePool',
+  'renameStoragePool',
+  'setStoragePoolSpare',
+  'addFaultSet',
+  'removeFaultSet',
+  'renameSds',
+  'registerSdc',
+  'renameSdc',
+  'removeSdc',
+  'addVolume',
+  'renameVolume',
+  'setVolumeSize',
+  'addMappedSdc',
+  'removeMappedSdc',
+  'setMappedSdcLimits',
+  'setVolumeAccessModeLimit',
+  'setSnapshotsPerVtree',
+  'setIoPriorityPolicy',
+]);
+
+/**
+ * Commands whose every change to the map moves the epoch (they re-plan, fail over or give an
+ * SDS a new address, and each of those moves it): applied without moving the epoch, they left
+ * the map as it was (a registration of an SDS already known, an sdsOut or sdsDown repeated
+ * while the first was queued), and the cached map is kept. test/mdm/state-revision.test.ts
+ * checks both lists against maps built afresh.
+ */
+const epochTrackedCommands: ReadonlySet<Command['type']> = new Set(['registerSds', 'addSds', 'removeSds', 'removeDevice', 'sdsDown', 'sdsOut', 'deviceFailed', 'repairPool', 'copiesSynced']);
+
+/**
+ * The last revision given to any state machine of this process: revisions are unique across
+ * instances, so a number remembered from one StateMachine never matches another's state (an
+ * MDM that loses and regains mastership builds a new one from the journal).
+ */
+let revisionLast = 0;
+
 export class StateMachine {
   /** Set while replay() applies a journaled command: capacity is not checked again. */
   private replaying = false;
+  /** See `revision`. */
+  private revisionNow = ++revisionLast;
+  /** The revision of the last command that may have changed the map (not in mapNeutralCommands). */
+  private mapRevision = this.revisionNow;
+  /** placementMap()'s last answer and the mapRevision it was built at. */
+  private mapCached: { revision: number; map: PlacementMap } | null = null;
+  /**
+   * By SDC, the ids of the volumes mapped to it (sdcMappings()): built from the model at the
+   * first question, then kept by the commands that map and unmap (the only writers of
+   * mappings). An entry may outlive its volume or mapping for a moment; sdcMappings() checks
+   * each against the model, so a stale entry is skipped, never shown.
+   */
+  private mappedBySdc: Map<Id, Set<Id>> | null = null;
 
   /** Takes a model as loaded (journal, etcd): one written before snapshots is brought to the current shape first. */
   constructor(readonly model: SystemModel) {
@@ -216,6 +276,31 @@ export class StateMachine {
 
   static create(clusterId: Id, name: string): StateMachine {
     return new StateMachine(emptyModel(clusterId, name));
+  }
+
+  /**
+   * The command may refuse after its first change (it may re-plan a pool), so apply() keeps a
+   * copy to undo it. A registration of a new SDS, or of a known one that is up and keeps its
+   * host label, re-plans nothing and checks everything before its first change: no copy. That
+   * is every registration but a few in an MDM restart's storm of 1,024 SDSs calling back, where
+   * copying the pools (JSON of every group and device) for each was a third of the MDM's CPU.
+   */
+  private mayRefuseAfterChanging(command: Command): boolean {
+    if (!replanningCommands.has(command.type)) return false;
+    if (command.type !== 'registerSds') return true;
+    const existing = this.model.sdss[command.sdsId];
+    return existing !== undefined && (isDown(existing) || (existing.host ?? null) !== (command.host ?? null));
+  }
+
+  /**
+   * A number that moves (upwards) on every apply() and replay(), refused commands included,
+   * and never on observe(): while it is the same, no command changed the model (only
+   * volatile fields may have moved: heartbeat times, connection states, bytes in use). Unique
+   * in the process across StateMachine instances. Reading it costs a field read. The model
+   * written from outside the state machine (a fleet's preload) does not move it.
+   */
+  get revision(): number {
+    return this.revisionNow;
   }
 
   /**
@@ -289,7 +374,19 @@ export class StateMachine {
    * refused sdsOut left its SDS out in memory only).
    */
   apply(command: Command): Applied {
-    if (!replanningCommands.has(command.type)) return this.applyCommand(command);
+    // Moved before the command runs, whatever its outcome: a refused command changes nothing
+    // (or is undone), but a spare revision costs only one more encoding, a missed one a stale map.
+    this.revisionNow = ++revisionLast;
+    const epochBefore = this.model.epoch;
+    try {
+      return this.applyUndoable(command);
+    } finally {
+      if (!mapNeutralCommands.has(command.type) && (!epochTrackedCommands.has(command.type) || this.model.epoch !== epochBefore)) this.mapRevision = this.revisionNow;
+    }
+  }
+
+  private applyUndoable(command: Command): Applied {
+    if (!this.mayRefuseAfterChanging(command)) return this.applyCommand(command);
     // Only what these commands change is copied: volumes (the largest table at 100k of them),
     // SDCs and domains stay out of it. The simulation checks that a refusal changes nothing.
     const { epoch, storagePools, sdss, devices } = this.model;
@@ -518,9 +615,10 @@ export class StateMachine {
       }
       case 'removeSdc': {
         const sdc = this.get(model.sdcs, command.id, 'SDC');
-        const mapped = Object.values(model.volumes).filter((volume) => volume.mappings.some((mapping) => mapping.sdcId === sdc.id));
+        const mapped = this.sdcMappings(sdc.id).map(({ volume }) => volume);
         if (mapped.length > 0) throw conflict('MB_ERR_SDC_MAPPED', `SDC '${sdc.name}' still has volume(s) ${mapped.map((volume) => `'${volume.name}'`).join(', ')} mapped`);
         delete model.sdcs[sdc.id];
+        this.mappedBySdc?.delete(sdc.id);
         return { epochChanged: false };
       }
       case 'addVolume': {
@@ -595,6 +693,7 @@ export class StateMachine {
           throw conflict('MB_ERR_MULTIPLE_MAPPINGS', `volume '${volume.name}' is already mapped to another SDC; pass allowMultipleMappings to share it`);
         }
         volume.mappings.push({ sdcId: sdc.id, accessMode: command.accessMode, iopsLimit: 0, bandwidthLimitKbps: 0, iopsBurst: 0, bandwidthBurstKbps: 0, burstSeconds: 0 });
+        this.indexMapping(sdc.id, volume.id, true);
         return { epochChanged: false };
       }
       case 'removeMappedSdc': {
@@ -602,6 +701,7 @@ export class StateMachine {
         const at = volume.mappings.findIndex((mapping) => mapping.sdcId === command.sdcId);
         if (at === -1) throw notFound(`volume '${volume.name}' is not mapped to SDC ${command.sdcId}`);
         volume.mappings.splice(at, 1);
+        this.indexMapping(command.sdcId, volume.id, false);
         return { epochChanged: false };
       }
       case 'setMappedSdcLimits': {
@@ -1060,7 +1160,11 @@ export class StateMachine {
     const frozen = this.frozenVtrees();
     const before = JSON.stringify(this.vtreeMap(tree, frozen.has(tree.id)));
     const ancestorOf = new Map(doomed.map((volume) => [volume.id, volume.ancestorVolumeId]));
-    for (const volume of doomed) delete model.volumes[volume.id];
+    for (const volume of doomed) {
+      // Mapped volumes are refused before this (refuseMapped): dropped from the index for tidiness only.
+      for (const mapping of volume.mappings) this.indexMapping(mapping.sdcId, volume.id, false);
+      delete model.volumes[volume.id];
+    }
     const survivors = this.treeVolumes(tree.id);
     for (const volume of survivors) {
       let ancestor = volume.ancestorVolumeId;
@@ -1119,6 +1223,56 @@ export class StateMachine {
 
   poolDevices(poolId: Id): Device[] {
     return Object.values(this.model.devices).filter((device) => device.storagePoolId === poolId);
+  }
+
+  /**
+   * The volumes mapped to an SDC with its mapping of each, in creation order (creationTimeMs,
+   * then id): O(volumes mapped to it), not O(all volumes), after the first call. What the SDC's
+   * view is made of, asked for every SDC whenever views may have changed.
+   */
+  sdcMappings(sdcId: Id): Array<{ volume: Volume; mapping: Mapping }> {
+    const ids = this.mappingIndex().get(sdcId);
+    if (ids === undefined) return [];
+    const found: Array<{ volume: Volume; mapping: Mapping }> = [];
+    for (const volumeId of ids) {
+      const volume = this.model.volumes[volumeId];
+      const mapping = volume?.mappings.find((entry) => entry.sdcId === sdcId);
+      if (volume !== undefined && mapping !== undefined) found.push({ volume, mapping });
+    }
+    return found.sort((a, b) => a.volume.creationTimeMs - b.volume.creationTimeMs || (a.volume.id < b.volume.id ? -1 : a.volume.id > b.volume.id ? 1 : 0));
+  }
+
+  /** A volume is mapped to an SDC. */
+  isMapped(volumeId: Id, sdcId: Id): boolean {
+    return this.model.volumes[volumeId]?.mappings.some((mapping) => mapping.sdcId === sdcId) === true;
+  }
+
+  private mappingIndex(): Map<Id, Set<Id>> {
+    if (this.mappedBySdc !== null) return this.mappedBySdc;
+    const index = new Map<Id, Set<Id>>();
+    for (const volume of Object.values(this.model.volumes)) {
+      for (const mapping of volume.mappings) {
+        let ids = index.get(mapping.sdcId);
+        if (ids === undefined) index.set(mapping.sdcId, (ids = new Set()));
+        ids.add(volume.id);
+      }
+    }
+    this.mappedBySdc = index;
+    return index;
+  }
+
+  /** Keeps the mapping index (if built) in step with a mapping made or removed. */
+  private indexMapping(sdcId: Id, volumeId: Id, mapped: boolean): void {
+    const index = this.mappedBySdc;
+    if (index === null) return;
+    let ids = index.get(sdcId);
+    if (mapped) {
+      if (ids === undefined) index.set(sdcId, (ids = new Set()));
+      ids.add(volumeId);
+    } else if (ids !== undefined) {
+      ids.delete(volumeId);
+      if (ids.size === 0) index.delete(sdcId);
+    }
   }
 
   sdsDevices(sdsId: Id): Device[] {
@@ -1214,8 +1368,23 @@ export class StateMachine {
     return result;
   }
 
-  /** The placement map every SDS and SDC works from. */
+  /**
+   * The placement map every SDS and SDC works from. The same object is returned until a
+   * command that may change the map is applied (see `revision`; commands that never change it
+   * keep it too), so a caller may compare it by reference to skip encoding it again. Callers
+   * must not change it: it is shared (copy it, e.g. `{ ...map, epoch }`, to alter it). It holds
+   * no reference into the model: a later command never changes a map already returned.
+   */
   placementMap(): PlacementMap {
+    const cached = this.mapCached;
+    if (cached !== null && cached.revision === this.mapRevision) return cached.map;
+    const map = this.buildPlacementMap();
+    this.mapCached = { revision: this.mapRevision, map };
+    return map;
+  }
+
+  /** placementMap() built afresh from the model. */
+  private buildPlacementMap(): PlacementMap {
     const sds: PlacementMap['sds'] = {};
     const pools: PlacementMap['pools'] = {};
     for (const pool of Object.values(this.model.storagePools)) {
@@ -1402,10 +1571,14 @@ export class StateMachine {
    * that could hold two copies apart.
    */
   needsRepair(pool: StoragePool): boolean {
-    if (pool.groups.length === 0 || this.poolHasDownSds(pool)) return false;
+    if (pool.groups.length === 0) return false;
+    // Asked every health tick for every pool: the pool's devices are listed once (a scan of
+    // every device of the system), not once per question as before.
+    const devices = this.poolDevices(pool.id);
+    if (this.downSdsOf(devices).length > 0) return false;
     const orphan = pool.groups.some((group) => group.secondaryDevice === null && group.absentDevice === undefined && group.lost !== true && this.readable(group.primaryDevice));
-    if (!orphan && !this.sharesDomain(pool)) return false;
-    const domains = new Set(this.poolDevices(pool.id).filter((device) => device.state === 'normal' && this.readable(device.id)).map((device) => this.domainOf(device.sdsId)));
+    if (!orphan && !this.sharesDomain(pool, devices)) return false;
+    const domains = new Set(devices.filter((device) => device.state === 'normal' && this.readable(device.id)).map((device) => this.domainOf(device.sdsId)));
     return domains.size >= 2;
   }
 
@@ -1414,8 +1587,10 @@ export class StateMachine {
    * where every domain of the pool is one SDS (no labels shared, no fault sets) it cannot be,
    * and no group is read.
    */
-  private sharesDomain(pool: StoragePool): boolean {
-    const devices = this.poolDevices(pool.id);
+  private sharesDomain(pool: StoragePool, devices: readonly Device[]): boolean {
+    // No fault set and no host label in the pool: every domain is one SDS (failureDomainOf),
+    // told without making a domain name per device.
+    if (devices.every((device) => (this.model.sdss[device.sdsId]?.faultSetId ?? null) === null && (this.model.sdss[device.sdsId]?.host ?? null) === null)) return false;
     const domainOfDevice = new Map(devices.map((device) => [device.id, this.domainOf(device.sdsId)]));
     if (new Set(domainOfDevice.values()).size === new Set(devices.map((device) => device.sdsId)).size) return false;
     return pool.groups.some((group) => {
@@ -1512,7 +1687,12 @@ export class StateMachine {
   }
 
   private poolDownSds(pool: StoragePool): Sds[] {
-    const ids = new Set(this.poolDevices(pool.id).map((device) => device.sdsId));
+    return this.downSdsOf(this.poolDevices(pool.id));
+  }
+
+  /** The SDSs of these devices that are down and not out. */
+  private downSdsOf(devices: readonly Device[]): Sds[] {
+    const ids = new Set(devices.map((device) => device.sdsId));
     return [...ids].map((id) => this.model.sdss[id]).filter((sds): sds is Sds => sds !== undefined && isDown(sds) && sds.out !== true);
   }
 
