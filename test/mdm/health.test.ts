@@ -8,7 +8,6 @@
 // output. The seeded simulation (simulation.test.ts) drives the same functions at random.
 
 import t from 'tap';
-import { GiB } from '../../src/common/units.js';
 import {
   acceptRebuildDone,
   decideFailures,
@@ -30,25 +29,13 @@ import {
 import type { Id, PoolGroup } from '../../src/mdm/model.js';
 import { StateMachine } from '../../src/mdm/state-machine.js';
 import type { SdsStats } from '../../src/wire/sds-ops.js';
+import { healthCluster, healthSdsId, healthT0 } from '../helpers/mdm-model.js';
 
 const clusterId = '0123456789abcdef';
-const sdsId = (index: number): Id => (0x5d5000000000 + index).toString(16).padStart(16, '0');
-const deviceId = (index: number): Id => (0xde7000000000 + index).toString(16).padStart(16, '0');
+const sdsId = healthSdsId;
 const options = healthOptions({});
-const t0 = 1_000_000;
-
-function cluster(sdsCount: number): { machine: StateMachine; pool: Id } {
-  const machine = StateMachine.create(clusterId, 'test');
-  const pd = machine.apply({ type: 'addProtectionDomain', name: 'pd1' }).id as Id;
-  const pool = machine.apply({ type: 'addStoragePool', protectionDomainId: pd, name: 'sp1', volumeGranularityBytes: GiB, pgCount: 64 }).id as Id;
-  for (let index = 0; index < sdsCount; index++) {
-    machine.apply({ type: 'registerSds', sdsId: sdsId(index), name: `sds${index}`, address: `127.0.0.1:${7000 + index}`, nowMs: t0 });
-    machine.apply({ type: 'addSds', sdsId: sdsId(index), protectionDomainId: pd, faultSetId: null });
-    machine.apply({ type: 'addDevice', deviceId: deviceId(index), sdsId: sdsId(index), storagePoolId: pool, path: '/dev/sdb', name: null, capacityBytes: 100 * GiB });
-  }
-  machine.apply({ type: 'addVolume', storagePoolId: pool, name: 'vol1', sizeBytes: 16 * GiB, volumeType: 'ThinProvisioned', nowMs: t0 });
-  return { machine, pool };
-}
+const t0 = healthT0;
+const cluster = (sdsCount: number): { machine: StateMachine; pool: Id } => healthCluster(clusterId, sdsCount);
 
 function input(machine: StateMachine, nowMs: number, observations: HealthObservations, connected: Id[]): HealthInput {
   return { machine, nowMs, connected: new Set(connected), observations, options };

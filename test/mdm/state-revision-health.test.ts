@@ -7,28 +7,15 @@
 
 import t from 'tap';
 import { healthCommandRepeatMs } from '../../src/common/limits.js';
-import { GiB } from '../../src/common/units.js';
 import { decideFailures, emptyObservations, healthOptions, noteDecisions, noteSdsDisconnected, type HealthInput, type HealthObservations } from '../../src/mdm/health.js';
-import type { Id } from '../../src/mdm/model.js';
-import { StateMachine } from '../../src/mdm/state-machine.js';
+import type { StateMachine } from '../../src/mdm/state-machine.js';
+import { healthCluster, healthSdsId, healthT0 } from '../helpers/mdm-model.js';
 
 const clusterId = '0123456789abcdef';
-const sdsId = (index: number): Id => (0x5d5000000000 + index).toString(16).padStart(16, '0');
-const deviceId = (index: number): Id => (0xde7000000000 + index).toString(16).padStart(16, '0');
+const sdsId = healthSdsId;
 const options = healthOptions({});
-const t0 = 1_000_000;
-
-function cluster(sdsCount: number): StateMachine {
-  const machine = StateMachine.create(clusterId, 'test');
-  const pd = machine.apply({ type: 'addProtectionDomain', name: 'pd1' }).id as Id;
-  const pool = machine.apply({ type: 'addStoragePool', protectionDomainId: pd, name: 'sp1', volumeGranularityBytes: GiB, pgCount: 64 }).id as Id;
-  for (let index = 0; index < sdsCount; index++) {
-    machine.apply({ type: 'registerSds', sdsId: sdsId(index), name: `sds${index}`, address: `127.0.0.1:${7000 + index}`, nowMs: t0 });
-    machine.apply({ type: 'addSds', sdsId: sdsId(index), protectionDomainId: pd, faultSetId: null });
-    machine.apply({ type: 'addDevice', deviceId: deviceId(index), sdsId: sdsId(index), storagePoolId: pool, path: '/dev/sdb', name: null, capacityBytes: 100 * GiB });
-  }
-  return machine;
-}
+const t0 = healthT0;
+const cluster = (sdsCount: number): StateMachine => healthCluster(clusterId, sdsCount).machine;
 
 /** SDSs 0 and 1 connected and heartbeating at `nowMs`; SDS 2 is the one that fails. */
 function input(machine: StateMachine, nowMs: number, observations: HealthObservations): HealthInput {
