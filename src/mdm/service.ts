@@ -99,6 +99,12 @@ export class MdmService implements MdmController {
   private readonly mapUpdates = new MapUpdates(mapDeltasKept);
   /** A command was applied since the map was last published: its content may have changed. */
   private mapMaybeChanged = true;
+  /**
+   * A command executed with its pushes held changed the epoch: pushHeldAfterQueued() pushes
+   * the map once for the whole burst (a rack of SDSs declared down in one health tick gets
+   * one map update to every peer, not one per SDS).
+   */
+  private heldMapPush = false;
   /** What each SDS that takes binary maps holds, by id (an entry for another peer than sdsPeers' is stale). */
   private readonly sdsMaps = new Map<Id, PeerMap>();
   /** The map's JSON as last sent in views: a new map equal to it reuses this very string. */
@@ -220,13 +226,28 @@ export class MdmService implements MdmController {
     return this.serialised(command);
   }
 
-  private serialised(command: Command): Promise<Applied> {
-    const run = this.executing.then(() => this.executeNow(command));
+  private serialised(command: Command, pushes: 'now' | 'held' = 'now'): Promise<Applied> {
+    const run = this.executing.then(() => this.executeNow(command, pushes));
     this.executing = run.catch(() => undefined);
     return run;
   }
 
-  private async executeNow(command: Command): Promise<Applied> {
+  /**
+   * After the commands queued so far, pushes the map and the views if a command executed with
+   * its pushes held changed them. Queued like a command, so it runs after the last of a burst
+   * whatever became of each (a refused one included).
+   */
+  private pushHeldAfterQueued(): void {
+    const run = this.executing.then(() => {
+      const mapChanged = this.heldMapPush;
+      this.heldMapPush = false;
+      if (mapChanged) void this.pushMap().then(() => this.orderRebuildsNow());
+      this.pushViews();
+    });
+    this.executing = run.catch((err: unknown) => this.options.log.error({ err }, 'could not push the held map'));
+  }
+
+  private async executeNow(command: Command, pushes: 'now' | 'held' = 'now'): Promise<Applied> {
     if (this.logFailure !== null) {
       throw new MdmError('MB_ERR_MDM_NOT_MASTER', `this MDM stopped committing (${this.logFailure instanceof Error ? this.logFailure.message : 'its command log failed'}); try the Master`, 503);
     }
@@ -262,8 +283,13 @@ export class MdmService implements MdmController {
       throw err;
     }
     // A barrier's map goes out from snapshotVolumes(), which waits for each SDS's answer.
-    if (applied.epochChanged && command.type !== 'beginSnapshot') void this.pushMap().then(() => this.orderRebuildsNow());
-    this.pushViews();
+    if (pushes === 'held') {
+      // One of a burst (pushHeldAfterQueued() follows the last): one map for all of them.
+      this.heldMapPush ||= applied.epochChanged;
+    } else {
+      if (applied.epochChanged && command.type !== 'beginSnapshot') void this.pushMap().then(() => this.orderRebuildsNow());
+      this.pushViews();
+    }
     await this.commandLog.compactIfDue(this.state.model);
     return applied;
   }
@@ -688,15 +714,18 @@ export class MdmService implements MdmController {
       this.sdsPeers.get(sdsId)?.destroy();
       this.sdsPeers.delete(sdsId);
     }
+    // SDSs found down (or out) in one tick (a rack, a switch) are journaled one command each,
+    // but their map goes out once, after the last: one update to every peer instead of one per SDS.
+    const burst = decisions.commands.filter((command) => command.type === 'sdsDown' || command.type === 'sdsOut').length > 1;
     for (const command of decisions.commands) {
       if (command.type === 'sdsDown') {
         const sds = this.state.model.sdss[command.sdsId];
         this.options.log.error({ sdsId: command.sdsId, name: sds?.name, reason: command.reason }, 'SDS declared down; its groups fail over');
-        this.execute(command).catch((err: unknown) => this.options.log.error({ err, sdsId: command.sdsId }, 'could not declare the SDS down'));
+        this.serialised(command, burst ? 'held' : 'now').catch((err: unknown) => this.options.log.error({ err, sdsId: command.sdsId }, 'could not declare the SDS down'));
       } else if (command.type === 'sdsOut') {
         const sds = this.state.model.sdss[command.sdsId];
         this.options.log.warn({ sdsId: command.sdsId, name: sds?.name, downMs: nowMs - (sds?.downSinceMs ?? nowMs) }, 'SDS down too long: declared out, its copies are rebuilt elsewhere');
-        this.execute(command).catch((err: unknown) => this.options.log.error({ err, sdsId: command.sdsId }, 'could not declare the SDS out'));
+        this.serialised(command, burst ? 'held' : 'now').catch((err: unknown) => this.options.log.error({ err, sdsId: command.sdsId }, 'could not declare the SDS out'));
       } else if (command.type === 'repairPool') {
         const poolId = command.poolId;
         this.options.log.warn({ poolId }, 'groups on one copy with nothing to fill them: planning the pool again');
@@ -707,6 +736,7 @@ export class MdmService implements MdmController {
         this.execute(command).catch((err: unknown) => this.options.log.error({ err, command: command.type }, 'health command failed'));
       }
     }
+    if (burst) this.pushHeldAfterQueued();
     for (const order of decisions.orders) {
       const peer = this.sdsPeers.get(order.sourceSdsId);
       // Decided from this.sdsPeers a moment ago, in the same turn: still there.

@@ -147,4 +147,17 @@ t.test(`${sdsCount} simulated SDSs and ${sdcCount} SDCs against one MDM: registe
     rack.every((index) => (fleet.sdss[index]?.epoch ?? Infinity) <= epochBeforeRack),
     'the rack’s SDSs got nothing after their drop',
   );
+  // The rack is journaled one sdsDown each, but the SDSs found down in one health tick get their
+  // map out once, after the last: a peer takes one update (two if the drops straddle a tick).
+  // Before, one per SDS, which the MDM's per-peer queue merged into 3 (at 256 + 256) to 9 (at
+  // 1,024 + 1,024) updates.
+  const updatesPerPeer = largest([...fleet.sdss, ...fleet.sdcs].filter((peer) => !peer.killed).map((peer) => peer.receipts.filter((receipt) => receipt.atMs >= rackKilledAtMs && receipt.epoch > epochBeforeRack).length));
+  t.ok(updatesPerPeer > 0 && updatesPerPeer <= 2, `a live peer took at most ${updatesPerPeer} map updates for the ${rackSize} SDSs of the rack (epochs ${epochBeforeRack} → ${epochRackDown})`);
 });
+
+/** The largest of numbers (0 for none), without spreading thousands of them as arguments. */
+function largest(numbers: readonly number[]): number {
+  let most = 0;
+  for (const value of numbers) if (value > most) most = value;
+  return most;
+}
