@@ -148,9 +148,9 @@ export async function sdsStart(args: SdsStartArgs): Promise<void> {
       else requestStop('supervisor gone');
     };
     process.on('disconnect', supervisorGone);
-    // A supervisor killed while this shard was still loading closed the channel before the
-    // listener above existed: that 'disconnect' was emitted to no one, and the shard would
-    // run on as an orphan, holding its ports and data directory.
+    // Defensive: a channel already closed when this runs (its supervisor gone while the shard
+    // loaded) would otherwise depend on a 'disconnect' emitted before the listener existed.
+    // Not seen to happen here (test/cli/sds-shards.test.ts kills a supervisor that early).
     if (!process.connected) supervisorGone();
     // The channel alone must not keep a shard alive that failed to start.
     process.channel?.unref();
