@@ -10,9 +10,13 @@
 // Neither sees a signature that udev has not recorded (no udev in a container, a disk written
 // since); the disks module asks `blkid -p` for that.
 
-import { blockDevices } from 'systeminformation';
+import type * as Systeminformation from 'systeminformation';
+import { lazyModule } from '../common/lazy-module.js';
 import { HostModuleError, lastLine } from './host-module.js';
 import type { HostTransport } from './host-transport.js';
+
+/** Loaded by the commands that list a host's disks (src/common/lazy-module.ts). */
+const systeminformation = lazyModule<typeof Systeminformation>('systeminformation');
 
 export interface BlockDeviceRecord {
   /** The kernel's name: sda, sda1, nvme0n1p2, loop3. */
@@ -45,7 +49,7 @@ export function partitionParent(name: string, diskNames: readonly string[]): str
 }
 
 export async function systeminformationInventory(): Promise<BlockDeviceRecord[]> {
-  const devices = await blockDevices();
+  const devices = await systeminformation().blockDevices();
   const diskNames = devices.filter((device) => device.type === 'disk' || device.type === 'loop').map((device) => device.name);
   return devices.map((device) => ({
     name: device.name,

@@ -11,11 +11,15 @@
 // every file up before replacing it. So applying twice changes nothing the second time, and
 // plan() after apply() is empty.
 
-import { createTwoFilesPatch } from 'diff';
+import type * as Diff from 'diff';
 import { MeshblockError, type ErrorCode } from '../common/errors.js';
+import { lazyModule } from '../common/lazy-module.js';
 import type { BlockDeviceRecord } from './disk-inventory.js';
 import type { HostTransport, RunResult } from './host-transport.js';
 import { commandNotFoundCode, shellQuote } from './host-transport.js';
+
+/** Loaded when a plan shows a file's change (src/common/lazy-module.ts). */
+const diffPackage = lazyModule<typeof Diff>('diff');
 
 export const moduleNames = ['yum-repos', 'packages', 'prereqs', 'lvm-filter', 'nbd-module', 'dom0-memory', 'disks', 'xen-sr'] as const;
 export type ModuleName = (typeof moduleNames)[number];
@@ -130,7 +134,7 @@ export function lastLine(text: string): string {
 }
 
 export function fileStep(filePath: string, before: string | null, after: string, why: string, mode?: number): FileStep {
-  const diff = createTwoFilesPatch(before === null ? '/dev/null' : `a${filePath}`, `b${filePath}`, before ?? '', after, undefined, undefined, { context: 3 });
+  const diff = diffPackage().createTwoFilesPatch(before === null ? '/dev/null' : `a${filePath}`, `b${filePath}`, before ?? '', after, undefined, undefined, { context: 3 });
   // jsdiff opens with a row of '=' (its "Index:" style); git and patch do without.
   const trimmed = diff.replace(/^=+\n/, '');
   return { kind: 'file', path: filePath, before, after, diff: trimmed, why, ...(mode !== undefined ? { mode } : {}) };

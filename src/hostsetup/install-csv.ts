@@ -35,8 +35,12 @@
 // first MDM IP, or a TB's IPs) must be an IP, not a host name.
 
 import { isIP } from 'node:net';
-import { parse } from 'csv-parse/sync';
+import type * as CsvParse from 'csv-parse/sync';
 import { MeshblockError } from '../common/errors.js';
+import { lazyModule } from '../common/lazy-module.js';
+
+/** Loaded when an installation CSV is read (src/common/lazy-module.ts). */
+const csvParse = lazyModule<typeof CsvParse>('csv-parse/sync');
 
 export class InstallCsvError extends MeshblockError {
   constructor(
@@ -203,7 +207,7 @@ function list(value: string): string[] {
 export function parseInstallCsv(text: string): InstallPlan {
   let records: string[][];
   try {
-    records = parse(text, { bom: true, relax_column_count: false, skip_empty_lines: true, trim: false }) as string[][];
+    records = csvParse().parse(text, { bom: true, relax_column_count: false, skip_empty_lines: true, trim: false }) as string[][];
   } catch (err) {
     const line = (err as { lines?: number }).lines ?? null;
     throw new InstallCsvError(`the CSV cannot be read${line === null ? '' : ` at row ${line}`}: ${(err as Error).message}`, line, null);

@@ -15,9 +15,14 @@ import { createHash, createHmac, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Client, type ClientChannel, type ConnectConfig } from 'ssh2';
+import type * as Ssh2 from 'ssh2';
+import type { ClientChannel, ConnectConfig } from 'ssh2';
 import { InvalidArgumentError, MeshblockError } from '../common/errors.js';
+import { lazyModule } from '../common/lazy-module.js';
 import { backupStamp, runOutputBytesMax, shellQuote, runTimeoutMsDefault, type HostTransport, type RunOptions, type RunResult, type WriteOptions } from './host-transport.js';
+
+/** Loaded by the commands that reach hosts over SSH (src/common/lazy-module.ts). */
+const ssh2 = lazyModule<typeof Ssh2>('ssh2');
 
 export const sshPortDefault = 22;
 export const sshReadyTimeoutMs = 20_000;
@@ -119,7 +124,7 @@ export { shellQuote };
 
 export class SshTransport implements HostTransport {
   readonly label: string;
-  private readonly client = new Client();
+  private readonly client = new (ssh2().Client)();
   private readonly backups = new Map<string, string>();
   private readonly now: () => Date;
   private readonly sudo: boolean;

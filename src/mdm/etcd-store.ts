@@ -19,13 +19,18 @@
 // a model with its placement is tens of MB at 1000+ SDSs, so snapshots are stored in parts.
 
 import { createHash } from 'node:crypto';
-import { Etcd3, Range, type IOptions, type Lease } from 'etcd3';
+import type * as Etcd3Package from 'etcd3';
+import type { Etcd3, IOptions, Lease } from 'etcd3';
 import type { Logger } from 'pino';
 import { MeshblockError } from '../common/errors.js';
+import { lazyModule } from '../common/lazy-module.js';
 import { etcdCallTimeoutMs, etcdLogReadBatchMax, etcdValueBytesMax, journalCompactAfterRecords } from '../common/limits.js';
 import type { CommandLog } from './command-log.js';
 import type { SystemModel } from './model.js';
 import type { Command } from './state-machine.js';
+
+/** Loaded only by an MDM of an etcd cluster (src/common/lazy-module.ts). */
+const etcd3 = lazyModule<typeof Etcd3Package>('etcd3');
 
 const prefix = 'meshblock/';
 export const etcdKeys = {
@@ -113,7 +118,7 @@ export class EtcdStore {
     private readonly clientOptions: IOptions,
     private readonly log: Logger,
   ) {
-    this.client = new Etcd3(clientOptions);
+    this.client = new (etcd3().Etcd3)(clientOptions);
   }
 
   static connect(options: { endpoints: readonly string[]; tls: EtcdTls | null; log: Logger }): EtcdStore {
@@ -295,7 +300,7 @@ export class EtcdStore {
   private async readRange(seq: number, revision: string | null): Promise<Command[]> {
     let builder = this.client
       .getAll()
-      .inRange(new Range(etcdKeys.log(seq + 1), Range.prefix(etcdKeys.logPrefix).end))
+      .inRange(new (etcd3().Range)(etcdKeys.log(seq + 1), etcd3().Range.prefix(etcdKeys.logPrefix).end))
       .sort('Key', 'Ascend')
       .limit(etcdLogReadBatchMax);
     if (revision !== null) builder = builder.revision(revision);
@@ -351,7 +356,7 @@ export class EtcdStore {
     const record: SnapshotRecord = { seq, parts, bytes: whole.length, sha256: createHash('sha256').update(whole).digest('hex') };
     const operations = [
       this.client.put(etcdKeys.snapshot).value(JSON.stringify(record)),
-      this.client.delete().inRange(new Range(etcdKeys.log(1), etcdKeys.log(seq + 1))),
+      this.client.delete().inRange(new (etcd3().Range)(etcdKeys.log(1), etcdKeys.log(seq + 1))),
     ];
     if (previousSeq !== null && previousSeq !== seq) operations.push(this.client.delete().prefix(`${etcdKeys.snapshotPartsPrefix}${String(previousSeq).padStart(16, '0')}/`));
     const result = await this.call('commit a snapshot', () =>
@@ -375,7 +380,7 @@ export class EtcdStore {
         const url = member.clientURLs[0];
         if (url === undefined) return { healthy: false, leader: null };
         // One client per member: the shared one would ask whichever member it likes.
-        const single = new Etcd3({ ...this.clientOptions, hosts: [url] });
+        const single = new (etcd3().Etcd3)({ ...this.clientOptions, hosts: [url] });
         try {
           const status = await single.maintenance.status({ deadline: Date.now() + etcdCallTimeoutMs });
           return { healthy: true, leader: status.leader };

@@ -14,12 +14,16 @@
 // keeps them, and `meshblock events --since ID` reads what a monitoring system missed). The
 // Master sends them, for the events it records; a Slave sends none.
 
-import * as snmp from 'net-snmp';
+import type * as snmp from 'net-snmp';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
 import { InvalidArgumentError } from '../common/errors.js';
+import { lazyModule } from '../common/lazy-module.js';
 import { snmpTrapReceiversMax } from '../common/limits.js';
 import type { EventSeverity, EventType, MdmEvent } from './events.js';
+
+/** Loaded when the first trap receiver is set up (src/common/lazy-module.ts). */
+const netSnmp = lazyModule<typeof snmp>('net-snmp');
 
 /** The enterprise arc of MESHBLOCK-MIB (RFC 5612's example number; not registered to meshblock). */
 export const mibEnterprise = '1.3.6.1.4.1.32473';
@@ -100,12 +104,12 @@ export function parseTrapReceivers(field: string, given: readonly string[]): Tra
 /** The varbinds of an event's notification (after sysUpTime and snmpTrapOID, which net-snmp adds). */
 export function eventVarbinds(event: MdmEvent, systemId: string): snmp.Varbind[] {
   // DisplayString: printable ASCII within the MIB's SIZE (the event log keeps the full text).
-  const text = (oid: string, value: string, bytesMax = 255): snmp.Varbind => ({ oid: `${oid}.0`, type: snmp.ObjectType.OctetString, value: Buffer.from(value.replace(/[^\x20-\x7e]/g, '?').slice(0, bytesMax), 'ascii') });
+  const text = (oid: string, value: string, bytesMax = 255): snmp.Varbind => ({ oid: `${oid}.0`, type: netSnmp().ObjectType.OctetString, value: Buffer.from(value.replace(/[^\x20-\x7e]/g, '?').slice(0, bytesMax), 'ascii') });
   return [
     // Unsigned32: ids past 2^32 - 1 wrap in the trap (the log's own id is exact).
-    { oid: `${eventObjectOids.id}.0`, type: snmp.ObjectType.Gauge, value: event.id % 2 ** 32 },
+    { oid: `${eventObjectOids.id}.0`, type: netSnmp().ObjectType.Gauge, value: event.id % 2 ** 32 },
     text(eventObjectOids.time, event.time, 64),
-    { oid: `${eventObjectOids.severity}.0`, type: snmp.ObjectType.Integer, value: severityValues[event.severity] },
+    { oid: `${eventObjectOids.severity}.0`, type: netSnmp().ObjectType.Integer, value: severityValues[event.severity] },
     text(eventObjectOids.type, event.type, 64),
     text(eventObjectOids.object, event.object),
     text(eventObjectOids.objectName, event.objectName ?? ''),
@@ -124,7 +128,7 @@ export class SnmpTrapSender {
     private readonly log: Logger,
   ) {
     this.sessions = receivers.map((receiver) => {
-      const session = snmp.createSession(receiver.host, receiver.community, { version: snmp.Version2c, trapPort: receiver.port, transport: net.isIPv6(receiver.host) ? 'udp6' : 'udp4' });
+      const session = netSnmp().createSession(receiver.host, receiver.community, { version: netSnmp().Version2c, trapPort: receiver.port, transport: net.isIPv6(receiver.host) ? 'udp6' : 'udp4' });
       // A socket error (e.g. an ICMP unreachable reported back) must not end the MDM.
       session.on('error', (err: unknown) => this.log.warn({ err, receiver: `${receiver.host}:${receiver.port}` }, 'SNMP session error'));
       return { receiver, session };
