@@ -30,7 +30,7 @@ import { once } from 'node:events';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { etcdKeys, type LogRecord, type SnapshotRecord } from '../../src/mdm/etcd-store.js';
-import { orphanKill, repoRoot, type TeardownHost } from './processes.js';
+import { nodeArgv, orphanKill, repoRoot, type TeardownHost } from './processes.js';
 
 /** One change the history client sent (or tried to). */
 export interface HistoryEntry {
@@ -99,7 +99,7 @@ export async function startHistoryClient(t: TeardownHost, options: HistoryClient
     durationMsMax: options.durationMsMax,
   };
   const netnsPrefix = options.netns !== undefined ? ['ip', 'netns', 'exec', options.netns] : [];
-  const [command, ...args] = [...orphanKill, ...netnsPrefix, process.execPath, clientScript, JSON.stringify(config)] as string[] as [string, ...string[]];
+  const [command, ...args] = [...orphanKill, ...netnsPrefix, ...nodeArgv, clientScript, JSON.stringify(config)] as string[] as [string, ...string[]];
   const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const exited = once(child, 'exit').then(([code]) => code as number | null);
   let exitedAlready = false;
