@@ -1,66 +1,27 @@
 // The MDM cluster (Master, Slave, Tie-Breaker on etcd) under faults, on real processes: real
 // etcd members (Debian's etcd, TLS with client certificates), real MDMs, SDSs and an SDC,
 // with a verifying writer and fio --verify=crc32c on NBD volumes the whole time. Every test
-// asserts zero client-visible IO errors and zero verify failures.
+// asserts zero client-visible IO errors and zero verify failures. (Quorum loss and a whole
+// cluster restarted: mdm-cluster-quorum.test.ts.)
 //
 // - kill -9 the Master under load on two volumes, during a rebuild: a Slave takes over and
 //   answers the REST API (the time is reported), IO never fails, the rebuild resumes.
 // - SIGSTOP the Master past its lease, then SIGCONT: it pushes no map and commits nothing
 //   after waking, and rejoins as a Slave; the failover moves the epoch at most once.
 // - a planned ownership switch: the new Master serves soon after, no IO fails.
-// - a Tie-Breaker, then the Master host killed: degraded but working; then no quorum: the
-//   Slave left refuses management with a clear error (not a forward to the dead Master) while
-//   IO goes on; restored, everything works again.
-// - everything (MDMs and etcd members) stopped, then started from disk: nothing lost; one
-//   member's data directory wiped and re-added.
 
-import * as fs from 'node:fs';
 import t from 'tap';
 import { logged } from '../helpers/processes.js';
-import type { Test } from 'tap';
-import { populateCluster, until, type Cluster } from '../helpers/cluster.js';
+import { until } from '../helpers/cluster.js';
 import { dashboard, expectClean, fioVerify, fioVerifyOnly, untilWhole } from '../helpers/fault-load.js';
-import { startMdmCluster, type MdmClusterHandle } from '../helpers/mdm-cluster.js';
-import { startVerifier, summary, type VerifyingWriter } from '../helpers/verifier.js';
+import { clusterWriter, expectWriterClean, setUpMdmClusterFaults } from '../helpers/mdm-cluster-faults.js';
 
 const MiB = 1024 * 1024;
-const GiB = 1024 * MiB;
-
-async function setUp(t: Test, options: { sdsCount?: number; mdmArgs?: string[]; size?: 3 | 5 } = {}): Promise<{ dir: string; mdms: MdmClusterHandle; cluster: Cluster }> {
-  const dir = t.testdir();
-  const mdms = await startMdmCluster(t, dir, { size: options.size ?? 3, mdmArgs: options.mdmArgs ?? [] });
-  const rest = await populateCluster(t, dir, { clusterId: mdms.clusterId, address: mdms.addresses, secretFile: mdms.secretFile, meshblock: (args) => mdms.cli(args) }, {
-    sdsCount: options.sdsCount ?? 3,
-    deviceBytes: 2 * GiB,
-    volumes: [
-      { name: 'vol1', sizeBytes: GiB },
-      { name: 'vol2', sizeBytes: GiB },
-    ],
-  });
-  // Cluster's `mdm` is the single-MDM handle; fault-load's helpers use only meshblock and uri.
-  return { dir, mdms, cluster: { ...rest, mdm: undefined as unknown as Cluster['mdm'] } };
-}
-
-async function writer(t: Test, cluster: Cluster, volume: string): Promise<VerifyingWriter> {
-  const started = await startVerifier({ host: '127.0.0.1', port: cluster.sdc.nbdPort, exportName: volume, regionBytes: 64 * MiB, depth: 8, reconnectTimeoutMs: 120_000, log: (line) => t.comment(line) });
-  t.teardown(() => started.destroy());
-  t.ok(await started.waitForWrites(500), `the writer on ${volume} is under way`);
-  return started;
-}
-
-async function expectWriterClean(t: Test, running: VerifyingWriter, what: string): Promise<void> {
-  const stats = await running.verifyAll();
-  t.comment(summary(stats));
-  t.equal(stats.ioErrors, 0, `no IO errors ${what}`);
-  t.equal(stats.verifyFailureCount, 0, `every acknowledged write is there ${what}`);
-  t.equal(stats.fatal, null, `the writer did not give up ${what}`);
-}
-
 
 t.test('kill -9 the Master under load during a rebuild: a Slave takes over, IO never fails, the rebuild resumes', async (t) => {
-  const { mdms, cluster } = await setUp(t, { sdsCount: 4, mdmArgs: ['--sds-down-after', '2', '--rebuild-after', '2', '--rebuild-rate', '1MiB', '--rebuild-rate-under-load', '1MiB'] });
+  const { mdms, cluster } = await setUpMdmClusterFaults(t, { sdsCount: 4, mdmArgs: ['--sds-down-after', '2', '--rebuild-after', '2', '--rebuild-rate', '1MiB', '--rebuild-rate-under-load', '1MiB'] });
   expectClean(t, await fioVerify(cluster.uri('vol2'), { sizeBytes: 64 * MiB, loops: 1, bs: '1M' }).done, 'writing the data of vol2');
-  const onVol1 = await writer(t, cluster, 'vol1');
+  const onVol1 = await clusterWriter(t, cluster, 'vol1');
   await (cluster.sds[3] as { kill(): Promise<void> }).kill();
   await until('a rebuild to run', async () => ((await dashboard(cluster)).health.rebuild.state === 'running' ? true : undefined), 60_000);
   const load = fioVerify(cluster.uri('vol2'), { sizeBytes: 32 * MiB, loops: 2, extra: ['--offset=512M'] });
@@ -96,8 +57,8 @@ t.test('kill -9 the Master under load during a rebuild: a Slave takes over, IO n
 });
 
 t.test('SIGSTOP the Master past its lease: after SIGCONT it orders and commits nothing, and rejoins as a Slave', async (t) => {
-  const { mdms, cluster } = await setUp(t, { mdmArgs: ['--log-level', 'debug'] });
-  const onVol1 = await writer(t, cluster, 'vol1');
+  const { mdms, cluster } = await setUpMdmClusterFaults(t, { mdmArgs: ['--log-level', 'debug'] });
+  const onVol1 = await clusterWriter(t, cluster, 'vol1');
   const epochBefore = (await dashboard(cluster)).system.mapEpoch;
   const masterIndex = await mdms.master();
   const slaveIndex = masterIndex === 0 ? 1 : 0;
@@ -136,8 +97,8 @@ t.test('SIGSTOP the Master past its lease: after SIGCONT it orders and commits n
 });
 
 t.test('a planned ownership switch: the other MDM serves at once and no IO fails', async (t) => {
-  const { mdms, cluster } = await setUp(t);
-  const onVol1 = await writer(t, cluster, 'vol1');
+  const { mdms, cluster } = await setUpMdmClusterFaults(t);
+  const onVol1 = await clusterWriter(t, cluster, 'vol1');
   const masterIndex = await mdms.master();
   const target = mdms.mdms[masterIndex === 0 ? 1 : 0]!;
   const pool = (JSON.parse((await mdms.cli(['pool', 'list', '--json'])).stdout) as Array<{ id: string }>)[0]?.id;
@@ -169,85 +130,4 @@ t.test('a planned ownership switch: the other MDM serves at once and no IO fails
   t.not(refused.code, 0, 'a switch to an unknown MDM is refused');
   t.match(refused.stderr, /no MDM named 'nosuchmdm'/);
   await expectWriterClean(t, onVol1, 'through the switch');
-});
-
-t.test('a Tie-Breaker, then the Master host down: degraded, then no quorum (management refused by the Slave, IO goes on), then restored', async (t) => {
-  const { mdms, cluster } = await setUp(t);
-  const onVol1 = await writer(t, cluster, 'vol1');
-  const firstMaster = await mdms.master();
-  // Members are mdm1, mdm2, tb1 in that order (etcd-cluster.ts names them mdm1.. and the MDMs follow).
-  const tieBreaker = 2;
-  await mdms.etcd.kill(tieBreaker, 'SIGKILL');
-  const degraded = await until('the cluster to report itself degraded', async () => {
-    const view = await mdms.query(firstMaster);
-    return view?.clusterState === 'ClusteredDegraded' ? view : undefined;
-  });
-  t.equal(degraded.goodNodesNum, 2, 'two good nodes of three');
-  t.equal(degraded.tieBreakers[0]?.status, 'Disconnected', 'the Tie-Breaker is shown disconnected');
-  t.equal((await mdms.cli(['volume', 'add', '--pool', 'sp1', '--name', 'degraded', '--size', '1GiB'])).code, 0, 'a degraded cluster takes changes');
-
-  // The Master host goes (the mastership may have moved while etcd chose a new leader).
-  // The Slave it leaves knows a Master that no longer answers and an etcd without a quorum:
-  // it must say so, not forward to the dead Master forever.
-  const downIndex = await mdms.master();
-  const survivor = downIndex === 0 ? 1 : 0;
-  await mdms.mdms[downIndex]?.handle?.kill();
-  mdms.mdms[downIndex]!.handle = null;
-  await mdms.etcd.kill(downIndex, 'SIGKILL');
-  let lastRefusal = '';
-  const refused = await until(
-    'management to be refused for want of a quorum',
-    async () => {
-      const result = await mdms.cli(['volume', 'add', '--pool', 'sp1', '--name', 'no-quorum', '--size', '1GiB']);
-      lastRefusal = result.stderr.trim();
-      return result.code !== 0 && /quorum/i.test(result.stderr) ? result : undefined;
-    },
-    30_000,
-  ).catch((err: unknown) => {
-    throw new Error(`${(err as Error).message}; the last answer: ${lastRefusal}`);
-  });
-  t.match(refused.stderr, /quorum/i, `${mdms.mdms[survivor]!.name}, the Slave left, says why: ${refused.stderr.trim()}`);
-  t.ok(await onVol1.waitForWrites(onVol1.stats().writes + 500, 20_000), 'IO goes on without a quorum, from the cached maps');
-
-  await mdms.etcd.start(downIndex);
-  await mdms.etcd.start(tieBreaker);
-  await mdms.start(downIndex);
-  await until('a Master again, taking changes', async () => ((await mdms.cli(['volume', 'add', '--pool', 'sp1', '--name', 'restored', '--size', '1GiB'])).code === 0 ? true : undefined), 60_000);
-  const whole = await until('the cluster to be whole', async () => {
-    const view = await mdms.query(downIndex);
-    return view?.clusterState === 'ClusteredNormal' ? view : undefined;
-  }, 30_000);
-  t.equal(whole.goodNodesNum, 3, 'three good nodes again');
-  const names = (JSON.parse((await mdms.cli(['volume', 'list', '--json'])).stdout) as Array<{ name: string }>).map((volume) => volume.name);
-  t.ok(names.includes('degraded') && names.includes('restored') && !names.includes('no-quorum'), 'what was acknowledged is there, what was refused is not');
-  await expectWriterClean(t, onVol1, 'through the loss and return of the quorum');
-});
-
-t.test('every MDM and etcd member stopped, then started from disk: nothing lost, IO never stopped; a wiped member re-added', async (t) => {
-  const { mdms, cluster } = await setUp(t);
-  const onVol1 = await writer(t, cluster, 'vol1');
-  expectClean(t, await fioVerify(cluster.uri('vol2'), { sizeBytes: 32 * MiB, loops: 1, bs: '1M' }).done, 'writing vol2');
-  for (const mdm of mdms.mdms) {
-    await mdm.handle?.stop();
-    mdm.handle = null;
-  }
-  await mdms.etcd.stopAll();
-  const during = onVol1.stats().writes;
-  const stoppedMs = Number(process.env['MESHBLOCK_CLUSTER_STOP_MS'] ?? 60_000);
-  await new Promise((resolve) => setTimeout(resolve, stoppedMs));
-  t.ok(onVol1.stats().writes > during + 100, `IO went on while the whole control plane was stopped for ${stoppedMs / 1000} s`);
-  for (let index = 0; index < mdms.etcd.members.length; index++) await mdms.etcd.start(index);
-  for (let index = 0; index < mdms.mdms.length; index++) await mdms.start(index);
-  await mdms.master(60_000);
-  const names = (JSON.parse((await mdms.cli(['volume', 'list', '--json'])).stdout) as Array<{ name: string }>).map((volume) => volume.name).sort();
-  t.same(names, ['vol1', 'vol2'], 'the volumes came back from disk');
-  t.equal((await mdms.cli(['volume', 'add', '--pool', 'sp1', '--name', 'after-restart', '--size', '1GiB'])).code, 0, 'the restarted cluster takes changes');
-
-  // One member loses its disk: removed, wiped, added again, it catches up from the others.
-  await mdms.etcd.wipeAndReAdd(2);
-  await until('the cluster to be whole after the wipe', async () => ((await mdms.query(0))?.clusterState === 'ClusteredNormal' ? true : undefined), 60_000);
-  t.equal((await mdms.cli(['volume', 'add', '--pool', 'sp1', '--name', 'after-wipe', '--size', '1GiB'])).code, 0, 'and takes changes after a member was wiped and re-added');
-  t.ok(fs.existsSync(mdms.etcd.members[2]!.dataDir), 'the re-added member has its data directory again');
-  expectClean(t, await fioVerifyOnly(cluster.uri('vol2'), 32 * MiB, '1M').done, 'reading vol2 back');
-  await expectWriterClean(t, onVol1, 'through the whole stop and start');
 });
