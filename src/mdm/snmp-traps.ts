@@ -103,13 +103,14 @@ export function parseTrapReceivers(field: string, given: readonly string[]): Tra
 
 /** The varbinds of an event's notification (after sysUpTime and snmpTrapOID, which net-snmp adds). */
 export function eventVarbinds(event: MdmEvent, systemId: string): snmp.Varbind[] {
+  const { ObjectType } = netSnmp();
   // DisplayString: printable ASCII within the MIB's SIZE (the event log keeps the full text).
-  const text = (oid: string, value: string, bytesMax = 255): snmp.Varbind => ({ oid: `${oid}.0`, type: netSnmp().ObjectType.OctetString, value: Buffer.from(value.replace(/[^\x20-\x7e]/g, '?').slice(0, bytesMax), 'ascii') });
+  const text = (oid: string, value: string, bytesMax = 255): snmp.Varbind => ({ oid: `${oid}.0`, type: ObjectType.OctetString, value: Buffer.from(value.replace(/[^\x20-\x7e]/g, '?').slice(0, bytesMax), 'ascii') });
   return [
     // Unsigned32: ids past 2^32 - 1 wrap in the trap (the log's own id is exact).
-    { oid: `${eventObjectOids.id}.0`, type: netSnmp().ObjectType.Gauge, value: event.id % 2 ** 32 },
+    { oid: `${eventObjectOids.id}.0`, type: ObjectType.Gauge, value: event.id % 2 ** 32 },
     text(eventObjectOids.time, event.time, 64),
-    { oid: `${eventObjectOids.severity}.0`, type: netSnmp().ObjectType.Integer, value: severityValues[event.severity] },
+    { oid: `${eventObjectOids.severity}.0`, type: ObjectType.Integer, value: severityValues[event.severity] },
     text(eventObjectOids.type, event.type, 64),
     text(eventObjectOids.object, event.object),
     text(eventObjectOids.objectName, event.objectName ?? ''),
@@ -127,8 +128,9 @@ export class SnmpTrapSender {
     private readonly systemId: string,
     private readonly log: Logger,
   ) {
+    const { createSession, Version2c } = netSnmp();
     this.sessions = receivers.map((receiver) => {
-      const session = netSnmp().createSession(receiver.host, receiver.community, { version: netSnmp().Version2c, trapPort: receiver.port, transport: net.isIPv6(receiver.host) ? 'udp6' : 'udp4' });
+      const session = createSession(receiver.host, receiver.community, { version: Version2c, trapPort: receiver.port, transport: net.isIPv6(receiver.host) ? 'udp6' : 'udp4' });
       // A socket error (e.g. an ICMP unreachable reported back) must not end the MDM.
       session.on('error', (err: unknown) => this.log.warn({ err, receiver: `${receiver.host}:${receiver.port}` }, 'SNMP session error'));
       return { receiver, session };

@@ -24,7 +24,7 @@ import { sdsShardsMax } from '../../src/common/limits.js';
 import { cli, startMdm, startSdc, until, type Mdm } from '../helpers/cluster.js';
 import { sparseFile } from '../helpers/files.js';
 import { placementMap } from '../helpers/snapshots.js';
-import { meshblockBin, nodeArgv, run, runMeshblock, startMeshblock, type DaemonHandle } from '../helpers/processes.js';
+import { meshblockBin, nodeCommand, run, runMeshblock, startMeshblock, type DaemonHandle } from '../helpers/processes.js';
 import { MiB, connectWire, getStats, startSds } from '../helpers/sds.js';
 
 const GiB = 1024 * MiB;
@@ -241,8 +241,7 @@ t.test('a shard failing before it is ready stops the supervisor; a supervisor ki
 
   // Killed while its shards are still loading: the IPC channel closes before a shard listens
   // for it, which once left both running as orphans, serving, for good.
-  const [node, ...nodeArgs] = nodeArgv as [string, ...string[]];
-  const early = spawn(node, [...nodeArgs, meshblockBin, 'sds', 'start', '--name', 'hy', '--shards', '2', '--device', sparseFile(dir, 'c.img', GiB), '--device', sparseFile(dir, 'd.img', GiB), '--listen', '127.0.0.1:0', '--metrics', 'off', '--data-dir', path.join(dir, 'hy-data'), '--cluster-id', mdm.clusterId, '--secret-file', mdm.secretFile], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const early = spawn(...nodeCommand([meshblockBin, 'sds', 'start', '--name', 'hy', '--shards', '2', '--device', sparseFile(dir, 'c.img', GiB), '--device', sparseFile(dir, 'd.img', GiB), '--listen', '127.0.0.1:0', '--metrics', 'off', '--data-dir', path.join(dir, 'hy-data'), '--cluster-id', mdm.clusterId, '--secret-file', mdm.secretFile]), { stdio: ['ignore', 'ignore', 'pipe'] });
   t.teardown(() => void early.kill('SIGKILL'));
   const earlyExited = once(early, 'exit');
   let earlyLog = '';

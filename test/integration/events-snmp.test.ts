@@ -14,7 +14,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import t from 'tap';
 import { cli, restartSds, startCluster, startMdm, until } from '../helpers/cluster.js';
-import { meshblockBin, nodeArgv, repoRoot, runMeshblock, type TeardownHost } from '../helpers/processes.js';
+import { meshblockBin, nodeCommand, repoRoot, runMeshblock, type TeardownHost } from '../helpers/processes.js';
 import type { MdmEvent } from '../../src/mdm/events.js';
 
 const GiB = 1024 * 1024 * 1024;
@@ -85,8 +85,7 @@ t.test('kill -9 of an SDS reaches snmptrapd as mbSdsDown, its restart as mbSdsUp
   });
   const sds1 = cluster.sds[0] as (typeof cluster.sds)[number];
   // A follower from now on (meshblock events --follow): it must print what comes next.
-  const [node, ...nodeArgs] = nodeArgv as [string, ...string[]];
-  const follower = spawn(node, [...nodeArgs, meshblockBin, 'events', '--follow', '--json', '--api', cluster.mdm.apiUrl, '--ca-cert', cluster.mdm.certPath, '--password-file', path.join(dir, 'admin-password.txt')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const follower = spawn(...nodeCommand([meshblockBin, 'events', '--follow', '--json', '--api', cluster.mdm.apiUrl, '--ca-cert', cluster.mdm.certPath, '--password-file', path.join(dir, 'admin-password.txt')]), { stdio: ['ignore', 'pipe', 'pipe'] });
   let followed = '';
   follower.stdout.setEncoding('utf8').on('data', (text: string) => (followed += text));
   const followerExited = once(follower, 'exit');

@@ -21,7 +21,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 import { applyLabConnectionDefaults, labConnectionDefaults, writeLabFile, type LabFile } from '../../src/cli/lab-state.js';
-import { meshblockBin, nodeArgv, repoRoot, run, runMeshblock, squat, startMeshblock, type RunResult, freePort } from '../helpers/processes.js';
+import { meshblockBin, nodeCommand, repoRoot, run, runMeshblock, squat, startMeshblock, type RunResult, freePort } from '../helpers/processes.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -42,8 +42,7 @@ interface StatusJson {
 async function runMeshblockIn(cwd: string, args: string[]): Promise<RunResult> {
   const env = { ...process.env };
   for (const name of ['MESHBLOCK_LAB_DIR', 'MESHBLOCK_API', 'MESHBLOCK_CA_CERT', 'MESHBLOCK_PASSWORD']) delete env[name];
-  const [node, ...nodeArgs] = nodeArgv as [string, ...string[]];
-  const child = spawn(node, [...nodeArgs, meshblockBin, ...args], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(...nodeCommand([meshblockBin, ...args]), { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));

@@ -35,7 +35,7 @@ import { pino, type Logger } from 'pino';
 import t, { type Test } from 'tap';
 import { mulberry32 } from '../../src/common/seeded-random.js';
 import { Journal, type JournalCorruptError } from '../../src/mdm/journal.js';
-import { nodeArgv, repoRoot } from '../helpers/processes.js';
+import { nodeCommand, repoRoot } from '../helpers/processes.js';
 import { journalRecordBytesMax } from '../../src/common/limits.js';
 
 interface Change {
@@ -429,12 +429,11 @@ interface Burst {
 }
 
 async function startWriter(t: Test, dir: string, seed: number, burst: Burst): Promise<Writer> {
-  // The child runs plain dist/, without tap's loader (nodeArgv: deleting NODE_OPTIONS from
+  // The child runs plain dist/, without tap's loader (nodeCommand: deleting NODE_OPTIONS from
   // the env is not enough, tap adds it back to every spawn).
   const script = path.join(repoRoot, 'test/helpers/journal-writer.mjs');
   const args = [script, dir, String(seed), String(burst.inflight), String(burst.compactEvery), String(burst.padBytesMax)];
-  const [node, ...nodeArgs] = nodeArgv as [string, ...string[]];
-  const child = spawn(node, [...nodeArgs, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(...nodeCommand(args), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
