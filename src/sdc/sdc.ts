@@ -158,7 +158,10 @@ export class Sdc implements ExportRegistry, VolumeRouter {
   attached(entry: NbdExport): void {
     const { volume, volumeBackend } = entry as Partial<VolumeExport>;
     if (volume === undefined || !(volumeBackend instanceof VolumeBackend)) return;
-    this.openCounts.set(volume.id, (this.openCounts.get(volume.id) ?? 0) + 1);
+    const opened = (this.openCounts.get(volume.id) ?? 0) + 1;
+    this.openCounts.set(volume.id, opened);
+    // The MDM refuses to restore or unmap an open volume: tell it now, not up to a second later.
+    if (opened === 1) this.mdm.heartbeatSoon();
     this.attachedBackends.set(volumeBackend, (this.attachedBackends.get(volumeBackend) ?? 0) + 1);
   }
 

@@ -54,6 +54,7 @@ export class MdmSession {
   /** Index in mdmAddresses of the MDM connected to, being tried, or to be tried next. */
   private addressIndex = 0;
   private heartbeatTimer: NodeJS.Timeout | null = null;
+  private heartbeatQueued = false;
   private retryTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: MdmSessionOptions) {
@@ -129,6 +130,20 @@ export class MdmSession {
       throw err;
     }
     this.heartbeatTimer = setInterval(() => this.sendHeartbeat(peer), heartbeatIntervalMs);
+  }
+
+  /**
+   * Sends a heartbeat now rather than at the next tick, when what it carries changed in a way the
+   * MDM acts on (an SDC's first client of a volume: restore and unmap refuse an open volume).
+   * Calls before the one queued is sent coalesce into it; unregistered, nothing is sent.
+   */
+  heartbeatSoon(): void {
+    if (this.heartbeatQueued) return;
+    this.heartbeatQueued = true;
+    setImmediate(() => {
+      this.heartbeatQueued = false;
+      if (this.peer !== null && this.heartbeatTimer !== null) this.sendHeartbeat(this.peer);
+    });
   }
 
   private sendHeartbeat(peer: WirePeer): void {
